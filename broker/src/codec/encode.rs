@@ -1,0 +1,1 @@
+//! Packets to bytes. (To be written.)

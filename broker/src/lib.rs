@@ -1,0 +1,2 @@
+//! Coolpy7: a clustered MQTT broker.
+pub mod codec;
