@@ -1,2 +1,23 @@
-//! Coolpy7: a clustered MQTT broker.
+//! Coolpy7: a clustered MQTT broker for Kubernetes.
+//!
+//! Data flows through the modules in one direction:
+//! [`listener`] accepts TCP connections and hands each to a [`connection`] task, which decodes
+//! packets with [`codec`], keeps the client's [`session`] state, and passes every PUBLISH to the
+//! [`router`]; the router matches it against the subscription tree and pushes it into the
+//! mailboxes of the matching sessions, whose connection tasks encode and write it. [`server`]
+//! wires these together with the [`http`] API and [`metrics`], from a [`config`].
+
+pub mod broker;
 pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod topic;
+
+/// The broker's version, as logged at start and reported by the HTTP API.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,1 +1,78 @@
-fn main() {}
+//! The `coolpy7` binary: parses the command line, sets up logging and the runtime, and runs the
+//! broker until SIGINT or SIGTERM. Everything else lives in the library.
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use coolpy7::config::Config;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = Config::from_args();
+    init_tracing(&config.log_level);
+    tracing::info!(version = coolpy7::VERSION, "starting coolpy7");
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the tokio runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        // Installed before the broker binds anything, so a SIGTERM that arrives once it
+        // listens is always a graceful stop.
+        let shutdown = shutdown_signal()?;
+        coolpy7::server::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "coolpy7 failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    // The filter was validated while parsing the command line; the fallback is unreachable in
+    // practice but keeps a logging problem from stopping the broker.
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(std::io::stdout)
+        .init();
+}
+
+/// Installs the SIGINT and SIGTERM handlers (in the runtime) and returns a future that completes
+/// on the first of them. A second one exits at once, so that an operator can still interrupt a
+/// shutdown that hangs (tokio keeps the handlers installed, so the default action is gone).
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "signal received, stopping");
+        tokio::spawn(async move {
+            // 128 + signal number, as a shell reports a process killed by that signal.
+            let (name, code) = tokio::select! {
+                _ = interrupt.recv() => ("SIGINT", 130),
+                _ = terminate.recv() => ("SIGTERM", 143),
+            };
+            tracing::warn!(signal = name, "second signal during shutdown; exiting now");
+            std::process::exit(code);
+        });
+    })
+}

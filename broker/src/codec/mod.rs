@@ -18,6 +18,9 @@ mod encode;
 pub use decode::decode;
 pub use encode::{encode_publish, publish_packet_id_offset};
 
+#[cfg(test)]
+mod tests;
+
 use bytes::Bytes;
 
 /// The protocol spoken on a connection, fixed by its CONNECT packet.
@@ -231,4 +234,22 @@ pub enum DecodeError {
     },
     #[error("invalid UTF-8 string in {0}")]
     InvalidUtf8(&'static str),
+}
+
+/// Why a packet could not be encoded. Always a caller bug (a value the wire format cannot carry),
+/// reported rather than panicking; nothing has been written to the buffer when it is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{field} is {len} bytes, more than a two-byte length prefix can express")]
+    TooLong { field: &'static str, len: usize },
+    #[error("{packet} remaining length {remaining_length} exceeds the protocol maximum")]
+    PacketTooLarge {
+        packet: &'static str,
+        remaining_length: usize,
+    },
+    #[error("inconsistent {packet}: {reason}")]
+    Inconsistent {
+        packet: &'static str,
+        reason: &'static str,
+    },
 }

@@ -1,0 +1,63 @@
+//! The state every connection shares: the router, the session registry, the metrics and the
+//! limits from the configuration. Built once by the server and handed to each connection in an
+//! `Arc`; nothing in it is locked on the publish path except the mailboxes of the receivers.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::session::SessionRegistry;
+
+pub struct Broker {
+    pub config: Config,
+    pub router: Router,
+    pub sessions: SessionRegistry,
+    pub metrics: Arc<Metrics>,
+    connections: AtomicUsize,
+    next_connection: AtomicU64,
+}
+
+impl Broker {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Broker {
+        Broker {
+            router: Router::new(metrics.clone()),
+            sessions: SessionRegistry::new(config.max_queued, metrics.clone()),
+            config,
+            metrics,
+            connections: AtomicUsize::new(0),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    /// A number that names a TCP connection in logs and in session hand-overs.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts an MQTT connection against `-mc`; `None` when the limit is reached.
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let open = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.config.max_connections.is_some_and(|max| open > max) {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.connections.inc();
+        Some(Admission {
+            broker: self.clone(),
+        })
+    }
+}
+
+/// An admitted connection; dropping it frees its place.
+pub struct Admission {
+    broker: Arc<Broker>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.broker.connections.fetch_sub(1, Ordering::AcqRel);
+        self.broker.metrics.connections.dec();
+    }
+}

@@ -1,0 +1,832 @@
+//! The command line: Coolpy7-compatible flags and `COOLPY7_*` environment variables, parsed
+//! with clap and resolved into a [`Config`].
+//!
+//! The original broker used Go's `flag` package, where `-mc=10`, `-mc 10`, `--mc=10` and
+//! `--mc 10` are all the same flag. clap only accepts multi-letter names after `--`, so argv is
+//! normalised first (see [`normalise_args`]). Adding a flag is one field in [`Args`] plus its
+//! resolution in [`Config::from_parsed`]; the normaliser reads the flag names from clap itself.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use tokio::net::TcpListener;
+
+use crate::codec::{QoS, MAX_REMAINING_LENGTH};
+
+/// The largest MQTT packet: a fixed header byte, four length bytes and the largest body.
+const PROTOCOL_MAX_PACKET: usize = MAX_REMAINING_LENGTH + 5;
+
+/// Timeouts are capped so that `Instant + timeout` can never overflow.
+const MAX_TIMEOUT_SECS: u64 = u32::MAX as u64;
+
+/// Where to listen: `host:port`, or `:port` for every interface.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenAddr {
+    pub host: Option<String>,
+    pub port: u16,
+}
+
+/// Why a listen address could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenAddrError {
+    #[error("missing port: expected host:port or :port")]
+    MissingPort,
+    #[error("invalid port {0:?}: expected a number from 0 to 65535")]
+    InvalidPort(String),
+    #[error("empty host inside [ ]")]
+    EmptyHost,
+    #[error("missing ']' after an IPv6 address")]
+    UnclosedBracket,
+    #[error("an IPv6 address must be written in brackets, as [{0}]:port")]
+    UnbracketedIpv6(String),
+    #[error("unexpected text between ']' and ':port'")]
+    TrailingText,
+}
+
+impl FromStr for ListenAddr {
+    type Err = ListenAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or(ListenAddrError::UnclosedBracket)?;
+            if host.is_empty() {
+                return Err(ListenAddrError::EmptyHost);
+            }
+            let port = match after.strip_prefix(':') {
+                Some(port) => port,
+                None if after.is_empty() => return Err(ListenAddrError::MissingPort),
+                None => return Err(ListenAddrError::TrailingText),
+            };
+            (Some(host), port)
+        } else {
+            let (host, port) = s.rsplit_once(':').ok_or(ListenAddrError::MissingPort)?;
+            if host.contains(':') {
+                return Err(ListenAddrError::UnbracketedIpv6(host.to_string()));
+            }
+            ((!host.is_empty()).then_some(host), port)
+        };
+        if port.is_empty() {
+            return Err(ListenAddrError::MissingPort);
+        }
+        // u16::from_str accepts a leading '+'; a port is digits only.
+        if !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ListenAddrError::InvalidPort(port.to_string()));
+        }
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| ListenAddrError::InvalidPort(port.to_string()))?;
+        Ok(ListenAddr {
+            host: host.map(str::to_string),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            None => write!(f, ":{}", self.port),
+            Some(host) if host.contains(':') => write!(f, "[{host}]:{}", self.port),
+            Some(host) => write!(f, "{host}:{}", self.port),
+        }
+    }
+}
+
+impl ListenAddr {
+    /// Binds a TCP listener. With no host, binds [::] (dual stack) and falls back to 0.0.0.0
+    /// when IPv6 is unavailable; a host name is resolved and each address tried in turn.
+    pub async fn bind_tcp(&self) -> std::io::Result<TcpListener> {
+        match &self.host {
+            Some(host) => TcpListener::bind((host.as_str(), self.port)).await,
+            None => {
+                let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, self.port));
+                match TcpListener::bind(any6).await {
+                    Ok(listener) => Ok(listener),
+                    // These would fail the same way on IPv4; report the real cause.
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+                        ) =>
+                    {
+                        Err(err)
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "cannot bind [::], falling back to 0.0.0.0");
+                        TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port)))
+                            .await
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The flags as clap sees them. Names and defaults follow the original Coolpy7.
+#[derive(Debug, Parser)]
+#[command(
+    name = "coolpy7",
+    version,
+    // Go's flag package lets a repeated flag override the earlier one; scripts rely on it.
+    args_override_self = true,
+    about = "Clustered MQTT broker for Kubernetes (a Rust rebuild of Coolpy7)",
+    after_help = "Flags take one or two dashes and '=' or a space: -l=:1883, -l :1883, --l :1883.\n\
+                  Every flag can also be set with the environment variable shown; \
+                  a flag on the command line wins."
+)]
+struct Args {
+    /// MQTT TCP listen address: host:port, or :port for every interface
+    #[arg(short = 'l', long = "l", env = "COOLPY7_L", value_name = "ADDR",
+          default_value = ":1883", value_parser = parse_listen)]
+    listen: ListenAddr,
+
+    /// HTTP API address (/healthz, /metrics, /sys); empty or "nil" disables HTTP
+    #[arg(long = "hl", env = "COOLPY7_HL", value_name = "ADDR",
+          default_value = ":8081", value_parser = parse_http_listen)]
+    http_listen: HttpListen,
+
+    /// Token required by GET /sys?token=...
+    #[arg(long = "syst", env = "COOLPY7_SYST", value_name = "TOKEN",
+          default_value = "coolpy7", hide_env_values = true, value_parser = parse_token)]
+    sys_token: String,
+
+    /// Maximum concurrent MQTT connections, 0 = unlimited
+    #[arg(long = "mc", env = "COOLPY7_MC", value_name = "N", default_value_t = 0)]
+    max_connections: usize,
+
+    /// Maximum MQTT packet size in bytes, 0 = protocol maximum
+    #[arg(long = "mpl", env = "COOLPY7_MPL", value_name = "BYTES", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=PROTOCOL_MAX_PACKET as u64))]
+    max_packet_size: u64,
+
+    /// Seconds a new connection has to send CONNECT
+    #[arg(long = "nt", env = "COOLPY7_NT", value_name = "SECS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
+    connect_timeout: u64,
+
+    /// Seconds a write to a client may stall before the connection is closed
+    #[arg(short = 't', long = "t", env = "COOLPY7_T", value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
+    write_timeout: u64,
+
+    /// Maximum QoS granted to subscriptions (0, 1 or 2)
+    #[arg(long = "mqos", env = "COOLPY7_MQOS", value_name = "QOS", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(0..=2))]
+    max_qos: u8,
+
+    /// In-flight window: unacknowledged QoS 1/2 messages per client
+    #[arg(long = "mif", env = "COOLPY7_MIF", value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_inflight: u16,
+
+    /// Maximum messages queued per client (online backlog and offline); the oldest are dropped beyond it
+    #[arg(long = "mq", env = "COOLPY7_MQ", value_name = "N", default_value_t = 1000,
+          value_parser = parse_positive_usize)]
+    max_queued: usize,
+
+    /// Log filter in tracing EnvFilter syntax, e.g. info or coolpy7=debug,warn
+    /// [default: info, or RUST_LOG when set]
+    #[arg(long = "log-level", env = "COOLPY7_LOG_LEVEL", value_name = "FILTER",
+          value_parser = parse_log_filter)]
+    log_level: Option<String>,
+}
+
+/// `-hl`: clap treats a field of type `Option` as "flag may be absent", so the "disabled"
+/// state needs its own type.
+#[derive(Debug, Clone)]
+struct HttpListen(Option<ListenAddr>);
+
+fn parse_listen(s: &str) -> Result<ListenAddr, ListenAddrError> {
+    s.parse()
+}
+
+fn parse_http_listen(s: &str) -> Result<HttpListen, ListenAddrError> {
+    if s.is_empty() || s.eq_ignore_ascii_case("nil") {
+        return Ok(HttpListen(None));
+    }
+    s.parse().map(|addr| HttpListen(Some(addr)))
+}
+
+fn parse_token(s: &str) -> Result<String, String> {
+    // An empty token would make `/sys?token=` open to anyone.
+    if s.is_empty() {
+        return Err("the token must not be empty".to_string());
+    }
+    Ok(s.to_string())
+}
+
+fn parse_positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    validate_log_filter(s)?;
+    Ok(s.to_string())
+}
+
+fn validate_log_filter(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err("the filter must not be empty".to_string());
+    }
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(drop)
+        .map_err(|err| err.to_string())
+}
+
+/// Rewrites Go-style `-name` / `-name=value` into clap's `--name` / `--name=value`.
+///
+/// A single-dash argument with more than one character after the dash becomes a long one when
+/// its name is a long flag of `cmd`; also when it starts with a letter that is no short flag, so
+/// that an unknown `-zzz` is reported by its whole name rather than as `-z`. Short flags keep
+/// working (`-h`, `-V`, `-l :1883`, `-t 5`), and nothing after `--` is touched.
+fn normalise_args(cmd: &clap::Command, args: Vec<OsString>) -> Vec<OsString> {
+    let longs: Vec<&str> = cmd
+        .get_arguments()
+        .filter_map(clap::Arg::get_long)
+        .chain(["help", "version"])
+        .collect();
+    let shorts: Vec<char> = cmd
+        .get_arguments()
+        .filter_map(clap::Arg::get_short)
+        .chain(['h', 'V'])
+        .collect();
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest_is_positional = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        if i == 0 || rest_is_positional {
+            out.push(arg);
+            continue;
+        }
+        if arg == "--" {
+            rest_is_positional = true;
+            out.push(arg);
+            continue;
+        }
+        // Non-UTF-8 arguments cannot be one of our names; clap reports them as they are.
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        let rewrite = match text.strip_prefix('-') {
+            Some(body) if !body.starts_with('-') && body.chars().count() > 1 => {
+                let name = body.split_once('=').map_or(body, |(name, _)| name);
+                let first = body.chars().next().unwrap_or('-');
+                longs.contains(&name) || (first.is_ascii_alphabetic() && !shorts.contains(&first))
+            }
+            _ => false,
+        };
+        if rewrite {
+            out.push(OsString::from(format!("-{text}")));
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+/// Everything the broker needs from the command line, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: ListenAddr,
+    /// `None` disables the HTTP API.
+    pub http_listen: Option<ListenAddr>,
+    pub sys_token: String,
+    /// `None` = unlimited.
+    pub max_connections: Option<usize>,
+    /// Resolved: `-mpl=0` becomes the protocol maximum.
+    pub max_packet_size: usize,
+    pub connect_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_qos: QoS,
+    pub max_inflight: u16,
+    pub max_queued: usize,
+    /// The effective log filter (flag or `COOLPY7_LOG_LEVEL`, else `RUST_LOG`, else `info`).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    /// The documented defaults, as if started with no flags.
+    fn default() -> Self {
+        Config {
+            listen: ListenAddr {
+                host: None,
+                port: 1883,
+            },
+            http_listen: Some(ListenAddr {
+                host: None,
+                port: 8081,
+            }),
+            sys_token: "coolpy7".to_string(),
+            max_connections: None,
+            max_packet_size: PROTOCOL_MAX_PACKET,
+            connect_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(60),
+            max_qos: QoS::ExactlyOnce,
+            max_inflight: 32,
+            max_queued: 1000,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses argv (including argv[0]) and `COOLPY7_*` environment variables; on error prints
+    /// it and exits 2 (clap's `exit()`); `-h` prints help and exits 0.
+    pub fn from_args() -> Config {
+        Self::try_parse_from(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// Same as [`Config::from_args`], without exiting: for tests and embedding.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let rust_log = std::env::var_os("RUST_LOG");
+        Self::parse_with_rust_log(args, rust_log.as_ref().and_then(|v| v.to_str()))
+    }
+
+    /// Defaults for tests: an ephemeral port on loopback and no HTTP API.
+    pub fn for_tests() -> Config {
+        Config {
+            listen: ListenAddr {
+                host: Some("127.0.0.1".to_string()),
+                port: 0,
+            },
+            http_listen: None,
+            ..Config::default()
+        }
+    }
+
+    fn parse_with_rust_log<I, T>(args: I, rust_log: Option<&str>) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut cmd = Args::command();
+        let args = normalise_args(&cmd, args.into_iter().map(Into::into).collect());
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        let parsed = Args::from_arg_matches(&matches).map_err(|err| err.format(&mut cmd))?;
+        Self::from_parsed(parsed, rust_log)
+            .map_err(|msg| cmd.error(ErrorKind::ValueValidation, msg))
+    }
+
+    fn from_parsed(args: Args, rust_log: Option<&str>) -> Result<Config, String> {
+        let log_level = match (args.log_level, rust_log) {
+            (Some(explicit), _) => explicit,
+            (None, Some(env)) if !env.trim().is_empty() => {
+                validate_log_filter(env)
+                    .map_err(|err| format!("invalid RUST_LOG {env:?}: {err}"))?;
+                env.to_string()
+            }
+            (None, _) => "info".to_string(),
+        };
+        Ok(Config {
+            listen: args.listen,
+            http_listen: args.http_listen.0,
+            sys_token: args.sys_token,
+            max_connections: (args.max_connections != 0).then_some(args.max_connections),
+            max_packet_size: match args.max_packet_size {
+                0 => PROTOCOL_MAX_PACKET,
+                // Bounded by the value parser to PROTOCOL_MAX_PACKET, which fits in usize.
+                n => usize::try_from(n).unwrap_or(PROTOCOL_MAX_PACKET),
+            },
+            connect_timeout: Duration::from_secs(args.connect_timeout),
+            write_timeout: Duration::from_secs(args.write_timeout),
+            max_qos: QoS::from_u8(args.max_qos)
+                .ok_or_else(|| format!("invalid value '{}' for '--mqos'", args.max_qos))?,
+            max_inflight: args.max_inflight,
+            max_queued: args.max_queued,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// clap reads the process environment, so tests that parse hold this lock: the env-var tests
+    /// set `COOLPY7_*` and would otherwise leak into parallel parses.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    fn lock_env() -> MutexGuard<'static, ()> {
+        let guard = ENV_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| k.starts_with("COOLPY7_")) {
+                std::env::remove_var(key);
+            }
+        }
+        guard
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let argv = std::iter::once("coolpy7").chain(args.iter().copied());
+        Config::parse_with_rust_log(argv, None)
+    }
+
+    fn ok(args: &[&str]) -> Config {
+        match parse(args) {
+            Ok(config) => config,
+            Err(err) => panic!("{args:?} should parse: {err}"),
+        }
+    }
+
+    fn err(args: &[&str]) -> clap::Error {
+        match parse(args) {
+            Ok(config) => panic!("{args:?} should fail, got {config:?}"),
+            Err(err) => err,
+        }
+    }
+
+    fn addr(host: Option<&str>, port: u16) -> ListenAddr {
+        ListenAddr {
+            host: host.map(str::to_string),
+            port,
+        }
+    }
+
+    /// Each flag in the four spellings Go's flag package accepts, and the single-dash space form.
+    fn all_forms(name: &str, value: &str) -> Vec<Vec<String>> {
+        vec![
+            vec![format!("-{name}={value}")],
+            vec![format!("--{name}={value}")],
+            vec![format!("-{name}"), value.to_string()],
+            vec![format!("--{name}"), value.to_string()],
+        ]
+    }
+
+    fn ok_forms(name: &str, value: &str, check: impl Fn(&Config)) {
+        for form in all_forms(name, value) {
+            let form: Vec<&str> = form.iter().map(String::as_str).collect();
+            check(&ok(&form));
+        }
+    }
+
+    #[test]
+    fn no_flags_gives_documented_defaults() {
+        let _env = lock_env();
+        let config = ok(&[]);
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen.to_string(), ":1883");
+        assert_eq!(config.http_listen, Some(addr(None, 8081)));
+        assert_eq!(config.max_packet_size, 268_435_460);
+        assert_eq!(config.max_connections, None);
+        assert_eq!(config.max_qos, QoS::ExactlyOnce);
+        assert_eq!(config.log_level, "info");
+    }
+
+    #[test]
+    fn for_tests_uses_loopback_ephemeral_and_no_http() {
+        let config = Config::for_tests();
+        assert_eq!(config.listen, addr(Some("127.0.0.1"), 0));
+        assert_eq!(config.http_listen, None);
+        assert_eq!(config.max_inflight, 32);
+    }
+
+    #[test]
+    fn every_flag_in_every_form() {
+        let _env = lock_env();
+        ok_forms("l", "127.0.0.1:0", |c| {
+            assert_eq!(c.listen, addr(Some("127.0.0.1"), 0))
+        });
+        ok_forms("l", ":1884", |c| assert_eq!(c.listen, addr(None, 1884)));
+        ok_forms("hl", "localhost:9000", |c| {
+            assert_eq!(c.http_listen, Some(addr(Some("localhost"), 9000)))
+        });
+        ok_forms("syst", "s3cret", |c| assert_eq!(c.sys_token, "s3cret"));
+        ok_forms("mc", "10", |c| assert_eq!(c.max_connections, Some(10)));
+        ok_forms("mc", "0", |c| assert_eq!(c.max_connections, None));
+        ok_forms("mpl", "1024", |c| assert_eq!(c.max_packet_size, 1024));
+        ok_forms("mpl", "0", |c| {
+            assert_eq!(c.max_packet_size, PROTOCOL_MAX_PACKET)
+        });
+        ok_forms("nt", "5", |c| {
+            assert_eq!(c.connect_timeout, Duration::from_secs(5))
+        });
+        ok_forms("t", "7", |c| {
+            assert_eq!(c.write_timeout, Duration::from_secs(7))
+        });
+        ok_forms("mqos", "0", |c| assert_eq!(c.max_qos, QoS::AtMostOnce));
+        ok_forms("mqos", "1", |c| assert_eq!(c.max_qos, QoS::AtLeastOnce));
+        ok_forms("mif", "65535", |c| assert_eq!(c.max_inflight, 65535));
+        ok_forms("mq", "5", |c| assert_eq!(c.max_queued, 5));
+        ok_forms("log-level", "coolpy7=debug,warn", |c| {
+            assert_eq!(c.log_level, "coolpy7=debug,warn")
+        });
+    }
+
+    #[test]
+    fn flags_combine() {
+        let _env = lock_env();
+        let config = ok(&[
+            "-l", ":1", "--hl=:2", "-mc=3", "--mif", "4", "-t=5", "-t", "6",
+        ]);
+        assert_eq!(config.listen, addr(None, 1));
+        assert_eq!(config.http_listen, Some(addr(None, 2)));
+        assert_eq!(config.max_connections, Some(3));
+        assert_eq!(config.max_inflight, 4);
+        // Like Go's flag package, the last occurrence wins.
+        assert_eq!(config.write_timeout, Duration::from_secs(6));
+    }
+
+    #[test]
+    fn http_can_be_disabled() {
+        let _env = lock_env();
+        for args in [&["-hl="][..], &["-hl=nil"], &["--hl", ""], &["-hl", "NIL"]] {
+            assert_eq!(ok(args).http_listen, None, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        let _env = lock_env();
+        let cases: &[(&[&str], &str)] = &[
+            (&["-l=:70000"], "--l"),
+            (&["-l=1883"], "missing port"),
+            (&["-l", ":abc"], "invalid port"),
+            (&["-hl=:99999"], "--hl"),
+            (&["-mc=abc"], "--mc"),
+            (&["-mc=-1"], "--mc"),
+            (&["-mpl=268435461"], "--mpl"),
+            (&["-mqos=3"], "--mqos"),
+            (&["-nt=0"], "--nt"),
+            (&["-t=0"], "--t"),
+            (&["-mif=0"], "--mif"),
+            (&["-mif=65536"], "--mif"),
+            (&["-mq=0"], "--mq"),
+            (&["-syst="], "--syst"),
+            (&["--log-level=foo["], "--log-level"),
+            (&["--log-level="], "--log-level"),
+        ];
+        for (args, needle) in cases {
+            let error = err(args);
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{args:?}");
+            let text = error.to_string();
+            assert!(text.contains(needle), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_flags_are_named_in_the_error() {
+        let _env = lock_env();
+        for (args, needle) in [
+            (&["-zzz=1"][..], "zzz"),
+            (&["--zzz"], "zzz"),
+            (&["-nid=node1"], "nid"),
+            (&["stray"], "stray"),
+        ] {
+            let error = err(args);
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            assert!(error.to_string().contains(needle), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_are_not_errors_of_use() {
+        let _env = lock_env();
+        for args in [&["-h"][..], &["--help"], &["-help"]] {
+            let error = err(args);
+            assert_eq!(error.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert_eq!(error.exit_code(), 0);
+        }
+        for args in [&["-V"][..], &["--version"], &["-version"]] {
+            assert_eq!(err(args).kind(), ErrorKind::DisplayVersion, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn help_documents_every_flag_with_its_default() {
+        let help = Args::command().render_long_help().to_string();
+        for (flag, default) in [
+            ("--l", ":1883"),
+            ("--hl", ":8081"),
+            ("--syst", "coolpy7"),
+            ("--mc", "0"),
+            ("--mpl", "0"),
+            ("--nt", "2"),
+            ("--t", "60"),
+            ("--mqos", "2"),
+            ("--mif", "32"),
+            ("--mq", "1000"),
+            ("--log-level", "info"),
+        ] {
+            assert!(help.contains(flag), "{flag} missing from help:\n{help}");
+            assert!(
+                help.contains(&format!("[default: {default}")),
+                "default of {flag} missing from help:\n{help}"
+            );
+        }
+        assert!(help.contains("COOLPY7_LOG_LEVEL"));
+    }
+
+    #[test]
+    fn environment_variables_set_flags_and_lose_to_the_command_line() {
+        let _env = lock_env();
+        let vars = [
+            ("COOLPY7_L", "127.0.0.1:1999"),
+            ("COOLPY7_HL", "nil"),
+            ("COOLPY7_SYST", "tok"),
+            ("COOLPY7_MC", "9"),
+            ("COOLPY7_MPL", "4096"),
+            ("COOLPY7_NT", "3"),
+            ("COOLPY7_T", "4"),
+            ("COOLPY7_MQOS", "1"),
+            ("COOLPY7_MIF", "8"),
+            ("COOLPY7_MQ", "50"),
+            ("COOLPY7_LOG_LEVEL", "debug"),
+        ];
+        for (key, value) in vars {
+            std::env::set_var(key, value);
+        }
+        let config = ok(&[]);
+        let from_cli = ok(&["-mc=1", "--log-level=warn"]);
+        std::env::set_var("COOLPY7_HL", "");
+        let empty_hl = ok(&[]).http_listen;
+        let bad = {
+            std::env::set_var("COOLPY7_MC", "abc");
+            parse(&[])
+        };
+        for (key, _) in vars {
+            std::env::remove_var(key);
+        }
+
+        assert_eq!(config.listen, addr(Some("127.0.0.1"), 1999));
+        assert_eq!(config.http_listen, None);
+        assert_eq!(empty_hl, None);
+        assert_eq!(config.sys_token, "tok");
+        assert_eq!(config.max_connections, Some(9));
+        assert_eq!(config.max_packet_size, 4096);
+        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.write_timeout, Duration::from_secs(4));
+        assert_eq!(config.max_qos, QoS::AtLeastOnce);
+        assert_eq!(config.max_inflight, 8);
+        assert_eq!(config.max_queued, 50);
+        assert_eq!(config.log_level, "debug");
+        assert_eq!(from_cli.max_connections, Some(1));
+        assert_eq!(from_cli.log_level, "warn");
+        match bad {
+            Ok(config) => panic!("COOLPY7_MC=abc accepted: {config:?}"),
+            Err(error) => {
+                assert_eq!(error.exit_code(), 2);
+                assert!(error.to_string().contains("--mc"), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn log_level_precedence() {
+        let _env = lock_env();
+        let argv = |extra: &'static [&'static str]| {
+            std::iter::once("coolpy7").chain(extra.iter().copied())
+        };
+        let level = |extra, rust_log| {
+            Config::parse_with_rust_log(argv(extra), rust_log).map(|c| c.log_level)
+        };
+        assert_eq!(level(&[], None).ok().as_deref(), Some("info"));
+        assert_eq!(level(&[], Some("")).ok().as_deref(), Some("info"));
+        assert_eq!(level(&[], Some("trace")).ok().as_deref(), Some("trace"));
+        assert_eq!(
+            level(&["--log-level=warn"], Some("trace")).ok().as_deref(),
+            Some("warn")
+        );
+        match level(&[], Some("foo[")) {
+            Ok(level) => panic!("bad RUST_LOG accepted: {level}"),
+            Err(error) => {
+                assert_eq!(error.exit_code(), 2);
+                assert!(error.to_string().contains("RUST_LOG"), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn normalise_only_rewrites_our_long_flags() {
+        let cmd = Args::command();
+        let norm = |args: &[&str]| -> Vec<String> {
+            let args = args.iter().map(OsString::from).collect();
+            normalise_args(&cmd, args)
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            norm(&[
+                "-mc",
+                "-mc=1",
+                "-mc",
+                "5",
+                "-l",
+                "-l=:1",
+                "-h",
+                "-V",
+                "-t=3",
+                "-log-level=x"
+            ]),
+            [
+                "-mc",
+                "--mc=1",
+                "--mc",
+                "5",
+                "-l",
+                "--l=:1",
+                "-h",
+                "-V",
+                "--t=3",
+                "--log-level=x"
+            ]
+        );
+        assert_eq!(
+            norm(&["x", "--mc=1", "-1", "-", "--", "-mc"]),
+            ["x", "--mc=1", "-1", "-", "--", "-mc"]
+        );
+        assert_eq!(norm(&["x", "-zzz", "-l:1883"]), ["x", "--zzz", "-l:1883"]);
+    }
+
+    #[test]
+    fn listen_addr_parses_and_displays() {
+        let cases = [
+            (":1883", None, 1883),
+            (":0", None, 0),
+            ("0.0.0.0:1883", Some("0.0.0.0"), 1883),
+            ("localhost:80", Some("localhost"), 80),
+            ("[::1]:1883", Some("::1"), 1883),
+            ("[::]:65535", Some("::"), 65535),
+            ("[fe80::1%eth0]:1", Some("fe80::1%eth0"), 1),
+        ];
+        for (text, host, port) in cases {
+            let parsed: ListenAddr = match text.parse() {
+                Ok(parsed) => parsed,
+                Err(error) => panic!("{text}: {error}"),
+            };
+            assert_eq!(parsed, addr(host, port), "{text}");
+            assert_eq!(parsed.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn listen_addr_errors() {
+        use ListenAddrError::*;
+        let cases = [
+            ("", MissingPort),
+            ("1883", MissingPort),
+            ("host:", MissingPort),
+            (":", MissingPort),
+            ("[::1]", MissingPort),
+            ("[::1", UnclosedBracket),
+            ("[]:1", EmptyHost),
+            ("[::1]x:1", TrailingText),
+            ("::1:1883", UnbracketedIpv6("::1".to_string())),
+            (":70000", InvalidPort("70000".to_string())),
+            (":+80", InvalidPort("+80".to_string())),
+            (":abc", InvalidPort("abc".to_string())),
+            (":-1", InvalidPort("-1".to_string())),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(text.parse::<ListenAddr>(), Err(expected), "{text:?}");
+        }
+        assert!(ListenAddrError::MissingPort
+            .to_string()
+            .contains("missing port"));
+        assert!(ListenAddrError::InvalidPort("x".into())
+            .to_string()
+            .contains("invalid port"));
+    }
+
+    #[tokio::test]
+    async fn bind_tcp_binds_ephemeral_ports() -> std::io::Result<()> {
+        let loopback = addr(Some("127.0.0.1"), 0).bind_tcp().await?;
+        assert!(loopback.local_addr()?.ip().is_loopback());
+        assert_ne!(loopback.local_addr()?.port(), 0);
+
+        let any = addr(None, 0).bind_tcp().await?;
+        assert!(any.local_addr()?.ip().is_unspecified());
+
+        let named = addr(Some("localhost"), 0).bind_tcp().await?;
+        assert!(named.local_addr()?.ip().is_loopback());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bind_tcp_reports_a_port_in_use() -> std::io::Result<()> {
+        let first = addr(Some("127.0.0.1"), 0).bind_tcp().await?;
+        let port = first.local_addr()?.port();
+        let second = addr(Some("127.0.0.1"), port).bind_tcp().await;
+        assert!(second.is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,443 @@
+//! The HTTP API: `/healthz` for Kubernetes probes, `/metrics` for Prometheus, and `/sys`, the
+//! original Coolpy7's token-protected JSON statistics.
+//!
+//! It only reads shared state ([`Metrics`], the readiness flag); nothing here can change the
+//! broker. Handlers take no request body, so axum's default limits bound every request.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::metrics::{DropReason, Metrics};
+
+/// The OpenMetrics text format that `prometheus-client` writes.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long in-flight requests may take to finish once shutdown has begun; a stalled client
+/// must not hold the broker's exit hostage.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the handlers read.
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    /// The token `/sys` requires (`-syst`).
+    pub sys_token: String,
+    /// Whether the broker accepts MQTT connections; `/healthz` reports it.
+    pub ready: Arc<AtomicBool>,
+    pub version: &'static str,
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        // The receiver only goes away with this function, when nobody needs to know.
+        let _ = stopping_tx.send(true);
+    };
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
+    let deadline = async move {
+        if stopping_rx.wait_for(|stopping| *stopping).await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!("HTTP requests still open after {SHUTDOWN_GRACE:?}; closing them");
+            Ok(())
+        }
+    }
+}
+
+fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/sys", get(sys))
+        .with_state(Arc::new(state))
+}
+
+async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
+        )],
+        state.metrics.encode_text(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct SysQuery {
+    token: Option<String>,
+}
+
+/// The `/sys` document.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct SysStats {
+    pub version: String,
+    pub uptime_secs: u64,
+    /// Open MQTT connections that completed CONNECT.
+    pub connections: i64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub sessions: i64,
+    pub subscriptions: i64,
+    pub retained: i64,
+    pub queued: i64,
+    pub messages_received: PerQosStats,
+    pub messages_sent: PerQosStats,
+    pub payload_bytes_received: PerQosStats,
+    pub payload_bytes_sent: PerQosStats,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Dropped messages by reason label (`queue_full`, ...).
+    pub dropped: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct PerQosStats {
+    pub total: u64,
+    pub qos0: u64,
+    pub qos1: u64,
+    pub qos2: u64,
+}
+
+impl PerQosStats {
+    fn read(counters: &[prometheus_client::metrics::counter::Counter; 3]) -> PerQosStats {
+        let [qos0, qos1, qos2] = [counters[0].get(), counters[1].get(), counters[2].get()];
+        PerQosStats {
+            total: qos0.saturating_add(qos1).saturating_add(qos2),
+            qos0,
+            qos1,
+            qos2,
+        }
+    }
+}
+
+impl SysStats {
+    /// A snapshot of `metrics`. Series are read one by one, so totals may be a few messages
+    /// apart under load; that is fine for statistics.
+    pub fn read(metrics: &Metrics, version: &str) -> SysStats {
+        SysStats {
+            version: version.to_string(),
+            uptime_secs: metrics.uptime().as_secs(),
+            connections: metrics.connections.get(),
+            connections_accepted: metrics.connections_accepted.get(),
+            connections_refused: metrics.connections_refused.get(),
+            sessions: metrics.sessions.get(),
+            subscriptions: metrics.subscriptions.get(),
+            retained: metrics.retained.get(),
+            queued: metrics.queued.get(),
+            messages_received: PerQosStats::read(&metrics.messages_received),
+            messages_sent: PerQosStats::read(&metrics.messages_sent),
+            payload_bytes_received: PerQosStats::read(&metrics.payload_bytes_received),
+            payload_bytes_sent: PerQosStats::read(&metrics.payload_bytes_sent),
+            bytes_received: metrics.bytes_received.get(),
+            bytes_sent: metrics.bytes_sent.get(),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|&reason| (reason.label().to_string(), metrics.dropped(reason).get()))
+                .collect(),
+        }
+    }
+}
+
+async fn sys(
+    State(state): State<Arc<HttpState>>,
+    // A malformed query string is treated like a missing token, not as a 400.
+    query: Result<Query<SysQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let token = query.ok().and_then(|Query(q)| q.token);
+    let authorised = token
+        .as_deref()
+        .is_some_and(|token| constant_time_eq(token.as_bytes(), state.sys_token.as_bytes()));
+    if !authorised {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({ "error": "missing or invalid token" }),
+        );
+    }
+    json(
+        StatusCode::OK,
+        &SysStats::read(&state.metrics, state.version),
+    )
+}
+
+/// axum's `Json` needs a feature we do not enable; this is all it would do for us.
+fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot encode JSON response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a guessed
+/// token was right. (The length is not secret.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    const TOKEN: &str = "s3cret";
+    const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+    struct TestServer {
+        addr: std::net::SocketAddr,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<std::io::Result<()>>,
+    }
+
+    impl TestServer {
+        async fn start() -> TestServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            let metrics = Arc::new(Metrics::new());
+            let ready = Arc::new(AtomicBool::new(false));
+            let state = HttpState {
+                metrics: metrics.clone(),
+                sys_token: TOKEN.to_string(),
+                ready: ready.clone(),
+                version: "9.9.9",
+            };
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(serve(listener, state, async move {
+                let _ = stopped.await;
+            }));
+            TestServer {
+                addr,
+                metrics,
+                ready,
+                stop: Some(stop),
+                task,
+            }
+        }
+
+        /// Sends `request` verbatim and returns (status, headers, body).
+        async fn raw(&self, request: &str) -> (u16, String, String) {
+            let exchange = async {
+                let mut stream = TcpStream::connect(self.addr).await?;
+                stream.write_all(request.as_bytes()).await?;
+                let mut response = Vec::new();
+                stream.read_to_end(&mut response).await?;
+                std::io::Result::Ok(response)
+            };
+            let response = tokio::time::timeout(IO_TIMEOUT, exchange)
+                .await
+                .expect("response in time")
+                .expect("HTTP exchange");
+            let response = String::from_utf8(response).expect("UTF-8 response");
+            let (head, body) = response.split_once("\r\n\r\n").expect("header end");
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .expect("status code");
+            (status, head.to_ascii_lowercase(), body.to_string())
+        }
+
+        async fn get(&self, path: &str) -> (u16, String, String) {
+            self.raw(&format!(
+                "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+            ))
+            .await
+        }
+
+        async fn stop(mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            let result = tokio::time::timeout(IO_TIMEOUT, self.task)
+                .await
+                .expect("server stops in time")
+                .expect("server task");
+            result.expect("server result");
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_follows_readiness() {
+        let server = TestServer::start().await;
+        let (status, _, body) = server.get("/healthz").await;
+        assert_eq!(status, 503);
+        assert_eq!(body, "not ready");
+        server.ready.store(true, Ordering::Release);
+        let (status, _, body) = server.get("/healthz").await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "ok");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn metrics_are_openmetrics_text() {
+        let server = TestServer::start().await;
+        server.metrics.connections.set(3);
+        let (status, head, body) = server.get("/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            head.contains(&format!("content-type: {OPENMETRICS_CONTENT_TYPE}")),
+            "{head}"
+        );
+        assert!(body.contains("coolpy7_connections 3"), "{body}");
+        assert!(body.trim_end().ends_with("# EOF"), "{body}");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn sys_requires_the_token() {
+        let server = TestServer::start().await;
+        for path in [
+            "/sys",
+            "/sys?token=",
+            "/sys?token=wrong",
+            "/sys?token=s3cre",
+            "/sys?token=s3crett",
+            "/sys?token=%ZZ",
+            "/sys?tok=s3cret",
+        ] {
+            let (status, head, body) = server.get(path).await;
+            assert_eq!(status, 401, "{path}");
+            assert!(head.contains("content-type: application/json"), "{path}");
+            let error: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
+            assert!(error["error"].is_string(), "{path}: {body}");
+        }
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn sys_reports_the_metrics() {
+        let server = TestServer::start().await;
+        let m = &server.metrics;
+        m.connections.set(2);
+        m.sessions.set(5);
+        m.subscriptions.set(7);
+        m.retained.set(1);
+        m.queued.set(4);
+        m.record_received(QoS::AtMostOnce, 10);
+        m.record_received(QoS::ExactlyOnce, 20);
+        m.messages_sent[1].inc_by(6);
+        m.bytes_received.inc_by(100);
+        m.bytes_sent.inc_by(200);
+        m.dropped(DropReason::QueueFull).inc_by(3);
+
+        let (status, head, body) = server.get("/sys?token=s3cret").await;
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let stats: SysStats = serde_json::from_str(&body).expect("stats JSON");
+        assert_eq!(stats.version, "9.9.9");
+        assert_eq!(stats.connections, 2);
+        assert_eq!(stats.sessions, 5);
+        assert_eq!(stats.subscriptions, 7);
+        assert_eq!(stats.retained, 1);
+        assert_eq!(stats.queued, 4);
+        assert_eq!(
+            stats.messages_received,
+            PerQosStats {
+                total: 2,
+                qos0: 1,
+                qos1: 0,
+                qos2: 1
+            }
+        );
+        assert_eq!(stats.messages_sent.total, 6);
+        assert_eq!(stats.payload_bytes_received.total, 30);
+        assert_eq!(stats.bytes_received, 100);
+        assert_eq!(stats.bytes_sent, 200);
+        assert_eq!(stats.dropped.get("queue_full"), Some(&3));
+        assert_eq!(stats.dropped.get("offline_qos0"), Some(&0));
+        assert_eq!(stats.dropped.get("no_subscribers"), Some(&0));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_methods_and_garbage_are_refused() {
+        let server = TestServer::start().await;
+        assert_eq!(server.get("/").await.0, 404);
+        assert_eq!(server.get("/brokers").await.0, 404);
+        assert_eq!(server.get("/healthz/x").await.0, 404);
+        let post = "POST /sys?token=s3cret HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        assert_eq!(server.raw(post).await.0, 405);
+        assert_eq!(server.raw("NOT HTTP AT ALL\r\n\r\n").await.0, 400);
+        // The server survived all of it.
+        server.ready.store(true, Ordering::Release);
+        assert_eq!(server.get("/healthz").await.0, 200);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_idle_connections() {
+        let server = TestServer::start().await;
+        // An idle keep-alive connection must not delay shutdown.
+        let mut idle = TcpStream::connect(server.addr).await.expect("connect");
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(IO_TIMEOUT, idle.read(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0);
+        let started = std::time::Instant::now();
+        server.stop().await;
+        assert!(started.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(2));
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

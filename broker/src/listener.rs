@@ -1,0 +1,54 @@
+//! The MQTT TCP listener: accepts connections and spawns a [`connection`](crate::connection)
+//! task for each, until shutdown.
+//!
+//! Accept errors (for example the process running out of file descriptors) are logged and
+//! retried with a growing pause instead of ending the server, so that a burst of connections
+//! cannot take the listener down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use crate::broker::Broker;
+use crate::connection;
+
+/// Accepts connections until `shutdown` turns true. Every connection task holds a clone of
+/// `done`, so the caller learns that all of them have finished when its receiver closes.
+pub async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                broker.metrics.connections_accepted.inc();
+                let broker = broker.clone();
+                let shutdown = shutdown.clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    connection::serve(stream, peer, broker, shutdown).await;
+                    drop(done);
+                });
+            }
+            Err(error) => {
+                warn!(%error, "accept failed; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Broker-wide counters and gauges, exposed in Prometheus text on `/metrics` and as JSON on `/sys`.
+//!
+//! One [`Metrics`] is created at start and shared (`Arc`) by the listener, the connections and the
+//! router. Series that the publish path touches are resolved once here (one handle per QoS and per
+//! drop reason) so that counting a message is an atomic add, never a label lookup; connections
+//! add their per-batch totals rather than one increment per message.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::codec::QoS;
+
+/// Why a message did not reach a subscriber (or the broker refused it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The subscriber's queue was full; the oldest message was dropped to make room.
+    QueueFull,
+    /// A QoS 0 message for a persistent session whose client is offline.
+    OfflineQos0,
+    /// A PUBLISH with no matching subscription.
+    NoSubscribers,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [
+        DropReason::QueueFull,
+        DropReason::OfflineQos0,
+        DropReason::NoSubscribers,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::OfflineQos0 => "offline_qos0",
+            DropReason::NoSubscribers => "no_subscribers",
+        }
+    }
+}
+
+/// Per-QoS counters: index with `qos as usize`.
+type PerQos = [Counter<u64, AtomicU64>; 3];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Open MQTT connections that completed CONNECT.
+    pub connections: Gauge,
+    /// TCP connections accepted (before CONNECT).
+    pub connections_accepted: Counter,
+    /// Connections refused: by `-mc`, a bad CONNECT, or a CONNECT timeout.
+    pub connections_refused: Counter,
+    /// Sessions held in memory, online or not.
+    pub sessions: Gauge,
+    pub subscriptions: Gauge,
+    pub retained: Gauge,
+    /// Messages waiting in session queues (sent to no socket yet, or awaiting acknowledgement).
+    pub queued: Gauge,
+    pub messages_received: PerQos,
+    pub messages_sent: PerQos,
+    pub payload_bytes_received: PerQos,
+    pub payload_bytes_sent: PerQos,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    dropped: [Counter; 3],
+    started: std::time::Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("coolpy7");
+        let reg = &mut registry;
+        Metrics {
+            connections: gauge(reg, "connections", "Open MQTT connections"),
+            connections_accepted: counter(reg, "connections_accepted", "TCP connections accepted"),
+            connections_refused: counter(
+                reg,
+                "connections_refused",
+                "Connections refused (limit, bad CONNECT, CONNECT timeout)",
+            ),
+            sessions: gauge(reg, "sessions", "Sessions in memory, online or offline"),
+            subscriptions: gauge(reg, "subscriptions", "Subscriptions held"),
+            retained: gauge(reg, "retained_messages", "Retained messages stored"),
+            queued: gauge(
+                reg,
+                "queued_messages",
+                "Messages queued for delivery or awaiting acknowledgement",
+            ),
+            messages_received: per_qos(
+                reg,
+                "messages_received",
+                "PUBLISH packets received from clients",
+            ),
+            messages_sent: per_qos(reg, "messages_sent", "PUBLISH packets sent to clients"),
+            payload_bytes_received: per_qos(
+                reg,
+                "payload_bytes_received",
+                "Payload bytes of PUBLISH packets received",
+            ),
+            payload_bytes_sent: per_qos(
+                reg,
+                "payload_bytes_sent",
+                "Payload bytes of PUBLISH packets sent",
+            ),
+            bytes_received: counter(reg, "bytes_received", "Bytes read from MQTT connections"),
+            bytes_sent: counter(reg, "bytes_sent", "Bytes written to MQTT connections"),
+            dropped: labelled(
+                reg,
+                "messages_dropped",
+                "Messages dropped, by reason",
+                "reason",
+                DropReason::ALL.map(DropReason::label),
+            ),
+            started: std::time::Instant::now(),
+            registry,
+        }
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> &Counter {
+        &self.dropped[reason as usize]
+    }
+
+    pub fn record_received(&self, qos: QoS, payload_len: usize) {
+        self.messages_received[qos as usize].inc();
+        self.payload_bytes_received[qos as usize].inc_by(payload_len as u64);
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn encode_text(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let gauge = Gauge::default();
+    registry.register(name, help, gauge.clone());
+    gauge
+}
+
+fn per_qos(registry: &mut Registry, name: &str, help: &str) -> PerQos {
+    labelled(registry, name, help, "qos", ["0", "1", "2"])
+}
+
+/// A family with a fixed set of label values, resolved up front so the hot path holds plain
+/// counters (clones share their atomic with the family's).
+fn labelled<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: [&str; N],
+) -> [Counter; N] {
+    let family = Family::<Vec<(String, String)>, Counter>::default();
+    let counters = values.map(|value| {
+        family
+            .get_or_create(&vec![(label.to_string(), value.to_string())])
+            .clone()
+    });
+    registry.register(name, help, family);
+    counters
+}

@@ -1,0 +1,80 @@
+//! Starting and stopping the broker: binds the listeners named by the [`Config`], logs them,
+//! runs until the shutdown future completes, then closes every connection and waits (bounded)
+//! for them to finish.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::http::{self, HttpState};
+use crate::listener;
+use crate::metrics::Metrics;
+
+/// How long shutdown waits for connections to finish their last writes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the broker until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop, stopping) = watch::channel(false);
+
+    let mqtt = config
+        .listen
+        .bind_tcp()
+        .await
+        .with_context(|| format!("cannot listen for MQTT on {}", config.listen))?;
+    info!("MQTT listener on tcp {}", mqtt.local_addr()?);
+
+    if let Some(address) = &config.http_listen {
+        let listener = address
+            .bind_tcp()
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {address}"))?;
+        info!("HTTP listener on http://{}", listener.local_addr()?);
+        let state = HttpState {
+            metrics: metrics.clone(),
+            sys_token: config.sys_token.clone(),
+            ready: ready.clone(),
+            version: crate::VERSION,
+        };
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = http::serve(listener, state, stopped).await {
+                warn!(%error, "HTTP server failed");
+            }
+        });
+    }
+
+    let broker = Arc::new(Broker::new(config, metrics));
+    let (done, mut all_done) = mpsc::channel::<()>(1);
+    let accepting = tokio::spawn(listener::accept_loop(mqtt, broker, stopping, done));
+    ready.store(true, Ordering::Release);
+
+    shutdown.await;
+    info!("shutting down");
+    ready.store(false, Ordering::Release);
+    let _ = stop.send(true);
+    let _ = accepting.await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_done.recv())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after {DRAIN_TIMEOUT:?}; exiting anyway");
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! Sessions: the state that belongs to a client id rather than to a TCP connection.
+//!
+//! A session has two parts. Its [`Mailbox`] is shared: the router pushes deliveries into it from
+//! any publisher's task, and the connection that owns the session drains it. Everything else
+//! ([`SessionState`]: subscriptions, in-flight QoS 1/2 messages, QoS 2 packet ids awaiting PUBREL)
+//! is owned by exactly one connection at a time, so it needs no lock. The [`SessionRegistry`]
+//! maps client ids to sessions and hands the state from connection to connection: a connection
+//! [`claims`](SessionRegistry::claim) it after CONNECT (taking it over from a connection that
+//! still holds it) and [`releases`](SessionRegistry::release) it when it closes; a clean session
+//! is discarded then, a persistent one stays in memory and keeps queueing QoS 1/2 messages.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::codec::QoS;
+use crate::metrics::{DropReason, Metrics};
+use crate::router::{Delivery, Router};
+use crate::topic::Subscription;
+
+/// Identifies one session (a client id reused after a clean session gets a new one).
+pub type SessionId = u64;
+
+/// The bounded queue of deliveries for one session.
+pub struct Mailbox {
+    id: SessionId,
+    client_id: Arc<str>,
+    queue: Mutex<VecDeque<Delivery>>,
+    ready: Notify,
+    online: AtomicBool,
+    capacity: usize,
+}
+
+impl Mailbox {
+    fn new(id: SessionId, client_id: Arc<str>, capacity: usize) -> Mailbox {
+        Mailbox {
+            id,
+            client_id,
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            online: AtomicBool::new(false),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Queues a delivery; returns whether it was queued. A full queue drops its oldest delivery
+    /// (the newest data is worth more); QoS 0 is not queued for an offline client.
+    pub fn push(&self, delivery: Delivery, metrics: &Metrics) -> bool {
+        if delivery.qos == QoS::AtMostOnce && !self.is_online() {
+            metrics.dropped(DropReason::OfflineQos0).inc();
+            return false;
+        }
+        let was_empty = {
+            let mut queue = self.queue.lock();
+            let was_empty = queue.is_empty();
+            if queue.len() >= self.capacity {
+                queue.pop_front();
+                metrics.dropped(DropReason::QueueFull).inc();
+            } else {
+                metrics.queued.inc();
+            }
+            queue.push_back(delivery);
+            was_empty
+        };
+        // The consumer drains everything it is woken for, so only the first delivery into an
+        // empty queue needs to wake it.
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Moves deliveries into `out` in order, at most `max` of them, of which at most `window` have
+    /// QoS 1 or 2; stops at the first one that does not fit so that order is kept.
+    pub fn take(&self, max: usize, mut window: usize, out: &mut Vec<Delivery>, metrics: &Metrics) {
+        let mut queue = self.queue.lock();
+        let mut taken = 0;
+        while taken < max {
+            match queue.front() {
+                Some(delivery) if delivery.qos != QoS::AtMostOnce && window == 0 => break,
+                Some(_) => {}
+                None => break,
+            }
+            if let Some(delivery) = queue.pop_front() {
+                if delivery.qos != QoS::AtMostOnce {
+                    window -= 1;
+                }
+                out.push(delivery);
+                taken += 1;
+            }
+        }
+        drop(queue);
+        metrics.queued.dec_by(taken as i64);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.lock().is_empty()
+    }
+
+    /// Completes when a delivery arrives in an empty queue (or one arrived since the last wait).
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    fn clear(&self, metrics: &Metrics) {
+        let dropped = std::mem::take(&mut *self.queue.lock()).len();
+        metrics.queued.dec_by(dropped as i64);
+    }
+}
+
+/// Where an outgoing QoS 1/2 message stands.
+#[derive(Debug, Clone)]
+pub enum InFlight {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Delivery),
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// Outgoing QoS 1/2 messages awaiting acknowledgement, in the order they were sent (which is the
+/// order they must be resent in), with the packet ids they use.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    entries: VecDeque<(u16, InFlight)>,
+    last_id: u16,
+}
+
+impl Outgoing {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records a PUBLISH about to be sent and returns its packet id: the next one after the last
+    /// used, skipping 0 and ids still in flight.
+    pub fn publish(&mut self, delivery: Delivery) -> u16 {
+        let mut id = self.last_id;
+        loop {
+            id = id.wrapping_add(1).max(1);
+            if !self.entries.iter().any(|(used, _)| *used == id) {
+                break;
+            }
+        }
+        self.last_id = id;
+        self.entries.push_back((id, InFlight::Published(delivery)));
+        id
+    }
+
+    /// PUBACK: the QoS 1 message is done. Returns whether `id` was a QoS 1 PUBLISH in flight.
+    pub fn acknowledge(&mut self, id: u16) -> bool {
+        let index = self.entries.iter().position(|(used, state)| {
+            *used == id && matches!(state, InFlight::Published(d) if d.qos == QoS::AtLeastOnce)
+        });
+        index.and_then(|index| self.entries.remove(index)).is_some()
+    }
+
+    /// PUBREC: the QoS 2 message is received; PUBREL follows. Returns whether `id` is in flight.
+    pub fn received(&mut self, id: u16) -> bool {
+        match self.entries.iter_mut().find(|(used, _)| *used == id) {
+            Some((_, state)) => {
+                *state = InFlight::Released;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBCOMP: the QoS 2 exchange is complete. Returns whether `id` was awaiting it.
+    pub fn complete(&mut self, id: u16) -> bool {
+        let index = self
+            .entries
+            .iter()
+            .position(|(used, state)| *used == id && matches!(state, InFlight::Released));
+        index.and_then(|index| self.entries.remove(index)).is_some()
+    }
+
+    /// Everything in flight, oldest first, to be resent on reconnect.
+    pub fn iter(&self) -> impl Iterator<Item = &(u16, InFlight)> {
+        self.entries.iter()
+    }
+}
+
+/// The part of a session owned by the connection that holds it.
+pub struct SessionState {
+    pub mailbox: Arc<Mailbox>,
+    /// Filters as the client sent them (including `$share/...`), with the granted QoS.
+    pub subscriptions: HashMap<String, QoS>,
+    pub outgoing: Outgoing,
+    /// Inbound QoS 2 packet ids delivered and awaiting PUBREL: a resent PUBLISH with one of
+    /// these ids is acknowledged again but not delivered again (exactly once).
+    pub incoming_qos2: HashSet<u16>,
+}
+
+impl SessionState {
+    pub fn client_id(&self) -> &str {
+        self.mailbox.client_id()
+    }
+}
+
+/// Who holds a session: lets a new connection make the holder let go (takeover).
+#[derive(Clone)]
+pub struct Holder {
+    pub connection: u64,
+    /// Notified to ask the holding connection to close.
+    pub kick: Arc<Notify>,
+    /// Notified by the holder once it has released the session.
+    released: Arc<Notify>,
+}
+
+impl Holder {
+    pub fn new(connection: u64) -> Holder {
+        Holder {
+            connection,
+            kick: Arc::new(Notify::new()),
+            released: Arc::new(Notify::new()),
+        }
+    }
+}
+
+enum Entry {
+    Idle(Box<SessionState>),
+    Held(Holder),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("the connection holding client id {0:?} did not let go in time")]
+    TakeoverTimedOut(String),
+}
+
+/// What a connection gets from a successful claim.
+pub struct Claimed {
+    pub state: Box<SessionState>,
+    /// Whether a stored session was resumed (CONNACK's session-present flag).
+    pub session_present: bool,
+}
+
+pub struct SessionRegistry {
+    sessions: Mutex<HashMap<Arc<str>, Entry>>,
+    next_session: AtomicU64,
+    queue_capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// How long a takeover waits for the old connection to release the session.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl SessionRegistry {
+    pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> SessionRegistry {
+        SessionRegistry {
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            queue_capacity,
+            metrics,
+        }
+    }
+
+    /// Takes the session of `client_id` for `holder`, closing the connection that holds it now
+    /// (takeover). `clean` discards any stored session and starts a new one.
+    pub async fn claim(
+        &self,
+        client_id: &str,
+        clean: bool,
+        holder: &Holder,
+        router: &Router,
+    ) -> Result<Claimed, ClaimError> {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
+        loop {
+            let current = {
+                let mut sessions = self.sessions.lock();
+                match sessions.remove(client_id) {
+                    Some(Entry::Held(current)) => {
+                        sessions.insert(Arc::from(client_id), Entry::Held(current.clone()));
+                        current
+                    }
+                    stored => {
+                        let stored = match stored {
+                            Some(Entry::Idle(state)) => Some(state),
+                            _ => None,
+                        };
+                        let key: Arc<str> = Arc::from(client_id);
+                        sessions.insert(key.clone(), Entry::Held(holder.clone()));
+                        drop(sessions);
+                        return Ok(self.start(key, clean, stored, router));
+                    }
+                }
+            };
+            // Taken over: ask the holder to close, and wait until it has released the session.
+            current.kick.notify_one();
+            let released = current.released.notified();
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(ClaimError::TakeoverTimedOut(client_id.to_string()));
+            }
+        }
+    }
+
+    fn start(
+        &self,
+        client_id: Arc<str>,
+        clean: bool,
+        stored: Option<Box<SessionState>>,
+        router: &Router,
+    ) -> Claimed {
+        let (state, session_present) = match stored {
+            Some(state) if !clean => (state, true),
+            stored => {
+                if let Some(old) = stored {
+                    self.discard(*old, router);
+                }
+                self.metrics.sessions.inc();
+                let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+                let state = Box::new(SessionState {
+                    mailbox: Arc::new(Mailbox::new(id, client_id, self.queue_capacity)),
+                    subscriptions: HashMap::new(),
+                    outgoing: Outgoing::default(),
+                    incoming_qos2: HashSet::new(),
+                });
+                (state, false)
+            }
+        };
+        state.mailbox.set_online(true);
+        Claimed {
+            state,
+            session_present,
+        }
+    }
+
+    /// Gives the session back when its connection closes: a persistent session is stored, a
+    /// clean one discarded.
+    pub fn release(&self, holder: &Holder, state: Box<SessionState>, clean: bool, router: &Router) {
+        state.mailbox.set_online(false);
+        {
+            let mut sessions = self.sessions.lock();
+            let ours = matches!(
+                sessions.get(state.client_id()),
+                Some(Entry::Held(h)) if h.connection == holder.connection
+            );
+            if ours {
+                if clean {
+                    sessions.remove(state.client_id());
+                } else {
+                    let key: Arc<str> = Arc::from(state.client_id());
+                    sessions.insert(key, Entry::Idle(state));
+                    drop(sessions);
+                    holder.released.notify_one();
+                    return;
+                }
+            }
+        }
+        // A clean session, or (defensively) one whose entry no longer names us: nobody else can
+        // reach this state, so drop its subscriptions and queue.
+        self.discard(*state, router);
+        holder.released.notify_one();
+    }
+
+    fn discard(&self, state: SessionState, router: &Router) {
+        for filter in state.subscriptions.keys() {
+            if let Some(subscription) = Subscription::parse(filter) {
+                router.unsubscribe(state.mailbox.id(), &subscription);
+            }
+        }
+        state.mailbox.clear(&self.metrics);
+        self.metrics.sessions.dec();
+    }
+
+    /// Sessions in memory (online and offline).
+    pub fn len(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

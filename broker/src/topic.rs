@@ -1,0 +1,185 @@
+//! Topic names and topic filters: what is valid, and how a filter names a subscription.
+//!
+//! The codec has already checked that every string is UTF-8 without U+0000; this module adds the
+//! MQTT rules on top (no wildcards in names, `+` and `#` only as whole levels, `#` last) and parses
+//! shared-subscription filters (`$share/<group>/<filter>`, and Coolpy7's `$queue/<filter>`, which
+//! is a group named `$queue`). Matching itself lives in the router's tree; [`matches`] is the
+//! reference definition used where there is no tree (and by the tree's tests).
+
+/// Splits a topic or filter into levels. `"a//b"` has an empty middle level, as in the spec.
+pub fn levels(topic: &[u8]) -> impl Iterator<Item = &[u8]> {
+    topic.split(|&b| b == b'/')
+}
+
+/// A topic name a client may publish to: non-empty and without wildcard characters.
+pub fn is_valid_topic_name(topic: &[u8]) -> bool {
+    !topic.is_empty() && !topic.iter().any(|&b| b == b'+' || b == b'#')
+}
+
+/// A syntactically valid (non-shared) topic filter.
+pub fn is_valid_filter(filter: &str) -> bool {
+    if filter.is_empty() {
+        return false;
+    }
+    let mut levels = levels(filter.as_bytes()).peekable();
+    while let Some(level) = levels.next() {
+        let is_last = levels.peek().is_none();
+        match level {
+            b"#" if is_last => {}
+            b"+" => {}
+            _ if level.iter().any(|&b| b == b'+' || b == b'#') => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// What a SUBSCRIBE filter asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription<'a> {
+    /// Every matching message goes to this client.
+    Direct { filter: &'a str },
+    /// Each matching message goes to one online member of `group`.
+    Shared { group: &'a str, filter: &'a str },
+}
+
+impl<'a> Subscription<'a> {
+    /// Parses a filter as sent in SUBSCRIBE; `None` when it is invalid (SUBACK 0x80).
+    pub fn parse(raw: &'a str) -> Option<Subscription<'a>> {
+        let subscription = if let Some(rest) = raw.strip_prefix("$share/") {
+            let (group, filter) = rest.split_once('/')?;
+            if group.is_empty() || group.contains(['+', '#']) {
+                return None;
+            }
+            Subscription::Shared { group, filter }
+        } else if let Some(filter) = raw.strip_prefix("$queue/") {
+            Subscription::Shared {
+                group: "$queue",
+                filter,
+            }
+        } else {
+            Subscription::Direct { filter: raw }
+        };
+        is_valid_filter(subscription.filter()).then_some(subscription)
+    }
+
+    /// The filter that topics are matched against.
+    pub fn filter(&self) -> &'a str {
+        match self {
+            Subscription::Direct { filter } | Subscription::Shared { filter, .. } => filter,
+        }
+    }
+
+    pub fn group(&self) -> Option<&'a str> {
+        match self {
+            Subscription::Direct { .. } => None,
+            Subscription::Shared { group, .. } => Some(group),
+        }
+    }
+}
+
+/// Whether `filter` (valid) matches `topic` (a valid name). Topics starting with `$` are not
+/// matched by a wildcard in the first level (MQTT 3.1.1 §4.7.2).
+pub fn matches(filter: &[u8], topic: &[u8]) -> bool {
+    if topic.first() == Some(&b'$') && matches!(filter.first(), Some(b'+' | b'#')) {
+        return false;
+    }
+    let mut topic_levels = levels(topic);
+    for filter_level in levels(filter) {
+        match (filter_level, topic_levels.next()) {
+            (b"#", _) => return true,
+            (b"+", Some(_)) => {}
+            (expected, Some(level)) if expected == level => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(is_valid_topic_name(b"a/b"));
+        assert!(is_valid_topic_name(b"/"));
+        assert!(is_valid_topic_name(b"$SYS/x"));
+        assert!(!is_valid_topic_name(b""));
+        assert!(!is_valid_topic_name(b"a/+"));
+        assert!(!is_valid_topic_name(b"a/#"));
+        assert!(!is_valid_topic_name(b"a#"));
+    }
+
+    #[test]
+    fn filters() {
+        for ok in [
+            "#", "+", "a/#", "a/+/c", "+/+", "/", "a//b", "$SYS/#", "+/#",
+        ] {
+            assert!(is_valid_filter(ok), "{ok} should be valid");
+        }
+        for bad in ["", "a/#/b", "a+", "#a", "a/b#", "a/+b", "##", "#/"] {
+            assert!(!is_valid_filter(bad), "{bad} should be invalid");
+        }
+    }
+
+    #[test]
+    fn shared_subscriptions() {
+        assert_eq!(
+            Subscription::parse("$share/g/a/+"),
+            Some(Subscription::Shared {
+                group: "g",
+                filter: "a/+"
+            })
+        );
+        assert_eq!(
+            Subscription::parse("$queue/a/b"),
+            Some(Subscription::Shared {
+                group: "$queue",
+                filter: "a/b"
+            })
+        );
+        assert_eq!(
+            Subscription::parse("a/b"),
+            Some(Subscription::Direct { filter: "a/b" })
+        );
+        assert_eq!(Subscription::parse("$share/g"), None);
+        assert_eq!(Subscription::parse("$share//a"), None);
+        assert_eq!(Subscription::parse("$share/g+/a"), None);
+        assert_eq!(Subscription::parse("$share/g/a/#/b"), None);
+        assert_eq!(Subscription::parse("$queue/"), None);
+    }
+
+    #[test]
+    fn matching() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a/b/c", false),
+            ("a/+", "a", false),
+            ("a/+", "a/", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("a/#", "ab", false),
+            ("#", "a/b", true),
+            ("#", "/", true),
+            ("+/+", "/", true),
+            ("+", "/a", false),
+            ("+/b/#", "x/b", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("$SYS/+", "$SYS/x", true),
+            ("a//b", "a//b", true),
+            ("a/+/b", "a//b", true),
+        ];
+        for &(filter, topic, expected) in cases {
+            assert_eq!(
+                matches(filter.as_bytes(), topic.as_bytes()),
+                expected,
+                "{filter} vs {topic}"
+            );
+        }
+    }
+}
