@@ -36,6 +36,8 @@ const READ_CHUNK: usize = 4096;
 /// Stop pulling deliveries while this much output is waiting for the socket: beyond it the
 /// mailbox (bounded, counted) holds the backlog, not the write buffer.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading from a client while this much output to it is waiting.
+const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
 const PULL_BATCH: usize = 256;
 /// Payloads up to this size are copied out of the read buffer into their own allocation, so
@@ -325,7 +327,16 @@ impl Connection {
         }
         loop {
             self.pull(&mut scratch);
+            // One write per batch of input or deliveries, not one per packet.
+            if !self.wbuf.is_empty() {
+                if let Err(error) = self.write_now() {
+                    return Close::Io(error);
+                }
+            }
             let writing = !self.wbuf.is_empty();
+            // A client that does not read its acknowledgements is not read from either, so its
+            // output cannot grow without bound (TCP pushes back on it instead).
+            let reading = self.wbuf.len() < READ_PAUSE;
             let can_pull = self.can_pull();
             let deadline = self.next_deadline();
             if deadline < timer.deadline() {
@@ -335,7 +346,7 @@ impl Connection {
                 biased;
                 _ = kick.notified() => return Close::TakenOver,
                 _ = shutdown.changed() => return Close::Shutdown,
-                ready = self.stream.readable() => {
+                ready = self.stream.readable(), if reading => {
                     if let Err(error) = ready {
                         return Close::Io(error);
                     }
