@@ -432,3 +432,250 @@ impl Router {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mailbox(id: SessionId) -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox::new(id, Arc::from(format!("c{id}")), 1000));
+        mailbox.set_online(true);
+        mailbox
+    }
+
+    fn router() -> Router {
+        Router::new(Arc::new(Metrics::new()))
+    }
+
+    fn publish(router: &Router, topic: &str, qos: QoS, retain: bool) -> usize {
+        let message = Message::new(
+            Bytes::copy_from_slice(topic.as_bytes()),
+            Bytes::from_static(b"payload"),
+            qos,
+            retain,
+        );
+        router.publish(Arc::new(message))
+    }
+
+    fn drain(mailbox: &Mailbox) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        mailbox.take(usize::MAX, usize::MAX, &mut out, &Metrics::new());
+        out
+    }
+
+    fn subscribe(router: &Router, mailbox: &Arc<Mailbox>, filter: &str, qos: QoS) {
+        let subscription = Subscription::parse(filter).expect("valid filter in test");
+        router.subscribe(mailbox, &subscription, qos);
+    }
+
+    #[test]
+    fn overlapping_filters_deliver_one_copy_at_the_highest_qos() {
+        let router = router();
+        let a = mailbox(1);
+        subscribe(&router, &a, "x/y", QoS::AtMostOnce);
+        subscribe(&router, &a, "x/#", QoS::ExactlyOnce);
+        subscribe(&router, &a, "+/y", QoS::AtLeastOnce);
+        assert_eq!(publish(&router, "x/y", QoS::ExactlyOnce, false), 1);
+        let got = drain(&a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].qos, QoS::ExactlyOnce);
+        assert!(!got[0].retain);
+    }
+
+    #[test]
+    fn delivered_qos_is_the_minimum_of_published_and_granted() {
+        let router = router();
+        let a = mailbox(1);
+        subscribe(&router, &a, "t", QoS::AtLeastOnce);
+        publish(&router, "t", QoS::ExactlyOnce, false);
+        publish(&router, "t", QoS::AtMostOnce, false);
+        let qos: Vec<QoS> = drain(&a).iter().map(|d| d.qos).collect();
+        assert_eq!(qos, vec![QoS::AtLeastOnce, QoS::AtMostOnce]);
+    }
+
+    #[test]
+    fn unsubscribe_stops_delivery_and_prunes_the_tree() {
+        let router = router();
+        let a = mailbox(1);
+        subscribe(&router, &a, "a/b/c", QoS::AtMostOnce);
+        let subscription = Subscription::parse("a/b/c").expect("valid");
+        assert!(router.unsubscribe(1, &subscription));
+        assert!(!router.unsubscribe(1, &subscription));
+        assert_eq!(publish(&router, "a/b/c", QoS::AtMostOnce, false), 0);
+        assert!(router.tree.load().is_empty());
+        assert_eq!(router.metrics.subscriptions.get(), 0);
+    }
+
+    #[test]
+    fn shared_groups_take_turns_among_online_members() {
+        let router = router();
+        let members: Vec<_> = (1..=3).map(mailbox).collect();
+        for member in &members {
+            subscribe(&router, member, "$share/g/t/+", QoS::AtLeastOnce);
+        }
+        let plain = mailbox(9);
+        subscribe(&router, &plain, "t/+", QoS::AtMostOnce);
+        for _ in 0..9 {
+            publish(&router, "t/x", QoS::AtLeastOnce, false);
+        }
+        for member in &members {
+            assert_eq!(drain(member).len(), 3);
+        }
+        assert_eq!(drain(&plain).len(), 9);
+
+        members[0].set_online(false);
+        for _ in 0..4 {
+            publish(&router, "t/x", QoS::AtLeastOnce, false);
+        }
+        assert_eq!(drain(&members[0]).len(), 0);
+        assert_eq!(drain(&members[1]).len() + drain(&members[2]).len(), 4);
+    }
+
+    #[test]
+    fn queue_groups_are_a_group_named_queue() {
+        let router = router();
+        let (a, b) = (mailbox(1), mailbox(2));
+        subscribe(&router, &a, "$queue/jobs", QoS::AtLeastOnce);
+        subscribe(&router, &b, "$share/$queue/jobs", QoS::AtLeastOnce);
+        publish(&router, "jobs", QoS::AtLeastOnce, false);
+        publish(&router, "jobs", QoS::AtLeastOnce, false);
+        assert_eq!((drain(&a).len(), drain(&b).len()), (1, 1));
+    }
+
+    #[test]
+    fn retained_messages_are_stored_replaced_and_deleted() {
+        let router = router();
+        publish(&router, "r/a", QoS::AtLeastOnce, true);
+        publish(&router, "r/b/c", QoS::AtMostOnce, true);
+        publish(&router, "$SYS/r", QoS::AtMostOnce, true);
+        assert_eq!(router.retained("r/#").len(), 2);
+        assert_eq!(router.retained("+/a").len(), 1);
+        assert_eq!(router.retained("#").len(), 2, "# must not match $ topics");
+        assert_eq!(router.retained("$SYS/#").len(), 1);
+        assert_eq!(router.retained("r/+").len(), 1);
+        assert_eq!(router.metrics.retained.get(), 3);
+
+        publish(&router, "r/a", QoS::ExactlyOnce, true);
+        let replaced = router.retained("r/a");
+        assert_eq!(replaced.len(), 1);
+        assert_eq!(replaced[0].qos, QoS::ExactlyOnce);
+
+        let delete = Message::new(
+            Bytes::from_static(b"r/a"),
+            Bytes::new(),
+            QoS::AtMostOnce,
+            true,
+        );
+        router.publish(Arc::new(delete));
+        assert!(router.retained("r/a").is_empty());
+        assert_eq!(router.metrics.retained.get(), 2);
+    }
+
+    #[test]
+    fn shared_encoding_patches_each_packet_id() {
+        let message = Message::new(
+            Bytes::from_static(b"t"),
+            Bytes::from_static(b"hi"),
+            QoS::AtLeastOnce,
+            false,
+        );
+        let mut out = BytesMut::new();
+        assert!(message.write_to(&mut out, QoS::AtLeastOnce, 7, false, false));
+        assert!(message.write_to(&mut out, QoS::AtLeastOnce, 8, false, false));
+        for expected in [7, 8] {
+            match codec::decode(&mut out, None, usize::MAX) {
+                Ok(Some(codec::Packet::Publish(publish))) => {
+                    assert_eq!(publish.packet_id, Some(expected));
+                    assert_eq!(&publish.payload[..], b"hi");
+                }
+                other => panic!("expected a PUBLISH, got {other:?}"),
+            }
+        }
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("".to_string()),
+            Just("$s".to_string()),
+        ]
+    }
+
+    fn filter_level() -> impl Strategy<Value = String> {
+        prop_oneof![level(), Just("+".to_string())]
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (prop::collection::vec(filter_level(), 1..4), any::<bool>())
+            .prop_map(|(levels, hash)| {
+                let mut filter = levels.join("/");
+                if hash {
+                    filter.push_str("/#");
+                }
+                filter
+            })
+            .prop_filter("a filter is not empty", |filter| !filter.is_empty())
+    }
+
+    fn topic_name() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5).prop_map(|levels| levels.join("/"))
+    }
+
+    proptest! {
+        /// The tree delivers to exactly the sessions whose filters match by the reference rules.
+        #[test]
+        fn tree_agrees_with_reference_matching(
+            filters in prop::collection::vec(filter(), 1..24),
+            topics in prop::collection::vec(topic_name(), 1..8),
+            unsubscribe in prop::collection::vec(any::<bool>(), 24),
+        ) {
+            let router = router();
+            let mailboxes: Vec<_> = (0..filters.len() as u64).map(mailbox).collect();
+            for (mailbox, filter) in mailboxes.iter().zip(&filters) {
+                subscribe(&router, mailbox, filter, QoS::AtMostOnce);
+            }
+            for ((mailbox, filter), remove) in mailboxes.iter().zip(&filters).zip(&unsubscribe) {
+                if *remove {
+                    let subscription = Subscription::parse(filter).expect("valid");
+                    router.unsubscribe(mailbox.id(), &subscription);
+                }
+            }
+            for topic in &topics {
+                publish(&router, topic, QoS::AtMostOnce, false);
+                for ((mailbox, filter), removed) in mailboxes.iter().zip(&filters).zip(&unsubscribe) {
+                    let expected = !removed && topic::matches(filter.as_bytes(), topic.as_bytes());
+                    let got = drain(mailbox).len();
+                    prop_assert_eq!(got, usize::from(expected), "filter {} topic {}", filter, topic);
+                }
+            }
+        }
+
+        /// A wildcard SUBSCRIBE finds exactly the retained messages the reference rules match.
+        #[test]
+        fn retained_lookup_agrees_with_reference_matching(
+            topics in prop::collection::vec(topic_name(), 1..16),
+            filter in filter(),
+        ) {
+            let router = router();
+            let mut distinct = topics.clone();
+            distinct.sort();
+            distinct.dedup();
+            for topic in &distinct {
+                publish(&router, topic, QoS::AtMostOnce, true);
+            }
+            let mut got: Vec<String> = router
+                .retained(&filter)
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.topic).into_owned())
+                .collect();
+            got.sort();
+            let expected: Vec<String> = distinct
+                .into_iter()
+                .filter(|topic| topic::matches(filter.as_bytes(), topic.as_bytes()))
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

@@ -36,7 +36,7 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    fn new(id: SessionId, client_id: Arc<str>, capacity: usize) -> Mailbox {
+    pub(crate) fn new(id: SessionId, client_id: Arc<str>, capacity: usize) -> Mailbox {
         Mailbox {
             id,
             client_id,
@@ -59,7 +59,7 @@ impl Mailbox {
         self.online.load(Ordering::Relaxed)
     }
 
-    fn set_online(&self, online: bool) {
+    pub(crate) fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Relaxed);
     }
 
@@ -393,5 +393,156 @@ impl SessionRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::Message;
+    use bytes::Bytes;
+
+    fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
+        let message = Message::new(
+            Bytes::from_static(b"t"),
+            Bytes::from_static(payload),
+            qos,
+            false,
+        );
+        Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn payloads(deliveries: &[Delivery]) -> Vec<&[u8]> {
+        deliveries.iter().map(|d| &d.message.payload[..]).collect()
+    }
+
+    #[test]
+    fn take_keeps_order_and_respects_the_window() {
+        let metrics = Metrics::new();
+        let mailbox = Mailbox::new(1, Arc::from("c"), 10);
+        mailbox.set_online(true);
+        for (qos, payload) in [
+            (QoS::AtLeastOnce, b"1" as &[u8]),
+            (QoS::AtMostOnce, b"2"),
+            (QoS::ExactlyOnce, b"3"),
+            (QoS::AtMostOnce, b"4"),
+        ] {
+            assert!(mailbox.push(delivery(qos, payload), &metrics));
+        }
+        assert_eq!(metrics.queued.get(), 4);
+        let mut out = Vec::new();
+        mailbox.take(usize::MAX, 1, &mut out, &metrics);
+        assert_eq!(
+            payloads(&out),
+            vec![b"1" as &[u8], b"2"],
+            "stops at the QoS 2 message"
+        );
+        out.clear();
+        mailbox.take(1, 5, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"3" as &[u8]], "at most `max`");
+        out.clear();
+        mailbox.take(usize::MAX, 0, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"4" as &[u8]], "QoS 0 needs no window");
+        assert_eq!(metrics.queued.get(), 0);
+    }
+
+    #[test]
+    fn a_full_mailbox_drops_its_oldest_and_counts_it() {
+        let metrics = Metrics::new();
+        let mailbox = Mailbox::new(1, Arc::from("c"), 2);
+        for payload in [b"1", b"2", b"3"] {
+            assert!(mailbox.push(delivery(QoS::AtLeastOnce, payload), &metrics));
+        }
+        let mut out = Vec::new();
+        mailbox.take(usize::MAX, usize::MAX, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"2" as &[u8], b"3"]);
+        assert_eq!(metrics.dropped(DropReason::QueueFull).get(), 1);
+        assert_eq!(metrics.queued.get(), 0);
+    }
+
+    #[test]
+    fn offline_sessions_queue_only_qos_1_and_2() {
+        let metrics = Metrics::new();
+        let mailbox = Mailbox::new(1, Arc::from("c"), 10);
+        assert!(!mailbox.push(delivery(QoS::AtMostOnce, b"0"), &metrics));
+        assert!(mailbox.push(delivery(QoS::AtLeastOnce, b"1"), &metrics));
+        assert_eq!(metrics.dropped(DropReason::OfflineQos0).get(), 1);
+        assert!(!mailbox.is_empty());
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_flight() {
+        let mut outgoing = Outgoing::default();
+        let first = outgoing.publish(delivery(QoS::AtLeastOnce, b"a"));
+        assert_eq!(first, 1);
+        outgoing.last_id = u16::MAX - 1;
+        assert_eq!(outgoing.publish(delivery(QoS::AtLeastOnce, b"b")), u16::MAX);
+        // Wraps past 0, and past 1 which is still in flight.
+        assert_eq!(outgoing.publish(delivery(QoS::AtLeastOnce, b"c")), 2);
+    }
+
+    #[test]
+    fn acknowledgements_follow_the_qos_flows() {
+        let mut outgoing = Outgoing::default();
+        let one = outgoing.publish(delivery(QoS::AtLeastOnce, b"a"));
+        let two = outgoing.publish(delivery(QoS::ExactlyOnce, b"b"));
+        assert!(
+            !outgoing.acknowledge(two),
+            "PUBACK does not finish a QoS 2 message"
+        );
+        assert!(
+            !outgoing.complete(two),
+            "PUBCOMP before PUBREC is out of order"
+        );
+        assert!(outgoing.received(two));
+        assert!(outgoing.acknowledge(one));
+        assert!(!outgoing.acknowledge(one));
+        assert_eq!(outgoing.len(), 1);
+        assert!(matches!(outgoing.iter().next(), Some((id, InFlight::Released)) if *id == two));
+        assert!(outgoing.complete(two));
+        assert!(outgoing.is_empty());
+    }
+
+    #[tokio::test]
+    async fn takeover_hands_the_session_to_the_new_connection() {
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::new(metrics.clone());
+        let registry = Arc::new(SessionRegistry::new(10, metrics.clone()));
+        let first = Holder::new(1);
+        let claimed = registry
+            .claim("c", false, &first, &router)
+            .await
+            .expect("claim");
+        assert!(!claimed.session_present);
+        let mut state = claimed.state;
+        state.incoming_qos2.insert(42);
+
+        // The old connection releases when kicked, as a connection task does.
+        let kick = first.kick.clone();
+        let releaser = {
+            let registry = registry.clone();
+            let router = Router::new(metrics.clone());
+            tokio::spawn(async move {
+                kick.notified().await;
+                registry.release(&first, state, false, &router);
+            })
+        };
+        let second = Holder::new(2);
+        let claimed = registry
+            .claim("c", false, &second, &router)
+            .await
+            .expect("takeover");
+        releaser.await.expect("releaser");
+        assert!(claimed.session_present);
+        assert!(claimed.state.incoming_qos2.contains(&42));
+        assert_eq!(metrics.sessions.get(), 1);
+
+        registry.release(&second, claimed.state, true, &router);
+        assert!(registry.is_empty());
+        assert_eq!(metrics.sessions.get(), 0);
     }
 }
