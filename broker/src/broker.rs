@@ -36,10 +36,13 @@ impl Broker {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Counts an MQTT connection against `-mc`; `None` when the limit is reached.
-    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+    /// Counts an MQTT connection against `-mc`; `None` when the limit is reached. A takeover
+    /// (`replaces_connection`) is always admitted: the connection it replaces is about to close,
+    /// and refusing it would lock a client out behind its own half-open connection.
+    pub fn admit(self: &Arc<Self>, replaces_connection: bool) -> Option<Admission> {
         let open = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.config.max_connections.is_some_and(|max| open > max) {
+        let limited = self.config.max_connections.is_some_and(|max| open > max);
+        if limited && !replaces_connection {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return None;
         }

@@ -75,7 +75,7 @@ impl std::fmt::Display for Close {
 
 impl Close {
     fn publishes_will(&self) -> bool {
-        !matches!(self, Close::Disconnect | Close::Shutdown)
+        !matches!(self, Close::Disconnect)
     }
 }
 
@@ -173,7 +173,8 @@ impl Handshake<'_> {
             }
             connect.client_id = generated_client_id(id);
         }
-        let Some(admission) = self.broker.admit() else {
+        let takeover = self.broker.sessions.is_connected(&connect.client_id);
+        let Some(admission) = self.broker.admit(takeover) else {
             debug!(%peer, connection = id, "connection limit reached");
             self.refuse(protocol, ConnectReturnCode::ServerUnavailable)
                 .await;
@@ -276,7 +277,14 @@ struct Connection {
 
 impl Connection {
     async fn run(mut self, admission: Admission, mut shutdown: watch::Receiver<bool>) {
-        let close = self.serve(&mut shutdown).await;
+        let mut close = self.serve(&mut shutdown).await;
+        if matches!(
+            close,
+            Close::Io(_) | Close::TakenOver | Close::WriteTimeout | Close::Shutdown
+        ) && self.sent_disconnect()
+        {
+            close = Close::Disconnect;
+        }
         match &close {
             Close::Disconnect | Close::PeerClosed | Close::Shutdown => {
                 debug!(peer = %self.peer, client_id = self.state.client_id(), reason = %close, "connection closed")
@@ -362,6 +370,11 @@ impl Connection {
                 _ = mailbox.ready(), if can_pull => {}
                 _ = &mut timer => {
                     let now = Instant::now();
+                    if !reading {
+                        // We are not reading, so silence is ours, not the client's; a client
+                        // that is gone shows up as a write stall instead.
+                        self.last_packet = now;
+                    }
                     if self.keep_alive.is_some_and(|limit| now >= self.last_packet + limit) {
                         return Close::KeepaliveTimeout;
                     }
@@ -373,6 +386,29 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Whether input not yet handled holds a DISCONNECT (it can when reading was paused, or a
+    /// takeover or network error won the race): then the client asked for no will. Best effort,
+    /// bounded, and without handling anything else it finds.
+    fn sent_disconnect(&mut self) -> bool {
+        let max = self.broker.config.max_packet_size;
+        for _ in 0..16 {
+            loop {
+                match codec::decode(&mut self.rbuf, Some(self.protocol), max) {
+                    Ok(Some(Packet::Disconnect)) => return true,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return false,
+                }
+            }
+            self.rbuf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(n) if n > 0 => {}
+                _ => return false,
+            }
+        }
+        false
     }
 
     /// The earliest moment the connection must be checked: keepalive expiry or write stall.
@@ -563,9 +599,11 @@ impl Connection {
             return;
         }
         let window = usize::from(self.broker.config.max_inflight) - self.state.outgoing.len();
+        let budget = WRITE_HIGH_WATER - self.wbuf.len();
+        let metrics = &self.broker.metrics;
         self.state
             .mailbox
-            .take(PULL_BATCH, window, scratch, &self.broker.metrics);
+            .take(PULL_BATCH, window, budget, scratch, metrics);
         if scratch.is_empty() {
             return;
         }

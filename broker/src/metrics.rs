@@ -22,7 +22,7 @@ pub enum DropReason {
     QueueFull,
     /// A QoS 0 message for a persistent session whose client is offline.
     OfflineQos0,
-    /// A PUBLISH with no matching subscription.
+    /// A PUBLISH that no online subscriber (nor persistent session) could take.
     NoSubscribers,
 }
 
@@ -57,7 +57,7 @@ pub struct Metrics {
     pub sessions: Gauge,
     pub subscriptions: Gauge,
     pub retained: Gauge,
-    /// Messages waiting in session queues (sent to no socket yet, or awaiting acknowledgement).
+    /// Messages waiting in session queues (not yet written to their client).
     pub queued: Gauge,
     pub messages_received: PerQos,
     pub messages_sent: PerQos,
@@ -90,11 +90,7 @@ impl Metrics {
             sessions: gauge(reg, "sessions", "Sessions in memory, online or offline"),
             subscriptions: gauge(reg, "subscriptions", "Subscriptions held"),
             retained: gauge(reg, "retained_messages", "Retained messages stored"),
-            queued: gauge(
-                reg,
-                "queued_messages",
-                "Messages queued for delivery or awaiting acknowledgement",
-            ),
+            queued: gauge(reg, "queued_messages", "Messages waiting in session queues"),
             messages_received: per_qos(
                 reg,
                 "messages_received",

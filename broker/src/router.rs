@@ -121,13 +121,17 @@ struct SharedGroup {
 }
 
 impl SharedGroup {
-    /// The next online member after the last one served, if any is online.
+    /// The next online member after the last one served, if any is online. The turn passes to
+    /// the member after the one chosen, so offline members do not double their neighbours' share.
     fn pick(&self) -> Option<&Subscriber> {
         let len = self.members.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..len)
-            .map(|offset| &self.members[(start + offset) % len].1)
-            .find(|subscriber| subscriber.mailbox.is_online())
+        let start = self.next.load(Ordering::Relaxed);
+        let chosen = (0..len)
+            .map(|offset| (start + offset) % len)
+            .find(|&index| self.members[index].1.mailbox.is_online())?;
+        // Racing publishers may both pick the same member; round robin stays approximate then.
+        self.next.store(chosen + 1, Ordering::Relaxed);
+        Some(&self.members[chosen].1)
     }
 }
 
@@ -372,8 +376,10 @@ impl Router {
         let mut matches = Matches::default();
         tree.collect(&path, 0, &mut matches);
 
+        let mut matched = false;
         let mut deliveries = 0;
         let mut deliver = |subscriber: &Subscriber| {
+            matched = true;
             let qos = message.qos.min(subscriber.qos);
             let delivery = Delivery {
                 message: message.clone(),
@@ -403,7 +409,7 @@ impl Router {
                 }
             }
         }
-        if deliveries == 0 {
+        if !matched {
             self.metrics.dropped(DropReason::NoSubscribers).inc();
         }
         deliveries
@@ -460,7 +466,13 @@ mod tests {
 
     fn drain(mailbox: &Mailbox) -> Vec<Delivery> {
         let mut out = Vec::new();
-        mailbox.take(usize::MAX, usize::MAX, &mut out, &Metrics::new());
+        mailbox.take(
+            usize::MAX,
+            usize::MAX,
+            usize::MAX,
+            &mut out,
+            &Metrics::new(),
+        );
         out
     }
 
@@ -529,7 +541,8 @@ mod tests {
             publish(&router, "t/x", QoS::AtLeastOnce, false);
         }
         assert_eq!(drain(&members[0]).len(), 0);
-        assert_eq!(drain(&members[1]).len() + drain(&members[2]).len(), 4);
+        // An offline member's turns are shared evenly, not all given to its neighbour.
+        assert_eq!((drain(&members[1]).len(), drain(&members[2]).len()), (2, 2));
     }
 
     #[test]

@@ -90,12 +90,22 @@ impl Mailbox {
         true
     }
 
-    /// Moves deliveries into `out` in order, at most `max` of them, of which at most `window` have
-    /// QoS 1 or 2; stops at the first one that does not fit so that order is kept.
-    pub fn take(&self, max: usize, mut window: usize, out: &mut Vec<Delivery>, metrics: &Metrics) {
+    /// Moves deliveries into `out` in order: at most `max` of them, of which at most `window` have
+    /// QoS 1 or 2, and no more once `byte_budget` bytes of topic and payload are taken (at least
+    /// one is always taken if it fits the window). Stops at the first one that does not fit, so
+    /// order is kept.
+    pub fn take(
+        &self,
+        max: usize,
+        mut window: usize,
+        byte_budget: usize,
+        out: &mut Vec<Delivery>,
+        metrics: &Metrics,
+    ) {
         let mut queue = self.queue.lock();
         let mut taken = 0;
-        while taken < max {
+        let mut bytes = 0;
+        while taken < max && bytes < byte_budget {
             match queue.front() {
                 Some(delivery) if delivery.qos != QoS::AtMostOnce && window == 0 => break,
                 Some(_) => {}
@@ -105,12 +115,19 @@ impl Mailbox {
                 if delivery.qos != QoS::AtMostOnce {
                     window -= 1;
                 }
+                bytes += delivery.message.topic.len() + delivery.message.payload.len();
                 out.push(delivery);
                 taken += 1;
             }
         }
+        let more = !queue.is_empty();
         drop(queue);
         metrics.queued.dec_by(taken as i64);
+        // Pushes only wake the consumer when the queue was empty; what is left behind must be
+        // announced here or it would wait for the next push into an empty queue.
+        if more {
+            self.ready.notify_one();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -289,12 +306,16 @@ impl SessionRegistry {
     ) -> Result<Claimed, ClaimError> {
         let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
         loop {
-            let current = {
+            let released = {
                 let mut sessions = self.sessions.lock();
                 match sessions.remove(client_id) {
                     Some(Entry::Held(current)) => {
-                        sessions.insert(Arc::from(client_id), Entry::Held(current.clone()));
-                        current
+                        // Registered before the lock is let go, so a release cannot slip between.
+                        let mut released = Box::pin(current.released.clone().notified_owned());
+                        released.as_mut().enable();
+                        current.kick.notify_one();
+                        sessions.insert(Arc::from(client_id), Entry::Held(current));
+                        released
                     }
                     stored => {
                         let stored = match stored {
@@ -308,13 +329,16 @@ impl SessionRegistry {
                     }
                 }
             };
-            // Taken over: ask the holder to close, and wait until it has released the session.
-            current.kick.notify_one();
-            let released = current.released.notified();
+            // Taken over: the holder was asked to close; wait until it has released the session.
             if tokio::time::timeout_at(deadline, released).await.is_err() {
                 return Err(ClaimError::TakeoverTimedOut(client_id.to_string()));
             }
         }
+    }
+
+    /// Whether a connection holds the session of `client_id` now.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        matches!(self.sessions.lock().get(client_id), Some(Entry::Held(_)))
     }
 
     fn start(
@@ -365,7 +389,7 @@ impl SessionRegistry {
                     let key: Arc<str> = Arc::from(state.client_id());
                     sessions.insert(key, Entry::Idle(state));
                     drop(sessions);
-                    holder.released.notify_one();
+                    holder.released.notify_waiters();
                     return;
                 }
             }
@@ -373,7 +397,7 @@ impl SessionRegistry {
         // A clean session, or (defensively) one whose entry no longer names us: nobody else can
         // reach this state, so drop its subscriptions and queue.
         self.discard(*state, router);
-        holder.released.notify_one();
+        holder.released.notify_waiters();
     }
 
     fn discard(&self, state: SessionState, router: &Router) {
@@ -435,19 +459,42 @@ mod tests {
         }
         assert_eq!(metrics.queued.get(), 4);
         let mut out = Vec::new();
-        mailbox.take(usize::MAX, 1, &mut out, &metrics);
+        mailbox.take(usize::MAX, 1, usize::MAX, &mut out, &metrics);
         assert_eq!(
             payloads(&out),
             vec![b"1" as &[u8], b"2"],
             "stops at the QoS 2 message"
         );
         out.clear();
-        mailbox.take(1, 5, &mut out, &metrics);
+        mailbox.take(1, 5, usize::MAX, &mut out, &metrics);
         assert_eq!(payloads(&out), vec![b"3" as &[u8]], "at most `max`");
         out.clear();
-        mailbox.take(usize::MAX, 0, &mut out, &metrics);
+        mailbox.take(usize::MAX, 0, usize::MAX, &mut out, &metrics);
         assert_eq!(payloads(&out), vec![b"4" as &[u8]], "QoS 0 needs no window");
         assert_eq!(metrics.queued.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn what_a_take_leaves_behind_wakes_the_consumer_again() {
+        let metrics = Metrics::new();
+        let mailbox = Mailbox::new(1, Arc::from("c"), 10);
+        mailbox.set_online(true);
+        for payload in [b"1", b"2", b"3"] {
+            mailbox.push(delivery(QoS::AtMostOnce, payload), &metrics);
+        }
+        mailbox.ready().await;
+        let mut out = Vec::new();
+        // A byte budget smaller than one message still takes one.
+        mailbox.take(usize::MAX, usize::MAX, 1, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"1" as &[u8]]);
+        let woken = tokio::time::timeout(Duration::from_secs(5), mailbox.ready()).await;
+        assert!(
+            woken.is_ok(),
+            "deliveries left behind must wake the consumer"
+        );
+        out.clear();
+        mailbox.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"2" as &[u8], b"3"]);
     }
 
     #[test]
@@ -458,7 +505,7 @@ mod tests {
             assert!(mailbox.push(delivery(QoS::AtLeastOnce, payload), &metrics));
         }
         let mut out = Vec::new();
-        mailbox.take(usize::MAX, usize::MAX, &mut out, &metrics);
+        mailbox.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
         assert_eq!(payloads(&out), vec![b"2" as &[u8], b"3"]);
         assert_eq!(metrics.dropped(DropReason::QueueFull).get(), 1);
         assert_eq!(metrics.queued.get(), 0);
@@ -507,10 +554,23 @@ mod tests {
         assert!(outgoing.is_empty());
     }
 
+    /// Plays a connection task: holds the session until kicked, then releases it.
+    fn hold_until_kicked(
+        registry: Arc<SessionRegistry>,
+        router: Arc<Router>,
+        holder: Holder,
+        state: Box<SessionState>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            holder.kick.notified().await;
+            registry.release(&holder, state, false, &router);
+        })
+    }
+
     #[tokio::test]
     async fn takeover_hands_the_session_to_the_new_connection() {
         let metrics = Arc::new(Metrics::new());
-        let router = Router::new(metrics.clone());
+        let router = Arc::new(Router::new(metrics.clone()));
         let registry = Arc::new(SessionRegistry::new(10, metrics.clone()));
         let first = Holder::new(1);
         let claimed = registry
@@ -518,25 +578,16 @@ mod tests {
             .await
             .expect("claim");
         assert!(!claimed.session_present);
+        assert!(registry.is_connected("c"));
         let mut state = claimed.state;
         state.incoming_qos2.insert(42);
+        hold_until_kicked(registry.clone(), router.clone(), first, state);
 
-        // The old connection releases when kicked, as a connection task does.
-        let kick = first.kick.clone();
-        let releaser = {
-            let registry = registry.clone();
-            let router = Router::new(metrics.clone());
-            tokio::spawn(async move {
-                kick.notified().await;
-                registry.release(&first, state, false, &router);
-            })
-        };
         let second = Holder::new(2);
         let claimed = registry
             .claim("c", false, &second, &router)
             .await
             .expect("takeover");
-        releaser.await.expect("releaser");
         assert!(claimed.session_present);
         assert!(claimed.state.incoming_qos2.contains(&42));
         assert_eq!(metrics.sessions.get(), 1);
@@ -544,5 +595,48 @@ mod tests {
         registry.release(&second, claimed.state, true, &router);
         assert!(registry.is_empty());
         assert_eq!(metrics.sessions.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn simultaneous_takeovers_are_all_served_without_waiting_for_the_timeout() {
+        let metrics = Arc::new(Metrics::new());
+        let router = Arc::new(Router::new(metrics.clone()));
+        let registry = Arc::new(SessionRegistry::new(10, metrics.clone()));
+        let first = Holder::new(1);
+        let claimed = registry
+            .claim("c", false, &first, &router)
+            .await
+            .expect("claim");
+        hold_until_kicked(registry.clone(), router.clone(), first, claimed.state);
+
+        let rivals = (2..=4).map(|connection| {
+            let (registry, router) = (registry.clone(), router.clone());
+            tokio::spawn(async move {
+                let holder = Holder::new(connection);
+                let claimed = registry.claim("c", false, &holder, &router).await?;
+                hold_until_kicked(registry, router, holder, claimed.state);
+                Ok::<_, ClaimError>(claimed.session_present)
+            })
+        });
+        let all = futures_join_all(rivals.collect());
+        let results = tokio::time::timeout(TAKEOVER_TIMEOUT / 2, all)
+            .await
+            .expect("every claim is served well before the takeover timeout");
+        for result in results {
+            assert!(
+                result.expect("task").expect("claim"),
+                "the session is resumed"
+            );
+        }
+    }
+
+    async fn futures_join_all<T>(
+        handles: Vec<tokio::task::JoinHandle<T>>,
+    ) -> Vec<Result<T, tokio::task::JoinError>> {
+        let mut results = Vec::with_capacity(handles.len());
+        for handle in handles {
+            results.push(handle.await);
+        }
+        results
     }
 }

@@ -6,19 +6,30 @@
 //! is a group named `$queue`). Matching itself lives in the router's tree; [`matches`] is the
 //! reference definition used where there is no tree (and by the tree's tests).
 
+/// The most levels a topic name or filter may have. The protocol sets no limit, but the router
+/// walks topics level by level, and no real topic tree is anywhere near this deep.
+pub const MAX_LEVELS: usize = 128;
+
 /// Splits a topic or filter into levels. `"a//b"` has an empty middle level, as in the spec.
 pub fn levels(topic: &[u8]) -> impl Iterator<Item = &[u8]> {
     topic.split(|&b| b == b'/')
 }
 
-/// A topic name a client may publish to: non-empty and without wildcard characters.
+/// A topic name a client may publish to: non-empty, without wildcard characters, and at most
+/// [`MAX_LEVELS`] levels deep.
 pub fn is_valid_topic_name(topic: &[u8]) -> bool {
-    !topic.is_empty() && !topic.iter().any(|&b| b == b'+' || b == b'#')
+    !topic.is_empty()
+        && !topic.iter().any(|&b| b == b'+' || b == b'#')
+        && level_count(topic) <= MAX_LEVELS
 }
 
-/// A syntactically valid (non-shared) topic filter.
+fn level_count(topic: &[u8]) -> usize {
+    topic.iter().filter(|&&b| b == b'/').count() + 1
+}
+
+/// A syntactically valid (non-shared) topic filter, at most [`MAX_LEVELS`] levels deep.
 pub fn is_valid_filter(filter: &str) -> bool {
-    if filter.is_empty() {
+    if filter.is_empty() || level_count(filter.as_bytes()) > MAX_LEVELS {
         return false;
     }
     let mut levels = levels(filter.as_bytes()).peekable();
@@ -109,6 +120,9 @@ mod tests {
         assert!(!is_valid_topic_name(b"a/+"));
         assert!(!is_valid_topic_name(b"a/#"));
         assert!(!is_valid_topic_name(b"a#"));
+        let deepest = "a/".repeat(MAX_LEVELS - 1) + "a";
+        assert!(is_valid_topic_name(deepest.as_bytes()));
+        assert!(!is_valid_topic_name(format!("{deepest}/a").as_bytes()));
     }
 
     #[test]
@@ -121,6 +135,9 @@ mod tests {
         for bad in ["", "a/#/b", "a+", "#a", "a/b#", "a/+b", "##", "#/"] {
             assert!(!is_valid_filter(bad), "{bad} should be invalid");
         }
+        let deepest = "+/".repeat(MAX_LEVELS - 1) + "#";
+        assert!(is_valid_filter(&deepest));
+        assert!(!is_valid_filter(&format!("a/{deepest}")));
     }
 
     #[test]

@@ -21,8 +21,9 @@ use super::{
 /// `max_packet_size` bounds the whole packet (fixed header included) and is enforced as soon as
 /// the remaining length is known; pass `usize::MAX` for no limit beyond the protocol's own.
 ///
-/// `protocol` is the connection's protocol once CONNECT has been received (`None` before). Both
-/// supported levels share one wire format today; it is there for MQTT 5 properties.
+/// `protocol` is the connection's protocol once CONNECT has been received (`None` before). The
+/// supported levels share one wire format, except that MQTT 3.1 clients may set DUP on a retried
+/// PUBREL, SUBSCRIBE or UNSUBSCRIBE; MQTT 5 will add properties here.
 ///
 /// # Errors
 ///
@@ -36,14 +37,10 @@ pub fn decode(
     protocol: Option<Protocol>,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
-    // Nothing differs between 3.1 and 3.1.1 on the receiving side (CONNECT carries its own level,
-    // and the 3.1.1 fixed-header flags are required of 3.1 clients too, which send them anyway).
-    let _ = protocol;
-
     let Some((&first_byte, after_first)) = buf.split_first() else {
         return Ok(None);
     };
-    let kind = PacketKind::from_first_byte(first_byte)?;
+    let kind = PacketKind::from_first_byte(first_byte, protocol)?;
     let Some((remaining_length, length_bytes)) = read_remaining_length(after_first)? else {
         return Ok(None);
     };
@@ -128,7 +125,7 @@ impl PacketKind {
     ///
     /// PUBLISH's QoS and DUP bits are checked here as well, so that a bad PUBLISH is refused
     /// before its (possibly large) body is buffered.
-    fn from_first_byte(byte: u8) -> Result<PacketKind, DecodeError> {
+    fn from_first_byte(byte: u8, protocol: Option<Protocol>) -> Result<PacketKind, DecodeError> {
         let flags = byte & 0x0f;
         let (kind, required_flags) = match byte >> 4 {
             1 => (PacketKind::Connect, 0b0000),
@@ -157,7 +154,10 @@ impl PacketKind {
             14 => (PacketKind::Disconnect, 0b0000),
             reserved => return Err(DecodeError::ReservedPacketType(reserved)),
         };
-        if flags != required_flags {
+        // MQTT 3.1 set DUP on retried PUBREL, SUBSCRIBE and UNSUBSCRIBE (the bits 3.1.1 fixed).
+        let dup_allowed = protocol == Some(Protocol::V31) && required_flags == 0b0010;
+        let flags_seen = if dup_allowed { flags & !0b1000 } else { flags };
+        if flags_seen != required_flags {
             return Err(DecodeError::InvalidFlags {
                 packet: kind.name(),
                 flags,

@@ -511,7 +511,7 @@ fn invalid_fixed_header_flags_are_rejected() {
         (0x83, "SUBSCRIBE"),
         (0x92, "SUBACK"),
         (0xa0, "UNSUBSCRIBE"),
-        (0xaa, "UNSUBSCRIBE"),
+        (0xa6, "UNSUBSCRIBE"),
         (0xb2, "UNSUBACK"),
         (0xc1, "PINGREQ"),
         (0xd2, "PINGRESP"),
@@ -1219,4 +1219,25 @@ proptest! {
         let _ = drain(&bytes, None, NO_LIMIT);
         let _ = drain(&bytes, Some(Protocol::V31), 64);
     }
+}
+
+#[test]
+fn mqtt_31_clients_may_set_dup_on_retried_pubrel_subscribe_and_unsubscribe() {
+    let pubrel_with_dup = [0x6a, 0x02, 0x00, 0x07];
+    let mut buf = BytesMut::from(&pubrel_with_dup[..]);
+    assert_eq!(
+        decode(&mut buf, Some(Protocol::V31), usize::MAX),
+        Ok(Some(Packet::PubRel(7)))
+    );
+    let mut buf = BytesMut::from(&pubrel_with_dup[..]);
+    assert!(matches!(
+        decode(&mut buf, Some(Protocol::V311), usize::MAX),
+        Err(DecodeError::InvalidFlags { .. })
+    ));
+    let subscribe_with_dup = [0x8a, 0x06, 0x00, 0x01, 0x00, 0x01, b't', 0x01];
+    let mut buf = BytesMut::from(&subscribe_with_dup[..]);
+    assert!(matches!(
+        decode(&mut buf, Some(Protocol::V31), usize::MAX),
+        Ok(Some(Packet::Subscribe(_)))
+    ));
 }
