@@ -191,6 +191,11 @@ struct Args {
           value_parser = parse_positive_usize)]
     max_queued: usize,
 
+    /// Seconds an offline persistent session (clean session 0) is kept, 0 = forever
+    #[arg(long = "se", env = "COOLPY7_SE", value_name = "SECS", default_value_t = 7200,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
+    session_expiry: u64,
+
     /// Log filter in tracing EnvFilter syntax, e.g. info or coolpy7=debug,warn
     /// [default: info, or RUST_LOG when set]
     #[arg(long = "log-level", env = "COOLPY7_LOG_LEVEL", value_name = "FILTER",
@@ -311,6 +316,8 @@ pub struct Config {
     pub max_qos: QoS,
     pub max_inflight: u16,
     pub max_queued: usize,
+    /// How long an offline persistent session is kept; `None` = forever.
+    pub session_expiry: Option<Duration>,
     /// The effective log filter (flag or `COOLPY7_LOG_LEVEL`, else `RUST_LOG`, else `info`).
     pub log_level: String,
 }
@@ -335,6 +342,7 @@ impl Default for Config {
             max_qos: QoS::ExactlyOnce,
             max_inflight: 32,
             max_queued: 1000,
+            session_expiry: Some(Duration::from_secs(7200)),
             log_level: "info".to_string(),
         }
     }
@@ -408,6 +416,8 @@ impl Config {
                 .ok_or_else(|| format!("invalid value '{}' for '--mqos'", args.max_qos))?,
             max_inflight: args.max_inflight,
             max_queued: args.max_queued,
+            session_expiry: (args.session_expiry != 0)
+                .then(|| Duration::from_secs(args.session_expiry)),
             log_level,
         })
     }
@@ -525,6 +535,10 @@ mod tests {
         ok_forms("mqos", "1", |c| assert_eq!(c.max_qos, QoS::AtLeastOnce));
         ok_forms("mif", "65535", |c| assert_eq!(c.max_inflight, 65535));
         ok_forms("mq", "5", |c| assert_eq!(c.max_queued, 5));
+        ok_forms("se", "30", |c| {
+            assert_eq!(c.session_expiry, Some(Duration::from_secs(30)))
+        });
+        ok_forms("se", "0", |c| assert_eq!(c.session_expiry, None));
         ok_forms("log-level", "coolpy7=debug,warn", |c| {
             assert_eq!(c.log_level, "coolpy7=debug,warn")
         });
@@ -624,6 +638,7 @@ mod tests {
             ("--mqos", "2"),
             ("--mif", "32"),
             ("--mq", "1000"),
+            ("--se", "7200"),
             ("--log-level", "info"),
         ] {
             assert!(help.contains(flag), "{flag} missing from help:\n{help}");

@@ -20,6 +20,27 @@ use crate::metrics::Metrics;
 /// How long shutdown waits for connections to finish their last writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Discards offline persistent sessions older than `expiry`, checking a few times per period.
+async fn expire_sessions(
+    broker: Arc<Broker>,
+    expiry: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let period = (expiry / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        let expired = broker.sessions.expire(expiry, &broker.router);
+        if expired > 0 {
+            tracing::debug!(expired, "offline sessions expired");
+        }
+    }
+}
+
 /// Runs the broker until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -59,7 +80,11 @@ pub async fn run(
         });
     }
 
+    let session_expiry = config.session_expiry;
     let broker = Arc::new(Broker::new(config, metrics));
+    if let Some(expiry) = session_expiry {
+        tokio::spawn(expire_sessions(broker.clone(), expiry, stopping.clone()));
+    }
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let accepting = tokio::spawn(listener::accept_loop(mqtt, broker, stopping, done));
     ready.store(true, Ordering::Release);

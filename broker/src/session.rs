@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -258,7 +258,8 @@ impl Holder {
 }
 
 enum Entry {
-    Idle(Box<SessionState>),
+    /// Stored while its client is offline, since the given moment.
+    Idle(Box<SessionState>, Instant),
     Held(Holder),
 }
 
@@ -319,7 +320,7 @@ impl SessionRegistry {
                     }
                     stored => {
                         let stored = match stored {
-                            Some(Entry::Idle(state)) => Some(state),
+                            Some(Entry::Idle(state, _)) => Some(state),
                             _ => None,
                         };
                         let key: Arc<str> = Arc::from(client_id);
@@ -387,7 +388,7 @@ impl SessionRegistry {
                     sessions.remove(state.client_id());
                 } else {
                     let key: Arc<str> = Arc::from(state.client_id());
-                    sessions.insert(key, Entry::Idle(state));
+                    sessions.insert(key, Entry::Idle(state, Instant::now()));
                     drop(sessions);
                     holder.released.notify_waiters();
                     return;
@@ -408,6 +409,35 @@ impl SessionRegistry {
         }
         state.mailbox.clear(&self.metrics);
         self.metrics.sessions.dec();
+    }
+
+    /// Discards the persistent sessions whose clients have been offline for `expiry` or longer;
+    /// returns how many.
+    pub fn expire(&self, expiry: Duration, router: &Router) -> usize {
+        let now = Instant::now();
+        let expired: Vec<Box<SessionState>> = {
+            let mut sessions = self.sessions.lock();
+            let stale: Vec<Arc<str>> = sessions
+                .iter()
+                .filter(|(_, entry)| {
+                    matches!(entry, Entry::Idle(_, since) if now.duration_since(*since) >= expiry)
+                })
+                .map(|(client_id, _)| client_id.clone())
+                .collect();
+            stale
+                .iter()
+                .filter_map(|client_id| match sessions.remove(client_id) {
+                    Some(Entry::Idle(state, _)) => Some(state),
+                    _ => None,
+                })
+                .collect()
+        };
+        let count = expired.len();
+        // Outside the registry lock: unsubscribing rewrites the subscription tree.
+        for state in expired {
+            self.discard(*state, router);
+        }
+        count
     }
 
     /// Sessions in memory (online and offline).
@@ -595,6 +625,45 @@ mod tests {
         registry.release(&second, claimed.state, true, &router);
         assert!(registry.is_empty());
         assert_eq!(metrics.sessions.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn offline_sessions_expire_and_online_ones_do_not() {
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::new(metrics.clone());
+        let registry = SessionRegistry::new(10, metrics.clone());
+        let (offline, online) = (Holder::new(1), Holder::new(2));
+        let claimed = registry
+            .claim("off", false, &offline, &router)
+            .await
+            .expect("claim");
+        let mut state = claimed.state;
+        let filter = "a/+".to_string();
+        let subscription = Subscription::parse(&filter).expect("valid");
+        router.subscribe(&state.mailbox, &subscription, QoS::AtLeastOnce);
+        state.subscriptions.insert(filter, QoS::AtLeastOnce);
+        registry.release(&offline, state, false, &router);
+        let _held = registry
+            .claim("on", false, &online, &router)
+            .await
+            .expect("claim");
+        assert_eq!(metrics.subscriptions.get(), 1);
+
+        assert_eq!(registry.expire(Duration::from_secs(3600), &router), 0);
+        assert_eq!(registry.expire(Duration::ZERO, &router), 1);
+        assert_eq!(registry.len(), 1, "the online session stays");
+        assert!(registry.is_connected("on"));
+        assert_eq!(
+            metrics.subscriptions.get(),
+            0,
+            "the expired session's subscriptions go"
+        );
+        assert_eq!(metrics.sessions.get(), 1);
+        let resumed = registry
+            .claim("off", false, &Holder::new(3), &router)
+            .await
+            .expect("claim");
+        assert!(!resumed.session_present);
     }
 
     #[tokio::test]
