@@ -55,6 +55,9 @@ pub async fn run(
         .bind_tcp()
         .await
         .with_context(|| format!("cannot listen for MQTT on {}", config.listen))?;
+    // Bound means ready: connections queue in the backlog until the accept loop takes them, so
+    // /healthz can say so before anyone reads the listener line below.
+    ready.store(true, Ordering::Release);
     info!("MQTT listener on tcp {}", mqtt.local_addr()?);
 
     if let Some(address) = &config.http_listen {
@@ -87,7 +90,6 @@ pub async fn run(
     }
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let accepting = tokio::spawn(listener::accept_loop(mqtt, broker, stopping, done));
-    ready.store(true, Ordering::Release);
 
     shutdown.await;
     info!("shutting down");

@@ -574,9 +574,7 @@ mod tests {
         let bytes = Connect::v311("ab").keep_alive(60).encode();
         assert_eq!(
             bytes,
-            vec![
-                0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 2, b'a', b'b'
-            ]
+            vec![0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 2, b'a', b'b']
         );
     }
 
@@ -650,10 +648,7 @@ mod tests {
             subscribe(10, &[("a/b", 1)]),
             vec![0x82, 8, 0, 10, 0, 3, b'a', b'/', b'b', 1]
         );
-        assert_eq!(
-            unsubscribe(11, &["a"]),
-            vec![0xA2, 5, 0, 11, 0, 1, b'a']
-        );
+        assert_eq!(unsubscribe(11, &["a"]), vec![0xA2, 5, 0, 11, 0, 1, b'a']);
     }
 
     #[test]
