@@ -10,6 +10,7 @@
 //! connection is idle. When the loop ends the session goes back to the registry and, unless the
 //! client sent DISCONNECT, its will is published.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,6 +32,8 @@ use crate::router::{Delivery, Message};
 use crate::session::{Holder, SessionState};
 use crate::topic::{self, Subscription};
 
+/// Read at least this much at a time before CONNECT.
+const CONNECT_READ_CHUNK: usize = 256;
 /// Read at least this much at a time.
 const READ_CHUNK: usize = 4096;
 /// Stop pulling deliveries while this much output is waiting for the socket: beyond it the
@@ -86,32 +89,46 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
+    // The handshake's futures are large and needed once; boxed, they are freed before the
+    // connection settles into its loop, which is all an idle connection keeps in memory.
+    let accepted = Box::pin(handshake(stream, peer, &broker)).await;
+    if let Some((connection, admission)) = accepted {
+        connection.run(admission, shutdown).await;
+    }
+}
+
+/// Reads and checks CONNECT within `-nt`, and answers it.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+) -> Option<(Box<Connection>, Admission)> {
     let id = broker.next_connection_id();
     let _ = stream.set_nodelay(true);
     let mut handshake = Handshake {
         stream,
         rbuf: BytesMut::new(),
-        broker: &broker,
+        broker,
     };
-    let connect =
-        match tokio::time::timeout(broker.config.connect_timeout, handshake.read_connect()).await {
-            Ok(Ok(connect)) => connect,
-            Ok(Err(reason)) => {
-                debug!(%peer, connection = id, %reason, "closed before CONNECT completed");
-                broker.metrics.connections_refused.inc();
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, connection = id, "no CONNECT in time");
-                broker.metrics.connections_refused.inc();
-                return;
-            }
-        };
-    let Some((connection, admission)) = handshake.accept(connect, id, peer).await else {
+    let connect_timeout = broker.config.connect_timeout;
+    let connect = match tokio::time::timeout(connect_timeout, handshake.read_connect()).await {
+        Ok(Ok(connect)) => connect,
+        Ok(Err(reason)) => {
+            debug!(%peer, connection = id, %reason, "closed before CONNECT completed");
+            broker.metrics.connections_refused.inc();
+            return None;
+        }
+        Err(_) => {
+            debug!(%peer, connection = id, "no CONNECT in time");
+            broker.metrics.connections_refused.inc();
+            return None;
+        }
+    };
+    let accepted = handshake.accept(connect, id, peer).await;
+    if accepted.is_none() {
         broker.metrics.connections_refused.inc();
-        return;
-    };
-    connection.run(admission, shutdown).await;
+    }
+    accepted
 }
 
 /// A connection before its CONNECT has been accepted.
@@ -140,7 +157,9 @@ impl Handshake<'_> {
                 }
                 Err(error) => return Err(error.to_string()),
             }
-            self.rbuf.reserve(READ_CHUNK);
+            // A CONNECT is small: a read buffer of ordinary size, allocated and freed around
+            // every connection's long-lived allocations, would fragment the heap.
+            self.rbuf.reserve(CONNECT_READ_CHUNK);
             match read_some(&self.stream, &mut self.rbuf).await {
                 Ok(0) => return Err("connection closed".into()),
                 Ok(n) => {
@@ -157,7 +176,7 @@ impl Handshake<'_> {
         mut connect: Connect,
         id: u64,
         peer: SocketAddr,
-    ) -> Option<(Connection, Admission)> {
+    ) -> Option<(Box<Connection>, Admission)> {
         let protocol = connect.protocol;
         if let Some(will) = &connect.will {
             if !topic::is_valid_topic_name(will.topic.as_bytes()) {
@@ -209,7 +228,9 @@ impl Handshake<'_> {
             session_present = claimed.session_present,
             "client connected"
         );
-        let mut connection = Connection {
+        // Boxed: moved into an async fn, it would be stored twice in the task (rustc keeps the
+        // argument and its binding apart), and every idle connection would pay for that.
+        let mut connection = Box::new(Connection {
             stream: self.stream,
             peer,
             broker,
@@ -225,7 +246,7 @@ impl Handshake<'_> {
             rbuf: self.rbuf,
             wbuf: BytesMut::new(),
             sent: SentCounts::default(),
-        };
+        });
         connection.send(&Packet::ConnAck(ConnAck {
             session_present: claimed.session_present,
             code: ConnectReturnCode::Accepted,
@@ -276,7 +297,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, admission: Admission, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self: Box<Self>, admission: Admission, mut shutdown: watch::Receiver<bool>) {
         let mut close = self.serve(&mut shutdown).await;
         if matches!(
             close,
@@ -306,7 +327,7 @@ impl Connection {
             clean_session,
             will,
             ..
-        } = self;
+        } = *self;
         broker
             .sessions
             .release(&holder, state, clean_session, &broker.router);
@@ -354,7 +375,9 @@ impl Connection {
                 biased;
                 _ = kick.notified() => return Close::TakenOver,
                 _ = shutdown.changed() => return Close::Shutdown,
-                ready = self.stream.readable(), if reading => {
+                // poll_*_ready keep the waker in the socket's own slot; the readable() and
+                // writable() futures would add 300 bytes to every connection's task.
+                ready = poll_fn(|cx| self.stream.poll_read_ready(cx)), if reading => {
                     if let Err(error) = ready {
                         return Close::Io(error);
                     }
@@ -362,7 +385,7 @@ impl Connection {
                         return close;
                     }
                 }
-                ready = self.stream.writable(), if writing => {
+                ready = poll_fn(|cx| self.stream.poll_write_ready(cx)), if writing => {
                     if let Err(error) = ready.and_then(|()| self.write_now()) {
                         return Close::Io(error);
                     }
@@ -441,7 +464,14 @@ impl Connection {
                 self.broker.metrics.bytes_received.inc_by(n as u64);
                 self.last_packet = Instant::now();
             }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // Readiness can be stale (the handshake read up to the CONNECT without draining
+                // the socket): an idle connection must not keep the buffer reserved for it.
+                if self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::new();
+                }
+                return Ok(());
+            }
             Err(error) => return Err(Close::Io(error)),
         }
         self.handle_buffered()
