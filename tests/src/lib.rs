@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod http;

@@ -1,0 +1,549 @@
+//! Connections and the per-connection loops.
+//!
+//! Each publisher and each subscriber is one task owning its `TcpStream`. Reads go into a
+//! reused `BytesMut` (64 KiB at a time) and every whole packet in it is decoded in place; writes
+//! are batched into a reused `Vec`. Counters are per connection ([`Counters`], padded to a cache
+//! line pair) and only `store`d by their owner once per batch; the coordinator sums them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{interval_at, MissedTickBehavior};
+
+use super::codec::{self, Packet};
+
+/// Bytes asked of each read.
+pub const READ_CHUNK: usize = 64 * 1024;
+/// A publisher refills its write buffer when fewer than this many bytes are pending...
+const WRITE_LOW: usize = 16 * 1024;
+/// ... with up to this many bytes of PUBLISHes.
+const WRITE_BATCH: usize = 48 * 1024;
+/// Payload header: publisher id (u32), sequence (u32), send time (u64 ns since start).
+pub const HEADER: usize = 16;
+
+/// Run phases, broadcast on a `watch` channel.
+pub const SETUP: u8 = 0;
+pub const RUN: u8 = 1;
+/// Publishers stop producing (and flush what they have).
+pub const STOP: u8 = 2;
+/// Everyone disconnects.
+pub const CLOSE: u8 = 3;
+
+/// State shared by every task of a run.
+pub struct Shared {
+    /// Time zero for payload timestamps.
+    pub t0: Instant,
+    /// Latency samples are kept for messages sent in [from, to) (ns since `t0`).
+    pub window_from_ns: AtomicU64,
+    pub window_to_ns: AtomicU64,
+    /// Latency samples, handed over once by each subscriber when it ends.
+    pub samples: Mutex<Vec<u64>>,
+    pub keepalive: u16,
+}
+
+impl Shared {
+    pub fn now_ns(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+}
+
+/// One connection's counters (written by its task only).
+#[derive(Default)]
+#[repr(align(128))]
+pub struct Counters {
+    /// Publisher: PUBLISHes produced (counted when queued; flushed before `done`).
+    pub sent: AtomicU64,
+    /// Publisher: PUBACKs received.
+    pub acked: AtomicU64,
+    /// Subscriber: distinct messages received (by publisher sequence).
+    pub delivered: AtomicU64,
+    /// Subscriber: messages whose sequence was already seen.
+    pub duplicates: AtomicU64,
+    /// Subscriber: sequence numbers skipped at arrival (QoS 0 drops, or reordering).
+    pub gaps: AtomicU64,
+    /// Subscriber: PUBLISHes that do not carry a bench header.
+    pub foreign: AtomicU64,
+    /// Socket errors, protocol errors, unexpected disconnects.
+    pub errors: AtomicU64,
+    /// Publisher: stopped and flushed (or dead).
+    pub done: AtomicBool,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed) + n, Relaxed);
+}
+
+/// A connected MQTT client: the stream plus whatever was read beyond the last packet used.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    pub next_packet_id: u16,
+}
+
+/// Connects (optionally from source address `bind`), sends CONNECT and waits for CONNACK 0,
+/// all within `timeout`.
+pub async fn open(
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    client_id: &str,
+    keepalive: u16,
+    timeout: Duration,
+) -> anyhow::Result<Conn> {
+    tokio::time::timeout(timeout, async {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .context("socket")?;
+        if let Some(ip) = bind {
+            // Let connect() pick the port for the whole 4-tuple: binding to port 0 would search
+            // for a port free for *every* destination, which gets slow with thousands bound.
+            bind_no_port(&socket);
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .with_context(|| format!("bind {ip}"))?;
+        }
+        let stream = socket
+            .connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true).ok();
+        let mut conn = Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(256),
+            next_packet_id: 1,
+        };
+        let mut out = Vec::with_capacity(32 + client_id.len());
+        codec::connect(&mut out, client_id, keepalive);
+        conn.stream.write_all(&out).await.context("send CONNECT")?;
+        let code = conn
+            .wait_for(|p| match p {
+                Packet::ConnAck { code, .. } => Some(code),
+                _ => None,
+            })
+            .await
+            .context("waiting for CONNACK")?;
+        if code != 0 {
+            bail!("CONNACK return code {code}");
+        }
+        Ok(conn)
+    })
+    .await
+    .map_err(|_| anyhow!("{client_id}: no CONNACK from {addr} within {timeout:?}"))?
+    .with_context(|| client_id.to_string())
+}
+
+#[cfg(target_os = "linux")]
+fn bind_no_port(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the stated size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_no_port(_socket: &TcpSocket) {}
+
+impl Conn {
+    /// Reads until a packet for which `f` returns `Some`; other packets are skipped.
+    async fn wait_for<T>(
+        &mut self,
+        mut f: impl FnMut(Packet<'_>) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        loop {
+            let mut used = 0;
+            let mut found = None;
+            while let Some((p, n)) = codec::decode(&self.rbuf[used..])? {
+                used += n;
+                if let Some(t) = f(p) {
+                    found = Some(t);
+                    break;
+                }
+            }
+            self.rbuf.advance(used);
+            if let Some(t) = found {
+                return Ok(t);
+            }
+            self.rbuf.reserve(4096);
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                bail!("connection closed by the broker");
+            }
+        }
+    }
+
+    /// Subscribes to `filters` (in SUBSCRIBE packets of at most 100 filters) and waits for every
+    /// SUBACK; fails if any filter is refused.
+    pub async fn subscribe<S: AsRef<str>>(&mut self, filters: &[S], qos: u8) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        let mut ids = Vec::new();
+        for chunk in filters.chunks(100) {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            codec::subscribe(&mut out, id, chunk, qos);
+            ids.push(id);
+        }
+        self.stream
+            .write_all(&out)
+            .await
+            .context("send SUBSCRIBE")?;
+        for id in ids {
+            let refused = self
+                .wait_for(|p| match p {
+                    Packet::SubAck { packet_id, codes } if packet_id == id => {
+                        Some(codes.iter().filter(|&&c| c == 0x80).count())
+                    }
+                    _ => None,
+                })
+                .await
+                .context("waiting for SUBACK")?;
+            if refused > 0 {
+                bail!("{refused} subscription(s) refused");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ping_interval(keepalive: u16) -> tokio::time::Interval {
+    let period = Duration::from_millis(u64::from(keepalive.max(1)) * 500);
+    let mut ping = interval_at(tokio::time::Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ping
+}
+
+/// What a publisher sends.
+pub struct PubSpec {
+    /// Written into every payload, indexes the subscribers' sequence tables.
+    pub id: u32,
+    pub topic: String,
+    pub qos: u8,
+    pub size: usize,
+    /// QoS 1 window.
+    pub inflight: u64,
+    /// msg/s for this publisher; 0 = as fast as possible.
+    pub rate: f64,
+    /// Take a fresh timestamp per message (latency); otherwise one per batch.
+    pub stamp_each: bool,
+}
+
+/// The publisher loop: produce into `wbuf` (respecting the QoS 1 window and the rate), write
+/// when the socket is writable, read PUBACKs when readable. One task, no locks.
+pub async fn publisher(
+    mut conn: Conn,
+    spec: PubSpec,
+    shared: Arc<Shared>,
+    ctr: Arc<Counters>,
+    mut phase_rx: watch::Receiver<u8>,
+) {
+    if let Err(e) = publisher_loop(&mut conn, &spec, &shared, &ctr, &mut phase_rx).await {
+        bump(&ctr.errors, 1);
+        eprintln!("publisher {}: {e:#}", spec.id);
+    }
+    ctr.done.store(true, Relaxed);
+    let mut bye = Vec::with_capacity(2);
+    codec::disconnect(&mut bye);
+    let _ = conn.stream.try_write(&bye);
+}
+
+async fn publisher_loop(
+    conn: &mut Conn,
+    spec: &PubSpec,
+    shared: &Shared,
+    ctr: &Counters,
+    phase_rx: &mut watch::Receiver<u8>,
+) -> anyhow::Result<()> {
+    // The message template: the PUBLISH with a zero payload; id, sequence and time are patched.
+    let mut tmpl = Vec::new();
+    codec::publish(&mut tmpl, &spec.topic, spec.qos, 1, &vec![0u8; spec.size]);
+    let payload_at = tmpl.len() - spec.size;
+    let id_at = payload_at - 2; // packet id (QoS 1 only)
+    tmpl[payload_at..payload_at + 4].copy_from_slice(&spec.id.to_be_bytes());
+    let msg_len = tmpl.len();
+    let batch = (WRITE_BATCH / msg_len).max(1) as u64;
+    let refill_at = (spec.inflight / 4).clamp(1, batch);
+
+    let mut phase = *phase_rx.borrow_and_update();
+    while phase == SETUP {
+        if phase_rx.changed().await.is_err() {
+            return Ok(());
+        }
+        phase = *phase_rx.borrow_and_update();
+    }
+
+    let mut wbuf: Vec<u8> = Vec::with_capacity(WRITE_LOW + WRITE_BATCH + msg_len);
+    let mut wpos = 0usize;
+    conn.rbuf.reserve(READ_CHUNK);
+    let mut produced: u64 = 0;
+    let mut acked: u64 = 0;
+    let rate_limited = spec.rate > 0.0;
+    let rate_start = Instant::now();
+    let mut credited: u64 = 0;
+    let mut tokens: u64 = if rate_limited { 0 } else { u64::MAX };
+    // Falling behind (a full window) does not build up a burst of more than ~50 ms.
+    let max_tokens = ((spec.rate / 20.0) as u64).max(batch);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut ping = ping_interval(shared.keepalive);
+    let mut flushed = false;
+
+    loop {
+        if phase == RUN && wbuf.len() - wpos < WRITE_LOW {
+            let mut n = batch.min(tokens);
+            if spec.qos > 0 {
+                let free = spec.inflight.saturating_sub(produced.saturating_sub(acked));
+                // Refill only once a quarter of the window is free, so that acks trickling in
+                // one by one do not cost one small write each.
+                n = if free >= refill_at { n.min(free) } else { 0 };
+            }
+            if n > 0 {
+                if wpos > 0 {
+                    wbuf.drain(..wpos);
+                    wpos = 0;
+                }
+                let mut ts = shared.now_ns();
+                for _ in 0..n {
+                    let at = wbuf.len();
+                    wbuf.extend_from_slice(&tmpl);
+                    let m = &mut wbuf[at..];
+                    if spec.qos > 0 {
+                        let id = (produced % 65_535) as u16 + 1;
+                        m[id_at..id_at + 2].copy_from_slice(&id.to_be_bytes());
+                    }
+                    if spec.stamp_each {
+                        ts = shared.now_ns();
+                    }
+                    m[payload_at + 4..payload_at + 8]
+                        .copy_from_slice(&(produced as u32).to_be_bytes());
+                    m[payload_at + 8..payload_at + 16].copy_from_slice(&ts.to_be_bytes());
+                    produced += 1;
+                }
+                if rate_limited {
+                    tokens -= n;
+                }
+                ctr.sent.store(produced, Relaxed);
+            }
+        } else if phase >= STOP && !flushed && wpos == wbuf.len() {
+            flushed = true;
+            ctr.done.store(true, Relaxed);
+        }
+
+        let want_write = wpos < wbuf.len();
+        let interest = if want_write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        tokio::select! {
+            biased;
+            changed = phase_rx.changed() => {
+                phase = if changed.is_ok() { *phase_rx.borrow_and_update() } else { CLOSE };
+                if phase >= CLOSE {
+                    return Ok(());
+                }
+            }
+            ready = conn.stream.ready(interest) => {
+                let ready = ready?;
+                if ready.is_readable() || ready.is_read_closed() {
+                    match conn.stream.try_read_buf(&mut conn.rbuf) {
+                        Ok(0) => bail!("connection closed by the broker"),
+                        Ok(_) => {
+                            let mut used = 0;
+                            let mut acks = 0;
+                            while let Some((p, n)) = codec::decode(&conn.rbuf[used..])? {
+                                used += n;
+                                if let Packet::PubAck { .. } = p {
+                                    acks += 1;
+                                }
+                            }
+                            conn.rbuf.advance(used);
+                            conn.rbuf.reserve(READ_CHUNK);
+                            if acks > 0 {
+                                acked += acks;
+                                ctr.acked.store(acked, Relaxed);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if want_write && ready.is_writable() {
+                    match conn.stream.try_write(&wbuf[wpos..]) {
+                        Ok(n) => {
+                            wpos += n;
+                            if wpos == wbuf.len() {
+                                wbuf.clear();
+                                wpos = 0;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            _ = tick.tick(), if rate_limited && phase == RUN => {
+                let due = (spec.rate * rate_start.elapsed().as_secs_f64()) as u64;
+                if due > credited {
+                    tokens = (tokens + (due - credited)).min(max_tokens);
+                    credited = due;
+                }
+            }
+            _ = ping.tick() => {
+                if wpos > 0 {
+                    wbuf.drain(..wpos);
+                    wpos = 0;
+                }
+                codec::pingreq(&mut wbuf);
+            }
+        }
+    }
+}
+
+/// What a subscriber expects.
+pub struct SubSpec {
+    /// Publishers whose ids may appear (sizes the sequence table).
+    pub publishers: usize,
+    /// Keep latency samples (one clock reading per read batch).
+    pub latency: bool,
+}
+
+/// The subscriber loop: read 64 KiB at a time, decode every PUBLISH in place, track sequences,
+/// queue PUBACKs and write them once per read.
+pub async fn subscriber(
+    mut conn: Conn,
+    spec: SubSpec,
+    shared: Arc<Shared>,
+    ctr: Arc<Counters>,
+    mut phase_rx: watch::Receiver<u8>,
+) {
+    let mut samples = Vec::new();
+    if let Err(e) =
+        subscriber_loop(&mut conn, &spec, &shared, &ctr, &mut phase_rx, &mut samples).await
+    {
+        bump(&ctr.errors, 1);
+        eprintln!("subscriber: {e:#}");
+    }
+    if !samples.is_empty() {
+        let mut all = shared.samples.lock().unwrap_or_else(|e| e.into_inner());
+        all.extend_from_slice(&samples);
+    }
+    let mut bye = Vec::with_capacity(2);
+    codec::disconnect(&mut bye);
+    let _ = conn.stream.try_write(&bye);
+}
+
+/// At most this many latency samples are kept (800 MB of u64).
+const MAX_SAMPLES: usize = 100_000_000;
+
+async fn subscriber_loop(
+    conn: &mut Conn,
+    spec: &SubSpec,
+    shared: &Shared,
+    ctr: &Counters,
+    phase_rx: &mut watch::Receiver<u8>,
+    samples: &mut Vec<u64>,
+) -> anyhow::Result<()> {
+    let mut next_seq: Vec<u32> = vec![0; spec.publishers.max(1)];
+    let mut acks: Vec<u8> = Vec::with_capacity(4096);
+    let mut delivered = 0u64;
+    let mut duplicates = 0u64;
+    let mut gaps = 0u64;
+    let mut foreign = 0u64;
+    let mut ping = ping_interval(shared.keepalive);
+    let mut first = true;
+    loop {
+        conn.rbuf.reserve(READ_CHUNK);
+        // Bytes that arrived with the SUBACK are processed before the first read.
+        if !first || conn.rbuf.is_empty() {
+            tokio::select! {
+                biased;
+                changed = phase_rx.changed() => {
+                    if changed.is_err() || *phase_rx.borrow_and_update() >= CLOSE {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                r = conn.stream.read_buf(&mut conn.rbuf) => {
+                    if r? == 0 {
+                        bail!("connection closed by the broker");
+                    }
+                }
+                _ = ping.tick() => {
+                    codec::pingreq(&mut acks);
+                }
+            }
+        }
+        first = false;
+        let (now, from, to) = if spec.latency {
+            (
+                shared.now_ns(),
+                shared.window_from_ns.load(Relaxed),
+                shared.window_to_ns.load(Relaxed),
+            )
+        } else {
+            (0, 0, 0)
+        };
+        let mut used = 0;
+        while let Some((p, n)) = codec::decode(&conn.rbuf[used..])? {
+            used += n;
+            if let Packet::Publish {
+                qos,
+                packet_id,
+                payload,
+                ..
+            } = p
+            {
+                if qos == 1 {
+                    codec::puback(&mut acks, packet_id);
+                }
+                if payload.len() < HEADER {
+                    foreign += 1;
+                    continue;
+                }
+                let id = u32::from_be_bytes(payload[0..4].try_into().unwrap()) as usize;
+                let seq = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+                let Some(next) = next_seq.get_mut(id) else {
+                    foreign += 1;
+                    continue;
+                };
+                if seq >= *next {
+                    gaps += u64::from(seq - *next);
+                    *next = seq + 1;
+                    delivered += 1;
+                    if spec.latency {
+                        let ts = u64::from_be_bytes(payload[8..16].try_into().unwrap());
+                        if ts >= from && ts < to && samples.len() < MAX_SAMPLES {
+                            samples.push(now.saturating_sub(ts));
+                        }
+                    }
+                } else {
+                    duplicates += 1;
+                }
+            }
+        }
+        conn.rbuf.advance(used);
+        ctr.delivered.store(delivered, Relaxed);
+        ctr.duplicates.store(duplicates, Relaxed);
+        ctr.gaps.store(gaps, Relaxed);
+        ctr.foreign.store(foreign, Relaxed);
+        if !acks.is_empty() {
+            conn.stream.write_all(&acks).await?;
+            acks.clear();
+        }
+    }
+}

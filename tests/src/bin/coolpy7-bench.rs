@@ -1,0 +1,17 @@
+//! `coolpy7-bench`: an MQTT 3.1.1 load generator (see `coolpy7_tests::bench`).
+//!
+//! ```text
+//! coolpy7-bench fanin   --qos 1 --publishers 4 --secs 10
+//! coolpy7-bench fanout  --subscribers 8
+//! coolpy7-bench p2p     --pairs 8
+//! coolpy7-bench latency --rate 1000 --qos 1
+//! coolpy7-bench conns   --conns 10000 --pid $(pidof coolpy7)
+//! ```
+
+use clap::Parser;
+use coolpy7_tests::bench::{self, Args};
+
+fn main() {
+    let args = Args::parse();
+    std::process::exit(bench::main(args));
+}

@@ -1,0 +1,189 @@
+//! Smoke test of the `coolpy7-bench` load generator: every scenario, with tiny settings, against
+//! a real coolpy7. Checks that each run completes and that the report is consistent; never
+//! asserts a speed.
+
+use std::process::Command;
+
+use coolpy7_tests::Broker;
+use serde_json::Value;
+
+/// Runs the bench binary against `broker` and returns its JSON report.
+fn bench(broker: &Broker, args: &[&str]) -> Value {
+    let addr = broker.mqtt_addr();
+    let port = addr.port().to_string();
+    let host = addr.ip().to_string();
+    let pid = broker.pid().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--host", &host, "--port", &port, "--pid", &pid, "--secs", "1", "--warmup", "0", "--drain",
+        "5",
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_coolpy7-bench"))
+        .args(&all)
+        .output()
+        .expect("run coolpy7-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "coolpy7-bench {all:?} exited with {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    let report: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}): {stdout}\nstderr: {stderr}"));
+    assert_eq!(report["ok"], true, "{report}\nstderr: {stderr}");
+    assert_eq!(report["timed_out"].as_bool(), Some(false), "{report}");
+    report
+}
+
+fn u(report: &Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing or not an integer in {report}"))
+}
+
+/// A QoS 1 traffic run delivers everything exactly once.
+fn assert_complete(report: &Value, deliveries_per_message: u64) {
+    assert_eq!(u(report, "errors"), 0, "{report}");
+    assert!(u(report, "sent") > 0, "{report}");
+    assert!(u(report, "delivered") > 0, "{report}");
+    assert_eq!(
+        u(report, "expected"),
+        u(report, "sent") * deliveries_per_message,
+        "{report}"
+    );
+    assert_eq!(u(report, "lost"), 0, "{report}");
+    assert_eq!(u(report, "duplicates"), 0, "{report}");
+    assert_eq!(u(report, "delivered"), u(report, "expected"), "{report}");
+    assert!(report["sent_per_sec"].as_f64().is_some(), "{report}");
+    assert!(report["delivered_per_sec"].as_f64().is_some(), "{report}");
+    assert!(u(report, "rss_before_kb") > 0, "{report}");
+    assert!(u(report, "rss_after_kb") > 0, "{report}");
+}
+
+#[test]
+fn fanin_qos1() {
+    let broker = Broker::start(&[]);
+    // Rate-limited: the broker may drop beyond its queue limit at full speed, which is a
+    // finding for a benchmark but not what this test checks.
+    let report = bench(
+        &broker,
+        &["fanin", "--qos", "1", "--publishers", "3", "--rate", "3000"],
+    );
+    assert_eq!(report["scenario"], "fanin");
+    assert_eq!(u(&report, "publishers"), 3);
+    assert_eq!(u(&report, "subscribers"), 1);
+    assert_complete(&report, 1);
+}
+
+#[test]
+fn fanout_qos1() {
+    let broker = Broker::start(&[]);
+    let report = bench(
+        &broker,
+        &[
+            "fanout",
+            "--qos",
+            "1",
+            "--subscribers",
+            "3",
+            "--rate",
+            "1000",
+        ],
+    );
+    assert_eq!(u(&report, "subscribers"), 3);
+    assert_complete(&report, 3);
+}
+
+#[test]
+fn p2p_qos1() {
+    let broker = Broker::start(&[]);
+    let report = bench(
+        &broker,
+        &["p2p", "--qos", "1", "--pairs", "3", "--rate", "3000"],
+    );
+    assert_eq!(u(&report, "publishers"), 3);
+    assert_eq!(u(&report, "subscribers"), 3);
+    assert_complete(&report, 1);
+}
+
+#[test]
+fn latency_percentiles() {
+    let broker = Broker::start(&[]);
+    let report = bench(&broker, &["latency", "--rate", "200"]);
+    assert_eq!(u(&report, "errors"), 0, "{report}");
+    assert!(u(&report, "delivered") > 0, "{report}");
+    let lat = &report["latency_us"];
+    let p = |k: &str| {
+        lat[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("latency_us.{k} missing in {report}"))
+    };
+    assert!(u(lat, "count") > 0, "{report}");
+    assert!(p("p50") > 0.0, "{report}");
+    assert!(p("p50") <= p("p90"), "{report}");
+    assert!(p("p90") <= p("p99"), "{report}");
+    assert!(p("p99") <= p("p999"), "{report}");
+    assert!(p("p999") <= p("max"), "{report}");
+}
+
+#[test]
+fn latency_qos1_with_extra_and_stalled_subscribers() {
+    let broker = Broker::start(&[]);
+    let report = bench(
+        &broker,
+        &[
+            "latency",
+            "--qos",
+            "1",
+            "--rate",
+            "200",
+            "--extra-subs",
+            "40",
+            "--stalled",
+            "2",
+        ],
+    );
+    assert_eq!(u(&report, "stalled"), 2);
+    assert_eq!(u(&report, "extra_subs"), 40);
+    assert_complete(&report, 1);
+    assert!(report["latency_us"]["p50"].as_f64().is_some(), "{report}");
+}
+
+#[test]
+fn conns() {
+    let broker = Broker::start(&[]);
+    let report = bench(&broker, &["conns", "--conns", "200"]);
+    assert_eq!(report["scenario"], "conns");
+    assert_eq!(u(&report, "connected"), 200, "{report}");
+    assert_eq!(u(&report, "errors"), 0, "{report}");
+    assert!(u(&report, "rss_after_kb") > 0, "{report}");
+    assert!(report["rss_per_conn_bytes"].as_f64().is_some(), "{report}");
+}
+
+#[test]
+fn unreachable_broker_is_a_setup_failure() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_coolpy7-bench"))
+        .args([
+            "fanin",
+            "--port",
+            &port,
+            "--secs",
+            "1",
+            "--warmup",
+            "0",
+            "--connect-timeout",
+            "2",
+        ])
+        .output()
+        .expect("run coolpy7-bench");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
