@@ -41,6 +41,8 @@ const READ_CHUNK: usize = 4096;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading from a client while this much output to it is waiting.
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
+/// The longest a publisher waits at a time for a congested subscriber to drain.
+const CONGESTION_WAIT: Duration = Duration::from_millis(50);
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
 const PULL_BATCH: usize = 256;
 /// Payloads up to this size are copied out of the read buffer into their own allocation, so
@@ -246,6 +248,7 @@ impl Handshake<'_> {
             rbuf: self.rbuf,
             wbuf: BytesMut::new(),
             sent: SentCounts::default(),
+            congested: None,
         });
         connection.send(&Packet::ConnAck(ConnAck {
             session_present: claimed.session_present,
@@ -294,6 +297,9 @@ struct Connection {
     rbuf: BytesMut,
     wbuf: BytesMut,
     sent: SentCounts,
+    /// A subscriber's mailbox this client's messages filled past its soft limit: reading from
+    /// this client waits until it drains (flow control; see [`crate::session::Mailbox`]).
+    congested: Option<Arc<crate::session::Mailbox>>,
 }
 
 impl Connection {
@@ -355,6 +361,10 @@ impl Connection {
             return close;
         }
         loop {
+            if let Some(mailbox) = self.congested.take() {
+                // Bounded, so kicks, keepalive and this client's own deliveries wait little.
+                mailbox.drained(CONGESTION_WAIT).await;
+            }
             self.pull(&mut scratch);
             // One write per batch of input or deliveries, not one per packet.
             if !self.wbuf.is_empty() {
@@ -553,7 +563,7 @@ impl Connection {
         Ok(())
     }
 
-    fn route(&self, publish: Publish) {
+    fn route(&mut self, publish: Publish) {
         let (topic, payload) = if publish.payload.len() <= COPY_PAYLOAD_MAX {
             // One allocation for both, and the read buffer stays ours to reuse.
             let mut owned = BytesMut::with_capacity(publish.topic.len() + publish.payload.len());
@@ -566,7 +576,10 @@ impl Connection {
             (publish.topic, publish.payload)
         };
         let message = Message::new(topic, payload, publish.qos, publish.retain);
-        self.broker.router.publish(Arc::new(message));
+        let routed = self.broker.router.publish(Arc::new(message));
+        if self.congested.is_none() {
+            self.congested = routed.congested;
+        }
     }
 
     fn handle_subscribe(&mut self, subscribe: Subscribe) {

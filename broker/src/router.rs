@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 
 use crate::codec::{self, QoS};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Mailbox, SessionId};
+use crate::session::{Mailbox, Pushed, SessionId};
 use crate::topic::{self, Subscription};
 
 /// An application message on its way through the broker.
@@ -93,6 +93,16 @@ impl Message {
         }
         true
     }
+}
+
+/// What [`Router::publish`] did with a message.
+#[derive(Default)]
+pub struct Routed {
+    /// Deliveries queued.
+    pub deliveries: usize,
+    /// A mailbox the message filled past its soft limit while its consumer is keeping up: the
+    /// publisher should let it drain before sending more (see [`Mailbox::drained`]).
+    pub congested: Option<Arc<Mailbox>>,
 }
 
 /// One message for one session.
@@ -365,8 +375,8 @@ impl Router {
         self.tree.store(Arc::new(root.edit(&path, edit)));
     }
 
-    /// Routes a message to every matching session; returns how many deliveries were queued.
-    pub fn publish(&self, message: Arc<Message>) -> usize {
+    /// Routes a message to every matching session.
+    pub fn publish(&self, message: Arc<Message>) -> Routed {
         if message.retain {
             self.retain(&message);
         }
@@ -377,7 +387,7 @@ impl Router {
         tree.collect(&path, 0, &mut matches);
 
         let mut matched = false;
-        let mut deliveries = 0;
+        let mut routed = Routed::default();
         let mut deliver = |subscriber: &Subscriber| {
             matched = true;
             let qos = message.qos.min(subscriber.qos);
@@ -386,8 +396,15 @@ impl Router {
                 qos,
                 retain: false,
             };
-            if subscriber.mailbox.push(delivery, &self.metrics) {
-                deliveries += 1;
+            match subscriber.mailbox.push(delivery, &self.metrics) {
+                Pushed::Dropped => {}
+                Pushed::Queued => routed.deliveries += 1,
+                Pushed::Congested => {
+                    routed.deliveries += 1;
+                    routed
+                        .congested
+                        .get_or_insert_with(|| subscriber.mailbox.clone());
+                }
             }
         };
         match matches.nodes.as_slice() {
@@ -412,7 +429,7 @@ impl Router {
         if !matched {
             self.metrics.dropped(DropReason::NoSubscribers).inc();
         }
-        deliveries
+        routed
     }
 
     fn retain(&self, message: &Message) {
@@ -461,7 +478,7 @@ mod tests {
             qos,
             retain,
         );
-        router.publish(Arc::new(message))
+        router.publish(Arc::new(message)).deliveries
     }
 
     fn drain(mailbox: &Mailbox) -> Vec<Delivery> {

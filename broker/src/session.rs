@@ -26,13 +26,44 @@ use crate::topic::Subscription;
 pub type SessionId = u64;
 
 /// The bounded queue of deliveries for one session.
+///
+/// Flow control: past half its capacity a mailbox whose consumer is keeping up (it took
+/// something within [`ACTIVE_CONSUMER`]) reports [`Pushed::Congested`], and the publisher that
+/// filled it stops reading until it [drains](Mailbox::drained) to a quarter. A consumer that has
+/// stopped taking gets no such courtesy: its queue is capped and drops its oldest, so a stalled
+/// subscriber never slows the others.
 pub struct Mailbox {
     id: SessionId,
     client_id: Arc<str>,
     queue: Mutex<VecDeque<Delivery>>,
     ready: Notify,
+    drained: Notify,
+    /// When the consumer last took a delivery, in milliseconds of [`clock_ms`].
+    last_take_ms: AtomicU64,
     online: AtomicBool,
     capacity: usize,
+}
+
+/// `last_take_ms` of a mailbox whose consumer has not taken anything yet.
+const NEVER: u64 = u64::MAX;
+
+/// A consumer that took something this recently is keeping up, only not fast enough.
+const ACTIVE_CONSUMER: Duration = Duration::from_millis(100);
+
+/// Milliseconds since the process started: a cheap timestamp to keep in an atomic.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// What became of a pushed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued, and the queue is past its soft limit while its consumer is active: the publisher
+    /// should wait for it to drain.
+    Congested,
+    Dropped,
 }
 
 impl Mailbox {
@@ -42,6 +73,8 @@ impl Mailbox {
             client_id,
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
+            drained: Notify::new(),
+            last_take_ms: AtomicU64::new(NEVER),
             online: AtomicBool::new(false),
             capacity: capacity.max(1),
         }
@@ -63,14 +96,14 @@ impl Mailbox {
         self.online.store(online, Ordering::Relaxed);
     }
 
-    /// Queues a delivery; returns whether it was queued. A full queue drops its oldest delivery
-    /// (the newest data is worth more); QoS 0 is not queued for an offline client.
-    pub fn push(&self, delivery: Delivery, metrics: &Metrics) -> bool {
+    /// Queues a delivery. A full queue drops its oldest delivery (the newest data is worth more);
+    /// QoS 0 is not queued for an offline client.
+    pub fn push(&self, delivery: Delivery, metrics: &Metrics) -> Pushed {
         if delivery.qos == QoS::AtMostOnce && !self.is_online() {
             metrics.dropped(DropReason::OfflineQos0).inc();
-            return false;
+            return Pushed::Dropped;
         }
-        let was_empty = {
+        let (was_empty, len) = {
             let mut queue = self.queue.lock();
             let was_empty = queue.is_empty();
             if queue.len() >= self.capacity {
@@ -80,14 +113,46 @@ impl Mailbox {
                 metrics.queued.inc();
             }
             queue.push_back(delivery);
-            was_empty
+            (was_empty, queue.len())
         };
         // The consumer drains everything it is woken for, so only the first delivery into an
         // empty queue needs to wake it.
         if was_empty {
             self.ready.notify_one();
         }
-        true
+        if len >= self.soft_limit() && self.consumer_is_active() {
+            Pushed::Congested
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    fn soft_limit(&self) -> usize {
+        (self.capacity / 2).max(1)
+    }
+
+    fn drained_level(&self) -> usize {
+        self.capacity / 4
+    }
+
+    fn consumer_is_active(&self) -> bool {
+        let last = self.last_take_ms.load(Ordering::Relaxed);
+        self.is_online()
+            && last != NEVER
+            && clock_ms().saturating_sub(last) <= ACTIVE_CONSUMER.as_millis() as u64
+    }
+
+    /// Waits (at most `limit`) until the queue has drained to a quarter of its capacity, or its
+    /// consumer has stopped keeping up.
+    pub async fn drained(&self, limit: Duration) {
+        let notified = self.drained.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a drain in between is not missed.
+        notified.as_mut().enable();
+        if self.queue.lock().len() <= self.drained_level() || !self.consumer_is_active() {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, notified).await;
     }
 
     /// Moves deliveries into `out` in order: at most `max` of them, of which at most `window` have
@@ -103,6 +168,7 @@ impl Mailbox {
         metrics: &Metrics,
     ) {
         let mut queue = self.queue.lock();
+        let was_congested = queue.len() > self.drained_level();
         let mut taken = 0;
         let mut bytes = 0;
         while taken < max && bytes < byte_budget {
@@ -121,8 +187,15 @@ impl Mailbox {
             }
         }
         let more = !queue.is_empty();
+        let drained = was_congested && queue.len() <= self.drained_level();
         drop(queue);
         metrics.queued.dec_by(taken as i64);
+        if taken > 0 {
+            self.last_take_ms.store(clock_ms(), Ordering::Relaxed);
+        }
+        if drained {
+            self.drained.notify_waiters();
+        }
         // Pushes only wake the consumer when the queue was empty; what is left behind must be
         // announced here or it would wait for the next push into an empty queue.
         if more {
@@ -485,7 +558,10 @@ mod tests {
             (QoS::ExactlyOnce, b"3"),
             (QoS::AtMostOnce, b"4"),
         ] {
-            assert!(mailbox.push(delivery(qos, payload), &metrics));
+            assert_eq!(
+                mailbox.push(delivery(qos, payload), &metrics),
+                Pushed::Queued
+            );
         }
         assert_eq!(metrics.queued.get(), 4);
         let mut out = Vec::new();
@@ -527,12 +603,47 @@ mod tests {
         assert_eq!(payloads(&out), vec![b"2" as &[u8], b"3"]);
     }
 
+    #[tokio::test]
+    async fn an_active_consumer_past_half_capacity_asks_publishers_to_wait_until_drained() {
+        let metrics = Metrics::new();
+        let mailbox = Arc::new(Mailbox::new(1, Arc::from("c"), 8));
+        mailbox.set_online(true);
+        // A consumer that never took anything is not keeping up: no flow control, only the cap.
+        let pushes: Vec<Pushed> = (0..8)
+            .map(|_| mailbox.push(delivery(QoS::AtLeastOnce, b"x"), &metrics))
+            .collect();
+        assert!(pushes.iter().all(|p| *p == Pushed::Queued), "{pushes:?}");
+
+        // Once it takes, it is active: past half capacity, pushes report congestion.
+        let mut out = Vec::new();
+        mailbox.take(3, usize::MAX, usize::MAX, &mut out, &metrics);
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtLeastOnce, b"x"), &metrics),
+            Pushed::Congested
+        );
+        let waiter = {
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move { mailbox.drained(Duration::from_secs(30)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "still congested");
+        out.clear();
+        mailbox.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("draining wakes the waiting publisher")
+            .expect("waiter task");
+    }
+
     #[test]
     fn a_full_mailbox_drops_its_oldest_and_counts_it() {
         let metrics = Metrics::new();
         let mailbox = Mailbox::new(1, Arc::from("c"), 2);
         for payload in [b"1", b"2", b"3"] {
-            assert!(mailbox.push(delivery(QoS::AtLeastOnce, payload), &metrics));
+            assert_ne!(
+                mailbox.push(delivery(QoS::AtLeastOnce, payload), &metrics),
+                Pushed::Dropped
+            );
         }
         let mut out = Vec::new();
         mailbox.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
@@ -545,8 +656,14 @@ mod tests {
     fn offline_sessions_queue_only_qos_1_and_2() {
         let metrics = Metrics::new();
         let mailbox = Mailbox::new(1, Arc::from("c"), 10);
-        assert!(!mailbox.push(delivery(QoS::AtMostOnce, b"0"), &metrics));
-        assert!(mailbox.push(delivery(QoS::AtLeastOnce, b"1"), &metrics));
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtMostOnce, b"0"), &metrics),
+            Pushed::Dropped
+        );
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtLeastOnce, b"1"), &metrics),
+            Pushed::Queued
+        );
         assert_eq!(metrics.dropped(DropReason::OfflineQos0).get(), 1);
         assert!(!mailbox.is_empty());
     }
