@@ -2,7 +2,7 @@
 //! limits from the configuration. Built once by the server and handed to each connection in an
 //! `Arc`; nothing in it is locked on the publish path except the mailboxes of the receivers.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -17,6 +17,7 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     connections: AtomicUsize,
     next_connection: AtomicU64,
+    shutting_down: AtomicBool,
 }
 
 impl Broker {
@@ -28,7 +29,19 @@ impl Broker {
             metrics,
             connections: AtomicUsize::new(0),
             next_connection: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// Closes every connection that holds a session; connections still in their handshake see
+    /// [`Broker::is_shutting_down`] once they have claimed theirs.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.sessions.kick_all();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     /// A number that names a TCP connection in logs and in session hand-overs.

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tracing::{debug, info};
 
@@ -85,17 +84,12 @@ impl Close {
 }
 
 /// Serves one accepted TCP connection until it closes.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    broker: Arc<Broker>,
-    shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     // The handshake's futures are large and needed once; boxed, they are freed before the
     // connection settles into its loop, which is all an idle connection keeps in memory.
     let accepted = Box::pin(handshake(stream, peer, &broker)).await;
     if let Some((connection, admission)) = accepted {
-        connection.run(admission, shutdown).await;
+        connection.run(admission).await;
     }
 }
 
@@ -234,20 +228,18 @@ impl Handshake<'_> {
         // argument and its binding apart), and every idle connection would pay for that.
         let mut connection = Box::new(Connection {
             stream: self.stream,
-            peer,
             broker,
             protocol,
             holder,
             state: claimed.state,
             clean_session: connect.clean_session,
-            will: connect.will,
+            will: connect.will.map(Box::new),
             keep_alive: (connect.keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
             last_packet: Instant::now(),
             write_blocked_since: None,
             rbuf: self.rbuf,
             wbuf: BytesMut::new(),
-            sent: SentCounts::default(),
             congested: None,
         });
         connection.send(&Packet::ConnAck(ConnAck {
@@ -272,23 +264,16 @@ impl Handshake<'_> {
     }
 }
 
-/// Per-batch totals of what was sent, added to the shared counters once per write.
-#[derive(Default)]
-struct SentCounts {
-    messages: [u64; 3],
-    payload_bytes: [u64; 3],
-}
-
 /// An accepted connection with its session.
 struct Connection {
     stream: TcpStream,
-    peer: SocketAddr,
     broker: Arc<Broker>,
     protocol: Protocol,
     holder: Holder,
     state: Box<SessionState>,
     clean_session: bool,
-    will: Option<LastWill>,
+    /// Boxed: most clients have none, and every connection would pay for the space.
+    will: Option<Box<LastWill>>,
     /// 1.5 × the keepalive the client asked for; `None` when it asked for none.
     keep_alive: Option<Duration>,
     last_packet: Instant,
@@ -296,15 +281,14 @@ struct Connection {
     write_blocked_since: Option<Instant>,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    sent: SentCounts,
     /// A subscriber's mailbox this client's messages filled past its soft limit: reading from
     /// this client waits until it drains (flow control; see [`crate::session::Mailbox`]).
     congested: Option<Arc<crate::session::Mailbox>>,
 }
 
 impl Connection {
-    async fn run(mut self: Box<Self>, admission: Admission, mut shutdown: watch::Receiver<bool>) {
-        let mut close = self.serve(&mut shutdown).await;
+    async fn run(mut self: Box<Self>, admission: Admission) {
+        let mut close = self.serve().await;
         if matches!(
             close,
             Close::Io(_) | Close::TakenOver | Close::WriteTimeout | Close::Shutdown
@@ -314,10 +298,10 @@ impl Connection {
         }
         match &close {
             Close::Disconnect | Close::PeerClosed | Close::Shutdown => {
-                debug!(peer = %self.peer, client_id = self.state.client_id(), reason = %close, "connection closed")
+                debug!(peer = ?self.stream.peer_addr().ok(), client_id = self.state.client_id(), reason = %close, "connection closed")
             }
             _ => {
-                debug!(peer = %self.peer, client_id = self.state.client_id(), reason = %close, "connection dropped")
+                debug!(peer = ?self.stream.peer_addr().ok(), client_id = self.state.client_id(), reason = %close, "connection dropped")
             }
         }
         // Best effort: flush what is pending (a PINGRESP, a PUBACK) without waiting for a client
@@ -325,7 +309,6 @@ impl Connection {
         if !self.wbuf.is_empty() && !matches!(close, Close::Io(_) | Close::WriteTimeout) {
             let _ = self.write_now();
         }
-        self.flush_counts();
         let Connection {
             broker,
             holder,
@@ -339,6 +322,7 @@ impl Connection {
             .release(&holder, state, clean_session, &broker.router);
         if close.publishes_will() {
             if let Some(will) = will {
+                let will = *will;
                 let message = Message::new(
                     Bytes::from(will.topic.into_bytes()),
                     will.payload,
@@ -351,11 +335,15 @@ impl Connection {
         drop(admission);
     }
 
-    async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Close {
+    async fn serve(&mut self) -> Close {
         let mailbox = self.state.mailbox.clone();
-        let kick = self.holder.kick.clone();
+        let holder = self.holder.clone();
         let mut timer: Pin<Box<Sleep>> = Box::pin(sleep_until(self.next_deadline()));
         let mut scratch = Vec::new();
+        // A shutdown that began while this connection was still in its handshake kicked nobody.
+        if self.broker.is_shutting_down() {
+            return Close::Shutdown;
+        }
         // Packets the client sent right behind its CONNECT.
         if let Err(close) = self.handle_buffered() {
             return close;
@@ -383,8 +371,14 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                _ = kick.notified() => return Close::TakenOver,
-                _ = shutdown.changed() => return Close::Shutdown,
+                // One signal for takeover and shutdown keeps every idle task smaller.
+                _ = holder.kicked() => {
+                    return if self.broker.is_shutting_down() {
+                        Close::Shutdown
+                    } else {
+                        Close::TakenOver
+                    };
+                }
                 // poll_*_ready keep the waker in the socket's own slot; the readable() and
                 // writable() futures would add 300 bytes to every connection's task.
                 ready = poll_fn(|cx| self.stream.poll_read_ready(cx)), if reading => {
@@ -651,6 +645,9 @@ impl Connection {
             return;
         }
         self.wbuf.reserve(READ_CHUNK);
+        // Counted per batch: one atomic add per QoS, not one per message.
+        let mut messages = [0u64; 3];
+        let mut payload_bytes = [0u64; 3];
         for delivery in scratch.drain(..) {
             let qos = delivery.qos;
             let packet_id = if qos == QoS::AtMostOnce {
@@ -660,8 +657,15 @@ impl Connection {
             };
             let message = &delivery.message;
             if message.write_to(&mut self.wbuf, qos, packet_id, delivery.retain, false) {
-                self.sent.messages[qos as usize] += 1;
-                self.sent.payload_bytes[qos as usize] += message.payload.len() as u64;
+                messages[qos as usize] += 1;
+                payload_bytes[qos as usize] += message.payload.len() as u64;
+            }
+        }
+        let metrics = &self.broker.metrics;
+        for qos in 0..3 {
+            if messages[qos] > 0 {
+                metrics.messages_sent[qos].inc_by(messages[qos]);
+                metrics.payload_bytes_sent[qos].inc_by(payload_bytes[qos]);
             }
         }
         if scratch.capacity() > PULL_BATCH {
@@ -695,7 +699,7 @@ impl Connection {
     /// Appends a packet to the write buffer; it goes out with the next write.
     fn send(&mut self, packet: &Packet) {
         if let Err(error) = packet.encode(self.protocol, &mut self.wbuf) {
-            debug!(peer = %self.peer, %error, "could not encode {}", packet.name());
+            debug!(peer = ?self.stream.peer_addr().ok(), %error, "could not encode {}", packet.name());
         }
     }
 
@@ -719,20 +723,8 @@ impl Connection {
         if self.wbuf.is_empty() {
             // Idle connections keep no write buffer.
             self.wbuf = BytesMut::new();
-            self.flush_counts();
         }
         Ok(())
-    }
-
-    fn flush_counts(&mut self) {
-        let sent = std::mem::take(&mut self.sent);
-        let metrics = &self.broker.metrics;
-        for qos in 0..3 {
-            if sent.messages[qos] > 0 {
-                metrics.messages_sent[qos].inc_by(sent.messages[qos]);
-                metrics.payload_bytes_sent[qos].inc_by(sent.payload_bytes[qos]);
-            }
-        }
     }
 }
 

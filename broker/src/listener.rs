@@ -34,10 +34,9 @@ pub async fn accept_loop(
                 backoff = Duration::from_millis(10);
                 broker.metrics.connections_accepted.inc();
                 let broker = broker.clone();
-                let shutdown = shutdown.clone();
                 let done = done.clone();
                 tokio::spawn(async move {
-                    connection::serve(stream, peer, broker, shutdown).await;
+                    connection::serve(stream, peer, broker).await;
                     drop(done);
                 });
             }

@@ -89,13 +89,14 @@ pub async fn run(
         tokio::spawn(expire_sessions(broker.clone(), expiry, stopping.clone()));
     }
     let (done, mut all_done) = mpsc::channel::<()>(1);
-    let accepting = tokio::spawn(listener::accept_loop(mqtt, broker, stopping, done));
+    let accepting = tokio::spawn(listener::accept_loop(mqtt, broker.clone(), stopping, done));
 
     shutdown.await;
     info!("shutting down");
     ready.store(false, Ordering::Release);
     let _ = stop.send(true);
     let _ = accepting.await;
+    broker.shut_down();
     if tokio::time::timeout(DRAIN_TIMEOUT, all_done.recv())
         .await
         .is_err()

@@ -9,7 +9,7 @@
 //! still holds it) and [`releases`](SessionRegistry::release) it when it closes; a clean session
 //! is discarded then, a persistent one stays in memory and keeps queueing QoS 1/2 messages.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -297,11 +297,11 @@ impl Outgoing {
 pub struct SessionState {
     pub mailbox: Arc<Mailbox>,
     /// Filters as the client sent them (including `$share/...`), with the granted QoS.
-    pub subscriptions: HashMap<String, QoS>,
+    pub subscriptions: BTreeMap<String, QoS>,
     pub outgoing: Outgoing,
     /// Inbound QoS 2 packet ids delivered and awaiting PUBREL: a resent PUBLISH with one of
     /// these ids is acknowledged again but not delivered again (exactly once).
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: BTreeSet<u16>,
 }
 
 impl SessionState {
@@ -310,23 +310,60 @@ impl SessionState {
     }
 }
 
-/// Who holds a session: lets a new connection make the holder let go (takeover).
+/// Who holds a session: lets a new connection (or the server's shutdown) make it let go.
 #[derive(Clone)]
 pub struct Holder {
     pub connection: u64,
+    signals: Arc<HolderSignals>,
+}
+
+struct HolderSignals {
     /// Notified to ask the holding connection to close.
-    pub kick: Arc<Notify>,
-    /// Notified by the holder once it has released the session.
-    released: Arc<Notify>,
+    kick: Notify,
+    /// Notified (all waiters) once the holder has released the session; `released` is set first.
+    released_notify: Notify,
+    released: AtomicBool,
 }
 
 impl Holder {
     pub fn new(connection: u64) -> Holder {
         Holder {
             connection,
-            kick: Arc::new(Notify::new()),
-            released: Arc::new(Notify::new()),
+            signals: Arc::new(HolderSignals {
+                kick: Notify::new(),
+                released_notify: Notify::new(),
+                released: AtomicBool::new(false),
+            }),
         }
+    }
+
+    /// Completes when the holder is asked to close (a permit is kept if nobody waits yet).
+    pub async fn kicked(&self) {
+        self.signals.kick.notified().await
+    }
+
+    fn kick(&self) {
+        self.signals.kick.notify_one();
+    }
+
+    fn mark_released(&self) {
+        self.signals.released.store(true, Ordering::Release);
+        self.signals.released_notify.notify_waiters();
+    }
+
+    /// Waits until the holder has released the session, or the deadline passes.
+    async fn released(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), tokio::time::error::Elapsed> {
+        let notified = self.signals.released_notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a release in between is not missed.
+        notified.as_mut().enable();
+        if self.signals.released.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        tokio::time::timeout_at(deadline, notified).await
     }
 }
 
@@ -380,23 +417,19 @@ impl SessionRegistry {
     ) -> Result<Claimed, ClaimError> {
         let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
         loop {
-            let released = {
+            let current = {
                 let mut sessions = self.sessions.lock();
-                match sessions.remove(client_id) {
-                    Some(Entry::Held(current)) => {
-                        // Registered before the lock is let go, so a release cannot slip between.
-                        let mut released = Box::pin(current.released.clone().notified_owned());
-                        released.as_mut().enable();
-                        current.kick.notify_one();
-                        sessions.insert(Arc::from(client_id), Entry::Held(current));
-                        released
+                match sessions.remove_entry(client_id) {
+                    Some((key, Entry::Held(current))) => {
+                        current.kick();
+                        sessions.insert(key, Entry::Held(current.clone()));
+                        current
                     }
                     stored => {
-                        let stored = match stored {
-                            Some(Entry::Idle(state, _)) => Some(state),
-                            _ => None,
+                        let (key, stored) = match stored {
+                            Some((key, Entry::Idle(state, _))) => (key, Some(state)),
+                            _ => (Arc::from(client_id), None),
                         };
-                        let key: Arc<str> = Arc::from(client_id);
                         sessions.insert(key.clone(), Entry::Held(holder.clone()));
                         drop(sessions);
                         return Ok(self.start(key, clean, stored, router));
@@ -404,8 +437,17 @@ impl SessionRegistry {
                 }
             };
             // Taken over: the holder was asked to close; wait until it has released the session.
-            if tokio::time::timeout_at(deadline, released).await.is_err() {
+            if current.released(deadline).await.is_err() {
                 return Err(ClaimError::TakeoverTimedOut(client_id.to_string()));
+            }
+        }
+    }
+
+    /// Asks every connection that holds a session to close (shutdown).
+    pub fn kick_all(&self) {
+        for entry in self.sessions.lock().values() {
+            if let Entry::Held(holder) = entry {
+                holder.kick();
             }
         }
     }
@@ -432,9 +474,9 @@ impl SessionRegistry {
                 let id = self.next_session.fetch_add(1, Ordering::Relaxed);
                 let state = Box::new(SessionState {
                     mailbox: Arc::new(Mailbox::new(id, client_id, self.queue_capacity)),
-                    subscriptions: HashMap::new(),
+                    subscriptions: BTreeMap::new(),
                     outgoing: Outgoing::default(),
-                    incoming_qos2: HashSet::new(),
+                    incoming_qos2: BTreeSet::new(),
                 });
                 (state, false)
             }
@@ -460,10 +502,10 @@ impl SessionRegistry {
                 if clean {
                     sessions.remove(state.client_id());
                 } else {
-                    let key: Arc<str> = Arc::from(state.client_id());
+                    let key = state.mailbox.client_id.clone();
                     sessions.insert(key, Entry::Idle(state, Instant::now()));
                     drop(sessions);
-                    holder.released.notify_waiters();
+                    holder.mark_released();
                     return;
                 }
             }
@@ -471,7 +513,7 @@ impl SessionRegistry {
         // A clean session, or (defensively) one whose entry no longer names us: nobody else can
         // reach this state, so drop its subscriptions and queue.
         self.discard(*state, router);
-        holder.released.notify_waiters();
+        holder.mark_released();
     }
 
     fn discard(&self, state: SessionState, router: &Router) {
@@ -709,7 +751,7 @@ mod tests {
         state: Box<SessionState>,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            holder.kick.notified().await;
+            holder.kicked().await;
             registry.release(&holder, state, false, &router);
         })
     }
