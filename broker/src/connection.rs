@@ -650,13 +650,22 @@ impl Connection {
         let mut payload_bytes = [0u64; 3];
         for delivery in scratch.drain(..) {
             let qos = delivery.qos;
+            // Other references mean other subscribers: worth encoding once for all of them.
+            let shared = Arc::strong_count(&delivery.message) > 1;
             let packet_id = if qos == QoS::AtMostOnce {
                 0
             } else {
                 self.state.outgoing.publish(delivery.clone())
             };
             let message = &delivery.message;
-            if message.write_to(&mut self.wbuf, qos, packet_id, delivery.retain, false) {
+            if message.write_to(
+                &mut self.wbuf,
+                qos,
+                packet_id,
+                delivery.retain,
+                false,
+                shared,
+            ) {
                 messages[qos as usize] += 1;
                 payload_bytes[qos as usize] += message.payload.len() as u64;
             }
@@ -686,6 +695,7 @@ impl Connection {
                         *packet_id,
                         delivery.retain,
                         true,
+                        false,
                     );
                 }
                 crate::session::InFlight::Released => {

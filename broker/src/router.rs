@@ -65,8 +65,9 @@ impl Message {
         })
     }
 
-    /// Appends this message as a PUBLISH to `out`: from the shared encoding for live deliveries,
-    /// encoded afresh for the rare forms (retained on subscribe, DUP on resend). Returns false,
+    /// Appends this message as a PUBLISH to `out`: from the shared encoding for live deliveries
+    /// of a message that other sessions receive too (`shared`), encoded straight into `out`
+    /// otherwise (one subscriber, retained on subscribe, DUP on resend). Returns false,
     /// writing nothing, for a message the wire format cannot carry (which the codec never
     /// produces from a decoded packet).
     pub fn write_to(
@@ -76,8 +77,9 @@ impl Message {
         packet_id: u16,
         retain: bool,
         dup: bool,
+        shared: bool,
     ) -> bool {
-        if retain || dup {
+        if retain || dup || !shared {
             let (topic, payload) = (&self.topic, &self.payload);
             return codec::encode_publish(out, dup, qos, retain, topic, packet_id, payload).is_ok();
         }
@@ -611,9 +613,10 @@ mod tests {
             false,
         );
         let mut out = BytesMut::new();
-        assert!(message.write_to(&mut out, QoS::AtLeastOnce, 7, false, false));
-        assert!(message.write_to(&mut out, QoS::AtLeastOnce, 8, false, false));
-        for expected in [7, 8] {
+        assert!(message.write_to(&mut out, QoS::AtLeastOnce, 7, false, false, true));
+        assert!(message.write_to(&mut out, QoS::AtLeastOnce, 8, false, false, true));
+        assert!(message.write_to(&mut out, QoS::AtLeastOnce, 9, false, false, false));
+        for expected in [7, 8, 9] {
             match codec::decode(&mut out, None, usize::MAX) {
                 Ok(Some(codec::Packet::Publish(publish))) => {
                     assert_eq!(publish.packet_id, Some(expected));
