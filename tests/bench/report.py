@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines written by tests/bench/compare.sh into a Markdown table.
+
+    report.py RESULTS.jsonl [--machine JSON] [--settings JSON] [--brokers a,b,c] [--logs DIR]
+
+One row per figure, one column per broker, then coolpy7's ratio to each peer. With several runs
+of a scenario the median of the successful runs is shown (a `*` marks a figure some of whose
+runs failed); a figure whose runs all failed reads `error`.
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+BROKERS = ["coolpy7", "mosquitto", "rumqttd"]
+
+
+def get(rec, path):
+    """A number at a dotted path of a record, or None."""
+    cur = rec
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    if isinstance(cur, bool) or not isinstance(cur, (int, float)):
+        return None
+    return float(cur)
+
+
+def rss_growth_mb(rec):
+    before, after = get(rec, "rss_before_kb"), get(rec, "rss_after_kb")
+    if before is None or after is None:
+        return None
+    return (after - before) / 1024.0
+
+
+def field(path):
+    return lambda rec: get(rec, path)
+
+
+# (label, better, kind, spec):
+#   kind "one":   spec = (scenario_id, extractor)
+#   kind "sum":   spec = ([scenario_id...], extractor), summed over the scenarios that ran
+#   kind "ratio": spec = ((scenario_a, extractor), (scenario_b, extractor)), a / b per broker
+#   better: "high" or "low" (shown as an arrow), fmt picked by the label's unit.
+def figures(settings):
+    extra = settings.get("extra_subs", 10000)
+    q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1"]
+    q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs"]
+    allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1"]
+    dps = field("delivered_per_sec")
+    return [
+        ("fanin qos0 delivered/s", "high", "one", ("fanin-q0", dps)),
+        ("fanin qos1 delivered/s", "high", "one", ("fanin-q1", dps)),
+        ("fanout qos0 delivered/s", "high", "one", ("fanout-q0", dps)),
+        ("fanout qos1 delivered/s", "high", "one", ("fanout-q1", dps)),
+        ("p2p qos0 delivered/s", "high", "one", ("p2p-q0", dps)),
+        ("p2p qos1 delivered/s", "high", "one", ("p2p-q1", dps)),
+        ("latency qos0 p50 µs", "low", "one", ("latency-q0", field("latency_us.p50"))),
+        ("latency qos0 p99 µs", "low", "one", ("latency-q0", field("latency_us.p99"))),
+        ("latency qos0 p99.9 µs", "low", "one", ("latency-q0", field("latency_us.p999"))),
+        ("latency qos1 p50 µs", "low", "one", ("latency-q1", field("latency_us.p50"))),
+        ("latency qos1 p99 µs", "low", "one", ("latency-q1", field("latency_us.p99"))),
+        ("latency qos1 p99.9 µs", "low", "one", ("latency-q1", field("latency_us.p999"))),
+        ("conns connected", "high", "one", ("conns", field("connected"))),
+        ("conns RSS bytes/conn", "low", "one", ("conns", field("rss_per_conn_bytes"))),
+        ("conns connects/s", "high", "one", ("conns", field("connects_per_sec"))),
+        (f"fanin qos0 +{extra} subs delivered/s", "high", "one", ("fanin-extra-subs", dps)),
+        (f"fanin qos0 +{extra} subs / plain fanin", "high", "ratio",
+         (("fanin-extra-subs", dps), ("fanin-q0", dps))),
+        ("fanout qos0 +2 stalled: healthy delivered/s", "high", "one",
+         ("fanout-stalled-q0", dps)),
+        ("fanout qos0 +2 stalled: RSS growth MB", "low", "one",
+         ("fanout-stalled-q0", rss_growth_mb)),
+        ("fanout qos0 +2 stalled: lost (healthy)", "low", "one",
+         ("fanout-stalled-q0", field("lost"))),
+        ("fanout qos1 +2 stalled: healthy delivered/s", "high", "one",
+         ("fanout-stalled-q1", dps)),
+        ("fanout qos1 +2 stalled: RSS growth MB", "low", "one",
+         ("fanout-stalled-q1", rss_growth_mb)),
+        ("fanout qos1 +2 stalled: lost (healthy)", "low", "one",
+         ("fanout-stalled-q1", field("lost"))),
+        ("broker CPU % fanin qos0", "low", "one", ("fanin-q0", field("broker_cpu_pct"))),
+        ("broker CPU % fanout qos0", "low", "one", ("fanout-q0", field("broker_cpu_pct"))),
+        ("broker CPU % p2p qos0", "low", "one", ("p2p-q0", field("broker_cpu_pct"))),
+        ("lost (qos1)", "low", "sum", (q1, field("lost"))),
+        ("lost (qos0)", "low", "sum", (q0, field("lost"))),
+        ("duplicates", "low", "sum", (allsc, field("duplicates"))),
+        ("out-of-order (gaps)", "low", "sum", (allsc, field("gaps"))),
+        ("client errors", "low", "sum", (allsc, field("errors"))),
+    ]
+
+
+class Cell:
+    def __init__(self, value=None, partial=False, error=False):
+        self.value, self.partial, self.error = value, partial, error
+
+
+def median_of(records, extractor):
+    """Cell for one scenario of one broker: the median over its successful runs; None when
+    the scenario did not run for this broker or its runs do not report the figure."""
+    if not records:
+        return None
+    ok = [r for r in records if "error" not in r]
+    if not ok:
+        return Cell(error=True)
+    vals = [v for v in (extractor(r) for r in ok) if v is not None]
+    if not vals:
+        return None
+    return Cell(statistics.median(vals), partial=len(vals) < len(records))
+
+
+def cell_for(kind, spec, runs):
+    if kind == "one":
+        scen, ex = spec
+        return median_of(runs.get(scen, []), ex)
+    if kind == "sum":
+        scens, ex = spec
+        cells = [median_of(runs.get(s, []), ex) for s in scens]
+        cells = [c for c in cells if c is not None]
+        if not cells:
+            return None
+        good = [c for c in cells if not c.error]
+        if not good:
+            return Cell(error=True)
+        return Cell(sum(c.value for c in good),
+                    partial=any(c.partial for c in good) or len(good) < len(cells))
+    if kind == "ratio":
+        (sa, ea), (sb, eb) = spec
+        a, b = median_of(runs.get(sa, []), ea), median_of(runs.get(sb, []), eb)
+        if a is None or b is None:
+            return None
+        if a.error or b.error:
+            return Cell(error=True)
+        if not b.value:
+            return None
+        return Cell(a.value / b.value, partial=a.partial or b.partial)
+    raise ValueError(kind)
+
+
+def fmt_value(label, cell):
+    if cell is None:
+        return "–"
+    if cell.error:
+        return "error"
+    v = cell.value
+    if label.endswith("/ plain fanin"):
+        s = f"{v:.2f}"
+    elif label.endswith("MB"):
+        s = f"{v:,.1f}"
+    else:
+        s = f"{v:,.0f}" if abs(v) >= 10 or v == int(v) else f"{v:.1f}"
+    return s + ("*" if cell.partial else "")
+
+
+def fmt_ratio(a, b):
+    if a is None or b is None or a.error or b.error:
+        return "–"
+    if b.value == 0:
+        return "–" if a.value == 0 else "∞"
+    return f"{a.value / b.value:.2f}"
+
+
+def log_notes(logs_dir, brokers):
+    """Warnings and errors the brokers printed, per broker: count and a few distinct ones."""
+    notes = []
+    if not logs_dir or not os.path.isdir(logs_dir):
+        return notes
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    stamp = re.compile(r"^\s*(\d{4}-\d\d-\d\dT[\d:.]+Z?|\d{10}:)\s*")
+    for b in brokers:
+        count, distinct = 0, collections.Counter()
+        for path in sorted(glob.glob(os.path.join(logs_dir, f"*-{b}-r*.broker.log"))):
+            try:
+                text = open(path, errors="replace").read()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                line = ansi.sub("", line).strip()
+                if not line or line.startswith("at ") or line.startswith("in "):
+                    continue
+                # compare.sh's readiness probe opens and closes a socket without CONNECT.
+                if "connect packet" in line and "closed by peer" in line:
+                    continue
+                low = line.lower()
+                if any(w in low for w in ("warn", "error", "drop", "panic", "refus")):
+                    count += 1
+                    key = re.sub(r"\d+", "N", stamp.sub("", line))[:140]
+                    distinct[key] += 1
+        if count:
+            top = "; ".join(f"`{k}` ×{n}" for k, n in distinct.most_common(5))
+            notes.append(f"- {b}: {count} warning/error lines in its logs — {top}")
+    return notes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--machine", default="{}")
+    ap.add_argument("--settings", default="{}")
+    ap.add_argument("--brokers", default=",".join(BROKERS))
+    ap.add_argument("--logs", default="")
+    args = ap.parse_args()
+
+    machine = json.loads(args.machine)
+    settings = json.loads(args.settings)
+    brokers = [b for b in args.brokers.split(",") if b]
+
+    by = collections.defaultdict(lambda: collections.defaultdict(list))
+    failures = []
+    with open(args.results) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            rec = json.loads(line)
+            by[rec["broker"]][rec["scenario_id"]].append(rec)
+            if "error" in rec:
+                failures.append(rec)
+
+    peers = [p for p in ("mosquitto", "rumqttd") if p in brokers]
+    cols = brokers + ([f"coolpy7/{p}" for p in peers] if "coolpy7" in brokers else [])
+
+    out = []
+    out.append("## coolpy7 vs Mosquitto vs rumqttd")
+    out.append("")
+    if machine:
+        out.append(f"- date: {machine.get('date', '')}")
+        out.append(f"- machine: {machine.get('nproc', '?')} CPUs, {machine.get('cpu', '?')}, "
+                   f"{machine.get('mem', '?')} RAM, Linux {machine.get('kernel', '?')}, "
+                   f"open files {machine.get('nofile', '?')}")
+        vers = []
+        if machine.get("coolpy7"):
+            c = machine["coolpy7"]
+            if machine.get("commit"):
+                c += f" ({machine['commit']})"
+            vers.append(c)
+        for k in ("mosquitto", "rumqttd"):
+            if machine.get(k):
+                vers.append(machine[k])
+        if vers:
+            out.append(f"- brokers: {'; '.join(vers)}")
+    if settings:
+        out.append(f"- load: {settings.get('size', 64)}-byte payloads, {settings.get('secs')} s "
+                   f"measured after {settings.get('warmup')} s warm-up ({settings.get('drain')} s "
+                   f"drain), {settings.get('conns')} idle connections, median of "
+                   f"{settings.get('runs')} run(s){', quick pass' if settings.get('quick') else ''}")
+    out.append("- ↑ higher is better, ↓ lower is better; ratios are coolpy7 ÷ peer")
+    out.append("")
+    out.append("| figure | " + " | ".join(cols) + " |")
+    out.append("|---|" + "---:|" * len(cols))
+    any_partial = False
+    for label, better, kind, spec in figures(settings):
+        cells = {b: cell_for(kind, spec, by.get(b, {})) for b in brokers}
+        if all(c is None for c in cells.values()):
+            continue  # scenario not part of this comparison
+        any_partial |= any(c is not None and c.partial for c in cells.values())
+        row = [fmt_value(label, cells[b]) for b in brokers]
+        if "coolpy7" in brokers:
+            row += [fmt_ratio(cells["coolpy7"], cells[p]) for p in peers]
+        arrow = "↑" if better == "high" else "↓"
+        out.append(f"| {label} {arrow} | " + " | ".join(row) + " |")
+    out.append("")
+    if any_partial:
+        out.append("`*` some runs of this figure failed or did not report it; the value is "
+                   "from the others.")
+        out.append("")
+    if failures:
+        out.append("Failed runs:")
+        for r in failures:
+            out.append(f"- {r['broker']} {r['scenario_id']} run {r['run']}: {r['error']}")
+        out.append("")
+    notes = log_notes(args.logs, brokers)
+    if notes:
+        out.append("Broker logs:")
+        out.extend(notes)
+        out.append("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
