@@ -350,8 +350,12 @@ impl Connection {
         }
         loop {
             if let Some(mailbox) = self.congested.take() {
-                // Bounded, so kicks, keepalive and this client's own deliveries wait little.
-                mailbox.drained(CONGESTION_WAIT).await;
+                // Never while deliveries to this client wait: two clients flooding each other
+                // would each wait for the other to drain. Bounded, so kicks and keepalive wait
+                // little.
+                if self.state.mailbox.is_empty() {
+                    mailbox.drained(CONGESTION_WAIT).await;
+                }
             }
             self.pull(&mut scratch);
             // One write per batch of input or deliveries, not one per packet.
