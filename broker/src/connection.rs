@@ -241,6 +241,7 @@ impl Handshake<'_> {
             rbuf: self.rbuf,
             wbuf: BytesMut::new(),
             congested: None,
+            woke_subscribers: false,
         });
         connection.send(&Packet::ConnAck(ConnAck {
             session_present: claimed.session_present,
@@ -284,6 +285,8 @@ struct Connection {
     /// A subscriber's mailbox this client's messages filled past its soft limit: reading from
     /// this client waits until it drains (flow control; see [`crate::session::Mailbox`]).
     congested: Option<Arc<crate::session::Mailbox>>,
+    /// Set when this client's messages were queued for subscribers since the loop last yielded.
+    woke_subscribers: bool,
 }
 
 impl Connection {
@@ -349,6 +352,11 @@ impl Connection {
             return close;
         }
         loop {
+            if std::mem::take(&mut self.woke_subscribers) {
+                // Let the subscribers this batch woke write first: they are what the publish's
+                // latency is measured on, and our PUBACKs and next read can wait a moment.
+                tokio::task::yield_now().await;
+            }
             if let Some(mailbox) = self.congested.take() {
                 // Never while deliveries to this client wait: two clients flooding each other
                 // would each wait for the other to drain. Bounded, so kicks and keepalive wait
@@ -575,6 +583,7 @@ impl Connection {
         };
         let message = Message::new(topic, payload, publish.qos, publish.retain);
         let routed = self.broker.router.publish(Arc::new(message));
+        self.woke_subscribers |= routed.deliveries > 0;
         if self.congested.is_none() {
             self.congested = routed.congested;
         }
