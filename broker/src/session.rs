@@ -743,6 +743,13 @@ mod tests {
         assert!(outgoing.is_empty());
     }
 
+    fn registry() -> (Arc<Metrics>, Arc<Router>, Arc<SessionRegistry>) {
+        let metrics = Arc::new(Metrics::new());
+        let router = Arc::new(Router::new(metrics.clone()));
+        let registry = Arc::new(SessionRegistry::new(10, metrics.clone()));
+        (metrics, router, registry)
+    }
+
     /// Plays a connection task: holds the session until kicked, then releases it.
     fn hold_until_kicked(
         registry: Arc<SessionRegistry>,
@@ -758,9 +765,7 @@ mod tests {
 
     #[tokio::test]
     async fn takeover_hands_the_session_to_the_new_connection() {
-        let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new(metrics.clone()));
-        let registry = Arc::new(SessionRegistry::new(10, metrics.clone()));
+        let (metrics, router, registry) = registry();
         let first = Holder::new(1);
         let claimed = registry
             .claim("c", false, &first, &router)
@@ -827,9 +832,7 @@ mod tests {
 
     #[tokio::test]
     async fn simultaneous_takeovers_are_all_served_without_waiting_for_the_timeout() {
-        let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new(metrics.clone()));
-        let registry = Arc::new(SessionRegistry::new(10, metrics.clone()));
+        let (_, router, registry) = registry();
         let first = Holder::new(1);
         let claimed = registry
             .claim("c", false, &first, &router)

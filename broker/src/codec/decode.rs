@@ -86,7 +86,7 @@ pub fn decode(
 /// Returns `(value, number of length bytes)`, `None` if the encoding is still incomplete, or
 /// [`DecodeError::MalformedLength`] if a fourth byte still has its continuation bit set.
 /// Non-minimal encodings (such as `0x80 0x00` for 0) are accepted, as most brokers do.
-pub(super) fn read_remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
+fn read_remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
     let mut value = 0usize;
     for (index, &byte) in bytes.iter().take(4).enumerate() {
         value |= usize::from(byte & 0x7f) << (7 * index);

@@ -9,8 +9,8 @@
 use bytes::{BufMut, BytesMut};
 
 use super::{
-    decode::read_remaining_length, ConnAck, Connect, EncodeError, Packet, Protocol, QoS, SubAck,
-    Subscribe, Unsubscribe, MAX_REMAINING_LENGTH,
+    ConnAck, Connect, EncodeError, Packet, Protocol, QoS, SubAck, Subscribe, Unsubscribe,
+    MAX_REMAINING_LENGTH,
 };
 
 impl Packet {
@@ -72,8 +72,8 @@ impl Packet {
 }
 
 /// Appends a PUBLISH to `buf`. `packet_id` is written only when `qos` is above 0 (and is otherwise
-/// ignored); it may be a placeholder to be patched per subscriber at
-/// [`publish_packet_id_offset`].
+/// ignored), as the two bytes just before the payload: it may be a placeholder that the broker
+/// patches per subscriber.
 ///
 /// # Errors
 ///
@@ -103,44 +103,6 @@ pub fn encode_publish(
     }
     buf.put_slice(payload);
     Ok(())
-}
-
-/// The offset in `encoded` of the two-byte packet id of a PUBLISH, so that a message encoded once
-/// can be sent to each subscriber with its own packet id:
-///
-/// ```
-/// # use bytes::BytesMut;
-/// # use coolpy7::codec::{decode, encode_publish, publish_packet_id_offset, Packet, QoS};
-/// let mut encoded = BytesMut::new();
-/// encode_publish(&mut encoded, false, QoS::AtLeastOnce, false, b"a/b", 0, b"hi").unwrap();
-/// let offset = publish_packet_id_offset(&encoded).unwrap();
-///
-/// let mut for_subscriber = encoded.clone();
-/// for_subscriber[offset..offset + 2].copy_from_slice(&42u16.to_be_bytes());
-/// let Ok(Some(Packet::Publish(publish))) = decode(&mut for_subscriber, None, usize::MAX) else {
-///     unreachable!()
-/// };
-/// assert_eq!(publish.packet_id, Some(42));
-/// ```
-///
-/// `encoded` must be exactly one complete PUBLISH of QoS 1 or 2; anything else gives `None`.
-#[must_use]
-pub fn publish_packet_id_offset(encoded: &[u8]) -> Option<usize> {
-    let (&first_byte, after_first) = encoded.split_first()?;
-    let qos = (first_byte >> 1) & 0b11;
-    if first_byte >> 4 != 3 || !(qos == 1 || qos == 2) {
-        return None;
-    }
-    let (remaining_length, length_bytes) = read_remaining_length(after_first).ok().flatten()?;
-    let header_len = 1 + length_bytes;
-    if encoded.len() != header_len + remaining_length {
-        return None;
-    }
-    let Some(&[high, low]) = encoded.get(header_len..header_len + 2) else {
-        return None;
-    };
-    let offset = header_len + 2 + usize::from(u16::from_be_bytes([high, low]));
-    (offset + 2 <= encoded.len()).then_some(offset)
 }
 
 fn encode_connect(connect: &Connect, buf: &mut BytesMut) -> Result<(), EncodeError> {

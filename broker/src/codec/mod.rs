@@ -16,7 +16,7 @@ mod decode;
 mod encode;
 
 pub use decode::decode;
-pub use encode::{encode_publish, publish_packet_id_offset};
+pub use encode::encode_publish;
 
 #[cfg(test)]
 mod tests;

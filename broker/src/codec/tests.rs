@@ -944,63 +944,6 @@ fn encode_publish_writes_the_packet_id_only_above_qos_0() {
     assert_eq!(&qos2[..], b"\x3c\x06\x00\x01a\x00\x63p");
 }
 
-#[test]
-fn patched_packet_id_decodes_with_the_new_id() {
-    for (topic_len, payload_len) in [(0, 0), (3, 10), (200, 20_000)] {
-        let topic = "t".repeat(topic_len);
-        let payload = vec![0x5a; payload_len];
-        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
-            let mut encoded = BytesMut::new();
-            encode_publish(
-                &mut encoded,
-                false,
-                qos,
-                true,
-                topic.as_bytes(),
-                0,
-                &payload,
-            )
-            .unwrap();
-            let offset = publish_packet_id_offset(&encoded).expect("a QoS > 0 PUBLISH");
-            for packet_id in [1, 0x0102, u16::MAX] {
-                let mut copy = encoded.clone();
-                copy[offset..offset + 2].copy_from_slice(&packet_id.to_be_bytes());
-                let Ok(Some(Packet::Publish(decoded))) = decode(&mut copy, None, NO_LIMIT) else {
-                    panic!("patched packet does not decode");
-                };
-                assert_eq!(decoded.packet_id, Some(packet_id));
-                assert_eq!(decoded.topic, topic.as_bytes());
-                assert_eq!(decoded.payload, payload);
-                assert!(decoded.retain);
-            }
-        }
-    }
-}
-
-#[test]
-fn packet_id_offset_is_none_for_anything_but_a_complete_qos_1_or_2_publish() {
-    let mut qos0 = BytesMut::new();
-    encode_publish(&mut qos0, false, QoS::AtMostOnce, false, b"a/b", 1, b"x").unwrap();
-    assert_eq!(publish_packet_id_offset(&qos0), None);
-
-    let mut qos1 = BytesMut::new();
-    encode_publish(&mut qos1, false, QoS::AtLeastOnce, false, b"a/b", 1, b"x").unwrap();
-    assert_eq!(publish_packet_id_offset(&qos1), Some(7));
-    for len in 0..qos1.len() {
-        assert_eq!(publish_packet_id_offset(&qos1[..len]), None, "prefix {len}");
-    }
-    let mut longer = qos1.to_vec();
-    longer.push(0);
-    assert_eq!(publish_packet_id_offset(&longer), None);
-
-    // A topic length running into the packet id, QoS 3, other packet types.
-    assert_eq!(publish_packet_id_offset(b"\x32\x04\x00\x03ab"), None);
-    assert_eq!(publish_packet_id_offset(b"\x36\x05\x00\x01a\x00\x01"), None);
-    assert_eq!(publish_packet_id_offset(b"\x40\x02\x00\x01"), None);
-    assert_eq!(publish_packet_id_offset(b""), None);
-    assert_eq!(publish_packet_id_offset(b"\x32\x80\x80\x80\x80\x01"), None);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Property tests
 
