@@ -5,9 +5,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::cluster::sync::Forwarder;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{Message, Routed, Router};
 use crate::session::SessionRegistry;
 
 pub struct Broker {
@@ -15,14 +16,17 @@ pub struct Broker {
     pub router: Router,
     pub sessions: SessionRegistry,
     pub metrics: Arc<Metrics>,
+    /// Hands local publishes to the other cluster members; `None` outside cluster mode.
+    forwarder: Option<Forwarder>,
     connections: AtomicUsize,
     next_connection: AtomicU64,
     shutting_down: AtomicBool,
 }
 
 impl Broker {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Broker {
+    pub fn new(config: Config, metrics: Arc<Metrics>, forwarder: Option<Forwarder>) -> Broker {
         Broker {
+            forwarder,
             router: Router::new(metrics.clone()),
             sessions: SessionRegistry::new(config.max_queued, metrics.clone()),
             config,
@@ -31,6 +35,17 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// Routes a message published on this node (by a client or as a will) to the local
+    /// subscribers, then to the other cluster members. Messages from peers go to the router
+    /// directly: they are never forwarded again.
+    pub fn publish(&self, message: Arc<Message>) -> Routed {
+        let routed = self.router.publish(message.clone());
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.forward(&message);
+        }
+        routed
     }
 
     /// Closes every connection that holds a session; connections still in their handshake see

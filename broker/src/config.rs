@@ -16,6 +16,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use tokio::net::TcpListener;
 
+use crate::cluster::config::{ClusterConfig, ClusterFlags};
 use crate::codec::{QoS, MAX_REMAINING_LENGTH};
 
 /// The largest MQTT packet: a fixed header byte, four length bytes and the largest body.
@@ -196,6 +197,80 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     session_expiry: u64,
 
+    /// Cluster: this node's name, unique in the cluster (name or name@address); turns cluster mode on
+    #[arg(long = "nid", env = "COOLPY7_NID", value_name = "NAME")]
+    node_id: Option<String>,
+
+    /// Cluster: seeds to join, host[:port],... (DNS names allowed; port defaults to 7946)
+    #[arg(long = "mbs", env = "COOLPY7_MBS", value_name = "SEEDS")]
+    seeds: Option<String>,
+
+    /// Cluster: the shared key that authenticates every datagram between nodes
+    #[arg(
+        long = "csk",
+        env = "COOLPY7_CSK",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    cluster_key: Option<String>,
+
+    /// Cluster: gossip (membership) UDP port, 0 = any
+    #[arg(
+        long = "crp",
+        env = "COOLPY7_CRP",
+        value_name = "PORT",
+        default_value_t = 7946
+    )]
+    gossip_port: u16,
+
+    /// Cluster: sync (message forwarding) UDP port, 0 = any
+    #[arg(
+        long = "csp",
+        env = "COOLPY7_CSP",
+        value_name = "PORT",
+        default_value_t = 7947
+    )]
+    sync_port: u16,
+
+    /// Cluster: seconds between attempts to join seeds that are not members
+    #[arg(long = "ol", env = "COOLPY7_OL", value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    rejoin_secs: u64,
+
+    /// Cluster: the address peers reach this node at [default: the host of -l, else the host's
+    /// first private IPv4 address]
+    #[arg(long = "cad", env = "COOLPY7_CAD", value_name = "ADDR")]
+    advertise: Option<String>,
+
+    /// Cluster: largest forwarded record in bytes (topic + payload + 7); larger ones stay local
+    #[arg(
+        long = "csl",
+        env = "COOLPY7_CSL",
+        value_name = "BYTES",
+        default_value_t = 4096
+    )]
+    sync_limit: usize,
+
+    /// Cluster: milliseconds between probes of a random member
+    #[arg(long = "cpp", env = "COOLPY7_CPP", value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    probe_period_ms: u64,
+
+    /// Cluster: milliseconds to wait for a direct probe's answer before probing indirectly
+    #[arg(long = "cpr", env = "COOLPY7_CPR", value_name = "MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    probe_rtt_ms: u64,
+
+    /// Cluster: members asked to probe an unresponsive member indirectly
+    #[arg(long = "cip", env = "COOLPY7_CIP", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=16))]
+    indirect_probes: u64,
+
+    /// Cluster: milliseconds a suspected member has to refute before it is marked down
+    #[arg(long = "csd", env = "COOLPY7_CSD", value_name = "MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    suspect_to_down_ms: u64,
+
     /// Log filter in tracing EnvFilter syntax, e.g. info or coolpy7=debug,warn
     /// [default: info, or RUST_LOG when set]
     #[arg(long = "log-level", env = "COOLPY7_LOG_LEVEL", value_name = "FILTER",
@@ -320,6 +395,8 @@ pub struct Config {
     pub session_expiry: Option<Duration>,
     /// The effective log filter (flag or `COOLPY7_LOG_LEVEL`, else `RUST_LOG`, else `info`).
     pub log_level: String,
+    /// `None` unless `-nid` is given.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -344,6 +421,7 @@ impl Default for Config {
             max_queued: 1000,
             session_expiry: Some(Duration::from_secs(7200)),
             log_level: "info".to_string(),
+            cluster: None,
         }
     }
 }
@@ -400,6 +478,22 @@ impl Config {
             }
             (None, _) => "info".to_string(),
         };
+        let cluster = ClusterFlags {
+            node_id: args.node_id,
+            seeds: args.seeds,
+            key: args.cluster_key,
+            advertise: args.advertise,
+            gossip_port: args.gossip_port,
+            sync_port: args.sync_port,
+            rejoin_secs: args.rejoin_secs,
+            sync_limit: args.sync_limit,
+            probe_period_ms: args.probe_period_ms,
+            probe_rtt_ms: args.probe_rtt_ms,
+            // Bounded to 1..=16 by the value parser.
+            indirect_probes: usize::try_from(args.indirect_probes).unwrap_or(3),
+            suspect_to_down_ms: args.suspect_to_down_ms,
+        }
+        .resolve()?;
         Ok(Config {
             listen: args.listen,
             http_listen: args.http_listen.0,
@@ -419,6 +513,7 @@ impl Config {
             session_expiry: (args.session_expiry != 0)
                 .then(|| Duration::from_secs(args.session_expiry)),
             log_level,
+            cluster,
         })
     }
 }

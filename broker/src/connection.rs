@@ -332,7 +332,7 @@ impl Connection {
                     will.qos,
                     will.retain,
                 );
-                broker.router.publish(Arc::new(message));
+                broker.publish(Arc::new(message));
             }
         }
         drop(admission);
@@ -582,7 +582,7 @@ impl Connection {
             (publish.topic, publish.payload)
         };
         let message = Message::new(topic, payload, publish.qos, publish.retain);
-        let routed = self.broker.router.publish(Arc::new(message));
+        let routed = self.broker.publish(Arc::new(message));
         self.woke_subscribers |= routed.deliveries > 0;
         if self.congested.is_none() {
             self.congested = routed.congested;

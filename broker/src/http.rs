@@ -1,8 +1,9 @@
-//! The HTTP API: `/healthz` for Kubernetes probes, `/metrics` for Prometheus, and `/sys`, the
-//! original Coolpy7's token-protected JSON statistics.
+//! The HTTP API: `/healthz` and `/readyz` for Kubernetes probes, `/metrics` for Prometheus, and
+//! the original Coolpy7's token-protected JSON documents `/sys` (statistics) and `/brokers`
+//! (cluster members).
 //!
-//! It only reads shared state ([`Metrics`], the readiness flag); nothing here can change the
-//! broker. Handlers take no request body, so axum's default limits bound every request.
+//! It only reads shared state ([`Metrics`], the readiness flag, the cluster's member snapshot);
+//! nothing here can change the broker. Handlers take no request body, so axum's default limits bound every request.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,6 +19,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+use crate::cluster::membership::{MemberState, Members, NodeIdentity};
 use crate::metrics::{DropReason, Metrics};
 
 /// The OpenMetrics text format that `prometheus-client` writes.
@@ -35,6 +37,8 @@ pub struct HttpState {
     /// Whether the broker accepts MQTT connections; `/healthz` reports it.
     pub ready: Arc<AtomicBool>,
     pub version: &'static str,
+    /// The cluster's members; `None` outside cluster mode.
+    pub members: Option<Arc<Members>>,
 }
 
 /// Serves until `shutdown` completes.
@@ -70,7 +74,9 @@ fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
         .route("/sys", get(sys))
+        .route("/brokers", get(brokers))
         .with_state(Arc::new(state))
 }
 
@@ -79,6 +85,22 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
         (StatusCode::OK, "ok").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+/// Ready for traffic: MQTT is listening, and in cluster mode the node has joined a peer or has
+/// no seed to wait for (so that a pod does not take clients before it forwards to the others).
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let listening = state.ready.load(Ordering::Acquire);
+    let joined = state.members.as_ref().is_none_or(|members| members.ready());
+    match (listening, joined) {
+        (true, true) => (StatusCode::OK, "ok").into_response(),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not listening").into_response(),
+        (true, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting to join the cluster",
+        )
+            .into_response(),
     }
 }
 
@@ -169,25 +191,109 @@ impl SysStats {
     }
 }
 
-async fn sys(
-    State(state): State<Arc<HttpState>>,
-    // A malformed query string is treated like a missing token, not as a 400.
-    query: Result<Query<SysQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+/// A malformed query string is treated like a missing token, not as a 400.
+type TokenQuery = Result<Query<SysQuery>, axum::extract::rejection::QueryRejection>;
+
+/// `None` when the query carries the `-syst` token; the 401 response otherwise.
+fn refuse_without_token(state: &HttpState, query: TokenQuery) -> Option<Response> {
     let token = query.ok().and_then(|Query(q)| q.token);
     let authorised = token
         .as_deref()
         .is_some_and(|token| constant_time_eq(token.as_bytes(), state.sys_token.as_bytes()));
-    if !authorised {
-        return json(
+    (!authorised).then(|| {
+        json(
             StatusCode::UNAUTHORIZED,
             &serde_json::json!({ "error": "missing or invalid token" }),
-        );
+        )
+    })
+}
+
+async fn sys(State(state): State<Arc<HttpState>>, query: TokenQuery) -> Response {
+    if let Some(refused) = refuse_without_token(&state, query) {
+        return refused;
     }
     json(
         StatusCode::OK,
         &SysStats::read(&state.metrics, state.version),
     )
+}
+
+/// The `/brokers` document: this node and every member it knows, down ones included.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct BrokersView {
+    pub cluster: bool,
+    pub node_id: Option<String>,
+    /// Another live node was seen using this node's `-nid`.
+    pub duplicate_node_id: bool,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemberView {
+    pub node_id: String,
+    pub gossip_addr: String,
+    pub sync_addr: String,
+    pub mqtt_port: u16,
+    /// `up`, `suspect` or `down`.
+    pub state: String,
+    pub version: String,
+    pub uptime_secs: u64,
+    pub local: bool,
+}
+
+impl MemberView {
+    fn new(identity: &NodeIdentity, state: MemberState, local: bool, now_ms: u64) -> MemberView {
+        let state = match state {
+            MemberState::Up => "up",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+        };
+        MemberView {
+            node_id: identity.node_id.clone(),
+            gossip_addr: identity.gossip.to_string(),
+            sync_addr: identity.sync_addr().to_string(),
+            mqtt_port: identity.mqtt_port,
+            state: state.to_string(),
+            version: identity.version.clone(),
+            uptime_secs: now_ms.saturating_sub(identity.boot_ms) / 1000,
+            local,
+        }
+    }
+}
+
+impl BrokersView {
+    pub fn read(members: Option<&Members>) -> BrokersView {
+        let Some(members) = members else {
+            return BrokersView {
+                cluster: false,
+                node_id: None,
+                duplicate_node_id: false,
+                members: Vec::new(),
+            };
+        };
+        let now_ms = crate::cluster::membership::boot_ms();
+        let local = members.local();
+        let mut views = vec![MemberView::new(&local, MemberState::Up, true, now_ms)];
+        views.extend(
+            members
+                .others()
+                .iter()
+                .map(|member| MemberView::new(&member.identity, member.state, false, now_ms)),
+        );
+        BrokersView {
+            cluster: true,
+            node_id: Some(local.node_id.clone()),
+            duplicate_node_id: members.duplicate_seen(),
+            members: views,
+        }
+    }
+}
+
+async fn brokers(State(state): State<Arc<HttpState>>, query: TokenQuery) -> Response {
+    if let Some(refused) = refuse_without_token(&state, query) {
+        return refused;
+    }
+    json(StatusCode::OK, &BrokersView::read(state.members.as_deref()))
 }
 
 /// axum's `Json` needs a feature we do not enable; this is all it would do for us.
@@ -249,6 +355,7 @@ mod tests {
                 sys_token: TOKEN.to_string(),
                 ready: ready.clone(),
                 version: "9.9.9",
+                members: None,
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(serve(listener, state, async move {
@@ -400,10 +507,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn brokers_requires_the_token_and_says_when_there_is_no_cluster() {
+        let server = TestServer::start().await;
+        assert_eq!(server.get("/brokers").await.0, 401);
+        assert_eq!(server.get("/brokers?token=wrong").await.0, 401);
+        let (status, _, body) = server.get(&format!("/brokers?token={TOKEN}")).await;
+        assert_eq!(status, 200);
+        let view: BrokersView = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(
+            view,
+            BrokersView {
+                cluster: false,
+                node_id: None,
+                duplicate_node_id: false,
+                members: Vec::new()
+            }
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_listener_outside_cluster_mode() {
+        let server = TestServer::start().await;
+        server.ready.store(false, Ordering::Release);
+        assert_eq!(server.get("/readyz").await.0, 503);
+        server.ready.store(true, Ordering::Release);
+        assert_eq!(server.get("/readyz").await.0, 200);
+        server.stop().await;
+    }
+
+    #[tokio::test]
     async fn unknown_paths_methods_and_garbage_are_refused() {
         let server = TestServer::start().await;
         assert_eq!(server.get("/").await.0, 404);
-        assert_eq!(server.get("/brokers").await.0, 404);
+        assert_eq!(server.get("/members").await.0, 404);
         assert_eq!(server.get("/healthz/x").await.0, 404);
         let post = "POST /sys?token=s3cret HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         assert_eq!(server.raw(post).await.0, 405);

@@ -5,9 +5,12 @@
 //! packets with [`codec`], keeps the client's [`session`] state, and passes every PUBLISH to the
 //! [`router`]; the router matches it against the subscription tree and pushes it into the
 //! mailboxes of the matching sessions, whose connection tasks encode and write it. [`server`]
-//! wires these together with the [`http`] API and [`metrics`], from a [`config`].
+//! wires these together with the [`http`] API and [`metrics`], from a [`config`]. In cluster
+//! mode, [`cluster`] forwards each locally published message to the other nodes and hands what
+//! they forward to the router.
 
 pub mod broker;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;

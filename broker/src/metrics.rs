@@ -66,6 +66,8 @@ pub struct Metrics {
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     dropped: [Counter; 3],
+    /// Membership and forwarding between nodes (zero outside cluster mode).
+    pub cluster: ClusterMetrics,
     started: std::time::Instant,
 }
 
@@ -116,6 +118,7 @@ impl Metrics {
                 "reason",
                 DropReason::ALL.map(DropReason::label),
             ),
+            cluster: ClusterMetrics::register(reg),
             started: std::time::Instant::now(),
             registry,
         }
@@ -143,6 +146,178 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The two UDP ports of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterPort {
+    Gossip,
+    Sync,
+}
+
+impl ClusterPort {
+    pub fn label(self) -> &'static str {
+        match self {
+            ClusterPort::Gossip => "gossip",
+            ClusterPort::Sync => "sync",
+        }
+    }
+}
+
+/// Why a cluster datagram or a record was not sent or not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterDrop {
+    /// The record is larger than `-csl` (not forwarded).
+    TooBig,
+    /// `$` topics stay on the node where they were published.
+    DollarTopic,
+    /// The forwarding queue was full: peers are slower than local publishers.
+    QueueFull,
+    /// The socket refused a datagram.
+    SendError,
+    /// Missing or wrong HMAC tag.
+    BadTag,
+    /// Authenticated but not a datagram this version understands.
+    Malformed,
+    /// A sequence number already seen (or too old to tell).
+    Replay,
+    /// The origin is not a member that is up.
+    UnknownOrigin,
+    /// The origin's boot epoch is not its current one.
+    StaleEpoch,
+}
+
+impl ClusterDrop {
+    pub const ALL: [ClusterDrop; 9] = [
+        ClusterDrop::TooBig,
+        ClusterDrop::DollarTopic,
+        ClusterDrop::QueueFull,
+        ClusterDrop::SendError,
+        ClusterDrop::BadTag,
+        ClusterDrop::Malformed,
+        ClusterDrop::Replay,
+        ClusterDrop::UnknownOrigin,
+        ClusterDrop::StaleEpoch,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ClusterDrop::TooBig => "too_big",
+            ClusterDrop::DollarTopic => "dollar_topic",
+            ClusterDrop::QueueFull => "queue_full",
+            ClusterDrop::SendError => "send_error",
+            ClusterDrop::BadTag => "bad_tag",
+            ClusterDrop::Malformed => "malformed",
+            ClusterDrop::Replay => "replay",
+            ClusterDrop::UnknownOrigin => "unknown_origin",
+            ClusterDrop::StaleEpoch => "stale_epoch",
+        }
+    }
+}
+
+/// The cluster's series, named in the design notes' "What to observe".
+pub struct ClusterMetrics {
+    /// Other members by state: index 0 up, 1 suspect, 2 down.
+    pub members: [Gauge; 3],
+    /// `[port][0 = in, 1 = out]`.
+    datagrams: [[Counter; 2]; 2],
+    /// Messages accepted for forwarding (each goes to every member that is up).
+    pub records_forwarded: Counter,
+    /// Authenticated, fresh records received from peers.
+    pub records_received: Counter,
+    /// Deliveries to local subscribers of records received from peers.
+    pub records_delivered: Counter,
+    dropped: [[Counter; ClusterDrop::ALL.len()]; 2],
+    /// Times another live node was seen using this node's `-nid`.
+    pub duplicate_node_id: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(reg: &mut Registry) -> ClusterMetrics {
+        let members = Family::<Vec<(String, String)>, Gauge>::default();
+        let member_gauges = ["up", "suspect", "down"]
+            .map(|state| members.get_or_create(&labels(&[("state", state)])).clone());
+        reg.register(
+            "cluster_members",
+            "Other cluster members, by state",
+            members,
+        );
+
+        let datagrams = Family::<Vec<(String, String)>, Counter>::default();
+        let datagram_counters = [ClusterPort::Gossip, ClusterPort::Sync].map(|port| {
+            ["in", "out"].map(|direction| {
+                datagrams
+                    .get_or_create(&labels(&[("port", port.label()), ("direction", direction)]))
+                    .clone()
+            })
+        });
+        reg.register(
+            "cluster_datagrams",
+            "Cluster datagrams, by port and direction",
+            datagrams,
+        );
+
+        let dropped = Family::<Vec<(String, String)>, Counter>::default();
+        let dropped_counters = [ClusterPort::Gossip, ClusterPort::Sync].map(|port| {
+            ClusterDrop::ALL.map(|reason| {
+                dropped
+                    .get_or_create(&labels(&[
+                        ("port", port.label()),
+                        ("reason", reason.label()),
+                    ]))
+                    .clone()
+            })
+        });
+        reg.register(
+            "cluster_dropped",
+            "Cluster datagrams or records dropped, by port and reason",
+            dropped,
+        );
+        ClusterMetrics {
+            members: member_gauges,
+            datagrams: datagram_counters,
+            records_forwarded: counter(
+                reg,
+                "cluster_records_forwarded",
+                "Messages accepted for forwarding to the other members",
+            ),
+            records_received: counter(
+                reg,
+                "cluster_records_received",
+                "Authenticated records received from other members",
+            ),
+            records_delivered: counter(
+                reg,
+                "cluster_records_delivered",
+                "Deliveries to local subscribers of records from other members",
+            ),
+            dropped: dropped_counters,
+            duplicate_node_id: counter(
+                reg,
+                "cluster_duplicate_node_id",
+                "Times another live node was seen with this node's -nid",
+            ),
+        }
+    }
+
+    pub fn datagram_in(&self, port: ClusterPort) {
+        self.datagrams[port as usize][0].inc();
+    }
+
+    pub fn datagram_out(&self, port: ClusterPort) {
+        self.datagrams[port as usize][1].inc();
+    }
+
+    pub fn dropped(&self, port: ClusterPort, reason: ClusterDrop) -> &Counter {
+        &self.dropped[port as usize][reason as usize]
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {

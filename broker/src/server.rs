@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::broker::Broker;
+use crate::cluster;
 use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::listener;
@@ -55,10 +56,24 @@ pub async fn run(
         .bind_tcp()
         .await
         .with_context(|| format!("cannot listen for MQTT on {}", config.listen))?;
+    let mqtt_addr = mqtt.local_addr()?;
+    let cluster = match config.cluster.clone() {
+        Some(cluster) => {
+            // The cluster's UDP ports follow the MQTT listen host: all interfaces, or the one
+            // address asked for.
+            let host = config
+                .listen
+                .host
+                .as_deref()
+                .and_then(|host| host.trim_matches(['[', ']']).parse().ok());
+            Some(cluster::Bound::bind(cluster, host, mqtt_addr.port()).await?)
+        }
+        None => None,
+    };
     // Bound means ready: connections queue in the backlog until the accept loop takes them, so
     // /healthz can say so before anyone reads the listener line below.
     ready.store(true, Ordering::Release);
-    info!("MQTT listener on tcp {}", mqtt.local_addr()?);
+    info!("MQTT listener on tcp {mqtt_addr}");
 
     if let Some(address) = &config.http_listen {
         let listener = address
@@ -71,6 +86,7 @@ pub async fn run(
             sys_token: config.sys_token.clone(),
             ready: ready.clone(),
             version: crate::VERSION,
+            members: cluster.as_ref().map(cluster::Bound::members),
         };
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
@@ -84,7 +100,18 @@ pub async fn run(
     }
 
     let session_expiry = config.session_expiry;
-    let broker = Arc::new(Broker::new(config, metrics));
+    let (forwarder, queued) = match &cluster {
+        Some(bound) => {
+            let (forwarder, queued) = bound.forwarder(metrics.clone());
+            (Some(forwarder), Some(queued))
+        }
+        None => (None, None),
+    };
+    let broker = Arc::new(Broker::new(config, metrics, forwarder));
+    let cluster = match (cluster, queued) {
+        (Some(bound), Some(queued)) => Some(bound.start(broker.clone(), queued)),
+        _ => None,
+    };
     if let Some(expiry) = session_expiry {
         tokio::spawn(expire_sessions(broker.clone(), expiry, stopping.clone()));
     }
@@ -96,6 +123,11 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     let _ = stop.send(true);
     let _ = accepting.await;
+    // Leave first: the other members stop forwarding here at once instead of after the failure
+    // detector's timeouts.
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
     broker.shut_down();
     if tokio::time::timeout(DRAIN_TIMEOUT, all_done.recv())
         .await

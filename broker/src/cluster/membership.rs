@@ -1,0 +1,647 @@
+//! Who is in the cluster: SWIM gossip with `foca` on the gossip port (`-crp`).
+//!
+//! One task owns the `Foca` instance, the gossip socket and the timer queue. Datagrams, timers,
+//! seed resolutions and the leave signal come in; foca's sends, timers and notifications come
+//! out, and after each step the task publishes a snapshot of the members ([`Members`]) that the
+//! sync sender, the sync receiver and `GET /brokers` read without talking to this task.
+//!
+//! Wire format of a gossip datagram: `[version = 1][kind][body][HMAC-SHA256 tag, 32 bytes]`.
+//! Kind 1: a foca packet (postcard-encoded header and updates). Kind 2: a join request, whose
+//! body is the sender's identity (a foca member, postcard-encoded); the receiver answers it by
+//! announcing itself to that identity, which makes both sides members. Seeds are addresses, not
+//! identities, so joining needs this one extra message before foca's own Announce.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use foca::{AccumulatingRuntime, Codec, Foca, Identity, Member, OwnedNotification, PostcardCodec};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, error, info, warn};
+
+use super::auth::DatagramKey;
+use super::config::{ClusterConfig, Seed};
+use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
+
+pub const VERSION: u8 = 1;
+const KIND_FOCA: u8 = 1;
+const KIND_JOIN: u8 = 2;
+/// Version and kind before the body.
+const HEADER_LEN: usize = 2;
+/// Largest gossip datagram: below the usual 1500-byte MTU with IP and UDP headers.
+const MAX_DATAGRAM: usize = 1400;
+/// How long resolving one seed may take before the attempt is given up until the next round.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A node as the cluster knows it. `node_id` is foca's address: a newer identity with the same
+/// name replaces the older one (a restart, possibly at another IP), and the newer boot wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    pub gossip: SocketAddr,
+    pub sync_port: u16,
+    pub mqtt_port: u16,
+    pub version: String,
+    /// Milliseconds since the Unix epoch when the process started: one per boot.
+    pub boot_ms: u64,
+    /// Bumped when the cluster declared this boot down and it rejoins.
+    pub renewal: u32,
+}
+
+impl Identity for NodeIdentity {
+    type Addr = String;
+
+    fn renew(&self) -> Option<Self> {
+        Some(NodeIdentity {
+            renewal: self.renewal.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> String {
+        self.node_id.clone()
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        (self.boot_ms, self.renewal) > (adversary.boot_ms, adversary.renewal)
+    }
+}
+
+impl NodeIdentity {
+    pub fn sync_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.gossip.ip(), self.sync_port)
+    }
+}
+
+/// A member's state as `/brokers` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Up,
+    Suspect,
+    Down,
+}
+
+/// One entry of the members snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub identity: NodeIdentity,
+    pub state: MemberState,
+}
+
+/// The members as last seen by the gossip task; read by everyone else.
+pub struct Members {
+    local: ArcSwap<NodeIdentity>,
+    others: ArcSwap<Vec<MemberInfo>>,
+    /// Set once this node has been in contact with at least one other member.
+    joined: AtomicBool,
+    /// Set when the seed list (without this node itself) is empty.
+    seedless: AtomicBool,
+    /// Set when another live node uses this node's `-nid`.
+    duplicate: AtomicBool,
+}
+
+impl Members {
+    pub fn new(local: NodeIdentity, has_seeds: bool) -> Members {
+        Members {
+            local: ArcSwap::from_pointee(local),
+            others: ArcSwap::from_pointee(Vec::new()),
+            joined: AtomicBool::new(false),
+            seedless: AtomicBool::new(!has_seeds),
+            duplicate: AtomicBool::new(false),
+        }
+    }
+
+    pub fn local(&self) -> Arc<NodeIdentity> {
+        self.local.load_full()
+    }
+
+    pub fn others(&self) -> Arc<Vec<MemberInfo>> {
+        self.others.load_full()
+    }
+
+    /// The current identity of member `node_id` if it is up or suspect (suspects still talk).
+    pub fn live(&self, node_id: &[u8]) -> Option<NodeIdentity> {
+        self.others
+            .load()
+            .iter()
+            .find(|m| m.state != MemberState::Down && m.identity.node_id.as_bytes() == node_id)
+            .map(|m| m.identity.clone())
+    }
+
+    /// Whether `/readyz` may say yes: joined a peer, or there is nobody to join.
+    pub fn ready(&self) -> bool {
+        self.joined.load(Ordering::Acquire) || self.seedless.load(Ordering::Acquire)
+    }
+
+    pub fn duplicate_seen(&self) -> bool {
+        self.duplicate.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    pub fn set_others_for_tests(&self, others: Vec<MemberInfo>) {
+        self.others.store(Arc::new(others));
+    }
+}
+
+/// The address peers reach this node at: `-cad` / `-nid=name@addr`, else the listen host when it
+/// is a specific address, else the address the host would use to reach a private network (the
+/// first non-loopback one in practice), else loopback.
+pub fn advertised_ip(config: &ClusterConfig, bind: IpAddr) -> IpAddr {
+    if let Some(ip) = config.advertise {
+        return ip;
+    }
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    // Connecting a UDP socket sends nothing; it only asks the kernel which source address it
+    // would use.
+    let routed = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|socket| {
+            socket.connect((Ipv4Addr::new(10, 254, 254, 254), 9))?;
+            socket.local_addr()
+        })
+        .map(|addr| addr.ip());
+    match routed {
+        Ok(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}
+
+/// This boot's epoch.
+pub fn boot_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn foca_config(config: &ClusterConfig) -> foca::Config {
+    let mut foca_config = foca::Config::simple();
+    foca_config.probe_period = config.probe_period;
+    foca_config.probe_rtt = config.probe_rtt;
+    foca_config.num_indirect_probes =
+        NonZeroUsize::new(config.indirect_probes).unwrap_or(NonZeroUsize::MIN);
+    foca_config.max_transmissions = NonZeroU8::new(10).unwrap_or(NonZeroU8::MIN);
+    foca_config.suspect_to_down_after = config.suspect_to_down;
+    foca_config.max_packet_size =
+        NonZeroUsize::new(MAX_DATAGRAM - HEADER_LEN - super::auth::TAG_LEN)
+            .unwrap_or(NonZeroUsize::MIN);
+    // A member declared down while it was only cut off learns it and rejoins at once.
+    foca_config.notify_down_members = true;
+    foca_config.periodic_announce = Some(foca::PeriodicParams {
+        frequency: Duration::from_secs(30),
+        num_members: NonZeroUsize::MIN,
+    });
+    // How partitions heal: each side keeps knocking on the members it lost.
+    foca_config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: config.rejoin_interval,
+        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+    });
+    foca_config.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(200),
+        num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+    });
+    foca_config
+}
+
+/// The gossip task's inputs besides the socket.
+pub struct Gossip {
+    pub config: ClusterConfig,
+    pub socket: UdpSocket,
+    pub key: DatagramKey,
+    pub members: Arc<Members>,
+    pub metrics: Arc<Metrics>,
+    /// Becomes true when the node shuts down: leave the cluster, then return.
+    pub leave: watch::Receiver<bool>,
+}
+
+type Timer = foca::Timer<NodeIdentity>;
+
+struct GossipTask {
+    foca: Foca<NodeIdentity, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
+    runtime: AccumulatingRuntime<NodeIdentity>,
+    socket: UdpSocket,
+    key: DatagramKey,
+    members: Arc<Members>,
+    metrics: Arc<Metrics>,
+    /// Due time and insertion order, so that timers due at the same moment fire in order.
+    timers: BTreeMap<(Instant, u64), Timer>,
+    next_timer: u64,
+    /// Other identities seen using our name; each is reported once.
+    duplicates: HashSet<(SocketAddr, u64)>,
+    /// Set on shutdown: being marked down is then what we asked for.
+    leaving: bool,
+    out: Vec<u8>,
+}
+
+impl Gossip {
+    pub async fn run(self) {
+        let Gossip {
+            config,
+            socket,
+            key,
+            members,
+            metrics,
+            mut leave,
+        } = self;
+        let identity = (*members.local()).clone();
+        let own_gossip = identity.gossip;
+        let bound = socket.local_addr().ok();
+        let rng: StdRng = rand::make_rng();
+        let mut task = GossipTask {
+            foca: Foca::new(identity, foca_config(&config), rng, PostcardCodec),
+            runtime: AccumulatingRuntime::new(),
+            socket,
+            key,
+            members,
+            metrics,
+            timers: BTreeMap::new(),
+            next_timer: 0,
+            duplicates: HashSet::new(),
+            leaving: false,
+            out: Vec::with_capacity(MAX_DATAGRAM),
+        };
+        let (resolved_tx, mut resolved) = mpsc::channel(4);
+        let seeds = config.seeds.clone();
+        let has_seeds = !seeds.is_empty();
+        let resolver = tokio::spawn(resolve_seeds(seeds, config.rejoin_interval, resolved_tx));
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let next_timer = task.timers.keys().next().map(|(at, _)| *at);
+            tokio::select! {
+                received = task.socket.recv_from(&mut buf) => match received {
+                    Ok((n, from)) => task.handle_datagram(&buf[..n], from),
+                    // ICMP errors from earlier sends surface here on some systems; keep going.
+                    Err(error) => debug!(%error, "gossip receive failed"),
+                },
+                Some(addrs) = resolved.recv(), if has_seeds => {
+                    task.join_seeds(addrs, own_gossip, bound).await;
+                }
+                () = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
+                    task.fire_due_timers();
+                }
+                // The only value ever sent is true; a dropped sender means stopping too.
+                _ = leave.changed() => {
+                    task.leaving = true;
+                    if let Err(error) = task.foca.leave_cluster(&mut task.runtime) {
+                        warn!(%error, "could not announce leaving the cluster");
+                    }
+                    task.flush().await;
+                    info!("left the cluster");
+                    break;
+                }
+            }
+            task.flush().await;
+        }
+        resolver.abort();
+    }
+}
+
+impl GossipTask {
+    fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        self.metrics.cluster.datagram_in(ClusterPort::Gossip);
+        let Some(body) = self.key.open(datagram) else {
+            self.drop_datagram(ClusterDrop::BadTag, from);
+            return;
+        };
+        let (version, kind, body) = match body {
+            [version, kind, body @ ..] => (*version, *kind, body),
+            _ => {
+                self.drop_datagram(ClusterDrop::Malformed, from);
+                return;
+            }
+        };
+        if version != VERSION {
+            self.drop_datagram(ClusterDrop::Malformed, from);
+            return;
+        }
+        match kind {
+            KIND_FOCA => match self.foca.handle_data(body, &mut self.runtime) {
+                Ok(()) => {}
+                Err(foca::Error::DataFromOurselves) => self.check_duplicate(body),
+                Err(error) => {
+                    debug!(%error, %from, "gossip datagram refused");
+                    self.metrics
+                        .cluster
+                        .dropped(ClusterPort::Gossip, ClusterDrop::Malformed)
+                        .inc();
+                }
+            },
+            KIND_JOIN => match Codec::<NodeIdentity>::decode_member(&mut PostcardCodec, body) {
+                Ok(member) => {
+                    let joiner = member.id().clone();
+                    let local = self.members.local();
+                    if joiner.node_id == local.node_id {
+                        if joiner.boot_ms != local.boot_ms || joiner.gossip != local.gossip {
+                            self.report_duplicate(&joiner);
+                        }
+                    } else if let Err(error) = self.foca.announce(joiner, &mut self.runtime) {
+                        debug!(%error, "cannot answer a join request");
+                    }
+                }
+                Err(_) => self.drop_datagram(ClusterDrop::Malformed, from),
+            },
+            _ => self.drop_datagram(ClusterDrop::Malformed, from),
+        }
+    }
+
+    fn drop_datagram(&self, reason: ClusterDrop, from: SocketAddr) {
+        debug!(%from, reason = reason.label(), "gossip datagram dropped");
+        self.metrics
+            .cluster
+            .dropped(ClusterPort::Gossip, reason)
+            .inc();
+    }
+
+    /// foca refused a packet whose sender has our name: either stale news about this node's
+    /// earlier boot, or another live node using our `-nid`.
+    fn check_duplicate(&mut self, packet: &[u8]) {
+        if let Ok(header) = Codec::<NodeIdentity>::decode_header(&mut PostcardCodec, packet) {
+            let local = self.members.local();
+            if header.src.boot_ms != local.boot_ms || header.src.gossip != local.gossip {
+                self.report_duplicate(&header.src);
+            }
+        }
+    }
+
+    fn report_duplicate(&mut self, other: &NodeIdentity) {
+        let local = self.members.local();
+        // An earlier boot of this node that the cluster still remembers is not a duplicate;
+        // a live one talking to us with an older boot and another address is.
+        if other.boot_ms < local.boot_ms && other.gossip == local.gossip {
+            return;
+        }
+        self.metrics.cluster.duplicate_node_id.inc();
+        self.members.duplicate.store(true, Ordering::Release);
+        if self.duplicates.insert((other.gossip, other.boot_ms)) {
+            error!(
+                node_id = %local.node_id,
+                other = %other.gossip,
+                "duplicate node id: another live node uses -nid {}; node names must be unique",
+                local.node_id
+            );
+        }
+    }
+
+    /// Sends a join request to every resolved seed that is neither this node nor a live member.
+    async fn join_seeds(
+        &mut self,
+        addrs: Vec<SocketAddr>,
+        own: SocketAddr,
+        bound: Option<SocketAddr>,
+    ) {
+        let others = self.members.others();
+        let live: HashSet<SocketAddr> = others
+            .iter()
+            .filter(|m| m.state != MemberState::Down)
+            .map(|m| m.identity.gossip)
+            .collect();
+        let mut request = vec![VERSION, KIND_JOIN];
+        let local = Member::alive((*self.members.local()).clone());
+        if PostcardCodec.encode_member(&local, &mut request).is_err() {
+            return;
+        }
+        self.key.seal(&mut request);
+        let mut anyone = false;
+        for addr in addrs {
+            if addr == own || Some(addr) == bound || live.contains(&addr) {
+                continue;
+            }
+            anyone = true;
+            debug!(seed = %addr, "asking seed to join");
+            self.send(&request, addr).await;
+        }
+        if !anyone && others.is_empty() && !self.members.joined.load(Ordering::Acquire) {
+            // Every seed is this node itself: nobody to wait for.
+            self.members.seedless.store(true, Ordering::Release);
+        }
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            if let Err(error) = self.foca.handle_timer(timer, &mut self.runtime) {
+                debug!(%error, "gossip timer failed");
+            }
+        }
+    }
+
+    async fn send(&mut self, datagram: &[u8], to: SocketAddr) {
+        match self.socket.send_to(datagram, to).await {
+            Ok(_) => self.metrics.cluster.datagram_out(ClusterPort::Gossip),
+            Err(error) => {
+                debug!(%error, %to, "gossip send failed");
+                self.metrics
+                    .cluster
+                    .dropped(ClusterPort::Gossip, ClusterDrop::SendError)
+                    .inc();
+            }
+        }
+    }
+
+    /// Carries out what foca asked for, then publishes the members snapshot.
+    async fn flush(&mut self) {
+        while let Some((to, packet)) = self.runtime.to_send() {
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            out.extend_from_slice(&[VERSION, KIND_FOCA]);
+            out.extend_from_slice(&packet);
+            self.key.seal(&mut out);
+            self.send(&out, to.gossip).await;
+            self.out = out;
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            self.timers
+                .insert((Instant::now() + after, self.next_timer), timer);
+            self.next_timer += 1;
+        }
+        let mut changed = false;
+        while let Some(notification) = self.runtime.to_notify() {
+            changed = true;
+            self.log_notification(notification);
+        }
+        self.publish_members(changed);
+    }
+
+    fn log_notification(&mut self, notification: OwnedNotification<NodeIdentity>) {
+        match notification {
+            OwnedNotification::MemberUp(id) => {
+                info!(node_id = %id.node_id, gossip = %id.gossip, "member up");
+            }
+            OwnedNotification::MemberDown(id) => {
+                info!(node_id = %id.node_id, gossip = %id.gossip, "member down");
+            }
+            OwnedNotification::Rename(old, new) => {
+                info!(node_id = %new.node_id, old = %old.gossip, new = %new.gossip,
+                      "member restarted");
+            }
+            OwnedNotification::Active => {
+                self.members.joined.store(true, Ordering::Release);
+                info!("joined the cluster");
+            }
+            OwnedNotification::Idle => warn!("no other cluster member is reachable"),
+            OwnedNotification::Rejoin(id) => {
+                info!(
+                    renewal = id.renewal,
+                    "the cluster had marked this node down; rejoined"
+                );
+                self.members.local.store(Arc::new(id));
+            }
+            OwnedNotification::Defunct if self.leaving => {}
+            OwnedNotification::Defunct => {
+                warn!("the cluster marked this node down; rejoining");
+                if let Err(error) = self.foca.reuse_down_identity() {
+                    debug!(%error, "cannot rejoin");
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the snapshot from foca's view when it differs (suspicion changes no
+    /// notification, so it is compared every time; clusters are small).
+    fn publish_members(&mut self, force: bool) {
+        let local = self.members.local();
+        let mut duplicate_of: Option<NodeIdentity> = None;
+        let mut snapshot: Vec<MemberInfo> = Vec::new();
+        for member in self.foca.iter_membership_state() {
+            let identity = member.id();
+            if identity.node_id == local.node_id {
+                // foca keeps other identities with our name as down. A newer boot than ours
+                // is alive somewhere.
+                if identity.boot_ms > local.boot_ms {
+                    duplicate_of = Some(identity.clone());
+                }
+                continue;
+            }
+            let state = match member.state() {
+                foca::State::Alive => MemberState::Up,
+                foca::State::Suspect => MemberState::Suspect,
+                foca::State::Down => MemberState::Down,
+            };
+            snapshot.push(MemberInfo {
+                identity: identity.clone(),
+                state,
+            });
+        }
+        if let Some(other) = duplicate_of {
+            if !self.duplicates.contains(&(other.gossip, other.boot_ms)) {
+                self.report_duplicate(&other);
+            }
+        }
+        snapshot.sort_by(|a, b| a.identity.node_id.cmp(&b.identity.node_id));
+        if !force && **self.members.others.load() == snapshot {
+            return;
+        }
+        let count = |state| snapshot.iter().filter(|m| m.state == state).count() as i64;
+        let gauges = &self.metrics.cluster.members;
+        gauges[0].set(count(MemberState::Up));
+        gauges[1].set(count(MemberState::Suspect));
+        gauges[2].set(count(MemberState::Down));
+        if snapshot.iter().any(|m| m.state != MemberState::Down) {
+            self.members.joined.store(true, Ordering::Release);
+        }
+        self.members.others.store(Arc::new(snapshot));
+    }
+}
+
+/// Resolves the seeds now and every `interval`, forever, and hands the addresses to the gossip
+/// task. Names that do not resolve yet (a pod not yet created) are retried quietly.
+async fn resolve_seeds(seeds: Vec<Seed>, interval: Duration, out: mpsc::Sender<Vec<SocketAddr>>) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing: HashSet<String> = HashSet::new();
+    loop {
+        ticks.tick().await;
+        let mut addrs = Vec::new();
+        for seed in &seeds {
+            let lookup = tokio::net::lookup_host((seed.host.as_str(), seed.port));
+            match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(found)) => {
+                    if failing.remove(&seed.host) {
+                        info!(seed = %seed, "seed resolves again");
+                    }
+                    addrs.extend(found);
+                }
+                Ok(Err(error)) => {
+                    // Logged once per outage, not every round.
+                    if failing.insert(seed.host.clone()) {
+                        info!(seed = %seed, %error, "seed does not resolve yet; will retry");
+                    }
+                }
+                Err(_) => {
+                    if failing.insert(seed.host.clone()) {
+                        info!(seed = %seed, "seed resolution timed out; will retry");
+                    }
+                }
+            }
+        }
+        if out.send(addrs).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+fn encode_join(identity: &NodeIdentity, key: &DatagramKey) -> Vec<u8> {
+    let mut request = vec![VERSION, KIND_JOIN];
+    PostcardCodec
+        .encode_member(&Member::alive(identity.clone()), &mut request)
+        .expect("encodes");
+    key.seal(&mut request);
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(name: &str, boot_ms: u64, renewal: u32) -> NodeIdentity {
+        NodeIdentity {
+            node_id: name.to_string(),
+            gossip: "127.0.0.1:7946".parse().unwrap(),
+            sync_port: 7947,
+            mqtt_port: 1883,
+            version: "0.1.0".to_string(),
+            boot_ms,
+            renewal,
+        }
+    }
+
+    #[test]
+    fn a_newer_boot_or_renewal_wins() {
+        let old = identity("n1", 100, 0);
+        let restarted = identity("n1", 200, 0);
+        assert!(restarted.win_addr_conflict(&old));
+        assert!(!old.win_addr_conflict(&restarted));
+        let renewed = old.renew().unwrap();
+        assert_eq!(renewed.renewal, 1);
+        assert!(renewed.win_addr_conflict(&old));
+        assert!(restarted.win_addr_conflict(&renewed));
+        assert_eq!(old.addr(), "n1");
+    }
+
+    #[test]
+    fn a_join_request_round_trips_and_is_authenticated() {
+        let key = DatagramKey::gossip(b"k");
+        let me = identity("n1", 1, 0);
+        let datagram = encode_join(&me, &key);
+        let body = key.open(&datagram).unwrap();
+        assert_eq!(&body[..2], &[VERSION, KIND_JOIN]);
+        let member: Member<NodeIdentity> = PostcardCodec.decode_member(&body[2..]).unwrap();
+        assert_eq!(member.id(), &me);
+        assert!(DatagramKey::gossip(b"other").open(&datagram).is_none());
+    }
+}

@@ -1,0 +1,179 @@
+//! The cluster: several `coolpy7` nodes that share PUBLISH messages, as the original Coolpy7
+//! does, with authenticated and replay-protected datagrams.
+//!
+//! - [`membership`]: who is in the cluster (SWIM gossip with `foca` on UDP `-crp`).
+//! - [`sync`]: forwarding each locally published message to the members that are up (UDP
+//!   `-csp`), and delivering what peers forward.
+//! - [`auth`]: the HMAC-SHA256 tags on every datagram, with per-port keys derived from `-csk`.
+//! - [`config`]: the cluster flags' rules.
+//!
+//! Sessions and subscriptions stay on their node; only messages travel. [`Cluster::start`] is
+//! called by the server once the MQTT listener is bound, and [`Cluster::leave`] on shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod membership;
+pub mod sync;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+use crate::router::Message;
+use auth::DatagramKey;
+use config::ClusterConfig;
+use membership::{Gossip, Members, NodeIdentity};
+use sync::{Forwarder, Origin};
+
+/// How long shutdown waits for the leave announcement to go out.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The cluster's sockets, bound before anything else starts so that a port clash fails the start.
+pub struct Bound {
+    config: ClusterConfig,
+    gossip: UdpSocket,
+    sync: UdpSocket,
+    members: Arc<Members>,
+    boot_ms: u64,
+}
+
+impl Bound {
+    /// Binds the gossip and sync ports on `host` (the MQTT listen host; every interface when it
+    /// names none) and works out this node's identity.
+    pub async fn bind(
+        config: ClusterConfig,
+        host: Option<IpAddr>,
+        mqtt_port: u16,
+    ) -> anyhow::Result<Bound> {
+        let host = host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let gossip = UdpSocket::bind(SocketAddr::new(host, config.gossip_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot bind the cluster gossip port {host}:{}",
+                    config.gossip_port
+                )
+            })?;
+        let sync = UdpSocket::bind(SocketAddr::new(host, config.sync_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot bind the cluster sync port {host}:{}",
+                    config.sync_port
+                )
+            })?;
+        let gossip_addr = gossip.local_addr()?;
+        let sync_addr = sync.local_addr()?;
+        info!("cluster gossip on udp {gossip_addr}");
+        info!("cluster sync on udp {sync_addr}");
+        let advertised = membership::advertised_ip(&config, host);
+        let boot_ms = membership::boot_ms();
+        let identity = NodeIdentity {
+            node_id: config.node_id.clone(),
+            gossip: SocketAddr::new(advertised, gossip_addr.port()),
+            sync_port: sync_addr.port(),
+            mqtt_port,
+            version: crate::VERSION.to_string(),
+            boot_ms,
+            renewal: 0,
+        };
+        info!(node_id = %identity.node_id, advertised = %identity.gossip, seeds = config.seeds.len(),
+              "cluster mode");
+        let members = Arc::new(Members::new(identity, !config.seeds.is_empty()));
+        Ok(Bound {
+            config,
+            gossip,
+            sync,
+            members,
+            boot_ms,
+        })
+    }
+
+    /// The members snapshot, for the HTTP API.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.clone()
+    }
+
+    /// The forwarder the broker publishes through, and the queue it fills.
+    pub fn forwarder(&self, metrics: Arc<Metrics>) -> (Forwarder, mpsc::Receiver<Arc<Message>>) {
+        Forwarder::new(self.config.sync_limit, metrics)
+    }
+
+    /// Starts gossip, the sync sender and the sync receiver.
+    pub fn start(self, broker: Arc<Broker>, queued: mpsc::Receiver<Arc<Message>>) -> Cluster {
+        let Bound {
+            config,
+            gossip,
+            sync,
+            members,
+            boot_ms,
+        } = self;
+        let key = &config.key.0;
+        let sync_key = DatagramKey::sync(key);
+        let gossip_key = DatagramKey::gossip(key);
+        let sync = Arc::new(sync);
+        let origin = Origin {
+            node_id: config.node_id.clone(),
+            boot_ms,
+        };
+        let (leave, leaving) = watch::channel(false);
+        let metrics = broker.metrics.clone();
+        let sender = tokio::spawn(sync::send_loop(
+            sync.clone(),
+            queued,
+            members.clone(),
+            sync_key.clone(),
+            origin,
+            metrics.clone(),
+        ));
+        let receiver = tokio::spawn(sync::receive_loop(sync, broker, members.clone(), sync_key));
+        let gossip = tokio::spawn(
+            Gossip {
+                config,
+                socket: gossip,
+                key: gossip_key,
+                members: members.clone(),
+                metrics,
+                leave: leaving,
+            }
+            .run(),
+        );
+        Cluster {
+            leave,
+            gossip,
+            sync_tasks: [sender, receiver],
+        }
+    }
+}
+
+/// The running cluster tasks.
+pub struct Cluster {
+    leave: watch::Sender<bool>,
+    gossip: JoinHandle<()>,
+    sync_tasks: [JoinHandle<()>; 2],
+}
+
+impl Cluster {
+    /// Tells the other members this node is leaving (so they mark it down at once rather than
+    /// after the failure detector's timeouts), then stops the tasks.
+    pub async fn leave(self) {
+        let _ = self.leave.send(true);
+        if tokio::time::timeout(LEAVE_TIMEOUT, self.gossip)
+            .await
+            .is_err()
+        {
+            warn!("leaving the cluster took longer than {LEAVE_TIMEOUT:?}");
+        }
+        for task in self.sync_tasks {
+            task.abort();
+        }
+    }
+}

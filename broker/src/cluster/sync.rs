@@ -1,0 +1,576 @@
+//! Forwarding PUBLISH messages between nodes over UDP (`-csp`).
+//!
+//! After a client's PUBLISH (or a will) is routed locally, [`Forwarder::forward`] puts it on a
+//! bounded queue without waiting; a full queue drops and counts, so peers can never slow local
+//! delivery. The sender task batches what is queued into datagrams and sends each to every
+//! member that is up, from one socket (UDP does not block per peer, so a dead peer stalls
+//! nobody). The receiver task authenticates, checks the origin and the replay window, and hands
+//! the records to the local router; it never forwards them again (one hop, no loops).
+//!
+//! Wire format (all integers big-endian):
+//! ```text
+//! [version = 1][kind = 1][origin id length: u8][origin id][origin boot epoch: u64][seq: u64]
+//! [record count: u16] records... [HMAC-SHA256 tag: 32 bytes]
+//! record: [flags: u8 (bits 0-1 QoS, bit 2 retain)][topic length: u16][topic]
+//!         [payload length: u32][payload]
+//! ```
+//! A record's size, which `-csl` limits, is [`record_len`]: 7 bytes plus topic plus payload.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::auth::DatagramKey;
+use super::membership::{MemberState, Members};
+use crate::broker::Broker;
+use crate::codec::QoS;
+use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
+use crate::router::Message;
+use crate::topic;
+
+pub const VERSION: u8 = 1;
+const KIND_PUBLISH: u8 = 1;
+/// Framing bytes of one record besides its topic and payload.
+pub const RECORD_OVERHEAD: usize = 7;
+/// Records are packed into one datagram up to this many bytes (below a 1500-byte MTU); a larger
+/// record travels alone.
+const BATCH_BYTES: usize = 1200;
+/// Messages waiting to be forwarded; beyond it they are dropped and counted.
+const QUEUE: usize = 16_384;
+/// Messages taken from the queue per batch.
+const TAKE: usize = 256;
+/// How many sequence numbers behind the newest the replay window remembers.
+const WINDOW: u64 = 128;
+
+/// The size of `message` as a record, which `-csl` limits.
+pub fn record_len(message: &Message) -> usize {
+    RECORD_OVERHEAD + message.topic.len() + message.payload.len()
+}
+
+/// The publishing side's handle: cheap to call from any connection.
+pub struct Forwarder {
+    queue: mpsc::Sender<Arc<Message>>,
+    limit: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Forwarder {
+    pub fn new(limit: usize, metrics: Arc<Metrics>) -> (Forwarder, mpsc::Receiver<Arc<Message>>) {
+        let (queue, queued) = mpsc::channel(QUEUE);
+        (
+            Forwarder {
+                queue,
+                limit,
+                metrics,
+            },
+            queued,
+        )
+    }
+
+    /// Queues a locally published message for the other members, unless it must stay here.
+    pub fn forward(&self, message: &Arc<Message>) {
+        let cluster = &self.metrics.cluster;
+        if message.topic.first() == Some(&b'$') {
+            cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::DollarTopic)
+                .inc();
+            return;
+        }
+        let len = record_len(message);
+        if len > self.limit {
+            debug!(len, limit = self.limit, "message too big to forward (-csl)");
+            cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                .inc();
+            return;
+        }
+        match self.queue.try_send(message.clone()) {
+            Ok(()) => {
+                cluster.records_forwarded.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                cluster
+                    .dropped(ClusterPort::Sync, ClusterDrop::QueueFull)
+                    .inc();
+            }
+            // The sender task has stopped: the node is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Who this node is in the datagrams it sends.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub node_id: String,
+    pub boot_ms: u64,
+}
+
+/// Sends what the forwarder queued until the queue closes.
+pub async fn send_loop(
+    socket: Arc<UdpSocket>,
+    mut queued: mpsc::Receiver<Arc<Message>>,
+    members: Arc<Members>,
+    key: DatagramKey,
+    origin: Origin,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(TAKE);
+    let mut seq: u64 = 0;
+    let mut datagram = Vec::with_capacity(BATCH_BYTES + 256);
+    while queued.recv_many(&mut batch, TAKE).await > 0 {
+        let others = members.others();
+        let peers: Vec<SocketAddr> = others
+            .iter()
+            .filter(|m| m.state != MemberState::Down)
+            .map(|m| m.identity.sync_addr())
+            .collect();
+        let mut records = batch.drain(..).peekable();
+        if peers.is_empty() {
+            continue;
+        }
+        while records.peek().is_some() {
+            seq += 1;
+            datagram.clear();
+            encode_header(&mut datagram, &origin, seq);
+            let count_at = datagram.len();
+            datagram.put_u16(0);
+            let mut count: u16 = 0;
+            while let Some(message) = records.peek() {
+                let fits = datagram.len() + record_len(message) <= BATCH_BYTES;
+                if count > 0 && (!fits || count == u16::MAX) {
+                    break;
+                }
+                encode_record(&mut datagram, message);
+                count += 1;
+                records.next();
+            }
+            datagram[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+            key.seal(&mut datagram);
+            for peer in &peers {
+                match socket.send_to(&datagram, *peer).await {
+                    Ok(_) => metrics.cluster.datagram_out(ClusterPort::Sync),
+                    Err(error) => {
+                        debug!(%error, %peer, "sync send failed");
+                        metrics
+                            .cluster
+                            .dropped(ClusterPort::Sync, ClusterDrop::SendError)
+                            .inc();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn encode_header(out: &mut Vec<u8>, origin: &Origin, seq: u64) {
+    out.put_u8(VERSION);
+    out.put_u8(KIND_PUBLISH);
+    // Node ids are at most 64 bytes (checked with the flags).
+    out.put_u8(origin.node_id.len() as u8);
+    out.put_slice(origin.node_id.as_bytes());
+    out.put_u64(origin.boot_ms);
+    out.put_u64(seq);
+}
+
+fn encode_record(out: &mut Vec<u8>, message: &Message) {
+    let flags = message.qos as u8 | if message.retain { 0b100 } else { 0 };
+    out.put_u8(flags);
+    // Both bounded by -csl, far below u16::MAX and u32::MAX.
+    out.put_u16(message.topic.len() as u16);
+    out.put_slice(&message.topic);
+    out.put_u32(message.payload.len() as u32);
+    out.put_slice(&message.payload);
+}
+
+/// A sync datagram, authenticated and parsed.
+#[derive(Debug)]
+struct Batch {
+    origin: Bytes,
+    boot_ms: u64,
+    seq: u64,
+    records: Vec<Message>,
+}
+
+/// Parses an authenticated body; `None` when it is not a well-formed version-1 publish batch.
+fn decode_batch(body: &[u8]) -> Option<Batch> {
+    let mut buf = body;
+    if buf.remaining() < 2 || buf.get_u8() != VERSION || buf.get_u8() != KIND_PUBLISH {
+        return None;
+    }
+    let id_len = usize::from(take_u8(&mut buf)?);
+    let origin = take(&mut buf, id_len)?;
+    let boot_ms = take_u64(&mut buf)?;
+    let seq = take_u64(&mut buf)?;
+    if buf.remaining() < 2 {
+        return None;
+    }
+    let count = buf.get_u16();
+    let mut records = Vec::with_capacity(usize::from(count).min(64));
+    for _ in 0..count {
+        let flags = take_u8(&mut buf)?;
+        if flags & !0b111 != 0 {
+            return None;
+        }
+        let qos = QoS::from_u8(flags & 0b11)?;
+        let retain = flags & 0b100 != 0;
+        if buf.remaining() < 2 {
+            return None;
+        }
+        let topic_len = usize::from(buf.get_u16());
+        let topic = take(&mut buf, topic_len)?;
+        if buf.remaining() < 4 {
+            return None;
+        }
+        let payload_len = usize::try_from(buf.get_u32()).ok()?;
+        let payload = take(&mut buf, payload_len)?;
+        // Peers only forward valid, non-$ topics; anything else is not from a peer of ours.
+        if topic.first() == Some(&b'$')
+            || !topic::is_valid_topic_name(&topic)
+            || std::str::from_utf8(&topic).is_err()
+        {
+            return None;
+        }
+        records.push(Message::new(topic, payload, qos, retain));
+    }
+    if buf.has_remaining() {
+        return None;
+    }
+    Some(Batch {
+        origin,
+        boot_ms,
+        seq,
+        records,
+    })
+}
+
+fn take_u8(buf: &mut &[u8]) -> Option<u8> {
+    (buf.remaining() >= 1).then(|| buf.get_u8())
+}
+
+fn take_u64(buf: &mut &[u8]) -> Option<u64> {
+    (buf.remaining() >= 8).then(|| buf.get_u64())
+}
+
+/// The next `len` bytes, copied: records outlive the receive buffer.
+fn take(buf: &mut &[u8], len: usize) -> Option<Bytes> {
+    if buf.remaining() < len {
+        return None;
+    }
+    let bytes = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
+    Some(bytes)
+}
+
+/// Sequence numbers seen from one origin's boot: the newest, and a bitmap of the [`WINDOW`]
+/// before it.
+#[derive(Debug, Default)]
+struct ReplayWindow {
+    boot_ms: u64,
+    newest: u64,
+    seen: u128,
+}
+
+impl ReplayWindow {
+    /// Whether `seq` of boot `boot_ms` is new; records it if so.
+    fn accept(&mut self, boot_ms: u64, seq: u64) -> bool {
+        if boot_ms != self.boot_ms {
+            // A new boot starts its sequence again (the caller checked that the boot is the
+            // member's current one).
+            *self = ReplayWindow {
+                boot_ms,
+                newest: 0,
+                seen: 0,
+            };
+        }
+        if seq == 0 {
+            return false;
+        }
+        if seq > self.newest {
+            let shift = seq - self.newest;
+            self.seen = if shift >= WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
+            self.seen |= 1;
+            self.newest = seq;
+            return true;
+        }
+        let behind = self.newest - seq;
+        if behind >= WINDOW {
+            return false;
+        }
+        let bit = 1u128 << behind;
+        if self.seen & bit != 0 {
+            return false;
+        }
+        self.seen |= bit;
+        true
+    }
+}
+
+/// Receives datagrams from peers and delivers their records locally, until the socket fails.
+pub async fn receive_loop(
+    socket: Arc<UdpSocket>,
+    broker: Arc<Broker>,
+    members: Arc<Members>,
+    key: DatagramKey,
+) {
+    let mut windows: HashMap<Bytes, ReplayWindow> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(error) => {
+                debug!(%error, "sync receive failed");
+                continue;
+            }
+        };
+        let cluster = &broker.metrics.cluster;
+        cluster.datagram_in(ClusterPort::Sync);
+        let verdict = accept(&buf[..n], &key, &members, &mut windows);
+        match verdict {
+            Ok(records) => {
+                cluster.records_received.inc_by(records.len() as u64);
+                for message in records {
+                    let routed = broker.router.publish(Arc::new(message));
+                    cluster.records_delivered.inc_by(routed.deliveries as u64);
+                }
+            }
+            Err(reason) => {
+                debug!(%from, reason = reason.label(), "sync datagram dropped");
+                cluster.dropped(ClusterPort::Sync, reason).inc();
+            }
+        }
+    }
+}
+
+/// The checks, in order: tag, format, origin, boot, replay. Only a datagram that passes all of
+/// them marks its sequence number as seen.
+fn accept(
+    datagram: &[u8],
+    key: &DatagramKey,
+    members: &Members,
+    windows: &mut HashMap<Bytes, ReplayWindow>,
+) -> Result<Vec<Message>, ClusterDrop> {
+    let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
+    let batch = decode_batch(body).ok_or(ClusterDrop::Malformed)?;
+    let member = members
+        .live(&batch.origin)
+        .ok_or(ClusterDrop::UnknownOrigin)?;
+    if member.boot_ms != batch.boot_ms {
+        return Err(ClusterDrop::StaleEpoch);
+    }
+    // Bounded by the number of members: only a live member's name gets this far.
+    let window = windows.entry(batch.origin).or_default();
+    if !window.accept(batch.boot_ms, batch.seq) {
+        return Err(ClusterDrop::Replay);
+    }
+    Ok(batch.records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::membership::{MemberInfo, NodeIdentity};
+
+    fn message(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Message {
+        Message::new(
+            Bytes::copy_from_slice(topic.as_bytes()),
+            Bytes::copy_from_slice(payload),
+            qos,
+            retain,
+        )
+    }
+
+    fn datagram(key: &DatagramKey, origin: &Origin, seq: u64, records: &[Message]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_header(&mut out, origin, seq);
+        out.put_u16(records.len() as u16);
+        for record in records {
+            encode_record(&mut out, record);
+        }
+        key.seal(&mut out);
+        out
+    }
+
+    fn identity(name: &str, boot_ms: u64) -> NodeIdentity {
+        NodeIdentity {
+            node_id: name.to_string(),
+            gossip: "127.0.0.1:7946".parse().unwrap(),
+            sync_port: 7947,
+            mqtt_port: 1883,
+            version: "0".into(),
+            boot_ms,
+            renewal: 0,
+        }
+    }
+
+    fn members_with(peer: NodeIdentity, state: MemberState) -> Members {
+        let members = Members::new(identity("local", 1), false);
+        members.set_others_for_tests(vec![MemberInfo {
+            identity: peer,
+            state,
+        }]);
+        members
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let key = DatagramKey::sync(b"k");
+        let origin = Origin {
+            node_id: "n1".into(),
+            boot_ms: 42,
+        };
+        let sent = [
+            message("a/b", b"hello", QoS::AtMostOnce, false),
+            message("c", b"", QoS::ExactlyOnce, true),
+        ];
+        let bytes = datagram(&key, &origin, 7, &sent);
+        let batch = decode_batch(key.open(&bytes).unwrap()).unwrap();
+        assert_eq!(&batch.origin[..], b"n1");
+        assert_eq!((batch.boot_ms, batch.seq), (42, 7));
+        assert_eq!(batch.records.len(), 2);
+        for (got, want) in batch.records.iter().zip(&sent) {
+            assert_eq!(got.topic, want.topic);
+            assert_eq!(got.payload, want.payload);
+            assert_eq!(got.qos, want.qos);
+            assert_eq!(got.retain, want.retain);
+        }
+        // The record size the limit applies to is exactly what a record takes on the wire.
+        let mut one = Vec::new();
+        encode_record(&mut one, &sent[0]);
+        assert_eq!(one.len(), record_len(&sent[0]));
+    }
+
+    #[test]
+    fn truncated_or_padded_or_invalid_batches_are_malformed() {
+        let origin = Origin {
+            node_id: "n1".into(),
+            boot_ms: 1,
+        };
+        let mut body = Vec::new();
+        encode_header(&mut body, &origin, 1);
+        body.put_u16(1);
+        encode_record(&mut body, &message("t", b"xyz", QoS::AtLeastOnce, false));
+        assert!(decode_batch(&body).is_some());
+        for cut in 0..body.len() {
+            assert!(decode_batch(&body[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut padded = body.clone();
+        padded.push(0);
+        assert!(decode_batch(&padded).is_none());
+        for (topic, flags) in [
+            ("$SYS/x", 0u8),
+            ("a/+", 0),
+            ("a/#", 0),
+            ("", 0),
+            ("t", 3),
+            ("t", 8),
+        ] {
+            let mut bad = Vec::new();
+            encode_header(&mut bad, &origin, 1);
+            bad.put_u16(1);
+            bad.put_u8(flags);
+            bad.put_u16(topic.len() as u16);
+            bad.put_slice(topic.as_bytes());
+            bad.put_u32(0);
+            assert!(decode_batch(&bad).is_none(), "{topic:?} flags {flags}");
+        }
+    }
+
+    #[test]
+    fn only_fresh_datagrams_from_live_members_are_accepted() {
+        let key = DatagramKey::sync(b"k");
+        let origin = Origin {
+            node_id: "n1".into(),
+            boot_ms: 5,
+        };
+        let records = [message("t", b"x", QoS::AtMostOnce, false)];
+        let members = members_with(identity("n1", 5), MemberState::Up);
+        let mut windows = HashMap::new();
+        let first = datagram(&key, &origin, 1, &records);
+        assert_eq!(
+            accept(&first, &key, &members, &mut windows).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            accept(&first, &key, &members, &mut windows).unwrap_err(),
+            ClusterDrop::Replay
+        );
+        let forged = datagram(&DatagramKey::sync(b"other"), &origin, 2, &records);
+        assert_eq!(
+            accept(&forged, &key, &members, &mut windows).unwrap_err(),
+            ClusterDrop::BadTag
+        );
+        // A forged datagram does not burn its sequence number.
+        assert!(accept(
+            &datagram(&key, &origin, 2, &records),
+            &key,
+            &members,
+            &mut windows
+        )
+        .is_ok());
+        let stranger = Origin {
+            node_id: "n9".into(),
+            boot_ms: 5,
+        };
+        assert_eq!(
+            accept(
+                &datagram(&key, &stranger, 1, &records),
+                &key,
+                &members,
+                &mut windows
+            )
+            .unwrap_err(),
+            ClusterDrop::UnknownOrigin
+        );
+        let old_boot = Origin {
+            node_id: "n1".into(),
+            boot_ms: 4,
+        };
+        assert_eq!(
+            accept(
+                &datagram(&key, &old_boot, 9, &records),
+                &key,
+                &members,
+                &mut windows
+            )
+            .unwrap_err(),
+            ClusterDrop::StaleEpoch
+        );
+        let down = members_with(identity("n1", 5), MemberState::Down);
+        assert_eq!(
+            accept(
+                &datagram(&key, &origin, 3, &records),
+                &key,
+                &down,
+                &mut windows
+            )
+            .unwrap_err(),
+            ClusterDrop::UnknownOrigin
+        );
+    }
+
+    #[test]
+    fn the_replay_window_accepts_reordering_and_refuses_repeats() {
+        let mut window = ReplayWindow::default();
+        assert!(window.accept(1, 5));
+        assert!(window.accept(1, 3), "late but unseen");
+        assert!(!window.accept(1, 3));
+        assert!(!window.accept(1, 5));
+        assert!(window.accept(1, 5 + WINDOW));
+        assert!(!window.accept(1, 5), "too old to tell: refused");
+        assert!(window.accept(1, 6));
+        assert!(!window.accept(1, 0));
+        // A new boot starts over.
+        assert!(window.accept(2, 1));
+        assert!(!window.accept(2, 1));
+    }
+}
