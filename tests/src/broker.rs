@@ -82,8 +82,8 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// The address printed after `marker` in `line`, if any.
-fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+/// The address printed after `marker` in `line`, if any (ANSI colours are ignored).
+pub fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
     let line = strip_ansi(line);
     let start = line.find(marker)? + marker.len();
     let token: String = line[start..]
@@ -159,7 +159,14 @@ impl Broker {
     /// Like [`Broker::start`], with extra environment variables (e.g. `COOLPY7_MQOS`).
     /// When HTTP is on, also waits until `/healthz` answers 200.
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Broker {
-        let mut broker = Broker::launch(extra_args, env);
+        Broker::start_with_prefix(&[], extra_args, env)
+    }
+
+    /// Like [`Broker::start_with_env`], but runs the binary under a command `prefix` such as
+    /// `["ip", "netns", "exec", "ns1"]` (which must `exec` the binary, so that [`Broker::pid`]
+    /// is the broker's). An empty prefix runs the binary directly.
+    pub fn start_with_prefix(prefix: &[&str], extra_args: &[&str], env: &[(&str, &str)]) -> Broker {
+        let mut broker = Broker::launch(prefix, extra_args, env);
         if broker.http.is_some() {
             broker.wait_ready();
         }
@@ -169,7 +176,7 @@ impl Broker {
     /// Starts the broker and returns as soon as both listener addresses are logged, without
     /// waiting for `/healthz` to answer 200 (to test that readiness itself).
     pub fn start_without_readiness_wait(extra_args: &[&str]) -> Broker {
-        Broker::launch(extra_args, &[])
+        Broker::launch(&[], extra_args, &[])
     }
 
     /// Polls `/healthz` (blocking) until it answers 200, within [`START_TIMEOUT`].
@@ -199,7 +206,7 @@ impl Broker {
         }
     }
 
-    fn launch(extra_args: &[&str], env: &[(&str, &str)]) -> Broker {
+    fn launch(prefix: &[&str], extra_args: &[&str], env: &[(&str, &str)]) -> Broker {
         let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let mut args: Vec<String> = Vec::new();
         if flag_value(&extra, "l").is_none() {
@@ -216,7 +223,14 @@ impl Broker {
         let want_http = flag_value(&args, "hl") != Some("nil");
 
         let binary = binary_path();
-        let mut command = Command::new(&binary);
+        let mut command = match prefix.split_first() {
+            None => Command::new(&binary),
+            Some((program, prefix_args)) => {
+                let mut command = Command::new(program);
+                command.args(prefix_args).arg(&binary);
+                command
+            }
+        };
         // Only what the test asks for: no COOLPY7_* settings inherited from the environment.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("COOLPY7_") {
@@ -230,7 +244,7 @@ impl Broker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("could not start {}: {e}", binary.display()));
+            .unwrap_or_else(|e| panic!("could not start {prefix:?} {}: {e}", binary.display()));
 
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -307,6 +321,14 @@ impl Broker {
     /// Whether the HTTP API is on (it is unless started with `-hl nil`).
     pub fn http_enabled(&self) -> bool {
         self.http.is_some()
+    }
+
+    /// The address printed after `marker` in the first log line that has one, e.g.
+    /// `logged_address("cluster gossip on udp ")`.
+    pub fn logged_address(&self, marker: &str) -> Option<SocketAddr> {
+        self.logs()
+            .lines()
+            .find_map(|line| address_after(line, marker))
     }
 
     /// The arguments the broker was started with.

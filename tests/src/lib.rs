@@ -15,6 +15,7 @@ use std::time::Duration;
 pub mod bench;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod http;
 pub mod packets;
 pub mod raw;

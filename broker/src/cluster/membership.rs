@@ -38,6 +38,8 @@ const KIND_JOIN: u8 = 2;
 const HEADER_LEN: usize = 2;
 /// Largest gossip datagram: below the usual 1500-byte MTU with IP and UDP headers.
 const MAX_DATAGRAM: usize = 1400;
+/// Rejoins in a row that the cluster refused at once before a namesake is reported.
+const QUICK_DOWNS_FOR_DUPLICATE: u32 = 3;
 /// How long resolving one seed may take before the attempt is given up until the next round.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,11 +61,11 @@ pub struct NodeIdentity {
 impl Identity for NodeIdentity {
     type Addr = String;
 
+    /// Rejoining is done by the gossip task (see `GossipTask::rejoin`), which can pace it: two
+    /// live nodes with one name would otherwise take turns declaring each other down, as fast
+    /// as the network allows.
     fn renew(&self) -> Option<Self> {
-        Some(NodeIdentity {
-            renewal: self.renewal.wrapping_add(1),
-            ..self.clone()
-        })
+        None
     }
 
     fn addr(&self) -> String {
@@ -76,6 +78,14 @@ impl Identity for NodeIdentity {
 }
 
 impl NodeIdentity {
+    /// The same boot under a new renewal, which wins over this one.
+    pub fn renewed(&self) -> NodeIdentity {
+        NodeIdentity {
+            renewal: self.renewal.wrapping_add(1),
+            ..self.clone()
+        }
+    }
+
     pub fn sync_addr(&self) -> SocketAddr {
         SocketAddr::new(self.gossip.ip(), self.sync_port)
     }
@@ -240,6 +250,13 @@ struct GossipTask {
     duplicates: HashSet<(SocketAddr, u64)>,
     /// Set on shutdown: being marked down is then what we asked for.
     leaving: bool,
+    /// When to rejoin after the cluster marked this node down.
+    rejoin_at: Option<Instant>,
+    last_rejoin: Option<Instant>,
+    rejoin_interval: Duration,
+    /// Consecutive times this node was marked down again right after rejoining.
+    quick_downs: u32,
+    probe_period: Duration,
     out: Vec<u8>,
 }
 
@@ -268,6 +285,11 @@ impl Gossip {
             next_timer: 0,
             duplicates: HashSet::new(),
             leaving: false,
+            rejoin_at: None,
+            last_rejoin: None,
+            rejoin_interval: config.rejoin_interval,
+            quick_downs: 0,
+            probe_period: config.probe_period,
             out: Vec::with_capacity(MAX_DATAGRAM),
         };
         let (resolved_tx, mut resolved) = mpsc::channel(4);
@@ -288,6 +310,9 @@ impl Gossip {
                 }
                 () = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
                     task.fire_due_timers();
+                }
+                () = sleep_until(task.rejoin_at.unwrap_or_else(Instant::now)), if task.rejoin_at.is_some() => {
+                    task.rejoin();
                 }
                 // The only value ever sent is true; a dropped sender means stopping too.
                 _ = leave.changed() => {
@@ -426,6 +451,44 @@ impl GossipTask {
         }
     }
 
+    /// A node marked down again and again as soon as it rejoins has a namesake: the others keep
+    /// the newer boot of the name and refuse this one. This node never hears of the other
+    /// directly (it is not a member in its eyes), so this is how it finds out.
+    fn note_quick_down(&mut self, now: Instant) {
+        let quick = self
+            .last_rejoin
+            .is_some_and(|last| now.duration_since(last) < self.probe_period * 2);
+        self.quick_downs = if quick { self.quick_downs + 1 } else { 0 };
+        if self.quick_downs == QUICK_DOWNS_FOR_DUPLICATE {
+            let local = self.members.local();
+            self.metrics.cluster.duplicate_node_id.inc();
+            self.members.duplicate.store(true, Ordering::Release);
+            error!(
+                node_id = %local.node_id,
+                "duplicate node id: this node is marked down each time it rejoins, so another \
+                 live node probably uses -nid {}; node names must be unique",
+                local.node_id
+            );
+        }
+    }
+
+    /// Comes back under a new renewal of this boot, which wins over the one marked down.
+    fn rejoin(&mut self) {
+        self.rejoin_at = None;
+        self.last_rejoin = Some(Instant::now());
+        let renewed = self.members.local().renewed();
+        match self
+            .foca
+            .change_identity(renewed.clone(), &mut self.runtime)
+        {
+            Ok(()) => {
+                info!(renewal = renewed.renewal, "rejoining the cluster");
+                self.members.local.store(Arc::new(renewed));
+            }
+            Err(error) => warn!(%error, "cannot rejoin the cluster"),
+        }
+    }
+
     fn fire_due_timers(&mut self) {
         let now = Instant::now();
         while let Some(entry) = self.timers.first_entry() {
@@ -493,19 +556,18 @@ impl GossipTask {
                 info!("joined the cluster");
             }
             OwnedNotification::Idle => warn!("no other cluster member is reachable"),
-            OwnedNotification::Rejoin(id) => {
-                info!(
-                    renewal = id.renewal,
-                    "the cluster had marked this node down; rejoined"
-                );
-                self.members.local.store(Arc::new(id));
-            }
+            OwnedNotification::Rejoin(_) => {}
             OwnedNotification::Defunct if self.leaving => {}
             OwnedNotification::Defunct => {
+                let now = Instant::now();
+                self.note_quick_down(now);
+                // With a namesake alive, rejoining at once would only knock it out in turn.
+                let earliest = match self.last_rejoin {
+                    Some(last) if self.members.duplicate_seen() => last + self.rejoin_interval,
+                    _ => now,
+                };
                 warn!("the cluster marked this node down; rejoining");
-                if let Err(error) = self.foca.reuse_down_identity() {
-                    debug!(%error, "cannot rejoin");
-                }
+                self.rejoin_at = Some(earliest.max(now));
             }
         }
     }
@@ -626,7 +688,8 @@ mod tests {
         let restarted = identity("n1", 200, 0);
         assert!(restarted.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&restarted));
-        let renewed = old.renew().unwrap();
+        assert_eq!(old.renew(), None, "the gossip task paces rejoins itself");
+        let renewed = old.renewed();
         assert_eq!(renewed.renewal, 1);
         assert!(renewed.win_addr_conflict(&old));
         assert!(restarted.win_addr_conflict(&renewed));
