@@ -181,6 +181,8 @@ pub enum ClusterDrop {
     Malformed,
     /// A sequence number already seen (or too old to tell).
     Replay,
+    /// Addressed to another node, or to an earlier boot of this one.
+    WrongDestination,
     /// The origin is not a member that is up.
     UnknownOrigin,
     /// The origin's boot epoch is not its current one.
@@ -188,7 +190,7 @@ pub enum ClusterDrop {
 }
 
 impl ClusterDrop {
-    pub const ALL: [ClusterDrop; 9] = [
+    pub const ALL: [ClusterDrop; 10] = [
         ClusterDrop::TooBig,
         ClusterDrop::DollarTopic,
         ClusterDrop::QueueFull,
@@ -196,6 +198,7 @@ impl ClusterDrop {
         ClusterDrop::BadTag,
         ClusterDrop::Malformed,
         ClusterDrop::Replay,
+        ClusterDrop::WrongDestination,
         ClusterDrop::UnknownOrigin,
         ClusterDrop::StaleEpoch,
     ];
@@ -209,6 +212,7 @@ impl ClusterDrop {
             ClusterDrop::BadTag => "bad_tag",
             ClusterDrop::Malformed => "malformed",
             ClusterDrop::Replay => "replay",
+            ClusterDrop::WrongDestination => "wrong_destination",
             ClusterDrop::UnknownOrigin => "unknown_origin",
             ClusterDrop::StaleEpoch => "stale_epoch",
         }

@@ -736,16 +736,18 @@ pub struct Record {
 /// A sync datagram (version 1, kind 1 = publish batch) as the contract describes it, ending with
 /// `tag` (which the test cannot compute, so it is always wrong).
 pub fn sync_datagram(
-    origin: &str,
-    epoch: u64,
+    origin: (&str, u64),
+    destination: (&str, u64),
     sequence: u64,
     records: &[Record],
     tag: &[u8; 32],
 ) -> Vec<u8> {
     let mut out = vec![1u8, 1u8];
-    out.push(u8::try_from(origin.len()).expect("origin id up to 255 bytes"));
-    out.extend_from_slice(origin.as_bytes());
-    out.extend_from_slice(&epoch.to_be_bytes());
+    for (id, epoch) in [origin, destination] {
+        out.push(u8::try_from(id.len()).expect("node id up to 255 bytes"));
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&epoch.to_be_bytes());
+    }
     out.extend_from_slice(&sequence.to_be_bytes());
     out.extend_from_slice(
         &u16::try_from(records.len())
@@ -771,9 +773,17 @@ pub fn sync_datagram(
     out
 }
 
-/// A parsed sync publish batch: (origin node id, origin boot epoch, sequence, records), after
-/// checking the version and kind bytes and that exactly a 32-byte tag follows the records.
-pub type SyncBatch = (String, u64, u64, Vec<Record>);
+/// A parsed sync publish batch, after checking the version and kind bytes and that exactly a
+/// 32-byte tag follows the records.
+#[derive(Debug)]
+pub struct SyncBatch {
+    pub origin: String,
+    pub epoch: u64,
+    pub destination: String,
+    pub destination_epoch: u64,
+    pub sequence: u64,
+    pub records: Vec<Record>,
+}
 
 /// Parses a sync datagram as the contract describes it.
 pub fn parse_sync_datagram(datagram: &[u8]) -> Result<SyncBatch, String> {
@@ -804,6 +814,10 @@ pub fn parse_sync_datagram(datagram: &[u8]) -> Result<SyncBatch, String> {
     let origin = String::from_utf8(r.take(id_len, "origin id")?.to_vec())
         .map_err(|e| format!("origin id not UTF-8: {e}"))?;
     let epoch = r.uint(8, "epoch")?;
+    let id_len = r.uint(1, "destination id length")? as usize;
+    let destination = String::from_utf8(r.take(id_len, "destination id")?.to_vec())
+        .map_err(|e| format!("destination id not UTF-8: {e}"))?;
+    let destination_epoch = r.uint(8, "destination epoch")?;
     let sequence = r.uint(8, "sequence")?;
     let count = r.uint(2, "record count")?;
     let mut records = Vec::new();
@@ -827,7 +841,14 @@ pub fn parse_sync_datagram(datagram: &[u8]) -> Result<SyncBatch, String> {
             r.0.len()
         ));
     }
-    Ok((origin, epoch, sequence, records))
+    Ok(SyncBatch {
+        origin,
+        epoch,
+        destination,
+        destination_epoch,
+        sequence,
+        records,
+    })
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), seeded by `seed`.

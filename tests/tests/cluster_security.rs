@@ -168,7 +168,13 @@ async fn forged_datagrams_are_dropped_and_counted() {
                 payload: b"forged retained".to_vec(),
             },
         ];
-        sync_only.push(sync_datagram(n1.name(), epoch, sequence, &records, &tag));
+        sync_only.push(sync_datagram(
+            (n1.name(), epoch),
+            (n2.name(), epoch),
+            sequence,
+            &records,
+            &tag,
+        ));
     }
     let whole = sync_only[1].clone();
     for cut in [whole.len() - 1, whole.len() - 32, whole.len() - 40, 12, 3] {
@@ -176,7 +182,7 @@ async fn forged_datagrams_are_dropped_and_counted() {
     }
     // A well-formed batch whose length fields lie.
     let mut lying = whole.clone();
-    let count_at = 3 + n1.name().len() + 16;
+    let count_at = 2 + (1 + n1.name().len() + 8) + (1 + n2.name().len() + 8) + 8;
     lying[count_at] = 0xff;
     sync_only.push(lying);
 
@@ -256,11 +262,14 @@ async fn forged_datagrams_are_dropped_and_counted() {
 #[tokio::test]
 async fn a_replayed_sync_datagram_is_dropped() {
     require_root("the replay test (it captures packets on lo with AF_PACKET)");
-    let nodes = start_cluster(2, &[]).await;
-    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let nodes = start_cluster(3, &[]).await;
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     let topic = unique_id("replay/t");
     let mut subscriber = n2
         .subscriber(&unique_id("sub"), &topic, QoS::AtLeastOnce)
+        .await;
+    let mut bystander = n3
+        .subscriber(&unique_id("sub3"), &topic, QoS::AtLeastOnce)
         .await;
     let mut publisher = n1.client(&unique_id("pub")).await;
 
@@ -269,6 +278,7 @@ async fn a_replayed_sync_datagram_is_dropped() {
         .publish(&topic, QoS::AtLeastOnce, false, b"original".to_vec())
         .await;
     expect_exactly_one(&mut subscriber, &topic, b"original", QoS::AtLeastOnce).await;
+    expect_exactly_one(&mut bystander, &topic, b"original", QoS::AtLeastOnce).await;
     let topic_bytes = topic.as_bytes().to_vec();
     let packet = capture
         .next_matching(TIMEOUT, |p| {
@@ -293,10 +303,12 @@ async fn a_replayed_sync_datagram_is_dropped() {
     );
 
     // The captured datagram follows the documented wire format.
-    let (origin, epoch, sequence, records) = parse_sync_datagram(&packet.payload)
+    let batch = parse_sync_datagram(&packet.payload)
         .unwrap_or_else(|e| panic!("the captured sync datagram does not parse: {e}"));
-    println!("origin {origin} epoch {epoch} sequence {sequence}, {records:?}");
-    assert_eq!(origin, n1.name(), "origin node id");
+    println!("{batch:?}");
+    assert_eq!(batch.origin, n1.name(), "origin node id");
+    assert_eq!(batch.destination, n2.name(), "destination node id");
+    let records = &batch.records;
     assert!(
         records
             .iter()
@@ -326,6 +338,18 @@ async fn a_replayed_sync_datagram_is_dropped() {
     .await;
     subscriber.expect_no_publish(QUIET).await;
     println!("after the replays: {}", n2.drops().await);
+
+    // Sent to another member, which had its own copy: refused as addressed to someone else.
+    let misaddressed = [("port", "sync"), ("reason", "wrong_destination")];
+    let before = n3.counter_sum(DROPPED, &misaddressed).await;
+    send_udp(n3.sync, &packet.payload);
+    wait_until(
+        "n3's dropped{port=sync,reason=wrong_destination} to rise",
+        TIMEOUT,
+        || async { n3.counter_sum(DROPPED, &misaddressed).await > before },
+    )
+    .await;
+    bystander.expect_no_publish(QUIET).await;
 
     // One payload byte changed under the original tag: bad_tag.
     let mut tampered = packet.clone();

@@ -9,12 +9,16 @@
 //!
 //! Wire format (all integers big-endian):
 //! ```text
-//! [version = 1][kind = 1][origin id length: u8][origin id][origin boot epoch: u64][seq: u64]
+//! [version = 1][kind = 1][origin id length: u8][origin id][origin boot epoch: u64]
+//! [destination id length: u8][destination id][destination boot epoch: u64][seq: u64]
 //! [record count: u16] records... [HMAC-SHA256 tag: 32 bytes]
 //! record: [flags: u8 (bits 0-1 QoS, bit 2 retain)][topic length: u16][topic]
 //!         [payload length: u32][payload]
 //! ```
 //! A record's size, which `-csl` limits, is [`record_len`]: 7 bytes plus topic plus payload.
+//! The destination makes each datagram good for one boot of one node only: a datagram captured
+//! on its way to one member cannot be replayed to another, nor to the same node after it
+//! restarts with an empty replay window.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,7 +30,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::auth::DatagramKey;
-use super::membership::{MemberState, Members};
+use super::membership::{MemberState, Members, NodeIdentity};
 use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
@@ -122,13 +126,14 @@ pub async fn send_loop(
 ) {
     let mut batch = Vec::with_capacity(TAKE);
     let mut seq: u64 = 0;
-    let mut datagram = Vec::with_capacity(BATCH_BYTES + 256);
+    let mut records_buf = Vec::with_capacity(BATCH_BYTES + 256);
+    let mut datagram = Vec::with_capacity(BATCH_BYTES + 512);
     while queued.recv_many(&mut batch, TAKE).await > 0 {
         let others = members.others();
-        let peers: Vec<SocketAddr> = others
+        let peers: Vec<&NodeIdentity> = others
             .iter()
             .filter(|m| m.state != MemberState::Down)
-            .map(|m| m.identity.sync_addr())
+            .map(|m| &m.identity)
             .collect();
         let mut records = batch.drain(..).peekable();
         if peers.is_empty() {
@@ -136,27 +141,28 @@ pub async fn send_loop(
         }
         while records.peek().is_some() {
             seq += 1;
-            datagram.clear();
-            encode_header(&mut datagram, &origin, seq);
-            let count_at = datagram.len();
-            datagram.put_u16(0);
+            records_buf.clear();
             let mut count: u16 = 0;
             while let Some(message) = records.peek() {
-                let fits = datagram.len() + record_len(message) <= BATCH_BYTES;
+                let fits = records_buf.len() + record_len(message) <= BATCH_BYTES;
                 if count > 0 && (!fits || count == u16::MAX) {
                     break;
                 }
-                encode_record(&mut datagram, message);
+                encode_record(&mut records_buf, message);
                 count += 1;
                 records.next();
             }
-            datagram[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
-            key.seal(&mut datagram);
             for peer in &peers {
-                match socket.send_to(&datagram, *peer).await {
+                datagram.clear();
+                encode_header(&mut datagram, &origin, peer, seq);
+                datagram.put_u16(count);
+                datagram.extend_from_slice(&records_buf);
+                key.seal(&mut datagram);
+                let to = peer.sync_addr();
+                match socket.send_to(&datagram, to).await {
                     Ok(_) => metrics.cluster.datagram_out(ClusterPort::Sync),
                     Err(error) => {
-                        debug!(%error, %peer, "sync send failed");
+                        debug!(%error, %to, "sync send failed");
                         metrics
                             .cluster
                             .dropped(ClusterPort::Sync, ClusterDrop::SendError)
@@ -168,14 +174,21 @@ pub async fn send_loop(
     }
 }
 
-fn encode_header(out: &mut Vec<u8>, origin: &Origin, seq: u64) {
+fn encode_header(out: &mut Vec<u8>, origin: &Origin, destination: &NodeIdentity, seq: u64) {
     out.put_u8(VERSION);
     out.put_u8(KIND_PUBLISH);
-    // Node ids are at most 64 bytes (checked with the flags).
-    out.put_u8(origin.node_id.len() as u8);
-    out.put_slice(origin.node_id.as_bytes());
-    out.put_u64(origin.boot_ms);
+    put_node(out, &origin.node_id, origin.boot_ms);
+    put_node(out, &destination.node_id, destination.boot_ms);
     out.put_u64(seq);
+}
+
+fn put_node(out: &mut Vec<u8>, node_id: &str, boot_ms: u64) {
+    // Our node id is checked with the flags; a peer's longer one (not a node of ours) is cut,
+    // and that peer refuses the datagram.
+    let id = &node_id.as_bytes()[..node_id.len().min(usize::from(u8::MAX))];
+    out.put_u8(id.len() as u8);
+    out.put_slice(id);
+    out.put_u64(boot_ms);
 }
 
 fn encode_record(out: &mut Vec<u8>, message: &Message) {
@@ -193,6 +206,8 @@ fn encode_record(out: &mut Vec<u8>, message: &Message) {
 struct Batch {
     origin: Bytes,
     boot_ms: u64,
+    destination: Bytes,
+    destination_boot_ms: u64,
     seq: u64,
     records: Vec<Message>,
 }
@@ -206,6 +221,9 @@ fn decode_batch(body: &[u8]) -> Option<Batch> {
     let id_len = usize::from(take_u8(&mut buf)?);
     let origin = take(&mut buf, id_len)?;
     let boot_ms = take_u64(&mut buf)?;
+    let id_len = usize::from(take_u8(&mut buf)?);
+    let destination = take(&mut buf, id_len)?;
+    let destination_boot_ms = take_u64(&mut buf)?;
     let seq = take_u64(&mut buf)?;
     if buf.remaining() < 2 {
         return None;
@@ -244,6 +262,8 @@ fn decode_batch(body: &[u8]) -> Option<Batch> {
     Some(Batch {
         origin,
         boot_ms,
+        destination,
+        destination_boot_ms,
         seq,
         records,
     })
@@ -351,7 +371,7 @@ pub async fn receive_loop(
     }
 }
 
-/// The checks, in order: tag, format, origin, boot, replay. Only a datagram that passes all of
+/// The checks, in order: tag, format, destination, origin, boot, replay. Only a datagram that passes all of
 /// them marks its sequence number as seen.
 fn accept(
     datagram: &[u8],
@@ -361,6 +381,10 @@ fn accept(
 ) -> Result<Vec<Message>, ClusterDrop> {
     let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
     let batch = decode_batch(body).ok_or(ClusterDrop::Malformed)?;
+    let local = members.local();
+    if batch.destination != local.node_id.as_bytes() || batch.destination_boot_ms != local.boot_ms {
+        return Err(ClusterDrop::WrongDestination);
+    }
     let member = members
         .live(&batch.origin)
         .ok_or(ClusterDrop::UnknownOrigin)?;
@@ -378,7 +402,7 @@ fn accept(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::membership::{MemberInfo, NodeIdentity};
+    use crate::cluster::membership::MemberInfo;
 
     fn message(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Message {
         Message::new(
@@ -390,8 +414,18 @@ mod tests {
     }
 
     fn datagram(key: &DatagramKey, origin: &Origin, seq: u64, records: &[Message]) -> Vec<u8> {
+        datagram_to(key, origin, &identity("local", 1), seq, records)
+    }
+
+    fn datagram_to(
+        key: &DatagramKey,
+        origin: &Origin,
+        destination: &NodeIdentity,
+        seq: u64,
+        records: &[Message],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_header(&mut out, origin, seq);
+        encode_header(&mut out, origin, destination, seq);
         out.put_u16(records.len() as u16);
         for record in records {
             encode_record(&mut out, record);
@@ -436,6 +470,8 @@ mod tests {
         let batch = decode_batch(key.open(&bytes).unwrap()).unwrap();
         assert_eq!(&batch.origin[..], b"n1");
         assert_eq!((batch.boot_ms, batch.seq), (42, 7));
+        assert_eq!(&batch.destination[..], b"local");
+        assert_eq!(batch.destination_boot_ms, 1);
         assert_eq!(batch.records.len(), 2);
         for (got, want) in batch.records.iter().zip(&sent) {
             assert_eq!(got.topic, want.topic);
@@ -456,7 +492,7 @@ mod tests {
             boot_ms: 1,
         };
         let mut body = Vec::new();
-        encode_header(&mut body, &origin, 1);
+        encode_header(&mut body, &origin, &identity("local", 1), 1);
         body.put_u16(1);
         encode_record(&mut body, &message("t", b"xyz", QoS::AtLeastOnce, false));
         assert!(decode_batch(&body).is_some());
@@ -475,7 +511,7 @@ mod tests {
             ("t", 8),
         ] {
             let mut bad = Vec::new();
-            encode_header(&mut bad, &origin, 1);
+            encode_header(&mut bad, &origin, &identity("local", 1), 1);
             bad.put_u16(1);
             bad.put_u8(flags);
             bad.put_u16(topic.len() as u16);
@@ -545,6 +581,19 @@ mod tests {
             .unwrap_err(),
             ClusterDrop::StaleEpoch
         );
+        // Addressed to another node, or to an earlier boot of this one.
+        for destination in [identity("other", 1), identity("local", 0)] {
+            assert_eq!(
+                accept(
+                    &datagram_to(&key, &origin, &destination, 10, &records),
+                    &key,
+                    &members,
+                    &mut windows
+                )
+                .unwrap_err(),
+                ClusterDrop::WrongDestination
+            );
+        }
         let down = members_with(identity("n1", 5), MemberState::Down);
         assert_eq!(
             accept(
