@@ -21,7 +21,6 @@
 //! restarts with an empty replay window.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
