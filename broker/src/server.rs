@@ -123,17 +123,18 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     let _ = stop.send(true);
     let _ = accepting.await;
-    // Leave first: the other members stop forwarding here at once instead of after the failure
-    // detector's timeouts.
-    if let Some(cluster) = cluster {
-        cluster.leave().await;
-    }
     broker.shut_down();
     if tokio::time::timeout(DRAIN_TIMEOUT, all_done.recv())
         .await
         .is_err()
     {
         warn!("connections still open after {DRAIN_TIMEOUT:?}; exiting anyway");
+    }
+    // After the connections, so that the wills their closing published reach the other nodes;
+    // then the others mark this node down at once instead of after the failure detector's
+    // timeouts.
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
     }
     info!("stopped");
     Ok(())

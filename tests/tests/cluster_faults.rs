@@ -9,7 +9,7 @@ use coolpy7_tests::cluster::{
     wait_full_membership, wait_member, wait_until, Node, NodeConfig, Seen, DETECT_TIMEOUT,
     JOIN_TIMEOUT,
 };
-use coolpy7_tests::{unique_id, QoS, TIMEOUT};
+use coolpy7_tests::{unique_id, QoS, TestClient, TIMEOUT};
 
 /// A publish on `from` reaches a fresh subscriber on `to` exactly once.
 async fn forwarding_works(from: &Node, to: &Node) {
@@ -265,4 +265,38 @@ async fn two_live_nodes_with_one_node_id_are_reported() {
     for node in [&mut a, &mut b, &mut seed] {
         node.assert_running();
     }
+}
+
+#[tokio::test]
+async fn wills_reach_the_other_nodes_also_when_their_node_shuts_down() {
+    let nodes = start_cluster(3, &[]).await;
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let topic = unique_id("will/t");
+    let mut on_n1 = n1
+        .subscriber(&unique_id("will-watch"), &topic, QoS::AtLeastOnce)
+        .await;
+
+    // A client that drops its connection: its will goes from n2 to n1.
+    let mut options = n2.options(&unique_id("dropper"));
+    options.set_last_will(rumqttc::LastWill::new(
+        topic.as_str(),
+        "dropped",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    TestClient::connect(options).await.drop_connection().await;
+    expect_exactly_one(&mut on_n1, &topic, b"dropped", QoS::AtLeastOnce).await;
+
+    // A client whose node is stopped: the will its closing publishes is forwarded before the
+    // node leaves the cluster.
+    let mut options = n3.options(&unique_id("stranded"));
+    options.set_last_will(rumqttc::LastWill::new(
+        topic.as_str(),
+        "node stopped",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let _stranded = TestClient::connect(options).await;
+    n3.sigterm();
+    expect_exactly_one(&mut on_n1, &topic, b"node stopped", QoS::AtLeastOnce).await;
 }

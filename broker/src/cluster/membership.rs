@@ -303,7 +303,11 @@ impl Gossip {
                 received = task.socket.recv_from(&mut buf) => match received {
                     Ok((n, from)) => task.handle_datagram(&buf[..n], from),
                     // ICMP errors from earlier sends surface here on some systems; keep going.
-                    Err(error) => debug!(%error, "gossip receive failed"),
+                    Err(error) => {
+                        debug!(%error, "gossip receive failed");
+                        // Never spin on an error that repeats.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 },
                 Some(addrs) = resolved.recv(), if has_seeds => {
                     task.join_seeds(addrs, own_gossip, bound).await;
@@ -334,6 +338,11 @@ impl Gossip {
 impl GossipTask {
     fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
         self.metrics.cluster.datagram_in(ClusterPort::Gossip);
+        // Nothing we send is larger; refusing before the MAC bounds a flood's cost.
+        if datagram.len() > MAX_DATAGRAM {
+            self.drop_datagram(ClusterDrop::Malformed, from);
+            return;
+        }
         let Some(body) = self.key.open(datagram) else {
             self.drop_datagram(ClusterDrop::BadTag, from);
             return;
@@ -438,7 +447,7 @@ impl GossipTask {
         self.key.seal(&mut request);
         let mut anyone = false;
         for addr in addrs {
-            if addr == own || Some(addr) == bound || live.contains(&addr) {
+            if is_this_node(addr, own, bound) || live.contains(&addr) {
                 continue;
             }
             anyone = true;
@@ -619,6 +628,22 @@ impl GossipTask {
     }
 }
 
+/// Whether seed address `addr` is this node: its advertised or bound address, or, when it
+/// listens on every interface, any local address with its port (a host name that resolves to
+/// 127.0.1.1, or to an IPv6 address of the host).
+fn is_this_node(addr: SocketAddr, advertised: SocketAddr, bound: Option<SocketAddr>) -> bool {
+    if addr == advertised || Some(addr) == bound {
+        return true;
+    }
+    let Some(bound) = bound else {
+        return false;
+    };
+    // Only an address of this host can be bound; port 0 takes nothing from anyone.
+    bound.ip().is_unspecified()
+        && addr.port() == bound.port()
+        && StdUdpSocket::bind(SocketAddr::new(addr.ip(), 0)).is_ok()
+}
+
 /// Resolves the seeds now and every `interval`, forever, and hands the addresses to the gossip
 /// task. Names that do not resolve yet (a pod not yet created) are retried quietly.
 async fn resolve_seeds(seeds: Vec<Seed>, interval: Duration, out: mpsc::Sender<Vec<SocketAddr>>) {
@@ -694,6 +719,38 @@ mod tests {
         assert!(renewed.win_addr_conflict(&old));
         assert!(restarted.win_addr_conflict(&renewed));
         assert_eq!(old.addr(), "n1");
+    }
+
+    #[test]
+    fn seeds_that_are_this_node_are_recognised() {
+        let advertised: SocketAddr = "10.1.2.3:7946".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7946".parse().unwrap();
+        let specific: SocketAddr = "127.0.0.2:7946".parse().unwrap();
+        assert!(is_this_node(advertised, advertised, Some(any)));
+        // Listening everywhere: any local address on our port is us.
+        assert!(is_this_node(
+            "127.0.1.1:7946".parse().unwrap(),
+            advertised,
+            Some(any)
+        ));
+        assert!(!is_this_node(
+            "127.0.1.1:7947".parse().unwrap(),
+            advertised,
+            Some(any)
+        ));
+        // Bound to one address: another loopback address is another node on this host.
+        assert!(is_this_node(specific, specific, Some(specific)));
+        assert!(!is_this_node(
+            "127.0.0.3:7946".parse().unwrap(),
+            specific,
+            Some(specific)
+        ));
+        // 192.0.2.1 (TEST-NET-1) is not an address of this host.
+        assert!(!is_this_node(
+            "192.0.2.1:7946".parse().unwrap(),
+            advertised,
+            Some(any)
+        ));
     }
 
     #[test]

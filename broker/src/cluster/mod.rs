@@ -33,7 +33,10 @@ use config::ClusterConfig;
 use membership::{Gossip, Members, NodeIdentity};
 use sync::{Forwarder, Origin};
 
-/// How long shutdown waits for the leave announcement to go out.
+/// Keys shorter than this are warned about at start.
+const SHORT_KEY: usize = 16;
+
+/// How long shutdown waits for the last forwards, and for the leave announcement, to go out.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The cluster's sockets, bound before anything else starts so that a port clash fails the start.
@@ -70,6 +73,14 @@ impl Bound {
                     config.sync_port
                 )
             })?;
+        if config.key.0.len() < SHORT_KEY {
+            // Datagrams are public: a captured one lets anyone test guesses of the key offline.
+            warn!(
+                "-csk is {} bytes; use at least {SHORT_KEY} random bytes so the cluster key \
+                 cannot be guessed",
+                config.key.0.len()
+            );
+        }
         let gossip_addr = gossip.local_addr()?;
         let sync_addr = sync.local_addr()?;
         info!("cluster gossip on udp {gossip_addr}");
@@ -125,10 +136,12 @@ impl Bound {
             boot_ms,
         };
         let (leave, leaving) = watch::channel(false);
+        let (stop_forwarding, forwarding_stopped) = watch::channel(false);
         let metrics = broker.metrics.clone();
         let sender = tokio::spawn(sync::send_loop(
             sync.clone(),
             queued,
+            forwarding_stopped,
             members.clone(),
             sync_key.clone(),
             origin,
@@ -148,8 +161,10 @@ impl Bound {
         );
         Cluster {
             leave,
+            stop_forwarding,
             gossip,
-            sync_tasks: [sender, receiver],
+            sender,
+            receiver,
         }
     }
 }
@@ -157,23 +172,36 @@ impl Bound {
 /// The running cluster tasks.
 pub struct Cluster {
     leave: watch::Sender<bool>,
+    stop_forwarding: watch::Sender<bool>,
     gossip: JoinHandle<()>,
-    sync_tasks: [JoinHandle<()>; 2],
+    sender: JoinHandle<()>,
+    receiver: JoinHandle<()>,
 }
 
 impl Cluster {
-    /// Tells the other members this node is leaving (so they mark it down at once rather than
-    /// after the failure detector's timeouts), then stops the tasks.
+    /// Sends what is still queued for the other members (the wills of the connections that
+    /// shutdown closed), tells them this node is leaving (so they mark it down at once rather
+    /// than after the failure detector's timeouts), then stops the tasks. Call it once the
+    /// connections are closed.
     pub async fn leave(self) {
+        let _ = self.stop_forwarding.send(true);
+        let mut sender = self.sender;
+        if tokio::time::timeout(LEAVE_TIMEOUT, &mut sender)
+            .await
+            .is_err()
+        {
+            warn!("forwarding the last messages took longer than {LEAVE_TIMEOUT:?}");
+            sender.abort();
+        }
         let _ = self.leave.send(true);
-        if tokio::time::timeout(LEAVE_TIMEOUT, self.gossip)
+        let mut gossip = self.gossip;
+        if tokio::time::timeout(LEAVE_TIMEOUT, &mut gossip)
             .await
             .is_err()
         {
             warn!("leaving the cluster took longer than {LEAVE_TIMEOUT:?}");
+            gossip.abort();
         }
-        for task in self.sync_tasks {
-            task.abort();
-        }
+        self.receiver.abort();
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use super::auth::DatagramKey;
@@ -79,6 +79,7 @@ impl Forwarder {
     pub fn forward(&self, message: &Arc<Message>) {
         let cluster = &self.metrics.cluster;
         if message.topic.first() == Some(&b'$') {
+            debug!("$ topic not forwarded");
             cluster
                 .dropped(ClusterPort::Sync, ClusterDrop::DollarTopic)
                 .inc();
@@ -97,6 +98,7 @@ impl Forwarder {
                 cluster.records_forwarded.inc();
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
+                debug!("forwarding queue full; message not forwarded");
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::QueueFull)
                     .inc();
@@ -114,10 +116,12 @@ pub struct Origin {
     pub boot_ms: u64,
 }
 
-/// Sends what the forwarder queued until the queue closes.
+/// Sends what the forwarder queued. When `stop` fires, the queue is closed, what it still holds
+/// (wills of the connections closed at shutdown) is sent, and the task returns.
 pub async fn send_loop(
     socket: Arc<UdpSocket>,
     mut queued: mpsc::Receiver<Arc<Message>>,
+    mut stop: watch::Receiver<bool>,
     members: Arc<Members>,
     key: DatagramKey,
     origin: Origin,
@@ -127,7 +131,19 @@ pub async fn send_loop(
     let mut seq: u64 = 0;
     let mut records_buf = Vec::with_capacity(BATCH_BYTES + 256);
     let mut datagram = Vec::with_capacity(BATCH_BYTES + 512);
-    while queued.recv_many(&mut batch, TAKE).await > 0 {
+    let mut stopping = false;
+    loop {
+        let taken = tokio::select! {
+            taken = queued.recv_many(&mut batch, TAKE) => taken,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                queued.close();
+                continue;
+            }
+        };
+        if taken == 0 {
+            return;
+        }
         let others = members.others();
         let peers: Vec<&NodeIdentity> = others
             .iter()
@@ -348,6 +364,8 @@ pub async fn receive_loop(
             Ok(received) => received,
             Err(error) => {
                 debug!(%error, "sync receive failed");
+                // Never spin on an error that repeats.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
         };
