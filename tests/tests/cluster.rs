@@ -535,3 +535,45 @@ async fn node_id_with_an_address_and_the_key_from_the_environment() {
         seen.summary()
     );
 }
+
+#[tokio::test]
+async fn forwarded_messages_reach_shared_groups_on_the_receiving_node_once_per_group() {
+    let nodes = start_cluster(2, &[]).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let topic = unique_id("group/t");
+    let filter = format!("$share/g/{topic}");
+    let mut members = Vec::new();
+    for i in 0..2 {
+        members.push(
+            n2.subscriber(&unique_id(&format!("member{i}")), &filter, QoS::AtLeastOnce)
+                .await,
+        );
+    }
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    for i in 0..4u8 {
+        publisher
+            .publish(&topic, QoS::AtLeastOnce, false, vec![b'm', b'0' + i])
+            .await;
+    }
+    // Each message goes to exactly one member of the group, and the members take turns.
+    let mut got = Vec::new();
+    for member in &mut members {
+        let received = member.drain_publishes(QUIET).await;
+        assert!(
+            !received.is_empty(),
+            "every member of the group on n2 gets some of the forwarded messages"
+        );
+        got.extend(received.into_iter().map(|p| p.payload.to_vec()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            b"m0".to_vec(),
+            b"m1".to_vec(),
+            b"m2".to_vec(),
+            b"m3".to_vec()
+        ]
+    );
+    publisher.disconnect().await;
+}
