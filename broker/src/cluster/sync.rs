@@ -47,6 +47,8 @@ const BATCH_BYTES: usize = 1200;
 const QUEUE: usize = 16_384;
 /// Messages taken from the queue per batch.
 const TAKE: usize = 256;
+/// Replay windows kept before those of members that are gone are dropped.
+const PRUNE_WINDOWS_AT: usize = 64;
 /// How many sequence numbers behind the newest the replay window remembers.
 const WINDOW: u64 = 128;
 
@@ -408,7 +410,11 @@ fn accept(
     if member.boot_ms != batch.boot_ms {
         return Err(ClusterDrop::StaleEpoch);
     }
-    // Bounded by the number of members: only a live member's name gets this far.
+    // Only a live member's name gets this far; names of members that are gone are pruned now
+    // and then, so renamed pods cannot grow the map.
+    if windows.len() >= PRUNE_WINDOWS_AT && !windows.contains_key(&batch.origin) {
+        windows.retain(|origin, _| members.live(origin).is_some());
+    }
     let window = windows.entry(batch.origin).or_default();
     if !window.accept(batch.boot_ms, batch.seq) {
         return Err(ClusterDrop::Replay);
