@@ -393,3 +393,33 @@ async fn a_replayed_sync_datagram_is_dropped() {
     println!("after the late replay: {}", n2.drops().await);
     publisher.disconnect().await;
 }
+
+#[tokio::test]
+async fn a_replayed_gossip_datagram_is_dropped() {
+    require_root("the replay test (it captures packets on lo with AF_PACKET)");
+    let nodes = start_cluster(2, &[]).await;
+    let n2 = &nodes[1];
+    // Gossip flows all the time (probes, periodic gossip): take the next datagram to n2.
+    let mut capture = coolpy7_tests::cluster::UdpCapture::start(n2.gossip.port());
+    let packet = capture
+        .next_matching(TIMEOUT, |p| p.payload.first() == Some(&1))
+        .await
+        .unwrap_or_else(|| panic!("no gossip datagram to {} was seen on lo", n2.gossip));
+    drop(capture);
+    let replay = [("port", "gossip"), ("reason", "replay")];
+    let replays = n2.counter_sum(DROPPED, &replay).await;
+    resend_ip_packet(&packet);
+    wait_until(
+        "n2's dropped{port=gossip,reason=replay} to rise",
+        TIMEOUT,
+        || async { n2.counter_sum(DROPPED, &replay).await > replays },
+    )
+    .await;
+    // Membership is not disturbed.
+    let view = n2.expect_brokers().await;
+    assert!(
+        view.members.iter().all(|m| m.state == "up"),
+        "{}",
+        view.summary()
+    );
+}

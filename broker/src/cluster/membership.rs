@@ -5,13 +5,16 @@
 //! out, and after each step the task publishes a snapshot of the members ([`Members`]) that the
 //! sync sender, the sync receiver and `GET /brokers` read without talking to this task.
 //!
-//! Wire format of a gossip datagram: `[version = 1][kind][body][HMAC-SHA256 tag, 32 bytes]`.
+//! Wire format of a gossip datagram: `[version = 1][kind][sender id length: u8][sender id]
+//! [sender boot epoch: u64][seq: u64][body][HMAC-SHA256 tag, 32 bytes]`. The receiver refuses a
+//! sequence number it has seen from that boot of the sender (see [`super::replay`]); what an
+//! earlier boot said loses to the newer identity in foca anyway.
 //! Kind 1: a foca packet (postcard-encoded header and updates). Kind 2: a join request, whose
 //! body is the sender's identity (a foca member, postcard-encoded); the receiver answers it by
 //! announcing itself to that identity, which makes both sides members. Seeds are addresses, not
 //! identities, so joining needs this one extra message before foca's own Announce.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,13 +32,16 @@ use tracing::{debug, error, info, warn};
 
 use super::auth::DatagramKey;
 use super::config::{ClusterConfig, Seed};
+use super::replay::ReplayWindow;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 
 pub const VERSION: u8 = 1;
 const KIND_FOCA: u8 = 1;
 const KIND_JOIN: u8 = 2;
-/// Version and kind before the body.
-const HEADER_LEN: usize = 2;
+/// The envelope before the body, at its largest: version, kind, sender id, boot, seq.
+const HEADER_LEN: usize = 2 + 1 + super::config::MAX_NODE_ID_LEN + 8 + 8;
+/// Replay windows kept before those of senders that are no longer members are dropped.
+const PRUNE_WINDOWS_AT: usize = 64;
 /// Largest gossip datagram: below the usual 1500-byte MTU with IP and UDP headers.
 const MAX_DATAGRAM: usize = 1400;
 /// Rejoins in a row that the cluster refused at once before a namesake is reported.
@@ -250,6 +256,10 @@ struct GossipTask {
     duplicates: HashSet<(SocketAddr, u64)>,
     /// Set on shutdown: being marked down is then what we asked for.
     leaving: bool,
+    /// The last sequence number sent.
+    seq: u64,
+    /// Per sender node id and boot, the sequence numbers seen.
+    windows: HashMap<(Vec<u8>, u64), ReplayWindow>,
     /// When to rejoin after the cluster marked this node down.
     rejoin_at: Option<Instant>,
     last_rejoin: Option<Instant>,
@@ -285,6 +295,8 @@ impl Gossip {
             next_timer: 0,
             duplicates: HashSet::new(),
             leaving: false,
+            seq: 0,
+            windows: HashMap::new(),
             rejoin_at: None,
             last_rejoin: None,
             rejoin_interval: config.rejoin_interval,
@@ -347,18 +359,16 @@ impl GossipTask {
             self.drop_datagram(ClusterDrop::BadTag, from);
             return;
         };
-        let (version, kind, body) = match body {
-            [version, kind, body @ ..] => (*version, *kind, body),
-            _ => {
-                self.drop_datagram(ClusterDrop::Malformed, from);
-                return;
-            }
-        };
-        if version != VERSION {
+        let Some(envelope) = Envelope::decode(body) else {
             self.drop_datagram(ClusterDrop::Malformed, from);
             return;
+        };
+        if !self.fresh(&envelope) {
+            self.drop_datagram(ClusterDrop::Replay, from);
+            return;
         }
-        match kind {
+        let body = envelope.body;
+        match envelope.kind {
             KIND_FOCA => match self.foca.handle_data(body, &mut self.runtime) {
                 Ok(()) => {}
                 Err(foca::Error::DataFromOurselves) => self.check_duplicate(body),
@@ -386,6 +396,41 @@ impl GossipTask {
             },
             _ => self.drop_datagram(ClusterDrop::Malformed, from),
         }
+    }
+
+    /// Whether the envelope's sequence number is new for its sender's boot; records it. Each
+    /// boot of a name has its own window: two live nodes with one name must both be heard,
+    /// or the older one would never learn that it has a namesake.
+    fn fresh(&mut self, envelope: &Envelope<'_>) -> bool {
+        let key = (envelope.sender.to_vec(), envelope.boot_ms);
+        if self.windows.len() >= PRUNE_WINDOWS_AT && !self.windows.contains_key(&key) {
+            let known: HashSet<(Vec<u8>, u64)> = self
+                .foca
+                .iter_membership_state()
+                .map(|m| (m.id().node_id.as_bytes().to_vec(), m.id().boot_ms))
+                .collect();
+            self.windows.retain(|sender, _| known.contains(sender));
+        }
+        self.windows
+            .entry(key)
+            .or_default()
+            .accept(envelope.boot_ms, envelope.seq)
+    }
+
+    /// Wraps `body` in this node's envelope and tag.
+    fn seal(&mut self, out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+        self.seq += 1;
+        let local = self.members.local();
+        out.clear();
+        Envelope {
+            kind,
+            sender: local.node_id.as_bytes(),
+            boot_ms: local.boot_ms,
+            seq: self.seq,
+            body,
+        }
+        .encode(out);
+        self.key.seal(out);
     }
 
     fn drop_datagram(&self, reason: ClusterDrop, from: SocketAddr) {
@@ -439,19 +484,21 @@ impl GossipTask {
             .filter(|m| m.state != MemberState::Down)
             .map(|m| m.identity.gossip)
             .collect();
-        let mut request = vec![VERSION, KIND_JOIN];
+        let mut identity = Vec::new();
         let local = Member::alive((*self.members.local()).clone());
-        if PostcardCodec.encode_member(&local, &mut request).is_err() {
+        if PostcardCodec.encode_member(&local, &mut identity).is_err() {
             return;
         }
-        self.key.seal(&mut request);
         let mut anyone = false;
+        let mut request = Vec::new();
         for addr in addrs {
             if is_this_node(addr, own, bound) || live.contains(&addr) {
                 continue;
             }
             anyone = true;
             debug!(seed = %addr, "asking seed to join");
+            // Sealed for each seed: every datagram has its own sequence number.
+            self.seal(&mut request, KIND_JOIN, &identity);
             self.send(&request, addr).await;
         }
         if !anyone && others.is_empty() && !self.members.joined.load(Ordering::Acquire) {
@@ -528,10 +575,7 @@ impl GossipTask {
     async fn flush(&mut self) {
         while let Some((to, packet)) = self.runtime.to_send() {
             let mut out = std::mem::take(&mut self.out);
-            out.clear();
-            out.extend_from_slice(&[VERSION, KIND_FOCA]);
-            out.extend_from_slice(&packet);
-            self.key.seal(&mut out);
+            self.seal(&mut out, KIND_FOCA, &packet);
             self.send(&out, to.gossip).await;
             self.out = out;
         }
@@ -628,6 +672,48 @@ impl GossipTask {
     }
 }
 
+/// The part of a gossip datagram between the version byte and the tag.
+#[derive(Debug, PartialEq, Eq)]
+struct Envelope<'a> {
+    kind: u8,
+    sender: &'a [u8],
+    boot_ms: u64,
+    seq: u64,
+    body: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(VERSION);
+        out.push(self.kind);
+        // Node ids are at most 64 bytes (checked with the flags).
+        out.push(self.sender.len() as u8);
+        out.extend_from_slice(self.sender);
+        out.extend_from_slice(&self.boot_ms.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(self.body);
+    }
+
+    fn decode(datagram: &'a [u8]) -> Option<Envelope<'a>> {
+        let [version, kind, id_len, rest @ ..] = datagram else {
+            return None;
+        };
+        if *version != VERSION {
+            return None;
+        }
+        let (sender, rest) = rest.split_at_checked(usize::from(*id_len))?;
+        let (boot, rest) = rest.split_first_chunk::<8>()?;
+        let (seq, body) = rest.split_first_chunk::<8>()?;
+        Some(Envelope {
+            kind: *kind,
+            sender,
+            boot_ms: u64::from_be_bytes(*boot),
+            seq: u64::from_be_bytes(*seq),
+            body,
+        })
+    }
+}
+
 /// Whether seed address `addr` is this node: its advertised or bound address, or, when it
 /// listens on every interface, any local address with its port (a host name that resolves to
 /// 127.0.1.1, or to an IPv6 address of the host).
@@ -679,16 +765,6 @@ async fn resolve_seeds(seeds: Vec<Seed>, interval: Duration, out: mpsc::Sender<V
             return;
         }
     }
-}
-
-#[cfg(test)]
-fn encode_join(identity: &NodeIdentity, key: &DatagramKey) -> Vec<u8> {
-    let mut request = vec![VERSION, KIND_JOIN];
-    PostcardCodec
-        .encode_member(&Member::alive(identity.clone()), &mut request)
-        .expect("encodes");
-    key.seal(&mut request);
-    request
 }
 
 #[cfg(test)]
@@ -754,14 +830,35 @@ mod tests {
     }
 
     #[test]
-    fn a_join_request_round_trips_and_is_authenticated() {
+    fn the_envelope_round_trips_and_is_authenticated() {
         let key = DatagramKey::gossip(b"k");
         let me = identity("n1", 1, 0);
-        let datagram = encode_join(&me, &key);
+        let mut member = Vec::new();
+        PostcardCodec
+            .encode_member(&Member::alive(me.clone()), &mut member)
+            .unwrap();
+        let envelope = Envelope {
+            kind: KIND_JOIN,
+            sender: b"n1",
+            boot_ms: 1,
+            seq: 7,
+            body: &member,
+        };
+        let mut datagram = Vec::new();
+        envelope.encode(&mut datagram);
+        key.seal(&mut datagram);
         let body = key.open(&datagram).unwrap();
-        assert_eq!(&body[..2], &[VERSION, KIND_JOIN]);
-        let member: Member<NodeIdentity> = PostcardCodec.decode_member(&body[2..]).unwrap();
+        let decoded = Envelope::decode(body).unwrap();
+        assert_eq!(decoded, envelope);
+        let member: Member<NodeIdentity> = PostcardCodec.decode_member(decoded.body).unwrap();
         assert_eq!(member.id(), &me);
         assert!(DatagramKey::gossip(b"other").open(&datagram).is_none());
+        let mut encoded = Vec::new();
+        envelope.encode(&mut encoded);
+        for cut in 0..2 + 1 + 2 + 16 {
+            assert!(Envelope::decode(&encoded[..cut]).is_none(), "cut at {cut}");
+        }
+        encoded[0] = 2;
+        assert!(Envelope::decode(&encoded).is_none(), "another version");
     }
 }

@@ -5,14 +5,16 @@
 //! - [`sync`]: forwarding each locally published message to the members that are up (UDP
 //!   `-csp`), and delivering what peers forward.
 //! - [`auth`]: the HMAC-SHA256 tags on every datagram, with per-port keys derived from `-csk`.
+//! - [`replay`]: the sliding windows that refuse repeated datagrams on both ports.
 //! - [`config`]: the cluster flags' rules.
 //!
-//! Sessions and subscriptions stay on their node; only messages travel. [`Cluster::start`] is
+//! Sessions and subscriptions stay on their node; only messages travel. [`Bound::start`] is
 //! called by the server once the MQTT listener is bound, and [`Cluster::leave`] on shutdown.
 
 pub mod auth;
 pub mod config;
 pub mod membership;
+pub mod replay;
 pub mod sync;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

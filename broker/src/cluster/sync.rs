@@ -30,6 +30,7 @@ use tracing::debug;
 
 use super::auth::DatagramKey;
 use super::membership::{MemberState, Members, NodeIdentity};
+use super::replay::ReplayWindow;
 use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
@@ -49,8 +50,6 @@ const QUEUE: usize = 16_384;
 const TAKE: usize = 256;
 /// Replay windows kept before those of members that are gone are dropped.
 const PRUNE_WINDOWS_AT: usize = 64;
-/// How many sequence numbers behind the newest the replay window remembers.
-const WINDOW: u64 = 128;
 
 /// The size of `message` as a record, which `-csl` limits.
 pub fn record_len(message: &Message) -> usize {
@@ -302,54 +301,6 @@ fn take(buf: &mut &[u8], len: usize) -> Option<Bytes> {
     let bytes = Bytes::copy_from_slice(&buf[..len]);
     buf.advance(len);
     Some(bytes)
-}
-
-/// Sequence numbers seen from one origin's boot: the newest, and a bitmap of the [`WINDOW`]
-/// before it.
-#[derive(Debug, Default)]
-struct ReplayWindow {
-    boot_ms: u64,
-    newest: u64,
-    seen: u128,
-}
-
-impl ReplayWindow {
-    /// Whether `seq` of boot `boot_ms` is new; records it if so.
-    fn accept(&mut self, boot_ms: u64, seq: u64) -> bool {
-        if boot_ms != self.boot_ms {
-            // A new boot starts its sequence again (the caller checked that the boot is the
-            // member's current one).
-            *self = ReplayWindow {
-                boot_ms,
-                newest: 0,
-                seen: 0,
-            };
-        }
-        if seq == 0 {
-            return false;
-        }
-        if seq > self.newest {
-            let shift = seq - self.newest;
-            self.seen = if shift >= WINDOW {
-                0
-            } else {
-                self.seen << shift
-            };
-            self.seen |= 1;
-            self.newest = seq;
-            return true;
-        }
-        let behind = self.newest - seq;
-        if behind >= WINDOW {
-            return false;
-        }
-        let bit = 1u128 << behind;
-        if self.seen & bit != 0 {
-            return false;
-        }
-        self.seen |= bit;
-        true
-    }
 }
 
 /// Receives datagrams from peers and delivers their records locally, until the socket fails.
@@ -628,21 +579,5 @@ mod tests {
             .unwrap_err(),
             ClusterDrop::UnknownOrigin
         );
-    }
-
-    #[test]
-    fn the_replay_window_accepts_reordering_and_refuses_repeats() {
-        let mut window = ReplayWindow::default();
-        assert!(window.accept(1, 5));
-        assert!(window.accept(1, 3), "late but unseen");
-        assert!(!window.accept(1, 3));
-        assert!(!window.accept(1, 5));
-        assert!(window.accept(1, 5 + WINDOW));
-        assert!(!window.accept(1, 5), "too old to tell: refused");
-        assert!(window.accept(1, 6));
-        assert!(!window.accept(1, 0));
-        // A new boot starts over.
-        assert!(window.accept(2, 1));
-        assert!(!window.accept(2, 1));
     }
 }
