@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::num::{NonZeroU8, NonZeroUsize};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +44,8 @@ const HEADER_LEN: usize = 2 + 1 + super::config::MAX_NODE_ID_LEN + 8 + 8;
 const PRUNE_WINDOWS_AT: usize = 64;
 /// Largest gossip datagram: below the usual 1500-byte MTU with IP and UDP headers.
 const MAX_DATAGRAM: usize = 1400;
+/// How long evidence of a namesake counts (in `/brokers`, and for pacing rejoins).
+const DUPLICATE_MEMORY: Duration = Duration::from_secs(60);
 /// Rejoins in a row that the cluster refused at once before a namesake is reported.
 const QUICK_DOWNS_FOR_DUPLICATE: u32 = 3;
 /// How long resolving one seed may take before the attempt is given up until the next round.
@@ -121,8 +123,9 @@ pub struct Members {
     joined: AtomicBool,
     /// Set when the seed list (without this node itself) is empty.
     seedless: AtomicBool,
-    /// Set when another live node uses this node's `-nid`.
-    duplicate: AtomicBool,
+    /// When (ms since the Unix epoch) another live node was last seen using this node's `-nid`;
+    /// 0 = never.
+    duplicate_seen_ms: AtomicU64,
 }
 
 impl Members {
@@ -132,7 +135,7 @@ impl Members {
             others: ArcSwap::from_pointee(Vec::new()),
             joined: AtomicBool::new(false),
             seedless: AtomicBool::new(!has_seeds),
-            duplicate: AtomicBool::new(false),
+            duplicate_seen_ms: AtomicU64::new(0),
         }
     }
 
@@ -158,8 +161,16 @@ impl Members {
         self.joined.load(Ordering::Acquire) || self.seedless.load(Ordering::Acquire)
     }
 
+    /// Whether another live node used this node's `-nid` within the last
+    /// [`DUPLICATE_MEMORY`]: a namesake that has gone (or one false alarm) is forgotten.
     pub fn duplicate_seen(&self) -> bool {
-        self.duplicate.load(Ordering::Acquire)
+        let seen = self.duplicate_seen_ms.load(Ordering::Acquire);
+        seen != 0 && boot_ms().saturating_sub(seen) < DUPLICATE_MEMORY.as_millis() as u64
+    }
+
+    fn note_duplicate(&self) {
+        self.duplicate_seen_ms
+            .store(boot_ms().max(1), Ordering::Release);
     }
 
     #[cfg(test)]
@@ -460,7 +471,7 @@ impl GossipTask {
             return;
         }
         self.metrics.cluster.duplicate_node_id.inc();
-        self.members.duplicate.store(true, Ordering::Release);
+        self.members.note_duplicate();
         if self.duplicates.insert((other.gossip, other.boot_ms)) {
             error!(
                 node_id = %local.node_id,
@@ -515,10 +526,13 @@ impl GossipTask {
             .last_rejoin
             .is_some_and(|last| now.duration_since(last) < self.probe_period * 2);
         self.quick_downs = if quick { self.quick_downs + 1 } else { 0 };
+        if self.quick_downs < QUICK_DOWNS_FOR_DUPLICATE {
+            return;
+        }
+        self.metrics.cluster.duplicate_node_id.inc();
+        self.members.note_duplicate();
         if self.quick_downs == QUICK_DOWNS_FOR_DUPLICATE {
             let local = self.members.local();
-            self.metrics.cluster.duplicate_node_id.inc();
-            self.members.duplicate.store(true, Ordering::Release);
             error!(
                 node_id = %local.node_id,
                 "duplicate node id: this node is marked down each time it rejoins, so another \
@@ -795,6 +809,17 @@ mod tests {
         assert!(renewed.win_addr_conflict(&old));
         assert!(restarted.win_addr_conflict(&renewed));
         assert_eq!(old.addr(), "n1");
+    }
+
+    #[test]
+    fn a_namesake_is_forgotten_after_a_while() {
+        let members = Members::new(identity("n1", 1, 0), true);
+        assert!(!members.duplicate_seen());
+        members.note_duplicate();
+        assert!(members.duplicate_seen());
+        let long_ago = boot_ms() - DUPLICATE_MEMORY.as_millis() as u64 - 1;
+        members.duplicate_seen_ms.store(long_ago, Ordering::Release);
+        assert!(!members.duplicate_seen());
     }
 
     #[test]
