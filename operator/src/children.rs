@@ -1,0 +1,392 @@
+//! The objects a `Coolpy7Cluster` owns, each built by a pure function from the resource (spec
+//! in, object out) so that it can be tested field by field without an API server. The
+//! reconciler applies them as they are; nothing here talks to Kubernetes.
+//!
+//! Names, for a cluster `c` in namespace `ns`: StatefulSet `c` (pods `c-0`, `c-1`, ...),
+//! headless Service `c-headless` (the pods' DNS names, which are the gossip seeds), client
+//! Service `c`, Secret `c-csk` (unless the spec names one), PodDisruptionBudget `c`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, Secret, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{default_csk_key, AntiAffinity, Coolpy7Cluster};
+
+/// The cluster key the operator generates is this many random bytes.
+pub const CSK_BYTES: usize = 32;
+/// Pods that serve as gossip seeds: the first ordinals, whatever the replica count, so that
+/// scaling never changes the pod template (and never restarts a pod). Seeds that do not exist
+/// (yet) are retried quietly by the broker.
+pub const SEED_PODS: i32 = 3;
+/// Seconds a pod gets to leave the cluster and close its connections on shutdown.
+pub const TERMINATION_GRACE_SECONDS: i64 = 30;
+const BROKER_CONTAINER: &str = "coolpy7";
+const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
+
+/// Labels on every object of the cluster.
+pub fn labels(cluster: &Coolpy7Cluster) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(cluster);
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "coolpy7-operator".into(),
+    );
+    labels.insert("app.kubernetes.io/component".into(), "broker".into());
+    labels
+}
+
+/// The labels that select the cluster's pods: stable for the cluster's life.
+pub fn selector_labels(cluster: &Coolpy7Cluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "coolpy7".to_string()),
+        ("app.kubernetes.io/instance".to_string(), cluster.name_any()),
+    ])
+}
+
+/// `app.kubernetes.io/name=coolpy7,app.kubernetes.io/instance=<name>`, for the scale
+/// subresource's status.selector.
+pub fn selector_string(cluster: &Coolpy7Cluster) -> String {
+    selector_labels(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn headless_service_name(cluster: &Coolpy7Cluster) -> String {
+    format!("{}-headless", cluster.name_any())
+}
+
+/// The Secret holding the cluster key: the spec's, or the one the operator generates.
+pub fn csk_secret_ref(cluster: &Coolpy7Cluster) -> (String, String) {
+    match &cluster.spec.csk {
+        Some(csk) => (csk.secret_name.clone(), csk.key.clone()),
+        None => (format!("{}-csk", cluster.name_any()), default_csk_key()),
+    }
+}
+
+fn owner_reference(cluster: &Coolpy7Cluster) -> Vec<OwnerReference> {
+    cluster.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn metadata(cluster: &Coolpy7Cluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cluster.namespace(),
+        labels: Some(labels(cluster)),
+        owner_references: Some(owner_reference(cluster)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The generated cluster key Secret, holding `key` (random bytes from the caller).
+pub fn csk_secret(cluster: &Coolpy7Cluster, key: Vec<u8>) -> Secret {
+    let (name, data_key) = csk_secret_ref(cluster);
+    Secret {
+        metadata: metadata(cluster, name),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(data_key, ByteString(key))])),
+        ..Secret::default()
+    }
+}
+
+/// The per-pod DNS names the brokers join through (`-mbs`).
+pub fn seeds(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String> {
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().unwrap_or_else(|| "default".into());
+    let headless = headless_service_name(cluster);
+    let port = cluster.spec.ports.gossip;
+    (0..SEED_PODS)
+        .map(|i| format!("{name}-{i}.{headless}.{namespace}.svc.{cluster_domain}:{port}"))
+        .collect()
+}
+
+fn port(name: &str, port: i32, protocol: &str) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some(protocol.into()),
+        ..ServicePort::default()
+    }
+}
+
+/// Gives every pod a DNS name, ready or not (peers must find each other before they are
+/// ready), with the gossip and sync ports.
+pub fn headless_service(cluster: &Coolpy7Cluster) -> Service {
+    let ports = &cluster.spec.ports;
+    Service {
+        metadata: metadata(cluster, headless_service_name(cluster)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(cluster)),
+            ports: Some(vec![
+                port("gossip", ports.gossip, "UDP"),
+                port("sync", ports.sync, "UDP"),
+                port("mqtt", ports.mqtt, "TCP"),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The Service MQTT clients connect to (a LoadBalancer by default).
+pub fn client_service(cluster: &Coolpy7Cluster) -> Service {
+    let spec = &cluster.spec.service;
+    let mut meta = metadata(cluster, cluster.name_any());
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.extend(spec.labels.clone());
+    }
+    if !spec.annotations.is_empty() {
+        meta.annotations = Some(spec.annotations.clone());
+    }
+    let load_balancer = spec.type_ == crate::crd::ServiceType::LoadBalancer;
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            type_: Some(spec.type_.as_str().into()),
+            selector: Some(selector_labels(cluster)),
+            ports: Some(vec![port("mqtt", cluster.spec.ports.mqtt, "TCP")]),
+            load_balancer_class: spec.load_balancer_class.clone().filter(|_| load_balancer),
+            load_balancer_source_ranges: (load_balancer
+                && !spec.load_balancer_source_ranges.is_empty())
+            .then(|| spec.load_balancer_source_ranges.clone()),
+            // Only meaningful for Services with external traffic.
+            external_traffic_policy: spec
+                .external_traffic_policy
+                .filter(|_| spec.type_ != crate::crd::ServiceType::ClusterIP)
+                .map(|policy| policy.as_str().into()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn env_from_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// The broker's command line: identity from the pod, seeds from the headless Service, ports
+/// from the spec, then the user's extra flags (which may override any of these).
+pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String> {
+    let ports = &cluster.spec.ports;
+    let mut args = vec![
+        "-nid=$(POD_NAME)".to_string(),
+        "-cad=$(POD_IP)".to_string(),
+        format!("-mbs={}", seeds(cluster, cluster_domain).join(",")),
+        format!("-l=:{}", ports.mqtt),
+        format!("-hl=:{}", ports.http),
+        format!("-crp={}", ports.gossip),
+        format!("-csp={}", ports.sync),
+        format!("--log-level={}", cluster.spec.log_level),
+    ];
+    args.extend(cluster.spec.args.iter().cloned());
+    args
+}
+
+fn container_port(name: &str, port: i32, protocol: &str) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some(protocol.into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn affinity(cluster: &Coolpy7Cluster) -> Affinity {
+    if let Some(affinity) = &cluster.spec.affinity {
+        return affinity.clone();
+    }
+    let term = PodAffinityTerm {
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(cluster)),
+            ..LabelSelector::default()
+        }),
+        topology_key: HOSTNAME_TOPOLOGY.into(),
+        ..PodAffinityTerm::default()
+    };
+    let anti = match cluster.spec.pod_anti_affinity {
+        AntiAffinity::Soft => PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: term,
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        },
+        AntiAffinity::Hard => PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![term]),
+            ..PodAntiAffinity::default()
+        },
+    };
+    Affinity {
+        pod_anti_affinity: Some(anti),
+        ..Affinity::default()
+    }
+}
+
+fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
+    (!items.is_empty()).then(|| items.to_vec())
+}
+
+fn non_empty_map(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!map.is_empty()).then(|| map.clone())
+}
+
+/// The brokers. Pod names are the node ids; the cluster key comes from the Secret as an
+/// environment variable (never in the arguments, where `ps` and the pod spec would show it).
+pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulSet {
+    let spec = &cluster.spec;
+    let ports = &spec.ports;
+    let (csk_secret, csk_key) = csk_secret_ref(cluster);
+    let mut env = vec![
+        env_from_field("POD_NAME", "metadata.name"),
+        env_from_field("POD_IP", "status.podIP"),
+        EnvVar {
+            name: "COOLPY7_CSK".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: csk_secret,
+                    key: csk_key,
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+    ];
+    env.extend(spec.env.iter().cloned());
+    let mut pod_labels = labels(cluster);
+    pod_labels.extend(spec.pod_labels.clone());
+    // The selector's labels win over a user's pod label of the same name.
+    pod_labels.extend(selector_labels(cluster));
+    let container = Container {
+        name: BROKER_CONTAINER.into(),
+        image: Some(format!("{}:{}", spec.image.repository, spec.image.tag)),
+        image_pull_policy: Some(spec.image.pull_policy.as_str().into()),
+        args: Some(broker_args(cluster, cluster_domain)),
+        env: Some(env),
+        ports: Some(vec![
+            container_port("mqtt", ports.mqtt, "TCP"),
+            container_port("gossip", ports.gossip, "UDP"),
+            container_port("sync", ports.sync, "UDP"),
+            container_port("http", ports.http, "TCP"),
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    StatefulSet {
+        metadata: metadata(cluster, cluster.name_any()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(headless_service_name(cluster)),
+            // Every pod starts at once: each needs the others as seeds, and readiness waits
+            // for a join.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(cluster)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: non_empty_map(&spec.pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    affinity: Some(affinity(cluster)),
+                    node_selector: non_empty_map(&spec.node_selector),
+                    tolerations: non_empty(&spec.tolerations),
+                    topology_spread_constraints: non_empty(&spec.topology_spread_constraints),
+                    priority_class_name: spec.priority_class_name.clone(),
+                    image_pull_secrets: non_empty(&spec.image_pull_secrets),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// The disruption budget, when enabled: the spec's bound, else at most one pod down at a time.
+pub fn pod_disruption_budget(cluster: &Coolpy7Cluster) -> Option<PodDisruptionBudget> {
+    let pdb = &cluster.spec.pod_disruption_budget;
+    if !pdb.enabled {
+        return None;
+    }
+    let (min_available, max_unavailable) = match (&pdb.min_available, &pdb.max_unavailable) {
+        (None, None) => (None, Some(IntOrString::Int(1))),
+        (min, max) => (min.clone(), max.clone()),
+    };
+    Some(PodDisruptionBudget {
+        metadata: metadata(cluster, cluster.name_any()),
+        spec: Some(PodDisruptionBudgetSpec {
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(cluster)),
+                ..LabelSelector::default()
+            }),
+            min_available,
+            max_unavailable,
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+#[cfg(test)]
+mod tests;

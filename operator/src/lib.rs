@@ -1,0 +1,3 @@
+//! The Coolpy7 operator's library: the `Coolpy7Cluster` custom resource.
+pub mod children;
+pub mod crd;

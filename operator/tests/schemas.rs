@@ -1,0 +1,88 @@
+//! Every object the builders produce validates against the Kubernetes JSON schemas in strict
+//! mode, so a misspelt or misplaced field fails here rather than at `kubectl apply`. Uses PyPI's
+//! `kubernetes-validate` (offline; `.ci/run` installs it).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use coolpy7_operator::children;
+use coolpy7_operator::crd::{Coolpy7Cluster, Coolpy7ClusterSpec};
+use serde_json::json;
+
+/// The Kubernetes version the operator's k8s-openapi feature targets.
+const KUBERNETES_VERSION: &str = "1.33.0";
+
+fn cluster_with(spec: serde_json::Value) -> Coolpy7Cluster {
+    let spec: Coolpy7ClusterSpec = serde_json::from_value(spec).expect("a valid spec");
+    let mut cluster = Coolpy7Cluster::new("mq", spec);
+    cluster.metadata.namespace = Some("iot".into());
+    cluster.metadata.uid = Some("6a1c5c9e-0d4e-4f0b-9a53-0e6f3c1b2a77".into());
+    cluster
+}
+
+fn documents(cluster: &Coolpy7Cluster) -> Vec<String> {
+    let mut docs = vec![
+        serde_yaml::to_string(&children::csk_secret(cluster, vec![7; children::CSK_BYTES])),
+        serde_yaml::to_string(&children::headless_service(cluster)),
+        serde_yaml::to_string(&children::client_service(cluster)),
+        serde_yaml::to_string(&children::stateful_set(cluster, "cluster.local")),
+    ];
+    if let Some(pdb) = children::pod_disruption_budget(cluster) {
+        docs.push(serde_yaml::to_string(&pdb));
+    }
+    docs.into_iter()
+        .map(|doc| doc.expect("serialises"))
+        .collect()
+}
+
+#[test]
+fn every_child_validates_strictly_against_the_kubernetes_schemas() {
+    let variants = [
+        json!({}),
+        json!({"replicas": 5, "podAntiAffinity": "hard", "csk": {"secretName": "k", "key": "v"},
+               "service": {"type": "NodePort", "externalTrafficPolicy": "Local"},
+               "podDisruptionBudget": {"minAvailable": "60%"}}),
+        json!({"service": {"type": "LoadBalancer", "annotations": {"a": "b"}, "labels": {"c": "d"},
+                           "loadBalancerClass": "x", "loadBalancerSourceRanges": ["10.0.0.0/8"]},
+               "resources": {"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "500m"}},
+               "env": [{"name": "COOLPY7_MQ", "value": "5000"}],
+               "nodeSelector": {"pool": "mqtt"},
+               "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "mqtt", "effect": "NoSchedule"}],
+               "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                              "whenUnsatisfiable": "ScheduleAnyway"}],
+               "podAnnotations": {"prometheus.io/scrape": "true"}, "podLabels": {"team": "iot"},
+               "priorityClassName": "high", "imagePullSecrets": [{"name": "registry"}],
+               "args": ["-mq=5000"], "logLevel": "debug",
+               "podDisruptionBudget": {"maxUnavailable": 2}}),
+        json!({"service": {"type": "ClusterIP"}, "podDisruptionBudget": {"enabled": false}}),
+    ];
+    let dir = std::env::temp_dir().join(format!("coolpy7-operator-schemas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (i, spec) in variants.into_iter().enumerate() {
+        for (j, doc) in documents(&cluster_with(spec)).into_iter().enumerate() {
+            let file = dir.join(format!("variant{i}-object{j}.yaml"));
+            std::fs::write(&file, doc).expect("write");
+            files.push(file);
+        }
+    }
+    let crd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/crd.yaml");
+    files.push(crd);
+    let output = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
+        .args(&files)
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = output.unwrap_or_else(|e| {
+        panic!(
+            "cannot run kubernetes-validate ({e}); install it with `pip install \
+             kubernetes-validate` (.ci/run does)"
+        )
+    });
+    assert!(
+        output.status.success(),
+        "kubernetes-validate refused the operator's objects:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
