@@ -1,0 +1,440 @@
+//! Reconciling a `Coolpy7Cluster`: build every child with the pure functions of
+//! [`crate::children`], server-side-apply them with one field manager, then patch the status
+//! from what the StatefulSet and the client Service report. Thin on purpose: every decision
+//! about what an object contains lives in `children`, and is tested there.
+//!
+//! The cluster key Secret is the exception to "apply": it is created once when absent and
+//! never written again, since applying would replace the key and split the cluster.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::children;
+use crate::crd::{Coolpy7Cluster, Coolpy7ClusterStatus, Phase};
+use crate::metrics::Metrics;
+
+/// The one field manager of every apply, so that a user's edit of a field we own is reverted
+/// on the next reconcile.
+pub const FIELD_MANAGER: &str = "coolpy7-operator";
+
+/// How often a healthy cluster is looked at again without any change.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Backoff after a failed reconcile: doubles from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Flags the operator sets itself; the spec's `args` may not set them.
+const OWNED_FLAGS: [&str; 8] = ["nid", "cad", "mbs", "csk", "crp", "csp", "l", "hl"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the Coolpy7Cluster has no namespace")]
+    NoNamespace,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    /// The cluster's DNS domain, for the seeds (`cluster.local` unless configured).
+    pub cluster_domain: String,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Failed attempts in a row, per cluster, for the backoff.
+    failures: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        cluster_domain: String,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+    ) -> Context {
+        Context {
+            client,
+            cluster_domain,
+            recorder,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn key(cluster: &Coolpy7Cluster) -> (String, String) {
+    (cluster.namespace().unwrap_or_default(), cluster.name_any())
+}
+
+/// Brings the cluster's children in line with its spec and reports the status.
+pub async fn reconcile(cluster: Arc<Coolpy7Cluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&cluster, &ctx).await;
+    ctx.metrics.observe_duration(started.elapsed());
+    if result.is_ok() {
+        ctx.failures().remove(&key(&cluster));
+    }
+    result
+}
+
+async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Action, Error> {
+    // Being deleted: the garbage collector removes the children through their owner
+    // references; applying them now would only race it.
+    if cluster.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = cluster.namespace().ok_or(Error::NoNamespace)?;
+    let name = cluster.name_any();
+    let client = ctx.client.clone();
+
+    if let Some(problem) = spec_problem(cluster) {
+        warn!(%namespace, %name, %problem, "invalid spec");
+        publish(ctx, cluster, EventType::Warning, "InvalidSpec", &problem).await;
+        let status = degraded_status(cluster, &problem);
+        patch_status(&client, &namespace, &name, &status).await?;
+        // Nothing changes until the spec does; a slow resync in case the cause is elsewhere.
+        return Ok(Action::requeue(RESYNC));
+    }
+
+    if cluster.spec.csk.is_none() {
+        ensure_csk_secret(cluster, ctx, &namespace).await?;
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let headless = children::headless_service(cluster);
+    services
+        .patch(
+            &children::headless_service_name(cluster),
+            &params,
+            &Patch::Apply(&headless),
+        )
+        .await?;
+    let client_service = services
+        .patch(
+            &name,
+            &params,
+            &Patch::Apply(&children::client_service(cluster)),
+        )
+        .await?;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let set = sets
+        .patch(
+            &name,
+            &params,
+            &Patch::Apply(&children::stateful_set(cluster, &ctx.cluster_domain)),
+        )
+        .await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+    match children::pod_disruption_budget(cluster) {
+        Some(budget) => {
+            budgets
+                .patch(&name, &params, &Patch::Apply(&budget))
+                .await?;
+        }
+        None => match budgets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        },
+    }
+
+    let status = observed_status(cluster, &set, &client_service, &ctx.cluster_domain);
+    patch_status(&client, &namespace, &name, &status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Creates the generated key Secret when it does not exist; never touches an existing one.
+async fn ensure_csk_secret(
+    cluster: &Coolpy7Cluster,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let (secret_name, _) = children::csk_secret_ref(cluster);
+    if secrets.get_opt(&secret_name).await?.is_some() {
+        return Ok(());
+    }
+    let mut key = vec![0u8; children::CSK_BYTES];
+    rand::fill(&mut key[..]);
+    match secrets
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &children::csk_secret(cluster, key),
+        )
+        .await
+    {
+        Ok(_) => {
+            info!(%namespace, secret = %secret_name, "created the cluster key");
+            publish(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "CskCreated",
+                &format!("created Secret {secret_name} with a random cluster key"),
+            )
+            .await;
+            Ok(())
+        }
+        // Someone (another reconcile) created it in between: theirs stands.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn patch_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &Coolpy7ClusterStatus,
+) -> Result<(), Error> {
+    let api: Api<Coolpy7Cluster> = Api::namespaced(client.clone(), namespace);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    cluster: &Coolpy7Cluster,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        warn!(%error, reason, "cannot publish an event");
+    }
+}
+
+/// What the schema cannot say: a spec that would give a broken cluster.
+pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
+    let ports = &cluster.spec.ports;
+    let named = [
+        ("mqtt", ports.mqtt),
+        ("gossip", ports.gossip),
+        ("sync", ports.sync),
+        ("http", ports.http),
+    ];
+    for (i, (a, port_a)) in named.iter().enumerate() {
+        for (b, port_b) in &named[i + 1..] {
+            if port_a == port_b {
+                return Some(format!(
+                    "ports.{a} and ports.{b} are both {port_a}; each port needs its own number"
+                ));
+            }
+        }
+    }
+    for arg in &cluster.spec.args {
+        let flag = arg.trim_start_matches('-');
+        let flag = flag.split_once('=').map_or(flag, |(name, _)| name);
+        if arg.starts_with('-') && OWNED_FLAGS.contains(&flag) {
+            return Some(format!(
+                "args sets {arg:?}, which the operator sets itself (node id, seeds, key and \
+                 ports come from the spec)"
+            ));
+        }
+    }
+    for range in &cluster.spec.service.load_balancer_source_ranges {
+        if !is_cidr(range) {
+            return Some(format!(
+                "service.loadBalancerSourceRanges: {range:?} is not a CIDR such as 10.0.0.0/8"
+            ));
+        }
+    }
+    None
+}
+
+fn is_cidr(range: &str) -> bool {
+    let Some((address, bits)) = range.split_once('/') else {
+        return false;
+    };
+    let Ok(address) = address.parse::<IpAddr>() else {
+        return false;
+    };
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    bits.parse::<u8>().is_ok_and(|bits| bits <= max)
+}
+
+fn condition(
+    cluster: &Coolpy7Cluster,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    // The transition time only moves when the status does.
+    let last_transition_time = cluster
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+        })
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time,
+        observed_generation: cluster.metadata.generation,
+    }
+}
+
+/// The status of a spec the operator refuses: children are left as they are.
+pub fn degraded_status(cluster: &Coolpy7Cluster, problem: &str) -> Coolpy7ClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    Coolpy7ClusterStatus {
+        observed_generation: cluster.metadata.generation,
+        phase: Some(Phase::Degraded),
+        selector: Some(children::selector_string(cluster)),
+        conditions: vec![
+            condition(cluster, "Ready", false, "InvalidSpec", problem.into()),
+            condition(cluster, "Progressing", false, "InvalidSpec", problem.into()),
+            condition(cluster, "Degraded", true, "InvalidSpec", problem.into()),
+        ],
+        ..previous
+    }
+}
+
+/// The status from what the StatefulSet and the client Service report.
+pub fn observed_status(
+    cluster: &Coolpy7Cluster,
+    set: &StatefulSet,
+    service: &Service,
+    cluster_domain: &str,
+) -> Coolpy7ClusterStatus {
+    let wanted = cluster.spec.replicas;
+    let set_status = set.status.clone().unwrap_or_default();
+    let ready = set_status.ready_replicas.unwrap_or(0);
+    let updated = set_status.updated_replicas.unwrap_or(0);
+    let phase = if ready >= wanted && updated >= wanted && set_status.replicas == wanted {
+        Phase::Running
+    } else if ready == 0 {
+        Phase::Pending
+    } else {
+        Phase::Progressing
+    };
+    let running = phase == Phase::Running;
+    let message = format!("{ready} of {wanted} brokers ready");
+    let endpoints = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| {
+            ingress
+                .iter()
+                .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+                .map(|host| format!("{host}:{}", cluster.spec.ports.mqtt))
+                .collect()
+        })
+        .unwrap_or_default();
+    Coolpy7ClusterStatus {
+        observed_generation: cluster.metadata.generation,
+        replicas: set_status.replicas,
+        ready_replicas: ready,
+        selector: Some(children::selector_string(cluster)),
+        phase: Some(phase),
+        conditions: vec![
+            condition(
+                cluster,
+                "Ready",
+                running,
+                if running { "AllReady" } else { "NotAllReady" },
+                message.clone(),
+            ),
+            condition(
+                cluster,
+                "Progressing",
+                !running,
+                if running { "Stable" } else { "RollingOut" },
+                message,
+            ),
+            condition(
+                cluster,
+                "Degraded",
+                false,
+                "SpecAccepted",
+                "the spec is valid".into(),
+            ),
+        ],
+        seeds: children::seeds(cluster, cluster_domain),
+        csk_secret: Some(children::csk_secret_ref(cluster).0),
+        endpoints,
+    }
+}
+
+/// After a failed reconcile: count it, tell the user, and try again with exponential backoff.
+pub fn error_policy(cluster: Arc<Coolpy7Cluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failures.inc();
+    let attempts = {
+        let mut failures = ctx.failures();
+        let attempts = failures.entry(key(&cluster)).or_insert(0);
+        *attempts = attempts.saturating_add(1);
+        *attempts
+    };
+    let delay = backoff(attempts);
+    warn!(namespace = ?cluster.namespace(), name = %cluster.name_any(), %error, attempts, ?delay, "reconcile failed");
+    let note = format!("{error}; retrying in {}s", delay.as_secs());
+    let ctx_for_event = ctx.clone();
+    tokio::spawn(async move {
+        publish(
+            &ctx_for_event,
+            &cluster,
+            EventType::Warning,
+            "ReconcileFailed",
+            &note,
+        )
+        .await;
+    });
+    Action::requeue(delay)
+}
+
+/// 5 s, 10 s, 20 s, ... up to 5 minutes.
+pub fn backoff(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,464 @@
+//! Reconcile against a mocked API server: each test scripts the requests it expects, in order,
+//! asserts method, path, field manager and the important body fields, and answers them.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::runtime::events::Reporter;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::crd::Coolpy7ClusterSpec;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type Responder = tower_test::mock::SendResponse<Response<Body>>;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn cluster_with(spec: Value) -> Coolpy7Cluster {
+    let spec: Coolpy7ClusterSpec = serde_json::from_value(spec).expect("a valid spec");
+    let mut cluster = Coolpy7Cluster::new("mq", spec);
+    cluster.metadata.namespace = Some("iot".into());
+    cluster.metadata.uid = Some("0b5e-uid".into());
+    cluster.metadata.generation = Some(4);
+    cluster
+}
+
+fn context() -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: None,
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Context::new(
+        client,
+        "cluster.local".into(),
+        recorder,
+        Arc::new(Metrics::default()),
+    );
+    (Arc::new(ctx), handle)
+}
+
+/// One request the reconcile made.
+struct Seen {
+    method: Method,
+    uri: String,
+    body: Value,
+    respond: Responder,
+}
+
+impl Seen {
+    fn reply(self, code: u16, body: &Value) {
+        let response = Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(body).expect("JSON")))
+            .expect("response");
+        self.respond.send_response(response);
+    }
+
+    /// Answers with what was sent, as the API server does for a create or an apply.
+    fn echo(self) {
+        let body = self.body.clone();
+        self.reply(200, &body);
+    }
+
+    fn not_found(self) {
+        self.reply(
+            404,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                "reason": "NotFound", "code": 404, "message": "not found"}),
+        );
+    }
+
+    fn assert_apply(&self, path: &str) {
+        assert_eq!(self.method, Method::PATCH, "{}", self.uri);
+        assert!(
+            self.uri.starts_with(path),
+            "expected an apply of {path}, got {}",
+            self.uri
+        );
+        assert!(
+            self.uri.contains("fieldManager=coolpy7-operator"),
+            "{}",
+            self.uri
+        );
+        assert!(self.uri.contains("force=true"), "{}", self.uri);
+    }
+}
+
+async fn next(handle: &mut Handle) -> Seen {
+    let (request, respond) = tokio::time::timeout(WAIT, handle.next_request())
+        .await
+        .expect("the reconcile made no further request")
+        .expect("the client is gone");
+    let method = request.method().clone();
+    let uri = request.uri().to_string();
+    let bytes = request.into_body().collect_bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    };
+    Seen {
+        method,
+        uri,
+        body,
+        respond,
+    }
+}
+
+/// The applies of a valid spec, in order; answers each with `answer` (default: echo).
+async fn expect_children(handle: &mut Handle, set_status: Option<Value>, pdb: bool) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    let headless = next(handle).await;
+    headless.assert_apply("/api/v1/namespaces/iot/services/mq-headless?");
+    bodies.push(headless.body.clone());
+    headless.echo();
+    let service = next(handle).await;
+    service.assert_apply("/api/v1/namespaces/iot/services/mq?");
+    bodies.push(service.body.clone());
+    service.echo();
+    let set = next(handle).await;
+    set.assert_apply("/apis/apps/v1/namespaces/iot/statefulsets/mq?");
+    bodies.push(set.body.clone());
+    let mut answer = set.body.clone();
+    if let Some(status) = set_status {
+        answer["status"] = status;
+    }
+    set.reply(200, &answer);
+    let budget = next(handle).await;
+    if pdb {
+        budget.assert_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/mq?");
+        bodies.push(budget.body.clone());
+        budget.echo();
+    } else {
+        assert_eq!(budget.method, Method::DELETE, "{}", budget.uri);
+        assert!(budget
+            .uri
+            .starts_with("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/mq"));
+        budget.not_found();
+    }
+    bodies
+}
+
+/// The status patch; answers with the cluster and returns the patch body.
+async fn expect_status(handle: &mut Handle, cluster: &Coolpy7Cluster) -> Value {
+    let status = next(handle).await;
+    assert_eq!(status.method, Method::PATCH, "{}", status.uri);
+    assert!(
+        status
+            .uri
+            .starts_with("/apis/coolpy7.io/v1alpha1/namespaces/iot/coolpy7clusters/mq/status?"),
+        "{}",
+        status.uri
+    );
+    let body = status.body.clone();
+    status.reply(200, &serde_json::to_value(cluster).expect("JSON"));
+    body
+}
+
+async fn expect_event(handle: &mut Handle, reason: &str) -> Value {
+    let event = next(handle).await;
+    assert_eq!(event.method, Method::POST, "{}", event.uri);
+    assert!(
+        event
+            .uri
+            .starts_with("/apis/events.k8s.io/v1/namespaces/iot/events"),
+        "{}",
+        event.uri
+    );
+    assert_eq!(event.body["reason"], reason, "{}", event.body);
+    assert_eq!(event.body["regarding"]["name"], "mq");
+    assert_eq!(event.body["regarding"]["kind"], "Coolpy7Cluster");
+    let body = event.body.clone();
+    event.echo();
+    body
+}
+
+async fn expect_quiet(handle: &mut Handle) {
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+    {
+        panic!("unexpected request {} {}", request.method(), request.uri());
+    }
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_the_key_applies_every_child_and_reports_the_status() {
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx.clone()));
+
+    let get = next(&mut handle).await;
+    assert_eq!(get.method, Method::GET);
+    assert_eq!(get.uri, "/api/v1/namespaces/iot/secrets/mq-csk");
+    get.not_found();
+    let create = next(&mut handle).await;
+    assert_eq!(create.method, Method::POST);
+    assert!(
+        create.uri.starts_with("/api/v1/namespaces/iot/secrets?"),
+        "{}",
+        create.uri
+    );
+    assert!(
+        create.uri.contains("fieldManager=coolpy7-operator"),
+        "{}",
+        create.uri
+    );
+    assert_eq!(create.body["metadata"]["name"], "mq-csk");
+    assert_eq!(
+        create.body["metadata"]["ownerReferences"][0]["kind"],
+        "Coolpy7Cluster"
+    );
+    let encoded = create.body["data"]["csk"]
+        .as_str()
+        .expect("base64 key")
+        .to_string();
+    assert_eq!(encoded.len(), 44, "32 bytes in base64");
+    create.echo();
+    expect_event(&mut handle, "CskCreated").await;
+
+    let bodies = expect_children(&mut handle, None, true).await;
+    assert_eq!(bodies[0]["spec"]["clusterIP"], "None");
+    assert_eq!(bodies[0]["spec"]["ports"][0]["protocol"], "UDP");
+    assert_eq!(bodies[1]["spec"]["type"], "LoadBalancer");
+    assert_eq!(bodies[2]["spec"]["replicas"], 3);
+    assert_eq!(bodies[2]["kind"], "StatefulSet");
+    assert_eq!(bodies[3]["spec"]["maxUnavailable"], 1);
+    for body in &bodies {
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "0b5e-uid");
+    }
+
+    let status = expect_status(&mut handle, &cluster).await;
+    let status = &status["status"];
+    assert_eq!(status["phase"], "Pending");
+    assert_eq!(status["observedGeneration"], 4);
+    assert_eq!(status["cskSecret"], "mq-csk");
+    assert_eq!(status["seeds"].as_array().map(Vec::len), Some(3));
+    assert_eq!(status["selector"], children::selector_string(&cluster));
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "False");
+
+    let action = run.await.expect("task").expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(RESYNC));
+    assert_eq!(ctx.metrics.reconciles.get(), 1);
+    expect_quiet(&mut handle).await;
+}
+
+#[tokio::test]
+async fn steady_state_keeps_the_key_reapplies_and_reports_running() {
+    let (ctx, mut handle) = context();
+    let mut cluster = cluster_with(json!({}));
+    cluster.metadata.annotations = None;
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    let get = next(&mut handle).await;
+    assert_eq!(get.uri, "/api/v1/namespaces/iot/secrets/mq-csk");
+    // It exists: never created or written again.
+    let existing = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mq-csk", "namespace": "iot"},
+                          "data": {"csk": "a2V5"}});
+    get.reply(200, &existing);
+    expect_children(
+        &mut handle,
+        Some(json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3})),
+        true,
+    )
+    .await;
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(status["status"]["phase"], "Running");
+    assert_eq!(status["status"]["readyReplicas"], 3);
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    let of = |t: &str| conditions.iter().find(|c| c["type"] == t).unwrap()["status"].clone();
+    assert_eq!(
+        (of("Ready"), of("Progressing"), of("Degraded")),
+        (json!("True"), json!("False"), json!("False"))
+    );
+    run.await.expect("task").expect("reconcile succeeds");
+    expect_quiet(&mut handle).await;
+}
+
+#[tokio::test]
+async fn scaling_applies_a_new_replica_count_and_the_same_pod_template() {
+    for replicas in [5, 1] {
+        let (ctx, mut handle) = context();
+        let cluster = cluster_with(json!({"replicas": replicas, "csk": {"secretName": "k"}}));
+        let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+        let bodies = expect_children(&mut handle, None, true).await;
+        assert_eq!(bodies[2]["spec"]["replicas"], replicas);
+        let three = serde_json::to_value(children::stateful_set(
+            &cluster_with(json!({"replicas": 3, "csk": {"secretName": "k"}})),
+            "cluster.local",
+        ))
+        .unwrap();
+        assert_eq!(
+            bodies[2]["spec"]["template"], three["spec"]["template"],
+            "no rolling restart"
+        );
+        expect_status(&mut handle, &cluster).await;
+        run.await.expect("task").expect("reconcile succeeds");
+    }
+}
+
+#[tokio::test]
+async fn an_existing_key_secret_is_used_and_never_created() {
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"csk": {"secretName": "shared", "key": "k"}}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    // The first request is already an apply: no GET or POST of a Secret.
+    let bodies = expect_children(&mut handle, None, true).await;
+    let env = bodies[2]["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let csk = env.iter().find(|e| e["name"] == "COOLPY7_CSK").unwrap();
+    assert_eq!(csk["valueFrom"]["secretKeyRef"]["name"], "shared");
+    assert_eq!(csk["valueFrom"]["secretKeyRef"]["key"], "k");
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(status["status"]["cskSecret"], "shared");
+    run.await.expect("task").expect("reconcile succeeds");
+}
+
+#[tokio::test]
+async fn a_disabled_budget_is_deleted() {
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(
+        json!({"csk": {"secretName": "k"}, "podDisruptionBudget": {"enabled": false}}),
+    );
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    expect_children(&mut handle, None, false).await;
+    expect_status(&mut handle, &cluster).await;
+    run.await.expect("task").expect("a missing budget is fine");
+}
+
+#[tokio::test]
+async fn an_api_error_fails_the_reconcile_and_is_retried_with_backoff_and_an_event() {
+    let (ctx, mut handle) = context();
+    let cluster = Arc::new(cluster_with(json!({"csk": {"secretName": "k"}})));
+    let run = tokio::spawn(reconcile(cluster.clone(), ctx.clone()));
+    let apply = next(&mut handle).await;
+    apply.assert_apply("/api/v1/namespaces/iot/services/mq-headless?");
+    apply.reply(
+        500,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                             "reason": "InternalError", "code": 500, "message": "etcd is down"}),
+    );
+    let error = run.await.expect("task").expect_err("the reconcile fails");
+    assert!(error.to_string().contains("etcd is down"), "{error}");
+
+    assert_eq!(
+        error_policy(cluster.clone(), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    let event = expect_event(&mut handle, "ReconcileFailed").await;
+    assert_eq!(event["type"], "Warning");
+    assert!(event["note"].as_str().unwrap().contains("etcd is down"));
+    assert_eq!(
+        error_policy(cluster.clone(), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    // The same event again is counted in a series on the first one.
+    let again = next(&mut handle).await;
+    assert_eq!(again.method, Method::PATCH, "{}", again.uri);
+    assert!(
+        again
+            .uri
+            .starts_with("/apis/events.k8s.io/v1/namespaces/iot/events/mq."),
+        "{}",
+        again.uri
+    );
+    again.reply(200, &event);
+    assert_eq!(ctx.metrics.failures.get(), 2);
+}
+
+#[tokio::test]
+async fn a_spec_the_schema_cannot_catch_is_reported_degraded_without_touching_the_children() {
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"ports": {"mqtt": 8081}, "csk": {"secretName": "k"}}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    let event = expect_event(&mut handle, "InvalidSpec").await;
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("ports.mqtt and ports.http"),
+        "{event}"
+    );
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(status["status"]["phase"], "Degraded");
+    let degraded = status["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    // Not an error: no crash loop, just a slow look again.
+    assert_eq!(
+        run.await.expect("task").expect("handled"),
+        Action::requeue(RESYNC)
+    );
+    expect_quiet(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_cluster_being_deleted_is_left_to_the_garbage_collector() {
+    let (ctx, mut handle) = context();
+    let mut cluster = cluster_with(json!({}));
+    cluster.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let action = reconcile(Arc::new(cluster), ctx)
+        .await
+        .expect("nothing to do");
+    assert_eq!(action, Action::await_change());
+    expect_quiet(&mut handle).await;
+}
+
+#[test]
+fn spec_problems() {
+    assert_eq!(spec_problem(&cluster_with(json!({}))), None);
+    assert!(
+        spec_problem(&cluster_with(json!({"ports": {"gossip": 7947}})))
+            .unwrap()
+            .contains("ports.gossip and ports.sync")
+    );
+    for arg in ["-nid=x", "--mbs=a:1", "-csk", "-l=:1", "-crp=1"] {
+        assert!(
+            spec_problem(&cluster_with(json!({"args": [arg]}))).is_some(),
+            "{arg}"
+        );
+    }
+    assert_eq!(
+        spec_problem(&cluster_with(json!({"args": ["-mq=5000", "-mif=64"]}))),
+        None
+    );
+    assert!(spec_problem(&cluster_with(
+        json!({"service": {"loadBalancerSourceRanges": ["10.0.0.0"]}})
+    ))
+    .is_some());
+    assert!(spec_problem(&cluster_with(
+        json!({"service": {"loadBalancerSourceRanges": ["10.0.0.0/33"]}})
+    ))
+    .is_some());
+    assert_eq!(
+        spec_problem(&cluster_with(
+            json!({"service": {"loadBalancerSourceRanges": ["10.0.0.0/8", "fd00::/8"]}})
+        )),
+        None
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    assert_eq!(backoff(u32::MAX).as_secs(), 300);
+}
