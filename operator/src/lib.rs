@@ -3,5 +3,6 @@
 //! and its [`metrics`].
 pub mod children;
 pub mod crd;
+pub mod lease;
 pub mod metrics;
 pub mod reconcile;

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use coolpy7_operator::children;
 use coolpy7_operator::crd::{Coolpy7Cluster, Coolpy7ClusterSpec};
+use serde::Deserialize;
 use serde_json::json;
 
 /// The Kubernetes version the operator's k8s-openapi feature targets.
@@ -66,8 +67,9 @@ fn every_child_validates_strictly_against_the_kubernetes_schemas() {
             files.push(file);
         }
     }
-    let crd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/crd.yaml");
-    files.push(crd);
+    let manifests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    files.push(manifests.join("crd.yaml"));
+    files.push(manifests.join("operator.yaml"));
     let output = Command::new("kubernetes-validate")
         .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
         .args(&files)
@@ -84,5 +86,76 @@ fn every_child_validates_strictly_against_the_kubernetes_schemas() {
         "kubernetes-validate refused the operator's objects:\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_example_cluster_is_a_valid_coolpy7_cluster() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/example-cluster.yaml");
+    let text = std::fs::read_to_string(&path).expect("example-cluster.yaml");
+    let cluster: Coolpy7Cluster = serde_yaml::from_str(&text).expect("parses as a Coolpy7Cluster");
+    assert_eq!(cluster.spec.replicas, 3);
+    assert!(coolpy7_operator::reconcile::spec_problem(&cluster).is_none());
+}
+
+/// (API group, resource) -> verbs the operator uses: the watches of the controller (get, list,
+/// watch), the applies (create, patch), the key Secret (get, create), the budget's delete, the
+/// status patch and the Events.
+const USED: [(&str, &str, &[&str]); 7] = [
+    ("coolpy7.io", "coolpy7clusters", &["get", "list", "watch"]),
+    ("coolpy7.io", "coolpy7clusters/status", &["get", "patch"]),
+    (
+        "apps",
+        "statefulsets",
+        &["get", "list", "watch", "create", "patch"],
+    ),
+    ("", "services", &["get", "list", "watch", "create", "patch"]),
+    ("", "secrets", &["get", "list", "watch", "create"]),
+    (
+        "policy",
+        "poddisruptionbudgets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    ("events.k8s.io", "events", &["create", "patch"]),
+];
+
+#[test]
+fn the_cluster_role_grants_exactly_what_the_operator_calls() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/operator.yaml");
+    let text = std::fs::read_to_string(&path).expect("operator.yaml");
+    let role = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_json::Value::deserialize(doc).expect("YAML"))
+        .find(|doc| doc["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let mut granted: Vec<(String, String, Vec<String>)> = Vec::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .expect("a list")
+                .iter()
+                .map(|s| s.as_str().expect("a string").to_string())
+                .collect()
+        };
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                granted.push((group.clone(), resource, strings(&rule["verbs"])));
+            }
+        }
+    }
+    let mut expected: Vec<(String, String, Vec<String>)> = USED
+        .iter()
+        .map(|(g, r, v)| {
+            (
+                g.to_string(),
+                r.to_string(),
+                v.iter().map(|s| s.to_string()).collect(),
+            )
+        })
+        .collect();
+    granted.sort();
+    expected.sort();
+    assert_eq!(
+        granted, expected,
+        "the ClusterRole grants more or less than the operator uses"
     );
 }
