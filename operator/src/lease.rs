@@ -182,6 +182,99 @@ mod tests {
         );
     }
 
+    /// try_hold against a mocked API server: one scripted answer per request.
+    async fn try_hold_with(
+        answers: Vec<(http::Method, &'static str, u16, serde_json::Value)>,
+    ) -> bool {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let elector =
+            LeaderElector::new(Client::new(service, "ops"), "ops", "coolpy7-operator", "a");
+        let server = tokio::spawn(async move {
+            for (method, path, code, body) in answers {
+                let (request, respond) = handle.next_request().await.expect("a request");
+                assert_eq!(request.method(), method, "{}", request.uri());
+                assert!(
+                    request.uri().to_string().starts_with(path),
+                    "{}",
+                    request.uri()
+                );
+                if method == http::Method::PUT {
+                    let sent = request.into_body().collect_bytes().await.expect("body");
+                    let sent: serde_json::Value = serde_json::from_slice(&sent).expect("JSON");
+                    assert_eq!(
+                        sent["metadata"]["resourceVersion"], "42",
+                        "written with the version read"
+                    );
+                    assert_eq!(sent["spec"]["holderIdentity"], "a");
+                }
+                let response = Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+                    .expect("response");
+                respond.send_response(response);
+            }
+        });
+        let held = tokio::time::timeout(Duration::from_secs(5), elector.try_hold())
+            .await
+            .expect("in time")
+            .expect("no API error");
+        server.await.expect("every scripted request came");
+        held
+    }
+
+    fn status(code: u16, reason: &str) -> serde_json::Value {
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": reason, "code": code, "message": reason})
+    }
+
+    #[tokio::test]
+    async fn holding_the_lease_through_the_api() {
+        use http::Method;
+        const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/coolpy7-operator";
+        const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases?";
+        let now = Timestamp::now();
+        let as_json = |lease: Lease| serde_json::to_value(lease).expect("JSON");
+        // Nobody holds it: created.
+        let created = as_json(held_by(None, "coolpy7-operator", "ops", "a", now));
+        assert!(
+            try_hold_with(vec![
+                (Method::GET, LEASE, 404, status(404, "NotFound")),
+                (Method::POST, LEASES, 201, created),
+            ])
+            .await
+        );
+        // Someone else renews it: wait, write nothing.
+        assert!(
+            !try_hold_with(vec![(
+                Method::GET,
+                LEASE,
+                200,
+                as_json(lease(Some("b"), 2, now))
+            )])
+            .await
+        );
+        // Expired: taken over with the version read.
+        let expired = lease(Some("b"), 60, now);
+        let taken = as_json(held_by(Some(&expired), "coolpy7-operator", "ops", "a", now));
+        assert!(
+            try_hold_with(vec![
+                (Method::GET, LEASE, 200, as_json(expired.clone())),
+                (Method::PUT, LEASE, 200, taken),
+            ])
+            .await
+        );
+        // Another candidate wrote first: not ours.
+        assert!(
+            !try_hold_with(vec![
+                (Method::GET, LEASE, 200, as_json(expired)),
+                (Method::PUT, LEASE, 409, status(409, "Conflict")),
+            ])
+            .await
+        );
+    }
+
     #[test]
     fn a_taken_over_lease_counts_the_transition_and_keeps_the_version() {
         let now = Timestamp::now();
