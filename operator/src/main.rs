@@ -1,6 +1,7 @@
 //! The `coolpy7-operator` binary: serves `/healthz` and `/metrics`, waits to hold the leader
 //! Lease, then runs the controller until SIGTERM. Everything else lives in the library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level)?)
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(args.http)
