@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Checks charts/coolpy7 offline: lints it strictly and renders it with the Helm engine
+(PyPI helm-python-sdk), validates every rendered object strictly against the Kubernetes
+schemas (PyPI kubernetes-validate) and the Coolpy7Cluster against the chart's own CRD, and
+checks the fields that matter for several sets of values. Run by `cargo test` through
+operator/tests/chart.rs; exits non-zero on the first failure, saying which."""
+
+import pathlib
+import sys
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "coolpy7"
+KUBERNETES_VERSION = "1.33.0"
+RELEASE, NAMESPACE = "coolpy7", "mqtt"
+
+
+def render(values, name=RELEASE):
+    """The rendered objects by (kind, name), and the NOTES text."""
+    chart = helm_python.Chart.load(str(CHART))
+    files = chart.render(values, name=name, namespace=NAMESPACE, is_install=True)
+    objects, notes = {}, ""
+    for path, text in files.items():
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                key = (doc["kind"], doc["metadata"]["name"])
+                assert key not in objects, f"{key} rendered twice"
+                objects[key] = doc
+    return objects, notes
+
+
+def crd_schema():
+    crd = yaml.safe_load((CHART / "crds" / "coolpy7clusters.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def validate(objects):
+    schema = crd_schema()
+    for (kind, name), doc in objects.items():
+        if kind == "Coolpy7Cluster":
+            # The CRD's structural schema, as the API server would apply it.
+            jsonschema.validate(doc, schema)
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def only(objects, kind):
+    found = [doc for (k, _), doc in objects.items() if k == kind]
+    assert len(found) == 1, f"want one {kind}, got {len(found)}"
+    return found[0]
+
+
+def check_lint():
+    result = helm_python.lint(str(CHART), strict=True)
+    assert not result["errors"], result
+    serious = [m for m in result["messages"] if m["severity"] >= 2]
+    assert not serious, f"helm lint --strict: {serious}"
+
+
+def check_defaults():
+    objects, notes = render({})
+    validate(objects)
+    kinds = sorted(kind for kind, _ in objects)
+    assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                            "RoleBinding", "Deployment", "Service", "Coolpy7Cluster"]), kinds
+    cluster = only(objects, "Coolpy7Cluster")
+    assert cluster["metadata"]["name"] == "coolpy7"
+    assert cluster["metadata"]["namespace"] == NAMESPACE
+    spec = cluster["spec"]
+    assert spec["replicas"] == 3
+    assert spec["image"] == {"repository": "ghcr.io/coolpy7/coolpy7", "tag": "0.1.0",
+                             "pullPolicy": "IfNotPresent"}, spec["image"]
+    assert spec["service"]["type"] == "LoadBalancer"
+    assert "csk" not in spec, "the operator generates the key by default"
+    assert spec["podDisruptionBudget"] == {"enabled": True, "maxUnavailable": 1}
+    assert spec["ports"] == {"mqtt": 1883, "gossip": 7946, "sync": 7947, "http": 8081}
+
+    deployment = only(objects, "Deployment")
+    pod = deployment["spec"]["template"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    for key, value in selector.items():
+        assert pod["metadata"]["labels"].get(key) == value, (key, pod["metadata"]["labels"])
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/coolpy7/coolpy7-operator:0.1.0", container["image"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    account = only(objects, "ServiceAccount")["metadata"]["name"]
+    assert pod["spec"]["serviceAccountName"] == account
+    for kind in ("ClusterRoleBinding", "RoleBinding"):
+        binding = only(objects, kind)
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account,
+                                        "namespace": NAMESPACE}], binding["subjects"]
+    assert only(objects, "ClusterRoleBinding")["roleRef"]["name"] == \
+        only(objects, "ClusterRole")["metadata"]["name"]
+    assert only(objects, "RoleBinding")["roleRef"]["name"] == only(objects, "Role")["metadata"]["name"]
+    metrics = only(objects, "Service")
+    assert metrics["spec"]["selector"] == selector, metrics["spec"]["selector"]
+    for doc in objects.values():
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE, doc["metadata"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", doc["metadata"]
+        assert labels["helm.sh/chart"] == "coolpy7-0.1.0"
+    assert "mosquitto_sub" in notes and "loadBalancer" in notes, notes
+
+
+def check_rbac_matches_the_manifests():
+    """The chart's RBAC is the same least privilege as manifests/operator.yaml."""
+    objects, _ = render({})
+    manifests = {doc["kind"]: doc for doc in
+                 yaml.safe_load_all((ROOT / "manifests" / "operator.yaml").read_text()) if doc}
+    assert only(objects, "ClusterRole")["rules"] == manifests["ClusterRole"]["rules"]
+    assert only(objects, "Role")["rules"] == manifests["Role"]["rules"]
+
+
+def check_operator_only():
+    objects, notes = render({"cluster": {"enabled": False}})
+    validate(objects)
+    assert not [k for k in objects if k[0] == "Coolpy7Cluster"], "no cluster with enabled=false"
+    assert only(objects, "Deployment")
+    assert "cluster.enabled=false" in notes
+
+
+def check_variations():
+    objects, _ = render({"cluster": {
+        "replicas": 5,
+        "csk": {"existingSecret": "my-key", "key": "k"},
+        "service": {"type": "NodePort", "annotations": {"a.example/x": "y"},
+                    "externalTrafficPolicy": "Local"},
+        "podAntiAffinity": "hard",
+        "podDisruptionBudget": {"minAvailable": "60%"},
+        "resources": {"limits": {"memory": "1Gi"}},
+        "nodeSelector": {"pool": "mqtt"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "extraArgs": ["-mq=5000"],
+        "logLevel": "debug",
+    }, "operator": {"replicas": 2, "image": {"tag": "edge"}}}, name="iot")
+    validate(objects)
+    spec = only(objects, "Coolpy7Cluster")["spec"]
+    assert only(objects, "Coolpy7Cluster")["metadata"]["name"] == "iot-coolpy7"
+    assert spec["replicas"] == 5
+    assert spec["csk"] == {"secretName": "my-key", "key": "k"}
+    assert spec["service"] == {"type": "NodePort", "annotations": {"a.example/x": "y"},
+                               "externalTrafficPolicy": "Local"}, spec["service"]
+    assert spec["podAntiAffinity"] == "hard"
+    assert spec["podDisruptionBudget"] == {"enabled": True, "minAvailable": "60%"}
+    assert spec["resources"] == {"limits": {"memory": "1Gi"}}
+    assert spec["nodeSelector"] == {"pool": "mqtt"}
+    assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert spec["args"] == ["-mq=5000"]
+    assert spec["logLevel"] == "debug"
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":edge")
+
+    objects, notes = render({"cluster": {"service": {"type": "ClusterIP"}}})
+    assert only(objects, "Coolpy7Cluster")["spec"]["service"]["type"] == "ClusterIP"
+    assert "port-forward" in notes
+
+
+def expect_refused(values, why):
+    try:
+        render(values)
+    except helm_python.HelmError as error:
+        return str(error)
+    raise AssertionError(f"values {values} were accepted: {why}")
+
+
+def check_wrong_values_are_refused():
+    message = expect_refused({"cluster": {"replicas": "three"}}, "replicas is an integer")
+    assert "replicas" in message, message
+    expect_refused({"cluster": {"service": {"type": "Bogus"}}}, "service.type is an enum")
+    expect_refused({"cluster": {"replicas": 0}}, "at least one broker")
+    expect_refused({"cluster": {"ports": {"mqtt": 70000}}}, "ports are at most 65535")
+    expect_refused({"cluster": {"podAntiAffinity": "sometimes"}}, "soft or hard")
+    expect_refused({"cluster": {"replicaz": 3}}, "unknown keys are typos")
+    message = expect_refused({"cluster": {"podDisruptionBudget": {"minAvailable": 1,
+                                                                  "maxUnavailable": 2}}},
+                             "minAvailable or maxUnavailable, not both")
+    assert "not both" in message, message
+
+
+def main():
+    checks = [check_lint, check_defaults, check_rbac_matches_the_manifests, check_operator_only,
+              check_variations, check_wrong_values_are_refused]
+    for check in checks:
+        check()
+        print(f"ok {check.__name__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+//! The Helm chart's checks (charts/test_chart.py: strict lint, renders with several sets of
+//! values, strict schema validation of every object, RBAC equal to manifests/operator.yaml,
+//! wrong values refused), run as part of `cargo test`. Needs python3 with helm-python-sdk and
+//! kubernetes-validate (`.ci/run` installs them).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn the_helm_chart_lints_renders_and_validates() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/test_chart.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{} failed (install its modules with `pip install helm-python-sdk \
+         kubernetes-validate` if they are missing):\n{stdout}{stderr}",
+        script.display()
+    );
+    // Every check ran, not just the first.
+    for check in [
+        "check_lint",
+        "check_defaults",
+        "check_rbac_matches_the_manifests",
+        "check_operator_only",
+        "check_variations",
+        "check_wrong_values_are_refused",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok {check}")),
+            "{check} did not run:\n{stdout}"
+        );
+    }
+}
