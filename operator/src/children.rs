@@ -23,7 +23,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{default_csk_key, AntiAffinity, Coolpy7Cluster};
 
-/// The cluster key the operator generates is this many random bytes.
+/// The cluster key the operator generates is this many random bytes, stored as hex text: the
+/// broker reads it from an environment variable, which must be text without NUL bytes.
 pub const CSK_BYTES: usize = 32;
 /// Pods that serve as gossip seeds: the first ordinals, whatever the replica count, so that
 /// scaling never changes the pod template (and never restarts a pod). Seeds that do not exist
@@ -89,13 +90,14 @@ fn metadata(cluster: &Coolpy7Cluster, name: String) -> ObjectMeta {
     }
 }
 
-/// The generated cluster key Secret, holding `key` (random bytes from the caller).
-pub fn csk_secret(cluster: &Coolpy7Cluster, key: Vec<u8>) -> Secret {
+/// The generated cluster key Secret: `random` (bytes from the caller) as lowercase hex.
+pub fn csk_secret(cluster: &Coolpy7Cluster, random: &[u8]) -> Secret {
     let (name, data_key) = csk_secret_ref(cluster);
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
     Secret {
         metadata: metadata(cluster, name),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(data_key, ByteString(key))])),
+        data: Some(BTreeMap::from([(data_key, ByteString(hex.into_bytes()))])),
         ..Secret::default()
     }
 }

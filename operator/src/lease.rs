@@ -15,8 +15,12 @@ use kube::Client;
 
 /// How long a lease lasts without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-/// How often the holder renews it (and a candidate looks again).
-pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How often the holder renews it (and a candidate looks again); also the longest one attempt
+/// may take.
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// A holder that has not renewed for this long stops, well before a candidate may take over
+/// (client-go's renew deadline).
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What to do with the lease as it stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,13 +4,12 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::routing::get;
 use clap::Parser;
 use coolpy7_operator::crd::Coolpy7Cluster;
-use coolpy7_operator::lease::{LeaderElector, LEASE_DURATION, RENEW_EVERY};
+use coolpy7_operator::lease::{LeaderElector, RENEW_DEADLINE, RENEW_EVERY};
 use coolpy7_operator::metrics::Metrics;
 use coolpy7_operator::reconcile::{error_policy, reconcile, Context, FIELD_MANAGER};
 use futures::StreamExt;
@@ -20,6 +19,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
@@ -78,15 +78,18 @@ async fn main() -> anyhow::Result<()> {
         &args.identity,
     );
     info!(identity = %args.identity, "waiting for the leader lease");
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     loop {
-        match elector.try_hold().await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(error) => warn!(%error, "cannot read the leader lease"),
+        match tokio::time::timeout(RENEW_EVERY, elector.try_hold()).await {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => warn!(%error, "cannot read the leader lease"),
+            Err(_) => warn!("the API server did not answer about the leader lease in time"),
         }
         tokio::select! {
             _ = tokio::time::sleep(RENEW_EVERY) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
         }
     }
     info!("leading: reconciling Coolpy7Cluster resources");
@@ -124,23 +127,30 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Renews the lease; a replica that cannot renew for a whole lease period stops, so that two
-/// never reconcile at once (its Deployment restarts it as a follower).
+/// Renews the lease; a replica that has not renewed it for [`RENEW_DEADLINE`] stops (a timer
+/// that no hung request can hold up), so that two never reconcile at once. Its Deployment
+/// restarts it as a follower.
 async fn keep_leading(elector: LeaderElector) {
-    let mut last_held = Instant::now();
+    let mut last_held = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        match elector.try_hold().await {
-            Ok(true) => last_held = Instant::now(),
-            Ok(false) => {
-                error!("another replica took the leader lease; stopping");
+        let renew = async {
+            tokio::time::sleep(RENEW_EVERY).await;
+            tokio::time::timeout(RENEW_EVERY, elector.try_hold()).await
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(last_held + RENEW_DEADLINE) => {
+                error!("could not renew the leader lease in time; stopping");
                 std::process::exit(1);
             }
-            Err(error) => warn!(%error, "cannot renew the leader lease"),
-        }
-        if last_held.elapsed() > LEASE_DURATION - Duration::from_secs(1) {
-            error!("could not renew the leader lease in time; stopping");
-            std::process::exit(1);
+            result = renew => match result {
+                Ok(Ok(true)) => last_held = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
+                    error!("another replica took the leader lease; stopping");
+                    std::process::exit(1);
+                }
+                Ok(Err(error)) => warn!(%error, "cannot renew the leader lease"),
+                Err(_) => warn!("renewing the leader lease timed out"),
+            }
         }
     }
 }

@@ -120,8 +120,41 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
     if cluster.spec.csk.is_none() {
         ensure_csk_secret(cluster, ctx, &namespace).await?;
     }
+    let (set, client_service) = match apply_children(cluster, ctx, &namespace).await {
+        Ok(applied) => applied,
+        // The API server refused an object built from this spec (an invalid quantity or label,
+        // an immutable field changed): the spec's problem, reported as such, not retried hot.
+        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+            let problem = format!("the API server refused a child object: {}", status.message);
+            warn!(%namespace, %name, %problem, "spec refused");
+            publish(ctx, cluster, EventType::Warning, "InvalidSpec", &problem).await;
+            patch_status(
+                &client,
+                &namespace,
+                &name,
+                &degraded_status(cluster, &problem),
+            )
+            .await?;
+            return Ok(Action::requeue(RESYNC));
+        }
+        Err(error) => return Err(error.into()),
+    };
+
+    let status = observed_status(cluster, &set, &client_service, &ctx.cluster_domain);
+    patch_status(&client, &namespace, &name, &status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Server-side-applies every child (and deletes a disabled budget); returns the applied
+/// StatefulSet and client Service, whose status the cluster's status is made from.
+async fn apply_children(
+    cluster: &Coolpy7Cluster,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(StatefulSet, Service), kube::Error> {
+    let name = cluster.name_any();
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
     let headless = children::headless_service(cluster);
     services
         .patch(
@@ -137,7 +170,7 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
             &Patch::Apply(&children::client_service(cluster)),
         )
         .await?;
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let set = sets
         .patch(
             &name,
@@ -145,7 +178,7 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
             &Patch::Apply(&children::stateful_set(cluster, &ctx.cluster_domain)),
         )
         .await?;
-    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
     match children::pod_disruption_budget(cluster) {
         Some(budget) => {
             budgets
@@ -155,13 +188,10 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
         None => match budgets.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(error),
         },
     }
-
-    let status = observed_status(cluster, &set, &client_service, &ctx.cluster_domain);
-    patch_status(&client, &namespace, &name, &status).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok((set, client_service))
 }
 
 /// Creates the generated key Secret when it does not exist; never touches an existing one.
@@ -175,15 +205,15 @@ async fn ensure_csk_secret(
     if secrets.get_opt(&secret_name).await?.is_some() {
         return Ok(());
     }
-    let mut key = vec![0u8; children::CSK_BYTES];
-    rand::fill(&mut key[..]);
+    let mut random = [0u8; children::CSK_BYTES];
+    rand::fill(&mut random[..]);
     match secrets
         .create(
             &PostParams {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..PostParams::default()
             },
-            &children::csk_secret(cluster, key),
+            &children::csk_secret(cluster, &random),
         )
         .await
     {
@@ -242,6 +272,20 @@ async fn publish(
 
 /// What the schema cannot say: a spec that would give a broken cluster.
 pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
+    let name = cluster.name_any();
+    // Pods are `<name>-<n>` with a revision-hash label of the name plus 11 characters, and the
+    // Services need a DNS-1035 label: so at most 52 characters, starting with a letter.
+    let dns_1035 = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if name.len() > 52 || !dns_1035 {
+        return Some(format!(
+            "the name {name:?} cannot name the cluster's Services and pods: use at most 52 \
+             lowercase letters, digits and '-', starting with a letter"
+        ));
+    }
     let ports = &cluster.spec.ports;
     let named = [
         ("mqtt", ports.mqtt),
@@ -345,15 +389,26 @@ pub fn observed_status(
     let set_status = set.status.clone().unwrap_or_default();
     let ready = set_status.ready_replicas.unwrap_or(0);
     let updated = set_status.updated_replicas.unwrap_or(0);
-    let phase = if ready >= wanted && updated >= wanted && set_status.replicas == wanted {
-        Phase::Running
-    } else if ready == 0 {
-        Phase::Pending
-    } else {
-        Phase::Progressing
-    };
+    // The apply returns the new spec with the old status: until the StatefulSet controller has
+    // seen this generation and rolled every pod to it, nothing is known to run the new spec.
+    let caught_up = set_status.observed_generation.unwrap_or(0)
+        >= set.metadata.generation.unwrap_or(0)
+        && set_status.update_revision.is_some()
+        && set_status.current_revision == set_status.update_revision;
+    let phase =
+        if caught_up && ready >= wanted && updated >= wanted && set_status.replicas == wanted {
+            Phase::Running
+        } else if ready == 0 {
+            Phase::Pending
+        } else {
+            Phase::Progressing
+        };
     let running = phase == Phase::Running;
-    let message = format!("{ready} of {wanted} brokers ready");
+    let message = if caught_up || ready == 0 {
+        format!("{ready} of {wanted} brokers ready")
+    } else {
+        format!("{ready} of {wanted} brokers ready; rolling out the current spec")
+    };
     let endpoints = service
         .status
         .as_ref()

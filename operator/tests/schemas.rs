@@ -23,7 +23,7 @@ fn cluster_with(spec: serde_json::Value) -> Coolpy7Cluster {
 
 fn documents(cluster: &Coolpy7Cluster) -> Vec<String> {
     let mut docs = vec![
-        serde_yaml::to_string(&children::csk_secret(cluster, vec![7; children::CSK_BYTES])),
+        serde_yaml::to_string(&children::csk_secret(cluster, &[7; children::CSK_BYTES])),
         serde_yaml::to_string(&children::headless_service(cluster)),
         serde_yaml::to_string(&children::client_service(cluster)),
         serde_yaml::to_string(&children::stateful_set(cluster, "cluster.local")),

@@ -56,7 +56,7 @@ fn defaults_fill_an_empty_spec() {
 fn every_child_is_owned_by_the_cluster_and_labelled() {
     let cluster = cluster();
     let metas = [
-        csk_secret(&cluster, vec![0; CSK_BYTES]).metadata,
+        csk_secret(&cluster, &[0; CSK_BYTES]).metadata,
         headless_service(&cluster).metadata,
         client_service(&cluster).metadata,
         stateful_set(&cluster, DOMAIN).metadata,
@@ -219,12 +219,21 @@ fn an_existing_secret_is_used_when_the_spec_names_one() {
 }
 
 #[test]
-fn the_generated_secret_holds_the_key_under_csk() {
-    let key: Vec<u8> = (0..CSK_BYTES as u8).collect();
-    let secret = csk_secret(&cluster(), key.clone());
+fn the_generated_secret_holds_the_key_as_text_under_csk() {
+    // Bytes a broker could not take from an environment variable: NUL, invalid UTF-8.
+    let mut random = [0u8; CSK_BYTES];
+    random[1] = 0xff;
+    random[2] = 0xc3;
+    random[31] = 0x7f;
+    let secret = csk_secret(&cluster(), &random);
     assert_eq!(secret.metadata.name.as_deref(), Some("mq-csk"));
     assert_eq!(secret.type_.as_deref(), Some("Opaque"));
-    assert_eq!(secret.data.unwrap()["csk"].0, key);
+    let value = secret.data.unwrap()["csk"].0.clone();
+    let text = String::from_utf8(value).expect("the key is text");
+    assert_eq!(text.len(), 2 * CSK_BYTES);
+    assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
+    assert!(text.starts_with("00ffc3"), "{text}");
+    assert!(text.ends_with("7f"), "{text}");
 }
 
 #[test]

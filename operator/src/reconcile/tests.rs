@@ -218,7 +218,7 @@ async fn first_reconcile_creates_the_key_applies_every_child_and_reports_the_sta
         .as_str()
         .expect("base64 key")
         .to_string();
-    assert_eq!(encoded.len(), 44, "32 bytes in base64");
+    assert_eq!(encoded.len(), 88, "64 hex characters, in base64");
     create.echo();
     expect_event(&mut handle, "CskCreated").await;
 
@@ -268,7 +268,10 @@ async fn steady_state_keeps_the_key_reapplies_and_reports_running() {
     get.reply(200, &existing);
     expect_children(
         &mut handle,
-        Some(json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3})),
+        Some(
+            json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3, "observedGeneration": 1,
+                    "currentRevision": "mq-5d8f", "updateRevision": "mq-5d8f"}),
+        ),
         true,
     )
     .await;
@@ -420,6 +423,94 @@ async fn a_cluster_being_deleted_is_left_to_the_garbage_collector() {
         .expect("nothing to do");
     assert_eq!(action, Action::await_change());
     expect_quiet(&mut handle).await;
+}
+
+#[test]
+fn running_only_once_the_statefulset_has_rolled_out_this_spec() {
+    let cluster = cluster_with(json!({}));
+    let service = children::client_service(&cluster);
+    let set_with = |generation: i64, status: Value| {
+        let mut set = children::stateful_set(&cluster, "cluster.local");
+        set.metadata.generation = Some(generation);
+        set.status = Some(serde_json::from_value(status).expect("a StatefulSetStatus"));
+        set
+    };
+    let all_ready = |observed: i64, current: &str| {
+        json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
+               "observedGeneration": observed, "currentRevision": current, "updateRevision": "r2"})
+    };
+    let phase = |set: &StatefulSet| observed_status(&cluster, set, &service, "cluster.local").phase;
+    assert_eq!(
+        phase(&set_with(2, all_ready(2, "r2"))),
+        Some(Phase::Running)
+    );
+    // Just applied: the controller has not seen generation 2 yet.
+    assert_eq!(
+        phase(&set_with(2, all_ready(1, "r2"))),
+        Some(Phase::Progressing)
+    );
+    // Seen, but the pods still run the previous revision.
+    assert_eq!(
+        phase(&set_with(2, all_ready(2, "r1"))),
+        Some(Phase::Progressing)
+    );
+    assert_eq!(
+        phase(&set_with(2, json!({"replicas": 3, "readyReplicas": 0}))),
+        Some(Phase::Pending)
+    );
+}
+
+#[tokio::test]
+async fn a_child_the_api_server_refuses_is_reported_degraded() {
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(
+        json!({"csk": {"secretName": "k"}, "resources": {"limits": {"memory": "lots"}}}),
+    );
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx.clone()));
+    for path in [
+        "/api/v1/namespaces/iot/services/mq-headless?",
+        "/api/v1/namespaces/iot/services/mq?",
+    ] {
+        let apply = next(&mut handle).await;
+        apply.assert_apply(path);
+        apply.echo();
+    }
+    let set = next(&mut handle).await;
+    set.assert_apply("/apis/apps/v1/namespaces/iot/statefulsets/mq?");
+    set.reply(
+        422,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid",
+                           "code": 422, "message": "quantities must match the regular expression"}),
+    );
+    let event = expect_event(&mut handle, "InvalidSpec").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("quantities must match"),
+        "{event}"
+    );
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(status["status"]["phase"], "Degraded");
+    assert_eq!(
+        run.await.expect("task").expect("handled, not an error"),
+        Action::requeue(RESYNC)
+    );
+    assert_eq!(ctx.metrics.failures.get(), 0);
+}
+
+#[test]
+fn names_that_cannot_name_pods_and_services_are_problems() {
+    let named = |name: &str| {
+        let mut cluster = cluster_with(json!({}));
+        cluster.metadata.name = Some(name.into());
+        spec_problem(&cluster)
+    };
+    assert_eq!(named("mqtt-prod"), None);
+    assert_eq!(named(&"a".repeat(52)), None);
+    for bad in ["9lives", "my.cluster", "Mqtt", "mq-", &"a".repeat(53)] {
+        assert!(named(bad).is_some(), "{bad}");
+    }
 }
 
 #[test]
