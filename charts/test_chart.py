@@ -19,6 +19,21 @@ KUBERNETES_VERSION = "1.33.0"
 RELEASE, NAMESPACE = "coolpy7", "mqtt"
 
 
+class StrictLoader(yaml.SafeLoader):
+    """Refuses a mapping with a repeated key, which Helm's parser forgives but yaml.v3,
+    kubeconform and GitOps tools reject."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    keys = [loader.construct_object(key, deep=deep) for key, _ in node.value]
+    repeated = {k for k in keys if keys.count(k) > 1}
+    assert not repeated, f"repeated keys {repeated} at {node.start_mark}"
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def render(values, name=RELEASE):
     """The rendered objects by (kind, name), and the NOTES text."""
     chart = helm_python.Chart.load(str(CHART))
@@ -28,7 +43,7 @@ def render(values, name=RELEASE):
         if path.endswith("NOTES.txt"):
             notes = text
             continue
-        for doc in yaml.safe_load_all(text):
+        for doc in yaml.load_all(text, Loader=StrictLoader):
             if doc:
                 key = (doc["kind"], doc["metadata"]["name"])
                 assert key not in objects, f"{key} rendered twice"
@@ -128,6 +143,21 @@ def check_operator_only():
     assert "cluster.enabled=false" in notes
 
 
+def check_cluster_only():
+    """A second cluster in a Kubernetes cluster that already runs an operator."""
+    objects, notes = render({"operator": {"enabled": False}}, name="second")
+    validate(objects)
+    assert [kind for kind, _ in objects] == ["Coolpy7Cluster"], list(objects)
+    assert "no operator" in notes
+
+
+def check_cluster_scoped_names_carry_the_namespace():
+    objects, _ = render({})
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        name = only(objects, kind)["metadata"]["name"]
+        assert name.startswith(f"{NAMESPACE}-"), name
+
+
 def check_variations():
     objects, _ = render({"cluster": {
         "replicas": 5,
@@ -189,6 +219,7 @@ def check_wrong_values_are_refused():
 
 def main():
     checks = [check_lint, check_defaults, check_rbac_matches_the_manifests, check_operator_only,
+              check_cluster_only, check_cluster_scoped_names_carry_the_namespace,
               check_variations, check_wrong_values_are_refused]
     for check in checks:
         check()

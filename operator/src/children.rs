@@ -12,8 +12,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, Secret, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, WeightedPodAffinityTerm,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -34,6 +34,9 @@ pub const SEED_PODS: i32 = 3;
 pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 const BROKER_CONTAINER: &str = "coolpy7";
 const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
+
+/// The label the operator's watches of children select on, so it never lists other objects.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=coolpy7-operator";
 
 /// Labels on every object of the cluster.
 pub fn labels(cluster: &Coolpy7Cluster) -> BTreeMap<String, String> {
@@ -352,8 +355,13 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
                     priority_class_name: spec.priority_class_name.clone(),
                     image_pull_secrets: non_empty(&spec.image_pull_secrets),
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    // What the "restricted" Pod Security Standard asks of a pod.
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
                         ..PodSecurityContext::default()
                     }),
                     ..PodSpec::default()

@@ -324,16 +324,19 @@ pub struct Coolpy7ClusterStatus {
     pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Always written, so that a merge patch can empty it.
+    #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The `-mbs` seeds the pods get.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Always written, so that a merge patch can empty it.
+    #[serde(default)]
     pub seeds: Vec<String>,
     /// The Secret the cluster key is read from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csk_secret: Option<String>,
     /// Where MQTT clients connect: the LoadBalancer's ingress addresses.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Always written, so that a merge patch can empty it.
+    #[serde(default)]
     pub endpoints: Vec<String>,
 }
 

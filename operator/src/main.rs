@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::routing::get;
 use clap::Parser;
+use coolpy7_operator::children::MANAGED_BY_SELECTOR;
 use coolpy7_operator::crd::Coolpy7Cluster;
 use coolpy7_operator::lease::{LeaderElector, RENEW_DEADLINE, RENEW_EVERY};
 use coolpy7_operator::metrics::Metrics;
@@ -61,7 +62,18 @@ async fn main() -> anyhow::Result<()> {
     let served = metrics.clone();
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { served.encode_text() }));
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    served.encode_text(),
+                )
+            }),
+        );
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             error!(%error, "HTTP server failed");
@@ -106,23 +118,27 @@ async fn main() -> anyhow::Result<()> {
         recorder,
         metrics,
     ));
-    let config = watcher::Config::default();
-    Controller::new(Api::<Coolpy7Cluster>::all(client.clone()), config.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), config.clone())
-        .owns(Api::<Service>::all(client.clone()), config.clone())
-        .owns(Api::<Secret>::all(client.clone()), config.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client), config)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => {
-                    info!(name = %object.name, namespace = ?object.namespace, "reconciled")
-                }
-                Err(error) => warn!(%error, "reconcile failed"),
+    // Children are watched by label only: never every Secret or Service of the cluster.
+    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    Controller::new(
+        Api::<Coolpy7Cluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<Secret>::all(client.clone()), children.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client), children)
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => {
+                info!(name = %object.name, namespace = ?object.namespace, "reconciled")
             }
-        })
-        .await;
+            Err(error) => warn!(%error, "reconcile failed"),
+        }
+    })
+    .await;
     info!("stopped");
     Ok(())
 }

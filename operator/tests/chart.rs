@@ -27,6 +27,8 @@ fn the_helm_chart_lints_renders_and_validates() {
         "check_defaults",
         "check_rbac_matches_the_manifests",
         "check_operator_only",
+        "check_cluster_only",
+        "check_cluster_scoped_names_carry_the_namespace",
         "check_variations",
         "check_wrong_values_are_refused",
     ] {

@@ -11,6 +11,12 @@
 {{- printf "%s-operator" (include "coolpy7.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Cluster-wide objects carry the namespace, so releases of one name in two namespaces
+do not collide. */}}
+{{- define "coolpy7.clusterScopedName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "coolpy7.operatorName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "coolpy7.clusterName" -}}
 {{- default (include "coolpy7.fullname" .) .Values.cluster.name | trunc 52 | trimSuffix "-" -}}
 {{- end -}}

@@ -77,6 +77,10 @@ fn every_child_is_owned_by_the_cluster_and_labelled() {
         assert_eq!(labels["app.kubernetes.io/name"], "coolpy7", "{name}");
         assert_eq!(labels["app.kubernetes.io/instance"], "mq", "{name}");
         assert_eq!(labels["app.kubernetes.io/managed-by"], "coolpy7-operator");
+        assert_eq!(
+            MANAGED_BY_SELECTOR, "app.kubernetes.io/managed-by=coolpy7-operator",
+            "the watches select what the children carry"
+        );
     }
 }
 
