@@ -305,6 +305,15 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
     for arg in &cluster.spec.args {
         let flag = arg.trim_start_matches('-');
         let flag = flag.split_once('=').map_or(flag, |(name, _)| name);
+        if arg.starts_with('-') && flag.contains(char::is_whitespace) {
+            return Some(format!(
+                "args item {arg:?} holds a flag and its value: write -flag=value, or give \
+                 them as two items"
+            ));
+        }
+        if arg.starts_with('-') && matches!(flag, "h" | "help" | "V" | "version") {
+            return Some(format!("args item {arg:?} makes the broker print and exit"));
+        }
         if arg.starts_with('-') && OWNED_FLAGS.contains(&flag) {
             return Some(format!(
                 "args sets {arg:?}, which the operator sets itself (node id, seeds, key and \

@@ -512,10 +512,12 @@ impl GossipTask {
             self.seal(&mut request, KIND_JOIN, &identity);
             self.send(&request, addr).await;
         }
-        if !anyone && others.is_empty() && !self.members.joined.load(Ordering::Acquire) {
-            // Every seed is this node itself: nobody to wait for.
-            self.members.seedless.store(true, Ordering::Release);
-        }
+        // Nobody to wait for this round: every seed is this node, a member already, or does not
+        // resolve (yet). Decided again each round, so that a node started before its seeds'
+        // names existed waits for them once they do.
+        self.members
+            .seedless
+            .store(!anyone && others.is_empty(), Ordering::Release);
     }
 
     /// A node marked down again and again as soon as it rejoins has a namesake: the others keep

@@ -531,6 +531,18 @@ fn spec_problems() {
         spec_problem(&cluster_with(json!({"args": ["-mq=5000", "-mif=64"]}))),
         None
     );
+    for arg in ["-mq 5000", "--help", "-V"] {
+        assert!(
+            spec_problem(&cluster_with(json!({"args": [arg]}))).is_some(),
+            "{arg}"
+        );
+    }
+    assert_eq!(
+        spec_problem(&cluster_with(
+            json!({"args": ["-syst=a token with spaces"]})
+        )),
+        None
+    );
     assert!(spec_problem(&cluster_with(
         json!({"service": {"loadBalancerSourceRanges": ["10.0.0.0"]}})
     ))
