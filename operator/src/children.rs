@@ -373,6 +373,35 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
     }
 }
 
+/// The pod-template annotation that names the cluster key in use (by a hash), so that a new
+/// key (rotated, or regenerated after the Secret was deleted) restarts every pod with it
+/// rather than leaving old and new pods unable to talk.
+pub const KEY_ANNOTATION: &str = "coolpy7.io/csk-sha256";
+
+/// The first 16 hex digits of the key's SHA-256: enough to notice a change, useless to guess.
+pub fn key_fingerprint(key: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `set` with the key fingerprint on its pod template.
+pub fn with_key_fingerprint(mut set: StatefulSet, fingerprint: &str) -> StatefulSet {
+    if let Some(spec) = set.spec.as_mut() {
+        let meta = spec
+            .template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default);
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(KEY_ANNOTATION.into(), fingerprint.into());
+    }
+    set
+}
+
 /// The disruption budget, when enabled: the spec's bound, else at most one pod down at a time.
 pub fn pod_disruption_budget(cluster: &Coolpy7Cluster) -> Option<PodDisruptionBudget> {
     let pdb = &cluster.spec.pod_disruption_budget;

@@ -31,6 +31,8 @@ use crate::metrics::Metrics;
 /// on the next reconcile.
 pub const FIELD_MANAGER: &str = "coolpy7-operator";
 
+/// How soon a cluster whose key Secret is missing is looked at again.
+const KEY_RETRY: Duration = Duration::from_secs(30);
 /// How often a healthy cluster is looked at again without any change.
 const RESYNC: Duration = Duration::from_secs(300);
 /// Backoff after a failed reconcile: doubles from the first to the last.
@@ -117,10 +119,28 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
         return Ok(Action::requeue(RESYNC));
     }
 
-    if cluster.spec.csk.is_none() {
-        ensure_csk_secret(cluster, ctx, &namespace).await?;
-    }
-    let (set, client_service) = match apply_children(cluster, ctx, &namespace).await {
+    let key = match &cluster.spec.csk {
+        None => ensure_csk_secret(cluster, ctx, &namespace).await?,
+        Some(_) => read_key(cluster, ctx, &namespace).await?,
+    };
+    let key = match key {
+        Ok(key) => key,
+        Err(problem) => {
+            // Pods would sit in CreateContainerConfigError; say why instead.
+            warn!(%namespace, %name, %problem, "no cluster key");
+            publish(ctx, cluster, EventType::Warning, "CskMissing", &problem).await;
+            patch_status(
+                &client,
+                &namespace,
+                &name,
+                &degraded_status(cluster, &problem),
+            )
+            .await?;
+            return Ok(Action::requeue(KEY_RETRY));
+        }
+    };
+    let fingerprint = children::key_fingerprint(&key);
+    let (set, client_service) = match apply_children(cluster, ctx, &namespace, &fingerprint).await {
         Ok(applied) => applied,
         // The API server refused an object built from this spec (an invalid quantity or label,
         // an immutable field changed): the spec's problem, reported as such, not retried hot.
@@ -151,6 +171,7 @@ async fn apply_children(
     cluster: &Coolpy7Cluster,
     ctx: &Context,
     namespace: &str,
+    key_fingerprint: &str,
 ) -> Result<(StatefulSet, Service), kube::Error> {
     let name = cluster.name_any();
     let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -175,7 +196,10 @@ async fn apply_children(
         .patch(
             &name,
             &params,
-            &Patch::Apply(&children::stateful_set(cluster, &ctx.cluster_domain)),
+            &Patch::Apply(&children::with_key_fingerprint(
+                children::stateful_set(cluster, &ctx.cluster_domain),
+                key_fingerprint,
+            )),
         )
         .await?;
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
@@ -194,29 +218,54 @@ async fn apply_children(
     Ok((set, client_service))
 }
 
-/// Creates the generated key Secret when it does not exist; never touches an existing one.
+/// The cluster key from its Secret: the key's bytes, or what is wrong (for the status).
+fn key_from(secret: &Secret, name: &str, key: &str) -> Result<Vec<u8>, String> {
+    match secret.data.as_ref().and_then(|data| data.get(key)) {
+        Some(value) if !value.0.is_empty() => Ok(value.0.clone()),
+        _ => Err(format!(
+            "Secret {name} has no key {key:?} holding the cluster key"
+        )),
+    }
+}
+
+/// The key from the Secret the spec names.
+async fn read_key(
+    cluster: &Coolpy7Cluster,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Result<Vec<u8>, String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let (name, key) = children::csk_secret_ref(cluster);
+    Ok(match secrets.get_opt(&name).await? {
+        Some(secret) => key_from(&secret, &name, &key),
+        None => Err(format!("Secret {name} (spec.csk) does not exist")),
+    })
+}
+
+/// The generated key: read when its Secret exists, else created (and never written again).
 async fn ensure_csk_secret(
     cluster: &Coolpy7Cluster,
     ctx: &Context,
     namespace: &str,
-) -> Result<(), Error> {
+) -> Result<Result<Vec<u8>, String>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let (secret_name, _) = children::csk_secret_ref(cluster);
-    if secrets.get_opt(&secret_name).await?.is_some() {
-        return Ok(());
+    let (secret_name, key) = children::csk_secret_ref(cluster);
+    if let Some(secret) = secrets.get_opt(&secret_name).await? {
+        return Ok(key_from(&secret, &secret_name, &key));
     }
     let mut random = [0u8; children::CSK_BYTES];
     rand::fill(&mut random[..]);
-    match secrets
+    let secret = children::csk_secret(cluster, &random);
+    let created = secrets
         .create(
             &PostParams {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..PostParams::default()
             },
-            &children::csk_secret(cluster, &random),
+            &secret,
         )
-        .await
-    {
+        .await;
+    match created {
         Ok(_) => {
             info!(%namespace, secret = %secret_name, "created the cluster key");
             publish(
@@ -227,10 +276,12 @@ async fn ensure_csk_secret(
                 &format!("created Secret {secret_name} with a random cluster key"),
             )
             .await;
-            Ok(())
+            Ok(key_from(&secret, &secret_name, &key))
         }
-        // Someone (another reconcile) created it in between: theirs stands.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        // Another reconcile created it in between: theirs stands, read it next time.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Err(format!(
+            "Secret {secret_name} was created concurrently; retrying"
+        ))),
         Err(error) => Err(error.into()),
     }
 }

@@ -449,3 +449,26 @@ fn the_disruption_budget_allows_one_pod_down_unless_told_otherwise() {
     ))
     .is_none());
 }
+
+#[test]
+fn a_new_key_changes_the_pod_template() {
+    let cluster = cluster_with(json!({"podAnnotations": {"a": "b"}}));
+    let fingerprint = key_fingerprint(b"00ff");
+    assert_eq!(fingerprint.len(), 16);
+    assert_ne!(fingerprint, key_fingerprint(b"00fe"));
+    let set = with_key_fingerprint(stateful_set(&cluster, DOMAIN), &fingerprint);
+    let annotations = set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .clone()
+        .unwrap()
+        .annotations
+        .unwrap();
+    assert_eq!(annotations[KEY_ANNOTATION], fingerprint);
+    assert_eq!(annotations["a"], "b", "the user's annotations stay");
+    let other = with_key_fingerprint(stateful_set(&cluster, DOMAIN), &key_fingerprint(b"00fe"));
+    assert_ne!(set.spec.unwrap().template, other.spec.unwrap().template);
+}

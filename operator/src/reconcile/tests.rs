@@ -111,6 +111,18 @@ async fn next(handle: &mut Handle) -> Seen {
     }
 }
 
+/// Answers the read of the key Secret `name` with `key` (its value "a2V5", i.e. "key").
+async fn serve_key(handle: &mut Handle, name: &str, key: &str) {
+    let get = next(handle).await;
+    assert_eq!(get.method, Method::GET, "{}", get.uri);
+    assert_eq!(get.uri, format!("/api/v1/namespaces/iot/secrets/{name}"));
+    get.reply(
+        200,
+        &json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": "iot"}, "data": {key: "a2V5"}}),
+    );
+}
+
 /// The applies of a valid spec, in order; answers each with `answer` (default: echo).
 async fn expect_children(handle: &mut Handle, set_status: Option<Value>, pdb: bool) -> Vec<Value> {
     let mut bodies = Vec::new();
@@ -228,6 +240,13 @@ async fn first_reconcile_creates_the_key_applies_every_child_and_reports_the_sta
     assert_eq!(bodies[1]["spec"]["type"], "LoadBalancer");
     assert_eq!(bodies[2]["spec"]["replicas"], 3);
     assert_eq!(bodies[2]["kind"], "StatefulSet");
+    let fingerprint =
+        &bodies[2]["spec"]["template"]["metadata"]["annotations"][children::KEY_ANNOTATION];
+    assert_eq!(
+        fingerprint.as_str().map(str::len),
+        Some(16),
+        "the new key's fingerprint"
+    );
     assert_eq!(bodies[3]["spec"]["maxUnavailable"], 1);
     for body in &bodies {
         assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "0b5e-uid");
@@ -294,11 +313,16 @@ async fn scaling_applies_a_new_replica_count_and_the_same_pod_template() {
         let (ctx, mut handle) = context();
         let cluster = cluster_with(json!({"replicas": replicas, "csk": {"secretName": "k"}}));
         let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+        serve_key(&mut handle, "k", "csk").await;
         let bodies = expect_children(&mut handle, None, true).await;
         assert_eq!(bodies[2]["spec"]["replicas"], replicas);
-        let three = serde_json::to_value(children::stateful_set(
-            &cluster_with(json!({"replicas": 3, "csk": {"secretName": "k"}})),
-            "cluster.local",
+        // What a 3-replica cluster with the same key gets.
+        let three = serde_json::to_value(children::with_key_fingerprint(
+            children::stateful_set(
+                &cluster_with(json!({"replicas": 3, "csk": {"secretName": "k"}})),
+                "cluster.local",
+            ),
+            &children::key_fingerprint(b"key"),
         ))
         .unwrap();
         assert_eq!(
@@ -315,7 +339,8 @@ async fn an_existing_key_secret_is_used_and_never_created() {
     let (ctx, mut handle) = context();
     let cluster = cluster_with(json!({"csk": {"secretName": "shared", "key": "k"}}));
     let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
-    // The first request is already an apply: no GET or POST of a Secret.
+    // Read, never created or written.
+    serve_key(&mut handle, "shared", "k").await;
     let bodies = expect_children(&mut handle, None, true).await;
     let env = bodies[2]["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
@@ -329,12 +354,47 @@ async fn an_existing_key_secret_is_used_and_never_created() {
 }
 
 #[tokio::test]
+async fn a_missing_key_secret_is_reported_degraded_without_touching_the_children() {
+    for (answer, expected) in [
+        (None, "does not exist"),
+        (Some(json!({"other": "a2V5"})), "has no key \"csk\""),
+    ] {
+        let (ctx, mut handle) = context();
+        let cluster = cluster_with(json!({"csk": {"secretName": "shared"}}));
+        let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+        let get = next(&mut handle).await;
+        assert_eq!(get.uri, "/api/v1/namespaces/iot/secrets/shared");
+        match answer {
+            None => get.not_found(),
+            Some(data) => get.reply(
+                200,
+                &json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": "shared", "namespace": "iot"}, "data": data}),
+            ),
+        }
+        let event = expect_event(&mut handle, "CskMissing").await;
+        assert!(
+            event["note"].as_str().unwrap().contains(expected),
+            "{event}"
+        );
+        let status = expect_status(&mut handle, &cluster).await;
+        assert_eq!(status["status"]["phase"], "Degraded");
+        assert_eq!(
+            run.await.expect("task").expect("handled"),
+            Action::requeue(KEY_RETRY)
+        );
+        expect_quiet(&mut handle).await;
+    }
+}
+
+#[tokio::test]
 async fn a_disabled_budget_is_deleted() {
     let (ctx, mut handle) = context();
     let cluster = cluster_with(
         json!({"csk": {"secretName": "k"}, "podDisruptionBudget": {"enabled": false}}),
     );
     let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    serve_key(&mut handle, "k", "csk").await;
     expect_children(&mut handle, None, false).await;
     expect_status(&mut handle, &cluster).await;
     run.await.expect("task").expect("a missing budget is fine");
@@ -345,6 +405,7 @@ async fn an_api_error_fails_the_reconcile_and_is_retried_with_backoff_and_an_eve
     let (ctx, mut handle) = context();
     let cluster = Arc::new(cluster_with(json!({"csk": {"secretName": "k"}})));
     let run = tokio::spawn(reconcile(cluster.clone(), ctx.clone()));
+    serve_key(&mut handle, "k", "csk").await;
     let apply = next(&mut handle).await;
     apply.assert_apply("/api/v1/namespaces/iot/services/mq-headless?");
     apply.reply(
@@ -467,6 +528,7 @@ async fn a_child_the_api_server_refuses_is_reported_degraded() {
         json!({"csk": {"secretName": "k"}, "resources": {"limits": {"memory": "lots"}}}),
     );
     let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx.clone()));
+    serve_key(&mut handle, "k", "csk").await;
     for path in [
         "/api/v1/namespaces/iot/services/mq-headless?",
         "/api/v1/namespaces/iot/services/mq?",
