@@ -111,10 +111,7 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
     let client = ctx.client.clone();
 
     if let Some(problem) = spec_problem(cluster) {
-        warn!(%namespace, %name, %problem, "invalid spec");
-        publish(ctx, cluster, EventType::Warning, "InvalidSpec", &problem).await;
-        let status = degraded_status(cluster, &problem);
-        patch_status(&client, &namespace, &name, &status).await?;
+        report_degraded(ctx, cluster, "InvalidSpec", &problem).await?;
         // Nothing changes until the spec does; a slow resync in case the cause is elsewhere.
         return Ok(Action::requeue(RESYNC));
     }
@@ -127,15 +124,7 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
         Ok(key) => key,
         Err(problem) => {
             // Pods would sit in CreateContainerConfigError; say why instead.
-            warn!(%namespace, %name, %problem, "no cluster key");
-            publish(ctx, cluster, EventType::Warning, "CskMissing", &problem).await;
-            patch_status(
-                &client,
-                &namespace,
-                &name,
-                &degraded_status(cluster, &problem),
-            )
-            .await?;
+            report_degraded(ctx, cluster, "CskMissing", &problem).await?;
             return Ok(Action::requeue(KEY_RETRY));
         }
     };
@@ -146,15 +135,7 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
         // an immutable field changed): the spec's problem, reported as such, not retried hot.
         Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
             let problem = format!("the API server refused a child object: {}", status.message);
-            warn!(%namespace, %name, %problem, "spec refused");
-            publish(ctx, cluster, EventType::Warning, "InvalidSpec", &problem).await;
-            patch_status(
-                &client,
-                &namespace,
-                &name,
-                &degraded_status(cluster, &problem),
-            )
-            .await?;
+            report_degraded(ctx, cluster, "InvalidSpec", &problem).await?;
             return Ok(Action::requeue(RESYNC));
         }
         Err(error) => return Err(error.into()),
@@ -163,6 +144,22 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
     let status = observed_status(cluster, &set, &client_service, &ctx.cluster_domain);
     patch_status(&client, &namespace, &name, &status).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// A spec the operator cannot run: logged, a Warning event with `reason`, and a Degraded
+/// status; the children are left as they are.
+async fn report_degraded(
+    ctx: &Context,
+    cluster: &Coolpy7Cluster,
+    reason: &str,
+    problem: &str,
+) -> Result<(), Error> {
+    let namespace = cluster.namespace().ok_or(Error::NoNamespace)?;
+    let name = cluster.name_any();
+    warn!(%namespace, %name, reason, %problem, "cannot run the spec");
+    publish(ctx, cluster, EventType::Warning, reason, problem).await;
+    let status = degraded_status(cluster, problem);
+    patch_status(&ctx.client, &namespace, &name, &status).await
 }
 
 /// Server-side-applies every child (and deletes a disabled budget); returns the applied

@@ -147,6 +147,44 @@ fn flag_value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     found
 }
 
+/// Only what the test asks for: no `COOLPY7_*` settings inherited from the environment.
+fn without_coolpy7_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("COOLPY7_") {
+            command.env_remove(key);
+        }
+    }
+}
+
+/// Runs the binary with `args` and no `COOLPY7_*` environment, expecting it to exit by itself
+/// within 5 s (bad flags, `-h`): (exit code, stdout + stderr).
+pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut command = Command::new(binary_path());
+    without_coolpy7_env(&mut command);
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start coolpy7");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait on coolpy7") {
+            let output = child.wait_with_output().expect("coolpy7 output");
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            return (status.code(), text);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("coolpy7 {args:?} did not exit within 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Broker {
     /// Starts `coolpy7 -l 127.0.0.1:0 -hl 127.0.0.1:0 --log-level debug <extra_args>` and waits
     /// (at most [`START_TIMEOUT`]) for both listener addresses in its log, then for `/healthz`
@@ -231,12 +269,7 @@ impl Broker {
                 command
             }
         };
-        // Only what the test asks for: no COOLPY7_* settings inherited from the environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("COOLPY7_") {
-                command.env_remove(key);
-            }
-        }
+        without_coolpy7_env(&mut command);
         let mut child = command
             .args(&args)
             .envs(env.iter().copied())

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::broker::{binary_path, Broker, START_TIMEOUT};
+pub use crate::broker::run_to_exit;
+use crate::broker::{Broker, START_TIMEOUT};
 use crate::client::TestClient;
 use crate::http;
 use crate::{unique_id, QoS, QUIET, TIMEOUT};
@@ -686,39 +687,6 @@ pub fn send_signal(pid: u32, signal: libc::c_int) {
 pub fn free_udp_port() -> u16 {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
     socket.local_addr().expect("local_addr").port()
-}
-
-/// Runs the binary with `args` and no `COOLPY7_*` environment, expecting it to exit by itself
-/// within 5 s: (exit code, stdout + stderr).
-pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
-    let mut command = Command::new(binary_path());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("COOLPY7_") {
-            command.env_remove(key);
-        }
-    }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start coolpy7");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait on coolpy7") {
-            let output = child.wait_with_output().expect("coolpy7 output");
-            let text = String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr);
-            return (status.code(), text);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("coolpy7 {args:?} did not exit within 5 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

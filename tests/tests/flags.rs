@@ -1,10 +1,7 @@
 //! Command-line flags end to end: both dash styles, `=` and space, `COOLPY7_*` environment
 //! variables, and bad values (exit code 2).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use coolpy7_tests::broker::binary_path;
+use coolpy7_tests::broker::run_to_exit;
 use coolpy7_tests::{unique_id, Broker, RawClient};
 
 /// The QoS granted for a QoS 2 request on this broker.
@@ -38,38 +35,6 @@ async fn environment_variables_set_flags_and_the_command_line_wins() {
         1,
         "the flag wins over COOLPY7_MQOS"
     );
-}
-
-/// Runs the binary with `args`, expecting it to exit by itself within 5 s.
-fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
-    let mut command = Command::new(binary_path());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("COOLPY7_") {
-            command.env_remove(key);
-        }
-    }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start coolpy7");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let output = child.wait_with_output().expect("output");
-            let text = String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr);
-            return (status.code(), text);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("coolpy7 {args:?} did not exit within 5 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
