@@ -1,0 +1,226 @@
+//! The handshake: reads CONNECT within `-nt`, checks it, admits the connection against `-mc`,
+//! claims the client's session and answers CONNACK, turning a TCP stream into a [`Connection`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::Connection;
+use crate::broker::{Admission, Broker};
+use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Protocol};
+use crate::session::Holder;
+use crate::topic;
+
+/// Read at least this much at a time before CONNECT.
+const CONNECT_READ_CHUNK: usize = 256;
+
+/// Reads and checks CONNECT within `-nt`, and answers it.
+pub(super) async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+) -> Option<(Box<Connection>, Admission)> {
+    let id = broker.next_connection_id();
+    let _ = stream.set_nodelay(true);
+    let mut handshake = Handshake {
+        stream,
+        rbuf: BytesMut::new(),
+        broker,
+    };
+    let connect_timeout = broker.config.connect_timeout;
+    let connect = match tokio::time::timeout(connect_timeout, handshake.read_connect()).await {
+        Ok(Ok(connect)) => connect,
+        Ok(Err(reason)) => {
+            debug!(%peer, connection = id, %reason, "closed before CONNECT completed");
+            broker.metrics.connections_refused.inc();
+            return None;
+        }
+        Err(_) => {
+            debug!(%peer, connection = id, "no CONNECT in time");
+            broker.metrics.connections_refused.inc();
+            return None;
+        }
+    };
+    let accepted = handshake.accept(connect, id, peer).await;
+    if accepted.is_none() {
+        broker.metrics.connections_refused.inc();
+    }
+    accepted
+}
+
+/// A connection before its CONNECT has been accepted.
+struct Handshake<'a> {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    broker: &'a Arc<Broker>,
+}
+
+impl Handshake<'_> {
+    async fn read_connect(&mut self) -> Result<Connect, String> {
+        let max = self.broker.config.max_packet_size;
+        loop {
+            match codec::decode(&mut self.rbuf, None, max) {
+                Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+                Ok(Some(other)) => return Err(format!("{} before CONNECT", other.name())),
+                Ok(None) => {}
+                Err(DecodeError::UnsupportedProtocol { name, level }) => {
+                    // Answer in 3.1.1 framing, which every version of the protocol can parse.
+                    self.refuse(
+                        Protocol::V311,
+                        ConnectReturnCode::UnacceptableProtocolVersion,
+                    )
+                    .await;
+                    return Err(format!("unsupported protocol {name:?} level {level}"));
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+            // A CONNECT is small: a read buffer of ordinary size, allocated and freed around
+            // every connection's long-lived allocations, would fragment the heap.
+            self.rbuf.reserve(CONNECT_READ_CHUNK);
+            match read_some(&self.stream, &mut self.rbuf).await {
+                Ok(0) => return Err("connection closed".into()),
+                Ok(n) => {
+                    self.broker.metrics.bytes_received.inc_by(n as u64);
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+
+    /// Checks CONNECT, admits the connection, claims its session and sends CONNACK.
+    async fn accept(
+        mut self,
+        mut connect: Connect,
+        id: u64,
+        peer: SocketAddr,
+    ) -> Option<(Box<Connection>, Admission)> {
+        let protocol = connect.protocol;
+        if let Some(will) = &connect.will {
+            if !topic::is_valid_topic_name(will.topic.as_bytes()) {
+                debug!(%peer, connection = id, "invalid will topic");
+                return None;
+            }
+        }
+        if connect.client_id.is_empty() {
+            if !connect.clean_session {
+                self.refuse(protocol, ConnectReturnCode::IdentifierRejected)
+                    .await;
+                return None;
+            }
+            connect.client_id = generated_client_id(id);
+        }
+        let takeover = self.broker.sessions.is_connected(&connect.client_id);
+        let Some(admission) = self.broker.admit(takeover) else {
+            debug!(%peer, connection = id, "connection limit reached");
+            self.refuse(protocol, ConnectReturnCode::ServerUnavailable)
+                .await;
+            return None;
+        };
+        let holder = Holder::new(id);
+        let broker = self.broker.clone();
+        let claimed = match broker
+            .sessions
+            .claim(
+                &connect.client_id,
+                connect.clean_session,
+                &holder,
+                &broker.router,
+            )
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                info!(%peer, connection = id, %error, "session unavailable");
+                self.refuse(protocol, ConnectReturnCode::ServerUnavailable)
+                    .await;
+                return None;
+            }
+        };
+        debug!(
+            %peer,
+            connection = id,
+            client_id = %connect.client_id,
+            clean_session = connect.clean_session,
+            keep_alive = connect.keep_alive,
+            session_present = claimed.session_present,
+            "client connected"
+        );
+        // Boxed: moved into an async fn, it would be stored twice in the task (rustc keeps the
+        // argument and its binding apart), and every idle connection would pay for that.
+        let mut connection = Box::new(Connection {
+            stream: self.stream,
+            broker,
+            protocol,
+            holder,
+            state: claimed.state,
+            clean_session: connect.clean_session,
+            will: connect.will.map(Box::new),
+            keep_alive: (connect.keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            last_packet: Instant::now(),
+            write_blocked_since: None,
+            rbuf: self.rbuf,
+            wbuf: BytesMut::new(),
+            congested: None,
+            woke_subscribers: false,
+        });
+        connection.send(&Packet::ConnAck(ConnAck {
+            session_present: claimed.session_present,
+            code: ConnectReturnCode::Accepted,
+        }));
+        connection.resend_in_flight();
+        Some((connection, admission))
+    }
+
+    /// Sends a refusing CONNACK (best effort, bounded by the CONNECT timeout) before closing.
+    async fn refuse(&mut self, protocol: Protocol, code: ConnectReturnCode) {
+        let mut out = BytesMut::new();
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+        });
+        if connack.encode(protocol, &mut out).is_ok() {
+            let write = write_all(&self.stream, &out);
+            let _ = tokio::time::timeout(self.broker.config.connect_timeout, write).await;
+        }
+    }
+}
+
+/// Waits until the socket is readable and reads what is there.
+async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// A client id for a client that sent none (allowed with clean session): unique per process
+/// and unlikely to collide with ids clients choose.
+fn generated_client_id(connection: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded randomly per process; good enough to avoid guessable ids.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(connection);
+    format!("coolpy7-{:016x}{connection:x}", hasher.finish())
+}

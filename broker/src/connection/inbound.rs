@@ -1,0 +1,219 @@
+//! What the client sends: reading the socket, decoding packets and acting on each (PUBLISH to
+//! the router, acknowledgements to the session's in-flight state, SUBSCRIBE and UNSUBSCRIBE to
+//! the subscription tree), with answers appended to the write buffer.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::time::Instant;
+
+use super::{Close, Connection, READ_CHUNK};
+use crate::codec::{
+    self, Packet, Publish, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+};
+use crate::router::{Delivery, Message};
+use crate::topic::{self, Subscription};
+
+/// Payloads up to this size are copied out of the read buffer into their own allocation, so
+/// that the read buffer can be reused and queued messages do not pin it.
+const COPY_PAYLOAD_MAX: usize = 4096;
+
+impl Connection {
+    /// Whether input not yet handled holds a DISCONNECT (it can when reading was paused, or a
+    /// takeover or network error won the race): then the client asked for no will. Best effort,
+    /// bounded, and without handling anything else it finds.
+    pub(super) fn sent_disconnect(&mut self) -> bool {
+        let max = self.broker.config.max_packet_size;
+        for _ in 0..16 {
+            loop {
+                match codec::decode(&mut self.rbuf, Some(self.protocol), max) {
+                    Ok(Some(Packet::Disconnect)) => return true,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return false,
+                }
+            }
+            self.rbuf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(n) if n > 0 => {}
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Reads what the socket has and handles every complete packet in it.
+    pub(super) fn read(&mut self) -> Result<(), Close> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => return Err(Close::PeerClosed),
+            Ok(n) => {
+                self.broker.metrics.bytes_received.inc_by(n as u64);
+                self.last_packet = Instant::now();
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // Readiness can be stale (the handshake read up to the CONNECT without draining
+                // the socket): an idle connection must not keep the buffer reserved for it.
+                if self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::new();
+                }
+                return Ok(());
+            }
+            Err(error) => return Err(Close::Io(error)),
+        }
+        self.handle_buffered()
+    }
+
+    /// Handles every complete packet in the read buffer.
+    pub(super) fn handle_buffered(&mut self) -> Result<(), Close> {
+        let max = self.broker.config.max_packet_size;
+        loop {
+            match codec::decode(&mut self.rbuf, Some(self.protocol), max) {
+                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(None) => break,
+                Err(error) => return Err(Close::Protocol(error.to_string())),
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Idle connections keep no read buffer.
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(publish)?,
+            Packet::PubAck(id) => {
+                self.state.outgoing.acknowledge(id);
+            }
+            Packet::PubRec(id) => {
+                if self.state.outgoing.received(id) {
+                    self.send(&Packet::PubRel(id));
+                }
+            }
+            Packet::PubRel(id) => {
+                self.state.incoming_qos2.remove(&id);
+                self.send(&Packet::PubComp(id));
+            }
+            Packet::PubComp(id) => {
+                self.state.outgoing.complete(id);
+            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect => return Err(Close::Disconnect),
+            other => {
+                return Err(Close::Protocol(format!(
+                    "unexpected {} from a client",
+                    other.name()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_publish(&mut self, publish: Publish) -> Result<(), Close> {
+        if !topic::is_valid_topic_name(&publish.topic) {
+            return Err(Close::Protocol("invalid topic name in PUBLISH".into()));
+        }
+        self.broker
+            .metrics
+            .record_received(publish.qos, publish.payload.len());
+        let qos = publish.qos;
+        let packet_id = publish.packet_id.unwrap_or(0);
+        match qos {
+            QoS::AtMostOnce => self.route(publish),
+            QoS::AtLeastOnce => {
+                self.route(publish);
+                self.send(&Packet::PubAck(packet_id));
+            }
+            QoS::ExactlyOnce => {
+                // Delivered on first receipt; a resend of the same id before PUBREL is only
+                // acknowledged again, so it is delivered exactly once.
+                if self.state.incoming_qos2.insert(packet_id) {
+                    self.route(publish);
+                }
+                self.send(&Packet::PubRec(packet_id));
+            }
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, publish: Publish) {
+        let (topic, payload) = if publish.payload.len() <= COPY_PAYLOAD_MAX {
+            // One allocation for both, and the read buffer stays ours to reuse.
+            let mut owned = BytesMut::with_capacity(publish.topic.len() + publish.payload.len());
+            owned.extend_from_slice(&publish.topic);
+            owned.extend_from_slice(&publish.payload);
+            let mut owned = owned.freeze();
+            let topic = owned.split_to(publish.topic.len());
+            (topic, owned)
+        } else {
+            (publish.topic, publish.payload)
+        };
+        let message = Message::new(topic, payload, publish.qos, publish.retain);
+        let routed = self.broker.publish(Arc::new(message));
+        self.woke_subscribers |= routed.deliveries > 0;
+        if self.congested.is_none() {
+            self.congested = routed.congested;
+        }
+    }
+
+    fn handle_subscribe(&mut self, subscribe: Subscribe) {
+        let max_qos = self.broker.config.max_qos;
+        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        for (raw, requested) in subscribe.filters {
+            let Some(subscription) = Subscription::parse(&raw) else {
+                return_codes.push(SubscribeReturnCode::Failure);
+                continue;
+            };
+            let granted = requested.min(max_qos);
+            self.broker
+                .router
+                .subscribe(&self.state.mailbox, &subscription, granted);
+            // Shared subscriptions get no retained messages: they would reach one member at
+            // random, which serves nobody.
+            if subscription.group().is_none() {
+                retained.extend(
+                    self.broker
+                        .router
+                        .retained(subscription.filter())
+                        .into_iter()
+                        .map(|message| Delivery {
+                            qos: message.qos.min(granted),
+                            message,
+                            retain: true,
+                        }),
+                );
+            }
+            self.state.subscriptions.insert(raw, granted);
+            return_codes.push(SubscribeReturnCode::Granted(granted));
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            return_codes,
+        }));
+        // Through the mailbox, so they follow the SUBACK and respect the in-flight window.
+        for delivery in retained {
+            self.state.mailbox.push(delivery, &self.broker.metrics);
+        }
+    }
+
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        for raw in &unsubscribe.filters {
+            if self.state.subscriptions.remove(raw).is_some() {
+                if let Some(subscription) = Subscription::parse(raw) {
+                    self.broker
+                        .router
+                        .unsubscribe(self.state.mailbox.id(), &subscription);
+                }
+            }
+        }
+        self.send(&Packet::UnsubAck(unsubscribe.packet_id));
+    }
+}

@@ -1,0 +1,268 @@
+//! One client connection: the MQTT protocol state machine over one TCP stream.
+//!
+//! [`serve`] runs the handshake (CONNECT within `-nt` seconds, checks, session claim, CONNACK,
+//! resend of what was in flight) and then one loop that waits on whichever comes first: bytes
+//! from the client, room in the socket for pending output, a delivery in the session's mailbox,
+//! the keepalive or write-stall deadline, a takeover or the server's shutdown. Incoming packets
+//! are decoded in batches and answered into one write buffer; deliveries are pulled from the
+//! mailbox within the in-flight window and appended to the same buffer, which is written when the
+//! socket can take it, so many packets share one system call. No buffer is kept while a
+//! connection is idle. When the loop ends the session goes back to the registry and, unless the
+//! client sent DISCONNECT, its will is published.
+//!
+//! The connection's work is split by direction: [`handshake`] takes a TCP stream to an accepted
+//! [`Connection`], [`inbound`] handles what the client sends, [`outbound`] what is sent to it;
+//! this module holds the connection's state and the loop that drives the three.
+
+mod handshake;
+mod inbound;
+mod outbound;
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant, Sleep};
+use tracing::debug;
+
+use crate::broker::{Admission, Broker};
+use crate::codec::{LastWill, Protocol};
+use crate::router::Message;
+use crate::session::{Holder, SessionState};
+
+/// Read at least this much at a time.
+const READ_CHUNK: usize = 4096;
+/// Stop pulling deliveries while this much output is waiting for the socket: beyond it the
+/// mailbox (bounded, counted) holds the backlog, not the write buffer.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading from a client while this much output to it is waiting.
+const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
+/// The longest a publisher waits at a time for a congested subscriber to drain.
+const CONGESTION_WAIT: Duration = Duration::from_millis(50);
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Close {
+    /// The client sent DISCONNECT: the only close that does not publish the will.
+    Disconnect,
+    PeerClosed,
+    KeepaliveTimeout,
+    WriteTimeout,
+    Protocol(String),
+    Io(io::Error),
+    TakenOver,
+    Shutdown,
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::Disconnect => f.write_str("client sent DISCONNECT"),
+            Close::PeerClosed => f.write_str("client closed the connection"),
+            Close::KeepaliveTimeout => f.write_str("keepalive expired"),
+            Close::WriteTimeout => f.write_str("client stopped reading (write timeout)"),
+            Close::Protocol(reason) => write!(f, "protocol error: {reason}"),
+            Close::Io(error) => write!(f, "network error: {error}"),
+            Close::TakenOver => f.write_str("taken over by a new connection"),
+            Close::Shutdown => f.write_str("server shutting down"),
+        }
+    }
+}
+
+impl Close {
+    fn publishes_will(&self) -> bool {
+        !matches!(self, Close::Disconnect)
+    }
+}
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+    // The handshake's futures are large and needed once; boxed, they are freed before the
+    // connection settles into its loop, which is all an idle connection keeps in memory.
+    let accepted = Box::pin(handshake::handshake(stream, peer, &broker)).await;
+    if let Some((connection, admission)) = accepted {
+        connection.run(admission).await;
+    }
+}
+
+/// An accepted connection with its session.
+struct Connection {
+    stream: TcpStream,
+    broker: Arc<Broker>,
+    protocol: Protocol,
+    holder: Holder,
+    state: Box<SessionState>,
+    clean_session: bool,
+    /// Boxed: most clients have none, and every connection would pay for the space.
+    will: Option<Box<LastWill>>,
+    /// 1.5 × the keepalive the client asked for; `None` when it asked for none.
+    keep_alive: Option<Duration>,
+    last_packet: Instant,
+    /// When the socket last refused output that was waiting; cleared by progress.
+    write_blocked_since: Option<Instant>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// A subscriber's mailbox this client's messages filled past its soft limit: reading from
+    /// this client waits until it drains (flow control; see [`crate::session::Mailbox`]).
+    congested: Option<Arc<crate::session::Mailbox>>,
+    /// Set when this client's messages were queued for subscribers since the loop last yielded.
+    woke_subscribers: bool,
+}
+
+impl Connection {
+    async fn run(mut self: Box<Self>, admission: Admission) {
+        let mut close = self.serve().await;
+        if matches!(
+            close,
+            Close::Io(_) | Close::TakenOver | Close::WriteTimeout | Close::Shutdown
+        ) && self.sent_disconnect()
+        {
+            close = Close::Disconnect;
+        }
+        match &close {
+            Close::Disconnect | Close::PeerClosed | Close::Shutdown => {
+                debug!(peer = ?self.stream.peer_addr().ok(), client_id = self.state.client_id(), reason = %close, "connection closed")
+            }
+            _ => {
+                debug!(peer = ?self.stream.peer_addr().ok(), client_id = self.state.client_id(), reason = %close, "connection dropped")
+            }
+        }
+        // Best effort: flush what is pending (a PINGRESP, a PUBACK) without waiting for a client
+        // that does not read.
+        if !self.wbuf.is_empty() && !matches!(close, Close::Io(_) | Close::WriteTimeout) {
+            let _ = self.write_now();
+        }
+        let Connection {
+            broker,
+            holder,
+            state,
+            clean_session,
+            will,
+            ..
+        } = *self;
+        broker
+            .sessions
+            .release(&holder, state, clean_session, &broker.router);
+        if close.publishes_will() {
+            if let Some(will) = will {
+                let will = *will;
+                let message = Message::new(
+                    Bytes::from(will.topic.into_bytes()),
+                    will.payload,
+                    will.qos,
+                    will.retain,
+                );
+                broker.publish(Arc::new(message));
+            }
+        }
+        drop(admission);
+    }
+
+    async fn serve(&mut self) -> Close {
+        let mailbox = self.state.mailbox.clone();
+        let holder = self.holder.clone();
+        let mut timer: Pin<Box<Sleep>> = Box::pin(sleep_until(self.next_deadline()));
+        let mut scratch = Vec::new();
+        // A shutdown that began while this connection was still in its handshake kicked nobody.
+        if self.broker.is_shutting_down() {
+            return Close::Shutdown;
+        }
+        // Packets the client sent right behind its CONNECT.
+        if let Err(close) = self.handle_buffered() {
+            return close;
+        }
+        loop {
+            if std::mem::take(&mut self.woke_subscribers) {
+                // Let the subscribers this batch woke write first: they are what the publish's
+                // latency is measured on, and our PUBACKs and next read can wait a moment.
+                tokio::task::yield_now().await;
+            }
+            if let Some(mailbox) = self.congested.take() {
+                // Never while deliveries to this client wait: two clients flooding each other
+                // would each wait for the other to drain. Bounded, so kicks and keepalive wait
+                // little.
+                if self.state.mailbox.is_empty() {
+                    mailbox.drained(CONGESTION_WAIT).await;
+                }
+            }
+            self.pull(&mut scratch);
+            // One write per batch of input or deliveries, not one per packet.
+            if !self.wbuf.is_empty() {
+                if let Err(error) = self.write_now() {
+                    return Close::Io(error);
+                }
+            }
+            let writing = !self.wbuf.is_empty();
+            // A client that does not read its acknowledgements is not read from either, so its
+            // output cannot grow without bound (TCP pushes back on it instead).
+            let reading = self.wbuf.len() < READ_PAUSE;
+            let can_pull = self.can_pull();
+            let deadline = self.next_deadline();
+            if deadline < timer.deadline() {
+                timer.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                biased;
+                // One signal for takeover and shutdown keeps every idle task smaller.
+                _ = holder.kicked() => {
+                    return if self.broker.is_shutting_down() {
+                        Close::Shutdown
+                    } else {
+                        Close::TakenOver
+                    };
+                }
+                // poll_*_ready keep the waker in the socket's own slot; the readable() and
+                // writable() futures would add 300 bytes to every connection's task.
+                ready = poll_fn(|cx| self.stream.poll_read_ready(cx)), if reading => {
+                    if let Err(error) = ready {
+                        return Close::Io(error);
+                    }
+                    if let Err(close) = self.read() {
+                        return close;
+                    }
+                }
+                ready = poll_fn(|cx| self.stream.poll_write_ready(cx)), if writing => {
+                    if let Err(error) = ready.and_then(|()| self.write_now()) {
+                        return Close::Io(error);
+                    }
+                }
+                _ = mailbox.ready(), if can_pull => {}
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if !reading {
+                        // We are not reading, so silence is ours, not the client's; a client
+                        // that is gone shows up as a write stall instead.
+                        self.last_packet = now;
+                    }
+                    if self.keep_alive.is_some_and(|limit| now >= self.last_packet + limit) {
+                        return Close::KeepaliveTimeout;
+                    }
+                    let write_limit = self.broker.config.write_timeout;
+                    if self.write_blocked_since.is_some_and(|since| now >= since + write_limit) {
+                        return Close::WriteTimeout;
+                    }
+                    timer.as_mut().reset(self.next_deadline());
+                }
+            }
+        }
+    }
+
+    /// The earliest moment the connection must be checked: keepalive expiry or write stall.
+    fn next_deadline(&self) -> Instant {
+        let keep_alive = self.keep_alive.map(|limit| self.last_packet + limit);
+        let write = self
+            .write_blocked_since
+            .map(|since| since + self.broker.config.write_timeout);
+        match (keep_alive, write) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            // Nothing to watch: a deadline far enough away never to fire in practice.
+            (None, None) => Instant::now() + Duration::from_secs(86_400 * 365),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! What is sent to the client: deliveries pulled from the session's mailbox within the in-flight
+//! window, resends after a resumed session, and the write buffer that collects every packet and
+//! goes out when the socket takes it.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
+use crate::codec::{Packet, QoS};
+use crate::router::Delivery;
+
+/// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
+const PULL_BATCH: usize = 256;
+
+impl Connection {
+    pub(super) fn can_pull(&self) -> bool {
+        self.wbuf.len() < WRITE_HIGH_WATER
+            && self.state.outgoing.len() < usize::from(self.broker.config.max_inflight)
+    }
+
+    /// Moves deliveries from the mailbox into the write buffer, within the in-flight window.
+    pub(super) fn pull(&mut self, scratch: &mut Vec<Delivery>) {
+        if !self.can_pull() {
+            return;
+        }
+        let window = usize::from(self.broker.config.max_inflight) - self.state.outgoing.len();
+        let budget = WRITE_HIGH_WATER - self.wbuf.len();
+        let metrics = &self.broker.metrics;
+        self.state
+            .mailbox
+            .take(PULL_BATCH, window, budget, scratch, metrics);
+        if scratch.is_empty() {
+            return;
+        }
+        self.wbuf.reserve(READ_CHUNK);
+        // Counted per batch: one atomic add per QoS, not one per message.
+        let mut messages = [0u64; 3];
+        let mut payload_bytes = [0u64; 3];
+        for delivery in scratch.drain(..) {
+            let qos = delivery.qos;
+            // Other references mean other subscribers: worth encoding once for all of them.
+            let shared = Arc::strong_count(&delivery.message) > 1;
+            let packet_id = if qos == QoS::AtMostOnce {
+                0
+            } else {
+                self.state.outgoing.publish(delivery.clone())
+            };
+            let message = &delivery.message;
+            if message.write_to(
+                &mut self.wbuf,
+                qos,
+                packet_id,
+                delivery.retain,
+                false,
+                shared,
+            ) {
+                messages[qos as usize] += 1;
+                payload_bytes[qos as usize] += message.payload.len() as u64;
+            }
+        }
+        let metrics = &self.broker.metrics;
+        for qos in 0..3 {
+            if messages[qos] > 0 {
+                metrics.messages_sent[qos].inc_by(messages[qos]);
+                metrics.payload_bytes_sent[qos].inc_by(payload_bytes[qos]);
+            }
+        }
+        if scratch.capacity() > PULL_BATCH {
+            *scratch = Vec::new();
+        }
+    }
+
+    /// After CONNACK on a resumed session: everything unacknowledged goes again, in order, with
+    /// DUP set (PUBREL for QoS 2 messages the client had already received).
+    pub(super) fn resend_in_flight(&mut self) {
+        let mut out = std::mem::take(&mut self.wbuf);
+        for (packet_id, in_flight) in self.state.outgoing.iter() {
+            match in_flight {
+                crate::session::InFlight::Published(delivery) => {
+                    delivery.message.write_to(
+                        &mut out,
+                        delivery.qos,
+                        *packet_id,
+                        delivery.retain,
+                        true,
+                        false,
+                    );
+                }
+                crate::session::InFlight::Released => {
+                    let _ = Packet::PubRel(*packet_id).encode(self.protocol, &mut out);
+                }
+            }
+        }
+        self.wbuf = out;
+    }
+
+    /// Appends a packet to the write buffer; it goes out with the next write.
+    pub(super) fn send(&mut self, packet: &Packet) {
+        if let Err(error) = packet.encode(self.protocol, &mut self.wbuf) {
+            debug!(peer = ?self.stream.peer_addr().ok(), %error, "could not encode {}", packet.name());
+        }
+    }
+
+    /// Writes as much pending output as the socket takes now, without waiting.
+    pub(super) fn write_now(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match self.stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _ = self.wbuf.split_to(n);
+                    self.broker.metrics.bytes_sent.inc_by(n as u64);
+                    self.write_blocked_since = None;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.write_blocked_since.get_or_insert_with(Instant::now);
+                    break;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if self.wbuf.is_empty() {
+            // Idle connections keep no write buffer.
+            self.wbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+}
