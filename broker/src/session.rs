@@ -155,37 +155,18 @@ impl Mailbox {
         let _ = tokio::time::timeout(limit, notified).await;
     }
 
-    /// Moves deliveries into `out` in order: at most `max` of them, of which at most `window` have
-    /// QoS 1 or 2, and no more once `byte_budget` bytes of topic and payload are taken (at least
-    /// one is always taken if it fits the window). Stops at the first one that does not fit, so
-    /// order is kept.
+    /// Moves deliveries into `out` within the limits of [`take_within`].
     pub fn take(
         &self,
         max: usize,
-        mut window: usize,
+        window: usize,
         byte_budget: usize,
         out: &mut Vec<Delivery>,
         metrics: &Metrics,
     ) {
         let mut queue = self.queue.lock();
         let was_congested = queue.len() > self.drained_level();
-        let mut taken = 0;
-        let mut bytes = 0;
-        while taken < max && bytes < byte_budget {
-            match queue.front() {
-                Some(delivery) if delivery.qos != QoS::AtMostOnce && window == 0 => break,
-                Some(_) => {}
-                None => break,
-            }
-            if let Some(delivery) = queue.pop_front() {
-                if delivery.qos != QoS::AtMostOnce {
-                    window -= 1;
-                }
-                bytes += delivery.message.topic.len() + delivery.message.payload.len();
-                out.push(delivery);
-                taken += 1;
-            }
-        }
+        let taken = take_within(&mut queue, max, window, byte_budget, out);
         let more = !queue.is_empty();
         let drained = was_congested && queue.len() <= self.drained_level();
         drop(queue);
@@ -216,6 +197,37 @@ impl Mailbox {
         let dropped = std::mem::take(&mut *self.queue.lock()).len();
         metrics.queued.dec_by(dropped as i64);
     }
+}
+
+/// Moves deliveries from the front of `queue` into `out` in order: at most `max` of them, of
+/// which at most `window` have QoS 1 or 2, and no more once `byte_budget` bytes of topic and
+/// payload are taken. Stops at the first one that does not fit, so order is kept. Returns how
+/// many it moved.
+pub fn take_within(
+    queue: &mut VecDeque<Delivery>,
+    max: usize,
+    mut window: usize,
+    byte_budget: usize,
+    out: &mut Vec<Delivery>,
+) -> usize {
+    let mut taken = 0;
+    let mut bytes = 0;
+    while taken < max && bytes < byte_budget {
+        match queue.front() {
+            Some(delivery) if delivery.qos != QoS::AtMostOnce && window == 0 => break,
+            Some(_) => {}
+            None => break,
+        }
+        if let Some(delivery) = queue.pop_front() {
+            if delivery.qos != QoS::AtMostOnce {
+                window -= 1;
+            }
+            bytes += delivery.message.topic.len() + delivery.message.payload.len();
+            out.push(delivery);
+            taken += 1;
+        }
+    }
+    taken
 }
 
 /// Where an outgoing QoS 1/2 message stands.
@@ -302,6 +314,10 @@ pub struct SessionState {
     /// Inbound QoS 2 packet ids delivered and awaiting PUBREL: a resent PUBLISH with one of
     /// these ids is acknowledged again but not delivered again (exactly once).
     pub incoming_qos2: BTreeSet<u16>,
+    /// Retained messages owed for new subscriptions, sent before anything in the mailbox. Not
+    /// bounded by `-mq`: every matching retained message is delivered, paced by the client's
+    /// in-flight window and socket like any other delivery.
+    pub retained: VecDeque<Delivery>,
 }
 
 impl SessionState {
@@ -477,6 +493,7 @@ impl SessionRegistry {
                     subscriptions: BTreeMap::new(),
                     outgoing: Outgoing::default(),
                     incoming_qos2: BTreeSet::new(),
+                    retained: VecDeque::new(),
                 });
                 (state, false)
             }

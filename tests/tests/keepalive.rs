@@ -84,3 +84,39 @@ async fn rumqttc_client_with_short_keep_alive_stays_connected() {
         .await;
     client.disconnect().await;
 }
+
+/// A broker paused (SIGSTOP, a frozen VM) for longer than its clients' keep alive wakes up with
+/// their PINGREQs waiting unread: it reads them before declaring anyone expired, so clients that
+/// kept pinging stay connected.
+#[tokio::test]
+async fn a_paused_broker_reads_waiting_pings_before_expiring_keepalives() {
+    let broker = Broker::start(&[]);
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let connect = Connect::v311(&unique_id(&format!("paused{i}"))).keep_alive(2);
+        let (client, _) = RawClient::handshake(broker.mqtt_addr(), &connect).await;
+        clients.push(client);
+    }
+    broker.signal("STOP");
+    // 5 s stopped: beyond 1.5 × 2 s, with a PINGREQ from every client each 0.5 s meanwhile.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for client in &mut clients {
+            client.send(&packets::pingreq()).await;
+        }
+    }
+    broker.signal("CONT");
+    for client in &mut clients {
+        client.expect(Packet::PingResp).await;
+    }
+    // Still connected a keep alive later, while pinging on.
+    for _ in 0..3 {
+        for client in &mut clients {
+            client.ping().await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for client in &mut clients {
+        client.assert_open_for(Duration::from_millis(100)).await;
+    }
+}

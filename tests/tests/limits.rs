@@ -164,3 +164,46 @@ async fn slow_consumer_stalls_nobody_and_is_dropped_after_the_write_timeout() {
     slow.expect_closed(TIMEOUT).await;
     assert_healthy(&mut broker).await;
 }
+
+/// `-t` applies to a QoS 1 subscriber that stops acknowledging as it does to one that stops
+/// reading: with its in-flight window full and messages waiting, it is closed after about `-t`.
+#[tokio::test]
+async fn a_subscriber_that_stops_acknowledging_is_dropped_after_the_write_timeout() {
+    let mut broker = Broker::start(&["-t", "2", "-mif", "4"]);
+    let mut stalled = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("noack")).await;
+    assert_eq!(stalled.subscribe(1, &[("noack/t", 1)]).await, vec![1]);
+    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("pub")).await;
+    for i in 0..20u16 {
+        publisher.publish_qos1("noack/t", i + 1, b"m").await;
+    }
+    // It gets the window's worth and acknowledges none of them.
+    for _ in 0..4 {
+        stalled.recv_publish(TIMEOUT).await;
+    }
+    let closed_within = std::time::Duration::from_secs(15);
+    stalled.expect_closed(closed_within).await;
+    assert_healthy(&mut broker).await;
+    assert!(
+        broker.logs().contains("stopped acknowledging"),
+        "the reason is logged"
+    );
+}
+
+/// A subscriber whose window is full but which has nothing more waiting is not stalled: it is
+/// not closed however long it takes to acknowledge.
+#[tokio::test]
+async fn a_full_window_with_nothing_waiting_is_not_a_stall() {
+    let broker = Broker::start(&["-t", "1", "-mif", "2"]);
+    let mut slow = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("slowack")).await;
+    assert_eq!(slow.subscribe(1, &[("slowack/t", 1)]).await, vec![1]);
+    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("pub")).await;
+    publisher.publish_qos1("slowack/t", 1, b"a").await;
+    publisher.publish_qos1("slowack/t", 2, b"b").await;
+    let first = slow.recv_publish(TIMEOUT).await;
+    let second = slow.recv_publish(TIMEOUT).await;
+    slow.assert_open_for(std::time::Duration::from_millis(2500))
+        .await;
+    slow.send(&packets::puback(first.pkid)).await;
+    slow.send(&packets::puback(second.pkid)).await;
+    slow.ping().await;
+}

@@ -3,7 +3,8 @@
 //! retain flag 0.
 
 use coolpy7_tests::client::TestClient;
-use coolpy7_tests::{unique_id, Broker, QoS, QUIET, TIMEOUT};
+use coolpy7_tests::packets::{self, Packet, PublishPacket};
+use coolpy7_tests::{unique_id, Broker, QoS, RawClient, QUIET, TIMEOUT};
 
 async fn publish_retained(broker: &Broker, topic: &str, qos: QoS, payload: &[u8]) {
     let mut publisher = broker.client(&unique_id("retainer")).await;
@@ -164,4 +165,100 @@ async fn retained_messages_survive_their_publisher() {
         (&got.payload[..], got.qos, got.retain),
         (&b"kept"[..], QoS::ExactlyOnce, true)
     );
+}
+
+/// Publishes `n` retained messages `<prefix>/<i>` at `qos` (0 or 1) from one raw client and
+/// waits until the broker holds them all.
+async fn publish_many_retained(broker: &Broker, prefix: &str, n: usize, qos: u8) {
+    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("many")).await;
+    for i in 0..n {
+        let pkid = if qos == 0 { 0 } else { (i % 60_000) as u16 + 1 };
+        let packet = PublishPacket::new(&format!("{prefix}/{i}"), qos, pkid, b"v").retain(true);
+        publisher.send(&packet.encode()).await;
+    }
+    publisher.ping().await;
+    broker
+        .wait_metric(
+            "coolpy7_retained_messages",
+            "every retained message stored",
+            TIMEOUT,
+            |v| v == n as f64,
+        )
+        .await;
+}
+
+/// Every retained message matching a new subscription is delivered, however many there are:
+/// they are paced by the client's flow, not cut to the `-mq` queue limit (100 here).
+#[tokio::test]
+async fn every_matching_retained_message_is_delivered_beyond_the_queue_limit_at_qos0() {
+    const N: usize = 3000;
+    let broker = Broker::start(&["-mq", "100"]);
+    publish_many_retained(&broker, "many", N, 0).await;
+
+    let mut sub = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("all")).await;
+    sub.send(&packets::subscribe(1, &[("many/#", 0)])).await;
+    // Asked for while the retained messages stream: answered among them, so the connection is
+    // still read from while it catches up.
+    sub.send(&packets::pingreq()).await;
+    let mut topics = std::collections::HashSet::new();
+    let mut suback = false;
+    let mut pong = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while topics.len() < N || !pong || !suback {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "got {} of {N} retained messages (SUBACK {suback}, PINGRESP {pong})",
+            topics.len()
+        );
+        match sub.recv(TIMEOUT).await {
+            Packet::SubAck { pkid: 1, codes } => {
+                assert_eq!(codes, vec![0]);
+                assert!(
+                    topics.is_empty(),
+                    "SUBACK comes before the retained messages"
+                );
+                suback = true;
+            }
+            Packet::PingResp => pong = true,
+            Packet::Publish(publish) => {
+                assert!(publish.retain, "sent because of the subscription: retain 1");
+                assert!(
+                    topics.insert(publish.topic.clone()),
+                    "{} twice",
+                    publish.topic
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    sub.expect_no_packet(QUIET).await;
+    let dropped = broker
+        .metric("coolpy7_messages_dropped_total{reason=\"queue_full\"}")
+        .await;
+    assert_eq!(dropped, 0.0, "no retained message was dropped");
+}
+
+/// The same at QoS 1, where the in-flight window (`-mif`) paces them by acknowledgements.
+#[tokio::test]
+async fn every_matching_retained_message_is_delivered_beyond_the_queue_limit_at_qos1() {
+    const N: usize = 2000;
+    let broker = Broker::start(&["-mq", "100", "-mif", "10"]);
+    publish_many_retained(&broker, "many1", N, 1).await;
+
+    let mut sub = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("all1")).await;
+    assert_eq!(sub.subscribe(1, &[("many1/#", 1)]).await, vec![1]);
+    let mut topics = std::collections::HashSet::new();
+    for _ in 0..N {
+        let publish = sub.recv_publish(TIMEOUT).await;
+        assert!(publish.retain);
+        assert_eq!(publish.qos, 1);
+        assert!(
+            topics.insert(publish.topic.clone()),
+            "{} twice",
+            publish.topic
+        );
+        sub.send(&packets::puback(publish.pkid)).await;
+    }
+    sub.expect_no_packet(QUIET).await;
+    assert_eq!(topics.len(), N);
 }

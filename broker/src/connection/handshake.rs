@@ -165,6 +165,7 @@ impl Handshake<'_> {
                 .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
             last_packet: Instant::now(),
             write_blocked_since: None,
+            unacknowledged_since: None,
             rbuf: self.rbuf,
             wbuf: BytesMut::new(),
             congested: None,

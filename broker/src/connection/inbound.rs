@@ -3,9 +3,11 @@
 //! the subscription tree), with answers appended to the write buffer.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use socket2::SockRef;
 use tokio::time::Instant;
 
 use super::{Close, Connection, READ_CHUNK};
@@ -41,6 +43,13 @@ impl Connection {
             }
         }
         false
+    }
+
+    /// Whether the client has sent bytes not read yet, asking the socket itself rather than the
+    /// runtime's readiness flags, which lag after the process was paused.
+    pub(super) fn input_waiting(&self) -> bool {
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        matches!(SockRef::from(&self.stream).peek(&mut probe), Ok(n) if n > 0)
     }
 
     /// Reads what the socket has and handles every complete packet in it.
@@ -198,10 +207,9 @@ impl Connection {
             packet_id: subscribe.packet_id,
             return_codes,
         }));
-        // Through the mailbox, so they follow the SUBACK and respect the in-flight window.
-        for delivery in retained {
-            self.state.mailbox.push(delivery, &self.broker.metrics);
-        }
+        // Owed after the SUBACK, and sent as the client's flow allows: not through the bounded
+        // mailbox, which would cut a large set of retained messages to `-mq`.
+        self.state.retained.extend(retained);
     }
 
     fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {

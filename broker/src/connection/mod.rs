@@ -53,6 +53,8 @@ enum Close {
     PeerClosed,
     KeepaliveTimeout,
     WriteTimeout,
+    /// Deliveries waited behind a full in-flight window for `-t`.
+    AckTimeout,
     Protocol(String),
     Io(io::Error),
     TakenOver,
@@ -66,6 +68,9 @@ impl std::fmt::Display for Close {
             Close::PeerClosed => f.write_str("client closed the connection"),
             Close::KeepaliveTimeout => f.write_str("keepalive expired"),
             Close::WriteTimeout => f.write_str("client stopped reading (write timeout)"),
+            Close::AckTimeout => {
+                f.write_str("client stopped acknowledging QoS 1/2 deliveries (write timeout)")
+            }
             Close::Protocol(reason) => write!(f, "protocol error: {reason}"),
             Close::Io(error) => write!(f, "network error: {error}"),
             Close::TakenOver => f.write_str("taken over by a new connection"),
@@ -105,6 +110,10 @@ struct Connection {
     last_packet: Instant,
     /// When the socket last refused output that was waiting; cleared by progress.
     write_blocked_since: Option<Instant>,
+    /// Since when deliveries have been waiting behind a full in-flight window: a client that
+    /// stops acknowledging is as stalled as one that stops reading, and `-t` applies to both.
+    /// Cleared when the window has room again.
+    unacknowledged_since: Option<Instant>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// A subscriber's mailbox this client's messages filled past its soft limit: reading from
@@ -119,7 +128,11 @@ impl Connection {
         let mut close = self.serve().await;
         if matches!(
             close,
-            Close::Io(_) | Close::TakenOver | Close::WriteTimeout | Close::Shutdown
+            Close::Io(_)
+                | Close::TakenOver
+                | Close::WriteTimeout
+                | Close::AckTimeout
+                | Close::Shutdown
         ) && self.sent_disconnect()
         {
             close = Close::Disconnect;
@@ -202,6 +215,18 @@ impl Connection {
             // output cannot grow without bound (TCP pushes back on it instead).
             let reading = self.wbuf.len() < READ_PAUSE;
             let can_pull = self.can_pull();
+            // Retained messages owed for a subscription are not announced by the mailbox: keep
+            // pulling them while the client takes them.
+            let retained_owed = can_pull && !self.state.retained.is_empty();
+            // Watched only while the window is full, where it costs a lock per turn; a delivery
+            // arriving then wakes the loop once (below) so the stall is timed from it.
+            let window_stalled = self.window_full() && self.deliveries_waiting();
+            if !window_stalled {
+                self.unacknowledged_since = None;
+            } else if self.unacknowledged_since.is_none() {
+                self.unacknowledged_since = Some(Instant::now());
+            }
+            let watch_mailbox = can_pull || (self.window_full() && !window_stalled);
             let deadline = self.next_deadline();
             if deadline < timer.deadline() {
                 timer.as_mut().reset(deadline);
@@ -231,33 +256,74 @@ impl Connection {
                         return Close::Io(error);
                     }
                 }
-                _ = mailbox.ready(), if can_pull => {}
+                _ = mailbox.ready(), if watch_mailbox => {}
                 _ = &mut timer => {
-                    let now = Instant::now();
-                    if !reading {
-                        // We are not reading, so silence is ours, not the client's; a client
-                        // that is gone shows up as a write stall instead.
-                        self.last_packet = now;
-                    }
-                    if self.keep_alive.is_some_and(|limit| now >= self.last_packet + limit) {
-                        return Close::KeepaliveTimeout;
-                    }
-                    let write_limit = self.broker.config.write_timeout;
-                    if self.write_blocked_since.is_some_and(|since| now >= since + write_limit) {
-                        return Close::WriteTimeout;
+                    if let Err(close) = self.check_deadlines(reading) {
+                        return close;
                     }
                     timer.as_mut().reset(self.next_deadline());
                 }
+                // Last, so that input, acknowledgements and deadlines go first; and one yield
+                // per batch, so that a large backlog cannot hog the worker.
+                _ = tokio::task::yield_now(), if retained_owed => {}
             }
         }
     }
 
-    /// The earliest moment the connection must be checked: keepalive expiry or write stall.
+    /// The timer fired: closes the connection if the client's keepalive or a stall has expired.
+    /// A process that was paused (SIGSTOP, a VM freeze) wakes with every deadline passed and its
+    /// clients' packets unread, and the runtime may run its timers before it has noticed those
+    /// packets (its readiness flags are stale until then): so the socket itself is asked whether
+    /// input waits, and pending output is offered to it, before anything is declared expired.
+    fn check_deadlines(&mut self, reading: bool) -> Result<(), Close> {
+        let now = Instant::now();
+        if !reading {
+            // We are not reading, so silence is ours, not the client's; a client that is gone
+            // shows up as a write stall instead.
+            self.last_packet = now;
+        }
+        if self
+            .keep_alive
+            .is_some_and(|limit| now >= self.last_packet + limit)
+        {
+            if !self.input_waiting() {
+                return Err(Close::KeepaliveTimeout);
+            }
+            // The client did speak: the runtime will report it and the loop read it.
+            self.last_packet = now;
+        }
+        let write_limit = self.broker.config.write_timeout;
+        if self
+            .write_blocked_since
+            .is_some_and(|since| now >= since + write_limit)
+        {
+            self.write_bypassing_readiness().map_err(Close::Io)?;
+            if self.write_blocked_since.is_some() {
+                return Err(Close::WriteTimeout);
+            }
+        }
+        if self
+            .unacknowledged_since
+            .is_some_and(|since| now >= since + write_limit)
+        {
+            // Acknowledgements may be waiting unread, as above: give the loop a turn to read
+            // them before the next check.
+            if !reading || !self.input_waiting() {
+                return Err(Close::AckTimeout);
+            }
+            self.unacknowledged_since = Some(now);
+        }
+        Ok(())
+    }
+
+    /// The earliest moment the connection must be checked: keepalive expiry or a stall.
     fn next_deadline(&self) -> Instant {
         let keep_alive = self.keep_alive.map(|limit| self.last_packet + limit);
-        let write = self
-            .write_blocked_since
-            .map(|since| since + self.broker.config.write_timeout);
+        let stalled = match (self.write_blocked_since, self.unacknowledged_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let write = stalled.map(|since| since + self.broker.config.write_timeout);
         match (keep_alive, write) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,

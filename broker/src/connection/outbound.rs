@@ -2,37 +2,66 @@
 //! window, resends after a resumed session, and the write buffer that collects every packet and
 //! goes out when the socket takes it.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use socket2::SockRef;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
 use crate::codec::{Packet, QoS};
 use crate::router::Delivery;
+use crate::session::take_within;
 
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
 const PULL_BATCH: usize = 256;
 
 impl Connection {
     pub(super) fn can_pull(&self) -> bool {
-        self.wbuf.len() < WRITE_HIGH_WATER
-            && self.state.outgoing.len() < usize::from(self.broker.config.max_inflight)
+        self.wbuf.len() < WRITE_HIGH_WATER && !self.window_full()
     }
 
-    /// Moves deliveries from the mailbox into the write buffer, within the in-flight window.
+    /// Whether the in-flight window is full: nothing more at QoS 1 or 2 goes out until the
+    /// client acknowledges something.
+    pub(super) fn window_full(&self) -> bool {
+        self.state.outgoing.len() >= usize::from(self.broker.config.max_inflight)
+    }
+
+    /// Whether deliveries are waiting to go out (in the mailbox or owed retained messages).
+    pub(super) fn deliveries_waiting(&self) -> bool {
+        !self.state.retained.is_empty() || !self.state.mailbox.is_empty()
+    }
+
+    /// Moves deliveries into the write buffer, within the in-flight window: the retained
+    /// messages owed for new subscriptions first (they are older than anything published since),
+    /// then the mailbox.
     pub(super) fn pull(&mut self, scratch: &mut Vec<Delivery>) {
         if !self.can_pull() {
             return;
         }
         let window = usize::from(self.broker.config.max_inflight) - self.state.outgoing.len();
         let budget = WRITE_HIGH_WATER - self.wbuf.len();
-        let metrics = &self.broker.metrics;
-        self.state
-            .mailbox
-            .take(PULL_BATCH, window, budget, scratch, metrics);
+        if self.state.retained.is_empty() {
+            let metrics = &self.broker.metrics;
+            self.state
+                .mailbox
+                .take(PULL_BATCH, window, budget, scratch, metrics);
+        } else {
+            take_within(
+                &mut self.state.retained,
+                PULL_BATCH,
+                window,
+                budget,
+                scratch,
+            );
+            if self.state.retained.is_empty() {
+                // A backlog of a million leaves a large buffer behind.
+                self.state.retained = VecDeque::new();
+            }
+        }
         if scratch.is_empty() {
             return;
         }
@@ -102,6 +131,25 @@ impl Connection {
     pub(super) fn send(&mut self, packet: &Packet) {
         if let Err(error) = packet.encode(self.protocol, &mut self.wbuf) {
             debug!(peer = ?self.stream.peer_addr().ok(), %error, "could not encode {}", packet.name());
+        }
+    }
+
+    /// Offers pending output to the socket with one direct system call, past the runtime's
+    /// readiness flags (see [`Connection::input_waiting`]); progress clears the write stall.
+    pub(super) fn write_bypassing_readiness(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        match SockRef::from(&self.stream).send(&self.wbuf) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let _ = self.wbuf.split_to(n);
+                self.broker.metrics.bytes_sent.inc_by(n as u64);
+                self.write_blocked_since = None;
+                Ok(())
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(error),
         }
     }
 
