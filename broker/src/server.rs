@@ -16,7 +16,7 @@ use crate::admission::{self, ConnectionPlan, MaxConnectionsSource, Slots};
 use crate::broker::Broker;
 use crate::cluster;
 use crate::config::Config;
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpLimits, HttpState};
 use crate::listener;
 use crate::metrics::Metrics;
 
@@ -128,12 +128,16 @@ pub async fn run(
             version: crate::VERSION,
             members: cluster.as_ref().map(cluster::Bound::members),
         };
+        let limits = HttpLimits {
+            max_connections: plan.http_connections,
+            header_timeout: config.http_header_timeout,
+        };
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = http::serve(listener, state, stopped).await {
+            if let Err(error) = http::serve(listener, state, limits, stopped).await {
                 warn!(%error, "HTTP server failed");
             }
         });

@@ -2,9 +2,14 @@
 //! that is not CONNECT and a CONNECT above `-mcl` are closed from their fixed header (long before
 //! `-nt`), the read buffers of all handshakes share the `-mhb` budget, `-mc` is derived from
 //! the open-files limit, and a broker whose descriptors are spoken for refuses new MQTT clients
-//! (CONNACK 0x03 or a close) while `/healthz` still answers.
+//! (CONNACK 0x03 or a close) while `/healthz` still answers. The HTTP API closes requests whose
+//! headers do not arrive within `-hto` and connections beyond `-hmc`, so that it cannot take the
+//! descriptors MQTT needs.
 
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use coolpy7_tests::packets::{self, Connect, Packet};
 use coolpy7_tests::raw::RecvError;
@@ -325,5 +330,158 @@ async fn a_broker_at_its_fd_limit_refuses_mqtt_cleanly_and_still_answers_healthz
     drop(silent);
     drop(connected);
     broker.wait_connections(0).await;
+    assert_healthy(&mut broker).await;
+}
+
+/// An HTTP connection that has sent `partial`.
+async fn http_partial(broker: &Broker, partial: &[u8]) -> TcpStream {
+    let mut stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(broker.http_addr()))
+        .await
+        .expect("HTTP connect in time")
+        .expect("HTTP connect");
+    stream.write_all(partial).await.expect("write to HTTP");
+    stream
+}
+
+/// What the server sent before closing `stream`, or `None` if it is still open after `within`.
+async fn http_close(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(received),
+            Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+const UNFINISHED_REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: coolpy7\r\n";
+
+#[tokio::test]
+async fn an_http_request_whose_headers_never_end_is_closed_after_the_header_timeout() {
+    // The default -hto, 5 s.
+    let broker = Broker::start(&[]);
+    // A keep-alive connection that stays idle after its first request.
+    let mut idle = http_partial(&broker, b"GET /healthz HTTP/1.1\r\nHost: coolpy7\r\n\r\n").await;
+    let mut first = [0u8; 256];
+    let n = tokio::time::timeout(TIMEOUT, idle.read(&mut first))
+        .await
+        .expect("answer in time")
+        .expect("read answer");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+
+    // A slowloris: one more header line every 200 ms, never the blank line.
+    let mut slow = http_partial(&broker, UNFINISHED_REQUEST).await;
+    let started = Instant::now();
+    let mut closed = None;
+    for i in 0..60 {
+        if let Some(answer) = http_close(&mut slow, Duration::from_millis(200)).await {
+            closed = Some(answer);
+            break;
+        }
+        if slow
+            .write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = Some(Vec::new());
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    let answer = closed.unwrap_or_else(|| {
+        panic!("a request without the end of its headers is still open after {elapsed:?}")
+    });
+    assert!(
+        elapsed < Duration::from_secs(9),
+        "closed after {elapsed:?} with a 5 s header timeout"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).contains(" 200 "),
+        "{answer:?}"
+    );
+    assert!(
+        http_close(&mut idle, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "an idle keep-alive connection outlives the header timeout"
+    );
+}
+
+#[tokio::test]
+async fn http_connections_beyond_hmc_are_closed_while_mqtt_is_served() {
+    let mut broker = Broker::start(&["-hmc", "4", "-hto", "30"]);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(http_partial(&broker, UNFINISHED_REQUEST).await);
+    }
+    // Let the server accept them before the next one comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fifth = http_partial(
+        &broker,
+        b"GET /healthz HTTP/1.1\r\nHost: coolpy7\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let answer = http_close(&mut fifth, TIMEOUT)
+        .await
+        .expect("a connection beyond -hmc is closed, not left waiting");
+    assert!(
+        answer.is_empty(),
+        "a connection beyond -hmc was answered: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let mut client = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("during")).await;
+    client.ping().await;
+
+    drop(held);
+    // The server notices the closes on its next read; then probes get in again.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut probe = http_partial(
+            &broker,
+            b"GET /healthz HTTP/1.1\r\nHost: coolpy7\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let answer = http_close(&mut probe, TIMEOUT).await.unwrap_or_default();
+        if String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz refused after the slots were freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        broker
+            .metric("coolpy7_admission_refused_total{reason=\"http_connections\"}")
+            .await
+            >= 1.0
+    );
+    client.disconnect().await;
+    assert_healthy(&mut broker).await;
+}
+
+#[tokio::test]
+async fn unfinished_http_requests_do_not_take_the_descriptors_mqtt_needs() {
+    const FD_LIMIT: usize = 256;
+    let mut broker = Broker::start_with_prefix(
+        &["prlimit", &format!("--nofile={FD_LIMIT}:{FD_LIMIT}")],
+        &[],
+        &[],
+    );
+    // More unfinished requests than the process has descriptors.
+    let mut held = Vec::new();
+    for _ in 0..FD_LIMIT {
+        held.push(http_partial(&broker, UNFINISHED_REQUEST).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("mqtt")).await;
+    client.ping().await;
+    client.disconnect().await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_healthy(&mut broker).await;
 }
