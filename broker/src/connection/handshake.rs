@@ -25,7 +25,9 @@ use crate::session::Holder;
 use crate::topic;
 
 /// The read buffer a handshake starts with: room for an ordinary CONNECT (client id, short
-/// credentials), so that most handshakes never grow it.
+/// credentials), so that most handshakes never grow it. Small on purpose: a buffer of ordinary
+/// read size, allocated and freed around every connection's long-lived allocations, would
+/// fragment the heap.
 const CONNECT_READ_CHUNK: usize = 256;
 
 /// Reads and checks CONNECT within `-nt`, and answers it.
