@@ -1,13 +1,14 @@
-//! The state every connection shares: the router, the session registry, the metrics and the
-//! limits from the configuration. Built once by the server and handed to each connection in an
+//! The state every connection shares: the router, the session registry, the metrics, the
+//! limits from the configuration and the memory budget of handshakes. Built once by the server and handed to each connection in an
 //! `Arc`; nothing in it is locked on the publish path except the mailboxes of the receivers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::admission::HandshakeMemory;
 use crate::cluster::sync::Forwarder;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use crate::router::{Message, Routed, Router};
 use crate::session::SessionRegistry;
 
@@ -16,6 +17,8 @@ pub struct Broker {
     pub router: Router,
     pub sessions: SessionRegistry,
     pub metrics: Arc<Metrics>,
+    /// What connections may buffer before CONNECT, all together (`-mhb`).
+    pub handshake_memory: HandshakeMemory,
     /// Hands local publishes to the other cluster members; `None` outside cluster mode.
     forwarder: Option<Forwarder>,
     connections: AtomicUsize,
@@ -29,6 +32,10 @@ impl Broker {
             forwarder,
             router: Router::new(metrics.clone()),
             sessions: SessionRegistry::new(config.max_queued, metrics.clone()),
+            handshake_memory: HandshakeMemory::new(
+                config.handshake_bytes,
+                metrics.handshake_bytes.clone(),
+            ),
             config,
             metrics,
             connections: AtomicUsize::new(0),
@@ -72,6 +79,7 @@ impl Broker {
         let limited = self.config.max_connections.is_some_and(|max| open > max);
         if limited && !replaces_connection {
             self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.refused(Refusal::MaxConnections).inc();
             return None;
         }
         self.metrics.connections.inc();

@@ -22,6 +22,24 @@ use crate::codec::{QoS, MAX_REMAINING_LENGTH};
 /// The largest MQTT packet: a fixed header byte, four length bytes and the largest body.
 const PROTOCOL_MAX_PACKET: usize = MAX_REMAINING_LENGTH + 5;
 
+/// `-mpl`'s default, 1 MiB: four times the largest message AWS IoT Core (128 KB) or Azure IoT
+/// Hub (256 KB) accept, the default of EMQX, and half of Mosquitto 2.1's 2 MB: every connection
+/// may hold one partial packet of this size, so it multiplies by the number of clients.
+const DEFAULT_MAX_PACKET: u64 = 1024 * 1024;
+
+/// `-mcl`'s default, 64 KiB. A 3.1.1 CONNECT carries a client id (tens of bytes), a username, a
+/// password (a JWT or SAS token is 0.2 to 4 KB) and a will (topic and payload, usually small);
+/// 64 KiB holds all of these with room for a will of tens of KB, while a connection that has
+/// proved nothing yet can make the broker buffer no more than that.
+const DEFAULT_MAX_CONNECT: u64 = 64 * 1024;
+
+/// `-mhb`'s default, 64 MiB: 1,024 handshakes with CONNECTs of the largest default size, or a
+/// reconnect storm of 260,000 clients with ordinary (< 256 bytes) ones, at the same time.
+const DEFAULT_HANDSHAKE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The smallest `-mcl`: a 3.1.1 CONNECT with an empty client id is 14 bytes.
+const MIN_CONNECT_LIMIT: u64 = 64;
+
 /// Timeouts are capped so that `Instant + timeout` can never overflow.
 const MAX_TIMEOUT_SECS: u64 = u32::MAX as u64;
 
@@ -158,14 +176,37 @@ struct Args {
           default_value = "coolpy7", hide_env_values = true, value_parser = parse_token)]
     sys_token: String,
 
-    /// Maximum concurrent MQTT connections, 0 = unlimited
+    /// Maximum concurrent MQTT connections, 0 = derived from the open-files limit (logged at start)
     #[arg(long = "mc", env = "COOLPY7_MC", value_name = "N", default_value_t = 0)]
     max_connections: usize,
 
-    /// Maximum MQTT packet size in bytes, 0 = protocol maximum
-    #[arg(long = "mpl", env = "COOLPY7_MPL", value_name = "BYTES", default_value_t = 0,
+    /// Maximum MQTT packet size in bytes (whole packet), 0 = protocol maximum (256 MB)
+    #[arg(long = "mpl", env = "COOLPY7_MPL", value_name = "BYTES",
+          default_value_t = DEFAULT_MAX_PACKET,
           value_parser = clap::value_parser!(u64).range(0..=PROTOCOL_MAX_PACKET as u64))]
     max_packet_size: u64,
+
+    /// Maximum CONNECT packet size in bytes (whole packet); a larger one is refused from its header
+    #[arg(long = "mcl", env = "COOLPY7_MCL", value_name = "BYTES",
+          default_value_t = DEFAULT_MAX_CONNECT,
+          value_parser = clap::value_parser!(u64).range(MIN_CONNECT_LIMIT..=PROTOCOL_MAX_PACKET as u64))]
+    max_connect_size: u64,
+
+    /// Bytes all connections that have not completed CONNECT may buffer together; beyond it they are closed
+    #[arg(long = "mhb", env = "COOLPY7_MHB", value_name = "BYTES",
+          default_value_t = DEFAULT_HANDSHAKE_BYTES,
+          value_parser = clap::value_parser!(u64).range(MIN_CONNECT_LIMIT..))]
+    handshake_bytes: u64,
+
+    /// Maximum concurrent HTTP API connections; more are closed when accepted
+    #[arg(long = "hmc", env = "COOLPY7_HMC", value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    http_max_connections: u64,
+
+    /// Seconds an HTTP client has to send a request's headers (also the idle keep-alive limit)
+    #[arg(long = "hto", env = "COOLPY7_HTO", value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_header_timeout: u64,
 
     /// Seconds a new connection has to send CONNECT
     #[arg(long = "nt", env = "COOLPY7_NT", value_name = "SECS", default_value_t = 2,
@@ -382,10 +423,19 @@ pub struct Config {
     /// `None` disables the HTTP API.
     pub http_listen: Option<ListenAddr>,
     pub sys_token: String,
-    /// `None` = unlimited.
+    /// `-mc`; `None` = derived from the open-files limit when the server starts (see
+    /// [`crate::admission::ConnectionPlan`]), unlimited if nothing resolves it.
     pub max_connections: Option<usize>,
     /// Resolved: `-mpl=0` becomes the protocol maximum.
     pub max_packet_size: usize,
+    /// `-mcl`: the largest CONNECT, whole packet.
+    pub max_connect_size: usize,
+    /// `-mhb`: read-buffer bytes of all connections before CONNECT, together.
+    pub handshake_bytes: usize,
+    /// `-hmc`: open HTTP API connections.
+    pub http_max_connections: usize,
+    /// `-hto`: time to receive an HTTP request's headers.
+    pub http_header_timeout: Duration,
     pub connect_timeout: Duration,
     pub write_timeout: Duration,
     pub max_qos: QoS,
@@ -413,7 +463,11 @@ impl Default for Config {
             }),
             sys_token: "coolpy7".to_string(),
             max_connections: None,
-            max_packet_size: PROTOCOL_MAX_PACKET,
+            max_packet_size: DEFAULT_MAX_PACKET as usize,
+            max_connect_size: DEFAULT_MAX_CONNECT as usize,
+            handshake_bytes: DEFAULT_HANDSHAKE_BYTES as usize,
+            http_max_connections: 32,
+            http_header_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(60),
             max_qos: QoS::ExactlyOnce,
@@ -427,6 +481,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The largest CONNECT accepted: `-mcl`, or `-mpl` when that is smaller.
+    pub fn connect_limit(&self) -> usize {
+        self.max_connect_size.min(self.max_packet_size)
+    }
+
     /// Parses argv (including argv[0]) and `COOLPY7_*` environment variables; on error prints
     /// it and exits 2 (clap's `exit()`); `-h` prints help and exits 0.
     pub fn from_args() -> Config {
@@ -494,16 +553,32 @@ impl Config {
             suspect_to_down_ms: args.suspect_to_down_ms,
         }
         .resolve()?;
+        // Bounded by the value parsers to PROTOCOL_MAX_PACKET, which fits in usize.
+        let max_packet_size = match args.max_packet_size {
+            0 => PROTOCOL_MAX_PACKET,
+            n => usize::try_from(n).unwrap_or(PROTOCOL_MAX_PACKET),
+        };
+        let max_connect_size = usize::try_from(args.max_connect_size).unwrap_or(usize::MAX);
+        let handshake_bytes = usize::try_from(args.handshake_bytes).unwrap_or(usize::MAX);
+        let connect_limit = max_connect_size.min(max_packet_size);
+        if handshake_bytes < connect_limit {
+            return Err(format!(
+                "invalid value '{handshake_bytes}' for '--mhb': must be at least the largest \
+                 CONNECT ({connect_limit} bytes, the smaller of -mcl and -mpl), or no CONNECT \
+                 of that size could ever be read"
+            ));
+        }
         Ok(Config {
             listen: args.listen,
             http_listen: args.http_listen.0,
             sys_token: args.sys_token,
             max_connections: (args.max_connections != 0).then_some(args.max_connections),
-            max_packet_size: match args.max_packet_size {
-                0 => PROTOCOL_MAX_PACKET,
-                // Bounded by the value parser to PROTOCOL_MAX_PACKET, which fits in usize.
-                n => usize::try_from(n).unwrap_or(PROTOCOL_MAX_PACKET),
-            },
+            max_packet_size,
+            max_connect_size,
+            handshake_bytes,
+            // Bounded by the value parser to 65,536.
+            http_max_connections: usize::try_from(args.http_max_connections).unwrap_or(32),
+            http_header_timeout: Duration::from_secs(args.http_header_timeout),
             connect_timeout: Duration::from_secs(args.connect_timeout),
             write_timeout: Duration::from_secs(args.write_timeout),
             max_qos: QoS::from_u8(args.max_qos)
@@ -589,7 +664,12 @@ mod tests {
         assert_eq!(config, Config::default());
         assert_eq!(config.listen.to_string(), ":1883");
         assert_eq!(config.http_listen, Some(addr(None, 8081)));
-        assert_eq!(config.max_packet_size, 268_435_460);
+        assert_eq!(config.max_packet_size, 1_048_576);
+        assert_eq!(config.max_connect_size, 65_536);
+        assert_eq!(config.connect_limit(), 65_536);
+        assert_eq!(config.handshake_bytes, 67_108_864);
+        assert_eq!(config.http_max_connections, 32);
+        assert_eq!(config.http_header_timeout, Duration::from_secs(5));
         assert_eq!(config.max_connections, None);
         assert_eq!(config.max_qos, QoS::ExactlyOnce);
         assert_eq!(config.log_level, "info");
@@ -619,6 +699,18 @@ mod tests {
         ok_forms("mpl", "1024", |c| assert_eq!(c.max_packet_size, 1024));
         ok_forms("mpl", "0", |c| {
             assert_eq!(c.max_packet_size, PROTOCOL_MAX_PACKET)
+        });
+        ok_forms("mpl", "100", |c| {
+            assert_eq!(c.connect_limit(), 100, "-mpl bounds CONNECT too")
+        });
+        ok_forms("mcl", "4096", |c| {
+            assert_eq!(c.max_connect_size, 4096);
+            assert_eq!(c.connect_limit(), 4096);
+        });
+        ok_forms("mhb", "100000", |c| assert_eq!(c.handshake_bytes, 100_000));
+        ok_forms("hmc", "4", |c| assert_eq!(c.http_max_connections, 4));
+        ok_forms("hto", "9", |c| {
+            assert_eq!(c.http_header_timeout, Duration::from_secs(9))
         });
         ok_forms("nt", "5", |c| {
             assert_eq!(c.connect_timeout, Duration::from_secs(5))
@@ -672,6 +764,16 @@ mod tests {
             (&["-mc=abc"], "--mc"),
             (&["-mc=-1"], "--mc"),
             (&["-mpl=268435461"], "--mpl"),
+            (&["-mcl=63"], "--mcl"),
+            (&["-mcl=268435461"], "--mcl"),
+            (&["-mcl=x"], "--mcl"),
+            (&["-mhb=0"], "--mhb"),
+            (&["-mhb=65535"], "--mhb"),
+            (&["-mcl=1000", "-mhb=999"], "--mhb"),
+            (&["-hmc=0"], "--hmc"),
+            (&["-hmc=65537"], "--hmc"),
+            (&["-hto=0"], "--hto"),
+            (&["-hto=3601"], "--hto"),
             (&["-mqos=3"], "--mqos"),
             (&["-nt=0"], "--nt"),
             (&["-t=0"], "--t"),
@@ -727,7 +829,11 @@ mod tests {
             ("--hl", ":8081"),
             ("--syst", "coolpy7"),
             ("--mc", "0"),
-            ("--mpl", "0"),
+            ("--mpl", "1048576"),
+            ("--mcl", "65536"),
+            ("--mhb", "67108864"),
+            ("--hmc", "32"),
+            ("--hto", "5"),
             ("--nt", "2"),
             ("--t", "60"),
             ("--mqos", "2"),
@@ -754,6 +860,10 @@ mod tests {
             ("COOLPY7_SYST", "tok"),
             ("COOLPY7_MC", "9"),
             ("COOLPY7_MPL", "4096"),
+            ("COOLPY7_MCL", "2048"),
+            ("COOLPY7_MHB", "8192"),
+            ("COOLPY7_HMC", "3"),
+            ("COOLPY7_HTO", "7"),
             ("COOLPY7_NT", "3"),
             ("COOLPY7_T", "4"),
             ("COOLPY7_MQOS", "1"),
@@ -782,6 +892,10 @@ mod tests {
         assert_eq!(config.sys_token, "tok");
         assert_eq!(config.max_connections, Some(9));
         assert_eq!(config.max_packet_size, 4096);
+        assert_eq!(config.max_connect_size, 2048);
+        assert_eq!(config.handshake_bytes, 8192);
+        assert_eq!(config.http_max_connections, 3);
+        assert_eq!(config.http_header_timeout, Duration::from_secs(7));
         assert_eq!(config.connect_timeout, Duration::from_secs(3));
         assert_eq!(config.write_timeout, Duration::from_secs(4));
         assert_eq!(config.max_qos, QoS::AtLeastOnce);

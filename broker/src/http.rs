@@ -3,10 +3,19 @@
 //! (cluster members).
 //!
 //! It only reads shared state ([`Metrics`], the readiness flag, the cluster's member snapshot);
-//! nothing here can change the broker. Handlers take no request body, so axum's default limits bound every request.
+//! nothing here can change the broker. Handlers take no request body, so axum's default limits
+//! bound every request.
+//!
+//! The probes must keep answering whatever clients do, so the server bounds what a connection
+//! can hold: connections beyond `-hmc` are closed when accepted (their descriptors are reserved
+//! out of the fd limit, see [`crate::admission`]), and a connection that has not sent a
+//! request's headers within `-hto` (idle keep-alive included) is closed. axum's own `serve`
+//! has neither, so connections are served here with hyper's HTTP/1 server, which has the
+//! header timeout.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +25,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 
+use crate::admission::{Slot, Slots};
 use crate::cluster::membership::{MemberState, Members, NodeIdentity};
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DropReason, Metrics, Refusal};
 
 /// The OpenMetrics text format that `prometheus-client` writes.
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -41,33 +54,107 @@ pub struct HttpState {
     pub members: Option<Arc<Members>>,
 }
 
-/// Serves until `shutdown` completes.
+/// What bounds the HTTP server's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// `-hmc`: connections open at once; more are closed when accepted.
+    pub max_connections: usize,
+    /// `-hto`: the time a connection has to send a request's headers, also between requests.
+    pub header_timeout: Duration,
+}
+
+/// Serves until `shutdown` completes, then lets open requests finish (idle connections close
+/// at once) for at most [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let signal = async move {
-        shutdown.await;
-        // The receiver only goes away with this function, when nobody needs to know.
-        let _ = stopping_tx.send(true);
-    };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
-    let deadline = async move {
-        if stopping_rx.wait_for(|stopping| *stopping).await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = server => result,
-        () = deadline => {
-            tracing::warn!("HTTP requests still open after {SHUTDOWN_GRACE:?}; closing them");
-            Ok(())
-        }
+    let metrics = state.metrics.clone();
+    let app = router(state);
+    let slots = Slots::new(limits.max_connections, metrics.http_connections.clone());
+    let (stop, stopping) = watch::channel(false);
+    // Every connection task holds a clone; the receiver closes when the last one ends.
+    let (done, mut all_done) = mpsc::channel::<()>(1);
+    let mut shutdown = pin!(shutdown);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors, most likely; the MQTT listener keeps this one's free.
+                tracing::warn!(%error, "HTTP accept failed; retrying in {backoff:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut shutdown => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        let Some(slot) = slots.try_take() else {
+            tracing::debug!(
+                "{} HTTP connections open (-hmc); closing a new one",
+                limits.max_connections
+            );
+            metrics.refused(Refusal::HttpConnections).inc();
+            drop(stream);
+            continue;
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            app.clone(),
+            limits.header_timeout,
+            stopping.clone(),
+            (slot, done.clone()),
+        ));
     }
+    drop(listener);
+    // The receivers only go away with the connections, when nobody needs to know.
+    let _ = stop.send(true);
+    drop(done);
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_done.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still open after {SHUTDOWN_GRACE:?}; closing them");
+    }
+    Ok(())
+}
+
+/// Serves one connection until it closes, the header timeout passes or the server stops;
+/// `held` (its slot and the server's count of open connections) is released with it.
+async fn serve_connection(
+    stream: TcpStream,
+    app: Router,
+    header_timeout: Duration,
+    mut stopping: watch::Receiver<bool>,
+    held: (Slot, mpsc::Sender<()>),
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let mut connection = pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+            // Finishes a request in progress; an idle connection ends at once.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended");
+    }
+    drop(held);
 }
 
 fn router(state: HttpState) -> Router {
@@ -358,7 +445,11 @@ mod tests {
                 members: None,
             };
             let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve(listener, state, async move {
+            let limits = HttpLimits {
+                max_connections: 32,
+                header_timeout: Duration::from_secs(5),
+            };
+            let task = tokio::spawn(serve(listener, state, limits, async move {
                 let _ = stopped.await;
             }));
             TestServer {

@@ -9,6 +9,7 @@
 //! mode, [`cluster`] forwards each locally published message to the other nodes and hands what
 //! they forward to the router.
 
+pub mod admission;
 pub mod broker;
 pub mod cluster;
 pub mod codec;

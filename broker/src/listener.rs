@@ -1,25 +1,33 @@
 //! The MQTT TCP listener: accepts connections and spawns a [`connection`](crate::connection)
 //! task for each, until shutdown.
 //!
-//! Accept errors (for example the process running out of file descriptors) are logged and
-//! retried with a growing pause instead of ending the server, so that a burst of connections
-//! cannot take the listener down.
+//! Every socket takes one of the MQTT [`Slots`] the fd limit allows (see
+//! [`crate::admission`]) for its whole life, handshake included; a connection accepted beyond
+//! them is closed at once, so clients of a full broker see a close rather than wait in the
+//! backlog, and the descriptors kept for HTTP probes and the cluster stay free.
+//!
+//! Accept errors (which the slots should make rare) are logged and retried with a growing
+//! pause instead of ending the server, so that a burst of connections cannot take the listener
+//! down.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::warn;
+use tracing::{debug, warn};
 
+use crate::admission::Slots;
 use crate::broker::Broker;
 use crate::connection;
+use crate::metrics::Refusal;
 
 /// Accepts connections until `shutdown` turns true. Every connection task holds a clone of
 /// `done`, so the caller learns that all of them have finished when its receiver closes.
 pub async fn accept_loop(
     listener: TcpListener,
     broker: Arc<Broker>,
+    sockets: Slots,
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
@@ -33,10 +41,18 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
                 broker.metrics.connections_accepted.inc();
+                let Some(slot) = sockets.try_take() else {
+                    debug!(%peer, "every MQTT socket the fd limit allows is open; closing");
+                    broker.metrics.refused(Refusal::MqttSockets).inc();
+                    broker.metrics.connections_refused.inc();
+                    drop(stream);
+                    continue;
+                };
                 let broker = broker.clone();
                 let done = done.clone();
                 tokio::spawn(async move {
                     connection::serve(stream, peer, broker).await;
+                    drop(slot);
                     drop(done);
                 });
             }

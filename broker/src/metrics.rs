@@ -42,6 +42,45 @@ impl DropReason {
     }
 }
 
+/// Why a connection was refused before it could hold a session or an HTTP exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The first packet was not CONNECT (judged from its fixed header).
+    NotConnect,
+    /// The CONNECT announced more than `-mcl` (or `-mpl`) bytes.
+    ConnectTooLarge,
+    /// The read buffers of handshakes in progress would have exceeded `-mhb`.
+    HandshakeMemory,
+    /// Every MQTT socket the fd limit allows was open: closed when accepted.
+    MqttSockets,
+    /// `-mc` connections had completed CONNECT: CONNACK 0x03.
+    MaxConnections,
+    /// `-hmc` HTTP connections were open: closed when accepted.
+    HttpConnections,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::NotConnect,
+        Refusal::ConnectTooLarge,
+        Refusal::HandshakeMemory,
+        Refusal::MqttSockets,
+        Refusal::MaxConnections,
+        Refusal::HttpConnections,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::NotConnect => "not_connect",
+            Refusal::ConnectTooLarge => "connect_too_large",
+            Refusal::HandshakeMemory => "handshake_memory",
+            Refusal::MqttSockets => "mqtt_sockets",
+            Refusal::MaxConnections => "max_connections",
+            Refusal::HttpConnections => "http_connections",
+        }
+    }
+}
+
 /// Per-QoS counters: index with `qos as usize`.
 type PerQos = [Counter<u64, AtomicU64>; 3];
 
@@ -53,6 +92,15 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Connections refused: by `-mc`, a bad CONNECT, or a CONNECT timeout.
     pub connections_refused: Counter,
+    /// Refusals by the admission limits, by reason (MQTT ones also count in
+    /// `connections_refused`).
+    refused: [Counter; 6],
+    /// MQTT TCP connections open, before and after CONNECT (bounded by the fd limit).
+    pub mqtt_sockets: Gauge,
+    /// Bytes held in read buffers by connections that have not completed CONNECT.
+    pub handshake_bytes: Gauge,
+    /// Open HTTP API connections.
+    pub http_connections: Gauge,
     /// Sessions held in memory, online or not.
     pub sessions: Gauge,
     pub subscriptions: Gauge,
@@ -89,6 +137,24 @@ impl Metrics {
                 "connections_refused",
                 "Connections refused (limit, bad CONNECT, CONNECT timeout)",
             ),
+            refused: labelled(
+                reg,
+                "admission_refused",
+                "Connections refused by the admission limits, by reason",
+                "reason",
+                Refusal::ALL.map(Refusal::label),
+            ),
+            mqtt_sockets: gauge(
+                reg,
+                "mqtt_sockets",
+                "MQTT TCP connections open, before and after CONNECT",
+            ),
+            handshake_bytes: gauge(
+                reg,
+                "handshake_buffer_bytes",
+                "Bytes buffered by connections that have not completed CONNECT",
+            ),
+            http_connections: gauge(reg, "http_connections", "Open HTTP API connections"),
             sessions: gauge(reg, "sessions", "Sessions in memory, online or offline"),
             subscriptions: gauge(reg, "subscriptions", "Subscriptions held"),
             retained: gauge(reg, "retained_messages", "Retained messages stored"),
@@ -126,6 +192,10 @@ impl Metrics {
 
     pub fn dropped(&self, reason: DropReason) -> &Counter {
         &self.dropped[reason as usize]
+    }
+
+    pub fn refused(&self, reason: Refusal) -> &Counter {
+        &self.refused[reason as usize]
     }
 
     pub fn record_received(&self, qos: QoS, payload_len: usize) {

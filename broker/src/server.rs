@@ -1,6 +1,7 @@
-//! Starting and stopping the broker: binds the listeners named by the [`Config`], logs them,
-//! runs until the shutdown future completes, then closes every connection and waits (bounded)
-//! for them to finish.
+//! Starting and stopping the broker: raises the open-files limit and divides it between MQTT,
+//! HTTP and the process ([`admission`]), binds the listeners named by the [`Config`], logs
+//! them, runs until the shutdown future completes, then closes every connection and waits
+//! (bounded) for them to finish.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,10 +12,11 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::admission::{self, ConnectionPlan, MaxConnectionsSource, Slots};
 use crate::broker::Broker;
 use crate::cluster;
 use crate::config::Config;
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpLimits, HttpState};
 use crate::listener;
 use crate::metrics::Metrics;
 
@@ -42,11 +44,49 @@ async fn expire_sessions(
     }
 }
 
+/// Raises the open-files limit, divides it (see [`ConnectionPlan`]) and logs the result; sets
+/// the effective `-mc` in `config`.
+fn plan_connections(config: &mut Config) -> anyhow::Result<ConnectionPlan> {
+    let fd_limit = admission::raise_fd_limit().context("cannot read the open-files limit")?;
+    let http = config
+        .http_listen
+        .as_ref()
+        .map(|_| config.http_max_connections);
+    let plan = ConnectionPlan::new(fd_limit.soft, config.max_connections, http)
+        .map_err(anyhow::Error::msg)?;
+    config.max_connections = Some(plan.max_connections);
+    let source = match plan.source {
+        MaxConnectionsSource::Derived => "derived from the open-files limit",
+        MaxConnectionsSource::Explicit => "given",
+        MaxConnectionsSource::Capped { .. } => "capped by the open-files limit",
+    };
+    info!(
+        "connection limits: -mc {} ({source}); {} MQTT sockets, {} HTTP connections; \
+         open-files limit {}{}",
+        plan.max_connections,
+        plan.mqtt_sockets,
+        plan.http_connections,
+        fd_limit.soft,
+        fd_limit
+            .raised_from
+            .map(|from| format!(" (raised from {from})"))
+            .unwrap_or_default(),
+    );
+    if let MaxConnectionsSource::Capped { asked } = plan.source {
+        warn!(
+            "-mc {asked} exceeds the {} MQTT sockets the open-files limit {} allows; using {}",
+            plan.mqtt_sockets, fd_limit.soft, plan.max_connections
+        );
+    }
+    Ok(plan)
+}
+
 /// Runs the broker until `shutdown` completes.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let plan = plan_connections(&mut config)?;
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopping) = watch::channel(false);
@@ -88,12 +128,16 @@ pub async fn run(
             version: crate::VERSION,
             members: cluster.as_ref().map(cluster::Bound::members),
         };
+        let limits = HttpLimits {
+            max_connections: plan.http_connections,
+            header_timeout: config.http_header_timeout,
+        };
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = http::serve(listener, state, stopped).await {
+            if let Err(error) = http::serve(listener, state, limits, stopped).await {
                 warn!(%error, "HTTP server failed");
             }
         });
@@ -116,7 +160,14 @@ pub async fn run(
         tokio::spawn(expire_sessions(broker.clone(), expiry, stopping.clone()));
     }
     let (done, mut all_done) = mpsc::channel::<()>(1);
-    let accepting = tokio::spawn(listener::accept_loop(mqtt, broker.clone(), stopping, done));
+    let sockets = Slots::new(plan.mqtt_sockets, broker.metrics.mqtt_sockets.clone());
+    let accepting = tokio::spawn(listener::accept_loop(
+        mqtt,
+        broker.clone(),
+        sockets,
+        stopping,
+        done,
+    ));
 
     shutdown.await;
     info!("shutting down");

@@ -93,6 +93,10 @@ fn help_documents_every_flag_and_its_environment_variable() {
             "-syst",
             "-mc",
             "-mpl",
+            "-mcl",
+            "-mhb",
+            "-hmc",
+            "-hto",
             "-nt",
             "-t",
             "-mqos",
@@ -112,6 +116,10 @@ fn help_documents_every_flag_and_its_environment_variable() {
             "COOLPY7_SYST",
             "COOLPY7_MC",
             "COOLPY7_MPL",
+            "COOLPY7_MCL",
+            "COOLPY7_MHB",
+            "COOLPY7_HMC",
+            "COOLPY7_HTO",
             "COOLPY7_NT",
             "COOLPY7_T",
             "COOLPY7_MQOS",
@@ -126,6 +134,13 @@ fn help_documents_every_flag_and_its_environment_variable() {
             );
         }
         assert!(out.stdout.contains("[default: :1883]"), "{}", out.stdout);
+        for default in [
+            "[default: 1048576]",
+            "[default: 65536]",
+            "[default: 67108864]",
+        ] {
+            assert!(out.stdout.contains(default), "{default}: {}", out.stdout);
+        }
     }
 }
 
@@ -148,6 +163,10 @@ fn invalid_values_exit_2_naming_the_flag() {
         (&["-mc=abc"], "--mc"),
         (&["-mqos=3"], "--mqos"),
         (&["-nt=0"], "--nt"),
+        (&["-mcl=10"], "--mcl"),
+        (&["-mhb", "1000"], "--mhb"),
+        (&["-hmc=0"], "--hmc"),
+        (&["-hto=x"], "--hto"),
         (&["--log-level=foo["], "--log-level"),
         (&["-zzz=1"], "zzz"),
     ];
@@ -163,6 +182,10 @@ fn invalid_environment_values_exit_2_naming_the_flag() {
     for (key, value, flag) in [
         ("COOLPY7_MC", "abc", "--mc"),
         ("COOLPY7_L", ":99999", "--l"),
+        ("COOLPY7_MCL", "1", "--mcl"),
+        ("COOLPY7_MHB", "-5", "--mhb"),
+        ("COOLPY7_HMC", "many", "--hmc"),
+        ("COOLPY7_HTO", "0", "--hto"),
         ("COOLPY7_LOG_LEVEL", "foo[", "--log-level"),
     ] {
         let out = run(&[], &[(key, value)]);

@@ -81,6 +81,49 @@ pub fn decode(
     Ok(Some(decoded))
 }
 
+/// What the fixed header at the front of a read buffer announces, known before the body has
+/// arrived: enough to refuse a packet (by its type or its size) without buffering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedHeader {
+    kind: PacketKind,
+    /// The whole packet's size, fixed header included; `None` while the remaining length's
+    /// bytes are still arriving.
+    pub packet_size: Option<usize>,
+}
+
+impl FixedHeader {
+    pub fn is_connect(&self) -> bool {
+        self.kind == PacketKind::Connect
+    }
+
+    /// The packet type's name, for logs.
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+}
+
+/// Reads the fixed header at the front of `buf` without consuming anything: `Ok(None)` while
+/// `buf` is empty. The type and flags are checked as soon as the first byte is there, and the
+/// remaining length as soon as it is complete, with the same errors as [`decode`].
+pub fn peek_fixed_header(
+    buf: &[u8],
+    protocol: Option<Protocol>,
+) -> Result<Option<FixedHeader>, DecodeError> {
+    let Some((&first_byte, after_first)) = buf.split_first() else {
+        return Ok(None);
+    };
+    let kind = PacketKind::from_first_byte(first_byte, protocol)?;
+    let packet_size = match read_remaining_length(after_first)? {
+        Some((remaining_length, length_bytes)) => {
+            kind.check_remaining_length(remaining_length)?;
+            // Cannot overflow: at most 5 + MAX_REMAINING_LENGTH.
+            Some(1 + length_bytes + remaining_length)
+        }
+        None => None,
+    };
+    Ok(Some(FixedHeader { kind, packet_size }))
+}
+
 /// Reads the variable-length remaining length that follows the fixed header's first byte.
 ///
 /// Returns `(value, number of length bytes)`, `None` if the encoding is still incomplete, or

@@ -15,7 +15,7 @@
 mod decode;
 mod encode;
 
-pub use decode::decode;
+pub use decode::{decode, peek_fixed_header, FixedHeader};
 pub use encode::encode_publish;
 
 #[cfg(test)]

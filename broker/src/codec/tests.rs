@@ -1097,6 +1097,62 @@ fn hostile_bytes_strategy() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+// ---------------------------------------------------------------------------------------------
+// peek_fixed_header: what a handshake judges before buffering a body
+
+#[test]
+fn peek_reads_type_and_size_without_consuming() {
+    let bytes = encode(&Packet::Connect(connect(Protocol::V311)), Protocol::V311);
+    for cut in 0..=bytes.len() {
+        let header = peek_fixed_header(&bytes[..cut], None).expect("valid prefix");
+        match cut {
+            0 => assert_eq!(header, None),
+            1 => {
+                let header = header.expect("first byte");
+                assert!(header.is_connect());
+                assert_eq!(header.packet_size, None);
+            }
+            _ => {
+                let header = header.expect("whole fixed header");
+                assert!(header.is_connect());
+                assert_eq!(header.packet_size, Some(bytes.len()));
+            }
+        }
+    }
+}
+
+#[test]
+fn peek_announces_the_largest_sizes_from_five_bytes() {
+    let header = peek_fixed_header(&[0x30, 0xff, 0xff, 0xff, 0x7f], None)
+        .expect("a valid PUBLISH header")
+        .expect("complete");
+    assert!(!header.is_connect());
+    assert_eq!(header.name(), "PUBLISH");
+    assert_eq!(header.packet_size, Some(MAX_REMAINING_LENGTH + 5));
+    let header = peek_fixed_header(&[0x10, 0xff, 0xff], None)
+        .expect("a valid CONNECT prefix")
+        .expect("first byte");
+    assert!(header.is_connect());
+    assert_eq!(header.packet_size, None, "length still incomplete");
+}
+
+#[test]
+fn peek_rejects_what_decode_rejects_from_the_header() {
+    for bytes in [
+        &[0x00][..],
+        &[0xf0],
+        &[0x11],
+        &[0x36, 0x00],
+        &[0xc0, 0x01],
+        &[0x10, 0xff, 0xff, 0xff, 0xff],
+    ] {
+        let peeked = peek_fixed_header(bytes, None);
+        let (decoded, _) = decode_bytes(bytes);
+        assert!(peeked.is_err(), "{bytes:02x?} peeked as {peeked:?}");
+        assert_eq!(peeked.err(), decoded.err(), "{bytes:02x?}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

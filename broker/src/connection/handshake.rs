@@ -1,5 +1,10 @@
 //! The handshake: reads CONNECT within `-nt`, checks it, admits the connection against `-mc`,
 //! claims the client's session and answers CONNACK, turning a TCP stream into a [`Connection`].
+//!
+//! Until CONNECT is accepted a client has proved nothing, so what it can make the broker hold is
+//! small and judged early: a first packet that is not CONNECT is refused from its first byte, a
+//! CONNECT larger than `-mcl` from its fixed header, and the read buffer grows only as the
+//! CONNECT's bytes arrive, each growth taken from the budget all handshakes share (`-mhb`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,12 +17,17 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::Connection;
+use crate::admission::MemoryLease;
 use crate::broker::{Admission, Broker};
 use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Protocol};
+use crate::metrics::Refusal;
 use crate::session::Holder;
 use crate::topic;
 
-/// Read at least this much at a time before CONNECT.
+/// The read buffer a handshake starts with: room for an ordinary CONNECT (client id, short
+/// credentials), so that most handshakes never grow it. Small on purpose: a buffer of ordinary
+/// read size, allocated and freed around every connection's long-lived allocations, would
+/// fragment the heap.
 const CONNECT_READ_CHUNK: usize = 256;
 
 /// Reads and checks CONNECT within `-nt`, and answers it.
@@ -27,10 +37,18 @@ pub(super) async fn handshake(
     broker: &Arc<Broker>,
 ) -> Option<(Box<Connection>, Admission)> {
     let id = broker.next_connection_id();
+    let first_buffer = CONNECT_READ_CHUNK.min(broker.config.connect_limit());
+    let Some(lease) = broker.handshake_memory.lease(first_buffer) else {
+        debug!(%peer, connection = id, "pre-CONNECT memory budget (-mhb) exhausted; closing");
+        broker.metrics.refused(Refusal::HandshakeMemory).inc();
+        broker.metrics.connections_refused.inc();
+        return None;
+    };
     let _ = stream.set_nodelay(true);
     let mut handshake = Handshake {
         stream,
-        rbuf: BytesMut::new(),
+        rbuf: BytesMut::with_capacity(first_buffer),
+        lease,
         broker,
     };
     let connect_timeout = broker.config.connect_timeout;
@@ -57,15 +75,31 @@ pub(super) async fn handshake(
 /// A connection before its CONNECT has been accepted.
 struct Handshake<'a> {
     stream: TcpStream,
+    /// Its capacity is always what `lease` holds.
     rbuf: BytesMut,
+    lease: MemoryLease<'a>,
     broker: &'a Arc<Broker>,
 }
 
 impl Handshake<'_> {
     async fn read_connect(&mut self) -> Result<Connect, String> {
-        let max = self.broker.config.max_packet_size;
+        let limit = self.broker.config.connect_limit();
         loop {
-            match codec::decode(&mut self.rbuf, None, max) {
+            // Judged from the fixed header, before any of the body is buffered.
+            let header = codec::peek_fixed_header(&self.rbuf, None).map_err(|e| e.to_string())?;
+            if let Some(header) = header {
+                if !header.is_connect() {
+                    self.broker.metrics.refused(Refusal::NotConnect).inc();
+                    return Err(format!("{} before CONNECT", header.name()));
+                }
+                if let Some(size) = header.packet_size.filter(|&size| size > limit) {
+                    self.broker.metrics.refused(Refusal::ConnectTooLarge).inc();
+                    return Err(format!(
+                        "CONNECT of {size} bytes exceeds the CONNECT limit of {limit} bytes"
+                    ));
+                }
+            }
+            match codec::decode(&mut self.rbuf, None, limit) {
                 Ok(Some(Packet::Connect(connect))) => return Ok(connect),
                 Ok(Some(other)) => return Err(format!("{} before CONNECT", other.name())),
                 Ok(None) => {}
@@ -80,9 +114,7 @@ impl Handshake<'_> {
                 }
                 Err(error) => return Err(error.to_string()),
             }
-            // A CONNECT is small: a read buffer of ordinary size, allocated and freed around
-            // every connection's long-lived allocations, would fragment the heap.
-            self.rbuf.reserve(CONNECT_READ_CHUNK);
+            self.make_room(header.and_then(|header| header.packet_size))?;
             match read_some(&self.stream, &mut self.rbuf).await {
                 Ok(0) => return Err("connection closed".into()),
                 Ok(n) => {
@@ -91,6 +123,33 @@ impl Handshake<'_> {
                 Err(error) => return Err(error.to_string()),
             }
         }
+    }
+
+    /// Makes room in the read buffer for the next read: when it is full, doubles it up to the
+    /// CONNECT's `packet_size`, taking the growth from the handshakes' budget. The buffer is
+    /// reallocated at exactly the size leased (`BytesMut::reserve` may double past it); copying
+    /// at most `-mcl` bytes a few times is cheap next to a handshake.
+    fn make_room(&mut self, packet_size: Option<usize>) -> Result<(), String> {
+        let (len, capacity) = (self.rbuf.len(), self.rbuf.capacity());
+        if len < capacity {
+            return Ok(());
+        }
+        // The first buffer holds a whole fixed header (5 bytes), so a full buffer has one; and
+        // a whole CONNECT would have been decoded.
+        let size = packet_size
+            .filter(|&size| size > len)
+            .ok_or_else(|| format!("read buffer full at {len} bytes before CONNECT"))?;
+        let target = size.min(capacity.saturating_mul(2).max(CONNECT_READ_CHUNK));
+        if !self.lease.grow(target - capacity) {
+            self.broker.metrics.refused(Refusal::HandshakeMemory).inc();
+            return Err(format!(
+                "pre-CONNECT memory budget (-mhb) exhausted at {len} of a {size}-byte CONNECT"
+            ));
+        }
+        let mut grown = BytesMut::with_capacity(target);
+        grown.extend_from_slice(&self.rbuf);
+        self.rbuf = grown;
+        Ok(())
     }
 
     /// Checks CONNECT, admits the connection, claims its session and sends CONNACK.
