@@ -149,7 +149,13 @@ impl Bound {
             origin,
             metrics.clone(),
         ));
-        let receiver = tokio::spawn(sync::receive_loop(sync, broker, members.clone(), sync_key));
+        let receiver = tokio::spawn(sync::receive_loop(
+            sync,
+            broker,
+            members.clone(),
+            sync_key,
+            config.sync_limit,
+        ));
         let gossip = tokio::spawn(
             Gossip {
                 config,

@@ -263,9 +263,12 @@ fn decode_batch(body: &[u8]) -> Option<Batch> {
         }
         let payload_len = usize::try_from(buf.get_u32()).ok()?;
         let payload = take(&mut buf, payload_len)?;
-        // Peers only forward valid, non-$ topics; anything else is not from a peer of ours.
+        // Peers only forward what their clients could publish: valid, non-$ topic names in
+        // UTF-8 without U+0000 (the codec's rule for every MQTT string); anything else is not
+        // from a peer of ours.
         if topic.first() == Some(&b'$')
             || !topic::is_valid_topic_name(&topic)
+            || topic.contains(&0)
             || std::str::from_utf8(&topic).is_err()
         {
             return None;
@@ -303,13 +306,50 @@ fn take(buf: &mut &[u8], len: usize) -> Option<Bytes> {
     Some(bytes)
 }
 
+/// The sizes a record must respect on this node, as a client PUBLISH would: `-csl` for the
+/// record, and `-mpl` for the PUBLISH packet it stands for. Nodes may be configured
+/// differently, so the receiver checks its own limits rather than trusting the sender's.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub sync_limit: usize,
+    pub max_packet_size: usize,
+}
+
+impl Limits {
+    fn admit(&self, message: &Message) -> bool {
+        record_len(message) <= self.sync_limit
+            && publish_packet_len(message) <= self.max_packet_size
+    }
+}
+
+/// The size of the PUBLISH packet a client would send for `message`: fixed header, topic with
+/// its length prefix, packet identifier for QoS 1 and 2, payload.
+fn publish_packet_len(message: &Message) -> usize {
+    let remaining = 2
+        + message.topic.len()
+        + if message.qos == QoS::AtMostOnce { 0 } else { 2 }
+        + message.payload.len();
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
 /// Receives datagrams from peers and delivers their records locally, until the socket fails.
 pub async fn receive_loop(
     socket: Arc<UdpSocket>,
     broker: Arc<Broker>,
     members: Arc<Members>,
     key: DatagramKey,
+    sync_limit: usize,
 ) {
+    let limits = Limits {
+        sync_limit,
+        max_packet_size: broker.config.max_packet_size,
+    };
     let mut windows: HashMap<Bytes, ReplayWindow> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -329,6 +369,13 @@ pub async fn receive_loop(
             Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
                 for message in records {
+                    if !limits.admit(&message) {
+                        debug!(%from, "forwarded record over -csl or -mpl dropped");
+                        cluster
+                            .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                            .inc();
+                        continue;
+                    }
                     let routed = broker.router.publish(Arc::new(message));
                     cluster.records_delivered.inc_by(routed.deliveries as u64);
                 }
@@ -478,6 +525,8 @@ mod tests {
         assert!(decode_batch(&padded).is_none());
         for (topic, flags) in [
             ("$SYS/x", 0u8),
+            ("a\u{0}b", 0),
+            ("\u{0}", 0),
             ("a/+", 0),
             ("a/#", 0),
             ("", 0),
@@ -493,6 +542,26 @@ mod tests {
             bad.put_u32(0);
             assert!(decode_batch(&bad).is_none(), "{topic:?} flags {flags}");
         }
+    }
+
+    #[test]
+    fn limits_are_those_of_a_client_publish() {
+        let limits = Limits {
+            sync_limit: 7 + 1 + 10,
+            max_packet_size: 1 + 1 + 2 + 1 + 2 + 10,
+        };
+        // Record 18 bytes, PUBLISH (QoS 1) 17 bytes: both at their limit.
+        assert!(limits.admit(&message("t", &[0; 10], QoS::AtLeastOnce, false)));
+        assert!(!limits.admit(&message("t", &[0; 11], QoS::AtMostOnce, false)));
+        let tight = Limits {
+            max_packet_size: 16,
+            ..limits
+        };
+        assert!(!tight.admit(&message("t", &[0; 10], QoS::AtLeastOnce, false)));
+        assert!(tight.admit(&message("t", &[0; 10], QoS::AtMostOnce, false)));
+        // Two bytes of remaining length from 128 on.
+        let big = message("t", &[0; 200], QoS::AtMostOnce, false);
+        assert_eq!(publish_packet_len(&big), 1 + 2 + 3 + 200);
     }
 
     #[test]
