@@ -179,28 +179,107 @@ impl Members {
     }
 }
 
-/// The address peers reach this node at: `-cad` / `-nid=name@addr`, else the listen host when it
-/// is a specific address, else the address the host would use to reach a private network (the
-/// first non-loopback one in practice), else loopback.
-pub fn advertised_ip(config: &ClusterConfig, bind: IpAddr) -> IpAddr {
-    if let Some(ip) = config.advertise {
-        return ip;
-    }
-    if !bind.is_unspecified() {
-        return bind;
-    }
-    // Connecting a UDP socket sends nothing; it only asks the kernel which source address it
-    // would use.
-    let routed = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|socket| {
-            socket.connect((Ipv4Addr::new(10, 254, 254, 254), 9))?;
-            socket.local_addr()
+/// The address peers reach this node at: `-cad` / `-nid=name@addr`; else the listen host when
+/// it is a specific address; else the local address on the route to the first seed that
+/// resolves (on a host with several networks, the one the cluster is on); else the address of
+/// the default route's interface; else the first private address of a directly connected
+/// network (a host with no default route, as on isolated plant networks); else loopback, which
+/// is logged as an error when the seeds are elsewhere.
+pub async fn advertised_ip(config: &ClusterConfig, bind: IpAddr) -> IpAddr {
+    let seeds = resolve_seeds_once(&config.seeds).await;
+    let chosen = config
+        .advertise
+        .or_else(|| (!bind.is_unspecified()).then_some(bind))
+        .or_else(|| {
+            seeds.iter().find_map(|seed| {
+                source_ip_towards(*seed).filter(|ip| seed.ip().is_loopback() || !ip.is_loopback())
+            })
         })
-        .map(|addr| addr.ip());
-    match routed {
-        Ok(ip) if !ip.is_unspecified() => ip,
-        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        .or_else(|| source_ip_towards(SocketAddr::from((Ipv4Addr::new(10, 254, 254, 254), 9))))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/net/route")
+                .ok()
+                .and_then(|table| connected_network_ip(&table))
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    if chosen.is_loopback() {
+        if let Some(seed) = seeds.iter().find(|seed| !seed.ip().is_loopback()) {
+            error!(
+                advertised = %chosen,
+                seed = %seed,
+                "this node advertises a loopback address but its seeds are on another host: \
+                 they cannot reach it and the cluster will not form; give the address peers \
+                 should use with -cad"
+            );
+        }
     }
+    chosen
+}
+
+/// The seeds' addresses as they resolve now (names that do not resolve within a second are left
+/// out; the gossip task keeps trying them).
+async fn resolve_seeds_once(seeds: &[Seed]) -> Vec<SocketAddr> {
+    let lookups = async {
+        let mut addrs = Vec::new();
+        for seed in seeds {
+            if let Ok(found) = tokio::net::lookup_host((seed.host.as_str(), seed.port)).await {
+                addrs.extend(found);
+            }
+        }
+        addrs
+    };
+    tokio::time::timeout(Duration::from_secs(1), lookups)
+        .await
+        .unwrap_or_default()
+}
+
+/// The source address the kernel would use to reach `to`, if there is a route. Connecting a UDP
+/// socket sends nothing; it only asks the kernel.
+fn source_ip_towards(to: SocketAddr) -> Option<IpAddr> {
+    let any: IpAddr = match to {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = StdUdpSocket::bind((any, 0)).ok()?;
+    socket.connect(to).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// From Linux's IPv4 routing table (`/proc/net/route`), the local address on the first directly
+/// connected network (no gateway) other than loopback, preferring private networks.
+fn connected_network_ip(table: &str) -> Option<IpAddr> {
+    let mut networks: Vec<Ipv4Addr> = Vec::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [iface, destination, gateway, flags, ..] = fields[..] else {
+            continue;
+        };
+        let hex = |field: &str| u32::from_str_radix(field, 16).ok();
+        let (Some(destination), Some(gateway), Some(flags)) =
+            (hex(destination), hex(gateway), hex(flags))
+        else {
+            continue;
+        };
+        // The kernel prints each address as the integer its bytes make in native order.
+        let destination = Ipv4Addr::from(destination.to_ne_bytes());
+        const ROUTE_UP: u32 = 0x1;
+        if iface == "lo"
+            || flags & ROUTE_UP == 0
+            || gateway != 0
+            || destination.is_unspecified()
+            || destination.is_loopback()
+        {
+            continue;
+        }
+        networks.push(destination);
+    }
+    networks.sort_by_key(|network| !network.is_private());
+    networks.into_iter().find_map(|network| {
+        // Any address inside the network is routed through its interface.
+        let inside = Ipv4Addr::from(u32::from(network) | 1);
+        source_ip_towards(SocketAddr::from((inside, 9))).filter(|ip| !ip.is_loopback())
+    })
 }
 
 /// This boot's epoch.
@@ -822,6 +901,31 @@ mod tests {
         let long_ago = boot_ms() - DUPLICATE_MEMORY.as_millis() as u64 - 1;
         members.duplicate_seen_ms.store(long_ago, Ordering::Release);
         assert!(!members.duplicate_seen());
+    }
+
+    #[test]
+    fn a_connected_private_network_is_found_in_the_routing_table() {
+        // A namespace with no default route: loopback is skipped, and so is a route through a
+        // gateway; 127.0.0.0/8 gives the route lookup something that exists on every host.
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                     lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\n\
+                     eth1\t0000A8C0\t0100000A\t0003\t0\t0\t0\t00FFFFFF\n\
+                     eth0\t0000007F\t00000000\t0000\t0\t0\t0\t000000FF\n";
+        assert_eq!(
+            connected_network_ip(table),
+            None,
+            "only down or gateway routes"
+        );
+        assert_eq!(connected_network_ip("garbage\nx y z\n"), None);
+        assert_eq!(connected_network_ip(""), None);
+    }
+
+    #[test]
+    fn the_route_to_a_loopback_seed_starts_on_loopback() {
+        assert_eq!(
+            source_ip_towards("127.0.0.1:9".parse().unwrap()),
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Bound {
         let sync_addr = sync.local_addr()?;
         info!("cluster gossip on udp {gossip_addr}");
         info!("cluster sync on udp {sync_addr}");
-        let advertised = membership::advertised_ip(&config, host);
+        let advertised = membership::advertised_ip(&config, host).await;
         let boot_ms = membership::boot_ms();
         let identity = NodeIdentity {
             node_id: config.node_id.clone(),
