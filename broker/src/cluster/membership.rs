@@ -48,6 +48,8 @@ const MAX_DATAGRAM: usize = 1400;
 const DUPLICATE_MEMORY: Duration = Duration::from_secs(60);
 /// Rejoins in a row that the cluster refused at once before a namesake is reported.
 const QUICK_DOWNS_FOR_DUPLICATE: u32 = 3;
+/// Least time between two "the cluster marked this node down" warnings.
+const DOWN_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// How long resolving one seed may take before the attempt is given up until the next round.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -147,12 +149,18 @@ impl Members {
         self.others.load_full()
     }
 
-    /// The current identity of member `node_id` if it is up or suspect (suspects still talk).
-    pub fn live(&self, node_id: &[u8]) -> Option<NodeIdentity> {
-        self.others
-            .load()
+    /// The newest identity this node knows for member `node_id`, in any state: the one that is
+    /// up or suspect if there is one, else the newest that is down. What a node sends can be
+    /// trusted whatever our view of it says (it is authenticated, addressed to this boot of
+    /// this node and fresh): while a member renews its identity, a peer may briefly hold its
+    /// old identity as down before it hears of the new one, and must not drop its traffic then.
+    pub fn known(&self, node_id: &[u8]) -> Option<NodeIdentity> {
+        let others = self.others.load();
+        let named = others
             .iter()
-            .find(|m| m.state != MemberState::Down && m.identity.node_id.as_bytes() == node_id)
+            .filter(|m| m.identity.node_id.as_bytes() == node_id);
+        let live = named.clone().find(|m| m.state != MemberState::Down);
+        live.or_else(|| named.max_by_key(|m| (m.identity.boot_ms, m.identity.renewal)))
             .map(|m| m.identity.clone())
     }
 
@@ -307,9 +315,11 @@ fn foca_config(config: &ClusterConfig) -> foca::Config {
         frequency: Duration::from_secs(30),
         num_members: NonZeroUsize::MIN,
     });
-    // How partitions heal: each side keeps knocking on the members it lost.
+    // How partitions heal: each side keeps knocking on the members it lost, once per probe
+    // period, so that a partition heals within about one probe period of its end (a node left
+    // with no member at all knocks itself; see `GossipTask::knock_when_alone`).
     foca_config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-        frequency: config.rejoin_interval,
+        frequency: config.probe_period,
         num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
     });
     foca_config.periodic_gossip = Some(foca::PeriodicParams {
@@ -334,6 +344,8 @@ type Timer = foca::Timer<NodeIdentity>;
 
 struct GossipTask {
     foca: Foca<NodeIdentity, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
+    /// To start foca afresh when rejoining alone.
+    foca_config: foca::Config,
     runtime: AccumulatingRuntime<NodeIdentity>,
     socket: UdpSocket,
     key: DatagramKey,
@@ -356,6 +368,10 @@ struct GossipTask {
     rejoin_interval: Duration,
     /// Consecutive times this node was marked down again right after rejoining.
     quick_downs: u32,
+    /// When "the cluster marked this node down" was last logged, and how many times it was
+    /// not logged since (a backlog of datagrams can repeat it dozens of times in a millisecond).
+    last_down_warning: Option<Instant>,
+    unlogged_down_warnings: u64,
     probe_period: Duration,
     out: Vec<u8>,
 }
@@ -376,6 +392,7 @@ impl Gossip {
         let rng: StdRng = rand::make_rng();
         let mut task = GossipTask {
             foca: Foca::new(identity, foca_config(&config), rng, PostcardCodec),
+            foca_config: foca_config(&config),
             runtime: AccumulatingRuntime::new(),
             socket,
             key,
@@ -391,6 +408,8 @@ impl Gossip {
             last_rejoin: None,
             rejoin_interval: config.rejoin_interval,
             quick_downs: 0,
+            last_down_warning: None,
+            unlogged_down_warnings: 0,
             probe_period: config.probe_period,
             out: Vec::with_capacity(MAX_DATAGRAM),
         };
@@ -399,6 +418,8 @@ impl Gossip {
         let has_seeds = !seeds.is_empty();
         let resolver = tokio::spawn(resolve_seeds(seeds, config.rejoin_interval, resolved_tx));
         let mut buf = vec![0u8; 65_536];
+        let mut knocks = tokio::time::interval(config.probe_period);
+        knocks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = task.timers.keys().next().map(|(at, _)| *at);
             tokio::select! {
@@ -420,6 +441,7 @@ impl Gossip {
                 () = sleep_until(task.rejoin_at.unwrap_or_else(Instant::now)), if task.rejoin_at.is_some() => {
                     task.rejoin();
                 }
+                _ = knocks.tick() => task.knock_when_alone(),
                 // The only value ever sent is true; a dropped sender means stopping too.
                 _ = leave.changed() => {
                     task.leaving = true;
@@ -458,6 +480,15 @@ impl GossipTask {
             return;
         }
         let body = envelope.body;
+        if envelope.kind == KIND_FOCA && self.lost_member_speaks_to_us_alone(body) {
+            // Every member is down in our eyes and one of them talks to us: the partition is
+            // over and we are the side that was cut off. Telling it that *it* is down (foca's
+            // answer) would make a healthy node renew and spread the news to the others; rather
+            // forget our stale view, come back under a new renewal, and let the fresh foca
+            // answer the packet.
+            info!("a member this node had lost is back while no other was reachable");
+            self.rejoin();
+        }
         match envelope.kind {
             KIND_FOCA => match self.foca.handle_data(body, &mut self.runtime) {
                 Ok(()) => {}
@@ -485,6 +516,41 @@ impl GossipTask {
                 Err(_) => self.drop_datagram(ClusterDrop::Malformed, from),
             },
             _ => self.drop_datagram(ClusterDrop::Malformed, from),
+        }
+    }
+
+    /// Whether `packet` (a foca packet) comes from an identity that foca holds as down while no
+    /// member at all is up: this node is the one that was cut off.
+    fn lost_member_speaks_to_us_alone(&self, packet: &[u8]) -> bool {
+        if self.leaving || self.foca.num_members() > 0 {
+            return false;
+        }
+        let Ok(header) = Codec::<NodeIdentity>::decode_header(&mut PostcardCodec, packet) else {
+            return false;
+        };
+        self.foca
+            .iter_membership_state()
+            .any(|m| m.state() == foca::State::Down && *m.id() == header.src)
+    }
+
+    /// Once per probe period, when no member is up, announces this node to every member it
+    /// lost. foca does that itself only while some member is up; a node left alone (cut off,
+    /// or one of two) would otherwise wait for the next seed round (`-ol`) to be heard.
+    fn knock_when_alone(&mut self) {
+        if self.leaving || self.foca.num_members() > 0 {
+            return;
+        }
+        let local = self.members.local();
+        let lost: Vec<NodeIdentity> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Down && m.id().node_id != local.node_id)
+            .map(|m| m.id().clone())
+            .collect();
+        for identity in lost {
+            if let Err(error) = self.foca.announce(identity, &mut self.runtime) {
+                debug!(%error, "cannot announce to a lost member");
+            }
         }
     }
 
@@ -624,19 +690,50 @@ impl GossipTask {
     }
 
     /// Comes back under a new renewal of this boot, which wins over the one marked down.
+    ///
+    /// With some member still up, foca changes identity in place: it keeps its view and tells
+    /// the members it has. With none up, its view is stale (it holds every other node as down,
+    /// and foca never takes a down identity back), so it starts afresh and announces itself to
+    /// every node it knew; their answers bring the current view. A fresh foca also has none of
+    /// the old "down" news to spread, which would make healthy nodes renew in turn.
     fn rejoin(&mut self) {
         self.rejoin_at = None;
         self.last_rejoin = Some(Instant::now());
-        let renewed = self.members.local().renewed();
-        match self
-            .foca
-            .change_identity(renewed.clone(), &mut self.runtime)
-        {
-            Ok(()) => {
-                info!(renewal = renewed.renewal, "rejoining the cluster");
-                self.members.local.store(Arc::new(renewed));
+        let local = self.members.local();
+        let renewed = local.renewed();
+        if self.foca.num_members() > 0 {
+            match self
+                .foca
+                .change_identity(renewed.clone(), &mut self.runtime)
+            {
+                Ok(()) => {
+                    info!(renewal = renewed.renewal, "rejoining the cluster");
+                    self.members.local.store(Arc::new(renewed));
+                }
+                Err(error) => warn!(%error, "cannot rejoin the cluster"),
             }
-            Err(error) => warn!(%error, "cannot rejoin the cluster"),
+            return;
+        }
+        let known: Vec<NodeIdentity> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id().clone())
+            .filter(|id| id.node_id != local.node_id)
+            .collect();
+        self.foca = Foca::new(
+            renewed.clone(),
+            self.foca_config.clone(),
+            rand::make_rng(),
+            PostcardCodec,
+        );
+        // The old instance's timers mean nothing to the new one.
+        self.timers.clear();
+        info!(renewal = renewed.renewal, "rejoining the cluster afresh");
+        self.members.local.store(Arc::new(renewed));
+        for identity in known {
+            if let Err(error) = self.foca.announce(identity, &mut self.runtime) {
+                debug!(%error, "cannot announce to a former member");
+            }
         }
     }
 
@@ -714,10 +811,26 @@ impl GossipTask {
                     Some(last) if self.members.duplicate_seen() => last + self.rejoin_interval,
                     _ => now,
                 };
-                warn!("the cluster marked this node down; rejoining");
+                self.warn_marked_down(now);
                 self.rejoin_at = Some(earliest.max(now));
             }
         }
+    }
+
+    /// Logs that the cluster marked this node down, at most once per [`DOWN_WARNING_EVERY`]
+    /// (each datagram of a backlog can say it again), with how many were not logged.
+    fn warn_marked_down(&mut self, now: Instant) {
+        if self
+            .last_down_warning
+            .is_some_and(|last| now.duration_since(last) < DOWN_WARNING_EVERY)
+        {
+            self.unlogged_down_warnings += 1;
+            debug!("the cluster marked this node down (again)");
+            return;
+        }
+        self.last_down_warning = Some(now);
+        let repeats = std::mem::take(&mut self.unlogged_down_warnings);
+        warn!(repeats, "the cluster marked this node down; rejoining");
     }
 
     /// Rebuilds the snapshot from foca's view when it differs (suspicion changes no
