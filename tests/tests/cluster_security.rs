@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use coolpy7_tests::cluster::{
-    capture_sync_batch, expect_exactly_one, parse_sync_datagram, pseudo_random_bytes, require_root,
-    resend_ip_packet, run_seed, send_udp, signed_sync_datagram, start_cluster, sync_datagram,
-    unique_key, wait_full_membership, wait_until, Node, NodeConfig, Record, FAST_TIMINGS,
-    JOIN_TIMEOUT,
+    capture_gossip, capture_sync_batch, expect_exactly_one, parse_sync_datagram,
+    pseudo_random_bytes, require_root, resend_ip_packet, run_seed, send_udp, signed_sync_datagram,
+    start_cluster, sync_datagram, unique_key, wait_full_membership, wait_until, Node, NodeConfig,
+    Record, FAST_TIMINGS, JOIN_TIMEOUT,
 };
 use coolpy7_tests::{unique_id, QoS, QUIET, TIMEOUT};
 
@@ -542,4 +542,90 @@ async fn signed_records_are_checked_like_client_publishes() {
     );
     on_n2.disconnect().await;
     on_n3.disconnect().await;
+}
+
+/// Someone who holds the key re-signs captured datagrams with sequence numbers at the very top
+/// (2^64 − 1 and just below), on both ports. The receiver's replay windows must not jump there:
+/// the sender stays a member (gossip) and its messages keep arriving (sync).
+#[tokio::test]
+async fn forged_sequence_numbers_at_the_top_do_not_silence_a_peer() {
+    require_root("forging signed datagrams (captured on lo with AF_PACKET)");
+    let key = unique_key();
+    let n1 = Node::start(NodeConfig::new("n1", &key));
+    let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
+    wait_full_membership(&[&n1, &n2], JOIN_TIMEOUT).await;
+    let batch = capture_sync_batch(&n1, &n2).await;
+    let envelope = capture_gossip(&n1, &n2).await;
+    assert_eq!(envelope.sender, "n1");
+
+    let replays = |port: &'static str| {
+        let n2 = &n2;
+        async move {
+            n2.counter_sum(DROPPED, &[("port", port), ("reason", "replay")])
+                .await
+        }
+    };
+    let before = (replays("sync").await, replays("gossip").await);
+    let forged = 100u64;
+    for i in 0..forged {
+        let seq = u64::MAX - i;
+        let sync = signed_sync_datagram(
+            &key,
+            (&batch.origin, batch.epoch),
+            (&batch.destination, batch.destination_epoch),
+            seq,
+            &[Record {
+                qos: 0,
+                retain: false,
+                topic: unique_id("forged/top"),
+                payload: b"forged".to_vec(),
+            }],
+        );
+        send_udp(n2.sync, &sync);
+        let mut gossip = envelope.clone();
+        gossip.sequence = seq;
+        send_udp(n2.gossip, &gossip.signed(&key));
+    }
+    // Give n2 time to have read them all, then watch several probe periods (300 ms) and
+    // suspect-to-down timeouts (1 s): n1 and n2 keep seeing each other up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!(
+        "after {forged} forgeries per port, replay drops on n2 went from {before:?} to {:?}",
+        (replays("sync").await, replays("gossip").await)
+    );
+    let start = Instant::now();
+    let mut polls = 0;
+    while start.elapsed() < Duration::from_secs(3) && polls < 100 {
+        polls += 1;
+        for (observer, other) in [(&n1, "n2"), (&n2, "n1")] {
+            let view = observer.expect_brokers().await;
+            assert_eq!(
+                view.remote(other).map(|m| m.state.as_str()),
+                Some("up"),
+                "{} after the forged gossip sequence numbers: {}",
+                observer.name(),
+                view.summary()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And forwarding from n1 to n2 still works.
+    let topic = unique_id("after-forgery/t");
+    let mut subscriber = n2
+        .subscriber(&unique_id("sub"), &topic, QoS::AtLeastOnce)
+        .await;
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    for i in 0..3u8 {
+        let payload = vec![b'g', b'0' + i];
+        publisher
+            .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+            .await;
+        let got = subscriber.recv_publish(TIMEOUT).await;
+        assert_eq!(
+            &got.payload[..],
+            &payload[..],
+            "genuine message {i} after the forgeries"
+        );
+    }
+    publisher.disconnect().await;
 }

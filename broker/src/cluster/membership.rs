@@ -7,7 +7,8 @@
 //!
 //! Wire format of a gossip datagram: `[version = 1][kind][sender id length: u8][sender id]
 //! [sender boot epoch: u64][seq: u64][body][HMAC-SHA256 tag, 32 bytes]`. The receiver refuses a
-//! sequence number it has seen from that boot of the sender (see [`super::replay`]); what an
+//! sequence number it has seen from that boot of the sender, or one further ahead than the
+//! sender's clock allows (see [`super::replay`]); what an
 //! earlier boot said loses to the newer identity in foca anyway.
 //! Kind 1: a foca packet (postcard-encoded header and updates). Kind 2: a join request, whose
 //! body is the sender's identity (a foca member, postcard-encoded); the receiver answers it by
@@ -32,7 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use super::auth::DatagramKey;
 use super::config::{ClusterConfig, Seed};
-use super::replay::ReplayWindow;
+use super::replay::{micros_since, ReplayWindow, SequenceClock};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 
 pub const VERSION: u8 = 1;
@@ -338,6 +339,8 @@ pub struct Gossip {
     pub metrics: Arc<Metrics>,
     /// Becomes true when the node shuts down: leave the cluster, then return.
     pub leave: watch::Receiver<bool>,
+    /// This boot on the monotonic clock (sequence numbers and replay windows count from it).
+    pub started: std::time::Instant,
 }
 
 type Timer = foca::Timer<NodeIdentity>;
@@ -358,8 +361,9 @@ struct GossipTask {
     duplicates: HashSet<(SocketAddr, u64)>,
     /// Set on shutdown: being marked down is then what we asked for.
     leaving: bool,
-    /// The last sequence number sent.
-    seq: u64,
+    /// Numbers the datagrams sent.
+    sequence: SequenceClock,
+    started: std::time::Instant,
     /// Per sender node id and boot, the sequence numbers seen.
     windows: HashMap<(Vec<u8>, u64), ReplayWindow>,
     /// When to rejoin after the cluster marked this node down.
@@ -385,6 +389,7 @@ impl Gossip {
             members,
             metrics,
             mut leave,
+            started,
         } = self;
         let identity = (*members.local()).clone();
         let own_gossip = identity.gossip;
@@ -402,7 +407,8 @@ impl Gossip {
             next_timer: 0,
             duplicates: HashSet::new(),
             leaving: false,
-            seq: 0,
+            sequence: SequenceClock::new(started),
+            started,
             windows: HashMap::new(),
             rejoin_at: None,
             last_rejoin: None,
@@ -567,22 +573,23 @@ impl GossipTask {
                 .collect();
             self.windows.retain(|sender, _| known.contains(sender));
         }
-        self.windows
-            .entry(key)
-            .or_default()
-            .accept(envelope.boot_ms, envelope.seq)
+        self.windows.entry(key).or_default().accept(
+            envelope.boot_ms,
+            envelope.seq,
+            micros_since(self.started),
+        )
     }
 
     /// Wraps `body` in this node's envelope and tag.
     fn seal(&mut self, out: &mut Vec<u8>, kind: u8, body: &[u8]) {
-        self.seq += 1;
+        let seq = self.sequence.next_seq();
         let local = self.members.local();
         out.clear();
         Envelope {
             kind,
             sender: local.node_id.as_bytes(),
             boot_ms: local.boot_ms,
-            seq: self.seq,
+            seq,
             body,
         }
         .encode(out);

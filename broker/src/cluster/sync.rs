@@ -16,12 +16,15 @@
 //!         [payload length: u32][payload]
 //! ```
 //! A record's size, which `-csl` limits, is [`record_len`]: 7 bytes plus topic plus payload.
+//! `seq` increases strictly per origin boot and never lags the origin's monotonic clock in
+//! microseconds, which bounds how far ahead a plausible one can be (see [`super::replay`]).
 //! The destination makes each datagram good for one boot of one node only: a datagram captured
 //! on its way to one member cannot be replayed to another, nor to the same node after it
 //! restarts with an empty replay window.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes};
 use tokio::net::UdpSocket;
@@ -30,7 +33,7 @@ use tracing::debug;
 
 use super::auth::DatagramKey;
 use super::membership::{MemberState, Members, NodeIdentity};
-use super::replay::ReplayWindow;
+use super::replay::{micros_since, ReplayWindow, SequenceClock};
 use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
@@ -115,6 +118,8 @@ impl Forwarder {
 pub struct Origin {
     pub node_id: String,
     pub boot_ms: u64,
+    /// The same boot on the monotonic clock, which sequence numbers follow.
+    pub started: Instant,
 }
 
 /// Sends what the forwarder queued. When `stop` fires, the queue is closed, what it still holds
@@ -129,7 +134,7 @@ pub async fn send_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(TAKE);
-    let mut seq: u64 = 0;
+    let mut sequence = SequenceClock::new(origin.started);
     let mut records_buf = Vec::with_capacity(BATCH_BYTES + 256);
     let mut datagram = Vec::with_capacity(BATCH_BYTES + 512);
     let mut stopping = false;
@@ -156,7 +161,7 @@ pub async fn send_loop(
             continue;
         }
         while records.peek().is_some() {
-            seq += 1;
+            let seq = sequence.next_seq();
             records_buf.clear();
             let mut count: u16 = 0;
             while let Some(message) = records.peek() {
@@ -345,6 +350,7 @@ pub async fn receive_loop(
     members: Arc<Members>,
     key: DatagramKey,
     sync_limit: usize,
+    started: Instant,
 ) {
     let limits = Limits {
         sync_limit,
@@ -364,7 +370,8 @@ pub async fn receive_loop(
         };
         let cluster = &broker.metrics.cluster;
         cluster.datagram_in(ClusterPort::Sync);
-        let verdict = accept(&buf[..n], &key, &members, &mut windows);
+        let now_us = micros_since(started);
+        let verdict = accept(&buf[..n], &key, &members, &mut windows, now_us);
         match verdict {
             Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
@@ -388,13 +395,15 @@ pub async fn receive_loop(
     }
 }
 
-/// The checks, in order: tag, format, destination, origin, boot, replay. Only a datagram that passes all of
-/// them marks its sequence number as seen.
+/// The checks, in order: tag, format, destination, origin, boot, replay (at `now_us` on the
+/// receiver's clock; see [`ReplayWindow::accept`]). Only a datagram that passes all of them marks
+/// its sequence number as seen.
 fn accept(
     datagram: &[u8],
     key: &DatagramKey,
     members: &Members,
     windows: &mut HashMap<Bytes, ReplayWindow>,
+    now_us: u64,
 ) -> Result<Vec<Message>, ClusterDrop> {
     let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
     let batch = decode_batch(body).ok_or(ClusterDrop::Malformed)?;
@@ -414,7 +423,7 @@ fn accept(
         windows.retain(|origin, _| members.known(origin).is_some());
     }
     let window = windows.entry(batch.origin).or_default();
-    if !window.accept(batch.boot_ms, batch.seq) {
+    if !window.accept(batch.boot_ms, batch.seq, now_us) {
         return Err(ClusterDrop::Replay);
     }
     Ok(batch.records)
@@ -482,6 +491,7 @@ mod tests {
         let origin = Origin {
             node_id: "n1".into(),
             boot_ms: 42,
+            started: Instant::now(),
         };
         let sent = [
             message("a/b", b"hello", QoS::AtMostOnce, false),
@@ -511,6 +521,7 @@ mod tests {
         let origin = Origin {
             node_id: "n1".into(),
             boot_ms: 1,
+            started: Instant::now(),
         };
         let mut body = Vec::new();
         encode_header(&mut body, &origin, &identity("local", 1), 1);
@@ -570,22 +581,25 @@ mod tests {
         let origin = Origin {
             node_id: "n1".into(),
             boot_ms: 5,
+            started: Instant::now(),
         };
         let records = [message("t", b"x", QoS::AtMostOnce, false)];
         let members = members_with(identity("n1", 5), MemberState::Up);
         let mut windows = HashMap::new();
         let first = datagram(&key, &origin, 1, &records);
         assert_eq!(
-            accept(&first, &key, &members, &mut windows).unwrap().len(),
+            accept(&first, &key, &members, &mut windows, 0)
+                .unwrap()
+                .len(),
             1
         );
         assert_eq!(
-            accept(&first, &key, &members, &mut windows).unwrap_err(),
+            accept(&first, &key, &members, &mut windows, 0).unwrap_err(),
             ClusterDrop::Replay
         );
         let forged = datagram(&DatagramKey::sync(b"other"), &origin, 2, &records);
         assert_eq!(
-            accept(&forged, &key, &members, &mut windows).unwrap_err(),
+            accept(&forged, &key, &members, &mut windows, 0).unwrap_err(),
             ClusterDrop::BadTag
         );
         // A forged datagram does not burn its sequence number.
@@ -593,19 +607,22 @@ mod tests {
             &datagram(&key, &origin, 2, &records),
             &key,
             &members,
-            &mut windows
+            &mut windows,
+            0
         )
         .is_ok());
         let stranger = Origin {
             node_id: "n9".into(),
             boot_ms: 5,
+            started: Instant::now(),
         };
         assert_eq!(
             accept(
                 &datagram(&key, &stranger, 1, &records),
                 &key,
                 &members,
-                &mut windows
+                &mut windows,
+                0
             )
             .unwrap_err(),
             ClusterDrop::UnknownOrigin
@@ -613,13 +630,15 @@ mod tests {
         let old_boot = Origin {
             node_id: "n1".into(),
             boot_ms: 4,
+            started: Instant::now(),
         };
         assert_eq!(
             accept(
                 &datagram(&key, &old_boot, 9, &records),
                 &key,
                 &members,
-                &mut windows
+                &mut windows,
+                0
             )
             .unwrap_err(),
             ClusterDrop::StaleEpoch
@@ -631,7 +650,8 @@ mod tests {
                     &datagram_to(&key, &origin, &destination, 10, &records),
                     &key,
                     &members,
-                    &mut windows
+                    &mut windows,
+                    0
                 )
                 .unwrap_err(),
                 ClusterDrop::WrongDestination
@@ -643,7 +663,8 @@ mod tests {
             &datagram(&key, &origin, 3, &records),
             &key,
             &down,
-            &mut windows
+            &mut windows,
+            0
         )
         .is_ok());
     }
