@@ -217,6 +217,27 @@ impl Broker {
         Broker::launch(&[], extra_args, &[])
     }
 
+    /// Like [`Broker::start_with_prefix`] for a broker listening on every interface (`-l` and
+    /// `-hl` without a host) inside a network namespace: the test reaches its listeners at
+    /// `reach` instead of the unspecified address it logs.
+    pub fn start_reached_at(
+        prefix: &[&str],
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        reach: std::net::IpAddr,
+    ) -> Broker {
+        let mut broker = Broker::launch(prefix, extra_args, env);
+        for addr in std::iter::once(&mut broker.mqtt).chain(broker.http.as_mut()) {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(reach);
+            }
+        }
+        if broker.http.is_some() {
+            broker.wait_ready();
+        }
+        broker
+    }
+
     /// Polls `/healthz` (blocking) until it answers 200, within [`START_TIMEOUT`].
     fn wait_ready(&mut self) {
         let addr = self.http_addr();

@@ -129,8 +129,8 @@ pub struct NodeConfig {
     pub sync_port: u16,
     /// Pass [`FAST_TIMINGS`] (the default) or leave the broker's default timings.
     pub fast: bool,
-    /// `-ol` (re-join interval, seconds).
-    pub rejoin_secs: u32,
+    /// `-ol` (re-join interval, seconds); `None` leaves the broker's default.
+    pub rejoin_secs: Option<u32>,
     /// `-syst`, the token of `/brokers`.
     pub token: String,
     /// `-l` and `-hl`; `None` lets the harness pick `127.0.0.1:0`.
@@ -153,7 +153,7 @@ impl NodeConfig {
             gossip_port: 0,
             sync_port: 0,
             fast: true,
-            rejoin_secs: 1,
+            rejoin_secs: Some(1),
             token: DEFAULT_TOKEN.to_string(),
             listen: None,
             prefix: Vec::new(),
@@ -188,9 +188,11 @@ impl NodeConfig {
         self
     }
 
-    /// Use the broker's default failure-detector timings instead of [`FAST_TIMINGS`].
+    /// Use the broker's default failure-detector timings instead of [`FAST_TIMINGS`], and its
+    /// default `-ol`.
     pub fn default_timings(mut self) -> NodeConfig {
         self.fast = false;
+        self.rejoin_secs = None;
         self
     }
 
@@ -239,9 +241,10 @@ impl NodeConfig {
             self.gossip_port.to_string(),
             "-csp".into(),
             self.sync_port.to_string(),
-            "-ol".into(),
-            self.rejoin_secs.to_string(),
         ]);
+        if let Some(secs) = self.rejoin_secs {
+            args.extend(["-ol".into(), secs.to_string()]);
+        }
         if self.fast {
             args.extend(FAST_TIMINGS.iter().map(|a| a.to_string()));
         }
@@ -318,6 +321,30 @@ impl Node {
             .collect();
         let broker = Broker::start_with_prefix(&prefix, &args, &env);
         Node::from_broker(broker, config)
+    }
+
+    /// Starts `coolpy7` in a network namespace (`prefix`) with exactly `args` (plus the
+    /// harness's `--log-level`), listening on every interface (`-l :1883 -hl :8081`, the
+    /// defaults, given explicitly so that the harness does not pick loopback); the test reaches
+    /// it at `reach`. `name` and `key` are what `args` says, for the helpers.
+    pub fn start_exact(
+        prefix: &[String],
+        args: &[String],
+        reach: std::net::IpAddr,
+        name: &str,
+        key: &str,
+    ) -> Node {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend(["-l", ":1883", "-hl", ":8081"]);
+        let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        let broker = Broker::start_reached_at(&prefix, &all, &[], reach);
+        let mut node = Node::from_broker(broker, NodeConfig::new(name, key));
+        for addr in [&mut node.gossip, &mut node.sync] {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(reach);
+            }
+        }
+        node
     }
 
     /// Like [`Node::start`] without waiting for `/healthz` (only for the listener lines).
@@ -741,6 +768,101 @@ pub fn sync_datagram(
     out
 }
 
+/// The two cluster ports; each has its own key derived from `-csk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Gossip,
+    Sync,
+}
+
+/// `body` followed by the HMAC-SHA256 tag a node with cluster key `cluster_key` puts on a
+/// datagram for `port`: the port's key is HMAC-SHA256(`-csk`, label), the label being
+/// `coolpy7 cluster gossip v1` or `coolpy7 cluster sync v1`, and the tag is HMAC-SHA256(port
+/// key, body). This is what someone who holds the key (or a buggy peer) can send.
+pub fn seal(port: Port, cluster_key: &str, body: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, KeyInit, Mac};
+    type HmacSha256 = Hmac<sha2::Sha256>;
+    let label: &[u8] = match port {
+        Port::Gossip => b"coolpy7 cluster gossip v1",
+        Port::Sync => b"coolpy7 cluster sync v1",
+    };
+    let port_key = <HmacSha256 as KeyInit>::new_from_slice(cluster_key.as_bytes())
+        .expect("HMAC takes keys of any length")
+        .chain_update(label)
+        .finalize()
+        .into_bytes();
+    let tag = <HmacSha256 as KeyInit>::new_from_slice(&port_key)
+        .expect("HMAC takes keys of any length")
+        .chain_update(body)
+        .finalize()
+        .into_bytes();
+    let mut out = body.to_vec();
+    out.extend_from_slice(&tag);
+    out
+}
+
+/// A sync publish batch as [`sync_datagram`] builds it, signed with `cluster_key`.
+pub fn signed_sync_datagram(
+    cluster_key: &str,
+    origin: (&str, u64),
+    destination: (&str, u64),
+    sequence: u64,
+    records: &[Record],
+) -> Vec<u8> {
+    let unsigned = sync_datagram(origin, destination, sequence, records, &[0; 32]);
+    seal(Port::Sync, cluster_key, &unsigned[..unsigned.len() - 32])
+}
+
+/// A gossip datagram's envelope: `[1][kind][sender id len][sender id][sender boot u64][seq u64]
+/// [body][tag]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipEnvelope {
+    pub kind: u8,
+    pub sender: String,
+    pub epoch: u64,
+    pub sequence: u64,
+    pub body: Vec<u8>,
+}
+
+impl GossipEnvelope {
+    /// Parses a gossip datagram (its tag is not checked, only that 32 bytes of it are there).
+    pub fn parse(datagram: &[u8]) -> Result<GossipEnvelope, String> {
+        let body_end = datagram.len().checked_sub(32).ok_or("shorter than a tag")?;
+        let d = &datagram[..body_end];
+        let [version, kind, id_len, rest @ ..] = d else {
+            return Err("truncated header".into());
+        };
+        if *version != 1 {
+            return Err(format!("version {version}, want 1"));
+        }
+        let id_len = usize::from(*id_len);
+        if rest.len() < id_len + 16 {
+            return Err("truncated sender, boot or sequence".into());
+        }
+        let sender = String::from_utf8(rest[..id_len].to_vec())
+            .map_err(|e| format!("sender id not UTF-8: {e}"))?;
+        let number = |at: usize| u64::from_be_bytes(rest[at..at + 8].try_into().expect("8 bytes"));
+        Ok(GossipEnvelope {
+            kind: *kind,
+            sender,
+            epoch: number(id_len),
+            sequence: number(id_len + 8),
+            body: rest[id_len + 16..].to_vec(),
+        })
+    }
+
+    /// The datagram, signed with `cluster_key`.
+    pub fn signed(&self, cluster_key: &str) -> Vec<u8> {
+        let mut out = vec![1, self.kind];
+        out.push(u8::try_from(self.sender.len()).expect("node id up to 255 bytes"));
+        out.extend_from_slice(self.sender.as_bytes());
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.sequence.to_be_bytes());
+        out.extend_from_slice(&self.body);
+        seal(Port::Gossip, cluster_key, &out)
+    }
+}
+
 /// A parsed sync publish batch, after checking the version and kind bytes and that exactly a
 /// 32-byte tag follows the records.
 #[derive(Debug)]
@@ -1061,6 +1183,58 @@ impl UdpCapture {
             }
         }
     }
+}
+
+/// Publishes a message on `from` and captures the sync datagram that carries it to `to`: the
+/// origin's and destination's boot epochs and a current sequence number, which a test needs to
+/// forge datagrams that pass every check but the ones under test. Requires root.
+pub async fn capture_sync_batch(from: &Node, to: &Node) -> SyncBatch {
+    let topic = unique_id("capture/t");
+    let mut capture = UdpCapture::start(to.sync.port());
+    let mut publisher = from.client(&unique_id("capture-pub")).await;
+    publisher
+        .publish(&topic, QoS::AtMostOnce, false, b"capture".to_vec())
+        .await;
+    let topic_bytes = topic.as_bytes().to_vec();
+    let packet = capture
+        .next_matching(TIMEOUT, |p| {
+            p.payload.starts_with(&[1, 1])
+                && p.payload
+                    .windows(topic_bytes.len())
+                    .any(|w| w == topic_bytes.as_slice())
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no sync datagram from {} to {} carrying {topic:?} was seen on lo",
+                from.name(),
+                to.name()
+            )
+        });
+    publisher.disconnect().await;
+    parse_sync_datagram(&packet.payload)
+        .unwrap_or_else(|e| panic!("the captured sync datagram does not parse: {e}"))
+}
+
+/// Captures the next gossip datagram `from` sends to `to` (gossip flows all the time). Requires
+/// root.
+pub async fn capture_gossip(from: &Node, to: &Node) -> GossipEnvelope {
+    let mut capture = UdpCapture::start(to.gossip.port());
+    let from_port = from.gossip.port();
+    let packet = capture
+        .next_matching(TIMEOUT, |p| {
+            p.src.port() == from_port && p.payload.first() == Some(&1)
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no gossip datagram from {} to {} was seen on lo",
+                from.name(),
+                to.name()
+            )
+        });
+    GossipEnvelope::parse(&packet.payload)
+        .unwrap_or_else(|e| panic!("the captured gossip datagram does not parse: {e}"))
 }
 
 impl Drop for UdpCapture {

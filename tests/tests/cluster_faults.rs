@@ -106,6 +106,22 @@ async fn a_frozen_node_is_marked_down_and_comes_back_when_resumed() {
     println!("resumed n3 up everywhere after {:.2} s", took.as_secs_f64());
     forwarding_works(n1, n3).await;
     forwarding_works(n3, n2).await;
+
+    // On resuming, n3 reads a backlog of datagrams that each tell it it is down: one warning,
+    // not one per datagram; and n1 and n2 were never told they were down.
+    let marked_down = "the cluster marked this node down";
+    let lines: Vec<usize> = [n1, n2, n3]
+        .iter()
+        .map(|n| n.log_lines_with(&[marked_down]))
+        .collect();
+    println!("'{marked_down}' lines on n1, n2, n3: {lines:?}");
+    assert_eq!(&lines[..2], &[0, 0], "n1 and n2 were never frozen");
+    assert!(
+        lines[2] <= 1,
+        "n3 warned {} times that it was marked down; once is enough:\n{}",
+        lines[2],
+        n3.logs()
+    );
 }
 
 #[tokio::test]

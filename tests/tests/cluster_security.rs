@@ -5,9 +5,10 @@
 use std::time::{Duration, Instant};
 
 use coolpy7_tests::cluster::{
-    expect_exactly_one, parse_sync_datagram, pseudo_random_bytes, require_root, resend_ip_packet,
-    run_seed, send_udp, start_cluster, sync_datagram, unique_key, wait_until, Node, NodeConfig,
-    Record, FAST_TIMINGS,
+    capture_gossip, capture_sync_batch, expect_exactly_one, parse_sync_datagram,
+    pseudo_random_bytes, require_root, resend_ip_packet, run_seed, send_udp, signed_sync_datagram,
+    start_cluster, sync_datagram, unique_key, wait_full_membership, wait_until, Node, NodeConfig,
+    Record, FAST_TIMINGS, JOIN_TIMEOUT,
 };
 use coolpy7_tests::{unique_id, QoS, QUIET, TIMEOUT};
 
@@ -422,4 +423,209 @@ async fn a_replayed_gossip_datagram_is_dropped() {
         "{}",
         view.summary()
     );
+}
+
+/// Signed records from a member are checked like a client PUBLISH on the receiving node: a topic
+/// with U+0000 is refused (the whole datagram is malformed: no peer of ours sends one), and a
+/// record over the receiver's own `-csl`, or whose PUBLISH would exceed its `-mpl`, is dropped
+/// (`too_big`) while the other records of the datagram are delivered.
+#[tokio::test]
+async fn signed_records_are_checked_like_client_publishes() {
+    require_root("forging signed datagrams (the epochs are captured on lo with AF_PACKET)");
+    let key = unique_key();
+    let n1 = Node::start(NodeConfig::new("n1", &key));
+    let n2 = Node::start(
+        NodeConfig::new("n2", &key)
+            .seed(n1.gossip)
+            .args(&["-csl", "512"]),
+    );
+    let n3 = Node::start(
+        NodeConfig::new("n3", &key)
+            .seed(n1.gossip)
+            .args(&["-mpl", "256"]),
+    );
+    wait_full_membership(&[&n1, &n2, &n3], JOIN_TIMEOUT).await;
+    let to_n2 = capture_sync_batch(&n1, &n2).await;
+    let to_n3 = capture_sync_batch(&n1, &n3).await;
+    let topic = unique_id("checked/t");
+    let mut on_n2 = n2
+        .subscriber(&unique_id("on-n2"), &topic, QoS::AtLeastOnce)
+        .await;
+    let mut on_n3 = n3
+        .subscriber(&unique_id("on-n3"), &topic, QoS::AtLeastOnce)
+        .await;
+    let record = |topic: &str, payload: &[u8]| Record {
+        qos: 1,
+        retain: false,
+        topic: topic.to_string(),
+        payload: payload.to_vec(),
+    };
+    // Sequence numbers above the captured ones, each used once.
+    let mut seq = to_n2.sequence.max(to_n3.sequence) + 100;
+    let mut forge = |batch: &coolpy7_tests::cluster::SyncBatch, records: &[Record]| {
+        seq += 1;
+        signed_sync_datagram(
+            &key,
+            (&batch.origin, batch.epoch),
+            (&batch.destination, batch.destination_epoch),
+            seq,
+            records,
+        )
+    };
+
+    // The forgery itself is good: a valid record is delivered on both.
+    send_udp(n2.sync, &forge(&to_n2, &[record(&topic, b"signed")]));
+    send_udp(n3.sync, &forge(&to_n3, &[record(&topic, b"signed")]));
+    expect_exactly_one(&mut on_n2, &topic, b"signed", QoS::AtLeastOnce).await;
+    expect_exactly_one(&mut on_n3, &topic, b"signed", QoS::AtLeastOnce).await;
+
+    // U+0000 in the topic: a client could never publish it.
+    let malformed = [("port", "sync"), ("reason", "malformed")];
+    let before = n2.counter_sum(DROPPED, &malformed).await;
+    let nul_topic = format!("{topic}\u{0}x");
+    send_udp(
+        n2.sync,
+        &forge(
+            &to_n2,
+            &[record(&nul_topic, b"nul"), record(&topic, b"beside nul")],
+        ),
+    );
+    wait_until(
+        "n2 to drop the U+0000 topic as malformed",
+        TIMEOUT,
+        || async { n2.counter_sum(DROPPED, &malformed).await > before },
+    )
+    .await;
+    on_n2.expect_no_publish(QUIET).await;
+
+    // Over n2's -csl 512 (7 + topic + payload), beside a small record that is delivered.
+    let too_big = [("port", "sync"), ("reason", "too_big")];
+    let before = n2.counter_sum(DROPPED, &too_big).await;
+    let over_csl = vec![b'c'; 512 - 7 - topic.len() + 1];
+    send_udp(
+        n2.sync,
+        &forge(
+            &to_n2,
+            &[record(&topic, &over_csl), record(&topic, b"small")],
+        ),
+    );
+    expect_exactly_one(&mut on_n2, &topic, b"small", QoS::AtLeastOnce).await;
+    assert_eq!(
+        n2.counter_sum(DROPPED, &too_big).await,
+        before + 1.0,
+        "the record over -csl is counted as too_big on n2"
+    );
+
+    // A PUBLISH over n3's -mpl 256 (fixed header 3 + topic 2 + len + packet id 2 + payload);
+    // n3's -csl (4096) would let it through.
+    let before = n3.counter_sum(DROPPED, &too_big).await;
+    let over_mpl = vec![b'm'; 256 - 3 - 2 - topic.len() - 2 + 1];
+    let at_mpl = vec![b'k'; 256 - 3 - 2 - topic.len() - 2];
+    send_udp(
+        n3.sync,
+        &forge(
+            &to_n3,
+            &[record(&topic, &over_mpl), record(&topic, &at_mpl)],
+        ),
+    );
+    let got = on_n3.recv_publish(TIMEOUT).await;
+    assert_eq!(
+        got.payload.len(),
+        at_mpl.len(),
+        "the record at -mpl is delivered"
+    );
+    on_n3.expect_no_publish(QUIET).await;
+    assert_eq!(
+        n3.counter_sum(DROPPED, &too_big).await,
+        before + 1.0,
+        "the record over -mpl is counted as too_big on n3"
+    );
+    on_n2.disconnect().await;
+    on_n3.disconnect().await;
+}
+
+/// Someone who holds the key re-signs captured datagrams with sequence numbers at the very top
+/// (2^64 − 1 and just below), on both ports. The receiver's replay windows must not jump there:
+/// the sender stays a member (gossip) and its messages keep arriving (sync).
+#[tokio::test]
+async fn forged_sequence_numbers_at_the_top_do_not_silence_a_peer() {
+    require_root("forging signed datagrams (captured on lo with AF_PACKET)");
+    let key = unique_key();
+    let n1 = Node::start(NodeConfig::new("n1", &key));
+    let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
+    wait_full_membership(&[&n1, &n2], JOIN_TIMEOUT).await;
+    let batch = capture_sync_batch(&n1, &n2).await;
+    let envelope = capture_gossip(&n1, &n2).await;
+    assert_eq!(envelope.sender, "n1");
+
+    let replays = |port: &'static str| {
+        let n2 = &n2;
+        async move {
+            n2.counter_sum(DROPPED, &[("port", port), ("reason", "replay")])
+                .await
+        }
+    };
+    let before = (replays("sync").await, replays("gossip").await);
+    let forged = 100u64;
+    for i in 0..forged {
+        let seq = u64::MAX - i;
+        let sync = signed_sync_datagram(
+            &key,
+            (&batch.origin, batch.epoch),
+            (&batch.destination, batch.destination_epoch),
+            seq,
+            &[Record {
+                qos: 0,
+                retain: false,
+                topic: unique_id("forged/top"),
+                payload: b"forged".to_vec(),
+            }],
+        );
+        send_udp(n2.sync, &sync);
+        let mut gossip = envelope.clone();
+        gossip.sequence = seq;
+        send_udp(n2.gossip, &gossip.signed(&key));
+    }
+    // Give n2 time to have read them all, then watch several probe periods (300 ms) and
+    // suspect-to-down timeouts (1 s): n1 and n2 keep seeing each other up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!(
+        "after {forged} forgeries per port, replay drops on n2 went from {before:?} to {:?}",
+        (replays("sync").await, replays("gossip").await)
+    );
+    let start = Instant::now();
+    let mut polls = 0;
+    while start.elapsed() < Duration::from_secs(3) && polls < 100 {
+        polls += 1;
+        for (observer, other) in [(&n1, "n2"), (&n2, "n1")] {
+            let view = observer.expect_brokers().await;
+            assert_eq!(
+                view.remote(other).map(|m| m.state.as_str()),
+                Some("up"),
+                "{} after the forged gossip sequence numbers: {}",
+                observer.name(),
+                view.summary()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And forwarding from n1 to n2 still works.
+    let topic = unique_id("after-forgery/t");
+    let mut subscriber = n2
+        .subscriber(&unique_id("sub"), &topic, QoS::AtLeastOnce)
+        .await;
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    for i in 0..3u8 {
+        let payload = vec![b'g', b'0' + i];
+        publisher
+            .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+            .await;
+        let got = subscriber.recv_publish(TIMEOUT).await;
+        assert_eq!(
+            &got.payload[..],
+            &payload[..],
+            "genuine message {i} after the forgeries"
+        );
+    }
+    publisher.disconnect().await;
 }

@@ -7,7 +7,8 @@
 //!
 //! Wire format of a gossip datagram: `[version = 1][kind][sender id length: u8][sender id]
 //! [sender boot epoch: u64][seq: u64][body][HMAC-SHA256 tag, 32 bytes]`. The receiver refuses a
-//! sequence number it has seen from that boot of the sender (see [`super::replay`]); what an
+//! sequence number it has seen from that boot of the sender, or one further ahead than the
+//! sender's clock allows (see [`super::replay`]); what an
 //! earlier boot said loses to the newer identity in foca anyway.
 //! Kind 1: a foca packet (postcard-encoded header and updates). Kind 2: a join request, whose
 //! body is the sender's identity (a foca member, postcard-encoded); the receiver answers it by
@@ -32,7 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use super::auth::DatagramKey;
 use super::config::{ClusterConfig, Seed};
-use super::replay::ReplayWindow;
+use super::replay::{micros_since, ReplayWindow, SequenceClock};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 
 pub const VERSION: u8 = 1;
@@ -48,6 +49,8 @@ const MAX_DATAGRAM: usize = 1400;
 const DUPLICATE_MEMORY: Duration = Duration::from_secs(60);
 /// Rejoins in a row that the cluster refused at once before a namesake is reported.
 const QUICK_DOWNS_FOR_DUPLICATE: u32 = 3;
+/// Least time between two "the cluster marked this node down" warnings.
+const DOWN_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// How long resolving one seed may take before the attempt is given up until the next round.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -147,12 +150,18 @@ impl Members {
         self.others.load_full()
     }
 
-    /// The current identity of member `node_id` if it is up or suspect (suspects still talk).
-    pub fn live(&self, node_id: &[u8]) -> Option<NodeIdentity> {
-        self.others
-            .load()
+    /// The newest identity this node knows for member `node_id`, in any state: the one that is
+    /// up or suspect if there is one, else the newest that is down. What a node sends can be
+    /// trusted whatever our view of it says (it is authenticated, addressed to this boot of
+    /// this node and fresh): while a member renews its identity, a peer may briefly hold its
+    /// old identity as down before it hears of the new one, and must not drop its traffic then.
+    pub fn known(&self, node_id: &[u8]) -> Option<NodeIdentity> {
+        let others = self.others.load();
+        let named = others
             .iter()
-            .find(|m| m.state != MemberState::Down && m.identity.node_id.as_bytes() == node_id)
+            .filter(|m| m.identity.node_id.as_bytes() == node_id);
+        let live = named.clone().find(|m| m.state != MemberState::Down);
+        live.or_else(|| named.max_by_key(|m| (m.identity.boot_ms, m.identity.renewal)))
             .map(|m| m.identity.clone())
     }
 
@@ -179,28 +188,107 @@ impl Members {
     }
 }
 
-/// The address peers reach this node at: `-cad` / `-nid=name@addr`, else the listen host when it
-/// is a specific address, else the address the host would use to reach a private network (the
-/// first non-loopback one in practice), else loopback.
-pub fn advertised_ip(config: &ClusterConfig, bind: IpAddr) -> IpAddr {
-    if let Some(ip) = config.advertise {
-        return ip;
-    }
-    if !bind.is_unspecified() {
-        return bind;
-    }
-    // Connecting a UDP socket sends nothing; it only asks the kernel which source address it
-    // would use.
-    let routed = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|socket| {
-            socket.connect((Ipv4Addr::new(10, 254, 254, 254), 9))?;
-            socket.local_addr()
+/// The address peers reach this node at: `-cad` / `-nid=name@addr`; else the listen host when
+/// it is a specific address; else the local address on the route to the first seed that
+/// resolves (on a host with several networks, the one the cluster is on); else the address of
+/// the default route's interface; else the first private address of a directly connected
+/// network (a host with no default route, as on isolated plant networks); else loopback, which
+/// is logged as an error when the seeds are elsewhere.
+pub async fn advertised_ip(config: &ClusterConfig, bind: IpAddr) -> IpAddr {
+    let seeds = resolve_seeds_once(&config.seeds).await;
+    let chosen = config
+        .advertise
+        .or_else(|| (!bind.is_unspecified()).then_some(bind))
+        .or_else(|| {
+            seeds.iter().find_map(|seed| {
+                source_ip_towards(*seed).filter(|ip| seed.ip().is_loopback() || !ip.is_loopback())
+            })
         })
-        .map(|addr| addr.ip());
-    match routed {
-        Ok(ip) if !ip.is_unspecified() => ip,
-        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        .or_else(|| source_ip_towards(SocketAddr::from((Ipv4Addr::new(10, 254, 254, 254), 9))))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/net/route")
+                .ok()
+                .and_then(|table| connected_network_ip(&table))
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    if chosen.is_loopback() {
+        if let Some(seed) = seeds.iter().find(|seed| !seed.ip().is_loopback()) {
+            error!(
+                advertised = %chosen,
+                seed = %seed,
+                "this node advertises a loopback address but its seeds are on another host: \
+                 they cannot reach it and the cluster will not form; give the address peers \
+                 should use with -cad"
+            );
+        }
     }
+    chosen
+}
+
+/// The seeds' addresses as they resolve now (names that do not resolve within a second are left
+/// out; the gossip task keeps trying them).
+async fn resolve_seeds_once(seeds: &[Seed]) -> Vec<SocketAddr> {
+    let lookups = async {
+        let mut addrs = Vec::new();
+        for seed in seeds {
+            if let Ok(found) = tokio::net::lookup_host((seed.host.as_str(), seed.port)).await {
+                addrs.extend(found);
+            }
+        }
+        addrs
+    };
+    tokio::time::timeout(Duration::from_secs(1), lookups)
+        .await
+        .unwrap_or_default()
+}
+
+/// The source address the kernel would use to reach `to`, if there is a route. Connecting a UDP
+/// socket sends nothing; it only asks the kernel.
+fn source_ip_towards(to: SocketAddr) -> Option<IpAddr> {
+    let any: IpAddr = match to {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = StdUdpSocket::bind((any, 0)).ok()?;
+    socket.connect(to).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// From Linux's IPv4 routing table (`/proc/net/route`), the local address on the first directly
+/// connected network (no gateway) other than loopback, preferring private networks.
+fn connected_network_ip(table: &str) -> Option<IpAddr> {
+    let mut networks: Vec<Ipv4Addr> = Vec::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [iface, destination, gateway, flags, ..] = fields[..] else {
+            continue;
+        };
+        let hex = |field: &str| u32::from_str_radix(field, 16).ok();
+        let (Some(destination), Some(gateway), Some(flags)) =
+            (hex(destination), hex(gateway), hex(flags))
+        else {
+            continue;
+        };
+        // The kernel prints each address as the integer its bytes make in native order.
+        let destination = Ipv4Addr::from(destination.to_ne_bytes());
+        const ROUTE_UP: u32 = 0x1;
+        if iface == "lo"
+            || flags & ROUTE_UP == 0
+            || gateway != 0
+            || destination.is_unspecified()
+            || destination.is_loopback()
+        {
+            continue;
+        }
+        networks.push(destination);
+    }
+    networks.sort_by_key(|network| !network.is_private());
+    networks.into_iter().find_map(|network| {
+        // Any address inside the network is routed through its interface.
+        let inside = Ipv4Addr::from(u32::from(network) | 1);
+        source_ip_towards(SocketAddr::from((inside, 9))).filter(|ip| !ip.is_loopback())
+    })
 }
 
 /// This boot's epoch.
@@ -228,9 +316,11 @@ fn foca_config(config: &ClusterConfig) -> foca::Config {
         frequency: Duration::from_secs(30),
         num_members: NonZeroUsize::MIN,
     });
-    // How partitions heal: each side keeps knocking on the members it lost.
+    // How partitions heal: each side keeps knocking on the members it lost, once per probe
+    // period, so that a partition heals within about one probe period of its end (a node left
+    // with no member at all knocks itself; see `GossipTask::knock_when_alone`).
     foca_config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-        frequency: config.rejoin_interval,
+        frequency: config.probe_period,
         num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
     });
     foca_config.periodic_gossip = Some(foca::PeriodicParams {
@@ -249,12 +339,16 @@ pub struct Gossip {
     pub metrics: Arc<Metrics>,
     /// Becomes true when the node shuts down: leave the cluster, then return.
     pub leave: watch::Receiver<bool>,
+    /// This boot on the monotonic clock (sequence numbers and replay windows count from it).
+    pub started: std::time::Instant,
 }
 
 type Timer = foca::Timer<NodeIdentity>;
 
 struct GossipTask {
     foca: Foca<NodeIdentity, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
+    /// To start foca afresh when rejoining alone.
+    foca_config: foca::Config,
     runtime: AccumulatingRuntime<NodeIdentity>,
     socket: UdpSocket,
     key: DatagramKey,
@@ -267,8 +361,9 @@ struct GossipTask {
     duplicates: HashSet<(SocketAddr, u64)>,
     /// Set on shutdown: being marked down is then what we asked for.
     leaving: bool,
-    /// The last sequence number sent.
-    seq: u64,
+    /// Numbers the datagrams sent.
+    sequence: SequenceClock,
+    started: std::time::Instant,
     /// Per sender node id and boot, the sequence numbers seen.
     windows: HashMap<(Vec<u8>, u64), ReplayWindow>,
     /// When to rejoin after the cluster marked this node down.
@@ -277,6 +372,10 @@ struct GossipTask {
     rejoin_interval: Duration,
     /// Consecutive times this node was marked down again right after rejoining.
     quick_downs: u32,
+    /// When "the cluster marked this node down" was last logged, and how many times it was
+    /// not logged since (a backlog of datagrams can repeat it dozens of times in a millisecond).
+    last_down_warning: Option<Instant>,
+    unlogged_down_warnings: u64,
     probe_period: Duration,
     out: Vec<u8>,
 }
@@ -290,6 +389,7 @@ impl Gossip {
             members,
             metrics,
             mut leave,
+            started,
         } = self;
         let identity = (*members.local()).clone();
         let own_gossip = identity.gossip;
@@ -297,6 +397,7 @@ impl Gossip {
         let rng: StdRng = rand::make_rng();
         let mut task = GossipTask {
             foca: Foca::new(identity, foca_config(&config), rng, PostcardCodec),
+            foca_config: foca_config(&config),
             runtime: AccumulatingRuntime::new(),
             socket,
             key,
@@ -306,12 +407,15 @@ impl Gossip {
             next_timer: 0,
             duplicates: HashSet::new(),
             leaving: false,
-            seq: 0,
+            sequence: SequenceClock::new(started),
+            started,
             windows: HashMap::new(),
             rejoin_at: None,
             last_rejoin: None,
             rejoin_interval: config.rejoin_interval,
             quick_downs: 0,
+            last_down_warning: None,
+            unlogged_down_warnings: 0,
             probe_period: config.probe_period,
             out: Vec::with_capacity(MAX_DATAGRAM),
         };
@@ -320,6 +424,8 @@ impl Gossip {
         let has_seeds = !seeds.is_empty();
         let resolver = tokio::spawn(resolve_seeds(seeds, config.rejoin_interval, resolved_tx));
         let mut buf = vec![0u8; 65_536];
+        let mut knocks = tokio::time::interval(config.probe_period);
+        knocks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = task.timers.keys().next().map(|(at, _)| *at);
             tokio::select! {
@@ -341,6 +447,7 @@ impl Gossip {
                 () = sleep_until(task.rejoin_at.unwrap_or_else(Instant::now)), if task.rejoin_at.is_some() => {
                     task.rejoin();
                 }
+                _ = knocks.tick() => task.knock_when_alone(),
                 // The only value ever sent is true; a dropped sender means stopping too.
                 _ = leave.changed() => {
                     task.leaving = true;
@@ -379,6 +486,15 @@ impl GossipTask {
             return;
         }
         let body = envelope.body;
+        if envelope.kind == KIND_FOCA && self.lost_member_speaks_to_us_alone(body) {
+            // Every member is down in our eyes and one of them talks to us: the partition is
+            // over and we are the side that was cut off. Telling it that *it* is down (foca's
+            // answer) would make a healthy node renew and spread the news to the others; rather
+            // forget our stale view, come back under a new renewal, and let the fresh foca
+            // answer the packet.
+            info!("a member this node had lost is back while no other was reachable");
+            self.rejoin();
+        }
         match envelope.kind {
             KIND_FOCA => match self.foca.handle_data(body, &mut self.runtime) {
                 Ok(()) => {}
@@ -409,6 +525,41 @@ impl GossipTask {
         }
     }
 
+    /// Whether `packet` (a foca packet) comes from an identity that foca holds as down while no
+    /// member at all is up: this node is the one that was cut off.
+    fn lost_member_speaks_to_us_alone(&self, packet: &[u8]) -> bool {
+        if self.leaving || self.foca.num_members() > 0 {
+            return false;
+        }
+        let Ok(header) = Codec::<NodeIdentity>::decode_header(&mut PostcardCodec, packet) else {
+            return false;
+        };
+        self.foca
+            .iter_membership_state()
+            .any(|m| m.state() == foca::State::Down && *m.id() == header.src)
+    }
+
+    /// Once per probe period, when no member is up, announces this node to every member it
+    /// lost. foca does that itself only while some member is up; a node left alone (cut off,
+    /// or one of two) would otherwise wait for the next seed round (`-ol`) to be heard.
+    fn knock_when_alone(&mut self) {
+        if self.leaving || self.foca.num_members() > 0 {
+            return;
+        }
+        let local = self.members.local();
+        let lost: Vec<NodeIdentity> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Down && m.id().node_id != local.node_id)
+            .map(|m| m.id().clone())
+            .collect();
+        for identity in lost {
+            if let Err(error) = self.foca.announce(identity, &mut self.runtime) {
+                debug!(%error, "cannot announce to a lost member");
+            }
+        }
+    }
+
     /// Whether the envelope's sequence number is new for its sender's boot; records it. Each
     /// boot of a name has its own window: two live nodes with one name must both be heard,
     /// or the older one would never learn that it has a namesake.
@@ -422,22 +573,23 @@ impl GossipTask {
                 .collect();
             self.windows.retain(|sender, _| known.contains(sender));
         }
-        self.windows
-            .entry(key)
-            .or_default()
-            .accept(envelope.boot_ms, envelope.seq)
+        self.windows.entry(key).or_default().accept(
+            envelope.boot_ms,
+            envelope.seq,
+            micros_since(self.started),
+        )
     }
 
     /// Wraps `body` in this node's envelope and tag.
     fn seal(&mut self, out: &mut Vec<u8>, kind: u8, body: &[u8]) {
-        self.seq += 1;
+        let seq = self.sequence.next_seq();
         let local = self.members.local();
         out.clear();
         Envelope {
             kind,
             sender: local.node_id.as_bytes(),
             boot_ms: local.boot_ms,
-            seq: self.seq,
+            seq,
             body,
         }
         .encode(out);
@@ -545,19 +697,50 @@ impl GossipTask {
     }
 
     /// Comes back under a new renewal of this boot, which wins over the one marked down.
+    ///
+    /// With some member still up, foca changes identity in place: it keeps its view and tells
+    /// the members it has. With none up, its view is stale (it holds every other node as down,
+    /// and foca never takes a down identity back), so it starts afresh and announces itself to
+    /// every node it knew; their answers bring the current view. A fresh foca also has none of
+    /// the old "down" news to spread, which would make healthy nodes renew in turn.
     fn rejoin(&mut self) {
         self.rejoin_at = None;
         self.last_rejoin = Some(Instant::now());
-        let renewed = self.members.local().renewed();
-        match self
-            .foca
-            .change_identity(renewed.clone(), &mut self.runtime)
-        {
-            Ok(()) => {
-                info!(renewal = renewed.renewal, "rejoining the cluster");
-                self.members.local.store(Arc::new(renewed));
+        let local = self.members.local();
+        let renewed = local.renewed();
+        if self.foca.num_members() > 0 {
+            match self
+                .foca
+                .change_identity(renewed.clone(), &mut self.runtime)
+            {
+                Ok(()) => {
+                    info!(renewal = renewed.renewal, "rejoining the cluster");
+                    self.members.local.store(Arc::new(renewed));
+                }
+                Err(error) => warn!(%error, "cannot rejoin the cluster"),
             }
-            Err(error) => warn!(%error, "cannot rejoin the cluster"),
+            return;
+        }
+        let known: Vec<NodeIdentity> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id().clone())
+            .filter(|id| id.node_id != local.node_id)
+            .collect();
+        self.foca = Foca::new(
+            renewed.clone(),
+            self.foca_config.clone(),
+            rand::make_rng(),
+            PostcardCodec,
+        );
+        // The old instance's timers mean nothing to the new one.
+        self.timers.clear();
+        info!(renewal = renewed.renewal, "rejoining the cluster afresh");
+        self.members.local.store(Arc::new(renewed));
+        for identity in known {
+            if let Err(error) = self.foca.announce(identity, &mut self.runtime) {
+                debug!(%error, "cannot announce to a former member");
+            }
         }
     }
 
@@ -635,10 +818,26 @@ impl GossipTask {
                     Some(last) if self.members.duplicate_seen() => last + self.rejoin_interval,
                     _ => now,
                 };
-                warn!("the cluster marked this node down; rejoining");
+                self.warn_marked_down(now);
                 self.rejoin_at = Some(earliest.max(now));
             }
         }
+    }
+
+    /// Logs that the cluster marked this node down, at most once per [`DOWN_WARNING_EVERY`]
+    /// (each datagram of a backlog can say it again), with how many were not logged.
+    fn warn_marked_down(&mut self, now: Instant) {
+        if self
+            .last_down_warning
+            .is_some_and(|last| now.duration_since(last) < DOWN_WARNING_EVERY)
+        {
+            self.unlogged_down_warnings += 1;
+            debug!("the cluster marked this node down (again)");
+            return;
+        }
+        self.last_down_warning = Some(now);
+        let repeats = std::mem::take(&mut self.unlogged_down_warnings);
+        warn!(repeats, "the cluster marked this node down; rejoining");
     }
 
     /// Rebuilds the snapshot from foca's view when it differs (suspicion changes no
@@ -822,6 +1021,31 @@ mod tests {
         let long_ago = boot_ms() - DUPLICATE_MEMORY.as_millis() as u64 - 1;
         members.duplicate_seen_ms.store(long_ago, Ordering::Release);
         assert!(!members.duplicate_seen());
+    }
+
+    #[test]
+    fn a_connected_private_network_is_found_in_the_routing_table() {
+        // A namespace with no default route: loopback is skipped, and so is a route through a
+        // gateway; 127.0.0.0/8 gives the route lookup something that exists on every host.
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                     lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\n\
+                     eth1\t0000A8C0\t0100000A\t0003\t0\t0\t0\t00FFFFFF\n\
+                     eth0\t0000007F\t00000000\t0000\t0\t0\t0\t000000FF\n";
+        assert_eq!(
+            connected_network_ip(table),
+            None,
+            "only down or gateway routes"
+        );
+        assert_eq!(connected_network_ip("garbage\nx y z\n"), None);
+        assert_eq!(connected_network_ip(""), None);
+    }
+
+    #[test]
+    fn the_route_to_a_loopback_seed_starts_on_loopback() {
+        assert_eq!(
+            source_ip_towards("127.0.0.1:9".parse().unwrap()),
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod sync;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::UdpSocket;
@@ -48,6 +48,8 @@ pub struct Bound {
     sync: UdpSocket,
     members: Arc<Members>,
     boot_ms: u64,
+    /// This boot on the monotonic clock: where sequence numbers and replay windows count from.
+    started: Instant,
 }
 
 impl Bound {
@@ -87,8 +89,9 @@ impl Bound {
         let sync_addr = sync.local_addr()?;
         info!("cluster gossip on udp {gossip_addr}");
         info!("cluster sync on udp {sync_addr}");
-        let advertised = membership::advertised_ip(&config, host);
+        let advertised = membership::advertised_ip(&config, host).await;
         let boot_ms = membership::boot_ms();
+        let started = Instant::now();
         let identity = NodeIdentity {
             node_id: config.node_id.clone(),
             gossip: SocketAddr::new(advertised, gossip_addr.port()),
@@ -107,6 +110,7 @@ impl Bound {
             sync,
             members,
             boot_ms,
+            started,
         })
     }
 
@@ -128,6 +132,7 @@ impl Bound {
             sync,
             members,
             boot_ms,
+            started,
         } = self;
         let key = &config.key.0;
         let sync_key = DatagramKey::sync(key);
@@ -136,6 +141,7 @@ impl Bound {
         let origin = Origin {
             node_id: config.node_id.clone(),
             boot_ms,
+            started,
         };
         let (leave, leaving) = watch::channel(false);
         let (stop_forwarding, forwarding_stopped) = watch::channel(false);
@@ -149,7 +155,14 @@ impl Bound {
             origin,
             metrics.clone(),
         ));
-        let receiver = tokio::spawn(sync::receive_loop(sync, broker, members.clone(), sync_key));
+        let receiver = tokio::spawn(sync::receive_loop(
+            sync,
+            broker,
+            members.clone(),
+            sync_key,
+            config.sync_limit,
+            started,
+        ));
         let gossip = tokio::spawn(
             Gossip {
                 config,
@@ -158,6 +171,7 @@ impl Bound {
                 members: members.clone(),
                 metrics,
                 leave: leaving,
+                started,
             }
             .run(),
         );

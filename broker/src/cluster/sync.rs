@@ -16,12 +16,15 @@
 //!         [payload length: u32][payload]
 //! ```
 //! A record's size, which `-csl` limits, is [`record_len`]: 7 bytes plus topic plus payload.
+//! `seq` increases strictly per origin boot and never lags the origin's monotonic clock in
+//! microseconds, which bounds how far ahead a plausible one can be (see [`super::replay`]).
 //! The destination makes each datagram good for one boot of one node only: a datagram captured
 //! on its way to one member cannot be replayed to another, nor to the same node after it
 //! restarts with an empty replay window.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes};
 use tokio::net::UdpSocket;
@@ -30,7 +33,7 @@ use tracing::debug;
 
 use super::auth::DatagramKey;
 use super::membership::{MemberState, Members, NodeIdentity};
-use super::replay::ReplayWindow;
+use super::replay::{micros_since, ReplayWindow, SequenceClock};
 use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
@@ -115,6 +118,8 @@ impl Forwarder {
 pub struct Origin {
     pub node_id: String,
     pub boot_ms: u64,
+    /// The same boot on the monotonic clock, which sequence numbers follow.
+    pub started: Instant,
 }
 
 /// Sends what the forwarder queued. When `stop` fires, the queue is closed, what it still holds
@@ -129,7 +134,7 @@ pub async fn send_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(TAKE);
-    let mut seq: u64 = 0;
+    let mut sequence = SequenceClock::new(origin.started);
     let mut records_buf = Vec::with_capacity(BATCH_BYTES + 256);
     let mut datagram = Vec::with_capacity(BATCH_BYTES + 512);
     let mut stopping = false;
@@ -156,7 +161,7 @@ pub async fn send_loop(
             continue;
         }
         while records.peek().is_some() {
-            seq += 1;
+            let seq = sequence.next_seq();
             records_buf.clear();
             let mut count: u16 = 0;
             while let Some(message) = records.peek() {
@@ -263,9 +268,12 @@ fn decode_batch(body: &[u8]) -> Option<Batch> {
         }
         let payload_len = usize::try_from(buf.get_u32()).ok()?;
         let payload = take(&mut buf, payload_len)?;
-        // Peers only forward valid, non-$ topics; anything else is not from a peer of ours.
+        // Peers only forward what their clients could publish: valid, non-$ topic names in
+        // UTF-8 without U+0000 (the codec's rule for every MQTT string); anything else is not
+        // from a peer of ours.
         if topic.first() == Some(&b'$')
             || !topic::is_valid_topic_name(&topic)
+            || topic.contains(&0)
             || std::str::from_utf8(&topic).is_err()
         {
             return None;
@@ -303,13 +311,51 @@ fn take(buf: &mut &[u8], len: usize) -> Option<Bytes> {
     Some(bytes)
 }
 
+/// The sizes a record must respect on this node, as a client PUBLISH would: `-csl` for the
+/// record, and `-mpl` for the PUBLISH packet it stands for. Nodes may be configured
+/// differently, so the receiver checks its own limits rather than trusting the sender's.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub sync_limit: usize,
+    pub max_packet_size: usize,
+}
+
+impl Limits {
+    fn admit(&self, message: &Message) -> bool {
+        record_len(message) <= self.sync_limit
+            && publish_packet_len(message) <= self.max_packet_size
+    }
+}
+
+/// The size of the PUBLISH packet a client would send for `message`: fixed header, topic with
+/// its length prefix, packet identifier for QoS 1 and 2, payload.
+fn publish_packet_len(message: &Message) -> usize {
+    let remaining = 2
+        + message.topic.len()
+        + if message.qos == QoS::AtMostOnce { 0 } else { 2 }
+        + message.payload.len();
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
 /// Receives datagrams from peers and delivers their records locally, until the socket fails.
 pub async fn receive_loop(
     socket: Arc<UdpSocket>,
     broker: Arc<Broker>,
     members: Arc<Members>,
     key: DatagramKey,
+    sync_limit: usize,
+    started: Instant,
 ) {
+    let limits = Limits {
+        sync_limit,
+        max_packet_size: broker.config.max_packet_size,
+    };
     let mut windows: HashMap<Bytes, ReplayWindow> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -324,11 +370,19 @@ pub async fn receive_loop(
         };
         let cluster = &broker.metrics.cluster;
         cluster.datagram_in(ClusterPort::Sync);
-        let verdict = accept(&buf[..n], &key, &members, &mut windows);
+        let now_us = micros_since(started);
+        let verdict = accept(&buf[..n], &key, &members, &mut windows, now_us);
         match verdict {
             Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
                 for message in records {
+                    if !limits.admit(&message) {
+                        debug!(%from, "forwarded record over -csl or -mpl dropped");
+                        cluster
+                            .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                            .inc();
+                        continue;
+                    }
                     let routed = broker.router.publish(Arc::new(message));
                     cluster.records_delivered.inc_by(routed.deliveries as u64);
                 }
@@ -341,13 +395,15 @@ pub async fn receive_loop(
     }
 }
 
-/// The checks, in order: tag, format, destination, origin, boot, replay. Only a datagram that passes all of
-/// them marks its sequence number as seen.
+/// The checks, in order: tag, format, destination, origin, boot, replay (at `now_us` on the
+/// receiver's clock; see [`ReplayWindow::accept`]). Only a datagram that passes all of them marks
+/// its sequence number as seen.
 fn accept(
     datagram: &[u8],
     key: &DatagramKey,
     members: &Members,
     windows: &mut HashMap<Bytes, ReplayWindow>,
+    now_us: u64,
 ) -> Result<Vec<Message>, ClusterDrop> {
     let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
     let batch = decode_batch(body).ok_or(ClusterDrop::Malformed)?;
@@ -356,18 +412,18 @@ fn accept(
         return Err(ClusterDrop::WrongDestination);
     }
     let member = members
-        .live(&batch.origin)
+        .known(&batch.origin)
         .ok_or(ClusterDrop::UnknownOrigin)?;
     if member.boot_ms != batch.boot_ms {
         return Err(ClusterDrop::StaleEpoch);
     }
-    // Only a live member's name gets this far; names of members that are gone are pruned now
+    // Only a known member's name gets this far; names foca has forgotten are pruned now
     // and then, so renamed pods cannot grow the map.
     if windows.len() >= PRUNE_WINDOWS_AT && !windows.contains_key(&batch.origin) {
-        windows.retain(|origin, _| members.live(origin).is_some());
+        windows.retain(|origin, _| members.known(origin).is_some());
     }
     let window = windows.entry(batch.origin).or_default();
-    if !window.accept(batch.boot_ms, batch.seq) {
+    if !window.accept(batch.boot_ms, batch.seq, now_us) {
         return Err(ClusterDrop::Replay);
     }
     Ok(batch.records)
@@ -435,6 +491,7 @@ mod tests {
         let origin = Origin {
             node_id: "n1".into(),
             boot_ms: 42,
+            started: Instant::now(),
         };
         let sent = [
             message("a/b", b"hello", QoS::AtMostOnce, false),
@@ -464,6 +521,7 @@ mod tests {
         let origin = Origin {
             node_id: "n1".into(),
             boot_ms: 1,
+            started: Instant::now(),
         };
         let mut body = Vec::new();
         encode_header(&mut body, &origin, &identity("local", 1), 1);
@@ -478,6 +536,8 @@ mod tests {
         assert!(decode_batch(&padded).is_none());
         for (topic, flags) in [
             ("$SYS/x", 0u8),
+            ("a\u{0}b", 0),
+            ("\u{0}", 0),
             ("a/+", 0),
             ("a/#", 0),
             ("", 0),
@@ -496,27 +556,50 @@ mod tests {
     }
 
     #[test]
-    fn only_fresh_datagrams_from_live_members_are_accepted() {
+    fn limits_are_those_of_a_client_publish() {
+        let limits = Limits {
+            sync_limit: 7 + 1 + 10,
+            max_packet_size: 1 + 1 + 2 + 1 + 2 + 10,
+        };
+        // Record 18 bytes, PUBLISH (QoS 1) 17 bytes: both at their limit.
+        assert!(limits.admit(&message("t", &[0; 10], QoS::AtLeastOnce, false)));
+        assert!(!limits.admit(&message("t", &[0; 11], QoS::AtMostOnce, false)));
+        let tight = Limits {
+            max_packet_size: 16,
+            ..limits
+        };
+        assert!(!tight.admit(&message("t", &[0; 10], QoS::AtLeastOnce, false)));
+        assert!(tight.admit(&message("t", &[0; 10], QoS::AtMostOnce, false)));
+        // Two bytes of remaining length from 128 on.
+        let big = message("t", &[0; 200], QoS::AtMostOnce, false);
+        assert_eq!(publish_packet_len(&big), 1 + 2 + 3 + 200);
+    }
+
+    #[test]
+    fn only_fresh_datagrams_from_known_members_are_accepted() {
         let key = DatagramKey::sync(b"k");
         let origin = Origin {
             node_id: "n1".into(),
             boot_ms: 5,
+            started: Instant::now(),
         };
         let records = [message("t", b"x", QoS::AtMostOnce, false)];
         let members = members_with(identity("n1", 5), MemberState::Up);
         let mut windows = HashMap::new();
         let first = datagram(&key, &origin, 1, &records);
         assert_eq!(
-            accept(&first, &key, &members, &mut windows).unwrap().len(),
+            accept(&first, &key, &members, &mut windows, 0)
+                .unwrap()
+                .len(),
             1
         );
         assert_eq!(
-            accept(&first, &key, &members, &mut windows).unwrap_err(),
+            accept(&first, &key, &members, &mut windows, 0).unwrap_err(),
             ClusterDrop::Replay
         );
         let forged = datagram(&DatagramKey::sync(b"other"), &origin, 2, &records);
         assert_eq!(
-            accept(&forged, &key, &members, &mut windows).unwrap_err(),
+            accept(&forged, &key, &members, &mut windows, 0).unwrap_err(),
             ClusterDrop::BadTag
         );
         // A forged datagram does not burn its sequence number.
@@ -524,19 +607,22 @@ mod tests {
             &datagram(&key, &origin, 2, &records),
             &key,
             &members,
-            &mut windows
+            &mut windows,
+            0
         )
         .is_ok());
         let stranger = Origin {
             node_id: "n9".into(),
             boot_ms: 5,
+            started: Instant::now(),
         };
         assert_eq!(
             accept(
                 &datagram(&key, &stranger, 1, &records),
                 &key,
                 &members,
-                &mut windows
+                &mut windows,
+                0
             )
             .unwrap_err(),
             ClusterDrop::UnknownOrigin
@@ -544,13 +630,15 @@ mod tests {
         let old_boot = Origin {
             node_id: "n1".into(),
             boot_ms: 4,
+            started: Instant::now(),
         };
         assert_eq!(
             accept(
                 &datagram(&key, &old_boot, 9, &records),
                 &key,
                 &members,
-                &mut windows
+                &mut windows,
+                0
             )
             .unwrap_err(),
             ClusterDrop::StaleEpoch
@@ -562,22 +650,22 @@ mod tests {
                     &datagram_to(&key, &origin, &destination, 10, &records),
                     &key,
                     &members,
-                    &mut windows
+                    &mut windows,
+                    0
                 )
                 .unwrap_err(),
                 ClusterDrop::WrongDestination
             );
         }
+        // A member held as down (say, while it renews its identity) is still heard.
         let down = members_with(identity("n1", 5), MemberState::Down);
-        assert_eq!(
-            accept(
-                &datagram(&key, &origin, 3, &records),
-                &key,
-                &down,
-                &mut windows
-            )
-            .unwrap_err(),
-            ClusterDrop::UnknownOrigin
-        );
+        assert!(accept(
+            &datagram(&key, &origin, 3, &records),
+            &key,
+            &down,
+            &mut windows,
+            0
+        )
+        .is_ok());
     }
 }
