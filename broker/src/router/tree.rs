@@ -10,7 +10,9 @@
 //! nodes with one child or one subscriber. So a node's children are an exactly sized vector while
 //! there are few of them and a hash map only beyond [`FEW`]; a level name of up to
 //! [`INLINE_LEVEL`] bytes is stored in the entry itself; a lone subscriber is stored in the node
-//! itself; shared groups are boxed, and absent from nodes that have none.
+//! itself; shared groups are boxed, and absent from nodes that have none. Each edit costs time
+//! in proportion to the filter's depth, except when a node's map outgrows its capacity (one
+//! rehash of that node's children, as in any hash table).
 
 use std::borrow::Borrow;
 use std::collections::hash_map::{DefaultHasher, RandomState};
@@ -168,12 +170,12 @@ impl Children {
             }
             Children::Many(many) => {
                 many.remove(level);
+                // A map is not shrunk on the way down, only replaced once nearly empty (and
+                // freed with its node once empty): shrinking rehashes every entry under the
+                // write lock, which for a node with 100,000s of children would stall publishers.
                 if many.len() <= FEW / 2 {
                     let few: Vec<(Level, Node)> = many.drain().collect();
                     *self = Children::Few(few);
-                } else if many.len() <= many.capacity() / 4 {
-                    // Give back what a large teardown emptied.
-                    many.shrink_to(many.len() * 2);
                 }
             }
         }
@@ -269,10 +271,9 @@ impl Subscribers {
             }
             Subscribers::Many(many) => {
                 let found = many.remove(&id).is_some();
+                // Not shrunk on the way down, for the reason given in `Children::remove`.
                 if many.len() <= FEW / 2 {
                     *self = Subscribers::Few(many.drain().map(|(_, s)| s).collect());
-                } else if many.len() <= many.capacity() / 4 {
-                    many.shrink_to(many.len() * 2);
                 }
                 found
             }
