@@ -233,6 +233,16 @@ struct Args {
           value_parser = parse_positive_usize)]
     max_queued: usize,
 
+    /// Maximum subscriptions (distinct filters) per client, 0 = unlimited; SUBACK refuses (0x80)
+    /// the filters beyond it
+    #[arg(
+        long = "msc",
+        env = "COOLPY7_MSC",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    max_subscriptions: usize,
+
     /// Seconds an offline persistent session (clean session 0) is kept, 0 = forever
     #[arg(long = "se", env = "COOLPY7_SE", value_name = "SECS", default_value_t = 7200,
           value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
@@ -441,6 +451,8 @@ pub struct Config {
     pub max_qos: QoS,
     pub max_inflight: u16,
     pub max_queued: usize,
+    /// Distinct filters one session may hold; `None` = unlimited.
+    pub max_subscriptions: Option<usize>,
     /// How long an offline persistent session is kept; `None` = forever.
     pub session_expiry: Option<Duration>,
     /// The effective log filter (flag or `COOLPY7_LOG_LEVEL`, else `RUST_LOG`, else `info`).
@@ -473,6 +485,7 @@ impl Default for Config {
             max_qos: QoS::ExactlyOnce,
             max_inflight: 32,
             max_queued: 1000,
+            max_subscriptions: Some(10_000),
             session_expiry: Some(Duration::from_secs(7200)),
             log_level: "info".to_string(),
             cluster: None,
@@ -585,6 +598,7 @@ impl Config {
                 .ok_or_else(|| format!("invalid value '{}' for '--mqos'", args.max_qos))?,
             max_inflight: args.max_inflight,
             max_queued: args.max_queued,
+            max_subscriptions: (args.max_subscriptions != 0).then_some(args.max_subscriptions),
             session_expiry: (args.session_expiry != 0)
                 .then(|| Duration::from_secs(args.session_expiry)),
             log_level,
@@ -671,6 +685,7 @@ mod tests {
         assert_eq!(config.http_max_connections, 32);
         assert_eq!(config.http_header_timeout, Duration::from_secs(5));
         assert_eq!(config.max_connections, None);
+        assert_eq!(config.max_subscriptions, Some(10_000));
         assert_eq!(config.max_qos, QoS::ExactlyOnce);
         assert_eq!(config.log_level, "info");
     }
@@ -722,6 +737,8 @@ mod tests {
         ok_forms("mqos", "1", |c| assert_eq!(c.max_qos, QoS::AtLeastOnce));
         ok_forms("mif", "65535", |c| assert_eq!(c.max_inflight, 65535));
         ok_forms("mq", "5", |c| assert_eq!(c.max_queued, 5));
+        ok_forms("msc", "3", |c| assert_eq!(c.max_subscriptions, Some(3)));
+        ok_forms("msc", "0", |c| assert_eq!(c.max_subscriptions, None));
         ok_forms("se", "30", |c| {
             assert_eq!(c.session_expiry, Some(Duration::from_secs(30)))
         });
@@ -780,6 +797,8 @@ mod tests {
             (&["-mif=0"], "--mif"),
             (&["-mif=65536"], "--mif"),
             (&["-mq=0"], "--mq"),
+            (&["-msc=abc"], "--msc"),
+            (&["-msc=-1"], "--msc"),
             (&["-syst="], "--syst"),
             (&["--log-level=foo["], "--log-level"),
             (&["--log-level="], "--log-level"),
@@ -839,6 +858,7 @@ mod tests {
             ("--mqos", "2"),
             ("--mif", "32"),
             ("--mq", "1000"),
+            ("--msc", "10000"),
             ("--se", "7200"),
             ("--log-level", "info"),
         ] {
@@ -869,6 +889,7 @@ mod tests {
             ("COOLPY7_MQOS", "1"),
             ("COOLPY7_MIF", "8"),
             ("COOLPY7_MQ", "50"),
+            ("COOLPY7_MSC", "7"),
             ("COOLPY7_LOG_LEVEL", "debug"),
         ];
         for (key, value) in vars {
@@ -901,6 +922,7 @@ mod tests {
         assert_eq!(config.max_qos, QoS::AtLeastOnce);
         assert_eq!(config.max_inflight, 8);
         assert_eq!(config.max_queued, 50);
+        assert_eq!(config.max_subscriptions, Some(7));
         assert_eq!(config.log_level, "debug");
         assert_eq!(from_cli.max_connections, Some(1));
         assert_eq!(from_cli.log_level, "warn");

@@ -20,7 +20,6 @@ use tokio::sync::Notify;
 use crate::codec::QoS;
 use crate::metrics::{DropReason, Metrics};
 use crate::router::{Delivery, Router};
-use crate::topic::Subscription;
 
 /// Identifies one session (a client id reused after a clean session gets a new one).
 pub type SessionId = u64;
@@ -41,6 +40,9 @@ pub struct Mailbox {
     /// When the consumer last took a delivery, in milliseconds of [`clock_ms`].
     last_take_ms: AtomicU64,
     online: AtomicBool,
+    /// Set once the session is discarded: nothing is queued any more. Written under `queue`'s
+    /// lock, so that no push can slip in after the queue was cleared.
+    closed: AtomicBool,
     capacity: usize,
 }
 
@@ -76,6 +78,7 @@ impl Mailbox {
             drained: Notify::new(),
             last_take_ms: AtomicU64::new(NEVER),
             online: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             capacity: capacity.max(1),
         }
     }
@@ -96,6 +99,12 @@ impl Mailbox {
         self.online.store(online, Ordering::Relaxed);
     }
 
+    /// Whether the session is discarded (its subscriptions may still be on their way out of the
+    /// router).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     /// Queues a delivery. A full queue drops its oldest delivery (the newest data is worth more);
     /// QoS 0 is not queued for an offline client.
     pub fn push(&self, delivery: Delivery, metrics: &Metrics) -> Pushed {
@@ -105,6 +114,9 @@ impl Mailbox {
         }
         let (was_empty, len) = {
             let mut queue = self.queue.lock();
+            if self.is_closed() {
+                return Pushed::Dropped;
+            }
             let was_empty = queue.is_empty();
             if queue.len() >= self.capacity {
                 queue.pop_front();
@@ -193,8 +205,13 @@ impl Mailbox {
         self.ready.notified().await
     }
 
-    fn clear(&self, metrics: &Metrics) {
-        let dropped = std::mem::take(&mut *self.queue.lock()).len();
+    /// Discards the session's queue and refuses everything from now on.
+    fn close(&self, metrics: &Metrics) {
+        let dropped = {
+            let mut queue = self.queue.lock();
+            self.closed.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *queue).len()
+        };
         metrics.queued.dec_by(dropped as i64);
     }
 }
@@ -533,13 +550,12 @@ impl SessionRegistry {
         holder.mark_released();
     }
 
+    /// Drops a session that nobody can reach any more. Its mailbox is closed first, so that
+    /// nothing is queued for it while the router removes its subscriptions, which for a session
+    /// with many of them goes on in the background (see [`Router::remove_session`]).
     fn discard(&self, state: SessionState, router: &Router) {
-        for filter in state.subscriptions.keys() {
-            if let Some(subscription) = Subscription::parse(filter) {
-                router.unsubscribe(state.mailbox.id(), &subscription);
-            }
-        }
-        state.mailbox.clear(&self.metrics);
+        state.mailbox.close(&self.metrics);
+        router.remove_session(state.mailbox.id(), state.subscriptions.into_keys());
         self.metrics.sessions.dec();
     }
 
@@ -565,7 +581,7 @@ impl SessionRegistry {
                 .collect()
         };
         let count = expired.len();
-        // Outside the registry lock: unsubscribing rewrites the subscription tree.
+        // Outside the registry lock: unsubscribing takes the subscription tree's write lock.
         for state in expired {
             self.discard(*state, router);
         }
@@ -586,6 +602,7 @@ impl SessionRegistry {
 mod tests {
     use super::*;
     use crate::router::Message;
+    use crate::topic::Subscription;
     use bytes::Bytes;
 
     fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {

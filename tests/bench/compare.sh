@@ -9,7 +9,8 @@
 # broker/scenario/run), target/bench/results-<timestamp>.md (the table) and
 # target/bench/logs-<timestamp>/ (each broker's and bench's stderr).
 #
-# Environment: BENCH_BIN (load generator, default target/release/coolpy7-bench),
+# Environment: BENCH_BIN (load generator, default target/release/coolpy7-bench), COOLPY7_BIN
+# (default target/release/coolpy7, e.g. a build of an older commit to compare with),
 # BENCH_PORT_BASE (default 18830; coolpy7, mosquitto and rumqttd listen on +1, +2, +3),
 # COOLPY7_EXTRA_ARGS (appended to coolpy7's command line), RUMQTTD_BIN, MOSQUITTO_BIN.
 set -euo pipefail
@@ -44,9 +45,16 @@ declare -A SCENARIO_ARGS=(
     [fanin-extra-subs]="fanin --qos 0 --publishers 4 --extra-subs @EXTRA_SUBS@"
     [fanout-stalled-q0]="fanout --qos 0 --subscribers 8 --stalled 2"
     [fanout-stalled-q1]="fanout --qos 1 --subscribers 8 --stalled 2"
+    # One client subscribes this many filters (half `s/<k>/x`, half `s/+/<k>`): the broker's RSS
+    # per filter; then it disconnects while an unrelated QoS 0 pair runs at 1 msg/ms: the pair's
+    # longest gap and the slowest CONNECT meanwhile.
+    [subs-1m]="subs --filters @SUBS_FILTERS@"
+    [subs-200k]="subs --filters 200000"
+    # The same spread over many clients (each needs a file descriptor on both sides).
+    [subs-clients]="subs --filters @SUBS_FILTERS@ --clients @SUBS_CLIENTS@ --connect-timeout 60"
 )
 ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 p2p-q0 p2p-q1 latency-q0 latency-q1
-    conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1)
+    conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m subs-200k subs-clients)
 ALL_BROKERS=(coolpy7 mosquitto rumqttd)
 
 # ---------------------------------------------------------------------------------------------
@@ -56,6 +64,8 @@ DRAIN=5
 SIZE=64
 CONNS=10000
 EXTRA_SUBS=10000
+SUBS_FILTERS=1000000
+SUBS_CLIENTS=10000
 RUNS=1
 QUICK=0
 BUILD=1
@@ -93,6 +103,8 @@ if [[ $QUICK == 1 ]]; then
     # drain counts a backlog that is still being delivered as lost.
     CONNS=1000
     EXTRA_SUBS=1000
+    SUBS_FILTERS=100000
+    SUBS_CLIENTS=1000
 fi
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -gt 0 ]] || { echo "--secs wants a positive integer" >&2; exit 2; }
 [[ "$RUNS" =~ ^[0-9]+$ && "$RUNS" -gt 0 ]] || { echo "--runs wants a positive integer" >&2; exit 2; }
@@ -144,7 +156,7 @@ if [[ $BUILD == 1 ]]; then
     log "building coolpy7 and coolpy7-bench (release)"
     cargo build --release -p coolpy7 -p coolpy7-tests >&2
 fi
-COOLPY7_BIN="$ROOT/target/release/coolpy7"
+COOLPY7_BIN="${COOLPY7_BIN:-$ROOT/target/release/coolpy7}"
 BENCH_BIN="${BENCH_BIN:-$ROOT/target/release/coolpy7-bench}"
 [[ -x "$BENCH_BIN" ]] || die "no load generator at $BENCH_BIN"
 
@@ -202,9 +214,10 @@ start_broker() {
     fi
     case "$name" in
     coolpy7)
-        # Queues as large as Mosquitto's max_queued_messages; HTTP API off; warnings only.
+        # Queues as large as Mosquitto's max_queued_messages, and like Mosquitto no cap on
+        # subscriptions per client; HTTP API off; warnings only.
         # shellcheck disable=SC2086
-        "$COOLPY7_BIN" -l "127.0.0.1:$port" -hl nil -mq 100000 --log-level warn \
+        "$COOLPY7_BIN" -l "127.0.0.1:$port" -hl nil -mq 100000 -msc 0 --log-level warn \
             ${COOLPY7_EXTRA_ARGS:-} >"$logf" 2>&1 &
         ;;
     mosquitto)
@@ -277,14 +290,17 @@ run_one() { # broker scenario run
     local args="${SCENARIO_ARGS[$scen]}"
     args="${args//@CONNS@/$CONNS}"
     args="${args//@EXTRA_SUBS@/$EXTRA_SUBS}"
+    args="${args//@SUBS_FILTERS@/$SUBS_FILTERS}"
+    args="${args//@SUBS_CLIENTS@/$SUBS_CLIENTS}"
 
     if ! start_broker "$broker" "$blog"; then
         record "$broker" "$scen" "$run" "" "broker did not start"
         return 0
     fi
     local pid="$BROKER_PID"
-    # Bounded: load + warmup + drain, plus time to connect up to 10000 clients.
-    local limit=$((WARMUP + SECS + DRAIN + 90 + CONNS / 100))
+    # Bounded: load + warmup + drain, plus time to connect up to 10000 clients and to subscribe
+    # a million filters.
+    local limit=$((WARMUP + SECS + DRAIN + 90 + CONNS / 100 + SUBS_FILTERS / 5000))
     local rc=0
     # shellcheck disable=SC2086
     timeout -k 5 "$limit" "$BENCH_BIN" $args --host 127.0.0.1 --port "$port" --size "$SIZE" \
@@ -363,8 +379,8 @@ log "brokers: ${BROKERS[*]}; scenarios: ${SCENARIOS[*]}; runs: $RUNS; secs: $SEC
 MACHINE="$(machine_json "$(want_broker coolpy7 && echo "$COOLPY7_BIN")" \
     "$(want_broker mosquitto && echo "$MOSQUITTO_BIN")" \
     "$(want_broker rumqttd && echo "$RUMQTTD_BIN")" "$ROOT" "$NOFILE")"
-SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"runs":%s,"quick":%s}' \
-    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$RUNS" "$QUICK")"
+SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"runs":%s,"quick":%s}' \
+    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$RUNS" "$QUICK")"
 
 for ((run = 1; run <= RUNS; run++)); do
     for scen in "${SCENARIOS[@]}"; do

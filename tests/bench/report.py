@@ -50,6 +50,8 @@ def field(path):
 #   better: "high" or "low" (shown as an arrow), fmt picked by the label's unit.
 def figures(settings):
     extra = settings.get("extra_subs", 10000)
+    filters = settings.get("subs_filters", 1000000)
+    holders = settings.get("subs_clients", 10000)
     q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1"]
     q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs"]
     allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1"]
@@ -85,6 +87,20 @@ def figures(settings):
          ("fanout-stalled-q1", rss_growth_mb)),
         ("fanout qos1 +2 stalled: lost (healthy)", "low", "one",
          ("fanout-stalled-q1", field("lost"))),
+        (f"subs {filters:,} filters, 1 client: RSS bytes/filter", "low", "one",
+         ("subs-1m", field("rss_per_filter_bytes"))),
+        (f"subs {filters:,} filters, 1 client: pair's longest gap after its disconnect ms", "low",
+         "one", ("subs-1m", field("pair_gap_after_ms"))),
+        (f"subs {filters:,} filters, 1 client: slowest CONNECT after its disconnect ms", "low",
+         "one", ("subs-1m", field("connect_max_ms"))),
+        ("subs 200,000 filters, 1 client: pair's longest gap after its disconnect ms", "low",
+         "one", ("subs-200k", field("pair_gap_after_ms"))),
+        ("subs 200,000 filters, 1 client: slowest CONNECT after its disconnect ms", "low",
+         "one", ("subs-200k", field("connect_max_ms"))),
+        (f"subs {filters:,} filters over {holders:,} clients: RSS bytes/filter", "low", "one",
+         ("subs-clients", field("rss_per_filter_bytes"))),
+        (f"subs {filters:,} filters over {holders:,} clients: pair's longest gap after they "
+         "leave ms", "low", "one", ("subs-clients", field("pair_gap_after_ms"))),
         ("broker CPU % fanin qos0", "low", "one", ("fanin-q0", field("broker_cpu_pct"))),
         ("broker CPU % fanout qos0", "low", "one", ("fanout-q0", field("broker_cpu_pct"))),
         ("broker CPU % p2p qos0", "low", "one", ("p2p-q0", field("broker_cpu_pct"))),

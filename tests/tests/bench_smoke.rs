@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use coolpy7_tests::Broker;
+use coolpy7_tests::{Broker, TIMEOUT};
 use serde_json::Value;
 
 /// Runs the bench binary against `broker` and returns its JSON report.
@@ -160,6 +160,46 @@ fn conns() {
     assert_eq!(u(&report, "errors"), 0, "{report}");
     assert!(u(&report, "rss_after_kb") > 0, "{report}");
     assert!(report["rss_per_conn_bytes"].as_f64().is_some(), "{report}");
+}
+
+#[test]
+fn subs() {
+    let broker = Broker::start(&["-msc", "0"]);
+    let report = bench(&broker, &["subs", "--filters", "3000", "--clients", "3"]);
+    assert_eq!(report["scenario"], "subs");
+    assert_eq!(u(&report, "filters"), 3000, "{report}");
+    assert_eq!(u(&report, "clients"), 3, "{report}");
+    assert!(
+        report["rss_per_filter_bytes"].as_f64().is_some(),
+        "{report}"
+    );
+    // The pair ran, before and after the holders left, and new clients got in.
+    assert!(u(&report, "pair_received_after") > 0, "{report}");
+    assert!(report["pair_gap_after_ms"].as_f64().is_some(), "{report}");
+    assert!(u(&report, "connect_probes") > 0, "{report}");
+    // Once the bench has gone, so have all its subscriptions.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        broker
+            .wait_metric("coolpy7_subscriptions", "none left", TIMEOUT, |v| v == 0.0)
+            .await
+    });
+}
+
+#[test]
+fn subs_refused_by_a_cap_is_a_setup_failure() {
+    let broker = Broker::start(&["-msc", "10"]);
+    let addr = broker.mqtt_addr();
+    let out = Command::new(env!("CARGO_BIN_EXE_coolpy7-bench"))
+        .args(["subs", "--filters", "20", "--host", "127.0.0.1"])
+        .args(["--port", &addr.port().to_string(), "--secs", "1"])
+        .output()
+        .expect("run coolpy7-bench");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{out:?}"
+    );
 }
 
 #[test]

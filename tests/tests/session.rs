@@ -2,7 +2,12 @@
 //! and of QoS 1/2 messages while offline, the bounded offline queue, clean session, and the
 //! re-sending of unacknowledged messages on reconnect.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use coolpy7_tests::packets::{self, Connect, Packet};
+use coolpy7_tests::raw::RecvError;
 use coolpy7_tests::{unique_id, Broker, QoS, RawClient, QUIET, TIMEOUT};
 
 #[tokio::test]
@@ -451,4 +456,129 @@ async fn offline_session_expires_after_se_seconds() {
     let mut sub = broker.persistent_client(&id).await;
     assert!(!sub.session_present(), "the expired session is gone");
     sub.expect_no_publish(QUIET).await;
+}
+
+/// A clean-session client leaving with many subscriptions must not stall anyone else: the broker
+/// runs on one worker thread here (as in a pod with one CPU), so a teardown that kept the worker
+/// until done would stop an unrelated publisher/subscriber pair and new CONNECTs for all of its
+/// duration (seconds for 100,000 filters on a debug build). The bound on the pair's longest gap
+/// is generous; the figures for release builds are in the README.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_with_many_subscriptions_does_not_stall_others() {
+    const FILTERS: usize = 100_000;
+    const PER_PACKET: usize = 100;
+    const MAX_GAP: Duration = Duration::from_millis(500);
+    let broker = Broker::start_with_env(&["-msc", "0"], &[("TOKIO_WORKER_THREADS", "1")]);
+    let addr = broker.mqtt_addr();
+
+    let mut holder = RawClient::connect_v311(addr, &unique_id("holder")).await;
+    let filters: Vec<String> = (0..FILTERS)
+        .map(|k| {
+            if k.is_multiple_of(2) {
+                format!("s/{k}/x")
+            } else {
+                format!("s/+/{k}")
+            }
+        })
+        .collect();
+    for (window, chunk) in filters.chunks(PER_PACKET * 20).enumerate() {
+        let packets: Vec<(u16, usize)> = chunk
+            .chunks(PER_PACKET)
+            .enumerate()
+            .map(|(i, part)| ((window * 20 + i + 1) as u16, part.len()))
+            .collect();
+        for ((pkid, _), part) in packets.iter().zip(chunk.chunks(PER_PACKET)) {
+            let pairs: Vec<(&str, u8)> = part.iter().map(|f| (f.as_str(), 0)).collect();
+            holder.send(&packets::subscribe(*pkid, &pairs)).await;
+        }
+        for (pkid, len) in packets {
+            let codes = holder.wait_suback(pkid, len).await;
+            assert!(codes.iter().all(|&c| c == 0), "refused: {codes:?}");
+        }
+    }
+    assert_eq!(broker.metric("coolpy7_subscriptions").await, FILTERS as f64);
+
+    // The unrelated pair: a QoS 0 message every millisecond; the subscriber notes arrivals.
+    let mut subscriber = RawClient::connect_v311(addr, &unique_id("pair-sub")).await;
+    assert_eq!(subscriber.subscribe(1, &[("pair/t", 0)]).await, vec![0]);
+    let mut publisher = RawClient::connect_v311(addr, &unique_id("pair-pub")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            // Bounded: the test stops it well before this many.
+            for _ in 0..120_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                tick.tick().await;
+                publisher.publish_qos0("pair/t", b"tick").await;
+            }
+        })
+    };
+    let receiving = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut arrivals = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match subscriber.try_recv(Duration::from_millis(100)).await {
+                    Ok(Packet::Publish(_)) => arrivals.push(Instant::now()),
+                    Ok(_) | Err(RecvError::Timeout) => {}
+                    Err(e) => panic!("the pair's subscriber lost its connection: {e:?}"),
+                }
+            }
+            arrivals
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let left = Instant::now();
+    holder.disconnect().await;
+    let connecting = Instant::now();
+    let mut newcomer = RawClient::connect(addr).await;
+    newcomer
+        .send(&Connect::v311(&unique_id("newcomer")).encode())
+        .await;
+    let connack = newcomer.try_recv(Duration::from_secs(60)).await;
+    let connect_took = connecting.elapsed();
+    assert!(
+        matches!(connack, Ok(Packet::ConnAck { code: 0, .. })),
+        "CONNECT during the teardown: {connack:?} after {connect_took:?}"
+    );
+    newcomer.disconnect().await;
+    broker
+        .wait_metric(
+            "coolpy7_subscriptions",
+            "every subscription of the client that left removed",
+            Duration::from_secs(60),
+            |v| v == 1.0,
+        )
+        .await;
+    let teardown = left.elapsed();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    publishing.await.expect("publisher task");
+    let arrivals = receiving.await.expect("subscriber task");
+
+    let end = Instant::now();
+    let mut last = left;
+    let mut longest = Duration::ZERO;
+    for &at in arrivals.iter().filter(|&&at| at > left) {
+        longest = longest.max(at - last);
+        last = at;
+    }
+    longest = longest.max(end - last);
+    eprintln!(
+        "teardown of {FILTERS} filters: {teardown:?}; pair's longest gap {longest:?} ({} \
+         received); new CONNECT {connect_took:?}",
+        arrivals.iter().filter(|&&at| at > left).count()
+    );
+    assert!(
+        longest < MAX_GAP && connect_took < MAX_GAP,
+        "while {FILTERS} subscriptions were removed (done after {teardown:?}) the pair's longest \
+         gap was {longest:?} and a new CONNECT took {connect_took:?}; both must stay below \
+         {MAX_GAP:?}"
+    );
 }

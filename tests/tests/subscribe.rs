@@ -274,3 +274,82 @@ async fn subscribing_to_many_filters_at_once() {
         .await;
     assert_eq!(sub.recv_publish(TIMEOUT).await.topic, "many/49");
 }
+
+/// Subscribes `raw` to `count` distinct filters `cap/<i>` in SUBSCRIBE packets of 100 (a few
+/// awaiting their SUBACK at once) and returns every return code, in order.
+async fn subscribe_numbered(raw: &mut RawClient, count: usize) -> Vec<u8> {
+    let filters: Vec<String> = (0..count).map(|i| format!("cap/{i}")).collect();
+    let mut codes = Vec::with_capacity(count);
+    for (window, chunks) in filters.chunks(100 * 10).enumerate() {
+        let packets: Vec<(u16, usize)> = chunks
+            .chunks(100)
+            .enumerate()
+            .map(|(i, chunk)| ((window * 10 + i + 1) as u16, chunk.len()))
+            .collect();
+        for ((pkid, _), chunk) in packets.iter().zip(chunks.chunks(100)) {
+            let pairs: Vec<(&str, u8)> = chunk.iter().map(|f| (f.as_str(), 0)).collect();
+            raw.send(&coolpy7_tests::packets::subscribe(*pkid, &pairs))
+                .await;
+        }
+        for (pkid, len) in packets {
+            codes.extend(raw.wait_suback(pkid, len).await);
+        }
+    }
+    codes
+}
+
+#[tokio::test]
+async fn filters_beyond_the_per_client_cap_get_0x80() {
+    let broker = Broker::start(&["-msc", "3"]);
+    let mut sub = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("cap")).await;
+    let codes = sub
+        .subscribe(
+            1,
+            &[("c/1", 1), ("c/2", 1), ("c/3", 0), ("c/4", 1), ("c/+", 1)],
+        )
+        .await;
+    assert_eq!(codes, vec![1, 1, 0, 0x80, 0x80]);
+    // Renewing a filter the client holds is not a new one: granted, with the new QoS.
+    assert_eq!(
+        sub.subscribe(2, &[("c/3", 1), ("c/5", 1)]).await,
+        vec![1, 0x80]
+    );
+    assert_eq!(broker.metric("coolpy7_subscriptions").await, 3.0);
+
+    // The refused filters deliver nothing; the granted ones do.
+    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("pub")).await;
+    publisher.publish_qos0("c/4", b"refused").await;
+    publisher.publish_qos0("c/3", b"granted").await;
+    let got = sub.recv_publish(TIMEOUT).await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("c/3", &b"granted"[..])
+    );
+    sub.expect_no_packet(QUIET).await;
+
+    // Unsubscribing makes room again.
+    sub.unsubscribe(3, &["c/1"]).await;
+    assert_eq!(
+        sub.subscribe(4, &[("c/4", 0), ("c/5", 0)]).await,
+        vec![0, 0x80]
+    );
+}
+
+#[tokio::test]
+async fn the_default_cap_is_10000_filters_and_msc_0_lifts_it() {
+    let broker = Broker::start(&[]);
+    let mut sub = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("default-cap")).await;
+    let codes = subscribe_numbered(&mut sub, 10_001).await;
+    assert!(
+        codes[..10_000].iter().all(|&c| c == 0),
+        "the first 10,000 are granted"
+    );
+    assert_eq!(codes[10_000], 0x80, "the 10,001st is refused");
+    drop(broker);
+
+    let broker = Broker::start(&["-msc=0"]);
+    let mut sub = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("no-cap")).await;
+    let codes = subscribe_numbered(&mut sub, 10_001).await;
+    assert!(codes.iter().all(|&c| c == 0), "-msc 0 is unlimited");
+    assert_eq!(broker.metric("coolpy7_subscriptions").await, 10_001.0);
+}

@@ -174,6 +174,7 @@ impl Connection {
 
     fn handle_subscribe(&mut self, subscribe: Subscribe) {
         let max_qos = self.broker.config.max_qos;
+        let max_subscriptions = self.broker.config.max_subscriptions;
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
         for (raw, requested) in subscribe.filters {
@@ -181,6 +182,13 @@ impl Connection {
                 return_codes.push(SubscribeReturnCode::Failure);
                 continue;
             };
+            // `-msc`: a new filter beyond the cap is refused (0x80 in MQTT 3.1.1; MQTT 5 would
+            // say 0x97, quota exceeded); renewing one the session holds is always allowed.
+            let at_cap = max_subscriptions.is_some_and(|max| self.state.subscriptions.len() >= max);
+            if at_cap && !self.state.subscriptions.contains_key(&raw) {
+                return_codes.push(SubscribeReturnCode::Failure);
+                continue;
+            }
             let granted = requested.min(max_qos);
             self.broker
                 .router

@@ -162,7 +162,7 @@ fn bind_no_port(_socket: &TcpSocket) {}
 
 impl Conn {
     /// Reads until a packet for which `f` returns `Some`; other packets are skipped.
-    async fn wait_for<T>(
+    pub(super) async fn wait_for<T>(
         &mut self,
         mut f: impl FnMut(Packet<'_>) -> Option<T>,
     ) -> anyhow::Result<T> {

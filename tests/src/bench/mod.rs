@@ -8,6 +8,8 @@
 //!   atomics (no locks, no allocation per message).
 //! - [`run`]: the scenarios (`fanin`, `fanout`, `p2p`, `latency`, `conns`) and the measurement
 //!   window.
+//! - [`subs`]: the `subs` scenario (memory per subscription, and the stall while a client with
+//!   many subscriptions leaves).
 //! - [`report`]: `/proc` readings (RSS, CPU), percentiles and the JSON line.
 
 use clap::{Parser, ValueEnum};
@@ -16,6 +18,7 @@ pub mod client;
 pub mod codec;
 pub mod report;
 pub mod run;
+pub mod subs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -30,6 +33,10 @@ pub enum Scenario {
     Latency,
     /// C idle connections; the broker's RSS per connection (with `--pid`).
     Conns,
+    /// `--clients` clients subscribe `--filters` filters (half exact, half with `+`): the
+    /// broker's RSS per filter (with `--pid`); then they all disconnect while an unrelated QoS 0
+    /// pair runs at 1 msg/ms: its longest gap, and how long a new CONNECT takes meanwhile.
+    Subs,
 }
 
 impl Scenario {
@@ -40,6 +47,7 @@ impl Scenario {
             Scenario::P2p => "p2p",
             Scenario::Latency => "latency",
             Scenario::Conns => "conns",
+            Scenario::Subs => "subs",
         }
     }
 }
@@ -100,6 +108,12 @@ pub struct Args {
     /// conns: number of idle connections.
     #[arg(long, default_value_t = 10_000)]
     pub conns: u32,
+    /// subs: number of filters (between all clients).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub filters: u64,
+    /// subs: number of clients holding the filters.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
     /// Broker pid, to read its RSS (VmRSS) and CPU time from /proc.
     #[arg(long)]
     pub pid: Option<u32>,

@@ -27,6 +27,7 @@ pub async fn run(args: Args) -> i32 {
     let nofile = report::raise_nofile_limit();
     let result = match args.scenario {
         Scenario::Conns => conns(&args, nofile).await,
+        Scenario::Subs => super::subs::subs(&args).await,
         _ => traffic(&args).await,
     };
     match result {
@@ -87,7 +88,7 @@ fn plan(args: &Args) -> Plan {
         Scenario::P2p => (0..args.pairs.max(1))
             .map(|i| format!("bench/p2p/{i}"))
             .collect(),
-        Scenario::Latency | Scenario::Conns => vec!["bench/lat".into()],
+        Scenario::Latency | Scenario::Conns | Scenario::Subs => vec!["bench/lat".into()],
     };
     let n = topics.len() as u64;
     let publishers = topics
@@ -126,7 +127,7 @@ fn plan(args: &Args) -> Plan {
             topics.clone(),
             1,
         ),
-        Scenario::Latency | Scenario::Conns => {
+        Scenario::Latency | Scenario::Conns | Scenario::Subs => {
             (vec![vec!["bench/lat".into()]], vec!["bench/lat".into()], 1)
         }
     };

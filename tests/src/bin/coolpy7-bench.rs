@@ -6,6 +6,7 @@
 //! coolpy7-bench p2p     --pairs 8
 //! coolpy7-bench latency --rate 1000 --qos 1
 //! coolpy7-bench conns   --conns 10000 --pid $(pidof coolpy7)
+//! coolpy7-bench subs    --filters 1000000 --pid $(pidof coolpy7)
 //! ```
 
 use clap::Parser;

@@ -1,25 +1,31 @@
 //! The router: who is subscribed to what, and which messages are retained.
 //!
-//! A PUBLISH enters through [`Router::publish`]: the retained store is updated when the message
-//! is retained, the subscription tree is walked once for the topic, and a [`Delivery`] is pushed
-//! into the [`Mailbox`] of every matching session (the connection tasks drain their mailboxes).
+//! A PUBLISH enters through [`Router::publish`]: the retained store ([`retained`]) is updated when
+//! the message is retained, the subscription tree ([`tree`]) is walked once for the topic, and a
+//! [`Delivery`] is pushed into the [`Mailbox`] of every matching session (the connection tasks
+//! drain their mailboxes).
 //!
-//! The subscription tree is a persistent (copy-on-write) trie behind an [`ArcSwap`]: publishers
-//! load a snapshot without taking any lock, so the publish path never contends with other
-//! publishers or with SUBSCRIBE; subscribers serialise on a writer lock and publish a new root that
-//! shares every untouched branch with the old one (`imbl` maps clone in O(1)). Matching walks only
-//! the branches a topic can reach (exact level, `+`, `#`), never every subscription.
+//! The subscription tree is edited in place behind a read-write lock: publishers walk it under
+//! the read lock, so they never wait for each other; SUBSCRIBE and UNSUBSCRIBE take the write lock
+//! for one filter at a time. A session that goes away with many subscriptions
+//! ([`Router::remove_session`]) is removed in batches of [`TEARDOWN_BATCH`] filters per write-lock
+//! hold, on a task of its own that yields between batches, so that neither publishers nor the
+//! worker thread it runs on wait for the whole teardown.
 //!
 //! Each [`Message`] caches its encoded PUBLISH per delivery QoS, so a message fanned out to many
 //! subscribers is encoded at most three times, and the bytes are shared.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod retained;
+mod tree;
+
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use smallvec::SmallVec;
+
+use retained::RetainedNode;
+use tree::{Matches, Node, Subscriber};
 
 use crate::codec::{self, QoS};
 use crate::metrics::{DropReason, Metrics};
@@ -117,182 +123,13 @@ pub struct Delivery {
     pub retain: bool,
 }
 
-/// A session's entry in the subscription tree.
-#[derive(Clone)]
-struct Subscriber {
-    mailbox: Arc<Mailbox>,
-    qos: QoS,
-}
-
-/// The members of one shared-subscription group on one filter.
-#[derive(Clone)]
-struct SharedGroup {
-    members: imbl::Vector<(SessionId, Subscriber)>,
-    /// Round-robin position; shared by every copy of the tree so turns continue across updates.
-    next: Arc<AtomicUsize>,
-}
-
-impl SharedGroup {
-    /// The next online member after the last one served, if any is online. The turn passes to
-    /// the member after the one chosen, so offline members do not double their neighbours' share.
-    fn pick(&self) -> Option<&Subscriber> {
-        let len = self.members.len();
-        let start = self.next.load(Ordering::Relaxed);
-        let chosen = (0..len)
-            .map(|offset| (start + offset) % len)
-            .find(|&index| self.members[index].1.mailbox.is_online())?;
-        // Racing publishers may both pick the same member; round robin stays approximate then.
-        self.next.store(chosen + 1, Ordering::Relaxed);
-        Some(&self.members[chosen].1)
-    }
-}
-
-#[derive(Clone, Default)]
-struct Node {
-    children: imbl::HashMap<Bytes, Arc<Node>>,
-    direct: imbl::HashMap<SessionId, Subscriber>,
-    shared: imbl::HashMap<Arc<str>, SharedGroup>,
-}
-
-impl Node {
-    fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.direct.is_empty() && self.shared.is_empty()
-    }
-
-    /// A copy of this node with `edit` applied to the node at `path` (created if missing), and
-    /// emptied branches pruned. Only the nodes along the path are copied.
-    fn edit(&self, path: &[&[u8]], edit: &mut dyn FnMut(&mut Node)) -> Node {
-        let mut node = self.clone();
-        match path.split_first() {
-            None => edit(&mut node),
-            Some((level, rest)) => {
-                let key = Bytes::copy_from_slice(level);
-                let child = match node.children.get(&key) {
-                    Some(child) => child.edit(rest, edit),
-                    None => Node::default().edit(rest, edit),
-                };
-                if child.is_empty() {
-                    node.children.remove(&key);
-                } else {
-                    node.children.insert(key, Arc::new(child));
-                }
-            }
-        }
-        node
-    }
-
-    /// Collects the subscribers whose filters match `topic[depth..]` below this node.
-    fn collect<'a>(&'a self, topic: &[&[u8]], depth: usize, out: &mut Matches<'a>) {
-        // A wildcard in the first level does not match topics starting with '$'.
-        let wildcards = depth > 0 || topic.first().is_none_or(|t| t.first() != Some(&b'$'));
-        if wildcards {
-            if let Some(all) = self.children.get(b"#".as_slice()) {
-                out.add(all);
-            }
-        }
-        match topic.get(depth) {
-            None => out.add(self),
-            Some(level) => {
-                if let Some(child) = self.children.get(*level) {
-                    child.collect(topic, depth + 1, out);
-                }
-                if wildcards {
-                    if let Some(any) = self.children.get(b"+".as_slice()) {
-                        any.collect(topic, depth + 1, out);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Subscribers found for one topic: each node's direct subscribers, and one member per group.
-#[derive(Default)]
-struct Matches<'a> {
-    nodes: Vec<&'a Node>,
-}
-
-impl<'a> Matches<'a> {
-    fn add(&mut self, node: &'a Node) {
-        if !node.direct.is_empty() || !node.shared.is_empty() {
-            self.nodes.push(node);
-        }
-    }
-}
-
-/// Retained messages, in a trie of topic levels so that a wildcard SUBSCRIBE visits only the
-/// branches it can match.
-#[derive(Default)]
-struct RetainedNode {
-    children: std::collections::HashMap<Bytes, RetainedNode>,
-    message: Option<Arc<Message>>,
-}
-
-impl RetainedNode {
-    /// Stores (or, with `None`, deletes) the message at `path`; returns the change in count.
-    fn set(&mut self, path: &[&[u8]], message: Option<Arc<Message>>) -> i64 {
-        match path.split_first() {
-            None => {
-                let had = self.message.is_some();
-                let has = message.is_some();
-                self.message = message;
-                i64::from(has) - i64::from(had)
-            }
-            Some((level, rest)) => {
-                if message.is_none() && !self.children.contains_key(*level) {
-                    return 0;
-                }
-                let child = self
-                    .children
-                    .entry(Bytes::copy_from_slice(level))
-                    .or_default();
-                let delta = child.set(rest, message);
-                if child.message.is_none() && child.children.is_empty() {
-                    self.children.remove(*level);
-                }
-                delta
-            }
-        }
-    }
-
-    fn collect(&self, filter: &[&[u8]], root: bool, out: &mut Vec<Arc<Message>>) {
-        let Some((level, rest)) = filter.split_first() else {
-            out.extend(self.message.clone());
-            return;
-        };
-        let visible = |key: &Bytes| !(root && key.first() == Some(&b'$'));
-        match *level {
-            b"#" => {
-                out.extend(self.message.clone());
-                for (_, child) in self.children.iter().filter(|(key, _)| visible(key)) {
-                    child.collect_all(out);
-                }
-            }
-            b"+" => {
-                for (_, child) in self.children.iter().filter(|(key, _)| visible(key)) {
-                    child.collect(rest, false, out);
-                }
-            }
-            exact => {
-                if let Some(child) = self.children.get(exact) {
-                    child.collect(rest, false, out);
-                }
-            }
-        }
-    }
-
-    fn collect_all(&self, out: &mut Vec<Arc<Message>>) {
-        out.extend(self.message.clone());
-        for child in self.children.values() {
-            child.collect_all(out);
-        }
-    }
-}
+/// Filters removed per write-lock hold when a session goes away: a few tens of microseconds
+/// of holding the lock, so that publishers between batches barely notice.
+pub const TEARDOWN_BATCH: usize = 256;
 
 pub struct Router {
-    tree: ArcSwap<Node>,
-    /// Serialises tree updates (read-copy-update); publishers never take it.
-    writer: Mutex<()>,
+    /// Shared with the teardown tasks of [`Router::remove_session`].
+    tree: Arc<RwLock<Node>>,
     retained: RwLock<RetainedNode>,
     metrics: Arc<Metrics>,
 }
@@ -300,8 +137,7 @@ pub struct Router {
 impl Router {
     pub fn new(metrics: Arc<Metrics>) -> Router {
         Router {
-            tree: ArcSwap::from_pointee(Node::default()),
-            writer: Mutex::new(()),
+            tree: Arc::new(RwLock::new(Node::default())),
             retained: RwLock::new(RetainedNode::default()),
             metrics,
         }
@@ -309,36 +145,15 @@ impl Router {
 
     /// Adds (or updates the QoS of) a subscription of `mailbox`'s session.
     pub fn subscribe(&self, mailbox: &Arc<Mailbox>, subscription: &Subscription<'_>, qos: QoS) {
+        let path: SmallVec<[&[u8]; 16]> = topic::levels(subscription.filter().as_bytes()).collect();
         let subscriber = Subscriber {
             mailbox: mailbox.clone(),
             qos,
         };
-        let id = mailbox.id();
-        let mut added = false;
-        self.update(
-            subscription.filter(),
-            &mut |node| match subscription.group() {
-                None => added = node.direct.insert(id, subscriber.clone()).is_none(),
-                Some(group) => {
-                    let group =
-                        node.shared
-                            .entry(Arc::from(group))
-                            .or_insert_with(|| SharedGroup {
-                                members: imbl::Vector::new(),
-                                next: Arc::new(AtomicUsize::new(0)),
-                            });
-                    match group.members.iter().position(|(member, _)| *member == id) {
-                        Some(index) => {
-                            group.members.set(index, (id, subscriber.clone()));
-                        }
-                        None => {
-                            group.members.push_back((id, subscriber.clone()));
-                            added = true;
-                        }
-                    }
-                }
-            },
-        );
+        let added = self
+            .tree
+            .write()
+            .insert(&path, subscription.group(), subscriber);
         if added {
             self.metrics.subscriptions.inc();
         }
@@ -346,35 +161,42 @@ impl Router {
 
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(&self, id: SessionId, subscription: &Subscription<'_>) -> bool {
-        let mut removed = false;
-        self.update(
-            subscription.filter(),
-            &mut |node| match subscription.group() {
-                None => removed = node.direct.remove(&id).is_some(),
-                Some(group) => {
-                    if let Some(members) = node.shared.get_mut(group) {
-                        if let Some(index) = members.members.iter().position(|(m, _)| *m == id) {
-                            members.members.remove(index);
-                            removed = true;
-                        }
-                        if members.members.is_empty() {
-                            node.shared.remove(group);
-                        }
-                    }
-                }
-            },
-        );
+        let removed = remove(&mut self.tree.write(), id, subscription);
         if removed {
             self.metrics.subscriptions.dec();
         }
         removed
     }
 
-    fn update(&self, filter: &str, edit: &mut dyn FnMut(&mut Node)) {
-        let path: Vec<&[u8]> = topic::levels(filter.as_bytes()).collect();
-        let _writer = self.writer.lock();
-        let root = self.tree.load();
-        self.tree.store(Arc::new(root.edit(&path, edit)));
+    /// Removes every subscription of session `id`, which is going away: its mailbox must be
+    /// [closed](Mailbox::close) already, so that nothing is queued for it meanwhile. Up to
+    /// [`TEARDOWN_BATCH`] filters are removed here and now; the rest by a task that takes the
+    /// write lock for one batch at a time and yields in between (in batches here, without a
+    /// runtime). The `subscriptions` gauge follows the tree batch by batch.
+    pub fn remove_session<I>(&self, id: SessionId, filters: I)
+    where
+        I: IntoIterator<Item = String>,
+        I::IntoIter: Send + 'static,
+    {
+        let mut filters = filters.into_iter().peekable();
+        let teardown = Teardown {
+            tree: self.tree.clone(),
+            metrics: self.metrics.clone(),
+            id,
+        };
+        if !teardown.batch(&mut filters) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    while teardown.batch(&mut filters) {
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+            Err(_) => while teardown.batch(&mut filters) {},
+        }
     }
 
     /// Routes a message to every matching session.
@@ -384,13 +206,17 @@ impl Router {
         }
         // Topics of ordinary depth are split without a heap allocation.
         let path: SmallVec<[&[u8]; 16]> = topic::levels(&message.topic).collect();
-        let tree = self.tree.load();
-        let mut matches = Matches::default();
-        tree.collect(&path, 0, &mut matches);
+        let tree = self.tree.read();
+        let mut nodes = Matches::new();
+        tree.collect(&path, 0, &mut nodes);
 
         let mut matched = false;
         let mut routed = Routed::default();
         let mut deliver = |subscriber: &Subscriber| {
+            // A session being torn down is as good as unsubscribed.
+            if subscriber.mailbox.is_closed() {
+                return;
+            }
             matched = true;
             let qos = message.qos.min(subscriber.qos);
             let delivery = Delivery {
@@ -409,20 +235,22 @@ impl Router {
                 }
             }
         };
-        match matches.nodes.as_slice() {
+        match nodes.as_slice() {
             [] => {}
-            [node] => node.direct.values().for_each(&mut deliver),
+            [node] => node.subscribers().for_each(&mut deliver),
             nodes => {
                 // Overlapping filters of one session give one copy at the highest granted QoS.
-                let mut direct: Vec<&Subscriber> =
-                    nodes.iter().flat_map(|node| node.direct.values()).collect();
+                let mut direct: Vec<&Subscriber> = Vec::new();
+                for node in nodes {
+                    node.subscribers().for_each(|s| direct.push(s));
+                }
                 direct.sort_unstable_by_key(|s| (s.mailbox.id(), std::cmp::Reverse(s.qos)));
                 direct.dedup_by_key(|s| s.mailbox.id());
                 direct.into_iter().for_each(&mut deliver);
             }
         }
-        for node in &matches.nodes {
-            for group in node.shared.values() {
+        for node in &nodes {
+            for group in node.shared_groups() {
                 if let Some(member) = group.pick() {
                     deliver(member);
                 }
@@ -455,6 +283,36 @@ impl Router {
         let mut out = Vec::new();
         self.retained.read().collect(&path, true, &mut out);
         out
+    }
+}
+
+fn remove(tree: &mut Node, id: SessionId, subscription: &Subscription<'_>) -> bool {
+    let path: SmallVec<[&[u8]; 16]> = topic::levels(subscription.filter().as_bytes()).collect();
+    tree.remove(&path, subscription.group(), id)
+}
+
+/// What [`Router::remove_session`] needs to go on without the router.
+struct Teardown {
+    tree: Arc<RwLock<Node>>,
+    metrics: Arc<Metrics>,
+    id: SessionId,
+}
+
+impl Teardown {
+    /// Removes up to [`TEARDOWN_BATCH`] of `filters` under one write-lock hold; returns whether
+    /// any are left.
+    fn batch(&self, filters: &mut std::iter::Peekable<impl Iterator<Item = String>>) -> bool {
+        let mut removed = 0;
+        {
+            let mut tree = self.tree.write();
+            for filter in filters.by_ref().take(TEARDOWN_BATCH) {
+                let removed_one = Subscription::parse(&filter)
+                    .is_some_and(|subscription| remove(&mut tree, self.id, &subscription));
+                removed += i64::from(removed_one);
+            }
+        }
+        self.metrics.subscriptions.dec_by(removed);
+        filters.peek().is_some()
     }
 }
 
@@ -534,7 +392,7 @@ mod tests {
         assert!(router.unsubscribe(1, &subscription));
         assert!(!router.unsubscribe(1, &subscription));
         assert_eq!(publish(&router, "a/b/c", QoS::AtMostOnce, false), 0);
-        assert!(router.tree.load().is_empty());
+        assert!(router.tree.read().is_empty());
         assert_eq!(router.metrics.subscriptions.get(), 0);
     }
 
@@ -633,6 +491,10 @@ mod tests {
             Just("b".to_string()),
             Just("".to_string()),
             Just("$s".to_string()),
+            // Longer than a level stored inline.
+            Just("a-level-name-longer-than-twenty-two-bytes".to_string()),
+            // Enough siblings for a node's children to become a hash map and back.
+            (0..12u8).prop_map(|n| format!("n{n}")),
         ]
     }
 
@@ -654,6 +516,37 @@ mod tests {
 
     fn topic_name() -> impl Strategy<Value = String> {
         prop::collection::vec(level(), 1..5).prop_map(|levels| levels.join("/"))
+    }
+
+    const SESSIONS: usize = 12;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Subscribe(usize, String, QoS),
+        Unsubscribe(usize, String),
+        /// The session goes away: all its filters at once.
+        Discard(usize),
+    }
+
+    fn raw_filter() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => filter(),
+            1 => (prop_oneof![Just("g"), Just("h")], filter())
+                .prop_map(|(group, filter)| format!("$share/{group}/{filter}")),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let qos = prop_oneof![
+            Just(QoS::AtMostOnce),
+            Just(QoS::AtLeastOnce),
+            Just(QoS::ExactlyOnce)
+        ];
+        prop_oneof![
+            6 => (0..SESSIONS, raw_filter(), qos).prop_map(|(s, f, q)| Op::Subscribe(s, f, q)),
+            3 => (0..SESSIONS, raw_filter()).prop_map(|(s, f)| Op::Unsubscribe(s, f)),
+            1 => (0..SESSIONS).prop_map(Op::Discard),
+        ]
     }
 
     proptest! {
@@ -683,6 +576,89 @@ mod tests {
                     prop_assert_eq!(got, usize::from(expected), "filter {} topic {}", filter, topic);
                 }
             }
+        }
+
+        /// After any sequence of subscribes, unsubscribes and session teardowns, each session
+        /// gets one copy of a message iff one of its remaining filters matches (at the highest
+        /// QoS granted), each shared group that matches delivers once, the gauge counts what is
+        /// left, and removing everything leaves an empty tree.
+        #[test]
+        fn tree_agrees_with_the_reference_after_removals(
+            ops in prop::collection::vec(op(), 1..120),
+            topics in prop::collection::vec(topic_name(), 1..8),
+        ) {
+            let router = router();
+            let mailboxes: Vec<_> = (0..SESSIONS as u64).map(mailbox).collect();
+            // (session, raw filter) -> granted QoS: what should be in the tree.
+            let mut model: std::collections::BTreeMap<(usize, String), QoS> = Default::default();
+            for op in &ops {
+                match op {
+                    Op::Subscribe(session, raw, qos) => {
+                        subscribe(&router, &mailboxes[*session], raw, *qos);
+                        model.insert((*session, raw.clone()), *qos);
+                    }
+                    Op::Unsubscribe(session, raw) => {
+                        let subscription = Subscription::parse(raw).expect("valid");
+                        let existed = model.remove(&(*session, raw.clone())).is_some();
+                        prop_assert_eq!(router.unsubscribe(*session as u64, &subscription), existed);
+                    }
+                    Op::Discard(session) => {
+                        let filters: Vec<String> = model
+                            .keys()
+                            .filter(|(s, _)| s == session)
+                            .map(|(_, raw)| raw.clone())
+                            .collect();
+                        model.retain(|(s, _), _| s != session);
+                        router.remove_session(*session as u64, filters);
+                    }
+                }
+                prop_assert_eq!(router.metrics.subscriptions.get(), model.len() as i64);
+            }
+            for topic in &topics {
+                let delivered = publish(&router, topic, QoS::ExactlyOnce, false);
+                let mut groups = std::collections::BTreeSet::new();
+                let mut total = 0;
+                for (session, mailbox) in mailboxes.iter().enumerate() {
+                    let mut direct: Option<QoS> = None;
+                    let mut in_groups = false;
+                    for ((_, raw), qos) in model.range((session, String::new())..(session + 1, String::new())) {
+                        let subscription = Subscription::parse(raw).expect("valid");
+                        if !topic::matches(subscription.filter().as_bytes(), topic.as_bytes()) {
+                            continue;
+                        }
+                        match subscription.group() {
+                            None => direct = direct.max(Some(*qos)),
+                            Some(group) => {
+                                in_groups = true;
+                                groups.insert((group.to_string(), subscription.filter().to_string()));
+                            }
+                        }
+                    }
+                    let got = drain(mailbox);
+                    let got_direct = usize::from(direct.is_some());
+                    total += got_direct;
+                    if in_groups {
+                        prop_assert!(got.len() >= got_direct, "session {} topic {}", session, topic);
+                    } else {
+                        prop_assert_eq!(got.len(), got_direct, "session {} topic {}", session, topic);
+                        if let (Some(qos), Some(delivery)) = (direct, got.first()) {
+                            prop_assert_eq!(delivery.qos, qos);
+                        }
+                    }
+                }
+                total += groups.len();
+                prop_assert_eq!(delivered, total, "topic {}", topic);
+            }
+            for session in 0..SESSIONS {
+                let filters: Vec<String> = model
+                    .keys()
+                    .filter(|(s, _)| *s == session)
+                    .map(|(_, raw)| raw.clone())
+                    .collect();
+                router.remove_session(session as u64, filters);
+            }
+            prop_assert_eq!(router.metrics.subscriptions.get(), 0);
+            prop_assert!(router.tree.read().is_empty());
         }
 
         /// A wildcard SUBSCRIBE finds exactly the retained messages the reference rules match.

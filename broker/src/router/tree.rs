@@ -1,0 +1,485 @@
+//! The subscription tree: which sessions' filters match a topic.
+//!
+//! A trie of filter levels, edited in place: the [`Router`](super::Router) keeps it behind a
+//! read-write lock, publishers walk it under the read lock ([`Node::collect`]) and SUBSCRIBE,
+//! UNSUBSCRIBE and session teardown edit it under the write lock ([`Node::insert`],
+//! [`Node::remove`]), pruning branches that end up empty. Matching walks only the branches a
+//! topic can reach (exact level, `+`, `#`), never every subscription.
+//!
+//! Memory is what this layout is for: a broker may hold millions of filters, most of them on
+//! nodes with one child or one subscriber. So a node's children are an exactly sized vector while
+//! there are few of them and a hash map only beyond [`FEW`]; a level name of up to
+//! [`INLINE_LEVEL`] bytes is stored in the entry itself; a lone subscriber is stored in the node
+//! itself; shared groups are boxed, and absent from nodes that have none. Each edit costs time
+//! in proportion to the filter's depth, except when a node's map outgrows its capacity (one
+//! rehash of that node's children, as in any hash table).
+
+use std::borrow::Borrow;
+use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use smallvec::SmallVec;
+
+use crate::codec::QoS;
+use crate::session::{Mailbox, SessionId};
+
+/// Children or subscribers beyond this many move from a vector (scanned) to a hash map.
+const FEW: usize = 8;
+
+/// Level names up to this many bytes are stored inline.
+const INLINE_LEVEL: usize = 22;
+
+/// The hasher of every map in the tree: SipHash with one random key per process, shared rather
+/// than stored in each map (a `RandomState` per node would cost 16 bytes each). Random keys keep
+/// clients from choosing levels that collide.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Seeded;
+
+impl BuildHasher for Seeded {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        static KEYS: OnceLock<RandomState> = OnceLock::new();
+        KEYS.get_or_init(RandomState::new).build_hasher()
+    }
+}
+
+/// The bytes of one filter level.
+#[derive(Clone)]
+enum Level {
+    Inline { len: u8, bytes: [u8; INLINE_LEVEL] },
+    Boxed(Box<[u8]>),
+}
+
+impl Level {
+    fn new(level: &[u8]) -> Level {
+        if level.len() <= INLINE_LEVEL {
+            let mut bytes = [0; INLINE_LEVEL];
+            bytes[..level.len()].copy_from_slice(level);
+            Level::Inline {
+                len: level.len() as u8,
+                bytes,
+            }
+        } else {
+            Level::Boxed(level.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Level::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Level::Boxed(bytes) => bytes,
+        }
+    }
+}
+
+impl Borrow<[u8]> for Level {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+// Hash and Eq agree with those of `[u8]`, as `Borrow` requires for lookups by slice.
+impl Hash for Level {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl PartialEq for Level {
+    fn eq(&self, other: &Level) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Level {}
+
+/// A session's entry on a node.
+#[derive(Clone)]
+pub(super) struct Subscriber {
+    pub(super) mailbox: Arc<Mailbox>,
+    pub(super) qos: QoS,
+}
+
+/// A node's children by level.
+// The map is boxed so that a node with few children (almost every node) pays for a vector only.
+#[allow(clippy::box_collection)]
+enum Children {
+    Few(Vec<(Level, Node)>),
+    Many(Box<HashMap<Level, Node, Seeded>>),
+}
+
+impl Children {
+    fn get(&self, level: &[u8]) -> Option<&Node> {
+        match self {
+            Children::Few(few) => few
+                .iter()
+                .find(|(l, _)| l.as_bytes() == level)
+                .map(|e| &e.1),
+            Children::Many(many) => many.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &[u8]) -> Option<&mut Node> {
+        match self {
+            Children::Few(few) => few
+                .iter_mut()
+                .find(|(l, _)| l.as_bytes() == level)
+                .map(|e| &mut e.1),
+            Children::Many(many) => many.get_mut(level),
+        }
+    }
+
+    fn get_or_insert(&mut self, level: &[u8]) -> &mut Node {
+        if let Children::Few(few) = self {
+            if few.len() >= FEW && !few.iter().any(|(l, _)| l.as_bytes() == level) {
+                let mut many = HashMap::with_capacity_and_hasher(FEW * 2, Seeded);
+                many.extend(std::mem::take(few));
+                *self = Children::Many(Box::new(many));
+            }
+        }
+        match self {
+            Children::Few(few) => {
+                let index = match few.iter().position(|(l, _)| l.as_bytes() == level) {
+                    Some(index) => index,
+                    None => {
+                        // Exactly sized: most nodes keep one or two children for good.
+                        few.reserve_exact(1);
+                        few.push((Level::new(level), Node::default()));
+                        few.len() - 1
+                    }
+                };
+                &mut few[index].1
+            }
+            Children::Many(many) => many.entry(Level::new(level)).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &[u8]) {
+        match self {
+            Children::Few(few) => {
+                if let Some(index) = few.iter().position(|(l, _)| l.as_bytes() == level) {
+                    few.swap_remove(index);
+                    if few.is_empty() || few.len() <= few.capacity() / 4 {
+                        few.shrink_to_fit();
+                    }
+                }
+            }
+            Children::Many(many) => {
+                many.remove(level);
+                // A map is not shrunk on the way down, only replaced once nearly empty (and
+                // freed with its node once empty): shrinking rehashes every entry under the
+                // write lock, which for a node with 100,000s of children would stall publishers.
+                if many.len() <= FEW / 2 {
+                    let few: Vec<(Level, Node)> = many.drain().collect();
+                    *self = Children::Few(few);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(few) => few.is_empty(),
+            Children::Many(many) => many.is_empty(),
+        }
+    }
+}
+
+impl Default for Children {
+    fn default() -> Children {
+        Children::Few(Vec::new())
+    }
+}
+
+/// The sessions subscribed (not through a shared group) to a node's filter.
+// The map is boxed so that a node with one subscriber (almost every node) stays small.
+#[allow(clippy::box_collection)]
+#[derive(Default)]
+pub(super) enum Subscribers {
+    #[default]
+    None,
+    One(Subscriber),
+    Few(Vec<Subscriber>),
+    Many(Box<HashMap<SessionId, Subscriber, Seeded>>),
+}
+
+impl Subscribers {
+    /// Adds or updates; returns whether it was added.
+    fn insert(&mut self, subscriber: Subscriber) -> bool {
+        let id = subscriber.mailbox.id();
+        match self {
+            Subscribers::None => {
+                *self = Subscribers::One(subscriber);
+                true
+            }
+            Subscribers::One(one) if one.mailbox.id() == id => {
+                *one = subscriber;
+                false
+            }
+            Subscribers::One(_) => {
+                let Subscribers::One(one) = std::mem::replace(self, Subscribers::None) else {
+                    unreachable!("matched One above")
+                };
+                *self = Subscribers::Few(vec![one, subscriber]);
+                true
+            }
+            Subscribers::Few(few) => {
+                if let Some(existing) = few.iter_mut().find(|s| s.mailbox.id() == id) {
+                    *existing = subscriber;
+                    return false;
+                }
+                if few.len() < FEW {
+                    few.push(subscriber);
+                    return true;
+                }
+                let mut many = HashMap::with_capacity_and_hasher(FEW * 2, Seeded);
+                many.extend(few.drain(..).map(|s| (s.mailbox.id(), s)));
+                many.insert(id, subscriber);
+                *self = Subscribers::Many(Box::new(many));
+                true
+            }
+            Subscribers::Many(many) => many.insert(id, subscriber).is_none(),
+        }
+    }
+
+    /// Returns whether `id` was there.
+    fn remove(&mut self, id: SessionId) -> bool {
+        match self {
+            Subscribers::None => false,
+            Subscribers::One(one) => {
+                let found = one.mailbox.id() == id;
+                if found {
+                    *self = Subscribers::None;
+                }
+                found
+            }
+            Subscribers::Few(few) => {
+                let Some(index) = few.iter().position(|s| s.mailbox.id() == id) else {
+                    return false;
+                };
+                few.swap_remove(index);
+                if few.len() == 1 {
+                    if let Some(last) = few.pop() {
+                        *self = Subscribers::One(last);
+                    }
+                }
+                true
+            }
+            Subscribers::Many(many) => {
+                let found = many.remove(&id).is_some();
+                // Not shrunk on the way down, for the reason given in `Children::remove`.
+                if many.len() <= FEW / 2 {
+                    *self = Subscribers::Few(many.drain().map(|(_, s)| s).collect());
+                }
+                found
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Subscribers::None)
+    }
+
+    pub(super) fn for_each<'a>(&'a self, mut f: impl FnMut(&'a Subscriber)) {
+        match self {
+            Subscribers::None => {}
+            Subscribers::One(one) => f(one),
+            Subscribers::Few(few) => few.iter().for_each(f),
+            Subscribers::Many(many) => many.values().for_each(f),
+        }
+    }
+}
+
+/// The members of one shared-subscription group on one filter.
+pub(super) struct SharedGroup {
+    name: Box<str>,
+    members: Vec<Subscriber>,
+    /// Round-robin position.
+    next: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// The next online member after the last one served, if any is online. The turn passes to
+    /// the member after the one chosen, so offline members do not double their neighbours' share.
+    pub(super) fn pick(&self) -> Option<&Subscriber> {
+        let len = self.members.len();
+        let start = self.next.load(Ordering::Relaxed);
+        let chosen = (0..len)
+            .map(|offset| (start + offset) % len)
+            .find(|&index| self.members[index].mailbox.is_online())?;
+        // Racing publishers may both pick the same member; round robin stays approximate then.
+        self.next.store(chosen + 1, Ordering::Relaxed);
+        Some(&self.members[chosen])
+    }
+}
+
+/// The nodes whose filters match a topic; a publish to an ordinary topic matches few.
+pub(super) type Matches<'a> = SmallVec<[&'a Node; 8]>;
+
+/// One level of the tree: the subscriptions whose filter ends here, and the longer filters below.
+#[derive(Default)]
+pub(super) struct Node {
+    children: Children,
+    subscribers: Subscribers,
+    /// Boxed: one pointer on the many nodes that have no shared groups.
+    #[allow(clippy::box_collection)]
+    shared: Option<Box<Vec<SharedGroup>>>,
+}
+
+impl Node {
+    pub(super) fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_none()
+    }
+
+    pub(super) fn subscribers(&self) -> &Subscribers {
+        &self.subscribers
+    }
+
+    pub(super) fn shared_groups(&self) -> &[SharedGroup] {
+        self.shared.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Adds (or updates the QoS of) a subscription to the filter `path` below this node, directly
+    /// or as a member of `group`; returns whether it was added.
+    pub(super) fn insert(
+        &mut self,
+        path: &[&[u8]],
+        group: Option<&str>,
+        subscriber: Subscriber,
+    ) -> bool {
+        let mut node = self;
+        for level in path {
+            node = node.children.get_or_insert(level);
+        }
+        let Some(group) = group else {
+            return node.subscribers.insert(subscriber);
+        };
+        let groups = node.shared.get_or_insert_with(Default::default);
+        let index = match groups.iter().position(|g| &*g.name == group) {
+            Some(index) => index,
+            None => {
+                groups.push(SharedGroup {
+                    name: group.into(),
+                    members: Vec::new(),
+                    next: AtomicUsize::new(0),
+                });
+                groups.len() - 1
+            }
+        };
+        let members = &mut groups[index].members;
+        let id = subscriber.mailbox.id();
+        match members.iter_mut().find(|m| m.mailbox.id() == id) {
+            Some(member) => {
+                *member = subscriber;
+                false
+            }
+            None => {
+                members.push(subscriber);
+                true
+            }
+        }
+    }
+
+    /// Removes the subscription of session `id` to the filter `path` below this node (directly or
+    /// as a member of `group`), pruning the branches it leaves empty; returns whether it existed.
+    pub(super) fn remove(&mut self, path: &[&[u8]], group: Option<&str>, id: SessionId) -> bool {
+        let Some((level, rest)) = path.split_first() else {
+            return self.remove_here(group, id);
+        };
+        let Some(child) = self.children.get_mut(level) else {
+            return false;
+        };
+        let removed = child.remove(rest, group, id);
+        if child.is_empty() {
+            self.children.remove(level);
+        }
+        removed
+    }
+
+    fn remove_here(&mut self, group: Option<&str>, id: SessionId) -> bool {
+        let Some(group) = group else {
+            return self.subscribers.remove(id);
+        };
+        let Some(groups) = self.shared.as_mut() else {
+            return false;
+        };
+        let Some(index) = groups.iter().position(|g| &*g.name == group) else {
+            return false;
+        };
+        let members = &mut groups[index].members;
+        // Members keep their order: it is the round-robin order.
+        let Some(member) = members.iter().position(|m| m.mailbox.id() == id) else {
+            return false;
+        };
+        members.remove(member);
+        if members.is_empty() {
+            groups.swap_remove(index);
+            if groups.is_empty() {
+                self.shared = None;
+            }
+        }
+        true
+    }
+
+    /// Collects the nodes whose filters match `topic[depth..]` below this node.
+    pub(super) fn collect<'a>(&'a self, topic: &[&[u8]], depth: usize, out: &mut Matches<'a>) {
+        // A wildcard in the first level does not match topics starting with '$'.
+        let wildcards = depth > 0 || topic.first().is_none_or(|t| t.first() != Some(&b'$'));
+        if wildcards {
+            if let Some(all) = self.children.get(b"#") {
+                all.add_to(out);
+            }
+        }
+        match topic.get(depth) {
+            None => self.add_to(out),
+            Some(level) => {
+                if let Some(child) = self.children.get(level) {
+                    child.collect(topic, depth + 1, out);
+                }
+                if wildcards {
+                    if let Some(any) = self.children.get(b"+") {
+                        any.collect(topic, depth + 1, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_to<'a>(&'a self, out: &mut Matches<'a>) {
+        if !self.subscribers.is_empty() || self.shared.is_some() {
+            out.push(self);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_compare_and_hash_as_their_bytes() {
+        let short = Level::new(b"abc");
+        let long = Level::new(&[b'x'; 40]);
+        assert!(matches!(short, Level::Inline { .. }));
+        assert!(matches!(long, Level::Boxed(_)));
+        assert_eq!(short.as_bytes(), b"abc");
+        assert_eq!(long.as_bytes(), &[b'x'; 40][..]);
+        assert!(Level::new(b"") == Level::new(b""));
+        assert_eq!(Seeded.hash_one(&short), Seeded.hash_one(b"abc".as_slice()));
+    }
+
+    #[test]
+    fn layout_stays_compact() {
+        // What one more filter costs, at least: the entry in its parent's children.
+        assert!(std::mem::size_of::<Level>() <= 24);
+        assert!(
+            std::mem::size_of::<(Level, Node)>() <= 96,
+            "{}",
+            std::mem::size_of::<(Level, Node)>()
+        );
+    }
+}
