@@ -10,8 +10,8 @@
 
 #![no_main]
 
-use bytes::Bytes;
-use coolpy7::codec::QoS;
+use bytes::{Bytes, BytesMut};
+use coolpy7::codec::{decode, encode_publish, QoS};
 use coolpy7::fuzzing::{decode_sync_batch, encode_sync_batch, SyncBatch};
 use coolpy7::router::Message;
 use coolpy7::topic::MAX_LEVELS;
@@ -108,9 +108,16 @@ fn check_batch(input: &[u8]) {
     }
 }
 
-/// Whether a peer forwards a message on this topic: one a client may publish to (UTF-8, not
-/// empty, no wildcards, at most MAX_LEVELS levels) that is not a `$` topic.
+/// Whether a peer forwards a message on this topic: one a client may publish to (the codec
+/// takes it in a PUBLISH; not empty, no wildcards, at most MAX_LEVELS levels) that is not a
+/// `$` topic. Records from peers get the same rules as client PUBLISHes (issue 10, item 12).
 fn forwardable(topic: &[u8]) -> bool {
+    let mut publish = BytesMut::new();
+    if encode_publish(&mut publish, false, QoS::AtMostOnce, false, topic, 0, b"").is_err()
+        || !matches!(decode(&mut publish, None, usize::MAX), Ok(Some(_)))
+    {
+        return false;
+    }
     let Ok(topic) = std::str::from_utf8(topic) else {
         return false;
     };
