@@ -15,6 +15,9 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -37,8 +37,8 @@ use super::replay::{micros_since, ReplayWindow, SequenceClock};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 
 pub const VERSION: u8 = 1;
-const KIND_FOCA: u8 = 1;
-const KIND_JOIN: u8 = 2;
+pub(crate) const KIND_FOCA: u8 = 1;
+pub(crate) const KIND_JOIN: u8 = 2;
 /// The envelope before the body, at its largest: version, kind, sender id, boot, seq.
 const HEADER_LEN: usize = 2 + 1 + super::config::MAX_NODE_ID_LEN + 8 + 8;
 /// Replay windows kept before those of senders that are no longer members are dropped.
@@ -889,16 +889,16 @@ impl GossipTask {
 
 /// The part of a gossip datagram between the version byte and the tag.
 #[derive(Debug, PartialEq, Eq)]
-struct Envelope<'a> {
-    kind: u8,
-    sender: &'a [u8],
-    boot_ms: u64,
-    seq: u64,
-    body: &'a [u8],
+pub(crate) struct Envelope<'a> {
+    pub(crate) kind: u8,
+    pub(crate) sender: &'a [u8],
+    pub(crate) boot_ms: u64,
+    pub(crate) seq: u64,
+    pub(crate) body: &'a [u8],
 }
 
 impl<'a> Envelope<'a> {
-    fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.push(VERSION);
         out.push(self.kind);
         // Node ids are at most 64 bytes (checked with the flags).
@@ -909,7 +909,7 @@ impl<'a> Envelope<'a> {
         out.extend_from_slice(self.body);
     }
 
-    fn decode(datagram: &'a [u8]) -> Option<Envelope<'a>> {
+    pub(crate) fn decode(datagram: &'a [u8]) -> Option<Envelope<'a>> {
         let [version, kind, id_len, rest @ ..] = datagram else {
             return None;
         };

@@ -195,7 +195,12 @@ pub async fn send_loop(
     }
 }
 
-fn encode_header(out: &mut Vec<u8>, origin: &Origin, destination: &NodeIdentity, seq: u64) {
+pub(crate) fn encode_header(
+    out: &mut Vec<u8>,
+    origin: &Origin,
+    destination: &NodeIdentity,
+    seq: u64,
+) {
     out.put_u8(VERSION);
     out.put_u8(KIND_PUBLISH);
     put_node(out, &origin.node_id, origin.boot_ms);
@@ -212,7 +217,7 @@ fn put_node(out: &mut Vec<u8>, node_id: &str, boot_ms: u64) {
     out.put_u64(boot_ms);
 }
 
-fn encode_record(out: &mut Vec<u8>, message: &Message) {
+pub(crate) fn encode_record(out: &mut Vec<u8>, message: &Message) {
     let flags = message.qos as u8 | if message.retain { 0b100 } else { 0 };
     out.put_u8(flags);
     // Both bounded by -csl, far below u16::MAX and u32::MAX.
@@ -224,17 +229,17 @@ fn encode_record(out: &mut Vec<u8>, message: &Message) {
 
 /// A sync datagram, authenticated and parsed.
 #[derive(Debug)]
-struct Batch {
-    origin: Bytes,
-    boot_ms: u64,
-    destination: Bytes,
-    destination_boot_ms: u64,
-    seq: u64,
-    records: Vec<Message>,
+pub(crate) struct Batch {
+    pub(crate) origin: Bytes,
+    pub(crate) boot_ms: u64,
+    pub(crate) destination: Bytes,
+    pub(crate) destination_boot_ms: u64,
+    pub(crate) seq: u64,
+    pub(crate) records: Vec<Message>,
 }
 
 /// Parses an authenticated body; `None` when it is not a well-formed version-1 publish batch.
-fn decode_batch(body: &[u8]) -> Option<Batch> {
+pub(crate) fn decode_batch(body: &[u8]) -> Option<Batch> {
     let mut buf = body;
     if buf.remaining() < 2 || buf.get_u8() != VERSION || buf.get_u8() != KIND_PUBLISH {
         return None;

@@ -1,0 +1,133 @@
+//! Entry points for the fuzz targets in `fuzz/` (cargo feature `fuzzing`, off in every build
+//! that ships): thin wrappers over the cluster's private parsers, so that the targets exercise
+//! the very code the receive loops run without those parsers becoming part of the crate's API.
+//! The MQTT codec ([`crate::codec::decode`]) and the replay window
+//! ([`crate::cluster::replay::ReplayWindow`]) are public already and are fuzzed directly.
+
+use bytes::Bytes;
+use foca::{AccumulatingRuntime, Codec, Foca, PostcardCodec};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::cluster::membership::{Envelope, NodeIdentity, KIND_FOCA, KIND_JOIN};
+use crate::cluster::sync::{self, Origin};
+use crate::router::Message;
+
+/// A sync datagram's body as [`decode_sync_batch`] parsed it.
+#[derive(Debug)]
+pub struct SyncBatch {
+    pub origin: Bytes,
+    pub boot_ms: u64,
+    pub destination: Bytes,
+    pub destination_boot_ms: u64,
+    pub seq: u64,
+    pub records: Vec<Message>,
+}
+
+/// The sync receiver's parser of an authenticated datagram body (tag already removed).
+pub fn decode_sync_batch(body: &[u8]) -> Option<SyncBatch> {
+    let batch = sync::decode_batch(body)?;
+    Some(SyncBatch {
+        origin: batch.origin,
+        boot_ms: batch.boot_ms,
+        destination: batch.destination,
+        destination_boot_ms: batch.destination_boot_ms,
+        seq: batch.seq,
+        records: batch.records,
+    })
+}
+
+/// The sync sender's encoding of a datagram body (without the tag), for round trips.
+pub fn encode_sync_batch(
+    origin: &str,
+    boot_ms: u64,
+    destination: &str,
+    destination_boot_ms: u64,
+    seq: u64,
+    records: &[Message],
+) -> Vec<u8> {
+    let origin = Origin {
+        node_id: origin.to_owned(),
+        boot_ms,
+    };
+    let mut destination = identity(destination);
+    destination.boot_ms = destination_boot_ms;
+    let mut out = Vec::new();
+    sync::encode_header(&mut out, &origin, &destination, seq);
+    // The sender never puts more than u16::MAX records in one datagram.
+    out.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    for record in records {
+        sync::encode_record(&mut out, record);
+    }
+    out
+}
+
+/// A gossip datagram's envelope as [`decode_gossip_envelope`] parsed it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GossipEnvelope<'a> {
+    pub kind: u8,
+    pub sender: &'a [u8],
+    pub boot_ms: u64,
+    pub seq: u64,
+    pub body: &'a [u8],
+}
+
+/// The gossip receiver's parser of an authenticated datagram body (tag already removed).
+pub fn decode_gossip_envelope(body: &[u8]) -> Option<GossipEnvelope<'_>> {
+    let Envelope {
+        kind,
+        sender,
+        boot_ms,
+        seq,
+        body,
+    } = Envelope::decode(body)?;
+    Some(GossipEnvelope {
+        kind,
+        sender,
+        boot_ms,
+        seq,
+        body,
+    })
+}
+
+/// The gossip sender's encoding of an envelope (without the tag).
+pub fn encode_gossip_envelope(envelope: &GossipEnvelope<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    Envelope {
+        kind: envelope.kind,
+        sender: envelope.sender,
+        boot_ms: envelope.boot_ms,
+        seq: envelope.seq,
+        body: envelope.body,
+    }
+    .encode(&mut out);
+    out
+}
+
+/// Hands an envelope's body to what the gossip receiver hands it to: a join request to the
+/// member decoder, anything else to a fresh membership state machine (as `local`).
+pub fn handle_gossip_body(kind: u8, body: &[u8]) {
+    if kind == KIND_JOIN {
+        let _ = Codec::<NodeIdentity>::decode_member(&mut PostcardCodec, body);
+    } else if kind == KIND_FOCA {
+        let mut foca = Foca::new(
+            identity("local"),
+            foca::Config::simple(),
+            StdRng::seed_from_u64(0),
+            PostcardCodec,
+        );
+        let _ = foca.handle_data(body, &mut AccumulatingRuntime::new());
+    }
+}
+
+fn identity(node_id: &str) -> NodeIdentity {
+    NodeIdentity {
+        node_id: node_id.to_owned(),
+        gossip: ([127, 0, 0, 1], 7946).into(),
+        sync_port: 7947,
+        mqtt_port: 1883,
+        version: crate::VERSION.to_owned(),
+        boot_ms: 1,
+        renewal: 0,
+    }
+}

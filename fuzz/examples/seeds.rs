@@ -1,0 +1,251 @@
+//! Writes the seed corpus of every fuzz target into `fuzz/corpus/<target>/seed-*`, from the
+//! broker's own encoders (and foca's, for gossip), so that the fuzzer starts from inputs that
+//! get past the first checks. The seeds are checked in; rerun after a wire format changes:
+//!
+//! ```text
+//! cargo run --manifest-path fuzz/Cargo.toml --example seeds
+//! ```
+
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use coolpy7::cluster::membership::NodeIdentity;
+use coolpy7::codec::{
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, Protocol, Publish, QoS, SubAck,
+    Subscribe, SubscribeReturnCode, Unsubscribe,
+};
+use coolpy7::fuzzing::{encode_gossip_envelope, encode_sync_batch, GossipEnvelope};
+use coolpy7::router::Message;
+use foca::{AccumulatingRuntime, Codec, Foca, Member, PostcardCodec};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn main() -> std::io::Result<()> {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let write = |target: &str, name: &str, bytes: &[u8]| -> std::io::Result<()> {
+        let dir = corpus.join(target);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("seed-{name}")), bytes)
+    };
+
+    // mqtt_decode: [config][small limit][stream]; config % 3 picks the level (none, 3.1,
+    // 3.1.1), config / 3 % 4 the limit (none, protocol max, small, small * 16).
+    for (name, config, small, packets) in mqtt_seeds() {
+        let mut stream = vec![config, small];
+        for (packet, protocol) in packets {
+            let mut buf = BytesMut::new();
+            packet
+                .encode(protocol, &mut buf)
+                .expect("seed packets are encodable");
+            stream.extend_from_slice(&buf);
+        }
+        write("mqtt_decode", name, &stream)?;
+    }
+    // A CONNECT and a PUBLISH announcing 256 MB (issue 10, item 1), under each limit.
+    write(
+        "mqtt_decode",
+        "huge-connect",
+        &[0, 0, 0x10, 0xff, 0xff, 0xff, 0x7f],
+    )?;
+    write(
+        "mqtt_decode",
+        "huge-publish-limit",
+        &[6, 40, 0x30, 0xff, 0xff, 0xff, 0x7f],
+    )?;
+
+    // sync_datagram: [mode = 0][body] or [mode = 1][batch description].
+    let records = [
+        message("a/b", b"hello", QoS::AtMostOnce, false),
+        message("sensors/1/t", b"21.5", QoS::AtLeastOnce, true),
+        message("x", b"", QoS::ExactlyOnce, false),
+    ];
+    for (name, records) in [
+        ("one", &records[..1]),
+        ("three", &records[..]),
+        ("none", &[]),
+    ] {
+        let mut input = vec![0];
+        input.extend(encode_sync_batch("n1", 42, "n2", 7, 9, records));
+        write("sync_datagram", name, &input)?;
+    }
+    // origin "n1", destination "n2", boots and seq, two records.
+    let mut description = vec![1, 2, b'n', b'1', 2, b'n', b'2'];
+    description.extend([
+        8, 0, 0, 0, 0, 0, 0, 0, 42, 8, 0, 0, 0, 0, 0, 0, 0, 7, 8, 0, 0, 0, 0,
+    ]);
+    description.extend([
+        0, 0, 0, 9, 2, 1, 3, b'a', b'/', b'b', 2, b'h', b'i', 4, 1, b'$',
+    ]);
+    description.push(0);
+    write("sync_datagram", "described", &description)?;
+
+    // gossip_envelope: a join request and a foca announce, as the gossip task seals them.
+    let local = identity("local");
+    let joiner = identity("n1");
+    let mut join = Vec::new();
+    PostcardCodec
+        .encode_member(&Member::alive(joiner.clone()), &mut join)
+        .expect("a member encodes");
+    write("gossip_envelope", "join", &envelope(2, &join))?;
+    let mut foca = Foca::new(
+        joiner,
+        foca::Config::simple(),
+        StdRng::seed_from_u64(1),
+        PostcardCodec,
+    );
+    let mut runtime = AccumulatingRuntime::new();
+    foca.announce(local, &mut runtime)
+        .expect("foca can announce");
+    let mut n = 0;
+    while let Some((_, packet)) = runtime.to_send() {
+        write(
+            "gossip_envelope",
+            &format!("foca-{n}"),
+            &envelope(1, &packet),
+        )?;
+        n += 1;
+    }
+
+    // replay_window: operations (see the target): in order, reordered, a far jump, new boots.
+    write("replay_window", "in-order", &[2, 2, 2, 2, 2, 2])?;
+    write(
+        "replay_window",
+        "reorder",
+        &[0, 5, 0, 3, 0, 0xfe, 0, 0xff, 2, 4, 4],
+    )?;
+    let mut jump = vec![
+        2, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 1,
+    ];
+    jump.extend([1, 0, 0, 0, 0, 0, 0, 0, 200, 2, 9]);
+    write("replay_window", "jump", &jump)?;
+    write(
+        "replay_window",
+        "boots",
+        &[2, 2, 3, 1, 2, 2, 8, 3, 0, 2, 0, 0xff],
+    )?;
+    Ok(())
+}
+
+type Seed = (&'static str, u8, u8, Vec<(Packet, Protocol)>);
+
+fn mqtt_seeds() -> Vec<Seed> {
+    use Protocol::{V31, V311};
+    let connect = |protocol| Connect {
+        protocol,
+        clean_session: true,
+        keep_alive: 30,
+        client_id: "client-1".into(),
+        will: Some(LastWill {
+            topic: "wills/client-1".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        }),
+        username: Some("user".into()),
+        password: Some(Bytes::from_static(b"secret")),
+    };
+    let publish = |qos, packet_id| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: qos == QoS::AtMostOnce,
+            topic: Bytes::from_static(b"a/b/c"),
+            packet_id,
+            payload: Bytes::from_static(b"payload"),
+        })
+    };
+    let session = vec![
+        (Packet::Connect(connect(V311)), V311),
+        (publish(QoS::AtMostOnce, None), V311),
+        (publish(QoS::AtLeastOnce, Some(1)), V311),
+        (publish(QoS::ExactlyOnce, Some(2)), V311),
+        (
+            Packet::Subscribe(Subscribe {
+                packet_id: 3,
+                filters: vec![
+                    ("a/+/c".into(), QoS::AtLeastOnce),
+                    ("#".into(), QoS::AtMostOnce),
+                ],
+            }),
+            V311,
+        ),
+        (
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: 4,
+                filters: vec!["a/+/c".into()],
+            }),
+            V311,
+        ),
+        (Packet::PubAck(1), V311),
+        (Packet::PubRec(2), V311),
+        (Packet::PubRel(2), V311),
+        (Packet::PubComp(2), V311),
+        (Packet::PingReq, V311),
+        (Packet::Disconnect, V311),
+    ];
+    let from_server = vec![
+        (
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                code: ConnectReturnCode::Accepted,
+            }),
+            V311,
+        ),
+        (
+            Packet::SubAck(SubAck {
+                packet_id: 3,
+                return_codes: vec![
+                    SubscribeReturnCode::Granted(QoS::AtLeastOnce),
+                    SubscribeReturnCode::Failure,
+                ],
+            }),
+            V311,
+        ),
+        (Packet::UnsubAck(4), V311),
+        (Packet::PingResp, V311),
+    ];
+    vec![
+        ("session-no-limit", 0, 0, session.clone()),
+        ("session-v311-small-limit", 2 + 6, 40, session.clone()),
+        ("session-v311-limit-x16", 2 + 9, 3, session),
+        (
+            "connect-v31",
+            1,
+            0,
+            vec![(Packet::Connect(connect(V31)), V31)],
+        ),
+        ("server-packets-v31-max", 1 + 3, 0, from_server),
+    ]
+}
+
+fn message(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Message {
+    Message::new(
+        Bytes::copy_from_slice(topic.as_bytes()),
+        Bytes::copy_from_slice(payload),
+        qos,
+        retain,
+    )
+}
+
+fn envelope(kind: u8, body: &[u8]) -> Vec<u8> {
+    encode_gossip_envelope(&GossipEnvelope {
+        kind,
+        sender: b"n1",
+        boot_ms: 1,
+        seq: 1,
+        body,
+    })
+}
+
+/// As the fuzzing wrapper's local node is, so that foca's packets are addressed to it.
+fn identity(node_id: &str) -> NodeIdentity {
+    NodeIdentity {
+        node_id: node_id.into(),
+        gossip: ([127, 0, 0, 1], 7946).into(),
+        sync_port: 7947,
+        mqtt_port: 1883,
+        version: coolpy7::VERSION.into(),
+        boot_ms: 1,
+        renewal: 0,
+    }
+}
