@@ -49,6 +49,7 @@ pub fn encode_sync_batch(
     let origin = Origin {
         node_id: origin.to_owned(),
         boot_ms,
+        started: std::time::Instant::now(),
     };
     let mut destination = identity(destination);
     destination.boot_ms = destination_boot_ms;
