@@ -200,6 +200,14 @@ impl Mailbox {
         self.queue.lock().is_empty()
     }
 
+    /// Wakes the consumer if deliveries are queued: for a consumer that took from elsewhere
+    /// after being woken.
+    pub fn announce(&self) {
+        if !self.queue.lock().is_empty() {
+            self.ready.notify_one();
+        }
+    }
+
     /// Completes when a delivery arrives in an empty queue (or one arrived since the last wait).
     pub async fn ready(&self) {
         self.ready.notified().await
@@ -220,7 +228,7 @@ impl Mailbox {
 /// which at most `window` have QoS 1 or 2, and no more once `byte_budget` bytes of topic and
 /// payload are taken. Stops at the first one that does not fit, so order is kept. Returns how
 /// many it moved.
-pub fn take_within(
+fn take_within(
     queue: &mut VecDeque<Delivery>,
     max: usize,
     mut window: usize,
@@ -333,13 +341,39 @@ pub struct SessionState {
     pub incoming_qos2: BTreeSet<u16>,
     /// Retained messages owed for new subscriptions, sent before anything in the mailbox. Not
     /// bounded by `-mq`: every matching retained message is delivered, paced by the client's
-    /// in-flight window and socket like any other delivery.
-    pub retained: VecDeque<Delivery>,
+    /// in-flight window and socket like any other delivery. One cursor per filter, so its size
+    /// is bounded by the session's subscriptions (`-msc`), not by the retained store.
+    pub retained: VecDeque<RetainedOwed>,
+}
+
+/// The retained messages a subscription is still owed: those matching `filter` after the topic
+/// `after` (all of them while it is `None`), delivered at most at `qos`.
+#[derive(Debug)]
+pub struct RetainedOwed {
+    pub filter: Box<str>,
+    pub qos: QoS,
+    pub after: Option<bytes::Bytes>,
 }
 
 impl SessionState {
     pub fn client_id(&self) -> &str {
         self.mailbox.client_id()
+    }
+
+    /// Owes the retained messages matching `filter` (a new or repeated subscription): a repeat
+    /// starts that filter's delivery over, as MQTT asks, without owing them twice.
+    pub fn owe_retained(&mut self, filter: &str, qos: QoS) {
+        self.forgive_retained(filter);
+        self.retained.push_back(RetainedOwed {
+            filter: filter.into(),
+            qos,
+            after: None,
+        });
+    }
+
+    /// Forgets what is owed for `filter` (unsubscribed).
+    pub fn forgive_retained(&mut self, filter: &str) {
+        self.retained.retain(|owed| &*owed.filter != filter);
     }
 }
 

@@ -207,3 +207,24 @@ async fn a_full_window_with_nothing_waiting_is_not_a_stall() {
     slow.send(&packets::puback(second.pkid)).await;
     slow.ping().await;
 }
+
+/// A QoS 1 subscriber that keeps acknowledging, only more slowly than its backlog drains,
+/// makes progress the whole time: `-t` does not close it.
+#[tokio::test]
+async fn a_slow_but_steady_acknowledger_is_not_stalled() {
+    const N: u16 = 150;
+    let broker = Broker::start(&["-t", "1", "-mif", "4"]);
+    let mut sub = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("steady")).await;
+    assert_eq!(sub.subscribe(1, &[("steady/t", 1)]).await, vec![1]);
+    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("pub")).await;
+    for i in 0..N {
+        publisher.publish_qos1("steady/t", i + 1, b"m").await;
+    }
+    // One acknowledgement every 20 ms: 3 s for all, three times -t, with steady progress.
+    for _ in 0..N {
+        let publish = sub.recv_publish(TIMEOUT).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        sub.send(&packets::puback(publish.pkid)).await;
+    }
+    sub.ping().await;
+}

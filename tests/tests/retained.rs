@@ -170,10 +170,22 @@ async fn retained_messages_survive_their_publisher() {
 /// Publishes `n` retained messages `<prefix>/<i>` at `qos` (0 or 1) from one raw client and
 /// waits until the broker holds them all.
 async fn publish_many_retained(broker: &Broker, prefix: &str, n: usize, qos: u8) {
+    publish_many_retained_sized(broker, prefix, n, qos, 1).await;
+}
+
+/// [`publish_many_retained`] with payloads of `size` bytes.
+async fn publish_many_retained_sized(
+    broker: &Broker,
+    prefix: &str,
+    n: usize,
+    qos: u8,
+    size: usize,
+) {
     let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("many")).await;
+    let payload = vec![b'v'; size];
     for i in 0..n {
         let pkid = if qos == 0 { 0 } else { (i % 60_000) as u16 + 1 };
-        let packet = PublishPacket::new(&format!("{prefix}/{i}"), qos, pkid, b"v").retain(true);
+        let packet = PublishPacket::new(&format!("{prefix}/{i}"), qos, pkid, &payload).retain(true);
         publisher.send(&packet.encode()).await;
     }
     publisher.ping().await;
@@ -191,17 +203,22 @@ async fn publish_many_retained(broker: &Broker, prefix: &str, n: usize, qos: u8)
 /// they are paced by the client's flow, not cut to the `-mq` queue limit (100 here).
 #[tokio::test]
 async fn every_matching_retained_message_is_delivered_beyond_the_queue_limit_at_qos0() {
+    // 3,000 × 1 KB: far more than the socket buffers hold, so the stream lasts while we ping.
     const N: usize = 3000;
     let broker = Broker::start(&["-mq", "100"]);
-    publish_many_retained(&broker, "many", N, 0).await;
+    publish_many_retained_sized(&broker, "many", N, 0, 1024).await;
 
-    let mut sub = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("all")).await;
+    let mut sub = RawClient::connect_with_recv_buffer(broker.mqtt_addr(), 4096).await;
+    sub.send(&packets::Connect::v311(&unique_id("all")).encode())
+        .await;
+    assert!(matches!(
+        sub.recv(TIMEOUT).await,
+        Packet::ConnAck { code: 0, .. }
+    ));
     sub.send(&packets::subscribe(1, &[("many/#", 0)])).await;
-    // Asked for while the retained messages stream: answered among them, so the connection is
-    // still read from while it catches up.
-    sub.send(&packets::pingreq()).await;
     let mut topics = std::collections::HashSet::new();
     let mut suback = false;
+    let mut pinged = false;
     let mut pong = false;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while topics.len() < N || !pong || !suback {
@@ -219,8 +236,17 @@ async fn every_matching_retained_message_is_delivered_beyond_the_queue_limit_at_
                 );
                 suback = true;
             }
-            Packet::PingResp => pong = true,
+            Packet::PingResp => {
+                // Asked for while the retained messages stream and answered among them: the
+                // connection is still read from while it catches up.
+                assert!(topics.len() < N, "PINGRESP only after the whole backlog");
+                pong = true;
+            }
             Packet::Publish(publish) => {
+                if !pinged && topics.len() == 100 {
+                    sub.send(&packets::pingreq()).await;
+                    pinged = true;
+                }
                 assert!(publish.retain, "sent because of the subscription: retain 1");
                 assert!(
                     topics.insert(publish.topic.clone()),
@@ -261,4 +287,72 @@ async fn every_matching_retained_message_is_delivered_beyond_the_queue_limit_at_
     }
     sub.expect_no_packet(QUIET).await;
     assert_eq!(topics.len(), N);
+}
+
+/// A live message published while a retained backlog is still being sent follows it, without
+/// the client having to send anything.
+#[tokio::test]
+async fn a_live_message_queued_behind_a_retained_backlog_is_delivered() {
+    const N: usize = 5000;
+    let broker = Broker::start(&[]);
+    publish_many_retained_sized(&broker, "bl", N, 0, 1024).await;
+    let mut sub = RawClient::connect_with_recv_buffer(broker.mqtt_addr(), 4096).await;
+    sub.send(&packets::Connect::v311(&unique_id("bl")).encode())
+        .await;
+    assert!(matches!(
+        sub.recv(TIMEOUT).await,
+        Packet::ConnAck { code: 0, .. }
+    ));
+    sub.send(&packets::subscribe(1, &[("bl/#", 0)])).await;
+    // Not reading yet: the backlog is still owed when the live message arrives.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("live")).await;
+    publisher.publish_qos0("bl/live", b"live").await;
+    publisher.ping().await;
+    let mut retained = 0;
+    loop {
+        match sub.recv(TIMEOUT).await {
+            Packet::Publish(publish) if publish.topic == "bl/live" => break,
+            Packet::Publish(_) => retained += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        retained, N,
+        "the live message comes after every retained one"
+    );
+}
+
+/// Repeating a small SUBSCRIBE that matches many retained messages does not make the broker
+/// hold a copy of them per SUBSCRIBE: what is owed is a cursor per filter.
+#[tokio::test]
+async fn repeated_subscribes_do_not_multiply_the_retained_backlog() {
+    const N: usize = 50_000;
+    const REPEATS: u16 = 300;
+    let broker = Broker::start(&[]);
+    publish_many_retained(&broker, "amp", N, 0).await;
+    let rss_before = broker.rss_kb();
+    let mut sub = RawClient::connect_with_recv_buffer(broker.mqtt_addr(), 4096).await;
+    sub.send(&packets::Connect::v311(&unique_id("amp")).encode())
+        .await;
+    let mut bytes = Vec::new();
+    for pkid in 1..=REPEATS {
+        bytes.extend_from_slice(&packets::subscribe(pkid, &[("amp/#", 0)]));
+    }
+    sub.send(&bytes).await;
+    // Bounded: every SUBACK, read through whatever retained messages come first.
+    let mut subacks = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while subacks < REPEATS {
+        assert!(std::time::Instant::now() < deadline, "{subacks} SUBACKs");
+        if let Packet::SubAck { .. } = sub.recv(TIMEOUT).await {
+            subacks += 1;
+        }
+    }
+    let growth_mb = broker.rss_kb().saturating_sub(rss_before) / 1024;
+    // A copy per SUBSCRIBE would be 300 × 50,000 × 16 bytes = 229 MB.
+    assert!(
+        growth_mb < 32,
+        "RSS grew by {growth_mb} MB from {REPEATS} SUBSCRIBEs"
+    );
 }

@@ -14,7 +14,7 @@ use super::{Close, Connection, READ_CHUNK};
 use crate::codec::{
     self, Packet, Publish, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
 };
-use crate::router::{Delivery, Message};
+use crate::router::Message;
 use crate::topic::{self, Subscription};
 
 /// Payloads up to this size are copied out of the read buffer into their own allocation, so
@@ -96,11 +96,16 @@ impl Connection {
     fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
             Packet::Publish(publish) => self.handle_publish(publish)?,
+            // An acknowledgement is progress: a client that keeps acknowledging, however
+            // slowly, is not stalled (the loop times a new stall from its next full window).
             Packet::PubAck(id) => {
-                self.state.outgoing.acknowledge(id);
+                if self.state.outgoing.acknowledge(id) {
+                    self.unacknowledged_since = None;
+                }
             }
             Packet::PubRec(id) => {
                 if self.state.outgoing.received(id) {
+                    self.unacknowledged_since = None;
                     self.send(&Packet::PubRel(id));
                 }
             }
@@ -109,7 +114,9 @@ impl Connection {
                 self.send(&Packet::PubComp(id));
             }
             Packet::PubComp(id) => {
-                self.state.outgoing.complete(id);
+                if self.state.outgoing.complete(id) {
+                    self.unacknowledged_since = None;
+                }
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe),
@@ -176,7 +183,6 @@ impl Connection {
         let max_qos = self.broker.config.max_qos;
         let max_subscriptions = self.broker.config.max_subscriptions;
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
-        let mut retained = Vec::new();
         for (raw, requested) in subscribe.filters {
             let Some(subscription) = Subscription::parse(&raw) else {
                 return_codes.push(SubscribeReturnCode::Failure);
@@ -195,18 +201,11 @@ impl Connection {
                 .subscribe(&self.state.mailbox, &subscription, granted);
             // Shared subscriptions get no retained messages: they would reach one member at
             // random, which serves nobody.
+            // Owed after the SUBACK, read from the retained store a page at a time as the
+            // client's flow allows (see `pull`): not through the bounded mailbox, which would cut
+            // a large set to `-mq`, and not copied, so repeating a SUBSCRIBE costs nothing more.
             if subscription.group().is_none() {
-                retained.extend(
-                    self.broker
-                        .router
-                        .retained(subscription.filter())
-                        .into_iter()
-                        .map(|message| Delivery {
-                            qos: message.qos.min(granted),
-                            message,
-                            retain: true,
-                        }),
-                );
+                self.state.owe_retained(subscription.filter(), granted);
             }
             self.state.subscriptions.insert(raw, granted);
             return_codes.push(SubscribeReturnCode::Granted(granted));
@@ -215,15 +214,13 @@ impl Connection {
             packet_id: subscribe.packet_id,
             return_codes,
         }));
-        // Owed after the SUBACK, and sent as the client's flow allows: not through the bounded
-        // mailbox, which would cut a large set of retained messages to `-mq`.
-        self.state.retained.extend(retained);
     }
 
     fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
         for raw in &unsubscribe.filters {
             if self.state.subscriptions.remove(raw).is_some() {
                 if let Some(subscription) = Subscription::parse(raw) {
+                    self.state.forgive_retained(subscription.filter());
                     self.broker
                         .router
                         .unsubscribe(self.state.mailbox.id(), &subscription);

@@ -308,7 +308,8 @@ impl Connection {
         {
             // Acknowledgements may be waiting unread, as above: give the loop a turn to read
             // them before the next check.
-            if !reading || !self.input_waiting() {
+            // Not reading is ours, not the client's (its output is the write stall's to judge).
+            if reading && !self.input_waiting() {
                 return Err(Close::AckTimeout);
             }
             self.unacknowledged_since = Some(now);

@@ -2,7 +2,6 @@
 //! window, resends after a resumed session, and the write buffer that collects every packet and
 //! goes out when the socket takes it.
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
@@ -13,8 +12,7 @@ use tracing::debug;
 
 use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
 use crate::codec::{Packet, QoS};
-use crate::router::Delivery;
-use crate::session::take_within;
+use crate::router::{Delivery, Page};
 
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
 const PULL_BATCH: usize = 256;
@@ -44,23 +42,38 @@ impl Connection {
         }
         let window = usize::from(self.broker.config.max_inflight) - self.state.outgoing.len();
         let budget = WRITE_HIGH_WATER - self.wbuf.len();
-        if self.state.retained.is_empty() {
+        if let Some(owed) = self.state.retained.front_mut() {
+            // A QoS 0 subscription's messages never count against the window.
+            let max = if owed.qos == QoS::AtMostOnce {
+                PULL_BATCH
+            } else {
+                PULL_BATCH.min(window)
+            };
+            let mut page = Page::new(max, budget);
+            let router = &self.broker.router;
+            let more = router.retained_page(&owed.filter, owed.after.as_deref(), &mut page);
+            if let Some(last) = page.messages.last() {
+                owed.after = Some(last.topic.clone());
+            }
+            let granted = owed.qos;
+            if !more {
+                self.state.retained.pop_front();
+                if self.state.retained.is_empty() {
+                    // The mailbox announced what arrived meanwhile while the backlog went first;
+                    // announce it again, or it would wait for the next push into an empty queue.
+                    self.state.mailbox.announce();
+                }
+            }
+            scratch.extend(page.messages.into_iter().map(|message| Delivery {
+                qos: message.qos.min(granted),
+                message,
+                retain: true,
+            }));
+        } else {
             let metrics = &self.broker.metrics;
             self.state
                 .mailbox
                 .take(PULL_BATCH, window, budget, scratch, metrics);
-        } else {
-            take_within(
-                &mut self.state.retained,
-                PULL_BATCH,
-                window,
-                budget,
-                scratch,
-            );
-            if self.state.retained.is_empty() {
-                // A backlog of a million leaves a large buffer behind.
-                self.state.retained = VecDeque::new();
-            }
         }
         if scratch.is_empty() {
             return;

@@ -1,8 +1,13 @@
 //! The retained store: the last retained message of each topic, in a trie of topic levels so
 //! that a wildcard SUBSCRIBE visits only the branches it can match. The router keeps it behind
 //! its own lock, apart from the subscription tree: a retained PUBLISH never waits for SUBSCRIBE.
+//!
+//! Levels are kept in order, so the matches of a filter can be read a [`Page`] at a time from
+//! where the last page ended (a topic): a subscriber owed a million retained messages holds a
+//! cursor, not a copy of the million, and the lock is held for one page at a time.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +16,7 @@ use super::Message;
 
 #[derive(Default)]
 pub(super) struct RetainedNode {
-    children: HashMap<Bytes, RetainedNode>,
+    children: BTreeMap<Bytes, RetainedNode>,
     message: Option<Arc<Message>>,
 }
 
@@ -75,5 +80,116 @@ impl RetainedNode {
         for child in self.children.values() {
             child.collect_all(out);
         }
+    }
+
+    /// Appends to `page`, in level order (a topic before the topics below it, siblings by
+    /// bytes), the messages matching the (valid) filter `filter` whose topics come after
+    /// `after` (the levels of the last topic of the previous page; `None` for the first page).
+    /// Returns false when it stopped because the page is full. `root` is as for
+    /// [`RetainedNode::collect`].
+    pub(super) fn page(
+        &self,
+        filter: &[&[u8]],
+        after: Option<&[&[u8]]>,
+        root: bool,
+        page: &mut Page,
+    ) -> bool {
+        // This node's own topic comes before everything below it: it was on an earlier page
+        // whenever there is a cursor.
+        let own = after.is_none();
+        let Some((level, rest)) = filter.split_first() else {
+            return !own || page.add(&self.message);
+        };
+        let visible = |key: &Bytes| !(root && key.first() == Some(&b'$'));
+        match *level {
+            b"#" => {
+                if own && !page.add(&self.message) {
+                    return false;
+                }
+                self.children_after(after)
+                    .filter(|(key, _, _)| visible(key))
+                    .all(|(_, child, after)| child.page_all(after, page))
+            }
+            b"+" => self
+                .children_after(after)
+                .filter(|(key, _, _)| visible(key))
+                .all(|(_, child, after)| child.page(rest, after, false, page)),
+            exact => {
+                let Some(child) = self.children.get(exact) else {
+                    return true;
+                };
+                let after = match after {
+                    Some([first, later @ ..]) => match exact.cmp(first) {
+                        std::cmp::Ordering::Less => return true,
+                        std::cmp::Ordering::Equal => Some(later),
+                        std::cmp::Ordering::Greater => None,
+                    },
+                    _ => None,
+                };
+                child.page(rest, after, false, page)
+            }
+        }
+    }
+
+    /// Everything at and below this node after `after`, as [`RetainedNode::page`] with `#`.
+    fn page_all(&self, after: Option<&[&[u8]]>, page: &mut Page) -> bool {
+        if after.is_none() && !page.add(&self.message) {
+            return false;
+        }
+        self.children_after(after)
+            .all(|(_, child, after)| child.page_all(after, page))
+    }
+
+    /// The children that hold topics after the cursor `after`, each with the cursor that
+    /// applies below it: the rest of the cursor for the child on its path, none for those after.
+    #[allow(clippy::type_complexity)]
+    fn children_after<'a>(
+        &'a self,
+        after: Option<&'a [&'a [u8]]>,
+    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a RetainedNode, Option<&'a [&'a [u8]]>)> + 'a> {
+        match after {
+            Some([first, later @ ..]) => Box::new(
+                self.children
+                    .range::<[u8], _>((Bound::Included(*first), Bound::Unbounded))
+                    .map(move |(key, child)| {
+                        let after = (key.as_ref() == *first).then_some(later);
+                        (key, child, after)
+                    }),
+            ),
+            _ => Box::new(self.children.iter().map(|(key, child)| (key, child, None))),
+        }
+    }
+}
+
+/// One page of retained messages: at most `max` of them, and no more once `byte_budget` bytes
+/// of topic and payload are in it.
+pub struct Page {
+    pub messages: Vec<Arc<Message>>,
+    max: usize,
+    byte_budget: usize,
+    bytes: usize,
+}
+
+impl Page {
+    pub fn new(max: usize, byte_budget: usize) -> Page {
+        Page {
+            messages: Vec::new(),
+            max,
+            byte_budget,
+            bytes: 0,
+        }
+    }
+
+    /// Adds the message if there is one and room for it; false when the page is full.
+    fn add(&mut self, message: &Option<Arc<Message>>) -> bool {
+        let Some(message) = message else {
+            return true;
+        };
+        if self.messages.len() >= self.max || self.bytes >= self.byte_budget {
+            return false;
+        }
+        self.bytes += message.topic.len() + message.payload.len();
+        self.messages.push(message.clone());
+        true
     }
 }
