@@ -170,6 +170,11 @@ impl Slots {
         }
     }
 
+    /// How many places there are.
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
     /// A place, or `None` when all are taken.
     pub fn try_take(&self) -> Option<Slot> {
         let limit = self.inner.limit;
