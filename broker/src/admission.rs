@@ -3,7 +3,7 @@
 //! At start [`raise_fd_limit`] lifts the soft `RLIMIT_NOFILE` to the hard one and
 //! [`ConnectionPlan::new`] divides the descriptors: a fixed reserve for the process itself and
 //! the cluster, the HTTP API's connection cap (so that probes always have descriptors), and the
-//! rest for MQTT sockets, of which `-mc` keeps a share free for handshakes. The listeners count
+//! rest for MQTT sockets, of which `-mc` (derived or given) keeps a share free for handshakes. The listeners count
 //! every socket they accept in [`Slots`] and close at once what is beyond its limit, so the
 //! process never reaches `EMFILE` (where a listener can neither accept nor refuse, and clients
 //! hang in the backlog).
@@ -90,7 +90,8 @@ pub enum MaxConnectionsSource {
     Derived,
     /// `-mc N` within what the fd limit allows.
     Explicit,
-    /// `-mc N` above the MQTT sockets the fd limit allows: lowered to them.
+    /// `-mc N` above the MQTT sockets the fd limit allows, less the handshake headroom:
+    /// lowered to that.
     Capped { asked: usize },
 }
 
@@ -129,11 +130,12 @@ impl ConnectionPlan {
             ));
         }
         let headroom = (mqtt_sockets / HANDSHAKE_HEADROOM_DIVISOR).clamp(1, MAX_HANDSHAKE_HEADROOM);
+        // Also the most an explicit -mc may take: beyond it a client over -mc could not be
+        // told CONNACK 0x03, and a takeover could not complete while the broker is full.
+        let most = mqtt_sockets - headroom;
         let (max_connections, source) = match max_connections {
-            None => (mqtt_sockets - headroom, MaxConnectionsSource::Derived),
-            Some(asked) if asked > mqtt_sockets => {
-                (mqtt_sockets, MaxConnectionsSource::Capped { asked })
-            }
+            None => (most, MaxConnectionsSource::Derived),
+            Some(asked) if asked > most => (most, MaxConnectionsSource::Capped { asked }),
             Some(asked) => (asked, MaxConnectionsSource::Explicit),
         };
         Ok(ConnectionPlan {
@@ -168,6 +170,11 @@ impl Slots {
                 gauge,
             }),
         }
+    }
+
+    /// How many places there are.
+    pub fn limit(&self) -> usize {
+        self.inner.limit
     }
 
     /// A place, or `None` when all are taken.
@@ -296,8 +303,26 @@ mod tests {
         assert_eq!(plan.source, MaxConnectionsSource::Explicit);
 
         let capped = ConnectionPlan::new(1024, Some(5000), Some(32)).expect("enough");
-        assert_eq!(capped.max_connections, capped.mqtt_sockets);
+        assert_eq!(capped.mqtt_sockets, 928);
+        assert_eq!(capped.max_connections, 928 - 58, "1/16 kept for handshakes");
         assert_eq!(capped.source, MaxConnectionsSource::Capped { asked: 5000 });
+    }
+
+    #[test]
+    fn explicit_max_connections_leaves_the_handshake_headroom() {
+        // 928 MQTT sockets, 58 of them kept for handshakes.
+        let derived = ConnectionPlan::new(1024, None, Some(32)).expect("enough");
+        for asked in [derived.max_connections + 1, 900, 928, 929] {
+            let plan = ConnectionPlan::new(1024, Some(asked), Some(32)).expect("enough");
+            assert_eq!(plan.max_connections, derived.max_connections, "-mc {asked}");
+            assert_eq!(plan.source, MaxConnectionsSource::Capped { asked });
+        }
+        let at_most =
+            ConnectionPlan::new(1024, Some(derived.max_connections), Some(32)).expect("enough");
+        assert_eq!(at_most.max_connections, derived.max_connections);
+        assert_eq!(at_most.source, MaxConnectionsSource::Explicit);
+        let huge = ConnectionPlan::new(u64::MAX, Some(usize::MAX), Some(32)).expect("plenty");
+        assert_eq!(huge.max_connections, huge.mqtt_sockets - 1024);
     }
 
     #[test]

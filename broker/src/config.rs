@@ -198,12 +198,12 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(MIN_CONNECT_LIMIT..))]
     handshake_bytes: u64,
 
-    /// Maximum concurrent HTTP API connections; more are closed when accepted
+    /// Maximum concurrent HTTP API connections; a new one beyond them closes the oldest
     #[arg(long = "hmc", env = "COOLPY7_HMC", value_name = "N", default_value_t = 32,
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     http_max_connections: u64,
 
-    /// Seconds an HTTP client has to send a request's headers (also the idle keep-alive limit)
+    /// Seconds an HTTP client has to send its request's headers; a connection is closed at twice that
     #[arg(long = "hto", env = "COOLPY7_HTO", value_name = "SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     http_header_timeout: u64,

@@ -7,18 +7,21 @@
 //! bound every request.
 //!
 //! The probes must keep answering whatever clients do, so the server bounds what a connection
-//! can hold: connections beyond `-hmc` are closed when accepted (their descriptors are reserved
-//! out of the fd limit, see [`crate::admission`]), and a connection that has not sent a
-//! request's headers within `-hto` (idle keep-alive included) is closed. axum's own `serve`
-//! has neither, so connections are served here with hyper's HTTP/1 server, which has the
-//! header timeout.
+//! can hold: it serves one request per connection (answers say `Connection: close`; probes and
+//! Prometheus reconnect cheaply), a connection that has not sent its request's headers within
+//! `-hto` is closed, and none stays open longer than twice that. At most `-hmc` are open (their
+//! descriptors are reserved out of the fd limit, see [`crate::admission`]); a new connection
+//! beyond them closes the oldest one, once that has had [`EVICTION_GRACE`] to be served, rather
+//! than being refused: a few clients cannot shut a probe out, and a probe waits at most the
+//! grace for each connection accepted before it. axum's own `serve` has none of this, so
+//! connections are served here with hyper's HTTP/1 server, which has the header timeout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -30,6 +33,7 @@ use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::admission::{Slot, Slots};
 use crate::cluster::membership::{MemberState, Members, NodeIdentity};
@@ -41,6 +45,14 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 /// How long in-flight requests may take to finish once shutdown has begun; a stalled client
 /// must not hold the broker's exit hostage.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a new connection is safe from eviction: long enough for a probe on the pod network
+/// to send its request and read the answer, short enough that a connection waiting for a
+/// place (in the listen backlog) is not kept long when others hold every place.
+const EVICTION_GRACE: Duration = Duration::from_millis(100);
+
+/// How often a full server looks whether a connection has ended by itself.
+const FULL_POLL: Duration = Duration::from_millis(10);
 
 /// What the handlers read.
 pub struct HttpState {
@@ -57,14 +69,15 @@ pub struct HttpState {
 /// What bounds the HTTP server's connections.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
-    /// `-hmc`: connections open at once; more are closed when accepted.
+    /// `-hmc`: connections open at once; a new one beyond them closes the oldest.
     pub max_connections: usize,
-    /// `-hto`: the time a connection has to send a request's headers, also between requests.
+    /// `-hto`: the time a connection has to send its request's headers; it is closed at twice
+    /// that in any case.
     pub header_timeout: Duration,
 }
 
-/// Serves until `shutdown` completes, then lets open requests finish (idle connections close
-/// at once) for at most [`SHUTDOWN_GRACE`].
+/// Serves until `shutdown` completes, then lets open requests finish for at most
+/// [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
@@ -74,6 +87,9 @@ pub async fn serve(
     let metrics = state.metrics.clone();
     let app = router(state);
     let slots = Slots::new(limits.max_connections, metrics.http_connections.clone());
+    // The connection tasks in the order they were accepted, finished ones included until
+    // they are pruned: the front live one is the oldest, the one a new connection evicts.
+    let mut open: VecDeque<Accepted> = VecDeque::new();
     let (stop, stopping) = watch::channel(false);
     // Every connection task holds a clone; the receiver closes when the last one ends.
     let (done, mut all_done) = mpsc::channel::<()>(1);
@@ -98,22 +114,26 @@ pub async fn serve(
             }
         };
         backoff = Duration::from_millis(10);
-        let Some(slot) = slots.try_take() else {
-            tracing::debug!(
-                "{} HTTP connections open (-hmc); closing a new one",
-                limits.max_connections
-            );
-            metrics.refused(Refusal::HttpConnections).inc();
-            drop(stream);
-            continue;
+        // While this connection waits for a place the ones after it wait in the kernel's
+        // backlog, in arrival order and without a descriptor: one extra descriptor at most,
+        // from the process's reserve.
+        let slot = tokio::select! {
+            slot = take_slot(&slots, &mut open, &metrics) => slot,
+            () = &mut shutdown => break,
         };
-        tokio::spawn(serve_connection(
-            stream,
-            app.clone(),
-            limits.header_timeout,
-            stopping.clone(),
-            (slot, done.clone()),
-        ));
+        if open.len() > limits.max_connections.saturating_mul(2) {
+            open.retain(|connection| !connection.task.is_finished());
+        }
+        open.push_back(Accepted {
+            at: Instant::now(),
+            task: tokio::spawn(serve_connection(
+                stream,
+                app.clone(),
+                limits.header_timeout,
+                stopping.clone(),
+                (slot, done.clone()),
+            )),
+        });
     }
     drop(listener);
     // The receivers only go away with the connections, when nobody needs to know.
@@ -128,7 +148,52 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection until it closes, the header timeout passes or the server stops;
+/// A connection being served.
+struct Accepted {
+    at: Instant,
+    task: JoinHandle<()>,
+}
+
+/// A place for the next connection: a free one, or the oldest connection's once it is
+/// [`EVICTION_GRACE`] old (it is closed). Waits while every open connection is younger.
+async fn take_slot(slots: &Slots, open: &mut VecDeque<Accepted>, metrics: &Metrics) -> Slot {
+    loop {
+        if let Some(slot) = slots.try_take() {
+            return slot;
+        }
+        while open
+            .front()
+            .is_some_and(|connection| connection.task.is_finished())
+        {
+            open.pop_front();
+        }
+        let Some(oldest) = open.front() else {
+            // Every slot is held by a task that has finished but not yet dropped it.
+            tokio::time::sleep(FULL_POLL).await;
+            continue;
+        };
+        let age = oldest.at.elapsed();
+        if age < EVICTION_GRACE {
+            // A connection may end by itself meanwhile, so look again soon.
+            tokio::time::sleep((EVICTION_GRACE - age).min(FULL_POLL)).await;
+            continue;
+        }
+        if let Some(oldest) = open.pop_front() {
+            tracing::debug!(
+                age = ?age,
+                "{} HTTP connections open (-hmc); closing the oldest",
+                slots.limit()
+            );
+            metrics.refused(Refusal::HttpConnections).inc();
+            oldest.task.abort();
+            // Resolves once the task is dropped, with its socket and its slot.
+            let _ = oldest.task.await;
+        }
+    }
+}
+
+/// Serves one request on a connection (the answer says `Connection: close`) and closes it,
+/// [`connection_deadline`] after it was accepted at the latest, or when the server stops;
 /// `held` (its slot and the server's count of open connections) is released with it.
 async fn serve_connection(
     stream: TcpStream,
@@ -140,21 +205,32 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .keep_alive(false);
     let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
     let mut connection = pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
-            // Finishes a request in progress; an idle connection ends at once.
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let served = async {
+        tokio::select! {
+            result = connection.as_mut() => result,
+            () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+                // Finishes a request in progress; an idle connection ends at once.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
         }
     };
-    if let Err(error) = result {
-        tracing::debug!(%error, "HTTP connection ended");
+    match tokio::time::timeout(connection_deadline(header_timeout), served).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "HTTP connection ended"),
+        Err(_) => tracing::debug!("HTTP connection still open at its deadline; closed"),
     }
     drop(held);
+}
+
+/// The longest an HTTP connection stays open: `-hto` for the request's headers, as long again
+/// for the answer to be read.
+fn connection_deadline(header_timeout: Duration) -> Duration {
+    header_timeout.saturating_mul(2)
 }
 
 fn router(state: HttpState) -> Router {

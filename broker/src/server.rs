@@ -74,7 +74,8 @@ fn plan_connections(config: &mut Config) -> anyhow::Result<ConnectionPlan> {
     );
     if let MaxConnectionsSource::Capped { asked } = plan.source {
         warn!(
-            "-mc {asked} exceeds the {} MQTT sockets the open-files limit {} allows; using {}",
+            "-mc {asked} leaves no room for handshakes among the {} MQTT sockets the \
+             open-files limit {} allows; using {}",
             plan.mqtt_sockets, fd_limit.soft, plan.max_connections
         );
     }

@@ -2,9 +2,10 @@
 //! that is not CONNECT and a CONNECT above `-mcl` are closed from their fixed header (long before
 //! `-nt`), the read buffers of all handshakes share the `-mhb` budget, `-mc` is derived from
 //! the open-files limit, and a broker whose descriptors are spoken for refuses new MQTT clients
-//! (CONNACK 0x03 or a close) while `/healthz` still answers. The HTTP API closes requests whose
-//! headers do not arrive within `-hto` and connections beyond `-hmc`, so that it cannot take the
-//! descriptors MQTT needs.
+//! (CONNACK 0x03 or a close) while `/healthz` still answers. The HTTP API serves one request per
+//! connection, closes requests whose headers do not arrive within `-hto`, and makes room beyond
+//! `-hmc` by closing the oldest connection, so that it cannot take the descriptors MQTT needs and
+//! a few connections cannot shut the probes out.
 
 use std::time::{Duration, Instant};
 
@@ -411,55 +412,42 @@ async fn an_http_request_whose_headers_never_end_is_closed_after_the_header_time
 }
 
 #[tokio::test]
-async fn http_connections_beyond_hmc_are_closed_while_mqtt_is_served() {
+async fn a_connection_beyond_hmc_closes_the_oldest_while_mqtt_is_served() {
     let mut broker = Broker::start(&["-hmc", "4", "-hto", "30"]);
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(http_partial(&broker, UNFINISHED_REQUEST).await);
+        // Accepted in this order, each older than the eviction grace by the time the fifth
+        // comes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Let the server accept them before the next one comes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut fifth = http_partial(
-        &broker,
-        b"GET /healthz HTTP/1.1\r\nHost: coolpy7\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    let answer = http_close(&mut fifth, TIMEOUT)
-        .await
-        .expect("a connection beyond -hmc is closed, not left waiting");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = probe_answer(&broker).await;
     assert!(
-        answer.is_empty(),
-        "a connection beyond -hmc was answered: {:?}",
-        String::from_utf8_lossy(&answer)
+        answer.starts_with("HTTP/1.1 200"),
+        "a probe beyond -hmc got {answer:?}"
     );
+    assert!(
+        http_close(&mut held[0], TIMEOUT).await.is_some(),
+        "the oldest connection is still open after a fifth one came"
+    );
+    for (i, younger) in held.iter_mut().enumerate().skip(1) {
+        assert!(
+            http_close(younger, Duration::from_millis(200))
+                .await
+                .is_none(),
+            "connection {i} was closed, not the oldest alone"
+        );
+    }
     let mut client = RawClient::connect_v311(broker.mqtt_addr(), &unique_id("during")).await;
     client.ping().await;
-
-    drop(held);
-    // The server notices the closes on its next read; then probes get in again.
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let mut probe = http_partial(
-            &broker,
-            b"GET /healthz HTTP/1.1\r\nHost: coolpy7\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        let answer = http_close(&mut probe, TIMEOUT).await.unwrap_or_default();
-        if String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz refused after the slots were freed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
+    assert_eq!(
         broker
             .metric("coolpy7_admission_refused_total{reason=\"http_connections\"}")
-            .await
-            >= 1.0
+            .await,
+        1.0
     );
+    drop(held);
     client.disconnect().await;
     assert_healthy(&mut broker).await;
 }
@@ -483,5 +471,149 @@ async fn unfinished_http_requests_do_not_take_the_descriptors_mqtt_needs() {
     client.disconnect().await;
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_healthy(&mut broker).await;
+}
+
+const HEALTHZ_AND_CLOSE: &[u8] =
+    b"GET /healthz HTTP/1.1\r\nHost: coolpy7\r\nConnection: close\r\n\r\n";
+
+/// How long a liveness probe may wait for its answer while others hold the HTTP connections.
+const PROBE_BOUND: Duration = Duration::from_secs(5);
+
+/// How long the hogs below run; each probe during it must be answered within [`PROBE_BOUND`].
+const HOG_RUN: Duration = Duration::from_secs(12);
+
+/// One attempt at `/healthz`, as a kubelet makes it: no retry.
+async fn probe_answer(broker: &Broker) -> String {
+    let attempt = async {
+        let mut probe = http_partial(broker, HEALTHZ_AND_CLOSE).await;
+        http_close(&mut probe, PROBE_BOUND)
+            .await
+            .unwrap_or_default()
+    };
+    let answer = tokio::time::timeout(PROBE_BOUND, attempt)
+        .await
+        .unwrap_or_default();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Probes `/healthz` once a second while the hogs run; every probe must get a 200.
+async fn probes_answer_while(broker: &Broker, hogs: Vec<tokio::task::JoinHandle<usize>>) {
+    // Let the hogs take every connection first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut probes = 0;
+    while started.elapsed() + PROBE_BOUND < HOG_RUN {
+        let asked = Instant::now();
+        let answer = probe_answer(broker).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "probe {probes} after {:?} of the hogs: /healthz answered {answer:?} in {:?}",
+            started.elapsed(),
+            asked.elapsed()
+        );
+        probes += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(probes >= 5, "{probes} probes");
+    for hog in hogs {
+        let connections = hog.await.expect("hog task");
+        assert!(connections >= 1, "a hog never connected");
+    }
+}
+
+/// A client that pipelines many `GET /metrics` on a connection and never reads an answer, with
+/// a small receive buffer; it opens a new connection whenever the server closes its own. Returns
+/// the connections it opened.
+async fn pipelining_hog(broker_http: std::net::SocketAddr, until: Instant) -> usize {
+    let requests = b"GET /metrics HTTP/1.1\r\nHost: coolpy7\r\n\r\n".repeat(3000);
+    let mut connections = 0;
+    while Instant::now() < until && connections < 1000 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let Ok(Ok(mut stream)) = tokio::time::timeout(TIMEOUT, socket.connect(broker_http)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        connections += 1;
+        // Blocks once the buffers are full, as the server stops reading while its answers
+        // wait unread.
+        if let Ok(Err(_)) =
+            tokio::time::timeout(Duration::from_secs(1), stream.write_all(&requests)).await
+        {
+            continue;
+        }
+        // Hold the connection, without reading, until the server closes it.
+        while Instant::now() < until {
+            match tokio::time::timeout(Duration::from_millis(200), stream.write_all(b"GET /")).await
+            {
+                Ok(Err(_)) => break,
+                Ok(Ok(())) | Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    connections
+}
+
+/// A client that sends a full keep-alive request every 3 s (less than `-hto`) and reads its
+/// answer; it opens a new connection whenever the server closes its own. Returns the
+/// connections it opened.
+async fn keep_alive_hog(broker_http: std::net::SocketAddr, until: Instant) -> usize {
+    let mut connections = 0;
+    let mut stream: Option<TcpStream> = None;
+    while Instant::now() < until && connections < 1000 {
+        let mut open = match stream.take() {
+            Some(open) => open,
+            None => match tokio::time::timeout(TIMEOUT, TcpStream::connect(broker_http)).await {
+                Ok(Ok(open)) => {
+                    connections += 1;
+                    open
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let exchange = async {
+            open.write_all(b"GET /healthz HTTP/1.1\r\nHost: coolpy7\r\n\r\n")
+                .await?;
+            let mut answer = [0u8; 1000];
+            let n = open.read(&mut answer).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            std::io::Result::Ok(())
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(TIMEOUT, exchange).await {
+            stream = Some(open);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+    connections
+}
+
+#[tokio::test]
+async fn healthz_answers_while_hmc_connections_pipeline_without_reading() {
+    let mut broker = Broker::start(&["-hmc", "4"]);
+    let until = Instant::now() + HOG_RUN;
+    let hogs = (0..4)
+        .map(|_| tokio::spawn(pipelining_hog(broker.http_addr(), until)))
+        .collect();
+    probes_answer_while(&broker, hogs).await;
+    assert_healthy(&mut broker).await;
+}
+
+#[tokio::test]
+async fn healthz_answers_while_hmc_keep_alive_connections_stay_busy() {
+    let mut broker = Broker::start(&["-hmc", "4"]);
+    let until = Instant::now() + HOG_RUN;
+    let hogs = (0..4)
+        .map(|_| tokio::spawn(keep_alive_hog(broker.http_addr(), until)))
+        .collect();
+    probes_answer_while(&broker, hogs).await;
     assert_healthy(&mut broker).await;
 }
