@@ -55,7 +55,7 @@ pub enum Refusal {
     MqttSockets,
     /// `-mc` connections had completed CONNECT: CONNACK 0x03.
     MaxConnections,
-    /// `-hmc` HTTP connections were open: closed when accepted.
+    /// `-hmc` HTTP connections were open: the oldest was closed to make room.
     HttpConnections,
 }
 
