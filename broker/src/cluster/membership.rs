@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use foca::{AccumulatingRuntime, Codec, Foca, Identity, Member, OwnedNotification, PostcardCodec};
@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use super::auth::DatagramKey;
 use super::config::{ClusterConfig, Seed};
-use super::replay::{micros_since, ReplayWindow, SequenceClock};
+use super::replay::{ReceivedAt, ReplayWindow, SequenceClock};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 
 pub const VERSION: u8 = 1;
@@ -293,10 +293,7 @@ fn connected_network_ip(table: &str) -> Option<IpAddr> {
 
 /// This boot's epoch.
 pub fn boot_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    super::replay::wall_ms()
 }
 
 fn foca_config(config: &ClusterConfig) -> foca::Config {
@@ -576,7 +573,7 @@ impl GossipTask {
         self.windows.entry(key).or_default().accept(
             envelope.boot_ms,
             envelope.seq,
-            micros_since(self.started),
+            ReceivedAt::now(self.started),
         )
     }
 
