@@ -15,8 +15,12 @@ use coolpy7_tests::cluster::{
 };
 use coolpy7_tests::{unique_id, QoS};
 
+/// A test process has one [`NetLab`] at a time (its namespaces are named after the process).
+static ONE_NET_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn the_seed_command_line_forms_a_cluster_without_a_default_route() {
+    let _lab_turn = ONE_NET_LAB.lock().await;
     // Declared first, so dropped last: the nodes stop before their namespaces go.
     let lab = NetLab::create(4);
     for i in 0..4 {
@@ -166,4 +170,47 @@ async fn advertising_loopback_to_remote_seeds_is_an_error() {
     assert!(line.contains("ERROR"), "logged as an error: {line}");
     drop(broker);
     drop(ns);
+}
+
+/// Seed lists that name this node too (in a list shared by every host, this one first, under a
+/// name that resolves to 127.0.1.1 as a Debian host's own name does) or an IPv6 address while
+/// the gossip socket is IPv4 say nothing about where the cluster is: each node must still
+/// advertise its address on the network, and the two must form a cluster.
+#[tokio::test]
+async fn seeds_that_are_this_node_or_of_another_family_do_not_set_the_advertised_address() {
+    let _lab_turn = ONE_NET_LAB.lock().await;
+    let lab = NetLab::create(2);
+    let key = unique_key();
+    let seed_lists = [
+        format!("127.0.1.1:7946,{}:7946", lab.addr(1)),
+        format!("[::1]:7946,{}:7946", lab.addr(0)),
+    ];
+    let nodes: Vec<Node> = seed_lists
+        .iter()
+        .enumerate()
+        .map(|(i, seeds)| {
+            let name = format!("node{}", i + 1);
+            let args = [
+                format!("-csk={key}"),
+                format!("-nid={name}"),
+                format!("-mbs={seeds}"),
+            ];
+            Node::start_exact(&lab.exec_prefix(i), &args, lab.addr(i).into(), &name, &key)
+        })
+        .collect();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_full_membership(&refs, JOIN_TIMEOUT).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let view = node.expect_brokers().await;
+        assert_eq!(
+            view.local().map(|m| m.gossip_addr.clone()),
+            Some(format!("{}:7946", lab.addr(i))),
+            "{} with -mbs={} advertises its network address: {}",
+            node.name(),
+            seed_lists[i],
+            view.summary()
+        );
+    }
+    drop(nodes);
+    drop(lab);
 }

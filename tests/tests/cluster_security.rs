@@ -629,3 +629,123 @@ async fn forged_sequence_numbers_at_the_top_do_not_silence_a_peer() {
     }
     publisher.disconnect().await;
 }
+
+/// One forged sync datagram numbered 2^64 - 1 that arrives before the origin's first genuine one
+/// (a receiver that just started, or a sender that has not forwarded anything yet) must not
+/// become the window's first number: the genuine ones that follow are forwarded.
+#[tokio::test]
+async fn a_forged_first_sync_datagram_does_not_silence_a_peer() {
+    require_root("capturing datagrams on lo");
+    let key = unique_key();
+    let n1 = Node::start(NodeConfig::new("n1", &key));
+    let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
+    wait_full_membership(&[&n1, &n2], JOIN_TIMEOUT).await;
+    // The two boots, from gossip (nothing has been forwarded yet).
+    let n1_boot = capture_gossip(&n1, &n2).await.epoch;
+    let n2_boot = capture_gossip(&n2, &n1).await.epoch;
+    let forged = signed_sync_datagram(
+        &key,
+        ("n1", n1_boot),
+        ("n2", n2_boot),
+        u64::MAX,
+        &[Record {
+            qos: 0,
+            retain: false,
+            topic: unique_id("forged/first"),
+            payload: b"forged".to_vec(),
+        }],
+    );
+    send_udp(n2.sync, &forged);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let topic = unique_id("after-first/t");
+    let mut subscriber = n2
+        .subscriber(&unique_id("sub"), &topic, QoS::AtMostOnce)
+        .await;
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    let mut got = 0;
+    // 15 s: past the 10 s re-anchor.
+    for i in 0..150u32 {
+        publisher
+            .publish(&topic, QoS::AtMostOnce, false, i.to_string())
+            .await;
+        got += subscriber
+            .drain_publishes(Duration::from_millis(100))
+            .await
+            .len();
+    }
+    let view = n2.expect_brokers().await;
+    assert!(
+        got > 0,
+        "none of 150 genuine messages over 15 s after one forged datagram; n2 sees: {}",
+        view.summary()
+    );
+}
+
+/// Someone holding the key sends a few hundred forged numbers per port in one burst, each about
+/// a second ahead of the last: the bound on how far ahead a number may be does not move with
+/// them, so the peer's genuine messages are forwarded again within seconds.
+#[tokio::test]
+async fn a_burst_of_chained_forged_numbers_does_not_silence_a_peer() {
+    require_root("capturing datagrams on lo");
+    let key = unique_key();
+    let n1 = Node::start(NodeConfig::new("n1", &key));
+    let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
+    wait_full_membership(&[&n1, &n2], JOIN_TIMEOUT).await;
+    let batch = capture_sync_batch(&n1, &n2).await;
+    let envelope = capture_gossip(&n1, &n2).await;
+
+    let forged = 400u64;
+    let step = 900_000u64; // µs: under the 1 s slack
+    for i in 1..=forged {
+        let sync = signed_sync_datagram(
+            &key,
+            (&batch.origin, batch.epoch),
+            (&batch.destination, batch.destination_epoch),
+            batch.sequence + 50_000 + i * step,
+            &[Record {
+                qos: 0,
+                retain: false,
+                topic: unique_id("forged/chain"),
+                payload: b"forged".to_vec(),
+            }],
+        );
+        send_udp(n2.sync, &sync);
+        let mut gossip = envelope.clone();
+        gossip.sequence = envelope.sequence + 50_000 + i * step;
+        send_udp(n2.gossip, &gossip.signed(&key));
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let topic = unique_id("after-chain/t");
+    let mut subscriber = n2
+        .subscriber(&unique_id("sub"), &topic, QoS::AtMostOnce)
+        .await;
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    let mut got = 0;
+    for i in 0..50u32 {
+        publisher
+            .publish(&topic, QoS::AtMostOnce, false, i.to_string())
+            .await;
+        got += subscriber
+            .drain_publishes(Duration::from_millis(100))
+            .await
+            .len();
+    }
+    let view = n2.expect_brokers().await;
+    println!("n2's view 8 s after the burst: {}", view.summary());
+    let replays = n2
+        .counter_sum(
+            "coolpy7_cluster_dropped_total",
+            &[("port", "sync"), ("reason", "replay")],
+        )
+        .await;
+    assert!(
+        got > 0,
+        "n1's genuine messages were all refused for 5 s after a burst of {forged} forged \
+         datagrams ({replays} sync replay drops); n2 sees: {}",
+        view.summary()
+    );
+}

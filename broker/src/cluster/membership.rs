@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use foca::{AccumulatingRuntime, Codec, Foca, Identity, Member, OwnedNotification, PostcardCodec};
@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use super::auth::DatagramKey;
 use super::config::{ClusterConfig, Seed};
-use super::replay::{micros_since, ReplayWindow, SequenceClock};
+use super::replay::{ReceivedAt, ReplayWindow, SequenceClock};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 
 pub const VERSION: u8 = 1;
@@ -189,21 +189,18 @@ impl Members {
 }
 
 /// The address peers reach this node at: `-cad` / `-nid=name@addr`; else the listen host when
-/// it is a specific address; else the local address on the route to the first seed that
-/// resolves (on a host with several networks, the one the cluster is on); else the address of
-/// the default route's interface; else the first private address of a directly connected
+/// it is a specific address; else the local address on the route to the seeds (on a host with
+/// several networks, the one the cluster is on; see [`source_towards_seeds`]); else the address
+/// of the default route's interface; else the first private address of a directly connected
 /// network (a host with no default route, as on isolated plant networks); else loopback, which
-/// is logged as an error when the seeds are elsewhere.
-pub async fn advertised_ip(config: &ClusterConfig, bind: IpAddr) -> IpAddr {
+/// is logged as an error when the seeds are elsewhere. `gossip` is the bound gossip socket.
+pub async fn advertised_ip(config: &ClusterConfig, gossip: SocketAddr) -> IpAddr {
     let seeds = resolve_seeds_once(&config.seeds).await;
+    let bind = gossip.ip();
     let chosen = config
         .advertise
         .or_else(|| (!bind.is_unspecified()).then_some(bind))
-        .or_else(|| {
-            seeds.iter().find_map(|seed| {
-                source_ip_towards(*seed).filter(|ip| seed.ip().is_loopback() || !ip.is_loopback())
-            })
-        })
+        .or_else(|| source_towards_seeds(&seeds, gossip, source_ip_towards))
         .or_else(|| source_ip_towards(SocketAddr::from((Ipv4Addr::new(10, 254, 254, 254), 9))))
         .or_else(|| {
             std::fs::read_to_string("/proc/net/route")
@@ -223,6 +220,28 @@ pub async fn advertised_ip(config: &ClusterConfig, bind: IpAddr) -> IpAddr {
         }
     }
     chosen
+}
+
+/// The local address `route` gives towards the first seed that says something about where the
+/// cluster is: seeds that are this node (a seed list naming every host, this one included; on
+/// Debian the host's own name resolves to 127.0.1.1) and seeds of the other address family than
+/// the gossip socket (which could not reach them) are skipped, and a loopback source is taken
+/// only when every remaining seed is on loopback (a cluster on one host).
+fn source_towards_seeds(
+    seeds: &[SocketAddr],
+    gossip: SocketAddr,
+    route: impl Fn(SocketAddr) -> Option<IpAddr>,
+) -> Option<IpAddr> {
+    let others: Vec<SocketAddr> = seeds
+        .iter()
+        .copied()
+        .filter(|seed| seed.is_ipv4() == gossip.is_ipv4())
+        .filter(|seed| !is_this_node(*seed, gossip, Some(gossip)))
+        .collect();
+    let all_loopback = others.iter().all(|seed| seed.ip().is_loopback());
+    others
+        .iter()
+        .find_map(|seed| route(*seed).filter(|ip| all_loopback || !ip.is_loopback()))
 }
 
 /// The seeds' addresses as they resolve now (names that do not resolve within a second are left
@@ -293,10 +312,7 @@ fn connected_network_ip(table: &str) -> Option<IpAddr> {
 
 /// This boot's epoch.
 pub fn boot_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    super::replay::wall_ms()
 }
 
 fn foca_config(config: &ClusterConfig) -> foca::Config {
@@ -576,7 +592,7 @@ impl GossipTask {
         self.windows.entry(key).or_default().accept(
             envelope.boot_ms,
             envelope.seq,
-            micros_since(self.started),
+            ReceivedAt::now(self.started),
         )
     }
 
@@ -1038,6 +1054,63 @@ mod tests {
         );
         assert_eq!(connected_network_ip("garbage\nx y z\n"), None);
         assert_eq!(connected_network_ip(""), None);
+    }
+
+    #[test]
+    fn the_advertised_address_comes_from_the_route_to_the_other_seeds() {
+        let gossip: SocketAddr = "0.0.0.0:7946".parse().unwrap();
+        // A stand-in for the kernel's routes: loopback to loopback, 10.9.0.1 to anything else.
+        let route = |to: SocketAddr| match to {
+            SocketAddr::V4(v4) if v4.ip().is_loopback() => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SocketAddr::V4(_) => Some(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1))),
+            SocketAddr::V6(_) => Some("fd00::1".parse().unwrap()),
+        };
+        let seeds = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|seed| seed.parse().unwrap()).collect()
+        };
+        let lan = Some(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)));
+        // The seed list names every host, this one first; its own name resolves to 127.0.1.1.
+        assert_eq!(
+            source_towards_seeds(
+                &seeds(&["127.0.1.1:7946", "10.9.0.2:7946", "10.9.0.3:7946"]),
+                gossip,
+                route
+            ),
+            lan
+        );
+        // A loopback seed on another port (another node on this host) among remote ones.
+        assert_eq!(
+            source_towards_seeds(&seeds(&["127.0.0.1:17946", "10.9.0.2:7946"]), gossip, route),
+            lan
+        );
+        // Every other seed on loopback: a cluster on one host.
+        assert_eq!(
+            source_towards_seeds(&seeds(&["127.0.0.1:17946"]), gossip, route),
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
+        // Only this node: nothing to learn from the seeds.
+        assert_eq!(
+            source_towards_seeds(&seeds(&["127.0.1.1:7946"]), gossip, route),
+            None
+        );
+        // An IPv6 seed says nothing to an IPv4 socket, nor an IPv4 seed to an IPv6 one.
+        assert_eq!(
+            source_towards_seeds(&seeds(&["[::1]:17946", "127.0.0.1:17946"]), gossip, route),
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
+        assert_eq!(
+            source_towards_seeds(&seeds(&["[fd00::2]:17946"]), gossip, route),
+            None
+        );
+        let gossip6: SocketAddr = "[::]:7946".parse().unwrap();
+        assert_eq!(
+            source_towards_seeds(
+                &seeds(&["10.9.0.2:7946", "[fd00::2]:17946"]),
+                gossip6,
+                route
+            ),
+            Some("fd00::1".parse().unwrap())
+        );
     }
 
     #[test]

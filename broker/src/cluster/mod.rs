@@ -89,7 +89,7 @@ impl Bound {
         let sync_addr = sync.local_addr()?;
         info!("cluster gossip on udp {gossip_addr}");
         info!("cluster sync on udp {sync_addr}");
-        let advertised = membership::advertised_ip(&config, host).await;
+        let advertised = membership::advertised_ip(&config, gossip_addr).await;
         let boot_ms = membership::boot_ms();
         let started = Instant::now();
         let identity = NodeIdentity {

@@ -33,7 +33,7 @@ use tracing::debug;
 
 use super::auth::DatagramKey;
 use super::membership::{MemberState, Members, NodeIdentity};
-use super::replay::{micros_since, ReplayWindow, SequenceClock};
+use super::replay::{ReceivedAt, ReplayWindow, SequenceClock};
 use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
@@ -375,8 +375,8 @@ pub async fn receive_loop(
         };
         let cluster = &broker.metrics.cluster;
         cluster.datagram_in(ClusterPort::Sync);
-        let now_us = micros_since(started);
-        let verdict = accept(&buf[..n], &key, &members, &mut windows, now_us);
+        let at = ReceivedAt::now(started);
+        let verdict = accept(&buf[..n], &key, &members, &mut windows, at);
         match verdict {
             Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
@@ -400,15 +400,15 @@ pub async fn receive_loop(
     }
 }
 
-/// The checks, in order: tag, format, destination, origin, boot, replay (at `now_us` on the
-/// receiver's clock; see [`ReplayWindow::accept`]). Only a datagram that passes all of them marks
+/// The checks, in order: tag, format, destination, origin, boot, replay (received `at`; see
+/// [`ReplayWindow::accept`]). Only a datagram that passes all of them marks
 /// its sequence number as seen.
 fn accept(
     datagram: &[u8],
     key: &DatagramKey,
     members: &Members,
     windows: &mut HashMap<Bytes, ReplayWindow>,
-    now_us: u64,
+    at: ReceivedAt,
 ) -> Result<Vec<Message>, ClusterDrop> {
     let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
     let batch = decode_batch(body).ok_or(ClusterDrop::Malformed)?;
@@ -428,7 +428,7 @@ fn accept(
         windows.retain(|origin, _| members.known(origin).is_some());
     }
     let window = windows.entry(batch.origin).or_default();
-    if !window.accept(batch.boot_ms, batch.seq, now_us) {
+    if !window.accept(batch.boot_ms, batch.seq, at) {
         return Err(ClusterDrop::Replay);
     }
     Ok(batch.records)
@@ -582,6 +582,11 @@ mod tests {
 
     #[test]
     fn only_fresh_datagrams_from_known_members_are_accepted() {
+        // Received at the sender's boot on the wall clock: its first numbers are plausible.
+        const AT: ReceivedAt = ReceivedAt {
+            now_us: 0,
+            wall_ms: 5,
+        };
         let key = DatagramKey::sync(b"k");
         let origin = Origin {
             node_id: "n1".into(),
@@ -593,18 +598,18 @@ mod tests {
         let mut windows = HashMap::new();
         let first = datagram(&key, &origin, 1, &records);
         assert_eq!(
-            accept(&first, &key, &members, &mut windows, 0)
+            accept(&first, &key, &members, &mut windows, AT)
                 .unwrap()
                 .len(),
             1
         );
         assert_eq!(
-            accept(&first, &key, &members, &mut windows, 0).unwrap_err(),
+            accept(&first, &key, &members, &mut windows, AT).unwrap_err(),
             ClusterDrop::Replay
         );
         let forged = datagram(&DatagramKey::sync(b"other"), &origin, 2, &records);
         assert_eq!(
-            accept(&forged, &key, &members, &mut windows, 0).unwrap_err(),
+            accept(&forged, &key, &members, &mut windows, AT).unwrap_err(),
             ClusterDrop::BadTag
         );
         // A forged datagram does not burn its sequence number.
@@ -613,7 +618,7 @@ mod tests {
             &key,
             &members,
             &mut windows,
-            0
+            AT
         )
         .is_ok());
         let stranger = Origin {
@@ -627,7 +632,7 @@ mod tests {
                 &key,
                 &members,
                 &mut windows,
-                0
+                AT
             )
             .unwrap_err(),
             ClusterDrop::UnknownOrigin
@@ -643,7 +648,7 @@ mod tests {
                 &key,
                 &members,
                 &mut windows,
-                0
+                AT
             )
             .unwrap_err(),
             ClusterDrop::StaleEpoch
@@ -656,7 +661,7 @@ mod tests {
                     &key,
                     &members,
                     &mut windows,
-                    0
+                    AT
                 )
                 .unwrap_err(),
                 ClusterDrop::WrongDestination
@@ -669,7 +674,7 @@ mod tests {
             &key,
             &down,
             &mut windows,
-            0
+            AT
         )
         .is_ok());
     }
