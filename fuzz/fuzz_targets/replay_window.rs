@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 
-use coolpy7::cluster::replay::ReplayWindow;
+use coolpy7::cluster::replay::{ReceivedAt, ReplayWindow};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -91,7 +91,12 @@ impl Model {
     }
 
     fn check(&mut self, window: &mut ReplayWindow, seq: u64) {
-        if window.accept(self.boot, seq, self.now_us) {
+        // The sender booted at wall-clock `boot` ms, when the receiver's clock read 0.
+        let at = ReceivedAt {
+            now_us: self.now_us,
+            wall_ms: self.boot.saturating_add(self.now_us / 1_000),
+        };
+        if window.accept(self.boot, seq, at) {
             assert!(
                 self.accepted.insert(seq),
                 "boot {} seq {seq} accepted twice",

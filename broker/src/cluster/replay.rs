@@ -30,18 +30,22 @@
 //!   need not be synchronised. (Taking the first anchor from the other port's window for the
 //!   same boot would need state shared between the gossip and sync tasks, and that window's
 //!   own first number needs this check anyway.)
-//! - **Nothing is silenced for good.** A window that has refused every number from a sender
-//!   (for any reason: too far ahead, too old, a repeat) for [`REANCHOR_AFTER_US`] starts over at
-//!   the next number that passes the wall-clock check, or at the next number at all after
+//! - **Nothing is silenced for good, and nothing replayed gets through.** A window that has
+//!   refused every number from a sender (too far ahead or too old; repeats do not count, or
+//!   replaying one captured datagram for long enough would wear the window down) for
+//!   [`REANCHOR_AFTER_US`] starts over at the next number that passes the wall-clock check, or at the next number at all after
 //!   [`UNCHECKED_REANCHOR_AFTER_US`] (clocks further apart than the tolerance, or a host whose
 //!   monotonic clock stopped while suspended). And numbers that pass the wall-clock check but
 //!   lie too far ahead of the anchor for [`REANCHOR_AFTER_US`] move the anchor to them even when
 //!   other numbers are still accepted: the anchor came from a stale datagram (old captured ones
-//!   replayed to a receiver that just started) while the sender is live further ahead.
+//!   replayed to a receiver that just started) while the sender is live further ahead. A window
+//!   never starts over at or below a number it accepted: that would take replays again.
 //!
 //! So one forged datagram costs a window slot, or if it is the first of a window (and within
-//! the wall-clock tolerance) holds the sender back for [`REANCHOR_AFTER_US`] once; a burst of
-//! forged numbers holds it back for about [`AHEAD_SLACK_US`]. Left open: captured datagrams
+//! the wall-clock tolerance) holds the sender back until the sender's clock passes it, at most
+//! [`WALL_SKEW_US`] (the price of never accepting a replay, and of clocks that need not be
+//! synchronised); a burst of forged numbers in a started window holds it back for about
+//! [`AHEAD_SLACK_US`]. Left open: captured datagrams
 //! from within the wall-clock tolerance are accepted once by a window that never saw them (a
 //! receiver that just started), as any receiver with no memory must.
 //!
@@ -181,8 +185,7 @@ impl ReplayWindow {
         let plausible = plausible(boot_ms, seq, at.wall_ms);
         if self.recent.is_empty() {
             if plausible || self.refused_for(now_us) >= Some(UNCHECKED_REANCHOR_AFTER_US) {
-                self.start_at(seq, now_us);
-                return true;
+                return self.start_at(seq, now_us);
             }
             self.refusing_since_us.get_or_insert(now_us);
             return false;
@@ -199,18 +202,20 @@ impl ReplayWindow {
                 }
                 let since = *self.ahead_since_us.get_or_insert(now_us);
                 self.ahead_last_us = now_us;
-                if now_us.saturating_sub(since) >= REANCHOR_AFTER_US {
-                    self.start_at(seq, now_us);
+                if now_us.saturating_sub(since) >= REANCHOR_AFTER_US && self.start_at(seq, now_us) {
                     return true;
                 }
             }
+            // Replaying a captured datagram must never wear the window down into starting
+            // over: a repeat is refused without counting as the sender being refused.
+            Verdict::Repeat => return false,
             Verdict::Ahead | Verdict::Refused => {}
         }
         let refused_for = self.refused_for(now_us);
-        if (plausible && refused_for >= Some(REANCHOR_AFTER_US))
-            || refused_for >= Some(UNCHECKED_REANCHOR_AFTER_US)
+        if ((plausible && refused_for >= Some(REANCHOR_AFTER_US))
+            || refused_for >= Some(UNCHECKED_REANCHOR_AFTER_US))
+            && self.start_at(seq, now_us)
         {
-            self.start_at(seq, now_us);
             return true;
         }
         self.refusing_since_us.get_or_insert(now_us);
@@ -223,15 +228,25 @@ impl ReplayWindow {
             .map(|since| now_us.saturating_sub(since))
     }
 
-    /// Starts the window over at `seq`, received at `now_us`.
-    fn start_at(&mut self, seq: u64, now_us: u64) {
-        self.recent.clear();
+    /// Starts the window over at `seq`, received at `now_us`. Never at or below a number it
+    /// accepted (that could accept a replay again): a sender held back by forged numbers ahead
+    /// of it passes them as its clock runs on, within the wall-clock tolerance at most.
+    fn start_at(&mut self, seq: u64, now_us: u64) -> bool {
+        if self.recent.back().is_some_and(|&newest| seq <= newest) {
+            return false;
+        }
+        if self.recent.len() == WINDOW {
+            self.recent.pop_front();
+        }
         self.recent.push_back(seq);
-        self.floor = seq;
+        if self.recent.len() == 1 {
+            self.floor = seq;
+        }
         self.anchor_seq = seq;
         self.anchor_at_us = now_us;
         self.refusing_since_us = None;
         self.ahead_since_us = None;
+        true
     }
 
     /// The window's rules for a number of a started window; records it if it passes.
@@ -249,7 +264,7 @@ impl ReplayWindow {
             return Verdict::Ahead;
         }
         let at = match self.recent.binary_search(&seq) {
-            Ok(_) => return Verdict::Refused,
+            Ok(_) => return Verdict::Repeat,
             Err(at) => at,
         };
         if self.recent.len() == WINDOW {
@@ -288,7 +303,9 @@ enum Verdict {
     Accepted,
     /// Further ahead than the sender's clock can be.
     Ahead,
-    /// A repeat, or too old.
+    /// A number this window accepted already.
+    Repeat,
+    /// Too old to tell, or below the window's first number.
     Refused,
 }
 
@@ -370,26 +387,31 @@ mod tests {
         let mut window = ReplayWindow::default();
         assert!(!window.accept(BOOT_MS, u64::MAX, at(1_000_000)));
         assert!(window.accept(BOOT_MS, 1_000_100, at(1_000_100)));
-        // The largest number the wall-clock check lets through as the first: the sender is
-        // refused for the re-anchor time at most, then heard for good.
+        // The largest number the wall-clock check lets through as the first: the window never
+        // starts over below a number it accepted (that would accept replays again), so the
+        // sender is heard again once its clock passes the forged number, the wall-clock
+        // tolerance at most, and for good from then on.
         let mut window = ReplayWindow::default();
         let t0 = WALL_SKEW_US;
-        assert!(window.accept(BOOT_MS, t0 + WALL_SKEW_US, at(t0)));
+        let forged = t0 + WALL_SKEW_US;
+        assert!(window.accept(BOOT_MS, forged, at(t0)));
         let mut first = None;
         let mut accepted = 0;
-        for i in 1..=3_600u64 {
+        for i in 1..=(WALL_SKEW_US / 100_000 + 20) {
             let t = t0 + i * 100_000;
             if window.accept(BOOT_MS, t, at(t)) {
-                first.get_or_insert(t - t0);
+                first.get_or_insert(t);
                 accepted += 1;
             }
         }
         let first = first.expect("heard again");
-        assert!(
-            (REANCHOR_AFTER_US..=REANCHOR_AFTER_US + 200_000).contains(&first),
-            "{first}"
-        );
-        assert_eq!(accepted, 3_600 - first / 100_000 + 1);
+        assert!(first > forged && first <= forged + 200_000, "{first}");
+        assert_eq!(accepted, 20);
+        // A replay is never accepted again, however long it is repeated.
+        for i in 0..200u64 {
+            let t = forged + 3_000_000 + i * 100_000;
+            assert!(!window.accept(BOOT_MS, first, at(t)));
+        }
     }
 
     #[test]
