@@ -111,7 +111,8 @@ async fn a_frozen_node_is_marked_down_and_comes_back_when_resumed() {
 
     // On resuming, n3 reads a backlog of datagrams that each tell it it is down: one warning,
     // not one per datagram; and n1 and n2 were never told they were down.
-    let marked_down = "the cluster marked this node down";
+    // The warning; repeats within its rate limit are logged at debug as "... down (again)".
+    let marked_down = "the cluster marked this node down; rejoining";
     let lines: Vec<usize> = [n1, n2, n3]
         .iter()
         .map(|n| n.log_lines_with(&[marked_down]))
