@@ -1185,6 +1185,27 @@ impl UdpCapture {
     }
 }
 
+/// Publishes `count` QoS 0 messages on `from`, one per 100 ms, and returns how many a new
+/// subscriber on `to` received: whether forwarding from one to the other works over that time.
+pub async fn forwarded_over_time(from: &Node, to: &Node, count: u32) -> usize {
+    let topic = unique_id("forwarded/t");
+    let mut subscriber = to
+        .subscriber(&unique_id("sub"), &topic, QoS::AtMostOnce)
+        .await;
+    let mut publisher = from.client(&unique_id("pub")).await;
+    let mut got = 0;
+    for i in 0..count {
+        publisher
+            .publish(&topic, QoS::AtMostOnce, false, i.to_string())
+            .await;
+        got += subscriber
+            .drain_publishes(Duration::from_millis(100))
+            .await
+            .len();
+    }
+    got
+}
+
 /// Publishes a message on `from` and captures the sync datagram that carries it to `to`: the
 /// origin's and destination's boot epochs and a current sequence number, which a test needs to
 /// forge datagrams that pass every check but the ones under test. Requires root.

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use coolpy7_tests::cluster::{
-    capture_gossip, capture_sync_batch, expect_exactly_one, parse_sync_datagram,
-    pseudo_random_bytes, require_root, resend_ip_packet, run_seed, send_udp, signed_sync_datagram,
-    start_cluster, sync_datagram, unique_key, wait_full_membership, wait_until, Node, NodeConfig,
-    Record, FAST_TIMINGS, JOIN_TIMEOUT,
+    capture_gossip, capture_sync_batch, expect_exactly_one, forwarded_over_time,
+    parse_sync_datagram, pseudo_random_bytes, require_root, resend_ip_packet, run_seed, send_udp,
+    signed_sync_datagram, start_cluster, sync_datagram, unique_key, wait_full_membership,
+    wait_until, Node, NodeConfig, Record, FAST_TIMINGS, JOIN_TIMEOUT,
 };
 use coolpy7_tests::{unique_id, QoS, QUIET, TIMEOUT};
 
@@ -658,22 +658,8 @@ async fn a_forged_first_sync_datagram_does_not_silence_a_peer() {
     send_udp(n2.sync, &forged);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let topic = unique_id("after-first/t");
-    let mut subscriber = n2
-        .subscriber(&unique_id("sub"), &topic, QoS::AtMostOnce)
-        .await;
-    let mut publisher = n1.client(&unique_id("pub")).await;
-    let mut got = 0;
     // 15 s: past the 10 s re-anchor.
-    for i in 0..150u32 {
-        publisher
-            .publish(&topic, QoS::AtMostOnce, false, i.to_string())
-            .await;
-        got += subscriber
-            .drain_publishes(Duration::from_millis(100))
-            .await
-            .len();
-    }
+    let got = forwarded_over_time(&n1, &n2, 150).await;
     let view = n2.expect_brokers().await;
     assert!(
         got > 0,
@@ -719,21 +705,7 @@ async fn a_burst_of_chained_forged_numbers_does_not_silence_a_peer() {
         }
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let topic = unique_id("after-chain/t");
-    let mut subscriber = n2
-        .subscriber(&unique_id("sub"), &topic, QoS::AtMostOnce)
-        .await;
-    let mut publisher = n1.client(&unique_id("pub")).await;
-    let mut got = 0;
-    for i in 0..50u32 {
-        publisher
-            .publish(&topic, QoS::AtMostOnce, false, i.to_string())
-            .await;
-        got += subscriber
-            .drain_publishes(Duration::from_millis(100))
-            .await
-            .len();
-    }
+    let got = forwarded_over_time(&n1, &n2, 50).await;
     let view = n2.expect_brokers().await;
     println!("n2's view 8 s after the burst: {}", view.summary());
     let replays = n2
