@@ -24,13 +24,19 @@ pub enum DropReason {
     OfflineQos0,
     /// A PUBLISH that no online subscriber (nor persistent session) could take.
     NoSubscribers,
+    /// Its MQTT 5 Message Expiry Interval passed while it waited.
+    Expired,
+    /// Larger than the Maximum Packet Size the receiving MQTT 5 client allows.
+    PacketTooLarge,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::QueueFull,
         DropReason::OfflineQos0,
         DropReason::NoSubscribers,
+        DropReason::Expired,
+        DropReason::PacketTooLarge,
     ];
 
     pub fn label(self) -> &'static str {
@@ -38,6 +44,8 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::OfflineQos0 => "offline_qos0",
             DropReason::NoSubscribers => "no_subscribers",
+            DropReason::Expired => "expired",
+            DropReason::PacketTooLarge => "packet_too_large",
         }
     }
 }
@@ -113,7 +121,7 @@ pub struct Metrics {
     pub payload_bytes_sent: PerQos,
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
-    dropped: [Counter; 3],
+    dropped: [Counter; DropReason::ALL.len()],
     /// Membership and forwarding between nodes (zero outside cluster mode).
     pub cluster: ClusterMetrics,
     started: std::time::Instant,

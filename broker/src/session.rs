@@ -178,11 +178,14 @@ impl Mailbox {
     ) {
         let mut queue = self.queue.lock();
         let was_congested = queue.len() > self.drained_level();
-        let taken = take_within(&mut queue, max, window, byte_budget, out);
+        let (taken, expired) = take_within(&mut queue, max, window, byte_budget, out);
         let more = !queue.is_empty();
         let drained = was_congested && queue.len() <= self.drained_level();
         drop(queue);
-        metrics.queued.dec_by(taken as i64);
+        metrics.queued.dec_by((taken + expired) as i64);
+        if expired > 0 {
+            metrics.dropped(DropReason::Expired).inc_by(expired as u64);
+        }
         if taken > 0 {
             self.last_take_ms.store(clock_ms(), Ordering::Relaxed);
         }
@@ -226,19 +229,34 @@ impl Mailbox {
 
 /// Moves deliveries from the front of `queue` into `out` in order: at most `max` of them, of
 /// which at most `window` have QoS 1 or 2, and no more once `byte_budget` bytes of topic and
-/// payload are taken. Stops at the first one that does not fit, so order is kept. Returns how
-/// many it moved.
+/// payload are taken. Stops at the first one that does not fit, so order is kept. Messages whose
+/// MQTT 5 expiry has passed are dropped on the way. Returns how many it moved and how many it
+/// dropped.
 fn take_within(
     queue: &mut VecDeque<Delivery>,
     max: usize,
     mut window: usize,
     byte_budget: usize,
     out: &mut Vec<Delivery>,
-) -> usize {
+) -> (usize, usize) {
     let mut taken = 0;
+    let mut expired = 0;
     let mut bytes = 0;
+    // Read only when a message that can expire is met: most never do.
+    let mut now = None;
     while taken < max && bytes < byte_budget {
         match queue.front() {
+            Some(delivery) if delivery.message.expires_at.is_some() => {
+                let now = *now.get_or_insert_with(Instant::now);
+                if delivery.message.is_expired(now) {
+                    queue.pop_front();
+                    expired += 1;
+                    continue;
+                }
+                if delivery.qos != QoS::AtMostOnce && window == 0 {
+                    break;
+                }
+            }
             Some(delivery) if delivery.qos != QoS::AtMostOnce && window == 0 => break,
             Some(_) => {}
             None => break,
@@ -252,7 +270,7 @@ fn take_within(
             taken += 1;
         }
     }
-    taken
+    (taken, expired)
 }
 
 /// Where an outgoing QoS 1/2 message stands.
@@ -635,7 +653,7 @@ impl SessionRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::Message;
+    use crate::router::{Grant, Message};
     use crate::topic::Subscription;
     use bytes::Bytes;
 
@@ -650,6 +668,7 @@ mod tests {
             message: Arc::new(message),
             qos,
             retain: false,
+            subscription_ids: Default::default(),
         }
     }
 
@@ -872,7 +891,7 @@ mod tests {
         let mut state = claimed.state;
         let filter = "a/+".to_string();
         let subscription = Subscription::parse(&filter).expect("valid");
-        router.subscribe(&state.mailbox, &subscription, QoS::AtLeastOnce);
+        router.subscribe(&state.mailbox, &subscription, Grant::qos(QoS::AtLeastOnce));
         state.subscriptions.insert(filter, QoS::AtLeastOnce);
         registry.release(&offline, state, false, &router);
         let _held = registry

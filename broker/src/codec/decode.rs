@@ -1,16 +1,21 @@
-//! Bytes to packets: [`decode`] parses one MQTT 3.1/3.1.1 control packet from the front of a read
-//! buffer, validating everything the protocol requires of a receiver.
+//! Bytes to packets: [`decode`] parses one MQTT 3.1, 3.1.1 or 5.0 control packet from the front
+//! of a read buffer, validating everything the protocol requires of a receiver.
 //!
 //! Decoding happens in two stages. The fixed header (type byte and remaining length, at most five
 //! bytes) is checked first, so that a bad type, bad flags or an oversize packet is refused before
 //! its body is buffered. Only once the whole packet has arrived is it split off the buffer and its
 //! body parsed through a bounds-checked [`Reader`]; payloads and topics are slices of that split.
+//! MQTT 5 packets differ by their properties ([`super::properties`]) and reason codes; the
+//! layout of each packet is decided here, once, from the connection's protocol.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
+use super::properties::{self, PropertyContext};
+use super::reader::{malformed, Reader};
 use super::{
-    ConnAck, Connect, ConnectReturnCode, DecodeError, LastWill, Packet, Protocol, Publish, QoS,
-    SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+    Ack, Auth, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Protocol,
+    Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
 };
 
 /// Decodes the packet at the front of `buf`.
@@ -21,9 +26,10 @@ use super::{
 /// `max_packet_size` bounds the whole packet (fixed header included) and is enforced as soon as
 /// the remaining length is known; pass `usize::MAX` for no limit beyond the protocol's own.
 ///
-/// `protocol` is the connection's protocol once CONNECT has been received (`None` before). The
-/// supported levels share one wire format, except that MQTT 3.1 clients may set DUP on a retried
-/// PUBREL, SUBSCRIBE or UNSUBSCRIBE; MQTT 5 will add properties here.
+/// `protocol` is the connection's protocol once CONNECT has been received (`None` before; the
+/// CONNECT then says its own). MQTT 3.1 and 3.1.1 share one wire format, except that MQTT 3.1
+/// clients may set DUP on a retried PUBREL, SUBSCRIBE or UNSUBSCRIBE; MQTT 5 adds properties and
+/// reason codes, and the AUTH packet.
 ///
 /// # Errors
 ///
@@ -44,7 +50,7 @@ pub fn decode(
     let Some((remaining_length, length_bytes)) = read_remaining_length(after_first)? else {
         return Ok(None);
     };
-    kind.check_remaining_length(remaining_length)?;
+    kind.check_remaining_length(remaining_length, protocol)?;
 
     // Cannot overflow: at most 5 + MAX_REMAINING_LENGTH.
     let total = 1 + length_bytes + remaining_length;
@@ -61,21 +67,23 @@ pub fn decode(
     let mut packet = buf.split_to(total);
     packet.advance(1 + length_bytes);
     let mut body = Reader::new(packet.freeze(), kind.name());
+    let v5 = protocol == Some(Protocol::V5);
     let decoded = match kind {
-        PacketKind::Connect => Packet::Connect(decode_connect(&mut body)?),
-        PacketKind::ConnAck => Packet::ConnAck(decode_connack(&mut body)?),
-        PacketKind::Publish => Packet::Publish(decode_publish(first_byte, &mut body)?),
-        PacketKind::PubAck => Packet::PubAck(body.u16()?),
-        PacketKind::PubRec => Packet::PubRec(body.u16()?),
-        PacketKind::PubRel => Packet::PubRel(body.u16()?),
-        PacketKind::PubComp => Packet::PubComp(body.u16()?),
-        PacketKind::Subscribe => Packet::Subscribe(decode_subscribe(&mut body)?),
-        PacketKind::SubAck => Packet::SubAck(decode_suback(&mut body)?),
-        PacketKind::Unsubscribe => Packet::Unsubscribe(decode_unsubscribe(&mut body)?),
-        PacketKind::UnsubAck => Packet::UnsubAck(body.u16()?),
+        PacketKind::Connect => Packet::Connect(Box::new(decode_connect(&mut body)?)),
+        PacketKind::ConnAck => Packet::ConnAck(decode_connack(&mut body, v5)?),
+        PacketKind::Publish => Packet::Publish(decode_publish(first_byte, &mut body, v5)?),
+        PacketKind::PubAck => Packet::PubAck(decode_ack(&mut body, v5)?),
+        PacketKind::PubRec => Packet::PubRec(decode_ack(&mut body, v5)?),
+        PacketKind::PubRel => Packet::PubRel(decode_ack(&mut body, v5)?),
+        PacketKind::PubComp => Packet::PubComp(decode_ack(&mut body, v5)?),
+        PacketKind::Subscribe => Packet::Subscribe(decode_subscribe(&mut body, v5)?),
+        PacketKind::SubAck => Packet::SubAck(decode_suback(&mut body, v5)?),
+        PacketKind::Unsubscribe => Packet::Unsubscribe(decode_unsubscribe(&mut body, v5)?),
+        PacketKind::UnsubAck => Packet::UnsubAck(decode_unsuback(&mut body, v5)?),
         PacketKind::PingReq => Packet::PingReq,
         PacketKind::PingResp => Packet::PingResp,
-        PacketKind::Disconnect => Packet::Disconnect,
+        PacketKind::Disconnect => Packet::Disconnect(decode_disconnect(&mut body, v5)?),
+        PacketKind::Auth => Packet::Auth(decode_auth(&mut body)?),
     };
     body.finish()?;
     Ok(Some(decoded))
@@ -115,7 +123,7 @@ pub fn peek_fixed_header(
     let kind = PacketKind::from_first_byte(first_byte, protocol)?;
     let packet_size = match read_remaining_length(after_first)? {
         Some((remaining_length, length_bytes)) => {
-            kind.check_remaining_length(remaining_length)?;
+            kind.check_remaining_length(remaining_length, protocol)?;
             // Cannot overflow: at most 5 + MAX_REMAINING_LENGTH.
             Some(1 + length_bytes + remaining_length)
         }
@@ -161,6 +169,7 @@ enum PacketKind {
     PingReq,
     PingResp,
     Disconnect,
+    Auth,
 }
 
 impl PacketKind {
@@ -195,6 +204,7 @@ impl PacketKind {
             12 => (PacketKind::PingReq, 0b0000),
             13 => (PacketKind::PingResp, 0b0000),
             14 => (PacketKind::Disconnect, 0b0000),
+            15 if protocol == Some(Protocol::V5) => (PacketKind::Auth, 0b0000),
             reserved => return Err(DecodeError::ReservedPacketType(reserved)),
         };
         // MQTT 3.1 set DUP on retried PUBREL, SUBSCRIBE and UNSUBSCRIBE (the bits 3.1.1 fixed).
@@ -210,18 +220,24 @@ impl PacketKind {
     }
 
     /// Refuses a wrong remaining length of a fixed-size packet from its header alone, so that a
-    /// peer cannot make us buffer a huge "PINGREQ".
-    fn check_remaining_length(self, remaining_length: usize) -> Result<(), DecodeError> {
+    /// peer cannot make us buffer a huge "PINGREQ". MQTT 5 acknowledgements and DISCONNECT may
+    /// carry a reason and properties, so only PINGREQ and PINGRESP have a fixed size there.
+    fn check_remaining_length(
+        self,
+        remaining_length: usize,
+        protocol: Option<Protocol>,
+    ) -> Result<(), DecodeError> {
+        let v5 = protocol == Some(Protocol::V5);
         let (expected, reason) = match self {
+            PacketKind::PingReq | PacketKind::PingResp => (0, "remaining length must be 0"),
+            _ if v5 => return Ok(()),
             PacketKind::ConnAck
             | PacketKind::PubAck
             | PacketKind::PubRec
             | PacketKind::PubRel
             | PacketKind::PubComp
             | PacketKind::UnsubAck => (2, "remaining length must be 2"),
-            PacketKind::PingReq | PacketKind::PingResp | PacketKind::Disconnect => {
-                (0, "remaining length must be 0")
-            }
+            PacketKind::Disconnect => (0, "remaining length must be 0"),
             _ => return Ok(()),
         };
         if remaining_length == expected {
@@ -247,12 +263,28 @@ impl PacketKind {
             PacketKind::PingReq => "PINGREQ",
             PacketKind::PingResp => "PINGRESP",
             PacketKind::Disconnect => "DISCONNECT",
+            PacketKind::Auth => "AUTH",
         }
     }
 }
 
-fn malformed(packet: &'static str, reason: &'static str) -> DecodeError {
-    DecodeError::Malformed { packet, reason }
+/// Properties when the packet is MQTT 5, none otherwise.
+fn properties_if(
+    v5: bool,
+    body: &mut Reader,
+    context: PropertyContext,
+) -> Result<Properties, DecodeError> {
+    if v5 {
+        properties::decode(body, context)
+    } else {
+        Ok(Properties::default())
+    }
+}
+
+/// A reason code byte that must be one the standard defines.
+fn reason_code(body: &mut Reader) -> Result<ReasonCode, DecodeError> {
+    let packet = body.packet();
+    ReasonCode::from_u8(body.u8()?).ok_or_else(|| malformed(packet, "unknown reason code"))
 }
 
 fn decode_connect(body: &mut Reader) -> Result<Connect, DecodeError> {
@@ -260,9 +292,10 @@ fn decode_connect(body: &mut Reader) -> Result<Connect, DecodeError> {
     let name = std::str::from_utf8(&name)
         .map_err(|_| malformed("CONNECT", "protocol name is not UTF-8"))?;
     let level = body.u8()?;
-    // Decided before anything else is parsed: a newer level (MQTT 5) lays out the rest of the
-    // packet differently, and the client is owed CONNACK 0x01 rather than a "malformed" close.
+    // Decided before anything else is parsed: another level lays out the rest of the packet
+    // differently, and the client is owed CONNACK 0x01 (0x84) rather than a "malformed" close.
     let protocol = match (name, level) {
+        ("MQTT", 5) => Protocol::V5,
         ("MQTT", 4) => Protocol::V311,
         ("MQIsdp", 3) => Protocol::V31,
         _ => {
@@ -272,6 +305,7 @@ fn decode_connect(body: &mut Reader) -> Result<Connect, DecodeError> {
             })
         }
     };
+    let v5 = protocol == Protocol::V5;
 
     let flags = body.u8()?;
     if flags & 0b0000_0001 != 0 {
@@ -291,14 +325,17 @@ fn decode_connect(body: &mut Reader) -> Result<Connect, DecodeError> {
     }
     let will_qos =
         QoS::from_u8(will_qos).ok_or_else(|| malformed("CONNECT", "will QoS 3 is reserved"))?;
-    // [MQTT-3.1.2-22]; also enforced for 3.1, whose clients have no reason to send it.
-    if has_password && !has_username {
+    // [MQTT-3.1.2-22]; also enforced for 3.1, whose clients have no reason to send it. MQTT 5
+    // allows a password without a user name.
+    if has_password && !has_username && !v5 {
         return Err(malformed("CONNECT", "password without a user name"));
     }
 
     let keep_alive = body.u16()?;
+    let properties = properties_if(v5, body, PropertyContext::Connect)?;
     let client_id = body.string("CONNECT client id")?;
     let will = if has_will {
+        let properties = properties_if(v5, body, PropertyContext::Will)?;
         let topic = body.string("CONNECT will topic")?;
         let payload = body.length_prefixed()?;
         Some(LastWill {
@@ -306,6 +343,7 @@ fn decode_connect(body: &mut Reader) -> Result<Connect, DecodeError> {
             payload,
             qos: will_qos,
             retain: will_retain,
+            properties,
         })
     } else {
         None
@@ -329,39 +367,40 @@ fn decode_connect(body: &mut Reader) -> Result<Connect, DecodeError> {
         will,
         username,
         password,
+        properties,
     })
 }
 
-fn decode_connack(body: &mut Reader) -> Result<ConnAck, DecodeError> {
+fn decode_connack(body: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
     let flags = body.u8()?;
     if flags & 0b1111_1110 != 0 {
         return Err(malformed("CONNACK", "reserved acknowledge flags set"));
     }
-    let code = match body.u8()? {
-        0x00 => ConnectReturnCode::Accepted,
-        0x01 => ConnectReturnCode::UnacceptableProtocolVersion,
-        0x02 => ConnectReturnCode::IdentifierRejected,
-        0x03 => ConnectReturnCode::ServerUnavailable,
-        0x04 => ConnectReturnCode::BadUserNameOrPassword,
-        0x05 => ConnectReturnCode::NotAuthorized,
-        _ => return Err(malformed("CONNACK", "unknown return code")),
+    let code = if v5 {
+        reason_code(body)?
+    } else {
+        ReasonCode::from_v3_connack(body.u8()?)
+            .ok_or_else(|| malformed("CONNACK", "unknown return code"))?
     };
     Ok(ConnAck {
         session_present: flags & 1 != 0,
         code,
+        properties: properties_if(v5, body, PropertyContext::ConnAck)?,
     })
 }
 
 /// `first_byte` has already been validated by [`PacketKind::from_first_byte`].
-fn decode_publish(first_byte: u8, body: &mut Reader) -> Result<Publish, DecodeError> {
+fn decode_publish(first_byte: u8, body: &mut Reader, v5: bool) -> Result<Publish, DecodeError> {
     let qos = QoS::from_u8((first_byte >> 1) & 0b11)
         .ok_or_else(|| malformed("PUBLISH", "QoS 3 is reserved"))?;
-    // Wildcards and empty topics are valid UTF-8 strings; refusing them is the broker's call.
+    // Wildcards and empty topics are valid UTF-8 strings; refusing them is the broker's call
+    // (an MQTT 5 topic alias makes an empty one valid).
     let topic = body.utf8("PUBLISH topic")?;
     let packet_id = match qos {
         QoS::AtMostOnce => None,
         QoS::AtLeastOnce | QoS::ExactlyOnce => Some(body.nonzero_packet_id()?),
     };
+    let properties = properties_if(v5, body, PropertyContext::Publish)?;
     Ok(Publish {
         dup: first_byte & 0b1000 != 0,
         qos,
@@ -369,57 +408,112 @@ fn decode_publish(first_byte: u8, body: &mut Reader) -> Result<Publish, DecodeEr
         topic,
         packet_id,
         payload: body.rest(),
+        properties,
     })
 }
 
-fn decode_subscribe(body: &mut Reader) -> Result<Subscribe, DecodeError> {
+/// PUBACK, PUBREC, PUBREL, PUBCOMP. In MQTT 5 the reason code may be left out when it is 0 and
+/// there are no properties, and the property list when it is empty (§3.4.2.1).
+fn decode_ack(body: &mut Reader, v5: bool) -> Result<Ack, DecodeError> {
+    let packet_id = body.u16()?;
+    let reason = if v5 && !body.is_empty() {
+        reason_code(body)?
+    } else {
+        ReasonCode::Success
+    };
+    let properties = if v5 && !body.is_empty() {
+        properties::decode(body, PropertyContext::Ack)?
+    } else {
+        Properties::default()
+    };
+    Ok(Ack {
+        packet_id,
+        reason,
+        properties,
+    })
+}
+
+fn decode_subscribe(body: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
     let packet_id = body.nonzero_packet_id()?;
+    let properties = properties_if(v5, body, PropertyContext::Subscribe)?;
+    if properties.subscription_identifiers.len() > 1 {
+        return Err(DecodeError::Protocol {
+            packet: "SUBSCRIBE",
+            reason: "more than one subscription identifier",
+        });
+    }
     let mut filters = Vec::new();
     while !body.is_empty() {
         let filter = body.string("SUBSCRIBE topic filter")?;
         let options = body.u8()?;
-        if options & 0b1111_1100 != 0 {
+        let reserved = if v5 { 0b1100_0000 } else { 0b1111_1100 };
+        if options & reserved != 0 {
             return Err(malformed(
                 "SUBSCRIBE",
                 "reserved subscription option bits set",
             ));
         }
-        let qos = QoS::from_u8(options)
+        let qos = QoS::from_u8(options & 0b11)
             .ok_or_else(|| malformed("SUBSCRIBE", "requested QoS 3 is reserved"))?;
-        filters.push((filter, qos));
+        let retain_handling = match (options >> 4) & 0b11 {
+            0 => RetainHandling::OnSubscribe,
+            1 => RetainHandling::OnNewSubscription,
+            2 => RetainHandling::Never,
+            _ => return Err(malformed("SUBSCRIBE", "retain handling 3 is reserved")),
+        };
+        filters.push((
+            filter,
+            SubscriptionOptions {
+                qos,
+                no_local: options & 0b0100 != 0,
+                retain_as_published: options & 0b1000 != 0,
+                retain_handling,
+            },
+        ));
     }
     // [MQTT-3.8.3-3]
     if filters.is_empty() {
         return Err(malformed("SUBSCRIBE", "no topic filters"));
     }
-    Ok(Subscribe { packet_id, filters })
+    Ok(Subscribe {
+        packet_id,
+        filters,
+        properties,
+    })
 }
 
-fn decode_suback(body: &mut Reader) -> Result<SubAck, DecodeError> {
+fn decode_suback(body: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
     let packet_id = body.u16()?;
-    let mut return_codes = Vec::with_capacity(body.len());
+    let properties = properties_if(v5, body, PropertyContext::SubAck)?;
+    let mut reason_codes = Vec::with_capacity(body.len());
     while !body.is_empty() {
-        let code = match body.u8()? {
-            0x00 => SubscribeReturnCode::Granted(QoS::AtMostOnce),
-            0x01 => SubscribeReturnCode::Granted(QoS::AtLeastOnce),
-            0x02 => SubscribeReturnCode::Granted(QoS::ExactlyOnce),
-            0x80 => SubscribeReturnCode::Failure,
-            _ => return Err(malformed("SUBACK", "unknown return code")),
+        let code = if v5 {
+            reason_code(body)?
+        } else {
+            match body.u8()? {
+                0x00 => ReasonCode::Success,
+                0x01 => ReasonCode::GrantedQoS1,
+                0x02 => ReasonCode::GrantedQoS2,
+                0x80 => ReasonCode::UnspecifiedError,
+                _ => return Err(malformed("SUBACK", "unknown return code")),
+            }
         };
-        return_codes.push(code);
+        reason_codes.push(code);
     }
     // One code per filter of the SUBSCRIBE, which has at least one.
-    if return_codes.is_empty() {
+    if reason_codes.is_empty() {
         return Err(malformed("SUBACK", "no return codes"));
     }
     Ok(SubAck {
         packet_id,
-        return_codes,
+        reason_codes,
+        properties,
     })
 }
 
-fn decode_unsubscribe(body: &mut Reader) -> Result<Unsubscribe, DecodeError> {
+fn decode_unsubscribe(body: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
     let packet_id = body.nonzero_packet_id()?;
+    let properties = properties_if(v5, body, PropertyContext::Unsubscribe)?;
     let mut filters = Vec::new();
     while !body.is_empty() {
         filters.push(body.string("UNSUBSCRIBE topic filter")?);
@@ -428,108 +522,59 @@ fn decode_unsubscribe(body: &mut Reader) -> Result<Unsubscribe, DecodeError> {
     if filters.is_empty() {
         return Err(malformed("UNSUBSCRIBE", "no topic filters"));
     }
-    Ok(Unsubscribe { packet_id, filters })
+    Ok(Unsubscribe {
+        packet_id,
+        filters,
+        properties,
+    })
 }
 
-/// A bounds-checked cursor over a packet body. Every read checks the length first and reports a
-/// shortfall as [`DecodeError::Malformed`] naming the packet.
-struct Reader {
-    rest: Bytes,
-    packet: &'static str,
+fn decode_unsuback(body: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
+    let packet_id = body.u16()?;
+    let properties = properties_if(v5, body, PropertyContext::UnsubAck)?;
+    let mut reason_codes = Vec::new();
+    if v5 {
+        while !body.is_empty() {
+            reason_codes.push(reason_code(body)?);
+        }
+        if reason_codes.is_empty() {
+            return Err(malformed("UNSUBACK", "no reason codes"));
+        }
+    }
+    Ok(UnsubAck {
+        packet_id,
+        reason_codes,
+        properties,
+    })
 }
 
-impl Reader {
-    fn new(body: Bytes, packet: &'static str) -> Reader {
-        Reader { rest: body, packet }
+/// DISCONNECT: empty in 3.1.1; in MQTT 5 an absent reason code means 0 (§3.14.2.1).
+fn decode_disconnect(body: &mut Reader, v5: bool) -> Result<Disconnect, DecodeError> {
+    if !v5 || body.is_empty() {
+        return Ok(Disconnect::new(ReasonCode::Success));
     }
-
-    fn len(&self) -> usize {
-        self.rest.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.rest.is_empty()
-    }
-
-    fn ends_early(&self) -> DecodeError {
-        malformed(self.packet, "packet ends inside a field")
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        let byte = *self.rest.first().ok_or_else(|| self.ends_early())?;
-        self.rest.advance(1);
-        Ok(byte)
-    }
-
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        let Some(&[high, low]) = self.rest.get(..2) else {
-            return Err(self.ends_early());
-        };
-        let value = u16::from_be_bytes([high, low]);
-        self.rest.advance(2);
-        Ok(value)
-    }
-
-    /// A packet identifier where the protocol requires one: 0 is not a valid id [MQTT-2.3.1-1].
-    fn nonzero_packet_id(&mut self) -> Result<u16, DecodeError> {
-        match self.u16()? {
-            0 => Err(malformed(self.packet, "packet identifier 0")),
-            id => Ok(id),
-        }
-    }
-
-    /// Binary data with a two-byte length prefix, as a zero-copy slice of the packet.
-    fn length_prefixed(&mut self) -> Result<Bytes, DecodeError> {
-        let len = usize::from(self.u16()?);
-        if len > self.rest.len() {
-            return Err(malformed(
-                self.packet,
-                "length prefix runs past the end of the packet",
-            ));
-        }
-        Ok(self.rest.split_to(len))
-    }
-
-    /// A UTF-8 string kept as bytes (zero-copy), checked as [`Reader::string`] checks.
-    fn utf8(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
-        let raw = self.length_prefixed()?;
-        check_utf8(&raw, field)?;
-        Ok(raw)
-    }
-
-    /// A UTF-8 string: valid UTF-8 without U+0000 [MQTT-1.5.3-1, MQTT-1.5.3-2].
-    fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
-        let len = usize::from(self.u16()?);
-        let raw = self.rest.get(..len).ok_or_else(|| {
-            malformed(self.packet, "length prefix runs past the end of the packet")
-        })?;
-        let string = check_utf8(raw, field)?.to_owned();
-        self.rest.advance(len);
-        Ok(string)
-    }
-
-    /// Everything left, as a zero-copy slice of the packet.
-    fn rest(&mut self) -> Bytes {
-        std::mem::take(&mut self.rest)
-    }
-
-    /// Every packet must be exactly as long as its fields.
-    fn finish(self) -> Result<(), DecodeError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(malformed(
-                self.packet,
-                "unexpected bytes after the last field",
-            ))
-        }
-    }
+    let reason = reason_code(body)?;
+    let properties = if body.is_empty() {
+        Properties::default()
+    } else {
+        properties::decode(body, PropertyContext::Disconnect)?
+    };
+    Ok(Disconnect { reason, properties })
 }
 
-fn check_utf8<'a>(raw: &'a [u8], field: &'static str) -> Result<&'a str, DecodeError> {
-    // In UTF-8 a zero byte only ever encodes U+0000, so a byte search is enough.
-    if raw.contains(&0) {
-        return Err(DecodeError::InvalidUtf8(field));
+/// AUTH: an empty body means Success without properties (§3.15.2.1).
+fn decode_auth(body: &mut Reader) -> Result<Auth, DecodeError> {
+    if body.is_empty() {
+        return Ok(Auth {
+            reason: ReasonCode::Success,
+            properties: Properties::default(),
+        });
     }
-    std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8(field))
+    let reason = reason_code(body)?;
+    let properties = if body.is_empty() {
+        Properties::default()
+    } else {
+        properties::decode(body, PropertyContext::Auth)?
+    };
+    Ok(Auth { reason, properties })
 }

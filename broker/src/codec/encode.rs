@@ -1,6 +1,7 @@
 //! Packets to bytes: [`Packet::encode`] appends a packet to a write buffer, and
-//! [`encode_publish`] is the broker's hot path for PUBLISH, encoding straight from a topic and a
-//! payload without building a [`Publish`](super::Publish).
+//! [`encode_publish`] / [`encode_publish_v5`] are the broker's hot path for PUBLISH, encoding
+//! straight from a topic, a payload and (MQTT 5) the properties of one delivery without building
+//! a [`Publish`](super::Publish).
 //!
 //! Every encoder computes the remaining length up front, validates it and every length-prefixed
 //! field before writing anything, then reserves the exact size and writes in one pass. A value the
@@ -8,16 +9,19 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::properties::{put_varint, varint_len};
 use super::{
-    ConnAck, Connect, EncodeError, Packet, Protocol, QoS, SubAck, Subscribe, Unsubscribe,
-    MAX_REMAINING_LENGTH,
+    Ack, ConnAck, Connect, EncodeError, Packet, Properties, Protocol, QoS, ReasonCode, SubAck,
+    Subscribe, UnsubAck, Unsubscribe, MAX_REMAINING_LENGTH,
 };
 
 impl Packet {
     /// Appends this packet to `buf`, as spoken at `protocol`.
     ///
     /// CONNECT carries its own level (`connect.protocol`) and ignores `protocol`. A CONNACK to an
-    /// MQTT 3.1 client never has the session-present flag, which 3.1 does not define.
+    /// MQTT 3.1 client never has the session-present flag, which 3.1 does not define. Below
+    /// MQTT 5, properties are not sent and reason codes become the nearest 3.1.1 return code
+    /// (a DISCONNECT or an acknowledgement then carries none; AUTH does not exist and is refused).
     ///
     /// The encoder only refuses what cannot be represented; it does not re-check rules a
     /// receiver enforces (a packet id 0, a SUBSCRIBE without filters), so callers can still
@@ -29,12 +33,10 @@ impl Packet {
     /// exceed [`MAX_REMAINING_LENGTH`], or a PUBLISH's packet id does not match its QoS (present
     /// at QoS 0 or missing above). `buf` is unchanged then.
     pub fn encode(&self, protocol: Protocol, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        let v5 = protocol == Protocol::V5;
         match self {
             Packet::Connect(connect) => encode_connect(connect, buf),
-            Packet::ConnAck(connack) => {
-                encode_connack(*connack, protocol, buf);
-                Ok(())
-            }
+            Packet::ConnAck(connack) => encode_connack(connack, protocol, buf),
             Packet::Publish(publish) => {
                 let packet_id = match (publish.qos, publish.packet_id) {
                     (QoS::AtMostOnce, None) => 0,
@@ -46,34 +48,54 @@ impl Packet {
                         return Err(inconsistent("PUBLISH", "no packet id on a QoS > 0 message"))
                     }
                 };
-                encode_publish(
-                    buf,
-                    publish.dup,
-                    publish.qos,
-                    publish.retain,
-                    &publish.topic,
-                    packet_id,
-                    &publish.payload,
-                )
+                if v5 {
+                    encode_publish_properties(
+                        buf,
+                        publish.dup,
+                        publish.qos,
+                        publish.retain,
+                        &publish.topic,
+                        packet_id,
+                        &publish.properties,
+                        &publish.payload,
+                    )
+                } else {
+                    encode_publish(
+                        buf,
+                        publish.dup,
+                        publish.qos,
+                        publish.retain,
+                        &publish.topic,
+                        packet_id,
+                        &publish.payload,
+                    )
+                }
             }
-            Packet::PubAck(id) => encode_packet_id_only(buf, 0x40, *id),
-            Packet::PubRec(id) => encode_packet_id_only(buf, 0x50, *id),
-            Packet::PubRel(id) => encode_packet_id_only(buf, 0x62, *id),
-            Packet::PubComp(id) => encode_packet_id_only(buf, 0x70, *id),
-            Packet::Subscribe(subscribe) => encode_subscribe(subscribe, buf),
-            Packet::SubAck(suback) => encode_suback(suback, buf),
-            Packet::Unsubscribe(unsubscribe) => encode_unsubscribe(unsubscribe, buf),
-            Packet::UnsubAck(id) => encode_packet_id_only(buf, 0xb0, *id),
+            Packet::PubAck(ack) => encode_ack(buf, 0x40, ack, v5),
+            Packet::PubRec(ack) => encode_ack(buf, 0x50, ack, v5),
+            Packet::PubRel(ack) => encode_ack(buf, 0x62, ack, v5),
+            Packet::PubComp(ack) => encode_ack(buf, 0x70, ack, v5),
+            Packet::Subscribe(subscribe) => encode_subscribe(subscribe, v5, buf),
+            Packet::SubAck(suback) => encode_suback(suback, v5, buf),
+            Packet::Unsubscribe(unsubscribe) => encode_unsubscribe(unsubscribe, v5, buf),
+            Packet::UnsubAck(unsuback) => encode_unsuback(unsuback, v5, buf),
             Packet::PingReq => encode_empty(buf, 0xc0),
             Packet::PingResp => encode_empty(buf, 0xd0),
-            Packet::Disconnect => encode_empty(buf, 0xe0),
+            Packet::Disconnect(disconnect) if v5 => {
+                encode_reason_and_properties(buf, 0xe0, disconnect.reason, &disconnect.properties)
+            }
+            Packet::Disconnect(_) => encode_empty(buf, 0xe0),
+            Packet::Auth(auth) if v5 => {
+                encode_reason_and_properties(buf, 0xf0, auth.reason, &auth.properties)
+            }
+            Packet::Auth(_) => Err(inconsistent("AUTH", "AUTH exists only in MQTT 5")),
         }
     }
 }
 
-/// Appends a PUBLISH to `buf`. `packet_id` is written only when `qos` is above 0 (and is otherwise
-/// ignored), as the two bytes just before the payload: it may be a placeholder that the broker
-/// patches per subscriber.
+/// Appends an MQTT 3.1/3.1.1 PUBLISH to `buf`. `packet_id` is written only when `qos` is above
+/// 0 (and is otherwise ignored), as the two bytes just before the payload: it may be a
+/// placeholder that the broker patches per subscriber.
 ///
 /// # Errors
 ///
@@ -105,13 +127,150 @@ pub fn encode_publish(
     Ok(())
 }
 
+/// What an MQTT 5 PUBLISH to one client carries besides the message: the properties that differ
+/// per delivery, and those that travel with the message, already in wire form.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishV5Extras<'a> {
+    /// Message Expiry Interval: the seconds the message has left.
+    pub message_expiry: Option<u32>,
+    pub topic_alias: Option<u16>,
+    /// One Subscription Identifier property each.
+    pub subscription_ids: &'a [u32],
+    /// The message's other properties as encoded properties (no length prefix): Payload Format
+    /// Indicator, Content Type, Response Topic, Correlation Data, User Properties.
+    pub message_properties: &'a [u8],
+}
+
+impl PublishV5Extras<'_> {
+    /// The size of the property list, without its length prefix.
+    pub fn properties_len(&self) -> usize {
+        let mut len = self.message_properties.len();
+        if self.message_expiry.is_some() {
+            len += 5;
+        }
+        if self.topic_alias.is_some() {
+            len += 3;
+        }
+        for &id in self.subscription_ids {
+            len += 1 + varint_len(id as usize);
+        }
+        len
+    }
+}
+
+/// The size of the MQTT 5 PUBLISH [`encode_publish_v5`] would write, fixed header included.
+pub fn publish_v5_size(
+    qos: QoS,
+    topic_len: usize,
+    extras: &PublishV5Extras,
+    payload_len: usize,
+) -> usize {
+    let properties = extras.properties_len();
+    let remaining = 2
+        + topic_len
+        + if qos == QoS::AtMostOnce { 0 } else { 2 }
+        + varint_len(properties)
+        + properties
+        + payload_len;
+    1 + remaining_length_len(remaining) + remaining
+}
+
+/// Appends an MQTT 5 PUBLISH to `buf`, composing its properties from `extras` (the broker's hot
+/// path: nothing is allocated). `topic` may be empty when `extras` carries a known alias.
+///
+/// # Errors
+///
+/// As [`encode_publish`].
+#[allow(clippy::too_many_arguments)]
+pub fn encode_publish_v5(
+    buf: &mut BytesMut,
+    dup: bool,
+    qos: QoS,
+    retain: bool,
+    topic: &[u8],
+    packet_id: u16,
+    extras: &PublishV5Extras,
+    payload: &[u8],
+) -> Result<(), EncodeError> {
+    let has_packet_id = qos != QoS::AtMostOnce;
+    let properties = extras.properties_len();
+    let remaining_length = prefixed_len("PUBLISH topic", topic.len())?
+        + if has_packet_id { 2 } else { 0 }
+        + varint_len(properties)
+        + properties
+        + payload.len();
+    check_remaining_length("PUBLISH", remaining_length)?;
+
+    let first_byte = 0x30 | u8::from(dup) << 3 | qos.as_u8() << 1 | u8::from(retain);
+    put_fixed_header(buf, first_byte, remaining_length);
+    put_prefixed(buf, topic);
+    if has_packet_id {
+        buf.put_u16(packet_id);
+    }
+    put_varint(buf, properties);
+    // Identifier order, as the codec's own property encoder writes them.
+    if let Some(expiry) = extras.message_expiry {
+        buf.put_u8(0x02);
+        buf.put_u32(expiry);
+    }
+    for &id in extras.subscription_ids {
+        buf.put_u8(0x0B);
+        put_varint(buf, id as usize);
+    }
+    if let Some(alias) = extras.topic_alias {
+        buf.put_u8(0x23);
+        buf.put_u16(alias);
+    }
+    buf.put_slice(extras.message_properties);
+    buf.put_slice(payload);
+    Ok(())
+}
+
+/// An MQTT 5 PUBLISH with a full property list (tests and peers; the broker uses
+/// [`encode_publish_v5`]).
+#[allow(clippy::too_many_arguments)]
+fn encode_publish_properties(
+    buf: &mut BytesMut,
+    dup: bool,
+    qos: QoS,
+    retain: bool,
+    topic: &[u8],
+    packet_id: u16,
+    properties: &Properties,
+    payload: &[u8],
+) -> Result<(), EncodeError> {
+    let has_packet_id = qos != QoS::AtMostOnce;
+    let remaining_length = prefixed_len("PUBLISH topic", topic.len())?
+        + if has_packet_id { 2 } else { 0 }
+        + properties.wire_len()?
+        + payload.len();
+    check_remaining_length("PUBLISH", remaining_length)?;
+
+    let first_byte = 0x30 | u8::from(dup) << 3 | qos.as_u8() << 1 | u8::from(retain);
+    put_fixed_header(buf, first_byte, remaining_length);
+    put_prefixed(buf, topic);
+    if has_packet_id {
+        buf.put_u16(packet_id);
+    }
+    properties.put(buf);
+    buf.put_slice(payload);
+    Ok(())
+}
+
 fn encode_connect(connect: &Connect, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    let v5 = connect.protocol == Protocol::V5;
     let name = connect.protocol.name().as_bytes();
     // Protocol name, level, flags and keepalive.
     let mut remaining_length = 2 + name.len() + 1 + 1 + 2;
+    if v5 {
+        remaining_length += connect.properties.wire_len()?;
+    }
     remaining_length += prefixed_len("CONNECT client id", connect.client_id.len())?;
     let mut flags = u8::from(connect.clean_session) << 1;
     if let Some(will) = &connect.will {
+        if v5 {
+            remaining_length += will.properties.wire_len()?;
+        }
         remaining_length += prefixed_len("CONNECT will topic", will.topic.len())?;
         remaining_length += prefixed_len("CONNECT will payload", will.payload.len())?;
         flags |= 0b0000_0100 | will.qos.as_u8() << 3 | u8::from(will.retain) << 5;
@@ -124,7 +283,6 @@ fn encode_connect(connect: &Connect, buf: &mut BytesMut) -> Result<(), EncodeErr
         remaining_length += prefixed_len("CONNECT user name", username.len())?;
         flags |= 0b1000_0000;
     }
-    // Five fields of at most 65537 bytes cannot reach the maximum; checked for uniformity.
     check_remaining_length("CONNECT", remaining_length)?;
 
     put_fixed_header(buf, 0x10, remaining_length);
@@ -132,8 +290,14 @@ fn encode_connect(connect: &Connect, buf: &mut BytesMut) -> Result<(), EncodeErr
     buf.put_u8(connect.protocol.level());
     buf.put_u8(flags);
     buf.put_u16(connect.keep_alive);
+    if v5 {
+        connect.properties.put(buf);
+    }
     put_prefixed(buf, connect.client_id.as_bytes());
     if let Some(will) = &connect.will {
+        if v5 {
+            will.properties.put(buf);
+        }
         put_prefixed(buf, will.topic.as_bytes());
         put_prefixed(buf, &will.payload);
     }
@@ -146,15 +310,36 @@ fn encode_connect(connect: &Connect, buf: &mut BytesMut) -> Result<(), EncodeErr
     Ok(())
 }
 
-fn encode_connack(connack: ConnAck, protocol: Protocol, buf: &mut BytesMut) {
+fn encode_connack(
+    connack: &ConnAck,
+    protocol: Protocol,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let session_present = connack.session_present && protocol != Protocol::V31;
-    put_fixed_header(buf, 0x20, 2);
+    if protocol != Protocol::V5 {
+        put_fixed_header(buf, 0x20, 2);
+        buf.put_u8(u8::from(session_present));
+        buf.put_u8(connack.code.v3_connack());
+        return Ok(());
+    }
+    let remaining_length = 2 + connack.properties.wire_len()?;
+    check_remaining_length("CONNACK", remaining_length)?;
+    put_fixed_header(buf, 0x20, remaining_length);
     buf.put_u8(u8::from(session_present));
-    buf.put_u8(connack.code as u8);
+    buf.put_u8(connack.code.as_u8());
+    connack.properties.put(buf);
+    Ok(())
 }
 
-fn encode_subscribe(subscribe: &Subscribe, buf: &mut BytesMut) -> Result<(), EncodeError> {
+fn encode_subscribe(
+    subscribe: &Subscribe,
+    v5: bool,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let mut remaining_length: usize = 2;
+    if v5 {
+        remaining_length += subscribe.properties.wire_len()?;
+    }
     for (filter, _) in &subscribe.filters {
         let entry = prefixed_len("SUBSCRIBE topic filter", filter.len())? + 1;
         remaining_length = remaining_length.saturating_add(entry);
@@ -163,27 +348,47 @@ fn encode_subscribe(subscribe: &Subscribe, buf: &mut BytesMut) -> Result<(), Enc
 
     put_fixed_header(buf, 0x82, remaining_length);
     buf.put_u16(subscribe.packet_id);
-    for (filter, qos) in &subscribe.filters {
+    if v5 {
+        subscribe.properties.put(buf);
+    }
+    for (filter, options) in &subscribe.filters {
         put_prefixed(buf, filter.as_bytes());
-        buf.put_u8(qos.as_u8());
+        let mut byte = options.qos.as_u8();
+        if v5 {
+            byte |= u8::from(options.no_local) << 2
+                | u8::from(options.retain_as_published) << 3
+                | (options.retain_handling as u8) << 4;
+        }
+        buf.put_u8(byte);
     }
     Ok(())
 }
 
-fn encode_suback(suback: &SubAck, buf: &mut BytesMut) -> Result<(), EncodeError> {
-    let remaining_length = suback.return_codes.len().saturating_add(2);
+fn encode_suback(suback: &SubAck, v5: bool, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    let properties = if v5 { suback.properties.wire_len()? } else { 0 };
+    let remaining_length = suback.reason_codes.len().saturating_add(2 + properties);
     check_remaining_length("SUBACK", remaining_length)?;
 
     put_fixed_header(buf, 0x90, remaining_length);
     buf.put_u16(suback.packet_id);
-    for code in &suback.return_codes {
-        buf.put_u8(code.as_u8());
+    if v5 {
+        suback.properties.put(buf);
+    }
+    for code in &suback.reason_codes {
+        buf.put_u8(if v5 { code.as_u8() } else { code.v3_suback() });
     }
     Ok(())
 }
 
-fn encode_unsubscribe(unsubscribe: &Unsubscribe, buf: &mut BytesMut) -> Result<(), EncodeError> {
+fn encode_unsubscribe(
+    unsubscribe: &Unsubscribe,
+    v5: bool,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let mut remaining_length: usize = 2;
+    if v5 {
+        remaining_length += unsubscribe.properties.wire_len()?;
+    }
     for filter in &unsubscribe.filters {
         let entry = prefixed_len("UNSUBSCRIBE topic filter", filter.len())?;
         remaining_length = remaining_length.saturating_add(entry);
@@ -192,21 +397,81 @@ fn encode_unsubscribe(unsubscribe: &Unsubscribe, buf: &mut BytesMut) -> Result<(
 
     put_fixed_header(buf, 0xa2, remaining_length);
     buf.put_u16(unsubscribe.packet_id);
+    if v5 {
+        unsubscribe.properties.put(buf);
+    }
     for filter in &unsubscribe.filters {
         put_prefixed(buf, filter.as_bytes());
     }
     Ok(())
 }
 
-/// Acknowledgements are always encodable; the `Result` only keeps [`Packet::encode`]'s match
-/// uniform.
-fn encode_packet_id_only(
+fn encode_unsuback(unsuback: &UnsubAck, v5: bool, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    if !v5 {
+        put_fixed_header(buf, 0xb0, 2);
+        buf.put_u16(unsuback.packet_id);
+        return Ok(());
+    }
+    let remaining_length = unsuback
+        .reason_codes
+        .len()
+        .saturating_add(2 + unsuback.properties.wire_len()?);
+    check_remaining_length("UNSUBACK", remaining_length)?;
+    put_fixed_header(buf, 0xb0, remaining_length);
+    buf.put_u16(unsuback.packet_id);
+    unsuback.properties.put(buf);
+    for code in &unsuback.reason_codes {
+        buf.put_u8(code.as_u8());
+    }
+    Ok(())
+}
+
+/// PUBACK, PUBREC, PUBREL, PUBCOMP: in MQTT 5 the reason code and properties are left out when
+/// they say nothing (§3.4.2.1), as most implementations do.
+fn encode_ack(buf: &mut BytesMut, first_byte: u8, ack: &Ack, v5: bool) -> Result<(), EncodeError> {
+    let plain = !v5 || (ack.reason == ReasonCode::Success && ack.properties.is_empty());
+    if plain {
+        put_fixed_header(buf, first_byte, 2);
+        buf.put_u16(ack.packet_id);
+        return Ok(());
+    }
+    let properties = if ack.properties.is_empty() {
+        0
+    } else {
+        ack.properties.wire_len()?
+    };
+    let remaining_length = 3 + properties;
+    check_remaining_length("acknowledgement", remaining_length)?;
+    put_fixed_header(buf, first_byte, remaining_length);
+    buf.put_u16(ack.packet_id);
+    buf.put_u8(ack.reason.as_u8());
+    if properties > 0 {
+        ack.properties.put(buf);
+    }
+    Ok(())
+}
+
+/// MQTT 5 DISCONNECT or AUTH: empty for Success without properties, the reason code alone
+/// without properties.
+fn encode_reason_and_properties(
     buf: &mut BytesMut,
     first_byte: u8,
-    packet_id: u16,
+    reason: ReasonCode,
+    properties: &Properties,
 ) -> Result<(), EncodeError> {
-    put_fixed_header(buf, first_byte, 2);
-    buf.put_u16(packet_id);
+    if properties.is_empty() {
+        if reason == ReasonCode::Success {
+            return encode_empty(buf, first_byte);
+        }
+        put_fixed_header(buf, first_byte, 1);
+        buf.put_u8(reason.as_u8());
+        return Ok(());
+    }
+    let remaining_length = 1 + properties.wire_len()?;
+    check_remaining_length("DISCONNECT", remaining_length)?;
+    put_fixed_header(buf, first_byte, remaining_length);
+    buf.put_u8(reason.as_u8());
+    properties.put(buf);
     Ok(())
 }
 

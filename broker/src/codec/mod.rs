@@ -14,9 +14,14 @@
 
 mod decode;
 mod encode;
+pub mod properties;
+mod reader;
+mod reason;
 
 pub use decode::{decode, peek_fixed_header, FixedHeader};
-pub use encode::encode_publish;
+pub use encode::{encode_publish, encode_publish_v5, publish_v5_size, PublishV5Extras};
+pub use properties::{Properties, PropertyContext, PropertyValues};
+pub use reason::ReasonCode;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +35,8 @@ pub enum Protocol {
     V31,
     /// MQTT 3.1.1: protocol name "MQTT", level 4.
     V311,
+    /// MQTT 5.0: protocol name "MQTT", level 5.
+    V5,
 }
 
 impl Protocol {
@@ -37,14 +44,19 @@ impl Protocol {
         match self {
             Protocol::V31 => 3,
             Protocol::V311 => 4,
+            Protocol::V5 => 5,
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Protocol::V31 => "MQIsdp",
-            Protocol::V311 => "MQTT",
+            Protocol::V311 | Protocol::V5 => "MQTT",
         }
+    }
+
+    pub fn is_v5(self) -> bool {
+        self == Protocol::V5
     }
 }
 
@@ -83,6 +95,7 @@ pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: Protocol,
+    /// Clean Session (3.1.1) or Clean Start (5.0): a stored session is discarded at CONNECT.
     pub clean_session: bool,
     /// Seconds; 0 disables keepalive.
     pub keep_alive: u16,
@@ -91,6 +104,8 @@ pub struct Connect {
     pub will: Option<LastWill>,
     pub username: Option<String>,
     pub password: Option<Bytes>,
+    /// MQTT 5 only.
+    pub properties: Properties,
 }
 
 /// The will message carried by CONNECT.
@@ -101,24 +116,17 @@ pub struct LastWill {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 will properties (Will Delay Interval and the message's own).
+    pub properties: Properties,
 }
 
-/// CONNACK return codes of MQTT 3.1/3.1.1 (MQTT 5 widens this into reason codes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ConnectReturnCode {
-    Accepted = 0x00,
-    UnacceptableProtocolVersion = 0x01,
-    IdentifierRejected = 0x02,
-    ServerUnavailable = 0x03,
-    BadUserNameOrPassword = 0x04,
-    NotAuthorized = 0x05,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// CONNACK. `code` is a reason code; to an MQTT 3.1/3.1.1 client it is sent as the nearest
+/// return code ([`ReasonCode::v3_connack`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck {
     pub session_present: bool,
-    pub code: ConnectReturnCode,
+    pub code: ReasonCode,
+    pub properties: Properties,
 }
 
 /// A PUBLISH in either direction.
@@ -133,62 +141,143 @@ pub struct Publish {
     /// Present exactly when `qos` is not `AtMostOnce`.
     pub packet_id: Option<u16>,
     pub payload: Bytes,
+    /// MQTT 5 only.
+    pub properties: Properties,
+}
+
+/// PUBACK, PUBREC, PUBREL or PUBCOMP. MQTT 3.1.1 sends only the packet id (the reason is then
+/// `Success` and there are no properties).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub packet_id: u16,
+    pub reason: ReasonCode,
+    pub properties: Properties,
+}
+
+impl Ack {
+    /// A successful acknowledgement of `packet_id`.
+    pub fn new(packet_id: u16) -> Ack {
+        Ack::with_reason(packet_id, ReasonCode::Success)
+    }
+
+    pub fn with_reason(packet_id: u16, reason: ReasonCode) -> Ack {
+        Ack {
+            packet_id,
+            reason,
+            properties: Properties::default(),
+        }
+    }
+}
+
+/// What to do with retained messages when subscribing (MQTT 5 Retain Handling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainHandling {
+    /// Send the matching retained messages.
+    OnSubscribe,
+    /// Send them only if the subscription did not exist.
+    OnNewSubscription,
+    /// Never send them.
+    Never,
+}
+
+/// The options byte of one SUBSCRIBE filter. MQTT 3.1.1 has only the QoS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionOptions {
+    pub qos: QoS,
+    /// Do not deliver the session's own messages back to it.
+    pub no_local: bool,
+    /// Deliver with the retain flag the message was published with.
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+}
+
+impl SubscriptionOptions {
+    /// Only a QoS: every MQTT 3.1.1 subscription.
+    pub fn qos(qos: QoS) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::OnSubscribe,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub packet_id: u16,
     /// Filters are UTF-8 checked by the decoder but not validated as filters: an invalid filter
-    /// gets return code 0x80 in the SUBACK, which is the broker's decision.
-    pub filters: Vec<(String, QoS)>,
+    /// gets a failure code in the SUBACK, which is the broker's decision.
+    pub filters: Vec<(String, SubscriptionOptions)>,
+    pub properties: Properties,
 }
 
-/// One return code of a SUBACK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscribeReturnCode {
-    Granted(QoS),
-    Failure,
-}
-
-impl SubscribeReturnCode {
-    pub fn as_u8(self) -> u8 {
-        match self {
-            SubscribeReturnCode::Granted(qos) => qos.as_u8(),
-            SubscribeReturnCode::Failure => 0x80,
-        }
-    }
-}
-
+/// SUBACK: one reason code per filter (to MQTT 3.1.1 clients every failure is 0x80).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubAck {
     pub packet_id: u16,
-    pub return_codes: Vec<SubscribeReturnCode>,
+    pub reason_codes: Vec<ReasonCode>,
+    pub properties: Properties,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub packet_id: u16,
     pub filters: Vec<String>,
+    pub properties: Properties,
 }
 
-/// Every MQTT 3.1/3.1.1 control packet. The acknowledgements carry only a packet id today;
-/// MQTT 5 adds reason codes and properties, which is why they are not merged into one variant.
+/// UNSUBACK: MQTT 5 has one reason code per filter; MQTT 3.1.1 none (`reason_codes` is
+/// ignored when encoding and empty when decoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsubAck {
+    pub packet_id: u16,
+    pub reason_codes: Vec<ReasonCode>,
+    pub properties: Properties,
+}
+
+/// DISCONNECT (either direction in MQTT 5; from the client only, without a body, in 3.1.1)
+/// or AUTH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    pub reason: ReasonCode,
+    pub properties: Properties,
+}
+
+impl Disconnect {
+    pub fn new(reason: ReasonCode) -> Disconnect {
+        Disconnect {
+            reason,
+            properties: Properties::default(),
+        }
+    }
+}
+
+/// AUTH (MQTT 5 only): a step of enhanced authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub reason: ReasonCode,
+    pub properties: Properties,
+}
+
+/// Every MQTT control packet of 3.1, 3.1.1 and 5.0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
-    Connect(Connect),
+    Connect(Box<Connect>),
     ConnAck(ConnAck),
     Publish(Publish),
-    PubAck(u16),
-    PubRec(u16),
-    PubRel(u16),
-    PubComp(u16),
+    PubAck(Ack),
+    PubRec(Ack),
+    PubRel(Ack),
+    PubComp(Ack),
     Subscribe(Subscribe),
     SubAck(SubAck),
     Unsubscribe(Unsubscribe),
-    UnsubAck(u16),
+    UnsubAck(UnsubAck),
     PingReq,
     PingResp,
-    Disconnect,
+    Disconnect(Disconnect),
+    Auth(Auth),
 }
 
 impl Packet {
@@ -208,13 +297,14 @@ impl Packet {
             Packet::UnsubAck(_) => "UNSUBACK",
             Packet::PingReq => "PINGREQ",
             Packet::PingResp => "PINGRESP",
-            Packet::Disconnect => "DISCONNECT",
+            Packet::Disconnect(_) => "DISCONNECT",
+            Packet::Auth(_) => "AUTH",
         }
     }
 }
 
 /// Why bytes could not be decoded. Every variant closes the connection (after CONNACK 0x01 for
-/// `UnsupportedProtocol`).
+/// `UnsupportedProtocol`); an MQTT 5 client is told [`DecodeError::reason_code`] first.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("packet of {size} bytes exceeds the limit of {limit} bytes")]
@@ -234,6 +324,28 @@ pub enum DecodeError {
     },
     #[error("invalid UTF-8 string in {0}")]
     InvalidUtf8(&'static str),
+    /// Well-formed bytes that break a rule of the protocol (MQTT 5's "Protocol Error").
+    #[error("protocol error in {packet}: {reason}")]
+    Protocol {
+        packet: &'static str,
+        reason: &'static str,
+    },
+}
+
+impl DecodeError {
+    /// The reason code an MQTT 5 peer is given in the DISCONNECT (or CONNACK) that follows.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            DecodeError::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            DecodeError::UnsupportedProtocol { .. } => ReasonCode::UnsupportedProtocolVersion,
+            DecodeError::Protocol { .. } => ReasonCode::ProtocolError,
+            DecodeError::MalformedLength
+            | DecodeError::ReservedPacketType(_)
+            | DecodeError::InvalidFlags { .. }
+            | DecodeError::Malformed { .. }
+            | DecodeError::InvalidUtf8(_) => ReasonCode::MalformedPacket,
+        }
+    }
 }
 
 /// Why a packet could not be encoded. Always a caller bug (a value the wire format cannot carry),

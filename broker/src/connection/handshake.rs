@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use super::Connection;
 use crate::admission::MemoryLease;
 use crate::broker::{Admission, Broker};
-use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Protocol};
+use crate::codec::{self, ConnAck, Connect, DecodeError, Packet, Properties, Protocol, ReasonCode};
 use crate::metrics::Refusal;
 use crate::session::Holder;
 use crate::topic;
@@ -100,16 +100,13 @@ impl Handshake<'_> {
                 }
             }
             match codec::decode(&mut self.rbuf, None, limit) {
-                Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+                Ok(Some(Packet::Connect(connect))) => return Ok(*connect),
                 Ok(Some(other)) => return Err(format!("{} before CONNECT", other.name())),
                 Ok(None) => {}
                 Err(DecodeError::UnsupportedProtocol { name, level }) => {
                     // Answer in 3.1.1 framing, which every version of the protocol can parse.
-                    self.refuse(
-                        Protocol::V311,
-                        ConnectReturnCode::UnacceptableProtocolVersion,
-                    )
-                    .await;
+                    self.refuse(Protocol::V311, ReasonCode::UnsupportedProtocolVersion)
+                        .await;
                     return Err(format!("unsupported protocol {name:?} level {level}"));
                 }
                 Err(error) => return Err(error.to_string()),
@@ -168,7 +165,7 @@ impl Handshake<'_> {
         }
         if connect.client_id.is_empty() {
             if !connect.clean_session {
-                self.refuse(protocol, ConnectReturnCode::IdentifierRejected)
+                self.refuse(protocol, ReasonCode::ClientIdentifierNotValid)
                     .await;
                 return None;
             }
@@ -177,8 +174,7 @@ impl Handshake<'_> {
         let takeover = self.broker.sessions.is_connected(&connect.client_id);
         let Some(admission) = self.broker.admit(takeover) else {
             debug!(%peer, connection = id, "connection limit reached");
-            self.refuse(protocol, ConnectReturnCode::ServerUnavailable)
-                .await;
+            self.refuse(protocol, ReasonCode::ServerUnavailable).await;
             return None;
         };
         let holder = Holder::new(id);
@@ -196,8 +192,7 @@ impl Handshake<'_> {
             Ok(claimed) => claimed,
             Err(error) => {
                 info!(%peer, connection = id, %error, "session unavailable");
-                self.refuse(protocol, ConnectReturnCode::ServerUnavailable)
-                    .await;
+                self.refuse(protocol, ReasonCode::ServerUnavailable).await;
                 return None;
             }
         };
@@ -232,18 +227,20 @@ impl Handshake<'_> {
         });
         connection.send(&Packet::ConnAck(ConnAck {
             session_present: claimed.session_present,
-            code: ConnectReturnCode::Accepted,
+            code: ReasonCode::Success,
+            properties: Properties::default(),
         }));
         connection.resend_in_flight();
         Some((connection, admission))
     }
 
     /// Sends a refusing CONNACK (best effort, bounded by the CONNECT timeout) before closing.
-    async fn refuse(&mut self, protocol: Protocol, code: ConnectReturnCode) {
+    async fn refuse(&mut self, protocol: Protocol, code: ReasonCode) {
         let mut out = BytesMut::new();
         let connack = Packet::ConnAck(ConnAck {
             session_present: false,
             code,
+            properties: Properties::default(),
         });
         if connack.encode(protocol, &mut out).is_ok() {
             let write = write_all(&self.stream, &out);

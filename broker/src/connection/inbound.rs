@@ -12,9 +12,10 @@ use tokio::time::Instant;
 
 use super::{Close, Connection, READ_CHUNK};
 use crate::codec::{
-    self, Packet, Publish, QoS, SubAck, Subscribe, SubscribeReturnCode, Unsubscribe,
+    self, Ack, Packet, Properties, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
 };
-use crate::router::Message;
+use crate::router::{Grant, Message};
 use crate::topic::{self, Subscription};
 
 /// Payloads up to this size are copied out of the read buffer into their own allocation, so
@@ -30,7 +31,7 @@ impl Connection {
         for _ in 0..16 {
             loop {
                 match codec::decode(&mut self.rbuf, Some(self.protocol), max) {
-                    Ok(Some(Packet::Disconnect)) => return true,
+                    Ok(Some(Packet::Disconnect(_))) => return true,
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(_) => return false,
@@ -98,30 +99,30 @@ impl Connection {
             Packet::Publish(publish) => self.handle_publish(publish)?,
             // An acknowledgement is progress: a client that keeps acknowledging, however
             // slowly, is not stalled (the loop times a new stall from its next full window).
-            Packet::PubAck(id) => {
-                if self.state.outgoing.acknowledge(id) {
+            Packet::PubAck(ack) => {
+                if self.state.outgoing.acknowledge(ack.packet_id) {
                     self.unacknowledged_since = None;
                 }
             }
-            Packet::PubRec(id) => {
-                if self.state.outgoing.received(id) {
+            Packet::PubRec(ack) => {
+                if self.state.outgoing.received(ack.packet_id) {
                     self.unacknowledged_since = None;
-                    self.send(&Packet::PubRel(id));
+                    self.send(&Packet::PubRel(Ack::new(ack.packet_id)));
                 }
             }
-            Packet::PubRel(id) => {
-                self.state.incoming_qos2.remove(&id);
-                self.send(&Packet::PubComp(id));
+            Packet::PubRel(ack) => {
+                self.state.incoming_qos2.remove(&ack.packet_id);
+                self.send(&Packet::PubComp(Ack::new(ack.packet_id)));
             }
-            Packet::PubComp(id) => {
-                if self.state.outgoing.complete(id) {
+            Packet::PubComp(ack) => {
+                if self.state.outgoing.complete(ack.packet_id) {
                     self.unacknowledged_since = None;
                 }
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe),
             Packet::PingReq => self.send(&Packet::PingResp),
-            Packet::Disconnect => return Err(Close::Disconnect),
+            Packet::Disconnect(_) => return Err(Close::Disconnect),
             other => {
                 return Err(Close::Protocol(format!(
                     "unexpected {} from a client",
@@ -145,7 +146,7 @@ impl Connection {
             QoS::AtMostOnce => self.route(publish),
             QoS::AtLeastOnce => {
                 self.route(publish);
-                self.send(&Packet::PubAck(packet_id));
+                self.send(&Packet::PubAck(Ack::new(packet_id)));
             }
             QoS::ExactlyOnce => {
                 // Delivered on first receipt; a resend of the same id before PUBREL is only
@@ -153,7 +154,7 @@ impl Connection {
                 if self.state.incoming_qos2.insert(packet_id) {
                     self.route(publish);
                 }
-                self.send(&Packet::PubRec(packet_id));
+                self.send(&Packet::PubRec(Ack::new(packet_id)));
             }
         }
         Ok(())
@@ -183,22 +184,23 @@ impl Connection {
         let max_qos = self.broker.config.max_qos;
         let max_subscriptions = self.broker.config.max_subscriptions;
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
-        for (raw, requested) in subscribe.filters {
+        for (raw, options) in subscribe.filters {
+            let requested = options.qos;
             let Some(subscription) = Subscription::parse(&raw) else {
-                return_codes.push(SubscribeReturnCode::Failure);
+                return_codes.push(ReasonCode::UnspecifiedError);
                 continue;
             };
             // `-msc`: a new filter beyond the cap is refused (0x80 in MQTT 3.1.1; MQTT 5 would
             // say 0x97, quota exceeded); renewing one the session holds is always allowed.
             let at_cap = max_subscriptions.is_some_and(|max| self.state.subscriptions.len() >= max);
             if at_cap && !self.state.subscriptions.contains_key(&raw) {
-                return_codes.push(SubscribeReturnCode::Failure);
+                return_codes.push(ReasonCode::UnspecifiedError);
                 continue;
             }
             let granted = requested.min(max_qos);
             self.broker
                 .router
-                .subscribe(&self.state.mailbox, &subscription, granted);
+                .subscribe(&self.state.mailbox, &subscription, Grant::qos(granted));
             // Shared subscriptions get no retained messages: they would reach one member at
             // random, which serves nobody.
             // Owed after the SUBACK, read from the retained store a page at a time as the
@@ -208,11 +210,12 @@ impl Connection {
                 self.state.owe_retained(subscription.filter(), granted);
             }
             self.state.subscriptions.insert(raw, granted);
-            return_codes.push(SubscribeReturnCode::Granted(granted));
+            return_codes.push(ReasonCode::granted(granted));
         }
         self.send(&Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
-            return_codes,
+            reason_codes: return_codes,
+            properties: Properties::default(),
         }));
     }
 
@@ -227,6 +230,10 @@ impl Connection {
                 }
             }
         }
-        self.send(&Packet::UnsubAck(unsubscribe.packet_id));
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reason_codes: Vec::new(),
+            properties: Properties::default(),
+        }));
     }
 }

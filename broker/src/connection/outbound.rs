@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
-use crate::codec::{Packet, QoS};
+use crate::codec::{Ack, Packet, QoS};
 use crate::router::{Delivery, Page};
 
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
@@ -68,6 +68,7 @@ impl Connection {
                 qos: message.qos.min(granted),
                 message,
                 retain: true,
+                subscription_ids: Default::default(),
             }));
         } else {
             let metrics = &self.broker.metrics;
@@ -133,7 +134,7 @@ impl Connection {
                     );
                 }
                 crate::session::InFlight::Released => {
-                    let _ = Packet::PubRel(*packet_id).encode(self.protocol, &mut out);
+                    let _ = Packet::PubRel(Ack::new(*packet_id)).encode(self.protocol, &mut out);
                 }
             }
         }

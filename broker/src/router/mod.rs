@@ -12,13 +12,16 @@
 //! hold, on a task of its own that yields between batches, so that neither publishers nor the
 //! worker thread it runs on wait for the whole teardown.
 //!
-//! Each [`Message`] caches its encoded PUBLISH per delivery QoS, so a message fanned out to many
-//! subscribers is encoded at most three times, and the bytes are shared.
+//! Each [`Message`] caches its encoded MQTT 3.1.1 PUBLISH per delivery QoS, so a message fanned
+//! out to many subscribers is encoded at most three times, and the bytes are shared. An MQTT 5
+//! delivery is composed per subscriber (its topic alias, subscription identifiers and remaining
+//! expiry differ), from the message's properties kept in wire form.
 
 mod retained;
 mod tree;
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
@@ -43,6 +46,14 @@ pub struct Message {
     pub qos: QoS,
     /// Set when it was published with the retain flag.
     pub retain: bool,
+    /// The MQTT 5 properties that travel with the message to its subscribers (Payload Format
+    /// Indicator, Content Type, Response Topic, Correlation Data, User Properties), as encoded
+    /// properties without their length prefix; empty for an MQTT 3.1.1 publish.
+    pub properties: Bytes,
+    /// When its MQTT 5 Message Expiry Interval runs out; `None` if it never expires.
+    pub expires_at: Option<Instant>,
+    /// The session that published it, for No Local; 0 for messages from other nodes.
+    pub origin: SessionId,
     /// The live PUBLISH form per delivery QoS (retain and DUP clear, packet id zero).
     encoded: [OnceLock<Bytes>; 3],
 }
@@ -54,8 +65,27 @@ impl Message {
             payload,
             qos,
             retain,
+            properties: Bytes::new(),
+            expires_at: None,
+            origin: 0,
             encoded: Default::default(),
         }
+    }
+
+    /// Whether its expiry has passed at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The Message Expiry Interval to send at `now`: the whole seconds left, rounded up so that
+    /// a message still deliverable never says 0 (which would mean "expired" to a receiver that
+    /// checks); `None` if it never expires.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
     }
 
     /// The PUBLISH packet as delivered live at `qos`, encoded on first use and then shared. For
@@ -120,8 +150,36 @@ pub struct Delivery {
     pub message: Arc<Message>,
     /// The QoS it is delivered with: min(published, granted).
     pub qos: QoS,
-    /// Set only for retained messages sent because of a new subscription.
+    /// The retain flag it is delivered with: set for retained messages sent because of a new
+    /// subscription, and for live ones of a Retain As Published subscription.
     pub retain: bool,
+    /// The MQTT 5 Subscription Identifiers of the session's subscriptions that matched.
+    pub subscription_ids: SubscriptionIds,
+}
+
+/// Subscription identifiers of one delivery: almost always none or one, kept inline.
+pub type SubscriptionIds = SmallVec<[u32; 1]>;
+
+/// What a session was granted for one filter: the router's view of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// The MQTT 5 Subscription Identifier; 0 for none.
+    pub identifier: u32,
+}
+
+impl Grant {
+    /// A plain grant of `qos` (MQTT 3.1.1).
+    pub fn qos(qos: QoS) -> Grant {
+        Grant {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            identifier: 0,
+        }
+    }
 }
 
 /// Filters removed per write-lock hold when a session goes away: a few tens of microseconds
@@ -144,12 +202,15 @@ impl Router {
         }
     }
 
-    /// Adds (or updates the QoS of) a subscription of `mailbox`'s session.
-    pub fn subscribe(&self, mailbox: &Arc<Mailbox>, subscription: &Subscription<'_>, qos: QoS) {
+    /// Adds (or updates the options of) a subscription of `mailbox`'s session.
+    pub fn subscribe(&self, mailbox: &Arc<Mailbox>, subscription: &Subscription<'_>, grant: Grant) {
         let path: SmallVec<[&[u8]; 16]> = topic::levels(subscription.filter().as_bytes()).collect();
         let subscriber = Subscriber {
             mailbox: mailbox.clone(),
-            qos,
+            qos: grant.qos,
+            no_local: grant.no_local,
+            retain_as_published: grant.retain_as_published,
+            identifier: grant.identifier,
         };
         let added = self
             .tree
@@ -213,47 +274,72 @@ impl Router {
 
         let mut matched = false;
         let mut routed = Routed::default();
-        let mut deliver = |subscriber: &Subscriber| {
-            // A session being torn down is as good as unsubscribed.
-            if subscriber.mailbox.is_closed() {
-                return;
-            }
-            matched = true;
-            let qos = message.qos.min(subscriber.qos);
-            let delivery = Delivery {
-                message: message.clone(),
-                qos,
-                retain: false,
-            };
-            match subscriber.mailbox.push(delivery, &self.metrics) {
-                Pushed::Dropped => {}
-                Pushed::Queued => routed.deliveries += 1,
-                Pushed::Congested => {
-                    routed.deliveries += 1;
-                    routed
-                        .congested
-                        .get_or_insert_with(|| subscriber.mailbox.clone());
+        let mut deliver =
+            |subscriber: &Subscriber, qos: QoS, retain: bool, ids: SubscriptionIds| {
+                matched = true;
+                let delivery = Delivery {
+                    message: message.clone(),
+                    qos: message.qos.min(qos),
+                    retain: retain && message.retain,
+                    subscription_ids: ids,
+                };
+                match subscriber.mailbox.push(delivery, &self.metrics) {
+                    Pushed::Dropped => {}
+                    Pushed::Queued => routed.deliveries += 1,
+                    Pushed::Congested => {
+                        routed.deliveries += 1;
+                        routed
+                            .congested
+                            .get_or_insert_with(|| subscriber.mailbox.clone());
+                    }
                 }
-            }
+            };
+        // A session being torn down is as good as unsubscribed; No Local keeps a session's own
+        // messages from it.
+        let wanted = |subscriber: &Subscriber| {
+            !subscriber.mailbox.is_closed()
+                && !(subscriber.no_local && subscriber.mailbox.id() == message.origin)
         };
         match nodes.as_slice() {
             [] => {}
-            [node] => node.subscribers().for_each(&mut deliver),
+            [node] => node.subscribers().for_each(|s| {
+                if wanted(s) {
+                    deliver(s, s.qos, s.retain_as_published, identifiers(s));
+                }
+            }),
             nodes => {
-                // Overlapping filters of one session give one copy at the highest granted QoS.
+                // Overlapping filters of one session give one copy at the highest granted QoS,
+                // with the identifiers of every subscription that matched.
                 let mut direct: Vec<&Subscriber> = Vec::new();
                 for node in nodes {
-                    node.subscribers().for_each(|s| direct.push(s));
+                    node.subscribers().for_each(|s| {
+                        if wanted(s) {
+                            direct.push(s)
+                        }
+                    });
                 }
                 direct.sort_unstable_by_key(|s| (s.mailbox.id(), std::cmp::Reverse(s.qos)));
-                direct.dedup_by_key(|s| s.mailbox.id());
-                direct.into_iter().for_each(&mut deliver);
+                for same_session in direct.chunk_by(|a, b| a.mailbox.id() == b.mailbox.id()) {
+                    let first = same_session[0];
+                    let retain_as_published = same_session.iter().any(|s| s.retain_as_published);
+                    let mut ids: SubscriptionIds = same_session
+                        .iter()
+                        .map(|s| s.identifier)
+                        .filter(|&id| id != 0)
+                        .collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    deliver(first, first.qos, retain_as_published, ids);
+                }
             }
         }
         for node in &nodes {
             for group in node.shared_groups() {
                 if let Some(member) = group.pick() {
-                    deliver(member);
+                    if !member.mailbox.is_closed() {
+                        let rap = member.retain_as_published;
+                        deliver(member, member.qos, rap, identifiers(member));
+                    }
                 }
             }
         }
@@ -298,6 +384,15 @@ impl Router {
             .read()
             .page(&path, after.as_deref(), true, page)
     }
+}
+
+/// A subscriber's identifier as a delivery's list.
+fn identifiers(subscriber: &Subscriber) -> SubscriptionIds {
+    let mut ids = SubscriptionIds::new();
+    if subscriber.identifier != 0 {
+        ids.push(subscriber.identifier);
+    }
+    ids
 }
 
 fn remove(tree: &mut Node, id: SessionId, subscription: &Subscription<'_>) -> bool {
@@ -369,7 +464,7 @@ mod tests {
 
     fn subscribe(router: &Router, mailbox: &Arc<Mailbox>, filter: &str, qos: QoS) {
         let subscription = Subscription::parse(filter).expect("valid filter in test");
-        router.subscribe(mailbox, &subscription, qos);
+        router.subscribe(mailbox, &subscription, Grant::qos(qos));
     }
 
     #[test]

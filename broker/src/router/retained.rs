@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use std::time::Instant;
+
 use super::Message;
 
 #[derive(Default)]
@@ -168,6 +170,8 @@ pub struct Page {
     max: usize,
     byte_budget: usize,
     bytes: usize,
+    /// Messages whose MQTT 5 expiry has passed by then are skipped.
+    now: Instant,
 }
 
 impl Page {
@@ -177,14 +181,19 @@ impl Page {
             max,
             byte_budget,
             bytes: 0,
+            now: Instant::now(),
         }
     }
 
-    /// Adds the message if there is one and room for it; false when the page is full.
+    /// Adds the message if there is one, it has not expired and there is room for it; false
+    /// when the page is full.
     fn add(&mut self, message: &Option<Arc<Message>>) -> bool {
         let Some(message) = message else {
             return true;
         };
+        if message.is_expired(self.now) {
+            return true;
+        }
         if self.messages.len() >= self.max || self.bytes >= self.byte_budget {
             return false;
         }
