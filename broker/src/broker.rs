@@ -55,6 +55,12 @@ impl Broker {
         routed
     }
 
+    /// Whether this node forwards to other cluster members (so it cannot know that nobody
+    /// subscribes to a topic).
+    pub fn is_clustered(&self) -> bool {
+        self.forwarder.is_some()
+    }
+
     /// Closes every connection that holds a session; connections still in their handshake see
     /// [`Broker::is_shutting_down`] once they have claimed theirs.
     pub fn shut_down(&self) {

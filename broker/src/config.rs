@@ -243,6 +243,30 @@ struct Args {
     )]
     max_subscriptions: usize,
 
+    /// MQTT 5 Server Keep Alive: the longest keepalive (seconds) a client may use; a longer or
+    /// zero one is replaced by it (0 = no cap)
+    #[arg(
+        long = "mka",
+        env = "COOLPY7_MKA",
+        value_name = "SECS",
+        default_value_t = 0
+    )]
+    max_keep_alive: u16,
+
+    /// MQTT 5 Receive Maximum: QoS 2 messages a client may have awaiting PUBREL (1-65535)
+    #[arg(long = "mri", env = "COOLPY7_MRI", value_name = "N", default_value_t = 65535,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_receive: u16,
+
+    /// MQTT 5 Topic Alias Maximum: topic aliases per connection, each way (0 = none)
+    #[arg(
+        long = "mta",
+        env = "COOLPY7_MTA",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    max_topic_aliases: u16,
+
     /// Seconds an offline persistent session (clean session 0) is kept, 0 = forever
     #[arg(long = "se", env = "COOLPY7_SE", value_name = "SECS", default_value_t = 7200,
           value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
@@ -453,8 +477,15 @@ pub struct Config {
     pub max_queued: usize,
     /// Distinct filters one session may hold; `None` = unlimited.
     pub max_subscriptions: Option<usize>,
-    /// How long an offline persistent session is kept; `None` = forever.
+    /// How long an offline persistent session is kept; `None` = forever. Caps what MQTT 5
+    /// clients ask for.
     pub session_expiry: Option<Duration>,
+    /// `-mka`: MQTT 5 Server Keep Alive in seconds; `None` = keepalives are not capped.
+    pub max_keep_alive: Option<u16>,
+    /// `-mri`: the Receive Maximum announced to MQTT 5 clients.
+    pub max_receive: u16,
+    /// `-mta`: the Topic Alias Maximum, inbound and outbound.
+    pub max_topic_aliases: u16,
     /// The effective log filter (flag or `COOLPY7_LOG_LEVEL`, else `RUST_LOG`, else `info`).
     pub log_level: String,
     /// `None` unless `-nid` is given.
@@ -487,6 +518,9 @@ impl Default for Config {
             max_queued: 1000,
             max_subscriptions: Some(10_000),
             session_expiry: Some(Duration::from_secs(7200)),
+            max_keep_alive: None,
+            max_receive: 65535,
+            max_topic_aliases: 64,
             log_level: "info".to_string(),
             cluster: None,
         }
@@ -601,6 +635,9 @@ impl Config {
             max_subscriptions: (args.max_subscriptions != 0).then_some(args.max_subscriptions),
             session_expiry: (args.session_expiry != 0)
                 .then(|| Duration::from_secs(args.session_expiry)),
+            max_keep_alive: (args.max_keep_alive != 0).then_some(args.max_keep_alive),
+            max_receive: args.max_receive,
+            max_topic_aliases: args.max_topic_aliases,
             log_level,
             cluster,
         })
@@ -743,6 +780,11 @@ mod tests {
             assert_eq!(c.session_expiry, Some(Duration::from_secs(30)))
         });
         ok_forms("se", "0", |c| assert_eq!(c.session_expiry, None));
+        ok_forms("mka", "30", |c| assert_eq!(c.max_keep_alive, Some(30)));
+        ok_forms("mka", "0", |c| assert_eq!(c.max_keep_alive, None));
+        ok_forms("mri", "2", |c| assert_eq!(c.max_receive, 2));
+        ok_forms("mta", "0", |c| assert_eq!(c.max_topic_aliases, 0));
+        ok_forms("mta", "1000", |c| assert_eq!(c.max_topic_aliases, 1000));
         ok_forms("log-level", "coolpy7=debug,warn", |c| {
             assert_eq!(c.log_level, "coolpy7=debug,warn")
         });
@@ -796,6 +838,10 @@ mod tests {
             (&["-t=0"], "--t"),
             (&["-mif=0"], "--mif"),
             (&["-mif=65536"], "--mif"),
+            (&["-mri=0"], "--mri"),
+            (&["-mri=65536"], "--mri"),
+            (&["-mka=-1"], "--mka"),
+            (&["-mta=65536"], "--mta"),
             (&["-mq=0"], "--mq"),
             (&["-msc=abc"], "--msc"),
             (&["-msc=-1"], "--msc"),

@@ -23,23 +23,28 @@ use crate::metrics::Metrics;
 /// How long shutdown waits for connections to finish their last writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Discards offline persistent sessions older than `expiry`, checking a few times per period.
-async fn expire_sessions(
-    broker: Arc<Broker>,
-    expiry: Duration,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let period = (expiry / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
-    let mut ticks = tokio::time::interval(period);
+/// How often offline sessions are checked for expiry and delayed wills: the precision of both
+/// (MQTT 5 intervals are whole seconds).
+const SESSION_SWEEP: Duration = Duration::from_millis(250);
+
+/// Discards offline sessions whose expiry has passed and publishes the delayed wills that are
+/// due. Each sweep looks only at what is due (the registry keeps its deadlines in order).
+async fn expire_sessions(broker: Arc<Broker>, mut stopping: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(SESSION_SWEEP);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = stopping.changed() => return,
         }
-        let expired = broker.sessions.expire(expiry, &broker.router);
+        let (wills, expired) = broker
+            .sessions
+            .expire(std::time::Instant::now(), &broker.router);
         if expired > 0 {
             tracing::debug!(expired, "offline sessions expired");
+        }
+        for will in wills {
+            broker.publish(will);
         }
     }
 }
@@ -144,7 +149,6 @@ pub async fn run(
         });
     }
 
-    let session_expiry = config.session_expiry;
     let (forwarder, queued) = match &cluster {
         Some(bound) => {
             let (forwarder, queued) = bound.forwarder(metrics.clone());
@@ -157,9 +161,7 @@ pub async fn run(
         (Some(bound), Some(queued)) => Some(bound.start(broker.clone(), queued)),
         _ => None,
     };
-    if let Some(expiry) = session_expiry {
-        tokio::spawn(expire_sessions(broker.clone(), expiry, stopping.clone()));
-    }
+    tokio::spawn(expire_sessions(broker.clone(), stopping.clone()));
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let sockets = Slots::new(plan.mqtt_sockets, broker.metrics.mqtt_sockets.clone());
     let accepting = tokio::spawn(listener::accept_loop(
@@ -181,6 +183,10 @@ pub async fn run(
         .is_err()
     {
         warn!("connections still open after {DRAIN_TIMEOUT:?}; exiting anyway");
+    }
+    // Sessions live in memory and end with the process: delayed wills are due now.
+    for will in broker.sessions.take_delayed_wills() {
+        broker.publish(will);
     }
     // After the connections, so that the wills their closing published reach the other nodes;
     // then the others mark this node down at once instead of after the failure detector's

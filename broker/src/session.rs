@@ -6,8 +6,11 @@
 //! is owned by exactly one connection at a time, so it needs no lock. The [`SessionRegistry`]
 //! maps client ids to sessions and hands the state from connection to connection: a connection
 //! [`claims`](SessionRegistry::claim) it after CONNECT (taking it over from a connection that
-//! still holds it) and [`releases`](SessionRegistry::release) it when it closes; a clean session
-//! is discarded then, a persistent one stays in memory and keeps queueing QoS 1/2 messages.
+//! still holds it) and [`releases`](SessionRegistry::release) it when it closes. A session whose
+//! expiry is zero (clean session, or MQTT 5 Session Expiry Interval 0) is discarded then; any
+//! other stays in memory, keeps queueing QoS 1/2 messages and is discarded once it has been
+//! offline for its expiry ([`SessionRegistry::expire`]). An MQTT 5 will with a delay waits in the
+//! offline session: published when the delay or the session ends, cancelled by a reconnect.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::codec::QoS;
 use crate::metrics::{DropReason, Metrics};
-use crate::router::{Delivery, Router};
+use crate::router::{Delivery, Message, Router};
 
 /// Identifies one session (a client id reused after a clean session gets a new one).
 pub type SessionId = u64;
@@ -333,6 +336,16 @@ impl Outgoing {
         }
     }
 
+    /// An MQTT 5 PUBREC with a failure reason: the client refused the QoS 2 message, and the
+    /// exchange ends without PUBREL. Returns whether `id` was a PUBLISH in flight.
+    pub fn refused(&mut self, id: u16) -> bool {
+        let index = self
+            .entries
+            .iter()
+            .position(|(used, state)| *used == id && matches!(state, InFlight::Published(_)));
+        index.and_then(|index| self.entries.remove(index)).is_some()
+    }
+
     /// PUBCOMP: the QoS 2 exchange is complete. Returns whether `id` was awaiting it.
     pub fn complete(&mut self, id: u16) -> bool {
         let index = self
@@ -362,6 +375,9 @@ pub struct SessionState {
     /// in-flight window and socket like any other delivery. One cursor per filter, so its size
     /// is bounded by the session's subscriptions (`-msc`), not by the retained store.
     pub retained: VecDeque<RetainedOwed>,
+    /// How long the session outlives its connection: zero = it ends with it, `None` = never
+    /// expires. Set by each CONNECT (and an MQTT 5 DISCONNECT may change it).
+    pub expiry: Option<Duration>,
 }
 
 /// The retained messages a subscription is still owed: those matching `filter` after the topic
@@ -453,9 +469,35 @@ impl Holder {
 }
 
 enum Entry {
-    /// Stored while its client is offline, since the given moment.
-    Idle(Box<SessionState>, Instant),
+    /// Stored while its client is offline.
+    Idle(Box<Idle>),
     Held(Holder),
+}
+
+/// An offline session and what waits on its clock.
+struct Idle {
+    state: Box<SessionState>,
+    /// When it expires; `None` = never.
+    expires: Option<Instant>,
+    /// An MQTT 5 will waiting for its delay, and when it is due.
+    will: Option<(Arc<Message>, Instant)>,
+}
+
+impl Idle {
+    /// The next moment something is due: the will or the expiry.
+    fn deadline(&self) -> Option<Instant> {
+        let will = self.will.as_ref().map(|(_, due)| *due);
+        match (will, self.expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// A will to publish later: when its delay has passed, unless its client comes back first.
+pub struct DelayedWill {
+    pub message: Arc<Message>,
+    pub delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -469,10 +511,42 @@ pub struct Claimed {
     pub state: Box<SessionState>,
     /// Whether a stored session was resumed (CONNACK's session-present flag).
     pub session_present: bool,
+    /// The delayed will of the session this claim discarded (a clean start): its session ended,
+    /// so it is due now.
+    pub will_due: Option<Arc<Message>>,
+}
+
+/// The registry's map and the deadlines of its offline sessions, under one lock.
+#[derive(Default)]
+struct Sessions {
+    entries: HashMap<Arc<str>, Entry>,
+    /// Offline sessions by their next deadline ([`Idle::deadline`]), so that the periodic
+    /// sweep looks only at what is due.
+    deadlines: BTreeSet<(Instant, Arc<str>)>,
+}
+
+impl Sessions {
+    /// Removes the entry of `client_id`, and its deadline if it was offline.
+    fn remove_entry(&mut self, client_id: &str) -> Option<(Arc<str>, Entry)> {
+        let removed = self.entries.remove_entry(client_id);
+        if let Some((key, Entry::Idle(idle))) = &removed {
+            if let Some(deadline) = idle.deadline() {
+                self.deadlines.remove(&(deadline, key.clone()));
+            }
+        }
+        removed
+    }
+
+    fn insert_idle(&mut self, key: Arc<str>, idle: Box<Idle>) {
+        if let Some(deadline) = idle.deadline() {
+            self.deadlines.insert((deadline, key.clone()));
+        }
+        self.entries.insert(key, Entry::Idle(idle));
+    }
 }
 
 pub struct SessionRegistry {
-    sessions: Mutex<HashMap<Arc<str>, Entry>>,
+    sessions: Mutex<Sessions>,
     next_session: AtomicU64,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
@@ -484,7 +558,7 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 impl SessionRegistry {
     pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> SessionRegistry {
         SessionRegistry {
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             next_session: AtomicU64::new(1),
             queue_capacity,
             metrics,
@@ -507,15 +581,17 @@ impl SessionRegistry {
                 match sessions.remove_entry(client_id) {
                     Some((key, Entry::Held(current))) => {
                         current.kick();
-                        sessions.insert(key, Entry::Held(current.clone()));
+                        sessions.entries.insert(key, Entry::Held(current.clone()));
                         current
                     }
                     stored => {
                         let (key, stored) = match stored {
-                            Some((key, Entry::Idle(state, _))) => (key, Some(state)),
+                            Some((key, Entry::Idle(idle))) => (key, Some(idle)),
                             _ => (Arc::from(client_id), None),
                         };
-                        sessions.insert(key.clone(), Entry::Held(holder.clone()));
+                        sessions
+                            .entries
+                            .insert(key.clone(), Entry::Held(holder.clone()));
                         drop(sessions);
                         return Ok(self.start(key, clean, stored, router));
                     }
@@ -530,7 +606,7 @@ impl SessionRegistry {
 
     /// Asks every connection that holds a session to close (shutdown).
     pub fn kick_all(&self) {
-        for entry in self.sessions.lock().values() {
+        for entry in self.sessions.lock().entries.values() {
             if let Entry::Held(holder) = entry {
                 holder.kick();
             }
@@ -539,21 +615,27 @@ impl SessionRegistry {
 
     /// Whether a connection holds the session of `client_id` now.
     pub fn is_connected(&self, client_id: &str) -> bool {
-        matches!(self.sessions.lock().get(client_id), Some(Entry::Held(_)))
+        matches!(
+            self.sessions.lock().entries.get(client_id),
+            Some(Entry::Held(_))
+        )
     }
 
     fn start(
         &self,
         client_id: Arc<str>,
         clean: bool,
-        stored: Option<Box<SessionState>>,
+        stored: Option<Box<Idle>>,
         router: &Router,
     ) -> Claimed {
+        let mut will_due = None;
         let (state, session_present) = match stored {
-            Some(state) if !clean => (state, true),
+            // A reconnect in time cancels a delayed will.
+            Some(idle) if !clean => (idle.state, true),
             stored => {
                 if let Some(old) = stored {
-                    self.discard(*old, router);
+                    will_due = old.will.map(|(will, _)| will);
+                    self.discard(*old.state, router);
                 }
                 self.metrics.sessions.inc();
                 let id = self.next_session.fetch_add(1, Ordering::Relaxed);
@@ -563,6 +645,7 @@ impl SessionRegistry {
                     outgoing: Outgoing::default(),
                     incoming_qos2: BTreeSet::new(),
                     retained: VecDeque::new(),
+                    expiry: Some(Duration::ZERO),
                 });
                 (state, false)
             }
@@ -571,35 +654,57 @@ impl SessionRegistry {
         Claimed {
             state,
             session_present,
+            will_due,
         }
     }
 
-    /// Gives the session back when its connection closes: a persistent session is stored, a
-    /// clean one discarded.
-    pub fn release(&self, holder: &Holder, state: Box<SessionState>, clean: bool, router: &Router) {
+    /// Gives the session back when its connection closes: kept for its expiry, or discarded if
+    /// that is zero. A delayed will waits with it; one whose session ends now is returned, due.
+    pub fn release(
+        &self,
+        holder: &Holder,
+        state: Box<SessionState>,
+        will: Option<DelayedWill>,
+        router: &Router,
+    ) -> Option<Arc<Message>> {
         state.mailbox.set_online(false);
+        let now = Instant::now();
+        let kept = state.expiry != Some(Duration::ZERO);
         {
             let mut sessions = self.sessions.lock();
             let ours = matches!(
-                sessions.get(state.client_id()),
+                sessions.entries.get(state.client_id()),
                 Some(Entry::Held(h)) if h.connection == holder.connection
             );
             if ours {
-                if clean {
-                    sessions.remove(state.client_id());
+                if !kept {
+                    sessions.entries.remove(state.client_id());
                 } else {
                     let key = state.mailbox.client_id.clone();
-                    sessions.insert(key, Entry::Idle(state, Instant::now()));
+                    let expires = state.expiry.and_then(|expiry| now.checked_add(expiry));
+                    let will = will.map(|will| {
+                        let due = now.checked_add(will.delay).unwrap_or(now);
+                        (will.message, due)
+                    });
+                    sessions.insert_idle(
+                        key,
+                        Box::new(Idle {
+                            state,
+                            expires,
+                            will,
+                        }),
+                    );
                     drop(sessions);
                     holder.mark_released();
-                    return;
+                    return None;
                 }
             }
         }
-        // A clean session, or (defensively) one whose entry no longer names us: nobody else can
-        // reach this state, so drop its subscriptions and queue.
+        // A session that ends with its connection, or (defensively) one whose entry no longer
+        // names us: nobody else can reach this state, so drop its subscriptions and queue.
         self.discard(*state, router);
         holder.mark_released();
+        will.map(|will| will.message)
     }
 
     /// Drops a session that nobody can reach any more. Its mailbox is closed first, so that
@@ -611,38 +716,72 @@ impl SessionRegistry {
         self.metrics.sessions.dec();
     }
 
-    /// Discards the persistent sessions whose clients have been offline for `expiry` or longer;
-    /// returns how many.
-    pub fn expire(&self, expiry: Duration, router: &Router) -> usize {
-        let now = Instant::now();
-        let expired: Vec<Box<SessionState>> = {
+    /// Publishes what is due among the offline sessions at `now`: delayed wills whose delay has
+    /// passed are returned (to be published by the caller), and sessions whose expiry has passed
+    /// are discarded, their pending wills returned with them. Returns the wills and how many
+    /// sessions were discarded.
+    pub fn expire(&self, now: Instant, router: &Router) -> (Vec<Arc<Message>>, usize) {
+        let mut wills = Vec::new();
+        let mut expired = Vec::new();
+        {
             let mut sessions = self.sessions.lock();
-            let stale: Vec<Arc<str>> = sessions
-                .iter()
-                .filter(|(_, entry)| {
-                    matches!(entry, Entry::Idle(_, since) if now.duration_since(*since) >= expiry)
-                })
-                .map(|(client_id, _)| client_id.clone())
-                .collect();
-            stale
-                .iter()
-                .filter_map(|client_id| match sessions.remove(client_id) {
-                    Some(Entry::Idle(state, _)) => Some(state),
-                    _ => None,
-                })
-                .collect()
-        };
+            loop {
+                let Some((deadline, key)) = sessions.deadlines.first().cloned() else {
+                    break;
+                };
+                if deadline > now {
+                    break;
+                }
+                let Some((key, Entry::Idle(mut idle))) = sessions.remove_entry(&key) else {
+                    // Defensive: a deadline whose entry is gone or online.
+                    sessions.deadlines.remove(&(deadline, key));
+                    continue;
+                };
+                if idle.will.as_ref().is_some_and(|(_, due)| *due <= now) {
+                    wills.extend(idle.will.take().map(|(will, _)| will));
+                }
+                if idle.expires.is_some_and(|at| at <= now) {
+                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    expired.push(idle.state);
+                } else {
+                    sessions.insert_idle(key, idle);
+                }
+            }
+        }
         let count = expired.len();
         // Outside the registry lock: unsubscribing takes the subscription tree's write lock.
         for state in expired {
             self.discard(*state, router);
         }
-        count
+        (wills, count)
+    }
+
+    /// Takes every delayed will (shutdown: the sessions end with the process).
+    pub fn take_delayed_wills(&self) -> Vec<Arc<Message>> {
+        let mut sessions = self.sessions.lock();
+        let mut wills = Vec::new();
+        let Sessions {
+            entries, deadlines, ..
+        } = &mut *sessions;
+        for (key, entry) in entries.iter_mut() {
+            if let Entry::Idle(idle) = entry {
+                if idle.will.is_some() {
+                    if let Some(deadline) = idle.deadline() {
+                        deadlines.remove(&(deadline, key.clone()));
+                    }
+                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    if let Some(deadline) = idle.deadline() {
+                        deadlines.insert((deadline, key.clone()));
+                    }
+                }
+            }
+        }
+        wills
     }
 
     /// Sessions in memory (online and offline).
     pub fn len(&self) -> usize {
-        self.sessions.lock().len()
+        self.sessions.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -164,7 +164,7 @@ async fn metrics_count_refused_connections_and_track_gauges() {
     let broker = Broker::start(&[]);
     let mut refused = RawClient::connect(broker.mqtt_addr()).await;
     refused
-        .send(&Connect::v311("x").protocol("MQTT", 5).encode())
+        .send(&Connect::v311("x").protocol("MQTT", 6).encode())
         .await;
     refused.expect_closed(TIMEOUT).await;
     broker

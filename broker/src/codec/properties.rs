@@ -634,6 +634,32 @@ impl PropertyValues {
         );
     }
 
+    /// The properties that travel with an application message to its subscribers, in wire form
+    /// without a length prefix: Payload Format Indicator, Content Type, Response Topic,
+    /// Correlation Data and User Properties (moved out of `self`). Message Expiry travels apart
+    /// because it counts down; Topic Alias and Subscription Identifiers belong to one hop.
+    ///
+    /// # Errors
+    ///
+    /// As [`PropertyValues::encoded_len`] (never for properties that were decoded).
+    pub fn take_message_properties(&mut self) -> Result<Bytes, EncodeError> {
+        let message = PropertyValues {
+            payload_format_indicator: self.payload_format_indicator.take(),
+            content_type: self.content_type.take(),
+            response_topic: self.response_topic.take(),
+            correlation_data: self.correlation_data.take(),
+            user_properties: std::mem::take(&mut self.user_properties),
+            ..PropertyValues::default()
+        };
+        let len = message.encoded_len()?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let mut buf = BytesMut::with_capacity(len);
+        message.encode(&mut buf);
+        Ok(buf.freeze())
+    }
+
     /// Drops the reason string and user properties: what a client that set Request Problem
     /// Information to 0 must not be sent on most packets (§3.1.2.11.7).
     pub fn strip_problem_information(&mut self) {

@@ -16,12 +16,21 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::Connection;
+use bytes::Bytes;
+
+use super::negotiated::Negotiated;
+use super::{Connection, Will};
 use crate::admission::MemoryLease;
 use crate::broker::{Admission, Broker};
-use crate::codec::{self, ConnAck, Connect, DecodeError, Packet, Properties, Protocol, ReasonCode};
+use crate::codec::{
+    self, ConnAck, Connect, DecodeError, LastWill, Packet, Properties, PropertyValues, Protocol,
+    QoS, ReasonCode,
+};
+use crate::config::Config;
 use crate::metrics::Refusal;
+use crate::router::Message;
 use crate::session::Holder;
+use crate::session::SessionId;
 use crate::topic;
 
 /// The read buffer a handshake starts with: room for an ordinary CONNECT (client id, short
@@ -99,15 +108,23 @@ impl Handshake<'_> {
                     ));
                 }
             }
+            // Known before decoding, which consumes a CONNECT it finds malformed.
+            let v5 = is_v5_connect(&self.rbuf);
             match codec::decode(&mut self.rbuf, None, limit) {
                 Ok(Some(Packet::Connect(connect))) => return Ok(*connect),
                 Ok(Some(other)) => return Err(format!("{} before CONNECT", other.name())),
                 Ok(None) => {}
                 Err(DecodeError::UnsupportedProtocol { name, level }) => {
-                    // Answer in 3.1.1 framing, which every version of the protocol can parse.
+                    // Answer in 3.1.1 framing, which every version of the protocol can parse
+                    // (an MQTT 5 client reads 0x01 there as "unsupported protocol version").
                     self.refuse(Protocol::V311, ReasonCode::UnsupportedProtocolVersion)
                         .await;
                     return Err(format!("unsupported protocol {name:?} level {level}"));
+                }
+                Err(error) if v5 => {
+                    // An MQTT 5 client is owed a reason (0x81 malformed, 0x82 protocol error).
+                    self.refuse(Protocol::V5, error.reason_code()).await;
+                    return Err(error.to_string());
                 }
                 Err(error) => return Err(error.to_string()),
             }
@@ -157,24 +174,42 @@ impl Handshake<'_> {
         peer: SocketAddr,
     ) -> Option<(Box<Connection>, Admission)> {
         let protocol = connect.protocol;
+        let v5 = protocol == Protocol::V5;
         if let Some(will) = &connect.will {
-            if !topic::is_valid_topic_name(will.topic.as_bytes()) {
+            if !topic::is_valid_topic_name(will.topic.as_bytes())
+                || !valid_response_topic(&will.properties)
+            {
                 debug!(%peer, connection = id, "invalid will topic");
+                if v5 {
+                    self.refuse(protocol, ReasonCode::TopicNameInvalid).await;
+                }
                 return None;
             }
         }
+        // No enhanced authentication method is supported (yet): the client is told so rather
+        // than left to guess.
+        if connect.properties.authentication_method.is_some() {
+            debug!(%peer, connection = id, "authentication method not supported");
+            self.refuse(protocol, ReasonCode::BadAuthenticationMethod)
+                .await;
+            return None;
+        }
+        let mut assigned_client_id = false;
         if connect.client_id.is_empty() {
-            if !connect.clean_session {
+            // MQTT 5 lets a client with a stored session leave it to the server, which names it
+            // in CONNACK; 3.1.1 only with a clean session.
+            if !connect.clean_session && !v5 {
                 self.refuse(protocol, ReasonCode::ClientIdentifierNotValid)
                     .await;
                 return None;
             }
             connect.client_id = generated_client_id(id);
+            assigned_client_id = true;
         }
         let takeover = self.broker.sessions.is_connected(&connect.client_id);
         let Some(admission) = self.broker.admit(takeover) else {
             debug!(%peer, connection = id, "connection limit reached");
-            self.refuse(protocol, ReasonCode::ServerUnavailable).await;
+            self.refuse(protocol, ReasonCode::ServerBusy).await;
             return None;
         };
         let holder = Holder::new(id);
@@ -196,27 +231,70 @@ impl Handshake<'_> {
                 return None;
             }
         };
+        // The delayed will of a session this clean start ended.
+        if let Some(will) = claimed.will_due {
+            broker.publish(will);
+        }
+        let config = &broker.config;
+        let mut state = claimed.state;
+        let mut connack = Properties::default();
+        state.expiry = if v5 {
+            let (expiry, told) = session_expiry(&connect.properties, config);
+            if let Some(told) = told {
+                connack.set().session_expiry_interval = Some(told);
+            }
+            expiry
+        } else if connect.clean_session {
+            Some(Duration::ZERO)
+        } else {
+            config.session_expiry
+        };
+        let keep_alive = match config.max_keep_alive {
+            Some(max) if connect.keep_alive == 0 || connect.keep_alive > max => {
+                if v5 {
+                    connack.set().server_keep_alive = Some(max);
+                }
+                max
+            }
+            _ => connect.keep_alive,
+        };
+        let negotiated = v5.then(|| {
+            if assigned_client_id {
+                connack.set().assigned_client_identifier = Some(connect.client_id.clone());
+            }
+            if connect.properties.request_response_information == Some(true) {
+                connack.set().response_information =
+                    Some(format!("coolpy7/response/{}/", connect.client_id));
+            }
+            announce_limits(connack.set(), config);
+            Box::new(Negotiated::new(&connect.properties, config))
+        });
         debug!(
             %peer,
             connection = id,
             client_id = %connect.client_id,
+            protocol = protocol.level(),
             clean_session = connect.clean_session,
-            keep_alive = connect.keep_alive,
+            keep_alive,
             session_present = claimed.session_present,
             "client connected"
         );
+        let origin = state.mailbox.id();
+        let will = connect
+            .will
+            .map(|will| Box::new(Will::from_connect(will, origin)));
         // Boxed: moved into an async fn, it would be stored twice in the task (rustc keeps the
         // argument and its binding apart), and every idle connection would pay for that.
         let mut connection = Box::new(Connection {
             stream: self.stream,
             broker,
             protocol,
+            v5: negotiated,
             holder,
-            state: claimed.state,
-            clean_session: connect.clean_session,
-            will: connect.will.map(Box::new),
-            keep_alive: (connect.keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            state,
+            will,
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             last_packet: Instant::now(),
             write_blocked_since: None,
             unacknowledged_since: None,
@@ -228,7 +306,7 @@ impl Handshake<'_> {
         connection.send(&Packet::ConnAck(ConnAck {
             session_present: claimed.session_present,
             code: ReasonCode::Success,
-            properties: Properties::default(),
+            properties: connack,
         }));
         connection.resend_in_flight();
         Some((connection, admission))
@@ -270,6 +348,98 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `buf` starts with an MQTT 5 CONNECT's fixed header, protocol name and level.
+fn is_v5_connect(buf: &[u8]) -> bool {
+    let Some((&first, rest)) = buf.split_first() else {
+        return false;
+    };
+    if first != 0x10 {
+        return false;
+    }
+    let Some(length_bytes) = rest.iter().take(4).position(|byte| byte & 0x80 == 0) else {
+        return false;
+    };
+    rest.get(length_bytes + 1..length_bytes + 8) == Some(&[0, 4, b'M', b'Q', b'T', b'T', 5][..])
+}
+
+/// The session expiry an MQTT 5 CONNECT asks for, capped by `-se`: the expiry (`None` =
+/// never) and, when the cap changed it, the interval CONNACK must tell the client.
+fn session_expiry(connect: &PropertyValues, config: &Config) -> (Option<Duration>, Option<u32>) {
+    let asked = connect.session_expiry_interval.unwrap_or(0);
+    // 0xFFFFFFFF: the session does not expire (§3.1.2.11.2).
+    let asked_duration = (asked != u32::MAX).then(|| Duration::from_secs(u64::from(asked)));
+    match (asked_duration, config.session_expiry) {
+        (Some(asked), Some(cap)) if asked <= cap => (Some(asked), None),
+        (None, None) => (None, None),
+        (Some(asked), None) => (Some(asked), None),
+        (_, Some(cap)) => {
+            let told = u32::try_from(cap.as_secs()).unwrap_or(u32::MAX - 1);
+            (Some(cap), Some(told))
+        }
+    }
+}
+
+/// The broker's limits an MQTT 5 client learns from CONNACK (each only when it differs from
+/// what the standard lets a client assume).
+fn announce_limits(connack: &mut PropertyValues, config: &Config) {
+    if config.max_receive < u16::MAX {
+        connack.receive_maximum = Some(config.max_receive);
+    }
+    if config.max_qos < QoS::ExactlyOnce {
+        connack.maximum_qos = Some(config.max_qos.as_u8());
+    }
+    if config.max_packet_size < codec::MAX_REMAINING_LENGTH + 5 {
+        connack.maximum_packet_size = u32::try_from(config.max_packet_size).ok();
+    }
+    if config.max_topic_aliases > 0 {
+        connack.topic_alias_maximum = Some(config.max_topic_aliases);
+    }
+    connack.wildcard_subscription_available = Some(true);
+    connack.subscription_identifier_available = Some(true);
+    connack.shared_subscription_available = Some(true);
+}
+
+/// A Response Topic, where one is given, must be a topic name (no wildcards).
+pub(super) fn valid_response_topic(properties: &PropertyValues) -> bool {
+    properties
+        .response_topic
+        .as_ref()
+        .is_none_or(|topic| topic::is_valid_topic_name(topic.as_bytes()))
+}
+
+impl Will {
+    /// The will of a CONNECT, as the message it will become.
+    fn from_connect(will: LastWill, origin: SessionId) -> Will {
+        let LastWill {
+            topic,
+            payload,
+            qos,
+            retain,
+            mut properties,
+        } = will;
+        let (expiry, delay, carried) = if properties.is_empty() {
+            (None, 0, Bytes::new())
+        } else {
+            let values = properties.set();
+            // Decoded properties always encode again.
+            let carried = values.take_message_properties().unwrap_or_default();
+            (
+                values.message_expiry_interval,
+                values.will_delay_interval.unwrap_or(0),
+                carried,
+            )
+        };
+        let mut message = Message::new(Bytes::from(topic.into_bytes()), payload, qos, retain);
+        message.properties = carried;
+        message.origin = origin;
+        Will {
+            message,
+            expiry,
+            delay: Duration::from_secs(u64::from(delay)),
+        }
+    }
 }
 
 /// A client id for a client that sent none (allowed with clean session): unique per process

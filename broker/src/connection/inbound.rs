@@ -5,15 +5,16 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use socket2::SockRef;
 use tokio::time::Instant;
 
-use super::{Close, Connection, READ_CHUNK};
+use super::{handshake, Close, Connection, READ_CHUNK};
 use crate::codec::{
-    self, Ack, Packet, Properties, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
-    Unsubscribe,
+    self, Ack, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::router::{Grant, Message};
 use crate::topic::{self, Subscription};
@@ -24,26 +25,28 @@ const COPY_PAYLOAD_MAX: usize = 4096;
 
 impl Connection {
     /// Whether input not yet handled holds a DISCONNECT (it can when reading was paused, or a
-    /// takeover or network error won the race): then the client asked for no will. Best effort,
-    /// bounded, and without handling anything else it finds.
-    pub(super) fn sent_disconnect(&mut self) -> bool {
+    /// takeover or network error won the race): the close it asked for. Best effort, bounded,
+    /// and without handling anything else it finds.
+    pub(super) fn sent_disconnect(&mut self) -> Option<Close> {
         let max = self.broker.config.max_packet_size;
         for _ in 0..16 {
             loop {
                 match codec::decode(&mut self.rbuf, Some(self.protocol), max) {
-                    Ok(Some(Packet::Disconnect(_))) => return true,
+                    Ok(Some(Packet::Disconnect(disconnect))) => {
+                        return Some(disconnect_close(disconnect.reason))
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
-                    Err(_) => return false,
+                    Err(_) => return None,
                 }
             }
             self.rbuf.reserve(READ_CHUNK);
             match self.stream.try_read_buf(&mut self.rbuf) {
                 Ok(n) if n > 0 => {}
-                _ => return false,
+                _ => return None,
             }
         }
-        false
+        None
     }
 
     /// Whether the client has sent bytes not read yet, asking the socket itself rather than the
@@ -84,7 +87,7 @@ impl Connection {
             match codec::decode(&mut self.rbuf, Some(self.protocol), max) {
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => break,
-                Err(error) => return Err(Close::Protocol(error.to_string())),
+                Err(error) => return Err(Close::decode_error(&error)),
             }
         }
         if self.rbuf.is_empty() {
@@ -105,62 +108,168 @@ impl Connection {
                 }
             }
             Packet::PubRec(ack) => {
-                if self.state.outgoing.received(ack.packet_id) {
+                if ack.reason.is_failure() {
+                    // MQTT 5: the client refused the message; the exchange ends here.
+                    if self.state.outgoing.refused(ack.packet_id) {
+                        self.unacknowledged_since = None;
+                    }
+                } else if self.state.outgoing.received(ack.packet_id) {
                     self.unacknowledged_since = None;
                     self.send(&Packet::PubRel(Ack::new(ack.packet_id)));
+                } else if self.v5.is_some() {
+                    let reason = ReasonCode::PacketIdentifierNotFound;
+                    self.send(&Packet::PubRel(Ack::with_reason(ack.packet_id, reason)));
                 }
             }
             Packet::PubRel(ack) => {
-                self.state.incoming_qos2.remove(&ack.packet_id);
-                self.send(&Packet::PubComp(Ack::new(ack.packet_id)));
+                let known = self.state.incoming_qos2.remove(&ack.packet_id);
+                let reason = if known || self.v5.is_none() {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.send(&Packet::PubComp(Ack::with_reason(ack.packet_id, reason)));
             }
             Packet::PubComp(ack) => {
                 if self.state.outgoing.complete(ack.packet_id) {
                     self.unacknowledged_since = None;
                 }
             }
-            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe)?,
             Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe),
             Packet::PingReq => self.send(&Packet::PingResp),
-            Packet::Disconnect(_) => return Err(Close::Disconnect),
+            Packet::Disconnect(disconnect) => return Err(self.handle_disconnect(disconnect)),
+            // No authentication method was agreed at CONNECT (none is supported yet), so there
+            // is nothing to re-authenticate with.
+            Packet::Auth(_) => {
+                return Err(Close::Protocol(
+                    ReasonCode::BadAuthenticationMethod,
+                    "AUTH without an authentication method".into(),
+                ))
+            }
             other => {
-                return Err(Close::Protocol(format!(
-                    "unexpected {} from a client",
-                    other.name()
-                )))
+                return Err(Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    format!("unexpected {} from a client", other.name()),
+                ))
             }
         }
         Ok(())
     }
 
-    fn handle_publish(&mut self, publish: Publish) -> Result<(), Close> {
+    /// The close a DISCONNECT asks for; an MQTT 5 one may change the session's expiry first.
+    fn handle_disconnect(&mut self, disconnect: Disconnect) -> Close {
+        if let (Some(v5), Some(asked)) = (&self.v5, disconnect.properties.session_expiry_interval) {
+            // [MQTT-3.14.2-2]: a session that was to end with its connection stays so.
+            if v5.connect_session_expiry == 0 && asked != 0 {
+                return Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    "DISCONNECT sets a session expiry after CONNECT set 0".into(),
+                );
+            }
+            let asked = (asked != u32::MAX).then(|| Duration::from_secs(u64::from(asked)));
+            self.state.expiry = match (asked, self.broker.config.session_expiry) {
+                (Some(asked), Some(cap)) => Some(asked.min(cap)),
+                (None, cap) => cap,
+                (asked, None) => asked,
+            };
+        }
+        disconnect_close(disconnect.reason)
+    }
+
+    fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+        if let Some(v5) = self.v5.as_mut() {
+            // Resolved first: an aliased PUBLISH has an empty topic.
+            if let Some(alias) = publish.properties.topic_alias {
+                let topic = std::mem::take(&mut publish.topic);
+                publish.topic = v5
+                    .inbound_aliases
+                    .resolve(alias, topic, v5.topic_alias_maximum)
+                    .map_err(|code| {
+                        Close::Protocol(code, format!("topic alias {alias} cannot be used"))
+                    })?;
+            }
+            if !publish.properties.subscription_identifiers.is_empty() {
+                return Err(Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    "subscription identifier in a PUBLISH from a client".into(),
+                ));
+            }
+            if !handshake::valid_response_topic(&publish.properties) {
+                return Err(Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    "response topic is not a topic name".into(),
+                ));
+            }
+            if publish.qos > self.broker.config.max_qos {
+                return Err(Close::Protocol(
+                    ReasonCode::QoSNotSupported,
+                    format!("PUBLISH at QoS {} above the maximum", publish.qos.as_u8()),
+                ));
+            }
+        }
         if !topic::is_valid_topic_name(&publish.topic) {
-            return Err(Close::Protocol("invalid topic name in PUBLISH".into()));
+            return Err(Close::Protocol(
+                ReasonCode::TopicNameInvalid,
+                "invalid topic name in PUBLISH".into(),
+            ));
         }
         self.broker
             .metrics
             .record_received(publish.qos, publish.payload.len());
         let qos = publish.qos;
         let packet_id = publish.packet_id.unwrap_or(0);
+        // MQTT 5 lets the receiver check a payload that claims to be UTF-8 (§3.3.2.3.2).
+        let bad_payload = publish.properties.payload_format_indicator == Some(true)
+            && std::str::from_utf8(&publish.payload).is_err();
         match qos {
-            QoS::AtMostOnce => self.route(publish),
-            QoS::AtLeastOnce => {
+            QoS::AtMostOnce if bad_payload => {
+                return Err(Close::Protocol(
+                    ReasonCode::PayloadFormatInvalid,
+                    "payload is not the UTF-8 its format indicator says".into(),
+                ))
+            }
+            QoS::AtMostOnce => {
                 self.route(publish);
-                self.send(&Packet::PubAck(Ack::new(packet_id)));
+            }
+            QoS::AtLeastOnce => {
+                let reason = if bad_payload {
+                    ReasonCode::PayloadFormatInvalid
+                } else {
+                    self.route(publish)
+                };
+                self.send(&Packet::PubAck(Ack::with_reason(packet_id, reason)));
             }
             QoS::ExactlyOnce => {
                 // Delivered on first receipt; a resend of the same id before PUBREL is only
                 // acknowledged again, so it is delivered exactly once.
-                if self.state.incoming_qos2.insert(packet_id) {
-                    self.route(publish);
-                }
-                self.send(&Packet::PubRec(Ack::new(packet_id)));
+                let reason = if bad_payload {
+                    ReasonCode::PayloadFormatInvalid
+                } else if self.state.incoming_qos2.contains(&packet_id) {
+                    ReasonCode::Success
+                } else {
+                    // MQTT 5: the client may have at most our Receive Maximum awaiting PUBREL.
+                    if self.v5.is_some()
+                        && self.state.incoming_qos2.len()
+                            >= usize::from(self.broker.config.max_receive)
+                    {
+                        return Err(Close::Protocol(
+                            ReasonCode::ReceiveMaximumExceeded,
+                            "more QoS 2 messages awaiting PUBREL than Receive Maximum".into(),
+                        ));
+                    }
+                    self.state.incoming_qos2.insert(packet_id);
+                    self.route(publish)
+                };
+                self.send(&Packet::PubRec(Ack::with_reason(packet_id, reason)));
             }
         }
         Ok(())
     }
 
-    fn route(&mut self, publish: Publish) {
+    /// Routes a client's PUBLISH; returns the reason its acknowledgement carries (MQTT 5 "no
+    /// matching subscribers" only outside a cluster, where no other node may have some).
+    fn route(&mut self, mut publish: Publish) -> ReasonCode {
         let (topic, payload) = if publish.payload.len() <= COPY_PAYLOAD_MAX {
             // One allocation for both, and the read buffer stays ours to reuse.
             let mut owned = BytesMut::with_capacity(publish.topic.len() + publish.payload.len());
@@ -172,68 +281,123 @@ impl Connection {
         } else {
             (publish.topic, publish.payload)
         };
-        let message = Message::new(topic, payload, publish.qos, publish.retain);
+        let mut message = Message::new(topic, payload, publish.qos, publish.retain);
+        message.origin = self.state.mailbox.id();
+        if !publish.properties.is_empty() {
+            let properties = publish.properties.set();
+            if let Some(secs) = properties.message_expiry_interval {
+                message.expires_at =
+                    std::time::Instant::now().checked_add(Duration::from_secs(u64::from(secs)));
+            }
+            // Decoded properties always encode again.
+            message.properties = properties.take_message_properties().unwrap_or_default();
+        }
         let routed = self.broker.publish(Arc::new(message));
         self.woke_subscribers |= routed.deliveries > 0;
         if self.congested.is_none() {
             self.congested = routed.congested;
         }
+        if routed.matched || self.broker.is_clustered() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::NoMatchingSubscribers
+        }
     }
 
-    fn handle_subscribe(&mut self, subscribe: Subscribe) {
+    fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
         let max_qos = self.broker.config.max_qos;
         let max_subscriptions = self.broker.config.max_subscriptions;
-        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
+        let identifier = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
         for (raw, options) in subscribe.filters {
-            let requested = options.qos;
             let Some(subscription) = Subscription::parse(&raw) else {
-                return_codes.push(ReasonCode::UnspecifiedError);
+                reason_codes.push(ReasonCode::TopicFilterInvalid);
                 continue;
             };
-            // `-msc`: a new filter beyond the cap is refused (0x80 in MQTT 3.1.1; MQTT 5 would
-            // say 0x97, quota exceeded); renewing one the session holds is always allowed.
+            // [MQTT-3.8.3-4]
+            if options.no_local && subscription.group().is_some() {
+                return Err(Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    "No Local on a shared subscription".into(),
+                ));
+            }
+            // `-msc`: a new filter beyond the cap is refused (0x97, quota exceeded; 0x80 in
+            // 3.1.1); renewing one the session holds is always allowed.
+            let existed = self.state.subscriptions.contains_key(&raw);
             let at_cap = max_subscriptions.is_some_and(|max| self.state.subscriptions.len() >= max);
-            if at_cap && !self.state.subscriptions.contains_key(&raw) {
-                return_codes.push(ReasonCode::UnspecifiedError);
+            if at_cap && !existed {
+                reason_codes.push(ReasonCode::QuotaExceeded);
                 continue;
             }
-            let granted = requested.min(max_qos);
+            let granted = options.qos.min(max_qos);
+            let grant = Grant {
+                qos: granted,
+                no_local: options.no_local,
+                retain_as_published: options.retain_as_published,
+                identifier,
+            };
             self.broker
                 .router
-                .subscribe(&self.state.mailbox, &subscription, Grant::qos(granted));
+                .subscribe(&self.state.mailbox, &subscription, grant);
             // Shared subscriptions get no retained messages: they would reach one member at
             // random, which serves nobody.
             // Owed after the SUBACK, read from the retained store a page at a time as the
             // client's flow allows (see `pull`): not through the bounded mailbox, which would cut
             // a large set to `-mq`, and not copied, so repeating a SUBSCRIBE costs nothing more.
-            if subscription.group().is_none() {
+            let wants_retained = match options.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscription => !existed,
+                RetainHandling::Never => false,
+            };
+            if subscription.group().is_none() && wants_retained {
                 self.state.owe_retained(subscription.filter(), granted);
             }
             self.state.subscriptions.insert(raw, granted);
-            return_codes.push(ReasonCode::granted(granted));
+            reason_codes.push(ReasonCode::granted(granted));
         }
         self.send(&Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
-            reason_codes: return_codes,
+            reason_codes,
             properties: Properties::default(),
         }));
+        Ok(())
     }
 
     fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
         for raw in &unsubscribe.filters {
+            let Some(subscription) = Subscription::parse(raw) else {
+                reason_codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            };
             if self.state.subscriptions.remove(raw).is_some() {
-                if let Some(subscription) = Subscription::parse(raw) {
-                    self.state.forgive_retained(subscription.filter());
-                    self.broker
-                        .router
-                        .unsubscribe(self.state.mailbox.id(), &subscription);
-                }
+                self.state.forgive_retained(subscription.filter());
+                self.broker
+                    .router
+                    .unsubscribe(self.state.mailbox.id(), &subscription);
+                reason_codes.push(ReasonCode::Success);
+            } else {
+                reason_codes.push(ReasonCode::NoSubscriptionExisted);
             }
         }
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
-            reason_codes: Vec::new(),
+            reason_codes,
             properties: Properties::default(),
         }));
+    }
+}
+
+/// What a DISCONNECT's reason asks for: only 0x00 closes without the will.
+fn disconnect_close(reason: ReasonCode) -> Close {
+    if reason == ReasonCode::Success {
+        Close::Disconnect
+    } else {
+        Close::DisconnectWithWill(reason)
     }
 }

@@ -12,10 +12,14 @@
 //!
 //! The connection's work is split by direction: [`handshake`] takes a TCP stream to an accepted
 //! [`Connection`], [`inbound`] handles what the client sends, [`outbound`] what is sent to it;
-//! this module holds the connection's state and the loop that drives the three.
+//! this module holds the connection's state and the loop that drives the three. What MQTT 5
+//! adds per connection (the limits CONNECT and CONNACK settled, topic aliases) is in
+//! [`negotiated`] and [`aliases`]; an MQTT 3.1.1 connection carries none of it.
 
+mod aliases;
 mod handshake;
 mod inbound;
+mod negotiated;
 mod outbound;
 
 use std::future::poll_fn;
@@ -25,15 +29,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tracing::debug;
 
 use crate::broker::{Admission, Broker};
-use crate::codec::{LastWill, Protocol};
+use crate::codec::{Disconnect, Packet, Properties, Protocol, ReasonCode};
 use crate::router::Message;
-use crate::session::{Holder, SessionState};
+use crate::session::{DelayedWill, Holder, SessionState};
+use negotiated::Negotiated;
 
 /// Read at least this much at a time.
 const READ_CHUNK: usize = 4096;
@@ -48,14 +53,18 @@ const CONGESTION_WAIT: Duration = Duration::from_millis(50);
 /// Why a connection ended.
 #[derive(Debug)]
 enum Close {
-    /// The client sent DISCONNECT: the only close that does not publish the will.
+    /// The client sent DISCONNECT (MQTT 5: with reason 0x00): the only close that does not
+    /// publish the will.
     Disconnect,
+    /// An MQTT 5 client sent DISCONNECT with another reason (0x04 "with will" among them).
+    DisconnectWithWill(ReasonCode),
     PeerClosed,
     KeepaliveTimeout,
     WriteTimeout,
     /// Deliveries waited behind a full in-flight window for `-t`.
     AckTimeout,
-    Protocol(String),
+    /// The client broke the protocol; an MQTT 5 client is told why with this reason code.
+    Protocol(ReasonCode, String),
     Io(io::Error),
     TakenOver,
     Shutdown,
@@ -65,13 +74,14 @@ impl std::fmt::Display for Close {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Close::Disconnect => f.write_str("client sent DISCONNECT"),
+            Close::DisconnectWithWill(reason) => write!(f, "client sent DISCONNECT {reason}"),
             Close::PeerClosed => f.write_str("client closed the connection"),
             Close::KeepaliveTimeout => f.write_str("keepalive expired"),
             Close::WriteTimeout => f.write_str("client stopped reading (write timeout)"),
             Close::AckTimeout => {
                 f.write_str("client stopped acknowledging QoS 1/2 deliveries (write timeout)")
             }
-            Close::Protocol(reason) => write!(f, "protocol error: {reason}"),
+            Close::Protocol(code, reason) => write!(f, "protocol error ({code}): {reason}"),
             Close::Io(error) => write!(f, "network error: {error}"),
             Close::TakenOver => f.write_str("taken over by a new connection"),
             Close::Shutdown => f.write_str("server shutting down"),
@@ -83,6 +93,33 @@ impl Close {
     fn publishes_will(&self) -> bool {
         !matches!(self, Close::Disconnect)
     }
+
+    /// A protocol error found while decoding.
+    fn decode_error(error: &crate::codec::DecodeError) -> Close {
+        Close::Protocol(error.reason_code(), error.to_string())
+    }
+
+    /// The reason an MQTT 5 client is sent in a DISCONNECT before the close; `None` when the
+    /// client closed, or cannot be reached.
+    fn reason_to_send(&self) -> Option<(ReasonCode, Option<&str>)> {
+        match self {
+            Close::KeepaliveTimeout => Some((ReasonCode::KeepAliveTimeout, None)),
+            Close::TakenOver => Some((ReasonCode::SessionTakenOver, None)),
+            Close::Shutdown => Some((ReasonCode::ServerShuttingDown, None)),
+            Close::Protocol(code, reason) => Some((*code, Some(reason))),
+            _ => None,
+        }
+    }
+}
+
+/// A will, ready to be published when the connection ends without a normal DISCONNECT.
+struct Will {
+    /// Without its expiry, which counts from the moment it is published.
+    message: Message,
+    /// MQTT 5 Message Expiry Interval, seconds.
+    expiry: Option<u32>,
+    /// MQTT 5 Will Delay Interval.
+    delay: Duration,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -100,11 +137,13 @@ struct Connection {
     stream: TcpStream,
     broker: Arc<Broker>,
     protocol: Protocol,
+    /// What MQTT 5 CONNECT and CONNACK settled; `None` for MQTT 3.1/3.1.1. Boxed: every
+    /// idle 3.1.1 connection would pay for the space otherwise.
+    v5: Option<Box<Negotiated>>,
     holder: Holder,
     state: Box<SessionState>,
-    clean_session: bool,
     /// Boxed: most clients have none, and every connection would pay for the space.
-    will: Option<Box<LastWill>>,
+    will: Option<Box<Will>>,
     /// 1.5 × the keepalive the client asked for; `None` when it asked for none.
     keep_alive: Option<Duration>,
     last_packet: Instant,
@@ -133,9 +172,10 @@ impl Connection {
                 | Close::WriteTimeout
                 | Close::AckTimeout
                 | Close::Shutdown
-        ) && self.sent_disconnect()
-        {
-            close = Close::Disconnect;
+        ) {
+            if let Some(disconnect) = self.sent_disconnect() {
+                close = disconnect;
+            }
         }
         match &close {
             Close::Disconnect | Close::PeerClosed | Close::Shutdown => {
@@ -145,8 +185,13 @@ impl Connection {
                 debug!(peer = ?self.stream.peer_addr().ok(), client_id = self.state.client_id(), reason = %close, "connection dropped")
             }
         }
-        // Best effort: flush what is pending (a PINGRESP, a PUBACK) without waiting for a client
-        // that does not read.
+        if self.v5.is_some() {
+            if let Some((reason, text)) = close.reason_to_send() {
+                self.send_disconnect(reason, text);
+            }
+        }
+        // Best effort: flush what is pending (a PINGRESP, a PUBACK, a DISCONNECT) without
+        // waiting for a client that does not read.
         if !self.wbuf.is_empty() && !matches!(close, Close::Io(_) | Close::WriteTimeout) {
             let _ = self.write_now();
         }
@@ -154,26 +199,58 @@ impl Connection {
             broker,
             holder,
             state,
-            clean_session,
             will,
             ..
         } = *self;
-        broker
-            .sessions
-            .release(&holder, state, clean_session, &broker.router);
-        if close.publishes_will() {
-            if let Some(will) = will {
-                let will = *will;
-                let message = Message::new(
-                    Bytes::from(will.topic.into_bytes()),
-                    will.payload,
-                    will.qos,
-                    will.retain,
-                );
-                broker.publish(Arc::new(message));
+        let will = will.filter(|_| close.publishes_will()).map(|will| {
+            let Will {
+                mut message,
+                expiry,
+                delay,
+            } = *will;
+            message.expires_at = expiry.and_then(|secs| {
+                std::time::Instant::now().checked_add(Duration::from_secs(u64::from(secs)))
+            });
+            DelayedWill {
+                message: Arc::new(message),
+                // Sessions end with the process: a will due later is due now.
+                delay: if broker.is_shutting_down() {
+                    Duration::ZERO
+                } else {
+                    delay
+                },
             }
+        });
+        // A will without a delay goes out now; the session keeps a delayed one, and hands it
+        // back if the session ends with the connection.
+        let (now, later) = match will {
+            Some(will) if will.delay.is_zero() => (Some(will.message), None),
+            will => (None, will),
+        };
+        let due = broker
+            .sessions
+            .release(&holder, state, later, &broker.router);
+        for will in now.into_iter().chain(due) {
+            broker.publish(will);
         }
         drop(admission);
+    }
+
+    /// Appends an MQTT 5 DISCONNECT with `reason` (and `text` as its Reason String, when the
+    /// packet still fits the client's Maximum Packet Size).
+    fn send_disconnect(&mut self, reason: ReasonCode, text: Option<&str>) {
+        let mut properties = Properties::default();
+        let limit = self
+            .v5
+            .as_ref()
+            .map_or(usize::MAX, |v5| v5.maximum_packet_size);
+        if let Some(text) = text {
+            // A reason string costs its length plus five bytes of framing.
+            if text.len() + 16 <= limit {
+                properties.set().reason_string = Some(text.to_string());
+            }
+        }
+        self.send(&Packet::Disconnect(Disconnect { reason, properties }));
     }
 
     async fn serve(&mut self) -> Close {

@@ -10,8 +10,10 @@ use socket2::SockRef;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::aliases::OutboundTopic;
 use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
-use crate::codec::{Ack, Packet, QoS};
+use crate::codec::{self, Ack, Packet, PublishV5Extras, QoS};
+use crate::metrics::DropReason;
 use crate::router::{Delivery, Page};
 
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
@@ -25,7 +27,17 @@ impl Connection {
     /// Whether the in-flight window is full: nothing more at QoS 1 or 2 goes out until the
     /// client acknowledges something.
     pub(super) fn window_full(&self) -> bool {
-        self.state.outgoing.len() >= usize::from(self.broker.config.max_inflight)
+        self.state.outgoing.len() >= self.window()
+    }
+
+    /// The in-flight window: `-mif`, or an MQTT 5 client's Receive Maximum when smaller.
+    fn window(&self) -> usize {
+        let window = self.broker.config.max_inflight;
+        let window = match &self.v5 {
+            Some(v5) => window.min(v5.receive_maximum),
+            None => window,
+        };
+        usize::from(window)
     }
 
     /// Whether deliveries are waiting to go out (in the mailbox or owed retained messages).
@@ -40,7 +52,7 @@ impl Connection {
         if !self.can_pull() {
             return;
         }
-        let window = usize::from(self.broker.config.max_inflight) - self.state.outgoing.len();
+        let window = self.window().saturating_sub(self.state.outgoing.len());
         let budget = WRITE_HIGH_WATER - self.wbuf.len();
         if let Some(owed) = self.state.retained.front_mut() {
             // A QoS 0 subscription's messages never count against the window.
@@ -83,6 +95,26 @@ impl Connection {
         // Counted per batch: one atomic add per QoS, not one per message.
         let mut messages = [0u64; 3];
         let mut payload_bytes = [0u64; 3];
+        if self.v5.is_some() {
+            let now = std::time::Instant::now();
+            let mut too_large = 0;
+            for delivery in scratch.drain(..) {
+                let qos = delivery.qos as usize;
+                match self.write_v5(delivery, now) {
+                    Some(payload) => {
+                        messages[qos] += 1;
+                        payload_bytes[qos] += payload as u64;
+                    }
+                    None => too_large += 1,
+                }
+            }
+            if too_large > 0 {
+                let metrics = &self.broker.metrics;
+                metrics
+                    .dropped(DropReason::PacketTooLarge)
+                    .inc_by(too_large);
+            }
+        }
         for delivery in scratch.drain(..) {
             let qos = delivery.qos;
             // Other references mean other subscribers: worth encoding once for all of them.
@@ -117,12 +149,85 @@ impl Connection {
         }
     }
 
+    /// Appends one delivery to an MQTT 5 client: with its remaining expiry, subscription
+    /// identifiers and a topic alias, and a packet id from the in-flight window. Returns the
+    /// payload size, or `None` when the packet would exceed the client's Maximum Packet Size
+    /// (then nothing is sent and no packet id is used).
+    fn write_v5(&mut self, delivery: Delivery, now: std::time::Instant) -> Option<usize> {
+        let Some(v5) = self.v5.as_mut() else {
+            return None;
+        };
+        let message = delivery.message.clone();
+        let mut extras = PublishV5Extras {
+            message_expiry: message.remaining_expiry(now),
+            topic_alias: None,
+            subscription_ids: &delivery.subscription_ids,
+            message_properties: &message.properties,
+        };
+        // Judged with the whole topic (and an alias), so that the choice of alias below never
+        // makes a difference.
+        extras.topic_alias = v5.outbound_aliases.enabled().then_some(0);
+        let size = codec::publish_v5_size(
+            delivery.qos,
+            message.topic.len(),
+            &extras,
+            message.payload.len(),
+        );
+        if size > v5.maximum_packet_size {
+            return None;
+        }
+        let (topic, alias) = match v5.outbound_aliases.assign(&message.topic) {
+            OutboundTopic::Plain => (&message.topic[..], None),
+            OutboundTopic::Define(alias) => (&message.topic[..], Some(alias)),
+            OutboundTopic::Alias(alias) => (&[][..], Some(alias)),
+        };
+        extras.topic_alias = alias;
+        let packet_id = if delivery.qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.state.outgoing.publish(delivery.clone())
+        };
+        let written = codec::encode_publish_v5(
+            &mut self.wbuf,
+            false,
+            delivery.qos,
+            delivery.retain,
+            topic,
+            packet_id,
+            &extras,
+            &message.payload,
+        );
+        written.ok().map(|()| message.payload.len())
+    }
+
     /// After CONNACK on a resumed session: everything unacknowledged goes again, in order, with
-    /// DUP set (PUBREL for QoS 2 messages the client had already received).
+    /// DUP set (PUBREL for QoS 2 messages the client had already received). Topic aliases do not
+    /// outlive a connection, so an MQTT 5 resend names its topic in full.
     pub(super) fn resend_in_flight(&mut self) {
         let mut out = std::mem::take(&mut self.wbuf);
+        let v5 = self.v5.is_some();
+        let now = std::time::Instant::now();
         for (packet_id, in_flight) in self.state.outgoing.iter() {
             match in_flight {
+                crate::session::InFlight::Published(delivery) if v5 => {
+                    let message = &delivery.message;
+                    let extras = PublishV5Extras {
+                        message_expiry: message.remaining_expiry(now),
+                        topic_alias: None,
+                        subscription_ids: &delivery.subscription_ids,
+                        message_properties: &message.properties,
+                    };
+                    let _ = codec::encode_publish_v5(
+                        &mut out,
+                        true,
+                        delivery.qos,
+                        delivery.retain,
+                        &message.topic,
+                        *packet_id,
+                        &extras,
+                        &message.payload,
+                    );
+                }
                 crate::session::InFlight::Published(delivery) => {
                     delivery.message.write_to(
                         &mut out,

@@ -137,6 +137,8 @@ impl Message {
 /// What [`Router::publish`] did with a message.
 #[derive(Default)]
 pub struct Routed {
+    /// Whether any subscription matched (MQTT 5 PUBACK 0x10 when none did).
+    pub matched: bool,
     /// Deliveries queued.
     pub deliveries: usize,
     /// A mailbox the message filled past its soft limit while its consumer is keeping up: the
@@ -346,6 +348,7 @@ impl Router {
         if !matched {
             self.metrics.dropped(DropReason::NoSubscribers).inc();
         }
+        routed.matched = matched;
         routed
     }
 

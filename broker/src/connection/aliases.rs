@@ -1,0 +1,185 @@
+//! MQTT 5 topic aliases, both ways: a number standing for a topic on one connection, so that a
+//! PUBLISH can leave its topic out. They are forgotten when the connection closes.
+//!
+//! [`InboundAliases`] holds what the client taught us (bounded by our Topic Alias Maximum,
+//! `-mta`); [`OutboundAliases`] what we taught the client (bounded by the smaller of its maximum
+//! and ours), replacing the least recently used alias when all are taken. Both are plain data,
+//! tested without a socket.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::codec::ReasonCode;
+
+/// Aliases the client set: alias `n` is `topics[n - 1]`.
+#[derive(Debug, Default)]
+pub(super) struct InboundAliases {
+    topics: Vec<Option<Bytes>>,
+}
+
+impl InboundAliases {
+    /// The topic of a PUBLISH that carried `alias` with `topic` (empty to use the alias):
+    /// a non-empty topic (re)defines the alias, an empty one looks it up.
+    ///
+    /// # Errors
+    ///
+    /// 0x94 (Topic Alias Invalid) for alias 0 or one above `maximum`; 0x82 (Protocol Error) for
+    /// an empty topic with an alias never defined on this connection.
+    pub(super) fn resolve(
+        &mut self,
+        alias: u16,
+        topic: Bytes,
+        maximum: u16,
+    ) -> Result<Bytes, ReasonCode> {
+        if alias == 0 || alias > maximum {
+            return Err(ReasonCode::TopicAliasInvalid);
+        }
+        let index = usize::from(alias - 1);
+        if topic.is_empty() {
+            return self
+                .topics
+                .get(index)
+                .and_then(Option::clone)
+                .ok_or(ReasonCode::ProtocolError);
+        }
+        if self.topics.len() <= index {
+            self.topics.resize(index + 1, None);
+        }
+        // Copied: the topic is a slice of the read buffer, which it must not keep alive.
+        self.topics[index] = Some(Bytes::copy_from_slice(&topic));
+        Ok(topic)
+    }
+}
+
+/// How a PUBLISH to the client names its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OutboundTopic {
+    /// The topic, without an alias (none allowed, or none worth using).
+    Plain,
+    /// The topic and a new alias for it: the client learns it now.
+    Define(u16),
+    /// An empty topic and the alias the client already knows.
+    Alias(u16),
+}
+
+/// Aliases the broker set on this connection, reused per topic; when all are in use the least
+/// recently used one is given to the new topic.
+#[derive(Debug)]
+pub(super) struct OutboundAliases {
+    maximum: u16,
+    by_topic: HashMap<Bytes, u16>,
+    /// Per alias (`n` at `n - 1`): its topic and when it was last used (a counter).
+    slots: Vec<(Bytes, u64)>,
+    clock: u64,
+}
+
+impl OutboundAliases {
+    pub(super) fn new(maximum: u16) -> OutboundAliases {
+        OutboundAliases {
+            maximum,
+            by_topic: HashMap::new(),
+            slots: Vec::new(),
+            clock: 0,
+        }
+    }
+
+    /// Whether any alias may be used on this connection.
+    pub(super) fn enabled(&self) -> bool {
+        self.maximum > 0
+    }
+
+    /// The alias to send `topic` with.
+    pub(super) fn assign(&mut self, topic: &Bytes) -> OutboundTopic {
+        if self.maximum == 0 || topic.is_empty() {
+            return OutboundTopic::Plain;
+        }
+        self.clock += 1;
+        if let Some(&alias) = self.by_topic.get(topic) {
+            self.slots[usize::from(alias - 1)].1 = self.clock;
+            return OutboundTopic::Alias(alias);
+        }
+        if self.slots.len() < usize::from(self.maximum) {
+            self.slots.push((topic.clone(), self.clock));
+            // Cannot truncate: at most `maximum` slots.
+            let alias = self.slots.len() as u16;
+            self.by_topic.insert(topic.clone(), alias);
+            return OutboundTopic::Define(alias);
+        }
+        // All taken: the least recently used goes (a linear scan of at most -mta slots, only
+        // when a new topic displaces an old one).
+        let Some((index, _)) = self
+            .slots
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, used))| *used)
+        else {
+            return OutboundTopic::Plain;
+        };
+        let (old, _) = std::mem::replace(&mut self.slots[index], (topic.clone(), self.clock));
+        self.by_topic.remove(&old);
+        let alias = (index + 1) as u16;
+        self.by_topic.insert(topic.clone(), alias);
+        OutboundTopic::Define(alias)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &'static str) -> Bytes {
+        Bytes::from_static(name.as_bytes())
+    }
+
+    #[test]
+    fn inbound_aliases_are_defined_then_used_and_bounded() {
+        let mut aliases = InboundAliases::default();
+        assert_eq!(aliases.resolve(2, topic("a/b"), 4), Ok(topic("a/b")));
+        assert_eq!(aliases.resolve(2, Bytes::new(), 4), Ok(topic("a/b")));
+        assert_eq!(
+            aliases.resolve(1, Bytes::new(), 4),
+            Err(ReasonCode::ProtocolError),
+            "never defined"
+        );
+        assert_eq!(
+            aliases.resolve(2, topic("c"), 4),
+            Ok(topic("c")),
+            "redefined"
+        );
+        assert_eq!(aliases.resolve(2, Bytes::new(), 4), Ok(topic("c")));
+        assert_eq!(
+            aliases.resolve(0, topic("x"), 4),
+            Err(ReasonCode::TopicAliasInvalid)
+        );
+        assert_eq!(
+            aliases.resolve(5, topic("x"), 4),
+            Err(ReasonCode::TopicAliasInvalid)
+        );
+        assert_eq!(
+            InboundAliases::default().resolve(1, topic("x"), 0),
+            Err(ReasonCode::TopicAliasInvalid),
+            "no aliases allowed"
+        );
+    }
+
+    #[test]
+    fn outbound_aliases_are_reused_and_the_least_recently_used_is_replaced() {
+        let mut aliases = OutboundAliases::new(2);
+        assert_eq!(aliases.assign(&topic("a")), OutboundTopic::Define(1));
+        assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Define(2));
+        assert_eq!(aliases.assign(&topic("a")), OutboundTopic::Alias(1));
+        // "b" is now the least recently used.
+        assert_eq!(aliases.assign(&topic("c")), OutboundTopic::Define(2));
+        assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Define(1));
+        assert_eq!(aliases.assign(&topic("c")), OutboundTopic::Alias(2));
+        assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Alias(1));
+    }
+
+    #[test]
+    fn no_outbound_aliases_when_the_client_takes_none() {
+        let mut aliases = OutboundAliases::new(0);
+        assert_eq!(aliases.assign(&topic("a")), OutboundTopic::Plain);
+        assert_eq!(aliases.assign(&topic("a")), OutboundTopic::Plain);
+    }
+}
