@@ -18,12 +18,13 @@ pub mod client;
 pub mod cluster;
 pub mod http;
 pub mod packets;
+pub mod packets5;
 pub mod raw;
 
 pub use broker::Broker;
 pub use client::{qos, TestClient};
 pub use packets::{Connect, Packet, PublishPacket};
-pub use raw::RawClient;
+pub use raw::{RawClient, RawClient5};
 pub use rumqttc::{QoS, SubscribeReasonCode};
 
 /// The bound for anything that is expected to happen.
