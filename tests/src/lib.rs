@@ -3,7 +3,8 @@
 //! The tests under `tests/tests/` start the real `coolpy7` binary ([`Broker::start`]), one per
 //! test, and talk to it over loopback TCP with either
 //! - [`RawClient`]: raw bytes built by [`packets`] (an MQTT 3.1/3.1.1 encoder and decoder written
-//!   independently of the broker's codec), for protocol details and malformed input; or
+//!   independently of the broker's codec), for protocol details and malformed input;
+//! - [`RawClient5`]: the same for MQTT 5.0, with [`packets5`] (properties, reason codes); or
 //! - [`TestClient`]: a rumqttc client whose event loop runs in a task, for ordinary traffic.
 //!
 //! Every wait is bounded: [`TIMEOUT`] for things that must happen, [`QUIET`] for asserting that
@@ -18,12 +19,13 @@ pub mod client;
 pub mod cluster;
 pub mod http;
 pub mod packets;
+pub mod packets5;
 pub mod raw;
 
 pub use broker::Broker;
 pub use client::{qos, TestClient};
 pub use packets::{Connect, Packet, PublishPacket};
-pub use raw::RawClient;
+pub use raw::{RawClient, RawClient5};
 pub use rumqttc::{QoS, SubscribeReasonCode};
 
 /// The bound for anything that is expected to happen.
