@@ -140,10 +140,11 @@ impl Connection {
             Packet::PingReq => self.send(&Packet::PingResp),
             Packet::Disconnect(disconnect) => return Err(self.handle_disconnect(disconnect)),
             // No authentication method was agreed at CONNECT (none is supported yet), so there
-            // is nothing to re-authenticate with.
+            // is nothing to re-authenticate with: a Protocol Error (§4.12; 0x8C "bad
+            // authentication method" is not a reason DISCONNECT may carry).
             Packet::Auth(_) => {
                 return Err(Close::Protocol(
-                    ReasonCode::BadAuthenticationMethod,
+                    ReasonCode::ProtocolError,
                     "AUTH without an authentication method".into(),
                 ))
             }
@@ -188,6 +189,12 @@ impl Connection {
                     .map_err(|code| {
                         Close::Protocol(code, format!("topic alias {alias} cannot be used"))
                     })?;
+            }
+            if publish.topic.is_empty() {
+                return Err(Close::Protocol(
+                    ReasonCode::ProtocolError,
+                    "empty topic without a topic alias".into(),
+                ));
             }
             if !publish.properties.subscription_identifiers.is_empty() {
                 return Err(Close::Protocol(

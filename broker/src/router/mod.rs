@@ -356,12 +356,16 @@ impl Router {
         let path: Vec<&[u8]> = topic::levels(&message.topic).collect();
         let stored = (!message.payload.is_empty()).then(|| {
             // A compact copy: the original's bytes may share a large read buffer.
-            Arc::new(Message::new(
+            let mut stored = Message::new(
                 Bytes::copy_from_slice(&message.topic),
                 Bytes::copy_from_slice(&message.payload),
                 message.qos,
                 true,
-            ))
+            );
+            stored.properties = message.properties.clone();
+            stored.expires_at = message.expires_at;
+            stored.origin = message.origin;
+            Arc::new(stored)
         });
         let delta = self.retained.write().set(&path, stored);
         self.metrics.retained.inc_by(delta);
