@@ -11,8 +11,9 @@ use std::path::Path;
 use bytes::{Bytes, BytesMut};
 use coolpy7::cluster::membership::NodeIdentity;
 use coolpy7::codec::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, Protocol, Publish, QoS, SubAck,
-    Subscribe, SubscribeReturnCode, Unsubscribe,
+    Ack, Auth, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, PropertyValues,
+    Protocol, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions,
+    UnsubAck, Unsubscribe,
 };
 use coolpy7::fuzzing::{encode_gossip_envelope, encode_sync_batch, GossipEnvelope};
 use coolpy7::router::Message;
@@ -28,8 +29,8 @@ fn main() -> std::io::Result<()> {
         std::fs::write(dir.join(format!("seed-{name}")), bytes)
     };
 
-    // mqtt_decode: [config][small limit][stream]; config % 3 picks the level (none, 3.1,
-    // 3.1.1), config / 3 % 4 the limit (none, protocol max, small, small * 16).
+    // mqtt_decode: [config][small limit][stream]; config % 4 picks the level (none, 3.1,
+    // 3.1.1, 5.0), config / 4 % 4 the limit (none, protocol max, small, small * 16).
     for (name, config, small, packets) in mqtt_seeds() {
         let mut stream = vec![config, small];
         for (packet, protocol) in packets {
@@ -50,7 +51,7 @@ fn main() -> std::io::Result<()> {
     write(
         "mqtt_decode",
         "huge-publish-limit",
-        &[6, 40, 0x30, 0xff, 0xff, 0xff, 0x7f],
+        &[8, 40, 0x30, 0xff, 0xff, 0xff, 0x7f],
     )?;
 
     // sync_datagram: [mode = 0][body] or [mode = 1][batch description].
@@ -129,7 +130,7 @@ fn main() -> std::io::Result<()> {
 type Seed = (&'static str, u8, u8, Vec<(Packet, Protocol)>);
 
 fn mqtt_seeds() -> Vec<Seed> {
-    use Protocol::{V31, V311};
+    use Protocol::{V31, V311, V5};
     let connect = |protocol| Connect {
         protocol,
         clean_session: true,
@@ -140,9 +141,11 @@ fn mqtt_seeds() -> Vec<Seed> {
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
             retain: true,
+            properties: Properties::default(),
         }),
         username: Some("user".into()),
         password: Some(Bytes::from_static(b"secret")),
+        properties: Properties::default(),
     };
     let publish = |qos, packet_id| {
         Packet::Publish(Publish {
@@ -152,10 +155,12 @@ fn mqtt_seeds() -> Vec<Seed> {
             topic: Bytes::from_static(b"a/b/c"),
             packet_id,
             payload: Bytes::from_static(b"payload"),
+            properties: Properties::default(),
         })
     };
+    let qos = SubscriptionOptions::qos;
     let session = vec![
-        (Packet::Connect(connect(V311)), V311),
+        (Packet::Connect(Box::new(connect(V311))), V311),
         (publish(QoS::AtMostOnce, None), V311),
         (publish(QoS::AtLeastOnce, Some(1)), V311),
         (publish(QoS::ExactlyOnce, Some(2)), V311),
@@ -163,9 +168,10 @@ fn mqtt_seeds() -> Vec<Seed> {
             Packet::Subscribe(Subscribe {
                 packet_id: 3,
                 filters: vec![
-                    ("a/+/c".into(), QoS::AtLeastOnce),
-                    ("#".into(), QoS::AtMostOnce),
+                    ("a/+/c".into(), qos(QoS::AtLeastOnce)),
+                    ("#".into(), qos(QoS::AtMostOnce)),
                 ],
+                properties: Properties::default(),
             }),
             V311,
         ),
@@ -173,48 +179,281 @@ fn mqtt_seeds() -> Vec<Seed> {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: 4,
                 filters: vec!["a/+/c".into()],
+                properties: Properties::default(),
             }),
             V311,
         ),
-        (Packet::PubAck(1), V311),
-        (Packet::PubRec(2), V311),
-        (Packet::PubRel(2), V311),
-        (Packet::PubComp(2), V311),
+        (Packet::PubAck(Ack::new(1)), V311),
+        (Packet::PubRec(Ack::new(2)), V311),
+        (Packet::PubRel(Ack::new(2)), V311),
+        (Packet::PubComp(Ack::new(2)), V311),
         (Packet::PingReq, V311),
-        (Packet::Disconnect, V311),
+        (
+            Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
+            V311,
+        ),
     ];
     let from_server = vec![
         (
             Packet::ConnAck(ConnAck {
                 session_present: true,
-                code: ConnectReturnCode::Accepted,
+                code: ReasonCode::Success,
+                properties: Properties::default(),
             }),
             V311,
         ),
         (
             Packet::SubAck(SubAck {
                 packet_id: 3,
-                return_codes: vec![
-                    SubscribeReturnCode::Granted(QoS::AtLeastOnce),
-                    SubscribeReturnCode::Failure,
-                ],
+                reason_codes: vec![ReasonCode::GrantedQoS1, ReasonCode::UnspecifiedError],
+                properties: Properties::default(),
             }),
             V311,
         ),
-        (Packet::UnsubAck(4), V311),
+        (
+            Packet::UnsubAck(UnsubAck {
+                packet_id: 4,
+                reason_codes: Vec::new(),
+                properties: Properties::default(),
+            }),
+            V311,
+        ),
         (Packet::PingResp, V311),
     ];
     vec![
         ("session-no-limit", 0, 0, session.clone()),
-        ("session-v311-small-limit", 2 + 6, 40, session.clone()),
-        ("session-v311-limit-x16", 2 + 9, 3, session),
+        ("session-v311-small-limit", 2 + 4 * 2, 40, session.clone()),
+        ("session-v311-limit-x16", 2 + 4 * 3, 3, session),
         (
             "connect-v31",
             1,
             0,
-            vec![(Packet::Connect(connect(V31)), V31)],
+            vec![(Packet::Connect(Box::new(connect(V31))), V31)],
         ),
-        ("server-packets-v31-max", 1 + 3, 0, from_server),
+        ("server-packets-v31-max", 1 + 4, 0, from_server),
+        ("session-v5-no-limit", 3, 0, v5_session(connect(V5))),
+        (
+            "session-v5-small-limit",
+            3 + 4 * 2,
+            60,
+            v5_session(connect(V5)),
+        ),
+        ("server-packets-v5-max", 3 + 4, 0, v5_from_server()),
+    ]
+}
+
+/// The properties of a message, as PUBLISH and the will carry them.
+fn message_properties() -> PropertyValues {
+    PropertyValues {
+        payload_format_indicator: Some(true),
+        message_expiry_interval: Some(60),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("replies/1".into()),
+        correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+        user_properties: vec![("k".into(), "1".into()), ("k".into(), "2".into())],
+        ..PropertyValues::default()
+    }
+}
+
+fn reason(reason_string: &str) -> Properties {
+    Properties::from(PropertyValues {
+        reason_string: Some(reason_string.into()),
+        user_properties: vec![("why".into(), "test".into())],
+        ..PropertyValues::default()
+    })
+}
+
+/// An MQTT 5 client session: CONNECT with connect and will properties, PUBLISHes with
+/// properties, subscription options, acknowledgements with reasons, AUTH and DISCONNECT.
+fn v5_session(mut connect: Connect) -> Vec<(Packet, Protocol)> {
+    use Protocol::V5;
+    connect.username = None;
+    connect.properties = Properties::from(PropertyValues {
+        session_expiry_interval: Some(300),
+        receive_maximum: Some(10),
+        maximum_packet_size: Some(4096),
+        topic_alias_maximum: Some(8),
+        request_response_information: Some(true),
+        request_problem_information: Some(false),
+        user_properties: vec![("client".into(), "seed".into())],
+        ..PropertyValues::default()
+    });
+    if let Some(will) = &mut connect.will {
+        will.properties = Properties::from(PropertyValues {
+            will_delay_interval: Some(5),
+            ..message_properties()
+        });
+    }
+    let publish = |qos, packet_id, topic: &'static [u8], properties: PropertyValues| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: Bytes::from_static(topic),
+            packet_id,
+            payload: Bytes::from_static(b"{\"t\":21.5}"),
+            properties: Properties::from(properties),
+        })
+    };
+    let alias = |alias| PropertyValues {
+        topic_alias: Some(alias),
+        ..message_properties()
+    };
+    let options = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: true,
+        retain_handling: RetainHandling::OnNewSubscription,
+    };
+    vec![
+        (Packet::Connect(Box::new(connect)), V5),
+        (publish(QoS::AtMostOnce, None, b"a/b", alias(1)), V5),
+        (publish(QoS::AtLeastOnce, Some(1), b"", alias(1)), V5),
+        (
+            publish(QoS::ExactlyOnce, Some(2), b"a/c", message_properties()),
+            V5,
+        ),
+        (
+            Packet::Subscribe(Subscribe {
+                packet_id: 3,
+                filters: vec![
+                    ("a/+/c".into(), options),
+                    (
+                        "$share/g/#".into(),
+                        SubscriptionOptions::qos(QoS::ExactlyOnce),
+                    ),
+                ],
+                properties: Properties::from(PropertyValues {
+                    subscription_identifiers: vec![42],
+                    ..PropertyValues::default()
+                }),
+            }),
+            V5,
+        ),
+        (
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: 4,
+                filters: vec!["a/+/c".into()],
+                properties: reason_free_user_properties(),
+            }),
+            V5,
+        ),
+        (Packet::PubAck(Ack::new(1)), V5),
+        (
+            Packet::PubRec(Ack::with_reason(2, ReasonCode::NoMatchingSubscribers)),
+            V5,
+        ),
+        (
+            Packet::PubRel(Ack {
+                packet_id: 2,
+                reason: ReasonCode::PacketIdentifierNotFound,
+                properties: reason("lost"),
+            }),
+            V5,
+        ),
+        (Packet::PubComp(Ack::new(2)), V5),
+        (Packet::PingReq, V5),
+        (
+            Packet::Auth(Auth {
+                reason: ReasonCode::ReAuthenticate,
+                properties: Properties::from(PropertyValues {
+                    authentication_method: Some("SCRAM-SHA-1".into()),
+                    authentication_data: Some(Bytes::from_static(b"\x01\x02")),
+                    ..PropertyValues::default()
+                }),
+            }),
+            V5,
+        ),
+        (
+            Packet::Disconnect(Disconnect {
+                reason: ReasonCode::DisconnectWithWill,
+                properties: Properties::from(PropertyValues {
+                    session_expiry_interval: Some(0),
+                    ..PropertyValues::default()
+                }),
+            }),
+            V5,
+        ),
+    ]
+}
+
+fn reason_free_user_properties() -> Properties {
+    Properties::from(PropertyValues {
+        user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+        ..PropertyValues::default()
+    })
+}
+
+/// What an MQTT 5 server sends: CONNACK with server properties, SUBACK and UNSUBACK reason
+/// codes, a PUBLISH with subscription identifiers, a DISCONNECT with a reason.
+fn v5_from_server() -> Vec<(Packet, Protocol)> {
+    use Protocol::V5;
+    vec![
+        (
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ReasonCode::Success,
+                properties: Properties::from(PropertyValues {
+                    session_expiry_interval: Some(60),
+                    assigned_client_identifier: Some("auto-1".into()),
+                    server_keep_alive: Some(30),
+                    response_information: Some("coolpy7/response/auto-1/".into()),
+                    receive_maximum: Some(100),
+                    topic_alias_maximum: Some(64),
+                    maximum_qos: Some(1),
+                    maximum_packet_size: Some(1 << 20),
+                    wildcard_subscription_available: Some(true),
+                    subscription_identifier_available: Some(true),
+                    shared_subscription_available: Some(true),
+                    ..PropertyValues::default()
+                }),
+            }),
+            V5,
+        ),
+        (
+            Packet::SubAck(SubAck {
+                packet_id: 3,
+                reason_codes: vec![ReasonCode::GrantedQoS1, ReasonCode::QuotaExceeded],
+                properties: reason("quota"),
+            }),
+            V5,
+        ),
+        (
+            Packet::UnsubAck(UnsubAck {
+                packet_id: 4,
+                reason_codes: vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted],
+                properties: Properties::default(),
+            }),
+            V5,
+        ),
+        (
+            Packet::Publish(Publish {
+                dup: true,
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                topic: Bytes::from_static(b"a/b/c"),
+                packet_id: Some(9),
+                payload: Bytes::from_static(b"payload"),
+                properties: Properties::from(PropertyValues {
+                    subscription_identifiers: vec![1, 300, 268_435_455],
+                    topic_alias: Some(2),
+                    ..message_properties()
+                }),
+            }),
+            V5,
+        ),
+        (Packet::PingResp, V5),
+        (
+            Packet::Disconnect(Disconnect {
+                reason: ReasonCode::SessionTakenOver,
+                properties: Properties::from(PropertyValues {
+                    reason_string: Some("taken over".into()),
+                    server_reference: Some("node-2".into()),
+                    ..PropertyValues::default()
+                }),
+            }),
+            V5,
+        ),
     ]
 }
 

@@ -45,8 +45,19 @@ impl PropertyContext {
 }
 
 /// The properties of one packet: empty (no allocation) or a boxed [`PropertyValues`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Equality compares the values, so that a boxed set of nothing equals no properties: both are
+/// encoded alike and decode to no properties.
+#[derive(Debug, Clone, Default)]
 pub struct Properties(Option<Box<PropertyValues>>);
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
 
 impl Properties {
     /// The values, to set some: allocated on first use.
