@@ -725,10 +725,7 @@ impl SessionRegistry {
         let mut expired = Vec::new();
         {
             let mut sessions = self.sessions.lock();
-            loop {
-                let Some((deadline, key)) = sessions.deadlines.first().cloned() else {
-                    break;
-                };
+            while let Some((deadline, key)) = sessions.deadlines.first().cloned() {
                 if deadline > now {
                     break;
                 }
@@ -985,7 +982,9 @@ mod tests {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             holder.kicked().await;
-            registry.release(&holder, state, false, &router);
+            let mut state = state;
+            state.expiry = None;
+            registry.release(&holder, state, None, &router);
         })
     }
 
@@ -1012,7 +1011,9 @@ mod tests {
         assert!(claimed.state.incoming_qos2.contains(&42));
         assert_eq!(metrics.sessions.get(), 1);
 
-        registry.release(&second, claimed.state, true, &router);
+        let mut state = claimed.state;
+        state.expiry = Some(Duration::ZERO);
+        registry.release(&second, state, None, &router);
         assert!(registry.is_empty());
         assert_eq!(metrics.sessions.get(), 0);
     }
@@ -1032,15 +1033,18 @@ mod tests {
         let subscription = Subscription::parse(&filter).expect("valid");
         router.subscribe(&state.mailbox, &subscription, Grant::qos(QoS::AtLeastOnce));
         state.subscriptions.insert(filter, QoS::AtLeastOnce);
-        registry.release(&offline, state, false, &router);
+        state.expiry = Some(Duration::from_secs(60));
+        registry.release(&offline, state, None, &router);
         let _held = registry
             .claim("on", false, &online, &router)
             .await
             .expect("claim");
         assert_eq!(metrics.subscriptions.get(), 1);
 
-        assert_eq!(registry.expire(Duration::from_secs(3600), &router), 0);
-        assert_eq!(registry.expire(Duration::ZERO, &router), 1);
+        let now = Instant::now();
+        assert_eq!(registry.expire(now, &router).1, 0);
+        let later = now + Duration::from_secs(61);
+        assert_eq!(registry.expire(later, &router).1, 1);
         assert_eq!(registry.len(), 1, "the online session stays");
         assert!(registry.is_connected("on"));
         assert_eq!(
@@ -1054,6 +1058,90 @@ mod tests {
             .await
             .expect("claim");
         assert!(!resumed.session_present);
+    }
+
+    fn will(payload: &'static [u8], delay: Duration) -> DelayedWill {
+        let message = Message::new(
+            Bytes::from_static(b"will"),
+            Bytes::from_static(payload),
+            QoS::AtMostOnce,
+            false,
+        );
+        DelayedWill {
+            message: Arc::new(message),
+            delay,
+        }
+    }
+
+    /// Releases the session of `client_id` with `expiry` and a will delayed by `delay`.
+    async fn leave_with_will(
+        registry: &SessionRegistry,
+        router: &Router,
+        client_id: &str,
+        expiry: Option<Duration>,
+        delay: Duration,
+    ) -> Option<Arc<Message>> {
+        let holder = Holder::new(1);
+        let claimed = registry
+            .claim(client_id, false, &holder, router)
+            .await
+            .expect("claim");
+        let mut state = claimed.state;
+        state.expiry = expiry;
+        registry.release(&holder, state, Some(will(b"w", delay)), router)
+    }
+
+    #[tokio::test]
+    async fn a_delayed_will_is_due_after_its_delay_or_when_its_session_ends() {
+        let (_, router, registry) = registry();
+        let delay = Duration::from_secs(10);
+        let start = Instant::now();
+        assert!(
+            leave_with_will(&registry, &router, "a", None, delay)
+                .await
+                .is_none(),
+            "kept with the session"
+        );
+        assert!(registry.expire(start, &router).0.is_empty());
+        let (wills, expired) = registry.expire(start + delay + Duration::from_secs(1), &router);
+        assert_eq!((wills.len(), expired), (1, 0), "due, the session stays");
+        assert_eq!(registry.len(), 1);
+
+        // A session that expires before the delay publishes it then.
+        let expiry = Some(Duration::from_secs(2));
+        leave_with_will(&registry, &router, "b", expiry, delay).await;
+        let (wills, expired) = registry.expire(start + Duration::from_secs(3), &router);
+        assert_eq!((wills.len(), expired), (1, 1));
+
+        // A session that ends with its connection hands it back at once.
+        let due = leave_with_will(&registry, &router, "c", Some(Duration::ZERO), delay).await;
+        assert!(due.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_cancels_a_delayed_will_and_a_clean_start_makes_it_due() {
+        let (_, router, registry) = registry();
+        let delay = Duration::from_secs(10);
+        leave_with_will(&registry, &router, "r", None, delay).await;
+        let resumed = registry
+            .claim("r", false, &Holder::new(2), &router)
+            .await
+            .expect("claim");
+        assert!(resumed.session_present && resumed.will_due.is_none());
+        let far = Instant::now() + delay * 10;
+        assert!(registry.expire(far, &router).0.is_empty(), "cancelled");
+
+        leave_with_will(&registry, &router, "n", None, delay).await;
+        let fresh = registry
+            .claim("n", true, &Holder::new(3), &router)
+            .await
+            .expect("claim");
+        assert!(!fresh.session_present);
+        assert!(fresh.will_due.is_some(), "the discarded session ended");
+
+        leave_with_will(&registry, &router, "s", None, delay).await;
+        assert_eq!(registry.take_delayed_wills().len(), 1, "shutdown");
+        assert!(registry.expire(far, &router).0.is_empty());
     }
 
     #[tokio::test]

@@ -79,9 +79,7 @@ async fn auth_after_connect_without_a_method_is_disconnect_0x82() {
     ] {
         let mut client = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("auth")).await;
         client.send(&auth.encode()).await;
-        client
-            .expect_disconnect(reason::PROTOCOL_ERROR)
-            .await;
+        client.expect_disconnect(reason::PROTOCOL_ERROR).await;
     }
 }
 

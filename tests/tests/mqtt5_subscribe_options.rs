@@ -127,19 +127,21 @@ async fn retain_handling_0_1_2() {
 }
 
 #[tokio::test]
-async fn invalid_subscription_options_are_malformed() {
+/// §3.8.3.1: reserved bits make the packet malformed; QoS 3 and Retain Handling 3 are Protocol
+/// Errors.
+async fn invalid_subscription_options_are_refused_with_the_reason_the_standard_gives() {
     let broker = Broker::start(&[]);
-    for (what, options) in [
-        ("reserved bit 6", 0x41u8),
-        ("reserved bit 7", 0x81),
-        ("Retain Handling 3", 0x31),
-        ("QoS 3", 0x03),
+    for (what, options, expected) in [
+        ("reserved bit 6", 0x41u8, reason::MALFORMED_PACKET),
+        ("reserved bit 7", 0x81, reason::MALFORMED_PACKET),
+        ("Retain Handling 3", 0x31, reason::PROTOCOL_ERROR),
+        ("QoS 3", 0x03, reason::PROTOCOL_ERROR),
     ] {
         let mut c = client(&broker, "badopt").await;
         c.send(&SubscribePacket::new(1).filter("opt/t", options).encode())
             .await;
         eprintln!("case: {what}");
-        c.expect_disconnect(reason::MALFORMED_PACKET).await;
+        c.expect_disconnect(expected).await;
     }
 }
 

@@ -453,13 +453,29 @@ fn decode_subscribe(body: &mut Reader, v5: bool) -> Result<Subscribe, DecodeErro
                 "reserved subscription option bits set",
             ));
         }
-        let qos = QoS::from_u8(options & 0b11)
-            .ok_or_else(|| malformed("SUBSCRIBE", "requested QoS 3 is reserved"))?;
+        let qos = QoS::from_u8(options & 0b11).ok_or_else(|| {
+            // §3.8.3.1 of MQTT 5: a Protocol Error; 3.1.1 only calls it malformed.
+            let reason = "requested QoS 3 is reserved";
+            if v5 {
+                DecodeError::Protocol {
+                    packet: "SUBSCRIBE",
+                    reason,
+                }
+            } else {
+                malformed("SUBSCRIBE", reason)
+            }
+        })?;
         let retain_handling = match (options >> 4) & 0b11 {
             0 => RetainHandling::OnSubscribe,
             1 => RetainHandling::OnNewSubscription,
             2 => RetainHandling::Never,
-            _ => return Err(malformed("SUBSCRIBE", "retain handling 3 is reserved")),
+            // §3.8.3.1: a Protocol Error, where reserved bits make the packet malformed.
+            _ => {
+                return Err(DecodeError::Protocol {
+                    packet: "SUBSCRIBE",
+                    reason: "retain handling 3 is reserved",
+                })
+            }
         };
         filters.push((
             filter,

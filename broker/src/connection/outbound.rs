@@ -154,9 +154,7 @@ impl Connection {
     /// payload size, or `None` when the packet would exceed the client's Maximum Packet Size
     /// (then nothing is sent and no packet id is used).
     fn write_v5(&mut self, delivery: Delivery, now: std::time::Instant) -> Option<usize> {
-        let Some(v5) = self.v5.as_mut() else {
-            return None;
-        };
+        let v5 = self.v5.as_mut()?;
         let message = delivery.message.clone();
         let mut extras = PublishV5Extras {
             message_expiry: message.remaining_expiry(now),

@@ -299,8 +299,8 @@ impl Router {
         // A session being torn down is as good as unsubscribed; No Local keeps a session's own
         // messages from it.
         let wanted = |subscriber: &Subscriber| {
-            !subscriber.mailbox.is_closed()
-                && !(subscriber.no_local && subscriber.mailbox.id() == message.origin)
+            let own_message = subscriber.no_local && subscriber.mailbox.id() == message.origin;
+            !subscriber.mailbox.is_closed() && !own_message
         };
         match nodes.as_slice() {
             [] => {}

@@ -682,16 +682,21 @@ fn subscribe_round_trips_with_its_properties() {
 }
 
 #[test]
-fn subscribe_v5_reserved_option_bits_retain_handling_3_and_qos_3_are_malformed() {
+fn subscribe_v5_reserved_option_bits_are_malformed_and_retain_handling_3_and_qos_3_protocol_errors()
+{
     let subscribe =
         |options: u8| frame(0x82, &[&b"\x00\x01\x00\x00\x01a"[..], &[options]].concat());
-    for options in [0x40, 0x80, 0xc0, 0x41, 0x30, 0x31, 0x3f, 0x03, 0x2f] {
+    for options in [0x40, 0x80, 0xc0, 0x41] {
         assert_v5_malformed(&subscribe(options), "SUBSCRIBE");
     }
-    let err = decode_v5_err(&subscribe(0x30), ReasonCode::MalformedPacket);
+    // §3.8.3.1: QoS 3 and Retain Handling 3 are Protocol Errors.
+    for options in [0x30, 0x31, 0x3f, 0x03, 0x2f] {
+        decode_v5_err(&subscribe(options), ReasonCode::ProtocolError);
+    }
+    let err = decode_v5_err(&subscribe(0x30), ReasonCode::ProtocolError);
     assert_eq!(
         err,
-        DecodeError::Malformed {
+        DecodeError::Protocol {
             packet: "SUBSCRIBE",
             reason: "retain handling 3 is reserved"
         }
