@@ -453,16 +453,25 @@ pub fn decode(buf: &[u8], version: Version) -> Result<Option<(Packet<'_>, usize)
             };
             let (properties, payload, topic_alias) = if v5 {
                 let (props, payload) = split_properties(&body[at..])?;
-                let mut alias = 0;
-                for p in properties(props) {
-                    let (id, value) = p?;
-                    if id == PROP_TOPIC_ALIAS {
-                        alias = u16_at(value, 0);
-                        if alias == 0 {
-                            return Err(DecodeError("Topic Alias 0"));
+                // The common cases first: no properties, or a Topic Alias alone.
+                let alias = match props {
+                    [] => None,
+                    [PROP_TOPIC_ALIAS, hi, lo] => Some(u16::from_be_bytes([*hi, *lo])),
+                    _ => {
+                        let mut alias = None;
+                        for p in properties(props) {
+                            let (id, value) = p?;
+                            if id == PROP_TOPIC_ALIAS {
+                                alias = Some(u16_at(value, 0));
+                            }
                         }
+                        alias
                     }
+                };
+                if alias == Some(0) {
+                    return Err(DecodeError("Topic Alias 0"));
                 }
+                let alias = alias.unwrap_or(0);
                 if topic.is_empty() && alias == 0 {
                     return Err(DecodeError("PUBLISH with neither topic nor Topic Alias"));
                 }
