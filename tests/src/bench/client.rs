@@ -195,6 +195,10 @@ pub async fn open(
             .await
             .context("waiting for CONNACK")?;
         if code != 0 {
+            if v5 && code == 0x01 {
+                // A 3.1.1 broker's "unacceptable protocol level".
+                bail!("CONNACK code 0x01: the broker refuses protocol level 5 (no MQTT 5.0?)");
+            }
             if v5 {
                 bail!("CONNACK reason code 0x{code:02x} {reason:?}");
             }
