@@ -3,7 +3,12 @@
 # fresh broker per run, and prints a Markdown table of the figures with coolpy7's ratios.
 #
 #   tests/bench/compare.sh [--quick] [--secs N] [--runs R] [--only coolpy7,mosquitto,rumqttd]
-#                          [--scenarios fanin-q0,latency-q1,...] [--no-build] [--list]
+#                          [--scenarios fanin-q0,latency-q1,...] [--mqtt 3|5|3,5] [--no-build]
+#                          [--list]
+#
+# --mqtt (or MQTT=...): which MQTT version each scenario runs with; 5 runs the `<id>-v5` variant
+# (the same bench arguments plus `--mqtt 5`), 3,5 both (default 3). `-v5` ids may also be named
+# in --scenarios. rumqttd is not run on v5 variants (its config opens a 3.1.1 listener only).
 #
 # Results: target/bench/results-<timestamp>.jsonl (one line per run, the bench's JSON plus
 # broker/scenario/run), target/bench/results-<timestamp>.md (the table) and
@@ -24,7 +29,7 @@ PEERS_DIR="$ROOT/target/peers"
 OUT_DIR="$ROOT/target/bench"
 
 usage() {
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     echo
     echo "Scenarios: ${ALL_SCENARIOS[*]}"
 }
@@ -57,6 +62,14 @@ ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 p2p-q0 p2p-q1 latency-q0 la
     conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m subs-200k subs-clients)
 ALL_BROKERS=(coolpy7 mosquitto rumqttd)
 
+# `<id>-v5`: scenario <id> over MQTT 5.0.
+base_scenario() { echo "${1%-v5}"; }
+scenario_args() {
+    local args="${SCENARIO_ARGS[$(base_scenario "$1")]}"
+    [[ "$1" != *-v5 ]] || args+=" --mqtt 5"
+    echo "$args"
+}
+
 # ---------------------------------------------------------------------------------------------
 SECS=10
 WARMUP=2
@@ -72,6 +85,7 @@ BUILD=1
 BROKERS=("${ALL_BROKERS[@]}")
 SCENARIOS=("${ALL_SCENARIOS[@]}")
 SECS_SET=0
+MQTT="${MQTT:-3}"
 
 split_list() { # "a,b c" -> one per line
     tr ', ' '\n\n' <<<"$1" | sed '/^$/d'
@@ -88,8 +102,10 @@ while [[ $# -gt 0 ]]; do
     --only=*) mapfile -t BROKERS < <(split_list "${1#*=}") ;;
     --scenarios) mapfile -t SCENARIOS < <(split_list "$2"); shift ;;
     --scenarios=*) mapfile -t SCENARIOS < <(split_list "${1#*=}") ;;
+    --mqtt) MQTT="$2"; shift ;;
+    --mqtt=*) MQTT="${1#*=}" ;;
     --no-build) BUILD=0 ;;
-    --list) printf '%s\n' "${ALL_SCENARIOS[@]}"; exit 0 ;;
+    --list) printf '%s\n' "${ALL_SCENARIOS[@]}" "${ALL_SCENARIOS[@]/%/-v5}"; exit 0 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
@@ -112,8 +128,31 @@ for b in "${BROKERS[@]}"; do
     [[ " ${ALL_BROKERS[*]} " == *" $b "* ]] || { echo "unknown broker '$b' (${ALL_BROKERS[*]})" >&2; exit 2; }
 done
 for s in "${SCENARIOS[@]}"; do
-    [[ -n "${SCENARIO_ARGS[$s]+x}" ]] || { echo "unknown scenario '$s' (${ALL_SCENARIOS[*]})" >&2; exit 2; }
+    [[ -n "${SCENARIO_ARGS[$(base_scenario "$s")]+x}" ]] ||
+        { echo "unknown scenario '$s' (${ALL_SCENARIOS[*]}, each also with -v5)" >&2; exit 2; }
 done
+mapfile -t MQTT_VERSIONS < <(split_list "$MQTT")
+for m in "${MQTT_VERSIONS[@]}"; do
+    [[ "$m" == 3 || "$m" == 5 ]] || { echo "--mqtt wants 3, 5 or 3,5, not '$MQTT'" >&2; exit 2; }
+done
+[[ ${#MQTT_VERSIONS[@]} -gt 0 ]] || { echo "--mqtt wants 3, 5 or 3,5" >&2; exit 2; }
+# Each scenario in each version asked for (a -v5 id as given), v3 and v5 of one next to each other.
+RUN_SCENARIOS=()
+for s in "${SCENARIOS[@]}"; do
+    if [[ "$s" == *-v5 ]]; then
+        RUN_SCENARIOS+=("$s")
+        continue
+    fi
+    for m in "${MQTT_VERSIONS[@]}"; do
+        if [[ $m == 3 ]]; then RUN_SCENARIOS+=("$s"); else RUN_SCENARIOS+=("$s-v5"); fi
+    done
+done
+# rumqttd runs no v5 variant: with nothing else asked of it, it is not even installed.
+ANY_V3=0
+for s in "${RUN_SCENARIOS[@]}"; do [[ "$s" == *-v5 ]] || ANY_V3=1; done
+if [[ $ANY_V3 == 0 && " ${BROKERS[*]} " == *" rumqttd "* ]]; then
+    mapfile -t BROKERS < <(printf '%s\n' "${BROKERS[@]}" | grep -vx rumqttd)
+fi
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -287,7 +326,8 @@ run_one() { # broker scenario run
     local broker="$1" scen="$2" run="$3"
     local tag="$scen-$broker-r$run" port="${PORTS[$1]}"
     local blog="$LOGS/$tag.broker.log" elog="$LOGS/$tag.bench.log" out="$LOGS/$tag.bench.out"
-    local args="${SCENARIO_ARGS[$scen]}"
+    local args
+    args="$(scenario_args "$scen")"
     args="${args//@CONNS@/$CONNS}"
     args="${args//@EXTRA_SUBS@/$EXTRA_SUBS}"
     args="${args//@SUBS_FILTERS@/$SUBS_FILTERS}"
@@ -375,17 +415,21 @@ PY
 
 # ---------------------------------------------------------------------------------------------
 log "results: $RESULTS; logs: $LOGS"
-log "brokers: ${BROKERS[*]}; scenarios: ${SCENARIOS[*]}; runs: $RUNS; secs: $SECS, warmup $WARMUP, drain $DRAIN; conns $CONNS"
+log "brokers: ${BROKERS[*]}; scenarios: ${RUN_SCENARIOS[*]}; runs: $RUNS; secs: $SECS, warmup $WARMUP, drain $DRAIN; conns $CONNS"
 MACHINE="$(machine_json "$(want_broker coolpy7 && echo "$COOLPY7_BIN")" \
     "$(want_broker mosquitto && echo "$MOSQUITTO_BIN")" \
     "$(want_broker rumqttd && echo "$RUMQTTD_BIN")" "$ROOT" "$NOFILE")"
-SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"runs":%s,"quick":%s}' \
-    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$RUNS" "$QUICK")"
+SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"runs":%s,"quick":%s,"mqtt":"%s"}' \
+    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$RUNS" "$QUICK" "$MQTT")"
 
 for ((run = 1; run <= RUNS; run++)); do
-    for scen in "${SCENARIOS[@]}"; do
-        log "run $run/$RUNS: $scen (${SCENARIO_ARGS[$scen]})"
+    for scen in "${RUN_SCENARIOS[@]}"; do
+        log "run $run/$RUNS: $scen ($(scenario_args "$scen"))"
         for broker in "${BROKERS[@]}"; do
+            if [[ $broker == rumqttd && "$scen" == *-v5 ]]; then
+                log "  rumqttd: skipped (MQTT 5 listener not configured)"
+                continue
+            fi
             run_one "$broker" "$scen" "$run"
         done
     done

@@ -5,7 +5,8 @@
 
 One row per figure, one column per broker, then coolpy7's ratio to each peer. With several runs
 of a scenario the median of the successful runs is shown (a `*` marks a figure some of whose
-runs failed); a figure whose runs all failed reads `error`.
+runs failed); a figure whose runs all failed reads `error`. Scenarios run over MQTT 5.0 (ids
+ending in `-v5`) give rows starting with `v5`, each right after its 3.1.1 row.
 """
 
 import argparse
@@ -110,6 +111,29 @@ def figures(settings):
         ("out-of-order (gaps)", "low", "sum", (allsc, field("gaps"))),
         ("client errors", "low", "sum", (allsc, field("errors"))),
     ]
+
+
+def v5_figure(fig):
+    """The same figure read from the `-v5` variants of its scenarios."""
+    label, better, kind, spec = fig
+    if kind == "one":
+        scen, ex = spec
+        spec = (scen + "-v5", ex)
+    elif kind == "sum":
+        scens, ex = spec
+        spec = ([s + "-v5" for s in scens], ex)
+    elif kind == "ratio":
+        (sa, ea), (sb, eb) = spec
+        spec = ((sa + "-v5", ea), (sb + "-v5", eb))
+    return ("v5 " + label, better, kind, spec)
+
+
+def with_v5(figs):
+    """Each figure followed by its v5 variant (rows of scenarios that did not run are left out
+    of the table anyway)."""
+    for fig in figs:
+        yield fig
+        yield v5_figure(fig)
 
 
 class Cell:
@@ -266,12 +290,16 @@ def main():
                    f"measured after {settings.get('warmup')} s warm-up ({settings.get('drain')} s "
                    f"drain), {settings.get('conns')} idle connections, median of "
                    f"{settings.get('runs')} run(s){', quick pass' if settings.get('quick') else ''}")
+    if settings.get("mqtt", "3") != "3":
+        out.append(f"- MQTT versions: {settings['mqtt']} (rows starting with `v5` ran over "
+                   "MQTT 5.0: topic aliases on publishes, Receive Maximum = the publisher's "
+                   "window)")
     out.append("- ↑ higher is better, ↓ lower is better; ratios are coolpy7 ÷ peer")
     out.append("")
     out.append("| figure | " + " | ".join(cols) + " |")
     out.append("|---|" + "---:|" * len(cols))
     any_partial = False
-    for label, better, kind, spec in figures(settings):
+    for label, better, kind, spec in with_v5(figures(settings)):
         cells = {b: cell_for(kind, spec, by.get(b, {})) for b in brokers}
         if all(c is None for c in cells.values()):
             continue  # scenario not part of this comparison
@@ -285,6 +313,11 @@ def main():
     if any_partial:
         out.append("`*` some runs of this figure failed or did not report it; the value is "
                    "from the others.")
+        out.append("")
+    ran_v5 = any(s.endswith("-v5") for runs in by.values() for s in runs)
+    if ran_v5 and "rumqttd" in brokers:
+        out.append("rumqttd was not run on the v5 rows (compare.sh configures only its MQTT 3.1.1 "
+                   "listener).")
         out.append("")
     if failures:
         out.append("Failed runs:")

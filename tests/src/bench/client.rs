@@ -4,6 +4,11 @@
 //! reused `BytesMut` (64 KiB at a time) and every whole packet in it is decoded in place; writes
 //! are batched into a reused `Vec`. Counters are per connection ([`Counters`], padded to a cache
 //! line pair) and only `store`d by their owner once per batch; the coordinator sums them.
+//!
+//! A [`Conn`] speaks MQTT 3.1.1 or 5.0 ([`Login`]). With 5.0 it keeps what the broker announced in
+//! CONNACK (Receive Maximum, Topic Alias Maximum, Maximum QoS) and both topic alias tables: the
+//! broker's aliases towards us (resolved for every PUBLISH read) and ours towards the broker
+//! (publishers send their topic once with an alias, then only the alias).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -17,7 +22,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{interval_at, MissedTickBehavior};
 
-use super::codec::{self, Packet};
+use super::codec::{self, ConnAckProps, InboundAliases, OutboundAliases, Packet, Version};
 
 /// Bytes asked of each read.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -80,11 +85,44 @@ fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Relaxed) + n, Relaxed);
 }
 
+/// What a client puts in its CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub struct Login {
+    pub version: Version,
+    pub keepalive: u16,
+    /// v5 Receive Maximum: QoS 1 PUBLISHes the broker may have unacknowledged towards us.
+    pub receive_maximum: u16,
+    /// v5 Topic Alias Maximum: aliases the broker may set towards us. 0 also keeps us from using
+    /// aliases towards the broker.
+    pub topic_alias_maximum: u16,
+}
+
+impl Login {
+    /// The same login with another Receive Maximum.
+    pub fn receive_maximum(self, receive_maximum: u16) -> Login {
+        Login {
+            receive_maximum,
+            ..self
+        }
+    }
+}
+
 /// A connected MQTT client: the stream plus whatever was read beyond the last packet used.
 pub struct Conn {
     pub stream: TcpStream,
     pub rbuf: BytesMut,
     pub next_packet_id: u16,
+    pub version: Version,
+    /// The broker's Receive Maximum (65535 for 3.1.1 and when not announced).
+    pub server_receive_maximum: u16,
+    /// The broker's Maximum QoS (2 for 3.1.1 and when not announced).
+    pub server_maximum_qos: u8,
+    /// The broker's Topic Alias Maximum (0 for 3.1.1 and when not announced).
+    pub server_topic_alias_maximum: u16,
+    /// Topic aliases the broker set towards us.
+    pub aliases: InboundAliases,
+    /// Topic aliases we set towards the broker.
+    pub out_aliases: OutboundAliases,
 }
 
 /// Connects (optionally from source address `bind`), sends CONNECT and waits for CONNACK 0,
@@ -93,7 +131,7 @@ pub async fn open(
     addr: SocketAddr,
     bind: Option<IpAddr>,
     client_id: &str,
-    keepalive: u16,
+    login: &Login,
     timeout: Duration,
 ) -> anyhow::Result<Conn> {
     tokio::time::timeout(timeout, async {
@@ -116,23 +154,61 @@ pub async fn open(
             .await
             .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true).ok();
+        let v5 = login.version == Version::V5;
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(256),
             next_packet_id: 1,
+            version: login.version,
+            server_receive_maximum: u16::MAX,
+            server_maximum_qos: 2,
+            server_topic_alias_maximum: 0,
+            aliases: InboundAliases::new(if v5 { login.topic_alias_maximum } else { 0 }),
+            out_aliases: OutboundAliases::new(0),
         };
         let mut out = Vec::with_capacity(32 + client_id.len());
-        codec::connect(&mut out, client_id, keepalive);
+        if v5 {
+            codec::connect_v5(
+                &mut out,
+                client_id,
+                login.keepalive,
+                login.receive_maximum,
+                login.topic_alias_maximum,
+            );
+        } else {
+            codec::connect(&mut out, client_id, login.keepalive);
+        }
         conn.stream.write_all(&out).await.context("send CONNECT")?;
-        let code = conn
+        let (code, props, reason) = conn
             .wait_for(|p| match p {
-                Packet::ConnAck { code, .. } => Some(code),
+                Packet::ConnAck { code, props, .. } => Some((
+                    code,
+                    // Without the borrowed reason string, which is kept as a String.
+                    ConnAckProps {
+                        reason_string: &[],
+                        ..props
+                    },
+                    String::from_utf8_lossy(props.reason_string).into_owned(),
+                )),
                 _ => None,
             })
             .await
             .context("waiting for CONNACK")?;
         if code != 0 {
+            if v5 && code == 0x01 {
+                // A 3.1.1 broker's "unacceptable protocol level".
+                bail!("CONNACK code 0x01: the broker refuses protocol level 5 (no MQTT 5.0?)");
+            }
+            if v5 {
+                bail!("CONNACK reason code 0x{code:02x} {reason:?}");
+            }
             bail!("CONNACK return code {code}");
+        }
+        conn.server_receive_maximum = props.receive_maximum;
+        conn.server_maximum_qos = props.maximum_qos;
+        conn.server_topic_alias_maximum = props.topic_alias_maximum;
+        if v5 && login.topic_alias_maximum > 0 {
+            conn.out_aliases = OutboundAliases::new(props.topic_alias_maximum);
         }
         Ok(conn)
     })
@@ -161,7 +237,8 @@ fn bind_no_port(socket: &TcpSocket) {
 fn bind_no_port(_socket: &TcpSocket) {}
 
 impl Conn {
-    /// Reads until a packet for which `f` returns `Some`; other packets are skipped.
+    /// Reads until a packet for which `f` returns `Some`; other packets are skipped (the topic
+    /// aliases of skipped PUBLISHes are still learnt). A DISCONNECT from the broker is an error.
     pub(super) async fn wait_for<T>(
         &mut self,
         mut f: impl FnMut(Packet<'_>) -> Option<T>,
@@ -169,8 +246,20 @@ impl Conn {
         loop {
             let mut used = 0;
             let mut found = None;
-            while let Some((p, n)) = codec::decode(&self.rbuf[used..])? {
+            while let Some((p, n)) = codec::decode(&self.rbuf[used..], self.version)? {
                 used += n;
+                match p {
+                    Packet::Publish {
+                        topic, topic_alias, ..
+                    } if topic_alias != 0 => {
+                        self.aliases.resolve(topic, topic_alias)?;
+                    }
+                    Packet::Disconnect {
+                        code,
+                        reason_string,
+                    } => return Err(broker_disconnect(code, reason_string)),
+                    _ => {}
+                }
                 if let Some(t) = f(p) {
                     found = Some(t);
                     break;
@@ -195,7 +284,7 @@ impl Conn {
         for chunk in filters.chunks(100) {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-            codec::subscribe(&mut out, id, chunk, qos);
+            codec::subscribe(&mut out, self.version, id, chunk, qos);
             ids.push(id);
         }
         self.stream
@@ -205,9 +294,7 @@ impl Conn {
         for id in ids {
             let refused = self
                 .wait_for(|p| match p {
-                    Packet::SubAck { packet_id, codes } if packet_id == id => {
-                        Some(codes.iter().filter(|&&c| c == 0x80).count())
-                    }
+                    Packet::SubAck { packet_id, codes } if packet_id == id => Some(refused(codes)),
                     _ => None,
                 })
                 .await
@@ -218,6 +305,41 @@ impl Conn {
         }
         Ok(())
     }
+
+    /// Appends a PUBLISH of `payload` to `topic`: in v5 with the topic's alias when the broker
+    /// allows one (the first PUBLISH on a topic carries the topic too, later ones only the alias).
+    pub fn encode_publish(
+        &mut self,
+        out: &mut Vec<u8>,
+        topic: &str,
+        qos: u8,
+        packet_id: u16,
+        payload: &[u8],
+    ) {
+        match self.version {
+            Version::V311 => codec::publish(out, topic, qos, packet_id, payload),
+            Version::V5 => match self.out_aliases.alias(topic) {
+                Some((alias, true)) => codec::publish_v5(out, "", alias, qos, packet_id, payload),
+                Some((alias, false)) => {
+                    codec::publish_v5(out, topic, alias, qos, packet_id, payload)
+                }
+                None => codec::publish_v5(out, topic, 0, qos, packet_id, payload),
+            },
+        }
+    }
+}
+
+/// How many SUBACK codes are failures (0x80 in 3.1.1; 0x80 and up in v5).
+pub fn refused(codes: &[u8]) -> usize {
+    codes.iter().filter(|&&c| c >= 0x80).count()
+}
+
+/// The error for a DISCONNECT sent by the broker.
+pub fn broker_disconnect(code: u8, reason_string: &[u8]) -> anyhow::Error {
+    anyhow!(
+        "the broker sent DISCONNECT with reason code 0x{code:02x} {:?}",
+        String::from_utf8_lossy(reason_string)
+    )
 }
 
 fn ping_interval(keepalive: u16) -> tokio::time::Interval {
@@ -268,15 +390,19 @@ async fn publisher_loop(
     ctr: &Counters,
     phase_rx: &mut watch::Receiver<u8>,
 ) -> anyhow::Result<()> {
-    // The message template: the PUBLISH with a zero payload; id, sequence and time are patched.
-    let mut tmpl = Vec::new();
-    codec::publish(&mut tmpl, &spec.topic, spec.qos, 1, &vec![0u8; spec.size]);
-    let payload_at = tmpl.len() - spec.size;
-    let id_at = payload_at - 2; // packet id (QoS 1 only)
-    tmpl[payload_at..payload_at + 4].copy_from_slice(&spec.id.to_be_bytes());
-    let msg_len = tmpl.len();
+    // The message templates: the PUBLISH with a zero payload; id, sequence and time are patched.
+    // In v5 with a topic alias the first one carries the topic and the alias, the rest (`tmpl`)
+    // only the alias; otherwise both are the same.
+    let first_tmpl = Template::new(conn, spec);
+    let tmpl = Template::new(conn, spec);
+    let msg_len = tmpl.bytes.len();
     let batch = (WRITE_BATCH / msg_len).max(1) as u64;
-    let refill_at = (spec.inflight / 4).clamp(1, batch);
+    // A v5 broker may take fewer unacknowledged QoS 1 PUBLISHes than our window.
+    let inflight = spec
+        .inflight
+        .min(u64::from(conn.server_receive_maximum))
+        .max(1);
+    let refill_at = (inflight / 4).clamp(1, batch);
 
     let mut phase = *phase_rx.borrow_and_update();
     while phase == SETUP {
@@ -286,7 +412,8 @@ async fn publisher_loop(
         phase = *phase_rx.borrow_and_update();
     }
 
-    let mut wbuf: Vec<u8> = Vec::with_capacity(WRITE_LOW + WRITE_BATCH + msg_len);
+    let mut wbuf: Vec<u8> =
+        Vec::with_capacity(WRITE_LOW + WRITE_BATCH + first_tmpl.bytes.len().max(msg_len));
     let mut wpos = 0usize;
     conn.rbuf.reserve(READ_CHUNK);
     let mut produced: u64 = 0;
@@ -306,7 +433,7 @@ async fn publisher_loop(
         if phase == RUN && wbuf.len() - wpos < WRITE_LOW {
             let mut n = batch.min(tokens);
             if spec.qos > 0 {
-                let free = spec.inflight.saturating_sub(produced.saturating_sub(acked));
+                let free = inflight.saturating_sub(produced.saturating_sub(acked));
                 // Refill only once a quarter of the window is free, so that acks trickling in
                 // one by one do not cost one small write each.
                 n = if free >= refill_at { n.min(free) } else { 0 };
@@ -318,8 +445,10 @@ async fn publisher_loop(
                 }
                 let mut ts = shared.now_ns();
                 for _ in 0..n {
+                    let t = if produced == 0 { &first_tmpl } else { &tmpl };
+                    let (id_at, payload_at) = (t.id_at, t.payload_at);
                     let at = wbuf.len();
-                    wbuf.extend_from_slice(&tmpl);
+                    wbuf.extend_from_slice(&t.bytes);
                     let m = &mut wbuf[at..];
                     if spec.qos > 0 {
                         let id = (produced % 65_535) as u16 + 1;
@@ -365,10 +494,21 @@ async fn publisher_loop(
                         Ok(_) => {
                             let mut used = 0;
                             let mut acks = 0;
-                            while let Some((p, n)) = codec::decode(&conn.rbuf[used..])? {
+                            let mut refused = 0;
+                            while let Some((p, n)) = codec::decode(&conn.rbuf[used..], conn.version)? {
                                 used += n;
-                                if let Packet::PubAck { .. } = p {
-                                    acks += 1;
+                                match p {
+                                    Packet::PubAck { code, .. } => {
+                                        acks += 1;
+                                        // 0x10 (no matching subscribers) is a success.
+                                        if code >= 0x80 {
+                                            refused += 1;
+                                        }
+                                    }
+                                    Packet::Disconnect { code, reason_string } => {
+                                        return Err(broker_disconnect(code, reason_string));
+                                    }
+                                    _ => {}
                                 }
                             }
                             conn.rbuf.advance(used);
@@ -376,6 +516,10 @@ async fn publisher_loop(
                             if acks > 0 {
                                 acked += acks;
                                 ctr.acked.store(acked, Relaxed);
+                            }
+                            if refused > 0 {
+                                // Counted as errors: the subscribers will miss these.
+                                bump(&ctr.errors, refused);
                             }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -410,6 +554,35 @@ async fn publisher_loop(
                 }
                 codec::pingreq(&mut wbuf);
             }
+        }
+    }
+}
+
+/// A PUBLISH as the publisher loop sends it, with a zero payload but for the publisher id; the
+/// packet id, sequence and time are patched in per message.
+struct Template {
+    bytes: Vec<u8>,
+    /// Where the packet id is (QoS 1 only).
+    id_at: usize,
+    payload_at: usize,
+}
+
+impl Template {
+    /// The next PUBLISH on `spec.topic` for this connection (see [`Conn::encode_publish`]).
+    fn new(conn: &mut Conn, spec: &PubSpec) -> Template {
+        let mut bytes = Vec::new();
+        conn.encode_publish(&mut bytes, &spec.topic, spec.qos, 1, &vec![0u8; spec.size]);
+        let payload_at = bytes.len() - spec.size;
+        bytes[payload_at..payload_at + 4].copy_from_slice(&spec.id.to_be_bytes());
+        // The packet id follows the fixed header and the topic (v3 and v5 alike).
+        let remaining_length_len = bytes[1..].iter().take_while(|&&b| b & 0x80 != 0).count() + 1;
+        let topic_at = 1 + remaining_length_len;
+        let topic_len = u16::from_be_bytes([bytes[topic_at], bytes[topic_at + 1]]) as usize;
+        let id_at = topic_at + 2 + topic_len;
+        Template {
+            bytes,
+            id_at,
+            payload_at,
         }
     }
 }
@@ -499,15 +672,28 @@ async fn subscriber_loop(
             (0, 0, 0)
         };
         let mut used = 0;
-        while let Some((p, n)) = codec::decode(&conn.rbuf[used..])? {
+        while let Some((p, n)) = codec::decode(&conn.rbuf[used..], conn.version)? {
             used += n;
+            if let Packet::Disconnect {
+                code,
+                reason_string,
+            } = p
+            {
+                return Err(broker_disconnect(code, reason_string));
+            }
             if let Packet::Publish {
                 qos,
                 packet_id,
+                topic,
+                topic_alias,
                 payload,
                 ..
             } = p
             {
+                if topic_alias != 0 {
+                    // Learns or checks the broker's alias (the topic itself is not needed).
+                    conn.aliases.resolve(topic, topic_alias)?;
+                }
                 if qos == 1 {
                     codec::puback(&mut acks, packet_id);
                 }

@@ -1,8 +1,9 @@
-//! `coolpy7-bench`: an MQTT 3.1.1 load generator for comparing coolpy7 with other brokers
+//! `coolpy7-bench`: an MQTT 3.1.1 / 5.0 load generator for comparing coolpy7 with other brokers
 //! (Mosquitto, rumqttd) on one small machine, where the generator shares the CPU with the broker
 //! and so must cost as little as possible.
 //!
-//! - [`codec`]: a small client-side codec (encoders into reused buffers, a borrowing decoder).
+//! - [`codec`]: a small client-side codec (encoders into reused buffers, a borrowing decoder),
+//!   3.1.1 and 5.0 (properties, reason codes, topic aliases both ways).
 //! - [`client`]: connection set-up and the publisher / subscriber loops: one task per
 //!   connection, 64 KiB reads decoded in place, batched writes, per-connection counters in
 //!   atomics (no locks, no allocation per message).
@@ -13,6 +14,8 @@
 //! - [`report`]: `/proc` readings (RSS, CPU), percentiles and the JSON line.
 
 use clap::{Parser, ValueEnum};
+
+use codec::Version;
 
 pub mod client;
 pub mod codec;
@@ -52,7 +55,7 @@ impl Scenario {
     }
 }
 
-/// MQTT 3.1.1 load generator. Prints one JSON line on stdout and a summary on stderr.
+/// MQTT 3.1.1 / 5.0 load generator. Prints one JSON line on stdout and a summary on stderr.
 ///
 /// Exit status: 0 when the run completed (even with loss or socket errors, which are reported),
 /// 1 when the set-up failed (could not connect or subscribe), 2 on bad arguments.
@@ -78,6 +81,19 @@ pub struct Args {
     /// [default: --port]
     #[arg(long)]
     pub sub_port: Option<u16>,
+    /// MQTT version every client speaks: 3 (3.1.1) or 5 (5.0: CONNECT with Receive Maximum and
+    /// Topic Alias Maximum, publishers send their topic once with an alias and then only the
+    /// alias when the broker allows aliases, the broker's aliases are resolved).
+    #[arg(long, default_value = "3", value_parser = parse_mqtt)]
+    pub mqtt: Version,
+    /// v5: Topic Alias Maximum sent in CONNECT (how many aliases the broker may use towards each
+    /// client); 0 also keeps publishers from using aliases.
+    #[arg(long, default_value_t = 64)]
+    pub topic_alias_max: u16,
+    /// v5: Receive Maximum sent in CONNECT by subscribers (and every other client but the
+    /// publishers, which send --inflight); 65535 is the protocol's default, no window, as in 3.1.1.
+    #[arg(long, default_value_t = 65_535, value_parser = clap::value_parser!(u16).range(1..))]
+    pub receive_max: u16,
     /// QoS of publishes and subscriptions.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
@@ -120,7 +136,8 @@ pub struct Args {
     /// Keepalive sent in CONNECT, seconds (clients PINGREQ every keepalive/2).
     #[arg(long, default_value_t = 600)]
     pub keepalive: u16,
-    /// QoS 1: max unacknowledged PUBLISHes per publisher.
+    /// QoS 1: max unacknowledged PUBLISHes per publisher (v5: also its Receive Maximum, and the
+    /// broker's Receive Maximum caps it).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_535))]
     pub inflight: u32,
     /// Subscriptions on unrelated topics added first (half exact, half wildcard), spread over
@@ -150,6 +167,40 @@ pub struct Args {
     /// Print a progress line every second on stderr.
     #[arg(long)]
     pub progress: bool,
+}
+
+fn parse_mqtt(s: &str) -> Result<Version, String> {
+    match s {
+        "3" | "3.1.1" | "4" => Ok(Version::V311),
+        "5" | "5.0" => Ok(Version::V5),
+        _ => Err(format!("'{s}' is not 3 (MQTT 3.1.1) or 5 (MQTT 5.0)")),
+    }
+}
+
+impl Args {
+    /// The version as a number for reports: 3 or 5.
+    pub fn mqtt_number(&self) -> u8 {
+        match self.mqtt {
+            Version::V311 => 3,
+            Version::V5 => 5,
+        }
+    }
+
+    /// What subscribers and other non-publishing clients send in CONNECT.
+    pub fn login(&self) -> client::Login {
+        client::Login {
+            version: self.mqtt,
+            keepalive: self.keepalive,
+            receive_maximum: self.receive_max,
+            topic_alias_maximum: self.topic_alias_max,
+        }
+    }
+
+    /// What publishers send: their Receive Maximum is their in-flight window.
+    pub fn publisher_login(&self) -> client::Login {
+        self.login()
+            .receive_maximum(self.inflight.min(65_535) as u16)
+    }
 }
 
 /// Runs the load generator; returns the process exit code.

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::client::{self, Conn, Counters, PubSpec, Shared, SubSpec};
+use super::client::{self, Conn, Counters, Login, PubSpec, Shared, SubSpec};
 use super::codec;
 use super::report::{self, round1};
 use super::{Args, Scenario};
@@ -151,19 +151,26 @@ fn extra_filters(n: u32) -> Vec<String> {
         .collect()
 }
 
-/// Opens (and subscribes) every client concurrently; fails on the first failure.
+/// Opens (and subscribes) every client concurrently; fails on the first failure, and when a v5
+/// broker's Maximum QoS is below `qos`.
 async fn open_all(
     addr: SocketAddr,
     clients: Vec<(String, Vec<String>)>,
     qos: u8,
-    keepalive: u16,
+    login: Login,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Conn>> {
     let mut set = JoinSet::new();
     let count = clients.len();
     for (i, (id, filters)) in clients.into_iter().enumerate() {
         set.spawn(async move {
-            let mut conn = client::open(addr, None, &id, keepalive, timeout).await?;
+            let mut conn = client::open(addr, None, &id, &login, timeout).await?;
+            if conn.server_maximum_qos < qos {
+                return Err(anyhow!(
+                    "{id}: the broker's Maximum QoS is {}, below --qos {qos}",
+                    conn.server_maximum_qos
+                ));
+            }
             if !filters.is_empty() {
                 tokio::time::timeout(timeout, conn.subscribe(&filters, qos))
                     .await
@@ -219,6 +226,8 @@ struct State {
     /// Idle (--extra-subs) and stalled clients, kept open until the end.
     held: Vec<Conn>,
     setup_secs: f64,
+    /// v5: the broker's Receive Maximum and Topic Alias Maximum (from a publisher's CONNACK).
+    broker_limits: Option<(u16, u16)>,
     rss_before_kb: Option<u64>,
     rss_after_kb: Option<u64>,
     window_secs: f64,
@@ -294,6 +303,7 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
     let mut out = Map::new();
     out.insert("scenario".into(), args.scenario.name().into());
     out.insert("ok".into(), (!timed_out).into());
+    out.insert("mqtt".into(), args.mqtt_number().into());
     out.insert("qos".into(), args.qos.into());
     out.insert("size".into(), args.size.into());
     out.insert("publishers".into(), plan.publishers.len().into());
@@ -323,6 +333,11 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
     if args.qos > 0 {
         out.insert("inflight".into(), args.inflight.into());
     }
+    if let Some((receive, alias)) = st.broker_limits {
+        out.insert("broker_receive_max".into(), receive.into());
+        out.insert("broker_topic_alias_max".into(), alias.into());
+        out.insert("topic_alias_max".into(), args.topic_alias_max.into());
+    }
     out.insert("extra_subs".into(), args.extra_subs.into());
     out.insert("stalled".into(), args.stalled.into());
     out.insert("threads".into(), args.threads.into());
@@ -345,9 +360,10 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
     }
 
     eprintln!(
-        "{} qos{} size={} pubs={} subs={} rate={}: sent {:.0}/s, delivered {:.0}/s over {:.1}s; \
-         sent={} delivered={} expected={} lost={} dup={} gaps={} errors={}{}{}",
+        "{} mqtt{} qos{} size={} pubs={} subs={} rate={}: sent {:.0}/s, delivered {:.0}/s over \
+         {:.1}s; sent={} delivered={} expected={} lost={} dup={} gaps={} errors={}{}{}",
         args.scenario.name(),
+        args.mqtt_number(),
         args.qos,
         args.size,
         plan.publishers.len(),
@@ -402,7 +418,7 @@ async fn traffic_body(
     )
     .await?;
     let timeout = secs(args.connect_timeout);
-    let keepalive = args.keepalive;
+    let login = args.login();
     let qos = args.qos;
     let prefix = &args.id_prefix;
     let setup_start = Instant::now();
@@ -417,7 +433,7 @@ async fn traffic_body(
                 .enumerate()
                 .map(|(i, f)| (format!("{prefix}-x{i}"), f.to_vec()))
                 .collect();
-            let idle = open_all(sub_addr, clients, qos, keepalive, timeout).await?;
+            let idle = open_all(sub_addr, clients, qos, login, timeout).await?;
             st.held.extend(idle);
         }
         let clients = plan
@@ -426,7 +442,7 @@ async fn traffic_body(
             .enumerate()
             .map(|(i, f)| (format!("{prefix}-s{i}"), f.clone()))
             .collect();
-        let subs = open_all(sub_addr, clients, qos, keepalive, timeout).await?;
+        let subs = open_all(sub_addr, clients, qos, login, timeout).await?;
         if args.stalled > 0 {
             let clients = (0..args.stalled as usize)
                 .map(|j| {
@@ -434,19 +450,24 @@ async fn traffic_body(
                     (format!("{prefix}-st{j}"), vec![filter])
                 })
                 .collect();
-            let stalled = open_all(sub_addr, clients, qos, keepalive, timeout).await?;
+            let stalled = open_all(sub_addr, clients, qos, login, timeout).await?;
             st.held.extend(stalled);
         }
         let clients = (0..plan.publishers.len())
             .map(|i| (format!("{prefix}-p{i}"), Vec::new()))
             .collect();
-        let pubs = open_all(pub_addr, clients, qos, keepalive, timeout).await?;
+        let pubs = open_all(pub_addr, clients, qos, args.publisher_login(), timeout).await?;
         anyhow::Ok((subs, pubs))
     };
     let (subs, pubs) = tokio::time::timeout(timeout, setup)
         .await
         .map_err(|_| anyhow!("set-up took longer than --connect-timeout {timeout:?}"))??;
     st.setup_secs = setup_start.elapsed().as_secs_f64();
+    if args.mqtt == codec::Version::V5 {
+        st.broker_limits = pubs
+            .first()
+            .map(|c| (c.server_receive_maximum, c.server_topic_alias_maximum));
+    }
 
     let latency = args.scenario == Scenario::Latency;
     for conn in subs {
@@ -488,6 +509,17 @@ async fn traffic_body(
         args.extra_subs,
         st.setup_secs
     );
+    if let Some((receive, alias)) = st.broker_limits {
+        eprintln!(
+            "broker's CONNACK: Receive Maximum {receive}, Topic Alias Maximum {alias} \
+             (publishers {} topic aliases)",
+            if alias > 0 && args.topic_alias_max > 0 {
+                "use"
+            } else {
+                "do not use"
+            }
+        );
+    }
     st.rss_before_kb = args.pid.and_then(report::rss_kb);
 
     // Publish: warm-up, then the measured window.
@@ -621,8 +653,8 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
             }
             let id = format!("{}-c{i}", args.id_prefix);
             let bind = source(i);
-            let keepalive = args.keepalive;
-            set.spawn(async move { client::open(addr, bind, &id, keepalive, timeout).await });
+            let login = args.login();
+            set.spawn(async move { client::open(addr, bind, &id, &login, timeout).await });
         }
         while let Some(j) = set.join_next().await {
             handle(j);
@@ -675,6 +707,7 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
 
     let mut out = Map::new();
     out.insert("scenario".into(), "conns".into());
+    out.insert("mqtt".into(), args.mqtt_number().into());
     out.insert("ok".into(), (!timed_out).into());
     out.insert("timed_out".into(), timed_out.into());
     out.insert("conns".into(), target.into());

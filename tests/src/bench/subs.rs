@@ -56,6 +56,7 @@ pub async fn subs(args: &Args) -> anyhow::Result<Map<String, Value>> {
     let rss = || args.pid.and_then(report::rss_kb);
     let mut out = Map::new();
     out.insert("scenario".into(), "subs".into());
+    out.insert("mqtt".into(), args.mqtt_number().into());
     out.insert("filters".into(), filters.into());
     out.insert("clients".into(), clients.into());
 
@@ -111,9 +112,9 @@ async fn connect_holders(
             store(&mut conns, set.join_next().await)?;
         }
         let id = format!("{}-h{i}", args.id_prefix);
-        let keepalive = args.keepalive;
+        let login = args.login();
         set.spawn(async move {
-            let conn = client::open(addr, None, &id, keepalive, timeout).await?;
+            let conn = client::open(addr, None, &id, &login, timeout).await?;
             anyhow::Ok((i as usize, conn))
         });
     }
@@ -178,7 +179,7 @@ async fn subscribe_windowed(
             let chunk: Vec<String> = filters.by_ref().take(PER_PACKET).collect();
             let id = conn.next_packet_id;
             conn.next_packet_id = conn.next_packet_id.wrapping_add(1).max(1);
-            codec::subscribe(&mut out, id, &chunk, qos);
+            codec::subscribe(&mut out, conn.version, id, &chunk, qos);
             waiting.push_back(id);
         }
         if !out.is_empty() {
@@ -194,7 +195,7 @@ async fn subscribe_windowed(
         refused += conn
             .wait_for(|p| match p {
                 Packet::SubAck { packet_id, codes } if packet_id == id => {
-                    Some(codes.iter().filter(|&&c| c == 0x80).count() as u64)
+                    Some(client::refused(codes) as u64)
                 }
                 _ => None,
             })
@@ -211,14 +212,17 @@ async fn measure_teardown(
     timeout: Duration,
 ) -> anyhow::Result<Map<String, Value>> {
     let topic = format!("pair/{}", args.id_prefix);
-    let keepalive = args.keepalive;
-    let mut subscriber = client::open(addr, None, &format!("{topic}-s"), keepalive, timeout)
-        .await
-        .map(|c| c.stream)?;
+    let login = args.login();
+    let version = login.version;
+    let Conn {
+        stream: mut subscriber,
+        aliases: mut sub_aliases,
+        ..
+    } = client::open(addr, None, &format!("{topic}-s"), &login, timeout).await?;
     let mut buf = Vec::new();
-    codec::subscribe(&mut buf, 1, &[topic.as_str()], 0);
+    codec::subscribe(&mut buf, version, 1, &[topic.as_str()], 0);
     subscriber.write_all(&buf).await?;
-    let mut publisher = client::open(addr, None, &format!("{topic}-p"), keepalive, timeout).await?;
+    let mut publisher = client::open(addr, None, &format!("{topic}-p"), &login, timeout).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // The subscriber: every PUBLISH's arrival time (the SUBACK is skipped by the decoder loop).
@@ -239,9 +243,13 @@ async fn measure_teardown(
                         let now = Instant::now();
                         rbuf.extend_from_slice(&chunk[..n]);
                         let mut used = 0;
-                        while let Ok(Some((packet, len))) = codec::decode(&rbuf[used..]) {
+                        while let Ok(Some((packet, len))) = codec::decode(&rbuf[used..], version) {
                             used += len;
-                            if matches!(packet, Packet::Publish { .. }) {
+                            if let Packet::Publish { topic, topic_alias, .. } = packet {
+                                // A broker breaking the alias rules ends the arrivals here.
+                                if sub_aliases.resolve(topic, topic_alias).is_err() {
+                                    return arrivals;
+                                }
                                 arrivals.push(now);
                             }
                         }
@@ -258,15 +266,20 @@ async fn measure_teardown(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // In v5 the first PUBLISH may set a topic alias that the others use.
+            let mut first = Vec::new();
+            publisher.encode_publish(&mut first, &topic, 0, 0, b"tick");
             let mut packet = Vec::new();
-            codec::publish(&mut packet, &topic, 0, 0, b"tick");
+            publisher.encode_publish(&mut packet, &topic, 0, 0, b"tick");
+            let mut next = &first;
             loop {
                 tokio::select! {
                     _ = stop.changed() => return,
                     _ = tick.tick() => {
-                        if publisher.stream.write_all(&packet).await.is_err() {
+                        if publisher.stream.write_all(next).await.is_err() {
                             return;
                         }
+                        next = &packet;
                     }
                 }
             }
@@ -291,7 +304,7 @@ async fn measure_teardown(
         let start = Instant::now();
         let id = format!("{topic}-probe{attempt}");
         attempt += 1;
-        let conn = client::open(addr, None, &id, keepalive, timeout).await;
+        let conn = client::open(addr, None, &id, &login, timeout).await;
         let took = start.elapsed().as_secs_f64() * 1000.0;
         let at = (start - disconnected).as_secs_f64() * 1000.0;
         // A CONNECT that gets no CONNACK within --connect-timeout counts with the time it

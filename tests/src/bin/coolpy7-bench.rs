@@ -1,10 +1,11 @@
-//! `coolpy7-bench`: an MQTT 3.1.1 load generator (see `coolpy7_tests::bench`).
+//! `coolpy7-bench`: an MQTT 3.1.1 / 5.0 load generator (see `coolpy7_tests::bench`).
 //!
 //! ```text
 //! coolpy7-bench fanin   --qos 1 --publishers 4 --secs 10
 //! coolpy7-bench fanout  --subscribers 8
 //! coolpy7-bench p2p     --pairs 8
 //! coolpy7-bench latency --rate 1000 --qos 1
+//! coolpy7-bench fanin   --qos 1 --mqtt 5     # MQTT 5.0: topic aliases, Receive Maximum
 //! coolpy7-bench conns   --conns 10000 --pid $(pidof coolpy7)
 //! coolpy7-bench subs    --filters 1000000 --pid $(pidof coolpy7)
 //! ```
