@@ -317,7 +317,8 @@ struct Args {
     #[arg(long = "cad", env = "COOLPY7_CAD", value_name = "ADDR")]
     advertise: Option<String>,
 
-    /// Cluster: largest forwarded record in bytes (topic + payload + 7); larger ones stay local
+    /// Cluster: largest forwarded record in bytes (topic + payload + 7, + MQTT 5 properties + 2 and
+    /// expiry 4 when present); larger ones stay local
     #[arg(
         long = "csl",
         env = "COOLPY7_CSL",
@@ -325,6 +326,12 @@ struct Args {
         default_value_t = 4096
     )]
     sync_limit: usize,
+
+    /// Cluster: newest sync (forwarding) version this node writes and reads, 1 or 2; 1 plays a
+    /// node of a release before MQTT 5 (messages cross without their MQTT 5 properties)
+    #[arg(long = "csv", env = "COOLPY7_CSV", value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(1..=2))]
+    sync_version: u8,
 
     /// Cluster: milliseconds between probes of a random member
     #[arg(long = "cpp", env = "COOLPY7_CPP", value_name = "MS", default_value_t = 1000,
@@ -593,6 +600,7 @@ impl Config {
             sync_port: args.sync_port,
             rejoin_secs: args.rejoin_secs,
             sync_limit: args.sync_limit,
+            sync_version: args.sync_version,
             probe_period_ms: args.probe_period_ms,
             probe_rtt_ms: args.probe_rtt_ms,
             // Bounded to 1..=16 by the value parser.
@@ -855,6 +863,48 @@ mod tests {
             assert_eq!(error.kind(), ErrorKind::ValueValidation, "{args:?}");
             let text = error.to_string();
             assert!(text.contains(needle), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn sync_version_flag() {
+        let _env = lock_env();
+        let cluster = ["-nid", "n1", "-csk", "k"];
+        let version = |extra: &[&str]| {
+            let args: Vec<&str> = cluster.iter().chain(extra).copied().collect();
+            ok(&args).cluster.expect("cluster mode").sync_version
+        };
+        assert_eq!(version(&[]), 2, "default");
+        for form in all_forms("csv", "1") {
+            let form: Vec<&str> = form.iter().map(String::as_str).collect();
+            assert_eq!(version(&form), 1, "{form:?}");
+        }
+        assert_eq!(version(&["-csv=1", "-csv=2"]), 2, "the last one wins");
+        for bad in ["0", "3", "x", "", "-1", "256"] {
+            let flag = format!("-csv={bad}");
+            let args: Vec<&str> = cluster.iter().copied().chain([flag.as_str()]).collect();
+            let error = err(&args);
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            assert!(error.to_string().contains("--csv"), "{args:?}: {error}");
+        }
+
+        std::env::set_var("COOLPY7_CSV", "1");
+        let from_env = parse(&cluster);
+        let cli_wins = parse(&[&cluster[..], &["-csv", "2"]].concat());
+        std::env::set_var("COOLPY7_CSV", "3");
+        let bad_env = parse(&cluster);
+        std::env::remove_var("COOLPY7_CSV");
+        let sync_version = |parsed: Result<Config, clap::Error>| {
+            parsed.map(|config| config.cluster.map(|cluster| cluster.sync_version))
+        };
+        assert_eq!(sync_version(from_env).ok(), Some(Some(1)));
+        assert_eq!(sync_version(cli_wins).ok(), Some(Some(2)));
+        match bad_env {
+            Ok(config) => panic!("COOLPY7_CSV=3 accepted: {config:?}"),
+            Err(error) => {
+                assert_eq!(error.exit_code(), 2);
+                assert!(error.to_string().contains("--csv"), "{error}");
+            }
         }
     }
 

@@ -4,6 +4,8 @@
 //! The MQTT codec ([`crate::codec::decode`]) and the replay window
 //! ([`crate::cluster::replay::ReplayWindow`]) are public already and are fuzzed directly.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use foca::{AccumulatingRuntime, Codec, Foca, PostcardCodec};
 use rand::rngs::StdRng;
@@ -16,6 +18,7 @@ use crate::router::Message;
 /// A sync datagram's body as [`decode_sync_batch`] parsed it.
 #[derive(Debug)]
 pub struct SyncBatch {
+    pub version: u8,
     pub origin: Bytes,
     pub boot_ms: u64,
     pub destination: Bytes,
@@ -24,10 +27,12 @@ pub struct SyncBatch {
     pub records: Vec<Message>,
 }
 
-/// The sync receiver's parser of an authenticated datagram body (tag already removed).
-pub fn decode_sync_batch(body: &[u8]) -> Option<SyncBatch> {
-    let batch = sync::decode_batch(body)?;
+/// The sync receiver's parser of an authenticated datagram body (tag already removed), in a
+/// node that reads every version, received at `now` (from which expiries count).
+pub fn decode_sync_batch(body: &[u8], now: Instant) -> Option<SyncBatch> {
+    let batch = sync::decode_batch(body, sync::NEWEST_VERSION, now)?;
     Some(SyncBatch {
+        version: batch.version,
         origin: batch.origin,
         boot_ms: batch.boot_ms,
         destination: batch.destination,
@@ -37,8 +42,12 @@ pub fn decode_sync_batch(body: &[u8]) -> Option<SyncBatch> {
     })
 }
 
-/// The sync sender's encoding of a datagram body (without the tag), for round trips.
+/// The sync sender's encoding of a datagram body (without the tag) in sync `version`, with
+/// expiries measured at `now`, for round trips.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_sync_batch(
+    version: u8,
+    now: Instant,
     origin: &str,
     boot_ms: u64,
     destination: &str,
@@ -49,16 +58,17 @@ pub fn encode_sync_batch(
     let origin = Origin {
         node_id: origin.to_owned(),
         boot_ms,
-        started: std::time::Instant::now(),
+        started: now,
+        version,
     };
     let mut destination = identity(destination);
     destination.boot_ms = destination_boot_ms;
     let mut out = Vec::new();
-    sync::encode_header(&mut out, &origin, &destination, seq);
+    sync::encode_header(&mut out, version, &origin, &destination, seq);
     // The sender never puts more than u16::MAX records in one datagram.
     out.extend_from_slice(&(records.len() as u16).to_be_bytes());
     for record in records {
-        sync::encode_record(&mut out, record);
+        sync::encode_record(&mut out, record, version, now);
     }
     out
 }

@@ -417,7 +417,8 @@ impl MemberView {
             sync_addr: identity.sync_addr().to_string(),
             mqtt_port: identity.mqtt_port,
             state: state.to_string(),
-            version: identity.version.clone(),
+            // Without the sync versions gossip carries in it.
+            version: identity.release().to_string(),
             uptime_secs: now_ms.saturating_sub(identity.boot_ms) / 1000,
             local,
         }

@@ -60,17 +60,33 @@ fn main() -> std::io::Result<()> {
         message("sensors/1/t", b"21.5", QoS::AtLeastOnce, true),
         message("x", b"", QoS::ExactlyOnce, false),
     ];
-    for (name, records) in [
-        ("one", &records[..1]),
-        ("three", &records[..]),
-        ("none", &[]),
+    let now = std::time::Instant::now();
+    let mut v5 = message("v5/t", b"{}", QoS::AtLeastOnce, false);
+    v5.expires_at = Some(now + std::time::Duration::from_secs(30));
+    let mut properties = BytesMut::new();
+    coolpy7::codec::PropertyValues {
+        payload_format_indicator: Some(true),
+        content_type: Some("application/json".into()),
+        response_topic: Some("v5/reply".into()),
+        correlation_data: Some(Bytes::from_static(b"id-1")),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    }
+    .encode(&mut properties);
+    v5.properties = properties.freeze();
+    for (name, version, records) in [
+        ("one", 1, &records[..1]),
+        ("three", 1, &records[..]),
+        ("none", 1, &[]),
+        ("v2-plain", 2, &records[..]),
+        ("v2-mqtt5", 2, std::slice::from_ref(&v5)),
     ] {
         let mut input = vec![0];
-        input.extend(encode_sync_batch("n1", 42, "n2", 7, 9, records));
+        input.extend(encode_sync_batch(version, now, "n1", 42, "n2", 7, 9, records));
         write("sync_datagram", name, &input)?;
     }
-    // origin "n1", destination "n2", boots and seq, two records.
-    let mut description = vec![1, 2, b'n', b'1', 2, b'n', b'2'];
+    // Version 2 (1 + 1), origin "n1", destination "n2", boots and seq, two records.
+    let mut description = vec![1, 1, 2, b'n', b'1', 2, b'n', b'2'];
     description.extend([
         8, 0, 0, 0, 0, 0, 0, 0, 42, 8, 0, 0, 0, 0, 0, 0, 0, 7, 8, 0, 0, 0, 0,
     ]);

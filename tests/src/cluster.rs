@@ -47,8 +47,8 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// suspect-to-down after 1 s; plus re-join attempts to absent seeds every second.
 pub const FAST_TIMINGS: &[&str] = &["-cpp", "300", "-cpr", "100", "-csd", "1000"];
 
-/// Size of a forwarded record: flags (1) + topic length (2) + topic + payload length (4) +
-/// payload.
+/// Size of a forwarded record without MQTT 5 properties or expiry (the same in sync versions 1
+/// and 2): flags (1) + topic length (2) + topic + payload length (4) + payload.
 pub fn record_size(topic: &str, payload_len: usize) -> usize {
     7 + topic.len() + payload_len
 }
@@ -720,16 +720,22 @@ pub fn free_udp_port() -> u16 {
 // Datagrams.
 
 /// One record of a sync publish batch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Record {
     pub qos: u8,
     pub retain: bool,
     pub topic: String,
     pub payload: Vec<u8>,
+    /// Version 2: the seconds of Message Expiry left when sent (flag bit 3).
+    pub expiry: Option<u32>,
+    /// Version 2: the MQTT 5 properties, in wire form without their length (flag bit 4; empty
+    /// = absent).
+    pub properties: Vec<u8>,
 }
 
 /// A sync datagram (version 1, kind 1 = publish batch) as the contract describes it, ending with
-/// `tag` (which the test cannot compute, so it is always wrong).
+/// `tag` (which the test cannot compute, so it is always wrong). Version 1 records carry no
+/// expiry or properties.
 pub fn sync_datagram(
     origin: (&str, u64),
     destination: (&str, u64),
@@ -737,7 +743,20 @@ pub fn sync_datagram(
     records: &[Record],
     tag: &[u8; 32],
 ) -> Vec<u8> {
-    let mut out = vec![1u8, 1u8];
+    sync_datagram_version(1, origin, destination, sequence, records, tag)
+}
+
+/// A sync datagram of `version` (1 or 2): version 2 writes each record's expiry and properties
+/// when present.
+pub fn sync_datagram_version(
+    version: u8,
+    origin: (&str, u64),
+    destination: (&str, u64),
+    sequence: u64,
+    records: &[Record],
+    tag: &[u8; 32],
+) -> Vec<u8> {
+    let mut out = vec![version, 1u8];
     for (id, epoch) in [origin, destination] {
         out.push(u8::try_from(id.len()).expect("node id up to 255 bytes"));
         out.extend_from_slice(id.as_bytes());
@@ -750,13 +769,36 @@ pub fn sync_datagram(
             .to_be_bytes(),
     );
     for record in records {
-        out.push((record.qos & 0b11) | if record.retain { 0b100 } else { 0 });
+        let extras = version >= 2;
+        let expiry = record.expiry.filter(|_| extras);
+        let properties = !record.properties.is_empty() && extras;
+        assert!(
+            extras || (record.expiry.is_none() && record.properties.is_empty()),
+            "version 1 has no room for an expiry or properties"
+        );
+        out.push(
+            (record.qos & 0b11)
+                | if record.retain { 0b100 } else { 0 }
+                | if expiry.is_some() { 0b1000 } else { 0 }
+                | if properties { 0b1_0000 } else { 0 },
+        );
         out.extend_from_slice(
             &u16::try_from(record.topic.len())
                 .expect("topic fits u16")
                 .to_be_bytes(),
         );
         out.extend_from_slice(record.topic.as_bytes());
+        if let Some(secs) = expiry {
+            out.extend_from_slice(&secs.to_be_bytes());
+        }
+        if properties {
+            out.extend_from_slice(
+                &u16::try_from(record.properties.len())
+                    .expect("properties fit u16")
+                    .to_be_bytes(),
+            );
+            out.extend_from_slice(&record.properties);
+        }
         out.extend_from_slice(
             &u32::try_from(record.payload.len())
                 .expect("payload fits u32")
@@ -810,6 +852,20 @@ pub fn signed_sync_datagram(
     records: &[Record],
 ) -> Vec<u8> {
     let unsigned = sync_datagram(origin, destination, sequence, records, &[0; 32]);
+    seal(Port::Sync, cluster_key, &unsigned[..unsigned.len() - 32])
+}
+
+/// A sync publish batch of `version` as [`sync_datagram_version`] builds it, signed with
+/// `cluster_key`.
+pub fn signed_sync_datagram_version(
+    version: u8,
+    cluster_key: &str,
+    origin: (&str, u64),
+    destination: (&str, u64),
+    sequence: u64,
+    records: &[Record],
+) -> Vec<u8> {
+    let unsigned = sync_datagram_version(version, origin, destination, sequence, records, &[0; 32]);
     seal(Port::Sync, cluster_key, &unsigned[..unsigned.len() - 32])
 }
 
@@ -867,6 +923,8 @@ impl GossipEnvelope {
 /// 32-byte tag follows the records.
 #[derive(Debug)]
 pub struct SyncBatch {
+    /// 1 or 2.
+    pub version: u8,
     pub origin: String,
     pub epoch: u64,
     pub destination: String,
@@ -895,10 +953,10 @@ pub fn parse_sync_datagram(datagram: &[u8]) -> Result<SyncBatch, String> {
         }
     }
     let mut r = Reader(datagram);
-    let version = r.uint(1, "version")?;
+    let version = r.uint(1, "version")? as u8;
     let kind = r.uint(1, "kind")?;
-    if (version, kind) != (1, 1) {
-        return Err(format!("version {version} kind {kind}, want 1 1"));
+    if !matches!(version, 1 | 2) || kind != 1 {
+        return Err(format!("version {version} kind {kind}, want 1 or 2, and 1"));
     }
     let id_len = r.uint(1, "origin id length")? as usize;
     let origin = String::from_utf8(r.take(id_len, "origin id")?.to_vec())
@@ -913,9 +971,26 @@ pub fn parse_sync_datagram(datagram: &[u8]) -> Result<SyncBatch, String> {
     let mut records = Vec::new();
     for i in 0..count {
         let flags = r.uint(1, &format!("record {i} flags"))? as u8;
+        let known = if version >= 2 { 0b1_1111 } else { 0b111 };
+        if flags & !known != 0 {
+            return Err(format!(
+                "record {i} flags {flags:#010b} in version {version}"
+            ));
+        }
         let topic_len = r.uint(2, &format!("record {i} topic length"))? as usize;
         let topic = String::from_utf8(r.take(topic_len, "topic")?.to_vec())
             .map_err(|e| format!("topic not UTF-8: {e}"))?;
+        let expiry = if flags & 0b1000 != 0 {
+            Some(r.uint(4, &format!("record {i} expiry"))? as u32)
+        } else {
+            None
+        };
+        let properties = if flags & 0b1_0000 != 0 {
+            let len = r.uint(2, &format!("record {i} properties length"))? as usize;
+            r.take(len, "properties")?.to_vec()
+        } else {
+            Vec::new()
+        };
         let payload_len = r.uint(4, &format!("record {i} payload length"))? as usize;
         let payload = r.take(payload_len, "payload")?.to_vec();
         records.push(Record {
@@ -923,6 +998,8 @@ pub fn parse_sync_datagram(datagram: &[u8]) -> Result<SyncBatch, String> {
             retain: flags & 0b100 != 0,
             topic,
             payload,
+            expiry,
+            properties,
         });
     }
     if r.0.len() != 32 {
@@ -932,6 +1009,7 @@ pub fn parse_sync_datagram(datagram: &[u8]) -> Result<SyncBatch, String> {
         ));
     }
     Ok(SyncBatch {
+        version,
         origin,
         epoch,
         destination,
@@ -1219,7 +1297,7 @@ pub async fn capture_sync_batch(from: &Node, to: &Node) -> SyncBatch {
     let topic_bytes = topic.as_bytes().to_vec();
     let packet = capture
         .next_matching(TIMEOUT, |p| {
-            p.payload.starts_with(&[1, 1])
+            (p.payload.starts_with(&[1, 1]) || p.payload.starts_with(&[2, 1]))
                 && p.payload
                     .windows(topic_bytes.len())
                     .any(|w| w == topic_bytes.as_slice())

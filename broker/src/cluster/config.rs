@@ -1,4 +1,4 @@
-//! The cluster's settings, resolved from the `-nid -mbs -csk -crp -csp -ol -cad -csl` flags and
+//! The cluster's settings, resolved from the `-nid -mbs -csk -crp -csp -ol -cad -csl -csv` flags and
 //! the failure-detector timings. `config` parses the flags; the rules about which combinations
 //! make sense, and the parsing of node names and seed lists, live here with their tests.
 
@@ -29,8 +29,11 @@ pub struct ClusterConfig {
     pub sync_port: u16,
     /// How often seeds that are not members are resolved and asked to let this node in.
     pub rejoin_interval: Duration,
-    /// Largest forwarded record (7 bytes of framing + topic + payload).
+    /// Largest forwarded record (7 bytes of framing + topic + payload, + the MQTT 5 expiry and
+    /// properties in sync version 2; see `sync::record_len`).
     pub sync_limit: usize,
+    /// The newest sync version this node writes, reads and advertises (`-csv`).
+    pub sync_version: u8,
     pub probe_period: Duration,
     pub probe_rtt: Duration,
     pub indirect_probes: usize,
@@ -48,6 +51,7 @@ pub struct ClusterFlags {
     pub sync_port: u16,
     pub rejoin_secs: u64,
     pub sync_limit: usize,
+    pub sync_version: u8,
     pub probe_period_ms: u64,
     pub probe_rtt_ms: u64,
     pub indirect_probes: usize,
@@ -104,6 +108,15 @@ impl ClusterFlags {
                 self.sync_limit
             ));
         }
+        let versions = super::sync::OLDEST_VERSION..=super::sync::NEWEST_VERSION;
+        if !versions.contains(&self.sync_version) {
+            return Err(format!(
+                "-csv {} is not a sync version this release knows: {} to {}",
+                self.sync_version,
+                versions.start(),
+                versions.end()
+            ));
+        }
         if self.probe_rtt_ms >= self.probe_period_ms {
             return Err(format!(
                 "-cpr ({} ms) must be shorter than -cpp ({} ms): the probe round trip ends \
@@ -120,6 +133,7 @@ impl ClusterFlags {
             sync_port: self.sync_port,
             rejoin_interval: Duration::from_secs(self.rejoin_secs),
             sync_limit: self.sync_limit,
+            sync_version: self.sync_version,
             probe_period: Duration::from_millis(self.probe_period_ms),
             probe_rtt: Duration::from_millis(self.probe_rtt_ms),
             indirect_probes: self.indirect_probes,
@@ -245,6 +259,7 @@ mod tests {
             sync_port: 7947,
             rejoin_secs: 10,
             sync_limit: 4096,
+            sync_version: 2,
             probe_period_ms: 1000,
             probe_rtt_ms: 500,
             indirect_probes: 3,
@@ -393,5 +408,16 @@ mod tests {
         }
         .resolve()
         .is_err());
+        for (version, ok) in [(0, false), (1, true), (2, true), (3, false)] {
+            let resolved = ClusterFlags {
+                sync_version: version,
+                ..base()
+            }
+            .resolve();
+            assert_eq!(resolved.is_ok(), ok, "-csv {version}: {resolved:?}");
+            if let Ok(Some(config)) = resolved {
+                assert_eq!(config.sync_version, version);
+            }
+        }
     }
 }

@@ -62,6 +62,8 @@ pub struct NodeIdentity {
     pub gossip: SocketAddr,
     pub sync_port: u16,
     pub mqtt_port: u16,
+    /// The release, and the sync versions the node reads (see
+    /// [`NodeIdentity::advertised_version`]).
     pub version: String,
     /// Milliseconds since the Unix epoch when the process started: one per boot.
     pub boot_ms: u64,
@@ -100,7 +102,43 @@ impl NodeIdentity {
     pub fn sync_addr(&self) -> SocketAddr {
         SocketAddr::new(self.gossip.ip(), self.sync_port)
     }
+
+    /// The `version` of a node of `release` that reads sync versions 1 to `newest_sync`: the
+    /// release alone when that is version 1 only, as every release before sync version 2 sends
+    /// it, and `<release>+sync.1.2` (semver build metadata) otherwise.
+    ///
+    /// The sync versions travel inside this string because it is the only field an earlier
+    /// release can receive more in: identities are postcard-encoded inside foca's messages,
+    /// which tell no field's length, so a new field would make an earlier release misread every
+    /// message that carries such an identity, and a rolling upgrade would split the cluster.
+    pub fn advertised_version(release: &str, newest_sync: u8) -> String {
+        if newest_sync <= 1 {
+            return release.to_string();
+        }
+        let versions: Vec<String> = (1..=newest_sync).map(|v| v.to_string()).collect();
+        format!("{release}{SYNC_MARK}{}", versions.join("."))
+    }
+
+    /// The release the node runs, without the sync versions.
+    pub fn release(&self) -> &str {
+        self.version
+            .rsplit_once(SYNC_MARK)
+            .map_or(&self.version, |(release, _)| release)
+    }
+
+    /// Whether the node reads sync `version`: only 1 for a node that advertises none.
+    pub fn reads_sync(&self, version: u8) -> bool {
+        match self.version.rsplit_once(SYNC_MARK) {
+            None => version == 1,
+            Some((_, list)) => list
+                .split('.')
+                .any(|listed| listed.parse::<u8>() == Ok(version)),
+        }
+    }
 }
+
+/// What separates the release from the sync versions a node reads in [`NodeIdentity::version`].
+const SYNC_MARK: &str = "+sync.";
 
 /// A member's state as `/brokers` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1012,6 +1050,58 @@ mod tests {
             boot_ms,
             renewal,
         }
+    }
+
+    #[test]
+    fn sync_versions_travel_in_the_version_string() {
+        let mut node = identity("n1", 1, 0);
+        node.version = NodeIdentity::advertised_version("0.2.0", 1);
+        assert_eq!(
+            node.version, "0.2.0",
+            "version 1 only: what earlier releases send"
+        );
+        assert_eq!(node.release(), "0.2.0");
+        assert!(node.reads_sync(1) && !node.reads_sync(2));
+        node.version = NodeIdentity::advertised_version("0.2.0", 2);
+        assert_eq!(node.version, "0.2.0+sync.1.2");
+        assert_eq!(node.release(), "0.2.0");
+        assert!(node.reads_sync(1) && node.reads_sync(2) && !node.reads_sync(3));
+        // A later release may drop version 1; what it lists is what it reads.
+        node.version = "9.0.0+sync.2.3".to_string();
+        assert!(!node.reads_sync(1) && node.reads_sync(2) && node.reads_sync(3));
+        assert_eq!(node.release(), "9.0.0");
+        // An earlier release's identity (the release alone) reads version 1.
+        assert!(identity("old", 1, 0).reads_sync(1));
+        assert!(!identity("old", 1, 0).reads_sync(2));
+    }
+
+    /// The identity as an earlier release declares it, to check it decodes the new one.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct EarlierIdentity {
+        node_id: String,
+        gossip: SocketAddr,
+        sync_port: u16,
+        mqtt_port: u16,
+        version: String,
+        boot_ms: u64,
+        renewal: u32,
+    }
+
+    #[test]
+    fn an_earlier_release_decodes_an_identity_that_advertises_sync_versions() {
+        let mut node = identity("n1", 7, 3);
+        node.version = NodeIdentity::advertised_version("0.2.0", 2);
+        let mut member = Vec::new();
+        PostcardCodec
+            .encode_member(&Member::alive(node.clone()), &mut member)
+            .unwrap();
+        let earlier: Member<EarlierIdentity> = PostcardCodec.decode_member(&member[..]).unwrap();
+        let earlier = earlier.id();
+        assert_eq!(
+            (&earlier.node_id[..], earlier.boot_ms, earlier.renewal),
+            ("n1", 7, 3)
+        );
+        assert_eq!(earlier.version, "0.2.0+sync.1.2");
     }
 
     #[test]

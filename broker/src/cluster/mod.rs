@@ -97,7 +97,7 @@ impl Bound {
             gossip: SocketAddr::new(advertised, gossip_addr.port()),
             sync_port: sync_addr.port(),
             mqtt_port,
-            version: crate::VERSION.to_string(),
+            version: NodeIdentity::advertised_version(crate::VERSION, config.sync_version),
             boot_ms,
             renewal: 0,
         };
@@ -121,7 +121,7 @@ impl Bound {
 
     /// The forwarder the broker publishes through, and the queue it fills.
     pub fn forwarder(&self, metrics: Arc<Metrics>) -> (Forwarder, mpsc::Receiver<Arc<Message>>) {
-        Forwarder::new(self.config.sync_limit, metrics)
+        Forwarder::new(self.config.sync_limit, self.config.sync_version, metrics)
     }
 
     /// Starts gossip, the sync sender and the sync receiver.
@@ -142,6 +142,7 @@ impl Bound {
             node_id: config.node_id.clone(),
             boot_ms,
             started,
+            version: config.sync_version,
         };
         let (leave, leaving) = watch::channel(false);
         let (stop_forwarding, forwarding_stopped) = watch::channel(false);
@@ -161,6 +162,7 @@ impl Bound {
             members.clone(),
             sync_key,
             config.sync_limit,
+            config.sync_version,
             started,
         ));
         let gossip = tokio::spawn(

@@ -9,13 +9,32 @@
 //!
 //! Wire format (all integers big-endian):
 //! ```text
-//! [version = 1][kind = 1][origin id length: u8][origin id][origin boot epoch: u64]
+//! [version: 1 or 2][kind = 1][origin id length: u8][origin id][origin boot epoch: u64]
 //! [destination id length: u8][destination id][destination boot epoch: u64][seq: u64]
 //! [record count: u16] records... [HMAC-SHA256 tag: 32 bytes]
-//! record: [flags: u8 (bits 0-1 QoS, bit 2 retain)][topic length: u16][topic]
-//!         [payload length: u32][payload]
+//! record, version 1: [flags: u8 (bits 0-1 QoS, bit 2 retain)][topic length: u16][topic]
+//!                    [payload length: u32][payload]
+//! record, version 2: [flags: u8 (bits 0-1 QoS, bit 2 retain, bit 3 expiry, bit 4 properties)]
+//!                    [topic length: u16][topic]
+//!                    [only with bit 3: seconds of Message Expiry left when sent: u32]
+//!                    [only with bit 4: properties length: u16 (never 0)][properties]
+//!                    [payload length: u32][payload]
 //! ```
-//! A record's size, which `-csl` limits, is [`record_len`]: 7 bytes plus topic plus payload.
+//! Version 2 adds what an MQTT 5 message carries: its properties (Payload Format Indicator,
+//! Content Type, Response Topic, Correlation Data, User Properties, in MQTT 5 wire form without
+//! the length prefix, checked by the receiver as the codec checks a PUBLISH's, see
+//! [`crate::codec::properties::decode_message_properties`]) and the Message Expiry left, rounded
+//! up so that a message still alive is never sent as expired; the receiver counts it down again
+//! from when it arrives. A record without either is byte for byte a version 1 record.
+//!
+//! Each node tells the others in gossip which versions it reads (see
+//! [`NodeIdentity::reads_sync`]), and the sender writes to each peer the newest version both
+//! know: version 1 to a node of an earlier release, which then delivers the message without its
+//! properties or expiry. `-csv` caps the version a node writes, reads and advertises, so that a
+//! test can play an earlier release. A message expired before it is sent is not sent.
+//!
+//! A record's size, which `-csl` limits, is [`record_len`] in the newest version the node writes:
+//! 7 bytes plus topic plus payload, plus 4 with an expiry, plus 2 and the properties with any.
 //! `seq` increases strictly per origin boot and never lags the origin's monotonic clock in
 //! microseconds, which bounds how far ahead a plausible one can be (see [`super::replay`]).
 //! The destination makes each datagram good for one boot of one node only: a datagram captured
@@ -24,7 +43,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
 use tokio::net::UdpSocket;
@@ -35,15 +54,26 @@ use super::auth::DatagramKey;
 use super::membership::{MemberState, Members, NodeIdentity};
 use super::replay::{ReceivedAt, ReplayWindow, SequenceClock};
 use crate::broker::Broker;
-use crate::codec::QoS;
+use crate::codec::properties::decode_message_properties;
+use crate::codec::{publish_v5_size, PublishV5Extras, QoS};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 use crate::router::Message;
 use crate::topic;
 
-pub const VERSION: u8 = 1;
+/// The sync versions this release knows: version 1 (topic, payload, QoS and retain) and
+/// version 2 (also the MQTT 5 properties and expiry).
+pub const OLDEST_VERSION: u8 = 1;
+pub const NEWEST_VERSION: u8 = 2;
 const KIND_PUBLISH: u8 = 1;
-/// Framing bytes of one record besides its topic and payload.
+/// Framing bytes of one record besides its topic and payload (and, in version 2, its expiry
+/// and properties).
 pub const RECORD_OVERHEAD: usize = 7;
+/// Version 2 record flags: the expiry, and the properties, follow the topic.
+const FLAG_EXPIRY: u8 = 0b1000;
+const FLAG_PROPERTIES: u8 = 0b1_0000;
+/// Bytes of a version 2 record's expiry, and of its properties' length prefix.
+const EXPIRY_LEN: usize = 4;
+const PROPERTIES_PREFIX_LEN: usize = 2;
 /// Records are packed into one datagram up to this many bytes (below a 1500-byte MTU); a larger
 /// record travels alone.
 const BATCH_BYTES: usize = 1200;
@@ -54,25 +84,50 @@ const TAKE: usize = 256;
 /// Replay windows kept before those of members that are gone are dropped.
 const PRUNE_WINDOWS_AT: usize = 64;
 
-/// The size of `message` as a record, which `-csl` limits.
-pub fn record_len(message: &Message) -> usize {
-    RECORD_OVERHEAD + message.topic.len() + message.payload.len()
+/// The size of `message` as a record of sync `version`, which `-csl` limits (in the newest
+/// version the node writes, so that whether a message is forwarded never depends on the peer).
+pub fn record_len(message: &Message, version: u8) -> usize {
+    let mut len = RECORD_OVERHEAD + message.topic.len() + message.payload.len();
+    if version >= 2 {
+        if message.expires_at.is_some() {
+            len += EXPIRY_LEN;
+        }
+        if !message.properties.is_empty() {
+            len += PROPERTIES_PREFIX_LEN + message.properties.len();
+        }
+    }
+    len
+}
+
+/// The version to write to `peer`: the newest that this node writes (at most `newest`) and the
+/// peer reads; `None` if there is none.
+pub fn version_for(peer: &NodeIdentity, newest: u8) -> Option<u8> {
+    (OLDEST_VERSION..=newest.min(NEWEST_VERSION))
+        .rev()
+        .find(|&version| peer.reads_sync(version))
 }
 
 /// The publishing side's handle: cheap to call from any connection.
 pub struct Forwarder {
     queue: mpsc::Sender<Arc<Message>>,
     limit: usize,
+    /// The newest sync version this node writes (`-csv`), whose record size `limit` applies to.
+    version: u8,
     metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
-    pub fn new(limit: usize, metrics: Arc<Metrics>) -> (Forwarder, mpsc::Receiver<Arc<Message>>) {
+    pub fn new(
+        limit: usize,
+        version: u8,
+        metrics: Arc<Metrics>,
+    ) -> (Forwarder, mpsc::Receiver<Arc<Message>>) {
         let (queue, queued) = mpsc::channel(QUEUE);
         (
             Forwarder {
                 queue,
                 limit,
+                version,
                 metrics,
             },
             queued,
@@ -89,7 +144,7 @@ impl Forwarder {
                 .inc();
             return;
         }
-        let len = record_len(message);
+        let len = record_len(message, self.version);
         if len > self.limit {
             debug!(len, limit = self.limit, "message too big to forward (-csl)");
             cluster
@@ -120,6 +175,8 @@ pub struct Origin {
     pub boot_ms: u64,
     /// The same boot on the monotonic clock, which sequence numbers follow.
     pub started: Instant,
+    /// The newest sync version this node writes (`-csv`).
+    pub version: u8,
 }
 
 /// Sends what the forwarder queued. When `stop` fires, the queue is closed, what it still holds
@@ -151,57 +208,78 @@ pub async fn send_loop(
             return;
         }
         let others = members.others();
-        let peers: Vec<&NodeIdentity> = others
+        let peers: Vec<(&NodeIdentity, u8)> = others
             .iter()
             .filter(|m| m.state != MemberState::Down)
-            .map(|m| &m.identity)
+            .filter_map(|m| match version_for(&m.identity, origin.version) {
+                Some(version) => Some((&m.identity, version)),
+                None => {
+                    debug!(peer = %m.identity.node_id, advertised = %m.identity.version,
+                           "peer reads no sync version this node writes; not forwarded to it");
+                    None
+                }
+            })
             .collect();
-        let mut records = batch.drain(..).peekable();
+        // Expiry is checked once, and the seconds left are measured from the same instant for
+        // every peer.
+        let now = Instant::now();
+        batch.retain(|message| !message.is_expired(now));
         if peers.is_empty() {
+            batch.clear();
             continue;
         }
-        while records.peek().is_some() {
-            let seq = sequence.next_seq();
-            records_buf.clear();
-            let mut count: u16 = 0;
-            while let Some(message) = records.peek() {
-                let fits = records_buf.len() + record_len(message) <= BATCH_BYTES;
-                if count > 0 && (!fits || count == u16::MAX) {
-                    break;
-                }
-                encode_record(&mut records_buf, message);
-                count += 1;
-                records.next();
+        // One run of datagrams per version in use: peers of one version share their records
+        // (and sequence numbers), and each peer sees strictly increasing numbers.
+        for version in OLDEST_VERSION..=NEWEST_VERSION {
+            if !peers.iter().any(|&(_, v)| v == version) {
+                continue;
             }
-            for peer in &peers {
-                datagram.clear();
-                encode_header(&mut datagram, &origin, peer, seq);
-                datagram.put_u16(count);
-                datagram.extend_from_slice(&records_buf);
-                key.seal(&mut datagram);
-                let to = peer.sync_addr();
-                match socket.send_to(&datagram, to).await {
-                    Ok(_) => metrics.cluster.datagram_out(ClusterPort::Sync),
-                    Err(error) => {
-                        debug!(%error, %to, "sync send failed");
-                        metrics
-                            .cluster
-                            .dropped(ClusterPort::Sync, ClusterDrop::SendError)
-                            .inc();
+            let mut records = batch.iter().peekable();
+            while records.peek().is_some() {
+                let seq = sequence.next_seq();
+                records_buf.clear();
+                let mut count: u16 = 0;
+                while let Some(message) = records.peek() {
+                    let fits = records_buf.len() + record_len(message, version) <= BATCH_BYTES;
+                    if count > 0 && (!fits || count == u16::MAX) {
+                        break;
+                    }
+                    encode_record(&mut records_buf, message, version, now);
+                    count += 1;
+                    records.next();
+                }
+                for &(peer, _) in peers.iter().filter(|&&(_, v)| v == version) {
+                    datagram.clear();
+                    encode_header(&mut datagram, version, &origin, peer, seq);
+                    datagram.put_u16(count);
+                    datagram.extend_from_slice(&records_buf);
+                    key.seal(&mut datagram);
+                    let to = peer.sync_addr();
+                    match socket.send_to(&datagram, to).await {
+                        Ok(_) => metrics.cluster.datagram_out(ClusterPort::Sync),
+                        Err(error) => {
+                            debug!(%error, %to, "sync send failed");
+                            metrics
+                                .cluster
+                                .dropped(ClusterPort::Sync, ClusterDrop::SendError)
+                                .inc();
+                        }
                     }
                 }
             }
         }
+        batch.clear();
     }
 }
 
 pub(crate) fn encode_header(
     out: &mut Vec<u8>,
+    version: u8,
     origin: &Origin,
     destination: &NodeIdentity,
     seq: u64,
 ) {
-    out.put_u8(VERSION);
+    out.put_u8(version);
     out.put_u8(KIND_PUBLISH);
     put_node(out, &origin.node_id, origin.boot_ms);
     put_node(out, &destination.node_id, destination.boot_ms);
@@ -217,12 +295,32 @@ fn put_node(out: &mut Vec<u8>, node_id: &str, boot_ms: u64) {
     out.put_u64(boot_ms);
 }
 
-pub(crate) fn encode_record(out: &mut Vec<u8>, message: &Message) {
-    let flags = message.qos as u8 | if message.retain { 0b100 } else { 0 };
+/// Appends `message` as a record of sync `version` ([`record_len`] bytes), with the expiry left
+/// at `now`.
+pub(crate) fn encode_record(out: &mut Vec<u8>, message: &Message, version: u8, now: Instant) {
+    let (expiry, properties) = if version >= 2 {
+        (message.remaining_expiry(now), &message.properties[..])
+    } else {
+        (None, &[][..])
+    };
+    let mut flags = message.qos as u8 | if message.retain { 0b100 } else { 0 };
+    if expiry.is_some() {
+        flags |= FLAG_EXPIRY;
+    }
+    if !properties.is_empty() {
+        flags |= FLAG_PROPERTIES;
+    }
     out.put_u8(flags);
-    // Both bounded by -csl, far below u16::MAX and u32::MAX.
+    // All bounded by -csl, far below u16::MAX and u32::MAX.
     out.put_u16(message.topic.len() as u16);
     out.put_slice(&message.topic);
+    if let Some(secs) = expiry {
+        out.put_u32(secs);
+    }
+    if !properties.is_empty() {
+        out.put_u16(properties.len() as u16);
+        out.put_slice(properties);
+    }
     out.put_u32(message.payload.len() as u32);
     out.put_slice(&message.payload);
 }
@@ -230,6 +328,9 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, message: &Message) {
 /// A sync datagram, authenticated and parsed.
 #[derive(Debug)]
 pub(crate) struct Batch {
+    // Read by the tests and the fuzz targets; the receiver needs no more than the records.
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
+    pub(crate) version: u8,
     pub(crate) origin: Bytes,
     pub(crate) boot_ms: u64,
     pub(crate) destination: Bytes,
@@ -238,10 +339,14 @@ pub(crate) struct Batch {
     pub(crate) records: Vec<Message>,
 }
 
-/// Parses an authenticated body; `None` when it is not a well-formed version-1 publish batch.
-pub(crate) fn decode_batch(body: &[u8]) -> Option<Batch> {
+/// Parses an authenticated body received at `now`; `None` when it is not a well-formed publish
+/// batch of a version from 1 to `newest` (the newest this node reads).
+pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batch> {
     let mut buf = body;
-    if buf.remaining() < 2 || buf.get_u8() != VERSION || buf.get_u8() != KIND_PUBLISH {
+    let version = take_u8(&mut buf)?;
+    if !(OLDEST_VERSION..=newest.min(NEWEST_VERSION)).contains(&version)
+        || take_u8(&mut buf)? != KIND_PUBLISH
+    {
         return None;
     }
     let id_len = usize::from(take_u8(&mut buf)?);
@@ -251,27 +356,37 @@ pub(crate) fn decode_batch(body: &[u8]) -> Option<Batch> {
     let destination = take(&mut buf, id_len)?;
     let destination_boot_ms = take_u64(&mut buf)?;
     let seq = take_u64(&mut buf)?;
-    if buf.remaining() < 2 {
-        return None;
-    }
-    let count = buf.get_u16();
+    let count = take_u16(&mut buf)?;
+    let known_flags = if version >= 2 {
+        0b111 | FLAG_EXPIRY | FLAG_PROPERTIES
+    } else {
+        0b111
+    };
     let mut records = Vec::with_capacity(usize::from(count).min(64));
     for _ in 0..count {
         let flags = take_u8(&mut buf)?;
-        if flags & !0b111 != 0 {
+        if flags & !known_flags != 0 {
             return None;
         }
         let qos = QoS::from_u8(flags & 0b11)?;
         let retain = flags & 0b100 != 0;
-        if buf.remaining() < 2 {
-            return None;
-        }
-        let topic_len = usize::from(buf.get_u16());
+        let topic_len = usize::from(take_u16(&mut buf)?);
         let topic = take(&mut buf, topic_len)?;
-        if buf.remaining() < 4 {
-            return None;
-        }
-        let payload_len = usize::try_from(buf.get_u32()).ok()?;
+        let expiry = if flags & FLAG_EXPIRY != 0 {
+            Some(take_u32(&mut buf)?)
+        } else {
+            None
+        };
+        let properties = if flags & FLAG_PROPERTIES != 0 {
+            let len = usize::from(take_u16(&mut buf)?);
+            if len == 0 {
+                return None;
+            }
+            take(&mut buf, len)?
+        } else {
+            Bytes::new()
+        };
+        let payload_len = usize::try_from(take_u32(&mut buf)?).ok()?;
         let payload = take(&mut buf, payload_len)?;
         // Peers only forward what their clients could publish: valid, non-$ topic names in
         // UTF-8 without U+0000 (the codec's rule for every MQTT string); anything else is not
@@ -283,12 +398,21 @@ pub(crate) fn decode_batch(body: &[u8]) -> Option<Batch> {
         {
             return None;
         }
-        records.push(Message::new(topic, payload, qos, retain));
+        if !properties.is_empty() && !properties_could_be_published(&properties, &payload) {
+            return None;
+        }
+        let mut message = Message::new(topic, payload, qos, retain);
+        message.properties = properties;
+        // Beyond what an Instant can hold (over a century): as good as never.
+        message.expires_at =
+            expiry.and_then(|secs| now.checked_add(Duration::from_secs(secs.into())));
+        records.push(message);
     }
     if buf.has_remaining() {
         return None;
     }
     Some(Batch {
+        version,
         origin,
         boot_ms,
         destination,
@@ -298,8 +422,32 @@ pub(crate) fn decode_batch(body: &[u8]) -> Option<Batch> {
     })
 }
 
+/// Whether a version 2 record's properties are what the origin's broker lets a client publish:
+/// only the properties that travel with a message, valid as in a PUBLISH, a Response Topic that
+/// is a topic name, and a payload that is UTF-8 when the Payload Format Indicator says so.
+fn properties_could_be_published(properties: &Bytes, payload: &[u8]) -> bool {
+    let Ok(values) = decode_message_properties(properties.clone()) else {
+        return false;
+    };
+    let response_topic_ok = values
+        .response_topic
+        .as_deref()
+        .is_none_or(|name| topic::is_valid_topic_name(name.as_bytes()));
+    let payload_ok =
+        values.payload_format_indicator != Some(true) || std::str::from_utf8(payload).is_ok();
+    response_topic_ok && payload_ok
+}
+
 fn take_u8(buf: &mut &[u8]) -> Option<u8> {
     (buf.remaining() >= 1).then(|| buf.get_u8())
+}
+
+fn take_u16(buf: &mut &[u8]) -> Option<u16> {
+    (buf.remaining() >= 2).then(|| buf.get_u16())
+}
+
+fn take_u32(buf: &mut &[u8]) -> Option<u32> {
+    (buf.remaining() >= 4).then(|| buf.get_u32())
 }
 
 fn take_u64(buf: &mut &[u8]) -> Option<u64> {
@@ -327,34 +475,53 @@ pub struct Limits {
 
 impl Limits {
     fn admit(&self, message: &Message) -> bool {
-        record_len(message) <= self.sync_limit
+        // A record received in version 1 has neither expiry nor properties, so its size is the
+        // same in either version.
+        record_len(message, NEWEST_VERSION) <= self.sync_limit
             && publish_packet_len(message) <= self.max_packet_size
     }
 }
 
-/// The size of the PUBLISH packet a client would send for `message`: fixed header, topic with
-/// its length prefix, packet identifier for QoS 1 and 2, payload.
+/// The size of the smallest PUBLISH packet a client could have sent for `message`: MQTT 3.1.1
+/// when it carries no MQTT 5 properties or expiry (fixed header, topic with its length prefix,
+/// packet identifier for QoS 1 and 2, payload), MQTT 5 with them (plus the property list).
 fn publish_packet_len(message: &Message) -> usize {
-    let remaining = 2
-        + message.topic.len()
-        + if message.qos == QoS::AtMostOnce { 0 } else { 2 }
-        + message.payload.len();
-    let length_bytes = match remaining {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
+    if message.properties.is_empty() && message.expires_at.is_none() {
+        let remaining = 2
+            + message.topic.len()
+            + if message.qos == QoS::AtMostOnce { 0 } else { 2 }
+            + message.payload.len();
+        let length_bytes = match remaining {
+            0..=127 => 1,
+            128..=16_383 => 2,
+            16_384..=2_097_151 => 3,
+            _ => 4,
+        };
+        return 1 + length_bytes + remaining;
+    }
+    let extras = PublishV5Extras {
+        // Four bytes whatever the value.
+        message_expiry: message.expires_at.map(|_| 0),
+        message_properties: &message.properties,
+        ..PublishV5Extras::default()
     };
-    1 + length_bytes + remaining
+    publish_v5_size(
+        message.qos,
+        message.topic.len(),
+        &extras,
+        message.payload.len(),
+    )
 }
 
 /// Receives datagrams from peers and delivers their records locally, until the socket fails.
+/// `version` is the newest sync version this node reads (`-csv`).
 pub async fn receive_loop(
     socket: Arc<UdpSocket>,
     broker: Arc<Broker>,
     members: Arc<Members>,
     key: DatagramKey,
     sync_limit: usize,
+    version: u8,
     started: Instant,
 ) {
     let limits = Limits {
@@ -376,7 +543,7 @@ pub async fn receive_loop(
         let cluster = &broker.metrics.cluster;
         cluster.datagram_in(ClusterPort::Sync);
         let at = ReceivedAt::now(started);
-        let verdict = accept(&buf[..n], &key, &members, &mut windows, at);
+        let verdict = accept(&buf[..n], &key, &members, &mut windows, at, version);
         match verdict {
             Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
@@ -400,18 +567,19 @@ pub async fn receive_loop(
     }
 }
 
-/// The checks, in order: tag, format, destination, origin, boot, replay (received `at`; see
-/// [`ReplayWindow::accept`]). Only a datagram that passes all of them marks
-/// its sequence number as seen.
+/// The checks, in order: tag, format (a version up to `version`, properties included),
+/// destination, origin, boot, replay (received `at`; see [`ReplayWindow::accept`]). Only a
+/// datagram that passes all of them marks its sequence number as seen.
 fn accept(
     datagram: &[u8],
     key: &DatagramKey,
     members: &Members,
     windows: &mut HashMap<Bytes, ReplayWindow>,
     at: ReceivedAt,
+    version: u8,
 ) -> Result<Vec<Message>, ClusterDrop> {
     let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
-    let batch = decode_batch(body).ok_or(ClusterDrop::Malformed)?;
+    let batch = decode_batch(body, version, Instant::now()).ok_or(ClusterDrop::Malformed)?;
     let local = members.local();
     if batch.destination != local.node_id.as_bytes() || batch.destination_boot_ms != local.boot_ms {
         return Err(ClusterDrop::WrongDestination);
@@ -459,14 +627,35 @@ mod tests {
         seq: u64,
         records: &[Message],
     ) -> Vec<u8> {
-        let mut out = Vec::new();
-        encode_header(&mut out, origin, destination, seq);
-        out.put_u16(records.len() as u16);
-        for record in records {
-            encode_record(&mut out, record);
-        }
+        let mut out = body(origin, destination, seq, records, Instant::now());
         key.seal(&mut out);
         out
+    }
+
+    /// An unsealed batch in `origin`'s version, with expiries measured at `now`.
+    fn body(
+        origin: &Origin,
+        destination: &NodeIdentity,
+        seq: u64,
+        records: &[Message],
+        now: Instant,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_header(&mut out, origin.version, origin, destination, seq);
+        out.put_u16(records.len() as u16);
+        for record in records {
+            encode_record(&mut out, record, origin.version, now);
+        }
+        out
+    }
+
+    fn origin_of(name: &str, boot_ms: u64, version: u8) -> Origin {
+        Origin {
+            node_id: name.into(),
+            boot_ms,
+            started: Instant::now(),
+            version,
+        }
     }
 
     fn identity(name: &str, boot_ms: u64) -> NodeIdentity {
@@ -475,7 +664,7 @@ mod tests {
             gossip: "127.0.0.1:7946".parse().unwrap(),
             sync_port: 7947,
             mqtt_port: 1883,
-            version: "0".into(),
+            version: NodeIdentity::advertised_version("0", NEWEST_VERSION),
             boot_ms,
             renewal: 0,
         }
@@ -493,17 +682,14 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let key = DatagramKey::sync(b"k");
-        let origin = Origin {
-            node_id: "n1".into(),
-            boot_ms: 42,
-            started: Instant::now(),
-        };
+        let origin = origin_of("n1", 42, 1);
         let sent = [
             message("a/b", b"hello", QoS::AtMostOnce, false),
             message("c", b"", QoS::ExactlyOnce, true),
         ];
         let bytes = datagram(&key, &origin, 7, &sent);
-        let batch = decode_batch(key.open(&bytes).unwrap()).unwrap();
+        let batch = decode_batch(key.open(&bytes).unwrap(), 2, Instant::now()).unwrap();
+        assert_eq!(batch.version, 1);
         assert_eq!(&batch.origin[..], b"n1");
         assert_eq!((batch.boot_ms, batch.seq), (42, 7));
         assert_eq!(&batch.destination[..], b"local");
@@ -517,28 +703,28 @@ mod tests {
         }
         // The record size the limit applies to is exactly what a record takes on the wire.
         let mut one = Vec::new();
-        encode_record(&mut one, &sent[0]);
-        assert_eq!(one.len(), record_len(&sent[0]));
+        encode_record(&mut one, &sent[0], 1, Instant::now());
+        assert_eq!(one.len(), record_len(&sent[0], 1));
     }
 
     #[test]
     fn truncated_or_padded_or_invalid_batches_are_malformed() {
-        let origin = Origin {
-            node_id: "n1".into(),
-            boot_ms: 1,
-            started: Instant::now(),
-        };
-        let mut body = Vec::new();
-        encode_header(&mut body, &origin, &identity("local", 1), 1);
-        body.put_u16(1);
-        encode_record(&mut body, &message("t", b"xyz", QoS::AtLeastOnce, false));
-        assert!(decode_batch(&body).is_some());
+        let origin = origin_of("n1", 1, 1);
+        let now = Instant::now();
+        let body = body(
+            &origin,
+            &identity("local", 1),
+            1,
+            &[message("t", b"xyz", QoS::AtLeastOnce, false)],
+            now,
+        );
+        assert!(decode_batch(&body, 2, now).is_some());
         for cut in 0..body.len() {
-            assert!(decode_batch(&body[..cut]).is_none(), "cut at {cut}");
+            assert!(decode_batch(&body[..cut], 2, now).is_none(), "cut at {cut}");
         }
         let mut padded = body.clone();
         padded.push(0);
-        assert!(decode_batch(&padded).is_none());
+        assert!(decode_batch(&padded, 2, now).is_none());
         for (topic, flags) in [
             ("$SYS/x", 0u8),
             ("a\u{0}b", 0),
@@ -550,13 +736,16 @@ mod tests {
             ("t", 8),
         ] {
             let mut bad = Vec::new();
-            encode_header(&mut bad, &origin, &identity("local", 1), 1);
+            encode_header(&mut bad, 1, &origin, &identity("local", 1), 1);
             bad.put_u16(1);
             bad.put_u8(flags);
             bad.put_u16(topic.len() as u16);
             bad.put_slice(topic.as_bytes());
             bad.put_u32(0);
-            assert!(decode_batch(&bad).is_none(), "{topic:?} flags {flags}");
+            assert!(
+                decode_batch(&bad, 2, now).is_none(),
+                "{topic:?} flags {flags}"
+            );
         }
     }
 
@@ -588,28 +777,24 @@ mod tests {
             wall_ms: 5,
         };
         let key = DatagramKey::sync(b"k");
-        let origin = Origin {
-            node_id: "n1".into(),
-            boot_ms: 5,
-            started: Instant::now(),
-        };
+        let origin = origin_of("n1", 5, 2);
         let records = [message("t", b"x", QoS::AtMostOnce, false)];
         let members = members_with(identity("n1", 5), MemberState::Up);
         let mut windows = HashMap::new();
         let first = datagram(&key, &origin, 1, &records);
         assert_eq!(
-            accept(&first, &key, &members, &mut windows, AT)
+            accept(&first, &key, &members, &mut windows, AT, 2)
                 .unwrap()
                 .len(),
             1
         );
         assert_eq!(
-            accept(&first, &key, &members, &mut windows, AT).unwrap_err(),
+            accept(&first, &key, &members, &mut windows, AT, 2).unwrap_err(),
             ClusterDrop::Replay
         );
         let forged = datagram(&DatagramKey::sync(b"other"), &origin, 2, &records);
         assert_eq!(
-            accept(&forged, &key, &members, &mut windows, AT).unwrap_err(),
+            accept(&forged, &key, &members, &mut windows, AT, 2).unwrap_err(),
             ClusterDrop::BadTag
         );
         // A forged datagram does not burn its sequence number.
@@ -618,37 +803,32 @@ mod tests {
             &key,
             &members,
             &mut windows,
-            AT
+            AT,
+            2
         )
         .is_ok());
-        let stranger = Origin {
-            node_id: "n9".into(),
-            boot_ms: 5,
-            started: Instant::now(),
-        };
+        let stranger = origin_of("n9", 5, 2);
         assert_eq!(
             accept(
                 &datagram(&key, &stranger, 1, &records),
                 &key,
                 &members,
                 &mut windows,
-                AT
+                AT,
+                2
             )
             .unwrap_err(),
             ClusterDrop::UnknownOrigin
         );
-        let old_boot = Origin {
-            node_id: "n1".into(),
-            boot_ms: 4,
-            started: Instant::now(),
-        };
+        let old_boot = origin_of("n1", 4, 2);
         assert_eq!(
             accept(
                 &datagram(&key, &old_boot, 9, &records),
                 &key,
                 &members,
                 &mut windows,
-                AT
+                AT,
+                2
             )
             .unwrap_err(),
             ClusterDrop::StaleEpoch
@@ -661,7 +841,8 @@ mod tests {
                     &key,
                     &members,
                     &mut windows,
-                    AT
+                    AT,
+                    2
                 )
                 .unwrap_err(),
                 ClusterDrop::WrongDestination
@@ -674,8 +855,358 @@ mod tests {
             &key,
             &down,
             &mut windows,
-            AT
+            AT,
+            2
         )
         .is_ok());
+    }
+
+    /// The properties of an MQTT 5 message, in the wire form `Message::properties` holds.
+    fn v5_properties() -> Bytes {
+        let values = crate::codec::PropertyValues {
+            payload_format_indicator: Some(true),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/here".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00corr\xff")),
+            user_properties: vec![
+                ("b".into(), "2".into()),
+                ("a".into(), "1".into()),
+                ("b".into(), "3".into()),
+            ],
+            ..Default::default()
+        };
+        let mut out = bytes::BytesMut::new();
+        values.encode(&mut out);
+        out.freeze()
+    }
+
+    fn v5_message(expires_in: Option<Duration>, now: Instant) -> Message {
+        let mut message = message("a/b", b"hello", QoS::AtLeastOnce, true);
+        message.properties = v5_properties();
+        message.expires_at = expires_in.map(|left| now + left);
+        message.origin = 7;
+        message
+    }
+
+    #[test]
+    fn version_2_carries_properties_and_expiry() {
+        let sent_at = Instant::now();
+        let sent = [
+            v5_message(Some(Duration::from_millis(9_500)), sent_at),
+            v5_message(None, sent_at),
+            message("plain", b"x", QoS::AtMostOnce, false),
+        ];
+        let body = body(
+            &origin_of("n1", 1, 2),
+            &identity("local", 1),
+            3,
+            &sent,
+            sent_at,
+        );
+        assert_eq!(body[0], 2, "version byte");
+        let received_at = sent_at + Duration::from_secs(1);
+        let batch = decode_batch(&body, 2, received_at).unwrap();
+        assert_eq!(batch.version, 2);
+        assert_eq!(batch.records.len(), 3);
+        for (got, want) in batch.records.iter().zip(&sent) {
+            assert_eq!(
+                (&got.topic, &got.payload, got.qos, got.retain),
+                (&want.topic, &want.payload, want.qos, want.retain)
+            );
+            assert_eq!(got.properties, want.properties, "properties byte for byte");
+            assert_eq!(got.origin, 0, "a peer's message has no local session");
+        }
+        // 9.5 s left is sent as 10 (rounded up: never "expired" while alive), and counted from
+        // when it arrives.
+        assert_eq!(
+            batch.records[0].expires_at,
+            Some(received_at + Duration::from_secs(10))
+        );
+        assert_eq!(batch.records[1].expires_at, None);
+        assert_eq!(batch.records[2].expires_at, None);
+        assert!(batch.records[2].properties.is_empty());
+
+        for message in &sent {
+            let mut one = Vec::new();
+            encode_record(&mut one, message, 2, sent_at);
+            assert_eq!(one.len(), record_len(message, 2), "{message:?}");
+        }
+        assert_eq!(
+            record_len(&sent[0], 2),
+            7 + 3 + 5 + 4 + 2 + sent[0].properties.len()
+        );
+        // A record without properties or expiry is the same in both versions.
+        let (mut v1, mut v2) = (Vec::new(), Vec::new());
+        encode_record(&mut v1, &sent[2], 1, sent_at);
+        encode_record(&mut v2, &sent[2], 2, sent_at);
+        assert_eq!(v1, v2);
+    }
+
+    #[test]
+    fn version_1_drops_properties_and_expiry_but_not_the_message() {
+        let now = Instant::now();
+        let sent = v5_message(Some(Duration::from_secs(30)), now);
+        let body = body(
+            &origin_of("n1", 1, 1),
+            &identity("local", 1),
+            1,
+            &[sent],
+            now,
+        );
+        assert_eq!(body[0], 1, "version byte");
+        // What an earlier release (or a -csv 1 node) reads, and a node of this release too.
+        for newest in [1, 2] {
+            let batch = decode_batch(&body, newest, now).unwrap();
+            let got = &batch.records[0];
+            assert_eq!(
+                (&got.topic[..], &got.payload[..]),
+                (&b"a/b"[..], &b"hello"[..])
+            );
+            assert!((got.qos == QoS::AtLeastOnce) && got.retain);
+            assert!(got.properties.is_empty());
+            assert_eq!(got.expires_at, None);
+        }
+        let message = v5_message(Some(Duration::from_secs(30)), now);
+        assert_eq!(record_len(&message, 1), 7 + 3 + 5);
+    }
+
+    #[test]
+    fn a_node_pinned_to_version_1_refuses_version_2() {
+        let now = Instant::now();
+        let records = [message("t", b"x", QoS::AtMostOnce, false)];
+        let v2 = body(
+            &origin_of("n1", 1, 2),
+            &identity("local", 1),
+            1,
+            &records,
+            now,
+        );
+        assert!(decode_batch(&v2, 2, now).is_some());
+        assert!(decode_batch(&v2, 1, now).is_none());
+        let mut v3 = v2.clone();
+        v3[0] = 3;
+        assert!(
+            decode_batch(&v3, 2, now).is_none(),
+            "a version not known yet"
+        );
+        let mut v0 = v2;
+        v0[0] = 0;
+        assert!(decode_batch(&v0, 2, now).is_none());
+    }
+
+    #[test]
+    fn each_peer_gets_the_newest_version_it_reads() {
+        let mut peer = identity("p", 1);
+        for (advertised, newest, want) in [
+            ("0.1.0", 2, Some(1)),
+            ("0.1.0", 1, Some(1)),
+            ("0.2.0+sync.1.2", 2, Some(2)),
+            ("0.2.0+sync.1.2", 1, Some(1)),
+            ("9.0.0+sync.2.3", 2, Some(2)),
+            ("9.0.0+sync.2.3", 1, None),
+            ("9.0.0+sync.3", 2, None),
+        ] {
+            peer.version = advertised.to_string();
+            assert_eq!(version_for(&peer, newest), want, "{advertised} to {newest}");
+        }
+        assert_eq!(
+            version_for(&identity("p", 1), NEWEST_VERSION),
+            Some(NEWEST_VERSION),
+            "this release advertises what it writes"
+        );
+    }
+
+    /// The sender, run for real: a peer that advertises only version 1 (an earlier release)
+    /// gets version 1 datagrams, one of this release version 2, and a message expired before
+    /// it is sent goes to neither.
+    #[tokio::test]
+    async fn the_sender_writes_each_peer_its_version() {
+        let old = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let new = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for socket in [&old, &new] {
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+        }
+        let peer = |name: &str, socket: &std::net::UdpSocket, newest: u8| {
+            let mut identity = identity(name, 1);
+            identity.sync_port = socket.local_addr().unwrap().port();
+            identity.version = NodeIdentity::advertised_version("0.1.0", newest);
+            MemberInfo {
+                identity,
+                state: MemberState::Up,
+            }
+        };
+        let members = Arc::new(Members::new(identity("local", 1), false));
+        members.set_others_for_tests(vec![peer("old", &old, 1), peer("new", &new, 2)]);
+        let key = DatagramKey::sync(b"k");
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (forwarder, queued) = Forwarder::new(4096, 2, Arc::new(Metrics::new()));
+        let (stop, stopped) = watch::channel(false);
+        let sender = tokio::spawn(send_loop(
+            socket,
+            queued,
+            stopped,
+            members,
+            key.clone(),
+            origin_of("local", 1, 2),
+            Arc::new(Metrics::new()),
+        ));
+        let now = Instant::now();
+        let mut expired = v5_message(None, now);
+        expired.expires_at = Some(now);
+        forwarder.forward(&Arc::new(expired));
+        forwarder.forward(&Arc::new(v5_message(Some(Duration::from_secs(60)), now)));
+        let _ = stop.send(true);
+        tokio::time::timeout(Duration::from_secs(5), sender)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let received = |socket: &std::net::UdpSocket| {
+            let mut buf = [0; 2048];
+            let n = socket.recv(&mut buf).unwrap();
+            let body = key.open(&buf[..n]).unwrap().to_vec();
+            decode_batch(&body, NEWEST_VERSION, Instant::now()).unwrap()
+        };
+        let to_old = received(&old);
+        assert_eq!((to_old.version, &to_old.destination[..]), (1, &b"old"[..]));
+        assert_eq!(to_old.records.len(), 1, "the expired message is not sent");
+        assert!(to_old.records[0].properties.is_empty());
+        assert_eq!(to_old.records[0].expires_at, None);
+        let to_new = received(&new);
+        assert_eq!((to_new.version, &to_new.destination[..]), (2, &b"new"[..]));
+        assert_eq!(to_new.records.len(), 1, "the expired message is not sent");
+        assert_eq!(to_new.records[0].properties, v5_properties());
+        let left = to_new.records[0].remaining_expiry(Instant::now()).unwrap();
+        assert!((58..=60).contains(&left), "{left} s left");
+        assert!(to_new.seq != to_old.seq, "one number per datagram");
+    }
+
+    /// A version 2 record with the given parts, after a header from n1 to local.
+    fn raw_v2(
+        flags: u8,
+        expiry: Option<u32>,
+        properties: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_header(
+            &mut out,
+            2,
+            &origin_of("n1", 1, 2),
+            &identity("local", 1),
+            1,
+        );
+        out.put_u16(1);
+        out.put_u8(flags);
+        out.put_u16(3);
+        out.put_slice(b"a/b");
+        if let Some(secs) = expiry {
+            out.put_u32(secs);
+        }
+        if let Some(properties) = properties {
+            out.put_u16(properties.len() as u16);
+            out.put_slice(properties);
+        }
+        out.put_u32(payload.len() as u32);
+        out.put_slice(payload);
+        out
+    }
+
+    #[test]
+    fn malformed_version_2_records_are_refused() {
+        let now = Instant::now();
+        let good = v5_properties();
+        let whole = raw_v2(0b1_1001, Some(5), Some(&good), b"hello");
+        let batch = decode_batch(&whole, 2, now).expect("the well-formed one is accepted");
+        assert_eq!(batch.records[0].properties, good);
+        for cut in 0..whole.len() {
+            assert!(
+                decode_batch(&whole[..cut], 2, now).is_none(),
+                "cut at {cut}"
+            );
+        }
+        let bad_properties: &[(&str, &[u8])] = &[
+            ("empty list with its flag set", b""),
+            ("unknown identifier", b"\x7f\x00"),
+            ("payload format indicator 2", b"\x01\x02"),
+            ("given twice", b"\x03\x00\x01a\x03\x00\x01b"),
+            ("string runs past the list", b"\x03\x00\x09abc"),
+            ("string not UTF-8", b"\x03\x00\x02\xc3\x28"),
+            ("string with U+0000", b"\x03\x00\x02a\x00"),
+            ("user property without value", b"\x26\x00\x01k"),
+            ("response topic with a wildcard", b"\x08\x00\x03a/#"),
+            ("empty response topic", b"\x08\x00\x00"),
+            ("topic alias", b"\x23\x00\x01"),
+            ("subscription identifier", b"\x0b\x01"),
+            ("message expiry inside the list", b"\x02\x00\x00\x00\x05"),
+            ("session expiry", b"\x11\x00\x00\x00\x05"),
+            ("reason string", b"\x1f\x00\x01r"),
+            ("varint identifier too long", b"\x80\x80\x80\x80\x01"),
+        ];
+        for (what, properties) in bad_properties {
+            let body = raw_v2(0b1_0001, None, Some(properties), b"hello");
+            assert!(decode_batch(&body, 2, now).is_none(), "{what}");
+        }
+        // UTF-8 promised, not given.
+        let utf8 = raw_v2(0b1_0001, None, Some(b"\x01\x01"), b"\xff\xfe");
+        assert!(decode_batch(&utf8, 2, now).is_none(), "payload not UTF-8");
+        assert!(decode_batch(&raw_v2(0b1_0001, None, Some(b"\x01\x01"), b"ok"), 2, now).is_some());
+        // Flags no version knows, and version 2 flags in a version 1 datagram.
+        assert!(decode_batch(&raw_v2(0b10_0000, None, None, b"x"), 2, now).is_none());
+        let mut v1_with_expiry = raw_v2(0b1000, Some(5), None, b"x");
+        v1_with_expiry[0] = 1;
+        assert!(decode_batch(&v1_with_expiry, 2, now).is_none());
+
+        // Through the receiver's checks, a bad list drops the datagram as malformed, and does
+        // not burn its sequence number.
+        const AT: ReceivedAt = ReceivedAt {
+            now_us: 0,
+            wall_ms: 1,
+        };
+        let key = DatagramKey::sync(b"k");
+        let members = members_with(identity("n1", 1), MemberState::Up);
+        let mut windows = HashMap::new();
+        let mut forged = raw_v2(0b1_0001, None, Some(b"\x23\x00\x01"), b"x");
+        key.seal(&mut forged);
+        assert_eq!(
+            accept(&forged, &key, &members, &mut windows, AT, 2).unwrap_err(),
+            ClusterDrop::Malformed
+        );
+        let mut fine = raw_v2(0b1_0001, None, Some(b"\x03\x00\x01a"), b"x");
+        key.seal(&mut fine);
+        assert_eq!(
+            accept(&fine, &key, &members, &mut windows, AT, 2)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn limits_count_what_a_version_2_record_and_an_mqtt_5_publish_carry() {
+        let now = Instant::now();
+        let message = v5_message(Some(Duration::from_secs(5)), now);
+        let record = record_len(&message, 2);
+        let props = message.properties.len() + 5;
+        // Fixed header (2), topic (2 + 3), packet id (2), properties (1 + props), payload (5).
+        let packet = 2 + 5 + 2 + 1 + props + 5;
+        assert_eq!(publish_packet_len(&message), packet);
+        let exact = Limits {
+            sync_limit: record,
+            max_packet_size: packet,
+        };
+        assert!(exact.admit(&message));
+        assert!(!Limits {
+            sync_limit: record - 1,
+            ..exact
+        }
+        .admit(&message));
+        assert!(!Limits {
+            max_packet_size: packet - 1,
+            ..exact
+        }
+        .admit(&message));
     }
 }

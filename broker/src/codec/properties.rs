@@ -723,3 +723,33 @@ impl Properties {
         }
     }
 }
+
+/// Reads `list` (properties without their length prefix) as the properties a message carries
+/// from node to node: only Payload Format Indicator, Content Type, Response Topic, Correlation
+/// Data and User Properties, by the rules [`decode`] applies to a PUBLISH. What belongs to one
+/// hop (Topic Alias, Subscription Identifier) or travels on its own (Message Expiry Interval)
+/// has no place in it.
+///
+/// # Errors
+///
+/// As [`decode`], and [`DecodeError::Malformed`] for any other property.
+pub(crate) fn decode_message_properties(list: Bytes) -> Result<PropertyValues, DecodeError> {
+    use PropertyId::*;
+    let mut list = Reader::new(list, "PUBLISH");
+    let mut values = PropertyValues::default();
+    while !list.is_empty() {
+        let id = PropertyId::from_u32(list.varint()?)
+            .ok_or_else(|| malformed("PUBLISH", "unknown property identifier"))?;
+        if !matches!(
+            id,
+            PayloadFormatIndicator | ContentType | ResponseTopic | CorrelationData | UserProperty
+        ) {
+            return Err(malformed(
+                "PUBLISH",
+                "property that does not travel with a message",
+            ));
+        }
+        read_property(&mut list, id, &mut values)?;
+    }
+    Ok(values)
+}
