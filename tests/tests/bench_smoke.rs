@@ -227,3 +227,22 @@ fn unreachable_broker_is_a_setup_failure() {
         .expect("run coolpy7-bench");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+/// MQTT 5: publishers use topic aliases, subscribers take the broker's aliases (a Topic Alias
+/// Maximum of 64) and Receive Maximum; every message still arrives exactly once.
+#[test]
+fn mqtt5_fanin_fanout_and_p2p_qos1() {
+    let broker = Broker::start(&[]);
+    for (scenario, extra, per_message) in [
+        ("fanin", ["--publishers", "3"], 1),
+        ("fanout", ["--subscribers", "3"], 3),
+        ("p2p", ["--pairs", "3"], 1),
+    ] {
+        let mut args = vec![scenario, "--mqtt", "5", "--qos", "1", "--rate", "1000"];
+        args.extend(extra);
+        let report = bench(&broker, &args);
+        assert_eq!(u(&report, "mqtt"), 5, "{report}");
+        assert_eq!(u(&report, "broker_topic_alias_max"), 64, "{report}");
+        assert_complete(&report, per_message);
+    }
+}
