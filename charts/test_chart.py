@@ -96,6 +96,7 @@ def check_defaults():
     assert "csk" not in spec, "the operator generates the key by default"
     assert spec["podDisruptionBudget"] == {"enabled": True, "maxUnavailable": 1}
     assert spec["ports"] == {"mqtt": 1883, "gossip": 7946, "sync": 7947, "http": 8081}
+    assert "mqtt" not in spec, "the brokers keep their own MQTT 5 defaults"
 
     deployment = only(objects, "Deployment")
     pod = deployment["spec"]["template"]
@@ -169,6 +170,7 @@ def check_variations():
         "resources": {"limits": {"memory": "1Gi"}},
         "nodeSelector": {"pool": "mqtt"},
         "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "mqtt": {"serverKeepAlive": 300, "receiveMaximum": 100, "topicAliasMaximum": 0},
         "extraArgs": ["-mq=5000"],
         "logLevel": "debug",
     }, "operator": {"replicas": 2, "image": {"tag": "edge"}}}, name="iot")
@@ -184,15 +186,51 @@ def check_variations():
     assert spec["resources"] == {"limits": {"memory": "1Gi"}}
     assert spec["nodeSelector"] == {"pool": "mqtt"}
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    # 0 is a value (no aliases), not an absent one.
+    assert spec["mqtt"] == {"serverKeepAlive": 300, "receiveMaximum": 100,
+                            "topicAliasMaximum": 0}, spec.get("mqtt")
     assert spec["args"] == ["-mq=5000"]
     assert spec["logLevel"] == "debug"
     deployment = only(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":edge")
 
+    objects, _ = render({"cluster": {"mqtt": {"receiveMaximum": 65535}}})
+    validate(objects)
+    assert only(objects, "Coolpy7Cluster")["spec"]["mqtt"] == {"receiveMaximum": 65535}
+    objects, _ = render({"cluster": {"mqtt": None}})
+    assert "mqtt" not in only(objects, "Coolpy7Cluster")["spec"]
+
     objects, notes = render({"cluster": {"service": {"type": "ClusterIP"}}})
     assert only(objects, "Coolpy7Cluster")["spec"]["service"]["type"] == "ClusterIP"
     assert "port-forward" in notes
+
+
+# (field of spec.mqtt and cluster.mqtt, lowest, highest): the ranges of -mka, -mri, -mta.
+MQTT5_LIMITS = [("serverKeepAlive", 0, 65535), ("receiveMaximum", 1, 65535),
+                ("topicAliasMaximum", 0, 65535)]
+
+
+def check_the_crd_bounds_the_mqtt5_limits():
+    """The API server refuses a Coolpy7Cluster whose MQTT 5 limits the broker would refuse,
+    whoever writes it (kubectl, GitOps, this chart)."""
+    schema = crd_schema()
+
+    def cluster(mqtt):
+        return {"apiVersion": "coolpy7.io/v1alpha1", "kind": "Coolpy7Cluster",
+                "metadata": {"name": "c", "namespace": NAMESPACE}, "spec": {"mqtt": mqtt}}
+
+    jsonschema.validate(cluster({}), schema)
+    for field, low, high in MQTT5_LIMITS:
+        for value in (low, high):
+            jsonschema.validate(cluster({field: value}), schema)
+        for value in (low - 1, high + 1, "60"):
+            try:
+                jsonschema.validate(cluster({field: value}), schema)
+            except jsonschema.ValidationError as error:
+                assert field in error.json_path, error.json_path
+            else:
+                raise AssertionError(f"the CRD accepted spec.mqtt.{field}: {value!r}")
 
 
 def expect_refused(values, why):
@@ -211,6 +249,12 @@ def check_wrong_values_are_refused():
     expect_refused({"cluster": {"ports": {"mqtt": 70000}}}, "ports are at most 65535")
     expect_refused({"cluster": {"podAntiAffinity": "sometimes"}}, "soft or hard")
     expect_refused({"cluster": {"replicaz": 3}}, "unknown keys are typos")
+    for field, low, high in MQTT5_LIMITS:
+        for value in (low - 1, high + 1, "60", 1.5):
+            message = expect_refused({"cluster": {"mqtt": {field: value}}},
+                                     f"mqtt.{field} is an integer in {low}..{high}")
+            assert field in message, message
+    expect_refused({"cluster": {"mqtt": {"keepAlive": 60}}}, "unknown keys are typos")
     message = expect_refused({"cluster": {"podDisruptionBudget": {"minAvailable": 1,
                                                                   "maxUnavailable": 2}}},
                              "minAvailable or maxUnavailable, not both")
@@ -220,7 +264,8 @@ def check_wrong_values_are_refused():
 def main():
     checks = [check_lint, check_defaults, check_rbac_matches_the_manifests, check_operator_only,
               check_cluster_only, check_cluster_scoped_names_carry_the_namespace,
-              check_variations, check_wrong_values_are_refused]
+              check_variations, check_wrong_values_are_refused,
+              check_the_crd_bounds_the_mqtt5_limits]
     for check in checks:
         check()
         print(f"ok {check.__name__}")

@@ -194,7 +194,8 @@ fn env_from_field(name: &str, path: &str) -> EnvVar {
 }
 
 /// The broker's command line: identity from the pod, seeds from the headless Service, ports
-/// from the spec, then the user's extra flags (which may override any of these).
+/// and MQTT 5 limits from the spec, then the user's extra flags (which may override any of
+/// these).
 pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String> {
     let ports = &cluster.spec.ports;
     let mut args = vec![
@@ -207,6 +208,18 @@ pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String
         format!("-csp={}", ports.sync),
         format!("--log-level={}", cluster.spec.log_level),
     ];
+    if let Some(mqtt) = &cluster.spec.mqtt {
+        let limits = [
+            ("-mka", mqtt.server_keep_alive),
+            ("-mri", mqtt.receive_maximum),
+            ("-mta", mqtt.topic_alias_maximum),
+        ];
+        args.extend(
+            limits
+                .into_iter()
+                .filter_map(|(flag, value)| value.map(|value| format!("{flag}={value}"))),
+        );
+    }
     args.extend(cluster.spec.args.iter().cloned());
     args
 }

@@ -96,7 +96,12 @@ pub struct Coolpy7ClusterSpec {
     pub priority_class_name: Option<String>,
     #[serde(default)]
     pub pod_disruption_budget: PodDisruptionBudgetSpec,
-    /// Extra broker flags, for settings the spec has no field for (e.g. `-mq=5000`).
+    /// MQTT 5 limits the brokers announce to clients; a field left out keeps the broker's
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttSpec>,
+    /// Extra broker flags, for settings the spec has no field for (e.g. `-mq=5000`); they come
+    /// after the flags the spec's fields set, so they win over `mqtt`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// The broker's log filter (`info`, `debug`, `coolpy7=debug,warn`, ...).
@@ -218,6 +223,28 @@ fn default_sync_port() -> i32 {
 }
 fn default_http_port() -> i32 {
     8081
+}
+
+/// MQTT 5 limits (the broker flags `-mka`, `-mri` and `-mta`). Each one left out keeps the
+/// broker's default.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttSpec {
+    /// Server Keep Alive (`-mka`): the longest keepalive, in seconds, a client may use; a
+    /// client asking for more, or for none, is held to this. 0 = no cap (the broker's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub server_keep_alive: Option<i32>,
+    /// Receive Maximum the broker announces (`-mri`): QoS 2 messages a client may have
+    /// awaiting PUBREL. The broker's default is 65535.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub receive_maximum: Option<i32>,
+    /// Topic Alias Maximum, each way (`-mta`): aliases a client may set, and at most this
+    /// many the broker sets on its deliveries. 0 = none; the broker's default is 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub topic_alias_maximum: Option<i32>,
 }
 
 /// The Service MQTT clients connect to.

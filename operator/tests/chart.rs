@@ -1,7 +1,7 @@
 //! The Helm chart's checks (charts/test_chart.py: strict lint, renders with several sets of
 //! values, strict schema validation of every object, RBAC equal to manifests/operator.yaml,
-//! wrong values refused), run as part of `cargo test`. Needs python3 with helm-python-sdk and
-//! kubernetes-validate (`.ci/run` installs them).
+//! wrong values refused, the CRD's bounds), run as part of `cargo test`. Needs python3 with
+//! helm-python-sdk and kubernetes-validate (`.ci/run` installs them).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -31,6 +31,7 @@ fn the_helm_chart_lints_renders_and_validates() {
         "check_cluster_scoped_names_carry_the_namespace",
         "check_variations",
         "check_wrong_values_are_refused",
+        "check_the_crd_bounds_the_mqtt5_limits",
     ] {
         assert!(
             stdout.contains(&format!("ok {check}")),

@@ -83,3 +83,46 @@ fn the_crd_has_names_subresources_columns_defaults_and_the_budget_rule() {
         "!(has(self.minAvailable) && has(self.maxUnavailable))"
     );
 }
+
+#[test]
+fn the_mqtt5_limits_are_optional_and_bounded_as_the_broker_flags_are() {
+    let crd = serde_json::to_value(Coolpy7Cluster::crd()).expect("JSON");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mqtt = &spec["properties"]["mqtt"];
+    assert_eq!(mqtt["type"], "object");
+    assert!(
+        mqtt.get("default").is_none(),
+        "no default: an absent block leaves the broker's defaults"
+    );
+    let required = spec["required"].as_array().cloned().unwrap_or_default();
+    assert!(!required.iter().any(|r| r == "mqtt"), "mqtt is optional");
+    assert!(mqtt.get("required").is_none(), "every limit is optional");
+    // (field, minimum, maximum): the ranges of -mka, -mri and -mta.
+    for (field, min, max) in [
+        ("serverKeepAlive", 0.0, 65535.0),
+        ("receiveMaximum", 1.0, 65535.0),
+        ("topicAliasMaximum", 0.0, 65535.0),
+    ] {
+        let property = &mqtt["properties"][field];
+        assert_eq!(property["type"], "integer", "{field}");
+        assert_eq!(property["minimum"].as_f64(), Some(min), "{field} minimum");
+        assert_eq!(property["maximum"].as_f64(), Some(max), "{field} maximum");
+        assert!(property.get("default").is_none(), "{field} has no default");
+        assert!(
+            property["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{field} is described"
+        );
+    }
+    let names: Vec<&String> = mqtt["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .collect();
+    assert_eq!(
+        names.len(),
+        3,
+        "only the three MQTT 5 limits are typed: {names:?}"
+    );
+}

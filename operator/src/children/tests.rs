@@ -205,6 +205,81 @@ fn the_broker_gets_its_identity_seeds_and_key_from_the_pod_and_the_secret() {
     assert!(env(container, "COOLPY7_CSK").value.is_none());
 }
 
+/// The broker flags in `args` that start with one of `prefixes`, in order.
+fn flags_starting_with<'a>(args: &'a [String], prefixes: &[&str]) -> Vec<&'a str> {
+    args.iter()
+        .map(String::as_str)
+        .filter(|arg| prefixes.iter().any(|prefix| arg.starts_with(prefix)))
+        .collect()
+}
+
+const MQTT5_FLAGS: [&str; 3] = ["-mka=", "-mri=", "-mta="];
+
+#[test]
+fn mqtt5_limits_become_flags_only_when_set() {
+    for spec in [json!({}), json!({"mqtt": {}}), json!({"mqtt": null})] {
+        let args = broker_args(&cluster_with(spec.clone()), DOMAIN);
+        assert_eq!(
+            flags_starting_with(&args, &MQTT5_FLAGS),
+            Vec::<&str>::new(),
+            "{spec}: the broker's defaults apply"
+        );
+    }
+
+    let all = cluster_with(json!({"mqtt": {
+        "serverKeepAlive": 300, "receiveMaximum": 100, "topicAliasMaximum": 0
+    }}));
+    let args = broker_args(&all, DOMAIN);
+    assert_eq!(
+        flags_starting_with(&args, &MQTT5_FLAGS),
+        ["-mka=300", "-mri=100", "-mta=0"],
+        "0 is a value (no aliases), not an absent field"
+    );
+
+    let one = cluster_with(json!({"mqtt": {"receiveMaximum": 65535}}));
+    let args = broker_args(&one, DOMAIN);
+    assert_eq!(flags_starting_with(&args, &MQTT5_FLAGS), ["-mri=65535"]);
+
+    // The flags reach the container of the StatefulSet as they are.
+    let set = stateful_set(&all, DOMAIN);
+    let container_args = container(&set).args.clone().unwrap();
+    assert_eq!(
+        flags_starting_with(&container_args, &MQTT5_FLAGS),
+        ["-mka=300", "-mri=100", "-mta=0"]
+    );
+}
+
+#[test]
+fn spec_args_come_after_the_mqtt5_limits_so_they_can_override_them() {
+    let cluster = cluster_with(json!({
+        "mqtt": {"serverKeepAlive": 60, "topicAliasMaximum": 10},
+        "args": ["-mta=20", "-mq=5000"]
+    }));
+    let args = broker_args(&cluster, DOMAIN);
+    let position = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"))
+    };
+    let log_level = position("--log-level=info");
+    let keep_alive = position("-mka=60");
+    let spec_alias = position("-mta=10");
+    let user_alias = position("-mta=20");
+    assert!(
+        log_level < keep_alive && keep_alive < spec_alias,
+        "the spec's flags in their order: {args:?}"
+    );
+    assert!(
+        spec_alias < user_alias,
+        "the user's -mta comes last and wins: {args:?}"
+    );
+    assert_eq!(
+        &args[args.len() - 2..],
+        ["-mta=20", "-mq=5000"],
+        "spec.args end the command line, as given"
+    );
+}
+
 #[test]
 fn an_existing_secret_is_used_when_the_spec_names_one() {
     let cluster = cluster_with(json!({"csk": {"secretName": "shared-key", "key": "k"}}));

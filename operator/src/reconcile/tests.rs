@@ -593,6 +593,14 @@ fn spec_problems() {
         spec_problem(&cluster_with(json!({"args": ["-mq=5000", "-mif=64"]}))),
         None
     );
+    // The MQTT 5 limits are the spec's, but args may override them (they come later).
+    assert_eq!(
+        spec_problem(&cluster_with(json!({
+            "mqtt": {"serverKeepAlive": 60, "topicAliasMaximum": 10},
+            "args": ["-mka=120", "--mta=0", "-mri=10"]
+        }))),
+        None
+    );
     for arg in ["-mq 5000", "--help", "-V"] {
         assert!(
             spec_problem(&cluster_with(json!({"args": [arg]}))).is_some(),
