@@ -381,11 +381,13 @@ pub struct SessionState {
 }
 
 /// The retained messages a subscription is still owed: those matching `filter` after the topic
-/// `after` (all of them while it is `None`), delivered at most at `qos`.
+/// `after` (all of them while it is `None`), delivered at most at `qos`, with the subscription's
+/// MQTT 5 Subscription Identifier (0 for none).
 #[derive(Debug)]
 pub struct RetainedOwed {
     pub filter: Box<str>,
     pub qos: QoS,
+    pub identifier: u32,
     pub after: Option<bytes::Bytes>,
 }
 
@@ -396,11 +398,12 @@ impl SessionState {
 
     /// Owes the retained messages matching `filter` (a new or repeated subscription): a repeat
     /// starts that filter's delivery over, as MQTT asks, without owing them twice.
-    pub fn owe_retained(&mut self, filter: &str, qos: QoS) {
+    pub fn owe_retained(&mut self, filter: &str, qos: QoS, identifier: u32) {
         self.forgive_retained(filter);
         self.retained.push_back(RetainedOwed {
             filter: filter.into(),
             qos,
+            identifier,
             after: None,
         });
     }

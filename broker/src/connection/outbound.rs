@@ -14,7 +14,7 @@ use super::aliases::OutboundTopic;
 use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
 use crate::codec::{self, Ack, Packet, PublishV5Extras, QoS};
 use crate::metrics::DropReason;
-use crate::router::{Delivery, Page};
+use crate::router::{Delivery, Page, SubscriptionIds};
 
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
 const PULL_BATCH: usize = 256;
@@ -68,6 +68,11 @@ impl Connection {
                 owed.after = Some(last.topic.clone());
             }
             let granted = owed.qos;
+            // [MQTT-3.3.4-3]: sent because of the subscription, so with its identifier.
+            let subscription_ids: SubscriptionIds = (owed.identifier != 0)
+                .then_some(owed.identifier)
+                .into_iter()
+                .collect();
             if !more {
                 self.state.retained.pop_front();
                 if self.state.retained.is_empty() {
@@ -80,7 +85,7 @@ impl Connection {
                 qos: message.qos.min(granted),
                 message,
                 retain: true,
-                subscription_ids: Default::default(),
+                subscription_ids: subscription_ids.clone(),
             }));
         } else {
             let metrics = &self.broker.metrics;

