@@ -4,7 +4,7 @@
 //! Maximum QoS (§3.2.2.3.4), and resends after a reconnect within the new connection's Receive
 //! Maximum (§4.9) and Maximum Packet Size (§3.1.2.11.4).
 
-use coolpy7_tests::packets5::SubscribePacket;
+use coolpy7_tests::packets5::{reason, Connect, SubscribePacket};
 use coolpy7_tests::{unique_id, Broker, RawClient5, TIMEOUT};
 
 /// §3.3.4 [MQTT-3.3.4-3]: a message published "as the result of" a subscription carries its
@@ -25,4 +25,18 @@ async fn a_retained_message_sent_on_subscribe_carries_the_subscription_identifie
     assert!(got.retain, "{got:?}");
     assert_eq!(got.payload, b"kept");
     assert_eq!(got.props.subscription_identifiers(), vec![42], "{got:?}");
+}
+
+/// §3.2.2.3.4 [MQTT-3.2.2-12]: "If a Server receives a CONNECT packet containing a Will QoS that
+/// exceeds its capabilities, it MUST reject the connection" (0x9B, QoS not supported).
+#[tokio::test]
+async fn a_will_qos_above_maximum_qos_is_refused_with_0x9b() {
+    let broker = Broker::start(&["-mqos", "1"]);
+    let connect = Connect::new(&unique_id("wq")).will("wq/t", b"gone", 2, false);
+    let (mut client, connack) = RawClient5::try_connect_v5(broker.mqtt_addr(), &connect).await;
+    assert_eq!(connack.code, reason::QOS_NOT_SUPPORTED, "{connack:?}");
+    client.expect_closed(TIMEOUT).await;
+    // Within the maximum it is accepted.
+    let connect = Connect::new(&unique_id("wq")).will("wq/t", b"gone", 1, false);
+    RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
 }

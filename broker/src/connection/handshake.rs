@@ -185,6 +185,13 @@ impl Handshake<'_> {
                 }
                 return None;
             }
+            // [MQTT-3.2.2-12]: a will the broker could not publish at its QoS is refused. (An
+            // MQTT 3.1.1 client cannot be told about -mqos; its will is delivered within it.)
+            if v5 && will.qos > self.broker.config.max_qos {
+                debug!(%peer, connection = id, "will QoS above the maximum QoS");
+                self.refuse(protocol, ReasonCode::QoSNotSupported).await;
+                return None;
+            }
         }
         // No enhanced authentication method is supported (yet): the client is told so rather
         // than left to guess.
