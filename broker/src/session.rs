@@ -483,7 +483,7 @@ struct Idle {
     /// When it expires; `None` = never.
     expires: Option<Instant>,
     /// An MQTT 5 will waiting for its delay, and when it is due.
-    will: Option<(Arc<Message>, Instant)>,
+    will: Option<(DelayedWill, Instant)>,
 }
 
 impl Idle {
@@ -499,8 +499,24 @@ impl Idle {
 
 /// A will to publish later: when its delay has passed, unless its client comes back first.
 pub struct DelayedWill {
-    pub message: Arc<Message>,
+    /// Without its expiry, which counts from the moment it is published.
+    pub message: Message,
+    /// MQTT 5 Message Expiry Interval, seconds.
+    pub expiry: Option<u32>,
     pub delay: Duration,
+}
+
+impl DelayedWill {
+    /// The will as published at `now`: its Message Expiry Interval starts then, not when its
+    /// connection closed (§3.1.3.2.4: it "is sent as the Publication Expiry Interval when the
+    /// Server publishes the Will Message").
+    pub fn published(self, now: Instant) -> Arc<Message> {
+        let mut message = self.message;
+        message.expires_at = self
+            .expiry
+            .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
+        Arc::new(message)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -637,7 +653,7 @@ impl SessionRegistry {
             Some(idle) if !clean => (idle.state, true),
             stored => {
                 if let Some(old) = stored {
-                    will_due = old.will.map(|(will, _)| will);
+                    will_due = old.will.map(|(will, _)| will.published(Instant::now()));
                     self.discard(*old.state, router);
                 }
                 self.metrics.sessions.inc();
@@ -687,7 +703,7 @@ impl SessionRegistry {
                     let expires = state.expiry.and_then(|expiry| now.checked_add(expiry));
                     let will = will.map(|will| {
                         let due = now.checked_add(will.delay).unwrap_or(now);
-                        (will.message, due)
+                        (will, due)
                     });
                     sessions.insert_idle(
                         key,
@@ -707,7 +723,7 @@ impl SessionRegistry {
         // names us: nobody else can reach this state, so drop its subscriptions and queue.
         self.discard(*state, router);
         holder.mark_released();
-        will.map(|will| will.message)
+        will.map(|will| will.published(now))
     }
 
     /// Drops a session that nobody can reach any more. Its mailbox is closed first, so that
@@ -738,10 +754,10 @@ impl SessionRegistry {
                     continue;
                 };
                 if idle.will.as_ref().is_some_and(|(_, due)| *due <= now) {
-                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    wills.extend(idle.will.take().map(|(will, _)| will.published(now)));
                 }
                 if idle.expires.is_some_and(|at| at <= now) {
-                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    wills.extend(idle.will.take().map(|(will, _)| will.published(now)));
                     expired.push(idle.state);
                 } else {
                     sessions.insert_idle(key, idle);
@@ -769,7 +785,8 @@ impl SessionRegistry {
                     if let Some(deadline) = idle.deadline() {
                         deadlines.remove(&(deadline, key.clone()));
                     }
-                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    let now = Instant::now();
+                    wills.extend(idle.will.take().map(|(will, _)| will.published(now)));
                     if let Some(deadline) = idle.deadline() {
                         deadlines.insert((deadline, key.clone()));
                     }
@@ -1071,7 +1088,8 @@ mod tests {
             false,
         );
         DelayedWill {
-            message: Arc::new(message),
+            message,
+            expiry: None,
             delay,
         }
     }

@@ -4,7 +4,9 @@
 //! Maximum QoS (§3.2.2.3.4), and resends after a reconnect within the new connection's Receive
 //! Maximum (§4.9) and Maximum Packet Size (§3.1.2.11.4).
 
-use coolpy7_tests::packets5::{reason, Connect, SubscribePacket};
+use std::time::Duration;
+
+use coolpy7_tests::packets5::{reason, Connect, Property as P, SubscribePacket};
 use coolpy7_tests::{unique_id, Broker, RawClient5, TIMEOUT};
 
 /// §3.3.4 [MQTT-3.3.4-3]: a message published "as the result of" a subscription carries its
@@ -39,4 +41,28 @@ async fn a_will_qos_above_maximum_qos_is_refused_with_0x9b() {
     // Within the maximum it is accepted.
     let connect = Connect::new(&unique_id("wq")).will("wq/t", b"gone", 1, false);
     RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
+}
+
+/// §3.1.3.2.4: the Will's Message Expiry Interval "is sent as the Publication Expiry Interval
+/// when the Server publishes the Will Message": it starts when the will is published, after its
+/// delay, not when the connection closed.
+#[tokio::test]
+async fn a_delayed_will_expires_from_its_publication_not_from_the_disconnect() {
+    let broker = Broker::start(&[]);
+    let mut watch = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("watch")).await;
+    watch.subscribe_ok(1, "wexp/#", 1).await;
+    let connect = Connect::new(&unique_id("wexp"))
+        .will("wexp/t", b"gone", 1, false)
+        .session_expiry(60)
+        .will_prop(P::WillDelayInterval(2))
+        .will_prop(P::MessageExpiryInterval(1));
+    let (client, _) = RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
+    drop(client);
+    let got = watch.recv_publish_acked(Duration::from_secs(6)).await;
+    assert_eq!(got.topic, "wexp/t");
+    let expiry = got.props.message_expiry_interval();
+    assert!(
+        matches!(expiry, Some(1)),
+        "a fresh will keeps its whole expiry: {got:?}"
+    );
 }
