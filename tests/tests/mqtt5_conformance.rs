@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use coolpy7_tests::packets5::{reason, Connect, Property as P, SubscribePacket};
-use coolpy7_tests::{unique_id, Broker, RawClient5, TIMEOUT};
+use coolpy7_tests::packets5::{reason, Connect, Packet, Property as P, SubscribePacket};
+use coolpy7_tests::{unique_id, Broker, RawClient5, QUIET, TIMEOUT};
 
 /// §3.3.4 [MQTT-3.3.4-3]: a message published "as the result of" a subscription carries its
 /// Subscription Identifier; retained messages sent because of a SUBSCRIBE are such messages.
@@ -27,20 +27,6 @@ async fn a_retained_message_sent_on_subscribe_carries_the_subscription_identifie
     assert!(got.retain, "{got:?}");
     assert_eq!(got.payload, b"kept");
     assert_eq!(got.props.subscription_identifiers(), vec![42], "{got:?}");
-}
-
-/// §3.2.2.3.4 [MQTT-3.2.2-12]: "If a Server receives a CONNECT packet containing a Will QoS that
-/// exceeds its capabilities, it MUST reject the connection" (0x9B, QoS not supported).
-#[tokio::test]
-async fn a_will_qos_above_maximum_qos_is_refused_with_0x9b() {
-    let broker = Broker::start(&["-mqos", "1"]);
-    let connect = Connect::new(&unique_id("wq")).will("wq/t", b"gone", 2, false);
-    let (mut client, connack) = RawClient5::try_connect_v5(broker.mqtt_addr(), &connect).await;
-    assert_eq!(connack.code, reason::QOS_NOT_SUPPORTED, "{connack:?}");
-    client.expect_closed(TIMEOUT).await;
-    // Within the maximum it is accepted.
-    let connect = Connect::new(&unique_id("wq")).will("wq/t", b"gone", 1, false);
-    RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
 }
 
 /// §3.1.3.2.4: the Will's Message Expiry Interval "is sent as the Publication Expiry Interval
@@ -65,4 +51,102 @@ async fn a_delayed_will_expires_from_its_publication_not_from_the_disconnect() {
         matches!(expiry, Some(1)),
         "a fresh will keeps its whole expiry: {got:?}"
     );
+}
+
+/// §3.2.2.3.4 [MQTT-3.2.2-12]: "If a Server receives a CONNECT packet containing a Will QoS that
+/// exceeds its capabilities, it MUST reject the connection" (0x9B, QoS not supported).
+#[tokio::test]
+async fn a_will_qos_above_maximum_qos_is_refused_with_0x9b() {
+    let broker = Broker::start(&["-mqos", "1"]);
+    let connect = Connect::new(&unique_id("wq")).will("wq/t", b"gone", 2, false);
+    let (mut client, connack) = RawClient5::try_connect_v5(broker.mqtt_addr(), &connect).await;
+    assert_eq!(connack.code, reason::QOS_NOT_SUPPORTED, "{connack:?}");
+    client.expect_closed(TIMEOUT).await;
+    // Within the maximum it is accepted.
+    let connect = Connect::new(&unique_id("wq")).will("wq/t", b"gone", 1, false);
+    RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
+}
+
+/// A v5 session with `count` QoS 1 deliveries sent but not acknowledged, left offline.
+async fn session_with_unacknowledged(broker: &Broker, id: &str, payloads: &[&[u8]]) {
+    let connect = Connect::new(id).clean_start(true).session_expiry(60);
+    let (mut sub, _) = RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
+    sub.subscribe_ok(1, "resend/t", 1).await;
+    let mut publisher = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("pub")).await;
+    for (n, payload) in payloads.iter().enumerate() {
+        publisher
+            .publish_qos1("resend/t", n as u16 + 1, payload)
+            .await;
+    }
+    for payload in payloads {
+        let got = sub.recv_publish(TIMEOUT).await;
+        assert_eq!(&got.payload, payload);
+    }
+    drop(sub);
+    broker.wait_connections(1).await;
+}
+
+/// §4.9: the send quota is "re-initialized with each new Network Connection" to the Receive
+/// Maximum of that connection, and the Server "MUST NOT send more than Receive Maximum QoS 1 and
+/// QoS 2 PUBLISH packets for which it has not received PUBACK..." [MQTT-3.3.4-9]: resends too.
+#[tokio::test]
+async fn resends_after_a_reconnect_stay_within_the_new_receive_maximum() {
+    let broker = Broker::start(&[]);
+    let id = unique_id("rm");
+    let payloads: [&[u8]; 4] = [b"1", b"2", b"3", b"4"];
+    session_with_unacknowledged(&broker, &id, &payloads).await;
+    let back = Connect::new(&id)
+        .clean_start(false)
+        .session_expiry(60)
+        .prop(P::ReceiveMaximum(2));
+    let (mut sub, connack) = RawClient5::connect_v5(broker.mqtt_addr(), &back).await;
+    assert!(connack.session_present);
+    let first = sub.recv_publish(TIMEOUT).await;
+    let second = sub.recv_publish(TIMEOUT).await;
+    assert!(first.dup && second.dup, "{first:?} {second:?}");
+    sub.expect_no_packet(QUIET).await;
+    // Each acknowledgement makes room for the next, in order.
+    let mut got = vec![first.payload.clone(), second.payload.clone()];
+    sub.ack(&first).await;
+    let third = sub.recv_publish(TIMEOUT).await;
+    assert!(third.dup, "{third:?}");
+    got.push(third.payload.clone());
+    sub.ack(&second).await;
+    sub.ack(&third).await;
+    let fourth = sub.recv_publish_acked(TIMEOUT).await;
+    got.push(fourth.payload);
+    assert_eq!(got, payloads.map(|p| p.to_vec()).to_vec());
+    sub.expect_no_packet(QUIET).await;
+}
+
+/// §3.1.2.11.4 [MQTT-3.1.2-24, -25]: the Server MUST NOT send a packet larger than the
+/// client's Maximum Packet Size; a PUBLISH too large is discarded "as if it had completed
+/// sending". This holds for the resend of a session's in-flight messages on a new connection
+/// that allows less than the old one did.
+#[tokio::test]
+async fn resends_after_a_reconnect_respect_the_new_maximum_packet_size() {
+    let broker = Broker::start(&[]);
+    let id = unique_id("mps");
+    let big = [b'x'; 200];
+    session_with_unacknowledged(&broker, &id, &[&big[..], b"small"]).await;
+    let back = Connect::new(&id)
+        .clean_start(false)
+        .session_expiry(60)
+        .prop(P::MaximumPacketSize(100));
+    let (mut sub, connack) = RawClient5::connect_v5(broker.mqtt_addr(), &back).await;
+    assert!(connack.session_present);
+    let got = sub.recv_publish_acked(TIMEOUT).await;
+    assert_eq!(got.payload, b"small", "{got:?}");
+    sub.expect_no_packet(QUIET).await;
+    // The discarded one is done: a later reconnect does not send it either.
+    drop(sub);
+    broker.wait_connections(0).await;
+    let back = Connect::new(&id).clean_start(false).session_expiry(60);
+    let (mut sub, connack) = RawClient5::connect_v5(broker.mqtt_addr(), &back).await;
+    assert!(connack.session_present);
+    match sub.try_recv(QUIET).await {
+        Ok(Packet::Publish(publish)) => panic!("resent after being discarded: {publish:?}"),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(_) => {}
+    }
 }
