@@ -150,3 +150,33 @@ async fn resends_after_a_reconnect_respect_the_new_maximum_packet_size() {
         Err(_) => {}
     }
 }
+
+/// The size on the wire of a CONNACK with these properties.
+fn connack_size(connack: &coolpy7_tests::packets5::ConnAck) -> usize {
+    let properties = coolpy7_tests::packets5::Props::new(connack.props.0.clone()).encode();
+    let remaining = 2 + properties.len();
+    1 + coolpy7_tests::packets5::varint(remaining as u32).len() + remaining
+}
+
+/// [MQTT-3.1.2-24]: "The Server MUST NOT send packets exceeding Maximum Packet Size to the
+/// Client", CONNACK included. What CONNACK may leave out (Response Information, which the
+/// Server MAY return, and properties whose absence means the same) goes before the limit is
+/// broken.
+#[tokio::test]
+async fn connack_fits_the_clients_maximum_packet_size() {
+    let broker = Broker::start(&[]);
+    let id = format!("{}-{}", unique_id("long"), "x".repeat(150));
+    let connect = Connect::new(&id)
+        .prop(P::RequestResponseInformation(1))
+        .prop(P::MaximumPacketSize(64));
+    let (client, connack) = RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
+    assert!(connack_size(&connack) <= 64, "{connack:?}");
+    client.disconnect().await;
+    // With room, Response Information is sent.
+    let connect = Connect::new(&id).prop(P::RequestResponseInformation(1));
+    let (_, connack) = RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
+    assert!(
+        connack.props.response_information().is_some(),
+        "{connack:?}"
+    );
+}
