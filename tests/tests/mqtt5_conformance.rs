@@ -180,3 +180,14 @@ async fn connack_fits_the_clients_maximum_packet_size() {
         "{connack:?}"
     );
 }
+
+/// [MQTT-3.1.0-2]: a second CONNECT is a Protocol Error (0x82), whatever its protocol level;
+/// 0x84 (unsupported protocol version) is a CONNACK code a DISCONNECT may not carry (§3.14.2.1).
+#[tokio::test]
+async fn a_second_connect_of_another_protocol_level_is_disconnect_0x82() {
+    let broker = Broker::start(&[]);
+    let mut client = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("twice")).await;
+    let second = Connect::new(&unique_id("twice")).protocol("MQTT", 6);
+    client.send(&second.encode()).await;
+    client.expect_disconnect(reason::PROTOCOL_ERROR).await;
+}

@@ -96,7 +96,13 @@ impl Close {
 
     /// A protocol error found while decoding.
     fn decode_error(error: &crate::codec::DecodeError) -> Close {
-        Close::Protocol(error.reason_code(), error.to_string())
+        let code = match error.reason_code() {
+            // A CONNECT after CONNECT is a Protocol Error whatever its level ([MQTT-3.1.0-2]);
+            // 0x84 is for CONNACK, and DISCONNECT may not carry it (§3.14.2.1).
+            ReasonCode::UnsupportedProtocolVersion => ReasonCode::ProtocolError,
+            code => code,
+        };
+        Close::Protocol(code, error.to_string())
     }
 
     /// The reason an MQTT 5 client is sent in a DISCONNECT before the close; `None` when the
