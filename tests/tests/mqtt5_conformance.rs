@@ -1,8 +1,9 @@
 //! MQTT 5 conformance details found in review, each checked against the OASIS MQTT 5.0 text:
 //! Subscription Identifiers on retained messages sent for a subscription (§3.3.4), the Will
 //! Message Expiry Interval counting from the will's publication (§3.1.3.2.4), Will QoS above
-//! Maximum QoS (§3.2.2.3.4), and resends after a reconnect within the new connection's Receive
-//! Maximum (§4.9) and Maximum Packet Size (§3.1.2.11.4).
+//! Maximum QoS (§3.2.2.3.4), resends after a reconnect within the new connection's Receive
+//! Maximum (§4.9) and Maximum Packet Size (§3.1.2.11.4), CONNACK within the Maximum Packet Size,
+//! and the reason code for a second CONNECT (§3.1.0, §3.14.2.1).
 
 use std::time::Duration;
 
