@@ -283,6 +283,10 @@ pub enum InFlight {
     Published(Delivery),
     /// PUBREL sent; waiting for PUBCOMP.
     Released,
+    /// PUBLISH sent on an earlier connection of a resumed session and not yet resent on this
+    /// one: it goes again (DUP) when the client's Receive Maximum has room (§4.9: the send quota
+    /// starts afresh with each connection), before anything new.
+    Unsent(Delivery),
 }
 
 /// Outgoing QoS 1/2 messages awaiting acknowledgement, in the order they were sent (which is the
@@ -291,11 +295,65 @@ pub enum InFlight {
 pub struct Outgoing {
     entries: VecDeque<(u16, InFlight)>,
     last_id: u16,
+    /// How many entries are [`InFlight::Unsent`].
+    unsent: usize,
 }
 
 impl Outgoing {
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Entries that count against the client's Receive Maximum on this connection: all but
+    /// those waiting to be resent.
+    pub fn in_window(&self) -> usize {
+        self.entries.len() - self.unsent
+    }
+
+    /// Whether PUBLISHes of an earlier connection wait to be resent.
+    pub fn has_unsent(&self) -> bool {
+        self.unsent > 0
+    }
+
+    /// A new connection resumed the session: every PUBLISH in flight is to be sent again, as its
+    /// window allows (PUBRELs are resent at once, see [`Outgoing::iter`]).
+    pub fn resume(&mut self) {
+        for (_, state) in self.entries.iter_mut() {
+            if let InFlight::Published(delivery) = state {
+                *state = InFlight::Unsent(delivery.clone());
+                self.unsent += 1;
+            }
+        }
+    }
+
+    /// The oldest PUBLISH waiting to be resent, now marked sent: its packet id and delivery.
+    pub fn take_unsent(&mut self) -> Option<(u16, Delivery)> {
+        if self.unsent == 0 {
+            return None;
+        }
+        let (id, state) = self
+            .entries
+            .iter_mut()
+            .find(|(_, state)| matches!(state, InFlight::Unsent(_)))?;
+        let InFlight::Unsent(delivery) = state else {
+            return None;
+        };
+        let delivery = delivery.clone();
+        *state = InFlight::Published(delivery.clone());
+        self.unsent -= 1;
+        Some((*id, delivery))
+    }
+
+    /// Removes the entry at `index`, keeping the count of unsent ones.
+    fn remove_at(&mut self, index: usize) -> bool {
+        match self.entries.remove(index) {
+            Some((_, InFlight::Unsent(_))) => {
+                self.unsent -= 1;
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -322,13 +380,16 @@ impl Outgoing {
         let index = self.entries.iter().position(|(used, state)| {
             *used == id && matches!(state, InFlight::Published(d) if d.qos == QoS::AtLeastOnce)
         });
-        index.and_then(|index| self.entries.remove(index)).is_some()
+        index.is_some_and(|index| self.remove_at(index))
     }
 
     /// PUBREC: the QoS 2 message is received; PUBREL follows. Returns whether `id` is in flight.
     pub fn received(&mut self, id: u16) -> bool {
         match self.entries.iter_mut().find(|(used, _)| *used == id) {
             Some((_, state)) => {
+                if matches!(state, InFlight::Unsent(_)) {
+                    self.unsent -= 1;
+                }
                 *state = InFlight::Released;
                 true
             }
@@ -339,11 +400,10 @@ impl Outgoing {
     /// An MQTT 5 PUBREC with a failure reason: the client refused the QoS 2 message, and the
     /// exchange ends without PUBREL. Returns whether `id` was a PUBLISH in flight.
     pub fn refused(&mut self, id: u16) -> bool {
-        let index = self
-            .entries
-            .iter()
-            .position(|(used, state)| *used == id && matches!(state, InFlight::Published(_)));
-        index.and_then(|index| self.entries.remove(index)).is_some()
+        let index = self.entries.iter().position(|(used, state)| {
+            *used == id && matches!(state, InFlight::Published(_) | InFlight::Unsent(_))
+        });
+        index.is_some_and(|index| self.remove_at(index))
     }
 
     /// PUBCOMP: the QoS 2 exchange is complete. Returns whether `id` was awaiting it.
@@ -352,7 +412,7 @@ impl Outgoing {
             .entries
             .iter()
             .position(|(used, state)| *used == id && matches!(state, InFlight::Released));
-        index.and_then(|index| self.entries.remove(index)).is_some()
+        index.is_some_and(|index| self.remove_at(index))
     }
 
     /// Everything in flight, oldest first, to be resent on reconnect.
@@ -381,11 +441,13 @@ pub struct SessionState {
 }
 
 /// The retained messages a subscription is still owed: those matching `filter` after the topic
-/// `after` (all of them while it is `None`), delivered at most at `qos`.
+/// `after` (all of them while it is `None`), delivered at most at `qos`, with the subscription's
+/// MQTT 5 Subscription Identifier (0 for none).
 #[derive(Debug)]
 pub struct RetainedOwed {
     pub filter: Box<str>,
     pub qos: QoS,
+    pub identifier: u32,
     pub after: Option<bytes::Bytes>,
 }
 
@@ -396,11 +458,12 @@ impl SessionState {
 
     /// Owes the retained messages matching `filter` (a new or repeated subscription): a repeat
     /// starts that filter's delivery over, as MQTT asks, without owing them twice.
-    pub fn owe_retained(&mut self, filter: &str, qos: QoS) {
+    pub fn owe_retained(&mut self, filter: &str, qos: QoS, identifier: u32) {
         self.forgive_retained(filter);
         self.retained.push_back(RetainedOwed {
             filter: filter.into(),
             qos,
+            identifier,
             after: None,
         });
     }
@@ -480,7 +543,7 @@ struct Idle {
     /// When it expires; `None` = never.
     expires: Option<Instant>,
     /// An MQTT 5 will waiting for its delay, and when it is due.
-    will: Option<(Arc<Message>, Instant)>,
+    will: Option<(DelayedWill, Instant)>,
 }
 
 impl Idle {
@@ -496,8 +559,24 @@ impl Idle {
 
 /// A will to publish later: when its delay has passed, unless its client comes back first.
 pub struct DelayedWill {
-    pub message: Arc<Message>,
+    /// Without its expiry, which counts from the moment it is published.
+    pub message: Message,
+    /// MQTT 5 Message Expiry Interval, seconds.
+    pub expiry: Option<u32>,
     pub delay: Duration,
+}
+
+impl DelayedWill {
+    /// The will as published at `now`: its Message Expiry Interval starts then, not when its
+    /// connection closed (§3.1.3.2.4: it "is sent as the Publication Expiry Interval when the
+    /// Server publishes the Will Message").
+    pub fn published(self, now: Instant) -> Arc<Message> {
+        let mut message = self.message;
+        message.expires_at = self
+            .expiry
+            .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
+        Arc::new(message)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -634,7 +713,7 @@ impl SessionRegistry {
             Some(idle) if !clean => (idle.state, true),
             stored => {
                 if let Some(old) = stored {
-                    will_due = old.will.map(|(will, _)| will);
+                    will_due = old.will.map(|(will, _)| will.published(Instant::now()));
                     self.discard(*old.state, router);
                 }
                 self.metrics.sessions.inc();
@@ -684,7 +763,7 @@ impl SessionRegistry {
                     let expires = state.expiry.and_then(|expiry| now.checked_add(expiry));
                     let will = will.map(|will| {
                         let due = now.checked_add(will.delay).unwrap_or(now);
-                        (will.message, due)
+                        (will, due)
                     });
                     sessions.insert_idle(
                         key,
@@ -704,7 +783,7 @@ impl SessionRegistry {
         // names us: nobody else can reach this state, so drop its subscriptions and queue.
         self.discard(*state, router);
         holder.mark_released();
-        will.map(|will| will.message)
+        will.map(|will| will.published(now))
     }
 
     /// Drops a session that nobody can reach any more. Its mailbox is closed first, so that
@@ -735,10 +814,10 @@ impl SessionRegistry {
                     continue;
                 };
                 if idle.will.as_ref().is_some_and(|(_, due)| *due <= now) {
-                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    wills.extend(idle.will.take().map(|(will, _)| will.published(now)));
                 }
                 if idle.expires.is_some_and(|at| at <= now) {
-                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    wills.extend(idle.will.take().map(|(will, _)| will.published(now)));
                     expired.push(idle.state);
                 } else {
                     sessions.insert_idle(key, idle);
@@ -766,7 +845,8 @@ impl SessionRegistry {
                     if let Some(deadline) = idle.deadline() {
                         deadlines.remove(&(deadline, key.clone()));
                     }
-                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    let now = Instant::now();
+                    wills.extend(idle.will.take().map(|(will, _)| will.published(now)));
                     if let Some(deadline) = idle.deadline() {
                         deadlines.insert((deadline, key.clone()));
                     }
@@ -966,6 +1046,28 @@ mod tests {
         assert!(outgoing.is_empty());
     }
 
+    #[test]
+    fn a_resumed_session_resends_in_order_within_the_window() {
+        let mut outgoing = Outgoing::default();
+        let ids: Vec<u16> = [b"a", b"b", b"c", b"d"]
+            .iter()
+            .map(|p| outgoing.publish(delivery(QoS::ExactlyOnce, *p)))
+            .collect();
+        assert!(outgoing.received(ids[0]), "PUBREC: awaiting PUBCOMP");
+        outgoing.resume();
+        // The PUBREL-awaiting entry still counts; the three PUBLISHes wait to be resent.
+        assert_eq!((outgoing.len(), outgoing.in_window()), (4, 1));
+        let (id, first) = outgoing.take_unsent().expect("oldest unsent");
+        assert_eq!((id, &first.message.payload[..]), (ids[1], &b"b"[..]));
+        assert_eq!(outgoing.in_window(), 2);
+        // Acknowledgements of what was not resent yet still settle the count.
+        assert!(outgoing.received(ids[2]));
+        assert!(outgoing.refused(ids[3]));
+        assert!(!outgoing.has_unsent());
+        assert_eq!((outgoing.len(), outgoing.in_window()), (3, 3));
+        assert!(outgoing.take_unsent().is_none());
+    }
+
     fn registry() -> (Arc<Metrics>, Arc<Router>, Arc<SessionRegistry>) {
         let metrics = Arc::new(Metrics::new());
         let router = Arc::new(Router::new(metrics.clone()));
@@ -1068,7 +1170,8 @@ mod tests {
             false,
         );
         DelayedWill {
-            message: Arc::new(message),
+            message,
+            expiry: None,
             delay,
         }
     }

@@ -185,6 +185,13 @@ impl Handshake<'_> {
                 }
                 return None;
             }
+            // [MQTT-3.2.2-12]: a will the broker could not publish at its QoS is refused. (An
+            // MQTT 3.1.1 client cannot be told about -mqos; its will is delivered within it.)
+            if v5 && will.qos > self.broker.config.max_qos {
+                debug!(%peer, connection = id, "will QoS above the maximum QoS");
+                self.refuse(protocol, ReasonCode::QoSNotSupported).await;
+                return None;
+            }
         }
         // No enhanced authentication method is supported (yet): the client is told so rather
         // than left to guess.
@@ -303,6 +310,9 @@ impl Handshake<'_> {
             congested: None,
             woke_subscribers: false,
         });
+        if let Some(v5) = &connection.v5 {
+            fit_connack(&mut connack, v5.maximum_packet_size);
+        }
         connection.send(&Packet::ConnAck(ConnAck {
             session_present: claimed.session_present,
             code: ReasonCode::Success,
@@ -399,6 +409,36 @@ fn announce_limits(connack: &mut PropertyValues, config: &Config) {
     connack.wildcard_subscription_available = Some(true);
     connack.subscription_identifier_available = Some(true);
     connack.shared_subscription_available = Some(true);
+}
+
+/// Leaves out of CONNACK's properties what it may do without, until the packet fits the
+/// client's Maximum Packet Size ([MQTT-3.1.2-24]): Response Information (which the Server MAY
+/// return), then the properties whose absence says the same (the three "available" flags) or
+/// less (no Topic Alias Maximum: the client sets no aliases). The rest is owed.
+fn fit_connack(connack: &mut Properties, limit: usize) {
+    // Flags, reason code and the properties, behind the fixed header.
+    let fits = |properties: &Properties| {
+        properties.wire_len().is_ok_and(|len| {
+            let remaining = 2 + len;
+            1 + codec::properties::varint_len(remaining) + remaining <= limit
+        })
+    };
+    if fits(connack) {
+        return;
+    }
+    let values = connack.set();
+    values.response_information = None;
+    if fits(connack) {
+        return;
+    }
+    let values = connack.set();
+    values.wildcard_subscription_available = None;
+    values.subscription_identifier_available = None;
+    values.shared_subscription_available = None;
+    if fits(connack) {
+        return;
+    }
+    connack.set().topic_alias_maximum = None;
 }
 
 /// A Response Topic, where one is given, must be a topic name (no wildcards).

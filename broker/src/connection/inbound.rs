@@ -362,7 +362,8 @@ impl Connection {
                 RetainHandling::Never => false,
             };
             if subscription.group().is_none() && wants_retained {
-                self.state.owe_retained(subscription.filter(), granted);
+                self.state
+                    .owe_retained(subscription.filter(), granted, identifier);
             }
             self.state.subscriptions.insert(raw, granted);
             reason_codes.push(ReasonCode::granted(granted));

@@ -96,7 +96,13 @@ impl Close {
 
     /// A protocol error found while decoding.
     fn decode_error(error: &crate::codec::DecodeError) -> Close {
-        Close::Protocol(error.reason_code(), error.to_string())
+        let code = match error.reason_code() {
+            // A CONNECT after CONNECT is a Protocol Error whatever its level ([MQTT-3.1.0-2]);
+            // 0x84 is for CONNACK, and DISCONNECT may not carry it (§3.14.2.1).
+            ReasonCode::UnsupportedProtocolVersion => ReasonCode::ProtocolError,
+            code => code,
+        };
+        Close::Protocol(code, error.to_string())
     }
 
     /// The reason an MQTT 5 client is sent in a DISCONNECT before the close; `None` when the
@@ -204,15 +210,13 @@ impl Connection {
         } = *self;
         let will = will.filter(|_| close.publishes_will()).map(|will| {
             let Will {
-                mut message,
+                message,
                 expiry,
                 delay,
             } = *will;
-            message.expires_at = expiry.and_then(|secs| {
-                std::time::Instant::now().checked_add(Duration::from_secs(u64::from(secs)))
-            });
             DelayedWill {
-                message: Arc::new(message),
+                message,
+                expiry,
                 // Sessions end with the process: a will due later is due now.
                 delay: if broker.is_shutting_down() {
                     Duration::ZERO
@@ -224,7 +228,9 @@ impl Connection {
         // A will without a delay goes out now; the session keeps a delayed one, and hands it
         // back if the session ends with the connection.
         let (now, later) = match will {
-            Some(will) if will.delay.is_zero() => (Some(will.message), None),
+            Some(will) if will.delay.is_zero() => {
+                (Some(will.published(std::time::Instant::now())), None)
+            }
             will => (None, will),
         };
         let due = broker

@@ -14,7 +14,7 @@ use super::aliases::OutboundTopic;
 use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
 use crate::codec::{self, Ack, Packet, PublishV5Extras, QoS};
 use crate::metrics::DropReason;
-use crate::router::{Delivery, Page};
+use crate::router::{Delivery, Page, SubscriptionIds};
 
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
 const PULL_BATCH: usize = 256;
@@ -27,7 +27,7 @@ impl Connection {
     /// Whether the in-flight window is full: nothing more at QoS 1 or 2 goes out until the
     /// client acknowledges something.
     pub(super) fn window_full(&self) -> bool {
-        self.state.outgoing.len() >= self.window()
+        self.state.outgoing.in_window() >= self.window()
     }
 
     /// The in-flight window: `-mif`, or an MQTT 5 client's Receive Maximum when smaller.
@@ -42,7 +42,9 @@ impl Connection {
 
     /// Whether deliveries are waiting to go out (in the mailbox or owed retained messages).
     pub(super) fn deliveries_waiting(&self) -> bool {
-        !self.state.retained.is_empty() || !self.state.mailbox.is_empty()
+        self.state.outgoing.has_unsent()
+            || !self.state.retained.is_empty()
+            || !self.state.mailbox.is_empty()
     }
 
     /// Moves deliveries into the write buffer, within the in-flight window: the retained
@@ -52,7 +54,16 @@ impl Connection {
         if !self.can_pull() {
             return;
         }
-        let window = self.window().saturating_sub(self.state.outgoing.len());
+        if self.state.outgoing.has_unsent() {
+            // What an earlier connection had in flight goes first, in order.
+            self.resend_unsent();
+            if self.state.outgoing.has_unsent() || !self.can_pull() {
+                return;
+            }
+        }
+        let window = self
+            .window()
+            .saturating_sub(self.state.outgoing.in_window());
         let budget = WRITE_HIGH_WATER - self.wbuf.len();
         if let Some(owed) = self.state.retained.front_mut() {
             // A QoS 0 subscription's messages never count against the window.
@@ -68,6 +79,11 @@ impl Connection {
                 owed.after = Some(last.topic.clone());
             }
             let granted = owed.qos;
+            // [MQTT-3.3.4-3]: sent because of the subscription, so with its identifier.
+            let subscription_ids: SubscriptionIds = (owed.identifier != 0)
+                .then_some(owed.identifier)
+                .into_iter()
+                .collect();
             if !more {
                 self.state.retained.pop_front();
                 if self.state.retained.is_empty() {
@@ -80,7 +96,7 @@ impl Connection {
                 qos: message.qos.min(granted),
                 message,
                 retain: true,
-                subscription_ids: Default::default(),
+                subscription_ids: subscription_ids.clone(),
             }));
         } else {
             let metrics = &self.broker.metrics;
@@ -198,50 +214,75 @@ impl Connection {
         written.ok().map(|()| message.payload.len())
     }
 
-    /// After CONNACK on a resumed session: everything unacknowledged goes again, in order, with
-    /// DUP set (PUBREL for QoS 2 messages the client had already received). Topic aliases do not
-    /// outlive a connection, so an MQTT 5 resend names its topic in full.
+    /// After CONNACK on a resumed session: everything unacknowledged goes again, in order: PUBREL
+    /// for QoS 2 messages the client had already received, and the PUBLISHes with DUP set as far
+    /// as this connection's window allows (the rest follow as acknowledgements make room, see
+    /// [`Connection::resend_unsent`]).
     pub(super) fn resend_in_flight(&mut self) {
+        self.state.outgoing.resume();
         let mut out = std::mem::take(&mut self.wbuf);
-        let v5 = self.v5.is_some();
-        let now = std::time::Instant::now();
         for (packet_id, in_flight) in self.state.outgoing.iter() {
-            match in_flight {
-                crate::session::InFlight::Published(delivery) if v5 => {
-                    let message = &delivery.message;
-                    let extras = PublishV5Extras {
-                        message_expiry: message.remaining_expiry(now),
-                        topic_alias: None,
-                        subscription_ids: &delivery.subscription_ids,
-                        message_properties: &message.properties,
-                    };
-                    let _ = codec::encode_publish_v5(
-                        &mut out,
-                        true,
-                        delivery.qos,
-                        delivery.retain,
-                        &message.topic,
-                        *packet_id,
-                        &extras,
-                        &message.payload,
-                    );
-                }
-                crate::session::InFlight::Published(delivery) => {
-                    delivery.message.write_to(
-                        &mut out,
-                        delivery.qos,
-                        *packet_id,
-                        delivery.retain,
-                        true,
-                        false,
-                    );
-                }
-                crate::session::InFlight::Released => {
-                    let _ = Packet::PubRel(Ack::new(*packet_id)).encode(self.protocol, &mut out);
-                }
+            if let crate::session::InFlight::Released = in_flight {
+                let _ = Packet::PubRel(Ack::new(*packet_id)).encode(self.protocol, &mut out);
             }
         }
         self.wbuf = out;
+        self.resend_unsent();
+    }
+
+    /// Resends the PUBLISHes of an earlier connection, oldest first, while the window has room
+    /// (§4.9: the client's Receive Maximum on this connection bounds resends too). An MQTT 5
+    /// resend names its topic in full (topic aliases do not outlive a connection), and one larger
+    /// than this client's Maximum Packet Size is discarded as if it had been delivered
+    /// ([MQTT-3.1.2-25]).
+    pub(super) fn resend_unsent(&mut self) {
+        let now = std::time::Instant::now();
+        let mut too_large = 0;
+        while !self.window_full() && self.wbuf.len() < WRITE_HIGH_WATER {
+            let Some((packet_id, delivery)) = self.state.outgoing.take_unsent() else {
+                break;
+            };
+            let message = &delivery.message;
+            let Some(v5) = &self.v5 else {
+                let (qos, retain) = (delivery.qos, delivery.retain);
+                message.write_to(&mut self.wbuf, qos, packet_id, retain, true, false);
+                continue;
+            };
+            let extras = PublishV5Extras {
+                message_expiry: message.remaining_expiry(now),
+                topic_alias: None,
+                subscription_ids: &delivery.subscription_ids,
+                message_properties: &message.properties,
+            };
+            let size = codec::publish_v5_size(
+                delivery.qos,
+                message.topic.len(),
+                &extras,
+                message.payload.len(),
+            );
+            if size > v5.maximum_packet_size {
+                // Ends the exchange as a refusing PUBREC would.
+                self.state.outgoing.refused(packet_id);
+                too_large += 1;
+                continue;
+            }
+            let _ = codec::encode_publish_v5(
+                &mut self.wbuf,
+                true,
+                delivery.qos,
+                delivery.retain,
+                &message.topic,
+                packet_id,
+                &extras,
+                &message.payload,
+            );
+        }
+        if too_large > 0 {
+            let metrics = &self.broker.metrics;
+            metrics
+                .dropped(DropReason::PacketTooLarge)
+                .inc_by(too_large);
+        }
     }
 
     /// Appends a packet to the write buffer; it goes out with the next write.
