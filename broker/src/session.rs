@@ -480,7 +480,7 @@ struct Idle {
     /// When it expires; `None` = never.
     expires: Option<Instant>,
     /// An MQTT 5 will waiting for its delay, and when it is due.
-    will: Option<(Arc<Message>, Instant)>,
+    will: Option<(DelayedWill, Instant)>,
 }
 
 impl Idle {
@@ -496,8 +496,22 @@ impl Idle {
 
 /// A will to publish later: when its delay has passed, unless its client comes back first.
 pub struct DelayedWill {
-    pub message: Arc<Message>,
+    /// Without an expiry yet: its Message Expiry Interval counts from when it is published
+    /// (§3.1.3.2.4), not from when its connection closed.
+    pub message: Box<Message>,
+    /// The Message Expiry Interval; `None` if it never expires.
+    pub expiry: Option<Duration>,
     pub delay: Duration,
+}
+
+impl DelayedWill {
+    /// The will as published at `now`, its expiry counted from then.
+    pub fn publish_at(self, now: Instant) -> Arc<Message> {
+        let mut message = *self.message;
+        // Beyond what an Instant can hold (over a century): as good as never.
+        message.expires_at = self.expiry.and_then(|expiry| now.checked_add(expiry));
+        Arc::new(message)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -634,7 +648,7 @@ impl SessionRegistry {
             Some(idle) if !clean => (idle.state, true),
             stored => {
                 if let Some(old) = stored {
-                    will_due = old.will.map(|(will, _)| will);
+                    will_due = old.will.map(|(will, _)| will.publish_at(Instant::now()));
                     self.discard(*old.state, router);
                 }
                 self.metrics.sessions.inc();
@@ -684,7 +698,7 @@ impl SessionRegistry {
                     let expires = state.expiry.and_then(|expiry| now.checked_add(expiry));
                     let will = will.map(|will| {
                         let due = now.checked_add(will.delay).unwrap_or(now);
-                        (will.message, due)
+                        (will, due)
                     });
                     sessions.insert_idle(
                         key,
@@ -704,7 +718,7 @@ impl SessionRegistry {
         // names us: nobody else can reach this state, so drop its subscriptions and queue.
         self.discard(*state, router);
         holder.mark_released();
-        will.map(|will| will.message)
+        will.map(|will| will.publish_at(now))
     }
 
     /// Drops a session that nobody can reach any more. Its mailbox is closed first, so that
@@ -735,10 +749,10 @@ impl SessionRegistry {
                     continue;
                 };
                 if idle.will.as_ref().is_some_and(|(_, due)| *due <= now) {
-                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));
                 }
                 if idle.expires.is_some_and(|at| at <= now) {
-                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));
                     expired.push(idle.state);
                 } else {
                     sessions.insert_idle(key, idle);
@@ -757,6 +771,7 @@ impl SessionRegistry {
     pub fn take_delayed_wills(&self) -> Vec<Arc<Message>> {
         let mut sessions = self.sessions.lock();
         let mut wills = Vec::new();
+        let now = Instant::now();
         let Sessions {
             entries, deadlines, ..
         } = &mut *sessions;
@@ -766,7 +781,7 @@ impl SessionRegistry {
                     if let Some(deadline) = idle.deadline() {
                         deadlines.remove(&(deadline, key.clone()));
                     }
-                    wills.extend(idle.will.take().map(|(will, _)| will));
+                    wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));
                     if let Some(deadline) = idle.deadline() {
                         deadlines.insert((deadline, key.clone()));
                     }
@@ -1068,7 +1083,8 @@ mod tests {
             false,
         );
         DelayedWill {
-            message: Arc::new(message),
+            message: Box::new(message),
+            expiry: None,
             delay,
         }
     }

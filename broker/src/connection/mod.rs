@@ -204,15 +204,13 @@ impl Connection {
         } = *self;
         let will = will.filter(|_| close.publishes_will()).map(|will| {
             let Will {
-                mut message,
+                message,
                 expiry,
                 delay,
             } = *will;
-            message.expires_at = expiry.and_then(|secs| {
-                std::time::Instant::now().checked_add(Duration::from_secs(u64::from(secs)))
-            });
             DelayedWill {
-                message: Arc::new(message),
+                message: Box::new(message),
+                expiry: expiry.map(|secs| Duration::from_secs(u64::from(secs))),
                 // Sessions end with the process: a will due later is due now.
                 delay: if broker.is_shutting_down() {
                     Duration::ZERO
@@ -224,7 +222,9 @@ impl Connection {
         // A will without a delay goes out now; the session keeps a delayed one, and hands it
         // back if the session ends with the connection.
         let (now, later) = match will {
-            Some(will) if will.delay.is_zero() => (Some(will.message), None),
+            Some(will) if will.delay.is_zero() => {
+                (Some(will.publish_at(std::time::Instant::now())), None)
+            }
             will => (None, will),
         };
         let due = broker
