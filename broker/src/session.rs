@@ -346,6 +346,14 @@ impl Outgoing {
         index.and_then(|index| self.entries.remove(index)).is_some()
     }
 
+    /// A PUBLISH recorded by [`Outgoing::publish`] that could not be encoded after all (too
+    /// large for the protocol with this client's topic, properties and identifiers): it was
+    /// never sent, so it gives its packet id and its place in the window back. Returns whether
+    /// `id` was a PUBLISH in flight.
+    pub fn unsent(&mut self, id: u16) -> bool {
+        self.refused(id)
+    }
+
     /// PUBCOMP: the QoS 2 exchange is complete. Returns whether `id` was awaiting it.
     pub fn complete(&mut self, id: u16) -> bool {
         let index = self

@@ -135,6 +135,13 @@ impl Connection {
             ) {
                 messages[qos as usize] += 1;
                 payload_bytes[qos as usize] += message.payload.len() as u64;
+            } else {
+                // Beyond what a PUBLISH can carry: never sent, so it holds no packet id.
+                if packet_id != 0 {
+                    self.state.outgoing.unsent(packet_id);
+                }
+                let metrics = &self.broker.metrics;
+                metrics.dropped(DropReason::PacketTooLarge).inc();
             }
         }
         let metrics = &self.broker.metrics;
@@ -171,7 +178,9 @@ impl Connection {
             &extras,
             message.payload.len(),
         );
-        if size > v5.maximum_packet_size {
+        // Past the protocol's own limit too (the topic spelled out, identifiers added): decided
+        // before an alias is assigned, which the client would otherwise never learn.
+        if size > v5.maximum_packet_size.min(codec::MAX_REMAINING_LENGTH + 5) {
             return None;
         }
         let (topic, alias) = match v5.outbound_aliases.assign(&message.topic) {
@@ -195,6 +204,11 @@ impl Connection {
             &extras,
             &message.payload,
         );
+        if written.is_err() && packet_id != 0 {
+            // Beyond what a PUBLISH can carry (the topic spelled out, identifiers added): never
+            // sent, so it holds no packet id.
+            self.state.outgoing.unsent(packet_id);
+        }
         written.ok().map(|()| message.payload.len())
     }
 
