@@ -214,14 +214,18 @@ impl Connection {
 
     /// After CONNACK on a resumed session: everything unacknowledged goes again, in order, with
     /// DUP set (PUBREL for QoS 2 messages the client had already received). Topic aliases do not
-    /// outlive a connection, so an MQTT 5 resend names its topic in full.
+    /// outlive a connection, so an MQTT 5 resend names its topic in full. A message that no
+    /// longer fits (this connection's client set a smaller Maximum Packet Size, or speaks
+    /// another version) is discarded as if it had been delivered (§3.1.2.11.4) rather than
+    /// resent past the limit on every reconnect.
     pub(super) fn resend_in_flight(&mut self) {
         let mut out = std::mem::take(&mut self.wbuf);
-        let v5 = self.v5.is_some();
+        let limit = self.v5.as_ref().map(|v5| v5.maximum_packet_size);
         let now = std::time::Instant::now();
+        let mut unsendable = Vec::new();
         for (packet_id, in_flight) in self.state.outgoing.iter() {
             match in_flight {
-                crate::session::InFlight::Published(delivery) if v5 => {
+                crate::session::InFlight::Published(delivery) if limit.is_some() => {
                     let message = &delivery.message;
                     let extras = PublishV5Extras {
                         message_expiry: message.remaining_expiry(now),
@@ -229,19 +233,30 @@ impl Connection {
                         subscription_ids: &delivery.subscription_ids,
                         message_properties: &message.properties,
                     };
-                    let _ = codec::encode_publish_v5(
-                        &mut out,
-                        true,
+                    let size = codec::publish_v5_size(
                         delivery.qos,
-                        delivery.retain,
-                        &message.topic,
-                        *packet_id,
+                        message.topic.len(),
                         &extras,
-                        &message.payload,
+                        message.payload.len(),
                     );
+                    let fits = limit.is_some_and(|limit| size <= limit)
+                        && codec::encode_publish_v5(
+                            &mut out,
+                            true,
+                            delivery.qos,
+                            delivery.retain,
+                            &message.topic,
+                            *packet_id,
+                            &extras,
+                            &message.payload,
+                        )
+                        .is_ok();
+                    if !fits {
+                        unsendable.push(*packet_id);
+                    }
                 }
                 crate::session::InFlight::Published(delivery) => {
-                    delivery.message.write_to(
+                    let written = delivery.message.write_to(
                         &mut out,
                         delivery.qos,
                         *packet_id,
@@ -249,11 +264,23 @@ impl Connection {
                         true,
                         false,
                     );
+                    if !written {
+                        unsendable.push(*packet_id);
+                    }
                 }
                 crate::session::InFlight::Released => {
                     let _ = Packet::PubRel(Ack::new(*packet_id)).encode(self.protocol, &mut out);
                 }
             }
+        }
+        if !unsendable.is_empty() {
+            for packet_id in &unsendable {
+                self.state.outgoing.unsent(*packet_id);
+            }
+            let metrics = &self.broker.metrics;
+            metrics
+                .dropped(DropReason::PacketTooLarge)
+                .inc_by(unsendable.len() as u64);
         }
         self.wbuf = out;
     }
