@@ -120,11 +120,14 @@ impl OutboundAliases {
             self.slots[usize::from(alias - 1)].1 = self.clock;
             return OutboundTopic::Alias(alias);
         }
+        // Copied: a message's topic is often a slice of a larger buffer (its payload, or its
+        // publisher's read buffer), which an alias must not keep alive. Once per definition.
+        let topic = Bytes::copy_from_slice(topic);
         if self.slots.len() < usize::from(self.maximum) {
             self.slots.push((topic.clone(), self.clock));
             // Cannot truncate: at most `maximum` slots.
             let alias = self.slots.len() as u16;
-            self.by_topic.insert(topic.clone(), alias);
+            self.by_topic.insert(topic, alias);
             return OutboundTopic::Define(alias);
         }
         // All taken: the least recently used goes (a linear scan of at most -mta slots, only
@@ -140,7 +143,7 @@ impl OutboundAliases {
         let (old, _) = std::mem::replace(&mut self.slots[index], (topic.clone(), self.clock));
         self.by_topic.remove(&old);
         let alias = (index + 1) as u16;
-        self.by_topic.insert(topic.clone(), alias);
+        self.by_topic.insert(topic, alias);
         OutboundTopic::Define(alias)
     }
 }
@@ -237,6 +240,23 @@ mod tests {
         assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Define(1));
         assert_eq!(aliases.assign(&topic("c")), OutboundTopic::Alias(2));
         assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Alias(1));
+    }
+
+    #[test]
+    fn outbound_aliases_do_not_keep_the_message_s_buffer_alive() {
+        // A message's topic is often a slice of a larger buffer (its payload, or the
+        // publisher's read buffer): an alias must not pin that buffer for as long as it lives.
+        let mut aliases = OutboundAliases::new(4);
+        let buffer = Bytes::from(vec![b'a'; 64 * 1024]);
+        let topic = buffer.slice(..3);
+        assert_eq!(aliases.assign(&topic), OutboundTopic::Define(1));
+        drop(topic);
+        assert!(buffer.is_unique(), "the alias holds a copy, not the buffer");
+        assert_eq!(
+            aliases.assign(&buffer.slice(..3)),
+            OutboundTopic::Alias(1),
+            "still found by its bytes"
+        );
     }
 
     #[test]
