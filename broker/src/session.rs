@@ -751,10 +751,17 @@ impl SessionRegistry {
                 if deadline > now {
                     break;
                 }
-                let Some((key, Entry::Idle(mut idle))) = sessions.remove_entry(&key) else {
-                    // Defensive: a deadline whose entry is gone or online.
-                    sessions.deadlines.remove(&(deadline, key));
-                    continue;
+                let mut idle = match sessions.remove_entry(&key) {
+                    Some((_, Entry::Idle(idle))) => idle,
+                    other => {
+                        // Defensive: a deadline whose entry is gone or online. The deadline
+                        // goes; an online session's entry stays where it was.
+                        sessions.deadlines.remove(&(deadline, key));
+                        if let Some((key, held @ Entry::Held(_))) = other {
+                            sessions.entries.insert(key, held);
+                        }
+                        continue;
+                    }
                 };
                 if idle.will.as_ref().is_some_and(|(_, due)| *due <= now) {
                     wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));
@@ -1081,6 +1088,28 @@ mod tests {
             .await
             .expect("claim");
         assert!(!resumed.session_present);
+    }
+
+    #[tokio::test]
+    async fn a_stray_deadline_never_removes_an_online_session() {
+        let (_, router, registry) = registry();
+        let holder = Holder::new(1);
+        let _claimed = registry
+            .claim("on", false, &holder, &router)
+            .await
+            .expect("claim");
+        let now = Instant::now();
+        // Only an inconsistent index could point a deadline at an online session: the sweep
+        // must drop the deadline, not the session's entry.
+        registry
+            .sessions
+            .lock()
+            .deadlines
+            .insert((now, Arc::from("on")));
+        let (wills, expired) = registry.expire(now, &router);
+        assert!(wills.is_empty() && expired == 0);
+        assert!(registry.is_connected("on"), "still held by its connection");
+        assert!(registry.sessions.lock().deadlines.is_empty());
     }
 
     fn will(payload: &'static [u8], delay: Duration) -> DelayedWill {
