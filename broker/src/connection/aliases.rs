@@ -105,11 +105,6 @@ impl OutboundAliases {
         }
     }
 
-    /// Whether any alias may be used on this connection.
-    pub(super) fn enabled(&self) -> bool {
-        self.maximum > 0
-    }
-
     /// The alias to send `topic` with.
     pub(super) fn assign(&mut self, topic: &Bytes) -> OutboundTopic {
         if self.maximum == 0 || topic.is_empty() {

@@ -171,7 +171,7 @@ impl Connection {
         };
         // Judged with the whole topic (and an alias), so that the choice of alias below never
         // makes a difference.
-        extras.topic_alias = v5.outbound_aliases.enabled().then_some(0);
+        extras.topic_alias = v5.outbound_aliases_enabled().then_some(0);
         let size = codec::publish_v5_size(
             delivery.qos,
             message.topic.len(),
@@ -183,7 +183,7 @@ impl Connection {
         if size > v5.maximum_packet_size.min(codec::MAX_REMAINING_LENGTH + 5) {
             return None;
         }
-        let (topic, alias) = match v5.outbound_aliases.assign(&message.topic) {
+        let (topic, alias) = match v5.outbound_aliases().assign(&message.topic) {
             OutboundTopic::Plain => (&message.topic[..], None),
             OutboundTopic::Define(alias) => (&message.topic[..], Some(alias)),
             OutboundTopic::Alias(alias) => (&[][..], Some(alias)),
