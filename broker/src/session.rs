@@ -406,6 +406,14 @@ impl Outgoing {
         index.is_some_and(|index| self.remove_at(index))
     }
 
+    /// A PUBLISH recorded by [`Outgoing::publish`] that could not be encoded after all (too
+    /// large for the protocol with this client's topic, properties and identifiers): it was
+    /// never sent, so it gives its packet id and its place in the window back. Returns whether
+    /// `id` was a PUBLISH in flight.
+    pub fn unsent(&mut self, id: u16) -> bool {
+        self.refused(id)
+    }
+
     /// PUBCOMP: the QoS 2 exchange is complete. Returns whether `id` was awaiting it.
     pub fn complete(&mut self, id: u16) -> bool {
         let index = self
@@ -559,22 +567,20 @@ impl Idle {
 
 /// A will to publish later: when its delay has passed, unless its client comes back first.
 pub struct DelayedWill {
-    /// Without its expiry, which counts from the moment it is published.
-    pub message: Message,
-    /// MQTT 5 Message Expiry Interval, seconds.
-    pub expiry: Option<u32>,
+    /// Without an expiry yet: its Message Expiry Interval counts from when it is published
+    /// (§3.1.3.2.4), not from when its connection closed.
+    pub message: Box<Message>,
+    /// The Message Expiry Interval; `None` if it never expires.
+    pub expiry: Option<Duration>,
     pub delay: Duration,
 }
 
 impl DelayedWill {
-    /// The will as published at `now`: its Message Expiry Interval starts then, not when its
-    /// connection closed (§3.1.3.2.4: it "is sent as the Publication Expiry Interval when the
-    /// Server publishes the Will Message").
-    pub fn published(self, now: Instant) -> Arc<Message> {
-        let mut message = self.message;
-        message.expires_at = self
-            .expiry
-            .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
+    /// The will as published at `now`, its expiry counted from then.
+    pub fn publish_at(self, now: Instant) -> Arc<Message> {
+        let mut message = *self.message;
+        // Beyond what an Instant can hold (over a century): as good as never.
+        message.expires_at = self.expiry.and_then(|expiry| now.checked_add(expiry));
         Arc::new(message)
     }
 }
@@ -713,7 +719,7 @@ impl SessionRegistry {
             Some(idle) if !clean => (idle.state, true),
             stored => {
                 if let Some(old) = stored {
-                    will_due = old.will.map(|(will, _)| will.published(Instant::now()));
+                    will_due = old.will.map(|(will, _)| will.publish_at(Instant::now()));
                     self.discard(*old.state, router);
                 }
                 self.metrics.sessions.inc();
@@ -783,7 +789,7 @@ impl SessionRegistry {
         // names us: nobody else can reach this state, so drop its subscriptions and queue.
         self.discard(*state, router);
         holder.mark_released();
-        will.map(|will| will.published(now))
+        will.map(|will| will.publish_at(now))
     }
 
     /// Drops a session that nobody can reach any more. Its mailbox is closed first, so that
@@ -808,16 +814,23 @@ impl SessionRegistry {
                 if deadline > now {
                     break;
                 }
-                let Some((key, Entry::Idle(mut idle))) = sessions.remove_entry(&key) else {
-                    // Defensive: a deadline whose entry is gone or online.
-                    sessions.deadlines.remove(&(deadline, key));
-                    continue;
+                let mut idle = match sessions.remove_entry(&key) {
+                    Some((_, Entry::Idle(idle))) => idle,
+                    other => {
+                        // Defensive: a deadline whose entry is gone or online. The deadline
+                        // goes; an online session's entry stays where it was.
+                        sessions.deadlines.remove(&(deadline, key));
+                        if let Some((key, held @ Entry::Held(_))) = other {
+                            sessions.entries.insert(key, held);
+                        }
+                        continue;
+                    }
                 };
                 if idle.will.as_ref().is_some_and(|(_, due)| *due <= now) {
-                    wills.extend(idle.will.take().map(|(will, _)| will.published(now)));
+                    wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));
                 }
                 if idle.expires.is_some_and(|at| at <= now) {
-                    wills.extend(idle.will.take().map(|(will, _)| will.published(now)));
+                    wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));
                     expired.push(idle.state);
                 } else {
                     sessions.insert_idle(key, idle);
@@ -836,6 +849,7 @@ impl SessionRegistry {
     pub fn take_delayed_wills(&self) -> Vec<Arc<Message>> {
         let mut sessions = self.sessions.lock();
         let mut wills = Vec::new();
+        let now = Instant::now();
         let Sessions {
             entries, deadlines, ..
         } = &mut *sessions;
@@ -845,8 +859,7 @@ impl SessionRegistry {
                     if let Some(deadline) = idle.deadline() {
                         deadlines.remove(&(deadline, key.clone()));
                     }
-                    let now = Instant::now();
-                    wills.extend(idle.will.take().map(|(will, _)| will.published(now)));
+                    wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));
                     if let Some(deadline) = idle.deadline() {
                         deadlines.insert((deadline, key.clone()));
                     }
@@ -1162,6 +1175,28 @@ mod tests {
         assert!(!resumed.session_present);
     }
 
+    #[tokio::test]
+    async fn a_stray_deadline_never_removes_an_online_session() {
+        let (_, router, registry) = registry();
+        let holder = Holder::new(1);
+        let _claimed = registry
+            .claim("on", false, &holder, &router)
+            .await
+            .expect("claim");
+        let now = Instant::now();
+        // Only an inconsistent index could point a deadline at an online session: the sweep
+        // must drop the deadline, not the session's entry.
+        registry
+            .sessions
+            .lock()
+            .deadlines
+            .insert((now, Arc::from("on")));
+        let (wills, expired) = registry.expire(now, &router);
+        assert!(wills.is_empty() && expired == 0);
+        assert!(registry.is_connected("on"), "still held by its connection");
+        assert!(registry.sessions.lock().deadlines.is_empty());
+    }
+
     fn will(payload: &'static [u8], delay: Duration) -> DelayedWill {
         let message = Message::new(
             Bytes::from_static(b"will"),
@@ -1170,7 +1205,7 @@ mod tests {
             false,
         );
         DelayedWill {
-            message,
+            message: Box::new(message),
             expiry: None,
             delay,
         }

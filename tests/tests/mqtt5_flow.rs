@@ -181,3 +181,39 @@ async fn a_packet_over_mpl_is_disconnect_0x95() {
     let _ = client.try_send(&over.encode()).await;
     client.expect_disconnect(reason::PACKET_TOO_LARGE).await;
 }
+
+#[tokio::test]
+async fn in_flight_messages_too_large_for_the_new_maximum_packet_size_are_not_resent() {
+    // A session resumed by a connection with a smaller Maximum Packet Size: what was in flight
+    // and no longer fits is discarded, not resent (§3.1.2.11.4: "the Server MUST discard it
+    // without sending it and then behave as if it had completed sending that Application
+    // Message"). Resent anyway, it would break the limit on every reconnect, and its packet id
+    // would hold the window (Receive Maximum 1 here) for good.
+    let broker = Broker::start(&[]);
+    let id = unique_id("sub");
+    let first = Connect::new(&id).clean_start(false).session_expiry(60);
+    let (mut sub, _) = RawClient5::connect_v5(broker.mqtt_addr(), &first).await;
+    sub.subscribe_ok(1, "rs/#", 1).await;
+    let mut publisher = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("pub")).await;
+    publisher.publish_qos1("rs/t", 1, &[b'x'; 200]).await;
+    let got = sub.recv_publish(TIMEOUT).await;
+    assert_eq!(got.payload.len(), 200);
+    // Gone without acknowledging it.
+    drop(sub);
+    broker.wait_connections(1).await;
+
+    let again = Connect::new(&id)
+        .clean_start(false)
+        .session_expiry(60)
+        .prop(P::MaximumPacketSize(100))
+        .prop(P::ReceiveMaximum(1));
+    let (mut sub, connack) = RawClient5::connect_v5(broker.mqtt_addr(), &again).await;
+    assert!(connack.session_present);
+    publisher.publish_qos1("rs/t", 2, b"fits").await;
+    let got = sub.recv_publish_acked(TIMEOUT).await;
+    assert_eq!(
+        got.payload, b"fits",
+        "the 200-byte message is not resent past the 100-byte limit: {got:?}"
+    );
+    sub.expect_no_packet(QUIET).await;
+}

@@ -331,3 +331,48 @@ async fn request_problem_information_0_keeps_reason_strings_off_acknowledgements
     assert_eq!(unsuback.codes, vec![reason::NO_SUBSCRIPTION_EXISTED]);
     no_problem_info(&unsuback.props, "UNSUBACK");
 }
+
+#[tokio::test]
+async fn a_delivery_too_large_for_the_protocol_does_not_take_a_packet_id_for_good() {
+    // With -mpl 0 (the protocol's maximum) a PUBLISH that names its topic by alias can be
+    // delivered only with the topic spelled out, which can take it past what any PUBLISH may
+    // be (268,435,455 bytes of remaining length). Such a delivery cannot be sent; it must not
+    // keep a packet id and a place in the in-flight window (here 1) either, or the subscriber
+    // would never be sent another QoS 1 message.
+    const MAX_REMAINING: usize = 268_435_455;
+    let broker = Broker::start(&["-mpl", "0", "-mif", "1"]);
+    let mut v5 = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("sub5")).await;
+    v5.subscribe_ok(1, "huge/#", 1).await;
+    let mut v3 =
+        coolpy7_tests::RawClient::connect_v311(broker.mqtt_addr(), &unique_id("sub3")).await;
+    assert_eq!(v3.subscribe(1, &[("huge/#", 1)]).await, vec![1]);
+
+    let mut publisher = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("pub")).await;
+    let topic = format!("huge/{}", "t".repeat(60_000));
+    publisher
+        .publish(&PublishPacket::new(&topic, 0, 0, b"define").prop(P::TopicAlias(1)))
+        .await;
+    let got = v5.recv_publish_acked(TIMEOUT).await;
+    assert_eq!(got.payload, b"define");
+    let got = v3.recv_publish(TIMEOUT).await;
+    assert_eq!(got.payload, b"define");
+
+    // Topic length prefix, packet id, property length and the alias property: 8 bytes.
+    let payload = vec![b'p'; MAX_REMAINING - 8];
+    let huge = PublishPacket::new("", 1, 1, &payload).prop(P::TopicAlias(1));
+    let ack = publisher.publish(&huge).await.expect("PUBACK");
+    assert_eq!(ack.code, 0, "{ack:?}");
+    drop((huge, payload));
+
+    publisher.publish_qos1("huge/after", 2, b"after").await;
+    let got = v5.recv_publish_acked(TIMEOUT).await;
+    assert_eq!(
+        got.payload, b"after",
+        "the next QoS 1 message reaches the MQTT 5 subscriber"
+    );
+    let got = v3.recv_publish(TIMEOUT).await;
+    assert_eq!(
+        got.payload, b"after",
+        "the next QoS 1 message reaches the MQTT 3.1.1 subscriber"
+    );
+}

@@ -283,3 +283,23 @@ async fn outbound_aliases_start_afresh_on_a_new_connection() {
         broker.wait_connections(1).await;
     }
 }
+
+#[tokio::test]
+async fn inbound_aliases_cannot_make_the_broker_hold_more_than_a_packet_s_worth() {
+    // With -mta 65535 a client could otherwise park 65535 topics of 64 KiB each (4 GiB) in
+    // one connection's alias table. The table is held to -mpl bytes (here 1 MiB); beyond it
+    // the client is told 0x97 (quota exceeded) and disconnected.
+    let broker = Broker::start(&["-mta", "65535", "-mpl", "1048576"]);
+    let mut publisher = RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("pub")).await;
+    let long = format!("big/{}", "x".repeat(60_000));
+    for alias in 1..=40u16 {
+        let topic = format!("{long}/{alias}");
+        let _ = publisher
+            .try_send(&aliased(&topic, alias, 0, 0, b"x").encode())
+            .await;
+    }
+    let _ = publisher
+        .try_send(&PublishPacket::new("big/end", 1, 1, b"end").encode())
+        .await;
+    publisher.expect_disconnect(reason::QUOTA_EXCEEDED).await;
+}

@@ -184,3 +184,25 @@ async fn will_is_published_on_takeover_by_a_v5_client() {
     let got = watch.recv_publish_acked(TIMEOUT).await;
     assert_eq!(got.topic, "wt/t");
 }
+
+#[tokio::test]
+async fn a_delayed_will_counts_its_message_expiry_from_when_it_is_published() {
+    // §3.1.3.2.4: the will's Message Expiry Interval is "sent as the Publication Expiry
+    // Interval when the Server publishes the Will Message": it starts when the will goes out,
+    // not when the connection closed. A will delayed longer than its expiry must still arrive.
+    let broker = Broker::start(&[]);
+    let mut watch = watcher(&broker, "wx/#").await;
+    let connect = with_will(&unique_id("wx"), "wx/t")
+        .session_expiry(60)
+        .will_prop(P::WillDelayInterval(2))
+        .will_prop(P::MessageExpiryInterval(1));
+    let (client, _) = RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
+    drop(client);
+    let got = watch.recv_publish_acked(Duration::from_secs(6)).await;
+    assert_eq!(got.topic, "wx/t");
+    assert_eq!(
+        got.props.message_expiry_interval(),
+        Some(1),
+        "the full interval, counted from publication"
+    );
+}

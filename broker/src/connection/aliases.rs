@@ -2,7 +2,7 @@
 //! PUBLISH can leave its topic out. They are forgotten when the connection closes.
 //!
 //! [`InboundAliases`] holds what the client taught us (bounded by our Topic Alias Maximum,
-//! `-mta`); [`OutboundAliases`] what we taught the client (bounded by the smaller of its maximum
+//! `-mta`, and in bytes by `-mpl`); [`OutboundAliases`] what we taught the client (bounded by the smaller of its maximum
 //! and ours), replacing the least recently used alias when all are taken. Both are plain data,
 //! tested without a socket.
 
@@ -12,43 +12,64 @@ use bytes::Bytes;
 
 use crate::codec::ReasonCode;
 
-/// Aliases the client set: alias `n` is `topics[n - 1]`.
+/// What one inbound alias costs besides its topic: its map entry and the topic's allocation.
+const ALIAS_OVERHEAD: usize = 64;
+
+/// Aliases the client set, by number. A map rather than a table indexed by alias: a client
+/// that sets only alias 65535 must not make us hold 65535 slots.
 #[derive(Debug, Default)]
 pub(super) struct InboundAliases {
-    topics: Vec<Option<Bytes>>,
+    topics: HashMap<u16, Bytes>,
+    /// Bytes the aliases hold (topics plus [`ALIAS_OVERHEAD`] each), which `budget` bounds.
+    held: usize,
 }
 
 impl InboundAliases {
     /// The topic of a PUBLISH that carried `alias` with `topic` (empty to use the alias):
-    /// a non-empty topic (re)defines the alias, an empty one looks it up.
+    /// a non-empty topic (re)defines the alias, an empty one looks it up. At most `budget`
+    /// bytes are held for the aliases of one connection (`-mpl`: what one packet may cost):
+    /// without it, `-mta` aliases of 64 KiB topics each could be parked on every connection.
     ///
     /// # Errors
     ///
     /// 0x94 (Topic Alias Invalid) for alias 0 or one above `maximum`; 0x82 (Protocol Error) for
-    /// an empty topic with an alias never defined on this connection.
+    /// an empty topic with an alias never defined on this connection; 0x97 (Quota Exceeded)
+    /// for a definition that would take the aliases past `budget` bytes.
     pub(super) fn resolve(
         &mut self,
         alias: u16,
         topic: Bytes,
         maximum: u16,
+        budget: usize,
     ) -> Result<Bytes, ReasonCode> {
         if alias == 0 || alias > maximum {
             return Err(ReasonCode::TopicAliasInvalid);
         }
-        let index = usize::from(alias - 1);
         if topic.is_empty() {
             return self
                 .topics
-                .get(index)
-                .and_then(Option::clone)
+                .get(&alias)
+                .cloned()
                 .ok_or(ReasonCode::ProtocolError);
         }
-        if self.topics.len() <= index {
-            self.topics.resize(index + 1, None);
+        let replaced = self
+            .topics
+            .get(&alias)
+            .map_or(0, |old| old.len() + ALIAS_OVERHEAD);
+        let held = self.held - replaced + topic.len() + ALIAS_OVERHEAD;
+        if held > budget {
+            return Err(ReasonCode::QuotaExceeded);
         }
+        self.held = held;
         // Copied: the topic is a slice of the read buffer, which it must not keep alive.
-        self.topics[index] = Some(Bytes::copy_from_slice(&topic));
+        self.topics.insert(alias, Bytes::copy_from_slice(&topic));
         Ok(topic)
+    }
+
+    /// Bytes held for the aliases (topics and per-alias overhead).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.held
     }
 }
 
@@ -84,11 +105,6 @@ impl OutboundAliases {
         }
     }
 
-    /// Whether any alias may be used on this connection.
-    pub(super) fn enabled(&self) -> bool {
-        self.maximum > 0
-    }
-
     /// The alias to send `topic` with.
     pub(super) fn assign(&mut self, topic: &Bytes) -> OutboundTopic {
         if self.maximum == 0 || topic.is_empty() {
@@ -99,11 +115,14 @@ impl OutboundAliases {
             self.slots[usize::from(alias - 1)].1 = self.clock;
             return OutboundTopic::Alias(alias);
         }
+        // Copied: a message's topic is often a slice of a larger buffer (its payload, or its
+        // publisher's read buffer), which an alias must not keep alive. Once per definition.
+        let topic = Bytes::copy_from_slice(topic);
         if self.slots.len() < usize::from(self.maximum) {
             self.slots.push((topic.clone(), self.clock));
             // Cannot truncate: at most `maximum` slots.
             let alias = self.slots.len() as u16;
-            self.by_topic.insert(topic.clone(), alias);
+            self.by_topic.insert(topic, alias);
             return OutboundTopic::Define(alias);
         }
         // All taken: the least recently used goes (a linear scan of at most -mta slots, only
@@ -119,7 +138,7 @@ impl OutboundAliases {
         let (old, _) = std::mem::replace(&mut self.slots[index], (topic.clone(), self.clock));
         self.by_topic.remove(&old);
         let alias = (index + 1) as u16;
-        self.by_topic.insert(topic.clone(), alias);
+        self.by_topic.insert(topic, alias);
         OutboundTopic::Define(alias)
     }
 }
@@ -132,34 +151,76 @@ mod tests {
         Bytes::from_static(name.as_bytes())
     }
 
+    const BUDGET: usize = 1 << 20;
+
     #[test]
     fn inbound_aliases_are_defined_then_used_and_bounded() {
         let mut aliases = InboundAliases::default();
-        assert_eq!(aliases.resolve(2, topic("a/b"), 4), Ok(topic("a/b")));
-        assert_eq!(aliases.resolve(2, Bytes::new(), 4), Ok(topic("a/b")));
         assert_eq!(
-            aliases.resolve(1, Bytes::new(), 4),
+            aliases.resolve(2, topic("a/b"), 4, BUDGET),
+            Ok(topic("a/b"))
+        );
+        assert_eq!(
+            aliases.resolve(2, Bytes::new(), 4, BUDGET),
+            Ok(topic("a/b"))
+        );
+        assert_eq!(
+            aliases.resolve(1, Bytes::new(), 4, BUDGET),
             Err(ReasonCode::ProtocolError),
             "never defined"
         );
         assert_eq!(
-            aliases.resolve(2, topic("c"), 4),
+            aliases.resolve(2, topic("c"), 4, BUDGET),
             Ok(topic("c")),
             "redefined"
         );
-        assert_eq!(aliases.resolve(2, Bytes::new(), 4), Ok(topic("c")));
+        assert_eq!(aliases.resolve(2, Bytes::new(), 4, BUDGET), Ok(topic("c")));
         assert_eq!(
-            aliases.resolve(0, topic("x"), 4),
+            aliases.resolve(0, topic("x"), 4, BUDGET),
             Err(ReasonCode::TopicAliasInvalid)
         );
         assert_eq!(
-            aliases.resolve(5, topic("x"), 4),
+            aliases.resolve(5, topic("x"), 4, BUDGET),
             Err(ReasonCode::TopicAliasInvalid)
         );
         assert_eq!(
-            InboundAliases::default().resolve(1, topic("x"), 0),
+            InboundAliases::default().resolve(1, topic("x"), 0, BUDGET),
             Err(ReasonCode::TopicAliasInvalid),
             "no aliases allowed"
+        );
+    }
+
+    #[test]
+    fn inbound_aliases_hold_what_is_defined_within_their_budget() {
+        let mut aliases = InboundAliases::default();
+        // The highest alias costs what any other does.
+        assert_eq!(
+            aliases.resolve(u16::MAX, topic("t"), u16::MAX, BUDGET),
+            Ok(topic("t"))
+        );
+        assert_eq!(aliases.held(), 1 + ALIAS_OVERHEAD);
+        // Redefining replaces the old topic's cost.
+        aliases
+            .resolve(u16::MAX, topic("abc"), u16::MAX, BUDGET)
+            .expect("redefined");
+        assert_eq!(aliases.held(), 3 + ALIAS_OVERHEAD);
+        // A definition past the budget is refused and changes nothing.
+        let budget = 2 * (3 + ALIAS_OVERHEAD);
+        assert_eq!(
+            aliases.resolve(1, topic("abcd"), u16::MAX, budget),
+            Err(ReasonCode::QuotaExceeded)
+        );
+        assert_eq!(aliases.held(), 3 + ALIAS_OVERHEAD);
+        assert_eq!(
+            aliases.resolve(1, Bytes::new(), u16::MAX, budget),
+            Err(ReasonCode::ProtocolError)
+        );
+        aliases
+            .resolve(1, topic("abc"), u16::MAX, budget)
+            .expect("exactly at the budget");
+        assert_eq!(
+            aliases.resolve(u16::MAX, Bytes::new(), u16::MAX, budget),
+            Ok(topic("abc"))
         );
     }
 
@@ -174,6 +235,23 @@ mod tests {
         assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Define(1));
         assert_eq!(aliases.assign(&topic("c")), OutboundTopic::Alias(2));
         assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Alias(1));
+    }
+
+    #[test]
+    fn outbound_aliases_do_not_keep_the_message_s_buffer_alive() {
+        // A message's topic is often a slice of a larger buffer (its payload, or the
+        // publisher's read buffer): an alias must not pin that buffer for as long as it lives.
+        let mut aliases = OutboundAliases::new(4);
+        let buffer = Bytes::from(vec![b'a'; 64 * 1024]);
+        let topic = buffer.slice(..3);
+        assert_eq!(aliases.assign(&topic), OutboundTopic::Define(1));
+        drop(topic);
+        assert!(buffer.is_unique(), "the alias holds a copy, not the buffer");
+        assert_eq!(
+            aliases.assign(&buffer.slice(..3)),
+            OutboundTopic::Alias(1),
+            "still found by its bytes"
+        );
     }
 
     #[test]

@@ -183,9 +183,11 @@ impl Connection {
             // Resolved first: an aliased PUBLISH has an empty topic.
             if let Some(alias) = publish.properties.topic_alias {
                 let topic = std::mem::take(&mut publish.topic);
+                let budget = self.broker.config.max_packet_size;
+                let maximum = v5.topic_alias_maximum;
                 publish.topic = v5
-                    .inbound_aliases
-                    .resolve(alias, topic, v5.topic_alias_maximum)
+                    .inbound_aliases()
+                    .resolve(alias, topic, maximum, budget)
                     .map_err(|code| {
                         Close::Protocol(code, format!("topic alias {alias} cannot be used"))
                     })?;

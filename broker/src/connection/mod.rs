@@ -215,8 +215,8 @@ impl Connection {
                 delay,
             } = *will;
             DelayedWill {
-                message,
-                expiry,
+                message: Box::new(message),
+                expiry: expiry.map(|secs| Duration::from_secs(u64::from(secs))),
                 // Sessions end with the process: a will due later is due now.
                 delay: if broker.is_shutting_down() {
                     Duration::ZERO
@@ -229,7 +229,7 @@ impl Connection {
         // back if the session ends with the connection.
         let (now, later) = match will {
             Some(will) if will.delay.is_zero() => {
-                (Some(will.published(std::time::Instant::now())), None)
+                (Some(will.publish_at(std::time::Instant::now())), None)
             }
             will => (None, will),
         };

@@ -17,17 +17,17 @@ pub(super) struct Negotiated {
     pub(super) connect_session_expiry: u32,
     /// Our Topic Alias Maximum (`-mta`): aliases the client may set.
     pub(super) topic_alias_maximum: u16,
-    pub(super) inbound_aliases: InboundAliases,
-    pub(super) outbound_aliases: OutboundAliases,
+    /// Aliases we may set: the smaller of the client's Topic Alias Maximum and ours.
+    outbound_alias_maximum: u16,
+    /// The alias tables, made on first use: every idle MQTT 5 connection would pay for them
+    /// otherwise, and many never use an alias.
+    inbound_aliases: Option<Box<InboundAliases>>,
+    outbound_aliases: Option<Box<OutboundAliases>>,
 }
 
 impl Negotiated {
     /// From the CONNECT's properties and the broker's configuration.
     pub(super) fn new(connect: &PropertyValues, config: &Config) -> Negotiated {
-        let outbound_aliases = connect
-            .topic_alias_maximum
-            .unwrap_or(0)
-            .min(config.max_topic_aliases);
         Negotiated {
             receive_maximum: connect.receive_maximum.unwrap_or(u16::MAX),
             maximum_packet_size: connect
@@ -35,8 +35,29 @@ impl Negotiated {
                 .map_or(usize::MAX, |size| size as usize),
             connect_session_expiry: connect.session_expiry_interval.unwrap_or(0),
             topic_alias_maximum: config.max_topic_aliases,
-            inbound_aliases: InboundAliases::default(),
-            outbound_aliases: OutboundAliases::new(outbound_aliases),
+            outbound_alias_maximum: connect
+                .topic_alias_maximum
+                .unwrap_or(0)
+                .min(config.max_topic_aliases),
+            inbound_aliases: None,
+            outbound_aliases: None,
         }
+    }
+
+    /// The aliases the client set.
+    pub(super) fn inbound_aliases(&mut self) -> &mut InboundAliases {
+        self.inbound_aliases.get_or_insert_with(Default::default)
+    }
+
+    /// Whether the broker may use aliases on this connection.
+    pub(super) fn outbound_aliases_enabled(&self) -> bool {
+        self.outbound_alias_maximum > 0
+    }
+
+    /// The aliases the broker set.
+    pub(super) fn outbound_aliases(&mut self) -> &mut OutboundAliases {
+        let maximum = self.outbound_alias_maximum;
+        self.outbound_aliases
+            .get_or_insert_with(|| Box::new(OutboundAliases::new(maximum)))
     }
 }

@@ -151,6 +151,13 @@ impl Connection {
             ) {
                 messages[qos as usize] += 1;
                 payload_bytes[qos as usize] += message.payload.len() as u64;
+            } else {
+                // Beyond what a PUBLISH can carry: never sent, so it holds no packet id.
+                if packet_id != 0 {
+                    self.state.outgoing.unsent(packet_id);
+                }
+                let metrics = &self.broker.metrics;
+                metrics.dropped(DropReason::PacketTooLarge).inc();
             }
         }
         let metrics = &self.broker.metrics;
@@ -180,17 +187,19 @@ impl Connection {
         };
         // Judged with the whole topic (and an alias), so that the choice of alias below never
         // makes a difference.
-        extras.topic_alias = v5.outbound_aliases.enabled().then_some(0);
+        extras.topic_alias = v5.outbound_aliases_enabled().then_some(0);
         let size = codec::publish_v5_size(
             delivery.qos,
             message.topic.len(),
             &extras,
             message.payload.len(),
         );
-        if size > v5.maximum_packet_size {
+        // Past the protocol's own limit too (the topic spelled out, identifiers added): decided
+        // before an alias is assigned, which the client would otherwise never learn.
+        if size > v5.maximum_packet_size.min(codec::MAX_REMAINING_LENGTH + 5) {
             return None;
         }
-        let (topic, alias) = match v5.outbound_aliases.assign(&message.topic) {
+        let (topic, alias) = match v5.outbound_aliases().assign(&message.topic) {
             OutboundTopic::Plain => (&message.topic[..], None),
             OutboundTopic::Define(alias) => (&message.topic[..], Some(alias)),
             OutboundTopic::Alias(alias) => (&[][..], Some(alias)),
@@ -211,6 +220,11 @@ impl Connection {
             &extras,
             &message.payload,
         );
+        if written.is_err() && packet_id != 0 {
+            // Beyond what a PUBLISH can carry (the topic spelled out, identifiers added): never
+            // sent, so it holds no packet id.
+            self.state.outgoing.unsent(packet_id);
+        }
         written.ok().map(|()| message.payload.len())
     }
 
@@ -245,7 +259,11 @@ impl Connection {
             let message = &delivery.message;
             let Some(v5) = &self.v5 else {
                 let (qos, retain) = (delivery.qos, delivery.retain);
-                message.write_to(&mut self.wbuf, qos, packet_id, retain, true, false);
+                if !message.write_to(&mut self.wbuf, qos, packet_id, retain, true, false) {
+                    // Never sent, so it gives its packet id back.
+                    self.state.outgoing.unsent(packet_id);
+                    too_large += 1;
+                }
                 continue;
             };
             let extras = PublishV5Extras {
@@ -266,7 +284,7 @@ impl Connection {
                 too_large += 1;
                 continue;
             }
-            let _ = codec::encode_publish_v5(
+            let written = codec::encode_publish_v5(
                 &mut self.wbuf,
                 true,
                 delivery.qos,
@@ -276,6 +294,10 @@ impl Connection {
                 &extras,
                 &message.payload,
             );
+            if written.is_err() {
+                self.state.outgoing.unsent(packet_id);
+                too_large += 1;
+            }
         }
         if too_large > 0 {
             let metrics = &self.broker.metrics;
