@@ -295,8 +295,8 @@ pub enum InFlight {
 pub struct Outgoing {
     entries: VecDeque<(u16, InFlight)>,
     last_id: u16,
-    /// How many entries are [`InFlight::Unsent`].
-    unsent: usize,
+    /// How many entries are [`InFlight::Unsent`] (at most 65,535 packet ids).
+    unsent: u32,
 }
 
 impl Outgoing {
@@ -307,7 +307,7 @@ impl Outgoing {
     /// Entries that count against the client's Receive Maximum on this connection: all but
     /// those waiting to be resent.
     pub fn in_window(&self) -> usize {
-        self.entries.len() - self.unsent
+        self.entries.len() - self.unsent as usize
     }
 
     /// Whether PUBLISHes of an earlier connection wait to be resent.
@@ -443,9 +443,39 @@ pub struct SessionState {
     /// in-flight window and socket like any other delivery. One cursor per filter, so its size
     /// is bounded by the session's subscriptions (`-msc`), not by the retained store.
     pub retained: VecDeque<RetainedOwed>,
-    /// How long the session outlives its connection: zero = it ends with it, `None` = never
-    /// expires. Set by each CONNECT (and an MQTT 5 DISCONNECT may change it).
-    pub expiry: Option<Duration>,
+    /// How long the session outlives its connection. Set by each CONNECT (and an MQTT 5
+    /// DISCONNECT may change it).
+    pub expiry: SessionExpiry,
+}
+
+/// How long a session outlives its connection, in whole seconds: four bytes rather than the
+/// sixteen of an `Option<Duration>`, because every session has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionExpiry(u32);
+
+impl SessionExpiry {
+    /// The session ends with its connection.
+    pub const ZERO: SessionExpiry = SessionExpiry(0);
+    const NEVER: u32 = u32::MAX;
+
+    /// The expiry; `None` = never.
+    pub fn get(self) -> Option<Duration> {
+        (self.0 != Self::NEVER).then(|| Duration::from_secs(u64::from(self.0)))
+    }
+}
+
+impl From<Option<Duration>> for SessionExpiry {
+    /// `None` = never; a duration beyond 136 years is as good as never, and is kept as the
+    /// longest that is not.
+    fn from(expiry: Option<Duration>) -> SessionExpiry {
+        match expiry {
+            None => SessionExpiry(Self::NEVER),
+            Some(expiry) => SessionExpiry(
+                u32::try_from(expiry.as_secs())
+                    .map_or(Self::NEVER - 1, |secs| secs.min(Self::NEVER - 1)),
+            ),
+        }
+    }
 }
 
 /// The retained messages a subscription is still owed: those matching `filter` after the topic
@@ -730,7 +760,7 @@ impl SessionRegistry {
                     outgoing: Outgoing::default(),
                     incoming_qos2: BTreeSet::new(),
                     retained: VecDeque::new(),
-                    expiry: Some(Duration::ZERO),
+                    expiry: SessionExpiry::ZERO,
                 });
                 (state, false)
             }
@@ -754,7 +784,7 @@ impl SessionRegistry {
     ) -> Option<Arc<Message>> {
         state.mailbox.set_online(false);
         let now = Instant::now();
-        let kept = state.expiry != Some(Duration::ZERO);
+        let kept = state.expiry != SessionExpiry::ZERO;
         {
             let mut sessions = self.sessions.lock();
             let ours = matches!(
@@ -766,7 +796,10 @@ impl SessionRegistry {
                     sessions.entries.remove(state.client_id());
                 } else {
                     let key = state.mailbox.client_id.clone();
-                    let expires = state.expiry.and_then(|expiry| now.checked_add(expiry));
+                    let expires = state
+                        .expiry
+                        .get()
+                        .and_then(|expiry| now.checked_add(expiry));
                     let will = will.map(|will| {
                         let due = now.checked_add(will.delay).unwrap_or(now);
                         (will, due)
@@ -1098,7 +1131,7 @@ mod tests {
         tokio::spawn(async move {
             holder.kicked().await;
             let mut state = state;
-            state.expiry = None;
+            state.expiry = None.into();
             registry.release(&holder, state, None, &router);
         })
     }
@@ -1127,7 +1160,7 @@ mod tests {
         assert_eq!(metrics.sessions.get(), 1);
 
         let mut state = claimed.state;
-        state.expiry = Some(Duration::ZERO);
+        state.expiry = SessionExpiry::ZERO;
         registry.release(&second, state, None, &router);
         assert!(registry.is_empty());
         assert_eq!(metrics.sessions.get(), 0);
@@ -1148,7 +1181,7 @@ mod tests {
         let subscription = Subscription::parse(&filter).expect("valid");
         router.subscribe(&state.mailbox, &subscription, Grant::qos(QoS::AtLeastOnce));
         state.subscriptions.insert(filter, QoS::AtLeastOnce);
-        state.expiry = Some(Duration::from_secs(60));
+        state.expiry = Some(Duration::from_secs(60)).into();
         registry.release(&offline, state, None, &router);
         let _held = registry
             .claim("on", false, &online, &router)
@@ -1225,7 +1258,7 @@ mod tests {
             .await
             .expect("claim");
         let mut state = claimed.state;
-        state.expiry = expiry;
+        state.expiry = expiry.into();
         registry.release(&holder, state, Some(will(b"w", delay)), router)
     }
 

@@ -29,8 +29,7 @@ use crate::codec::{
 use crate::config::Config;
 use crate::metrics::Refusal;
 use crate::router::Message;
-use crate::session::Holder;
-use crate::session::SessionId;
+use crate::session::{Holder, SessionExpiry, SessionId};
 use crate::topic;
 
 /// The read buffer a handshake starts with: room for an ordinary CONNECT (client id, short
@@ -250,11 +249,11 @@ impl Handshake<'_> {
             if let Some(told) = told {
                 connack.set().session_expiry_interval = Some(told);
             }
-            expiry
+            expiry.into()
         } else if connect.clean_session {
-            Some(Duration::ZERO)
+            SessionExpiry::ZERO
         } else {
-            config.session_expiry
+            config.session_expiry.into()
         };
         let keep_alive = match config.max_keep_alive {
             Some(max) if connect.keep_alive == 0 || connect.keep_alive > max => {

@@ -173,7 +173,8 @@ impl Connection {
                 (Some(asked), Some(cap)) => Some(asked.min(cap)),
                 (None, cap) => cap,
                 (asked, None) => asked,
-            };
+            }
+            .into();
         }
         disconnect_close(disconnect.reason)
     }
