@@ -82,7 +82,9 @@ fn main() -> std::io::Result<()> {
         ("v2-mqtt5", 2, std::slice::from_ref(&v5)),
     ] {
         let mut input = vec![0];
-        input.extend(encode_sync_batch(version, now, "n1", 42, "n2", 7, 9, records));
+        input.extend(encode_sync_batch(
+            version, now, "n1", 42, "n2", 7, 9, records,
+        ));
         write("sync_datagram", name, &input)?;
     }
     // Version 2 (1 + 1), origin "n1", destination "n2", boots and seq, two records.
