@@ -110,28 +110,11 @@ pub fn encode_publish(
     packet_id: u16,
     payload: &[u8],
 ) -> Result<(), EncodeError> {
-    put_publish_head(buf, dup, qos, retain, topic, packet_id, payload.len())?;
-    buf.put_slice(payload);
-    Ok(())
-}
-
-/// Checks the size of a PUBLISH whose topic and packet id are followed by `rest` bytes
-/// (MQTT 5 properties and the payload), then writes its fixed header, topic and packet id (only
-/// above QoS 0). The one place every PUBLISH encoder frames its packet.
-#[inline]
-fn put_publish_head(
-    buf: &mut BytesMut,
-    dup: bool,
-    qos: QoS,
-    retain: bool,
-    topic: &[u8],
-    packet_id: u16,
-    rest: usize,
-) -> Result<(), EncodeError> {
     let has_packet_id = qos != QoS::AtMostOnce;
-    // Cannot overflow: the topic is at most 65535 bytes, and `rest` counts bytes in memory.
-    let remaining_length =
-        prefixed_len("PUBLISH topic", topic.len())? + if has_packet_id { 2 } else { 0 } + rest;
+    // Cannot overflow: the topic is at most 65535 bytes and a slice at most isize::MAX.
+    let remaining_length = prefixed_len("PUBLISH topic", topic.len())?
+        + if has_packet_id { 2 } else { 0 }
+        + payload.len();
     check_remaining_length("PUBLISH", remaining_length)?;
 
     let first_byte = 0x30 | u8::from(dup) << 3 | qos.as_u8() << 1 | u8::from(retain);
@@ -140,6 +123,7 @@ fn put_publish_head(
     if has_packet_id {
         buf.put_u16(packet_id);
     }
+    buf.put_slice(payload);
     Ok(())
 }
 
@@ -208,9 +192,21 @@ pub fn encode_publish_v5(
     extras: &PublishV5Extras,
     payload: &[u8],
 ) -> Result<(), EncodeError> {
+    let has_packet_id = qos != QoS::AtMostOnce;
     let properties = extras.properties_len();
-    let rest = varint_len(properties) + properties + payload.len();
-    put_publish_head(buf, dup, qos, retain, topic, packet_id, rest)?;
+    let remaining_length = prefixed_len("PUBLISH topic", topic.len())?
+        + if has_packet_id { 2 } else { 0 }
+        + varint_len(properties)
+        + properties
+        + payload.len();
+    check_remaining_length("PUBLISH", remaining_length)?;
+
+    let first_byte = 0x30 | u8::from(dup) << 3 | qos.as_u8() << 1 | u8::from(retain);
+    put_fixed_header(buf, first_byte, remaining_length);
+    put_prefixed(buf, topic);
+    if has_packet_id {
+        buf.put_u16(packet_id);
+    }
     put_varint(buf, properties);
     // Identifier order, as the codec's own property encoder writes them.
     if let Some(expiry) = extras.message_expiry {
@@ -243,8 +239,19 @@ fn encode_publish_properties(
     properties: &Properties,
     payload: &[u8],
 ) -> Result<(), EncodeError> {
-    let rest = properties.wire_len()? + payload.len();
-    put_publish_head(buf, dup, qos, retain, topic, packet_id, rest)?;
+    let has_packet_id = qos != QoS::AtMostOnce;
+    let remaining_length = prefixed_len("PUBLISH topic", topic.len())?
+        + if has_packet_id { 2 } else { 0 }
+        + properties.wire_len()?
+        + payload.len();
+    check_remaining_length("PUBLISH", remaining_length)?;
+
+    let first_byte = 0x30 | u8::from(dup) << 3 | qos.as_u8() << 1 | u8::from(retain);
+    put_fixed_header(buf, first_byte, remaining_length);
+    put_prefixed(buf, topic);
+    if has_packet_id {
+        buf.put_u16(packet_id);
+    }
     properties.put(buf);
     buf.put_slice(payload);
     Ok(())
