@@ -178,6 +178,10 @@ pub fn publish_v5_size(
 /// Appends an MQTT 5 PUBLISH to `buf`, composing its properties from `extras` (the broker's hot
 /// path: nothing is allocated). `topic` may be empty when `extras` carries a known alias.
 ///
+/// The framing (size check, fixed header, topic, packet id) is written out here as in
+/// [`encode_publish`] on purpose: one shared framing function measured 15–20 % slower QoS 1
+/// fan-out (release, alternating runs of `compare.sh`), so the encoders keep their own.
+///
 /// # Errors
 ///
 /// As [`encode_publish`].
