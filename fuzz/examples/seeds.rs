@@ -173,6 +173,7 @@ fn mqtt_seeds() -> Vec<Seed> {
             topic: Bytes::from_static(b"a/b/c"),
             packet_id,
             payload: Bytes::from_static(b"payload"),
+            topic_alias: None,
             properties: Properties::default(),
         })
     };
@@ -302,7 +303,7 @@ fn v5_session(mut connect: Connect) -> Vec<(Packet, Protocol)> {
             ..message_properties()
         });
     }
-    let publish = |qos, packet_id, topic: &'static [u8], properties: PropertyValues| {
+    let publish = |qos, packet_id, topic: &'static [u8], topic_alias: Option<u16>| {
         Packet::Publish(Publish {
             dup: false,
             qos,
@@ -310,12 +311,9 @@ fn v5_session(mut connect: Connect) -> Vec<(Packet, Protocol)> {
             topic: Bytes::from_static(topic),
             packet_id,
             payload: Bytes::from_static(b"{\"t\":21.5}"),
-            properties: Properties::from(properties),
+            topic_alias,
+            properties: Properties::from(message_properties()),
         })
-    };
-    let alias = |alias| PropertyValues {
-        topic_alias: Some(alias),
-        ..message_properties()
     };
     let options = SubscriptionOptions {
         qos: QoS::AtLeastOnce,
@@ -325,12 +323,9 @@ fn v5_session(mut connect: Connect) -> Vec<(Packet, Protocol)> {
     };
     vec![
         (Packet::Connect(Box::new(connect)), V5),
-        (publish(QoS::AtMostOnce, None, b"a/b", alias(1)), V5),
-        (publish(QoS::AtLeastOnce, Some(1), b"", alias(1)), V5),
-        (
-            publish(QoS::ExactlyOnce, Some(2), b"a/c", message_properties()),
-            V5,
-        ),
+        (publish(QoS::AtMostOnce, None, b"a/b", Some(1)), V5),
+        (publish(QoS::AtLeastOnce, Some(1), b"", Some(1)), V5),
+        (publish(QoS::ExactlyOnce, Some(2), b"a/c", None), V5),
         (
             Packet::Subscribe(Subscribe {
                 packet_id: 3,
@@ -452,9 +447,9 @@ fn v5_from_server() -> Vec<(Packet, Protocol)> {
                 topic: Bytes::from_static(b"a/b/c"),
                 packet_id: Some(9),
                 payload: Bytes::from_static(b"payload"),
+                topic_alias: Some(2),
                 properties: Properties::from(PropertyValues {
                     subscription_identifiers: vec![1, 300, 268_435_455],
-                    topic_alias: Some(2),
                     ..message_properties()
                 }),
             }),

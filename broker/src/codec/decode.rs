@@ -400,7 +400,11 @@ fn decode_publish(first_byte: u8, body: &mut Reader, v5: bool) -> Result<Publish
         QoS::AtMostOnce => None,
         QoS::AtLeastOnce | QoS::ExactlyOnce => Some(body.nonzero_packet_id()?),
     };
-    let properties = properties_if(v5, body, PropertyContext::Publish)?;
+    let (properties, topic_alias) = if v5 {
+        properties::decode_publish(body)?
+    } else {
+        (Properties::default(), None)
+    };
     Ok(Publish {
         dup: first_byte & 0b1000 != 0,
         qos,
@@ -408,6 +412,7 @@ fn decode_publish(first_byte: u8, body: &mut Reader, v5: bool) -> Result<Publish
         topic,
         packet_id,
         payload: body.rest(),
+        topic_alias,
         properties,
     })
 }

@@ -56,6 +56,7 @@ impl Packet {
                         publish.retain,
                         &publish.topic,
                         packet_id,
+                        publish.topic_alias,
                         &publish.properties,
                         &publish.payload,
                     )
@@ -240,13 +241,17 @@ fn encode_publish_properties(
     retain: bool,
     topic: &[u8],
     packet_id: u16,
+    topic_alias: Option<u16>,
     properties: &Properties,
     payload: &[u8],
 ) -> Result<(), EncodeError> {
     let has_packet_id = qos != QoS::AtMostOnce;
+    let alias_len = if topic_alias.is_some() { 3 } else { 0 };
+    let properties_len = properties.encoded_len()? + alias_len;
     let remaining_length = prefixed_len("PUBLISH topic", topic.len())?
         + if has_packet_id { 2 } else { 0 }
-        + properties.wire_len()?
+        + varint_len(properties_len)
+        + properties_len
         + payload.len();
     check_remaining_length("PUBLISH", remaining_length)?;
 
@@ -256,7 +261,12 @@ fn encode_publish_properties(
     if has_packet_id {
         buf.put_u16(packet_id);
     }
-    properties.put(buf);
+    put_varint(buf, properties_len);
+    properties.encode(buf);
+    if let Some(alias) = topic_alias {
+        buf.put_u8(0x23);
+        buf.put_u16(alias);
+    }
     buf.put_slice(payload);
     Ok(())
 }

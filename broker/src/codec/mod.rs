@@ -141,7 +141,11 @@ pub struct Publish {
     /// Present exactly when `qos` is not `AtMostOnce`.
     pub packet_id: Option<u16>,
     pub payload: Bytes,
-    /// MQTT 5 only.
+    /// MQTT 5 Topic Alias (0x23): kept apart from `properties` because it belongs to this hop,
+    /// beside the topic it stands for, not to the message; and because it is most often the
+    /// only property a PUBLISH carries, which then allocates nothing.
+    pub topic_alias: Option<u16>,
+    /// MQTT 5 only, without the Topic Alias.
     pub properties: Properties,
 }
 

@@ -104,7 +104,6 @@ static EMPTY: PropertyValues = PropertyValues {
     reason_string: None,
     receive_maximum: None,
     topic_alias_maximum: None,
-    topic_alias: None,
     maximum_qos: None,
     retain_available: None,
     user_properties: Vec::new(),
@@ -156,8 +155,7 @@ pub struct PropertyValues {
     pub receive_maximum: Option<u16>,
     /// 0x22
     pub topic_alias_maximum: Option<u16>,
-    /// 0x23 (0 is invalid, which the broker reports as 0x94 rather than the decoder).
-    pub topic_alias: Option<u16>,
+    // 0x23 Topic Alias is `Publish::topic_alias`: it belongs to one hop, not to the message.
     /// 0x24: 0 or 1.
     pub maximum_qos: Option<u8>,
     /// 0x25
@@ -298,22 +296,52 @@ pub(super) fn decode(
     body: &mut Reader,
     context: PropertyContext,
 ) -> Result<Properties, DecodeError> {
+    decode_list(body, context, None)
+}
+
+/// Reads a PUBLISH's property list as [`decode`] does, its Topic Alias apart (see
+/// [`super::Publish::topic_alias`]): a list with nothing else allocates nothing.
+///
+/// # Errors
+///
+/// As [`decode`].
+pub(super) fn decode_publish(body: &mut Reader) -> Result<(Properties, Option<u16>), DecodeError> {
+    let mut topic_alias = None;
+    let properties = decode_list(body, PropertyContext::Publish, Some(&mut topic_alias))?;
+    Ok((properties, topic_alias))
+}
+
+/// The list of `context`, with the Topic Alias written to `topic_alias` (only a PUBLISH,
+/// decoded by [`decode_publish`], may carry one). The values are boxed at the first property
+/// that needs them, in place.
+fn decode_list(
+    body: &mut Reader,
+    context: PropertyContext,
+    mut topic_alias: Option<&mut Option<u16>>,
+) -> Result<Properties, DecodeError> {
     let len = body.varint()? as usize;
     if len == 0 {
         return Ok(Properties::default());
     }
     let mut list = body.sub_reader(len)?;
     let packet = list.packet();
-    let mut values = PropertyValues::default();
+    let mut properties = Properties::default();
     while !list.is_empty() {
         let id = PropertyId::from_u32(list.varint()?)
             .ok_or_else(|| malformed(packet, "unknown property identifier"))?;
         if !id.allowed_on(context) {
             return Err(malformed(packet, "property not allowed on this packet"));
         }
-        read_property(&mut list, id, &mut values)?;
+        if id == PropertyId::TopicAlias {
+            let Some(slot) = topic_alias.as_deref_mut() else {
+                return Err(malformed(packet, "property not allowed on this packet"));
+            };
+            once(slot, list.u16()?, packet)?;
+            continue;
+        }
+        read_property(&mut list, id, properties.set())?;
     }
-    Ok(Properties::from(values))
+    Ok(properties)
 }
 
 fn protocol_error(packet: &'static str, reason: &'static str) -> DecodeError {
@@ -401,7 +429,8 @@ fn read_property(
             value => once(&mut v.receive_maximum, value, packet),
         },
         TopicAliasMaximum => once(&mut v.topic_alias_maximum, list.u16()?, packet),
-        TopicAlias => once(&mut v.topic_alias, list.u16()?, packet),
+        // Read by `decode_list` into `Publish::topic_alias`; no other list may carry it.
+        TopicAlias => Err(malformed(packet, "property not allowed on this packet")),
         MaximumQoS => match list.u8()? {
             value @ (0 | 1) => once(&mut v.maximum_qos, value, packet),
             _ => Err(protocol_error(packet, "maximum QoS is neither 0 nor 1")),
@@ -513,7 +542,6 @@ impl PropertyValues {
         add(self.reason_string.is_some(), str_len(&self.reason_string)?);
         add(self.receive_maximum.is_some(), 2);
         add(self.topic_alias_maximum.is_some(), 2);
-        add(self.topic_alias.is_some(), 2);
         add(self.maximum_qos.is_some(), 1);
         add(self.retain_available.is_some(), 1);
         for (name, value) in &self.user_properties {
@@ -616,7 +644,6 @@ impl PropertyValues {
         );
         u16_prop(buf, ReceiveMaximum, self.receive_maximum);
         u16_prop(buf, TopicAliasMaximum, self.topic_alias_maximum);
-        u16_prop(buf, TopicAlias, self.topic_alias);
         if let Some(qos) = self.maximum_qos {
             buf.put_u8(MaximumQoS as u8);
             buf.put_u8(qos);
@@ -645,6 +672,17 @@ impl PropertyValues {
         );
     }
 
+    /// Whether any property that [`PropertyValues::take_message_properties`] takes is set. A
+    /// PUBLISH usually carries none (or only a Topic Alias): checked field by field, which is
+    /// far cheaper on the hot path than comparing the whole set or building an empty one.
+    pub fn has_message_properties(&self) -> bool {
+        self.payload_format_indicator.is_some()
+            || self.content_type.is_some()
+            || self.response_topic.is_some()
+            || self.correlation_data.is_some()
+            || !self.user_properties.is_empty()
+    }
+
     /// The properties that travel with an application message to its subscribers, in wire form
     /// without a length prefix: Payload Format Indicator, Content Type, Response Topic,
     /// Correlation Data and User Properties (moved out of `self`). Message Expiry travels apart
@@ -654,6 +692,9 @@ impl PropertyValues {
     ///
     /// As [`PropertyValues::encoded_len`] (never for properties that were decoded).
     pub fn take_message_properties(&mut self) -> Result<Bytes, EncodeError> {
+        if !self.has_message_properties() {
+            return Ok(Bytes::new());
+        }
         let message = PropertyValues {
             payload_format_indicator: self.payload_format_indicator.take(),
             content_type: self.content_type.take(),

@@ -123,6 +123,7 @@ fn publish(qos: QoS, topic: &str, payload: &[u8]) -> Publish {
         topic: Bytes::copy_from_slice(topic.as_bytes()),
         packet_id: (qos != QoS::AtMostOnce).then_some(7),
         payload: Bytes::copy_from_slice(payload),
+        topic_alias: None,
         properties: Properties::default(),
     }
 }

@@ -182,7 +182,7 @@ impl Connection {
     fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         if let Some(v5) = self.v5.as_mut() {
             // Resolved first: an aliased PUBLISH has an empty topic.
-            if let Some(alias) = publish.properties.topic_alias {
+            if let Some(alias) = publish.topic_alias {
                 let topic = std::mem::take(&mut publish.topic);
                 let budget = self.broker.config.max_packet_size;
                 let maximum = v5.topic_alias_maximum;
@@ -293,14 +293,17 @@ impl Connection {
         };
         let mut message = Message::new(topic, payload, publish.qos, publish.retain);
         message.origin = self.state.mailbox.id();
-        if !publish.properties.is_empty() {
-            let properties = publish.properties.set();
-            if let Some(secs) = properties.message_expiry_interval {
-                message.expires_at =
-                    std::time::Instant::now().checked_add(Duration::from_secs(u64::from(secs)));
-            }
+        let properties = &mut publish.properties;
+        if let Some(secs) = properties.message_expiry_interval {
+            message.expires_at =
+                std::time::Instant::now().checked_add(Duration::from_secs(u64::from(secs)));
+        }
+        if properties.has_message_properties() {
             // Decoded properties always encode again.
-            message.properties = properties.take_message_properties().unwrap_or_default();
+            message.properties = properties
+                .set()
+                .take_message_properties()
+                .unwrap_or_default();
         }
         let routed = self.broker.publish(Arc::new(message));
         self.woke_subscribers |= routed.deliveries > 0;

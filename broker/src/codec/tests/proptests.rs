@@ -86,6 +86,7 @@ fn publish_strategy() -> impl Strategy<Value = Publish> {
                 topic: Bytes::from(topic),
                 packet_id: has_packet_id.then_some(packet_id),
                 payload: Bytes::from(payload),
+                topic_alias: None,
                 properties: Properties::default(),
             }
         })
@@ -254,12 +255,10 @@ fn publish_properties() -> impl Strategy<Value = Properties> {
     (
         message_property_values(),
         prop::collection::vec(subscription_id_strategy(), 0..4),
-        opt(any::<u16>()),
     )
-        .prop_map(|(values, ids, alias)| {
+        .prop_map(|(values, ids)| {
             props(PropertyValues {
                 subscription_identifiers: ids,
-                topic_alias: alias,
                 ..values
             })
         })
@@ -458,12 +457,15 @@ fn v5_packet_strategy() -> impl Strategy<Value = Packet> {
                 properties,
             })
         ),
-        (publish_strategy(), publish_properties()).prop_map(|(publish, properties)| {
-            Packet::Publish(Publish {
-                properties,
-                ..publish
-            })
-        }),
+        (publish_strategy(), publish_properties(), opt(any::<u16>())).prop_map(
+            |(publish, properties, topic_alias)| {
+                Packet::Publish(Publish {
+                    topic_alias,
+                    properties,
+                    ..publish
+                })
+            }
+        ),
         v5_ack_strategy().prop_map(Packet::PubAck),
         v5_ack_strategy().prop_map(Packet::PubRec),
         v5_ack_strategy().prop_map(Packet::PubRel),
@@ -756,9 +758,9 @@ proptest! {
             written.len()
         );
         let expected = Publish {
+            topic_alias,
             properties: props(PropertyValues {
                 message_expiry_interval: message_expiry,
-                topic_alias,
                 subscription_identifiers: subscription_ids.clone(),
                 ..message
             }),

@@ -275,7 +275,6 @@ fn every_publish_property() -> PropertyValues {
         response_topic: Some("replies/1".into()),
         correlation_data: Some(Bytes::from_static(b"\x00\x01\x02")),
         subscription_identifiers: vec![1, 128, 16_384, 268_435_455, 1],
-        topic_alias: Some(3),
         user_properties: user(&[("k", "1"), ("k", "2"), ("z", ""), ("k", "3")]),
         ..PropertyValues::default()
     }
@@ -291,6 +290,7 @@ fn publish_round_trips_with_every_message_property() {
                     let packet = Packet::Publish(Publish {
                         dup,
                         retain,
+                        topic_alias: Some(3),
                         properties: Properties::from(every_publish_property()),
                         ..publish(qos, topic, b"{\"t\":21.5}")
                     });
@@ -316,9 +316,9 @@ fn publish_round_trips_with_every_message_property() {
 fn publish_v5_encodes_its_properties_after_the_packet_id() {
     let packet = Packet::Publish(Publish {
         packet_id: Some(10),
+        topic_alias: Some(2),
         properties: Properties::from(PropertyValues {
             payload_format_indicator: Some(true),
-            topic_alias: Some(2),
             ..PropertyValues::default()
         }),
         ..publish(QoS::AtLeastOnce, "a/b", b"hi")
@@ -390,9 +390,9 @@ fn encode_publish_v5_matches_the_standard_byte_for_byte() {
     // It decodes back to the same fields.
     let expected = Publish {
         packet_id: Some(0x0102),
+        topic_alias: Some(5),
         properties: Properties::from(PropertyValues {
             message_expiry_interval: Some(100),
-            topic_alias: Some(5),
             subscription_identifiers: vec![1, 200],
             payload_format_indicator: Some(true),
             user_properties: user(&[("k", "v")]),
@@ -447,7 +447,7 @@ fn publish_v5_size_is_what_encode_publish_v5_writes_across_length_boundaries() {
                     };
                     assert_eq!(decoded.payload.len(), payload_len);
                     assert_eq!(decoded.properties.subscription_identifiers, ids[..id_count]);
-                    assert_eq!(decoded.properties.topic_alias, extras.topic_alias);
+                    assert_eq!(decoded.topic_alias, extras.topic_alias);
                     assert_eq!(
                         decoded.properties.message_expiry_interval,
                         extras.message_expiry
