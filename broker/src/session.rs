@@ -1232,6 +1232,15 @@ mod tests {
         assert!(claimed.session_present);
     }
 
+    #[test]
+    fn the_kick_reason_costs_the_holder_signals_no_space() {
+        // Every connection holds one; the reason byte lives in what was padding.
+        assert_eq!(
+            std::mem::size_of::<HolderSignals>(),
+            std::mem::size_of::<(Notify, Notify, AtomicBool)>()
+        );
+    }
+
     #[tokio::test]
     async fn takeover_hands_the_session_to_the_new_connection() {
         let (metrics, router, registry) = registry();
