@@ -4,11 +4,11 @@
 //! resend of what was in flight) and then one loop that waits on whichever comes first: bytes
 //! from the client, room in the socket for pending output, a delivery in the session's mailbox,
 //! the keepalive or write-stall deadline, a kick (a takeover, an administrator, the server's
-//! shutdown). Incoming packets are decoded in batches and answered into one write buffer; deliveries are pulled from the
-//! mailbox within the in-flight window and appended to the same buffer, which is written when the
-//! socket can take it, so many packets share one system call. No buffer is kept while a
-//! connection is idle. When the loop ends the session goes back to the registry and, unless the
-//! client sent DISCONNECT, its will is published.
+//! shutdown). Incoming packets are decoded in batches and answered into one write buffer;
+//! deliveries are pulled from the mailbox within the in-flight window and appended to the same
+//! buffer, which is written when the socket can take it, so many packets share one system call.
+//! No buffer is kept while a connection is idle. When the loop ends the session goes back to the
+//! registry and, unless the client sent DISCONNECT, its will is published.
 //!
 //! The connection's work is split by direction: [`handshake`] takes a TCP stream to an accepted
 //! [`Connection`], [`inbound`] handles what the client sends, [`outbound`] what is sent to it;
