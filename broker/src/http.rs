@@ -1,10 +1,13 @@
-//! The HTTP API: `/healthz` and `/readyz` for Kubernetes probes, `/metrics` for Prometheus, and
-//! the original Coolpy7's token-protected JSON documents `/sys` (statistics) and `/brokers`
-//! (cluster members).
+//! The HTTP API: `/healthz` and `/readyz` for Kubernetes probes, `/metrics` for Prometheus, the
+//! original Coolpy7's token-protected JSON documents `/sys` (statistics) and `/brokers`
+//! (cluster members), and one token-protected action, `DELETE /clients/<client id>`, which
+//! closes a client's connection (MQTT 5: DISCONNECT 0x98 "Administrative action").
 //!
-//! It only reads shared state ([`Metrics`], the readiness flag, the cluster's member snapshot);
-//! nothing here can change the broker. Handlers take no request body, so axum's default limits
-//! bound every request.
+//! Everything else only reads shared state ([`Metrics`], the readiness flag, the cluster's
+//! member snapshot); the one action goes through the session registry, which signals the
+//! connection holding that client's session, as a takeover does: the connection closes itself
+//! and the registry keeps its session for its expiry. Handlers take no request body, so axum's
+//! default limits bound every request.
 //!
 //! The probes must keep answering whatever clients do, so the server bounds what a connection
 //! can hold: it serves one request per connection (answers say `Connection: close`; probes and
@@ -23,10 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -36,8 +40,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admission::{Slot, Slots};
+use crate::broker::Broker;
 use crate::cluster::membership::{MemberState, Members, NodeIdentity};
 use crate::metrics::{DropReason, Metrics, Refusal};
+use crate::session::KickReason;
 
 /// The OpenMetrics text format that `prometheus-client` writes.
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -54,10 +60,12 @@ const EVICTION_GRACE: Duration = Duration::from_millis(100);
 /// How often a full server looks whether a connection has ended by itself.
 const FULL_POLL: Duration = Duration::from_millis(10);
 
-/// What the handlers read.
+/// What the handlers read (and, for `DELETE /clients/<id>`, act on).
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    /// The token `/sys` requires (`-syst`).
+    /// Its session registry closes a client's connection on request.
+    pub broker: Arc<Broker>,
+    /// The token `/sys`, `/brokers` and `/clients` require (`-syst`).
     pub sys_token: String,
     /// Whether the broker accepts MQTT connections; `/healthz` reports it.
     pub ready: Arc<AtomicBool>,
@@ -240,6 +248,8 @@ fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/sys", get(sys))
         .route("/brokers", get(brokers))
+        // A wildcard, because MQTT client ids may contain '/': it may be sent as is or as %2F.
+        .route("/clients/{*client_id}", delete(kick_client))
         .with_state(Arc::new(state))
 }
 
@@ -460,6 +470,46 @@ async fn brokers(State(state): State<Arc<HttpState>>, query: TokenQuery) -> Resp
     json(StatusCode::OK, &BrokersView::read(state.members.as_deref()))
 }
 
+/// `DELETE /clients/<client id>`: asks the connection that holds the session of that client id
+/// (percent-decoded) to close. 204 when one was asked (it closes right after: an MQTT 5 client
+/// is sent DISCONNECT 0x98, and the will is published as on any close but a DISCONNECT), 404
+/// when no connection on this node holds that client id.
+async fn kick_client(
+    State(state): State<Arc<HttpState>>,
+    query: TokenQuery,
+    client_id: Result<Path<String>, PathRejection>,
+) -> Response {
+    if let Some(refused) = refuse_without_token(&state, query) {
+        return refused;
+    }
+    let Ok(Path(client_id)) = client_id else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "error": "the client id is not UTF-8 once percent-decoded" }),
+        );
+    };
+    if state
+        .broker
+        .sessions
+        .kick(&client_id, KickReason::Administrative)
+    {
+        state.metrics.admin_disconnects.inc();
+        tracing::info!(
+            client_id,
+            "closing a client's connection on request (HTTP API)"
+        );
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({
+                "error": "no connection holds this client id",
+                "client_id": client_id,
+            }),
+        )
+    }
+}
+
 /// axum's `Json` needs a feature we do not enable; this is all it would do for us.
 fn json(status: StatusCode, body: &impl Serialize) -> Response {
     match serde_json::to_vec(body) {
@@ -503,6 +553,7 @@ mod tests {
     struct TestServer {
         addr: std::net::SocketAddr,
         metrics: Arc<Metrics>,
+        broker: Arc<Broker>,
         ready: Arc<AtomicBool>,
         stop: Option<oneshot::Sender<()>>,
         task: JoinHandle<std::io::Result<()>>,
@@ -514,8 +565,14 @@ mod tests {
             let addr = listener.local_addr().expect("local addr");
             let metrics = Arc::new(Metrics::new());
             let ready = Arc::new(AtomicBool::new(false));
+            let broker = Arc::new(Broker::new(
+                crate::config::Config::for_tests(),
+                metrics.clone(),
+                None,
+            ));
             let state = HttpState {
                 metrics: metrics.clone(),
+                broker: broker.clone(),
                 sys_token: TOKEN.to_string(),
                 ready: ready.clone(),
                 version: "9.9.9",
@@ -532,6 +589,7 @@ mod tests {
             TestServer {
                 addr,
                 metrics,
+                broker,
                 ready,
                 stop: Some(stop),
                 task,
@@ -564,6 +622,13 @@ mod tests {
         async fn get(&self, path: &str) -> (u16, String, String) {
             self.raw(&format!(
                 "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+            ))
+            .await
+        }
+
+        async fn delete(&self, path: &str) -> (u16, String, String) {
+            self.raw(&format!(
+                "DELETE {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
             ))
             .await
         }
@@ -736,6 +801,100 @@ mod tests {
         let started = std::time::Instant::now();
         server.stop().await;
         assert!(started.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn delete_client_requires_the_token() {
+        let server = TestServer::start().await;
+        let holder = crate::session::Holder::new(1);
+        let _claimed = server
+            .broker
+            .sessions
+            .claim("c1", false, &holder, &server.broker.router)
+            .await
+            .expect("claim");
+        for path in [
+            "/clients/c1",
+            "/clients/c1?token=",
+            "/clients/c1?token=wrong",
+            "/clients/c1?token=s3crett",
+            "/clients/c1?tok=s3cret",
+        ] {
+            let (status, head, body) = server.delete(path).await;
+            assert_eq!(status, 401, "{path}");
+            assert!(head.contains("content-type: application/json"), "{path}");
+            let error: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
+            assert!(error["error"].is_string(), "{path}: {body}");
+        }
+        assert_eq!(holder.kick_reason(), None);
+        assert_eq!(server.metrics.admin_disconnects.get(), 0);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn delete_client_kicks_the_holder_of_a_percent_decoded_client_id() {
+        let server = TestServer::start().await;
+        let broker = &server.broker;
+        // Client ids with '/', a space and non-ASCII characters, sent encoded and not.
+        let cases = [
+            ("/clients/plain?token=s3cret", "plain"),
+            ("/clients/a/b/c?token=s3cret", "a/b/c"),
+            ("/clients/x%2Fy?token=s3cret", "x/y"),
+            ("/clients/sp%20ace?token=s3cret", "sp ace"),
+            ("/clients/%E5%AE%A2%E6%88%B7?token=s3cret", "客户"),
+            ("/clients//lead?token=s3cret", "/lead"),
+        ];
+        let mut holders = Vec::new();
+        for (n, (_, client_id)) in cases.iter().enumerate() {
+            let holder = crate::session::Holder::new(n as u64);
+            let claimed = broker
+                .sessions
+                .claim(client_id, false, &holder, &broker.router)
+                .await
+                .expect("claim");
+            holders.push((holder, claimed));
+        }
+        for (n, (path, client_id)) in cases.iter().enumerate() {
+            let (status, _, body) = server.delete(path).await;
+            assert_eq!((status, body.as_str()), (204, ""), "{path}");
+            assert_eq!(
+                holders[n].0.kick_reason(),
+                Some(KickReason::Administrative),
+                "{path} -> {client_id:?}"
+            );
+        }
+        assert_eq!(server.metrics.admin_disconnects.get(), cases.len() as u64);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn delete_client_answers_404_when_nobody_holds_it() {
+        let server = TestServer::start().await;
+        let holder = crate::session::Holder::new(1);
+        let _claimed = server
+            .broker
+            .sessions
+            .claim("held", false, &holder, &server.broker.router)
+            .await
+            .expect("claim");
+        for path in [
+            "/clients/nobody?token=s3cret",
+            "/clients/held/x?token=s3cret",
+            "/clients/HELD?token=s3cret",
+        ] {
+            let (status, head, body) = server.delete(path).await;
+            assert_eq!(status, 404, "{path}");
+            assert!(head.contains("content-type: application/json"), "{path}");
+            let error: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
+            assert!(error["error"].is_string(), "{path}: {body}");
+        }
+        // Not UTF-8 once decoded: refused, not a panic.
+        assert_eq!(server.delete("/clients/%FF?token=s3cret").await.0, 400);
+        // Only DELETE acts.
+        assert_eq!(server.get("/clients/held?token=s3cret").await.0, 405);
+        assert_eq!(holder.kick_reason(), None);
+        assert_eq!(server.metrics.admin_disconnects.get(), 0);
+        server.stop().await;
     }
 
     #[test]

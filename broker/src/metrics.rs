@@ -109,6 +109,8 @@ pub struct Metrics {
     pub handshake_bytes: Gauge,
     /// Open HTTP API connections.
     pub http_connections: Gauge,
+    /// MQTT connections an administrator closed (`DELETE /clients/<id>`).
+    pub admin_disconnects: Counter,
     /// Sessions held in memory, online or not.
     pub sessions: Gauge,
     pub subscriptions: Gauge,
@@ -163,6 +165,11 @@ impl Metrics {
                 "Bytes buffered by connections that have not completed CONNECT",
             ),
             http_connections: gauge(reg, "http_connections", "Open HTTP API connections"),
+            admin_disconnects: counter(
+                reg,
+                "admin_disconnects",
+                "MQTT connections closed by DELETE /clients/<id> on the HTTP API",
+            ),
             sessions: gauge(reg, "sessions", "Sessions in memory, online or offline"),
             subscriptions: gauge(reg, "subscriptions", "Subscriptions held"),
             retained: gauge(reg, "retained_messages", "Retained messages stored"),

@@ -121,6 +121,16 @@ pub async fn run(
     ready.store(true, Ordering::Release);
     info!("MQTT listener on tcp {mqtt_addr}");
 
+    let (forwarder, queued) = match &cluster {
+        Some(bound) => {
+            let (forwarder, queued) = bound.forwarder(metrics.clone());
+            (Some(forwarder), Some(queued))
+        }
+        None => (None, None),
+    };
+    let broker = Arc::new(Broker::new(config, metrics.clone(), forwarder));
+    // The HTTP API closes clients' connections through the broker's session registry.
+    let config = &broker.config;
     if let Some(address) = &config.http_listen {
         let listener = address
             .bind_tcp()
@@ -129,6 +139,7 @@ pub async fn run(
         info!("HTTP listener on http://{}", listener.local_addr()?);
         let state = HttpState {
             metrics: metrics.clone(),
+            broker: broker.clone(),
             sys_token: config.sys_token.clone(),
             ready: ready.clone(),
             version: crate::VERSION,
@@ -149,14 +160,6 @@ pub async fn run(
         });
     }
 
-    let (forwarder, queued) = match &cluster {
-        Some(bound) => {
-            let (forwarder, queued) = bound.forwarder(metrics.clone());
-            (Some(forwarder), Some(queued))
-        }
-        None => (None, None),
-    };
-    let broker = Arc::new(Broker::new(config, metrics, forwarder));
     let cluster = match (cluster, queued) {
         (Some(bound), Some(queued)) => Some(bound.start(broker.clone(), queued)),
         _ => None,

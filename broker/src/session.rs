@@ -13,7 +13,7 @@
 //! offline session: published when the delay or the session ends, cancelled by a reconnect.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -512,16 +512,54 @@ impl SessionState {
     }
 }
 
-/// Who holds a session: lets a new connection (or the server's shutdown) make it let go.
+/// Who holds a session: lets a new connection, the server's shutdown or an administrator make
+/// it let go.
 #[derive(Clone)]
 pub struct Holder {
     pub connection: u64,
     signals: Arc<HolderSignals>,
 }
 
+/// Why the connection holding a session is asked to close; the connection turns it into the
+/// DISCONNECT reason an MQTT 5 client is sent.
+///
+/// Kept in one byte next to the kick signal, so that the reason costs an idle connection
+/// nothing. When several kicks race, the one with the highest value wins: a shutdown is never
+/// reported as anything else. Redirecting a client when its node drains (0x9C "Use another
+/// server", 0x9D "Server moved") would be two more variants here; their Server Reference is
+/// the same for every client of the node, so it belongs in broker-wide state set when draining
+/// begins (next to [`crate::broker::Broker::is_shutting_down`]), read by the connection as it
+/// closes, not in this byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum KickReason {
+    /// A new connection with the same client id claimed the session.
+    TakenOver = 1,
+    /// `DELETE /clients/<id>` on the HTTP API.
+    Administrative = 2,
+    /// The server is shutting down.
+    Shutdown = 3,
+}
+
+impl KickReason {
+    fn from_u8(value: u8) -> Option<KickReason> {
+        match value {
+            1 => Some(KickReason::TakenOver),
+            2 => Some(KickReason::Administrative),
+            3 => Some(KickReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// `HolderSignals::reason` before any kick.
+const NOT_KICKED: u8 = 0;
+
 struct HolderSignals {
-    /// Notified to ask the holding connection to close.
+    /// Notified to ask the holding connection to close; `reason` is set first.
     kick: Notify,
+    /// The strongest [`KickReason`] asked so far, or [`NOT_KICKED`].
+    reason: AtomicU8,
     /// Notified (all waiters) once the holder has released the session; `released` is set first.
     released_notify: Notify,
     released: AtomicBool,
@@ -533,18 +571,29 @@ impl Holder {
             connection,
             signals: Arc::new(HolderSignals {
                 kick: Notify::new(),
+                reason: AtomicU8::new(NOT_KICKED),
                 released_notify: Notify::new(),
                 released: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Completes when the holder is asked to close (a permit is kept if nobody waits yet).
+    /// Completes when the holder is asked to close (a permit is kept if nobody waits yet);
+    /// [`Holder::kick_reason`] says why. The reason is not this future's output so that the
+    /// future every idle connection keeps stays as small as the bare notification.
     pub async fn kicked(&self) {
         self.signals.kick.notified().await
     }
 
-    fn kick(&self) {
+    /// Why the holder was asked to close; `None` before [`Holder::kicked`] has completed.
+    pub fn kick_reason(&self) -> Option<KickReason> {
+        KickReason::from_u8(self.signals.reason.load(Ordering::Acquire))
+    }
+
+    fn kick(&self, reason: KickReason) {
+        self.signals
+            .reason
+            .fetch_max(reason as u8, Ordering::AcqRel);
         self.signals.kick.notify_one();
     }
 
@@ -695,7 +744,7 @@ impl SessionRegistry {
                 let mut sessions = self.sessions.lock();
                 match sessions.remove_entry(client_id) {
                     Some((key, Entry::Held(current))) => {
-                        current.kick();
+                        current.kick(KickReason::TakenOver);
                         sessions.entries.insert(key, Entry::Held(current.clone()));
                         current
                     }
@@ -723,8 +772,21 @@ impl SessionRegistry {
     pub fn kick_all(&self) {
         for entry in self.sessions.lock().entries.values() {
             if let Entry::Held(holder) = entry {
-                holder.kick();
+                holder.kick(KickReason::Shutdown);
             }
+        }
+    }
+
+    /// Asks the connection that holds the session of `client_id` to close, for `reason`; its
+    /// session is then kept or discarded as on any close. `false` when no connection holds it
+    /// (none is connected with that client id, or its session is offline).
+    pub fn kick(&self, client_id: &str, reason: KickReason) -> bool {
+        match self.sessions.lock().entries.get(client_id) {
+            Some(Entry::Held(holder)) => {
+                holder.kick(reason);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -1134,6 +1196,49 @@ mod tests {
             state.expiry = None.into();
             registry.release(&holder, state, None, &router);
         })
+    }
+
+    #[tokio::test]
+    async fn kick_asks_the_holder_to_close_with_its_reason() {
+        let (_metrics, router, registry) = registry();
+        assert!(!registry.kick("c", KickReason::Administrative));
+        let holder = Holder::new(1);
+        let claimed = registry
+            .claim("c", false, &holder, &router)
+            .await
+            .expect("claim");
+        assert_eq!(holder.kick_reason(), None);
+        assert!(!registry.kick("other", KickReason::Administrative));
+        assert!(registry.kick("c", KickReason::Administrative));
+        tokio::time::timeout(Duration::from_secs(5), holder.kicked())
+            .await
+            .expect("kicked");
+        assert_eq!(holder.kick_reason(), Some(KickReason::Administrative));
+        // A takeover racing the kick does not change the reason; a shutdown does.
+        holder.kick(KickReason::TakenOver);
+        assert_eq!(holder.kick_reason(), Some(KickReason::Administrative));
+        registry.kick_all();
+        assert_eq!(holder.kick_reason(), Some(KickReason::Shutdown));
+        // Released with an expiry, the session is kept offline: nothing holds it to kick.
+        let mut state = claimed.state;
+        state.expiry = Some(Duration::from_secs(60)).into();
+        assert!(registry.release(&holder, state, None, &router).is_none());
+        assert!(!registry.kick("c", KickReason::Administrative));
+        let again = Holder::new(2);
+        let claimed = registry
+            .claim("c", false, &again, &router)
+            .await
+            .expect("reclaim");
+        assert!(claimed.session_present);
+    }
+
+    #[test]
+    fn the_kick_reason_costs_the_holder_signals_no_space() {
+        // Every connection holds one; the reason byte lives in what was padding.
+        assert_eq!(
+            std::mem::size_of::<HolderSignals>(),
+            std::mem::size_of::<(Notify, Notify, AtomicBool)>()
+        );
     }
 
     #[tokio::test]

@@ -410,6 +410,12 @@ impl Broker {
         http::get(self.http_addr(), path).await
     }
 
+    /// `DELETE path` on the HTTP API: (status, body).
+    pub async fn http_delete(&self, path: &str) -> (u16, String) {
+        let response = http::request(self.http_addr(), "DELETE", path).await;
+        (response.status, response.body)
+    }
+
     /// The body of `GET /metrics` (asserting status 200).
     pub async fn metrics_text(&self) -> String {
         let (status, body) = self.http_get("/metrics").await;

@@ -1,4 +1,4 @@
-//! A tiny HTTP/1.1 client (one GET per connection, `Connection: close`) and a parser for the
+//! A tiny HTTP/1.1 client (one request without a body per connection, `Connection: close`) and a parser for the
 //! Prometheus text exposition format.
 
 use std::collections::BTreeMap;
@@ -29,8 +29,15 @@ impl Response {
 
 /// `GET path` on `addr`; panics on any transport or parse error (bounded by [`TIMEOUT`]).
 pub async fn get(addr: SocketAddr, path: &str) -> Response {
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
+    request(addr, "GET", path).await
+}
+
+/// `method path` without a body on `addr`; panics on any transport or parse error (bounded by
+/// [`TIMEOUT`]).
+pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+    );
     let raw = tokio::time::timeout(TIMEOUT, async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(request.as_bytes()).await?;
@@ -39,11 +46,11 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response {
         Ok::<_, std::io::Error>(raw)
     })
     .await
-    .unwrap_or_else(|_| panic!("HTTP GET {path} on {addr} timed out"))
-    .unwrap_or_else(|e| panic!("HTTP GET {path} on {addr} failed: {e}"));
+    .unwrap_or_else(|_| panic!("HTTP {method} {path} on {addr} timed out"))
+    .unwrap_or_else(|e| panic!("HTTP {method} {path} on {addr} failed: {e}"));
     parse_response(&raw).unwrap_or_else(|e| {
         panic!(
-            "HTTP GET {path}: unparsable response ({e}): {:?}",
+            "HTTP {method} {path}: unparsable response ({e}): {:?}",
             String::from_utf8_lossy(&raw)
         )
     })

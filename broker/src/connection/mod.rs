@@ -3,12 +3,12 @@
 //! [`serve`] runs the handshake (CONNECT within `-nt` seconds, checks, session claim, CONNACK,
 //! resend of what was in flight) and then one loop that waits on whichever comes first: bytes
 //! from the client, room in the socket for pending output, a delivery in the session's mailbox,
-//! the keepalive or write-stall deadline, a takeover or the server's shutdown. Incoming packets
-//! are decoded in batches and answered into one write buffer; deliveries are pulled from the
-//! mailbox within the in-flight window and appended to the same buffer, which is written when the
-//! socket can take it, so many packets share one system call. No buffer is kept while a
-//! connection is idle. When the loop ends the session goes back to the registry and, unless the
-//! client sent DISCONNECT, its will is published.
+//! the keepalive or write-stall deadline, a kick (a takeover, an administrator, the server's
+//! shutdown). Incoming packets are decoded in batches and answered into one write buffer;
+//! deliveries are pulled from the mailbox within the in-flight window and appended to the same
+//! buffer, which is written when the socket can take it, so many packets share one system call.
+//! No buffer is kept while a connection is idle. When the loop ends the session goes back to the
+//! registry and, unless the client sent DISCONNECT, its will is published.
 //!
 //! The connection's work is split by direction: [`handshake`] takes a TCP stream to an accepted
 //! [`Connection`], [`inbound`] handles what the client sends, [`outbound`] what is sent to it;
@@ -37,7 +37,7 @@ use tracing::debug;
 use crate::broker::{Admission, Broker};
 use crate::codec::{Disconnect, Packet, Properties, Protocol, ReasonCode};
 use crate::router::Message;
-use crate::session::{DelayedWill, Holder, SessionState};
+use crate::session::{DelayedWill, Holder, KickReason, SessionState};
 use negotiated::Negotiated;
 
 /// Read at least this much at a time.
@@ -67,6 +67,8 @@ enum Close {
     Protocol(ReasonCode, String),
     Io(io::Error),
     TakenOver,
+    /// An administrator asked for the close (`DELETE /clients/<id>` on the HTTP API).
+    Administrative,
     Shutdown,
 }
 
@@ -84,12 +86,22 @@ impl std::fmt::Display for Close {
             Close::Protocol(code, reason) => write!(f, "protocol error ({code}): {reason}"),
             Close::Io(error) => write!(f, "network error: {error}"),
             Close::TakenOver => f.write_str("taken over by a new connection"),
+            Close::Administrative => f.write_str("closed by an administrator"),
             Close::Shutdown => f.write_str("server shutting down"),
         }
     }
 }
 
 impl Close {
+    /// Why the holder of the session was kicked.
+    fn kicked(reason: KickReason) -> Close {
+        match reason {
+            KickReason::TakenOver => Close::TakenOver,
+            KickReason::Administrative => Close::Administrative,
+            KickReason::Shutdown => Close::Shutdown,
+        }
+    }
+
     fn publishes_will(&self) -> bool {
         !matches!(self, Close::Disconnect)
     }
@@ -111,6 +123,16 @@ impl Close {
         match self {
             Close::KeepaliveTimeout => Some((ReasonCode::KeepAliveTimeout, None)),
             Close::TakenOver => Some((ReasonCode::SessionTakenOver, None)),
+            // Sent with Request Problem Information 0 too, like a protocol error's: DISCONNECT
+            // is one of the packets that may carry a Reason String whatever the client asked
+            // (§3.1.2.11.7).
+            Close::Administrative => Some((
+                ReasonCode::AdministrativeAction,
+                Some("closed by an administrator"),
+            )),
+            // A drain's 0x9C "Use another server" / 0x9D "Server moved" would go here, with
+            // the Server Reference property read from the broker-wide drain state (see
+            // `KickReason`).
             Close::Shutdown => Some((ReasonCode::ServerShuttingDown, None)),
             Close::Protocol(code, reason) => Some((*code, Some(reason))),
             _ => None,
@@ -175,6 +197,7 @@ impl Connection {
             close,
             Close::Io(_)
                 | Close::TakenOver
+                | Close::Administrative
                 | Close::WriteTimeout
                 | Close::AckTimeout
                 | Close::Shutdown
@@ -184,7 +207,7 @@ impl Connection {
             }
         }
         match &close {
-            Close::Disconnect | Close::PeerClosed | Close::Shutdown => {
+            Close::Disconnect | Close::PeerClosed | Close::Shutdown | Close::Administrative => {
                 debug!(peer = ?self.stream.peer_addr().ok(), client_id = self.state.client_id(), reason = %close, "connection closed")
             }
             _ => {
@@ -316,12 +339,13 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                // One signal for takeover and shutdown keeps every idle task smaller.
+                // One signal for every kick keeps every idle task smaller; its reason is read
+                // from the shared signals once it fires.
                 _ = holder.kicked() => {
                     return if self.broker.is_shutting_down() {
                         Close::Shutdown
                     } else {
-                        Close::TakenOver
+                        holder.kick_reason().map_or(Close::TakenOver, Close::kicked)
                     };
                 }
                 // poll_*_ready keep the waker in the socket's own slot; the readable() and
