@@ -170,7 +170,8 @@ def check_variations():
         "resources": {"limits": {"memory": "1Gi"}},
         "nodeSelector": {"pool": "mqtt"},
         "tolerations": [{"key": "dedicated", "operator": "Exists"}],
-        "mqtt": {"serverKeepAlive": 300, "receiveMaximum": 100, "topicAliasMaximum": 0},
+        "mqtt": {"serverKeepAlive": 300, "receiveMaximum": 100, "topicAliasMaximum": 0,
+                 "wildcardSubscriptions": False, "subscriptionIdentifiers": False},
         "extraArgs": ["-mq=5000"],
         "logLevel": "debug",
     }, "operator": {"replicas": 2, "image": {"tag": "edge"}}}, name="iot")
@@ -186,9 +187,10 @@ def check_variations():
     assert spec["resources"] == {"limits": {"memory": "1Gi"}}
     assert spec["nodeSelector"] == {"pool": "mqtt"}
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
-    # 0 is a value (no aliases), not an absent one.
+    # 0 and false are values (no aliases, feature off), not absent ones.
     assert spec["mqtt"] == {"serverKeepAlive": 300, "receiveMaximum": 100,
-                            "topicAliasMaximum": 0}, spec.get("mqtt")
+                            "topicAliasMaximum": 0, "wildcardSubscriptions": False,
+                            "subscriptionIdentifiers": False}, spec.get("mqtt")
     assert spec["args"] == ["-mq=5000"]
     assert spec["logLevel"] == "debug"
     deployment = only(objects, "Deployment")
@@ -198,6 +200,9 @@ def check_variations():
     objects, _ = render({"cluster": {"mqtt": {"receiveMaximum": 65535}}})
     validate(objects)
     assert only(objects, "Coolpy7Cluster")["spec"]["mqtt"] == {"receiveMaximum": 65535}
+    objects, _ = render({"cluster": {"mqtt": {"wildcardSubscriptions": True}}})
+    validate(objects)
+    assert only(objects, "Coolpy7Cluster")["spec"]["mqtt"] == {"wildcardSubscriptions": True}
     objects, _ = render({"cluster": {"mqtt": None}})
     assert "mqtt" not in only(objects, "Coolpy7Cluster")["spec"]
 
@@ -209,6 +214,10 @@ def check_variations():
 # (field of spec.mqtt and cluster.mqtt, lowest, highest): the ranges of -mka, -mri, -mta.
 MQTT5_LIMITS = [("serverKeepAlive", 0, 65535), ("receiveMaximum", 1, 65535),
                 ("topicAliasMaximum", 0, 65535)]
+
+
+# Fields of spec.mqtt and cluster.mqtt that turn a broker feature on or off: -wsa, -sia.
+MQTT5_FEATURES = ["wildcardSubscriptions", "subscriptionIdentifiers"]
 
 
 def check_the_crd_bounds_the_mqtt5_limits():
@@ -225,6 +234,16 @@ def check_the_crd_bounds_the_mqtt5_limits():
         for value in (low, high):
             jsonschema.validate(cluster({field: value}), schema)
         for value in (low - 1, high + 1, "60"):
+            try:
+                jsonschema.validate(cluster({field: value}), schema)
+            except jsonschema.ValidationError as error:
+                assert field in error.json_path, error.json_path
+            else:
+                raise AssertionError(f"the CRD accepted spec.mqtt.{field}: {value!r}")
+    for field in MQTT5_FEATURES:
+        for value in (True, False):
+            jsonschema.validate(cluster({field: value}), schema)
+        for value in ("false", 0):
             try:
                 jsonschema.validate(cluster({field: value}), schema)
             except jsonschema.ValidationError as error:
@@ -255,6 +274,11 @@ def check_wrong_values_are_refused():
                                      f"mqtt.{field} is an integer in {low}..{high}")
             assert field in message, message
     expect_refused({"cluster": {"mqtt": {"keepAlive": 60}}}, "unknown keys are typos")
+    for field in MQTT5_FEATURES:
+        for value in ("false", 0, 1):
+            message = expect_refused({"cluster": {"mqtt": {field: value}}},
+                                     f"mqtt.{field} is true or false")
+            assert field in message, message
     message = expect_refused({"cluster": {"podDisruptionBudget": {"minAvailable": 1,
                                                                   "maxUnavailable": 2}}},
                              "minAvailable or maxUnavailable, not both")

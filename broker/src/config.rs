@@ -267,6 +267,19 @@ struct Args {
     )]
     max_topic_aliases: u16,
 
+    /// MQTT 5 Wildcard Subscription Available: whether topic filters may hold + or # (true or
+    /// false); when false an MQTT 5 SUBSCRIBE with one gets DISCONNECT 0xA2, a 3.1.1 one SUBACK
+    /// 0x80 for that filter
+    #[arg(long = "wsa", env = "COOLPY7_WSA", value_name = "BOOL", default_value = "true",
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
+    wildcard_subscriptions: bool,
+
+    /// MQTT 5 Subscription Identifiers Available (true or false); when false a SUBSCRIBE with a
+    /// Subscription Identifier gets DISCONNECT 0xA1
+    #[arg(long = "sia", env = "COOLPY7_SIA", value_name = "BOOL", default_value = "true",
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
+    subscription_identifiers: bool,
+
     /// Seconds an offline persistent session (clean session 0) is kept, 0 = forever
     #[arg(long = "se", env = "COOLPY7_SE", value_name = "SECS", default_value_t = 7200,
           value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
@@ -392,6 +405,17 @@ fn parse_positive_usize(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A boolean flag's value, spelled as Go's `strconv.ParseBool` (and so the original Coolpy7)
+/// accepts it: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False. The value is required
+/// (`-wsa=false`, `-wsa false`): a bare `-wsa` would make `-wsa false` ambiguous.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err("expected true or false (also 1/0, t/f, TRUE/FALSE, True/False)".to_string()),
+    }
+}
+
 fn parse_log_filter(s: &str) -> Result<String, String> {
     validate_log_filter(s)?;
     Ok(s.to_string())
@@ -493,6 +517,12 @@ pub struct Config {
     pub max_receive: u16,
     /// `-mta`: the Topic Alias Maximum, inbound and outbound.
     pub max_topic_aliases: u16,
+    /// `-wsa`: whether topic filters may hold wildcards (MQTT 5 Wildcard Subscription
+    /// Available).
+    pub wildcard_subscriptions: bool,
+    /// `-sia`: whether a SUBSCRIBE may carry a Subscription Identifier (MQTT 5 Subscription
+    /// Identifiers Available).
+    pub subscription_identifiers: bool,
     /// The effective log filter (flag or `COOLPY7_LOG_LEVEL`, else `RUST_LOG`, else `info`).
     pub log_level: String,
     /// `None` unless `-nid` is given.
@@ -528,6 +558,8 @@ impl Default for Config {
             max_keep_alive: None,
             max_receive: 65535,
             max_topic_aliases: 64,
+            wildcard_subscriptions: true,
+            subscription_identifiers: true,
             log_level: "info".to_string(),
             cluster: None,
         }
@@ -646,6 +678,8 @@ impl Config {
             max_keep_alive: (args.max_keep_alive != 0).then_some(args.max_keep_alive),
             max_receive: args.max_receive,
             max_topic_aliases: args.max_topic_aliases,
+            wildcard_subscriptions: args.wildcard_subscriptions,
+            subscription_identifiers: args.subscription_identifiers,
             log_level,
             cluster,
         })
@@ -732,6 +766,8 @@ mod tests {
         assert_eq!(config.max_connections, None);
         assert_eq!(config.max_subscriptions, Some(10_000));
         assert_eq!(config.max_qos, QoS::ExactlyOnce);
+        assert!(config.wildcard_subscriptions);
+        assert!(config.subscription_identifiers);
         assert_eq!(config.log_level, "info");
     }
 
@@ -793,6 +829,22 @@ mod tests {
         ok_forms("mri", "2", |c| assert_eq!(c.max_receive, 2));
         ok_forms("mta", "0", |c| assert_eq!(c.max_topic_aliases, 0));
         ok_forms("mta", "1000", |c| assert_eq!(c.max_topic_aliases, 1000));
+        for off in ["false", "0", "f", "F", "FALSE", "False"] {
+            ok_forms("wsa", off, |c| {
+                assert!(!c.wildcard_subscriptions, "-wsa={off}")
+            });
+            ok_forms("sia", off, |c| {
+                assert!(!c.subscription_identifiers, "-sia={off}")
+            });
+        }
+        for on in ["true", "1", "t", "T", "TRUE", "True"] {
+            ok_forms("wsa", on, |c| {
+                assert!(c.wildcard_subscriptions, "-wsa={on}")
+            });
+            ok_forms("sia", on, |c| {
+                assert!(c.subscription_identifiers, "-sia={on}")
+            });
+        }
         ok_forms("log-level", "coolpy7=debug,warn", |c| {
             assert_eq!(c.log_level, "coolpy7=debug,warn")
         });
@@ -850,6 +902,11 @@ mod tests {
             (&["-mri=65536"], "--mri"),
             (&["-mka=-1"], "--mka"),
             (&["-mta=65536"], "--mta"),
+            (&["-wsa=no"], "--wsa"),
+            (&["-wsa="], "--wsa"),
+            (&["-wsa", "2"], "--wsa"),
+            (&["-sia=off"], "--sia"),
+            (&["-sia=yes"], "--sia"),
             (&["-mq=0"], "--mq"),
             (&["-msc=abc"], "--msc"),
             (&["-msc=-1"], "--msc"),
@@ -956,6 +1013,8 @@ mod tests {
             ("--mq", "1000"),
             ("--msc", "10000"),
             ("--se", "7200"),
+            ("--wsa", "true"),
+            ("--sia", "true"),
             ("--log-level", "info"),
         ] {
             assert!(help.contains(flag), "{flag} missing from help:\n{help}");
@@ -986,13 +1045,15 @@ mod tests {
             ("COOLPY7_MIF", "8"),
             ("COOLPY7_MQ", "50"),
             ("COOLPY7_MSC", "7"),
+            ("COOLPY7_WSA", "false"),
+            ("COOLPY7_SIA", "0"),
             ("COOLPY7_LOG_LEVEL", "debug"),
         ];
         for (key, value) in vars {
             std::env::set_var(key, value);
         }
         let config = ok(&[]);
-        let from_cli = ok(&["-mc=1", "--log-level=warn"]);
+        let from_cli = ok(&["-mc=1", "--log-level=warn", "-wsa", "true", "-sia=1"]);
         std::env::set_var("COOLPY7_HL", "");
         let empty_hl = ok(&[]).http_listen;
         let bad = {
@@ -1019,9 +1080,13 @@ mod tests {
         assert_eq!(config.max_inflight, 8);
         assert_eq!(config.max_queued, 50);
         assert_eq!(config.max_subscriptions, Some(7));
+        assert!(!config.wildcard_subscriptions);
+        assert!(!config.subscription_identifiers);
         assert_eq!(config.log_level, "debug");
         assert_eq!(from_cli.max_connections, Some(1));
         assert_eq!(from_cli.log_level, "warn");
+        assert!(from_cli.wildcard_subscriptions, "the command line wins");
+        assert!(from_cli.subscription_identifiers, "the command line wins");
         match bad {
             Ok(config) => panic!("COOLPY7_MC=abc accepted: {config:?}"),
             Err(error) => {

@@ -124,6 +124,9 @@ pub struct Metrics {
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     dropped: [Counter; DropReason::ALL.len()],
+    /// SUBACK / UNSUBACK packets discarded because even without a Reason String or User
+    /// Properties they exceed the client's Maximum Packet Size ([MQTT-3.1.2-25]).
+    pub acks_too_large: Counter,
     /// Membership and forwarding between nodes (zero outside cluster mode).
     pub cluster: ClusterMetrics,
     started: std::time::Instant,
@@ -198,6 +201,11 @@ impl Metrics {
                 "Messages dropped, by reason",
                 "reason",
                 DropReason::ALL.map(DropReason::label),
+            ),
+            acks_too_large: counter(
+                reg,
+                "acks_too_large",
+                "SUBACK/UNSUBACK packets not sent: larger than the client's Maximum Packet Size",
             ),
             cluster: ClusterMetrics::register(reg),
             started: std::time::Instant::now(),

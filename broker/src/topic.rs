@@ -81,6 +81,12 @@ impl<'a> Subscription<'a> {
         }
     }
 
+    /// Whether the filter holds a wildcard (`+` or `#`), shared or not: what `-wsa false`
+    /// refuses. The filter is valid, so any such character is a whole wildcard level.
+    pub fn has_wildcard(&self) -> bool {
+        self.filter().contains(['+', '#'])
+    }
+
     pub fn group(&self) -> Option<&'a str> {
         match self {
             Subscription::Direct { .. } => None,
@@ -165,6 +171,26 @@ mod tests {
         assert_eq!(Subscription::parse("$share/g+/a"), None);
         assert_eq!(Subscription::parse("$share/g/a/#/b"), None);
         assert_eq!(Subscription::parse("$queue/"), None);
+    }
+
+    #[test]
+    fn wildcards_are_found_in_the_filter_not_the_group() {
+        for wild in [
+            "#",
+            "+",
+            "a/+/c",
+            "a/#",
+            "$share/g/a/+",
+            "$share/g/#",
+            "$queue/+",
+        ] {
+            let parsed = Subscription::parse(wild).map(|s| s.has_wildcard());
+            assert_eq!(parsed, Some(true), "{wild}");
+        }
+        for plain in ["a/b", "/", "$share/g/a/b", "$queue/a", "$SYS/x"] {
+            let parsed = Subscription::parse(plain).map(|s| s.has_wildcard());
+            assert_eq!(parsed, Some(false), "{plain}");
+        }
     }
 
     #[test]

@@ -102,6 +102,8 @@ fn help_documents_every_flag_and_its_environment_variable() {
             "-mqos",
             "-mif",
             "-mq",
+            "-wsa",
+            "-sia",
             "--log-level",
         ] {
             assert!(
@@ -125,6 +127,8 @@ fn help_documents_every_flag_and_its_environment_variable() {
             "COOLPY7_MQOS",
             "COOLPY7_MIF",
             "COOLPY7_MQ",
+            "COOLPY7_WSA",
+            "COOLPY7_SIA",
             "COOLPY7_LOG_LEVEL",
         ] {
             assert!(
@@ -167,6 +171,8 @@ fn invalid_values_exit_2_naming_the_flag() {
         (&["-mhb", "1000"], "--mhb"),
         (&["-hmc=0"], "--hmc"),
         (&["-hto=x"], "--hto"),
+        (&["-wsa=no"], "--wsa"),
+        (&["-sia", "maybe"], "--sia"),
         (&["--log-level=foo["], "--log-level"),
         (&["-zzz=1"], "zzz"),
     ];
@@ -186,6 +192,8 @@ fn invalid_environment_values_exit_2_naming_the_flag() {
         ("COOLPY7_MHB", "-5", "--mhb"),
         ("COOLPY7_HMC", "many", "--hmc"),
         ("COOLPY7_HTO", "0", "--hto"),
+        ("COOLPY7_WSA", "off", "--wsa"),
+        ("COOLPY7_SIA", "2", "--sia"),
         ("COOLPY7_LOG_LEVEL", "foo[", "--log-level"),
     ] {
         let out = run(&[], &[(key, value)]);

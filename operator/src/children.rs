@@ -219,6 +219,15 @@ pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String
                 .into_iter()
                 .filter_map(|(flag, value)| value.map(|value| format!("{flag}={value}"))),
         );
+        let features = [
+            ("-wsa", mqtt.wildcard_subscriptions),
+            ("-sia", mqtt.subscription_identifiers),
+        ];
+        args.extend(
+            features
+                .into_iter()
+                .filter_map(|(flag, value)| value.map(|value| format!("{flag}={value}"))),
+        );
     }
     args.extend(cluster.spec.args.iter().cloned());
     args

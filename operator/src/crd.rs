@@ -225,8 +225,8 @@ fn default_http_port() -> i32 {
     8081
 }
 
-/// MQTT 5 limits (the broker flags `-mka`, `-mri` and `-mta`). Each one left out keeps the
-/// broker's default.
+/// MQTT 5 limits and features (the broker flags `-mka`, `-mri`, `-mta`, `-wsa` and `-sia`).
+/// Each one left out keeps the broker's default.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MqttSpec {
@@ -245,6 +245,16 @@ pub struct MqttSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 65535))]
     pub topic_alias_maximum: Option<i32>,
+    /// Wildcard subscriptions (`-wsa`): whether topic filters may hold `+` or `#`. When false,
+    /// CONNACK says so, an MQTT 5 SUBSCRIBE with one gets DISCONNECT 0xA2 and a 3.1.1 one
+    /// SUBACK 0x80 for that filter. The broker's default is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wildcard_subscriptions: Option<bool>,
+    /// Subscription identifiers (`-sia`): whether a SUBSCRIBE may carry one. When false,
+    /// CONNACK says so and a SUBSCRIBE with one gets DISCONNECT 0xA1. The broker's default is
+    /// true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_identifiers: Option<bool>,
 }
 
 /// The Service MQTT clients connect to.

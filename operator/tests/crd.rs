@@ -115,6 +115,18 @@ fn the_mqtt5_limits_are_optional_and_bounded_as_the_broker_flags_are() {
             "{field} is described"
         );
     }
+    // The features -wsa and -sia: true or false, left out = the broker's default (true).
+    for field in ["wildcardSubscriptions", "subscriptionIdentifiers"] {
+        let property = &mqtt["properties"][field];
+        assert_eq!(property["type"], "boolean", "{field}");
+        assert!(property.get("default").is_none(), "{field} has no default");
+        assert!(
+            property["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{field} is described"
+        );
+    }
     let names: Vec<&String> = mqtt["properties"]
         .as_object()
         .expect("properties")
@@ -122,7 +134,7 @@ fn the_mqtt5_limits_are_optional_and_bounded_as_the_broker_flags_are() {
         .collect();
     assert_eq!(
         names.len(),
-        3,
-        "only the three MQTT 5 limits are typed: {names:?}"
+        5,
+        "only the three MQTT 5 limits and two features are typed: {names:?}"
     );
 }

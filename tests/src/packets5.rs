@@ -79,6 +79,8 @@ pub mod reason {
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
     pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
+    pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
+    pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0xA2;
 }
 
 /// Encodes a Variable Byte Integer (§1.5.5). Same encoding as a remaining length.

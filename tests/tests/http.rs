@@ -35,6 +35,7 @@ async fn metrics_expose_every_series() {
         "coolpy7_queued_messages",
         "coolpy7_bytes_received_total",
         "coolpy7_bytes_sent_total",
+        "coolpy7_acks_too_large_total",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -405,15 +405,20 @@ fn announce_limits(connack: &mut PropertyValues, config: &Config) {
     if config.max_topic_aliases > 0 {
         connack.topic_alias_maximum = Some(config.max_topic_aliases);
     }
-    connack.wildcard_subscription_available = Some(true);
-    connack.subscription_identifier_available = Some(true);
+    // `-wsa` / `-sia`. Announced either way: a client told 0 knows what it may not send, and
+    // sending it anyway is then a Protocol Error (§3.2.2.3.11, §3.2.2.3.12; see
+    // `Connection::refuse_unavailable`).
+    connack.wildcard_subscription_available = Some(config.wildcard_subscriptions);
+    connack.subscription_identifier_available = Some(config.subscription_identifiers);
     connack.shared_subscription_available = Some(true);
 }
 
 /// Leaves out of CONNACK's properties what it may do without, until the packet fits the
 /// client's Maximum Packet Size ([MQTT-3.1.2-24]): Response Information (which the Server MAY
-/// return), then the properties whose absence says the same (the three "available" flags) or
-/// less (no Topic Alias Maximum: the client sets no aliases). The rest is owed.
+/// return), then the properties whose absence says the same (the "available" flags that say 1:
+/// absent means available) or less (no Topic Alias Maximum: the client sets no aliases). The
+/// rest is owed, an "available" flag that says 0 too: without it the client would take the
+/// feature as available and be disconnected for using it.
 fn fit_connack(connack: &mut Properties, limit: usize) {
     // Flags, reason code and the properties, behind the fixed header.
     let fits = |properties: &Properties| {
@@ -431,9 +436,15 @@ fn fit_connack(connack: &mut Properties, limit: usize) {
         return;
     }
     let values = connack.set();
-    values.wildcard_subscription_available = None;
-    values.subscription_identifier_available = None;
-    values.shared_subscription_available = None;
+    for available in [
+        &mut values.wildcard_subscription_available,
+        &mut values.subscription_identifier_available,
+        &mut values.shared_subscription_available,
+    ] {
+        if *available == Some(true) {
+            *available = None;
+        }
+    }
     if fits(connack) {
         return;
     }

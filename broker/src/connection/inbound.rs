@@ -317,7 +317,52 @@ impl Connection {
         }
     }
 
+    /// MQTT 5: a SUBSCRIBE using what CONNACK announced as not available (`-sia false`,
+    /// `-wsa false`) closes the connection before any of its filters takes effect.
+    ///
+    /// §3.2.2.3.11: "If the Server receives a SUBSCRIBE packet containing a Wildcard Subscription
+    /// and it does not support Wildcard Subscriptions, this is a Protocol Error. The Server uses
+    /// DISCONNECT with Reason Code 0xA2 (Wildcard Subscriptions not supported) as described in
+    /// section 4.13." §3.2.2.3.12 says the same of a Subscription Identifier, with 0xA1.
+    ///
+    /// SUBACK lists 0xA1 and 0xA2 too (§3.9.3), but for another case: "If a Server supports
+    /// Wildcard Subscriptions, it can still reject a particular subscribe request containing a
+    /// Wildcard Subscription. In this case the Server MAY send a SUBACK Control Packet with a
+    /// Reason Code 0xA2" (§3.2.2.3.11), an error the client could not anticipate (§4.13.2). Here
+    /// CONNACK told the client (the flag is never left out of it when 0, see `fit_connack`), so
+    /// sending one anyway is the Protocol Error of §4.13.1, which lists 0xA1 and 0xA2 among its
+    /// reason codes: "When a Server detects a Malformed Packet or Protocol Error, and a Reason
+    /// Code is given in the specification, it MUST close the Network Connection
+    /// [MQTT-4.13.1-1]".
+    fn refuse_unavailable(&self, subscribe: &Subscribe) -> Result<(), Close> {
+        let config = &self.broker.config;
+        if !config.subscription_identifiers
+            && !subscribe.properties.subscription_identifiers.is_empty()
+        {
+            return Err(Close::Protocol(
+                ReasonCode::SubscriptionIdentifiersNotSupported,
+                "Subscription Identifier, which CONNACK said is not available".into(),
+            ));
+        }
+        if !config.wildcard_subscriptions {
+            let wildcard = subscribe.filters.iter().find(|(raw, _)| {
+                Subscription::parse(raw).is_some_and(|subscription| subscription.has_wildcard())
+            });
+            if let Some((raw, _)) = wildcard {
+                return Err(Close::Protocol(
+                    ReasonCode::WildcardSubscriptionsNotSupported,
+                    format!("wildcard filter {raw:?}, which CONNACK said is not available"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
+        if self.v5.is_some() {
+            self.refuse_unavailable(&subscribe)?;
+        }
+        let wildcards = self.broker.config.wildcard_subscriptions;
         let max_qos = self.broker.config.max_qos;
         let max_subscriptions = self.broker.config.max_subscriptions;
         let identifier = subscribe
@@ -332,6 +377,15 @@ impl Connection {
                 reason_codes.push(ReasonCode::TopicFilterInvalid);
                 continue;
             };
+            // `-wsa false` to a 3.1/3.1.1 client (an MQTT 5 one was closed above), which was
+            // told nothing: "If the Server chooses not to support topic filters that contain
+            // wildcard characters it MUST reject any Subscription request whose filter contains
+            // them" (3.1.1 [MQTT-3.8.3-2]), with SUBACK 0x80 for that filter alone. Refused
+            // before anything is subscribed or retained messages are owed.
+            if !wildcards && subscription.has_wildcard() {
+                reason_codes.push(ReasonCode::WildcardSubscriptionsNotSupported);
+                continue;
+            }
             // [MQTT-3.8.3-4]
             if options.no_local && subscription.group().is_some() {
                 return Err(Close::Protocol(
@@ -374,7 +428,7 @@ impl Connection {
             self.state.subscriptions.insert(raw, granted);
             reason_codes.push(ReasonCode::granted(granted));
         }
-        self.send(&Packet::SubAck(SubAck {
+        self.send_acknowledgement(Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reason_codes,
             properties: Properties::default(),
@@ -399,7 +453,7 @@ impl Connection {
                 reason_codes.push(ReasonCode::NoSubscriptionExisted);
             }
         }
-        self.send(&Packet::UnsubAck(UnsubAck {
+        self.send_acknowledgement(Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             reason_codes,
             properties: Properties::default(),

@@ -12,7 +12,9 @@ use tracing::debug;
 
 use super::aliases::OutboundTopic;
 use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
-use crate::codec::{self, Ack, Packet, PublishV5Extras, QoS};
+use crate::codec::{
+    self, Ack, EncodeError, Packet, Protocol, PublishV5Extras, QoS, SubAck, UnsubAck,
+};
 use crate::metrics::DropReason;
 use crate::router::{Delivery, Page, SubscriptionIds};
 
@@ -307,6 +309,41 @@ impl Connection {
         }
     }
 
+    /// Appends a SUBACK or UNSUBACK, held to an MQTT 5 client's Maximum Packet Size: "The Server
+    /// MUST NOT send packets exceeding Maximum Packet Size to the Client [MQTT-3.1.2-24]". Its
+    /// Reason String and User Properties go first, which the standard has the Server leave out
+    /// when they would make the packet too large ([MQTT-3.9.2-1], [MQTT-3.9.2-2],
+    /// [MQTT-3.11.2-1], [MQTT-3.11.2-2]); one still too large (a reason code per filter: 20
+    /// filters to a client allowing 10 bytes) is discarded: "Where a Packet is too large to send,
+    /// the Server MUST discard it without sending it and then behave as if it had completed
+    /// sending that Application Message [MQTT-3.1.2-25]". So the subscriptions it acknowledges
+    /// stay in effect (they were made before it was built, retained messages owed included), as
+    /// they would for a SUBACK lost with the connection; undoing them would make a client that
+    /// cannot read the answer see a different broker from one that can. Counted and logged: the
+    /// client waits for an answer that will not come, and the operator can see why.
+    pub(super) fn send_acknowledgement(&mut self, mut packet: Packet) {
+        let limit = match &self.v5 {
+            Some(v5) => v5.maximum_packet_size,
+            None => return self.send(&packet),
+        };
+        match append_within(&mut self.wbuf, &mut packet, limit) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.broker.metrics.acks_too_large.inc();
+                debug!(
+                    peer = ?self.stream.peer_addr().ok(),
+                    limit,
+                    "{} larger than the client's Maximum Packet Size: discarded, its \
+                     subscriptions kept",
+                    packet.name()
+                );
+            }
+            Err(error) => {
+                debug!(peer = ?self.stream.peer_addr().ok(), %error, "could not encode {}", packet.name());
+            }
+        }
+    }
+
     /// Appends a packet to the write buffer; it goes out with the next write.
     pub(super) fn send(&mut self, packet: &Packet) {
         if let Err(error) = packet.encode(self.protocol, &mut self.wbuf) {
@@ -355,5 +392,106 @@ impl Connection {
             self.wbuf = BytesMut::new();
         }
         Ok(())
+    }
+}
+
+/// Appends an MQTT 5 SUBACK or UNSUBACK to `out` if it is at most `limit` bytes, without its
+/// Reason String and User Properties when only that makes it fit (`packet` is then left
+/// without them). Returns whether it was appended; `out` is unchanged when not.
+fn append_within(
+    out: &mut BytesMut,
+    packet: &mut Packet,
+    limit: usize,
+) -> Result<bool, EncodeError> {
+    let start = out.len();
+    packet.encode(Protocol::V5, out)?;
+    if out.len() - start <= limit {
+        return Ok(true);
+    }
+    out.truncate(start);
+    let properties = match packet {
+        Packet::SubAck(SubAck { properties, .. })
+        | Packet::UnsubAck(UnsubAck { properties, .. }) => properties,
+        _ => return Ok(false),
+    };
+    if properties.reason_string.is_none() && properties.user_properties.is_empty() {
+        return Ok(false);
+    }
+    properties.set().strip_problem_information();
+    packet.encode(Protocol::V5, out)?;
+    if out.len() - start <= limit {
+        return Ok(true);
+    }
+    out.truncate(start);
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Properties, ReasonCode};
+
+    fn suback(filters: usize, reason_string: Option<&str>) -> Packet {
+        let mut properties = Properties::default();
+        if let Some(text) = reason_string {
+            let values = properties.set();
+            values.reason_string = Some(text.to_string());
+            values.user_properties.push(("k".into(), "v".into()));
+        }
+        Packet::SubAck(SubAck {
+            packet_id: 7,
+            reason_codes: vec![ReasonCode::GrantedQoS1; filters],
+            properties,
+        })
+    }
+
+    fn encoded_len(packet: &Packet) -> usize {
+        let mut out = BytesMut::new();
+        assert!(packet.encode(Protocol::V5, &mut out).is_ok());
+        out.len()
+    }
+
+    #[test]
+    fn an_acknowledgement_that_fits_goes_whole() {
+        let mut out = BytesMut::from(&b"queued"[..]);
+        let mut packet = suback(3, Some("why"));
+        let whole = encoded_len(&packet);
+        assert_eq!(append_within(&mut out, &mut packet, whole).ok(), Some(true));
+        assert_eq!(out.len(), 6 + whole);
+        assert_eq!(
+            packet.clone(),
+            suback(3, Some("why")),
+            "nothing was dropped"
+        );
+    }
+
+    #[test]
+    fn reason_string_and_user_properties_go_first() {
+        let mut out = BytesMut::from(&b"queued"[..]);
+        let mut packet = suback(3, Some("a reason string"));
+        let bare = encoded_len(&suback(3, None));
+        assert!(encoded_len(&packet) > bare);
+        assert_eq!(append_within(&mut out, &mut packet, bare).ok(), Some(true));
+        assert_eq!(&out[..6], b"queued");
+        assert_eq!(out.len(), 6 + bare);
+        assert_eq!(packet, suback(3, None));
+    }
+
+    #[test]
+    fn an_acknowledgement_that_cannot_fit_is_not_written() {
+        for reason_string in [None, Some("why")] {
+            let mut out = BytesMut::from(&b"queued"[..]);
+            let mut packet = suback(20, reason_string);
+            assert_eq!(append_within(&mut out, &mut packet, 10).ok(), Some(false));
+            assert_eq!(&out[..], b"queued", "{reason_string:?}");
+        }
+        let mut out = BytesMut::new();
+        let mut unsuback = Packet::UnsubAck(UnsubAck {
+            packet_id: 1,
+            reason_codes: vec![ReasonCode::Success; 20],
+            properties: Properties::default(),
+        });
+        assert_eq!(append_within(&mut out, &mut unsuback, 10).ok(), Some(false));
+        assert!(out.is_empty());
     }
 }

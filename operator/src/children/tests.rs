@@ -213,7 +213,7 @@ fn flags_starting_with<'a>(args: &'a [String], prefixes: &[&str]) -> Vec<&'a str
         .collect()
 }
 
-const MQTT5_FLAGS: [&str; 3] = ["-mka=", "-mri=", "-mta="];
+const MQTT5_FLAGS: [&str; 5] = ["-mka=", "-mri=", "-mta=", "-wsa=", "-sia="];
 
 #[test]
 fn mqtt5_limits_become_flags_only_when_set() {
@@ -227,14 +227,23 @@ fn mqtt5_limits_become_flags_only_when_set() {
     }
 
     let all = cluster_with(json!({"mqtt": {
-        "serverKeepAlive": 300, "receiveMaximum": 100, "topicAliasMaximum": 0
+        "serverKeepAlive": 300, "receiveMaximum": 100, "topicAliasMaximum": 0,
+        "wildcardSubscriptions": false, "subscriptionIdentifiers": false
     }}));
     let args = broker_args(&all, DOMAIN);
     assert_eq!(
         flags_starting_with(&args, &MQTT5_FLAGS),
-        ["-mka=300", "-mri=100", "-mta=0"],
+        ["-mka=300", "-mri=100", "-mta=0", "-wsa=false", "-sia=false"],
         "0 is a value (no aliases), not an absent field"
     );
+
+    // A feature set to true is passed too (the user said so), one left out is not.
+    let on = cluster_with(json!({"mqtt": {"wildcardSubscriptions": true}}));
+    let args = broker_args(&on, DOMAIN);
+    assert_eq!(flags_starting_with(&args, &MQTT5_FLAGS), ["-wsa=true"]);
+    let off = cluster_with(json!({"mqtt": {"subscriptionIdentifiers": false}}));
+    let args = broker_args(&off, DOMAIN);
+    assert_eq!(flags_starting_with(&args, &MQTT5_FLAGS), ["-sia=false"]);
 
     let one = cluster_with(json!({"mqtt": {"receiveMaximum": 65535}}));
     let args = broker_args(&one, DOMAIN);
@@ -245,7 +254,7 @@ fn mqtt5_limits_become_flags_only_when_set() {
     let container_args = container(&set).args.clone().unwrap();
     assert_eq!(
         flags_starting_with(&container_args, &MQTT5_FLAGS),
-        ["-mka=300", "-mri=100", "-mta=0"]
+        ["-mka=300", "-mri=100", "-mta=0", "-wsa=false", "-sia=false"]
     );
 }
 
