@@ -48,13 +48,14 @@ pub async fn accept_loop(
                     drop(stream);
                     continue;
                 };
-                let broker = broker.clone();
-                let done = done.clone();
-                tokio::spawn(async move {
-                    connection::serve(stream, peer, broker).await;
-                    drop(slot);
-                    drop(done);
-                });
+                // Spawned as it is: wrapped in another async block, the task would hold the
+                // connection's future twice (see `connection::serve`).
+                tokio::spawn(connection::serve(
+                    stream,
+                    peer,
+                    broker.clone(),
+                    (slot, done.clone()),
+                ));
             }
             Err(error) => {
                 warn!(%error, "accept failed; retrying in {backoff:?}");

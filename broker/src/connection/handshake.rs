@@ -42,8 +42,9 @@ const CONNECT_READ_CHUNK: usize = 256;
 pub(super) async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
-    broker: &Arc<Broker>,
+    broker: Arc<Broker>,
 ) -> Option<(Box<Connection>, Admission)> {
+    let broker = &broker;
     let id = broker.next_connection_id();
     let first_buffer = CONNECT_READ_CHUNK.min(broker.config.connect_limit());
     let Some(lease) = broker.handshake_memory.lease(first_buffer) else {

@@ -22,7 +22,7 @@ mod inbound;
 mod negotiated;
 mod outbound;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -150,13 +150,27 @@ struct Will {
     delay: Duration,
 }
 
-/// Serves one accepted TCP connection until it closes.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
-    // The handshake's futures are large and needed once; boxed, they are freed before the
-    // connection settles into its loop, which is all an idle connection keeps in memory.
-    let accepted = Box::pin(handshake::handshake(stream, peer, &broker)).await;
-    if let Some((connection, admission)) = accepted {
-        connection.run(admission).await;
+/// Serves one accepted TCP connection until it closes, then drops `held` (what the listener
+/// keeps for as long as the connection lives).
+///
+/// The returned future is what an idle connection keeps in memory for its whole life, so it
+/// is kept small. The handshake's futures are large and needed once: they are boxed and freed
+/// before the connection settles into its loop. And this is not an `async fn`, whose future
+/// would carry its arguments to the end even after they were moved into the handshake; the
+/// future is meant to be spawned as it is, since a task wrapping it in another `async` block
+/// would hold it twice (once captured, once awaited).
+pub fn serve<Held: Send + 'static>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    held: Held,
+) -> impl Future<Output = ()> + Send {
+    let handshake = Box::pin(handshake::handshake(stream, peer, broker));
+    async move {
+        if let Some((connection, admission)) = handshake.await {
+            connection.run(admission).await;
+        }
+        drop(held);
     }
 }
 
