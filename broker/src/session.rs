@@ -1232,6 +1232,53 @@ mod tests {
         assert!(claimed.session_present);
     }
 
+    /// Review finding: a kick that arrives while a takeover waits for the old connection to let
+    /// go lands on that old connection, which is closing anyway: the request is reported done
+    /// (`true`, HTTP 204), yet the new connection, the one the client id now names, is never
+    /// asked to close. (The old client is also told 0x98 rather than 0x8E.)
+    #[tokio::test]
+    async fn an_administrative_kick_during_a_takeover_is_not_lost_on_the_old_connection() {
+        let (_metrics, router, registry) = registry();
+        let old = Holder::new(1);
+        let claimed = registry
+            .claim("c", false, &old, &router)
+            .await
+            .expect("claim");
+        // The new connection claims; the registry kicks the old one and waits for it.
+        let new = Holder::new(2);
+        let takeover = tokio::spawn({
+            let (registry, router, new) = (registry.clone(), router.clone(), new.clone());
+            async move { registry.claim("c", false, &new, &router).await.is_ok() }
+        });
+        for _ in 0..1000 {
+            if old.kick_reason().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(old.kick_reason(), Some(KickReason::TakenOver));
+
+        // The administrator's request arrives in that window.
+        let reported_done = registry.kick("c", KickReason::Administrative);
+
+        // The old connection lets go; the new one gets the session.
+        let mut state = claimed.state;
+        state.expiry = Some(Duration::from_secs(60)).into();
+        registry.release(&old, state, None, &router);
+        let took_over = tokio::time::timeout(Duration::from_secs(5), takeover)
+            .await
+            .expect("takeover in time")
+            .expect("takeover task");
+        assert!(took_over);
+        assert!(registry.is_connected("c"));
+
+        assert!(
+            !reported_done || new.kick_reason() == Some(KickReason::Administrative),
+            "the kick was reported done (204) but the connection now holding the client id \
+             was never asked to close"
+        );
+    }
+
     #[test]
     fn the_kick_reason_costs_the_holder_signals_no_space() {
         // Every connection holds one; the reason byte lives in what was padding.

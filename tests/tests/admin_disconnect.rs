@@ -179,3 +179,22 @@ async fn the_session_is_kept_for_its_expiry() {
         ("adms/t", &b"while away"[..])
     );
 }
+
+/// Review finding: `DELETE /clients/<id>` is authorised by `-syst`, whose default (`coolpy7`) is
+/// printed in the README and which used to guard read-only statistics. A broker started without
+/// flags (HTTP API on every interface, `:8081`) therefore lets anyone who can reach that port and
+/// has read the README close any client's connection, again and again. A destructive action
+/// should need a token the operator chose.
+#[tokio::test]
+async fn the_documented_default_token_cannot_disconnect_clients() {
+    let broker = Broker::start(&[]);
+    let id = unique_id("adm-default");
+    let mut client = RawClient5::connect_simple(broker.mqtt_addr(), &id).await;
+    let (status, body) = kick(&broker, &id).await;
+    assert_ne!(
+        status, 204,
+        "the README's default token closed a client: {body}"
+    );
+    client.ping().await;
+    client.expect_no_packet(QUIET).await;
+}
