@@ -43,6 +43,10 @@ const MIN_CONNECT_LIMIT: u64 = 64;
 /// Timeouts are capped so that `Instant + timeout` can never overflow.
 const MAX_TIMEOUT_SECS: u64 = u32::MAX as u64;
 
+/// `-syst` when not given, as the original Coolpy7 has it. It is printed in the README, so it
+/// may open read-only figures but never an action (`DELETE /clients/<id>`).
+pub const DEFAULT_SYS_TOKEN: &str = "coolpy7";
+
 /// Where to listen: `host:port`, or `:port` for every interface.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListenAddr {
@@ -171,9 +175,9 @@ struct Args {
           default_value = ":8081", value_parser = parse_http_listen)]
     http_listen: HttpListen,
 
-    /// Token required by GET /sys?token=...
+    /// Token required by GET /sys, GET /brokers and (not the default) DELETE /clients/<id>
     #[arg(long = "syst", env = "COOLPY7_SYST", value_name = "TOKEN",
-          default_value = "coolpy7", hide_env_values = true, value_parser = parse_token)]
+          default_value = DEFAULT_SYS_TOKEN, hide_env_values = true, value_parser = parse_token)]
     sys_token: String,
 
     /// Maximum concurrent MQTT connections, 0 = derived from the open-files limit (logged at start)

@@ -42,8 +42,9 @@ use tokio::task::JoinHandle;
 use crate::admission::{Slot, Slots};
 use crate::broker::Broker;
 use crate::cluster::membership::{MemberState, Members, NodeIdentity};
+use crate::config::DEFAULT_SYS_TOKEN;
 use crate::metrics::{DropReason, Metrics, Refusal};
-use crate::session::KickReason;
+use crate::session::{Kick, KickReason};
 
 /// The OpenMetrics text format that `prometheus-client` writes.
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -482,31 +483,47 @@ async fn kick_client(
     if let Some(refused) = refuse_without_token(&state, query) {
         return refused;
     }
+    if state.sys_token == DEFAULT_SYS_TOKEN {
+        return json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({
+                "error": "the -syst token is the documented default; set one of your own to disconnect clients"
+            }),
+        );
+    }
     let Ok(Path(client_id)) = client_id else {
         return json(
             StatusCode::BAD_REQUEST,
             &serde_json::json!({ "error": "the client id is not UTF-8 once percent-decoded" }),
         );
     };
-    if state
+    match state
         .broker
         .sessions
         .kick(&client_id, KickReason::Administrative)
     {
-        state.metrics.admin_disconnects.inc();
-        tracing::info!(
-            client_id,
-            "closing a client's connection on request (HTTP API)"
-        );
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        json(
+        Kick::Asked => {
+            state.metrics.admin_disconnects.inc();
+            tracing::info!(
+                client_id,
+                "closing a client's connection on request (HTTP API)"
+            );
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Kick::NotConnected => json(
             StatusCode::NOT_FOUND,
             &serde_json::json!({
                 "error": "no connection holds this client id",
                 "client_id": client_id,
             }),
-        )
+        ),
+        Kick::TakeoverUnderWay => json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({
+                "error": "a new connection is taking this client id over; ask again",
+                "client_id": client_id,
+            }),
+        ),
     }
 }
 

@@ -552,6 +552,20 @@ impl KickReason {
     }
 }
 
+/// What [`SessionRegistry::kick`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The connection holding the client id was asked to close.
+    Asked,
+    /// No connection holds it (none is connected with that client id, or its session is
+    /// offline).
+    NotConnected,
+    /// A new connection with that client id is taking the session over: the old one is
+    /// closing, and the new one does not hold it yet. An administrative kick is not applied
+    /// (see [`Holder::kick`]); asking again in a moment reaches the new connection.
+    TakeoverUnderWay,
+}
+
 /// `HolderSignals::reason` before any kick.
 const NOT_KICKED: u8 = 0;
 
@@ -590,11 +604,27 @@ impl Holder {
         KickReason::from_u8(self.signals.reason.load(Ordering::Acquire))
     }
 
-    fn kick(&self, reason: KickReason) {
-        self.signals
-            .reason
-            .fetch_max(reason as u8, Ordering::AcqRel);
+    /// Asks the holder to close for `reason`. `false`, and nothing changes, when an
+    /// administrative kick finds a takeover under way: the holder is closing anyway, and the
+    /// connection about to hold the client id is the one the administrator means, which this
+    /// kick would not reach.
+    fn kick(&self, reason: KickReason) -> bool {
+        let updated =
+            self.signals
+                .reason
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                    let taken_over = current == KickReason::TakenOver as u8;
+                    if taken_over && reason == KickReason::Administrative {
+                        None
+                    } else {
+                        Some(current.max(reason as u8))
+                    }
+                });
+        if updated.is_err() {
+            return false;
+        }
         self.signals.kick.notify_one();
+        true
     }
 
     fn mark_released(&self) {
@@ -744,7 +774,8 @@ impl SessionRegistry {
                 let mut sessions = self.sessions.lock();
                 match sessions.remove_entry(client_id) {
                     Some((key, Entry::Held(current))) => {
-                        current.kick(KickReason::TakenOver);
+                        // Always applied: only an administrative kick is ever refused.
+                        let _ = current.kick(KickReason::TakenOver);
                         sessions.entries.insert(key, Entry::Held(current.clone()));
                         current
                     }
@@ -772,21 +803,18 @@ impl SessionRegistry {
     pub fn kick_all(&self) {
         for entry in self.sessions.lock().entries.values() {
             if let Entry::Held(holder) = entry {
-                holder.kick(KickReason::Shutdown);
+                let _ = holder.kick(KickReason::Shutdown);
             }
         }
     }
 
     /// Asks the connection that holds the session of `client_id` to close, for `reason`; its
-    /// session is then kept or discarded as on any close. `false` when no connection holds it
-    /// (none is connected with that client id, or its session is offline).
-    pub fn kick(&self, client_id: &str, reason: KickReason) -> bool {
+    /// session is then kept or discarded as on any close.
+    pub fn kick(&self, client_id: &str, reason: KickReason) -> Kick {
         match self.sessions.lock().entries.get(client_id) {
-            Some(Entry::Held(holder)) => {
-                holder.kick(reason);
-                true
-            }
-            _ => false,
+            Some(Entry::Held(holder)) if holder.kick(reason) => Kick::Asked,
+            Some(Entry::Held(_)) => Kick::TakeoverUnderWay,
+            _ => Kick::NotConnected,
         }
     }
 
@@ -1201,21 +1229,27 @@ mod tests {
     #[tokio::test]
     async fn kick_asks_the_holder_to_close_with_its_reason() {
         let (_metrics, router, registry) = registry();
-        assert!(!registry.kick("c", KickReason::Administrative));
+        assert_eq!(
+            registry.kick("c", KickReason::Administrative),
+            Kick::NotConnected
+        );
         let holder = Holder::new(1);
         let claimed = registry
             .claim("c", false, &holder, &router)
             .await
             .expect("claim");
         assert_eq!(holder.kick_reason(), None);
-        assert!(!registry.kick("other", KickReason::Administrative));
-        assert!(registry.kick("c", KickReason::Administrative));
+        assert_eq!(
+            registry.kick("other", KickReason::Administrative),
+            Kick::NotConnected
+        );
+        assert_eq!(registry.kick("c", KickReason::Administrative), Kick::Asked);
         tokio::time::timeout(Duration::from_secs(5), holder.kicked())
             .await
             .expect("kicked");
         assert_eq!(holder.kick_reason(), Some(KickReason::Administrative));
         // A takeover racing the kick does not change the reason; a shutdown does.
-        holder.kick(KickReason::TakenOver);
+        assert!(holder.kick(KickReason::TakenOver));
         assert_eq!(holder.kick_reason(), Some(KickReason::Administrative));
         registry.kick_all();
         assert_eq!(holder.kick_reason(), Some(KickReason::Shutdown));
@@ -1223,7 +1257,10 @@ mod tests {
         let mut state = claimed.state;
         state.expiry = Some(Duration::from_secs(60)).into();
         assert!(registry.release(&holder, state, None, &router).is_none());
-        assert!(!registry.kick("c", KickReason::Administrative));
+        assert_eq!(
+            registry.kick("c", KickReason::Administrative),
+            Kick::NotConnected
+        );
         let again = Holder::new(2);
         let claimed = registry
             .claim("c", false, &again, &router)
@@ -1259,7 +1296,14 @@ mod tests {
         assert_eq!(old.kick_reason(), Some(KickReason::TakenOver));
 
         // The administrator's request arrives in that window.
-        let reported_done = registry.kick("c", KickReason::Administrative);
+        let kick = registry.kick("c", KickReason::Administrative);
+        assert_eq!(kick, Kick::TakeoverUnderWay);
+        assert_eq!(
+            old.kick_reason(),
+            Some(KickReason::TakenOver),
+            "the old client is told 0x8E"
+        );
+        let reported_done = kick == Kick::Asked;
 
         // The old connection lets go; the new one gets the session.
         let mut state = claimed.state;

@@ -9,8 +9,9 @@ use coolpy7_tests::packets::Connect as Connect311;
 use coolpy7_tests::packets5::{self, reason, Connect, Property as P, PublishPacket};
 use coolpy7_tests::{unique_id, Broker, RawClient, RawClient5, QUIET, TIMEOUT};
 
-/// The tests' broker runs with the default `-syst`.
-const TOKEN: &str = "coolpy7";
+/// The tests' brokers run with this `-syst` (the default one may not disconnect clients).
+const TOKEN: &str = "adm1n-t0ken";
+const SYST: &str = "-syst=adm1n-t0ken";
 
 /// Percent-encodes `client_id` as one path segment: everything but unreserved ASCII.
 fn encoded(client_id: &str) -> String {
@@ -41,7 +42,7 @@ async fn watcher(broker: &Broker, filter: &str) -> RawClient5 {
 
 #[tokio::test]
 async fn a_v5_client_gets_0x98_with_a_reason_string_and_its_will_is_published() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&[SYST]);
     let mut watch = watcher(&broker, "adm/#").await;
     let id = unique_id("adm");
     let connect = Connect::new(&id).will("adm/will", b"kicked", 1, false);
@@ -70,7 +71,7 @@ async fn a_v5_client_gets_0x98_with_a_reason_string_and_its_will_is_published() 
 
 #[tokio::test]
 async fn a_v5_client_that_asked_for_no_problem_information_still_gets_0x98() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&[SYST]);
     let id = unique_id("adm-rpi0");
     let connect = Connect::new(&id).prop(P::RequestProblemInformation(0));
     let (mut client, _) = RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
@@ -82,7 +83,7 @@ async fn a_v5_client_that_asked_for_no_problem_information_still_gets_0x98() {
 
 #[tokio::test]
 async fn a_v311_client_is_closed_and_its_will_published() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&[SYST]);
     let mut watch = watcher(&broker, "adm3/#").await;
     let id = unique_id("adm3");
     let connect = Connect311::v311(&id).will("adm3/will", b"kicked", 1, false);
@@ -98,7 +99,7 @@ async fn a_v311_client_is_closed_and_its_will_published() {
 
 #[tokio::test]
 async fn client_ids_with_slashes_and_any_utf8_are_found() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&[SYST]);
     let ids = [
         format!("{}/a/b", unique_id("adm-slash")),
         format!("/{}/", unique_id("lead")),
@@ -124,7 +125,7 @@ async fn client_ids_with_slashes_and_any_utf8_are_found() {
 
 #[tokio::test]
 async fn unknown_ids_are_404_and_the_token_is_required() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&[SYST]);
     let id = unique_id("adm-auth");
     let mut client = RawClient5::connect_simple(broker.mqtt_addr(), &id).await;
     let path = format!("/clients/{}", encoded(&id));
@@ -154,7 +155,7 @@ async fn unknown_ids_are_404_and_the_token_is_required() {
 
 #[tokio::test]
 async fn the_session_is_kept_for_its_expiry() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&[SYST]);
     let id = unique_id("adm-sess");
     let connect = Connect::new(&id).clean_start(false).session_expiry(600);
     let (mut client, connack) = RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
@@ -180,21 +181,21 @@ async fn the_session_is_kept_for_its_expiry() {
     );
 }
 
-/// Review finding: `DELETE /clients/<id>` is authorised by `-syst`, whose default (`coolpy7`) is
-/// printed in the README and which used to guard read-only statistics. A broker started without
-/// flags (HTTP API on every interface, `:8081`) therefore lets anyone who can reach that port and
-/// has read the README close any client's connection, again and again. A destructive action
-/// should need a token the operator chose.
+/// `-syst` guarded only read-only figures before this endpoint, and its default (`coolpy7`) is
+/// printed in the README: a broker started without flags (HTTP API on every interface) would
+/// let anyone who can reach the port close any client. The default token opens no action.
 #[tokio::test]
 async fn the_documented_default_token_cannot_disconnect_clients() {
     let broker = Broker::start(&[]);
     let id = unique_id("adm-default");
     let mut client = RawClient5::connect_simple(broker.mqtt_addr(), &id).await;
-    let (status, body) = kick(&broker, &id).await;
-    assert_ne!(
-        status, 204,
-        "the README's default token closed a client: {body}"
-    );
+    let (status, body) = broker
+        .http_delete(&format!("/clients/{}?token=coolpy7", encoded(&id)))
+        .await;
+    assert_eq!(status, 403, "the README's default token: {body}");
+    assert!(body.contains("-syst"), "{body}");
     client.ping().await;
     client.expect_no_packet(QUIET).await;
+    // The statistics stay readable with it.
+    assert_eq!(broker.http_get("/sys?token=coolpy7").await.0, 200);
 }
