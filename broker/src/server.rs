@@ -27,8 +27,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// (MQTT 5 intervals are whole seconds).
 const SESSION_SWEEP: Duration = Duration::from_millis(250);
 
-/// Discards offline sessions whose expiry has passed and publishes the delayed wills that are
-/// due. Each sweep looks only at what is due (the registry keeps its deadlines in order).
+/// Discards offline sessions whose expiry has passed, publishes the delayed wills that are due
+/// and removes expired retained messages. Each sweep looks only at what is due (the registry
+/// and the retained store keep their deadlines in order).
 async fn expire_sessions(broker: Arc<Broker>, mut stopping: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(SESSION_SWEEP);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -37,11 +38,14 @@ async fn expire_sessions(broker: Arc<Broker>, mut stopping: watch::Receiver<bool
             _ = ticks.tick() => {}
             _ = stopping.changed() => return,
         }
-        let (wills, expired) = broker
-            .sessions
-            .expire(std::time::Instant::now(), &broker.router);
+        let now = std::time::Instant::now();
+        let (wills, expired) = broker.sessions.expire(now, &broker.router);
         if expired > 0 {
             tracing::debug!(expired, "offline sessions expired");
+        }
+        let expired = broker.router.expire_retained(now);
+        if expired > 0 {
+            tracing::debug!(expired, "retained messages expired");
         }
         for will in wills {
             broker.publish(will);

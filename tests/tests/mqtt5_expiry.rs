@@ -148,6 +148,8 @@ async fn a_retained_message_expires() {
     let left = got.props.message_expiry_interval().expect("expiry");
     assert!((590..=597).contains(&left), "{left}");
     late.expect_no_packet(QUIET).await;
+    // And the expired one no longer takes memory: it is removed, not only skipped.
+    assert_eq!(broker.metric("coolpy7_retained_messages").await, 1.0);
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ use parking_lot::RwLock;
 use smallvec::SmallVec;
 
 pub use retained::Page;
-use retained::RetainedNode;
+use retained::RetainedStore;
 use tree::{Matches, Node, Subscriber};
 
 use crate::codec::{self, QoS};
@@ -191,7 +191,7 @@ pub const TEARDOWN_BATCH: usize = 256;
 pub struct Router {
     /// Shared with the teardown tasks of [`Router::remove_session`].
     tree: Arc<RwLock<Node>>,
-    retained: RwLock<RetainedNode>,
+    retained: RwLock<RetainedStore>,
     metrics: Arc<Metrics>,
 }
 
@@ -199,7 +199,7 @@ impl Router {
     pub fn new(metrics: Arc<Metrics>) -> Router {
         Router {
             tree: Arc::new(RwLock::new(Node::default())),
-            retained: RwLock::new(RetainedNode::default()),
+            retained: RwLock::new(RetainedStore::default()),
             metrics,
         }
     }
@@ -353,7 +353,6 @@ impl Router {
     }
 
     fn retain(&self, message: &Message) {
-        let path: Vec<&[u8]> = topic::levels(&message.topic).collect();
         let stored = (!message.payload.is_empty()).then(|| {
             // A compact copy: the original's bytes may share a large read buffer.
             let mut stored = Message::new(
@@ -367,15 +366,23 @@ impl Router {
             stored.origin = message.origin;
             Arc::new(stored)
         });
-        let delta = self.retained.write().set(&path, stored);
+        let delta = self.retained.write().set(&message.topic, stored);
         self.metrics.retained.inc_by(delta);
+    }
+
+    /// Removes the retained messages whose MQTT 5 expiry is at or before `now`; returns how
+    /// many. (They are never sent once expired; this gives their memory back.)
+    pub fn expire_retained(&self, now: Instant) -> usize {
+        let removed = self.retained.write().expire(now);
+        self.metrics.retained.dec_by(removed as i64);
+        removed
     }
 
     /// The retained messages matching a (valid, non-shared) filter.
     pub fn retained(&self, filter: &str) -> Vec<Arc<Message>> {
         let path: Vec<&[u8]> = topic::levels(filter.as_bytes()).collect();
         let mut out = Vec::new();
-        self.retained.read().collect(&path, true, &mut out);
+        self.retained.read().root().collect(&path, true, &mut out);
         out
     }
 
@@ -389,6 +396,7 @@ impl Router {
         !self
             .retained
             .read()
+            .root()
             .page(&path, after.as_deref(), true, page)
     }
 }
@@ -436,6 +444,7 @@ impl Teardown {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn mailbox(id: SessionId) -> Arc<Mailbox> {
         let mailbox = Arc::new(Mailbox::new(id, Arc::from(format!("c{id}")), 1000));
@@ -576,6 +585,55 @@ mod tests {
         router.publish(Arc::new(delete));
         assert!(router.retained("r/a").is_empty());
         assert_eq!(router.metrics.retained.get(), 2);
+    }
+
+    #[test]
+    fn expired_retained_messages_are_removed_and_replaced_ones_unindexed() {
+        let router = router();
+        let now = Instant::now();
+        let retained = |topic: &'static str, expires_in: Option<u64>| {
+            let mut message = Message::new(
+                Bytes::from_static(topic.as_bytes()),
+                Bytes::from_static(b"x"),
+                QoS::AtMostOnce,
+                true,
+            );
+            message.expires_at = expires_in.map(|secs| now + Duration::from_secs(secs));
+            router.publish(Arc::new(message));
+        };
+        retained("e/1", Some(1));
+        retained("e/2", Some(2));
+        retained("e/keep", None);
+        // Replaced by a message that does not expire: its old expiry must not remove it.
+        retained("e/replaced", Some(1));
+        retained("e/replaced", None);
+        // Replaced by one that expires later: removed at the later expiry only.
+        retained("e/later", Some(1));
+        retained("e/later", Some(3));
+        assert_eq!(router.metrics.retained.get(), 5);
+        assert_eq!(router.retained.read().expiring(), 3);
+
+        assert_eq!(router.expire_retained(now), 0);
+        assert_eq!(router.expire_retained(now + Duration::from_secs(1)), 1);
+        let mut left: Vec<_> = router
+            .retained("e/#")
+            .iter()
+            .map(|message| message.topic.clone())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["e/2", "e/keep", "e/later", "e/replaced"]);
+        assert_eq!(router.expire_retained(now + Duration::from_secs(5)), 2);
+        assert_eq!(router.metrics.retained.get(), 2);
+        assert_eq!(router.retained.read().expiring(), 0);
+        // Deleting a message with an expiry unindexes it too.
+        retained("e/3", Some(1));
+        router.publish(Arc::new(Message::new(
+            Bytes::from_static(b"e/3"),
+            Bytes::new(),
+            QoS::AtMostOnce,
+            true,
+        )));
+        assert_eq!(router.retained.read().expiring(), 0);
     }
 
     #[test]

@@ -5,8 +5,12 @@
 //! Levels are kept in order, so the matches of a filter can be read a [`Page`] at a time from
 //! where the last page ended (a topic): a subscriber owed a million retained messages holds a
 //! cursor, not a copy of the million, and the lock is held for one page at a time.
+//!
+//! Messages with an MQTT 5 Message Expiry Interval are also indexed by expiry
+//! ([`RetainedStore`]): an expired one is never sent, and it is removed (its memory given
+//! back) when it expires rather than when its topic is next published to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -15,6 +19,58 @@ use bytes::Bytes;
 use std::time::Instant;
 
 use super::Message;
+use crate::topic;
+
+/// The retained messages, and the topics of those that expire in expiry order.
+#[derive(Default)]
+pub(super) struct RetainedStore {
+    root: RetainedNode,
+    /// `(expiry, topic)` of every stored message that has an expiry.
+    expiring: BTreeSet<(Instant, Bytes)>,
+}
+
+impl RetainedStore {
+    pub(super) fn root(&self) -> &RetainedNode {
+        &self.root
+    }
+
+    /// Stores `message` as the retained message of its topic (or, with `None`, deletes the one
+    /// of `topic`); returns the change in count.
+    pub(super) fn set(&mut self, topic: &Bytes, message: Option<Arc<Message>>) -> i64 {
+        let path: Vec<&[u8]> = topic::levels(topic).collect();
+        let expiry = message.as_ref().and_then(|message| message.expires_at);
+        let has = message.is_some();
+        let old = self.root.replace(&path, message);
+        if let Some(at) = old.as_ref().and_then(|old| old.expires_at) {
+            self.expiring.remove(&(at, topic.clone()));
+        }
+        if let Some(at) = expiry {
+            self.expiring.insert((at, topic.clone()));
+        }
+        i64::from(has) - i64::from(old.is_some())
+    }
+
+    /// Removes the messages whose expiry is at or before `now`; returns how many.
+    pub(super) fn expire(&mut self, now: Instant) -> usize {
+        let mut removed = 0;
+        while self.expiring.first().is_some_and(|(at, _)| *at <= now) {
+            let Some((_, topic)) = self.expiring.pop_first() else {
+                break;
+            };
+            let path: Vec<&[u8]> = topic::levels(&topic).collect();
+            // The index is kept in step with the store, so this is the expired message.
+            if self.root.replace(&path, None).is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    #[cfg(test)]
+    pub(super) fn expiring(&self) -> usize {
+        self.expiring.len()
+    }
+}
 
 #[derive(Default)]
 pub(super) struct RetainedNode {
@@ -23,28 +79,23 @@ pub(super) struct RetainedNode {
 }
 
 impl RetainedNode {
-    /// Stores (or, with `None`, deletes) the message at `path`; returns the change in count.
-    pub(super) fn set(&mut self, path: &[&[u8]], message: Option<Arc<Message>>) -> i64 {
+    /// Stores (or, with `None`, deletes) the message at `path`; returns the one it replaced.
+    fn replace(&mut self, path: &[&[u8]], message: Option<Arc<Message>>) -> Option<Arc<Message>> {
         match path.split_first() {
-            None => {
-                let had = self.message.is_some();
-                let has = message.is_some();
-                self.message = message;
-                i64::from(has) - i64::from(had)
-            }
+            None => std::mem::replace(&mut self.message, message),
             Some((level, rest)) => {
                 if message.is_none() && !self.children.contains_key(*level) {
-                    return 0;
+                    return None;
                 }
                 let child = self
                     .children
                     .entry(Bytes::copy_from_slice(level))
                     .or_default();
-                let delta = child.set(rest, message);
+                let old = child.replace(rest, message);
                 if child.message.is_none() && child.children.is_empty() {
                     self.children.remove(*level);
                 }
-                delta
+                old
             }
         }
     }
