@@ -4,7 +4,7 @@
 //! the SUBACK (0x8F, 0x97) and UNSUBACK (0x00, 0x11, 0x8F) reason codes.
 
 use coolpy7_tests::packets5::{
-    reason, sub_options, Packet, Property as P, PublishPacket, SubscribePacket,
+    reason, sub_options, Connect, Packet, Property as P, PublishPacket, SubscribePacket,
 };
 use coolpy7_tests::{unique_id, Broker, RawClient5, QUIET, TIMEOUT};
 
@@ -148,14 +148,19 @@ async fn invalid_subscription_options_are_refused_with_the_reason_the_standard_g
 #[tokio::test]
 async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     let broker = Broker::start(&[]);
-    let mut c = client(&broker, "nlshare").await;
+    // A session that outlives the connection: the refused SUBSCRIBE must leave nothing in it,
+    // not even the valid filter listed before the offending one.
+    let connect = Connect::new(&unique_id("nlshare")).session_expiry(600);
+    let (mut c, _) = RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
     c.send(
         &SubscribePacket::new(1)
+            .filter("nls/plain", 1)
             .filter("$share/g/nls/t", sub_options(1, true, false, 0))
             .encode(),
     )
     .await;
     c.expect_disconnect(reason::PROTOCOL_ERROR).await;
+    assert_eq!(broker.metric("coolpy7_subscriptions").await, 0.0);
 }
 
 #[tokio::test]

@@ -317,8 +317,10 @@ impl Connection {
         }
     }
 
-    /// MQTT 5: a SUBSCRIBE using what CONNACK announced as not available (`-sia false`,
-    /// `-wsa false`) closes the connection before any of its filters takes effect.
+    /// The protocol errors of a SUBSCRIBE as a whole, checked before any of its filters takes
+    /// effect, so that a refused SUBSCRIBE leaves nothing in the session: No Local on a shared
+    /// subscription, and (MQTT 5) using what CONNACK announced as not available (`-sia false`,
+    /// `-wsa false`).
     ///
     /// §3.2.2.3.11: "If the Server receives a SUBSCRIBE packet containing a Wildcard Subscription
     /// and it does not support Wildcard Subscriptions, this is a Protocol Error. The Server uses
@@ -334,7 +336,22 @@ impl Connection {
     /// reason codes: "When a Server detects a Malformed Packet or Protocol Error, and a Reason
     /// Code is given in the specification, it MUST close the Network Connection
     /// [MQTT-4.13.1-1]".
-    fn refuse_unavailable(&self, subscribe: &Subscribe) -> Result<(), Close> {
+    fn refuse_protocol_errors(&self, subscribe: &Subscribe) -> Result<(), Close> {
+        // [MQTT-3.8.3-4] (a 3.1.1 SUBSCRIBE cannot set No Local: its reserved bits are 0).
+        let shared_no_local = subscribe.filters.iter().any(|(raw, options)| {
+            options.no_local
+                && Subscription::parse(raw)
+                    .is_some_and(|subscription| subscription.group().is_some())
+        });
+        if shared_no_local {
+            return Err(Close::Protocol(
+                ReasonCode::ProtocolError,
+                "No Local on a shared subscription".into(),
+            ));
+        }
+        if self.v5.is_none() {
+            return Ok(());
+        }
         let config = &self.broker.config;
         if !config.subscription_identifiers
             && !subscribe.properties.subscription_identifiers.is_empty()
@@ -359,9 +376,7 @@ impl Connection {
     }
 
     fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
-        if self.v5.is_some() {
-            self.refuse_unavailable(&subscribe)?;
-        }
+        self.refuse_protocol_errors(&subscribe)?;
         let wildcards = self.broker.config.wildcard_subscriptions;
         let max_qos = self.broker.config.max_qos;
         let max_subscriptions = self.broker.config.max_subscriptions;
@@ -385,13 +400,6 @@ impl Connection {
             if !wildcards && subscription.has_wildcard() {
                 reason_codes.push(ReasonCode::WildcardSubscriptionsNotSupported);
                 continue;
-            }
-            // [MQTT-3.8.3-4]
-            if options.no_local && subscription.group().is_some() {
-                return Err(Close::Protocol(
-                    ReasonCode::ProtocolError,
-                    "No Local on a shared subscription".into(),
-                ));
             }
             // `-msc`: a new filter beyond the cap is refused (0x97, quota exceeded; 0x80 in
             // 3.1.1); renewing one the session holds is always allowed.
