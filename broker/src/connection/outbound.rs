@@ -180,7 +180,7 @@ impl Connection {
     /// (then nothing is sent and no packet id is used).
     fn write_v5(&mut self, delivery: Delivery, now: std::time::Instant) -> Option<usize> {
         let v5 = self.v5.as_mut()?;
-        let message = delivery.message.clone();
+        let message = &delivery.message;
         let mut extras = PublishV5Extras {
             message_expiry: message.remaining_expiry(now),
             topic_alias: None,
