@@ -368,7 +368,10 @@ impl Connection {
             if let Some((raw, _)) = wildcard {
                 return Err(Close::Protocol(
                     ReasonCode::WildcardSubscriptionsNotSupported,
-                    format!("wildcard filter {raw:?}, which CONNACK said is not available"),
+                    format!(
+                        "wildcard filter {:?}, which CONNACK said is not available",
+                        &raw[..raw.floor_char_boundary(64)]
+                    ),
                 ));
             }
         }

@@ -279,17 +279,21 @@ impl Connection {
         drop(admission);
     }
 
-    /// Appends an MQTT 5 DISCONNECT with `reason` (and `text` as its Reason String, when the
-    /// packet still fits the client's Maximum Packet Size).
+    /// Appends an MQTT 5 DISCONNECT with `reason` and `text` as its Reason String, cut (at a
+    /// character) to what a string property and the client's Maximum Packet Size allow: a text
+    /// quoting the client's own input must never cost the client its DISCONNECT.
     fn send_disconnect(&mut self, reason: ReasonCode, text: Option<&str>) {
         let mut properties = Properties::default();
         let limit = self
             .v5
             .as_ref()
             .map_or(usize::MAX, |v5| v5.maximum_packet_size);
+        // The packet without a reason string is at most 16 bytes (fixed header, reason code,
+        // property length, the string's identifier and length prefix).
+        let room = limit.saturating_sub(16).min(usize::from(u16::MAX));
         if let Some(text) = text {
-            // A reason string costs its length plus five bytes of framing.
-            if text.len() + 16 <= limit {
+            let text = &text[..text.floor_char_boundary(room)];
+            if !text.is_empty() {
                 properties.set().reason_string = Some(text.to_string());
             }
         }

@@ -342,6 +342,11 @@ impl Connection {
                 debug!(peer = ?self.stream.peer_addr().ok(), %error, "could not encode {}", packet.name());
             }
         }
+        // A discarded packet was encoded before it was measured: the buffer it grew must not
+        // stay with a connection that may now be idle for a long time.
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
     }
 
     /// Appends a packet to the write buffer; it goes out with the next write.

@@ -1,5 +1,7 @@
-//! Review of the `subopts` merge (904820d): failing tests that demonstrate two findings. They
-//! fail on 5b86122 by design; no fix here.
+//! Answers that grow with the client's input stay bounded: a DISCONNECT whose Reason String
+//! quotes a 64 KiB filter is still sent (the text is cut), and a SUBACK discarded because it
+//! exceeds the client's Maximum Packet Size leaves no write buffer behind on the idle
+//! connection. (Both found by review; both tests failed before the fix.)
 
 use std::time::Duration;
 
