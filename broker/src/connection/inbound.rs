@@ -370,7 +370,7 @@ impl Connection {
                     ReasonCode::WildcardSubscriptionsNotSupported,
                     format!(
                         "wildcard filter {:?}, which CONNACK said is not available",
-                        &raw[..raw.floor_char_boundary(64)]
+                        super::prefix_within(raw, 64)
                     ),
                 ));
             }

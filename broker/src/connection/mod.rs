@@ -150,6 +150,16 @@ struct Will {
     delay: Duration,
 }
 
+/// The longest prefix of `text` of at most `max` bytes that ends at a character.
+fn prefix_within(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    // At most three steps back: a UTF-8 character is at most four bytes.
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Serves one accepted TCP connection until it closes, then drops `held` (what the listener
 /// keeps for as long as the connection lives).
 ///
@@ -292,7 +302,7 @@ impl Connection {
         // property length, the string's identifier and length prefix).
         let room = limit.saturating_sub(16).min(usize::from(u16::MAX));
         if let Some(text) = text {
-            let text = &text[..text.floor_char_boundary(room)];
+            let text = prefix_within(text, room);
             if !text.is_empty() {
                 properties.set().reason_string = Some(text.to_string());
             }
@@ -456,5 +466,21 @@ impl Connection {
             // Nothing to watch: a deadline far enough away never to fire in practice.
             (None, None) => Instant::now() + Duration::from_secs(86_400 * 365),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_within;
+
+    #[test]
+    fn prefix_within_cuts_at_a_character() {
+        assert_eq!(prefix_within("abc", 10), "abc");
+        assert_eq!(prefix_within("abc", 2), "ab");
+        assert_eq!(prefix_within("abc", 0), "");
+        // "é" is two bytes, "€" three: never cut inside one.
+        assert_eq!(prefix_within("aé", 2), "a");
+        assert_eq!(prefix_within("a€b", 3), "a");
+        assert_eq!(prefix_within("a€b", 4), "a€");
     }
 }
