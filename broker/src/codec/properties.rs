@@ -306,6 +306,12 @@ pub(super) fn decode(
 ///
 /// As [`decode`].
 pub(super) fn decode_publish(body: &mut Reader) -> Result<(Properties, Option<u16>), DecodeError> {
+    // By far the most common list on the hot path: a Topic Alias alone (length 3, identifier
+    // 0x23, two bytes), read without walking the general loop.
+    if let Some(&[3, 0x23, high, low]) = body.peek(4) {
+        body.skip(4);
+        return Ok((Properties::default(), Some(u16::from_be_bytes([high, low]))));
+    }
     let mut topic_alias = None;
     let properties = decode_list(body, PropertyContext::Publish, Some(&mut topic_alias))?;
     Ok((properties, topic_alias))

@@ -85,6 +85,17 @@ impl Reader {
         Ok(Reader::new(self.rest.split_to(len), self.packet))
     }
 
+    /// The next `n` bytes, without reading them; `None` when fewer are left.
+    pub(super) fn peek(&self, n: usize) -> Option<&[u8]> {
+        self.rest.get(..n)
+    }
+
+    /// Skips `n` bytes that [`Reader::peek`] returned.
+    pub(super) fn skip(&mut self, n: usize) {
+        let n = n.min(self.rest.len());
+        bytes::Buf::advance(&mut self.rest, n);
+    }
+
     pub(super) fn packet(&self) -> &'static str {
         self.packet
     }

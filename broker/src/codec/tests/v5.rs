@@ -1119,3 +1119,25 @@ fn reason_codes_are_exactly_the_standards_values() {
     assert_eq!(ReasonCode::GrantedQoS2.v3_suback(), 0x02);
     assert_eq!(ReasonCode::QuotaExceeded.v3_suback(), 0x80);
 }
+
+#[test]
+fn a_publish_with_only_a_topic_alias_decodes_like_any_other() {
+    // PUBLISH QoS 0, empty topic, properties [Topic Alias 5], payload "hi": the fast path.
+    let alone = decode_v5(b"\x30\x08\x00\x00\x03\x23\x00\x05hi");
+    let Ok(Packet::Publish(publish)) = alone else {
+        panic!("{alone:?}");
+    };
+    assert_eq!(publish.topic_alias, Some(5));
+    assert!(publish.properties.is_empty());
+    assert_eq!(&publish.payload[..], b"hi");
+    // With another property after it: the general loop, same alias.
+    let mixed = decode_v5(b"\x30\x0a\x00\x00\x05\x23\x00\x05\x01\x01hi");
+    let Ok(Packet::Publish(publish)) = mixed else {
+        panic!("{mixed:?}");
+    };
+    assert_eq!(publish.topic_alias, Some(5));
+    assert_eq!(publish.properties.payload_format_indicator, Some(true));
+    assert_eq!(&publish.payload[..], b"hi");
+    // Twice is still refused.
+    assert!(decode_v5(b"\x30\x0b\x00\x00\x06\x23\x00\x05\x23\x00\x06hi").is_err());
+}
