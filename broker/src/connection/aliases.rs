@@ -50,32 +50,33 @@ pub(super) struct InboundAliases {
 }
 
 impl InboundAliases {
-    /// The topic of a PUBLISH that carried `alias` with `topic` (empty to use the alias):
-    /// a non-empty topic (re)defines the alias, an empty one looks it up. At most `budget`
-    /// bytes are held for the aliases of one connection (`-mpl`: what one packet may cost):
-    /// without it, `-mta` aliases of 64 KiB topics each could be parked on every connection.
+    /// Applies a PUBLISH that carried `alias` with `topic`: a non-empty topic (re)defines the
+    /// alias and is handed back; an empty one uses the alias, which must be known (`None`:
+    /// the topic is read with [`InboundAliases::topic`] where it is needed, neither copied nor
+    /// reference-counted for every message). At most `budget` bytes are held for the aliases
+    /// of one connection (`-mpl`: what one packet may cost): without it, `-mta` aliases of
+    /// 64 KiB topics each could be parked on every connection.
     ///
     /// # Errors
     ///
     /// 0x94 (Topic Alias Invalid) for alias 0 or one above `maximum`; 0x82 (Protocol Error) for
     /// an empty topic with an alias never defined on this connection; 0x97 (Quota Exceeded)
     /// for a definition that would take the aliases past `budget` bytes.
-    pub(super) fn resolve(
+    pub(super) fn apply(
         &mut self,
         alias: u16,
         topic: Bytes,
         maximum: u16,
         budget: usize,
-    ) -> Result<Bytes, ReasonCode> {
+    ) -> Result<Option<Bytes>, ReasonCode> {
         if alias == 0 || alias > maximum {
             return Err(ReasonCode::TopicAliasInvalid);
         }
         if topic.is_empty() {
-            return self
-                .topics
-                .get(&alias)
-                .cloned()
-                .ok_or(ReasonCode::ProtocolError);
+            return match self.topics.contains_key(&alias) {
+                true => Ok(None),
+                false => Err(ReasonCode::ProtocolError),
+            };
         }
         let replaced = self
             .topics
@@ -88,7 +89,28 @@ impl InboundAliases {
         self.held = held;
         // Copied: the topic is a slice of the read buffer, which it must not keep alive.
         self.topics.insert(alias, Bytes::copy_from_slice(&topic));
-        Ok(topic)
+        Ok(Some(topic))
+    }
+
+    /// The topic `alias` stands for.
+    pub(super) fn topic(&self, alias: u16) -> Option<&Bytes> {
+        self.topics.get(&alias)
+    }
+
+    /// The topic of a PUBLISH with `alias` and `topic`, as [`InboundAliases::apply`] with the
+    /// lookup done.
+    #[cfg(test)]
+    fn resolve(
+        &mut self,
+        alias: u16,
+        topic: Bytes,
+        maximum: u16,
+        budget: usize,
+    ) -> Result<Bytes, ReasonCode> {
+        match self.apply(alias, topic, maximum, budget)? {
+            Some(topic) => Ok(topic),
+            None => self.topic(alias).cloned().ok_or(ReasonCode::ProtocolError),
+        }
     }
 
     /// Bytes held for the aliases (topics and per-alias overhead).

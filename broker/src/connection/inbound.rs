@@ -181,19 +181,21 @@ impl Connection {
 
     fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         if let Some(v5) = self.v5.as_mut() {
-            // Resolved first: an aliased PUBLISH has an empty topic.
+            // Applied first: a PUBLISH that uses an alias has an empty topic, and keeps it: the
+            // alias's topic (checked when it was defined, on this connection) is read where
+            // the message is made, in `route`.
             if let Some(alias) = publish.topic_alias {
                 let topic = std::mem::take(&mut publish.topic);
                 let budget = self.broker.config.max_packet_size;
                 let maximum = v5.topic_alias_maximum;
                 publish.topic = v5
                     .inbound_aliases()
-                    .resolve(alias, topic, maximum, budget)
+                    .apply(alias, topic, maximum, budget)
                     .map_err(|code| {
                         Close::Protocol(code, format!("topic alias {alias} cannot be used"))
-                    })?;
-            }
-            if publish.topic.is_empty() {
+                    })?
+                    .unwrap_or_default();
+            } else if publish.topic.is_empty() {
                 return Err(Close::Protocol(
                     ReasonCode::ProtocolError,
                     "empty topic without a topic alias".into(),
@@ -218,7 +220,9 @@ impl Connection {
                 ));
             }
         }
-        if !topic::is_valid_topic_name(&publish.topic) {
+        // An alias's topic was checked when the alias was defined.
+        let uses_alias = publish.topic.is_empty() && publish.topic_alias.is_some();
+        if !uses_alias && !topic::is_valid_topic_name(&publish.topic) {
             return Err(Close::Protocol(
                 ReasonCode::TopicNameInvalid,
                 "invalid topic name in PUBLISH".into(),
@@ -280,16 +284,23 @@ impl Connection {
     /// Routes a client's PUBLISH; returns the reason its acknowledgement carries (MQTT 5 "no
     /// matching subscribers" only outside a cluster, where no other node may have some).
     fn route(&mut self, mut publish: Publish) -> ReasonCode {
+        // An empty topic here stands for the one its alias was defined with (see
+        // `handle_publish`), read in place.
+        let alias_topic = match (publish.topic.is_empty(), publish.topic_alias, &self.v5) {
+            (true, Some(alias), Some(v5)) => v5.inbound_alias_topic(alias),
+            _ => None,
+        };
+        let topic = alias_topic.unwrap_or(&publish.topic);
         let (topic, payload) = if publish.payload.len() <= COPY_PAYLOAD_MAX {
             // One allocation for both, and the read buffer stays ours to reuse.
-            let mut owned = BytesMut::with_capacity(publish.topic.len() + publish.payload.len());
-            owned.extend_from_slice(&publish.topic);
+            let mut owned = BytesMut::with_capacity(topic.len() + publish.payload.len());
+            owned.extend_from_slice(topic);
             owned.extend_from_slice(&publish.payload);
             let mut owned = owned.freeze();
-            let topic = owned.split_to(publish.topic.len());
+            let topic = owned.split_to(topic.len());
             (topic, owned)
         } else {
-            (publish.topic, publish.payload)
+            (topic.clone(), publish.payload)
         };
         let mut message = Message::new(topic, payload, publish.qos, publish.retain);
         message.origin = self.state.mailbox.id();

@@ -49,6 +49,11 @@ impl Negotiated {
         self.inbound_aliases.get_or_insert_with(Default::default)
     }
 
+    /// The topic the client's `alias` stands for, if it set one.
+    pub(super) fn inbound_alias_topic(&self, alias: u16) -> Option<&bytes::Bytes> {
+        self.inbound_aliases.as_ref()?.topic(alias)
+    }
+
     /// Whether the broker may use aliases on this connection.
     pub(super) fn outbound_aliases_enabled(&self) -> bool {
         self.outbound_alias_maximum > 0
