@@ -636,6 +636,34 @@ mod tests {
         assert_eq!(router.retained.read().expiring(), 0);
     }
 
+    /// Review finding: the expiry index keys on the published message's topic, a slice of the
+    /// publisher's buffer (its read buffer for a large payload, the topic-and-payload copy for a
+    /// small one), so an expiring retained message keeps that buffer alive until it expires or
+    /// is replaced, beside the compact copy the store made to avoid exactly that.
+    #[test]
+    fn an_expiring_retained_message_keeps_no_reference_to_the_publishers_buffer() {
+        let router = router();
+        for (topic, expires_in) in [("r/never", None), ("r/expiring", Some(3600))] {
+            let mut frame = topic.as_bytes().to_vec();
+            frame.extend_from_slice(&[7; 64 * 1024]);
+            let frame = Bytes::from(frame);
+            let mut message = Message::new(
+                frame.slice(..topic.len()),
+                frame.slice(topic.len()..),
+                QoS::AtMostOnce,
+                true,
+            );
+            message.expires_at = expires_in.map(|secs| Instant::now() + Duration::from_secs(secs));
+            router.publish(Arc::new(message));
+            assert_eq!(router.retained(topic).len(), 1);
+            assert!(
+                frame.is_unique(),
+                "the retained store still holds the publisher's {} KiB buffer of {topic}",
+                frame.len() / 1024
+            );
+        }
+    }
+
     #[test]
     fn shared_encoding_patches_each_packet_id() {
         let message = Message::new(
