@@ -188,6 +188,10 @@ impl Grant {
 /// of holding the lock, so that publishers between batches barely notice.
 pub const TEARDOWN_BATCH: usize = 256;
 
+/// Expired retained messages removed per call of [`Router::expire_retained`] (a sweep): some
+/// milliseconds of work, so that a sweep never holds a worker thread for long.
+pub const EXPIRY_SWEEP_MAX: usize = 16 * TEARDOWN_BATCH;
+
 pub struct Router {
     /// Shared with the teardown tasks of [`Router::remove_session`].
     tree: Arc<RwLock<Node>>,
@@ -370,11 +374,21 @@ impl Router {
         self.metrics.retained.inc_by(delta);
     }
 
-    /// Removes the retained messages whose MQTT 5 expiry is at or before `now`; returns how
-    /// many. (They are never sent once expired; this gives their memory back.)
+    /// Removes the retained messages whose MQTT 5 expiry is at or before `now`, at most
+    /// [`EXPIRY_SWEEP_MAX`]; returns how many. They are never sent once expired, so this only
+    /// gives their memory back, and what is left waits for the next sweep. The lock is taken
+    /// per [`TEARDOWN_BATCH`], so that publishers and subscribers between batches barely
+    /// notice many messages expiring at once.
     pub fn expire_retained(&self, now: Instant) -> usize {
-        let removed = self.retained.write().expire(now);
-        self.metrics.retained.dec_by(removed as i64);
+        let mut removed = 0;
+        while removed < EXPIRY_SWEEP_MAX {
+            let batch = self.retained.write().expire(now, TEARDOWN_BATCH);
+            self.metrics.retained.dec_by(batch as i64);
+            removed += batch;
+            if batch < TEARDOWN_BATCH {
+                break;
+            }
+        }
         removed
     }
 
@@ -585,6 +599,26 @@ mod tests {
         router.publish(Arc::new(delete));
         assert!(router.retained("r/a").is_empty());
         assert_eq!(router.metrics.retained.get(), 2);
+    }
+
+    #[test]
+    fn a_sweep_removes_at_most_its_share_of_expired_retained_messages() {
+        let router = router();
+        let now = Instant::now();
+        for i in 0..EXPIRY_SWEEP_MAX + 10 {
+            let mut message = Message::new(
+                Bytes::from(format!("x/{i}")),
+                Bytes::from_static(b"x"),
+                QoS::AtMostOnce,
+                true,
+            );
+            message.expires_at = Some(now);
+            router.publish(Arc::new(message));
+        }
+        assert_eq!(router.expire_retained(now), EXPIRY_SWEEP_MAX);
+        assert_eq!(router.metrics.retained.get(), 10);
+        assert_eq!(router.expire_retained(now), 10);
+        assert_eq!(router.metrics.retained.get(), 0);
     }
 
     #[test]

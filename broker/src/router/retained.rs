@@ -38,22 +38,27 @@ impl RetainedStore {
     /// of `topic`); returns the change in count.
     pub(super) fn set(&mut self, topic: &Bytes, message: Option<Arc<Message>>) -> i64 {
         let path: Vec<&[u8]> = topic::levels(topic).collect();
-        let expiry = message.as_ref().and_then(|message| message.expires_at);
+        // Indexed under the stored message's own topic: `topic` may be a slice of a large
+        // buffer (the publisher's), which the index must not keep alive.
+        let expiring = message
+            .as_ref()
+            .and_then(|message| Some((message.expires_at?, message.topic.clone())));
         let has = message.is_some();
         let old = self.root.replace(&path, message);
         if let Some(at) = old.as_ref().and_then(|old| old.expires_at) {
             self.expiring.remove(&(at, topic.clone()));
         }
-        if let Some(at) = expiry {
-            self.expiring.insert((at, topic.clone()));
+        if let Some(key) = expiring {
+            self.expiring.insert(key);
         }
         i64::from(has) - i64::from(old.is_some())
     }
 
-    /// Removes the messages whose expiry is at or before `now`; returns how many.
-    pub(super) fn expire(&mut self, now: Instant) -> usize {
+    /// Removes at most `limit` of the messages whose expiry is at or before `now`; returns how
+    /// many it removed.
+    pub(super) fn expire(&mut self, now: Instant, limit: usize) -> usize {
         let mut removed = 0;
-        while self.expiring.first().is_some_and(|(at, _)| *at <= now) {
+        while removed < limit && self.expiring.first().is_some_and(|(at, _)| *at <= now) {
             let Some((_, topic)) = self.expiring.pop_first() else {
                 break;
             };
