@@ -145,6 +145,9 @@ pub(super) struct OutboundAliases {
     /// Per alias (`n` at `n - 1`): its topic and when it was last used (a counter).
     slots: Vec<(Bytes, u64)>,
     clock: u64,
+    /// The alias assigned last (0: none). Deliveries come in runs of one topic (a publisher's
+    /// batch, a point-to-point pair), and comparing with its topic is cheaper than hashing.
+    last: u16,
 }
 
 impl OutboundAliases {
@@ -154,6 +157,7 @@ impl OutboundAliases {
             by_topic: HashMap::default(),
             slots: Vec::new(),
             clock: 0,
+            last: 0,
         }
     }
 
@@ -163,6 +167,23 @@ impl OutboundAliases {
             return OutboundTopic::Plain;
         }
         self.clock += 1;
+        if let Some(slot) = usize::from(self.last)
+            .checked_sub(1)
+            .and_then(|index| self.slots.get_mut(index))
+        {
+            if slot.0 == topic {
+                slot.1 = self.clock;
+                return OutboundTopic::Alias(self.last);
+            }
+        }
+        let assigned = self.assign_by_topic(topic);
+        if let OutboundTopic::Alias(alias) | OutboundTopic::Define(alias) = assigned {
+            self.last = alias;
+        }
+        assigned
+    }
+
+    fn assign_by_topic(&mut self, topic: &Bytes) -> OutboundTopic {
         if let Some(&alias) = self.by_topic.get(topic) {
             self.slots[usize::from(alias - 1)].1 = self.clock;
             return OutboundTopic::Alias(alias);
@@ -287,6 +308,23 @@ mod tests {
         assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Define(1));
         assert_eq!(aliases.assign(&topic("c")), OutboundTopic::Alias(2));
         assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Alias(1));
+    }
+
+    #[test]
+    fn runs_of_one_topic_keep_their_alias_and_its_recency() {
+        let mut aliases = OutboundAliases::new(2);
+        assert_eq!(aliases.assign(&topic("a")), OutboundTopic::Define(1));
+        assert_eq!(aliases.assign(&topic("a")), OutboundTopic::Alias(1));
+        assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Define(2));
+        assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Alias(2));
+        assert_eq!(aliases.assign(&topic("a")), OutboundTopic::Alias(1));
+        assert_eq!(aliases.assign(&topic("a")), OutboundTopic::Alias(1));
+        // "a" was used last (by the run), so "b" is the one replaced.
+        assert_eq!(aliases.assign(&topic("c")), OutboundTopic::Define(2));
+        assert_eq!(aliases.assign(&topic("c")), OutboundTopic::Alias(2));
+        // The replaced alias's old topic is not found through the last one.
+        assert_eq!(aliases.assign(&topic("b")), OutboundTopic::Define(1));
+        assert_eq!(aliases.assign(&topic("a")), OutboundTopic::Define(2));
     }
 
     #[test]
