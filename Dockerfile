@@ -8,9 +8,13 @@ FROM rust:1.95-bookworm AS build
 ENV CARGO_PROFILE_RELEASE_DEBUG=0
 WORKDIR /src
 COPY . .
+# jemalloc (the broker's allocator) fixes its page size when it is built, and one built for
+# 4 KiB pages will not start on an arm64 kernel with 64 KiB pages; 64 KiB works on both.
+ARG TARGETARCH
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p coolpy7 -p coolpy7-operator \
+    if [ "$TARGETARCH" = arm64 ]; then export JEMALLOC_SYS_WITH_LG_PAGE=16; fi \
+    && cargo build --release --locked -p coolpy7 -p coolpy7-operator \
         --bin coolpy7 --bin coolpy7-operator \
     && mkdir -p /out \
     && cp target/release/coolpy7 target/release/coolpy7-operator /out/

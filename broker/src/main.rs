@@ -1,5 +1,6 @@
 //! The `coolpy7` binary: parses the command line, sets up logging and the runtime, and runs the
-//! broker until SIGINT or SIGTERM. Everything else lives in the library.
+//! broker until SIGINT or SIGTERM. Everything else lives in the library, except the choice of
+//! allocator, which is the binary's to make.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -9,6 +10,15 @@ use anyhow::Context;
 use coolpy7::config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
+
+/// Every message is allocated by its publisher's task and freed by its subscriber's, usually on
+/// another worker thread. Once its per-thread cache is full, glibc's malloc takes the allocating
+/// arena's lock for each such free, against that thread's own allocations: with a deep mailbox,
+/// a fan-in spent a third of its time in malloc and delivered half of what it does with
+/// jemalloc, whose thread caches hand remote frees back in batches.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let config = Config::from_args();

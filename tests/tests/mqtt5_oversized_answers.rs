@@ -34,10 +34,15 @@ async fn a_long_wildcard_filter_still_gets_disconnect_0xa2() {
 }
 
 const CONNECTIONS: u32 = 20;
-/// glibc malloc without its dynamic mmap threshold and with trimming, so that what the broker
-/// frees goes back to the system and VmRSS measures what it keeps: large buffers are mapped
-/// and unmapped on their own, and the heap is trimmed.
+/// The allocator told to give back what the broker frees at once, so that VmRSS measures what
+/// it keeps: jemalloc (the binary's allocator) purges freed pages without delay, in one arena;
+/// glibc malloc (a build without the `jemalloc` feature) maps large buffers on their own and
+/// trims its heap.
 const MALLOC: &[(&str, &str)] = &[
+    (
+        "_RJEM_MALLOC_CONF",
+        "dirty_decay_ms:0,muzzy_decay_ms:0,narenas:1",
+    ),
     ("MALLOC_MMAP_THRESHOLD_", "65536"),
     ("MALLOC_TRIM_THRESHOLD_", "0"),
     ("MALLOC_ARENA_MAX", "1"),
