@@ -25,6 +25,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod topic;
+pub mod transport;
 
 /// The broker's version, as logged at start and reported by the HTTP API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
