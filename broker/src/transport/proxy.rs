@@ -86,22 +86,41 @@ fn parse_v1(received: &[u8]) -> Result<Parsed, ProxyError> {
         return Err(ProxyError::Missing);
     }
     let window = &received[..received.len().min(V1_MAX)];
-    let Some(end) = window.windows(2).position(|pair| pair == b"\r\n") else {
-        return if window.len() < V1_MAX {
-            Ok(Parsed::Incomplete)
-        } else {
-            Err(ProxyError::V1("no CRLF within 107 bytes"))
-        };
+    // "The receiver must not tolerate a single CR or LF character to end the line": the first
+    // of either must begin a CRLF.
+    let end = match window.iter().position(|&b| b == b'\r' || b == b'\n') {
+        Some(at) if window[at] == b'\r' && at + 1 == window.len() => {
+            return if window.len() < V1_MAX {
+                Ok(Parsed::Incomplete)
+            } else {
+                Err(ProxyError::V1("no CRLF within 107 bytes"))
+            };
+        }
+        Some(at) if window[at..].starts_with(b"\r\n") => at,
+        Some(_) => return Err(ProxyError::V1("a line not ended by CRLF")),
+        None if window.len() < V1_MAX => return Ok(Parsed::Incomplete),
+        None => return Err(ProxyError::V1("no CRLF within 107 bytes")),
     };
-    let line = std::str::from_utf8(&window[..end]).map_err(|_| ProxyError::V1("not ASCII"))?;
-    let mut fields = line.split(' ');
-    // The prefix was checked: the first field is "PROXY".
-    fields.next();
-    let header = match fields.next() {
+    let line = &window[V1_PREFIX.len()..end];
+    let (protocol, rest) = match line.iter().position(|&b| b == b' ') {
+        Some(at) => (&line[..at], &line[at + 1..]),
+        None => (line, &[][..]),
+    };
+    let header = match protocol {
         // "the receiver must ignore anything presented before the CRLF is found"
-        Some("UNKNOWN") => Header::Local,
-        Some("TCP4") => v1_addresses::<Ipv4Addr>(&mut fields)?,
-        Some("TCP6") => v1_addresses::<Ipv6Addr>(&mut fields)?,
+        b"UNKNOWN" => Header::Local,
+        b"TCP4" | b"TCP6" => {
+            let rest = std::str::from_utf8(rest)
+                .ok()
+                .filter(|rest| rest.is_ascii())
+                .ok_or(ProxyError::V1("not ASCII"))?;
+            let mut fields = rest.split(' ');
+            if protocol == b"TCP4" {
+                v1_addresses::<Ipv4Addr>(&mut fields)?
+            } else {
+                v1_addresses::<Ipv6Addr>(&mut fields)?
+            }
+        }
         _ => return Err(ProxyError::V1("protocol is not TCP4, TCP6 or UNKNOWN")),
     };
     Ok(Parsed::Complete {
@@ -127,18 +146,31 @@ fn v1_addresses<'a, A: std::str::FromStr + Into<IpAddr>>(
     if fields.next().is_some() {
         return Err(ProxyError::V1("more fields than six"));
     }
-    Ok(Header::Proxied {
-        source: SocketAddr::new(source.into(), source_port),
-        destination: SocketAddr::new(destination.into(), destination_port),
-    })
+    Ok(proxied(
+        SocketAddr::new(source.into(), source_port),
+        SocketAddr::new(destination.into(), destination_port),
+    ))
 }
 
-/// A port in version 1: decimal digits only (`u16::from_str` would also take a `+`).
+/// A port in version 1: decimal digits only (`u16::from_str` would also take a `+`), and
+/// "heading zeroes are not permitted in front of numbers".
 fn v1_port(field: &str) -> Result<u16, ProxyError> {
-    if field.is_empty() || field.len() > 5 || !field.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = !field.is_empty() && field.len() <= 5 && field.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (field.len() > 1 && field.starts_with('0')) {
         return Err(ProxyError::V1("bad port"));
     }
     field.parse().map_err(|_| ProxyError::V1("bad port"))
+}
+
+/// A relayed connection's header, with IPv4 addresses that arrive mapped into IPv6
+/// (`::ffff:192.0.2.7`, which proxies send when the two sides differ in family) as plain IPv4,
+/// so that a client counts as one address whichever way its proxy wrote it.
+fn proxied(source: SocketAddr, destination: SocketAddr) -> Header {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    Header::Proxied {
+        source: canonical(source),
+        destination: canonical(destination),
+    }
 }
 
 fn parse_v2(received: &[u8]) -> Result<Parsed, ProxyError> {
@@ -162,42 +194,51 @@ fn parse_v2(received: &[u8]) -> Result<Parsed, ProxyError> {
     if len > V2_MAX {
         return Err(ProxyError::TooLong(len));
     }
+    // Judged from the fixed part, before waiting for the rest. LOCAL: "the receiver must
+    // ignore the protocol block including the family".
+    let addresses_len = match family {
+        _ if local => 0,
+        // AF_UNSPEC, or a UNIX stream socket: no address of use to us.
+        0x00 | 0x31 => 0,
+        0x11 => 12,
+        0x21 => 36,
+        0x12 | 0x22 | 0x32 => {
+            return Err(ProxyError::V2("a datagram transport on a stream listener"))
+        }
+        _ => return Err(ProxyError::V2("unknown address family or transport")),
+    };
+    if len - V2_FIXED < addresses_len {
+        return Err(ProxyError::V2(if family == 0x11 {
+            "IPv4 addresses cut short"
+        } else {
+            "IPv6 addresses cut short"
+        }));
+    }
     if received.len() < len {
         return Ok(Parsed::Incomplete);
     }
-    let addresses = &received[V2_FIXED..len];
-    let header = match family {
-        _ if local => Header::Local,
-        // AF_UNSPEC, or a UNIX socket: no address of use to us.
-        0x00 | 0x31 | 0x32 => Header::Local,
-        0x12 | 0x22 => return Err(ProxyError::V2("a datagram transport on a stream listener")),
-        0x11 => {
-            let Some(a) = addresses.get(..12) else {
-                return Err(ProxyError::V2("IPv4 addresses cut short"));
-            };
+    let a = &received[V2_FIXED..V2_FIXED + addresses_len];
+    let port = |at: usize| u16::from_be_bytes([a[at], a[at + 1]]);
+    let header = match addresses_len {
+        12 => {
             let ip = |at: usize| Ipv4Addr::new(a[at], a[at + 1], a[at + 2], a[at + 3]);
-            let port = |at: usize| u16::from_be_bytes([a[at], a[at + 1]]);
-            Header::Proxied {
-                source: SocketAddr::V4(SocketAddrV4::new(ip(0), port(8))),
-                destination: SocketAddr::V4(SocketAddrV4::new(ip(4), port(10))),
-            }
+            proxied(
+                SocketAddr::V4(SocketAddrV4::new(ip(0), port(8))),
+                SocketAddr::V4(SocketAddrV4::new(ip(4), port(10))),
+            )
         }
-        0x21 => {
-            let Some(a) = addresses.get(..36) else {
-                return Err(ProxyError::V2("IPv6 addresses cut short"));
-            };
+        36 => {
             let ip = |at: usize| {
                 let mut octets = [0u8; 16];
                 octets.copy_from_slice(&a[at..at + 16]);
                 Ipv6Addr::from(octets)
             };
-            let port = |at: usize| u16::from_be_bytes([a[at], a[at + 1]]);
-            Header::Proxied {
-                source: SocketAddr::V6(SocketAddrV6::new(ip(0), port(32), 0, 0)),
-                destination: SocketAddr::V6(SocketAddrV6::new(ip(16), port(34), 0, 0)),
-            }
+            proxied(
+                SocketAddr::V6(SocketAddrV6::new(ip(0), port(32), 0, 0)),
+                SocketAddr::V6(SocketAddrV6::new(ip(16), port(34), 0, 0)),
+            )
         }
-        _ => return Err(ProxyError::V2("unknown address family or transport")),
+        _ => Header::Local,
     };
     Ok(Parsed::Complete { header, len })
 }

@@ -122,6 +122,15 @@ fn v1_fields_are_checked() {
         ),
         ("PROXY TCP4 192.0.2.7 198.51.100.1 1 \r\n", "bad port"),
         ("PROXY TCP4 192.0.2.7 198.51.100.1 1 000001\r\n", "bad port"),
+        ("PROXY TCP4 192.0.2.7 198.51.100.1 01 1883\r\n", "bad port"),
+        (
+            "PROXY TCP4 192.0.2.07 198.51.100.1 1 1883\r\n",
+            "bad source address",
+        ),
+        (
+            "PROXY TCP6 fe80::1%eth0 2001:db8::1 1 2\r\n",
+            "bad source address",
+        ),
         (
             "PROXY UDP4 192.0.2.7 198.51.100.1 1 2\r\n",
             "protocol is not TCP4, TCP6 or UNKNOWN",
@@ -133,6 +142,56 @@ fn v1_fields_are_checked() {
     assert_eq!(
         parse(b"PROXY TCP4 \xff 198.51.100.1 1 2\r\n"),
         Err(ProxyError::V1("not ASCII"))
+    );
+    // Port 0 is a number like any other.
+    let line = b"PROXY TCP4 192.0.2.7 198.51.100.1 0 1883\r\n";
+    assert!(matches!(complete(line).0, Header::Proxied { source, .. } if source.port() == 0));
+    // After UNKNOWN anything goes, up to the CRLF.
+    assert_eq!(complete(b"PROXY UNKNOWN \xff\xfe\r\n"), (Header::Local, 18));
+}
+
+#[test]
+fn v1_lines_end_with_crlf_and_nothing_else() {
+    // A lone LF must not let the first CRLF of the client's own bytes end the header.
+    let mut wire = b"PROXY UNKNOWN\n".to_vec();
+    wire.extend_from_slice(b"\x10\x0d\x0a\x00\x04MQTT");
+    assert_eq!(
+        parse(&wire),
+        Err(ProxyError::V1("a line not ended by CRLF"))
+    );
+    assert_eq!(
+        parse(b"PROXY TCP4 192.0.2.7 198.51.100.1 1 2\rX"),
+        Err(ProxyError::V1("a line not ended by CRLF"))
+    );
+    // Decided as soon as the lone character is seen, not after 107 bytes.
+    assert_eq!(
+        parse(b"PROXY TCP4 192.0.2.7\n"),
+        Err(ProxyError::V1("a line not ended by CRLF"))
+    );
+    assert_eq!(parse(b"PROXY UNKNOWN\r"), Ok(Parsed::Incomplete));
+}
+
+#[test]
+fn ipv4_mapped_into_ipv6_counts_as_ipv4() {
+    let line = b"PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 56324 1883\r\n";
+    assert_eq!(
+        complete(line).0,
+        Header::Proxied {
+            source: addr("192.0.2.7:56324"),
+            destination: addr("[2001:db8::1]:1883"),
+        }
+    );
+    let mut body = Vec::new();
+    body.extend_from_slice(&Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped().octets());
+    body.extend_from_slice(&Ipv4Addr::new(198, 51, 100, 1).to_ipv6_mapped().octets());
+    body.extend_from_slice(&56324u16.to_be_bytes());
+    body.extend_from_slice(&1883u16.to_be_bytes());
+    assert_eq!(
+        complete(&v2(1, 0x21, &body)).0,
+        Header::Proxied {
+            source: addr("192.0.2.7:56324"),
+            destination: addr("198.51.100.1:1883"),
+        }
     );
 }
 
@@ -194,9 +253,24 @@ fn v2_errors() {
         parse(&v2(2, 0x11, &[0; 12])),
         Err(ProxyError::V2("command is neither LOCAL nor PROXY"))
     );
+    for family in [0x12, 0x22, 0x32] {
+        assert_eq!(
+            parse(&v2(1, family, &[0; 36])),
+            Err(ProxyError::V2("a datagram transport on a stream listener")),
+            "{family:#x}"
+        );
+    }
+    // LOCAL ignores the family, whatever it says.
+    let wire = v2(0, 0xFF, &[0; 3]);
+    assert_eq!(complete(&wire), (Header::Local, wire.len()));
+    // Refused from the fixed part alone, without waiting for the declared length.
     assert_eq!(
-        parse(&v2(1, 0x12, &[0; 12])),
-        Err(ProxyError::V2("a datagram transport on a stream listener"))
+        parse(&v2(1, 0xFF, &[0; 2000])[..16]),
+        Err(ProxyError::V2("unknown address family or transport"))
+    );
+    assert_eq!(
+        parse(&v2(1, 0x11, &[0; 11])[..16]),
+        Err(ProxyError::V2("IPv4 addresses cut short"))
     );
     for family in [0x10, 0x13, 0x41, 0xFF] {
         assert_eq!(
@@ -272,7 +346,9 @@ proptest! {
                                     v2_start in any::<bool>(), v1_start in any::<bool>()) {
         let mut received = Vec::new();
         if v2_start {
+            // Version 2, PROXY: so that the family, length and addresses get explored.
             received.extend_from_slice(&V2_SIGNATURE);
+            received.push(0x21);
         } else if v1_start {
             received.extend_from_slice(b"PROXY ");
         }
