@@ -1,7 +1,8 @@
-//! The MQTT TCP listener: accepts connections and spawns a [`connection`](crate::connection)
-//! task for each, until shutdown.
+//! An MQTT listener (TCP, TLS, WebSocket or WSS: they differ only in the
+//! [`TransportSettings`] their connections get): accepts connections and spawns a
+//! [`connection`](crate::connection) task for each, until shutdown.
 //!
-//! Every socket takes one of the MQTT [`Slots`] the fd limit allows (see
+//! Every socket takes one of the MQTT [`Slots`] the fd limit allows (shared by all listeners) (see
 //! [`crate::admission`]) for its whole life, handshake included; a connection accepted beyond
 //! them is closed at once, so clients of a full broker see a close rather than wait in the
 //! backlog, and the descriptors kept for HTTP probes and the cluster stay free.
@@ -21,11 +22,13 @@ use crate::admission::Slots;
 use crate::broker::Broker;
 use crate::connection;
 use crate::metrics::Refusal;
+use crate::transport::TransportSettings;
 
 /// Accepts connections until `shutdown` turns true. Every connection task holds a clone of
 /// `done`, so the caller learns that all of them have finished when its receiver closes.
 pub async fn accept_loop(
     listener: TcpListener,
+    settings: Arc<TransportSettings>,
     broker: Arc<Broker>,
     sockets: Slots,
     mut shutdown: watch::Receiver<bool>,
@@ -41,8 +44,9 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
                 broker.metrics.connections_accepted.inc();
+                broker.metrics.listener_accepted(settings.kind).inc();
                 let Some(slot) = sockets.try_take() else {
-                    debug!(%peer, "every MQTT socket the fd limit allows is open; closing");
+                    debug!(%peer, listener = %settings.kind, "every MQTT socket the fd limit allows is open; closing");
                     broker.metrics.refused(Refusal::MqttSockets).inc();
                     broker.metrics.connections_refused.inc();
                     drop(stream);
@@ -54,11 +58,12 @@ pub async fn accept_loop(
                     stream,
                     peer,
                     broker.clone(),
+                    settings.clone(),
                     (slot, done.clone()),
                 ));
             }
             Err(error) => {
-                warn!(%error, "accept failed; retrying in {backoff:?}");
+                warn!(%error, listener = %settings.kind, "accept failed; retrying in {backoff:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,

@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::codec::QoS;
+use crate::config::ListenerKind;
+use crate::transport::HandshakeFailure;
 
 /// Why a message did not reach a subscriber (or the broker refused it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,11 @@ pub struct Metrics {
     /// Refusals by the admission limits, by reason (MQTT ones also count in
     /// `connections_refused`).
     refused: [Counter; 6],
+    /// Connections accepted, by listener.
+    listener_connections: [Counter; ListenerKind::ALL.len()],
+    /// Transport handshakes (PROXY, TLS, WebSocket) and CONNECT deadlines failed, by listener
+    /// and reason.
+    handshake_failures: [[Counter; HandshakeFailure::ALL.len()]; ListenerKind::ALL.len()],
     /// MQTT TCP connections open, before and after CONNECT (bounded by the fd limit).
     pub mqtt_sockets: Gauge,
     /// Bytes held in read buffers by connections that have not completed CONNECT.
@@ -157,6 +164,14 @@ impl Metrics {
                 "reason",
                 Refusal::ALL.map(Refusal::label),
             ),
+            listener_connections: labelled(
+                reg,
+                "listener_connections",
+                "Connections accepted, by listener (tcp, tls, ws, wss)",
+                "listener",
+                ListenerKind::ALL.map(ListenerKind::name),
+            ),
+            handshake_failures: handshake_failures(reg),
             mqtt_sockets: gauge(
                 reg,
                 "mqtt_sockets",
@@ -215,6 +230,14 @@ impl Metrics {
 
     pub fn dropped(&self, reason: DropReason) -> &Counter {
         &self.dropped[reason as usize]
+    }
+
+    pub fn listener_accepted(&self, kind: ListenerKind) -> &Counter {
+        &self.listener_connections[kind as usize]
+    }
+
+    pub fn handshake_failed(&self, kind: ListenerKind, failure: HandshakeFailure) -> &Counter {
+        &self.handshake_failures[kind as usize][failure as usize]
     }
 
     pub fn refused(&self, reason: Refusal) -> &Counter {
@@ -427,6 +450,30 @@ fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
     let gauge = Gauge::default();
     registry.register(name, help, gauge.clone());
     gauge
+}
+
+/// `handshake_failures_total{listener, reason}`, every pair resolved up front.
+fn handshake_failures(
+    registry: &mut Registry,
+) -> [[Counter; HandshakeFailure::ALL.len()]; ListenerKind::ALL.len()] {
+    let family = Family::<Vec<(String, String)>, Counter>::default();
+    let counters = ListenerKind::ALL.map(|kind| {
+        HandshakeFailure::ALL.map(|failure| {
+            family
+                .get_or_create(&vec![
+                    ("listener".to_string(), kind.name().to_string()),
+                    ("reason".to_string(), failure.label().to_string()),
+                ])
+                .clone()
+        })
+    });
+    registry.register(
+        "handshake_failures",
+        "Connections closed before MQTT: PROXY header, TLS or WebSocket handshake failed, \
+         closed, or no CONNECT within -nt; by listener and reason",
+        family,
+    );
+    counters
 }
 
 fn per_qos(registry: &mut Registry, name: &str, help: &str) -> PerQos {

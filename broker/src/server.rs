@@ -19,6 +19,8 @@ use crate::config::Config;
 use crate::http::{self, HttpLimits, HttpState};
 use crate::listener;
 use crate::metrics::Metrics;
+use crate::transport::certificates::{self, CertificateStore};
+use crate::transport::TransportSettings;
 
 /// How long shutdown waits for connections to finish their last writes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,18 +103,43 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopping) = watch::channel(false);
 
-    let mqtt = config
-        .listen
-        .bind_tcp()
-        .await
-        .with_context(|| format!("cannot listen for MQTT on {}", config.listen))?;
-    let mqtt_addr = mqtt.local_addr()?;
+    // Loaded before anything listens: a certificate that does not load stops the start.
+    let certificates = match config.tls.clone() {
+        Some(settings) => Some(Arc::new(
+            CertificateStore::load(settings).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    let mut listeners = Vec::new();
+    for listener in &config.listeners {
+        let bound = listener.addr.bind_tcp().await.with_context(|| {
+            format!(
+                "cannot listen for MQTT on {} ({})",
+                listener.addr, listener.kind
+            )
+        })?;
+        let settings = TransportSettings {
+            kind: listener.kind,
+            proxy_protocol: listener.proxy_protocol,
+            certificates: certificates.clone().filter(|_| listener.kind.uses_tls()),
+            ws_path: config.ws_path.clone(),
+            // A message holds at least one whole packet of the largest size, with room for
+            // the start of the next.
+            ws_max_message: config.max_packet_size.saturating_add(64 * 1024),
+        };
+        listeners.push((bound, Arc::new(settings)));
+    }
+    // The first listener (the plain one unless it is off) names the MQTT port.
+    let (first, _) = listeners
+        .first()
+        .context("no MQTT listener is configured")?;
+    let mqtt_addr = first.local_addr()?;
     let cluster = match config.cluster.clone() {
         Some(cluster) => {
             // The cluster's UDP ports follow the MQTT listen host: all interfaces, or the one
             // address asked for.
-            let host = config
-                .listen
+            let host = config.listeners[0]
+                .addr
                 .host
                 .as_deref()
                 .and_then(|host| host.trim_matches(['[', ']']).parse().ok());
@@ -121,9 +148,20 @@ pub async fn run(
         None => None,
     };
     // Bound means ready: connections queue in the backlog until the accept loop takes them, so
-    // /healthz can say so before anyone reads the listener line below.
+    // /healthz can say so before anyone reads the listener lines below.
     ready.store(true, Ordering::Release);
-    info!("MQTT listener on tcp {mqtt_addr}");
+    for (bound, settings) in &listeners {
+        let proxy = if settings.proxy_protocol {
+            " (PROXY protocol)"
+        } else {
+            ""
+        };
+        info!(
+            "MQTT listener on {} {}{proxy}",
+            settings.kind,
+            bound.local_addr()?
+        );
+    }
 
     let (forwarder, queued) = match &cluster {
         Some(bound) => {
@@ -170,20 +208,32 @@ pub async fn run(
     };
     tokio::spawn(expire_sessions(broker.clone(), stopping.clone()));
     let (done, mut all_done) = mpsc::channel::<()>(1);
+    if let Some(store) = certificates {
+        tokio::spawn(certificates::watch_files(store, stopping.clone()));
+    }
     let sockets = Slots::new(plan.mqtt_sockets, broker.metrics.mqtt_sockets.clone());
-    let accepting = tokio::spawn(listener::accept_loop(
-        mqtt,
-        broker.clone(),
-        sockets,
-        stopping,
-        done,
-    ));
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|(bound, settings)| {
+            tokio::spawn(listener::accept_loop(
+                bound,
+                settings,
+                broker.clone(),
+                sockets.clone(),
+                stopping.clone(),
+                done.clone(),
+            ))
+        })
+        .collect();
+    drop(done);
 
     shutdown.await;
     info!("shutting down");
     ready.store(false, Ordering::Release);
     let _ = stop.send(true);
-    let _ = accepting.await;
+    for accepting in accepting {
+        let _ = accepting.await;
+    }
     broker.shut_down();
     if tokio::time::timeout(DRAIN_TIMEOUT, all_done.recv())
         .await

@@ -1,12 +1,13 @@
-//! The handshake: reads CONNECT within `-nt`, checks it, admits the connection against `-mc`,
-//! claims the client's session and answers CONNACK, turning a TCP stream into a [`Connection`].
+//! The handshake: sets up the transport (PROXY header, TLS, WebSocket; see [`transport`]) and
+//! reads CONNECT, both within `-nt`; checks CONNECT, admits the connection against `-mc`, claims
+//! the client's session and answers CONNACK, turning an accepted TCP socket into a
+//! [`Connection`].
 //!
 //! Until CONNECT is accepted a client has proved nothing, so what it can make the broker hold is
 //! small and judged early: a first packet that is not CONNECT is refused from its first byte, a
 //! CONNECT larger than `-mcl` from its fixed header, and the read buffer grows only as the
 //! CONNECT's bytes arrive, each growth taken from the budget all handshakes share (`-mhb`).
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use crate::metrics::Refusal;
 use crate::router::Message;
 use crate::session::{Holder, SessionExpiry, SessionId};
 use crate::topic;
+use crate::transport::{self, PeerIdentity, Stream, TransportSettings};
 
 /// The read buffer a handshake starts with: room for an ordinary CONNECT (client id, short
 /// credentials), so that most handshakes never grow it. Small on purpose: a buffer of ordinary
@@ -38,11 +40,12 @@ use crate::topic;
 /// fragment the heap.
 const CONNECT_READ_CHUNK: usize = 256;
 
-/// Reads and checks CONNECT within `-nt`, and answers it.
+/// Sets up the transport and reads CONNECT within `-nt`, checks it, and answers it.
 pub(super) async fn handshake(
-    stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
+    listener: Arc<TransportSettings>,
 ) -> Option<(Box<Connection>, Admission)> {
     let broker = &broker;
     let id = broker.next_connection_id();
@@ -53,27 +56,63 @@ pub(super) async fn handshake(
         broker.metrics.connections_refused.inc();
         return None;
     };
-    let _ = stream.set_nodelay(true);
-    let mut handshake = Handshake {
-        stream,
-        rbuf: BytesMut::with_capacity(first_buffer),
-        lease,
-        broker,
+    // What rustls and tungstenite hold while they set up, counted until CONNECT is accepted.
+    let layers =
+        usize::from(listener.kind.uses_tls()) + usize::from(listener.kind.uses_websocket());
+    let Some(_layer_lease) = broker
+        .handshake_memory
+        .lease(layers * transport::LAYER_HANDSHAKE_BYTES)
+    else {
+        debug!(%peer, connection = id, "pre-CONNECT memory budget (-mhb) exhausted; closing");
+        broker.metrics.refused(Refusal::HandshakeMemory).inc();
+        broker.metrics.connections_refused.inc();
+        return None;
     };
+    let kind = listener.kind;
+    // One deadline for everything before CONNECT is read, whatever the transport.
     let connect_timeout = broker.config.connect_timeout;
-    let connect = match tokio::time::timeout(connect_timeout, handshake.read_connect()).await {
-        Ok(Ok(connect)) => connect,
+    let before_connect = async {
+        let accepted = transport::accept(tcp, peer, &listener)
+            .await
+            .map_err(|error| {
+                broker.metrics.handshake_failed(kind, error.failure).inc();
+                format!("{} handshake failed: {}", kind, error.detail)
+            })?;
+        let mut handshake = Handshake {
+            stream: accepted.stream,
+            rbuf: BytesMut::with_capacity(first_buffer),
+            lease,
+            broker,
+        };
+        let connect = handshake.read_connect().await?;
+        Ok::<_, String>((handshake, connect, accepted.peer, accepted.identity))
+    };
+    let (handshake, mut connect, peer, identity) = match tokio::time::timeout(
+        connect_timeout,
+        before_connect,
+    )
+    .await
+    {
+        Ok(Ok(done)) => done,
         Ok(Err(reason)) => {
-            debug!(%peer, connection = id, %reason, "closed before CONNECT completed");
+            debug!(%peer, connection = id, listener = %kind, %reason, "closed before CONNECT completed");
             broker.metrics.connections_refused.inc();
             return None;
         }
         Err(_) => {
-            debug!(%peer, connection = id, "no CONNECT in time");
+            debug!(%peer, connection = id, listener = %kind, "no CONNECT in time");
+            broker
+                .metrics
+                .handshake_failed(kind, transport::HandshakeFailure::Timeout)
+                .inc();
             broker.metrics.connections_refused.inc();
             return None;
         }
     };
+    if let Some(PeerIdentity { username }) = identity {
+        // -tcn: the certificate names the client; CONNECT's own username is not believed.
+        connect.username = username;
+    }
     let accepted = handshake.accept(connect, id, peer).await;
     if accepted.is_none() {
         broker.metrics.connections_refused.inc();
@@ -83,7 +122,7 @@ pub(super) async fn handshake(
 
 /// A connection before its CONNECT has been accepted.
 struct Handshake<'a> {
-    stream: TcpStream,
+    stream: Stream,
     /// Its capacity is always what `lease` holds.
     rbuf: BytesMut,
     lease: MemoryLease<'a>,
@@ -129,7 +168,7 @@ impl Handshake<'_> {
                 Err(error) => return Err(error.to_string()),
             }
             self.make_room(header.and_then(|header| header.packet_size))?;
-            match read_some(&self.stream, &mut self.rbuf).await {
+            match self.stream.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Err("connection closed".into()),
                 Ok(n) => {
                     self.broker.metrics.bytes_received.inc_by(n as u64);
@@ -280,6 +319,7 @@ impl Handshake<'_> {
             %peer,
             connection = id,
             client_id = %connect.client_id,
+            username = ?connect.username,
             protocol = protocol.level(),
             clean_session = connect.clean_session,
             keep_alive,
@@ -294,6 +334,7 @@ impl Handshake<'_> {
         // argument and its binding apart), and every idle connection would pay for that.
         let mut connection = Box::new(Connection {
             stream: self.stream,
+            peer,
             broker,
             protocol,
             v5: negotiated,
@@ -331,33 +372,15 @@ impl Handshake<'_> {
             properties: Properties::default(),
         });
         if connack.encode(protocol, &mut out).is_ok() {
-            let write = write_all(&self.stream, &out);
-            let _ = tokio::time::timeout(self.broker.config.connect_timeout, write).await;
+            let timeout = self.broker.config.connect_timeout;
+            let write = async {
+                self.stream.write_all(&out).await?;
+                self.stream.close();
+                Ok::<_, std::io::Error>(())
+            };
+            let _ = tokio::time::timeout(timeout, write).await;
         }
     }
-}
-
-/// Waits until the socket is readable and reads what is there.
-async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match stream.try_read_buf(buf) {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            result => return result,
-        }
-    }
-}
-
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
 }
 
 /// Whether `buf` starts with an MQTT 5 CONNECT's fixed header, protocol name and level.

@@ -3,12 +3,10 @@
 //! the subscription tree), with answers appended to the write buffer.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use socket2::SockRef;
 use tokio::time::Instant;
 
 use super::{handshake, Close, Connection, READ_CHUNK};
@@ -52,8 +50,7 @@ impl Connection {
     /// Whether the client has sent bytes not read yet, asking the socket itself rather than the
     /// runtime's readiness flags, which lag after the process was paused.
     pub(super) fn input_waiting(&self) -> bool {
-        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-        matches!(SockRef::from(&self.stream).peek(&mut probe), Ok(n) if n > 0)
+        self.stream.input_waiting()
     }
 
     /// Reads what the socket has and handles every complete packet in it.

@@ -1,4 +1,5 @@
-//! One client connection: the MQTT protocol state machine over one TCP stream.
+//! One client connection: the MQTT protocol state machine over one client's stream (TCP, TLS,
+//! WebSocket: the [`transport`](crate::transport) tells them apart, this module does not).
 //!
 //! [`serve`] runs the handshake (CONNECT within `-nt` seconds, checks, session claim, CONNACK,
 //! resend of what was in flight) and then one loop that waits on whichever comes first: bytes
@@ -10,7 +11,7 @@
 //! No buffer is kept while a connection is idle. When the loop ends the session goes back to the
 //! registry and, unless the client sent DISCONNECT, its will is published.
 //!
-//! The connection's work is split by direction: [`handshake`] takes a TCP stream to an accepted
+//! The connection's work is split by direction: [`handshake`] takes a TCP socket to an accepted
 //! [`Connection`], [`inbound`] handles what the client sends, [`outbound`] what is sent to it;
 //! this module holds the connection's state and the loop that drives the three. What MQTT 5
 //! adds per connection (the limits CONNECT and CONNACK settled, topic aliases) is in
@@ -38,6 +39,7 @@ use crate::broker::{Admission, Broker};
 use crate::codec::{Disconnect, Packet, Properties, Protocol, ReasonCode};
 use crate::router::Message;
 use crate::session::{DelayedWill, Holder, KickReason, SessionState};
+use crate::transport::{Stream, TransportSettings};
 use negotiated::Negotiated;
 
 /// Read at least this much at a time.
@@ -160,8 +162,8 @@ fn prefix_within(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// Serves one accepted TCP connection until it closes, then drops `held` (what the listener
-/// keeps for as long as the connection lives).
+/// Serves one TCP connection accepted by a listener of `listener`'s kind until it closes, then
+/// drops `held` (what the listener keeps for as long as the connection lives).
 ///
 /// The returned future is what an idle connection keeps in memory for its whole life, so it
 /// is kept small. The handshake's futures are large and needed once: they are boxed and freed
@@ -173,9 +175,10 @@ pub fn serve<Held: Send + 'static>(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
+    listener: Arc<TransportSettings>,
     held: Held,
 ) -> impl Future<Output = ()> + Send {
-    let handshake = Box::pin(handshake::handshake(stream, peer, broker));
+    let handshake = Box::pin(handshake::handshake(stream, peer, broker, listener));
     async move {
         if let Some((connection, admission)) = handshake.await {
             connection.run(admission).await;
@@ -186,7 +189,9 @@ pub fn serve<Held: Send + 'static>(
 
 /// An accepted connection with its session.
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
+    /// The client's address: the PROXY header's source where the listener expects one.
+    peer: SocketAddr,
     broker: Arc<Broker>,
     protocol: Protocol,
     /// What MQTT 5 CONNECT and CONNACK settled; `None` for MQTT 3.1/3.1.1. Boxed: every
@@ -232,10 +237,10 @@ impl Connection {
         }
         match &close {
             Close::Disconnect | Close::PeerClosed | Close::Shutdown | Close::Administrative => {
-                debug!(peer = ?self.stream.peer_addr().ok(), client_id = self.state.client_id(), reason = %close, "connection closed")
+                debug!(peer = %self.peer, client_id = self.state.client_id(), reason = %close, "connection closed")
             }
             _ => {
-                debug!(peer = ?self.stream.peer_addr().ok(), client_id = self.state.client_id(), reason = %close, "connection dropped")
+                debug!(peer = %self.peer, client_id = self.state.client_id(), reason = %close, "connection dropped")
             }
         }
         if self.v5.is_some() {
@@ -245,8 +250,11 @@ impl Connection {
         }
         // Best effort: flush what is pending (a PINGRESP, a PUBACK, a DISCONNECT) without
         // waiting for a client that does not read.
-        if !self.wbuf.is_empty() && !matches!(close, Close::Io(_) | Close::WriteTimeout) {
-            let _ = self.write_now();
+        if !matches!(close, Close::Io(_) | Close::WriteTimeout) {
+            if !self.wbuf.is_empty() || self.stream.has_pending_output() {
+                let _ = self.write_now();
+            }
+            self.stream.close();
         }
         let Connection {
             broker,
@@ -344,7 +352,8 @@ impl Connection {
                     return Close::Io(error);
                 }
             }
-            let writing = !self.wbuf.is_empty();
+            // TLS and WebSocket may hold output the socket did not take, with nothing in wbuf.
+            let writing = !self.wbuf.is_empty() || self.stream.has_pending_output();
             // A client that does not read its acknowledgements is not read from either, so its
             // output cannot grow without bound (TCP pushes back on it instead).
             let reading = self.wbuf.len() < READ_PAUSE;

@@ -6,7 +6,6 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use socket2::SockRef;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -331,7 +330,7 @@ impl Connection {
             Ok(false) => {
                 self.broker.metrics.acks_too_large.inc();
                 debug!(
-                    peer = ?self.stream.peer_addr().ok(),
+                    peer = %self.peer,
                     limit,
                     "{} larger than the client's Maximum Packet Size: discarded, its \
                      subscriptions kept",
@@ -339,7 +338,7 @@ impl Connection {
                 );
             }
             Err(error) => {
-                debug!(peer = ?self.stream.peer_addr().ok(), %error, "could not encode {}", packet.name());
+                debug!(peer = %self.peer, %error, "could not encode {}", packet.name());
             }
         }
         // A discarded packet was encoded before it was measured: the buffer it grew must not
@@ -352,7 +351,7 @@ impl Connection {
     /// Appends a packet to the write buffer; it goes out with the next write.
     pub(super) fn send(&mut self, packet: &Packet) {
         if let Err(error) = packet.encode(self.protocol, &mut self.wbuf) {
-            debug!(peer = ?self.stream.peer_addr().ok(), %error, "could not encode {}", packet.name());
+            debug!(peer = %self.peer, %error, "could not encode {}", packet.name());
         }
     }
 
@@ -362,7 +361,7 @@ impl Connection {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        match SockRef::from(&self.stream).send(&self.wbuf) {
+        match self.stream.send_bypassing_readiness(&self.wbuf) {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 let _ = self.wbuf.split_to(n);
@@ -375,9 +374,20 @@ impl Connection {
         }
     }
 
-    /// Writes as much pending output as the socket takes now, without waiting.
+    /// Writes as much pending output as the socket takes now, without waiting; then what TLS
+    /// or WebSocket still holds.
     pub(super) fn write_now(&mut self) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
+        loop {
+            if self.wbuf.is_empty() {
+                match self.stream.flush() {
+                    Ok(()) => self.write_blocked_since = None,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        self.write_blocked_since.get_or_insert_with(Instant::now);
+                    }
+                    Err(error) => return Err(error),
+                }
+                break;
+            }
             match self.stream.try_write(&self.wbuf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {

@@ -6,9 +6,12 @@
 //! normalised first (see [`normalise_args`]). Adding a flag is one field in [`Args`] plus its
 //! resolution in [`Config::from_parsed`]; the normaliser reads the flag names from clap itself.
 
+mod listeners;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,6 +21,10 @@ use tokio::net::TcpListener;
 
 use crate::cluster::config::{ClusterConfig, ClusterFlags};
 use crate::codec::{QoS, MAX_REMAINING_LENGTH};
+use listeners::{
+    parse_cert_identity, parse_client_verify, parse_proxy_listeners, ListenerFlags, ProxyListeners,
+};
+pub use listeners::{CertIdentity, ClientVerify, Listener, ListenerKind, TlsSettings};
 
 /// The largest MQTT packet: a fixed header byte, four length bytes and the largest body.
 const PROTOCOL_MAX_PACKET: usize = MAX_REMAINING_LENGTH + 5;
@@ -165,15 +172,66 @@ impl ListenAddr {
                   a flag on the command line wins."
 )]
 struct Args {
-    /// MQTT TCP listen address: host:port, or :port for every interface
+    /// MQTT TCP listen address: host:port, or :port for every interface; empty or "nil" turns it off
     #[arg(short = 'l', long = "l", env = "COOLPY7_L", value_name = "ADDR",
-          default_value = ":1883", value_parser = parse_listen)]
-    listen: ListenAddr,
+          default_value = ":1883", value_parser = parse_optional_listen)]
+    listen: OptionalListen,
+
+    /// MQTT over TLS listen address, e.g. :8883 (off unless given; needs -tc and -tk)
+    #[arg(long = "tl", env = "COOLPY7_TL", value_name = "ADDR", value_parser = parse_optional_listen)]
+    tls_listen: Option<OptionalListen>,
+
+    /// MQTT over WebSocket listen address, e.g. :8083 (off unless given)
+    #[arg(long = "wl", env = "COOLPY7_WL", value_name = "ADDR", value_parser = parse_optional_listen)]
+    ws_listen: Option<OptionalListen>,
+
+    /// MQTT over WebSocket over TLS listen address, e.g. :8084 (off unless given; needs -tc and -tk)
+    #[arg(long = "wsl", env = "COOLPY7_WSL", value_name = "ADDR", value_parser = parse_optional_listen)]
+    wss_listen: Option<OptionalListen>,
+
+    /// The HTTP path WebSocket clients connect to
+    #[arg(long = "wsp", env = "COOLPY7_WSP", value_name = "PATH", default_value = "/mqtt",
+          value_parser = parse_ws_path)]
+    ws_path: String,
+
+    /// Listeners whose connections start with a PROXY protocol v1/v2 header: a comma-separated
+    /// list of tcp, tls, ws, wss (a connection without a valid header is closed)
+    #[arg(long = "pp", env = "COOLPY7_PP", value_name = "LISTENERS", default_value = "",
+          value_parser = parse_proxy_listeners)]
+    proxy_protocol: ProxyListeners,
+
+    /// TLS certificate chain, PEM (the server's certificate first)
+    #[arg(long = "tc", env = "COOLPY7_TC", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS private key, PEM (PKCS#8, PKCS#1 or SEC1)
+    #[arg(long = "tk", env = "COOLPY7_TK", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+
+    /// CA bundle, PEM, that client certificates must chain to; turns client certificates on
+    #[arg(long = "tca", env = "COOLPY7_TCA", value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Client certificates: none, optional or required [default: required with -tca, else none]
+    #[arg(long = "tv", env = "COOLPY7_TV", value_name = "MODE", value_parser = parse_client_verify)]
+    tls_verify: Option<ClientVerify>,
+
+    /// Use the client certificate's identity as the MQTT username: off, cn (subject Common Name)
+    /// or san (first Subject Alternative Name)
+    #[arg(long = "tcn", env = "COOLPY7_TCN", value_name = "FIELD", default_value = "off",
+          value_parser = parse_cert_identity)]
+    tls_identity: CertIdentity,
+
+    /// Seconds between checks of the TLS files for changes (a change is loaded without a
+    /// restart; so is SIGHUP)
+    #[arg(long = "tri", env = "COOLPY7_TRI", value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    tls_reload_interval: u64,
 
     /// HTTP API address (/healthz, /metrics, /sys); empty or "nil" disables HTTP
     #[arg(long = "hl", env = "COOLPY7_HL", value_name = "ADDR",
-          default_value = ":8081", value_parser = parse_http_listen)]
-    http_listen: HttpListen,
+          default_value = ":8081", value_parser = parse_optional_listen)]
+    http_listen: OptionalListen,
 
     /// Token required by GET /sys, GET /brokers and (not the default) DELETE /clients/<id>
     #[arg(long = "syst", env = "COOLPY7_SYST", value_name = "TOKEN",
@@ -377,20 +435,23 @@ struct Args {
     log_level: Option<String>,
 }
 
-/// `-hl`: clap treats a field of type `Option` as "flag may be absent", so the "disabled"
-/// state needs its own type.
+/// A listen address that may be turned off (empty or "nil"): clap treats a field of type
+/// `Option` as "flag may be absent", so the "disabled" state needs its own type.
 #[derive(Debug, Clone)]
-struct HttpListen(Option<ListenAddr>);
+struct OptionalListen(Option<ListenAddr>);
 
-fn parse_listen(s: &str) -> Result<ListenAddr, ListenAddrError> {
-    s.parse()
+fn parse_optional_listen(s: &str) -> Result<OptionalListen, ListenAddrError> {
+    if s.is_empty() || s.eq_ignore_ascii_case("nil") {
+        return Ok(OptionalListen(None));
+    }
+    s.parse().map(|addr| OptionalListen(Some(addr)))
 }
 
-fn parse_http_listen(s: &str) -> Result<HttpListen, ListenAddrError> {
-    if s.is_empty() || s.eq_ignore_ascii_case("nil") {
-        return Ok(HttpListen(None));
+fn parse_ws_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.contains(['?', '#']) || s.chars().any(char::is_whitespace) {
+        return Err("expected an absolute path such as /mqtt (no query, no spaces)".to_string());
     }
-    s.parse().map(|addr| HttpListen(Some(addr)))
+    Ok(s.to_string())
 }
 
 fn parse_token(s: &str) -> Result<String, String> {
@@ -488,7 +549,12 @@ fn normalise_args(cmd: &clap::Command, args: Vec<OsString>) -> Vec<OsString> {
 /// Everything the broker needs from the command line, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub listen: ListenAddr,
+    /// The MQTT listeners, at least one, in [`ListenerKind::ALL`] order.
+    pub listeners: Vec<Listener>,
+    /// The certificate, key and client-certificate rules; present when a TLS listener is on.
+    pub tls: Option<TlsSettings>,
+    /// `-wsp`: the path WebSocket clients connect to.
+    pub ws_path: String,
     /// `None` disables the HTTP API.
     pub http_listen: Option<ListenAddr>,
     pub sys_token: String,
@@ -537,10 +603,16 @@ impl Default for Config {
     /// The documented defaults, as if started with no flags.
     fn default() -> Self {
         Config {
-            listen: ListenAddr {
-                host: None,
-                port: 1883,
-            },
+            listeners: vec![Listener {
+                kind: ListenerKind::Tcp,
+                addr: ListenAddr {
+                    host: None,
+                    port: 1883,
+                },
+                proxy_protocol: false,
+            }],
+            tls: None,
+            ws_path: "/mqtt".to_string(),
             http_listen: Some(ListenAddr {
                 host: None,
                 port: 8081,
@@ -571,6 +643,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The listener of `kind`, when it is on.
+    pub fn listener(&self, kind: ListenerKind) -> Option<&Listener> {
+        self.listeners.iter().find(|listener| listener.kind == kind)
+    }
+
     /// The largest CONNECT accepted: `-mcl`, or `-mpl` when that is smaller.
     pub fn connect_limit(&self) -> usize {
         self.max_connect_size.min(self.max_packet_size)
@@ -595,10 +672,14 @@ impl Config {
     /// Defaults for tests: an ephemeral port on loopback and no HTTP API.
     pub fn for_tests() -> Config {
         Config {
-            listen: ListenAddr {
-                host: Some("127.0.0.1".to_string()),
-                port: 0,
-            },
+            listeners: vec![Listener {
+                kind: ListenerKind::Tcp,
+                addr: ListenAddr {
+                    host: Some("127.0.0.1".to_string()),
+                    port: 0,
+                },
+                proxy_protocol: false,
+            }],
             http_listen: None,
             ..Config::default()
         }
@@ -644,6 +725,20 @@ impl Config {
             suspect_to_down_ms: args.suspect_to_down_ms,
         }
         .resolve()?;
+        let (listeners, tls) = ListenerFlags {
+            tcp: args.listen.0,
+            tls: args.tls_listen.and_then(|l| l.0),
+            ws: args.ws_listen.and_then(|l| l.0),
+            wss: args.wss_listen.and_then(|l| l.0),
+            proxy: args.proxy_protocol.0,
+            cert: args.tls_cert,
+            key: args.tls_key,
+            client_ca: args.tls_client_ca,
+            verify: args.tls_verify,
+            identity: args.tls_identity,
+            reload_secs: args.tls_reload_interval,
+        }
+        .resolve()?;
         // Bounded by the value parsers to PROTOCOL_MAX_PACKET, which fits in usize.
         let max_packet_size = match args.max_packet_size {
             0 => PROTOCOL_MAX_PACKET,
@@ -660,7 +755,9 @@ impl Config {
             ));
         }
         Ok(Config {
-            listen: args.listen,
+            listeners,
+            tls,
+            ws_path: args.ws_path,
             http_listen: args.http_listen.0,
             sys_token: args.sys_token,
             max_connections: (args.max_connections != 0).then_some(args.max_connections),
@@ -711,6 +808,11 @@ mod tests {
         guard
     }
 
+    /// The plain TCP listener's address.
+    fn tcp(config: &Config) -> Option<ListenAddr> {
+        config.listener(ListenerKind::Tcp).map(|l| l.addr.clone())
+    }
+
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         let argv = std::iter::once("coolpy7").chain(args.iter().copied());
         Config::parse_with_rust_log(argv, None)
@@ -759,7 +861,10 @@ mod tests {
         let _env = lock_env();
         let config = ok(&[]);
         assert_eq!(config, Config::default());
-        assert_eq!(config.listen.to_string(), ":1883");
+        assert_eq!(
+            tcp(&config).map(|a| a.to_string()).as_deref(),
+            Some(":1883")
+        );
         assert_eq!(config.http_listen, Some(addr(None, 8081)));
         assert_eq!(config.max_packet_size, 1_048_576);
         assert_eq!(config.max_connect_size, 65_536);
@@ -778,7 +883,7 @@ mod tests {
     #[test]
     fn for_tests_uses_loopback_ephemeral_and_no_http() {
         let config = Config::for_tests();
-        assert_eq!(config.listen, addr(Some("127.0.0.1"), 0));
+        assert_eq!(tcp(&config), Some(addr(Some("127.0.0.1"), 0)));
         assert_eq!(config.http_listen, None);
         assert_eq!(config.max_inflight, 32);
     }
@@ -787,9 +892,9 @@ mod tests {
     fn every_flag_in_every_form() {
         let _env = lock_env();
         ok_forms("l", "127.0.0.1:0", |c| {
-            assert_eq!(c.listen, addr(Some("127.0.0.1"), 0))
+            assert_eq!(tcp(c), Some(addr(Some("127.0.0.1"), 0)))
         });
-        ok_forms("l", ":1884", |c| assert_eq!(c.listen, addr(None, 1884)));
+        ok_forms("l", ":1884", |c| assert_eq!(tcp(c), Some(addr(None, 1884))));
         ok_forms("hl", "localhost:9000", |c| {
             assert_eq!(c.http_listen, Some(addr(Some("localhost"), 9000)))
         });
@@ -860,12 +965,111 @@ mod tests {
         let config = ok(&[
             "-l", ":1", "--hl=:2", "-mc=3", "--mif", "4", "-t=5", "-t", "6",
         ]);
-        assert_eq!(config.listen, addr(None, 1));
+        assert_eq!(tcp(&config), Some(addr(None, 1)));
         assert_eq!(config.http_listen, Some(addr(None, 2)));
         assert_eq!(config.max_connections, Some(3));
         assert_eq!(config.max_inflight, 4);
         // Like Go's flag package, the last occurrence wins.
         assert_eq!(config.write_timeout, Duration::from_secs(6));
+    }
+
+    #[test]
+    fn transport_listeners_and_tls_files() {
+        let _env = lock_env();
+        let config = ok(&[
+            "-tl=:8883",
+            "-wl",
+            "127.0.0.1:8083",
+            "--wsl=:8084",
+            "-wsp=/ws",
+            "-pp=tcp,wss",
+            "-tc",
+            "/etc/tls/tls.crt",
+            "-tk=/etc/tls/tls.key",
+            "-tca=/etc/ca/ca.crt",
+            "-tv=optional",
+            "-tcn=cn",
+            "-tri=2",
+        ]);
+        let kinds: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|l| (l.kind, l.addr.to_string(), l.proxy_protocol))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (ListenerKind::Tcp, ":1883".to_string(), true),
+                (ListenerKind::Tls, ":8883".to_string(), false),
+                (ListenerKind::Ws, "127.0.0.1:8083".to_string(), false),
+                (ListenerKind::Wss, ":8084".to_string(), true),
+            ]
+        );
+        assert_eq!(config.ws_path, "/ws");
+        let tls = config.tls.expect("TLS settings");
+        assert_eq!(tls.cert, PathBuf::from("/etc/tls/tls.crt"));
+        assert_eq!(tls.key, PathBuf::from("/etc/tls/tls.key"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/ca/ca.crt")));
+        assert_eq!(tls.verify, ClientVerify::Optional);
+        assert_eq!(tls.identity, CertIdentity::CommonName);
+        assert_eq!(tls.reload_interval, Duration::from_secs(2));
+
+        // The plain listener can be turned off when another is on.
+        let config = ok(&["-l=nil", "-wl=:8083"]);
+        assert_eq!(tcp(&config), None);
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.tls, None);
+
+        for (args, expected) in [
+            (&["-l="][..], "every MQTT listener is off"),
+            (&["-tl=:8883"], "-tc"),
+            (&["-wsp=mqtt"], "absolute path"),
+            (&["-pp=quic"], "unknown listener"),
+            (&["-pp=ws"], "-pp names the ws listener"),
+            (&["-tv=sometimes"], "none, optional or required"),
+            (&["-tri=0"], "--tri"),
+        ] {
+            let error = err(args).to_string();
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn transport_flags_from_the_environment() {
+        let _env = lock_env();
+        let vars = [
+            ("COOLPY7_L", "nil"),
+            ("COOLPY7_TL", ":18883"),
+            ("COOLPY7_WL", ":18083"),
+            ("COOLPY7_WSL", ":18084"),
+            ("COOLPY7_WSP", "/broker"),
+            ("COOLPY7_PP", "tls"),
+            ("COOLPY7_TC", "c.pem"),
+            ("COOLPY7_TK", "k.pem"),
+            ("COOLPY7_TCA", "ca.pem"),
+            ("COOLPY7_TV", "required"),
+            ("COOLPY7_TCN", "san"),
+            ("COOLPY7_TRI", "9"),
+        ];
+        for (key, value) in vars {
+            std::env::set_var(key, value);
+        }
+        let config = parse(&[]);
+        for (key, _) in vars {
+            std::env::remove_var(key);
+        }
+        let config = config.expect("valid");
+        let kinds: Vec<_> = config.listeners.iter().map(|l| l.kind).collect();
+        assert_eq!(
+            kinds,
+            [ListenerKind::Tls, ListenerKind::Ws, ListenerKind::Wss]
+        );
+        assert!(config.listeners[0].proxy_protocol);
+        assert_eq!(config.ws_path, "/broker");
+        let tls = config.tls.expect("TLS settings");
+        assert_eq!(tls.verify, ClientVerify::Required);
+        assert_eq!(tls.identity, CertIdentity::SubjectAltName);
+        assert_eq!(tls.reload_interval, Duration::from_secs(9));
     }
 
     #[test]
@@ -1019,6 +1223,9 @@ mod tests {
             ("--se", "7200"),
             ("--wsa", "true"),
             ("--sia", "true"),
+            ("--wsp", "/mqtt"),
+            ("--tcn", "off"),
+            ("--tri", "5"),
             ("--log-level", "info"),
         ] {
             assert!(help.contains(flag), "{flag} missing from help:\n{help}");
@@ -1068,7 +1275,7 @@ mod tests {
             std::env::remove_var(key);
         }
 
-        assert_eq!(config.listen, addr(Some("127.0.0.1"), 1999));
+        assert_eq!(tcp(&config), Some(addr(Some("127.0.0.1"), 1999)));
         assert_eq!(config.http_listen, None);
         assert_eq!(empty_hl, None);
         assert_eq!(config.sys_token, "tok");
