@@ -4,7 +4,8 @@
 //!
 //! Names, for a cluster `c` in namespace `ns`: StatefulSet `c` (pods `c-0`, `c-1`, ...),
 //! headless Service `c-headless` (the pods' DNS names, which are the gossip seeds), client
-//! Service `c`, Secret `c-csk` (unless the spec names one), PodDisruptionBudget `c`.
+//! Service `c`, Secret `c-csk` (unless the spec names one), PodDisruptionBudget `c`. The TLS
+//! Secrets the spec names are the user's (or cert-manager's): mounted, never written.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +13,9 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
-    ServicePort, ServiceSpec, WeightedPodAffinityTerm,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -21,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{default_csk_key, AntiAffinity, Coolpy7Cluster};
+use crate::crd::{default_csk_key, AntiAffinity, Coolpy7Cluster, TlsSpec, UsernameFromCertificate};
 
 /// The cluster key the operator generates is this many random bytes, stored as hex text: the
 /// broker reads it from an environment variable, which must be text without NUL bytes.
@@ -33,6 +35,18 @@ pub const SEED_PODS: i32 = 3;
 /// Seconds a pod gets to leave the cluster and close its connections on shutdown.
 pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 const BROKER_CONTAINER: &str = "coolpy7";
+/// Where the `tls.secretName` Secret is mounted, as a whole directory: a `subPath` mount would
+/// never see a renewed certificate, and the broker reloads the files when they change.
+pub const TLS_DIR: &str = "/etc/coolpy7/tls";
+/// Where the `tls.clientCASecretName` Secret is mounted, as a whole directory.
+pub const CLIENT_CA_DIR: &str = "/etc/coolpy7/client-ca";
+/// The mounted certificate files are readable by their group only (the private key among
+/// them), which is the pod's fsGroup.
+const SECRET_FILE_MODE: i32 = 0o440;
+/// The pod's fsGroup when Secrets are mounted: the group of the broker image's non-root user
+/// (`USER 65532:65532` in the Dockerfile). The kubelet gives the files this group and the
+/// container's processes this supplementary group, whatever user the image runs as.
+pub const SECRET_FILES_GROUP: i64 = 65532;
 const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
 
 /// The label the operator's watches of children select on, so it never lists other objects.
@@ -77,6 +91,134 @@ pub fn csk_secret_ref(cluster: &Coolpy7Cluster) -> (String, String) {
         Some(csk) => (csk.secret_name.clone(), csk.key.clone()),
         None => (format!("{}-csk", cluster.name_any()), default_csk_key()),
     }
+}
+
+/// The brokers' MQTT listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Mqtt,
+    Tls,
+    WebSocket,
+    WebSocketTls,
+}
+
+impl ListenerKind {
+    /// The name of the listener's port on the container and the Services.
+    pub fn port_name(self) -> &'static str {
+        match self {
+            ListenerKind::Mqtt => "mqtt",
+            ListenerKind::Tls => "mqtts",
+            ListenerKind::WebSocket => "ws",
+            ListenerKind::WebSocketTls => "wss",
+        }
+    }
+
+    /// The broker flag that opens it.
+    fn flag(self) -> &'static str {
+        match self {
+            ListenerKind::Mqtt => "-l",
+            ListenerKind::Tls => "-tl",
+            ListenerKind::WebSocket => "-wl",
+            ListenerKind::WebSocketTls => "-wsl",
+        }
+    }
+
+    /// Its name in the broker's `-pp` list.
+    fn proxy_protocol_name(self) -> &'static str {
+        match self {
+            ListenerKind::Mqtt => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::WebSocket => "ws",
+            ListenerKind::WebSocketTls => "wss",
+        }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::WebSocketTls)
+    }
+
+    pub fn uses_websocket(self) -> bool {
+        matches!(self, ListenerKind::WebSocket | ListenerKind::WebSocketTls)
+    }
+}
+
+/// The enabled listeners and their ports, in the order mqtt, tls, websocket, websocketTls.
+pub fn enabled_listeners(cluster: &Coolpy7Cluster) -> Vec<(ListenerKind, i32)> {
+    let listeners = &cluster.spec.listeners;
+    [
+        (
+            ListenerKind::Mqtt,
+            listeners.mqtt.enabled,
+            cluster.spec.ports.mqtt,
+        ),
+        (ListenerKind::Tls, listeners.tls.enabled, listeners.tls.port),
+        (
+            ListenerKind::WebSocket,
+            listeners.websocket.enabled,
+            listeners.websocket.port,
+        ),
+        (
+            ListenerKind::WebSocketTls,
+            listeners.websocket_tls.enabled,
+            listeners.websocket_tls.port,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, enabled, _)| *enabled)
+    .map(|(kind, _, port)| (kind, port))
+    .collect()
+}
+
+/// The TLS settings the brokers get: `spec.tls` when a TLS listener is enabled and it names the
+/// certificate Secret (the schema and `spec_problem` refuse a TLS listener without one). The
+/// broker refuses TLS flags without a TLS listener, so without one `spec.tls` is left unused.
+pub fn tls_in_use(cluster: &Coolpy7Cluster) -> Option<&TlsSpec> {
+    let tls_listener = enabled_listeners(cluster)
+        .iter()
+        .any(|(kind, _)| kind.uses_tls());
+    cluster
+        .spec
+        .tls
+        .as_ref()
+        .filter(|tls| tls_listener && tls.secret_name.is_some())
+}
+
+/// A Secret the pods mount: its name, the keys the broker reads from it, the spec field that
+/// names it (for messages), and where it is mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountedSecret {
+    pub secret_name: String,
+    pub keys: Vec<String>,
+    pub field: &'static str,
+    pub volume: &'static str,
+    pub dir: &'static str,
+}
+
+/// The Secrets the pods mount for TLS: the certificate, and the client CA bundle when given.
+pub fn mounted_secrets(cluster: &Coolpy7Cluster) -> Vec<MountedSecret> {
+    let Some(tls) = tls_in_use(cluster) else {
+        return Vec::new();
+    };
+    let mut secrets = Vec::new();
+    if let Some(name) = &tls.secret_name {
+        secrets.push(MountedSecret {
+            secret_name: name.clone(),
+            keys: vec!["tls.crt".into(), "tls.key".into()],
+            field: "tls.secretName",
+            volume: "tls",
+            dir: TLS_DIR,
+        });
+    }
+    if let Some(name) = &tls.client_ca_secret_name {
+        secrets.push(MountedSecret {
+            secret_name: name.clone(),
+            keys: vec![tls.client_ca_key.clone()],
+            field: "tls.clientCASecretName",
+            volume: "client-ca",
+            dir: CLIENT_CA_DIR,
+        });
+    }
+    secrets
 }
 
 fn owner_reference(cluster: &Coolpy7Cluster) -> Vec<OwnerReference> {
@@ -130,24 +272,29 @@ fn port(name: &str, port: i32, protocol: &str) -> ServicePort {
 /// ready), with the gossip and sync ports.
 pub fn headless_service(cluster: &Coolpy7Cluster) -> Service {
     let ports = &cluster.spec.ports;
+    let mut headless_ports = vec![
+        port("gossip", ports.gossip, "UDP"),
+        port("sync", ports.sync, "UDP"),
+    ];
+    // The plain MQTT port as before; a disabled listener has no port on the pods to point at.
+    if cluster.spec.listeners.mqtt.enabled {
+        headless_ports.push(port("mqtt", ports.mqtt, "TCP"));
+    }
     Service {
         metadata: metadata(cluster, headless_service_name(cluster)),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(cluster)),
-            ports: Some(vec![
-                port("gossip", ports.gossip, "UDP"),
-                port("sync", ports.sync, "UDP"),
-                port("mqtt", ports.mqtt, "TCP"),
-            ]),
+            ports: Some(headless_ports),
             ..ServiceSpec::default()
         }),
         ..Service::default()
     }
 }
 
-/// The Service MQTT clients connect to (a LoadBalancer by default).
+/// The Service MQTT clients connect to (a LoadBalancer by default), with a port per enabled
+/// listener.
 pub fn client_service(cluster: &Coolpy7Cluster) -> Service {
     let spec = &cluster.spec.service;
     let mut meta = metadata(cluster, cluster.name_any());
@@ -163,7 +310,12 @@ pub fn client_service(cluster: &Coolpy7Cluster) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(spec.type_.as_str().into()),
             selector: Some(selector_labels(cluster)),
-            ports: Some(vec![port("mqtt", cluster.spec.ports.mqtt, "TCP")]),
+            ports: Some(
+                enabled_listeners(cluster)
+                    .into_iter()
+                    .map(|(kind, listener_port)| port(kind.port_name(), listener_port, "TCP"))
+                    .collect(),
+            ),
             load_balancer_class: spec.load_balancer_class.clone().filter(|_| load_balancer),
             load_balancer_source_ranges: (load_balancer
                 && !spec.load_balancer_source_ranges.is_empty())
@@ -193,21 +345,66 @@ fn env_from_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
-/// The broker's command line: identity from the pod, seeds from the headless Service, ports
-/// and MQTT 5 limits from the spec, then the user's extra flags (which may override any of
-/// these).
+/// The listener flags: `-l` always (`-l=nil` turns the plain listener off, which the broker
+/// opens by default), the other listeners when enabled, the WebSocket path when a WebSocket
+/// listener is on, the certificate files when a TLS one is, and `-pp` naming every enabled
+/// listener when the spec asks for the PROXY protocol. Settings left out keep the broker's
+/// defaults (client verification: required with a CA, else none; username: CONNECT's).
+fn listener_args(cluster: &Coolpy7Cluster) -> Vec<String> {
+    let listeners = enabled_listeners(cluster);
+    let mut args = Vec::new();
+    if !cluster.spec.listeners.mqtt.enabled {
+        args.push("-l=nil".to_string());
+    }
+    args.extend(
+        listeners
+            .iter()
+            .map(|(kind, port)| format!("{}=:{port}", kind.flag())),
+    );
+    if listeners.iter().any(|(kind, _)| kind.uses_websocket()) {
+        args.push(format!("-wsp={}", cluster.spec.listeners.websocket_path));
+    }
+    if let Some(tls) = tls_in_use(cluster) {
+        args.push(format!("-tc={TLS_DIR}/tls.crt"));
+        args.push(format!("-tk={TLS_DIR}/tls.key"));
+        if tls.client_ca_secret_name.is_some() {
+            args.push(format!("-tca={CLIENT_CA_DIR}/{}", tls.client_ca_key));
+        }
+        if let Some(verify) = tls.verify_clients {
+            args.push(format!("-tv={}", verify.as_str()));
+        }
+        if tls.username_from_certificate != UsernameFromCertificate::Off {
+            args.push(format!("-tcn={}", tls.username_from_certificate.as_str()));
+        }
+    }
+    if cluster.spec.proxy_protocol {
+        let names: Vec<&str> = listeners
+            .iter()
+            .map(|(kind, _)| kind.proxy_protocol_name())
+            .collect();
+        args.push(format!("-pp={}", names.join(",")));
+    }
+    args
+}
+
+/// The broker's command line: identity from the pod, seeds from the headless Service,
+/// listeners, ports and MQTT 5 limits from the spec, then the user's extra flags (which may
+/// override the settings, but not the listeners, ports or files: see `reconcile`'s
+/// OWNED_FLAGS).
 pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String> {
     let ports = &cluster.spec.ports;
     let mut args = vec![
         "-nid=$(POD_NAME)".to_string(),
         "-cad=$(POD_IP)".to_string(),
         format!("-mbs={}", seeds(cluster, cluster_domain).join(",")),
-        format!("-l=:{}", ports.mqtt),
+    ];
+    args.extend(listener_args(cluster));
+    args.extend([
         format!("-hl=:{}", ports.http),
         format!("-crp={}", ports.gossip),
         format!("-csp={}", ports.sync),
         format!("--log-level={}", cluster.spec.log_level),
-    ];
+    ]);
     if let Some(mqtt) = &cluster.spec.mqtt {
         let limits = [
             ("-mka", mqtt.server_keep_alive),
@@ -323,18 +520,46 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
     pod_labels.extend(spec.pod_labels.clone());
     // The selector's labels win over a user's pod label of the same name.
     pod_labels.extend(selector_labels(cluster));
+    let mut container_ports: Vec<ContainerPort> = enabled_listeners(cluster)
+        .into_iter()
+        .map(|(kind, port)| container_port(kind.port_name(), port, "TCP"))
+        .collect();
+    container_ports.extend([
+        container_port("gossip", ports.gossip, "UDP"),
+        container_port("sync", ports.sync, "UDP"),
+        container_port("http", ports.http, "TCP"),
+    ]);
+    let secrets = mounted_secrets(cluster);
+    let volumes: Vec<Volume> = secrets
+        .iter()
+        .map(|secret| Volume {
+            name: secret.volume.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.secret_name.clone()),
+                default_mode: Some(SECRET_FILE_MODE),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        })
+        .collect();
+    let volume_mounts: Vec<VolumeMount> = secrets
+        .iter()
+        .map(|secret| VolumeMount {
+            name: secret.volume.into(),
+            mount_path: secret.dir.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        })
+        .collect();
     let container = Container {
         name: BROKER_CONTAINER.into(),
         image: Some(format!("{}:{}", spec.image.repository, spec.image.tag)),
         image_pull_policy: Some(spec.image.pull_policy.as_str().into()),
         args: Some(broker_args(cluster, cluster_domain)),
         env: Some(env),
-        ports: Some(vec![
-            container_port("mqtt", ports.mqtt, "TCP"),
-            container_port("gossip", ports.gossip, "UDP"),
-            container_port("sync", ports.sync, "UDP"),
-            container_port("http", ports.http, "TCP"),
-        ]),
+        ports: Some(container_ports),
+        volume_mounts: non_empty(&volume_mounts),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         resources: spec.resources.clone(),
@@ -378,8 +603,12 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
                     image_pull_secrets: non_empty(&spec.image_pull_secrets),
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     // What the "restricted" Pod Security Standard asks of a pod.
+                    volumes: non_empty(&volumes),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
+                        // Only with Secrets to read, so that a cluster without TLS keeps the pod
+                        // template it had.
+                        fs_group: (!volumes.is_empty()).then_some(SECRET_FILES_GROUP),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),
                             ..SeccompProfile::default()

@@ -26,7 +26,7 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/coolpy7/coolpy7";
 #[allow(clippy::duplicated_attributes)]
 /// A Coolpy7 cluster: a StatefulSet of brokers that find each other by gossip, a headless
 /// Service for their seeds, a Service for MQTT clients, a cluster key and a disruption budget.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "coolpy7.io",
     version = "v1alpha1",
@@ -55,6 +55,14 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/coolpy7/coolpy7";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!(self.listeners.tls.enabled || self.listeners.websocketTls.enabled) || \
+     (has(self.tls) && has(self.tls.secretName))"
+).message("listeners.tls and listeners.websocketTls need tls.secretName (a kubernetes.io/tls Secret)"))]
+#[x_kube(validation = listener_port_rule(0))]
+#[x_kube(validation = listener_port_rule(1))]
+#[x_kube(validation = listener_port_rule(2))]
+#[x_kube(validation = listener_port_rule(3))]
 pub struct Coolpy7ClusterSpec {
     /// Number of broker pods.
     #[serde(default = "default_replicas")]
@@ -70,6 +78,20 @@ pub struct Coolpy7ClusterSpec {
     pub csk: Option<CskSpec>,
     #[serde(default)]
     pub ports: PortsSpec,
+    /// The MQTT listeners: plain TCP on `ports.mqtt` (on by default), TLS, WebSocket and
+    /// WebSocket over TLS.
+    #[serde(default)]
+    pub listeners: ListenersSpec,
+    /// Certificates for the `tls` and `websocketTls` listeners, and client certificates
+    /// (mutual TLS). Used only when one of those listeners is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Every enabled listener expects a PROXY protocol (v1 or v2) header before MQTT, TLS or
+    /// HTTP, so that the brokers see the clients' addresses behind a load balancer that sends
+    /// one (configure it with `service.annotations`). A connection without the header is
+    /// refused, in-cluster clients' included.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     #[serde(default)]
     pub service: ServiceSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +247,268 @@ fn default_http_port() -> i32 {
     8081
 }
 
+/// Which MQTT listeners the brokers open. Each has its own port, named on the pods and the
+/// client Service as `mqtt`, `mqtts`, `ws` and `wss`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.mqtt.enabled || self.tls.enabled || self.websocket.enabled || self.websocketTls.enabled"
+).message("enable at least one listener"))]
+pub struct ListenersSpec {
+    /// Plain MQTT over TCP (`-l`), on `ports.mqtt`.
+    #[serde(default)]
+    pub mqtt: MqttListenerSpec,
+    /// MQTT over TLS (`-tl`); needs `tls.secretName`.
+    #[serde(default)]
+    pub tls: TlsListenerSpec,
+    /// MQTT over WebSocket (`-wl`).
+    #[serde(default)]
+    pub websocket: WebSocketListenerSpec,
+    /// MQTT over WebSocket over TLS (`-wsl`); needs `tls.secretName`.
+    #[serde(default)]
+    pub websocket_tls: WebSocketTlsListenerSpec,
+    /// The HTTP path of the WebSocket listeners (`-wsp`).
+    #[serde(default = "default_websocket_path")]
+    #[schemars(regex(pattern = r"^/\S*$"), length(max = 256))]
+    pub websocket_path: String,
+}
+
+impl Default for ListenersSpec {
+    fn default() -> Self {
+        ListenersSpec {
+            mqtt: MqttListenerSpec::default(),
+            tls: TlsListenerSpec::default(),
+            websocket: WebSocketListenerSpec::default(),
+            websocket_tls: WebSocketTlsListenerSpec::default(),
+            websocket_path: default_websocket_path(),
+        }
+    }
+}
+
+pub fn default_websocket_path() -> String {
+    "/mqtt".to_string()
+}
+
+/// The plain MQTT listener; its port is `ports.mqtt`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttListenerSpec {
+    /// False turns plain MQTT off (`-l=nil`), e.g. to accept TLS clients only.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for MqttListenerSpec {
+    fn default() -> Self {
+        MqttListenerSpec { enabled: true }
+    }
+}
+
+// One type per optional listener, although they look alike: the API server fills in a
+// missing port from the type's schema, and each listener has its own default port.
+
+/// The MQTT over TLS listener.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsListenerSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_tls_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for TlsListenerSpec {
+    fn default() -> Self {
+        TlsListenerSpec {
+            enabled: false,
+            port: default_tls_port(),
+        }
+    }
+}
+
+fn default_tls_port() -> i32 {
+    8883
+}
+
+/// The MQTT over WebSocket listener.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocketListenerSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_websocket_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for WebSocketListenerSpec {
+    fn default() -> Self {
+        WebSocketListenerSpec {
+            enabled: false,
+            port: default_websocket_port(),
+        }
+    }
+}
+
+fn default_websocket_port() -> i32 {
+    8083
+}
+
+/// The MQTT over WebSocket over TLS listener.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocketTlsListenerSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_websocket_tls_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for WebSocketTlsListenerSpec {
+    fn default() -> Self {
+        WebSocketTlsListenerSpec {
+            enabled: false,
+            port: default_websocket_tls_port(),
+        }
+    }
+}
+
+fn default_websocket_tls_port() -> i32 {
+    8084
+}
+
+/// The listeners as CEL sees them on the spec: (whether it is on, its port, the port's field
+/// in messages). Defaults are applied before validation, so every one of these is present.
+const LISTENERS_IN_CEL: [(&str, &str, &str); 4] = [
+    (
+        "self.listeners.mqtt.enabled",
+        "self.ports.mqtt",
+        "ports.mqtt",
+    ),
+    (
+        "self.listeners.tls.enabled",
+        "self.listeners.tls.port",
+        "listeners.tls.port",
+    ),
+    (
+        "self.listeners.websocket.enabled",
+        "self.listeners.websocket.port",
+        "listeners.websocket.port",
+    ),
+    (
+        "self.listeners.websocketTls.enabled",
+        "self.listeners.websocketTls.port",
+        "listeners.websocketTls.port",
+    ),
+];
+
+/// The CEL rule that listener `index` of [`LISTENERS_IN_CEL`], when enabled, has a port of its
+/// own: not another enabled listener's, nor gossip's, sync's or the health endpoint's. A
+/// disabled listener's port may be anything (its default stays put while it is off).
+fn listener_port_rule(index: usize) -> kube::core::Rule {
+    let (enabled, port, field) = LISTENERS_IN_CEL[index];
+    let mut taken = vec!["[self.ports.gossip, self.ports.sync, self.ports.http]".to_string()];
+    for (other, (other_enabled, other_port, _)) in LISTENERS_IN_CEL.iter().enumerate() {
+        if other != index {
+            taken.push(format!("({other_enabled} ? [{other_port}] : [])"));
+        }
+    }
+    kube::core::Rule::new(format!("!{enabled} || !({port} in {})", taken.join(" + "))).message(
+        kube::core::Message::Message(format!(
+            "{field} is already in use: an enabled listener's port must differ from the other \
+             enabled listeners' and from ports.gossip, ports.sync and ports.http"
+        )),
+    )
+}
+
+/// Certificates: the brokers' own for the TLS listeners, and the CAs client certificates are
+/// verified against. The Secrets are mounted as directories, so a renewed certificate (e.g. by
+/// cert-manager) reaches the brokers, which reload it, without a restart.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!has(self.verifyClients) || self.verifyClients == 'none' || has(self.clientCASecretName)"
+).message("verifyClients optional or required needs clientCASecretName"))]
+#[x_kube(validation = Rule::new(
+    "self.usernameFromCertificate == 'off' || (has(self.clientCASecretName) && \
+     (!has(self.verifyClients) || self.verifyClients != 'none'))"
+).message("usernameFromCertificate needs client certificates: set clientCASecretName, and \
+           verifyClients other than none"))]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret with `tls.crt` (the certificate chain, the brokers' own
+    /// first) and `tls.key`, such as cert-manager writes (`-tc`, `-tk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// A Secret holding the PEM bundle of the CAs that client certificates must chain to
+    /// (`-tca`). It may be `secretName` itself, whose `ca.crt` cert-manager fills in.
+    #[serde(
+        rename = "clientCASecretName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_ca_secret_name: Option<String>,
+    /// The key in `clientCASecretName` holding the CA bundle.
+    #[serde(rename = "clientCAKey", default = "default_client_ca_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub client_ca_key: String,
+    /// Whether TLS clients must present a certificate (`-tv`): `none`, `optional` (verified
+    /// when given) or `required`. Left out: `required` with `clientCASecretName`, else `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_clients: Option<VerifyClients>,
+    /// The verified client certificate's subject Common Name (`cn`) or first Subject
+    /// Alternative Name (`san`) becomes the MQTT username (`-tcn`); `off` keeps the one CONNECT
+    /// carries. Quote `'off'` in YAML, where a bare off reads as false.
+    #[serde(default)]
+    pub username_from_certificate: UsernameFromCertificate,
+}
+
+pub fn default_client_ca_key() -> String {
+    "ca.crt".to_string()
+}
+
+/// Client certificate verification on the TLS listeners.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyClients {
+    None,
+    Optional,
+    Required,
+}
+
+impl VerifyClients {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyClients::None => "none",
+            VerifyClients::Optional => "optional",
+            VerifyClients::Required => "required",
+        }
+    }
+}
+
+/// What of a verified client certificate becomes the MQTT username.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UsernameFromCertificate {
+    #[default]
+    Off,
+    Cn,
+    San,
+}
+
+impl UsernameFromCertificate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsernameFromCertificate::Off => "off",
+            UsernameFromCertificate::Cn => "cn",
+            UsernameFromCertificate::San => "san",
+        }
+    }
+}
+
 /// MQTT 5 limits and features (the broker flags `-mka`, `-mri`, `-mta`, `-wsa` and `-sia`).
 /// Each one left out keeps the broker's default.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -371,7 +655,9 @@ pub struct Coolpy7ClusterStatus {
     /// The Secret the cluster key is read from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csk_secret: Option<String>,
-    /// Where MQTT clients connect: the LoadBalancer's ingress addresses.
+    /// Where MQTT clients connect: for each of the LoadBalancer's ingress addresses,
+    /// `address:port` of the plain MQTT listener and `mqtts://`, `ws://`, `wss://` URLs of the
+    /// others that are enabled.
     // Always written, so that a merge patch can empty it.
     #[serde(default)]
     pub endpoints: Vec<String>,
@@ -388,5 +674,83 @@ pub enum Phase {
 /// The CRD as `crdgen` prints it (and as `manifests/crd.yaml` must read).
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&Coolpy7Cluster::crd())
+    let yaml = serde_yaml::to_string(&Coolpy7Cluster::crd())?;
+    Ok(quote_yaml11_booleans(&yaml))
+}
+
+/// Words that YAML 1.1 reads as booleans when bare: serde_yaml writes YAML 1.2, where they are
+/// strings, but kubectl, Helm (go-yaml v2) and PyYAML read YAML 1.1, where the enum value and
+/// default `off` of `tls.usernameFromCertificate` would become `false`.
+const YAML11_BOOLEANS: [&str; 22] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+    "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
+];
+
+/// `yaml` with every bare string value that YAML 1.1 would read as a boolean in single
+/// quotes; the text of block scalars (`|-` descriptions) is left as it is. Only for what
+/// serde_yaml writes: one `key: value` or `- value` per line. A real boolean is written `true`
+/// or `false`, which both readers agree on, so those two stay bare.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    // The indentation of the key whose block scalar the following deeper lines belong to.
+    let mut block_indent: Option<usize> = None;
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(key_indent) = block_indent {
+            if line.trim().is_empty() || indent > key_indent {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block_indent = None;
+        }
+        let trimmed = line.trim_start();
+        // `- ` items may hold a key (`- key: value`): look at what follows the dashes.
+        let item = trimmed.trim_start_matches("- ");
+        let value_at = match item.find(": ") {
+            Some(colon) => line.len() - item.len() + colon + 2,
+            None if item.len() < trimmed.len() => line.len() - item.len(),
+            None => line.len(),
+        };
+        let value = &line[value_at..];
+        if value.starts_with('|') || value.starts_with('>') {
+            block_indent = Some(indent);
+        }
+        if YAML11_BOOLEANS.contains(&value) && !matches!(value, "true" | "false") {
+            out.push_str(&line[..value_at]);
+            out.push_str(&format!("'{value}'"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml11_booleans_are_quoted_outside_block_scalars() {
+        let yaml = "a: off\nb:\n- off\n- cn\n- 'off'\nc: true\nd: |-\n  a line\n  - off\ne: no\n- key: on\nf: offline\n";
+        assert_eq!(
+            quote_yaml11_booleans(yaml),
+            "a: 'off'\nb:\n- 'off'\n- cn\n- 'off'\nc: true\nd: |-\n  a line\n  - off\ne: 'no'\n- key: 'on'\nf: offline\n"
+        );
+    }
+
+    #[test]
+    fn the_crd_reads_the_same_in_yaml_1_1() {
+        let yaml = crd_yaml().expect("the CRD serialises");
+        assert!(yaml.contains("default: 'off'"), "the default is quoted");
+        assert!(yaml.contains("- 'off'"), "the enum value is quoted");
+        // serde_yaml reads the quoted text back to the same CRD.
+        let back: serde_json::Value = serde_yaml::from_str(&yaml).expect("YAML");
+        use kube::CustomResourceExt;
+        assert_eq!(
+            back,
+            serde_json::to_value(Coolpy7Cluster::crd()).expect("JSON")
+        );
+    }
 }

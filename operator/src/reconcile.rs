@@ -24,14 +24,16 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::children;
-use crate::crd::{Coolpy7Cluster, Coolpy7ClusterStatus, Phase};
+use crate::crd::{
+    Coolpy7Cluster, Coolpy7ClusterStatus, Phase, UsernameFromCertificate, VerifyClients,
+};
 use crate::metrics::Metrics;
 
 /// The one field manager of every apply, so that a user's edit of a field we own is reverted
 /// on the next reconcile.
 pub const FIELD_MANAGER: &str = "coolpy7-operator";
 
-/// How soon a cluster whose key Secret is missing is looked at again.
+/// How soon a cluster whose key or certificate Secret is missing is looked at again.
 const KEY_RETRY: Duration = Duration::from_secs(30);
 /// How often a healthy cluster is looked at again without any change.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -39,8 +41,13 @@ const RESYNC: Duration = Duration::from_secs(300);
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// Flags the operator sets itself; the spec's `args` may not set them.
-const OWNED_FLAGS: [&str; 8] = ["nid", "cad", "mbs", "csk", "crp", "csp", "l", "hl"];
+/// Flags the operator sets itself; the spec's `args` may not set them. The listeners must
+/// match the pods' and Services' ports, and the certificate files the mounted Secrets; the
+/// other listener settings (`-wsp`, `-tv`, `-tcn`, `-pp`) may be overridden like the MQTT 5
+/// limits.
+const OWNED_FLAGS: [&str; 14] = [
+    "nid", "cad", "mbs", "csk", "crp", "csp", "l", "hl", "tl", "wl", "wsl", "tc", "tk", "tca",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -128,6 +135,12 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
             return Ok(Action::requeue(KEY_RETRY));
         }
     };
+    // The pods could not start without them (they would wait in ContainerCreating, and a
+    // rolling update would take a pod down for good); say why instead, and change nothing.
+    if let Some(problem) = missing_certificate_secret(cluster, ctx, &namespace).await? {
+        report_degraded(ctx, cluster, "TlsSecretMissing", &problem).await?;
+        return Ok(Action::requeue(KEY_RETRY));
+    }
     let fingerprint = children::key_fingerprint(&key);
     let (set, client_service) = match apply_children(cluster, ctx, &namespace, &fingerprint).await {
         Ok(applied) => applied,
@@ -225,6 +238,61 @@ fn key_from(secret: &Secret, name: &str, key: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// What is wrong with a Secret the pods mount for TLS, if anything: it is missing, or lacks a
+/// key the broker reads. Its contents may change at any time (a renewed certificate); the
+/// brokers reload them, so nothing of them goes into the pod template.
+pub fn mounted_secret_problem(
+    mounted: &children::MountedSecret,
+    secret: Option<&Secret>,
+) -> Option<String> {
+    let name = &mounted.secret_name;
+    let field = mounted.field;
+    let Some(secret) = secret else {
+        return Some(format!(
+            "Secret {name} ({field}) does not exist (cert-manager may not have issued it yet)"
+        ));
+    };
+    let missing: Vec<&str> = mounted
+        .keys
+        .iter()
+        .filter(|key| {
+            // stringData is write-only: a Secret created with it reads back as data.
+            secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get(key.as_str()))
+                .is_none_or(|value| value.0.is_empty())
+        })
+        .map(String::as_str)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "Secret {name} ({field}) has no {}",
+            missing
+                .iter()
+                .map(|key| format!("{key:?}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )
+    })
+}
+
+/// The first problem with the Secrets the pods would mount for TLS, read from the API server.
+async fn missing_certificate_secret(
+    cluster: &Coolpy7Cluster,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Option<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    for mounted in children::mounted_secrets(cluster) {
+        let secret = secrets.get_opt(&mounted.secret_name).await?;
+        if let Some(problem) = mounted_secret_problem(&mounted, secret.as_ref()) {
+            return Ok(Some(problem));
+        }
+    }
+    Ok(None)
+}
+
 /// The key from the Secret the spec names.
 async fn read_key(
     cluster: &Coolpy7Cluster,
@@ -318,7 +386,9 @@ async fn publish(
     }
 }
 
-/// What the schema cannot say: a spec that would give a broken cluster.
+/// A spec that would give a broken cluster: what the schema cannot say, and the schema's CEL
+/// rules on listeners and TLS again (an API server may run without CEL validation, and the
+/// builders need them to hold).
 pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
     let name = cluster.name_any();
     // Pods are `<name>-<n>` with a revision-hash label of the name plus 11 characters, and the
@@ -335,20 +405,50 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
         ));
     }
     let ports = &cluster.spec.ports;
-    let named = [
-        ("mqtt", ports.mqtt),
-        ("gossip", ports.gossip),
-        ("sync", ports.sync),
-        ("http", ports.http),
+    let mut named = vec![
+        ("ports.mqtt", ports.mqtt),
+        ("ports.gossip", ports.gossip),
+        ("ports.sync", ports.sync),
+        ("ports.http", ports.http),
     ];
+    let listeners = &cluster.spec.listeners;
+    // A disabled listener's port is not opened, so it may be anything.
+    for (field, enabled, port) in [
+        (
+            "listeners.tls.port",
+            listeners.tls.enabled,
+            listeners.tls.port,
+        ),
+        (
+            "listeners.websocket.port",
+            listeners.websocket.enabled,
+            listeners.websocket.port,
+        ),
+        (
+            "listeners.websocketTls.port",
+            listeners.websocket_tls.enabled,
+            listeners.websocket_tls.port,
+        ),
+    ] {
+        if enabled {
+            named.push((field, port));
+        }
+    }
     for (i, (a, port_a)) in named.iter().enumerate() {
         for (b, port_b) in &named[i + 1..] {
-            if port_a == port_b {
+            // ports.mqtt is opened only by the plain listener: with that off, another listener
+            // may take its number (gossip, sync and http still may not, as before).
+            let both_open =
+                listeners.mqtt.enabled || !(*a == "ports.mqtt" && b.starts_with("listeners."));
+            if port_a == port_b && both_open {
                 return Some(format!(
-                    "ports.{a} and ports.{b} are both {port_a}; each port needs its own number"
+                    "{a} and {b} are both {port_a}; each port needs its own number"
                 ));
             }
         }
+    }
+    if let Some(problem) = listener_problem(cluster) {
+        return Some(problem);
     }
     for arg in &cluster.spec.args {
         let flag = arg.trim_start_matches('-');
@@ -375,6 +475,42 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
                 "service.loadBalancerSourceRanges: {range:?} is not a CIDR such as 10.0.0.0/8"
             ));
         }
+    }
+    None
+}
+
+/// The CEL rules on listeners and TLS, but for ports (checked with the others).
+fn listener_problem(cluster: &Coolpy7Cluster) -> Option<String> {
+    let listeners = children::enabled_listeners(cluster);
+    if listeners.is_empty() {
+        return Some("every listener is disabled: enable at least one in listeners".into());
+    }
+    let tls = cluster.spec.tls.as_ref();
+    let tls_listener = listeners.iter().any(|(kind, _)| kind.uses_tls());
+    if tls_listener && tls.and_then(|tls| tls.secret_name.as_ref()).is_none() {
+        return Some(
+            "listeners.tls and listeners.websocketTls need tls.secretName (a \
+             kubernetes.io/tls Secret)"
+                .into(),
+        );
+    }
+    let tls = tls?;
+    let verify = tls.verify_clients;
+    let verifying = matches!(
+        verify,
+        Some(VerifyClients::Optional | VerifyClients::Required)
+    );
+    if verifying && tls.client_ca_secret_name.is_none() {
+        return Some("tls.verifyClients optional or required needs tls.clientCASecretName".into());
+    }
+    let clients_have_certificates =
+        tls.client_ca_secret_name.is_some() && verify != Some(VerifyClients::None);
+    if tls.username_from_certificate != UsernameFromCertificate::Off && !clients_have_certificates {
+        return Some(
+            "tls.usernameFromCertificate needs client certificates: set \
+             tls.clientCASecretName, and tls.verifyClients other than none"
+                .into(),
+        );
     }
     None
 }
@@ -475,7 +611,7 @@ pub fn observed_status(
             ingress
                 .iter()
                 .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
-                .map(|host| format!("{host}:{}", cluster.spec.ports.mqtt))
+                .flat_map(|host| endpoints(cluster, &host))
                 .collect()
         })
         .unwrap_or_default();
@@ -512,6 +648,28 @@ pub fn observed_status(
         csk_secret: Some(children::csk_secret_ref(cluster).0),
         endpoints,
     }
+}
+
+/// Where clients reach `host`: `host:port` for plain MQTT (as before there were other
+/// listeners), a URL for each of the others.
+fn endpoints(cluster: &Coolpy7Cluster, host: &str) -> Vec<String> {
+    use children::ListenerKind;
+    // An IPv6 address is bracketed in a URL.
+    let url_host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let path = &cluster.spec.listeners.websocket_path;
+    children::enabled_listeners(cluster)
+        .into_iter()
+        .map(|(kind, port)| match kind {
+            ListenerKind::Mqtt => format!("{host}:{port}"),
+            ListenerKind::Tls => format!("mqtts://{url_host}:{port}"),
+            ListenerKind::WebSocket => format!("ws://{url_host}:{port}{path}"),
+            ListenerKind::WebSocketTls => format!("wss://{url_host}:{port}{path}"),
+        })
+        .collect()
 }
 
 /// After a failed reconcile: count it, tell the user, and try again with exponential backoff.

@@ -57,6 +57,15 @@ fn every_child_validates_strictly_against_the_kubernetes_schemas() {
                "args": ["-mq=5000"], "logLevel": "debug",
                "podDisruptionBudget": {"maxUnavailable": 2}}),
         json!({"service": {"type": "ClusterIP"}, "podDisruptionBudget": {"enabled": false}}),
+        // Every listener, certificates and client CA mounted, the PROXY protocol.
+        json!({"listeners": {"tls": {"enabled": true}, "websocket": {"enabled": true},
+                             "websocketTls": {"enabled": true, "port": 443}, "websocketPath": "/ws"},
+               "tls": {"secretName": "mq-cert", "clientCASecretName": "iot-ca", "clientCAKey": "ca.pem",
+                       "verifyClients": "optional", "usernameFromCertificate": "cn"},
+               "proxyProtocol": true}),
+        // TLS only, the plain listener off.
+        json!({"listeners": {"mqtt": {"enabled": false}, "tls": {"enabled": true}},
+               "tls": {"secretName": "mq-cert"}}),
     ];
     let dir = std::env::temp_dir().join(format!("coolpy7-operator-schemas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

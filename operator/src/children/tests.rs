@@ -556,3 +556,369 @@ fn a_new_key_changes_the_pod_template() {
     let other = with_key_fingerprint(stateful_set(&cluster, DOMAIN), &key_fingerprint(b"00fe"));
     assert_ne!(set.spec.unwrap().template, other.spec.unwrap().template);
 }
+
+const LISTENER_FLAGS: [&str; 11] = [
+    "-l=", "-tl=", "-wl=", "-wsl=", "-wsp=", "-tc=", "-tk=", "-tca=", "-tv=", "-tcn=", "-pp=",
+];
+
+fn pod_spec(set: &StatefulSet) -> &PodSpec {
+    set.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn port_names_and_numbers(ports: &[ServicePort]) -> Vec<(String, i32)> {
+    ports
+        .iter()
+        .map(|p| (p.name.clone().unwrap(), p.port))
+        .collect()
+}
+
+#[test]
+fn without_listener_or_tls_settings_nothing_changes() {
+    let spec = cluster().spec;
+    assert!(spec.listeners.mqtt.enabled);
+    assert!(!spec.listeners.tls.enabled);
+    assert_eq!(spec.listeners.tls.port, 8883);
+    assert!(!spec.listeners.websocket.enabled);
+    assert_eq!(spec.listeners.websocket.port, 8083);
+    assert!(!spec.listeners.websocket_tls.enabled);
+    assert_eq!(spec.listeners.websocket_tls.port, 8084);
+    assert_eq!(spec.listeners.websocket_path, "/mqtt");
+    assert_eq!(spec.tls, None);
+    assert!(!spec.proxy_protocol);
+
+    // The same objects as before these fields existed: only -l, no volumes, no fsGroup.
+    for spec in [
+        json!({}),
+        json!({"listeners": {}, "proxyProtocol": false}),
+        // TLS settings without a TLS listener are left unused (the broker refuses them).
+        json!({"tls": {"secretName": "cert", "clientCASecretName": "ca",
+                       "usernameFromCertificate": "cn"}}),
+    ] {
+        let cluster = cluster_with(spec.clone());
+        let args = broker_args(&cluster, DOMAIN);
+        assert_eq!(
+            flags_starting_with(&args, &LISTENER_FLAGS),
+            ["-l=:1883"],
+            "{spec}"
+        );
+        let set = stateful_set(&cluster, DOMAIN);
+        let pod = pod_spec(&set);
+        assert_eq!(pod.volumes, None, "{spec}");
+        assert_eq!(container(&set).volume_mounts, None, "{spec}");
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().fs_group,
+            None,
+            "{spec}"
+        );
+        assert_eq!(
+            port_names_and_numbers(&client_service(&cluster).spec.unwrap().ports.unwrap()),
+            [("mqtt".to_string(), 1883)],
+            "{spec}"
+        );
+        assert_eq!(mounted_secrets(&cluster), Vec::new(), "{spec}");
+    }
+    assert_eq!(
+        stateful_set(
+            &cluster_with(json!({"tls": {"secretName": "cert"}})),
+            DOMAIN
+        ),
+        stateful_set(&cluster(), DOMAIN)
+    );
+}
+
+#[test]
+fn every_listener_gets_its_flag_container_port_and_service_port() {
+    let cluster = cluster_with(json!({
+        "ports": {"mqtt": 1884},
+        "listeners": {"tls": {"enabled": true}, "websocket": {"enabled": true, "port": 9001},
+                      "websocketTls": {"enabled": true}, "websocketPath": "/ws"},
+        "tls": {"secretName": "mq-cert"}
+    }));
+    let args = broker_args(&cluster, DOMAIN);
+    assert_eq!(
+        flags_starting_with(&args, &LISTENER_FLAGS),
+        [
+            "-l=:1884",
+            "-tl=:8883",
+            "-wl=:9001",
+            "-wsl=:8084",
+            "-wsp=/ws",
+            "-tc=/etc/coolpy7/tls/tls.crt",
+            "-tk=/etc/coolpy7/tls/tls.key",
+        ]
+    );
+    // Between the seeds and the health endpoint, as -l was.
+    assert_eq!(args[3], "-l=:1884");
+    assert!(
+        args.iter()
+            .position(|a| a == "-tk=/etc/coolpy7/tls/tls.key")
+            < args.iter().position(|a| a.starts_with("-hl="))
+    );
+
+    let set = stateful_set(&cluster, DOMAIN);
+    let container_ports: Vec<(String, i32, String)> = container(&set)
+        .ports
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.container_port, p.protocol.unwrap()))
+        .collect();
+    assert_eq!(
+        container_ports,
+        vec![
+            ("mqtt".into(), 1884, "TCP".into()),
+            ("mqtts".into(), 8883, "TCP".into()),
+            ("ws".into(), 9001, "TCP".into()),
+            ("wss".into(), 8084, "TCP".into()),
+            ("gossip".into(), 7946, "UDP".into()),
+            ("sync".into(), 7947, "UDP".into()),
+            ("http".into(), 8081, "TCP".into()),
+        ]
+    );
+    let service_ports = client_service(&cluster).spec.unwrap().ports.unwrap();
+    assert_eq!(
+        port_names_and_numbers(&service_ports),
+        [
+            ("mqtt".to_string(), 1884),
+            ("mqtts".to_string(), 8883),
+            ("ws".to_string(), 9001),
+            ("wss".to_string(), 8084),
+        ]
+    );
+    for port in &service_ports {
+        assert_eq!(port.protocol.as_deref(), Some("TCP"));
+        assert_eq!(
+            port.target_port,
+            Some(IntOrString::String(port.name.clone().unwrap())),
+            "the Service points at the container port of the same name"
+        );
+    }
+    // The headless Service only carries what the pods need to find each other, as before.
+    assert_eq!(
+        port_names_and_numbers(&headless_service(&cluster).spec.unwrap().ports.unwrap()),
+        [
+            ("gossip".to_string(), 7946),
+            ("sync".to_string(), 7947),
+            ("mqtt".to_string(), 1884),
+        ]
+    );
+}
+
+#[test]
+fn the_plain_listener_can_be_turned_off() {
+    let cluster = cluster_with(json!({
+        "listeners": {"mqtt": {"enabled": false}, "tls": {"enabled": true, "port": 8884}},
+        "tls": {"secretName": "mq-cert"}
+    }));
+    let args = broker_args(&cluster, DOMAIN);
+    assert_eq!(
+        flags_starting_with(&args, &["-l=", "-tl="]),
+        ["-l=nil", "-tl=:8884"]
+    );
+    let set = stateful_set(&cluster, DOMAIN);
+    let names: Vec<String> = container(&set)
+        .ports
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name.unwrap())
+        .collect();
+    assert_eq!(names, ["mqtts", "gossip", "sync", "http"]);
+    assert_eq!(
+        port_names_and_numbers(&client_service(&cluster).spec.unwrap().ports.unwrap()),
+        [("mqtts".to_string(), 8884)]
+    );
+    assert_eq!(
+        port_names_and_numbers(&headless_service(&cluster).spec.unwrap().ports.unwrap()),
+        [("gossip".to_string(), 7946), ("sync".to_string(), 7947)],
+        "no mqtt port left pointing at nothing"
+    );
+}
+
+#[test]
+fn websocket_alone_needs_no_certificate() {
+    let cluster = cluster_with(json!({"listeners": {"websocket": {"enabled": true}}}));
+    let args = broker_args(&cluster, DOMAIN);
+    assert_eq!(
+        flags_starting_with(&args, &LISTENER_FLAGS),
+        ["-l=:1883", "-wl=:8083", "-wsp=/mqtt"]
+    );
+    assert_eq!(mounted_secrets(&cluster), Vec::new());
+    assert_eq!(pod_spec(&stateful_set(&cluster, DOMAIN)).volumes, None);
+}
+
+#[test]
+fn certificate_secrets_are_mounted_as_whole_directories() {
+    let cluster = cluster_with(json!({
+        "listeners": {"websocketTls": {"enabled": true}},
+        "tls": {"secretName": "mq-cert", "clientCASecretName": "iot-ca", "clientCAKey": "bundle.pem"}
+    }));
+    let set = stateful_set(&cluster, DOMAIN);
+    let pod = pod_spec(&set);
+    let volumes = pod.volumes.clone().unwrap();
+    let secrets: Vec<(String, String, Option<i32>, Option<bool>)> = volumes
+        .iter()
+        .map(|v| {
+            let secret = v.secret.clone().expect("a secret volume");
+            assert_eq!(
+                secret.items, None,
+                "every key, so the directory follows the Secret"
+            );
+            (
+                v.name.clone(),
+                secret.secret_name.unwrap(),
+                secret.default_mode,
+                secret.optional,
+            )
+        })
+        .collect();
+    assert_eq!(
+        secrets,
+        [
+            ("tls".into(), "mq-cert".into(), Some(0o440), Some(false)),
+            (
+                "client-ca".into(),
+                "iot-ca".into(),
+                Some(0o440),
+                Some(false)
+            ),
+        ]
+    );
+    let mounts = container(&set).volume_mounts.clone().unwrap();
+    let mounts: Vec<(String, String, Option<bool>, Option<String>)> = mounts
+        .into_iter()
+        .map(|m| (m.name, m.mount_path, m.read_only, m.sub_path))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("tls".into(), TLS_DIR.into(), Some(true), None),
+            ("client-ca".into(), CLIENT_CA_DIR.into(), Some(true), None),
+        ],
+        "no subPath: it would never see a renewed certificate"
+    );
+    // Group-readable files, and the broker in that group.
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().fs_group,
+        Some(SECRET_FILES_GROUP)
+    );
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
+    let args = broker_args(&cluster, DOMAIN);
+    assert_eq!(
+        flags_starting_with(&args, &["-tc=", "-tk=", "-tca=", "-tv=", "-tcn="]),
+        [
+            "-tc=/etc/coolpy7/tls/tls.crt",
+            "-tk=/etc/coolpy7/tls/tls.key",
+            "-tca=/etc/coolpy7/client-ca/bundle.pem",
+        ],
+        "verification left to the broker's default: required with a CA"
+    );
+    // What the reconciler checks before it applies the StatefulSet.
+    assert_eq!(
+        mounted_secrets(&cluster),
+        [
+            MountedSecret {
+                secret_name: "mq-cert".into(),
+                keys: vec!["tls.crt".into(), "tls.key".into()],
+                field: "tls.secretName",
+                volume: "tls",
+                dir: TLS_DIR,
+            },
+            MountedSecret {
+                secret_name: "iot-ca".into(),
+                keys: vec!["bundle.pem".into()],
+                field: "tls.clientCASecretName",
+                volume: "client-ca",
+                dir: CLIENT_CA_DIR,
+            },
+        ]
+    );
+}
+
+#[test]
+fn client_certificate_settings_become_flags_when_given() {
+    let with_tls = |tls: serde_json::Value| {
+        let cluster = cluster_with(json!({"listeners": {"tls": {"enabled": true}}, "tls": tls}));
+        let args = broker_args(&cluster, DOMAIN);
+        flags_starting_with(&args, &["-tca=", "-tv=", "-tcn="])
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    // The default key is cert-manager's ca.crt, and the same Secret may hold both.
+    assert_eq!(
+        with_tls(json!({"secretName": "c", "clientCASecretName": "c"})),
+        ["-tca=/etc/coolpy7/client-ca/ca.crt"]
+    );
+    assert_eq!(
+        with_tls(json!({"secretName": "c", "clientCASecretName": "ca",
+                        "verifyClients": "optional", "usernameFromCertificate": "san"})),
+        [
+            "-tca=/etc/coolpy7/client-ca/ca.crt",
+            "-tv=optional",
+            "-tcn=san"
+        ]
+    );
+    assert_eq!(
+        with_tls(json!({"secretName": "c", "clientCASecretName": "ca",
+                        "verifyClients": "required", "usernameFromCertificate": "cn"})),
+        [
+            "-tca=/etc/coolpy7/client-ca/ca.crt",
+            "-tv=required",
+            "-tcn=cn"
+        ]
+    );
+    // Said explicitly, passed explicitly (the broker's default is the same).
+    assert_eq!(
+        with_tls(json!({"secretName": "c", "verifyClients": "none"})),
+        ["-tv=none"]
+    );
+    assert_eq!(
+        with_tls(json!({"secretName": "c", "usernameFromCertificate": "off"})),
+        Vec::<String>::new(),
+        "off is the broker's default"
+    );
+}
+
+#[test]
+fn the_proxy_protocol_is_asked_of_every_enabled_listener() {
+    let pp = |spec: serde_json::Value| {
+        let args = broker_args(&cluster_with(spec), DOMAIN);
+        flags_starting_with(&args, &["-pp="])
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pp(json!({"proxyProtocol": true})), ["-pp=tcp"]);
+    assert_eq!(
+        pp(json!({"proxyProtocol": true, "tls": {"secretName": "c"},
+                  "listeners": {"tls": {"enabled": true}, "websocket": {"enabled": true},
+                                "websocketTls": {"enabled": true}}})),
+        ["-pp=tcp,tls,ws,wss"]
+    );
+    assert_eq!(
+        pp(json!({"proxyProtocol": true, "tls": {"secretName": "c"},
+                  "listeners": {"mqtt": {"enabled": false}, "websocketTls": {"enabled": true}}})),
+        ["-pp=wss"],
+        "only the listeners that are open"
+    );
+    assert_eq!(
+        pp(json!({"proxyProtocol": false, "listeners": {"websocket": {"enabled": true}}})),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn turning_tls_on_changes_the_pod_template() {
+    let plain = stateful_set(&cluster(), DOMAIN);
+    let spec = json!({"listeners": {"tls": {"enabled": true}}, "tls": {"secretName": "cert"}});
+    let tls = stateful_set(&cluster_with(spec), DOMAIN);
+    assert_ne!(
+        plain.spec.as_ref().unwrap().template,
+        tls.spec.as_ref().unwrap().template,
+        "a new listener rolls the pods"
+    );
+}

@@ -635,3 +635,282 @@ fn backoff_doubles_up_to_five_minutes() {
     assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
     assert_eq!(backoff(u32::MAX).as_secs(), 300);
 }
+
+/// Answers the read of Secret `name` with `data` (base64 values), or 404 for None.
+async fn serve_secret(handle: &mut Handle, name: &str, data: Option<Value>) {
+    let get = next(handle).await;
+    assert_eq!(get.method, Method::GET, "{}", get.uri);
+    assert_eq!(get.uri, format!("/api/v1/namespaces/iot/secrets/{name}"));
+    match data {
+        None => get.not_found(),
+        Some(data) => get.reply(
+            200,
+            &json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                    "metadata": {"name": name, "namespace": "iot"}, "data": data}),
+        ),
+    }
+}
+
+fn tls_cluster() -> Coolpy7Cluster {
+    cluster_with(json!({
+        "csk": {"secretName": "k"},
+        "listeners": {"tls": {"enabled": true}, "websocketTls": {"enabled": true}},
+        "tls": {"secretName": "mq-cert", "clientCASecretName": "iot-ca"}
+    }))
+}
+
+#[tokio::test]
+async fn tls_listeners_check_their_secrets_then_mount_them_and_open_their_ports() {
+    let (ctx, mut handle) = context();
+    let cluster = tls_cluster();
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    serve_key(&mut handle, "k", "csk").await;
+    // Read, never written: cert-manager (or the user) owns them.
+    serve_secret(
+        &mut handle,
+        "mq-cert",
+        Some(json!({"tls.crt": "Y2VydA==", "tls.key": "a2V5", "ca.crt": "Y2E="})),
+    )
+    .await;
+    serve_secret(&mut handle, "iot-ca", Some(json!({"ca.crt": "Y2E="}))).await;
+    let bodies = expect_children(&mut handle, None, true).await;
+    let service_ports: Vec<&str> = bodies[1]["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(service_ports, ["mqtt", "mqtts", "wss"]);
+    let pod = &bodies[2]["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "mq-cert");
+    assert_eq!(pod["volumes"][1]["secret"]["secretName"], "iot-ca");
+    assert_eq!(
+        pod["securityContext"]["fsGroup"],
+        children::SECRET_FILES_GROUP
+    );
+    let args = pod["containers"][0]["args"].as_array().unwrap();
+    assert!(
+        args.contains(&json!("-tca=/etc/coolpy7/client-ca/ca.crt")),
+        "{args:?}"
+    );
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(status["status"]["phase"], "Pending");
+    run.await.expect("task").expect("reconcile succeeds");
+    expect_quiet(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_missing_certificate_secret_is_reported_degraded_without_touching_the_children() {
+    let complete = json!({"tls.crt": "Y2VydA==", "tls.key": "a2V5"});
+    for (cert, ca, expected) in [
+        (None, None, "Secret mq-cert (tls.secretName) does not exist"),
+        (
+            Some(json!({"tls.crt": "Y2VydA=="})),
+            None,
+            "Secret mq-cert (tls.secretName) has no \"tls.key\"",
+        ),
+        (
+            Some(json!({"tls.crt": "", "tls.key": ""})),
+            None,
+            "has no \"tls.crt\" or \"tls.key\"",
+        ),
+        (
+            Some(complete.clone()),
+            Some(None),
+            "Secret iot-ca (tls.clientCASecretName) does not exist",
+        ),
+        (
+            Some(complete.clone()),
+            Some(Some(json!({"ca.pem": "Y2E="}))),
+            "Secret iot-ca (tls.clientCASecretName) has no \"ca.crt\"",
+        ),
+    ] {
+        let (ctx, mut handle) = context();
+        let cluster = tls_cluster();
+        let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+        serve_key(&mut handle, "k", "csk").await;
+        let cert_exists = cert.is_some();
+        serve_secret(&mut handle, "mq-cert", cert).await;
+        if let Some(ca) = ca {
+            assert!(cert_exists);
+            serve_secret(&mut handle, "iot-ca", ca).await;
+        }
+        let event = expect_event(&mut handle, "TlsSecretMissing").await;
+        assert!(
+            event["note"].as_str().unwrap().contains(expected),
+            "{event}"
+        );
+        let status = expect_status(&mut handle, &cluster).await;
+        assert_eq!(status["status"]["phase"], "Degraded");
+        let degraded = status["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Degraded")
+            .unwrap()
+            .clone();
+        assert_eq!(degraded["status"], "True");
+        assert!(
+            degraded["message"].as_str().unwrap().contains(expected),
+            "{degraded}"
+        );
+        // Looked at again soon: cert-manager may be about to issue it.
+        assert_eq!(
+            run.await.expect("task").expect("handled"),
+            Action::requeue(KEY_RETRY)
+        );
+        expect_quiet(&mut handle).await;
+    }
+}
+
+#[test]
+fn listener_and_tls_problems() {
+    let problem = |spec: Value| spec_problem(&cluster_with(spec));
+    let tls = json!({"secretName": "c"});
+    assert_eq!(
+        problem(
+            json!({"listeners": {"tls": {"enabled": true}, "websocket": {"enabled": true},
+                                     "websocketTls": {"enabled": true}}, "tls": tls})
+        ),
+        None
+    );
+    assert!(problem(json!({"listeners": {"mqtt": {"enabled": false}}}))
+        .unwrap()
+        .contains("enable at least one"));
+    for listener in ["tls", "websocketTls"] {
+        for tls in [json!(null), json!({}), json!({"clientCASecretName": "ca"})] {
+            assert!(
+                problem(json!({"listeners": {listener: {"enabled": true}}, "tls": tls}))
+                    .unwrap()
+                    .contains("need tls.secretName"),
+                "{listener} {tls}"
+            );
+        }
+    }
+    // Ports: among the enabled listeners, and against the cluster's own.
+    assert!(
+        problem(json!({"listeners": {"websocket": {"enabled": true, "port": 1883}}}))
+            .unwrap()
+            .contains("ports.mqtt and listeners.websocket.port are both 1883")
+    );
+    assert!(
+        problem(json!({"listeners": {"tls": {"enabled": true, "port": 7946}}, "tls": tls}))
+            .unwrap()
+            .contains("ports.gossip and listeners.tls.port")
+    );
+    assert!(problem(json!({"listeners": {"websocket": {"enabled": true},
+                                         "websocketTls": {"enabled": true, "port": 8083}},
+                           "tls": tls}))
+    .unwrap()
+    .contains("listeners.websocket.port and listeners.websocketTls.port"));
+    // A disabled listener's port is not opened.
+    assert_eq!(
+        problem(json!({"listeners": {"websocket": {"port": 1883}}})),
+        None
+    );
+    assert_eq!(
+        problem(json!({"listeners": {"mqtt": {"enabled": false},
+                                     "websocket": {"enabled": true, "port": 1883}}})),
+        None,
+        "the plain port is free when its listener is off"
+    );
+    // Client certificates.
+    let with_tls =
+        |tls: Value| problem(json!({"listeners": {"tls": {"enabled": true}}, "tls": tls}));
+    for verify in ["optional", "required"] {
+        assert!(
+            with_tls(json!({"secretName": "c", "verifyClients": verify}))
+                .unwrap()
+                .contains("needs tls.clientCASecretName")
+        );
+        assert_eq!(
+            with_tls(json!({"secretName": "c", "verifyClients": verify,
+                            "clientCASecretName": "ca"})),
+            None
+        );
+    }
+    assert_eq!(
+        with_tls(json!({"secretName": "c", "verifyClients": "none"})),
+        None
+    );
+    for username in ["cn", "san"] {
+        assert_eq!(
+            with_tls(json!({"secretName": "c", "clientCASecretName": "ca",
+                            "usernameFromCertificate": username})),
+            None
+        );
+        for tls in [
+            json!({"secretName": "c", "usernameFromCertificate": username}),
+            json!({"secretName": "c", "clientCASecretName": "ca", "verifyClients": "none",
+                   "usernameFromCertificate": username}),
+        ] {
+            assert!(
+                with_tls(tls.clone())
+                    .unwrap()
+                    .contains("usernameFromCertificate needs client certificates"),
+                "{tls}"
+            );
+        }
+    }
+    // The operator's listener flags and files are its own; the settings may be overridden.
+    for arg in [
+        "-tl=:9883",
+        "-wl=:1",
+        "--wsl=:2",
+        "-tc=/x",
+        "-tk=/y",
+        "-tca=/z",
+    ] {
+        assert!(problem(json!({"args": [arg]})).is_some(), "{arg}");
+    }
+    assert_eq!(
+        problem(json!({"args": ["-tv=optional", "-tcn=cn", "-pp=tcp", "-wsp=/x", "-tri=10"]})),
+        None
+    );
+}
+
+#[test]
+fn endpoints_name_every_enabled_listener() {
+    let cluster = cluster_with(json!({
+        "listeners": {"tls": {"enabled": true}, "websocket": {"enabled": true},
+                      "websocketTls": {"enabled": true}, "websocketPath": "/ws"},
+        "tls": {"secretName": "c"}
+    }));
+    let mut service = children::client_service(&cluster);
+    service.status = Some(
+        serde_json::from_value(json!({"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.7"}, {"hostname": "mq.example.org"}, {"ip": "2001:db8::7"}
+        ]}}))
+        .expect("a ServiceStatus"),
+    );
+    let set = children::stateful_set(&cluster, "cluster.local");
+    let status = observed_status(&cluster, &set, &service, "cluster.local");
+    assert_eq!(
+        status.endpoints,
+        [
+            "203.0.113.7:1883",
+            "mqtts://203.0.113.7:8883",
+            "ws://203.0.113.7:8083/ws",
+            "wss://203.0.113.7:8084/ws",
+            "mq.example.org:1883",
+            "mqtts://mq.example.org:8883",
+            "ws://mq.example.org:8083/ws",
+            "wss://mq.example.org:8084/ws",
+            "2001:db8::7:1883",
+            "mqtts://[2001:db8::7]:8883",
+            "ws://[2001:db8::7]:8083/ws",
+            "wss://[2001:db8::7]:8084/ws",
+        ]
+    );
+    // Without other listeners, as before.
+    let plain = cluster_with(json!({}));
+    let status = observed_status(&plain, &set, &service, "cluster.local");
+    assert_eq!(
+        status.endpoints,
+        [
+            "203.0.113.7:1883",
+            "mq.example.org:1883",
+            "2001:db8::7:1883"
+        ]
+    );
+}
