@@ -19,6 +19,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_LOG: usize = 8 * 1024 * 1024;
 
 const MQTT_MARKER: &str = "MQTT listener on tcp ";
+/// Every MQTT listener's line: `MQTT listener on <tcp|tls|ws|wss> <address>`.
+const ANY_LISTENER_MARKER: &str = "MQTT listener on ";
 const HTTP_MARKER: &str = "HTTP listener on http://";
 
 /// A running broker. The process is killed (and reaped) when this is dropped; if the test is
@@ -80,6 +82,14 @@ fn strip_ansi(line: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// The address of whichever MQTT listener `line` announces.
+fn any_listener_address(line: &str) -> Option<SocketAddr> {
+    let line = strip_ansi(line);
+    let start = line.find(ANY_LISTENER_MARKER)? + ANY_LISTENER_MARKER.len();
+    let (_kind, rest) = line[start..].split_once(' ')?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// The address printed after `marker` in `line`, if any (ANSI colours are ignored).
@@ -325,7 +335,8 @@ impl Broker {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {
-                    mqtt = mqtt.or_else(|| address_after(&line, MQTT_MARKER));
+                    // The plain listener when it is on (logged first), else the first other.
+                    mqtt = mqtt.or_else(|| any_listener_address(&line));
                     http = http.or_else(|| address_after(&line, HTTP_MARKER));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -375,6 +386,24 @@ impl Broker {
     /// Whether the HTTP API is on (it is unless started with `-hl nil`).
     pub fn http_enabled(&self) -> bool {
         self.http.is_some()
+    }
+
+    /// The address of the MQTT listener of `kind` (tcp, tls, ws, wss), waiting (bounded) for its
+    /// log line.
+    pub fn listener_addr(&self, kind: &str) -> SocketAddr {
+        let marker = format!("{ANY_LISTENER_MARKER}{kind} ");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(addr) = self.logged_address(&marker) {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} listener logged within {START_TIMEOUT:?}; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The address printed after `marker` in the first log line that has one, e.g.

@@ -21,6 +21,7 @@ pub mod http;
 pub mod packets;
 pub mod packets5;
 pub mod raw;
+pub mod transport;
 
 pub use broker::Broker;
 pub use client::{qos, TestClient};

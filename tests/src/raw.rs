@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
 use crate::packets::{self, Connect, DecodeError, Packet, Publish};
@@ -70,8 +70,14 @@ pub enum RecvError {
     Invalid(String),
 }
 
+/// What a raw client talks over: TCP, or the test's own TLS or WebSocket client on top of it
+/// (see [`crate::transport`]).
+pub trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientStream for T {}
+
 pub struct RawClient<C: Codec = V3> {
-    stream: TcpStream,
+    stream: Box<dyn ClientStream>,
     addr: SocketAddr,
     buf: Vec<u8>,
     held: VecDeque<C::Packet>,
@@ -115,6 +121,21 @@ impl RawClient {
                 "expected CONNACK 0 for client id {:?}, got {other:?}",
                 String::from_utf8_lossy(&connect.client_id)
             ),
+        }
+    }
+
+    /// Sends a 3.1.1 CONNECT for `client_id` over an established stream (TLS, WebSocket) and
+    /// asserts CONNACK 0.
+    pub async fn connect_over(
+        stream: Box<dyn ClientStream>,
+        addr: SocketAddr,
+        client_id: &str,
+    ) -> RawClient {
+        let mut client = RawClient::over(stream, addr);
+        client.send(&Connect::v311(client_id).encode()).await;
+        match client.recv(TIMEOUT).await {
+            Packet::ConnAck { code: 0, .. } => client,
+            other => panic!("expected CONNACK 0 for {client_id:?}, got {other:?}"),
         }
     }
 
@@ -208,6 +229,11 @@ impl<C: Codec> RawClient<C> {
             Err(_) => panic!("TCP connect to broker at {addr} timed out"),
         };
         stream.set_nodelay(true).expect("set_nodelay");
+        RawClient::over(Box::new(stream), addr)
+    }
+
+    /// A client over an established stream (TLS, WebSocket) to the broker at `addr`.
+    pub fn over(stream: Box<dyn ClientStream>, addr: SocketAddr) -> RawClient<C> {
         RawClient {
             stream,
             addr,
