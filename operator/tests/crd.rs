@@ -138,3 +138,211 @@ fn the_mqtt5_limits_are_optional_and_bounded_as_the_broker_flags_are() {
         "only the three MQTT 5 limits and two features are typed: {names:?}"
     );
 }
+
+fn spec_schema(crd: &serde_json::Value) -> &serde_json::Value {
+    &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+}
+
+#[test]
+fn listeners_default_to_plain_mqtt_with_the_others_off_on_their_usual_ports() {
+    let crd = serde_json::to_value(Coolpy7Cluster::crd()).expect("JSON");
+    let props = &spec_schema(&crd)["properties"];
+    let listeners = &props["listeners"];
+    assert_eq!(
+        listeners["default"],
+        serde_json::json!({
+            "mqtt": {"enabled": true},
+            "tls": {"enabled": false, "port": 8883},
+            "websocket": {"enabled": false, "port": 8083},
+            "websocketTls": {"enabled": false, "port": 8084},
+            "websocketPath": "/mqtt"
+        })
+    );
+    // Each listener's own schema fills in its own port when only `enabled` is given.
+    for (listener, port) in [("tls", 8883), ("websocket", 8083), ("websocketTls", 8084)] {
+        let fields = &listeners["properties"][listener]["properties"];
+        assert_eq!(fields["enabled"]["default"], false, "{listener}");
+        assert_eq!(fields["port"]["default"], port, "{listener}");
+        assert_eq!(fields["port"]["minimum"].as_f64(), Some(1.0), "{listener}");
+        assert_eq!(
+            fields["port"]["maximum"].as_f64(),
+            Some(65535.0),
+            "{listener}"
+        );
+    }
+    assert_eq!(
+        listeners["properties"]["mqtt"]["properties"]["enabled"]["default"],
+        true
+    );
+    assert!(
+        listeners["properties"]["mqtt"]["properties"]
+            .get("port")
+            .is_none(),
+        "the plain port stays ports.mqtt"
+    );
+    assert_eq!(props["proxyProtocol"]["default"], false);
+
+    let tls = &props["tls"];
+    assert!(tls.get("default").is_none(), "no TLS unless asked for");
+    let fields = &tls["properties"];
+    assert_eq!(fields["clientCAKey"]["default"], "ca.crt");
+    assert!(fields["secretName"].get("default").is_none());
+    assert!(
+        fields["verifyClients"].get("default").is_none(),
+        "left out, the broker decides from whether there is a CA"
+    );
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(
+        strings(&fields["verifyClients"]["enum"]),
+        ["none", "optional", "required"]
+    );
+    assert_eq!(fields["usernameFromCertificate"]["default"], "off");
+    assert_eq!(
+        strings(&fields["usernameFromCertificate"]["enum"]),
+        ["off", "cn", "san"]
+    );
+}
+
+/// A Coolpy7Cluster with `spec`, as a client sends it (the validator applies the defaults).
+fn object(spec: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "coolpy7.io/v1alpha1", "kind": "Coolpy7Cluster",
+                       "metadata": {"name": "mq", "namespace": "iot"}, "spec": spec})
+}
+
+/// The CEL rules' failure messages for `spec`, after the schema's defaults, as the API server
+/// evaluates them.
+fn cel_failures(spec: serde_json::Value) -> Vec<String> {
+    let crd = serde_json::to_value(Coolpy7Cluster::crd()).expect("JSON");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    match kube::core::cel::Validator::new().validate(schema, &object(spec), None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .into_vec()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect(),
+    }
+}
+
+#[test]
+fn every_cel_rule_compiles() {
+    let crd = serde_json::to_value(Coolpy7Cluster::crd()).expect("JSON");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let compiled = kube::core::cel::compile_schema(schema);
+    let errors: Vec<String> = compiled
+        .compilation_errors()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(errors, Vec::<String>::new());
+    let rules = serde_json::to_string(schema)
+        .expect("JSON")
+        .matches("\"rule\":")
+        .count();
+    assert_eq!(rules, 9, "the budget's, the TLS ones and the listeners'");
+}
+
+#[test]
+fn the_cel_rules_accept_specs_that_work() {
+    for spec in [
+        serde_json::json!({}),
+        serde_json::json!({"listeners": {"websocket": {"enabled": true}}}),
+        serde_json::json!({"listeners": {"tls": {"enabled": true}}, "tls": {"secretName": "c"}}),
+        serde_json::json!({
+            "ports": {"mqtt": 1884},
+            "listeners": {"mqtt": {"enabled": true}, "tls": {"enabled": true},
+                          "websocket": {"enabled": true}, "websocketTls": {"enabled": true}},
+            "tls": {"secretName": "c", "clientCASecretName": "ca", "verifyClients": "optional",
+                    "usernameFromCertificate": "san"},
+            "proxyProtocol": true
+        }),
+        // TLS only, on the plain port's number.
+        serde_json::json!({"listeners": {"mqtt": {"enabled": false},
+                                         "websocketTls": {"enabled": true, "port": 1883}},
+                           "tls": {"secretName": "c", "clientCASecretName": "ca",
+                                   "usernameFromCertificate": "cn"}}),
+        // A disabled listener's port is not checked.
+        serde_json::json!({"listeners": {"tls": {"port": 1883}}}),
+        // TLS settings are allowed (and unused) without a TLS listener.
+        serde_json::json!({"tls": {"secretName": "c", "verifyClients": "none"}}),
+    ] {
+        assert_eq!(cel_failures(spec.clone()), Vec::<String>::new(), "{spec}");
+    }
+}
+
+#[test]
+fn the_cel_rules_refuse_specs_the_broker_would_refuse() {
+    let tls = serde_json::json!({"secretName": "c"});
+    for (spec, expected) in [
+        (
+            serde_json::json!({"listeners": {"tls": {"enabled": true}}}),
+            vec!["listeners.tls and listeners.websocketTls need tls.secretName"],
+        ),
+        (
+            serde_json::json!({"listeners": {"websocketTls": {"enabled": true}},
+                               "tls": {"clientCASecretName": "ca"}}),
+            vec!["listeners.tls and listeners.websocketTls need tls.secretName"],
+        ),
+        (
+            serde_json::json!({"listeners": {"mqtt": {"enabled": false}}}),
+            vec!["enable at least one listener"],
+        ),
+        (
+            serde_json::json!({"listeners": {"tls": {"enabled": true}},
+                               "tls": {"secretName": "c", "verifyClients": "required"}}),
+            vec!["verifyClients optional or required needs clientCASecretName"],
+        ),
+        (
+            serde_json::json!({"tls": {"secretName": "c", "verifyClients": "optional",
+                                       "usernameFromCertificate": "cn"}}),
+            vec![
+                "verifyClients optional or required needs clientCASecretName",
+                "usernameFromCertificate needs client certificates",
+            ],
+        ),
+        (
+            serde_json::json!({"tls": {"secretName": "c", "clientCASecretName": "ca",
+                                       "verifyClients": "none", "usernameFromCertificate": "san"}}),
+            vec!["usernameFromCertificate needs client certificates"],
+        ),
+        // Two enabled listeners on one port: both are named.
+        (
+            serde_json::json!({"listeners": {"websocket": {"enabled": true, "port": 1883}}}),
+            vec![
+                "ports.mqtt is already in use",
+                "listeners.websocket.port is already in use",
+            ],
+        ),
+        (
+            serde_json::json!({"listeners": {"tls": {"enabled": true},
+                                             "websocketTls": {"enabled": true, "port": 8883}},
+                               "tls": tls}),
+            vec![
+                "listeners.tls.port is already in use",
+                "listeners.websocketTls.port is already in use",
+            ],
+        ),
+        // A listener on the cluster's own ports.
+        (
+            serde_json::json!({"listeners": {"websocket": {"enabled": true, "port": 7947}}}),
+            vec!["listeners.websocket.port is already in use"],
+        ),
+        (
+            serde_json::json!({"ports": {"http": 8883},
+                               "listeners": {"tls": {"enabled": true}}, "tls": tls}),
+            vec!["listeners.tls.port is already in use"],
+        ),
+    ] {
+        let failures = cel_failures(spec.clone());
+        assert_eq!(failures.len(), expected.len(), "{spec}: {failures:?}");
+        for (failure, expected) in failures.iter().zip(&expected) {
+            assert!(failure.contains(expected), "{spec}: {failures:?}");
+        }
+    }
+}
