@@ -56,12 +56,45 @@ def crd_schema():
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
+# The part of cert-manager's Certificate (cert-manager.io/v1) the chart writes, strictly:
+# kubernetes-validate knows only Kubernetes' own kinds.
+CERTIFICATE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["secretName", "issuerRef"],
+            "properties": {
+                "secretName": {"type": "string", "minLength": 1},
+                "dnsNames": {"type": "array", "minItems": 1,
+                             "items": {"type": "string", "minLength": 1}},
+                "duration": {"type": "string", "pattern": "^[0-9]+(h|m|s)"},
+                "renewBefore": {"type": "string", "pattern": "^[0-9]+(h|m|s)"},
+                "privateKey": {"type": "object", "additionalProperties": False,
+                               "properties": {"rotationPolicy": {"enum": ["Never", "Always"]}}},
+                "issuerRef": {"type": "object", "additionalProperties": False,
+                              "required": ["name"],
+                              "properties": {"name": {"type": "string", "minLength": 1},
+                                             "kind": {"type": "string", "minLength": 1},
+                                             "group": {"type": "string", "minLength": 1}}},
+            },
+        },
+    },
+}
+
+
 def validate(objects):
     schema = crd_schema()
     for (kind, name), doc in objects.items():
         if kind == "Coolpy7Cluster":
             # The CRD's structural schema, as the API server would apply it.
             jsonschema.validate(doc, schema)
+        elif kind == "Certificate":
+            jsonschema.validate(doc, CERTIFICATE_SCHEMA)
         else:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -97,6 +130,12 @@ def check_defaults():
     assert spec["podDisruptionBudget"] == {"enabled": True, "maxUnavailable": 1}
     assert spec["ports"] == {"mqtt": 1883, "gossip": 7946, "sync": 7947, "http": 8081}
     assert "mqtt" not in spec, "the brokers keep their own MQTT 5 defaults"
+    # Plain MQTT only, as the CRD's defaults say; no TLS, no Certificate.
+    assert spec["listeners"] == DEFAULT_LISTENERS, spec["listeners"]
+    assert spec["listeners"] == crd_schema()["properties"]["spec"]["properties"]["listeners"][
+        "default"], "the chart's defaults are the CRD's"
+    assert "tls" not in spec, spec.get("tls")
+    assert spec["proxyProtocol"] is False
 
     deployment = only(objects, "Deployment")
     pod = deployment["spec"]["template"]
@@ -125,6 +164,152 @@ def check_defaults():
         assert labels["app.kubernetes.io/managed-by"] == "Helm", doc["metadata"]
         assert labels["helm.sh/chart"] == "coolpy7-0.1.0"
     assert "mosquitto_sub" in notes and "loadBalancer" in notes, notes
+
+
+DEFAULT_LISTENERS = {"mqtt": {"enabled": True},
+                     "tls": {"enabled": False, "port": 8883},
+                     "websocket": {"enabled": False, "port": 8083},
+                     "websocketTls": {"enabled": False, "port": 8084},
+                     "websocketPath": "/mqtt"}
+
+
+def check_tls_is_off_by_default():
+    for values in ({}, {"cluster": {"tls": {"secretName": "my-cert"}}},
+                   {"cluster": {"listeners": {"websocket": {"enabled": True}}}}):
+        objects, notes = render(values)
+        validate(objects)
+        assert not [k for k in objects if k[0] == "Certificate"], (values, list(objects))
+        assert "mqtts" not in notes and "cert-manager" not in notes, notes
+    # A certificate Secret alone is passed on (the operator leaves it unused without a TLS
+    # listener); no Certificate without an issuer.
+    objects, _ = render({"cluster": {"tls": {"secretName": "my-cert"}}})
+    assert only(objects, "Coolpy7Cluster")["spec"]["tls"] == {
+        "secretName": "my-cert", "usernameFromCertificate": "off"}
+    objects, notes = render({"cluster": {"listeners": {"websocket": {"enabled": True}}}})
+    spec = only(objects, "Coolpy7Cluster")["spec"]
+    assert spec["listeners"]["websocket"] == {"enabled": True, "port": 8083}
+    assert "tls" not in spec, "WebSocket needs no certificate"
+    assert "ws://$MQTT_HOST:8083/mqtt" in notes, notes
+
+
+def check_listeners_and_tls_become_the_cluster_spec():
+    objects, notes = render({"cluster": {
+        "ports": {"mqtt": 1884},
+        "listeners": {"mqtt": {"enabled": False}, "tls": {"enabled": True, "port": 8884},
+                      "websocket": {"enabled": True}, "websocketTls": {"enabled": True},
+                      "websocketPath": "/ws"},
+        "tls": {"secretName": "mq-cert", "clientCASecretName": "iot-ca",
+                "clientCAKey": "bundle.pem", "verifyClients": "optional",
+                "usernameFromCertificate": "cn"},
+        "proxyProtocol": True,
+    }})
+    validate(objects)
+    assert not [k for k in objects if k[0] == "Certificate"], "no issuer, no Certificate"
+    spec = only(objects, "Coolpy7Cluster")["spec"]
+    assert spec["listeners"] == {"mqtt": {"enabled": False},
+                                 "tls": {"enabled": True, "port": 8884},
+                                 "websocket": {"enabled": True, "port": 8083},
+                                 "websocketTls": {"enabled": True, "port": 8084},
+                                 "websocketPath": "/ws"}, spec["listeners"]
+    assert spec["tls"] == {"secretName": "mq-cert", "clientCASecretName": "iot-ca",
+                           "clientCAKey": "bundle.pem", "verifyClients": "optional",
+                           "usernameFromCertificate": "cn"}, spec["tls"]
+    assert spec["proxyProtocol"] is True
+    assert "-p 1884" not in notes, "no plain MQTT to connect to"
+    assert "-p 8884 --cafile ca.crt --cert client.crt --key client.key" in notes, notes
+    assert "ws://$MQTT_HOST:8083/ws" in notes and "wss://$MQTT_HOST:8084/ws" in notes, notes
+    assert "PROXY protocol" in notes, notes
+
+    # A values file's bare off is YAML 1.1's false: read as off.
+    objects, _ = render({"cluster": {"tls": {"secretName": "c",
+                                             "usernameFromCertificate": False}}})
+    assert only(objects, "Coolpy7Cluster")["spec"]["tls"]["usernameFromCertificate"] == "off"
+
+    objects, notes = render({"cluster": {"service": {"type": "ClusterIP"},
+                                         "listeners": {"tls": {"enabled": True}},
+                                         "tls": {"secretName": "c"}}})
+    assert "mqtts://coolpy7.mqtt.svc:8883" in notes, notes
+    assert "port-forward svc/coolpy7 -n mqtt 1883 8883" in notes, notes
+
+
+def check_cert_manager_certificate():
+    """Rendered only with an issuer; the cluster then uses the Secret it writes."""
+    objects, notes = render({"cluster": {
+        "listeners": {"tls": {"enabled": True}, "websocketTls": {"enabled": True}},
+        "tls": {"certManager": {"issuerRef": {"name": "iot-ca-issuer"}}},
+    }})
+    validate(objects)
+    certificate = only(objects, "Certificate")
+    assert certificate["metadata"]["name"] == "coolpy7"
+    assert certificate["metadata"]["namespace"] == NAMESPACE
+    assert certificate["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    assert certificate["spec"] == {
+        "secretName": "coolpy7-tls",
+        "dnsNames": ["coolpy7", "coolpy7.mqtt", "coolpy7.mqtt.svc",
+                     "coolpy7.mqtt.svc.cluster.local"],
+        "privateKey": {"rotationPolicy": "Always"},
+        "issuerRef": {"name": "iot-ca-issuer", "kind": "Issuer", "group": "cert-manager.io"},
+    }, certificate["spec"]
+    spec = only(objects, "Coolpy7Cluster")["spec"]
+    assert spec["tls"] == {"secretName": "coolpy7-tls", "usernameFromCertificate": "off"}
+    assert "Secret coolpy7-tls" in notes and "TlsSecretMissing" in notes, notes
+
+    # Everything given: the user's Secret name, names, lifetimes, a ClusterIssuer, a cluster
+    # name and domain of their own.
+    objects, _ = render({"cluster": {
+        "name": "mq",
+        "listeners": {"tls": {"enabled": True}},
+        "tls": {"secretName": "mq-cert", "clientCASecretName": "mq-cert",
+                "certManager": {"issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer"},
+                                "dnsNames": ["mqtt.example.org"],
+                                "duration": "2160h", "renewBefore": "360h"}},
+    }, "operator": {"clusterDomain": "example.local"}})
+    validate(objects)
+    certificate = only(objects, "Certificate")["spec"]
+    assert certificate["secretName"] == "mq-cert"
+    assert certificate["dnsNames"] == ["mqtt.example.org"]
+    assert (certificate["duration"], certificate["renewBefore"]) == ("2160h", "360h")
+    assert certificate["issuerRef"]["kind"] == "ClusterIssuer"
+    spec = only(objects, "Coolpy7Cluster")["spec"]
+    assert spec["tls"] == {"secretName": "mq-cert", "clientCASecretName": "mq-cert",
+                           "clientCAKey": "ca.crt", "usernameFromCertificate": "off"}
+
+    objects, _ = render({"cluster": {
+        "name": "mq", "tls": {"certManager": {"issuerRef": {"name": "x"}}}},
+        "operator": {"clusterDomain": "example.local"}})
+    assert only(objects, "Certificate")["spec"]["dnsNames"][-1] == "mq.mqtt.svc.example.local"
+
+    # No cluster, no Certificate.
+    objects, _ = render({"cluster": {"enabled": False,
+                                     "tls": {"certManager": {"issuerRef": {"name": "x"}}}}})
+    assert not [k for k in objects if k[0] == "Certificate"]
+
+
+def check_the_crd_bounds_the_listeners_and_tls():
+    """What the schema says without CEL (the CEL rules are evaluated by operator/tests/crd.rs)."""
+    schema = crd_schema()
+
+    def cluster(spec):
+        return {"apiVersion": "coolpy7.io/v1alpha1", "kind": "Coolpy7Cluster",
+                "metadata": {"name": "c", "namespace": NAMESPACE}, "spec": spec}
+
+    jsonschema.validate(cluster({"listeners": DEFAULT_LISTENERS,
+                                 "tls": {"secretName": "c", "usernameFromCertificate": "off"}}),
+                        schema)
+    for spec in ({"listeners": {"tls": {"port": 0}}},
+                 {"listeners": {"websocketTls": {"port": 65536}}},
+                 {"listeners": {"websocket": {"enabled": "yes"}}},
+                 {"listeners": {"websocketPath": "mqtt"}},
+                 {"tls": {"verifyClients": "always"}},
+                 {"tls": {"usernameFromCertificate": False}},
+                 {"tls": {"clientCAKey": "../ca.crt"}},
+                 {"proxyProtocol": "true"}):
+        try:
+            jsonschema.validate(cluster(spec), schema)
+        except jsonschema.ValidationError:
+            pass
+        else:
+            raise AssertionError(f"the CRD accepted {spec}")
 
 
 def check_rbac_matches_the_manifests():
@@ -279,6 +464,26 @@ def check_wrong_values_are_refused():
             message = expect_refused({"cluster": {"mqtt": {field: value}}},
                                      f"mqtt.{field} is true or false")
             assert field in message, message
+    for listener in ("tls", "websocketTls"):
+        message = expect_refused({"cluster": {"listeners": {listener: {"enabled": True}}}},
+                                 "a TLS listener needs a certificate")
+        assert "cluster.tls.secretName" in message and "issuerRef" in message, message
+    message = expect_refused({"cluster": {"listeners": {"mqtt": {"enabled": False}}}},
+                             "at least one listener")
+    assert "at least one listener" in message, message
+    for verify in ("optional", "required"):
+        message = expect_refused({"cluster": {"tls": {"secretName": "c",
+                                                      "verifyClients": verify}}},
+                                 "client verification needs a CA")
+        assert "clientCASecretName" in message, message
+    expect_refused({"cluster": {"listeners": {"tls": {"port": 0}}}}, "ports are 1..65535")
+    expect_refused({"cluster": {"listeners": {"websocketPath": "mqtt"}}}, "a path starts with /")
+    expect_refused({"cluster": {"listeners": {"quic": {"enabled": True}}}}, "unknown listener")
+    expect_refused({"cluster": {"tls": {"verifyClients": "always"}}}, "none/optional/required")
+    expect_refused({"cluster": {"tls": {"usernameFromCertificate": "email"}}}, "off/cn/san")
+    expect_refused({"cluster": {"tls": {"certManager": {"issuerRef": {"kind": ""}}}}},
+                   "an issuer has a kind")
+    expect_refused({"cluster": {"proxyProtocol": "yes"}}, "proxyProtocol is a boolean")
     message = expect_refused({"cluster": {"podDisruptionBudget": {"minAvailable": 1,
                                                                   "maxUnavailable": 2}}},
                              "minAvailable or maxUnavailable, not both")
@@ -289,7 +494,9 @@ def main():
     checks = [check_lint, check_defaults, check_rbac_matches_the_manifests, check_operator_only,
               check_cluster_only, check_cluster_scoped_names_carry_the_namespace,
               check_variations, check_wrong_values_are_refused,
-              check_the_crd_bounds_the_mqtt5_limits]
+              check_the_crd_bounds_the_mqtt5_limits, check_tls_is_off_by_default,
+              check_listeners_and_tls_become_the_cluster_spec, check_cert_manager_certificate,
+              check_the_crd_bounds_the_listeners_and_tls]
     for check in checks:
         check()
         print(f"ok {check.__name__}")

@@ -32,6 +32,10 @@ fn the_helm_chart_lints_renders_and_validates() {
         "check_variations",
         "check_wrong_values_are_refused",
         "check_the_crd_bounds_the_mqtt5_limits",
+        "check_tls_is_off_by_default",
+        "check_listeners_and_tls_become_the_cluster_spec",
+        "check_cert_manager_certificate",
+        "check_the_crd_bounds_the_listeners_and_tls",
     ] {
         assert!(
             stdout.contains(&format!("ok {check}")),

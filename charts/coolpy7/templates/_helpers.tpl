@@ -51,3 +51,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "coolpy7.operatorImage" -}}
 {{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) -}}
 {{- end -}}
+
+{{/* The Secret holding the brokers' certificate: cluster.tls.secretName, else the one the
+cert-manager Certificate writes (<cluster name>-tls), else none. */}}
+{{- define "coolpy7.tlsSecretName" -}}
+{{- $tls := .Values.cluster.tls -}}
+{{- if $tls.secretName -}}
+{{- $tls.secretName -}}
+{{- else if $tls.certManager.issuerRef.name -}}
+{{- printf "%s-tls" (include "coolpy7.clusterName" .) -}}
+{{- end -}}
+{{- end -}}
