@@ -136,11 +136,7 @@ impl TlsStream {
 
     /// Reads records from the socket into rustls.
     fn read_records(&mut self) -> io::Result<usize> {
-        let mut io = Io {
-            layer: &self.tcp,
-            blocked_on_write: false,
-        };
-        self.tls.read_tls(&mut io)
+        self.tls.read_tls(&mut Socket(&self.tcp))
     }
 
     /// Decrypts the records read; on a TLS error the alert rustls queued is sent (best effort).
@@ -164,24 +160,25 @@ impl TlsStream {
     }
 }
 
-impl Layer for &TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
+/// The socket as rustls reads and writes it once the session is set up: non-blocking, through
+/// the runtime's readiness (`WouldBlock` clears it, so the loop waits for the next event).
+struct Socket<'a>(&'a TcpStream);
+
+impl io::Read for Socket<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
     }
-    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        TcpStream::try_read(self, buf)
+}
+
+impl io::Write for Socket<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
     }
-    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        TcpStream::try_write(self, buf)
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-    fn has_pending_output(&self) -> bool {
-        false
-    }
-    fn has_buffered_input(&self) -> bool {
-        false
     }
 }
 
@@ -236,12 +233,8 @@ impl Layer for TlsStream {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let mut io = Io {
-            layer: &self.tcp,
-            blocked_on_write: false,
-        };
         while self.tls.wants_write() {
-            if self.tls.write_tls(&mut io)? == 0 {
+            if self.tls.write_tls(&mut Socket(&self.tcp))? == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
         }
