@@ -103,6 +103,15 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopping) = watch::channel(false);
 
+    // SIGHUP means "reload" to a daemon (the TLS files here); taken before anything listens, so
+    // that from the first connection on it can never end the process, its default action.
+    let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            warn!(%error, "cannot take SIGHUP; TLS files are still checked every -tri seconds");
+            None
+        }
+    };
     // Loaded before anything listens: a certificate that does not load stops the start.
     let certificates = match config.tls.clone() {
         Some(settings) => Some(Arc::new(
@@ -208,8 +217,14 @@ pub async fn run(
     };
     tokio::spawn(expire_sessions(broker.clone(), stopping.clone()));
     let (done, mut all_done) = mpsc::channel::<()>(1);
-    if let Some(store) = certificates {
-        tokio::spawn(certificates::watch_files(store, stopping.clone()));
+    match (certificates, hangups) {
+        (Some(store), hangups) => {
+            tokio::spawn(certificates::watch_files(store, hangups, stopping.clone()));
+        }
+        (None, Some(hangups)) => {
+            tokio::spawn(certificates::ignore_hangups(hangups, stopping.clone()));
+        }
+        (None, None) => {}
     }
     let sockets = Slots::new(plan.mqtt_sockets, broker.metrics.mqtt_sockets.clone());
     let accepting: Vec<_> = listeners

@@ -388,6 +388,27 @@ impl Broker {
         self.http.is_some()
     }
 
+    /// The first log line that contains every one of `parts`, waiting (at most `timeout`) for
+    /// it: the log is read from the broker's pipes by another thread, so a line the broker wrote
+    /// before answering a client may reach the test after the answer does.
+    pub async fn wait_log_line(&self, parts: &[&str], timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if let Some(line) = logs
+                .lines()
+                .find(|line| parts.iter().all(|part| line.contains(part)))
+            {
+                return line.to_string();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {parts:?} within {timeout:?}; log:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The address of the MQTT listener of `kind` (tcp, tls, ws, wss), waiting (bounded) for its
     /// log line.
     pub fn listener_addr(&self, kind: &str) -> SocketAddr {

@@ -40,12 +40,10 @@ fn v2_local() -> Vec<u8> {
 }
 
 /// The address the broker logged for client `id` when it connected.
-fn logged_peer(broker: &Broker, id: &str) -> String {
-    let logs = broker.logs();
-    let line = logs
-        .lines()
-        .find(|line| line.contains("client connected") && line.contains(&format!("client_id={id}")))
-        .unwrap_or_else(|| panic!("no connect line for {id}:\n{logs}"));
+async fn logged_peer(broker: &Broker, id: &str) -> String {
+    let line = broker
+        .wait_log_line(&["client connected", &format!("client_id={id} ")], TIMEOUT)
+        .await;
     let start = line.find("peer=").expect("peer field") + "peer=".len();
     line[start..]
         .split_whitespace()
@@ -92,11 +90,19 @@ async fn the_header_names_the_client() {
     for client in [&mut v1, &mut v2, &mut v1_ipv6, &mut local] {
         client.ping().await;
     }
-    assert_eq!(logged_peer(&broker, "behind-v1"), "203.0.113.7:5555");
-    assert_eq!(logged_peer(&broker, "behind-v2"), "198.51.100.9:40000");
-    assert_eq!(logged_peer(&broker, "behind-v6"), "[2001:db8::1]:6000");
+    assert_eq!(logged_peer(&broker, "behind-v1").await, "203.0.113.7:5555");
+    assert_eq!(
+        logged_peer(&broker, "behind-v2").await,
+        "198.51.100.9:40000"
+    );
+    assert_eq!(
+        logged_peer(&broker, "behind-v6").await,
+        "[2001:db8::1]:6000"
+    );
     assert!(
-        logged_peer(&broker, "local-check").starts_with("127.0.0.1:"),
+        logged_peer(&broker, "local-check")
+            .await
+            .starts_with("127.0.0.1:"),
         "LOCAL keeps the connection's own address"
     );
 }
@@ -114,7 +120,7 @@ async fn a_header_in_pieces_is_waited_for() {
         client.recv(TIMEOUT).await,
         Packet::ConnAck { code: 0, .. }
     ));
-    assert_eq!(logged_peer(&broker, "dribbled"), "203.0.113.8:5556");
+    assert_eq!(logged_peer(&broker, "dribbled").await, "203.0.113.8:5556");
 }
 
 #[tokio::test]
@@ -190,7 +196,7 @@ async fn the_header_comes_before_tls_and_websocket() {
     .expect("TLS handshake behind a PROXY header");
     let mut over_tls = RawClient::connect_over(boxed(tls), addr, "tls-behind").await;
     over_tls.ping().await;
-    assert_eq!(logged_peer(&broker, "tls-behind"), "192.0.2.10:7000");
+    assert_eq!(logged_peer(&broker, "tls-behind").await, "192.0.2.10:7000");
 
     // WebSocket: the header, then the upgrade request.
     let addr = broker.listener_addr("ws");
@@ -203,7 +209,7 @@ async fn the_header_comes_before_tls_and_websocket() {
         .expect("upgrade behind a PROXY header");
     let mut over_ws = RawClient::connect_over(boxed(ws), addr, "ws-behind").await;
     over_ws.ping().await;
-    assert_eq!(logged_peer(&broker, "ws-behind"), "192.0.2.11:7001");
+    assert_eq!(logged_peer(&broker, "ws-behind").await, "192.0.2.11:7001");
 
     // The plain listener was not named in -pp: no header expected there.
     let mut plain = RawClient::connect_v311(broker.mqtt_addr(), "plain").await;

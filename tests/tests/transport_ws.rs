@@ -246,10 +246,13 @@ async fn wss_with_a_client_certificate_talks_to_tcp_and_ws_clients() {
     ];
     got.sort();
     assert_eq!(got, [b"from tcp".to_vec(), b"from ws".to_vec()]);
-    assert!(broker
-        .logs()
-        .lines()
-        .any(|l| l.contains("over-wss") && l.contains("username=Some(\"browser-1\")")));
+    let connected = broker
+        .wait_log_line(&["client connected", "over-wss"], TIMEOUT)
+        .await;
+    assert!(
+        connected.contains("username=Some(\"browser-1\")"),
+        "{connected}"
+    );
 
     // Without a certificate the WSS listener refuses (-tca makes them required).
     let refused = match try_connect_tls(addr, client_config(&ca, None, &[])).await {

@@ -21,6 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
+use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -268,16 +269,13 @@ fn identity_in(certificate: &[u8], field: CertIdentity) -> Option<String> {
     }
 }
 
-/// Checks the files every `-tri` seconds and on SIGHUP until `stop` turns true, logging what
-/// each reload did.
-pub async fn watch_files(store: Arc<CertificateStore>, mut stop: watch::Receiver<bool>) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            warn!(%error, "cannot watch SIGHUP; TLS files are still checked periodically");
-            None
-        }
-    };
+/// Checks the files every `-tri` seconds and on SIGHUP (`hangup`) until `stop` turns true,
+/// logging what each reload did.
+pub async fn watch_files(
+    store: Arc<CertificateStore>,
+    mut hangup: Option<Signal>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticks = tokio::time::interval(store.settings.reload_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -303,6 +301,16 @@ pub async fn watch_files(store: Arc<CertificateStore>, mut stop: watch::Receiver
             Reload::Failed(error) => {
                 warn!(cause, %error, "TLS files changed but do not load; keeping the previous ones")
             }
+        }
+    }
+}
+
+/// Takes SIGHUP when there is nothing to reload (no TLS listener); logs it.
+pub async fn ignore_hangups(mut hangup: Signal, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            Some(()) = hangup.recv() => info!("SIGHUP: nothing to reload (no TLS listener)"),
+            _ = stop.changed() => return,
         }
     }
 }
