@@ -300,6 +300,8 @@ def check_the_crd_bounds_the_listeners_and_tls():
                  {"listeners": {"websocketTls": {"port": 65536}}},
                  {"listeners": {"websocket": {"enabled": "yes"}}},
                  {"listeners": {"websocketPath": "mqtt"}},
+                 {"listeners": {"websocketPath": "/mqtt?token=x"}},
+                 {"listeners": {"websocketPath": "/a b"}},
                  {"tls": {"verifyClients": "always"}},
                  {"tls": {"usernameFromCertificate": False}},
                  {"tls": {"clientCAKey": "../ca.crt"}},
@@ -477,7 +479,9 @@ def check_wrong_values_are_refused():
                                  "client verification needs a CA")
         assert "clientCASecretName" in message, message
     expect_refused({"cluster": {"listeners": {"tls": {"port": 0}}}}, "ports are 1..65535")
-    expect_refused({"cluster": {"listeners": {"websocketPath": "mqtt"}}}, "a path starts with /")
+    for path in ("mqtt", "/mqtt?x=1", "/mqtt#a", "/a b"):
+        expect_refused({"cluster": {"listeners": {"websocketPath": path}}},
+                       "an absolute path without query, fragment or spaces (as -wsp)")
     expect_refused({"cluster": {"listeners": {"quic": {"enabled": True}}}}, "unknown listener")
     expect_refused({"cluster": {"tls": {"verifyClients": "always"}}}, "none/optional/required")
     expect_refused({"cluster": {"tls": {"usernameFromCertificate": "email"}}}, "off/cn/san")

@@ -267,9 +267,10 @@ pub struct ListenersSpec {
     /// MQTT over WebSocket over TLS (`-wsl`); needs `tls.secretName`.
     #[serde(default)]
     pub websocket_tls: WebSocketTlsListenerSpec,
-    /// The HTTP path of the WebSocket listeners (`-wsp`).
+    /// The HTTP path of the WebSocket listeners (`-wsp`): absolute, without a query, fragment
+    /// or spaces, as the broker requires.
     #[serde(default = "default_websocket_path")]
-    #[schemars(regex(pattern = r"^/\S*$"), length(max = 256))]
+    #[schemars(regex(pattern = r"^/[^?#\s]*$"), length(max = 256))]
     pub websocket_path: String,
 }
 
