@@ -132,9 +132,6 @@ pub async fn run(
             proxy_protocol: listener.proxy_protocol,
             certificates: certificates.clone().filter(|_| listener.kind.uses_tls()),
             ws_path: config.ws_path.clone(),
-            // A message holds at least one whole packet of the largest size, with room for
-            // the start of the next.
-            ws_max_message: config.max_packet_size.saturating_add(64 * 1024),
         };
         listeners.push((bound, Arc::new(settings)));
     }
@@ -145,12 +142,16 @@ pub async fn run(
     let mqtt_addr = first.local_addr()?;
     let cluster = match config.cluster.clone() {
         Some(cluster) => {
-            // The cluster's UDP ports follow the MQTT listen host: all interfaces, or the one
-            // address asked for.
-            let host = config.listeners[0]
-                .addr
-                .host
-                .as_deref()
+            // The cluster's UDP ports follow the MQTT listen host when every listener has the
+            // same one (all interfaces, or the one address asked for); listeners on different
+            // hosts (a plain one on loopback for local tools, TLS on all) leave them on all.
+            let first = &config.listeners[0].addr.host;
+            let host = config
+                .listeners
+                .iter()
+                .all(|listener| &listener.addr.host == first)
+                .then_some(first.as_deref())
+                .flatten()
                 .and_then(|host| host.trim_matches(['[', ']']).parse().ok());
             Some(cluster::Bound::bind(cluster, host, mqtt_addr.port()).await?)
         }

@@ -185,6 +185,19 @@ pub fn client_config(ca: &TestCa, identity: Option<&Identity>, alpn: &[&[u8]]) -
     config
 }
 
+/// A client configuration trusting `ca` that speaks TLS 1.2 only (older devices).
+pub fn client_config_tls12(ca: &TestCa) -> ClientConfig {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&tokio_rustls::rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// A TLS connection to `addr` (server name 127.0.0.1), or the handshake's error.
 pub async fn try_connect_tls(
     addr: SocketAddr,

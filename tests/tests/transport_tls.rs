@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use coolpy7_tests::broker::run_to_exit;
-use coolpy7_tests::raw::V3;
+use coolpy7_tests::raw::{RecvError, V3};
 use coolpy7_tests::transport::{
     boxed, certificate_has_cn, client_config, server_certificate, try_connect_tls, TestCa, TlsFiles,
 };
@@ -43,7 +43,8 @@ async fn refused(broker: &Broker, config: tokio_rustls::rustls::ClientConfig) ->
     match client.try_recv(TIMEOUT).await {
         Ok(Packet::ConnAck { code: 0, .. }) => false,
         Ok(other) => panic!("expected CONNACK 0 or a close, got {other:?}"),
-        Err(_) => true,
+        Err(RecvError::Timeout) => panic!("neither CONNACK nor a close within {TIMEOUT:?}"),
+        Err(RecvError::Closed(_) | RecvError::Invalid(_)) => true,
     }
 }
 
@@ -362,10 +363,6 @@ async fn garbage_slow_and_plain_handshakes_are_closed() {
         .expect("TLS handshake");
     let mut client = RawClient::connect_over(boxed(stream), addr, "after-garbage").await;
     client.ping().await;
-    let mut stream_closed = try_connect_tls(addr, client_config(&ca, None, &[]))
-        .await
-        .expect("TLS handshake");
-    let _ = stream_closed.shutdown().await;
 }
 
 #[test]
@@ -426,4 +423,75 @@ async fn sighup_without_tls_does_not_stop_the_broker() {
     broker.assert_running();
     let mut client = RawClient::connect_v311(broker.mqtt_addr(), "after-hup").await;
     client.ping().await;
+}
+
+#[tokio::test]
+async fn tls_1_2_clients_are_served() {
+    let ca = TestCa::new("test CA");
+    let files = TlsFiles::write(&ca.server("broker"), &ca);
+    let broker = start(&files, &[]);
+    let addr = broker.listener_addr("tls");
+    let stream = try_connect_tls(addr, coolpy7_tests::transport::client_config_tls12(&ca))
+        .await
+        .expect("TLS 1.2 handshake");
+    assert_eq!(
+        stream.get_ref().1.protocol_version(),
+        Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_2)
+    );
+    let mut client = RawClient::connect_over(boxed(stream), addr, "tls12").await;
+    client.subscribe(1, &[("t12/#", 1)]).await;
+    let payload = vec![3u8; 50_000];
+    client.publish_qos1("t12/x", 2, &payload).await;
+    assert_eq!(client.recv_publish(TIMEOUT).await.payload, payload);
+}
+
+#[tokio::test]
+async fn keepalive_and_write_timeouts_apply_over_tls() {
+    let ca = TestCa::new("test CA");
+    let files = TlsFiles::write(&ca.server("broker"), &ca);
+    let broker = start(&files, &["-t=1", "-mq=100000"]);
+    let addr = broker.listener_addr("tls");
+
+    // Keepalive 1 s and then silence: closed at 1.5 s.
+    let stream = try_connect_tls(addr, client_config(&ca, None, &[]))
+        .await
+        .expect("TLS handshake");
+    let mut silent = RawClient::<V3>::over(boxed(stream), addr);
+    let mut connect = Connect::v311("silent-tls");
+    connect.keep_alive = 1;
+    silent.send(&connect.encode()).await;
+    assert!(matches!(
+        silent.recv(TIMEOUT).await,
+        Packet::ConnAck { code: 0, .. }
+    ));
+    silent.expect_closed(Duration::from_secs(4)).await;
+
+    // A subscriber that stops reading: its TLS output backs up (pending in rustls and in the
+    // socket) and -t closes it.
+    let stream = try_connect_tls(addr, client_config(&ca, None, &[]))
+        .await
+        .expect("TLS handshake");
+    let mut stalled = RawClient::connect_over(boxed(stream), addr, "stalled-tls").await;
+    stalled.subscribe(1, &[("flood/#", 0)]).await;
+    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), "flooder").await;
+    let payload = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for _ in 0..64 {
+            publisher.publish_qos0("flood/x", &payload).await;
+        }
+        let logs = broker.logs();
+        if logs
+            .lines()
+            .any(|l| l.contains("stalled-tls") && l.contains("write timeout"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled TLS subscriber was not closed for its write timeout; log:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publisher.ping().await;
 }

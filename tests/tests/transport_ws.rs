@@ -313,3 +313,102 @@ async fn tls_and_websocket_clients_of_different_nodes_exchange_messages() {
         assert!(tokio::time::Instant::now() < deadline);
     }
 }
+
+#[tokio::test]
+async fn pings_are_answered_and_close_is_a_handshake() {
+    use futures_util::StreamExt;
+    let broker = start_ws(&[]);
+    let addr = broker.listener_addr("ws");
+    let ws = try_connect_ws(tcp(addr).await, addr, "/mqtt", "mqtt")
+        .await
+        .expect("upgrade");
+    let mut inner = ws.into_inner();
+    inner
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .expect("ping");
+    let pong = tokio::time::timeout(TIMEOUT, inner.next())
+        .await
+        .expect("an answer in time");
+    match pong {
+        Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    inner.close(None).await.expect("close");
+    let answer = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match inner.next().await {
+                Some(Ok(Message::Close(_))) | None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the close is answered in time");
+    assert!(answer, "the broker answers Close with Close");
+}
+
+#[tokio::test]
+async fn a_large_message_before_connect_is_judged_by_its_fixed_header() {
+    let broker = start_ws(&["-mcl=1000"]);
+    let addr = broker.listener_addr("ws");
+    let ws = try_connect_ws(tcp(addr).await, addr, "/mqtt", "mqtt")
+        .await
+        .expect("upgrade");
+    let mut client = RawClient::<V3>::over(boxed(ws), addr);
+    // One 200 KB message whose first bytes are a CONNECT fixed header announcing 199,000 bytes.
+    let mut message = vec![0x10];
+    let mut remaining: usize = 199_000;
+    loop {
+        let byte = (remaining % 128) as u8;
+        remaining /= 128;
+        if remaining == 0 {
+            message.push(byte);
+            break;
+        }
+        message.push(byte | 0x80);
+    }
+    message.resize(200_000, 0);
+    let _ = client.try_send(&message).await;
+    client.expect_closed(TIMEOUT).await;
+    assert_eq!(
+        broker
+            .metric("coolpy7_admission_refused_total{reason=\"connect_too_large\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(broker.metric("coolpy7_handshake_buffer_bytes").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_websocket_subscriber_that_stops_reading_is_closed_at_its_write_timeout() {
+    let broker = start_ws(&["-t=1", "-mq=100000"]);
+    let addr = broker.listener_addr("ws");
+    let ws = try_connect_ws(tcp(addr).await, addr, "/mqtt", "mqtt")
+        .await
+        .expect("upgrade");
+    let mut stalled = RawClient::connect_over(boxed(ws), addr, "stalled-ws").await;
+    stalled.subscribe(1, &[("flood/#", 0)]).await;
+    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), "flooder").await;
+    let payload = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for _ in 0..64 {
+            publisher.publish_qos0("flood/x", &payload).await;
+        }
+        let logs = broker.logs();
+        if logs
+            .lines()
+            .any(|l| l.contains("stalled-ws") && l.contains("write timeout"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled WebSocket subscriber was not closed; log:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publisher.ping().await;
+}

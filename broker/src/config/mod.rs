@@ -747,11 +747,26 @@ impl Config {
         let max_connect_size = usize::try_from(args.max_connect_size).unwrap_or(usize::MAX);
         let handshake_bytes = usize::try_from(args.handshake_bytes).unwrap_or(usize::MAX);
         let connect_limit = max_connect_size.min(max_packet_size);
-        if handshake_bytes < connect_limit {
+        // A TLS or WebSocket handshake is counted too, per layer (WSS has two).
+        let layers = listeners
+            .iter()
+            .map(|l| usize::from(l.kind.uses_tls()) + usize::from(l.kind.uses_websocket()))
+            .max()
+            .unwrap_or(0);
+        let one_handshake = connect_limit + layers * crate::transport::LAYER_HANDSHAKE_BYTES;
+        if handshake_bytes < one_handshake {
             return Err(format!(
                 "invalid value '{handshake_bytes}' for '--mhb': must be at least the largest \
-                 CONNECT ({connect_limit} bytes, the smaller of -mcl and -mpl), or no CONNECT \
-                 of that size could ever be read"
+                 CONNECT ({connect_limit} bytes, the smaller of -mcl and -mpl){}, or no CONNECT \
+                 of that size could ever be read",
+                if layers > 0 {
+                    format!(
+                        " and {} bytes per TLS or WebSocket layer of the listeners",
+                        crate::transport::LAYER_HANDSHAKE_BYTES
+                    )
+                } else {
+                    String::new()
+                }
             ));
         }
         Ok(Config {
@@ -1028,6 +1043,10 @@ mod tests {
             (&["-pp=ws"], "-pp names the ws listener"),
             (&["-tv=sometimes"], "none, optional or required"),
             (&["-tri=0"], "--tri"),
+            (
+                &["-wl=:8083", "-mcl=1000", "-mhb=20000"],
+                "per TLS or WebSocket layer",
+            ),
         ] {
             let error = err(args).to_string();
             assert!(error.contains(expected), "{args:?}: {error}");

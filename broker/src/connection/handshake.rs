@@ -76,7 +76,13 @@ pub(super) async fn handshake(
             .await
             .map_err(|error| {
                 broker.metrics.handshake_failed(kind, error.failure).inc();
-                format!("{} handshake failed: {}", kind, error.detail)
+                match error.proxied_peer {
+                    Some(source) => format!(
+                        "{kind} handshake failed (client {source} by its PROXY header): {}",
+                        error.detail
+                    ),
+                    None => format!("{kind} handshake failed: {}", error.detail),
+                }
             })?;
         let mut handshake = Handshake {
             stream: accepted.stream,
@@ -85,9 +91,16 @@ pub(super) async fn handshake(
             broker,
         };
         let connect = handshake.read_connect().await?;
-        Ok::<_, String>((handshake, connect, accepted.peer, accepted.identity))
+        let proxied = accepted.proxied.then_some(accepted.peer);
+        Ok::<_, String>((
+            handshake,
+            connect,
+            accepted.peer,
+            proxied,
+            accepted.identity,
+        ))
     };
-    let (handshake, mut connect, peer, identity) = match tokio::time::timeout(
+    let (handshake, mut connect, peer, proxied, identity) = match tokio::time::timeout(
         connect_timeout,
         before_connect,
     )
@@ -113,7 +126,7 @@ pub(super) async fn handshake(
         // -tcn: the certificate names the client; CONNECT's own username is not believed.
         connect.username = username;
     }
-    let accepted = handshake.accept(connect, id, peer).await;
+    let accepted = handshake.accept(connect, id, peer, proxied).await;
     if accepted.is_none() {
         broker.metrics.connections_refused.inc();
     }
@@ -211,6 +224,7 @@ impl Handshake<'_> {
         mut connect: Connect,
         id: u64,
         peer: SocketAddr,
+        proxied: Option<SocketAddr>,
     ) -> Option<(Box<Connection>, Admission)> {
         let protocol = connect.protocol;
         let v5 = protocol == Protocol::V5;
@@ -334,7 +348,7 @@ impl Handshake<'_> {
         // argument and its binding apart), and every idle connection would pay for that.
         let mut connection = Box::new(Connection {
             stream: self.stream,
-            peer,
+            proxied_peer: proxied.map(Box::new),
             broker,
             protocol,
             v5: negotiated,

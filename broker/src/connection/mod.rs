@@ -190,8 +190,9 @@ pub fn serve<Held: Send + 'static>(
 /// An accepted connection with its session.
 struct Connection {
     stream: Stream,
-    /// The client's address: the PROXY header's source where the listener expects one.
-    peer: SocketAddr,
+    /// The client's address from a PROXY header; without one, the socket's is asked for when
+    /// logged. Boxed: an idle connection would pay for the space otherwise.
+    proxied_peer: Option<Box<SocketAddr>>,
     broker: Arc<Broker>,
     protocol: Protocol,
     /// What MQTT 5 CONNECT and CONNACK settled; `None` for MQTT 3.1/3.1.1. Boxed: every
@@ -220,6 +221,14 @@ struct Connection {
 }
 
 impl Connection {
+    /// The client's address, for logs.
+    fn peer(&self) -> Option<SocketAddr> {
+        match &self.proxied_peer {
+            Some(peer) => Some(**peer),
+            None => self.stream.peer_addr().ok(),
+        }
+    }
+
     async fn run(mut self: Box<Self>, admission: Admission) {
         let mut close = self.serve().await;
         if matches!(
@@ -237,10 +246,10 @@ impl Connection {
         }
         match &close {
             Close::Disconnect | Close::PeerClosed | Close::Shutdown | Close::Administrative => {
-                debug!(peer = %self.peer, client_id = self.state.client_id(), reason = %close, "connection closed")
+                debug!(peer = ?self.peer(), client_id = self.state.client_id(), reason = %close, "connection closed")
             }
             _ => {
-                debug!(peer = %self.peer, client_id = self.state.client_id(), reason = %close, "connection dropped")
+                debug!(peer = ?self.peer(), client_id = self.state.client_id(), reason = %close, "connection dropped")
             }
         }
         if self.v5.is_some() {
@@ -491,5 +500,47 @@ mod tests {
         assert_eq!(prefix_within("aé", 2), "a");
         assert_eq!(prefix_within("a€b", 3), "a");
         assert_eq!(prefix_within("a€b", 4), "a€");
+    }
+}
+/// Idle connections are what a broker holds most of: these sizes are checked so that a new
+/// field cannot cross an allocator size class unnoticed (jemalloc's classes near them are 256
+/// and 320 bytes; tokio's task cell is the future plus about 100 bytes, 128-aligned).
+#[cfg(test)]
+mod idle_size {
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_connection_and_its_task_stay_within_their_size_classes() {
+        assert!(
+            std::mem::size_of::<super::Connection>() <= 256,
+            "Connection is {} bytes",
+            std::mem::size_of::<super::Connection>()
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let broker = Arc::new(crate::broker::Broker::new(
+            crate::config::Config::for_tests(),
+            Arc::new(crate::metrics::Metrics::new()),
+            None,
+        ));
+        let settings = Arc::new(crate::transport::TransportSettings {
+            kind: crate::config::ListenerKind::Tcp,
+            proxy_protocol: false,
+            certificates: None,
+            ws_path: String::new(),
+        });
+        let slots =
+            crate::admission::Slots::new(1, prometheus_client::metrics::gauge::Gauge::default());
+        let (done, _all_done) = tokio::sync::mpsc::channel::<()>(1);
+        let held = (slots.try_take().expect("a slot"), done);
+        let future = super::serve(client, addr, broker, settings, held);
+        assert!(
+            std::mem::size_of_val(&future) <= 408,
+            "the connection task's future is {} bytes",
+            std::mem::size_of_val(&future)
+        );
     }
 }

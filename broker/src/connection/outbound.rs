@@ -330,7 +330,7 @@ impl Connection {
             Ok(false) => {
                 self.broker.metrics.acks_too_large.inc();
                 debug!(
-                    peer = %self.peer,
+                    peer = ?self.peer(),
                     limit,
                     "{} larger than the client's Maximum Packet Size: discarded, its \
                      subscriptions kept",
@@ -338,7 +338,7 @@ impl Connection {
                 );
             }
             Err(error) => {
-                debug!(peer = %self.peer, %error, "could not encode {}", packet.name());
+                debug!(peer = ?self.peer(), %error, "could not encode {}", packet.name());
             }
         }
         // A discarded packet was encoded before it was measured: the buffer it grew must not
@@ -351,7 +351,7 @@ impl Connection {
     /// Appends a packet to the write buffer; it goes out with the next write.
     pub(super) fn send(&mut self, packet: &Packet) {
         if let Err(error) = packet.encode(self.protocol, &mut self.wbuf) {
-            debug!(peer = %self.peer, %error, "could not encode {}", packet.name());
+            debug!(peer = ?self.peer(), %error, "could not encode {}", packet.name());
         }
     }
 

@@ -80,6 +80,8 @@ impl HandshakeFailure {
 pub struct TransportError {
     pub failure: HandshakeFailure,
     pub detail: String,
+    /// The client's address from a PROXY header read before the failure.
+    pub proxied_peer: Option<SocketAddr>,
 }
 
 impl TransportError {
@@ -87,6 +89,7 @@ impl TransportError {
         TransportError {
             failure,
             detail: detail.into(),
+            proxied_peer: None,
         }
     }
 }
@@ -99,9 +102,6 @@ pub struct TransportSettings {
     pub certificates: Option<Arc<CertificateStore>>,
     /// `-wsp`.
     pub ws_path: String,
-    /// The largest WebSocket message read at once: a packet may span messages, so this bounds
-    /// memory, not packets.
-    pub ws_max_message: usize,
 }
 
 /// A connection with its transport set up: the stream, the client's address (from the PROXY
@@ -109,12 +109,15 @@ pub struct TransportSettings {
 pub struct Accepted {
     pub stream: Stream,
     pub peer: SocketAddr,
+    /// Whether `peer` came from a PROXY header (and so differs from the socket's).
+    pub proxied: bool,
     pub identity: Option<PeerIdentity>,
 }
 
 /// The memory a TLS or WebSocket handshake is counted for against `-mhb`: rustls's record
 /// buffer holds a whole record (16 KiB and its overhead); tungstenite reads the upgrade request
-/// in 4 KiB chunks, up to 64 KiB, but an ordinary one fits one chunk.
+/// in 4 KiB chunks. Either may hold more for a client that sends more (a ClientHello or an
+/// upgrade request of up to 64 KiB), so this is what an ordinary handshake costs, not a bound.
 pub const LAYER_HANDSHAKE_BYTES: usize = 24 * 1024;
 
 /// Sets up the transport of a TCP connection accepted by a listener of `settings.kind`.
@@ -124,11 +127,31 @@ pub async fn accept(
     settings: &TransportSettings,
 ) -> Result<Accepted, TransportError> {
     let _ = tcp.set_nodelay(true);
-    let peer = if settings.proxy_protocol {
-        read_proxy_header(&mut tcp).await?.unwrap_or(peer)
+    let (peer, proxied) = if settings.proxy_protocol {
+        match read_proxy_header(&mut tcp).await? {
+            Some(source) => (source, Some(source)),
+            None => (peer, None),
+        }
     } else {
-        peer
+        (peer, None)
     };
+    let (stream, identity) = set_up(tcp, settings).await.map_err(|mut error| {
+        error.proxied_peer = proxied;
+        error
+    })?;
+    Ok(Accepted {
+        stream,
+        peer,
+        proxied: proxied.is_some(),
+        identity,
+    })
+}
+
+/// The TLS handshake and the WebSocket upgrade, as the listener's kind asks.
+async fn set_up(
+    tcp: TcpStream,
+    settings: &TransportSettings,
+) -> Result<(Stream, Option<PeerIdentity>), TransportError> {
     let store = || {
         settings
             .certificates
@@ -144,22 +167,18 @@ pub async fn accept(
             (Stream::Tls(Box::new(tls)), identity)
         }
         ListenerKind::Ws => {
-            let ws = ws::accept(tcp, &settings.ws_path, settings.ws_max_message).await?;
+            let ws = ws::accept(tcp, &settings.ws_path).await?;
             (Stream::Ws(Box::new(ws)), None)
         }
         ListenerKind::Wss => {
             let store = store()?;
             let tls = tls::accept(tcp, store, tls::Alpn::Http).await?;
             let identity = store.identity(tls.peer_certificate());
-            let ws = ws::accept(tls, &settings.ws_path, settings.ws_max_message).await?;
+            let ws = ws::accept(tls, &settings.ws_path).await?;
             (Stream::Wss(Box::new(ws)), identity)
         }
     };
-    Ok(Accepted {
-        stream,
-        peer,
-        identity,
-    })
+    Ok((stream, identity))
 }
 
 /// Reads the PROXY header, and no byte more: it is peeked until whole, so the bytes behind it
@@ -231,6 +250,8 @@ pub trait Layer {
     fn has_pending_output(&self) -> bool;
     /// Whether input has been read from the socket and not yet handed up.
     fn has_buffered_input(&self) -> bool;
+    /// Ends the layer politely (TLS close_notify), best effort.
+    fn close(&mut self) {}
 }
 
 impl Layer for TcpStream {
@@ -293,16 +314,27 @@ fn would_block(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::WouldBlock
 }
 
+/// The most one read through a layer asks for: a TLS record's plaintext. The slice it reads
+/// into is zeroed first, so a large buffer (a packet of megabytes in progress) is not zeroed
+/// whole for every record.
+const LAYER_READ_MAX: usize = 16 * 1024;
+
 /// Reads into `buf`'s spare capacity through a layer that takes a `&mut [u8]`.
 fn read_into_spare(layer: &mut impl Layer, buf: &mut BytesMut) -> io::Result<usize> {
     let start = buf.len();
-    buf.resize(buf.capacity(), 0);
+    let end = buf.capacity().min(start + LAYER_READ_MAX);
+    buf.resize(end, 0);
     let result = layer.try_read(&mut buf[start..]);
     buf.truncate(start + *result.as_ref().unwrap_or(&0));
     result
 }
 
 impl Stream {
+    /// The address of the socket's other end (the balancer's, behind a PROXY header).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().peer_addr()
+    }
+
     fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Tcp(tcp) => tcp,
@@ -393,11 +425,24 @@ impl Stream {
 
     /// Waits until some input is available and appends it to `buf` (see
     /// [`Stream::try_read_buf`]).
+    /// What the layers owe the client meanwhile (a WebSocket pong) is sent as the socket
+    /// takes it.
     pub async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
             match self.try_read_buf(buf) {
                 Err(error) if would_block(&error) => {
+                    if self.has_pending_output() {
+                        match self.flush() {
+                            Err(error) if !would_block(&error) => return Err(error),
+                            _ => {}
+                        }
+                    }
                     std::future::poll_fn(|cx| self.poll_read_ready(cx)).await?
+                }
+                Ok(0) => {
+                    // The end: what the layer owes in answer (a WebSocket Close) goes if it can.
+                    let _ = self.flush();
+                    return Ok(0);
                 }
                 result => return result,
             }
@@ -430,7 +475,7 @@ impl Stream {
     pub fn close(&mut self) {
         match self {
             Stream::Tcp(_) => {}
-            Stream::Tls(tls) => tls.close(),
+            Stream::Tls(tls) => Layer::close(tls.as_mut()),
             Stream::Ws(ws) => ws.close(),
             Stream::Wss(ws) => ws.close(),
         }

@@ -120,11 +120,15 @@ pub async fn accept(
             Err(error) => return Err(closed(error)),
         }
     }
-    // The handshake's last flight (TLS 1.2's Finished, TLS 1.3's session tickets) may still be
-    // waiting: the connection sends it with its first write, as pending output.
-    match stream.flush() {
-        Err(error) if !would_block(&error) => Err(closed(error)),
-        _ => Ok(stream),
+    // The handshake's last flight (TLS 1.2's Finished, TLS 1.3's session tickets) goes out
+    // now: a TLS 1.2 client sends nothing before it has the Finished, and until CONNECT the
+    // handshake only waits for input.
+    loop {
+        match stream.flush() {
+            Ok(()) => return Ok(stream),
+            Err(error) if would_block(&error) => stream.tcp.writable().await.map_err(closed)?,
+            Err(error) => return Err(closed(error)),
+        }
     }
 }
 
@@ -151,12 +155,6 @@ impl TlsStream {
                 Err(error)
             }
         }
-    }
-
-    /// Sends rustls's close_notify, best effort.
-    pub fn close(&mut self) {
-        self.tls.send_close_notify();
-        let _ = self.flush();
     }
 }
 
@@ -247,5 +245,10 @@ impl Layer for TlsStream {
 
     fn has_buffered_input(&self) -> bool {
         self.plaintext_waiting
+    }
+
+    fn close(&mut self) {
+        self.tls.send_close_notify();
+        let _ = self.flush();
     }
 }

@@ -1,42 +1,61 @@
-//! MQTT over WebSocket (MQTT 5.0 §6, 3.1.1 §6): the HTTP upgrade on `-wsp`, then binary
-//! messages carrying the MQTT byte stream, with tungstenite as the protocol state machine over
-//! the layer below (TCP, or TLS for WSS).
+//! MQTT over WebSocket (MQTT 5.0 §6, 3.1.1 §6): tungstenite answers the HTTP upgrade on `-wsp`;
+//! then [`frames`] carries the MQTT byte stream in binary frames, over the layer below (TCP, or
+//! TLS for WSS).
 //!
-//! MQTT packets may be split across messages and a message may hold several packets: the
-//! messages' payloads are simply the stream, and the connection's decoder finds the packets. The
-//! upgrade agrees to the subprotocol "mqtt" (or "mqttv3.1", older clients' name); a client that
-//! offers subprotocols but neither is refused, as is a request for another path. Text messages
-//! are refused (MQTT uses binary ones); pings are answered by tungstenite.
+//! MQTT packets may be split across frames and a frame may hold several packets: the frames'
+//! payloads are simply the stream, so they are unmasked into the connection's read buffer as
+//! they arrive, without waiting for a frame or a message to be whole. What the layer below
+//! delivers is held here only until it is decoded (a read's worth, or a frame header or control
+//! frame in pieces), so a large message costs the connection its read buffer, as on TCP, and
+//! nothing once it is handled. Pings are answered with the connection's next write; a text
+//! frame, an unmasked frame or a broken one closes the connection ([MQTT-6.0.0-1], RFC 6455).
+//! The upgrade agrees to the subprotocol "mqtt" (or "mqttv3.1", older clients' name), spelled
+//! as the client spelled it; a client that offers subprotocols but neither is refused, as is a
+//! request for another path.
+
+mod frames;
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::handshake::HandshakeError;
 use tungstenite::http::{HeaderValue, StatusCode};
-use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{Message, WebSocket};
 
-use super::{would_block, HandshakeFailure, Io, Layer, TransportError};
+use super::{read_into_spare, would_block, HandshakeFailure, Io, Layer, TransportError};
+use frames::{Decoder, Opcode};
 
 /// The subprotocols MQTT clients ask for, in our order of preference.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
-/// What tungstenite reads from the socket at a time: it keeps this buffer for the connection's
-/// whole life, so it is small (4 KiB, like the TCP connections' reads).
-const READ_BUFFER: usize = 4096;
+/// What is read from the layer at a time.
+const READ_CHUNK: usize = 4096;
 
-/// The largest message one write becomes. tungstenite's output buffer keeps the capacity of the
-/// largest message it held for the connection's life, so messages are kept small; the frame
-/// header this adds per 16 KiB is 4 bytes.
-const MAX_WRITE: usize = 16 * 1024;
+/// The most frame bytes read in one call when they yield no MQTT bytes (pings, empty frames):
+/// beyond it the call says "nothing now" and the connection's loop, whose readiness is still
+/// set, comes back after the runtime has let other tasks run.
+const READ_BUDGET: usize = 64 * 1024;
+
+/// The largest frame one write becomes.
+const MAX_WRITE: usize = 64 * 1024;
 
 /// A WebSocket session over a layer.
 pub struct WsStream<L: Layer> {
-    ws: WebSocket<Io<L>>,
-    /// Whether tungstenite holds output the socket did not take.
-    pending: bool,
+    layer: L,
+    /// Bytes read from the layer and not decoded yet: at most a read's worth, or a frame header
+    /// or control frame in pieces. Freed when empty.
+    input: BytesMut,
+    decoder: Decoder,
+    /// Frames (data, pongs, the closing frame) the layer has not taken yet. Freed when empty.
+    output: BytesMut,
+    /// The payload of the latest ping not answered yet: only the latest is owed (RFC 6455
+    /// §5.5.3), so a ping flood queues one pong.
+    pong: Option<Vec<u8>>,
+    /// A Close frame was sent: nothing may follow it.
+    closing: bool,
+    /// The client sent Close, or the layer ended: the stream's end once its bytes are handed up.
+    ended: bool,
 }
 
 fn ws_error(detail: impl ToString) -> TransportError {
@@ -69,47 +88,40 @@ fn answer(
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .map(str::trim)
+        .filter(|token| !token.is_empty())
         .collect();
     if offered.is_empty() {
         // MQTT says a client must offer "mqtt"; some do not, and are served all the same.
         return Ok(response);
     }
-    let Some(chosen) = SUBPROTOCOLS.iter().find(|ours| {
+    // The client's own spelling: a client may compare it byte for byte.
+    let Some(chosen) = SUBPROTOCOLS.iter().find_map(|ours| {
         offered
             .iter()
-            .any(|theirs| theirs.eq_ignore_ascii_case(ours))
+            .find(|theirs| theirs.eq_ignore_ascii_case(ours))
     }) else {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             "unsupported WebSocket subprotocol: offer mqtt\n",
         ));
     };
+    let chosen = HeaderValue::from_str(chosen)
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "invalid subprotocol\n"))?;
     response
         .headers_mut()
-        .insert("sec-websocket-protocol", HeaderValue::from_static(chosen));
+        .insert("sec-websocket-protocol", chosen);
     Ok(response)
 }
 
 /// Runs the server side of the WebSocket upgrade over `layer`.
 #[allow(clippy::result_large_err)] // the callback's shape is tungstenite's
-pub async fn accept<L: Layer>(
-    layer: L,
-    path: &str,
-    max_message: usize,
-) -> Result<WsStream<L>, TransportError> {
-    let mut config = WebSocketConfig::default();
-    config.read_buffer_size = READ_BUFFER;
-    // Every message goes out as it is written; the connection batches its packets already.
-    config.write_buffer_size = 0;
-    config.max_write_buffer_size = 2 * MAX_WRITE;
-    config.max_message_size = Some(max_message);
-    config.max_frame_size = Some(max_message);
+pub async fn accept<L: Layer>(layer: L, path: &str) -> Result<WsStream<L>, TransportError> {
     let io = Io {
         layer,
         blocked_on_write: false,
     };
     let callback = |request: &Request, response: Response| answer(path, request, response);
-    let mut attempt = tungstenite::accept_hdr_with_config(io, callback, Some(config));
+    let mut attempt = tungstenite::accept_hdr(io, callback);
     let ws = loop {
         match attempt {
             Ok(ws) => break ws,
@@ -134,76 +146,99 @@ pub async fn accept<L: Layer>(
             Err(HandshakeError::Failure(error)) => return Err(ws_error(error)),
         }
     };
-    Ok(WsStream { ws, pending: false })
+    // tungstenite refuses bytes behind the request (a client may send frames only after the
+    // 101), so nothing of the session is buffered in it: the frames are read from here on.
+    Ok(WsStream {
+        layer: ws.into_inner().layer,
+        input: BytesMut::new(),
+        decoder: Decoder::default(),
+        output: BytesMut::new(),
+        pong: None,
+        closing: false,
+        ended: false,
+    })
 }
 
-/// tungstenite's errors as the connection sees them: a closed session is the end of the stream.
-fn io_error(error: tungstenite::Error) -> io::Error {
-    match error {
-        tungstenite::Error::Io(error) => error,
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            io::ErrorKind::ConnectionAborted.into()
-        }
-        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
-    }
+fn invalid(detail: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, detail.into())
 }
 
 impl<L: Layer> WsStream<L> {
     pub fn tcp(&self) -> &TcpStream {
-        self.ws.get_ref().layer.tcp()
+        self.layer.tcp()
     }
 
-    /// Appends the next message's payload to `buf`; `Ok(0)` when the client closed.
+    /// Appends MQTT bytes from the frames to `buf`, up to its spare capacity; `Ok(0)` when the
+    /// client closed.
     pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut read = 0;
         loop {
-            match self.ws.read() {
-                Ok(Message::Binary(payload)) if payload.is_empty() => {}
-                Ok(Message::Binary(payload)) => {
-                    buf.extend_from_slice(&payload);
-                    return Ok(payload.len());
+            let room = buf.capacity() - buf.len();
+            let decoded = self
+                .decoder
+                .decode(&mut self.input, buf, room)
+                .map_err(|error| {
+                    self.queue_close(error.close_code());
+                    invalid(error.to_string())
+                })?;
+            if let Some((opcode, payload)) = decoded.control {
+                match opcode {
+                    Opcode::Ping => self.pong = Some(payload),
+                    Opcode::Close => {
+                        // Echo the client's status code, then end (RFC 6455 §5.5.1).
+                        let code = payload
+                            .get(..2)
+                            .map_or(1000, |code| u16::from_be_bytes([code[0], code[1]]));
+                        self.queue_close(code);
+                        self.ended = true;
+                    }
+                    _ => {}
                 }
-                Ok(Message::Text(_)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "text WebSocket message: MQTT uses binary ones",
-                    ))
-                }
-                // Answered by tungstenite (the pong goes out with the next write or read).
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Ok(Message::Close(_)) => {
-                    // tungstenite queued the answering Close frame.
-                    let _ = self.flush();
+            }
+            if self.input.is_empty() {
+                self.input = BytesMut::new();
+            }
+            if decoded.payload > 0 {
+                return Ok(decoded.payload);
+            }
+            if self.ended {
+                return Ok(0);
+            }
+            if decoded.progress {
+                // A control frame or an empty one: look for more in what is buffered.
+                continue;
+            }
+            if read >= READ_BUDGET {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            // Nothing decodable is buffered: only now is the layer read (see the module).
+            self.input.reserve(READ_CHUNK);
+            match read_into_spare(&mut self.layer, &mut self.input) {
+                Ok(0) => {
+                    // A socket closed without a Close frame has closed all the same.
+                    self.ended = true;
                     return Ok(0);
                 }
-                // A client that closes its socket without a Close frame has closed all the same.
-                Err(
-                    tungstenite::Error::ConnectionClosed
-                    | tungstenite::Error::AlreadyClosed
-                    | tungstenite::Error::Protocol(
-                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                    ),
-                ) => return Ok(0),
-                Err(tungstenite::Error::Io(error))
-                    if error.kind() == io::ErrorKind::UnexpectedEof =>
-                {
-                    return Ok(0)
+                Ok(n) => read += n,
+                Err(error) => {
+                    if self.input.is_empty() {
+                        self.input = BytesMut::new();
+                    }
+                    return Err(error);
                 }
-                Err(error) => return Err(io_error(error)),
             }
         }
     }
 
-    /// Sends up to [`MAX_WRITE`] bytes of `buf` as one binary message.
+    /// Sends up to [`MAX_WRITE`] bytes of `buf` as one binary frame.
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // Earlier messages first: tungstenite's buffer holds at most one unsent message.
+        if self.closing {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        // Earlier frames first, so that what is held stays bounded by one frame.
         self.flush()?;
         let n = buf.len().min(MAX_WRITE);
-        let message = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
-        match self.ws.write(message) {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(error)) if would_block(&error) => {}
-            Err(error) => return Err(io_error(error)),
-        }
+        frames::encode(Opcode::Binary, &buf[..n], &mut self.output);
         if let Err(error) = self.flush() {
             if !would_block(&error) {
                 return Err(error);
@@ -213,30 +248,43 @@ impl<L: Layer> WsStream<L> {
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        match self.ws.flush() {
-            Ok(()) => {
-                self.pending = false;
-                Ok(())
-            }
-            Err(error) => {
-                let error = io_error(error);
-                self.pending = would_block(&error);
-                Err(error)
+        if let Some(payload) = self.pong.take() {
+            if !self.closing {
+                frames::encode(Opcode::Pong, &payload, &mut self.output);
             }
         }
+        while !self.output.is_empty() {
+            match self.layer.try_write(&self.output) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _ = self.output.split_to(n);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.output = BytesMut::new();
+        self.layer.flush()
     }
 
     pub fn has_pending_output(&self) -> bool {
-        self.pending || self.ws.get_ref().layer.has_pending_output()
+        !self.output.is_empty() || self.pong.is_some() || self.layer.has_pending_output()
     }
 
     pub fn has_buffered_input(&self) -> bool {
-        self.ws.get_ref().layer.has_buffered_input()
+        !self.input.is_empty() || self.layer.has_buffered_input()
     }
 
-    /// Sends a Close frame, best effort.
+    fn queue_close(&mut self, code: u16) {
+        if !self.closing {
+            self.closing = true;
+            frames::encode(Opcode::Close, &code.to_be_bytes(), &mut self.output);
+        }
+    }
+
+    /// Sends a Close frame and ends the layer, best effort.
     pub fn close(&mut self) {
-        let _ = self.ws.close(None);
+        self.queue_close(1000);
         let _ = self.flush();
+        self.layer.close();
     }
 }
