@@ -1,5 +1,6 @@
 //! Entry points for the fuzz targets in `fuzz/` (cargo feature `fuzzing`, off in every build
-//! that ships): thin wrappers over the cluster's private parsers, so that the targets exercise
+//! that ships): thin wrappers over the cluster's private parsers and the WebSocket frame
+//! decoder, so that the targets exercise
 //! the very code the receive loops run without those parsers becoming part of the crate's API.
 //! The MQTT codec ([`crate::codec::decode`]) and the replay window
 //! ([`crate::cluster::replay::ReplayWindow`]) are public already and are fuzzed directly.
@@ -141,4 +142,55 @@ fn identity(node_id: &str) -> NodeIdentity {
         boot_ms: 1,
         renewal: 0,
     }
+}
+
+/// What the WebSocket frame decoder made of some input: the MQTT bytes, the control frames
+/// (opcode bits and payload) and the error that stopped it, if any.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WsDecoded {
+    pub stream: Vec<u8>,
+    pub controls: Vec<(String, Vec<u8>)>,
+    pub error: Option<String>,
+    /// The most input the decoder held undecoded after a call that made no progress.
+    pub held_max: usize,
+}
+
+/// Feeds `pieces` to a WebSocket frame decoder in turn, with at most `room` bytes of output per
+/// call, decoding until it stops making progress after each piece (bounded), as a connection
+/// reads.
+pub fn decode_ws_frames(pieces: &[&[u8]], room: usize) -> WsDecoded {
+    use crate::transport::ws::frames::Decoder;
+    let mut decoder = Decoder::default();
+    let mut input = bytes::BytesMut::new();
+    let mut out = bytes::BytesMut::new();
+    let mut decoded = WsDecoded {
+        stream: Vec::new(),
+        controls: Vec::new(),
+        error: None,
+        held_max: 0,
+    };
+    for piece in pieces {
+        input.extend_from_slice(piece);
+        for _ in 0..100_000 {
+            match decoder.decode(&mut input, &mut out, room.max(1)) {
+                Ok(step) => {
+                    assert!(step.payload <= room.max(1), "more output than room");
+                    if let Some((opcode, payload)) = step.control {
+                        decoded.controls.push((format!("{opcode:?}"), payload));
+                    }
+                    if !step.progress {
+                        decoded.held_max = decoded.held_max.max(input.len());
+                        break;
+                    }
+                }
+                Err(error) => {
+                    decoded.error = Some(error.to_string());
+                    decoded.stream = out.to_vec();
+                    return decoded;
+                }
+            }
+        }
+    }
+    decoded.stream = out.to_vec();
+    decoded
 }

@@ -13,7 +13,7 @@
 pub mod certificates;
 pub mod proxy;
 mod tls;
-mod ws;
+pub(crate) mod ws;
 
 use std::io;
 use std::mem::MaybeUninit;

@@ -13,7 +13,7 @@
 //! as the client spelled it; a client that offers subprotocols but neither is refused, as is a
 //! request for another path.
 
-mod frames;
+pub(crate) mod frames;
 
 use std::io;
 
