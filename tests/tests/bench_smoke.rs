@@ -2,14 +2,20 @@
 //! a real coolpy7. Checks that each run completes and that the report is consistent; never
 //! asserts a speed.
 
+use std::net::SocketAddr;
 use std::process::Command;
 
+use coolpy7_tests::transport::{TestCa, TlsFiles};
 use coolpy7_tests::{Broker, TIMEOUT};
 use serde_json::Value;
 
 /// Runs the bench binary against `broker` and returns its JSON report.
 fn bench(broker: &Broker, args: &[&str]) -> Value {
-    let addr = broker.mqtt_addr();
+    bench_at(broker, broker.mqtt_addr(), args)
+}
+
+/// Runs the bench binary against `broker`'s listener at `addr` and returns its JSON report.
+fn bench_at(broker: &Broker, addr: SocketAddr, args: &[&str]) -> Value {
     let port = addr.port().to_string();
     let host = addr.ip().to_string();
     let pid = broker.pid().to_string();
@@ -245,4 +251,141 @@ fn mqtt5_fanin_fanout_and_p2p_qos1() {
         assert_eq!(u(&report, "broker_topic_alias_max"), 64, "{report}");
         assert_complete(&report, per_message);
     }
+}
+
+/// A broker with TLS, WebSocket and WebSocket-over-TLS listeners, its certificate signed by a test
+/// CA; returns the broker, the certificate files and the CA's PEM file for `--ca`.
+fn tls_broker() -> (Broker, TlsFiles, String) {
+    let ca = TestCa::new("bench CA");
+    let files = TlsFiles::write(&ca.server("broker"), &ca);
+    let ca_file = files.dir.write("bench-ca.crt", ca.cert_pem.as_bytes());
+    let mut args = vec![
+        "-tl=127.0.0.1:0".to_string(),
+        "-wl=127.0.0.1:0".to_string(),
+        "-wsl=127.0.0.1:0".to_string(),
+    ];
+    args.extend(files.server_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let broker = Broker::start(&args);
+    (broker, files, ca_file.display().to_string())
+}
+
+/// QoS 1 traffic over TLS, WebSocket and WebSocket over TLS: everything arrives exactly once,
+/// with the bench checking the broker's certificate against the CA (and offering ALPN mqtt).
+#[test]
+fn tls_ws_and_wss_traffic_qos1() {
+    let (broker, _files, ca) = tls_broker();
+    for (kind, transport, scenario, extra, per_message) in [
+        (
+            "tls",
+            vec!["--tls", "--ca", &ca],
+            "p2p",
+            ["--pairs", "3"],
+            1,
+        ),
+        ("ws", vec!["--ws"], "fanout", ["--subscribers", "3"], 3),
+        (
+            "wss",
+            vec!["--ws", "--tls", "--ca", &ca],
+            "fanin",
+            ["--publishers", "3"],
+            1,
+        ),
+        (
+            "tls",
+            vec!["--tls", "--ca", &ca, "--alpn", "mqtt", "--mqtt", "5"],
+            "p2p",
+            ["--pairs", "2"],
+            1,
+        ),
+    ] {
+        let mut args = vec![scenario, "--qos", "1", "--rate", "1000"];
+        args.extend(extra);
+        args.extend(transport);
+        let report = bench_at(&broker, broker.listener_addr(kind), &args);
+        assert_eq!(report["transport"], kind, "{report}");
+        assert_complete(&report, per_message);
+    }
+}
+
+/// QoS 0 at full speed over TLS and WebSocket: the publishers' write path that does not wait for
+/// acknowledgements; the run completes and messages arrive.
+#[test]
+fn tls_and_ws_unthrottled_qos0() {
+    let (broker, _files, ca) = tls_broker();
+    for (kind, transport) in [
+        ("tls", vec!["--tls", "--ca", ca.as_str()]),
+        ("ws", vec!["--ws"]),
+    ] {
+        let mut args = vec!["p2p", "--qos", "0", "--pairs", "2"];
+        args.extend(transport);
+        let report = bench_at(&broker, broker.listener_addr(kind), &args);
+        assert_eq!(u(&report, "errors"), 0, "{report}");
+        assert!(u(&report, "delivered") > 0, "{report}");
+    }
+}
+
+/// `handshakes` over TLS (verifying, and with --tls-no-verify) and over WSS, and `conns` over
+/// TLS: cycles complete, the broker closes after each DISCONNECT, idle connections stay open.
+#[test]
+fn tls_handshakes_and_conns() {
+    let (broker, _files, ca) = tls_broker();
+    for (kind, transport) in [
+        ("tls", vec!["--tls", "--ca", ca.as_str()]),
+        ("tls", vec!["--tls", "--tls-no-verify"]),
+        ("wss", vec!["--ws", "--tls", "--ca", ca.as_str()]),
+    ] {
+        let mut args = vec!["handshakes", "--connectors", "2"];
+        args.extend(transport);
+        let report = bench_at(&broker, broker.listener_addr(kind), &args);
+        assert_eq!(report["scenario"], "handshakes", "{report}");
+        assert_eq!(report["transport"], kind, "{report}");
+        assert!(u(&report, "handshakes") > 0, "{report}");
+        assert!(
+            report["handshakes_per_sec"].as_f64() > Some(0.0),
+            "{report}"
+        );
+        assert_eq!(u(&report, "errors"), 0, "{report}");
+        assert_eq!(u(&report, "not_closed_by_broker"), 0, "{report}");
+        assert!(report["setup_us"]["p50"].as_f64().is_some(), "{report}");
+        assert!(
+            report["broker_cpu_us_per_handshake"].as_f64().is_some(),
+            "{report}"
+        );
+    }
+    let report = bench_at(
+        &broker,
+        broker.listener_addr("tls"),
+        &["conns", "--conns", "100", "--tls", "--ca", &ca],
+    );
+    assert_eq!(u(&report, "connected"), 100, "{report}");
+    assert_eq!(u(&report, "errors"), 0, "{report}");
+    assert!(report["rss_per_conn_bytes"].as_f64().is_some(), "{report}");
+}
+
+/// A broker whose certificate the given CA did not sign is a set-up failure (exit 1), and
+/// `--tls` without a way to trust the broker is a usage error (exit 2).
+#[test]
+fn tls_untrusted_broker_and_missing_ca() {
+    let (broker, files, _ca) = tls_broker();
+    let stranger = files
+        .dir
+        .write("stranger.crt", TestCa::new("stranger").cert_pem.as_bytes());
+    let port = broker.listener_addr("tls").port().to_string();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_coolpy7-bench"))
+            .args(["p2p", "--pairs", "1", "--port", &port, "--secs", "1"])
+            .args(["--warmup", "0", "--connect-timeout", "3"])
+            .args(extra)
+            .output()
+            .expect("run coolpy7-bench")
+    };
+    let out = run(&["--tls", "--ca", &stranger.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS handshake"),
+        "{out:?}"
+    );
+    let out = run(&["--tls"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

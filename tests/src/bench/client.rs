@@ -1,6 +1,7 @@
 //! Connections and the per-connection loops.
 //!
-//! Each publisher and each subscriber is one task owning its `TcpStream`. Reads go into a
+//! Each publisher and each subscriber is one task owning its [`Stream`] (a `TcpStream`, or TLS
+//! and/or WebSocket layered over one: see [`super::stream`]). Reads go into a
 //! reused `BytesMut` (64 KiB at a time) and every whole packet in it is decoded in place; writes
 //! are batched into a reused `Vec`. Counters are per connection ([`Counters`], padded to a cache
 //! line pair) and only `store`d by their owner once per batch; the coordinator sums them.
@@ -17,12 +18,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::time::{interval_at, MissedTickBehavior};
 
 use super::codec::{self, ConnAckProps, InboundAliases, OutboundAliases, Packet, Version};
+use super::stream::{Dialer, Stream};
 
 /// Bytes asked of each read.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -109,7 +111,7 @@ impl Login {
 
 /// A connected MQTT client: the stream plus whatever was read beyond the last packet used.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: BytesMut,
     pub next_packet_id: u16,
     pub version: Version,
@@ -125,15 +127,16 @@ pub struct Conn {
     pub out_aliases: OutboundAliases,
 }
 
-/// Connects (optionally from source address `bind`), sends CONNECT and waits for CONNACK 0,
-/// all within `timeout`.
+/// Connects (optionally from source address `bind`) over the dialer's transport, sends CONNECT
+/// and waits for CONNACK 0, all within `timeout`.
 pub async fn open(
-    addr: SocketAddr,
+    dialer: &Dialer,
     bind: Option<IpAddr>,
     client_id: &str,
     login: &Login,
     timeout: Duration,
 ) -> anyhow::Result<Conn> {
+    let addr = dialer.addr;
     tokio::time::timeout(timeout, async {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -149,11 +152,12 @@ pub async fn open(
                 .bind(SocketAddr::new(ip, 0))
                 .with_context(|| format!("bind {ip}"))?;
         }
-        let stream = socket
+        let tcp = socket
             .connect(addr)
             .await
             .with_context(|| format!("connect {addr}"))?;
-        stream.set_nodelay(true).ok();
+        tcp.set_nodelay(true).ok();
+        let stream = dialer.layer(tcp).await?;
         let v5 = login.version == Version::V5;
         let mut conn = Conn {
             stream,
@@ -178,7 +182,7 @@ pub async fn open(
         } else {
             codec::connect(&mut out, client_id, login.keepalive);
         }
-        conn.stream.write_all(&out).await.context("send CONNECT")?;
+        conn.stream.send(&out).await.context("send CONNECT")?;
         let (code, props, reason) = conn
             .wait_for(|p| match p {
                 Packet::ConnAck { code, props, .. } => Some((
@@ -287,10 +291,7 @@ impl Conn {
             codec::subscribe(&mut out, self.version, id, chunk, qos);
             ids.push(id);
         }
-        self.stream
-            .write_all(&out)
-            .await
-            .context("send SUBSCRIBE")?;
+        self.stream.send(&out).await.context("send SUBSCRIBE")?;
         for id in ids {
             let refused = self
                 .wait_for(|p| match p {
@@ -380,7 +381,7 @@ pub async fn publisher(
     ctr.done.store(true, Relaxed);
     let mut bye = Vec::with_capacity(2);
     codec::disconnect(&mut bye);
-    let _ = conn.stream.try_write(&bye);
+    conn.stream.send_now(&bye);
 }
 
 async fn publisher_loop(
@@ -472,12 +473,6 @@ async fn publisher_loop(
             ctr.done.store(true, Relaxed);
         }
 
-        let want_write = wpos < wbuf.len();
-        let interest = if want_write {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
         tokio::select! {
             biased;
             changed = phase_rx.changed() => {
@@ -486,57 +481,48 @@ async fn publisher_loop(
                     return Ok(());
                 }
             }
-            ready = conn.stream.ready(interest) => {
-                let ready = ready?;
-                if ready.is_readable() || ready.is_read_closed() {
-                    match conn.stream.try_read_buf(&mut conn.rbuf) {
-                        Ok(0) => bail!("connection closed by the broker"),
-                        Ok(_) => {
-                            let mut used = 0;
-                            let mut acks = 0;
-                            let mut refused = 0;
-                            while let Some((p, n)) = codec::decode(&conn.rbuf[used..], conn.version)? {
-                                used += n;
-                                match p {
-                                    Packet::PubAck { code, .. } => {
-                                        acks += 1;
-                                        // 0x10 (no matching subscribers) is a success.
-                                        if code >= 0x80 {
-                                            refused += 1;
-                                        }
-                                    }
-                                    Packet::Disconnect { code, reason_string } => {
-                                        return Err(broker_disconnect(code, reason_string));
-                                    }
-                                    _ => {}
+            // Reads what arrived and writes what the socket takes of the pending bytes.
+            done = conn.stream.exchange(&mut conn.rbuf, &wbuf[wpos..]) => {
+                let done = done?;
+                if let Some(n) = done.read {
+                    if n == 0 {
+                        bail!("connection closed by the broker");
+                    }
+                    let mut used = 0;
+                    let mut acks = 0;
+                    let mut refused = 0;
+                    while let Some((p, n)) = codec::decode(&conn.rbuf[used..], conn.version)? {
+                        used += n;
+                        match p {
+                            Packet::PubAck { code, .. } => {
+                                acks += 1;
+                                // 0x10 (no matching subscribers) is a success.
+                                if code >= 0x80 {
+                                    refused += 1;
                                 }
                             }
-                            conn.rbuf.advance(used);
-                            conn.rbuf.reserve(READ_CHUNK);
-                            if acks > 0 {
-                                acked += acks;
-                                ctr.acked.store(acked, Relaxed);
+                            Packet::Disconnect { code, reason_string } => {
+                                return Err(broker_disconnect(code, reason_string));
                             }
-                            if refused > 0 {
-                                // Counted as errors: the subscribers will miss these.
-                                bump(&ctr.errors, refused);
-                            }
+                            _ => {}
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
+                    }
+                    conn.rbuf.advance(used);
+                    conn.rbuf.reserve(READ_CHUNK);
+                    if acks > 0 {
+                        acked += acks;
+                        ctr.acked.store(acked, Relaxed);
+                    }
+                    if refused > 0 {
+                        // Counted as errors: the subscribers will miss these.
+                        bump(&ctr.errors, refused);
                     }
                 }
-                if want_write && ready.is_writable() {
-                    match conn.stream.try_write(&wbuf[wpos..]) {
-                        Ok(n) => {
-                            wpos += n;
-                            if wpos == wbuf.len() {
-                                wbuf.clear();
-                                wpos = 0;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
+                if done.wrote > 0 {
+                    wpos += done.wrote;
+                    if wpos == wbuf.len() {
+                        wbuf.clear();
+                        wpos = 0;
                     }
                 }
             }
@@ -617,7 +603,7 @@ pub async fn subscriber(
     }
     let mut bye = Vec::with_capacity(2);
     codec::disconnect(&mut bye);
-    let _ = conn.stream.try_write(&bye);
+    conn.stream.send_now(&bye);
 }
 
 /// At most this many latency samples are kept (800 MB of u64).
@@ -728,7 +714,7 @@ async fn subscriber_loop(
         ctr.gaps.store(gaps, Relaxed);
         ctr.foreign.store(foreign, Relaxed);
         if !acks.is_empty() {
-            conn.stream.write_all(&acks).await?;
+            conn.stream.send(&acks).await?;
             acks.clear();
         }
     }

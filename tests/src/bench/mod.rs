@@ -7,20 +7,28 @@
 //! - [`client`]: connection set-up and the publisher / subscriber loops: one task per
 //!   connection, 64 KiB reads decoded in place, batched writes, per-connection counters in
 //!   atomics (no locks, no allocation per message).
+//! - [`stream`]: the transports: plain TCP, TLS (`--tls`), WebSocket (`--ws`) and both.
 //! - [`run`]: the scenarios (`fanin`, `fanout`, `p2p`, `latency`, `conns`) and the measurement
 //!   window.
 //! - [`subs`]: the `subs` scenario (memory per subscription, and the stall while a client with
 //!   many subscriptions leaves).
+//! - [`handshakes`]: the `handshakes` scenario (connections set up and torn down per second).
 //! - [`report`]: `/proc` readings (RSS, CPU), percentiles and the JSON line.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::bail;
 use clap::{Parser, ValueEnum};
 
 use codec::Version;
 
 pub mod client;
 pub mod codec;
+pub mod handshakes;
 pub mod report;
 pub mod run;
+pub mod stream;
 pub mod subs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -40,6 +48,10 @@ pub enum Scenario {
     /// broker's RSS per filter (with `--pid`); then they all disconnect while an unrelated QoS 0
     /// pair runs at 1 msg/ms: its longest gap, and how long a new CONNECT takes meanwhile.
     Subs,
+    /// `--connectors` clients each connect (TCP, TLS with `--tls`, the WebSocket upgrade with
+    /// `--ws`), CONNECT, wait for CONNACK, DISCONNECT and wait for the broker to close, over and
+    /// over: completed cycles per second over the window, and their set-up time percentiles.
+    Handshakes,
 }
 
 impl Scenario {
@@ -51,6 +63,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Conns => "conns",
             Scenario::Subs => "subs",
+            Scenario::Handshakes => "handshakes",
         }
     }
 }
@@ -167,6 +180,33 @@ pub struct Args {
     /// Print a progress line every second on stderr.
     #[arg(long)]
     pub progress: bool,
+    /// handshakes: clients connecting over and over at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connectors: u32,
+    /// Connect over TLS (needs --ca or --tls-no-verify; the server name is the host the client
+    /// connects to).
+    #[arg(long)]
+    pub tls: bool,
+    /// TLS: PEM file of the CA (or CAs) to trust, the only roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// TLS: ALPN protocol(s) to offer, comma-separated (e.g. mqtt) [default: none].
+    #[arg(long, value_delimiter = ',')]
+    pub alpn: Vec<String>,
+    /// TLS: accept whatever certificate the broker presents, without checking it or the
+    /// handshake's signature (makes the bench's side of a handshake cheaper than the broker's).
+    #[arg(long)]
+    pub tls_no_verify: bool,
+    /// TLS: let the client resume sessions (tickets, session ids); by default every connection
+    /// makes a full handshake.
+    #[arg(long)]
+    pub tls_resume: bool,
+    /// MQTT over WebSocket (binary messages, subprotocol mqtt); with --tls, over TLS (WSS).
+    #[arg(long)]
+    pub ws: bool,
+    /// WebSocket: the HTTP path of the endpoint.
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
 }
 
 fn parse_mqtt(s: &str) -> Result<Version, String> {
@@ -196,6 +236,55 @@ impl Args {
         }
     }
 
+    /// Arguments that only make sense together.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.tls && self.ca.is_none() && !self.tls_no_verify {
+            bail!(
+                "--tls needs --ca FILE (the CA that signed the broker's certificate) or \
+                 --tls-no-verify"
+            );
+        }
+        if self.ca.is_some() && self.tls_no_verify {
+            bail!("--ca and --tls-no-verify exclude each other");
+        }
+        if !self.tls
+            && (self.ca.is_some() || !self.alpn.is_empty() || self.tls_resume || self.tls_no_verify)
+        {
+            bail!("--ca, --alpn, --tls-resume and --tls-no-verify need --tls");
+        }
+        if self.ws && !self.ws_path.starts_with('/') {
+            bail!("--ws-path must start with '/'");
+        }
+        Ok(())
+    }
+
+    /// `tcp`, `tls`, `ws` or `wss`, for reports.
+    pub fn transport_name(&self) -> &'static str {
+        match (self.tls, self.ws) {
+            (false, false) => "tcp",
+            (true, false) => "tls",
+            (false, true) => "ws",
+            (true, true) => "wss",
+        }
+    }
+
+    /// The transport every client of the run uses (reads the CA file).
+    pub fn transport(&self) -> anyhow::Result<stream::Transport> {
+        let tls = if self.tls {
+            Some(Arc::new(stream::tls_config(
+                self.ca.as_deref(),
+                &self.alpn,
+                self.tls_resume,
+            )?))
+        } else {
+            None
+        };
+        Ok(stream::Transport {
+            tls,
+            ws_path: self.ws.then(|| self.ws_path.clone()),
+        })
+    }
+
     /// What publishers send: their Receive Maximum is their in-flight window.
     pub fn publisher_login(&self) -> client::Login {
         self.login()
@@ -205,6 +294,10 @@ impl Args {
 
 /// Runs the load generator; returns the process exit code.
 pub fn main(args: Args) -> i32 {
+    if let Err(e) = args.check() {
+        eprintln!("coolpy7-bench: {e}");
+        return 2;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use serde_json::{json, Map, Value};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::client::{self, Conn, Counters, Login, PubSpec, Shared, SubSpec};
 use super::codec;
 use super::report::{self, round1};
+use super::stream::{Dialer, Stream};
 use super::{Args, Scenario};
 
 /// Runs the scenario and prints the report; returns the exit code.
@@ -27,6 +27,7 @@ pub async fn run(args: Args) -> i32 {
     let nofile = report::raise_nofile_limit();
     let result = match args.scenario {
         Scenario::Conns => conns(&args, nofile).await,
+        Scenario::Handshakes => super::handshakes::handshakes(&args).await,
         Scenario::Subs => super::subs::subs(&args).await,
         _ => traffic(&args).await,
     };
@@ -46,7 +47,7 @@ pub async fn run(args: Args) -> i32 {
     }
 }
 
-async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+pub(super) async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host((host, port))
         .await
         .with_context(|| format!("resolving {host}:{port}"))?
@@ -54,7 +55,7 @@ async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{host}:{port} resolves to nothing"))
 }
 
-fn secs(s: f64) -> Duration {
+pub(super) fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::from_secs(86_400))
 }
 
@@ -88,7 +89,9 @@ fn plan(args: &Args) -> Plan {
         Scenario::P2p => (0..args.pairs.max(1))
             .map(|i| format!("bench/p2p/{i}"))
             .collect(),
-        Scenario::Latency | Scenario::Conns | Scenario::Subs => vec!["bench/lat".into()],
+        Scenario::Latency | Scenario::Conns | Scenario::Subs | Scenario::Handshakes => {
+            vec!["bench/lat".into()]
+        }
     };
     let n = topics.len() as u64;
     let publishers = topics
@@ -127,7 +130,7 @@ fn plan(args: &Args) -> Plan {
             topics.clone(),
             1,
         ),
-        Scenario::Latency | Scenario::Conns | Scenario::Subs => {
+        Scenario::Latency | Scenario::Conns | Scenario::Subs | Scenario::Handshakes => {
             (vec![vec!["bench/lat".into()]], vec!["bench/lat".into()], 1)
         }
     };
@@ -154,7 +157,7 @@ fn extra_filters(n: u32) -> Vec<String> {
 /// Opens (and subscribes) every client concurrently; fails on the first failure, and when a v5
 /// broker's Maximum QoS is below `qos`.
 async fn open_all(
-    addr: SocketAddr,
+    dialer: &Arc<Dialer>,
     clients: Vec<(String, Vec<String>)>,
     qos: u8,
     login: Login,
@@ -163,8 +166,9 @@ async fn open_all(
     let mut set = JoinSet::new();
     let count = clients.len();
     for (i, (id, filters)) in clients.into_iter().enumerate() {
+        let dialer = dialer.clone();
         set.spawn(async move {
-            let mut conn = client::open(addr, None, &id, &login, timeout).await?;
+            let mut conn = client::open(&dialer, None, &id, &login, timeout).await?;
             if conn.server_maximum_qos < qos {
                 return Err(anyhow!(
                     "{id}: the broker's Maximum QoS is {}, below --qos {qos}",
@@ -289,8 +293,8 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
     }
     let mut bye = Vec::new();
     codec::disconnect(&mut bye);
-    for c in st.held.drain(..) {
-        let _ = c.stream.try_write(&bye);
+    for mut c in st.held.drain(..) {
+        c.stream.send_now(&bye);
     }
     let t = totals(&st.pubs, &st.subs);
     let expected = st.expected.unwrap_or(t.sent * plan.fanout);
@@ -304,6 +308,7 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
     out.insert("scenario".into(), args.scenario.name().into());
     out.insert("ok".into(), (!timed_out).into());
     out.insert("mqtt".into(), args.mqtt_number().into());
+    out.insert("transport".into(), args.transport_name().into());
     out.insert("qos".into(), args.qos.into());
     out.insert("size".into(), args.size.into());
     out.insert("publishers".into(), plan.publishers.len().into());
@@ -411,12 +416,12 @@ async fn traffic_body(
     phase_rx: &watch::Receiver<u8>,
     st: &mut State,
 ) -> anyhow::Result<()> {
+    let transport = args.transport()?;
     let pub_addr = resolve(&args.host, args.port).await?;
-    let sub_addr = resolve(
-        args.sub_host.as_deref().unwrap_or(&args.host),
-        args.sub_port.unwrap_or(args.port),
-    )
-    .await?;
+    let sub_host = args.sub_host.as_deref().unwrap_or(&args.host);
+    let sub_addr = resolve(sub_host, args.sub_port.unwrap_or(args.port)).await?;
+    let pub_dialer = Arc::new(Dialer::new(&transport, &args.host, pub_addr)?);
+    let sub_dialer = Arc::new(Dialer::new(&transport, sub_host, sub_addr)?);
     let timeout = secs(args.connect_timeout);
     let login = args.login();
     let qos = args.qos;
@@ -433,7 +438,7 @@ async fn traffic_body(
                 .enumerate()
                 .map(|(i, f)| (format!("{prefix}-x{i}"), f.to_vec()))
                 .collect();
-            let idle = open_all(sub_addr, clients, qos, login, timeout).await?;
+            let idle = open_all(&sub_dialer, clients, qos, login, timeout).await?;
             st.held.extend(idle);
         }
         let clients = plan
@@ -442,7 +447,7 @@ async fn traffic_body(
             .enumerate()
             .map(|(i, f)| (format!("{prefix}-s{i}"), f.clone()))
             .collect();
-        let subs = open_all(sub_addr, clients, qos, login, timeout).await?;
+        let subs = open_all(&sub_dialer, clients, qos, login, timeout).await?;
         if args.stalled > 0 {
             let clients = (0..args.stalled as usize)
                 .map(|j| {
@@ -450,13 +455,13 @@ async fn traffic_body(
                     (format!("{prefix}-st{j}"), vec![filter])
                 })
                 .collect();
-            let stalled = open_all(sub_addr, clients, qos, login, timeout).await?;
+            let stalled = open_all(&sub_dialer, clients, qos, login, timeout).await?;
             st.held.extend(stalled);
         }
         let clients = (0..plan.publishers.len())
             .map(|i| (format!("{prefix}-p{i}"), Vec::new()))
             .collect();
-        let pubs = open_all(pub_addr, clients, qos, args.publisher_login(), timeout).await?;
+        let pubs = open_all(&pub_dialer, clients, qos, args.publisher_login(), timeout).await?;
         anyhow::Ok((subs, pubs))
     };
     let (subs, pubs) = tokio::time::timeout(timeout, setup)
@@ -600,6 +605,7 @@ async fn progress_sleep(args: &Args, st: &State, d: Duration) {
 /// The `conns` scenario: C idle connections, the broker's RSS before and after.
 async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, Value>> {
     let addr = resolve(&args.host, args.port).await?;
+    let dialer = Arc::new(Dialer::new(&args.transport()?, &args.host, addr)?);
     let target = args.conns as usize;
     if let Some(limit) = nofile {
         if target as u64 + 64 > limit {
@@ -622,7 +628,7 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
     };
     let global = secs(args.connect_timeout + args.warmup + args.secs + args.drain + 10.0);
     let rss_before_kb = args.pid.and_then(report::rss_kb);
-    let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::with_capacity(target)));
+    let streams: Arc<Mutex<Vec<Stream>>> = Arc::new(Mutex::new(Vec::with_capacity(target)));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut connect_secs = 0.0;
@@ -654,7 +660,8 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
             let id = format!("{}-c{i}", args.id_prefix);
             let bind = source(i);
             let login = args.login();
-            set.spawn(async move { client::open(addr, bind, &id, &login, timeout).await });
+            let dialer = dialer.clone();
+            set.spawn(async move { client::open(&dialer, bind, &id, &login, timeout).await });
         }
         while let Some(j) = set.join_next().await {
             handle(j);
@@ -686,20 +693,16 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
     // Were any closed by the broker meanwhile?
     let mut closed = 0u64;
     {
-        let streams = streams.lock().unwrap_or_else(|e| e.into_inner());
-        let mut probe = [0u8; 64];
-        for s in streams.iter() {
-            match s.try_read(&mut probe) {
-                Ok(0) => closed += 1,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => closed += 1,
+        let mut streams = streams.lock().unwrap_or_else(|e| e.into_inner());
+        for s in streams.iter_mut() {
+            if s.closed_now() {
+                closed += 1;
             }
         }
         let mut bye = Vec::new();
         codec::disconnect(&mut bye);
-        for s in streams.iter() {
-            let _ = s.try_write(&bye);
+        for s in streams.iter_mut() {
+            s.send_now(&bye);
         }
     }
     streams.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -708,6 +711,7 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
     let mut out = Map::new();
     out.insert("scenario".into(), "conns".into());
     out.insert("mqtt".into(), args.mqtt_number().into());
+    out.insert("transport".into(), args.transport_name().into());
     out.insert("ok".into(), (!timed_out).into());
     out.insert("timed_out".into(), timed_out.into());
     out.insert("conns".into(), target.into());

@@ -13,7 +13,7 @@
 //!    and after it (the stall), the slowest and the first CONNECT after it (one that got no
 //!    CONNACK within `--connect-timeout` counts as that long, and in `connect_failed`).
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use super::client::{self, Conn};
 use super::codec::{self, Packet};
 use super::report;
+use super::stream::Dialer;
 use super::Args;
 
 /// Filters per SUBSCRIBE packet.
@@ -49,6 +50,7 @@ pub async fn subs(args: &Args) -> anyhow::Result<Map<String, Value>> {
         .with_context(|| format!("resolving {}:{}", args.host, args.port))?
         .next()
         .ok_or_else(|| anyhow!("{}:{} resolves to nothing", args.host, args.port))?;
+    let dialer = Arc::new(Dialer::new(&args.transport()?, &args.host, addr)?);
     let timeout = Duration::try_from_secs_f64(args.connect_timeout.max(0.0))
         .unwrap_or(Duration::from_secs(86_400));
     let clients = args.clients.max(1) as u64;
@@ -57,12 +59,13 @@ pub async fn subs(args: &Args) -> anyhow::Result<Map<String, Value>> {
     let mut out = Map::new();
     out.insert("scenario".into(), "subs".into());
     out.insert("mqtt".into(), args.mqtt_number().into());
+    out.insert("transport".into(), args.transport_name().into());
     out.insert("filters".into(), filters.into());
     out.insert("clients".into(), clients.into());
 
     let rss_start = rss();
     let started = Instant::now();
-    let holders = connect_holders(addr, clients, args, timeout).await?;
+    let holders = connect_holders(&dialer, clients, args, timeout).await?;
     let connected_secs = started.elapsed().as_secs_f64();
     let rss_connected = rss();
 
@@ -92,7 +95,7 @@ pub async fn subs(args: &Args) -> anyhow::Result<Map<String, Value>> {
         eprintln!("subs: broker rss {before} kB -> {after} kB = {per:.0} bytes/filter");
     }
 
-    let stall = measure_teardown(addr, holders, args, timeout).await?;
+    let stall = measure_teardown(&dialer, holders, args, timeout).await?;
     out.extend(stall);
     out.insert("ok".into(), true.into());
     out.insert("timed_out".into(), false.into());
@@ -100,7 +103,7 @@ pub async fn subs(args: &Args) -> anyhow::Result<Map<String, Value>> {
 }
 
 async fn connect_holders(
-    addr: SocketAddr,
+    dialer: &Arc<Dialer>,
     clients: u64,
     args: &Args,
     timeout: Duration,
@@ -113,8 +116,9 @@ async fn connect_holders(
         }
         let id = format!("{}-h{i}", args.id_prefix);
         let login = args.login();
+        let dialer = dialer.clone();
         set.spawn(async move {
-            let conn = client::open(addr, None, &id, &login, timeout).await?;
+            let conn = client::open(&dialer, None, &id, &login, timeout).await?;
             anyhow::Ok((i as usize, conn))
         });
     }
@@ -183,10 +187,7 @@ async fn subscribe_windowed(
             waiting.push_back(id);
         }
         if !out.is_empty() {
-            conn.stream
-                .write_all(&out)
-                .await
-                .context("send SUBSCRIBE")?;
+            conn.stream.send(&out).await.context("send SUBSCRIBE")?;
             out.clear();
         }
         let Some(id) = waiting.pop_front() else {
@@ -206,7 +207,7 @@ async fn subscribe_windowed(
 
 /// Step 2: the pair, the disconnect of every holder, and the prober.
 async fn measure_teardown(
-    addr: SocketAddr,
+    dialer: &Dialer,
     holders: Vec<Conn>,
     args: &Args,
     timeout: Duration,
@@ -218,11 +219,11 @@ async fn measure_teardown(
         stream: mut subscriber,
         aliases: mut sub_aliases,
         ..
-    } = client::open(addr, None, &format!("{topic}-s"), &login, timeout).await?;
+    } = client::open(dialer, None, &format!("{topic}-s"), &login, timeout).await?;
     let mut buf = Vec::new();
     codec::subscribe(&mut buf, version, 1, &[topic.as_str()], 0);
-    subscriber.write_all(&buf).await?;
-    let mut publisher = client::open(addr, None, &format!("{topic}-p"), &login, timeout).await?;
+    subscriber.send(&buf).await?;
+    let mut publisher = client::open(dialer, None, &format!("{topic}-p"), &login, timeout).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // The subscriber: every PUBLISH's arrival time (the SUBACK is skipped by the decoder loop).
@@ -276,7 +277,7 @@ async fn measure_teardown(
                 tokio::select! {
                     _ = stop.changed() => return,
                     _ = tick.tick() => {
-                        if publisher.stream.write_all(next).await.is_err() {
+                        if publisher.stream.send(next).await.is_err() {
                             return;
                         }
                         next = &packet;
@@ -291,7 +292,7 @@ async fn measure_teardown(
     let mut bye = Vec::new();
     codec::disconnect(&mut bye);
     for mut holder in holders {
-        let _ = holder.stream.write_all(&bye).await;
+        let _ = holder.stream.send(&bye).await;
         let _ = holder.stream.shutdown().await;
     }
 
@@ -304,14 +305,14 @@ async fn measure_teardown(
         let start = Instant::now();
         let id = format!("{topic}-probe{attempt}");
         attempt += 1;
-        let conn = client::open(addr, None, &id, &login, timeout).await;
+        let conn = client::open(dialer, None, &id, &login, timeout).await;
         let took = start.elapsed().as_secs_f64() * 1000.0;
         let at = (start - disconnected).as_secs_f64() * 1000.0;
         // A CONNECT that gets no CONNACK within --connect-timeout counts with the time it
         // waited: that is the finding, not a failure of the run.
         match conn {
             Ok(mut conn) => {
-                let _ = conn.stream.write_all(&bye).await;
+                let _ = conn.stream.send(&bye).await;
             }
             Err(e) => {
                 eprintln!("subs: probe CONNECT {attempt} failed after {took:.0} ms: {e:#}");
