@@ -15,6 +15,7 @@ use coolpy7_tests::transport::{
 };
 use coolpy7_tests::{packets, unique_id, Broker, Connect, Packet, RawClient, TIMEOUT};
 use futures_util::SinkExt;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
 fn start_ws(extra: &[&str]) -> Broker {
@@ -166,13 +167,15 @@ async fn text_messages_garbage_and_silence_close_the_connection() {
         use futures_util::StreamExt;
         loop {
             match inner.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
                 Some(Ok(_)) => {}
             }
         }
     })
-    .await;
-    assert!(closed.is_ok(), "a text message closes the connection");
+    .await
+    .expect("a text message closes the connection");
+    assert_eq!(closed, Some(1003), "closed with 1003 (unsupported data)");
 
     // Not HTTP at all.
     let mut garbage = RawClient::connect(addr).await;
@@ -378,7 +381,54 @@ async fn a_large_message_before_connect_is_judged_by_its_fixed_header() {
             .await,
         1.0
     );
-    assert_eq!(broker.metric("coolpy7_handshake_buffer_bytes").await, 0.0);
+    // The lease goes with the connection's task, a moment after the close the client sees.
+    broker
+        .wait_metric(
+            "coolpy7_handshake_buffer_bytes",
+            "handshake memory given back",
+            TIMEOUT,
+            |v| v == 0.0,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_frame_header_in_pieces_does_not_keep_a_silent_client_alive() {
+    let broker = start_ws(&[]);
+    let addr = broker.listener_addr("ws");
+    let ws = try_connect_ws(tcp(addr).await, addr, "/mqtt", "mqtt")
+        .await
+        .expect("upgrade");
+    // CONNECT with keepalive 1 s, then the first byte of a frame header and silence.
+    let mut tcp_level = ws.into_inner();
+    let mut connect = Connect::v311("half-header");
+    connect.keep_alive = 1;
+    tcp_level
+        .send(Message::binary(connect.encode()))
+        .await
+        .expect("CONNECT");
+    tcp_level
+        .get_mut()
+        .write_all(&[0x82])
+        .await
+        .expect("a lone header byte");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        use futures_util::StreamExt;
+        loop {
+            match tcp_level.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the keepalive (1.5 s) did not close the client"
+    );
+    broker
+        .wait_log_line(&["half-header", "keepalive expired"], TIMEOUT)
+        .await;
 }
 
 #[tokio::test]
@@ -411,4 +461,50 @@ async fn a_websocket_subscriber_that_stops_reading_is_closed_at_its_write_timeou
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     publisher.ping().await;
+}
+
+#[tokio::test]
+async fn a_close_right_behind_a_publish_is_a_clean_close() {
+    use futures_util::StreamExt;
+    let broker = start_ws(&[]);
+    let addr = broker.listener_addr("ws");
+    let mut subscriber = RawClient::connect_v311(broker.mqtt_addr(), "watcher").await;
+    subscriber.subscribe(1, &[("last/#", 0)]).await;
+    let ws = try_connect_ws(tcp(addr).await, addr, "/mqtt", "mqtt")
+        .await
+        .expect("upgrade");
+    let mut ws = ws.into_inner();
+    ws.send(Message::binary(Connect::v311("closer").encode()))
+        .await
+        .expect("CONNECT");
+    match ws.next().await {
+        Some(Ok(Message::Binary(connack))) => assert_eq!(&connack[..2], &[0x20, 0x02]),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // A QoS 1 PUBLISH and the Close in one write: the broker reads both at once.
+    ws.feed(Message::binary(packets::publish(
+        "last/words",
+        1,
+        5,
+        b"bye",
+    )))
+    .await
+    .expect("feed");
+    ws.close(None).await.expect("close");
+    let answered = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("an answer in time");
+    assert!(answered, "the Close is answered with Close");
+    assert_eq!(subscriber.recv_publish(TIMEOUT).await.payload, b"bye");
+    broker
+        .wait_log_line(&["closer", "client closed the connection"], TIMEOUT)
+        .await;
 }

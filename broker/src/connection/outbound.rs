@@ -377,13 +377,15 @@ impl Connection {
     /// Writes as much pending output as the socket takes now, without waiting; then what TLS
     /// or WebSocket still holds.
     pub(super) fn write_now(&mut self) -> io::Result<()> {
+        // What TLS or WebSocket sent of earlier output while a write here would block is
+        // progress too: a client reading slowly is not stalled.
+        let layers_sent = self.stream.bytes_sent();
+        let mut blocked = false;
         loop {
             if self.wbuf.is_empty() {
                 match self.stream.flush() {
                     Ok(()) => self.write_blocked_since = None,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        self.write_blocked_since.get_or_insert_with(Instant::now);
-                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => blocked = true,
                     Err(error) => return Err(error),
                 }
                 break;
@@ -396,10 +398,17 @@ impl Connection {
                     self.write_blocked_since = None;
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.write_blocked_since.get_or_insert_with(Instant::now);
+                    blocked = true;
                     break;
                 }
                 Err(error) => return Err(error),
+            }
+        }
+        if blocked {
+            if self.stream.bytes_sent() != layers_sent {
+                self.write_blocked_since = Some(Instant::now());
+            } else {
+                self.write_blocked_since.get_or_insert_with(Instant::now);
             }
         }
         if self.wbuf.is_empty() {

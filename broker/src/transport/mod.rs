@@ -248,6 +248,11 @@ pub trait Layer {
     fn flush(&mut self) -> io::Result<()>;
     /// Whether taken output is still waiting to be sent.
     fn has_pending_output(&self) -> bool;
+    /// Bytes this layer has written to the socket so far (0 for the socket itself, whose
+    /// writes say what they wrote): a change is progress for the write timeout.
+    fn bytes_sent(&self) -> u64 {
+        0
+    }
     /// Whether input has been read from the socket and not yet handed up.
     fn has_buffered_input(&self) -> bool;
     /// Ends the layer politely (TLS close_notify), best effort.
@@ -382,6 +387,17 @@ impl Stream {
             Stream::Tls(tls) => tls.flush(),
             Stream::Ws(ws) => ws.flush(),
             Stream::Wss(ws) => ws.flush(),
+        }
+    }
+
+    /// Grows whenever a TLS or WebSocket layer moved output the connection wrote earlier: a
+    /// client that reads slowly makes progress even while its writes would block.
+    pub fn bytes_sent(&self) -> u64 {
+        match self {
+            Stream::Tcp(_) => 0,
+            Stream::Tls(tls) => tls.bytes_sent(),
+            Stream::Ws(ws) => ws.bytes_sent(),
+            Stream::Wss(ws) => ws.bytes_sent(),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct TlsStream {
     /// Whether decrypted input may be waiting in rustls (it says exactly only when records
     /// are processed; a read that filled its buffer may have left some).
     plaintext_waiting: bool,
+    /// Record bytes written to the socket so far.
+    sent: u64,
 }
 
 fn tls_error(detail: impl ToString) -> TransportError {
@@ -100,6 +102,7 @@ pub async fn accept(
         tcp: io.layer,
         tls,
         plaintext_waiting: false,
+        sent: 0,
     };
     while stream.tls.is_handshaking() {
         match stream.flush() {
@@ -232,11 +235,16 @@ impl Layer for TlsStream {
 
     fn flush(&mut self) -> io::Result<()> {
         while self.tls.wants_write() {
-            if self.tls.write_tls(&mut Socket(&self.tcp))? == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+            match self.tls.write_tls(&mut Socket(&self.tcp))? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => self.sent += n as u64,
             }
         }
         Ok(())
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.sent
     }
 
     fn has_pending_output(&self) -> bool {

@@ -24,7 +24,7 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::http::{HeaderValue, StatusCode};
 
 use super::{read_into_spare, would_block, HandshakeFailure, Io, Layer, TransportError};
-use frames::{Decoder, Opcode};
+use frames::{close_answer, Decoder, Opcode};
 
 /// The subprotocols MQTT clients ask for, in our order of preference.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
@@ -56,6 +56,8 @@ pub struct WsStream<L: Layer> {
     closing: bool,
     /// The client sent Close, or the layer ended: the stream's end once its bytes are handed up.
     ended: bool,
+    /// Frame bytes handed to the layer so far (see [`WsStream::bytes_sent`]).
+    sent: u64,
 }
 
 fn ws_error(detail: impl ToString) -> TransportError {
@@ -156,6 +158,7 @@ pub async fn accept<L: Layer>(layer: L, path: &str) -> Result<WsStream<L>, Trans
         pong: None,
         closing: false,
         ended: false,
+        sent: 0,
     })
 }
 
@@ -168,28 +171,33 @@ impl<L: Layer> WsStream<L> {
         self.layer.tcp()
     }
 
-    /// Appends MQTT bytes from the frames to `buf`, up to its spare capacity; `Ok(0)` when the
-    /// client closed.
+    /// Appends MQTT bytes from the frames to `buf`, up to its spare capacity (which the caller
+    /// makes non-zero, as for a socket); `Ok(0)` when the client closed.
     pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        // Nothing the client sends after its Close is read (RFC 6455 §5.5.1).
+        if self.ended {
+            return Ok(0);
+        }
         let mut read = 0;
         loop {
             let room = buf.capacity() - buf.len();
-            let decoded = self
-                .decoder
-                .decode(&mut self.input, buf, room)
-                .map_err(|error| {
+            debug_assert!(room > 0, "no room to read into");
+            let decoded = match self.decoder.decode(&mut self.input, buf, room) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    // The Close frame saying why goes now: the connection ends on this error
+                    // without writing anything more.
                     self.queue_close(error.close_code());
-                    invalid(error.to_string())
-                })?;
+                    let _ = self.flush();
+                    self.layer.close();
+                    return Err(invalid(error.to_string()));
+                }
+            };
             if let Some((opcode, payload)) = decoded.control {
                 match opcode {
                     Opcode::Ping => self.pong = Some(payload),
                     Opcode::Close => {
-                        // Echo the client's status code, then end (RFC 6455 §5.5.1).
-                        let code = payload
-                            .get(..2)
-                            .map_or(1000, |code| u16::from_be_bytes([code[0], code[1]]));
-                        self.queue_close(code);
+                        self.queue_close(close_answer(&payload));
                         self.ended = true;
                     }
                     _ => {}
@@ -232,6 +240,11 @@ impl<L: Layer> WsStream<L> {
 
     /// Sends up to [`MAX_WRITE`] bytes of `buf` as one binary frame.
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.ended {
+            // The client sent Close: what the connection still writes (an answer to the packets
+            // before it) is dropped, and its next read ends it as a close by the client.
+            return Ok(buf.len());
+        }
         if self.closing {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
@@ -248,9 +261,13 @@ impl<L: Layer> WsStream<L> {
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        if let Some(payload) = self.pong.take() {
-            if !self.closing {
-                frames::encode(Opcode::Pong, &payload, &mut self.output);
+        // A pong joins the output only once it is empty: pings arriving while the client does
+        // not read replace the one pong owed instead of piling up.
+        if self.output.is_empty() {
+            if let Some(payload) = self.pong.take() {
+                if !self.closing {
+                    frames::encode(Opcode::Pong, &payload, &mut self.output);
+                }
             }
         }
         while !self.output.is_empty() {
@@ -258,20 +275,34 @@ impl<L: Layer> WsStream<L> {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     let _ = self.output.split_to(n);
+                    self.sent += n as u64;
                 }
                 Err(error) => return Err(error),
             }
         }
         self.output = BytesMut::new();
-        self.layer.flush()
+        self.layer.flush()?;
+        if self.pong.is_some() {
+            // Owed since the output was last busy.
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Bytes handed to the layer so far, and what the layer sent: changes whenever output
+    /// moved.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent + self.layer.bytes_sent()
     }
 
     pub fn has_pending_output(&self) -> bool {
         !self.output.is_empty() || self.pong.is_some() || self.layer.has_pending_output()
     }
 
+    /// Payload waiting for room in the caller's buffer; a frame header or control frame in
+    /// pieces is not input the client finished sending.
     pub fn has_buffered_input(&self) -> bool {
-        !self.input.is_empty() || self.layer.has_buffered_input()
+        (self.decoder.in_payload() && !self.input.is_empty()) || self.layer.has_buffered_input()
     }
 
     fn queue_close(&mut self, code: u16) {

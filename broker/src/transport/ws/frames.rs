@@ -113,6 +113,24 @@ struct Header {
     size: usize,
 }
 
+/// The status code to answer a client's Close with (RFC 6455 §5.5.1, §7.4): its own code when
+/// that is one an endpoint may send, 1000 when it gave none, 1002 for a code that may not be
+/// sent or a one-byte payload, 1007 for a reason that is not UTF-8.
+pub fn close_answer(payload: &[u8]) -> u16 {
+    let Some((code, reason)) = payload.split_first_chunk::<2>() else {
+        return if payload.is_empty() { 1000 } else { 1002 };
+    };
+    let code = u16::from_be_bytes(*code);
+    let sendable = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+    if !sendable {
+        1002
+    } else if std::str::from_utf8(reason).is_err() {
+        1007
+    } else {
+        code
+    }
+}
+
 /// The decoding state between reads.
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -177,6 +195,12 @@ fn unmask(bytes: &mut [u8], mask: [u8; 4], offset: usize) {
 }
 
 impl Decoder {
+    /// Whether a data frame's payload is being read: what the input holds then is payload
+    /// waiting for room, not a frame in pieces.
+    pub fn in_payload(&self) -> bool {
+        self.frame.is_some()
+    }
+
     /// Consumes what it can of `input`: appends at most `room` payload bytes of binary frames
     /// (unmasked) to `out`, and stops after one control frame. What it leaves in `input` is a
     /// partial header or control frame, or payload there was no room for.

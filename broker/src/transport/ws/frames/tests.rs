@@ -231,3 +231,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_close_is_answered_with_a_code_an_endpoint_may_send() {
+    let with = |code: u16, reason: &[u8]| [&code.to_be_bytes()[..], reason].concat();
+    assert_eq!(close_answer(&[]), 1000);
+    assert_eq!(close_answer(&with(1001, b"going away")), 1001);
+    assert_eq!(close_answer(&with(4000, b"")), 4000);
+    for reserved in [0, 999, 1004, 1005, 1006, 1015, 2000, 5000] {
+        assert_eq!(close_answer(&with(reserved, b"")), 1002, "{reserved}");
+    }
+    assert_eq!(close_answer(&with(1000, &[0xff, 0xfe])), 1007);
+    assert_eq!(close_answer(&[3]), 1002);
+}
