@@ -3,12 +3,33 @@
 # fresh broker per run, and prints a Markdown table of the figures with coolpy7's ratios.
 #
 #   tests/bench/compare.sh [--quick] [--secs N] [--runs R] [--only coolpy7,mosquitto,rumqttd]
-#                          [--scenarios fanin-q0,latency-q1,...] [--mqtt 3|5|3,5] [--no-build]
-#                          [--list]
+#                          [--scenarios fanin-q0,latency-q1,...] [--mqtt 3|5|3,5]
+#                          [--transport tcp,tls,ws,wss] [--no-build] [--list]
 #
 # --mqtt (or MQTT=...): which MQTT version each scenario runs with; 5 runs the `<id>-v5` variant
 # (the same bench arguments plus `--mqtt 5`), 3,5 both (default 3). `-v5` ids may also be named
 # in --scenarios. rumqttd is not run on v5 variants (its config opens a 3.1.1 listener only).
+#
+# --transport (or TRANSPORT=...): which transports each scenario runs over, comma-separated:
+# tcp (default), tls (MQTT over TLS), ws (MQTT over WebSocket, path /mqtt, subprotocol mqtt),
+# wss (WebSocket over TLS); a non-tcp one runs the `<id>-<transport>` variant, which may also be
+# named in --scenarios (`p2p-q0-tls`, `conns-wss`, `fanin-q1-tls-v5`, ...). In such a run each
+# broker keeps its plain listener and gets one more on port +10 (tls), +20 (ws) or +30 (wss) of
+# its usual one: coolpy7 `-tl`/`-wl`/`-wsl`, Mosquitto a second `listener` with `certfile` and
+# `keyfile` and/or `protocol websockets` (Mosquitto 2.0.11 does not start with a websockets
+# listener alone, and binds it to every interface whatever address it is given). For tls and wss the script makes, once per invocation and
+# with openssl, a CA and a server certificate for IP 127.0.0.1 / localhost (EC P-256, in the
+# logs directory, the key world-readable because Mosquitto reads it after dropping root), and
+# both brokers serve that same certificate; the bench trusts the CA (`--tls --ca`). rumqttd
+# runs tcp only; Mosquitto runs ws/wss only when its build has websockets (checked once).
+#
+# Not in the default list: `handshakes` (`--connectors 8` clients connect, CONNECT, CONNACK,
+# DISCONNECT and wait for the close, over and over: cycles per second and the broker's CPU per
+# cycle; run e.g. `--scenarios handshakes-tls`). Its TLS variants run the bench with
+# `--tls-no-verify` rather than `--ca`: checking the chain and the handshake signature costs the
+# client two ECDSA verifications, more than the broker's one signature, and on a small machine
+# the bench would be the bottleneck. `conns-tls` and the like give the broker's RSS per idle
+# TLS (WebSocket) connection.
 #
 # Results: target/bench/results-<timestamp>.jsonl (one line per run, the bench's JSON plus
 # broker/scenario/run), target/bench/results-<timestamp>.md (the table) and
@@ -29,9 +50,10 @@ PEERS_DIR="$ROOT/target/peers"
 OUT_DIR="$ROOT/target/bench"
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    # The header comment, up to the first line that is not a comment.
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
     echo
-    echo "Scenarios: ${ALL_SCENARIOS[*]}"
+    echo "Scenarios: ${ALL_SCENARIOS[*]}; also ${EXTRA_SCENARIOS[*]}"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -57,13 +79,32 @@ declare -A SCENARIO_ARGS=(
     [subs-200k]="subs --filters 200000"
     # The same spread over many clients (each needs a file descriptor on both sides).
     [subs-clients]="subs --filters @SUBS_FILTERS@ --clients @SUBS_CLIENTS@ --connect-timeout 60"
+    # Connections set up and torn down per second by 8 clients at once (not run by default).
+    [handshakes]="handshakes --connectors 8"
 )
 ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 p2p-q0 p2p-q1 latency-q0 latency-q1
     conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m subs-200k subs-clients)
+# Scenarios run only when named.
+EXTRA_SCENARIOS=(handshakes)
 ALL_BROKERS=(coolpy7 mosquitto rumqttd)
+ALL_TRANSPORTS=(tcp tls ws wss)
 
-# `<id>-v5`: scenario <id> over MQTT 5.0.
-base_scenario() { echo "${1%-v5}"; }
+# `<id>[-tls|-ws|-wss][-v5]`: scenario <id> over that transport (default tcp) and MQTT 5.0.
+transport_of() {
+    local s="${1%-v5}"
+    case "$s" in
+    *-tls) echo tls ;;
+    *-wss) echo wss ;;
+    *-ws) echo ws ;;
+    *) echo tcp ;;
+    esac
+}
+base_scenario() {
+    local s="${1%-v5}" t
+    t="$(transport_of "$1")"
+    [[ $t == tcp ]] || s="${s%-"$t"}"
+    echo "$s"
+}
 scenario_args() {
     local args="${SCENARIO_ARGS[$(base_scenario "$1")]}"
     [[ "$1" != *-v5 ]] || args+=" --mqtt 5"
@@ -86,6 +127,7 @@ BROKERS=("${ALL_BROKERS[@]}")
 SCENARIOS=("${ALL_SCENARIOS[@]}")
 SECS_SET=0
 MQTT="${MQTT:-3}"
+TRANSPORT="${TRANSPORT:-tcp}"
 
 split_list() { # "a,b c" -> one per line
     tr ', ' '\n\n' <<<"$1" | sed '/^$/d'
@@ -104,8 +146,15 @@ while [[ $# -gt 0 ]]; do
     --scenarios=*) mapfile -t SCENARIOS < <(split_list "${1#*=}") ;;
     --mqtt) MQTT="$2"; shift ;;
     --mqtt=*) MQTT="${1#*=}" ;;
+    --transport) TRANSPORT="$2"; shift ;;
+    --transport=*) TRANSPORT="${1#*=}" ;;
     --no-build) BUILD=0 ;;
-    --list) printf '%s\n' "${ALL_SCENARIOS[@]}" "${ALL_SCENARIOS[@]/%/-v5}"; exit 0 ;;
+    --list)
+        for t in "" -tls -ws -wss; do
+            for s in "${ALL_SCENARIOS[@]}" "${EXTRA_SCENARIOS[@]}"; do printf '%s\n' "$s$t" "$s$t-v5"; done
+        done
+        exit 0
+        ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
@@ -129,30 +178,47 @@ for b in "${BROKERS[@]}"; do
 done
 for s in "${SCENARIOS[@]}"; do
     [[ -n "${SCENARIO_ARGS[$(base_scenario "$s")]+x}" ]] ||
-        { echo "unknown scenario '$s' (${ALL_SCENARIOS[*]}, each also with -v5)" >&2; exit 2; }
+        { echo "unknown scenario '$s' (${ALL_SCENARIOS[*]} ${EXTRA_SCENARIOS[*]}, each also with -tls, -ws or -wss and -v5)" >&2; exit 2; }
 done
 mapfile -t MQTT_VERSIONS < <(split_list "$MQTT")
 for m in "${MQTT_VERSIONS[@]}"; do
     [[ "$m" == 3 || "$m" == 5 ]] || { echo "--mqtt wants 3, 5 or 3,5, not '$MQTT'" >&2; exit 2; }
 done
 [[ ${#MQTT_VERSIONS[@]} -gt 0 ]] || { echo "--mqtt wants 3, 5 or 3,5" >&2; exit 2; }
-# Each scenario in each version asked for (a -v5 id as given), v3 and v5 of one next to each other.
+mapfile -t TRANSPORTS < <(split_list "$TRANSPORT")
+for t in "${TRANSPORTS[@]}"; do
+    [[ " ${ALL_TRANSPORTS[*]} " == *" $t "* ]] ||
+        { echo "--transport wants some of ${ALL_TRANSPORTS[*]}, not '$TRANSPORT'" >&2; exit 2; }
+done
+[[ ${#TRANSPORTS[@]} -gt 0 ]] || { echo "--transport wants some of ${ALL_TRANSPORTS[*]}" >&2; exit 2; }
+# Each scenario over each transport and in each version asked for (a suffix given in the id pins
+# that one), v3 and v5 of one next to each other.
 RUN_SCENARIOS=()
 for s in "${SCENARIOS[@]}"; do
-    if [[ "$s" == *-v5 ]]; then
-        RUN_SCENARIOS+=("$s")
-        continue
-    fi
-    for m in "${MQTT_VERSIONS[@]}"; do
-        if [[ $m == 3 ]]; then RUN_SCENARIOS+=("$s"); else RUN_SCENARIOS+=("$s-v5"); fi
+    base="$(base_scenario "$s")"
+    if [[ "$s" == *-v5 ]]; then versions=(5); else versions=("${MQTT_VERSIONS[@]}"); fi
+    if [[ "${s%-v5}" != "$base" ]]; then transports=("$(transport_of "$s")"); else transports=("${TRANSPORTS[@]}"); fi
+    for t in "${transports[@]}"; do
+        for m in "${versions[@]}"; do
+            id="$base"
+            [[ $t == tcp ]] || id+="-$t"
+            [[ $m == 3 ]] || id+="-v5"
+            RUN_SCENARIOS+=("$id")
+        done
     done
 done
-# rumqttd runs no v5 variant: with nothing else asked of it, it is not even installed.
-ANY_V3=0
-for s in "${RUN_SCENARIOS[@]}"; do [[ "$s" == *-v5 ]] || ANY_V3=1; done
-if [[ $ANY_V3 == 0 && " ${BROKERS[*]} " == *" rumqttd "* ]]; then
+# rumqttd runs only v3 over tcp: with nothing else asked of it, it is not even installed.
+ANY_RUMQTTD=0
+for s in "${RUN_SCENARIOS[@]}"; do
+    [[ "$s" == *-v5 || $(transport_of "$s") != tcp ]] || ANY_RUMQTTD=1
+done
+if [[ $ANY_RUMQTTD == 0 && " ${BROKERS[*]} " == *" rumqttd "* ]]; then
     mapfile -t BROKERS < <(printf '%s\n' "${BROKERS[@]}" | grep -vx rumqttd)
 fi
+ANY_TLS=0
+for s in "${RUN_SCENARIOS[@]}"; do
+    case "$(transport_of "$s")" in tls | wss) ANY_TLS=1 ;; esac
+done
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -233,6 +299,8 @@ fi
 # Brokers.
 PORT_BASE="${BENCH_PORT_BASE:-18830}"
 declare -A PORTS=([coolpy7]=$((PORT_BASE + 1)) [mosquitto]=$((PORT_BASE + 2)) [rumqttd]=$((PORT_BASE + 3)))
+declare -A TRANSPORT_PORT_OFFSET=([tcp]=0 [tls]=10 [ws]=20 [wss]=30)
+port_for() { echo $((PORTS[$1] + TRANSPORT_PORT_OFFSET[$2])); } # broker transport
 
 STAMP="$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT_DIR"
@@ -244,24 +312,90 @@ mkdir -p "$LOGS"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# start_broker NAME LOGFILE: starts it on its port, sets BROKER_PID, waits until it accepts.
+# ---------------------------------------------------------------------------------------------
+# TLS: one CA and one server certificate (127.0.0.1, localhost) per invocation, used by both
+# brokers; nothing of it outlives the logs directory.
+TLS_DIR="$LOGS/tls"
+TLS_CA="$TLS_DIR/ca.crt"
+TLS_CERT="$TLS_DIR/server.crt"
+TLS_KEY="$TLS_DIR/server.key"
+make_tls() {
+    command -v openssl >/dev/null || die "openssl is required for the tls and wss scenarios"
+    mkdir -p "$TLS_DIR"
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout "$TLS_DIR/ca.key" -out "$TLS_CA" -days 2 \
+        -subj "/CN=coolpy7 bench CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" >"$TLS_DIR/openssl.log" 2>&1 ||
+        die "openssl could not make the CA (see $TLS_DIR/openssl.log)"
+    openssl req "${ec[@]}" -keyout "$TLS_KEY" -out "$TLS_DIR/server.csr" -subj "/CN=127.0.0.1" \
+        >>"$TLS_DIR/openssl.log" 2>&1 || die "openssl could not make the server key"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "extendedKeyUsage=serverAuth" \
+        "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" >"$TLS_DIR/server.ext"
+    openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_CA" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -out "$TLS_CERT" -days 2 -extfile "$TLS_DIR/server.ext" \
+        >>"$TLS_DIR/openssl.log" 2>&1 || die "openssl could not sign the server certificate"
+    # Mosquitto, started as root, reads its key after switching to user mosquitto.
+    chmod 755 "$TLS_DIR"
+    chmod 644 "$TLS_KEY"
+}
+
+# Whether this Mosquitto was built with websockets: it refuses a `protocol websockets` listener
+# otherwise.
+mosquitto_has_websockets() {
+    local conf="$LOGS/mosquitto-ws-check.conf" port pid i ok=1
+    port="$(port_for mosquitto ws)"
+    printf '%s\n' "listener $(port_for mosquitto tcp) 127.0.0.1" "listener $port 127.0.0.1" \
+        "protocol websockets" "allow_anonymous true" "log_dest stderr" >"$conf"
+    "$MOSQUITTO_BIN" -c "$conf" >"$LOGS/mosquitto-ws-check.log" 2>&1 &
+    pid=$!
+    for ((i = 0; i < 40; i++)); do
+        if port_open "$port"; then ok=0; break; fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    return $ok
+}
+
+# start_broker NAME LOGFILE TRANSPORT: starts it with its plain listener and one for TRANSPORT,
+# sets BROKER_PID, waits until the TRANSPORT one accepts.
 start_broker() {
-    local name="$1" logf="$2" port="${PORTS[$1]}" conf
-    if port_open "$port"; then
-        log "port $port is already in use (a broker left over?)"
+    local name="$1" logf="$2" transport="${3:-tcp}" port conf
+    port="$(port_for "$name" "$transport")"
+    local plain="${PORTS[$name]}"
+    if port_open "$plain" || port_open "$port"; then
+        log "port $plain or $port is already in use (a broker left over?)"
         return 1
     fi
     case "$name" in
     coolpy7)
+        local listen=(-l "127.0.0.1:$plain")
+        case "$transport" in
+        tls) listen+=(-tl "127.0.0.1:$port" -tc "$TLS_CERT" -tk "$TLS_KEY") ;;
+        ws) listen+=(-wl "127.0.0.1:$port") ;;
+        wss) listen+=(-wsl "127.0.0.1:$port" -tc "$TLS_CERT" -tk "$TLS_KEY") ;;
+        esac
         # Queues as large as Mosquitto's max_queued_messages, and like Mosquitto no cap on
         # subscriptions per client; HTTP API off; warnings only.
         # shellcheck disable=SC2086
-        "$COOLPY7_BIN" -l "127.0.0.1:$port" -hl nil -mq 100000 -msc 0 --log-level warn \
+        "$COOLPY7_BIN" "${listen[@]}" -hl nil -mq 100000 -msc 0 --log-level warn \
             ${COOLPY7_EXTRA_ARGS:-} >"$logf" 2>&1 &
         ;;
     mosquitto)
         conf="$LOGS/mosquitto.conf"
-        sed "s/^listener .*/listener $port 127.0.0.1/" "$HERE/mosquitto.conf" >"$conf"
+        # The measured listener right after the plain one, its own options under it, so that
+        # the listener options of the file (max_connections) apply to it.
+        local extra=()
+        case "$transport" in
+        tls) extra=("listener $port 127.0.0.1" "certfile $TLS_CERT" "keyfile $TLS_KEY") ;;
+        ws) extra=("listener $port 127.0.0.1" "protocol websockets") ;;
+        wss) extra=("listener $port 127.0.0.1" "protocol websockets" "certfile $TLS_CERT"
+            "keyfile $TLS_KEY") ;;
+        esac
+        awk -v plain="listener $plain 127.0.0.1" -v extra="$(printf '%s\n' "${extra[@]}")" '
+            /^listener / { print plain; if (extra != "") print extra; next } { print }
+        ' "$HERE/mosquitto.conf" >"$conf"
         "$MOSQUITTO_BIN" -c "$conf" >"$logf" 2>&1 &
         ;;
     rumqttd)
@@ -323,8 +457,10 @@ PY
 }
 
 run_one() { # broker scenario run
-    local broker="$1" scen="$2" run="$3"
-    local tag="$scen-$broker-r$run" port="${PORTS[$1]}"
+    local broker="$1" scen="$2" run="$3" transport port
+    transport="$(transport_of "$scen")"
+    port="$(port_for "$broker" "$transport")"
+    local tag="$scen-$broker-r$run"
     local blog="$LOGS/$tag.broker.log" elog="$LOGS/$tag.bench.log" out="$LOGS/$tag.bench.out"
     local args
     args="$(scenario_args "$scen")"
@@ -332,8 +468,16 @@ run_one() { # broker scenario run
     args="${args//@EXTRA_SUBS@/$EXTRA_SUBS}"
     args="${args//@SUBS_FILTERS@/$SUBS_FILTERS}"
     args="${args//@SUBS_CLIENTS@/$SUBS_CLIENTS}"
+    # The transport's flags; handshakes do not verify the certificate (see the header).
+    local verify=(--ca "$TLS_CA")
+    [[ "$(base_scenario "$scen")" != handshakes ]] || verify=(--tls-no-verify)
+    case "$transport" in
+    tls) args+=" --tls ${verify[*]}" ;;
+    ws) args+=" --ws" ;;
+    wss) args+=" --ws --tls ${verify[*]}" ;;
+    esac
 
-    if ! start_broker "$broker" "$blog"; then
+    if ! start_broker "$broker" "$blog" "$transport"; then
         record "$broker" "$scen" "$run" "" "broker did not start"
         return 0
     fi
@@ -371,7 +515,8 @@ run_one() { # broker scenario run
     else
         log "  $broker: $(python3 -c 'import json,sys
 r=json.loads(sys.argv[1])
-keys=["delivered_per_sec","lost","duplicates","errors","rss_per_conn_bytes","connected"]
+keys=["delivered_per_sec","lost","duplicates","errors","rss_per_conn_bytes","connected",
+      "handshakes_per_sec","broker_cpu_us_per_handshake"]
 s=" ".join(f"{k}={r[k]}" for k in keys if k in r)
 l=r.get("latency_us")
 if isinstance(l,dict): s+=" p50={} p99={}".format(l.get("p50"),l.get("p99"))
@@ -414,20 +559,40 @@ PY
 }
 
 # ---------------------------------------------------------------------------------------------
+[[ $ANY_TLS == 0 ]] || make_tls
+MOSQUITTO_WS=1
+for s in "${RUN_SCENARIOS[@]}"; do
+    if [[ $(transport_of "$s") == ws* ]] && want_broker mosquitto; then
+        if ! mosquitto_has_websockets; then
+            MOSQUITTO_WS=0
+            log "this Mosquitto has no websockets: its ws and wss runs are skipped"
+        fi
+        break
+    fi
+done
+
 log "results: $RESULTS; logs: $LOGS"
 log "brokers: ${BROKERS[*]}; scenarios: ${RUN_SCENARIOS[*]}; runs: $RUNS; secs: $SECS, warmup $WARMUP, drain $DRAIN; conns $CONNS"
 MACHINE="$(machine_json "$(want_broker coolpy7 && echo "$COOLPY7_BIN")" \
     "$(want_broker mosquitto && echo "$MOSQUITTO_BIN")" \
     "$(want_broker rumqttd && echo "$RUMQTTD_BIN")" "$ROOT" "$NOFILE")"
-SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"runs":%s,"quick":%s,"mqtt":"%s"}' \
-    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$RUNS" "$QUICK" "$MQTT")"
+SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"runs":%s,"quick":%s,"mqtt":"%s","transport":"%s"}' \
+    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$RUNS" "$QUICK" "$MQTT" "$TRANSPORT")"
 
 for ((run = 1; run <= RUNS; run++)); do
     for scen in "${RUN_SCENARIOS[@]}"; do
-        log "run $run/$RUNS: $scen ($(scenario_args "$scen"))"
+        log "run $run/$RUNS: $scen ($(scenario_args "$scen"), over $(transport_of "$scen"))"
         for broker in "${BROKERS[@]}"; do
             if [[ $broker == rumqttd && "$scen" == *-v5 ]]; then
                 log "  rumqttd: skipped (MQTT 5 listener not configured)"
+                continue
+            fi
+            if [[ $broker == rumqttd && $(transport_of "$scen") != tcp ]]; then
+                log "  rumqttd: skipped (TLS and WebSocket listeners not configured)"
+                continue
+            fi
+            if [[ $broker == mosquitto && $MOSQUITTO_WS == 0 && $(transport_of "$scen") == ws* ]]; then
+                log "  mosquitto: skipped (built without websockets)"
                 continue
             fi
             run_one "$broker" "$scen" "$run"

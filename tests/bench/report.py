@@ -6,7 +6,9 @@
 One row per figure, one column per broker, then coolpy7's ratio to each peer. With several runs
 of a scenario the median of the successful runs is shown (a `*` marks a figure some of whose
 runs failed); a figure whose runs all failed reads `error`. Scenarios run over MQTT 5.0 (ids
-ending in `-v5`) give rows starting with `v5`, each right after its 3.1.1 row.
+ending in `-v5`) give rows starting with `v5`, each right after its 3.1.1 row; scenarios run over
+TLS, WebSocket or both (`<id>-tls`, `-ws`, `-wss`) give rows starting with `tls`, `ws`, `wss`
+right after the plain TCP ones.
 """
 
 import argparse
@@ -19,6 +21,7 @@ import statistics
 import sys
 
 BROKERS = ["coolpy7", "mosquitto", "rumqttd"]
+TRANSPORTS = ["tls", "ws", "wss"]
 
 
 def get(rec, path):
@@ -55,7 +58,7 @@ def figures(settings):
     holders = settings.get("subs_clients", 10000)
     q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1"]
     q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs"]
-    allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1"]
+    allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1", "handshakes"]
     dps = field("delivered_per_sec")
     return [
         ("fanin qos0 delivered/s", "high", "one", ("fanin-q0", dps)),
@@ -73,6 +76,12 @@ def figures(settings):
         ("conns connected", "high", "one", ("conns", field("connected"))),
         ("conns RSS bytes/conn", "low", "one", ("conns", field("rss_per_conn_bytes"))),
         ("conns connects/s", "high", "one", ("conns", field("connects_per_sec"))),
+        ("handshakes/s (connect, CONNECT, CONNACK, DISCONNECT, close)", "high", "one",
+         ("handshakes", field("handshakes_per_sec"))),
+        ("handshakes: broker CPU µs per handshake", "low", "one",
+         ("handshakes", field("broker_cpu_us_per_handshake"))),
+        ("handshakes: set-up p50 µs", "low", "one", ("handshakes", field("setup_us.p50"))),
+        ("handshakes: set-up p99 µs", "low", "one", ("handshakes", field("setup_us.p99"))),
         (f"fanin qos0 +{extra} subs delivered/s", "high", "one", ("fanin-extra-subs", dps)),
         (f"fanin qos0 +{extra} subs / plain fanin", "high", "ratio",
          (("fanin-extra-subs", dps), ("fanin-q0", dps))),
@@ -113,27 +122,36 @@ def figures(settings):
     ]
 
 
-def v5_figure(fig):
-    """The same figure read from the `-v5` variants of its scenarios."""
+def variant_figure(fig, suffix, prefix):
+    """The same figure read from the `<id><suffix>` variants of its scenarios."""
     label, better, kind, spec = fig
     if kind == "one":
         scen, ex = spec
-        spec = (scen + "-v5", ex)
+        spec = (scen + suffix, ex)
     elif kind == "sum":
         scens, ex = spec
-        spec = ([s + "-v5" for s in scens], ex)
+        spec = ([s + suffix for s in scens], ex)
     elif kind == "ratio":
         (sa, ea), (sb, eb) = spec
-        spec = ((sa + "-v5", ea), (sb + "-v5", eb))
-    return ("v5 " + label, better, kind, spec)
+        spec = ((sa + suffix, ea), (sb + suffix, eb))
+    return (prefix + label, better, kind, spec)
+
+
+def v5_figure(fig):
+    """The same figure read from the `-v5` variants of its scenarios."""
+    return variant_figure(fig, "-v5", "v5 ")
 
 
 def with_v5(figs):
-    """Each figure followed by its v5 variant (rows of scenarios that did not run are left out
-    of the table anyway)."""
+    """Each figure followed by its v5 variant, then by both over each other transport (rows of
+    scenarios that did not run are left out of the table anyway)."""
     for fig in figs:
         yield fig
         yield v5_figure(fig)
+        for t in TRANSPORTS:
+            over = variant_figure(fig, f"-{t}", f"{t} ")
+            yield over
+            yield variant_figure(over, "-v5", "v5 ")
 
 
 class Cell:
@@ -294,6 +312,14 @@ def main():
         out.append(f"- MQTT versions: {settings['mqtt']} (rows starting with `v5` ran over "
                    "MQTT 5.0: topic aliases on publishes, Receive Maximum = the publisher's "
                    "window)")
+    ran = {s for runs in by.values() for s in runs}
+    over = [t for t in TRANSPORTS if any(s.removesuffix("-v5").endswith("-" + t) for s in ran)]
+    if over:
+        out.append(f"- transports: rows starting with {', '.join(f'`{t}`' for t in over)} ran "
+                   "over MQTT over TLS (`tls`), WebSocket (`ws`) or WebSocket over TLS (`wss`); "
+                   "both brokers served the same certificate (EC P-256, made for the run), "
+                   "TLS 1.3 with the bench's rustls client, no session resumption; handshakes "
+                   "without verifying the certificate on the bench's side")
     out.append("- ↑ higher is better, ↓ lower is better; ratios are coolpy7 ÷ peer")
     out.append("")
     out.append("| figure | " + " | ".join(cols) + " |")
