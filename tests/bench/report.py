@@ -317,9 +317,15 @@ def main():
     if over:
         out.append(f"- transports: rows starting with {', '.join(f'`{t}`' for t in over)} ran "
                    "over MQTT over TLS (`tls`), WebSocket (`ws`) or WebSocket over TLS (`wss`); "
-                   "both brokers served the same certificate (EC P-256, made for the run), "
-                   "TLS 1.3 with the bench's rustls client, no session resumption; handshakes "
-                   "without verifying the certificate on the bench's side")
+                   "both brokers served the same certificate (EC P-256, made for the run) to the "
+                   "bench's rustls client, without session resumption; handshakes without "
+                   "verifying the certificate on the bench's side")
+        agreed = {b: sorted({r["tls"] for runs in by.get(b, {}).values() for r in runs
+                             if isinstance(r.get("tls"), str)}) for b in brokers}
+        agreed = {b: v for b, v in agreed.items() if v}
+        if agreed:
+            out.append("- TLS agreed (version, cipher suite, key exchange): " + "; ".join(
+                f"{b} {' / '.join(v)}" for b, v in agreed.items()))
     out.append("- ↑ higher is better, ↓ lower is better; ratios are coolpy7 ÷ peer")
     out.append("")
     out.append("| figure | " + " | ".join(cols) + " |")

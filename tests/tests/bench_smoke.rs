@@ -305,6 +305,13 @@ fn tls_ws_and_wss_traffic_qos1() {
         let report = bench_at(&broker, broker.listener_addr(kind), &args);
         assert_eq!(report["transport"], kind, "{report}");
         assert_complete(&report, per_message);
+        // What the handshake agreed is reported (rustls and the broker both do TLS 1.3).
+        let tls = report["tls"].as_str();
+        if kind == "ws" {
+            assert_eq!(tls, None, "{report}");
+        } else {
+            assert!(tls.is_some_and(|t| t.starts_with("TLSv1_3 ")), "{report}");
+        }
     }
 }
 

@@ -381,7 +381,7 @@ pub async fn publisher(
     ctr.done.store(true, Relaxed);
     let mut bye = Vec::with_capacity(2);
     codec::disconnect(&mut bye);
-    conn.stream.send_now(&bye);
+    conn.stream.close_now(&bye).await;
 }
 
 async fn publisher_loop(
@@ -603,7 +603,7 @@ pub async fn subscriber(
     }
     let mut bye = Vec::with_capacity(2);
     codec::disconnect(&mut bye);
-    conn.stream.send_now(&bye);
+    conn.stream.close_now(&bye).await;
 }
 
 /// At most this many latency samples are kept (800 MB of u64).

@@ -32,7 +32,11 @@ pub async fn run(args: Args) -> i32 {
         _ => traffic(&args).await,
     };
     match result {
-        Ok(out) => {
+        Ok(mut out) => {
+            if let Some(tls) = super::stream::negotiated_tls() {
+                eprintln!("TLS: {tls}");
+                out.insert("tls".into(), tls.into());
+            }
             println!("{}", Value::Object(out));
             0
         }
@@ -294,7 +298,7 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
     let mut bye = Vec::new();
     codec::disconnect(&mut bye);
     for mut c in st.held.drain(..) {
-        c.stream.send_now(&bye);
+        c.stream.close_now(&bye).await;
     }
     let t = totals(&st.pubs, &st.subs);
     let expected = st.expected.unwrap_or(t.sent * plan.fanout);
@@ -692,20 +696,18 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
     let rss_after_kb = args.pid.and_then(report::rss_kb);
     // Were any closed by the broker meanwhile?
     let mut closed = 0u64;
-    {
-        let mut streams = streams.lock().unwrap_or_else(|e| e.into_inner());
-        for s in streams.iter_mut() {
-            if s.closed_now() {
-                closed += 1;
-            }
-        }
-        let mut bye = Vec::new();
-        codec::disconnect(&mut bye);
-        for s in streams.iter_mut() {
-            s.send_now(&bye);
+    let mut open = std::mem::take(&mut *streams.lock().unwrap_or_else(|e| e.into_inner()));
+    for s in open.iter_mut() {
+        if s.closed_now().await {
+            closed += 1;
         }
     }
-    streams.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    let mut bye = Vec::new();
+    codec::disconnect(&mut bye);
+    for s in open.iter_mut() {
+        s.close_now(&bye).await;
+    }
+    drop(open);
     let errors = errors.load(Relaxed) + closed + u64::from(timed_out);
 
     let mut out = Map::new();

@@ -18,7 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::{pin, Pin};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll, Waker};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -124,24 +124,39 @@ impl Stream {
         }
     }
 
-    /// Writes what the stream takes of `bytes` now, without waiting (a parting DISCONNECT).
-    pub fn send_now(&mut self, bytes: &[u8]) {
+    /// Writes what the stream takes of `bytes` (a parting DISCONNECT) and, for a layer, starts
+    /// closing it (TLS close_notify, WebSocket Close), all without waiting; the stream is to be
+    /// dropped next. A TLS peer that sees the socket end without close_notify logs an error
+    /// (Mosquitto does, once per connection).
+    pub async fn close_now(&mut self, bytes: &[u8]) {
         match self {
             Stream::Tcp(tcp) => {
                 let _ = tcp.try_write(bytes);
             }
             Stream::Layered(layered) => {
-                let mut cx = Context::from_waker(Waker::noop());
-                let io = Pin::new(&mut layered.io);
-                if let Poll::Ready(Ok(_)) = io.poll_write(&mut cx, bytes) {
-                    let _ = Pin::new(&mut layered.io).poll_flush(&mut cx);
-                }
+                once_unbudgeted(|cx| {
+                    // Unread bytes in the socket (a TLS 1.3 server's session tickets) would make
+                    // the close a reset.
+                    let mut sink = [0u8; 4096];
+                    for _ in 0..16 {
+                        let mut buf = ReadBuf::new(&mut sink);
+                        match Pin::new(&mut layered.io).poll_read(cx, &mut buf) {
+                            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                            _ => break,
+                        }
+                    }
+                    if let Poll::Ready(Ok(_)) = Pin::new(&mut layered.io).poll_write(cx, bytes) {
+                        let _ = Pin::new(&mut layered.io).poll_flush(cx);
+                    }
+                    let _ = Pin::new(&mut layered.io).poll_shutdown(cx);
+                })
+                .await;
             }
         }
     }
 
     /// Whether the broker closed the connection (or it failed), looking without waiting.
-    pub fn closed_now(&mut self) -> bool {
+    pub async fn closed_now(&mut self) -> bool {
         let mut probe = [0u8; 64];
         match self {
             Stream::Tcp(tcp) => match tcp.try_read(&mut probe) {
@@ -151,16 +166,30 @@ impl Stream {
                 Err(_) => true,
             },
             Stream::Layered(layered) => {
-                let mut cx = Context::from_waker(Waker::noop());
-                let mut buf = ReadBuf::new(&mut probe);
-                match Pin::new(&mut layered.io).poll_read(&mut cx, &mut buf) {
-                    Poll::Ready(Ok(())) => buf.filled().is_empty(),
-                    Poll::Ready(Err(_)) => true,
-                    Poll::Pending => false,
-                }
+                once_unbudgeted(|cx| {
+                    let mut buf = ReadBuf::new(&mut probe);
+                    match Pin::new(&mut layered.io).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(())) => buf.filled().is_empty(),
+                        Poll::Ready(Err(_)) => true,
+                        Poll::Pending => false,
+                    }
+                })
+                .await
             }
         }
     }
+}
+
+/// Runs `f` once with a waker that wakes nothing, outside tokio's cooperative budget: a loop
+/// over thousands of connections in one task would otherwise see every socket after the first
+/// hundred or so as not ready (the budget makes tokio's I/O answer `Pending`).
+async fn once_unbudgeted<T>(f: impl FnOnce(&mut Context<'_>) -> T) -> T {
+    let mut f = Some(f);
+    tokio::task::unconstrained(poll_fn(move |_| {
+        let mut cx = Context::from_waker(Waker::noop());
+        Poll::Ready(f.take().expect("polled once")(&mut cx))
+    }))
+    .await
 }
 
 impl Layered {
@@ -344,6 +373,14 @@ impl ServerCertVerifier for TrustAnything {
     }
 }
 
+/// What the run's first TLS handshake agreed: version, cipher suite, key exchange group.
+static NEGOTIATED: OnceLock<String> = OnceLock::new();
+
+/// [`NEGOTIATED`], once a TLS handshake was made.
+pub fn negotiated_tls() -> Option<&'static str> {
+    NEGOTIATED.get().map(String::as_str)
+}
+
 /// How to reach one broker address over the run's transport.
 #[derive(Clone)]
 pub struct Dialer {
@@ -390,10 +427,28 @@ impl Dialer {
         (connector, name): &(TlsConnector, ServerName<'static>),
         tcp: TcpStream,
     ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        connector
+        let tls = connector
             .connect(name.clone(), tcp)
             .await
-            .with_context(|| format!("TLS handshake with {}", self.addr))
+            .with_context(|| format!("TLS handshake with {}", self.addr))?;
+        if NEGOTIATED.get().is_none() {
+            let (_, session) = tls.get_ref();
+            let version = session.protocol_version().map(|v| format!("{v:?}"));
+            let suite = session
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()));
+            let group = session
+                .negotiated_key_exchange_group()
+                .map(|g| format!("{:?}", g.name()));
+            let _ = NEGOTIATED.set(
+                [version, suite, group]
+                    .into_iter()
+                    .map(|p| p.unwrap_or_else(|| "?".into()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        }
+        Ok(tls)
     }
 
     async fn upgrade<S: AsyncRead + AsyncWrite + Unpin + Send>(
