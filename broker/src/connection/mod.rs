@@ -536,6 +536,17 @@ mod idle_size {
             crate::admission::Slots::new(1, prometheus_client::metrics::gauge::Gauge::default());
         let (done, _all_done) = tokio::sync::mpsc::channel::<()>(1);
         let held = (slots.try_take().expect("a slot"), done);
+        // Boxed and freed after CONNECT, but allocated for every connection at once in a
+        // reconnect storm: the TLS and WebSocket handshakes are boxed apart so that a plain one
+        // stays small.
+        let second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let handshake = super::handshake::handshake(second, addr, broker.clone(), settings.clone());
+        assert!(
+            std::mem::size_of_val(&handshake) <= 2048,
+            "the handshake's future is {} bytes",
+            std::mem::size_of_val(&handshake)
+        );
+        drop(handshake);
         let future = super::serve(client, addr, broker, settings, held);
         assert!(
             std::mem::size_of_val(&future) <= 408,

@@ -158,23 +158,26 @@ async fn set_up(
             .as_ref()
             .ok_or_else(|| TransportError::new(HandshakeFailure::Tls, "no certificates loaded"))
     };
+    // The TLS and WebSocket handshakes' futures are boxed: inline, they would make every
+    // plain TCP handshake's future (boxed per connection, see `connection::serve`) kilobytes
+    // larger.
     let (stream, identity) = match settings.kind {
         ListenerKind::Tcp => (Stream::Tcp(tcp), None),
         ListenerKind::Tls => {
             let store = store()?;
-            let tls = tls::accept(tcp, store, tls::Alpn::Mqtt).await?;
+            let tls = Box::pin(tls::accept(tcp, store, tls::Alpn::Mqtt)).await?;
             let identity = store.identity(tls.peer_certificate());
             (Stream::Tls(Box::new(tls)), identity)
         }
         ListenerKind::Ws => {
-            let ws = ws::accept(tcp, &settings.ws_path).await?;
+            let ws = Box::pin(ws::accept(tcp, &settings.ws_path)).await?;
             (Stream::Ws(Box::new(ws)), None)
         }
         ListenerKind::Wss => {
             let store = store()?;
-            let tls = tls::accept(tcp, store, tls::Alpn::Http).await?;
+            let tls = Box::pin(tls::accept(tcp, store, tls::Alpn::Http)).await?;
             let identity = store.identity(tls.peer_certificate());
-            let ws = ws::accept(tls, &settings.ws_path).await?;
+            let ws = Box::pin(ws::accept(tls, &settings.ws_path)).await?;
             (Stream::Wss(Box::new(ws)), identity)
         }
     };
