@@ -255,11 +255,7 @@ pub async fn try_connect_ws<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         .get("sec-websocket-protocol")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    Ok(WsClientStream {
-        ws,
-        agreed,
-        reading: None,
-    })
+    Ok(WsClientStream::new(ws, agreed))
 }
 
 /// Plain TCP to `addr`, for [`try_connect_ws`].
@@ -273,7 +269,8 @@ pub async fn tcp(addr: SocketAddr) -> TcpStream {
 }
 
 /// A WebSocket as a byte stream: each write is one binary message; reads return the binary
-/// messages' payloads in order (a Close or the end of the socket is the end of the stream).
+/// messages' payloads in order (a Close or the end of the socket is the end of the stream; a
+/// text message, which MQTT does not use, is an error). The load generator uses it too.
 pub struct WsClientStream<S> {
     ws: WebSocketStream<S>,
     /// The subprotocol the server agreed to.
@@ -283,6 +280,16 @@ pub struct WsClientStream<S> {
 }
 
 impl<S> WsClientStream<S> {
+    /// A byte stream over an established WebSocket; `agreed` is the subprotocol its upgrade
+    /// agreed to.
+    pub fn new(ws: WebSocketStream<S>, agreed: Option<String>) -> WsClientStream<S> {
+        WsClientStream {
+            ws,
+            agreed,
+            reading: None,
+        }
+    }
+
     /// The WebSocket itself, for what a byte stream cannot say (a text message, a ping).
     pub fn into_inner(self) -> WebSocketStream<S> {
         self.ws
@@ -306,7 +313,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsClientStream<S> {
             }
             match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
                 None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
-                Some(Ok(Message::Binary(payload))) => self.reading = Some((payload, 0)),
+                // An empty message would read as the end of the stream.
+                Some(Ok(Message::Binary(payload))) if !payload.is_empty() => {
+                    self.reading = Some((payload, 0));
+                }
+                Some(Ok(Message::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the broker sent a WebSocket text message",
+                    )))
+                }
+                // Pings are answered by tungstenite; pongs and empty messages carry nothing.
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     return Poll::Ready(Err(io::Error::new(
@@ -348,4 +365,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsClientStream<S> {
 /// A boxed stream for [`crate::RawClient::over`].
 pub fn boxed(stream: impl ClientStream + 'static) -> Box<dyn ClientStream> {
     Box::new(stream)
+}
+
+/// How a WebSocket ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsEnd {
+    /// The peer sent Close, with this status code if any.
+    Close(Option<u16>),
+    /// The stream ended without a Close frame.
+    Eof,
+    /// The stream failed (a reset, a protocol error).
+    Error(String),
+}
+
+/// Reads (and skips) messages until the WebSocket ends, for at most `within`.
+pub async fn ws_end<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    within: std::time::Duration,
+) -> Option<WsEnd> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => {
+                    return WsEnd::Close(frame.map(|f| u16::from(f.code)))
+                }
+                None => return WsEnd::Eof,
+                Some(Err(error)) => return WsEnd::Error(error.to_string()),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// Publishes 16 KiB QoS 0 messages on `flood/x` from `publisher` until the broker logs that
+/// `client_id` (subscribed to them, not reading) was closed for its write timeout (`-t`),
+/// within 20 s.
+pub async fn flood_until_write_timeout(
+    broker: &crate::Broker,
+    publisher: &mut crate::RawClient,
+    client_id: &str,
+) {
+    let payload = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        for _ in 0..64 {
+            publisher.publish_qos0("flood/x", &payload).await;
+        }
+        let logs = broker.logs();
+        if logs
+            .lines()
+            .any(|l| l.contains(client_id) && l.contains("write timeout"))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{client_id} was not closed for its write timeout; log:\n{logs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use coolpy7_tests::broker::run_to_exit;
 use coolpy7_tests::raw::{RecvError, V3};
 use coolpy7_tests::transport::{
-    boxed, certificate_has_cn, client_config, server_certificate, try_connect_tls, TestCa, TlsFiles,
+    boxed, certificate_has_cn, client_config, flood_until_write_timeout, server_certificate,
+    try_connect_tls, TestCa, TlsFiles,
 };
 use coolpy7_tests::{packets, unique_id, Broker, Connect, Packet, RawClient, TIMEOUT};
 use tokio::io::AsyncWriteExt;
@@ -474,24 +475,6 @@ async fn keepalive_and_write_timeouts_apply_over_tls() {
     let mut stalled = RawClient::connect_over(boxed(stream), addr, "stalled-tls").await;
     stalled.subscribe(1, &[("flood/#", 0)]).await;
     let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), "flooder").await;
-    let payload = vec![0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        for _ in 0..64 {
-            publisher.publish_qos0("flood/x", &payload).await;
-        }
-        let logs = broker.logs();
-        if logs
-            .lines()
-            .any(|l| l.contains("stalled-tls") && l.contains("write timeout"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stalled TLS subscriber was not closed for its write timeout; log:\n{logs}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    flood_until_write_timeout(&broker, &mut publisher, "stalled-tls").await;
     publisher.ping().await;
 }

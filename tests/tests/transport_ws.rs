@@ -11,7 +11,8 @@ use std::time::Duration;
 use coolpy7_tests::packets5;
 use coolpy7_tests::raw::{V3, V5};
 use coolpy7_tests::transport::{
-    boxed, client_config, tcp, try_connect_tls, try_connect_ws, TestCa, TlsFiles,
+    boxed, client_config, flood_until_write_timeout, tcp, try_connect_tls, try_connect_ws, ws_end,
+    TestCa, TlsFiles, WsEnd,
 };
 use coolpy7_tests::{packets, unique_id, Broker, Connect, Packet, RawClient, TIMEOUT};
 use futures_util::SinkExt;
@@ -163,19 +164,12 @@ async fn text_messages_garbage_and_silence_close_the_connection() {
         .send(Message::text("CONNECT"))
         .await
         .expect("send text");
-    let closed = tokio::time::timeout(TIMEOUT, async {
-        use futures_util::StreamExt;
-        loop {
-            match inner.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                None | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .expect("a text message closes the connection");
-    assert_eq!(closed, Some(1003), "closed with 1003 (unsupported data)");
+    let closed = ws_end(&mut inner, TIMEOUT).await;
+    assert_eq!(
+        closed,
+        Some(WsEnd::Close(Some(1003))),
+        "a text message closes with 1003 (unsupported data)"
+    );
 
     // Not HTTP at all.
     let mut garbage = RawClient::connect(addr).await;
@@ -338,18 +332,11 @@ async fn pings_are_answered_and_close_is_a_handshake() {
         other => panic!("expected a pong, got {other:?}"),
     }
     inner.close(None).await.expect("close");
-    let answer = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            match inner.next().await {
-                Some(Ok(Message::Close(_))) | None => return true,
-                Some(Err(_)) => return false,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .expect("the close is answered in time");
-    assert!(answer, "the broker answers Close with Close");
+    let answer = ws_end(&mut inner, TIMEOUT).await;
+    assert!(
+        matches!(answer, Some(WsEnd::Close(_) | WsEnd::Eof)),
+        "the broker answers Close with Close: {answer:?}"
+    );
 }
 
 #[tokio::test]
@@ -412,18 +399,9 @@ async fn a_frame_header_in_pieces_does_not_keep_a_silent_client_alive() {
         .write_all(&[0x82])
         .await
         .expect("a lone header byte");
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        use futures_util::StreamExt;
-        loop {
-            match tcp_level.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
+    let closed = ws_end(&mut tcp_level, Duration::from_secs(5)).await;
     assert!(
-        closed.is_ok(),
+        closed.is_some(),
         "the keepalive (1.5 s) did not close the client"
     );
     broker
@@ -441,25 +419,7 @@ async fn a_websocket_subscriber_that_stops_reading_is_closed_at_its_write_timeou
     let mut stalled = RawClient::connect_over(boxed(ws), addr, "stalled-ws").await;
     stalled.subscribe(1, &[("flood/#", 0)]).await;
     let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), "flooder").await;
-    let payload = vec![0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        for _ in 0..64 {
-            publisher.publish_qos0("flood/x", &payload).await;
-        }
-        let logs = broker.logs();
-        if logs
-            .lines()
-            .any(|l| l.contains("stalled-ws") && l.contains("write timeout"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stalled WebSocket subscriber was not closed; log:\n{logs}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    flood_until_write_timeout(&broker, &mut publisher, "stalled-ws").await;
     publisher.ping().await;
 }
 
@@ -491,18 +451,11 @@ async fn a_close_right_behind_a_publish_is_a_clean_close() {
     .await
     .expect("feed");
     ws.close(None).await.expect("close");
-    let answered = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None => return true,
-                Some(Err(_)) => return false,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .expect("an answer in time");
-    assert!(answered, "the Close is answered with Close");
+    let answered = ws_end(&mut ws, TIMEOUT).await;
+    assert!(
+        matches!(answered, Some(WsEnd::Close(_) | WsEnd::Eof)),
+        "the Close is answered with Close: {answered:?}"
+    );
     assert_eq!(subscriber.recv_publish(TIMEOUT).await.payload, b"bye");
     broker
         .wait_log_line(&["closer", "client closed the connection"], TIMEOUT)

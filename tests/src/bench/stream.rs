@@ -4,7 +4,7 @@
 //! [`Stream::Tcp`] keeps the `TcpStream` itself, so that the plain-TCP path stays what it was:
 //! the publisher waits for readiness and calls `try_read_buf` / `try_write`, no boxing, no
 //! virtual calls, no extra buffer. Every other transport is a [`Layered`] stream: a boxed
-//! `AsyncRead + AsyncWrite` (tokio-rustls, and/or the WebSocket adapter [`WsBytes`]) that the
+//! `AsyncRead + AsyncWrite` (tokio-rustls, and/or the WebSocket adapter [`WsClientStream`]) that the
 //! publisher polls for reading and writing in one future ([`Stream::exchange`]), flushing what
 //! the layer buffers (a TLS record, a WebSocket message) after each write.
 //!
@@ -22,8 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll, Waker};
 
 use anyhow::{anyhow, bail, Context as _};
-use bytes::{Bytes, BytesMut};
-use futures_util::{Sink, Stream as _};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::client::danger::{
@@ -38,8 +37,8 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+
+use crate::transport::WsClientStream;
 
 /// Whatever a layered stream is made of.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -456,7 +455,7 @@ impl Dialer {
         stream: S,
         scheme: &str,
         path: &str,
-    ) -> anyhow::Result<WsBytes<S>> {
+    ) -> anyhow::Result<WsClientStream<S>> {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -476,7 +475,7 @@ impl Dialer {
             tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await
                 .with_context(|| format!("WebSocket upgrade at {url}"))?;
-        Ok(WsBytes { ws, reading: None })
+        Ok(WsClientStream::new(ws, None))
     }
 }
 
@@ -487,82 +486,12 @@ fn layered(io: impl Io + 'static) -> Stream {
     })
 }
 
-/// A WebSocket as a byte stream: each write is one binary message, reads return the payloads
-/// of the binary messages in order. A Close message or the end of the socket ends the stream;
-/// text messages (not MQTT) are an error.
-pub struct WsBytes<S> {
-    ws: WebSocketStream<S>,
-    /// The message being read and how much of it was returned.
-    reading: Option<(Bytes, usize)>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if let Some((message, used)) = self.reading.take() {
-                let n = (message.len() - used).min(buf.remaining());
-                buf.put_slice(&message[used..used + n]);
-                if used + n < message.len() {
-                    self.reading = Some((message, used + n));
-                }
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
-                // An empty message would read as the end of the stream.
-                Some(Ok(Message::Binary(payload))) if !payload.is_empty() => {
-                    self.reading = Some((payload, 0));
-                }
-                Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the broker sent a WebSocket text message",
-                    )))
-                }
-                // Pings are answered by tungstenite; pongs and empty messages carry nothing.
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(ws_io(e))),
-            }
-        }
-    }
-}
-
-fn ws_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, e.to_string())
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        // Ready unless tungstenite's buffer could not be written out last time; then this
-        // flushes it first (backpressure).
-        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(ws_io)?;
-        Pin::new(&mut self.ws)
-            .start_send(Message::binary(buf.to_vec()))
-            .map_err(ws_io)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(ws_io)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_close(cx).map_err(ws_io)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
 
     /// A WebSocket client (as [`Dialer::upgrade`] makes it) and the server end, over memory.
     async fn ws_pair() -> (Stream, WebSocketStream<tokio::io::DuplexStream>) {
@@ -572,7 +501,7 @@ mod tests {
             .await
             .expect("client handshake");
         let server = accepting.await.expect("join").expect("server handshake");
-        (layered(WsBytes { ws, reading: None }), server)
+        (layered(WsClientStream::new(ws, None)), server)
     }
 
     #[tokio::test]
