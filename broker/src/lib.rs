@@ -10,6 +10,7 @@
 //! they forward to the router.
 
 pub mod admission;
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod codec;
