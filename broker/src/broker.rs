@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::admission::HandshakeMemory;
+use crate::auth::AccessControl;
 use crate::cluster::sync::Forwarder;
 use crate::config::Config;
 use crate::metrics::{Metrics, Refusal};
@@ -19,6 +20,8 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     /// What connections may buffer before CONNECT, all together (`-mhb`).
     pub handshake_memory: HandshakeMemory,
+    /// Authentication and authorization; `None` when off (no `-as`, no `-acl`).
+    pub access: Option<Arc<AccessControl>>,
     /// Hands local publishes to the other cluster members; `None` outside cluster mode.
     forwarder: Option<Forwarder>,
     connections: AtomicUsize,
@@ -27,9 +30,15 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(config: Config, metrics: Arc<Metrics>, forwarder: Option<Forwarder>) -> Broker {
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        forwarder: Option<Forwarder>,
+        access: Option<Arc<AccessControl>>,
+    ) -> Broker {
         Broker {
             forwarder,
+            access,
             router: Router::new(metrics.clone()),
             sessions: SessionRegistry::new(config.max_queued, metrics.clone()),
             handshake_memory: HandshakeMemory::new(

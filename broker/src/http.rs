@@ -586,6 +586,7 @@ mod tests {
                 crate::config::Config::for_tests(),
                 metrics.clone(),
                 None,
+                None,
             ));
             let state = HttpState {
                 metrics: metrics.clone(),

@@ -52,6 +52,65 @@ impl DropReason {
     }
 }
 
+/// Why authentication failed (`auth_failures_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailureKind {
+    /// Wrong or missing credentials: a bad token, password or user.
+    BadCredentials,
+    /// The credentials are fine but the client may not connect (the HTTP service said deny).
+    NotAuthorized,
+    /// The authenticating service did not answer, or answered nonsense.
+    Unavailable,
+}
+
+impl AuthFailureKind {
+    pub const ALL: [AuthFailureKind; 3] = [
+        AuthFailureKind::BadCredentials,
+        AuthFailureKind::NotAuthorized,
+        AuthFailureKind::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailureKind::BadCredentials => "bad_credentials",
+            AuthFailureKind::NotAuthorized => "not_authorized",
+            AuthFailureKind::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What the authorization rules refused (`authorization_denied_total{action}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    Publish,
+    Subscribe,
+    Will,
+    /// A message (live or retained) a subscriber may not read, dropped before it was sent.
+    Delivery,
+    /// A subscription that reloaded rules no longer allow, removed.
+    Revoked,
+}
+
+impl Denied {
+    pub const ALL: [Denied; 5] = [
+        Denied::Publish,
+        Denied::Subscribe,
+        Denied::Will,
+        Denied::Delivery,
+        Denied::Revoked,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Denied::Publish => "publish",
+            Denied::Subscribe => "subscribe",
+            Denied::Will => "will",
+            Denied::Delivery => "delivery",
+            Denied::Revoked => "revoked",
+        }
+    }
+}
+
 /// Why a connection was refused before it could hold a session or an HTTP exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -105,6 +164,10 @@ pub struct Metrics {
     /// Refusals by the admission limits, by reason (MQTT ones also count in
     /// `connections_refused`).
     refused: [Counter; 6],
+    /// Authentications failed, by reason.
+    auth_failures: [Counter; AuthFailureKind::ALL.len()],
+    /// Actions the authorization rules refused, by action.
+    denied: [Counter; Denied::ALL.len()],
     /// Connections accepted, by listener.
     listener_connections: [Counter; ListenerKind::ALL.len()],
     /// Transport handshakes (PROXY, TLS, WebSocket) and CONNECT deadlines failed, by listener
@@ -163,6 +226,20 @@ impl Metrics {
                 "Connections refused by the admission limits, by reason",
                 "reason",
                 Refusal::ALL.map(Refusal::label),
+            ),
+            auth_failures: labelled(
+                reg,
+                "auth_failures",
+                "CONNECTs refused by authentication, by reason",
+                "reason",
+                AuthFailureKind::ALL.map(AuthFailureKind::label),
+            ),
+            denied: labelled(
+                reg,
+                "authorization_denied",
+                "Actions refused by the authorization rules, by action",
+                "action",
+                Denied::ALL.map(Denied::label),
             ),
             listener_connections: labelled(
                 reg,
@@ -238,6 +315,14 @@ impl Metrics {
 
     pub fn handshake_failed(&self, kind: ListenerKind, failure: HandshakeFailure) -> &Counter {
         &self.handshake_failures[kind as usize][failure as usize]
+    }
+
+    pub fn auth_failed(&self, kind: AuthFailureKind) -> &Counter {
+        &self.auth_failures[kind as usize]
+    }
+
+    pub fn denied(&self, action: Denied) -> &Counter {
+        &self.denied[action as usize]
     }
 
     pub fn refused(&self, reason: Refusal) -> &Counter {

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::admission::{self, ConnectionPlan, MaxConnectionsSource, Slots};
+use crate::auth::{self, AccessControl};
 use crate::broker::Broker;
 use crate::cluster;
 use crate::config::Config;
@@ -112,6 +113,16 @@ pub async fn run(
             None
         }
     };
+    // Loaded before anything listens, like the certificates: a file that does not load stops
+    // the start.
+    let access = AccessControl::load(&config.access).map_err(anyhow::Error::msg)?;
+    // Its own SIGHUP listener: tokio hands every signal to each of them.
+    let access_hangups = match &access {
+        Some(control) if control.watches_files() => {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+        }
+        _ => None,
+    };
     // Loaded before anything listens: a certificate that does not load stops the start.
     let certificates = match config.tls.clone() {
         Some(settings) => Some(Arc::new(
@@ -180,7 +191,7 @@ pub async fn run(
         }
         None => (None, None),
     };
-    let broker = Arc::new(Broker::new(config, metrics.clone(), forwarder));
+    let broker = Arc::new(Broker::new(config, metrics.clone(), forwarder, access));
     // The HTTP API closes clients' connections through the broker's session registry.
     let config = &broker.config;
     if let Some(address) = &config.http_listen {
@@ -218,10 +229,25 @@ pub async fn run(
     };
     tokio::spawn(expire_sessions(broker.clone(), stopping.clone()));
     let (done, mut all_done) = mpsc::channel::<()>(1);
+    let access_watched = match &broker.access {
+        Some(control) if control.watches_files() => {
+            let sessions = broker.clone();
+            tokio::spawn(auth::watch_files(
+                control.clone(),
+                access_hangups,
+                stopping.clone(),
+                move || sessions.sessions.recheck_all(),
+            ));
+            true
+        }
+        _ => false,
+    };
     match (certificates, hangups) {
         (Some(store), hangups) => {
             tokio::spawn(certificates::watch_files(store, hangups, stopping.clone()));
         }
+        // The access-control files take SIGHUP themselves.
+        (None, Some(_)) if access_watched => {}
         (None, Some(hangups)) => {
             tokio::spawn(certificates::ignore_hangups(hangups, stopping.clone()));
         }

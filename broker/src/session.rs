@@ -90,6 +90,11 @@ impl Mailbox {
         self.id
     }
 
+    /// The client id, shared.
+    pub fn client_id_shared(&self) -> Arc<str> {
+        self.client_id.clone()
+    }
+
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
@@ -533,20 +538,25 @@ pub struct Holder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum KickReason {
+    /// Not a close: the authorization rules changed, and the connection re-judges its
+    /// subscriptions (see [`Holder::take_recheck`]). The weakest reason, so that any real
+    /// kick racing with it wins.
+    RulesChanged = 1,
     /// A new connection with the same client id claimed the session.
-    TakenOver = 1,
+    TakenOver = 2,
     /// `DELETE /clients/<id>` on the HTTP API.
-    Administrative = 2,
+    Administrative = 3,
     /// The server is shutting down.
-    Shutdown = 3,
+    Shutdown = 4,
 }
 
 impl KickReason {
     fn from_u8(value: u8) -> Option<KickReason> {
         match value {
-            1 => Some(KickReason::TakenOver),
-            2 => Some(KickReason::Administrative),
-            3 => Some(KickReason::Shutdown),
+            1 => Some(KickReason::RulesChanged),
+            2 => Some(KickReason::TakenOver),
+            3 => Some(KickReason::Administrative),
+            4 => Some(KickReason::Shutdown),
             _ => None,
         }
     }
@@ -625,6 +635,20 @@ impl Holder {
         }
         self.signals.kick.notify_one();
         true
+    }
+
+    /// After [`Holder::kicked`]: when the only reason is [`KickReason::RulesChanged`], clears
+    /// it and returns true (the connection goes on); false when a real kick is pending.
+    pub fn take_recheck(&self) -> bool {
+        self.signals
+            .reason
+            .compare_exchange(
+                KickReason::RulesChanged as u8,
+                NOT_KICKED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     fn mark_released(&self) {
@@ -795,6 +819,16 @@ impl SessionRegistry {
             // Taken over: the holder was asked to close; wait until it has released the session.
             if current.released(deadline).await.is_err() {
                 return Err(ClaimError::TakeoverTimedOut(client_id.to_string()));
+            }
+        }
+    }
+
+    /// Asks every connection that holds a session to re-judge its subscriptions against the
+    /// reloaded authorization rules (without closing).
+    pub fn recheck_all(&self) {
+        for entry in self.sessions.lock().entries.values() {
+            if let Entry::Held(holder) = entry {
+                let _ = holder.kick(KickReason::RulesChanged);
             }
         }
     }

@@ -196,9 +196,9 @@ impl Rules {
             if !action(rule) || !rule.applies_to(client) {
                 continue;
             }
-            match rule.pattern.matches_topic(topic, client) {
-                Some(true) => return rule.permission == Permission::Allow,
-                Some(false) | None => {}
+            // `None`: the client cannot fill the rule's placeholders, so it does not apply.
+            if rule.pattern.matches_topic(topic, client) == Some(true) {
+                return rule.permission == Permission::Allow;
             }
         }
         self.default == Permission::Allow

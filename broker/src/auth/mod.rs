@@ -10,6 +10,11 @@
 //! rules in the common case.
 
 pub mod acl;
+mod authorizer;
+mod control;
+
+pub use authorizer::Authorizer;
+pub use control::{watch_files, AccessControl, AuthFailure, Credentials, Identity, Reload};
 
 use serde::Deserialize;
 

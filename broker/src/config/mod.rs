@@ -6,6 +6,7 @@
 //! normalised first (see [`normalise_args`]). Adding a flag is one field in [`Args`] plus its
 //! resolution in [`Config::from_parsed`]; the normaliser reads the flag names from clap itself.
 
+mod access;
 mod listeners;
 
 use std::ffi::OsString;
@@ -19,8 +20,13 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use tokio::net::TcpListener;
 
+use crate::auth::acl::Permission;
 use crate::cluster::config::{ClusterConfig, ClusterFlags};
 use crate::codec::{QoS, MAX_REMAINING_LENGTH};
+use access::{parse_auth_mode, parse_permission, parse_secret, AccessFlags, AuthMode, Secret};
+pub use access::{
+    AbuseLimits, AccessConfig, Authentication, HttpServiceSettings, JwtKey, SecretSource,
+};
 use listeners::{
     parse_cert_identity, parse_client_verify, parse_proxy_listeners, ListenerFlags, ProxyListeners,
 };
@@ -227,6 +233,71 @@ struct Args {
     #[arg(long = "tri", env = "COOLPY7_TRI", value_name = "SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     tls_reload_interval: u64,
+
+    /// Authentication: 0 none, 1 JWT (-jsk/-jskf/-jpk; the token is the MQTT password), 2 HTTP
+    /// service (-ha), 3 password file (-pwf)
+    #[arg(long = "as", env = "COOLPY7_AS", value_name = "MODE", default_value = "0",
+          value_parser = parse_auth_mode)]
+    auth_mode: AuthMode,
+
+    /// JWT HMAC secret (HS256/384/512), for -as=1
+    #[arg(long = "jsk", env = "COOLPY7_JSK", value_name = "SECRET", hide_env_values = true,
+          value_parser = parse_secret)]
+    jwt_secret: Option<Secret>,
+
+    /// File holding the JWT HMAC secret (re-read when it changes), instead of -jsk
+    #[arg(long = "jskf", env = "COOLPY7_JSKF", value_name = "FILE")]
+    jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key JWTs are signed for (RS*, PS*, ES256, ES384, EdDSA), instead of -jsk
+    #[arg(long = "jpk", env = "COOLPY7_JPK", value_name = "FILE")]
+    jwt_public_key: Option<PathBuf>,
+
+    /// HTTP authentication service for -as=2: a URL (http://host:port/path) or host:port
+    /// [default: localhost:5683]
+    #[arg(long = "ha", env = "COOLPY7_HA", value_name = "URL")]
+    http_service: Option<String>,
+
+    /// Token sent to the HTTP authentication service as "Authorization: Bearer" [default:
+    /// coolpy7]
+    #[arg(long = "ht", env = "COOLPY7_HT", value_name = "TOKEN", hide_env_values = true,
+          value_parser = parse_secret)]
+    http_service_token: Option<Secret>,
+
+    /// File holding the HTTP authentication service's token, instead of -ht
+    #[arg(long = "htf", env = "COOLPY7_HTF", value_name = "FILE")]
+    http_service_token_file: Option<PathBuf>,
+
+    /// Seconds the HTTP authentication service has to answer (no answer denies)
+    #[arg(long = "hat", env = "COOLPY7_HAT", value_name = "SECS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    http_service_timeout: u64,
+
+    /// Seconds the HTTP authentication service's answers are reused for the same credentials
+    /// (0 = ask every time)
+    #[arg(long = "hac", env = "COOLPY7_HAC", value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    http_service_cache: u64,
+
+    /// Password file for -as=3: user:hash lines (argon2id; Mosquitto's $7$ and $6$ too)
+    #[arg(long = "pwf", env = "COOLPY7_PWF", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+
+    /// Authorization rules file (allow|deny publish|subscribe|all FILTER [user U] [client C]
+    /// [address CIDR])
+    #[arg(long = "acl", env = "COOLPY7_ACL", value_name = "FILE")]
+    acl_file: Option<PathBuf>,
+
+    /// Decision when no authorization rule matches: allow or deny
+    #[arg(long = "acld", env = "COOLPY7_ACLD", value_name = "DECISION", default_value = "deny",
+          value_parser = parse_permission)]
+    acl_default: Permission,
+
+    /// Seconds between checks of the -acl, -pwf, -jskf, -jpk and -htf files for changes
+    /// (SIGHUP checks at once)
+    #[arg(long = "ari", env = "COOLPY7_ARI", value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    access_reload_interval: u64,
 
     /// HTTP API address (/healthz, /metrics, /sys); empty or "nil" disables HTTP
     #[arg(long = "hl", env = "COOLPY7_HL", value_name = "ADDR",
@@ -597,6 +668,8 @@ pub struct Config {
     pub log_level: String,
     /// `None` unless `-nid` is given.
     pub cluster: Option<ClusterConfig>,
+    /// Authentication and authorization.
+    pub access: AccessConfig,
 }
 
 impl Default for Config {
@@ -638,6 +711,7 @@ impl Default for Config {
             subscription_identifiers: true,
             log_level: "info".to_string(),
             cluster: None,
+            access: AccessConfig::default(),
         }
     }
 }
@@ -739,6 +813,22 @@ impl Config {
             reload_secs: args.tls_reload_interval,
         }
         .resolve()?;
+        let access = AccessFlags {
+            mode: args.auth_mode,
+            jwt_secret: args.jwt_secret,
+            jwt_secret_file: args.jwt_secret_file,
+            jwt_public_key: args.jwt_public_key,
+            http_url: args.http_service,
+            http_token: args.http_service_token,
+            http_token_file: args.http_service_token_file,
+            http_timeout: args.http_service_timeout,
+            http_cache: args.http_service_cache,
+            password_file: args.password_file,
+            rules: args.acl_file,
+            default: args.acl_default,
+            reload_secs: args.access_reload_interval,
+        }
+        .resolve()?;
         // Bounded by the value parsers to PROTOCOL_MAX_PACKET, which fits in usize.
         let max_packet_size = match args.max_packet_size {
             0 => PROTOCOL_MAX_PACKET,
@@ -798,6 +888,7 @@ impl Config {
             subscription_identifiers: args.subscription_identifiers,
             log_level,
             cluster,
+            access,
         })
     }
 }

@@ -22,13 +22,14 @@ use bytes::Bytes;
 use super::negotiated::Negotiated;
 use super::{Connection, Will};
 use crate::admission::MemoryLease;
+use crate::auth::Credentials;
 use crate::broker::{Admission, Broker};
 use crate::codec::{
     self, ConnAck, Connect, DecodeError, LastWill, Packet, Properties, PropertyValues, Protocol,
     QoS, ReasonCode,
 };
-use crate::config::Config;
-use crate::metrics::Refusal;
+use crate::config::{Config, ListenerKind};
+use crate::metrics::{AuthFailureKind, Refusal};
 use crate::router::Message;
 use crate::session::{Holder, SessionExpiry, SessionId};
 use crate::topic;
@@ -122,11 +123,15 @@ pub(super) async fn handshake(
             return None;
         }
     };
+    let mut certificate_user = false;
     if let Some(PeerIdentity { username }) = identity {
         // -tcn: the certificate names the client; CONNECT's own username is not believed.
+        certificate_user = username.is_some();
         connect.username = username;
     }
-    let accepted = handshake.accept(connect, id, peer, proxied).await;
+    let accepted = handshake
+        .accept(connect, id, peer, proxied, kind, certificate_user)
+        .await;
     if accepted.is_none() {
         broker.metrics.connections_refused.inc();
     }
@@ -225,6 +230,8 @@ impl Handshake<'_> {
         id: u64,
         peer: SocketAddr,
         proxied: Option<SocketAddr>,
+        listener: ListenerKind,
+        certificate_user: bool,
     ) -> Option<(Box<Connection>, Admission)> {
         let protocol = connect.protocol;
         let v5 = protocol == Protocol::V5;
@@ -266,6 +273,38 @@ impl Handshake<'_> {
             connect.client_id = generated_client_id(id);
             assigned_client_id = true;
         }
+        // Before the session is claimed: a client that cannot prove who it is must not take
+        // over the connection that holds its client id.
+        let identity = match &self.broker.access {
+            Some(control) => {
+                let credentials = Credentials {
+                    client_id: &connect.client_id,
+                    username: connect.username.as_deref(),
+                    password: connect.password.as_deref(),
+                    peer,
+                    protocol: protocol.level(),
+                    listener,
+                    certificate_user,
+                };
+                match control.authenticate(&credentials).await {
+                    Ok(identity) => Some(identity),
+                    Err(failure) => {
+                        self.broker.metrics.auth_failed(failure.kind).inc();
+                        debug!(%peer, connection = id, client_id = %connect.client_id, reason = %failure.reason, "authentication failed");
+                        // 3.1.1 has one code for both: 0x05 "not authorized".
+                        let code = match failure.kind {
+                            AuthFailureKind::BadCredentials if v5 => {
+                                ReasonCode::BadUserNameOrPassword
+                            }
+                            _ => ReasonCode::NotAuthorized,
+                        };
+                        self.refuse(protocol, code).await;
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
         let takeover = self.broker.sessions.is_connected(&connect.client_id);
         let Some(admission) = self.broker.admit(takeover) else {
             debug!(%peer, connection = id, "connection limit reached");
@@ -340,6 +379,13 @@ impl Handshake<'_> {
             session_present = claimed.session_present,
             "client connected"
         );
+        let access = match (&broker.access, identity) {
+            (Some(control), Some(identity)) => {
+                let client_id = state.mailbox.client_id_shared();
+                Some(control.authorizer(identity, client_id, peer.ip()))
+            }
+            _ => None,
+        };
         let origin = state.mailbox.id();
         let will = connect
             .will
@@ -364,7 +410,10 @@ impl Handshake<'_> {
             wbuf: BytesMut::new(),
             congested: None,
             woke_subscribers: false,
+            access,
         });
+        // A stored session's subscriptions were granted to whoever held the client id before.
+        connection.rejudge_subscriptions();
         if let Some(v5) = &connection.v5 {
             fit_connack(&mut connack, v5.maximum_packet_size);
         }

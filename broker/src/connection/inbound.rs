@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::time::Instant;
+use tracing::debug;
 
 use super::{handshake, Close, Connection, READ_CHUNK};
 use crate::codec::{
     self, Ack, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     Subscribe, UnsubAck, Unsubscribe,
 };
+use crate::metrics::Denied;
 use crate::router::{Grant, Message};
 use crate::topic::{self, Subscription};
 
@@ -270,7 +272,13 @@ impl Connection {
                         ));
                     }
                     self.state.incoming_qos2.insert(packet_id);
-                    self.route(publish)
+                    let reason = self.route(publish);
+                    // An MQTT 5 PUBREC with a failure ends the exchange: no PUBREL follows.
+                    // A 3.1.1 client is acknowledged as if delivered, and releases it.
+                    if reason.is_failure() && self.v5.is_some() {
+                        self.state.incoming_qos2.remove(&packet_id);
+                    }
+                    reason
                 };
                 self.send(&Packet::PubRec(Ack::with_reason(packet_id, reason)));
             }
@@ -288,6 +296,17 @@ impl Connection {
             _ => None,
         };
         let topic = alias_topic.unwrap_or(&publish.topic);
+        if let Some(access) = self.access.as_mut() {
+            if !access.may_publish(topic) {
+                self.broker.metrics.denied(Denied::Publish).inc();
+                debug!(
+                    client_id = self.state.client_id(),
+                    topic = %String::from_utf8_lossy(topic),
+                    "PUBLISH denied by the authorization rules; dropped"
+                );
+                return ReasonCode::NotAuthorized;
+            }
+        }
         let (topic, payload) = if publish.payload.len() <= COPY_PAYLOAD_MAX {
             // One allocation for both, and the read buffer stays ours to reuse.
             let mut owned = BytesMut::with_capacity(topic.len() + publish.payload.len());
@@ -411,6 +430,19 @@ impl Connection {
             if !wildcards && subscription.has_wildcard() {
                 reason_codes.push(ReasonCode::WildcardSubscriptionsNotSupported);
                 continue;
+            }
+            if let Some(access) = self.access.as_mut() {
+                if !access.may_subscribe(&subscription) {
+                    self.broker.metrics.denied(Denied::Subscribe).inc();
+                    // A filter the client held before the rules changed goes too.
+                    if self.state.subscriptions.remove(&raw).is_some() {
+                        self.state.forgive_retained(subscription.filter());
+                        let id = self.state.mailbox.id();
+                        self.broker.router.unsubscribe(id, &subscription);
+                    }
+                    reason_codes.push(ReasonCode::NotAuthorized);
+                    continue;
+                }
             }
             // `-msc`: a new filter beyond the cap is refused (0x97, quota exceeded; 0x80 in
             // 3.1.1); renewing one the session holds is always allowed.

@@ -15,9 +15,11 @@
 //! [`Connection`], [`inbound`] handles what the client sends, [`outbound`] what is sent to it;
 //! this module holds the connection's state and the loop that drives the three. What MQTT 5
 //! adds per connection (the limits CONNECT and CONNACK settled, topic aliases) is in
-//! [`negotiated`] and [`aliases`]; an MQTT 3.1.1 connection carries none of it.
+//! [`negotiated`] and [`aliases`]; an MQTT 3.1.1 connection carries none of it. What the client
+//! may do is its [`Authorizer`], judged in [`authorized`].
 
 mod aliases;
+mod authorized;
 mod handshake;
 mod inbound;
 mod negotiated;
@@ -35,8 +37,10 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tracing::debug;
 
+use crate::auth::Authorizer;
 use crate::broker::{Admission, Broker};
 use crate::codec::{Disconnect, Packet, Properties, Protocol, ReasonCode};
+use crate::metrics::Denied;
 use crate::router::Message;
 use crate::session::{DelayedWill, Holder, KickReason, SessionState};
 use crate::transport::{Stream, TransportSettings};
@@ -72,6 +76,8 @@ enum Close {
     /// An administrator asked for the close (`DELETE /clients/<id>` on the HTTP API).
     Administrative,
     Shutdown,
+    /// The credentials the client connected with expired (a token's `exp`).
+    CredentialsExpired,
 }
 
 impl std::fmt::Display for Close {
@@ -90,20 +96,12 @@ impl std::fmt::Display for Close {
             Close::TakenOver => f.write_str("taken over by a new connection"),
             Close::Administrative => f.write_str("closed by an administrator"),
             Close::Shutdown => f.write_str("server shutting down"),
+            Close::CredentialsExpired => f.write_str("credentials expired"),
         }
     }
 }
 
 impl Close {
-    /// Why the holder of the session was kicked.
-    fn kicked(reason: KickReason) -> Close {
-        match reason {
-            KickReason::TakenOver => Close::TakenOver,
-            KickReason::Administrative => Close::Administrative,
-            KickReason::Shutdown => Close::Shutdown,
-        }
-    }
-
     fn publishes_will(&self) -> bool {
         !matches!(self, Close::Disconnect)
     }
@@ -136,6 +134,10 @@ impl Close {
             // the Server Reference property read from the broker-wide drain state (see
             // `KickReason`).
             Close::Shutdown => Some((ReasonCode::ServerShuttingDown, None)),
+            // An MQTT 3.1.1 client gets the close alone: the server has no DISCONNECT there.
+            Close::CredentialsExpired => {
+                Some((ReasonCode::NotAuthorized, Some("credentials expired")))
+            }
             Close::Protocol(code, reason) => Some((*code, Some(reason))),
             _ => None,
         }
@@ -218,6 +220,9 @@ struct Connection {
     congested: Option<Arc<crate::session::Mailbox>>,
     /// Set when this client's messages were queued for subscribers since the loop last yielded.
     woke_subscribers: bool,
+    /// What the client may do; `None` when access control is off. Boxed: it holds caches an
+    /// idle connection without access control should not pay for.
+    access: Option<Box<Authorizer>>,
 }
 
 impl Connection {
@@ -270,9 +275,26 @@ impl Connection {
             holder,
             state,
             will,
+            access,
             ..
         } = *self;
-        let will = will.filter(|_| close.publishes_will()).map(|will| {
+        let will = will.filter(|will| {
+            if !close.publishes_will() {
+                return false;
+            }
+            let allowed = access
+                .as_ref()
+                .is_none_or(|access| access.may_publish_will(&will.message.topic));
+            if !allowed {
+                broker.metrics.denied(Denied::Will).inc();
+                debug!(
+                    client_id = state.client_id(),
+                    "will not published: the rules deny its topic"
+                );
+            }
+            allowed
+        });
+        let will = will.map(|will| {
             let Will {
                 message,
                 expiry,
@@ -388,11 +410,22 @@ impl Connection {
                 // One signal for every kick keeps every idle task smaller; its reason is read
                 // from the shared signals once it fires.
                 _ = holder.kicked() => {
-                    return if self.broker.is_shutting_down() {
-                        Close::Shutdown
-                    } else {
-                        holder.kick_reason().map_or(Close::TakenOver, Close::kicked)
-                    };
+                    if self.broker.is_shutting_down() {
+                        return Close::Shutdown;
+                    }
+                    match holder.kick_reason() {
+                        // A wake-up whose rules change was already taken.
+                        None => {}
+                        // When taking it fails a real kick replaced it, and its own wake-up
+                        // comes next.
+                        Some(KickReason::RulesChanged) if holder.take_recheck() => {
+                            self.apply_reloaded_rules();
+                        }
+                        Some(KickReason::RulesChanged) => {}
+                        Some(KickReason::TakenOver) => return Close::TakenOver,
+                        Some(KickReason::Administrative) => return Close::Administrative,
+                        Some(KickReason::Shutdown) => return Close::Shutdown,
+                    }
                 }
                 // poll_*_ready keep the waker in the socket's own slot; the readable() and
                 // writable() futures would add 300 bytes to every connection's task.
@@ -445,6 +478,14 @@ impl Connection {
             // The client did speak: the runtime will report it and the loop read it.
             self.last_packet = now;
         }
+        if self
+            .access
+            .as_ref()
+            .and_then(|access| access.expires_at)
+            .is_some_and(|at| now >= at)
+        {
+            return Err(Close::CredentialsExpired);
+        }
         let write_limit = self.broker.config.write_timeout;
         if self
             .write_blocked_since
@@ -478,12 +519,13 @@ impl Connection {
             (a, b) => a.or(b),
         };
         let write = stalled.map(|since| since + self.broker.config.write_timeout);
-        match (keep_alive, write) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
+        let expiry = self.access.as_ref().and_then(|access| access.expires_at);
+        [keep_alive, write, expiry]
+            .into_iter()
+            .flatten()
+            .min()
             // Nothing to watch: a deadline far enough away never to fire in practice.
-            (None, None) => Instant::now() + Duration::from_secs(86_400 * 365),
-        }
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
     }
 }
 
@@ -524,6 +566,7 @@ mod idle_size {
         let broker = Arc::new(crate::broker::Broker::new(
             crate::config::Config::for_tests(),
             Arc::new(crate::metrics::Metrics::new()),
+            None,
             None,
         ));
         let settings = Arc::new(crate::transport::TransportSettings {

@@ -105,6 +105,7 @@ impl Connection {
                 .mailbox
                 .take(PULL_BATCH, window, budget, scratch, metrics);
         }
+        self.drop_unreadable(scratch);
         if scratch.is_empty() {
             return;
         }
