@@ -170,6 +170,7 @@ DEFAULT_LISTENERS = {"mqtt": {"enabled": True},
                      "tls": {"enabled": False, "port": 8883},
                      "websocket": {"enabled": False, "port": 8083},
                      "websocketTls": {"enabled": False, "port": 8084},
+                     "coap": {"enabled": False, "port": 5683},
                      "websocketPath": "/mqtt"}
 
 
@@ -210,6 +211,7 @@ def check_listeners_and_tls_become_the_cluster_spec():
                                  "tls": {"enabled": True, "port": 8884},
                                  "websocket": {"enabled": True, "port": 8083},
                                  "websocketTls": {"enabled": True, "port": 8084},
+                                 "coap": {"enabled": False, "port": 5683},
                                  "websocketPath": "/ws"}, spec["listeners"]
     assert spec["tls"] == {"secretName": "mq-cert", "clientCASecretName": "iot-ca",
                            "clientCAKey": "bundle.pem", "verifyClients": "optional",

@@ -5,15 +5,16 @@
 //! Names, for a cluster `c` in namespace `ns`: StatefulSet `c` (pods `c-0`, `c-1`, ...),
 //! headless Service `c-headless` (the pods' DNS names, which are the gossip seeds), client
 //! Service `c`, Secret `c-csk` (unless the spec names one), PodDisruptionBudget `c`. The TLS
-//! Secrets the spec names are the user's (or cert-manager's): mounted, never written.
+//! and auth Secrets and the ACL ConfigMap the spec names are the user's (or cert-manager's):
+//! mounted, never written.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     WeightedPodAffinityTerm,
 };
@@ -23,7 +24,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{default_csk_key, AntiAffinity, Coolpy7Cluster, TlsSpec, UsernameFromCertificate};
+use crate::crd::{
+    default_csk_key, AntiAffinity, AuthMode, AuthSpec, Coolpy7Cluster, TlsSpec,
+    UsernameFromCertificate,
+};
 
 /// The cluster key the operator generates is this many random bytes, stored as hex text: the
 /// broker reads it from an environment variable, which must be text without NUL bytes.
@@ -40,8 +44,17 @@ const BROKER_CONTAINER: &str = "coolpy7";
 pub const TLS_DIR: &str = "/etc/coolpy7/tls";
 /// Where the `tls.clientCASecretName` Secret is mounted, as a whole directory.
 pub const CLIENT_CA_DIR: &str = "/etc/coolpy7/client-ca";
-/// The mounted certificate files are readable by their group only (the private key among
-/// them), which is the pod's fsGroup.
+/// Where the `auth.jwtSecret` or `auth.jwtPublicKey` Secret is mounted (mode jwt takes one of
+/// them), as a whole directory: the broker re-reads the file when its content changes.
+pub const JWT_DIR: &str = "/etc/coolpy7/auth/jwt";
+/// Where the `auth.passwordSecret` Secret is mounted, as a whole directory.
+pub const PASSWORDS_DIR: &str = "/etc/coolpy7/auth/passwords";
+/// Where the `auth.aclConfigMap` ConfigMap is mounted, as a whole directory.
+pub const ACL_DIR: &str = "/etc/coolpy7/auth/acl";
+/// Where the `auth.httpHook.tokenSecret` Secret is mounted, as a whole directory.
+pub const HOOK_DIR: &str = "/etc/coolpy7/auth/hook";
+/// The mounted files (certificates, keys, credentials, rules) are readable by their group
+/// only, which is the pod's fsGroup.
 const SECRET_FILE_MODE: i32 = 0o440;
 /// The pod's fsGroup when Secrets are mounted: the group of the broker image's non-root user
 /// (`USER 65532:65532` in the Dockerfile). The kubelet gives the files this group and the
@@ -183,42 +196,138 @@ pub fn tls_in_use(cluster: &Coolpy7Cluster) -> Option<&TlsSpec> {
         .filter(|tls| tls_listener && tls.secret_name.is_some())
 }
 
-/// A Secret the pods mount: its name, the keys the broker reads from it, the spec field that
-/// names it (for messages), and where it is mounted.
+/// The CoAP listener's UDP port, when it is enabled.
+pub fn coap_port(cluster: &Coolpy7Cluster) -> Option<i32> {
+    let coap = &cluster.spec.listeners.coap;
+    coap.enabled.then_some(coap.port)
+}
+
+/// The kind of object a pod volume comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountKind {
+    Secret,
+    ConfigMap,
+}
+
+impl MountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountKind::Secret => "Secret",
+            MountKind::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+/// A Secret or ConfigMap the pods mount: its name, the keys the broker reads from it, the spec
+/// field that names it (for messages), where it is mounted, and the reason a missing one is
+/// reported with.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountedSecret {
-    pub secret_name: String,
+pub struct MountedObject {
+    pub kind: MountKind,
+    pub name: String,
     pub keys: Vec<String>,
     pub field: &'static str,
     pub volume: &'static str,
     pub dir: &'static str,
+    pub missing_reason: &'static str,
 }
 
-/// The Secrets the pods mount for TLS: the certificate, and the client CA bundle when given.
-pub fn mounted_secrets(cluster: &Coolpy7Cluster) -> Vec<MountedSecret> {
-    let Some(tls) = tls_in_use(cluster) else {
-        return Vec::new();
-    };
-    let mut secrets = Vec::new();
-    if let Some(name) = &tls.secret_name {
-        secrets.push(MountedSecret {
-            secret_name: name.clone(),
-            keys: vec!["tls.crt".into(), "tls.key".into()],
-            field: "tls.secretName",
-            volume: "tls",
-            dir: TLS_DIR,
-        });
+/// The reasons a missing mounted object is reported with (the Event's and the Degraded
+/// condition's).
+pub const TLS_SECRET_MISSING: &str = "TlsSecretMissing";
+pub const AUTH_SECRET_MISSING: &str = "AuthSecretMissing";
+pub const AUTH_CONFIG_MAP_MISSING: &str = "AuthConfigMapMissing";
+
+/// The Secrets and ConfigMaps the pods mount: for TLS the certificate, and the client CA
+/// bundle when given; for auth what the mode uses (the JWT key, the password file, the HTTP
+/// service's token), and the ACL rules in any mode. What the mode does not use is left out,
+/// like TLS settings without a TLS listener.
+pub fn mounted_objects(cluster: &Coolpy7Cluster) -> Vec<MountedObject> {
+    let mut objects = Vec::new();
+    if let Some(tls) = tls_in_use(cluster) {
+        if let Some(name) = &tls.secret_name {
+            objects.push(MountedObject {
+                kind: MountKind::Secret,
+                name: name.clone(),
+                keys: vec!["tls.crt".into(), "tls.key".into()],
+                field: "tls.secretName",
+                volume: "tls",
+                dir: TLS_DIR,
+                missing_reason: TLS_SECRET_MISSING,
+            });
+        }
+        if let Some(name) = &tls.client_ca_secret_name {
+            objects.push(MountedObject {
+                kind: MountKind::Secret,
+                name: name.clone(),
+                keys: vec![tls.client_ca_key.clone()],
+                field: "tls.clientCASecretName",
+                volume: "client-ca",
+                dir: CLIENT_CA_DIR,
+                missing_reason: TLS_SECRET_MISSING,
+            });
+        }
     }
-    if let Some(name) = &tls.client_ca_secret_name {
-        secrets.push(MountedSecret {
-            secret_name: name.clone(),
-            keys: vec![tls.client_ca_key.clone()],
-            field: "tls.clientCASecretName",
-            volume: "client-ca",
-            dir: CLIENT_CA_DIR,
-        });
+    if let Some(auth) = &cluster.spec.auth {
+        let secret = |reference: &crate::crd::SecretKeyRef,
+                      field: &'static str,
+                      volume: &'static str,
+                      dir: &'static str| MountedObject {
+            kind: MountKind::Secret,
+            name: reference.name.clone(),
+            keys: vec![reference.key.clone()],
+            field,
+            volume,
+            dir,
+            missing_reason: AUTH_SECRET_MISSING,
+        };
+        match auth.mode {
+            AuthMode::None => {}
+            AuthMode::Jwt => {
+                if let Some(reference) = &auth.jwt_secret {
+                    objects.push(secret(reference, "auth.jwtSecret", "auth-jwt", JWT_DIR));
+                } else if let Some(reference) = &auth.jwt_public_key {
+                    objects.push(secret(reference, "auth.jwtPublicKey", "auth-jwt", JWT_DIR));
+                }
+            }
+            AuthMode::Password => {
+                if let Some(reference) = &auth.password_secret {
+                    objects.push(secret(
+                        reference,
+                        "auth.passwordSecret",
+                        "auth-passwords",
+                        PASSWORDS_DIR,
+                    ));
+                }
+            }
+            AuthMode::Http => {
+                if let Some(reference) = auth
+                    .http_hook
+                    .as_ref()
+                    .and_then(|hook| hook.token_secret.as_ref())
+                {
+                    objects.push(secret(
+                        reference,
+                        "auth.httpHook.tokenSecret",
+                        "auth-hook",
+                        HOOK_DIR,
+                    ));
+                }
+            }
+        }
+        if let Some(reference) = &auth.acl_config_map {
+            objects.push(MountedObject {
+                kind: MountKind::ConfigMap,
+                name: reference.name.clone(),
+                keys: vec![reference.key.clone()],
+                field: "auth.aclConfigMap",
+                volume: "auth-acl",
+                dir: ACL_DIR,
+                missing_reason: AUTH_CONFIG_MAP_MISSING,
+            });
+        }
     }
-    secrets
+    objects
 }
 
 fn owner_reference(cluster: &Coolpy7Cluster) -> Vec<OwnerReference> {
@@ -294,7 +403,7 @@ pub fn headless_service(cluster: &Coolpy7Cluster) -> Service {
 }
 
 /// The Service MQTT clients connect to (a LoadBalancer by default), with a port per enabled
-/// listener.
+/// listener: TCP for the MQTT ones, UDP for CoAP.
 pub fn client_service(cluster: &Coolpy7Cluster) -> Service {
     let spec = &cluster.spec.service;
     let mut meta = metadata(cluster, cluster.name_any());
@@ -314,6 +423,7 @@ pub fn client_service(cluster: &Coolpy7Cluster) -> Service {
                 enabled_listeners(cluster)
                     .into_iter()
                     .map(|(kind, listener_port)| port(kind.port_name(), listener_port, "TCP"))
+                    .chain(coap_port(cluster).map(|coap| port("coap", coap, "UDP")))
                     .collect(),
             ),
             load_balancer_class: spec.load_balancer_class.clone().filter(|_| load_balancer),
@@ -384,13 +494,86 @@ fn listener_args(cluster: &Coolpy7Cluster) -> Vec<String> {
             .collect();
         args.push(format!("-pp={}", names.join(",")));
     }
+    if let Some(coap) = coap_port(cluster) {
+        args.push(format!("-cl=:{coap}"));
+    }
     args
 }
 
+/// The auth flags: the mode (`-as`, left out for none, the broker's default), the files of
+/// the objects [`mounted_objects`] mounts for it, the HTTP service's settings, and the rules
+/// (`-acl`, `-acld`) in any mode. Nothing without `spec.auth`.
+fn auth_args(auth: &AuthSpec) -> Vec<String> {
+    let mut args = Vec::new();
+    if auth.mode != AuthMode::None {
+        args.push(format!("-as={}", auth.mode.flag_value()));
+    }
+    match auth.mode {
+        AuthMode::None => {}
+        AuthMode::Jwt => {
+            // The file forms: an edited Secret reaches the brokers without a restart.
+            if let Some(secret) = &auth.jwt_secret {
+                args.push(format!("-jskf={JWT_DIR}/{}", secret.key));
+            } else if let Some(public_key) = &auth.jwt_public_key {
+                args.push(format!("-jpk={JWT_DIR}/{}", public_key.key));
+            }
+        }
+        AuthMode::Password => {
+            if let Some(passwords) = &auth.password_secret {
+                args.push(format!("-pwf={PASSWORDS_DIR}/{}", passwords.key));
+            }
+        }
+        AuthMode::Http => {
+            if let Some(hook) = &auth.http_hook {
+                args.push(format!("-ha={}", hook.url));
+                if let Some(token) = &hook.token_secret {
+                    args.push(format!("-htf={HOOK_DIR}/{}", token.key));
+                }
+                if let Some(timeout) = hook.timeout_seconds {
+                    args.push(format!("-hat={timeout}"));
+                }
+                if let Some(cache) = hook.cache_seconds {
+                    args.push(format!("-hac={cache}"));
+                }
+            }
+        }
+    }
+    if let Some(acl) = &auth.acl_config_map {
+        args.push(format!("-acl={ACL_DIR}/{}", acl.key));
+    }
+    if let Some(default) = auth.acl_default {
+        args.push(format!("-acld={}", default.as_str()));
+    }
+    args
+}
+
+/// The abuse limits' flags, each only when set above 0 (0 is off, the broker's default).
+fn limit_args(cluster: &Coolpy7Cluster) -> Vec<String> {
+    let Some(limits) = &cluster.spec.limits else {
+        return Vec::new();
+    };
+    let rate = limits.publish_rate.as_ref();
+    [
+        ("-pl", limits.ping_interval_seconds.map(i64::from)),
+        ("-psl", limits.publish_interval_millis.map(i64::from)),
+        ("-dt", limits.ban_seconds.map(i64::from)),
+        ("-cr", limits.connection_rate.map(i64::from)),
+        ("-prm", rate.and_then(|rate| rate.messages).map(i64::from)),
+        ("-prb", rate.and_then(|rate| rate.bytes)),
+    ]
+    .into_iter()
+    .filter_map(|(flag, value)| {
+        value
+            .filter(|value| *value > 0)
+            .map(|value| format!("{flag}={value}"))
+    })
+    .collect()
+}
+
 /// The broker's command line: identity from the pod, seeds from the headless Service,
-/// listeners, ports and MQTT 5 limits from the spec, then the user's extra flags (which may
-/// override the settings, but not the listeners, ports or files: see `reconcile`'s
-/// OWNED_FLAGS).
+/// listeners, ports, MQTT 5 limits, access control and abuse limits from the spec, then the
+/// user's extra flags (which may override the settings, but not the listeners, ports, mode or
+/// files: see `reconcile`'s OWNED_FLAGS).
 pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String> {
     let ports = &cluster.spec.ports;
     let mut args = vec![
@@ -426,6 +609,10 @@ pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String
                 .filter_map(|(flag, value)| value.map(|value| format!("{flag}={value}"))),
         );
     }
+    if let Some(auth) = &cluster.spec.auth {
+        args.extend(auth_args(auth));
+    }
+    args.extend(limit_args(cluster));
     args.extend(cluster.spec.args.iter().cloned());
     args
 }
@@ -523,31 +710,45 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
     let mut container_ports: Vec<ContainerPort> = enabled_listeners(cluster)
         .into_iter()
         .map(|(kind, port)| container_port(kind.port_name(), port, "TCP"))
+        .chain(coap_port(cluster).map(|coap| container_port("coap", coap, "UDP")))
         .collect();
     container_ports.extend([
         container_port("gossip", ports.gossip, "UDP"),
         container_port("sync", ports.sync, "UDP"),
         container_port("http", ports.http, "TCP"),
     ]);
-    let secrets = mounted_secrets(cluster);
-    let volumes: Vec<Volume> = secrets
+    let mounted = mounted_objects(cluster);
+    // Every key of the object, not `items`: the directory follows the object as it changes.
+    let volumes: Vec<Volume> = mounted
         .iter()
-        .map(|secret| Volume {
-            name: secret.volume.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.secret_name.clone()),
-                default_mode: Some(SECRET_FILE_MODE),
-                optional: Some(false),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
+        .map(|object| match object.kind {
+            MountKind::Secret => Volume {
+                name: object.volume.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(object.name.clone()),
+                    default_mode: Some(SECRET_FILE_MODE),
+                    optional: Some(false),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            MountKind::ConfigMap => Volume {
+                name: object.volume.into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: object.name.clone(),
+                    default_mode: Some(SECRET_FILE_MODE),
+                    optional: Some(false),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
         })
         .collect();
-    let volume_mounts: Vec<VolumeMount> = secrets
+    let volume_mounts: Vec<VolumeMount> = mounted
         .iter()
-        .map(|secret| VolumeMount {
-            name: secret.volume.into(),
-            mount_path: secret.dir.into(),
+        .map(|object| VolumeMount {
+            name: object.volume.into(),
+            mount_path: object.dir.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         })
@@ -606,8 +807,8 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
                     volumes: non_empty(&volumes),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        // Only with Secrets to read, so that a cluster without TLS keeps the pod
-                        // template it had.
+                        // Only with files to read, so that a cluster without TLS or auth keeps
+                        // the pod template it had.
                         fs_group: (!volumes.is_empty()).then_some(SECRET_FILES_GROUP),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),

@@ -63,6 +63,11 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/coolpy7/coolpy7";
 #[x_kube(validation = listener_port_rule(1))]
 #[x_kube(validation = listener_port_rule(2))]
 #[x_kube(validation = listener_port_rule(3))]
+#[x_kube(validation = Rule::new(
+    "!self.listeners.coap.enabled || \
+     !(self.listeners.coap.port in [self.ports.gossip, self.ports.sync])"
+).message("listeners.coap.port is already in use: the CoAP listener's UDP port must differ from \
+           ports.gossip and ports.sync"))]
 pub struct Coolpy7ClusterSpec {
     /// Number of broker pods.
     #[serde(default = "default_replicas")]
@@ -78,8 +83,8 @@ pub struct Coolpy7ClusterSpec {
     pub csk: Option<CskSpec>,
     #[serde(default)]
     pub ports: PortsSpec,
-    /// The MQTT listeners: plain TCP on `ports.mqtt` (on by default), TLS, WebSocket and
-    /// WebSocket over TLS.
+    /// The listeners: MQTT over plain TCP on `ports.mqtt` (on by default), TLS, WebSocket and
+    /// WebSocket over TLS, and CoAP publishing over UDP.
     #[serde(default)]
     pub listeners: ListenersSpec,
     /// Certificates for the `tls` and `websocketTls` listeners, and client certificates
@@ -92,6 +97,16 @@ pub struct Coolpy7ClusterSpec {
     /// refused, in-cluster clients' included.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Who may connect (authentication at CONNECT) and what clients may do (authorization
+    /// rules). Left out: every client is let in and may do anything, as before. The Secrets and
+    /// the ConfigMap named here are mounted as directories, so an edit reaches the brokers, which
+    /// re-read the files when they change, without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    /// Abuse limits per client and per listener; a limit left out, or 0, is off (the broker's
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
     #[serde(default)]
     pub service: ServiceSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,8 +262,9 @@ fn default_http_port() -> i32 {
     8081
 }
 
-/// Which MQTT listeners the brokers open. Each has its own port, named on the pods and the
-/// client Service as `mqtt`, `mqtts`, `ws` and `wss`.
+/// Which listeners the brokers open. Each has its own port, named on the pods and the client
+/// Service as `mqtt`, `mqtts`, `ws`, `wss` (TCP) and `coap` (UDP). At least one MQTT listener
+/// stays on.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
@@ -267,6 +283,13 @@ pub struct ListenersSpec {
     /// MQTT over WebSocket over TLS (`-wsl`); needs `tls.secretName`.
     #[serde(default)]
     pub websocket_tls: WebSocketTlsListenerSpec,
+    /// CoAP publishing over UDP (`-cl`): devices that cannot keep an MQTT connection POST
+    /// messages to topics. Its port is on the pods and on the client Service as `coap`, UDP. A
+    /// LoadBalancer Service with TCP and UDP ports needs Kubernetes 1.26 or later (mixed
+    /// protocols, GA in 1.26) and a load balancer implementation that supports them; otherwise
+    /// use `service.type` NodePort or ClusterIP. The PROXY protocol does not apply to it.
+    #[serde(default)]
+    pub coap: CoapListenerSpec,
     /// The HTTP path of the WebSocket listeners (`-wsp`): absolute, without a query, fragment
     /// or spaces, as the broker requires.
     #[serde(default = "default_websocket_path")]
@@ -281,6 +304,7 @@ impl Default for ListenersSpec {
             tls: TlsListenerSpec::default(),
             websocket: WebSocketListenerSpec::default(),
             websocket_tls: WebSocketTlsListenerSpec::default(),
+            coap: CoapListenerSpec::default(),
             websocket_path: default_websocket_path(),
         }
     }
@@ -378,6 +402,32 @@ impl Default for WebSocketTlsListenerSpec {
 
 fn default_websocket_tls_port() -> i32 {
     8084
+}
+
+/// The CoAP listener (UDP). Not an MQTT listener: at least one of those stays on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CoapListenerSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    /// A UDP port: it may share a number with a TCP listener, but not with `ports.gossip` or
+    /// `ports.sync`.
+    #[serde(default = "default_coap_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for CoapListenerSpec {
+    fn default() -> Self {
+        CoapListenerSpec {
+            enabled: false,
+            port: default_coap_port(),
+        }
+    }
+}
+
+fn default_coap_port() -> i32 {
+    5683
 }
 
 /// The listeners as CEL sees them on the spec: (whether it is on, its port, the port's field
@@ -508,6 +558,196 @@ impl UsernameFromCertificate {
             UsernameFromCertificate::San => "san",
         }
     }
+}
+
+/// Access control (the broker flags `-as`, `-jskf`, `-jpk`, `-pwf`, `-ha`, `-htf`, `-hat`,
+/// `-hac`, `-acl`, `-acld`). Each file is mounted from its Secret or ConfigMap as a whole
+/// directory under `/etc/coolpy7/auth/` (never `subPath`, which would never see an edit), and the
+/// brokers re-read it when its content changes. A Secret or ConfigMap that is missing, or lacks
+/// its key, leaves the cluster `Degraded` (`AuthSecretMissing`, `AuthConfigMapMissing`) with the
+/// pods as they were.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.mode != 'jwt' || has(self.jwtSecret) != has(self.jwtPublicKey)"
+).message("mode jwt needs one of jwtSecret (an HMAC secret, for HS* tokens) and jwtPublicKey \
+           (a PEM public key, for RS*, PS*, ES* and EdDSA tokens), not both"))]
+#[x_kube(validation = Rule::new("self.mode != 'password' || has(self.passwordSecret)")
+    .message("mode password needs passwordSecret (a Secret of user:hash lines)"))]
+#[x_kube(validation = Rule::new("self.mode != 'http' || has(self.httpHook)")
+    .message("mode http needs httpHook.url (the authentication service)"))]
+pub struct AuthSpec {
+    /// How CONNECT's credentials are checked (`-as`): `none` lets every client in, `jwt` takes
+    /// the password as a JSON Web Token, `http` asks `httpHook.url`, `password` looks the user
+    /// up in `passwordSecret`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// With mode `jwt`: the Secret key holding the HMAC secret HS256/384/512 tokens are signed
+    /// with (`-jskf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<SecretKeyRef>,
+    /// With mode `jwt`: the Secret key holding the PEM public key RS*, PS*, ES256, ES384 or
+    /// EdDSA tokens are verified with (`-jpk`). A Secret rather than a ConfigMap, although a
+    /// public key is no secret, so that every credential comes from one kind of object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key: Option<SecretKeyRef>,
+    /// With mode `password`: the Secret key holding the password file, one `user:hash` line
+    /// per user (`-pwf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyRef>,
+    /// The ConfigMap key holding the authorization rules (`-acl`), in any mode: which topics
+    /// a user, client id or address may publish and subscribe to.
+    #[serde(
+        rename = "aclConfigMap",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub acl_config_map: Option<ConfigMapKeyRef>,
+    /// The decision when no rule matches (`-acld`): `allow` or `deny`. Left out: the broker's
+    /// default, `deny`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_default: Option<AclDefault>,
+    /// With mode `http`: the service that decides on each CONNECT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_hook: Option<HttpHookSpec>,
+}
+
+/// How clients authenticate.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Jwt,
+    Http,
+    Password,
+}
+
+impl AuthMode {
+    /// The value of the broker's `-as` flag.
+    pub fn flag_value(self) -> u8 {
+        match self {
+            AuthMode::None => 0,
+            AuthMode::Jwt => 1,
+            AuthMode::Http => 2,
+            AuthMode::Password => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Jwt => "jwt",
+            AuthMode::Http => "http",
+            AuthMode::Password => "password",
+        }
+    }
+}
+
+/// What the broker decides when no authorization rule matches.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AclDefault {
+    Allow,
+    Deny,
+}
+
+impl AclDefault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AclDefault::Allow => "allow",
+            AclDefault::Deny => "deny",
+        }
+    }
+}
+
+/// A key of a Secret in the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key inside it: the file the broker reads.
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A key of a ConfigMap in the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// The ConfigMap's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key inside it (under `data` or `binaryData`): the file the broker reads.
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The HTTP authentication service (`-ha`, `-htf`, `-hat`, `-hac`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHookSpec {
+    /// Where the brokers send each CONNECT's credentials (`-ha`), `http://` or `https://`.
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    pub url: String,
+    /// A Secret key holding the token the brokers send to the service as `Authorization:
+    /// Bearer` (`-htf`), so that it knows them. Left out: the broker's default token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<SecretKeyRef>,
+    /// Seconds the brokers wait for an answer, 1 to 60 (`-hat`); no answer denies. The
+    /// broker's default is 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: Option<i32>,
+    /// Seconds the brokers reuse an answer for the same credentials, 0 (ask every time) to
+    /// 86400 (`-hac`). The broker's default is 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub cache_seconds: Option<i32>,
+}
+
+/// Abuse limits (the broker flags `-pl`, `-psl`, `-dt`, `-cr`, `-prm`, `-prb`). Each one left
+/// out, or 0, is off: the broker's default.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// The fewest seconds between a client's PINGREQs (`-pl`); a client pinging faster is a
+    /// violator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ping_interval_seconds: Option<i32>,
+    /// The fewest milliseconds between a client's PUBLISHes (`-psl`); a client publishing
+    /// faster is a violator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub publish_interval_millis: Option<i32>,
+    /// Seconds a violator's address is banned for (`-dt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ban_seconds: Option<i32>,
+    /// New connections a second each listener accepts, on each broker (`-cr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub connection_rate: Option<i32>,
+    /// What each client may publish a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<PublishRateSpec>,
+}
+
+/// A client's publishing rate; each one left out, or 0, is off.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishRateSpec {
+    /// PUBLISH messages a second, per client (`-prm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub messages: Option<i32>,
+    /// PUBLISH bytes a second, per client (`-prb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub bytes: Option<i64>,
 }
 
 /// MQTT 5 limits and features (the broker flags `-mka`, `-mri`, `-mta`, `-wsa` and `-sia`).
@@ -657,8 +897,8 @@ pub struct Coolpy7ClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csk_secret: Option<String>,
     /// Where MQTT clients connect: for each of the LoadBalancer's ingress addresses,
-    /// `address:port` of the plain MQTT listener and `mqtts://`, `ws://`, `wss://` URLs of the
-    /// others that are enabled.
+    /// `address:port` of the plain MQTT listener and `mqtts://`, `ws://`, `wss://` and
+    /// `coap://` URLs of the others that are enabled.
     // Always written, so that a merge patch can empty it.
     #[serde(default)]
     pub endpoints: Vec<String>,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::children;
 use crate::crd::{
-    Coolpy7Cluster, Coolpy7ClusterStatus, Phase, UsernameFromCertificate, VerifyClients,
+    AuthMode, Coolpy7Cluster, Coolpy7ClusterStatus, Phase, UsernameFromCertificate, VerifyClients,
 };
 use crate::metrics::Metrics;
 
@@ -33,7 +33,8 @@ use crate::metrics::Metrics;
 /// on the next reconcile.
 pub const FIELD_MANAGER: &str = "coolpy7-operator";
 
-/// How soon a cluster whose key or certificate Secret is missing is looked at again.
+/// How soon a cluster whose key, certificate or auth Secret (or ACL ConfigMap) is missing is
+/// looked at again.
 const KEY_RETRY: Duration = Duration::from_secs(30);
 /// How often a healthy cluster is looked at again without any change.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -42,11 +43,14 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Flags the operator sets itself; the spec's `args` may not set them. The listeners must
-/// match the pods' and Services' ports, and the certificate files the mounted Secrets; the
-/// other listener settings (`-wsp`, `-tv`, `-tcn`, `-pp`) may be overridden like the MQTT 5
-/// limits.
-const OWNED_FLAGS: [&str; 14] = [
+/// match the pods' and Services' ports, and the certificate, key, password and rules files the
+/// mounted Secrets and ConfigMap; the auth mode goes with those files, and a JWT secret or an
+/// HTTP service token given as a value (`-jsk`, `-ht`) would show in the pod spec. The other
+/// listener settings (`-wsp`, `-tv`, `-tcn`, `-pp`), the auth settings (`-acld`, `-ha`,
+/// `-hat`, `-hac`, `-ari`) and the abuse limits may be overridden like the MQTT 5 limits.
+const OWNED_FLAGS: [&str; 23] = [
     "nid", "cad", "mbs", "csk", "crp", "csp", "l", "hl", "tl", "wl", "wsl", "tc", "tk", "tca",
+    "cl", "as", "jsk", "jskf", "jpk", "pwf", "acl", "ht", "htf",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +122,7 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
     let client = ctx.client.clone();
 
     if let Some(problem) = spec_problem(cluster) {
-        report_degraded(ctx, cluster, "InvalidSpec", &problem).await?;
+        report_degraded(ctx, cluster, INVALID_SPEC, &problem).await?;
         // Nothing changes until the spec does; a slow resync in case the cause is elsewhere.
         return Ok(Action::requeue(RESYNC));
     }
@@ -137,8 +141,8 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
     };
     // The pods could not start without them (they would wait in ContainerCreating, and a
     // rolling update would take a pod down for good); say why instead, and change nothing.
-    if let Some(problem) = missing_certificate_secret(cluster, ctx, &namespace).await? {
-        report_degraded(ctx, cluster, "TlsSecretMissing", &problem).await?;
+    if let Some((reason, problem)) = missing_mounted_object(cluster, ctx, &namespace).await? {
+        report_degraded(ctx, cluster, reason, &problem).await?;
         return Ok(Action::requeue(KEY_RETRY));
     }
     let fingerprint = children::key_fingerprint(&key);
@@ -148,7 +152,7 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
         // an immutable field changed): the spec's problem, reported as such, not retried hot.
         Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
             let problem = format!("the API server refused a child object: {}", status.message);
-            report_degraded(ctx, cluster, "InvalidSpec", &problem).await?;
+            report_degraded(ctx, cluster, INVALID_SPEC, &problem).await?;
             return Ok(Action::requeue(RESYNC));
         }
         Err(error) => return Err(error.into()),
@@ -159,8 +163,11 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
     Ok(Action::requeue(RESYNC))
 }
 
+/// The reason of a spec the operator refuses (its Event's and its Degraded condition's).
+const INVALID_SPEC: &str = "InvalidSpec";
+
 /// A spec the operator cannot run: logged, a Warning event with `reason`, and a Degraded
-/// status; the children are left as they are.
+/// status whose conditions carry the same reason; the children are left as they are.
 async fn report_degraded(
     ctx: &Context,
     cluster: &Coolpy7Cluster,
@@ -171,7 +178,7 @@ async fn report_degraded(
     let name = cluster.name_any();
     warn!(%namespace, %name, reason, %problem, "cannot run the spec");
     publish(ctx, cluster, EventType::Warning, reason, problem).await;
-    let status = degraded_status(cluster, problem);
+    let status = degraded_status(cluster, reason, problem);
     patch_status(&ctx.client, &namespace, &name, &status).await
 }
 
@@ -238,36 +245,60 @@ fn key_from(secret: &Secret, name: &str, key: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-/// What is wrong with a Secret the pods mount for TLS, if anything: it is missing, or lacks a
-/// key the broker reads. Its contents may change at any time (a renewed certificate); the
-/// brokers reload them, so nothing of them goes into the pod template.
-pub fn mounted_secret_problem(
-    mounted: &children::MountedSecret,
-    secret: Option<&Secret>,
+/// A Secret or ConfigMap the pods mount, as the operator read it.
+pub enum Fetched<'a> {
+    Secret(&'a Secret),
+    ConfigMap(&'a ConfigMap),
+}
+
+impl Fetched<'_> {
+    /// Whether `key` is there and not empty. A Secret's stringData is write-only: one created
+    /// with it reads back as data. A ConfigMap's key may be text (data) or bytes (binaryData).
+    fn holds(&self, key: &str) -> bool {
+        match self {
+            Fetched::Secret(secret) => secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get(key))
+                .is_some_and(|value| !value.0.is_empty()),
+            Fetched::ConfigMap(map) => {
+                let text = map.data.as_ref().and_then(|data| data.get(key));
+                let bytes = map.binary_data.as_ref().and_then(|data| data.get(key));
+                text.is_some_and(|value| !value.is_empty())
+                    || bytes.is_some_and(|value| !value.0.is_empty())
+            }
+        }
+    }
+}
+
+/// What is wrong with a Secret or ConfigMap the pods mount (for TLS or auth), if anything: it
+/// is missing, or lacks a key the broker reads, or that key is empty. Its contents may change
+/// at any time (a renewed certificate, an edited password file); the brokers reload them, so
+/// nothing of them goes into the pod template.
+pub fn mounted_object_problem(
+    mounted: &children::MountedObject,
+    fetched: Option<Fetched<'_>>,
 ) -> Option<String> {
-    let name = &mounted.secret_name;
+    let kind = mounted.kind.as_str();
+    let name = &mounted.name;
     let field = mounted.field;
-    let Some(secret) = secret else {
-        return Some(format!(
-            "Secret {name} ({field}) does not exist (cert-manager may not have issued it yet)"
-        ));
+    let Some(fetched) = fetched else {
+        let hint = if mounted.missing_reason == children::TLS_SECRET_MISSING {
+            " (cert-manager may not have issued it yet)"
+        } else {
+            ""
+        };
+        return Some(format!("{kind} {name} ({field}) does not exist{hint}"));
     };
     let missing: Vec<&str> = mounted
         .keys
         .iter()
-        .filter(|key| {
-            // stringData is write-only: a Secret created with it reads back as data.
-            secret
-                .data
-                .as_ref()
-                .and_then(|data| data.get(key.as_str()))
-                .is_none_or(|value| value.0.is_empty())
-        })
+        .filter(|key| !fetched.holds(key))
         .map(String::as_str)
         .collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "Secret {name} ({field}) has no {}",
+            "{kind} {name} ({field}) has no {}",
             missing
                 .iter()
                 .map(|key| format!("{key:?}"))
@@ -277,17 +308,28 @@ pub fn mounted_secret_problem(
     })
 }
 
-/// The first problem with the Secrets the pods would mount for TLS, read from the API server.
-async fn missing_certificate_secret(
+/// The first problem with the Secrets and ConfigMaps the pods would mount, read from the API
+/// server, with the reason to report it with.
+async fn missing_mounted_object(
     cluster: &Coolpy7Cluster,
     ctx: &Context,
     namespace: &str,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<(&'static str, String)>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    for mounted in children::mounted_secrets(cluster) {
-        let secret = secrets.get_opt(&mounted.secret_name).await?;
-        if let Some(problem) = mounted_secret_problem(&mounted, secret.as_ref()) {
-            return Ok(Some(problem));
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    for mounted in children::mounted_objects(cluster) {
+        let problem = match mounted.kind {
+            children::MountKind::Secret => {
+                let secret = secrets.get_opt(&mounted.name).await?;
+                mounted_object_problem(&mounted, secret.as_ref().map(Fetched::Secret))
+            }
+            children::MountKind::ConfigMap => {
+                let map = config_maps.get_opt(&mounted.name).await?;
+                mounted_object_problem(&mounted, map.as_ref().map(Fetched::ConfigMap))
+            }
+        };
+        if let Some(problem) = problem {
+            return Ok(Some((mounted.missing_reason, problem)));
         }
     }
     Ok(None)
@@ -387,8 +429,8 @@ async fn publish(
 }
 
 /// A spec that would give a broken cluster: what the schema cannot say, and the schema's CEL
-/// rules on listeners and TLS again (an API server may run without CEL validation, and the
-/// builders need them to hold).
+/// rules on listeners, TLS and auth again (an API server may run without CEL validation, and
+/// the builders need them to hold).
 pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
     let name = cluster.name_any();
     // Pods are `<name>-<n>` with a revision-hash label of the name plus 11 characters, and the
@@ -447,7 +489,21 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
             }
         }
     }
+    // The CoAP listener is UDP: only the other UDP ports are in its way.
+    if let Some(coap) = children::coap_port(cluster) {
+        for (field, port) in [("ports.gossip", ports.gossip), ("ports.sync", ports.sync)] {
+            if coap == port {
+                return Some(format!(
+                    "{field} and listeners.coap.port are both {port}; each UDP port needs its \
+                     own number"
+                ));
+            }
+        }
+    }
     if let Some(problem) = listener_problem(cluster) {
+        return Some(problem);
+    }
+    if let Some(problem) = auth_problem(cluster) {
         return Some(problem);
     }
     for arg in &cluster.spec.args {
@@ -515,6 +571,25 @@ fn listener_problem(cluster: &Coolpy7Cluster) -> Option<String> {
     None
 }
 
+/// The CEL rules on auth: what each mode needs.
+fn auth_problem(cluster: &Coolpy7Cluster) -> Option<String> {
+    let auth = cluster.spec.auth.as_ref()?;
+    match auth.mode {
+        AuthMode::Jwt if auth.jwt_secret.is_some() == auth.jwt_public_key.is_some() => Some(
+            "auth.mode jwt needs one of auth.jwtSecret (an HMAC secret, for HS* tokens) and \
+             auth.jwtPublicKey (a PEM public key, for RS*, PS*, ES* and EdDSA tokens), not both"
+                .into(),
+        ),
+        AuthMode::Password if auth.password_secret.is_none() => Some(
+            "auth.mode password needs auth.passwordSecret (a Secret of user:hash lines)".into(),
+        ),
+        AuthMode::Http if auth.http_hook.is_none() => {
+            Some("auth.mode http needs auth.httpHook.url (the authentication service)".into())
+        }
+        _ => None,
+    }
+}
+
 fn is_cidr(range: &str) -> bool {
     let Some((address, bits)) = range.split_once('/') else {
         return false;
@@ -555,17 +630,22 @@ fn condition(
     }
 }
 
-/// The status of a spec the operator refuses: children are left as they are.
-pub fn degraded_status(cluster: &Coolpy7Cluster, problem: &str) -> Coolpy7ClusterStatus {
+/// The status of a spec the operator refuses, or cannot run yet (a missing Secret), with
+/// `reason` on every condition: children are left as they are.
+pub fn degraded_status(
+    cluster: &Coolpy7Cluster,
+    reason: &str,
+    problem: &str,
+) -> Coolpy7ClusterStatus {
     let previous = cluster.status.clone().unwrap_or_default();
     Coolpy7ClusterStatus {
         observed_generation: cluster.metadata.generation,
         phase: Some(Phase::Degraded),
         selector: Some(children::selector_string(cluster)),
         conditions: vec![
-            condition(cluster, "Ready", false, "InvalidSpec", problem.into()),
-            condition(cluster, "Progressing", false, "InvalidSpec", problem.into()),
-            condition(cluster, "Degraded", true, "InvalidSpec", problem.into()),
+            condition(cluster, "Ready", false, reason, problem.into()),
+            condition(cluster, "Progressing", false, reason, problem.into()),
+            condition(cluster, "Degraded", true, reason, problem.into()),
         ],
         ..previous
     }
@@ -669,6 +749,7 @@ fn endpoints(cluster: &Coolpy7Cluster, host: &str) -> Vec<String> {
             ListenerKind::WebSocket => format!("ws://{url_host}:{port}{path}"),
             ListenerKind::WebSocketTls => format!("wss://{url_host}:{port}{path}"),
         })
+        .chain(children::coap_port(cluster).map(|port| format!("coap://{url_host}:{port}")))
         .collect()
 }
 

@@ -155,11 +155,17 @@ fn listeners_default_to_plain_mqtt_with_the_others_off_on_their_usual_ports() {
             "tls": {"enabled": false, "port": 8883},
             "websocket": {"enabled": false, "port": 8083},
             "websocketTls": {"enabled": false, "port": 8084},
+            "coap": {"enabled": false, "port": 5683},
             "websocketPath": "/mqtt"
         })
     );
     // Each listener's own schema fills in its own port when only `enabled` is given.
-    for (listener, port) in [("tls", 8883), ("websocket", 8083), ("websocketTls", 8084)] {
+    for (listener, port) in [
+        ("tls", 8883),
+        ("websocket", 8083),
+        ("websocketTls", 8084),
+        ("coap", 5683),
+    ] {
         let fields = &listeners["properties"][listener]["properties"];
         assert_eq!(fields["enabled"]["default"], false, "{listener}");
         assert_eq!(fields["port"]["default"], port, "{listener}");
@@ -245,7 +251,10 @@ fn every_cel_rule_compiles() {
         .expect("JSON")
         .matches("\"rule\":")
         .count();
-    assert_eq!(rules, 9, "the budget's, the TLS ones and the listeners'");
+    assert_eq!(
+        rules, 13,
+        "the budget's, the TLS ones, the listeners' (CoAP's among them) and auth's"
+    );
 }
 
 #[test]
@@ -271,6 +280,24 @@ fn the_cel_rules_accept_specs_that_work() {
         serde_json::json!({"listeners": {"tls": {"port": 1883}}}),
         // TLS settings are allowed (and unused) without a TLS listener.
         serde_json::json!({"tls": {"secretName": "c", "verifyClients": "none"}}),
+        // Each auth mode with what it needs; what a mode does not use is allowed (unused).
+        serde_json::json!({"auth": {}}),
+        serde_json::json!({"auth": {"mode": "none", "aclConfigMap": {"name": "a", "key": "acl"},
+                                    "aclDefault": "allow"}}),
+        serde_json::json!({"auth": {"mode": "jwt", "jwtSecret": {"name": "j", "key": "hmac"}}}),
+        serde_json::json!({"auth": {"mode": "jwt", "jwtPublicKey": {"name": "j", "key": "pem"},
+                                    "passwordSecret": {"name": "p", "key": "p"}}}),
+        serde_json::json!({"auth": {"mode": "password",
+                                    "passwordSecret": {"name": "p", "key": "passwords"}}}),
+        serde_json::json!({"auth": {"mode": "http", "httpHook": {
+            "url": "https://auth.iot.svc/mqtt", "tokenSecret": {"name": "h", "key": "token"},
+            "timeoutSeconds": 2, "cacheSeconds": 0}}}),
+        // CoAP is UDP: TCP 1883 is another port; a disabled listener's port is not checked.
+        serde_json::json!({"listeners": {"coap": {"enabled": true, "port": 1883}}}),
+        serde_json::json!({"listeners": {"coap": {"port": 7946}}}),
+        serde_json::json!({"limits": {"pingIntervalSeconds": 5, "publishIntervalMillis": 0,
+                                      "banSeconds": 600, "connectionRate": 50,
+                                      "publishRate": {"messages": 10, "bytes": 10000000000_i64}}}),
     ] {
         assert_eq!(cel_failures(spec.clone()), Vec::<String>::new(), "{spec}");
     }
@@ -338,6 +365,35 @@ fn the_cel_rules_refuse_specs_the_broker_would_refuse() {
                                "listeners": {"tls": {"enabled": true}}, "tls": tls}),
             vec!["listeners.tls.port is already in use"],
         ),
+        // CoAP on the other UDP ports.
+        (
+            serde_json::json!({"listeners": {"coap": {"enabled": true, "port": 7946}}}),
+            vec!["listeners.coap.port is already in use"],
+        ),
+        (
+            serde_json::json!({"ports": {"sync": 5683},
+                               "listeners": {"coap": {"enabled": true}}}),
+            vec!["listeners.coap.port is already in use"],
+        ),
+        // What each auth mode needs.
+        (
+            serde_json::json!({"auth": {"mode": "jwt"}}),
+            vec!["mode jwt needs one of jwtSecret"],
+        ),
+        (
+            serde_json::json!({"auth": {"mode": "jwt", "jwtSecret": {"name": "j", "key": "k"},
+                                        "jwtPublicKey": {"name": "j", "key": "p"}}}),
+            vec!["not both"],
+        ),
+        (
+            serde_json::json!({"auth": {"mode": "password",
+                                        "jwtSecret": {"name": "j", "key": "k"}}}),
+            vec!["mode password needs passwordSecret"],
+        ),
+        (
+            serde_json::json!({"auth": {"mode": "http"}}),
+            vec!["mode http needs httpHook.url"],
+        ),
     ] {
         let failures = cel_failures(spec.clone());
         assert_eq!(failures.len(), expected.len(), "{spec}: {failures:?}");
@@ -345,4 +401,105 @@ fn the_cel_rules_refuse_specs_the_broker_would_refuse() {
             assert!(failure.contains(expected), "{spec}: {failures:?}");
         }
     }
+}
+
+#[test]
+fn auth_and_limits_are_optional_and_bounded_and_coap_is_off_by_default() {
+    let crd = serde_json::to_value(Coolpy7Cluster::crd()).expect("JSON");
+    let spec = spec_schema(&crd);
+    let props = &spec["properties"];
+    let required = spec["required"].as_array().cloned().unwrap_or_default();
+    for block in ["auth", "limits"] {
+        assert_eq!(props[block]["type"], "object", "{block}");
+        assert!(
+            props[block].get("default").is_none(),
+            "{block}: absent, the broker's defaults (no auth, no limits)"
+        );
+        assert!(!required.iter().any(|r| r == block), "{block} is optional");
+        assert!(
+            props[block]["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{block} is described"
+        );
+    }
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    let auth = &props["auth"]["properties"];
+    assert_eq!(auth["mode"]["default"], "none");
+    assert_eq!(
+        strings(&auth["mode"]["enum"]),
+        ["none", "jwt", "http", "password"]
+    );
+    assert_eq!(strings(&auth["aclDefault"]["enum"]), ["allow", "deny"]);
+    assert!(
+        auth["aclDefault"].get("default").is_none(),
+        "left out, the broker decides (deny)"
+    );
+    // Every reference names an object and a key, keys as Kubernetes allows them (no paths).
+    for reference in [
+        &auth["jwtSecret"],
+        &auth["jwtPublicKey"],
+        &auth["passwordSecret"],
+        &auth["aclConfigMap"],
+        &auth["httpHook"]["properties"]["tokenSecret"],
+    ] {
+        assert_eq!(
+            strings(&reference["required"]),
+            ["key", "name"],
+            "{reference}"
+        );
+        assert_eq!(
+            reference["properties"]["key"]["pattern"],
+            "^[-._a-zA-Z0-9]+$"
+        );
+        assert_eq!(
+            reference["properties"]["name"]["minLength"].as_f64(),
+            Some(1.0)
+        );
+    }
+    let hook = &auth["httpHook"];
+    assert_eq!(strings(&hook["required"]), ["url"]);
+    assert_eq!(hook["properties"]["url"]["pattern"], "^https?://[^\\s]+$");
+    assert_eq!(
+        hook["properties"]["timeoutSeconds"]["minimum"].as_f64(),
+        Some(1.0)
+    );
+    assert_eq!(
+        hook["properties"]["cacheSeconds"]["minimum"].as_f64(),
+        Some(0.0)
+    );
+    let limits = &props["limits"]["properties"];
+    for field in [
+        "pingIntervalSeconds",
+        "publishIntervalMillis",
+        "banSeconds",
+        "connectionRate",
+    ] {
+        assert_eq!(limits[field]["type"], "integer", "{field}");
+        assert_eq!(limits[field]["minimum"].as_f64(), Some(0.0), "{field}");
+        assert!(limits[field].get("default").is_none(), "{field}");
+    }
+    let rate = &limits["publishRate"]["properties"];
+    assert_eq!(rate["messages"]["minimum"].as_f64(), Some(0.0));
+    assert_eq!(
+        rate["bytes"]["format"], "int64",
+        "more than 2 GB/s is a value"
+    );
+    assert_eq!(rate["bytes"]["minimum"].as_f64(), Some(0.0));
+
+    let coap = &props["listeners"]["properties"]["coap"];
+    assert_eq!(coap["properties"]["enabled"]["default"], false);
+    assert_eq!(coap["properties"]["port"]["default"], 5683);
+    assert!(
+        coap["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("1.26")),
+        "the field says a mixed-protocol LoadBalancer needs Kubernetes 1.26"
+    );
 }

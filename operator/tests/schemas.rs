@@ -66,6 +66,22 @@ fn every_child_validates_strictly_against_the_kubernetes_schemas() {
         // TLS only, the plain listener off.
         json!({"listeners": {"mqtt": {"enabled": false}, "tls": {"enabled": true}},
                "tls": {"secretName": "mq-cert"}}),
+        // JWT with an ACL ConfigMap beside a TLS certificate, CoAP on a LoadBalancer (UDP and
+        // TCP ports on one Service), every abuse limit.
+        json!({"listeners": {"tls": {"enabled": true}, "coap": {"enabled": true}},
+               "tls": {"secretName": "mq-cert"},
+               "auth": {"mode": "jwt", "jwtSecret": {"name": "mq-jwt", "key": "hmac"},
+                        "aclConfigMap": {"name": "mq-acl", "key": "acl"}, "aclDefault": "deny"},
+               "limits": {"pingIntervalSeconds": 5, "publishIntervalMillis": 10, "banSeconds": 60,
+                          "connectionRate": 100, "publishRate": {"messages": 50, "bytes": 65536}}}),
+        // Passwords, and an HTTP service with its token.
+        json!({"auth": {"mode": "password",
+                        "passwordSecret": {"name": "mq-users", "key": "passwords"}}}),
+        json!({"auth": {"mode": "http", "httpHook": {"url": "http://auth.iot.svc/mqtt",
+                                                    "tokenSecret": {"name": "hook", "key": "token"},
+                                                    "timeoutSeconds": 3, "cacheSeconds": 30}},
+               "listeners": {"coap": {"enabled": true, "port": 5684}},
+               "service": {"type": "NodePort"}}),
     ];
     let dir = std::env::temp_dir().join(format!("coolpy7-operator-schemas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -109,9 +125,9 @@ fn the_example_cluster_is_a_valid_coolpy7_cluster() {
 }
 
 /// (API group, resource) -> verbs the operator uses: the watches of the controller (get, list,
-/// watch), the applies (create, patch), the key Secret (get, create), the budget's delete, the
-/// status patch and the Events.
-const USED: [(&str, &str, &[&str]); 7] = [
+/// watch), the applies (create, patch), the key Secret (get, create), the ACL ConfigMap's read
+/// (get), the budget's delete, the status patch and the Events.
+const USED: [(&str, &str, &[&str]); 8] = [
     ("coolpy7.io", "coolpy7clusters", &["get", "list", "watch"]),
     ("coolpy7.io", "coolpy7clusters/status", &["get", "patch"]),
     (
@@ -121,6 +137,7 @@ const USED: [(&str, &str, &[&str]); 7] = [
     ),
     ("", "services", &["get", "list", "watch", "create", "patch"]),
     ("", "secrets", &["get", "list", "watch", "create"]),
+    ("", "configmaps", &["get"]),
     (
         "policy",
         "poddisruptionbudgets",

@@ -615,7 +615,7 @@ fn without_listener_or_tls_settings_nothing_changes() {
             [("mqtt".to_string(), 1883)],
             "{spec}"
         );
-        assert_eq!(mounted_secrets(&cluster), Vec::new(), "{spec}");
+        assert_eq!(mounted_objects(&cluster), Vec::new(), "{spec}");
     }
     assert_eq!(
         stateful_set(
@@ -743,7 +743,7 @@ fn websocket_alone_needs_no_certificate() {
         flags_starting_with(&args, &LISTENER_FLAGS),
         ["-l=:1883", "-wl=:8083", "-wsp=/mqtt"]
     );
-    assert_eq!(mounted_secrets(&cluster), Vec::new());
+    assert_eq!(mounted_objects(&cluster), Vec::new());
     assert_eq!(pod_spec(&stateful_set(&cluster, DOMAIN)).volumes, None);
 }
 
@@ -818,21 +818,25 @@ fn certificate_secrets_are_mounted_as_whole_directories() {
     );
     // What the reconciler checks before it applies the StatefulSet.
     assert_eq!(
-        mounted_secrets(&cluster),
+        mounted_objects(&cluster),
         [
-            MountedSecret {
-                secret_name: "mq-cert".into(),
+            MountedObject {
+                kind: MountKind::Secret,
+                name: "mq-cert".into(),
                 keys: vec!["tls.crt".into(), "tls.key".into()],
                 field: "tls.secretName",
                 volume: "tls",
                 dir: TLS_DIR,
+                missing_reason: TLS_SECRET_MISSING,
             },
-            MountedSecret {
-                secret_name: "iot-ca".into(),
+            MountedObject {
+                kind: MountKind::Secret,
+                name: "iot-ca".into(),
                 keys: vec!["bundle.pem".into()],
                 field: "tls.clientCASecretName",
                 volume: "client-ca",
                 dir: CLIENT_CA_DIR,
+                missing_reason: TLS_SECRET_MISSING,
             },
         ]
     );
@@ -921,4 +925,480 @@ fn turning_tls_on_changes_the_pod_template() {
         tls.spec.as_ref().unwrap().template,
         "a new listener rolls the pods"
     );
+}
+
+/// The flags of access control, abuse limits and CoAP.
+const AUTH_FLAGS: [&str; 11] = [
+    "-as=", "-jsk", "-jpk=", "-pwf=", "-acl=", "-acld=", "-ha=", "-htf=", "-hat=", "-hac=", "-ari=",
+];
+const LIMIT_FLAGS: [&str; 6] = ["-pl=", "-psl=", "-dt=", "-cr=", "-prm=", "-prb="];
+
+fn volumes_and_mounts(cluster: &Coolpy7Cluster) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let set = stateful_set(cluster, DOMAIN);
+    (
+        pod_spec(&set).volumes.clone().unwrap_or_default(),
+        container(&set).volume_mounts.clone().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn without_auth_limits_or_coap_nothing_changes() {
+    let spec = cluster().spec;
+    assert_eq!(spec.auth, None);
+    assert_eq!(spec.limits, None);
+    assert!(!spec.listeners.coap.enabled);
+    assert_eq!(spec.listeners.coap.port, 5683);
+    let plain = stateful_set(&cluster(), DOMAIN);
+    for spec in [
+        json!({"auth": {}}),
+        json!({"auth": {"mode": "none"}}),
+        // What mode none does not use is left unused (and unchecked), as TLS settings are
+        // without a TLS listener.
+        json!({"auth": {"mode": "none", "jwtSecret": {"name": "jwt", "key": "hmac"},
+                        "passwordSecret": {"name": "pw", "key": "passwords"},
+                        "httpHook": {"url": "http://auth.iot.svc/check",
+                                     "tokenSecret": {"name": "hook", "key": "token"}}}}),
+        json!({"limits": {}}),
+        json!({"limits": {"pingIntervalSeconds": 0, "publishIntervalMillis": 0, "banSeconds": 0,
+                          "connectionRate": 0, "publishRate": {"messages": 0, "bytes": 0}}}),
+        json!({"listeners": {"coap": {"enabled": false, "port": 5684}}}),
+    ] {
+        let cluster = cluster_with(spec.clone());
+        let args = broker_args(&cluster, DOMAIN);
+        assert_eq!(
+            flags_starting_with(&args, &AUTH_FLAGS),
+            Vec::<&str>::new(),
+            "{spec}"
+        );
+        assert_eq!(
+            flags_starting_with(&args, &LIMIT_FLAGS),
+            Vec::<&str>::new(),
+            "{spec}"
+        );
+        assert_eq!(
+            flags_starting_with(&args, &["-cl="]),
+            Vec::<&str>::new(),
+            "{spec}"
+        );
+        assert_eq!(mounted_objects(&cluster), Vec::new(), "{spec}");
+        assert_eq!(
+            port_names_and_numbers(&client_service(&cluster).spec.unwrap().ports.unwrap()),
+            [("mqtt".to_string(), 1883)],
+            "{spec}"
+        );
+        assert_eq!(
+            stateful_set(&cluster, DOMAIN),
+            plain,
+            "{spec}: no rolling restart"
+        );
+    }
+}
+
+#[test]
+fn each_auth_mode_becomes_its_flags_with_the_files_where_they_are_mounted() {
+    let auth_flags = |auth: serde_json::Value| {
+        let args = broker_args(&cluster_with(json!({ "auth": auth })), DOMAIN);
+        flags_starting_with(&args, &AUTH_FLAGS)
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    // The HMAC secret as a file (-jskf), never as a value (-jsk), so an edit needs no restart.
+    assert_eq!(
+        auth_flags(json!({"mode": "jwt", "jwtSecret": {"name": "jwt", "key": "hmac"}})),
+        ["-as=1", "-jskf=/etc/coolpy7/auth/jwt/hmac"]
+    );
+    assert_eq!(
+        auth_flags(json!({"mode": "jwt", "jwtPublicKey": {"name": "jwt", "key": "es256.pem"}})),
+        ["-as=1", "-jpk=/etc/coolpy7/auth/jwt/es256.pem"]
+    );
+    assert_eq!(
+        auth_flags(json!({"mode": "http", "httpHook": {"url": "https://auth.iot.svc:8443/mqtt"}})),
+        ["-as=2", "-ha=https://auth.iot.svc:8443/mqtt"],
+        "the service's timeout and cache stay the broker's"
+    );
+    assert_eq!(
+        auth_flags(json!({"mode": "http", "httpHook": {
+            "url": "http://auth.iot.svc/mqtt", "tokenSecret": {"name": "hook", "key": "token"},
+            "timeoutSeconds": 5, "cacheSeconds": 0}})),
+        [
+            "-as=2",
+            "-ha=http://auth.iot.svc/mqtt",
+            "-htf=/etc/coolpy7/auth/hook/token",
+            "-hat=5",
+            "-hac=0",
+        ],
+        "0 is a value (no cache), not an absent field"
+    );
+    assert_eq!(
+        auth_flags(json!({"mode": "password", "passwordSecret": {"name": "pw", "key": "passwd"}})),
+        ["-as=3", "-pwf=/etc/coolpy7/auth/passwords/passwd"]
+    );
+    // Rules apply in any mode, the default decision only when given.
+    assert_eq!(
+        auth_flags(json!({"aclConfigMap": {"name": "rules", "key": "acl.conf"}})),
+        ["-acl=/etc/coolpy7/auth/acl/acl.conf"]
+    );
+    assert_eq!(
+        auth_flags(
+            json!({"mode": "password", "passwordSecret": {"name": "pw", "key": "p"},
+                          "aclConfigMap": {"name": "rules", "key": "acl"},
+                          "aclDefault": "allow"})
+        ),
+        [
+            "-as=3",
+            "-pwf=/etc/coolpy7/auth/passwords/p",
+            "-acl=/etc/coolpy7/auth/acl/acl",
+            "-acld=allow"
+        ]
+    );
+    assert_eq!(auth_flags(json!({"aclDefault": "deny"})), ["-acld=deny"]);
+    // What another mode would use is not passed.
+    assert_eq!(
+        auth_flags(
+            json!({"mode": "password", "passwordSecret": {"name": "pw", "key": "p"},
+                          "jwtSecret": {"name": "jwt", "key": "hmac"},
+                          "httpHook": {"url": "http://a/"}})
+        ),
+        ["-as=3", "-pwf=/etc/coolpy7/auth/passwords/p"]
+    );
+}
+
+#[test]
+fn auth_files_are_mounted_as_whole_read_only_directories() {
+    let cluster = cluster_with(json!({
+        "listeners": {"tls": {"enabled": true}},
+        "tls": {"secretName": "mq-cert"},
+        "auth": {"mode": "jwt", "jwtPublicKey": {"name": "issuer", "key": "key.pem"},
+                 "aclConfigMap": {"name": "rules", "key": "acl"}}
+    }));
+    let (volumes, mounts) = volumes_and_mounts(&cluster);
+    // (volume, kind, object, file mode, optional)
+    type Source = (String, String, String, Option<i32>, Option<bool>);
+    let sources: Vec<Source> = volumes
+        .iter()
+        .map(|v| match (&v.secret, &v.config_map) {
+            (Some(secret), None) => {
+                assert_eq!(
+                    secret.items, None,
+                    "every key: the directory follows the Secret"
+                );
+                (
+                    v.name.clone(),
+                    "Secret".to_string(),
+                    secret.secret_name.clone().unwrap(),
+                    secret.default_mode,
+                    secret.optional,
+                )
+            }
+            (None, Some(map)) => {
+                assert_eq!(
+                    map.items, None,
+                    "every key: the directory follows the ConfigMap"
+                );
+                (
+                    v.name.clone(),
+                    "ConfigMap".to_string(),
+                    map.name.clone(),
+                    map.default_mode,
+                    map.optional,
+                )
+            }
+            _ => panic!("volume {} is one Secret or one ConfigMap", v.name),
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            (
+                "tls".into(),
+                "Secret".into(),
+                "mq-cert".into(),
+                Some(0o440),
+                Some(false)
+            ),
+            (
+                "auth-jwt".into(),
+                "Secret".into(),
+                "issuer".into(),
+                Some(0o440),
+                Some(false)
+            ),
+            (
+                "auth-acl".into(),
+                "ConfigMap".into(),
+                "rules".into(),
+                Some(0o440),
+                Some(false)
+            ),
+        ]
+    );
+    let mounts: Vec<(String, String, Option<bool>, Option<String>)> = mounts
+        .into_iter()
+        .map(|m| (m.name, m.mount_path, m.read_only, m.sub_path))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("tls".into(), TLS_DIR.into(), Some(true), None),
+            ("auth-jwt".into(), JWT_DIR.into(), Some(true), None),
+            ("auth-acl".into(), ACL_DIR.into(), Some(true), None),
+        ],
+        "no subPath: it would never see an edited Secret or ConfigMap"
+    );
+    let set = stateful_set(&cluster, DOMAIN);
+    assert_eq!(
+        pod_spec(&set).security_context.as_ref().unwrap().fs_group,
+        Some(SECRET_FILES_GROUP),
+        "group-readable files, and the broker in that group"
+    );
+    // What the reconciler checks before it applies the StatefulSet, in the same order.
+    let auth: Vec<MountedObject> = mounted_objects(&cluster).into_iter().skip(1).collect();
+    assert_eq!(
+        auth,
+        [
+            MountedObject {
+                kind: MountKind::Secret,
+                name: "issuer".into(),
+                keys: vec!["key.pem".into()],
+                field: "auth.jwtPublicKey",
+                volume: "auth-jwt",
+                dir: JWT_DIR,
+                missing_reason: AUTH_SECRET_MISSING,
+            },
+            MountedObject {
+                kind: MountKind::ConfigMap,
+                name: "rules".into(),
+                keys: vec!["acl".into()],
+                field: "auth.aclConfigMap",
+                volume: "auth-acl",
+                dir: ACL_DIR,
+                missing_reason: AUTH_CONFIG_MAP_MISSING,
+            },
+        ]
+    );
+}
+
+#[test]
+fn each_auth_mode_mounts_only_what_it_uses() {
+    let mounted = |auth: serde_json::Value| {
+        mounted_objects(&cluster_with(json!({ "auth": auth })))
+            .into_iter()
+            .map(|o| (o.field, o.name, o.volume, o.dir))
+            .collect::<Vec<_>>()
+    };
+    let others = json!({"jwtPublicKey": {"name": "pub", "key": "k"},
+                        "passwordSecret": {"name": "pw", "key": "p"},
+                        "httpHook": {"url": "http://a/",
+                                     "tokenSecret": {"name": "hook", "key": "t"}}});
+    let with = |mode: &str, extra: serde_json::Value| {
+        let mut auth = others.clone();
+        auth["mode"] = json!(mode);
+        for (k, v) in extra.as_object().unwrap() {
+            auth[k] = v.clone();
+        }
+        auth
+    };
+    assert_eq!(
+        mounted(with(
+            "jwt",
+            json!({"jwtPublicKey": null,
+                                     "jwtSecret": {"name": "hmac", "key": "k"}})
+        )),
+        [("auth.jwtSecret", "hmac".into(), "auth-jwt", JWT_DIR)]
+    );
+    assert_eq!(
+        mounted(with("jwt", json!({}))),
+        [("auth.jwtPublicKey", "pub".into(), "auth-jwt", JWT_DIR)]
+    );
+    assert_eq!(
+        mounted(with("password", json!({}))),
+        [(
+            "auth.passwordSecret",
+            "pw".into(),
+            "auth-passwords",
+            PASSWORDS_DIR
+        )]
+    );
+    assert_eq!(
+        mounted(with("http", json!({}))),
+        [(
+            "auth.httpHook.tokenSecret",
+            "hook".into(),
+            "auth-hook",
+            HOOK_DIR
+        )]
+    );
+    assert_eq!(
+        mounted(json!({"mode": "http", "httpHook": {"url": "http://a/"}})),
+        [],
+        "a service without a token mounts nothing"
+    );
+    assert_eq!(mounted(with("none", json!({}))), []);
+    // The same Secret may serve two purposes: one volume each.
+    let both = cluster_with(json!({"auth": {
+        "mode": "password", "passwordSecret": {"name": "mq-auth", "key": "passwords"},
+        "aclConfigMap": {"name": "mq-auth", "key": "acl"}}}));
+    let (volumes, _) = volumes_and_mounts(&both);
+    let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["auth-passwords", "auth-acl"]);
+}
+
+#[test]
+fn abuse_limits_become_flags_only_when_above_zero() {
+    let limit_flags = |limits: serde_json::Value| {
+        let args = broker_args(&cluster_with(json!({ "limits": limits })), DOMAIN);
+        flags_starting_with(&args, &LIMIT_FLAGS)
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        limit_flags(
+            json!({"pingIntervalSeconds": 10, "publishIntervalMillis": 50,
+                           "banSeconds": 300, "connectionRate": 200,
+                           "publishRate": {"messages": 100, "bytes": 5_000_000_000_i64}})
+        ),
+        [
+            "-pl=10",
+            "-psl=50",
+            "-dt=300",
+            "-cr=200",
+            "-prm=100",
+            "-prb=5000000000"
+        ]
+    );
+    assert_eq!(
+        limit_flags(json!({"connectionRate": 0, "publishRate": {"bytes": 65536}})),
+        ["-prb=65536"],
+        "0 is off, the broker's default: left out"
+    );
+    assert_eq!(
+        limit_flags(json!({"publishRate": {}})),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn auth_and_limit_flags_come_after_the_listeners_and_before_spec_args() {
+    let cluster = cluster_with(json!({
+        "mqtt": {"serverKeepAlive": 60},
+        "auth": {"mode": "password", "passwordSecret": {"name": "pw", "key": "p"},
+                 "aclDefault": "deny"},
+        "limits": {"banSeconds": 60},
+        "listeners": {"coap": {"enabled": true}},
+        "args": ["-acld=allow", "-dt=5", "-ari=30"]
+    }));
+    let args = broker_args(&cluster, DOMAIN);
+    let position = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"))
+    };
+    assert!(position("-cl=:5683") < position("-hl=:8081"), "{args:?}");
+    assert!(position("-mka=60") < position("-as=3"), "{args:?}");
+    assert!(position("-acld=deny") < position("-dt=60"), "{args:?}");
+    assert!(
+        position("-dt=60") < position("-acld=allow"),
+        "the user's flags come last and win: {args:?}"
+    );
+    assert_eq!(&args[args.len() - 3..], ["-acld=allow", "-dt=5", "-ari=30"]);
+}
+
+#[test]
+fn the_coap_listener_gets_its_flag_and_a_udp_port_on_the_pods_and_the_client_service() {
+    let coap = cluster_with(json!({
+        "listeners": {"coap": {"enabled": true, "port": 5684}, "websocket": {"enabled": true}},
+        "proxyProtocol": true
+    }));
+    let args = broker_args(&coap, DOMAIN);
+    assert_eq!(
+        flags_starting_with(&args, &["-l=", "-wl=", "-pp=", "-cl="]),
+        ["-l=:1883", "-wl=:8083", "-pp=tcp,ws", "-cl=:5684"],
+        "no PROXY header on CoAP"
+    );
+    let set = stateful_set(&coap, DOMAIN);
+    let container_ports: Vec<(String, i32, String)> = container(&set)
+        .ports
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.container_port, p.protocol.unwrap()))
+        .collect();
+    assert_eq!(
+        container_ports,
+        vec![
+            ("mqtt".into(), 1883, "TCP".into()),
+            ("ws".into(), 8083, "TCP".into()),
+            ("coap".into(), 5684, "UDP".into()),
+            ("gossip".into(), 7946, "UDP".into()),
+            ("sync".into(), 7947, "UDP".into()),
+            ("http".into(), 8081, "TCP".into()),
+        ]
+    );
+    let service_ports: Vec<(String, i32, String, Option<IntOrString>)> = client_service(&coap)
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.port, p.protocol.unwrap(), p.target_port))
+        .collect();
+    assert_eq!(
+        service_ports,
+        vec![
+            (
+                "mqtt".into(),
+                1883,
+                "TCP".into(),
+                Some(IntOrString::String("mqtt".into()))
+            ),
+            (
+                "ws".into(),
+                8083,
+                "TCP".into(),
+                Some(IntOrString::String("ws".into()))
+            ),
+            (
+                "coap".into(),
+                5684,
+                "UDP".into(),
+                Some(IntOrString::String("coap".into()))
+            ),
+        ],
+        "one LoadBalancer, mixed protocols (Kubernetes 1.26+)"
+    );
+    assert_eq!(
+        port_names_and_numbers(&headless_service(&coap).spec.unwrap().ports.unwrap()),
+        [
+            ("gossip".to_string(), 7946),
+            ("sync".to_string(), 7947),
+            ("mqtt".to_string(), 1883),
+        ],
+        "peers do not need it"
+    );
+    // The default port, and the pods roll when it is turned on.
+    let default_port = cluster_with(json!({"listeners": {"coap": {"enabled": true}}}));
+    assert_eq!(
+        flags_starting_with(&broker_args(&default_port, DOMAIN), &["-cl="]),
+        ["-cl=:5683"]
+    );
+    assert_ne!(
+        stateful_set(&default_port, DOMAIN),
+        stateful_set(&cluster(), DOMAIN)
+    );
+}
+
+#[test]
+fn turning_auth_on_changes_the_pod_template() {
+    let plain = stateful_set(&cluster(), DOMAIN);
+    let spec = json!({"auth": {"mode": "jwt", "jwtSecret": {"name": "jwt", "key": "hmac"}}});
+    let jwt = stateful_set(&cluster_with(spec), DOMAIN);
+    assert_ne!(
+        plain.spec.as_ref().unwrap().template,
+        jwt.spec.as_ref().unwrap().template,
+        "a new mode rolls the pods"
+    );
+    let args = container(&jwt).args.clone().unwrap();
+    assert!(args.contains(&"-as=1".to_string()), "{args:?}");
 }

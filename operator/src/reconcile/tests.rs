@@ -379,6 +379,7 @@ async fn a_missing_key_secret_is_reported_degraded_without_touching_the_children
         );
         let status = expect_status(&mut handle, &cluster).await;
         assert_eq!(status["status"]["phase"], "Degraded");
+        assert_eq!(degraded_condition(&status)["reason"], "CskMissing");
         assert_eq!(
             run.await.expect("task").expect("handled"),
             Action::requeue(KEY_RETRY)
@@ -750,6 +751,10 @@ async fn a_missing_certificate_secret_is_reported_degraded_without_touching_the_
             .unwrap()
             .clone();
         assert_eq!(degraded["status"], "True");
+        assert_eq!(
+            degraded["reason"], "TlsSecretMissing",
+            "the condition says why, as the Event does"
+        );
         assert!(
             degraded["message"].as_str().unwrap().contains(expected),
             "{degraded}"
@@ -911,6 +916,362 @@ fn endpoints_name_every_enabled_listener() {
             "203.0.113.7:1883",
             "mq.example.org:1883",
             "2001:db8::7:1883"
+        ]
+    );
+}
+
+/// The Degraded condition of a status patch.
+fn degraded_condition(status: &Value) -> Value {
+    status["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .expect("a Degraded condition")
+        .clone()
+}
+
+/// Answers the read of ConfigMap `name` with `data` (text values), or 404 for None.
+async fn serve_config_map(handle: &mut Handle, name: &str, data: Option<Value>) {
+    let get = next(handle).await;
+    assert_eq!(get.method, Method::GET, "{}", get.uri);
+    assert_eq!(get.uri, format!("/api/v1/namespaces/iot/configmaps/{name}"));
+    match data {
+        None => get.not_found(),
+        Some(data) => get.reply(
+            200,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": "iot"}, "data": data}),
+        ),
+    }
+}
+
+fn auth_cluster() -> Coolpy7Cluster {
+    cluster_with(json!({
+        "csk": {"secretName": "k"},
+        "auth": {"mode": "password", "passwordSecret": {"name": "mq-users", "key": "passwords"},
+                 "aclConfigMap": {"name": "mq-acl", "key": "acl"}, "aclDefault": "deny"},
+        "limits": {"connectionRate": 100},
+        "listeners": {"coap": {"enabled": true}}
+    }))
+}
+
+#[tokio::test]
+async fn auth_objects_are_checked_then_mounted_and_their_files_passed() {
+    let (ctx, mut handle) = context();
+    let cluster = auth_cluster();
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    serve_key(&mut handle, "k", "csk").await;
+    // Read, never written: the user's.
+    serve_secret(
+        &mut handle,
+        "mq-users",
+        Some(json!({"passwords": "YWxpY2U6eA=="})),
+    )
+    .await;
+    serve_config_map(&mut handle, "mq-acl", Some(json!({"acl": "user alice\n"}))).await;
+    let bodies = expect_children(&mut handle, None, true).await;
+    let service_ports: Vec<(&str, &str)> = bodies[1]["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(service_ports, [("mqtt", "TCP"), ("coap", "UDP")]);
+    let pod = &bodies[2]["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "mq-users");
+    assert_eq!(pod["volumes"][1]["configMap"]["name"], "mq-acl");
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        json!([
+            {"name": "auth-passwords", "mountPath": "/etc/coolpy7/auth/passwords",
+             "readOnly": true},
+            {"name": "auth-acl", "mountPath": "/etc/coolpy7/auth/acl", "readOnly": true}
+        ])
+    );
+    assert_eq!(
+        pod["securityContext"]["fsGroup"],
+        children::SECRET_FILES_GROUP
+    );
+    let args = pod["containers"][0]["args"].as_array().unwrap();
+    for flag in [
+        "-as=3",
+        "-pwf=/etc/coolpy7/auth/passwords/passwords",
+        "-acl=/etc/coolpy7/auth/acl/acl",
+        "-acld=deny",
+        "-cr=100",
+        "-cl=:5683",
+    ] {
+        assert!(args.contains(&json!(flag)), "{flag} in {args:?}");
+    }
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(status["status"]["phase"], "Pending");
+    assert_eq!(degraded_condition(&status)["status"], "False");
+    run.await.expect("task").expect("reconcile succeeds");
+    expect_quiet(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_missing_auth_secret_or_acl_config_map_is_reported_degraded_without_touching_the_children(
+) {
+    let users = json!({"passwords": "YWxpY2U6eA=="});
+    for (secret, acl, reason, expected) in [
+        (
+            None,
+            None,
+            "AuthSecretMissing",
+            "Secret mq-users (auth.passwordSecret) does not exist",
+        ),
+        (
+            Some(json!({"users": "YWxpY2U6eA=="})),
+            None,
+            "AuthSecretMissing",
+            "Secret mq-users (auth.passwordSecret) has no \"passwords\"",
+        ),
+        (
+            Some(json!({"passwords": ""})),
+            None,
+            "AuthSecretMissing",
+            "Secret mq-users (auth.passwordSecret) has no \"passwords\"",
+        ),
+        (
+            Some(users.clone()),
+            Some(None),
+            "AuthConfigMapMissing",
+            "ConfigMap mq-acl (auth.aclConfigMap) does not exist",
+        ),
+        (
+            Some(users.clone()),
+            Some(Some(json!({"rules": "user alice"}))),
+            "AuthConfigMapMissing",
+            "ConfigMap mq-acl (auth.aclConfigMap) has no \"acl\"",
+        ),
+    ] {
+        let (ctx, mut handle) = context();
+        let cluster = auth_cluster();
+        let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+        serve_key(&mut handle, "k", "csk").await;
+        let secret_exists = secret.is_some();
+        serve_secret(&mut handle, "mq-users", secret).await;
+        if let Some(acl) = acl {
+            assert!(secret_exists);
+            serve_config_map(&mut handle, "mq-acl", acl).await;
+        }
+        // No applies: the pods would wait in ContainerCreating without saying why.
+        let event = expect_event(&mut handle, reason).await;
+        assert_eq!(event["type"], "Warning");
+        let note = event["note"].as_str().unwrap();
+        assert!(note.contains(expected), "{event}");
+        assert!(!note.contains("cert-manager"), "no TLS hint: {note}");
+        let status = expect_status(&mut handle, &cluster).await;
+        assert_eq!(status["status"]["phase"], "Degraded");
+        let degraded = degraded_condition(&status);
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], reason);
+        assert!(
+            degraded["message"].as_str().unwrap().contains(expected),
+            "{degraded}"
+        );
+        assert_eq!(
+            run.await.expect("task").expect("handled"),
+            Action::requeue(KEY_RETRY)
+        );
+        expect_quiet(&mut handle).await;
+    }
+}
+
+#[tokio::test]
+async fn the_certificate_is_checked_before_the_auth_secrets_each_with_its_reason() {
+    for (mode_ref, field, volume_secret) in [
+        (
+            json!({"mode": "jwt", "jwtSecret": {"name": "mq-jwt", "key": "hmac"}}),
+            "auth.jwtSecret",
+            "mq-jwt",
+        ),
+        (
+            json!({"mode": "jwt", "jwtPublicKey": {"name": "mq-jwt", "key": "hmac"}}),
+            "auth.jwtPublicKey",
+            "mq-jwt",
+        ),
+        (
+            json!({"mode": "http", "httpHook": {
+                "url": "http://auth.iot.svc/mqtt",
+                "tokenSecret": {"name": "mq-jwt", "key": "hmac"}}}),
+            "auth.httpHook.tokenSecret",
+            "mq-jwt",
+        ),
+    ] {
+        let (ctx, mut handle) = context();
+        let cluster = cluster_with(json!({
+            "csk": {"secretName": "k"},
+            "listeners": {"tls": {"enabled": true}},
+            "tls": {"secretName": "mq-cert"},
+            "auth": mode_ref
+        }));
+        let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+        serve_key(&mut handle, "k", "csk").await;
+        serve_secret(
+            &mut handle,
+            "mq-cert",
+            Some(json!({"tls.crt": "Y2VydA==", "tls.key": "a2V5"})),
+        )
+        .await;
+        serve_secret(&mut handle, volume_secret, None).await;
+        let event = expect_event(&mut handle, "AuthSecretMissing").await;
+        let expected = format!("Secret {volume_secret} ({field}) does not exist");
+        assert!(
+            event["note"].as_str().unwrap().contains(&expected),
+            "{event}"
+        );
+        let status = expect_status(&mut handle, &cluster).await;
+        assert_eq!(degraded_condition(&status)["reason"], "AuthSecretMissing");
+        run.await.expect("task").expect("handled");
+        expect_quiet(&mut handle).await;
+    }
+}
+
+#[test]
+fn mounted_object_problems_name_the_kind_the_object_and_the_field() {
+    let cluster = auth_cluster();
+    let mounted = children::mounted_objects(&cluster);
+    let (users, acl) = (&mounted[0], &mounted[1]);
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "mq-users"},
+                                                       "data": {"passwords": "eA=="}}))
+    .unwrap();
+    assert_eq!(
+        mounted_object_problem(users, Some(Fetched::Secret(&secret))),
+        None
+    );
+    // A ConfigMap's key may be text or bytes.
+    for map in [
+        json!({"metadata": {"name": "mq-acl"}, "data": {"acl": "user alice"}}),
+        json!({"metadata": {"name": "mq-acl"}, "binaryData": {"acl": "eA=="}}),
+    ] {
+        let map: ConfigMap = serde_json::from_value(map).unwrap();
+        assert_eq!(
+            mounted_object_problem(acl, Some(Fetched::ConfigMap(&map))),
+            None
+        );
+    }
+    let empty: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "mq-acl"}, "data": {"acl": ""}}))
+            .unwrap();
+    assert_eq!(
+        mounted_object_problem(acl, Some(Fetched::ConfigMap(&empty))).as_deref(),
+        Some("ConfigMap mq-acl (auth.aclConfigMap) has no \"acl\"")
+    );
+    assert_eq!(
+        mounted_object_problem(acl, None).as_deref(),
+        Some("ConfigMap mq-acl (auth.aclConfigMap) does not exist")
+    );
+}
+
+#[test]
+fn auth_coap_and_their_flags_problems() {
+    let problem = |spec: Value| spec_problem(&cluster_with(spec));
+    let secret = json!({"name": "s", "key": "k"});
+    for auth in [
+        json!({"mode": "jwt", "jwtSecret": secret}),
+        json!({"mode": "jwt", "jwtPublicKey": secret}),
+        json!({"mode": "password", "passwordSecret": secret}),
+        json!({"mode": "http", "httpHook": {"url": "https://auth.example.org/mqtt"}}),
+        json!({"mode": "none", "aclConfigMap": secret, "aclDefault": "allow"}),
+        json!({}),
+    ] {
+        assert_eq!(problem(json!({ "auth": auth })), None, "{auth}");
+    }
+    for (auth, expected) in [
+        (
+            json!({"mode": "jwt"}),
+            "auth.mode jwt needs one of auth.jwtSecret",
+        ),
+        (
+            json!({"mode": "jwt", "jwtSecret": secret, "jwtPublicKey": secret}),
+            "not both",
+        ),
+        (
+            json!({"mode": "password", "jwtSecret": secret}),
+            "auth.mode password needs auth.passwordSecret",
+        ),
+        (
+            json!({"mode": "http"}),
+            "auth.mode http needs auth.httpHook.url",
+        ),
+    ] {
+        assert!(
+            problem(json!({ "auth": auth }))
+                .unwrap_or_default()
+                .contains(expected),
+            "{auth}"
+        );
+    }
+    // CoAP is UDP: only the other UDP ports are in its way, and only when it is on.
+    for port in [7946, 7947] {
+        assert!(
+            problem(json!({"listeners": {"coap": {"enabled": true, "port": port}}}))
+                .unwrap_or_default()
+                .contains("listeners.coap.port are both"),
+            "{port}"
+        );
+        assert_eq!(
+            problem(json!({"listeners": {"coap": {"enabled": false, "port": port}}})),
+            None
+        );
+    }
+    assert_eq!(
+        problem(json!({"listeners": {"coap": {"enabled": true, "port": 1883}}})),
+        None,
+        "TCP 1883 and UDP 1883 are two ports"
+    );
+    assert!(
+        problem(json!({"listeners": {"mqtt": {"enabled": false}, "coap": {"enabled": true}}}))
+            .unwrap_or_default()
+            .contains("enable at least one"),
+        "CoAP alone is no MQTT listener"
+    );
+    // The mode, the files and the CoAP listener are the operator's; the settings may be
+    // overridden.
+    for arg in [
+        "-as=1",
+        "--jsk=plain-secret",
+        "-jskf=/x",
+        "-jpk=/x",
+        "-pwf=/x",
+        "-acl=/x",
+        "-ht=plain-token",
+        "-htf=/x",
+        "-cl=:5683",
+    ] {
+        assert!(problem(json!({"args": [arg]})).is_some(), "{arg}");
+    }
+    assert_eq!(
+        problem(
+            json!({"args": ["-acld=allow", "-ha=http://a/", "-hat=1", "-hac=5", "-ari=10",
+                                "-pl=5", "-psl=10", "-dt=60", "-cr=10", "-prm=5", "-prb=1000"]})
+        ),
+        None
+    );
+}
+
+#[test]
+fn endpoints_name_the_coap_listener() {
+    let cluster = cluster_with(json!({"listeners": {"coap": {"enabled": true, "port": 5684}}}));
+    let mut service = children::client_service(&cluster);
+    service.status = Some(
+        serde_json::from_value(json!({"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.7"}, {"ip": "2001:db8::7"}
+        ]}}))
+        .expect("a ServiceStatus"),
+    );
+    let set = children::stateful_set(&cluster, "cluster.local");
+    let status = observed_status(&cluster, &set, &service, "cluster.local");
+    assert_eq!(
+        status.endpoints,
+        [
+            "203.0.113.7:1883",
+            "coap://203.0.113.7:5684",
+            "2001:db8::7:1883",
+            "coap://[2001:db8::7]:5684",
         ]
     );
 }
