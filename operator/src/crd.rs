@@ -708,26 +708,28 @@ pub struct HttpHookSpec {
     pub cache_seconds: Option<i32>,
 }
 
-/// Abuse limits (the broker flags `-pl`, `-psl`, `-dt`, `-cr`, `-prm`, `-prb`). Each one left
-/// out, or 0, is off: the broker's default.
+/// Abuse limits (the broker flags `-pl`, `-psl`, `-dt`, `-cr`, `-prm`, `-prb`), on each
+/// broker. Each one left out, or 0, is off: the broker's default.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsSpec {
-    /// The fewest seconds between a client's PINGREQs (`-pl`); a client pinging faster is a
-    /// violator.
+    /// The fewest seconds between a client's PINGREQs, up to 86400 (`-pl`); a client pinging
+    /// faster is closed (and refused for `banSeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 86400))]
     pub ping_interval_seconds: Option<i32>,
-    /// The fewest milliseconds between a client's PUBLISHes (`-psl`); a client publishing
-    /// faster is a violator.
+    /// The fewest milliseconds between a client's PUBLISHes, up to 86400000 (`-psl`); a client
+    /// publishing faster is closed (and refused for `banSeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 86400000))]
     pub publish_interval_millis: Option<i32>,
-    /// Seconds a violator's address is banned for (`-dt`).
+    /// Seconds a client closed by `pingIntervalSeconds` or `publishIntervalMillis` is refused
+    /// (CONNACK 0x05, MQTT 5 0x9F), up to a year, 31536000 (`-dt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 31536000))]
     pub ban_seconds: Option<i32>,
-    /// New connections a second each listener accepts, on each broker (`-cr`).
+    /// New connections each listener accepts a second (a burst of one second's worth); beyond
+    /// it new sockets are closed at once (`-cr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub connection_rate: Option<i32>,
@@ -736,15 +738,16 @@ pub struct LimitsSpec {
     pub publish_rate: Option<PublishRateSpec>,
 }
 
-/// A client's publishing rate; each one left out, or 0, is off.
+/// A client's publishing rate: a faster client is not read from until it is back within it
+/// (nothing is dropped). Each one left out, or 0, is off.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishRateSpec {
-    /// PUBLISH messages a second, per client (`-prm`).
+    /// PUBLISH packets a second, per client (`-prm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub messages: Option<i32>,
-    /// PUBLISH bytes a second, per client (`-prb`).
+    /// PUBLISH payload bytes a second, per client (`-prb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub bytes: Option<i64>,

@@ -466,23 +466,35 @@ fn auth_and_limits_are_optional_and_bounded_and_coap_is_off_by_default() {
     let hook = &auth["httpHook"];
     assert_eq!(strings(&hook["required"]), ["url"]);
     assert_eq!(hook["properties"]["url"]["pattern"], "^https?://[^\\s]+$");
+    // The ranges of -hat and -hac.
     assert_eq!(
         hook["properties"]["timeoutSeconds"]["minimum"].as_f64(),
         Some(1.0)
+    );
+    assert_eq!(
+        hook["properties"]["timeoutSeconds"]["maximum"].as_f64(),
+        Some(60.0)
+    );
+    assert_eq!(
+        hook["properties"]["cacheSeconds"]["maximum"].as_f64(),
+        Some(86_400.0)
     );
     assert_eq!(
         hook["properties"]["cacheSeconds"]["minimum"].as_f64(),
         Some(0.0)
     );
     let limits = &props["limits"]["properties"];
-    for field in [
-        "pingIntervalSeconds",
-        "publishIntervalMillis",
-        "banSeconds",
-        "connectionRate",
+    // (field, maximum): the ranges of -pl, -psl, -dt; -cr is an int32 like the others.
+    for (field, max) in [
+        ("pingIntervalSeconds", Some(86_400.0)),
+        ("publishIntervalMillis", Some(86_400_000.0)),
+        ("banSeconds", Some(31_536_000.0)),
+        ("connectionRate", None),
     ] {
         assert_eq!(limits[field]["type"], "integer", "{field}");
+        assert_eq!(limits[field]["format"], "int32", "{field}");
         assert_eq!(limits[field]["minimum"].as_f64(), Some(0.0), "{field}");
+        assert_eq!(limits[field]["maximum"].as_f64(), max, "{field}");
         assert!(limits[field].get("default").is_none(), "{field}");
     }
     let rate = &limits["publishRate"]["properties"];
