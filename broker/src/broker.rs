@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::abuse::Bans;
 use crate::admission::HandshakeMemory;
 use crate::auth::AccessControl;
 use crate::cluster::sync::Forwarder;
@@ -22,6 +23,8 @@ pub struct Broker {
     pub handshake_memory: HandshakeMemory,
     /// Authentication and authorization; `None` when off (no `-as`, no `-acl`).
     pub access: Option<Arc<AccessControl>>,
+    /// Client ids refused for a while after breaking `-pl` or `-psl` (`-dt`).
+    pub bans: Bans,
     /// Hands local publishes to the other cluster members; `None` outside cluster mode.
     forwarder: Option<Forwarder>,
     connections: AtomicUsize,
@@ -39,6 +42,7 @@ impl Broker {
         Broker {
             forwarder,
             access,
+            bans: Bans::new(config.limits.ban),
             router: Router::new(metrics.clone()),
             sessions: SessionRegistry::new(config.max_queued, metrics.clone()),
             handshake_memory: HandshakeMemory::new(

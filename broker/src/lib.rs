@@ -9,6 +9,7 @@
 //! mode, [`cluster`] forwards each locally published message to the other nodes and hands what
 //! they forward to the router.
 
+pub mod abuse;
 pub mod admission;
 pub mod auth;
 pub mod broker;

@@ -7,6 +7,9 @@
 //! them is closed at once, so clients of a full broker see a close rather than wait in the
 //! backlog, and the descriptors kept for HTTP probes and the cluster stay free.
 //!
+//! With `-cr`, a connection accepted beyond the listener's connection rate is closed at once too,
+//! before any handshake work.
+//!
 //! Accept errors (which the slots should make rare) are logged and retried with a growing
 //! pause instead of ending the server, so that a burst of connections cannot take the listener
 //! down.
@@ -16,8 +19,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::abuse::TokenBucket;
 use crate::admission::Slots;
 use crate::broker::Broker;
 use crate::connection;
@@ -35,6 +40,12 @@ pub async fn accept_loop(
     done: mpsc::Sender<()>,
 ) {
     let mut backoff = Duration::from_millis(10);
+    // `-cr`: this loop is the listener's only acceptor, so the bucket needs no lock.
+    let mut rate = broker
+        .config
+        .limits
+        .connection_rate
+        .map(|per_second| TokenBucket::new(u64::from(per_second), Instant::now()));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -45,6 +56,15 @@ pub async fn accept_loop(
                 backoff = Duration::from_millis(10);
                 broker.metrics.connections_accepted.inc();
                 broker.metrics.listener_accepted(settings.kind).inc();
+                if let Some(rate) = rate.as_mut() {
+                    if !rate.try_take(Instant::now()) {
+                        debug!(%peer, listener = %settings.kind, "over the connection rate (-cr); closing");
+                        broker.metrics.refused(Refusal::ConnectionRate).inc();
+                        broker.metrics.connections_refused.inc();
+                        drop(stream);
+                        continue;
+                    }
+                }
                 let Some(slot) = sockets.try_take() else {
                     debug!(%peer, listener = %settings.kind, "every MQTT socket the fd limit allows is open; closing");
                     broker.metrics.refused(Refusal::MqttSockets).inc();

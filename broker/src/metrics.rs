@@ -126,16 +126,22 @@ pub enum Refusal {
     MaxConnections,
     /// `-hmc` HTTP connections were open: the oldest was closed to make room.
     HttpConnections,
+    /// The listener was over its `-cr` connection rate: closed when accepted.
+    ConnectionRate,
+    /// The client id was banned (`-dt`) after breaking `-pl` or `-psl`: CONNACK 0x05 / 0x9F.
+    Banned,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::NotConnect,
         Refusal::ConnectTooLarge,
         Refusal::HandshakeMemory,
         Refusal::MqttSockets,
         Refusal::MaxConnections,
         Refusal::HttpConnections,
+        Refusal::ConnectionRate,
+        Refusal::Banned,
     ];
 
     pub fn label(self) -> &'static str {
@@ -146,6 +152,8 @@ impl Refusal {
             Refusal::MqttSockets => "mqtt_sockets",
             Refusal::MaxConnections => "max_connections",
             Refusal::HttpConnections => "http_connections",
+            Refusal::ConnectionRate => "connection_rate",
+            Refusal::Banned => "banned",
         }
     }
 }
@@ -163,7 +171,7 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Refusals by the admission limits, by reason (MQTT ones also count in
     /// `connections_refused`).
-    refused: [Counter; 6],
+    refused: [Counter; Refusal::ALL.len()],
     /// Authentications failed, by reason.
     auth_failures: [Counter; AuthFailureKind::ALL.len()],
     /// Actions the authorization rules refused, by action.

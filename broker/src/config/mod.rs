@@ -299,6 +299,47 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     access_reload_interval: u64,
 
+    /// Minimum seconds between a client's PINGREQs; a client pinging faster is closed (and
+    /// banned for -dt). 0 = off
+    #[arg(long = "pl", env = "COOLPY7_PL", value_name = "SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    ping_limit: u64,
+
+    /// Minimum milliseconds between a client's PUBLISHes; a client publishing faster is closed
+    /// (and banned for -dt). 0 = off
+    #[arg(long = "psl", env = "COOLPY7_PSL", value_name = "MILLIS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    publish_limit: u64,
+
+    /// Seconds a client closed by -pl or -psl is refused (CONNACK 0x05, MQTT 5 0x9F). 0 = off
+    #[arg(long = "dt", env = "COOLPY7_DT", value_name = "SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    ban_time: u64,
+
+    /// New connections accepted per second per listener (a burst of one second's worth);
+    /// beyond it new sockets are closed at once. 0 = unlimited
+    #[arg(long = "cr", env = "COOLPY7_CR", value_name = "N", default_value_t = 0)]
+    connection_rate: u32,
+
+    /// PUBLISH packets per second per client; a faster client is not read from until it is
+    /// back within the rate (nothing is dropped). 0 = unlimited
+    #[arg(
+        long = "prm",
+        env = "COOLPY7_PRM",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    publish_rate_messages: u32,
+
+    /// PUBLISH payload bytes per second per client, as -prm. 0 = unlimited
+    #[arg(
+        long = "prb",
+        env = "COOLPY7_PRB",
+        value_name = "BYTES",
+        default_value_t = 0
+    )]
+    publish_rate_bytes: u64,
+
     /// HTTP API address (/healthz, /metrics, /sys); empty or "nil" disables HTTP
     #[arg(long = "hl", env = "COOLPY7_HL", value_name = "ADDR",
           default_value = ":8081", value_parser = parse_optional_listen)]
@@ -670,6 +711,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// Authentication and authorization.
     pub access: AccessConfig,
+    /// `-pl`, `-psl`, `-dt`, `-cr`, `-prm`, `-prb`.
+    pub limits: AbuseLimits,
 }
 
 impl Default for Config {
@@ -712,6 +755,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             cluster: None,
             access: AccessConfig::default(),
+            limits: AbuseLimits::default(),
         }
     }
 }
@@ -889,6 +933,16 @@ impl Config {
             log_level,
             cluster,
             access,
+            limits: AbuseLimits {
+                ping_interval: (args.ping_limit > 0).then(|| Duration::from_secs(args.ping_limit)),
+                publish_interval: (args.publish_limit > 0)
+                    .then(|| Duration::from_millis(args.publish_limit)),
+                ban: (args.ban_time > 0).then(|| Duration::from_secs(args.ban_time)),
+                connection_rate: (args.connection_rate > 0).then_some(args.connection_rate),
+                publish_messages: (args.publish_rate_messages > 0)
+                    .then_some(args.publish_rate_messages),
+                publish_bytes: (args.publish_rate_bytes > 0).then_some(args.publish_rate_bytes),
+            },
         })
     }
 }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use super::negotiated::Negotiated;
 use super::{Connection, Will};
+use crate::abuse::ClientLimits;
 use crate::admission::MemoryLease;
 use crate::auth::Credentials;
 use crate::broker::{Admission, Broker};
@@ -273,6 +274,21 @@ impl Handshake<'_> {
             connect.client_id = generated_client_id(id);
             assigned_client_id = true;
         }
+        if self
+            .broker
+            .bans
+            .is_banned(&connect.client_id, Instant::now())
+        {
+            debug!(%peer, connection = id, client_id = %connect.client_id, "client id banned (-dt)");
+            self.broker.metrics.refused(Refusal::Banned).inc();
+            let code = if v5 {
+                ReasonCode::ConnectionRateExceeded
+            } else {
+                ReasonCode::NotAuthorized
+            };
+            self.refuse(protocol, code).await;
+            return None;
+        }
         // Before the session is claimed: a client that cannot prove who it is must not take
         // over the connection that holds its client id.
         let identity = match &self.broker.access {
@@ -386,6 +402,7 @@ impl Handshake<'_> {
             }
             _ => None,
         };
+        let limits = ClientLimits::new(&config.limits, Instant::now()).map(Box::new);
         let origin = state.mailbox.id();
         let will = connect
             .will
@@ -411,6 +428,7 @@ impl Handshake<'_> {
             congested: None,
             woke_subscribers: false,
             access,
+            limits,
         });
         // A stored session's subscriptions were granted to whoever held the client id before.
         connection.rejudge_subscriptions();

@@ -83,6 +83,11 @@ impl Connection {
     pub(super) fn handle_buffered(&mut self) -> Result<(), Close> {
         let max = self.broker.config.max_packet_size;
         loop {
+            // Over its publish rate, the client's next packets wait in the buffer (the loop
+            // comes back to them when the pause ends).
+            if self.rate_paused() {
+                break;
+            }
             match codec::decode(&mut self.rbuf, Some(self.protocol), max) {
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => break,
@@ -136,7 +141,12 @@ impl Connection {
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe)?,
             Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe),
-            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::PingReq => {
+                if let Some(limits) = self.limits.as_mut() {
+                    limits.ping(Instant::now()).map_err(Close::TooFast)?;
+                }
+                self.send(&Packet::PingResp)
+            }
             Packet::Disconnect(disconnect) => return Err(self.handle_disconnect(disconnect)),
             // No authentication method was agreed at CONNECT (none is supported yet), so there
             // is nothing to re-authenticate with: a Protocol Error (§4.12; 0x8C "bad
@@ -179,6 +189,11 @@ impl Connection {
     }
 
     fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+        if let Some(limits) = self.limits.as_mut() {
+            limits
+                .publish(publish.payload.len(), Instant::now())
+                .map_err(Close::TooFast)?;
+        }
         if let Some(v5) = self.v5.as_mut() {
             // Applied first: a PUBLISH that uses an alias has an empty topic, and keeps it: the
             // alias's topic (checked when it was defined, on this connection) is read where

@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tracing::debug;
 
+use crate::abuse::{ClientLimits, Violation};
 use crate::auth::Authorizer;
 use crate::broker::{Admission, Broker};
 use crate::codec::{Disconnect, Packet, Properties, Protocol, ReasonCode};
@@ -78,6 +79,8 @@ enum Close {
     Shutdown,
     /// The credentials the client connected with expired (a token's `exp`).
     CredentialsExpired,
+    /// The client pinged or published sooner than `-pl` or `-psl` allow.
+    TooFast(Violation),
 }
 
 impl std::fmt::Display for Close {
@@ -97,6 +100,7 @@ impl std::fmt::Display for Close {
             Close::Administrative => f.write_str("closed by an administrator"),
             Close::Shutdown => f.write_str("server shutting down"),
             Close::CredentialsExpired => f.write_str("credentials expired"),
+            Close::TooFast(violation) => write!(f, "{violation}"),
         }
     }
 }
@@ -138,6 +142,15 @@ impl Close {
             Close::CredentialsExpired => {
                 Some((ReasonCode::NotAuthorized, Some("credentials expired")))
             }
+            Close::TooFast(Violation::Publish) => Some((
+                ReasonCode::MessageRateTooHigh,
+                Some("PUBLISH sooner than the server allows"),
+            )),
+            // DISCONNECT has no reason for pings in particular; 0x96 is the nearest.
+            Close::TooFast(Violation::Ping) => Some((
+                ReasonCode::MessageRateTooHigh,
+                Some("PINGREQ sooner than the server allows"),
+            )),
             Close::Protocol(code, reason) => Some((*code, Some(reason))),
             _ => None,
         }
@@ -223,6 +236,8 @@ struct Connection {
     /// What the client may do; `None` when access control is off. Boxed: it holds caches an
     /// idle connection without access control should not pay for.
     access: Option<Box<Authorizer>>,
+    /// `-pl`, `-psl`, `-prm`, `-prb`; `None` when none is set.
+    limits: Option<Box<ClientLimits>>,
 }
 
 impl Connection {
@@ -278,6 +293,9 @@ impl Connection {
             access,
             ..
         } = *self;
+        if matches!(close, Close::TooFast(_)) {
+            broker.bans.ban(state.client_id(), Instant::now());
+        }
         let will = will.filter(|will| {
             if !close.publishes_will() {
                 return false;
@@ -387,7 +405,7 @@ impl Connection {
             let writing = !self.wbuf.is_empty() || self.stream.has_pending_output();
             // A client that does not read its acknowledgements is not read from either, so its
             // output cannot grow without bound (TCP pushes back on it instead).
-            let reading = self.wbuf.len() < READ_PAUSE;
+            let reading = self.wbuf.len() < READ_PAUSE && !self.rate_paused();
             let can_pull = self.can_pull();
             // Retained messages owed for a subscription are not announced by the mailbox: keep
             // pulling them while the client takes them.
@@ -446,6 +464,12 @@ impl Connection {
                 _ = &mut timer => {
                     if let Err(close) = self.check_deadlines(reading) {
                         return close;
+                    }
+                    // A publish-rate pause that ended: what waited in the buffer goes first.
+                    if !reading && !self.rbuf.is_empty() && !self.rate_paused() {
+                        if let Err(close) = self.handle_buffered() {
+                            return close;
+                        }
                     }
                     timer.as_mut().reset(self.next_deadline());
                 }
@@ -511,6 +535,13 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether reading waits for the client to get back within its publish rate.
+    fn rate_paused(&mut self) -> bool {
+        self.limits
+            .as_mut()
+            .is_some_and(|limits| limits.is_paused(Instant::now()))
+    }
+
     /// The earliest moment the connection must be checked: keepalive expiry or a stall.
     fn next_deadline(&self) -> Instant {
         let keep_alive = self.keep_alive.map(|limit| self.last_packet + limit);
@@ -520,7 +551,8 @@ impl Connection {
         };
         let write = stalled.map(|since| since + self.broker.config.write_timeout);
         let expiry = self.access.as_ref().and_then(|access| access.expires_at);
-        [keep_alive, write, expiry]
+        let paused = self.limits.as_ref().and_then(|limits| limits.paused_until);
+        [keep_alive, write, expiry, paused]
             .into_iter()
             .flatten()
             .min()
