@@ -5,6 +5,8 @@ schemas (PyPI kubernetes-validate) and the Coolpy7Cluster against the chart's ow
 checks the fields that matter for several sets of values. Run by `cargo test` through
 operator/tests/chart.rs; exits non-zero on the first failure, saying which."""
 
+import base64
+import json
 import pathlib
 import sys
 
@@ -316,6 +318,244 @@ def check_the_crd_bounds_the_listeners_and_tls():
             raise AssertionError(f"the CRD accepted {spec}")
 
 
+def objects_of(objects, kind):
+    return {name: doc for (k, name), doc in objects.items() if k == kind}
+
+
+def check_auth_limits_and_coap_are_off_by_default():
+    objects, notes = render({})
+    spec = only(objects, "Coolpy7Cluster")["spec"]
+    for field in ("auth", "limits"):
+        assert field not in spec, (field, spec.get(field))
+    assert spec["listeners"]["coap"] == {"enabled": False, "port": 5683}
+    assert not objects_of(objects, "Secret") and not objects_of(objects, "ConfigMap")
+    assert "authenticate" not in notes and "coap" not in notes, notes
+    # Settings without a mode, rules or a default decision render nothing: mode none with
+    # nothing to check is the broker's default.
+    objects, notes = render({"cluster": {
+        "auth": {"jwtSecret": {"name": "jwt", "key": "hmac"},
+                 "httpHook": {"url": "http://auth.iot.svc/mqtt", "timeoutSeconds": 5}},
+        "limits": {"pingIntervalSeconds": 0, "publishRate": {"messages": 0, "bytes": 0}},
+        "listeners": {"coap": {"port": 5684}}}})
+    validate(objects)
+    spec = only(objects, "Coolpy7Cluster")["spec"]
+    assert "auth" not in spec and "limits" not in spec, spec
+    assert "authenticate" not in notes and "coap" not in notes, notes
+
+
+def check_auth_becomes_the_cluster_spec():
+    def spec_and_notes(auth, **cluster):
+        objects, notes = render({"cluster": {"auth": auth, **cluster}})
+        validate(objects)
+        return only(objects, "Coolpy7Cluster")["spec"], objects, notes
+
+    spec, objects, notes = spec_and_notes(
+        {"mode": "jwt", "jwtSecret": {"name": "mq-jwt", "key": "hmac"}})
+    assert spec["auth"] == {"mode": "jwt", "jwtSecret": {"name": "mq-jwt", "key": "hmac"}}, \
+        spec["auth"]
+    assert not objects_of(objects, "Secret"), "the user's Secret, not the chart's"
+    assert "Clients must authenticate (cluster.auth.mode=jwt)" in notes, notes
+    assert "HMAC secret in Secret mq-jwt (key hmac)" in notes, notes
+    assert '-p 1883 -u device-1 -P "$TOKEN"' in notes, notes
+    assert "AuthSecretMissing" in notes, notes
+
+    spec, _, notes = spec_and_notes(
+        {"mode": "jwt", "jwtPublicKey": {"name": "issuer", "key": "es256.pem"}})
+    assert spec["auth"] == {"mode": "jwt",
+                            "jwtPublicKey": {"name": "issuer", "key": "es256.pem"}}
+    assert "public key in Secret issuer (key es256.pem)" in notes, notes
+
+    # An existing password Secret: named, not written.
+    spec, objects, _ = spec_and_notes(
+        {"mode": "password", "passwords": {"existingSecret": "mq-users", "key": "htpasswd"}})
+    assert spec["auth"] == {"mode": "password",
+                            "passwordSecret": {"name": "mq-users", "key": "htpasswd"}}
+    assert not objects_of(objects, "Secret")
+
+    # Inline content and rules: the chart writes the Secret and the ConfigMap the cluster names.
+    content = "alice:$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA\nbob:$7$101$x$y\n"
+    rules = 'allow publish sensors/%u/# user alice\ndeny subscribe "#"\nallow all public/#\n'
+    spec, objects, notes = spec_and_notes(
+        {"mode": "password", "passwords": {"content": content},
+         "acl": {"rules": rules}, "aclDefault": "allow"},
+        name="mq")
+    assert spec["auth"] == {"mode": "password",
+                            "passwordSecret": {"name": "mq-passwords", "key": "passwords"},
+                            "aclConfigMap": {"name": "mq-acl", "key": "acl"},
+                            "aclDefault": "allow"}, spec["auth"]
+    secret = objects_of(objects, "Secret")["mq-passwords"]
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    assert secret["type"] == "Opaque"
+    assert base64.b64decode(secret["data"]["passwords"]).decode() == content, "byte for byte"
+    config_map = objects_of(objects, "ConfigMap")["mq-acl"]
+    assert config_map["data"] == {"acl": rules}, "byte for byte"
+    assert "Secret mq-passwords (key passwords" in notes, notes
+    assert "ConfigMap mq-acl (key acl)" in notes and "no rule matches is allowed" in notes, notes
+
+    # Rules in any mode, from an existing ConfigMap; the default decision alone.
+    spec, objects, notes = spec_and_notes(
+        {"acl": {"existingConfigMap": "rules", "key": "acl.conf"}})
+    assert spec["auth"] == {"mode": "none", "aclConfigMap": {"name": "rules", "key": "acl.conf"}}
+    assert not objects_of(objects, "ConfigMap")
+    assert "authenticate" not in notes and "ConfigMap rules (key acl.conf)" in notes, notes
+    assert "no rule matches is denied" in notes, notes
+    spec, _, _ = spec_and_notes({"aclDefault": "deny"})
+    assert spec["auth"] == {"mode": "none", "aclDefault": "deny"}
+
+    # The HTTP service: 0 is a value (no cache), null the broker's default.
+    spec, _, notes = spec_and_notes(
+        {"mode": "http", "httpHook": {"url": "https://auth.iot.svc:8443/mqtt",
+                                      "tokenSecret": {"name": "hook", "key": "token"},
+                                      "timeoutSeconds": 5, "cacheSeconds": 0}})
+    assert spec["auth"] == {"mode": "http", "httpHook": {
+        "url": "https://auth.iot.svc:8443/mqtt", "tokenSecret": {"name": "hook", "key": "token"},
+        "timeoutSeconds": 5, "cacheSeconds": 0}}, spec["auth"]
+    assert "ask https://auth.iot.svc:8443/mqtt" in notes and "Secret hook" in notes, notes
+    spec, _, notes = spec_and_notes({"mode": "http", "httpHook": {"url": "http://a.b/c"}})
+    assert spec["auth"] == {"mode": "http", "httpHook": {"url": "http://a.b/c"}}
+    assert "AuthSecretMissing" not in notes, "nothing mounted, nothing to miss"
+
+
+def check_limits_and_coap_become_the_cluster_spec():
+    objects, _ = render({"cluster": {"limits": {
+        "pingIntervalSeconds": 10, "publishIntervalMillis": 50, "banSeconds": 31536000,
+        "connectionRate": 200, "publishRate": {"messages": 100, "bytes": 5000000000}}}})
+    validate(objects)
+    assert only(objects, "Coolpy7Cluster")["spec"]["limits"] == {
+        "pingIntervalSeconds": 10, "publishIntervalMillis": 50, "banSeconds": 31536000,
+        "connectionRate": 200, "publishRate": {"messages": 100, "bytes": 5000000000}}
+    objects, _ = render({"cluster": {"limits": {"banSeconds": 60,
+                                                "publishRate": {"messages": 0, "bytes": 65536}}}})
+    assert only(objects, "Coolpy7Cluster")["spec"]["limits"] == {
+        "banSeconds": 60, "publishRate": {"bytes": 65536}}, "0 is off: left out"
+
+    objects, notes = render({"cluster": {"listeners": {"coap": {"enabled": True}}}})
+    validate(objects)
+    assert only(objects, "Coolpy7Cluster")["spec"]["listeners"]["coap"] == {
+        "enabled": True, "port": 5683}
+    assert "coap://$MQTT_HOST:5683" in notes and "1.26" in notes, notes
+    objects, notes = render({"cluster": {"service": {"type": "ClusterIP"},
+                                         "listeners": {"coap": {"enabled": True, "port": 5684}}}})
+    assert "coap://coolpy7.mqtt.svc:5684 (UDP)" in notes, notes
+    assert "port-forward svc/coolpy7 -n mqtt 1883\n" in notes + "\n", "no UDP to forward"
+    assert "does not carry CoAP" in notes, notes
+
+
+def check_wrong_auth_and_limit_values_are_refused():
+    for auth, expected in [
+        ({"mode": "jwt"}, "needs one of cluster.auth.jwtSecret"),
+        ({"mode": "jwt", "jwtSecret": {"name": "a", "key": "k"},
+          "jwtPublicKey": {"name": "b", "key": "k"}}, "not both"),
+        ({"mode": "jwt", "jwtSecret": {"name": "a"}}, "cluster.auth.jwtSecret.key"),
+        ({"mode": "password"}, "cluster.auth.passwords.existingSecret"),
+        ({"mode": "password", "passwords": {"existingSecret": "a", "content": "u:h"}},
+         "existingSecret or content, not both"),
+        ({"acl": {"existingConfigMap": "a", "rules": "allow all #"}},
+         "existingConfigMap or rules, not both"),
+        ({"mode": "http"}, "cluster.auth.httpHook.url"),
+        ({"mode": "http", "httpHook": {"url": "http://a/", "tokenSecret": {"name": "t"}}},
+         "cluster.auth.httpHook.tokenSecret.key"),
+    ]:
+        message = expect_refused({"cluster": {"auth": auth}}, expected)
+        assert expected in message, (auth, message)
+    for values, why in [
+        ({"auth": {"mode": "ldap"}}, "none/jwt/http/password"),
+        ({"auth": {"aclDefault": "maybe"}}, "allow or deny"),
+        ({"auth": {"passwords": {"key": "../passwd"}}}, "a Secret key, not a path"),
+        ({"auth": {"jwtSecret": {"name": "a", "key": "a/b"}}}, "a Secret key, not a path"),
+        ({"auth": {"httpHook": {"url": "ftp://auth"}}}, "an http(s) URL"),
+        ({"auth": {"httpHook": {"timeoutSeconds": 61}}}, "-hat is 1..60"),
+        ({"auth": {"httpHook": {"cacheSeconds": -1}}}, "-hac is 0..86400"),
+        ({"auth": {"secret": "x"}}, "unknown keys are typos"),
+        ({"limits": {"banSeconds": -1}}, "limits are 0 or more"),
+        ({"limits": {"pingIntervalSeconds": 86401}}, "-pl is at most a day"),
+        ({"limits": {"publishRate": {"bytes": "1M"}}}, "bytes is an integer"),
+        ({"limits": {"connectionrate": 5}}, "unknown keys are typos"),
+        ({"listeners": {"coap": {"port": 0}}}, "ports are 1..65535"),
+        ({"listeners": {"coap": {"enabled": "yes"}}}, "enabled is a boolean"),
+    ]:
+        expect_refused({"cluster": values}, why)
+
+
+def check_auth_and_limits_values_mirror_the_crd():
+    """The values' enums and bounds are the CRD's, so the chart refuses what the API server
+    would, at install time."""
+    values = json.loads((CHART / "values.schema.json").read_text())
+    cluster = values["properties"]["cluster"]["properties"]
+    spec = crd_schema()["properties"]["spec"]["properties"]
+    auth, crd_auth = cluster["auth"]["properties"], spec["auth"]["properties"]
+    assert auth["mode"]["enum"] == crd_auth["mode"]["enum"], auth["mode"]
+    assert auth["aclDefault"]["enum"] == [""] + [v for v in crd_auth["aclDefault"]["enum"]
+                                                 if v is not None]
+    hook, crd_hook = auth["httpHook"]["properties"], crd_auth["httpHook"]["properties"]
+    for field in ("timeoutSeconds", "cacheSeconds"):
+        bounded = [s for s in hook[field]["oneOf"] if s["type"] == "integer"][0]
+        assert (bounded["minimum"], bounded["maximum"]) == (
+            crd_hook[field]["minimum"], crd_hook[field]["maximum"]), field
+    limits, crd_limits = cluster["limits"]["properties"], spec["limits"]["properties"]
+    assert set(limits) == set(crd_limits), (set(limits), set(crd_limits))
+    for field, schema in crd_limits.items():
+        if field == "publishRate":
+            continue
+        assert limits[field]["minimum"] == schema["minimum"], field
+        assert limits[field].get("maximum") == schema.get("maximum", 2147483647), field
+    rate, crd_rate = limits["publishRate"]["properties"], crd_limits["publishRate"]["properties"]
+    assert set(rate) == set(crd_rate)
+    coap = cluster["listeners"]["properties"]["coap"]["properties"]
+    crd_coap = spec["listeners"]["properties"]["coap"]["properties"]
+    assert set(coap) == set(crd_coap)
+    # Defaults: the chart's listeners.coap is the CRD's default (check_defaults compares the
+    # whole listeners block), and values.yaml's auth mode is the CRD's.
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["cluster"]
+    assert defaults["auth"]["mode"] == crd_auth["mode"]["default"]
+
+
+def check_the_crd_bounds_auth_limits_and_coap():
+    """What the schema refuses without CEL (the CEL rules are evaluated by operator/tests/crd.rs)."""
+    schema = crd_schema()
+
+    def cluster(spec):
+        return {"apiVersion": "coolpy7.io/v1alpha1", "kind": "Coolpy7Cluster",
+                "metadata": {"name": "c", "namespace": NAMESPACE}, "spec": spec}
+
+    for spec in ({"auth": {"mode": "jwt", "jwtSecret": {"name": "j", "key": "hmac"},
+                           "aclConfigMap": {"name": "a", "key": "acl.conf"},
+                           "aclDefault": "allow"}},
+                 {"auth": {"mode": "http", "httpHook": {"url": "https://a.b:8443/c",
+                                                        "timeoutSeconds": 60,
+                                                        "cacheSeconds": 86400}}},
+                 {"limits": {"pingIntervalSeconds": 86400, "publishIntervalMillis": 86400000,
+                             "banSeconds": 31536000, "connectionRate": 0,
+                             "publishRate": {"messages": 1, "bytes": 10 ** 12}}},
+                 {"listeners": {**DEFAULT_LISTENERS, "coap": {"enabled": True, "port": 1}}}):
+        jsonschema.validate(cluster(spec), schema)
+    for spec in ({"auth": {"mode": "ldap"}},
+                 {"auth": {"aclDefault": "maybe"}},
+                 {"auth": {"passwordSecret": {"name": "p"}}},
+                 {"auth": {"passwordSecret": {"name": "p", "key": "../etc/passwd"}}},
+                 {"auth": {"jwtSecret": {"name": "", "key": "k"}}},
+                 {"auth": {"aclConfigMap": {"name": "a", "key": "a b"}}},
+                 {"auth": {"httpHook": {"url": "ftp://auth"}}},
+                 {"auth": {"httpHook": {"url": "http://a b"}}},
+                 {"auth": {"httpHook": {"timeoutSeconds": 5}}},
+                 {"auth": {"httpHook": {"url": "http://a/", "timeoutSeconds": 0}}},
+                 {"auth": {"httpHook": {"url": "http://a/", "cacheSeconds": 86401}}},
+                 {"limits": {"banSeconds": -1}},
+                 {"limits": {"banSeconds": 31536001}},
+                 {"limits": {"publishIntervalMillis": 86400001}},
+                 {"limits": {"publishRate": {"bytes": -5}}},
+                 {"limits": {"connectionRate": "10"}},
+                 {"listeners": {"coap": {"port": 65536}}},
+                 {"listeners": {"coap": {"enabled": "true"}}}):
+        try:
+            jsonschema.validate(cluster(spec), schema)
+        except jsonschema.ValidationError:
+            pass
+        else:
+            raise AssertionError(f"the CRD accepted {spec}")
+
+
 def check_rbac_matches_the_manifests():
     """The chart's RBAC is the same least privilege as manifests/operator.yaml."""
     objects, _ = render({})
@@ -502,7 +742,12 @@ def main():
               check_variations, check_wrong_values_are_refused,
               check_the_crd_bounds_the_mqtt5_limits, check_tls_is_off_by_default,
               check_listeners_and_tls_become_the_cluster_spec, check_cert_manager_certificate,
-              check_the_crd_bounds_the_listeners_and_tls]
+              check_the_crd_bounds_the_listeners_and_tls,
+              check_auth_limits_and_coap_are_off_by_default, check_auth_becomes_the_cluster_spec,
+              check_limits_and_coap_become_the_cluster_spec,
+              check_wrong_auth_and_limit_values_are_refused,
+              check_auth_and_limits_values_mirror_the_crd,
+              check_the_crd_bounds_auth_limits_and_coap]
     for check in checks:
         check()
         print(f"ok {check.__name__}")

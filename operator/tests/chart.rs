@@ -1,6 +1,7 @@
 //! The Helm chart's checks (charts/test_chart.py: strict lint, renders with several sets of
 //! values, strict schema validation of every object, RBAC equal to manifests/operator.yaml,
-//! wrong values refused, the CRD's bounds), run as part of `cargo test`. Needs python3 with
+//! wrong values refused, the CRD's bounds, the values' enums and bounds equal to the CRD's),
+//! run as part of `cargo test`. Needs python3 with
 //! helm-python-sdk and kubernetes-validate (`.ci/run` installs them).
 
 use std::path::PathBuf;
@@ -36,6 +37,12 @@ fn the_helm_chart_lints_renders_and_validates() {
         "check_listeners_and_tls_become_the_cluster_spec",
         "check_cert_manager_certificate",
         "check_the_crd_bounds_the_listeners_and_tls",
+        "check_auth_limits_and_coap_are_off_by_default",
+        "check_auth_becomes_the_cluster_spec",
+        "check_limits_and_coap_become_the_cluster_spec",
+        "check_wrong_auth_and_limit_values_are_refused",
+        "check_auth_and_limits_values_mirror_the_crd",
+        "check_the_crd_bounds_auth_limits_and_coap",
     ] {
         assert!(
             stdout.contains(&format!("ok {check}")),

@@ -62,3 +62,25 @@ cert-manager Certificate writes (<cluster name>-tls), else none. */}}
 {{- printf "%s-tls" (include "coolpy7.clusterName" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Secret holding the password file: cluster.auth.passwords.existingSecret, else the one
+the chart writes from .content (<cluster name>-passwords), else none. */}}
+{{- define "coolpy7.passwordsSecretName" -}}
+{{- $passwords := .Values.cluster.auth.passwords -}}
+{{- if $passwords.existingSecret -}}
+{{- $passwords.existingSecret -}}
+{{- else if $passwords.content -}}
+{{- printf "%s-passwords" (include "coolpy7.clusterName" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The ConfigMap holding the authorization rules: cluster.auth.acl.existingConfigMap, else
+the one the chart writes from .rules (<cluster name>-acl), else none. */}}
+{{- define "coolpy7.aclConfigMapName" -}}
+{{- $acl := .Values.cluster.auth.acl -}}
+{{- if $acl.existingConfigMap -}}
+{{- $acl.existingConfigMap -}}
+{{- else if $acl.rules -}}
+{{- printf "%s-acl" (include "coolpy7.clusterName" .) -}}
+{{- end -}}
+{{- end -}}
