@@ -20,6 +20,7 @@ pub mod connection;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gateway;
 pub mod http;
 pub mod listener;
 pub mod metrics;

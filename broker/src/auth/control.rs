@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::acl::{Permission, Rules};
 use super::Authorizer;
-use crate::config::{AccessConfig, Authentication, ListenerKind};
+use crate::config::{AccessConfig, Authentication};
 use crate::metrics::AuthFailureKind;
 
 /// What a CONNECT presents.
@@ -28,9 +28,11 @@ pub struct Credentials<'a> {
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
     pub peer: SocketAddr,
-    /// 3, 4 or 5.
+    /// 3, 4 or 5 for MQTT; 0 for Coolpy7's HTTP and CoAP publish.
     pub protocol: u8,
-    pub listener: ListenerKind,
+    /// Where the client came in: an MQTT listener's name (`tcp`, `tls`, `ws`, `wss`), `http`
+    /// or `coap`.
+    pub listener: &'static str,
     /// The username was taken from a verified client certificate (`-tcn`): the certificate
     /// has authenticated the client.
     pub certificate_user: bool,

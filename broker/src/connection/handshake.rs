@@ -299,7 +299,7 @@ impl Handshake<'_> {
                     password: connect.password.as_deref(),
                     peer,
                     protocol: protocol.level(),
-                    listener,
+                    listener: listener.name(),
                     certificate_user,
                 };
                 match control.authenticate(&credentials).await {

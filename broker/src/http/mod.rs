@@ -1,13 +1,14 @@
 //! The HTTP API: `/healthz` and `/readyz` for Kubernetes probes, `/metrics` for Prometheus, the
 //! original Coolpy7's token-protected JSON documents `/sys` (statistics) and `/brokers`
-//! (cluster members), and one token-protected action, `DELETE /clients/<client id>`, which
-//! closes a client's connection (MQTT 5: DISCONNECT 0x98 "Administrative action").
+//! (cluster members), one token-protected action, `DELETE /clients/<client id>`, which
+//! closes a client's connection (MQTT 5: DISCONNECT 0x98 "Administrative action"), and Coolpy7's
+//! HTTP publish, `POST /pub` ([`publish`]), authenticated like an MQTT client.
 //!
 //! Everything else only reads shared state ([`Metrics`], the readiness flag, the cluster's
 //! member snapshot); the one action goes through the session registry, which signals the
 //! connection holding that client's session, as a takeover does: the connection closes itself
-//! and the registry keeps its session for its expiry. Handlers take no request body, so axum's
-//! default limits bound every request.
+//! and the registry keeps its session for its expiry. Only `POST /pub` reads a body, up to
+//! `-mpl`; the connection's deadline bounds how long that may take.
 //!
 //! The probes must keep answering whatever clients do, so the server bounds what a connection
 //! can hold: it serves one request per connection (answers say `Connection: close`; probes and
@@ -19,6 +20,8 @@
 //! grace for each connection accepted before it. axum's own `serve` has none of this, so
 //! connections are served here with hyper's HTTP/1 server, which has the header timeout.
 
+mod publish;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::pin;
@@ -27,11 +30,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::Router;
+use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
@@ -109,8 +112,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors, most likely; the MQTT listener keeps this one's free.
                 tracing::warn!(%error, "HTTP accept failed; retrying in {backoff:?}");
@@ -137,7 +140,8 @@ pub async fn serve(
             at: Instant::now(),
             task: tokio::spawn(serve_connection(
                 stream,
-                app.clone(),
+                // The client's address, for `POST /pub`'s authentication and rules.
+                app.clone().layer(Extension(ConnectInfo(peer))),
                 limits.header_timeout,
                 stopping.clone(),
                 (slot, done.clone()),
@@ -251,6 +255,7 @@ fn router(state: HttpState) -> Router {
         .route("/brokers", get(brokers))
         // A wildcard, because MQTT client ids may contain '/': it may be sent as is or as %2F.
         .route("/clients/{*client_id}", delete(kick_client))
+        .route("/pub", post(publish::publish))
         .with_state(Arc::new(state))
 }
 
