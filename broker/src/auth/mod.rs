@@ -9,6 +9,7 @@
 //! connection asks them once per filter and caches the answers, so the publish path walks no
 //! rules in the common case.
 
+pub mod http_hook;
 pub mod jwt;
 
 use serde::Deserialize;
