@@ -18,8 +18,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::acl::{Permission, Rules};
+use super::http_hook::{HookRequest, HookVerdict, HttpHook};
+use super::jwt::JwtVerifier;
 use super::Authorizer;
-use crate::config::{AccessConfig, Authentication};
+use crate::config::{AccessConfig, Authentication, HttpServiceSettings, JwtKey, SecretSource};
 use crate::metrics::AuthFailureKind;
 
 /// What a CONNECT presents.
@@ -65,10 +67,15 @@ impl AuthFailure {
     }
 }
 
-/// The authenticator `-as` chose, with what it loaded.
+/// The authenticator `-as` chose, with what it loaded (swapped when its files change).
 enum Authenticator {
     None,
+    Jwt(ArcSwap<JwtVerifier>),
+    HttpService(ArcSwap<HttpHook>),
 }
+
+/// Verdicts the HTTP service's cache keeps at most.
+const HOOK_CACHE_ENTRIES: usize = 100_000;
 
 /// Authentication and authorization for the whole broker.
 pub struct AccessControl {
@@ -78,14 +85,25 @@ pub struct AccessControl {
     rules: ArcSwap<Rules>,
     /// Bumped at every change of `rules`.
     generation: AtomicU64,
-    /// SHA-256 of the files as last loaded, and of the last content that failed to load (so
-    /// that a bad file is reported once).
-    digests: Mutex<Vec<WatchedFile>>,
+    /// The files behind the above, as last loaded.
+    watched: Mutex<Vec<WatchedFile>>,
+}
+
+/// What a watched file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileRole {
+    Rules,
+    JwtSecret,
+    JwtPublicKey,
+    HookToken,
 }
 
 struct WatchedFile {
+    role: FileRole,
     path: PathBuf,
+    /// SHA-256 of the content as last loaded.
     loaded: [u8; 32],
+    /// SHA-256 of the last content that failed to load (reported once).
     failed: Option<[u8; 32]>,
 }
 
@@ -95,21 +113,67 @@ pub enum Reload {
     Unchanged,
     /// The rules changed: connections must re-judge their subscriptions.
     RulesChanged,
+    /// A key, token or password file changed: new CONNECTs use it (connections stay).
+    CredentialsChanged(&'static str),
     Failed(String),
 }
 
-fn read_file(path: &Path) -> Result<(String, [u8; 32]), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let digest = Sha256::digest(text.as_bytes()).into();
-    Ok((text, digest))
+fn read_file(path: &Path) -> Result<(Vec<u8>, [u8; 32]), String> {
+    let bytes =
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let digest = Sha256::digest(&bytes).into();
+    Ok((bytes, digest))
 }
 
-fn load_rules(path: &Path, default: Permission) -> Result<(Rules, [u8; 32]), String> {
-    let (text, digest) = read_file(path)?;
-    let rules = Rules::parse(&text, default)
-        .map_err(|error| format!("rules file {}: {error}", path.display()))?;
-    Ok((rules, digest))
+/// A secret kept in a file: its content without the line end an editor or `echo` adds.
+fn secret_text(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b'\n' && b != b'\r')
+        .map_or(0, |last| last + 1);
+    &bytes[..end]
+}
+
+/// What a watched file loads into, before it is swapped in.
+enum Loaded {
+    Rules(Rules),
+    Jwt(JwtVerifier),
+    HookToken(String),
+}
+
+fn load(role: FileRole, path: &Path, bytes: &[u8], default: Permission) -> Result<Loaded, String> {
+    let name = path.display();
+    match role {
+        FileRole::Rules => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| format!("rules file {name} is not UTF-8"))?;
+            Rules::parse(text, default)
+                .map(Loaded::Rules)
+                .map_err(|error| format!("rules file {name}: {error}"))
+        }
+        FileRole::JwtSecret => JwtVerifier::from_secret(secret_text(bytes))
+            .map(Loaded::Jwt)
+            .map_err(|error| format!("JWT secret file {name}: {error}")),
+        FileRole::JwtPublicKey => JwtVerifier::from_public_key_pem(bytes)
+            .map(Loaded::Jwt)
+            .map_err(|error| format!("JWT public key {name}: {error}")),
+        FileRole::HookToken => std::str::from_utf8(secret_text(bytes))
+            .ok()
+            .filter(|token| !token.is_empty())
+            .map(|token| Loaded::HookToken(token.to_string()))
+            .ok_or_else(|| format!("HTTP service token file {name} is empty or not UTF-8")),
+    }
+}
+
+fn hook(settings: &HttpServiceSettings, token: Option<String>) -> Result<HttpHook, String> {
+    HttpHook::new(
+        &settings.url,
+        token,
+        settings.timeout,
+        settings.cache,
+        HOOK_CACHE_ENTRIES,
+    )
+    .map_err(|error| format!("-ha: {error}"))
 }
 
 impl AccessControl {
@@ -120,22 +184,58 @@ impl AccessControl {
             return Ok(None);
         }
         let mut watched = Vec::new();
+        let mut load_watched = |role: FileRole, path: &PathBuf| -> Result<Loaded, String> {
+            let (bytes, digest) = read_file(path)?;
+            let loaded = load(role, path, &bytes, config.default)?;
+            watched.push(WatchedFile {
+                role,
+                path: path.clone(),
+                loaded: digest,
+                failed: None,
+            });
+            Ok(loaded)
+        };
         let rules = match &config.rules {
-            Some(path) => {
-                let (rules, digest) = load_rules(path, config.default)?;
-                watched.push(WatchedFile {
-                    path: path.clone(),
-                    loaded: digest,
-                    failed: None,
-                });
-                rules
-            }
+            Some(path) => match load_watched(FileRole::Rules, path)? {
+                Loaded::Rules(rules) => rules,
+                _ => unreachable_role(),
+            },
             // Without a rules file, an authenticated client may do anything (unless its
             // credentials carry rules).
             None => Rules::empty(Permission::Allow),
         };
         let authenticator = match &config.authentication {
             Authentication::None => Authenticator::None,
+            Authentication::Jwt(key) => {
+                let loaded = match key {
+                    JwtKey::Secret(SecretSource::Inline(secret)) => {
+                        JwtVerifier::from_secret(secret.expose().as_bytes())
+                            .map(Loaded::Jwt)
+                            .map_err(|error| format!("-jsk: {error}"))?
+                    }
+                    JwtKey::Secret(SecretSource::File(path)) => {
+                        load_watched(FileRole::JwtSecret, path)?
+                    }
+                    JwtKey::PublicKey(path) => load_watched(FileRole::JwtPublicKey, path)?,
+                };
+                match loaded {
+                    Loaded::Jwt(verifier) => Authenticator::Jwt(ArcSwap::from_pointee(verifier)),
+                    _ => unreachable_role(),
+                }
+            }
+            Authentication::HttpService(settings) => {
+                let token = match &settings.token {
+                    None => None,
+                    Some(SecretSource::Inline(token)) => Some(token.expose().to_string()),
+                    Some(SecretSource::File(path)) => {
+                        match load_watched(FileRole::HookToken, path)? {
+                            Loaded::HookToken(token) => Some(token),
+                            _ => unreachable_role(),
+                        }
+                    }
+                };
+                Authenticator::HttpService(ArcSwap::from_pointee(hook(settings, token)?))
+            }
             other => return Err(format!("{other:?} is not available yet")),
         };
         Ok(Some(Arc::new(AccessControl {
@@ -143,7 +243,7 @@ impl AccessControl {
             authenticator,
             rules: ArcSwap::from_pointee(rules),
             generation: AtomicU64::new(1),
-            digests: Mutex::new(watched),
+            watched: Mutex::new(watched),
         })))
     }
 
@@ -152,17 +252,62 @@ impl AccessControl {
         &self,
         credentials: &Credentials<'_>,
     ) -> Result<Identity, AuthFailure> {
+        let username = credentials.username.map(str::to_string);
         if credentials.certificate_user {
             return Ok(Identity {
-                username: credentials.username.map(str::to_string),
+                username,
                 ..Identity::default()
             });
         }
         match &self.authenticator {
             Authenticator::None => Ok(Identity {
-                username: credentials.username.map(str::to_string),
+                username,
                 ..Identity::default()
             }),
+            Authenticator::Jwt(verifier) => {
+                // As in Coolpy7: any non-empty username, the token as the password.
+                if username.as_deref().is_none_or(str::is_empty) {
+                    return Err(AuthFailure::bad_credentials("no username"));
+                }
+                let token = credentials
+                    .password
+                    .ok_or_else(|| AuthFailure::bad_credentials("no token (the password)"))?;
+                let verified = verifier
+                    .load()
+                    .verify(token, SystemTime::now())
+                    .map_err(|error| AuthFailure::bad_credentials(error.to_string()))?;
+                Ok(Identity {
+                    username,
+                    expires_at: verified.expires_at,
+                    rules: verified.acl.as_ref().map(Rules::from_client_acl),
+                })
+            }
+            Authenticator::HttpService(service) => {
+                let request = HookRequest {
+                    client_id: credentials.client_id,
+                    username: credentials.username,
+                    password: credentials.password,
+                    peer: credentials.peer,
+                    protocol: credentials.protocol,
+                    listener: credentials.listener,
+                };
+                let service = service.load_full();
+                match service.check(&request).await {
+                    HookVerdict::Allow { acl, expires_at } => Ok(Identity {
+                        username,
+                        expires_at,
+                        rules: acl.as_ref().map(Rules::from_client_acl),
+                    }),
+                    HookVerdict::Deny => Err(AuthFailure {
+                        kind: AuthFailureKind::NotAuthorized,
+                        reason: "the HTTP service denied the client".into(),
+                    }),
+                    HookVerdict::Unavailable(reason) => Err(AuthFailure {
+                        kind: AuthFailureKind::Unavailable,
+                        reason: format!("the HTTP service is unavailable: {reason}"),
+                    }),
+                }
+            }
         }
     }
 
@@ -205,42 +350,71 @@ impl AccessControl {
 
     /// Whether there are files to watch for changes.
     pub fn watches_files(&self) -> bool {
-        !self.digests.lock().is_empty()
+        !self.watched.lock().is_empty()
     }
 
-    /// Reads the watched files and loads what changed.
+    /// Reads the watched files and swaps in what changed and loads.
     pub fn reload(&self) -> Vec<Reload> {
-        let mut outcomes = Vec::new();
-        let mut watched = self.digests.lock();
-        for file in watched.iter_mut() {
-            let outcome = if Some(&file.path) == self.config.rules.as_ref() {
-                match load_rules(&file.path, self.config.default) {
-                    Ok((_, digest)) if digest == file.loaded => Reload::Unchanged,
-                    Ok((rules, digest)) => {
-                        self.rules.store(Arc::new(rules));
-                        self.generation.fetch_add(1, Ordering::AcqRel);
-                        file.loaded = digest;
-                        file.failed = None;
-                        Reload::RulesChanged
-                    }
-                    Err(error) => {
-                        // Reported once per content; unreadable files count as one content.
-                        let key = read_file(&file.path).map_or([0; 32], |(_, digest)| digest);
-                        if file.failed == Some(key) || key == file.loaded {
-                            Reload::Unchanged
-                        } else {
-                            file.failed = Some(key);
-                            Reload::Failed(error)
-                        }
-                    }
-                }
-            } else {
-                Reload::Unchanged
-            };
-            outcomes.push(outcome);
-        }
-        outcomes
+        let mut watched = self.watched.lock();
+        watched
+            .iter_mut()
+            .map(|file| self.reload_one(file))
+            .collect()
     }
+
+    fn reload_one(&self, file: &mut WatchedFile) -> Reload {
+        let (bytes, digest) = match read_file(&file.path) {
+            Ok(read) => read,
+            Err(error) => return report_once(file, [0; 32], error),
+        };
+        if digest == file.loaded {
+            return Reload::Unchanged;
+        }
+        let loaded = match load(file.role, &file.path, &bytes, self.config.default) {
+            Ok(loaded) => loaded,
+            Err(error) => return report_once(file, digest, error),
+        };
+        let outcome = match (loaded, &self.authenticator) {
+            (Loaded::Rules(rules), _) => {
+                self.rules.store(Arc::new(rules));
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                Reload::RulesChanged
+            }
+            (Loaded::Jwt(verifier), Authenticator::Jwt(current)) => {
+                current.store(Arc::new(verifier));
+                Reload::CredentialsChanged("JWT key")
+            }
+            (Loaded::HookToken(token), Authenticator::HttpService(current)) => {
+                let Authentication::HttpService(settings) = &self.config.authentication else {
+                    return Reload::Unchanged;
+                };
+                match hook(settings, Some(token)) {
+                    Ok(service) => current.store(Arc::new(service)),
+                    Err(error) => return report_once(file, digest, error),
+                }
+                Reload::CredentialsChanged("HTTP service token")
+            }
+            _ => Reload::Unchanged,
+        };
+        file.loaded = digest;
+        file.failed = None;
+        outcome
+    }
+}
+
+/// A failed reload, reported once per content (`[0; 32]` for an unreadable file).
+fn report_once(file: &mut WatchedFile, key: [u8; 32], error: String) -> Reload {
+    if file.failed == Some(key) {
+        return Reload::Unchanged;
+    }
+    file.failed = Some(key);
+    Reload::Failed(error)
+}
+
+/// A file's role and what it loads into always agree (both come from [`FileRole`]).
+#[cold]
+fn unreachable_role() -> ! {
+    unreachable!("a watched file loaded into another role's value")
 }
 
 /// Checks the access-control files every `-ari` seconds and on SIGHUP (`hangup`) until `stop`
@@ -277,6 +451,7 @@ pub async fn watch_files(
                     info!(cause, "authorization rules reloaded");
                     rules_changed();
                 }
+                Reload::CredentialsChanged(what) => info!(cause, "{what} reloaded"),
                 Reload::Failed(error) => {
                     warn!(cause, %error, "access-control file changed but does not load; keeping the previous one")
                 }
