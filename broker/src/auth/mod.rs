@@ -9,6 +9,8 @@
 //! connection asks them once per filter and caches the answers, so the publish path walks no
 //! rules in the common case.
 
+pub mod password_file;
+
 use serde::Deserialize;
 
 /// Topic filters a client's credentials allow it (a JWT's `acl` claim, the HTTP service's
