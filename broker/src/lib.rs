@@ -7,7 +7,8 @@
 //! mailboxes of the matching sessions, whose connection tasks encode and write it. [`server`]
 //! wires these together with the [`http`] API and [`metrics`], from a [`config`]. In cluster
 //! mode, [`cluster`] forwards each locally published message to the other nodes and hands what
-//! they forward to the router.
+//! they forward to the router. [`passwd`] is the `coolpy7 passwd` subcommand, which edits the
+//! password file that [`auth`] reads.
 
 pub mod admission;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod passwd;
 pub mod router;
 pub mod server;
 pub mod session;
