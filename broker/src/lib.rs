@@ -7,7 +7,8 @@
 //! mailboxes of the matching sessions, whose connection tasks encode and write it. [`server`]
 //! wires these together with the [`http`] API and [`metrics`], from a [`config`]. In cluster
 //! mode, [`cluster`] forwards each locally published message to the other nodes and hands what
-//! they forward to the router.
+//! they forward to the router. [`passwd`] is the `coolpy7 passwd` subcommand, which edits the
+//! password file that [`auth`] reads.
 
 pub mod abuse;
 pub mod admission;
@@ -24,6 +25,7 @@ pub mod gateway;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod passwd;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -1,6 +1,7 @@
 //! The `coolpy7` binary: parses the command line, sets up logging and the runtime, and runs the
 //! broker until SIGINT or SIGTERM. Everything else lives in the library, except the choice of
-//! allocator, which is the binary's to make.
+//! allocator, which is the binary's to make. `coolpy7 passwd ...` edits a password file instead
+//! (see `coolpy7::passwd`).
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -21,6 +22,12 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    // Before the broker's flags are parsed: `passwd` is no flag, and needs neither logging nor
+    // a runtime.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == "passwd") {
+        return coolpy7::passwd::run(args);
+    }
     let config = Config::from_args();
     init_tracing(&config.log_level);
     tracing::info!(version = coolpy7::VERSION, "starting coolpy7");

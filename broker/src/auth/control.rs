@@ -4,22 +4,25 @@
 //! generation that connections compare with their own when they are nudged (see
 //! [`crate::session::SessionRegistry::recheck_all`]).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use hmac::{Hmac, KeyInit, Mac};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::Signal;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use super::acl::{Permission, Rules};
 use super::http_hook::{HookRequest, HookVerdict, HttpHook};
 use super::jwt::JwtVerifier;
+use super::password_file::PasswordFile;
 use super::Authorizer;
 use crate::config::{AccessConfig, Authentication, HttpServiceSettings, JwtKey, SecretSource};
 use crate::metrics::AuthFailureKind;
@@ -72,6 +75,63 @@ enum Authenticator {
     None,
     Jwt(ArcSwap<JwtVerifier>),
     HttpService(ArcSwap<HttpHook>),
+    PasswordFile(PasswordChecker),
+}
+
+/// `-as=3`: the password file, and what keeps its hashing from overwhelming the broker.
+struct PasswordChecker {
+    file: ArcSwap<PasswordFile>,
+    /// Hashes computed at once: argon2id takes tens of milliseconds and 19 MiB each, so a
+    /// flood of CONNECTs must queue here rather than on every blocking thread tokio has.
+    hashing: Semaphore,
+    /// Credentials verified recently, as a keyed digest (never the password), so that a client
+    /// reconnecting does not cost a hash each time; cleared when the file changes.
+    verified: Mutex<VerifiedCache>,
+}
+
+/// Recently verified (user, password) pairs as HMAC-SHA-256 digests under a per-process key.
+struct VerifiedCache {
+    key: [u8; 32],
+    entries: HashMap<[u8; 32], Instant>,
+}
+
+/// How long a verified password is taken without hashing it again, and how many are kept.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+const VERIFIED_ENTRIES: usize = 100_000;
+
+impl VerifiedCache {
+    fn new() -> VerifiedCache {
+        VerifiedCache {
+            key: rand::random(),
+            entries: HashMap::new(),
+        }
+    }
+
+    fn digest(&self, username: &str, password: &[u8]) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(&(username.len() as u64).to_be_bytes());
+        mac.update(username.as_bytes());
+        mac.update(password);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn contains(&self, digest: &[u8; 32], now: Instant) -> bool {
+        self.entries
+            .get(digest)
+            .is_some_and(|&at| now.duration_since(at) < VERIFIED_TTL)
+    }
+
+    fn insert(&mut self, digest: [u8; 32], now: Instant) {
+        if self.entries.len() >= VERIFIED_ENTRIES {
+            self.entries
+                .retain(|_, at| now.duration_since(*at) < VERIFIED_TTL);
+            if self.entries.len() >= VERIFIED_ENTRIES {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(digest, now);
+    }
 }
 
 /// Verdicts the HTTP service's cache keeps at most.
@@ -96,6 +156,7 @@ enum FileRole {
     JwtSecret,
     JwtPublicKey,
     HookToken,
+    Passwords,
 }
 
 struct WatchedFile {
@@ -137,8 +198,9 @@ fn secret_text(bytes: &[u8]) -> &[u8] {
 /// What a watched file loads into, before it is swapped in.
 enum Loaded {
     Rules(Rules),
-    Jwt(JwtVerifier),
+    Jwt(Box<JwtVerifier>),
     HookToken(String),
+    Passwords(Arc<PasswordFile>),
 }
 
 fn load(role: FileRole, path: &Path, bytes: &[u8], default: Permission) -> Result<Loaded, String> {
@@ -152,16 +214,22 @@ fn load(role: FileRole, path: &Path, bytes: &[u8], default: Permission) -> Resul
                 .map_err(|error| format!("rules file {name}: {error}"))
         }
         FileRole::JwtSecret => JwtVerifier::from_secret(secret_text(bytes))
-            .map(Loaded::Jwt)
+            .map(|verifier| Loaded::Jwt(Box::new(verifier)))
             .map_err(|error| format!("JWT secret file {name}: {error}")),
         FileRole::JwtPublicKey => JwtVerifier::from_public_key_pem(bytes)
-            .map(Loaded::Jwt)
+            .map(|verifier| Loaded::Jwt(Box::new(verifier)))
             .map_err(|error| format!("JWT public key {name}: {error}")),
         FileRole::HookToken => std::str::from_utf8(secret_text(bytes))
             .ok()
             .filter(|token| !token.is_empty())
             .map(|token| Loaded::HookToken(token.to_string()))
             .ok_or_else(|| format!("HTTP service token file {name} is empty or not UTF-8")),
+        FileRole::Passwords => std::str::from_utf8(bytes)
+            .map_err(|_| format!("password file {name} is not UTF-8"))
+            .and_then(|text| {
+                PasswordFile::parse(text).map_err(|error| format!("password file {name}: {error}"))
+            })
+            .map(|file| Loaded::Passwords(Arc::new(file))),
     }
 }
 
@@ -210,7 +278,7 @@ impl AccessControl {
                 let loaded = match key {
                     JwtKey::Secret(SecretSource::Inline(secret)) => {
                         JwtVerifier::from_secret(secret.expose().as_bytes())
-                            .map(Loaded::Jwt)
+                            .map(|verifier| Loaded::Jwt(Box::new(verifier)))
                             .map_err(|error| format!("-jsk: {error}"))?
                     }
                     JwtKey::Secret(SecretSource::File(path)) => {
@@ -219,7 +287,7 @@ impl AccessControl {
                     JwtKey::PublicKey(path) => load_watched(FileRole::JwtPublicKey, path)?,
                 };
                 match loaded {
-                    Loaded::Jwt(verifier) => Authenticator::Jwt(ArcSwap::from_pointee(verifier)),
+                    Loaded::Jwt(verifier) => Authenticator::Jwt(ArcSwap::from_pointee(*verifier)),
                     _ => unreachable_role(),
                 }
             }
@@ -236,7 +304,16 @@ impl AccessControl {
                 };
                 Authenticator::HttpService(ArcSwap::from_pointee(hook(settings, token)?))
             }
-            other => return Err(format!("{other:?} is not available yet")),
+            Authentication::PasswordFile(path) => match load_watched(FileRole::Passwords, path)? {
+                Loaded::Passwords(file) => Authenticator::PasswordFile(PasswordChecker {
+                    file: ArcSwap::new(file),
+                    hashing: Semaphore::new(
+                        std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    ),
+                    verified: Mutex::new(VerifiedCache::new()),
+                }),
+                _ => unreachable_role(),
+            },
         };
         Ok(Some(Arc::new(AccessControl {
             config: config.clone(),
@@ -280,6 +357,20 @@ impl AccessControl {
                     username,
                     expires_at: verified.expires_at,
                     rules: verified.acl.as_ref().map(Rules::from_client_acl),
+                })
+            }
+            Authenticator::PasswordFile(checker) => {
+                let user = username
+                    .clone()
+                    .filter(|user| !user.is_empty())
+                    .ok_or_else(|| AuthFailure::bad_credentials("no username"))?;
+                let password = credentials
+                    .password
+                    .ok_or_else(|| AuthFailure::bad_credentials("no password"))?;
+                checker.verify(&user, password).await?;
+                Ok(Identity {
+                    username,
+                    ..Identity::default()
                 })
             }
             Authenticator::HttpService(service) => {
@@ -381,8 +472,13 @@ impl AccessControl {
                 Reload::RulesChanged
             }
             (Loaded::Jwt(verifier), Authenticator::Jwt(current)) => {
-                current.store(Arc::new(verifier));
+                current.store(Arc::new(*verifier));
                 Reload::CredentialsChanged("JWT key")
+            }
+            (Loaded::Passwords(passwords), Authenticator::PasswordFile(checker)) => {
+                checker.file.store(passwords);
+                checker.verified.lock().entries.clear();
+                Reload::CredentialsChanged("password file")
             }
             (Loaded::HookToken(token), Authenticator::HttpService(current)) => {
                 let Authentication::HttpService(settings) = &self.config.authentication else {
@@ -399,6 +495,36 @@ impl AccessControl {
         file.loaded = digest;
         file.failed = None;
         outcome
+    }
+}
+
+impl PasswordChecker {
+    /// Checks `password` for `user`: from the cache of recent successes, else by hashing on a
+    /// blocking thread, a few at a time.
+    async fn verify(&self, user: &str, password: &[u8]) -> Result<(), AuthFailure> {
+        let now = Instant::now();
+        let digest = self.verified.lock().digest(user, password);
+        if self.verified.lock().contains(&digest, now) {
+            return Ok(());
+        }
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| AuthFailure::bad_credentials("shutting down"))?;
+        let file = self.file.load_full();
+        let (owned_user, owned_password) = (user.to_string(), password.to_vec());
+        let matched =
+            tokio::task::spawn_blocking(move || file.verify(&owned_user, &owned_password))
+                .await
+                .unwrap_or(false);
+        if !matched {
+            return Err(AuthFailure::bad_credentials(
+                "unknown user or wrong password",
+            ));
+        }
+        self.verified.lock().insert(digest, Instant::now());
+        Ok(())
     }
 }
 

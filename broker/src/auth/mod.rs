@@ -14,6 +14,7 @@ mod authorizer;
 mod control;
 pub mod http_hook;
 pub mod jwt;
+pub mod password_file;
 
 pub use authorizer::Authorizer;
 pub use control::{watch_files, AccessControl, AuthFailure, Credentials, Identity, Reload};
