@@ -342,8 +342,9 @@ impl AccessControl {
                 ..Identity::default()
             }),
             Authenticator::Jwt(verifier) => {
-                // As in Coolpy7: any non-empty username, the token as the password.
-                if username.as_deref().is_none_or(str::is_empty) {
+                // As in Coolpy7: any non-empty username, the token as the password (HTTP and
+                // CoAP publish may send the token alone: protocol 0).
+                if credentials.protocol != 0 && username.as_deref().is_none_or(str::is_empty) {
                     return Err(AuthFailure::bad_credentials("no username"));
                 }
                 let token = credentials
