@@ -1,4 +1,4 @@
-//! A tiny HTTP/1.1 client (one request without a body per connection, `Connection: close`) and a parser for the
+//! A tiny HTTP/1.1 client (one request per connection, `Connection: close`) and a parser for the
 //! Prometheus text exposition format.
 
 use std::collections::BTreeMap;
@@ -41,6 +41,44 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
     let raw = tokio::time::timeout(TIMEOUT, async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("HTTP {method} {path} on {addr} timed out"))
+    .unwrap_or_else(|e| panic!("HTTP {method} {path} on {addr} failed: {e}"));
+    parse_response(&raw).unwrap_or_else(|e| {
+        panic!(
+            "HTTP {method} {path}: unparsable response ({e}): {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
+/// `method path` on `addr` with extra `headers` and a `body` (sent with its Content-Length);
+/// panics on any transport or parse error (bounded by [`TIMEOUT`]).
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    let raw = tokio::time::timeout(TIMEOUT, async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(&bytes).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         Ok::<_, std::io::Error>(raw)

@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod client;
