@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 
 use crate::auth::acl::Permission;
 use crate::cluster::config::{ClusterConfig, ClusterFlags};
@@ -158,6 +158,32 @@ impl ListenAddr {
                         tracing::debug!(error = %err, "cannot bind [::], falling back to 0.0.0.0");
                         TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port)))
                             .await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Binds a UDP socket, as [`ListenAddr::bind_tcp`] binds a listener: with no host, [::]
+    /// (dual stack) or else 0.0.0.0; a host name is resolved and each address tried in turn.
+    pub async fn bind_udp(&self) -> std::io::Result<UdpSocket> {
+        match &self.host {
+            Some(host) => UdpSocket::bind((host.as_str(), self.port)).await,
+            None => {
+                let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, self.port));
+                match UdpSocket::bind(any6).await {
+                    Ok(socket) => Ok(socket),
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+                        ) =>
+                    {
+                        Err(err)
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "cannot bind udp [::], falling back to 0.0.0.0");
+                        UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port))).await
                     }
                 }
             }
@@ -344,6 +370,11 @@ struct Args {
     #[arg(long = "hl", env = "COOLPY7_HL", value_name = "ADDR",
           default_value = ":8081", value_parser = parse_optional_listen)]
     http_listen: OptionalListen,
+
+    /// CoAP publish listen address (UDP), e.g. :5683: devices POST messages to topics with the
+    /// MQTT credentials (off unless given; empty or "nil" turns it off)
+    #[arg(long = "cl", env = "COOLPY7_CL", value_name = "ADDR", value_parser = parse_optional_listen)]
+    coap_listen: Option<OptionalListen>,
 
     /// Token required by GET /sys, GET /brokers and (not the default) DELETE /clients/<id>
     #[arg(long = "syst", env = "COOLPY7_SYST", value_name = "TOKEN",
@@ -669,6 +700,8 @@ pub struct Config {
     pub ws_path: String,
     /// `None` disables the HTTP API.
     pub http_listen: Option<ListenAddr>,
+    /// `-cl`: the CoAP publish listener (UDP); `None` (the default) = off.
+    pub coap_listen: Option<ListenAddr>,
     pub sys_token: String,
     /// `-mc`; `None` = derived from the open-files limit when the server starts (see
     /// [`crate::admission::ConnectionPlan`]), unlimited if nothing resolves it.
@@ -733,6 +766,7 @@ impl Default for Config {
                 host: None,
                 port: 8081,
             }),
+            coap_listen: None,
             sys_token: "coolpy7".to_string(),
             max_connections: None,
             max_packet_size: DEFAULT_MAX_PACKET as usize,
@@ -799,6 +833,7 @@ impl Config {
                 proxy_protocol: false,
             }],
             http_listen: None,
+            coap_listen: None,
             ..Config::default()
         }
     }
@@ -908,6 +943,7 @@ impl Config {
             tls,
             ws_path: args.ws_path,
             http_listen: args.http_listen.0,
+            coap_listen: args.coap_listen.and_then(|l| l.0),
             sys_token: args.sys_token,
             max_connections: (args.max_connections != 0).then_some(args.max_connections),
             max_packet_size,
@@ -1609,6 +1645,107 @@ mod tests {
         let port = first.local_addr()?.port();
         let second = addr(Some("127.0.0.1"), port).bind_tcp().await;
         assert!(second.is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn coap_listener_is_off_unless_given() {
+        let _env = lock_env();
+        assert_eq!(ok(&[]).coap_listen, None);
+        assert_eq!(Config::default().coap_listen, None);
+        assert_eq!(Config::for_tests().coap_listen, None);
+        ok_forms("cl", ":5683", |c| {
+            assert_eq!(c.coap_listen, Some(addr(None, 5683)))
+        });
+        ok_forms("cl", "127.0.0.1:0", |c| {
+            assert_eq!(c.coap_listen, Some(addr(Some("127.0.0.1"), 0)))
+        });
+        ok_forms("cl", "[::1]:5684", |c| {
+            assert_eq!(c.coap_listen, Some(addr(Some("::1"), 5684)))
+        });
+        for args in [&["-cl="][..], &["-cl=nil"], &["--cl", ""], &["-cl", "NIL"]] {
+            assert_eq!(ok(args).coap_listen, None, "{args:?}");
+        }
+        assert_eq!(
+            ok(&["-cl=:5683", "-cl=:5684"]).coap_listen,
+            Some(addr(None, 5684)),
+            "the last one wins"
+        );
+        assert_eq!(
+            ok(&["-cl=:5683", "-cl=nil"]).coap_listen,
+            None,
+            "a later nil turns it off"
+        );
+        // The MQTT listeners are unaffected.
+        assert_eq!(tcp(&ok(&["-cl=:5683"])), Some(addr(None, 1883)));
+    }
+
+    #[test]
+    fn coap_listener_bad_values_are_usage_errors() {
+        let _env = lock_env();
+        for (args, needle) in [
+            (&["-cl=5683"][..], "missing port"),
+            (&["-cl=:70000"], "invalid port"),
+            (&["-cl", ":x"], "invalid port"),
+            (&["-cl=::1:5683"], "brackets"),
+            (&["-cl=[::1"], "']'"),
+        ] {
+            let error = err(args);
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{args:?}");
+            let text = error.to_string();
+            assert!(text.contains("--cl"), "{args:?}: {text}");
+            assert!(text.contains(needle), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn coap_listener_from_the_environment() {
+        let _env = lock_env();
+        std::env::set_var("COOLPY7_CL", "127.0.0.1:5683");
+        let from_env = parse(&[]).map(|c| c.coap_listen);
+        let cli_wins = parse(&["-cl=:5684"]).map(|c| c.coap_listen);
+        let cli_off = parse(&["-cl=nil"]).map(|c| c.coap_listen);
+        std::env::set_var("COOLPY7_CL", "");
+        let empty = parse(&[]).map(|c| c.coap_listen);
+        std::env::set_var("COOLPY7_CL", "5683");
+        let bad = parse(&[]).map(|c| c.coap_listen);
+        std::env::remove_var("COOLPY7_CL");
+        assert_eq!(from_env.ok(), Some(Some(addr(Some("127.0.0.1"), 5683))));
+        assert_eq!(cli_wins.ok(), Some(Some(addr(None, 5684))));
+        assert_eq!(cli_off.ok(), Some(None));
+        assert_eq!(empty.ok(), Some(None));
+        match bad {
+            Ok(listen) => panic!("COOLPY7_CL=5683 accepted: {listen:?}"),
+            Err(error) => {
+                assert_eq!(error.exit_code(), 2);
+                assert!(error.to_string().contains("--cl"), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn help_documents_the_coap_listener() {
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("--cl <ADDR>"), "{help}");
+        assert!(help.contains("COOLPY7_CL"), "{help}");
+        assert!(help.contains("CoAP"), "{help}");
+    }
+
+    #[tokio::test]
+    async fn bind_udp_binds_ephemeral_ports() -> std::io::Result<()> {
+        let loopback = addr(Some("127.0.0.1"), 0).bind_udp().await?;
+        assert!(loopback.local_addr()?.ip().is_loopback());
+        assert_ne!(loopback.local_addr()?.port(), 0);
+
+        let any = addr(None, 0).bind_udp().await?;
+        assert!(any.local_addr()?.ip().is_unspecified());
+
+        let named = addr(Some("localhost"), 0).bind_udp().await?;
+        assert!(named.local_addr()?.ip().is_loopback());
+
+        let port = loopback.local_addr()?.port();
+        assert!(addr(Some("127.0.0.1"), port).bind_udp().await.is_err());
         Ok(())
     }
 }
