@@ -15,6 +15,7 @@ pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod cluster;
+pub mod coap;
 pub mod codec;
 pub mod config;
 pub mod connection;

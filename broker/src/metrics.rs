@@ -158,6 +158,74 @@ impl Refusal {
     }
 }
 
+/// What became of a datagram on the CoAP publish listener (`coap_requests_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoapOutcome {
+    /// Published: 2.04 Changed.
+    Published,
+    /// 4.00: no topic, an invalid one, or a bad query.
+    BadRequest,
+    /// 4.01: the credentials were refused.
+    Unauthorized,
+    /// 4.02: an unrecognised critical option.
+    BadOption,
+    /// 4.03: the rules do not let the client publish to the topic.
+    Forbidden,
+    /// 4.05: a method other than POST.
+    MethodNotAllowed,
+    /// 4.13: over `-mpl`, or the first of several blocks (no block-wise transfer).
+    TooLarge,
+    /// 5.03: the authentication service did not answer.
+    AuthUnavailable,
+    /// 5.03: too many requests were already in progress.
+    Busy,
+    /// 5.05: a Proxy-Uri or Proxy-Scheme option (not a proxy).
+    ProxyingNotSupported,
+    /// A retransmission of a request already seen: its answer was sent again (or it was
+    /// ignored while in progress, or for a non-confirmable one), not published twice.
+    Duplicate,
+    /// Not a CoAP message (or not version 1): ignored, or reset when confirmable.
+    Malformed,
+    /// An empty message (a ping: reset), an acknowledgement, a reset or a response.
+    NotRequest,
+}
+
+impl CoapOutcome {
+    pub const ALL: [CoapOutcome; 13] = [
+        CoapOutcome::Published,
+        CoapOutcome::BadRequest,
+        CoapOutcome::Unauthorized,
+        CoapOutcome::BadOption,
+        CoapOutcome::Forbidden,
+        CoapOutcome::MethodNotAllowed,
+        CoapOutcome::TooLarge,
+        CoapOutcome::AuthUnavailable,
+        CoapOutcome::Busy,
+        CoapOutcome::ProxyingNotSupported,
+        CoapOutcome::Duplicate,
+        CoapOutcome::Malformed,
+        CoapOutcome::NotRequest,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CoapOutcome::Published => "published",
+            CoapOutcome::BadRequest => "bad_request",
+            CoapOutcome::Unauthorized => "unauthorized",
+            CoapOutcome::BadOption => "bad_option",
+            CoapOutcome::Forbidden => "forbidden",
+            CoapOutcome::MethodNotAllowed => "method_not_allowed",
+            CoapOutcome::TooLarge => "too_large",
+            CoapOutcome::AuthUnavailable => "auth_unavailable",
+            CoapOutcome::Busy => "busy",
+            CoapOutcome::ProxyingNotSupported => "proxying_not_supported",
+            CoapOutcome::Duplicate => "duplicate",
+            CoapOutcome::Malformed => "malformed",
+            CoapOutcome::NotRequest => "not_request",
+        }
+    }
+}
+
 /// Per-QoS counters: index with `qos as usize`.
 type PerQos = [Counter<u64, AtomicU64>; 3];
 
@@ -189,6 +257,10 @@ pub struct Metrics {
     pub http_connections: Gauge,
     /// MQTT connections an administrator closed (`DELETE /clients/<id>`).
     pub admin_disconnects: Counter,
+    /// Datagrams on the CoAP publish listener, by outcome.
+    coap_requests: [Counter; CoapOutcome::ALL.len()],
+    /// CoAP publish requests being authenticated and published (bounded).
+    pub coap_in_flight: Gauge,
     /// Sessions held in memory, online or not.
     pub sessions: Gauge,
     pub subscriptions: Gauge,
@@ -273,6 +345,18 @@ impl Metrics {
                 "admin_disconnects",
                 "MQTT connections closed by DELETE /clients/<id> on the HTTP API",
             ),
+            coap_requests: labelled(
+                reg,
+                "coap_requests",
+                "Datagrams on the CoAP publish listener (-cl), by outcome",
+                "outcome",
+                CoapOutcome::ALL.map(CoapOutcome::label),
+            ),
+            coap_in_flight: gauge(
+                reg,
+                "coap_in_flight",
+                "CoAP publish requests being authenticated and published",
+            ),
             sessions: gauge(reg, "sessions", "Sessions in memory, online or offline"),
             subscriptions: gauge(reg, "subscriptions", "Subscriptions held"),
             retained: gauge(reg, "retained_messages", "Retained messages stored"),
@@ -335,6 +419,10 @@ impl Metrics {
 
     pub fn refused(&self, reason: Refusal) -> &Counter {
         &self.refused[reason as usize]
+    }
+
+    pub fn coap(&self, outcome: CoapOutcome) -> &Counter {
+        &self.coap_requests[outcome as usize]
     }
 
     pub fn record_received(&self, qos: QoS, payload_len: usize) {

@@ -16,6 +16,7 @@ use crate::admission::{self, ConnectionPlan, MaxConnectionsSource, Slots};
 use crate::auth::{self, AccessControl};
 use crate::broker::Broker;
 use crate::cluster;
+use crate::coap;
 use crate::config::Config;
 use crate::http::{self, HttpLimits, HttpState};
 use crate::listener;
@@ -168,6 +169,17 @@ pub async fn run(
         }
         None => None,
     };
+    // Bound before the broker reports ready, like the MQTT listeners: a port in use stops the
+    // start. Datagrams that arrive before its task runs wait in the socket's buffer.
+    let coap_socket = match &config.coap_listen {
+        Some(address) => Some(
+            address
+                .bind_udp()
+                .await
+                .with_context(|| format!("cannot listen for CoAP on udp {address}"))?,
+        ),
+        None => None,
+    };
     // Bound means ready: connections queue in the backlog until the accept loop takes them, so
     // /healthz can say so before anyone reads the listener lines below.
     ready.store(true, Ordering::Release);
@@ -182,6 +194,9 @@ pub async fn run(
             settings.kind,
             bound.local_addr()?
         );
+    }
+    if let Some(socket) = &coap_socket {
+        info!("CoAP listener on udp {}", socket.local_addr()?);
     }
 
     let (forwarder, queued) = match &cluster {
@@ -227,6 +242,8 @@ pub async fn run(
         (Some(bound), Some(queued)) => Some(bound.start(broker.clone(), queued)),
         _ => None,
     };
+    let coap = coap_socket
+        .map(|socket| tokio::spawn(coap::serve(socket, broker.clone(), stopping.clone())));
     tokio::spawn(expire_sessions(broker.clone(), stopping.clone()));
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let access_watched = match &broker.access {
@@ -275,6 +292,9 @@ pub async fn run(
     let _ = stop.send(true);
     for accepting in accepting {
         let _ = accepting.await;
+    }
+    if let Some(coap) = coap {
+        let _ = coap.await;
     }
     broker.shut_down();
     if tokio::time::timeout(DRAIN_TIMEOUT, all_done.recv())
