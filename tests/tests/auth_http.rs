@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coolpy7_tests::auth::{
-    assert_refused_v3, assert_refused_v5, connack_code_v3, connack_code_v5, now_secs,
+    assert_refused_v3, assert_refused_v5, base64, connack_code_v3, connack_code_v5, now_secs,
     wait_log_count,
 };
+use coolpy7_tests::http::request_with_body;
 use coolpy7_tests::packets5::{self, PublishPacket, SubscribePacket};
 use coolpy7_tests::raw::RawClient5;
 use coolpy7_tests::transport::TempDir;
@@ -519,4 +520,51 @@ async fn a_rewritten_token_file_is_sent_without_a_restart() {
     );
     let logs = broker.logs();
     assert!(!logs.contains("first-hook-token") && !logs.contains("second-hook-token"));
+}
+
+/// `POST /pub` is authenticated by the same service, told it came by HTTP (protocol 0,
+/// listener `http`), with the Basic credentials.
+#[tokio::test]
+async fn post_pub_asks_the_service_too() {
+    let service = Service::start(|request| match request.username() {
+        Some("web") => allow(),
+        _ => Reply::Json(json!({"result": "deny"})),
+    })
+    .await;
+    let broker = start(&service.url(), &["-hac", "0"]);
+    let basic = |credentials: &str| format!("Basic {}", base64(credentials.as_bytes()));
+
+    let allowed = request_with_body(
+        broker.http_addr(),
+        "POST",
+        "/pub?clientid=web-client&topic=t/a",
+        &[("Authorization", &basic("web:web-pw"))],
+        b"x",
+    )
+    .await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    let denied = request_with_body(
+        broker.http_addr(),
+        "POST",
+        "/pub?clientid=other&topic=t/a",
+        &[("Authorization", &basic("mallory:pw"))],
+        b"x",
+    )
+    .await;
+    assert_eq!(denied.status, 401, "{denied:?}");
+
+    let requests = service.requests();
+    assert_eq!(requests.len(), 2);
+    let body = &requests[0].body;
+    assert_eq!(body["clientid"], "web-client");
+    assert_eq!(body["username"], "web");
+    assert_eq!(body["password"], "web-pw");
+    assert_eq!(body["protocol"], 0);
+    assert_eq!(body["listener"], "http");
+    assert_eq!(body["peerhost"], "127.0.0.1");
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(broker.metric(NOT_AUTHORIZED).await, 1.0);
 }

@@ -186,6 +186,29 @@ async fn refused_credentials_get_0x05_in_3_1_1_and_0x86_in_5_and_are_counted() {
     );
 }
 
+/// A CONNECT that fails authentication must not take over the client id it names: the
+/// connection holding it stays, and so does its session.
+#[tokio::test]
+async fn a_refused_connect_does_not_take_over_the_client_id() {
+    let broker = start(&[]);
+    let addr = broker.mqtt_addr();
+    let good = hs256(SECRET.as_bytes(), &valid_claims());
+    let forged = hs256(b"guessed", &valid_claims());
+    let (mut holder5, _) = RawClient5::connect_v5(addr, &v5("shared-5", &good)).await;
+    let (mut holder3, _) = RawClient::handshake(addr, &v3("shared-3", &good)).await;
+    assert_eq!(holder3.subscribe(1, &[("inbox/3", 1)]).await, vec![1]);
+
+    assert_refused_v5(addr, &v5("shared-5", &forged), 0x86, "a takeover").await;
+    assert_refused_v3(addr, &v3("shared-3", &forged), 0x05, "a takeover").await;
+    // Nothing (no DISCONNECT 0x8E) reached the holders, and they still work.
+    holder5.expect_no_packet(QUIET).await;
+    holder5.ping().await;
+    let (mut sender, _) = RawClient::handshake(addr, &v3("sender", &good)).await;
+    sender.publish_qos1("inbox/3", 1, b"still yours").await;
+    assert_eq!(holder3.recv_publish(TIMEOUT).await.payload, b"still yours");
+    assert_eq!(broker.metric("coolpy7_connections").await, 3.0);
+}
+
 /// HMAC keyed with the bytes of the public key (which everyone has) must not pass for a
 /// signature by its private half (RFC 8725 §2.1).
 #[tokio::test]

@@ -364,3 +364,49 @@ async fn bad_parameters_are_400_and_large_payloads_413() {
     );
     assert_eq!(got[0].payload.len(), 900);
 }
+
+/// Made by `mosquitto_passwd -b -c FILE alice 'correct horse'` (Mosquitto 2.0.11).
+const ALICE: &str = "alice:$7$101$RU9JcjmTSD/BW0BH$Yauq7ivTMzP/Xiuvl16R3XeaCYzfUE1MS4VBZ87q4nGng87qadpoNtYHFlWdzpl+GM0YXGgzla4OZJZ17cYaKg==";
+
+#[tokio::test]
+async fn with_a_password_file_basic_credentials_are_user_and_password() {
+    let dir = TempDir::new("http-pub-pwf");
+    let file = dir.write("passwords", format!("{ALICE}\n").as_bytes());
+    let broker = Broker::start(&["-as", "3", "-pwf", file.to_str().expect("utf-8 path")]);
+    let alice = Connect::v311("watcher")
+        .username("alice")
+        .password(b"correct horse");
+    let mut watcher = subscriber(&broker, &alice, "http/#").await;
+    let basic = |credentials: &str| format!("Basic {}", base64(credentials.as_bytes()));
+
+    assert_published(
+        &post(
+            &broker,
+            "/pub?topic=http/pw",
+            &[("Authorization", &basic("alice:correct horse"))],
+            b"ok",
+        )
+        .await,
+        "alice's password",
+    );
+    for (what, credentials) in [
+        ("a wrong password", "alice:correct"),
+        ("an unknown user", "bob:correct horse"),
+        ("no password", "alice"),
+    ] {
+        let response = post(
+            &broker,
+            "/pub?topic=http/pw",
+            &[("Authorization", &basic(credentials))],
+            b"x",
+        )
+        .await;
+        assert_error(&response, 401, what);
+    }
+    let topics: Vec<String> = received(&mut watcher)
+        .await
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    assert_eq!(topics, vec!["http/pw"]);
+}
