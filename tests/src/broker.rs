@@ -22,6 +22,8 @@ const MQTT_MARKER: &str = "MQTT listener on tcp ";
 /// Every MQTT listener's line: `MQTT listener on <tcp|tls|ws|wss> <address>`.
 const ANY_LISTENER_MARKER: &str = "MQTT listener on ";
 const HTTP_MARKER: &str = "HTTP listener on http://";
+/// The CoAP publish listener's line (`-cl`): `CoAP listener on udp <address>`.
+const COAP_MARKER: &str = "CoAP listener on udp ";
 
 /// A running broker. The process is killed (and reaped) when this is dropped; if the test is
 /// panicking at that moment, the tail of the broker's log is printed to help diagnose it.
@@ -421,6 +423,23 @@ impl Broker {
             assert!(
                 Instant::now() < deadline,
                 "no {kind} listener logged within {START_TIMEOUT:?}; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The address of the CoAP publish listener (started with `-cl`), waiting (bounded) for its
+    /// log line.
+    pub fn coap_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(addr) = self.logged_address(COAP_MARKER) {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {COAP_MARKER:?} within {START_TIMEOUT:?} (was -cl given?); log:\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(10));
