@@ -423,6 +423,32 @@ async fn the_acl_claim_gives_the_client_exactly_its_rights() {
     );
 }
 
+/// A token's rules replace the rules file for its client: what the file denies everyone, the
+/// claim may allow; a token without the claim gets the file's rules.
+#[tokio::test]
+async fn the_acl_claim_replaces_the_rules_file_for_its_client() {
+    let dir = TempDir::new("jwt-acl-file");
+    let rules = dir.write("rules.acl", b"deny all #\n");
+    let broker = start(&["-acl", rules.to_str().expect("utf-8 path")]);
+    let addr = broker.mqtt_addr();
+    let reader = hs256(SECRET.as_bytes(), &json!({"acl": {"sub": ["#"]}}));
+    let writer = hs256(SECRET.as_bytes(), &json!({"acl": {"pub": ["up/%c"]}}));
+    let plain = hs256(SECRET.as_bytes(), &valid_claims());
+
+    let (mut watcher, _) = RawClient::handshake(addr, &v3("watcher", &reader)).await;
+    assert_eq!(watcher.subscribe(1, &[("#", 1)]).await, vec![1]);
+    let (mut plain, _) = RawClient::handshake(addr, &v3("plain", &plain)).await;
+    assert_eq!(plain.subscribe(1, &[("#", 1)]).await, vec![0x80]);
+    plain
+        .publish_qos1("up/plain", 2, b"denied by the file")
+        .await;
+    let (mut writer, _) = RawClient::handshake(addr, &v3("w-1", &writer)).await;
+    writer
+        .publish_qos1("up/w-1", 1, b"allowed by the claim")
+        .await;
+    assert_eq!(received_topics(&mut watcher).await, vec!["up/w-1"]);
+}
+
 /// Replaces `path` atomically with `contents`, as a Kubernetes Secret update does.
 fn replace(dir: &TempDir, name: &str, contents: &str) {
     dir.write("staged", contents.as_bytes());
