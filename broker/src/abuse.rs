@@ -91,6 +91,8 @@ pub struct ClientLimits {
     bytes: Option<TokenBucket>,
     /// Reading from the client waits until then (publish rate).
     pub paused_until: Option<Instant>,
+    /// Packets were left in the read buffer when a pause began: they go first when it ends.
+    pub input_held: bool,
 }
 
 impl ClientLimits {
@@ -109,6 +111,7 @@ impl ClientLimits {
                 .map(|rate| TokenBucket::new(u64::from(rate), now)),
             bytes: limits.publish_bytes.map(|rate| TokenBucket::new(rate, now)),
             paused_until: None,
+            input_held: false,
         })
     }
 
@@ -169,7 +172,9 @@ fn check_interval(
 /// without bound (the oldest bans go first when it is full).
 const MAX_BANS: usize = 100_000;
 
-/// Client ids refused until a moment (`-dt`).
+/// Clients refused until a moment (`-dt`), by client id and username together: with access
+/// control on, the username is the one the client proved, so nobody can get another user
+/// banned by borrowing a client id.
 pub struct Bans {
     duration: Option<Duration>,
     until: Mutex<HashMap<Box<str>, Instant>>,
@@ -183,8 +188,13 @@ impl Bans {
         }
     }
 
-    /// Bans `client_id` for `-dt` from `now` (nothing without `-dt`).
-    pub fn ban(&self, client_id: &str, now: Instant) {
+    fn key(client_id: &str, username: Option<&str>) -> Box<str> {
+        // NUL cannot occur in either (MQTT strings exclude it).
+        format!("{client_id}\0{}", username.unwrap_or_default()).into()
+    }
+
+    /// Bans `client_id` with `username` for `-dt` from `now` (nothing without `-dt`).
+    pub fn ban(&self, client_id: &str, username: Option<&str>, now: Instant) {
         let Some(duration) = self.duration else {
             return;
         };
@@ -201,19 +211,20 @@ impl Bans {
                 }
             }
         }
-        until.insert(client_id.into(), now + duration);
+        until.insert(Self::key(client_id, username), now + duration);
     }
 
-    /// Whether `client_id` is banned at `now`.
-    pub fn is_banned(&self, client_id: &str, now: Instant) -> bool {
+    /// Whether `client_id` with `username` is banned at `now`.
+    pub fn is_banned(&self, client_id: &str, username: Option<&str>, now: Instant) -> bool {
         if self.duration.is_none() {
             return false;
         }
+        let key = Self::key(client_id, username);
         let mut until = self.until.lock();
-        match until.get(client_id) {
+        match until.get(&key) {
             Some(&end) if end > now => true,
             Some(_) => {
-                until.remove(client_id);
+                until.remove(&key);
                 false
             }
             None => false,
@@ -307,12 +318,14 @@ mod tests {
     fn bans_last_for_their_duration_and_only_with_one() {
         let now = Instant::now();
         let bans = Bans::new(Some(Duration::from_secs(5)));
-        bans.ban("a", now);
-        assert!(bans.is_banned("a", now + Duration::from_secs(4)));
-        assert!(!bans.is_banned("b", now));
-        assert!(!bans.is_banned("a", now + Duration::from_secs(5)));
+        bans.ban("a", Some("u"), now);
+        assert!(bans.is_banned("a", Some("u"), now + Duration::from_secs(4)));
+        assert!(!bans.is_banned("a", Some("v"), now));
+        assert!(!bans.is_banned("a", None, now));
+        assert!(!bans.is_banned("b", Some("u"), now));
+        assert!(!bans.is_banned("a", Some("u"), now + Duration::from_secs(5)));
         let off = Bans::new(None);
-        off.ban("a", now);
-        assert!(!off.is_banned("a", now));
+        off.ban("a", None, now);
+        assert!(!off.is_banned("a", None, now));
     }
 }

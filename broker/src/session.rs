@@ -451,6 +451,28 @@ pub struct SessionState {
     /// How long the session outlives its connection. Set by each CONNECT (and an MQTT 5
     /// DISCONNECT may change it).
     pub expiry: SessionExpiry,
+    /// The authenticated username it was started for (access control on); only that user
+    /// continues it.
+    owner: Option<Box<str>>,
+}
+
+/// Who claims a session, for [`SessionRegistry::claim_as`].
+#[derive(Debug, Clone, Copy)]
+pub enum SessionOwner<'a> {
+    /// Access control is off: usernames prove nothing, and any client continues the session
+    /// of its client id.
+    Unchecked,
+    /// An authenticated client, with its username (if any).
+    User(Option<&'a str>),
+}
+
+impl SessionOwner<'_> {
+    fn may_continue(self, stored: Option<&str>) -> bool {
+        match self {
+            SessionOwner::Unchecked => true,
+            SessionOwner::User(user) => user == stored,
+        }
+    }
 }
 
 /// How long a session outlives its connection, in whole seconds: four bytes rather than the
@@ -792,6 +814,21 @@ impl SessionRegistry {
         holder: &Holder,
         router: &Router,
     ) -> Result<Claimed, ClaimError> {
+        self.claim_as(client_id, clean, SessionOwner::Unchecked, holder, router)
+            .await
+    }
+
+    /// [`SessionRegistry::claim`] for an authenticated client: a stored session that another
+    /// identity left is not continued but discarded, as with `clean` (its subscriptions, queued
+    /// and in-flight messages were granted to someone else).
+    pub async fn claim_as(
+        &self,
+        client_id: &str,
+        clean: bool,
+        owner: SessionOwner<'_>,
+        holder: &Holder,
+        router: &Router,
+    ) -> Result<Claimed, ClaimError> {
         let deadline = tokio::time::Instant::now() + TAKEOVER_TIMEOUT;
         loop {
             let current = {
@@ -812,7 +849,7 @@ impl SessionRegistry {
                             .entries
                             .insert(key.clone(), Entry::Held(holder.clone()));
                         drop(sessions);
-                        return Ok(self.start(key, clean, stored, router));
+                        return Ok(self.start(key, clean, owner, stored, router));
                     }
                 }
             };
@@ -864,13 +901,16 @@ impl SessionRegistry {
         &self,
         client_id: Arc<str>,
         clean: bool,
+        owner: SessionOwner<'_>,
         stored: Option<Box<Idle>>,
         router: &Router,
     ) -> Claimed {
         let mut will_due = None;
         let (state, session_present) = match stored {
             // A reconnect in time cancels a delayed will.
-            Some(idle) if !clean => (idle.state, true),
+            Some(idle) if !clean && owner.may_continue(idle.state.owner.as_deref()) => {
+                (idle.state, true)
+            }
             stored => {
                 if let Some(old) = stored {
                     will_due = old.will.map(|(will, _)| will.publish_at(Instant::now()));
@@ -885,6 +925,10 @@ impl SessionRegistry {
                     incoming_qos2: BTreeSet::new(),
                     retained: VecDeque::new(),
                     expiry: SessionExpiry::ZERO,
+                    owner: match owner {
+                        SessionOwner::Unchecked => None,
+                        SessionOwner::User(user) => user.map(Box::from),
+                    },
                 });
                 (state, false)
             }

@@ -15,11 +15,12 @@ pub fn levels(topic: &[u8]) -> impl Iterator<Item = &[u8]> {
     topic.split(|&b| b == b'/')
 }
 
-/// A topic name a client may publish to: non-empty, without wildcard characters, and at most
+/// A topic name a client may publish to: non-empty, without wildcard characters or U+0000
+/// (which the codec refuses already; HTTP and CoAP publish do not go through it), and at most
 /// [`MAX_LEVELS`] levels deep.
 pub fn is_valid_topic_name(topic: &[u8]) -> bool {
     !topic.is_empty()
-        && !topic.iter().any(|&b| b == b'+' || b == b'#')
+        && !topic.iter().any(|&b| b == b'+' || b == b'#' || b == 0)
         && level_count(topic) <= MAX_LEVELS
 }
 

@@ -334,7 +334,7 @@ async fn a_bad_rules_file_stops_the_start_with_its_line() {
 }
 
 #[tokio::test]
-async fn a_stored_session_is_judged_again_for_the_client_that_takes_it() {
+async fn a_stored_session_is_not_continued_by_another_user() {
     let rules = "allow subscribe private/%u/# \ndeny subscribe private/#\nallow all #\n";
     let (broker, _dir) = start(rules, &[]);
     let alice = Connect::v311("shared-id")
@@ -345,20 +345,33 @@ async fn a_stored_session_is_judged_again_for_the_client_that_takes_it() {
         client.subscribe(1, &[("private/alice/#", 1)]).await,
         vec![1]
     );
-    client.disconnect().await;
-    // Bob takes the session: alice's subscription is not his to keep.
+    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), "pub").await;
+    // One message in flight to alice (not acknowledged), one queued while she is away.
+    publisher
+        .publish_qos1("private/alice/in-flight", 1, b"x")
+        .await;
+    let publish = client.recv_publish(TIMEOUT).await;
+    assert_eq!(publish.topic, "private/alice/in-flight");
+    drop(client);
+    broker.wait_connections(1).await;
+    publisher
+        .publish_qos1("private/alice/queued", 2, b"x")
+        .await;
+
+    // Bob takes the client id: alice's session, its subscriptions and messages are not his.
     let bob = Connect::v311("shared-id")
         .username("bob")
         .clean_session(false);
     let (mut client, present) = RawClient::handshake(broker.mqtt_addr(), &bob).await;
-    assert!(present);
-    let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), "pub").await;
-    publisher.publish_qos1("private/alice/x", 1, b"x").await;
+    assert!(!present, "another user's session is not continued");
+    publisher.publish_qos1("private/alice/later", 3, b"x").await;
     assert!(received_topics(&mut client).await.is_empty());
-    assert_eq!(
-        broker
-            .metric("coolpy7_authorization_denied_total{action=\"revoked\"}")
-            .await,
-        1.0
-    );
+    client.disconnect().await;
+
+    // Bob's stored session is not alice's either; her own is continued by her alone.
+    let (client, present) = RawClient::handshake(broker.mqtt_addr(), &alice).await;
+    assert!(!present, "bob's session is not alice's to continue");
+    client.disconnect().await;
+    let (_client, present) = RawClient::handshake(broker.mqtt_addr(), &alice).await;
+    assert!(present, "alice continues her own session");
 }

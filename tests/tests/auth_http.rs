@@ -3,7 +3,8 @@
 //! canned answers and records what it is asked: what the broker sends (the JSON body's client
 //! id, credentials, peer address and port, protocol and listener, `Authorization: Bearer`), an
 //! allow (CONNACK 0), a deny (0x05 in 3.1.1, 0x87 in MQTT 5), a service that never answers or
-//! is down or answers nonsense (refused within `-hat`, counted as unavailable), the answer's
+//! is down or answers nonsense (refused within `-hat` with 0x03 / MQTT 5 0x88 "server
+//! unavailable", counted as unavailable), the answer's
 //! `acl` as the client's rights, its `expire_at` closing the connection, the verdict cache
 //! (`-hac`), and the token file (`-htf`) reloaded while running.
 
@@ -304,14 +305,14 @@ async fn a_service_that_never_answers_refuses_within_the_timeout() {
     let addr = broker.mqtt_addr();
 
     let started = Instant::now();
-    assert_refused_v3(addr, &v3("silent-3", "alice", "pw"), 0x05, "no answer").await;
+    assert_refused_v3(addr, &v3("silent-3", "alice", "pw"), 0x03, "no answer").await;
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
         "refused after {waited:?}; -hat is 1 s"
     );
     let started = Instant::now();
-    assert_refused_v5(addr, &v5("silent-5", "alice", "pw"), 0x87, "no answer").await;
+    assert_refused_v5(addr, &v5("silent-5", "alice", "pw"), 0x88, "no answer").await;
     assert!(started.elapsed() < Duration::from_millis(2500));
     assert_eq!(broker.metric(UNAVAILABLE).await, 2.0);
     // An unavailable service is asked again each time (not cached).
@@ -327,8 +328,8 @@ async fn a_service_that_is_down_refuses() {
     let broker = start(&format!("http://{closed}/auth"), &[]);
     let addr = broker.mqtt_addr();
     let started = Instant::now();
-    assert_refused_v3(addr, &v3("down-3", "alice", "pw"), 0x05, "service down").await;
-    assert_refused_v5(addr, &v5("down-5", "alice", "pw"), 0x87, "service down").await;
+    assert_refused_v3(addr, &v3("down-3", "alice", "pw"), 0x03, "service down").await;
+    assert_refused_v5(addr, &v5("down-5", "alice", "pw"), 0x88, "service down").await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(broker.metric(UNAVAILABLE).await, 2.0);
     broker
@@ -351,7 +352,7 @@ async fn answers_that_are_not_the_contract_refuse_as_unavailable() {
     let addr = broker.mqtt_addr();
     let users = ["e500", "e429", "garbage", "maybe", "badacl"];
     for user in users {
-        assert_refused_v3(addr, &v3(user, user, "pw"), 0x05, user).await;
+        assert_refused_v3(addr, &v3(user, user, "pw"), 0x03, user).await;
     }
     assert_eq!(broker.metric(UNAVAILABLE).await, users.len() as f64);
     assert_eq!(broker.metric(NOT_AUTHORIZED).await, 0.0);

@@ -531,3 +531,24 @@ async fn sighup_reloads_the_secret_file_at_once() {
     let logs = broker.logs();
     assert!(!logs.contains("before-hup-c81d") && !logs.contains("after-hup-77f0"));
 }
+
+/// `ClientAcl::validate`'s doc: "Credentials whose rules do not parse are refused as a whole:
+/// a typo would otherwise silently deny (or, worse, widen) what the issuer meant". A misspelt
+/// list name (`publish` for `pub`), or an `acl` that is a JSON array, still parses (serde
+/// ignores unknown fields and takes a struct from a sequence): the client is let in with no
+/// rights at all.
+#[tokio::test]
+async fn an_acl_claim_with_an_unknown_list_or_of_the_wrong_shape_is_refused() {
+    let broker = Broker::start(&["-as", "1", "-jsk", "s3cret"]);
+    for acl in [json!({"publish": ["t/#"]}), json!([["t/#"]]), json!([])] {
+        let token = hs256(b"s3cret", &json!({"acl": acl}));
+        let connect = Connect::v311("typo")
+            .username("u")
+            .password(token.as_bytes());
+        assert_eq!(
+            connack_code_v3(broker.mqtt_addr(), &connect).await,
+            0x05,
+            "acl {acl}"
+        );
+    }
+}

@@ -410,3 +410,45 @@ async fn with_a_password_file_basic_credentials_are_user_and_password() {
         .collect();
     assert_eq!(topics, vec!["http/pw"]);
 }
+
+/// [MQTT-4.7.3-2] / [MQTT-1.5.3-2]: a topic name never contains U+0000. The MQTT decoder
+/// refuses it, but the gateway only checks `topic::is_valid_topic_name`, which does not.
+#[tokio::test]
+async fn a_topic_with_u0000_is_400_and_reaches_no_subscriber() {
+    let broker = Broker::start(&[]);
+    let (mut watcher, _) = RawClient::handshake(broker.mqtt_addr(), &Connect::v311("w")).await;
+    assert_eq!(watcher.subscribe(1, &[("#", 0)]).await, vec![0]);
+    let response = request_with_body(
+        broker.http_addr(),
+        "POST",
+        "/pub?topic=t/%00&retain=true",
+        &[],
+        b"x",
+    )
+    .await;
+    let delivered = watcher.try_recv(QUIET).await;
+    assert_eq!(
+        response.status, 400,
+        "{response:?}; the subscriber got {delivered:?}"
+    );
+    assert!(delivered.is_err(), "delivered: {delivered:?}");
+}
+
+/// Every error of `POST /pub` is documented to carry a JSON body with "error"; a query string
+/// axum cannot deserialize gets axum's own plain-text rejection instead.
+#[tokio::test]
+async fn a_query_that_does_not_deserialize_is_a_json_400() {
+    let broker = Broker::start(&[]);
+    let response = request_with_body(
+        broker.http_addr(),
+        "POST",
+        "/pub?topic=t/a&qos=1&qos=2",
+        &[],
+        b"x",
+    )
+    .await;
+    assert_eq!(response.status, 400, "{response:?}");
+    let body: serde_json::Value = serde_json::from_str(&response.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {response:?}"));
+    assert!(body["error"].is_string(), "{response:?}");
+}

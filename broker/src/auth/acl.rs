@@ -18,7 +18,8 @@
 //! hold for the rule to apply: `user NAME`, `client ID`, `address IP[/PREFIX]`. `%u` and `%c` in
 //! the filter stand for the client's username and client id; a rule whose placeholder the client
 //! cannot fill (no username, or a value holding `+`, `#` or `/`, which would widen the filter or
-//! reach into another client's levels) does not apply to that client. Filters match as in MQTT,
+//! reach into another client's levels, or starting with `$`, which would reach `$` topics) does
+//! not apply to that client. Filters match as in MQTT,
 //! so `#` does not reach topics that start with `$`: `$SYS/#` must be named to be allowed.
 //!
 //! A PUBLISH is decided by its topic. A SUBSCRIBE is decided by its filter as a whole: the first
@@ -426,7 +427,9 @@ fn piece_value<'a>(piece: &'a Piece, client: &Client<'a>) -> Option<&'a [u8]> {
         Piece::Username => client.username?,
         Piece::ClientId => client.client_id,
     };
-    let unsafe_in_filter = value.is_empty() || value.contains(['+', '#', '/']);
+    // A leading `$` would let `%c/#` reach `$SYS/#` for a client named `$SYS`.
+    let unsafe_in_filter =
+        value.is_empty() || value.contains(['+', '#', '/']) || value.starts_with('$');
     (!unsafe_in_filter).then_some(value.as_bytes())
 }
 

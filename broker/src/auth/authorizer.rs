@@ -29,7 +29,10 @@ impl TopicCache {
             .map(|&(_, allowed)| allowed)
     }
 
-    fn put(&mut self, topic: Bytes, allowed: bool) {
+    /// Keeps a copy of `topic`: the caller's bytes may be a slice of a large read buffer or
+    /// message, which the cache must not keep alive.
+    fn put(&mut self, topic: &[u8], allowed: bool) {
+        let topic = Bytes::copy_from_slice(topic);
         if self.entries.len() < CACHED_TOPICS {
             self.entries.push((topic, allowed));
         } else {
@@ -54,6 +57,8 @@ pub struct Authorizer {
     address: IpAddr,
     /// When the credentials stop being valid: the connection is closed then.
     pub expires_at: Option<tokio::time::Instant>,
+    /// The rules allow everything (no rules file, no rules of its own): nothing to check.
+    unrestricted: bool,
     /// Set when a subscription was granted that may match topics the client may not read:
     /// every delivery is then checked.
     check_reads: bool,
@@ -70,6 +75,7 @@ impl Authorizer {
         address: IpAddr,
     ) -> Authorizer {
         Authorizer {
+            unrestricted: rules.allows_everything(),
             rules,
             file_generation,
             username: username.map(Box::from),
@@ -82,6 +88,11 @@ impl Authorizer {
         }
     }
 
+    /// The username the client proved.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
     fn client(&self) -> Client<'_> {
         Client {
             username: self.username.as_deref(),
@@ -92,6 +103,7 @@ impl Authorizer {
 
     /// Swaps in reloaded rules; the caller re-judges the subscriptions.
     pub(super) fn replace_rules(&mut self, rules: Arc<Rules>, generation: u64) {
+        self.unrestricted = rules.allows_everything();
         self.rules = rules;
         self.file_generation = Some(generation);
         self.published.clear();
@@ -99,12 +111,15 @@ impl Authorizer {
     }
 
     /// Whether the client may publish to `topic` (a valid topic name).
-    pub fn may_publish(&mut self, topic: &Bytes) -> bool {
+    pub fn may_publish(&mut self, topic: &[u8]) -> bool {
+        if self.unrestricted {
+            return true;
+        }
         if let Some(allowed) = self.published.get(topic) {
             return allowed;
         }
         let allowed = self.rules.may_publish(&self.client(), topic);
-        self.published.put(topic.clone(), allowed);
+        self.published.put(topic, allowed);
         allowed
     }
 
@@ -115,7 +130,7 @@ impl Authorizer {
 
     /// Whether a message published to `topic` may be delivered to this client: always, unless
     /// one of its subscriptions was granted with checks.
-    pub fn may_deliver(&mut self, topic: &Bytes) -> bool {
+    pub fn may_deliver(&mut self, topic: &[u8]) -> bool {
         if !self.check_reads {
             return true;
         }
@@ -123,7 +138,7 @@ impl Authorizer {
             return allowed;
         }
         let allowed = self.rules.may_read(&self.client(), topic);
-        self.read.put(topic.clone(), allowed);
+        self.read.put(topic, allowed);
         allowed
     }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -82,8 +82,13 @@ enum Authenticator {
 struct PasswordChecker {
     file: ArcSwap<PasswordFile>,
     /// Hashes computed at once: argon2id takes tens of milliseconds and 19 MiB each, so a
-    /// flood of CONNECTs must queue here rather than on every blocking thread tokio has.
-    hashing: Semaphore,
+    /// flood of CONNECTs must queue here rather than on every blocking thread tokio has. The
+    /// permit goes with the hash onto its thread, so a caller that gives up frees no room
+    /// while its hash still runs.
+    hashing: Arc<Semaphore>,
+    /// CONNECTs waiting for a permit; beyond [`PasswordChecker::max_waiting`] a CONNECT is
+    /// refused at once (server unavailable) rather than queued behind a flood.
+    waiting: AtomicUsize,
     /// Credentials verified recently, as a keyed digest (never the password), so that a client
     /// reconnecting does not cost a hash each time; cleared when the file changes.
     verified: Mutex<VerifiedCache>,
@@ -302,14 +307,18 @@ impl AccessControl {
                         }
                     }
                 };
+                if !is_local_service(&settings.url) {
+                    warn!("-ha is plain HTTP to another host: clients' passwords cross the network in clear text");
+                }
                 Authenticator::HttpService(ArcSwap::from_pointee(hook(settings, token)?))
             }
             Authentication::PasswordFile(path) => match load_watched(FileRole::Passwords, path)? {
                 Loaded::Passwords(file) => Authenticator::PasswordFile(PasswordChecker {
                     file: ArcSwap::new(file),
-                    hashing: Semaphore::new(
+                    hashing: Arc::new(Semaphore::new(
                         std::thread::available_parallelism().map_or(2, |n| n.get()),
-                    ),
+                    )),
+                    waiting: AtomicUsize::new(0),
                     verified: Mutex::new(VerifiedCache::new()),
                 }),
                 _ => unreachable_role(),
@@ -354,6 +363,20 @@ impl AccessControl {
                     .load()
                     .verify(token, SystemTime::now())
                     .map_err(|error| AuthFailure::bad_credentials(error.to_string()))?;
+                // A token may name its user; then only that user may use it (the rules' `%u`
+                // and `user` trust the username).
+                // HTTP and CoAP may send the token alone: it names the user then.
+                let username = match (username, &verified.username) {
+                    (None, Some(bound)) if credentials.protocol == 0 => Some(bound.clone()),
+                    (username, _) => username,
+                };
+                if let Some(bound) = &verified.username {
+                    if username.as_deref() != Some(bound.as_str()) {
+                        return Err(AuthFailure::bad_credentials(
+                            "the username is not the one the token names",
+                        ));
+                    }
+                }
                 Ok(Identity {
                     username,
                     expires_at: verified.expires_at,
@@ -403,6 +426,17 @@ impl AccessControl {
         }
     }
 
+    /// The longest authentication may take: the HTTP service's timeout, else `-nt`'s share.
+    pub fn authentication_bound(
+        &self,
+        connect_timeout: std::time::Duration,
+    ) -> std::time::Duration {
+        match &self.config.authentication {
+            Authentication::HttpService(settings) => connect_timeout.max(settings.timeout),
+            _ => connect_timeout,
+        }
+    }
+
     /// The rights of a client that proved `identity`.
     pub fn authorizer(
         &self,
@@ -419,9 +453,10 @@ impl AccessControl {
                 Authorizer::new(rules, Some(generation), username, client_id, address)
             }
         };
-        authorizer.expires_at = identity.expires_at.map(|at| {
+        // An expiry too far away to represent is as good as none.
+        authorizer.expires_at = identity.expires_at.and_then(|at| {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::time::Instant::now() + left
+            tokio::time::Instant::now().checked_add(left)
         });
         Box::new(authorizer)
     }
@@ -508,25 +543,69 @@ impl PasswordChecker {
         if self.verified.lock().contains(&digest, now) {
             return Ok(());
         }
-        let _permit = self
+        // Counted while waiting (also when the caller gives up and drops this future).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(AuthFailure {
+                kind: AuthFailureKind::Unavailable,
+                reason: "too many password checks waiting".into(),
+            });
+        }
+        let waiting = Waiting(&self.waiting);
+        let permit = self
             .hashing
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| AuthFailure::bad_credentials("shutting down"))?;
+        drop(waiting);
         let file = self.file.load_full();
+        let checked = file.clone();
         let (owned_user, owned_password) = (user.to_string(), password.to_vec());
-        let matched =
-            tokio::task::spawn_blocking(move || file.verify(&owned_user, &owned_password))
-                .await
-                .unwrap_or(false);
+        let matched = tokio::task::spawn_blocking(move || {
+            let matched = checked.verify(&owned_user, &owned_password);
+            drop(permit);
+            matched
+        })
+        .await
+        .unwrap_or(false);
         if !matched {
             return Err(AuthFailure::bad_credentials(
                 "unknown user or wrong password",
             ));
         }
-        self.verified.lock().insert(digest, Instant::now());
+        // Not remembered when the file changed meanwhile: the success was against the old one.
+        if Arc::ptr_eq(&file, &self.file.load()) {
+            self.verified.lock().insert(digest, Instant::now());
+        }
         Ok(())
     }
+
+    /// Four rounds of hashes may wait: at tens of milliseconds each, well within `-nt`.
+    fn max_waiting(&self) -> usize {
+        4 * std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+/// Whether the HTTP service's URL names this host (where plain HTTP exposes nothing).
+fn is_local_service(url: &str) -> bool {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 /// A failed reload, reported once per content (`[0; 32]` for an unreadable file).

@@ -50,6 +50,8 @@ pub struct VerifiedToken {
     pub expires_at: Option<SystemTime>,
     /// The token's `acl` claim (EMQX 4's format), every entry a valid topic filter.
     pub acl: Option<ClientAcl>,
+    /// The token's `username` claim: the only MQTT username the token may be used with.
+    pub username: Option<String>,
 }
 
 /// Why a token was refused: for the broker's debug log, never shown to the client beyond "bad
@@ -237,7 +239,16 @@ impl JwtVerifier {
                 Some(acl)
             }
         };
-        Ok(VerifiedToken { expires_at, acl })
+        let username = match claims.get("username") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(username)) => Some(username.clone()),
+            Some(_) => return Err(JwtError::Malformed("the username claim is not a string")),
+        };
+        Ok(VerifiedToken {
+            expires_at,
+            acl,
+            username,
+        })
     }
 
     /// Turns jsonwebtoken's error into ours. Its JSON errors quote the input, so none of its
@@ -667,6 +678,7 @@ mod tests {
                 Ok(VerifiedToken {
                     expires_at: Some(at(2_000_000_000)),
                     acl: Some(expected_acl.clone()),
+                    username: None,
                 }),
                 "{verifier:?}"
             );

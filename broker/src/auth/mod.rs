@@ -27,15 +27,36 @@ use crate::topic;
 /// answer): the client may publish to what `publish` matches and subscribe to what `subscribe`
 /// covers; `%u` and `%c` stand for its username and client id as in the rules file. Everything
 /// else is denied to that client.
+///
+/// Read only from a JSON object of those three lists: an unknown key, or an `acl` of another
+/// shape (serde would take a struct from an array), refuses the credentials, since a misspelt
+/// list would otherwise let the client in with no rights at all, silently.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct ClientAcl {
-    #[serde(default, rename = "pub")]
     pub publish: Vec<String>,
-    #[serde(default, rename = "sub")]
     pub subscribe: Vec<String>,
     /// Both publish and subscribe.
-    #[serde(default)]
     pub all: Vec<String>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for ClientAcl {
+    type Error = String;
+
+    fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<ClientAcl, String> {
+        let mut acl = ClientAcl::default();
+        for (key, value) in object {
+            let list = match key.as_str() {
+                "pub" => &mut acl.publish,
+                "sub" => &mut acl.subscribe,
+                "all" => &mut acl.all,
+                _ => return Err(format!("unknown acl list {:?}", shortened(&key))),
+            };
+            *list = serde_json::from_value(value)
+                .map_err(|_| format!("acl {key:?} is not a list of strings"))?;
+        }
+        Ok(acl)
+    }
 }
 
 impl ClientAcl {

@@ -23,7 +23,7 @@ use super::negotiated::Negotiated;
 use super::{Connection, Will};
 use crate::abuse::ClientLimits;
 use crate::admission::MemoryLease;
-use crate::auth::Credentials;
+use crate::auth::{AuthFailure, Credentials};
 use crate::broker::{Admission, Broker};
 use crate::codec::{
     self, ConnAck, Connect, DecodeError, LastWill, Packet, Properties, PropertyValues, Protocol,
@@ -32,7 +32,7 @@ use crate::codec::{
 use crate::config::{Config, ListenerKind};
 use crate::metrics::{AuthFailureKind, Refusal};
 use crate::router::Message;
-use crate::session::{Holder, SessionExpiry, SessionId};
+use crate::session::{Holder, SessionExpiry, SessionId, SessionOwner};
 use crate::topic;
 use crate::transport::{self, PeerIdentity, Stream, TransportSettings};
 
@@ -274,11 +274,17 @@ impl Handshake<'_> {
             connect.client_id = generated_client_id(id);
             assigned_client_id = true;
         }
-        if self
+        // As a ban was recorded: with the username only under access control (where the
+        // banned client had proved it; see `Bans`).
+        let username = connect
+            .username
+            .as_deref()
+            .filter(|_| self.broker.access.is_some());
+        let banned = self
             .broker
             .bans
-            .is_banned(&connect.client_id, Instant::now())
-        {
+            .is_banned(&connect.client_id, username, Instant::now());
+        if banned {
             debug!(%peer, connection = id, client_id = %connect.client_id, "client id banned (-dt)");
             self.broker.metrics.refused(Refusal::Banned).inc();
             let code = if v5 {
@@ -302,16 +308,27 @@ impl Handshake<'_> {
                     listener: listener.name(),
                     certificate_user,
                 };
-                match control.authenticate(&credentials).await {
+                let bound = control.authentication_bound(self.broker.config.connect_timeout);
+                let checked = tokio::time::timeout(bound, control.authenticate(&credentials))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(AuthFailure {
+                            kind: AuthFailureKind::Unavailable,
+                            reason: format!("authentication took longer than {bound:?}"),
+                        })
+                    });
+                match checked {
                     Ok(identity) => Some(identity),
                     Err(failure) => {
                         self.broker.metrics.auth_failed(failure.kind).inc();
                         debug!(%peer, connection = id, client_id = %connect.client_id, reason = %failure.reason, "authentication failed");
-                        // 3.1.1 has one code for both: 0x05 "not authorized".
+                        // 3.1.1 says 0x05 "not authorized" for both refusals, and 0x03 "server
+                        // unavailable" when the client could not be judged (worth retrying).
                         let code = match failure.kind {
                             AuthFailureKind::BadCredentials if v5 => {
                                 ReasonCode::BadUserNameOrPassword
                             }
+                            AuthFailureKind::Unavailable => ReasonCode::ServerUnavailable,
                             _ => ReasonCode::NotAuthorized,
                         };
                         self.refuse(protocol, code).await;
@@ -329,11 +346,16 @@ impl Handshake<'_> {
         };
         let holder = Holder::new(id);
         let broker = self.broker.clone();
+        let owner = match &identity {
+            Some(identity) => SessionOwner::User(identity.username.as_deref()),
+            None => SessionOwner::Unchecked,
+        };
         let claimed = match broker
             .sessions
-            .claim(
+            .claim_as(
                 &connect.client_id,
                 connect.clean_session,
+                owner,
                 &holder,
                 &broker.router,
             )

@@ -86,6 +86,9 @@ impl Connection {
             // Over its publish rate, the client's next packets wait in the buffer (the loop
             // comes back to them when the pause ends).
             if self.rate_paused() {
+                if let Some(limits) = self.limits.as_mut() {
+                    limits.input_held = !self.rbuf.is_empty();
+                }
                 break;
             }
             match codec::decode(&mut self.rbuf, Some(self.protocol), max) {

@@ -294,7 +294,9 @@ impl Connection {
             ..
         } = *self;
         if matches!(close, Close::TooFast(_)) {
-            broker.bans.ban(state.client_id(), Instant::now());
+            // Without access control no username was proved: the client id alone.
+            let username = access.as_ref().and_then(|access| access.username());
+            broker.bans.ban(state.client_id(), username, Instant::now());
         }
         let will = will.filter(|will| {
             if !close.publishes_will() {
@@ -386,6 +388,11 @@ impl Connection {
                 // latency is measured on, and our PUBACKs and next read can wait a moment.
                 tokio::task::yield_now().await;
             }
+            // A publish-rate pause that ended, whatever woke the loop: what waited in the
+            // buffer goes first.
+            if let Err(close) = self.resume_held_input() {
+                return close;
+            }
             if let Some(mailbox) = self.congested.take() {
                 // Never while deliveries to this client wait: two clients flooding each other
                 // would each wait for the other to drain. Bounded, so kicks and keepalive wait
@@ -465,12 +472,7 @@ impl Connection {
                     if let Err(close) = self.check_deadlines(reading) {
                         return close;
                     }
-                    // A publish-rate pause that ended: what waited in the buffer goes first.
-                    if !reading && !self.rbuf.is_empty() && !self.rate_paused() {
-                        if let Err(close) = self.handle_buffered() {
-                            return close;
-                        }
-                    }
+
                     timer.as_mut().reset(self.next_deadline());
                 }
                 // Last, so that input, acknowledgements and deadlines go first; and one yield
@@ -533,6 +535,18 @@ impl Connection {
             self.unacknowledged_since = Some(now);
         }
         Ok(())
+    }
+
+    /// Handles the packets a publish-rate pause left in the read buffer, once it is over.
+    fn resume_held_input(&mut self) -> Result<(), Close> {
+        let held = self.limits.as_ref().is_some_and(|limits| limits.input_held);
+        if !held || self.rate_paused() {
+            return Ok(());
+        }
+        if let Some(limits) = self.limits.as_mut() {
+            limits.input_held = false;
+        }
+        self.handle_buffered()
     }
 
     /// Whether reading waits for the client to get back within its publish rate.

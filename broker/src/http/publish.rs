@@ -3,12 +3,14 @@
 //! (`user:password` as for MQTT, or `Basic <jwt>` alone, as Coolpy7 took it with `-as=1`). The
 //! message goes through the [`gateway`](crate::gateway): 200 when published, 400 for bad
 //! parameters, 401 for refused credentials, 403 when the rules deny the topic, 413 for a
-//! payload over `-mpl`; errors carry a short JSON body.
+//! payload over `-mpl`, 503 when the HTTP authentication service could not be asked; errors
+//! carry a short JSON body.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +19,7 @@ use serde::Deserialize;
 use super::{json, HttpState};
 use crate::codec::QoS;
 use crate::gateway::{self, GatewayPublish, GatewayRefusal};
+use crate::metrics::AuthFailureKind;
 
 #[derive(Deserialize)]
 pub(super) struct PublishQuery {
@@ -68,11 +71,15 @@ fn parse_flag(value: Option<&str>) -> Option<bool> {
 pub(super) async fn publish(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<PublishQuery>,
+    query: Result<Query<PublishQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let broker = &state.broker;
+    // axum's own rejection is plain text; every error here is JSON.
+    let Ok(Query(query)) = query else {
+        return bad_request("the query string is not clientid, topic, qos and retain, once each");
+    };
     let Some(topic) = query.topic.filter(|topic| !topic.is_empty()) else {
         return bad_request("the topic parameter is required");
     };
@@ -121,6 +128,15 @@ pub(super) async fn publish(
             StatusCode::PAYLOAD_TOO_LARGE,
             &serde_json::json!({ "error": "the message is larger than -mpl allows" }),
         ),
+        // The client could not be judged (the HTTP service did not answer): worth retrying.
+        Err(GatewayRefusal::Unauthenticated(failure))
+            if failure.kind == AuthFailureKind::Unavailable =>
+        {
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "error": "authentication is unavailable; try again" }),
+            )
+        }
         Err(GatewayRefusal::Unauthenticated(_)) => {
             let mut response = json(
                 StatusCode::UNAUTHORIZED,

@@ -60,9 +60,14 @@ fn the_first_matching_rule_wins_and_the_default_decides_the_rest() {
 #[test]
 fn placeholders_take_the_clients_values_and_refuse_unsafe_ones() {
     let rules = rules(
-        "allow all devices/%c/#\nallow subscribe users/%u/inbox\nallow publish x/pre-%u-%c",
+        "allow all devices/%c/#\nallow subscribe users/%u/inbox\nallow publish x/pre-%u-%c\n\
+         allow all %c/#",
         Permission::Deny,
     );
+    // A client named `$SYS` does not get `$SYS/#` from `%c/#`.
+    let dollar = client(None, "$SYS");
+    assert!(!rules.may_publish(&dollar, b"$SYS/x"));
+    assert!(rules.may_publish(&client(None, "c7"), b"c7/x"));
     let alice = client(Some("alice"), "c1");
     assert!(rules.may_publish(&alice, b"devices/c1/t"));
     assert!(!rules.may_publish(&alice, b"devices/c2/t"));
@@ -84,7 +89,7 @@ fn placeholders_take_the_clients_values_and_refuse_unsafe_ones() {
         SubscribeDecision::Denied
     );
     // A client id with wildcards or a separator would widen the filter or reach other levels.
-    for id in ["+", "#", "c1/x", "a+b"] {
+    for id in ["+", "#", "c1/x", "a+b", "$SYS"] {
         let sneaky = client(None, id);
         assert_eq!(
             rules.decide_subscribe(&sneaky, "devices/#"),
