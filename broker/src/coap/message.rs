@@ -378,6 +378,10 @@ fn topic_of(packet: &Packet) -> Result<String, Answer> {
         }
         topic.push_str(segment);
     }
+    // One empty segment (`coap://host/` written out as an empty Uri-Path) names no topic either.
+    if topic.is_empty() {
+        return Err(Answer::bad_request("no topic: POST to coap://host/<topic>"));
+    }
     Ok(topic)
 }
 

@@ -146,6 +146,7 @@ fn bad_paths_and_queries_are_bad_requests() {
     user_not_utf8.add_option(CoapOption::UriQuery, b"u=\xff".to_vec());
     let cases = [
         ("no path", post(&[], &["qos=1"])),
+        ("one empty segment", post(&[""], &[])),
         ("a slash in a segment", post(&["a/b"], &[])),
         ("a NUL", post(&["a\0b"], &[])),
         ("a path that is not UTF-8", not_utf8),
