@@ -1,6 +1,6 @@
 //! Entry points for the fuzz targets in `fuzz/` (cargo feature `fuzzing`, off in every build
-//! that ships): thin wrappers over the cluster's private parsers and the WebSocket frame
-//! decoder, so that the targets exercise
+//! that ships): thin wrappers over the cluster's private parsers, the WebSocket frame decoder
+//! and the CoAP listener's reading of a datagram, so that the targets exercise
 //! the very code the receive loops run without those parsers becoming part of the crate's API.
 //! The MQTT codec ([`crate::codec::decode`]) and the replay window
 //! ([`crate::cluster::replay::ReplayWindow`]) are public already and are fuzzed directly.
@@ -193,4 +193,74 @@ pub fn decode_ws_frames(pieces: &[&[u8]], room: usize) -> WsDecoded {
     }
     decoded.stream = out.to_vec();
     decoded
+}
+
+/// What the CoAP publish listener makes of a datagram ([`crate::coap`]).
+#[derive(Debug)]
+pub enum CoapVerdict {
+    /// Nothing is sent back.
+    Ignored,
+    /// The Reset sent back.
+    Reset(Vec<u8>),
+    /// A request, and the datagram each answer it may get encodes to (`None`: not encodable):
+    /// its refusal, or, for one to publish, every outcome of the gateway and the 5.03 of a
+    /// full listener.
+    Request {
+        confirmable: bool,
+        message_id: u16,
+        token: Vec<u8>,
+        /// The topic and payload of a request to publish.
+        publish: Option<(String, Vec<u8>)>,
+        answers: Vec<Option<Vec<u8>>>,
+    },
+}
+
+/// The CoAP listener's classification of `datagram` and the encoding of its answers, Non-
+/// confirmable ones with message id `fresh_id`.
+pub fn coap_datagram(datagram: &[u8], fresh_id: u16) -> CoapVerdict {
+    use crate::auth::AuthFailure;
+    use crate::coap::message::{self, Answer, Incoming};
+    use crate::gateway::GatewayRefusal;
+    use crate::metrics::AuthFailureKind;
+
+    match message::classify(datagram) {
+        Incoming::Ignore(_) => CoapVerdict::Ignored,
+        Incoming::Reset { message_id, .. } => {
+            CoapVerdict::Reset(message::reset(message_id).unwrap_or_default())
+        }
+        Incoming::Request(request) => {
+            let (publish, answers) = match request.action {
+                Err(answer) => (None, vec![answer]),
+                Ok(publish) => {
+                    let refused = |kind| {
+                        Err(GatewayRefusal::Unauthenticated(AuthFailure {
+                            kind,
+                            reason: String::new(),
+                        }))
+                    };
+                    let outcomes = [
+                        Ok(()),
+                        Err(GatewayRefusal::InvalidTopic),
+                        Err(GatewayRefusal::TooLarge),
+                        Err(GatewayRefusal::Forbidden),
+                        refused(AuthFailureKind::BadCredentials),
+                        refused(AuthFailureKind::Unavailable),
+                    ];
+                    let mut answers: Vec<Answer> = outcomes.iter().map(Answer::of).collect();
+                    answers.push(Answer::busy());
+                    (Some((publish.topic, publish.payload.to_vec())), answers)
+                }
+            };
+            CoapVerdict::Request {
+                confirmable: request.reply_to.confirmable,
+                message_id: request.reply_to.message_id,
+                token: request.reply_to.token.clone(),
+                publish,
+                answers: answers
+                    .iter()
+                    .map(|answer| request.reply_to.encode(answer, fresh_id))
+                    .collect(),
+            }
+        }
+    }
 }
