@@ -31,6 +31,34 @@
 # the bench would be the bottleneck. `conns-tls` and the like give the broker's RSS per idle
 # TLS (WebSocket) connection.
 #
+# Access control (not in the default list either; each starts the brokers with authentication or
+# rules, files made once per invocation in the logs directory; rumqttd is not run on them):
+#   handshakes-jwt            coolpy7 `-as 1 -jsk <random secret>`, every CONNECT carrying user
+#                             `bench` and an HS256 token (made here with python3, exp in 10 years)
+#                             as password (`--password-file`); Mosquitto is skipped (no JWT
+#                             without a plugin). Compare with `handshakes` of the same invocation.
+#   handshakes-password       a password file, every CONNECT the same user and password: coolpy7
+#                             `-as 3 -pwf` (argon2id line by `coolpy7 passwd -b`), Mosquitto
+#                             `password_file` + `allow_anonymous false` (`$7$` PBKDF2-SHA512 line by
+#                             `mosquitto_passwd -b`). coolpy7 remembers a verified password for 5
+#                             minutes (a keyed digest), so it hashes once; Mosquitto every time.
+#   handshakes-password-cold  the same files, but each CONNECT names another user (`--users
+#                             AUTH_USERS`, bench0..benchN-1, all in both files with the same
+#                             hash): every check is a first connect, the raw hash cost of each.
+#   handshakes-pbkdf2-cold    as -cold, both brokers on Mosquitto's `$7$` file (coolpy7 reads it):
+#                             the same hash on both sides.
+#   fanin-q0-rules, fanin-q1-rules
+#                             fan-in with 1,000 rules: coolpy7 `-acl` (default deny) with 999
+#                             rules that do not match the bench's topics (bench/fanin/<p>: some
+#                             start with bench/, some are user-qualified for other users, some
+#                             use %c) and `allow all #` last; Mosquitto `acl_file` with the same
+#                             anonymous `topic` lines, `topic readwrite #` last. Compare with
+#                             fanin-q0 / fanin-q1 of the same invocation (the report's ratio rows).
+# e.g. `--scenarios handshakes,handshakes-jwt,handshakes-password,handshakes-password-cold,
+# fanin-q0,fanin-q0-rules,fanin-q1,fanin-q1-rules`. AUTH_USERS (default 200000, --quick 20000):
+# user names in the password files for the -cold scenarios; the bench reports `auth.users_reused`
+# when it made more CONNECTs than that (a name used twice may hit coolpy7's cache).
+#
 # Results: target/bench/results-<timestamp>.jsonl (one line per run, the bench's JSON plus
 # broker/scenario/run), target/bench/results-<timestamp>.md (the table) and
 # target/bench/logs-<timestamp>/ (each broker's and bench's stderr).
@@ -81,11 +109,20 @@ declare -A SCENARIO_ARGS=(
     [subs-clients]="subs --filters @SUBS_FILTERS@ --clients @SUBS_CLIENTS@ --connect-timeout 60"
     # Connections set up and torn down per second by 8 clients at once (not run by default).
     [handshakes]="handshakes --connectors 8"
+    # Access control (not run by default): the credentials and the brokers' flags and files are
+    # added per run (see auth_of, auth_bench_args, start_broker).
+    [handshakes-jwt]="handshakes --connectors 8"
+    [handshakes-password]="handshakes --connectors 8"
+    [handshakes-password-cold]="handshakes --connectors 8 --users @AUTH_USERS@"
+    [handshakes-pbkdf2-cold]="handshakes --connectors 8 --users @AUTH_USERS@"
+    [fanin-q0-rules]="fanin --qos 0 --publishers 4"
+    [fanin-q1-rules]="fanin --qos 1 --publishers 4"
 )
 ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 p2p-q0 p2p-q1 latency-q0 latency-q1
     conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m subs-200k subs-clients)
 # Scenarios run only when named.
-EXTRA_SCENARIOS=(handshakes)
+EXTRA_SCENARIOS=(handshakes handshakes-jwt handshakes-password handshakes-password-cold
+    handshakes-pbkdf2-cold fanin-q0-rules fanin-q1-rules)
 ALL_BROKERS=(coolpy7 mosquitto rumqttd)
 ALL_TRANSPORTS=(tcp tls ws wss)
 
@@ -105,6 +142,17 @@ base_scenario() {
     [[ $t == tcp ]] || s="${s%-"$t"}"
     echo "$s"
 }
+# What a scenario asks of the brokers' access control: none, jwt, password (coolpy7's argon2id
+# file, Mosquitto's $7$ file), pbkdf2 (Mosquitto's file for both) or rules.
+auth_of() {
+    case "$(base_scenario "$1")" in
+    handshakes-jwt) echo jwt ;;
+    handshakes-password | handshakes-password-cold) echo password ;;
+    handshakes-pbkdf2-cold) echo pbkdf2 ;;
+    *-rules) echo rules ;;
+    *) echo none ;;
+    esac
+}
 scenario_args() {
     local args="${SCENARIO_ARGS[$(base_scenario "$1")]}"
     [[ "$1" != *-v5 ]] || args+=" --mqtt 5"
@@ -120,6 +168,7 @@ CONNS=10000
 EXTRA_SUBS=10000
 SUBS_FILTERS=1000000
 SUBS_CLIENTS=10000
+AUTH_USERS="${AUTH_USERS:-}"
 RUNS=1
 QUICK=0
 BUILD=1
@@ -170,7 +219,10 @@ if [[ $QUICK == 1 ]]; then
     EXTRA_SUBS=1000
     SUBS_FILTERS=100000
     SUBS_CLIENTS=1000
+    AUTH_USERS="${AUTH_USERS:-20000}"
 fi
+AUTH_USERS="${AUTH_USERS:-200000}"
+[[ "$AUTH_USERS" =~ ^[0-9]+$ && "$AUTH_USERS" -gt 0 ]] || { echo "AUTH_USERS wants a positive integer" >&2; exit 2; }
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -gt 0 ]] || { echo "--secs wants a positive integer" >&2; exit 2; }
 [[ "$RUNS" =~ ^[0-9]+$ && "$RUNS" -gt 0 ]] || { echo "--runs wants a positive integer" >&2; exit 2; }
 for b in "${BROKERS[@]}"; do
@@ -216,8 +268,10 @@ if [[ $ANY_RUMQTTD == 0 && " ${BROKERS[*]} " == *" rumqttd "* ]]; then
     mapfile -t BROKERS < <(printf '%s\n' "${BROKERS[@]}" | grep -vx rumqttd)
 fi
 ANY_TLS=0
+ANY_AUTH=0
 for s in "${RUN_SCENARIOS[@]}"; do
     case "$(transport_of "$s")" in tls | wss) ANY_TLS=1 ;; esac
+    [[ "$(auth_of "$s")" == none ]] || ANY_AUTH=1
 done
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -339,6 +393,124 @@ make_tls() {
     chmod 644 "$TLS_KEY"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Access control: a JWT secret and token, password files and rules files, once per invocation.
+AUTH_DIR="$LOGS/auth"
+JWT_SECRET=""
+make_auth() {
+    mkdir -p "$AUTH_DIR"
+    # Mosquitto, started as root, reads its files after switching to user mosquitto.
+    chmod 755 "$AUTH_DIR"
+    local need_coolpy7_file=0 need_mosquitto_file=0 need_rules=0 s
+    for s in "${RUN_SCENARIOS[@]}"; do
+        case "$(auth_of "$s")" in
+        password)
+            want_broker coolpy7 && need_coolpy7_file=1
+            want_broker mosquitto && need_mosquitto_file=1
+            ;;
+        pbkdf2) need_mosquitto_file=1 ;;
+        rules) need_rules=1 ;;
+        esac
+    done
+    # The secret, the token and the password: random, never reused across invocations.
+    python3 - "$AUTH_DIR" <<'PY' || die "python3 could not make the JWT"
+import base64, hashlib, hmac, json, os, secrets, sys, time
+d = sys.argv[1]
+def b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=")
+secret = secrets.token_hex(32)
+header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+claims = {"sub": "bench", "iat": int(time.time()), "exp": int(time.time()) + 10 * 365 * 86400}
+payload = b64(json.dumps(claims, separators=(",", ":")).encode())
+signature = b64(hmac.new(secret.encode(), header + b"." + payload, hashlib.sha256).digest())
+for name, text in (("jwt.secret", secret), ("token.jwt", (header + b"." + payload + b"." + signature).decode()),
+                   ("password", secrets.token_urlsafe(18))):
+    with open(os.path.join(d, name), "w") as f:
+        f.write(text + "\n")
+PY
+    JWT_SECRET="$(cat "$AUTH_DIR/jwt.secret")"
+    local password
+    password="$(cat "$AUTH_DIR/password")"
+    # One hash per file (user bench), then the same hash for bench0 .. bench<AUTH_USERS-1>: a
+    # hash does not depend on the user name, and hashing 200,000 times would take hours.
+    if [[ $need_coolpy7_file == 1 ]]; then
+        # coolpy7's order is `passwd [-c] [-b PASSWORD] FILE USER` (not mosquitto_passwd's).
+        "$COOLPY7_BIN" passwd -c -b "$password" "$AUTH_DIR/coolpy7.passwd.one" bench \
+            >"$AUTH_DIR/passwd.log" 2>&1 || die "coolpy7 passwd failed (see $AUTH_DIR/passwd.log)"
+        widen_password_file "$AUTH_DIR/coolpy7.passwd.one" "$AUTH_DIR/coolpy7.passwd"
+    fi
+    if [[ $need_mosquitto_file == 1 ]]; then
+        command -v mosquitto_passwd >/dev/null ||
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto >&2
+        mosquitto_passwd -c -b "$AUTH_DIR/mosquitto.passwd.one" bench "$password" \
+            >>"$AUTH_DIR/passwd.log" 2>&1 ||
+            die "mosquitto_passwd failed (see $AUTH_DIR/passwd.log)"
+        widen_password_file "$AUTH_DIR/mosquitto.passwd.one" "$AUTH_DIR/mosquitto.passwd"
+    fi
+    if [[ $need_rules == 1 ]]; then
+        make_rules "$AUTH_DIR/coolpy7.acl" "$AUTH_DIR/mosquitto.acl"
+    fi
+    chmod 644 "$AUTH_DIR"/*
+    log "access control files in $AUTH_DIR ($AUTH_USERS users per password file)"
+}
+
+widen_password_file() { # one-user file, output: bench and bench0 .. bench<AUTH_USERS-1>
+    python3 - "$1" "$2" "$AUTH_USERS" <<'PY' || die "could not write $2"
+import sys
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+line = next(l.strip() for l in open(src) if l.startswith("bench:"))
+hash_ = line.split(":", 1)[1]
+with open(dst, "w") as f:
+    f.write(f"bench:{hash_}\n")
+    for k in range(n):
+        f.write(f"bench{k}:{hash_}\n")
+PY
+}
+
+# 1,000 rules where the bench's topics (bench/fanin/<p>, subscribed as bench/fanin/+) match only
+# the last: 999 that a realistic deployment could have (per-device trees, rules sharing the
+# bench's first level, rules for other users, %c placeholders), then `allow all #`; default deny.
+# Mosquitto's file: the same filters as anonymous `topic` lines (its ACL walk for a client
+# without a user name), `topic readwrite #` last, then the user-qualified ones under their
+# `user` lines and the %c ones as `pattern` lines (neither walked for the bench's anonymous
+# clients: Mosquitto checks a client's topic lines before any pattern).
+make_rules() { # coolpy7-file mosquitto-file
+    python3 - "$1" "$2" <<'PY' || die "could not write the rules files"
+import sys
+c7, mq = sys.argv[1], sys.argv[2]
+rules, topics, users, patterns = [], [], [], []
+for n in range(999):
+    kind = n % 5
+    if kind == 0:
+        rules.append(f"allow publish devices/{n}/#")
+        topics.append(f"topic write devices/{n}/#")
+    elif kind == 1:
+        rules.append(f"allow all sensors/{n}/+/data")
+        topics.append(f"topic readwrite sensors/{n}/+/data")
+    elif kind == 2:
+        rules.append(f"allow publish bench/other{n}/#")
+        topics.append(f"topic write bench/other{n}/#")
+    elif kind == 3:
+        rules.append(f"allow all bench/# user user{n}")
+        users.append((f"user{n}", "topic readwrite bench/#"))
+    else:
+        rules.append(f"allow publish devices/%c/{n}/#")
+        patterns.append(f"pattern write devices/%c/{n}/#")
+rules.append("allow all #")
+topics.append("topic readwrite #")
+assert len(rules) == 1000
+with open(c7, "w") as f:
+    f.write("# 1,000 rules: the bench's topics match only the last one (compare.sh)\n")
+    f.write("\n".join(rules) + "\n")
+with open(mq, "w") as f:
+    f.write("# compare.sh: anonymous clients first, then users, then patterns\n")
+    f.write("\n".join(topics) + "\n")
+    for user, line in users:
+        f.write(f"user {user}\n{line}\n")
+    f.write("\n".join(patterns) + "\n")
+PY
+}
+
 # Whether this Mosquitto was built with websockets: it refuses a `protocol websockets` listener
 # otherwise.
 mosquitto_has_websockets() {
@@ -358,10 +530,11 @@ mosquitto_has_websockets() {
     return $ok
 }
 
-# start_broker NAME LOGFILE TRANSPORT: starts it with its plain listener and one for TRANSPORT,
-# sets BROKER_PID, waits until the TRANSPORT one accepts.
+# start_broker NAME LOGFILE TRANSPORT AUTH: starts it with its plain listener and one for
+# TRANSPORT, and the access control AUTH asks for (see auth_of); sets BROKER_PID, waits until the
+# TRANSPORT one accepts.
 start_broker() {
-    local name="$1" logf="$2" transport="${3:-tcp}" port conf
+    local name="$1" logf="$2" transport="${3:-tcp}" auth="${4:-none}" port conf
     port="$(port_for "$name" "$transport")"
     local plain="${PORTS[$name]}"
     if port_open "$plain" || port_open "$port"; then
@@ -376,11 +549,18 @@ start_broker() {
         ws) listen+=(-wl "127.0.0.1:$port") ;;
         wss) listen+=(-wsl "127.0.0.1:$port" -tc "$TLS_CERT" -tk "$TLS_KEY") ;;
         esac
+        local access=()
+        case "$auth" in
+        jwt) access=(-as 1 -jsk "$JWT_SECRET") ;;
+        password) access=(-as 3 -pwf "$AUTH_DIR/coolpy7.passwd") ;;
+        pbkdf2) access=(-as 3 -pwf "$AUTH_DIR/mosquitto.passwd") ;;
+        rules) access=(-acl "$AUTH_DIR/coolpy7.acl") ;;
+        esac
         # Queues as large as Mosquitto's max_queued_messages, and like Mosquitto no cap on
         # subscriptions per client; HTTP API off; warnings only.
         # shellcheck disable=SC2086
         "$COOLPY7_BIN" "${listen[@]}" -hl nil -mq 100000 -msc 0 --log-level warn \
-            ${COOLPY7_EXTRA_ARGS:-} >"$logf" 2>&1 &
+            "${access[@]}" ${COOLPY7_EXTRA_ARGS:-} >"$logf" 2>&1 &
         ;;
     mosquitto)
         conf="$LOGS/mosquitto.conf"
@@ -393,9 +573,18 @@ start_broker() {
         wss) extra=("listener $port 127.0.0.1" "protocol websockets" "certfile $TLS_CERT"
             "keyfile $TLS_KEY") ;;
         esac
-        awk -v plain="listener $plain 127.0.0.1" -v extra="$(printf '%s\n' "${extra[@]}")" '
-            /^listener / { print plain; if (extra != "") print extra; next } { print }
+        # Access control is global (per_listener_settings false): appended at the end.
+        local access=()
+        case "$auth" in
+        password | pbkdf2) access=("password_file $AUTH_DIR/mosquitto.passwd") ;;
+        rules) access=("acl_file $AUTH_DIR/mosquitto.acl") ;;
+        esac
+        awk -v plain="listener $plain 127.0.0.1" -v extra="$(printf '%s\n' "${extra[@]}")" \
+            -v anon="$([[ ${#access[@]} -gt 0 && $auth != rules ]] && echo false || echo true)" '
+            /^listener / { print plain; if (extra != "") print extra; next }
+            /^allow_anonymous / { print "allow_anonymous " anon; next } { print }
         ' "$HERE/mosquitto.conf" >"$conf"
+        [[ ${#access[@]} == 0 ]] || printf '%s\n' "${access[@]}" >>"$conf"
         "$MOSQUITTO_BIN" -c "$conf" >"$logf" 2>&1 &
         ;;
     rumqttd)
@@ -468,16 +657,23 @@ run_one() { # broker scenario run
     args="${args//@EXTRA_SUBS@/$EXTRA_SUBS}"
     args="${args//@SUBS_FILTERS@/$SUBS_FILTERS}"
     args="${args//@SUBS_CLIENTS@/$SUBS_CLIENTS}"
+    args="${args//@AUTH_USERS@/$AUTH_USERS}"
+    local auth
+    auth="$(auth_of "$scen")"
+    case "$auth" in
+    jwt) args+=" --username bench --password-file $AUTH_DIR/token.jwt" ;;
+    password | pbkdf2) args+=" --username bench --password-file $AUTH_DIR/password" ;;
+    esac
     # The transport's flags; handshakes do not verify the certificate (see the header).
     local verify=(--ca "$TLS_CA")
-    [[ "$(base_scenario "$scen")" != handshakes ]] || verify=(--tls-no-verify)
+    [[ "$(base_scenario "$scen")" != handshakes* ]] || verify=(--tls-no-verify)
     case "$transport" in
     tls) args+=" --tls ${verify[*]}" ;;
     ws) args+=" --ws" ;;
     wss) args+=" --ws --tls ${verify[*]}" ;;
     esac
 
-    if ! start_broker "$broker" "$blog" "$transport"; then
+    if ! start_broker "$broker" "$blog" "$transport" "$auth"; then
         record "$broker" "$scen" "$run" "" "broker did not start"
         return 0
     fi
@@ -516,10 +712,12 @@ run_one() { # broker scenario run
         log "  $broker: $(python3 -c 'import json,sys
 r=json.loads(sys.argv[1])
 keys=["delivered_per_sec","lost","duplicates","errors","rss_per_conn_bytes","connected",
-      "handshakes_per_sec","broker_cpu_us_per_handshake"]
+      "handshakes_per_sec","broker_cpu_us_per_handshake","broker_cpu_pct"]
 s=" ".join(f"{k}={r[k]}" for k in keys if k in r)
 l=r.get("latency_us")
 if isinstance(l,dict): s+=" p50={} p99={}".format(l.get("p50"),l.get("p99"))
+a=r.get("auth")
+if isinstance(a,dict) and a.get("users_reused"): s+=" (user names reused: {} CONNECTs over {})".format(a.get("connects"),a.get("users"))
 print(s)' "$line" 2>/dev/null || echo ok)"
     fi
 }
@@ -560,6 +758,7 @@ PY
 
 # ---------------------------------------------------------------------------------------------
 [[ $ANY_TLS == 0 ]] || make_tls
+[[ $ANY_AUTH == 0 ]] || make_auth
 MOSQUITTO_WS=1
 for s in "${RUN_SCENARIOS[@]}"; do
     if [[ $(transport_of "$s") == ws* ]] && want_broker mosquitto; then
@@ -576,8 +775,8 @@ log "brokers: ${BROKERS[*]}; scenarios: ${RUN_SCENARIOS[*]}; runs: $RUNS; secs: 
 MACHINE="$(machine_json "$(want_broker coolpy7 && echo "$COOLPY7_BIN")" \
     "$(want_broker mosquitto && echo "$MOSQUITTO_BIN")" \
     "$(want_broker rumqttd && echo "$RUMQTTD_BIN")" "$ROOT" "$NOFILE")"
-SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"runs":%s,"quick":%s,"mqtt":"%s","transport":"%s"}' \
-    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$RUNS" "$QUICK" "$MQTT" "$TRANSPORT")"
+SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"auth_users":%s,"runs":%s,"quick":%s,"mqtt":"%s","transport":"%s"}' \
+    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$AUTH_USERS" "$RUNS" "$QUICK" "$MQTT" "$TRANSPORT")"
 
 for ((run = 1; run <= RUNS; run++)); do
     for scen in "${RUN_SCENARIOS[@]}"; do
@@ -589,6 +788,14 @@ for ((run = 1; run <= RUNS; run++)); do
             fi
             if [[ $broker == rumqttd && $(transport_of "$scen") != tcp ]]; then
                 log "  rumqttd: skipped (TLS and WebSocket listeners not configured)"
+                continue
+            fi
+            if [[ $broker == rumqttd && $(auth_of "$scen") != none ]]; then
+                log "  rumqttd: skipped (access control not configured)"
+                continue
+            fi
+            if [[ $broker == mosquitto && $(auth_of "$scen") == jwt ]]; then
+                log "  mosquitto: skipped (no JWT authentication without a plugin)"
                 continue
             fi
             if [[ $broker == mosquitto && $MOSQUITTO_WS == 0 && $(transport_of "$scen") == ws* ]]; then

@@ -58,8 +58,15 @@ def figures(settings):
     holders = settings.get("subs_clients", 10000)
     q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1"]
     q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs"]
-    allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1", "handshakes"]
+    users = settings.get("auth_users", 200000)
+    q1 = q1 + ["fanin-q1-rules"]
+    q0 = q0 + ["fanin-q0-rules"]
+    allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1", "handshakes",
+                       "handshakes-jwt", "handshakes-password", "handshakes-password-cold",
+                       "handshakes-pbkdf2-cold"]
     dps = field("delivered_per_sec")
+    hps = field("handshakes_per_sec")
+    hcpu = field("broker_cpu_us_per_handshake")
     return [
         ("fanin qos0 delivered/s", "high", "one", ("fanin-q0", dps)),
         ("fanin qos1 delivered/s", "high", "one", ("fanin-q1", dps)),
@@ -82,6 +89,43 @@ def figures(settings):
          ("handshakes", field("broker_cpu_us_per_handshake"))),
         ("handshakes: set-up p50 µs", "low", "one", ("handshakes", field("setup_us.p50"))),
         ("handshakes: set-up p99 µs", "low", "one", ("handshakes", field("setup_us.p99"))),
+        # Access control (compare.sh's handshakes-jwt, -password, -password-cold,
+        # -pbkdf2-cold, fanin-q0-rules, fanin-q1-rules).
+        ("handshakes/s, JWT HS256 (-as 1)", "high", "one", ("handshakes-jwt", hps)),
+        ("handshakes, JWT: broker CPU µs per handshake", "low", "one", ("handshakes-jwt", hcpu)),
+        ("handshakes, JWT: set-up p50 µs", "low", "one", ("handshakes-jwt", field("setup_us.p50"))),
+        ("handshakes, JWT / no auth", "high", "ratio",
+         (("handshakes-jwt", hps), ("handshakes", hps))),
+        ("handshakes/s, password file, one user (coolpy7 argon2id cached, Mosquitto PBKDF2)",
+         "high", "one", ("handshakes-password", hps)),
+        ("handshakes, password file, one user: broker CPU µs per handshake", "low", "one",
+         ("handshakes-password", hcpu)),
+        ("handshakes, password file, one user: set-up p50 µs", "low", "one",
+         ("handshakes-password", field("setup_us.p50"))),
+        ("handshakes, password file, one user / no auth", "high", "ratio",
+         (("handshakes-password", hps), ("handshakes", hps))),
+        (f"handshakes/s, password file, a new user each ({users:,}; coolpy7 argon2id, "
+         "Mosquitto PBKDF2)", "high", "one", ("handshakes-password-cold", hps)),
+        ("handshakes, password file, a new user each: broker CPU µs per handshake", "low", "one",
+         ("handshakes-password-cold", hcpu)),
+        ("handshakes, password file, a new user each: set-up p50 µs", "low", "one",
+         ("handshakes-password-cold", field("setup_us.p50"))),
+        ("handshakes, password file, a new user each: set-up p99 µs", "low", "one",
+         ("handshakes-password-cold", field("setup_us.p99"))),
+        ("handshakes/s, Mosquitto's PBKDF2 file on both, a new user each", "high", "one",
+         ("handshakes-pbkdf2-cold", hps)),
+        ("handshakes, PBKDF2 on both, a new user each: broker CPU µs per handshake", "low", "one",
+         ("handshakes-pbkdf2-cold", hcpu)),
+        ("fanin qos0, 1,000 rules, delivered/s", "high", "one", ("fanin-q0-rules", dps)),
+        ("fanin qos0, 1,000 rules / no rules", "high", "ratio",
+         (("fanin-q0-rules", dps), ("fanin-q0", dps))),
+        ("broker CPU % fanin qos0, 1,000 rules", "low", "one",
+         ("fanin-q0-rules", field("broker_cpu_pct"))),
+        ("fanin qos1, 1,000 rules, delivered/s", "high", "one", ("fanin-q1-rules", dps)),
+        ("fanin qos1, 1,000 rules / no rules", "high", "ratio",
+         (("fanin-q1-rules", dps), ("fanin-q1", dps))),
+        ("broker CPU % fanin qos1, 1,000 rules", "low", "one",
+         ("fanin-q1-rules", field("broker_cpu_pct"))),
         (f"fanin qos0 +{extra} subs delivered/s", "high", "one", ("fanin-extra-subs", dps)),
         (f"fanin qos0 +{extra} subs / plain fanin", "high", "ratio",
          (("fanin-extra-subs", dps), ("fanin-q0", dps))),
@@ -112,6 +156,7 @@ def figures(settings):
         (f"subs {filters:,} filters over {holders:,} clients: pair's longest gap after they "
          "leave ms", "low", "one", ("subs-clients", field("pair_gap_after_ms"))),
         ("broker CPU % fanin qos0", "low", "one", ("fanin-q0", field("broker_cpu_pct"))),
+        ("broker CPU % fanin qos1", "low", "one", ("fanin-q1", field("broker_cpu_pct"))),
         ("broker CPU % fanout qos0", "low", "one", ("fanout-q0", field("broker_cpu_pct"))),
         ("broker CPU % p2p qos0", "low", "one", ("p2p-q0", field("broker_cpu_pct"))),
         ("lost (qos1)", "low", "sum", (q1, field("lost"))),
@@ -201,13 +246,13 @@ def cell_for(kind, spec, runs):
     raise ValueError(kind)
 
 
-def fmt_value(label, cell):
+def fmt_value(label, cell, kind="one"):
     if cell is None:
         return "–"
     if cell.error:
         return "error"
     v = cell.value
-    if label.endswith("/ plain fanin"):
+    if kind == "ratio":
         s = f"{v:.2f}"
     elif label.endswith("MB"):
         s = f"{v:,.1f}"
@@ -336,7 +381,7 @@ def main():
         if all(c is None for c in cells.values()):
             continue  # scenario not part of this comparison
         any_partial |= any(c is not None and c.partial for c in cells.values())
-        row = [fmt_value(label, cells[b]) for b in brokers]
+        row = [fmt_value(label, cells[b], kind) for b in brokers]
         if "coolpy7" in brokers:
             row += [fmt_ratio(cells["coolpy7"], cells[p]) for p in peers]
         arrow = "↑" if better == "high" else "↓"
@@ -350,6 +395,21 @@ def main():
     if ran_v5 and "rumqttd" in brokers:
         out.append("rumqttd was not run on the v5 rows (compare.sh configures only its MQTT 3.1.1 "
                    "listener).")
+        out.append("")
+    if any(s.removesuffix("-v5").split("-")[0] in ("handshakes", "fanin")
+           and any(a in s for a in ("jwt", "password", "pbkdf2", "rules")) for s in ran):
+        out.append("Access control: coolpy7 remembers a verified password for 5 minutes (a "
+                   "keyed digest), so one user connecting over and over is hashed once; "
+                   "Mosquitto hashes every CONNECT. The `a new user each` rows name another user "
+                   "in every CONNECT (all in the file with the same hash), so every check is a "
+                   "first connect. Mosquitto was not run with JWT (it needs a plugin). The rules "
+                   "rows: 999 rules the bench's topics do not match, then `allow all #`.")
+        reused = sorted({(b, s) for b, runs in by.items() for s, recs in runs.items() for r in recs
+                         if isinstance(r.get("auth"), dict) and r["auth"].get("users_reused")})
+        if reused:
+            out.append("User names ran out (some were used twice, which coolpy7 may have "
+                       "answered from its cache) in: " + ", ".join(f"{b} {s}" for b, s in reused)
+                       + "; raise AUTH_USERS.")
         out.append("")
     if failures:
         out.append("Failed runs:")

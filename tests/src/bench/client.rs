@@ -97,6 +97,44 @@ pub struct Login {
     /// v5 Topic Alias Maximum: aliases the broker may set towards us. 0 also keeps us from using
     /// aliases towards the broker.
     pub topic_alias_maximum: u16,
+    /// User Name and Password (`--username`, `--password`, `--password-file`, `--users`).
+    pub auth: Auth,
+}
+
+/// The credentials every CONNECT of the process carries. The strings are read once at start and
+/// live for the whole process (`&'static`), so that a [`Login`] stays `Copy`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Auth {
+    pub username: Option<&'static str>,
+    pub password: Option<&'static [u8]>,
+    /// When not 0, CONNECTs take turns over this many user names: the k-th CONNECT the process
+    /// sends (counted over every client) names `<username><k mod users>`.
+    pub users: u32,
+}
+
+/// CONNECTs sent with numbered user names (`--users`), over the whole process.
+static NUMBERED_CONNECTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many CONNECTs took a numbered user name so far (`--users`).
+pub fn numbered_connects() -> u64 {
+    NUMBERED_CONNECTS.load(Relaxed)
+}
+
+impl Auth {
+    /// Whether CONNECTs carry anything: without, they are what they were before credentials.
+    pub fn is_some(&self) -> bool {
+        self.username.is_some() || self.password.is_some()
+    }
+
+    /// The user name for the next CONNECT: `--username`, or its next numbered form.
+    fn next_username(&self) -> Option<std::borrow::Cow<'static, str>> {
+        let username = self.username?;
+        if self.users == 0 {
+            return Some(username.into());
+        }
+        let k = NUMBERED_CONNECTS.fetch_add(1, Relaxed) % u64::from(self.users);
+        Some(format!("{username}{k}").into())
+    }
 }
 
 impl Login {
@@ -170,7 +208,16 @@ pub async fn open(
             aliases: InboundAliases::new(if v5 { login.topic_alias_maximum } else { 0 }),
             out_aliases: OutboundAliases::new(0),
         };
-        let mut out = Vec::with_capacity(32 + client_id.len());
+        let username = login.auth.next_username();
+        let credentials = codec::Credentials {
+            username: username.as_deref(),
+            password: login.auth.password,
+        };
+        let mut out = Vec::with_capacity(
+            32 + client_id.len()
+                + username.as_ref().map_or(0, |u| 2 + u.len())
+                + login.auth.password.map_or(0, |p| 2 + p.len()),
+        );
         if v5 {
             codec::connect_v5(
                 &mut out,
@@ -178,9 +225,10 @@ pub async fn open(
                 login.keepalive,
                 login.receive_maximum,
                 login.topic_alias_maximum,
+                credentials,
             );
         } else {
-            codec::connect(&mut out, client_id, login.keepalive);
+            codec::connect(&mut out, client_id, login.keepalive, credentials);
         }
         conn.stream.send(&out).await.context("send CONNECT")?;
         let (code, props, reason) = conn
@@ -206,7 +254,12 @@ pub async fn open(
             if v5 {
                 bail!("CONNACK reason code 0x{code:02x} {reason:?}");
             }
-            bail!("CONNACK return code {code}");
+            let what = match code {
+                4 => " (bad user name or password: see --username, --password)",
+                5 => " (not authorized: see --username, --password)",
+                _ => "",
+            };
+            bail!("CONNACK return code {code}{what}");
         }
         conn.server_receive_maximum = props.receive_maximum;
         conn.server_maximum_qos = props.maximum_qos;

@@ -74,36 +74,89 @@ fn put_str(buf: &mut impl BufMut, s: &[u8]) {
     buf.put_slice(s);
 }
 
-/// CONNECT, protocol level 4, clean session, no will, no credentials.
-pub fn connect(buf: &mut impl BufMut, client_id: &str, keep_alive: u16) {
-    let body = 2 + 4 + 1 + 1 + 2 + 2 + client_id.len();
+/// The User Name and Password a CONNECT carries; [`Credentials::NONE`] leaves both out (and the
+/// CONNECT is then byte for byte what it was before credentials existed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Credentials<'a> {
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+}
+
+impl Credentials<'_> {
+    pub const NONE: Credentials<'static> = Credentials {
+        username: None,
+        password: None,
+    };
+
+    /// The Connect Flags bits for what is present (User Name 0x80, Password 0x40).
+    fn flags(&self) -> u8 {
+        (if self.username.is_some() { 0x80 } else { 0 })
+            | (if self.password.is_some() { 0x40 } else { 0 })
+    }
+
+    /// Payload bytes after the client id: each present field with its two-byte length.
+    fn len(&self) -> usize {
+        self.username.map_or(0, |u| 2 + u.len()) + self.password.map_or(0, |p| 2 + p.len())
+    }
+
+    fn put(&self, buf: &mut impl BufMut) {
+        if let Some(username) = self.username {
+            put_str(buf, username.as_bytes());
+        }
+        if let Some(password) = self.password {
+            put_str(buf, password);
+        }
+    }
+}
+
+/// CONNECT, protocol level 4, clean session, no will; User Name and Password when `credentials`
+/// has them (3.1.1 forbids a password without a user name: [`super::Args::check`] refuses it).
+pub fn connect(
+    buf: &mut impl BufMut,
+    client_id: &str,
+    keep_alive: u16,
+    credentials: Credentials<'_>,
+) {
+    let body = 2 + 4 + 1 + 1 + 2 + 2 + client_id.len() + credentials.len();
     buf.put_u8(CONNECT << 4);
     put_remaining_length(buf, body);
     put_str(buf, b"MQTT");
     buf.put_u8(4); // protocol level 3.1.1
-    buf.put_u8(0x02); // clean session
+    buf.put_u8(0x02 | credentials.flags()); // clean session
     buf.put_u16(keep_alive);
     put_str(buf, client_id.as_bytes());
+    credentials.put(buf);
 }
 
 /// CONNECT, protocol level 5, Clean Start, Session Expiry Interval absent (0: the session ends
-/// with the connection, as a 3.1.1 clean session), no will, no credentials. Properties: Receive
-/// Maximum (how many QoS 1/2 PUBLISHes the broker may have unacknowledged towards us; at least
-/// 1) and, when not 0, Topic Alias Maximum (how many topic aliases the broker may assign us).
+/// with the connection, as a 3.1.1 clean session), no will; User Name and Password when
+/// `credentials` has them. Properties: Receive Maximum (how many QoS 1/2 PUBLISHes the broker
+/// may have unacknowledged towards us; at least 1) and, when not 0, Topic Alias Maximum (how
+/// many topic aliases the broker may assign us).
 pub fn connect_v5(
     buf: &mut impl BufMut,
     client_id: &str,
     keep_alive: u16,
     receive_maximum: u16,
     topic_alias_maximum: u16,
+    credentials: Credentials<'_>,
 ) {
     let props = 3 + if topic_alias_maximum > 0 { 3 } else { 0 };
-    let body = 2 + 4 + 1 + 1 + 2 + remaining_length_len(props) + props + 2 + client_id.len();
+    let body = 2
+        + 4
+        + 1
+        + 1
+        + 2
+        + remaining_length_len(props)
+        + props
+        + 2
+        + client_id.len()
+        + credentials.len();
     buf.put_u8(CONNECT << 4);
     put_remaining_length(buf, body);
     put_str(buf, b"MQTT");
     buf.put_u8(5); // protocol level 5.0
-    buf.put_u8(0x02); // Clean Start
+    buf.put_u8(0x02 | credentials.flags()); // Clean Start
     buf.put_u16(keep_alive);
     put_remaining_length(buf, props);
     buf.put_u8(PROP_RECEIVE_MAXIMUM);
@@ -113,6 +166,7 @@ pub fn connect_v5(
         buf.put_u16(topic_alias_maximum);
     }
     put_str(buf, client_id.as_bytes());
+    credentials.put(buf);
 }
 
 /// SUBSCRIBE with one or more (filter, requested QoS) pairs; v5 adds an empty property section
@@ -668,7 +722,7 @@ mod tests {
     #[test]
     fn control_packets() {
         let mut buf = Vec::new();
-        connect(&mut buf, "id", 600);
+        connect(&mut buf, "id", 600, Credentials::NONE);
         assert_eq!(
             buf,
             [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0x02, 0x58, 0, 2, b'i', b'd']
@@ -741,7 +795,7 @@ mod tests {
     #[test]
     fn v5_connect_and_subscribe_bytes() {
         let mut buf = Vec::new();
-        connect_v5(&mut buf, "id", 600, 64, 64);
+        connect_v5(&mut buf, "id", 600, 64, 64, Credentials::NONE);
         assert_eq!(
             buf,
             [
@@ -752,7 +806,7 @@ mod tests {
         );
         buf.clear();
         // Topic Alias Maximum 0 is left out; Receive Maximum is at least 1.
-        connect_v5(&mut buf, "", 0, 0, 0);
+        connect_v5(&mut buf, "", 0, 0, 0, Credentials::NONE);
         assert_eq!(
             buf,
             [0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 0, 3, 0x21, 0, 1, 0, 0]
@@ -763,6 +817,61 @@ mod tests {
             buf,
             [0x82, 13, 0, 7, 0, 0, 3, b'a', b'/', b'+', 1, 0, 1, b'b', 1]
         );
+    }
+
+    #[test]
+    fn connect_with_credentials() {
+        let both = Credentials {
+            username: Some("u"),
+            password: Some(b"pw"),
+        };
+        let mut buf = Vec::new();
+        connect(&mut buf, "id", 600, both);
+        assert_eq!(
+            buf,
+            [
+                0x10, 21, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xc2, 0x02, 0x58, // header
+                0, 2, b'i', b'd', 0, 1, b'u', 0, 2, b'p', b'w',
+            ]
+        );
+        buf.clear();
+        let user_only = Credentials {
+            username: Some(""),
+            password: None,
+        };
+        connect(&mut buf, "id", 600, user_only);
+        assert_eq!(
+            buf,
+            [0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x82, 0x02, 0x58, 0, 2, b'i', b'd', 0, 0]
+        );
+        buf.clear();
+        // MQTT 5 allows a password without a user name.
+        let password_only = Credentials {
+            username: None,
+            password: Some(b"t"),
+        };
+        connect_v5(&mut buf, "id", 600, 64, 0, password_only);
+        assert_eq!(
+            buf,
+            [
+                0x10, 21, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x42, 0x02, 0x58, // header
+                3, 0x21, 0, 64, // properties
+                0, 2, b'i', b'd', 0, 1, b't',
+            ]
+        );
+        buf.clear();
+        // A 200-byte token makes the remaining length two bytes.
+        let token = vec![b'x'; 200];
+        let long = Credentials {
+            username: Some("bench"),
+            password: Some(&token),
+        };
+        connect(&mut buf, "id", 600, long);
+        let body = 12 + 2 + 2 + 5 + 2 + 200;
+        assert_eq!(buf.len(), 1 + 2 + body);
+        assert_eq!(&buf[1..3], [(body % 128) as u8 | 0x80, (body / 128) as u8]);
+        assert_eq!(buf[3 + 7], 0xc2);
+        assert!(buf.ends_with(&token));
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //!   many subscriptions leaves).
 //! - [`handshakes`]: the `handshakes` scenario (connections set up and torn down per second).
 //! - [`report`]: `/proc` readings (RSS, CPU), percentiles and the JSON line.
+//!
+//! Every CONNECT carries `--username` and the password of `--password` / `--password-file` when
+//! given (nothing by default), in every scenario: the cost of authentication shows in
+//! `handshakes` (per connection) and in the traffic scenarios (per message, with rules).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -207,6 +211,28 @@ pub struct Args {
     /// WebSocket: the HTTP path of the endpoint.
     #[arg(long, default_value = "/mqtt")]
     pub ws_path: String,
+    /// User Name in every CONNECT the bench sends, whatever the scenario (publishers,
+    /// subscribers, idle and stalled clients, handshake cycles) [default: none].
+    #[arg(long, value_name = "U")]
+    pub username: Option<String>,
+    /// Password in every CONNECT (e.g. a JWT for a broker started with -as 1); visible in `ps`,
+    /// so --password-file is better for a token. MQTT 3.1.1 needs --username with it.
+    #[arg(long, value_name = "P", conflicts_with = "password_file")]
+    pub password: Option<String>,
+    /// File holding the password of every CONNECT (its bytes; one trailing line end is
+    /// dropped), so that a token or password need not be on the command line.
+    #[arg(long, value_name = "F")]
+    pub password_file: Option<PathBuf>,
+    /// With --username: CONNECTs take turns over N user names, `<U>0` to `<U><N-1>` (the k-th
+    /// CONNECT of the run, over all clients, names `<U><k mod N>`). Against a password file
+    /// holding them all, N above the number of CONNECTs made means every one is a user the
+    /// broker has not seen yet: what a first connect costs, past any cache of verified
+    /// passwords. 0: always --username.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "username")]
+    pub users: u32,
+    /// The credentials, resolved by [`Args::resolve_auth`].
+    #[arg(skip)]
+    pub auth: client::Auth,
 }
 
 fn parse_mqtt(s: &str) -> Result<Version, String> {
@@ -233,7 +259,46 @@ impl Args {
             keepalive: self.keepalive,
             receive_maximum: self.receive_max,
             topic_alias_maximum: self.topic_alias_max,
+            auth: self.auth,
         }
+    }
+
+    /// Reads `--password-file` and fixes the credentials every CONNECT carries, once: they are
+    /// kept for the rest of the process (leaked), so that every [`client::Login`] can share
+    /// them without copying or counting references.
+    pub fn resolve_auth(&mut self) -> anyhow::Result<()> {
+        let password: Option<Vec<u8>> = match (&self.password, &self.password_file) {
+            (Some(p), _) => Some(p.clone().into_bytes()),
+            (None, Some(path)) => {
+                let mut bytes = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("--password-file {}: {e}", path.display()))?;
+                if bytes.ends_with(b"\n") {
+                    bytes.pop();
+                    if bytes.ends_with(b"\r") {
+                        bytes.pop();
+                    }
+                }
+                Some(bytes)
+            }
+            (None, None) => None,
+        };
+        for (what, len) in [
+            ("--username", self.username.as_ref().map(|u| u.len())),
+            ("the password", password.as_ref().map(|p| p.len())),
+        ] {
+            if len.is_some_and(|n| n > usize::from(u16::MAX)) {
+                bail!("{what} is longer than MQTT's 65535 bytes");
+            }
+        }
+        self.auth = client::Auth {
+            username: self
+                .username
+                .clone()
+                .map(|u| &*Box::leak(u.into_boxed_str())),
+            password: password.map(|p| &*Box::leak(p.into_boxed_slice())),
+            users: self.users,
+        };
+        Ok(())
     }
 
     /// Arguments that only make sense together.
@@ -254,6 +319,12 @@ impl Args {
         }
         if self.ws && !self.ws_path.starts_with('/') {
             bail!("--ws-path must start with '/'");
+        }
+        if self.mqtt == Version::V311
+            && self.username.is_none()
+            && (self.password.is_some() || self.password_file.is_some())
+        {
+            bail!("MQTT 3.1.1 sends a password only with a user name: add --username");
         }
         Ok(())
     }
@@ -293,8 +364,12 @@ impl Args {
 }
 
 /// Runs the load generator; returns the process exit code.
-pub fn main(args: Args) -> i32 {
+pub fn main(mut args: Args) -> i32 {
     if let Err(e) = args.check() {
+        eprintln!("coolpy7-bench: {e}");
+        return 2;
+    }
+    if let Err(e) = args.resolve_auth() {
         eprintln!("coolpy7-bench: {e}");
         return 2;
     }
@@ -313,4 +388,87 @@ pub fn main(args: Args) -> i32 {
     // Tasks still blocked on a stuck socket must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        let mut args = Args::try_parse_from([&["coolpy7-bench"], list].concat()).unwrap();
+        args.check().unwrap();
+        args.resolve_auth().unwrap();
+        args
+    }
+
+    #[test]
+    fn no_credentials_by_default() {
+        let a = args(&["handshakes"]);
+        assert!(!a.auth.is_some());
+        assert_eq!(a.login().auth.username, None);
+        assert_eq!(a.publisher_login().auth.password, None);
+    }
+
+    #[test]
+    fn credentials_reach_every_login() {
+        let a = args(&[
+            "fanin",
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--users",
+            "3",
+        ]);
+        for login in [a.login(), a.publisher_login()] {
+            assert_eq!(login.auth.username, Some("u"));
+            assert_eq!(login.auth.password, Some(&b"p"[..]));
+            assert_eq!(login.auth.users, 3);
+        }
+    }
+
+    #[test]
+    fn password_file_loses_one_line_end_only() {
+        let dir = std::env::temp_dir().join(format!("coolpy7-bench-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (content, expected) in [
+            (&b"tok.en\n"[..], &b"tok.en"[..]),
+            (b"tok.en\r\n", b"tok.en"),
+            (b"tok.en", b"tok.en"),
+            (b" pw \n\n", b" pw \n"),
+        ] {
+            let path = dir.join("pw");
+            std::fs::write(&path, content).unwrap();
+            let a = args(&[
+                "handshakes",
+                "--username",
+                "bench",
+                "--password-file",
+                path.to_str().unwrap(),
+            ]);
+            assert_eq!(a.auth.password, Some(expected));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_credential_arguments() {
+        let parse = |list: &[&str]| Args::try_parse_from([&["coolpy7-bench"], list].concat());
+        // 3.1.1 carries a password only after a user name; MQTT 5 may send one alone.
+        let a = parse(&["handshakes", "--password", "p"]).unwrap();
+        assert!(a.check().is_err());
+        let a = parse(&["handshakes", "--password", "p", "--mqtt", "5"]).unwrap();
+        assert!(a.check().is_ok());
+        assert!(parse(&["handshakes", "--password", "p", "--password-file", "f"]).is_err());
+        assert!(parse(&["handshakes", "--users", "5"]).is_err());
+        let mut a = parse(&[
+            "handshakes",
+            "--username",
+            "u",
+            "--password-file",
+            "/no/such",
+        ])
+        .unwrap();
+        assert!(a.resolve_auth().is_err());
+    }
 }

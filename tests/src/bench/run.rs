@@ -37,6 +37,9 @@ pub async fn run(args: Args) -> i32 {
                 eprintln!("TLS: {tls}");
                 out.insert("tls".into(), tls.into());
             }
+            if args.auth.is_some() {
+                out.insert("auth".into(), auth_json(&args));
+            }
             println!("{}", Value::Object(out));
             0
         }
@@ -49,6 +52,32 @@ pub async fn run(args: Args) -> i32 {
             1
         }
     }
+}
+
+/// What the CONNECTs carried (never the password): `username`, `password` (whether each was
+/// sent) and, with `--users`, how many numbered user names were used and whether they ran out
+/// (a name used twice may have hit the broker's cache of verified passwords).
+fn auth_json(args: &Args) -> Value {
+    let auth = &args.auth;
+    let mut out = Map::new();
+    out.insert("username".into(), auth.username.is_some().into());
+    out.insert("password".into(), auth.password.is_some().into());
+    if auth.users > 0 {
+        let connects = client::numbered_connects();
+        out.insert("users".into(), auth.users.into());
+        out.insert("connects".into(), connects.into());
+        out.insert(
+            "users_reused".into(),
+            (connects > u64::from(auth.users)).into(),
+        );
+        if connects > u64::from(auth.users) {
+            eprintln!(
+                "note: {connects} CONNECTs over {} user names: some names were used twice",
+                auth.users
+            );
+        }
+    }
+    Value::Object(out)
 }
 
 pub(super) async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
