@@ -405,13 +405,13 @@ def check_auth_becomes_the_cluster_spec():
 
     # The HTTP service: 0 is a value (no cache), null the broker's default.
     spec, _, notes = spec_and_notes(
-        {"mode": "http", "httpHook": {"url": "https://auth.iot.svc:8443/mqtt",
+        {"mode": "http", "httpHook": {"url": "http://auth.iot.svc:8443/mqtt",
                                       "tokenSecret": {"name": "hook", "key": "token"},
                                       "timeoutSeconds": 5, "cacheSeconds": 0}})
     assert spec["auth"] == {"mode": "http", "httpHook": {
-        "url": "https://auth.iot.svc:8443/mqtt", "tokenSecret": {"name": "hook", "key": "token"},
+        "url": "http://auth.iot.svc:8443/mqtt", "tokenSecret": {"name": "hook", "key": "token"},
         "timeoutSeconds": 5, "cacheSeconds": 0}}, spec["auth"]
-    assert "ask https://auth.iot.svc:8443/mqtt" in notes and "Secret hook" in notes, notes
+    assert "ask http://auth.iot.svc:8443/mqtt" in notes and "Secret hook" in notes, notes
     spec, _, notes = spec_and_notes({"mode": "http", "httpHook": {"url": "http://a.b/c"}})
     assert spec["auth"] == {"mode": "http", "httpHook": {"url": "http://a.b/c"}}
     assert "AuthSecretMissing" not in notes, "nothing mounted, nothing to miss"
@@ -464,7 +464,9 @@ def check_wrong_auth_and_limit_values_are_refused():
         ({"auth": {"aclDefault": "maybe"}}, "allow or deny"),
         ({"auth": {"passwords": {"key": "../passwd"}}}, "a Secret key, not a path"),
         ({"auth": {"jwtSecret": {"name": "a", "key": "a/b"}}}, "a Secret key, not a path"),
-        ({"auth": {"httpHook": {"url": "ftp://auth"}}}, "an http(s) URL"),
+        ({"auth": {"httpHook": {"url": "ftp://auth"}}}, "an http URL"),
+        ({"auth": {"httpHook": {"url": "https://auth/"}}}, "no HTTPS yet"),
+        ({"auth": {"httpHook": {"url": "http://u:p@auth/"}}}, "no credentials in the URL"),
         ({"auth": {"httpHook": {"timeoutSeconds": 61}}}, "-hat is 1..60"),
         ({"auth": {"httpHook": {"cacheSeconds": -1}}}, "-hac is 0..86400"),
         ({"auth": {"secret": "x"}}, "unknown keys are typos"),
@@ -522,7 +524,7 @@ def check_the_crd_bounds_auth_limits_and_coap():
     for spec in ({"auth": {"mode": "jwt", "jwtSecret": {"name": "j", "key": "hmac"},
                            "aclConfigMap": {"name": "a", "key": "acl.conf"},
                            "aclDefault": "allow"}},
-                 {"auth": {"mode": "http", "httpHook": {"url": "https://a.b:8443/c",
+                 {"auth": {"mode": "http", "httpHook": {"url": "http://a.b:8443/c",
                                                         "timeoutSeconds": 60,
                                                         "cacheSeconds": 86400}}},
                  {"limits": {"pingIntervalSeconds": 86400, "publishIntervalMillis": 86400000,

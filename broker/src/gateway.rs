@@ -73,8 +73,9 @@ pub async fn publish(broker: &Broker, request: GatewayPublish<'_>) -> Result<(),
                 return Err(GatewayRefusal::Unauthenticated(failure));
             }
         };
-        let mut authorizer =
-            control.authorizer(identity, Arc::from(request.client_id), request.peer.ip());
+        // A UDP source address is whatever the sender wrote: it grants (or denies) nothing.
+        let address = (request.via != "coap").then(|| request.peer.ip());
+        let mut authorizer = control.authorizer(identity, Arc::from(request.client_id), address);
         if !authorizer.may_publish(&topic) {
             broker.metrics.denied(Denied::Publish).inc();
             return Err(GatewayRefusal::Forbidden);

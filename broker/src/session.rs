@@ -609,13 +609,22 @@ struct HolderSignals {
     /// Notified (all waiters) once the holder has released the session; `released` is set first.
     released_notify: Notify,
     released: AtomicBool,
+    /// The authenticated username the holding connection claimed the session as (access
+    /// control on; see [`SessionOwner`]).
+    owner: Option<Box<str>>,
 }
 
 impl Holder {
     pub fn new(connection: u64) -> Holder {
+        Holder::owned_by(connection, None)
+    }
+
+    /// A holder for a connection whose client proved `owner` (access control on).
+    pub fn owned_by(connection: u64, owner: Option<&str>) -> Holder {
         Holder {
             connection,
             signals: Arc::new(HolderSignals {
+                owner: owner.map(Box::from),
                 kick: Notify::new(),
                 reason: AtomicU8::new(NOT_KICKED),
                 released_notify: Notify::new(),
@@ -744,6 +753,11 @@ impl DelayedWill {
 pub enum ClaimError {
     #[error("the connection holding client id {0:?} did not let go in time")]
     TakeoverTimedOut(String),
+    /// Access control is on and the session of this client id belongs to another user: taking
+    /// it over (or starting clean over it) would close that user's connection, fire its will
+    /// and discard its messages.
+    #[error("client id {0:?} belongs to another user's session")]
+    OwnedByAnother(String),
 }
 
 /// What a connection gets from a successful claim.
@@ -818,9 +832,10 @@ impl SessionRegistry {
             .await
     }
 
-    /// [`SessionRegistry::claim`] for an authenticated client: a stored session that another
-    /// identity left is not continued but discarded, as with `clean` (its subscriptions, queued
-    /// and in-flight messages were granted to someone else).
+    /// [`SessionRegistry::claim`] for an authenticated client: the session of a client id
+    /// belongs to the user who started it for as long as it lives, so a claim by another user
+    /// is refused ([`ClaimError::OwnedByAnother`]) rather than allowed to take over, discard
+    /// or continue it.
     pub async fn claim_as(
         &self,
         client_id: &str,
@@ -833,6 +848,17 @@ impl SessionRegistry {
         loop {
             let current = {
                 let mut sessions = self.sessions.lock();
+                // Another user's session, held or stored, is not this client's to take.
+                let foreign = match sessions.entries.get(client_id) {
+                    Some(Entry::Held(current)) => {
+                        !owner.may_continue(current.signals.owner.as_deref())
+                    }
+                    Some(Entry::Idle(idle)) => !owner.may_continue(idle.state.owner.as_deref()),
+                    None => false,
+                };
+                if foreign {
+                    return Err(ClaimError::OwnedByAnother(client_id.to_string()));
+                }
                 match sessions.remove_entry(client_id) {
                     Some((key, Entry::Held(current))) => {
                         // Always applied: only an administrative kick is ever refused.
@@ -908,9 +934,8 @@ impl SessionRegistry {
         let mut will_due = None;
         let (state, session_present) = match stored {
             // A reconnect in time cancels a delayed will.
-            Some(idle) if !clean && owner.may_continue(idle.state.owner.as_deref()) => {
-                (idle.state, true)
-            }
+            // (Another user's session never gets here: see `claim_as`.)
+            Some(idle) if !clean => (idle.state, true),
             stored => {
                 if let Some(old) = stored {
                     will_due = old.will.map(|(will, _)| will.publish_at(Instant::now()));

@@ -689,8 +689,10 @@ pub struct ConfigMapKeyRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpHookSpec {
-    /// Where the brokers send each CONNECT's credentials (`-ha`), `http://` or `https://`.
-    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    /// Where the brokers send each CONNECT's credentials (`-ha`): an `http://` URL without
+    /// credentials in it (the brokers do not speak HTTPS to it yet; use `tokenSecret` for a
+    /// token).
+    #[schemars(regex(pattern = r"^http://[^\s/@]+(/\S*)?$"), length(max = 2048))]
     pub url: String,
     /// A Secret key holding the token the brokers send to the service as `Authorization:
     /// Bearer` (`-htf`), so that it knows them. Left out: the broker's default token.

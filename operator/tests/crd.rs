@@ -290,7 +290,7 @@ fn the_cel_rules_accept_specs_that_work() {
         serde_json::json!({"auth": {"mode": "password",
                                     "passwordSecret": {"name": "p", "key": "passwords"}}}),
         serde_json::json!({"auth": {"mode": "http", "httpHook": {
-            "url": "https://auth.iot.svc/mqtt", "tokenSecret": {"name": "h", "key": "token"},
+            "url": "http://auth.iot.svc/mqtt", "tokenSecret": {"name": "h", "key": "token"},
             "timeoutSeconds": 2, "cacheSeconds": 0}}}),
         // CoAP is UDP: TCP 1883 is another port; a disabled listener's port is not checked.
         serde_json::json!({"listeners": {"coap": {"enabled": true, "port": 1883}}}),
@@ -465,7 +465,10 @@ fn auth_and_limits_are_optional_and_bounded_and_coap_is_off_by_default() {
     }
     let hook = &auth["httpHook"];
     assert_eq!(strings(&hook["required"]), ["url"]);
-    assert_eq!(hook["properties"]["url"]["pattern"], "^https?://[^\\s]+$");
+    assert_eq!(
+        hook["properties"]["url"]["pattern"],
+        "^http://[^\\s/@]+(/\\S*)?$"
+    );
     // The ranges of -hat and -hac.
     assert_eq!(
         hook["properties"]["timeoutSeconds"]["minimum"].as_f64(),

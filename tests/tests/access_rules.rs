@@ -333,45 +333,66 @@ async fn a_bad_rules_file_stops_the_start_with_its_line() {
     assert!(output.contains("line 2"), "{output}");
 }
 
+/// The 3.1.1 CONNACK code `connect` gets.
+async fn connack_code(broker: &Broker, connect: &Connect) -> u8 {
+    let mut client = RawClient::connect(broker.mqtt_addr()).await;
+    client.send(&connect.encode()).await;
+    match client.recv(TIMEOUT).await {
+        Packet::ConnAck { code, .. } => code,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn a_stored_session_is_not_continued_by_another_user() {
+async fn a_client_id_belongs_to_the_user_whose_session_it_names() {
     let rules = "allow subscribe private/%u/# \ndeny subscribe private/#\nallow all #\n";
     let (broker, _dir) = start(rules, &[]);
     let alice = Connect::v311("shared-id")
         .username("alice")
-        .clean_session(false);
+        .clean_session(false)
+        .will("status/shared-id", b"offline", 1, false);
     let (mut client, _) = RawClient::handshake(broker.mqtt_addr(), &alice).await;
     assert_eq!(
         client.subscribe(1, &[("private/alice/#", 1)]).await,
         vec![1]
     );
+    let mut status = subscriber(&broker, "status/#").await;
     let mut publisher = RawClient::connect_v311(broker.mqtt_addr(), "pub").await;
+
+    // While alice is online, bob may neither take her client id over (which would close her
+    // connection and fire her will) nor start clean over it.
+    let bob = Connect::v311("shared-id")
+        .username("bob")
+        .clean_session(false);
+    assert_eq!(connack_code(&broker, &bob).await, 0x05);
+    let bob_clean = Connect::v311("shared-id").username("bob");
+    assert_eq!(connack_code(&broker, &bob_clean).await, 0x05);
+    client.assert_open_for(QUIET).await;
+    assert!(
+        received_topics(&mut status).await.is_empty(),
+        "no will fired"
+    );
+
     // One message in flight to alice (not acknowledged), one queued while she is away.
     publisher
         .publish_qos1("private/alice/in-flight", 1, b"x")
         .await;
     let publish = client.recv_publish(TIMEOUT).await;
     assert_eq!(publish.topic, "private/alice/in-flight");
-    drop(client);
-    broker.wait_connections(1).await;
+    client.disconnect().await;
+    broker.wait_connections(2).await;
     publisher
         .publish_qos1("private/alice/queued", 2, b"x")
         .await;
 
-    // Bob takes the client id: alice's session, its subscriptions and messages are not his.
-    let bob = Connect::v311("shared-id")
-        .username("bob")
-        .clean_session(false);
-    let (mut client, present) = RawClient::handshake(broker.mqtt_addr(), &bob).await;
-    assert!(!present, "another user's session is not continued");
-    publisher.publish_qos1("private/alice/later", 3, b"x").await;
-    assert!(received_topics(&mut client).await.is_empty());
-    client.disconnect().await;
-
-    // Bob's stored session is not alice's either; her own is continued by her alone.
-    let (client, present) = RawClient::handshake(broker.mqtt_addr(), &alice).await;
-    assert!(!present, "bob's session is not alice's to continue");
-    client.disconnect().await;
-    let (_client, present) = RawClient::handshake(broker.mqtt_addr(), &alice).await;
+    // Offline, her session is still hers: bob is refused and discards nothing.
+    assert_eq!(connack_code(&broker, &bob).await, 0x05);
+    assert_eq!(connack_code(&broker, &bob_clean).await, 0x05);
+    let (mut client, present) = RawClient::handshake(broker.mqtt_addr(), &alice).await;
     assert!(present, "alice continues her own session");
+    let topics = received_topics(&mut client).await;
+    assert!(
+        topics.contains(&"private/alice/queued".to_string()),
+        "{topics:?}"
+    );
 }

@@ -623,3 +623,49 @@ fn the_coap_client_is_installed() {
     let client = coap_client();
     assert!(Path::new(&client).is_file());
 }
+
+/// A UDP source address is whatever the sender wrote: `address` rules neither allow nor deny a
+/// CoAP request (an MQTT client from the same address is judged by them).
+#[tokio::test]
+async fn address_rules_do_not_apply_to_coap() {
+    let dir = TempDir::new("coap-address");
+    let rules = dir.write(
+        "rules.acl",
+        b"allow publish local/# address 127.0.0.0/8\nallow subscribe #\n",
+    );
+    let broker = Broker::start(&[
+        "-cl",
+        "127.0.0.1:0",
+        "-acl",
+        rules.to_str().expect("utf-8 path"),
+    ]);
+    coap(&["-m", "post", "-e", "x"], &uri(&broker, "local/a"))
+        .await
+        .assert_answer("4.03", "the address rule does not apply to CoAP");
+    let mut mqtt = RawClient::connect_v311(broker.mqtt_addr(), "near").await;
+    let mut watcher = subscriber(&broker, &Connect::v311("watcher"), "#").await;
+    mqtt.publish_qos1("local/a", 1, b"x").await;
+    assert_eq!(next_publish(&mut watcher).await.topic, "local/a");
+}
+
+/// `-cr` bounds the requests the CoAP listener takes per second, as it bounds a TCP
+/// listener's connections: beyond its burst, 5.03 with Max-Age.
+#[tokio::test]
+async fn requests_over_the_connection_rate_are_refused_busy() {
+    let broker = Broker::start(&["-cl", "127.0.0.1:0", "-cr", "3"]);
+    let socket = socket_to(broker.coap_addr()).await;
+    let mut codes = Vec::new();
+    for id in 0..10u16 {
+        let answer = send_and_receive(
+            &socket,
+            &request(true, 0x02, 100 + id, &[1], &["rate"], &[], b"x"),
+        )
+        .await;
+        codes.push(answer[1]);
+    }
+    // 2.04 is 0x44, 5.03 is 0xA3.
+    let published = codes.iter().filter(|&&code| code == 0x44).count();
+    let busy = codes.iter().filter(|&&code| code == 0xA3).count();
+    assert!((3..10).contains(&published), "{codes:02x?}");
+    assert_eq!(published + busy, 10, "{codes:02x?}");
+}

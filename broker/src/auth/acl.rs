@@ -82,7 +82,9 @@ pub enum SubscribeDecision {
 pub struct Client<'a> {
     pub username: Option<&'a str>,
     pub client_id: &'a str,
-    pub address: IpAddr,
+    /// `None` when the address proves nothing (a UDP source, which anyone can forge): then
+    /// no `address` rule applies.
+    pub address: Option<IpAddr>,
 }
 
 /// A rules file that cannot be used, with the line at fault.
@@ -247,7 +249,7 @@ impl Rule {
                 .is_none_or(|id| client.client_id == id)
             && self
                 .address
-                .is_none_or(|cidr| cidr.contains(client.address))
+                .is_none_or(|cidr| client.address.is_some_and(|address| cidr.contains(address)))
     }
 }
 

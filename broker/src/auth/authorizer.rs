@@ -54,7 +54,7 @@ pub struct Authorizer {
     pub(super) file_generation: Option<u64>,
     username: Option<Box<str>>,
     client_id: Arc<str>,
-    address: IpAddr,
+    address: Option<IpAddr>,
     /// When the credentials stop being valid: the connection is closed then.
     pub expires_at: Option<tokio::time::Instant>,
     /// The rules allow everything (no rules file, no rules of its own): nothing to check.
@@ -72,7 +72,7 @@ impl Authorizer {
         file_generation: Option<u64>,
         username: Option<&str>,
         client_id: Arc<str>,
-        address: IpAddr,
+        address: Option<IpAddr>,
     ) -> Authorizer {
         Authorizer {
             unrestricted: rules.allows_everything(),

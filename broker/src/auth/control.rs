@@ -89,6 +89,9 @@ struct PasswordChecker {
     /// CONNECTs waiting for a permit; beyond [`PasswordChecker::max_waiting`] a CONNECT is
     /// refused at once (server unavailable) rather than queued behind a flood.
     waiting: AtomicUsize,
+    /// The share of `hashing` HTTP and CoAP publish may use (half, at least one), taken
+    /// without waiting: a flood of them leaves MQTT CONNECTs the rest.
+    gateway_share: Arc<Semaphore>,
     /// Credentials verified recently, as a keyed digest (never the password), so that a client
     /// reconnecting does not cost a hash each time; cleared when the file changes.
     verified: Mutex<VerifiedCache>,
@@ -319,6 +322,9 @@ impl AccessControl {
                         std::thread::available_parallelism().map_or(2, |n| n.get()),
                     )),
                     waiting: AtomicUsize::new(0),
+                    gateway_share: Arc::new(Semaphore::new(
+                        (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1),
+                    )),
                     verified: Mutex::new(VerifiedCache::new()),
                 }),
                 _ => unreachable_role(),
@@ -391,7 +397,10 @@ impl AccessControl {
                 let password = credentials
                     .password
                     .ok_or_else(|| AuthFailure::bad_credentials("no password"))?;
-                checker.verify(&user, password).await?;
+                // MQTT CONNECTs may wait for a hashing thread; HTTP and CoAP publish (a
+                // datagram costs an attacker nothing) may not, and use at most half of them.
+                let patient = credentials.protocol != 0;
+                checker.verify(&user, password, patient).await?;
                 Ok(Identity {
                     username,
                     ..Identity::default()
@@ -442,7 +451,7 @@ impl AccessControl {
         &self,
         identity: Identity,
         client_id: Arc<str>,
-        address: IpAddr,
+        address: Option<IpAddr>,
     ) -> Box<Authorizer> {
         let username = identity.username.as_deref();
         let mut authorizer = match identity.rules {
@@ -512,8 +521,10 @@ impl AccessControl {
                 Reload::CredentialsChanged("JWT key")
             }
             (Loaded::Passwords(passwords), Authenticator::PasswordFile(checker)) => {
+                let mut verified = checker.verified.lock();
                 checker.file.store(passwords);
-                checker.verified.lock().entries.clear();
+                verified.entries.clear();
+                drop(verified);
                 Reload::CredentialsChanged("password file")
             }
             (Loaded::HookToken(token), Authenticator::HttpService(current)) => {
@@ -537,40 +548,60 @@ impl AccessControl {
 impl PasswordChecker {
     /// Checks `password` for `user`: from the cache of recent successes, else by hashing on a
     /// blocking thread, a few at a time.
-    async fn verify(&self, user: &str, password: &[u8]) -> Result<(), AuthFailure> {
+    async fn verify(&self, user: &str, password: &[u8], patient: bool) -> Result<(), AuthFailure> {
         let now = Instant::now();
-        let digest = self.verified.lock().digest(user, password);
-        if self.verified.lock().contains(&digest, now) {
-            return Ok(());
-        }
-        // Counted while waiting (also when the caller gives up and drops this future).
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
+        let digest = {
+            let verified = self.verified.lock();
+            let digest = verified.digest(user, password);
+            if verified.contains(&digest, now) {
+                return Ok(());
             }
-        }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting() {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(AuthFailure {
-                kind: AuthFailureKind::Unavailable,
-                reason: "too many password checks waiting".into(),
-            });
-        }
-        let waiting = Waiting(&self.waiting);
-        let permit = self
-            .hashing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| AuthFailure::bad_credentials("shutting down"))?;
-        drop(waiting);
+            digest
+        };
+        let busy = || AuthFailure {
+            kind: AuthFailureKind::Unavailable,
+            reason: "too many password checks under way".into(),
+        };
+        let permits = if patient {
+            // Counted while waiting (also when the caller gives up and drops this future).
+            struct Waiting<'a>(&'a AtomicUsize);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting() {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                return Err(busy());
+            }
+            let waiting = Waiting(&self.waiting);
+            let permit = self
+                .hashing
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| busy())?;
+            drop(waiting);
+            (permit, None)
+        } else {
+            let share = self
+                .gateway_share
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| busy())?;
+            let permit = self
+                .hashing
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| busy())?;
+            (permit, Some(share))
+        };
         let file = self.file.load_full();
         let checked = file.clone();
         let (owned_user, owned_password) = (user.to_string(), password.to_vec());
         let matched = tokio::task::spawn_blocking(move || {
             let matched = checked.verify(&owned_user, &owned_password);
-            drop(permit);
+            drop(permits);
             matched
         })
         .await
@@ -581,8 +612,11 @@ impl PasswordChecker {
             ));
         }
         // Not remembered when the file changed meanwhile: the success was against the old one.
+        // Checked under the cache's lock, which a reload holds while it swaps the file and
+        // clears the cache, so neither can slip between the check and the insert.
+        let mut verified = self.verified.lock();
         if Arc::ptr_eq(&file, &self.file.load()) {
-            self.verified.lock().insert(digest, Instant::now());
+            verified.insert(digest, Instant::now());
         }
         Ok(())
     }

@@ -66,8 +66,8 @@ pub struct ReplyTo {
     pub size: usize,
 }
 
-/// A message to publish, as the request described it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message to publish, as the request described it. Its `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Publish {
     pub topic: String,
     pub qos: QoS,
@@ -79,6 +79,20 @@ pub struct Publish {
     /// `p=`, as its bytes.
     pub password: Option<Vec<u8>>,
     pub payload: Bytes,
+}
+
+impl std::fmt::Debug for Publish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publish")
+            .field("topic", &self.topic)
+            .field("qos", &self.qos)
+            .field("retain", &self.retain)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("payload", &self.payload.len())
+            .finish()
+    }
 }
 
 impl Publish {

@@ -73,6 +73,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use crate::abuse::TokenBucket;
 use crate::broker::Broker;
 use crate::gateway;
 use crate::metrics::CoapOutcome;
@@ -99,6 +100,9 @@ struct Server {
     broker: Arc<Broker>,
     dedup: Mutex<Dedup>,
     permits: Arc<Semaphore>,
+    /// `-cr`: requests per second this listener takes, as a TCP listener takes connections
+    /// (each may cost a password hash or a request to the HTTP service).
+    rate: Mutex<Option<TokenBucket>>,
     /// The message ids of Non-confirmable responses.
     next_id: AtomicU16,
 }
@@ -106,13 +110,19 @@ struct Server {
 /// Answers CoAP requests on `socket` until `stopping` turns true. Requests in progress then
 /// finish on their own tasks.
 pub async fn serve(socket: UdpSocket, broker: Arc<Broker>, mut stopping: watch::Receiver<bool>) {
-    let server = Arc::new(Server {
-        socket,
-        broker,
-        dedup: Mutex::new(Dedup::new(DEDUP_CAPACITY, EXCHANGE_LIFETIME)),
-        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-        next_id: AtomicU16::new(rand::random()),
-    });
+    let server =
+        Arc::new(Server {
+            socket,
+            dedup: Mutex::new(Dedup::new(DEDUP_CAPACITY, EXCHANGE_LIFETIME)),
+            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            rate: Mutex::new(
+                broker.config.limits.connection_rate.map(|per_second| {
+                    TokenBucket::new(u64::from(per_second), Instant::now().into())
+                }),
+            ),
+            next_id: AtomicU16::new(rand::random()),
+            broker,
+        });
     let mut buffer = vec![0; RECEIVE_BUFFER];
     loop {
         let received = tokio::select! {
@@ -213,6 +223,19 @@ impl Server {
             if let (true, Seen::Answered(Some(ack))) = (reply_to.confirmable, seen) {
                 self.send_now(&ack, peer);
             }
+            return;
+        }
+        let over_rate = self
+            .rate
+            .lock()
+            .as_mut()
+            .is_some_and(|rate| !rate.try_take(now.into()));
+        if over_rate {
+            drop(dedup);
+            let answer = Answer::busy();
+            self.count(answer.outcome);
+            debug!(%peer, "CoAP request refused: over the listener's rate (-cr)");
+            self.answer_now(&reply_to, &answer, peer);
             return;
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {

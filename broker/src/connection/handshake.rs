@@ -32,7 +32,7 @@ use crate::codec::{
 use crate::config::{Config, ListenerKind};
 use crate::metrics::{AuthFailureKind, Refusal};
 use crate::router::Message;
-use crate::session::{Holder, SessionExpiry, SessionId, SessionOwner};
+use crate::session::{ClaimError, Holder, SessionExpiry, SessionId, SessionOwner};
 use crate::topic;
 use crate::transport::{self, PeerIdentity, Stream, TransportSettings};
 
@@ -309,7 +309,10 @@ impl Handshake<'_> {
                     certificate_user,
                 };
                 let bound = control.authentication_bound(self.broker.config.connect_timeout);
-                let checked = tokio::time::timeout(bound, control.authenticate(&credentials))
+                // Boxed: inline, an HTTP request's or a password check's state would grow every
+                // handshake's future, with access control or without.
+                let authenticating = Box::pin(control.authenticate(&credentials));
+                let checked = tokio::time::timeout(bound, authenticating)
                     .await
                     .unwrap_or_else(|_| {
                         Err(AuthFailure {
@@ -344,7 +347,10 @@ impl Handshake<'_> {
             self.refuse(protocol, ReasonCode::ServerBusy).await;
             return None;
         };
-        let holder = Holder::new(id);
+        let holder = match &identity {
+            Some(identity) => Holder::owned_by(id, identity.username.as_deref()),
+            None => Holder::new(id),
+        };
         let broker = self.broker.clone();
         let owner = match &identity {
             Some(identity) => SessionOwner::User(identity.username.as_deref()),
@@ -362,6 +368,15 @@ impl Handshake<'_> {
             .await
         {
             Ok(claimed) => claimed,
+            Err(error @ ClaimError::OwnedByAnother(_)) => {
+                debug!(%peer, connection = id, %error, "client id refused");
+                self.broker
+                    .metrics
+                    .auth_failed(AuthFailureKind::NotAuthorized)
+                    .inc();
+                self.refuse(protocol, ReasonCode::NotAuthorized).await;
+                return None;
+            }
             Err(error) => {
                 info!(%peer, connection = id, %error, "session unavailable");
                 self.refuse(protocol, ReasonCode::ServerUnavailable).await;
@@ -420,7 +435,7 @@ impl Handshake<'_> {
         let access = match (&broker.access, identity) {
             (Some(control), Some(identity)) => {
                 let client_id = state.mailbox.client_id_shared();
-                Some(control.authorizer(identity, client_id, peer.ip()))
+                Some(control.authorizer(identity, client_id, Some(peer.ip())))
             }
             _ => None,
         };

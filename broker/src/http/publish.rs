@@ -96,13 +96,24 @@ pub(super) async fn publish(
     let client_id = query.clientid.unwrap_or_default();
     // Read up to the largest PUBLISH; one byte more says it is too large.
     let limit = broker.config.max_packet_size;
+    let too_large = || {
+        json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &serde_json::json!({ "error": "the payload is larger than -mpl allows" }),
+        )
+    };
     let payload = match axum::body::to_bytes(body, limit.saturating_add(1)).await {
         Ok(payload) if payload.len() <= limit => payload,
-        _ => {
-            return json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &serde_json::json!({ "error": "the payload is larger than -mpl allows" }),
-            )
+        Ok(_) => return too_large(),
+        Err(error) => {
+            let error = error.into_inner();
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return too_large();
+            }
+            return bad_request("the body could not be read");
         }
     };
     let credentials = basic_credentials(&headers);

@@ -1013,8 +1013,8 @@ fn each_auth_mode_becomes_its_flags_with_the_files_where_they_are_mounted() {
         ["-as=1", "-jpk=/etc/coolpy7/auth/jwt/es256.pem"]
     );
     assert_eq!(
-        auth_flags(json!({"mode": "http", "httpHook": {"url": "https://auth.iot.svc:8443/mqtt"}})),
-        ["-as=2", "-ha=https://auth.iot.svc:8443/mqtt"],
+        auth_flags(json!({"mode": "http", "httpHook": {"url": "http://auth.iot.svc:8443/mqtt"}})),
+        ["-as=2", "-ha=http://auth.iot.svc:8443/mqtt"],
         "the service's timeout and cache stay the broker's"
     );
     assert_eq!(

@@ -1174,7 +1174,7 @@ fn auth_coap_and_their_flags_problems() {
         json!({"mode": "jwt", "jwtSecret": secret}),
         json!({"mode": "jwt", "jwtPublicKey": secret}),
         json!({"mode": "password", "passwordSecret": secret}),
-        json!({"mode": "http", "httpHook": {"url": "https://auth.example.org/mqtt"}}),
+        json!({"mode": "http", "httpHook": {"url": "http://auth.example.org/mqtt"}}),
         json!({"mode": "none", "aclConfigMap": secret, "aclDefault": "allow"}),
         json!({}),
     ] {
@@ -1196,6 +1196,14 @@ fn auth_coap_and_their_flags_problems() {
         (
             json!({"mode": "http"}),
             "auth.mode http needs auth.httpHook.url",
+        ),
+        (
+            json!({"mode": "http", "httpHook": {"url": "https://auth/mqtt"}}),
+            "must be an http:// URL",
+        ),
+        (
+            json!({"mode": "http", "httpHook": {"url": "http://user:pw@auth/mqtt"}}),
+            "without user:password@",
         ),
     ] {
         assert!(

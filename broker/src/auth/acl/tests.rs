@@ -6,7 +6,7 @@ fn client<'a>(username: Option<&'a str>, client_id: &'a str) -> Client<'a> {
     Client {
         username,
         client_id,
-        address: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+        address: Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))),
     }
 }
 
@@ -116,19 +116,28 @@ fn qualifiers_must_all_hold() {
     c.username = Some("bob");
     assert!(!rules.may_publish(&c, b"secret/x"));
     c.username = Some("alice");
-    c.address = "11.0.0.1".parse().expect("ip");
+    c.address = Some("11.0.0.1".parse().expect("ip"));
     assert!(!rules.may_publish(&c, b"secret/x"));
     // An IPv4-mapped IPv6 address is its IPv4 address.
-    c.address = "::ffff:10.9.9.9".parse().expect("ip");
+    c.address = Some("::ffff:10.9.9.9".parse().expect("ip"));
     assert!(rules.may_publish(&c, b"secret/x"));
-    c.address = "2001:db8::1".parse().expect("ip");
+    c.address = Some("2001:db8::1".parse().expect("ip"));
     assert!(rules.may_publish(&c, b"ipv6/x"));
-    c.address = "2001:db9::1".parse().expect("ip");
+    c.address = Some("2001:db9::1".parse().expect("ip"));
     assert!(!rules.may_publish(&c, b"ipv6/x"));
-    c.address = "192.168.1.7".parse().expect("ip");
+    c.address = Some("192.168.1.7".parse().expect("ip"));
     assert!(rules.may_publish(&c, b"one/x"));
-    c.address = "192.168.1.8".parse().expect("ip");
+    c.address = Some("192.168.1.8".parse().expect("ip"));
     assert!(!rules.may_publish(&c, b"one/x"));
+    // No address (a forgeable UDP source): no address rule applies, allowing or denying.
+    c.address = None;
+    assert!(!rules.may_publish(&c, b"one/x"));
+    let deny = super::Rules::parse(
+        "deny all x/# address 10.0.0.0/8\nallow all #",
+        Permission::Deny,
+    )
+    .expect("valid");
+    assert!(deny.may_publish(&c, b"x/y"));
 }
 
 #[test]
