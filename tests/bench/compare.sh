@@ -54,6 +54,10 @@
 #                             use %c) and `allow all #` last; Mosquitto `acl_file` with the same
 #                             anonymous `topic` lines, `topic readwrite #` last. Compare with
 #                             fanin-q0 / fanin-q1 of the same invocation (the report's ratio rows).
+#   fanin-q0-16topics[-rules], fanin-q1-16topics[-rules]
+#                             the same with each publisher taking turns over 16 topics
+#                             (bench/fanin/<p>/<j>, `--topics 16`): past coolpy7's per-connection
+#                             cache of 8 decisions, so that with rules every PUBLISH walks them.
 # e.g. `--scenarios handshakes,handshakes-jwt,handshakes-password,handshakes-password-cold,
 # fanin-q0,fanin-q0-rules,fanin-q1,fanin-q1-rules`. AUTH_USERS (default 200000, --quick 20000):
 # user names in the password files for the -cold scenarios; the bench reports `auth.users_reused`
@@ -117,12 +121,19 @@ declare -A SCENARIO_ARGS=(
     [handshakes-pbkdf2-cold]="handshakes --connectors 8 --users @AUTH_USERS@"
     [fanin-q0-rules]="fanin --qos 0 --publishers 4"
     [fanin-q1-rules]="fanin --qos 1 --publishers 4"
+    # Each publisher takes turns over 16 topics: more than coolpy7's per-connection cache of 8
+    # decisions, so that with rules every PUBLISH walks them.
+    [fanin-q0-16topics]="fanin --qos 0 --publishers 4 --topics 16"
+    [fanin-q0-16topics-rules]="fanin --qos 0 --publishers 4 --topics 16"
+    [fanin-q1-16topics]="fanin --qos 1 --publishers 4 --topics 16"
+    [fanin-q1-16topics-rules]="fanin --qos 1 --publishers 4 --topics 16"
 )
 ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 p2p-q0 p2p-q1 latency-q0 latency-q1
     conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m subs-200k subs-clients)
 # Scenarios run only when named.
 EXTRA_SCENARIOS=(handshakes handshakes-jwt handshakes-password handshakes-password-cold
-    handshakes-pbkdf2-cold fanin-q0-rules fanin-q1-rules)
+    handshakes-pbkdf2-cold fanin-q0-rules fanin-q1-rules fanin-q0-16topics fanin-q0-16topics-rules
+    fanin-q1-16topics fanin-q1-16topics-rules)
 ALL_BROKERS=(coolpy7 mosquitto rumqttd)
 ALL_TRANSPORTS=(tcp tls ws wss)
 

@@ -59,8 +59,8 @@ def figures(settings):
     q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1"]
     q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs"]
     users = settings.get("auth_users", 200000)
-    q1 = q1 + ["fanin-q1-rules"]
-    q0 = q0 + ["fanin-q0-rules"]
+    q1 = q1 + ["fanin-q1-rules", "fanin-q1-16topics", "fanin-q1-16topics-rules"]
+    q0 = q0 + ["fanin-q0-rules", "fanin-q0-16topics", "fanin-q0-16topics-rules"]
     allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1", "handshakes",
                        "handshakes-jwt", "handshakes-password", "handshakes-password-cold",
                        "handshakes-pbkdf2-cold"]
@@ -126,6 +126,18 @@ def figures(settings):
          (("fanin-q1-rules", dps), ("fanin-q1", dps))),
         ("broker CPU % fanin qos1, 1,000 rules", "low", "one",
          ("fanin-q1-rules", field("broker_cpu_pct"))),
+        ("fanin qos0, 16 topics per publisher, delivered/s", "high", "one",
+         ("fanin-q0-16topics", dps)),
+        ("fanin qos0, 16 topics per publisher, 1,000 rules, delivered/s", "high", "one",
+         ("fanin-q0-16topics-rules", dps)),
+        ("fanin qos0, 16 topics per publisher, 1,000 rules / no rules", "high", "ratio",
+         (("fanin-q0-16topics-rules", dps), ("fanin-q0-16topics", dps))),
+        ("fanin qos1, 16 topics per publisher, delivered/s", "high", "one",
+         ("fanin-q1-16topics", dps)),
+        ("fanin qos1, 16 topics per publisher, 1,000 rules, delivered/s", "high", "one",
+         ("fanin-q1-16topics-rules", dps)),
+        ("fanin qos1, 16 topics per publisher, 1,000 rules / no rules", "high", "ratio",
+         (("fanin-q1-16topics-rules", dps), ("fanin-q1-16topics", dps))),
         (f"fanin qos0 +{extra} subs delivered/s", "high", "one", ("fanin-extra-subs", dps)),
         (f"fanin qos0 +{extra} subs / plain fanin", "high", "ratio",
          (("fanin-extra-subs", dps), ("fanin-q0", dps))),

@@ -408,6 +408,9 @@ pub struct PubSpec {
     /// Written into every payload, indexes the subscribers' sequence tables.
     pub id: u32,
     pub topic: String,
+    /// 1: every PUBLISH goes to `topic`; more: they take turns over `<topic>/0` ..
+    /// `<topic>/<topics - 1>`.
+    pub topics: u32,
     pub qos: u8,
     pub size: usize,
     /// QoS 1 window.
@@ -444,12 +447,27 @@ async fn publisher_loop(
     ctr: &Counters,
     phase_rx: &mut watch::Receiver<u8>,
 ) -> anyhow::Result<()> {
-    // The message templates: the PUBLISH with a zero payload; id, sequence and time are patched.
-    // In v5 with a topic alias the first one carries the topic and the alias, the rest (`tmpl`)
-    // only the alias; otherwise both are the same.
-    let first_tmpl = Template::new(conn, spec);
-    let tmpl = Template::new(conn, spec);
-    let msg_len = tmpl.bytes.len();
+    // The message templates, one per topic: the PUBLISH with a zero payload; id, sequence and
+    // time are patched. In v5 with a topic alias the first one of a topic carries the topic and
+    // the alias, the rest (`tmpls`) only the alias; otherwise both are the same.
+    let topics: Vec<String> = if spec.topics > 1 {
+        (0..spec.topics)
+            .map(|j| format!("{}/{j}", spec.topic))
+            .collect()
+    } else {
+        vec![spec.topic.clone()]
+    };
+    let first_tmpls: Vec<Template> = topics
+        .iter()
+        .map(|t| Template::new(conn, spec, t))
+        .collect();
+    let tmpls: Vec<Template> = topics
+        .iter()
+        .map(|t| Template::new(conn, spec, t))
+        .collect();
+    let msg_len = tmpls.iter().map(|t| t.bytes.len()).max().unwrap_or(1);
+    let first_len = first_tmpls.iter().map(|t| t.bytes.len()).max().unwrap_or(1);
+    let mut next_topic = 0usize;
     let batch = (WRITE_BATCH / msg_len).max(1) as u64;
     // A v5 broker may take fewer unacknowledged QoS 1 PUBLISHes than our window.
     let inflight = spec
@@ -466,8 +484,7 @@ async fn publisher_loop(
         phase = *phase_rx.borrow_and_update();
     }
 
-    let mut wbuf: Vec<u8> =
-        Vec::with_capacity(WRITE_LOW + WRITE_BATCH + first_tmpl.bytes.len().max(msg_len));
+    let mut wbuf: Vec<u8> = Vec::with_capacity(WRITE_LOW + WRITE_BATCH + first_len.max(msg_len));
     let mut wpos = 0usize;
     conn.rbuf.reserve(READ_CHUNK);
     let mut produced: u64 = 0;
@@ -499,7 +516,15 @@ async fn publisher_loop(
                 }
                 let mut ts = shared.now_ns();
                 for _ in 0..n {
-                    let t = if produced == 0 { &first_tmpl } else { &tmpl };
+                    let t = if produced < topics.len() as u64 {
+                        &first_tmpls[next_topic]
+                    } else {
+                        &tmpls[next_topic]
+                    };
+                    next_topic += 1;
+                    if next_topic == topics.len() {
+                        next_topic = 0;
+                    }
                     let (id_at, payload_at) = (t.id_at, t.payload_at);
                     let at = wbuf.len();
                     wbuf.extend_from_slice(&t.bytes);
@@ -607,10 +632,10 @@ struct Template {
 }
 
 impl Template {
-    /// The next PUBLISH on `spec.topic` for this connection (see [`Conn::encode_publish`]).
-    fn new(conn: &mut Conn, spec: &PubSpec) -> Template {
+    /// The next PUBLISH on `topic` for this connection (see [`Conn::encode_publish`]).
+    fn new(conn: &mut Conn, spec: &PubSpec, topic: &str) -> Template {
         let mut bytes = Vec::new();
-        conn.encode_publish(&mut bytes, &spec.topic, spec.qos, 1, &vec![0u8; spec.size]);
+        conn.encode_publish(&mut bytes, topic, spec.qos, 1, &vec![0u8; spec.size]);
         let payload_at = bytes.len() - spec.size;
         bytes[payload_at..payload_at + 4].copy_from_slice(&spec.id.to_be_bytes());
         // The packet id follows the fixed header and the topic (v3 and v5 alike).

@@ -37,7 +37,8 @@ pub mod subs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// P publishers → `bench/fanin/<p>`; one subscriber on `bench/fanin/+`.
+    /// P publishers → `bench/fanin/<p>`; one subscriber on `bench/fanin/+` (with `--topics N`:
+    /// → `bench/fanin/<p>/<j>`, the subscriber on `bench/fanin/+/+`).
     Fanin,
     /// One publisher → `bench/fanout`; N subscribers on it.
     Fanout,
@@ -132,6 +133,11 @@ pub struct Args {
     /// fanin: number of publishers.
     #[arg(long, default_value_t = 4)]
     pub publishers: u32,
+    /// fanin: topics per publisher. 1: publisher p publishes to `bench/fanin/<p>`; N > 1: its
+    /// PUBLISHes take turns over `bench/fanin/<p>/0` .. `/<N-1>` (and the subscriber takes
+    /// `bench/fanin/+/+`), e.g. to go past a broker's per-connection cache of decisions.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub topics: u32,
     /// fanout: number of subscribers.
     #[arg(long, default_value_t = 8)]
     pub subscribers: u32,
@@ -320,6 +326,9 @@ impl Args {
         if self.ws && !self.ws_path.starts_with('/') {
             bail!("--ws-path must start with '/'");
         }
+        if self.topics > 1 && self.scenario != Scenario::Fanin {
+            bail!("--topics is for fanin only");
+        }
         if self.mqtt == Version::V311
             && self.username.is_none()
             && (self.password.is_some() || self.password_file.is_some())
@@ -449,6 +458,14 @@ mod tests {
             assert_eq!(a.auth.password, Some(expected));
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn topics_only_for_fanin() {
+        let parse = |list: &[&str]| Args::try_parse_from([&["coolpy7-bench"], list].concat());
+        assert!(parse(&["fanin", "--topics", "16"]).unwrap().check().is_ok());
+        assert!(parse(&["p2p", "--topics", "16"]).unwrap().check().is_err());
+        assert!(parse(&["fanin", "--topics", "0"]).is_err());
     }
 
     #[test]

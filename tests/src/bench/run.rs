@@ -133,6 +133,7 @@ fn plan(args: &Args) -> Plan {
         .map(|(i, topic)| PubSpec {
             id: i as u32,
             topic: topic.clone(),
+            topics: args.topics,
             qos,
             size,
             inflight,
@@ -146,11 +147,15 @@ fn plan(args: &Args) -> Plan {
         })
         .collect();
     let (subscribers, stalled, fanout) = match args.scenario {
-        Scenario::Fanin => (
-            vec![vec!["bench/fanin/+".to_string()]],
-            vec!["bench/fanin/+".to_string()],
-            1,
-        ),
+        Scenario::Fanin => {
+            // With --topics, publisher p publishes to bench/fanin/<p>/<j>.
+            let filter = if args.topics > 1 {
+                "bench/fanin/+/+"
+            } else {
+                "bench/fanin/+"
+            };
+            (vec![vec![filter.to_string()]], vec![filter.to_string()], 1)
+        }
         Scenario::Fanout => (
             (0..args.subscribers.max(1))
                 .map(|_| vec!["bench/fanout".to_string()])
@@ -378,6 +383,9 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
     }
     out.insert("extra_subs".into(), args.extra_subs.into());
     out.insert("stalled".into(), args.stalled.into());
+    if args.topics > 1 {
+        out.insert("topics_per_publisher".into(), args.topics.into());
+    }
     out.insert("threads".into(), args.threads.into());
     if args.scenario == Scenario::Latency {
         let mut samples =
