@@ -19,6 +19,7 @@ pub mod coap;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod file_watch;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

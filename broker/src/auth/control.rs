@@ -662,28 +662,13 @@ fn unreachable_role() -> ! {
 /// (`rules_changed`).
 pub async fn watch_files(
     control: Arc<AccessControl>,
-    mut hangup: Option<Signal>,
-    mut stop: watch::Receiver<bool>,
+    hangup: Option<Signal>,
+    stop: watch::Receiver<bool>,
     rules_changed: impl Fn() + Send + 'static,
 ) {
-    let mut ticks = tokio::time::interval(control.config.reload_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        let cause = tokio::select! {
-            _ = ticks.tick() => "change",
-            Some(()) = async {
-                match hangup.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => "SIGHUP",
-            _ = stop.changed() => return,
-        };
-        let reloading = control.clone();
-        let Ok(outcomes) = tokio::task::spawn_blocking(move || reloading.reload()).await else {
-            continue;
-        };
+    let interval = control.config.reload_interval;
+    let check = Arc::new(move || control.reload());
+    crate::file_watch::watch(interval, hangup, stop, check, |cause, outcomes| {
         for outcome in outcomes {
             match outcome {
                 Reload::Unchanged => {}
@@ -697,5 +682,6 @@ pub async fn watch_files(
                 }
             }
         }
-    }
+    })
+    .await
 }

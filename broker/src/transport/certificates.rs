@@ -273,36 +273,25 @@ fn identity_in(certificate: &[u8], field: CertIdentity) -> Option<String> {
 /// logging what each reload did.
 pub async fn watch_files(
     store: Arc<CertificateStore>,
-    mut hangup: Option<Signal>,
-    mut stop: watch::Receiver<bool>,
+    hangup: Option<Signal>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut ticks = tokio::time::interval(store.settings.reload_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        let cause = tokio::select! {
-            _ = ticks.tick() => "change",
-            Some(()) = async {
-                match hangup.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => "SIGHUP",
-            _ = stop.changed() => return,
-        };
-        // File reads and PEM parsing block; they are small, but kept off the workers.
-        let reloading = store.clone();
-        let Ok(result) = tokio::task::spawn_blocking(move || reloading.reload()).await else {
-            continue;
-        };
-        match result {
+    let interval = store.settings.reload_interval;
+    let check = Arc::new(move || store.reload());
+    crate::file_watch::watch(
+        interval,
+        hangup,
+        stop,
+        check,
+        |cause, result| match result {
             Reload::Unchanged => {}
             Reload::Loaded => info!(cause, "TLS certificate reloaded"),
             Reload::Failed(error) => {
                 warn!(cause, %error, "TLS files changed but do not load; keeping the previous ones")
             }
-        }
-    }
+        },
+    )
+    .await
 }
 
 /// Takes SIGHUP when there is nothing to reload (no TLS listener); logs it.
