@@ -29,6 +29,11 @@
 //! checked topic by topic, so `deny subscribe secret/#` followed by `allow subscribe #` lets a
 //! client subscribe to `#` and never read `secret/x`. Filters only overlapped by an `allow` fall
 //! to the default (`allow subscribe devices/%c/#` with `-acld deny` refuses `devices/#`).
+//!
+//! A topic is matched against the rules through an [`index`] of their filters, so its cost
+//! does not grow with the number of rules.
+
+mod index;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -38,6 +43,7 @@ use thiserror::Error;
 
 use super::ClientAcl;
 use crate::topic;
+use index::RuleIndex;
 
 /// What a rule says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +106,8 @@ pub struct RulesError {
 pub struct Rules {
     rules: Vec<Rule>,
     default: Permission,
+    /// The rules' filters as a tree, for topics (see [`index`]).
+    index: RuleIndex,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,9 +124,15 @@ struct Rule {
 impl Rules {
     /// No rules: the default decides everything.
     pub fn empty(default: Permission) -> Rules {
+        Rules::new(Vec::new(), default)
+    }
+
+    fn new(rules: Vec<Rule>, default: Permission) -> Rules {
+        let index = RuleIndex::new(rules.iter().map(|rule| &rule.pattern));
         Rules {
-            rules: Vec::new(),
+            rules,
             default,
+            index,
         }
     }
 
@@ -136,7 +150,7 @@ impl Rules {
             })?;
             rules.push(rule);
         }
-        Ok(Rules { rules, default })
+        Ok(Rules::new(rules, default))
     }
 
     /// The rules a client's credentials carry: what they list is allowed, anything else denied.
@@ -164,10 +178,7 @@ impl Rules {
                 }
             }
         }
-        Rules {
-            rules,
-            default: Permission::Deny,
-        }
+        Rules::new(rules, Permission::Deny)
     }
 
     pub fn len(&self) -> usize {
@@ -195,7 +206,10 @@ impl Rules {
     }
 
     fn decide_topic(&self, client: &Client<'_>, topic: &[u8], action: fn(&Rule) -> bool) -> bool {
-        for rule in &self.rules {
+        for number in self.index.candidates(topic) {
+            let Some(rule) = self.rules.get(number as usize) else {
+                continue;
+            };
             if !action(rule) || !rule.applies_to(client) {
                 continue;
             }
