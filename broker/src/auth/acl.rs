@@ -43,7 +43,7 @@ use thiserror::Error;
 
 use super::ClientAcl;
 use crate::topic;
-use index::RuleIndex;
+use index::{Filed, RuleIndex};
 
 /// What a rule says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +128,11 @@ impl Rules {
     }
 
     fn new(rules: Vec<Rule>, default: Permission) -> Rules {
-        let index = RuleIndex::new(rules.iter().map(|rule| &rule.pattern));
+        let index = RuleIndex::new(rules.iter().map(|rule| Filed {
+            pattern: &rule.pattern,
+            user: rule.user.as_deref(),
+            client: rule.client.as_deref(),
+        }));
         Rules {
             rules,
             default,
@@ -206,7 +210,10 @@ impl Rules {
     }
 
     fn decide_topic(&self, client: &Client<'_>, topic: &[u8], action: fn(&Rule) -> bool) -> bool {
-        for number in self.index.candidates(topic) {
+        for number in self
+            .index
+            .candidates(topic, client.username, client.client_id)
+        {
             let Some(rule) = self.rules.get(number as usize) else {
                 continue;
             };

@@ -3,7 +3,9 @@
 //! than its connection caches pays the same against a thousand rules as against ten.
 //!
 //! A level with `%u`/`%c` is filed under `+` (it matches one level) and checked exactly once
-//! found; qualifiers and the action are checked on the candidates, lowest rule first.
+//! found; qualifiers and the action are checked on the candidates, lowest rule first. Rules for
+//! one user (or one client id) have a tree of their own, looked in only for that client, so
+//! that a thousand rules for other users cost a client nothing.
 
 use std::collections::HashMap;
 
@@ -17,7 +19,18 @@ pub(super) type Candidates = SmallVec<[u32; 8]>;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct RuleIndex {
-    root: Node,
+    /// Rules without a `user` or `client` qualifier.
+    anyone: Node,
+    by_user: HashMap<Box<str>, Node>,
+    /// Rules with a `client` qualifier and no `user` one.
+    by_client: HashMap<Box<str>, Node>,
+}
+
+/// What the index files a rule under.
+pub(super) struct Filed<'a> {
+    pub pattern: &'a Pattern,
+    pub user: Option<&'a str>,
+    pub client: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,44 +45,61 @@ struct Node {
 }
 
 impl RuleIndex {
-    pub(super) fn new<'a>(patterns: impl IntoIterator<Item = &'a Pattern>) -> RuleIndex {
+    pub(super) fn new<'a>(rules: impl IntoIterator<Item = Filed<'a>>) -> RuleIndex {
         let mut index = RuleIndex::default();
-        for (number, pattern) in patterns.into_iter().enumerate() {
+        for (number, rule) in rules.into_iter().enumerate() {
             let number = u32::try_from(number).unwrap_or(u32::MAX);
-            index.insert(pattern, number);
+            let root = match (rule.user, rule.client) {
+                (Some(user), _) => index.by_user.entry(user.into()).or_default(),
+                (None, Some(client)) => index.by_client.entry(client.into()).or_default(),
+                (None, None) => &mut index.anyone,
+            };
+            insert(root, rule.pattern, number);
         }
         index
     }
 
-    fn insert(&mut self, pattern: &Pattern, number: u32) {
-        let mut node = &mut self.root;
-        for level in &pattern.levels {
-            node = match level {
-                PatternLevel::MultiLevel => {
-                    node.below.push(number);
-                    return;
-                }
-                PatternLevel::SingleLevel | PatternLevel::Template(_) => {
-                    node.single.get_or_insert_with(Box::default)
-                }
-                PatternLevel::Exact(text) => node.children.entry(text.clone()).or_default(),
-            };
-        }
-        node.ends.push(number);
-    }
-
-    /// The rules whose filter may match `topic` (placeholders still to be checked), in rule
-    /// order.
-    pub(super) fn candidates(&self, topic: &[u8]) -> Candidates {
+    /// The rules whose filter may match `topic` for a client with `username` and `client_id`
+    /// (placeholders and the remaining qualifiers still to be checked), in rule order.
+    pub(super) fn candidates(
+        &self,
+        topic: &[u8],
+        username: Option<&str>,
+        client_id: &str,
+    ) -> Candidates {
         let levels: SmallVec<[&[u8]; 16]> = topic::levels(topic).collect();
         let mut found = Candidates::new();
         // A wildcard in the first level does not match a `$` topic.
         let dollar = topic.first() == Some(&b'$');
-        collect(&self.root, &levels, 0, dollar, &mut found);
+        let roots = [
+            Some(&self.anyone),
+            username.and_then(|user| self.by_user.get(user)),
+            self.by_client.get(client_id),
+        ];
+        for root in roots.into_iter().flatten() {
+            collect(root, &levels, 0, dollar, &mut found);
+        }
         found.sort_unstable();
         found.dedup();
         found
     }
+}
+
+fn insert(root: &mut Node, pattern: &Pattern, number: u32) {
+    let mut node = root;
+    for level in &pattern.levels {
+        node = match level {
+            PatternLevel::MultiLevel => {
+                node.below.push(number);
+                return;
+            }
+            PatternLevel::SingleLevel | PatternLevel::Template(_) => {
+                node.single.get_or_insert_with(Box::default)
+            }
+            PatternLevel::Exact(text) => node.children.entry(text.clone()).or_default(),
+        };
+    }
+    node.ends.push(number);
 }
 
 fn collect(node: &Node, levels: &[&[u8]], depth: usize, dollar: bool, found: &mut Candidates) {
