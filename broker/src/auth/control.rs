@@ -205,7 +205,7 @@ fn secret_text(bytes: &[u8]) -> &[u8] {
 
 /// What a watched file loads into, before it is swapped in.
 enum Loaded {
-    Rules(Rules),
+    Rules(Box<Rules>),
     Jwt(Box<JwtVerifier>),
     HookToken(String),
     Passwords(Arc<PasswordFile>),
@@ -218,7 +218,7 @@ fn load(role: FileRole, path: &Path, bytes: &[u8], default: Permission) -> Resul
             let text = std::str::from_utf8(bytes)
                 .map_err(|_| format!("rules file {name} is not UTF-8"))?;
             Rules::parse(text, default)
-                .map(Loaded::Rules)
+                .map(|rules| Loaded::Rules(Box::new(rules)))
                 .map_err(|error| format!("rules file {name}: {error}"))
         }
         FileRole::JwtSecret => JwtVerifier::from_secret(secret_text(bytes))
@@ -273,7 +273,7 @@ impl AccessControl {
         };
         let rules = match &config.rules {
             Some(path) => match load_watched(FileRole::Rules, path)? {
-                Loaded::Rules(rules) => rules,
+                Loaded::Rules(rules) => *rules,
                 _ => unreachable_role(),
             },
             // Without a rules file, an authenticated client may do anything (unless its
@@ -512,7 +512,7 @@ impl AccessControl {
         };
         let outcome = match (loaded, &self.authenticator) {
             (Loaded::Rules(rules), _) => {
-                self.rules.store(Arc::new(rules));
+                self.rules.store(Arc::from(rules));
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 Reload::RulesChanged
             }
