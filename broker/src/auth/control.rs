@@ -51,7 +51,9 @@ pub struct Identity {
     /// `expire_at`): the connection is closed then.
     pub expires_at: Option<SystemTime>,
     /// Rules the credentials carry, which replace the rules file for this client.
-    pub rules: Option<Rules>,
+    /// Shared, not inline: an identity waits in every handshake's future while the session is
+    /// claimed.
+    pub rules: Option<Arc<Rules>>,
 }
 
 /// Why a CONNECT was refused; the text is for debug logs and never holds a secret.
@@ -386,7 +388,10 @@ impl AccessControl {
                 Ok(Identity {
                     username,
                     expires_at: verified.expires_at,
-                    rules: verified.acl.as_ref().map(Rules::from_client_acl),
+                    rules: verified
+                        .acl
+                        .as_ref()
+                        .map(|acl| Arc::new(Rules::from_client_acl(acl))),
                 })
             }
             Authenticator::PasswordFile(checker) => {
@@ -420,7 +425,9 @@ impl AccessControl {
                     HookVerdict::Allow { acl, expires_at } => Ok(Identity {
                         username,
                         expires_at,
-                        rules: acl.as_ref().map(Rules::from_client_acl),
+                        rules: acl
+                            .as_ref()
+                            .map(|acl| Arc::new(Rules::from_client_acl(acl))),
                     }),
                     HookVerdict::Deny => Err(AuthFailure {
                         kind: AuthFailureKind::NotAuthorized,
@@ -455,7 +462,7 @@ impl AccessControl {
     ) -> Box<Authorizer> {
         let username = identity.username.as_deref();
         let mut authorizer = match identity.rules {
-            Some(own) => Authorizer::new(Arc::new(own), None, username, client_id, address),
+            Some(own) => Authorizer::new(own, None, username, client_id, address),
             None => {
                 let generation = self.generation.load(Ordering::Acquire);
                 let rules = self.rules.load_full();
