@@ -57,7 +57,8 @@
 #   fanin-q0-16topics[-rules], fanin-q1-16topics[-rules]
 #                             the same with each publisher taking turns over 16 topics
 #                             (bench/fanin/<p>/<j>, `--topics 16`): past coolpy7's per-connection
-#                             cache of 8 decisions, so that with rules every PUBLISH walks them.
+#                             cache of 8 decisions, so that with rules every PUBLISH is decided
+#                             from the rules again (the cache never hits).
 # e.g. `--scenarios handshakes,handshakes-jwt,handshakes-password,handshakes-password-cold,
 # fanin-q0,fanin-q0-rules,fanin-q1,fanin-q1-rules`. AUTH_USERS (default 200000, --quick 20000):
 # user names in the password files for the -cold scenarios; the bench reports `auth.users_reused`
@@ -122,7 +123,7 @@ declare -A SCENARIO_ARGS=(
     [fanin-q0-rules]="fanin --qos 0 --publishers 4"
     [fanin-q1-rules]="fanin --qos 1 --publishers 4"
     # Each publisher takes turns over 16 topics: more than coolpy7's per-connection cache of 8
-    # decisions, so that with rules every PUBLISH walks them.
+    # decisions, so that with rules every PUBLISH is decided from the rules again.
     [fanin-q0-16topics]="fanin --qos 0 --publishers 4 --topics 16"
     [fanin-q0-16topics-rules]="fanin --qos 0 --publishers 4 --topics 16"
     [fanin-q1-16topics]="fanin --qos 1 --publishers 4 --topics 16"
@@ -462,7 +463,11 @@ PY
         make_rules "$AUTH_DIR/coolpy7.acl" "$AUTH_DIR/mosquitto.acl"
     fi
     chmod 644 "$AUTH_DIR"/*
-    log "access control files in $AUTH_DIR ($AUTH_USERS users per password file)"
+    if [[ $need_coolpy7_file == 1 || $need_mosquitto_file == 1 ]]; then
+        log "access control files in $AUTH_DIR ($AUTH_USERS users per password file)"
+    else
+        log "access control files in $AUTH_DIR"
+    fi
 }
 
 widen_password_file() { # one-user file, output: bench and bench0 .. bench<AUTH_USERS-1>
