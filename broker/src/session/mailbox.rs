@@ -1,0 +1,398 @@
+//! A session's mailbox: the bounded queue the router pushes deliveries into from any
+//! publisher's task, and the connection holding the session drains within its in-flight
+//! window. It also carries the flow control between a publisher and a subscriber that keeps up
+//! but not fast enough (see [`Mailbox`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::SessionId;
+use crate::codec::QoS;
+use crate::metrics::{DropReason, Metrics};
+use crate::router::Delivery;
+
+/// The bounded queue of deliveries for one session.
+///
+/// Flow control: past half its capacity a mailbox whose consumer is keeping up (it took
+/// something within [`ACTIVE_CONSUMER`]) reports [`Pushed::Congested`], and the publisher that
+/// filled it stops reading until it [drains](Mailbox::drained) to a quarter. A consumer that has
+/// stopped taking gets no such courtesy: its queue is capped and drops its oldest, so a stalled
+/// subscriber never slows the others.
+pub struct Mailbox {
+    id: SessionId,
+    client_id: Arc<str>,
+    queue: Mutex<VecDeque<Delivery>>,
+    ready: Notify,
+    drained: Notify,
+    /// When the consumer last took a delivery, in milliseconds of [`clock_ms`].
+    last_take_ms: AtomicU64,
+    online: AtomicBool,
+    /// Set once the session is discarded: nothing is queued any more. Written under `queue`'s
+    /// lock, so that no push can slip in after the queue was cleared.
+    closed: AtomicBool,
+    capacity: usize,
+}
+
+/// `last_take_ms` of a mailbox whose consumer has not taken anything yet.
+const NEVER: u64 = u64::MAX;
+
+/// A consumer that took something this recently is keeping up, only not fast enough.
+const ACTIVE_CONSUMER: Duration = Duration::from_millis(100);
+
+/// Milliseconds since the process started: a cheap timestamp to keep in an atomic.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// What became of a pushed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued, and the queue is past its soft limit while its consumer is active: the publisher
+    /// should wait for it to drain.
+    Congested,
+    Dropped,
+}
+
+impl Mailbox {
+    pub(crate) fn new(id: SessionId, client_id: Arc<str>, capacity: usize) -> Mailbox {
+        Mailbox {
+            id,
+            client_id,
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            drained: Notify::new(),
+            last_take_ms: AtomicU64::new(NEVER),
+            online: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The client id, shared.
+    pub fn client_id_shared(&self) -> Arc<str> {
+        self.client_id.clone()
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Whether the session is discarded (its subscriptions may still be on their way out of the
+    /// router).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Queues a delivery. A full queue drops its oldest delivery (the newest data is worth more);
+    /// QoS 0 is not queued for an offline client.
+    pub fn push(&self, delivery: Delivery, metrics: &Metrics) -> Pushed {
+        if delivery.qos == QoS::AtMostOnce && !self.is_online() {
+            metrics.dropped(DropReason::OfflineQos0).inc();
+            return Pushed::Dropped;
+        }
+        let (was_empty, len) = {
+            let mut queue = self.queue.lock();
+            if self.is_closed() {
+                return Pushed::Dropped;
+            }
+            let was_empty = queue.is_empty();
+            if queue.len() >= self.capacity {
+                queue.pop_front();
+                metrics.dropped(DropReason::QueueFull).inc();
+            } else {
+                metrics.queued.inc();
+            }
+            queue.push_back(delivery);
+            (was_empty, queue.len())
+        };
+        // The consumer drains everything it is woken for, so only the first delivery into an
+        // empty queue needs to wake it.
+        if was_empty {
+            self.ready.notify_one();
+        }
+        if len >= self.soft_limit() && self.consumer_is_active() {
+            Pushed::Congested
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    fn soft_limit(&self) -> usize {
+        (self.capacity / 2).max(1)
+    }
+
+    fn drained_level(&self) -> usize {
+        self.capacity / 4
+    }
+
+    fn consumer_is_active(&self) -> bool {
+        let last = self.last_take_ms.load(Ordering::Relaxed);
+        self.is_online()
+            && last != NEVER
+            && clock_ms().saturating_sub(last) <= ACTIVE_CONSUMER.as_millis() as u64
+    }
+
+    /// Waits (at most `limit`) until the queue has drained to a quarter of its capacity, or its
+    /// consumer has stopped keeping up.
+    pub async fn drained(&self, limit: Duration) {
+        let notified = self.drained.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a drain in between is not missed.
+        notified.as_mut().enable();
+        if self.queue.lock().len() <= self.drained_level() || !self.consumer_is_active() {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, notified).await;
+    }
+
+    /// Moves deliveries into `out` within the limits of [`take_within`].
+    pub fn take(
+        &self,
+        max: usize,
+        window: usize,
+        byte_budget: usize,
+        out: &mut Vec<Delivery>,
+        metrics: &Metrics,
+    ) {
+        let mut queue = self.queue.lock();
+        let was_congested = queue.len() > self.drained_level();
+        let (taken, expired) = take_within(&mut queue, max, window, byte_budget, out);
+        let more = !queue.is_empty();
+        let drained = was_congested && queue.len() <= self.drained_level();
+        drop(queue);
+        metrics.queued.dec_by((taken + expired) as i64);
+        if expired > 0 {
+            metrics.dropped(DropReason::Expired).inc_by(expired as u64);
+        }
+        if taken > 0 {
+            self.last_take_ms.store(clock_ms(), Ordering::Relaxed);
+        }
+        if drained {
+            self.drained.notify_waiters();
+        }
+        // Pushes only wake the consumer when the queue was empty; what is left behind must be
+        // announced here or it would wait for the next push into an empty queue.
+        if more {
+            self.ready.notify_one();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.lock().is_empty()
+    }
+
+    /// Wakes the consumer if deliveries are queued: for a consumer that took from elsewhere
+    /// after being woken.
+    pub fn announce(&self) {
+        if !self.queue.lock().is_empty() {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Completes when a delivery arrives in an empty queue (or one arrived since the last wait).
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Discards the session's queue and refuses everything from now on.
+    pub(super) fn close(&self, metrics: &Metrics) {
+        let dropped = {
+            let mut queue = self.queue.lock();
+            self.closed.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *queue).len()
+        };
+        metrics.queued.dec_by(dropped as i64);
+    }
+}
+
+/// Moves deliveries from the front of `queue` into `out` in order: at most `max` of them, of
+/// which at most `window` have QoS 1 or 2, and no more once `byte_budget` bytes of topic and
+/// payload are taken. Stops at the first one that does not fit, so order is kept. Messages whose
+/// MQTT 5 expiry has passed are dropped on the way. Returns how many it moved and how many it
+/// dropped.
+fn take_within(
+    queue: &mut VecDeque<Delivery>,
+    max: usize,
+    mut window: usize,
+    byte_budget: usize,
+    out: &mut Vec<Delivery>,
+) -> (usize, usize) {
+    let mut taken = 0;
+    let mut expired = 0;
+    let mut bytes = 0;
+    // Read only when a message that can expire is met: most never do.
+    let mut now = None;
+    while taken < max && bytes < byte_budget {
+        match queue.front() {
+            Some(delivery) if delivery.message.expires_at.is_some() => {
+                let now = *now.get_or_insert_with(Instant::now);
+                if delivery.message.is_expired(now) {
+                    queue.pop_front();
+                    expired += 1;
+                    continue;
+                }
+                if delivery.qos != QoS::AtMostOnce && window == 0 {
+                    break;
+                }
+            }
+            Some(delivery) if delivery.qos != QoS::AtMostOnce && window == 0 => break,
+            Some(_) => {}
+            None => break,
+        }
+        if let Some(delivery) = queue.pop_front() {
+            if delivery.qos != QoS::AtMostOnce {
+                window -= 1;
+            }
+            bytes += delivery.message.topic.len() + delivery.message.payload.len();
+            out.push(delivery);
+            taken += 1;
+        }
+    }
+    (taken, expired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::tests::{delivery, payloads};
+
+    #[test]
+    fn take_keeps_order_and_respects_the_window() {
+        let metrics = Metrics::new();
+        let mailbox = Mailbox::new(1, Arc::from("c"), 10);
+        mailbox.set_online(true);
+        for (qos, payload) in [
+            (QoS::AtLeastOnce, b"1" as &[u8]),
+            (QoS::AtMostOnce, b"2"),
+            (QoS::ExactlyOnce, b"3"),
+            (QoS::AtMostOnce, b"4"),
+        ] {
+            assert_eq!(
+                mailbox.push(delivery(qos, payload), &metrics),
+                Pushed::Queued
+            );
+        }
+        assert_eq!(metrics.queued.get(), 4);
+        let mut out = Vec::new();
+        mailbox.take(usize::MAX, 1, usize::MAX, &mut out, &metrics);
+        assert_eq!(
+            payloads(&out),
+            vec![b"1" as &[u8], b"2"],
+            "stops at the QoS 2 message"
+        );
+        out.clear();
+        mailbox.take(1, 5, usize::MAX, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"3" as &[u8]], "at most `max`");
+        out.clear();
+        mailbox.take(usize::MAX, 0, usize::MAX, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"4" as &[u8]], "QoS 0 needs no window");
+        assert_eq!(metrics.queued.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn what_a_take_leaves_behind_wakes_the_consumer_again() {
+        let metrics = Metrics::new();
+        let mailbox = Mailbox::new(1, Arc::from("c"), 10);
+        mailbox.set_online(true);
+        for payload in [b"1", b"2", b"3"] {
+            mailbox.push(delivery(QoS::AtMostOnce, payload), &metrics);
+        }
+        mailbox.ready().await;
+        let mut out = Vec::new();
+        // A byte budget smaller than one message still takes one.
+        mailbox.take(usize::MAX, usize::MAX, 1, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"1" as &[u8]]);
+        let woken = tokio::time::timeout(Duration::from_secs(5), mailbox.ready()).await;
+        assert!(
+            woken.is_ok(),
+            "deliveries left behind must wake the consumer"
+        );
+        out.clear();
+        mailbox.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"2" as &[u8], b"3"]);
+    }
+
+    #[tokio::test]
+    async fn an_active_consumer_past_half_capacity_asks_publishers_to_wait_until_drained() {
+        let metrics = Metrics::new();
+        let mailbox = Arc::new(Mailbox::new(1, Arc::from("c"), 8));
+        mailbox.set_online(true);
+        // A consumer that never took anything is not keeping up: no flow control, only the cap.
+        let pushes: Vec<Pushed> = (0..8)
+            .map(|_| mailbox.push(delivery(QoS::AtLeastOnce, b"x"), &metrics))
+            .collect();
+        assert!(pushes.iter().all(|p| *p == Pushed::Queued), "{pushes:?}");
+
+        // Once it takes, it is active: past half capacity, pushes report congestion.
+        let mut out = Vec::new();
+        mailbox.take(3, usize::MAX, usize::MAX, &mut out, &metrics);
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtLeastOnce, b"x"), &metrics),
+            Pushed::Congested
+        );
+        let waiter = {
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move { mailbox.drained(Duration::from_secs(30)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "still congested");
+        out.clear();
+        mailbox.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("draining wakes the waiting publisher")
+            .expect("waiter task");
+    }
+
+    #[test]
+    fn a_full_mailbox_drops_its_oldest_and_counts_it() {
+        let metrics = Metrics::new();
+        let mailbox = Mailbox::new(1, Arc::from("c"), 2);
+        for payload in [b"1", b"2", b"3"] {
+            assert_ne!(
+                mailbox.push(delivery(QoS::AtLeastOnce, payload), &metrics),
+                Pushed::Dropped
+            );
+        }
+        let mut out = Vec::new();
+        mailbox.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
+        assert_eq!(payloads(&out), vec![b"2" as &[u8], b"3"]);
+        assert_eq!(metrics.dropped(DropReason::QueueFull).get(), 1);
+        assert_eq!(metrics.queued.get(), 0);
+    }
+
+    #[test]
+    fn offline_sessions_queue_only_qos_1_and_2() {
+        let metrics = Metrics::new();
+        let mailbox = Mailbox::new(1, Arc::from("c"), 10);
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtMostOnce, b"0"), &metrics),
+            Pushed::Dropped
+        );
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtLeastOnce, b"1"), &metrics),
+            Pushed::Queued
+        );
+        assert_eq!(metrics.dropped(DropReason::OfflineQos0).get(), 1);
+        assert!(!mailbox.is_empty());
+    }
+}

@@ -1,0 +1,222 @@
+//! The QoS 1/2 messages sent to a client and not yet acknowledged, with the packet ids they
+//! use: owned by the connection holding the session, kept with the session when it goes
+//! offline, and resent in order when a connection resumes it.
+
+use std::collections::VecDeque;
+
+use crate::codec::QoS;
+use crate::router::Delivery;
+
+/// Where an outgoing QoS 1/2 message stands.
+#[derive(Debug, Clone)]
+pub enum InFlight {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Delivery),
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+    /// PUBLISH sent on an earlier connection of a resumed session and not yet resent on this
+    /// one: it goes again (DUP) when the client's Receive Maximum has room (§4.9: the send quota
+    /// starts afresh with each connection), before anything new.
+    Unsent(Delivery),
+}
+
+/// Outgoing QoS 1/2 messages awaiting acknowledgement, in the order they were sent (which is the
+/// order they must be resent in), with the packet ids they use.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    entries: VecDeque<(u16, InFlight)>,
+    last_id: u16,
+    /// How many entries are [`InFlight::Unsent`] (at most 65,535 packet ids).
+    unsent: u32,
+}
+
+impl Outgoing {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Entries that count against the client's Receive Maximum on this connection: all but
+    /// those waiting to be resent.
+    pub fn in_window(&self) -> usize {
+        self.entries.len() - self.unsent as usize
+    }
+
+    /// Whether PUBLISHes of an earlier connection wait to be resent.
+    pub fn has_unsent(&self) -> bool {
+        self.unsent > 0
+    }
+
+    /// A new connection resumed the session: every PUBLISH in flight is to be sent again, as its
+    /// window allows (PUBRELs are resent at once, see [`Outgoing::iter`]).
+    pub fn resume(&mut self) {
+        for (_, state) in self.entries.iter_mut() {
+            if let InFlight::Published(delivery) = state {
+                *state = InFlight::Unsent(delivery.clone());
+                self.unsent += 1;
+            }
+        }
+    }
+
+    /// The oldest PUBLISH waiting to be resent, now marked sent: its packet id and delivery.
+    pub fn take_unsent(&mut self) -> Option<(u16, Delivery)> {
+        if self.unsent == 0 {
+            return None;
+        }
+        let (id, state) = self
+            .entries
+            .iter_mut()
+            .find(|(_, state)| matches!(state, InFlight::Unsent(_)))?;
+        let InFlight::Unsent(delivery) = state else {
+            return None;
+        };
+        let delivery = delivery.clone();
+        *state = InFlight::Published(delivery.clone());
+        self.unsent -= 1;
+        Some((*id, delivery))
+    }
+
+    /// Removes the entry at `index`, keeping the count of unsent ones.
+    fn remove_at(&mut self, index: usize) -> bool {
+        match self.entries.remove(index) {
+            Some((_, InFlight::Unsent(_))) => {
+                self.unsent -= 1;
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records a PUBLISH about to be sent and returns its packet id: the next one after the last
+    /// used, skipping 0 and ids still in flight.
+    pub fn publish(&mut self, delivery: Delivery) -> u16 {
+        let mut id = self.last_id;
+        loop {
+            id = id.wrapping_add(1).max(1);
+            if !self.entries.iter().any(|(used, _)| *used == id) {
+                break;
+            }
+        }
+        self.last_id = id;
+        self.entries.push_back((id, InFlight::Published(delivery)));
+        id
+    }
+
+    /// PUBACK: the QoS 1 message is done. Returns whether `id` was a QoS 1 PUBLISH in flight.
+    pub fn acknowledge(&mut self, id: u16) -> bool {
+        let index = self.entries.iter().position(|(used, state)| {
+            *used == id && matches!(state, InFlight::Published(d) if d.qos == QoS::AtLeastOnce)
+        });
+        index.is_some_and(|index| self.remove_at(index))
+    }
+
+    /// PUBREC: the QoS 2 message is received; PUBREL follows. Returns whether `id` is in flight.
+    pub fn received(&mut self, id: u16) -> bool {
+        match self.entries.iter_mut().find(|(used, _)| *used == id) {
+            Some((_, state)) => {
+                if matches!(state, InFlight::Unsent(_)) {
+                    self.unsent -= 1;
+                }
+                *state = InFlight::Released;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An MQTT 5 PUBREC with a failure reason: the client refused the QoS 2 message, and the
+    /// exchange ends without PUBREL. Returns whether `id` was a PUBLISH in flight.
+    pub fn refused(&mut self, id: u16) -> bool {
+        let index = self.entries.iter().position(|(used, state)| {
+            *used == id && matches!(state, InFlight::Published(_) | InFlight::Unsent(_))
+        });
+        index.is_some_and(|index| self.remove_at(index))
+    }
+
+    /// A PUBLISH recorded by [`Outgoing::publish`] that could not be encoded after all (too
+    /// large for the protocol with this client's topic, properties and identifiers): it was
+    /// never sent, so it gives its packet id and its place in the window back. Returns whether
+    /// `id` was a PUBLISH in flight.
+    pub fn unsent(&mut self, id: u16) -> bool {
+        self.refused(id)
+    }
+
+    /// PUBCOMP: the QoS 2 exchange is complete. Returns whether `id` was awaiting it.
+    pub fn complete(&mut self, id: u16) -> bool {
+        let index = self
+            .entries
+            .iter()
+            .position(|(used, state)| *used == id && matches!(state, InFlight::Released));
+        index.is_some_and(|index| self.remove_at(index))
+    }
+
+    /// Everything in flight, oldest first, to be resent on reconnect.
+    pub fn iter(&self) -> impl Iterator<Item = &(u16, InFlight)> {
+        self.entries.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::tests::delivery;
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_flight() {
+        let mut outgoing = Outgoing::default();
+        let first = outgoing.publish(delivery(QoS::AtLeastOnce, b"a"));
+        assert_eq!(first, 1);
+        outgoing.last_id = u16::MAX - 1;
+        assert_eq!(outgoing.publish(delivery(QoS::AtLeastOnce, b"b")), u16::MAX);
+        // Wraps past 0, and past 1 which is still in flight.
+        assert_eq!(outgoing.publish(delivery(QoS::AtLeastOnce, b"c")), 2);
+    }
+
+    #[test]
+    fn acknowledgements_follow_the_qos_flows() {
+        let mut outgoing = Outgoing::default();
+        let one = outgoing.publish(delivery(QoS::AtLeastOnce, b"a"));
+        let two = outgoing.publish(delivery(QoS::ExactlyOnce, b"b"));
+        assert!(
+            !outgoing.acknowledge(two),
+            "PUBACK does not finish a QoS 2 message"
+        );
+        assert!(
+            !outgoing.complete(two),
+            "PUBCOMP before PUBREC is out of order"
+        );
+        assert!(outgoing.received(two));
+        assert!(outgoing.acknowledge(one));
+        assert!(!outgoing.acknowledge(one));
+        assert_eq!(outgoing.len(), 1);
+        assert!(matches!(outgoing.iter().next(), Some((id, InFlight::Released)) if *id == two));
+        assert!(outgoing.complete(two));
+        assert!(outgoing.is_empty());
+    }
+
+    #[test]
+    fn a_resumed_session_resends_in_order_within_the_window() {
+        let mut outgoing = Outgoing::default();
+        let ids: Vec<u16> = [b"a", b"b", b"c", b"d"]
+            .iter()
+            .map(|p| outgoing.publish(delivery(QoS::ExactlyOnce, *p)))
+            .collect();
+        assert!(outgoing.received(ids[0]), "PUBREC: awaiting PUBCOMP");
+        outgoing.resume();
+        // The PUBREL-awaiting entry still counts; the three PUBLISHes wait to be resent.
+        assert_eq!((outgoing.len(), outgoing.in_window()), (4, 1));
+        let (id, first) = outgoing.take_unsent().expect("oldest unsent");
+        assert_eq!((id, &first.message.payload[..]), (ids[1], &b"b"[..]));
+        assert_eq!(outgoing.in_window(), 2);
+        // Acknowledgements of what was not resent yet still settle the count.
+        assert!(outgoing.received(ids[2]));
+        assert!(outgoing.refused(ids[3]));
+        assert!(!outgoing.has_unsent());
+        assert_eq!((outgoing.len(), outgoing.in_window()), (3, 3));
+        assert!(outgoing.take_unsent().is_none());
+    }
+}
