@@ -28,6 +28,12 @@ pub struct Outgoing {
     last_id: u16,
     /// How many entries are [`InFlight::Unsent`] (at most 65,535 packet ids).
     unsent: u32,
+    /// Whether an id was once taken out of turn (the ids wrapped around to the oldest entry
+    /// still in flight). Until then the entries' ids follow each other in the order they were
+    /// given out, front to back, all of them from the front's up to `last_id`: the id after
+    /// `last_id` is free unless it is the front's, and giving it out is O(1) however large the
+    /// window. Out of turn, ids are looked for among the entries until they are all gone.
+    out_of_turn: bool,
 }
 
 impl Outgoing {
@@ -94,11 +100,17 @@ impl Outgoing {
     /// Records a PUBLISH about to be sent and returns its packet id: the next one after the last
     /// used, skipping 0 and ids still in flight.
     pub fn publish(&mut self, delivery: Delivery) -> u16 {
-        let mut id = self.last_id;
-        loop {
-            id = id.wrapping_add(1).max(1);
-            if !self.entries.iter().any(|(used, _)| *used == id) {
-                break;
+        let next = |id: u16| id.wrapping_add(1).max(1);
+        let mut id = next(self.last_id);
+        if self.entries.is_empty() {
+            self.out_of_turn = false;
+        }
+        if !self.out_of_turn && self.entries.front().is_some_and(|(front, _)| *front == id) {
+            self.out_of_turn = true;
+        }
+        if self.out_of_turn {
+            while self.entries.iter().any(|(used, _)| *used == id) {
+                id = next(id);
             }
         }
         self.last_id = id;
@@ -174,6 +186,56 @@ mod tests {
         assert_eq!(outgoing.publish(delivery(QoS::AtLeastOnce, b"b")), u16::MAX);
         // Wraps past 0, and past 1 which is still in flight.
         assert_eq!(outgoing.publish(delivery(QoS::AtLeastOnce, b"c")), 2);
+    }
+
+    #[test]
+    fn ids_wrap_around_a_message_left_unacknowledged() {
+        let mut outgoing = Outgoing::default();
+        let stuck = outgoing.publish(delivery(QoS::AtLeastOnce, b"stuck"));
+        for _ in 0..70_000 {
+            let id = outgoing.publish(delivery(QoS::AtLeastOnce, b"x"));
+            assert_ne!(id, stuck, "an id in flight was given out again");
+            assert_ne!(id, 0);
+            assert!(outgoing.acknowledge(id));
+        }
+        assert!(outgoing.out_of_turn, "the ids went all the way round");
+        assert!(outgoing.acknowledge(stuck));
+        let id = outgoing.publish(delivery(QoS::AtLeastOnce, b"y"));
+        assert!(
+            !outgoing.out_of_turn,
+            "in turn again once nothing was in flight"
+        );
+        assert_eq!(id, outgoing.last_id);
+    }
+
+    proptest::proptest! {
+        /// Whatever is acknowledged in whatever order, a new id is never one still in flight,
+        /// and it is the next after the last given out whenever that one is free.
+        #[test]
+        fn new_ids_are_never_in_flight(
+            start in 65_400u16..,
+            ops in proptest::collection::vec((0u8..3, 0usize..64), 1..600),
+        ) {
+            let mut outgoing = Outgoing { last_id: start, ..Outgoing::default() };
+            let mut in_flight: Vec<u16> = Vec::new();
+            for (op, pick) in ops {
+                if op == 0 || in_flight.is_empty() {
+                    let last = outgoing.last_id;
+                    let id = outgoing.publish(delivery(QoS::AtLeastOnce, b"p"));
+                    proptest::prop_assert!(id != 0 && !in_flight.contains(&id));
+                    let expected = last.wrapping_add(1).max(1);
+                    if !in_flight.contains(&expected) {
+                        proptest::prop_assert_eq!(id, expected);
+                    }
+                    in_flight.push(id);
+                } else {
+                    // Acknowledged in any order, mostly the oldest.
+                    let index = if op == 1 { 0 } else { pick % in_flight.len() };
+                    let id = in_flight.remove(index);
+                    proptest::prop_assert!(outgoing.acknowledge(id));
+                }
+            }
+        }
     }
 
     #[test]
