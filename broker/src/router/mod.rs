@@ -29,7 +29,7 @@ use smallvec::SmallVec;
 
 pub use retained::Page;
 use retained::RetainedStore;
-use tree::{Matches, Node, Subscriber};
+use tree::{LevelKey, Matches, Node, Subscriber};
 
 use crate::codec::{self, QoS};
 use crate::metrics::{DropReason, Metrics};
@@ -273,7 +273,8 @@ impl Router {
             self.retain(&message);
         }
         // Topics of ordinary depth are split without a heap allocation.
-        let path: SmallVec<[&[u8]; 16]> = topic::levels(&message.topic).collect();
+        let path: SmallVec<[LevelKey; 8]> =
+            topic::levels(&message.topic).map(LevelKey::new).collect();
         let tree = self.tree.read();
         let mut nodes = Matches::new();
         tree.collect(&path, 0, &mut nodes);

@@ -76,6 +76,60 @@ impl Level {
     }
 }
 
+impl Level {
+    /// Whether this is the level `key` was made from. Two short levels compare as a length and
+    /// a fixed-size array (a few word comparisons, no call): this runs for every child a
+    /// publish looks at.
+    #[inline]
+    fn is(&self, key: &LevelKey<'_>) -> bool {
+        match (self, key) {
+            (Level::Inline { len, bytes }, LevelKey::Inline { len: l, bytes: b }) => {
+                len == l && bytes == b
+            }
+            (Level::Boxed(bytes), LevelKey::Long(level)) => **bytes == **level,
+            // Each length has one form.
+            _ => false,
+        }
+    }
+
+    /// Whether this level is the one byte `byte`.
+    #[inline]
+    fn is_byte(&self, byte: u8) -> bool {
+        matches!(self, Level::Inline { len: 1, bytes } if bytes[0] == byte)
+    }
+}
+
+/// A topic's level as a publish looks it up: inline exactly as a [`Level`] is when short, so
+/// that comparing the two needs no call; borrowed when long, so that making one never
+/// allocates.
+#[derive(Clone, Copy)]
+pub(super) enum LevelKey<'a> {
+    Inline { len: u8, bytes: [u8; INLINE_LEVEL] },
+    Long(&'a [u8]),
+}
+
+impl<'a> LevelKey<'a> {
+    pub(super) fn new(level: &'a [u8]) -> LevelKey<'a> {
+        if level.len() <= INLINE_LEVEL {
+            let mut bytes = [0; INLINE_LEVEL];
+            bytes[..level.len()].copy_from_slice(level);
+            LevelKey::Inline {
+                len: level.len() as u8,
+                bytes,
+            }
+        } else {
+            LevelKey::Long(level)
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            LevelKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            LevelKey::Long(level) => level,
+        }
+    }
+}
+
 impl Borrow<[u8]> for Level {
     fn borrow(&self) -> &[u8] {
         self.as_bytes()
@@ -112,21 +166,73 @@ pub(super) struct Subscriber {
 }
 
 /// A node's children by level.
+///
+/// Every publish asks each node it reaches for three children: its level, `#` and `+`. The
+/// wildcards are asked for at every node and are rarely there, so they are found without a scan
+/// or a hash: in a vector they come first (at most two entries to read), and a map says in
+/// `wildcards` whether it holds them.
 // The map is boxed so that a node with few children (almost every node) pays for a vector only.
 #[allow(clippy::box_collection)]
 enum Children {
+    /// `#` and `+` (when present) before every other level.
     Few(Vec<(Level, Node)>),
-    Many(Box<HashMap<Level, Node, Seeded>>),
+    Many(Box<ManyChildren>),
+}
+
+struct ManyChildren {
+    map: HashMap<Level, Node, Seeded>,
+    /// Which wildcard levels `map` holds: [`Wildcard`] bits.
+    wildcards: u8,
+}
+
+/// The wildcard levels of a filter, as bits of [`ManyChildren::wildcards`].
+#[derive(Clone, Copy)]
+#[repr(u8)]
+pub(super) enum Wildcard {
+    /// `#`
+    All = 1,
+    /// `+`
+    One = 2,
+}
+
+impl Wildcard {
+    fn of(level: &[u8]) -> Option<Wildcard> {
+        match level {
+            b"#" => Some(Wildcard::All),
+            b"+" => Some(Wildcard::One),
+            _ => None,
+        }
+    }
+
+    fn level(self) -> &'static [u8] {
+        match self {
+            Wildcard::All => b"#",
+            Wildcard::One => b"+",
+        }
+    }
 }
 
 impl Children {
-    fn get(&self, level: &[u8]) -> Option<&Node> {
+    /// The child for a topic's level (never a wildcard: topics have none).
+    fn get(&self, key: &LevelKey<'_>) -> Option<&Node> {
+        match self {
+            Children::Few(few) => few.iter().find(|(l, _)| l.is(key)).map(|e| &e.1),
+            Children::Many(many) => many.map.get(key.as_bytes()),
+        }
+    }
+
+    /// The `#` or `+` child.
+    #[inline]
+    fn wildcard(&self, wildcard: Wildcard) -> Option<&Node> {
+        let level = wildcard.level();
         match self {
             Children::Few(few) => few
                 .iter()
-                .find(|(l, _)| l.as_bytes() == level)
+                .take(2)
+                .find(|(l, _)| l.is_byte(level[0]))
                 .map(|e| &e.1),
-            Children::Many(many) => many.get(level),
+            Children::Many(many) if many.wildcards & wildcard as u8 != 0 => many.map.get(level),
+            Children::Many(_) => None,
         }
     }
 
@@ -136,16 +242,20 @@ impl Children {
                 .iter_mut()
                 .find(|(l, _)| l.as_bytes() == level)
                 .map(|e| &mut e.1),
-            Children::Many(many) => many.get_mut(level),
+            Children::Many(many) => many.map.get_mut(level),
         }
     }
 
     fn get_or_insert(&mut self, level: &[u8]) -> &mut Node {
         if let Children::Few(few) = self {
             if few.len() >= FEW && !few.iter().any(|(l, _)| l.as_bytes() == level) {
-                let mut many = HashMap::with_capacity_and_hasher(FEW * 2, Seeded);
-                many.extend(std::mem::take(few));
-                *self = Children::Many(Box::new(many));
+                let mut map = HashMap::with_capacity_and_hasher(FEW * 2, Seeded);
+                map.extend(std::mem::take(few));
+                let wildcards = [Wildcard::All, Wildcard::One]
+                    .into_iter()
+                    .filter(|w| map.contains_key(w.level()))
+                    .fold(0, |bits, w| bits | w as u8);
+                *self = Children::Many(Box::new(ManyChildren { map, wildcards }));
             }
         }
         match self {
@@ -155,13 +265,24 @@ impl Children {
                     None => {
                         // Exactly sized: most nodes keep one or two children for good.
                         few.reserve_exact(1);
-                        few.push((Level::new(level), Node::default()));
-                        few.len() - 1
+                        let entry = (Level::new(level), Node::default());
+                        if Wildcard::of(level).is_some() {
+                            few.insert(0, entry);
+                            0
+                        } else {
+                            few.push(entry);
+                            few.len() - 1
+                        }
                     }
                 };
                 &mut few[index].1
             }
-            Children::Many(many) => many.entry(Level::new(level)).or_default(),
+            Children::Many(many) => {
+                if let Some(wildcard) = Wildcard::of(level) {
+                    many.wildcards |= wildcard as u8;
+                }
+                many.map.entry(Level::new(level)).or_default()
+            }
         }
     }
 
@@ -169,19 +290,30 @@ impl Children {
         match self {
             Children::Few(few) => {
                 if let Some(index) = few.iter().position(|(l, _)| l.as_bytes() == level) {
-                    few.swap_remove(index);
+                    if Wildcard::of(level).is_some() {
+                        // In order, so that the other wildcard stays in front.
+                        few.remove(index);
+                    } else {
+                        // The last entry is a wildcard only when all are, this one included:
+                        // what moves into its place is another level.
+                        few.swap_remove(index);
+                    }
                     if few.is_empty() || few.len() <= few.capacity() / 4 {
                         few.shrink_to_fit();
                     }
                 }
             }
             Children::Many(many) => {
-                many.remove(level);
+                many.map.remove(level);
+                if let Some(wildcard) = Wildcard::of(level) {
+                    many.wildcards &= !(wildcard as u8);
+                }
                 // A map is not shrunk on the way down, only replaced once nearly empty (and
                 // freed with its node once empty): shrinking rehashes every entry under the
                 // write lock, which for a node with 100,000s of children would stall publishers.
-                if many.len() <= FEW / 2 {
-                    let few: Vec<(Level, Node)> = many.drain().collect();
+                if many.map.len() <= FEW / 2 {
+                    let mut few: Vec<(Level, Node)> = many.map.drain().collect();
+                    few.sort_by_key(|(l, _)| Wildcard::of(l.as_bytes()).is_none());
                     *self = Children::Few(few);
                 }
             }
@@ -191,7 +323,7 @@ impl Children {
     fn is_empty(&self) -> bool {
         match self {
             Children::Few(few) => few.is_empty(),
-            Children::Many(many) => many.is_empty(),
+            Children::Many(many) => many.map.is_empty(),
         }
     }
 }
@@ -432,26 +564,41 @@ impl Node {
         true
     }
 
-    /// Collects the nodes whose filters match `topic[depth..]` below this node.
-    pub(super) fn collect<'a>(&'a self, topic: &[&[u8]], depth: usize, out: &mut Matches<'a>) {
-        // A wildcard in the first level does not match topics starting with '$'.
-        let wildcards = depth > 0 || topic.first().is_none_or(|t| t.first() != Some(&b'$'));
-        if wildcards {
-            if let Some(all) = self.children.get(b"#") {
-                all.add_to(out);
+    /// Collects the nodes whose filters match `topic[depth..]` below this node: along the
+    /// topic's own levels in a loop, recursing only into `+` branches.
+    pub(super) fn collect<'a>(
+        &'a self,
+        topic: &[LevelKey<'_>],
+        mut depth: usize,
+        out: &mut Matches<'a>,
+    ) {
+        let mut node = self;
+        loop {
+            // A wildcard in the first level does not match topics starting with '$'.
+            let wildcards = depth > 0
+                || topic
+                    .first()
+                    .is_none_or(|t| t.as_bytes().first() != Some(&b'$'));
+            if wildcards {
+                if let Some(all) = node.children.wildcard(Wildcard::All) {
+                    all.add_to(out);
+                }
             }
-        }
-        match topic.get(depth) {
-            None => self.add_to(out),
-            Some(level) => {
-                if let Some(child) = self.children.get(level) {
-                    child.collect(topic, depth + 1, out);
+            let Some(level) = topic.get(depth) else {
+                node.add_to(out);
+                return;
+            };
+            if wildcards {
+                if let Some(any) = node.children.wildcard(Wildcard::One) {
+                    any.collect(topic, depth + 1, out);
                 }
-                if wildcards {
-                    if let Some(any) = self.children.get(b"+") {
-                        any.collect(topic, depth + 1, out);
-                    }
+            }
+            match node.children.get(level) {
+                Some(child) => {
+                    node = child;
+                    depth += 1;
                 }
+                None => return,
             }
         }
     }
