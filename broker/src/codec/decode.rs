@@ -64,6 +64,10 @@ pub fn decode(
         return Ok(None);
     }
 
+    if let Some(packet) = decode_short(kind, remaining_length, &buf[1 + length_bytes..total]) {
+        buf.advance(total);
+        return Ok(Some(packet));
+    }
     let mut packet = buf.split_to(total);
     packet.advance(1 + length_bytes);
     let mut body = Reader::new(packet.freeze(), kind.name());
@@ -87,6 +91,26 @@ pub fn decode(
     };
     body.finish()?;
     Ok(Some(decoded))
+}
+
+/// The packets a QoS 1/2 flow is made of besides PUBLISH, in their short form (a packet id
+/// alone, as MQTT 3.1.1 always sends them and MQTT 5 does for success): read in place, without
+/// the shared buffer the general path splits off. They are one in two packets of a QoS 1 flow.
+fn decode_short(kind: PacketKind, remaining_length: usize, body: &[u8]) -> Option<Packet> {
+    if remaining_length != 2 {
+        return None;
+    }
+    let &[high, low] = body else {
+        return None;
+    };
+    let ack = Ack::new(u16::from_be_bytes([high, low]));
+    match kind {
+        PacketKind::PubAck => Some(Packet::PubAck(ack)),
+        PacketKind::PubRec => Some(Packet::PubRec(ack)),
+        PacketKind::PubRel => Some(Packet::PubRel(ack)),
+        PacketKind::PubComp => Some(Packet::PubComp(ack)),
+        _ => None,
+    }
 }
 
 /// What the fixed header at the front of a read buffer announces, known before the body has
