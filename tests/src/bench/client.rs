@@ -81,6 +81,9 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Publisher: stopped and flushed (or dead).
     pub done: AtomicBool,
+    /// Publisher: bytes of one PUBLISH on the wire (set once it starts), to turn bytes the
+    /// broker has not read yet into messages.
+    pub publish_len: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -163,6 +166,8 @@ pub struct Conn {
     pub aliases: InboundAliases,
     /// Topic aliases we set towards the broker.
     pub out_aliases: OutboundAliases,
+    /// This side's address of the TCP connection (to find its queues in `/proc/net/tcp`).
+    pub local_addr: Option<SocketAddr>,
 }
 
 /// Connects (optionally from source address `bind`) over the dialer's transport, sends CONNECT
@@ -182,6 +187,9 @@ pub async fn open(
             TcpSocket::new_v6()
         }
         .context("socket")?;
+        if let Some(bytes) = dialer.send_buffer {
+            socket.set_send_buffer_size(bytes).context("SO_SNDBUF")?;
+        }
         if let Some(ip) = bind {
             // Let connect() pick the port for the whole 4-tuple: binding to port 0 would search
             // for a port free for *every* destination, which gets slow with thousands bound.
@@ -195,6 +203,7 @@ pub async fn open(
             .await
             .with_context(|| format!("connect {addr}"))?;
         tcp.set_nodelay(true).ok();
+        let local_addr = tcp.local_addr().ok();
         let stream = dialer.layer(tcp).await?;
         let v5 = login.version == Version::V5;
         let mut conn = Conn {
@@ -207,6 +216,7 @@ pub async fn open(
             server_topic_alias_maximum: 0,
             aliases: InboundAliases::new(if v5 { login.topic_alias_maximum } else { 0 }),
             out_aliases: OutboundAliases::new(0),
+            local_addr,
         };
         let username = login.auth.next_username();
         let credentials = codec::Credentials {
@@ -467,6 +477,7 @@ async fn publisher_loop(
         .collect();
     let msg_len = tmpls.iter().map(|t| t.bytes.len()).max().unwrap_or(1);
     let first_len = first_tmpls.iter().map(|t| t.bytes.len()).max().unwrap_or(1);
+    ctr.publish_len.store(msg_len as u64, Relaxed);
     let mut next_topic = 0usize;
     let batch = (WRITE_BATCH / msg_len).max(1) as u64;
     // A v5 broker may take fewer unacknowledged QoS 1 PUBLISHes than our window.
