@@ -23,6 +23,10 @@
 # both brokers serve that same certificate; the bench trusts the CA (`--tls --ca`). rumqttd
 # runs tcp only; Mosquitto runs ws/wss only when its build has websockets (checked once).
 #
+# 1,000 clients: `fanout-q1-1000` (one publisher, 1,000 subscribers) and `fanin-q1-1000` (1,000
+# unthrottled publishers, each with its QoS 1 window of 64, one subscriber) run by default, their
+# QoS 0 twins `fanout-q0-1000` and `fanin-q0-1000` only when named (README: 1,000 clients).
+#
 # Not in the default list: `handshakes` (`--connectors 8` clients connect, CONNECT, CONNACK,
 # DISCONNECT and wait for the close, over and over: cycles per second and the broker's CPU per
 # cycle; run e.g. `--scenarios handshakes-tls`). Its TLS variants run the bench with
@@ -96,6 +100,13 @@ declare -A SCENARIO_ARGS=(
     [fanin-q1]="fanin --qos 1 --publishers 4"
     [fanout-q0]="fanout --qos 0 --subscribers 8"
     [fanout-q1]="fanout --qos 1 --subscribers 8"
+    # 1,000 clients on one side: one publisher to 1,000 subscribers, 1,000 publishers (each
+    # unthrottled, QoS 1 with its window of 64) to one subscriber. 30 s to set up, for rumqttd's
+    # slow accepts.
+    [fanout-q1-1000]="fanout --qos 1 --subscribers 1000 --connect-timeout 30"
+    [fanin-q1-1000]="fanin --qos 1 --publishers 1000 --connect-timeout 30"
+    [fanout-q0-1000]="fanout --qos 0 --subscribers 1000 --connect-timeout 30"
+    [fanin-q0-1000]="fanin --qos 0 --publishers 1000 --connect-timeout 30"
     [p2p-q0]="p2p --qos 0 --pairs 8"
     [p2p-q1]="p2p --qos 1 --pairs 8"
     [latency-q0]="latency --qos 0 --rate 1000"
@@ -129,10 +140,11 @@ declare -A SCENARIO_ARGS=(
     [fanin-q1-16topics]="fanin --qos 1 --publishers 4 --topics 16"
     [fanin-q1-16topics-rules]="fanin --qos 1 --publishers 4 --topics 16"
 )
-ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 p2p-q0 p2p-q1 latency-q0 latency-q1
-    conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m subs-200k subs-clients)
+ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 fanout-q1-1000 fanin-q1-1000 p2p-q0 p2p-q1
+    latency-q0 latency-q1 conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m
+    subs-200k subs-clients)
 # Scenarios run only when named.
-EXTRA_SCENARIOS=(handshakes handshakes-jwt handshakes-password handshakes-password-cold
+EXTRA_SCENARIOS=(fanout-q0-1000 fanin-q0-1000 handshakes handshakes-jwt handshakes-password handshakes-password-cold
     handshakes-pbkdf2-cold fanin-q0-rules fanin-q1-rules fanin-q0-16topics fanin-q0-16topics-rules
     fanin-q1-16topics fanin-q1-16topics-rules)
 ALL_BROKERS=(coolpy7 mosquitto rumqttd)
@@ -727,9 +739,10 @@ run_one() { # broker scenario run
     else
         log "  $broker: $(python3 -c 'import json,sys
 r=json.loads(sys.argv[1])
-keys=["delivered_per_sec","lost","duplicates","errors","rss_per_conn_bytes","connected",
+keys=["delivered_per_sec","lost","unread","gaps","duplicates","errors","rss_per_conn_bytes","connected",
       "handshakes_per_sec","broker_cpu_us_per_handshake","broker_cpu_pct"]
-s=" ".join(f"{k}={r[k]}" for k in keys if k in r)
+# unread and gaps only when not 0: most runs have neither.
+s=" ".join(f"{k}={r[k]}" for k in keys if k in r and (r[k] or k not in ("unread","gaps")))
 l=r.get("latency_us")
 if isinstance(l,dict): s+=" p50={} p99={}".format(l.get("p50"),l.get("p99"))
 a=r.get("auth")

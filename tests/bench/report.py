@@ -56,8 +56,9 @@ def figures(settings):
     extra = settings.get("extra_subs", 10000)
     filters = settings.get("subs_filters", 1000000)
     holders = settings.get("subs_clients", 10000)
-    q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1"]
-    q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs"]
+    q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1", "fanout-q1-1000", "fanin-q1-1000"]
+    q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs", "fanout-q0-1000",
+          "fanin-q0-1000"]
     users = settings.get("auth_users", 200000)
     q1 = q1 + ["fanin-q1-rules", "fanin-q1-16topics", "fanin-q1-16topics-rules"]
     q0 = q0 + ["fanin-q0-rules", "fanin-q0-16topics", "fanin-q0-16topics-rules"]
@@ -72,6 +73,16 @@ def figures(settings):
         ("fanin qos1 delivered/s", "high", "one", ("fanin-q1", dps)),
         ("fanout qos0 delivered/s", "high", "one", ("fanout-q0", dps)),
         ("fanout qos1 delivered/s", "high", "one", ("fanout-q1", dps)),
+        ("fanout qos0, 1,000 subscribers, delivered/s", "high", "one", ("fanout-q0-1000", dps)),
+        ("fanout qos0, 1,000 subscribers: lost", "low", "one", ("fanout-q0-1000", field("lost"))),
+        ("fanout qos1, 1,000 subscribers, delivered/s", "high", "one", ("fanout-q1-1000", dps)),
+        ("fanout qos1, 1,000 subscribers: lost", "low", "one", ("fanout-q1-1000", field("lost"))),
+        ("fanin qos0, 1,000 publishers, delivered/s", "high", "one", ("fanin-q0-1000", dps)),
+        ("fanin qos0, 1,000 publishers: lost", "low", "one", ("fanin-q0-1000", field("lost"))),
+        ("fanin qos0, 1,000 publishers: not read by the broker at the end", "low", "one",
+         ("fanin-q0-1000", field("unread"))),
+        ("fanin qos1, 1,000 publishers, delivered/s", "high", "one", ("fanin-q1-1000", dps)),
+        ("fanin qos1, 1,000 publishers: lost", "low", "one", ("fanin-q1-1000", field("lost"))),
         ("p2p qos0 delivered/s", "high", "one", ("p2p-q0", dps)),
         ("p2p qos1 delivered/s", "high", "one", ("p2p-q1", dps)),
         ("latency qos0 p50 µs", "low", "one", ("latency-q0", field("latency_us.p50"))),
@@ -170,6 +181,10 @@ def figures(settings):
         ("broker CPU % fanin qos0", "low", "one", ("fanin-q0", field("broker_cpu_pct"))),
         ("broker CPU % fanin qos1", "low", "one", ("fanin-q1", field("broker_cpu_pct"))),
         ("broker CPU % fanout qos0", "low", "one", ("fanout-q0", field("broker_cpu_pct"))),
+        ("broker CPU % fanout qos1, 1,000 subscribers", "low", "one",
+         ("fanout-q1-1000", field("broker_cpu_pct"))),
+        ("broker CPU % fanin qos1, 1,000 publishers", "low", "one",
+         ("fanin-q1-1000", field("broker_cpu_pct"))),
         ("broker CPU % p2p qos0", "low", "one", ("p2p-q0", field("broker_cpu_pct"))),
         ("lost (qos1)", "low", "sum", (q1, field("lost"))),
         ("lost (qos0)", "low", "sum", (q0, field("lost"))),
