@@ -102,6 +102,9 @@ pub struct Login {
     pub topic_alias_maximum: u16,
     /// User Name and Password (`--username`, `--password`, `--password-file`, `--users`).
     pub auth: Auth,
+    /// 0: a clean session; otherwise a session the broker keeps after the connection (3.1.1
+    /// Clean Session 0; v5 Clean Start 0 with this Session Expiry Interval, seconds).
+    pub session_expiry: u32,
 }
 
 /// The credentials every CONNECT of the process carries. The strings are read once at start and
@@ -148,6 +151,15 @@ impl Login {
             ..self
         }
     }
+
+    /// The same login asking for a session kept `session_expiry` s after the connection (0:
+    /// a clean session).
+    pub fn session_expiry(self, session_expiry: u32) -> Login {
+        Login {
+            session_expiry,
+            ..self
+        }
+    }
 }
 
 /// A connected MQTT client: the stream plus whatever was read beyond the last packet used.
@@ -168,6 +180,8 @@ pub struct Conn {
     pub out_aliases: OutboundAliases,
     /// This side's address of the TCP connection (to find its queues in `/proc/net/tcp`).
     pub local_addr: Option<SocketAddr>,
+    /// CONNACK's Session Present: the broker had kept a session for this client id.
+    pub session_present: bool,
 }
 
 /// Connects (optionally from source address `bind`) over the dialer's transport, sends CONNECT
@@ -217,6 +231,7 @@ pub async fn open(
             aliases: InboundAliases::new(if v5 { login.topic_alias_maximum } else { 0 }),
             out_aliases: OutboundAliases::new(0),
             local_addr,
+            session_present: false,
         };
         let username = login.auth.next_username();
         let credentials = codec::Credentials {
@@ -236,14 +251,26 @@ pub async fn open(
                 login.receive_maximum,
                 login.topic_alias_maximum,
                 credentials,
+                login.session_expiry,
             );
         } else {
-            codec::connect(&mut out, client_id, login.keepalive, credentials);
+            codec::connect(
+                &mut out,
+                client_id,
+                login.keepalive,
+                credentials,
+                login.session_expiry,
+            );
         }
         conn.stream.send(&out).await.context("send CONNECT")?;
-        let (code, props, reason) = conn
+        let (session_present, code, props, reason) = conn
             .wait_for(|p| match p {
-                Packet::ConnAck { code, props, .. } => Some((
+                Packet::ConnAck {
+                    session_present,
+                    code,
+                    props,
+                } => Some((
+                    session_present,
                     code,
                     // Without the borrowed reason string, which is kept as a String.
                     ConnAckProps {
@@ -271,6 +298,7 @@ pub async fn open(
             };
             bail!("CONNACK return code {code}{what}");
         }
+        conn.session_present = session_present;
         conn.server_receive_maximum = props.receive_maximum;
         conn.server_maximum_qos = props.maximum_qos;
         conn.server_topic_alias_maximum = props.topic_alias_maximum;

@@ -752,6 +752,20 @@ async fn progress_sleep(args: &Args, st: &State, d: Duration) {
     }
 }
 
+/// The source address of connection `i` to a broker on IPv4 loopback: 127.0.0.2 for the first
+/// `per_ip`, 127.0.0.3 for the next, ..., so that more connections than the ephemeral port range
+/// (32768-60999) can be made, and TIME_WAIT of one address does not hold up the next. `None`
+/// (the kernel's choice) for a broker elsewhere, and past 127.0.0.254.
+pub(super) fn source_address(broker: SocketAddr, i: usize, per_ip: usize) -> Option<IpAddr> {
+    match broker.ip() {
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            let n = 2 + i / per_ip.max(1);
+            (n < 255).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n as u8)))
+        }
+        _ => None,
+    }
+}
+
 /// The `conns` scenario: C idle connections, the broker's RSS before and after.
 async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, Value>> {
     let addr = resolve(&args.host, args.port).await?;
@@ -767,15 +781,6 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
     }
     let timeout = secs(args.connect_timeout);
     let per_ip = args.conns_per_ip.max(1) as usize;
-    let source = |i: usize| -> Option<IpAddr> {
-        match addr.ip() {
-            IpAddr::V4(v4) if v4.is_loopback() => {
-                let n = 2 + i / per_ip;
-                (n < 255).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n as u8)))
-            }
-            _ => None,
-        }
-    };
     let global = secs(args.connect_timeout + args.warmup + args.secs + args.drain + 10.0);
     let rss_before_kb = args.pid.and_then(report::rss_kb);
     let streams: Arc<Mutex<Vec<Stream>>> = Arc::new(Mutex::new(Vec::with_capacity(target)));
@@ -808,7 +813,7 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
                 }
             }
             let id = format!("{}-c{i}", args.id_prefix);
-            let bind = source(i);
+            let bind = source_address(addr, i, per_ip);
             let login = args.login();
             let dialer = dialer.clone();
             set.spawn(async move { client::open(&dialer, bind, &id, &login, timeout).await });
