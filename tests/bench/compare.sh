@@ -27,6 +27,11 @@
 # unthrottled publishers, each with its QoS 1 window of 64, one subscriber) run by default, their
 # QoS 0 twins `fanout-q0-1000` and `fanin-q0-1000` only when named (README: 1,000 clients).
 #
+# `subs-sessions` (run by default): 100,000 clients (--quick 10,000) each leave a
+# persistent session with 10 filters (`subs --persistent`: Clean Session 0, SUBSCRIBE, SUBACK,
+# DISCONNECT), so that the broker holds them offline: its RSS per filter and per session.
+# rumqttd is skipped (its slow accepts would take minutes).
+#
 # Not in the default list: `handshakes` (`--connectors 8` clients connect, CONNECT, CONNACK,
 # DISCONNECT and wait for the close, over and over: cycles per second and the broker's CPU per
 # cycle; run e.g. `--scenarios handshakes-tls`). Its TLS variants run the bench with
@@ -123,6 +128,9 @@ declare -A SCENARIO_ARGS=(
     [subs-200k]="subs --filters 200000"
     # The same spread over many clients (each needs a file descriptor on both sides).
     [subs-clients]="subs --filters @SUBS_FILTERS@ --clients @SUBS_CLIENTS@ --connect-timeout 60"
+    # Offline persistent sessions: each client connects with Clean Session 0, subscribes 10
+    # filters, disconnects; the broker's RSS per filter and per session (no disconnect phase).
+    [subs-sessions]="subs --persistent --clients @SUBS_SESSIONS@ --filters @SUBS_SESSION_FILTERS@"
     # Connections set up and torn down per second by 8 clients at once (not run by default).
     [handshakes]="handshakes --connectors 8"
     # Access control (not run by default): the credentials and the brokers' flags and files are
@@ -142,7 +150,7 @@ declare -A SCENARIO_ARGS=(
 )
 ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 fanout-q1-1000 fanin-q1-1000 p2p-q0 p2p-q1
     latency-q0 latency-q1 conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m
-    subs-200k subs-clients)
+    subs-200k subs-clients subs-sessions)
 # Scenarios run only when named.
 EXTRA_SCENARIOS=(fanout-q0-1000 fanin-q0-1000 handshakes handshakes-jwt handshakes-password handshakes-password-cold
     handshakes-pbkdf2-cold fanin-q0-rules fanin-q1-rules fanin-q0-16topics fanin-q0-16topics-rules
@@ -192,6 +200,7 @@ CONNS=10000
 EXTRA_SUBS=10000
 SUBS_FILTERS=1000000
 SUBS_CLIENTS=10000
+SUBS_SESSIONS=100000
 AUTH_USERS="${AUTH_USERS:-}"
 RUNS=1
 QUICK=0
@@ -243,9 +252,11 @@ if [[ $QUICK == 1 ]]; then
     EXTRA_SUBS=1000
     SUBS_FILTERS=100000
     SUBS_CLIENTS=1000
+    SUBS_SESSIONS=10000
     AUTH_USERS="${AUTH_USERS:-20000}"
 fi
 AUTH_USERS="${AUTH_USERS:-200000}"
+SUBS_SESSION_FILTERS=$((SUBS_SESSIONS * 10))
 [[ "$AUTH_USERS" =~ ^[0-9]+$ && "$AUTH_USERS" -gt 0 ]] || { echo "AUTH_USERS wants a positive integer" >&2; exit 2; }
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -gt 0 ]] || { echo "--secs wants a positive integer" >&2; exit 2; }
 [[ "$RUNS" =~ ^[0-9]+$ && "$RUNS" -gt 0 ]] || { echo "--runs wants a positive integer" >&2; exit 2; }
@@ -685,6 +696,8 @@ run_one() { # broker scenario run
     args="${args//@EXTRA_SUBS@/$EXTRA_SUBS}"
     args="${args//@SUBS_FILTERS@/$SUBS_FILTERS}"
     args="${args//@SUBS_CLIENTS@/$SUBS_CLIENTS}"
+    args="${args//@SUBS_SESSIONS@/$SUBS_SESSIONS}"
+    args="${args//@SUBS_SESSION_FILTERS@/$SUBS_SESSION_FILTERS}"
     args="${args//@AUTH_USERS@/$AUTH_USERS}"
     local auth
     auth="$(auth_of "$scen")"
@@ -706,9 +719,9 @@ run_one() { # broker scenario run
         return 0
     fi
     local pid="$BROKER_PID"
-    # Bounded: load + warmup + drain, plus time to connect up to 10000 clients and to subscribe
-    # a million filters.
-    local limit=$((WARMUP + SECS + DRAIN + 90 + CONNS / 100 + SUBS_FILTERS / 5000))
+    # Bounded: load + warmup + drain, plus time to connect up to 10000 clients, to subscribe
+    # a million filters and to leave 100,000 persistent sessions.
+    local limit=$((WARMUP + SECS + DRAIN + 90 + CONNS / 100 + SUBS_FILTERS / 5000 + SUBS_SESSIONS / 500))
     local rc=0
     # shellcheck disable=SC2086
     timeout -k 5 "$limit" "$BENCH_BIN" $args --host 127.0.0.1 --port "$port" --size "$SIZE" \
@@ -740,7 +753,8 @@ run_one() { # broker scenario run
         log "  $broker: $(python3 -c 'import json,sys
 r=json.loads(sys.argv[1])
 keys=["delivered_per_sec","lost","unread","gaps","duplicates","errors","rss_per_conn_bytes","connected",
-      "handshakes_per_sec","broker_cpu_us_per_handshake","broker_cpu_pct"]
+      "handshakes_per_sec","broker_cpu_us_per_handshake","broker_cpu_pct","sessions",
+      "sessions_per_sec","rss_per_filter_bytes","rss_per_session_bytes","sessions_present"]
 # unread and gaps only when not 0: most runs have neither.
 s=" ".join(f"{k}={r[k]}" for k in keys if k in r and (r[k] or k not in ("unread","gaps")))
 l=r.get("latency_us")
@@ -804,8 +818,8 @@ log "brokers: ${BROKERS[*]}; scenarios: ${RUN_SCENARIOS[*]}; runs: $RUNS; secs: 
 MACHINE="$(machine_json "$(want_broker coolpy7 && echo "$COOLPY7_BIN")" \
     "$(want_broker mosquitto && echo "$MOSQUITTO_BIN")" \
     "$(want_broker rumqttd && echo "$RUMQTTD_BIN")" "$ROOT" "$NOFILE")"
-SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"auth_users":%s,"runs":%s,"quick":%s,"mqtt":"%s","transport":"%s"}' \
-    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$AUTH_USERS" "$RUNS" "$QUICK" "$MQTT" "$TRANSPORT")"
+SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"subs_sessions":%s,"subs_session_filters":%s,"auth_users":%s,"runs":%s,"quick":%s,"mqtt":"%s","transport":"%s"}' \
+    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$SUBS_SESSIONS" "$SUBS_SESSION_FILTERS" "$AUTH_USERS" "$RUNS" "$QUICK" "$MQTT" "$TRANSPORT")"
 
 for ((run = 1; run <= RUNS; run++)); do
     for scen in "${RUN_SCENARIOS[@]}"; do
@@ -817,6 +831,10 @@ for ((run = 1; run <= RUNS; run++)); do
             fi
             if [[ $broker == rumqttd && $(transport_of "$scen") != tcp ]]; then
                 log "  rumqttd: skipped (TLS and WebSocket listeners not configured)"
+                continue
+            fi
+            if [[ $broker == rumqttd && $(base_scenario "$scen") == subs-sessions ]]; then
+                log "  rumqttd: skipped (its accepts are slow: $SUBS_SESSIONS sessions would take minutes)"
                 continue
             fi
             if [[ $broker == rumqttd && $(auth_of "$scen") != none ]]; then

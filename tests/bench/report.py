@@ -56,6 +56,9 @@ def figures(settings):
     extra = settings.get("extra_subs", 10000)
     filters = settings.get("subs_filters", 1000000)
     holders = settings.get("subs_clients", 10000)
+    sessions = settings.get("subs_sessions", 100000)
+    session_filters = settings.get("subs_session_filters", 10 * sessions)
+    offline = f"subs {sessions:,} offline sessions, {session_filters:,} filters"
     q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1", "fanout-q1-1000", "fanin-q1-1000"]
     q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs", "fanout-q0-1000",
           "fanin-q0-1000"]
@@ -64,7 +67,7 @@ def figures(settings):
     q0 = q0 + ["fanin-q0-rules", "fanin-q0-16topics", "fanin-q0-16topics-rules"]
     allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1", "handshakes",
                        "handshakes-jwt", "handshakes-password", "handshakes-password-cold",
-                       "handshakes-pbkdf2-cold"]
+                       "handshakes-pbkdf2-cold", "subs-sessions"]
     dps = field("delivered_per_sec")
     hps = field("handshakes_per_sec")
     hcpu = field("broker_cpu_us_per_handshake")
@@ -178,6 +181,14 @@ def figures(settings):
          ("subs-clients", field("rss_per_filter_bytes"))),
         (f"subs {filters:,} filters over {holders:,} clients: pair's longest gap after they "
          "leave ms", "low", "one", ("subs-clients", field("pair_gap_after_ms"))),
+        (f"{offline}: RSS bytes/filter", "low", "one",
+         ("subs-sessions", field("rss_per_filter_bytes"))),
+        (f"{offline}: RSS bytes/session", "low", "one",
+         ("subs-sessions", field("rss_per_session_bytes"))),
+        (f"{offline}: sessions left/s (connect, subscribe, disconnect)", "high", "one",
+         ("subs-sessions", field("sessions_per_sec"))),
+        (f"{offline}: sampled sessions found again (of 16)", "high", "one",
+         ("subs-sessions", field("sessions_present"))),
         ("broker CPU % fanin qos0", "low", "one", ("fanin-q0", field("broker_cpu_pct"))),
         ("broker CPU % fanin qos1", "low", "one", ("fanin-q1", field("broker_cpu_pct"))),
         ("broker CPU % fanout qos0", "low", "one", ("fanout-q0", field("broker_cpu_pct"))),
