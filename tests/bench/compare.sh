@@ -4,7 +4,21 @@
 #
 #   tests/bench/compare.sh [--quick] [--secs N] [--runs R] [--only coolpy7,mosquitto,rumqttd]
 #                          [--scenarios fanin-q0,latency-q1,...] [--mqtt 3|5|3,5]
-#                          [--transport tcp,tls,ws,wss] [--no-build] [--list]
+#                          [--transport tcp,tls,ws,wss] [--peer NAME=COMMAND]... [--no-build]
+#                          [--list]
+#
+# --peer NAME=COMMAND (repeatable; or EXTRA_PEERS, one NAME=COMMAND a line): one more broker,
+# of any make, measured like Mosquitto. For each run the script starts `bash -c COMMAND` (in a
+# session of its own, stdin from /dev/null, output to the run's broker log) with PORT set to
+# the plain MQTT port it must listen on (127.0.0.1, BENCH_PORT_BASE+4 for the first peer, +5
+# for the second, ..., at most 6), waits until that port accepts, runs the bench with the pid
+# of the command and stops its session with SIGTERM afterwards. COMMAND should `exec` the
+# broker, so that the pid is the broker's (its RSS and CPU; a warning says when the process is
+# still bash), e.g.
+#   --peer 'other=sed "s/@PORT@/$PORT/" /tmp/other.conf > /tmp/o.conf && exec /opt/other -c /tmp/o.conf'
+# A peer runs only the MQTT 3.1.1 scenarios over TCP without access control (the others are
+# skipped with a log line), whatever --only says; NAME (lower case letters, digits, `_`) is
+# its column, with a coolpy7/NAME ratio column.
 #
 # --mqtt (or MQTT=...): which MQTT version each scenario runs with; 5 runs the `<id>-v5` variant
 # (the same bench arguments plus `--mqtt 5`), 3,5 both (default 3). `-v5` ids may also be named
@@ -79,8 +93,9 @@
 #
 # Environment: BENCH_BIN (load generator, default target/release/coolpy7-bench), COOLPY7_BIN
 # (default target/release/coolpy7, e.g. a build of an older commit to compare with),
-# BENCH_PORT_BASE (default 18830; coolpy7, mosquitto and rumqttd listen on +1, +2, +3),
-# COOLPY7_EXTRA_ARGS (appended to coolpy7's command line), RUMQTTD_BIN, MOSQUITTO_BIN.
+# BENCH_PORT_BASE (default 18830; coolpy7, mosquitto and rumqttd listen on +1, +2, +3, the
+# --peer brokers on +4, +5, ...), COOLPY7_EXTRA_ARGS (appended to coolpy7's command line),
+# RUMQTTD_BIN, MOSQUITTO_BIN, EXTRA_PEERS (see --peer).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -210,6 +225,26 @@ SCENARIOS=("${ALL_SCENARIOS[@]}")
 SECS_SET=0
 MQTT="${MQTT:-3}"
 TRANSPORT="${TRANSPORT:-tcp}"
+# --peer and EXTRA_PEERS: names in order, and each one's command.
+PEER_NAMES=()
+declare -A PEER_COMMANDS=()
+add_peer() { # NAME=COMMAND
+    local name="${1%%=*}" command="${1#*=}"
+    [[ "$1" == *=* && "$name" =~ ^[a-z][a-z0-9_]*$ ]] ||
+        { echo "--peer wants NAME=COMMAND with NAME of lower case letters, digits and _, not '$1'" >&2; exit 2; }
+    [[ " ${ALL_BROKERS[*]} ${PEER_NAMES[*]} " != *" $name "* ]] ||
+        { echo "--peer: '$name' is already a broker's name" >&2; exit 2; }
+    [[ -n "${command//[[:space:]]/}" ]] || { echo "--peer $name: the command is empty" >&2; exit 2; }
+    [[ ${#PEER_NAMES[@]} -lt 6 ]] || { echo "--peer: at most 6 peers (ports +4 to +9)" >&2; exit 2; }
+    PEER_NAMES+=("$name")
+    PEER_COMMANDS[$name]="$command"
+}
+if [[ -n "${EXTRA_PEERS:-}" ]]; then
+    while IFS= read -r peer; do
+        [[ -z "${peer//[[:space:]]/}" ]] || add_peer "$peer"
+    done <<<"$EXTRA_PEERS"
+fi
+is_peer() { [[ -n "${PEER_COMMANDS[$1]+x}" ]]; }
 
 split_list() { # "a,b c" -> one per line
     tr ', ' '\n\n' <<<"$1" | sed '/^$/d'
@@ -230,6 +265,8 @@ while [[ $# -gt 0 ]]; do
     --mqtt=*) MQTT="${1#*=}" ;;
     --transport) TRANSPORT="$2"; shift ;;
     --transport=*) TRANSPORT="${1#*=}" ;;
+    --peer) [[ $# -ge 2 ]] || { echo "--peer wants NAME=COMMAND" >&2; exit 2; }; add_peer "$2"; shift ;;
+    --peer=*) add_peer "${1#*=}" ;;
     --no-build) BUILD=0 ;;
     --list)
         for t in "" -tls -ws -wss; do
@@ -261,7 +298,12 @@ SUBS_SESSION_FILTERS=$((SUBS_SESSIONS * 10))
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -gt 0 ]] || { echo "--secs wants a positive integer" >&2; exit 2; }
 [[ "$RUNS" =~ ^[0-9]+$ && "$RUNS" -gt 0 ]] || { echo "--runs wants a positive integer" >&2; exit 2; }
 for b in "${BROKERS[@]}"; do
-    [[ " ${ALL_BROKERS[*]} " == *" $b "* ]] || { echo "unknown broker '$b' (${ALL_BROKERS[*]})" >&2; exit 2; }
+    [[ " ${ALL_BROKERS[*]} ${PEER_NAMES[*]} " == *" $b "* ]] ||
+        { echo "unknown broker '$b' (${ALL_BROKERS[*]}${PEER_NAMES[*]:+ ${PEER_NAMES[*]}})" >&2; exit 2; }
+done
+# Every peer runs, named in --only or not.
+for b in "${PEER_NAMES[@]}"; do
+    [[ " ${BROKERS[*]} " == *" $b "* ]] || BROKERS+=("$b")
 done
 for s in "${SCENARIOS[@]}"; do
     [[ -n "${SCENARIO_ARGS[$(base_scenario "$s")]+x}" ]] ||
@@ -315,6 +357,8 @@ die() { log "error: $*"; exit 1; }
 # ---------------------------------------------------------------------------------------------
 # Cleanup: every broker this script starts is stopped on exit, whatever the exit.
 BROKER_PID=""
+# The process group of a --peer's command (started with setsid), stopped as a whole.
+BROKER_GROUP=""
 BENCH_PID=""
 cleanup() {
     local rc=$?
@@ -388,6 +432,7 @@ fi
 # Brokers.
 PORT_BASE="${BENCH_PORT_BASE:-18830}"
 declare -A PORTS=([coolpy7]=$((PORT_BASE + 1)) [mosquitto]=$((PORT_BASE + 2)) [rumqttd]=$((PORT_BASE + 3)))
+for i in "${!PEER_NAMES[@]}"; do PORTS[${PEER_NAMES[$i]}]=$((PORT_BASE + 4 + i)); done
 declare -A TRANSPORT_PORT_OFFSET=([tcp]=0 [tls]=10 [ws]=20 [wss]=30)
 port_for() { echo $((PORTS[$1] + TRANSPORT_PORT_OFFSET[$2])); } # broker transport
 
@@ -631,6 +676,16 @@ start_broker() {
         sed "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$HERE/rumqttd.toml" >"$conf"
         "$RUMQTTD_BIN" -q -c "$conf" >"$logf" 2>&1 &
         ;;
+    *)
+        # A --peer: its command, in a session of its own so that whatever it starts is
+        # stopped with it (setsid execs in place: the pid stays the command's).
+        if command -v setsid >/dev/null; then
+            PORT="$plain" setsid bash -c "${PEER_COMMANDS[$name]}" >"$logf" 2>&1 </dev/null &
+            BROKER_GROUP=$!
+        else
+            PORT="$plain" bash -c "${PEER_COMMANDS[$name]}" >"$logf" 2>&1 </dev/null &
+        fi
+        ;;
     esac
     BROKER_PID=$!
     local i
@@ -641,7 +696,12 @@ start_broker() {
             BROKER_PID=""
             return 1
         fi
-        if port_open "$port"; then return 0; fi
+        if port_open "$port"; then
+            if is_peer "$name" && [[ "$(cat "/proc/$BROKER_PID/comm" 2>/dev/null)" == bash ]]; then
+                log "  $name: its command did not exec the broker: RSS and CPU are those of bash"
+            fi
+            return 0
+        fi
         sleep 0.05
     done
     log "$name does not accept on port $port after 10 s"
@@ -651,15 +711,18 @@ start_broker() {
 
 stop_broker() {
     [[ -n "$BROKER_PID" ]] || return 0
-    local pid="$BROKER_PID" i
+    local pid="$BROKER_PID" target="$BROKER_PID" i
+    # A peer's whole session (the group setsid made), not only its first process.
+    [[ -z "$BROKER_GROUP" ]] || target="-$BROKER_GROUP"
     BROKER_PID=""
-    kill -TERM "$pid" 2>/dev/null || return 0
+    BROKER_GROUP=""
+    kill -TERM -- "$target" 2>/dev/null || return 0
     for ((i = 0; i < 100; i++)); do
         kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
         sleep 0.1
     done
     log "pid $pid ignored SIGTERM for 10 s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
+    kill -KILL -- "$target" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
 
@@ -841,6 +904,11 @@ for ((run = 1; run <= RUNS; run++)); do
                 log "  rumqttd: skipped (access control not configured)"
                 continue
             fi
+            if is_peer "$broker" && [[ "$scen" == *-v5 || $(transport_of "$scen") != tcp ||
+                $(auth_of "$scen") != none ]]; then
+                log "  $broker: skipped (a --peer runs only MQTT 3.1.1 over TCP without access control)"
+                continue
+            fi
             if [[ $broker == mosquitto && $(auth_of "$scen") == jwt ]]; then
                 log "  mosquitto: skipped (no JWT authentication without a plugin)"
                 continue
@@ -854,6 +922,11 @@ for ((run = 1; run <= RUNS; run++)); do
     done
 done
 
+# The peers' commands, for the table's header: {"NAME": "COMMAND", ...}.
+PEER_ARGS=()
+for p in "${PEER_NAMES[@]}"; do PEER_ARGS+=("$p" "${PEER_COMMANDS[$p]}"); done
+PEERS_JSON="$(python3 -c 'import json, sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
+    "${PEER_ARGS[@]}")"
 python3 "$HERE/report.py" "$RESULTS" --machine "$MACHINE" --settings "$SETTINGS" \
-    --brokers "$(IFS=,; echo "${BROKERS[*]}")" --logs "$LOGS" | tee "$TABLE"
+    --brokers "$(IFS=,; echo "${BROKERS[*]}")" --peers "$PEERS_JSON" --logs "$LOGS" | tee "$TABLE"
 log "table: $TABLE"

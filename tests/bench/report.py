@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Turns the JSON lines written by tests/bench/compare.sh into a Markdown table.
 
-    report.py RESULTS.jsonl [--machine JSON] [--settings JSON] [--brokers a,b,c] [--logs DIR]
+    report.py RESULTS.jsonl [--machine JSON] [--settings JSON] [--brokers a,b,c] [--peers JSON]
+              [--logs DIR]
 
-One row per figure, one column per broker, then coolpy7's ratio to each peer. With several runs
+One row per figure, one column per broker, then coolpy7's ratio to each peer (Mosquitto,
+rumqttd and the brokers of compare.sh's --peer, whose commands --peers gives as
+{"NAME": "COMMAND"}). With several runs
 of a scenario the median of the successful runs is shown (a `*` marks a figure some of whose
 runs failed); a figure whose runs all failed reads `error`. Scenarios run over MQTT 5.0 (ids
 ending in `-v5`) give rows starting with `v5`, each right after its 3.1.1 row; scenarios run over
@@ -21,6 +24,8 @@ import statistics
 import sys
 
 BROKERS = ["coolpy7", "mosquitto", "rumqttd"]
+# How the built-in brokers are named in the title; a --peer by its NAME.
+TITLES = {"coolpy7": "coolpy7", "mosquitto": "Mosquitto", "rumqttd": "rumqttd"}
 TRANSPORTS = ["tls", "ws", "wss"]
 
 
@@ -345,12 +350,14 @@ def main():
     ap.add_argument("--machine", default="{}")
     ap.add_argument("--settings", default="{}")
     ap.add_argument("--brokers", default=",".join(BROKERS))
+    ap.add_argument("--peers", default="{}")
     ap.add_argument("--logs", default="")
     args = ap.parse_args()
 
     machine = json.loads(args.machine)
     settings = json.loads(args.settings)
     brokers = [b for b in args.brokers.split(",") if b]
+    extra_peers = json.loads(args.peers or "{}")
 
     by = collections.defaultdict(lambda: collections.defaultdict(list))
     failures = []
@@ -364,11 +371,11 @@ def main():
             if "error" in rec:
                 failures.append(rec)
 
-    peers = [p for p in ("mosquitto", "rumqttd") if p in brokers]
+    peers = [b for b in brokers if b != "coolpy7"]
     cols = brokers + ([f"coolpy7/{p}" for p in peers] if "coolpy7" in brokers else [])
 
     out = []
-    out.append("## coolpy7 vs Mosquitto vs rumqttd")
+    out.append("## " + " vs ".join(TITLES.get(b, b) for b in brokers))
     out.append("")
     if machine:
         out.append(f"- date: {machine.get('date', '')}")
@@ -386,6 +393,9 @@ def main():
                 vers.append(machine[k])
         if vers:
             out.append(f"- brokers: {'; '.join(vers)}")
+    for name, command in extra_peers.items():
+        if name in brokers:
+            out.append(f"- {name} (compare.sh --peer): `{command}`")
     if settings:
         out.append(f"- load: {settings.get('size', 64)}-byte payloads, {settings.get('secs')} s "
                    f"measured after {settings.get('warmup')} s warm-up ({settings.get('drain')} s "
@@ -433,6 +443,13 @@ def main():
     if ran_v5 and "rumqttd" in brokers:
         out.append("rumqttd was not run on the v5 rows (compare.sh configures only its MQTT 3.1.1 "
                    "listener).")
+        out.append("")
+    named = [p for p in extra_peers if p in brokers]
+    if named and any(s.endswith("-v5") or "-" + t in s or any(
+            a in s for a in ("jwt", "password", "pbkdf2", "rules"))
+            for s in ran for t in TRANSPORTS):
+        out.append(f"{', '.join(named)} (--peer) ran only the MQTT 3.1.1 scenarios over TCP "
+                   "without access control.")
         out.append("")
     if any(s.removesuffix("-v5").split("-")[0] in ("handshakes", "fanin")
            and any(a in s for a in ("jwt", "password", "pbkdf2", "rules")) for s in ran):
