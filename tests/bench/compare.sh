@@ -4,7 +4,21 @@
 #
 #   tests/bench/compare.sh [--quick] [--secs N] [--runs R] [--only coolpy7,mosquitto,rumqttd]
 #                          [--scenarios fanin-q0,latency-q1,...] [--mqtt 3|5|3,5]
-#                          [--transport tcp,tls,ws,wss] [--no-build] [--list]
+#                          [--transport tcp,tls,ws,wss] [--peer NAME=COMMAND]... [--no-build]
+#                          [--list]
+#
+# --peer NAME=COMMAND (repeatable; or EXTRA_PEERS, one NAME=COMMAND a line): one more broker,
+# of any make, measured like Mosquitto. For each run the script starts `bash -c COMMAND` (in a
+# session of its own, stdin from /dev/null, output to the run's broker log) with PORT set to
+# the plain MQTT port it must listen on (127.0.0.1, BENCH_PORT_BASE+4 for the first peer, +5
+# for the second, ..., at most 6), waits until that port accepts, runs the bench with the pid
+# of the command and stops its session with SIGTERM afterwards. COMMAND should `exec` the
+# broker, so that the pid is the broker's (its RSS and CPU; a warning says when the process is
+# still bash), e.g.
+#   --peer 'other=sed "s/@PORT@/$PORT/" /tmp/other.conf > /tmp/o.conf && exec /opt/other -c /tmp/o.conf'
+# A peer runs only the MQTT 3.1.1 scenarios over TCP without access control (the others are
+# skipped with a log line), whatever --only says; NAME (lower case letters, digits, `_`) is
+# its column, with a coolpy7/NAME ratio column.
 #
 # --mqtt (or MQTT=...): which MQTT version each scenario runs with; 5 runs the `<id>-v5` variant
 # (the same bench arguments plus `--mqtt 5`), 3,5 both (default 3). `-v5` ids may also be named
@@ -22,6 +36,15 @@
 # logs directory, the key world-readable because Mosquitto reads it after dropping root), and
 # both brokers serve that same certificate; the bench trusts the CA (`--tls --ca`). rumqttd
 # runs tcp only; Mosquitto runs ws/wss only when its build has websockets (checked once).
+#
+# 1,000 clients: `fanout-q1-1000` (one publisher, 1,000 subscribers) and `fanin-q1-1000` (1,000
+# unthrottled publishers, each with its QoS 1 window of 64, one subscriber) run by default, their
+# QoS 0 twins `fanout-q0-1000` and `fanin-q0-1000` only when named (README: 1,000 clients).
+#
+# `subs-sessions` (run by default): 100,000 clients (--quick 10,000) each leave a
+# persistent session with 10 filters (`subs --persistent`: Clean Session 0, SUBSCRIBE, SUBACK,
+# DISCONNECT), so that the broker holds them offline: its RSS per filter and per session.
+# rumqttd is skipped (its slow accepts would take minutes).
 #
 # Not in the default list: `handshakes` (`--connectors 8` clients connect, CONNECT, CONNACK,
 # DISCONNECT and wait for the close, over and over: cycles per second and the broker's CPU per
@@ -70,8 +93,9 @@
 #
 # Environment: BENCH_BIN (load generator, default target/release/coolpy7-bench), COOLPY7_BIN
 # (default target/release/coolpy7, e.g. a build of an older commit to compare with),
-# BENCH_PORT_BASE (default 18830; coolpy7, mosquitto and rumqttd listen on +1, +2, +3),
-# COOLPY7_EXTRA_ARGS (appended to coolpy7's command line), RUMQTTD_BIN, MOSQUITTO_BIN.
+# BENCH_PORT_BASE (default 18830; coolpy7, mosquitto and rumqttd listen on +1, +2, +3, the
+# --peer brokers on +4, +5, ...), COOLPY7_EXTRA_ARGS (appended to coolpy7's command line),
+# RUMQTTD_BIN, MOSQUITTO_BIN, EXTRA_PEERS (see --peer).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -96,6 +120,13 @@ declare -A SCENARIO_ARGS=(
     [fanin-q1]="fanin --qos 1 --publishers 4"
     [fanout-q0]="fanout --qos 0 --subscribers 8"
     [fanout-q1]="fanout --qos 1 --subscribers 8"
+    # 1,000 clients on one side: one publisher to 1,000 subscribers, 1,000 publishers (each
+    # unthrottled, QoS 1 with its window of 64) to one subscriber. 30 s to set up, for rumqttd's
+    # slow accepts.
+    [fanout-q1-1000]="fanout --qos 1 --subscribers 1000 --connect-timeout 30"
+    [fanin-q1-1000]="fanin --qos 1 --publishers 1000 --connect-timeout 30"
+    [fanout-q0-1000]="fanout --qos 0 --subscribers 1000 --connect-timeout 30"
+    [fanin-q0-1000]="fanin --qos 0 --publishers 1000 --connect-timeout 30"
     [p2p-q0]="p2p --qos 0 --pairs 8"
     [p2p-q1]="p2p --qos 1 --pairs 8"
     [latency-q0]="latency --qos 0 --rate 1000"
@@ -112,6 +143,9 @@ declare -A SCENARIO_ARGS=(
     [subs-200k]="subs --filters 200000"
     # The same spread over many clients (each needs a file descriptor on both sides).
     [subs-clients]="subs --filters @SUBS_FILTERS@ --clients @SUBS_CLIENTS@ --connect-timeout 60"
+    # Offline persistent sessions: each client connects with Clean Session 0, subscribes 10
+    # filters, disconnects; the broker's RSS per filter and per session (no disconnect phase).
+    [subs-sessions]="subs --persistent --clients @SUBS_SESSIONS@ --filters @SUBS_SESSION_FILTERS@"
     # Connections set up and torn down per second by 8 clients at once (not run by default).
     [handshakes]="handshakes --connectors 8"
     # Access control (not run by default): the credentials and the brokers' flags and files are
@@ -129,10 +163,11 @@ declare -A SCENARIO_ARGS=(
     [fanin-q1-16topics]="fanin --qos 1 --publishers 4 --topics 16"
     [fanin-q1-16topics-rules]="fanin --qos 1 --publishers 4 --topics 16"
 )
-ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 p2p-q0 p2p-q1 latency-q0 latency-q1
-    conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m subs-200k subs-clients)
+ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 fanout-q1-1000 fanin-q1-1000 p2p-q0 p2p-q1
+    latency-q0 latency-q1 conns fanin-extra-subs fanout-stalled-q0 fanout-stalled-q1 subs-1m
+    subs-200k subs-clients subs-sessions)
 # Scenarios run only when named.
-EXTRA_SCENARIOS=(handshakes handshakes-jwt handshakes-password handshakes-password-cold
+EXTRA_SCENARIOS=(fanout-q0-1000 fanin-q0-1000 handshakes handshakes-jwt handshakes-password handshakes-password-cold
     handshakes-pbkdf2-cold fanin-q0-rules fanin-q1-rules fanin-q0-16topics fanin-q0-16topics-rules
     fanin-q1-16topics fanin-q1-16topics-rules)
 ALL_BROKERS=(coolpy7 mosquitto rumqttd)
@@ -180,6 +215,7 @@ CONNS=10000
 EXTRA_SUBS=10000
 SUBS_FILTERS=1000000
 SUBS_CLIENTS=10000
+SUBS_SESSIONS=100000
 AUTH_USERS="${AUTH_USERS:-}"
 RUNS=1
 QUICK=0
@@ -189,6 +225,26 @@ SCENARIOS=("${ALL_SCENARIOS[@]}")
 SECS_SET=0
 MQTT="${MQTT:-3}"
 TRANSPORT="${TRANSPORT:-tcp}"
+# --peer and EXTRA_PEERS: names in order, and each one's command.
+PEER_NAMES=()
+declare -A PEER_COMMANDS=()
+add_peer() { # NAME=COMMAND
+    local name="${1%%=*}" command="${1#*=}"
+    [[ "$1" == *=* && "$name" =~ ^[a-z][a-z0-9_]*$ ]] ||
+        { echo "--peer wants NAME=COMMAND with NAME of lower case letters, digits and _, not '$1'" >&2; exit 2; }
+    [[ " ${ALL_BROKERS[*]} ${PEER_NAMES[*]} " != *" $name "* ]] ||
+        { echo "--peer: '$name' is already a broker's name" >&2; exit 2; }
+    [[ -n "${command//[[:space:]]/}" ]] || { echo "--peer $name: the command is empty" >&2; exit 2; }
+    [[ ${#PEER_NAMES[@]} -lt 6 ]] || { echo "--peer: at most 6 peers (ports +4 to +9)" >&2; exit 2; }
+    PEER_NAMES+=("$name")
+    PEER_COMMANDS[$name]="$command"
+}
+if [[ -n "${EXTRA_PEERS:-}" ]]; then
+    while IFS= read -r peer; do
+        [[ -z "${peer//[[:space:]]/}" ]] || add_peer "$peer"
+    done <<<"$EXTRA_PEERS"
+fi
+is_peer() { [[ -n "${PEER_COMMANDS[$1]+x}" ]]; }
 
 split_list() { # "a,b c" -> one per line
     tr ', ' '\n\n' <<<"$1" | sed '/^$/d'
@@ -209,6 +265,8 @@ while [[ $# -gt 0 ]]; do
     --mqtt=*) MQTT="${1#*=}" ;;
     --transport) TRANSPORT="$2"; shift ;;
     --transport=*) TRANSPORT="${1#*=}" ;;
+    --peer) [[ $# -ge 2 ]] || { echo "--peer wants NAME=COMMAND" >&2; exit 2; }; add_peer "$2"; shift ;;
+    --peer=*) add_peer "${1#*=}" ;;
     --no-build) BUILD=0 ;;
     --list)
         for t in "" -tls -ws -wss; do
@@ -231,14 +289,21 @@ if [[ $QUICK == 1 ]]; then
     EXTRA_SUBS=1000
     SUBS_FILTERS=100000
     SUBS_CLIENTS=1000
+    SUBS_SESSIONS=10000
     AUTH_USERS="${AUTH_USERS:-20000}"
 fi
 AUTH_USERS="${AUTH_USERS:-200000}"
+SUBS_SESSION_FILTERS=$((SUBS_SESSIONS * 10))
 [[ "$AUTH_USERS" =~ ^[0-9]+$ && "$AUTH_USERS" -gt 0 ]] || { echo "AUTH_USERS wants a positive integer" >&2; exit 2; }
 [[ "$SECS" =~ ^[0-9]+$ && "$SECS" -gt 0 ]] || { echo "--secs wants a positive integer" >&2; exit 2; }
 [[ "$RUNS" =~ ^[0-9]+$ && "$RUNS" -gt 0 ]] || { echo "--runs wants a positive integer" >&2; exit 2; }
 for b in "${BROKERS[@]}"; do
-    [[ " ${ALL_BROKERS[*]} " == *" $b "* ]] || { echo "unknown broker '$b' (${ALL_BROKERS[*]})" >&2; exit 2; }
+    [[ " ${ALL_BROKERS[*]} ${PEER_NAMES[*]} " == *" $b "* ]] ||
+        { echo "unknown broker '$b' (${ALL_BROKERS[*]}${PEER_NAMES[*]:+ ${PEER_NAMES[*]}})" >&2; exit 2; }
+done
+# Every peer runs, named in --only or not.
+for b in "${PEER_NAMES[@]}"; do
+    [[ " ${BROKERS[*]} " == *" $b "* ]] || BROKERS+=("$b")
 done
 for s in "${SCENARIOS[@]}"; do
     [[ -n "${SCENARIO_ARGS[$(base_scenario "$s")]+x}" ]] ||
@@ -292,6 +357,8 @@ die() { log "error: $*"; exit 1; }
 # ---------------------------------------------------------------------------------------------
 # Cleanup: every broker this script starts is stopped on exit, whatever the exit.
 BROKER_PID=""
+# The process group of a --peer's command (started with setsid), stopped as a whole.
+BROKER_GROUP=""
 BENCH_PID=""
 cleanup() {
     local rc=$?
@@ -365,6 +432,7 @@ fi
 # Brokers.
 PORT_BASE="${BENCH_PORT_BASE:-18830}"
 declare -A PORTS=([coolpy7]=$((PORT_BASE + 1)) [mosquitto]=$((PORT_BASE + 2)) [rumqttd]=$((PORT_BASE + 3)))
+for i in "${!PEER_NAMES[@]}"; do PORTS[${PEER_NAMES[$i]}]=$((PORT_BASE + 4 + i)); done
 declare -A TRANSPORT_PORT_OFFSET=([tcp]=0 [tls]=10 [ws]=20 [wss]=30)
 port_for() { echo $((PORTS[$1] + TRANSPORT_PORT_OFFSET[$2])); } # broker transport
 
@@ -608,6 +676,16 @@ start_broker() {
         sed "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$HERE/rumqttd.toml" >"$conf"
         "$RUMQTTD_BIN" -q -c "$conf" >"$logf" 2>&1 &
         ;;
+    *)
+        # A --peer: its command, in a session of its own so that whatever it starts is
+        # stopped with it (setsid execs in place: the pid stays the command's).
+        if command -v setsid >/dev/null; then
+            PORT="$plain" setsid bash -c "${PEER_COMMANDS[$name]}" >"$logf" 2>&1 </dev/null &
+            BROKER_GROUP=$!
+        else
+            PORT="$plain" bash -c "${PEER_COMMANDS[$name]}" >"$logf" 2>&1 </dev/null &
+        fi
+        ;;
     esac
     BROKER_PID=$!
     local i
@@ -618,7 +696,12 @@ start_broker() {
             BROKER_PID=""
             return 1
         fi
-        if port_open "$port"; then return 0; fi
+        if port_open "$port"; then
+            if is_peer "$name" && [[ "$(cat "/proc/$BROKER_PID/comm" 2>/dev/null)" == bash ]]; then
+                log "  $name: its command did not exec the broker: RSS and CPU are those of bash"
+            fi
+            return 0
+        fi
         sleep 0.05
     done
     log "$name does not accept on port $port after 10 s"
@@ -628,15 +711,18 @@ start_broker() {
 
 stop_broker() {
     [[ -n "$BROKER_PID" ]] || return 0
-    local pid="$BROKER_PID" i
+    local pid="$BROKER_PID" target="$BROKER_PID" i
+    # A peer's whole session (the group setsid made), not only its first process.
+    [[ -z "$BROKER_GROUP" ]] || target="-$BROKER_GROUP"
     BROKER_PID=""
-    kill -TERM "$pid" 2>/dev/null || return 0
+    BROKER_GROUP=""
+    kill -TERM -- "$target" 2>/dev/null || return 0
     for ((i = 0; i < 100; i++)); do
         kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
         sleep 0.1
     done
     log "pid $pid ignored SIGTERM for 10 s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
+    kill -KILL -- "$target" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
 
@@ -673,6 +759,8 @@ run_one() { # broker scenario run
     args="${args//@EXTRA_SUBS@/$EXTRA_SUBS}"
     args="${args//@SUBS_FILTERS@/$SUBS_FILTERS}"
     args="${args//@SUBS_CLIENTS@/$SUBS_CLIENTS}"
+    args="${args//@SUBS_SESSIONS@/$SUBS_SESSIONS}"
+    args="${args//@SUBS_SESSION_FILTERS@/$SUBS_SESSION_FILTERS}"
     args="${args//@AUTH_USERS@/$AUTH_USERS}"
     local auth
     auth="$(auth_of "$scen")"
@@ -694,9 +782,9 @@ run_one() { # broker scenario run
         return 0
     fi
     local pid="$BROKER_PID"
-    # Bounded: load + warmup + drain, plus time to connect up to 10000 clients and to subscribe
-    # a million filters.
-    local limit=$((WARMUP + SECS + DRAIN + 90 + CONNS / 100 + SUBS_FILTERS / 5000))
+    # Bounded: load + warmup + drain, plus time to connect up to 10000 clients, to subscribe
+    # a million filters and to leave 100,000 persistent sessions.
+    local limit=$((WARMUP + SECS + DRAIN + 90 + CONNS / 100 + SUBS_FILTERS / 5000 + SUBS_SESSIONS / 500))
     local rc=0
     # shellcheck disable=SC2086
     timeout -k 5 "$limit" "$BENCH_BIN" $args --host 127.0.0.1 --port "$port" --size "$SIZE" \
@@ -727,9 +815,11 @@ run_one() { # broker scenario run
     else
         log "  $broker: $(python3 -c 'import json,sys
 r=json.loads(sys.argv[1])
-keys=["delivered_per_sec","lost","duplicates","errors","rss_per_conn_bytes","connected",
-      "handshakes_per_sec","broker_cpu_us_per_handshake","broker_cpu_pct"]
-s=" ".join(f"{k}={r[k]}" for k in keys if k in r)
+keys=["delivered_per_sec","lost","unread","gaps","duplicates","errors","rss_per_conn_bytes","connected",
+      "handshakes_per_sec","broker_cpu_us_per_handshake","broker_cpu_pct","sessions",
+      "sessions_per_sec","rss_per_filter_bytes","rss_per_session_bytes","sessions_present"]
+# unread and gaps only when not 0: most runs have neither.
+s=" ".join(f"{k}={r[k]}" for k in keys if k in r and (r[k] or k not in ("unread","gaps")))
 l=r.get("latency_us")
 if isinstance(l,dict): s+=" p50={} p99={}".format(l.get("p50"),l.get("p99"))
 a=r.get("auth")
@@ -791,8 +881,8 @@ log "brokers: ${BROKERS[*]}; scenarios: ${RUN_SCENARIOS[*]}; runs: $RUNS; secs: 
 MACHINE="$(machine_json "$(want_broker coolpy7 && echo "$COOLPY7_BIN")" \
     "$(want_broker mosquitto && echo "$MOSQUITTO_BIN")" \
     "$(want_broker rumqttd && echo "$RUMQTTD_BIN")" "$ROOT" "$NOFILE")"
-SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"auth_users":%s,"runs":%s,"quick":%s,"mqtt":"%s","transport":"%s"}' \
-    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$AUTH_USERS" "$RUNS" "$QUICK" "$MQTT" "$TRANSPORT")"
+SETTINGS="$(printf '{"secs":%s,"warmup":%s,"drain":%s,"size":%s,"conns":%s,"extra_subs":%s,"subs_filters":%s,"subs_clients":%s,"subs_sessions":%s,"subs_session_filters":%s,"auth_users":%s,"runs":%s,"quick":%s,"mqtt":"%s","transport":"%s"}' \
+    "$SECS" "$WARMUP" "$DRAIN" "$SIZE" "$CONNS" "$EXTRA_SUBS" "$SUBS_FILTERS" "$SUBS_CLIENTS" "$SUBS_SESSIONS" "$SUBS_SESSION_FILTERS" "$AUTH_USERS" "$RUNS" "$QUICK" "$MQTT" "$TRANSPORT")"
 
 for ((run = 1; run <= RUNS; run++)); do
     for scen in "${RUN_SCENARIOS[@]}"; do
@@ -806,8 +896,17 @@ for ((run = 1; run <= RUNS; run++)); do
                 log "  rumqttd: skipped (TLS and WebSocket listeners not configured)"
                 continue
             fi
+            if [[ $broker == rumqttd && $(base_scenario "$scen") == subs-sessions ]]; then
+                log "  rumqttd: skipped (its accepts are slow: $SUBS_SESSIONS sessions would take minutes)"
+                continue
+            fi
             if [[ $broker == rumqttd && $(auth_of "$scen") != none ]]; then
                 log "  rumqttd: skipped (access control not configured)"
+                continue
+            fi
+            if is_peer "$broker" && [[ "$scen" == *-v5 || $(transport_of "$scen") != tcp ||
+                $(auth_of "$scen") != none ]]; then
+                log "  $broker: skipped (a --peer runs only MQTT 3.1.1 over TCP without access control)"
                 continue
             fi
             if [[ $broker == mosquitto && $(auth_of "$scen") == jwt ]]; then
@@ -823,6 +922,11 @@ for ((run = 1; run <= RUNS; run++)); do
     done
 done
 
+# The peers' commands, for the table's header: {"NAME": "COMMAND", ...}.
+PEER_ARGS=()
+for p in "${PEER_NAMES[@]}"; do PEER_ARGS+=("$p" "${PEER_COMMANDS[$p]}"); done
+PEERS_JSON="$(python3 -c 'import json, sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
+    "${PEER_ARGS[@]}")"
 python3 "$HERE/report.py" "$RESULTS" --machine "$MACHINE" --settings "$SETTINGS" \
-    --brokers "$(IFS=,; echo "${BROKERS[*]}")" --logs "$LOGS" | tee "$TABLE"
+    --brokers "$(IFS=,; echo "${BROKERS[*]}")" --peers "$PEERS_JSON" --logs "$LOGS" | tee "$TABLE"
 log "table: $TABLE"

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Turns the JSON lines written by tests/bench/compare.sh into a Markdown table.
 
-    report.py RESULTS.jsonl [--machine JSON] [--settings JSON] [--brokers a,b,c] [--logs DIR]
+    report.py RESULTS.jsonl [--machine JSON] [--settings JSON] [--brokers a,b,c] [--peers JSON]
+              [--logs DIR]
 
-One row per figure, one column per broker, then coolpy7's ratio to each peer. With several runs
+One row per figure, one column per broker, then coolpy7's ratio to each peer (Mosquitto,
+rumqttd and the brokers of compare.sh's --peer, whose commands --peers gives as
+{"NAME": "COMMAND"}). With several runs
 of a scenario the median of the successful runs is shown (a `*` marks a figure some of whose
 runs failed); a figure whose runs all failed reads `error`. Scenarios run over MQTT 5.0 (ids
 ending in `-v5`) give rows starting with `v5`, each right after its 3.1.1 row; scenarios run over
@@ -21,6 +24,8 @@ import statistics
 import sys
 
 BROKERS = ["coolpy7", "mosquitto", "rumqttd"]
+# How the built-in brokers are named in the title; a --peer by its NAME.
+TITLES = {"coolpy7": "coolpy7", "mosquitto": "Mosquitto", "rumqttd": "rumqttd"}
 TRANSPORTS = ["tls", "ws", "wss"]
 
 
@@ -56,14 +61,18 @@ def figures(settings):
     extra = settings.get("extra_subs", 10000)
     filters = settings.get("subs_filters", 1000000)
     holders = settings.get("subs_clients", 10000)
-    q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1"]
-    q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs"]
+    sessions = settings.get("subs_sessions", 100000)
+    session_filters = settings.get("subs_session_filters", 10 * sessions)
+    offline = f"subs {sessions:,} offline sessions, {session_filters:,} filters"
+    q1 = ["fanin-q1", "fanout-q1", "p2p-q1", "latency-q1", "fanout-q1-1000", "fanin-q1-1000"]
+    q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs", "fanout-q0-1000",
+          "fanin-q0-1000"]
     users = settings.get("auth_users", 200000)
     q1 = q1 + ["fanin-q1-rules", "fanin-q1-16topics", "fanin-q1-16topics-rules"]
     q0 = q0 + ["fanin-q0-rules", "fanin-q0-16topics", "fanin-q0-16topics-rules"]
     allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1", "handshakes",
                        "handshakes-jwt", "handshakes-password", "handshakes-password-cold",
-                       "handshakes-pbkdf2-cold"]
+                       "handshakes-pbkdf2-cold", "subs-sessions"]
     dps = field("delivered_per_sec")
     hps = field("handshakes_per_sec")
     hcpu = field("broker_cpu_us_per_handshake")
@@ -72,6 +81,16 @@ def figures(settings):
         ("fanin qos1 delivered/s", "high", "one", ("fanin-q1", dps)),
         ("fanout qos0 delivered/s", "high", "one", ("fanout-q0", dps)),
         ("fanout qos1 delivered/s", "high", "one", ("fanout-q1", dps)),
+        ("fanout qos0, 1,000 subscribers, delivered/s", "high", "one", ("fanout-q0-1000", dps)),
+        ("fanout qos0, 1,000 subscribers: lost", "low", "one", ("fanout-q0-1000", field("lost"))),
+        ("fanout qos1, 1,000 subscribers, delivered/s", "high", "one", ("fanout-q1-1000", dps)),
+        ("fanout qos1, 1,000 subscribers: lost", "low", "one", ("fanout-q1-1000", field("lost"))),
+        ("fanin qos0, 1,000 publishers, delivered/s", "high", "one", ("fanin-q0-1000", dps)),
+        ("fanin qos0, 1,000 publishers: lost", "low", "one", ("fanin-q0-1000", field("lost"))),
+        ("fanin qos0, 1,000 publishers: not read by the broker at the end", "low", "one",
+         ("fanin-q0-1000", field("unread"))),
+        ("fanin qos1, 1,000 publishers, delivered/s", "high", "one", ("fanin-q1-1000", dps)),
+        ("fanin qos1, 1,000 publishers: lost", "low", "one", ("fanin-q1-1000", field("lost"))),
         ("p2p qos0 delivered/s", "high", "one", ("p2p-q0", dps)),
         ("p2p qos1 delivered/s", "high", "one", ("p2p-q1", dps)),
         ("latency qos0 p50 µs", "low", "one", ("latency-q0", field("latency_us.p50"))),
@@ -167,9 +186,21 @@ def figures(settings):
          ("subs-clients", field("rss_per_filter_bytes"))),
         (f"subs {filters:,} filters over {holders:,} clients: pair's longest gap after they "
          "leave ms", "low", "one", ("subs-clients", field("pair_gap_after_ms"))),
+        (f"{offline}: RSS bytes/filter", "low", "one",
+         ("subs-sessions", field("rss_per_filter_bytes"))),
+        (f"{offline}: RSS bytes/session", "low", "one",
+         ("subs-sessions", field("rss_per_session_bytes"))),
+        (f"{offline}: sessions left/s (connect, subscribe, disconnect)", "high", "one",
+         ("subs-sessions", field("sessions_per_sec"))),
+        (f"{offline}: sampled sessions found again (of 16)", "high", "one",
+         ("subs-sessions", field("sessions_present"))),
         ("broker CPU % fanin qos0", "low", "one", ("fanin-q0", field("broker_cpu_pct"))),
         ("broker CPU % fanin qos1", "low", "one", ("fanin-q1", field("broker_cpu_pct"))),
         ("broker CPU % fanout qos0", "low", "one", ("fanout-q0", field("broker_cpu_pct"))),
+        ("broker CPU % fanout qos1, 1,000 subscribers", "low", "one",
+         ("fanout-q1-1000", field("broker_cpu_pct"))),
+        ("broker CPU % fanin qos1, 1,000 publishers", "low", "one",
+         ("fanin-q1-1000", field("broker_cpu_pct"))),
         ("broker CPU % p2p qos0", "low", "one", ("p2p-q0", field("broker_cpu_pct"))),
         ("lost (qos1)", "low", "sum", (q1, field("lost"))),
         ("lost (qos0)", "low", "sum", (q0, field("lost"))),
@@ -319,12 +350,14 @@ def main():
     ap.add_argument("--machine", default="{}")
     ap.add_argument("--settings", default="{}")
     ap.add_argument("--brokers", default=",".join(BROKERS))
+    ap.add_argument("--peers", default="{}")
     ap.add_argument("--logs", default="")
     args = ap.parse_args()
 
     machine = json.loads(args.machine)
     settings = json.loads(args.settings)
     brokers = [b for b in args.brokers.split(",") if b]
+    extra_peers = json.loads(args.peers or "{}")
 
     by = collections.defaultdict(lambda: collections.defaultdict(list))
     failures = []
@@ -338,11 +371,11 @@ def main():
             if "error" in rec:
                 failures.append(rec)
 
-    peers = [p for p in ("mosquitto", "rumqttd") if p in brokers]
+    peers = [b for b in brokers if b != "coolpy7"]
     cols = brokers + ([f"coolpy7/{p}" for p in peers] if "coolpy7" in brokers else [])
 
     out = []
-    out.append("## coolpy7 vs Mosquitto vs rumqttd")
+    out.append("## " + " vs ".join(TITLES.get(b, b) for b in brokers))
     out.append("")
     if machine:
         out.append(f"- date: {machine.get('date', '')}")
@@ -360,6 +393,9 @@ def main():
                 vers.append(machine[k])
         if vers:
             out.append(f"- brokers: {'; '.join(vers)}")
+    for name, command in extra_peers.items():
+        if name in brokers:
+            out.append(f"- {name} (compare.sh --peer): `{command}`")
     if settings:
         out.append(f"- load: {settings.get('size', 64)}-byte payloads, {settings.get('secs')} s "
                    f"measured after {settings.get('warmup')} s warm-up ({settings.get('drain')} s "
@@ -407,6 +443,13 @@ def main():
     if ran_v5 and "rumqttd" in brokers:
         out.append("rumqttd was not run on the v5 rows (compare.sh configures only its MQTT 3.1.1 "
                    "listener).")
+        out.append("")
+    named = [p for p in extra_peers if p in brokers]
+    if named and any(s.endswith("-v5") or "-" + t in s or any(
+            a in s for a in ("jwt", "password", "pbkdf2", "rules"))
+            for s in ran for t in TRANSPORTS):
+        out.append(f"{', '.join(named)} (--peer) ran only the MQTT 3.1.1 scenarios over TCP "
+                   "without access control.")
         out.append("")
     if any(s.removesuffix("-v5").split("-")[0] in ("handshakes", "fanin")
            and any(a in s for a in ("jwt", "password", "pbkdf2", "rules")) for s in ran):

@@ -81,6 +81,9 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Publisher: stopped and flushed (or dead).
     pub done: AtomicBool,
+    /// Publisher: bytes of one PUBLISH on the wire (set once it starts), to turn bytes the
+    /// broker has not read yet into messages.
+    pub publish_len: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -99,6 +102,9 @@ pub struct Login {
     pub topic_alias_maximum: u16,
     /// User Name and Password (`--username`, `--password`, `--password-file`, `--users`).
     pub auth: Auth,
+    /// 0: a clean session; otherwise a session the broker keeps after the connection (3.1.1
+    /// Clean Session 0; v5 Clean Start 0 with this Session Expiry Interval, seconds).
+    pub session_expiry: u32,
 }
 
 /// The credentials every CONNECT of the process carries. The strings are read once at start and
@@ -145,6 +151,15 @@ impl Login {
             ..self
         }
     }
+
+    /// The same login asking for a session kept `session_expiry` s after the connection (0:
+    /// a clean session).
+    pub fn session_expiry(self, session_expiry: u32) -> Login {
+        Login {
+            session_expiry,
+            ..self
+        }
+    }
 }
 
 /// A connected MQTT client: the stream plus whatever was read beyond the last packet used.
@@ -163,6 +178,10 @@ pub struct Conn {
     pub aliases: InboundAliases,
     /// Topic aliases we set towards the broker.
     pub out_aliases: OutboundAliases,
+    /// This side's address of the TCP connection (to find its queues in `/proc/net/tcp`).
+    pub local_addr: Option<SocketAddr>,
+    /// CONNACK's Session Present: the broker had kept a session for this client id.
+    pub session_present: bool,
 }
 
 /// Connects (optionally from source address `bind`) over the dialer's transport, sends CONNECT
@@ -182,6 +201,9 @@ pub async fn open(
             TcpSocket::new_v6()
         }
         .context("socket")?;
+        if let Some(bytes) = dialer.send_buffer {
+            socket.set_send_buffer_size(bytes).context("SO_SNDBUF")?;
+        }
         if let Some(ip) = bind {
             // Let connect() pick the port for the whole 4-tuple: binding to port 0 would search
             // for a port free for *every* destination, which gets slow with thousands bound.
@@ -195,6 +217,7 @@ pub async fn open(
             .await
             .with_context(|| format!("connect {addr}"))?;
         tcp.set_nodelay(true).ok();
+        let local_addr = tcp.local_addr().ok();
         let stream = dialer.layer(tcp).await?;
         let v5 = login.version == Version::V5;
         let mut conn = Conn {
@@ -207,6 +230,8 @@ pub async fn open(
             server_topic_alias_maximum: 0,
             aliases: InboundAliases::new(if v5 { login.topic_alias_maximum } else { 0 }),
             out_aliases: OutboundAliases::new(0),
+            local_addr,
+            session_present: false,
         };
         let username = login.auth.next_username();
         let credentials = codec::Credentials {
@@ -226,14 +251,26 @@ pub async fn open(
                 login.receive_maximum,
                 login.topic_alias_maximum,
                 credentials,
+                login.session_expiry,
             );
         } else {
-            codec::connect(&mut out, client_id, login.keepalive, credentials);
+            codec::connect(
+                &mut out,
+                client_id,
+                login.keepalive,
+                credentials,
+                login.session_expiry,
+            );
         }
         conn.stream.send(&out).await.context("send CONNECT")?;
-        let (code, props, reason) = conn
+        let (session_present, code, props, reason) = conn
             .wait_for(|p| match p {
-                Packet::ConnAck { code, props, .. } => Some((
+                Packet::ConnAck {
+                    session_present,
+                    code,
+                    props,
+                } => Some((
+                    session_present,
                     code,
                     // Without the borrowed reason string, which is kept as a String.
                     ConnAckProps {
@@ -261,6 +298,7 @@ pub async fn open(
             };
             bail!("CONNACK return code {code}{what}");
         }
+        conn.session_present = session_present;
         conn.server_receive_maximum = props.receive_maximum;
         conn.server_maximum_qos = props.maximum_qos;
         conn.server_topic_alias_maximum = props.topic_alias_maximum;
@@ -467,6 +505,7 @@ async fn publisher_loop(
         .collect();
     let msg_len = tmpls.iter().map(|t| t.bytes.len()).max().unwrap_or(1);
     let first_len = first_tmpls.iter().map(|t| t.bytes.len()).max().unwrap_or(1);
+    ctr.publish_len.store(msg_len as u64, Relaxed);
     let mut next_topic = 0usize;
     let batch = (WRITE_BATCH / msg_len).max(1) as u64;
     // A v5 broker may take fewer unacknowledged QoS 1 PUBLISHes than our window.

@@ -26,6 +26,7 @@ pub const PINGRESP: u8 = 13;
 pub const DISCONNECT: u8 = 14;
 
 /// Property identifiers the bench writes or reads (MQTT 5.0 §2.2.2.2).
+pub const PROP_SESSION_EXPIRY_INTERVAL: u8 = 0x11;
 pub const PROP_REASON_STRING: u8 = 0x1F;
 pub const PROP_RECEIVE_MAXIMUM: u8 = 0x21;
 pub const PROP_TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
@@ -109,30 +110,34 @@ impl Credentials<'_> {
     }
 }
 
-/// CONNECT, protocol level 4, clean session, no will; User Name and Password when `credentials`
-/// has them (3.1.1 forbids a password without a user name: [`super::Args::check`] refuses it).
+/// CONNECT, protocol level 4, no will; User Name and Password when `credentials` has them
+/// (3.1.1 forbids a password without a user name: [`super::Args::check`] refuses it). Clean
+/// session when `session_expiry` is 0; otherwise Clean Session 0, a session the broker keeps
+/// after the connection (3.1.1 has no expiry: for as long as the broker keeps such sessions).
 pub fn connect(
     buf: &mut impl BufMut,
     client_id: &str,
     keep_alive: u16,
     credentials: Credentials<'_>,
+    session_expiry: u32,
 ) {
     let body = 2 + 4 + 1 + 1 + 2 + 2 + client_id.len() + credentials.len();
     buf.put_u8(CONNECT << 4);
     put_remaining_length(buf, body);
     put_str(buf, b"MQTT");
     buf.put_u8(4); // protocol level 3.1.1
-    buf.put_u8(0x02 | credentials.flags()); // clean session
+    buf.put_u8(clean_flag(session_expiry) | credentials.flags());
     buf.put_u16(keep_alive);
     put_str(buf, client_id.as_bytes());
     credentials.put(buf);
 }
 
-/// CONNECT, protocol level 5, Clean Start, Session Expiry Interval absent (0: the session ends
-/// with the connection, as a 3.1.1 clean session), no will; User Name and Password when
-/// `credentials` has them. Properties: Receive Maximum (how many QoS 1/2 PUBLISHes the broker
-/// may have unacknowledged towards us; at least 1) and, when not 0, Topic Alias Maximum (how
-/// many topic aliases the broker may assign us).
+/// CONNECT, protocol level 5, no will; User Name and Password when `credentials` has them.
+/// `session_expiry` 0: Clean Start and no Session Expiry Interval (0: the session ends with the
+/// connection, as a 3.1.1 clean session); otherwise Clean Start 0 and that Session Expiry
+/// Interval in seconds. Properties: Receive Maximum (how many QoS 1/2 PUBLISHes the broker may
+/// have unacknowledged towards us; at least 1) and, when not 0, Topic Alias Maximum (how many
+/// topic aliases the broker may assign us).
 pub fn connect_v5(
     buf: &mut impl BufMut,
     client_id: &str,
@@ -140,8 +145,10 @@ pub fn connect_v5(
     receive_maximum: u16,
     topic_alias_maximum: u16,
     credentials: Credentials<'_>,
+    session_expiry: u32,
 ) {
-    let props = 3 + if topic_alias_maximum > 0 { 3 } else { 0 };
+    let props =
+        3 + if topic_alias_maximum > 0 { 3 } else { 0 } + if session_expiry > 0 { 5 } else { 0 };
     let body = 2
         + 4
         + 1
@@ -156,9 +163,13 @@ pub fn connect_v5(
     put_remaining_length(buf, body);
     put_str(buf, b"MQTT");
     buf.put_u8(5); // protocol level 5.0
-    buf.put_u8(0x02 | credentials.flags()); // Clean Start
+    buf.put_u8(clean_flag(session_expiry) | credentials.flags());
     buf.put_u16(keep_alive);
     put_remaining_length(buf, props);
+    if session_expiry > 0 {
+        buf.put_u8(PROP_SESSION_EXPIRY_INTERVAL);
+        buf.put_u32(session_expiry);
+    }
     buf.put_u8(PROP_RECEIVE_MAXIMUM);
     buf.put_u16(receive_maximum.max(1));
     if topic_alias_maximum > 0 {
@@ -167,6 +178,16 @@ pub fn connect_v5(
     }
     put_str(buf, client_id.as_bytes());
     credentials.put(buf);
+}
+
+/// The Connect Flags bit of Clean Session (3.1.1) / Clean Start (5.0): set for a session that
+/// ends with the connection.
+fn clean_flag(session_expiry: u32) -> u8 {
+    if session_expiry == 0 {
+        0x02
+    } else {
+        0
+    }
 }
 
 /// SUBSCRIBE with one or more (filter, requested QoS) pairs; v5 adds an empty property section
@@ -722,7 +743,7 @@ mod tests {
     #[test]
     fn control_packets() {
         let mut buf = Vec::new();
-        connect(&mut buf, "id", 600, Credentials::NONE);
+        connect(&mut buf, "id", 600, Credentials::NONE, 0);
         assert_eq!(
             buf,
             [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0x02, 0x58, 0, 2, b'i', b'd']
@@ -795,7 +816,7 @@ mod tests {
     #[test]
     fn v5_connect_and_subscribe_bytes() {
         let mut buf = Vec::new();
-        connect_v5(&mut buf, "id", 600, 64, 64, Credentials::NONE);
+        connect_v5(&mut buf, "id", 600, 64, 64, Credentials::NONE, 0);
         assert_eq!(
             buf,
             [
@@ -806,7 +827,7 @@ mod tests {
         );
         buf.clear();
         // Topic Alias Maximum 0 is left out; Receive Maximum is at least 1.
-        connect_v5(&mut buf, "", 0, 0, 0, Credentials::NONE);
+        connect_v5(&mut buf, "", 0, 0, 0, Credentials::NONE, 0);
         assert_eq!(
             buf,
             [0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 0, 3, 0x21, 0, 1, 0, 0]
@@ -820,13 +841,33 @@ mod tests {
     }
 
     #[test]
+    fn persistent_session_connects() {
+        let mut buf = Vec::new();
+        connect(&mut buf, "id", 600, Credentials::NONE, 3600);
+        assert_eq!(
+            buf,
+            [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0x02, 0x58, 0, 2, b'i', b'd']
+        );
+        buf.clear();
+        connect_v5(&mut buf, "id", 600, 64, 0, Credentials::NONE, 3600);
+        assert_eq!(
+            buf,
+            [
+                0x10, 23, 0, 4, b'M', b'Q', b'T', b'T', 5, 0, 0x02, 0x58, // header
+                8, 0x11, 0, 0, 0x0e, 0x10, 0x21, 0, 64, // properties
+                0, 2, b'i', b'd',
+            ]
+        );
+    }
+
+    #[test]
     fn connect_with_credentials() {
         let both = Credentials {
             username: Some("u"),
             password: Some(b"pw"),
         };
         let mut buf = Vec::new();
-        connect(&mut buf, "id", 600, both);
+        connect(&mut buf, "id", 600, both, 0);
         assert_eq!(
             buf,
             [
@@ -839,7 +880,7 @@ mod tests {
             username: Some(""),
             password: None,
         };
-        connect(&mut buf, "id", 600, user_only);
+        connect(&mut buf, "id", 600, user_only, 0);
         assert_eq!(
             buf,
             [0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x82, 0x02, 0x58, 0, 2, b'i', b'd', 0, 0]
@@ -850,7 +891,7 @@ mod tests {
             username: None,
             password: Some(b"t"),
         };
-        connect_v5(&mut buf, "id", 600, 64, 0, password_only);
+        connect_v5(&mut buf, "id", 600, 64, 0, password_only, 0);
         assert_eq!(
             buf,
             [
@@ -866,7 +907,7 @@ mod tests {
             username: Some("bench"),
             password: Some(&token),
         };
-        connect(&mut buf, "id", 600, long);
+        connect(&mut buf, "id", 600, long, 0);
         let body = 12 + 2 + 2 + 5 + 2 + 200;
         assert_eq!(buf.len(), 1 + 2 + body);
         assert_eq!(&buf[1..3], [(body % 128) as u8 | 0x80, (body / 128) as u8]);

@@ -11,7 +11,7 @@
 //! - [`run`]: the scenarios (`fanin`, `fanout`, `p2p`, `latency`, `conns`) and the measurement
 //!   window.
 //! - [`subs`]: the `subs` scenario (memory per subscription, and the stall while a client with
-//!   many subscriptions leaves).
+//!   many subscriptions leaves; with `--persistent`, memory per offline session and filter).
 //! - [`handshakes`]: the `handshakes` scenario (connections set up and torn down per second).
 //! - [`report`]: `/proc` readings (RSS, CPU), percentiles and the JSON line.
 //!
@@ -52,6 +52,9 @@ pub enum Scenario {
     /// `--clients` clients subscribe `--filters` filters (half exact, half with `+`): the
     /// broker's RSS per filter (with `--pid`); then they all disconnect while an unrelated QoS 0
     /// pair runs at 1 msg/ms: its longest gap, and how long a new CONNECT takes meanwhile.
+    /// With `--persistent`: each client leaves a persistent session with its filters behind
+    /// instead, and the broker's RSS per filter and per session of those offline sessions is
+    /// the figure.
     Subs,
     /// `--connectors` clients each connect (TCP, TLS with `--tls`, the WebSocket upgrade with
     /// `--ws`), CONNECT, wait for CONNACK, DISCONNECT and wait for the broker to close, over and
@@ -153,6 +156,14 @@ pub struct Args {
     /// subs: number of clients holding the filters.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub clients: u32,
+    /// subs: each client connects with a persistent session (3.1.1 Clean Session 0; v5 Clean
+    /// Start 0 and Session Expiry Interval 3600 s), subscribes its filters, waits for the SUBACKs,
+    /// sends DISCONNECT and waits for the broker to close, 64 clients at a time, from source
+    /// addresses spread as in `conns` (--conns-per-ip): the broker keeps --clients offline
+    /// sessions holding --filters filters, and its RSS before the first and after the last gives
+    /// the bytes per filter and per session. Not followed by the disconnect phase.
+    #[arg(long)]
+    pub persistent: bool,
     /// Broker pid, to read its RSS (VmRSS) and CPU time from /proc.
     #[arg(long)]
     pub pid: Option<u32>,
@@ -183,8 +194,8 @@ pub struct Args {
     /// conns: connects in flight at once.
     #[arg(long, default_value_t = 256)]
     pub conn_concurrency: usize,
-    /// conns: connections per source address (127.0.0.2, 127.0.0.3, ... when the broker is on
-    /// loopback), to get past the ephemeral port range.
+    /// conns, subs --persistent: connections per source address (127.0.0.2, 127.0.0.3, ... when
+    /// the broker is on loopback), to get past the ephemeral port range.
     #[arg(long, default_value_t = 20_000)]
     pub conns_per_ip: u32,
     /// Print a progress line every second on stderr.
@@ -266,6 +277,7 @@ impl Args {
             receive_maximum: self.receive_max,
             topic_alias_maximum: self.topic_alias_max,
             auth: self.auth,
+            session_expiry: 0,
         }
     }
 
@@ -328,6 +340,9 @@ impl Args {
         }
         if self.topics > 1 && self.scenario != Scenario::Fanin {
             bail!("--topics is for fanin only");
+        }
+        if self.persistent && self.scenario != Scenario::Subs {
+            bail!("--persistent is for subs only");
         }
         if self.mqtt == Version::V311
             && self.username.is_none()
@@ -466,6 +481,14 @@ mod tests {
         assert!(parse(&["fanin", "--topics", "16"]).unwrap().check().is_ok());
         assert!(parse(&["p2p", "--topics", "16"]).unwrap().check().is_err());
         assert!(parse(&["fanin", "--topics", "0"]).is_err());
+    }
+
+    #[test]
+    fn persistent_only_for_subs() {
+        let parse = |list: &[&str]| Args::try_parse_from([&["coolpy7-bench"], list].concat());
+        assert!(parse(&["subs", "--persistent"]).unwrap().check().is_ok());
+        assert!(parse(&["conns", "--persistent"]).unwrap().check().is_err());
+        assert_eq!(args(&["subs"]).login().session_expiry, 0);
     }
 
     #[test]

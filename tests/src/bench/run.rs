@@ -5,6 +5,12 @@
 //! stop the publishers, wait until every expected delivery arrived or `--drain` s passed, then
 //! disconnect. The whole run is bounded by a global deadline
 //! (connect-timeout + warmup + secs + drain + 10 s).
+//!
+//! `sent` counts what the publishers handed to the kernel. What the broker had not read yet when
+//! the drain ended (in the publishers' send queues and, with the broker on this machine, in its
+//! receive queues: `unread`) is neither expected nor lost. Publishers whose send queues could
+//! stand for more than [`KERNEL_BACKLOG_DELIVERIES`] deliveries between them (many publishers,
+//! or a large fan-out) get a smaller SO_SNDBUF than the kernel's autotuning would give.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -192,18 +198,36 @@ fn extra_filters(n: u32) -> Vec<String> {
         .collect()
 }
 
-/// Opens (and subscribes) every client concurrently; fails on the first failure, and when a v5
-/// broker's Maximum QoS is below `qos`.
+/// Connects in flight at once while the clients of a scenario are set up. A listener's accept
+/// queue is short (Mosquitto's and coolpy7's overflowed here with 256 SYNs at once), and a SYN
+/// it drops is sent again only a second later: 1,000 clients took 1.0 s with 256 in flight and
+/// 0.05 s with 64.
+pub(super) const SETUP_CONCURRENCY: usize = 64;
+
+/// Opens (and subscribes) every client, `concurrency` at a time; fails on the first failure,
+/// and when a v5 broker's Maximum QoS is below `qos`.
 async fn open_all(
     dialer: &Arc<Dialer>,
     clients: Vec<(String, Vec<String>)>,
     qos: u8,
     login: Login,
     timeout: Duration,
+    concurrency: usize,
 ) -> anyhow::Result<Vec<Conn>> {
     let mut set = JoinSet::new();
     let count = clients.len();
+    let mut conns: Vec<Option<Conn>> = (0..count).map(|_| None).collect();
+    let mut store = |joined: Result<anyhow::Result<(usize, Conn)>, tokio::task::JoinError>| {
+        let (i, conn) = joined.map_err(|e| anyhow!("set-up task failed: {e}"))??;
+        conns[i] = Some(conn);
+        anyhow::Ok(())
+    };
     for (i, (id, filters)) in clients.into_iter().enumerate() {
+        while set.len() >= concurrency.max(1) {
+            if let Some(joined) = set.join_next().await {
+                store(joined)?;
+            }
+        }
         let dialer = dialer.clone();
         set.spawn(async move {
             let mut conn = client::open(&dialer, None, &id, &login, timeout).await?;
@@ -222,10 +246,8 @@ async fn open_all(
             anyhow::Ok((i, conn))
         });
     }
-    let mut conns: Vec<Option<Conn>> = (0..count).map(|_| None).collect();
     while let Some(joined) = set.join_next().await {
-        let (i, conn) = joined.map_err(|e| anyhow!("set-up task failed: {e}"))??;
-        conns[i] = Some(conn);
+        store(joined)?;
     }
     Ok(conns.into_iter().map(|c| c.expect("joined")).collect())
 }
@@ -281,6 +303,12 @@ struct State {
     drain_secs: f64,
     drained: bool,
     setup_done: bool,
+    /// SO_SNDBUF the publishers asked for (see [`publisher_send_buffer`]).
+    publisher_send_buffer: Option<u32>,
+    /// Each publisher's (local, broker) addresses, to find its queues in `/proc/net/tcp`.
+    publisher_addrs: Vec<Option<(SocketAddr, SocketAddr)>>,
+    /// Messages the broker had not read when the drain ended (see [`unread_messages`]).
+    unread: u64,
 }
 
 async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
@@ -335,7 +363,11 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
         c.stream.close_now(&bye).await;
     }
     let t = totals(&st.pubs, &st.subs);
-    let expected = st.expected.unwrap_or(t.sent * plan.fanout);
+    // What the broker never read cannot be delivered: not expected, not lost.
+    let expected = st
+        .expected
+        .unwrap_or(t.sent * plan.fanout)
+        .saturating_sub(st.unread * plan.fanout);
     let lost = expected.saturating_sub(t.delivered);
     let errors = t.errors + u64::from(timed_out);
 
@@ -360,6 +392,7 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
     out.insert("delivered_per_sec".into(), delivered_per_sec.into());
     out.insert("expected".into(), expected.into());
     out.insert("lost".into(), lost.into());
+    out.insert("unread".into(), st.unread.into());
     out.insert("duplicates".into(), t.duplicates.into());
     out.insert("gaps".into(), t.gaps.into());
     out.insert("foreign".into(), t.foreign.into());
@@ -375,6 +408,9 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
     );
     if args.qos > 0 {
         out.insert("inflight".into(), args.inflight.into());
+    }
+    if let Some(bytes) = st.publisher_send_buffer {
+        out.insert("publisher_sndbuf".into(), bytes.into());
     }
     if let Some((receive, alias)) = st.broker_limits {
         out.insert("broker_receive_max".into(), receive.into());
@@ -407,7 +443,7 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
 
     eprintln!(
         "{} mqtt{} qos{} size={} pubs={} subs={} rate={}: sent {:.0}/s, delivered {:.0}/s over \
-         {:.1}s; sent={} delivered={} expected={} lost={} dup={} gaps={} errors={}{}{}",
+         {:.1}s; sent={} delivered={} expected={} lost={}{} dup={} gaps={} errors={}{}{}",
         args.scenario.name(),
         args.mqtt_number(),
         args.qos,
@@ -422,6 +458,11 @@ async fn traffic(args: &Args) -> anyhow::Result<Map<String, Value>> {
         t.delivered,
         expected,
         lost,
+        if st.unread > 0 {
+            format!(" (not read by the broker: {})", st.unread)
+        } else {
+            String::new()
+        },
         t.duplicates,
         t.gaps,
         errors,
@@ -461,9 +502,13 @@ async fn traffic_body(
     let pub_addr = resolve(&args.host, args.port).await?;
     let sub_host = args.sub_host.as_deref().unwrap_or(&args.host);
     let sub_addr = resolve(sub_host, args.sub_port.unwrap_or(args.port)).await?;
-    let pub_dialer = Arc::new(Dialer::new(&transport, &args.host, pub_addr)?);
+    let mut pub_dialer = Dialer::new(&transport, &args.host, pub_addr)?;
+    st.publisher_send_buffer = publisher_send_buffer(args, plan);
+    pub_dialer.send_buffer = st.publisher_send_buffer;
+    let pub_dialer = Arc::new(pub_dialer);
     let sub_dialer = Arc::new(Dialer::new(&transport, sub_host, sub_addr)?);
     let timeout = secs(args.connect_timeout);
+    let conc = SETUP_CONCURRENCY;
     let login = args.login();
     let qos = args.qos;
     let prefix = &args.id_prefix;
@@ -479,7 +524,7 @@ async fn traffic_body(
                 .enumerate()
                 .map(|(i, f)| (format!("{prefix}-x{i}"), f.to_vec()))
                 .collect();
-            let idle = open_all(&sub_dialer, clients, qos, login, timeout).await?;
+            let idle = open_all(&sub_dialer, clients, qos, login, timeout, conc).await?;
             st.held.extend(idle);
         }
         let clients = plan
@@ -488,7 +533,7 @@ async fn traffic_body(
             .enumerate()
             .map(|(i, f)| (format!("{prefix}-s{i}"), f.clone()))
             .collect();
-        let subs = open_all(&sub_dialer, clients, qos, login, timeout).await?;
+        let subs = open_all(&sub_dialer, clients, qos, login, timeout, conc).await?;
         if args.stalled > 0 {
             let clients = (0..args.stalled as usize)
                 .map(|j| {
@@ -496,13 +541,21 @@ async fn traffic_body(
                     (format!("{prefix}-st{j}"), vec![filter])
                 })
                 .collect();
-            let stalled = open_all(&sub_dialer, clients, qos, login, timeout).await?;
+            let stalled = open_all(&sub_dialer, clients, qos, login, timeout, conc).await?;
             st.held.extend(stalled);
         }
         let clients = (0..plan.publishers.len())
             .map(|i| (format!("{prefix}-p{i}"), Vec::new()))
             .collect();
-        let pubs = open_all(&pub_dialer, clients, qos, args.publisher_login(), timeout).await?;
+        let pubs = open_all(
+            &pub_dialer,
+            clients,
+            qos,
+            args.publisher_login(),
+            timeout,
+            conc,
+        )
+        .await?;
         anyhow::Ok((subs, pubs))
     };
     let (subs, pubs) = tokio::time::timeout(timeout, setup)
@@ -532,6 +585,8 @@ async fn traffic_body(
         )));
     }
     for (conn, spec) in pubs.into_iter().zip(plan.publishers.iter()) {
+        st.publisher_addrs
+            .push(conn.local_addr.map(|local| (local, pub_addr)));
         let ctr = Arc::new(Counters::default());
         st.pubs.push(ctr.clone());
         let spec = PubSpec {
@@ -548,12 +603,16 @@ async fn traffic_body(
     }
     st.setup_done = true;
     eprintln!(
-        "set up {} publisher(s), {} subscriber(s), {} stalled, {} extra subscription(s) in {:.2}s",
+        "set up {} publisher(s), {} subscriber(s), {} stalled, {} extra subscription(s) in {:.2}s{}",
         st.pubs.len(),
         st.subs.len(),
         args.stalled,
         args.extra_subs,
-        st.setup_secs
+        st.setup_secs,
+        match st.publisher_send_buffer {
+            Some(bytes) => format!("; publishers' SO_SNDBUF {bytes}"),
+            None => String::new(),
+        }
     );
     if let Some((receive, alias)) = st.broker_limits {
         eprintln!(
@@ -612,9 +671,59 @@ async fn traffic_body(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    if !st.drained {
+        st.unread = unread_messages(st);
+    }
     st.drain_secs = drain_start.elapsed().as_secs_f64();
     st.rss_after_kb = args.pid.and_then(report::rss_kb);
     Ok(())
+}
+
+/// Deliveries that the publishers' kernel send queues may stand for, all together, before the
+/// bench asks for a smaller SO_SNDBUF than the kernel's autotuning (up to 4 MiB a socket). A
+/// publisher that outruns the broker fills its send queue, and what waits there was counted as
+/// sent: 4 MiB for one publisher to 1,000 subscribers is 50 million deliveries, more than any
+/// drain takes, and 1,000 publishers with 4 MiB each put the kernel's TCP memory under pressure.
+const KERNEL_BACKLOG_DELIVERIES: u64 = 1_000_000;
+
+/// The SO_SNDBUF publishers ask for: what keeps [`KERNEL_BACKLOG_DELIVERIES`], or `None` when
+/// the kernel's own ceiling is below that anyway (a few publishers, a small fan-out: the
+/// scenarios as they always ran).
+fn publisher_send_buffer(args: &Args, plan: &Plan) -> Option<u32> {
+    let publishers = plan.publishers.len().max(1) as u64;
+    // A PUBLISH: fixed header, topic, packet id, payload.
+    let topic = plan
+        .publishers
+        .iter()
+        .map(|p| p.topic.len())
+        .max()
+        .unwrap_or(0) as u64;
+    let publish_len = 5 + 2 + topic + 2 + u64::from(args.size);
+    // The kernel doubles what is asked (for its own bookkeeping).
+    let wanted = KERNEL_BACKLOG_DELIVERIES * publish_len / (publishers * plan.fanout.max(1)) / 2;
+    let ceiling = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .unwrap_or(4 << 20);
+    (wanted < ceiling).then(|| wanted.clamp(4096, u64::from(u32::MAX)) as u32)
+}
+
+/// Messages the broker had not read yet when the drain ended: bytes in each publisher's send
+/// queue and in the broker's receive queue of that connection (when the broker runs here),
+/// divided by the length of a PUBLISH. Not lost: the broker never had them.
+fn unread_messages(st: &State) -> u64 {
+    let pairs: Vec<_> = st.publisher_addrs.iter().flatten().copied().collect();
+    if pairs.len() != st.pubs.len() {
+        return 0;
+    }
+    let Some(bytes) = report::unread_bytes(&pairs) else {
+        return 0;
+    };
+    bytes
+        .iter()
+        .zip(&st.pubs)
+        .map(|(&b, c)| b / c.publish_len.load(Relaxed).max(1))
+        .sum()
 }
 
 /// Sleeps `d`, printing a progress line every second with `--progress`.
@@ -643,6 +752,20 @@ async fn progress_sleep(args: &Args, st: &State, d: Duration) {
     }
 }
 
+/// The source address of connection `i` to a broker on IPv4 loopback: 127.0.0.2 for the first
+/// `per_ip`, 127.0.0.3 for the next, ..., so that more connections than the ephemeral port range
+/// (32768-60999) can be made, and TIME_WAIT of one address does not hold up the next. `None`
+/// (the kernel's choice) for a broker elsewhere, and past 127.0.0.254.
+pub(super) fn source_address(broker: SocketAddr, i: usize, per_ip: usize) -> Option<IpAddr> {
+    match broker.ip() {
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            let n = 2 + i / per_ip.max(1);
+            (n < 255).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n as u8)))
+        }
+        _ => None,
+    }
+}
+
 /// The `conns` scenario: C idle connections, the broker's RSS before and after.
 async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, Value>> {
     let addr = resolve(&args.host, args.port).await?;
@@ -658,15 +781,6 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
     }
     let timeout = secs(args.connect_timeout);
     let per_ip = args.conns_per_ip.max(1) as usize;
-    let source = |i: usize| -> Option<IpAddr> {
-        match addr.ip() {
-            IpAddr::V4(v4) if v4.is_loopback() => {
-                let n = 2 + i / per_ip;
-                (n < 255).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n as u8)))
-            }
-            _ => None,
-        }
-    };
     let global = secs(args.connect_timeout + args.warmup + args.secs + args.drain + 10.0);
     let rss_before_kb = args.pid.and_then(report::rss_kb);
     let streams: Arc<Mutex<Vec<Stream>>> = Arc::new(Mutex::new(Vec::with_capacity(target)));
@@ -699,7 +813,7 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
                 }
             }
             let id = format!("{}-c{i}", args.id_prefix);
-            let bind = source(i);
+            let bind = source_address(addr, i, per_ip);
             let login = args.login();
             let dialer = dialer.clone();
             set.spawn(async move { client::open(&dialer, bind, &id, &login, timeout).await });

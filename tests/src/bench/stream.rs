@@ -388,6 +388,9 @@ pub struct Dialer {
     host: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     ws_path: Option<String>,
+    /// SO_SNDBUF asked for each socket (the kernel doubles it), so that what this side has
+    /// written and the broker not yet read stays bounded; `None`: the kernel's autotuning.
+    pub send_buffer: Option<u32>,
 }
 
 impl Dialer {
@@ -405,6 +408,7 @@ impl Dialer {
             host: host.to_string(),
             tls,
             ws_path: transport.ws_path.clone(),
+            send_buffer: None,
         })
     }
 

@@ -12,6 +12,18 @@
 //! 3. Reported: the longest gap the pair's subscriber saw before the disconnect (the baseline)
 //!    and after it (the stall), the slowest and the first CONNECT after it (one that got no
 //!    CONNACK within `--connect-timeout` counts as that long, and in `connect_failed`).
+//!
+//! With `--persistent` ([`persistent_sessions`]) the holders do not stay connected: each one
+//! connects with a persistent session, subscribes its filters, waits for the SUBACKs, sends
+//! DISCONNECT and waits for the broker to close (so that TIME_WAIT stays on the broker's side),
+//! 64 at a time and from 127.0.0.2, .3, ... (`--conns-per-ip` each), since 100,000 clients
+//! cannot be 100,000 open connections here (20,000 file descriptors, 28,000 ephemeral ports).
+//! The broker's RSS before the first and 2 s after the last gives the bytes per filter and per
+//! session (each figure the whole growth: sessions and filters together). A sample of 16
+//! clients then connects again with the same persistent session and must find it (Session
+//! Present), else the figures are not what they seem. Step 2 does not follow: the sessions
+//! are offline, so nothing would leave at once, and discarding 100,000 of them one by one
+//! would cost as long again as making them; the broker is stopped with them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,9 +34,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::client::{self, Conn};
+use super::client::{self, Conn, Login};
 use super::codec::{self, Packet};
 use super::report;
+use super::run::{self, source_address};
 use super::stream::Dialer;
 use super::Args;
 
@@ -62,6 +75,10 @@ pub async fn subs(args: &Args) -> anyhow::Result<Map<String, Value>> {
     out.insert("transport".into(), args.transport_name().into());
     out.insert("filters".into(), filters.into());
     out.insert("clients".into(), clients.into());
+    if args.persistent {
+        out.extend(persistent_sessions(&dialer, args, timeout).await?);
+        return Ok(out);
+    }
 
     let rss_start = rss();
     let started = Instant::now();
@@ -359,6 +376,226 @@ async fn measure_teardown(
     out.insert("connect_probes".into(), connects.len().into());
     out.insert("connect_failed".into(), failed.into());
     out.insert("window_secs".into(), round3(window.as_secs_f64()).into());
+    Ok(out)
+}
+
+/// Session Expiry Interval of the `--persistent` sessions in v5: longer than any run (the
+/// broker is stopped with them), short enough not to outlive a broker that is kept.
+const PERSISTENT_SESSION_EXPIRY: u32 = 3600;
+
+/// How long a client that sent DISCONNECT waits for the broker to close the connection before
+/// closing it itself.
+const BROKER_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Clients of the `--persistent` sample that connect again to find their session.
+const SAMPLE: u64 = 16;
+
+/// What one `--persistent` client did.
+struct Left {
+    filters: u64,
+    /// The broker closed the connection after DISCONNECT within [`BROKER_CLOSE_WAIT`].
+    closed_by_broker: bool,
+    session_present: bool,
+}
+
+/// One `--persistent` client: connect (with its persistent session), subscribe `filters`
+/// (none for a check of the sample), DISCONNECT, wait for the broker to close.
+async fn leave_session(
+    dialer: &Dialer,
+    bind: Option<std::net::IpAddr>,
+    id: &str,
+    login: &Login,
+    filters: Vec<String>,
+    qos: u8,
+    timeout: Duration,
+) -> anyhow::Result<Left> {
+    let mut conn = client::open(dialer, bind, id, login, timeout).await?;
+    let session_present = conn.session_present;
+    let count = filters.len() as u64;
+    let refused = tokio::time::timeout(
+        timeout,
+        subscribe_windowed(&mut conn, filters.into_iter(), qos),
+    )
+    .await
+    .map_err(|_| anyhow!("{id}: no SUBACK within {timeout:?}"))?
+    .with_context(|| id.to_string())?;
+    if refused > 0 {
+        bail!("{id}: {refused} subscription(s) refused (a per-client cap?)");
+    }
+    let mut bye = Vec::new();
+    codec::disconnect(&mut bye);
+    conn.stream
+        .send(&bye)
+        .await
+        .with_context(|| format!("{id}: send DISCONNECT"))?;
+    // Reads until the broker's close; anything it still sends is of no interest.
+    let mut sink = [0u8; 512];
+    let closed_by_broker = tokio::time::timeout(BROKER_CLOSE_WAIT, async {
+        loop {
+            match conn.stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok();
+    Ok(Left {
+        filters: count,
+        closed_by_broker,
+        session_present,
+    })
+}
+
+/// `--persistent`: `--clients` persistent sessions holding `--filters` filters left offline in
+/// the broker (see the module's documentation).
+async fn persistent_sessions(
+    dialer: &Arc<Dialer>,
+    args: &Args,
+    timeout: Duration,
+) -> anyhow::Result<Map<String, Value>> {
+    let clients = args.clients.max(1) as u64;
+    let filters = args.filters;
+    let qos = args.qos;
+    let login = args.login().session_expiry(PERSISTENT_SESSION_EXPIRY);
+    let per_ip = args.conns_per_ip.max(1) as usize;
+    let rss = || args.pid.and_then(report::rss_kb);
+    // Whole client and its filters, or one attempt of a sample's check, bounded as a whole.
+    let client_limit = timeout * 2 + BROKER_CLOSE_WAIT;
+
+    let rss_start = rss();
+    let started = Instant::now();
+    let mut set = JoinSet::new();
+    let mut made = vec![false; clients as usize];
+    let (mut sessions, mut subscribed, mut failed, mut not_closed) = (0u64, 0u64, 0u64, 0u64);
+    let mut first_error: Option<String> = None;
+    let mut last_progress = Instant::now();
+    let mut tally = |joined: Option<Result<(usize, anyhow::Result<Left>), _>>| match joined {
+        Some(Ok((i, Ok(left)))) => {
+            made[i] = true;
+            sessions += 1;
+            subscribed += left.filters;
+            not_closed += u64::from(!left.closed_by_broker);
+        }
+        Some(Ok((_, Err(e)))) => {
+            failed += 1;
+            first_error.get_or_insert_with(|| format!("{e:#}"));
+        }
+        Some(Err(e)) => {
+            failed += 1;
+            first_error.get_or_insert_with(|| format!("task: {e}"));
+        }
+        None => {}
+    };
+    for i in 0..clients {
+        while set.len() >= run::SETUP_CONCURRENCY {
+            tally(set.join_next().await);
+        }
+        if args.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            eprintln!("  {i} of {clients} sessions started");
+            last_progress = Instant::now();
+        }
+        let dialer = dialer.clone();
+        let bind = source_address(dialer.addr, i as usize, per_ip);
+        let id = format!("{}-h{i}", args.id_prefix);
+        let mine: Vec<String> = (i..filters).step_by(clients as usize).map(filter).collect();
+        set.spawn(async move {
+            let left = tokio::time::timeout(
+                client_limit,
+                leave_session(&dialer, bind, &id, &login, mine, qos, timeout),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("{id}: not done within {client_limit:?}")));
+            (i as usize, left)
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        tally(Some(joined));
+    }
+    let setup_secs = started.elapsed().as_secs_f64();
+    if let Some(e) = &first_error {
+        eprintln!("subs: {failed} client(s) failed; the first: {e}");
+    }
+    if sessions == 0 {
+        bail!(
+            "no persistent session was made: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+    eprintln!(
+        "subs: {sessions} persistent session(s) with {subscribed} filter(s) left in {setup_secs:.2}s \
+         ({:.0}/s); settling 2s",
+        sessions as f64 / setup_secs.max(1e-9)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_end = rss();
+
+    // The sample: evenly spread clients whose session was made find it again.
+    let (mut checked, mut present) = (0u64, 0u64);
+    for k in 0..SAMPLE.min(clients) {
+        let i = k * clients / SAMPLE.min(clients);
+        if !made[i as usize] {
+            continue;
+        }
+        let id = format!("{}-h{i}", args.id_prefix);
+        let bind = source_address(dialer.addr, i as usize, per_ip);
+        let check = tokio::time::timeout(
+            client_limit,
+            leave_session(dialer, bind, &id, &login, Vec::new(), qos, timeout),
+        )
+        .await;
+        checked += 1;
+        match check {
+            Ok(Ok(left)) => present += u64::from(left.session_present),
+            Ok(Err(e)) => eprintln!("subs: checking {id}'s session: {e:#}"),
+            Err(_) => eprintln!("subs: checking {id}'s session: not done within {client_limit:?}"),
+        }
+    }
+    if present < checked {
+        eprintln!(
+            "warning: the broker had kept only {present} of {checked} sampled sessions: the bytes \
+             per filter are not those of offline sessions"
+        );
+    }
+
+    let mut out = Map::new();
+    out.insert("persistent".into(), true.into());
+    out.insert("sessions".into(), sessions.into());
+    out.insert("filters_subscribed".into(), subscribed.into());
+    out.insert("errors".into(), failed.into());
+    out.insert("not_closed_by_broker".into(), not_closed.into());
+    out.insert("setup_secs".into(), round3(setup_secs).into());
+    out.insert(
+        "sessions_per_sec".into(),
+        (sessions as f64 / setup_secs.max(1e-9)).round().into(),
+    );
+    out.insert("sessions_checked".into(), checked.into());
+    out.insert("sessions_present".into(), present.into());
+    if let Some(v) = rss_start {
+        out.insert("rss_start_kb".into(), v.into());
+    }
+    if let Some(v) = rss_end {
+        out.insert("rss_end_kb".into(), v.into());
+    }
+    if let (Some(before), Some(after)) = (rss_start, rss_end) {
+        let grown = (after.saturating_sub(before) * 1024) as f64;
+        let per_filter = grown / subscribed.max(1) as f64;
+        let per_session = grown / sessions as f64;
+        out.insert("rss_per_filter_bytes".into(), per_filter.round().into());
+        out.insert("rss_per_session_bytes".into(), per_session.round().into());
+        eprintln!(
+            "subs: broker rss {before} kB -> {after} kB = {per_filter:.0} bytes/filter, \
+             {per_session:.0} bytes/session ({sessions} offline sessions, {subscribed} filters; \
+             each figure the whole growth); {present}/{checked} sampled sessions kept"
+        );
+    } else {
+        eprintln!(
+            "subs: {sessions} offline sessions, {subscribed} filters (no --pid: no rss); \
+             {present}/{checked} sampled sessions kept"
+        );
+    }
+    out.insert("ok".into(), true.into());
+    out.insert("timed_out".into(), false.into());
     Ok(out)
 }
 

@@ -8,6 +8,8 @@
 //! coolpy7-bench fanin   --qos 1 --mqtt 5     # MQTT 5.0: topic aliases, Receive Maximum
 //! coolpy7-bench conns   --conns 10000 --pid $(pidof coolpy7)
 //! coolpy7-bench subs    --filters 1000000 --pid $(pidof coolpy7)
+//! coolpy7-bench subs    --persistent --clients 100000 --filters 1000000 --pid $(pidof coolpy7)
+//! coolpy7-bench fanin   --qos 1 --publishers 1000   # 1,000 publishers, 64 in flight each
 //! coolpy7-bench p2p     --port 8883 --tls --ca ca.crt          # MQTT over TLS
 //! coolpy7-bench fanout  --port 8083 --ws                        # MQTT over WebSocket (/mqtt)
 //! coolpy7-bench fanin   --port 8084 --ws --tls --ca ca.crt     # WebSocket over TLS
