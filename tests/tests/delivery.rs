@@ -2,7 +2,9 @@
 //! full and in order, whether they arrive in one burst from a publisher or come out of the
 //! retained store, and several connections taking over one client id at once are all served.
 
-use coolpy7_tests::packets::{Connect, PublishPacket};
+use std::time::Duration;
+
+use coolpy7_tests::packets::{self, Connect, Packet, PublishPacket};
 use coolpy7_tests::{unique_id, Broker, QoS, RawClient, TIMEOUT};
 
 /// Well above the broker's per-pull batch (256), so a consumer that is not woken again for what
@@ -96,4 +98,79 @@ async fn simultaneous_takeovers_of_one_client_id_are_all_answered_promptly() {
         );
     }
     first.expect_closed(TIMEOUT).await;
+}
+
+/// Flow control with many publishers: each sends a burst of QoS 1 messages, far more between
+/// them than the subscriber's queue (`-mq`) holds, to a subscriber that takes them steadily but
+/// more slowly. Every message the broker acknowledged reaches the subscriber: a publisher whose
+/// messages congest the subscriber's queue waits for it to drain, with the rest of its burst
+/// (already read from its socket) held back, instead of being let go to overflow the queue,
+/// which drops the oldest (acknowledged) messages.
+#[tokio::test]
+async fn many_publishers_bursting_into_a_slower_subscriber_lose_nothing_acknowledged() {
+    const PUBLISHERS: usize = 40;
+    const EACH: usize = 125;
+    let broker = Broker::start(&["-mq", "200"]);
+    let addr = broker.mqtt_addr();
+    let mut subscriber = RawClient::connect_v311(addr, &unique_id("slow-sub")).await;
+    subscriber.subscribe(1, &[("flood/+", 1)]).await;
+
+    // Primed: a consumer that has taken something is one the publishers wait for.
+    let mut primer = RawClient::connect_v311(addr, &unique_id("primer")).await;
+    primer.publish_qos1("flood/primer", 1, b"primer").await;
+    let first = subscriber.recv_publish(TIMEOUT).await;
+    subscriber.send(&packets::puback(first.pkid)).await;
+
+    let mut bursts = tokio::task::JoinSet::new();
+    for p in 0..PUBLISHERS {
+        bursts.spawn(async move {
+            let mut publisher = RawClient::connect_v311(addr, &unique_id("burst")).await;
+            let burst: Vec<u8> = (0..EACH)
+                .flat_map(|i| {
+                    let payload = format!("{p}-{i}");
+                    packets::publish("flood/t", 1, i as u16 + 1, payload.as_bytes())
+                })
+                .collect();
+            publisher.send(&burst).await;
+            // Every message of the burst acknowledged: the broker answers for all of them.
+            let mut acked = 0;
+            while acked < EACH {
+                match publisher.recv(TIMEOUT * 4).await {
+                    Packet::PubAck(_) => acked += 1,
+                    other => panic!("publisher {p}: expected PUBACK, got {other:?}"),
+                }
+            }
+            publisher.disconnect().await;
+        });
+    }
+
+    // About 10,000 messages a second: slower than 40 publishers write.
+    let mut got = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 6;
+    while got.len() < PUBLISHERS * EACH && tokio::time::Instant::now() < deadline {
+        let publish = match subscriber.try_recv(TIMEOUT).await {
+            Ok(Packet::Publish(publish)) => publish,
+            Ok(other) => panic!("subscriber: expected PUBLISH, got {other:?}"),
+            Err(e) => panic!(
+                "subscriber: no PUBLISH after {} of {} ({e:?})",
+                got.len(),
+                PUBLISHERS * EACH
+            ),
+        };
+        subscriber.send(&packets::puback(publish.pkid)).await;
+        got.insert(publish.payload);
+        if got.len() % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    while let Some(joined) = bursts.join_next().await {
+        joined.expect("publisher task");
+    }
+    assert_eq!(got.len(), PUBLISHERS * EACH, "messages lost");
+    assert_eq!(
+        broker
+            .metric("coolpy7_messages_dropped_total{reason=\"queue_full\"}")
+            .await,
+        0.0
+    );
 }

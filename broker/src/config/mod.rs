@@ -428,8 +428,9 @@ struct Args {
           value_parser = clap::value_parser!(u8).range(0..=2))]
     max_qos: u8,
 
-    /// In-flight window: unacknowledged QoS 1/2 messages per client
-    #[arg(long = "mif", env = "COOLPY7_MIF", value_name = "N", default_value_t = 32,
+    /// In-flight window: unacknowledged QoS 1/2 messages per client, at most -mq (an MQTT 5
+    /// client's smaller Receive Maximum lowers it)
+    #[arg(long = "mif", env = "COOLPY7_MIF", value_name = "N", default_value_t = 65535,
           value_parser = clap::value_parser!(u16).range(1..))]
     max_inflight: u16,
 
@@ -777,7 +778,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(60),
             max_qos: QoS::ExactlyOnce,
-            max_inflight: 32,
+            max_inflight: 65535,
             max_queued: 1000,
             max_subscriptions: Some(10_000),
             session_expiry: Some(Duration::from_secs(7200)),
@@ -1081,7 +1082,7 @@ mod tests {
         let config = Config::for_tests();
         assert_eq!(tcp(&config), Some(addr(Some("127.0.0.1"), 0)));
         assert_eq!(config.http_listen, None);
-        assert_eq!(config.max_inflight, 32);
+        assert_eq!(config.max_inflight, 65535);
     }
 
     #[test]

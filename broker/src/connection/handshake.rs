@@ -464,6 +464,8 @@ impl Handshake<'_> {
             wbuf: BytesMut::new(),
             congested: None,
             woke_subscribers: false,
+            pulled_many: false,
+            input_held: false,
             access,
             limits,
         });

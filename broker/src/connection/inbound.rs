@@ -76,11 +76,12 @@ impl Connection {
             }
             Err(error) => return Err(Close::Io(error)),
         }
-        self.handle_buffered()
+        self.handle_buffered(true)
     }
 
-    /// Handles every complete packet in the read buffer.
-    pub(super) fn handle_buffered(&mut self) -> Result<(), Close> {
+    /// Handles every complete packet in the read buffer; with `hold_on_congestion`, those after
+    /// a PUBLISH that congested a subscriber stay there (see `Connection::input_held`).
+    pub(super) fn handle_buffered(&mut self, hold_on_congestion: bool) -> Result<(), Close> {
         let max = self.broker.config.max_packet_size;
         loop {
             // Over its publish rate, the client's next packets wait in the buffer (the loop
@@ -89,6 +90,11 @@ impl Connection {
                 if let Some(limits) = self.limits.as_mut() {
                     limits.input_held = !self.rbuf.is_empty();
                 }
+                break;
+            }
+            // A subscriber this client filled is congested: the rest waits until it drains.
+            if hold_on_congestion && self.congested.is_some() {
+                self.input_held = !self.rbuf.is_empty();
                 break;
             }
             match codec::decode(&mut self.rbuf, Some(self.protocol), max) {

@@ -43,7 +43,7 @@ use crate::broker::{Admission, Broker};
 use crate::codec::{Disconnect, Packet, Properties, Protocol, ReasonCode};
 use crate::metrics::Denied;
 use crate::router::Message;
-use crate::session::{DelayedWill, Holder, KickReason, SessionState};
+use crate::session::{DelayedWill, Drain, Holder, KickReason, SessionState};
 use crate::transport::{Stream, TransportSettings};
 use negotiated::Negotiated;
 
@@ -157,6 +157,25 @@ impl Close {
     }
 }
 
+/// Waits while the subscriber's mailbox `congested` drains, as long as its consumer makes
+/// progress, nothing is queued for this connection (`own`) and no kick came. Returns `false`
+/// when its consumer stopped making progress: such a subscriber is capped (it drops its
+/// oldest), not waited for again before the input already read is handled.
+async fn wait_while_draining(
+    congested: &crate::session::Mailbox,
+    own: &crate::session::Mailbox,
+    holder: &Holder,
+) -> bool {
+    while own.is_empty() && holder.kick_reason().is_none() {
+        match congested.drained(CONGESTION_WAIT).await {
+            Drain::Progressing => {}
+            Drain::Drained => return true,
+            Drain::Stalled => return false,
+        }
+    }
+    true
+}
+
 /// A will, ready to be published when the connection ends without a normal DISCONNECT.
 struct Will {
     /// Without its expiry, which counts from the moment it is published.
@@ -231,8 +250,18 @@ struct Connection {
     /// A subscriber's mailbox this client's messages filled past its soft limit: reading from
     /// this client waits until it drains (flow control; see [`crate::session::Mailbox`]).
     congested: Option<Arc<crate::session::Mailbox>>,
+    /// Set when packets wait in the read buffer because a subscriber this client filled is
+    /// congested: they are handled once it has drained (see `congested`), so that a burst
+    /// already read cannot overflow the subscriber's queue.
+    input_held: bool,
     /// Set when this client's messages were queued for subscribers since the loop last yielded.
     woke_subscribers: bool,
+    /// Set when the last pull from the mailbox was a large one (under load): the loop yields
+    /// once before pulling again, so that the publishers filling the mailbox run meanwhile and
+    /// the next write carries more. Without it a busy subscriber's task ran in step with its
+    /// publishers, writing about 40 messages at a time where FlashMQ writes 170, and its client
+    /// spent twice the CPU reading them. Small pulls (light load) go out at once.
+    pulled_many: bool,
     /// What the client may do; `None` when access control is off. Boxed: it holds caches an
     /// idle connection without access control should not pay for.
     access: Option<Box<Authorizer>>,
@@ -379,27 +408,33 @@ impl Connection {
             return Close::Shutdown;
         }
         // Packets the client sent right behind its CONNECT.
-        if let Err(close) = self.handle_buffered() {
+        if let Err(close) = self.handle_buffered(true) {
             return close;
         }
         loop {
+            if std::mem::take(&mut self.pulled_many) {
+                tokio::task::yield_now().await;
+            }
             if std::mem::take(&mut self.woke_subscribers) {
                 // Let the subscribers this batch woke write first: they are what the publish's
                 // latency is measured on, and our PUBACKs and next read can wait a moment.
                 tokio::task::yield_now().await;
             }
-            // A publish-rate pause that ended, whatever woke the loop: what waited in the
-            // buffer goes first.
-            if let Err(close) = self.resume_held_input() {
-                return close;
-            }
+            let mut hold_on_congestion = true;
             if let Some(mailbox) = self.congested.take() {
-                // Never while deliveries to this client wait: two clients flooding each other
-                // would each wait for the other to drain. Bounded, so kicks and keepalive wait
-                // little.
-                if self.state.mailbox.is_empty() {
-                    mailbox.drained(CONGESTION_WAIT).await;
-                }
+                // For as long as the subscriber drains its queue: a publisher let go while its
+                // subscriber is still congested reads another batch, and a thousand of them
+                // overflow the queue, dropping messages already acknowledged. In bounded steps,
+                // so that a kick is seen, and never while deliveries to this client wait: two
+                // clients flooding each other would each wait for the other to drain.
+                // Boxed: it would otherwise be part of every idle connection's task.
+                hold_on_congestion =
+                    Box::pin(wait_while_draining(&mailbox, &self.state.mailbox, &holder)).await;
+            }
+            // Input held back by a publish-rate pause that ended or by the congestion just
+            // waited for, whatever woke the loop: what waited in the buffer goes first.
+            if let Err(close) = self.resume_held_input(hold_on_congestion) {
+                return close;
             }
             self.pull(&mut scratch);
             // One write per batch of input or deliveries, not one per packet.
@@ -477,7 +512,8 @@ impl Connection {
                 }
                 // Last, so that input, acknowledgements and deadlines go first; and one yield
                 // per batch, so that a large backlog cannot hog the worker.
-                _ = tokio::task::yield_now(), if retained_owed => {}
+                // Input held for a congestion is not announced by the socket either.
+                _ = tokio::task::yield_now(), if retained_owed || self.input_held => {}
             }
         }
     }
@@ -537,16 +573,18 @@ impl Connection {
         Ok(())
     }
 
-    /// Handles the packets a publish-rate pause left in the read buffer, once it is over.
-    fn resume_held_input(&mut self) -> Result<(), Close> {
-        let held = self.limits.as_ref().is_some_and(|limits| limits.input_held);
-        if !held || self.rate_paused() {
+    /// Handles the packets a publish-rate pause or a congestion left in the read buffer, once
+    /// it is over.
+    fn resume_held_input(&mut self, hold_on_congestion: bool) -> Result<(), Close> {
+        let rate_held = self.limits.as_ref().is_some_and(|limits| limits.input_held);
+        if !(rate_held || self.input_held) || self.rate_paused() {
             return Ok(());
         }
+        self.input_held = false;
         if let Some(limits) = self.limits.as_mut() {
             limits.input_held = false;
         }
-        self.handle_buffered()
+        self.handle_buffered(hold_on_congestion)
     }
 
     /// Whether reading waits for the client to get back within its publish rate.

@@ -4,7 +4,7 @@
 //! but not fast enough (see [`Mailbox`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,13 @@ pub struct Mailbox {
     queue: Mutex<VecDeque<Delivery>>,
     ready: Notify,
     drained: Notify,
-    /// When the consumer last took a delivery, in milliseconds of [`clock_ms`].
+    /// When the consumer last took a delivery, or was given one with nothing else waiting (an
+    /// idle consumer is not a stalled one: it is judged from when it has work), in
+    /// milliseconds of [`clock_ms`].
     last_take_ms: AtomicU64,
+    /// Deliveries the consumer has taken, wrapping: its progress while a publisher waits,
+    /// whatever other publishers add meanwhile.
+    taken: AtomicU32,
     online: AtomicBool,
     /// Set once the session is discarded: nothing is queued any more. Written under `queue`'s
     /// lock, so that no push can slip in after the queue was cleared.
@@ -48,6 +53,20 @@ const ACTIVE_CONSUMER: Duration = Duration::from_millis(100);
 fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// How a congested mailbox fared while a publisher waited for it ([`Mailbox::drained`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Down to a quarter of its capacity, or its consumer stopped taking (it is capped and
+    /// drops its oldest from now on, without slowing anyone).
+    Drained,
+    /// Still above, but its consumer took a good part of it: worth waiting again.
+    Progressing,
+    /// Still above, and its consumer took little of it: slower than what else fills it, so
+    /// waiting longer would stall the publisher for nothing (and a client reading just often
+    /// enough to look active could stall every publisher).
+    Stalled,
 }
 
 /// What became of a pushed delivery.
@@ -69,6 +88,7 @@ impl Mailbox {
             ready: Notify::new(),
             drained: Notify::new(),
             last_take_ms: AtomicU64::new(NEVER),
+            taken: AtomicU32::new(0),
             online: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             capacity: capacity.max(1),
@@ -127,6 +147,7 @@ impl Mailbox {
         // The consumer drains everything it is woken for, so only the first delivery into an
         // empty queue needs to wake it.
         if was_empty {
+            self.last_take_ms.store(clock_ms(), Ordering::Relaxed);
             self.ready.notify_one();
         }
         if len >= self.soft_limit() && self.consumer_is_active() {
@@ -152,16 +173,32 @@ impl Mailbox {
     }
 
     /// Waits (at most `limit`) until the queue has drained to a quarter of its capacity, or its
-    /// consumer has stopped keeping up.
-    pub async fn drained(&self, limit: Duration) {
+    /// consumer has stopped keeping up; says which, or how the queue moved meanwhile.
+    pub async fn drained(&self, limit: Duration) -> Drain {
         let notified = self.drained.notified();
         tokio::pin!(notified);
         // Registered before the check, so a drain in between is not missed.
         notified.as_mut().enable();
-        if self.queue.lock().len() <= self.drained_level() || !self.consumer_is_active() {
-            return;
+        if !self.is_congested() {
+            return Drain::Drained;
         }
+        let before = self.taken.load(Ordering::Relaxed);
         let _ = tokio::time::timeout(limit, notified).await;
+        let taken = self.taken.load(Ordering::Relaxed).wrapping_sub(before) as usize;
+        if !self.is_congested() {
+            Drain::Drained
+        } else if taken >= (self.capacity / 100).max(1) {
+            // At least 1 % of the capacity per wait: from half full to a quarter in 25 waits
+            // were nothing else added.
+            Drain::Progressing
+        } else {
+            Drain::Stalled
+        }
+    }
+
+    /// Whether the queue is above a quarter of its capacity while its consumer keeps taking.
+    fn is_congested(&self) -> bool {
+        self.queue.lock().len() > self.drained_level() && self.consumer_is_active()
     }
 
     /// Moves deliveries into `out` within the limits of [`take_within`].
@@ -185,6 +222,7 @@ impl Mailbox {
         }
         if taken > 0 {
             self.last_take_ms.store(clock_ms(), Ordering::Relaxed);
+            self.taken.fetch_add(taken as u32, Ordering::Relaxed);
         }
         if drained {
             self.drained.notify_waiters();
@@ -336,11 +374,27 @@ mod tests {
         let metrics = Metrics::new();
         let mailbox = Arc::new(Mailbox::new(1, Arc::from("c"), 8));
         mailbox.set_online(true);
-        // A consumer that never took anything is not keeping up: no flow control, only the cap.
-        let pushes: Vec<Pushed> = (0..8)
+        // Work for an idle consumer: it is given ACTIVE_CONSUMER to start taking, and meanwhile
+        // pushes past half capacity report congestion.
+        let pushes: Vec<Pushed> = (0..5)
             .map(|_| mailbox.push(delivery(QoS::AtLeastOnce, b"x"), &metrics))
             .collect();
-        assert!(pushes.iter().all(|p| *p == Pushed::Queued), "{pushes:?}");
+        assert_eq!(
+            pushes,
+            [
+                Pushed::Queued,
+                Pushed::Queued,
+                Pushed::Queued,
+                Pushed::Congested,
+                Pushed::Congested
+            ]
+        );
+        // One that took nothing for that long is stalled: no flow control, only the cap.
+        std::thread::sleep(ACTIVE_CONSUMER * 2);
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtLeastOnce, b"x"), &metrics),
+            Pushed::Queued
+        );
 
         // Once it takes, it is active: past half capacity, pushes report congestion.
         let mut out = Vec::new();
@@ -357,10 +411,48 @@ mod tests {
         assert!(!waiter.is_finished(), "still congested");
         out.clear();
         mailbox.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
-        tokio::time::timeout(Duration::from_secs(5), waiter)
+        let drain = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("draining wakes the waiting publisher")
             .expect("waiter task");
+        assert_eq!(drain, Drain::Drained);
+    }
+
+    #[tokio::test]
+    async fn a_publisher_waits_again_only_while_the_consumer_makes_progress() {
+        let metrics = Metrics::new();
+        // Drained at 50, 1 % is 2 messages.
+        let mailbox = Arc::new(Mailbox::new(1, Arc::from("c"), 200));
+        mailbox.set_online(true);
+        for _ in 0..150 {
+            mailbox.push(delivery(QoS::AtLeastOnce, b"x"), &metrics);
+        }
+        let mut out = Vec::new();
+        let mut take = |n: usize| {
+            out.clear();
+            mailbox.take(n, usize::MAX, usize::MAX, &mut out, &metrics);
+            assert_eq!(out.len(), n);
+        };
+        take(1);
+        let wait = |mailbox: Arc<Mailbox>| {
+            tokio::spawn(async move { mailbox.drained(Duration::from_millis(50)).await })
+        };
+        // It took just now, so it is active, but it takes nothing more meanwhile.
+        let waiter = wait(mailbox.clone());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(waiter.await.expect("waiter"), Drain::Stalled);
+
+        // It keeps taking, 2 at a time: at least 1 % by the end of the wait.
+        let waiter = wait(mailbox.clone());
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(8)).await;
+            take(2);
+        }
+        assert_eq!(waiter.await.expect("waiter"), Drain::Progressing);
+
+        // A consumer that stopped taking is no longer waited for (the clock is the real one).
+        std::thread::sleep(ACTIVE_CONSUMER * 2);
+        assert_eq!(wait(mailbox.clone()).await.expect("waiter"), Drain::Drained);
     }
 
     #[test]

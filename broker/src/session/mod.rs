@@ -27,7 +27,7 @@ use crate::router::{Message, Router};
 mod mailbox;
 mod outgoing;
 
-pub use mailbox::{Mailbox, Pushed};
+pub use mailbox::{Drain, Mailbox, Pushed};
 pub use outgoing::{InFlight, Outgoing};
 
 /// Identifies one session (a client id reused after a clean session gets a new one).
