@@ -100,17 +100,20 @@ async fn simultaneous_takeovers_of_one_client_id_are_all_answered_promptly() {
     first.expect_closed(TIMEOUT).await;
 }
 
-/// Flow control with many publishers: each sends a burst of QoS 1 messages, far more between
-/// them than the subscriber's queue (`-mq`) holds, to a subscriber that takes them steadily but
-/// more slowly. Every message the broker acknowledged reaches the subscriber: a publisher whose
+/// Flow control with many publishers: each sends a burst of QoS 1 messages, twice as many
+/// between them as the subscriber's queue (`-mq`) holds, to a subscriber that takes them
+/// steadily but more slowly. Every message the broker acknowledged reaches the subscriber: a publisher whose
 /// messages congest the subscriber's queue waits for it to drain, with the rest of its burst
 /// (already read from its socket) held back, instead of being let go to overflow the queue,
 /// which drops the oldest (acknowledged) messages.
 #[tokio::test]
 async fn many_publishers_bursting_into_a_slower_subscriber_lose_nothing_acknowledged() {
-    const PUBLISHERS: usize = 40;
-    const EACH: usize = 125;
-    let broker = Broker::start(&["-mq", "200"]);
+    const PUBLISHERS: usize = 20;
+    const EACH: usize = 100;
+    // Room for the half the publishers fill before they wait and one PUBLISH more from each,
+    // and for the scheduling gaps of a busy test machine, but not for the bursts; and a small
+    // window, so that the messages in flight to the subscriber cannot absorb them either.
+    let broker = Broker::start(&["-mq", "1000", "-mif", "10"]);
     let addr = broker.mqtt_addr();
     let mut subscriber = RawClient::connect_v311(addr, &unique_id("slow-sub")).await;
     subscriber.subscribe(1, &[("flood/+", 1)]).await;
