@@ -56,6 +56,12 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
 /// The longest a publisher waits at a time for a congested subscriber to drain.
 const CONGESTION_WAIT: Duration = Duration::from_millis(50);
+/// How many waits of [`CONGESTION_WAIT`] a publisher makes at most before it is let go: a
+/// subscriber that keeps taking but whose queue other sources (HTTP publish, the cluster, other
+/// publishers) keep filling cannot hold a publisher's acknowledgements and pings for longer.
+const CONGESTION_STEPS: usize = 20;
+/// How many waits in a row without progress make a subscriber stalled for its publishers.
+const STALLED_STEPS: usize = 3;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -157,23 +163,31 @@ impl Close {
     }
 }
 
-/// Waits while the subscriber's mailbox `congested` drains, as long as its consumer makes
-/// progress, nothing is queued for this connection (`own`) and no kick came. Returns `false`
-/// when its consumer stopped making progress: such a subscriber is capped (it drops its
-/// oldest), not waited for again before the input already read is handled.
+/// Waits while the subscriber's mailbox `congested` drains: as long as its consumer makes
+/// progress (no [`STALLED_STEPS`] waits in a row without), for at most [`CONGESTION_STEPS`], while nothing is queued for this
+/// connection (`own`) and no kick came. Returns `false` when the wait gave up (no progress, or
+/// too long): such a subscriber is capped (it drops its oldest), and not waited for again
+/// before the input already read is handled, so the publisher's PUBACKs and PINGRESPs are
+/// never held for more than about a second.
 async fn wait_while_draining(
     congested: &crate::session::Mailbox,
     own: &crate::session::Mailbox,
     holder: &Holder,
 ) -> bool {
-    while own.is_empty() && holder.kick_reason().is_none() {
+    // Waits in a row without progress: one may be a consumer that did not get the CPU.
+    let mut without_progress = 0;
+    for _ in 0..CONGESTION_STEPS {
+        if !own.is_empty() || holder.kick_reason().is_some() {
+            return true;
+        }
         match congested.drained(CONGESTION_WAIT).await {
-            Drain::Progressing => {}
+            Drain::Progressing => without_progress = 0,
             Drain::Drained => return true,
+            Drain::Stalled if without_progress + 1 < STALLED_STEPS => without_progress += 1,
             Drain::Stalled => return false,
         }
     }
-    true
+    false
 }
 
 /// A will, ready to be published when the connection ends without a normal DISCONNECT.
@@ -283,6 +297,7 @@ impl Connection {
         if matches!(
             close,
             Close::Io(_)
+                | Close::PeerClosed
                 | Close::TakenOver
                 | Close::Administrative
                 | Close::WriteTimeout
@@ -432,9 +447,13 @@ impl Connection {
                     Box::pin(wait_while_draining(&mailbox, &self.state.mailbox, &holder)).await;
             }
             // Input held back by a publish-rate pause that ended or by the congestion just
-            // waited for, whatever woke the loop: what waited in the buffer goes first.
-            if let Err(close) = self.resume_held_input(hold_on_congestion) {
-                return close;
+            // waited for, whatever woke the loop: what waited in the buffer goes first. Not
+            // after a kick, which the loop takes first: a revoked right or a closing connection
+            // must not publish what was held.
+            if holder.kick_reason().is_none() {
+                if let Err(close) = self.resume_held_input(hold_on_congestion) {
+                    return close;
+                }
             }
             self.pull(&mut scratch);
             // One write per batch of input or deliveries, not one per packet.
@@ -447,7 +466,9 @@ impl Connection {
             let writing = !self.wbuf.is_empty() || self.stream.has_pending_output();
             // A client that does not read its acknowledgements is not read from either, so its
             // output cannot grow without bound (TCP pushes back on it instead).
-            let reading = self.wbuf.len() < READ_PAUSE && !self.rate_paused();
+            // Nor from one whose input is held: what follows (a DISCONNECT, the close) must
+            // wait for what came before it.
+            let reading = self.wbuf.len() < READ_PAUSE && !self.rate_paused() && !self.input_held;
             let can_pull = self.can_pull();
             // Retained messages owed for a subscription are not announced by the mailbox: keep
             // pulling them while the client takes them.

@@ -63,9 +63,10 @@ pub enum Drain {
     Drained,
     /// Still above, but its consumer took a good part of it: worth waiting again.
     Progressing,
-    /// Still above, and its consumer took little of it: slower than what else fills it, so
-    /// waiting longer would stall the publisher for nothing (and a client reading just often
-    /// enough to look active could stall every publisher).
+    /// Still above, and its consumer took little of it or the queue did not get shorter:
+    /// slower than what else fills it, so waiting longer would stall the publisher for
+    /// nothing (and a client reading just often enough to look active could stall every
+    /// publisher).
     Stalled,
 }
 
@@ -179,26 +180,31 @@ impl Mailbox {
         tokio::pin!(notified);
         // Registered before the check, so a drain in between is not missed.
         notified.as_mut().enable();
-        if !self.is_congested() {
+        let Some(before) = self.congested_len() else {
             return Drain::Drained;
-        }
-        let before = self.taken.load(Ordering::Relaxed);
+        };
+        let taken_before = self.taken.load(Ordering::Relaxed);
         let _ = tokio::time::timeout(limit, notified).await;
-        let taken = self.taken.load(Ordering::Relaxed).wrapping_sub(before) as usize;
-        if !self.is_congested() {
-            Drain::Drained
-        } else if taken >= (self.capacity / 100).max(1) {
-            // At least 1 % of the capacity per wait: from half full to a quarter in 25 waits
-            // were nothing else added.
-            Drain::Progressing
-        } else {
-            Drain::Stalled
+        let taken = self
+            .taken
+            .load(Ordering::Relaxed)
+            .wrapping_sub(taken_before) as usize;
+        match self.congested_len() {
+            None => Drain::Drained,
+            // At least 1 % of the capacity taken per wait, and the queue shorter for it: its
+            // consumer outpaces whatever else fills it.
+            Some(after) if taken >= (self.capacity / 100).max(1) && after < before => {
+                Drain::Progressing
+            }
+            Some(_) => Drain::Stalled,
         }
     }
 
-    /// Whether the queue is above a quarter of its capacity while its consumer keeps taking.
-    fn is_congested(&self) -> bool {
-        self.queue.lock().len() > self.drained_level() && self.consumer_is_active()
+    /// The queue's length while it is above a quarter of its capacity and its consumer keeps
+    /// taking.
+    fn congested_len(&self) -> Option<usize> {
+        let len = self.queue.lock().len();
+        (len > self.drained_level() && self.consumer_is_active()).then_some(len)
     }
 
     /// Moves deliveries into `out` within the limits of [`take_within`].
