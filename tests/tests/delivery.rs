@@ -99,10 +99,11 @@ async fn simultaneous_takeovers_of_one_client_id_are_all_answered_promptly() {
 }
 
 /// Flow control with many publishers: each sends a burst of QoS 1 messages, more between them
-/// than the subscriber's queue (`-mq`) holds, to a subscriber that takes them more slowly. Every message the broker acknowledged reaches the subscriber: a publisher whose
-/// messages congest the subscriber's queue waits for it to drain, with the rest of its burst
-/// (already read from its socket) held back, instead of being let go to overflow the queue,
-/// which drops the oldest (acknowledged) messages.
+/// than the subscriber's queue (`-mq`) holds, to a subscriber that takes them more slowly.
+/// Every message the broker acknowledged reaches the subscriber: a publisher whose messages
+/// congest the subscriber's queue waits for it to drain, with the rest of its burst held back,
+/// instead of being let go to overflow the queue, which drops the oldest (acknowledged)
+/// messages.
 #[tokio::test]
 async fn many_publishers_bursting_into_a_slower_subscriber_lose_nothing_acknowledged() {
     const PUBLISHERS: usize = 20;
@@ -116,7 +117,7 @@ async fn many_publishers_bursting_into_a_slower_subscriber_lose_nothing_acknowle
     let mut subscriber = RawClient::connect_v311(addr, &unique_id("slow-sub")).await;
     subscriber.subscribe(1, &[("flood/+", 1)]).await;
 
-    // Primed: a consumer that has taken something is one the publishers wait for.
+    // The subscription works before the bursts start.
     let mut primer = RawClient::connect_v311(addr, &unique_id("primer")).await;
     primer.publish_qos1("flood/primer", 1, b"primer").await;
     let first = subscriber.recv_publish(TIMEOUT).await;

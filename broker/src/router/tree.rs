@@ -56,15 +56,9 @@ enum Level {
 
 impl Level {
     fn new(level: &[u8]) -> Level {
-        if level.len() <= INLINE_LEVEL {
-            let mut bytes = [0; INLINE_LEVEL];
-            bytes[..level.len()].copy_from_slice(level);
-            Level::Inline {
-                len: level.len() as u8,
-                bytes,
-            }
-        } else {
-            Level::Boxed(level.into())
+        match LevelKey::new(level) {
+            LevelKey::Inline { len, bytes } => Level::Inline { len, bytes },
+            LevelKey::Long(level) => Level::Boxed(level.into()),
         }
     }
 
