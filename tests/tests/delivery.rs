@@ -148,21 +148,7 @@ async fn many_publishers_bursting_into_a_slower_subscriber_lose_nothing_acknowle
 
     // As fast as it can, which with a window of 10 (a round trip per 10 messages) is slower
     // than the bursts arrive.
-    let mut got = std::collections::HashSet::new();
-    let deadline = tokio::time::Instant::now() + TIMEOUT * 6;
-    while got.len() < PUBLISHERS * EACH && tokio::time::Instant::now() < deadline {
-        let publish = match subscriber.try_recv(TIMEOUT).await {
-            Ok(Packet::Publish(publish)) => publish,
-            Ok(other) => panic!("subscriber: expected PUBLISH, got {other:?}"),
-            Err(e) => panic!(
-                "subscriber: no PUBLISH after {} of {} ({e:?})",
-                got.len(),
-                PUBLISHERS * EACH
-            ),
-        };
-        subscriber.send(&packets::puback(publish.pkid)).await;
-        got.insert(publish.payload);
-    }
+    let got = receive_distinct_acking(&mut subscriber, PUBLISHERS * EACH).await;
     while let Some(joined) = bursts.join_next().await {
         joined.expect("publisher task");
     }
@@ -173,6 +159,32 @@ async fn many_publishers_bursting_into_a_slower_subscriber_lose_nothing_acknowle
             .await,
         0.0
     );
+}
+
+/// Receives `n` distinct payloads at QoS 1, acknowledging each; panics on anything else, on a
+/// silence of [`TIMEOUT`] or after six of them in all.
+async fn receive_distinct_acking(
+    subscriber: &mut RawClient,
+    n: usize,
+) -> std::collections::HashSet<Vec<u8>> {
+    let mut got = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 6;
+    while got.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscriber: {} of {n} distinct payloads",
+            got.len()
+        );
+        match subscriber.try_recv(TIMEOUT).await {
+            Ok(Packet::Publish(publish)) => {
+                subscriber.send(&packets::puback(publish.pkid)).await;
+                got.insert(publish.payload);
+            }
+            Ok(other) => panic!("subscriber: expected PUBLISH, got {other:?}"),
+            Err(e) => panic!("subscriber: no PUBLISH after {} of {n} ({e:?})", got.len()),
+        }
+    }
+    got
 }
 
 /// A publisher held back by a congested subscriber, whose client sent a DISCONNECT behind its
@@ -214,17 +226,7 @@ async fn a_disconnect_behind_held_input_is_handled_in_order() {
         sink.len() / 4
     });
 
-    let mut got = std::collections::HashSet::new();
-    while got.len() < N {
-        match subscriber.try_recv(TIMEOUT).await {
-            Ok(Packet::Publish(publish)) => {
-                subscriber.send(&packets::puback(publish.pkid)).await;
-                got.insert(publish.payload);
-            }
-            Ok(other) => panic!("subscriber: expected PUBLISH, got {other:?}"),
-            Err(e) => panic!("subscriber: {} of {N} ({e:?})", got.len()),
-        }
-    }
+    assert_eq!(receive_distinct_acking(&mut subscriber, N).await.len(), N);
     assert_eq!(acks.await.expect("reader"), N, "a PUBACK for every PUBLISH");
     watcher
         .expect_no_packet(std::time::Duration::from_millis(500))
