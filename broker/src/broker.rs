@@ -1,16 +1,21 @@
 //! The state every connection shares: the router, the session registry, the metrics, the
-//! limits from the configuration and the memory budget of handshakes. Built once by the server and handed to each connection in an
-//! `Arc`; nothing in it is locked on the publish path except the mailboxes of the receivers.
+//! limits from the configuration, the memory budget of handshakes and the parker where idle
+//! connections sleep. Built once by the server and handed to each connection in an `Arc`;
+//! nothing in it is locked on the publish path except the mailboxes of the receivers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use tracing::warn;
 
 use crate::abuse::Bans;
 use crate::admission::HandshakeMemory;
 use crate::auth::AccessControl;
 use crate::cluster::sync::Forwarder;
 use crate::config::Config;
+use crate::connection::Sleeping;
 use crate::metrics::{Metrics, Refusal};
+use crate::parker::Parker;
 use crate::router::{Message, Routed, Router};
 use crate::session::SessionRegistry;
 
@@ -27,6 +32,9 @@ pub struct Broker {
     pub bans: Bans,
     /// Hands local publishes to the other cluster members; `None` outside cluster mode.
     forwarder: Option<Forwarder>,
+    /// Where idle connections sleep; started by the first that does (`None` inside when it
+    /// could not be: connections then stay awake).
+    parker: OnceLock<Option<Parker<Sleeping>>>,
     connections: AtomicUsize,
     next_connection: AtomicU64,
     shutting_down: AtomicBool,
@@ -51,6 +59,7 @@ impl Broker {
             ),
             config,
             metrics,
+            parker: OnceLock::new(),
             connections: AtomicUsize::new(0),
             next_connection: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
@@ -83,6 +92,36 @@ impl Broker {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The parker idle connections sleep in, started on first use from within the runtime
+    /// (woken connections are spawned on it); `None` if it could not be started.
+    pub fn parker(self: &Arc<Self>) -> Option<&Parker<Sleeping>> {
+        self.parker
+            .get_or_init(|| {
+                // Weak: the parker belongs to the broker, and its thread must not keep it alive.
+                let broker = Arc::downgrade(self);
+                let runtime = tokio::runtime::Handle::current();
+                let started = Parker::start(move |sleeping: Sleeping| {
+                    if let Some(broker) = broker.upgrade() {
+                        runtime.spawn(sleeping.wake(broker));
+                    }
+                });
+                started
+                    .map_err(|error| {
+                        warn!(%error, "idle connections cannot sleep: the parker did not start");
+                    })
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// How many connections sleep in the parker.
+    pub fn sleeping(&self) -> usize {
+        self.parker
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, Parker::len)
     }
 
     /// A number that names a TCP connection in logs and in session hand-overs.

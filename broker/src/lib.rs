@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod parker;
 pub mod passwd;
 pub mod router;
 pub mod server;

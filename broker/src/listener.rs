@@ -79,7 +79,10 @@ pub async fn accept_loop(
                     peer,
                     broker.clone(),
                     settings.clone(),
-                    (slot, done.clone()),
+                    connection::Held {
+                        slot,
+                        done: done.clone(),
+                    },
                 ));
             }
             Err(error) => {

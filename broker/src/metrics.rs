@@ -233,6 +233,8 @@ pub struct Metrics {
     registry: Registry,
     /// Open MQTT connections that completed CONNECT.
     pub connections: Gauge,
+    /// Of those, how many sleep in the parker (idle, without a task).
+    pub connections_sleeping: Gauge,
     /// TCP connections accepted (before CONNECT).
     pub connections_accepted: Counter,
     /// Connections refused: by `-mc`, a bad CONNECT, or a CONNECT timeout.
@@ -294,6 +296,11 @@ impl Metrics {
         let reg = &mut registry;
         Metrics {
             connections: gauge(reg, "connections", "Open MQTT connections"),
+            connections_sleeping: gauge(
+                reg,
+                "connections_sleeping",
+                "Open MQTT connections idle long enough to sleep without a task",
+            ),
             connections_accepted: counter(reg, "connections_accepted", "TCP connections accepted"),
             connections_refused: counter(
                 reg,

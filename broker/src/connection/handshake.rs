@@ -455,8 +455,7 @@ impl Handshake<'_> {
             holder,
             state,
             will,
-            keep_alive: (keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            keep_alive,
             last_packet: Instant::now(),
             write_blocked_since: None,
             unacknowledged_since: None,
@@ -466,6 +465,8 @@ impl Handshake<'_> {
             woke_subscribers: false,
             pulled_many: false,
             input_held: false,
+            busy: false,
+            idle_check_at: Instant::now() + super::sleeping::SLEEP_AFTER,
             access,
             limits,
         });

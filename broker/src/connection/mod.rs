@@ -16,7 +16,9 @@
 //! this module holds the connection's state and the loop that drives the three. What MQTT 5
 //! adds per connection (the limits CONNECT and CONNACK settled, topic aliases) is in
 //! [`negotiated`] and [`aliases`]; an MQTT 3.1.1 connection carries none of it. What the client
-//! may do is its [`Authorizer`], judged in [`authorized`].
+//! may do is its [`Authorizer`], judged in [`authorized`]. An idle plain-TCP connection goes
+//! to [`sleeping`] in the broker's [`Parker`](crate::parker::Parker), without a task, until
+//! something happens to it.
 
 mod aliases;
 mod authorized;
@@ -24,6 +26,9 @@ mod handshake;
 mod inbound;
 mod negotiated;
 mod outbound;
+mod sleeping;
+
+pub use sleeping::Sleeping;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -87,6 +92,9 @@ enum Close {
     CredentialsExpired,
     /// The client pinged or published sooner than `-pl` or `-psl` allow.
     TooFast(Violation),
+    /// Not a close: the connection has been idle long enough to go to sleep (see
+    /// [`sleeping`]). [`Connection::run`] parks it instead of closing it.
+    Idle,
 }
 
 impl std::fmt::Display for Close {
@@ -107,6 +115,7 @@ impl std::fmt::Display for Close {
             Close::Shutdown => f.write_str("server shutting down"),
             Close::CredentialsExpired => f.write_str("credentials expired"),
             Close::TooFast(violation) => write!(f, "{violation}"),
+            Close::Idle => f.write_str("idle"),
         }
     }
 }
@@ -200,6 +209,76 @@ struct Will {
     delay: Duration,
 }
 
+/// What every end of a connection does, awake or asleep: bans a client that was too fast,
+/// publishes its will unless `close` says otherwise, and releases its session.
+fn end_session(
+    broker: &Arc<Broker>,
+    holder: Holder,
+    state: Box<SessionState>,
+    will: Option<Box<Will>>,
+    access: Option<Box<Authorizer>>,
+    close: &Close,
+) {
+    if matches!(close, Close::TooFast(_)) {
+        // Without access control no username was proved: the client id alone.
+        let username = access.as_ref().and_then(|access| access.username());
+        broker.bans.ban(state.client_id(), username, Instant::now());
+    }
+    let will = will.filter(|will| {
+        if !close.publishes_will() {
+            return false;
+        }
+        let allowed = access
+            .as_ref()
+            .is_none_or(|access| access.may_publish_will(&will.message.topic));
+        if !allowed {
+            broker.metrics.denied(Denied::Will).inc();
+            debug!(
+                client_id = state.client_id(),
+                "will not published: the rules deny its topic"
+            );
+        }
+        allowed
+    });
+    let will = will.map(|will| {
+        let Will {
+            message,
+            expiry,
+            delay,
+        } = *will;
+        DelayedWill {
+            message: Box::new(message),
+            expiry: expiry.map(|secs| Duration::from_secs(u64::from(secs))),
+            // Sessions end with the process: a will due later is due now.
+            delay: if broker.is_shutting_down() {
+                Duration::ZERO
+            } else {
+                delay
+            },
+        }
+    });
+    // A will without a delay goes out now; the session keeps a delayed one, and hands it
+    // back if the session ends with the connection.
+    let (now, later) = match will {
+        Some(will) if will.delay.is_zero() => {
+            (Some(will.publish_at(std::time::Instant::now())), None)
+        }
+        will => (None, will),
+    };
+    let due = broker
+        .sessions
+        .release(&holder, state, later, &broker.router);
+    for will in now.into_iter().chain(due) {
+        broker.publish(will);
+    }
+}
+
+/// How long a client with keepalive `seconds` may stay silent: one and a half times that
+/// (MQTT §3.1.2.10); `None` for 0, no keepalive.
+fn keep_alive_limit(seconds: u16) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_millis(u64::from(seconds) * 1500))
+}
+
 /// The longest prefix of `text` of at most `max` bytes that ends at a character.
 fn prefix_within(text: &str, max: usize) -> &str {
     let mut end = max.min(text.len());
@@ -210,8 +289,15 @@ fn prefix_within(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// What the listener keeps for as long as a connection lives, awake or asleep: its place under
+/// the file-descriptor limit, and its part in the server's wait for every connection to end.
+pub struct Held {
+    pub slot: crate::admission::Slot,
+    pub done: tokio::sync::mpsc::Sender<()>,
+}
+
 /// Serves one TCP connection accepted by a listener of `listener`'s kind until it closes, then
-/// drops `held` (what the listener keeps for as long as the connection lives).
+/// drops `held`.
 ///
 /// The returned future is what an idle connection keeps in memory for its whole life, so it
 /// is kept small. The handshake's futures are large and needed once: they are boxed and freed
@@ -219,7 +305,7 @@ fn prefix_within(text: &str, max: usize) -> &str {
 /// would carry its arguments to the end even after they were moved into the handshake; the
 /// future is meant to be spawned as it is, since a task wrapping it in another `async` block
 /// would hold it twice (once captured, once awaited).
-pub fn serve<Held: Send + 'static>(
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
@@ -229,9 +315,8 @@ pub fn serve<Held: Send + 'static>(
     let handshake = Box::pin(handshake::handshake(stream, peer, broker, listener));
     async move {
         if let Some((connection, admission)) = handshake.await {
-            connection.run(admission).await;
+            connection.run(admission, held).await;
         }
-        drop(held);
     }
 }
 
@@ -250,8 +335,9 @@ struct Connection {
     state: Box<SessionState>,
     /// Boxed: most clients have none, and every connection would pay for the space.
     will: Option<Box<Will>>,
-    /// 1.5 × the keepalive the client asked for; `None` when it asked for none.
-    keep_alive: Option<Duration>,
+    /// The keepalive settled at CONNECT, seconds (0: none); see [`keep_alive_limit`]. Two
+    /// bytes rather than an `Option<Duration>`'s sixteen: every connection has one.
+    keep_alive: u16,
     last_packet: Instant,
     /// When the socket last refused output that was waiting; cleared by progress.
     write_blocked_since: Option<Instant>,
@@ -276,6 +362,11 @@ struct Connection {
     /// publishers, writing about 40 messages at a time where FlashMQ writes 170, and its client
     /// spent twice the CPU reading them. Small pulls (light load) go out at once.
     pulled_many: bool,
+    /// Set when the loop had something to do since the last look at whether the connection
+    /// may go to sleep: idle for [`sleeping::SLEEP_AFTER`] means no such turn in between.
+    busy: bool,
+    /// When to look next whether the connection may go to sleep (plain TCP only).
+    idle_check_at: Instant,
     /// What the client may do; `None` when access control is off. Boxed: it holds caches an
     /// idle connection without access control should not pay for.
     access: Option<Box<Authorizer>>,
@@ -292,8 +383,20 @@ impl Connection {
         }
     }
 
-    async fn run(mut self: Box<Self>, admission: Admission) {
-        let mut close = self.serve().await;
+    /// Runs the connection until it closes, or goes to sleep (its task then ends, and the
+    /// parker runs this again on a new one when it wakes).
+    async fn run(mut self: Box<Self>, admission: Admission, held: Held) {
+        let (mut admission, mut held) = (admission, held);
+        let mut close = loop {
+            match self.serve().await {
+                Close::Idle => match self.sleep(admission, held) {
+                    Ok(()) => return,
+                    // No parker: it stays awake.
+                    Err(back) => (self, admission, held) = back,
+                },
+                close => break close,
+            }
+        };
         if matches!(
             close,
             Close::Io(_)
@@ -337,59 +440,8 @@ impl Connection {
             access,
             ..
         } = *self;
-        if matches!(close, Close::TooFast(_)) {
-            // Without access control no username was proved: the client id alone.
-            let username = access.as_ref().and_then(|access| access.username());
-            broker.bans.ban(state.client_id(), username, Instant::now());
-        }
-        let will = will.filter(|will| {
-            if !close.publishes_will() {
-                return false;
-            }
-            let allowed = access
-                .as_ref()
-                .is_none_or(|access| access.may_publish_will(&will.message.topic));
-            if !allowed {
-                broker.metrics.denied(Denied::Will).inc();
-                debug!(
-                    client_id = state.client_id(),
-                    "will not published: the rules deny its topic"
-                );
-            }
-            allowed
-        });
-        let will = will.map(|will| {
-            let Will {
-                message,
-                expiry,
-                delay,
-            } = *will;
-            DelayedWill {
-                message: Box::new(message),
-                expiry: expiry.map(|secs| Duration::from_secs(u64::from(secs))),
-                // Sessions end with the process: a will due later is due now.
-                delay: if broker.is_shutting_down() {
-                    Duration::ZERO
-                } else {
-                    delay
-                },
-            }
-        });
-        // A will without a delay goes out now; the session keeps a delayed one, and hands it
-        // back if the session ends with the connection.
-        let (now, later) = match will {
-            Some(will) if will.delay.is_zero() => {
-                (Some(will.publish_at(std::time::Instant::now())), None)
-            }
-            will => (None, will),
-        };
-        let due = broker
-            .sessions
-            .release(&holder, state, later, &broker.router);
-        for will in now.into_iter().chain(due) {
-            broker.publish(will);
-        }
-        drop(admission);
+        end_session(&broker, holder, state, will, access, &close);
+        drop((admission, held));
     }
 
     /// Appends an MQTT 5 DISCONNECT with `reason` and `text` as its Reason String, cut (at a
@@ -517,16 +569,21 @@ impl Connection {
                     if let Err(close) = self.read() {
                         return close;
                     }
+                    self.busy = true;
                 }
                 ready = poll_fn(|cx| self.stream.poll_write_ready(cx)), if writing => {
                     if let Err(error) = ready.and_then(|()| self.write_now()) {
                         return Close::Io(error);
                     }
+                    self.busy = true;
                 }
-                _ = mailbox.ready(), if watch_mailbox => {}
+                _ = mailbox.ready(), if watch_mailbox => self.busy = true,
                 _ = &mut timer => {
                     if let Err(close) = self.check_deadlines(reading) {
                         return close;
+                    }
+                    if self.idle_check(Instant::now()) {
+                        return Close::Idle;
                     }
 
                     timer.as_mut().reset(self.next_deadline());
@@ -534,7 +591,9 @@ impl Connection {
                 // Last, so that input, acknowledgements and deadlines go first; and one yield
                 // per batch, so that a large backlog cannot hog the worker.
                 // Input held for a congestion is not announced by the socket either.
-                _ = tokio::task::yield_now(), if retained_owed || self.input_held => {}
+                _ = tokio::task::yield_now(), if retained_owed || self.input_held => {
+                    self.busy = true;
+                }
             }
         }
     }
@@ -551,10 +610,7 @@ impl Connection {
             // shows up as a write stall instead.
             self.last_packet = now;
         }
-        if self
-            .keep_alive
-            .is_some_and(|limit| now >= self.last_packet + limit)
-        {
+        if keep_alive_limit(self.keep_alive).is_some_and(|limit| now >= self.last_packet + limit) {
             if !self.input_waiting() {
                 return Err(Close::KeepaliveTimeout);
             }
@@ -594,6 +650,19 @@ impl Connection {
         Ok(())
     }
 
+    /// At the time of an idle check: whether the connection had nothing to do since the last
+    /// one and may go to sleep. Otherwise the next check is set.
+    fn idle_check(&mut self, now: Instant) -> bool {
+        if now < self.idle_check_at {
+            return false;
+        }
+        if !std::mem::take(&mut self.busy) && self.may_sleep() {
+            return true;
+        }
+        self.idle_check_at = now + sleeping::SLEEP_AFTER;
+        false
+    }
+
     /// Handles the packets a publish-rate pause or a congestion left in the read buffer, once
     /// it is over.
     fn resume_held_input(&mut self, hold_on_congestion: bool) -> Result<(), Close> {
@@ -617,7 +686,7 @@ impl Connection {
 
     /// The earliest moment the connection must be checked: keepalive expiry or a stall.
     fn next_deadline(&self) -> Instant {
-        let keep_alive = self.keep_alive.map(|limit| self.last_packet + limit);
+        let keep_alive = keep_alive_limit(self.keep_alive).map(|limit| self.last_packet + limit);
         let stalled = match (self.write_blocked_since, self.unacknowledged_since) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -625,7 +694,9 @@ impl Connection {
         let write = stalled.map(|since| since + self.broker.config.write_timeout);
         let expiry = self.access.as_ref().and_then(|access| access.expires_at);
         let paused = self.limits.as_ref().and_then(|limits| limits.paused_until);
-        [keep_alive, write, expiry, paused]
+        // Only plain TCP connections go to sleep.
+        let idle_check = matches!(self.stream, Stream::Tcp(_)).then_some(self.idle_check_at);
+        [keep_alive, write, expiry, paused, idle_check]
             .into_iter()
             .flatten()
             .min()
@@ -683,7 +754,10 @@ mod idle_size {
         let slots =
             crate::admission::Slots::new(1, prometheus_client::metrics::gauge::Gauge::default());
         let (done, _all_done) = tokio::sync::mpsc::channel::<()>(1);
-        let held = (slots.try_take().expect("a slot"), done);
+        let held = super::Held {
+            slot: slots.try_take().expect("a slot"),
+            done,
+        };
         // Boxed and freed after CONNECT, but allocated for every connection at once in a
         // reconnect storm: the TLS and WebSocket handshakes are boxed apart so that a plain one
         // stays small.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::signal::Signal;
 use super::SessionId;
 use crate::codec::QoS;
 use crate::metrics::{DropReason, Metrics};
@@ -27,7 +28,7 @@ pub struct Mailbox {
     id: SessionId,
     client_id: Arc<str>,
     queue: Mutex<VecDeque<Delivery>>,
-    ready: Notify,
+    ready: Signal,
     drained: Notify,
     /// When the consumer last took a delivery, or was given one with nothing else waiting (an
     /// idle consumer is not a stalled one: it is judged from when it has work), in
@@ -86,7 +87,7 @@ impl Mailbox {
             id,
             client_id,
             queue: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            ready: Signal::new(),
             drained: Notify::new(),
             last_take_ms: AtomicU64::new(NEVER),
             taken: AtomicU32::new(0),
@@ -149,7 +150,7 @@ impl Mailbox {
         // empty queue needs to wake it.
         if was_empty {
             self.last_take_ms.store(clock_ms(), Ordering::Relaxed);
-            self.ready.notify_one();
+            self.ready.notify();
         }
         if len >= self.soft_limit() && self.consumer_is_active() {
             Pushed::Congested
@@ -236,7 +237,7 @@ impl Mailbox {
         // Pushes only wake the consumer when the queue was empty; what is left behind must be
         // announced here or it would wait for the next push into an empty queue.
         if more {
-            self.ready.notify_one();
+            self.ready.notify();
         }
     }
 
@@ -248,13 +249,19 @@ impl Mailbox {
     /// after being woken.
     pub fn announce(&self) {
         if !self.queue.lock().is_empty() {
-            self.ready.notify_one();
+            self.ready.notify();
         }
     }
 
     /// Completes when a delivery arrives in an empty queue (or one arrived since the last wait).
     pub async fn ready(&self) {
         self.ready.notified().await
+    }
+
+    /// Points the next delivery's wake-up at `waker` (the parker's, while the connection
+    /// sleeps); wakes it at once if one is already announced.
+    pub fn watch(&self, waker: &std::task::Waker) {
+        self.ready.watch(waker);
     }
 
     /// Discards the session's queue and refuses everything from now on.

@@ -26,9 +26,11 @@ use crate::router::{Message, Router};
 
 mod mailbox;
 mod outgoing;
+mod signal;
 
 pub use mailbox::{Drain, Mailbox, Pushed};
 pub use outgoing::{InFlight, Outgoing};
+pub use signal::Signal;
 
 /// Identifies one session (a client id reused after a clean session gets a new one).
 pub type SessionId = u64;
@@ -201,8 +203,8 @@ pub enum Kick {
 const NOT_KICKED: u8 = 0;
 
 struct HolderSignals {
-    /// Notified to ask the holding connection to close; `reason` is set first.
-    kick: Notify,
+    /// Set to ask the holding connection to close; `reason` is set first.
+    kick: Signal,
     /// The strongest [`KickReason`] asked so far, or [`NOT_KICKED`].
     reason: AtomicU8,
     /// Notified (all waiters) once the holder has released the session; `released` is set first.
@@ -226,7 +228,7 @@ impl Holder {
             connection,
             signals: Arc::new(HolderSignals {
                 owner: owner.map(|owner| Box::new(owner.to_string())),
-                kick: Notify::new(),
+                kick: Signal::new(),
                 reason: AtomicU8::new(NOT_KICKED),
                 released_notify: Notify::new(),
                 released: AtomicBool::new(false),
@@ -239,6 +241,12 @@ impl Holder {
     /// future every idle connection keeps stays as small as the bare notification.
     pub async fn kicked(&self) {
         self.signals.kick.notified().await
+    }
+
+    /// Points the next kick's wake-up at `waker` (the parker's, while the connection sleeps);
+    /// wakes it at once if a kick is already pending.
+    pub fn watch(&self, waker: &std::task::Waker) {
+        self.signals.kick.watch(waker);
     }
 
     /// Why the holder was asked to close; `None` before [`Holder::kicked`] has completed.
@@ -265,7 +273,7 @@ impl Holder {
         if updated.is_err() {
             return false;
         }
-        self.signals.kick.notify_one();
+        self.signals.kick.notify();
         true
     }
 
@@ -857,7 +865,7 @@ pub(crate) mod tests {
         // one thin pointer, and with the Arc's two counts the allocation stays within 96 bytes.
         assert_eq!(
             std::mem::size_of::<HolderSignals>(),
-            std::mem::size_of::<(Notify, Notify, AtomicBool)>() + 8
+            std::mem::size_of::<(Signal, Notify, AtomicBool)>() + 8
         );
         assert!(std::mem::size_of::<HolderSignals>() + 16 <= 96);
     }
