@@ -131,8 +131,10 @@ declare -A SCENARIO_ARGS=(
     [p2p-q1]="p2p --qos 1 --pairs 8"
     [latency-q0]="latency --qos 0 --rate 1000"
     [latency-q1]="latency --qos 1 --rate 1000"
-    # rumqttd needs more than the bench's default 10 s to accept 10000 connections.
-    [conns]="conns --conns @CONNS@ --connect-timeout 60"
+    # rumqttd needs more than the bench's default 10 s to accept 10000 connections. RSS is read
+    # after 5 s of idleness: coolpy7's connections sleep after 1-2 s idle and their memory goes
+    # back to the system a second or so later (README: Behaviour worth knowing).
+    [conns]="conns --conns @CONNS@ --connect-timeout 60 --settle 5"
     [fanin-extra-subs]="fanin --qos 0 --publishers 4 --extra-subs @EXTRA_SUBS@"
     [fanout-stalled-q0]="fanout --qos 0 --subscribers 8 --stalled 2"
     [fanout-stalled-q1]="fanout --qos 1 --subscribers 8 --stalled 2"

@@ -469,6 +469,13 @@ mod tests {
     }
 
     #[test]
+    fn a_mailbox_stays_within_the_allocators_160_byte_class() {
+        // Every session has one, in an Arc (two counts before it): a field more, or a bigger
+        // signal, moves every session to the 192-byte class.
+        assert!(std::mem::size_of::<Mailbox>() + 16 <= 160);
+    }
+
+    #[test]
     fn a_full_mailbox_drops_its_oldest_and_counts_it() {
         let metrics = Metrics::new();
         let mailbox = Mailbox::new(1, Arc::from("c"), 2);

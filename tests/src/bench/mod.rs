@@ -188,6 +188,12 @@ pub struct Args {
     /// Seconds allowed for connecting and subscribing everything.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// conns: seconds the connections stay idle before the broker's RSS is read. A broker may
+    /// give idle connections' memory back only after a while (coolpy7 puts a connection idle
+    /// for 1-2 s to sleep, and its allocator returns the pages freed a second later), so the
+    /// RSS of idle connections is read once they have been idle that long.
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
     /// Tokio worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

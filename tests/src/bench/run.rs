@@ -842,8 +842,11 @@ async fn conns(args: &Args, nofile: Option<u64>) -> anyhow::Result<Map<String, V
             first_error.unwrap_or_default()
         ));
     }
-    eprintln!("{connected} connection(s) open after {connect_secs:.2}s; settling 2s");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "{connected} connection(s) open after {connect_secs:.2}s; settling {:.1}s",
+        args.settle
+    );
+    tokio::time::sleep(secs(args.settle)).await;
     let rss_after_kb = args.pid.and_then(report::rss_kb);
     // Were any closed by the broker meanwhile?
     let mut closed = 0u64;
