@@ -139,26 +139,33 @@ impl<S: Sleeper> Parker<S> {
             alarms: Arc::downgrade(&self.shared.alarms),
             id,
         }));
-        {
-            // The alarm is set under the map's lock, so that the parker cannot look the id up
-            // before the sleeper is in the map (an alarm that rings at once would be lost).
-            let mut sleeping = self.shared.sleeping.lock();
-            sleeper.watch(&alarm);
-            sleeping.insert(id, Box::new(sleeper));
+        // All under the map's lock, so that the parker cannot take the sleeper before it is
+        // watched in full: an alarm that rings at once (a signal set already) is handled once
+        // the lock is released, with the socket registered and the id in the map. Input that
+        // is already there is reported by the registration itself (epoll checks the socket
+        // when it is added).
+        let mut sleeping = self.shared.sleeping.lock();
+        // Read under the lock: a failing parker sets it before it takes the lock to wake every
+        // sleeper, so none is added behind its back.
+        if !self.is_running() {
+            return Err((sleeper, io::Error::other("the parker has stopped")));
         }
-        // Registered after the sleeper is in the map: input that is already there is reported
-        // by the registration itself (epoll checks the socket when it is added).
         if let Err(error) =
             self.shared
                 .registry
                 .register(&mut SourceFd(&fd), Token(id), Interest::READABLE)
         {
-            // Unless a sweep has already taken it (it is then being woken), it is given back.
-            if let Some(sleeper) = self.shared.sleeping.lock().remove(&id) {
-                return Err((*sleeper, error));
-            }
+            return Err((sleeper, error));
         }
+        sleeper.watch(&alarm);
+        sleeping.insert(id, Box::new(sleeper));
         Ok(())
+    }
+
+    /// False once the parker's thread has stopped (its epoll set failed): nothing more may go
+    /// to sleep.
+    pub fn is_running(&self) -> bool {
+        !self.shared.stopped.load(Ordering::Acquire)
     }
 
     /// How many sleep.
@@ -188,8 +195,13 @@ fn run<S: Sleeper>(mut poll: mio::Poll, shared: Arc<Shared<S>>, wake: impl Fn(S)
         let timeout = next_sweep.saturating_duration_since(Instant::now());
         if let Err(error) = poll.poll(&mut events, Some(timeout)) {
             if error.kind() != io::ErrorKind::Interrupted {
-                warn!(%error, "the parker's epoll set failed; sleeping connections are dropped");
-                shared.sleeping.lock().clear();
+                warn!(%error, "the parker's epoll set failed; every sleeping connection is woken and none sleeps any more");
+                shared.stopped.store(true, Ordering::Release);
+                // Taken under the lock after the flag is set: no park can add one afterwards.
+                let all: Vec<Box<S>> = shared.sleeping.lock().drain().map(|(_, s)| s).collect();
+                for sleeper in all {
+                    wake(*sleeper);
+                }
                 return;
             }
         }
@@ -396,6 +408,40 @@ mod tests {
         );
         signal.notify();
         assert_eq!(woken(&mut rx).await, "signalled");
+        assert!(parker.is_empty());
+    }
+
+    /// Review finding: a sleeper whose signal was already set was woken (and its socket handed
+    /// back to the runtime) before `park` registered the socket, which then stayed in the
+    /// epoll set for nobody, and the next park of that socket failed.
+    #[tokio::test]
+    async fn a_sleeper_woken_at_once_can_sleep_again_and_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let parker = Parker::start(move |sleeper: Bare| {
+            let _ = tx.send(sleeper);
+        })
+        .expect("parker");
+        let (_client, socket) = pair(&listener);
+        let signal = Arc::new(Signal::new());
+        let mut sleeper = Bare {
+            name: "again",
+            socket,
+            deadline: None,
+            signal: signal.clone(),
+        };
+        for round in 0..200 {
+            signal.notify();
+            if let Err((_, error)) = parker.park(sleeper) {
+                panic!("round {round}: {error}");
+            }
+            sleeper = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("woken in time")
+                .expect("parker running");
+            // What the woken connection's task does first.
+            signal.notified().await;
+        }
         assert!(parker.is_empty());
     }
 }

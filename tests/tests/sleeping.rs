@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use coolpy7_tests::packets::{self, Connect};
-use coolpy7_tests::packets5::reason;
+use coolpy7_tests::packets5::{reason, Connect as Connect5};
 use coolpy7_tests::{unique_id, Broker, RawClient, RawClient5, TIMEOUT};
 
 const SLEEPING: &str = "coolpy7_connections_sleeping";
@@ -133,4 +133,40 @@ async fn an_administrator_closes_a_sleeping_v5_client_with_its_reason() {
         .expect_disconnect(reason::ADMINISTRATIVE_ACTION)
         .await;
     broker.wait_connections(0).await;
+}
+
+/// Review finding: a connection just woken has a runtime registration that reports its socket
+/// as full until polled, and the DISCONNECT it owed its client was dropped. Each close reason
+/// a sleeper can get from outside, with its DISCONNECT.
+#[tokio::test]
+async fn a_sleeping_v5_client_gets_its_disconnect_on_takeover_and_keepalive_expiry() {
+    let broker = Broker::start(&[]);
+    let id = unique_id("v5-taken");
+    let mut first = RawClient5::connect_simple(broker.mqtt_addr(), &id).await;
+    wait_sleeping(&broker, 1).await;
+    let _second = RawClient5::connect_simple(broker.mqtt_addr(), &id).await;
+    first.expect_disconnect(reason::SESSION_TAKEN_OVER).await;
+
+    let connect = Connect5::new(&unique_id("v5-silent")).keep_alive(2);
+    let (mut silent, _) = RawClient5::connect_v5(broker.mqtt_addr(), &connect).await;
+    wait_sleeping(&broker, 2).await;
+    silent.expect_disconnect(reason::KEEP_ALIVE_TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn sleeping_v5_clients_are_told_the_server_shuts_down() {
+    let mut broker = Broker::start(&[]);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(RawClient5::connect_simple(broker.mqtt_addr(), &unique_id("v5-down")).await);
+    }
+    wait_sleeping(&broker, 3).await;
+    broker.sigterm();
+    for client in &mut clients {
+        client.expect_disconnect(reason::SERVER_SHUTTING_DOWN).await;
+    }
+    assert!(
+        broker.wait_exit(TIMEOUT).await.is_some(),
+        "the broker exits once its sleeping connections are closed"
+    );
 }

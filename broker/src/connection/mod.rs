@@ -391,8 +391,12 @@ impl Connection {
             match self.serve().await {
                 Close::Idle => match self.sleep(admission, held) {
                     Ok(()) => return,
-                    // No parker: it stays awake.
-                    Err(back) => (self, admission, held) = back,
+                    // No parker: it stays awake, and asks again in a while (not at once: its
+                    // idle check is due, and the loop would spin).
+                    Err(back) => {
+                        (self, admission, held) = back;
+                        self.idle_check_at = Instant::now() + sleeping::SLEEP_AFTER;
+                    }
                 },
                 close => break close,
             }
@@ -429,6 +433,10 @@ impl Connection {
         if !matches!(close, Close::Io(_) | Close::WriteTimeout) {
             if !self.wbuf.is_empty() || self.stream.has_pending_output() {
                 let _ = self.write_now();
+                // A connection just woken from sleep has a registration the runtime has not
+                // polled yet, which reports a socket with room as full: its DISCONNECT would
+                // be lost. The socket itself is asked.
+                let _ = self.write_bypassing_readiness();
             }
             self.stream.close();
         }

@@ -22,10 +22,12 @@ pub struct Signal {
 }
 
 /// What the slot holds once notified: a waker that does nothing, told apart by its data
-/// pointer (its own allocation, so no other waker has it).
-static NOTIFIED: LazyLock<Waker> = LazyLock::new(|| Waker::from(Arc::new(Nobody)));
+/// pointer (inside its own allocation, which lives for ever, so no other waker has it).
+static NOTIFIED: LazyLock<Waker> = LazyLock::new(|| Waker::from(Arc::new(Nobody(0))));
 
-struct Nobody;
+/// Not zero-sized: a zero-sized value's pointer could be the address just past its allocation,
+/// where another waker's data may begin.
+struct Nobody(#[allow(dead_code)] u64);
 
 impl Wake for Nobody {
     fn wake(self: Arc<Self>) {}
