@@ -153,7 +153,7 @@ impl Connection {
             let packet_id = if qos == QoS::AtMostOnce {
                 0
             } else {
-                self.state.outgoing.publish(delivery.clone())
+                self.state.outgoing.next_id()
             };
             let message = &delivery.message;
             if message.write_to(
@@ -166,11 +166,11 @@ impl Connection {
             ) {
                 messages[qos as usize] += 1;
                 payload_bytes[qos as usize] += message.payload.len() as u64;
-            } else {
-                // Beyond what a PUBLISH can carry: never sent, so it holds no packet id.
                 if packet_id != 0 {
-                    self.state.outgoing.unsent(packet_id);
+                    self.state.outgoing.record(packet_id, delivery);
                 }
+            } else {
+                // Beyond what a PUBLISH can carry: never sent, so it is not recorded.
                 let metrics = &self.broker.metrics;
                 metrics.dropped(DropReason::PacketTooLarge).inc();
             }
@@ -223,7 +223,7 @@ impl Connection {
         let packet_id = if delivery.qos == QoS::AtMostOnce {
             0
         } else {
-            self.state.outgoing.publish(delivery.clone())
+            self.state.outgoing.next_id()
         };
         let written = codec::encode_publish_v5(
             &mut self.wbuf,
@@ -235,12 +235,14 @@ impl Connection {
             &extras,
             &message.payload,
         );
-        if written.is_err() && packet_id != 0 {
-            // Beyond what a PUBLISH can carry (the topic spelled out, identifiers added): never
-            // sent, so it holds no packet id.
-            self.state.outgoing.unsent(packet_id);
+        // Beyond what a PUBLISH can carry (the topic spelled out, identifiers added): never
+        // sent, so it is not recorded.
+        written.ok()?;
+        let payload = message.payload.len();
+        if packet_id != 0 {
+            self.state.outgoing.record(packet_id, delivery);
         }
-        written.ok().map(|()| message.payload.len())
+        Some(payload)
     }
 
     /// After CONNACK on a resumed session: everything unacknowledged goes again, in order: PUBREL
