@@ -47,8 +47,11 @@ use crate::session::{DelayedWill, Drain, Holder, KickReason, SessionState};
 use crate::transport::{Stream, TransportSettings};
 use negotiated::Negotiated;
 
-/// Read at least this much at a time.
-const READ_CHUNK: usize = 4096;
+/// Read at least this much at a time. A busy QoS 1 publisher has 64 or more 100-byte
+/// PUBLISHes in flight: a smaller buffer took its window in two reads, answered with two
+/// PUBACK writes (4 KiB: 0.09 system calls per message for 8 p2p pairs, 16 KiB: 0.05). The
+/// buffer is only held while input waits in it.
+const READ_CHUNK: usize = 16 * 1024;
 /// Stop pulling deliveries while this much output is waiting for the socket: beyond it the
 /// mailbox (bounded, counted) holds the backlog, not the write buffer.
 const WRITE_HIGH_WATER: usize = 64 * 1024;

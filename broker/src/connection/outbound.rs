@@ -10,12 +10,15 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::aliases::OutboundTopic;
-use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
+use super::{Connection, WRITE_HIGH_WATER};
 use crate::codec::{
     self, Ack, EncodeError, Packet, Protocol, PublishV5Extras, QoS, SubAck, UnsubAck,
 };
 use crate::metrics::DropReason;
 use crate::router::{Delivery, Page, SubscriptionIds};
+
+/// Room made in the write buffer before a pull appends to it.
+const WRITE_CHUNK: usize = 4096;
 
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
 const PULL_BATCH: usize = 256;
@@ -122,7 +125,7 @@ impl Connection {
         if scratch.is_empty() {
             return;
         }
-        self.wbuf.reserve(READ_CHUNK);
+        self.wbuf.reserve(WRITE_CHUNK);
         // Counted per batch: one atomic add per QoS, not one per message.
         let mut messages = [0u64; 3];
         let mut payload_bytes = [0u64; 3];
