@@ -70,10 +70,13 @@ impl Broker {
     /// subscribers, then to the other cluster members. Messages from peers go to the router
     /// directly: they are never forwarded again.
     pub fn publish(&self, message: Arc<Message>) -> Routed {
+        // Cloned only for a forwarder: two atomic operations on the message's count per
+        // publish otherwise.
+        let Some(forwarder) = &self.forwarder else {
+            return self.router.publish(message);
+        };
         let routed = self.router.publish(message.clone());
-        if let Some(forwarder) = &self.forwarder {
-            forwarder.forward(&message);
-        }
+        forwarder.forward(&message);
         routed
     }
 

@@ -462,7 +462,7 @@ impl Handshake<'_> {
             rbuf: self.rbuf,
             wbuf: BytesMut::new(),
             congested: None,
-            woke_subscribers: false,
+            woke_subscribers: 0,
             pulled_many: false,
             input_held: false,
             busy: false,

@@ -357,7 +357,8 @@ impl Connection {
                 .unwrap_or_default();
         }
         let routed = self.broker.publish(Arc::new(message));
-        self.woke_subscribers |= routed.deliveries > 0;
+        let queued = u8::try_from(routed.deliveries).unwrap_or(u8::MAX);
+        self.woke_subscribers = self.woke_subscribers.saturating_add(queued);
         if self.congested.is_none() {
             self.congested = routed.congested;
         }

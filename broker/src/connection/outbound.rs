@@ -10,12 +10,15 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::aliases::OutboundTopic;
-use super::{Connection, READ_CHUNK, WRITE_HIGH_WATER};
+use super::{Connection, WRITE_HIGH_WATER};
 use crate::codec::{
     self, Ack, EncodeError, Packet, Protocol, PublishV5Extras, QoS, SubAck, UnsubAck,
 };
 use crate::metrics::DropReason;
 use crate::router::{Delivery, Page, SubscriptionIds};
+
+/// Room made in the write buffer before a pull appends to it.
+const WRITE_CHUNK: usize = 4096;
 
 /// Deliveries moved from the mailbox per pull, so one busy subscriber cannot hog its worker.
 const PULL_BATCH: usize = 256;
@@ -122,7 +125,7 @@ impl Connection {
         if scratch.is_empty() {
             return;
         }
-        self.wbuf.reserve(READ_CHUNK);
+        self.wbuf.reserve(WRITE_CHUNK);
         // Counted per batch: one atomic add per QoS, not one per message.
         let mut messages = [0u64; 3];
         let mut payload_bytes = [0u64; 3];
@@ -153,7 +156,7 @@ impl Connection {
             let packet_id = if qos == QoS::AtMostOnce {
                 0
             } else {
-                self.state.outgoing.publish(delivery.clone())
+                self.state.outgoing.next_id()
             };
             let message = &delivery.message;
             if message.write_to(
@@ -166,11 +169,11 @@ impl Connection {
             ) {
                 messages[qos as usize] += 1;
                 payload_bytes[qos as usize] += message.payload.len() as u64;
-            } else {
-                // Beyond what a PUBLISH can carry: never sent, so it holds no packet id.
                 if packet_id != 0 {
-                    self.state.outgoing.unsent(packet_id);
+                    self.state.outgoing.record(packet_id, delivery);
                 }
+            } else {
+                // Beyond what a PUBLISH can carry: never sent, so it is not recorded.
                 let metrics = &self.broker.metrics;
                 metrics.dropped(DropReason::PacketTooLarge).inc();
             }
@@ -223,7 +226,7 @@ impl Connection {
         let packet_id = if delivery.qos == QoS::AtMostOnce {
             0
         } else {
-            self.state.outgoing.publish(delivery.clone())
+            self.state.outgoing.next_id()
         };
         let written = codec::encode_publish_v5(
             &mut self.wbuf,
@@ -235,12 +238,14 @@ impl Connection {
             &extras,
             &message.payload,
         );
-        if written.is_err() && packet_id != 0 {
-            // Beyond what a PUBLISH can carry (the topic spelled out, identifiers added): never
-            // sent, so it holds no packet id.
-            self.state.outgoing.unsent(packet_id);
+        // Beyond what a PUBLISH can carry (the topic spelled out, identifiers added): never
+        // sent, so it is not recorded.
+        written.ok()?;
+        let payload = message.payload.len();
+        if packet_id != 0 {
+            self.state.outgoing.record(packet_id, delivery);
         }
-        written.ok().map(|()| message.payload.len())
+        Some(payload)
     }
 
     /// After CONNACK on a resumed session: everything unacknowledged goes again, in order: PUBREL

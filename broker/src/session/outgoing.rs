@@ -100,6 +100,17 @@ impl Outgoing {
     /// Records a PUBLISH about to be sent and returns its packet id: the next one after the last
     /// used, skipping 0 and ids still in flight.
     pub fn publish(&mut self, delivery: Delivery) -> u16 {
+        let id = self.next_id();
+        self.record(id, delivery);
+        id
+    }
+
+    /// The packet id the next PUBLISH uses, as [`Outgoing::publish`] gives out, for a sender
+    /// that encodes the delivery before it [records](Outgoing::record) it: so the delivery is
+    /// moved in, not cloned (two atomic operations on the message's count per delivery), and
+    /// one that cannot be encoded is never recorded. An id given out and not recorded is only
+    /// skipped.
+    pub fn next_id(&mut self) -> u16 {
         let next = |id: u16| id.wrapping_add(1).max(1);
         let mut id = next(self.last_id);
         if self.entries.is_empty() {
@@ -114,8 +125,12 @@ impl Outgoing {
             }
         }
         self.last_id = id;
-        self.entries.push_back((id, InFlight::Published(delivery)));
         id
+    }
+
+    /// Records a PUBLISH sent with `id`, which [`Outgoing::next_id`] has just given out.
+    pub fn record(&mut self, id: u16, delivery: Delivery) {
+        self.entries.push_back((id, InFlight::Published(delivery)));
     }
 
     /// PUBACK: the QoS 1 message is done. Returns whether `id` was a QoS 1 PUBLISH in flight.

@@ -337,6 +337,28 @@ fn read_into_spare(layer: &mut impl Layer, buf: &mut BytesMut) -> io::Result<usi
     result
 }
 
+/// Reads what `tcp` has into `buf`'s spare room. A read that leaves room unfilled has drained
+/// the socket, so the runtime is told it is no longer readable, as a `WouldBlock` would: without
+/// that, every batch a client sends costs a second `recv` that only finds the socket empty (a
+/// third of the broker's reads under load). The runtime clears readiness only if no new event
+/// arrived since it reported it, so data that came in meanwhile is still announced.
+fn read_tcp(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut short_read = None;
+    let result = tcp.try_io(tokio::io::Interest::READABLE, || {
+        let n = tcp.try_read_buf(buf)?;
+        if n > 0 && n < room {
+            short_read = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short_read {
+        Some(n) => Ok(n),
+        None => result,
+    }
+}
+
 impl Stream {
     /// The address of the socket's other end (the balancer's, behind a PROXY header).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
@@ -364,7 +386,7 @@ impl Stream {
     /// nothing is. A WebSocket message is appended whole (its size is bounded by the listener).
     pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            Stream::Tcp(tcp) => tcp.try_read_buf(buf),
+            Stream::Tcp(tcp) => read_tcp(tcp, buf),
             Stream::Tls(tls) => read_into_spare(tls.as_mut(), buf),
             Stream::Ws(ws) => ws.try_read_buf(buf),
             Stream::Wss(ws) => ws.try_read_buf(buf),
