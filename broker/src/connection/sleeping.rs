@@ -127,7 +127,7 @@ impl Connection {
             && !self.input_held
             && self.congested.is_none()
             && !self.pulled_many
-            && !self.woke_subscribers
+            && self.woke_subscribers == 0
             && self.write_blocked_since.is_none()
             && self.unacknowledged_since.is_none()
             && self
@@ -268,7 +268,7 @@ impl Sleeping {
             wbuf: BytesMut::new(),
             congested: None,
             input_held: false,
-            woke_subscribers: false,
+            woke_subscribers: 0,
             pulled_many: false,
             busy: false,
             idle_check_at: Instant::now() + SLEEP_AFTER,
