@@ -47,6 +47,8 @@ impl Broker {
         forwarder: Option<Forwarder>,
         access: Option<Arc<AccessControl>>,
     ) -> Broker {
+        // Before any connection: a sleeping connection keeps its instants on this clock.
+        crate::connection::SleepClock::start();
         Broker {
             forwarder,
             access,

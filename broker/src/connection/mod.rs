@@ -28,7 +28,7 @@ mod negotiated;
 mod outbound;
 mod sleeping;
 
-pub use sleeping::Sleeping;
+pub use sleeping::{SleepClock, Sleeping};
 
 use std::future::{poll_fn, Future};
 use std::io;

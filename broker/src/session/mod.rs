@@ -246,12 +246,13 @@ struct HolderSignals {
     kick: Signal,
     /// The strongest [`KickReason`] asked so far, or [`NOT_KICKED`].
     reason: AtomicU8,
-    /// Notified (all waiters) once the holder has released the session; `released` is set first.
-    released_notify: Notify,
+    /// Set once the holder has released the session; a takeover waits for it on the registry's
+    /// [`SessionRegistry::released`] (one for all holders: 32 bytes less in every connection,
+    /// which keeps these signals in the allocator's 64-byte class).
     released: AtomicBool,
     /// The authenticated username the holding connection claimed the session as (access
     /// control on; see [`SessionOwner`]). A `Box<String>`, a thin pointer: the signals stay
-    /// within the allocator's 96-byte class, which every connection pays for.
+    /// within the allocator's 64-byte class, which every connection pays for.
     #[allow(clippy::box_collection)]
     owner: Option<Box<String>>,
 }
@@ -269,7 +270,6 @@ impl Holder {
                 owner: owner.map(|owner| Box::new(owner.to_string())),
                 kick: Signal::new(),
                 reason: AtomicU8::new(NOT_KICKED),
-                released_notify: Notify::new(),
                 released: AtomicBool::new(false),
             }),
         }
@@ -335,24 +335,8 @@ impl Holder {
             .is_ok()
     }
 
-    fn mark_released(&self) {
-        self.signals.released.store(true, Ordering::Release);
-        self.signals.released_notify.notify_waiters();
-    }
-
-    /// Waits until the holder has released the session, or the deadline passes.
-    async fn released(
-        &self,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), tokio::time::error::Elapsed> {
-        let notified = self.signals.released_notify.notified();
-        tokio::pin!(notified);
-        // Registered before the flag is read, so a release in between is not missed.
-        notified.as_mut().enable();
-        if self.signals.released.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        tokio::time::timeout_at(deadline, notified).await
+    fn is_released(&self) -> bool {
+        self.signals.released.load(Ordering::Acquire)
     }
 }
 
@@ -454,6 +438,9 @@ impl Sessions {
 
 pub struct SessionRegistry {
     sessions: Mutex<Sessions>,
+    /// Notified (all waiters) whenever a holder releases its session, after its `released`
+    /// flag is set: a takeover waits here for the holder it kicked.
+    released: Notify,
     next_session: AtomicU64,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
@@ -466,6 +453,7 @@ impl SessionRegistry {
     pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> SessionRegistry {
         SessionRegistry {
             sessions: Mutex::new(Sessions::default()),
+            released: Notify::new(),
             next_session: AtomicU64::new(1),
             queue_capacity,
             metrics,
@@ -535,7 +523,7 @@ impl SessionRegistry {
                 }
             };
             // Taken over: the holder was asked to close; wait until it has released the session.
-            if current.released(deadline).await.is_err() {
+            if self.released(&current, deadline).await.is_err() {
                 return Err(ClaimError::TakeoverTimedOut(client_id.to_string()));
             }
         }
@@ -661,7 +649,7 @@ impl SessionRegistry {
                         }),
                     );
                     drop(sessions);
-                    holder.mark_released();
+                    self.mark_released(holder);
                     return None;
                 }
             }
@@ -669,8 +657,35 @@ impl SessionRegistry {
         // A session that ends with its connection, or (defensively) one whose entry no longer
         // names us: nobody else can reach this state, so drop its subscriptions and queue.
         self.discard(*state, router);
-        holder.mark_released();
+        self.mark_released(holder);
         will.map(|will| will.publish_at(now))
+    }
+
+    fn mark_released(&self, holder: &Holder) {
+        holder.signals.released.store(true, Ordering::Release);
+        self.released.notify_waiters();
+    }
+
+    /// Waits until `holder` has released its session, or the deadline passes.
+    async fn released(
+        &self,
+        holder: &Holder,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), tokio::time::error::Elapsed> {
+        tokio::time::timeout_at(deadline, async {
+            loop {
+                let notified = self.released.notified();
+                tokio::pin!(notified);
+                // Registered before the flag is read, so a release in between is not missed.
+                notified.as_mut().enable();
+                if holder.is_released() {
+                    return;
+                }
+                // Another holder's release wakes every takeover: look again.
+                notified.await;
+            }
+        })
+        .await
     }
 
     /// Drops a session that nobody can reach any more. Its mailbox is closed first, so that
@@ -906,14 +921,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_kick_reason_and_owner_keep_the_holder_signals_in_their_size_class() {
+    fn the_kick_reason_and_owner_keep_the_holder_signals_in_the_64_byte_class() {
         // Every connection holds one: the reason byte lives in what was padding, the owner is
-        // one thin pointer, and with the Arc's two counts the allocation stays within 96 bytes.
+        // one thin pointer, and with the Arc's two counts the allocation stays within 64 bytes.
         assert_eq!(
             std::mem::size_of::<HolderSignals>(),
-            std::mem::size_of::<(Signal, Notify, AtomicBool)>() + 16
+            std::mem::size_of::<(Signal, AtomicBool)>() + 16
         );
-        assert!(std::mem::size_of::<HolderSignals>() + 16 <= 96);
+        assert!(std::mem::size_of::<HolderSignals>() + 16 <= 64);
         assert_eq!(std::mem::size_of::<Holder>(), 8);
     }
 
