@@ -20,8 +20,10 @@ use crate::router::{Grant, Message};
 use crate::topic::{self, Subscription};
 
 /// Payloads up to this size are copied out of the read buffer into their own allocation, so
-/// that the read buffer can be reused and queued messages do not pin it.
-const COPY_PAYLOAD_MAX: usize = 4096;
+/// that the read buffer can be reused and queued messages do not pin it. As large as a read
+/// chunk: a retained or queued 5 KiB payload sliced out of a 16 KiB buffer would keep all of it
+/// alive, while a payload larger than a chunk has a buffer that is mostly its own.
+const COPY_PAYLOAD_MAX: usize = READ_CHUNK;
 
 impl Connection {
     /// Whether input not yet handled holds a DISCONNECT (it can when reading was paused, or a

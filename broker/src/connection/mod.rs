@@ -64,8 +64,8 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
 /// The longest a publisher waits at a time for a congested subscriber to drain.
 const CONGESTION_WAIT: Duration = Duration::from_millis(50);
-/// Messages queued for subscribers in one batch of a client's input from which the client is
-/// a busy publisher: the loop answers it at once rather than yielding to those subscribers
+/// Deliveries queued for subscribers in one batch of a client's input (one message to 16
+/// subscribers is 16) from which the client is a busy publisher: the loop answers it at once rather than yielding to those subscribers
 /// first (see `Connection::woke_subscribers`).
 const BUSY_BATCH: u8 = 16;
 /// How many waits of [`CONGESTION_WAIT`] a publisher makes at most before it is let go: a

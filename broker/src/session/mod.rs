@@ -438,13 +438,19 @@ impl Sessions {
 
 pub struct SessionRegistry {
     sessions: Mutex<Sessions>,
-    /// Notified (all waiters) whenever a holder releases its session, after its `released`
-    /// flag is set: a takeover waits here for the holder it kicked.
-    released: Notify,
+    /// Notified (all waiters of a shard) whenever a holder of that shard (its connection number
+    /// modulo [`RELEASE_SHARDS`]) releases its session, after its `released` flag is set: a
+    /// takeover waits on its holder's shard. Sharded so that in a reconnect storm a release
+    /// wakes a few of the waiting takeovers, not all of them (each release woke every waiter
+    /// with one: 1.7 M wake-ups for 10,000 takeovers, measured in review).
+    released: [Notify; RELEASE_SHARDS],
     next_session: AtomicU64,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
 }
+
+/// How many wait queues takeovers are spread over (see [`SessionRegistry::released`]).
+const RELEASE_SHARDS: usize = 64;
 
 /// How long a takeover waits for the old connection to release the session.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -453,7 +459,7 @@ impl SessionRegistry {
     pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> SessionRegistry {
         SessionRegistry {
             sessions: Mutex::new(Sessions::default()),
-            released: Notify::new(),
+            released: std::array::from_fn(|_| Notify::new()),
             next_session: AtomicU64::new(1),
             queue_capacity,
             metrics,
@@ -663,7 +669,11 @@ impl SessionRegistry {
 
     fn mark_released(&self, holder: &Holder) {
         holder.signals.released.store(true, Ordering::Release);
-        self.released.notify_waiters();
+        self.release_shard(holder).notify_waiters();
+    }
+
+    fn release_shard(&self, holder: &Holder) -> &Notify {
+        &self.released[(holder.connection() % RELEASE_SHARDS as u64) as usize]
     }
 
     /// Waits until `holder` has released its session, or the deadline passes.
@@ -674,7 +684,7 @@ impl SessionRegistry {
     ) -> Result<(), tokio::time::error::Elapsed> {
         tokio::time::timeout_at(deadline, async {
             loop {
-                let notified = self.released.notified();
+                let notified = self.release_shard(holder).notified();
                 tokio::pin!(notified);
                 // Registered before the flag is read, so a release in between is not missed.
                 notified.as_mut().enable();
