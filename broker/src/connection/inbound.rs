@@ -501,7 +501,7 @@ impl Connection {
             };
             if subscription.group().is_none() && wants_retained {
                 self.state
-                    .owe_retained(subscription.filter(), granted, identifier);
+                    .owe_retained(subscription.filter(), granted, identifier, existed);
             }
             self.state.subscriptions.insert(raw, granted);
             reason_codes.push(ReasonCode::granted(granted));

@@ -27,6 +27,10 @@ const PULL_BATCH: usize = 256;
 /// yields before the next one (see `Connection::pulled_many`).
 const LARGE_PULL: usize = 32;
 
+/// How many owed retained subscriptions one pull looks at, at most, before it has something to
+/// send: bounds a turn's work while retiring those with no retained message in bulk.
+const OWED_PER_PULL: usize = 256;
+
 impl Connection {
     pub(super) fn can_pull(&self) -> bool {
         self.wbuf.len() < WRITE_HIGH_WATER && !self.window_full()
@@ -81,39 +85,52 @@ impl Connection {
             .window()
             .saturating_sub(self.state.outgoing.in_window());
         let budget = WRITE_HIGH_WATER - self.wbuf.len();
-        if let Some(owed) = self.state.retained.front_mut() {
-            // A QoS 0 subscription's messages never count against the window.
-            let max = if owed.qos == QoS::AtMostOnce {
-                PULL_BATCH
-            } else {
-                PULL_BATCH.min(window)
-            };
-            let mut page = Page::new(max, budget);
-            let router = &self.broker.router;
-            let more = router.retained_page(&owed.filter, owed.after.as_deref(), &mut page);
-            if let Some(last) = page.messages.last() {
-                owed.after = Some(last.topic.clone());
-            }
-            let granted = owed.qos;
-            // [MQTT-3.3.4-3]: sent because of the subscription, so with its identifier.
-            let subscription_ids: SubscriptionIds = (owed.identifier != 0)
-                .then_some(owed.identifier)
-                .into_iter()
-                .collect();
-            if !more {
-                self.state.retained.pop_front();
-                if self.state.retained.is_empty() {
-                    // The mailbox announced what arrived meanwhile while the backlog went first;
-                    // announce it again, or it would wait for the next push into an empty queue.
-                    self.state.mailbox.announce();
+        if !self.state.retained.is_empty() {
+            // Owed entries with nothing (more) to send are retired many per turn: a client
+            // subscribing a million filters adds them faster than one a turn would retire them,
+            // and each new subscription looks through those still owed.
+            for _ in 0..OWED_PER_PULL {
+                let Some(owed) = self.state.retained.front_mut() else {
+                    break;
+                };
+                // A QoS 0 subscription's messages never count against the window.
+                let max = if owed.qos == QoS::AtMostOnce {
+                    PULL_BATCH
+                } else {
+                    PULL_BATCH.min(window)
+                };
+                let mut page = Page::new(max, budget);
+                let router = &self.broker.router;
+                let more = router.retained_page(&owed.filter, owed.after.as_deref(), &mut page);
+                if let Some(last) = page.messages.last() {
+                    owed.after = Some(last.topic.clone());
+                }
+                let granted = owed.qos;
+                // [MQTT-3.3.4-3]: sent because of the subscription, so with its identifier.
+                let subscription_ids: SubscriptionIds = (owed.identifier != 0)
+                    .then_some(owed.identifier)
+                    .into_iter()
+                    .collect();
+                if !more {
+                    self.state.retained.pop_front();
+                    if self.state.retained.is_empty() {
+                        // The mailbox announced what arrived meanwhile while the backlog went
+                        // first; announce it again, or it would wait for the next push into an
+                        // empty queue.
+                        self.state.mailbox.announce();
+                    }
+                }
+                scratch.extend(page.messages.into_iter().map(|message| Delivery {
+                    qos: message.qos.min(granted),
+                    message,
+                    retain: true,
+                    subscription_ids: subscription_ids.clone(),
+                }));
+                // One that still owes (a page went out, or the window is full) goes on later.
+                if !scratch.is_empty() || more {
+                    break;
                 }
             }
-            scratch.extend(page.messages.into_iter().map(|message| Delivery {
-                qos: message.qos.min(granted),
-                message,
-                retain: true,
-                subscription_ids: subscription_ids.clone(),
-            }));
         } else {
             let metrics = &self.broker.metrics;
             self.state

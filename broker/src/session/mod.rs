@@ -158,10 +158,15 @@ impl SessionState {
         self.mailbox.client_id()
     }
 
-    /// Owes the retained messages matching `filter` (a new or repeated subscription): a repeat
-    /// starts that filter's delivery over, as MQTT asks, without owing them twice.
-    pub fn owe_retained(&mut self, filter: &str, qos: QoS, identifier: u32) {
-        self.forgive_retained(filter);
+    /// Owes the retained messages matching `filter` (a new or a `repeated` subscription): a
+    /// repeat starts that filter's delivery over, as MQTT asks, without owing them twice. Only a
+    /// repeat looks through what is owed (a new filter cannot be there: unsubscribing forgives
+    /// it): a client subscribing a million filters faster than their retained messages are
+    /// looked up would otherwise make that quadratic (it hung the broker for minutes).
+    pub fn owe_retained(&mut self, filter: &str, qos: QoS, identifier: u32, repeated: bool) {
+        if repeated {
+            self.forgive_retained(filter);
+        }
         self.retained.push_back(RetainedOwed {
             filter: filter.into(),
             qos,
