@@ -268,6 +268,16 @@ mod tests {
         }
     }
 
+    /// A parker whose woken sleepers come out of the returned channel.
+    fn started() -> (Parker<Bare>, mpsc::UnboundedReceiver<Bare>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let parker = Parker::start(move |sleeper: Bare| {
+            let _ = tx.send(sleeper);
+        })
+        .expect("parker");
+        (parker, rx)
+    }
+
     fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
         let client = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
@@ -286,11 +296,7 @@ mod tests {
     #[tokio::test]
     async fn wakes_a_sleeper_for_input_a_signal_or_its_deadline_and_not_before() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let parker = Parker::start(move |sleeper: Bare| {
-            let _ = tx.send(sleeper);
-        })
-        .expect("parker");
+        let (parker, mut rx) = started();
         let (mut input_client, input) = pair(&listener);
         let (_signal_client, signalled) = pair(&listener);
         let (_deadline_client, deadline) = pair(&listener);
@@ -333,11 +339,7 @@ mod tests {
     #[tokio::test]
     async fn a_sleeper_whose_signal_or_input_came_before_it_slept_is_woken_at_once() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let parker = Parker::start(move |sleeper: Bare| {
-            let _ = tx.send(sleeper);
-        })
-        .expect("parker");
+        let (parker, mut rx) = started();
         let (mut client, with_input) = pair(&listener);
         client.write_all(b"x").expect("write");
         // Give the byte time to arrive: the registration must report what is already there.
@@ -368,11 +370,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_socket_wakes_its_sleeper_and_a_woken_one_sleeps_again() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let parker = Parker::start(move |sleeper: Bare| {
-            let _ = tx.send(sleeper);
-        })
-        .expect("parker");
+        let (parker, mut rx) = started();
         let (client, server) = pair(&listener);
         let (_client, other) = pair(&listener);
         let signal = Arc::new(Signal::new());
@@ -417,11 +415,7 @@ mod tests {
     #[tokio::test]
     async fn a_sleeper_woken_at_once_can_sleep_again_and_again() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let parker = Parker::start(move |sleeper: Bare| {
-            let _ = tx.send(sleeper);
-        })
-        .expect("parker");
+        let (parker, mut rx) = started();
         let (_client, socket) = pair(&listener);
         let signal = Arc::new(Signal::new());
         let mut sleeper = Bare {
