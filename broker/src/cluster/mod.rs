@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod link;
 pub mod membership;
 pub mod replay;
 pub mod sync;
