@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::connection::Sleeping;
 use crate::metrics::{Metrics, Refusal};
 use crate::parker::Parker;
-use crate::router::{Message, Routed, Router};
+use crate::router::{Congested, Message, Routed, Router};
 use crate::session::SessionRegistry;
 
 pub struct Broker {
@@ -77,8 +77,11 @@ impl Broker {
         let Some(forwarder) = &self.forwarder else {
             return self.router.publish(message);
         };
-        let routed = self.router.publish(message.clone());
-        forwarder.forward(&message);
+        let mut routed = self.router.publish(message.clone());
+        let congested_peer = forwarder.forward(&message);
+        if routed.congested.is_none() {
+            routed.congested = congested_peer.map(Congested::Peer);
+        }
         routed
     }
 

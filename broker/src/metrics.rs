@@ -491,10 +491,18 @@ pub enum ClusterDrop {
     UnknownOrigin,
     /// The origin's boot epoch is not its current one.
     StaleEpoch,
+    /// A QoS 1 or 2 message not forwarded to a peer: what this node holds for it, not yet
+    /// acknowledged, reached `-csb`.
+    BufferFull,
+    /// Messages held for a peer, not yet acknowledged, when membership declared it down (or it
+    /// restarted, or refused the link): given up.
+    PeerGone,
+    /// A segment of a link its sender has since replaced.
+    StaleLink,
 }
 
 impl ClusterDrop {
-    pub const ALL: [ClusterDrop; 10] = [
+    pub const ALL: [ClusterDrop; 13] = [
         ClusterDrop::TooBig,
         ClusterDrop::DollarTopic,
         ClusterDrop::QueueFull,
@@ -505,6 +513,9 @@ impl ClusterDrop {
         ClusterDrop::WrongDestination,
         ClusterDrop::UnknownOrigin,
         ClusterDrop::StaleEpoch,
+        ClusterDrop::BufferFull,
+        ClusterDrop::PeerGone,
+        ClusterDrop::StaleLink,
     ];
 
     pub fn label(self) -> &'static str {
@@ -519,6 +530,9 @@ impl ClusterDrop {
             ClusterDrop::WrongDestination => "wrong_destination",
             ClusterDrop::UnknownOrigin => "unknown_origin",
             ClusterDrop::StaleEpoch => "stale_epoch",
+            ClusterDrop::BufferFull => "buffer_full",
+            ClusterDrop::PeerGone => "peer_gone",
+            ClusterDrop::StaleLink => "stale_link",
         }
     }
 }
@@ -538,6 +552,12 @@ pub struct ClusterMetrics {
     dropped: [[Counter; ClusterDrop::ALL.len()]; 2],
     /// Times another live node was seen using this node's `-nid`.
     pub duplicate_node_id: Counter,
+    /// Link segments sent again (lost, or acknowledged late).
+    pub segments_retransmitted: Counter,
+    /// Link segments received again (retransmissions of what had arrived, or replays).
+    pub segments_repeated: Counter,
+    /// Bytes held for peers: not yet sent, or not yet acknowledged.
+    pub buffered_bytes: Gauge,
 }
 
 impl ClusterMetrics {
@@ -604,6 +624,21 @@ impl ClusterMetrics {
                 reg,
                 "cluster_duplicate_node_id",
                 "Times another live node was seen with this node's -nid",
+            ),
+            segments_retransmitted: counter(
+                reg,
+                "cluster_segments_retransmitted",
+                "Link segments sent again to other members",
+            ),
+            segments_repeated: counter(
+                reg,
+                "cluster_segments_repeated",
+                "Link segments received again from other members",
+            ),
+            buffered_bytes: gauge(
+                reg,
+                "cluster_buffered_bytes",
+                "Bytes held for other members, not yet sent or not yet acknowledged",
             ),
         }
     }

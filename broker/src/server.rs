@@ -152,7 +152,7 @@ pub async fn run(
         .first()
         .context("no MQTT listener is configured")?;
     let mqtt_addr = first.local_addr()?;
-    let cluster = match config.cluster.clone() {
+    let mut cluster = match config.cluster.clone() {
         Some(cluster) => {
             // The cluster's UDP ports follow the MQTT listen host when every listener has the
             // same one (all interfaces, or the one address asked for); listeners on different
@@ -199,13 +199,9 @@ pub async fn run(
         info!("CoAP listener on udp {}", socket.local_addr()?);
     }
 
-    let (forwarder, queued) = match &cluster {
-        Some(bound) => {
-            let (forwarder, queued) = bound.forwarder(metrics.clone());
-            (Some(forwarder), Some(queued))
-        }
-        None => (None, None),
-    };
+    let forwarder = cluster
+        .as_mut()
+        .map(|bound| bound.forwarder(metrics.clone()));
     let broker = Arc::new(Broker::new(config, metrics.clone(), forwarder, access));
     // The HTTP API closes clients' connections through the broker's session registry.
     let config = &broker.config;
@@ -238,10 +234,7 @@ pub async fn run(
         });
     }
 
-    let cluster = match (cluster, queued) {
-        (Some(bound), Some(queued)) => Some(bound.start(broker.clone(), queued)),
-        _ => None,
-    };
+    let cluster = cluster.map(|bound| bound.start(broker.clone()));
     let coap = coap_socket
         .map(|socket| tokio::spawn(coap::serve(socket, broker.clone(), stopping.clone())));
     tokio::spawn(expire_sessions(broker.clone(), stopping.clone()));

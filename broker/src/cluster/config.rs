@@ -1,4 +1,4 @@
-//! The cluster's settings, resolved from the `-nid -mbs -csk -crp -csp -ol -cad -csl -csv` flags and
+//! The cluster's settings, resolved from the `-nid -mbs -csk -crp -csp -ol -cad -csl -csb -csv` flags and
 //! the failure-detector timings. `config` parses the flags; the rules about which combinations
 //! make sense, and the parsing of node names and seed lists, live here with their tests.
 
@@ -12,9 +12,10 @@ pub const DEFAULT_SEED_PORT: u16 = 7946;
 /// Longest node name: it travels in every sync datagram (after a one-byte length).
 pub const MAX_NODE_ID_LEN: usize = 64;
 
-/// Smallest and largest `-csl`: a record must fit in one UDP datagram with its header and tag.
+/// Smallest `-csl` other than 0 (no limit): a record's framing and a short topic.
 pub const MIN_SYNC_LIMIT: usize = 64;
-pub const MAX_SYNC_LIMIT: usize = 60_000;
+/// Smallest `-csb`: a few datagrams' worth.
+pub const MIN_SYNC_BUFFER: usize = 64 << 10;
 
 /// Everything the cluster tasks need; present only when `-nid` is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +31,10 @@ pub struct ClusterConfig {
     /// How often seeds that are not members are resolved and asked to let this node in.
     pub rejoin_interval: Duration,
     /// Largest forwarded record (7 bytes of framing + topic + payload, + the MQTT 5 expiry and
-    /// properties in sync version 2; see `sync::record_len`).
-    pub sync_limit: usize,
+    /// properties in sync version 2; see `sync::record_len`); `None`: no limit (`-csl 0`).
+    pub sync_limit: Option<usize>,
+    /// Bytes held per peer for QoS 1 and 2 messages not yet acknowledged (`-csb`).
+    pub sync_buffer: usize,
     /// The newest sync version this node writes, reads and advertises (`-csv`).
     pub sync_version: u8,
     pub probe_period: Duration,
@@ -51,6 +54,7 @@ pub struct ClusterFlags {
     pub sync_port: u16,
     pub rejoin_secs: u64,
     pub sync_limit: usize,
+    pub sync_buffer: usize,
     pub sync_version: u8,
     pub probe_period_ms: u64,
     pub probe_rtt_ms: u64,
@@ -102,10 +106,16 @@ impl ClusterFlags {
                 )
             }
         };
-        if !(MIN_SYNC_LIMIT..=MAX_SYNC_LIMIT).contains(&self.sync_limit) {
+        if self.sync_limit != 0 && self.sync_limit < MIN_SYNC_LIMIT {
             return Err(format!(
-                "-csl {} is out of range: {MIN_SYNC_LIMIT} to {MAX_SYNC_LIMIT} bytes",
+                "-csl {} is too small: 0 (no limit) or at least {MIN_SYNC_LIMIT} bytes",
                 self.sync_limit
+            ));
+        }
+        if self.sync_buffer < MIN_SYNC_BUFFER {
+            return Err(format!(
+                "-csb {} is too small: at least {MIN_SYNC_BUFFER} bytes",
+                self.sync_buffer
             ));
         }
         let versions = super::sync::OLDEST_VERSION..=super::sync::NEWEST_VERSION;
@@ -132,7 +142,8 @@ impl ClusterFlags {
             gossip_port: self.gossip_port,
             sync_port: self.sync_port,
             rejoin_interval: Duration::from_secs(self.rejoin_secs),
-            sync_limit: self.sync_limit,
+            sync_limit: (self.sync_limit != 0).then_some(self.sync_limit),
+            sync_buffer: self.sync_buffer,
             sync_version: self.sync_version,
             probe_period: Duration::from_millis(self.probe_period_ms),
             probe_rtt: Duration::from_millis(self.probe_rtt_ms),
@@ -258,8 +269,9 @@ mod tests {
             gossip_port: 7946,
             sync_port: 7947,
             rejoin_secs: 10,
-            sync_limit: 4096,
-            sync_version: 2,
+            sync_limit: 0,
+            sync_buffer: 16 << 20,
+            sync_version: 3,
             probe_period_ms: 1000,
             probe_rtt_ms: 500,
             indirect_probes: 3,
@@ -396,8 +408,16 @@ mod tests {
         }
         .resolve()
         .is_err());
+        for (limit, want) in [(0, None), (64, Some(64)), (70_000, Some(70_000))] {
+            let config = ClusterFlags {
+                sync_limit: limit,
+                ..base()
+            }
+            .resolve();
+            assert_eq!(config.unwrap().unwrap().sync_limit, want, "-csl {limit}");
+        }
         assert!(ClusterFlags {
-            sync_limit: 70_000,
+            sync_buffer: MIN_SYNC_BUFFER - 1,
             ..base()
         }
         .resolve()
@@ -408,7 +428,7 @@ mod tests {
         }
         .resolve()
         .is_err());
-        for (version, ok) in [(0, false), (1, true), (2, true), (3, false)] {
+        for (version, ok) in [(0, false), (1, true), (2, true), (3, true), (4, false)] {
             let resolved = ClusterFlags {
                 sync_version: version,
                 ..base()

@@ -188,6 +188,11 @@ impl Members {
         self.others.load_full()
     }
 
+    /// The same, for a moment's look (no reference count taken).
+    pub fn others_now(&self) -> arc_swap::Guard<Arc<Vec<MemberInfo>>> {
+        self.others.load()
+    }
+
     /// The newest identity this node knows for member `node_id`, in any state: the one that is
     /// up or suspect if there is one, else the newest that is down. What a node sends can be
     /// trusted whatever our view of it says (it is authenticated, addressed to this boot of

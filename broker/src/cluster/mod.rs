@@ -4,6 +4,8 @@
 //! - [`membership`]: who is in the cluster (SWIM gossip with `foca` on UDP `-crp`).
 //! - [`sync`]: forwarding each locally published message to the members that are up (UDP
 //!   `-csp`), and delivering what peers forward.
+//! - [`peers`]: the members this node forwards to, and what it holds for each.
+//! - [`link`]: the acknowledged, ordered streams that carry QoS 1 and 2 messages to each peer.
 //! - [`auth`]: the HMAC-SHA256 tags on every datagram, with per-port keys derived from `-csk`.
 //! - [`replay`]: the sliding windows that refuse repeated datagrams on both ports.
 //! - [`config`]: the cluster flags' rules.
@@ -14,6 +16,7 @@
 pub mod auth;
 pub mod config;
 pub mod link;
+pub mod peers;
 pub mod membership;
 pub mod replay;
 pub mod sync;
@@ -24,16 +27,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::metrics::Metrics;
-use crate::router::Message;
 use auth::DatagramKey;
 use config::ClusterConfig;
 use membership::{Gossip, Members, NodeIdentity};
+use peers::Peers;
 use sync::{Forwarder, Origin};
 
 /// Keys shorter than this are warned about at start.
@@ -51,6 +54,8 @@ pub struct Bound {
     boot_ms: u64,
     /// This boot on the monotonic clock: where sequence numbers and replay windows count from.
     started: Instant,
+    /// Made with the forwarder.
+    peers: Option<Arc<Peers>>,
 }
 
 impl Bound {
@@ -112,6 +117,7 @@ impl Bound {
             members,
             boot_ms,
             started,
+            peers: None,
         })
     }
 
@@ -120,13 +126,26 @@ impl Bound {
         self.members.clone()
     }
 
-    /// The forwarder the broker publishes through, and the queue it fills.
-    pub fn forwarder(&self, metrics: Arc<Metrics>) -> (Forwarder, mpsc::Receiver<Arc<Message>>) {
-        Forwarder::new(self.config.sync_limit, self.config.sync_version, metrics)
+    /// The forwarder the broker publishes through.
+    pub fn forwarder(&mut self, metrics: Arc<Metrics>) -> Forwarder {
+        let peers = Arc::new(Peers::new(
+            self.members.clone(),
+            self.config.sync_buffer,
+            self.config.sync_version,
+            self.started,
+            metrics.clone(),
+        ));
+        self.peers = Some(peers.clone());
+        Forwarder::new(
+            peers,
+            self.config.sync_limit,
+            self.config.sync_version,
+            metrics,
+        )
     }
 
     /// Starts gossip, the sync sender and the sync receiver.
-    pub fn start(self, broker: Arc<Broker>, queued: mpsc::Receiver<Arc<Message>>) -> Cluster {
+    pub fn start(self, broker: Arc<Broker>) -> Cluster {
         let Bound {
             config,
             gossip,
@@ -134,7 +153,17 @@ impl Bound {
             members,
             boot_ms,
             started,
+            peers,
         } = self;
+        let peers = peers.unwrap_or_else(|| {
+            Arc::new(Peers::new(
+                members.clone(),
+                config.sync_buffer,
+                config.sync_version,
+                started,
+                broker.metrics.clone(),
+            ))
+        });
         let key = &config.key.0;
         let sync_key = DatagramKey::sync(key);
         let gossip_key = DatagramKey::gossip(key);
@@ -150,21 +179,23 @@ impl Bound {
         let metrics = broker.metrics.clone();
         let sender = tokio::spawn(sync::send_loop(
             sync.clone(),
-            queued,
+            peers.clone(),
             forwarding_stopped,
-            members.clone(),
             sync_key.clone(),
-            origin,
+            origin.clone(),
             metrics.clone(),
         ));
         let receiver = tokio::spawn(sync::receive_loop(
             sync,
-            broker,
-            members.clone(),
-            sync_key,
-            config.sync_limit,
-            config.sync_version,
-            started,
+            sync::Receiver {
+                broker,
+                members: members.clone(),
+                peers,
+                key: sync_key,
+                sync_limit: config.sync_limit,
+                version: config.sync_version,
+                origin,
+            },
         ));
         let gossip = tokio::spawn(
             Gossip {
@@ -199,7 +230,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Sends what is still queued for the other members (the wills of the connections that
-    /// shutdown closed), tells them this node is leaving (so they mark it down at once rather
+    /// shutdown closed) and waits for their acknowledgements, tells them this node is leaving (so they mark it down at once rather
     /// than after the failure detector's timeouts), then stops the tasks. Call it once the
     /// connections are closed.
     pub async fn leave(self) {

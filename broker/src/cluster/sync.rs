@@ -42,16 +42,19 @@
 //! restarts with an empty replay window.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tokio::sync::watch;
+use tracing::{debug, warn};
 
 use super::auth::DatagramKey;
-use super::membership::{MemberState, Members, NodeIdentity};
+use super::link::{Ack, Inbox, Next, Segmented};
+use super::membership::{Members, NodeIdentity};
+use super::peers::{Peer, Peers, LINK_VERSION};
 use super::replay::{ReceivedAt, ReplayWindow, SequenceClock};
 use crate::broker::Broker;
 use crate::codec::properties::decode_message_properties;
@@ -60,27 +63,43 @@ use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 use crate::router::Message;
 use crate::topic;
 
-/// The sync versions this release knows: version 1 (topic, payload, QoS and retain) and
-/// version 2 (also the MQTT 5 properties and expiry).
+/// The sync versions this release knows: version 1 (topic, payload, QoS and retain), version 2
+/// (also the MQTT 5 properties and expiry) and version 3 (links: acknowledged, ordered
+/// streams of records, see [`super::link`]).
 pub const OLDEST_VERSION: u8 = 1;
-pub const NEWEST_VERSION: u8 = 2;
+pub const NEWEST_VERSION: u8 = 3;
 const KIND_PUBLISH: u8 = 1;
+/// Version 3: a segment of a link, and an acknowledgement of a link's segments.
+const KIND_SEGMENT: u8 = 2;
+const KIND_ACK: u8 = 3;
+/// The kind of a link frame that holds one record (in the version 2 record format).
+pub const FRAME_PUBLISH: u8 = 1;
 /// Framing bytes of one record besides its topic and payload (and, in version 2, its expiry
 /// and properties).
 pub const RECORD_OVERHEAD: usize = 7;
 /// Version 2 record flags: the expiry, and the properties, follow the topic.
 const FLAG_EXPIRY: u8 = 0b1000;
 const FLAG_PROPERTIES: u8 = 0b1_0000;
+/// Acknowledgement flags: the receiver refuses the link.
+const ACK_RESET: u8 = 0b1;
 /// Bytes of a version 2 record's expiry, and of its properties' length prefix.
 const EXPIRY_LEN: usize = 4;
 const PROPERTIES_PREFIX_LEN: usize = 2;
-/// Records are packed into one datagram up to this many bytes (below a 1500-byte MTU); a larger
-/// record travels alone.
-const BATCH_BYTES: usize = 1200;
-/// Messages waiting to be forwarded; beyond it they are dropped and counted.
-const QUEUE: usize = 16_384;
-/// Messages taken from the queue per batch.
-const TAKE: usize = 256;
+/// Records are packed into one best-effort datagram up to this many bytes (below a 1500-byte
+/// MTU); a larger record travels alone, or on the link of a peer that has one.
+pub const BATCH_BYTES: usize = 1200;
+/// The largest record a best-effort datagram carries (to a peer without links, which
+/// reassembles nothing): a UDP datagram's size with room for the header and tag.
+pub const MAX_DATAGRAM_RECORD: usize = 60_000;
+/// Link segments taken from one peer per turn of the sender, so that one busy peer does not
+/// hold the others back.
+const SEGMENTS_PER_TURN: usize = 64;
+/// How often the sender looks for membership changes when nothing else wakes it.
+const MEMBERS_POLL: Duration = Duration::from_millis(100);
+/// Datagrams the receiver handles before it sends the acknowledgements they call for.
+const RECEIVE_BURST: usize = 64;
+/// Bytes a link frame may hold beyond the PUBLISH packet its record stands for.
+const FRAME_SLACK: usize = 64;
 /// Replay windows kept before those of members that are gone are dropped.
 const PRUNE_WINDOWS_AT: usize = 64;
 
@@ -109,8 +128,9 @@ pub fn version_for(peer: &NodeIdentity, newest: u8) -> Option<u8> {
 
 /// The publishing side's handle: cheap to call from any connection.
 pub struct Forwarder {
-    queue: mpsc::Sender<Arc<Message>>,
-    limit: usize,
+    peers: Arc<Peers>,
+    /// `-csl`, if set.
+    limit: Option<usize>,
     /// The newest sync version this node writes (`-csv`), whose record size `limit` applies to.
     version: u8,
     metrics: Arc<Metrics>,
@@ -118,53 +138,61 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(
-        limit: usize,
+        peers: Arc<Peers>,
+        limit: Option<usize>,
         version: u8,
         metrics: Arc<Metrics>,
-    ) -> (Forwarder, mpsc::Receiver<Arc<Message>>) {
-        let (queue, queued) = mpsc::channel(QUEUE);
-        (
-            Forwarder {
-                queue,
-                limit,
-                version,
-                metrics,
-            },
-            queued,
-        )
+    ) -> Forwarder {
+        Forwarder {
+            peers,
+            limit,
+            version,
+            metrics,
+        }
     }
 
-    /// Queues a locally published message for the other members, unless it must stay here.
-    pub fn forward(&self, message: &Arc<Message>) {
+    /// Queues a locally published message for the other members, unless it must stay here;
+    /// returns a peer whose link is congested, which the publisher should wait for.
+    pub fn forward(&self, message: &Arc<Message>) -> Option<Arc<Peer>> {
         let cluster = &self.metrics.cluster;
         if message.topic.first() == Some(&b'$') {
             debug!("$ topic not forwarded");
             cluster
                 .dropped(ClusterPort::Sync, ClusterDrop::DollarTopic)
                 .inc();
-            return;
+            return None;
         }
-        let len = record_len(message, self.version);
-        if len > self.limit {
-            debug!(len, limit = self.limit, "message too big to forward (-csl)");
-            cluster
-                .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
-                .inc();
-            return;
-        }
-        match self.queue.try_send(message.clone()) {
-            Ok(()) => {
-                cluster.records_forwarded.inc();
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                debug!("forwarding queue full; message not forwarded");
+        if let Some(limit) = self.limit {
+            let len = record_len(message, self.version.min(2));
+            if len > limit {
+                debug!(len, limit, "message too big to forward (-csl)");
                 cluster
-                    .dropped(ClusterPort::Sync, ClusterDrop::QueueFull)
+                    .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
                     .inc();
+                return None;
             }
-            // The sender task has stopped: the node is shutting down.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+        let now = Instant::now();
+        if message.is_expired(now) {
+            return None;
+        }
+        let peers = self.peers.list();
+        let (mut queued, mut wake, mut congested) = (false, false, None);
+        for peer in peers.iter() {
+            let pushed = peer.push(message, now, &self.metrics);
+            queued |= pushed.queued;
+            wake |= pushed.wake;
+            if pushed.congested && congested.is_none() {
+                congested = Some(peer.clone());
+            }
+        }
+        if queued {
+            cluster.records_forwarded.inc();
+        }
+        if wake {
+            self.peers.wake_sender();
+        }
+        congested
     }
 }
 
@@ -179,96 +207,87 @@ pub struct Origin {
     pub version: u8,
 }
 
-/// Sends what the forwarder queued. When `stop` fires, the queue is closed, what it still holds
-/// (wills of the connections closed at shutdown) is sent, and the task returns.
+/// Sends what is queued for the peers, as best-effort datagrams and link segments, and keeps
+/// the peers in step with membership. When `stop` fires, it goes on until nothing is left to
+/// send or to be acknowledged (the wills of the connections closed at shutdown), and returns.
 pub async fn send_loop(
     socket: Arc<UdpSocket>,
-    mut queued: mpsc::Receiver<Arc<Message>>,
+    peers: Arc<Peers>,
     mut stop: watch::Receiver<bool>,
-    members: Arc<Members>,
     key: DatagramKey,
     origin: Origin,
     metrics: Arc<Metrics>,
 ) {
-    let mut batch = Vec::with_capacity(TAKE);
     let mut sequence = SequenceClock::new(origin.started);
-    let mut records_buf = Vec::with_capacity(BATCH_BYTES + 256);
     let mut datagram = Vec::with_capacity(BATCH_BYTES + 512);
     let mut stopping = false;
     loop {
-        let taken = tokio::select! {
-            taken = queued.recv_many(&mut batch, TAKE) => taken,
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                queued.close();
-                continue;
+        let now = Instant::now();
+        let mut deadline: Option<Instant> = None;
+        let mut more = false;
+        let list = peers.list().clone();
+        for peer in list.iter() {
+            let transmits = peer.take_transmits(now, SEGMENTS_PER_TURN);
+            metrics
+                .cluster
+                .segments_retransmitted
+                .inc_by(transmits.retransmitted);
+            more |= transmits.more;
+            deadline = match (deadline, transmits.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let to = peer.identity.sync_addr();
+            for (count, run) in &transmits.runs {
+                datagram.clear();
+                encode_header(
+                    &mut datagram,
+                    peer.publish_version,
+                    &origin,
+                    &peer.identity,
+                    sequence.next_seq(),
+                );
+                datagram.put_u16(*count);
+                datagram.extend_from_slice(run);
+                key.seal(&mut datagram);
+                send(&socket, &datagram, to, &metrics).await;
             }
-        };
-        if taken == 0 {
+            for (seq, data) in &transmits.segments {
+                datagram.clear();
+                encode_parties(&mut datagram, LINK_VERSION, KIND_SEGMENT, &origin, &peer.identity);
+                datagram.put_u64(transmits.link);
+                datagram.put_u64(*seq);
+                datagram.extend_from_slice(data);
+                key.seal(&mut datagram);
+                send(&socket, &datagram, to, &metrics).await;
+            }
+        }
+        if stopping && peers.all_idle() {
             return;
         }
-        let others = members.others();
-        let peers: Vec<(&NodeIdentity, u8)> = others
-            .iter()
-            .filter(|m| m.state != MemberState::Down)
-            .filter_map(|m| match version_for(&m.identity, origin.version) {
-                Some(version) => Some((&m.identity, version)),
-                None => {
-                    debug!(peer = %m.identity.node_id, advertised = %m.identity.version,
-                           "peer reads no sync version this node writes; not forwarded to it");
-                    None
-                }
-            })
-            .collect();
-        // Expiry is checked once, and the seconds left are measured from the same instant for
-        // every peer.
-        let now = Instant::now();
-        batch.retain(|message| !message.is_expired(now));
-        if peers.is_empty() {
-            batch.clear();
+        if more {
+            tokio::task::yield_now().await;
             continue;
         }
-        // One run of datagrams per version in use: peers of one version share their records
-        // (and sequence numbers), and each peer sees strictly increasing numbers.
-        for version in OLDEST_VERSION..=NEWEST_VERSION {
-            if !peers.iter().any(|&(_, v)| v == version) {
-                continue;
-            }
-            let mut records = batch.iter().peekable();
-            while records.peek().is_some() {
-                let seq = sequence.next_seq();
-                records_buf.clear();
-                let mut count: u16 = 0;
-                while let Some(message) = records.peek() {
-                    let fits = records_buf.len() + record_len(message, version) <= BATCH_BYTES;
-                    if count > 0 && (!fits || count == u16::MAX) {
-                        break;
-                    }
-                    encode_record(&mut records_buf, message, version, now);
-                    count += 1;
-                    records.next();
-                }
-                for &(peer, _) in peers.iter().filter(|&&(_, v)| v == version) {
-                    datagram.clear();
-                    encode_header(&mut datagram, version, &origin, peer, seq);
-                    datagram.put_u16(count);
-                    datagram.extend_from_slice(&records_buf);
-                    key.seal(&mut datagram);
-                    let to = peer.sync_addr();
-                    match socket.send_to(&datagram, to).await {
-                        Ok(_) => metrics.cluster.datagram_out(ClusterPort::Sync),
-                        Err(error) => {
-                            debug!(%error, %to, "sync send failed");
-                            metrics
-                                .cluster
-                                .dropped(ClusterPort::Sync, ClusterDrop::SendError)
-                                .inc();
-                        }
-                    }
-                }
-            }
+        let wake_at = deadline.map_or(now + MEMBERS_POLL, |d| d.min(now + MEMBERS_POLL));
+        tokio::select! {
+            _ = peers.woken() => {}
+            _ = tokio::time::sleep_until(wake_at.into()) => {}
+            _ = stop.changed(), if !stopping => stopping = true,
         }
-        batch.clear();
+    }
+}
+
+async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr, metrics: &Metrics) {
+    match socket.send_to(datagram, to).await {
+        Ok(_) => metrics.cluster.datagram_out(ClusterPort::Sync),
+        Err(error) => {
+            debug!(%error, %to, "sync send failed");
+            metrics
+                .cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::SendError)
+                .inc();
+        }
     }
 }
 
@@ -279,11 +298,22 @@ pub(crate) fn encode_header(
     destination: &NodeIdentity,
     seq: u64,
 ) {
+    encode_parties(out, version, KIND_PUBLISH, origin, destination);
+    out.put_u64(seq);
+}
+
+/// The start of every sync datagram: version, kind, and who sends it to whom.
+pub(crate) fn encode_parties(
+    out: &mut Vec<u8>,
+    version: u8,
+    kind: u8,
+    origin: &Origin,
+    destination: &NodeIdentity,
+) {
     out.put_u8(version);
-    out.put_u8(KIND_PUBLISH);
+    out.put_u8(kind);
     put_node(out, &origin.node_id, origin.boot_ms);
     put_node(out, &destination.node_id, destination.boot_ms);
-    out.put_u64(seq);
 }
 
 fn put_node(out: &mut Vec<u8>, node_id: &str, boot_ms: u64) {
@@ -297,7 +327,12 @@ fn put_node(out: &mut Vec<u8>, node_id: &str, boot_ms: u64) {
 
 /// Appends `message` as a record of sync `version` ([`record_len`] bytes), with the expiry left
 /// at `now`.
-pub(crate) fn encode_record(out: &mut Vec<u8>, message: &Message, version: u8, now: Instant) {
+pub(crate) fn encode_record(
+    out: &mut impl BufMut,
+    message: &Message,
+    version: u8,
+    now: Instant,
+) {
     let (expiry, properties) = if version >= 2 {
         (message.remaining_expiry(now), &message.properties[..])
     } else {
@@ -339,87 +374,184 @@ pub(crate) struct Batch {
     pub(crate) records: Vec<Message>,
 }
 
+/// Who sent a datagram to whom, as its header says.
+#[derive(Debug)]
+pub(crate) struct Parties {
+    pub(crate) version: u8,
+    pub(crate) kind: u8,
+    pub(crate) origin: Bytes,
+    pub(crate) boot_ms: u64,
+    pub(crate) destination: Bytes,
+    pub(crate) destination_boot_ms: u64,
+}
+
+fn decode_parties(buf: &mut &[u8]) -> Option<Parties> {
+    let version = take_u8(buf)?;
+    let kind = take_u8(buf)?;
+    let id_len = usize::from(take_u8(buf)?);
+    let origin = take(buf, id_len)?;
+    let boot_ms = take_u64(buf)?;
+    let id_len = usize::from(take_u8(buf)?);
+    let destination = take(buf, id_len)?;
+    let destination_boot_ms = take_u64(buf)?;
+    Some(Parties {
+        version,
+        kind,
+        origin,
+        boot_ms,
+        destination,
+        destination_boot_ms,
+    })
+}
+
 /// Parses an authenticated body received at `now`; `None` when it is not a well-formed publish
 /// batch of a version from 1 to `newest` (the newest this node reads).
 pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batch> {
     let mut buf = body;
-    let version = take_u8(&mut buf)?;
+    let parties = decode_parties(&mut buf)?;
+    let version = parties.version;
     if !(OLDEST_VERSION..=newest.min(NEWEST_VERSION)).contains(&version)
-        || take_u8(&mut buf)? != KIND_PUBLISH
+        || parties.kind != KIND_PUBLISH
     {
         return None;
     }
-    let id_len = usize::from(take_u8(&mut buf)?);
-    let origin = take(&mut buf, id_len)?;
-    let boot_ms = take_u64(&mut buf)?;
-    let id_len = usize::from(take_u8(&mut buf)?);
-    let destination = take(&mut buf, id_len)?;
-    let destination_boot_ms = take_u64(&mut buf)?;
     let seq = take_u64(&mut buf)?;
     let count = take_u16(&mut buf)?;
-    let known_flags = if version >= 2 {
-        0b111 | FLAG_EXPIRY | FLAG_PROPERTIES
-    } else {
-        0b111
-    };
     let mut records = Vec::with_capacity(usize::from(count).min(64));
     for _ in 0..count {
-        let flags = take_u8(&mut buf)?;
-        if flags & !known_flags != 0 {
-            return None;
-        }
-        let qos = QoS::from_u8(flags & 0b11)?;
-        let retain = flags & 0b100 != 0;
-        let topic_len = usize::from(take_u16(&mut buf)?);
-        let topic = take(&mut buf, topic_len)?;
-        let expiry = if flags & FLAG_EXPIRY != 0 {
-            Some(take_u32(&mut buf)?)
-        } else {
-            None
-        };
-        let properties = if flags & FLAG_PROPERTIES != 0 {
-            let len = usize::from(take_u16(&mut buf)?);
-            if len == 0 {
-                return None;
-            }
-            take(&mut buf, len)?
-        } else {
-            Bytes::new()
-        };
-        let payload_len = usize::try_from(take_u32(&mut buf)?).ok()?;
-        let payload = take(&mut buf, payload_len)?;
-        // Peers only forward what their clients could publish: valid, non-$ topic names in
-        // UTF-8 without U+0000 (the codec's rule for every MQTT string); anything else is not
-        // from a peer of ours.
-        if topic.first() == Some(&b'$')
-            || !topic::is_valid_topic_name(&topic)
-            || topic.contains(&0)
-            || std::str::from_utf8(&topic).is_err()
-        {
-            return None;
-        }
-        if !properties.is_empty() && !properties_could_be_published(&properties, &payload) {
-            return None;
-        }
-        let mut message = Message::new(topic, payload, qos, retain);
-        message.properties = properties;
-        // Beyond what an Instant can hold (over a century): as good as never.
-        message.expires_at =
-            expiry.and_then(|secs| now.checked_add(Duration::from_secs(secs.into())));
-        records.push(message);
+        records.push(decode_record(&mut buf, version, now)?);
     }
     if buf.has_remaining() {
         return None;
     }
     Some(Batch {
         version,
-        origin,
-        boot_ms,
-        destination,
-        destination_boot_ms,
+        origin: parties.origin,
+        boot_ms: parties.boot_ms,
+        destination: parties.destination,
+        destination_boot_ms: parties.destination_boot_ms,
         seq,
         records,
     })
+}
+
+/// One record of sync `version`, received at `now`; `None` when it is malformed.
+fn decode_record(buf: &mut &[u8], version: u8, now: Instant) -> Option<Message> {
+    let known_flags = if version >= 2 {
+        0b111 | FLAG_EXPIRY | FLAG_PROPERTIES
+    } else {
+        0b111
+    };
+    let flags = take_u8(buf)?;
+    if flags & !known_flags != 0 {
+        return None;
+    }
+    let qos = QoS::from_u8(flags & 0b11)?;
+    let retain = flags & 0b100 != 0;
+    let topic_len = usize::from(take_u16(buf)?);
+    let topic = take(buf, topic_len)?;
+    let expiry = if flags & FLAG_EXPIRY != 0 {
+        Some(take_u32(buf)?)
+    } else {
+        None
+    };
+    let properties = if flags & FLAG_PROPERTIES != 0 {
+        let len = usize::from(take_u16(buf)?);
+        if len == 0 {
+            return None;
+        }
+        take(buf, len)?
+    } else {
+        Bytes::new()
+    };
+    let payload_len = usize::try_from(take_u32(buf)?).ok()?;
+    let payload = take(buf, payload_len)?;
+    // Peers only forward what their clients could publish: valid, non-$ topic names in
+    // UTF-8 without U+0000 (the codec's rule for every MQTT string); anything else is not
+    // from a peer of ours.
+    if topic.first() == Some(&b'$')
+        || !topic::is_valid_topic_name(&topic)
+        || topic.contains(&0)
+        || std::str::from_utf8(&topic).is_err()
+    {
+        return None;
+    }
+    if !properties.is_empty() && !properties_could_be_published(&properties, &payload) {
+        return None;
+    }
+    let mut message = Message::new(topic, payload, qos, retain);
+    message.properties = properties;
+    // Beyond what an Instant can hold (over a century): as good as never.
+    message.expires_at = expiry.and_then(|secs| now.checked_add(Duration::from_secs(secs.into())));
+    Some(message)
+}
+
+/// The record a link frame of kind [`FRAME_PUBLISH`] holds, received at `now`.
+fn decode_frame_record(body: &[u8], now: Instant) -> Option<Message> {
+    let mut buf = body;
+    let message = decode_record(&mut buf, 2, now)?;
+    (!buf.has_remaining()).then_some(message)
+}
+
+/// A version 3 datagram, authenticated and parsed.
+#[derive(Debug)]
+pub(crate) enum LinkDatagram {
+    Segment { link: u64, seq: u64, data: Bytes },
+    Ack(Ack),
+}
+
+/// Parses an authenticated version 3 body; `None` when it is not a well-formed segment or
+/// acknowledgement, or this node reads no version 3 (`newest`).
+pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatagram)> {
+    let mut buf = body;
+    let parties = decode_parties(&mut buf)?;
+    if parties.version != LINK_VERSION || newest < LINK_VERSION {
+        return None;
+    }
+    let link = take_u64(&mut buf)?;
+    let datagram = match parties.kind {
+        KIND_SEGMENT => {
+            let seq = take_u64(&mut buf)?;
+            if seq == 0 {
+                return None;
+            }
+            LinkDatagram::Segment {
+                link,
+                seq,
+                data: Bytes::copy_from_slice(buf),
+            }
+        }
+        KIND_ACK => {
+            let cumulative = take_u64(&mut buf)?;
+            let selective = take_u64(&mut buf)?;
+            let flags = take_u8(&mut buf)?;
+            if flags & !ACK_RESET != 0 || buf.has_remaining() {
+                return None;
+            }
+            LinkDatagram::Ack(Ack {
+                link,
+                cumulative,
+                selective,
+                reset: flags & ACK_RESET != 0,
+            })
+        }
+        _ => return None,
+    };
+    Some((parties, datagram))
+}
+
+/// Appends the acknowledgement datagram body `ack`, from `origin` to `destination`.
+pub(crate) fn encode_ack(
+    out: &mut Vec<u8>,
+    origin: &Origin,
+    destination: &NodeIdentity,
+    ack: &Ack,
+) {
+    encode_parties(out, LINK_VERSION, KIND_ACK, origin, destination);
+    out.put_u64(ack.link);
+    out.put_u64(ack.cumulative);
+    out.put_u64(ack.selective);
+    out.put_u8(if ack.reset { ACK_RESET } else { 0 });
 }
 
 /// Whether a version 2 record's properties are what the origin's broker lets a client publish:
@@ -469,7 +601,8 @@ fn take(buf: &mut &[u8], len: usize) -> Option<Bytes> {
 /// differently, so the receiver checks its own limits rather than trusting the sender's.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    pub sync_limit: usize,
+    /// `-csl`, if set.
+    pub sync_limit: Option<usize>,
     pub max_packet_size: usize,
 }
 
@@ -477,7 +610,8 @@ impl Limits {
     fn admit(&self, message: &Message) -> bool {
         // A record received in version 1 has neither expiry nor properties, so its size is the
         // same in either version.
-        record_len(message, NEWEST_VERSION) <= self.sync_limit
+        self.sync_limit
+            .is_none_or(|limit| record_len(message, 2) <= limit)
             && publish_packet_len(message) <= self.max_packet_size
     }
 }
@@ -513,50 +647,103 @@ fn publish_packet_len(message: &Message) -> usize {
     )
 }
 
-/// Receives datagrams from peers and delivers their records locally, until the socket fails.
-/// `version` is the newest sync version this node reads (`-csv`).
-pub async fn receive_loop(
-    socket: Arc<UdpSocket>,
-    broker: Arc<Broker>,
-    members: Arc<Members>,
-    key: DatagramKey,
-    sync_limit: usize,
-    version: u8,
-    started: Instant,
-) {
-    let limits = Limits {
-        sync_limit,
-        max_packet_size: broker.config.max_packet_size,
+/// What the receiver needs besides the socket.
+pub struct Receiver {
+    pub broker: Arc<Broker>,
+    pub members: Arc<Members>,
+    pub peers: Arc<Peers>,
+    pub key: DatagramKey,
+    /// `-csl`, if set.
+    pub sync_limit: Option<usize>,
+    /// The newest sync version this node reads (`-csv`).
+    pub version: u8,
+    /// This node, as the acknowledgements it sends name it.
+    pub origin: Origin,
+}
+
+/// The receiving half of one peer's link, for one boot of that peer.
+struct Incoming {
+    boot_ms: u64,
+    inbox: Inbox,
+}
+
+/// Receives datagrams from peers: delivers their records locally, acknowledges link segments
+/// (once per burst of datagrams) and hands acknowledgements to the peers' outboxes. Runs until
+/// the task is aborted.
+pub async fn receive_loop(socket: Arc<UdpSocket>, receiver: Receiver) {
+    let mut state = ReceiverState {
+        limits: Limits {
+            sync_limit: receiver.sync_limit,
+            max_packet_size: receiver.broker.config.max_packet_size,
+        },
+        max_frame: receiver
+            .broker
+            .config
+            .max_packet_size
+            .saturating_add(FRAME_SLACK),
+        windows: HashMap::new(),
+        incoming: HashMap::new(),
+        acks_due: Vec::new(),
+        receiver,
     };
-    let mut windows: HashMap<Bytes, ReplayWindow> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::with_capacity(256);
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            Err(error) => {
-                debug!(%error, "sync receive failed");
-                // Never spin on an error that repeats.
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
+        let mut received = socket.recv_from(&mut buf).await;
+        for _ in 0..RECEIVE_BURST {
+            match received {
+                Ok((n, from)) => state.handle(&socket, &buf[..n], from, &mut out).await,
+                Err(error) => {
+                    debug!(%error, "sync receive failed");
+                    // Never spin on an error that repeats.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    break;
+                }
             }
-        };
-        let cluster = &broker.metrics.cluster;
+            received = match socket.try_recv_from(&mut buf) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                other => other,
+            };
+        }
+        state.send_acks(&socket, &mut out).await;
+    }
+}
+
+struct ReceiverState {
+    receiver: Receiver,
+    limits: Limits,
+    max_frame: usize,
+    windows: HashMap<Bytes, ReplayWindow>,
+    incoming: HashMap<Bytes, Incoming>,
+    /// Origins whose links have something to acknowledge.
+    acks_due: Vec<Bytes>,
+}
+
+impl ReceiverState {
+    async fn handle(&mut self, socket: &UdpSocket, datagram: &[u8], from: SocketAddr, out: &mut Vec<u8>) {
+        let receiver = &self.receiver;
+        let metrics = receiver.broker.metrics.clone();
+        let cluster = &metrics.cluster;
         cluster.datagram_in(ClusterPort::Sync);
-        let at = ReceivedAt::now(started);
-        let verdict = accept(&buf[..n], &key, &members, &mut windows, at, version);
-        match verdict {
+        let Some(body) = receiver.key.open(datagram) else {
+            debug!(%from, "sync datagram dropped: bad tag");
+            cluster.dropped(ClusterPort::Sync, ClusterDrop::BadTag).inc();
+            return;
+        };
+        if body.get(1) != Some(&KIND_PUBLISH) {
+            if let Err(reason) = self.handle_link(socket, body, out).await {
+                debug!(%from, reason = reason.label(), "sync datagram dropped");
+                cluster.dropped(ClusterPort::Sync, reason).inc();
+            }
+            return;
+        }
+        let receiver = &self.receiver;
+        let at = ReceivedAt::now(receiver.origin.started);
+        match accept_publish(body, &receiver.members, &mut self.windows, at, receiver.version) {
             Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
                 for message in records {
-                    if !limits.admit(&message) {
-                        debug!(%from, "forwarded record over -csl or -mpl dropped");
-                        cluster
-                            .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
-                            .inc();
-                        continue;
-                    }
-                    let routed = broker.router.publish(Arc::new(message));
-                    cluster.records_delivered.inc_by(routed.deliveries as u64);
+                    self.deliver(message);
                 }
             }
             Err(reason) => {
@@ -565,11 +752,177 @@ pub async fn receive_loop(
             }
         }
     }
+
+    /// Routes a record from a peer to the local subscribers, if it is within this node's limits.
+    fn deliver(&self, message: Message) {
+        let broker = &self.receiver.broker;
+        let cluster = &broker.metrics.cluster;
+        if !self.limits.admit(&message) {
+            debug!("forwarded record over -csl or -mpl dropped");
+            cluster.dropped(ClusterPort::Sync, ClusterDrop::TooBig).inc();
+            return;
+        }
+        let routed = broker.router.publish(Arc::new(message));
+        cluster.records_delivered.inc_by(routed.deliveries as u64);
+    }
+
+    /// A version 3 datagram: a segment of a peer's link, or a peer's acknowledgement of ours.
+    async fn handle_link(
+        &mut self,
+        socket: &UdpSocket,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ClusterDrop> {
+        let receiver = &self.receiver;
+        let (parties, datagram) =
+            decode_link(body, receiver.version).ok_or(ClusterDrop::Malformed)?;
+        let member = check_parties(&parties, &receiver.members)?;
+        match datagram {
+            LinkDatagram::Ack(ack) => {
+                // An acknowledgement of a link to a peer this node no longer forwards to (or
+                // to an earlier boot of it) is about nothing.
+                if let Some(peer) = receiver.peers.find(&parties.origin) {
+                    if peer.identity.boot_ms == parties.boot_ms {
+                        let metrics = &receiver.broker.metrics;
+                        if peer.on_ack(&ack, Instant::now(), &receiver.peers, metrics) {
+                            receiver.peers.reset_link(&peer);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            LinkDatagram::Segment { link, seq, data } => {
+                let incoming = match self.incoming.get_mut(&parties.origin) {
+                    Some(known) if known.boot_ms == parties.boot_ms && link == known.inbox.link() => {
+                        known
+                    }
+                    Some(known) if known.boot_ms == parties.boot_ms && link < known.inbox.link() => {
+                        return Err(ClusterDrop::StaleLink);
+                    }
+                    _ => {
+                        let Some(inbox) = Inbox::join(link, seq, self.max_frame) else {
+                            // This node lost track of a link its peer kept (it forgot the peer
+                            // for a while): ask for a new one.
+                            let refusal = Ack {
+                                link,
+                                cumulative: 0,
+                                selective: 0,
+                                reset: true,
+                            };
+                            out.clear();
+                            encode_ack(out, &receiver.origin, &member, &refusal);
+                            receiver.key.seal(out);
+                            send(socket, out, member.sync_addr(), &receiver.broker.metrics).await;
+                            return Err(ClusterDrop::StaleLink);
+                        };
+                        if self.incoming.len() >= PRUNE_WINDOWS_AT
+                            && !self.incoming.contains_key(&parties.origin)
+                        {
+                            let members = &receiver.members;
+                            self.incoming
+                                .retain(|origin, _| members.known(origin).is_some());
+                        }
+                        let incoming = Incoming {
+                            boot_ms: parties.boot_ms,
+                            inbox,
+                        };
+                        self.incoming.insert(parties.origin.clone(), incoming);
+                        self.incoming
+                            .get_mut(&parties.origin)
+                            .ok_or(ClusterDrop::StaleLink)?
+                    }
+                };
+                let cluster = &receiver.broker.metrics.cluster;
+                match incoming.inbox.on_segment(seq, data) {
+                    Segmented::New => {}
+                    Segmented::Repeat => {
+                        cluster.segments_repeated.inc();
+                    }
+                    Segmented::Beyond => debug!(seq, "link segment beyond the window dropped"),
+                    Segmented::Refused => {}
+                }
+                if !self.acks_due.contains(&parties.origin) {
+                    self.acks_due.push(parties.origin.clone());
+                }
+                let now = Instant::now();
+                let mut records = Vec::new();
+                while let Some(next) = incoming.inbox.next_frame() {
+                    match next {
+                        Next::Frame(frame) if frame.kind == FRAME_PUBLISH => {
+                            match decode_frame_record(&frame.body, now) {
+                                Some(message) => records.push(message),
+                                None => {
+                                    cluster.dropped(ClusterPort::Sync, ClusterDrop::Malformed).inc();
+                                }
+                            }
+                        }
+                        Next::Frame(frame) => {
+                            debug!(kind = frame.kind, "link frame of an unknown kind skipped");
+                            cluster.dropped(ClusterPort::Sync, ClusterDrop::Malformed).inc();
+                        }
+                        Next::Oversized(len) => {
+                            debug!(len, "link frame over -mpl skipped");
+                            cluster.dropped(ClusterPort::Sync, ClusterDrop::TooBig).inc();
+                        }
+                        Next::Unreadable => {
+                            warn!(peer = %member.node_id, "a peer's link cannot be read; refused");
+                            cluster.dropped(ClusterPort::Sync, ClusterDrop::Malformed).inc();
+                        }
+                    }
+                }
+                cluster.records_received.inc_by(records.len() as u64);
+                for message in records {
+                    self.deliver(message);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Acknowledges what the burst of datagrams just handled brought.
+    async fn send_acks(&mut self, socket: &UdpSocket, out: &mut Vec<u8>) {
+        for origin in std::mem::take(&mut self.acks_due) {
+            let Some(incoming) = self.incoming.get_mut(&origin) else {
+                continue;
+            };
+            if !incoming.inbox.ack_due() {
+                continue;
+            }
+            let Some(member) = self.receiver.members.known(&origin) else {
+                continue;
+            };
+            if member.boot_ms != incoming.boot_ms {
+                continue;
+            }
+            let ack = incoming.inbox.ack();
+            out.clear();
+            encode_ack(out, &self.receiver.origin, &member, &ack);
+            self.receiver.key.seal(out);
+            send(socket, out, member.sync_addr(), &self.receiver.broker.metrics).await;
+        }
+    }
 }
 
-/// The checks, in order: tag, format (a version up to `version`, properties included),
-/// destination, origin, boot, replay (received `at`; see [`ReplayWindow::accept`]). Only a
-/// datagram that passes all of them marks its sequence number as seen.
+/// The checks every datagram passes, in order: destination (this boot of this node), origin
+/// (a member), boot (the member's current one). Returns the origin's identity.
+fn check_parties(parties: &Parties, members: &Members) -> Result<NodeIdentity, ClusterDrop> {
+    let local = members.local();
+    if parties.destination != local.node_id.as_bytes()
+        || parties.destination_boot_ms != local.boot_ms
+    {
+        return Err(ClusterDrop::WrongDestination);
+    }
+    let member = members
+        .known(&parties.origin)
+        .ok_or(ClusterDrop::UnknownOrigin)?;
+    if member.boot_ms != parties.boot_ms {
+        return Err(ClusterDrop::StaleEpoch);
+    }
+    Ok(member)
+}
+
+/// The checks, in order: tag, then those of [`accept_publish`].
+#[cfg(test)]
 fn accept(
     datagram: &[u8],
     key: &DatagramKey,
@@ -579,6 +932,20 @@ fn accept(
     version: u8,
 ) -> Result<Vec<Message>, ClusterDrop> {
     let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
+    accept_publish(body, members, windows, at, version)
+}
+
+/// The checks of a best-effort datagram's authenticated body, in order: format (a version up to
+/// `version`, properties included), destination, origin, boot, replay (received `at`; see
+/// [`ReplayWindow::accept`]). Only a datagram that passes all of them marks its sequence
+/// number as seen.
+fn accept_publish(
+    body: &[u8],
+    members: &Members,
+    windows: &mut HashMap<Bytes, ReplayWindow>,
+    at: ReceivedAt,
+    version: u8,
+) -> Result<Vec<Message>, ClusterDrop> {
     let batch = decode_batch(body, version, Instant::now()).ok_or(ClusterDrop::Malformed)?;
     let local = members.local();
     if batch.destination != local.node_id.as_bytes() || batch.destination_boot_ms != local.boot_ms {
@@ -605,7 +972,7 @@ fn accept(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::membership::MemberInfo;
+    use crate::cluster::membership::{MemberInfo, MemberState};
 
     fn message(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Message {
         Message::new(
@@ -752,7 +1119,7 @@ mod tests {
     #[test]
     fn limits_are_those_of_a_client_publish() {
         let limits = Limits {
-            sync_limit: 7 + 1 + 10,
+            sync_limit: Some(7 + 1 + 10),
             max_packet_size: 1 + 1 + 2 + 1 + 2 + 10,
         };
         // Record 18 bytes, PUBLISH (QoS 1) 17 bytes: both at their limit.
@@ -1041,13 +1408,20 @@ mod tests {
         members.set_others_for_tests(vec![peer("old", &old, 1), peer("new", &new, 2)]);
         let key = DatagramKey::sync(b"k");
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let (forwarder, queued) = Forwarder::new(4096, 2, Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let peers = Arc::new(Peers::new(
+            members,
+            1 << 20,
+            2,
+            Instant::now(),
+            metrics.clone(),
+        ));
+        let forwarder = Forwarder::new(peers.clone(), None, 2, metrics.clone());
         let (stop, stopped) = watch::channel(false);
         let sender = tokio::spawn(send_loop(
             socket,
-            queued,
+            peers,
             stopped,
-            members,
             key.clone(),
             origin_of("local", 1, 2),
             Arc::new(Metrics::new()),
@@ -1194,12 +1568,12 @@ mod tests {
         let packet = 2 + 5 + 2 + 1 + props + 5;
         assert_eq!(publish_packet_len(&message), packet);
         let exact = Limits {
-            sync_limit: record,
+            sync_limit: Some(record),
             max_packet_size: packet,
         };
         assert!(exact.admit(&message));
         assert!(!Limits {
-            sync_limit: record - 1,
+            sync_limit: Some(record - 1),
             ..exact
         }
         .admit(&message));

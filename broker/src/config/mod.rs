@@ -537,19 +537,31 @@ struct Args {
     advertise: Option<String>,
 
     /// Cluster: largest forwarded record in bytes (topic + payload + 7, + MQTT 5 properties + 2 and
-    /// expiry 4 when present); larger ones stay local
+    /// expiry 4 when present); larger ones stay local. 0: no limit (what -mpl admits)
     #[arg(
         long = "csl",
         env = "COOLPY7_CSL",
         value_name = "BYTES",
-        default_value_t = 4096
+        default_value_t = 0
     )]
     sync_limit: usize,
 
-    /// Cluster: newest sync (forwarding) version this node writes and reads, 1 or 2; 1 plays a
-    /// node of a release before MQTT 5 (messages cross without their MQTT 5 properties)
-    #[arg(long = "csv", env = "COOLPY7_CSV", value_name = "N", default_value_t = 2,
-          value_parser = clap::value_parser!(u8).range(1..=2))]
+    /// Cluster: bytes held per peer for QoS 1 and 2 messages it has not acknowledged yet;
+    /// publishers wait past half of it, and beyond it such messages for that peer are dropped
+    /// (counted)
+    #[arg(
+        long = "csb",
+        env = "COOLPY7_CSB",
+        value_name = "BYTES",
+        default_value_t = 16 << 20
+    )]
+    sync_buffer: usize,
+
+    /// Cluster: newest sync (forwarding) version this node writes and reads, 1 to 3; 2 plays a
+    /// node of a release before acknowledged forwarding (every message best effort), 1 one
+    /// before MQTT 5 (messages cross without their MQTT 5 properties)
+    #[arg(long = "csv", env = "COOLPY7_CSV", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u8).range(1..=3))]
     sync_version: u8,
 
     /// Cluster: milliseconds between probes of a random member
@@ -871,6 +883,7 @@ impl Config {
             sync_port: args.sync_port,
             rejoin_secs: args.rejoin_secs,
             sync_limit: args.sync_limit,
+            sync_buffer: args.sync_buffer,
             sync_version: args.sync_version,
             probe_period_ms: args.probe_period_ms,
             probe_rtt_ms: args.probe_rtt_ms,
@@ -1340,13 +1353,13 @@ mod tests {
             let args: Vec<&str> = cluster.iter().chain(extra).copied().collect();
             ok(&args).cluster.expect("cluster mode").sync_version
         };
-        assert_eq!(version(&[]), 2, "default");
+        assert_eq!(version(&[]), 3, "default");
         for form in all_forms("csv", "1") {
             let form: Vec<&str> = form.iter().map(String::as_str).collect();
             assert_eq!(version(&form), 1, "{form:?}");
         }
         assert_eq!(version(&["-csv=1", "-csv=2"]), 2, "the last one wins");
-        for bad in ["0", "3", "x", "", "-1", "256"] {
+        for bad in ["0", "4", "x", "", "-1", "256"] {
             let flag = format!("-csv={bad}");
             let args: Vec<&str> = cluster.iter().copied().chain([flag.as_str()]).collect();
             let error = err(&args);
@@ -1357,7 +1370,7 @@ mod tests {
         std::env::set_var("COOLPY7_CSV", "1");
         let from_env = parse(&cluster);
         let cli_wins = parse(&[&cluster[..], &["-csv", "2"]].concat());
-        std::env::set_var("COOLPY7_CSV", "3");
+        std::env::set_var("COOLPY7_CSV", "4");
         let bad_env = parse(&cluster);
         std::env::remove_var("COOLPY7_CSV");
         let sync_version = |parsed: Result<Config, clap::Error>| {
@@ -1366,7 +1379,7 @@ mod tests {
         assert_eq!(sync_version(from_env).ok(), Some(Some(1)));
         assert_eq!(sync_version(cli_wins).ok(), Some(Some(2)));
         match bad_env {
-            Ok(config) => panic!("COOLPY7_CSV=3 accepted: {config:?}"),
+            Ok(config) => panic!("COOLPY7_CSV=4 accepted: {config:?}"),
             Err(error) => {
                 assert_eq!(error.exit_code(), 2);
                 assert!(error.to_string().contains("--csv"), "{error}");

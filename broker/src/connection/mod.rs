@@ -179,14 +179,15 @@ impl Close {
     }
 }
 
-/// Waits while the subscriber's mailbox `congested` drains: as long as its consumer makes
+/// Waits while `congested` (a subscriber's mailbox, or what this node holds for a cluster peer)
+/// drains: as long as its consumer makes
 /// progress (no [`STALLED_STEPS`] waits in a row without), for at most [`CONGESTION_STEPS`], while nothing is queued for this
 /// connection (`own`) and no kick came. Returns `false` when the wait gave up (no progress, or
 /// too long): such a subscriber is capped (it drops its oldest), and not waited for again
 /// before the input already read is handled, so the publisher's PUBACKs and PINGRESPs are
 /// never held for more than about a second.
 async fn wait_while_draining(
-    congested: &crate::session::Mailbox,
+    congested: &crate::router::Congested,
     own: &crate::session::Mailbox,
     holder: &Holder,
 ) -> bool {
@@ -356,7 +357,7 @@ struct Connection {
     wbuf: BytesMut,
     /// A subscriber's mailbox this client's messages filled past its soft limit: reading from
     /// this client waits until it drains (flow control; see [`crate::session::Mailbox`]).
-    congested: Option<Arc<crate::session::Mailbox>>,
+    congested: Option<crate::router::Congested>,
     /// Set when packets wait in the read buffer because a subscriber this client filled is
     /// congested: they are handled once it has drained (see `congested`), so that a burst
     /// already read cannot overflow the subscriber's queue.

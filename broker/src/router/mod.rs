@@ -145,9 +145,27 @@ pub struct Routed {
     pub matched: bool,
     /// Deliveries queued.
     pub deliveries: usize,
-    /// A mailbox the message filled past its soft limit while its consumer is keeping up: the
-    /// publisher should let it drain before sending more (see [`Mailbox::drained`]).
-    pub congested: Option<Arc<Mailbox>>,
+    /// A queue the message filled past its soft limit: the publisher should let it drain
+    /// before sending more.
+    pub congested: Option<Congested>,
+}
+
+/// A queue a publisher filled, which it waits for before it sends more.
+pub enum Congested {
+    /// A subscriber's mailbox, while its consumer is keeping up (see [`Mailbox::drained`]).
+    Subscriber(Arc<Mailbox>),
+    /// What this node holds for a cluster peer (see [`crate::cluster::peers::Peer::drained`]).
+    Peer(Arc<crate::cluster::peers::Peer>),
+}
+
+impl Congested {
+    /// Waits (at most `limit`) until the queue has drained, or says how it moved meanwhile.
+    pub async fn drained(&self, limit: std::time::Duration) -> crate::session::Drain {
+        match self {
+            Congested::Subscriber(mailbox) => mailbox.drained(limit).await,
+            Congested::Peer(peer) => peer.drained(limit).await,
+        }
+    }
 }
 
 /// One message for one session.
@@ -301,7 +319,7 @@ impl Router {
                         routed.deliveries += 1;
                         routed
                             .congested
-                            .get_or_insert_with(|| subscriber.mailbox.clone());
+                            .get_or_insert_with(|| Congested::Subscriber(subscriber.mailbox.clone()));
                     }
                 }
             };

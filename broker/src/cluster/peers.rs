@@ -1,0 +1,468 @@
+//! The members this node forwards to, and what it holds for each of them.
+//!
+//! The sync sender keeps [`Peers`] in step with membership: a member that is up or suspect and
+//! reads a sync version this node writes is a [`Peer`]; one declared down, restarted (a new
+//! boot) or renewed is retired, and what it still held is given up (counted as `peer_gone`).
+//! Publishing connections push each message into the peers' queues through [`Peer::push`]
+//! (without waiting: the queues are bounded), the sender takes datagrams' worth from them, and
+//! the receiver applies the peers' acknowledgements.
+//!
+//! Each peer has two queues: records packed into best-effort datagrams (QoS 0, as before
+//! links existed, and everything for a peer of an earlier release), and its link's
+//! [`Outbox`] (QoS 1 and 2, and any record too big for one datagram), which holds up to
+//! `-csb` bytes until they are acknowledged. Past half of that, a publisher is told the peer
+//! is congested and waits for it as for a slow local subscriber; when it is full, QoS 1 and 2
+//! messages for that peer are dropped and counted (`buffer_full`).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::link::{Ack, Outbox, Pushed};
+use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
+use super::sync::{
+    encode_record, record_len, version_for, BATCH_BYTES, FRAME_PUBLISH, MAX_DATAGRAM_RECORD,
+};
+use crate::codec::QoS;
+use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
+use crate::router::Message;
+use crate::session::Drain;
+
+/// Best-effort records held per peer before more are dropped (`queue_full`): a few
+/// milliseconds of the sender's work.
+const BEST_EFFORT_BYTES: usize = 2 << 20;
+/// The newest sync version that best-effort datagrams are written in: links came in version 3
+/// without changing them.
+const NEWEST_PUBLISH_VERSION: u8 = 2;
+/// The sync version that brought links.
+pub const LINK_VERSION: u8 = 3;
+
+/// Every peer this node forwards to.
+pub struct Peers {
+    list: ArcSwap<Vec<Arc<Peer>>>,
+    members: Arc<Members>,
+    /// The membership snapshot `list` follows, and its address for a check without the lock
+    /// (held here, so no later snapshot can have the same address).
+    synced: Mutex<Arc<Vec<MemberInfo>>>,
+    synced_at: AtomicUsize,
+    /// Wakes the sender: something was queued, or a window opened.
+    wake: Notify,
+    /// Bytes a link may hold (`-csb`).
+    capacity: usize,
+    /// The newest sync version this node writes (`-csv`).
+    version: u8,
+    /// Links are named by the microseconds since `started` when they were made.
+    started: Instant,
+    last_link: Mutex<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Peers {
+    pub fn new(
+        members: Arc<Members>,
+        capacity: usize,
+        version: u8,
+        started: Instant,
+        metrics: Arc<Metrics>,
+    ) -> Peers {
+        let synced = Arc::new(Vec::new());
+        Peers {
+            list: ArcSwap::from_pointee(Vec::new()),
+            members,
+            synced_at: AtomicUsize::new(Arc::as_ptr(&synced) as usize),
+            synced: Mutex::new(synced),
+            wake: Notify::new(),
+            capacity,
+            version,
+            started,
+            last_link: Mutex::new(0),
+            metrics,
+        }
+    }
+
+    /// The peers, following membership as it is now: a member that has just come up is
+    /// forwarded to from the first message after.
+    pub fn list(&self) -> arc_swap::Guard<Arc<Vec<Arc<Peer>>>> {
+        let others = self.members.others_now();
+        if Arc::as_ptr(&others) as usize != self.synced_at.load(Ordering::Acquire) {
+            let mut synced = self.synced.lock();
+            let others = self.members.others();
+            if !Arc::ptr_eq(&synced, &others) {
+                self.update(&others);
+                self.synced_at
+                    .store(Arc::as_ptr(&others) as usize, Ordering::Release);
+                *synced = others;
+            }
+        }
+        self.list.load()
+    }
+
+    /// The peer named `node_id`, if this node forwards to it.
+    pub fn find(&self, node_id: &[u8]) -> Option<Arc<Peer>> {
+        self.list
+            .load()
+            .iter()
+            .find(|peer| peer.identity.node_id.as_bytes() == node_id)
+            .cloned()
+    }
+
+    /// Wakes the sender.
+    pub fn wake_sender(&self) {
+        self.wake.notify_one();
+    }
+
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Follows membership: keeps the peers whose identity is unchanged, adds those that came up
+    /// and retires the rest.
+    fn update(&self, others: &[MemberInfo]) {
+        let current = self.list.load_full();
+        let mut next = Vec::with_capacity(others.len());
+        for member in others.iter().filter(|m| m.state != MemberState::Down) {
+            if let Some(peer) = current.iter().find(|p| p.identity == member.identity) {
+                next.push(peer.clone());
+                continue;
+            }
+            let Some(version) = version_for(&member.identity, self.version) else {
+                debug!(peer = %member.identity.node_id, advertised = %member.identity.version,
+                       "peer reads no sync version this node writes; not forwarded to it");
+                continue;
+            };
+            next.push(Arc::new(Peer::new(
+                member.identity.clone(),
+                version,
+                self.new_link(),
+                self.capacity,
+            )));
+        }
+        for gone in current
+            .iter()
+            .filter(|p| !next.iter().any(|n| Arc::ptr_eq(n, p)))
+        {
+            gone.retire(&self.metrics);
+        }
+        self.list.store(Arc::new(next));
+    }
+
+    /// A link name larger than every earlier one of this boot.
+    fn new_link(&self) -> u64 {
+        let now = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        let mut last = self.last_link.lock();
+        *last = (*last + 1).max(now);
+        *last
+    }
+
+    /// Starts a new link to `peer`, whose receiver refused the current one.
+    pub fn reset_link(&self, peer: &Peer) {
+        let link = self.new_link();
+        let given_up = {
+            let mut queues = peer.queues.lock();
+            let given_up = queues.outbox.pending_frames();
+            let freed = queues.outbox.buffered();
+            queues.outbox = Outbox::new(link, self.capacity);
+            self.metrics.cluster.buffered_bytes.dec_by(freed as i64);
+            given_up
+        };
+        warn!(peer = %peer.identity.node_id, given_up, "peer refused the link; starting a new one");
+        self.metrics
+            .cluster
+            .dropped(ClusterPort::Sync, ClusterDrop::PeerGone)
+            .inc_by(given_up as u64);
+        peer.drained.notify_waiters();
+    }
+
+    /// Whether nothing is waiting to be sent or acknowledged.
+    pub fn all_idle(&self) -> bool {
+        self.list.load().iter().all(|peer| peer.is_idle())
+    }
+}
+
+/// One member this node forwards to.
+pub struct Peer {
+    pub identity: NodeIdentity,
+    /// The version of the best-effort datagrams it gets (1 or 2).
+    pub publish_version: u8,
+    /// Whether it reads links (sync version 3).
+    pub has_link: bool,
+    queues: Mutex<Queues>,
+    /// Notified when what the link holds falls to a quarter of its capacity, or the peer goes.
+    drained: Notify,
+    /// Frames acknowledged so far: how a waiting publisher tells progress.
+    acked_frames: AtomicU64,
+    gone: AtomicBool,
+}
+
+struct Queues {
+    outbox: Outbox,
+    best_effort: BestEffort,
+}
+
+/// What the sender takes from a peer in one turn.
+#[derive(Default)]
+pub struct Transmits {
+    /// Record runs for best-effort datagrams: record count and bytes.
+    pub runs: Vec<(u16, Bytes)>,
+    pub link: u64,
+    /// Link segments: number and bytes.
+    pub segments: Vec<(u64, Bytes)>,
+    /// When the link's timer next runs out.
+    pub deadline: Option<Instant>,
+    /// Whether more could be sent at once.
+    pub more: bool,
+    /// Segments among them that are sent again.
+    pub retransmitted: u64,
+}
+
+impl Peer {
+    fn new(identity: NodeIdentity, version: u8, link: u64, capacity: usize) -> Peer {
+        info!(peer = %identity.node_id, version, "forwarding to peer");
+        Peer {
+            identity,
+            publish_version: version.min(NEWEST_PUBLISH_VERSION),
+            has_link: version >= LINK_VERSION,
+            queues: Mutex::new(Queues {
+                outbox: Outbox::new(link, capacity),
+                best_effort: BestEffort::default(),
+            }),
+            drained: Notify::new(),
+            acked_frames: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues `message` (not expired at `now`) for this peer; says whether the sender must be
+    /// woken, and whether the link is congested.
+    pub fn push(&self, message: &Message, now: Instant, metrics: &Metrics) -> PushOutcome {
+        let reliable = message.qos != QoS::AtMostOnce;
+        let best_effort_len = record_len(message, self.publish_version);
+        let mut queues = self.queues.lock();
+        if self.gone.load(Ordering::Relaxed) {
+            return PushOutcome::default();
+        }
+        if self.has_link && (reliable || best_effort_len > BATCH_BYTES) {
+            let len = record_len(message, NEWEST_PUBLISH_VERSION);
+            let was_idle = !queues.outbox.has_transmit();
+            let before = queues.outbox.buffered();
+            let pushed = queues.outbox.push(FRAME_PUBLISH, len, |out| {
+                encode_record(out, message, NEWEST_PUBLISH_VERSION, now)
+            });
+            let grown = queues.outbox.buffered() - before;
+            drop(queues);
+            metrics.cluster.buffered_bytes.inc_by(grown as i64);
+            return match pushed {
+                Pushed::Full => {
+                    debug!(peer = %self.identity.node_id, "link buffer full (-csb); message not forwarded");
+                    metrics
+                        .cluster
+                        .dropped(ClusterPort::Sync, ClusterDrop::BufferFull)
+                        .inc();
+                    PushOutcome::default()
+                }
+                pushed => PushOutcome {
+                    queued: true,
+                    wake: was_idle,
+                    congested: pushed == Pushed::Congested,
+                },
+            };
+        }
+        if best_effort_len > MAX_DATAGRAM_RECORD {
+            debug!(peer = %self.identity.node_id, len = best_effort_len,
+                   "message too big for one datagram to a peer without links; not forwarded");
+            metrics
+                .cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                .inc();
+            return PushOutcome::default();
+        }
+        let was_empty = queues.best_effort.is_empty();
+        if !queues
+            .best_effort
+            .push(message, self.publish_version, best_effort_len, now)
+        {
+            drop(queues);
+            debug!(peer = %self.identity.node_id, "best-effort queue full; message not forwarded");
+            metrics
+                .cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::QueueFull)
+                .inc();
+            return PushOutcome::default();
+        }
+        PushOutcome {
+            queued: true,
+            wake: was_empty,
+            congested: false,
+        }
+    }
+
+    /// What to send now: every best-effort run, and up to `max_segments` link segments.
+    pub fn take_transmits(&self, now: Instant, max_segments: usize) -> Transmits {
+        let mut queues = self.queues.lock();
+        let mut transmits = Transmits {
+            runs: queues.best_effort.take(),
+            link: queues.outbox.link(),
+            ..Transmits::default()
+        };
+        queues.outbox.on_timeout(now);
+        while transmits.segments.len() < max_segments {
+            let Some(segment) = queues.outbox.poll_transmit(now) else {
+                break;
+            };
+            transmits.segments.push(segment);
+        }
+        transmits.more = queues.outbox.has_transmit();
+        transmits.deadline = queues.outbox.deadline();
+        let retransmitted = queues.outbox.take_retransmitted();
+        drop(queues);
+        transmits.retransmitted = retransmitted;
+        transmits
+    }
+
+    /// Applies an acknowledgement from the peer; says whether the link refused to go on.
+    pub fn on_ack(&self, ack: &Ack, now: Instant, peers: &Peers, metrics: &Metrics) -> bool {
+        let (acked, buffered, capacity, has_transmit) = {
+            let mut queues = self.queues.lock();
+            let acked = queues.outbox.on_ack(ack, now);
+            (
+                acked,
+                queues.outbox.buffered(),
+                queues.outbox.capacity(),
+                queues.outbox.has_transmit(),
+            )
+        };
+        if acked.reset {
+            return true;
+        }
+        metrics.cluster.buffered_bytes.dec_by(acked.freed as i64);
+        if acked.frames > 0 {
+            self.acked_frames
+                .fetch_add(acked.frames as u64, Ordering::Relaxed);
+        }
+        if acked.freed > 0 && buffered <= capacity / 4 {
+            self.drained.notify_waiters();
+        }
+        if has_transmit {
+            peers.wake_sender();
+        }
+        false
+    }
+
+    fn is_idle(&self) -> bool {
+        let queues = self.queues.lock();
+        queues.outbox.is_idle() && queues.best_effort.is_empty()
+    }
+
+    /// Gives up what is held for a peer that membership no longer lists as up.
+    fn retire(&self, metrics: &Metrics) {
+        let (given_up, freed) = {
+            let mut queues = self.queues.lock();
+            self.gone.store(true, Ordering::Relaxed);
+            let given_up = queues.outbox.pending_frames();
+            let freed = queues.outbox.buffered();
+            queues.outbox = Outbox::new(0, 0);
+            queues.best_effort = BestEffort::default();
+            (given_up, freed)
+        };
+        metrics.cluster.buffered_bytes.dec_by(freed as i64);
+        if given_up > 0 {
+            warn!(peer = %self.identity.node_id, given_up,
+                  "peer is down or restarted: messages not acknowledged by it are given up");
+            metrics
+                .cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::PeerGone)
+                .inc_by(given_up as u64);
+        } else {
+            info!(peer = %self.identity.node_id, "no longer forwarding to peer");
+        }
+        self.drained.notify_waiters();
+    }
+
+    /// The bytes the link holds while over a quarter of its capacity.
+    fn congested_bytes(&self) -> Option<usize> {
+        if self.gone.load(Ordering::Relaxed) {
+            return None;
+        }
+        let queues = self.queues.lock();
+        let buffered = queues.outbox.buffered();
+        (buffered > queues.outbox.capacity() / 4).then_some(buffered)
+    }
+
+    /// Waits (at most `limit`) until the link holds no more than a quarter of its capacity, as
+    /// [`crate::session::Mailbox::drained`] does for a subscriber's queue.
+    pub async fn drained(&self, limit: Duration) -> Drain {
+        let notified = self.drained.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let Some(before) = self.congested_bytes() else {
+            return Drain::Drained;
+        };
+        let acked_before = self.acked_frames.load(Ordering::Relaxed);
+        let _ = tokio::time::timeout(limit, notified).await;
+        match self.congested_bytes() {
+            None => Drain::Drained,
+            Some(after) if after < before && self.acked_frames.load(Ordering::Relaxed) != acked_before => {
+                Drain::Progressing
+            }
+            Some(_) => Drain::Stalled,
+        }
+    }
+}
+
+/// What [`Peer::push`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushOutcome {
+    pub queued: bool,
+    /// The sender has nothing else of this peer's to send: wake it.
+    pub wake: bool,
+    /// The link holds half its capacity or more.
+    pub congested: bool,
+}
+
+/// Records for best-effort datagrams, packed into runs of up to [`BATCH_BYTES`] as they come.
+#[derive(Default)]
+struct BestEffort {
+    ready: VecDeque<(u16, Bytes)>,
+    filling: BytesMut,
+    count: u16,
+    bytes: usize,
+}
+
+impl BestEffort {
+    fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    fn push(&mut self, message: &Message, version: u8, len: usize, now: Instant) -> bool {
+        if self.bytes + len > BEST_EFFORT_BYTES {
+            return false;
+        }
+        if self.count > 0 && (self.filling.len() + len > BATCH_BYTES || self.count == u16::MAX) {
+            self.seal();
+        }
+        encode_record(&mut self.filling, message, version, now);
+        self.count += 1;
+        self.bytes += len;
+        true
+    }
+
+    fn seal(&mut self) {
+        let run = self.filling.split().freeze();
+        self.ready.push_back((std::mem::take(&mut self.count), run));
+    }
+
+    fn take(&mut self) -> Vec<(u16, Bytes)> {
+        if self.count > 0 {
+            self.seal();
+        }
+        self.bytes = 0;
+        self.ready.drain(..).collect()
+    }
+}
