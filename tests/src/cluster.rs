@@ -1019,6 +1019,94 @@ pub fn parse_sync_datagram(datagram: &[u8]) -> Result<SyncBatch, String> {
     })
 }
 
+/// A link segment (sync version 3, kind 2) as the contract describes it: the parties, the link
+/// and segment numbers, and the stream bytes between them and the 32-byte tag.
+#[derive(Debug, Clone)]
+pub struct LinkSegment {
+    pub origin: String,
+    pub epoch: u64,
+    pub destination: String,
+    pub destination_epoch: u64,
+    pub link: u64,
+    pub seq: u64,
+    pub data: Vec<u8>,
+}
+
+/// Parses a link segment datagram.
+pub fn parse_link_segment(datagram: &[u8]) -> Result<LinkSegment, String> {
+    let (version, kind) = match datagram {
+        [version, kind, ..] => (*version, *kind),
+        _ => return Err("shorter than two bytes".into()),
+    };
+    if (version, kind) != (3, 2) {
+        return Err(format!("version {version} kind {kind}, want 3 and 2"));
+    }
+    let mut at = 2;
+    let mut take = |n: usize, what: &str| -> Result<&[u8], String> {
+        let part = datagram
+            .get(at..at + n)
+            .ok_or_else(|| format!("truncated at {what}"))?;
+        at += n;
+        Ok(part)
+    };
+    let number = |bytes: &[u8]| bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let id_len = usize::from(take(1, "origin id length")?[0]);
+    let origin = String::from_utf8_lossy(take(id_len, "origin id")?).into_owned();
+    let epoch = number(take(8, "origin epoch")?);
+    let id_len = usize::from(take(1, "destination id length")?[0]);
+    let destination = String::from_utf8_lossy(take(id_len, "destination id")?).into_owned();
+    let destination_epoch = number(take(8, "destination epoch")?);
+    let link = number(take(8, "link")?);
+    let seq = number(take(8, "segment number")?);
+    let end = datagram
+        .len()
+        .checked_sub(32)
+        .filter(|&end| end >= at)
+        .ok_or("no room for the 32-byte tag")?;
+    Ok(LinkSegment {
+        origin,
+        epoch,
+        destination,
+        destination_epoch,
+        link,
+        seq,
+        data: datagram[at..end].to_vec(),
+    })
+}
+
+/// The publish records in link stream bytes that start at a frame boundary: frames
+/// `[length u32][kind u8][body]` of kind 1, each holding one version 2 record. Stops at a frame
+/// the bytes do not hold whole.
+pub fn parse_link_records(stream: &[u8]) -> Result<Vec<Record>, String> {
+    let mut records = Vec::new();
+    let mut rest = stream;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len == 0 {
+            return Err("a frame of length 0".into());
+        }
+        let Some(frame) = rest.get(4..4 + len) else {
+            break;
+        };
+        if frame[0] != 1 {
+            return Err(format!("frame kind {}, want 1 (publish)", frame[0]));
+        }
+        // A version 2 batch of one record, to reuse its parser.
+        // Version, kind, two empty node ids with their epochs, a sequence number, count 1.
+        let mut batch = vec![2, 1, 0];
+        batch.extend_from_slice(&[0; 8]);
+        batch.push(0);
+        batch.extend_from_slice(&[0; 16]);
+        batch.extend_from_slice(&1u16.to_be_bytes());
+        batch.extend_from_slice(&frame[1..]);
+        batch.extend_from_slice(&[0; 32]);
+        let parsed = parse_sync_datagram(&batch).map_err(|e| format!("frame record: {e}"))?;
+        records.extend(parsed.records);
+        rest = &rest[4 + len..];
+    }
+    Ok(records)
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*), seeded by `seed`.
 pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
@@ -1578,6 +1666,43 @@ impl NetLab {
             Some(rules),
         )
         .unwrap_or_else(|e| panic!("adding the nft cut in {}: {e}", self.ns(i)));
+    }
+
+    /// Drops a random `percent` of the UDP datagrams node `i` receives on, and sends from,
+    /// `port` (nft table `inet loss`).
+    pub fn drop_udp_randomly(&self, i: usize, port: u16, percent: u32) {
+        let rules = format!(
+            "table inet loss {{\n\
+             chain in {{ type filter hook input priority 0; policy accept; \
+             udp dport {port} numgen random mod 100 < {percent} drop; }}\n\
+             chain out {{ type filter hook output priority 0; policy accept; \
+             udp sport {port} numgen random mod 100 < {percent} drop; }}\n\
+             }}\n"
+        );
+        run(
+            &["ip", "netns", "exec", self.ns(i), "nft", "-f", "-"],
+            Some(&rules),
+        )
+        .unwrap_or_else(|e| panic!("adding the nft loss in {}: {e}", self.ns(i)));
+    }
+
+    /// Removes the loss of [`NetLab::drop_udp_randomly`].
+    pub fn stop_dropping(&self, i: usize) {
+        run(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                self.ns(i),
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "loss",
+            ],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("deleting the nft loss in {}: {e}", self.ns(i)));
     }
 
     /// Removes the cut of [`NetLab::cut_udp`].

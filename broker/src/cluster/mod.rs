@@ -16,8 +16,8 @@
 pub mod auth;
 pub mod config;
 pub mod link;
-pub mod peers;
 pub mod membership;
+pub mod peers;
 pub mod replay;
 pub mod sync;
 

@@ -408,7 +408,9 @@ impl Peer {
         let _ = tokio::time::timeout(limit, notified).await;
         match self.congested_bytes() {
             None => Drain::Drained,
-            Some(after) if after < before && self.acked_frames.load(Ordering::Relaxed) != acked_before => {
+            Some(after)
+                if after < before && self.acked_frames.load(Ordering::Relaxed) != acked_before =>
+            {
                 Drain::Progressing
             }
             Some(_) => Drain::Stalled,

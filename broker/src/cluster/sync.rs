@@ -254,7 +254,13 @@ pub async fn send_loop(
             }
             for (seq, data) in &transmits.segments {
                 datagram.clear();
-                encode_parties(&mut datagram, LINK_VERSION, KIND_SEGMENT, &origin, &peer.identity);
+                encode_parties(
+                    &mut datagram,
+                    LINK_VERSION,
+                    KIND_SEGMENT,
+                    &origin,
+                    &peer.identity,
+                );
                 datagram.put_u64(transmits.link);
                 datagram.put_u64(*seq);
                 datagram.extend_from_slice(data);
@@ -327,12 +333,7 @@ fn put_node(out: &mut Vec<u8>, node_id: &str, boot_ms: u64) {
 
 /// Appends `message` as a record of sync `version` ([`record_len`] bytes), with the expiry left
 /// at `now`.
-pub(crate) fn encode_record(
-    out: &mut impl BufMut,
-    message: &Message,
-    version: u8,
-    now: Instant,
-) {
+pub(crate) fn encode_record(out: &mut impl BufMut, message: &Message, version: u8, now: Instant) {
     let (expiry, properties) = if version >= 2 {
         (message.remaining_expiry(now), &message.properties[..])
     } else {
@@ -720,14 +721,22 @@ struct ReceiverState {
 }
 
 impl ReceiverState {
-    async fn handle(&mut self, socket: &UdpSocket, datagram: &[u8], from: SocketAddr, out: &mut Vec<u8>) {
+    async fn handle(
+        &mut self,
+        socket: &UdpSocket,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut Vec<u8>,
+    ) {
         let receiver = &self.receiver;
         let metrics = receiver.broker.metrics.clone();
         let cluster = &metrics.cluster;
         cluster.datagram_in(ClusterPort::Sync);
         let Some(body) = receiver.key.open(datagram) else {
             debug!(%from, "sync datagram dropped: bad tag");
-            cluster.dropped(ClusterPort::Sync, ClusterDrop::BadTag).inc();
+            cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::BadTag)
+                .inc();
             return;
         };
         if body.get(1) != Some(&KIND_PUBLISH) {
@@ -739,7 +748,13 @@ impl ReceiverState {
         }
         let receiver = &self.receiver;
         let at = ReceivedAt::now(receiver.origin.started);
-        match accept_publish(body, &receiver.members, &mut self.windows, at, receiver.version) {
+        match accept_publish(
+            body,
+            &receiver.members,
+            &mut self.windows,
+            at,
+            receiver.version,
+        ) {
             Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
                 for message in records {
@@ -759,7 +774,9 @@ impl ReceiverState {
         let cluster = &broker.metrics.cluster;
         if !self.limits.admit(&message) {
             debug!("forwarded record over -csl or -mpl dropped");
-            cluster.dropped(ClusterPort::Sync, ClusterDrop::TooBig).inc();
+            cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                .inc();
             return;
         }
         let routed = broker.router.publish(Arc::new(message));
@@ -793,10 +810,14 @@ impl ReceiverState {
             }
             LinkDatagram::Segment { link, seq, data } => {
                 let incoming = match self.incoming.get_mut(&parties.origin) {
-                    Some(known) if known.boot_ms == parties.boot_ms && link == known.inbox.link() => {
+                    Some(known)
+                        if known.boot_ms == parties.boot_ms && link == known.inbox.link() =>
+                    {
                         known
                     }
-                    Some(known) if known.boot_ms == parties.boot_ms && link < known.inbox.link() => {
+                    Some(known)
+                        if known.boot_ms == parties.boot_ms && link < known.inbox.link() =>
+                    {
                         return Err(ClusterDrop::StaleLink);
                     }
                     _ => {
@@ -852,21 +873,29 @@ impl ReceiverState {
                             match decode_frame_record(&frame.body, now) {
                                 Some(message) => records.push(message),
                                 None => {
-                                    cluster.dropped(ClusterPort::Sync, ClusterDrop::Malformed).inc();
+                                    cluster
+                                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                                        .inc();
                                 }
                             }
                         }
                         Next::Frame(frame) => {
                             debug!(kind = frame.kind, "link frame of an unknown kind skipped");
-                            cluster.dropped(ClusterPort::Sync, ClusterDrop::Malformed).inc();
+                            cluster
+                                .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                                .inc();
                         }
                         Next::Oversized(len) => {
                             debug!(len, "link frame over -mpl skipped");
-                            cluster.dropped(ClusterPort::Sync, ClusterDrop::TooBig).inc();
+                            cluster
+                                .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                                .inc();
                         }
                         Next::Unreadable => {
                             warn!(peer = %member.node_id, "a peer's link cannot be read; refused");
-                            cluster.dropped(ClusterPort::Sync, ClusterDrop::Malformed).inc();
+                            cluster
+                                .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                                .inc();
                         }
                     }
                 }
@@ -898,7 +927,13 @@ impl ReceiverState {
             out.clear();
             encode_ack(out, &self.receiver.origin, &member, &ack);
             self.receiver.key.seal(out);
-            send(socket, out, member.sync_addr(), &self.receiver.broker.metrics).await;
+            send(
+                socket,
+                out,
+                member.sync_addr(),
+                &self.receiver.broker.metrics,
+            )
+            .await;
         }
     }
 }

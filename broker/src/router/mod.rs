@@ -317,9 +317,9 @@ impl Router {
                     Pushed::Queued => routed.deliveries += 1,
                     Pushed::Congested => {
                         routed.deliveries += 1;
-                        routed
-                            .congested
-                            .get_or_insert_with(|| Congested::Subscriber(subscriber.mailbox.clone()));
+                        routed.congested.get_or_insert_with(|| {
+                            Congested::Subscriber(subscriber.mailbox.clone())
+                        });
                     }
                 }
             };
