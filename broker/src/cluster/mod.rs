@@ -42,6 +42,9 @@ use sync::{Forwarder, Origin};
 /// Keys shorter than this are warned about at start.
 const SHORT_KEY: usize = 16;
 
+/// Receive and send buffer asked for on the sync socket.
+const SYNC_SOCKET_BUFFER: usize = 4 << 20;
+
 /// How long shutdown waits for the last forwards, and for the leave announcement, to go out.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -83,6 +86,12 @@ impl Bound {
                     config.sync_port
                 )
             })?;
+        // Room for bursts of segments while the receiver is busy delivering the last ones: a
+        // datagram the socket has no room for is lost and must wait for its retransmission.
+        // The kernel caps it (net.core.rmem_max, wmem_max); less is not an error.
+        let socket = socket2::SockRef::from(&sync);
+        let _ = socket.set_recv_buffer_size(SYNC_SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SYNC_SOCKET_BUFFER);
         if config.key.0.len() < SHORT_KEY {
             // Datagrams are public: a captured one lets anyone test guesses of the key offline.
             warn!(

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::auth::DatagramKey;
@@ -60,7 +60,7 @@ use crate::broker::Broker;
 use crate::codec::properties::decode_message_properties;
 use crate::codec::{publish_v5_size, PublishV5Extras, QoS};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
-use crate::router::Message;
+use crate::router::{Congested, Message};
 use crate::topic;
 
 /// The sync versions this release knows: version 1 (topic, payload, QoS and retain), version 2
@@ -525,6 +525,7 @@ pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatag
         KIND_ACK => {
             let cumulative = take_u64(&mut buf)?;
             let selective = take_u64(&mut buf)?;
+            let window = take_u32(&mut buf)?;
             let flags = take_u8(&mut buf)?;
             if flags & !ACK_RESET != 0 || buf.has_remaining() {
                 return None;
@@ -533,6 +534,7 @@ pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatag
                 link,
                 cumulative,
                 selective,
+                window,
                 reset: flags & ACK_RESET != 0,
             })
         }
@@ -552,6 +554,7 @@ pub(crate) fn encode_ack(
     out.put_u64(ack.link);
     out.put_u64(ack.cumulative);
     out.put_u64(ack.selective);
+    out.put_u32(ack.window);
     out.put_u8(if ack.reset { ACK_RESET } else { 0 });
 }
 
@@ -672,6 +675,7 @@ struct Incoming {
 /// (once per burst of datagrams) and hands acknowledgements to the peers' outboxes. Runs until
 /// the task is aborted.
 pub async fn receive_loop(socket: Arc<UdpSocket>, receiver: Receiver) {
+    let (resume, mut resumed) = mpsc::unbounded_channel();
     let mut state = ReceiverState {
         limits: Limits {
             sync_limit: receiver.sync_limit,
@@ -685,26 +689,32 @@ pub async fn receive_loop(socket: Arc<UdpSocket>, receiver: Receiver) {
         windows: HashMap::new(),
         incoming: HashMap::new(),
         acks_due: Vec::new(),
+        resume: resume.clone(),
         receiver,
     };
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::with_capacity(256);
     loop {
-        let mut received = socket.recv_from(&mut buf).await;
-        for _ in 0..RECEIVE_BURST {
-            match received {
-                Ok((n, from)) => state.handle(&socket, &buf[..n], from, &mut out).await,
-                Err(error) => {
-                    debug!(%error, "sync receive failed");
-                    // Never spin on an error that repeats.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    break;
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let mut received = received;
+                for _ in 0..RECEIVE_BURST {
+                    match received {
+                        Ok((n, from)) => state.handle(&socket, &buf[..n], from, &mut out).await,
+                        Err(error) => {
+                            debug!(%error, "sync receive failed");
+                            // Never spin on an error that repeats.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            break;
+                        }
+                    }
+                    received = match socket.try_recv_from(&mut buf) {
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                        other => other,
+                    };
                 }
             }
-            received = match socket.try_recv_from(&mut buf) {
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                other => other,
-            };
+            Some(origin) = resumed.recv() => state.resume(origin),
         }
         state.send_acks(&socket, &mut out).await;
     }
@@ -718,6 +728,8 @@ struct ReceiverState {
     incoming: HashMap<Bytes, Incoming>,
     /// Origins whose links have something to acknowledge.
     acks_due: Vec<Bytes>,
+    /// Where a held link's origin is sent once its congested subscriber has drained.
+    resume: mpsc::UnboundedSender<Bytes>,
 }
 
 impl ReceiverState {
@@ -770,17 +782,72 @@ impl ReceiverState {
 
     /// Routes a record from a peer to the local subscribers, if it is within this node's limits.
     fn deliver(&self, message: Message) {
-        let broker = &self.receiver.broker;
-        let cluster = &broker.metrics.cluster;
-        if !self.limits.admit(&message) {
-            debug!("forwarded record over -csl or -mpl dropped");
-            cluster
-                .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
-                .inc();
+        deliver(&self.receiver, &self.limits, message);
+    }
+
+    /// Takes the frames `origin`'s link has complete, until a local subscriber they go to is
+    /// congested: then the link is held, and resumed when that subscriber has drained (or
+    /// stopped keeping up), as a publisher of this node would wait for it.
+    fn take_frames(&mut self, origin: &Bytes) {
+        let Some(incoming) = self.incoming.get_mut(origin) else {
             return;
+        };
+        let receiver = &self.receiver;
+        let cluster = &receiver.broker.metrics.cluster;
+        let now = Instant::now();
+        while let Some(next) = incoming.inbox.next_frame() {
+            match next {
+                Next::Frame(frame) if frame.kind == FRAME_PUBLISH => {
+                    let Some(message) = decode_frame_record(&frame.body, now) else {
+                        cluster
+                            .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                            .inc();
+                        continue;
+                    };
+                    cluster.records_received.inc();
+                    if let Some(congested) = deliver(receiver, &self.limits, message) {
+                        incoming.inbox.hold(true);
+                        let resume = self.resume.clone();
+                        let origin = origin.clone();
+                        tokio::spawn(async move {
+                            congested.wait_while_draining(|| false).await;
+                            let _ = resume.send(origin);
+                        });
+                        return;
+                    }
+                }
+                Next::Frame(frame) => {
+                    debug!(kind = frame.kind, "link frame of an unknown kind skipped");
+                    cluster
+                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                        .inc();
+                }
+                Next::Oversized(len) => {
+                    debug!(len, "link frame over -mpl skipped");
+                    cluster
+                        .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                        .inc();
+                }
+                Next::Unreadable => {
+                    warn!(peer = ?origin, "a peer's link cannot be read; refused");
+                    cluster
+                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                        .inc();
+                }
+            }
         }
-        let routed = broker.router.publish(Arc::new(message));
-        cluster.records_delivered.inc_by(routed.deliveries as u64);
+    }
+
+    /// Takes the frames of a held link again.
+    fn resume(&mut self, origin: Bytes) {
+        let Some(incoming) = self.incoming.get_mut(&origin) else {
+            return;
+        };
+        incoming.inbox.hold(false);
+        self.take_frames(&origin);
+        if !self.acks_due.contains(&origin) {
+            self.acks_due.push(origin);
+        }
     }
 
     /// A version 3 datagram: a segment of a peer's link, or a peer's acknowledgement of ours.
@@ -828,6 +895,7 @@ impl ReceiverState {
                                 link,
                                 cumulative: 0,
                                 selective: 0,
+                                window: 0,
                                 reset: true,
                             };
                             out.clear();
@@ -865,44 +933,7 @@ impl ReceiverState {
                 if !self.acks_due.contains(&parties.origin) {
                     self.acks_due.push(parties.origin.clone());
                 }
-                let now = Instant::now();
-                let mut records = Vec::new();
-                while let Some(next) = incoming.inbox.next_frame() {
-                    match next {
-                        Next::Frame(frame) if frame.kind == FRAME_PUBLISH => {
-                            match decode_frame_record(&frame.body, now) {
-                                Some(message) => records.push(message),
-                                None => {
-                                    cluster
-                                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                                        .inc();
-                                }
-                            }
-                        }
-                        Next::Frame(frame) => {
-                            debug!(kind = frame.kind, "link frame of an unknown kind skipped");
-                            cluster
-                                .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                                .inc();
-                        }
-                        Next::Oversized(len) => {
-                            debug!(len, "link frame over -mpl skipped");
-                            cluster
-                                .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
-                                .inc();
-                        }
-                        Next::Unreadable => {
-                            warn!(peer = %member.node_id, "a peer's link cannot be read; refused");
-                            cluster
-                                .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                                .inc();
-                        }
-                    }
-                }
-                cluster.records_received.inc_by(records.len() as u64);
-                for message in records {
-                    self.deliver(message);
-                }
+                self.take_frames(&parties.origin);
                 Ok(())
             }
         }
@@ -936,6 +967,23 @@ impl ReceiverState {
             .await;
         }
     }
+}
+
+/// Routes a record from a peer to the local subscribers, if it is within this node's limits;
+/// returns a subscriber it congested.
+fn deliver(receiver: &Receiver, limits: &Limits, message: Message) -> Option<Congested> {
+    let broker = &receiver.broker;
+    let cluster = &broker.metrics.cluster;
+    if !limits.admit(&message) {
+        debug!("forwarded record over -csl or -mpl dropped");
+        cluster
+            .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+            .inc();
+        return None;
+    }
+    let routed = broker.router.publish(Arc::new(message));
+    cluster.records_delivered.inc_by(routed.deliveries as u64);
+    routed.congested
 }
 
 /// The checks every datagram passes, in order: destination (this boot of this node), origin

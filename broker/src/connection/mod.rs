@@ -48,7 +48,7 @@ use crate::broker::{Admission, Broker};
 use crate::codec::{Disconnect, Packet, Properties, Protocol, ReasonCode};
 use crate::metrics::Denied;
 use crate::router::Message;
-use crate::session::{DelayedWill, Drain, Holder, KickReason, SessionState};
+use crate::session::{DelayedWill, Holder, KickReason, SessionState};
 use crate::transport::{Stream, TransportSettings};
 use negotiated::Negotiated;
 
@@ -62,18 +62,10 @@ const READ_CHUNK: usize = 16 * 1024;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading from a client while this much output to it is waiting.
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
-/// The longest a publisher waits at a time for a congested subscriber to drain.
-const CONGESTION_WAIT: Duration = Duration::from_millis(50);
 /// Deliveries queued for subscribers in one batch of a client's input (one message to 16
 /// subscribers is 16) from which the client is a busy publisher: the loop answers it at once rather than yielding to those subscribers
 /// first (see `Connection::woke_subscribers`).
 const BUSY_BATCH: u8 = 16;
-/// How many waits of [`CONGESTION_WAIT`] a publisher makes at most before it is let go: a
-/// subscriber that keeps taking but whose queue other sources (HTTP publish, the cluster, other
-/// publishers) keep filling cannot hold a publisher's acknowledgements and pings for longer.
-const CONGESTION_STEPS: usize = 20;
-/// How many waits in a row without progress make a subscriber stalled for its publishers.
-const STALLED_STEPS: usize = 3;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -180,31 +172,19 @@ impl Close {
 }
 
 /// Waits while `congested` (a subscriber's mailbox, or what this node holds for a cluster peer)
-/// drains: as long as its consumer makes
-/// progress (no [`STALLED_STEPS`] waits in a row without), for at most [`CONGESTION_STEPS`], while nothing is queued for this
-/// connection (`own`) and no kick came. Returns `false` when the wait gave up (no progress, or
-/// too long): such a subscriber is capped (it drops its oldest), and not waited for again
-/// before the input already read is handled, so the publisher's PUBACKs and PINGRESPs are
-/// never held for more than about a second.
+/// drains (see [`crate::router::Congested::wait_while_draining`]), while nothing is queued for
+/// this connection (`own`) and no kick came. Returns `false` when the wait gave up: such a
+/// subscriber is capped (it drops its oldest), and not waited for again before the input
+/// already read is handled, so the publisher's PUBACKs and PINGRESPs are never held for more
+/// than about a second.
 async fn wait_while_draining(
     congested: &crate::router::Congested,
     own: &crate::session::Mailbox,
     holder: &Holder,
 ) -> bool {
-    // Waits in a row without progress: one may be a consumer that did not get the CPU.
-    let mut without_progress = 0;
-    for _ in 0..CONGESTION_STEPS {
-        if !own.is_empty() || holder.kick_reason().is_some() {
-            return true;
-        }
-        match congested.drained(CONGESTION_WAIT).await {
-            Drain::Progressing => without_progress = 0,
-            Drain::Drained => return true,
-            Drain::Stalled if without_progress + 1 < STALLED_STEPS => without_progress += 1,
-            Drain::Stalled => return false,
-        }
-    }
-    false
+    congested
+        .wait_while_draining(|| !own.is_empty() || holder.kick_reason().is_some())
+        .await
 }
 
 /// A will, ready to be published when the connection ends without a normal DISCONNECT.

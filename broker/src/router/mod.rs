@@ -33,7 +33,7 @@ use tree::{LevelKey, Matches, Node, Subscriber};
 
 use crate::codec::{self, QoS};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Mailbox, Pushed, SessionId};
+use crate::session::{Drain, Mailbox, Pushed, SessionId};
 use crate::topic::{self, Subscription};
 
 /// An application message on its way through the broker.
@@ -158,13 +158,43 @@ pub enum Congested {
     Peer(Arc<crate::cluster::peers::Peer>),
 }
 
+/// The longest a publisher waits at a time for a congested queue to drain.
+const CONGESTION_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// How many waits of [`CONGESTION_WAIT`] a publisher makes at most before it is let go: a
+/// subscriber that keeps taking but whose queue other sources (HTTP publish, the cluster, other
+/// publishers) keep filling cannot hold a publisher's acknowledgements and pings for longer.
+const CONGESTION_STEPS: usize = 20;
+/// How many waits in a row without progress make a queue stalled for its publishers.
+const STALLED_STEPS: usize = 3;
+
 impl Congested {
     /// Waits (at most `limit`) until the queue has drained, or says how it moved meanwhile.
-    pub async fn drained(&self, limit: std::time::Duration) -> crate::session::Drain {
+    pub async fn drained(&self, limit: std::time::Duration) -> Drain {
         match self {
             Congested::Subscriber(mailbox) => mailbox.drained(limit).await,
             Congested::Peer(peer) => peer.drained(limit).await,
         }
+    }
+
+    /// Waits while the queue drains: as long as its consumer makes progress (no
+    /// [`STALLED_STEPS`] waits in a row without), for at most [`CONGESTION_STEPS`], until
+    /// `interrupted` says otherwise. Returns whether it drained, or the wait was interrupted;
+    /// `false` when it gave up (no progress, or too long).
+    pub async fn wait_while_draining(&self, interrupted: impl Fn() -> bool) -> bool {
+        // Waits in a row without progress: one may be a consumer that did not get the CPU.
+        let mut without_progress = 0;
+        for _ in 0..CONGESTION_STEPS {
+            if interrupted() {
+                return true;
+            }
+            match self.drained(CONGESTION_WAIT).await {
+                Drain::Progressing => without_progress = 0,
+                Drain::Drained => return true,
+                Drain::Stalled if without_progress + 1 < STALLED_STEPS => without_progress += 1,
+                Drain::Stalled => return false,
+            }
+        }
+        false
     }
 }
 

@@ -6,12 +6,14 @@
 //! the frames that are complete; [`Inbox::ack`] says what has arrived. A frame longer than the
 //! receiver takes is skipped as it arrives, without being held. A stream that cannot be read
 //! (a frame without a kind) refuses the link: every later segment is answered with a reset.
+//! While the link is held ([`Inbox::hold`]), no frame is taken, and the window it announces
+//! shrinks with what the stream holds.
 
 use std::collections::BTreeMap;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::{Ack, Frame, FRAME_HEADER, SACK_BITS, WINDOW};
+use super::{Ack, Frame, FRAME_HEADER, RECEIVE_BYTES, SACK_BITS, SEGMENT_BYTES, WINDOW};
 
 /// What became of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +43,11 @@ pub struct Inbox {
     link: u64,
     /// Every segment up to this one has joined the stream.
     delivered: u64,
-    /// Segments that came before the gap was filled.
+    /// Segments that came before the gap was filled, and their bytes.
     early: BTreeMap<u64, Bytes>,
+    early_bytes: usize,
+    /// No frame is taken: the local subscribers are congested.
+    held: bool,
     stream: BytesMut,
     /// Bytes of an oversized frame still to skip.
     skipping: usize,
@@ -61,6 +66,8 @@ impl Inbox {
             link,
             delivered: 0,
             early: BTreeMap::new(),
+            early_bytes: 0,
+            held: false,
             stream: BytesMut::new(),
             skipping: 0,
             max_frame,
@@ -73,6 +80,26 @@ impl Inbox {
         self.link
     }
 
+    /// Stops (or resumes) taking frames.
+    pub fn hold(&mut self, held: bool) {
+        self.held = held;
+        // The window changes: worth telling the sender.
+        self.ack_due = true;
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// Segments after the last in order that there is room for.
+    fn window(&self) -> u64 {
+        if !self.held {
+            return WINDOW;
+        }
+        let used = self.stream.len() + self.early_bytes;
+        (RECEIVE_BYTES.saturating_sub(used) / SEGMENT_BYTES) as u64
+    }
+
     /// Takes in segment `seq` of this link.
     pub fn on_segment(&mut self, seq: u64, data: Bytes) -> Segmented {
         self.ack_due = true;
@@ -82,11 +109,13 @@ impl Inbox {
         if seq <= self.delivered || self.early.contains_key(&seq) {
             return Segmented::Repeat;
         }
-        if seq > self.delivered + WINDOW {
+        if seq > self.delivered + self.window().max(1) {
             return Segmented::Beyond;
         }
+        self.early_bytes += data.len();
         self.early.insert(seq, data);
         while let Some(data) = self.early.remove(&(self.delivered + 1)) {
+            self.early_bytes -= data.len();
             self.delivered += 1;
             let skip = self.skipping.min(data.len());
             self.skipping -= skip;
@@ -97,7 +126,7 @@ impl Inbox {
 
     /// The next complete frame in the stream, if there is one.
     pub fn next_frame(&mut self) -> Option<Next> {
-        if self.refused || self.skipping > 0 || self.stream.len() < FRAME_HEADER - 1 {
+        if self.held || self.refused || self.skipping > 0 || self.stream.len() < FRAME_HEADER - 1 {
             return None;
         }
         let len = u32::from_be_bytes([
@@ -110,6 +139,7 @@ impl Inbox {
             self.refused = true;
             self.stream = BytesMut::new();
             self.early.clear();
+            self.early_bytes = 0;
             return Some(Next::Unreadable);
         }
         if len > self.max_frame {
@@ -149,6 +179,7 @@ impl Inbox {
             link: self.link,
             cumulative: self.delivered,
             selective,
+            window: u32::try_from(self.window()).unwrap_or(u32::MAX),
             reset: self.refused,
         }
     }
@@ -178,9 +209,19 @@ mod tests {
         for body in bodies {
             outbox.push(2, body.len(), |out| out.put_slice(body));
         }
-        std::iter::from_fn(|| outbox.poll_transmit(Instant::now()))
-            .flat_map(|(_, data)| data.to_vec())
-            .collect()
+        let mut stream = Vec::new();
+        while let Some((seq, data)) = outbox.poll_transmit(Instant::now()) {
+            stream.extend_from_slice(&data);
+            let ack = Ack {
+                link: 1,
+                cumulative: seq,
+                selective: 0,
+                window: WINDOW as u32,
+                reset: false,
+            };
+            outbox.on_ack(&ack, Instant::now());
+        }
+        stream
     }
 
     #[test]
@@ -198,6 +239,7 @@ mod tests {
                 link: 9,
                 cumulative: 0,
                 selective: 0b10,
+                window: WINDOW as u32,
                 reset: false
             }
         );
@@ -244,6 +286,36 @@ mod tests {
                 frame(2, b"after")
             ]
         );
+    }
+
+    #[test]
+    fn a_held_link_keeps_its_frames_and_narrows_its_window() {
+        let body = [5u8; 1000];
+        let bodies: Vec<&[u8]> = vec![&body[..]; 3000];
+        let stream = stream_of(&bodies);
+        let mut segments = stream.chunks(SEGMENT_BYTES).map(Bytes::copy_from_slice);
+        let mut inbox = Inbox::join(1, 1, 10_000).unwrap();
+        inbox.hold(true);
+        inbox.on_segment(1, segments.next().unwrap());
+        assert!(frames(&mut inbox).is_empty(), "held");
+        let ack = inbox.ack();
+        assert_eq!(ack.cumulative, 1, "received, though not taken");
+        assert_eq!(u64::from(ack.window), WINDOW - 1);
+        let mut seq = 2;
+        while inbox.window() > 0 {
+            let segment = segments.next().unwrap();
+            assert_eq!(inbox.on_segment(seq, segment), Segmented::New);
+            seq += 1;
+        }
+        assert_eq!(inbox.ack().window, 0);
+        // Full: only the next segment is looked at, as a probe.
+        assert_eq!(inbox.on_segment(seq + 1, Bytes::new()), Segmented::Beyond);
+        inbox.hold(false);
+        assert!(inbox.ack_due());
+        assert_eq!(u64::from(inbox.ack().window), WINDOW);
+        let taken = frames(&mut inbox);
+        assert_eq!(taken.len(), (seq as usize - 1) * SEGMENT_BYTES / 1005);
+        assert!(taken.iter().all(|f| *f == frame(2, &body)));
     }
 
     #[test]

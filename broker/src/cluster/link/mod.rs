@@ -22,6 +22,11 @@
 //! - At most [`WINDOW`] segments are unacknowledged; the receiver keeps at most that many out
 //!   of order. What the sender buffers (not yet sent, or not yet acknowledged) is bounded in
 //!   bytes by the caller's capacity: a full outbox refuses frames.
+//! - A receiver whose local subscribers cannot keep up *holds* the link: it goes on taking
+//!   segments, up to [`RECEIVE_BYTES`], without taking frames from them, and its
+//!   acknowledgements say how many more segments it has room for. The sender sends no more
+//!   than that (one segment at a time when there is no room, to learn when there is again), so
+//!   its outbox fills and its publishers wait, as for a slow subscriber of their own node.
 
 mod incoming;
 mod outgoing;
@@ -37,6 +42,8 @@ pub const WINDOW: u64 = 2048;
 pub const FRAME_HEADER: usize = 5;
 /// Segments after the first missing one that an acknowledgement reports on.
 pub const SACK_BITS: u64 = 64;
+/// Stream bytes a receiver holds for a link while its frames wait (see [`Inbox::hold`]).
+pub const RECEIVE_BYTES: usize = WINDOW as usize * SEGMENT_BYTES;
 
 /// What a receiver tells the sender of one link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +53,8 @@ pub struct Ack {
     pub cumulative: u64,
     /// Bit `i` set: segment `cumulative + 2 + i` has arrived too.
     pub selective: u64,
+    /// Segments after `cumulative` the receiver has room for.
+    pub window: u32,
     /// The receiver does not know this link and cannot join it midway: start a new one.
     pub reset: bool,
 }

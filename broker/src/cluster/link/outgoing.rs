@@ -7,6 +7,13 @@
 //! [`WINDOW`] are unacknowledged. [`Outbox::on_ack`] frees what the peer has, and
 //! [`Outbox::on_timeout`] marks for retransmission what it has not acknowledged within the
 //! retransmission timeout, which doubles on every expiry until something is acknowledged.
+//!
+//! How many new segments may be unacknowledged follows TCP Reno's congestion window: it grows by
+//! one segment per acknowledged segment up to a threshold (slow start), then by one per window
+//! acknowledged; a loss found by three later acknowledgements halves it, a timeout brings it
+//! back to [`MIN_CWND`]. So a sender faster than its peer (or than the network, or than the
+//! peer's socket buffer) settles near what gets through, rather than losing most of a full
+//! [`WINDOW`] again and again.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -24,6 +31,9 @@ const MIN_RTO: Duration = Duration::from_millis(40);
 const MAX_RTO: Duration = Duration::from_secs(1);
 /// Later segments acknowledged before a missing one that make it count as lost.
 const FAST_RETRANSMIT_AFTER: u32 = 3;
+/// Congestion window, in segments: at the start of a link, and its floor.
+const INITIAL_CWND: u64 = 32;
+const MIN_CWND: u64 = 4;
 
 /// What [`Outbox::push`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +97,17 @@ pub struct Outbox {
     timer: Option<Instant>,
     /// Segments sent again since the last [`Outbox::take_retransmitted`].
     retransmitted: u64,
+    /// Congestion window and slow-start threshold, in segments, and the window's growth
+    /// (segments acknowledged towards its next segment) past the threshold.
+    cwnd: u64,
+    ssthresh: u64,
+    cwnd_growth: u64,
+    /// Losses of segments up to this one belong to the loss already reacted to.
+    recovery_until: u64,
+    /// Segments in flight that the peer holds out of order.
+    sacked: u64,
+    /// Segments after the last acknowledged one the peer has room for.
+    peer_window: u64,
 }
 
 impl Outbox {
@@ -110,6 +131,12 @@ impl Outbox {
             backoff: 0,
             timer: None,
             retransmitted: 0,
+            cwnd: INITIAL_CWND,
+            ssthresh: WINDOW,
+            cwnd_growth: 0,
+            recovery_until: 0,
+            sacked: 0,
+            peer_window: WINDOW,
         }
     }
 
@@ -142,7 +169,36 @@ impl Outbox {
     }
 
     fn window_open(&self) -> bool {
-        self.next_seq - self.acked - 1 < WINDOW
+        let outstanding = self.next_seq - self.acked - 1;
+        // A peer with no room still gets one segment at a time, whose acknowledgement says
+        // when it has room again.
+        let room = self.peer_window.max(1);
+        outstanding < WINDOW.min(room) && outstanding - self.sacked < self.cwnd
+    }
+
+    /// A loss was seen (`timeout`: by the timer): the window shrinks, once per window's worth
+    /// of segments.
+    fn on_loss(&mut self, seq: u64, timeout: bool) {
+        if seq <= self.recovery_until && !timeout {
+            return;
+        }
+        self.ssthresh = (self.cwnd / 2).max(MIN_CWND);
+        self.cwnd = if timeout { MIN_CWND } else { self.ssthresh };
+        self.cwnd_growth = 0;
+        self.recovery_until = self.next_seq - 1;
+    }
+
+    fn grow_window(&mut self, acked: u64) {
+        if self.cwnd < self.ssthresh {
+            self.cwnd += acked;
+        } else {
+            self.cwnd_growth += acked;
+            while self.cwnd_growth >= self.cwnd {
+                self.cwnd_growth -= self.cwnd;
+                self.cwnd += 1;
+            }
+        }
+        self.cwnd = self.cwnd.min(WINDOW);
     }
 
     /// Appends a frame of `kind` whose body, `body_len` bytes, `write` puts.
@@ -229,11 +285,17 @@ impl Outbox {
             return;
         }
         let rto = self.rto();
+        let mut lost = None;
         for segment in self.in_flight.iter_mut() {
             if !segment.sacked && !segment.resend && segment.sent_at + rto <= now {
                 segment.resend = true;
                 self.resend.push_back(segment.seq);
+                lost.get_or_insert(segment.seq);
             }
+        }
+        // Unanswered while the peer had no room is not congestion.
+        if let (Some(seq), true) = (lost, self.peer_window > 0) {
+            self.on_loss(seq, true);
         }
         self.backoff = (self.backoff + 1).min(8);
         self.timer = (!self.in_flight.is_empty()).then(|| now + self.rto());
@@ -250,9 +312,13 @@ impl Outbox {
             acked.reset = true;
             return acked;
         }
+        if ack.cumulative >= self.acked {
+            self.peer_window = u64::from(ack.window);
+        }
         if ack.cumulative > self.acked {
             let mut sample = None;
             let mut end = None;
+            let mut newly = 0;
             while self
                 .in_flight
                 .front()
@@ -261,6 +327,11 @@ impl Outbox {
                 let Some(segment) = self.in_flight.pop_front() else {
                     break;
                 };
+                if segment.sacked {
+                    self.sacked -= 1;
+                } else {
+                    newly += 1;
+                }
                 acked.freed += segment.data.len();
                 if !segment.retransmitted && !segment.sacked {
                     sample = Some(now.saturating_duration_since(segment.sent_at));
@@ -277,6 +348,7 @@ impl Outbox {
             if let Some(sample) = sample {
                 self.sample_rtt(sample);
             }
+            self.grow_window(newly);
             self.backoff = 0;
             self.timer = (!self.in_flight.is_empty()).then(|| now + self.rto());
         }
@@ -294,6 +366,7 @@ impl Outbox {
             let segment = &mut self.in_flight[index];
             if !segment.sacked {
                 segment.sacked = true;
+                self.sacked += 1;
                 acked.freed += segment.data.len();
                 segment.data = Bytes::new();
             }
@@ -302,6 +375,7 @@ impl Outbox {
         if let Some(highest) = highest_sacked {
             let mut later_sacked = 0;
             let min_gap = self.srtt.unwrap_or(MIN_RTO).max(Duration::from_millis(1));
+            let mut lost = None;
             for index in (0..highest).rev() {
                 let segment = &mut self.in_flight[index];
                 if segment.sacked {
@@ -315,7 +389,11 @@ impl Outbox {
                 {
                     segment.resend = true;
                     self.resend.push_back(segment.seq);
+                    lost = Some(segment.seq);
                 }
+            }
+            if let Some(seq) = lost {
+                self.on_loss(seq, false);
             }
             // Lowest first.
             self.resend.make_contiguous().sort_unstable();
@@ -366,6 +444,7 @@ mod tests {
             link,
             cumulative,
             selective,
+            window: WINDOW as u32,
             reset: false,
         }
     }
@@ -495,18 +574,68 @@ mod tests {
     }
 
     #[test]
-    fn the_window_bounds_what_is_unacknowledged() {
+    fn the_congestion_window_opens_as_segments_are_acknowledged() {
         let now = Instant::now();
         let mut outbox = Outbox::new(1, usize::MAX);
-        let segments = WINDOW as usize + 10;
+        let segments = WINDOW as usize * 8;
         push_bytes(
             &mut outbox,
             &vec![0; SEGMENT_BYTES * segments - FRAME_HEADER],
         );
-        assert_eq!(drain(&mut outbox, now).len(), WINDOW as usize);
+        assert_eq!(drain(&mut outbox, now).len(), INITIAL_CWND as usize);
         assert!(!outbox.has_transmit());
+        // Slow start: each acknowledged segment lets two more go.
         outbox.on_ack(&ack(1, 4, 0), now);
-        assert_eq!(drain(&mut outbox, now).len(), 4);
+        assert_eq!(drain(&mut outbox, now).len(), 8);
+        // Up to the window, however fast the acknowledgements.
+        for _ in 0..10 {
+            let sent = outbox.next_seq - 1;
+            outbox.on_ack(&ack(1, sent, 0), now);
+            drain(&mut outbox, now);
+        }
+        assert_eq!(outbox.cwnd, WINDOW);
+        assert_eq!(outbox.next_seq - 1 - outbox.acked, WINDOW);
+        // A loss halves the window; a timeout brings it to the floor.
+        let cwnd = outbox.cwnd;
+        outbox.on_ack(&ack(1, outbox.acked, 0b111), now + MIN_RTO);
+        assert_eq!(outbox.cwnd, cwnd / 2);
+        assert!(outbox.has_transmit(), "the lost segment goes again");
+        let deadline = outbox.deadline().unwrap();
+        outbox.on_timeout(deadline);
+        assert_eq!(outbox.cwnd, MIN_CWND);
+    }
+
+    #[test]
+    fn a_peer_without_room_gets_one_segment_at_a_time() {
+        let now = Instant::now();
+        let mut outbox = Outbox::new(1, usize::MAX);
+        push_bytes(&mut outbox, &vec![0; SEGMENT_BYTES * 100]);
+        assert_eq!(drain(&mut outbox, now).len(), INITIAL_CWND as usize);
+        let full = Ack {
+            window: 0,
+            ..ack(1, 10, 0)
+        };
+        outbox.on_ack(&full, now);
+        assert!(!outbox.has_transmit(), "22 are still out");
+        outbox.on_ack(&full_at(32), now);
+        assert_eq!(drain(&mut outbox, now).len(), 1, "a probe");
+        let deadline = outbox.deadline().unwrap();
+        let cwnd = outbox.cwnd;
+        outbox.on_timeout(deadline);
+        assert_eq!(outbox.cwnd, cwnd, "no room is not congestion");
+        let room = Ack {
+            window: 5,
+            ..ack(1, 33, 0)
+        };
+        outbox.on_ack(&room, deadline);
+        assert_eq!(drain(&mut outbox, deadline).len(), 5);
+    }
+
+    fn full_at(cumulative: u64) -> Ack {
+        Ack {
+            window: 0,
+            ..ack(1, cumulative, 0)
+        }
     }
 
     #[test]
