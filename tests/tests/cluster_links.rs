@@ -17,7 +17,8 @@ use coolpy7_tests::cluster::{
     send_signal, send_udp, start_cluster, unique_key, wait_full_membership, wait_until, NetLab,
     Node, NodeConfig, JOIN_TIMEOUT,
 };
-use coolpy7_tests::{unique_id, QoS, QUIET, TIMEOUT};
+use coolpy7_tests::packets::{self, Packet};
+use coolpy7_tests::{unique_id, QoS, RawClient, QUIET, TIMEOUT};
 
 const DROPPED: &str = "coolpy7_cluster_dropped_total";
 const RETRANSMITTED: &str = "coolpy7_cluster_segments_retransmitted_total";
@@ -394,4 +395,83 @@ async fn qos1_is_all_delivered_through_five_percent_loss_between_namespaces() {
     );
     lab.stop_dropping(1);
     publisher.disconnect().await;
+}
+
+/// Flow control across nodes: bursts of QoS 1 messages published on n1, four times what the
+/// queue (`-mq`) of their subscriber on n2 holds, which takes them much more slowly (a window of
+/// 10, each acknowledged a millisecond later). n2 holds the link while the subscriber drains
+/// (n1's link fills and its publishers wait, as they would for a subscriber of their own node):
+/// every message n1 acknowledged arrives, and n2 drops none.
+#[tokio::test]
+async fn bursts_into_a_slower_subscriber_on_another_node_lose_nothing_acknowledged() {
+    const PUBLISHERS: usize = 20;
+    const EACH: usize = 100;
+    let key = unique_key();
+    let n1 = Node::start(NodeConfig::new("n1", &key));
+    let n2 = Node::start(
+        NodeConfig::new("n2", &key)
+            .seed(n1.gossip)
+            .args(&["-mq", "500", "-mif", "10"]),
+    );
+    wait_full_membership(&[&n1, &n2], JOIN_TIMEOUT).await;
+    let mut subscriber = RawClient::connect_v311(n2.mqtt_addr(), &unique_id("slow-sub")).await;
+    subscriber.subscribe(1, &[("flood/+", 1)]).await;
+    let addr = n1.mqtt_addr();
+    let mut primer = RawClient::connect_v311(addr, &unique_id("primer")).await;
+    primer.publish_qos1("flood/primer", 1, b"primer").await;
+    let first = subscriber.recv_publish(TIMEOUT).await;
+    subscriber.send(&packets::puback(first.pkid)).await;
+
+    let mut bursts = tokio::task::JoinSet::new();
+    for p in 0..PUBLISHERS {
+        bursts.spawn(async move {
+            let mut publisher = RawClient::connect_v311(addr, &unique_id("burst")).await;
+            let burst: Vec<u8> = (0..EACH)
+                .flat_map(|i| {
+                    let payload = format!("{p}-{i}");
+                    packets::publish("flood/t", 1, i as u16 + 1, payload.as_bytes())
+                })
+                .collect();
+            publisher.send(&burst).await;
+            let mut acked = 0;
+            while acked < EACH {
+                match publisher.recv(TIMEOUT * 4).await {
+                    Packet::PubAck(_) => acked += 1,
+                    other => panic!("publisher {p}: expected PUBACK, got {other:?}"),
+                }
+            }
+            publisher.disconnect().await;
+        });
+    }
+    let mut got = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT * 8;
+    while got.len() < PUBLISHERS * EACH {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscriber: {} of {} distinct payloads",
+            got.len(),
+            PUBLISHERS * EACH
+        );
+        match subscriber.try_recv(TIMEOUT).await {
+            Ok(Packet::Publish(publish)) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                subscriber.send(&packets::puback(publish.pkid)).await;
+                got.insert(publish.payload);
+            }
+            Ok(other) => panic!("subscriber: expected PUBLISH, got {other:?}"),
+            Err(e) => panic!("subscriber: no PUBLISH after {} ({e:?})", got.len()),
+        }
+    }
+    while let Some(joined) = bursts.join_next().await {
+        joined.expect("publisher task");
+    }
+    assert_eq!(
+        n2.metric("coolpy7_messages_dropped_total{reason=\"queue_full\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        n1.counter_sum(DROPPED, &[("reason", "buffer_full")]).await,
+        0.0
+    );
 }
