@@ -132,6 +132,7 @@ def check_defaults():
     assert spec["podDisruptionBudget"] == {"enabled": True, "maxUnavailable": 1}
     assert spec["ports"] == {"mqtt": 1883, "gossip": 7946, "sync": 7947, "http": 8081}
     assert "mqtt" not in spec, "the brokers keep their own MQTT 5 defaults"
+    assert "forwarding" not in spec, "the brokers keep their own forwarding sizes"
     # Plain MQTT only, as the CRD's defaults say; no TLS, no Certificate.
     assert spec["listeners"] == DEFAULT_LISTENERS, spec["listeners"]
     assert spec["listeners"] == crd_schema()["properties"]["spec"]["properties"]["listeners"][
@@ -558,6 +559,73 @@ def check_the_crd_bounds_auth_limits_and_coap():
             raise AssertionError(f"the CRD accepted {spec}")
 
 
+def check_forwarding_sizes_become_the_cluster_spec():
+    def spec_of(sizes):
+        objects, _ = render({"cluster": {"forwarding": sizes}})
+        validate(objects)
+        return only(objects, "Coolpy7Cluster")["spec"]
+
+    # Beyond 4 GiB and 2^31: whole numbers, not floats.
+    assert spec_of({"bufferBytes": 8589934592, "recordLimitBytes": 3000000000})["forwarding"] == {
+        "bufferBytes": 8589934592, "recordLimitBytes": 3000000000}
+    assert spec_of({"recordLimitBytes": 0})["forwarding"] == {"recordLimitBytes": 0}, \
+        "0 is a value (no limit), not an absent field"
+    assert spec_of({"recordLimitBytes": 64})["forwarding"] == {"recordLimitBytes": 64}
+    assert spec_of({"bufferBytes": 65536})["forwarding"] == {"bufferBytes": 65536}
+    for sizes in ({}, None, {"bufferBytes": None, "recordLimitBytes": None}):
+        assert "forwarding" not in spec_of(sizes), sizes
+
+
+def check_wrong_forwarding_values_are_refused():
+    for limit in (1, 63):
+        message = expect_refused({"cluster": {"forwarding": {"recordLimitBytes": limit}}},
+                                 "-csl is 0 or at least 64")
+        assert f"cluster.forwarding.recordLimitBytes is {limit}: 0 (no limit) or at least 64" \
+            in message, message
+    for values, why in [
+        ({"recordLimitBytes": -1}, "-csl is 0 or more"),
+        ({"recordLimitBytes": "4096"}, "an integer"),
+        ({"bufferBytes": 65535}, "-csb is at least 65536"),
+        ({"bufferBytes": 0}, "-csb has no off"),
+        ({"bufferBytes": 65536.5}, "an integer"),
+        ({"syncBuffer": 65536}, "unknown keys are typos"),
+    ]:
+        message = expect_refused({"cluster": {"forwarding": values}}, why)
+        assert next(iter(values)) in message, message
+
+
+def check_forwarding_values_mirror_the_crd():
+    """The values' bounds are the CRD's; the CRD refuses what the broker would, its CEL rule on
+    recordLimitBytes aside (evaluated by operator/tests/crd.rs, and by the template's fail)."""
+    values = json.loads((CHART / "values.schema.json").read_text())
+    sizes = values["properties"]["cluster"]["properties"]["forwarding"]["properties"]
+    schema = crd_schema()
+    crd_sizes = schema["properties"]["spec"]["properties"]["forwarding"]["properties"]
+    assert set(sizes) == set(crd_sizes), (set(sizes), set(crd_sizes))
+    for field, crd in crd_sizes.items():
+        bounded = [s for s in sizes[field]["oneOf"] if s["type"] == "integer"][0]
+        assert bounded["minimum"] == crd["minimum"], field
+        assert "maximum" not in bounded and "maximum" not in crd, field
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["cluster"]["forwarding"]
+    assert defaults == {field: None for field in crd_sizes}, "null: the broker's defaults"
+
+    def cluster(sizes):
+        return {"apiVersion": "coolpy7.io/v1alpha1", "kind": "Coolpy7Cluster",
+                "metadata": {"name": "c", "namespace": NAMESPACE}, "spec": {"forwarding": sizes}}
+
+    for sizes in ({}, {"bufferBytes": 65536, "recordLimitBytes": 0},
+                  {"bufferBytes": 10 ** 12, "recordLimitBytes": 10 ** 12}):
+        jsonschema.validate(cluster(sizes), schema)
+    for sizes in ({"bufferBytes": 65535}, {"recordLimitBytes": -1},
+                  {"recordLimitBytes": "0"}, {"bufferBytes": 1.5}):
+        try:
+            jsonschema.validate(cluster(sizes), schema)
+        except jsonschema.ValidationError as error:
+            assert next(iter(sizes)) in error.json_path, error.json_path
+        else:
+            raise AssertionError(f"the CRD accepted {sizes}")
+
+
 def check_rbac_matches_the_manifests():
     """The chart's RBAC is the same least privilege as manifests/operator.yaml."""
     objects, _ = render({})
@@ -749,7 +817,9 @@ def main():
               check_limits_and_coap_become_the_cluster_spec,
               check_wrong_auth_and_limit_values_are_refused,
               check_auth_and_limits_values_mirror_the_crd,
-              check_the_crd_bounds_auth_limits_and_coap]
+              check_the_crd_bounds_auth_limits_and_coap,
+              check_forwarding_sizes_become_the_cluster_spec,
+              check_wrong_forwarding_values_are_refused, check_forwarding_values_mirror_the_crd]
     for check in checks:
         check()
         print(f"ok {check.__name__}")

@@ -570,10 +570,24 @@ fn limit_args(cluster: &Coolpy7Cluster) -> Vec<String> {
     .collect()
 }
 
+/// The forwarding flags, each only when set: 0 is a value for `-csl` (no limit).
+fn forwarding_args(cluster: &Coolpy7Cluster) -> Vec<String> {
+    let Some(sync) = &cluster.spec.forwarding else {
+        return Vec::new();
+    };
+    [
+        ("-csb", sync.buffer_bytes),
+        ("-csl", sync.record_limit_bytes),
+    ]
+    .into_iter()
+    .filter_map(|(flag, value)| value.map(|value| format!("{flag}={value}")))
+    .collect()
+}
+
 /// The broker's command line: identity from the pod, seeds from the headless Service,
-/// listeners, ports, MQTT 5 limits, access control and abuse limits from the spec, then the
-/// user's extra flags (which may override the settings, but not the listeners, ports, mode or
-/// files: see `reconcile`'s OWNED_FLAGS).
+/// listeners, ports, MQTT 5 limits, access control, abuse limits and forwarding from the spec,
+/// then the user's extra flags (which may override the settings, but not the listeners, ports,
+/// mode or files: see `reconcile`'s OWNED_FLAGS).
 pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String> {
     let ports = &cluster.spec.ports;
     let mut args = vec![
@@ -613,6 +627,7 @@ pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String
         args.extend(auth_args(auth));
     }
     args.extend(limit_args(cluster));
+    args.extend(forwarding_args(cluster));
     args.extend(cluster.spec.args.iter().cloned());
     args
 }

@@ -137,8 +137,12 @@ pub struct Coolpy7ClusterSpec {
     /// default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttSpec>,
+    /// How the brokers forward messages to each other; a field left out keeps the broker's
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<ForwardingSpec>,
     /// Extra broker flags, for settings the spec has no field for (e.g. `-mq=5000`); they come
-    /// after the flags the spec's fields set, so they win over `mqtt`.
+    /// after the flags the spec's fields set, so they win over `mqtt`, `limits` and `forwarding`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// The broker's log filter (`info`, `debug`, `coolpy7=debug,warn`, ...).
@@ -785,6 +789,29 @@ pub struct MqttSpec {
     /// true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription_identifiers: Option<bool>,
+}
+
+/// Forwarding between the brokers (the broker flags `-csb` and `-csl`). Each one left out keeps
+/// the broker's default.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardingSpec {
+    /// Bytes each broker holds per peer for QoS 1 and 2 messages that peer has not
+    /// acknowledged yet (`-csb`), at least 65536. Publishers wait once half of it is held, and
+    /// beyond it such messages for that peer are dropped (and counted). The broker's default is
+    /// 16777216 (16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 65536))]
+    pub buffer_bytes: Option<i64>,
+    /// The largest message record forwarded to the other brokers, in bytes (`-csl`): topic +
+    /// payload + 7, plus the MQTT 5 properties + 2 and a Message Expiry's 4 when present. A
+    /// larger message reaches only the subscribers on the broker it was published to. 0 = no
+    /// limit (the broker's default), otherwise at least 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    #[x_kube(validation = Rule::new("self == 0 || self >= 64")
+        .message("forwarding.recordLimitBytes is 0 (no limit) or at least 64 bytes"))]
+    pub record_limit_bytes: Option<i64>,
 }
 
 /// The Service MQTT clients connect to.

@@ -47,7 +47,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// mounted Secrets and ConfigMap; the auth mode goes with those files, and a JWT secret or an
 /// HTTP service token given as a value (`-jsk`, `-ht`) would show in the pod spec. The other
 /// listener settings (`-wsp`, `-tv`, `-tcn`, `-pp`), the auth settings (`-acld`, `-ha`,
-/// `-hat`, `-hac`, `-ari`) and the abuse limits may be overridden like the MQTT 5 limits.
+/// `-hat`, `-hac`, `-ari`), the abuse limits and the forwarding sizes (`-csb`, `-csl`) may be
+/// overridden like the MQTT 5 limits.
 const OWNED_FLAGS: [&str; 23] = [
     "nid", "cad", "mbs", "csk", "crp", "csp", "l", "hl", "tl", "wl", "wsl", "tc", "tk", "tca",
     "cl", "as", "jsk", "jskf", "jpk", "pwf", "acl", "ht", "htf",
@@ -506,6 +507,9 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
     if let Some(problem) = auth_problem(cluster) {
         return Some(problem);
     }
+    if let Some(problem) = forwarding_problem(cluster) {
+        return Some(problem);
+    }
     for arg in &cluster.spec.args {
         let flag = arg.trim_start_matches('-');
         let flag = flag.split_once('=').map_or(flag, |(name, _)| name);
@@ -607,6 +611,21 @@ fn auth_problem(cluster: &Coolpy7Cluster) -> Option<String> {
         _ => None,
     }
 }
+
+/// The CEL rule on forwarding: the broker refuses a `-csl` of 1 to 63 at start.
+fn forwarding_problem(cluster: &Coolpy7Cluster) -> Option<String> {
+    let limit = cluster.spec.forwarding.as_ref()?.record_limit_bytes?;
+    (1..MIN_RECORD_LIMIT_BYTES).contains(&limit).then(|| {
+        format!(
+            "forwarding.recordLimitBytes is {limit}: 0 (no limit) or at least \
+             {MIN_RECORD_LIMIT_BYTES} bytes"
+        )
+    })
+}
+
+/// The broker's smallest `-csl` other than 0 (MIN_SYNC_LIMIT): a record's framing and a short
+/// topic.
+const MIN_RECORD_LIMIT_BYTES: i64 = 64;
 
 fn is_cidr(range: &str) -> bool {
     let Some((address, bits)) = range.split_once('/') else {

@@ -43,6 +43,9 @@ fn the_helm_chart_lints_renders_and_validates() {
         "check_wrong_auth_and_limit_values_are_refused",
         "check_auth_and_limits_values_mirror_the_crd",
         "check_the_crd_bounds_auth_limits_and_coap",
+        "check_forwarding_sizes_become_the_cluster_spec",
+        "check_wrong_forwarding_values_are_refused",
+        "check_forwarding_values_mirror_the_crd",
     ] {
         assert!(
             stdout.contains(&format!("ok {check}")),

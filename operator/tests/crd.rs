@@ -252,8 +252,9 @@ fn every_cel_rule_compiles() {
         .matches("\"rule\":")
         .count();
     assert_eq!(
-        rules, 13,
-        "the budget's, the TLS ones, the listeners' (CoAP's among them) and auth's"
+        rules, 14,
+        "the budget's, the TLS ones, the listeners' (CoAP's among them), auth's and \
+         forwarding.recordLimitBytes'"
     );
 }
 
@@ -298,6 +299,9 @@ fn the_cel_rules_accept_specs_that_work() {
         serde_json::json!({"limits": {"pingIntervalSeconds": 5, "publishIntervalMillis": 0,
                                       "banSeconds": 600, "connectionRate": 50,
                                       "publishRate": {"messages": 10, "bytes": 10000000000_i64}}}),
+        serde_json::json!({"forwarding": {}}),
+        serde_json::json!({"forwarding": {"bufferBytes": 65536, "recordLimitBytes": 0}}),
+        serde_json::json!({"forwarding": {"recordLimitBytes": 64}}),
     ] {
         assert_eq!(cel_failures(spec.clone()), Vec::<String>::new(), "{spec}");
     }
@@ -393,6 +397,15 @@ fn the_cel_rules_refuse_specs_the_broker_would_refuse() {
         (
             serde_json::json!({"auth": {"mode": "http"}}),
             vec!["mode http needs httpHook.url"],
+        ),
+        // The broker refuses a -csl of 1 to 63.
+        (
+            serde_json::json!({"forwarding": {"recordLimitBytes": 1}}),
+            vec!["forwarding.recordLimitBytes is 0 (no limit) or at least 64 bytes"],
+        ),
+        (
+            serde_json::json!({"forwarding": {"recordLimitBytes": 63}}),
+            vec!["forwarding.recordLimitBytes is 0 (no limit) or at least 64 bytes"],
         ),
     ] {
         let failures = cel_failures(spec.clone());
@@ -517,4 +530,47 @@ fn auth_and_limits_are_optional_and_bounded_and_coap_is_off_by_default() {
             .is_some_and(|d| d.contains("1.26")),
         "the field says a mixed-protocol LoadBalancer needs Kubernetes 1.26"
     );
+}
+
+#[test]
+fn the_forwarding_sizes_are_optional_and_bounded_as_the_broker_flags_are() {
+    let crd = serde_json::to_value(Coolpy7Cluster::crd()).expect("JSON");
+    let spec = spec_schema(&crd);
+    let cluster = &spec["properties"]["forwarding"];
+    assert_eq!(cluster["type"], "object");
+    assert!(
+        cluster.get("default").is_none(),
+        "no default: an absent block leaves the broker's defaults"
+    );
+    let required = spec["required"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !required.iter().any(|r| r == "forwarding"),
+        "forwarding is optional"
+    );
+    assert!(cluster.get("required").is_none(), "every size is optional");
+    // (field, minimum): -csb's, and -csl's below its CEL rule (0, or at least 64).
+    for (field, min) in [("bufferBytes", 65536.0), ("recordLimitBytes", 0.0)] {
+        let property = &cluster["properties"][field];
+        assert_eq!(property["type"], "integer", "{field}");
+        assert_eq!(property["format"], "int64", "{field}: gigabytes are values");
+        assert_eq!(property["minimum"].as_f64(), Some(min), "{field} minimum");
+        assert!(property.get("maximum").is_none(), "{field} maximum");
+        assert!(property.get("default").is_none(), "{field} has no default");
+        assert!(
+            property["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{field} is described"
+        );
+    }
+    assert_eq!(
+        cluster["properties"]["recordLimitBytes"]["x-kubernetes-validations"][0]["rule"],
+        "self == 0 || self >= 64"
+    );
+    let names: Vec<&String> = cluster["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .collect();
+    assert_eq!(names, ["bufferBytes", "recordLimitBytes"]);
 }

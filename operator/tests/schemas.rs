@@ -54,6 +54,7 @@ fn every_child_validates_strictly_against_the_kubernetes_schemas() {
                "podAnnotations": {"prometheus.io/scrape": "true"}, "podLabels": {"team": "iot"},
                "priorityClassName": "high", "imagePullSecrets": [{"name": "registry"}],
                "mqtt": {"serverKeepAlive": 300, "receiveMaximum": 100, "topicAliasMaximum": 0},
+               "forwarding": {"bufferBytes": 33554432, "recordLimitBytes": 0},
                "args": ["-mq=5000"], "logLevel": "debug",
                "podDisruptionBudget": {"maxUnavailable": 2}}),
         json!({"service": {"type": "ClusterIP"}, "podDisruptionBudget": {"enabled": false}}),

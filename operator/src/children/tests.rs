@@ -1305,6 +1305,82 @@ fn auth_and_limit_flags_come_after_the_listeners_and_before_spec_args() {
     assert_eq!(&args[args.len() - 3..], ["-acld=allow", "-dt=5", "-ari=30"]);
 }
 
+const CLUSTER_FLAGS: [&str; 2] = ["-csb=", "-csl="];
+
+#[test]
+fn forwarding_sizes_become_flags_only_when_set() {
+    let plain = stateful_set(&cluster(), DOMAIN);
+    for spec in [
+        json!({}),
+        json!({"forwarding": {}}),
+        json!({"forwarding": null}),
+    ] {
+        let cluster = cluster_with(spec.clone());
+        let args = broker_args(&cluster, DOMAIN);
+        assert_eq!(
+            flags_starting_with(&args, &CLUSTER_FLAGS),
+            Vec::<&str>::new(),
+            "{spec}: the broker's defaults apply"
+        );
+        assert_eq!(
+            stateful_set(&cluster, DOMAIN),
+            plain,
+            "{spec}: no rolling restart"
+        );
+    }
+
+    // Beyond 4 GiB: an i64 written out whole.
+    let both = cluster_with(json!({"forwarding": {
+        "bufferBytes": 8_589_934_592_i64, "recordLimitBytes": 65536
+    }}));
+    let args = broker_args(&both, DOMAIN);
+    assert_eq!(
+        flags_starting_with(&args, &CLUSTER_FLAGS),
+        ["-csb=8589934592", "-csl=65536"]
+    );
+    let set = stateful_set(&both, DOMAIN);
+    let container_args = container(&set).args.clone().unwrap();
+    assert_eq!(
+        flags_starting_with(&container_args, &CLUSTER_FLAGS),
+        ["-csb=8589934592", "-csl=65536"],
+        "the flags reach the container as they are"
+    );
+
+    let no_limit = cluster_with(json!({"forwarding": {"recordLimitBytes": 0}}));
+    assert_eq!(
+        flags_starting_with(&broker_args(&no_limit, DOMAIN), &CLUSTER_FLAGS),
+        ["-csl=0"],
+        "0 is a value (no limit), passed even though it is today's default"
+    );
+    let buffer = cluster_with(json!({"forwarding": {"bufferBytes": 65536}}));
+    assert_eq!(
+        flags_starting_with(&broker_args(&buffer, DOMAIN), &CLUSTER_FLAGS),
+        ["-csb=65536"]
+    );
+}
+
+#[test]
+fn forwarding_flags_come_after_the_limits_and_before_spec_args() {
+    let cluster = cluster_with(json!({
+        "limits": {"banSeconds": 60},
+        "forwarding": {"bufferBytes": 1_048_576, "recordLimitBytes": 4096},
+        "args": ["-csl=8192", "-mq=5000"]
+    }));
+    let args = broker_args(&cluster, DOMAIN);
+    let position = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"))
+    };
+    assert!(position("-dt=60") < position("-csb=1048576"), "{args:?}");
+    assert!(position("-csb=1048576") < position("-csl=4096"), "{args:?}");
+    assert!(
+        position("-csl=4096") < position("-csl=8192"),
+        "the user's -csl comes last and wins: {args:?}"
+    );
+    assert_eq!(&args[args.len() - 2..], ["-csl=8192", "-mq=5000"]);
+}
+
 #[test]
 fn the_coap_listener_gets_its_flag_and_a_udp_port_on_the_pods_and_the_client_service() {
     let coap = cluster_with(json!({

@@ -1283,3 +1283,76 @@ fn endpoints_name_the_coap_listener() {
         ]
     );
 }
+
+#[test]
+fn forwarding_problems() {
+    let problem = |spec: Value| spec_problem(&cluster_with(spec));
+    for cluster in [
+        json!({}),
+        json!({"recordLimitBytes": 0}),
+        json!({"recordLimitBytes": 64}),
+        json!({"bufferBytes": 65536, "recordLimitBytes": 1_000_000_000_000_i64}),
+    ] {
+        assert_eq!(problem(json!({ "forwarding": cluster })), None, "{cluster}");
+    }
+    for limit in [1, 63] {
+        assert_eq!(
+            problem(json!({"forwarding": {"recordLimitBytes": limit}})),
+            Some(format!(
+                "forwarding.recordLimitBytes is {limit}: 0 (no limit) or at least 64 bytes"
+            ))
+        );
+    }
+    // The forwarding sizes are the spec's, but args may override them (they come later).
+    assert_eq!(
+        problem(json!({"forwarding": {"recordLimitBytes": 4096},
+                       "args": ["-csl=8192", "--csb=1048576"]})),
+        None
+    );
+}
+
+#[tokio::test]
+async fn forwarding_sizes_reach_the_pods_and_a_limit_the_broker_refuses_is_degraded() {
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"csk": {"secretName": "k"},
+                                      "forwarding": {"bufferBytes": 33554432,
+                                                  "recordLimitBytes": 0}}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    serve_key(&mut handle, "k", "csk").await;
+    let bodies = expect_children(&mut handle, None, true).await;
+    let args = bodies[2]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    for flag in ["-csb=33554432", "-csl=0"] {
+        assert!(args.contains(&json!(flag)), "{flag} in {args:?}");
+    }
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(degraded_condition(&status)["status"], "False");
+    run.await.expect("task").expect("reconcile succeeds");
+    expect_quiet(&mut handle).await;
+
+    // The CRD's CEL rule refuses 1 to 63; an API server without CEL lets it through to here.
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"csk": {"secretName": "k"},
+                                      "forwarding": {"recordLimitBytes": 32}}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    let event = expect_event(&mut handle, "InvalidSpec").await;
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("forwarding.recordLimitBytes is 32"),
+        "{event}"
+    );
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(status["status"]["phase"], "Degraded");
+    let degraded = degraded_condition(&status);
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert_eq!(
+        run.await.expect("task").expect("handled"),
+        Action::requeue(RESYNC)
+    );
+    expect_quiet(&mut handle).await;
+}
