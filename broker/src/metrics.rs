@@ -545,6 +545,8 @@ pub struct ClusterMetrics {
     datagrams: [[Counter; 2]; 2],
     /// Messages accepted for forwarding (each goes to every member that is up).
     pub records_forwarded: Counter,
+    /// Messages not sent to a peer because none of its subscriptions matched them.
+    pub records_skipped: Counter,
     /// Authenticated, fresh records received from peers.
     pub records_received: Counter,
     /// Deliveries to local subscribers of records received from peers.
@@ -608,6 +610,11 @@ impl ClusterMetrics {
                 reg,
                 "cluster_records_forwarded",
                 "Messages accepted for forwarding to the other members",
+            ),
+            records_skipped: counter(
+                reg,
+                "cluster_records_skipped",
+                "Messages not sent to a member because none of its subscriptions matched them",
             ),
             records_received: counter(
                 reg,

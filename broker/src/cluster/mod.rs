@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod interest;
 pub mod link;
 pub mod membership;
 pub mod peers;
@@ -183,6 +184,7 @@ impl Bound {
             started,
             version: config.sync_version,
         };
+        peers.attach(&broker);
         let (leave, leaving) = watch::channel(false);
         let (stop_forwarding, forwarding_stopped) = watch::channel(false);
         let metrics = broker.metrics.clone();

@@ -7,16 +7,18 @@
 //! (without waiting: the queues are bounded), the sender takes datagrams' worth from them, and
 //! the receiver applies the peers' acknowledgements.
 //!
-//! Each peer has two queues: records packed into best-effort datagrams (QoS 0, as before
-//! links existed, and everything for a peer of an earlier release), and its link's
-//! [`Outbox`] (QoS 1 and 2, and any record too big for one datagram), which holds up to
-//! `-csb` bytes until they are acknowledged. Past half of that, a publisher is told the peer
+//! Each peer has three queues: records packed into best-effort datagrams (QoS 0, as before
+//! links existed, and everything for a peer of an earlier release); its link's [`Outbox`]
+//! (QoS 1 and 2, and any record too big for one datagram), which holds up to `-csb` bytes until
+//! they are acknowledged; and its control link's, which carries this node's interest (see
+//! [`super::interest`]). A message goes to a peer only when the peer's interest asks for it,
+//! or is not known, or the message is retained (every node keeps the retained messages). Past half of that, a publisher is told the peer
 //! is congested and waits for it as for a slow local subscriber; when it is full, QoS 1 and 2
 //! messages for that peer are dropped and counted (`buffer_full`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -25,14 +27,16 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::interest::{self, RemoteInterest, FRAME_INTEREST};
 use super::link::{Ack, Outbox, Pushed};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
     encode_record, record_len, version_for, BATCH_BYTES, FRAME_PUBLISH, MAX_DATAGRAM_RECORD,
 };
+use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
-use crate::router::Message;
+use crate::router::{FilterWatcher, Message};
 use crate::session::Drain;
 
 /// Best-effort records held per peer before more are dropped (`queue_full`): a few
@@ -43,6 +47,9 @@ const BEST_EFFORT_BYTES: usize = 2 << 20;
 const NEWEST_PUBLISH_VERSION: u8 = 2;
 /// The sync version that brought links.
 pub const LINK_VERSION: u8 = 3;
+/// What a control link may hold unacknowledged: interest changes of a peer that does not
+/// answer. Beyond it the control link starts over with a snapshot.
+const CONTROL_CAPACITY: usize = 64 << 20;
 
 /// Every peer this node forwards to.
 pub struct Peers {
@@ -62,6 +69,11 @@ pub struct Peers {
     started: Instant,
     last_link: Mutex<u64>,
     metrics: Arc<Metrics>,
+    /// What the peers subscribe to.
+    pub interest: RemoteInterest,
+    /// Where this node's own filters are read from, for the snapshots that start control links
+    /// (unset until the broker exists; a peer never sent one forwards everything here).
+    broker: OnceLock<Weak<Broker>>,
 }
 
 impl Peers {
@@ -84,7 +96,15 @@ impl Peers {
             started,
             last_link: Mutex::new(0),
             metrics,
+            interest: RemoteInterest::default(),
+            broker: OnceLock::new(),
         }
+    }
+
+    /// Reads this node's filters from `broker`'s router from now on, and follows its changes.
+    pub fn attach(self: &Arc<Self>, broker: &Arc<Broker>) {
+        let _ = self.broker.set(Arc::downgrade(broker));
+        broker.router.watch_filters(self.clone());
     }
 
     /// The peers, following membership as it is now: a member that has just come up is
@@ -127,6 +147,7 @@ impl Peers {
     fn update(&self, others: &[MemberInfo]) {
         let current = self.list.load_full();
         let mut next = Vec::with_capacity(others.len());
+        let mut new = Vec::new();
         for member in others.iter().filter(|m| m.state != MemberState::Down) {
             if let Some(peer) = current.iter().find(|p| p.identity == member.identity) {
                 next.push(peer.clone());
@@ -137,20 +158,67 @@ impl Peers {
                        "peer reads no sync version this node writes; not forwarded to it");
                 continue;
             };
-            next.push(Arc::new(Peer::new(
+            let slot = self.interest.slot(&member.identity.node_id);
+            let peer = Arc::new(Peer::new(
                 member.identity.clone(),
                 version,
-                self.new_link(),
+                [self.new_link(), self.new_link()],
                 self.capacity,
-            )));
+                slot,
+            ));
+            if peer.has_link {
+                new.push(peer.clone());
+            }
+            next.push(peer);
         }
         for gone in current
             .iter()
             .filter(|p| !next.iter().any(|n| Arc::ptr_eq(n, p)))
         {
             gone.retire(&self.metrics);
+            if !others
+                .iter()
+                .any(|m| m.identity.node_id == gone.identity.node_id)
+            {
+                self.interest.forget(&gone.identity.node_id);
+            }
         }
-        self.list.store(Arc::new(next));
+        // The new control links start with a snapshot of this node's filters, taken while
+        // none can change, and the peers are listed for the changes before any can: each
+        // change comes after the snapshot, and none is lost.
+        let next = Arc::new(next);
+        match self.broker.get().and_then(Weak::upgrade) {
+            Some(broker) => broker.router.with_filters(|filters| {
+                if !new.is_empty() {
+                    let frames = interest::snapshot_frames(|visit| filters.for_each(visit));
+                    for peer in &new {
+                        peer.push_control(&frames);
+                    }
+                }
+                self.list.store(next);
+            }),
+            None => self.list.store(next),
+        }
+        if !new.is_empty() {
+            self.wake_sender();
+        }
+    }
+
+    /// Starts `peer`'s control link over, with a snapshot: its receiver refused the current
+    /// one, or it could not take the last change.
+    pub fn restart_control(&self, peer: &Peer) {
+        let link = self.new_link();
+        let Some(broker) = self.broker.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        broker.router.with_filters(|filters| {
+            let frames = interest::snapshot_frames(|visit| filters.for_each(visit));
+            peer.queues.lock().control = Outbox::new(link, CONTROL_CAPACITY);
+            peer.control_lost.store(false, Ordering::Relaxed);
+            peer.push_control(&frames);
+        });
+        debug!(peer = %peer.identity.node_id, "control link restarted with a snapshot");
+        self.wake_sender();
     }
 
     /// A link name larger than every earlier one of this boot.
@@ -186,9 +254,42 @@ impl Peers {
     }
 }
 
+impl FilterWatcher for Peers {
+    fn filter_added(&self, filter: &[u8]) {
+        self.tell(filter, true);
+    }
+
+    fn filter_removed(&self, filter: &[u8]) {
+        self.tell(filter, false);
+    }
+}
+
+impl Peers {
+    /// Tells every peer with a control link of a filter added or removed here. Called under the
+    /// router's write lock, so the list is read as it is (refreshing it would take the lock
+    /// again).
+    fn tell(&self, filter: &[u8], added: bool) {
+        let Some(frame) = interest::change_frame(filter, added) else {
+            return;
+        };
+        let mut wake = false;
+        for peer in self.list.load().iter().filter(|p| p.has_link) {
+            wake |= peer.push_control(std::slice::from_ref(&frame));
+        }
+        if wake {
+            self.wake_sender();
+        }
+    }
+}
+
 /// One member this node forwards to.
 pub struct Peer {
     pub identity: NodeIdentity,
+    /// Where its interest is kept in [`Peers::interest`]; `None`: beyond the slots, it gets
+    /// every message.
+    slot: Option<usize>,
+    /// Its control link could not take a change: it starts over with a snapshot.
+    control_lost: AtomicBool,
     /// The version of the best-effort datagrams it gets (1 or 2).
     pub publish_version: u8,
     /// Whether it reads links (sync version 3).
@@ -203,6 +304,7 @@ pub struct Peer {
 
 struct Queues {
     outbox: Outbox,
+    control: Outbox,
     best_effort: BestEffort,
 }
 
@@ -214,6 +316,8 @@ pub struct Transmits {
     pub link: u64,
     /// Link segments: number and bytes.
     pub segments: Vec<(u64, Bytes)>,
+    pub control_link: u64,
+    pub control_segments: Vec<(u64, Bytes)>,
     /// When the link's timer next runs out.
     pub deadline: Option<Instant>,
     /// Whether more could be sent at once.
@@ -223,20 +327,59 @@ pub struct Transmits {
 }
 
 impl Peer {
-    fn new(identity: NodeIdentity, version: u8, link: u64, capacity: usize) -> Peer {
+    /// A peer reading sync `version`, with new links named `links` (data, control).
+    fn new(
+        identity: NodeIdentity,
+        version: u8,
+        links: [u64; 2],
+        capacity: usize,
+        slot: Option<usize>,
+    ) -> Peer {
         info!(peer = %identity.node_id, version, "forwarding to peer");
         Peer {
             identity,
+            slot,
+            control_lost: AtomicBool::new(false),
             publish_version: version.min(NEWEST_PUBLISH_VERSION),
             has_link: version >= LINK_VERSION,
             queues: Mutex::new(Queues {
-                outbox: Outbox::new(link, capacity),
+                outbox: Outbox::new(links[0], capacity),
+                control: Outbox::new(links[1], CONTROL_CAPACITY),
                 best_effort: BestEffort::default(),
             }),
             drained: Notify::new(),
             acked_frames: AtomicU64::new(0),
             gone: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this peer may deliver `message`, given the interest slots that want its topic
+    /// (`wanted`, from [`RemoteInterest::matching`]): retained messages go everywhere.
+    pub fn wants(&self, message: &Message, wanted: u64) -> bool {
+        !self.has_link || message.retain || self.slot.is_none_or(|slot| wanted & (1 << slot) != 0)
+    }
+
+    /// Queues interest frames on the control link; says whether the sender must be woken.
+    fn push_control(&self, frames: &[BytesMut]) -> bool {
+        let mut queues = self.queues.lock();
+        let was_idle = !queues.control.has_transmit();
+        for frame in frames {
+            let pushed = queues.control.push(FRAME_INTEREST, frame.len(), |out| {
+                out.extend_from_slice(frame)
+            });
+            if pushed == Pushed::Full {
+                warn!(peer = %self.identity.node_id,
+                      "peer does not acknowledge interest changes; its control link starts over");
+                self.control_lost.store(true, Ordering::Relaxed);
+                return true;
+            }
+        }
+        was_idle
+    }
+
+    /// Whether the control link must start over (see [`Peers::restart_control`]).
+    pub fn control_lost(&self) -> bool {
+        self.control_lost.load(Ordering::Relaxed)
     }
 
     /// Queues `message` (not expired at `now`) for this peer; says whether the sender must be
@@ -311,16 +454,27 @@ impl Peer {
             link: queues.outbox.link(),
             ..Transmits::default()
         };
-        queues.outbox.on_timeout(now);
-        while transmits.segments.len() < max_segments {
-            let Some(segment) = queues.outbox.poll_transmit(now) else {
-                break;
-            };
-            transmits.segments.push(segment);
+        transmits.control_link = queues.control.link();
+        let held = &mut *queues;
+        for (outbox, segments) in [
+            (&mut held.control, &mut transmits.control_segments),
+            (&mut held.outbox, &mut transmits.segments),
+        ] {
+            outbox.on_timeout(now);
+            while segments.len() < max_segments {
+                let Some(segment) = outbox.poll_transmit(now) else {
+                    break;
+                };
+                segments.push(segment);
+            }
         }
-        transmits.more = queues.outbox.has_transmit();
-        transmits.deadline = queues.outbox.deadline();
-        let retransmitted = queues.outbox.take_retransmitted();
+        transmits.more = queues.outbox.has_transmit() || queues.control.has_transmit();
+        transmits.deadline = match (queues.outbox.deadline(), queues.control.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let retransmitted =
+            queues.outbox.take_retransmitted() + queues.control.take_retransmitted();
         drop(queues);
         transmits.retransmitted = retransmitted;
         transmits
@@ -355,6 +509,17 @@ impl Peer {
         false
     }
 
+    /// Applies an acknowledgement of the control link; says whether the link refused to go
+    /// on.
+    pub fn on_control_ack(&self, ack: &Ack, now: Instant, peers: &Peers) -> bool {
+        let mut queues = self.queues.lock();
+        let acked = queues.control.on_ack(ack, now);
+        if queues.control.has_transmit() {
+            peers.wake_sender();
+        }
+        acked.reset
+    }
+
     fn is_idle(&self) -> bool {
         let queues = self.queues.lock();
         queues.outbox.is_idle() && queues.best_effort.is_empty()
@@ -368,6 +533,7 @@ impl Peer {
             let given_up = queues.outbox.pending_frames();
             let freed = queues.outbox.buffered();
             queues.outbox = Outbox::new(0, 0);
+            queues.control = Outbox::new(0, 0);
             queues.best_effort = BestEffort::default();
             (given_up, freed)
         };

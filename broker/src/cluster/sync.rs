@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::auth::DatagramKey;
+use super::interest::{self, FRAME_INTEREST};
 use super::link::{Ack, Inbox, Next, Segmented};
 use super::membership::{Members, NodeIdentity};
 use super::peers::{Peer, Peers, LINK_VERSION};
@@ -72,6 +73,9 @@ const KIND_PUBLISH: u8 = 1;
 /// Version 3: a segment of a link, and an acknowledgement of a link's segments.
 const KIND_SEGMENT: u8 = 2;
 const KIND_ACK: u8 = 3;
+/// Version 3: the same for a peer's control link (see [`super::interest`]).
+const KIND_CONTROL_SEGMENT: u8 = 4;
+const KIND_CONTROL_ACK: u8 = 5;
 /// The kind of a link frame that holds one record (in the version 2 record format).
 pub const FRAME_PUBLISH: u8 = 1;
 /// Framing bytes of one record besides its topic and payload (and, in version 2, its expiry
@@ -177,8 +181,17 @@ impl Forwarder {
             return None;
         }
         let peers = self.peers.list();
+        let wanted = if peers.iter().any(|p| p.has_link) {
+            self.peers.interest.matching(&message.topic)
+        } else {
+            u64::MAX
+        };
         let (mut queued, mut wake, mut congested) = (false, false, None);
         for peer in peers.iter() {
+            if !peer.wants(message, wanted) {
+                cluster.records_skipped.inc();
+                continue;
+            }
             let pushed = peer.push(message, now, &self.metrics);
             queued |= pushed.queued;
             wake |= pushed.wake;
@@ -227,6 +240,9 @@ pub async fn send_loop(
         let mut more = false;
         let list = peers.list().clone();
         for peer in list.iter() {
+            if peer.control_lost() {
+                peers.restart_control(peer);
+            }
             let transmits = peer.take_transmits(now, SEGMENTS_PER_TURN);
             metrics
                 .cluster
@@ -252,20 +268,23 @@ pub async fn send_loop(
                 key.seal(&mut datagram);
                 send(&socket, &datagram, to, &metrics).await;
             }
-            for (seq, data) in &transmits.segments {
-                datagram.clear();
-                encode_parties(
-                    &mut datagram,
-                    LINK_VERSION,
-                    KIND_SEGMENT,
-                    &origin,
-                    &peer.identity,
-                );
-                datagram.put_u64(transmits.link);
-                datagram.put_u64(*seq);
-                datagram.extend_from_slice(data);
-                key.seal(&mut datagram);
-                send(&socket, &datagram, to, &metrics).await;
+            for (kind, link, segments) in [
+                (
+                    KIND_CONTROL_SEGMENT,
+                    transmits.control_link,
+                    &transmits.control_segments,
+                ),
+                (KIND_SEGMENT, transmits.link, &transmits.segments),
+            ] {
+                for (seq, data) in segments {
+                    datagram.clear();
+                    encode_parties(&mut datagram, LINK_VERSION, kind, &origin, &peer.identity);
+                    datagram.put_u64(link);
+                    datagram.put_u64(*seq);
+                    datagram.extend_from_slice(data);
+                    key.seal(&mut datagram);
+                    send(&socket, &datagram, to, &metrics).await;
+                }
             }
         }
         if stopping && peers.all_idle() {
@@ -497,8 +516,16 @@ fn decode_frame_record(body: &[u8], now: Instant) -> Option<Message> {
 /// A version 3 datagram, authenticated and parsed.
 #[derive(Debug)]
 pub(crate) enum LinkDatagram {
-    Segment { link: u64, seq: u64, data: Bytes },
-    Ack(Ack),
+    Segment {
+        control: bool,
+        link: u64,
+        seq: u64,
+        data: Bytes,
+    },
+    Ack {
+        control: bool,
+        ack: Ack,
+    },
 }
 
 /// Parses an authenticated version 3 body; `None` when it is not a well-formed segment or
@@ -511,18 +538,19 @@ pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatag
     }
     let link = take_u64(&mut buf)?;
     let datagram = match parties.kind {
-        KIND_SEGMENT => {
+        KIND_SEGMENT | KIND_CONTROL_SEGMENT => {
             let seq = take_u64(&mut buf)?;
             if seq == 0 {
                 return None;
             }
             LinkDatagram::Segment {
+                control: parties.kind == KIND_CONTROL_SEGMENT,
                 link,
                 seq,
                 data: Bytes::copy_from_slice(buf),
             }
         }
-        KIND_ACK => {
+        KIND_ACK | KIND_CONTROL_ACK => {
             let cumulative = take_u64(&mut buf)?;
             let selective = take_u64(&mut buf)?;
             let window = take_u32(&mut buf)?;
@@ -530,27 +558,33 @@ pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatag
             if flags & !ACK_RESET != 0 || buf.has_remaining() {
                 return None;
             }
-            LinkDatagram::Ack(Ack {
-                link,
-                cumulative,
-                selective,
-                window,
-                reset: flags & ACK_RESET != 0,
-            })
+            LinkDatagram::Ack {
+                control: parties.kind == KIND_CONTROL_ACK,
+                ack: Ack {
+                    link,
+                    cumulative,
+                    selective,
+                    window,
+                    reset: flags & ACK_RESET != 0,
+                },
+            }
         }
         _ => return None,
     };
     Some((parties, datagram))
 }
 
-/// Appends the acknowledgement datagram body `ack`, from `origin` to `destination`.
+/// Appends the acknowledgement datagram body `ack` of a data (or `control`) link, from
+/// `origin` to `destination`.
 pub(crate) fn encode_ack(
     out: &mut Vec<u8>,
     origin: &Origin,
     destination: &NodeIdentity,
+    control: bool,
     ack: &Ack,
 ) {
-    encode_parties(out, LINK_VERSION, KIND_ACK, origin, destination);
+    let kind = if control { KIND_CONTROL_ACK } else { KIND_ACK };
+    encode_parties(out, LINK_VERSION, kind, origin, destination);
     out.put_u64(ack.link);
     out.put_u64(ack.cumulative);
     out.put_u64(ack.selective);
@@ -665,6 +699,13 @@ pub struct Receiver {
     pub origin: Origin,
 }
 
+/// Which of a peer's links: the one for messages, or its control link.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LinkKey {
+    origin: Bytes,
+    control: bool,
+}
+
 /// The receiving half of one peer's link, for one boot of that peer.
 struct Incoming {
     boot_ms: u64,
@@ -725,11 +766,11 @@ struct ReceiverState {
     limits: Limits,
     max_frame: usize,
     windows: HashMap<Bytes, ReplayWindow>,
-    incoming: HashMap<Bytes, Incoming>,
-    /// Origins whose links have something to acknowledge.
-    acks_due: Vec<Bytes>,
-    /// Where a held link's origin is sent once its congested subscriber has drained.
-    resume: mpsc::UnboundedSender<Bytes>,
+    incoming: HashMap<LinkKey, Incoming>,
+    /// Links that have something to acknowledge.
+    acks_due: Vec<LinkKey>,
+    /// Where a held link is named once its congested subscriber has drained.
+    resume: mpsc::UnboundedSender<LinkKey>,
 }
 
 impl ReceiverState {
@@ -788,8 +829,8 @@ impl ReceiverState {
     /// Takes the frames `origin`'s link has complete, until a local subscriber they go to is
     /// congested: then the link is held, and resumed when that subscriber has drained (or
     /// stopped keeping up), as a publisher of this node would wait for it.
-    fn take_frames(&mut self, origin: &Bytes) {
-        let Some(incoming) = self.incoming.get_mut(origin) else {
+    fn take_frames(&mut self, key: &LinkKey) {
+        let Some(incoming) = self.incoming.get_mut(key) else {
             return;
         };
         let receiver = &self.receiver;
@@ -797,7 +838,21 @@ impl ReceiverState {
         let now = Instant::now();
         while let Some(next) = incoming.inbox.next_frame() {
             match next {
-                Next::Frame(frame) if frame.kind == FRAME_PUBLISH => {
+                Next::Frame(frame) if key.control && frame.kind == FRAME_INTEREST => {
+                    let origin = String::from_utf8_lossy(&key.origin);
+                    match interest::decode(&frame.body) {
+                        Some(changes) => {
+                            receiver.peers.interest.apply(&origin, &changes);
+                        }
+                        None => {
+                            debug!(peer = %origin, "malformed interest frame skipped");
+                            cluster
+                                .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                                .inc();
+                        }
+                    }
+                }
+                Next::Frame(frame) if !key.control && frame.kind == FRAME_PUBLISH => {
                     let Some(message) = decode_frame_record(&frame.body, now) else {
                         cluster
                             .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
@@ -808,10 +863,10 @@ impl ReceiverState {
                     if let Some(congested) = deliver(receiver, &self.limits, message) {
                         incoming.inbox.hold(true);
                         let resume = self.resume.clone();
-                        let origin = origin.clone();
+                        let key = key.clone();
                         tokio::spawn(async move {
                             congested.wait_while_draining(|| false).await;
-                            let _ = resume.send(origin);
+                            let _ = resume.send(key);
                         });
                         return;
                     }
@@ -829,7 +884,7 @@ impl ReceiverState {
                         .inc();
                 }
                 Next::Unreadable => {
-                    warn!(peer = ?origin, "a peer's link cannot be read; refused");
+                    warn!(peer = ?key.origin, "a peer's link cannot be read; refused");
                     cluster
                         .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                         .inc();
@@ -839,14 +894,14 @@ impl ReceiverState {
     }
 
     /// Takes the frames of a held link again.
-    fn resume(&mut self, origin: Bytes) {
-        let Some(incoming) = self.incoming.get_mut(&origin) else {
+    fn resume(&mut self, key: LinkKey) {
+        let Some(incoming) = self.incoming.get_mut(&key) else {
             return;
         };
         incoming.inbox.hold(false);
-        self.take_frames(&origin);
-        if !self.acks_due.contains(&origin) {
-            self.acks_due.push(origin);
+        self.take_frames(&key);
+        if !self.acks_due.contains(&key) {
+            self.acks_due.push(key);
         }
     }
 
@@ -862,21 +917,35 @@ impl ReceiverState {
             decode_link(body, receiver.version).ok_or(ClusterDrop::Malformed)?;
         let member = check_parties(&parties, &receiver.members)?;
         match datagram {
-            LinkDatagram::Ack(ack) => {
+            LinkDatagram::Ack { control, ack } => {
                 // An acknowledgement of a link to a peer this node no longer forwards to (or
                 // to an earlier boot of it) is about nothing.
                 if let Some(peer) = receiver.peers.find(&parties.origin) {
                     if peer.identity.boot_ms == parties.boot_ms {
                         let metrics = &receiver.broker.metrics;
-                        if peer.on_ack(&ack, Instant::now(), &receiver.peers, metrics) {
+                        let now = Instant::now();
+                        if control {
+                            if peer.on_control_ack(&ack, now, &receiver.peers) {
+                                receiver.peers.restart_control(&peer);
+                            }
+                        } else if peer.on_ack(&ack, now, &receiver.peers, metrics) {
                             receiver.peers.reset_link(&peer);
                         }
                     }
                 }
                 Ok(())
             }
-            LinkDatagram::Segment { link, seq, data } => {
-                let incoming = match self.incoming.get_mut(&parties.origin) {
+            LinkDatagram::Segment {
+                control,
+                link,
+                seq,
+                data,
+            } => {
+                let key = LinkKey {
+                    origin: parties.origin.clone(),
+                    control,
+                };
+                let incoming = match self.incoming.get_mut(&key) {
                     Some(known)
                         if known.boot_ms == parties.boot_ms && link == known.inbox.link() =>
                     {
@@ -899,26 +968,24 @@ impl ReceiverState {
                                 reset: true,
                             };
                             out.clear();
-                            encode_ack(out, &receiver.origin, &member, &refusal);
+                            encode_ack(out, &receiver.origin, &member, control, &refusal);
                             receiver.key.seal(out);
                             send(socket, out, member.sync_addr(), &receiver.broker.metrics).await;
                             return Err(ClusterDrop::StaleLink);
                         };
                         if self.incoming.len() >= PRUNE_WINDOWS_AT
-                            && !self.incoming.contains_key(&parties.origin)
+                            && !self.incoming.contains_key(&key)
                         {
                             let members = &receiver.members;
                             self.incoming
-                                .retain(|origin, _| members.known(origin).is_some());
+                                .retain(|key, _| members.known(&key.origin).is_some());
                         }
                         let incoming = Incoming {
                             boot_ms: parties.boot_ms,
                             inbox,
                         };
-                        self.incoming.insert(parties.origin.clone(), incoming);
-                        self.incoming
-                            .get_mut(&parties.origin)
-                            .ok_or(ClusterDrop::StaleLink)?
+                        self.incoming.insert(key.clone(), incoming);
+                        self.incoming.get_mut(&key).ok_or(ClusterDrop::StaleLink)?
                     }
                 };
                 let cluster = &receiver.broker.metrics.cluster;
@@ -930,10 +997,10 @@ impl ReceiverState {
                     Segmented::Beyond => debug!(seq, "link segment beyond the window dropped"),
                     Segmented::Refused => {}
                 }
-                if !self.acks_due.contains(&parties.origin) {
-                    self.acks_due.push(parties.origin.clone());
+                if !self.acks_due.contains(&key) {
+                    self.acks_due.push(key.clone());
                 }
-                self.take_frames(&parties.origin);
+                self.take_frames(&key);
                 Ok(())
             }
         }
@@ -941,14 +1008,14 @@ impl ReceiverState {
 
     /// Acknowledges what the burst of datagrams just handled brought.
     async fn send_acks(&mut self, socket: &UdpSocket, out: &mut Vec<u8>) {
-        for origin in std::mem::take(&mut self.acks_due) {
-            let Some(incoming) = self.incoming.get_mut(&origin) else {
+        for key in std::mem::take(&mut self.acks_due) {
+            let Some(incoming) = self.incoming.get_mut(&key) else {
                 continue;
             };
             if !incoming.inbox.ack_due() {
                 continue;
             }
-            let Some(member) = self.receiver.members.known(&origin) else {
+            let Some(member) = self.receiver.members.known(&key.origin) else {
                 continue;
             };
             if member.boot_ms != incoming.boot_ms {
@@ -956,7 +1023,7 @@ impl ReceiverState {
             }
             let ack = incoming.inbox.ack();
             out.clear();
-            encode_ack(out, &self.receiver.origin, &member, &ack);
+            encode_ack(out, &self.receiver.origin, &member, key.control, &ack);
             self.receiver.key.seal(out);
             send(
                 socket,

@@ -244,9 +244,31 @@ pub const TEARDOWN_BATCH: usize = 256;
 /// milliseconds of work, so that a sweep never holds a worker thread for long.
 pub const EXPIRY_SWEEP_MAX: usize = 16 * TEARDOWN_BATCH;
 
+/// Told, under the tree's write lock, when a filter gets its first subscription on this node or
+/// loses its last (directly or through shared groups; `$share/<group>/` is not part of it): the
+/// cluster tells its peers which topics to forward here.
+pub trait FilterWatcher: Send + Sync {
+    fn filter_added(&self, filter: &[u8]);
+    fn filter_removed(&self, filter: &[u8]);
+}
+
+/// The filters with subscriptions on this node, while the tree cannot change (see
+/// [`Router::with_filters`]).
+pub struct Filters<'a> {
+    tree: &'a Node,
+}
+
+impl Filters<'_> {
+    /// Calls `visit` with each filter.
+    pub fn for_each(&self, mut visit: impl FnMut(&[u8])) {
+        self.tree.for_each_filter(&mut Vec::new(), 0, &mut visit);
+    }
+}
+
 pub struct Router {
     /// Shared with the teardown tasks of [`Router::remove_session`].
     tree: Arc<RwLock<Node>>,
+    watcher: Arc<OnceLock<Arc<dyn FilterWatcher>>>,
     retained: RwLock<RetainedStore>,
     metrics: Arc<Metrics>,
 }
@@ -255,6 +277,7 @@ impl Router {
     pub fn new(metrics: Arc<Metrics>) -> Router {
         Router {
             tree: Arc::new(RwLock::new(Node::default())),
+            watcher: Arc::new(OnceLock::new()),
             retained: RwLock::new(RetainedStore::default()),
             metrics,
         }
@@ -270,18 +293,35 @@ impl Router {
             retain_as_published: grant.retain_as_published,
             identifier: grant.identifier,
         };
-        let added = self
-            .tree
-            .write()
-            .insert(&path, subscription.group(), subscriber);
-        if added {
+        let mut tree = self.tree.write();
+        let edited = tree.insert(&path, subscription.group(), subscriber);
+        if edited.filter {
+            if let Some(watcher) = self.watcher.get() {
+                watcher.filter_added(subscription.filter().as_bytes());
+            }
+        }
+        drop(tree);
+        if edited.changed {
             self.metrics.subscriptions.inc();
         }
     }
 
+    /// Starts telling `watcher` of filters added and removed (once; later calls are ignored).
+    pub fn watch_filters(&self, watcher: Arc<dyn FilterWatcher>) {
+        let _ = self.watcher.set(watcher);
+    }
+
+    /// Calls `f` with the filters that have subscriptions, while none can be added or removed:
+    /// what `f` does then comes before or after every edit as a whole, as the
+    /// [`FilterWatcher`] sees them.
+    pub fn with_filters<R>(&self, f: impl FnOnce(Filters<'_>) -> R) -> R {
+        let tree = self.tree.read();
+        f(Filters { tree: &tree })
+    }
+
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(&self, id: SessionId, subscription: &Subscription<'_>) -> bool {
-        let removed = remove(&mut self.tree.write(), id, subscription);
+        let removed = remove(&mut self.tree.write(), id, subscription, &self.watcher);
         if removed {
             self.metrics.subscriptions.dec();
         }
@@ -301,6 +341,7 @@ impl Router {
         let mut filters = filters.into_iter().peekable();
         let teardown = Teardown {
             tree: self.tree.clone(),
+            watcher: self.watcher.clone(),
             metrics: self.metrics.clone(),
             id,
         };
@@ -477,14 +518,28 @@ fn identifiers(subscriber: &Subscriber) -> SubscriptionIds {
     ids
 }
 
-fn remove(tree: &mut Node, id: SessionId, subscription: &Subscription<'_>) -> bool {
+/// Removes a subscription under the write lock (`tree`), telling the watcher when that was the
+/// filter's last on this node; returns whether it existed.
+fn remove(
+    tree: &mut Node,
+    id: SessionId,
+    subscription: &Subscription<'_>,
+    watcher: &OnceLock<Arc<dyn FilterWatcher>>,
+) -> bool {
     let path: SmallVec<[&[u8]; 16]> = topic::levels(subscription.filter().as_bytes()).collect();
-    tree.remove(&path, subscription.group(), id)
+    let edited = tree.remove(&path, subscription.group(), id);
+    if edited.filter {
+        if let Some(watcher) = watcher.get() {
+            watcher.filter_removed(subscription.filter().as_bytes());
+        }
+    }
+    edited.changed
 }
 
 /// What [`Router::remove_session`] needs to go on without the router.
 struct Teardown {
     tree: Arc<RwLock<Node>>,
+    watcher: Arc<OnceLock<Arc<dyn FilterWatcher>>>,
     metrics: Arc<Metrics>,
     id: SessionId,
 }
@@ -497,8 +552,9 @@ impl Teardown {
         {
             let mut tree = self.tree.write();
             for filter in filters.by_ref().take(TEARDOWN_BATCH) {
-                let removed_one = Subscription::parse(&filter)
-                    .is_some_and(|subscription| remove(&mut tree, self.id, &subscription));
+                let removed_one = Subscription::parse(&filter).is_some_and(|subscription| {
+                    remove(&mut tree, self.id, &subscription, &self.watcher)
+                });
                 removed += i64::from(removed_one);
             }
         }
@@ -548,6 +604,78 @@ mod tests {
     fn subscribe(router: &Router, mailbox: &Arc<Mailbox>, filter: &str, qos: QoS) {
         let subscription = Subscription::parse(filter).expect("valid filter in test");
         router.subscribe(mailbox, &subscription, Grant::qos(qos));
+    }
+
+    /// Records what a [`FilterWatcher`] is told.
+    #[derive(Default)]
+    struct Told(parking_lot::Mutex<Vec<String>>);
+
+    impl FilterWatcher for Told {
+        fn filter_added(&self, filter: &[u8]) {
+            self.0
+                .lock()
+                .push(format!("+{}", String::from_utf8_lossy(filter)));
+        }
+        fn filter_removed(&self, filter: &[u8]) {
+            self.0
+                .lock()
+                .push(format!("-{}", String::from_utf8_lossy(filter)));
+        }
+    }
+
+    impl Told {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut self.0.lock())
+        }
+    }
+
+    fn filters(router: &Router) -> Vec<String> {
+        let mut all = Vec::new();
+        router.with_filters(|filters| {
+            filters.for_each(|f| all.push(String::from_utf8_lossy(f).into_owned()))
+        });
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn the_watcher_hears_of_a_filter_first_subscribed_and_last_unsubscribed_on_this_node() {
+        let router = router();
+        let told = Arc::new(Told::default());
+        router.watch_filters(told.clone());
+        let (a, b) = (mailbox(1), mailbox(2));
+        subscribe(&router, &a, "x/y", QoS::AtMostOnce);
+        subscribe(&router, &a, "x/y", QoS::AtLeastOnce);
+        subscribe(&router, &b, "x/y", QoS::AtMostOnce);
+        subscribe(&router, &b, "$share/g/x/y", QoS::AtMostOnce);
+        subscribe(&router, &a, "$share/g/s/#", QoS::AtMostOnce);
+        subscribe(&router, &b, "$queue/s/#", QoS::AtMostOnce);
+        subscribe(&router, &a, "/lead", QoS::AtMostOnce);
+        subscribe(&router, &a, "#", QoS::AtMostOnce);
+        assert_eq!(told.take(), ["+x/y", "+s/#", "+/lead", "+#"]);
+        assert_eq!(filters(&router), ["#", "/lead", "s/#", "x/y"]);
+
+        let unsubscribe = |id, filter: &str| {
+            let subscription = Subscription::parse(filter).expect("valid");
+            router.unsubscribe(id, &subscription)
+        };
+        assert!(unsubscribe(1, "x/y"));
+        assert!(unsubscribe(2, "x/y"));
+        assert!(!unsubscribe(2, "x/y"));
+        assert_eq!(
+            told.take(),
+            Vec::<String>::new(),
+            "the shared group still holds x/y"
+        );
+        assert!(unsubscribe(2, "$share/g/x/y"));
+        assert!(unsubscribe(1, "$share/g/s/#"));
+        assert_eq!(told.take(), ["-x/y"]);
+        // A session going away takes its filters with it, in batches.
+        router.remove_session(1, ["/lead".to_string(), "#".to_string()]);
+        let mut gone = told.take();
+        gone.sort();
+        assert_eq!(gone, ["-#", "-/lead"]);
+        assert_eq!(filters(&router), ["s/#"]);
     }
 
     #[test]

@@ -320,6 +320,13 @@ impl Children {
             Children::Many(many) => many.map.is_empty(),
         }
     }
+
+    fn for_each(&self, mut f: impl FnMut(&[u8], &Node)) {
+        match self {
+            Children::Few(few) => few.iter().for_each(|(l, n)| f(l.as_bytes(), n)),
+            Children::Many(many) => many.map.iter().for_each(|(l, n)| f(l.as_bytes(), n)),
+        }
+    }
 }
 
 impl Default for Children {
@@ -463,9 +470,46 @@ pub(super) struct Node {
     shared: Option<Box<Vec<SharedGroup>>>,
 }
 
+/// What an edit of the tree did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Edited {
+    /// A subscription was added (not just updated), or removed.
+    pub(super) changed: bool,
+    /// And with it the filter got its first subscription on this node, or lost its last
+    /// (directly or through a shared group): what other cluster members are told.
+    pub(super) filter: bool,
+}
+
 impl Node {
     pub(super) fn is_empty(&self) -> bool {
         self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_none()
+    }
+
+    /// Whether a filter ends here: some session subscribes to it, directly or in a group.
+    fn has_subscriptions(&self) -> bool {
+        !self.subscribers.is_empty() || self.shared.is_some()
+    }
+
+    /// Calls `visit` with every filter that has subscriptions at or below this node, `prefix`
+    /// being this node's own filter (its levels joined with `/`) and `depth` its level count.
+    pub(super) fn for_each_filter(
+        &self,
+        prefix: &mut Vec<u8>,
+        depth: usize,
+        visit: &mut impl FnMut(&[u8]),
+    ) {
+        if self.has_subscriptions() {
+            visit(prefix);
+        }
+        let start = prefix.len();
+        self.children.for_each(|level, child| {
+            if depth > 0 {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(level);
+            child.for_each_filter(prefix, depth + 1, visit);
+            prefix.truncate(start);
+        });
     }
 
     pub(super) fn subscribers(&self) -> &Subscribers {
@@ -477,17 +521,27 @@ impl Node {
     }
 
     /// Adds (or updates the QoS of) a subscription to the filter `path` below this node, directly
-    /// or as a member of `group`; returns whether it was added.
+    /// or as a member of `group`.
     pub(super) fn insert(
         &mut self,
         path: &[&[u8]],
         group: Option<&str>,
         subscriber: Subscriber,
-    ) -> bool {
+    ) -> Edited {
         let mut node = self;
         for level in path {
             node = node.children.get_or_insert(level);
         }
+        let first = !node.has_subscriptions();
+        let changed = node.insert_here(group, subscriber);
+        Edited {
+            changed,
+            filter: changed && first,
+        }
+    }
+
+    fn insert_here(&mut self, group: Option<&str>, subscriber: Subscriber) -> bool {
+        let node = self;
         let Some(group) = group else {
             return node.subscribers.insert(subscriber);
         };
@@ -518,13 +572,17 @@ impl Node {
     }
 
     /// Removes the subscription of session `id` to the filter `path` below this node (directly or
-    /// as a member of `group`), pruning the branches it leaves empty; returns whether it existed.
-    pub(super) fn remove(&mut self, path: &[&[u8]], group: Option<&str>, id: SessionId) -> bool {
+    /// as a member of `group`), pruning the branches it leaves empty.
+    pub(super) fn remove(&mut self, path: &[&[u8]], group: Option<&str>, id: SessionId) -> Edited {
         let Some((level, rest)) = path.split_first() else {
-            return self.remove_here(group, id);
+            let changed = self.remove_here(group, id);
+            return Edited {
+                changed,
+                filter: changed && !self.has_subscriptions(),
+            };
         };
         let Some(child) = self.children.get_mut(level) else {
-            return false;
+            return Edited::default();
         };
         let removed = child.remove(rest, group, id);
         if child.is_empty() {

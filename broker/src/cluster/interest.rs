@@ -1,0 +1,379 @@
+//! Forwarding by interest: which topic filters each peer's sessions subscribe to, so that a
+//! message goes only to the peers that may deliver it.
+//!
+//! Each node tells every peer of link version 3 the filters with subscriptions on it (online and
+//! offline sessions, shared groups by their filter), on the peer's *control link*: a link of
+//! its own, beside the one that carries messages, so that a subscription never waits behind
+//! messages. A new control link (the peer is new, restarted, or came back after being declared
+//! down) begins with a snapshot of every filter; after it come the changes, one filter at a
+//! time, as the router reports them (see [`crate::router::FilterWatcher`]). Snapshot and changes
+//! are taken under the router's lock, so none is missed or told twice.
+//!
+//! Frame (control link, kind [`FRAME_INTEREST`]): `[flags u8: bit 0 = a snapshot starts: forget
+//! what this node said before] then entries to the frame's end: [op u8: 1 add, 0 remove]
+//! [filter length u16][filter]`. A snapshot larger than [`FRAME_BYTES`] continues in frames
+//! without the flag.
+//!
+//! [`RemoteInterest`] is the receiving side: one trie of every peer's filters, each node
+//! marking which peers (a bit per peer slot, at most [`MAX_SLOTS`]) subscribe to the filter
+//! ending there. [`RemoteInterest::matching`] walks it once per message. A peer whose snapshot
+//! has not arrived yet, or whose slot is beyond [`MAX_SLOTS`], gets every message, as before
+//! interest existed: never fewer than it wants.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, BufMut, BytesMut};
+use parking_lot::RwLock;
+
+use crate::topic;
+
+/// The kind of a control link frame that carries interest.
+pub const FRAME_INTEREST: u8 = 1;
+/// Snapshot bytes per frame.
+pub const FRAME_BYTES: usize = 64 << 10;
+/// Peers whose interest is tracked; others get every message.
+pub const MAX_SLOTS: usize = 64;
+
+const SNAPSHOT: u8 = 0b1;
+const OP_REMOVE: u8 = 0;
+const OP_ADD: u8 = 1;
+
+/// Appends to `out` the interest frame bodies of a snapshot of `filters`.
+pub fn snapshot_frames(filters: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Vec<BytesMut> {
+    let mut frames = vec![BytesMut::from(&[SNAPSHOT][..])];
+    filters(&mut |filter: &[u8]| {
+        let Ok(len) = u16::try_from(filter.len()) else {
+            return;
+        };
+        let frame = frames.last_mut().filter(|f| f.len() < FRAME_BYTES);
+        let frame = match frame {
+            Some(frame) => frame,
+            None => {
+                frames.push(BytesMut::from(&[0u8][..]));
+                frames.last_mut().expect("just pushed")
+            }
+        };
+        frame.put_u8(OP_ADD);
+        frame.put_u16(len);
+        frame.put_slice(filter);
+    });
+    frames
+}
+
+/// The body of a frame that adds (or removes) one filter.
+pub fn change_frame(filter: &[u8], added: bool) -> Option<BytesMut> {
+    let len = u16::try_from(filter.len()).ok()?;
+    let mut frame = BytesMut::with_capacity(4 + filter.len());
+    frame.put_u8(0);
+    frame.put_u8(if added { OP_ADD } else { OP_REMOVE });
+    frame.put_u16(len);
+    frame.put_slice(filter);
+    Some(frame)
+}
+
+/// A parsed interest frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Changes {
+    pub snapshot: bool,
+    /// Filters and whether each is added (else removed), in order.
+    pub filters: Vec<(Vec<u8>, bool)>,
+}
+
+/// Parses an interest frame body; `None` when malformed (a filter that is not a valid one
+/// included).
+pub fn decode(mut body: &[u8]) -> Option<Changes> {
+    if body.is_empty() {
+        return None;
+    }
+    let flags = body.get_u8();
+    if flags & !SNAPSHOT != 0 {
+        return None;
+    }
+    let mut filters = Vec::new();
+    while body.has_remaining() {
+        if body.remaining() < 3 {
+            return None;
+        }
+        let op = body.get_u8();
+        let len = usize::from(body.get_u16());
+        if op > OP_ADD || body.remaining() < len {
+            return None;
+        }
+        let Ok(filter) = std::str::from_utf8(&body[..len]) else {
+            return None;
+        };
+        if !topic::is_valid_filter(filter) || filter.starts_with('$') || filter.contains('\0') {
+            return None;
+        }
+        filters.push((filter.as_bytes().to_vec(), op == OP_ADD));
+        body.advance(len);
+    }
+    Some(Changes {
+        snapshot: flags & SNAPSHOT != 0,
+        filters,
+    })
+}
+
+/// Every peer's filters, for the forwarder.
+#[derive(Default)]
+pub struct RemoteInterest {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    root: Level,
+    /// Node ids by slot.
+    slots: Vec<Option<String>>,
+    /// Slots whose snapshot has arrived.
+    known: u64,
+}
+
+#[derive(Default)]
+struct Level {
+    children: HashMap<Box<[u8]>, Level>,
+    /// Slots whose filter ends here.
+    here: u64,
+}
+
+impl Level {
+    fn is_empty(&self) -> bool {
+        self.here == 0 && self.children.is_empty()
+    }
+
+    fn set(&mut self, path: &[&[u8]], bit: u64, on: bool) {
+        let Some((first, rest)) = path.split_first() else {
+            if on {
+                self.here |= bit;
+            } else {
+                self.here &= !bit;
+            }
+            return;
+        };
+        if on {
+            self.children
+                .entry(Box::from(*first))
+                .or_default()
+                .set(rest, bit, on);
+        } else if let Some(child) = self.children.get_mut(*first) {
+            child.set(rest, bit, on);
+            if child.is_empty() {
+                self.children.remove(*first);
+            }
+        }
+    }
+
+    fn clear(&mut self, bit: u64) {
+        self.here &= !bit;
+        self.children.retain(|_, child| {
+            child.clear(bit);
+            !child.is_empty()
+        });
+    }
+
+    /// The slots whose filters below this node match `topic[depth..]`.
+    fn matching(&self, topic: &[&[u8]], depth: usize) -> u64 {
+        // A wildcard at the first level does not match a `$` topic (never forwarded anyway).
+        let wildcards = depth > 0 || topic.first().is_none_or(|t| t.first() != Some(&b'$'));
+        let mut found = 0;
+        if wildcards {
+            if let Some(all) = self.children.get(&b"#"[..]) {
+                found |= all.here;
+            }
+        }
+        let Some(level) = topic.get(depth) else {
+            return found | self.here;
+        };
+        if wildcards {
+            if let Some(one) = self.children.get(&b"+"[..]) {
+                found |= one.matching(topic, depth + 1);
+            }
+        }
+        if let Some(child) = self.children.get(*level) {
+            found |= child.matching(topic, depth + 1);
+        }
+        found
+    }
+}
+
+impl RemoteInterest {
+    /// The slot of peer `node_id`, given one if it has none; `None` when all are taken.
+    pub fn slot(&self, node_id: &str) -> Option<usize> {
+        if let Some(slot) = self.find(node_id) {
+            return Some(slot);
+        }
+        let mut inner = self.inner.write();
+        if let Some(slot) = inner
+            .slots
+            .iter()
+            .position(|s| s.as_deref() == Some(node_id))
+        {
+            return Some(slot);
+        }
+        let slot = match inner.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None if inner.slots.len() < MAX_SLOTS => {
+                inner.slots.push(None);
+                inner.slots.len() - 1
+            }
+            None => return None,
+        };
+        inner.slots[slot] = Some(node_id.to_string());
+        Some(slot)
+    }
+
+    fn find(&self, node_id: &str) -> Option<usize> {
+        self.inner
+            .read()
+            .slots
+            .iter()
+            .position(|s| s.as_deref() == Some(node_id))
+    }
+
+    /// Applies what peer `node_id` said.
+    pub fn apply(&self, node_id: &str, changes: &Changes) -> bool {
+        let Some(slot) = self.slot(node_id) else {
+            return false;
+        };
+        let bit = 1u64 << slot;
+        let mut inner = self.inner.write();
+        if changes.snapshot {
+            inner.root.clear(bit);
+            inner.known |= bit;
+        }
+        for (filter, added) in &changes.filters {
+            let path: Vec<&[u8]> = topic::levels(filter).collect();
+            inner.root.set(&path, bit, *added);
+        }
+        true
+    }
+
+    /// Forgets peer `node_id` (gone from membership): its slot is free again.
+    pub fn forget(&self, node_id: &str) {
+        let mut inner = self.inner.write();
+        let Some(slot) = inner
+            .slots
+            .iter()
+            .position(|s| s.as_deref() == Some(node_id))
+        else {
+            return;
+        };
+        let bit = 1u64 << slot;
+        inner.root.clear(bit);
+        inner.known &= !bit;
+        inner.slots[slot] = None;
+    }
+
+    /// The slots that want a message on `topic`: those with a matching filter and those whose
+    /// interest is not known yet.
+    pub fn matching(&self, topic: &[u8]) -> u64 {
+        let path: smallvec::SmallVec<[&[u8]; 8]> = topic::levels(topic).collect();
+        let inner = self.inner.read();
+        inner.root.matching(&path, 0) | !inner.known
+    }
+
+    /// Whether the snapshot of the peer in `slot` has arrived.
+    pub fn is_known(&self, slot: usize) -> bool {
+        self.inner.read().known & (1 << slot) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(snapshot: bool, filters: &[(&str, bool)]) -> Changes {
+        Changes {
+            snapshot,
+            filters: filters
+                .iter()
+                .map(|(f, added)| (f.as_bytes().to_vec(), *added))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_malformed_ones_are_refused() {
+        let frames = snapshot_frames(|visit| {
+            for filter in ["a/b", "a/+", "#", "/x"] {
+                visit(filter.as_bytes());
+            }
+        });
+        assert_eq!(frames.len(), 1);
+        assert_eq!(
+            decode(&frames[0]),
+            Some(changes(
+                true,
+                &[("a/b", true), ("a/+", true), ("#", true), ("/x", true)]
+            ))
+        );
+        let removed = change_frame(b"a/b", false).unwrap();
+        assert_eq!(decode(&removed), Some(changes(false, &[("a/b", false)])));
+        for bad in [
+            &b""[..],
+            b"\x02",
+            b"\x00\x01\x00",
+            b"\x00\x02\x00\x01a",
+            b"\x00\x01\x00\x05a",
+            b"\x00\x01\x00\x03a/#/b",
+            b"\x00\x01\x00\x04$SYS",
+            b"\x00\x01\x00\x00",
+        ] {
+            assert_eq!(decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_large_snapshot_spans_frames() {
+        let filters: Vec<String> = (0..20_000).map(|i| format!("devices/{i}/cmd")).collect();
+        let frames = snapshot_frames(|visit| filters.iter().for_each(|f| visit(f.as_bytes())));
+        assert!(frames.len() > 1);
+        assert!(frames.iter().all(|f| f.len() <= FRAME_BYTES + 3 + 20));
+        let decoded: Vec<Changes> = frames.iter().map(|f| decode(f).unwrap()).collect();
+        assert!(decoded[0].snapshot && decoded[1..].iter().all(|c| !c.snapshot));
+        let total: usize = decoded.iter().map(|c| c.filters.len()).sum();
+        assert_eq!(total, filters.len());
+    }
+
+    #[test]
+    fn messages_go_to_the_peers_whose_filters_match_and_to_those_not_yet_known() {
+        let interest = RemoteInterest::default();
+        let (a, b) = (interest.slot("a").unwrap(), interest.slot("b").unwrap());
+        let (bit_a, bit_b) = (1u64 << a, 1u64 << b);
+        // Nothing known yet: everyone.
+        assert_eq!(interest.matching(b"x/y") & (bit_a | bit_b), bit_a | bit_b);
+        interest.apply("a", &changes(true, &[("x/+", true), ("s/#", true)]));
+        assert!(interest.is_known(a) && !interest.is_known(b));
+        assert_eq!(interest.matching(b"x/y") & bit_a, bit_a);
+        assert_eq!(interest.matching(b"x/y/z") & bit_a, 0);
+        assert_eq!(interest.matching(b"s") & bit_a, bit_a, "s/# matches s");
+        assert_eq!(interest.matching(b"s/1/2") & bit_a, bit_a);
+        assert_eq!(interest.matching(b"q") & bit_b, bit_b, "b still unknown");
+        interest.apply("b", &changes(true, &[("q", true)]));
+        assert_eq!(interest.matching(b"q") & (bit_a | bit_b), bit_b);
+        assert_eq!(interest.matching(b"x/y") & (bit_a | bit_b), bit_a);
+        interest.apply("a", &changes(false, &[("x/+", false), ("q", true)]));
+        assert_eq!(interest.matching(b"x/y") & (bit_a | bit_b), 0);
+        assert_eq!(interest.matching(b"q") & (bit_a | bit_b), bit_a | bit_b);
+        // A new snapshot replaces what was known.
+        interest.apply("a", &changes(true, &[("#", true)]));
+        assert_eq!(interest.matching(b"anything") & bit_a, bit_a);
+        assert_eq!(interest.matching(b"s/1") & bit_a, bit_a);
+        interest.apply("a", &changes(true, &[]));
+        assert_eq!(interest.matching(b"anything") & bit_a, 0);
+        // Forgotten: its slot is free, and unknown again when taken.
+        interest.forget("b");
+        assert_eq!(interest.slot("c"), Some(b));
+        assert!(!interest.is_known(b));
+    }
+
+    #[test]
+    fn slots_run_out_at_the_limit() {
+        let interest = RemoteInterest::default();
+        for i in 0..MAX_SLOTS {
+            assert_eq!(interest.slot(&format!("n{i}")), Some(i));
+        }
+        assert_eq!(interest.slot("one-too-many"), None);
+        assert_eq!(interest.slot("n3"), Some(3));
+    }
+}
