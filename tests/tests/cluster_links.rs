@@ -475,3 +475,82 @@ async fn bursts_into_a_slower_subscriber_on_another_node_lose_nothing_acknowledg
         0.0
     );
 }
+
+/// A partition shorter than the failure detector's timeout (`-csd 10000` here) during a QoS 1
+/// flow: nft drops all UDP in and out of n2's namespace for 1.5 s while n1 publishes. Once it
+/// heals, everything published meanwhile arrives, once, in order. And a peer killed for good
+/// is given up, counted, without holding back the publisher.
+#[tokio::test]
+async fn a_short_partition_during_a_qos1_flow_loses_nothing_and_a_killed_peer_is_given_up() {
+    let _lab_turn = ONE_NET_LAB.lock().await;
+    let lab = NetLab::create(3);
+    let key = unique_key();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let addr = lab.addr(i);
+            let mut config = NodeConfig::new(&format!("n{}", i + 1), &key)
+                .default_timings()
+                .args(&["-csd", "10000"])
+                .listen(&format!("{addr}:1883"), &format!("{addr}:8081"))
+                .gossip_port(7946)
+                .sync_port(7947)
+                .prefix(&lab.exec_prefix(i));
+            for j in (0..3).filter(|&j| j != i) {
+                config = config.seed(format!("{}:7946", lab.addr(j)));
+            }
+            Node::start(config)
+        })
+        .collect();
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    wait_full_membership(&[n1, n2, n3], JOIN_TIMEOUT).await;
+    let topic = unique_id("part/t");
+    let mut on_n2 = n2
+        .subscriber(&unique_id("sub2"), &topic, QoS::AtLeastOnce)
+        .await;
+    let mut on_n3 = n3
+        .subscriber(&unique_id("sub3"), &topic, QoS::AtLeastOnce)
+        .await;
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    // Both subscriptions known to n1 before the count starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    const N: u32 = 300;
+    for i in 0..N {
+        if i == 50 {
+            lab.cut_udp(1);
+        }
+        if i == 200 {
+            lab.heal(1);
+        }
+        publisher
+            .publish(&topic, QoS::AtLeastOnce, false, i.to_string())
+            .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (name, subscriber) in [("n2", &mut on_n2), ("n3", &mut on_n3)] {
+        let got = numbers(&subscriber.recv_publishes(N as usize, TIMEOUT * 3).await);
+        assert_eq!(
+            got,
+            (0..N).collect::<Vec<_>>(),
+            "{name}: all, once, in order"
+        );
+    }
+    let gone = n1.counter_sum(DROPPED, &[("reason", "peer_gone")]).await;
+    assert_eq!(gone, 0.0, "nothing given up: {}", n1.drops().await);
+
+    // n3 is killed: once declared down, what it had not acknowledged is given up and counted,
+    // and n2 goes on getting every message.
+    send_signal(n3.pid(), libc::SIGSTOP);
+    for i in 0..20u32 {
+        publisher
+            .publish(&topic, QoS::AtLeastOnce, false, (N + i).to_string())
+            .await;
+    }
+    let got = numbers(&on_n2.recv_publishes(20, TIMEOUT).await);
+    assert_eq!(got, (N..N + 20).collect::<Vec<_>>());
+    wait_until("n1 to give up on n3", Duration::from_secs(30), || async {
+        n1.counter_sum(DROPPED, &[("reason", "peer_gone")]).await > 0.0
+    })
+    .await;
+    send_signal(n3.pid(), libc::SIGKILL);
+    publisher.disconnect().await;
+}
