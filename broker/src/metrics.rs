@@ -558,7 +558,8 @@ pub struct ClusterMetrics {
     pub segments_retransmitted: Counter,
     /// Link segments received again (retransmissions of what had arrived, or replays).
     pub segments_repeated: Counter,
-    /// Bytes held for peers: not yet sent, or not yet acknowledged.
+    /// Bytes held on links to peers (QoS 1 and 2 messages, large ones): not yet sent, or not
+    /// yet acknowledged.
     pub buffered_bytes: Gauge,
 }
 
@@ -645,7 +646,7 @@ impl ClusterMetrics {
             buffered_bytes: gauge(
                 reg,
                 "cluster_buffered_bytes",
-                "Bytes held for other members, not yet sent or not yet acknowledged",
+                "Bytes of QoS 1 and 2 messages held on links to other members, not yet sent or not yet acknowledged",
             ),
         }
     }

@@ -1020,7 +1020,8 @@ pub fn parse_sync_datagram(datagram: &[u8]) -> Result<SyncBatch, String> {
 }
 
 /// A link segment (sync version 3, kind 2) as the contract describes it: the parties, the link
-/// and segment numbers, and the stream bytes between them and the 32-byte tag.
+/// and segment numbers, what the sender had acknowledged, and the stream bytes between them
+/// and the 32-byte tag.
 #[derive(Debug, Clone)]
 pub struct LinkSegment {
     pub origin: String,
@@ -1029,6 +1030,8 @@ pub struct LinkSegment {
     pub destination_epoch: u64,
     pub link: u64,
     pub seq: u64,
+    /// Every segment up to this one was acknowledged when it was sent.
+    pub sender_acked: u64,
     pub data: Vec<u8>,
 }
 
@@ -1058,6 +1061,7 @@ pub fn parse_link_segment(datagram: &[u8]) -> Result<LinkSegment, String> {
     let destination_epoch = number(take(8, "destination epoch")?);
     let link = number(take(8, "link")?);
     let seq = number(take(8, "segment number")?);
+    let sender_acked = number(take(8, "acknowledged up to")?);
     let end = datagram
         .len()
         .checked_sub(32)
@@ -1070,6 +1074,7 @@ pub fn parse_link_segment(datagram: &[u8]) -> Result<LinkSegment, String> {
         destination_epoch,
         link,
         seq,
+        sender_acked,
         data: datagram[at..end].to_vec(),
     })
 }
@@ -1542,6 +1547,10 @@ fn run(cmd: &[&str], stdin: Option<&str>) -> Result<String, String> {
 /// The bridge lives in its own namespace so that the root namespace's firewall
 /// (`bridge-nf-call-iptables`) never sees the bridged traffic. All names contain the test
 /// process id; `S` is chosen so that the subnet is not in use on this machine.
+/// A test process has one [`NetLab`] at a time (its namespaces are named after the process):
+/// tests that make one hold this first.
+pub static NET_LAB_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub struct NetLab {
     tag: String,
     hub: String,

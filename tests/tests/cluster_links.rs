@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use coolpy7_tests::cluster::{
     parse_link_records, parse_link_segment, pseudo_random_bytes, require_root, resend_ip_packet,
     send_signal, send_udp, start_cluster, unique_key, wait_full_membership, wait_until, NetLab,
-    Node, NodeConfig, JOIN_TIMEOUT,
+    Node, NodeConfig, JOIN_TIMEOUT, NET_LAB_TURN,
 };
 use coolpy7_tests::packets::{self, Packet};
 use coolpy7_tests::{unique_id, QoS, RawClient, QUIET, TIMEOUT};
@@ -23,9 +23,6 @@ use coolpy7_tests::{unique_id, QoS, RawClient, QUIET, TIMEOUT};
 const DROPPED: &str = "coolpy7_cluster_dropped_total";
 const RETRANSMITTED: &str = "coolpy7_cluster_segments_retransmitted_total";
 const REPEATED: &str = "coolpy7_cluster_segments_repeated_total";
-
-/// A test process has one [`NetLab`] at a time (its namespaces are named after the process).
-static ONE_NET_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The numbers `0..n` as payloads, in the order received; panics on anything else.
 fn numbers(publishes: &[rumqttc::Publish]) -> Vec<u32> {
@@ -83,6 +80,7 @@ async fn qos1_crosses_on_a_link_and_a_replayed_segment_delivers_nothing() {
         (n1.name(), n2.name())
     );
     assert!(segment.seq >= 1 && segment.link >= 1, "{segment:?}");
+    assert!(segment.sender_acked < segment.seq, "{segment:?}");
     let records = parse_link_records(&segment.data)
         .unwrap_or_else(|e| panic!("the segment's frames do not parse: {e}"));
     assert!(
@@ -332,7 +330,7 @@ async fn what_a_full_peer_buffer_cannot_hold_is_dropped_and_counted() {
 
 #[tokio::test]
 async fn qos1_is_all_delivered_through_five_percent_loss_between_namespaces() {
-    let _lab_turn = ONE_NET_LAB.lock().await;
+    let _lab_turn = NET_LAB_TURN.lock().await;
     // Declared first, so dropped last: the nodes stop before their namespaces go.
     let lab = NetLab::create(2);
     let key = unique_key();
@@ -482,7 +480,7 @@ async fn bursts_into_a_slower_subscriber_on_another_node_lose_nothing_acknowledg
 /// is given up, counted, without holding back the publisher.
 #[tokio::test]
 async fn a_short_partition_during_a_qos1_flow_loses_nothing_and_a_killed_peer_is_given_up() {
-    let _lab_turn = ONE_NET_LAB.lock().await;
+    let _lab_turn = NET_LAB_TURN.lock().await;
     let lab = NetLab::create(3);
     let key = unique_key();
     let nodes: Vec<Node> = (0..3)

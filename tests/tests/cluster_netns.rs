@@ -11,16 +11,13 @@
 use std::process::Command;
 
 use coolpy7_tests::cluster::{
-    expect_exactly_one, unique_key, wait_full_membership, NetLab, Node, JOIN_TIMEOUT,
+    expect_exactly_one, unique_key, wait_full_membership, NetLab, Node, JOIN_TIMEOUT, NET_LAB_TURN,
 };
 use coolpy7_tests::{unique_id, QoS};
 
-/// A test process has one [`NetLab`] at a time (its namespaces are named after the process).
-static ONE_NET_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test]
 async fn the_seed_command_line_forms_a_cluster_without_a_default_route() {
-    let _lab_turn = ONE_NET_LAB.lock().await;
+    let _lab_turn = NET_LAB_TURN.lock().await;
     // Declared first, so dropped last: the nodes stop before their namespaces go.
     let lab = NetLab::create(4);
     for i in 0..4 {
@@ -178,7 +175,7 @@ async fn advertising_loopback_to_remote_seeds_is_an_error() {
 /// advertise its address on the network, and the two must form a cluster.
 #[tokio::test]
 async fn seeds_that_are_this_node_or_of_another_family_do_not_set_the_advertised_address() {
-    let _lab_turn = ONE_NET_LAB.lock().await;
+    let _lab_turn = NET_LAB_TURN.lock().await;
     let lab = NetLab::create(2);
     let key = unique_key();
     let seed_lists = [

@@ -138,14 +138,7 @@ impl Bound {
 
     /// The forwarder the broker publishes through.
     pub fn forwarder(&mut self, metrics: Arc<Metrics>) -> Forwarder {
-        let peers = Arc::new(Peers::new(
-            self.members.clone(),
-            self.config.sync_buffer,
-            self.config.sync_version,
-            self.started,
-            metrics.clone(),
-        ));
-        self.peers = Some(peers.clone());
+        let peers = self.peers(&metrics);
         Forwarder::new(
             peers,
             self.config.sync_limit,
@@ -154,8 +147,24 @@ impl Bound {
         )
     }
 
+    /// The peers this node forwards to, made on first use.
+    fn peers(&mut self, metrics: &Arc<Metrics>) -> Arc<Peers> {
+        self.peers
+            .get_or_insert_with(|| {
+                Arc::new(Peers::new(
+                    self.members.clone(),
+                    self.config.sync_buffer,
+                    self.config.sync_version,
+                    self.started,
+                    metrics.clone(),
+                ))
+            })
+            .clone()
+    }
+
     /// Starts gossip, the sync sender and the sync receiver.
-    pub fn start(self, broker: Arc<Broker>) -> Cluster {
+    pub fn start(mut self, broker: Arc<Broker>) -> Cluster {
+        let peers = self.peers(&broker.metrics);
         let Bound {
             config,
             gossip,
@@ -163,17 +172,8 @@ impl Bound {
             members,
             boot_ms,
             started,
-            peers,
+            peers: _,
         } = self;
-        let peers = peers.unwrap_or_else(|| {
-            Arc::new(Peers::new(
-                members.clone(),
-                config.sync_buffer,
-                config.sync_version,
-                started,
-                broker.metrics.clone(),
-            ))
-        });
         let key = &config.key.0;
         let sync_key = DatagramKey::sync(key);
         let gossip_key = DatagramKey::gossip(key);

@@ -313,10 +313,11 @@ struct Queues {
 pub struct Transmits {
     /// Record runs for best-effort datagrams: record count and bytes.
     pub runs: Vec<(u16, Bytes)>,
-    pub link: u64,
+    /// The link's name, and the segment up to which all are acknowledged.
+    pub link: (u64, u64),
     /// Link segments: number and bytes.
     pub segments: Vec<(u64, Bytes)>,
-    pub control_link: u64,
+    pub control_link: (u64, u64),
     pub control_segments: Vec<(u64, Bytes)>,
     /// When the link's timer next runs out.
     pub deadline: Option<Instant>,
@@ -408,7 +409,11 @@ impl Peer {
                         .cluster
                         .dropped(ClusterPort::Sync, ClusterDrop::BufferFull)
                         .inc();
-                    PushOutcome::default()
+                    // Still congested: the publisher waits before it sends more.
+                    PushOutcome {
+                        congested: true,
+                        ..PushOutcome::default()
+                    }
                 }
                 pushed => PushOutcome {
                     queued: true,
@@ -451,10 +456,10 @@ impl Peer {
         let mut queues = self.queues.lock();
         let mut transmits = Transmits {
             runs: queues.best_effort.take(),
-            link: queues.outbox.link(),
+            link: (queues.outbox.link(), queues.outbox.acked()),
             ..Transmits::default()
         };
-        transmits.control_link = queues.control.link();
+        transmits.control_link = (queues.control.link(), queues.control.acked());
         let held = &mut *queues;
         for (outbox, segments) in [
             (&mut held.control, &mut transmits.control_segments),
@@ -482,14 +487,16 @@ impl Peer {
 
     /// Applies an acknowledgement from the peer; says whether the link refused to go on.
     pub fn on_ack(&self, ack: &Ack, now: Instant, peers: &Peers, metrics: &Metrics) -> bool {
-        let (acked, buffered, capacity, has_transmit) = {
+        let (acked, buffered, capacity, wake) = {
             let mut queues = self.queues.lock();
             let acked = queues.outbox.on_ack(ack, now);
+            // Idle matters to a sender that is stopping: it waits for nothing more.
+            let wake = queues.outbox.has_transmit() || queues.outbox.is_idle();
             (
                 acked,
                 queues.outbox.buffered(),
                 queues.outbox.capacity(),
-                queues.outbox.has_transmit(),
+                wake,
             )
         };
         if acked.reset {
@@ -503,7 +510,7 @@ impl Peer {
         if acked.freed > 0 && buffered <= capacity / 4 {
             self.drained.notify_waiters();
         }
-        if has_transmit {
+        if wake {
             peers.wake_sender();
         }
         false
@@ -632,5 +639,129 @@ impl BestEffort {
         }
         self.bytes = 0;
         self.ready.drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::membership::MemberState;
+    use bytes::Bytes;
+
+    fn identity(name: &str, version: u8) -> NodeIdentity {
+        NodeIdentity {
+            node_id: name.to_string(),
+            gossip: "127.0.0.1:7946".parse().expect("address"),
+            sync_port: 7947,
+            mqtt_port: 1883,
+            version: NodeIdentity::advertised_version("0", version),
+            boot_ms: 1,
+            renewal: 0,
+        }
+    }
+
+    fn peers_of(others: &[(&str, u8)], capacity: usize) -> (Arc<Members>, Peers) {
+        let members = Arc::new(Members::new(identity("local", 3), false));
+        members.set_others_for_tests(
+            others
+                .iter()
+                .map(|&(name, version)| MemberInfo {
+                    identity: identity(name, version),
+                    state: MemberState::Up,
+                })
+                .collect(),
+        );
+        let peers = Peers::new(
+            members.clone(),
+            capacity,
+            3,
+            Instant::now(),
+            Arc::new(Metrics::new()),
+        );
+        (members, peers)
+    }
+
+    fn message(topic: &str, len: usize, qos: QoS, retain: bool) -> Message {
+        Message::new(
+            Bytes::copy_from_slice(topic.as_bytes()),
+            Bytes::from(vec![0; len]),
+            qos,
+            retain,
+        )
+    }
+
+    #[test]
+    fn a_peer_wants_what_matches_its_interest_and_every_retained_message() {
+        let (_members, peers) = peers_of(&[("new", 3), ("old", 2)], 1 << 20);
+        let list = peers.list();
+        let (new, old) = (&list[0], &list[1]);
+        assert!(new.has_link && !old.has_link);
+        let plain = message("a/b", 1, QoS::AtLeastOnce, false);
+        let retained = message("a/b", 1, QoS::AtLeastOnce, true);
+        // Not known yet: everything.
+        assert!(new.wants(&plain, peers.interest.matching(b"a/b")));
+        let changes = interest::Changes {
+            snapshot: true,
+            filters: vec![(b"x/#".to_vec(), true)],
+        };
+        peers.interest.apply("new", &changes);
+        let wanted = peers.interest.matching(b"a/b");
+        assert!(!new.wants(&plain, wanted));
+        assert!(new.wants(&retained, wanted));
+        assert!(old.wants(&plain, wanted), "a peer without links gets all");
+        assert!(new.wants(&plain, peers.interest.matching(b"x/y")));
+    }
+
+    #[test]
+    fn qos_1_goes_on_the_link_qos_0_best_effort_and_a_full_link_is_counted() {
+        let (_members, peers) = peers_of(&[("new", 3)], 64 << 10);
+        let peer = peers.list()[0].clone();
+        let now = Instant::now();
+        let metrics = Metrics::new();
+        let small = message("t", 10, QoS::AtMostOnce, false);
+        assert_eq!(
+            peer.push(&small, now, &metrics),
+            PushOutcome {
+                queued: true,
+                wake: true,
+                congested: false
+            }
+        );
+        let transmits = peer.take_transmits(now, 64);
+        assert_eq!(transmits.runs.len(), 1, "best effort");
+        assert!(transmits.segments.is_empty());
+        // Too big for one datagram: on the link, whatever its QoS.
+        let big = message("t", 5_000, QoS::AtMostOnce, false);
+        assert!(peer.push(&big, now, &metrics).queued);
+        assert_eq!(metrics.cluster.buffered_bytes.get(), 5_000 + 8 + 5);
+        let full = message("t", 20_000, QoS::AtLeastOnce, false);
+        let mut outcomes = Vec::new();
+        for _ in 0..4 {
+            outcomes.push(peer.push(&full, now, &metrics));
+        }
+        assert!(outcomes[..3].iter().all(|o| o.queued));
+        assert!(!outcomes[0].congested);
+        assert!(outcomes[1].congested, "past half of -csb");
+        assert!(
+            !outcomes[3].queued && outcomes[3].congested,
+            "full, and says so"
+        );
+        let full_drops = metrics
+            .cluster
+            .dropped(ClusterPort::Sync, ClusterDrop::BufferFull)
+            .get();
+        assert_eq!(full_drops, 1);
+        // Given up when the peer goes: counted, and the gauge comes back to 0.
+        let held = peer.queues.lock().outbox.pending_frames();
+        peer.retire(&metrics);
+        assert_eq!(
+            metrics
+                .cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::PeerGone)
+                .get(),
+            held as u64
+        );
+        assert_eq!(metrics.cluster.buffered_bytes.get(), 0);
+        assert!(!peer.push(&full, now, &metrics).queued, "gone");
     }
 }

@@ -1,17 +1,27 @@
 //! Forwarding PUBLISH messages between nodes over UDP (`-csp`).
 //!
-//! After a client's PUBLISH (or a will) is routed locally, [`Forwarder::forward`] puts it on a
-//! bounded queue without waiting; a full queue drops and counts, so peers can never slow local
-//! delivery. The sender task batches what is queued into datagrams and sends each to every
-//! member that is up, from one socket (UDP does not block per peer, so a dead peer stalls
-//! nobody). The receiver task authenticates, checks the origin and the replay window, and hands
-//! the records to the local router; it never forwards them again (one hop, no loops).
+//! After a client's PUBLISH (or a will) is routed locally, [`Forwarder::forward`] queues it for
+//! each peer whose subscriptions match it (see [`super::interest`]), without waiting: QoS 0 in
+//! best-effort datagrams (a full queue drops and counts), QoS 1 and 2, and anything larger than
+//! one datagram, on the peer's link (see [`super::link`]), which holds up to `-csb` bytes until
+//! they are acknowledged; a publisher waits for a congested link as for a slow subscriber. The
+//! sender task sends what is queued from one socket (UDP does not block per peer, so a dead
+//! peer stalls nobody) and retransmits what is not acknowledged. The receiver task
+//! authenticates, checks the origin and freshness, hands the records to the local router (it
+//! never forwards them again: one hop, no loops), acknowledges link segments once per burst of
+//! datagrams, and holds a link while a local subscriber it fills drains.
 //!
-//! Wire format (all integers big-endian):
+//! Wire format (all integers big-endian), every datagram ending with an HMAC-SHA256 tag of 32
+//! bytes and starting with `[version][kind][origin id length: u8][origin id][origin boot
+//! epoch: u64][destination id length: u8][destination id][destination boot epoch: u64]`:
 //! ```text
-//! [version: 1 or 2][kind = 1][origin id length: u8][origin id][origin boot epoch: u64]
-//! [destination id length: u8][destination id][destination boot epoch: u64][seq: u64]
-//! [record count: u16] records... [HMAC-SHA256 tag: 32 bytes]
+//! version 1 or 2, kind 1, a best-effort batch: [seq: u64][record count: u16] records...
+//! version 3, kind 2 (4 on the control link), a link segment:
+//!     [link: u64][segment number: u64][acknowledged up to: u64][stream bytes, at most 1200]
+//! version 3, kind 3 (5 on the control link), an acknowledgement:
+//!     [link: u64][cumulative: u64][selective: u64][window: u32][flags: u8 (bit 0 reset)]
+//! frames in a link's stream: [length of kind and body: u32][kind: u8][body]; on the data
+//!     link kind 1 holds one version 2 record, on the control link kind 1 interest changes
 //! record, version 1: [flags: u8 (bits 0-1 QoS, bit 2 retain)][topic length: u16][topic]
 //!                    [payload length: u32][payload]
 //! record, version 2: [flags: u8 (bits 0-1 QoS, bit 2 retain, bit 3 expiry, bit 4 properties)]
@@ -25,21 +35,26 @@
 //! the length prefix, checked by the receiver as the codec checks a PUBLISH's, see
 //! [`crate::codec::properties::decode_message_properties`]) and the Message Expiry left, rounded
 //! up so that a message still alive is never sent as expired; the receiver counts it down again
-//! from when it arrives. A record without either is byte for byte a version 1 record.
+//! from when it arrives (on a link, from when it was queued). A record without either is byte
+//! for byte a version 1 record. Version 3 brings links and interest; its best-effort batches are
+//! those of version 2.
 //!
 //! Each node tells the others in gossip which versions it reads (see
 //! [`NodeIdentity::reads_sync`]), and the sender writes to each peer the newest version both
-//! know: version 1 to a node of an earlier release, which then delivers the message without its
-//! properties or expiry. `-csv` caps the version a node writes, reads and advertises, so that a
-//! test can play an earlier release. A message expired before it is sent is not sent.
+//! know: to a node of a release without links, every message best effort and every message
+//! whatever its topic; version 1 to one without MQTT 5, which then delivers the message
+//! without its properties or expiry. `-csv` caps the version a node writes, reads and
+//! advertises, so that a test can play an earlier release. A message expired before it is
+//! queued is not sent.
 //!
-//! A record's size, which `-csl` limits, is [`record_len`] in the newest version the node writes:
-//! 7 bytes plus topic plus payload, plus 4 with an expiry, plus 2 and the properties with any.
-//! `seq` increases strictly per origin boot and never lags the origin's monotonic clock in
-//! microseconds, which bounds how far ahead a plausible one can be (see [`super::replay`]).
-//! The destination makes each datagram good for one boot of one node only: a datagram captured
-//! on its way to one member cannot be replayed to another, nor to the same node after it
-//! restarts with an empty replay window.
+//! A record's size, which `-csl` limits when set, is [`record_len`] in version 2: 7 bytes plus
+//! topic plus payload, plus 4 with an expiry, plus 2 and the properties with any.
+//! A best-effort batch's `seq` increases strictly per origin boot and never lags the origin's
+//! monotonic clock in microseconds, which bounds how far ahead a plausible one can be (see
+//! [`super::replay`]); a link segment is taken once per link, whatever its number, and a link
+//! is one sender boot talking to one receiver boot. The destination makes each datagram good
+//! for one boot of one node only: a datagram captured on its way to one member cannot be
+//! replayed to another, nor to the same node after it restarts with an empty replay window.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,7 +68,7 @@ use tracing::{debug, warn};
 
 use super::auth::DatagramKey;
 use super::interest::{self, FRAME_INTEREST};
-use super::link::{Ack, Inbox, Next, Segmented};
+use super::link::{Ack, Inbox, Next, Segmented, SEGMENT_BYTES};
 use super::membership::{Members, NodeIdentity};
 use super::peers::{Peer, Peers, LINK_VERSION};
 use super::replay::{ReceivedAt, ReplayWindow, SequenceClock};
@@ -166,6 +181,14 @@ impl Forwarder {
                 .inc();
             return None;
         }
+        // Lengths a record carries in 16 bits: an MQTT 5 message may have more properties.
+        if message.properties.len() > usize::from(u16::MAX) {
+            debug!("message with over 64 KiB of properties not forwarded");
+            cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                .inc();
+            return None;
+        }
         if let Some(limit) = self.limit {
             let len = record_len(message, self.version.min(2));
             if len > limit {
@@ -268,7 +291,7 @@ pub async fn send_loop(
                 key.seal(&mut datagram);
                 send(&socket, &datagram, to, &metrics).await;
             }
-            for (kind, link, segments) in [
+            for (kind, (link, acked), segments) in [
                 (
                     KIND_CONTROL_SEGMENT,
                     transmits.control_link,
@@ -281,6 +304,7 @@ pub async fn send_loop(
                     encode_parties(&mut datagram, LINK_VERSION, kind, &origin, &peer.identity);
                     datagram.put_u64(link);
                     datagram.put_u64(*seq);
+                    datagram.put_u64(acked);
                     datagram.extend_from_slice(data);
                     key.seal(&mut datagram);
                     send(&socket, &datagram, to, &metrics).await;
@@ -366,7 +390,8 @@ pub(crate) fn encode_record(out: &mut impl BufMut, message: &Message, version: u
         flags |= FLAG_PROPERTIES;
     }
     out.put_u8(flags);
-    // All bounded by -csl, far below u16::MAX and u32::MAX.
+    // A topic is at most 65,535 bytes (MQTT's own limit), properties too (the forwarder sends
+    // no record with more), a payload less than -mpl.
     out.put_u16(message.topic.len() as u16);
     out.put_slice(&message.topic);
     if let Some(secs) = expiry {
@@ -520,6 +545,8 @@ pub(crate) enum LinkDatagram {
         control: bool,
         link: u64,
         seq: u64,
+        /// Every segment up to this one had been acknowledged when it was sent.
+        sender_acked: u64,
         data: Bytes,
     },
     Ack {
@@ -540,13 +567,15 @@ pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatag
     let datagram = match parties.kind {
         KIND_SEGMENT | KIND_CONTROL_SEGMENT => {
             let seq = take_u64(&mut buf)?;
-            if seq == 0 {
+            let sender_acked = take_u64(&mut buf)?;
+            if seq == 0 || sender_acked >= seq || buf.len() > SEGMENT_BYTES {
                 return None;
             }
             LinkDatagram::Segment {
                 control: parties.kind == KIND_CONTROL_SEGMENT,
                 link,
                 seq,
+                sender_acked,
                 data: Bytes::copy_from_slice(buf),
             }
         }
@@ -755,7 +784,7 @@ pub async fn receive_loop(socket: Arc<UdpSocket>, receiver: Receiver) {
                     };
                 }
             }
-            Some(origin) = resumed.recv() => state.resume(origin),
+            Some(held) = resumed.recv() => state.resume(held),
         }
         state.send_acks(&socket, &mut out).await;
     }
@@ -769,8 +798,18 @@ struct ReceiverState {
     incoming: HashMap<LinkKey, Incoming>,
     /// Links that have something to acknowledge.
     acks_due: Vec<LinkKey>,
-    /// Where a held link is named once its congested subscriber has drained.
-    resume: mpsc::UnboundedSender<LinkKey>,
+    /// Where a held link is named once the wait for its congested subscriber is over (one
+    /// message per held link at most).
+    resume: mpsc::UnboundedSender<Held>,
+}
+
+/// A link held for a congested subscriber, when the wait for it is over.
+struct Held {
+    key: LinkKey,
+    /// The link then (it may have been replaced since).
+    link: u64,
+    /// The subscriber did not drain: it stopped keeping up, or took longer than the wait.
+    gave_up: bool,
 }
 
 impl ReceiverState {
@@ -826,82 +865,67 @@ impl ReceiverState {
         deliver(&self.receiver, &self.limits, message);
     }
 
-    /// Takes the frames `origin`'s link has complete, until a local subscriber they go to is
-    /// congested: then the link is held, and resumed when that subscriber has drained (or
-    /// stopped keeping up), as a publisher of this node would wait for it.
+    /// Takes the frames `key`'s link has complete, until a local subscriber they go to is
+    /// congested: then the link is held, and resumed when that subscriber has drained, or
+    /// has stopped keeping up, or a second has passed (as a publisher of this node would wait
+    /// for it).
     fn take_frames(&mut self, key: &LinkKey) {
         let Some(incoming) = self.incoming.get_mut(key) else {
             return;
         };
-        let receiver = &self.receiver;
-        let cluster = &receiver.broker.metrics.cluster;
-        let now = Instant::now();
-        while let Some(next) = incoming.inbox.next_frame() {
-            match next {
-                Next::Frame(frame) if key.control && frame.kind == FRAME_INTEREST => {
-                    let origin = String::from_utf8_lossy(&key.origin);
-                    match interest::decode(&frame.body) {
-                        Some(changes) => {
-                            receiver.peers.interest.apply(&origin, &changes);
-                        }
-                        None => {
-                            debug!(peer = %origin, "malformed interest frame skipped");
-                            cluster
-                                .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                                .inc();
-                        }
-                    }
-                }
-                Next::Frame(frame) if !key.control && frame.kind == FRAME_PUBLISH => {
-                    let Some(message) = decode_frame_record(&frame.body, now) else {
-                        cluster
-                            .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                            .inc();
-                        continue;
-                    };
-                    cluster.records_received.inc();
-                    if let Some(congested) = deliver(receiver, &self.limits, message) {
-                        incoming.inbox.hold(true);
-                        let resume = self.resume.clone();
-                        let key = key.clone();
-                        tokio::spawn(async move {
-                            congested.wait_while_draining(|| false).await;
-                            let _ = resume.send(key);
-                        });
-                        return;
-                    }
-                }
-                Next::Frame(frame) => {
-                    debug!(kind = frame.kind, "link frame of an unknown kind skipped");
-                    cluster
-                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                        .inc();
-                }
-                Next::Oversized(len) => {
-                    debug!(len, "link frame over -mpl skipped");
-                    cluster
-                        .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
-                        .inc();
-                }
-                Next::Unreadable => {
-                    warn!(peer = ?key.origin, "a peer's link cannot be read; refused");
-                    cluster
-                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                        .inc();
-                }
-            }
-        }
-    }
-
-    /// Takes the frames of a held link again.
-    fn resume(&mut self, key: LinkKey) {
-        let Some(incoming) = self.incoming.get_mut(&key) else {
+        let Some(congested) =
+            take_frames_of(&mut incoming.inbox, key, &self.receiver, &self.limits, true)
+        else {
             return;
         };
+        incoming.inbox.hold(true);
+        let resume = self.resume.clone();
+        let held = Held {
+            key: key.clone(),
+            link: incoming.inbox.link(),
+            gave_up: false,
+        };
+        tokio::spawn(async move {
+            let drained = congested.wait_while_draining(|| false).await;
+            let _ = resume.send(Held {
+                gave_up: !drained,
+                ..held
+            });
+        });
+    }
+
+    /// Delivers every complete frame of a link that is going away, whatever the congestion:
+    /// its sender counts them as delivered.
+    fn flush(&self, key: &LinkKey, mut old: Incoming) {
+        old.inbox.hold(false);
+        take_frames_of(&mut old.inbox, key, &self.receiver, &self.limits, false);
+    }
+
+    /// Takes the frames of a held link again. When the wait for its subscriber gave up, what
+    /// the link holds is delivered at once (the subscriber's queue drops its oldest, as for a
+    /// publisher of this node that stopped waiting), and later frames are held again.
+    fn resume(&mut self, held: Held) {
+        let Some(incoming) = self.incoming.get_mut(&held.key) else {
+            return;
+        };
+        // A resume for a link since replaced is about nothing.
+        if incoming.inbox.link() != held.link {
+            return;
+        }
         incoming.inbox.hold(false);
-        self.take_frames(&key);
-        if !self.acks_due.contains(&key) {
-            self.acks_due.push(key);
+        if held.gave_up {
+            take_frames_of(
+                &mut incoming.inbox,
+                &held.key,
+                &self.receiver,
+                &self.limits,
+                false,
+            );
+        } else {
+            self.take_frames(&held.key);
+        }
+        if !self.acks_due.contains(&held.key) {
+            self.acks_due.push(held.key);
         }
     }
 
@@ -939,6 +963,7 @@ impl ReceiverState {
                 control,
                 link,
                 seq,
+                sender_acked,
                 data,
             } => {
                 let key = LinkKey {
@@ -957,7 +982,14 @@ impl ReceiverState {
                         return Err(ClusterDrop::StaleLink);
                     }
                     _ => {
-                        let Some(inbox) = Inbox::join(link, seq, self.max_frame) else {
+                        // What a link held that its sender replaced (a restart of the sender,
+                        // or a new link after it gave up on this node) and this node had
+                        // acknowledged is delivered before it goes.
+                        if let Some(old) = self.incoming.remove(&key) {
+                            self.flush(&key, old);
+                        }
+                        let Some(inbox) = Inbox::join(link, seq, sender_acked, self.max_frame)
+                        else {
                             // This node lost track of a link its peer kept (it forgot the peer
                             // for a while): ask for a new one.
                             let refusal = Ack {
@@ -1036,6 +1068,70 @@ impl ReceiverState {
     }
 }
 
+/// Takes the complete frames of `inbox` (of link `key`) and acts on them: interest changes
+/// on a control link, records on a data link. With `hold`, stops at the first record that
+/// congests a local subscriber and returns that subscriber.
+fn take_frames_of(
+    inbox: &mut Inbox,
+    key: &LinkKey,
+    receiver: &Receiver,
+    limits: &Limits,
+    hold: bool,
+) -> Option<Congested> {
+    let cluster = &receiver.broker.metrics.cluster;
+    let now = Instant::now();
+    while let Some(next) = inbox.next_frame() {
+        match next {
+            Next::Frame(frame) if key.control && frame.kind == FRAME_INTEREST => {
+                let origin = String::from_utf8_lossy(&key.origin);
+                match interest::decode(&frame.body) {
+                    Some(changes) => {
+                        receiver.peers.interest.apply(&origin, &changes);
+                    }
+                    None => {
+                        debug!(peer = %origin, "malformed interest frame skipped");
+                        cluster
+                            .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                            .inc();
+                    }
+                }
+            }
+            Next::Frame(frame) if !key.control && frame.kind == FRAME_PUBLISH => {
+                let Some(message) = decode_frame_record(&frame.body, now) else {
+                    cluster
+                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                        .inc();
+                    continue;
+                };
+                cluster.records_received.inc();
+                let congested = deliver(receiver, limits, message);
+                if hold && congested.is_some() {
+                    return congested;
+                }
+            }
+            Next::Frame(frame) => {
+                debug!(kind = frame.kind, "link frame of an unknown kind skipped");
+                cluster
+                    .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                    .inc();
+            }
+            Next::Oversized(len) => {
+                debug!(len, "link frame over -mpl skipped");
+                cluster
+                    .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                    .inc();
+            }
+            Next::Unreadable => {
+                warn!(peer = ?key.origin, "a peer's link cannot be read; refused");
+                cluster
+                    .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                    .inc();
+            }
+        }
+    }
+    None
+}
+
 /// Routes a record from a peer to the local subscribers, if it is within this node's limits;
 /// returns a subscriber it congested.
 fn deliver(receiver: &Receiver, limits: &Limits, message: Message) -> Option<Congested> {
@@ -1056,16 +1152,25 @@ fn deliver(receiver: &Receiver, limits: &Limits, message: Message) -> Option<Con
 /// The checks every datagram passes, in order: destination (this boot of this node), origin
 /// (a member), boot (the member's current one). Returns the origin's identity.
 fn check_parties(parties: &Parties, members: &Members) -> Result<NodeIdentity, ClusterDrop> {
+    check_addressing(
+        (&parties.origin, parties.boot_ms),
+        (&parties.destination, parties.destination_boot_ms),
+        members,
+    )
+}
+
+/// [`check_parties`] on a datagram from `origin` (node id, boot) to `destination`.
+fn check_addressing(
+    origin: (&[u8], u64),
+    destination: (&[u8], u64),
+    members: &Members,
+) -> Result<NodeIdentity, ClusterDrop> {
     let local = members.local();
-    if parties.destination != local.node_id.as_bytes()
-        || parties.destination_boot_ms != local.boot_ms
-    {
+    if destination != (local.node_id.as_bytes(), local.boot_ms) {
         return Err(ClusterDrop::WrongDestination);
     }
-    let member = members
-        .known(&parties.origin)
-        .ok_or(ClusterDrop::UnknownOrigin)?;
-    if member.boot_ms != parties.boot_ms {
+    let member = members.known(origin.0).ok_or(ClusterDrop::UnknownOrigin)?;
+    if member.boot_ms != origin.1 {
         return Err(ClusterDrop::StaleEpoch);
     }
     Ok(member)
@@ -1097,16 +1202,11 @@ fn accept_publish(
     version: u8,
 ) -> Result<Vec<Message>, ClusterDrop> {
     let batch = decode_batch(body, version, Instant::now()).ok_or(ClusterDrop::Malformed)?;
-    let local = members.local();
-    if batch.destination != local.node_id.as_bytes() || batch.destination_boot_ms != local.boot_ms {
-        return Err(ClusterDrop::WrongDestination);
-    }
-    let member = members
-        .known(&batch.origin)
-        .ok_or(ClusterDrop::UnknownOrigin)?;
-    if member.boot_ms != batch.boot_ms {
-        return Err(ClusterDrop::StaleEpoch);
-    }
+    check_addressing(
+        (&batch.origin, batch.boot_ms),
+        (&batch.destination, batch.destination_boot_ms),
+        members,
+    )?;
     // Only a known member's name gets this far; names foca has forgotten are pruned now
     // and then, so renamed pods cannot grow the map.
     if windows.len() >= PRUNE_WINDOWS_AT && !windows.contains_key(&batch.origin) {

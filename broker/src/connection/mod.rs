@@ -492,15 +492,19 @@ impl Connection {
                 tokio::task::yield_now().await;
             }
             let mut hold_on_congestion = true;
-            if let Some(mailbox) = self.congested.take() {
+            if let Some(congested) = self.congested.take() {
                 // For as long as the subscriber drains its queue: a publisher let go while its
                 // subscriber is still congested reads another batch, and a thousand of them
                 // overflow the queue, dropping messages already acknowledged. In bounded steps,
                 // so that a kick is seen, and never while deliveries to this client wait: two
                 // clients flooding each other would each wait for the other to drain.
                 // Boxed: it would otherwise be part of every idle connection's task.
-                hold_on_congestion =
-                    Box::pin(wait_while_draining(&mailbox, &self.state.mailbox, &holder)).await;
+                hold_on_congestion = Box::pin(wait_while_draining(
+                    &congested,
+                    &self.state.mailbox,
+                    &holder,
+                ))
+                .await;
             }
             // Input held back by a publish-rate pause that ended or by the congestion just
             // waited for, whatever woke the loop: what waited in the buffer goes first. Not

@@ -58,11 +58,12 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// The receiving half of `link`, first heard of through segment `seq`: `None` when that
-    /// is too far from the start to be the beginning (this side lost track of a link the
-    /// sender kept; it must start another).
-    pub fn join(link: u64, seq: u64, max_frame: usize) -> Option<Inbox> {
-        (seq <= WINDOW).then(|| Inbox {
+    /// The receiving half of `link`, first heard of through segment `seq`, whose sender had
+    /// everything up to `sender_acked` acknowledged: `None` unless that is nothing (this side
+    /// lost track of a link the sender kept, and what was acknowledged will not come again: it
+    /// must start another).
+    pub fn join(link: u64, seq: u64, sender_acked: u64, max_frame: usize) -> Option<Inbox> {
+        (sender_acked == 0 && seq <= WINDOW).then(|| Inbox {
             link,
             delivered: 0,
             early: BTreeMap::new(),
@@ -109,7 +110,9 @@ impl Inbox {
         if seq <= self.delivered || self.early.contains_key(&seq) {
             return Segmented::Repeat;
         }
-        if seq > self.delivered + self.window().max(1) {
+        // With no room, a probe is not taken either, only acknowledged (with the window):
+        // taking it would let the sender fill a held link one segment at a time.
+        if seq > self.delivered + self.window() || data.len() > SEGMENT_BYTES {
             return Segmented::Beyond;
         }
         self.early_bytes += data.len();
@@ -229,7 +232,7 @@ mod tests {
         let stream = stream_of(&[b"one", &[7; 2500], b"three"]);
         let segments: Vec<Bytes> = stream.chunks(1000).map(Bytes::copy_from_slice).collect();
         assert_eq!(segments.len(), 3);
-        let mut inbox = Inbox::join(9, 3, 10_000).unwrap();
+        let mut inbox = Inbox::join(9, 3, 0, 10_000).unwrap();
         assert_eq!(inbox.on_segment(3, segments[2].clone()), Segmented::New);
         assert_eq!(inbox.on_segment(3, segments[2].clone()), Segmented::Repeat);
         assert!(frames(&mut inbox).is_empty());
@@ -259,8 +262,12 @@ mod tests {
 
     #[test]
     fn a_link_is_joined_only_from_its_start_and_bounded_ahead() {
-        assert!(Inbox::join(1, WINDOW + 1, 100).is_none());
-        let mut inbox = Inbox::join(1, WINDOW, 100).unwrap();
+        assert!(Inbox::join(1, WINDOW + 1, 0, 100).is_none());
+        assert!(
+            Inbox::join(1, 5, 3, 100).is_none(),
+            "1-3 were acknowledged by a receiver that has forgotten them"
+        );
+        let mut inbox = Inbox::join(1, WINDOW, 0, 100).unwrap();
         assert_eq!(
             inbox.on_segment(WINDOW + 1, Bytes::new()),
             Segmented::Beyond
@@ -271,7 +278,7 @@ mod tests {
     #[test]
     fn oversized_frames_are_skipped_as_they_arrive() {
         let stream = stream_of(&[b"small", &[1; 5000], b"after"]);
-        let mut inbox = Inbox::join(1, 1, 100).unwrap();
+        let mut inbox = Inbox::join(1, 1, 0, 100).unwrap();
         let mut found = Vec::new();
         for (i, chunk) in stream.chunks(700).enumerate() {
             inbox.on_segment(i as u64 + 1, Bytes::copy_from_slice(chunk));
@@ -294,7 +301,7 @@ mod tests {
         let bodies: Vec<&[u8]> = vec![&body[..]; 3000];
         let stream = stream_of(&bodies);
         let mut segments = stream.chunks(SEGMENT_BYTES).map(Bytes::copy_from_slice);
-        let mut inbox = Inbox::join(1, 1, 10_000).unwrap();
+        let mut inbox = Inbox::join(1, 1, 0, 10_000).unwrap();
         inbox.hold(true);
         inbox.on_segment(1, segments.next().unwrap());
         assert!(frames(&mut inbox).is_empty(), "held");
@@ -308,8 +315,10 @@ mod tests {
             seq += 1;
         }
         assert_eq!(inbox.ack().window, 0);
-        // Full: only the next segment is looked at, as a probe.
-        assert_eq!(inbox.on_segment(seq + 1, Bytes::new()), Segmented::Beyond);
+        // Full: a probe is only acknowledged.
+        assert_eq!(inbox.on_segment(seq, Bytes::new()), Segmented::Beyond);
+        assert!(inbox.ack_due());
+        assert_eq!(inbox.ack().window, 0);
         inbox.hold(false);
         assert!(inbox.ack_due());
         assert_eq!(u64::from(inbox.ack().window), WINDOW);
@@ -320,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_stream_refuses_the_link() {
-        let mut inbox = Inbox::join(4, 1, 100).unwrap();
+        let mut inbox = Inbox::join(4, 1, 0, 100).unwrap();
         inbox.on_segment(1, Bytes::from_static(&[0, 0, 0, 0, 1]));
         assert_eq!(inbox.next_frame(), Some(Next::Unreadable));
         assert_eq!(inbox.on_segment(2, Bytes::new()), Segmented::Refused);
@@ -333,7 +342,7 @@ mod tests {
     fn a_lossy_channel_delivers_every_frame_once_in_order() {
         let start = Instant::now();
         let mut outbox = Outbox::new(3, 1 << 22);
-        let mut inbox = Inbox::join(3, 1, 1 << 16).unwrap();
+        let mut inbox = Inbox::join(3, 1, 0, 1 << 16).unwrap();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut random = move |n: u64| {
             rng ^= rng << 13;

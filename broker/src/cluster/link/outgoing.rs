@@ -68,6 +68,8 @@ struct Segment {
     sacked: bool,
     /// Queued in `resend`.
     resend: bool,
+    /// Sent again and not acknowledged since: counted in `resent_out`.
+    resent_out: bool,
 }
 
 #[derive(Debug)]
@@ -108,6 +110,10 @@ pub struct Outbox {
     sacked: u64,
     /// Segments after the last acknowledged one the peer has room for.
     peer_window: u64,
+    /// Segments sent again and not acknowledged since: retransmissions go out no faster than
+    /// the congestion window lets them, so that after a timeout the whole window is not sent
+    /// again in one burst.
+    resent_out: u64,
 }
 
 impl Outbox {
@@ -137,6 +143,7 @@ impl Outbox {
             recovery_until: 0,
             sacked: 0,
             peer_window: WINDOW,
+            resent_out: 0,
         }
     }
 
@@ -165,7 +172,14 @@ impl Outbox {
 
     /// Whether a segment could be sent now (new or again).
     pub fn has_transmit(&self) -> bool {
-        !self.resend.is_empty() || (!self.unsent.is_empty() && self.window_open())
+        (!self.resend.is_empty() && self.resent_out < self.cwnd)
+            || (!self.unsent.is_empty() && self.window_open())
+    }
+
+    /// Every segment up to this one is acknowledged: the receiver of a link may join it only
+    /// while this is 0 (else it would never get what was acknowledged before it).
+    pub fn acked(&self) -> u64 {
+        self.acked
     }
 
     fn window_open(&self) -> bool {
@@ -228,7 +242,10 @@ impl Outbox {
 
     /// The next segment to send at `now`, as its number and stream bytes.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<(u64, Bytes)> {
-        while let Some(seq) = self.resend.pop_front() {
+        while self.resent_out < self.cwnd {
+            let Some(seq) = self.resend.pop_front() else {
+                break;
+            };
             let Some(index) = self.index_of(seq) else {
                 continue;
             };
@@ -239,6 +256,10 @@ impl Outbox {
             }
             segment.sent_at = now;
             segment.retransmitted = true;
+            if !segment.resent_out {
+                segment.resent_out = true;
+                self.resent_out += 1;
+            }
             self.retransmitted += 1;
             let data = segment.data.clone();
             self.timer.get_or_insert(now + self.rto());
@@ -260,6 +281,7 @@ impl Outbox {
             retransmitted: false,
             sacked: false,
             resend: false,
+            resent_out: false,
         });
         self.timer.get_or_insert(now + self.rto());
         Some((seq, data))
@@ -286,7 +308,10 @@ impl Outbox {
         }
         let rto = self.rto();
         let mut lost = None;
+        // Retransmissions not acknowledged by now are lost too: none is in flight any more.
+        self.resent_out = 0;
         for segment in self.in_flight.iter_mut() {
+            segment.resent_out = false;
             if !segment.sacked && !segment.resend && segment.sent_at + rto <= now {
                 segment.resend = true;
                 self.resend.push_back(segment.seq);
@@ -312,9 +337,12 @@ impl Outbox {
             acked.reset = true;
             return acked;
         }
-        if ack.cumulative >= self.acked {
-            self.peer_window = u64::from(ack.window);
+        // An acknowledgement older than one already applied (reordered, or replayed: they go
+        // through no replay window) would map its selective bits onto later segments.
+        if ack.cumulative < self.acked {
+            return acked;
         }
+        self.peer_window = u64::from(ack.window);
         if ack.cumulative > self.acked {
             let mut sample = None;
             let mut end = None;
@@ -331,6 +359,9 @@ impl Outbox {
                     self.sacked -= 1;
                 } else {
                     newly += 1;
+                }
+                if segment.resent_out {
+                    self.resent_out -= 1;
                 }
                 acked.freed += segment.data.len();
                 if !segment.retransmitted && !segment.sacked {
@@ -369,6 +400,10 @@ impl Outbox {
                 self.sacked += 1;
                 acked.freed += segment.data.len();
                 segment.data = Bytes::new();
+                if segment.resent_out {
+                    segment.resent_out = false;
+                    self.resent_out -= 1;
+                }
             }
             highest_sacked = Some(index);
         }
@@ -555,7 +590,7 @@ mod tests {
         // 3, 4 and 5 arrived: 2 is lost.
         let acked = outbox.on_ack(&ack(1, 1, 0b111), later);
         assert_eq!(acked.freed, SEGMENT_BYTES, "segment 5's bytes are freed");
-        assert_eq!(drain(&mut outbox, later), [(2, outbox_data(2))]);
+        assert_eq!(drain(&mut outbox, later), [(2, zeros())]);
         // Not again on the next acknowledgement.
         outbox.on_ack(&ack(1, 1, 0b1111), later);
         assert!(!outbox.has_transmit());
@@ -569,8 +604,44 @@ mod tests {
         assert_eq!(outbox.pending_frames(), 0);
     }
 
-    fn outbox_data(_seq: u64) -> Bytes {
-        Bytes::from(vec![0; SEGMENT_BYTES]).slice(..)
+    fn zeros() -> Bytes {
+        Bytes::from(vec![0; SEGMENT_BYTES])
+    }
+
+    #[test]
+    fn an_acknowledgement_older_than_one_applied_changes_nothing() {
+        let now = Instant::now();
+        let mut outbox = Outbox::new(1, 1 << 20);
+        push_bytes(&mut outbox, &vec![0; SEGMENT_BYTES * 20 - FRAME_HEADER]);
+        drain(&mut outbox, now);
+        outbox.on_ack(&ack(1, 10, 0), now);
+        // Reordered or replayed: its bits were about segments 4-10, not 12-18.
+        let old = ack(1, 2, 0b111_1111);
+        assert_eq!(outbox.on_ack(&old, now), Acked::default());
+        assert_eq!(outbox.sacked, 0);
+        let timeout = outbox.deadline().unwrap();
+        outbox.on_timeout(timeout);
+        let again: Vec<u64> = drain(&mut outbox, timeout).iter().map(|s| s.0).collect();
+        assert_eq!(again[0], 11, "what is missing is sent again");
+    }
+
+    #[test]
+    fn after_a_timeout_retransmissions_follow_the_congestion_window() {
+        let now = Instant::now();
+        let mut outbox = Outbox::new(1, 1 << 24);
+        push_bytes(&mut outbox, &vec![0; SEGMENT_BYTES * 32 - FRAME_HEADER]);
+        assert_eq!(drain(&mut outbox, now).len(), 32);
+        let timeout = outbox.deadline().unwrap();
+        outbox.on_timeout(timeout);
+        assert_eq!(outbox.cwnd, MIN_CWND);
+        assert_eq!(drain(&mut outbox, timeout).len(), MIN_CWND as usize);
+        // Each one acknowledged lets more go.
+        outbox.on_ack(&ack(1, 2, 0), timeout);
+        assert_eq!(
+            drain(&mut outbox, timeout).len(),
+            4,
+            "2 freed, slow start adds 2"
+        );
     }
 
     #[test]
