@@ -480,6 +480,9 @@ impl Peer {
         };
         let retransmitted =
             queues.outbox.take_retransmitted() + queues.control.take_retransmitted();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(peer = %self.identity.node_id, flow = %queues.outbox.flow(), "link");
+        }
         drop(queues);
         transmits.retransmitted = retransmitted;
         transmits

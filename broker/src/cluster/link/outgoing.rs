@@ -176,6 +176,24 @@ impl Outbox {
             || (!self.unsent.is_empty() && self.window_open())
     }
 
+    /// The state of the link's flow, for logs.
+    pub fn flow(&self) -> String {
+        format!(
+            "cwnd {} ssthresh {} peer window {} outstanding {} sacked {} resent {} resend {} \
+             unsent {} rto {:?} srtt {:?}",
+            self.cwnd,
+            self.ssthresh,
+            self.peer_window,
+            self.next_seq - self.acked - 1,
+            self.sacked,
+            self.resent_out,
+            self.resend.len(),
+            self.unsent.len(),
+            self.rto(),
+            self.srtt
+        )
+    }
+
     /// Every segment up to this one is acknowledged: the receiver of a link may join it only
     /// while this is 0 (else it would never get what was acknowledged before it).
     pub fn acked(&self) -> u64 {
