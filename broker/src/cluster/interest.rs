@@ -16,13 +16,18 @@
 //!
 //! [`RemoteInterest`] is the receiving side: one trie of every peer's filters, each node
 //! marking which peers (a bit per peer slot, at most [`MAX_SLOTS`]) subscribe to the filter
-//! ending there. [`RemoteInterest::matching`] walks it once per message. A peer whose snapshot
+//! ending there. [`RemoteInterest::matching`] walks it once per message, unless the worker
+//! thread has just walked it for the same topic and nothing changed since: a publisher sends
+//! to the same few topics over and over, and the walk under the lock, shared by every
+//! publisher, took a third of a node's time under a flood of QoS 0 messages. A peer whose snapshot
 //! has not arrived yet, or whose slot is beyond [`MAX_SLOTS`], gets every message, as before
 //! interest existed: never fewer than it wants.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parking_lot::RwLock;
 
 use crate::topic;
@@ -115,10 +120,24 @@ pub fn decode(mut body: &[u8]) -> Option<Changes> {
 }
 
 /// Every peer's filters, for the forwarder.
-#[derive(Default)]
 pub struct RemoteInterest {
     inner: RwLock<Inner>,
+    /// Bumped by every change: what a worker thread remembers is good while it is unchanged.
+    version: AtomicU64,
 }
+
+/// Topics each worker thread remembers the answer for.
+const REMEMBERED: usize = 16;
+
+thread_local! {
+    /// The last answers of [`RemoteInterest::matching`] on this thread: (version, topic,
+    /// slots), the newest last. One table per thread serves every `RemoteInterest` (a test may
+    /// hold several): the version numbers of each start from a process-wide counter.
+    static REMEMBERED_ANSWERS: RefCell<Vec<(u64, Bytes, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where each `RemoteInterest`'s versions start, so that two never share one.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Default)]
 struct Inner {
@@ -131,7 +150,8 @@ struct Inner {
 
 #[derive(Default)]
 struct Level {
-    children: HashMap<Box<[u8]>, Level>,
+    /// Keys come from authenticated peers only; lookups hash topics of every publish.
+    children: HashMap<Box<[u8]>, Level, foldhash::fast::RandomState>,
     /// Slots whose filter ends here.
     here: u64,
 }
@@ -196,7 +216,21 @@ impl Level {
     }
 }
 
+impl Default for RemoteInterest {
+    fn default() -> RemoteInterest {
+        RemoteInterest {
+            inner: RwLock::default(),
+            version: AtomicU64::new(VERSIONS.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+}
+
 impl RemoteInterest {
+    fn changed(&self) {
+        self.version
+            .store(VERSIONS.fetch_add(1, Ordering::Relaxed), Ordering::Release);
+    }
+
     /// The slot of peer `node_id`, given one if it has none; `None` when all are taken.
     pub fn slot(&self, node_id: &str) -> Option<usize> {
         if let Some(slot) = self.find(node_id) {
@@ -219,6 +253,8 @@ impl RemoteInterest {
             None => return None,
         };
         inner.slots[slot] = Some(node_id.to_string());
+        drop(inner);
+        self.changed();
         Some(slot)
     }
 
@@ -245,6 +281,8 @@ impl RemoteInterest {
             let path: Vec<&[u8]> = topic::levels(filter).collect();
             inner.root.set(&path, bit, *added);
         }
+        drop(inner);
+        self.changed();
         true
     }
 
@@ -262,14 +300,38 @@ impl RemoteInterest {
         inner.root.clear(bit);
         inner.known &= !bit;
         inner.slots[slot] = None;
+        drop(inner);
+        self.changed();
     }
 
     /// The slots that want a message on `topic`: those with a matching filter and those whose
     /// interest is not known yet.
-    pub fn matching(&self, topic: &[u8]) -> u64 {
+    pub fn matching(&self, topic: &Bytes) -> u64 {
+        let version = self.version.load(Ordering::Acquire);
+        let remembered = REMEMBERED_ANSWERS.with_borrow(|answers| {
+            answers
+                .iter()
+                .rev()
+                .find(|(v, t, _)| *v == version && t == topic)
+                .map(|&(_, _, slots)| slots)
+        });
+        if let Some(slots) = remembered {
+            return slots;
+        }
         let path: smallvec::SmallVec<[&[u8]; 8]> = topic::levels(topic).collect();
-        let inner = self.inner.read();
-        inner.root.matching(&path, 0) | !inner.known
+        let slots = {
+            let inner = self.inner.read();
+            inner.root.matching(&path, 0) | !inner.known
+        };
+        // The version read before the walk: a change meanwhile makes this answer stale at once.
+        REMEMBERED_ANSWERS.with_borrow_mut(|answers| {
+            if answers.len() >= REMEMBERED {
+                answers.remove(0);
+            }
+            // A copy: the message's topic may share a large read buffer.
+            answers.push((version, Bytes::copy_from_slice(topic), slots));
+        });
+        slots
     }
 
     /// Whether the snapshot of the peer in `slot` has arrived.
@@ -341,26 +403,26 @@ mod tests {
         let (a, b) = (interest.slot("a").unwrap(), interest.slot("b").unwrap());
         let (bit_a, bit_b) = (1u64 << a, 1u64 << b);
         // Nothing known yet: everyone.
-        assert_eq!(interest.matching(b"x/y") & (bit_a | bit_b), bit_a | bit_b);
+        assert_eq!(interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b), bit_a | bit_b);
         interest.apply("a", &changes(true, &[("x/+", true), ("s/#", true)]));
         assert!(interest.is_known(a) && !interest.is_known(b));
-        assert_eq!(interest.matching(b"x/y") & bit_a, bit_a);
-        assert_eq!(interest.matching(b"x/y/z") & bit_a, 0);
-        assert_eq!(interest.matching(b"s") & bit_a, bit_a, "s/# matches s");
-        assert_eq!(interest.matching(b"s/1/2") & bit_a, bit_a);
-        assert_eq!(interest.matching(b"q") & bit_b, bit_b, "b still unknown");
+        assert_eq!(interest.matching(&Bytes::from_static(b"x/y")) & bit_a, bit_a);
+        assert_eq!(interest.matching(&Bytes::from_static(b"x/y/z")) & bit_a, 0);
+        assert_eq!(interest.matching(&Bytes::from_static(b"s")) & bit_a, bit_a, "s/# matches s");
+        assert_eq!(interest.matching(&Bytes::from_static(b"s/1/2")) & bit_a, bit_a);
+        assert_eq!(interest.matching(&Bytes::from_static(b"q")) & bit_b, bit_b, "b still unknown");
         interest.apply("b", &changes(true, &[("q", true)]));
-        assert_eq!(interest.matching(b"q") & (bit_a | bit_b), bit_b);
-        assert_eq!(interest.matching(b"x/y") & (bit_a | bit_b), bit_a);
+        assert_eq!(interest.matching(&Bytes::from_static(b"q")) & (bit_a | bit_b), bit_b);
+        assert_eq!(interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b), bit_a);
         interest.apply("a", &changes(false, &[("x/+", false), ("q", true)]));
-        assert_eq!(interest.matching(b"x/y") & (bit_a | bit_b), 0);
-        assert_eq!(interest.matching(b"q") & (bit_a | bit_b), bit_a | bit_b);
+        assert_eq!(interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b), 0);
+        assert_eq!(interest.matching(&Bytes::from_static(b"q")) & (bit_a | bit_b), bit_a | bit_b);
         // A new snapshot replaces what was known.
         interest.apply("a", &changes(true, &[("#", true)]));
-        assert_eq!(interest.matching(b"anything") & bit_a, bit_a);
-        assert_eq!(interest.matching(b"s/1") & bit_a, bit_a);
+        assert_eq!(interest.matching(&Bytes::from_static(b"anything")) & bit_a, bit_a);
+        assert_eq!(interest.matching(&Bytes::from_static(b"s/1")) & bit_a, bit_a);
         interest.apply("a", &changes(true, &[]));
-        assert_eq!(interest.matching(b"anything") & bit_a, 0);
+        assert_eq!(interest.matching(&Bytes::from_static(b"anything")) & bit_a, 0);
         // Forgotten: its slot is free, and unknown again when taken.
         interest.forget("b");
         assert_eq!(interest.slot("c"), Some(b));

@@ -702,17 +702,17 @@ mod tests {
         let plain = message("a/b", 1, QoS::AtLeastOnce, false);
         let retained = message("a/b", 1, QoS::AtLeastOnce, true);
         // Not known yet: everything.
-        assert!(new.wants(&plain, peers.interest.matching(b"a/b")));
+        assert!(new.wants(&plain, peers.interest.matching(&Bytes::from_static(b"a/b"))));
         let changes = interest::Changes {
             snapshot: true,
             filters: vec![(b"x/#".to_vec(), true)],
         };
         peers.interest.apply("new", &changes);
-        let wanted = peers.interest.matching(b"a/b");
+        let wanted = peers.interest.matching(&Bytes::from_static(b"a/b"));
         assert!(!new.wants(&plain, wanted));
         assert!(new.wants(&retained, wanted));
         assert!(old.wants(&plain, wanted), "a peer without links gets all");
-        assert!(new.wants(&plain, peers.interest.matching(b"x/y")));
+        assert!(new.wants(&plain, peers.interest.matching(&Bytes::from_static(b"x/y"))));
     }
 
     #[test]
