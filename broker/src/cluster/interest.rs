@@ -403,26 +403,64 @@ mod tests {
         let (a, b) = (interest.slot("a").unwrap(), interest.slot("b").unwrap());
         let (bit_a, bit_b) = (1u64 << a, 1u64 << b);
         // Nothing known yet: everyone.
-        assert_eq!(interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b), bit_a | bit_b);
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b),
+            bit_a | bit_b
+        );
         interest.apply("a", &changes(true, &[("x/+", true), ("s/#", true)]));
         assert!(interest.is_known(a) && !interest.is_known(b));
-        assert_eq!(interest.matching(&Bytes::from_static(b"x/y")) & bit_a, bit_a);
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"x/y")) & bit_a,
+            bit_a
+        );
         assert_eq!(interest.matching(&Bytes::from_static(b"x/y/z")) & bit_a, 0);
-        assert_eq!(interest.matching(&Bytes::from_static(b"s")) & bit_a, bit_a, "s/# matches s");
-        assert_eq!(interest.matching(&Bytes::from_static(b"s/1/2")) & bit_a, bit_a);
-        assert_eq!(interest.matching(&Bytes::from_static(b"q")) & bit_b, bit_b, "b still unknown");
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"s")) & bit_a,
+            bit_a,
+            "s/# matches s"
+        );
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"s/1/2")) & bit_a,
+            bit_a
+        );
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"q")) & bit_b,
+            bit_b,
+            "b still unknown"
+        );
         interest.apply("b", &changes(true, &[("q", true)]));
-        assert_eq!(interest.matching(&Bytes::from_static(b"q")) & (bit_a | bit_b), bit_b);
-        assert_eq!(interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b), bit_a);
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"q")) & (bit_a | bit_b),
+            bit_b
+        );
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b),
+            bit_a
+        );
         interest.apply("a", &changes(false, &[("x/+", false), ("q", true)]));
-        assert_eq!(interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b), 0);
-        assert_eq!(interest.matching(&Bytes::from_static(b"q")) & (bit_a | bit_b), bit_a | bit_b);
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b),
+            0
+        );
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"q")) & (bit_a | bit_b),
+            bit_a | bit_b
+        );
         // A new snapshot replaces what was known.
         interest.apply("a", &changes(true, &[("#", true)]));
-        assert_eq!(interest.matching(&Bytes::from_static(b"anything")) & bit_a, bit_a);
-        assert_eq!(interest.matching(&Bytes::from_static(b"s/1")) & bit_a, bit_a);
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"anything")) & bit_a,
+            bit_a
+        );
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"s/1")) & bit_a,
+            bit_a
+        );
         interest.apply("a", &changes(true, &[]));
-        assert_eq!(interest.matching(&Bytes::from_static(b"anything")) & bit_a, 0);
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"anything")) & bit_a,
+            0
+        );
         // Forgotten: its slot is free, and unknown again when taken.
         interest.forget("b");
         assert_eq!(interest.slot("c"), Some(b));
