@@ -264,3 +264,37 @@ pub fn coap_datagram(datagram: &[u8], fresh_id: u16) -> CoapVerdict {
         }
     }
 }
+
+/// The sync receiver's parser of a version 3 body (a link segment or acknowledgement), in a
+/// node that reads every version: whether it was accepted.
+pub fn decode_link_datagram(body: &[u8]) -> bool {
+    sync::decode_link(body, sync::NEWEST_VERSION).is_some()
+}
+
+/// A link's receiving half fed `segments` (number, bytes) in the order given, held and let go
+/// where `hold` says, with every frame taken as the receiver would: records decoded, interest
+/// changes parsed. Returns how many frames were taken; never holds more than a window's worth
+/// of out-of-order segments (asserted).
+pub fn feed_inbox(segments: &[(u64, Vec<u8>, bool)]) -> usize {
+    use crate::cluster::interest;
+    use crate::cluster::link::{Inbox, Next, SEGMENT_BYTES, WINDOW};
+    let Some(mut inbox) = Inbox::join(1, 1, 0, 1 << 16) else {
+        return 0;
+    };
+    let mut frames = 0;
+    for (seq, data, hold) in segments {
+        inbox.hold(*hold);
+        inbox.on_segment(*seq, Bytes::copy_from_slice(data));
+        while let Some(next) = inbox.next_frame() {
+            frames += 1;
+            if let Next::Frame(frame) = next {
+                let _ = interest::decode(&frame.body);
+                let _ = sync::decode_batch(&frame.body, sync::NEWEST_VERSION, Instant::now());
+            }
+        }
+        let ack = inbox.ack();
+        assert!(u64::from(ack.window) <= WINDOW);
+        assert!(inbox.buffered() <= (WINDOW as usize + 1) * SEGMENT_BYTES + (1 << 16) + 5);
+    }
+    frames
+}

@@ -92,6 +92,11 @@ impl Inbox {
         self.held
     }
 
+    /// Bytes held: the stream not yet taken as frames, and segments out of order.
+    pub fn buffered(&self) -> usize {
+        self.stream.len() + self.early_bytes
+    }
+
     /// Segments after the last in order that there is room for.
     fn window(&self) -> u64 {
         if !self.held {
