@@ -1677,6 +1677,28 @@ impl NetLab {
         ]
     }
 
+    /// Starts a broker named `n<i+1>` in each of the first `n` namespaces, on the default ports
+    /// (MQTT 1883 and HTTP 8081 on its address, gossip 7946, sync 7947), with the broker's
+    /// default timings, seeded with the others, and `extra` flags.
+    pub fn start_nodes(&self, n: usize, key: &str, extra: &[&str]) -> Vec<Node> {
+        (0..n)
+            .map(|i| {
+                let addr = self.addr(i);
+                let mut config = NodeConfig::new(&format!("n{}", i + 1), key)
+                    .default_timings()
+                    .args(extra)
+                    .listen(&format!("{addr}:1883"), &format!("{addr}:8081"))
+                    .gossip_port(7946)
+                    .sync_port(7947)
+                    .prefix(&self.exec_prefix(i));
+                for j in (0..n).filter(|&j| j != i) {
+                    config = config.seed(format!("{}:7946", self.addr(j)));
+                }
+                Node::start(config)
+            })
+            .collect()
+    }
+
     /// Drops every UDP datagram in and out of node `i`'s namespace (nft table `inet cut`).
     pub fn cut_udp(&self, i: usize) {
         let rules = "table inet cut {\n\

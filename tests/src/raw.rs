@@ -693,3 +693,69 @@ impl RawClient<V5> {
         let _ = self.stream.shutdown().await;
     }
 }
+
+/// Starts `publishers` clients on `addr` that each send a burst of `each` QoS 1 PUBLISHes to
+/// `topic` (payloads `<publisher>-<i>`) in one write and wait until every one is acknowledged
+/// (panicking on anything else); the burst is what flow-control tests throw at a slow
+/// subscriber.
+pub fn qos1_bursts(
+    addr: SocketAddr,
+    topic: &'static str,
+    publishers: usize,
+    each: usize,
+) -> tokio::task::JoinSet<()> {
+    let mut bursts = tokio::task::JoinSet::new();
+    for p in 0..publishers {
+        bursts.spawn(async move {
+            let mut publisher = RawClient::connect_v311(addr, &crate::unique_id("burst")).await;
+            let burst: Vec<u8> = (0..each)
+                .flat_map(|i| {
+                    let payload = format!("{p}-{i}");
+                    packets::publish(topic, 1, i as u16 + 1, payload.as_bytes())
+                })
+                .collect();
+            publisher.send(&burst).await;
+            let mut acked = 0;
+            while acked < each {
+                match publisher.recv(TIMEOUT * 4).await {
+                    Packet::PubAck(_) => acked += 1,
+                    other => panic!("publisher {p}: expected PUBACK, got {other:?}"),
+                }
+            }
+            publisher.disconnect().await;
+        });
+    }
+    bursts
+}
+
+/// Receives `n` distinct payloads at QoS 1, acknowledging each (`ack_delay` later, to play a
+/// slow client); panics on anything else, on a silence of [`TIMEOUT`] or when `within`
+/// has passed.
+pub async fn receive_distinct_acking(
+    subscriber: &mut RawClient,
+    n: usize,
+    ack_delay: Duration,
+    within: Duration,
+) -> std::collections::HashSet<Vec<u8>> {
+    let mut got = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscriber: {} of {n} distinct payloads",
+            got.len()
+        );
+        match subscriber.try_recv(TIMEOUT).await {
+            Ok(Packet::Publish(publish)) => {
+                if !ack_delay.is_zero() {
+                    tokio::time::sleep(ack_delay).await;
+                }
+                subscriber.send(&packets::puback(publish.pkid)).await;
+                got.insert(publish.payload);
+            }
+            Ok(other) => panic!("subscriber: expected PUBLISH, got {other:?}"),
+            Err(e) => panic!("subscriber: no PUBLISH after {} of {n} ({e:?})", got.len()),
+        }
+    }
+    got
+}

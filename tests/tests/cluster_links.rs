@@ -17,7 +17,8 @@ use coolpy7_tests::cluster::{
     send_signal, send_udp, start_cluster, unique_key, wait_full_membership, wait_until, NetLab,
     Node, NodeConfig, JOIN_TIMEOUT, NET_LAB_TURN,
 };
-use coolpy7_tests::packets::{self, Packet};
+use coolpy7_tests::packets;
+use coolpy7_tests::raw::{qos1_bursts, receive_distinct_acking};
 use coolpy7_tests::{unique_id, QoS, RawClient, QUIET, TIMEOUT};
 
 const DROPPED: &str = "coolpy7_cluster_dropped_total";
@@ -334,19 +335,7 @@ async fn qos1_is_all_delivered_through_five_percent_loss_between_namespaces() {
     // Declared first, so dropped last: the nodes stop before their namespaces go.
     let lab = NetLab::create(2);
     let key = unique_key();
-    let nodes: Vec<Node> = (0..2)
-        .map(|i| {
-            let addr = lab.addr(i);
-            let mut config = NodeConfig::new(&format!("n{}", i + 1), &key)
-                .default_timings()
-                .listen(&format!("{addr}:1883"), &format!("{addr}:8081"))
-                .gossip_port(7946)
-                .sync_port(7947)
-                .prefix(&lab.exec_prefix(i));
-            config = config.seed(format!("{}:7946", lab.addr(1 - i)));
-            Node::start(config)
-        })
-        .collect();
+    let nodes = lab.start_nodes(2, &key, &[]);
     let (n1, n2) = (&nodes[0], &nodes[1]);
     wait_full_membership(&[n1, n2], JOIN_TIMEOUT).await;
     lab.drop_udp_randomly(1, 7947, 5);
@@ -420,46 +409,15 @@ async fn bursts_into_a_slower_subscriber_on_another_node_lose_nothing_acknowledg
     let first = subscriber.recv_publish(TIMEOUT).await;
     subscriber.send(&packets::puback(first.pkid)).await;
 
-    let mut bursts = tokio::task::JoinSet::new();
-    for p in 0..PUBLISHERS {
-        bursts.spawn(async move {
-            let mut publisher = RawClient::connect_v311(addr, &unique_id("burst")).await;
-            let burst: Vec<u8> = (0..EACH)
-                .flat_map(|i| {
-                    let payload = format!("{p}-{i}");
-                    packets::publish("flood/t", 1, i as u16 + 1, payload.as_bytes())
-                })
-                .collect();
-            publisher.send(&burst).await;
-            let mut acked = 0;
-            while acked < EACH {
-                match publisher.recv(TIMEOUT * 4).await {
-                    Packet::PubAck(_) => acked += 1,
-                    other => panic!("publisher {p}: expected PUBACK, got {other:?}"),
-                }
-            }
-            publisher.disconnect().await;
-        });
-    }
-    let mut got = std::collections::HashSet::new();
-    let deadline = tokio::time::Instant::now() + TIMEOUT * 8;
-    while got.len() < PUBLISHERS * EACH {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "subscriber: {} of {} distinct payloads",
-            got.len(),
-            PUBLISHERS * EACH
-        );
-        match subscriber.try_recv(TIMEOUT).await {
-            Ok(Packet::Publish(publish)) => {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                subscriber.send(&packets::puback(publish.pkid)).await;
-                got.insert(publish.payload);
-            }
-            Ok(other) => panic!("subscriber: expected PUBLISH, got {other:?}"),
-            Err(e) => panic!("subscriber: no PUBLISH after {} ({e:?})", got.len()),
-        }
-    }
+    let mut bursts = qos1_bursts(addr, "flood/t", PUBLISHERS, EACH);
+    let got = receive_distinct_acking(
+        &mut subscriber,
+        PUBLISHERS * EACH,
+        Duration::from_millis(1),
+        TIMEOUT * 8,
+    )
+    .await;
+    assert_eq!(got.len(), PUBLISHERS * EACH);
     while let Some(joined) = bursts.join_next().await {
         joined.expect("publisher task");
     }
@@ -483,22 +441,7 @@ async fn a_short_partition_during_a_qos1_flow_loses_nothing_and_a_killed_peer_is
     let _lab_turn = NET_LAB_TURN.lock().await;
     let lab = NetLab::create(3);
     let key = unique_key();
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let addr = lab.addr(i);
-            let mut config = NodeConfig::new(&format!("n{}", i + 1), &key)
-                .default_timings()
-                .args(&["-csd", "10000"])
-                .listen(&format!("{addr}:1883"), &format!("{addr}:8081"))
-                .gossip_port(7946)
-                .sync_port(7947)
-                .prefix(&lab.exec_prefix(i));
-            for j in (0..3).filter(|&j| j != i) {
-                config = config.seed(format!("{}:7946", lab.addr(j)));
-            }
-            Node::start(config)
-        })
-        .collect();
+    let nodes = lab.start_nodes(3, &key, &["-csd", "10000"]);
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     wait_full_membership(&[n1, n2, n3], JOIN_TIMEOUT).await;
     let topic = unique_id("part/t");

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coolpy7_tests::cluster::{
-    expect_exactly_one, unique_key, wait_full_membership, wait_member, NetLab, Node, NodeConfig,
-    Seen, DETECT_TIMEOUT, JOIN_TIMEOUT,
+    expect_exactly_one, unique_key, wait_full_membership, wait_member, NetLab, Seen,
+    DETECT_TIMEOUT, JOIN_TIMEOUT,
 };
 use coolpy7_tests::{unique_id, QoS, QUIET};
 
@@ -37,21 +37,7 @@ async fn a_partitioned_node_heals_within_a_probe_period_and_the_others_never_not
     // Declared first, so dropped last: the nodes stop before their namespaces go.
     let lab = NetLab::create(3);
     let key = unique_key();
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let addr = lab.addr(i);
-            let mut config = NodeConfig::new(&format!("n{}", i + 1), &key)
-                .default_timings()
-                .listen(&format!("{addr}:1883"), &format!("{addr}:8081"))
-                .gossip_port(7946)
-                .sync_port(7947)
-                .prefix(&lab.exec_prefix(i));
-            for j in (0..3).filter(|&j| j != i) {
-                config = config.seed(format!("{}:7946", lab.addr(j)));
-            }
-            Node::start(config)
-        })
-        .collect();
+    let nodes = lab.start_nodes(3, &key, &[]);
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     for (i, node) in nodes.iter().enumerate() {
         assert_eq!(

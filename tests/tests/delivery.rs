@@ -3,6 +3,9 @@
 //! retained store, and several connections taking over one client id at once are all served.
 
 use coolpy7_tests::packets::{self, Connect, Packet, PublishPacket};
+use std::time::Duration;
+
+use coolpy7_tests::raw::{qos1_bursts, receive_distinct_acking};
 use coolpy7_tests::{unique_id, Broker, QoS, RawClient, TIMEOUT};
 
 /// Well above the broker's per-pull batch (256), so a consumer that is not woken again for what
@@ -123,32 +126,17 @@ async fn many_publishers_bursting_into_a_slower_subscriber_lose_nothing_acknowle
     let first = subscriber.recv_publish(TIMEOUT).await;
     subscriber.send(&packets::puback(first.pkid)).await;
 
-    let mut bursts = tokio::task::JoinSet::new();
-    for p in 0..PUBLISHERS {
-        bursts.spawn(async move {
-            let mut publisher = RawClient::connect_v311(addr, &unique_id("burst")).await;
-            let burst: Vec<u8> = (0..EACH)
-                .flat_map(|i| {
-                    let payload = format!("{p}-{i}");
-                    packets::publish("flood/t", 1, i as u16 + 1, payload.as_bytes())
-                })
-                .collect();
-            publisher.send(&burst).await;
-            // Every message of the burst acknowledged: the broker answers for all of them.
-            let mut acked = 0;
-            while acked < EACH {
-                match publisher.recv(TIMEOUT * 4).await {
-                    Packet::PubAck(_) => acked += 1,
-                    other => panic!("publisher {p}: expected PUBACK, got {other:?}"),
-                }
-            }
-            publisher.disconnect().await;
-        });
-    }
+    let mut bursts = qos1_bursts(addr, "flood/t", PUBLISHERS, EACH);
 
     // As fast as it can, which with a window of 10 (a round trip per 10 messages) is slower
     // than the bursts arrive.
-    let got = receive_distinct_acking(&mut subscriber, PUBLISHERS * EACH).await;
+    let got = receive_distinct_acking(
+        &mut subscriber,
+        PUBLISHERS * EACH,
+        Duration::ZERO,
+        TIMEOUT * 6,
+    )
+    .await;
     while let Some(joined) = bursts.join_next().await {
         joined.expect("publisher task");
     }
@@ -159,32 +147,6 @@ async fn many_publishers_bursting_into_a_slower_subscriber_lose_nothing_acknowle
             .await,
         0.0
     );
-}
-
-/// Receives `n` distinct payloads at QoS 1, acknowledging each; panics on anything else, on a
-/// silence of [`TIMEOUT`] or after six of them in all.
-async fn receive_distinct_acking(
-    subscriber: &mut RawClient,
-    n: usize,
-) -> std::collections::HashSet<Vec<u8>> {
-    let mut got = std::collections::HashSet::new();
-    let deadline = tokio::time::Instant::now() + TIMEOUT * 6;
-    while got.len() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "subscriber: {} of {n} distinct payloads",
-            got.len()
-        );
-        match subscriber.try_recv(TIMEOUT).await {
-            Ok(Packet::Publish(publish)) => {
-                subscriber.send(&packets::puback(publish.pkid)).await;
-                got.insert(publish.payload);
-            }
-            Ok(other) => panic!("subscriber: expected PUBLISH, got {other:?}"),
-            Err(e) => panic!("subscriber: no PUBLISH after {} of {n} ({e:?})", got.len()),
-        }
-    }
-    got
 }
 
 /// A publisher held back by a congested subscriber, whose client sent a DISCONNECT behind its
@@ -226,7 +188,8 @@ async fn a_disconnect_behind_held_input_is_handled_in_order() {
         sink.len() / 4
     });
 
-    assert_eq!(receive_distinct_acking(&mut subscriber, N).await.len(), N);
+    let got = receive_distinct_acking(&mut subscriber, N, Duration::ZERO, TIMEOUT * 6).await;
+    assert_eq!(got.len(), N);
     assert_eq!(acks.await.expect("reader"), N, "a PUBACK for every PUBLISH");
     watcher
         .expect_no_packet(std::time::Duration::from_millis(500))
