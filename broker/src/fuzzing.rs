@@ -273,14 +273,16 @@ pub fn decode_link_datagram(body: &[u8]) -> bool {
 
 /// A link's receiving half fed `segments` (number, bytes) in the order given, held and let go
 /// where `hold` says, with every frame taken as the receiver would: records decoded, interest
-/// changes parsed. Returns how many frames were taken; never holds more than a window's worth
-/// of out-of-order segments (asserted).
+/// changes parsed and applied to a peer's interest, which is then asked about the frame's
+/// topic. Returns how many frames were taken; never holds more than a window's worth of
+/// out-of-order segments (asserted).
 pub fn feed_inbox(segments: &[(u64, Vec<u8>, bool)]) -> usize {
     use crate::cluster::interest;
     use crate::cluster::link::{Inbox, Next, SEGMENT_BYTES, WINDOW};
     let Some(mut inbox) = Inbox::join(1, 1, 0, 1 << 16) else {
         return 0;
     };
+    let remote = interest::RemoteInterest::default();
     let mut frames = 0;
     for (seq, data, hold) in segments {
         inbox.hold(*hold);
@@ -288,8 +290,15 @@ pub fn feed_inbox(segments: &[(u64, Vec<u8>, bool)]) -> usize {
         while let Some(next) = inbox.next_frame() {
             frames += 1;
             if let Next::Frame(frame) = next {
-                let _ = interest::decode(&frame.body);
-                let _ = sync::decode_batch(&frame.body, sync::NEWEST_VERSION, Instant::now());
+                if let Some(changes) = interest::decode(&frame.body) {
+                    remote.apply("peer", 1, &changes);
+                    if let Some((filter, _)) = changes.filters.first() {
+                        let _ = remote.matching(&Bytes::copy_from_slice(filter));
+                    }
+                }
+                if let Some(message) = sync::decode_frame_record(&frame.body, Instant::now()) {
+                    let _ = remote.matching(&message.topic);
+                }
             }
         }
         let ack = inbox.ack();

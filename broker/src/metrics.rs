@@ -543,7 +543,8 @@ pub struct ClusterMetrics {
     pub members: [Gauge; 3],
     /// `[port][0 = in, 1 = out]`.
     datagrams: [[Counter; 2]; 2],
-    /// Messages accepted for forwarding (each goes to every member that is up).
+    /// Messages queued for at least one member (those whose interest matches, retained ones
+    /// for every member that is up).
     pub records_forwarded: Counter,
     /// Messages not sent to a peer because none of its subscriptions matched them.
     pub records_skipped: Counter,

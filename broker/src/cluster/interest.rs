@@ -50,6 +50,10 @@ pub fn snapshot_frames(filters: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Vec<Bytes
         let Ok(len) = u16::try_from(filter.len()) else {
             return;
         };
+        // `$` topics are never forwarded.
+        if filter.first() == Some(&b'$') {
+            return;
+        }
         let frame = frames.last_mut().filter(|f| f.len() < FRAME_BYTES);
         let frame = match frame {
             Some(frame) => frame,
@@ -68,6 +72,9 @@ pub fn snapshot_frames(filters: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Vec<Bytes
 /// The body of a frame that adds (or removes) one filter.
 pub fn change_frame(filter: &[u8], added: bool) -> Option<BytesMut> {
     let len = u16::try_from(filter.len()).ok()?;
+    if filter.first() == Some(&b'$') {
+        return None;
+    }
     let mut frame = BytesMut::with_capacity(4 + filter.len());
     frame.put_u8(0);
     frame.put_u8(if added { OP_ADD } else { OP_REMOVE });
@@ -107,10 +114,14 @@ pub fn decode(mut body: &[u8]) -> Option<Changes> {
         let Ok(filter) = std::str::from_utf8(&body[..len]) else {
             return None;
         };
-        if !topic::is_valid_filter(filter) || filter.starts_with('$') || filter.contains('\0') {
+        if !topic::is_valid_filter(filter) || filter.contains('\0') {
             return None;
         }
-        filters.push((filter.as_bytes().to_vec(), op == OP_ADD));
+        // `$` topics are never forwarded: such a filter (a later release may send one) asks
+        // for nothing.
+        if !filter.starts_with('$') {
+            filters.push((filter.as_bytes().to_vec(), op == OP_ADD));
+        }
         body.advance(len);
     }
     Some(Changes {
@@ -142,10 +153,59 @@ static VERSIONS: AtomicU64 = AtomicU64::new(1);
 #[derive(Default)]
 struct Inner {
     root: Level,
-    /// Node ids by slot.
-    slots: Vec<Option<String>>,
+    /// Whose interest each slot holds.
+    slots: Vec<Option<Slot>>,
     /// Slots whose snapshot has arrived.
     known: u64,
+}
+
+struct Slot {
+    node_id: String,
+    boot_ms: u64,
+}
+
+impl Inner {
+    fn find(&self, node_id: &str) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.node_id == node_id))
+    }
+
+    /// The slot of `node_id` in boot `boot_ms`: its own, emptied when it held an earlier boot
+    /// (a later one is kept: its snapshot came before membership told of it), else a free one.
+    fn take_slot(&mut self, node_id: &str, boot_ms: u64) -> Option<usize> {
+        if let Some(slot) = self.find(node_id) {
+            let held = self.slots[slot].as_ref().map_or(0, |s| s.boot_ms);
+            if held < boot_ms {
+                self.free(slot);
+                self.slots[slot] = Some(Slot {
+                    node_id: node_id.to_string(),
+                    boot_ms,
+                });
+            }
+            return Some(slot);
+        }
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None if self.slots.len() < MAX_SLOTS => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+            None => return None,
+        };
+        self.slots[slot] = Some(Slot {
+            node_id: node_id.to_string(),
+            boot_ms,
+        });
+        Some(slot)
+    }
+
+    fn free(&mut self, slot: usize) {
+        let bit = 1u64 << slot;
+        self.root.clear(bit);
+        self.known &= !bit;
+        self.slots[slot] = None;
+    }
 }
 
 #[derive(Default)]
@@ -231,48 +291,35 @@ impl RemoteInterest {
             .store(VERSIONS.fetch_add(1, Ordering::Relaxed), Ordering::Release);
     }
 
-    /// The slot of peer `node_id`, given one if it has none; `None` when all are taken.
-    pub fn slot(&self, node_id: &str) -> Option<usize> {
-        if let Some(slot) = self.find(node_id) {
-            return Some(slot);
-        }
+    /// The slot of peer `node_id` in its boot `boot_ms`, given one if it has none; `None`
+    /// when all are taken. What the slot held of an earlier boot is forgotten: that peer gets
+    /// every message until the new boot's snapshot arrives.
+    pub fn slot(&self, node_id: &str, boot_ms: u64) -> Option<usize> {
         let mut inner = self.inner.write();
-        if let Some(slot) = inner
-            .slots
-            .iter()
-            .position(|s| s.as_deref() == Some(node_id))
-        {
-            return Some(slot);
-        }
-        let slot = match inner.slots.iter().position(Option::is_none) {
-            Some(free) => free,
-            None if inner.slots.len() < MAX_SLOTS => {
-                inner.slots.push(None);
-                inner.slots.len() - 1
-            }
-            None => return None,
-        };
-        inner.slots[slot] = Some(node_id.to_string());
+        let slot = inner.take_slot(node_id, boot_ms)?;
         drop(inner);
         self.changed();
         Some(slot)
     }
 
-    fn find(&self, node_id: &str) -> Option<usize> {
-        self.inner
-            .read()
-            .slots
-            .iter()
-            .position(|s| s.as_deref() == Some(node_id))
-    }
-
-    /// Applies what peer `node_id` said.
-    pub fn apply(&self, node_id: &str, changes: &Changes) -> bool {
-        let Some(slot) = self.slot(node_id) else {
+    /// Applies what peer `node_id`, in its boot `boot_ms`, said on its control link. A change
+    /// from a boot whose snapshot has not been taken is ignored (the snapshot comes first on
+    /// every control link, and has what it changes).
+    pub fn apply(&self, node_id: &str, boot_ms: u64, changes: &Changes) -> bool {
+        let mut inner = self.inner.write();
+        if !changes.snapshot
+            && inner
+                .slots
+                .iter()
+                .flatten()
+                .all(|s| (s.node_id.as_str(), s.boot_ms) != (node_id, boot_ms))
+        {
+            return false;
+        }
+        let Some(slot) = inner.take_slot(node_id, boot_ms) else {
             return false;
         };
         let bit = 1u64 << slot;
-        let mut inner = self.inner.write();
         if changes.snapshot {
             inner.root.clear(bit);
             inner.known |= bit;
@@ -286,22 +333,46 @@ impl RemoteInterest {
         true
     }
 
-    /// Forgets peer `node_id` (gone from membership): its slot is free again.
-    pub fn forget(&self, node_id: &str) {
+    /// Forgets what is known of peer `node_id` up to boot `boot_ms` (it went down, or was
+    /// replaced by a later boot whose interest may already be here): its slot is free again.
+    pub fn forget(&self, node_id: &str, boot_ms: u64) {
         let mut inner = self.inner.write();
-        let Some(slot) = inner
-            .slots
-            .iter()
-            .position(|s| s.as_deref() == Some(node_id))
-        else {
+        let Some(slot) = inner.slots.iter().position(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.node_id == node_id && s.boot_ms <= boot_ms)
+        }) else {
             return;
         };
-        let bit = 1u64 << slot;
-        inner.root.clear(bit);
-        inner.known &= !bit;
-        inner.slots[slot] = None;
+        inner.free(slot);
         drop(inner);
         self.changed();
+    }
+
+    /// Forgets every peer that `keep` does not name.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut inner = self.inner.write();
+        let gone: Vec<usize> = (0..inner.slots.len())
+            .filter(|&i| inner.slots[i].as_ref().is_some_and(|s| !keep(&s.node_id)))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for slot in gone {
+            inner.free(slot);
+        }
+        drop(inner);
+        self.changed();
+    }
+
+    /// Forgets that peer `node_id`'s interest was known (an interest frame of it could not be
+    /// read): it gets every message until its next snapshot.
+    pub fn unknown(&self, node_id: &str) {
+        let mut inner = self.inner.write();
+        if let Some(slot) = inner.find(node_id) {
+            inner.known &= !(1u64 << slot);
+            drop(inner);
+            self.changed();
+        }
     }
 
     /// The slots that want a message on `topic`: those with a matching filter and those whose
@@ -357,7 +428,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_malformed_ones_are_refused() {
         let frames = snapshot_frames(|visit| {
-            for filter in ["a/b", "a/+", "#", "/x"] {
+            for filter in ["a/b", "$SYS/#", "a/+", "#", "/x"] {
                 visit(filter.as_bytes());
             }
         });
@@ -371,6 +442,10 @@ mod tests {
         );
         let removed = change_frame(b"a/b", false).unwrap();
         assert_eq!(decode(&removed), Some(changes(false, &[("a/b", false)])));
+        // `$` filters are neither sent nor taken, and do not spoil the frame.
+        assert!(change_frame(b"$SYS/#", true).is_none());
+        let with_dollar = b"\x00\x01\x00\x06$SYS/#\x01\x00\x01x";
+        assert_eq!(decode(with_dollar), Some(changes(false, &[("x", true)])));
         for bad in [
             &b""[..],
             b"\x02",
@@ -378,7 +453,6 @@ mod tests {
             b"\x00\x02\x00\x01a",
             b"\x00\x01\x00\x05a",
             b"\x00\x01\x00\x03a/#/b",
-            b"\x00\x01\x00\x04$SYS",
             b"\x00\x01\x00\x00",
         ] {
             assert_eq!(decode(bad), None, "{bad:?}");
@@ -400,14 +474,17 @@ mod tests {
     #[test]
     fn messages_go_to_the_peers_whose_filters_match_and_to_those_not_yet_known() {
         let interest = RemoteInterest::default();
-        let (a, b) = (interest.slot("a").unwrap(), interest.slot("b").unwrap());
+        let (a, b) = (
+            interest.slot("a", 1).unwrap(),
+            interest.slot("b", 1).unwrap(),
+        );
         let (bit_a, bit_b) = (1u64 << a, 1u64 << b);
         // Nothing known yet: everyone.
         assert_eq!(
             interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b),
             bit_a | bit_b
         );
-        interest.apply("a", &changes(true, &[("x/+", true), ("s/#", true)]));
+        interest.apply("a", 1, &changes(true, &[("x/+", true), ("s/#", true)]));
         assert!(interest.is_known(a) && !interest.is_known(b));
         assert_eq!(
             interest.matching(&Bytes::from_static(b"x/y")) & bit_a,
@@ -428,7 +505,7 @@ mod tests {
             bit_b,
             "b still unknown"
         );
-        interest.apply("b", &changes(true, &[("q", true)]));
+        interest.apply("b", 1, &changes(true, &[("q", true)]));
         assert_eq!(
             interest.matching(&Bytes::from_static(b"q")) & (bit_a | bit_b),
             bit_b
@@ -437,7 +514,7 @@ mod tests {
             interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b),
             bit_a
         );
-        interest.apply("a", &changes(false, &[("x/+", false), ("q", true)]));
+        interest.apply("a", 1, &changes(false, &[("x/+", false), ("q", true)]));
         assert_eq!(
             interest.matching(&Bytes::from_static(b"x/y")) & (bit_a | bit_b),
             0
@@ -447,7 +524,7 @@ mod tests {
             bit_a | bit_b
         );
         // A new snapshot replaces what was known.
-        interest.apply("a", &changes(true, &[("#", true)]));
+        interest.apply("a", 1, &changes(true, &[("#", true)]));
         assert_eq!(
             interest.matching(&Bytes::from_static(b"anything")) & bit_a,
             bit_a
@@ -456,24 +533,40 @@ mod tests {
             interest.matching(&Bytes::from_static(b"s/1")) & bit_a,
             bit_a
         );
-        interest.apply("a", &changes(true, &[]));
+        interest.apply("a", 1, &changes(true, &[]));
         assert_eq!(
             interest.matching(&Bytes::from_static(b"anything")) & bit_a,
             0
         );
+        // A change from a boot whose snapshot was not taken changes nothing.
+        assert!(!interest.apply("a", 2, &changes(false, &[("#", true)])));
+        // A later boot's snapshot replaces the earlier boot's interest; forgetting the earlier
+        // boot then keeps it.
+        interest.apply("a", 2, &changes(true, &[("z", true)]));
+        interest.forget("a", 1);
+        assert_eq!(interest.matching(&Bytes::from_static(b"z")) & bit_a, bit_a);
+        // A new boot in membership: unknown (everything) until its snapshot.
+        interest.slot("a", 3);
+        assert!(!interest.is_known(a));
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"nothing")) & bit_a,
+            bit_a
+        );
         // Forgotten: its slot is free, and unknown again when taken.
-        interest.forget("b");
-        assert_eq!(interest.slot("c"), Some(b));
+        interest.forget("b", 1);
+        assert_eq!(interest.slot("c", 1), Some(b));
         assert!(!interest.is_known(b));
+        interest.retain(|node| node != "c");
+        assert_eq!(interest.slot("d", 1), Some(b));
     }
 
     #[test]
     fn slots_run_out_at_the_limit() {
         let interest = RemoteInterest::default();
         for i in 0..MAX_SLOTS {
-            assert_eq!(interest.slot(&format!("n{i}")), Some(i));
+            assert_eq!(interest.slot(&format!("n{i}"), 1), Some(i));
         }
-        assert_eq!(interest.slot("one-too-many"), None);
-        assert_eq!(interest.slot("n3"), Some(3));
+        assert_eq!(interest.slot("one-too-many", 1), None);
+        assert_eq!(interest.slot("n3", 1), Some(3));
     }
 }

@@ -47,8 +47,9 @@ const BEST_EFFORT_BYTES: usize = 2 << 20;
 const NEWEST_PUBLISH_VERSION: u8 = 2;
 /// The sync version that brought links.
 pub const LINK_VERSION: u8 = 3;
-/// What a control link may hold unacknowledged: interest changes of a peer that does not
-/// answer. Beyond it the control link starts over with a snapshot.
+/// What a control link may hold unacknowledged before a change is queued: interest changes
+/// of a peer that does not answer. Beyond it the control link starts over with a snapshot
+/// (which is queued whatever its size).
 const CONTROL_CAPACITY: usize = 64 << 20;
 
 /// Every peer this node forwards to.
@@ -158,7 +159,9 @@ impl Peers {
                        "peer reads no sync version this node writes; not forwarded to it");
                 continue;
             };
-            let slot = self.interest.slot(&member.identity.node_id);
+            let slot = self
+                .interest
+                .slot(&member.identity.node_id, member.identity.boot_ms);
             let peer = Arc::new(Peer::new(
                 member.identity.clone(),
                 version,
@@ -176,13 +179,24 @@ impl Peers {
             .filter(|p| !next.iter().any(|n| Arc::ptr_eq(n, p)))
         {
             gone.retire(&self.metrics);
-            if !others
-                .iter()
-                .any(|m| m.identity.node_id == gone.identity.node_id)
-            {
-                self.interest.forget(&gone.identity.node_id);
+            // Down, or replaced by a later boot (whose interest may be here already and
+            // stays); not merely renewed (the same boot keeps its control link, and so its
+            // interest).
+            let renewed = next.iter().any(|p| {
+                p.identity.node_id == gone.identity.node_id
+                    && p.identity.boot_ms == gone.identity.boot_ms
+            });
+            if !renewed {
+                self.interest
+                    .forget(&gone.identity.node_id, gone.identity.boot_ms);
             }
         }
+        // Members that are down or gone hold no slot: one that comes back sends a snapshot.
+        self.interest.retain(|node_id| {
+            others
+                .iter()
+                .any(|m| m.state != MemberState::Down && m.identity.node_id == node_id)
+        });
         // The new control links start with a snapshot of this node's filters, taken while
         // none can change, and the peers are listed for the changes before any can: each
         // change comes after the snapshot, and none is lost.
@@ -192,7 +206,7 @@ impl Peers {
                 if !new.is_empty() {
                     let frames = interest::snapshot_frames(|visit| filters.for_each(visit));
                     for peer in &new {
-                        peer.push_control(&frames);
+                        peer.push_control(&frames, true);
                     }
                 }
                 self.list.store(next);
@@ -207,15 +221,24 @@ impl Peers {
     /// Starts `peer`'s control link over, with a snapshot: its receiver refused the current
     /// one, or it could not take the last change.
     pub fn restart_control(&self, peer: &Peer) {
-        let link = self.new_link();
         let Some(broker) = self.broker.get().and_then(Weak::upgrade) else {
             return;
         };
         broker.router.with_filters(|filters| {
             let frames = interest::snapshot_frames(|visit| filters.for_each(visit));
-            peer.queues.lock().control = Outbox::new(link, CONTROL_CAPACITY);
+            let mut queues = peer.queues.lock();
+            if peer.gone.load(Ordering::Relaxed) {
+                return;
+            }
+            // Named under the lock: of two restarts at once (sender and receiver), the later
+            // name is the one installed, which the receiver then follows.
+            queues.control = Outbox::new(self.new_link(), usize::MAX);
             peer.control_lost.store(false, Ordering::Relaxed);
-            peer.push_control(&frames);
+            for frame in &frames {
+                queues.control.push(FRAME_INTEREST, frame.len(), |out| {
+                    out.extend_from_slice(frame)
+                });
+            }
         });
         debug!(peer = %peer.identity.node_id, "control link restarted with a snapshot");
         self.wake_sender();
@@ -274,7 +297,7 @@ impl Peers {
         };
         let mut wake = false;
         for peer in self.list.load().iter().filter(|p| p.has_link) {
-            wake |= peer.push_control(std::slice::from_ref(&frame));
+            wake |= peer.push_control(std::slice::from_ref(&frame), false);
         }
         if wake {
             self.wake_sender();
@@ -345,7 +368,7 @@ impl Peer {
             has_link: version >= LINK_VERSION,
             queues: Mutex::new(Queues {
                 outbox: Outbox::new(links[0], capacity),
-                control: Outbox::new(links[1], CONTROL_CAPACITY),
+                control: Outbox::new(links[1], usize::MAX),
                 best_effort: BestEffort::default(),
             }),
             drained: Notify::new(),
@@ -360,20 +383,25 @@ impl Peer {
         !self.has_link || message.retain || self.slot.is_none_or(|slot| wanted & (1 << slot) != 0)
     }
 
-    /// Queues interest frames on the control link; says whether the sender must be woken.
-    fn push_control(&self, frames: &[BytesMut]) -> bool {
+    /// Queues interest frames on the control link (a snapshot's whatever their size, a change
+    /// while what is unacknowledged stays below [`CONTROL_CAPACITY`]); says whether the sender
+    /// must be woken.
+    fn push_control(&self, frames: &[BytesMut], snapshot: bool) -> bool {
         let mut queues = self.queues.lock();
+        if self.gone.load(Ordering::Relaxed) || self.control_lost() {
+            return false;
+        }
+        if !snapshot && queues.control.buffered() > CONTROL_CAPACITY {
+            warn!(peer = %self.identity.node_id,
+                  "peer does not acknowledge interest changes; its control link starts over");
+            self.control_lost.store(true, Ordering::Relaxed);
+            return true;
+        }
         let was_idle = !queues.control.has_transmit();
         for frame in frames {
-            let pushed = queues.control.push(FRAME_INTEREST, frame.len(), |out| {
+            queues.control.push(FRAME_INTEREST, frame.len(), |out| {
                 out.extend_from_slice(frame)
             });
-            if pushed == Pushed::Full {
-                warn!(peer = %self.identity.node_id,
-                      "peer does not acknowledge interest changes; its control link starts over");
-                self.control_lost.store(true, Ordering::Relaxed);
-                return true;
-            }
         }
         was_idle
     }
@@ -707,7 +735,7 @@ mod tests {
             snapshot: true,
             filters: vec![(b"x/#".to_vec(), true)],
         };
-        peers.interest.apply("new", &changes);
+        peers.interest.apply("new", 1, &changes);
         let wanted = peers.interest.matching(&Bytes::from_static(b"a/b"));
         assert!(!new.wants(&plain, wanted));
         assert!(new.wants(&retained, wanted));

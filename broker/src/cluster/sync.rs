@@ -119,6 +119,8 @@ const MEMBERS_POLL: Duration = Duration::from_millis(100);
 const RECEIVE_BURST: usize = 64;
 /// Bytes a link frame may hold beyond the PUBLISH packet its record stands for.
 const FRAME_SLACK: usize = 64;
+/// The largest control link frame: a snapshot frame's filters and one filter more.
+const CONTROL_MAX_FRAME: usize = interest::FRAME_BYTES + 2 * (3 + 65_535);
 /// Replay windows kept before those of members that are gone are dropped.
 const PRUNE_WINDOWS_AT: usize = 64;
 
@@ -532,7 +534,7 @@ fn decode_record(buf: &mut &[u8], version: u8, now: Instant) -> Option<Message> 
 }
 
 /// The record a link frame of kind [`FRAME_PUBLISH`] holds, received at `now`.
-fn decode_frame_record(body: &[u8], now: Instant) -> Option<Message> {
+pub(crate) fn decode_frame_record(body: &[u8], now: Instant) -> Option<Message> {
     let mut buf = body;
     let message = decode_record(&mut buf, 2, now)?;
     (!buf.has_remaining()).then_some(message)
@@ -873,8 +875,7 @@ impl ReceiverState {
         let Some(incoming) = self.incoming.get_mut(key) else {
             return;
         };
-        let Some(congested) =
-            take_frames_of(&mut incoming.inbox, key, &self.receiver, &self.limits, true)
+        let Some(congested) = take_frames_of(incoming, key, &self.receiver, &self.limits, true)
         else {
             return;
         };
@@ -898,7 +899,7 @@ impl ReceiverState {
     /// its sender counts them as delivered.
     fn flush(&self, key: &LinkKey, mut old: Incoming) {
         old.inbox.hold(false);
-        take_frames_of(&mut old.inbox, key, &self.receiver, &self.limits, false);
+        take_frames_of(&mut old, key, &self.receiver, &self.limits, false);
     }
 
     /// Takes the frames of a held link again. When the wait for its subscriber gave up, what
@@ -914,13 +915,7 @@ impl ReceiverState {
         }
         incoming.inbox.hold(false);
         if held.gave_up {
-            take_frames_of(
-                &mut incoming.inbox,
-                &held.key,
-                &self.receiver,
-                &self.limits,
-                false,
-            );
+            take_frames_of(incoming, &held.key, &self.receiver, &self.limits, false);
         } else {
             self.take_frames(&held.key);
         }
@@ -988,8 +983,14 @@ impl ReceiverState {
                         if let Some(old) = self.incoming.remove(&key) {
                             self.flush(&key, old);
                         }
-                        let Some(inbox) = Inbox::join(link, seq, sender_acked, self.max_frame)
-                        else {
+                        // A snapshot frame holds up to 64 KiB of filters and one more, whatever
+                        // -mpl allows a message.
+                        let max_frame = if control {
+                            self.max_frame.max(CONTROL_MAX_FRAME)
+                        } else {
+                            self.max_frame
+                        };
+                        let Some(inbox) = Inbox::join(link, seq, sender_acked, max_frame) else {
                             // This node lost track of a link its peer kept (it forgot the peer
                             // for a while): ask for a new one.
                             let refusal = Ack {
@@ -1072,7 +1073,7 @@ impl ReceiverState {
 /// on a control link, records on a data link. With `hold`, stops at the first record that
 /// congests a local subscriber and returns that subscriber.
 fn take_frames_of(
-    inbox: &mut Inbox,
+    incoming: &mut Incoming,
     key: &LinkKey,
     receiver: &Receiver,
     limits: &Limits,
@@ -1080,19 +1081,30 @@ fn take_frames_of(
 ) -> Option<Congested> {
     let cluster = &receiver.broker.metrics.cluster;
     let now = Instant::now();
-    while let Some(next) = inbox.next_frame() {
+    let origin = String::from_utf8_lossy(&key.origin);
+    // An interest frame that could not be taken leaves the peer's interest unknown (it gets
+    // every message) rather than wrong.
+    let interest_lost = || {
+        if key.control {
+            receiver.peers.interest.unknown(&origin);
+        }
+    };
+    while let Some(next) = incoming.inbox.next_frame() {
         match next {
             Next::Frame(frame) if key.control && frame.kind == FRAME_INTEREST => {
-                let origin = String::from_utf8_lossy(&key.origin);
                 match interest::decode(&frame.body) {
                     Some(changes) => {
-                        receiver.peers.interest.apply(&origin, &changes);
+                        receiver
+                            .peers
+                            .interest
+                            .apply(&origin, incoming.boot_ms, &changes);
                     }
                     None => {
                         debug!(peer = %origin, "malformed interest frame skipped");
                         cluster
                             .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                             .inc();
+                        interest_lost();
                     }
                 }
             }
@@ -1114,18 +1126,21 @@ fn take_frames_of(
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                     .inc();
+                interest_lost();
             }
             Next::Oversized(len) => {
                 debug!(len, "link frame over -mpl skipped");
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
                     .inc();
+                interest_lost();
             }
             Next::Unreadable => {
-                warn!(peer = ?key.origin, "a peer's link cannot be read; refused");
+                warn!(peer = %origin, "a peer's link cannot be read; refused");
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                     .inc();
+                interest_lost();
             }
         }
     }
