@@ -1715,71 +1715,60 @@ impl NetLab {
 
     /// Drops every UDP datagram in and out of node `i`'s namespace (nft table `inet cut`).
     pub fn cut_udp(&self, i: usize) {
-        let rules = "table inet cut {\n\
+        self.add_nft_table(
+            i,
+            "table inet cut {\n\
              chain in { type filter hook input priority 0; policy accept; meta l4proto udp drop; }\n\
              chain out { type filter hook output priority 0; policy accept; meta l4proto udp drop; }\n\
-             }\n";
-        run(
-            &["ip", "netns", "exec", self.ns(i), "nft", "-f", "-"],
-            Some(rules),
-        )
-        .unwrap_or_else(|e| panic!("adding the nft cut in {}: {e}", self.ns(i)));
+             }\n",
+        );
+    }
+
+    /// Removes the cut of [`NetLab::cut_udp`].
+    pub fn heal(&self, i: usize) {
+        self.delete_nft_table(i, "cut");
     }
 
     /// Drops a random `percent` of the UDP datagrams node `i` receives on, and sends from,
     /// `port` (nft table `inet loss`).
     pub fn drop_udp_randomly(&self, i: usize, port: u16, percent: u32) {
-        let rules = format!(
-            "table inet loss {{\n\
-             chain in {{ type filter hook input priority 0; policy accept; \
-             udp dport {port} numgen random mod 100 < {percent} drop; }}\n\
-             chain out {{ type filter hook output priority 0; policy accept; \
-             udp sport {port} numgen random mod 100 < {percent} drop; }}\n\
-             }}\n"
+        self.add_nft_table(
+            i,
+            &format!(
+                "table inet loss {{\n\
+                 chain in {{ type filter hook input priority 0; policy accept; \
+                 udp dport {port} numgen random mod 100 < {percent} drop; }}\n\
+                 chain out {{ type filter hook output priority 0; policy accept; \
+                 udp sport {port} numgen random mod 100 < {percent} drop; }}\n\
+                 }}\n"
+            ),
         );
-        run(
-            &["ip", "netns", "exec", self.ns(i), "nft", "-f", "-"],
-            Some(&rules),
-        )
-        .unwrap_or_else(|e| panic!("adding the nft loss in {}: {e}", self.ns(i)));
     }
 
     /// Removes the loss of [`NetLab::drop_udp_randomly`].
     pub fn stop_dropping(&self, i: usize) {
-        run(
-            &[
-                "ip",
-                "netns",
-                "exec",
-                self.ns(i),
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "loss",
-            ],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("deleting the nft loss in {}: {e}", self.ns(i)));
+        self.delete_nft_table(i, "loss");
     }
 
-    /// Removes the cut of [`NetLab::cut_udp`].
-    pub fn heal(&self, i: usize) {
+    /// Loads nft `rules` (one table) in node `i`'s namespace.
+    fn add_nft_table(&self, i: usize, rules: &str) {
+        run(
+            &["ip", "netns", "exec", self.ns(i), "nft", "-f", "-"],
+            Some(rules),
+        )
+        .unwrap_or_else(|e| panic!("adding nft rules in {}: {e}", self.ns(i)));
+    }
+
+    /// Deletes nft table `inet <table>` in node `i`'s namespace.
+    fn delete_nft_table(&self, i: usize, table: &str) {
+        let ns = self.ns(i);
         run(
             &[
-                "ip",
-                "netns",
-                "exec",
-                self.ns(i),
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "cut",
+                "ip", "netns", "exec", ns, "nft", "delete", "table", "inet", table,
             ],
             None,
         )
-        .unwrap_or_else(|e| panic!("deleting the nft cut in {}: {e}", self.ns(i)));
+        .unwrap_or_else(|e| panic!("deleting the nft table {table} in {ns}: {e}"));
     }
 }
 
