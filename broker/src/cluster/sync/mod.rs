@@ -1,0 +1,86 @@
+//! Forwarding PUBLISH messages between nodes over UDP (`-csp`).
+//!
+//! After a client's PUBLISH (or a will) is routed locally, [`Forwarder::forward`] queues it for
+//! each peer whose subscriptions match it (see [`super::interest`]), without waiting: QoS 0 in
+//! best-effort datagrams (a full queue drops and counts), QoS 1 and 2, and anything larger than
+//! one datagram, on the peer's link (see [`super::link`]), which holds up to `-csb` bytes until
+//! they are acknowledged; a publisher waits for a congested link as for a slow subscriber. The
+//! sender task sends what is queued from one socket (UDP does not block per peer, so a dead
+//! peer stalls nobody) and retransmits what is not acknowledged. The receiver task
+//! authenticates, checks the origin and freshness, hands the records to the local router (it
+//! never forwards them again: one hop, no loops), acknowledges link segments once per burst of
+//! datagrams, and holds a link while a local subscriber it fills drains.
+//!
+//! Wire format (all integers big-endian), every datagram ending with an HMAC-SHA256 tag of 32
+//! bytes and starting with `[version][kind][origin id length: u8][origin id][origin boot
+//! epoch: u64][destination id length: u8][destination id][destination boot epoch: u64]`:
+//! ```text
+//! version 1 or 2, kind 1, a best-effort batch: [seq: u64][record count: u16] records...
+//! version 3, kind 2 (4 on the control link), a link segment:
+//!     [link: u64][segment number: u64][acknowledged up to: u64][stream bytes, at most 1200]
+//! version 3, kind 3 (5 on the control link), an acknowledgement:
+//!     [link: u64][cumulative: u64][selective: u64][window: u32][flags: u8 (bit 0 reset)]
+//! frames in a link's stream: [length of kind and body: u32][kind: u8][body]; on the data
+//!     link kind 1 holds one version 2 record, on the control link kind 1 interest changes
+//! record, version 1: [flags: u8 (bits 0-1 QoS, bit 2 retain)][topic length: u16][topic]
+//!                    [payload length: u32][payload]
+//! record, version 2: [flags: u8 (bits 0-1 QoS, bit 2 retain, bit 3 expiry, bit 4 properties)]
+//!                    [topic length: u16][topic]
+//!                    [only with bit 3: seconds of Message Expiry left when sent: u32]
+//!                    [only with bit 4: properties length: u16 (never 0)][properties]
+//!                    [payload length: u32][payload]
+//! ```
+//! Version 2 adds what an MQTT 5 message carries: its properties (Payload Format Indicator,
+//! Content Type, Response Topic, Correlation Data, User Properties, in MQTT 5 wire form without
+//! the length prefix, checked by the receiver as the codec checks a PUBLISH's, see
+//! [`crate::codec::properties::decode_message_properties`]) and the Message Expiry left, rounded
+//! up so that a message still alive is never sent as expired; the receiver counts it down again
+//! from when it arrives (on a link, from when it was queued). A record without either is byte
+//! for byte a version 1 record. Version 3 brings links and interest; its best-effort batches are
+//! those of version 2.
+//!
+//! Each node tells the others in gossip which versions it reads (see
+//! [`NodeIdentity::reads_sync`]), and the sender writes to each peer the newest version both
+//! know: to a node of a release without links, every message best effort and every message
+//! whatever its topic; version 1 to one without MQTT 5, which then delivers the message
+//! without its properties or expiry. `-csv` caps the version a node writes, reads and
+//! advertises, so that a test can play an earlier release. A message expired before it is
+//! queued is not sent.
+//!
+//! A record's size, which `-csl` limits when set, is [`record_len`] in version 2: 7 bytes plus
+//! topic plus payload, plus 4 with an expiry, plus 2 and the properties with any.
+//! A best-effort batch's `seq` increases strictly per origin boot and never lags the origin's
+//! monotonic clock in microseconds, which bounds how far ahead a plausible one can be (see
+//! [`super::replay`]); a link segment is taken once per link, whatever its number, and a link
+//! is one sender boot talking to one receiver boot. The destination makes each datagram good
+//! for one boot of one node only: a datagram captured on its way to one member cannot be
+//! replayed to another, nor to the same node after it restarts with an empty replay window.
+
+//!
+//! Files: `forward` (the publishing side), `send` (the sender), `receive` (the receiver),
+//! `wire` (the bytes).
+
+mod forward;
+mod receive;
+mod send;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+use std::time::Instant;
+
+pub use forward::Forwarder;
+pub use receive::{receive_loop, Limits, Receiver};
+pub use send::send_loop;
+pub use wire::*;
+
+/// Who this node is in the datagrams it sends.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub node_id: String,
+    pub boot_ms: u64,
+    /// The same boot on the monotonic clock, which sequence numbers follow.
+    pub started: Instant,
+    /// The newest sync version this node writes (`-csv`).
+    pub version: u8,
+}

@@ -1,0 +1,609 @@
+//! The sync receiver: authenticates each datagram, checks who sent it and that it is fresh,
+//! delivers best-effort records and link frames to the local router (or, on a control link,
+//! to the peers' interest), acknowledges link segments once per burst, and holds a link while
+//! a local subscriber it fills drains.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::super::auth::DatagramKey;
+use super::super::interest::{self, FRAME_INTEREST};
+use super::super::link::{Ack, Inbox, Next, Segmented};
+use super::super::membership::{Members, NodeIdentity};
+use super::super::peers::Peers;
+use super::super::replay::{ReceivedAt, ReplayWindow};
+use super::send::send;
+use super::wire::*;
+use super::Origin;
+use crate::broker::Broker;
+use crate::codec::{publish_v5_size, PublishV5Extras, QoS};
+use crate::metrics::{ClusterDrop, ClusterPort};
+use crate::router::{Congested, Message};
+
+/// Datagrams the receiver handles before it sends the acknowledgements they call for.
+const RECEIVE_BURST: usize = 64;
+
+/// Bytes a link frame may hold beyond the PUBLISH packet its record stands for.
+const FRAME_SLACK: usize = 64;
+
+/// The largest control link frame: a snapshot frame's filters and one filter more.
+const CONTROL_MAX_FRAME: usize = interest::FRAME_BYTES + 2 * (3 + 65_535);
+
+/// Replay windows kept before those of members that are gone are dropped.
+const PRUNE_WINDOWS_AT: usize = 64;
+
+/// The sizes a record must respect on this node, as a client PUBLISH would: `-csl` for the
+/// record, and `-mpl` for the PUBLISH packet it stands for. Nodes may be configured
+/// differently, so the receiver checks its own limits rather than trusting the sender's.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `-csl`, if set.
+    pub sync_limit: Option<usize>,
+    pub max_packet_size: usize,
+}
+
+impl Limits {
+    pub(super) fn admit(&self, message: &Message) -> bool {
+        // A record received in version 1 has neither expiry nor properties, so its size is the
+        // same in either version.
+        self.sync_limit
+            .is_none_or(|limit| record_len(message, 2) <= limit)
+            && publish_packet_len(message) <= self.max_packet_size
+    }
+}
+
+/// The size of the smallest PUBLISH packet a client could have sent for `message`: MQTT 3.1.1
+/// when it carries no MQTT 5 properties or expiry (fixed header, topic with its length prefix,
+/// packet identifier for QoS 1 and 2, payload), MQTT 5 with them (plus the property list).
+pub(super) fn publish_packet_len(message: &Message) -> usize {
+    if message.properties.is_empty() && message.expires_at.is_none() {
+        let remaining = 2
+            + message.topic.len()
+            + if message.qos == QoS::AtMostOnce { 0 } else { 2 }
+            + message.payload.len();
+        let length_bytes = match remaining {
+            0..=127 => 1,
+            128..=16_383 => 2,
+            16_384..=2_097_151 => 3,
+            _ => 4,
+        };
+        return 1 + length_bytes + remaining;
+    }
+    let extras = PublishV5Extras {
+        // Four bytes whatever the value.
+        message_expiry: message.expires_at.map(|_| 0),
+        message_properties: &message.properties,
+        ..PublishV5Extras::default()
+    };
+    publish_v5_size(
+        message.qos,
+        message.topic.len(),
+        &extras,
+        message.payload.len(),
+    )
+}
+
+/// What the receiver needs besides the socket.
+pub struct Receiver {
+    pub broker: Arc<Broker>,
+    pub members: Arc<Members>,
+    pub peers: Arc<Peers>,
+    pub key: DatagramKey,
+    /// `-csl`, if set.
+    pub sync_limit: Option<usize>,
+    /// The newest sync version this node reads (`-csv`).
+    pub version: u8,
+    /// This node, as the acknowledgements it sends name it.
+    pub origin: Origin,
+}
+
+/// Which of a peer's links: the one for messages, or its control link.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LinkKey {
+    origin: Bytes,
+    control: bool,
+}
+
+/// The receiving half of one peer's link, for one boot of that peer.
+struct Incoming {
+    boot_ms: u64,
+    inbox: Inbox,
+}
+
+/// Receives datagrams from peers: delivers their records locally, acknowledges link segments
+/// (once per burst of datagrams) and hands acknowledgements to the peers' outboxes. Runs until
+/// the task is aborted.
+pub async fn receive_loop(socket: Arc<UdpSocket>, receiver: Receiver) {
+    let (resume, mut resumed) = mpsc::unbounded_channel();
+    let mut state = ReceiverState {
+        limits: Limits {
+            sync_limit: receiver.sync_limit,
+            max_packet_size: receiver.broker.config.max_packet_size,
+        },
+        max_frame: receiver
+            .broker
+            .config
+            .max_packet_size
+            .saturating_add(FRAME_SLACK),
+        windows: HashMap::new(),
+        incoming: HashMap::new(),
+        acks_due: Vec::new(),
+        resume: resume.clone(),
+        receiver,
+    };
+    let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::with_capacity(256);
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let mut received = received;
+                for _ in 0..RECEIVE_BURST {
+                    match received {
+                        Ok((n, from)) => state.handle(&socket, &buf[..n], from, &mut out).await,
+                        Err(error) => {
+                            debug!(%error, "sync receive failed");
+                            // Never spin on an error that repeats.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            break;
+                        }
+                    }
+                    received = match socket.try_recv_from(&mut buf) {
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                        other => other,
+                    };
+                }
+            }
+            Some(held) = resumed.recv() => state.resume(held),
+        }
+        state.send_acks(&socket, &mut out).await;
+    }
+}
+
+struct ReceiverState {
+    receiver: Receiver,
+    limits: Limits,
+    max_frame: usize,
+    windows: HashMap<Bytes, ReplayWindow>,
+    incoming: HashMap<LinkKey, Incoming>,
+    /// Links that have something to acknowledge.
+    acks_due: Vec<LinkKey>,
+    /// Where a held link is named once the wait for its congested subscriber is over (one
+    /// message per held link at most).
+    resume: mpsc::UnboundedSender<Held>,
+}
+
+/// A link held for a congested subscriber, when the wait for it is over.
+struct Held {
+    key: LinkKey,
+    /// The link then (it may have been replaced since).
+    link: u64,
+    /// The subscriber did not drain: it stopped keeping up, or took longer than the wait.
+    gave_up: bool,
+}
+
+impl ReceiverState {
+    async fn handle(
+        &mut self,
+        socket: &UdpSocket,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut Vec<u8>,
+    ) {
+        let receiver = &self.receiver;
+        let metrics = receiver.broker.metrics.clone();
+        let cluster = &metrics.cluster;
+        cluster.datagram_in(ClusterPort::Sync);
+        let Some(body) = receiver.key.open(datagram) else {
+            debug!(%from, "sync datagram dropped: bad tag");
+            cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::BadTag)
+                .inc();
+            return;
+        };
+        if body.get(1) != Some(&KIND_PUBLISH) {
+            if let Err(reason) = self.handle_link(socket, body, out).await {
+                debug!(%from, reason = reason.label(), "sync datagram dropped");
+                cluster.dropped(ClusterPort::Sync, reason).inc();
+            }
+            return;
+        }
+        let receiver = &self.receiver;
+        let at = ReceivedAt::now(receiver.origin.started);
+        match accept_publish(
+            body,
+            &receiver.members,
+            &mut self.windows,
+            at,
+            receiver.version,
+        ) {
+            Ok(records) => {
+                cluster.records_received.inc_by(records.len() as u64);
+                for message in records {
+                    self.deliver(message);
+                }
+            }
+            Err(reason) => {
+                debug!(%from, reason = reason.label(), "sync datagram dropped");
+                cluster.dropped(ClusterPort::Sync, reason).inc();
+            }
+        }
+    }
+
+    /// Routes a record from a peer to the local subscribers, if it is within this node's limits.
+    fn deliver(&self, message: Message) {
+        deliver(&self.receiver, &self.limits, message);
+    }
+
+    /// Takes the frames `key`'s link has complete, until a local subscriber they go to is
+    /// congested: then the link is held, and resumed when that subscriber has drained, or
+    /// has stopped keeping up, or a second has passed (as a publisher of this node would wait
+    /// for it).
+    fn take_frames(&mut self, key: &LinkKey) {
+        let Some(incoming) = self.incoming.get_mut(key) else {
+            return;
+        };
+        let Some(congested) = take_frames_of(incoming, key, &self.receiver, &self.limits, true)
+        else {
+            return;
+        };
+        incoming.inbox.hold(true);
+        let resume = self.resume.clone();
+        let held = Held {
+            key: key.clone(),
+            link: incoming.inbox.link(),
+            gave_up: false,
+        };
+        tokio::spawn(async move {
+            let drained = congested.wait_while_draining(|| false).await;
+            let _ = resume.send(Held {
+                gave_up: !drained,
+                ..held
+            });
+        });
+    }
+
+    /// Delivers every complete frame of a link that is going away, whatever the congestion:
+    /// its sender counts them as delivered.
+    fn flush(&self, key: &LinkKey, mut old: Incoming) {
+        old.inbox.hold(false);
+        take_frames_of(&mut old, key, &self.receiver, &self.limits, false);
+    }
+
+    /// Takes the frames of a held link again. When the wait for its subscriber gave up, what
+    /// the link holds is delivered at once (the subscriber's queue drops its oldest, as for a
+    /// publisher of this node that stopped waiting), and later frames are held again.
+    fn resume(&mut self, held: Held) {
+        let Some(incoming) = self.incoming.get_mut(&held.key) else {
+            return;
+        };
+        // A resume for a link since replaced is about nothing.
+        if incoming.inbox.link() != held.link {
+            return;
+        }
+        incoming.inbox.hold(false);
+        if held.gave_up {
+            take_frames_of(incoming, &held.key, &self.receiver, &self.limits, false);
+        } else {
+            self.take_frames(&held.key);
+        }
+        if !self.acks_due.contains(&held.key) {
+            self.acks_due.push(held.key);
+        }
+    }
+
+    /// A version 3 datagram: a segment of a peer's link, or a peer's acknowledgement of ours.
+    async fn handle_link(
+        &mut self,
+        socket: &UdpSocket,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ClusterDrop> {
+        let receiver = &self.receiver;
+        let (parties, datagram) =
+            decode_link(body, receiver.version).ok_or(ClusterDrop::Malformed)?;
+        let member = check_parties(&parties, &receiver.members)?;
+        match datagram {
+            LinkDatagram::Ack { control, ack } => {
+                // An acknowledgement of a link to a peer this node no longer forwards to (or
+                // to an earlier boot of it) is about nothing.
+                if let Some(peer) = receiver.peers.find(&parties.origin) {
+                    if peer.identity.boot_ms == parties.boot_ms {
+                        let metrics = &receiver.broker.metrics;
+                        let now = Instant::now();
+                        if control {
+                            if peer.on_control_ack(&ack, now, &receiver.peers) {
+                                receiver.peers.restart_control(&peer);
+                            }
+                        } else if peer.on_ack(&ack, now, &receiver.peers, metrics) {
+                            receiver.peers.reset_link(&peer);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            LinkDatagram::Segment {
+                control,
+                link,
+                seq,
+                sender_acked,
+                data,
+            } => {
+                let key = LinkKey {
+                    origin: parties.origin.clone(),
+                    control,
+                };
+                let incoming = match self.incoming.get_mut(&key) {
+                    Some(known)
+                        if known.boot_ms == parties.boot_ms && link == known.inbox.link() =>
+                    {
+                        known
+                    }
+                    Some(known)
+                        if known.boot_ms == parties.boot_ms && link < known.inbox.link() =>
+                    {
+                        return Err(ClusterDrop::StaleLink);
+                    }
+                    _ => {
+                        // What a link held that its sender replaced (a restart of the sender,
+                        // or a new link after it gave up on this node) and this node had
+                        // acknowledged is delivered before it goes.
+                        if let Some(old) = self.incoming.remove(&key) {
+                            self.flush(&key, old);
+                        }
+                        // A snapshot frame holds up to 64 KiB of filters and one more, whatever
+                        // -mpl allows a message.
+                        let max_frame = if control {
+                            self.max_frame.max(CONTROL_MAX_FRAME)
+                        } else {
+                            self.max_frame
+                        };
+                        let Some(inbox) = Inbox::join(link, seq, sender_acked, max_frame) else {
+                            // This node lost track of a link its peer kept (it forgot the peer
+                            // for a while): ask for a new one.
+                            let refusal = Ack {
+                                link,
+                                cumulative: 0,
+                                selective: 0,
+                                window: 0,
+                                reset: true,
+                            };
+                            out.clear();
+                            encode_ack(out, &receiver.origin, &member, control, &refusal);
+                            receiver.key.seal(out);
+                            send(socket, out, member.sync_addr(), &receiver.broker.metrics).await;
+                            return Err(ClusterDrop::StaleLink);
+                        };
+                        if self.incoming.len() >= PRUNE_WINDOWS_AT
+                            && !self.incoming.contains_key(&key)
+                        {
+                            let members = &receiver.members;
+                            self.incoming
+                                .retain(|key, _| members.known(&key.origin).is_some());
+                        }
+                        let incoming = Incoming {
+                            boot_ms: parties.boot_ms,
+                            inbox,
+                        };
+                        self.incoming.insert(key.clone(), incoming);
+                        self.incoming.get_mut(&key).ok_or(ClusterDrop::StaleLink)?
+                    }
+                };
+                let cluster = &receiver.broker.metrics.cluster;
+                match incoming.inbox.on_segment(seq, data) {
+                    Segmented::New => {}
+                    Segmented::Repeat => {
+                        cluster.segments_repeated.inc();
+                    }
+                    Segmented::Beyond => debug!(seq, "link segment beyond the window dropped"),
+                    Segmented::Refused => {}
+                }
+                if !self.acks_due.contains(&key) {
+                    self.acks_due.push(key.clone());
+                }
+                self.take_frames(&key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Acknowledges what the burst of datagrams just handled brought.
+    async fn send_acks(&mut self, socket: &UdpSocket, out: &mut Vec<u8>) {
+        for key in std::mem::take(&mut self.acks_due) {
+            let Some(incoming) = self.incoming.get_mut(&key) else {
+                continue;
+            };
+            if !incoming.inbox.ack_due() {
+                continue;
+            }
+            let Some(member) = self.receiver.members.known(&key.origin) else {
+                continue;
+            };
+            if member.boot_ms != incoming.boot_ms {
+                continue;
+            }
+            let ack = incoming.inbox.ack();
+            out.clear();
+            encode_ack(out, &self.receiver.origin, &member, key.control, &ack);
+            self.receiver.key.seal(out);
+            send(
+                socket,
+                out,
+                member.sync_addr(),
+                &self.receiver.broker.metrics,
+            )
+            .await;
+        }
+    }
+}
+
+/// Takes the complete frames of `inbox` (of link `key`) and acts on them: interest changes
+/// on a control link, records on a data link. With `hold`, stops at the first record that
+/// congests a local subscriber and returns that subscriber.
+fn take_frames_of(
+    incoming: &mut Incoming,
+    key: &LinkKey,
+    receiver: &Receiver,
+    limits: &Limits,
+    hold: bool,
+) -> Option<Congested> {
+    let cluster = &receiver.broker.metrics.cluster;
+    let now = Instant::now();
+    let origin = String::from_utf8_lossy(&key.origin);
+    // An interest frame that could not be taken leaves the peer's interest unknown (it gets
+    // every message) rather than wrong.
+    let interest_lost = || {
+        if key.control {
+            receiver.peers.interest.unknown(&origin);
+        }
+    };
+    while let Some(next) = incoming.inbox.next_frame() {
+        match next {
+            Next::Frame(frame) if key.control && frame.kind == FRAME_INTEREST => {
+                match interest::decode(&frame.body) {
+                    Some(changes) => {
+                        receiver
+                            .peers
+                            .interest
+                            .apply(&origin, incoming.boot_ms, &changes);
+                    }
+                    None => {
+                        debug!(peer = %origin, "malformed interest frame skipped");
+                        cluster
+                            .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                            .inc();
+                        interest_lost();
+                    }
+                }
+            }
+            Next::Frame(frame) if !key.control && frame.kind == FRAME_PUBLISH => {
+                let Some(message) = decode_frame_record(&frame.body, now) else {
+                    cluster
+                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                        .inc();
+                    continue;
+                };
+                cluster.records_received.inc();
+                let congested = deliver(receiver, limits, message);
+                if hold && congested.is_some() {
+                    return congested;
+                }
+            }
+            Next::Frame(frame) => {
+                debug!(kind = frame.kind, "link frame of an unknown kind skipped");
+                cluster
+                    .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                    .inc();
+                interest_lost();
+            }
+            Next::Oversized(len) => {
+                debug!(len, "link frame over -mpl skipped");
+                cluster
+                    .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                    .inc();
+                interest_lost();
+            }
+            Next::Unreadable => {
+                warn!(peer = %origin, "a peer's link cannot be read; refused");
+                cluster
+                    .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                    .inc();
+                interest_lost();
+            }
+        }
+    }
+    None
+}
+
+/// Routes a record from a peer to the local subscribers, if it is within this node's limits;
+/// returns a subscriber it congested.
+fn deliver(receiver: &Receiver, limits: &Limits, message: Message) -> Option<Congested> {
+    let broker = &receiver.broker;
+    let cluster = &broker.metrics.cluster;
+    if !limits.admit(&message) {
+        debug!("forwarded record over -csl or -mpl dropped");
+        cluster
+            .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+            .inc();
+        return None;
+    }
+    let routed = broker.router.publish(Arc::new(message));
+    cluster.records_delivered.inc_by(routed.deliveries as u64);
+    routed.congested
+}
+
+/// The checks every datagram passes, in order: destination (this boot of this node), origin
+/// (a member), boot (the member's current one). Returns the origin's identity.
+fn check_parties(parties: &Parties, members: &Members) -> Result<NodeIdentity, ClusterDrop> {
+    check_addressing(
+        (&parties.origin, parties.boot_ms),
+        (&parties.destination, parties.destination_boot_ms),
+        members,
+    )
+}
+
+/// [`check_parties`] on a datagram from `origin` (node id, boot) to `destination`.
+pub(super) fn check_addressing(
+    origin: (&[u8], u64),
+    destination: (&[u8], u64),
+    members: &Members,
+) -> Result<NodeIdentity, ClusterDrop> {
+    let local = members.local();
+    if destination != (local.node_id.as_bytes(), local.boot_ms) {
+        return Err(ClusterDrop::WrongDestination);
+    }
+    let member = members.known(origin.0).ok_or(ClusterDrop::UnknownOrigin)?;
+    if member.boot_ms != origin.1 {
+        return Err(ClusterDrop::StaleEpoch);
+    }
+    Ok(member)
+}
+
+/// The checks, in order: tag, then those of [`accept_publish`].
+#[cfg(test)]
+pub(super) fn accept(
+    datagram: &[u8],
+    key: &DatagramKey,
+    members: &Members,
+    windows: &mut HashMap<Bytes, ReplayWindow>,
+    at: ReceivedAt,
+    version: u8,
+) -> Result<Vec<Message>, ClusterDrop> {
+    let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
+    accept_publish(body, members, windows, at, version)
+}
+
+/// The checks of a best-effort datagram's authenticated body, in order: format (a version up to
+/// `version`, properties included), destination, origin, boot, replay (received `at`; see
+/// [`ReplayWindow::accept`]). Only a datagram that passes all of them marks its sequence
+/// number as seen.
+pub(super) fn accept_publish(
+    body: &[u8],
+    members: &Members,
+    windows: &mut HashMap<Bytes, ReplayWindow>,
+    at: ReceivedAt,
+    version: u8,
+) -> Result<Vec<Message>, ClusterDrop> {
+    let batch = decode_batch(body, version, Instant::now()).ok_or(ClusterDrop::Malformed)?;
+    check_addressing(
+        (&batch.origin, batch.boot_ms),
+        (&batch.destination, batch.destination_boot_ms),
+        members,
+    )?;
+    // Only a known member's name gets this far; names foca has forgotten are pruned now
+    // and then, so renamed pods cannot grow the map.
+    if windows.len() >= PRUNE_WINDOWS_AT && !windows.contains_key(&batch.origin) {
+        windows.retain(|origin, _| members.known(origin).is_some());
+    }
+    let window = windows.entry(batch.origin).or_default();
+    if !window.accept(batch.boot_ms, batch.seq, at) {
+        return Err(ClusterDrop::Replay);
+    }
+    Ok(batch.records)
+}

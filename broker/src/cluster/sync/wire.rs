@@ -1,0 +1,408 @@
+//! The sync datagrams and records, as bytes (the format is in [`super`]): written by the
+//! sender and the forwarder, read by the receiver and the fuzz targets.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+
+use super::super::link::{Ack, SEGMENT_BYTES};
+use super::super::membership::NodeIdentity;
+use super::super::peers::LINK_VERSION;
+use super::Origin;
+use crate::codec::properties::decode_message_properties;
+use crate::codec::QoS;
+use crate::router::Message;
+use crate::topic;
+
+/// The sync versions this release knows: version 1 (topic, payload, QoS and retain), version 2
+/// (also the MQTT 5 properties and expiry) and version 3 (links: acknowledged, ordered
+/// streams of records, see [`super::link`]).
+pub const OLDEST_VERSION: u8 = 1;
+
+pub const NEWEST_VERSION: u8 = 3;
+
+pub(super) const KIND_PUBLISH: u8 = 1;
+
+/// Version 3: a segment of a link, and an acknowledgement of a link's segments.
+pub(super) const KIND_SEGMENT: u8 = 2;
+
+pub(super) const KIND_ACK: u8 = 3;
+
+/// Version 3: the same for a peer's control link (see [`super::interest`]).
+pub(super) const KIND_CONTROL_SEGMENT: u8 = 4;
+
+pub(super) const KIND_CONTROL_ACK: u8 = 5;
+
+/// The kind of a link frame that holds one record (in the version 2 record format).
+pub const FRAME_PUBLISH: u8 = 1;
+
+/// Framing bytes of one record besides its topic and payload (and, in version 2, its expiry
+/// and properties).
+pub const RECORD_OVERHEAD: usize = 7;
+
+/// Version 2 record flags: the expiry, and the properties, follow the topic.
+pub(super) const FLAG_EXPIRY: u8 = 0b1000;
+
+pub(super) const FLAG_PROPERTIES: u8 = 0b1_0000;
+
+/// Acknowledgement flags: the receiver refuses the link.
+pub(super) const ACK_RESET: u8 = 0b1;
+
+/// Bytes of a version 2 record's expiry, and of its properties' length prefix.
+pub(super) const EXPIRY_LEN: usize = 4;
+
+pub(super) const PROPERTIES_PREFIX_LEN: usize = 2;
+
+/// Records are packed into one best-effort datagram up to this many bytes (below a 1500-byte
+/// MTU); a larger record travels alone, or on the link of a peer that has one.
+pub const BATCH_BYTES: usize = 1200;
+
+/// The largest record a best-effort datagram carries (to a peer without links, which
+/// reassembles nothing): a UDP datagram's size with room for the header and tag.
+pub const MAX_DATAGRAM_RECORD: usize = 60_000;
+
+/// The size of `message` as a record of sync `version`, which `-csl` limits (in the newest
+/// version the node writes, so that whether a message is forwarded never depends on the peer).
+pub fn record_len(message: &Message, version: u8) -> usize {
+    let mut len = RECORD_OVERHEAD + message.topic.len() + message.payload.len();
+    if version >= 2 {
+        if message.expires_at.is_some() {
+            len += EXPIRY_LEN;
+        }
+        if !message.properties.is_empty() {
+            len += PROPERTIES_PREFIX_LEN + message.properties.len();
+        }
+    }
+    len
+}
+
+/// The version to write to `peer`: the newest that this node writes (at most `newest`) and the
+/// peer reads; `None` if there is none.
+pub fn version_for(peer: &NodeIdentity, newest: u8) -> Option<u8> {
+    (OLDEST_VERSION..=newest.min(NEWEST_VERSION))
+        .rev()
+        .find(|&version| peer.reads_sync(version))
+}
+
+pub(crate) fn encode_header(
+    out: &mut Vec<u8>,
+    version: u8,
+    origin: &Origin,
+    destination: &NodeIdentity,
+    seq: u64,
+) {
+    encode_parties(out, version, KIND_PUBLISH, origin, destination);
+    out.put_u64(seq);
+}
+
+/// The start of every sync datagram: version, kind, and who sends it to whom.
+pub(crate) fn encode_parties(
+    out: &mut Vec<u8>,
+    version: u8,
+    kind: u8,
+    origin: &Origin,
+    destination: &NodeIdentity,
+) {
+    out.put_u8(version);
+    out.put_u8(kind);
+    put_node(out, &origin.node_id, origin.boot_ms);
+    put_node(out, &destination.node_id, destination.boot_ms);
+}
+
+fn put_node(out: &mut Vec<u8>, node_id: &str, boot_ms: u64) {
+    // Our node id is checked with the flags; a peer's longer one (not a node of ours) is cut,
+    // and that peer refuses the datagram.
+    let id = &node_id.as_bytes()[..node_id.len().min(usize::from(u8::MAX))];
+    out.put_u8(id.len() as u8);
+    out.put_slice(id);
+    out.put_u64(boot_ms);
+}
+
+/// Appends `message` as a record of sync `version` ([`record_len`] bytes), with the expiry left
+/// at `now`.
+pub(crate) fn encode_record(out: &mut impl BufMut, message: &Message, version: u8, now: Instant) {
+    let (expiry, properties) = if version >= 2 {
+        (message.remaining_expiry(now), &message.properties[..])
+    } else {
+        (None, &[][..])
+    };
+    let mut flags = message.qos as u8 | if message.retain { 0b100 } else { 0 };
+    if expiry.is_some() {
+        flags |= FLAG_EXPIRY;
+    }
+    if !properties.is_empty() {
+        flags |= FLAG_PROPERTIES;
+    }
+    out.put_u8(flags);
+    // A topic is at most 65,535 bytes (MQTT's own limit), properties too (the forwarder sends
+    // no record with more), a payload less than -mpl.
+    out.put_u16(message.topic.len() as u16);
+    out.put_slice(&message.topic);
+    if let Some(secs) = expiry {
+        out.put_u32(secs);
+    }
+    if !properties.is_empty() {
+        out.put_u16(properties.len() as u16);
+        out.put_slice(properties);
+    }
+    out.put_u32(message.payload.len() as u32);
+    out.put_slice(&message.payload);
+}
+
+/// A sync datagram, authenticated and parsed.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    // Read by the tests and the fuzz targets; the receiver needs no more than the records.
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
+    pub(crate) version: u8,
+    pub(crate) origin: Bytes,
+    pub(crate) boot_ms: u64,
+    pub(crate) destination: Bytes,
+    pub(crate) destination_boot_ms: u64,
+    pub(crate) seq: u64,
+    pub(crate) records: Vec<Message>,
+}
+
+/// Who sent a datagram to whom, as its header says.
+#[derive(Debug)]
+pub(crate) struct Parties {
+    pub(crate) version: u8,
+    pub(crate) kind: u8,
+    pub(crate) origin: Bytes,
+    pub(crate) boot_ms: u64,
+    pub(crate) destination: Bytes,
+    pub(crate) destination_boot_ms: u64,
+}
+
+fn decode_parties(buf: &mut &[u8]) -> Option<Parties> {
+    let version = take_u8(buf)?;
+    let kind = take_u8(buf)?;
+    let id_len = usize::from(take_u8(buf)?);
+    let origin = take(buf, id_len)?;
+    let boot_ms = take_u64(buf)?;
+    let id_len = usize::from(take_u8(buf)?);
+    let destination = take(buf, id_len)?;
+    let destination_boot_ms = take_u64(buf)?;
+    Some(Parties {
+        version,
+        kind,
+        origin,
+        boot_ms,
+        destination,
+        destination_boot_ms,
+    })
+}
+
+/// Parses an authenticated body received at `now`; `None` when it is not a well-formed publish
+/// batch of a version from 1 to `newest` (the newest this node reads).
+pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batch> {
+    let mut buf = body;
+    let parties = decode_parties(&mut buf)?;
+    let version = parties.version;
+    if !(OLDEST_VERSION..=newest.min(NEWEST_VERSION)).contains(&version)
+        || parties.kind != KIND_PUBLISH
+    {
+        return None;
+    }
+    let seq = take_u64(&mut buf)?;
+    let count = take_u16(&mut buf)?;
+    let mut records = Vec::with_capacity(usize::from(count).min(64));
+    for _ in 0..count {
+        records.push(decode_record(&mut buf, version, now)?);
+    }
+    if buf.has_remaining() {
+        return None;
+    }
+    Some(Batch {
+        version,
+        origin: parties.origin,
+        boot_ms: parties.boot_ms,
+        destination: parties.destination,
+        destination_boot_ms: parties.destination_boot_ms,
+        seq,
+        records,
+    })
+}
+
+/// One record of sync `version`, received at `now`; `None` when it is malformed.
+fn decode_record(buf: &mut &[u8], version: u8, now: Instant) -> Option<Message> {
+    let known_flags = if version >= 2 {
+        0b111 | FLAG_EXPIRY | FLAG_PROPERTIES
+    } else {
+        0b111
+    };
+    let flags = take_u8(buf)?;
+    if flags & !known_flags != 0 {
+        return None;
+    }
+    let qos = QoS::from_u8(flags & 0b11)?;
+    let retain = flags & 0b100 != 0;
+    let topic_len = usize::from(take_u16(buf)?);
+    let topic = take(buf, topic_len)?;
+    let expiry = if flags & FLAG_EXPIRY != 0 {
+        Some(take_u32(buf)?)
+    } else {
+        None
+    };
+    let properties = if flags & FLAG_PROPERTIES != 0 {
+        let len = usize::from(take_u16(buf)?);
+        if len == 0 {
+            return None;
+        }
+        take(buf, len)?
+    } else {
+        Bytes::new()
+    };
+    let payload_len = usize::try_from(take_u32(buf)?).ok()?;
+    let payload = take(buf, payload_len)?;
+    // Peers only forward what their clients could publish: valid, non-$ topic names in
+    // UTF-8 without U+0000 (the codec's rule for every MQTT string); anything else is not
+    // from a peer of ours.
+    if topic.first() == Some(&b'$')
+        || !topic::is_valid_topic_name(&topic)
+        || topic.contains(&0)
+        || std::str::from_utf8(&topic).is_err()
+    {
+        return None;
+    }
+    if !properties.is_empty() && !properties_could_be_published(&properties, &payload) {
+        return None;
+    }
+    let mut message = Message::new(topic, payload, qos, retain);
+    message.properties = properties;
+    // Beyond what an Instant can hold (over a century): as good as never.
+    message.expires_at = expiry.and_then(|secs| now.checked_add(Duration::from_secs(secs.into())));
+    Some(message)
+}
+
+/// The record a link frame of kind [`FRAME_PUBLISH`] holds, received at `now`.
+pub(crate) fn decode_frame_record(body: &[u8], now: Instant) -> Option<Message> {
+    let mut buf = body;
+    let message = decode_record(&mut buf, 2, now)?;
+    (!buf.has_remaining()).then_some(message)
+}
+
+/// A version 3 datagram, authenticated and parsed.
+#[derive(Debug)]
+pub(crate) enum LinkDatagram {
+    Segment {
+        control: bool,
+        link: u64,
+        seq: u64,
+        /// Every segment up to this one had been acknowledged when it was sent.
+        sender_acked: u64,
+        data: Bytes,
+    },
+    Ack {
+        control: bool,
+        ack: Ack,
+    },
+}
+
+/// Parses an authenticated version 3 body; `None` when it is not a well-formed segment or
+/// acknowledgement, or this node reads no version 3 (`newest`).
+pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatagram)> {
+    let mut buf = body;
+    let parties = decode_parties(&mut buf)?;
+    if parties.version != LINK_VERSION || newest < LINK_VERSION {
+        return None;
+    }
+    let link = take_u64(&mut buf)?;
+    let datagram = match parties.kind {
+        KIND_SEGMENT | KIND_CONTROL_SEGMENT => {
+            let seq = take_u64(&mut buf)?;
+            let sender_acked = take_u64(&mut buf)?;
+            if seq == 0 || sender_acked >= seq || buf.len() > SEGMENT_BYTES {
+                return None;
+            }
+            LinkDatagram::Segment {
+                control: parties.kind == KIND_CONTROL_SEGMENT,
+                link,
+                seq,
+                sender_acked,
+                data: Bytes::copy_from_slice(buf),
+            }
+        }
+        KIND_ACK | KIND_CONTROL_ACK => {
+            let cumulative = take_u64(&mut buf)?;
+            let selective = take_u64(&mut buf)?;
+            let window = take_u32(&mut buf)?;
+            let flags = take_u8(&mut buf)?;
+            if flags & !ACK_RESET != 0 || buf.has_remaining() {
+                return None;
+            }
+            LinkDatagram::Ack {
+                control: parties.kind == KIND_CONTROL_ACK,
+                ack: Ack {
+                    link,
+                    cumulative,
+                    selective,
+                    window,
+                    reset: flags & ACK_RESET != 0,
+                },
+            }
+        }
+        _ => return None,
+    };
+    Some((parties, datagram))
+}
+
+/// Appends the acknowledgement datagram body `ack` of a data (or `control`) link, from
+/// `origin` to `destination`.
+pub(crate) fn encode_ack(
+    out: &mut Vec<u8>,
+    origin: &Origin,
+    destination: &NodeIdentity,
+    control: bool,
+    ack: &Ack,
+) {
+    let kind = if control { KIND_CONTROL_ACK } else { KIND_ACK };
+    encode_parties(out, LINK_VERSION, kind, origin, destination);
+    out.put_u64(ack.link);
+    out.put_u64(ack.cumulative);
+    out.put_u64(ack.selective);
+    out.put_u32(ack.window);
+    out.put_u8(if ack.reset { ACK_RESET } else { 0 });
+}
+
+/// Whether a version 2 record's properties are what the origin's broker lets a client publish:
+/// only the properties that travel with a message, valid as in a PUBLISH, a Response Topic that
+/// is a topic name, and a payload that is UTF-8 when the Payload Format Indicator says so.
+fn properties_could_be_published(properties: &Bytes, payload: &[u8]) -> bool {
+    let Ok(values) = decode_message_properties(properties.clone()) else {
+        return false;
+    };
+    let response_topic_ok = values
+        .response_topic
+        .as_deref()
+        .is_none_or(|name| topic::is_valid_topic_name(name.as_bytes()));
+    let payload_ok =
+        values.payload_format_indicator != Some(true) || std::str::from_utf8(payload).is_ok();
+    response_topic_ok && payload_ok
+}
+
+fn take_u8(buf: &mut &[u8]) -> Option<u8> {
+    (buf.remaining() >= 1).then(|| buf.get_u8())
+}
+
+fn take_u16(buf: &mut &[u8]) -> Option<u16> {
+    (buf.remaining() >= 2).then(|| buf.get_u16())
+}
+
+fn take_u32(buf: &mut &[u8]) -> Option<u32> {
+    (buf.remaining() >= 4).then(|| buf.get_u32())
+}
+
+fn take_u64(buf: &mut &[u8]) -> Option<u64> {
+    (buf.remaining() >= 8).then(|| buf.get_u64())
+}
+
+/// The next `len` bytes, copied: records outlive the receive buffer.
+fn take(buf: &mut &[u8], len: usize) -> Option<Bytes> {
+    if buf.remaining() < len {
+        return None;
+    }
+    let bytes = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
+    Some(bytes)
+}
