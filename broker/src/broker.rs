@@ -85,6 +85,13 @@ impl Broker {
         routed
     }
 
+    /// What a SUBSCRIBE waits for before its SUBACK in a cluster: the other members taking the
+    /// filters it added (see [`crate::cluster::peers::Peers::interest_wait`]); `None` when there
+    /// is nothing to wait for.
+    pub fn interest_wait(&self) -> Option<crate::cluster::peers::InterestWait> {
+        self.forwarder.as_ref()?.interest_wait()
+    }
+
     /// Whether this node forwards to other cluster members (so it cannot know that nobody
     /// subscribes to a topic).
     pub fn is_clustered(&self) -> bool {

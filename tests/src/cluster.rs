@@ -307,21 +307,7 @@ fn wait_logged_address(broker: &mut Broker, marker: &str) -> SocketAddr {
     }
 }
 
-/// How long after its SUBACK a subscription may take to reach the other nodes, on a loaded
-/// test machine (the README's window is one round trip: milliseconds).
-pub const SUBSCRIPTION_WINDOW: Duration = Duration::from_millis(300);
-
 impl Node {
-    /// A connected clean-session client subscribed to `filter` at `qos`, once the other nodes
-    /// may have heard of the subscription ([`SUBSCRIPTION_WINDOW`] after its SUBACK): a test
-    /// that publishes on another node right after would otherwise race the window the README
-    /// names. (Shadows [`Broker::subscriber`].)
-    pub async fn subscriber(&self, client_id: &str, filter: &str, qos: QoS) -> TestClient {
-        let client = self.broker.subscriber(client_id, filter, qos).await;
-        tokio::time::sleep(SUBSCRIPTION_WINDOW).await;
-        client
-    }
-
     /// Starts the node (waiting for `/healthz` as [`Broker::start`] does) and for its gossip and
     /// sync lines in the log.
     pub fn start(config: NodeConfig) -> Node {

@@ -51,6 +51,9 @@ pub const LINK_VERSION: u8 = 3;
 /// of a peer that does not answer. Beyond it the control link starts over with a snapshot
 /// (which is queued whatever its size).
 const CONTROL_CAPACITY: usize = 64 << 20;
+/// The longest a SUBSCRIBE waits for the peers to acknowledge the interest change it made (see
+/// [`Peers::interest_wait`]); a peer that has taken nothing for as long is not waited for.
+pub const INTEREST_WAIT: Duration = Duration::from_millis(500);
 
 /// Every peer this node forwards to.
 pub struct Peers {
@@ -62,6 +65,8 @@ pub struct Peers {
     synced_at: AtomicUsize,
     /// Wakes the sender: something was queued, or a window opened.
     wake: Notify,
+    /// Wakes the SUBSCRIBEs waiting for the peers: a peer took interest frames.
+    interest_taken: Notify,
     /// Bytes a link may hold (`-csb`).
     capacity: usize,
     /// The newest sync version this node writes (`-csv`).
@@ -92,6 +97,7 @@ impl Peers {
             synced_at: AtomicUsize::new(Arc::as_ptr(&synced) as usize),
             synced: Mutex::new(synced),
             wake: Notify::new(),
+            interest_taken: Notify::new(),
             capacity,
             version,
             started,
@@ -179,6 +185,7 @@ impl Peers {
             .filter(|p| !next.iter().any(|n| Arc::ptr_eq(n, p)))
         {
             gone.retire(&self.metrics);
+            self.interest_taken.notify_waiters();
             // Down, or replaced by a later boot (whose interest may be here already and
             // stays); not merely renewed (the same boot keeps its control link, and so its
             // interest).
@@ -233,6 +240,7 @@ impl Peers {
             // Named under the lock: of two restarts at once (sender and receiver), the later
             // name is the one installed, which the receiver then follows.
             queues.control = Outbox::new(self.new_link(), usize::MAX);
+            queues.interest.restarted(frames.len() as u64);
             peer.control_lost.store(false, Ordering::Relaxed);
             for frame in &frames {
                 queues.control.push(FRAME_INTEREST, frame.len(), |out| {
@@ -274,6 +282,57 @@ impl Peers {
     /// Whether nothing is waiting to be sent or acknowledged.
     pub fn all_idle(&self) -> bool {
         self.list.load().iter().all(|peer| peer.is_idle())
+    }
+}
+
+impl Peers {
+    /// What a SUBSCRIBE that has just changed this node's filters waits for before its SUBACK:
+    /// each peer taking the interest frames queued for it so far (and so the new filter).
+    /// `None` when every peer has them already. A peer that took nothing for
+    /// [`INTEREST_WAIT`] is not waited for (it is down or cut off; membership will tell).
+    pub fn interest_wait(self: &Arc<Self>) -> Option<InterestWait> {
+        let now = Instant::now();
+        let owed: Vec<_> = self
+            .list()
+            .iter()
+            .filter_map(|peer| Some((peer.clone(), peer.interest_owed(now)?)))
+            .collect();
+        (!owed.is_empty()).then(|| InterestWait {
+            peers: self.clone(),
+            owed,
+        })
+    }
+}
+
+/// Peers that have not yet taken this node's latest interest, and how far they must (see
+/// [`Peers::interest_wait`]).
+pub struct InterestWait {
+    peers: Arc<Peers>,
+    owed: Vec<(Arc<Peer>, u64)>,
+}
+
+impl InterestWait {
+    /// Waits until every peer has taken its frames, is gone, or has lagged for
+    /// [`INTEREST_WAIT`], and for at most [`INTEREST_WAIT`].
+    pub async fn settled(self) {
+        let deadline = tokio::time::Instant::now() + INTEREST_WAIT;
+        loop {
+            let taken = self.peers.interest_taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            let now = Instant::now();
+            if self
+                .owed
+                .iter()
+                .all(|(peer, mark)| peer.interest_taken(*mark, now))
+            {
+                return;
+            }
+            tokio::select! {
+                _ = taken => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 }
 
@@ -329,6 +388,71 @@ struct Queues {
     outbox: Outbox,
     control: Outbox,
     best_effort: BestEffort,
+    interest: InterestProgress,
+}
+
+/// How far a peer has taken this node's interest, in frames counted across its control
+/// links, so that a SUBSCRIBE can wait until the peer has its filter.
+#[derive(Debug)]
+struct InterestProgress {
+    /// Frames queued so far (and changes refused by a control link about to start over).
+    queued: u64,
+    /// Every frame up to this count has been taken by the peer, or made moot by a snapshot it
+    /// has taken.
+    taken: u64,
+    /// `queued` when the current control link started, the frames of its snapshot, and the
+    /// frames of the link taken: a restarted link's frames count once its snapshot is taken.
+    link_base: u64,
+    snapshot: u64,
+    taken_on_link: u64,
+    /// When the peer last took a frame, or was owed one while owed none.
+    progressed_at: Instant,
+}
+
+impl InterestProgress {
+    fn new(now: Instant) -> InterestProgress {
+        InterestProgress {
+            queued: 0,
+            taken: 0,
+            link_base: 0,
+            snapshot: 0,
+            taken_on_link: 0,
+            progressed_at: now,
+        }
+    }
+
+    fn queued(&mut self, frames: u64, now: Instant) {
+        if self.taken == self.queued {
+            self.progressed_at = now;
+        }
+        self.queued += frames;
+    }
+
+    /// A new control link, starting with a snapshot of `frames` frames.
+    fn restarted(&mut self, frames: u64) {
+        self.link_base = self.queued;
+        self.snapshot = frames;
+        self.taken_on_link = 0;
+        self.queued += frames;
+    }
+
+    /// The peer took `frames` more frames of the current link; says whether that was progress.
+    fn took(&mut self, frames: u64, now: Instant) -> bool {
+        if frames == 0 {
+            return false;
+        }
+        self.taken_on_link += frames;
+        self.progressed_at = now;
+        if self.taken_on_link >= self.snapshot {
+            self.taken = self.taken.max(self.link_base + self.taken_on_link);
+        }
+        true
+    }
+
+    fn lagging(&self, now: Instant) -> bool {
+        self.taken < self.queued
+            && now.saturating_duration_since(self.progressed_at) >= INTEREST_WAIT
+    }
 }
 
 /// What the sender takes from a peer in one turn.
@@ -370,6 +494,7 @@ impl Peer {
                 outbox: Outbox::new(links[0], capacity),
                 control: Outbox::new(links[1], usize::MAX),
                 best_effort: BestEffort::default(),
+                interest: InterestProgress::new(Instant::now()),
             }),
             drained: Notify::new(),
             acked_frames: AtomicU64::new(0),
@@ -388,7 +513,13 @@ impl Peer {
     /// must be woken.
     fn push_control(&self, frames: &[BytesMut], snapshot: bool) -> bool {
         let mut queues = self.queues.lock();
-        if self.gone.load(Ordering::Relaxed) || self.control_lost() {
+        if self.gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        // A change the link cannot take still counts: a SUBSCRIBE waiting for it waits for the
+        // snapshot that replaces the link.
+        queues.interest.queued(frames.len() as u64, Instant::now());
+        if self.control_lost() {
             return false;
         }
         if !snapshot && queues.control.buffered() > CONTROL_CAPACITY {
@@ -404,6 +535,26 @@ impl Peer {
             });
         }
         was_idle
+    }
+
+    /// The count of interest frames this peer must take to have all queued so far; `None`
+    /// when it has them, or is gone, or lags (see [`Peers::interest_wait`]).
+    fn interest_owed(&self, now: Instant) -> Option<u64> {
+        if !self.has_link || self.gone.load(Ordering::Relaxed) {
+            return None;
+        }
+        let queues = self.queues.lock();
+        let progress = &queues.interest;
+        (progress.taken < progress.queued && !progress.lagging(now)).then_some(progress.queued)
+    }
+
+    /// Whether this peer has taken `mark` interest frames, or is gone, or lags.
+    fn interest_taken(&self, mark: u64, now: Instant) -> bool {
+        if self.gone.load(Ordering::Relaxed) {
+            return true;
+        }
+        let queues = self.queues.lock();
+        queues.interest.taken >= mark || queues.interest.lagging(now)
     }
 
     /// Whether the control link must start over (see [`Peers::restart_control`]).
@@ -554,6 +705,9 @@ impl Peer {
         let acked = queues.control.on_ack(ack, now);
         if queues.control.has_transmit() {
             peers.wake_sender();
+        }
+        if queues.interest.took(acked.frames as u64, now) {
+            peers.interest_taken.notify_waiters();
         }
         acked.reset
     }
@@ -741,6 +895,42 @@ mod tests {
         assert!(new.wants(&retained, wanted));
         assert!(old.wants(&plain, wanted), "a peer without links gets all");
         assert!(new.wants(&plain, peers.interest.matching(&Bytes::from_static(b"x/y"))));
+    }
+
+    #[test]
+    fn interest_is_taken_frame_by_frame_and_a_restarted_link_once_its_snapshot_is() {
+        let start = Instant::now();
+        let later = |ms| start + Duration::from_millis(ms);
+        let mut progress = InterestProgress::new(start);
+        progress.queued(2, start);
+        assert_eq!((progress.taken, progress.queued), (0, 2));
+        assert!(progress.took(1, later(1)));
+        assert_eq!(progress.taken, 1);
+        assert!(!progress.took(0, later(2)), "no frame is no progress");
+        // Owed a frame and silent for the bound: lagging; taking one ends it.
+        assert!(!progress.lagging(later(1) + INTEREST_WAIT / 2));
+        assert!(progress.lagging(later(1) + INTEREST_WAIT));
+        // The link starts over with a 3-frame snapshot: the frame owed before is made moot by
+        // the snapshot, but only once the whole snapshot is taken.
+        progress.restarted(3);
+        assert_eq!(progress.queued, 5);
+        progress.queued(1, later(10));
+        assert!(progress.took(2, later(11)));
+        assert_eq!(progress.taken, 1, "two of the snapshot's three frames");
+        assert!(progress.took(1, later(12)));
+        assert_eq!(
+            progress.taken, 5,
+            "the snapshot, which covers everything before it"
+        );
+        assert!(progress.took(1, later(13)));
+        assert_eq!((progress.taken, progress.queued), (6, 6));
+        assert!(
+            !progress.lagging(later(10_000)),
+            "owed nothing, never lagging"
+        );
+        // Owed a frame after a long quiet spell: the wait counts from when it was queued.
+        progress.queued(1, later(20_000));
+        assert!(!progress.lagging(later(20_000) + INTEREST_WAIT / 2));
     }
 
     #[test]

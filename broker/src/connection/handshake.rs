@@ -462,6 +462,7 @@ impl Handshake<'_> {
             rbuf: self.rbuf,
             wbuf: BytesMut::new(),
             congested: None,
+            suback_held: None,
             woke_subscribers: 0,
             pulled_many: false,
             input_held: false,

@@ -95,7 +95,8 @@ impl Connection {
                 break;
             }
             // A subscriber this client filled is congested: the rest waits until it drains.
-            if hold_on_congestion && self.congested.is_some() {
+            // After a SUBSCRIBE whose SUBACK waits for the cluster, the rest waits for it.
+            if (hold_on_congestion && self.congested.is_some()) || self.suback_held.is_some() {
                 self.input_held = !self.rbuf.is_empty();
                 break;
             }
@@ -444,6 +445,7 @@ impl Connection {
             .copied()
             .unwrap_or(0);
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
+        let mut subscribed = false;
         for (raw, options) in subscribe.filters {
             let Some(subscription) = Subscription::parse(&raw) else {
                 reason_codes.push(ReasonCode::TopicFilterInvalid);
@@ -505,12 +507,19 @@ impl Connection {
             }
             self.state.subscriptions.insert(raw, granted);
             reason_codes.push(ReasonCode::granted(granted));
+            subscribed = true;
         }
-        self.send_acknowledgement(Packet::SubAck(SubAck {
+        let suback = Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reason_codes,
             properties: Properties::default(),
-        }));
+        });
+        // In a cluster, the SUBACK goes once the other members have the new filters: a message
+        // published anywhere after it reaches this subscriber.
+        match subscribed.then(|| self.broker.interest_wait()).flatten() {
+            Some(wait) => self.suback_held = Some(Box::new((suback, wait))),
+            None => self.send_acknowledgement(suback),
+        }
         Ok(())
     }
 

@@ -338,6 +338,10 @@ struct Connection {
     /// A subscriber's mailbox this client's messages filled past its soft limit: reading from
     /// this client waits until it drains (flow control; see [`crate::session::Mailbox`]).
     congested: Option<crate::router::Congested>,
+    /// A SUBACK held until the other cluster members have the filters it grants (see
+    /// [`crate::broker::Broker::interest_wait`]); the packets after its SUBSCRIBE wait with it.
+    /// Boxed: an idle connection never has one.
+    suback_held: Option<Box<(Packet, crate::cluster::peers::InterestWait)>>,
     /// Set when packets wait in the read buffer because a subscriber this client filled is
     /// congested: they are handled once it has drained (see `congested`), so that a burst
     /// already read cannot overflow the subscriber's queue.
@@ -492,6 +496,12 @@ impl Connection {
                 tokio::task::yield_now().await;
             }
             let mut hold_on_congestion = true;
+            if let Some(held) = self.suback_held.take() {
+                // Bounded (`INTEREST_WAIT`): a peer that does not answer is not waited for.
+                let (suback, wait) = *held;
+                Box::pin(wait.settled()).await;
+                self.send_acknowledgement(suback);
+            }
             if let Some(congested) = self.congested.take() {
                 // For as long as the subscriber drains its queue: a publisher let go while its
                 // subscriber is still congested reads another batch, and a thousand of them

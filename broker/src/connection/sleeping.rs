@@ -156,6 +156,7 @@ impl Connection {
             && self.wbuf.is_empty()
             && !self.input_held
             && self.congested.is_none()
+            && self.suback_held.is_none()
             && !self.pulled_many
             && self.woke_subscribers == 0
             && self.write_blocked_since.is_none()
@@ -203,6 +204,7 @@ impl Connection {
             rbuf: _,
             wbuf: _,
             congested: _,
+            suback_held: _,
             input_held: _,
             woke_subscribers: _,
             pulled_many: _,
@@ -297,6 +299,7 @@ impl Sleeping {
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             congested: None,
+            suback_held: None,
             input_held: false,
             woke_subscribers: 0,
             pulled_many: false,

@@ -17,9 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long publishers wait for the subscriptions made on another node to reach theirs.
-const CLUSTER_SUBSCRIPTION_WINDOW: Duration = Duration::from_millis(500);
-
 use anyhow::{anyhow, Context};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -629,12 +626,8 @@ async fn traffic_body(
         );
     }
     st.rss_before_kb = args.pid.and_then(report::rss_kb);
-    if args.sub_host.is_some() || args.sub_port.is_some() {
-        // Subscribers on another node of a cluster: their subscriptions reach the publishers'
-        // node one round trip after the SUBACK (the README's window); what is published before
-        // would be counted lost.
-        tokio::time::sleep(CLUSTER_SUBSCRIPTION_WINDOW).await;
-    }
+    // Subscribers on another node of a cluster need no wait here: a coolpy7 SUBACK comes once
+    // the other nodes have the subscription.
 
     // Publish: warm-up, then the measured window.
     let _ = phase_tx.send(client::RUN);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use super::super::peers::{Peer, Peers};
+use super::super::peers::{InterestWait, Peer, Peers};
 use super::record_len;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 use crate::router::Message;
@@ -33,6 +33,12 @@ impl Forwarder {
             version,
             metrics,
         }
+    }
+
+    /// What a SUBSCRIBE that changed this node's filters waits for (see
+    /// [`Peers::interest_wait`]).
+    pub fn interest_wait(&self) -> Option<InterestWait> {
+        self.peers.interest_wait()
     }
 
     /// Queues a locally published message for the other members, unless it must stay here;
