@@ -660,6 +660,10 @@ impl ClusterMetrics {
         self.datagrams[port as usize][1].inc();
     }
 
+    pub fn datagrams_out(&self, port: ClusterPort, count: u64) {
+        self.datagrams[port as usize][1].inc_by(count);
+    }
+
     pub fn dropped(&self, port: ClusterPort, reason: ClusterDrop) -> &Counter {
         &self.dropped[port as usize][reason as usize]
     }

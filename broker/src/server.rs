@@ -234,7 +234,10 @@ pub async fn run(
         });
     }
 
-    let cluster = cluster.map(|bound| bound.start(broker.clone()));
+    let cluster = cluster
+        .map(|bound| bound.start(broker.clone()))
+        .transpose()
+        .context("cannot start the cluster's sync sender")?;
     let coap = coap_socket
         .map(|socket| tokio::spawn(coap::serve(socket, broker.clone(), stopping.clone())));
     tokio::spawn(expire_sessions(broker.clone(), stopping.clone()));

@@ -163,7 +163,7 @@ impl Bound {
     }
 
     /// Starts gossip, the sync sender and the sync receiver.
-    pub fn start(mut self, broker: Arc<Broker>) -> Cluster {
+    pub fn start(mut self, broker: Arc<Broker>) -> std::io::Result<Cluster> {
         let peers = self.peers(&broker.metrics);
         let Bound {
             config,
@@ -186,16 +186,14 @@ impl Bound {
         };
         peers.attach(&broker);
         let (leave, leaving) = watch::channel(false);
-        let (stop_forwarding, forwarding_stopped) = watch::channel(false);
         let metrics = broker.metrics.clone();
-        let sender = tokio::spawn(sync::send_loop(
+        let sender = sync::Sender::spawn(
             sync.clone(),
             peers.clone(),
-            forwarding_stopped,
             sync_key.clone(),
             origin.clone(),
             metrics.clone(),
-        ));
+        )?;
         let receiver = tokio::spawn(sync::receive_loop(
             sync,
             sync::Receiver {
@@ -220,22 +218,20 @@ impl Bound {
             }
             .run(),
         );
-        Cluster {
+        Ok(Cluster {
             leave,
-            stop_forwarding,
             gossip,
             sender,
             receiver,
-        }
+        })
     }
 }
 
 /// The running cluster tasks.
 pub struct Cluster {
     leave: watch::Sender<bool>,
-    stop_forwarding: watch::Sender<bool>,
     gossip: JoinHandle<()>,
-    sender: JoinHandle<()>,
+    sender: sync::Sender,
     receiver: JoinHandle<()>,
 }
 
@@ -245,14 +241,8 @@ impl Cluster {
     /// than after the failure detector's timeouts), then stops the tasks. Call it once the
     /// connections are closed.
     pub async fn leave(self) {
-        let _ = self.stop_forwarding.send(true);
-        let mut sender = self.sender;
-        if tokio::time::timeout(LEAVE_TIMEOUT, &mut sender)
-            .await
-            .is_err()
-        {
+        if !self.sender.finish(LEAVE_TIMEOUT).await {
             warn!("forwarding the last messages took longer than {LEAVE_TIMEOUT:?}");
-            sender.abort();
         }
         let _ = self.leave.send(true);
         let mut gossip = self.gossip;

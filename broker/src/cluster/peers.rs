@@ -31,7 +31,7 @@ use super::interest::{self, RemoteInterest, FRAME_INTEREST};
 use super::link::{Ack, Outbox, Pushed};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
-    encode_record, record_len, version_for, BATCH_BYTES, FRAME_PUBLISH, MAX_DATAGRAM_RECORD,
+    encode_record, Wakeup, record_len, version_for, BATCH_BYTES, FRAME_PUBLISH, MAX_DATAGRAM_RECORD,
 };
 use crate::broker::Broker;
 use crate::codec::QoS;
@@ -64,7 +64,7 @@ pub struct Peers {
     synced: Mutex<Arc<Vec<MemberInfo>>>,
     synced_at: AtomicUsize,
     /// Wakes the sender: something was queued, or a window opened.
-    wake: Notify,
+    wake: Wakeup,
     /// Wakes the SUBSCRIBEs waiting for the peers: a peer took interest frames.
     interest_taken: Notify,
     /// Bytes a link may hold (`-csb`).
@@ -96,7 +96,7 @@ impl Peers {
             members,
             synced_at: AtomicUsize::new(Arc::as_ptr(&synced) as usize),
             synced: Mutex::new(synced),
-            wake: Notify::new(),
+            wake: Wakeup::default(),
             interest_taken: Notify::new(),
             capacity,
             version,
@@ -142,11 +142,12 @@ impl Peers {
 
     /// Wakes the sender.
     pub fn wake_sender(&self) {
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
-    pub async fn woken(&self) {
-        self.wake.notified().await
+    /// The sender's sleep, until woken or `deadline`.
+    pub fn sleep_sender_until(&self, deadline: Instant) {
+        self.wake.sleep_until(deadline)
     }
 
     /// Follows membership: keeps the peers whose identity is unchanged, adds those that came up

@@ -60,6 +60,7 @@
 //! Files: `forward` (the publishing side), `send` (the sender), `receive` (the receiver),
 //! `wire` (the bytes).
 
+mod batch;
 mod forward;
 mod receive;
 mod send;
@@ -71,7 +72,7 @@ use std::time::Instant;
 
 pub use forward::Forwarder;
 pub use receive::{receive_loop, Limits, Receiver};
-pub use send::send_loop;
+pub use send::{Sender, Wakeup};
 pub use wire::*;
 
 /// Who this node is in the datagrams it sends.

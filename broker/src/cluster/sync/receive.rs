@@ -19,12 +19,11 @@ use super::super::link::{Ack, Inbox, Next, Segmented};
 use super::super::membership::{Members, NodeIdentity};
 use super::super::peers::Peers;
 use super::super::replay::{ReceivedAt, ReplayWindow};
-use super::send::send;
 use super::wire::*;
 use super::Origin;
 use crate::broker::Broker;
 use crate::codec::{publish_v5_size, PublishV5Extras, QoS};
-use crate::metrics::{ClusterDrop, ClusterPort};
+use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 use crate::router::{Congested, Message};
 
 /// Datagrams the receiver handles before it sends the acknowledgements they call for.
@@ -102,6 +101,19 @@ pub struct Receiver {
     pub version: u8,
     /// This node, as the acknowledgements it sends name it.
     pub origin: Origin,
+}
+
+async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr, metrics: &Metrics) {
+    match socket.send_to(datagram, to).await {
+        Ok(_) => metrics.cluster.datagram_out(ClusterPort::Sync),
+        Err(error) => {
+            debug!(%error, %to, "sync send failed");
+            metrics
+                .cluster
+                .dropped(ClusterPort::Sync, ClusterDrop::SendError)
+                .inc();
+        }
+    }
 }
 
 /// Which of a peer's links: the one for messages, or its control link.

@@ -16,7 +16,6 @@ use crate::metrics::ClusterDrop;
 use crate::metrics::Metrics;
 use crate::router::Message;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 
 fn message(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Message {
     Message::new(
@@ -461,25 +460,20 @@ async fn the_sender_writes_each_peer_its_version() {
         metrics.clone(),
     ));
     let forwarder = Forwarder::new(peers.clone(), None, 2, metrics.clone());
-    let (stop, stopped) = watch::channel(false);
-    let sender = tokio::spawn(send_loop(
+    let sender = Sender::spawn(
         socket,
         peers,
-        stopped,
         key.clone(),
         origin_of("local", 1, 2),
         Arc::new(Metrics::new()),
-    ));
+    )
+    .unwrap();
     let now = Instant::now();
     let mut expired = v5_message(None, now);
     expired.expires_at = Some(now);
     forwarder.forward(&Arc::new(expired));
     forwarder.forward(&Arc::new(v5_message(Some(Duration::from_secs(60)), now)));
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), sender)
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(sender.finish(Duration::from_secs(5)).await);
 
     let received = |socket: &std::net::UdpSocket| {
         let mut buf = [0; 2048];
