@@ -473,8 +473,11 @@ async fn the_sender_writes_each_peer_its_version() {
     let now = Instant::now();
     let mut expired = v5_message(None, now);
     expired.expires_at = Some(now);
-    forwarder.forward(&Arc::new(expired));
-    forwarder.forward(&Arc::new(v5_message(Some(Duration::from_secs(60)), now)));
+    forwarder.forward(&Arc::new(expired), None);
+    forwarder.forward(
+        &Arc::new(v5_message(Some(Duration::from_secs(60)), now)),
+        None,
+    );
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(5), sender)
         .await
