@@ -894,6 +894,90 @@ mod tests {
         assert_eq!(router.metrics.retained.get(), 2);
     }
 
+    fn stamp(ms: u64, node: &'static str) -> Stamp {
+        Stamp {
+            ms,
+            node: Bytes::from_static(node.as_bytes()),
+        }
+    }
+
+    fn retained_message(topic: &'static str, payload: &'static str) -> Arc<Message> {
+        Arc::new(Message::new(
+            Bytes::from_static(topic.as_bytes()),
+            Bytes::from_static(payload.as_bytes()),
+            QoS::AtMostOnce,
+            true,
+        ))
+    }
+
+    #[test]
+    fn retained_writes_are_stamped_and_the_later_stamp_wins() {
+        let router = router();
+        // Without a cluster: no stamps.
+        assert_eq!(router.publish(retained_message("s/a", "1")).stamp, None);
+        router.enable_stamps(Bytes::from_static(b"me"));
+        assert!(
+            router.retained_entry(b"s/a").is_some(),
+            "stamped when enabled"
+        );
+        // A node's successive writes to a topic always win over what it holds, even one a
+        // peer stamped in this node's future.
+        let future = now_ms() + 60_000;
+        assert!(router.store_retained(&retained_message("s/b", "peer"), stamp(future, "zz")));
+        let mine = router
+            .publish(retained_message("s/b", "mine"))
+            .stamp
+            .unwrap();
+        assert_eq!(mine, stamp(future + 1, "me"));
+        assert_eq!(&router.retained("s/b")[0].payload[..], b"mine");
+        // An older write from a peer is delivered, not stored.
+        let sub = mailbox(1);
+        subscribe(&router, &sub, "s/#", QoS::AtMostOnce);
+        let routed = router.publish_from_peer(retained_message("s/b", "old"), Some(stamp(5, "x")));
+        assert_eq!(routed.deliveries, 1);
+        assert_eq!(&router.retained("s/b")[0].payload[..], b"mine");
+        // A later one is stored; a clear leaves a tombstone that an older write cannot undo.
+        router.publish_from_peer(retained_message("s/b", "new"), Some(stamp(future + 2, "x")));
+        assert_eq!(&router.retained("s/b")[0].payload[..], b"new");
+        let clear = retained_message("s/b", "");
+        let cleared = router.publish(clear).stamp.unwrap();
+        assert_eq!(cleared.ms, future + 3);
+        assert!(router.retained("s/b").is_empty());
+        assert_eq!(router.tombstones(), 1);
+        assert!(!router.store_retained(&retained_message("s/b", "zombie"), stamp(future + 2, "z")));
+        assert!(router.retained("s/b").is_empty());
+        let (message, held) = router.retained_entry(b"s/b").unwrap();
+        assert!(message.is_none());
+        assert_eq!(held, cleared);
+        // `$` topics are never stamped (never forwarded).
+        assert_eq!(router.publish(retained_message("$SYS/x", "1")).stamp, None);
+        // The digest follows every change.
+        let before = router.retained_digest().unwrap();
+        router.publish(retained_message("s/c", "1"));
+        assert_ne!(router.retained_digest().unwrap(), before);
+    }
+
+    #[test]
+    fn an_expired_retained_message_leaves_a_tombstone_with_its_stamp() {
+        let router = router();
+        router.enable_stamps(Bytes::from_static(b"me"));
+        let now = Instant::now();
+        let mut message = Message::new(
+            Bytes::from_static(b"e/1"),
+            Bytes::from_static(b"x"),
+            QoS::AtMostOnce,
+            true,
+        );
+        message.expires_at = Some(now + Duration::from_secs(1));
+        let stamped = router.publish(Arc::new(message)).stamp.unwrap();
+        assert_eq!(router.expire_retained(now + Duration::from_secs(1)), 1);
+        let (message, held) = router.retained_entry(b"e/1").unwrap();
+        assert!(message.is_none());
+        assert_eq!(held, stamped);
+        // The same stamp, still alive elsewhere, does not bring it back.
+        assert!(!router.store_retained(&retained_message("e/1", "x"), stamped));
+    }
+
     #[test]
     fn a_sweep_removes_at_most_its_share_of_expired_retained_messages() {
         let router = router();
