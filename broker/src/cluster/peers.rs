@@ -146,6 +146,15 @@ impl Peers {
             .cloned()
     }
 
+    /// The peer named `node_id`, following membership as it is now (see [`Peers::list`]): a
+    /// member that has just come up may send before the sender task has looked.
+    pub fn find_now(&self, node_id: &[u8]) -> Option<Arc<Peer>> {
+        self.list()
+            .iter()
+            .find(|peer| peer.identity.node_id.as_bytes() == node_id)
+            .cloned()
+    }
+
     /// Wakes the sender.
     pub fn wake_sender(&self) {
         self.wake.notify_one();

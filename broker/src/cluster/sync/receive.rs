@@ -490,7 +490,7 @@ fn take_frames_of(
                 // that boot of it.
                 let peer = receiver
                     .peers
-                    .find(&key.origin)
+                    .find_now(&key.origin)
                     .filter(|peer| peer.identity.boot_ms == incoming.boot_ms);
                 let handled = if frame.kind == FRAME_DIGEST {
                     anti_entropy::decode_digest(&frame.body).map(|digest| {
