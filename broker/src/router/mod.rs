@@ -30,7 +30,7 @@ use smallvec::SmallVec;
 use retained::RetainedStore;
 pub use retained::{
     bucket_of, entry_hash, now_ms, Page, Stamp, StampIndex, Stamped, DIGEST_BUCKETS,
-    MAX_TOMBSTONES, TOMBSTONE_LIFETIME_MS,
+    MAX_STAMP_AHEAD_MS, MAX_TOMBSTONES, TOMBSTONE_LIFETIME_MS,
 };
 use tree::{LevelKey, Matches, Node, Subscriber};
 
@@ -922,7 +922,7 @@ mod tests {
         );
         // A node's successive writes to a topic always win over what it holds, even one a
         // peer stamped in this node's future.
-        let future = now_ms() + 60_000;
+        let future = now_ms() + MAX_STAMP_AHEAD_MS / 2;
         assert!(router.store_retained(&retained_message("s/b", "peer"), stamp(future, "zz")));
         let mine = router
             .publish(retained_message("s/b", "mine"))
@@ -930,6 +930,10 @@ mod tests {
             .unwrap();
         assert_eq!(mine, stamp(future + 1, "me"));
         assert_eq!(&router.retained("s/b")[0].payload[..], b"mine");
+        // A stamp too far ahead of this node's clock is not stored.
+        let too_far = stamp(now_ms() + 2 * MAX_STAMP_AHEAD_MS, "zz");
+        assert!(!router.store_retained(&retained_message("s/c", "ahead"), too_far));
+        assert!(router.retained("s/c").is_empty());
         // An older write from a peer is delivered, not stored.
         let sub = mailbox(1);
         subscribe(&router, &sub, "s/#", QoS::AtMostOnce);

@@ -335,6 +335,12 @@ pub const DIGEST_BUCKETS: usize = 1024;
 /// comes back later brings the message back.
 pub const TOMBSTONE_LIFETIME_MS: u64 = 60 * 60 * 1000;
 
+/// How far ahead of this node's clock a stamp from elsewhere may be and still be stored: the
+/// same tolerance as the wall-clock check of the sync replay windows. A stamp far in the
+/// future (a clock set wrong, or forged by a key holder) would otherwise win over every later
+/// write to its topic, and its tombstone would outlive its hour.
+pub const MAX_STAMP_AHEAD_MS: u64 = 10 * 60 * 1000;
+
 /// Tombstones kept at most: beyond it the oldest go before their time, so that a flood of
 /// clears cannot grow the store without bound.
 pub const MAX_TOMBSTONES: usize = 100_000;
@@ -485,11 +491,11 @@ impl StampIndex {
         Some(stamp)
     }
 
-    /// Takes a write made elsewhere at `stamp` if it wins over what `topic` holds; says whether
-    /// it did. A tombstone older than [`TOMBSTONE_LIFETIME_MS`] still clears an older message,
-    /// but is not kept.
+    /// Takes a write made elsewhere at `stamp` if it wins over what `topic` holds and is not
+    /// more than [`MAX_STAMP_AHEAD_MS`] ahead of `now_ms`; says whether it did. A tombstone
+    /// older than [`TOMBSTONE_LIFETIME_MS`] still clears an older message, but is not kept.
     fn apply(&mut self, topic: &[u8], stamp: Stamp, cleared: bool, now_ms: u64) -> bool {
-        if topic.first() == Some(&b'$') {
+        if topic.first() == Some(&b'$') || stamp.ms > now_ms.saturating_add(MAX_STAMP_AHEAD_MS) {
             return false;
         }
         let new = Stamped { stamp, cleared };
