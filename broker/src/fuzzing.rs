@@ -345,3 +345,26 @@ pub fn retained_sync(router: &crate::router::Router, body: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The link_stream seed with retained frames (a listing part, a stamped record, a digest
+    /// summary) goes through [`feed_inbox`] as the fuzz target cuts it, each frame taken.
+    #[test]
+    fn the_retained_sync_seed_is_taken_whole() {
+        let seed = include_bytes!("../../fuzz/corpus/link_stream/seed-retained-sync");
+        let (seq, hold, len) = (
+            u64::from(u16::from_be_bytes([seed[0], seed[1]])),
+            seed[2] & 1 == 1,
+            usize::from(seed[3]),
+        );
+        assert_eq!(len, seed.len() - 4);
+        assert_eq!(feed_inbox(&[(seq, seed[4..].to_vec(), hold)]), 3);
+        // The listing part parses on its own too.
+        let frame = &seed[4 + 5..];
+        let body_len = u32::from_be_bytes([seed[4], seed[5], seed[6], seed[7]]) as usize - 1;
+        assert!(crate::cluster::anti_entropy::decode_part(&frame[..body_len]).is_some());
+    }
+}
