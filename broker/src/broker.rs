@@ -78,7 +78,7 @@ impl Broker {
             return self.router.publish(message);
         };
         let mut routed = self.router.publish(message.clone());
-        let congested_peer = forwarder.forward(&message);
+        let congested_peer = forwarder.forward(&message, routed.stamp.as_ref());
         if routed.congested.is_none() {
             routed.congested = congested_peer.map(Congested::Peer);
         }

@@ -272,10 +272,11 @@ pub fn decode_link_datagram(body: &[u8]) -> bool {
 }
 
 /// A link's receiving half fed `segments` (number, bytes) in the order given, held and let go
-/// where `hold` says, with every frame taken as the receiver would: records decoded, interest
-/// changes parsed and applied to a peer's interest, which is then asked about the frame's
-/// topic. Returns how many frames were taken; never holds more than a window's worth of
-/// out-of-order segments (asserted).
+/// where `hold` says, with every frame taken as the receiver would: records decoded (stamped
+/// retained ones stored), interest changes parsed and applied to a peer's interest, which is
+/// then asked about the frame's topic, retained digests answered and listings compared with a
+/// retained store (see [`retained_sync`]). Returns how many frames were taken; never holds
+/// more than a window's worth of out-of-order segments (asserted).
 pub fn feed_inbox(segments: &[(u64, Vec<u8>, bool)]) -> usize {
     use crate::cluster::interest;
     use crate::cluster::link::{Inbox, Next, SEGMENT_BYTES, WINDOW};
@@ -283,6 +284,8 @@ pub fn feed_inbox(segments: &[(u64, Vec<u8>, bool)]) -> usize {
         return 0;
     };
     let remote = interest::RemoteInterest::default();
+    let router = crate::router::Router::new(std::sync::Arc::new(crate::metrics::Metrics::new()));
+    router.enable_stamps(Bytes::from_static(b"local"));
     let mut frames = 0;
     for (seq, data, hold) in segments {
         inbox.hold(*hold);
@@ -296,9 +299,15 @@ pub fn feed_inbox(segments: &[(u64, Vec<u8>, bool)]) -> usize {
                         let _ = remote.matching(&Bytes::copy_from_slice(filter));
                     }
                 }
-                if let Some(message) = sync::decode_frame_record(&frame.body, Instant::now()) {
+                if let Some((message, stamp)) =
+                    sync::decode_frame_record(&frame.body, Instant::now())
+                {
                     let _ = remote.matching(&message.topic);
+                    if let Some(stamp) = stamp {
+                        router.store_retained(&message, stamp);
+                    }
                 }
+                retained_sync(&router, &frame.body);
             }
         }
         let ack = inbox.ack();
@@ -306,4 +315,56 @@ pub fn feed_inbox(segments: &[(u64, Vec<u8>, bool)]) -> usize {
         assert!(inbox.buffered() <= (WINDOW as usize + 1) * SEGMENT_BYTES + (1 << 16) + 5);
     }
     frames
+}
+
+/// What a node does with a control frame body that may be a retained digest or a listing part
+/// (see [`crate::cluster::anti_entropy`]), against `router`'s retained store: a digest is
+/// answered (the listing it calls for must parse again, asserted), a part is compared with the
+/// store's entries in its range and the entries to push are read.
+pub fn retained_sync(router: &crate::router::Router, body: &[u8]) {
+    use crate::cluster::anti_entropy::{self, DigestAnswer, RANGE_MAX};
+    if let Some(digest) = anti_entropy::decode_digest(body) {
+        let ours = router.retained_digest().unwrap_or_default();
+        if let DigestAnswer::List(buckets) = anti_entropy::answer(&ours, &digest, 0) {
+            let frames = anti_entropy::listing_frames(&buckets, 1 << 16, |bucket, after, max| {
+                router.retained_stamps(bucket, after, None, max)
+            });
+            for frame in frames {
+                assert!(
+                    anti_entropy::decode_part(&frame).is_some(),
+                    "a listing this node makes parses"
+                );
+            }
+        }
+    }
+    if let Some(part) = anti_entropy::decode_part(body) {
+        let ours =
+            router.retained_stamps(part.bucket, part.after.as_deref(), part.upto(), RANGE_MAX);
+        for topic in anti_entropy::to_push(&part.entries, &ours) {
+            let _ = router.retained_entry(&topic);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The link_stream seed with retained frames (a listing part, a stamped record, a digest
+    /// summary) goes through [`feed_inbox`] as the fuzz target cuts it, each frame taken.
+    #[test]
+    fn the_retained_sync_seed_is_taken_whole() {
+        let seed = include_bytes!("../../fuzz/corpus/link_stream/seed-retained-sync");
+        let (seq, hold, len) = (
+            u64::from(u16::from_be_bytes([seed[0], seed[1]])),
+            seed[2] & 1 == 1,
+            usize::from(seed[3]),
+        );
+        assert_eq!(len, seed.len() - 4);
+        assert_eq!(feed_inbox(&[(seq, seed[4..].to_vec(), hold)]), 3);
+        // The listing part parses on its own too.
+        let frame = &seed[4 + 5..];
+        let body_len = u32::from_be_bytes([seed[4], seed[5], seed[6], seed[7]]) as usize - 1;
+        assert!(crate::cluster::anti_entropy::decode_part(&frame[..body_len]).is_some());
+    }
 }

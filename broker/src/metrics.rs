@@ -562,6 +562,12 @@ pub struct ClusterMetrics {
     /// Bytes held on links to peers (QoS 1 and 2 messages, large ones): not yet sent, or not
     /// yet acknowledged.
     pub buffered_bytes: Gauge,
+    /// Retained messages and tombstones sent to peers that lacked them or held older ones
+    /// (anti-entropy).
+    pub retained_repaired: Counter,
+    /// Retained records from peers not stored because this node holds a later write of the
+    /// topic (those forwarded live are still delivered).
+    pub retained_stale: Counter,
 }
 
 impl ClusterMetrics {
@@ -648,6 +654,16 @@ impl ClusterMetrics {
                 reg,
                 "cluster_buffered_bytes",
                 "Bytes of QoS 1 and 2 messages held on links to other members, not yet sent or not yet acknowledged",
+            ),
+            retained_repaired: counter(
+                reg,
+                "cluster_retained_repaired",
+                "Retained messages and tombstones sent to members that lacked them or held older ones",
+            ),
+            retained_stale: counter(
+                reg,
+                "cluster_retained_stale",
+                "Retained records from members not stored: this node holds a later write of the topic",
             ),
         }
     }

@@ -1,8 +1,10 @@
 //! Links from the network's side: the parser of version 3 datagrams (segments and
 //! acknowledgements) on the raw input, then a link's receiving half fed the input cut into
 //! segments (`[number: u16][hold: u8][length: u8][bytes]` each), in any order, repeated,
-//! beyond the window, held and let go, with every frame taken parsed as a record or as
-//! interest. Nothing may panic, and what the receiver holds stays within its window.
+//! beyond the window, held and let go, with every frame taken parsed as a record (a stamped
+//! retained one stored), as interest, and as a retained digest (answered) or listing part
+//! (compared with the store). Nothing may panic, and what the receiver holds stays within its
+//! window.
 
 #![no_main]
 

@@ -6,6 +6,7 @@
 //!   `-csp`), and delivering what peers forward.
 //! - [`peers`]: the members this node forwards to, and what it holds for each.
 //! - [`link`]: the acknowledged, ordered streams that carry QoS 1 and 2 messages to each peer.
+//! - [`anti_entropy`]: how the nodes' retained stores converge (digests, listings, repairs).
 //! - [`auth`]: the HMAC-SHA256 tags on every datagram, with per-port keys derived from `-csk`.
 //! - [`replay`]: the sliding windows that refuse repeated datagrams on both ports.
 //! - [`config`]: the cluster flags' rules.
@@ -13,6 +14,7 @@
 //! Sessions and subscriptions stay on their node; only messages travel. [`Bound::start`] is
 //! called by the server once the MQTT listener is bound, and [`Cluster::leave`] on shutdown.
 
+pub mod anti_entropy;
 pub mod auth;
 pub mod config;
 pub mod interest;
@@ -187,6 +189,7 @@ impl Bound {
         peers.attach(&broker);
         let (leave, leaving) = watch::channel(false);
         let metrics = broker.metrics.clone();
+        let digests = tokio::spawn(send_digests(peers.clone()));
         let sender = sync::Sender::spawn(
             sync.clone(),
             peers.clone(),
@@ -223,7 +226,21 @@ impl Bound {
             gossip,
             sender,
             receiver,
+            digests,
         })
+    }
+}
+
+/// Sends each peer the summary of the retained digest every [`anti_entropy::DIGEST_PERIOD`]
+/// (a new control link starts with the full digest). Runs until aborted.
+async fn send_digests(peers: Arc<Peers>) {
+    let mut ticks = tokio::time::interval(anti_entropy::DIGEST_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once, when every control link has just sent the full digest.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        peers.send_digests();
     }
 }
 
@@ -233,6 +250,7 @@ pub struct Cluster {
     gossip: JoinHandle<()>,
     sender: sync::Sender,
     receiver: JoinHandle<()>,
+    digests: JoinHandle<()>,
 }
 
 impl Cluster {
@@ -241,6 +259,7 @@ impl Cluster {
     /// than after the failure detector's timeouts), then stops the tasks. Call it once the
     /// connections are closed.
     pub async fn leave(self) {
+        self.digests.abort();
         if !self.sender.finish(LEAVE_TIMEOUT).await {
             warn!("forwarding the last messages took longer than {LEAVE_TIMEOUT:?}");
         }

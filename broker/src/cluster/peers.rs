@@ -11,10 +11,13 @@
 //! links existed, and everything for a peer of an earlier release); its link's [`Outbox`]
 //! (QoS 1 and 2, and any record too big for one datagram), which holds up to `-csb` bytes until
 //! they are acknowledged; and its control link's, which carries this node's interest (see
-//! [`super::interest`]). A message goes to a peer only when the peer's interest asks for it,
-//! or is not known, or the message is retained (every node keeps the retained messages). Past half of that, a publisher is told the peer
-//! is congested and waits for it as for a slow local subscriber; when it is full, QoS 1 and 2
-//! messages for that peer are dropped and counted (`buffer_full`).
+//! [`super::interest`]) and the retained digests and listings (see [`super::anti_entropy`]).
+//! A message goes to a peer only when the peer's interest asks for it, or is not known, or the
+//! message is retained (every node keeps the retained messages: to a peer with links they go
+//! on the link, whatever their QoS, stamped, so that no retained write is lost on the way).
+//! Past half of that, a publisher is told the peer is congested and waits for it as for a slow
+//! local subscriber; when it is full, QoS 1 and 2 messages for that peer are dropped and
+//! counted (`buffer_full`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -27,16 +30,21 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::anti_entropy::{
+    self, DigestAnswer, Part, CONTROL_BACKLOG, FRAME_DIGEST, FRAME_LISTING, LISTING_BUDGET,
+    RANGE_MAX,
+};
 use super::interest::{self, RemoteInterest, FRAME_INTEREST};
 use super::link::{Ack, Outbox, Pushed};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
-    encode_record, Wakeup, record_len, version_for, BATCH_BYTES, FRAME_PUBLISH, MAX_DATAGRAM_RECORD,
+    encode_record, encode_stamped_record, record_len, stamped_record_len, version_for, Wakeup,
+    BATCH_BYTES, FRAME_PUBLISH, FRAME_RETAINED, MAX_DATAGRAM_RECORD,
 };
 use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
-use crate::router::{FilterWatcher, Message};
+use crate::router::{FilterWatcher, Message, Stamp};
 use crate::session::Drain;
 
 /// Best-effort records held per peer before more are dropped (`queue_full`): a few
@@ -112,6 +120,10 @@ impl Peers {
     pub fn attach(self: &Arc<Self>, broker: &Arc<Broker>) {
         let _ = self.broker.set(Arc::downgrade(broker));
         broker.router.watch_filters(self.clone());
+        let local = self.members.local().node_id.clone();
+        broker
+            .router
+            .enable_stamps(Bytes::copy_from_slice(local.as_bytes()));
     }
 
     /// The peers, following membership as it is now: a member that has just come up is
@@ -135,6 +147,15 @@ impl Peers {
     pub fn find(&self, node_id: &[u8]) -> Option<Arc<Peer>> {
         self.list
             .load()
+            .iter()
+            .find(|peer| peer.identity.node_id.as_bytes() == node_id)
+            .cloned()
+    }
+
+    /// The peer named `node_id`, following membership as it is now (see [`Peers::list`]): a
+    /// member that has just come up may send before the sender task has looked.
+    pub fn find_now(&self, node_id: &[u8]) -> Option<Arc<Peer>> {
+        self.list()
             .iter()
             .find(|peer| peer.identity.node_id.as_bytes() == node_id)
             .cloned()
@@ -210,15 +231,26 @@ impl Peers {
         // change comes after the snapshot, and none is lost.
         let next = Arc::new(next);
         match self.broker.get().and_then(Weak::upgrade) {
-            Some(broker) => broker.router.with_filters(|filters| {
-                if !new.is_empty() {
-                    let frames = interest::snapshot_frames(|visit| filters.for_each(visit));
-                    for peer in &new {
-                        peer.push_control(&frames, true);
+            Some(broker) => {
+                // The new control links go on with the full retained digest, so that the
+                // stores converge at once (see [`anti_entropy`]).
+                let digest = (!new.is_empty())
+                    .then(|| broker.router.retained_digest())
+                    .flatten()
+                    .map(|hashes| anti_entropy::encode_digest(&hashes, true));
+                broker.router.with_filters(|filters| {
+                    if !new.is_empty() {
+                        let frames = interest::snapshot_frames(|visit| filters.for_each(visit));
+                        for peer in &new {
+                            peer.push_control(&frames, true);
+                            if let Some(digest) = &digest {
+                                peer.push_anti_entropy(FRAME_DIGEST, std::slice::from_ref(digest));
+                            }
+                        }
                     }
-                }
-                self.list.store(next);
-            }),
+                    self.list.store(next);
+                })
+            }
             None => self.list.store(next),
         }
         if !new.is_empty() {
@@ -232,6 +264,10 @@ impl Peers {
         let Some(broker) = self.broker.get().and_then(Weak::upgrade) else {
             return;
         };
+        let digest = broker
+            .router
+            .retained_digest()
+            .map(|hashes| anti_entropy::encode_digest(&hashes, true));
         broker.router.with_filters(|filters| {
             let frames = interest::snapshot_frames(|visit| filters.for_each(visit));
             let mut queues = peer.queues.lock();
@@ -247,6 +283,12 @@ impl Peers {
                 queues.control.push(FRAME_INTEREST, frame.len(), |out| {
                     out.extend_from_slice(frame)
                 });
+            }
+            if let Some(digest) = &digest {
+                queues.control.push(FRAME_DIGEST, digest.len(), |out| {
+                    out.extend_from_slice(digest)
+                });
+                queues.interest.queued(1, Instant::now());
             }
         });
         debug!(peer = %peer.identity.node_id, "control link restarted with a snapshot");
@@ -283,6 +325,100 @@ impl Peers {
     /// Whether nothing is waiting to be sent or acknowledged.
     pub fn all_idle(&self) -> bool {
         self.list.load().iter().all(|peer| peer.is_idle())
+    }
+
+    /// Sends every peer with a control link the summary of this node's retained digest (every
+    /// [`anti_entropy::DIGEST_PERIOD`]).
+    pub fn send_digests(&self) {
+        let Some(broker) = self.broker.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let Some(hashes) = broker.router.retained_digest() else {
+            return;
+        };
+        let frame = anti_entropy::encode_digest(&hashes, false);
+        let mut wake = false;
+        for peer in self.list().iter().filter(|p| p.has_link) {
+            wake |= peer.push_anti_entropy(FRAME_DIGEST, std::slice::from_ref(&frame));
+        }
+        if wake {
+            self.wake_sender();
+        }
+    }
+
+    /// Answers a digest that `peer` sent: nothing when the stores agree, the full digest when
+    /// only the summaries differ, else a listing of the buckets that differ.
+    pub fn on_digest(&self, peer: &Peer, digest: &anti_entropy::Digest) {
+        let Some(broker) = self.broker.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let Some(ours) = broker.router.retained_digest() else {
+            return;
+        };
+        if !peer.control_has_room() {
+            debug!(peer = %peer.identity.node_id, "retained digest not answered: the control link is backlogged");
+            return;
+        }
+        // Another first bucket each time, so that a budget cut leaves other buckets for later.
+        let start = usize::try_from(crate::router::now_ms() / 7).unwrap_or(0);
+        let (kind, frames) = match anti_entropy::answer(&ours, digest, start) {
+            DigestAnswer::Same => return,
+            DigestAnswer::SendFull => {
+                (FRAME_DIGEST, vec![anti_entropy::encode_digest(&ours, true)])
+            }
+            DigestAnswer::List(buckets) => {
+                debug!(peer = %peer.identity.node_id, buckets = buckets.len(),
+                       "retained stores differ; listing the buckets");
+                let frames =
+                    anti_entropy::listing_frames(&buckets, LISTING_BUDGET, |bucket, after, max| {
+                        broker.router.retained_stamps(bucket, after, None, max)
+                    });
+                (FRAME_LISTING, frames)
+            }
+        };
+        if peer.push_anti_entropy(kind, &frames) {
+            self.wake_sender();
+        }
+    }
+
+    /// Acts on a part of a listing that `peer` sent: pushes it, on its data link, each entry
+    /// of this node's in the part's range that wins over the peer's or that the peer lacks,
+    /// while the link has room (the rest waits for the next round).
+    pub fn on_listing(&self, peer: &Peer, part: &Part) {
+        let Some(broker) = self.broker.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let ours = broker.router.retained_stamps(
+            part.bucket,
+            part.after.as_deref(),
+            part.upto(),
+            RANGE_MAX,
+        );
+        let now = Instant::now();
+        let mut pushed = 0u64;
+        for topic in anti_entropy::to_push(&part.entries, &ours) {
+            let Some((message, stamp)) = broker.router.retained_entry(&topic) else {
+                continue;
+            };
+            // A tombstone travels as a clear: an empty retained message.
+            let message = message.unwrap_or_else(|| {
+                Arc::new(Message::new(topic, Bytes::new(), QoS::AtMostOnce, true))
+            });
+            // Expired, and a tombstone at the next sweep.
+            if message.is_expired(now) {
+                continue;
+            }
+            if !peer.push_repair(&message, &stamp, now, &self.metrics) {
+                debug!(peer = %peer.identity.node_id,
+                       "retained repairs paused: the link is busy; the next round goes on");
+                break;
+            }
+            pushed += 1;
+        }
+        if pushed > 0 {
+            self.metrics.cluster.retained_repaired.inc_by(pushed);
+            self.wake_sender();
+        }
     }
 }
 
@@ -393,7 +529,8 @@ struct Queues {
 }
 
 /// How far a peer has taken this node's interest, in frames counted across its control
-/// links, so that a SUBSCRIBE can wait until the peer has its filter.
+/// links, so that a SUBSCRIBE can wait until the peer has its filter. Every frame of the
+/// control link counts (anti-entropy ones too), as its acknowledgements do.
 #[derive(Debug)]
 struct InterestProgress {
     /// Frames queued so far (and changes refused by a control link about to start over).
@@ -558,26 +695,88 @@ impl Peer {
         queues.interest.taken >= mark || queues.interest.lagging(now)
     }
 
+    /// Queues anti-entropy frames of `kind` on the control link, unless it holds more than
+    /// [`CONTROL_BACKLOG`] unacknowledged (a peer that does not acknowledge is not sent more);
+    /// says whether the sender must be woken.
+    fn push_anti_entropy(&self, kind: u8, frames: &[BytesMut]) -> bool {
+        let mut queues = self.queues.lock();
+        if self.gone.load(Ordering::Relaxed)
+            || self.control_lost()
+            || queues.control.buffered() > CONTROL_BACKLOG
+        {
+            return false;
+        }
+        let was_idle = !queues.control.has_transmit();
+        for frame in frames {
+            queues
+                .control
+                .push(kind, frame.len(), |out| out.extend_from_slice(frame));
+        }
+        // Counted with the interest frames: acknowledgements count every frame of the link.
+        queues.interest.queued(frames.len() as u64, Instant::now());
+        was_idle
+    }
+
+    /// Whether the control link takes anti-entropy frames.
+    fn control_has_room(&self) -> bool {
+        self.queues.lock().control.buffered() <= CONTROL_BACKLOG
+    }
+
+    /// Queues a retained entry (a tombstone when its payload is empty) with its stamp on the
+    /// data link, for the peer's store only, while the link holds less than a quarter of its
+    /// capacity (so that repairs never hold live messages back); says whether it was queued.
+    fn push_repair(
+        &self,
+        message: &Message,
+        stamp: &Stamp,
+        now: Instant,
+        metrics: &Metrics,
+    ) -> bool {
+        let mut queues = self.queues.lock();
+        if self.gone.load(Ordering::Relaxed)
+            || !self.has_link
+            || queues.outbox.buffered() > queues.outbox.capacity() / 4
+        {
+            return false;
+        }
+        let len = stamped_record_len(message, Some(stamp));
+        let before = queues.outbox.buffered();
+        let pushed = queues.outbox.push(FRAME_RETAINED, len, |out| {
+            encode_stamped_record(out, message, Some(stamp), now)
+        });
+        let grown = queues.outbox.buffered() - before;
+        drop(queues);
+        metrics.cluster.buffered_bytes.inc_by(grown as i64);
+        pushed != Pushed::Full
+    }
+
     /// Whether the control link must start over (see [`Peers::restart_control`]).
     pub fn control_lost(&self) -> bool {
         self.control_lost.load(Ordering::Relaxed)
     }
 
-    /// Queues `message` (not expired at `now`) for this peer; says whether the sender must be
-    /// woken, and whether the link is congested.
-    pub fn push(&self, message: &Message, now: Instant, metrics: &Metrics) -> PushOutcome {
+    /// Queues `message` (not expired at `now`; with its `stamp` when retained) for this peer;
+    /// says whether the sender must be woken, and whether the link is congested.
+    pub fn push(
+        &self,
+        message: &Message,
+        stamp: Option<&Stamp>,
+        now: Instant,
+        metrics: &Metrics,
+    ) -> PushOutcome {
         let reliable = message.qos != QoS::AtMostOnce;
         let best_effort_len = record_len(message, self.publish_version);
         let mut queues = self.queues.lock();
         if self.gone.load(Ordering::Relaxed) {
             return PushOutcome::default();
         }
-        if self.has_link && (reliable || best_effort_len > BATCH_BYTES) {
-            let len = record_len(message, NEWEST_PUBLISH_VERSION);
+        // A retained message goes on the link whatever its QoS: the peer's store must get it.
+        if self.has_link && (reliable || message.retain || best_effort_len > BATCH_BYTES) {
+            let len = stamped_record_len(message, stamp);
             let was_idle = !queues.outbox.has_transmit();
             let before = queues.outbox.buffered();
             let pushed = queues.outbox.push(FRAME_PUBLISH, len, |out| {
-                encode_record(out, message, NEWEST_PUBLISH_VERSION, now)
+                encode_stamped_record(out, message, stamp, now)
             });
             let grown = queues.outbox.buffered() - before;
             drop(queues);
@@ -942,7 +1141,7 @@ mod tests {
         let metrics = Metrics::new();
         let small = message("t", 10, QoS::AtMostOnce, false);
         assert_eq!(
-            peer.push(&small, now, &metrics),
+            peer.push(&small, None, now, &metrics),
             PushOutcome {
                 queued: true,
                 wake: true,
@@ -954,12 +1153,12 @@ mod tests {
         assert!(transmits.segments.is_empty());
         // Too big for one datagram: on the link, whatever its QoS.
         let big = message("t", 5_000, QoS::AtMostOnce, false);
-        assert!(peer.push(&big, now, &metrics).queued);
+        assert!(peer.push(&big, None, now, &metrics).queued);
         assert_eq!(metrics.cluster.buffered_bytes.get(), 5_000 + 8 + 5);
         let full = message("t", 20_000, QoS::AtLeastOnce, false);
         let mut outcomes = Vec::new();
         for _ in 0..4 {
-            outcomes.push(peer.push(&full, now, &metrics));
+            outcomes.push(peer.push(&full, None, now, &metrics));
         }
         assert!(outcomes[..3].iter().all(|o| o.queued));
         assert!(!outcomes[0].congested);
@@ -984,6 +1183,6 @@ mod tests {
             held as u64
         );
         assert_eq!(metrics.cluster.buffered_bytes.get(), 0);
-        assert!(!peer.push(&full, now, &metrics).queued, "gone");
+        assert!(!peer.push(&full, None, now, &metrics).queued, "gone");
     }
 }

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{handshake, Close, Connection, READ_CHUNK};
+use super::{handshake, Close, Connection, Waiting, READ_CHUNK};
 use crate::codec::{
     self, Ack, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     Subscribe, UnsubAck, Unsubscribe,
@@ -96,7 +96,12 @@ impl Connection {
             }
             // A subscriber this client filled is congested: the rest waits until it drains.
             // After a SUBSCRIBE whose SUBACK waits for the cluster, the rest waits for it.
-            if (hold_on_congestion && self.congested.is_some()) || self.suback_held.is_some() {
+            let hold = match self.waiting {
+                Some(Waiting::Congested(_)) => hold_on_congestion,
+                Some(Waiting::Suback(_)) => true,
+                None => false,
+            };
+            if hold {
                 self.input_held = !self.rbuf.is_empty();
                 break;
             }
@@ -362,8 +367,8 @@ impl Connection {
         let routed = self.broker.publish(Arc::new(message));
         let queued = u8::try_from(routed.deliveries).unwrap_or(u8::MAX);
         self.woke_subscribers = self.woke_subscribers.saturating_add(queued);
-        if self.congested.is_none() {
-            self.congested = routed.congested;
+        if self.waiting.is_none() {
+            self.waiting = routed.congested.map(Waiting::Congested);
         }
         if routed.matched || self.broker.is_clustered() {
             ReasonCode::Success
@@ -517,7 +522,8 @@ impl Connection {
         // In a cluster, the SUBACK goes once the other members have the new filters: a message
         // published anywhere after it reaches this subscriber.
         match subscribed.then(|| self.broker.interest_wait()).flatten() {
-            Some(wait) => self.suback_held = Some(Box::new((suback, wait))),
+            // A congestion noted while not holding input (after a wait gave up) is let go.
+            Some(wait) => self.waiting = Some(Waiting::Suback(Box::new((suback, wait)))),
             None => self.send_acknowledgement(suback),
         }
         Ok(())

@@ -187,6 +187,18 @@ async fn wait_while_draining(
         .await
 }
 
+/// What reading from a client waits for: one field for both, since an idle connection has
+/// neither and every connection carries the field.
+enum Waiting {
+    /// A subscriber's mailbox (or a cluster peer's link) this client's messages filled past
+    /// its soft limit: reading waits until it drains (flow control; see
+    /// [`crate::session::Mailbox`]).
+    Congested(crate::router::Congested),
+    /// A SUBACK held until the other cluster members have the filters it grants (see
+    /// [`crate::broker::Broker::interest_wait`]); the packets after its SUBSCRIBE wait with it.
+    Suback(Box<(Packet, crate::cluster::peers::InterestWait)>),
+}
+
 /// A will, ready to be published when the connection ends without a normal DISCONNECT.
 struct Will {
     /// Without its expiry, which counts from the moment it is published.
@@ -335,15 +347,10 @@ struct Connection {
     unacknowledged_since: Option<Instant>,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    /// A subscriber's mailbox this client's messages filled past its soft limit: reading from
-    /// this client waits until it drains (flow control; see [`crate::session::Mailbox`]).
-    congested: Option<crate::router::Congested>,
-    /// A SUBACK held until the other cluster members have the filters it grants (see
-    /// [`crate::broker::Broker::interest_wait`]); the packets after its SUBSCRIBE wait with it.
-    /// Boxed: an idle connection never has one.
-    suback_held: Option<Box<(Packet, crate::cluster::peers::InterestWait)>>,
+    /// What reading from this client waits for (see [`Waiting`]).
+    waiting: Option<Waiting>,
     /// Set when packets wait in the read buffer because a subscriber this client filled is
-    /// congested: they are handled once it has drained (see `congested`), so that a burst
+    /// congested: they are handled once it has drained (see `waiting`), so that a burst
     /// already read cannot overflow the subscriber's queue.
     input_held: bool,
     /// How many of this client's messages were queued for subscribers since the loop last
@@ -496,25 +503,28 @@ impl Connection {
                 tokio::task::yield_now().await;
             }
             let mut hold_on_congestion = true;
-            if let Some(held) = self.suback_held.take() {
-                // Bounded (`INTEREST_WAIT`): a peer that does not answer is not waited for.
-                let (suback, wait) = *held;
-                Box::pin(wait.settled()).await;
-                self.send_acknowledgement(suback);
-            }
-            if let Some(congested) = self.congested.take() {
-                // For as long as the subscriber drains its queue: a publisher let go while its
-                // subscriber is still congested reads another batch, and a thousand of them
-                // overflow the queue, dropping messages already acknowledged. In bounded steps,
-                // so that a kick is seen, and never while deliveries to this client wait: two
-                // clients flooding each other would each wait for the other to drain.
-                // Boxed: it would otherwise be part of every idle connection's task.
-                hold_on_congestion = Box::pin(wait_while_draining(
-                    &congested,
-                    &self.state.mailbox,
-                    &holder,
-                ))
-                .await;
+            match self.waiting.take() {
+                Some(Waiting::Suback(held)) => {
+                    // Bounded (`INTEREST_WAIT`): a peer that does not answer is not waited for.
+                    let (suback, wait) = *held;
+                    Box::pin(wait.settled()).await;
+                    self.send_acknowledgement(suback);
+                }
+                Some(Waiting::Congested(congested)) => {
+                    // For as long as the subscriber drains its queue: a publisher let go while its
+                    // subscriber is still congested reads another batch, and a thousand of them
+                    // overflow the queue, dropping messages already acknowledged. In bounded steps,
+                    // so that a kick is seen, and never while deliveries to this client wait: two
+                    // clients flooding each other would each wait for the other to drain.
+                    // Boxed: it would otherwise be part of every idle connection's task.
+                    hold_on_congestion = Box::pin(wait_while_draining(
+                        &congested,
+                        &self.state.mailbox,
+                        &holder,
+                    ))
+                    .await;
+                }
+                None => {}
             }
             // Input held back by a publish-rate pause that ended or by the congestion just
             // waited for, whatever woke the loop: what waited in the buffer goes first. Not

@@ -155,8 +155,7 @@ impl Connection {
             && self.rbuf.is_empty()
             && self.wbuf.is_empty()
             && !self.input_held
-            && self.congested.is_none()
-            && self.suback_held.is_none()
+            && self.waiting.is_none()
             && !self.pulled_many
             && self.woke_subscribers == 0
             && self.write_blocked_since.is_none()
@@ -203,8 +202,7 @@ impl Connection {
             unacknowledged_since: _,
             rbuf: _,
             wbuf: _,
-            congested: _,
-            suback_held: _,
+            waiting: _,
             input_held: _,
             woke_subscribers: _,
             pulled_many: _,
@@ -298,8 +296,7 @@ impl Sleeping {
             unacknowledged_since: None,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
-            congested: None,
-            suback_held: None,
+            waiting: None,
             input_held: false,
             woke_subscribers: 0,
             pulled_many: false,

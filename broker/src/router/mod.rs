@@ -27,8 +27,11 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
-pub use retained::Page;
 use retained::RetainedStore;
+pub use retained::{
+    bucket_of, entry_hash, now_ms, Page, Stamp, StampIndex, Stamped, DIGEST_BUCKETS,
+    MAX_STAMP_AHEAD_MS, MAX_TOMBSTONES, TOMBSTONE_LIFETIME_MS,
+};
 use tree::{LevelKey, Matches, Node, Subscriber};
 
 use crate::codec::{self, QoS};
@@ -148,6 +151,8 @@ pub struct Routed {
     /// A queue the message filled past its soft limit: the publisher should let it drain
     /// before sending more.
     pub congested: Option<Congested>,
+    /// The stamp this node gave a retained message (or a clear), in a cluster.
+    pub stamp: Option<Stamp>,
 }
 
 /// A queue a publisher filled, which it waits for before it sends more.
@@ -360,11 +365,99 @@ impl Router {
         }
     }
 
-    /// Routes a message to every matching session.
+    /// Routes a message published on this node to every matching session, and stores it when
+    /// retained (stamped as this node's latest write to the topic, in a cluster).
     pub fn publish(&self, message: Arc<Message>) -> Routed {
+        let stamp = if message.retain {
+            self.retain(&message)
+        } else {
+            None
+        };
+        let mut routed = self.route(message);
+        routed.stamp = stamp;
+        routed
+    }
+
+    /// Routes a message a cluster peer forwarded to every matching session. When retained it is
+    /// stored if its `stamp` wins over what this node holds for the topic (see
+    /// [`Stamped::wins_over`]); one from a peer of a release without stamps is stored as if
+    /// published here. A message that lost is still routed: it was published.
+    pub fn publish_from_peer(&self, message: Arc<Message>, stamp: Option<Stamp>) -> Routed {
         if message.retain {
-            self.retain(&message);
+            match stamp {
+                Some(stamp) => {
+                    self.store_retained(&message, stamp);
+                }
+                None => {
+                    self.retain(&message);
+                }
+            }
         }
+        self.route(message)
+    }
+
+    /// Stores a retained message (or, with an empty payload, a clear) written elsewhere at
+    /// `stamp`, if that wins over what this node holds for the topic, without routing it;
+    /// returns whether it was stored.
+    pub fn store_retained(&self, message: &Message, stamp: Stamp) -> bool {
+        let stored = retained_copy(message);
+        let (applied, delta) =
+            self.retained
+                .write()
+                .set_stamped(&message.topic, stored, stamp, now_ms());
+        self.metrics.retained.inc_by(delta);
+        applied
+    }
+
+    /// Stamps the retained messages from now on, this node's writes with `local` (its node id),
+    /// for the cluster's anti-entropy; those stored already are stamped as written now.
+    pub fn enable_stamps(&self, local: Bytes) {
+        let mut store = self.retained.write();
+        if store.stamps.is_some() {
+            return;
+        }
+        let mut held = Vec::new();
+        store.root().collect(&[&b"#"[..]], true, &mut held);
+        store.stamps = Some(StampIndex::new(local));
+        let now = now_ms();
+        for message in held {
+            store.set_local(&message.topic.clone(), Some(message), now);
+        }
+    }
+
+    /// The hashes of the retained digest's buckets, in a cluster.
+    pub fn retained_digest(&self) -> Option<Vec<u64>> {
+        let store = self.retained.read();
+        Some(store.stamps.as_ref()?.hashes().to_vec())
+    }
+
+    /// The stamps of digest `bucket`, as [`StampIndex::range`].
+    pub fn retained_stamps(
+        &self,
+        bucket: usize,
+        after: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        max: usize,
+    ) -> Vec<(Bytes, Stamped)> {
+        let store = self.retained.read();
+        store
+            .stamps
+            .as_ref()
+            .map_or_else(Vec::new, |stamps| stamps.range(bucket, after, upto, max))
+    }
+
+    /// The retained message of `topic` (`None` when it is a tombstone) and its stamp.
+    pub fn retained_entry(&self, topic: &[u8]) -> Option<(Option<Arc<Message>>, Stamp)> {
+        self.retained.read().entry(topic)
+    }
+
+    /// Tombstones held, in a cluster.
+    pub fn tombstones(&self) -> usize {
+        let store = self.retained.read();
+        store.stamps.as_ref().map_or(0, StampIndex::tombstones)
+    }
+
+    fn route(&self, message: Arc<Message>) -> Routed {
         // Topics of ordinary depth are split without a heap allocation.
         let path: SmallVec<[LevelKey; 8]> =
             topic::levels(&message.topic).map(LevelKey::new).collect();
@@ -450,22 +543,16 @@ impl Router {
         routed
     }
 
-    fn retain(&self, message: &Message) {
-        let stored = (!message.payload.is_empty()).then(|| {
-            // A compact copy: the original's bytes may share a large read buffer.
-            let mut stored = Message::new(
-                Bytes::copy_from_slice(&message.topic),
-                Bytes::copy_from_slice(&message.payload),
-                message.qos,
-                true,
-            );
-            stored.properties = message.properties.clone();
-            stored.expires_at = message.expires_at;
-            stored.origin = message.origin;
-            Arc::new(stored)
-        });
-        let delta = self.retained.write().set(&message.topic, stored);
+    /// Stores a retained message published here (a clear with an empty payload); returns its
+    /// stamp, in a cluster.
+    fn retain(&self, message: &Message) -> Option<Stamp> {
+        let stored = retained_copy(message);
+        let (delta, stamp) = self
+            .retained
+            .write()
+            .set_local(&message.topic, stored, now_ms());
         self.metrics.retained.inc_by(delta);
+        stamp
     }
 
     /// Removes the retained messages whose MQTT 5 expiry is at or before `now`, at most
@@ -475,6 +562,14 @@ impl Router {
     /// notice many messages expiring at once.
     pub fn expire_retained(&self, now: Instant) -> usize {
         let mut removed = 0;
+        let wall = now_ms();
+        while self
+            .retained
+            .write()
+            .stamps
+            .as_mut()
+            .is_some_and(|stamps| stamps.sweep(wall, TEARDOWN_BATCH) == TEARDOWN_BATCH)
+        {}
         while removed < EXPIRY_SWEEP_MAX {
             let batch = self.retained.write().expire(now, TEARDOWN_BATCH);
             self.metrics.retained.dec_by(batch as i64);
@@ -507,6 +602,23 @@ impl Router {
             .root()
             .page(&path, after.as_deref(), true, page)
     }
+}
+
+/// The copy of `message` the retained store keeps (`None` for a clear): compact, as the
+/// original's bytes may share a large read buffer.
+fn retained_copy(message: &Message) -> Option<Arc<Message>> {
+    (!message.payload.is_empty()).then(|| {
+        let mut stored = Message::new(
+            Bytes::copy_from_slice(&message.topic),
+            Bytes::copy_from_slice(&message.payload),
+            message.qos,
+            true,
+        );
+        stored.properties = message.properties.clone();
+        stored.expires_at = message.expires_at;
+        stored.origin = message.origin;
+        Arc::new(stored)
+    })
 }
 
 /// A subscriber's identifier as a delivery's list.
@@ -780,6 +892,94 @@ mod tests {
         router.publish(Arc::new(delete));
         assert!(router.retained("r/a").is_empty());
         assert_eq!(router.metrics.retained.get(), 2);
+    }
+
+    fn stamp(ms: u64, node: &'static str) -> Stamp {
+        Stamp {
+            ms,
+            node: Bytes::from_static(node.as_bytes()),
+        }
+    }
+
+    fn retained_message(topic: &'static str, payload: &'static str) -> Arc<Message> {
+        Arc::new(Message::new(
+            Bytes::from_static(topic.as_bytes()),
+            Bytes::from_static(payload.as_bytes()),
+            QoS::AtMostOnce,
+            true,
+        ))
+    }
+
+    #[test]
+    fn retained_writes_are_stamped_and_the_later_stamp_wins() {
+        let router = router();
+        // Without a cluster: no stamps.
+        assert_eq!(router.publish(retained_message("s/a", "1")).stamp, None);
+        router.enable_stamps(Bytes::from_static(b"me"));
+        assert!(
+            router.retained_entry(b"s/a").is_some(),
+            "stamped when enabled"
+        );
+        // A node's successive writes to a topic always win over what it holds, even one a
+        // peer stamped in this node's future.
+        let future = now_ms() + MAX_STAMP_AHEAD_MS / 2;
+        assert!(router.store_retained(&retained_message("s/b", "peer"), stamp(future, "zz")));
+        let mine = router
+            .publish(retained_message("s/b", "mine"))
+            .stamp
+            .unwrap();
+        assert_eq!(mine, stamp(future + 1, "me"));
+        assert_eq!(&router.retained("s/b")[0].payload[..], b"mine");
+        // A stamp too far ahead of this node's clock is not stored.
+        let too_far = stamp(now_ms() + 2 * MAX_STAMP_AHEAD_MS, "zz");
+        assert!(!router.store_retained(&retained_message("s/c", "ahead"), too_far));
+        assert!(router.retained("s/c").is_empty());
+        // An older write from a peer is delivered, not stored.
+        let sub = mailbox(1);
+        subscribe(&router, &sub, "s/#", QoS::AtMostOnce);
+        let routed = router.publish_from_peer(retained_message("s/b", "old"), Some(stamp(5, "x")));
+        assert_eq!(routed.deliveries, 1);
+        assert_eq!(&router.retained("s/b")[0].payload[..], b"mine");
+        // A later one is stored; a clear leaves a tombstone that an older write cannot undo.
+        router.publish_from_peer(retained_message("s/b", "new"), Some(stamp(future + 2, "x")));
+        assert_eq!(&router.retained("s/b")[0].payload[..], b"new");
+        let clear = retained_message("s/b", "");
+        let cleared = router.publish(clear).stamp.unwrap();
+        assert_eq!(cleared.ms, future + 3);
+        assert!(router.retained("s/b").is_empty());
+        assert_eq!(router.tombstones(), 1);
+        assert!(!router.store_retained(&retained_message("s/b", "zombie"), stamp(future + 2, "z")));
+        assert!(router.retained("s/b").is_empty());
+        let (message, held) = router.retained_entry(b"s/b").unwrap();
+        assert!(message.is_none());
+        assert_eq!(held, cleared);
+        // `$` topics are never stamped (never forwarded).
+        assert_eq!(router.publish(retained_message("$SYS/x", "1")).stamp, None);
+        // The digest follows every change.
+        let before = router.retained_digest().unwrap();
+        router.publish(retained_message("s/c", "1"));
+        assert_ne!(router.retained_digest().unwrap(), before);
+    }
+
+    #[test]
+    fn an_expired_retained_message_leaves_a_tombstone_with_its_stamp() {
+        let router = router();
+        router.enable_stamps(Bytes::from_static(b"me"));
+        let now = Instant::now();
+        let mut message = Message::new(
+            Bytes::from_static(b"e/1"),
+            Bytes::from_static(b"x"),
+            QoS::AtMostOnce,
+            true,
+        );
+        message.expires_at = Some(now + Duration::from_secs(1));
+        let stamped = router.publish(Arc::new(message)).stamp.unwrap();
+        assert_eq!(router.expire_retained(now + Duration::from_secs(1)), 1);
+        let (message, held) = router.retained_entry(b"e/1").unwrap();
+        assert!(message.is_none());
+        assert_eq!(held, stamped);
+        // The same stamp, still alive elsewhere, does not bring it back.
+        assert!(!router.store_retained(&retained_message("e/1", "x"), stamped));
     }
 
     #[test]

@@ -9,14 +9,19 @@
 //! Messages with an MQTT 5 Message Expiry Interval are also indexed by expiry
 //! ([`RetainedStore`]): an expired one is never sent, and it is removed (its memory given
 //! back) when it expires rather than when its topic is next published to.
+//!
+//! In a cluster the store also keeps a [`Stamp`] per topic (see [`StampIndex`]): who wrote its
+//! retained message last and when, and for a topic cleared recently a *tombstone*, so that the
+//! nodes converge on the same retained messages (see [`crate::cluster::anti_entropy`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::Message;
 use crate::topic;
@@ -27,6 +32,8 @@ pub(super) struct RetainedStore {
     root: RetainedNode,
     /// `(expiry, topic)` of every stored message that has an expiry.
     expiring: BTreeSet<(Instant, Bytes)>,
+    /// Who wrote each topic last, when this node is in a cluster.
+    pub(super) stamps: Option<StampIndex>,
 }
 
 impl RetainedStore {
@@ -34,9 +41,43 @@ impl RetainedStore {
         &self.root
     }
 
+    /// Stores `message`, published on this node, as the retained message of `topic` (or, with
+    /// `None`, deletes it), stamped after whatever the topic holds; returns the change in count
+    /// and the stamp (in a cluster).
+    pub(super) fn set_local(
+        &mut self,
+        topic: &Bytes,
+        message: Option<Arc<Message>>,
+        now_ms: u64,
+    ) -> (i64, Option<Stamp>) {
+        let stamp = self
+            .stamps
+            .as_mut()
+            .and_then(|stamps| stamps.stamp_local(topic, message.is_none(), now_ms));
+        (self.set(topic, message), stamp)
+    }
+
+    /// Stores (or, with `None`, deletes) the retained message of `topic` written elsewhere at
+    /// `stamp`, if that is later than what this node holds for the topic; returns whether it
+    /// was applied and the change in count.
+    pub(super) fn set_stamped(
+        &mut self,
+        topic: &Bytes,
+        message: Option<Arc<Message>>,
+        stamp: Stamp,
+        now_ms: u64,
+    ) -> (bool, i64) {
+        if let Some(stamps) = self.stamps.as_mut() {
+            if !stamps.apply(topic, stamp, message.is_none(), now_ms) {
+                return (false, 0);
+            }
+        }
+        (true, self.set(topic, message))
+    }
+
     /// Stores `message` as the retained message of its topic (or, with `None`, deletes the one
     /// of `topic`); returns the change in count.
-    pub(super) fn set(&mut self, topic: &Bytes, message: Option<Arc<Message>>) -> i64 {
+    fn set(&mut self, topic: &Bytes, message: Option<Arc<Message>>) -> i64 {
         let path: Vec<&[u8]> = topic::levels(topic).collect();
         // Indexed under the stored message's own topic: `topic` may be a slice of a large
         // buffer (the publisher's), which the index must not keep alive.
@@ -66,9 +107,27 @@ impl RetainedStore {
             // The index is kept in step with the store, so this is the expired message.
             if self.root.replace(&path, None).is_some() {
                 removed += 1;
+                // Expired everywhere at about the same time: a tombstone with the message's
+                // own stamp keeps an older write elsewhere from coming back.
+                if let Some(stamps) = self.stamps.as_mut() {
+                    stamps.expired(&topic);
+                }
             }
         }
         removed
+    }
+
+    /// The retained message of `topic` (`None` for a tombstone) and its stamp, if the topic has
+    /// one.
+    pub(super) fn entry(&self, topic: &[u8]) -> Option<(Option<Arc<Message>>, Stamp)> {
+        let stamped = self.stamps.as_ref()?.get(topic)?.clone();
+        let message = if stamped.cleared {
+            None
+        } else {
+            let path: Vec<&[u8]> = topic::levels(topic).collect();
+            Some(self.root.get(&path)?)
+        };
+        Some((message, stamped.stamp))
     }
 
     #[cfg(test)]
@@ -84,6 +143,14 @@ pub(super) struct RetainedNode {
 }
 
 impl RetainedNode {
+    /// The message at `path`.
+    fn get(&self, path: &[&[u8]]) -> Option<Arc<Message>> {
+        match path.split_first() {
+            None => self.message.clone(),
+            Some((level, rest)) => self.children.get(*level)?.get(rest),
+        }
+    }
+
     /// Stores (or, with `None`, deletes) the message at `path`; returns the one it replaced.
     fn replace(&mut self, path: &[&[u8]], message: Option<Arc<Message>>) -> Option<Arc<Message>> {
         match path.split_first() {
@@ -256,5 +323,272 @@ impl Page {
         self.bytes += message.topic.len() + message.payload.len();
         self.messages.push(message.clone());
         true
+    }
+}
+
+/// Buckets of the retained digest: topics are spread over them by a hash of the topic, and
+/// nodes compare the buckets' hashes to find where their stores differ.
+pub const DIGEST_BUCKETS: usize = 1024;
+
+/// How long a tombstone (a cleared topic) is kept, from its stamp: a node that comes back
+/// with an older retained message for the topic within this time has it cleared; one that
+/// comes back later brings the message back.
+pub const TOMBSTONE_LIFETIME_MS: u64 = 60 * 60 * 1000;
+
+/// How far ahead of this node's clock a stamp from elsewhere may be and still be stored: the
+/// same tolerance as the wall-clock check of the sync replay windows. A stamp far in the
+/// future (a clock set wrong, or forged by a key holder) would otherwise win over every later
+/// write to its topic, and its tombstone would outlive its hour.
+pub const MAX_STAMP_AHEAD_MS: u64 = 10 * 60 * 1000;
+
+/// Tombstones kept at most: beyond it the oldest go before their time, so that a flood of
+/// clears cannot grow the store without bound.
+pub const MAX_TOMBSTONES: usize = 100_000;
+
+/// Who wrote a topic's retained message (or cleared it), and when: the wall clock of the node
+/// that took the PUBLISH, in milliseconds since the Unix epoch, and that node's id. Stamps are
+/// ordered by time, then by node id bytes (the derived order: fields in this order), so
+/// every node picks the same last writer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    pub ms: u64,
+    pub node: Bytes,
+}
+
+/// A topic's stamp, and whether the topic was cleared (a tombstone) rather than holds a
+/// message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    pub stamp: Stamp,
+    pub cleared: bool,
+}
+
+impl Stamped {
+    /// Whether this write wins over `other`: a later stamp; for the same stamp, a tombstone (a
+    /// message that expired on one node and not yet on another is gone on both).
+    pub fn wins_over(&self, other: &Stamped) -> bool {
+        (&self.stamp, self.cleared) > (&other.stamp, other.cleared)
+    }
+}
+
+/// Milliseconds since the Unix epoch on this node's wall clock (0 before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// The digest bucket of `topic`: the first two bytes of its SHA-256, modulo the buckets. Part
+/// of the wire protocol: every node must spread topics alike.
+pub fn bucket_of(topic: &[u8]) -> usize {
+    let hash = Sha256::digest(topic);
+    usize::from(u16::from_be_bytes([hash[0], hash[1]])) % DIGEST_BUCKETS
+}
+
+/// What one topic adds to its bucket's hash (by XOR): the first 8 bytes of the SHA-256 of
+/// `[topic length u16][topic][stamp ms u64][node length u8][node][cleared u8]`. A stable hash,
+/// not a keyed one: nodes compare the results.
+pub fn entry_hash(topic: &[u8], stamped: &Stamped) -> u64 {
+    let node = &stamped.stamp.node[..stamped.stamp.node.len().min(usize::from(u8::MAX))];
+    let mut hasher = Sha256::new();
+    hasher.update((topic.len() as u16).to_be_bytes());
+    hasher.update(topic);
+    hasher.update(stamped.stamp.ms.to_be_bytes());
+    hasher.update([node.len() as u8]);
+    hasher.update(node);
+    hasher.update([u8::from(stamped.cleared)]);
+    let hash = hasher.finalize();
+    u64::from_be_bytes([
+        hash[0], hash[1], hash[2], hash[3], hash[4], hash[5], hash[6], hash[7],
+    ])
+}
+
+/// The stamps of the retained topics and of the recent tombstones, by digest bucket, with each
+/// bucket's hash kept up to date on every change. Topics starting with `$` are never forwarded
+/// and have no stamp.
+pub struct StampIndex {
+    /// This node's id, which stamps its own writes.
+    local: Bytes,
+    buckets: Vec<BTreeMap<Bytes, Stamped>>,
+    hashes: Vec<u64>,
+    /// `(stamp ms, topic)` of every tombstone, oldest first.
+    tombstones: BTreeSet<(u64, Bytes)>,
+}
+
+impl StampIndex {
+    pub fn new(local: Bytes) -> StampIndex {
+        StampIndex {
+            local,
+            buckets: vec![BTreeMap::new(); DIGEST_BUCKETS],
+            hashes: vec![0; DIGEST_BUCKETS],
+            tombstones: BTreeSet::new(),
+        }
+    }
+
+    pub fn get(&self, topic: &[u8]) -> Option<&Stamped> {
+        self.buckets[bucket_of(topic)].get(topic)
+    }
+
+    /// Replaces what `topic` holds (a stamp, or nothing), keeping the hashes and the tombstones
+    /// in step.
+    fn put(&mut self, topic: &[u8], new: Option<Stamped>) {
+        let bucket = bucket_of(topic);
+        let old = match &new {
+            Some(stamped) => {
+                let key = self.buckets[bucket]
+                    .get_key_value(topic)
+                    .map_or_else(|| Bytes::copy_from_slice(topic), |(key, _)| key.clone());
+                self.hashes[bucket] ^= entry_hash(topic, stamped);
+                if stamped.cleared {
+                    self.tombstones.insert((stamped.stamp.ms, key.clone()));
+                }
+                self.buckets[bucket].insert(key, stamped.clone())
+            }
+            None => self.buckets[bucket].remove(topic),
+        };
+        if let Some(old) = old {
+            self.hashes[bucket] ^= entry_hash(topic, &old);
+            let same_tombstone = new
+                .as_ref()
+                .is_some_and(|new| new.cleared && new.stamp.ms == old.stamp.ms);
+            if old.cleared && !same_tombstone {
+                self.tombstones
+                    .remove(&(old.stamp.ms, Bytes::copy_from_slice(topic)));
+            }
+        }
+        while self.tombstones.len() > MAX_TOMBSTONES {
+            let Some((_, topic)) = self.tombstones.pop_first() else {
+                break;
+            };
+            if let Some(old) = self.buckets[bucket_of(&topic)].remove(&topic) {
+                self.hashes[bucket_of(&topic)] ^= entry_hash(&topic, &old);
+            }
+        }
+    }
+
+    /// Stamps a write of this node to `topic` (`cleared`: an empty retained message) after
+    /// what it holds, at `now_ms` or later; `None` for a `$` topic.
+    fn stamp_local(&mut self, topic: &[u8], cleared: bool, now_ms: u64) -> Option<Stamp> {
+        if topic.first() == Some(&b'$') {
+            return None;
+        }
+        let after = self
+            .get(topic)
+            .map_or(0, |held| held.stamp.ms.saturating_add(1));
+        let stamp = Stamp {
+            ms: now_ms.max(after),
+            node: self.local.clone(),
+        };
+        self.put(
+            topic,
+            Some(Stamped {
+                stamp: stamp.clone(),
+                cleared,
+            }),
+        );
+        Some(stamp)
+    }
+
+    /// Takes a write made elsewhere at `stamp` if it wins over what `topic` holds and is not
+    /// more than [`MAX_STAMP_AHEAD_MS`] ahead of `now_ms`; says whether it did. A tombstone
+    /// older than [`TOMBSTONE_LIFETIME_MS`] still clears an older message, but is not kept.
+    fn apply(&mut self, topic: &[u8], stamp: Stamp, cleared: bool, now_ms: u64) -> bool {
+        if topic.first() == Some(&b'$') || stamp.ms > now_ms.saturating_add(MAX_STAMP_AHEAD_MS) {
+            return false;
+        }
+        let new = Stamped { stamp, cleared };
+        if self.get(topic).is_some_and(|held| !new.wins_over(held)) {
+            return false;
+        }
+        let expired = cleared && new.stamp.ms.saturating_add(TOMBSTONE_LIFETIME_MS) <= now_ms;
+        self.put(topic, (!expired).then_some(new));
+        true
+    }
+
+    /// The retained message of `topic` expired: its stamp stays, as a tombstone.
+    fn expired(&mut self, topic: &[u8]) {
+        if let Some(held) = self.get(topic).filter(|held| !held.cleared).cloned() {
+            self.put(
+                topic,
+                Some(Stamped {
+                    stamp: held.stamp,
+                    cleared: true,
+                }),
+            );
+        }
+    }
+
+    /// Drops at most `limit` of the tombstones older than [`TOMBSTONE_LIFETIME_MS`] at
+    /// `now_ms`; returns how many.
+    pub fn sweep(&mut self, now_ms: u64, limit: usize) -> usize {
+        let mut dropped = 0;
+        while dropped < limit
+            && self
+                .tombstones
+                .first()
+                .is_some_and(|(ms, _)| ms.saturating_add(TOMBSTONE_LIFETIME_MS) <= now_ms)
+        {
+            let Some((_, topic)) = self.tombstones.pop_first() else {
+                break;
+            };
+            let bucket = bucket_of(&topic);
+            if let Some(old) = self.buckets[bucket].remove(&topic) {
+                self.hashes[bucket] ^= entry_hash(&topic, &old);
+            }
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// The buckets' hashes.
+    pub fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+
+    /// Up to `max` stamps of `bucket` in topic order, of the topics after `after` (all when
+    /// `None`) up to and including `upto` (to the bucket's end when `None`).
+    pub fn range(
+        &self,
+        bucket: usize,
+        after: Option<&[u8]>,
+        upto: Option<&[u8]>,
+        max: usize,
+    ) -> Vec<(Bytes, Stamped)> {
+        let Some(entries) = self.buckets.get(bucket) else {
+            return Vec::new();
+        };
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let end = upto.map_or(Bound::Unbounded, Bound::Included);
+        if let (Some(after), Some(upto)) = (after, upto) {
+            // BTreeMap::range panics on an empty or inverted range.
+            if after >= upto {
+                return Vec::new();
+            }
+        }
+        entries
+            .range::<[u8], _>((start, end))
+            .take(max)
+            .map(|(topic, stamped)| (topic.clone(), stamped.clone()))
+            .collect()
+    }
+
+    /// Tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
+    }
+}
+
+#[cfg(test)]
+impl StampIndex {
+    /// [`StampIndex::apply`] of `stamped`.
+    pub fn apply_for_tests(&mut self, topic: &[u8], stamped: Stamped, now_ms: u64) -> bool {
+        self.apply(topic, stamped.stamp, stamped.cleared, now_ms)
+    }
+
+    /// [`StampIndex::stamp_local`] of a message.
+    pub fn stamp_local_for_tests(&mut self, topic: &[u8], now_ms: u64) -> Option<Stamp> {
+        self.stamp_local(topic, false, now_ms)
     }
 }

@@ -58,7 +58,11 @@ impl Batch {
         let mut outcome = Sent::default();
         let mut from = 0;
         while from < self.len {
-            match send_some(socket, &self.datagrams[from..self.len], &self.to[from..self.len]) {
+            match send_some(
+                socket,
+                &self.datagrams[from..self.len],
+                &self.to[from..self.len],
+            ) {
                 Ok(sent) => {
                     outcome.sent += sent;
                     from += sent;
@@ -163,7 +167,13 @@ mod tests {
                 batch.next(to).extend_from_slice(&[round, i]);
             }
             assert!(batch.is_full());
-            assert_eq!(batch.send(&sender), Sent { sent: BATCH, failed: 0 });
+            assert_eq!(
+                batch.send(&sender),
+                Sent {
+                    sent: BATCH,
+                    failed: 0
+                }
+            );
         }
         for (r, receiver) in receivers.iter().enumerate() {
             let mut got = Vec::new();

@@ -8,7 +8,7 @@ use tracing::debug;
 use super::super::peers::{InterestWait, Peer, Peers};
 use super::record_len;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
-use crate::router::Message;
+use crate::router::{Message, Stamp};
 
 /// The publishing side's handle: cheap to call from any connection.
 pub struct Forwarder {
@@ -41,9 +41,10 @@ impl Forwarder {
         self.peers.interest_wait()
     }
 
-    /// Queues a locally published message for the other members, unless it must stay here;
-    /// returns a peer whose link is congested, which the publisher should wait for.
-    pub fn forward(&self, message: &Arc<Message>) -> Option<Arc<Peer>> {
+    /// Queues a locally published message (with the `stamp` the retained store gave it, when
+    /// retained) for the other members, unless it must stay here; returns a peer whose link is
+    /// congested, which the publisher should wait for.
+    pub fn forward(&self, message: &Arc<Message>, stamp: Option<&Stamp>) -> Option<Arc<Peer>> {
         let cluster = &self.metrics.cluster;
         if message.topic.first() == Some(&b'$') {
             debug!("$ topic not forwarded");
@@ -86,7 +87,7 @@ impl Forwarder {
                 cluster.records_skipped.inc();
                 continue;
             }
-            let pushed = peer.push(message, now, &self.metrics);
+            let pushed = peer.push(message, stamp, now, &self.metrics);
             queued |= pushed.queued;
             wake |= pushed.wake;
             if pushed.congested && congested.is_none() {

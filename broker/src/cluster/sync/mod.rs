@@ -21,15 +21,21 @@
 //! version 3, kind 3 (5 on the control link), an acknowledgement:
 //!     [link: u64][cumulative: u64][selective: u64][window: u32][flags: u8 (bit 0 reset)]
 //! frames in a link's stream: [length of kind and body: u32][kind: u8][body]; on the data
-//!     link kind 1 holds one version 2 record, on the control link kind 1 interest changes
+//!     link kind 1 holds one version 2 record, kind 2 a stamped retained record for the
+//!     receiver's store only (a repair); on the control link kind 1 interest changes, kinds 2
+//!     and 3 retained digests and listings (see [`super::anti_entropy`])
 //! record, version 1: [flags: u8 (bits 0-1 QoS, bit 2 retain)][topic length: u16][topic]
 //!                    [payload length: u32][payload]
-//! record, version 2: [flags: u8 (bits 0-1 QoS, bit 2 retain, bit 3 expiry, bit 4 properties)]
+//! record, version 2: [flags: u8 (bits 0-1 QoS, bit 2 retain, bit 3 expiry, bit 4 properties,
+//!                    bit 5 stamp: link frames only, with retain only)]
 //!                    [topic length: u16][topic]
 //!                    [only with bit 3: seconds of Message Expiry left when sent: u32]
 //!                    [only with bit 4: properties length: u16 (never 0)][properties]
+//!                    [only with bit 5: stamp ms: u64][node length: u8 (never 0)][node]
 //!                    [payload length: u32][payload]
 //! ```
+//! The stamp is the retained write's (see [`crate::router::Stamp`]): a receiver stores a
+//! retained record only when its stamp wins over what it holds for the topic.
 //! Version 2 adds what an MQTT 5 message carries: its properties (Payload Format Indicator,
 //! Content Type, Response Topic, Correlation Data, User Properties, in MQTT 5 wire form without
 //! the length prefix, checked by the receiver as the codec checks a PUBLISH's, see

@@ -1,7 +1,7 @@
 //! The sync receiver: authenticates each datagram, checks who sent it and that it is fresh,
 //! delivers best-effort records and link frames to the local router (or, on a control link,
-//! to the peers' interest), acknowledges link segments once per burst, and holds a link while
-//! a local subscriber it fills drains.
+//! to the peers' interest and the retained anti-entropy), acknowledges link segments once per
+//! burst, and holds a link while a local subscriber it fills drains.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::super::anti_entropy::{self, FRAME_DIGEST, FRAME_LISTING};
 use super::super::auth::DatagramKey;
 use super::super::interest::{self, FRAME_INTEREST};
 use super::super::link::{Ack, Inbox, Next, Segmented};
@@ -24,7 +25,7 @@ use super::Origin;
 use crate::broker::Broker;
 use crate::codec::{publish_v5_size, PublishV5Extras, QoS};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
-use crate::router::{Congested, Message};
+use crate::router::{Congested, Message, Stamp};
 
 /// Datagrams the receiver handles before it sends the acknowledgements they call for.
 const RECEIVE_BURST: usize = 64;
@@ -238,7 +239,7 @@ impl ReceiverState {
             Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
                 for message in records {
-                    self.deliver(message);
+                    self.deliver(message, None);
                 }
             }
             Err(reason) => {
@@ -249,8 +250,8 @@ impl ReceiverState {
     }
 
     /// Routes a record from a peer to the local subscribers, if it is within this node's limits.
-    fn deliver(&self, message: Message) {
-        deliver(&self.receiver, &self.limits, message);
+    fn deliver(&self, message: Message, stamp: Option<Stamp>) {
+        deliver(&self.receiver, &self.limits, message, stamp);
     }
 
     /// Takes the frames `key`'s link has complete, until a local subscriber they go to is
@@ -494,17 +495,64 @@ fn take_frames_of(
                     }
                 }
             }
+            Next::Frame(frame)
+                if key.control && (frame.kind == FRAME_DIGEST || frame.kind == FRAME_LISTING) =>
+            {
+                // Answered on this node's own links to the peer, when it still forwards to
+                // that boot of it.
+                let peer = receiver
+                    .peers
+                    .find_now(&key.origin)
+                    .filter(|peer| peer.identity.boot_ms == incoming.boot_ms);
+                let handled = if frame.kind == FRAME_DIGEST {
+                    anti_entropy::decode_digest(&frame.body).map(|digest| {
+                        if let Some(peer) = &peer {
+                            receiver.peers.on_digest(peer, &digest);
+                        }
+                    })
+                } else {
+                    anti_entropy::decode_part(&frame.body).map(|part| {
+                        if let Some(peer) = &peer {
+                            receiver.peers.on_listing(peer, &part);
+                        }
+                    })
+                };
+                if handled.is_none() {
+                    debug!(peer = %origin, kind = frame.kind, "malformed retained digest or listing skipped");
+                    cluster
+                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                        .inc();
+                }
+            }
             Next::Frame(frame) if !key.control && frame.kind == FRAME_PUBLISH => {
-                let Some(message) = decode_frame_record(&frame.body, now) else {
+                let Some((message, stamp)) = decode_frame_record(&frame.body, now) else {
                     cluster
                         .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                         .inc();
                     continue;
                 };
                 cluster.records_received.inc();
-                let congested = deliver(receiver, limits, message);
+                let congested = deliver(receiver, limits, message, stamp);
                 if hold && congested.is_some() {
                     return congested;
+                }
+            }
+            Next::Frame(frame) if !key.control && frame.kind == FRAME_RETAINED => {
+                // A repair: for the retained store only, never delivered.
+                let Some((message, Some(stamp))) = decode_frame_record(&frame.body, now) else {
+                    cluster
+                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
+                        .inc();
+                    continue;
+                };
+                cluster.records_received.inc();
+                if !limits.admit(&message) {
+                    debug!("retained repair over -csl or -mpl dropped");
+                    cluster
+                        .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
+                        .inc();
+                } else if !receiver.broker.router.store_retained(&message, stamp) {
+                    cluster.retained_stale.inc();
                 }
             }
             Next::Frame(frame) => {
@@ -533,9 +581,14 @@ fn take_frames_of(
     None
 }
 
-/// Routes a record from a peer to the local subscribers, if it is within this node's limits;
-/// returns a subscriber it congested.
-fn deliver(receiver: &Receiver, limits: &Limits, message: Message) -> Option<Congested> {
+/// Routes a record from a peer (with its `stamp`, when retained) to the local subscribers, if
+/// it is within this node's limits; returns a subscriber it congested.
+fn deliver(
+    receiver: &Receiver,
+    limits: &Limits,
+    message: Message,
+    stamp: Option<Stamp>,
+) -> Option<Congested> {
     let broker = &receiver.broker;
     let cluster = &broker.metrics.cluster;
     if !limits.admit(&message) {
@@ -545,7 +598,7 @@ fn deliver(receiver: &Receiver, limits: &Limits, message: Message) -> Option<Con
             .inc();
         return None;
     }
-    let routed = broker.router.publish(Arc::new(message));
+    let routed = broker.router.publish_from_peer(Arc::new(message), stamp);
     cluster.records_delivered.inc_by(routed.deliveries as u64);
     routed.congested
 }

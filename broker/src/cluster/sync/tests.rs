@@ -118,6 +118,55 @@ fn records_round_trip() {
 }
 
 #[test]
+fn stamped_records_round_trip_on_links_only_and_only_when_retained() {
+    let now = Instant::now();
+    let stamp = crate::router::Stamp {
+        ms: 1_700_000_000_000,
+        node: Bytes::from_static(b"n2"),
+    };
+    let retained = message("r/t", b"on", QoS::AtMostOnce, true);
+    let mut frame = Vec::new();
+    encode_stamped_record(&mut frame, &retained, Some(&stamp), now);
+    assert_eq!(frame.len(), stamped_record_len(&retained, Some(&stamp)));
+    assert_eq!(frame[0] & FLAG_STAMP, FLAG_STAMP);
+    let (got, got_stamp) = decode_frame_record(&frame, now).unwrap();
+    assert_eq!(
+        (got.topic, got.payload),
+        (retained.topic.clone(), retained.payload.clone())
+    );
+    assert_eq!(got_stamp, Some(stamp.clone()));
+    for cut in 0..frame.len() {
+        assert!(
+            decode_frame_record(&frame[..cut], now).is_none(),
+            "cut at {cut}"
+        );
+    }
+    // A message that is not retained carries no stamp: byte for byte the record without.
+    let live = message("r/t", b"on", QoS::AtLeastOnce, false);
+    let (mut stamped, mut plain) = (Vec::new(), Vec::new());
+    encode_stamped_record(&mut stamped, &live, Some(&stamp), now);
+    encode_record(&mut plain, &live, 2, now);
+    assert_eq!(stamped, plain);
+    assert_eq!(stamped_record_len(&live, Some(&stamp)), plain.len());
+    // A stamp on a record that is not retained, or of an empty node id, is malformed.
+    let mut forged = frame.clone();
+    forged[0] &= !0b100;
+    assert!(decode_frame_record(&forged, now).is_none());
+    let empty_node = 1 + 2 + 3 + 8;
+    let mut forged = frame.clone();
+    forged[empty_node] = 0;
+    forged.drain(empty_node + 1..empty_node + 3);
+    assert!(decode_frame_record(&forged, now).is_none());
+    // Best-effort batches carry no stamps.
+    let origin = origin_of("n1", 1, 1);
+    let mut batch = Vec::new();
+    encode_header(&mut batch, 2, &origin, &identity("local", 1), 1);
+    batch.put_u16(1);
+    batch.extend_from_slice(&frame);
+    assert!(decode_batch(&batch, 3, now).is_none());
+}
+
+#[test]
 fn truncated_or_padded_or_invalid_batches_are_malformed() {
     let origin = origin_of("n1", 1, 1);
     let now = Instant::now();
@@ -471,8 +520,11 @@ async fn the_sender_writes_each_peer_its_version() {
     let now = Instant::now();
     let mut expired = v5_message(None, now);
     expired.expires_at = Some(now);
-    forwarder.forward(&Arc::new(expired));
-    forwarder.forward(&Arc::new(v5_message(Some(Duration::from_secs(60)), now)));
+    forwarder.forward(&Arc::new(expired), None);
+    forwarder.forward(
+        &Arc::new(v5_message(Some(Duration::from_secs(60)), now)),
+        None,
+    );
     assert!(sender.finish(Duration::from_secs(5)).await);
 
     let received = |socket: &std::net::UdpSocket| {

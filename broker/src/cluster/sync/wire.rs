@@ -11,7 +11,7 @@ use super::super::peers::LINK_VERSION;
 use super::Origin;
 use crate::codec::properties::decode_message_properties;
 use crate::codec::QoS;
-use crate::router::Message;
+use crate::router::{Message, Stamp};
 use crate::topic;
 
 /// The sync versions this release knows: version 1 (topic, payload, QoS and retain), version 2
@@ -36,6 +36,11 @@ pub(super) const KIND_CONTROL_ACK: u8 = 5;
 /// The kind of a link frame that holds one record (in the version 2 record format).
 pub const FRAME_PUBLISH: u8 = 1;
 
+/// The kind of a data link frame that holds one stamped retained record for the receiver's
+/// retained store only (anti-entropy: a repair, not a publish; see
+/// [`super::super::anti_entropy`]). An empty payload is a tombstone.
+pub const FRAME_RETAINED: u8 = 2;
+
 /// Framing bytes of one record besides its topic and payload (and, in version 2, its expiry
 /// and properties).
 pub const RECORD_OVERHEAD: usize = 7;
@@ -44,6 +49,10 @@ pub const RECORD_OVERHEAD: usize = 7;
 pub(super) const FLAG_EXPIRY: u8 = 0b1000;
 
 pub(super) const FLAG_PROPERTIES: u8 = 0b1_0000;
+
+/// Link frame records only, with the retain flag: the retained write's stamp follows the
+/// properties.
+pub(super) const FLAG_STAMP: u8 = 0b10_0000;
 
 /// Acknowledgement flags: the receiver refuses the link.
 pub(super) const ACK_RESET: u8 = 0b1;
@@ -118,9 +127,47 @@ fn put_node(out: &mut Vec<u8>, node_id: &str, boot_ms: u64) {
     out.put_u64(boot_ms);
 }
 
+/// The size of `message` as a link frame record with `stamp` (see [`encode_stamped_record`]).
+pub fn stamped_record_len(message: &Message, stamp: Option<&Stamp>) -> usize {
+    record_len(message, 2)
+        + written_stamp(message, stamp).map_or(0, |stamp| 9 + stamp_node(stamp).len())
+}
+
+/// The stamp a record carries: only retained messages have one (and a stamp of an empty node
+/// id is never made).
+fn written_stamp<'a>(message: &Message, stamp: Option<&'a Stamp>) -> Option<&'a Stamp> {
+    stamp.filter(|stamp| message.retain && !stamp.node.is_empty())
+}
+
+/// A stamp's node id as written: at most 255 bytes (node ids are checked far shorter).
+fn stamp_node(stamp: &Stamp) -> &[u8] {
+    &stamp.node[..stamp.node.len().min(usize::from(u8::MAX))]
+}
+
 /// Appends `message` as a record of sync `version` ([`record_len`] bytes), with the expiry left
 /// at `now`.
 pub(crate) fn encode_record(out: &mut impl BufMut, message: &Message, version: u8, now: Instant) {
+    encode_record_stamped(out, message, version, now, None)
+}
+
+/// Appends `message` as a version 2 link frame record with the retained write's `stamp` (when
+/// it has one): [`stamped_record_len`] bytes.
+pub(crate) fn encode_stamped_record(
+    out: &mut impl BufMut,
+    message: &Message,
+    stamp: Option<&Stamp>,
+    now: Instant,
+) {
+    encode_record_stamped(out, message, 2, now, stamp)
+}
+
+fn encode_record_stamped(
+    out: &mut impl BufMut,
+    message: &Message,
+    version: u8,
+    now: Instant,
+    stamp: Option<&Stamp>,
+) {
     let (expiry, properties) = if version >= 2 {
         (message.remaining_expiry(now), &message.properties[..])
     } else {
@@ -133,6 +180,10 @@ pub(crate) fn encode_record(out: &mut impl BufMut, message: &Message, version: u
     if !properties.is_empty() {
         flags |= FLAG_PROPERTIES;
     }
+    let stamp = written_stamp(message, stamp);
+    if stamp.is_some() {
+        flags |= FLAG_STAMP;
+    }
     out.put_u8(flags);
     // A topic is at most 65,535 bytes (MQTT's own limit), properties too (the forwarder sends
     // no record with more), a payload less than -mpl.
@@ -144,6 +195,12 @@ pub(crate) fn encode_record(out: &mut impl BufMut, message: &Message, version: u
     if !properties.is_empty() {
         out.put_u16(properties.len() as u16);
         out.put_slice(properties);
+    }
+    if let Some(stamp) = stamp {
+        let node = stamp_node(stamp);
+        out.put_u64(stamp.ms);
+        out.put_u8(node.len() as u8);
+        out.put_slice(node);
     }
     out.put_u32(message.payload.len() as u32);
     out.put_slice(&message.payload);
@@ -208,7 +265,7 @@ pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batc
     let count = take_u16(&mut buf)?;
     let mut records = Vec::with_capacity(usize::from(count).min(64));
     for _ in 0..count {
-        records.push(decode_record(&mut buf, version, now)?);
+        records.push(decode_record(&mut buf, version, false, now)?.0);
     }
     if buf.has_remaining() {
         return None;
@@ -224,13 +281,22 @@ pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batc
     })
 }
 
-/// One record of sync `version`, received at `now`; `None` when it is malformed.
-fn decode_record(buf: &mut &[u8], version: u8, now: Instant) -> Option<Message> {
-    let known_flags = if version >= 2 {
+/// One record of sync `version` (with its stamp, if `stamps` allows one: link frames),
+/// received at `now`; `None` when it is malformed.
+fn decode_record(
+    buf: &mut &[u8],
+    version: u8,
+    stamps: bool,
+    now: Instant,
+) -> Option<(Message, Option<Stamp>)> {
+    let mut known_flags = if version >= 2 {
         0b111 | FLAG_EXPIRY | FLAG_PROPERTIES
     } else {
         0b111
     };
+    if stamps {
+        known_flags |= FLAG_STAMP;
+    }
     let flags = take_u8(buf)?;
     if flags & !known_flags != 0 {
         return None;
@@ -253,6 +319,20 @@ fn decode_record(buf: &mut &[u8], version: u8, now: Instant) -> Option<Message> 
     } else {
         Bytes::new()
     };
+    let stamp = if flags & FLAG_STAMP != 0 {
+        let ms = take_u64(buf)?;
+        let node_len = usize::from(take_u8(buf)?);
+        // Only retained writes are stamped, always by a node with an id.
+        if !retain || node_len == 0 {
+            return None;
+        }
+        Some(Stamp {
+            ms,
+            node: take(buf, node_len)?,
+        })
+    } else {
+        None
+    };
     let payload_len = usize::try_from(take_u32(buf)?).ok()?;
     let payload = take(buf, payload_len)?;
     // Peers only forward what their clients could publish: valid, non-$ topic names in
@@ -272,14 +352,15 @@ fn decode_record(buf: &mut &[u8], version: u8, now: Instant) -> Option<Message> 
     message.properties = properties;
     // Beyond what an Instant can hold (over a century): as good as never.
     message.expires_at = expiry.and_then(|secs| now.checked_add(Duration::from_secs(secs.into())));
-    Some(message)
+    Some((message, stamp))
 }
 
-/// The record a link frame of kind [`FRAME_PUBLISH`] holds, received at `now`.
-pub(crate) fn decode_frame_record(body: &[u8], now: Instant) -> Option<Message> {
+/// The record a link frame of kind [`FRAME_PUBLISH`] or [`FRAME_RETAINED`] holds, and its
+/// stamp, received at `now`.
+pub(crate) fn decode_frame_record(body: &[u8], now: Instant) -> Option<(Message, Option<Stamp>)> {
     let mut buf = body;
-    let message = decode_record(&mut buf, 2, now)?;
-    (!buf.has_remaining()).then_some(message)
+    let record = decode_record(&mut buf, 2, true, now)?;
+    (!buf.has_remaining()).then_some(record)
 }
 
 /// A version 3 datagram, authenticated and parsed.
