@@ -55,7 +55,7 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Bound {
     config: ClusterConfig,
     gossip: UdpSocket,
-    sync: UdpSocket,
+    sync: std::net::UdpSocket,
     members: Arc<Members>,
     boot_ms: u64,
     /// This boot on the monotonic clock: where sequence numbers and replay windows count from.
@@ -81,8 +81,8 @@ impl Bound {
                     config.gossip_port
                 )
             })?;
-        let sync = UdpSocket::bind(SocketAddr::new(host, config.sync_port))
-            .await
+        // Read and written by threads of their own, not the runtime's (see `sync`).
+        let sync = std::net::UdpSocket::bind(SocketAddr::new(host, config.sync_port))
             .with_context(|| {
                 format!(
                     "cannot bind the cluster sync port {host}:{}",
@@ -197,7 +197,7 @@ impl Bound {
             origin.clone(),
             metrics.clone(),
         )?;
-        let receiver = tokio::spawn(sync::receive_loop(
+        let receiver = sync::ReceiverThread::spawn(
             sync,
             sync::Receiver {
                 broker,
@@ -208,7 +208,8 @@ impl Bound {
                 version: config.sync_version,
                 origin,
             },
-        ));
+            tokio::runtime::Handle::current(),
+        )?;
         let gossip = tokio::spawn(
             Gossip {
                 config,
@@ -249,7 +250,8 @@ pub struct Cluster {
     leave: watch::Sender<bool>,
     gossip: JoinHandle<()>,
     sender: sync::Sender,
-    receiver: JoinHandle<()>,
+    /// Stops its thread when dropped.
+    receiver: sync::ReceiverThread,
     digests: JoinHandle<()>,
 }
 
@@ -272,6 +274,6 @@ impl Cluster {
             warn!("leaving the cluster took longer than {LEAVE_TIMEOUT:?}");
             gossip.abort();
         }
-        self.receiver.abort();
+        drop(self.receiver);
     }
 }

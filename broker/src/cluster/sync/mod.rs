@@ -77,7 +77,7 @@ mod wire;
 use std::time::Instant;
 
 pub use forward::Forwarder;
-pub use receive::{receive_loop, Limits, Receiver};
+pub use receive::{Limits, Receiver, ReceiverThread};
 pub use send::{Sender, Wakeup};
 pub use wire::*;
 

@@ -1,16 +1,16 @@
 //! The sync receiver: authenticates each datagram, checks who sent it and that it is fresh,
 //! delivers best-effort records and link frames to the local router (or, on a control link,
 //! to the peers' interest and the retained anti-entropy), acknowledges link segments once per
-//! burst, and holds a link while a local subscriber it fills drains.
+//! burst, and holds a link while a local subscriber it fills drains. It runs on a thread of
+//! its own ([`ReceiverThread`]), reading a batch of datagrams per system call.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::super::anti_entropy::{self, FRAME_DIGEST, FRAME_LISTING};
@@ -20,6 +20,7 @@ use super::super::link::{Ack, Inbox, Next, Segmented};
 use super::super::membership::{Members, NodeIdentity};
 use super::super::peers::Peers;
 use super::super::replay::{ReceivedAt, ReplayWindow};
+use super::batch::{wait_readable, Doorbell, InBatch, OutBatch, Sent};
 use super::wire::*;
 use super::Origin;
 use crate::broker::Broker;
@@ -29,6 +30,8 @@ use crate::router::{Congested, Message, Stamp};
 
 /// Datagrams the receiver handles before it sends the acknowledgements they call for.
 const RECEIVE_BURST: usize = 64;
+/// The longest the receiver's thread sleeps without looking at its orders.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
 
 /// Bytes a link frame may hold beyond the PUBLISH packet its record stands for.
 const FRAME_SLACK: usize = 64;
@@ -104,16 +107,17 @@ pub struct Receiver {
     pub origin: Origin,
 }
 
-async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr, metrics: &Metrics) {
-    match socket.send_to(datagram, to).await {
-        Ok(_) => metrics.cluster.datagram_out(ClusterPort::Sync),
-        Err(error) => {
-            debug!(%error, %to, "sync send failed");
-            metrics
-                .cluster
-                .dropped(ClusterPort::Sync, ClusterDrop::SendError)
-                .inc();
-        }
+/// Sends the acknowledgements `batch` holds, counted.
+fn send_batch(batch: &mut OutBatch, socket: &std::net::UdpSocket, metrics: &Metrics) {
+    let Sent { sent, failed } = batch.send(socket);
+    metrics
+        .cluster
+        .datagrams_out(ClusterPort::Sync, sent as u64);
+    if failed > 0 {
+        metrics
+            .cluster
+            .dropped(ClusterPort::Sync, ClusterDrop::SendError)
+            .inc_by(failed as u64);
     }
 }
 
@@ -130,52 +134,104 @@ struct Incoming {
     inbox: Inbox,
 }
 
+/// The running receiver: a thread of its own, like the sender (see [`super::send`]), so that
+/// the local subscribers it fills run on the runtime's workers while it reads on.
+pub struct ReceiverThread {
+    stop: Arc<AtomicBool>,
+    doorbell: Arc<Doorbell>,
+}
+
+impl ReceiverThread {
+    /// Starts the receiver's thread; the waits for congested subscribers run on `runtime`.
+    pub fn spawn(
+        socket: Arc<std::net::UdpSocket>,
+        receiver: Receiver,
+        runtime: tokio::runtime::Handle,
+    ) -> std::io::Result<ReceiverThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let doorbell = Arc::new(Doorbell::new()?);
+        let (resume, resumed) = std::sync::mpsc::channel();
+        let state = ReceiverState {
+            limits: Limits {
+                sync_limit: receiver.sync_limit,
+                max_packet_size: receiver.broker.config.max_packet_size,
+            },
+            max_frame: receiver
+                .broker
+                .config
+                .max_packet_size
+                .saturating_add(FRAME_SLACK),
+            windows: HashMap::new(),
+            incoming: HashMap::new(),
+            acks_due: Vec::new(),
+            resume,
+            doorbell: doorbell.clone(),
+            runtime,
+            acks: OutBatch::default(),
+            receiver,
+        };
+        let (thread_stop, thread_doorbell) = (stop.clone(), doorbell.clone());
+        std::thread::Builder::new()
+            .name("coolpy7-sync-recv".into())
+            .spawn(move || {
+                receive_loop(&socket, state, &resumed, &thread_stop, &thread_doorbell)
+            })?;
+        Ok(ReceiverThread { stop, doorbell })
+    }
+}
+
+impl Drop for ReceiverThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.doorbell.ring();
+    }
+}
+
 /// Receives datagrams from peers: delivers their records locally, acknowledges link segments
-/// (once per burst of datagrams) and hands acknowledgements to the peers' outboxes. Runs until
-/// the task is aborted.
-pub async fn receive_loop(socket: Arc<UdpSocket>, receiver: Receiver) {
-    let (resume, mut resumed) = mpsc::unbounded_channel();
-    let mut state = ReceiverState {
-        limits: Limits {
-            sync_limit: receiver.sync_limit,
-            max_packet_size: receiver.broker.config.max_packet_size,
-        },
-        max_frame: receiver
-            .broker
-            .config
-            .max_packet_size
-            .saturating_add(FRAME_SLACK),
-        windows: HashMap::new(),
-        incoming: HashMap::new(),
-        acks_due: Vec::new(),
-        resume: resume.clone(),
-        receiver,
-    };
-    let mut buf = vec![0u8; 65_536];
-    let mut out = Vec::with_capacity(256);
-    loop {
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let mut received = received;
-                for _ in 0..RECEIVE_BURST {
-                    match received {
-                        Ok((n, from)) => state.handle(&socket, &buf[..n], from, &mut out).await,
-                        Err(error) => {
-                            debug!(%error, "sync receive failed");
-                            // Never spin on an error that repeats.
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            break;
+/// (once per burst of datagrams) and hands acknowledgements to the peers' outboxes, until
+/// `stop`.
+fn receive_loop(
+    socket: &std::net::UdpSocket,
+    mut state: ReceiverState,
+    resumed: &std::sync::mpsc::Receiver<Held>,
+    stop: &AtomicBool,
+    doorbell: &Doorbell,
+) {
+    let mut batch = InBatch::default();
+    while !stop.load(Ordering::Acquire) {
+        while let Ok(held) = resumed.try_recv() {
+            state.resume(held);
+        }
+        let mut handled = 0;
+        let mut idle = false;
+        while handled < RECEIVE_BURST {
+            match batch.receive(socket) {
+                Ok(count) => {
+                    for i in 0..count {
+                        if let Some((datagram, from)) = batch.get(i) {
+                            state.handle(datagram, from);
                         }
                     }
-                    received = match socket.try_recv_from(&mut buf) {
-                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                        other => other,
-                    };
+                    handled += count;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    idle = true;
+                    break;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    debug!(%error, "sync receive failed");
+                    // Never spin on an error that repeats.
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
                 }
             }
-            Some(held) = resumed.recv() => state.resume(held),
         }
-        state.send_acks(&socket, &mut out).await;
+        state.send_acks(socket);
+        if idle {
+            // Bounded, so that a stop is seen even if the doorbell were lost.
+            wait_readable(socket, doorbell, IDLE_WAIT);
+        }
     }
 }
 
@@ -188,8 +244,13 @@ struct ReceiverState {
     /// Links that have something to acknowledge.
     acks_due: Vec<LinkKey>,
     /// Where a held link is named once the wait for its congested subscriber is over (one
-    /// message per held link at most).
-    resume: mpsc::UnboundedSender<Held>,
+    /// message per held link at most), with the doorbell that wakes the thread for it.
+    resume: std::sync::mpsc::Sender<Held>,
+    doorbell: Arc<Doorbell>,
+    /// Where the waits for congested subscribers run.
+    runtime: tokio::runtime::Handle,
+    /// Acknowledgements (and refusals) to send at the end of a burst.
+    acks: OutBatch,
 }
 
 /// A link held for a congested subscriber, when the wait for it is over.
@@ -202,27 +263,21 @@ struct Held {
 }
 
 impl ReceiverState {
-    async fn handle(
-        &mut self,
-        socket: &UdpSocket,
-        datagram: &[u8],
-        from: SocketAddr,
-        out: &mut Vec<u8>,
-    ) {
+    fn handle(&mut self, datagram: &[u8], from: Option<SocketAddr>) {
         let receiver = &self.receiver;
         let metrics = receiver.broker.metrics.clone();
         let cluster = &metrics.cluster;
         cluster.datagram_in(ClusterPort::Sync);
         let Some(body) = receiver.key.open(datagram) else {
-            debug!(%from, "sync datagram dropped: bad tag");
+            debug!(?from, "sync datagram dropped: bad tag");
             cluster
                 .dropped(ClusterPort::Sync, ClusterDrop::BadTag)
                 .inc();
             return;
         };
         if body.get(1) != Some(&KIND_PUBLISH) {
-            if let Err(reason) = self.handle_link(socket, body, out).await {
-                debug!(%from, reason = reason.label(), "sync datagram dropped");
+            if let Err(reason) = self.handle_link(body) {
+                debug!(?from, reason = reason.label(), "sync datagram dropped");
                 cluster.dropped(ClusterPort::Sync, reason).inc();
             }
             return;
@@ -243,7 +298,7 @@ impl ReceiverState {
                 }
             }
             Err(reason) => {
-                debug!(%from, reason = reason.label(), "sync datagram dropped");
+                debug!(?from, reason = reason.label(), "sync datagram dropped");
                 cluster.dropped(ClusterPort::Sync, reason).inc();
             }
         }
@@ -267,18 +322,19 @@ impl ReceiverState {
             return;
         };
         incoming.inbox.hold(true);
-        let resume = self.resume.clone();
+        let (resume, doorbell) = (self.resume.clone(), self.doorbell.clone());
         let held = Held {
             key: key.clone(),
             link: incoming.inbox.link(),
             gave_up: false,
         };
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let drained = congested.wait_while_draining(|| false).await;
             let _ = resume.send(Held {
                 gave_up: !drained,
                 ..held
             });
+            doorbell.ring();
         });
     }
 
@@ -312,12 +368,7 @@ impl ReceiverState {
     }
 
     /// A version 3 datagram: a segment of a peer's link, or a peer's acknowledgement of ours.
-    async fn handle_link(
-        &mut self,
-        socket: &UdpSocket,
-        body: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), ClusterDrop> {
+    fn handle_link(&mut self, body: &[u8]) -> Result<(), ClusterDrop> {
         let receiver = &self.receiver;
         let (parties, datagram) =
             decode_link(body, receiver.version).ok_or(ClusterDrop::Malformed)?;
@@ -387,10 +438,9 @@ impl ReceiverState {
                                 window: 0,
                                 reset: true,
                             };
-                            out.clear();
-                            encode_ack(out, &receiver.origin, &member, control, &refusal);
-                            receiver.key.seal(out);
-                            send(socket, out, member.sync_addr(), &receiver.broker.metrics).await;
+                            let datagram = self.acks.next(member.sync_addr());
+                            encode_ack(datagram, &receiver.origin, &member, control, &refusal);
+                            receiver.key.seal(datagram);
                             return Err(ClusterDrop::StaleLink);
                         };
                         if self.incoming.len() >= PRUNE_WINDOWS_AT
@@ -427,7 +477,7 @@ impl ReceiverState {
     }
 
     /// Acknowledges what the burst of datagrams just handled brought.
-    async fn send_acks(&mut self, socket: &UdpSocket, out: &mut Vec<u8>) {
+    fn send_acks(&mut self, socket: &std::net::UdpSocket) {
         for key in std::mem::take(&mut self.acks_due) {
             let Some(incoming) = self.incoming.get_mut(&key) else {
                 continue;
@@ -442,17 +492,14 @@ impl ReceiverState {
                 continue;
             }
             let ack = incoming.inbox.ack();
-            out.clear();
-            encode_ack(out, &self.receiver.origin, &member, key.control, &ack);
-            self.receiver.key.seal(out);
-            send(
-                socket,
-                out,
-                member.sync_addr(),
-                &self.receiver.broker.metrics,
-            )
-            .await;
+            if self.acks.is_full() {
+                send_batch(&mut self.acks, socket, &self.receiver.broker.metrics);
+            }
+            let datagram = self.acks.next(member.sync_addr());
+            encode_ack(datagram, &self.receiver.origin, &member, key.control, &ack);
+            self.receiver.key.seal(datagram);
         }
+        send_batch(&mut self.acks, socket, &self.receiver.broker.metrics);
     }
 }
 

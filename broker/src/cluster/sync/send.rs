@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 use parking_lot::{Condvar, Mutex};
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 use tokio::sync::oneshot;
 use tracing::warn;
 
 use super::super::auth::DatagramKey;
 use super::super::peers::{Peers, LINK_VERSION};
 use super::super::replay::SequenceClock;
-use super::batch::{Batch, Sent};
+use super::batch::{OutBatch, Sent};
 use super::wire::{encode_header, encode_parties, KIND_CONTROL_SEGMENT, KIND_SEGMENT};
 use super::Origin;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
@@ -136,9 +136,9 @@ fn send_loop(
     metrics: &Metrics,
 ) {
     let mut sequence = SequenceClock::new(origin.started);
-    let mut batch = Batch::default();
+    let mut batch = OutBatch::default();
     let cluster = &metrics.cluster;
-    let flush = |batch: &mut Batch| {
+    let flush = |batch: &mut OutBatch| {
         let Sent { sent, failed } = batch.send(socket);
         cluster.datagrams_out(ClusterPort::Sync, sent as u64);
         if failed > 0 {

@@ -15,7 +15,6 @@ use crate::codec::QoS;
 use crate::metrics::ClusterDrop;
 use crate::metrics::Metrics;
 use crate::router::Message;
-use tokio::net::UdpSocket;
 
 fn message(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Message {
     Message::new(
@@ -499,7 +498,7 @@ async fn the_sender_writes_each_peer_its_version() {
     let members = Arc::new(Members::new(identity("local", 1), false));
     members.set_others_for_tests(vec![peer("old", &old, 1), peer("new", &new, 2)]);
     let key = DatagramKey::sync(b"k");
-    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let socket = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
     let metrics = Arc::new(Metrics::new());
     let peers = Arc::new(Peers::new(
         members,
