@@ -1377,7 +1377,9 @@ pub async fn forwarded_over_time(from: &Node, to: &Node, count: u32) -> usize {
     got
 }
 
-/// Publishes a message on `from` and captures the sync datagram that carries it to `to`: the
+/// Publishes a message on `from` and captures the best-effort sync datagram that carries it to
+/// `to` (one of them must be of an earlier release, `-csv 2` or less: nodes of this release
+/// send each other links): the
 /// origin's and destination's boot epochs and a current sequence number, which a test needs to
 /// forge datagrams that pass every check but the ones under test. Requires root.
 pub async fn capture_sync_batch(from: &Node, to: &Node) -> SyncBatch {

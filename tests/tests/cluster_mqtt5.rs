@@ -29,7 +29,12 @@ async fn mixed_cluster() -> (Node, Node, Node) {
     let key = unique_key();
     let n1 = Node::start(NodeConfig::new("n1", &key).args(&["-csv", "1"]));
     let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
-    let n3 = Node::start(NodeConfig::new("n3", &key).seed(n1.gossip));
+    // n3 of the previous release: n2 writes it version 2 best-effort batches.
+    let n3 = Node::start(
+        NodeConfig::new("n3", &key)
+            .seed(n1.gossip)
+            .args(&["-csv", "2"]),
+    );
     wait_full_membership(&[&n1, &n2, &n3], JOIN_TIMEOUT).await;
     (n1, n2, n3)
 }
@@ -84,7 +89,9 @@ async fn v3_messages_cross_between_version_1_and_version_2_nodes_both_ways() {
 async fn forged_version_2_records_are_checked_like_a_publish() {
     require_root("capturing sync datagrams on lo");
     let key = unique_key();
-    let n1 = Node::start(NodeConfig::new("n1", &key));
+    // Version 2: best-effort batches, whose checks are under test (a node of this release
+    // sends links).
+    let n1 = Node::start(NodeConfig::new("n1", &key).args(&["-csv", "2"]));
     let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
     let old = Node::start(
         NodeConfig::new("old", &key)

@@ -265,7 +265,9 @@ async fn forged_datagrams_are_dropped_and_counted() {
 #[tokio::test]
 async fn a_replayed_sync_datagram_is_dropped() {
     require_root("the replay test (it captures packets on lo with AF_PACKET)");
-    let nodes = start_cluster(3, &[]).await;
+    // Version 2 nodes: best-effort batches, whose replay window is under test (links are
+    // replayed in cluster_links.rs).
+    let nodes = start_cluster(3, &["-csv", "2"]).await;
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     let topic = unique_id("replay/t");
     let mut subscriber = n2
@@ -277,7 +279,6 @@ async fn a_replayed_sync_datagram_is_dropped() {
     let mut publisher = n1.client(&unique_id("pub")).await;
 
     let mut capture = coolpy7_tests::cluster::UdpCapture::start(n2.sync.port());
-    // QoS 0: best effort, in a publish batch (QoS 1 travels on links, see cluster_links.rs).
     publisher
         .publish(&topic, QoS::AtMostOnce, false, b"original".to_vec())
         .await;
@@ -436,7 +437,9 @@ async fn a_replayed_gossip_datagram_is_dropped() {
 async fn signed_records_are_checked_like_client_publishes() {
     require_root("forging signed datagrams (the epochs are captured on lo with AF_PACKET)");
     let key = unique_key();
-    let n1 = Node::start(NodeConfig::new("n1", &key));
+    // Version 2: best-effort batches, whose checks are under test (a node of this release
+    // sends links).
+    let n1 = Node::start(NodeConfig::new("n1", &key).args(&["-csv", "2"]));
     let n2 = Node::start(
         NodeConfig::new("n2", &key)
             .seed(n1.gossip)
@@ -555,7 +558,9 @@ async fn signed_records_are_checked_like_client_publishes() {
 async fn forged_sequence_numbers_at_the_top_do_not_silence_a_peer() {
     require_root("forging signed datagrams (captured on lo with AF_PACKET)");
     let key = unique_key();
-    let n1 = Node::start(NodeConfig::new("n1", &key));
+    // Version 2: best-effort batches, whose checks are under test (a node of this release
+    // sends links).
+    let n1 = Node::start(NodeConfig::new("n1", &key).args(&["-csv", "2"]));
     let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
     wait_full_membership(&[&n1, &n2], JOIN_TIMEOUT).await;
     let batch = capture_sync_batch(&n1, &n2).await;
@@ -681,7 +686,9 @@ async fn a_forged_first_sync_datagram_does_not_silence_a_peer() {
 async fn a_burst_of_chained_forged_numbers_does_not_silence_a_peer() {
     require_root("capturing datagrams on lo");
     let key = unique_key();
-    let n1 = Node::start(NodeConfig::new("n1", &key));
+    // Version 2: best-effort batches, whose checks are under test (a node of this release
+    // sends links).
+    let n1 = Node::start(NodeConfig::new("n1", &key).args(&["-csv", "2"]));
     let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
     wait_full_membership(&[&n1, &n2], JOIN_TIMEOUT).await;
     let batch = capture_sync_batch(&n1, &n2).await;
