@@ -21,7 +21,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::auth::acl::Permission;
-use crate::cluster::config::{ClusterConfig, ClusterFlags};
+use crate::cluster::config::{ClusterConfig, ClusterFlags, SharedPolicy};
 use crate::codec::{QoS, MAX_REMAINING_LENGTH};
 use access::{parse_auth_mode, parse_permission, parse_secret, AccessFlags, AuthMode, Secret};
 pub use access::{
@@ -564,6 +564,13 @@ struct Args {
           value_parser = clap::value_parser!(u8).range(1..=3))]
     sync_version: u8,
 
+    /// Cluster: where a shared subscription group's messages go: local (a member on the
+    /// publishing node when one is online, else one on another node) or cluster (spread over
+    /// every node with members)
+    #[arg(long = "ssp", env = "COOLPY7_SSP", value_name = "POLICY", default_value = "local",
+          value_parser = clap::value_parser!(SharedPolicy))]
+    shared_policy: SharedPolicy,
+
     /// Cluster: milliseconds between probes of a random member
     #[arg(long = "cpp", env = "COOLPY7_CPP", value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
@@ -885,6 +892,7 @@ impl Config {
             sync_limit: args.sync_limit,
             sync_buffer: args.sync_buffer,
             sync_version: args.sync_version,
+            shared_policy: args.shared_policy,
             probe_period_ms: args.probe_period_ms,
             probe_rtt_ms: args.probe_rtt_ms,
             // Bounded to 1..=16 by the value parser.

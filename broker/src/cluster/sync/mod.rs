@@ -76,7 +76,7 @@ mod wire;
 
 use std::time::Instant;
 
-pub use forward::Forwarder;
+pub use forward::{Forwarder, Prepared};
 pub use receive::{receive_loop, Limits, Receiver};
 pub use send::{Sender, Wakeup};
 pub use wire::*;
