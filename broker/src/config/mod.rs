@@ -1396,6 +1396,31 @@ mod tests {
     }
 
     #[test]
+    fn shared_subscription_policy_flag() {
+        let _env = lock_env();
+        let cluster = ["-nid", "n1", "-csk", "k"];
+        let policy = |extra: &[&str]| {
+            let args: Vec<&str> = cluster.iter().chain(extra).copied().collect();
+            ok(&args).cluster.expect("cluster mode").shared_policy
+        };
+        assert_eq!(policy(&[]), SharedPolicy::Local, "default");
+        for form in all_forms("ssp", "cluster") {
+            let form: Vec<&str> = form.iter().map(String::as_str).collect();
+            assert_eq!(policy(&form), SharedPolicy::Cluster, "{form:?}");
+        }
+        assert_eq!(policy(&["-ssp=local"]), SharedPolicy::Local);
+        for bad in ["", "both", "prefer_local", "1"] {
+            let flag = format!("-ssp={bad}");
+            let args: Vec<&str> = cluster.iter().copied().chain([flag.as_str()]).collect();
+            let error = err(&args);
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            let text = error.to_string();
+            assert!(text.contains("--ssp"), "{args:?}: {text}");
+            assert!(text.contains("local or cluster"), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
     fn unknown_flags_are_named_in_the_error() {
         let _env = lock_env();
         for (args, needle) in [
