@@ -572,8 +572,14 @@ def check_forwarding_sizes_become_the_cluster_spec():
         "0 is a value (no limit), not an absent field"
     assert spec_of({"recordLimitBytes": 64})["forwarding"] == {"recordLimitBytes": 64}
     assert spec_of({"bufferBytes": 65536})["forwarding"] == {"bufferBytes": 65536}
-    for sizes in ({}, None, {"bufferBytes": None, "recordLimitBytes": None}):
+    for sizes in ({}, None, {"bufferBytes": None, "recordLimitBytes": None,
+                             "sharedSubscriptions": None}):
         assert "forwarding" not in spec_of(sizes), sizes
+    for policy in ("local", "cluster"):
+        assert spec_of({"sharedSubscriptions": policy})["forwarding"] == {
+            "sharedSubscriptions": policy}
+    assert spec_of({"recordLimitBytes": 0, "sharedSubscriptions": "cluster"})["forwarding"] == {
+        "recordLimitBytes": 0, "sharedSubscriptions": "cluster"}
 
 
 def check_wrong_forwarding_values_are_refused():
@@ -589,6 +595,8 @@ def check_wrong_forwarding_values_are_refused():
         ({"bufferBytes": 0}, "-csb has no off"),
         ({"bufferBytes": 65536.5}, "an integer"),
         ({"syncBuffer": 65536}, "unknown keys are typos"),
+        ({"sharedSubscriptions": "Local"}, "-ssp is local or cluster, lowercase"),
+        ({"sharedSubscriptions": "both"}, "-ssp is local or cluster"),
     ]:
         message = expect_refused({"cluster": {"forwarding": values}}, why)
         assert next(iter(values)) in message, message
@@ -602,7 +610,12 @@ def check_forwarding_values_mirror_the_crd():
     schema = crd_schema()
     crd_sizes = schema["properties"]["spec"]["properties"]["forwarding"]["properties"]
     assert set(sizes) == set(crd_sizes), (set(sizes), set(crd_sizes))
+    policy = [s for s in sizes["sharedSubscriptions"]["oneOf"] if s["type"] == "string"][0]
+    crd_policies = [e for e in crd_sizes["sharedSubscriptions"]["enum"] if e is not None]
+    assert policy["enum"] == crd_policies, "the CRD's enum"
     for field, crd in crd_sizes.items():
+        if field == "sharedSubscriptions":
+            continue
         bounded = [s for s in sizes[field]["oneOf"] if s["type"] == "integer"][0]
         assert bounded["minimum"] == crd["minimum"], field
         assert "maximum" not in bounded and "maximum" not in crd, field
@@ -616,8 +629,10 @@ def check_forwarding_values_mirror_the_crd():
     for sizes in ({}, {"bufferBytes": 65536, "recordLimitBytes": 0},
                   {"bufferBytes": 10 ** 12, "recordLimitBytes": 10 ** 12}):
         jsonschema.validate(cluster(sizes), schema)
+    jsonschema.validate(cluster({"sharedSubscriptions": "cluster"}), schema)
     for sizes in ({"bufferBytes": 65535}, {"recordLimitBytes": -1},
-                  {"recordLimitBytes": "0"}, {"bufferBytes": 1.5}):
+                  {"recordLimitBytes": "0"}, {"bufferBytes": 1.5},
+                  {"sharedSubscriptions": "Cluster"}):
         try:
             jsonschema.validate(cluster(sizes), schema)
         except jsonschema.ValidationError as error:

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::connection::Sleeping;
 use crate::metrics::{Metrics, Refusal};
 use crate::parker::Parker;
-use crate::router::{Congested, Message, Routed, Router};
+use crate::router::{Congested, Groups, Message, Routed, Router};
 use crate::session::SessionRegistry;
 
 pub struct Broker {
@@ -77,8 +77,21 @@ impl Broker {
         let Some(forwarder) = &self.forwarder else {
             return self.router.publish(message);
         };
-        let mut routed = self.router.publish(message.clone());
-        let congested_peer = forwarder.forward(&message, routed.stamp.as_ref());
+        // A message that does not cross is served here by every local shared group.
+        let Some(mut prepared) = forwarder.prepare(&message) else {
+            return self.router.publish(message);
+        };
+        // Each shared group that peers have members of too is served by one node, chosen here.
+        let mut routed = if prepared.chooser.is_empty() {
+            self.router.publish(message.clone())
+        } else {
+            let chooser = &mut prepared.chooser;
+            let mut serve_here =
+                |name: &str, filter: &str, online: bool| chooser.serve_here(name, filter, online);
+            self.router
+                .publish_to(message.clone(), Groups::Choose(&mut serve_here))
+        };
+        let congested_peer = forwarder.forward(&message, routed.stamp.as_ref(), prepared);
         if routed.congested.is_none() {
             routed.congested = congested_peer.map(Congested::Peer);
         }

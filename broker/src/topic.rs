@@ -46,6 +46,14 @@ pub fn is_valid_filter(filter: &str) -> bool {
     true
 }
 
+/// Whether `name` is a shared subscription group name a SUBSCRIBE could give: not empty, UTF-8
+/// without `/`, `+`, `#` or U+0000 (`$queue/` makes one named `$queue`).
+pub fn is_valid_group_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && std::str::from_utf8(name).is_ok()
+        && !name.iter().any(|&b| matches!(b, b'/' | b'+' | b'#' | 0))
+}
+
 /// What a SUBSCRIBE filter asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subscription<'a> {

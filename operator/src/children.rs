@@ -575,13 +575,17 @@ fn forwarding_args(cluster: &Coolpy7Cluster) -> Vec<String> {
     let Some(sync) = &cluster.spec.forwarding else {
         return Vec::new();
     };
-    [
+    let mut args: Vec<String> = [
         ("-csb", sync.buffer_bytes),
         ("-csl", sync.record_limit_bytes),
     ]
     .into_iter()
     .filter_map(|(flag, value)| value.map(|value| format!("{flag}={value}")))
-    .collect()
+    .collect();
+    if let Some(policy) = sync.shared_subscriptions {
+        args.push(format!("-ssp={}", policy.as_str()));
+    }
+    args
 }
 
 /// The broker's command line: identity from the pod, seeds from the headless Service,

@@ -791,8 +791,8 @@ pub struct MqttSpec {
     pub subscription_identifiers: Option<bool>,
 }
 
-/// Forwarding between the brokers (the broker flags `-csb` and `-csl`). Each one left out keeps
-/// the broker's default.
+/// Forwarding between the brokers (the broker flags `-csb`, `-csl` and `-ssp`). Each one left
+/// out keeps the broker's default.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ForwardingSpec {
@@ -812,6 +812,31 @@ pub struct ForwardingSpec {
     #[x_kube(validation = Rule::new("self == 0 || self >= 64")
         .message("forwarding.recordLimitBytes is 0 (no limit) or at least 64 bytes"))]
     pub record_limit_bytes: Option<i64>,
+    /// Which broker serves a shared subscription group (`$share/<group>/<filter>`,
+    /// `$queue/<filter>`) whose members are spread over several brokers (`-ssp`); each message
+    /// reaches one member of the group in the whole cluster either way. `local`: a member on
+    /// the broker the message was published to when one is online there, else one on another
+    /// broker (the broker's default). `cluster`: the brokers with members take turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_subscriptions: Option<SharedSubscriptions>,
+}
+
+/// Where a shared subscription group's messages go (`-ssp`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedSubscriptions {
+    Local,
+    Cluster,
+}
+
+impl SharedSubscriptions {
+    /// The value of the broker's `-ssp` flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedSubscriptions::Local => "local",
+            SharedSubscriptions::Cluster => "cluster",
+        }
+    }
 }
 
 /// The Service MQTT clients connect to.

@@ -47,7 +47,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// mounted Secrets and ConfigMap; the auth mode goes with those files, and a JWT secret or an
 /// HTTP service token given as a value (`-jsk`, `-ht`) would show in the pod spec. The other
 /// listener settings (`-wsp`, `-tv`, `-tcn`, `-pp`), the auth settings (`-acld`, `-ha`,
-/// `-hat`, `-hac`, `-ari`), the abuse limits and the forwarding sizes (`-csb`, `-csl`) may be
+/// `-hat`, `-hac`, `-ari`), the abuse limits and the forwarding settings (`-csb`, `-csl`, `-ssp`) may be
 /// overridden like the MQTT 5 limits.
 const OWNED_FLAGS: [&str; 23] = [
     "nid", "cad", "mbs", "csk", "crp", "csp", "l", "hl", "tl", "wl", "wsl", "tc", "tk", "tca",

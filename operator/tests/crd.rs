@@ -302,6 +302,7 @@ fn the_cel_rules_accept_specs_that_work() {
         serde_json::json!({"forwarding": {}}),
         serde_json::json!({"forwarding": {"bufferBytes": 65536, "recordLimitBytes": 0}}),
         serde_json::json!({"forwarding": {"recordLimitBytes": 64}}),
+        serde_json::json!({"forwarding": {"sharedSubscriptions": "cluster"}}),
     ] {
         assert_eq!(cel_failures(spec.clone()), Vec::<String>::new(), "{spec}");
     }
@@ -572,5 +573,20 @@ fn the_forwarding_sizes_are_optional_and_bounded_as_the_broker_flags_are() {
         .expect("properties")
         .keys()
         .collect();
-    assert_eq!(names, ["bufferBytes", "recordLimitBytes"]);
+    assert_eq!(
+        names,
+        ["bufferBytes", "recordLimitBytes", "sharedSubscriptions"]
+    );
+    // -ssp: one of the broker's two policies, lowercase as the flag takes them; optional.
+    let policy = &cluster["properties"]["sharedSubscriptions"];
+    assert_eq!(policy["type"], "string");
+    assert_eq!(
+        policy["enum"],
+        serde_json::json!(["local", "cluster", null]),
+        "the broker's values, or none"
+    );
+    assert!(policy.get("default").is_none(), "the broker's default");
+    assert!(policy["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("-ssp")));
 }

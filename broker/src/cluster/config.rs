@@ -1,10 +1,12 @@
-//! The cluster's settings, resolved from the `-nid -mbs -csk -crp -csp -ol -cad -csl -csb -csv` flags and
+//! The cluster's settings, resolved from the `-nid -mbs -csk -crp -csp -ol -cad -csl -csb -csv -ssp` flags and
 //! the failure-detector timings. `config` parses the flags; the rules about which combinations
 //! make sense, and the parsing of node names and seed lists, live here with their tests.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
+
+pub use super::shared::SharedPolicy;
 
 /// The gossip port a seed is assumed to listen on when its entry names none.
 pub const DEFAULT_SEED_PORT: u16 = 7946;
@@ -37,6 +39,8 @@ pub struct ClusterConfig {
     pub sync_buffer: usize,
     /// The newest sync version this node writes, reads and advertises (`-csv`).
     pub sync_version: u8,
+    /// Where shared subscription groups' messages go (`-ssp`).
+    pub shared_policy: SharedPolicy,
     pub probe_period: Duration,
     pub probe_rtt: Duration,
     pub indirect_probes: usize,
@@ -56,6 +60,7 @@ pub struct ClusterFlags {
     pub sync_limit: usize,
     pub sync_buffer: usize,
     pub sync_version: u8,
+    pub shared_policy: SharedPolicy,
     pub probe_period_ms: u64,
     pub probe_rtt_ms: u64,
     pub indirect_probes: usize,
@@ -145,6 +150,7 @@ impl ClusterFlags {
             sync_limit: (self.sync_limit != 0).then_some(self.sync_limit),
             sync_buffer: self.sync_buffer,
             sync_version: self.sync_version,
+            shared_policy: self.shared_policy,
             probe_period: Duration::from_millis(self.probe_period_ms),
             probe_rtt: Duration::from_millis(self.probe_rtt_ms),
             indirect_probes: self.indirect_probes,

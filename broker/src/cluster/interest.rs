@@ -9,10 +9,16 @@
 //! time, as the router reports them (see [`crate::router::FilterWatcher`]). Snapshot and changes
 //! are taken under the router's lock, so none is missed or told twice.
 //!
+//! Shared groups travel the same way, apart from the filters: a node tells its peers each
+//! (group, filter) pair that has members on it, as the group gets its first member there or
+//! loses its last. A filter is sent only for direct subscriptions, so a node whose only
+//! interest in a topic is a shared group gets a message only when the publishing node chose it
+//! to serve the group (see [`super::sync::Forwarder`]).
+//!
 //! Frame (control link, kind [`FRAME_INTEREST`]): `[flags u8: bit 0 = a snapshot starts: forget
-//! what this node said before] then entries to the frame's end: [op u8: 1 add, 0 remove]
-//! [filter length u16][filter]`. A snapshot larger than [`FRAME_BYTES`] continues in frames
-//! without the flag.
+//! what this node said before] then entries to the frame's end: [op u8: bit 0 add (else
+//! remove), bit 1 a shared group][only with bit 1: group length u16][group][filter length
+//! u16][filter]`. A snapshot larger than [`FRAME_BYTES`] continues in frames without the flag.
 //!
 //! [`RemoteInterest`] is the receiving side: one trie of every peer's filters, each node
 //! marking which peers (a bit per peer slot, at most [`MAX_SLOTS`]) subscribe to the filter
@@ -21,11 +27,13 @@
 //! to the same few topics over and over, and the walk under the lock, shared by every
 //! publisher, took a third of a node's time under a flood of QoS 0 messages. A peer whose snapshot
 //! has not arrived yet, or whose slot is beyond [`MAX_SLOTS`], gets every message, as before
-//! interest existed: never fewer than it wants.
+//! interest existed: never fewer than it wants. [`RemoteInterest::groups_matching`] walks the
+//! same trie for the peers' shared groups, only while some peer has one.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parking_lot::RwLock;
@@ -40,46 +48,55 @@ pub const FRAME_BYTES: usize = 64 << 10;
 pub const MAX_SLOTS: usize = 64;
 
 const SNAPSHOT: u8 = 0b1;
-const OP_REMOVE: u8 = 0;
-const OP_ADD: u8 = 1;
+/// Entry op bits.
+const OP_ADD: u8 = 0b1;
+const OP_GROUP: u8 = 0b10;
 
-/// Appends to `out` the interest frame bodies of a snapshot of `filters`.
-pub fn snapshot_frames(filters: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Vec<BytesMut> {
+/// Appends to `entry` one entry: a filter, or with `group` a shared group on that filter.
+/// `None` (nothing written) for what is never sent: a `$` filter (never forwarded), or a
+/// length beyond 16 bits.
+fn put_entry(entry: &mut BytesMut, group: Option<&[u8]>, filter: &[u8], added: bool) -> Option<()> {
+    let filter_len = u16::try_from(filter.len()).ok()?;
+    if filter.first() == Some(&b'$') {
+        return None;
+    }
+    let group_len = group.map(|g| u16::try_from(g.len())).transpose().ok()?;
+    let mut op = if added { OP_ADD } else { 0 };
+    if group.is_some() {
+        op |= OP_GROUP;
+    }
+    entry.put_u8(op);
+    if let (Some(group), Some(len)) = (group, group_len) {
+        entry.put_u16(len);
+        entry.put_slice(group);
+    }
+    entry.put_u16(filter_len);
+    entry.put_slice(filter);
+    Some(())
+}
+
+/// The interest frame bodies of a snapshot: `entries` is called with a visitor, which it
+/// calls with each filter (`None` group) and each shared group (name and filter).
+pub fn snapshot_frames(
+    entries: impl FnOnce(&mut dyn FnMut(Option<&[u8]>, &[u8])),
+) -> Vec<BytesMut> {
     let mut frames = vec![BytesMut::from(&[SNAPSHOT][..])];
-    filters(&mut |filter: &[u8]| {
-        let Ok(len) = u16::try_from(filter.len()) else {
-            return;
-        };
-        // `$` topics are never forwarded.
-        if filter.first() == Some(&b'$') {
-            return;
+    entries(&mut |group: Option<&[u8]>, filter: &[u8]| {
+        if frames.last().is_some_and(|f| f.len() >= FRAME_BYTES) {
+            frames.push(BytesMut::from(&[0u8][..]));
         }
-        let frame = frames.last_mut().filter(|f| f.len() < FRAME_BYTES);
-        let frame = match frame {
-            Some(frame) => frame,
-            None => {
-                frames.push(BytesMut::from(&[0u8][..]));
-                frames.last_mut().expect("just pushed")
-            }
-        };
-        frame.put_u8(OP_ADD);
-        frame.put_u16(len);
-        frame.put_slice(filter);
+        if let Some(frame) = frames.last_mut() {
+            let _ = put_entry(frame, group, filter, true);
+        }
     });
     frames
 }
 
-/// The body of a frame that adds (or removes) one filter.
-pub fn change_frame(filter: &[u8], added: bool) -> Option<BytesMut> {
-    let len = u16::try_from(filter.len()).ok()?;
-    if filter.first() == Some(&b'$') {
-        return None;
-    }
-    let mut frame = BytesMut::with_capacity(4 + filter.len());
+/// The body of a frame that adds (or removes) one filter, or with `group` one shared group.
+pub fn change_frame(group: Option<&[u8]>, filter: &[u8], added: bool) -> Option<BytesMut> {
+    let mut frame = BytesMut::with_capacity(6 + filter.len() + group.map_or(0, <[u8]>::len));
     frame.put_u8(0);
-    frame.put_u8(if added { OP_ADD } else { OP_REMOVE });
-    frame.put_u16(len);
-    frame.put_slice(filter);
+    put_entry(&mut frame, group, filter, added)?;
     Some(frame)
 }
 
@@ -89,6 +106,8 @@ pub struct Changes {
     pub snapshot: bool,
     /// Filters and whether each is added (else removed), in order.
     pub filters: Vec<(Vec<u8>, bool)>,
+    /// Shared groups (name, filter) and whether each is added (else removed), in order.
+    pub groups: Vec<(Vec<u8>, Vec<u8>, bool)>,
 }
 
 /// Parses an interest frame body; `None` when malformed (a filter that is not a valid one
@@ -102,16 +121,23 @@ pub fn decode(mut body: &[u8]) -> Option<Changes> {
         return None;
     }
     let mut filters = Vec::new();
+    let mut groups = Vec::new();
     while body.has_remaining() {
-        if body.remaining() < 3 {
-            return None;
-        }
         let op = body.get_u8();
-        let len = usize::from(body.get_u16());
-        if op > OP_ADD || body.remaining() < len {
+        if op & !(OP_ADD | OP_GROUP) != 0 {
             return None;
         }
-        let Ok(filter) = std::str::from_utf8(&body[..len]) else {
+        let group = if op & OP_GROUP != 0 {
+            let group = take_string(&mut body)?;
+            if !topic::is_valid_group_name(group) {
+                return None;
+            }
+            Some(group)
+        } else {
+            None
+        };
+        let filter = take_string(&mut body)?;
+        let Ok(filter) = std::str::from_utf8(filter) else {
             return None;
         };
         if !topic::is_valid_filter(filter) || filter.contains('\0') {
@@ -119,22 +145,54 @@ pub fn decode(mut body: &[u8]) -> Option<Changes> {
         }
         // `$` topics are never forwarded: such a filter (a later release may send one) asks
         // for nothing.
-        if !filter.starts_with('$') {
-            filters.push((filter.as_bytes().to_vec(), op == OP_ADD));
+        if filter.starts_with('$') {
+            continue;
         }
-        body.advance(len);
+        let added = op & OP_ADD != 0;
+        match group {
+            Some(group) => groups.push((group.to_vec(), filter.as_bytes().to_vec(), added)),
+            None => filters.push((filter.as_bytes().to_vec(), added)),
+        }
     }
     Some(Changes {
         snapshot: flags & SNAPSHOT != 0,
         filters,
+        groups,
     })
 }
 
-/// Every peer's filters, for the forwarder.
+/// `[length u16][bytes]` from the front of `body`; `None` when it is cut short.
+fn take_string<'a>(body: &mut &'a [u8]) -> Option<&'a [u8]> {
+    if body.remaining() < 2 {
+        return None;
+    }
+    let len = usize::from(body.get_u16());
+    if body.remaining() < len {
+        return None;
+    }
+    let (bytes, rest) = body.split_at(len);
+    *body = rest;
+    Some(bytes)
+}
+
+/// Every peer's filters and shared groups, for the forwarder.
 pub struct RemoteInterest {
     inner: RwLock<Inner>,
     /// Bumped by every change: what a worker thread remembers is good while it is unchanged.
     version: AtomicU64,
+    /// Whether any peer has a shared group: publishers skip the walk for groups while none has.
+    has_groups: AtomicBool,
+}
+
+/// A shared group of the peers' that matches a topic (see [`RemoteInterest::groups_matching`]).
+#[derive(Debug, Clone)]
+pub struct RemoteGroup {
+    pub name: Bytes,
+    pub filter: Bytes,
+    /// The slots of the peers with members of it.
+    pub slots: u64,
+    /// Whose turn it is, for the publishers that spread the group's messages over its nodes.
+    pub turn: Arc<AtomicUsize>,
 }
 
 /// Topics each worker thread remembers the answer for.
@@ -157,6 +215,8 @@ struct Inner {
     slots: Vec<Option<Slot>>,
     /// Slots whose snapshot has arrived.
     known: u64,
+    /// Shared groups held in `root`.
+    groups: usize,
 }
 
 struct Slot {
@@ -202,7 +262,7 @@ impl Inner {
 
     fn free(&mut self, slot: usize) {
         let bit = 1u64 << slot;
-        self.root.clear(bit);
+        self.groups -= self.root.clear(bit);
         self.known &= !bit;
         self.slots[slot] = None;
     }
@@ -214,11 +274,89 @@ struct Level {
     children: HashMap<Box<[u8]>, Level, foldhash::fast::RandomState>,
     /// Slots whose filter ends here.
     here: u64,
+    /// The shared groups on the filter ending here, with the slots that have members of each.
+    groups: Vec<RemoteGroup>,
 }
 
 impl Level {
     fn is_empty(&self) -> bool {
-        self.here == 0 && self.children.is_empty()
+        self.here == 0 && self.children.is_empty() && self.groups.is_empty()
+    }
+
+    /// Marks (or unmarks) `bit` as having members of group `name` on `filter` (whose levels
+    /// are `path`); returns how the count of groups changed.
+    fn set_group(
+        &mut self,
+        path: &[&[u8]],
+        name: &[u8],
+        filter: &[u8],
+        bit: u64,
+        on: bool,
+    ) -> isize {
+        let Some((first, rest)) = path.split_first() else {
+            let held = self.groups.iter().position(|g| g.name == name);
+            return match (held, on) {
+                (Some(index), true) => {
+                    self.groups[index].slots |= bit;
+                    0
+                }
+                (None, true) => {
+                    self.groups.push(RemoteGroup {
+                        name: Bytes::copy_from_slice(name),
+                        filter: Bytes::copy_from_slice(filter),
+                        slots: bit,
+                        turn: Arc::default(),
+                    });
+                    1
+                }
+                (Some(index), false) => {
+                    self.groups[index].slots &= !bit;
+                    if self.groups[index].slots == 0 {
+                        self.groups.swap_remove(index);
+                        -1
+                    } else {
+                        0
+                    }
+                }
+                (None, false) => 0,
+            };
+        };
+        if on {
+            self.children
+                .entry(Box::from(*first))
+                .or_default()
+                .set_group(rest, name, filter, bit, on)
+        } else if let Some(child) = self.children.get_mut(*first) {
+            let delta = child.set_group(rest, name, filter, bit, on);
+            if child.is_empty() {
+                self.children.remove(*first);
+            }
+            delta
+        } else {
+            0
+        }
+    }
+
+    /// Collects the groups whose filters below this node match `topic[depth..]`.
+    fn groups_matching(&self, topic: &[&[u8]], depth: usize, out: &mut Vec<RemoteGroup>) {
+        let wildcards = depth > 0 || topic.first().is_none_or(|t| t.first() != Some(&b'$'));
+        if wildcards {
+            if let Some(all) = self.children.get(&b"#"[..]) {
+                out.extend(all.groups.iter().cloned());
+            }
+        }
+        let Some(level) = topic.get(depth) else {
+            out.extend(self.groups.iter().cloned());
+            return;
+        };
+        if wildcards {
+            if let Some(one) = self.children.get(&b"+"[..]) {
+                one.groups_matching(topic, depth + 1, out);
+            }
+        }
+        if let Some(child) = self.children.get(*level) {
+            child.groups_matching(topic, depth + 1, out);
+        }
     }
 
     fn set(&mut self, path: &[&[u8]], bit: u64, on: bool) {
@@ -243,12 +381,20 @@ impl Level {
         }
     }
 
-    fn clear(&mut self, bit: u64) {
+    /// Unmarks `bit` everywhere; returns how many groups went with it.
+    fn clear(&mut self, bit: u64) -> usize {
         self.here &= !bit;
+        let before = self.groups.len();
+        self.groups.retain_mut(|group| {
+            group.slots &= !bit;
+            group.slots != 0
+        });
+        let mut removed = before - self.groups.len();
         self.children.retain(|_, child| {
-            child.clear(bit);
+            removed += child.clear(bit);
             !child.is_empty()
         });
+        removed
     }
 
     /// The slots whose filters below this node match `topic[depth..]`.
@@ -281,12 +427,15 @@ impl Default for RemoteInterest {
         RemoteInterest {
             inner: RwLock::default(),
             version: AtomicU64::new(VERSIONS.fetch_add(1, Ordering::Relaxed)),
+            has_groups: AtomicBool::new(false),
         }
     }
 }
 
 impl RemoteInterest {
-    fn changed(&self) {
+    /// Called after every change, with what `inner` holds now.
+    fn changed(&self, inner: &Inner) {
+        self.has_groups.store(inner.groups > 0, Ordering::Release);
         self.version
             .store(VERSIONS.fetch_add(1, Ordering::Relaxed), Ordering::Release);
     }
@@ -297,8 +446,7 @@ impl RemoteInterest {
     pub fn slot(&self, node_id: &str, boot_ms: u64) -> Option<usize> {
         let mut inner = self.inner.write();
         let slot = inner.take_slot(node_id, boot_ms)?;
-        drop(inner);
-        self.changed();
+        self.changed(&inner);
         Some(slot)
     }
 
@@ -321,15 +469,20 @@ impl RemoteInterest {
         };
         let bit = 1u64 << slot;
         if changes.snapshot {
-            inner.root.clear(bit);
+            let removed = inner.root.clear(bit);
+            inner.groups -= removed;
             inner.known |= bit;
         }
         for (filter, added) in &changes.filters {
             let path: Vec<&[u8]> = topic::levels(filter).collect();
             inner.root.set(&path, bit, *added);
         }
-        drop(inner);
-        self.changed();
+        for (name, filter, added) in &changes.groups {
+            let path: Vec<&[u8]> = topic::levels(filter).collect();
+            let delta = inner.root.set_group(&path, name, filter, bit, *added);
+            inner.groups = inner.groups.saturating_add_signed(delta);
+        }
+        self.changed(&inner);
         true
     }
 
@@ -344,8 +497,7 @@ impl RemoteInterest {
             return;
         };
         inner.free(slot);
-        drop(inner);
-        self.changed();
+        self.changed(&inner);
     }
 
     /// Forgets every peer that `keep` does not name.
@@ -360,8 +512,7 @@ impl RemoteInterest {
         for slot in gone {
             inner.free(slot);
         }
-        drop(inner);
-        self.changed();
+        self.changed(&inner);
     }
 
     /// Forgets that peer `node_id`'s interest was known (an interest frame of it could not be
@@ -370,8 +521,7 @@ impl RemoteInterest {
         let mut inner = self.inner.write();
         if let Some(slot) = inner.find(node_id) {
             inner.known &= !(1u64 << slot);
-            drop(inner);
-            self.changed();
+            self.changed(&inner);
         }
     }
 
@@ -405,6 +555,18 @@ impl RemoteInterest {
         slots
     }
 
+    /// The peers' shared groups whose filters match `topic`, with the slots that have members
+    /// of each; empty at the cost of one atomic load while no peer has any.
+    pub fn groups_matching(&self, topic: &[u8]) -> Vec<RemoteGroup> {
+        let mut out = Vec::new();
+        if !self.has_groups.load(Ordering::Acquire) {
+            return out;
+        }
+        let path: smallvec::SmallVec<[&[u8]; 8]> = topic::levels(topic).collect();
+        self.inner.read().root.groups_matching(&path, 0, &mut out);
+        out
+    }
+
     /// Whether the snapshot of the peer in `slot` has arrived.
     pub fn is_known(&self, slot: usize) -> bool {
         self.inner.read().known & (1 << slot) != 0
@@ -422,6 +584,7 @@ mod tests {
                 .iter()
                 .map(|(f, added)| (f.as_bytes().to_vec(), *added))
                 .collect(),
+            groups: Vec::new(),
         }
     }
 
@@ -429,7 +592,7 @@ mod tests {
     fn frames_round_trip_and_malformed_ones_are_refused() {
         let frames = snapshot_frames(|visit| {
             for filter in ["a/b", "$SYS/#", "a/+", "#", "/x"] {
-                visit(filter.as_bytes());
+                visit(None, filter.as_bytes());
             }
         });
         assert_eq!(frames.len(), 1);
@@ -440,10 +603,10 @@ mod tests {
                 &[("a/b", true), ("a/+", true), ("#", true), ("/x", true)]
             ))
         );
-        let removed = change_frame(b"a/b", false).unwrap();
+        let removed = change_frame(None, b"a/b", false).unwrap();
         assert_eq!(decode(&removed), Some(changes(false, &[("a/b", false)])));
         // `$` filters are neither sent nor taken, and do not spoil the frame.
-        assert!(change_frame(b"$SYS/#", true).is_none());
+        assert!(change_frame(None, b"$SYS/#", true).is_none());
         let with_dollar = b"\x00\x01\x00\x06$SYS/#\x01\x00\x01x";
         assert_eq!(decode(with_dollar), Some(changes(false, &[("x", true)])));
         for bad in [
@@ -460,9 +623,111 @@ mod tests {
     }
 
     #[test]
+    fn group_entries_round_trip_and_malformed_ones_are_refused() {
+        let frames = snapshot_frames(|visit| {
+            visit(None, b"a/b");
+            visit(Some(b"g"), b"a/+");
+            visit(Some(b"$queue"), b"jobs");
+            visit(Some(b"g"), b"$SYS/#");
+        });
+        let decoded = decode(&frames[0]).unwrap();
+        assert_eq!(decoded.filters, [(b"a/b".to_vec(), true)]);
+        assert_eq!(
+            decoded.groups,
+            [
+                (b"g".to_vec(), b"a/+".to_vec(), true),
+                (b"$queue".to_vec(), b"jobs".to_vec(), true)
+            ]
+        );
+        let removed = change_frame(Some(b"g"), b"a/+", false).unwrap();
+        assert_eq!(&removed[..], b"\x00\x02\x00\x01g\x00\x03a/+");
+        assert_eq!(
+            decode(&removed).unwrap().groups,
+            [(b"g".to_vec(), b"a/+".to_vec(), false)]
+        );
+        for bad in [
+            &b"\x00\x03\x00\x00\x00\x01a"[..], // empty group name
+            b"\x00\x03\x00\x03a/b\x00\x01a",   // a name with '/'
+            b"\x00\x03\x00\x01+\x00\x01a",     // a name with '+'
+            b"\x00\x03\x00\x02g",              // cut in the name
+            b"\x00\x03\x00\x01g\x00\x05a",     // cut in the filter
+            b"\x00\x07\x00\x01g\x00\x01a",     // an unknown op bit
+            b"\x00\x03\x00\x01g\x00\x03a/#/",  // not a filter
+        ] {
+            assert_eq!(decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn groups_match_topics_per_peer_and_go_with_the_peer() {
+        let interest = RemoteInterest::default();
+        assert!(interest.groups_matching(b"t/x").is_empty(), "none yet");
+        let (a, b) = (
+            interest.slot("a", 1).unwrap(),
+            interest.slot("b", 1).unwrap(),
+        );
+        let group = |name: &str, filter: &str, added| {
+            (name.as_bytes().to_vec(), filter.as_bytes().to_vec(), added)
+        };
+        let with_groups = |snapshot, groups: Vec<(Vec<u8>, Vec<u8>, bool)>| Changes {
+            snapshot,
+            filters: Vec::new(),
+            groups,
+        };
+        interest.apply(
+            "a",
+            1,
+            &with_groups(true, vec![group("g", "t/+", true), group("h", "#", true)]),
+        );
+        interest.apply("b", 1, &with_groups(true, vec![group("g", "t/+", true)]));
+        let found = |topic: &[u8]| {
+            let mut found: Vec<(String, String, u64)> = interest
+                .groups_matching(topic)
+                .into_iter()
+                .map(|g| {
+                    let name = String::from_utf8_lossy(&g.name).into_owned();
+                    (
+                        name,
+                        String::from_utf8_lossy(&g.filter).into_owned(),
+                        g.slots,
+                    )
+                })
+                .collect();
+            found.sort();
+            found
+        };
+        let (bit_a, bit_b) = (1u64 << a, 1u64 << b);
+        assert_eq!(
+            found(b"t/x"),
+            [
+                ("g".into(), "t/+".into(), bit_a | bit_b),
+                ("h".into(), "#".into(), bit_a)
+            ]
+        );
+        assert_eq!(found(b"u"), [("h".into(), "#".into(), bit_a)]);
+        // Groups are not filters: a peer with only groups does not want the message as such.
+        assert_eq!(
+            interest.matching(&Bytes::from_static(b"t/x")) & (bit_a | bit_b),
+            0
+        );
+        // The last member on b leaves; a goes down.
+        interest.apply("b", 1, &with_groups(false, vec![group("g", "t/+", false)]));
+        assert_eq!(found(b"t/x")[0], ("g".into(), "t/+".into(), bit_a));
+        interest.forget("a", 1);
+        assert!(found(b"t/x").is_empty());
+        assert!(!interest.has_groups.load(Ordering::Relaxed));
+        // A snapshot replaces a peer's groups.
+        interest.apply("b", 1, &with_groups(true, vec![group("g", "t/#", true)]));
+        interest.apply("b", 1, &with_groups(true, vec![]));
+        assert!(interest.groups_matching(b"t/x").is_empty());
+        assert!(!interest.has_groups.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn a_large_snapshot_spans_frames() {
         let filters: Vec<String> = (0..20_000).map(|i| format!("devices/{i}/cmd")).collect();
-        let frames = snapshot_frames(|visit| filters.iter().for_each(|f| visit(f.as_bytes())));
+        let frames =
+            snapshot_frames(|visit| filters.iter().for_each(|f| visit(None, f.as_bytes())));
         assert!(frames.len() > 1);
         assert!(frames.iter().all(|f| f.len() <= FRAME_BYTES + 3 + 20));
         let decoded: Vec<Changes> = frames.iter().map(|f| decode(f).unwrap()).collect();

@@ -7,6 +7,7 @@
 //! - [`peers`]: the members this node forwards to, and what it holds for each.
 //! - [`link`]: the acknowledged, ordered streams that carry QoS 1 and 2 messages to each peer.
 //! - [`anti_entropy`]: how the nodes' retained stores converge (digests, listings, repairs).
+//! - [`shared`]: which node serves each shared subscription group for a message (`-ssp`).
 //! - [`auth`]: the HMAC-SHA256 tags on every datagram, with per-port keys derived from `-csk`.
 //! - [`replay`]: the sliding windows that refuse repeated datagrams on both ports.
 //! - [`config`]: the cluster flags' rules.
@@ -22,6 +23,7 @@ pub mod link;
 pub mod membership;
 pub mod peers;
 pub mod replay;
+pub mod shared;
 pub mod sync;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -145,6 +147,7 @@ impl Bound {
             peers,
             self.config.sync_limit,
             self.config.sync_version,
+            self.config.shared_policy,
             metrics,
         )
     }

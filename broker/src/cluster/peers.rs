@@ -38,8 +38,9 @@ use super::interest::{self, RemoteInterest, FRAME_INTEREST};
 use super::link::{Ack, Outbox, Pushed};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
-    encode_record, encode_stamped_record, record_len, stamped_record_len, version_for, Wakeup,
-    BATCH_BYTES, FRAME_PUBLISH, FRAME_RETAINED, MAX_DATAGRAM_RECORD,
+    encode_link_record, encode_record, encode_record_with_groups, encode_stamped_record,
+    groups_len, record_len, stamped_record_len, version_for, Wakeup, BATCH_BYTES, FRAME_PUBLISH,
+    FRAME_RETAINED, MAX_DATAGRAM_RECORD,
 };
 use crate::broker::Broker;
 use crate::codec::QoS;
@@ -50,9 +51,9 @@ use crate::session::Drain;
 /// Best-effort records held per peer before more are dropped (`queue_full`): a few
 /// milliseconds of the sender's work.
 const BEST_EFFORT_BYTES: usize = 2 << 20;
-/// The newest sync version that best-effort datagrams are written in: links came in version 3
-/// without changing them.
-const NEWEST_PUBLISH_VERSION: u8 = 2;
+/// The newest sync version that best-effort datagrams are written in: version 3's are version
+/// 2's whose records may name the shared groups their receiver serves.
+const NEWEST_PUBLISH_VERSION: u8 = 3;
 /// The sync version that brought links.
 pub const LINK_VERSION: u8 = 3;
 /// What a control link may hold unacknowledged before a change is queued: interest changes
@@ -240,7 +241,7 @@ impl Peers {
                     .map(|hashes| anti_entropy::encode_digest(&hashes, true));
                 broker.router.with_filters(|filters| {
                     if !new.is_empty() {
-                        let frames = interest::snapshot_frames(|visit| filters.for_each(visit));
+                        let frames = snapshot_of(&filters);
                         for peer in &new {
                             peer.push_control(&frames, true);
                             if let Some(digest) = &digest {
@@ -269,7 +270,7 @@ impl Peers {
             .retained_digest()
             .map(|hashes| anti_entropy::encode_digest(&hashes, true));
         broker.router.with_filters(|filters| {
-            let frames = interest::snapshot_frames(|visit| filters.for_each(visit));
+            let frames = snapshot_of(&filters);
             let mut queues = peer.queues.lock();
             if peer.gone.load(Ordering::Relaxed) {
                 return;
@@ -473,22 +474,38 @@ impl InterestWait {
     }
 }
 
+/// The interest frames of a snapshot of this node's filters and shared groups.
+fn snapshot_of(filters: &crate::router::Filters<'_>) -> Vec<BytesMut> {
+    interest::snapshot_frames(|visit| {
+        filters.for_each(|filter| visit(None, filter));
+        filters.for_each_group(|group, filter| visit(Some(group.as_bytes()), filter.as_bytes()));
+    })
+}
+
 impl FilterWatcher for Peers {
     fn filter_added(&self, filter: &[u8]) {
-        self.tell(filter, true);
+        self.tell(None, filter, true);
     }
 
     fn filter_removed(&self, filter: &[u8]) {
-        self.tell(filter, false);
+        self.tell(None, filter, false);
+    }
+
+    fn group_added(&self, group: &str, filter: &str) {
+        self.tell(Some(group.as_bytes()), filter.as_bytes(), true);
+    }
+
+    fn group_removed(&self, group: &str, filter: &str) {
+        self.tell(Some(group.as_bytes()), filter.as_bytes(), false);
     }
 }
 
 impl Peers {
-    /// Tells every peer with a control link of a filter added or removed here. Called under the
-    /// router's write lock, so the list is read as it is (refreshing it would take the lock
-    /// again).
-    fn tell(&self, filter: &[u8], added: bool) {
-        let Some(frame) = interest::change_frame(filter, added) else {
+    /// Tells every peer with a control link of a filter (or with `group`, a shared group)
+    /// added or removed here. Called under the router's write lock, so the list is read as it
+    /// is (refreshing it would take the lock again).
+    fn tell(&self, group: Option<&[u8]>, filter: &[u8], added: bool) {
+        let Some(frame) = interest::change_frame(group, filter, added) else {
             return;
         };
         let mut wake = false;
@@ -640,6 +657,12 @@ impl Peer {
         }
     }
 
+    /// Where its interest is kept in [`Peers::interest`], if it has a control link (a peer
+    /// without one chooses nothing and names no shared groups).
+    pub fn interest_slot(&self) -> Option<usize> {
+        self.slot.filter(|_| self.has_link)
+    }
+
     /// Whether this peer may deliver `message`, given the interest slots that want its topic
     /// (`wanted`, from [`RemoteInterest::matching`]): retained messages go everywhere.
     pub fn wants(&self, message: &Message, wanted: u64) -> bool {
@@ -755,16 +778,20 @@ impl Peer {
         self.control_lost.load(Ordering::Relaxed)
     }
 
-    /// Queues `message` (not expired at `now`; with its `stamp` when retained) for this peer;
-    /// says whether the sender must be woken, and whether the link is congested.
+    /// Queues `message` (not expired at `now`; with its `stamp` when retained; naming the
+    /// shared `groups` this peer must serve) for this peer; says whether the sender must be
+    /// woken, and whether the link is congested.
     pub fn push(
         &self,
         message: &Message,
         stamp: Option<&Stamp>,
+        groups: &[(Bytes, Bytes)],
         now: Instant,
         metrics: &Metrics,
     ) -> PushOutcome {
-        let best_effort_len = record_len(message, self.publish_version);
+        // A peer without links chooses nothing: it serves all its groups, as before.
+        let groups = if self.has_link { groups } else { &[] };
+        let best_effort_len = record_len(message, self.publish_version) + groups_len(groups);
         let mut queues = self.queues.lock();
         if self.gone.load(Ordering::Relaxed) {
             return PushOutcome::default();
@@ -776,11 +803,11 @@ impl Peer {
         // flood across nodes delivered 1 % of the single-node rate). A retained message must
         // reach the peer's store in any case.
         if self.has_link {
-            let len = stamped_record_len(message, stamp);
+            let len = stamped_record_len(message, stamp) + groups_len(groups);
             let was_idle = !queues.outbox.has_transmit();
             let before = queues.outbox.buffered();
             let pushed = queues.outbox.push(FRAME_PUBLISH, len, |out| {
-                encode_stamped_record(out, message, stamp, now)
+                encode_link_record(out, message, stamp, now, groups)
             });
             let grown = queues.outbox.buffered() - before;
             drop(queues);
@@ -817,7 +844,7 @@ impl Peer {
         let was_empty = queues.best_effort.is_empty();
         if !queues
             .best_effort
-            .push(message, self.publish_version, best_effort_len, now)
+            .push(message, self.publish_version, best_effort_len, now, groups)
         {
             drop(queues);
             debug!(peer = %self.identity.node_id, "best-effort queue full; message not forwarded");
@@ -1004,14 +1031,25 @@ impl BestEffort {
         self.bytes == 0
     }
 
-    fn push(&mut self, message: &Message, version: u8, len: usize, now: Instant) -> bool {
+    fn push(
+        &mut self,
+        message: &Message,
+        version: u8,
+        len: usize,
+        now: Instant,
+        groups: &[(Bytes, Bytes)],
+    ) -> bool {
         if self.bytes + len > BEST_EFFORT_BYTES {
             return false;
         }
         if self.count > 0 && (self.filling.len() + len > BATCH_BYTES || self.count == u16::MAX) {
             self.seal();
         }
-        encode_record(&mut self.filling, message, version, now);
+        if groups.is_empty() {
+            encode_record(&mut self.filling, message, version, now);
+        } else {
+            encode_record_with_groups(&mut self.filling, message, now, groups);
+        }
         self.count += 1;
         self.bytes += len;
         true
@@ -1092,6 +1130,7 @@ mod tests {
         let changes = interest::Changes {
             snapshot: true,
             filters: vec![(b"x/#".to_vec(), true)],
+            groups: Vec::new(),
         };
         peers.interest.apply("new", 1, &changes);
         let wanted = peers.interest.matching(&Bytes::from_static(b"a/b"));
@@ -1148,7 +1187,7 @@ mod tests {
         let small = message("t", 10, QoS::AtMostOnce, false);
         for target in [&peer, &old] {
             assert_eq!(
-                target.push(&small, None, now, &metrics),
+                target.push(&small, None, &[], now, &metrics),
                 PushOutcome {
                     queued: true,
                     wake: true,
@@ -1168,7 +1207,7 @@ mod tests {
         assert!(transmits.segments.is_empty());
         let big = message("t", 5_000, QoS::AtMostOnce, false);
         let buffered = metrics.cluster.buffered_bytes.get();
-        assert!(peer.push(&big, None, now, &metrics).queued);
+        assert!(peer.push(&big, None, &[], now, &metrics).queued);
         assert_eq!(
             metrics.cluster.buffered_bytes.get() - buffered,
             5_000 + 8 + 5
@@ -1176,7 +1215,7 @@ mod tests {
         let full = message("t", 20_000, QoS::AtLeastOnce, false);
         let mut outcomes = Vec::new();
         for _ in 0..4 {
-            outcomes.push(peer.push(&full, None, now, &metrics));
+            outcomes.push(peer.push(&full, None, &[], now, &metrics));
         }
         assert!(outcomes[..3].iter().all(|o| o.queued));
         assert!(!outcomes[0].congested);
@@ -1201,6 +1240,6 @@ mod tests {
             held as u64
         );
         assert_eq!(metrics.cluster.buffered_bytes.get(), 0);
-        assert!(!peer.push(&full, None, now, &metrics).queued, "gone");
+        assert!(!peer.push(&full, None, &[], now, &metrics).queued, "gone");
     }
 }

@@ -21,7 +21,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::auth::acl::Permission;
-use crate::cluster::config::{ClusterConfig, ClusterFlags};
+use crate::cluster::config::{ClusterConfig, ClusterFlags, SharedPolicy};
 use crate::codec::{QoS, MAX_REMAINING_LENGTH};
 use access::{parse_auth_mode, parse_permission, parse_secret, AccessFlags, AuthMode, Secret};
 pub use access::{
@@ -564,6 +564,13 @@ struct Args {
           value_parser = clap::value_parser!(u8).range(1..=3))]
     sync_version: u8,
 
+    /// Cluster: where a shared subscription group's messages go: local (a member on the
+    /// publishing node when one is online, else one on another node) or cluster (spread over
+    /// every node with members)
+    #[arg(long = "ssp", env = "COOLPY7_SSP", value_name = "POLICY", default_value = "local",
+          value_parser = clap::value_parser!(SharedPolicy))]
+    shared_policy: SharedPolicy,
+
     /// Cluster: milliseconds between probes of a random member
     #[arg(long = "cpp", env = "COOLPY7_CPP", value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
@@ -885,6 +892,7 @@ impl Config {
             sync_limit: args.sync_limit,
             sync_buffer: args.sync_buffer,
             sync_version: args.sync_version,
+            shared_policy: args.shared_policy,
             probe_period_ms: args.probe_period_ms,
             probe_rtt_ms: args.probe_rtt_ms,
             // Bounded to 1..=16 by the value parser.
@@ -1384,6 +1392,31 @@ mod tests {
                 assert_eq!(error.exit_code(), 2);
                 assert!(error.to_string().contains("--csv"), "{error}");
             }
+        }
+    }
+
+    #[test]
+    fn shared_subscription_policy_flag() {
+        let _env = lock_env();
+        let cluster = ["-nid", "n1", "-csk", "k"];
+        let policy = |extra: &[&str]| {
+            let args: Vec<&str> = cluster.iter().chain(extra).copied().collect();
+            ok(&args).cluster.expect("cluster mode").shared_policy
+        };
+        assert_eq!(policy(&[]), SharedPolicy::Local, "default");
+        for form in all_forms("ssp", "cluster") {
+            let form: Vec<&str> = form.iter().map(String::as_str).collect();
+            assert_eq!(policy(&form), SharedPolicy::Cluster, "{form:?}");
+        }
+        assert_eq!(policy(&["-ssp=local"]), SharedPolicy::Local);
+        for bad in ["", "both", "prefer_local", "1"] {
+            let flag = format!("-ssp={bad}");
+            let args: Vec<&str> = cluster.iter().copied().chain([flag.as_str()]).collect();
+            let error = err(&args);
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            let text = error.to_string();
+            assert!(text.contains("--ssp"), "{args:?}: {text}");
+            assert!(text.contains("local or cluster"), "{args:?}: {text}");
         }
     }
 

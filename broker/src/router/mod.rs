@@ -249,12 +249,27 @@ pub const TEARDOWN_BATCH: usize = 256;
 /// milliseconds of work, so that a sweep never holds a worker thread for long.
 pub const EXPIRY_SWEEP_MAX: usize = 16 * TEARDOWN_BATCH;
 
-/// Told, under the tree's write lock, when a filter gets its first subscription on this node or
-/// loses its last (directly or through shared groups; `$share/<group>/` is not part of it): the
-/// cluster tells its peers which topics to forward here.
+/// Told, under the tree's write lock, when a filter gets its first direct subscription on this
+/// node or loses its last, and when a shared group (a name and a filter) gets its first member
+/// here or loses its last: the cluster tells its peers which topics to forward here, and which
+/// groups this node can serve.
 pub trait FilterWatcher: Send + Sync {
     fn filter_added(&self, filter: &[u8]);
     fn filter_removed(&self, filter: &[u8]);
+    fn group_added(&self, group: &str, filter: &str);
+    fn group_removed(&self, group: &str, filter: &str);
+}
+
+/// Which of the local shared groups matching a message serve it.
+pub enum Groups<'a> {
+    /// Every one (a single node; a message from a peer of a release that chooses no groups).
+    All,
+    /// Only these, by (name, filter): a message from a peer that chose this node for them.
+    Only(&'a [(Bytes, Bytes)]),
+    /// Those for which `choose` says so, told each group's name, its filter and whether a
+    /// member is online here: a message published on this node in a cluster, where each group
+    /// is served by one node.
+    Choose(&'a mut dyn FnMut(&str, &str, bool) -> bool),
 }
 
 /// The filters with subscriptions on this node, while the tree cannot change (see
@@ -264,9 +279,14 @@ pub struct Filters<'a> {
 }
 
 impl Filters<'_> {
-    /// Calls `visit` with each filter.
+    /// Calls `visit` with each filter that has direct subscriptions.
     pub fn for_each(&self, mut visit: impl FnMut(&[u8])) {
         self.tree.for_each_filter(&mut Vec::new(), 0, &mut visit);
+    }
+
+    /// Calls `visit` with the name and filter of each shared group.
+    pub fn for_each_group(&self, mut visit: impl FnMut(&str, &str)) {
+        self.tree.for_each_group(&mut visit);
     }
 }
 
@@ -299,10 +319,14 @@ impl Router {
             identifier: grant.identifier,
         };
         let mut tree = self.tree.write();
-        let edited = tree.insert(&path, subscription.group(), subscriber);
-        if edited.filter {
-            if let Some(watcher) = self.watcher.get() {
-                watcher.filter_added(subscription.filter().as_bytes());
+        let filter = subscription.filter();
+        let edited = tree.insert(&path, filter, subscription.group(), subscriber);
+        if let Some(watcher) = self.watcher.get() {
+            if edited.filter {
+                watcher.filter_added(filter.as_bytes());
+            }
+            if let (true, Some(group)) = (edited.group, subscription.group()) {
+                watcher.group_added(group, filter);
             }
         }
         drop(tree);
@@ -368,12 +392,17 @@ impl Router {
     /// Routes a message published on this node to every matching session, and stores it when
     /// retained (stamped as this node's latest write to the topic, in a cluster).
     pub fn publish(&self, message: Arc<Message>) -> Routed {
+        self.publish_to(message, Groups::All)
+    }
+
+    /// [`Router::publish`], delivering to the matching shared groups that `groups` names.
+    pub fn publish_to(&self, message: Arc<Message>, groups: Groups<'_>) -> Routed {
         let stamp = if message.retain {
             self.retain(&message)
         } else {
             None
         };
-        let mut routed = self.route(message);
+        let mut routed = self.route(message, groups);
         routed.stamp = stamp;
         routed
     }
@@ -381,8 +410,14 @@ impl Router {
     /// Routes a message a cluster peer forwarded to every matching session. When retained it is
     /// stored if its `stamp` wins over what this node holds for the topic (see
     /// [`Stamped::wins_over`]); one from a peer of a release without stamps is stored as if
-    /// published here. A message that lost is still routed: it was published.
-    pub fn publish_from_peer(&self, message: Arc<Message>, stamp: Option<Stamp>) -> Routed {
+    /// published here. A message that lost is still routed: it was published. It goes to the
+    /// matching shared groups that `groups` names.
+    pub fn publish_from_peer(
+        &self,
+        message: Arc<Message>,
+        stamp: Option<Stamp>,
+        groups: Groups<'_>,
+    ) -> Routed {
         if message.retain {
             match stamp {
                 Some(stamp) => {
@@ -393,7 +428,7 @@ impl Router {
                 }
             }
         }
-        self.route(message)
+        self.route(message, groups)
     }
 
     /// Stores a retained message (or, with an empty payload, a clear) written elsewhere at
@@ -457,7 +492,7 @@ impl Router {
         store.stamps.as_ref().map_or(0, StampIndex::tombstones)
     }
 
-    fn route(&self, message: Arc<Message>) -> Routed {
+    fn route(&self, message: Arc<Message>, mut groups: Groups<'_>) -> Routed {
         // Topics of ordinary depth are split without a heap allocation.
         let path: SmallVec<[LevelKey; 8]> =
             topic::levels(&message.topic).map(LevelKey::new).collect();
@@ -466,6 +501,8 @@ impl Router {
         tree.collect(&path, 0, &mut nodes);
 
         let mut matched = false;
+        // A shared group that matched and is served by another cluster node.
+        let mut served_elsewhere = false;
         let mut routed = Routed::default();
         let mut deliver =
             |subscriber: &Subscriber, qos: QoS, retain: bool, ids: SubscriptionIds| {
@@ -528,6 +565,19 @@ impl Router {
         }
         for node in &nodes {
             for group in node.shared_groups() {
+                let serve = match &mut groups {
+                    Groups::All => true,
+                    Groups::Only(names) => names.iter().any(|(name, filter)| {
+                        **name == *group.name().as_bytes() && **filter == *group.filter().as_bytes()
+                    }),
+                    Groups::Choose(choose) => {
+                        choose(group.name(), group.filter(), group.has_online_member())
+                    }
+                };
+                if !serve {
+                    served_elsewhere = true;
+                    continue;
+                }
                 if let Some(member) = group.pick() {
                     if !member.mailbox.is_closed() {
                         let rap = member.retain_as_published;
@@ -536,6 +586,7 @@ impl Router {
                 }
             }
         }
+        let matched = matched || served_elsewhere;
         if !matched {
             self.metrics.dropped(DropReason::NoSubscribers).inc();
         }
@@ -640,9 +691,12 @@ fn remove(
 ) -> bool {
     let path: SmallVec<[&[u8]; 16]> = topic::levels(subscription.filter().as_bytes()).collect();
     let edited = tree.remove(&path, subscription.group(), id);
-    if edited.filter {
-        if let Some(watcher) = watcher.get() {
+    if let Some(watcher) = watcher.get() {
+        if edited.filter {
             watcher.filter_removed(subscription.filter().as_bytes());
+        }
+        if let (true, Some(group)) = (edited.group, subscription.group()) {
+            watcher.group_removed(group, subscription.filter());
         }
     }
     edited.changed
@@ -733,6 +787,12 @@ mod tests {
                 .lock()
                 .push(format!("-{}", String::from_utf8_lossy(filter)));
         }
+        fn group_added(&self, group: &str, filter: &str) {
+            self.0.lock().push(format!("+{group}:{filter}"));
+        }
+        fn group_removed(&self, group: &str, filter: &str) {
+            self.0.lock().push(format!("-{group}:{filter}"));
+        }
     }
 
     impl Told {
@@ -744,7 +804,8 @@ mod tests {
     fn filters(router: &Router) -> Vec<String> {
         let mut all = Vec::new();
         router.with_filters(|filters| {
-            filters.for_each(|f| all.push(String::from_utf8_lossy(f).into_owned()))
+            filters.for_each(|f| all.push(String::from_utf8_lossy(f).into_owned()));
+            filters.for_each_group(|g, f| all.push(format!("{g}:{f}")));
         });
         all.sort();
         all
@@ -760,12 +821,20 @@ mod tests {
         subscribe(&router, &a, "x/y", QoS::AtLeastOnce);
         subscribe(&router, &b, "x/y", QoS::AtMostOnce);
         subscribe(&router, &b, "$share/g/x/y", QoS::AtMostOnce);
+        subscribe(&router, &a, "$share/g/x/y", QoS::AtMostOnce);
         subscribe(&router, &a, "$share/g/s/#", QoS::AtMostOnce);
         subscribe(&router, &b, "$queue/s/#", QoS::AtMostOnce);
         subscribe(&router, &a, "/lead", QoS::AtMostOnce);
         subscribe(&router, &a, "#", QoS::AtMostOnce);
-        assert_eq!(told.take(), ["+x/y", "+s/#", "+/lead", "+#"]);
-        assert_eq!(filters(&router), ["#", "/lead", "s/#", "x/y"]);
+        // Direct filters and shared groups are told apart: a group's filter is not a direct one.
+        assert_eq!(
+            told.take(),
+            ["+x/y", "+g:x/y", "+g:s/#", "+$queue:s/#", "+/lead", "+#"]
+        );
+        assert_eq!(
+            filters(&router),
+            ["#", "$queue:s/#", "/lead", "g:s/#", "g:x/y", "x/y"]
+        );
 
         let unsubscribe = |id, filter: &str| {
             let subscription = Subscription::parse(filter).expect("valid");
@@ -774,20 +843,18 @@ mod tests {
         assert!(unsubscribe(1, "x/y"));
         assert!(unsubscribe(2, "x/y"));
         assert!(!unsubscribe(2, "x/y"));
-        assert_eq!(
-            told.take(),
-            Vec::<String>::new(),
-            "the shared group still holds x/y"
-        );
+        assert_eq!(told.take(), ["-x/y"], "the shared group is told apart");
         assert!(unsubscribe(2, "$share/g/x/y"));
+        assert_eq!(told.take(), Vec::<String>::new(), "a member is left");
+        assert!(unsubscribe(1, "$share/g/x/y"));
         assert!(unsubscribe(1, "$share/g/s/#"));
-        assert_eq!(told.take(), ["-x/y"]);
+        assert_eq!(told.take(), ["-g:x/y", "-g:s/#"]);
         // A session going away takes its filters with it, in batches.
         router.remove_session(1, ["/lead".to_string(), "#".to_string()]);
         let mut gone = told.take();
         gone.sort();
         assert_eq!(gone, ["-#", "-/lead"]);
-        assert_eq!(filters(&router), ["s/#"]);
+        assert_eq!(filters(&router), ["$queue:s/#"]);
     }
 
     #[test]
@@ -852,6 +919,54 @@ mod tests {
         assert_eq!(drain(&members[0]).len(), 0);
         // An offline member's turns are shared evenly, not all given to its neighbour.
         assert_eq!((drain(&members[1]).len(), drain(&members[2]).len()), (2, 2));
+    }
+
+    #[test]
+    fn a_cluster_node_serves_only_the_shared_groups_chosen_for_it() {
+        let router = router();
+        let (a, b, c, plain) = (mailbox(1), mailbox(2), mailbox(3), mailbox(9));
+        subscribe(&router, &a, "$share/g/t/+", QoS::AtLeastOnce);
+        subscribe(&router, &b, "$share/h/t/+", QoS::AtLeastOnce);
+        subscribe(&router, &c, "$share/g/t/#", QoS::AtLeastOnce);
+        subscribe(&router, &plain, "t/x", QoS::AtMostOnce);
+        let message = || {
+            Arc::new(Message::new(
+                Bytes::from_static(b"t/x"),
+                Bytes::from_static(b"p"),
+                QoS::AtLeastOnce,
+                false,
+            ))
+        };
+        // From a peer that chose this node for g on t/+ only: not h, not g on t/#.
+        let chosen = [(Bytes::from_static(b"g"), Bytes::from_static(b"t/+"))];
+        router.publish_from_peer(message(), None, Groups::Only(&chosen));
+        assert_eq!([&a, &b, &c, &plain].map(|m| drain(m).len()), [1, 0, 0, 1]);
+        // Named for nothing: the direct subscribers only.
+        router.publish_from_peer(message(), None, Groups::Only(&[]));
+        assert_eq!([&a, &b, &c, &plain].map(|m| drain(m).len()), [0, 0, 0, 1]);
+        // Published here: the chooser is asked about each local group, and told who is online.
+        b.set_online(false);
+        let mut asked = Vec::new();
+        let mut choose = |name: &str, filter: &str, online: bool| {
+            asked.push(format!("{name}:{filter}:{online}"));
+            name == "h"
+        };
+        let routed = router.publish_to(message(), Groups::Choose(&mut choose));
+        asked.sort();
+        assert_eq!(asked, ["g:t/#:true", "g:t/+:true", "h:t/+:false"]);
+        // h was chosen here but has no member online: nothing for it, as on a single node.
+        assert_eq!([&a, &b, &c, &plain].map(|m| drain(m).len()), [0, 0, 0, 1]);
+        assert!(routed.matched);
+        // Only groups match, served elsewhere: matched all the same (no "no subscribers").
+        let only_groups = Arc::new(Message::new(
+            Bytes::from_static(b"t/y"),
+            Bytes::from_static(b"p"),
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let routed = router.publish_to(only_groups, Groups::Choose(&mut |_, _, _| false));
+        assert!(routed.matched);
+        assert_eq!(routed.deliveries, 0);
     }
 
     #[test]
@@ -937,11 +1052,19 @@ mod tests {
         // An older write from a peer is delivered, not stored.
         let sub = mailbox(1);
         subscribe(&router, &sub, "s/#", QoS::AtMostOnce);
-        let routed = router.publish_from_peer(retained_message("s/b", "old"), Some(stamp(5, "x")));
+        let routed = router.publish_from_peer(
+            retained_message("s/b", "old"),
+            Some(stamp(5, "x")),
+            Groups::All,
+        );
         assert_eq!(routed.deliveries, 1);
         assert_eq!(&router.retained("s/b")[0].payload[..], b"mine");
         // A later one is stored; a clear leaves a tombstone that an older write cannot undo.
-        router.publish_from_peer(retained_message("s/b", "new"), Some(stamp(future + 2, "x")));
+        router.publish_from_peer(
+            retained_message("s/b", "new"),
+            Some(stamp(future + 2, "x")),
+            Groups::All,
+        );
         assert_eq!(&router.retained("s/b")[0].payload[..], b"new");
         let clear = retained_message("s/b", "");
         let cleared = router.publish(clear).stamp.unwrap();

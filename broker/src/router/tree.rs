@@ -437,6 +437,9 @@ impl Subscribers {
 /// The members of one shared-subscription group on one filter.
 pub(super) struct SharedGroup {
     name: Box<str>,
+    /// The group's filter, whole: a group is its name and its filter, which is how the cluster
+    /// names it to other nodes (the node it sits on knows only its own level).
+    filter: Box<str>,
     members: Vec<Subscriber>,
     /// Round-robin position.
     next: AtomicUsize,
@@ -454,6 +457,19 @@ impl SharedGroup {
         // Racing publishers may both pick the same member; round robin stays approximate then.
         self.next.store(chosen + 1, Ordering::Relaxed);
         Some(&self.members[chosen])
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn filter(&self) -> &str {
+        &self.filter
+    }
+
+    /// Whether a member is online: one that [`SharedGroup::pick`] could choose.
+    pub(super) fn has_online_member(&self) -> bool {
+        self.members.iter().any(|m| m.mailbox.is_online())
     }
 }
 
@@ -475,9 +491,12 @@ pub(super) struct Node {
 pub(super) struct Edited {
     /// A subscription was added (not just updated), or removed.
     pub(super) changed: bool,
-    /// And with it the filter got its first subscription on this node, or lost its last
-    /// (directly or through a shared group): what other cluster members are told.
+    /// And with it the filter got its first direct (not shared) subscription on this node, or
+    /// lost its last: what other cluster members are told.
     pub(super) filter: bool,
+    /// And with it the shared group got its first member on this node, or lost its last: what
+    /// other cluster members are told too, apart from the filter's direct subscriptions.
+    pub(super) group: bool,
 }
 
 impl Node {
@@ -490,15 +509,16 @@ impl Node {
         !self.subscribers.is_empty() || self.shared.is_some()
     }
 
-    /// Calls `visit` with every filter that has subscriptions at or below this node, `prefix`
-    /// being this node's own filter (its levels joined with `/`) and `depth` its level count.
+    /// Calls `visit` with every filter that has direct subscriptions at or below this node,
+    /// `prefix` being this node's own filter (its levels joined with `/`) and `depth` its level
+    /// count.
     pub(super) fn for_each_filter(
         &self,
         prefix: &mut Vec<u8>,
         depth: usize,
         visit: &mut impl FnMut(&[u8]),
     ) {
-        if self.has_subscriptions() {
+        if !self.subscribers.is_empty() {
             visit(prefix);
         }
         let start = prefix.len();
@@ -520,11 +540,21 @@ impl Node {
         self.shared.as_deref().map_or(&[], Vec::as_slice)
     }
 
-    /// Adds (or updates the QoS of) a subscription to the filter `path` below this node, directly
-    /// or as a member of `group`.
+    /// Calls `visit` with the name and filter of every shared group at or below this node.
+    pub(super) fn for_each_group(&self, visit: &mut impl FnMut(&str, &str)) {
+        for group in self.shared_groups() {
+            visit(&group.name, &group.filter);
+        }
+        self.children
+            .for_each(|_, child| child.for_each_group(&mut *visit));
+    }
+
+    /// Adds (or updates the QoS of) a subscription to `filter`, whose levels are `path`, below
+    /// this node, directly or as a member of `group`.
     pub(super) fn insert(
         &mut self,
         path: &[&[u8]],
+        filter: &str,
         group: Option<&str>,
         subscriber: Subscriber,
     ) -> Edited {
@@ -532,18 +562,19 @@ impl Node {
         for level in path {
             node = node.children.get_or_insert(level);
         }
-        let first = !node.has_subscriptions();
-        let changed = node.insert_here(group, subscriber);
-        Edited {
-            changed,
-            filter: changed && first,
-        }
+        node.insert_here(filter, group, subscriber)
     }
 
-    fn insert_here(&mut self, group: Option<&str>, subscriber: Subscriber) -> bool {
+    fn insert_here(&mut self, filter: &str, group: Option<&str>, subscriber: Subscriber) -> Edited {
         let node = self;
         let Some(group) = group else {
-            return node.subscribers.insert(subscriber);
+            let first = node.subscribers.is_empty();
+            let changed = node.subscribers.insert(subscriber);
+            return Edited {
+                changed,
+                filter: changed && first,
+                group: false,
+            };
         };
         let groups = node.shared.get_or_insert_with(Default::default);
         let index = match groups.iter().position(|g| &*g.name == group) {
@@ -551,6 +582,7 @@ impl Node {
             None => {
                 groups.push(SharedGroup {
                     name: group.into(),
+                    filter: filter.into(),
                     members: Vec::new(),
                     next: AtomicUsize::new(0),
                 });
@@ -559,7 +591,8 @@ impl Node {
         };
         let members = &mut groups[index].members;
         let id = subscriber.mailbox.id();
-        match members.iter_mut().find(|m| m.mailbox.id() == id) {
+        let first = members.is_empty();
+        let changed = match members.iter_mut().find(|m| m.mailbox.id() == id) {
             Some(member) => {
                 *member = subscriber;
                 false
@@ -568,6 +601,11 @@ impl Node {
                 members.push(subscriber);
                 true
             }
+        };
+        Edited {
+            changed,
+            filter: false,
+            group: changed && first,
         }
     }
 
@@ -575,11 +613,7 @@ impl Node {
     /// as a member of `group`), pruning the branches it leaves empty.
     pub(super) fn remove(&mut self, path: &[&[u8]], group: Option<&str>, id: SessionId) -> Edited {
         let Some((level, rest)) = path.split_first() else {
-            let changed = self.remove_here(group, id);
-            return Edited {
-                changed,
-                filter: changed && !self.has_subscriptions(),
-            };
+            return self.remove_here(group, id);
         };
         let Some(child) = self.children.get_mut(level) else {
             return Edited::default();
@@ -591,29 +625,39 @@ impl Node {
         removed
     }
 
-    fn remove_here(&mut self, group: Option<&str>, id: SessionId) -> bool {
+    fn remove_here(&mut self, group: Option<&str>, id: SessionId) -> Edited {
         let Some(group) = group else {
-            return self.subscribers.remove(id);
+            let changed = self.subscribers.remove(id);
+            return Edited {
+                changed,
+                filter: changed && self.subscribers.is_empty(),
+                group: false,
+            };
         };
         let Some(groups) = self.shared.as_mut() else {
-            return false;
+            return Edited::default();
         };
         let Some(index) = groups.iter().position(|g| &*g.name == group) else {
-            return false;
+            return Edited::default();
         };
         let members = &mut groups[index].members;
         // Members keep their order: it is the round-robin order.
         let Some(member) = members.iter().position(|m| m.mailbox.id() == id) else {
-            return false;
+            return Edited::default();
         };
         members.remove(member);
-        if members.is_empty() {
+        let last = members.is_empty();
+        if last {
             groups.swap_remove(index);
             if groups.is_empty() {
                 self.shared = None;
             }
         }
-        true
+        Edited {
+            changed: true,
+            filter: false,
+            group: last,
+        }
     }
 
     /// Collects the nodes whose filters match `topic[depth..]` below this node: along the
@@ -656,7 +700,7 @@ impl Node {
     }
 
     fn add_to<'a>(&'a self, out: &mut Matches<'a>) {
-        if !self.subscribers.is_empty() || self.shared.is_some() {
+        if self.has_subscriptions() {
             out.push(self);
         }
     }

@@ -1305,7 +1305,7 @@ fn auth_and_limit_flags_come_after_the_listeners_and_before_spec_args() {
     assert_eq!(&args[args.len() - 3..], ["-acld=allow", "-dt=5", "-ari=30"]);
 }
 
-const CLUSTER_FLAGS: [&str; 2] = ["-csb=", "-csl="];
+const CLUSTER_FLAGS: [&str; 3] = ["-csb=", "-csl=", "-ssp="];
 
 #[test]
 fn forwarding_sizes_become_flags_only_when_set() {
@@ -1357,6 +1357,35 @@ fn forwarding_sizes_become_flags_only_when_set() {
         flags_starting_with(&broker_args(&buffer, DOMAIN), &CLUSTER_FLAGS),
         ["-csb=65536"]
     );
+}
+
+#[test]
+fn the_shared_subscription_policy_becomes_a_flag_only_when_set() {
+    for (policy, flag) in [("local", "-ssp=local"), ("cluster", "-ssp=cluster")] {
+        let cluster = cluster_with(json!({"forwarding": {"sharedSubscriptions": policy}}));
+        assert_eq!(
+            flags_starting_with(&broker_args(&cluster, DOMAIN), &CLUSTER_FLAGS),
+            [flag]
+        );
+        let set = stateful_set(&cluster, DOMAIN);
+        let container_args = container(&set).args.clone().unwrap();
+        assert_eq!(
+            flags_starting_with(&container_args, &CLUSTER_FLAGS),
+            [flag],
+            "the flag reaches the container"
+        );
+    }
+    let all = cluster_with(json!({"forwarding": {
+        "bufferBytes": 65536, "recordLimitBytes": 0, "sharedSubscriptions": "cluster"
+    }}));
+    assert_eq!(
+        flags_starting_with(&broker_args(&all, DOMAIN), &CLUSTER_FLAGS),
+        ["-csb=65536", "-csl=0", "-ssp=cluster"]
+    );
+    // Anything else is not a Coolpy7Cluster (the API server refuses it by the CRD's enum).
+    let bad: Result<crate::crd::ForwardingSpec, _> =
+        serde_json::from_value(json!({"sharedSubscriptions": "Local"}));
+    assert!(bad.is_err());
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! The publishing side: [`Forwarder::forward`] queues a message for the peers that want it.
+//! The publishing side: [`Forwarder::prepare`] tells whether a message crosses and, when peers
+//! have shared groups matching it, which node serves each (see [`super::super::shared`]);
+//! [`Forwarder::forward`] queues it for the peers that want it or were chosen for a group.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -6,6 +8,7 @@ use std::time::Instant;
 use tracing::debug;
 
 use super::super::peers::{InterestWait, Peer, Peers};
+use super::super::shared::{Chooser, SharedPolicy};
 use super::record_len;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 use crate::router::{Message, Stamp};
@@ -17,7 +20,16 @@ pub struct Forwarder {
     limit: Option<usize>,
     /// The newest sync version this node writes (`-csv`), whose record size `limit` applies to.
     version: u8,
+    /// Where shared groups' messages go (`-ssp`).
+    policy: SharedPolicy,
     metrics: Arc<Metrics>,
+}
+
+/// A message that crosses to other members, as [`Forwarder::prepare`] found it.
+pub struct Prepared {
+    now: Instant,
+    /// Who serves each shared group that peers have members of.
+    pub chooser: Chooser,
 }
 
 impl Forwarder {
@@ -25,12 +37,14 @@ impl Forwarder {
         peers: Arc<Peers>,
         limit: Option<usize>,
         version: u8,
+        policy: SharedPolicy,
         metrics: Arc<Metrics>,
     ) -> Forwarder {
         Forwarder {
             peers,
             limit,
             version,
+            policy,
             metrics,
         }
     }
@@ -41,10 +55,10 @@ impl Forwarder {
         self.peers.interest_wait()
     }
 
-    /// Queues a locally published message (with the `stamp` the retained store gave it, when
-    /// retained) for the other members, unless it must stay here; returns a peer whose link is
-    /// congested, which the publisher should wait for.
-    pub fn forward(&self, message: &Arc<Message>, stamp: Option<&Stamp>) -> Option<Arc<Peer>> {
+    /// Whether a locally published message crosses to the other members (`None`: it stays
+    /// here, counted when dropped) and, when it does, who serves the peers' shared groups that
+    /// match it (an empty choice, at the cost of one atomic load, while no peer has any).
+    pub fn prepare(&self, message: &Message) -> Option<Prepared> {
         let cluster = &self.metrics.cluster;
         if message.topic.first() == Some(&b'$') {
             debug!("$ topic not forwarded");
@@ -75,6 +89,36 @@ impl Forwarder {
         if message.is_expired(now) {
             return None;
         }
+        let groups = self.peers.interest.groups_matching(&message.topic);
+        let available = if groups.is_empty() {
+            0
+        } else {
+            self.peers
+                .list()
+                .iter()
+                .filter_map(|peer| peer.interest_slot())
+                .fold(0u64, |slots, slot| slots | 1 << slot)
+        };
+        Some(Prepared {
+            now,
+            chooser: Chooser::new(self.policy, groups, available),
+        })
+    }
+
+    /// Queues a locally published message (with the `stamp` the retained store gave it, when
+    /// retained), `prepared` for it, for the other members that want it or serve one of its
+    /// shared groups; returns a peer whose link is congested, which the publisher should wait
+    /// for.
+    pub fn forward(
+        &self,
+        message: &Arc<Message>,
+        stamp: Option<&Stamp>,
+        mut prepared: Prepared,
+    ) -> Option<Arc<Peer>> {
+        let cluster = &self.metrics.cluster;
+        let now = prepared.now;
+        prepared.chooser.finish();
+        let chooser = &prepared.chooser;
         let peers = self.peers.list();
         let wanted = if peers.iter().any(|p| p.has_link) {
             self.peers.interest.matching(&message.topic)
@@ -83,11 +127,17 @@ impl Forwarder {
         };
         let (mut queued, mut wake, mut congested) = (false, false, None);
         for peer in peers.iter() {
-            if !peer.wants(message, wanted) {
+            let groups = if chooser.assigned_any() {
+                chooser.groups_for(peer.interest_slot())
+            } else {
+                Vec::new()
+            };
+            // A peer chosen to serve a group gets the message even with no other interest in it.
+            if groups.is_empty() && !peer.wants(message, wanted) {
                 cluster.records_skipped.inc();
                 continue;
             }
-            let pushed = peer.push(message, stamp, now, &self.metrics);
+            let pushed = peer.push(message, stamp, &groups, now, &self.metrics);
             queued |= pushed.queued;
             wake |= pushed.wake;
             if pushed.congested && congested.is_none() {

@@ -18,7 +18,7 @@ use super::super::auth::DatagramKey;
 use super::super::interest::{self, FRAME_INTEREST};
 use super::super::link::{Ack, Inbox, Next, Segmented};
 use super::super::membership::{Members, NodeIdentity};
-use super::super::peers::Peers;
+use super::super::peers::{Peers, LINK_VERSION};
 use super::super::replay::{ReceivedAt, ReplayWindow};
 use super::batch::{wait_readable, Doorbell, InBatch, OutBatch, Sent};
 use super::wire::*;
@@ -26,7 +26,7 @@ use super::Origin;
 use crate::broker::Broker;
 use crate::codec::{publish_v5_size, PublishV5Extras, QoS};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
-use crate::router::{Congested, Message, Stamp};
+use crate::router::{Congested, Groups, Message, Stamp};
 
 /// Datagrams the receiver handles before it sends the acknowledgements they call for.
 const RECEIVE_BURST: usize = 64;
@@ -291,10 +291,21 @@ impl ReceiverState {
             at,
             receiver.version,
         ) {
-            Ok(records) => {
+            Ok((records, groups)) => {
                 cluster.records_received.inc_by(records.len() as u64);
-                for message in records {
-                    self.deliver(message, None);
+                match groups {
+                    // A node that chooses who serves each shared group named this node's.
+                    Some(groups) => {
+                        for (message, groups) in records.into_iter().zip(groups) {
+                            self.deliver(message, None, Groups::Only(&groups));
+                        }
+                    }
+                    // A node of an earlier release: every group here serves its messages.
+                    None => {
+                        for message in records {
+                            self.deliver(message, None, Groups::All);
+                        }
+                    }
                 }
             }
             Err(reason) => {
@@ -304,9 +315,10 @@ impl ReceiverState {
         }
     }
 
-    /// Routes a record from a peer to the local subscribers, if it is within this node's limits.
-    fn deliver(&self, message: Message, stamp: Option<Stamp>) {
-        deliver(&self.receiver, &self.limits, message, stamp);
+    /// Routes a record from a peer to the local subscribers and the shared `groups` it names,
+    /// if it is within this node's limits.
+    fn deliver(&self, message: Message, stamp: Option<Stamp>, groups: Groups<'_>) {
+        deliver(&self.receiver, &self.limits, message, stamp, groups);
     }
 
     /// Takes the frames `key`'s link has complete, until a local subscriber they go to is
@@ -572,14 +584,15 @@ fn take_frames_of(
                 }
             }
             Next::Frame(frame) if !key.control && frame.kind == FRAME_PUBLISH => {
-                let Some((message, stamp)) = decode_frame_record(&frame.body, now) else {
+                // A record naming a malformed list of groups is malformed: dropped, counted.
+                let Some((message, stamp, groups)) = decode_publish_frame(&frame.body, now) else {
                     cluster
                         .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                         .inc();
                     continue;
                 };
                 cluster.records_received.inc();
-                let congested = deliver(receiver, limits, message, stamp);
+                let congested = deliver(receiver, limits, message, stamp, Groups::Only(&groups));
                 if hold && congested.is_some() {
                     return congested;
                 }
@@ -628,13 +641,15 @@ fn take_frames_of(
     None
 }
 
-/// Routes a record from a peer (with its `stamp`, when retained) to the local subscribers, if
-/// it is within this node's limits; returns a subscriber it congested.
+/// Routes a record from a peer (with its `stamp`, when retained) to the local subscribers and
+/// the shared `groups` it names, if it is within this node's limits; returns a subscriber it
+/// congested.
 fn deliver(
     receiver: &Receiver,
     limits: &Limits,
     message: Message,
     stamp: Option<Stamp>,
+    groups: Groups<'_>,
 ) -> Option<Congested> {
     let broker = &receiver.broker;
     let cluster = &broker.metrics.cluster;
@@ -645,7 +660,9 @@ fn deliver(
             .inc();
         return None;
     }
-    let routed = broker.router.publish_from_peer(Arc::new(message), stamp);
+    let routed = broker
+        .router
+        .publish_from_peer(Arc::new(message), stamp, groups);
     cluster.records_delivered.inc_by(routed.deliveries as u64);
     routed.congested
 }
@@ -688,20 +705,22 @@ pub(super) fn accept(
     version: u8,
 ) -> Result<Vec<Message>, ClusterDrop> {
     let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
-    accept_publish(body, members, windows, at, version)
+    accept_publish(body, members, windows, at, version).map(|(records, _)| records)
 }
 
 /// The checks of a best-effort datagram's authenticated body, in order: format (a version up to
 /// `version`, properties included), destination, origin, boot, replay (received `at`; see
 /// [`ReplayWindow::accept`]). Only a datagram that passes all of them marks its sequence
-/// number as seen.
+/// number as seen. Returns its records, and in a version 3 batch (from a node that chooses who
+/// serves each shared group) the groups each names.
+#[allow(clippy::type_complexity)]
 pub(super) fn accept_publish(
     body: &[u8],
     members: &Members,
     windows: &mut HashMap<Bytes, ReplayWindow>,
     at: ReceivedAt,
     version: u8,
-) -> Result<Vec<Message>, ClusterDrop> {
+) -> Result<(Vec<Message>, Option<Vec<GroupList>>), ClusterDrop> {
     let batch = decode_batch(body, version, Instant::now()).ok_or(ClusterDrop::Malformed)?;
     check_addressing(
         (&batch.origin, batch.boot_ms),
@@ -717,5 +736,6 @@ pub(super) fn accept_publish(
     if !window.accept(batch.boot_ms, batch.seq, at) {
         return Err(ClusterDrop::Replay);
     }
-    Ok(batch.records)
+    let groups = (batch.version >= LINK_VERSION).then_some(batch.groups);
+    Ok((batch.records, groups))
 }

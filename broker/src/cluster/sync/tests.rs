@@ -507,7 +507,19 @@ async fn the_sender_writes_each_peer_its_version() {
         Instant::now(),
         metrics.clone(),
     ));
-    let forwarder = Forwarder::new(peers.clone(), None, 2, metrics.clone());
+    let forwarder = Forwarder::new(
+        peers.clone(),
+        None,
+        2,
+        crate::cluster::shared::SharedPolicy::Local,
+        metrics.clone(),
+    );
+    let forward = |message: Message| {
+        let message = Arc::new(message);
+        if let Some(prepared) = forwarder.prepare(&message) {
+            forwarder.forward(&message, None, prepared);
+        }
+    };
     let sender = Sender::spawn(
         socket,
         peers,
@@ -519,11 +531,8 @@ async fn the_sender_writes_each_peer_its_version() {
     let now = Instant::now();
     let mut expired = v5_message(None, now);
     expired.expires_at = Some(now);
-    forwarder.forward(&Arc::new(expired), None);
-    forwarder.forward(
-        &Arc::new(v5_message(Some(Duration::from_secs(60)), now)),
-        None,
-    );
+    forward(expired);
+    forward(v5_message(Some(Duration::from_secs(60)), now));
     assert!(sender.finish(Duration::from_secs(5)).await);
 
     let received = |socket: &std::net::UdpSocket| {
@@ -666,4 +675,66 @@ fn limits_count_what_a_version_2_record_and_an_mqtt_5_publish_carry() {
         ..exact
     }
     .admit(&message));
+}
+
+#[test]
+fn records_name_the_shared_groups_their_receiver_serves_and_bad_lists_are_malformed() {
+    let now = Instant::now();
+    let live = message("t/x", b"p", QoS::AtLeastOnce, false);
+    let groups: GroupList = vec![
+        (Bytes::from_static(b"g"), Bytes::from_static(b"t/+")),
+        (Bytes::from_static(b"$queue"), Bytes::from_static(b"t/#")),
+    ];
+    // On a link.
+    let mut frame = Vec::new();
+    encode_link_record(&mut frame, &live, None, now, &groups);
+    assert_eq!(
+        frame.len(),
+        stamped_record_len(&live, None) + groups_len(&groups)
+    );
+    assert_eq!(frame[0] & FLAG_GROUPS, FLAG_GROUPS);
+    let (got, _, got_groups) = decode_publish_frame(&frame, now).unwrap();
+    assert_eq!(got.payload, live.payload);
+    assert_eq!(got_groups, groups);
+    for cut in 0..frame.len() {
+        assert!(
+            decode_publish_frame(&frame[..cut], now).is_none(),
+            "cut at {cut}"
+        );
+    }
+    // Without groups: byte for byte the record before, naming none.
+    let mut plain = Vec::new();
+    encode_link_record(&mut plain, &live, None, now, &[]);
+    assert_eq!(
+        decode_publish_frame(&plain, now).unwrap().2,
+        GroupList::new()
+    );
+    // Malformed lists: no entry, an invalid name, an invalid filter.
+    let groups_at = 1 + 2 + 3;
+    for (what, list) in [
+        ("count 0", &b"\x00"[..]),
+        ("empty name", b"\x01\x00\x00\x00\x01a"),
+        ("name with /", b"\x01\x00\x03a/b\x00\x01a"),
+        ("not a filter", b"\x01\x00\x01g\x00\x03a#b"),
+        ("cut", b"\x02\x00\x01g\x00\x01a"),
+    ] {
+        let mut bad = plain[..groups_at].to_vec();
+        bad[0] |= FLAG_GROUPS;
+        bad.extend_from_slice(list);
+        bad.extend_from_slice(&plain[groups_at..]);
+        assert!(decode_publish_frame(&bad, now).is_none(), "{what}");
+    }
+    // In best-effort batches: version 3 only.
+    let origin = origin_of("n1", 1, 3);
+    for (version, accepted) in [(3, true), (2, false)] {
+        let mut batch = Vec::new();
+        encode_header(&mut batch, version, &origin, &identity("local", 1), 1);
+        batch.put_u16(1);
+        encode_record_with_groups(&mut batch, &live, now, &groups);
+        let decoded = decode_batch(&batch, 3, now);
+        assert_eq!(decoded.is_some(), accepted, "version {version}");
+        if let Some(decoded) = decoded {
+            assert_eq!(decoded.groups, vec![groups.clone()]);
+        }
+    }
 }

@@ -54,6 +54,18 @@ pub(super) const FLAG_PROPERTIES: u8 = 0b1_0000;
 /// properties.
 pub(super) const FLAG_STAMP: u8 = 0b10_0000;
 
+/// Records from a node that chooses who serves each shared group (link frames, and version 3
+/// best-effort batches): the shared groups the receiver must serve follow the stamp. Without
+/// it such a record is delivered to no shared group.
+pub(super) const FLAG_GROUPS: u8 = 0b100_0000;
+
+/// The shared groups (name, filter) a record asks its receiver to serve.
+pub type GroupList = Vec<(Bytes, Bytes)>;
+
+/// Shared groups one record names at most (its count is one byte); a publish matching more
+/// groups that one peer must serve is delivered to the first ones only.
+pub const MAX_RECORD_GROUPS: usize = u8::MAX as usize;
+
 /// Acknowledgement flags: the receiver refuses the link.
 pub(super) const ACK_RESET: u8 = 0b1;
 
@@ -133,6 +145,19 @@ pub fn stamped_record_len(message: &Message, stamp: Option<&Stamp>) -> usize {
         + written_stamp(message, stamp).map_or(0, |stamp| 9 + stamp_node(stamp).len())
 }
 
+/// The bytes a record's list of `groups` takes (none without groups). Not part of
+/// [`record_len`]: whether a message crosses (`-csl`) does not depend on who serves its groups.
+pub fn groups_len(groups: &[(Bytes, Bytes)]) -> usize {
+    if groups.is_empty() {
+        return 0;
+    }
+    1 + groups
+        .iter()
+        .take(MAX_RECORD_GROUPS)
+        .map(|(name, filter)| 4 + name.len() + filter.len())
+        .sum::<usize>()
+}
+
 /// The stamp a record carries: only retained messages have one (and a stamp of an empty node
 /// id is never made).
 fn written_stamp<'a>(message: &Message, stamp: Option<&'a Stamp>) -> Option<&'a Stamp> {
@@ -147,7 +172,18 @@ fn stamp_node(stamp: &Stamp) -> &[u8] {
 /// Appends `message` as a record of sync `version` ([`record_len`] bytes), with the expiry left
 /// at `now`.
 pub(crate) fn encode_record(out: &mut impl BufMut, message: &Message, version: u8, now: Instant) {
-    encode_record_stamped(out, message, version, now, None)
+    encode_record_stamped(out, message, version, now, None, &[])
+}
+
+/// Appends `message` as a record of sync `version` 3 (a best-effort batch to a peer with
+/// links) naming the shared `groups` it must serve: [`record_len`] + [`groups_len`] bytes.
+pub(crate) fn encode_record_with_groups(
+    out: &mut impl BufMut,
+    message: &Message,
+    now: Instant,
+    groups: &[(Bytes, Bytes)],
+) {
+    encode_record_stamped(out, message, LINK_VERSION, now, None, groups)
 }
 
 /// Appends `message` as a version 2 link frame record with the retained write's `stamp` (when
@@ -158,7 +194,19 @@ pub(crate) fn encode_stamped_record(
     stamp: Option<&Stamp>,
     now: Instant,
 ) {
-    encode_record_stamped(out, message, 2, now, stamp)
+    encode_record_stamped(out, message, 2, now, stamp, &[])
+}
+
+/// [`encode_stamped_record`] naming the shared `groups` the receiver must serve:
+/// [`stamped_record_len`] + [`groups_len`] bytes.
+pub(crate) fn encode_link_record(
+    out: &mut impl BufMut,
+    message: &Message,
+    stamp: Option<&Stamp>,
+    now: Instant,
+    groups: &[(Bytes, Bytes)],
+) {
+    encode_record_stamped(out, message, 2, now, stamp, groups)
 }
 
 fn encode_record_stamped(
@@ -167,6 +215,7 @@ fn encode_record_stamped(
     version: u8,
     now: Instant,
     stamp: Option<&Stamp>,
+    groups: &[(Bytes, Bytes)],
 ) {
     let (expiry, properties) = if version >= 2 {
         (message.remaining_expiry(now), &message.properties[..])
@@ -183,6 +232,9 @@ fn encode_record_stamped(
     let stamp = written_stamp(message, stamp);
     if stamp.is_some() {
         flags |= FLAG_STAMP;
+    }
+    if !groups.is_empty() {
+        flags |= FLAG_GROUPS;
     }
     out.put_u8(flags);
     // A topic is at most 65,535 bytes (MQTT's own limit), properties too (the forwarder sends
@@ -202,6 +254,17 @@ fn encode_record_stamped(
         out.put_u8(node.len() as u8);
         out.put_slice(node);
     }
+    if !groups.is_empty() {
+        let groups = &groups[..groups.len().min(MAX_RECORD_GROUPS)];
+        out.put_u8(groups.len() as u8);
+        // Names and filters come from SUBSCRIBE filters: under 64 KiB.
+        for (name, filter) in groups {
+            out.put_u16(name.len() as u16);
+            out.put_slice(name);
+            out.put_u16(filter.len() as u16);
+            out.put_slice(filter);
+        }
+    }
     out.put_u32(message.payload.len() as u32);
     out.put_slice(&message.payload);
 }
@@ -209,8 +272,6 @@ fn encode_record_stamped(
 /// A sync datagram, authenticated and parsed.
 #[derive(Debug)]
 pub(crate) struct Batch {
-    // Read by the tests and the fuzz targets; the receiver needs no more than the records.
-    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
     pub(crate) version: u8,
     pub(crate) origin: Bytes,
     pub(crate) boot_ms: u64,
@@ -218,6 +279,8 @@ pub(crate) struct Batch {
     pub(crate) destination_boot_ms: u64,
     pub(crate) seq: u64,
     pub(crate) records: Vec<Message>,
+    /// The shared groups each record names (in version 3; empty lists in earlier versions).
+    pub(crate) groups: Vec<GroupList>,
 }
 
 /// Who sent a datagram to whom, as its header says.
@@ -264,8 +327,12 @@ pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batc
     let seq = take_u64(&mut buf)?;
     let count = take_u16(&mut buf)?;
     let mut records = Vec::with_capacity(usize::from(count).min(64));
+    let mut groups = Vec::with_capacity(usize::from(count).min(64));
+    let takes_groups = version >= LINK_VERSION;
     for _ in 0..count {
-        records.push(decode_record(&mut buf, version, false, now)?.0);
+        let record = decode_record(&mut buf, version, false, takes_groups, now)?;
+        records.push(record.0);
+        groups.push(record.2);
     }
     if buf.has_remaining() {
         return None;
@@ -278,17 +345,20 @@ pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batc
         destination_boot_ms: parties.destination_boot_ms,
         seq,
         records,
+        groups,
     })
 }
 
-/// One record of sync `version` (with its stamp, if `stamps` allows one: link frames),
-/// received at `now`; `None` when it is malformed.
+/// One record of sync `version` (with its stamp, if `stamps` allows one: link frames; with
+/// the shared groups it names, if `groups` allows them), received at `now`; `None` when it is
+/// malformed.
 fn decode_record(
     buf: &mut &[u8],
     version: u8,
     stamps: bool,
+    groups: bool,
     now: Instant,
-) -> Option<(Message, Option<Stamp>)> {
+) -> Option<(Message, Option<Stamp>, GroupList)> {
     let mut known_flags = if version >= 2 {
         0b111 | FLAG_EXPIRY | FLAG_PROPERTIES
     } else {
@@ -296,6 +366,9 @@ fn decode_record(
     };
     if stamps {
         known_flags |= FLAG_STAMP;
+    }
+    if groups {
+        known_flags |= FLAG_GROUPS;
     }
     let flags = take_u8(buf)?;
     if flags & !known_flags != 0 {
@@ -333,6 +406,11 @@ fn decode_record(
     } else {
         None
     };
+    let groups = if flags & FLAG_GROUPS != 0 {
+        decode_groups(buf)?
+    } else {
+        GroupList::new()
+    };
     let payload_len = usize::try_from(take_u32(buf)?).ok()?;
     let payload = take(buf, payload_len)?;
     // Peers only forward what their clients could publish: valid, non-$ topic names in
@@ -352,14 +430,48 @@ fn decode_record(
     message.properties = properties;
     // Beyond what an Instant can hold (over a century): as good as never.
     message.expires_at = expiry.and_then(|secs| now.checked_add(Duration::from_secs(secs.into())));
-    Some((message, stamp))
+    Some((message, stamp, groups))
+}
+
+/// A record's list of shared groups: `[count u8, not 0]` then `[name length u16][name][filter
+/// length u16][filter]` each, a name as a SUBSCRIBE could give it and a valid filter (or
+/// `None`: the record is malformed).
+fn decode_groups(buf: &mut &[u8]) -> Option<GroupList> {
+    let count = take_u8(buf)?;
+    if count == 0 {
+        return None;
+    }
+    let mut groups = GroupList::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let name_len = usize::from(take_u16(buf)?);
+        let name = take(buf, name_len)?;
+        let filter_len = usize::from(take_u16(buf)?);
+        let filter = take(buf, filter_len)?;
+        let name_ok = topic::is_valid_group_name(&name);
+        let filter_ok = std::str::from_utf8(&filter)
+            .is_ok_and(|f| topic::is_valid_filter(f) && !f.contains('\0'));
+        if !name_ok || !filter_ok {
+            return None;
+        }
+        groups.push((name, filter));
+    }
+    Some(groups)
 }
 
 /// The record a link frame of kind [`FRAME_PUBLISH`] or [`FRAME_RETAINED`] holds, and its
 /// stamp, received at `now`.
 pub(crate) fn decode_frame_record(body: &[u8], now: Instant) -> Option<(Message, Option<Stamp>)> {
+    decode_publish_frame(body, now).map(|(message, stamp, _)| (message, stamp))
+}
+
+/// The record a link frame of kind [`FRAME_PUBLISH`] holds, its stamp and the shared groups it
+/// names, received at `now`.
+pub(crate) fn decode_publish_frame(
+    body: &[u8],
+    now: Instant,
+) -> Option<(Message, Option<Stamp>, GroupList)> {
     let mut buf = body;
-    let record = decode_record(&mut buf, 2, true, now)?;
+    let record = decode_record(&mut buf, 2, true, true, now)?;
     (!buf.has_remaining()).then_some(record)
 }
 
