@@ -94,6 +94,8 @@ impl Bound {
         // Room for bursts of segments while the receiver is busy delivering the last ones: a
         // datagram the socket has no room for is lost and must wait for its retransmission.
         // The kernel caps it (net.core.rmem_max, wmem_max); less is not an error.
+        // Non-blocking: two threads share it, and each waits in poll(2) rather than in a call.
+        sync.set_nonblocking(true)?;
         let socket = socket2::SockRef::from(&sync);
         let _ = socket.set_recv_buffer_size(SYNC_SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SYNC_SOCKET_BUFFER);

@@ -7,9 +7,9 @@
 //! (without waiting: the queues are bounded), the sender takes datagrams' worth from them, and
 //! the receiver applies the peers' acknowledgements.
 //!
-//! Each peer has three queues: records packed into best-effort datagrams (QoS 0, as before
-//! links existed, and everything for a peer of an earlier release); its link's [`Outbox`]
-//! (QoS 1 and 2, and any record too big for one datagram), which holds up to `-csb` bytes until
+//! Each peer has three queues: records packed into best-effort datagrams (everything for a
+//! peer of an earlier release, without links); its link's [`Outbox`] (every message for a peer
+//! of this release, QoS 0 in at most three quarters of it), which holds up to `-csb` bytes until
 //! they are acknowledged; and its control link's, which carries this node's interest (see
 //! [`super::interest`]) and the retained digests and listings (see [`super::anti_entropy`]).
 //! A message goes to a peer only when the peer's interest asks for it, or is not known, or the
@@ -278,7 +278,9 @@ impl Peers {
             // Named under the lock: of two restarts at once (sender and receiver), the later
             // name is the one installed, which the receiver then follows.
             queues.control = Outbox::new(self.new_link(), usize::MAX);
-            queues.interest.restarted(frames.len() as u64);
+            queues
+                .interest
+                .restarted(frames.len() as u64, Instant::now());
             peer.control_lost.store(false, Ordering::Relaxed);
             for frame in &frames {
                 queues.control.push(FRAME_INTEREST, frame.len(), |out| {
@@ -584,7 +586,11 @@ impl InterestProgress {
     }
 
     /// A new control link, starting with a snapshot of `frames` frames.
-    fn restarted(&mut self, frames: u64) {
+    fn restarted(&mut self, frames: u64, now: Instant) {
+        // Owed nothing until now: the wait for a lagging peer counts from the snapshot.
+        if self.taken == self.queued {
+            self.progressed_at = now;
+        }
         self.link_base = self.queued;
         self.snapshot = frames;
         self.taken_on_link = 0;
@@ -804,11 +810,31 @@ impl Peer {
         // reach the peer's store in any case.
         if self.has_link {
             let len = stamped_record_len(message, stamp) + groups_len(groups);
+            // QoS 0 takes at most three quarters of the link's buffer: the rest stays for QoS 1
+            // and 2 and retained writes, whose publishers were told they are delivered, against
+            // QoS 0 publishers that do not wait (HTTP, CoAP, wills) or stopped waiting.
+            let best_effort = message.qos == QoS::AtMostOnce && !message.retain;
+            let capacity = queues.outbox.capacity();
+            let buffered = queues.outbox.buffered();
+            if best_effort && buffered > 0 && buffered + len > capacity / 4 * 3 {
+                drop(queues);
+                debug!(peer = %self.identity.node_id, "link buffer three quarters full; QoS 0 message not forwarded");
+                metrics
+                    .cluster
+                    .dropped(ClusterPort::Sync, ClusterDrop::QueueFull)
+                    .inc();
+                return PushOutcome {
+                    congested: true,
+                    ..PushOutcome::default()
+                };
+            }
             let was_idle = !queues.outbox.has_transmit();
             let before = queues.outbox.buffered();
             let pushed = queues.outbox.push(FRAME_PUBLISH, len, |out| {
                 encode_link_record(out, message, stamp, now, groups)
             });
+            // Woken only when there is something it can send now (not into a closed window).
+            let wake = was_idle && queues.outbox.has_transmit();
             let grown = queues.outbox.buffered() - before;
             drop(queues);
             metrics.cluster.buffered_bytes.inc_by(grown as i64);
@@ -827,7 +853,7 @@ impl Peer {
                 }
                 pushed => PushOutcome {
                     queued: true,
-                    wake: was_idle,
+                    wake,
                     congested: pushed == Pushed::Congested,
                 },
             };
@@ -1155,7 +1181,7 @@ mod tests {
         assert!(progress.lagging(later(1) + INTEREST_WAIT));
         // The link starts over with a 3-frame snapshot: the frame owed before is made moot by
         // the snapshot, but only once the whole snapshot is taken.
-        progress.restarted(3);
+        progress.restarted(3, later(5));
         assert_eq!(progress.queued, 5);
         progress.queued(1, later(10));
         assert!(progress.took(2, later(11)));
@@ -1174,6 +1200,32 @@ mod tests {
         // Owed a frame after a long quiet spell: the wait counts from when it was queued.
         progress.queued(1, later(20_000));
         assert!(!progress.lagging(later(20_000) + INTEREST_WAIT / 2));
+    }
+
+    #[test]
+    fn qos_0_leaves_a_quarter_of_the_link_to_qos_1_and_retained_messages() {
+        let (_members, peers) = peers_of(&[("new", 3)], 64 << 10);
+        let peer = peers.list()[0].clone();
+        let now = Instant::now();
+        let metrics = Metrics::new();
+        let qos0 = message("t", 4_000, QoS::AtMostOnce, false);
+        let mut queued = 0;
+        for _ in 0..20 {
+            if peer.push(&qos0, None, &[], now, &metrics).queued {
+                queued += 1;
+            }
+        }
+        assert_eq!(queued, 12, "12 × 4 kB fit in three quarters of 64 KiB");
+        let dropped = ClusterDrop::QueueFull;
+        assert_eq!(metrics.cluster.dropped(ClusterPort::Sync, dropped).get(), 8);
+        let qos1 = message("t", 4_000, QoS::AtLeastOnce, false);
+        let retained = message("t", 4_000, QoS::AtMostOnce, true);
+        assert!(peer.push(&qos1, None, &[], now, &metrics).queued);
+        assert!(peer.push(&retained, None, &[], now, &metrics).queued);
+        // Alone, a QoS 0 message of any size still goes.
+        let (_members, peers) = peers_of(&[("new", 3)], 64 << 10);
+        let big = message("t", 60_000, QoS::AtMostOnce, false);
+        assert!(peers.list()[0].push(&big, None, &[], now, &metrics).queued);
     }
 
     #[test]

@@ -251,12 +251,47 @@ fn receive_some(socket: &impl AsFd, batch: &mut InBatch) -> io::Result<usize> {
     Ok(1)
 }
 
-/// Wakes a thread waiting in [`wait_readable`]: an `eventfd(2)`.
+/// Wakes a thread waiting in [`wait_readable`]: an `eventfd(2)` (elsewhere than Linux, a pair
+/// of connected Unix datagram sockets).
 pub struct Doorbell {
     fd: OwnedFd,
+    #[cfg(not(target_os = "linux"))]
+    ringer: std::os::unix::net::UnixDatagram,
 }
 
 impl Doorbell {
+    #[cfg(not(target_os = "linux"))]
+    pub fn new() -> io::Result<Doorbell> {
+        let (bell, ringer) = std::os::unix::net::UnixDatagram::pair()?;
+        bell.set_nonblocking(true)?;
+        ringer.set_nonblocking(true)?;
+        Ok(Doorbell {
+            fd: OwnedFd::from(bell),
+            ringer,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn ring(&self) {
+        // A full socket already rings.
+        let _ = self.ringer.send(&[1]);
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn clear(&self) {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into a live buffer of its length.
+        while unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        } > 0
+        {}
+    }
+
+    #[cfg(target_os = "linux")]
     pub fn new() -> io::Result<Doorbell> {
         // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -269,6 +304,7 @@ impl Doorbell {
         })
     }
 
+    #[cfg(target_os = "linux")]
     pub fn ring(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64. A full counter (never, in practice) already
@@ -283,6 +319,7 @@ impl Doorbell {
     }
 
     /// Silences it until the next ring.
+    #[cfg(target_os = "linux")]
     fn clear(&self) {
         let mut count: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64; EAGAIN when it did not ring is fine.
@@ -326,8 +363,9 @@ fn wait_for_room(socket: &impl AsFd) -> bool {
     };
     // SAFETY: one valid pollfd, for the duration of the call.
     let ready = unsafe { libc::poll(&mut poll, 1, ROOM_WAIT.as_millis() as libc::c_int) };
-    // Room, or an error the next send reports.
-    ready > 0
+    // Room, or an error the next send reports; a signal that cut the wait short is no reason
+    // to drop anything.
+    ready > 0 || (ready < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted)
 }
 
 #[cfg(test)]

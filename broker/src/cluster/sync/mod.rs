@@ -1,12 +1,12 @@
 //! Forwarding PUBLISH messages between nodes over UDP (`-csp`).
 //!
 //! After a client's PUBLISH (or a will) is routed locally, [`Forwarder::forward`] queues it for
-//! each peer whose subscriptions match it (see [`super::interest`]), without waiting: QoS 0 in
-//! best-effort datagrams (a full queue drops and counts), QoS 1 and 2, and anything larger than
-//! one datagram, on the peer's link (see [`super::link`]), which holds up to `-csb` bytes until
-//! they are acknowledged; a publisher waits for a congested link as for a slow subscriber. The
-//! sender task sends what is queued from one socket (UDP does not block per peer, so a dead
-//! peer stalls nobody) and retransmits what is not acknowledged. The receiver task
+//! each peer whose subscriptions match it (see [`super::interest`]), without waiting: on the
+//! peer's link (see [`super::link`]), which holds up to `-csb` bytes until they are
+//! acknowledged (a publisher waits for a congested link as for a slow subscriber), or, to a
+//! peer of an earlier release, in best-effort datagrams (a full queue drops and counts). The
+//! sender's thread sends what is queued from one socket (UDP does not block per peer, so a
+//! dead peer stalls nobody) and retransmits what is not acknowledged. The receiver's thread
 //! authenticates, checks the origin and freshness, hands the records to the local router (it
 //! never forwards them again: one hop, no loops), acknowledges link segments once per burst of
 //! datagrams, and holds a link while a local subscriber it fills drains.

@@ -108,7 +108,11 @@ impl Sender {
     pub async fn finish(mut self, limit: Duration) -> bool {
         self.orders.stop.store(true, Ordering::Release);
         self.peers.wake_sender();
-        let finished = tokio::time::timeout(limit, &mut self.done).await.is_ok();
+        // The thread dropping its end without a word panicked: not finished.
+        let finished = matches!(
+            tokio::time::timeout(limit, &mut self.done).await,
+            Ok(Ok(()))
+        );
         if !finished {
             self.orders.abort.store(true, Ordering::Release);
             self.peers.wake_sender();
