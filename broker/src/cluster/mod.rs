@@ -157,6 +157,7 @@ impl Bound {
                     self.members.clone(),
                     self.config.sync_buffer,
                     self.config.sync_version,
+                    self.config.sync_limit,
                     self.started,
                     metrics.clone(),
                 ))

@@ -121,6 +121,7 @@ fn stamped_records_round_trip_on_links_only_and_only_when_retained() {
     let now = Instant::now();
     let stamp = crate::router::Stamp {
         ms: 1_700_000_000_000,
+        count: 7,
         node: Bytes::from_static(b"n2"),
     };
     let retained = message("r/t", b"on", QoS::AtMostOnce, true);
@@ -128,7 +129,7 @@ fn stamped_records_round_trip_on_links_only_and_only_when_retained() {
     encode_stamped_record(&mut frame, &retained, Some(&stamp), now);
     assert_eq!(frame.len(), stamped_record_len(&retained, Some(&stamp)));
     assert_eq!(frame[0] & FLAG_STAMP, FLAG_STAMP);
-    let (got, got_stamp) = decode_frame_record(&frame, now).unwrap();
+    let (got, got_stamp) = decode_frame_record(&frame, true, now).unwrap();
     assert_eq!(
         (got.topic, got.payload),
         (retained.topic.clone(), retained.payload.clone())
@@ -136,7 +137,7 @@ fn stamped_records_round_trip_on_links_only_and_only_when_retained() {
     assert_eq!(got_stamp, Some(stamp.clone()));
     for cut in 0..frame.len() {
         assert!(
-            decode_frame_record(&frame[..cut], now).is_none(),
+            decode_frame_record(&frame[..cut], true, now).is_none(),
             "cut at {cut}"
         );
     }
@@ -150,12 +151,12 @@ fn stamped_records_round_trip_on_links_only_and_only_when_retained() {
     // A stamp on a record that is not retained, or of an empty node id, is malformed.
     let mut forged = frame.clone();
     forged[0] &= !0b100;
-    assert!(decode_frame_record(&forged, now).is_none());
-    let empty_node = 1 + 2 + 3 + 8;
+    assert!(decode_frame_record(&forged, true, now).is_none());
+    let empty_node = 1 + 2 + 3 + 8 + 4;
     let mut forged = frame.clone();
     forged[empty_node] = 0;
     forged.drain(empty_node + 1..empty_node + 3);
-    assert!(decode_frame_record(&forged, now).is_none());
+    assert!(decode_frame_record(&forged, true, now).is_none());
     // Best-effort batches carry no stamps.
     let origin = origin_of("n1", 1, 1);
     let mut batch = Vec::new();
@@ -504,6 +505,7 @@ async fn the_sender_writes_each_peer_its_version() {
         members,
         1 << 20,
         2,
+        None,
         Instant::now(),
         metrics.clone(),
     ));
