@@ -1300,4 +1300,114 @@ mod tests {
         assert_eq!(metrics.cluster.buffered_bytes.get(), 0);
         assert!(!peer.push(&full, None, now, &metrics).queued, "gone");
     }
+
+    /// The frames (kind, body) of the data link segments `peer` has to send.
+    fn data_frames(peer: &Peer, now: Instant) -> Vec<(u8, Vec<u8>)> {
+        let stream: Vec<u8> = peer
+            .take_transmits(now, usize::MAX)
+            .segments
+            .iter()
+            .flat_map(|(_, bytes)| bytes.to_vec())
+            .collect();
+        let mut frames = Vec::new();
+        let mut rest = &stream[..];
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if rest.len() < 4 + len {
+                break;
+            }
+            frames.push((rest[4], rest[5..4 + len].to_vec()));
+            rest = &rest[4 + len..];
+        }
+        frames
+    }
+
+    #[test]
+    fn a_peer_of_version_3_gets_retained_messages_unstamped_and_no_repairs() {
+        use crate::cluster::sync::decode_frame_record;
+        let (_members, peers) = peers_of(&[("new", 4), ("old", 3)], 1 << 20);
+        let list = peers.list();
+        let (new, old) = (list[0].clone(), list[1].clone());
+        assert!(new.stamps && old.has_link && !old.stamps);
+        let now = Instant::now();
+        let metrics = Metrics::new();
+        let stamp = Stamp {
+            ms: 1_700_000_000_000,
+            count: 0,
+            node: Bytes::from_static(b"local"),
+        };
+        let retained = message("r/t", 3, QoS::AtLeastOnce, true);
+        for peer in [&new, &old] {
+            assert!(peer.push(&retained, Some(&stamp), now, &metrics).queued);
+        }
+        let frames = data_frames(&old, now);
+        assert_eq!(frames.len(), 1);
+        // As a node of version 3 reads it: no stamp.
+        let (got, got_stamp) = decode_frame_record(&frames[0].1, false, now).expect("readable");
+        assert!(got.retain && got_stamp.is_none());
+        let frames = data_frames(&new, now);
+        assert!(decode_frame_record(&frames[0].1, false, now).is_none());
+        assert_eq!(
+            decode_frame_record(&frames[0].1, true, now).map(|(_, s)| s),
+            Some(Some(stamp.clone()))
+        );
+        // No repair goes to it.
+        assert_eq!(
+            old.push_repair(&retained, &stamp, None, now, &metrics),
+            Repair::Busy
+        );
+        assert!(data_frames(&old, now).is_empty());
+    }
+
+    #[test]
+    fn repairs_no_link_frame_may_carry_are_skipped_and_the_next_ones_go() {
+        let capacity = 64 << 10;
+        let (_members, peers) = peers_of(&[("new", 4)], capacity);
+        let peer = peers.list()[0].clone();
+        let now = Instant::now();
+        let metrics = Metrics::new();
+        let stamp = Stamp {
+            ms: 1_700_000_000_000,
+            count: 0,
+            node: Bytes::from_static(b"local"),
+        };
+        let small = message("r/t", 10, QoS::AtMostOnce, true);
+        let mut big_properties = message("r/p", 10, QoS::AtMostOnce, true);
+        big_properties.properties = Bytes::from(vec![0; usize::from(u16::MAX) + 1]);
+        assert_eq!(
+            peer.push_repair(&big_properties, &stamp, None, now, &metrics),
+            Repair::Skipped,
+            "its properties' length would be cut to 16 bits"
+        );
+        let over_limit = message("r/l", 2_000, QoS::AtMostOnce, true);
+        assert_eq!(
+            peer.push_repair(&over_limit, &stamp, Some(1_000), now, &metrics),
+            Repair::Skipped,
+            "over -csl"
+        );
+        assert_eq!(
+            peer.push_repair(&small, &stamp, Some(1_000), now, &metrics),
+            Repair::Queued
+        );
+        let larger_than_the_link = message("r/big", capacity, QoS::AtMostOnce, true);
+        assert_eq!(
+            peer.push_repair(&larger_than_the_link, &stamp, None, now, &metrics),
+            Repair::Skipped,
+            "the link cannot take it, whatever it holds"
+        );
+        // Past a quarter of the link's capacity: busy, nothing more this round.
+        let quarter = message("r/q", capacity / 4, QoS::AtMostOnce, true);
+        assert_eq!(
+            peer.push_repair(&quarter, &stamp, None, now, &metrics),
+            Repair::Queued
+        );
+        assert_eq!(
+            peer.push_repair(&small, &stamp, None, now, &metrics),
+            Repair::Busy
+        );
+        assert_eq!(peer.queues.lock().outbox.pending_frames(), 2);
+        assert!(data_frames(&peer, now)
+            .iter()
+            .all(|(kind, _)| *kind == FRAME_RETAINED));
+    }
 }
