@@ -36,7 +36,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Bytes a link frame may hold beyond the PUBLISH packet its record stands for: a record's
 /// own framing (a few bytes more than a PUBLISH's in the worst case) and the largest stamp
 /// (a node id may be 255 bytes on the wire, though ours are at most 64).
-const FRAME_SLACK: usize = 64 + MAX_STAMP_LEN;
+pub(super) const FRAME_SLACK: usize = 64 + MAX_STAMP_LEN;
 
 /// The largest control link frame: a snapshot frame's filters and one filter more.
 const CONTROL_MAX_FRAME: usize = interest::FRAME_BYTES + 2 * (3 + 65_535);

@@ -669,3 +669,31 @@ fn limits_count_what_a_version_2_record_and_an_mqtt_5_publish_carry() {
     }
     .admit(&message));
 }
+
+#[test]
+fn the_frame_slack_covers_the_largest_stamp() {
+    let now = Instant::now();
+    let stamp = crate::router::Stamp {
+        ms: u64::MAX,
+        count: u32::MAX,
+        node: Bytes::from(vec![b'n'; 255]),
+    };
+    let topic = "t".repeat(65_535);
+    for (topic, payload, qos) in [
+        ("t", 0, QoS::AtMostOnce),
+        ("t/u", 100, QoS::ExactlyOnce),
+        (&topic[..], 1 << 20, QoS::AtMostOnce),
+    ] {
+        let mut retained = message(topic, &vec![0; payload], qos, true);
+        for expiry in [None, Some(now + Duration::from_secs(60))] {
+            retained.expires_at = expiry;
+            // The frame's length field counts its kind byte and its body.
+            let frame = 1 + stamped_record_len(&retained, Some(&stamp));
+            assert!(
+                frame <= publish_packet_len(&retained) + FRAME_SLACK,
+                "{frame} over {} + {FRAME_SLACK}",
+                publish_packet_len(&retained)
+            );
+        }
+    }
+}
