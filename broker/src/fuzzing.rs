@@ -300,7 +300,7 @@ pub fn feed_inbox(segments: &[(u64, Vec<u8>, bool)]) -> usize {
                     }
                 }
                 if let Some((message, stamp)) =
-                    sync::decode_frame_record(&frame.body, Instant::now())
+                    sync::decode_frame_record(&frame.body, true, Instant::now())
                 {
                     let _ = remote.matching(&message.topic);
                     if let Some(stamp) = stamp {
@@ -326,9 +326,11 @@ pub fn retained_sync(router: &crate::router::Router, body: &[u8]) {
     if let Some(digest) = anti_entropy::decode_digest(body) {
         let ours = router.retained_digest().unwrap_or_default();
         if let DigestAnswer::List(buckets) = anti_entropy::answer(&ours, &digest, 0) {
-            let frames = anti_entropy::listing_frames(&buckets, 1 << 16, |bucket, after, max| {
-                router.retained_stamps(bucket, after, None, max)
-            });
+            let frames =
+                anti_entropy::listing_frames(&buckets, 1 << 16, None, |bucket, after, max| {
+                    router.retained_stamps(bucket, after, None, max)
+                })
+                .frames;
             for frame in frames {
                 assert!(
                     anti_entropy::decode_part(&frame).is_some(),

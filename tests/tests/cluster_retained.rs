@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use coolpy7_tests::cluster::{
-    send_signal, start_cluster, unique_key, wait_full_membership, wait_member, NetLab, Node, Seen,
-    DETECT_TIMEOUT, JOIN_TIMEOUT, NET_LAB_TURN,
+    send_signal, start_cluster, unique_key, wait_full_membership, wait_member, wait_until, NetLab,
+    Node, NodeConfig, Seen, DETECT_TIMEOUT, JOIN_TIMEOUT, NET_LAB_TURN,
 };
 use coolpy7_tests::{unique_id, QoS, TIMEOUT};
 
@@ -21,6 +21,13 @@ use coolpy7_tests::{unique_id, QoS, TIMEOUT};
 /// starts with the full digest (a round trip, then the repairs); the periodic digest (10 s)
 /// bounds a round whose first digest found the peer not yet listed. Twice that, plus margin.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often each node sends its digest's summary to each peer (`DIGEST_PERIOD` in
+/// `broker/src/cluster/anti_entropy.rs`).
+const DIGEST_PERIOD: Duration = Duration::from_secs(10);
+
+const DROPPED: &str = "coolpy7_cluster_dropped_total";
+const SKIPPED: &str = "coolpy7_cluster_records_skipped_total";
 
 /// How long a fresh subscription is given to receive the retained messages it matches.
 const RETAINED_WINDOW: Duration = Duration::from_millis(400);
@@ -240,4 +247,66 @@ async fn a_partitioned_node_converges_and_the_later_write_wins_everywhere() {
     );
     drop(nodes);
     drop(lab);
+}
+
+/// Sync records and frames a node refused as malformed.
+async fn malformed(node: &Node) -> f64 {
+    node.counter_sum(DROPPED, &[("reason", "malformed")]).await
+}
+
+#[tokio::test]
+async fn a_node_of_the_previous_release_gets_retained_messages_as_it_expects() {
+    // n3 plays the release before anti-entropy (sync version 3): it refuses stamped records,
+    // repairs, digests and listings (and took an unknown control frame for a lost interest
+    // change), so it must be sent none.
+    let key = unique_key();
+    let n1 = Node::start(NodeConfig::new("n1", &key));
+    let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
+    let old = Node::start(
+        NodeConfig::new("n3", &key)
+            .seed(n1.gossip)
+            .args(&["-csv", "3"]),
+    );
+    wait_full_membership(&[&n1, &n2, &old], JOIN_TIMEOUT).await;
+    let prefix = unique_id("prev");
+    retain(&n1, &prefix, "a", "1").await;
+    retain(&n2, &prefix, "b", "2").await;
+    retain(&old, &prefix, "c", "3").await;
+    retain(&n1, &prefix, "d", "4").await;
+    retain(&n2, &prefix, "d", "").await;
+    let want = set_of(&[("a", "1"), ("b", "2"), ("c", "3")]);
+    wait_retained(&[&n1, &n2, &old], &prefix, &want).await;
+
+    // n1 and n2 each stamped n3's write as their own when it came: the next digest round makes
+    // them agree; after it, nothing more is repaired, round after round.
+    tokio::time::sleep(DIGEST_PERIOD + Duration::from_secs(1)).await;
+    let settled = repaired(&[&n1, &n2, &old]).await;
+    tokio::time::sleep(2 * DIGEST_PERIOD).await;
+    assert_eq!(
+        repaired(&[&n1, &n2, &old]).await,
+        settled,
+        "the stores agree: nothing repaired over two digest periods"
+    );
+    wait_retained(&[&n1, &n2, &old], &prefix, &want).await;
+    for node in [&n1, &n2, &old] {
+        assert_eq!(malformed(node).await, 0.0, "{}", node.drops().await);
+    }
+
+    // n3 still knows what n1 and n2 subscribe to (an unknown frame would have made it
+    // forward everything to them): a message no one there wants is not sent.
+    let skipped = old.counter(SKIPPED).await;
+    let mut client = old.client(&unique_id("pub")).await;
+    client
+        .publish(
+            &format!("{prefix}/unwanted"),
+            QoS::AtLeastOnce,
+            false,
+            b"x".to_vec(),
+        )
+        .await;
+    client.disconnect().await;
+    wait_until("n3 to skip n1 and n2", TIMEOUT, || async {
+        old.counter(SKIPPED).await >= skipped + 2.0
+    })
+    .await;
 }

@@ -14,24 +14,38 @@
 //! How data flows between nodes A and B (either way, independently):
 //! 1. A sends B its digest on A's control link to B: the full digest when that link starts
 //!    (B is new, restarted, or back from being declared down), else every [`DIGEST_PERIOD`] a
-//!    summary only (the XOR of the buckets, 17 bytes: cheap when nothing changed).
+//!    summary only (the XOR of the buckets: a body of 10 bytes, 15 with the frame's header;
+//!    cheap when nothing changed).
 //! 2. B compares it with its own. Same summary: nothing. A summary that differs: B sends A its
 //!    full digest. A full digest: B lists, for the buckets that differ, the (topic, stamp,
 //!    tombstone) of each of its entries, in topic order, in *parts* of at most
 //!    [`LISTING_FRAME_BYTES`]; each part says which range of the bucket it covers, so that it
-//!    can be acted on alone.
+//!    can be acted on alone. A listing cut by its budget is taken up by the next one to the
+//!    same peer where it stopped, in the middle of a bucket if need be (see
+//!    [`listing_frames`]): every entry of every bucket is compared in turn, however large.
 //! 3. A compares each part with its own entries in that range and pushes to B, on its data
 //!    link, every entry of its that wins over B's or that B lacks: the retained message with
 //!    its stamp, or a tombstone (an empty payload) in a frame of kind
 //!    [`crate::cluster::sync::FRAME_RETAINED`]. B stores it if it still wins there.
 //!
 //! So what B holds that A lacks reaches A in the other direction, when B's digest reaches A.
-//! Nothing here is unbounded: a digest answered lists at most [`LISTING_BUDGET`] bytes (the
-//! rest waits for the next round, which starts at another bucket), no digest is answered
-//! while the control link to its sender holds more than [`CONTROL_BACKLOG`] bytes
-//! unacknowledged, a part is compared with at most [`RANGE_MAX`] local entries, and repairs
-//! stop while the data link holds a quarter of its capacity (`-csb`): a large store
-//! converges over several rounds, without crowding out live messages.
+//! Nothing here is unbounded: a digest is answered with at most what brings the control link
+//! to its sender to [`CONTROL_BACKLOG`] bytes unacknowledged (the rest waits for the next
+//! round, which goes on where this one stopped), a part is compared with at most
+//! [`RANGE_MAX`] local entries and only within the credit the peer's listings have
+//! ([`LISTING_CREDIT`] per full digest this node sent it), and repairs stop while the data
+//! link holds a quarter of its capacity (`-csb`): a large store converges over several
+//! rounds, without crowding out live messages or interest changes.
+//!
+//! Anti-entropy runs only between nodes that read sync version 4
+//! ([`crate::cluster::sync::STAMP_VERSION`]): a node of an earlier release gets retained
+//! messages on its link without stamps, as that release expects, and no digest.
+//!
+//! A repair is never larger than this node's own `-csl` allows (nor carries properties a
+//! record cannot); a peer whose `-csl` or `-mpl` is smaller refuses it (counted as
+//! `too_big`) and is sent it again each round: such a topic never converges there, as a
+//! message that size published live never reaches it either. Give every node the same
+//! limits.
 //!
 //! Frames on the control link (integers big-endian):
 //! ```text
@@ -39,7 +53,8 @@
 //! kind 3, listing: [bucket u16][flags u8: bit 0 = the part runs to the bucket's end]
 //!                  [after length u16][after: the part covers topics after it (0: from the start)]
 //!                  then to the frame's end, topics ascending, each after `after`:
-//!                  [topic length u16][topic][stamp ms u64][node length u8 (not 0)][node]
+//!                  [topic length u16][topic][stamp ms u64][stamp count u32]
+//!                  [node length u8 (not 0)][node]
 //!                  [tombstone u8: 0 or 1]
 //! ```
 //! A part without bit 0 covers the topics after `after` up to its last entry (so it has at
@@ -62,13 +77,20 @@ pub const DIGEST_PERIOD: Duration = Duration::from_secs(10);
 /// The most a listing frame holds, unless its one entry is larger (a topic may be 65,535
 /// bytes).
 pub const LISTING_FRAME_BYTES: usize = 64 << 10;
-/// Listing bytes sent in answer to one digest.
-pub const LISTING_BUDGET: usize = 1 << 20;
-/// Bytes a control link may hold unacknowledged and still take anti-entropy frames: a peer
-/// that does not acknowledge is not sent more.
-pub const CONTROL_BACKLOG: usize = 2 << 20;
+/// Bytes a control link may hold unacknowledged and still take anti-entropy frames (a peer
+/// that does not acknowledge is not sent more), and so the most listing bytes sent in answer
+/// to one digest: what the link holds already counts, and the answer stops at the first frame
+/// past it. The control link also carries the interest changes that a SUBSCRIBE waits for
+/// (at most [`crate::cluster::peers::INTEREST_WAIT`]): one never queues behind more than this
+/// and one listing frame (256 KiB, a few milliseconds on a LAN), where 1 MiB of listing could
+/// hold it back.
+pub const CONTROL_BACKLOG: usize = 192 << 10;
 /// Local entries compared with one listing part.
 pub const RANGE_MAX: usize = 50_000;
+/// Entries (listed and local) a node compares for the listing parts a peer sends in answer
+/// to one full digest of this node's (each full digest sent sets the peer's credit back to
+/// it): parts beyond it, unsolicited or forged, cost a look at the credit and nothing more.
+pub const LISTING_CREDIT: usize = 4 * RANGE_MAX;
 /// Local entries read from the store at a time while a listing is built.
 const FETCH: usize = 512;
 
@@ -172,7 +194,7 @@ impl Part {
 }
 
 fn entry_len(topic: &[u8], stamp: &Stamp) -> usize {
-    2 + topic.len() + 8 + 1 + stamp.node.len().min(usize::from(u8::MAX)) + 1
+    2 + topic.len() + 8 + 4 + 1 + stamp.node.len().min(usize::from(u8::MAX)) + 1
 }
 
 /// A listing frame being filled.
@@ -201,6 +223,7 @@ impl PartFrame {
         self.frame.put_u16(topic.len() as u16);
         self.frame.put_slice(topic);
         self.frame.put_u64(stamped.stamp.ms);
+        self.frame.put_u32(stamped.stamp.count);
         self.frame.put_u8(node.len() as u8);
         self.frame.put_slice(node);
         self.frame.put_u8(u8::from(stamped.cleared));
@@ -215,23 +238,45 @@ impl PartFrame {
     }
 }
 
+/// What [`listing_frames`] made.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub frames: Vec<BytesMut>,
+    /// Where the next listing to the same peer starts when the budget cut this one: a bucket,
+    /// and the last topic of it listed (`None`: from the bucket's start). `None` when every
+    /// bucket asked for was listed.
+    pub next: Option<(usize, Option<Bytes>)>,
+}
+
 /// The listing frames of `buckets`, in order, each bucket's entries read with `fetch(bucket,
 /// after, max)` (at most `max` entries after the topic `after`, in topic order), until
 /// `budget` bytes of frames are made: a bucket cut short ends with a part that does not run
-/// to its end, and the buckets after it wait for the next digest.
+/// to its end, and the listing says where the next one should start ([`Listing::next`]).
+/// `resume` is where the previous one said: that bucket, if asked for, is listed from after
+/// that topic (its earlier topics were listed then), so that a bucket larger than the budget
+/// is listed whole over several rounds rather than always up to the same cut.
 pub fn listing_frames(
     buckets: &[usize],
     budget: usize,
+    resume: Option<(usize, Option<&[u8]>)>,
     mut fetch: impl FnMut(usize, Option<&[u8]>, usize) -> Vec<(Bytes, Stamped)>,
-) -> Vec<BytesMut> {
+) -> Listing {
     let mut frames = Vec::new();
     let mut made = 0;
     for &bucket in buckets {
         if made >= budget {
-            break;
+            return Listing {
+                frames,
+                next: Some((bucket, None)),
+            };
         }
-        let mut part = PartFrame::start(bucket, None);
-        let mut after: Option<Bytes> = None;
+        let mut after: Option<Bytes> = match resume {
+            Some((resumed, Some(topic))) if resumed == bucket => {
+                Some(Bytes::copy_from_slice(topic))
+            }
+            _ => None,
+        };
+        let mut part = PartFrame::start(bucket, after.as_deref());
         loop {
             let entries = fetch(bucket, after.as_deref(), FETCH);
             let last = entries.len() < FETCH;
@@ -244,7 +289,10 @@ pub fn listing_frames(
                     made += frame.len();
                     frames.push(frame);
                     if made >= budget {
-                        return frames;
+                        return Listing {
+                            frames,
+                            next: Some((bucket, after)),
+                        };
                     }
                 }
                 part.add(topic, stamped);
@@ -258,7 +306,7 @@ pub fn listing_frames(
         made += frame.len();
         frames.push(frame);
     }
-    frames
+    Listing { frames, next: None }
 }
 
 /// Parses a listing frame body; `None` when malformed (see the module's wire format).
@@ -281,6 +329,7 @@ pub fn decode_part(mut body: &[u8]) -> Option<Part> {
         let topic_len = usize::from(take_u16(&mut body)?);
         let topic = take(&mut body, topic_len)?;
         let ms = take_u64(&mut body)?;
+        let count = take_u32(&mut body)?;
         let node_len = usize::from(take_u8(&mut body)?);
         let node = take(&mut body, node_len)?;
         let cleared = take_u8(&mut body)?;
@@ -296,7 +345,7 @@ pub fn decode_part(mut body: &[u8]) -> Option<Part> {
         entries.push((
             topic,
             Stamped {
-                stamp: Stamp { ms, node },
+                stamp: Stamp { ms, count, node },
                 cleared: cleared == 1,
             },
         ));
@@ -350,6 +399,10 @@ fn take_u16(buf: &mut &[u8]) -> Option<u16> {
     (buf.remaining() >= 2).then(|| buf.get_u16())
 }
 
+fn take_u32(buf: &mut &[u8]) -> Option<u32> {
+    (buf.remaining() >= 4).then(|| buf.get_u32())
+}
+
 fn take_u64(buf: &mut &[u8]) -> Option<u64> {
     (buf.remaining() >= 8).then(|| buf.get_u64())
 }
@@ -372,6 +425,7 @@ mod tests {
         Stamped {
             stamp: Stamp {
                 ms,
+                count: 0,
                 node: Bytes::from_static(node.as_bytes()),
             },
             cleared,
@@ -408,9 +462,10 @@ mod tests {
         let DigestAnswer::List(buckets) = answer(&to.digest(), &digest, 7) else {
             return 0;
         };
-        let frames = listing_frames(&buckets, usize::MAX, |bucket, after, max| {
+        let frames = listing_frames(&buckets, usize::MAX, None, |bucket, after, max| {
             to.index.range(bucket, after, None, max)
-        });
+        })
+        .frames;
         let mut pushed = 0;
         for frame in frames {
             let part = decode_part(&frame).expect("a listing frame parses");
@@ -454,13 +509,14 @@ mod tests {
 
         let topic = Bytes::from_static(b"a/b");
         let bucket = bucket_of(&topic);
-        let frames = listing_frames(&[bucket], usize::MAX, |_, after, _| {
+        let frames = listing_frames(&[bucket], usize::MAX, None, |_, after, _| {
             if after.is_none() {
                 vec![(topic.clone(), stamped(5, "n1", true))]
             } else {
                 Vec::new()
             }
-        });
+        })
+        .frames;
         assert_eq!(frames.len(), 1);
         let part = decode_part(&frames[0]).unwrap();
         assert_eq!(
@@ -483,6 +539,7 @@ mod tests {
             out.put_u16(topic.len() as u16);
             out.put_slice(topic);
             out.put_u64(1);
+            out.put_u32(0);
             out.put_u8(1);
             out.put_slice(b"n");
             out.put_u8(0);
@@ -523,32 +580,40 @@ mod tests {
                 .stamp_local_for_tests(format!("devices/{i}/state").as_bytes(), now);
         }
         let buckets: Vec<usize> = (0..DIGEST_BUCKETS).collect();
-        let frames = listing_frames(&buckets, usize::MAX, |bucket, after, max| {
+        let frames = listing_frames(&buckets, usize::MAX, None, |bucket, after, max| {
             store.index.range(bucket, after, None, max)
-        });
+        })
+        .frames;
         assert!(frames.iter().all(|f| f.len() <= LISTING_FRAME_BYTES));
         let parts: Vec<Part> = frames.iter().map(|f| decode_part(f).unwrap()).collect();
         let listed: usize = parts.iter().map(|p| p.entries.len()).sum();
         assert_eq!(listed, 40_000);
         assert_eq!(parts.iter().filter(|p| p.to_end).count(), DIGEST_BUCKETS);
         // A budget stops the listing early, with whole frames.
-        let cut = listing_frames(&buckets, 10_000, |bucket, after, max| {
+        let cut = listing_frames(&buckets, 10_000, None, |bucket, after, max| {
             store.index.range(bucket, after, None, max)
-        });
+        })
+        .frames;
         assert!(cut.len() < frames.len());
         assert!(cut.iter().map(BytesMut::len).sum::<usize>() < 10_000 + LISTING_FRAME_BYTES);
         // A frame larger than the usual limit holds one entry.
         let long = "l".repeat(65_000);
-        let big = listing_frames(&[bucket_of(long.as_bytes())], usize::MAX, |_, after, _| {
-            if after.is_none() {
-                vec![
-                    (Bytes::from(long.clone()), stamped(1, "n1", false)),
-                    (Bytes::from(format!("{long}x")), stamped(1, "n1", false)),
-                ]
-            } else {
-                Vec::new()
-            }
-        });
+        let big = listing_frames(
+            &[bucket_of(long.as_bytes())],
+            usize::MAX,
+            None,
+            |_, after, _| {
+                if after.is_none() {
+                    vec![
+                        (Bytes::from(long.clone()), stamped(1, "n1", false)),
+                        (Bytes::from(format!("{long}x")), stamped(1, "n1", false)),
+                    ]
+                } else {
+                    Vec::new()
+                }
+            },
+        )
+        .frames;
         assert_eq!(big.len(), 2);
     }
 
@@ -682,5 +747,98 @@ mod tests {
         ];
         assert_eq!(to_push(&theirs, &ours), vec![t("b"), t("d"), t("e")]);
         assert!(to_push(&theirs, &[]).is_empty());
+    }
+
+    /// `count` topics of `len` bytes or so, all in one bucket, sorted (the hash of their
+    /// common prefix is taken once).
+    fn topics_in_one_bucket(count: usize, len: usize) -> Vec<String> {
+        use sha2::{Digest as _, Sha256};
+        let prefix = "p".repeat(len);
+        let mut state = Sha256::new();
+        state.update(prefix.as_bytes());
+        let target = bucket_of(format!("{prefix}/0").as_bytes());
+        let mut topics: Vec<String> = (0..)
+            .map(|i| format!("/{i}"))
+            .filter(|suffix| {
+                let hash = state.clone().chain_update(suffix.as_bytes()).finalize();
+                usize::from(u16::from_be_bytes([hash[0], hash[1]])) % DIGEST_BUCKETS == target
+            })
+            .take(count)
+            .map(|suffix| format!("{prefix}{suffix}"))
+            .collect();
+        topics.sort();
+        topics
+    }
+
+    /// A round as [`round`], with the listing cut at `budget` and taken up where the last one
+    /// stopped (`next`, kept by the lister for this peer), as [`crate::cluster::peers`] does.
+    fn budget_round(
+        from: &mut Store,
+        to: &mut Store,
+        now: u64,
+        budget: usize,
+        next: &mut Option<(usize, Option<Bytes>)>,
+    ) -> usize {
+        let digest = decode_digest(&encode_digest(&from.digest(), true)).unwrap();
+        let start = next.as_ref().map_or(0, |(bucket, _)| *bucket);
+        let DigestAnswer::List(buckets) = answer(&to.digest(), &digest, start) else {
+            return 0;
+        };
+        let resume = next.as_ref().map(|(b, after)| (*b, after.as_deref()));
+        let listing = listing_frames(&buckets, budget, resume, |bucket, after, max| {
+            to.index.range(bucket, after, None, max)
+        });
+        *next = listing.next;
+        let mut pushed = 0;
+        for frame in listing.frames {
+            let part = decode_part(&frame).unwrap();
+            let ours = from
+                .index
+                .range(part.bucket, part.after.as_deref(), part.upto(), RANGE_MAX);
+            for topic in to_push(&part.entries, &ours) {
+                let held = from.index.get(&topic).unwrap().clone();
+                to.index.apply_for_tests(&topic, held, now);
+                pushed += 1;
+            }
+        }
+        pushed
+    }
+
+    #[test]
+    fn a_bucket_larger_than_the_budget_is_compared_whole_over_rounds() {
+        // 60 topics of 8 KB in one bucket: 480 KB of listing, over 2 budgets.
+        let topics = topics_in_one_bucket(60, 8_000);
+        let now = now_ms();
+        let stores = || {
+            let (mut a, mut b) = (Store::new("a"), Store::new("b"));
+            for topic in &topics {
+                let s = stamped(now - 1000, "a", false);
+                a.index.apply_for_tests(topic.as_bytes(), s.clone(), now);
+                b.index.apply_for_tests(topic.as_bytes(), s, now);
+            }
+            // a updated the bucket's last topic, and one in the middle.
+            for topic in [&topics[59], &topics[40]] {
+                a.index
+                    .apply_for_tests(topic.as_bytes(), stamped(now, "a", false), now);
+            }
+            (a, b)
+        };
+        // Each listing goes on where the last stopped: every entry is compared in turn.
+        let (mut a, mut b) = stores();
+        let mut next = None;
+        let mut rounds = 0;
+        while a.digest() != b.digest() {
+            rounds += 1;
+            assert!(rounds <= 20, "not converged after 20 rounds");
+            budget_round(&mut a, &mut b, now, CONTROL_BACKLOG, &mut next);
+        }
+        assert!(rounds > 1, "cut by the budget: {rounds} round(s)");
+        assert_eq!(a.snapshot(), b.snapshot());
+        // Had every listing started over, the cut would never have been passed.
+        let (mut a, mut b) = stores();
+        for _ in 0..20 {
+            budget_round(&mut a, &mut b, now, CONTROL_BACKLOG, &mut None);
+        }
+        assert_ne!(a.digest(), b.digest());
     }
 }

@@ -277,7 +277,7 @@ mod tests {
             rejoin_secs: 10,
             sync_limit: 0,
             sync_buffer: 16 << 20,
-            sync_version: 3,
+            sync_version: 4,
             probe_period_ms: 1000,
             probe_rtt_ms: 500,
             indirect_probes: 3,
@@ -434,7 +434,14 @@ mod tests {
         }
         .resolve()
         .is_err());
-        for (version, ok) in [(0, false), (1, true), (2, true), (3, true), (4, false)] {
+        for (version, ok) in [
+            (0, false),
+            (1, true),
+            (2, true),
+            (3, true),
+            (4, true),
+            (5, false),
+        ] {
             let resolved = ClusterFlags {
                 sync_version: version,
                 ..base()

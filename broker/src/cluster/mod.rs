@@ -162,6 +162,7 @@ impl Bound {
                     self.members.clone(),
                     self.config.sync_buffer,
                     self.config.sync_version,
+                    self.config.sync_limit,
                     self.started,
                     metrics.clone(),
                 ))

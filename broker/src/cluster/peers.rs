@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::anti_entropy::{
-    self, DigestAnswer, Part, CONTROL_BACKLOG, FRAME_DIGEST, FRAME_LISTING, LISTING_BUDGET,
+    self, DigestAnswer, Part, CONTROL_BACKLOG, FRAME_DIGEST, FRAME_LISTING, LISTING_CREDIT,
     RANGE_MAX,
 };
 use super::interest::{self, RemoteInterest, FRAME_INTEREST};
@@ -40,7 +40,7 @@ use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
     encode_link_record, encode_record, encode_record_with_groups, encode_stamped_record,
     groups_len, record_len, stamped_record_len, version_for, Wakeup, BATCH_BYTES, FRAME_PUBLISH,
-    FRAME_RETAINED, MAX_DATAGRAM_RECORD,
+    FRAME_RETAINED, MAX_DATAGRAM_RECORD, STAMP_VERSION,
 };
 use crate::broker::Broker;
 use crate::codec::QoS;
@@ -80,6 +80,8 @@ pub struct Peers {
     capacity: usize,
     /// The newest sync version this node writes (`-csv`).
     version: u8,
+    /// `-csl`, if set: no repair is larger, as no message forwarded is.
+    limit: Option<usize>,
     /// Links are named by the microseconds since `started` when they were made.
     started: Instant,
     last_link: Mutex<u64>,
@@ -96,6 +98,7 @@ impl Peers {
         members: Arc<Members>,
         capacity: usize,
         version: u8,
+        limit: Option<usize>,
         started: Instant,
         metrics: Arc<Metrics>,
     ) -> Peers {
@@ -109,6 +112,7 @@ impl Peers {
             interest_taken: Notify::new(),
             capacity,
             version,
+            limit,
             started,
             last_link: Mutex::new(0),
             metrics,
@@ -244,8 +248,8 @@ impl Peers {
                         let frames = snapshot_of(&filters);
                         for peer in &new {
                             peer.push_control(&frames, true);
-                            if let Some(digest) = &digest {
-                                peer.push_anti_entropy(FRAME_DIGEST, std::slice::from_ref(digest));
+                            if let Some(digest) = digest.as_ref().filter(|_| peer.stamps) {
+                                peer.push_full_digest(digest);
                             }
                         }
                     }
@@ -287,11 +291,12 @@ impl Peers {
                     out.extend_from_slice(frame)
                 });
             }
-            if let Some(digest) = &digest {
+            if let Some(digest) = digest.as_ref().filter(|_| peer.stamps) {
                 queues.control.push(FRAME_DIGEST, digest.len(), |out| {
                     out.extend_from_slice(digest)
                 });
                 queues.interest.queued(1, Instant::now());
+                peer.listing_credit.store(LISTING_CREDIT, Ordering::Relaxed);
             }
         });
         debug!(peer = %peer.identity.node_id, "control link restarted with a snapshot");
@@ -341,7 +346,7 @@ impl Peers {
         };
         let frame = anti_entropy::encode_digest(&hashes, false);
         let mut wake = false;
-        for peer in self.list().iter().filter(|p| p.has_link) {
+        for peer in self.list().iter().filter(|p| p.stamps) {
             wake |= peer.push_anti_entropy(FRAME_DIGEST, std::slice::from_ref(&frame));
         }
         if wake {
@@ -350,53 +355,84 @@ impl Peers {
     }
 
     /// Answers a digest that `peer` sent: nothing when the stores agree, the full digest when
-    /// only the summaries differ, else a listing of the buckets that differ.
+    /// only the summaries differ, else a listing of the buckets that differ, as much of it as
+    /// the control link has room for (see [`CONTROL_BACKLOG`]), from where the last one to
+    /// the peer stopped.
     pub fn on_digest(&self, peer: &Peer, digest: &anti_entropy::Digest) {
+        if !peer.stamps {
+            return;
+        }
         let Some(broker) = self.broker.get().and_then(Weak::upgrade) else {
             return;
         };
         let Some(ours) = broker.router.retained_digest() else {
             return;
         };
-        if !peer.control_has_room() {
+        let room = peer.control_room();
+        if room == 0 {
             debug!(peer = %peer.identity.node_id, "retained digest not answered: the control link is backlogged");
             return;
         }
-        // Another first bucket each time, so that a budget cut leaves other buckets for later.
-        let start = usize::try_from(crate::router::now_ms() / 7).unwrap_or(0);
-        let (kind, frames) = match anti_entropy::answer(&ours, digest, start) {
+        let resume = peer.listing_next.lock().clone();
+        // Where the last listing stopped, else another first bucket each time.
+        let start = resume.as_ref().map_or_else(
+            || usize::try_from(crate::router::now_ms() / 7).unwrap_or(0),
+            |(bucket, _)| *bucket,
+        );
+        let wake = match anti_entropy::answer(&ours, digest, start) {
             DigestAnswer::Same => return,
             DigestAnswer::SendFull => {
-                (FRAME_DIGEST, vec![anti_entropy::encode_digest(&ours, true)])
+                peer.push_full_digest(&anti_entropy::encode_digest(&ours, true))
             }
             DigestAnswer::List(buckets) => {
                 debug!(peer = %peer.identity.node_id, buckets = buckets.len(),
                        "retained stores differ; listing the buckets");
-                let frames =
-                    anti_entropy::listing_frames(&buckets, LISTING_BUDGET, |bucket, after, max| {
-                        broker.router.retained_stamps(bucket, after, None, max)
-                    });
-                (FRAME_LISTING, frames)
+                let listing = anti_entropy::listing_frames(
+                    &buckets,
+                    room,
+                    resume
+                        .as_ref()
+                        .map(|(bucket, after)| (*bucket, after.as_deref())),
+                    |bucket, after, max| broker.router.retained_stamps(bucket, after, None, max),
+                );
+                *peer.listing_next.lock() = listing.next;
+                peer.push_anti_entropy(FRAME_LISTING, &listing.frames)
             }
         };
-        if peer.push_anti_entropy(kind, &frames) {
+        if wake {
             self.wake_sender();
         }
     }
 
     /// Acts on a part of a listing that `peer` sent: pushes it, on its data link, each entry
     /// of this node's in the part's range that wins over the peer's or that the peer lacks,
-    /// while the link has room (the rest waits for the next round).
+    /// while the link has room (the rest waits for the next round) and the peer's listings
+    /// have credit (see [`LISTING_CREDIT`]).
     pub fn on_listing(&self, peer: &Peer, part: &Part) {
+        if !peer.stamps {
+            return;
+        }
         let Some(broker) = self.broker.get().and_then(Weak::upgrade) else {
             return;
         };
+        // Nothing to push to, nothing to compare: no entry is read.
+        if !peer.repair_room() {
+            return;
+        }
+        let credit = peer.listing_credit.load(Ordering::Relaxed);
+        if credit <= part.entries.len() {
+            debug!(peer = %peer.identity.node_id, "retained listing part beyond its credit skipped");
+            peer.listing_credit.store(0, Ordering::Relaxed);
+            return;
+        }
         let ours = broker.router.retained_stamps(
             part.bucket,
             part.after.as_deref(),
             part.upto(),
-            RANGE_MAX,
+            RANGE_MAX.min(credit - part.entries.len()),
         );
+        peer.listing_credit
+            .store(credit - part.entries.len() - ours.len(), Ordering::Relaxed);
         let now = Instant::now();
         let mut pushed = 0u64;
         for topic in anti_entropy::to_push(&part.entries, &ours) {
@@ -411,12 +447,16 @@ impl Peers {
             if message.is_expired(now) {
                 continue;
             }
-            if !peer.push_repair(&message, &stamp, now, &self.metrics) {
-                debug!(peer = %peer.identity.node_id,
-                       "retained repairs paused: the link is busy; the next round goes on");
-                break;
+            match peer.push_repair(&message, &stamp, self.limit, now, &self.metrics) {
+                Repair::Queued => pushed += 1,
+                // This entry cannot go; the others may.
+                Repair::Skipped => {}
+                Repair::Busy => {
+                    debug!(peer = %peer.identity.node_id,
+                           "retained repairs paused: the link is busy; the next round goes on");
+                    break;
+                }
             }
-            pushed += 1;
         }
         if pushed > 0 {
             self.metrics.cluster.retained_repaired.inc_by(pushed);
@@ -532,6 +572,13 @@ pub struct Peer {
     pub publish_version: u8,
     /// Whether it reads links (sync version 3).
     pub has_link: bool,
+    /// Whether it reads retained anti-entropy (sync version 4): stamped records, repairs,
+    /// digests and listings. A peer of version 3 refuses each.
+    pub stamps: bool,
+    /// Where the next listing to it starts (see [`anti_entropy::Listing::next`]).
+    listing_next: Mutex<Option<(usize, Option<Bytes>)>>,
+    /// Entries this node still compares for its listing parts (see [`LISTING_CREDIT`]).
+    listing_credit: AtomicUsize,
     queues: Mutex<Queues>,
     /// Notified when what the link holds falls to a quarter of its capacity, or the peer goes.
     drained: Notify,
@@ -651,6 +698,9 @@ impl Peer {
             control_lost: AtomicBool::new(false),
             publish_version: version.min(NEWEST_PUBLISH_VERSION),
             has_link: version >= LINK_VERSION,
+            stamps: version >= STAMP_VERSION,
+            listing_next: Mutex::new(None),
+            listing_credit: AtomicUsize::new(0),
             queues: Mutex::new(Queues {
                 outbox: Outbox::new(links[0], capacity),
                 control: Outbox::new(links[1], usize::MAX),
@@ -746,27 +796,55 @@ impl Peer {
         was_idle
     }
 
-    /// Whether the control link takes anti-entropy frames.
-    fn control_has_room(&self) -> bool {
-        self.queues.lock().control.buffered() <= CONTROL_BACKLOG
+    /// Queues this node's full digest on the control link (see [`Peer::push_anti_entropy`]),
+    /// and gives the listing that answers it its credit; says whether the sender must be
+    /// woken.
+    fn push_full_digest(&self, digest: &BytesMut) -> bool {
+        let wake = self.push_anti_entropy(FRAME_DIGEST, std::slice::from_ref(digest));
+        self.listing_credit.store(LISTING_CREDIT, Ordering::Relaxed);
+        wake
+    }
+
+    /// The anti-entropy bytes the control link takes now: what it holds unacknowledged below
+    /// [`CONTROL_BACKLOG`].
+    fn control_room(&self) -> usize {
+        CONTROL_BACKLOG.saturating_sub(self.queues.lock().control.buffered())
+    }
+
+    /// Whether the data link takes repairs: it holds at most a quarter of its capacity.
+    fn repair_room(&self) -> bool {
+        let queues = self.queues.lock();
+        !self.gone.load(Ordering::Relaxed)
+            && queues.outbox.buffered() <= queues.outbox.capacity() / 4
     }
 
     /// Queues a retained entry (a tombstone when its payload is empty) with its stamp on the
     /// data link, for the peer's store only, while the link holds less than a quarter of its
-    /// capacity (so that repairs never hold live messages back); says whether it was queued.
+    /// capacity (so that repairs never hold live messages back). An entry that no link frame
+    /// may carry (over `limit`, this node's `-csl`, or with properties over 64 KiB, as
+    /// [`super::sync::Forwarder::forward`] checks), or too large for the link's capacity, is
+    /// skipped: its receiver would refuse it, and it would be sent again every round.
     fn push_repair(
         &self,
         message: &Message,
         stamp: &Stamp,
+        limit: Option<usize>,
         now: Instant,
         metrics: &Metrics,
-    ) -> bool {
+    ) -> Repair {
+        if message.properties.len() > usize::from(u16::MAX)
+            || limit.is_some_and(|limit| record_len(message, 2) > limit)
+        {
+            debug!(peer = %self.identity.node_id, topic_len = message.topic.len(),
+                   "retained repair over -csl or with over 64 KiB of properties skipped");
+            return Repair::Skipped;
+        }
         let mut queues = self.queues.lock();
         if self.gone.load(Ordering::Relaxed)
-            || !self.has_link
+            || !self.stamps
             || queues.outbox.buffered() > queues.outbox.capacity() / 4
         {
-            return false;
+            return Repair::Busy;
         }
         let len = stamped_record_len(message, Some(stamp));
         let before = queues.outbox.buffered();
@@ -776,7 +854,12 @@ impl Peer {
         let grown = queues.outbox.buffered() - before;
         drop(queues);
         metrics.cluster.buffered_bytes.inc_by(grown as i64);
-        pushed != Pushed::Full
+        if pushed == Pushed::Full {
+            // The link held at most a quarter of its capacity: the entry is the problem.
+            debug!(peer = %self.identity.node_id, len, "retained repair larger than the link (-csb) skipped");
+            return Repair::Skipped;
+        }
+        Repair::Queued
     }
 
     /// Whether the control link must start over (see [`Peers::restart_control`]).
@@ -809,6 +892,9 @@ impl Peer {
         // flood across nodes delivered 1 % of the single-node rate). A retained message must
         // reach the peer's store in any case.
         if self.has_link {
+            // A peer of version 3 gets retained messages without their stamps, which it would
+            // refuse.
+            let stamp = stamp.filter(|_| self.stamps);
             let len = stamped_record_len(message, stamp) + groups_len(groups);
             // QoS 0 takes at most three quarters of the link's buffer: the rest stays for QoS 1
             // and 2 and retained writes, whose publishers were told they are delivered, against
@@ -1033,6 +1119,16 @@ impl Peer {
     }
 }
 
+/// What [`Peer::push_repair`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    Queued,
+    /// Not queued, nor anything more this round: the link is busy (or gone).
+    Busy,
+    /// Not queued: this entry cannot go (see [`Peer::push_repair`]); others may.
+    Skipped,
+}
+
 /// What [`Peer::push`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PushOutcome {
@@ -1114,7 +1210,7 @@ mod tests {
     }
 
     fn peers_of(others: &[(&str, u8)], capacity: usize) -> (Arc<Members>, Peers) {
-        let members = Arc::new(Members::new(identity("local", 3), false));
+        let members = Arc::new(Members::new(identity("local", 4), false));
         members.set_others_for_tests(
             others
                 .iter()
@@ -1127,7 +1223,8 @@ mod tests {
         let peers = Peers::new(
             members.clone(),
             capacity,
-            3,
+            4,
+            None,
             Instant::now(),
             Arc::new(Metrics::new()),
         );
@@ -1293,5 +1390,118 @@ mod tests {
         );
         assert_eq!(metrics.cluster.buffered_bytes.get(), 0);
         assert!(!peer.push(&full, None, &[], now, &metrics).queued, "gone");
+    }
+
+    /// The frames (kind, body) of the data link segments `peer` has to send.
+    fn data_frames(peer: &Peer, now: Instant) -> Vec<(u8, Vec<u8>)> {
+        let stream: Vec<u8> = peer
+            .take_transmits(now, usize::MAX)
+            .segments
+            .iter()
+            .flat_map(|(_, bytes)| bytes.to_vec())
+            .collect();
+        let mut frames = Vec::new();
+        let mut rest = &stream[..];
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if rest.len() < 4 + len {
+                break;
+            }
+            frames.push((rest[4], rest[5..4 + len].to_vec()));
+            rest = &rest[4 + len..];
+        }
+        frames
+    }
+
+    #[test]
+    fn a_peer_of_version_3_gets_retained_messages_unstamped_and_no_repairs() {
+        use crate::cluster::sync::decode_frame_record;
+        let (_members, peers) = peers_of(&[("new", 4), ("old", 3)], 1 << 20);
+        let list = peers.list();
+        let (new, old) = (list[0].clone(), list[1].clone());
+        assert!(new.stamps && old.has_link && !old.stamps);
+        let now = Instant::now();
+        let metrics = Metrics::new();
+        let stamp = Stamp {
+            ms: 1_700_000_000_000,
+            count: 0,
+            node: Bytes::from_static(b"local"),
+        };
+        let retained = message("r/t", 3, QoS::AtLeastOnce, true);
+        for peer in [&new, &old] {
+            assert!(
+                peer.push(&retained, Some(&stamp), &[], now, &metrics)
+                    .queued
+            );
+        }
+        let frames = data_frames(&old, now);
+        assert_eq!(frames.len(), 1);
+        // As a node of version 3 reads it: no stamp.
+        let (got, got_stamp) = decode_frame_record(&frames[0].1, false, now).expect("readable");
+        assert!(got.retain && got_stamp.is_none());
+        let frames = data_frames(&new, now);
+        assert!(decode_frame_record(&frames[0].1, false, now).is_none());
+        assert_eq!(
+            decode_frame_record(&frames[0].1, true, now).map(|(_, s)| s),
+            Some(Some(stamp.clone()))
+        );
+        // No repair goes to it.
+        assert_eq!(
+            old.push_repair(&retained, &stamp, None, now, &metrics),
+            Repair::Busy
+        );
+        assert!(data_frames(&old, now).is_empty());
+    }
+
+    #[test]
+    fn repairs_no_link_frame_may_carry_are_skipped_and_the_next_ones_go() {
+        let capacity = 64 << 10;
+        let (_members, peers) = peers_of(&[("new", 4)], capacity);
+        let peer = peers.list()[0].clone();
+        let now = Instant::now();
+        let metrics = Metrics::new();
+        let stamp = Stamp {
+            ms: 1_700_000_000_000,
+            count: 0,
+            node: Bytes::from_static(b"local"),
+        };
+        let small = message("r/t", 10, QoS::AtMostOnce, true);
+        let mut big_properties = message("r/p", 10, QoS::AtMostOnce, true);
+        big_properties.properties = Bytes::from(vec![0; usize::from(u16::MAX) + 1]);
+        assert_eq!(
+            peer.push_repair(&big_properties, &stamp, None, now, &metrics),
+            Repair::Skipped,
+            "its properties' length would be cut to 16 bits"
+        );
+        let over_limit = message("r/l", 2_000, QoS::AtMostOnce, true);
+        assert_eq!(
+            peer.push_repair(&over_limit, &stamp, Some(1_000), now, &metrics),
+            Repair::Skipped,
+            "over -csl"
+        );
+        assert_eq!(
+            peer.push_repair(&small, &stamp, Some(1_000), now, &metrics),
+            Repair::Queued
+        );
+        let larger_than_the_link = message("r/big", capacity, QoS::AtMostOnce, true);
+        assert_eq!(
+            peer.push_repair(&larger_than_the_link, &stamp, None, now, &metrics),
+            Repair::Skipped,
+            "the link cannot take it, whatever it holds"
+        );
+        // Past a quarter of the link's capacity: busy, nothing more this round.
+        let quarter = message("r/q", capacity / 4, QoS::AtMostOnce, true);
+        assert_eq!(
+            peer.push_repair(&quarter, &stamp, None, now, &metrics),
+            Repair::Queued
+        );
+        assert_eq!(
+            peer.push_repair(&small, &stamp, None, now, &metrics),
+            Repair::Busy
+        );
+        assert_eq!(peer.queues.lock().outbox.pending_frames(), 2);
+        assert!(data_frames(&peer, now)
+            .iter()
+            .all(|(kind, _)| *kind == FRAME_RETAINED));
     }
 }

@@ -557,11 +557,12 @@ struct Args {
     )]
     sync_buffer: usize,
 
-    /// Cluster: newest sync (forwarding) version this node writes and reads, 1 to 3; 2 plays a
-    /// node of a release before acknowledged forwarding (every message best effort), 1 one
-    /// before MQTT 5 (messages cross without their MQTT 5 properties)
-    #[arg(long = "csv", env = "COOLPY7_CSV", value_name = "N", default_value_t = 3,
-          value_parser = clap::value_parser!(u8).range(1..=3))]
+    /// Cluster: newest sync (forwarding) version this node writes and reads, 1 to 4; 3 plays a
+    /// node of a release before retained anti-entropy (retained messages without stamps), 2
+    /// one before acknowledged forwarding (every message best effort), 1 one before MQTT 5
+    /// (messages cross without their MQTT 5 properties)
+    #[arg(long = "csv", env = "COOLPY7_CSV", value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(1..=4))]
     sync_version: u8,
 
     /// Cluster: where a shared subscription group's messages go: local (a member on the
@@ -1361,13 +1362,13 @@ mod tests {
             let args: Vec<&str> = cluster.iter().chain(extra).copied().collect();
             ok(&args).cluster.expect("cluster mode").sync_version
         };
-        assert_eq!(version(&[]), 3, "default");
+        assert_eq!(version(&[]), 4, "default");
         for form in all_forms("csv", "1") {
             let form: Vec<&str> = form.iter().map(String::as_str).collect();
             assert_eq!(version(&form), 1, "{form:?}");
         }
         assert_eq!(version(&["-csv=1", "-csv=2"]), 2, "the last one wins");
-        for bad in ["0", "4", "x", "", "-1", "256"] {
+        for bad in ["0", "5", "x", "", "-1", "256"] {
             let flag = format!("-csv={bad}");
             let args: Vec<&str> = cluster.iter().copied().chain([flag.as_str()]).collect();
             let error = err(&args);
@@ -1378,7 +1379,7 @@ mod tests {
         std::env::set_var("COOLPY7_CSV", "1");
         let from_env = parse(&cluster);
         let cli_wins = parse(&[&cluster[..], &["-csv", "2"]].concat());
-        std::env::set_var("COOLPY7_CSV", "4");
+        std::env::set_var("COOLPY7_CSV", "5");
         let bad_env = parse(&cluster);
         std::env::remove_var("COOLPY7_CSV");
         let sync_version = |parsed: Result<Config, clap::Error>| {
@@ -1387,7 +1388,7 @@ mod tests {
         assert_eq!(sync_version(from_env).ok(), Some(Some(1)));
         assert_eq!(sync_version(cli_wins).ok(), Some(Some(2)));
         match bad_env {
-            Ok(config) => panic!("COOLPY7_CSV=4 accepted: {config:?}"),
+            Ok(config) => panic!("COOLPY7_CSV=5 accepted: {config:?}"),
             Err(error) => {
                 assert_eq!(error.exit_code(), 2);
                 assert!(error.to_string().contains("--csv"), "{error}");

@@ -421,7 +421,9 @@ impl Router {
         if message.retain {
             match stamp {
                 Some(stamp) => {
-                    self.store_retained(&message, stamp);
+                    if !self.store_retained(&message, stamp) {
+                        self.metrics.cluster.retained_stale.inc();
+                    }
                 }
                 None => {
                     self.retain(&message);
@@ -1012,6 +1014,7 @@ mod tests {
     fn stamp(ms: u64, node: &'static str) -> Stamp {
         Stamp {
             ms,
+            count: 0,
             node: Bytes::from_static(node.as_bytes()),
         }
     }
@@ -1043,7 +1046,14 @@ mod tests {
             .publish(retained_message("s/b", "mine"))
             .stamp
             .unwrap();
-        assert_eq!(mine, stamp(future + 1, "me"));
+        assert_eq!(
+            mine,
+            Stamp {
+                count: 1,
+                ..stamp(future, "me")
+            },
+            "the peer's millisecond, one write later"
+        );
         assert_eq!(&router.retained("s/b")[0].payload[..], b"mine");
         // A stamp too far ahead of this node's clock is not stored.
         let too_far = stamp(now_ms() + 2 * MAX_STAMP_AHEAD_MS, "zz");
@@ -1052,12 +1062,18 @@ mod tests {
         // An older write from a peer is delivered, not stored.
         let sub = mailbox(1);
         subscribe(&router, &sub, "s/#", QoS::AtMostOnce);
+        let stale = router.metrics.cluster.retained_stale.get();
         let routed = router.publish_from_peer(
             retained_message("s/b", "old"),
             Some(stamp(5, "x")),
             Groups::All,
         );
         assert_eq!(routed.deliveries, 1);
+        assert_eq!(
+            router.metrics.cluster.retained_stale.get(),
+            stale + 1,
+            "counted as stale"
+        );
         assert_eq!(&router.retained("s/b")[0].payload[..], b"mine");
         // A later one is stored; a clear leaves a tombstone that an older write cannot undo.
         router.publish_from_peer(
@@ -1068,7 +1084,7 @@ mod tests {
         assert_eq!(&router.retained("s/b")[0].payload[..], b"new");
         let clear = retained_message("s/b", "");
         let cleared = router.publish(clear).stamp.unwrap();
-        assert_eq!(cleared.ms, future + 3);
+        assert_eq!((cleared.ms, cleared.count), (future + 2, 1));
         assert!(router.retained("s/b").is_empty());
         assert_eq!(router.tombstones(), 1);
         assert!(!router.store_retained(&retained_message("s/b", "zombie"), stamp(future + 2, "z")));

@@ -345,14 +345,40 @@ pub const MAX_STAMP_AHEAD_MS: u64 = 10 * 60 * 1000;
 /// clears cannot grow the store without bound.
 pub const MAX_TOMBSTONES: usize = 100_000;
 
-/// Who wrote a topic's retained message (or cleared it), and when: the wall clock of the node
-/// that took the PUBLISH, in milliseconds since the Unix epoch, and that node's id. Stamps are
-/// ordered by time, then by node id bytes (the derived order: fields in this order), so
-/// every node picks the same last writer.
+/// Bytes of topics the tombstones hold at most: beyond it too the oldest go first (a topic
+/// may be 64 KiB, so the count alone would let them hold 6 GiB).
+pub const MAX_TOMBSTONE_BYTES: usize = 16 << 20;
+
+/// Who wrote a topic's retained message (or cleared it), and when: a hybrid logical clock of
+/// the node that took the PUBLISH (the wall clock in milliseconds since the Unix epoch, and a
+/// count of the writes to the topic within that millisecond), and that node's id. Stamps are
+/// ordered by time, then count, then node id bytes (the derived order: fields in this order),
+/// so every node picks the same last writer.
+///
+/// A write to a topic whose stamp is at or ahead of the clock keeps that millisecond and counts
+/// one more: however often a topic is written, its stamps never run ahead of the latest clock
+/// that stamped it (with a millisecond only, 2,000 writes a second ran a second ahead every
+/// second, until the peers refused them as [`MAX_STAMP_AHEAD_MS`] in the future).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Stamp {
     pub ms: u64,
+    pub count: u32,
     pub node: Bytes,
+}
+
+impl Stamp {
+    /// The stamp of a write by `node` at `now_ms` to a topic stamped `held` (if it has one):
+    /// later than `held`, and at `now_ms` unless `held` is at or ahead of it.
+    pub fn next(held: Option<&Stamp>, now_ms: u64, node: Bytes) -> Stamp {
+        let (ms, count) = match held {
+            Some(held) if held.ms >= now_ms => match held.count.checked_add(1) {
+                Some(count) => (held.ms, count),
+                None => (held.ms.saturating_add(1), 0),
+            },
+            _ => (now_ms, 0),
+        };
+        Stamp { ms, count, node }
+    }
 }
 
 /// A topic's stamp, and whether the topic was cleared (a tombstone) rather than holds a
@@ -388,14 +414,15 @@ pub fn bucket_of(topic: &[u8]) -> usize {
 }
 
 /// What one topic adds to its bucket's hash (by XOR): the first 8 bytes of the SHA-256 of
-/// `[topic length u16][topic][stamp ms u64][node length u8][node][cleared u8]`. A stable hash,
-/// not a keyed one: nodes compare the results.
+/// `[topic length u16][topic][stamp ms u64][count u32][node length u8][node][cleared u8]`. A
+/// stable hash, not a keyed one: nodes compare the results.
 pub fn entry_hash(topic: &[u8], stamped: &Stamped) -> u64 {
     let node = &stamped.stamp.node[..stamped.stamp.node.len().min(usize::from(u8::MAX))];
     let mut hasher = Sha256::new();
     hasher.update((topic.len() as u16).to_be_bytes());
     hasher.update(topic);
     hasher.update(stamped.stamp.ms.to_be_bytes());
+    hasher.update(stamped.stamp.count.to_be_bytes());
     hasher.update([node.len() as u8]);
     hasher.update(node);
     hasher.update([u8::from(stamped.cleared)]);
@@ -415,6 +442,8 @@ pub struct StampIndex {
     hashes: Vec<u64>,
     /// `(stamp ms, topic)` of every tombstone, oldest first.
     tombstones: BTreeSet<(u64, Bytes)>,
+    /// Bytes of the tombstones' topics.
+    tombstone_bytes: usize,
 }
 
 impl StampIndex {
@@ -424,6 +453,7 @@ impl StampIndex {
             buckets: vec![BTreeMap::new(); DIGEST_BUCKETS],
             hashes: vec![0; DIGEST_BUCKETS],
             tombstones: BTreeSet::new(),
+            tombstone_bytes: 0,
         }
     }
 
@@ -441,8 +471,8 @@ impl StampIndex {
                     .get_key_value(topic)
                     .map_or_else(|| Bytes::copy_from_slice(topic), |(key, _)| key.clone());
                 self.hashes[bucket] ^= entry_hash(topic, stamped);
-                if stamped.cleared {
-                    self.tombstones.insert((stamped.stamp.ms, key.clone()));
+                if stamped.cleared && self.tombstones.insert((stamped.stamp.ms, key.clone())) {
+                    self.tombstone_bytes += key.len();
                 }
                 self.buckets[bucket].insert(key, stamped.clone())
             }
@@ -453,19 +483,31 @@ impl StampIndex {
             let same_tombstone = new
                 .as_ref()
                 .is_some_and(|new| new.cleared && new.stamp.ms == old.stamp.ms);
-            if old.cleared && !same_tombstone {
-                self.tombstones
-                    .remove(&(old.stamp.ms, Bytes::copy_from_slice(topic)));
+            if old.cleared
+                && !same_tombstone
+                && self
+                    .tombstones
+                    .remove(&(old.stamp.ms, Bytes::copy_from_slice(topic)))
+            {
+                self.tombstone_bytes -= topic.len();
             }
         }
-        while self.tombstones.len() > MAX_TOMBSTONES {
-            let Some((_, topic)) = self.tombstones.pop_first() else {
+        while self.tombstones.len() > MAX_TOMBSTONES || self.tombstone_bytes > MAX_TOMBSTONE_BYTES {
+            if self.drop_oldest_tombstone().is_none() {
                 break;
-            };
-            if let Some(old) = self.buckets[bucket_of(&topic)].remove(&topic) {
-                self.hashes[bucket_of(&topic)] ^= entry_hash(&topic, &old);
             }
         }
+    }
+
+    /// Drops the oldest tombstone; returns its stamp's ms.
+    fn drop_oldest_tombstone(&mut self) -> Option<u64> {
+        let (ms, topic) = self.tombstones.pop_first()?;
+        self.tombstone_bytes -= topic.len();
+        let bucket = bucket_of(&topic);
+        if let Some(old) = self.buckets[bucket].remove(&topic) {
+            self.hashes[bucket] ^= entry_hash(&topic, &old);
+        }
+        Some(ms)
     }
 
     /// Stamps a write of this node to `topic` (`cleared`: an empty retained message) after
@@ -474,13 +516,11 @@ impl StampIndex {
         if topic.first() == Some(&b'$') {
             return None;
         }
-        let after = self
-            .get(topic)
-            .map_or(0, |held| held.stamp.ms.saturating_add(1));
-        let stamp = Stamp {
-            ms: now_ms.max(after),
-            node: self.local.clone(),
-        };
+        let stamp = Stamp::next(
+            self.get(topic).map(|held| &held.stamp),
+            now_ms,
+            self.local.clone(),
+        );
         self.put(
             topic,
             Some(Stamped {
@@ -530,12 +570,8 @@ impl StampIndex {
                 .first()
                 .is_some_and(|(ms, _)| ms.saturating_add(TOMBSTONE_LIFETIME_MS) <= now_ms)
         {
-            let Some((_, topic)) = self.tombstones.pop_first() else {
+            if self.drop_oldest_tombstone().is_none() {
                 break;
-            };
-            let bucket = bucket_of(&topic);
-            if let Some(old) = self.buckets[bucket].remove(&topic) {
-                self.hashes[bucket] ^= entry_hash(&topic, &old);
             }
             dropped += 1;
         }
@@ -578,6 +614,11 @@ impl StampIndex {
     pub fn tombstones(&self) -> usize {
         self.tombstones.len()
     }
+
+    /// Bytes of the tombstones' topics.
+    pub fn tombstone_bytes(&self) -> usize {
+        self.tombstone_bytes
+    }
 }
 
 #[cfg(test)]
@@ -590,5 +631,159 @@ impl StampIndex {
     /// [`StampIndex::stamp_local`] of a message.
     pub fn stamp_local_for_tests(&mut self, topic: &[u8], now_ms: u64) -> Option<Stamp> {
         self.stamp_local(topic, false, now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+    use std::time::Duration;
+
+    #[test]
+    fn stamps_of_frequent_writes_keep_to_the_clock() {
+        let mut index = StampIndex::new(Bytes::from_static(b"me"));
+        let now = now_ms();
+        let mut last: Option<Stamp> = None;
+        // 20,000 writes to one topic within one millisecond of the clock.
+        for _ in 0..20_000 {
+            let stamp = index.stamp_local_for_tests(b"hot", now).unwrap();
+            assert_eq!(stamp.ms, now, "never ahead of the clock");
+            assert!(last.as_ref().is_none_or(|last| stamp > *last));
+            last = Some(stamp);
+        }
+        assert_eq!(last.map(|s| s.count), Some(19_999));
+        // The clock moves on: so do the stamps, from a count of 0.
+        let later = index.stamp_local_for_tests(b"hot", now + 1).unwrap();
+        assert_eq!((later.ms, later.count), (now + 1, 0));
+        // A count that would overflow moves to the next millisecond.
+        let full = Stamp {
+            ms: now,
+            count: u32::MAX,
+            node: Bytes::from_static(b"z"),
+        };
+        let next = Stamp::next(Some(&full), now, Bytes::from_static(b"a"));
+        assert_eq!((next.ms, next.count), (now + 1, 0));
+        assert!(next > full);
+    }
+
+    #[test]
+    fn tombstones_are_bounded_in_bytes_too() {
+        let mut index = StampIndex::new(Bytes::from_static(b"me"));
+        let now = now_ms();
+        let long = "t".repeat(60_000);
+        let count = MAX_TOMBSTONE_BYTES / 60_000 + 20;
+        for i in 0..count {
+            let topic = format!("{long}/{i}");
+            let stamp = Stamp {
+                ms: now + i as u64,
+                count: 0,
+                node: Bytes::from_static(b"n"),
+            };
+            assert!(index.apply(topic.as_bytes(), stamp, true, now));
+            assert!(index.tombstone_bytes() <= MAX_TOMBSTONE_BYTES);
+        }
+        assert!(index.tombstones() < count);
+        assert_eq!(
+            index.get(format!("{long}/0").as_bytes()),
+            None,
+            "the oldest went first"
+        );
+        assert!(index
+            .get(format!("{long}/{}", count - 1).as_bytes())
+            .is_some());
+        let held: usize = (0..DIGEST_BUCKETS)
+            .flat_map(|b| index.range(b, None, None, usize::MAX))
+            .map(|(topic, _)| topic.len())
+            .sum();
+        assert_eq!(held, index.tombstone_bytes());
+    }
+
+    /// Small deterministic generator (xorshift).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// The store's stamps, digest, tombstones and messages agree with each other.
+    fn check(store: &RetainedStore) {
+        let stamps = store.stamps.as_ref().unwrap();
+        let mut tombstones = BTreeSet::new();
+        let mut bytes = 0;
+        for (bucket, entries) in stamps.buckets.iter().enumerate() {
+            let mut hash = 0;
+            for (topic, stamped) in entries {
+                assert_eq!(bucket_of(topic), bucket);
+                hash ^= entry_hash(topic, stamped);
+                let path: Vec<&[u8]> = topic::levels(topic).collect();
+                assert_eq!(
+                    store.root.get(&path).is_none(),
+                    stamped.cleared,
+                    "{topic:?}"
+                );
+                if stamped.cleared {
+                    tombstones.insert((stamped.stamp.ms, topic.clone()));
+                    bytes += topic.len();
+                }
+            }
+            assert_eq!(hash, stamps.hashes[bucket], "bucket {bucket}");
+        }
+        assert_eq!(tombstones, stamps.tombstones);
+        assert_eq!(bytes, stamps.tombstone_bytes);
+        let mut all = Vec::new();
+        store.root.collect(&[&b"#"[..]], true, &mut all);
+        for message in all {
+            assert!(stamps.get(&message.topic).is_some_and(|s| !s.cleared));
+        }
+    }
+
+    #[test]
+    fn the_digest_keeps_in_step_with_the_store_under_random_writes() {
+        let mut store = RetainedStore {
+            stamps: Some(StampIndex::new(Bytes::from_static(b"me"))),
+            ..RetainedStore::default()
+        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (base_ms, base) = (now_ms(), Instant::now());
+        let nodes = [&b"a"[..], b"me", b"z"];
+        for step in 0..20_000u64 {
+            let topic = Bytes::from(format!("t/{}", rng.below(40)));
+            // A simulated wall clock, 1 s a step.
+            let now = base_ms + step * 1000;
+            let mut message = Message::new(
+                topic.clone(),
+                Bytes::from_static(b"p"),
+                QoS::AtMostOnce,
+                true,
+            );
+            if rng.below(4) == 0 {
+                message.expires_at = Some(base + Duration::from_secs(step + rng.below(5)));
+            }
+            let message = (rng.below(3) != 0).then(|| Arc::new(message));
+            match rng.below(4) {
+                0 => {
+                    store.set_local(&topic, message, now);
+                }
+                1 | 2 => {
+                    let stamp = Stamp {
+                        ms: now.saturating_sub(rng.below(3_000_000)) + rng.below(2000),
+                        count: rng.below(3) as u32,
+                        node: Bytes::from_static(nodes[rng.below(3) as usize]),
+                    };
+                    store.set_stamped(&topic, message, stamp, now);
+                }
+                _ => {
+                    store.expire(base + Duration::from_secs(step), 3);
+                    store.stamps.as_mut().unwrap().sweep(now, 2);
+                }
+            }
+            check(&store);
+        }
     }
 }

@@ -23,7 +23,9 @@
 //! frames in a link's stream: [length of kind and body: u32][kind: u8][body]; on the data
 //!     link kind 1 holds one version 2 record, kind 2 a stamped retained record for the
 //!     receiver's store only (a repair); on the control link kind 1 interest changes, kinds 2
-//!     and 3 retained digests and listings (see [`super::anti_entropy`])
+//!     and 3 retained digests and listings (see [`super::anti_entropy`]); stamps, repairs,
+//!     digests and listings only to a peer that reads version 4 (the datagrams stay those of
+//!     version 3)
 //! record, version 1: [flags: u8 (bits 0-1 QoS, bit 2 retain)][topic length: u16][topic]
 //!                    [payload length: u32][payload]
 //! record, version 2: [flags: u8 (bits 0-1 QoS, bit 2 retain, bit 3 expiry, bit 4 properties,
@@ -32,7 +34,8 @@
 //!                    [topic length: u16][topic]
 //!                    [only with bit 3: seconds of Message Expiry left when sent: u32]
 //!                    [only with bit 4: properties length: u16 (never 0)][properties]
-//!                    [only with bit 5: stamp ms: u64][node length: u8 (never 0)][node]
+//!                    [only with bit 5: stamp ms: u64][stamp count: u32]
+//!                    [node length: u8 (never 0)][node]
 //!                    [only with bit 6: group count: u8 (never 0), then per group:
 //!                     [name length: u16][name][filter length: u16][filter]]
 //!                    [payload length: u32][payload]

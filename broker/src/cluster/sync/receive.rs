@@ -33,8 +33,10 @@ const RECEIVE_BURST: usize = 64;
 /// The longest the receiver's thread sleeps without looking at its orders.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
-/// Bytes a link frame may hold beyond the PUBLISH packet its record stands for.
-const FRAME_SLACK: usize = 64;
+/// Bytes a link frame may hold beyond the PUBLISH packet its record stands for: a record's
+/// own framing (a few bytes more than a PUBLISH's in the worst case) and the largest stamp
+/// (a node id may be 255 bytes on the wire, though ours are at most 64).
+pub(super) const FRAME_SLACK: usize = 64 + MAX_STAMP_LEN;
 
 /// The largest control link frame: a snapshot frame's filters and one filter more.
 const CONTROL_MAX_FRAME: usize = interest::FRAME_BYTES + 2 * (3 + 65_535);
@@ -528,6 +530,7 @@ fn take_frames_of(
     let cluster = &receiver.broker.metrics.cluster;
     let now = Instant::now();
     let origin = String::from_utf8_lossy(&key.origin);
+    let stamps = receiver.version >= STAMP_VERSION;
     // An interest frame that could not be taken leaves the peer's interest unknown (it gets
     // every message) rather than wrong.
     let interest_lost = || {
@@ -554,8 +557,12 @@ fn take_frames_of(
                     }
                 }
             }
+            // Anti-entropy frames are for a node that reads version 4; one of version 3 (or
+            // playing it) skips them as that release did.
             Next::Frame(frame)
-                if key.control && (frame.kind == FRAME_DIGEST || frame.kind == FRAME_LISTING) =>
+                if key.control
+                    && stamps
+                    && (frame.kind == FRAME_DIGEST || frame.kind == FRAME_LISTING) =>
             {
                 // Answered on this node's own links to the peer, when it still forwards to
                 // that boot of it.
@@ -585,7 +592,8 @@ fn take_frames_of(
             }
             Next::Frame(frame) if !key.control && frame.kind == FRAME_PUBLISH => {
                 // A record naming a malformed list of groups is malformed: dropped, counted.
-                let Some((message, stamp, groups)) = decode_publish_frame(&frame.body, now) else {
+                let Some((message, stamp, groups)) = decode_publish_frame(&frame.body, stamps, now)
+                else {
                     cluster
                         .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                         .inc();
@@ -597,9 +605,10 @@ fn take_frames_of(
                     return congested;
                 }
             }
-            Next::Frame(frame) if !key.control && frame.kind == FRAME_RETAINED => {
+            Next::Frame(frame) if !key.control && stamps && frame.kind == FRAME_RETAINED => {
                 // A repair: for the retained store only, never delivered.
-                let Some((message, Some(stamp))) = decode_frame_record(&frame.body, now) else {
+                let Some((message, Some(stamp))) = decode_frame_record(&frame.body, stamps, now)
+                else {
                     cluster
                         .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                         .inc();

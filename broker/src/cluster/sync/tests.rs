@@ -121,6 +121,7 @@ fn stamped_records_round_trip_on_links_only_and_only_when_retained() {
     let now = Instant::now();
     let stamp = crate::router::Stamp {
         ms: 1_700_000_000_000,
+        count: 7,
         node: Bytes::from_static(b"n2"),
     };
     let retained = message("r/t", b"on", QoS::AtMostOnce, true);
@@ -128,7 +129,7 @@ fn stamped_records_round_trip_on_links_only_and_only_when_retained() {
     encode_stamped_record(&mut frame, &retained, Some(&stamp), now);
     assert_eq!(frame.len(), stamped_record_len(&retained, Some(&stamp)));
     assert_eq!(frame[0] & FLAG_STAMP, FLAG_STAMP);
-    let (got, got_stamp) = decode_frame_record(&frame, now).unwrap();
+    let (got, got_stamp) = decode_frame_record(&frame, true, now).unwrap();
     assert_eq!(
         (got.topic, got.payload),
         (retained.topic.clone(), retained.payload.clone())
@@ -136,7 +137,7 @@ fn stamped_records_round_trip_on_links_only_and_only_when_retained() {
     assert_eq!(got_stamp, Some(stamp.clone()));
     for cut in 0..frame.len() {
         assert!(
-            decode_frame_record(&frame[..cut], now).is_none(),
+            decode_frame_record(&frame[..cut], true, now).is_none(),
             "cut at {cut}"
         );
     }
@@ -150,12 +151,12 @@ fn stamped_records_round_trip_on_links_only_and_only_when_retained() {
     // A stamp on a record that is not retained, or of an empty node id, is malformed.
     let mut forged = frame.clone();
     forged[0] &= !0b100;
-    assert!(decode_frame_record(&forged, now).is_none());
-    let empty_node = 1 + 2 + 3 + 8;
+    assert!(decode_frame_record(&forged, true, now).is_none());
+    let empty_node = 1 + 2 + 3 + 8 + 4;
     let mut forged = frame.clone();
     forged[empty_node] = 0;
     forged.drain(empty_node + 1..empty_node + 3);
-    assert!(decode_frame_record(&forged, now).is_none());
+    assert!(decode_frame_record(&forged, true, now).is_none());
     // Best-effort batches carry no stamps.
     let origin = origin_of("n1", 1, 1);
     let mut batch = Vec::new();
@@ -504,6 +505,7 @@ async fn the_sender_writes_each_peer_its_version() {
         members,
         1 << 20,
         2,
+        None,
         Instant::now(),
         metrics.clone(),
     ));
@@ -693,12 +695,12 @@ fn records_name_the_shared_groups_their_receiver_serves_and_bad_lists_are_malfor
         stamped_record_len(&live, None) + groups_len(&groups)
     );
     assert_eq!(frame[0] & FLAG_GROUPS, FLAG_GROUPS);
-    let (got, _, got_groups) = decode_publish_frame(&frame, now).unwrap();
+    let (got, _, got_groups) = decode_publish_frame(&frame, true, now).unwrap();
     assert_eq!(got.payload, live.payload);
     assert_eq!(got_groups, groups);
     for cut in 0..frame.len() {
         assert!(
-            decode_publish_frame(&frame[..cut], now).is_none(),
+            decode_publish_frame(&frame[..cut], true, now).is_none(),
             "cut at {cut}"
         );
     }
@@ -706,7 +708,7 @@ fn records_name_the_shared_groups_their_receiver_serves_and_bad_lists_are_malfor
     let mut plain = Vec::new();
     encode_link_record(&mut plain, &live, None, now, &[]);
     assert_eq!(
-        decode_publish_frame(&plain, now).unwrap().2,
+        decode_publish_frame(&plain, true, now).unwrap().2,
         GroupList::new()
     );
     // Malformed lists: no entry, an invalid name, an invalid filter.
@@ -722,7 +724,7 @@ fn records_name_the_shared_groups_their_receiver_serves_and_bad_lists_are_malfor
         bad[0] |= FLAG_GROUPS;
         bad.extend_from_slice(list);
         bad.extend_from_slice(&plain[groups_at..]);
-        assert!(decode_publish_frame(&bad, now).is_none(), "{what}");
+        assert!(decode_publish_frame(&bad, true, now).is_none(), "{what}");
     }
     // In best-effort batches: version 3 only.
     let origin = origin_of("n1", 1, 3);
@@ -735,6 +737,34 @@ fn records_name_the_shared_groups_their_receiver_serves_and_bad_lists_are_malfor
         assert_eq!(decoded.is_some(), accepted, "version {version}");
         if let Some(decoded) = decoded {
             assert_eq!(decoded.groups, vec![groups.clone()]);
+        }
+    }
+}
+
+#[test]
+fn the_frame_slack_covers_the_largest_stamp() {
+    let now = Instant::now();
+    let stamp = crate::router::Stamp {
+        ms: u64::MAX,
+        count: u32::MAX,
+        node: Bytes::from(vec![b'n'; 255]),
+    };
+    let topic = "t".repeat(65_535);
+    for (topic, payload, qos) in [
+        ("t", 0, QoS::AtMostOnce),
+        ("t/u", 100, QoS::ExactlyOnce),
+        (&topic[..], 1 << 20, QoS::AtMostOnce),
+    ] {
+        let mut retained = message(topic, &vec![0; payload], qos, true);
+        for expiry in [None, Some(now + Duration::from_secs(60))] {
+            retained.expires_at = expiry;
+            // The frame's length field counts its kind byte and its body.
+            let frame = 1 + stamped_record_len(&retained, Some(&stamp));
+            assert!(
+                frame <= publish_packet_len(&retained) + FRAME_SLACK,
+                "{frame} over {} + {FRAME_SLACK}",
+                publish_packet_len(&retained)
+            );
         }
     }
 }

@@ -15,11 +15,19 @@ use crate::router::{Message, Stamp};
 use crate::topic;
 
 /// The sync versions this release knows: version 1 (topic, payload, QoS and retain), version 2
-/// (also the MQTT 5 properties and expiry) and version 3 (links: acknowledged, ordered
-/// streams of records, see [`super::link`]).
+/// (also the MQTT 5 properties and expiry), version 3 (links: acknowledged, ordered streams
+/// of records, see [`super::link`]) and version 4 (retained anti-entropy: stamped records,
+/// repairs, digests and listings on the links, see [`super::super::anti_entropy`]).
 pub const OLDEST_VERSION: u8 = 1;
 
-pub const NEWEST_VERSION: u8 = 3;
+pub const NEWEST_VERSION: u8 = 4;
+
+/// The sync version that brought retained anti-entropy. Its datagrams are those of version 3
+/// (link segments and acknowledgements say version 3); what changed is in the links' streams,
+/// which only a peer that reads version 4 is sent: records with stamps (flag bit 5), repairs
+/// (data link frames of kind 2), digests and listings (control link frames of kinds 2 and 3).
+/// A node of version 3 refuses each of them, so a rolling upgrade needs the peer to say.
+pub const STAMP_VERSION: u8 = 4;
 
 pub(super) const KIND_PUBLISH: u8 = 1;
 
@@ -139,10 +147,16 @@ fn put_node(out: &mut Vec<u8>, node_id: &str, boot_ms: u64) {
     out.put_u64(boot_ms);
 }
 
+/// A record's stamp besides its node id: ms u64, count u32, node length u8.
+pub const STAMP_FIXED_LEN: usize = 13;
+
+/// The most a stamp adds to a record: a node id is at most 255 bytes on the wire.
+pub const MAX_STAMP_LEN: usize = STAMP_FIXED_LEN + u8::MAX as usize;
+
 /// The size of `message` as a link frame record with `stamp` (see [`encode_stamped_record`]).
 pub fn stamped_record_len(message: &Message, stamp: Option<&Stamp>) -> usize {
     record_len(message, 2)
-        + written_stamp(message, stamp).map_or(0, |stamp| 9 + stamp_node(stamp).len())
+        + written_stamp(message, stamp).map_or(0, |stamp| STAMP_FIXED_LEN + stamp_node(stamp).len())
 }
 
 /// The bytes a record's list of `groups` takes (none without groups). Not part of
@@ -251,6 +265,7 @@ fn encode_record_stamped(
     if let Some(stamp) = stamp {
         let node = stamp_node(stamp);
         out.put_u64(stamp.ms);
+        out.put_u32(stamp.count);
         out.put_u8(node.len() as u8);
         out.put_slice(node);
     }
@@ -394,6 +409,7 @@ fn decode_record(
     };
     let stamp = if flags & FLAG_STAMP != 0 {
         let ms = take_u64(buf)?;
+        let count = take_u32(buf)?;
         let node_len = usize::from(take_u8(buf)?);
         // Only retained writes are stamped, always by a node with an id.
         if !retain || node_len == 0 {
@@ -401,6 +417,7 @@ fn decode_record(
         }
         Some(Stamp {
             ms,
+            count,
             node: take(buf, node_len)?,
         })
     } else {
@@ -459,19 +476,25 @@ fn decode_groups(buf: &mut &[u8]) -> Option<GroupList> {
 }
 
 /// The record a link frame of kind [`FRAME_PUBLISH`] or [`FRAME_RETAINED`] holds, and its
-/// stamp, received at `now`.
-pub(crate) fn decode_frame_record(body: &[u8], now: Instant) -> Option<(Message, Option<Stamp>)> {
-    decode_publish_frame(body, now).map(|(message, stamp, _)| (message, stamp))
+/// stamp, received at `now`; a stamp (or a list of groups) is malformed unless this node reads
+/// `stamps` (sync version [`STAMP_VERSION`]), as it was in version 3.
+pub(crate) fn decode_frame_record(
+    body: &[u8],
+    stamps: bool,
+    now: Instant,
+) -> Option<(Message, Option<Stamp>)> {
+    decode_publish_frame(body, stamps, now).map(|(message, stamp, _)| (message, stamp))
 }
 
 /// The record a link frame of kind [`FRAME_PUBLISH`] holds, its stamp and the shared groups it
-/// names, received at `now`.
+/// names, received at `now` (see [`decode_frame_record`] for `stamps`).
 pub(crate) fn decode_publish_frame(
     body: &[u8],
+    stamps: bool,
     now: Instant,
 ) -> Option<(Message, Option<Stamp>, GroupList)> {
     let mut buf = body;
-    let record = decode_record(&mut buf, 2, true, true, now)?;
+    let record = decode_record(&mut buf, 2, stamps, stamps, now)?;
     (!buf.has_remaining()).then_some(record)
 }
 
