@@ -165,7 +165,18 @@ impl Outbox {
 
     /// Whether a segment could be sent now (new or again).
     pub fn has_transmit(&self) -> bool {
-        !self.resend.is_empty() || (!self.unsent.is_empty() && self.window_open())
+        !self.resend.is_empty() || (self.new_segment_ready() && self.window_open())
+    }
+
+    /// Whether the unsent bytes make a segment to send now: a full one, or any while nothing
+    /// is in flight. Nagle's rule (RFC 896): while segments are in flight, a partial one waits
+    /// for more bytes or for an acknowledgement (at most a round trip, since the receiver
+    /// acknowledges every burst at once). Under load the sender then sends full segments
+    /// instead of being woken for every message; at a low rate nothing is in flight and a
+    /// message goes at once.
+    fn new_segment_ready(&self) -> bool {
+        let in_flight = self.next_seq - self.acked - 1;
+        self.unsent.len() >= SEGMENT_BYTES || (!self.unsent.is_empty() && in_flight == 0)
     }
 
     /// The state of the link's flow, for logs.
@@ -270,7 +281,7 @@ impl Outbox {
             self.timer.get_or_insert(now + self.rto());
             return Some((seq, data));
         }
-        if self.unsent.is_empty() || !self.window_open() {
+        if !self.new_segment_ready() || !self.window_open() {
             return None;
         }
         let n = self.unsent.len().min(SEGMENT_BYTES);
@@ -490,18 +501,27 @@ mod tests {
         let big = vec![0xab; 3000];
         push_bytes(&mut outbox, &big);
         assert_eq!(outbox.buffered(), 10 + 3005);
-        let sent = drain(&mut outbox, now);
+        let mut sent = drain(&mut outbox, now);
         let seqs: Vec<u64> = sent.iter().map(|(seq, _)| *seq).collect();
-        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(seqs, [1, 2], "full segments");
+        assert!(
+            !outbox.has_transmit(),
+            "the partial tail waits while segments are in flight (Nagle)"
+        );
+        assert_eq!(outbox.pending_frames(), 2);
+        // The first segment holds the small frame and the start of the big one.
+        let acked = outbox.on_ack(&ack(7, 1, 0), now);
+        assert_eq!((acked.freed, acked.frames), (SEGMENT_BYTES, 1));
+        assert!(!outbox.has_transmit(), "segment 2 still in flight");
+        outbox.on_ack(&ack(7, 2, 0), now);
+        let tail = drain(&mut outbox, now);
+        assert_eq!(tail.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [3]);
+        sent.extend(tail);
         let stream: Vec<u8> = sent.iter().flat_map(|(_, d)| d.to_vec()).collect();
         assert_eq!(&stream[..10], b"\0\0\0\x06\x01hello");
         assert_eq!(&stream[10..15], b"\0\0\x0b\xb9\x01");
         assert_eq!(stream.len(), 3015);
         assert!(sent.iter().all(|(_, d)| d.len() <= SEGMENT_BYTES));
-        assert_eq!(outbox.pending_frames(), 2);
-        // The first segment holds the small frame and the start of the big one.
-        let acked = outbox.on_ack(&ack(7, 1, 0), now);
-        assert_eq!((acked.freed, acked.frames), (SEGMENT_BYTES, 1));
         let acked = outbox.on_ack(&ack(7, 3, 0), now);
         assert_eq!(acked.frames, 1);
         assert_eq!(outbox.buffered(), 0);
@@ -527,7 +547,8 @@ mod tests {
     fn lost_segments_are_sent_again_after_the_timeout_which_backs_off() {
         let start = Instant::now();
         let mut outbox = Outbox::new(1, 1 << 20);
-        push_bytes(&mut outbox, &[1; 2000]);
+        // Two full segments (a partial one would wait for the first's acknowledgement).
+        push_bytes(&mut outbox, &[1; 2 * SEGMENT_BYTES - FRAME_HEADER]);
         assert_eq!(drain(&mut outbox, start).len(), 2);
         let deadline = outbox.deadline().expect("armed");
         assert_eq!(deadline, start + INITIAL_RTO);
