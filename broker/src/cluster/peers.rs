@@ -38,9 +38,9 @@ use super::interest::{self, RemoteInterest, FRAME_INTEREST};
 use super::link::{Ack, Outbox, Pushed};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
-    encode_link_record, encode_record, encode_record_with_groups, encode_stamped_record,
-    groups_len, record_len, stamped_record_len, version_for, Wakeup, BATCH_BYTES, FRAME_PUBLISH,
-    FRAME_RETAINED, MAX_DATAGRAM_RECORD,
+    encode_link_record, encode_record, encode_stamped_record, groups_len, record_len,
+    stamped_record_len, version_for, Wakeup, BATCH_BYTES, FRAME_PUBLISH, FRAME_RETAINED,
+    MAX_DATAGRAM_RECORD,
 };
 use crate::broker::Broker;
 use crate::codec::QoS;
@@ -51,9 +51,8 @@ use crate::session::Drain;
 /// Best-effort records held per peer before more are dropped (`queue_full`): a few
 /// milliseconds of the sender's work.
 const BEST_EFFORT_BYTES: usize = 2 << 20;
-/// The newest sync version that best-effort datagrams are written in: version 3's are version
-/// 2's whose records may name the shared groups their receiver serves.
-const NEWEST_PUBLISH_VERSION: u8 = 3;
+/// The newest sync version that best-effort datagrams are written in (to peers without links).
+const NEWEST_PUBLISH_VERSION: u8 = super::sync::NEWEST_BATCH_VERSION;
 /// The sync version that brought links.
 pub const LINK_VERSION: u8 = 3;
 /// What a control link may hold unacknowledged before a change is queued: interest changes
@@ -789,9 +788,6 @@ impl Peer {
         now: Instant,
         metrics: &Metrics,
     ) -> PushOutcome {
-        // A peer without links chooses nothing: it serves all its groups, as before.
-        let groups = if self.has_link { groups } else { &[] };
-        let best_effort_len = record_len(message, self.publish_version) + groups_len(groups);
         let mut queues = self.queues.lock();
         if self.gone.load(Ordering::Relaxed) {
             return PushOutcome::default();
@@ -832,6 +828,9 @@ impl Peer {
                 },
             };
         }
+        // A peer without links chooses nothing, and is named no groups: it serves all its
+        // groups, as before.
+        let best_effort_len = record_len(message, self.publish_version);
         if best_effort_len > MAX_DATAGRAM_RECORD {
             debug!(peer = %self.identity.node_id, len = best_effort_len,
                    "message too big for one datagram to a peer without links; not forwarded");
@@ -844,7 +843,7 @@ impl Peer {
         let was_empty = queues.best_effort.is_empty();
         if !queues
             .best_effort
-            .push(message, self.publish_version, best_effort_len, now, groups)
+            .push(message, self.publish_version, best_effort_len, now)
         {
             drop(queues);
             debug!(peer = %self.identity.node_id, "best-effort queue full; message not forwarded");
@@ -1031,25 +1030,14 @@ impl BestEffort {
         self.bytes == 0
     }
 
-    fn push(
-        &mut self,
-        message: &Message,
-        version: u8,
-        len: usize,
-        now: Instant,
-        groups: &[(Bytes, Bytes)],
-    ) -> bool {
+    fn push(&mut self, message: &Message, version: u8, len: usize, now: Instant) -> bool {
         if self.bytes + len > BEST_EFFORT_BYTES {
             return false;
         }
         if self.count > 0 && (self.filling.len() + len > BATCH_BYTES || self.count == u16::MAX) {
             self.seal();
         }
-        if groups.is_empty() {
-            encode_record(&mut self.filling, message, version, now);
-        } else {
-            encode_record_with_groups(&mut self.filling, message, now, groups);
-        }
+        encode_record(&mut self.filling, message, version, now);
         self.count += 1;
         self.bytes += len;
         true

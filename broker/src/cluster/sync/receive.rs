@@ -18,7 +18,7 @@ use super::super::auth::DatagramKey;
 use super::super::interest::{self, FRAME_INTEREST};
 use super::super::link::{Ack, Inbox, Next, Segmented};
 use super::super::membership::{Members, NodeIdentity};
-use super::super::peers::{Peers, LINK_VERSION};
+use super::super::peers::Peers;
 use super::super::replay::{ReceivedAt, ReplayWindow};
 use super::batch::{wait_readable, Doorbell, InBatch, OutBatch, Sent};
 use super::wire::*;
@@ -35,6 +35,11 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 
 /// Bytes a link frame may hold beyond the PUBLISH packet its record stands for.
 const FRAME_SLACK: usize = 64;
+
+/// Bytes a data link frame may hold beyond that for the shared groups its record names: the
+/// list a publishing node writes is at most [`MAX_GROUP_LIST_BYTES`]. The PUBLISH itself is
+/// still checked against `-mpl` (see [`Limits::admit`]).
+const GROUP_LIST_ALLOWANCE: usize = MAX_GROUP_LIST_BYTES;
 
 /// The largest control link frame: a snapshot frame's filters and one filter more.
 const CONTROL_MAX_FRAME: usize = interest::FRAME_BYTES + 2 * (3 + 65_535);
@@ -91,6 +96,14 @@ pub(super) fn publish_packet_len(message: &Message) -> usize {
         &extras,
         message.payload.len(),
     )
+}
+
+/// The largest data link frame a node with `-mpl` `max_packet_size` takes: a record of a
+/// PUBLISH up to that size, with its stamp and a list of shared groups.
+pub(super) fn max_data_frame(max_packet_size: usize) -> usize {
+    max_packet_size
+        .saturating_add(FRAME_SLACK)
+        .saturating_add(GROUP_LIST_ALLOWANCE)
 }
 
 /// What the receiver needs besides the socket.
@@ -156,11 +169,7 @@ impl ReceiverThread {
                 sync_limit: receiver.sync_limit,
                 max_packet_size: receiver.broker.config.max_packet_size,
             },
-            max_frame: receiver
-                .broker
-                .config
-                .max_packet_size
-                .saturating_add(FRAME_SLACK),
+            max_frame: max_data_frame(receiver.broker.config.max_packet_size),
             windows: HashMap::new(),
             incoming: HashMap::new(),
             acks_due: Vec::new(),
@@ -291,21 +300,12 @@ impl ReceiverState {
             at,
             receiver.version,
         ) {
-            Ok((records, groups)) => {
+            Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
-                match groups {
-                    // A node that chooses who serves each shared group named this node's.
-                    Some(groups) => {
-                        for (message, groups) in records.into_iter().zip(groups) {
-                            self.deliver(message, None, Groups::Only(&groups));
-                        }
-                    }
-                    // A node of an earlier release: every group here serves its messages.
-                    None => {
-                        for message in records {
-                            self.deliver(message, None, Groups::All);
-                        }
-                    }
+                // Best effort comes from nodes of an earlier release only, which choose no
+                // shared groups: every group here serves their messages, as before.
+                for message in records {
+                    self.deliver(message, None, Groups::All);
                 }
             }
             Err(reason) => {
@@ -705,22 +705,20 @@ pub(super) fn accept(
     version: u8,
 ) -> Result<Vec<Message>, ClusterDrop> {
     let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
-    accept_publish(body, members, windows, at, version).map(|(records, _)| records)
+    accept_publish(body, members, windows, at, version)
 }
 
 /// The checks of a best-effort datagram's authenticated body, in order: format (a version up to
 /// `version`, properties included), destination, origin, boot, replay (received `at`; see
 /// [`ReplayWindow::accept`]). Only a datagram that passes all of them marks its sequence
-/// number as seen. Returns its records, and in a version 3 batch (from a node that chooses who
-/// serves each shared group) the groups each names.
-#[allow(clippy::type_complexity)]
+/// number as seen. Returns its records.
 pub(super) fn accept_publish(
     body: &[u8],
     members: &Members,
     windows: &mut HashMap<Bytes, ReplayWindow>,
     at: ReceivedAt,
     version: u8,
-) -> Result<(Vec<Message>, Option<Vec<GroupList>>), ClusterDrop> {
+) -> Result<Vec<Message>, ClusterDrop> {
     let batch = decode_batch(body, version, Instant::now()).ok_or(ClusterDrop::Malformed)?;
     check_addressing(
         (&batch.origin, batch.boot_ms),
@@ -736,6 +734,5 @@ pub(super) fn accept_publish(
     if !window.accept(batch.boot_ms, batch.seq, at) {
         return Err(ClusterDrop::Replay);
     }
-    let groups = (batch.version >= LINK_VERSION).then_some(batch.groups);
-    Ok((batch.records, groups))
+    Ok(batch.records)
 }
