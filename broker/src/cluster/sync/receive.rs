@@ -529,10 +529,12 @@ fn take_frames_of(
     let now = Instant::now();
     let origin = String::from_utf8_lossy(&key.origin);
     // An interest frame that could not be taken leaves the peer's interest unknown (it gets
-    // every message) rather than wrong.
-    let interest_lost = || {
+    // every message, and serves none of its shared groups) rather than wrong, and the control
+    // link is refused: its sender starts another, with a snapshot, at the acknowledgement.
+    let interest_lost = |inbox: &mut Inbox| {
         if key.control {
             receiver.peers.interest.unknown(&origin);
+            inbox.refuse();
         }
     };
     while let Some(next) = incoming.inbox.next_frame() {
@@ -550,7 +552,7 @@ fn take_frames_of(
                         cluster
                             .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                             .inc();
-                        interest_lost();
+                        interest_lost(&mut incoming.inbox);
                     }
                 }
             }
@@ -620,21 +622,21 @@ fn take_frames_of(
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                     .inc();
-                interest_lost();
+                interest_lost(&mut incoming.inbox);
             }
             Next::Oversized(len) => {
                 debug!(len, "link frame over -mpl skipped");
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
                     .inc();
-                interest_lost();
+                interest_lost(&mut incoming.inbox);
             }
             Next::Unreadable => {
                 warn!(peer = %origin, "a peer's link cannot be read; refused");
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                     .inc();
-                interest_lost();
+                interest_lost(&mut incoming.inbox);
             }
         }
     }
@@ -735,4 +737,97 @@ pub(super) fn accept_publish(
         return Err(ClusterDrop::Replay);
     }
     Ok(batch.records)
+}
+
+#[cfg(test)]
+mod interest_frame_tests {
+    use super::*;
+    use crate::cluster::interest::Changes;
+    use crate::cluster::membership::{MemberInfo, MemberState};
+
+    fn identity(name: &str) -> NodeIdentity {
+        NodeIdentity {
+            node_id: name.to_string(),
+            gossip: "127.0.0.1:7946".parse().expect("address"),
+            sync_port: 7947,
+            mqtt_port: 1883,
+            version: NodeIdentity::advertised_version("0", NEWEST_VERSION),
+            boot_ms: 1,
+            renewal: 0,
+        }
+    }
+
+    #[test]
+    fn an_unreadable_interest_frame_forgets_the_peers_groups_and_asks_for_a_snapshot() {
+        let metrics = Arc::new(Metrics::new());
+        let members = Arc::new(Members::new(identity("local"), false));
+        members.set_others_for_tests(vec![MemberInfo {
+            identity: identity("a"),
+            state: MemberState::Up,
+        }]);
+        let peers = Arc::new(Peers::new(
+            members.clone(),
+            1 << 20,
+            NEWEST_VERSION,
+            Instant::now(),
+            metrics.clone(),
+        ));
+        let slot = peers.list()[0].interest_slot().expect("a slot");
+        let receiver = Receiver {
+            broker: Arc::new(Broker::new(
+                crate::config::Config::for_tests(),
+                metrics,
+                None,
+                None,
+            )),
+            members,
+            peers: peers.clone(),
+            key: DatagramKey::sync(b"k"),
+            sync_limit: None,
+            version: NEWEST_VERSION,
+            origin: Origin {
+                node_id: "local".into(),
+                boot_ms: 1,
+                started: Instant::now(),
+                version: NEWEST_VERSION,
+            },
+        };
+        let limits = Limits {
+            sync_limit: None,
+            max_packet_size: 1 << 20,
+        };
+        let groups = Changes {
+            snapshot: true,
+            filters: Vec::new(),
+            groups: vec![(b"g".to_vec(), b"t/+".to_vec(), true)],
+        };
+        peers.interest.apply("a", 1, &groups);
+        assert!(!peers.interest.groups_matching(b"t/x").is_empty());
+        assert!(peers.interest.is_known(slot));
+
+        // A control link whose next frame is an interest frame that cannot be read.
+        let key = LinkKey {
+            origin: Bytes::from_static(b"a"),
+            control: true,
+        };
+        let mut incoming = Incoming {
+            boot_ms: 1,
+            inbox: Inbox::join(7, 1, 0, CONTROL_MAX_FRAME).expect("a new link"),
+        };
+        let mut segment = vec![0, 0, 0, 2, FRAME_INTEREST, 0b10];
+        // And a good one after it, which is not taken: the link is refused.
+        segment.extend_from_slice(&[0, 0, 0, 2, FRAME_INTEREST, 0b01]);
+        incoming.inbox.on_segment(1, Bytes::from(segment));
+        assert!(take_frames_of(&mut incoming, &key, &receiver, &limits, true).is_none());
+
+        // Its groups are forgotten (the nodes with members serve them meanwhile), it gets
+        // every message, and its sender is told to start over with a snapshot.
+        assert!(peers.interest.groups_matching(b"t/x").is_empty());
+        assert!(!peers.interest.is_known(slot));
+        assert!(incoming.inbox.ack().reset);
+        assert!(incoming.inbox.next_frame().is_none());
+        // The snapshot on the new link makes it known again, groups included.
+        peers.interest.apply("a", 1, &groups);
+        assert!(!peers.interest.groups_matching(b"t/x").is_empty());
+    }
 }
