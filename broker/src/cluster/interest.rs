@@ -10,8 +10,9 @@
 //! are taken under the router's lock, so none is missed or told twice.
 //!
 //! Shared groups travel the same way, apart from the filters: a node tells its peers each
-//! (group, filter) pair that has members on it, as the group gets its first member there or
-//! loses its last. A filter is sent only for direct subscriptions, so a node whose only
+//! (group, filter) pair that has a member online on it, as the group gets its first online
+//! member there or loses its last (see [`crate::router::Router::set_online`]): a node whose
+//! members are all offline is never chosen to serve the group. A filter is sent only for direct subscriptions, so a node whose only
 //! interest in a topic is a shared group gets a message only when the publishing node chose it
 //! to serve the group (see [`super::sync::Forwarder`]).
 //!

@@ -2,8 +2,8 @@
 //! (`$share/<group>/<filter>`, `$queue/<filter>`) for one message published on this node.
 //!
 //! A group is its name and its filter; its members may sit on several nodes. Each node tells
-//! its peers which groups have members on it (see [`super::interest`]), and the node where a
-//! message is published picks, for each group matching the topic, exactly one node to serve
+//! its peers which groups have a member online on it (see [`super::interest`]), and the node
+//! where a message is published picks, for each group matching the topic, exactly one node to serve
 //! it: itself (its router then hands the message to one of its members, in turn) or one peer,
 //! whose record names the group (see [`super::sync`]). The peer delivers it to one of its own
 //! members, and a peer not named delivers it to none of its members of that group. So each
