@@ -222,13 +222,25 @@ async fn members_leaving_mid_stream_leave_the_rest_served_without_duplicates() {
 
 #[tokio::test]
 async fn a_csv_2_node_keeps_the_old_behaviour() {
+    a_node_of_an_earlier_release_keeps_the_old_behaviour("2").await;
+}
+
+/// A node at `-csv 3` (links, but before groups were chosen across nodes) reads no group
+/// entry nor list: it is sent a group's filter as a plain one and serves its own groups, and
+/// every group here serves what it publishes, as with `-csv 2`.
+#[tokio::test]
+async fn a_csv_3_node_keeps_the_old_behaviour() {
+    a_node_of_an_earlier_release_keeps_the_old_behaviour("3").await;
+}
+
+async fn a_node_of_an_earlier_release_keeps_the_old_behaviour(version: &str) {
     let key = unique_key();
     let n1 = Node::start(NodeConfig::new("n1", &key));
     let n2 = Node::start(NodeConfig::new("n2", &key).seed(n1.gossip));
     let n3 = Node::start(
         NodeConfig::new("n3", &key)
             .seed(n1.gossip)
-            .args(&["-csv", "2"]),
+            .args(&["-csv", version]),
     );
     wait_full_membership(&[&n1, &n2, &n3], JOIN_TIMEOUT).await;
     let topic = unique_id("shared/old");
@@ -259,4 +271,51 @@ async fn a_csv_2_node_keeps_the_old_behaviour() {
     );
     publisher.disconnect().await;
     old_publisher.disconnect().await;
+    let malformed = [("port", "sync"), ("reason", "malformed")];
+    for node in [&n1, &n2, &n3] {
+        assert_eq!(
+            node.counter_sum("coolpy7_cluster_dropped_total", &malformed)
+                .await,
+            0.0,
+            "{} refused nothing",
+            node.name()
+        );
+    }
+}
+
+/// As on a single node, where a group's messages go to its online members only: a node whose
+/// members of a group are all offline (persistent sessions away) is not chosen for it, and
+/// none of its messages is lost while a member elsewhere is online.
+#[tokio::test]
+async fn a_node_whose_members_are_all_offline_is_not_chosen() {
+    let nodes = start_cluster(3, &["-ssp", "cluster"]).await;
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let topic = unique_id("shared/away");
+    let filter = format!("$share/g/{topic}");
+    let away_id = unique_id("away");
+    let mut away = n2.persistent_client(&away_id).await;
+    away.subscribe_ok(&filter, QoS::AtLeastOnce).await;
+    let mut on_n3 = member(n3, &filter).await;
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    publish_range(&mut publisher, &topic, 0, 20).await;
+    let got = collect(&mut [&mut away, &mut on_n3], 20).await;
+    assert_exactly_once(&got, 0, 20, "both online");
+
+    // The persistent member goes away; its session (and membership) stays on n2.
+    away.disconnect().await;
+    // Settled: n1 has been told that n2 has no member online.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_range(&mut publisher, &topic, 20, 20 + N).await;
+    let got = collect(&mut [&mut on_n3], N).await;
+    assert_exactly_once(&got, 20, 20 + N, "n2's member offline");
+
+    // Back online: n2 takes its turns again, nothing twice.
+    let mut back = n2.persistent_client(&away_id).await;
+    assert!(back.session_present());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_range(&mut publisher, &topic, 20 + N, 20 + 2 * N).await;
+    let got = collect(&mut [&mut back, &mut on_n3], N).await;
+    assert_exactly_once(&got, 20 + N, 20 + 2 * N, "n2's member back");
+    assert!(got[0].len() >= N / 4, "n2 chosen again: {got:?}");
+    publisher.disconnect().await;
 }

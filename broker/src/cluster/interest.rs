@@ -10,8 +10,9 @@
 //! are taken under the router's lock, so none is missed or told twice.
 //!
 //! Shared groups travel the same way, apart from the filters: a node tells its peers each
-//! (group, filter) pair that has members on it, as the group gets its first member there or
-//! loses its last. A filter is sent only for direct subscriptions, so a node whose only
+//! (group, filter) pair that has a member online on it, as the group gets its first online
+//! member there or loses its last (see [`crate::router::Router::set_online`]): a node whose
+//! members are all offline is never chosen to serve the group. A filter is sent only for direct subscriptions, so a node whose only
 //! interest in a topic is a shared group gets a message only when the publishing node chose it
 //! to serve the group (see [`super::sync::Forwarder`]).
 //!
@@ -28,10 +29,13 @@
 //! publisher, took a third of a node's time under a flood of QoS 0 messages. A peer whose snapshot
 //! has not arrived yet, or whose slot is beyond [`MAX_SLOTS`], gets every message, as before
 //! interest existed: never fewer than it wants. [`RemoteInterest::groups_matching`] walks the
-//! same trie for the peers' shared groups, only while some peer has one.
+//! same trie for the peers' shared groups, only while some peer has one: the groups themselves sit
+//! in a [`GroupTable`], which a publisher holds by one shared handle, and finds a group in by its
+//! name and filter at the cost of a hash.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -184,7 +188,7 @@ pub struct RemoteInterest {
     has_groups: AtomicBool,
 }
 
-/// A shared group of the peers' that matches a topic (see [`RemoteInterest::groups_matching`]).
+/// A shared group of the peers' (see [`RemoteInterest::groups_matching`]).
 #[derive(Debug, Clone)]
 pub struct RemoteGroup {
     pub name: Bytes,
@@ -193,6 +197,137 @@ pub struct RemoteGroup {
     pub slots: u64,
     /// Whose turn it is, for the publishers that spread the group's messages over its nodes.
     pub turn: Arc<AtomicUsize>,
+}
+
+/// Every shared group of the peers', by index (the trie names groups by their index), and by
+/// name and filter. Copied on write: a publisher holds the table it matched against, unchanged,
+/// for the one clone of an `Arc`.
+#[derive(Clone, Default)]
+pub struct GroupTable {
+    entries: Vec<Option<RemoteGroup>>,
+    /// Indices of `entries` that are free.
+    free: Vec<u32>,
+    /// The indices of the groups whose (name, filter) hash to each key.
+    by_key: HashMap<u64, smallvec::SmallVec<[u32; 1]>, foldhash::fast::RandomState>,
+    hasher: foldhash::fast::RandomState,
+    live: usize,
+}
+
+impl GroupTable {
+    fn key(&self, name: &[u8], filter: &[u8]) -> u64 {
+        self.hasher.hash_one((name, filter))
+    }
+
+    /// The index of group `name` on `filter`, if a peer has it.
+    pub fn find(&self, name: &[u8], filter: &[u8]) -> Option<u32> {
+        let indices = self.by_key.get(&self.key(name, filter))?;
+        indices.iter().copied().find(|&index| {
+            self.get(index)
+                .is_some_and(|g| g.name == name && g.filter == filter)
+        })
+    }
+
+    pub fn get(&self, index: u32) -> Option<&RemoteGroup> {
+        self.entries.get(index as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, index: u32) -> Option<&mut RemoteGroup> {
+        self.entries.get_mut(index as usize)?.as_mut()
+    }
+
+    /// How many groups peers have.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn insert(&mut self, group: RemoteGroup) -> u32 {
+        let key = self.key(&group.name, &group.filter);
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.entries[index as usize] = Some(group);
+                index
+            }
+            None => {
+                self.entries.push(Some(group));
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.by_key.entry(key).or_default().push(index);
+        self.live += 1;
+        index
+    }
+
+    fn remove(&mut self, index: u32) {
+        let Some(group) = self.entries.get_mut(index as usize).and_then(Option::take) else {
+            return;
+        };
+        let key = self.key(&group.name, &group.filter);
+        if let Some(indices) = self.by_key.get_mut(&key) {
+            indices.retain(|i| *i != index);
+            if indices.is_empty() {
+                self.by_key.remove(&key);
+            }
+        }
+        self.free.push(index);
+        self.live -= 1;
+    }
+
+    /// Unmarks `bit` in every group; returns the indices of those left without members.
+    fn clear(&mut self, bit: u64) -> Vec<u32> {
+        let mut gone = Vec::new();
+        for (index, entry) in self.entries.iter_mut().enumerate() {
+            if let Some(group) = entry {
+                group.slots &= !bit;
+                if group.slots == 0 {
+                    gone.push(index as u32);
+                }
+            }
+        }
+        for &index in &gone {
+            self.remove(index);
+        }
+        gone
+    }
+}
+
+/// The peers' shared groups matching one topic: the table they are in (none when no group
+/// matches), and their indices in it, sorted.
+#[derive(Clone, Default)]
+pub struct MatchedGroups {
+    pub table: Option<Arc<GroupTable>>,
+    pub indices: smallvec::SmallVec<[u32; 8]>,
+}
+
+impl MatchedGroups {
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// The `n`th group matched.
+    pub fn get(&self, n: usize) -> Option<&RemoteGroup> {
+        self.table.as_ref()?.get(*self.indices.get(n)?)
+    }
+
+    /// The groups of a table holding `groups` only, all matched (for tests).
+    #[cfg(test)]
+    pub fn of(groups: Vec<RemoteGroup>) -> MatchedGroups {
+        let mut table = GroupTable::default();
+        let indices = groups.into_iter().map(|g| table.insert(g)).collect();
+        MatchedGroups {
+            table: Some(Arc::new(table)),
+            indices,
+        }
+    }
+
+    /// Where group `name` on `filter` is among those matched.
+    pub fn position(&self, name: &[u8], filter: &[u8]) -> Option<usize> {
+        let index = self.table.as_ref()?.find(name, filter)?;
+        self.indices.binary_search(&index).ok()
+    }
 }
 
 /// Topics each worker thread remembers the answer for.
@@ -215,8 +350,8 @@ struct Inner {
     slots: Vec<Option<Slot>>,
     /// Slots whose snapshot has arrived.
     known: u64,
-    /// Shared groups held in `root`.
-    groups: usize,
+    /// The shared groups `root` names by index.
+    groups: Arc<GroupTable>,
 }
 
 struct Slot {
@@ -262,9 +397,26 @@ impl Inner {
 
     fn free(&mut self, slot: usize) {
         let bit = 1u64 << slot;
-        self.groups -= self.root.clear(bit);
+        self.clear(bit);
         self.known &= !bit;
         self.slots[slot] = None;
+    }
+
+    /// Forgets every filter and group of the peer in `bit`.
+    fn clear(&mut self, bit: u64) {
+        self.clear_groups(bit);
+        self.root.clear(bit, &[]);
+    }
+
+    /// Forgets every group of the peer in `bit`, keeping its filters.
+    fn clear_groups(&mut self, bit: u64) {
+        if self.groups.is_empty() {
+            return;
+        }
+        let gone = Arc::make_mut(&mut self.groups).clear(bit);
+        if !gone.is_empty() {
+            self.root.clear(0, &gone);
+        }
     }
 }
 
@@ -274,8 +426,8 @@ struct Level {
     children: HashMap<Box<[u8]>, Level, foldhash::fast::RandomState>,
     /// Slots whose filter ends here.
     here: u64,
-    /// The shared groups on the filter ending here, with the slots that have members of each.
-    groups: Vec<RemoteGroup>,
+    /// The shared groups on the filter ending here, by index in the [`GroupTable`].
+    groups: smallvec::SmallVec<[u32; 2]>,
 }
 
 impl Level {
@@ -284,7 +436,7 @@ impl Level {
     }
 
     /// Marks (or unmarks) `bit` as having members of group `name` on `filter` (whose levels
-    /// are `path`); returns how the count of groups changed.
+    /// are `path`), in `table`.
     fn set_group(
         &mut self,
         path: &[&[u8]],
@@ -292,61 +444,68 @@ impl Level {
         filter: &[u8],
         bit: u64,
         on: bool,
-    ) -> isize {
+        table: &mut GroupTable,
+    ) {
         let Some((first, rest)) = path.split_first() else {
-            let held = self.groups.iter().position(|g| g.name == name);
-            return match (held, on) {
+            let held = table.find(name, filter);
+            match (held, on) {
                 (Some(index), true) => {
-                    self.groups[index].slots |= bit;
-                    0
+                    if let Some(group) = table.get_mut(index) {
+                        group.slots |= bit;
+                    }
                 }
                 (None, true) => {
-                    self.groups.push(RemoteGroup {
+                    let index = table.insert(RemoteGroup {
                         name: Bytes::copy_from_slice(name),
                         filter: Bytes::copy_from_slice(filter),
                         slots: bit,
                         turn: Arc::default(),
                     });
-                    1
+                    self.groups.push(index);
                 }
                 (Some(index), false) => {
-                    self.groups[index].slots &= !bit;
-                    if self.groups[index].slots == 0 {
-                        self.groups.swap_remove(index);
-                        -1
-                    } else {
-                        0
+                    let left = table.get_mut(index).map_or(0, |group| {
+                        group.slots &= !bit;
+                        group.slots
+                    });
+                    if left == 0 {
+                        table.remove(index);
+                        self.groups.retain(|i| *i != index);
                     }
                 }
-                (None, false) => 0,
-            };
+                (None, false) => {}
+            }
+            return;
         };
         if on {
             self.children
                 .entry(Box::from(*first))
                 .or_default()
-                .set_group(rest, name, filter, bit, on)
+                .set_group(rest, name, filter, bit, on, table);
         } else if let Some(child) = self.children.get_mut(*first) {
-            let delta = child.set_group(rest, name, filter, bit, on);
+            child.set_group(rest, name, filter, bit, on, table);
             if child.is_empty() {
                 self.children.remove(*first);
             }
-            delta
-        } else {
-            0
         }
     }
 
-    /// Collects the groups whose filters below this node match `topic[depth..]`.
-    fn groups_matching(&self, topic: &[&[u8]], depth: usize, out: &mut Vec<RemoteGroup>) {
+    /// Collects the indices of the groups whose filters below this node match
+    /// `topic[depth..]`.
+    fn groups_matching(
+        &self,
+        topic: &[&[u8]],
+        depth: usize,
+        out: &mut smallvec::SmallVec<[u32; 8]>,
+    ) {
         let wildcards = depth > 0 || topic.first().is_none_or(|t| t.first() != Some(&b'$'));
         if wildcards {
             if let Some(all) = self.children.get(&b"#"[..]) {
-                out.extend(all.groups.iter().cloned());
+                out.extend_from_slice(&all.groups);
             }
         }
         let Some(level) = topic.get(depth) else {
-            out.extend(self.groups.iter().cloned());
+            out.extend_from_slice(&self.groups);
             return;
         };
         if wildcards {
@@ -381,20 +540,17 @@ impl Level {
         }
     }
 
-    /// Unmarks `bit` everywhere; returns how many groups went with it.
-    fn clear(&mut self, bit: u64) -> usize {
+    /// Unmarks `bit` everywhere, and forgets the groups `gone` (indices no longer in the
+    /// table).
+    fn clear(&mut self, bit: u64, gone: &[u32]) {
         self.here &= !bit;
-        let before = self.groups.len();
-        self.groups.retain_mut(|group| {
-            group.slots &= !bit;
-            group.slots != 0
-        });
-        let mut removed = before - self.groups.len();
+        if !gone.is_empty() {
+            self.groups.retain(|index| !gone.contains(index));
+        }
         self.children.retain(|_, child| {
-            removed += child.clear(bit);
+            child.clear(bit, gone);
             !child.is_empty()
         });
-        removed
     }
 
     /// The slots whose filters below this node match `topic[depth..]`.
@@ -435,7 +591,8 @@ impl Default for RemoteInterest {
 impl RemoteInterest {
     /// Called after every change, with what `inner` holds now.
     fn changed(&self, inner: &Inner) {
-        self.has_groups.store(inner.groups > 0, Ordering::Release);
+        self.has_groups
+            .store(!inner.groups.is_empty(), Ordering::Release);
         self.version
             .store(VERSIONS.fetch_add(1, Ordering::Relaxed), Ordering::Release);
     }
@@ -469,18 +626,21 @@ impl RemoteInterest {
         };
         let bit = 1u64 << slot;
         if changes.snapshot {
-            let removed = inner.root.clear(bit);
-            inner.groups -= removed;
+            inner.clear(bit);
             inner.known |= bit;
         }
         for (filter, added) in &changes.filters {
             let path: Vec<&[u8]> = topic::levels(filter).collect();
             inner.root.set(&path, bit, *added);
         }
-        for (name, filter, added) in &changes.groups {
-            let path: Vec<&[u8]> = topic::levels(filter).collect();
-            let delta = inner.root.set_group(&path, name, filter, bit, *added);
-            inner.groups = inner.groups.saturating_add_signed(delta);
+        if !changes.groups.is_empty() {
+            let Inner { root, groups, .. } = &mut *inner;
+            // One copy of the table per frame at most, and none while no publisher holds it.
+            let table = Arc::make_mut(groups);
+            for (name, filter, added) in &changes.groups {
+                let path: Vec<&[u8]> = topic::levels(filter).collect();
+                root.set_group(&path, name, filter, bit, *added, table);
+            }
         }
         self.changed(&inner);
         true
@@ -516,11 +676,14 @@ impl RemoteInterest {
     }
 
     /// Forgets that peer `node_id`'s interest was known (an interest frame of it could not be
-    /// read): it gets every message until its next snapshot.
+    /// read): it gets every message until its next snapshot, and serves none of its shared
+    /// groups (they may be stale), which the nodes with members serve meanwhile.
     pub fn unknown(&self, node_id: &str) {
         let mut inner = self.inner.write();
         if let Some(slot) = inner.find(node_id) {
-            inner.known &= !(1u64 << slot);
+            let bit = 1u64 << slot;
+            inner.known &= !bit;
+            inner.clear_groups(bit);
             self.changed(&inner);
         }
     }
@@ -555,16 +718,24 @@ impl RemoteInterest {
         slots
     }
 
-    /// The peers' shared groups whose filters match `topic`, with the slots that have members
-    /// of each; empty at the cost of one atomic load while no peer has any.
-    pub fn groups_matching(&self, topic: &[u8]) -> Vec<RemoteGroup> {
-        let mut out = Vec::new();
+    /// The peers' shared groups whose filters match `topic` (with the slots that have members
+    /// of each, in the table); empty, with neither allocation nor lock, while no peer has any.
+    pub fn groups_matching(&self, topic: &[u8]) -> MatchedGroups {
         if !self.has_groups.load(Ordering::Acquire) {
-            return out;
+            return MatchedGroups::default();
         }
         let path: smallvec::SmallVec<[&[u8]; 8]> = topic::levels(topic).collect();
-        self.inner.read().root.groups_matching(&path, 0, &mut out);
-        out
+        let mut indices = smallvec::SmallVec::new();
+        let inner = self.inner.read();
+        inner.root.groups_matching(&path, 0, &mut indices);
+        if indices.is_empty() {
+            return MatchedGroups::default();
+        }
+        indices.sort_unstable();
+        MatchedGroups {
+            table: Some(inner.groups.clone()),
+            indices,
+        }
     }
 
     /// Whether the snapshot of the peer in `slot` has arrived.
@@ -681,9 +852,9 @@ mod tests {
         );
         interest.apply("b", 1, &with_groups(true, vec![group("g", "t/+", true)]));
         let found = |topic: &[u8]| {
-            let mut found: Vec<(String, String, u64)> = interest
-                .groups_matching(topic)
-                .into_iter()
+            let matched = interest.groups_matching(topic);
+            let mut found: Vec<(String, String, u64)> = (0..matched.indices.len())
+                .filter_map(|n| matched.get(n))
                 .map(|g| {
                     let name = String::from_utf8_lossy(&g.name).into_owned();
                     (

@@ -38,9 +38,9 @@ use super::interest::{self, RemoteInterest, FRAME_INTEREST};
 use super::link::{Ack, Outbox, Pushed};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
-    encode_link_record, encode_record, encode_record_with_groups, encode_stamped_record,
-    groups_len, record_len, stamped_record_len, version_for, Wakeup, BATCH_BYTES, FRAME_PUBLISH,
-    FRAME_RETAINED, MAX_DATAGRAM_RECORD, STAMP_VERSION,
+    encode_link_record, encode_record, encode_stamped_record, groups_len, record_len,
+    stamped_record_len, version_for, Wakeup, BATCH_BYTES, FRAME_PUBLISH, FRAME_RETAINED,
+    MAX_DATAGRAM_RECORD, STAMP_VERSION,
 };
 use crate::broker::Broker;
 use crate::codec::QoS;
@@ -51,9 +51,8 @@ use crate::session::Drain;
 /// Best-effort records held per peer before more are dropped (`queue_full`): a few
 /// milliseconds of the sender's work.
 const BEST_EFFORT_BYTES: usize = 2 << 20;
-/// The newest sync version that best-effort datagrams are written in: version 3's are version
-/// 2's whose records may name the shared groups their receiver serves.
-const NEWEST_PUBLISH_VERSION: u8 = 3;
+/// The newest sync version that best-effort datagrams are written in (to peers without links).
+const NEWEST_PUBLISH_VERSION: u8 = super::sync::NEWEST_BATCH_VERSION;
 /// The sync version that brought links.
 pub const LINK_VERSION: u8 = 3;
 /// What a control link may hold unacknowledged before a change is queued: interest changes
@@ -245,9 +244,16 @@ impl Peers {
                     .map(|hashes| anti_entropy::encode_digest(&hashes, true));
                 broker.router.with_filters(|filters| {
                     if !new.is_empty() {
-                        let frames = snapshot_of(&filters);
+                        let frames = snapshot_of(&filters, true);
+                        let without_groups = snapshot_of(&filters, false);
                         for peer in &new {
-                            peer.push_control(&frames, true);
+                            // Shared groups only to a peer that reads them (version 4).
+                            let frames = if peer.stamps {
+                                &frames
+                            } else {
+                                &without_groups
+                            };
+                            peer.push_control(frames, true);
                             if let Some(digest) = digest.as_ref().filter(|_| peer.stamps) {
                                 peer.push_full_digest(digest);
                             }
@@ -274,7 +280,7 @@ impl Peers {
             .retained_digest()
             .map(|hashes| anti_entropy::encode_digest(&hashes, true));
         broker.router.with_filters(|filters| {
-            let frames = snapshot_of(&filters);
+            let frames = snapshot_of(&filters, peer.stamps);
             let mut queues = peer.queues.lock();
             if peer.gone.load(Ordering::Relaxed) {
                 return;
@@ -516,11 +522,16 @@ impl InterestWait {
     }
 }
 
-/// The interest frames of a snapshot of this node's filters and shared groups.
-fn snapshot_of(filters: &crate::router::Filters<'_>) -> Vec<BytesMut> {
+/// The interest frames of a snapshot of this node's filters and its shared groups; without
+/// `groups` (for a peer of version 3, which reads no group entry), the groups' filters as
+/// plain filters, as that release counted them.
+fn snapshot_of(filters: &crate::router::Filters<'_>, groups: bool) -> Vec<BytesMut> {
     interest::snapshot_frames(|visit| {
         filters.for_each(|filter| visit(None, filter));
-        filters.for_each_group(|group, filter| visit(Some(group.as_bytes()), filter.as_bytes()));
+        filters.for_each_group(|group, filter| {
+            let group = groups.then_some(group.as_bytes());
+            visit(group, filter.as_bytes())
+        });
     })
 }
 
@@ -550,9 +561,22 @@ impl Peers {
         let Some(frame) = interest::change_frame(group, filter, added) else {
             return;
         };
+        // A peer of version 3 reads no group entry: a group's filter is a plain one to it, as
+        // that release counted it, added but never removed (it may be a direct subscription's
+        // too; more interest costs traffic, less would lose messages) until its next snapshot.
+        let as_filter = match group {
+            Some(_) if added => interest::change_frame(None, filter, true),
+            _ => None,
+        };
         let mut wake = false;
         for peer in self.list.load().iter().filter(|p| p.has_link) {
-            wake |= peer.push_control(std::slice::from_ref(&frame), false);
+            let frame = match (&as_filter, group) {
+                _ if peer.stamps => &frame,
+                (Some(as_filter), _) => as_filter,
+                (None, Some(_)) => continue,
+                (None, None) => &frame,
+            };
+            wake |= peer.push_control(std::slice::from_ref(frame), false);
         }
         if wake {
             self.wake_sender();
@@ -878,9 +902,6 @@ impl Peer {
         now: Instant,
         metrics: &Metrics,
     ) -> PushOutcome {
-        // A peer without links chooses nothing: it serves all its groups, as before.
-        let groups = if self.has_link { groups } else { &[] };
-        let best_effort_len = record_len(message, self.publish_version) + groups_len(groups);
         let mut queues = self.queues.lock();
         if self.gone.load(Ordering::Relaxed) {
             return PushOutcome::default();
@@ -895,6 +916,8 @@ impl Peer {
             // A peer of version 3 gets retained messages without their stamps, which it would
             // refuse.
             let stamp = stamp.filter(|_| self.stamps);
+            // Nor the shared groups it is chosen for: it is never chosen (it announces none).
+            let groups = if self.stamps { groups } else { &[] };
             let len = stamped_record_len(message, stamp) + groups_len(groups);
             // QoS 0 takes at most three quarters of the link's buffer: the rest stays for QoS 1
             // and 2 and retained writes, whose publishers were told they are delivered, against
@@ -944,6 +967,9 @@ impl Peer {
                 },
             };
         }
+        // A peer without links chooses nothing, and is named no groups: it serves all its
+        // groups, as before.
+        let best_effort_len = record_len(message, self.publish_version);
         if best_effort_len > MAX_DATAGRAM_RECORD {
             debug!(peer = %self.identity.node_id, len = best_effort_len,
                    "message too big for one datagram to a peer without links; not forwarded");
@@ -956,7 +982,7 @@ impl Peer {
         let was_empty = queues.best_effort.is_empty();
         if !queues
             .best_effort
-            .push(message, self.publish_version, best_effort_len, now, groups)
+            .push(message, self.publish_version, best_effort_len, now)
         {
             drop(queues);
             debug!(peer = %self.identity.node_id, "best-effort queue full; message not forwarded");
@@ -1153,25 +1179,14 @@ impl BestEffort {
         self.bytes == 0
     }
 
-    fn push(
-        &mut self,
-        message: &Message,
-        version: u8,
-        len: usize,
-        now: Instant,
-        groups: &[(Bytes, Bytes)],
-    ) -> bool {
+    fn push(&mut self, message: &Message, version: u8, len: usize, now: Instant) -> bool {
         if self.bytes + len > BEST_EFFORT_BYTES {
             return false;
         }
         if self.count > 0 && (self.filling.len() + len > BATCH_BYTES || self.count == u16::MAX) {
             self.seal();
         }
-        if groups.is_empty() {
-            encode_record(&mut self.filling, message, version, now);
-        } else {
-            encode_record_with_groups(&mut self.filling, message, now, groups);
-        }
+        encode_record(&mut self.filling, message, version, now);
         self.count += 1;
         self.bytes += len;
         true

@@ -2,8 +2,8 @@
 //! (`$share/<group>/<filter>`, `$queue/<filter>`) for one message published on this node.
 //!
 //! A group is its name and its filter; its members may sit on several nodes. Each node tells
-//! its peers which groups have members on it (see [`super::interest`]), and the node where a
-//! message is published picks, for each group matching the topic, exactly one node to serve
+//! its peers which groups have a member online on it (see [`super::interest`]), and the node
+//! where a message is published picks, for each group matching the topic, exactly one node to serve
 //! it: itself (its router then hands the message to one of its members, in turn) or one peer,
 //! whose record names the group (see [`super::sync`]). The peer delivers it to one of its own
 //! members, and a peer not named delivers it to none of its members of that group. So each
@@ -27,8 +27,8 @@ use std::sync::atomic::Ordering;
 
 use smallvec::SmallVec;
 
-use super::interest::RemoteGroup;
-use super::sync::GroupList;
+use super::interest::{MatchedGroups, MAX_SLOTS};
+use super::sync::{group_entry_len, GroupList, GROUP_COUNT_LEN, MAX_GROUP_LIST_BYTES};
 
 /// Where a shared group's messages go (`-ssp`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,26 +56,30 @@ impl FromStr for SharedPolicy {
 pub struct Chooser {
     policy: SharedPolicy,
     /// The peers' groups that match the topic.
-    groups: Vec<RemoteGroup>,
+    groups: MatchedGroups,
     /// Whether each of `groups` is placed already.
-    placed: SmallVec<[bool; 4]>,
+    placed: SmallVec<[bool; 8]>,
     /// The interest slots of the peers this node forwards to now (up, with a control link):
     /// only those may be chosen.
     available: u64,
-    /// (slot, index in `groups`) of each group a peer serves.
-    assigned: SmallVec<[(usize, usize); 4]>,
+    /// (slot, position in `groups`) of each group a peer serves.
+    assigned: SmallVec<[(u8, u32); 8]>,
+    /// The bytes of the group list each slot's record holds so far, count aside: at most
+    /// [`MAX_GROUP_LIST_BYTES`] in all.
+    listed: [u16; MAX_SLOTS],
 }
 
 impl Chooser {
     /// A choice among the peers' `groups` matching a topic, the peers in the `available` slots
     /// being those this node forwards to.
-    pub fn new(policy: SharedPolicy, groups: Vec<RemoteGroup>, available: u64) -> Chooser {
+    pub fn new(policy: SharedPolicy, groups: MatchedGroups, available: u64) -> Chooser {
         Chooser {
             policy,
-            placed: SmallVec::from_elem(false, groups.len()),
+            placed: SmallVec::from_elem(false, groups.indices.len()),
             groups,
             available,
             assigned: SmallVec::new(),
+            listed: [0; MAX_SLOTS],
         }
     }
 
@@ -87,34 +91,21 @@ impl Chooser {
     /// Whether this node serves local group `name` on `filter`, which has a member online here
     /// or not (`online_here`); when it does not, the peer chosen instead is noted.
     pub fn serve_here(&mut self, name: &str, filter: &str, online_here: bool) -> bool {
-        let Some(index) = self
-            .groups
-            .iter()
-            .position(|g| g.name == name.as_bytes() && g.filter == filter.as_bytes())
-        else {
+        let Some(index) = self.groups.position(name.as_bytes(), filter.as_bytes()) else {
             return true;
         };
         if std::mem::replace(&mut self.placed[index], true) {
             // Asked twice about one group (never, the router meets each once): not here again.
             return false;
         }
-        match self.pick(index, online_here) {
-            None => true,
-            Some(slot) => {
-                self.assigned.push((slot, index));
-                false
-            }
-        }
+        self.pick(index, online_here).is_none()
     }
 
     /// Places the groups the router did not ask about: members on peers only.
     pub fn finish(&mut self) {
-        for index in 0..self.groups.len() {
-            if std::mem::replace(&mut self.placed[index], true) {
-                continue;
-            }
-            if let Some(slot) = self.pick(index, false) {
-                self.assigned.push((slot, index));
+        for index in 0..self.placed.len() {
+            if !std::mem::replace(&mut self.placed[index], true) {
+                self.pick(index, false);
             }
         }
     }
@@ -126,11 +117,9 @@ impl Chooser {
         };
         self.assigned
             .iter()
-            .filter(|(s, _)| *s == slot)
-            .map(|&(_, index)| {
-                let group = &self.groups[index];
-                (group.name.clone(), group.filter.clone())
-            })
+            .filter(|(s, _)| usize::from(*s) == slot)
+            .filter_map(|&(_, index)| self.groups.get(index as usize))
+            .map(|group| (group.name.clone(), group.filter.clone()))
             .collect()
     }
 
@@ -139,10 +128,24 @@ impl Chooser {
         !self.assigned.is_empty()
     }
 
-    /// The slot of the peer that serves group `index`, or `None` for this node.
-    fn pick(&self, index: usize, online_here: bool) -> Option<usize> {
-        let group = &self.groups[index];
-        let remote = group.slots & self.available;
+    /// Chooses who serves group `index`: the slot of a peer (noted, with the bytes its list
+    /// grows by), or `None` for this node. A peer whose list has no room left for the group is
+    /// not chosen (see [`MAX_GROUP_LIST_BYTES`]); when no peer with members has room, the group
+    /// is left to this node, which serves it if it has members of it (else nobody does: a
+    /// message matching over 4 KiB of groups' names and filters for every peer with members).
+    fn pick(&mut self, index: usize, online_here: bool) -> Option<usize> {
+        let group = self.groups.get(index)?;
+        let entry = group_entry_len(&group.name, &group.filter);
+        let room = MAX_GROUP_LIST_BYTES - GROUP_COUNT_LEN;
+        let mut remote = group.slots & self.available;
+        let mut candidates = remote;
+        while candidates != 0 {
+            let slot = candidates.trailing_zeros() as usize;
+            candidates &= candidates - 1;
+            if usize::from(self.listed[slot]) + entry > room {
+                remote &= !(1 << slot);
+            }
+        }
         if remote == 0 || (online_here && self.policy == SharedPolicy::Local) {
             return None;
         }
@@ -153,7 +156,11 @@ impl Chooser {
             (true, turn) => turn - 1,
             (false, turn) => turn,
         };
-        nth_bit(remote, nth_peer)
+        let slot = nth_bit(remote, nth_peer)?;
+        // Below MAX_GROUP_LIST_BYTES: the sum fits.
+        self.listed[slot] += entry as u16;
+        self.assigned.push((slot as u8, index as u32));
+        Some(slot)
     }
 }
 
@@ -176,6 +183,8 @@ fn group_entry(name: &str, filter: &str) -> (bytes::Bytes, bytes::Bytes) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::interest::RemoteGroup;
+    use super::super::sync::groups_len;
     use super::*;
     use bytes::Bytes;
     use std::sync::atomic::AtomicUsize;
@@ -201,8 +210,8 @@ mod tests {
         let turn = Arc::new(AtomicUsize::new(0));
         (0..messages)
             .map(|_| {
-                let mut chooser =
-                    Chooser::new(policy, vec![group("g", "t/+", slots, &turn)], available);
+                let groups = MatchedGroups::of(vec![group("g", "t/+", slots, &turn)]);
+                let mut chooser = Chooser::new(policy, groups, available);
                 let here = local.is_some_and(|online| chooser.serve_here("g", "t/+", online));
                 chooser.finish();
                 let mut who: Vec<String> = (0..64)
@@ -266,7 +275,7 @@ mod tests {
             group("b", "t/#", 0b110, &turns[1]),
             group("a", "t/x", 0b100, &turns[2]),
         ];
-        let mut chooser = Chooser::new(SharedPolicy::Local, groups, u64::MAX);
+        let mut chooser = Chooser::new(SharedPolicy::Local, MatchedGroups::of(groups), u64::MAX);
         assert!(!chooser.is_empty());
         // A local group no peer has is served here; one a peer has too, with a member here.
         assert!(chooser.serve_here("c", "t/+", true));
@@ -277,6 +286,38 @@ mod tests {
         assert_eq!(chooser.groups_for(Some(1)), vec![group_entry("b", "t/#")]);
         assert_eq!(chooser.groups_for(Some(2)), vec![group_entry("a", "t/x")]);
         assert_eq!(chooser.groups_for(None), GroupList::new());
+    }
+
+    #[test]
+    fn hundreds_of_groups_are_found_and_each_peer_list_stays_within_its_bound() {
+        // 900 groups on slots 0 and 1, none here: more than two lists hold.
+        let turns: Vec<Arc<AtomicUsize>> = (0..900).map(|_| Arc::default()).collect();
+        let name = |i: usize| format!("g{i}");
+        let groups = (0..900)
+            .map(|i| group(&name(i), "t/+", 0b11, &turns[i]))
+            .collect();
+        let mut chooser = Chooser::new(SharedPolicy::Cluster, MatchedGroups::of(groups), 0b11);
+        // Each local group is found among those matched (a hash and a binary search each).
+        assert!(chooser.serve_here(&name(7), "t/+", true) || chooser.assigned_any());
+        assert!(chooser.serve_here("not-a-peer-group", "t/+", true));
+        chooser.finish();
+        let (zero, one) = (chooser.groups_for(Some(0)), chooser.groups_for(Some(1)));
+        for list in [&zero, &one] {
+            assert!(list.len() > 255, "{}", list.len());
+            assert!(
+                groups_len(list) <= MAX_GROUP_LIST_BYTES,
+                "{}",
+                groups_len(list)
+            );
+        }
+        // What fits no list is left to this node (which serves it when it has members of it,
+        // see `pick`); nothing is named twice.
+        let mut named: Vec<_> = zero.iter().chain(&one).collect();
+        let total = named.len();
+        named.sort();
+        named.dedup();
+        assert_eq!(named.len(), total, "each group named once");
+        assert!(total < 900, "the lists are full: the rest is left here");
     }
 
     #[test]

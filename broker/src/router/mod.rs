@@ -335,6 +335,55 @@ impl Router {
         }
     }
 
+    /// Marks `mailbox`'s session online (its client connected) or offline, `subscriptions`
+    /// being its filters as subscribed (`$share/...` included). In a cluster, the watcher is
+    /// told of each of its shared groups that gets its first online member on this node, or
+    /// loses its last: other nodes choose this one for a group only while a member here can
+    /// take its messages, as a single node gives them to online members only. Without a
+    /// watcher, or without shared subscriptions, only the flag changes.
+    pub fn set_online<'a>(
+        &self,
+        mailbox: &Mailbox,
+        subscriptions: impl IntoIterator<Item = &'a str>,
+        online: bool,
+    ) {
+        let Some(watcher) = self.watcher.get() else {
+            mailbox.set_online(online);
+            return;
+        };
+        let shared: SmallVec<[Subscription<'a>; 4]> = subscriptions
+            .into_iter()
+            .filter_map(Subscription::parse)
+            .filter(|s| s.group().is_some())
+            .collect();
+        if shared.is_empty() {
+            mailbox.set_online(online);
+            return;
+        }
+        // Under the write lock: the flag and what peers are told change together, between
+        // two snapshots or edits.
+        let tree = self.tree.write();
+        let online_in = |subscription: &Subscription<'_>| {
+            let path: SmallVec<[&[u8]; 16]> =
+                topic::levels(subscription.filter().as_bytes()).collect();
+            let group = subscription.group().unwrap_or_default();
+            tree.find_group(&path, group)
+                .is_some_and(|g| g.has_online_member())
+        };
+        let before: SmallVec<[bool; 4]> = shared.iter().map(online_in).collect();
+        mailbox.set_online(online);
+        for (subscription, was) in shared.iter().zip(before) {
+            let (Some(group), is) = (subscription.group(), online_in(subscription)) else {
+                continue;
+            };
+            match (was, is) {
+                (false, true) => watcher.group_added(group, subscription.filter()),
+                (true, false) => watcher.group_removed(group, subscription.filter()),
+                _ => {}
+            }
+        }
+    }
+
     /// Starts telling `watcher` of filters added and removed (once; later calls are ignored).
     pub fn watch_filters(&self, watcher: Arc<dyn FilterWatcher>) {
         let _ = self.watcher.set(watcher);
@@ -811,6 +860,47 @@ mod tests {
         });
         all.sort();
         all
+    }
+
+    #[test]
+    fn the_watcher_hears_of_a_shared_group_only_while_a_member_is_online_here() {
+        let router = router();
+        let told = Arc::new(Told::default());
+        router.watch_filters(told.clone());
+        let (a, b) = (mailbox(1), mailbox(2));
+        subscribe(&router, &a, "$share/g/x/y", QoS::AtLeastOnce);
+        subscribe(&router, &b, "$share/g/x/y", QoS::AtLeastOnce);
+        subscribe(&router, &a, "x/y", QoS::AtLeastOnce);
+        assert_eq!(told.take(), ["+g:x/y", "+x/y"]);
+        let subscriptions = ["$share/g/x/y", "x/y"];
+        // One member of two goes offline: the group still has one online here.
+        router.set_online(&a, subscriptions, false);
+        assert_eq!(told.take(), Vec::<String>::new());
+        // The last one online goes (a persistent session away): peers stop choosing this node
+        // for the group (the direct filter stays: its messages wait in the session).
+        router.set_online(&b, ["$share/g/x/y"], false);
+        assert_eq!(told.take(), ["-g:x/y"]);
+        assert_eq!(filters(&router), ["x/y"], "a snapshot leaves it out too");
+        // An offline member leaving changes nothing the peers were told.
+        let unsubscribe = |id, filter: &str| {
+            let subscription = Subscription::parse(filter).expect("valid");
+            router.unsubscribe(id, &subscription)
+        };
+        assert!(unsubscribe(2, "$share/g/x/y"));
+        assert_eq!(told.take(), Vec::<String>::new());
+        // Back online: chosen again.
+        router.set_online(&a, subscriptions, true);
+        assert_eq!(told.take(), ["+g:x/y"]);
+        assert_eq!(filters(&router), ["g:x/y", "x/y"]);
+        // An offline session subscribing (never, but harmless) tells nothing.
+        let c = mailbox(3);
+        c.set_online(false);
+        subscribe(&router, &c, "$share/h/x/y", QoS::AtLeastOnce);
+        assert_eq!(told.take(), Vec::<String>::new());
+        // The last online member leaving while an offline one stays: removed.
+        subscribe(&router, &c, "$share/g/x/y", QoS::AtLeastOnce);
+        assert!(unsubscribe(1, "$share/g/x/y"));
+        assert_eq!(told.take(), ["-g:x/y"]);
     }
 
     #[test]

@@ -494,8 +494,10 @@ pub(super) struct Edited {
     /// And with it the filter got its first direct (not shared) subscription on this node, or
     /// lost its last: what other cluster members are told.
     pub(super) filter: bool,
-    /// And with it the shared group got its first member on this node, or lost its last: what
-    /// other cluster members are told too, apart from the filter's direct subscriptions.
+    /// And with it the shared group got its first online member on this node, or lost its
+    /// last: what other cluster members are told too, apart from the filter's direct
+    /// subscriptions (a group whose members here are all offline, persistent sessions away,
+    /// is not one they may choose this node for).
     pub(super) group: bool,
 }
 
@@ -540,10 +542,13 @@ impl Node {
         self.shared.as_deref().map_or(&[], Vec::as_slice)
     }
 
-    /// Calls `visit` with the name and filter of every shared group at or below this node.
+    /// Calls `visit` with the name and filter of every shared group at or below this node
+    /// that has a member online.
     pub(super) fn for_each_group(&self, visit: &mut impl FnMut(&str, &str)) {
         for group in self.shared_groups() {
-            visit(&group.name, &group.filter);
+            if group.has_online_member() {
+                visit(&group.name, &group.filter);
+            }
         }
         self.children
             .for_each(|_, child| child.for_each_group(&mut *visit));
@@ -589,9 +594,9 @@ impl Node {
                 groups.len() - 1
             }
         };
+        let online_before = groups[index].has_online_member();
         let members = &mut groups[index].members;
         let id = subscriber.mailbox.id();
-        let first = members.is_empty();
         let changed = match members.iter_mut().find(|m| m.mailbox.id() == id) {
             Some(member) => {
                 *member = subscriber;
@@ -605,8 +610,17 @@ impl Node {
         Edited {
             changed,
             filter: false,
-            group: changed && first,
+            group: !online_before && groups[index].has_online_member(),
         }
+    }
+
+    /// The shared group `name` on the filter `path` below this node, if it has members.
+    pub(super) fn find_group(&self, path: &[&[u8]], name: &str) -> Option<&SharedGroup> {
+        let mut node = self;
+        for level in path {
+            node = node.children.get(&LevelKey::new(level))?;
+        }
+        node.shared_groups().iter().find(|g| &*g.name == name)
     }
 
     /// Removes the subscription of session `id` to the filter `path` below this node (directly or
@@ -640,6 +654,7 @@ impl Node {
         let Some(index) = groups.iter().position(|g| &*g.name == group) else {
             return Edited::default();
         };
+        let online_before = groups[index].has_online_member();
         let members = &mut groups[index].members;
         // Members keep their order: it is the round-robin order.
         let Some(member) = members.iter().position(|m| m.mailbox.id() == id) else {
@@ -647,6 +662,7 @@ impl Node {
         };
         members.remove(member);
         let last = members.is_empty();
+        let online_after = !last && groups[index].has_online_member();
         if last {
             groups.swap_remove(index);
             if groups.is_empty() {
@@ -656,7 +672,7 @@ impl Node {
         Edited {
             changed: true,
             filter: false,
-            group: last,
+            group: online_before && !online_after,
         }
     }
 

@@ -612,7 +612,11 @@ impl SessionRegistry {
                 (state, false)
             }
         };
-        state.mailbox.set_online(true);
+        router.set_online(
+            &state.mailbox,
+            state.subscriptions.keys().map(String::as_str),
+            true,
+        );
         Claimed {
             state,
             session_present,
@@ -629,7 +633,11 @@ impl SessionRegistry {
         will: Option<DelayedWill>,
         router: &Router,
     ) -> Option<Arc<Message>> {
-        state.mailbox.set_online(false);
+        router.set_online(
+            &state.mailbox,
+            state.subscriptions.keys().map(String::as_str),
+            false,
+        );
         let now = Instant::now();
         let kept = state.expiry != SessionExpiry::ZERO;
         {

@@ -170,6 +170,17 @@ impl Inbox {
         Some(Next::Frame(Frame { kind, body }))
     }
 
+    /// Refuses the link from now on (what it holds is dropped): every later segment is
+    /// answered with a reset, and the sender starts another link.
+    pub fn refuse(&mut self) {
+        self.refused = true;
+        self.ack_due = true;
+        self.stream = BytesMut::new();
+        self.early.clear();
+        self.early_bytes = 0;
+        self.skipping = 0;
+    }
+
     /// Whether something arrived since the last [`Inbox::ack`].
     pub fn ack_due(&self) -> bool {
         self.ack_due

@@ -28,6 +28,10 @@ pub struct Forwarder {
 /// A message that crosses to other members, as [`Forwarder::prepare`] found it.
 pub struct Prepared {
     now: Instant,
+    /// The peers as they were when the groups were matched: the chooser's slots are theirs, so
+    /// [`Forwarder::forward`] queues to these, not to a list read later (where a peer that
+    /// left could have given its slot to another).
+    peers: Arc<Vec<Arc<Peer>>>,
     /// Who serves each shared group that peers have members of.
     pub chooser: Chooser,
 }
@@ -89,18 +93,19 @@ impl Forwarder {
         if message.is_expired(now) {
             return None;
         }
+        let peers = arc_swap::Guard::into_inner(self.peers.list());
         let groups = self.peers.interest.groups_matching(&message.topic);
         let available = if groups.is_empty() {
             0
         } else {
-            self.peers
-                .list()
+            peers
                 .iter()
                 .filter_map(|peer| peer.interest_slot())
                 .fold(0u64, |slots, slot| slots | 1 << slot)
         };
         Some(Prepared {
             now,
+            peers,
             chooser: Chooser::new(self.policy, groups, available),
         })
     }
@@ -119,7 +124,7 @@ impl Forwarder {
         let now = prepared.now;
         prepared.chooser.finish();
         let chooser = &prepared.chooser;
-        let peers = self.peers.list();
+        let peers = &prepared.peers;
         let wanted = if peers.iter().any(|p| p.has_link) {
             self.peers.interest.matching(&message.topic)
         } else {

@@ -15,7 +15,7 @@
 //! bytes and starting with `[version][kind][origin id length: u8][origin id][origin boot
 //! epoch: u64][destination id length: u8][destination id][destination boot epoch: u64]`:
 //! ```text
-//! version 1, 2 or 3, kind 1, a best-effort batch: [seq: u64][record count: u16] records...
+//! version 1 or 2, kind 1, a best-effort batch: [seq: u64][record count: u16] records...
 //! version 3, kind 2 (4 on the control link), a link segment:
 //!     [link: u64][segment number: u64][acknowledged up to: u64][stream bytes, at most 1200]
 //! version 3, kind 3 (5 on the control link), an acknowledgement:
@@ -30,24 +30,28 @@
 //!                    [payload length: u32][payload]
 //! record, version 2: [flags: u8 (bits 0-1 QoS, bit 2 retain, bit 3 expiry, bit 4 properties,
 //!                    bit 5 stamp: link frames only, with retain only,
-//!                    bit 6 groups: link frames and version 3 batches only)]
+//!                    bit 6 groups: link frames only)]
 //!                    [topic length: u16][topic]
 //!                    [only with bit 3: seconds of Message Expiry left when sent: u32]
 //!                    [only with bit 4: properties length: u16 (never 0)][properties]
 //!                    [only with bit 5: stamp ms: u64][stamp count: u32]
 //!                    [node length: u8 (never 0)][node]
-//!                    [only with bit 6: group count: u8 (never 0), then per group:
+//!                    [only with bit 6: group count: u16 (never 0), then per group:
 //!                     [name length: u16][name][filter length: u16][filter]]
 //!                    [payload length: u32][payload]
-//! record, version 3: a version 2 record (bit 6 allowed)
 //! ```
 //! Bit 6 lists the shared groups (name, filter) the receiver must serve: the publishing node
-//! chose it for them (see [`super::shared`]). A record from a node of version 3 (a link frame,
-//! or a version 3 batch) without it is served by none of the receiver's shared groups, one in a
-//! version 1 or 2 batch (a node of an earlier release, which chooses nothing) by all of them. A
-//! list that is not well formed (a count of 0, a name a SUBSCRIBE could not give, an invalid
-//! filter, cut short) makes the record malformed: dropped and counted. The list does not count
-//! towards `-csl`, so that whether a message crosses never depends on who serves its groups.
+//! chose it for them (see [`super::shared`]). A link frame record without it is served by none
+//! of the receiver's shared groups, one in a best-effort batch (which only a node of an earlier
+//! release sends: a node of this release sends every message to a peer with links on its
+//! link, and batches of version 1 or 2 only to peers without) by all of them. A list that is
+//! not well formed (a count of 0, a name a SUBSCRIBE could not give, an invalid filter, cut
+//! short) makes the record malformed: dropped and counted. The list does not count towards
+//! `-csl`, so that whether a message crosses never depends on who serves its groups; it takes
+//! at most [`MAX_GROUP_LIST_BYTES`] (4 KiB, count included: the publishing node names a peer
+//! no more groups than fit), and a receiver takes a data link frame up to that much larger
+//! than `-mpl` and the stamp allow (`GROUP_LIST_ALLOWANCE` in `receive`), the PUBLISH itself
+//! still checked against `-mpl`.
 //! The stamp is the retained write's (see [`crate::router::Stamp`]): a receiver stores a
 //! retained record only when its stamp wins over what it holds for the topic.
 //! Version 2 adds what an MQTT 5 message carries: its properties (Payload Format Indicator,
@@ -56,8 +60,8 @@
 //! [`crate::codec::properties::decode_message_properties`]) and the Message Expiry left, rounded
 //! up so that a message still alive is never sent as expired; the receiver counts it down again
 //! from when it arrives (on a link, from when it was queued). A record without either is byte
-//! for byte a version 1 record. Version 3 brings links and interest; its best-effort batches are
-//! those of version 2, their records allowed bit 6.
+//! for byte a version 1 record. Version 3 brings links and interest, and no best-effort batch of
+//! its own (one of version 3 is refused).
 //!
 //! Each node tells the others in gossip which versions it reads (see
 //! [`NodeIdentity::reads_sync`]), and the sender writes to each peer the newest version both

@@ -18,7 +18,7 @@ use super::super::auth::DatagramKey;
 use super::super::interest::{self, FRAME_INTEREST};
 use super::super::link::{Ack, Inbox, Next, Segmented};
 use super::super::membership::{Members, NodeIdentity};
-use super::super::peers::{Peers, LINK_VERSION};
+use super::super::peers::Peers;
 use super::super::replay::{ReceivedAt, ReplayWindow};
 use super::batch::{wait_readable, Doorbell, InBatch, OutBatch, Sent};
 use super::wire::*;
@@ -37,6 +37,11 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// own framing (a few bytes more than a PUBLISH's in the worst case) and the largest stamp
 /// (a node id may be 255 bytes on the wire, though ours are at most 64).
 pub(super) const FRAME_SLACK: usize = 64 + MAX_STAMP_LEN;
+
+/// Bytes a data link frame may hold beyond that for the shared groups its record names: the
+/// list a publishing node writes is at most [`MAX_GROUP_LIST_BYTES`]. The PUBLISH itself is
+/// still checked against `-mpl` (see [`Limits::admit`]).
+const GROUP_LIST_ALLOWANCE: usize = MAX_GROUP_LIST_BYTES;
 
 /// The largest control link frame: a snapshot frame's filters and one filter more.
 const CONTROL_MAX_FRAME: usize = interest::FRAME_BYTES + 2 * (3 + 65_535);
@@ -93,6 +98,14 @@ pub(super) fn publish_packet_len(message: &Message) -> usize {
         &extras,
         message.payload.len(),
     )
+}
+
+/// The largest data link frame a node with `-mpl` `max_packet_size` takes: a record of a
+/// PUBLISH up to that size, with its stamp and a list of shared groups.
+pub(super) fn max_data_frame(max_packet_size: usize) -> usize {
+    max_packet_size
+        .saturating_add(FRAME_SLACK)
+        .saturating_add(GROUP_LIST_ALLOWANCE)
 }
 
 /// What the receiver needs besides the socket.
@@ -158,11 +171,7 @@ impl ReceiverThread {
                 sync_limit: receiver.sync_limit,
                 max_packet_size: receiver.broker.config.max_packet_size,
             },
-            max_frame: receiver
-                .broker
-                .config
-                .max_packet_size
-                .saturating_add(FRAME_SLACK),
+            max_frame: max_data_frame(receiver.broker.config.max_packet_size),
             windows: HashMap::new(),
             incoming: HashMap::new(),
             acks_due: Vec::new(),
@@ -293,21 +302,12 @@ impl ReceiverState {
             at,
             receiver.version,
         ) {
-            Ok((records, groups)) => {
+            Ok(records) => {
                 cluster.records_received.inc_by(records.len() as u64);
-                match groups {
-                    // A node that chooses who serves each shared group named this node's.
-                    Some(groups) => {
-                        for (message, groups) in records.into_iter().zip(groups) {
-                            self.deliver(message, None, Groups::Only(&groups));
-                        }
-                    }
-                    // A node of an earlier release: every group here serves its messages.
-                    None => {
-                        for message in records {
-                            self.deliver(message, None, Groups::All);
-                        }
-                    }
+                // Best effort comes from nodes of an earlier release only, which choose no
+                // shared groups: every group here serves their messages, as before.
+                for message in records {
+                    self.deliver(message, None, Groups::All);
                 }
             }
             Err(reason) => {
@@ -531,11 +531,21 @@ fn take_frames_of(
     let now = Instant::now();
     let origin = String::from_utf8_lossy(&key.origin);
     let stamps = receiver.version >= STAMP_VERSION;
+    // A peer that writes version 3 names no shared groups: every group here serves its
+    // records, as in the release before groups were chosen across nodes.
+    let names_groups = stamps
+        && receiver
+            .members
+            .known(&key.origin)
+            .and_then(|member| version_for(&member, receiver.version))
+            .is_some_and(|version| version >= STAMP_VERSION);
     // An interest frame that could not be taken leaves the peer's interest unknown (it gets
-    // every message) rather than wrong.
-    let interest_lost = || {
+    // every message, and serves none of its shared groups) rather than wrong, and the control
+    // link is refused: its sender starts another, with a snapshot, at the acknowledgement.
+    let interest_lost = |inbox: &mut Inbox| {
         if key.control {
             receiver.peers.interest.unknown(&origin);
+            inbox.refuse();
         }
     };
     while let Some(next) = incoming.inbox.next_frame() {
@@ -553,7 +563,7 @@ fn take_frames_of(
                         cluster
                             .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                             .inc();
-                        interest_lost();
+                        interest_lost(&mut incoming.inbox);
                     }
                 }
             }
@@ -600,7 +610,12 @@ fn take_frames_of(
                     continue;
                 };
                 cluster.records_received.inc();
-                let congested = deliver(receiver, limits, message, stamp, Groups::Only(&groups));
+                let serving = if names_groups {
+                    Groups::Only(&groups)
+                } else {
+                    Groups::All
+                };
+                let congested = deliver(receiver, limits, message, stamp, serving);
                 if hold && congested.is_some() {
                     return congested;
                 }
@@ -629,21 +644,21 @@ fn take_frames_of(
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                     .inc();
-                interest_lost();
+                interest_lost(&mut incoming.inbox);
             }
             Next::Oversized(len) => {
                 debug!(len, "link frame over -mpl skipped");
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
                     .inc();
-                interest_lost();
+                interest_lost(&mut incoming.inbox);
             }
             Next::Unreadable => {
                 warn!(peer = %origin, "a peer's link cannot be read; refused");
                 cluster
                     .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
                     .inc();
-                interest_lost();
+                interest_lost(&mut incoming.inbox);
             }
         }
     }
@@ -714,22 +729,20 @@ pub(super) fn accept(
     version: u8,
 ) -> Result<Vec<Message>, ClusterDrop> {
     let body = key.open(datagram).ok_or(ClusterDrop::BadTag)?;
-    accept_publish(body, members, windows, at, version).map(|(records, _)| records)
+    accept_publish(body, members, windows, at, version)
 }
 
 /// The checks of a best-effort datagram's authenticated body, in order: format (a version up to
 /// `version`, properties included), destination, origin, boot, replay (received `at`; see
 /// [`ReplayWindow::accept`]). Only a datagram that passes all of them marks its sequence
-/// number as seen. Returns its records, and in a version 3 batch (from a node that chooses who
-/// serves each shared group) the groups each names.
-#[allow(clippy::type_complexity)]
+/// number as seen. Returns its records.
 pub(super) fn accept_publish(
     body: &[u8],
     members: &Members,
     windows: &mut HashMap<Bytes, ReplayWindow>,
     at: ReceivedAt,
     version: u8,
-) -> Result<(Vec<Message>, Option<Vec<GroupList>>), ClusterDrop> {
+) -> Result<Vec<Message>, ClusterDrop> {
     let batch = decode_batch(body, version, Instant::now()).ok_or(ClusterDrop::Malformed)?;
     check_addressing(
         (&batch.origin, batch.boot_ms),
@@ -745,6 +758,99 @@ pub(super) fn accept_publish(
     if !window.accept(batch.boot_ms, batch.seq, at) {
         return Err(ClusterDrop::Replay);
     }
-    let groups = (batch.version >= LINK_VERSION).then_some(batch.groups);
-    Ok((batch.records, groups))
+    Ok(batch.records)
+}
+
+#[cfg(test)]
+mod interest_frame_tests {
+    use super::*;
+    use crate::cluster::interest::Changes;
+    use crate::cluster::membership::{MemberInfo, MemberState};
+
+    fn identity(name: &str) -> NodeIdentity {
+        NodeIdentity {
+            node_id: name.to_string(),
+            gossip: "127.0.0.1:7946".parse().expect("address"),
+            sync_port: 7947,
+            mqtt_port: 1883,
+            version: NodeIdentity::advertised_version("0", NEWEST_VERSION),
+            boot_ms: 1,
+            renewal: 0,
+        }
+    }
+
+    #[test]
+    fn an_unreadable_interest_frame_forgets_the_peers_groups_and_asks_for_a_snapshot() {
+        let metrics = Arc::new(Metrics::new());
+        let members = Arc::new(Members::new(identity("local"), false));
+        members.set_others_for_tests(vec![MemberInfo {
+            identity: identity("a"),
+            state: MemberState::Up,
+        }]);
+        let peers = Arc::new(Peers::new(
+            members.clone(),
+            1 << 20,
+            NEWEST_VERSION,
+            None,
+            Instant::now(),
+            metrics.clone(),
+        ));
+        let slot = peers.list()[0].interest_slot().expect("a slot");
+        let receiver = Receiver {
+            broker: Arc::new(Broker::new(
+                crate::config::Config::for_tests(),
+                metrics,
+                None,
+                None,
+            )),
+            members,
+            peers: peers.clone(),
+            key: DatagramKey::sync(b"k"),
+            sync_limit: None,
+            version: NEWEST_VERSION,
+            origin: Origin {
+                node_id: "local".into(),
+                boot_ms: 1,
+                started: Instant::now(),
+                version: NEWEST_VERSION,
+            },
+        };
+        let limits = Limits {
+            sync_limit: None,
+            max_packet_size: 1 << 20,
+        };
+        let groups = Changes {
+            snapshot: true,
+            filters: Vec::new(),
+            groups: vec![(b"g".to_vec(), b"t/+".to_vec(), true)],
+        };
+        peers.interest.apply("a", 1, &groups);
+        assert!(!peers.interest.groups_matching(b"t/x").is_empty());
+        assert!(peers.interest.is_known(slot));
+
+        // A control link whose next frame is an interest frame that cannot be read.
+        let key = LinkKey {
+            origin: Bytes::from_static(b"a"),
+            control: true,
+        };
+        let mut incoming = Incoming {
+            boot_ms: 1,
+            inbox: Inbox::join(7, 1, 0, CONTROL_MAX_FRAME).expect("a new link"),
+        };
+        let mut segment = vec![0, 0, 0, 2, FRAME_INTEREST, 0b10];
+        // And a good one after it, which is not taken: the link is refused.
+        segment.extend_from_slice(&[0, 0, 0, 2, FRAME_INTEREST, 0b01]);
+        incoming.inbox.on_segment(1, Bytes::from(segment));
+        assert!(take_frames_of(&mut incoming, &key, &receiver, &limits, true).is_none());
+
+        // Its groups are forgotten (the nodes with members serve them meanwhile), it gets
+        // every message, and its sender is told to start over with a snapshot.
+        assert!(peers.interest.groups_matching(b"t/x").is_empty());
+        assert!(!peers.interest.is_known(slot));
+        assert!(incoming.inbox.ack().reset);
+        assert!(incoming.inbox.next_frame().is_none());
+        // The snapshot on the new link makes it known again, groups included.
+        peers.interest.apply("a", 1, &groups);
+        assert!(!peers.interest.groups_matching(b"t/x").is_empty());
+    }
 }

@@ -714,11 +714,11 @@ fn records_name_the_shared_groups_their_receiver_serves_and_bad_lists_are_malfor
     // Malformed lists: no entry, an invalid name, an invalid filter.
     let groups_at = 1 + 2 + 3;
     for (what, list) in [
-        ("count 0", &b"\x00"[..]),
-        ("empty name", b"\x01\x00\x00\x00\x01a"),
-        ("name with /", b"\x01\x00\x03a/b\x00\x01a"),
-        ("not a filter", b"\x01\x00\x01g\x00\x03a#b"),
-        ("cut", b"\x02\x00\x01g\x00\x01a"),
+        ("count 0", &b"\x00\x00"[..]),
+        ("empty name", b"\x00\x01\x00\x00\x00\x01a"),
+        ("name with /", b"\x00\x01\x00\x03a/b\x00\x01a"),
+        ("not a filter", b"\x00\x01\x00\x01g\x00\x03a#b"),
+        ("cut", b"\x00\x02\x00\x01g\x00\x01a"),
     ] {
         let mut bad = plain[..groups_at].to_vec();
         bad[0] |= FLAG_GROUPS;
@@ -726,18 +726,121 @@ fn records_name_the_shared_groups_their_receiver_serves_and_bad_lists_are_malfor
         bad.extend_from_slice(&plain[groups_at..]);
         assert!(decode_publish_frame(&bad, true, now).is_none(), "{what}");
     }
-    // In best-effort batches: version 3 only.
+    // Never in best-effort batches (their newest version is 2, and version 3 ones are refused).
     let origin = origin_of("n1", 1, 3);
-    for (version, accepted) in [(3, true), (2, false)] {
+    for version in [2, 3] {
         let mut batch = Vec::new();
         encode_header(&mut batch, version, &origin, &identity("local", 1), 1);
         batch.put_u16(1);
-        encode_record_with_groups(&mut batch, &live, now, &groups);
-        let decoded = decode_batch(&batch, 3, now);
-        assert_eq!(decoded.is_some(), accepted, "version {version}");
-        if let Some(decoded) = decoded {
-            assert_eq!(decoded.groups, vec![groups.clone()]);
-        }
+        encode_link_record(&mut batch, &live, None, now, &groups);
+        assert!(decode_batch(&batch, 3, now).is_none(), "version {version}");
+    }
+}
+
+#[test]
+fn a_record_names_hundreds_of_groups() {
+    let now = Instant::now();
+    let live = message("t/x", b"p", QoS::AtLeastOnce, false);
+    let groups: GroupList = (0..300)
+        .map(|i| (Bytes::from(format!("g{i}")), Bytes::from_static(b"t/+")))
+        .collect();
+    assert!(groups_len(&groups) <= MAX_GROUP_LIST_BYTES);
+    let mut frame = Vec::new();
+    encode_link_record(&mut frame, &live, None, now, &groups);
+    assert_eq!(
+        frame.len(),
+        stamped_record_len(&live, None) + groups_len(&groups)
+    );
+    let (_, _, got) = decode_publish_frame(&frame, true, now).unwrap();
+    assert_eq!(got.len(), 300, "none dropped beyond 255");
+    assert_eq!(got, groups);
+}
+
+#[test]
+fn a_publish_at_mpl_with_the_largest_group_list_fits_the_receivers_frame_bound() {
+    // A client PUBLISH (MQTT 3.1.1, QoS 1) of exactly -mpl bytes on the publishing node.
+    let mpl = 100_000usize;
+    let topic = "factory/line7/telemetry";
+    let rem_fixed = 2 + topic.len() + 2;
+    let payload_len = mpl - 1 - 3 - rem_fixed; // varint of 3 bytes
+    let m = message(topic, &vec![b'x'; payload_len], QoS::AtLeastOnce, false);
+    assert_eq!(publish_packet_len(&m), mpl);
+    let groups: GroupList = vec![
+        (
+            Bytes::from_static(b"workers"),
+            Bytes::from_static(b"factory/+/telemetry"),
+        ),
+        (
+            Bytes::from_static(b"archivers"),
+            Bytes::from_static(b"factory/#"),
+        ),
+        (
+            Bytes::from_static(b"alerts"),
+            Bytes::from_static(b"factory/+/+"),
+        ),
+    ];
+    let max_frame = max_data_frame(mpl);
+    // Frame kind, record and list: what the sender queues as one link frame.
+    let frame_len = 1 + stamped_record_len(&m, None) + groups_len(&groups);
+    assert!(frame_len > mpl + 64, "beyond -mpl and the stamp's slack");
+    assert!(frame_len <= max_frame, "{frame_len} > {max_frame}");
+    // The largest list a sender writes (see shared::Chooser) fits too.
+    let name = Bytes::from(vec![b'g'; 100]);
+    let mut largest = GroupList::new();
+    while groups_len(&largest) + group_entry_len(&name, b"factory/#") <= MAX_GROUP_LIST_BYTES {
+        largest.push((name.clone(), Bytes::from_static(b"factory/#")));
+    }
+    let frame_len = 1 + stamped_record_len(&m, None) + groups_len(&largest);
+    assert!(frame_len <= max_frame, "{frame_len} > {max_frame}");
+}
+
+#[test]
+fn forward_queues_to_the_peers_the_groups_were_chosen_among() {
+    let up = |name: &str| MemberInfo {
+        identity: identity(name, 1),
+        state: MemberState::Up,
+    };
+    let members = Arc::new(Members::new(identity("local", 1), false));
+    members.set_others_for_tests(vec![up("a")]);
+    let metrics = Arc::new(Metrics::new());
+    let peers = Arc::new(Peers::new(
+        members.clone(),
+        1 << 20,
+        NEWEST_VERSION,
+        None,
+        Instant::now(),
+        metrics.clone(),
+    ));
+    let forwarder = Forwarder::new(
+        peers.clone(),
+        None,
+        3,
+        crate::cluster::shared::SharedPolicy::Local,
+        metrics,
+    );
+    assert_eq!(peers.list()[0].interest_slot(), Some(0));
+    let changes = crate::cluster::interest::Changes {
+        snapshot: true,
+        filters: Vec::new(),
+        groups: vec![(b"g".to_vec(), b"t/+".to_vec(), true)],
+    };
+    peers.interest.apply("a", 1, &changes);
+    let message = Arc::new(message("t/x", b"p", QoS::AtLeastOnce, false));
+    let prepared = forwarder.prepare(&message).unwrap();
+    // Meanwhile a leaves, and b comes up in the slot a had.
+    members.set_others_for_tests(Vec::new());
+    assert!(peers.list().is_empty());
+    members.set_others_for_tests(vec![up("b")]);
+    let b = peers.list()[0].clone();
+    assert_eq!(b.interest_slot(), Some(0));
+    forwarder.forward(&message, None, prepared);
+    // b was not among the peers the group was chosen among: it is never named a's group.
+    for (_, segment) in b.take_transmits(Instant::now(), 16).segments {
+        let len = u32::from_be_bytes(segment[..4].try_into().unwrap()) as usize;
+        assert_eq!(segment[4], FRAME_PUBLISH);
+        let (_, _, groups) =
+            decode_publish_frame(&segment[5..4 + len], true, Instant::now()).unwrap();
+        assert!(groups.is_empty(), "b named {groups:?}");
     }
 }
 

@@ -14,6 +14,10 @@ use crate::codec::QoS;
 use crate::router::{Message, Stamp};
 use crate::topic;
 
+/// The newest version of best-effort batches: version 3 brought links, and every message to a
+/// peer that has one goes on it.
+pub const NEWEST_BATCH_VERSION: u8 = 2;
+
 /// The sync versions this release knows: version 1 (topic, payload, QoS and retain), version 2
 /// (also the MQTT 5 properties and expiry), version 3 (links: acknowledged, ordered streams
 /// of records, see [`super::link`]) and version 4 (retained anti-entropy: stamped records,
@@ -62,17 +66,26 @@ pub(super) const FLAG_PROPERTIES: u8 = 0b1_0000;
 /// properties.
 pub(super) const FLAG_STAMP: u8 = 0b10_0000;
 
-/// Records from a node that chooses who serves each shared group (link frames, and version 3
-/// best-effort batches): the shared groups the receiver must serve follow the stamp. Without
-/// it such a record is delivered to no shared group.
+/// Link frame records (from a node that chooses who serves each shared group): the shared
+/// groups the receiver must serve follow the stamp. Without it such a record is delivered to
+/// no shared group.
 pub(super) const FLAG_GROUPS: u8 = 0b100_0000;
 
 /// The shared groups (name, filter) a record asks its receiver to serve.
 pub type GroupList = Vec<(Bytes, Bytes)>;
 
-/// Shared groups one record names at most (its count is one byte); a publish matching more
-/// groups that one peer must serve is delivered to the first ones only.
-pub const MAX_RECORD_GROUPS: usize = u8::MAX as usize;
+/// The most bytes a record's list of shared groups takes ([`groups_len`]: count, lengths,
+/// names and filters). The publishing node names a peer no more groups than fit (see
+/// [`super::super::shared`]), and the receiver allows a link frame as much beyond `-mpl`.
+pub const MAX_GROUP_LIST_BYTES: usize = 4 << 10;
+
+/// The bytes one group of a record's list takes, besides the count.
+pub fn group_entry_len(name: &[u8], filter: &[u8]) -> usize {
+    4 + name.len() + filter.len()
+}
+
+/// The bytes of a group list's count.
+pub const GROUP_COUNT_LEN: usize = 2;
 
 /// Acknowledgement flags: the receiver refuses the link.
 pub(super) const ACK_RESET: u8 = 0b1;
@@ -165,11 +178,11 @@ pub fn groups_len(groups: &[(Bytes, Bytes)]) -> usize {
     if groups.is_empty() {
         return 0;
     }
-    1 + groups
-        .iter()
-        .take(MAX_RECORD_GROUPS)
-        .map(|(name, filter)| 4 + name.len() + filter.len())
-        .sum::<usize>()
+    GROUP_COUNT_LEN
+        + groups
+            .iter()
+            .map(|(name, filter)| group_entry_len(name, filter))
+            .sum::<usize>()
 }
 
 /// The stamp a record carries: only retained messages have one (and a stamp of an empty node
@@ -189,17 +202,6 @@ pub(crate) fn encode_record(out: &mut impl BufMut, message: &Message, version: u
     encode_record_stamped(out, message, version, now, None, &[])
 }
 
-/// Appends `message` as a record of sync `version` 3 (a best-effort batch to a peer with
-/// links) naming the shared `groups` it must serve: [`record_len`] + [`groups_len`] bytes.
-pub(crate) fn encode_record_with_groups(
-    out: &mut impl BufMut,
-    message: &Message,
-    now: Instant,
-    groups: &[(Bytes, Bytes)],
-) {
-    encode_record_stamped(out, message, LINK_VERSION, now, None, groups)
-}
-
 /// Appends `message` as a version 2 link frame record with the retained write's `stamp` (when
 /// it has one): [`stamped_record_len`] bytes.
 pub(crate) fn encode_stamped_record(
@@ -211,7 +213,8 @@ pub(crate) fn encode_stamped_record(
     encode_record_stamped(out, message, 2, now, stamp, &[])
 }
 
-/// [`encode_stamped_record`] naming the shared `groups` the receiver must serve:
+/// [`encode_stamped_record`] naming the shared `groups` the receiver must serve (at most
+/// `u16::MAX` of them, which [`MAX_GROUP_LIST_BYTES`] keeps far below):
 /// [`stamped_record_len`] + [`groups_len`] bytes.
 pub(crate) fn encode_link_record(
     out: &mut impl BufMut,
@@ -270,8 +273,8 @@ fn encode_record_stamped(
         out.put_slice(node);
     }
     if !groups.is_empty() {
-        let groups = &groups[..groups.len().min(MAX_RECORD_GROUPS)];
-        out.put_u8(groups.len() as u8);
+        let groups = &groups[..groups.len().min(usize::from(u16::MAX))];
+        out.put_u16(groups.len() as u16);
         // Names and filters come from SUBSCRIBE filters: under 64 KiB.
         for (name, filter) in groups {
             out.put_u16(name.len() as u16);
@@ -287,6 +290,8 @@ fn encode_record_stamped(
 /// A sync datagram, authenticated and parsed.
 #[derive(Debug)]
 pub(crate) struct Batch {
+    /// Read by the fuzz targets and tests: the receiver treats every version alike.
+    #[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
     pub(crate) version: u8,
     pub(crate) origin: Bytes,
     pub(crate) boot_ms: u64,
@@ -294,8 +299,6 @@ pub(crate) struct Batch {
     pub(crate) destination_boot_ms: u64,
     pub(crate) seq: u64,
     pub(crate) records: Vec<Message>,
-    /// The shared groups each record names (in version 3; empty lists in earlier versions).
-    pub(crate) groups: Vec<GroupList>,
 }
 
 /// Who sent a datagram to whom, as its header says.
@@ -329,12 +332,13 @@ fn decode_parties(buf: &mut &[u8]) -> Option<Parties> {
 }
 
 /// Parses an authenticated body received at `now`; `None` when it is not a well-formed publish
-/// batch of a version from 1 to `newest` (the newest this node reads).
+/// batch of a version from 1 to `newest` (the newest this node reads), at most
+/// [`NEWEST_BATCH_VERSION`].
 pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batch> {
     let mut buf = body;
     let parties = decode_parties(&mut buf)?;
     let version = parties.version;
-    if !(OLDEST_VERSION..=newest.min(NEWEST_VERSION)).contains(&version)
+    if !(OLDEST_VERSION..=newest.min(NEWEST_BATCH_VERSION)).contains(&version)
         || parties.kind != KIND_PUBLISH
     {
         return None;
@@ -342,12 +346,8 @@ pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batc
     let seq = take_u64(&mut buf)?;
     let count = take_u16(&mut buf)?;
     let mut records = Vec::with_capacity(usize::from(count).min(64));
-    let mut groups = Vec::with_capacity(usize::from(count).min(64));
-    let takes_groups = version >= LINK_VERSION;
     for _ in 0..count {
-        let record = decode_record(&mut buf, version, false, takes_groups, now)?;
-        records.push(record.0);
-        groups.push(record.2);
+        records.push(decode_record(&mut buf, version, false, false, now)?.0);
     }
     if buf.has_remaining() {
         return None;
@@ -360,7 +360,6 @@ pub(crate) fn decode_batch(body: &[u8], newest: u8, now: Instant) -> Option<Batc
         destination_boot_ms: parties.destination_boot_ms,
         seq,
         records,
-        groups,
     })
 }
 
@@ -450,15 +449,16 @@ fn decode_record(
     Some((message, stamp, groups))
 }
 
-/// A record's list of shared groups: `[count u8, not 0]` then `[name length u16][name][filter
+/// A record's list of shared groups: `[count u16, not 0]` then `[name length u16][name][filter
 /// length u16][filter]` each, a name as a SUBSCRIBE could give it and a valid filter (or
 /// `None`: the record is malformed).
 fn decode_groups(buf: &mut &[u8]) -> Option<GroupList> {
-    let count = take_u8(buf)?;
+    let count = take_u16(buf)?;
     if count == 0 {
         return None;
     }
-    let mut groups = GroupList::with_capacity(usize::from(count));
+    // Each entry takes 6 bytes at least: the capacity never exceeds what the frame can hold.
+    let mut groups = GroupList::with_capacity(usize::from(count).min(buf.len() / 6));
     for _ in 0..count {
         let name_len = usize::from(take_u16(buf)?);
         let name = take(buf, name_len)?;
