@@ -260,6 +260,14 @@ async fn a_node_of_an_earlier_release_keeps_the_old_behaviour(version: &str) {
         "n1's member, and n3's as before: {got:?}"
     );
 
+    // A direct subscription to the group's filter on n1 comes and goes: n3 keeps sending n1
+    // the topic, which n1's group still wants.
+    let mut direct = n1
+        .subscriber(&unique_id("direct"), &topic, QoS::AtLeastOnce)
+        .await;
+    direct.unsubscribe(&topic).await;
+    direct.disconnect().await;
+
     // Published on n3: as before, one member on every node gets it.
     let mut old_publisher = n3.client(&unique_id("pub")).await;
     publish_range(&mut old_publisher, &topic, 20, 30).await;

@@ -537,19 +537,19 @@ fn snapshot_of(filters: &crate::router::Filters<'_>, groups: bool) -> Vec<BytesM
 
 impl FilterWatcher for Peers {
     fn filter_added(&self, filter: &[u8]) {
-        self.tell(None, filter, true);
+        self.tell(None, filter, true, false);
     }
 
-    fn filter_removed(&self, filter: &[u8]) {
-        self.tell(None, filter, false);
+    fn filter_removed(&self, filter: &[u8], groups_left: bool) {
+        self.tell(None, filter, false, groups_left);
     }
 
     fn group_added(&self, group: &str, filter: &str) {
-        self.tell(Some(group.as_bytes()), filter.as_bytes(), true);
+        self.tell(Some(group.as_bytes()), filter.as_bytes(), true, false);
     }
 
     fn group_removed(&self, group: &str, filter: &str) {
-        self.tell(Some(group.as_bytes()), filter.as_bytes(), false);
+        self.tell(Some(group.as_bytes()), filter.as_bytes(), false, false);
     }
 }
 
@@ -557,7 +557,7 @@ impl Peers {
     /// Tells every peer with a control link of a filter (or with `group`, a shared group)
     /// added or removed here. Called under the router's write lock, so the list is read as it
     /// is (refreshing it would take the lock again).
-    fn tell(&self, group: Option<&[u8]>, filter: &[u8], added: bool) {
+    fn tell(&self, group: Option<&[u8]>, filter: &[u8], added: bool, groups_left: bool) {
         let Some(frame) = interest::change_frame(group, filter, added) else {
             return;
         };
@@ -574,6 +574,8 @@ impl Peers {
                 _ if peer.stamps => &frame,
                 (Some(as_filter), _) => as_filter,
                 (None, Some(_)) => continue,
+                // Its groups' filter (which it was told as a plain one) stays.
+                (None, None) if groups_left => continue,
                 (None, None) => &frame,
             };
             wake |= peer.push_control(std::slice::from_ref(frame), false);

@@ -255,7 +255,8 @@ pub const EXPIRY_SWEEP_MAX: usize = 16 * TEARDOWN_BATCH;
 /// groups this node can serve.
 pub trait FilterWatcher: Send + Sync {
     fn filter_added(&self, filter: &[u8]);
-    fn filter_removed(&self, filter: &[u8]);
+    /// `groups_left`: shared groups remain on the filter here.
+    fn filter_removed(&self, filter: &[u8], groups_left: bool);
     fn group_added(&self, group: &str, filter: &str);
     fn group_removed(&self, group: &str, filter: &str);
 }
@@ -744,7 +745,7 @@ fn remove(
     let edited = tree.remove(&path, subscription.group(), id);
     if let Some(watcher) = watcher.get() {
         if edited.filter {
-            watcher.filter_removed(subscription.filter().as_bytes());
+            watcher.filter_removed(subscription.filter().as_bytes(), edited.groups_left);
         }
         if let (true, Some(group)) = (edited.group, subscription.group()) {
             watcher.group_removed(group, subscription.filter());
@@ -833,10 +834,11 @@ mod tests {
                 .lock()
                 .push(format!("+{}", String::from_utf8_lossy(filter)));
         }
-        fn filter_removed(&self, filter: &[u8]) {
+        fn filter_removed(&self, filter: &[u8], groups_left: bool) {
+            let left = if groups_left { " (groups left)" } else { "" };
             self.0
                 .lock()
-                .push(format!("-{}", String::from_utf8_lossy(filter)));
+                .push(format!("-{}{left}", String::from_utf8_lossy(filter)));
         }
         fn group_added(&self, group: &str, filter: &str) {
             self.0.lock().push(format!("+{group}:{filter}"));
@@ -935,7 +937,11 @@ mod tests {
         assert!(unsubscribe(1, "x/y"));
         assert!(unsubscribe(2, "x/y"));
         assert!(!unsubscribe(2, "x/y"));
-        assert_eq!(told.take(), ["-x/y"], "the shared group is told apart");
+        assert_eq!(
+            told.take(),
+            ["-x/y (groups left)"],
+            "the shared group is told apart, and that it is left"
+        );
         assert!(unsubscribe(2, "$share/g/x/y"));
         assert_eq!(told.take(), Vec::<String>::new(), "a member is left");
         assert!(unsubscribe(1, "$share/g/x/y"));

@@ -499,6 +499,9 @@ pub(super) struct Edited {
     /// subscriptions (a group whose members here are all offline, persistent sessions away,
     /// is not one they may choose this node for).
     pub(super) group: bool,
+    /// A filter that lost its last direct subscription still has shared groups here (which
+    /// a peer of an earlier release counted as its subscriptions).
+    pub(super) groups_left: bool,
 }
 
 impl Node {
@@ -579,6 +582,7 @@ impl Node {
                 changed,
                 filter: changed && first,
                 group: false,
+                groups_left: false,
             };
         };
         let groups = node.shared.get_or_insert_with(Default::default);
@@ -611,6 +615,7 @@ impl Node {
             changed,
             filter: false,
             group: !online_before && groups[index].has_online_member(),
+            groups_left: false,
         }
     }
 
@@ -646,6 +651,10 @@ impl Node {
                 changed,
                 filter: changed && self.subscribers.is_empty(),
                 group: false,
+                groups_left: self
+                    .shared
+                    .as_ref()
+                    .is_some_and(|groups| !groups.is_empty()),
             };
         };
         let Some(groups) = self.shared.as_mut() else {
@@ -673,6 +682,7 @@ impl Node {
             changed: true,
             filter: false,
             group: online_before && !online_after,
+            groups_left: false,
         }
     }
 

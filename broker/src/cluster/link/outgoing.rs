@@ -108,6 +108,9 @@ pub struct Outbox {
     sacked: u64,
     /// Segments after the last acknowledged one the peer has room for.
     peer_window: u64,
+    /// The last segment sent shorter than a full one (0: none yet): see
+    /// [`Outbox::new_segment_ready`].
+    last_partial: u64,
 }
 
 impl Outbox {
@@ -137,6 +140,7 @@ impl Outbox {
             recovery_until: 0,
             sacked: 0,
             peer_window: WINDOW,
+            last_partial: 0,
         }
     }
 
@@ -168,15 +172,16 @@ impl Outbox {
         !self.resend.is_empty() || (self.new_segment_ready() && self.window_open())
     }
 
-    /// Whether the unsent bytes make a segment to send now: a full one, or any while nothing
-    /// is in flight. Nagle's rule (RFC 896): while segments are in flight, a partial one waits
-    /// for more bytes or for an acknowledgement (at most a round trip, since the receiver
-    /// acknowledges every burst at once). Under load the sender then sends full segments
-    /// instead of being woken for every message; at a low rate nothing is in flight and a
-    /// message goes at once.
+    /// Whether the unsent bytes make a segment to send now: a full one, or a partial one
+    /// while no other partial one is unacknowledged. Nagle's rule (RFC 896) as Minshall
+    /// refined it: a partial segment waits for more bytes or for the acknowledgement of the
+    /// last partial one (at most a round trip, since the receiver acknowledges every burst at
+    /// once). Under load the sender then sends full segments instead of being woken for every
+    /// message; at a low rate, and for the tail of a message larger than a segment, nothing
+    /// partial is in flight and the bytes go at once.
     fn new_segment_ready(&self) -> bool {
-        let in_flight = self.next_seq - self.acked - 1;
-        self.unsent.len() >= SEGMENT_BYTES || (!self.unsent.is_empty() && in_flight == 0)
+        self.unsent.len() >= SEGMENT_BYTES
+            || (!self.unsent.is_empty() && self.acked >= self.last_partial)
     }
 
     /// The state of the link's flow, for logs.
@@ -287,6 +292,9 @@ impl Outbox {
         let n = self.unsent.len().min(SEGMENT_BYTES);
         let data = self.unsent.split_to(n).freeze();
         let seq = self.next_seq;
+        if n < SEGMENT_BYTES {
+            self.last_partial = seq;
+        }
         self.next_seq += 1;
         self.segmented_to += n as u64;
         self.in_flight.push_back(Segment {
@@ -501,28 +509,36 @@ mod tests {
         let big = vec![0xab; 3000];
         push_bytes(&mut outbox, &big);
         assert_eq!(outbox.buffered(), 10 + 3005);
-        let mut sent = drain(&mut outbox, now);
+        let sent = drain(&mut outbox, now);
         let seqs: Vec<u64> = sent.iter().map(|(seq, _)| *seq).collect();
-        assert_eq!(seqs, [1, 2], "full segments");
-        assert!(
-            !outbox.has_transmit(),
-            "the partial tail waits while segments are in flight (Nagle)"
+        assert_eq!(
+            seqs,
+            [1, 2, 3],
+            "the tail goes too: no partial segment was in flight"
         );
-        assert_eq!(outbox.pending_frames(), 2);
-        // The first segment holds the small frame and the start of the big one.
-        let acked = outbox.on_ack(&ack(7, 1, 0), now);
-        assert_eq!((acked.freed, acked.frames), (SEGMENT_BYTES, 1));
-        assert!(!outbox.has_transmit(), "segment 2 still in flight");
-        outbox.on_ack(&ack(7, 2, 0), now);
-        let tail = drain(&mut outbox, now);
-        assert_eq!(tail.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [3]);
-        sent.extend(tail);
         let stream: Vec<u8> = sent.iter().flat_map(|(_, d)| d.to_vec()).collect();
         assert_eq!(&stream[..10], b"\0\0\0\x06\x01hello");
         assert_eq!(&stream[10..15], b"\0\0\x0b\xb9\x01");
         assert_eq!(stream.len(), 3015);
         assert!(sent.iter().all(|(_, d)| d.len() <= SEGMENT_BYTES));
+        assert_eq!(outbox.pending_frames(), 2);
+        // The first segment holds the small frame and the start of the big one.
+        let acked = outbox.on_ack(&ack(7, 1, 0), now);
+        assert_eq!((acked.freed, acked.frames), (SEGMENT_BYTES, 1));
+        // A small frame waits while the partial segment 3 is unacknowledged (Nagle), then
+        // goes.
+        push_bytes(&mut outbox, b"more");
+        assert!(!outbox.has_transmit(), "segment 3, partial, in flight");
         let acked = outbox.on_ack(&ack(7, 3, 0), now);
+        assert_eq!(acked.frames, 1);
+        assert_eq!(
+            drain(&mut outbox, now)
+                .iter()
+                .map(|s| s.0)
+                .collect::<Vec<_>>(),
+            [4]
+        );
+        let acked = outbox.on_ack(&ack(7, 4, 0), now);
         assert_eq!(acked.frames, 1);
         assert_eq!(outbox.buffered(), 0);
         assert!(outbox.is_idle());

@@ -147,6 +147,10 @@ struct LinkKey {
 struct Incoming {
     boot_ms: u64,
     inbox: Inbox,
+    /// Its sender writes version 4 and names the shared groups each record is for (a sender of
+    /// version 3 names none: every group here serves its records). Fixed with the link: a
+    /// later boot of the peer, of another version, has a link of its own.
+    names_groups: bool,
 }
 
 /// The running receiver: a thread of its own, like the sender (see [`super::send`]), so that
@@ -467,6 +471,9 @@ impl ReceiverState {
                         let incoming = Incoming {
                             boot_ms: parties.boot_ms,
                             inbox,
+                            names_groups: receiver.version >= STAMP_VERSION
+                                && version_for(&member, receiver.version)
+                                    .is_some_and(|version| version >= STAMP_VERSION),
                         };
                         self.incoming.insert(key.clone(), incoming);
                         self.incoming.get_mut(&key).ok_or(ClusterDrop::StaleLink)?
@@ -531,14 +538,6 @@ fn take_frames_of(
     let now = Instant::now();
     let origin = String::from_utf8_lossy(&key.origin);
     let stamps = receiver.version >= STAMP_VERSION;
-    // A peer that writes version 3 names no shared groups: every group here serves its
-    // records, as in the release before groups were chosen across nodes.
-    let names_groups = stamps
-        && receiver
-            .members
-            .known(&key.origin)
-            .and_then(|member| version_for(&member, receiver.version))
-            .is_some_and(|version| version >= STAMP_VERSION);
     // An interest frame that could not be taken leaves the peer's interest unknown (it gets
     // every message, and serves none of its shared groups) rather than wrong, and the control
     // link is refused: its sender starts another, with a snapshot, at the acknowledgement.
@@ -610,7 +609,9 @@ fn take_frames_of(
                     continue;
                 };
                 cluster.records_received.inc();
-                let serving = if names_groups {
+                // A peer that writes version 3 names no shared groups: every group here serves
+                // its records, as in the release before groups were chosen across nodes.
+                let serving = if incoming.names_groups {
                     Groups::Only(&groups)
                 } else {
                     Groups::All
@@ -836,6 +837,7 @@ mod interest_frame_tests {
         let mut incoming = Incoming {
             boot_ms: 1,
             inbox: Inbox::join(7, 1, 0, CONTROL_MAX_FRAME).expect("a new link"),
+            names_groups: true,
         };
         let mut segment = vec![0, 0, 0, 2, FRAME_INTEREST, 0b10];
         // And a good one after it, which is not taken: the link is refused.
