@@ -65,6 +65,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::sync::{take, take_u16, take_u32, take_u64, take_u8};
 use crate::router::{bucket_of, Stamp, Stamped, DIGEST_BUCKETS};
 use crate::topic;
 
@@ -391,31 +392,6 @@ pub fn to_push(theirs: &[(Bytes, Stamped)], ours: &[(Bytes, Stamped)]) -> Vec<By
     push
 }
 
-fn take_u8(buf: &mut &[u8]) -> Option<u8> {
-    (buf.remaining() >= 1).then(|| buf.get_u8())
-}
-
-fn take_u16(buf: &mut &[u8]) -> Option<u16> {
-    (buf.remaining() >= 2).then(|| buf.get_u16())
-}
-
-fn take_u32(buf: &mut &[u8]) -> Option<u32> {
-    (buf.remaining() >= 4).then(|| buf.get_u32())
-}
-
-fn take_u64(buf: &mut &[u8]) -> Option<u64> {
-    (buf.remaining() >= 8).then(|| buf.get_u64())
-}
-
-fn take(buf: &mut &[u8], len: usize) -> Option<Bytes> {
-    if buf.remaining() < len {
-        return None;
-    }
-    let bytes = Bytes::copy_from_slice(&buf[..len]);
-    buf.advance(len);
-    Some(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,6 +442,16 @@ mod tests {
             to.index.range(bucket, after, None, max)
         })
         .frames;
+        push_winners(from, to, frames, now)
+    }
+
+    /// `from` takes `to`'s listing `frames` and pushes it what wins; returns how many.
+    fn push_winners(
+        from: &Store,
+        to: &mut Store,
+        frames: impl IntoIterator<Item = BytesMut>,
+        now: u64,
+    ) -> usize {
         let mut pushed = 0;
         for frame in frames {
             let part = decode_part(&frame).expect("a listing frame parses");
@@ -789,19 +775,7 @@ mod tests {
             to.index.range(bucket, after, None, max)
         });
         *next = listing.next;
-        let mut pushed = 0;
-        for frame in listing.frames {
-            let part = decode_part(&frame).unwrap();
-            let ours = from
-                .index
-                .range(part.bucket, part.after.as_deref(), part.upto(), RANGE_MAX);
-            for topic in to_push(&part.entries, &ours) {
-                let held = from.index.get(&topic).unwrap().clone();
-                to.index.apply_for_tests(&topic, held, now);
-                pushed += 1;
-            }
-        }
-        pushed
+        push_winners(from, to, listing.frames, now)
     }
 
     #[test]

@@ -597,24 +597,24 @@ fn properties_could_be_published(properties: &Bytes, payload: &[u8]) -> bool {
     response_topic_ok && payload_ok
 }
 
-fn take_u8(buf: &mut &[u8]) -> Option<u8> {
+pub(in crate::cluster) fn take_u8(buf: &mut &[u8]) -> Option<u8> {
     (buf.remaining() >= 1).then(|| buf.get_u8())
 }
 
-fn take_u16(buf: &mut &[u8]) -> Option<u16> {
+pub(in crate::cluster) fn take_u16(buf: &mut &[u8]) -> Option<u16> {
     (buf.remaining() >= 2).then(|| buf.get_u16())
 }
 
-fn take_u32(buf: &mut &[u8]) -> Option<u32> {
+pub(in crate::cluster) fn take_u32(buf: &mut &[u8]) -> Option<u32> {
     (buf.remaining() >= 4).then(|| buf.get_u32())
 }
 
-fn take_u64(buf: &mut &[u8]) -> Option<u64> {
+pub(in crate::cluster) fn take_u64(buf: &mut &[u8]) -> Option<u64> {
     (buf.remaining() >= 8).then(|| buf.get_u64())
 }
 
 /// The next `len` bytes, copied: records outlive the receive buffer.
-fn take(buf: &mut &[u8], len: usize) -> Option<Bytes> {
+pub(in crate::cluster) fn take(buf: &mut &[u8], len: usize) -> Option<Bytes> {
     if buf.remaining() < len {
         return None;
     }
