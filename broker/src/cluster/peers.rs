@@ -1248,6 +1248,15 @@ mod tests {
         (members, peers)
     }
 
+    /// A stamp this node gave a retained write.
+    fn local_stamp() -> Stamp {
+        Stamp {
+            ms: 1_700_000_000_000,
+            count: 0,
+            node: Bytes::from_static(b"local"),
+        }
+    }
+
     fn message(topic: &str, len: usize, qos: QoS, retain: bool) -> Message {
         Message::new(
             Bytes::copy_from_slice(topic.as_bytes()),
@@ -1439,11 +1448,7 @@ mod tests {
         assert!(new.stamps && old.has_link && !old.stamps);
         let now = Instant::now();
         let metrics = Metrics::new();
-        let stamp = Stamp {
-            ms: 1_700_000_000_000,
-            count: 0,
-            node: Bytes::from_static(b"local"),
-        };
+        let stamp = local_stamp();
         let retained = message("r/t", 3, QoS::AtLeastOnce, true);
         for peer in [&new, &old] {
             assert!(
@@ -1477,11 +1482,7 @@ mod tests {
         let peer = peers.list()[0].clone();
         let now = Instant::now();
         let metrics = Metrics::new();
-        let stamp = Stamp {
-            ms: 1_700_000_000_000,
-            count: 0,
-            node: Bytes::from_static(b"local"),
-        };
+        let stamp = local_stamp();
         let small = message("r/t", 10, QoS::AtMostOnce, true);
         let mut big_properties = message("r/p", 10, QoS::AtMostOnce, true);
         big_properties.properties = Bytes::from(vec![0; usize::from(u16::MAX) + 1]);

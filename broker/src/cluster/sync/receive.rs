@@ -547,6 +547,7 @@ fn take_frames_of(
             inbox.refuse();
         }
     };
+    let dropped = |reason: ClusterDrop| cluster.dropped(ClusterPort::Sync, reason).inc();
     while let Some(next) = incoming.inbox.next_frame() {
         match next {
             Next::Frame(frame) if key.control && frame.kind == FRAME_INTEREST => {
@@ -559,9 +560,7 @@ fn take_frames_of(
                     }
                     None => {
                         debug!(peer = %origin, "malformed interest frame skipped");
-                        cluster
-                            .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                            .inc();
+                        dropped(ClusterDrop::Malformed);
                         interest_lost(&mut incoming.inbox);
                     }
                 }
@@ -594,18 +593,14 @@ fn take_frames_of(
                 };
                 if handled.is_none() {
                     debug!(peer = %origin, kind = frame.kind, "malformed retained digest or listing skipped");
-                    cluster
-                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                        .inc();
+                    dropped(ClusterDrop::Malformed);
                 }
             }
             Next::Frame(frame) if !key.control && frame.kind == FRAME_PUBLISH => {
                 // A record naming a malformed list of groups is malformed: dropped, counted.
                 let Some((message, stamp, groups)) = decode_publish_frame(&frame.body, stamps, now)
                 else {
-                    cluster
-                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                        .inc();
+                    dropped(ClusterDrop::Malformed);
                     continue;
                 };
                 cluster.records_received.inc();
@@ -625,40 +620,30 @@ fn take_frames_of(
                 // A repair: for the retained store only, never delivered.
                 let Some((message, Some(stamp))) = decode_frame_record(&frame.body, stamps, now)
                 else {
-                    cluster
-                        .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                        .inc();
+                    dropped(ClusterDrop::Malformed);
                     continue;
                 };
                 cluster.records_received.inc();
                 if !limits.admit(&message) {
                     debug!("retained repair over -csl or -mpl dropped");
-                    cluster
-                        .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
-                        .inc();
+                    dropped(ClusterDrop::TooBig);
                 } else if !receiver.broker.router.store_retained(&message, stamp) {
                     cluster.retained_stale.inc();
                 }
             }
             Next::Frame(frame) => {
                 debug!(kind = frame.kind, "link frame of an unknown kind skipped");
-                cluster
-                    .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                    .inc();
+                dropped(ClusterDrop::Malformed);
                 interest_lost(&mut incoming.inbox);
             }
             Next::Oversized(len) => {
                 debug!(len, "link frame over -mpl skipped");
-                cluster
-                    .dropped(ClusterPort::Sync, ClusterDrop::TooBig)
-                    .inc();
+                dropped(ClusterDrop::TooBig);
                 interest_lost(&mut incoming.inbox);
             }
             Next::Unreadable => {
                 warn!(peer = %origin, "a peer's link cannot be read; refused");
-                cluster
-                    .dropped(ClusterPort::Sync, ClusterDrop::Malformed)
-                    .inc();
+                dropped(ClusterDrop::Malformed);
                 interest_lost(&mut incoming.inbox);
             }
         }

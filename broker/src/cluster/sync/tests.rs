@@ -500,22 +500,7 @@ async fn the_sender_writes_each_peer_its_version() {
     members.set_others_for_tests(vec![peer("old", &old, 1), peer("new", &new, 2)]);
     let key = DatagramKey::sync(b"k");
     let socket = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
-    let metrics = Arc::new(Metrics::new());
-    let peers = Arc::new(Peers::new(
-        members,
-        1 << 20,
-        2,
-        None,
-        Instant::now(),
-        metrics.clone(),
-    ));
-    let forwarder = Forwarder::new(
-        peers.clone(),
-        None,
-        2,
-        crate::cluster::shared::SharedPolicy::Local,
-        metrics.clone(),
-    );
+    let (peers, forwarder) = forwarding_to(members, 2);
     let forward = |message: Message| {
         let message = Arc::new(message);
         if let Some(prepared) = forwarder.prepare(&message) {
@@ -802,22 +787,7 @@ fn forward_queues_to_the_peers_the_groups_were_chosen_among() {
     };
     let members = Arc::new(Members::new(identity("local", 1), false));
     members.set_others_for_tests(vec![up("a")]);
-    let metrics = Arc::new(Metrics::new());
-    let peers = Arc::new(Peers::new(
-        members.clone(),
-        1 << 20,
-        NEWEST_VERSION,
-        None,
-        Instant::now(),
-        metrics.clone(),
-    ));
-    let forwarder = Forwarder::new(
-        peers.clone(),
-        None,
-        3,
-        crate::cluster::shared::SharedPolicy::Local,
-        metrics,
-    );
+    let (peers, forwarder) = forwarding_to(members.clone(), NEWEST_VERSION);
     assert_eq!(peers.list()[0].interest_slot(), Some(0));
     let changes = crate::cluster::interest::Changes {
         snapshot: true,
@@ -870,4 +840,26 @@ fn the_frame_slack_covers_the_largest_stamp() {
             );
         }
     }
+}
+
+/// The peers `members` lists, and a forwarder to them, writing sync `version` at most (1 MiB
+/// links, no `-csl`, shared groups preferring this node).
+fn forwarding_to(members: Arc<Members>, version: u8) -> (Arc<Peers>, Forwarder) {
+    let metrics = Arc::new(Metrics::new());
+    let peers = Arc::new(Peers::new(
+        members,
+        1 << 20,
+        version,
+        None,
+        Instant::now(),
+        metrics.clone(),
+    ));
+    let forwarder = Forwarder::new(
+        peers.clone(),
+        None,
+        version,
+        crate::cluster::shared::SharedPolicy::Local,
+        metrics,
+    );
+    (peers, forwarder)
 }
