@@ -39,8 +39,8 @@ use super::link::{Ack, Outbox, Pushed};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
     encode_link_record, encode_record, encode_stamped_record, groups_len, record_len,
-    stamped_record_len, version_for, Wakeup, BATCH_BYTES, FRAME_PUBLISH, FRAME_RETAINED,
-    MAX_DATAGRAM_RECORD, STAMP_VERSION,
+    stamped_record_len, version_for, Transmitter, Wakeup, BATCH_BYTES, FRAME_PUBLISH,
+    FRAME_RETAINED, MAX_DATAGRAM_RECORD, STAMP_VERSION,
 };
 use crate::broker::Broker;
 use crate::codec::QoS;
@@ -73,6 +73,8 @@ pub struct Peers {
     synced_at: AtomicUsize,
     /// Wakes the sender: something was queued, or a window opened.
     wake: Wakeup,
+    /// Sends in the sender thread's place (set when the sender starts).
+    transmitter: OnceLock<Arc<Transmitter>>,
     /// Wakes the SUBSCRIBEs waiting for the peers: a peer took interest frames.
     interest_taken: Notify,
     /// Bytes a link may hold (`-csb`).
@@ -108,6 +110,7 @@ impl Peers {
             synced_at: AtomicUsize::new(Arc::as_ptr(&synced) as usize),
             synced: Mutex::new(synced),
             wake: Wakeup::default(),
+            transmitter: OnceLock::new(),
             interest_taken: Notify::new(),
             capacity,
             version,
@@ -168,6 +171,36 @@ impl Peers {
     /// Wakes the sender.
     pub fn wake_sender(&self) {
         self.wake.wake();
+    }
+
+    /// Sends what the peers hold from this thread when nobody else is sending, or wakes the
+    /// sender (see [`Transmitter::send_now`]). Not to be called with a peer's queues locked.
+    pub fn send_soon(&self) {
+        match self.transmitter.get() {
+            Some(transmitter) => transmitter.send_now(self),
+            None => self.wake_sender(),
+        }
+    }
+
+    /// Lets [`Peers::send_soon`] send through `transmitter`.
+    pub(in crate::cluster) fn attach_transmitter(&self, transmitter: Arc<Transmitter>) {
+        let _ = self.transmitter.set(transmitter);
+    }
+
+    /// Wakes the sender if it sleeps past `deadline`.
+    pub(in crate::cluster) fn wake_sender_by(&self, deadline: Instant) {
+        self.wake.wake_by(deadline);
+    }
+
+    /// Whether the sender was woken and has not yet looked.
+    #[cfg(test)]
+    pub(in crate::cluster) fn sender_woken_for_tests(&self) -> bool {
+        self.wake.is_pending()
+    }
+
+    /// Tells when the sender will wake by itself.
+    pub(in crate::cluster) fn plan_sender_wake(&self, at: Instant) {
+        self.wake.plan(at);
     }
 
     /// The sender's sleep, until woken or `deadline`.
@@ -1064,7 +1097,7 @@ impl Peer {
             self.drained.notify_waiters();
         }
         if wake {
-            peers.wake_sender();
+            peers.send_soon();
         }
         false
     }

@@ -54,10 +54,17 @@ impl OutBatch {
         datagram
     }
 
-    /// Sends what the batch holds from `socket` and empties it. A datagram the kernel refuses
-    /// (an unreachable peer reported by ICMP, a datagram too big for the route) is counted as
-    /// failed and the rest still go.
-    pub fn send(&mut self, socket: &impl AsFd) -> Sent {
+    /// Whether it holds nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sends what the batch holds from `socket`. A datagram the kernel refuses (an
+    /// unreachable peer reported by ICMP, a datagram too big for the route) is counted as
+    /// failed and the rest still go. With `wait`, waits for room in the socket's buffer when it
+    /// is full (and drops what it holds, counted, if none comes): the batch is empty after;
+    /// without, what the socket does not take at once stays in the batch, first in line.
+    pub fn send(&mut self, socket: &impl AsFd, wait: bool) -> Sent {
         let mut outcome = Sent::default();
         let mut from = 0;
         while from < self.len {
@@ -71,6 +78,14 @@ impl OutBatch {
                     from += sent;
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait {
+                        // The unsent datagrams move to the front (their buffers swap places
+                        // with the sent ones', which are reused).
+                        self.datagrams[..self.len].rotate_left(from);
+                        self.to[..self.len].rotate_left(from);
+                        self.len -= from;
+                        return outcome;
+                    }
                     if !wait_for_room(socket) {
                         tracing::debug!("sync socket takes nothing; datagrams dropped");
                         outcome.failed += self.len - from;
@@ -393,7 +408,7 @@ mod tests {
             }
             assert!(batch.is_full());
             assert_eq!(
-                batch.send(&sender),
+                batch.send(&sender, true),
                 Sent {
                     sent: BATCH,
                     failed: 0
@@ -432,7 +447,7 @@ mod tests {
         // Over the largest UDP datagram: EMSGSIZE.
         batch.next(to).resize(70_000, 0);
         batch.next(to).extend_from_slice(b"last");
-        assert_eq!(batch.send(&sender), Sent { sent: 2, failed: 1 });
+        assert_eq!(batch.send(&sender, true), Sent { sent: 2, failed: 1 });
         let mut buf = [0u8; 16];
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"first");

@@ -153,7 +153,7 @@ impl Forwarder {
             cluster.records_forwarded.inc();
         }
         if wake {
-            self.peers.wake_sender();
+            self.peers.send_soon();
         }
         congested
     }

@@ -96,7 +96,7 @@ use std::time::Instant;
 
 pub use forward::{Forwarder, Prepared};
 pub use receive::{Limits, Receiver, ReceiverThread};
-pub use send::{Sender, Wakeup};
+pub use send::{Sender, Transmitter, Wakeup};
 pub use wire::*;
 
 /// Who this node is in the datagrams it sends.

@@ -124,7 +124,7 @@ pub struct Receiver {
 
 /// Sends the acknowledgements `batch` holds, counted.
 fn send_batch(batch: &mut OutBatch, socket: &std::net::UdpSocket, metrics: &Metrics) {
-    let Sent { sent, failed } = batch.send(socket);
+    let Sent { sent, failed } = batch.send(socket, true);
     metrics
         .cluster
         .datagrams_out(ClusterPort::Sync, sent as u64);

@@ -542,6 +542,83 @@ async fn the_sender_writes_each_peer_its_version() {
     assert!(to_new.seq != to_old.seq, "one number per datagram");
 }
 
+/// A publisher whose message makes a segment sendable sends it itself, with no sender thread
+/// running; while someone else is sending, it leaves the segment to them and wakes the thread.
+#[test]
+fn a_publisher_sends_in_place_when_nobody_else_is_sending() {
+    let receiving = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiving
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut peer = identity("n2", 1);
+    peer.sync_port = receiving.local_addr().unwrap().port();
+    peer.version = NodeIdentity::advertised_version("0.1.0", NEWEST_VERSION);
+    let members = Arc::new(Members::new(identity("local", 1), false));
+    members.set_others_for_tests(vec![MemberInfo {
+        identity: peer,
+        state: MemberState::Up,
+    }]);
+    let key = DatagramKey::sync(b"k");
+    let socket = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    socket.set_nonblocking(true).unwrap();
+    let (peers, forwarder) = forwarding_to(members, NEWEST_VERSION);
+    let transmitter = Arc::new(Transmitter::new(
+        socket,
+        key.clone(),
+        origin_of("local", 1, NEWEST_VERSION),
+        Arc::new(Metrics::new()),
+    ));
+    peers.attach_transmitter(transmitter.clone());
+    let forward = |topic: &str, payload: &[u8]| {
+        let message = Arc::new(message(topic, payload, QoS::AtLeastOnce, false));
+        let prepared = forwarder.prepare(&message).unwrap();
+        assert!(forwarder.forward(&message, None, prepared).is_none());
+    };
+    // The control link's snapshot goes first; then the data link's segment.
+    forward("sent/in/place", b"payload");
+    let mut topics_seen = Vec::new();
+    let mut buf = [0u8; 2048];
+    for _ in 0..4 {
+        let Ok(n) = receiving.recv(&mut buf) else {
+            break;
+        };
+        let body = key.open(&buf[..n]).unwrap().to_vec();
+        if let Some((
+            _,
+            LinkDatagram::Segment {
+                control: false,
+                data,
+                ..
+            },
+        )) = decode_link(&body, NEWEST_VERSION)
+        {
+            topics_seen.push(data);
+            break;
+        }
+    }
+    assert_eq!(topics_seen.len(), 1, "the data segment was sent in place");
+    assert!(topics_seen[0]
+        .windows(b"sent/in/place".len())
+        .any(|w| w == b"sent/in/place"));
+
+    // Someone else sending: nothing goes from here, and the sender is woken to go round again.
+    let held = transmitter.lock_for_tests();
+    // Takes the wake-ups given so far, as the thread's sleep would.
+    peers.sleep_sender_until(Instant::now());
+    assert!(!peers.sender_woken_for_tests());
+    // Larger than a segment: full segments go whatever is in flight.
+    forward("left/for/the/sender", &[7; 4000]);
+    assert!(peers.sender_woken_for_tests());
+    receiving
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        receiving.recv(&mut buf).is_err(),
+        "nothing sent while another holds the sender"
+    );
+    drop(held);
+}
+
 /// A version 2 record with the given parts, after a header from n1 to local.
 fn raw_v2(flags: u8, expiry: Option<u32>, properties: Option<&[u8]>, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
