@@ -174,7 +174,8 @@ impl Peers {
     }
 
     /// Sends what the peers hold from this thread when nobody else is sending, or wakes the
-    /// sender (see [`Transmitter::send_now`]). Not to be called with a peer's queues locked.
+    /// sender (see [`Transmitter::send_now`]). Not to be called under the router's locks, this
+    /// `Peers`' or a peer's: a pass takes them.
     pub fn send_soon(&self) {
         match self.transmitter.get() {
             Some(transmitter) => transmitter.send_now(self),
@@ -184,7 +185,9 @@ impl Peers {
 
     /// Lets [`Peers::send_soon`] send through `transmitter`.
     pub(in crate::cluster) fn attach_transmitter(&self, transmitter: Arc<Transmitter>) {
-        let _ = self.transmitter.set(transmitter);
+        // One sender per node: a second would number best-effort datagrams on its own.
+        let attached = self.transmitter.set(transmitter).is_ok();
+        debug_assert!(attached, "a second sender for the same peers");
     }
 
     /// Wakes the sender if it sleeps past `deadline`.
@@ -1076,7 +1079,8 @@ impl Peer {
         let (acked, buffered, capacity, wake) = {
             let mut queues = self.queues.lock();
             let acked = queues.outbox.on_ack(ack, now);
-            // Idle matters to a sender that is stopping: it waits for nothing more.
+            // Idle matters to a sender that is stopping: it waits for nothing more (a pass in
+            // place wakes it then).
             let wake = queues.outbox.has_transmit() || queues.outbox.is_idle();
             (
                 acked,

@@ -4,11 +4,12 @@
 //!
 //! A [`Transmitter`] does the sending, for whoever holds its lock: a publisher whose message
 //! made something sendable, or the receiver when an acknowledgement opened a link's window,
-//! sends at once from its own thread ([`Transmitter::send_now`]) when nobody else is sending
-//! and the socket takes everything without a wait; otherwise it wakes the sender's thread.
-//! That thread keeps the timers (retransmissions, membership changes) and whatever needs a
-//! wait for room in the socket. Sending in place saves a thread wake-up per burst: at 1,000
-//! messages a second each message was one more hop through the scheduler.
+//! sends at once from its own thread ([`Transmitter::send_now`]) when nobody else is sending;
+//! what the socket does not take at once, what is left beyond a turn, and a control link to
+//! restart are left to the sender's thread, which it wakes. That thread also keeps the timers
+//! (retransmissions, membership changes) and waits for room in the socket when it must.
+//! Sending in place saves a thread wake-up per burst: at 1,000 messages a second each message
+//! was one more hop through the scheduler.
 //!
 //! The thread rather than a task: under load the sender competes with every publishing
 //! connection for the runtime's workers, and as a task it got a turn too seldom to keep up
@@ -47,7 +48,8 @@ pub struct Wakeup {
     pending: AtomicBool,
     woken: Mutex<bool>,
     condvar: Condvar,
-    /// When the thread means to wake by itself, as nanoseconds after `base`.
+    /// When the thread means to wake by itself, as nanoseconds after `base` (0 until it first
+    /// plans: it is awake until then).
     planned: AtomicU64,
     base: OnceLock<Instant>,
 }
@@ -112,6 +114,9 @@ pub struct Transmitter {
     origin: Origin,
     metrics: Arc<Metrics>,
     state: Mutex<SendState>,
+    /// The thread is stopping: it waits for the peers to acknowledge everything, and must be
+    /// woken when they do.
+    stopping: AtomicBool,
 }
 
 /// What one sender at a time works with.
@@ -119,7 +124,7 @@ struct SendState {
     /// Numbers best-effort datagrams, for the receivers' replay windows.
     sequence: SequenceClock,
     /// Datagrams sealed and not yet sent: what a send in place left for want of room in the
-    /// socket goes first in the thread's next call.
+    /// socket goes first in the next pass.
     batch: OutBatch,
 }
 
@@ -148,6 +153,7 @@ impl Transmitter {
             key,
             origin,
             metrics,
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -157,8 +163,11 @@ impl Transmitter {
         self.state.lock()
     }
 
-    /// Sends what the peers hold now from this thread, unless someone else is sending or the
-    /// socket has no room (then the sender's thread is woken for it).
+    /// Sends what the peers hold now from this thread, unless someone else is sending; wakes
+    /// the sender's thread for what it leaves (see [`Transmitter::pass`]), for a timer it
+    /// started that the thread would sleep past, and when the thread is stopping (it waits
+    /// for the peers' acknowledgements). Not to be called under the router's locks or a
+    /// peer's: a pass takes them.
     pub fn send_now(&self, peers: &Peers) {
         let Some(mut state) = self.state.try_lock() else {
             // The one sending goes round again before it sleeps.
@@ -167,7 +176,7 @@ impl Transmitter {
         };
         let pass = self.pass(&mut state, peers, Instant::now(), false);
         drop(state);
-        if pass.more {
+        if pass.more || self.stopping.load(Ordering::Acquire) {
             peers.wake_sender();
         } else if let Some(deadline) = pass.deadline {
             peers.wake_sender_by(deadline);
@@ -175,13 +184,13 @@ impl Transmitter {
     }
 
     /// Takes what every peer has to send (up to a turn's segments each), seals it and sends
-    /// it. `wait`: wait for room in the socket (the thread); otherwise what the socket does
-    /// not take at once stays in the batch for the thread.
+    /// it. `wait`: wait for room in the socket (the thread). Otherwise (in place) what the
+    /// socket does not take at once stays in the batch and nothing more is taken, and control
+    /// links to restart (a snapshot of every filter) are left to the thread: `more` says so.
     fn pass(&self, state: &mut SendState, peers: &Peers, now: Instant, wait: bool) -> Pass {
         let SendState { sequence, batch } = state;
         let (key, origin, cluster) = (&self.key, &self.origin, &self.metrics.cluster);
         let mut pass = Pass::default();
-        let mut stuck = false;
         // Sends what the batch holds; says whether some stayed for want of room.
         let flush = |batch: &mut OutBatch| {
             let Sent { sent, failed } = batch.send(&*self.socket, wait);
@@ -193,15 +202,20 @@ impl Transmitter {
             }
             !batch.is_empty()
         };
+        // What an earlier pass in place left goes first; while the socket takes none of it,
+        // nothing more is taken.
+        let mut stuck = !batch.is_empty() && flush(batch);
         let list = peers.list().clone();
         for peer in list.iter() {
-            if peer.control_lost() {
-                peers.restart_control(peer);
-            }
-            // A batch the socket would not take at once is not added to in place.
             if stuck {
-                pass.more = true;
                 break;
+            }
+            if peer.control_lost() {
+                if wait {
+                    peers.restart_control(peer);
+                } else {
+                    pass.more = true;
+                }
             }
             let transmits = peer.take_transmits(now, SEGMENTS_PER_TURN);
             cluster
@@ -214,8 +228,8 @@ impl Transmitter {
             };
             let to = peer.identity.sync_addr();
             for (count, run) in &transmits.runs {
-                if batch.is_full() {
-                    stuck |= flush(batch);
+                if batch.is_full() && !stuck {
+                    stuck = flush(batch);
                 }
                 let datagram = batch.next(to);
                 encode_header(
@@ -238,8 +252,8 @@ impl Transmitter {
                 (KIND_SEGMENT, transmits.link, &transmits.segments),
             ] {
                 for (seq, data) in segments {
-                    if batch.is_full() {
-                        stuck |= flush(batch);
+                    if batch.is_full() && !stuck {
+                        stuck = flush(batch);
                     }
                     let datagram = batch.next(to);
                     encode_parties(datagram, LINK_VERSION, kind, origin, &peer.identity);
@@ -251,7 +265,9 @@ impl Transmitter {
                 }
             }
         }
-        stuck |= flush(batch);
+        if !stuck {
+            stuck = flush(batch);
+        }
         pass.more |= stuck;
         pass
     }
@@ -260,6 +276,7 @@ impl Transmitter {
 /// The running sender.
 pub struct Sender {
     orders: Arc<Orders>,
+    transmitter: Arc<Transmitter>,
     peers: Arc<Peers>,
     done: oneshot::Receiver<()>,
 }
@@ -275,6 +292,7 @@ impl Sender {
     ) -> std::io::Result<Sender> {
         let transmitter = Arc::new(Transmitter::new(socket, key, origin, metrics));
         peers.attach_transmitter(transmitter.clone());
+        let loop_transmitter = transmitter.clone();
         let orders = Arc::new(Orders::default());
         let (finished, done) = oneshot::channel();
         let loop_orders = orders.clone();
@@ -282,11 +300,12 @@ impl Sender {
         std::thread::Builder::new()
             .name("coolpy7-sync-send".into())
             .spawn(move || {
-                send_loop(&transmitter, &loop_peers, &loop_orders);
+                send_loop(&loop_transmitter, &loop_peers, &loop_orders);
                 let _ = finished.send(());
             })?;
         Ok(Sender {
             orders,
+            transmitter,
             peers,
             done,
         })
@@ -296,6 +315,7 @@ impl Sender {
     /// for its acknowledgements, for at most `limit`; says whether everything went.
     pub async fn finish(mut self, limit: Duration) -> bool {
         self.orders.stop.store(true, Ordering::Release);
+        self.transmitter.stopping.store(true, Ordering::Release);
         self.peers.wake_sender();
         // The thread dropping its end without a word panicked: not finished.
         let finished = matches!(
@@ -323,8 +343,9 @@ impl Drop for Sender {
 fn send_loop(transmitter: &Transmitter, peers: &Peers, orders: &Orders) {
     while !orders.abort.load(Ordering::Acquire) {
         let stopping = orders.stop.load(Ordering::Acquire);
-        let now = Instant::now();
         let mut state = transmitter.state.lock();
+        // Read once the lock is held: a pass in place may have held it for a while.
+        let now = Instant::now();
         let pass = transmitter.pass(&mut state, peers, now, true);
         if stopping && peers.all_idle() {
             return;
