@@ -35,7 +35,7 @@ use super::anti_entropy::{
     RANGE_MAX,
 };
 use super::interest::{self, RemoteInterest, FRAME_INTEREST};
-use super::link::{Ack, Outbox, Pushed};
+use super::link::{Ack, Outbox, Pushed, SEGMENT_BYTES};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
     encode_link_record, encode_record, encode_stamped_record, groups_len, record_len,
@@ -47,6 +47,19 @@ use crate::codec::QoS;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 use crate::router::{FilterWatcher, Message, Stamp};
 use crate::session::Drain;
+
+/// A push that makes a segment sendable sends it at once (wakes the sender, or sends in place)
+/// only while fewer segments than this are unacknowledged: under load, what publishers add
+/// while a burst is in flight goes with the acknowledgement of that burst (the receiver sends
+/// in place on every acknowledgement that opens the window), as one batch of datagrams instead
+/// of one system call and one wake-up of the peer's receiver per segment. At a low rate
+/// nothing is in flight and each message goes at once. (Two nodes on one 2-core machine: a
+/// batch of 2.3 datagrams per call on average, almost all of one, became about 30.)
+const EAGER_WHILE_OUTSTANDING: u64 = 2;
+/// ... but never more than this many bytes (32 segments) wait for an acknowledgement: a burst
+/// that large goes anyway, so that a lost acknowledgement holds little back (the next burst's
+/// acknowledgement covers it) and a fast publisher is not held to one burst per round trip.
+const BURST_BYTES: usize = 32 * SEGMENT_BYTES;
 
 /// Best-effort records held per peer before more are dropped (`queue_full`): a few
 /// milliseconds of the sender's work.
@@ -977,11 +990,13 @@ impl Peer {
             }
             let was_idle = !queues.outbox.has_transmit();
             let before = queues.outbox.buffered();
+            let unsent_before = queues.outbox.unsent();
             let pushed = queues.outbox.push(FRAME_PUBLISH, len, |out| {
                 encode_link_record(out, message, stamp, now, groups)
             });
-            // Woken only when there is something it can send now (not into a closed window).
-            let wake = was_idle && queues.outbox.has_transmit();
+            let wake = queues.outbox.has_transmit()
+                && ((was_idle && queues.outbox.outstanding() < EAGER_WHILE_OUTSTANDING)
+                    || unsent_before / BURST_BYTES != queues.outbox.unsent() / BURST_BYTES);
             let grown = queues.outbox.buffered() - before;
             drop(queues);
             metrics.cluster.buffered_bytes.inc_by(grown as i64);
@@ -1386,6 +1401,47 @@ mod tests {
         let (_members, peers) = peers_of(&[("new", 3)], 64 << 10);
         let big = message("t", 60_000, QoS::AtMostOnce, false);
         assert!(peers.list()[0].push(&big, None, &[], now, &metrics).queued);
+    }
+
+    #[test]
+    fn under_load_segments_wait_for_the_acknowledgement_of_the_burst_in_flight() {
+        let (_members, peers) = peers_of(&[("new", 4)], 1 << 20);
+        let peer = peers.list()[0].clone();
+        let now = Instant::now();
+        let metrics = Metrics::new();
+        // A little more than a segment each.
+        let message = message("t", 1_300, QoS::AtLeastOnce, false);
+        let frame = stamped_record_len(&message, None) + 5;
+        let push = || peer.push(&message, None, &[], now, &metrics);
+        // Nothing in flight: the first message goes at once, as two segments.
+        assert!(push().wake);
+        assert_eq!(peer.take_transmits(now, 64).segments.len(), 2);
+        // Two in flight: what follows waits for their acknowledgement, up to a burst.
+        let mut pushed = 0;
+        while !push().wake {
+            pushed += 1;
+            assert!(pushed <= 40, "a burst goes without an acknowledgement");
+        }
+        let waited = pushed * frame;
+        assert!(
+            (BURST_BYTES - 2 * frame..=BURST_BYTES).contains(&waited),
+            "{waited} bytes waited"
+        );
+        let link = peer.take_transmits(now, 64).link.0;
+        // The acknowledgement of the first two opens the window for more: it wakes the sender.
+        peers.sleep_sender_until(Instant::now());
+        push();
+        assert!(!peers.sender_woken_for_tests());
+        let ack = Ack {
+            link,
+            cumulative: 2,
+            selective: 0,
+            window: 2_048,
+            reset: false,
+        };
+        assert!(!peer.on_ack(&ack, now, &peers, &metrics));
+        assert!(peers.sender_woken_for_tests());
+        assert!(!peer.take_transmits(now, 64).segments.is_empty());
     }
 
     #[test]

@@ -162,6 +162,16 @@ impl Outbox {
         self.frame_ends.len()
     }
 
+    /// Segments sent and not yet acknowledged.
+    pub fn outstanding(&self) -> u64 {
+        self.next_seq - self.acked - 1
+    }
+
+    /// Bytes pushed and not yet cut into segments.
+    pub fn unsent(&self) -> usize {
+        self.unsent.len()
+    }
+
     /// Whether everything pushed has been acknowledged.
     pub fn is_idle(&self) -> bool {
         self.frame_ends.is_empty()
