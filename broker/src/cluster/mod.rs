@@ -99,6 +99,10 @@ impl Bound {
         let socket = socket2::SockRef::from(&sync);
         let _ = socket.set_recv_buffer_size(SYNC_SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SYNC_SOCKET_BUFFER);
+        // Bursts from a peer may come up as one (see `sync::batch`); a kernel without it hands
+        // up each datagram, as before.
+        let coalescing = sync::coalesce_received(&sync);
+        tracing::debug!(coalescing, "UDP_GRO on the sync socket");
         if config.key.0.len() < SHORT_KEY {
             // Datagrams are public: a captured one lets anyone test guesses of the key offline.
             warn!(

@@ -94,6 +94,7 @@ mod wire;
 
 use std::time::Instant;
 
+pub use batch::coalesce_received;
 pub use forward::{Forwarder, Prepared};
 pub use receive::{Limits, Receiver, ReceiverThread};
 pub use send::{Sender, Transmitter, Wakeup};
