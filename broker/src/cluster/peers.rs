@@ -54,11 +54,12 @@ use crate::session::Drain;
 /// in place on every acknowledgement that opens the window), as one batch of datagrams instead
 /// of one system call and one wake-up of the peer's receiver per segment. At a low rate
 /// nothing is in flight and each message goes at once. (Two nodes on one 2-core machine: a
-/// batch of 2.3 datagrams per call on average, almost all of one, became about 30.)
+/// batch of 2.3 datagrams per call on average, almost all of one, became about 30.) Nothing
+/// waits longer than the outbox's hold (two round trips; `Outbox::hold_until`): a push after
+/// it sends, and the sender's thread wakes for it when no push comes.
 const EAGER_WHILE_OUTSTANDING: u64 = 2;
-/// ... but never more than this many bytes (32 segments) wait for an acknowledgement: a burst
-/// that large goes anyway, so that a lost acknowledgement holds little back (the next burst's
-/// acknowledgement covers it) and a fast publisher is not held to one burst per round trip.
+/// ... and never more than this many bytes (32 segments) wait for an acknowledgement: a burst
+/// that large goes anyway, so that a fast publisher is not held to one burst per round trip.
 const BURST_BYTES: usize = 32 * SEGMENT_BYTES;
 
 /// Best-effort records held per peer before more are dropped (`queue_full`): a few
@@ -996,7 +997,8 @@ impl Peer {
             });
             let wake = queues.outbox.has_transmit()
                 && ((was_idle && queues.outbox.outstanding() < EAGER_WHILE_OUTSTANDING)
-                    || unsent_before / BURST_BYTES != queues.outbox.unsent() / BURST_BYTES);
+                    || unsent_before / BURST_BYTES != queues.outbox.unsent() / BURST_BYTES
+                    || queues.outbox.hold_until().is_some_and(|until| now >= until));
             let grown = queues.outbox.buffered() - before;
             drop(queues);
             metrics.cluster.buffered_bytes.inc_by(grown as i64);
@@ -1416,7 +1418,17 @@ mod tests {
         // Nothing in flight: the first message goes at once, as two segments.
         assert!(push().wake);
         assert_eq!(peer.take_transmits(now, 64).segments.len(), 2);
-        // Two in flight: what follows waits for their acknowledgement, up to a burst.
+        // Two in flight: what follows waits for their acknowledgement, for two round trips (at
+        // least a millisecond) since the last segment went; then it goes with the next push,
+        // acknowledged or not, and the sender's thread is told when to look if none comes.
+        assert!(!push().wake);
+        let held_until = peer.queues.lock().outbox.hold_until().unwrap();
+        assert!(held_until <= now + Duration::from_millis(1));
+        assert!(peer.take_transmits(now, 0).deadline.unwrap() <= held_until);
+        let later = now + Duration::from_millis(5);
+        assert!(peer.push(&message, None, &[], later, &metrics).wake);
+        assert_eq!(peer.take_transmits(now, 64).segments.len(), 2);
+        // ... and, under load, up to a burst.
         let mut pushed = 0;
         while !push().wake {
             pushed += 1;

@@ -111,6 +111,8 @@ pub struct Outbox {
     /// The last segment sent shorter than a full one (0: none yet): see
     /// [`Outbox::new_segment_ready`].
     last_partial: u64,
+    /// When the last new segment was sent: see [`Outbox::hold_until`].
+    last_sent: Option<Instant>,
 }
 
 impl Outbox {
@@ -138,6 +140,7 @@ impl Outbox {
             ssthresh: WINDOW,
             cwnd_growth: 0,
             recovery_until: 0,
+            last_sent: None,
             sacked: 0,
             peer_window: WINDOW,
             last_partial: 0,
@@ -307,6 +310,7 @@ impl Outbox {
         }
         self.next_seq += 1;
         self.segmented_to += n as u64;
+        self.last_sent = Some(now);
         self.in_flight.push_back(Segment {
             seq,
             data: data.clone(),
@@ -325,9 +329,25 @@ impl Outbox {
         (index < self.in_flight.len()).then_some(index)
     }
 
-    /// When [`Outbox::on_timeout`] should next be called.
+    /// When the sender should look at this outbox again: for [`Outbox::on_timeout`], or to
+    /// send what waits past [`Outbox::hold_until`].
     pub fn deadline(&self) -> Option<Instant> {
-        self.timer
+        match (self.timer, self.hold_until()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Until when segments ready to send may wait for the acknowledgement of those in flight
+    /// (a publisher does not send them itself meanwhile; see `Peer::push`): two smoothed round
+    /// trips, at least a millisecond, after the last new segment went. An acknowledgement
+    /// that is lost, or late, then holds them back that long, not a retransmission timeout.
+    pub fn hold_until(&self) -> Option<Instant> {
+        if !self.has_transmit() {
+            return None;
+        }
+        let hold = (self.srtt.unwrap_or(Duration::ZERO) * 2).max(Duration::from_millis(1));
+        self.last_sent.map(|sent| sent + hold)
     }
 
     /// Marks for retransmission every unacknowledged segment sent a timeout or more before
@@ -710,8 +730,10 @@ mod tests {
         outbox.on_ack(&ack(1, outbox.acked, 0b111), now + MIN_RTO);
         assert_eq!(outbox.cwnd, cwnd / 2);
         assert!(outbox.has_transmit(), "the lost segment goes again");
-        let deadline = outbox.deadline().unwrap();
-        outbox.on_timeout(deadline);
+        // The retransmission timer, not the hold of what is ready (which comes first).
+        let timer = outbox.timer.unwrap();
+        assert!(outbox.deadline().unwrap() <= timer);
+        outbox.on_timeout(timer);
         assert_eq!(outbox.cwnd, MIN_CWND);
     }
 

@@ -31,6 +31,9 @@ const ROOM_WAIT: Duration = Duration::from_millis(200);
 /// bytes (within a UDP datagram's largest payload).
 const GSO_SEGMENTS: usize = 64;
 const GSO_BYTES: usize = 65_000;
+/// The largest datagram sent with segmentation offload: what fits a 1,500-byte MTU over IPv6
+/// (link segments do; a larger datagram, which may need IP fragments, goes alone).
+const GSO_SEGMENT_MAX: usize = 1_452;
 
 /// Datagrams waiting to be sent, and the buffers they are written in (kept between batches).
 #[derive(Default)]
@@ -38,8 +41,9 @@ pub struct OutBatch {
     datagrams: Vec<Vec<u8>>,
     to: Vec<SockAddr>,
     len: usize,
-    /// The kernel refused a segmentation offload send: plain datagrams only.
-    no_offload: bool,
+    /// Whether to send with segmentation offload: unknown until the first send (the kernel is
+    /// asked then); no once it refused.
+    offload: Option<bool>,
 }
 
 /// What [`OutBatch::send`] did.
@@ -83,13 +87,24 @@ impl OutBatch {
     pub fn send(&mut self, socket: &impl AsFd, wait: bool) -> Sent {
         let mut outcome = Sent::default();
         let mut from = 0;
+        let offload = *self
+            .offload
+            .get_or_insert_with(|| offload_supported(socket));
+        // A group the kernel refused for another reason than the offload itself (a route with
+        // a smaller MTU, a filter) goes again as plain datagrams, each failing on its own.
+        let mut plain_once = false;
         while from < self.len {
-            match send_some(
+            let offload = offload && self.offload != Some(false) && !plain_once;
+            let result = send_some(
                 socket,
                 &self.datagrams[from..self.len],
                 &self.to[from..self.len],
-                !self.no_offload,
-            ) {
+                offload,
+            );
+            let was_group =
+                offload && grouped(&self.datagrams[from..self.len], &self.to[from..self.len]) > 1;
+            plain_once = false;
+            match result {
                 Ok(sent) => {
                     outcome.sent += sent;
                     from += sent;
@@ -110,14 +125,13 @@ impl OutBatch {
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error)
-                    if !self.no_offload
-                        && offload_refused(&error)
-                        && grouped(&self.datagrams[from..self.len], &self.to[from..self.len])
-                            > 1 =>
-                {
-                    tracing::debug!(%error, "UDP segmentation offload refused; plain datagrams from now on");
-                    self.no_offload = true;
+                Err(error) if was_group => {
+                    if offload_refused(&error) {
+                        tracing::info!(%error, "UDP segmentation offload refused; sync datagrams go one by one from now on");
+                        self.offload = Some(false);
+                    } else {
+                        plain_once = true;
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(%error, to = ?self.to[from].as_socket(), "sync send failed");
@@ -139,6 +153,9 @@ fn grouped(datagrams: &[Vec<u8>], to: &[SockAddr]) -> usize {
         return 0;
     };
     let size = first.len();
+    if size > GSO_SEGMENT_MAX {
+        return 1;
+    }
     let mut bytes = size;
     let mut count = 1;
     while count < datagrams.len().min(GSO_SEGMENTS) {
@@ -158,12 +175,38 @@ fn grouped(datagrams: &[Vec<u8>], to: &[SockAddr]) -> usize {
 }
 
 /// Whether a send failed because the kernel (or the route's device) does not do UDP
-/// segmentation offload.
+/// segmentation offload: EIO when the device cannot checksum it (or IPsec is in the way).
 fn offload_refused(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+        Some(libc::EIO | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
     )
+}
+
+/// Whether the kernel knows UDP segmentation offload (Linux 4.18 and later): an older one
+/// would ignore the option and send a group as one large datagram.
+fn offload_supported(socket: &impl AsFd) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: passes a live int and its size, which the kernel writes within.
+        let done = unsafe {
+            libc::getsockopt(
+                socket.as_fd().as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                &mut value as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        done == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        false
+    }
 }
 
 /// Room for one control message holding a u16 or an int, 8-byte aligned.
@@ -206,7 +249,8 @@ fn send_some(
         let header = &mut headers[messages].msg_hdr;
         header.msg_name = to[start].as_ptr() as *mut libc::c_void;
         header.msg_namelen = to[start].len();
-        header.msg_iov = &mut iovecs[start];
+        // SAFETY: start + size <= count <= BATCH: within the array.
+        header.msg_iov = unsafe { iovecs.as_mut_ptr().add(start) };
         header.msg_iovlen = size as _;
         if size > 1 {
             let control = &mut controls[messages];
@@ -658,7 +702,7 @@ mod tests {
                 failed: 0
             }
         );
-        let offloaded = !batch.no_offload;
+        let offloaded = batch.offload == Some(true);
         let doorbell = Doorbell::new().unwrap();
         let mut received = InBatch::default();
         let mut got = Vec::new();
@@ -689,6 +733,47 @@ mod tests {
     }
 
     #[test]
+    fn a_group_the_kernel_refuses_goes_again_as_plain_datagrams() {
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.set_nonblocking(true).unwrap();
+        // Without UDP checksums the kernel refuses segmentation offload (EINVAL).
+        let on: libc::c_int = 1;
+        // SAFETY: passes a live int of its size.
+        let set = unsafe {
+            libc::setsockopt(
+                sender.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0);
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut batch = OutBatch::default();
+        for i in 0..10u8 {
+            batch
+                .next(receiver.local_addr().unwrap())
+                .extend_from_slice(&[i; 1_000]);
+        }
+        assert_eq!(
+            batch.send(&sender, true),
+            Sent {
+                sent: 10,
+                failed: 0
+            }
+        );
+        let mut buf = [0u8; 2_048];
+        for i in 0..10u8 {
+            let n = receiver.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[i; 1_000][..]);
+        }
+    }
+
+    #[test]
     fn an_offload_send_takes_datagrams_of_one_size_to_one_address() {
         let a = SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 1)));
         let b = SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 2)));
@@ -698,7 +783,16 @@ mod tests {
         assert_eq!(grouped(&sizes(&[1_000, 1_000, 500, 1_000]), &to), 3);
         assert_eq!(grouped(&sizes(&[1_000, 1_200]), &to), 1, "larger after");
         assert_eq!(grouped(&sizes(&[1_000, 0]), &to), 1, "empty");
-        assert_eq!(grouped(&sizes(&[30_000; 3]), &to), 2, "within 65,000 bytes");
+        assert_eq!(
+            grouped(&sizes(&[1_452; 64]), &to),
+            44,
+            "within 65,000 bytes"
+        );
+        assert_eq!(
+            grouped(&sizes(&[1_453; 2]), &to),
+            1,
+            "over a 1,500-byte MTU"
+        );
         assert_eq!(grouped(&sizes(&[1_000; 3]), &[a.clone(), a, b]), 2);
         assert_eq!(grouped(&[], &[]), 0);
     }
