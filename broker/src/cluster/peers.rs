@@ -205,7 +205,7 @@ impl Peers {
     }
 
     /// Wakes the sender if it sleeps past `deadline`.
-    pub(in crate::cluster) fn wake_sender_by(&self, deadline: Instant) {
+    pub fn wake_sender_by(&self, deadline: Instant) {
         self.wake.wake_by(deadline);
     }
 
@@ -213,6 +213,11 @@ impl Peers {
     #[cfg(test)]
     pub(in crate::cluster) fn sender_woken_for_tests(&self) -> bool {
         self.wake.is_pending()
+    }
+
+    /// The sender starts a pass (see [`Wakeup::forget_plan`]).
+    pub(in crate::cluster) fn forget_sender_plan(&self) {
+        self.wake.forget_plan();
     }
 
     /// Tells when the sender will wake by itself.
@@ -995,10 +1000,11 @@ impl Peer {
             let pushed = queues.outbox.push(FRAME_PUBLISH, len, |out| {
                 encode_link_record(out, message, stamp, now, groups)
             });
+            let held_until = queues.outbox.hold_until();
             let wake = queues.outbox.has_transmit()
                 && ((was_idle && queues.outbox.outstanding() < EAGER_WHILE_OUTSTANDING)
                     || unsent_before / BURST_BYTES != queues.outbox.unsent() / BURST_BYTES
-                    || queues.outbox.hold_until().is_some_and(|until| now >= until));
+                    || held_until.is_some_and(|until| now >= until));
             let grown = queues.outbox.buffered() - before;
             drop(queues);
             metrics.cluster.buffered_bytes.inc_by(grown as i64);
@@ -1018,6 +1024,9 @@ impl Peer {
                 pushed => PushOutcome {
                     queued: true,
                     wake,
+                    // What waits for an acknowledgement goes by the end of its hold even if
+                    // none comes, nor another push: the sender's thread wakes for it.
+                    wake_by: held_until.filter(|_| !wake),
                     congested: pushed == Pushed::Congested,
                 },
             };
@@ -1050,7 +1059,7 @@ impl Peer {
         PushOutcome {
             queued: true,
             wake: was_empty,
-            congested: false,
+            ..PushOutcome::default()
         }
     }
 
@@ -1217,6 +1226,9 @@ pub struct PushOutcome {
     pub queued: bool,
     /// The sender has nothing else of this peer's to send: wake it.
     pub wake: bool,
+    /// Otherwise, what the push left ready waits for an acknowledgement until then: the
+    /// sender's thread must be awake by then.
+    pub wake_by: Option<Instant>,
     /// The link holds half its capacity or more.
     pub congested: bool,
 }
@@ -1421,9 +1433,15 @@ mod tests {
         // Two in flight: what follows waits for their acknowledgement, for two round trips (at
         // least a millisecond) since the last segment went; then it goes with the next push,
         // acknowledged or not, and the sender's thread is told when to look if none comes.
-        assert!(!push().wake);
+        let held = push();
+        assert!(!held.wake);
         let held_until = peer.queues.lock().outbox.hold_until().unwrap();
         assert!(held_until <= now + Duration::from_millis(1));
+        assert_eq!(
+            held.wake_by,
+            Some(held_until),
+            "the thread is told when to look"
+        );
         assert!(peer.take_transmits(now, 0).deadline.unwrap() <= held_until);
         let later = now + Duration::from_millis(5);
         assert!(peer.push(&message, None, &[], later, &metrics).wake);
@@ -1471,6 +1489,7 @@ mod tests {
                 PushOutcome {
                     queued: true,
                     wake: true,
+                    wake_by: None,
                     congested: false
                 }
             );

@@ -131,6 +131,7 @@ impl Forwarder {
             u64::MAX
         };
         let (mut queued, mut wake, mut congested) = (false, false, None);
+        let mut wake_by: Option<Instant> = None;
         for peer in peers.iter() {
             let groups = if chooser.assigned_any() {
                 chooser.groups_for(peer.interest_slot())
@@ -145,6 +146,10 @@ impl Forwarder {
             let pushed = peer.push(message, stamp, &groups, now, &self.metrics);
             queued |= pushed.queued;
             wake |= pushed.wake;
+            wake_by = match (wake_by, pushed.wake_by) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if pushed.congested && congested.is_none() {
                 congested = Some(peer.clone());
             }
@@ -154,6 +159,8 @@ impl Forwarder {
         }
         if wake {
             self.peers.send_soon();
+        } else if let Some(deadline) = wake_by {
+            self.peers.wake_sender_by(deadline);
         }
         congested
     }

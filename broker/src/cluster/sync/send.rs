@@ -62,18 +62,31 @@ impl Wakeup {
         }
     }
 
-    /// Wakes the thread if it means to sleep past `deadline` (a timer that someone sending in
-    /// its place started).
+    /// Makes the thread wake by `deadline` if it means to sleep past it (a timer that someone
+    /// sending in its place started, segments held for an acknowledgement): a sleeping thread
+    /// is told to sleep less, not woken at once.
     pub fn wake_by(&self, deadline: Instant) {
-        if self.nanos(deadline) < self.planned.load(Ordering::Acquire) {
-            self.wake();
+        let at = self.nanos(deadline);
+        if at < self.planned.fetch_min(at, Ordering::AcqRel) {
+            // Under the lock: a thread about to wait has read the plan already and gets the
+            // notification once it waits.
+            let _woken = self.woken.lock();
+            self.condvar.notify_one();
         }
     }
 
     /// Records when the thread will wake by itself; set by the thread before it lets anyone
-    /// else send, so that [`Wakeup::wake_by`] compares with the sleep to come.
+    /// else send, so that [`Wakeup::wake_by`] compares with the sleep to come. An earlier
+    /// time asked for since [`Wakeup::forget_plan`] stands.
     pub(in crate::cluster) fn plan(&self, deadline: Instant) {
-        self.planned.store(self.nanos(deadline), Ordering::Release);
+        self.planned
+            .fetch_min(self.nanos(deadline), Ordering::AcqRel);
+    }
+
+    /// Starts a pass of the thread: what it takes now needs no wake-up asked for before, and
+    /// whatever is asked from now on is kept for its next sleep.
+    pub(in crate::cluster) fn forget_plan(&self) {
+        self.planned.store(u64::MAX, Ordering::Release);
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -86,11 +99,19 @@ impl Wakeup {
         self.pending.load(Ordering::Acquire)
     }
 
-    /// Sleeps until woken (or woken before and not yet taken) or `deadline`.
+    /// Sleeps until woken (or woken before and not yet taken), `deadline`, or an earlier time
+    /// [`Wakeup::wake_by`] gave.
     pub(in crate::cluster) fn sleep_until(&self, deadline: Instant) {
         let mut woken = self.woken.lock();
-        if !*woken {
-            self.condvar.wait_until(&mut woken, deadline);
+        while !*woken {
+            let base = *self.base.get_or_init(Instant::now);
+            let planned = base
+                .checked_add(Duration::from_nanos(self.planned.load(Ordering::Acquire)))
+                .unwrap_or(deadline);
+            let until = deadline.min(planned);
+            if Instant::now() >= until || self.condvar.wait_until(&mut woken, until).timed_out() {
+                break;
+            }
         }
         *woken = false;
         self.pending.store(false, Ordering::Release);
@@ -344,6 +365,7 @@ fn send_loop(transmitter: &Transmitter, peers: &Peers, orders: &Orders) {
     while !orders.abort.load(Ordering::Acquire) {
         let stopping = orders.stop.load(Ordering::Acquire);
         let mut state = transmitter.state.lock();
+        peers.forget_sender_plan();
         // Read once the lock is held: a pass in place may have held it for a while.
         let now = Instant::now();
         let pass = transmitter.pass(&mut state, peers, now, true);
@@ -372,20 +394,26 @@ mod tests {
 
     #[test]
     fn a_timer_started_in_place_wakes_the_thread_only_when_it_would_sleep_past_it() {
-        let wakeup = Wakeup::default();
+        let wakeup = Arc::new(Wakeup::default());
         let now = Instant::now();
-        wakeup.plan(now + Duration::from_millis(100));
-        wakeup.wake_by(now + Duration::from_millis(200));
-        assert!(
-            !wakeup.is_pending(),
-            "the thread wakes before the timer anyway"
-        );
-        wakeup.wake_by(now + Duration::from_millis(20));
-        assert!(wakeup.is_pending(), "the timer comes first");
-        // The sleep takes the wake-up at once.
-        let started = Instant::now();
-        wakeup.sleep_until(started + Duration::from_secs(5));
-        assert!(started.elapsed() < Duration::from_secs(4));
-        assert!(!wakeup.is_pending());
+        wakeup.forget_plan();
+        wakeup.plan(now + Duration::from_secs(10));
+        wakeup.wake_by(now + Duration::from_secs(20));
+        assert!(!wakeup.is_pending(), "not a wake-up");
+        // A thread sleeping for its plan is told to sleep less, by a timer started meanwhile.
+        let sleeper = {
+            let wakeup = wakeup.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                wakeup.sleep_until(started + Duration::from_secs(10));
+                started.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        wakeup.wake_by(Instant::now() + Duration::from_millis(20));
+        assert!(!wakeup.is_pending(), "not woken at once");
+        let slept = sleeper.join().unwrap();
+        assert!(slept < Duration::from_secs(5), "slept {slept:?}");
+        assert!(slept >= Duration::from_millis(60), "slept {slept:?}");
     }
 }
