@@ -35,7 +35,7 @@ use super::anti_entropy::{
     RANGE_MAX,
 };
 use super::interest::{self, RemoteInterest, FRAME_INTEREST};
-use super::link::{Ack, Outbox, Pushed, SEGMENT_BYTES};
+use super::link::{earliest, Ack, Outbox, Pushed, SEGMENT_BYTES};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
     encode_link_record, encode_record, encode_stamped_record, groups_len, record_len,
@@ -1086,10 +1086,7 @@ impl Peer {
             }
         }
         transmits.more = queues.outbox.has_transmit() || queues.control.has_transmit();
-        transmits.deadline = match (queues.outbox.deadline(), queues.control.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        transmits.deadline = earliest(queues.outbox.deadline(), queues.control.deadline());
         let retransmitted =
             queues.outbox.take_retransmitted() + queues.control.take_retransmitted();
         if tracing::enabled!(tracing::Level::TRACE) {

@@ -34,6 +34,17 @@ mod outgoing;
 pub use incoming::{Inbox, Next, Segmented};
 pub use outgoing::{Outbox, Pushed};
 
+/// The earlier of two optional timers (either may be unset).
+pub fn earliest(
+    a: Option<std::time::Instant>,
+    b: Option<std::time::Instant>,
+) -> Option<std::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Stream bytes per segment: with the header and tag the datagram stays below a 1500-byte MTU.
 pub const SEGMENT_BYTES: usize = 1200;
 /// Unacknowledged segments per link (about 2.4 MB of stream).

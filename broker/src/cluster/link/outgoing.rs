@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Ack, FRAME_HEADER, SACK_BITS, SEGMENT_BYTES, WINDOW};
+use super::{earliest, Ack, FRAME_HEADER, SACK_BITS, SEGMENT_BYTES, WINDOW};
 
 /// Retransmission timeout before any round trip was measured.
 const INITIAL_RTO: Duration = Duration::from_millis(200);
@@ -332,10 +332,7 @@ impl Outbox {
     /// When the sender should look at this outbox again: for [`Outbox::on_timeout`], or to
     /// send what waits past [`Outbox::hold_until`].
     pub fn deadline(&self) -> Option<Instant> {
-        match (self.timer, self.hold_until()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(self.timer, self.hold_until())
     }
 
     /// Until when segments ready to send may wait for the acknowledgement of those in flight

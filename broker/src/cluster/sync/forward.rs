@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tracing::debug;
 
+use super::super::link::earliest;
 use super::super::peers::{InterestWait, Peer, Peers};
 use super::super::shared::{Chooser, SharedPolicy};
 use super::record_len;
@@ -146,10 +147,7 @@ impl Forwarder {
             let pushed = peer.push(message, stamp, &groups, now, &self.metrics);
             queued |= pushed.queued;
             wake |= pushed.wake;
-            wake_by = match (wake_by, pushed.wake_by) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            wake_by = earliest(wake_by, pushed.wake_by);
             if pushed.congested && congested.is_none() {
                 congested = Some(peer.clone());
             }

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use tracing::warn;
 
 use super::super::auth::DatagramKey;
+use super::super::link::earliest;
 use super::super::peers::{Peers, LINK_VERSION};
 use super::super::replay::SequenceClock;
 use super::batch::{OutBatch, Sent};
@@ -243,10 +244,7 @@ impl Transmitter {
                 .segments_retransmitted
                 .inc_by(transmits.retransmitted);
             pass.more |= transmits.more;
-            pass.deadline = match (pass.deadline, transmits.deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            pass.deadline = earliest(pass.deadline, transmits.deadline);
             let to = peer.identity.sync_addr();
             for (count, run) in &transmits.runs {
                 if batch.is_full() && !stuck {
