@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod parker;
 pub mod passwd;
 pub mod router;
+pub mod scheduling;
 pub mod server;
 pub mod session;
 pub mod topic;

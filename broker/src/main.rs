@@ -32,6 +32,14 @@ fn main() -> ExitCode {
     init_tracing(&config.log_level);
     tracing::info!(version = coolpy7::VERSION, "starting coolpy7");
 
+    // Before the runtime starts, so that every thread of the broker inherits it.
+    if let Err(error) = config.thread_scheduling.apply() {
+        tracing::warn!(
+            %error,
+            policy = ?config.thread_scheduling,
+            "thread scheduling policy (-tsp) not applied; running with the system's"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

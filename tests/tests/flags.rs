@@ -66,3 +66,67 @@ fn help_lists_the_flags() {
         assert!(output.contains(flag), "-h mentions {flag}: {output}");
     }
 }
+
+/// The scheduling policy in a `/proc/.../stat` line (field 41).
+#[cfg(target_os = "linux")]
+fn policy_in_stat(stat: &str) -> u32 {
+    // After the command name in parentheses, fields start at 3.
+    let after_comm = &stat[stat.rfind(')').expect("comm in stat") + 2..];
+    after_comm
+        .split(' ')
+        .nth(41 - 3)
+        .and_then(|field| field.parse().ok())
+        .expect("policy field")
+}
+
+/// The scheduling policies of a process's threads named `name`.
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32, name: &str) -> Vec<u32> {
+    let mut policies = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).expect("task stat");
+        policies.push(policy_in_stat(&stat));
+    }
+    policies
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn thread_scheduling_policy_is_batch_unless_told_normal() {
+    const SCHED_BATCH: u32 = 3;
+    // `normal` leaves the broker's threads as it was started: as this test's thread is.
+    let as_started =
+        policy_in_stat(&std::fs::read_to_string("/proc/thread-self/stat").expect("own stat"));
+    assert_ne!(
+        as_started, SCHED_BATCH,
+        "the tests run under SCHED_BATCH themselves"
+    );
+    for (args, expected) in [
+        (&[][..], SCHED_BATCH),
+        (&["-tsp", "normal"][..], as_started),
+        (&["-tsp=batch"][..], SCHED_BATCH),
+    ] {
+        let broker = Broker::start(args);
+        // The broker answers MQTT: its runtime's workers exist.
+        granted_for_qos2(&broker).await;
+        let mut policies = thread_policies(broker.pid(), "tokio-rt-worker");
+        assert!(!policies.is_empty(), "{args:?}: no worker threads found");
+        policies.extend(thread_policies(broker.pid(), "coolpy7"));
+        assert!(
+            policies.iter().all(|&policy| policy == expected),
+            "{args:?}: worker policies {policies:?}, expected {expected}"
+        );
+    }
+    let broker = Broker::start_with_env(&[], &[("COOLPY7_TSP", "normal")]);
+    granted_for_qos2(&broker).await;
+    let policies = thread_policies(broker.pid(), "tokio-rt-worker");
+    assert!(
+        !policies.is_empty() && policies.iter().all(|&p| p == as_started),
+        "COOLPY7_TSP=normal: {policies:?}"
+    );
+}

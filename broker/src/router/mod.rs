@@ -36,7 +36,7 @@ use tree::{LevelKey, Matches, Node, Subscriber};
 
 use crate::codec::{self, QoS};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Drain, Mailbox, Pushed, SessionId};
+use crate::session::{Drain, Mailbox, Pushed, SessionId, Wakes};
 use crate::topic::{self, Subscription};
 
 /// An application message on its way through the broker.
@@ -452,7 +452,7 @@ impl Router {
         } else {
             None
         };
-        let mut routed = self.route(message, groups);
+        let mut routed = self.route(message, groups, None);
         routed.stamp = stamp;
         routed
     }
@@ -461,12 +461,14 @@ impl Router {
     /// stored if its `stamp` wins over what this node holds for the topic (see
     /// [`Stamped::wins_over`]); one from a peer of a release without stamps is stored as if
     /// published here. A message that lost is still routed: it was published. It goes to the
-    /// matching shared groups that `groups` names.
+    /// matching shared groups that `groups` names. The subscribers it queues for are woken
+    /// through `wakes`, when the caller's batch is done.
     pub fn publish_from_peer(
         &self,
         message: Arc<Message>,
         stamp: Option<Stamp>,
         groups: Groups<'_>,
+        wakes: &mut Wakes,
     ) -> Routed {
         if message.retain {
             match stamp {
@@ -480,7 +482,7 @@ impl Router {
                 }
             }
         }
-        self.route(message, groups)
+        self.route(message, groups, Some(wakes))
     }
 
     /// Stores a retained message (or, with an empty payload, a clear) written elsewhere at
@@ -544,7 +546,14 @@ impl Router {
         store.stamps.as_ref().map_or(0, StampIndex::tombstones)
     }
 
-    fn route(&self, message: Arc<Message>, mut groups: Groups<'_>) -> Routed {
+    /// Queues `message` for every matching session; their consumers are woken at once, or
+    /// gathered in `wakes`.
+    fn route(
+        &self,
+        message: Arc<Message>,
+        mut groups: Groups<'_>,
+        mut wakes: Option<&mut Wakes>,
+    ) -> Routed {
         // Topics of ordinary depth are split without a heap allocation.
         let path: SmallVec<[LevelKey; 8]> =
             topic::levels(&message.topic).map(LevelKey::new).collect();
@@ -565,7 +574,13 @@ impl Router {
                     retain: retain && message.retain,
                     subscription_ids: ids,
                 };
-                match subscriber.mailbox.push(delivery, &self.metrics) {
+                let pushed = match wakes.as_deref_mut() {
+                    Some(wakes) => subscriber
+                        .mailbox
+                        .push_batched(delivery, &self.metrics, wakes),
+                    None => subscriber.mailbox.push(delivery, &self.metrics),
+                };
+                match pushed {
                     Pushed::Dropped => {}
                     Pushed::Queued => routed.deliveries += 1,
                     Pushed::Congested => {
@@ -1037,10 +1052,15 @@ mod tests {
         };
         // From a peer that chose this node for g on t/+ only: not h, not g on t/#.
         let chosen = [(Bytes::from_static(b"g"), Bytes::from_static(b"t/+"))];
-        router.publish_from_peer(message(), None, Groups::Only(&chosen));
+        router.publish_from_peer(
+            message(),
+            None,
+            Groups::Only(&chosen),
+            &mut Wakes::default(),
+        );
         assert_eq!([&a, &b, &c, &plain].map(|m| drain(m).len()), [1, 0, 0, 1]);
         // Named for nothing: the direct subscribers only.
-        router.publish_from_peer(message(), None, Groups::Only(&[]));
+        router.publish_from_peer(message(), None, Groups::Only(&[]), &mut Wakes::default());
         assert_eq!([&a, &b, &c, &plain].map(|m| drain(m).len()), [0, 0, 0, 1]);
         // Published here: the chooser is asked about each local group, and told who is online.
         b.set_online(false);
@@ -1163,6 +1183,7 @@ mod tests {
             retained_message("s/b", "old"),
             Some(stamp(5, "x")),
             Groups::All,
+            &mut Wakes::default(),
         );
         assert_eq!(routed.deliveries, 1);
         assert_eq!(
@@ -1176,6 +1197,7 @@ mod tests {
             retained_message("s/b", "new"),
             Some(stamp(future + 2, "x")),
             Groups::All,
+            &mut Wakes::default(),
         );
         assert_eq!(&router.retained("s/b")[0].payload[..], b"new");
         let clear = retained_message("s/b", "");

@@ -1,7 +1,8 @@
 //! A session's mailbox: the bounded queue the router pushes deliveries into from any
 //! publisher's task, and the connection holding the session drains within its in-flight
 //! window. It also carries the flow control between a publisher and a subscriber that keeps up
-//! but not fast enough (see [`Mailbox`]).
+//! but not fast enough (see [`Mailbox`]). A producer that queues a batch at a time (the
+//! cluster receiver) wakes each consumer once per batch ([`Wakes`]) rather than per delivery.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -81,6 +82,53 @@ pub enum Pushed {
     Dropped,
 }
 
+/// Consumers to wake once a batch of deliveries is queued (see [`Mailbox::push_batched`]).
+/// Its holder wakes them when its batch is done, or as soon as [`Wakes::due`] says so, and
+/// before it sleeps; dropping it wakes them too, so that no consumer is left asleep with work
+/// waiting.
+#[derive(Default)]
+pub struct Wakes {
+    mailboxes: Vec<Arc<Mailbox>>,
+    /// Deliveries queued since the last [`Wakes::wake_all`].
+    queued: usize,
+}
+
+/// Deliveries after which the consumers gathered should run: what a consumer takes in one
+/// turn (`PULL_BATCH`), well below a mailbox's soft limit at the default `-mq`.
+const WAKE_AFTER: usize = 256;
+
+impl Wakes {
+    /// Consumers waiting to be woken.
+    pub fn len(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Whether no consumer waits to be woken.
+    pub fn is_empty(&self) -> bool {
+        self.mailboxes.is_empty()
+    }
+
+    /// Whether enough was queued that the consumers should run now rather than at the end of
+    /// the batch.
+    pub fn due(&self) -> bool {
+        self.queued >= WAKE_AFTER
+    }
+
+    /// Wakes every consumer gathered so far.
+    pub fn wake_all(&mut self) {
+        self.queued = 0;
+        for mailbox in self.mailboxes.drain(..) {
+            mailbox.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
 impl Mailbox {
     pub(crate) fn new(id: SessionId, client_id: Arc<str>, capacity: usize) -> Mailbox {
         Mailbox {
@@ -127,14 +175,45 @@ impl Mailbox {
     /// Queues a delivery. A full queue drops its oldest delivery (the newest data is worth more);
     /// QoS 0 is not queued for an offline client.
     pub fn push(&self, delivery: Delivery, metrics: &Metrics) -> Pushed {
+        let (pushed, wake) = self.queue(delivery, metrics);
+        if wake {
+            self.wake();
+        }
+        pushed
+    }
+
+    /// [`Mailbox::push`], leaving the wake-up it calls for in `wakes`: a producer that pushes a
+    /// batch wakes each consumer once, when the batch is done, rather than at its first
+    /// delivery, when the consumer would run for that one and sleep again. A congested
+    /// mailbox wakes its consumer at once: its producer is about to wait for it to drain.
+    pub fn push_batched(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        metrics: &Metrics,
+        wakes: &mut Wakes,
+    ) -> Pushed {
+        let (pushed, wake) = self.queue(delivery, metrics);
+        if pushed != Pushed::Dropped {
+            wakes.queued += 1;
+        }
+        if pushed == Pushed::Congested {
+            self.wake();
+        } else if wake {
+            wakes.mailboxes.push(self.clone());
+        }
+        pushed
+    }
+
+    /// Queues a delivery; returns what became of it, and whether the consumer is to be woken.
+    fn queue(&self, delivery: Delivery, metrics: &Metrics) -> (Pushed, bool) {
         if delivery.qos == QoS::AtMostOnce && !self.is_online() {
             metrics.dropped(DropReason::OfflineQos0).inc();
-            return Pushed::Dropped;
+            return (Pushed::Dropped, false);
         }
         let (was_empty, len) = {
             let mut queue = self.queue.lock();
             if self.is_closed() {
-                return Pushed::Dropped;
+                return (Pushed::Dropped, false);
             }
             let was_empty = queue.is_empty();
             if queue.len() >= self.capacity {
@@ -146,17 +225,22 @@ impl Mailbox {
             queue.push_back(delivery);
             (was_empty, queue.len())
         };
-        // The consumer drains everything it is woken for, so only the first delivery into an
-        // empty queue needs to wake it.
         if was_empty {
             self.last_take_ms.store(clock_ms(), Ordering::Relaxed);
-            self.ready.notify();
         }
-        if len >= self.soft_limit() && self.consumer_is_active() {
+        let pushed = if len >= self.soft_limit() && self.consumer_is_active() {
             Pushed::Congested
         } else {
             Pushed::Queued
-        }
+        };
+        // The consumer drains everything it is woken for, so only the first delivery into an
+        // empty queue needs to wake it.
+        (pushed, was_empty)
+    }
+
+    /// Wakes the consumer (again, if it was: a spare wake-up finds nothing and sleeps).
+    fn wake(&self) {
+        self.ready.notify();
     }
 
     fn soft_limit(&self) -> usize {
@@ -325,6 +409,55 @@ fn take_within(
 mod tests {
     use super::*;
     use crate::session::tests::{delivery, payloads};
+
+    /// Whether the mailbox's consumer has been woken (taking the notification).
+    fn woken(mailbox: &Mailbox) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        mailbox.ready.poll_notified(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn batched_pushes_wake_each_consumer_once_when_the_batch_is_done() {
+        let metrics = Metrics::new();
+        let (a, b) = (
+            Arc::new(Mailbox::new(1, Arc::from("a"), 10)),
+            Arc::new(Mailbox::new(2, Arc::from("b"), 10)),
+        );
+        for mailbox in [&a, &b] {
+            mailbox.set_online(true);
+        }
+        let mut wakes = Wakes::default();
+        for payload in [b"1" as &[u8], b"2", b"3"] {
+            for mailbox in [&a, &b] {
+                let pushed =
+                    mailbox.push_batched(delivery(QoS::AtLeastOnce, payload), &metrics, &mut wakes);
+                assert_eq!(pushed, Pushed::Queued);
+            }
+        }
+        assert_eq!(wakes.len(), 2, "one wake-up per consumer");
+        assert!(
+            !woken(&a) && !woken(&b),
+            "nobody woken before the batch is done"
+        );
+        wakes.wake_all();
+        assert!(wakes.is_empty());
+        assert!(woken(&a) && woken(&b));
+        // A batch dropped unfinished (a panic, an early return) still wakes.
+        let mut out = Vec::new();
+        a.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
+        assert_eq!(payloads(&out).len(), 3);
+        let mut wakes = Wakes::default();
+        a.push_batched(delivery(QoS::AtLeastOnce, b"4"), &metrics, &mut wakes);
+        assert!(!woken(&a));
+        drop(wakes);
+        assert!(woken(&a));
+        // A plain push wakes at once.
+        assert!(!woken(&b));
+        let mut out = Vec::new();
+        b.take(usize::MAX, usize::MAX, usize::MAX, &mut out, &metrics);
+        b.push(delivery(QoS::AtLeastOnce, b"5"), &metrics);
+        assert!(woken(&b));
+    }
 
     #[test]
     fn take_keeps_order_and_respects_the_window() {

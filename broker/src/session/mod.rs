@@ -28,7 +28,7 @@ mod mailbox;
 mod outgoing;
 mod signal;
 
-pub use mailbox::{Drain, Mailbox, Pushed};
+pub use mailbox::{Drain, Mailbox, Pushed, Wakes};
 pub use outgoing::{InFlight, Outgoing};
 pub use signal::Signal;
 
