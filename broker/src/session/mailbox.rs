@@ -175,7 +175,7 @@ impl Mailbox {
     /// Queues a delivery. A full queue drops its oldest delivery (the newest data is worth more);
     /// QoS 0 is not queued for an offline client.
     pub fn push(&self, delivery: Delivery, metrics: &Metrics) -> Pushed {
-        let (pushed, wake) = self.queue(delivery, metrics);
+        let (pushed, wake, _) = self.queue(delivery, metrics);
         if wake {
             self.wake();
         }
@@ -192,11 +192,14 @@ impl Mailbox {
         metrics: &Metrics,
         wakes: &mut Wakes,
     ) -> Pushed {
-        let (pushed, wake) = self.queue(delivery, metrics);
+        let (pushed, wake, len) = self.queue(delivery, metrics);
         if pushed != Pushed::Dropped {
             wakes.queued += 1;
         }
-        if pushed == Pushed::Congested {
+        // Nor does one wait for the batch with half its soft limit queued: a small `-mq`
+        // would otherwise reach the limit before its consumer ever ran.
+        let early = len == (self.soft_limit() / 2).clamp(1, WAKE_AFTER);
+        if pushed == Pushed::Congested || early {
             self.wake();
         } else if wake {
             wakes.mailboxes.push(self.clone());
@@ -204,16 +207,17 @@ impl Mailbox {
         pushed
     }
 
-    /// Queues a delivery; returns what became of it, and whether the consumer is to be woken.
-    fn queue(&self, delivery: Delivery, metrics: &Metrics) -> (Pushed, bool) {
+    /// Queues a delivery; returns what became of it, whether the consumer is to be woken, and
+    /// how many deliveries the queue holds.
+    fn queue(&self, delivery: Delivery, metrics: &Metrics) -> (Pushed, bool, usize) {
         if delivery.qos == QoS::AtMostOnce && !self.is_online() {
             metrics.dropped(DropReason::OfflineQos0).inc();
-            return (Pushed::Dropped, false);
+            return (Pushed::Dropped, false, 0);
         }
         let (was_empty, len) = {
             let mut queue = self.queue.lock();
             if self.is_closed() {
-                return (Pushed::Dropped, false);
+                return (Pushed::Dropped, false, 0);
             }
             let was_empty = queue.is_empty();
             if queue.len() >= self.capacity {
@@ -235,7 +239,7 @@ impl Mailbox {
         };
         // The consumer drains everything it is woken for, so only the first delivery into an
         // empty queue needs to wake it.
-        (pushed, was_empty)
+        (pushed, was_empty, len)
     }
 
     /// Wakes the consumer (again, if it was: a spare wake-up finds nothing and sleeps).
@@ -417,11 +421,44 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_wakes_a_filling_consumer_early_and_says_when_the_rest_are_due() {
+        let metrics = Metrics::new();
+        // Soft limit 4: woken at once at 2 queued, and when congested.
+        let small = Arc::new(Mailbox::new(1, Arc::from("s"), 8));
+        small.set_online(true);
+        small.last_take_ms.store(clock_ms(), Ordering::Relaxed);
+        let mut wakes = Wakes::default();
+        let push = |wakes: &mut Wakes| {
+            small.push_batched(delivery(QoS::AtLeastOnce, b"x"), &metrics, wakes)
+        };
+        assert_eq!(push(&mut wakes), Pushed::Queued);
+        assert!(!woken(&small), "the first delivery waits for the batch");
+        assert_eq!(push(&mut wakes), Pushed::Queued);
+        assert!(woken(&small), "half the soft limit wakes at once");
+        assert_eq!(push(&mut wakes), Pushed::Queued);
+        assert!(!woken(&small));
+        assert_eq!(push(&mut wakes), Pushed::Congested);
+        assert!(woken(&small), "a congested mailbox wakes at once");
+        // `due` counts deliveries to every mailbox since the last wake_all.
+        let mut wakes = Wakes::default();
+        let other = Arc::new(Mailbox::new(2, Arc::from("o"), 100_000));
+        other.set_online(true);
+        for _ in 0..WAKE_AFTER - 1 {
+            other.push_batched(delivery(QoS::AtMostOnce, b"y"), &metrics, &mut wakes);
+        }
+        assert!(!wakes.due());
+        other.push_batched(delivery(QoS::AtMostOnce, b"y"), &metrics, &mut wakes);
+        assert!(wakes.due());
+        wakes.wake_all();
+        assert!(!wakes.due());
+    }
+
+    #[test]
     fn batched_pushes_wake_each_consumer_once_when_the_batch_is_done() {
         let metrics = Metrics::new();
         let (a, b) = (
-            Arc::new(Mailbox::new(1, Arc::from("a"), 10)),
-            Arc::new(Mailbox::new(2, Arc::from("b"), 10)),
+            Arc::new(Mailbox::new(1, Arc::from("a"), 100)),
+            Arc::new(Mailbox::new(2, Arc::from("b"), 100)),
         );
         for mailbox in [&a, &b] {
             mailbox.set_online(true);

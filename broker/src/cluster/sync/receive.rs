@@ -232,9 +232,6 @@ fn receive_loop(
                         if let Some((datagram, from)) = batch.get(i) {
                             state.handle(datagram, from);
                         }
-                        if state.wakes.due() {
-                            state.wakes.wake_all();
-                        }
                     }
                     // The subscribers this batch queued for run once it is all queued.
                     state.wakes.wake_all();
@@ -711,6 +708,10 @@ fn deliver(
     let routed = broker
         .router
         .publish_from_peer(Arc::new(message), stamp, groups, wakes);
+    // One datagram may release a whole window of frames (a segment that fills a gap).
+    if wakes.due() {
+        wakes.wake_all();
+    }
     cluster.records_delivered.inc_by(routed.deliveries as u64);
     routed.congested
 }
