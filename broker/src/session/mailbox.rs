@@ -98,16 +98,6 @@ pub struct Wakes {
 const WAKE_AFTER: usize = 256;
 
 impl Wakes {
-    /// Consumers waiting to be woken.
-    pub fn len(&self) -> usize {
-        self.mailboxes.len()
-    }
-
-    /// Whether no consumer waits to be woken.
-    pub fn is_empty(&self) -> bool {
-        self.mailboxes.is_empty()
-    }
-
     /// Whether enough was queued that the consumers should run now rather than at the end of
     /// the batch.
     pub fn due(&self) -> bool {
@@ -471,13 +461,13 @@ mod tests {
                 assert_eq!(pushed, Pushed::Queued);
             }
         }
-        assert_eq!(wakes.len(), 2, "one wake-up per consumer");
+        assert_eq!(wakes.mailboxes.len(), 2, "one wake-up per consumer");
         assert!(
             !woken(&a) && !woken(&b),
             "nobody woken before the batch is done"
         );
         wakes.wake_all();
-        assert!(wakes.is_empty());
+        assert!(wakes.mailboxes.is_empty());
         assert!(woken(&a) && woken(&b));
         // A batch dropped unfinished (a panic, an early return) still wakes.
         let mut out = Vec::new();
