@@ -11,7 +11,7 @@ use tracing::warn;
 use crate::abuse::Bans;
 use crate::admission::HandshakeMemory;
 use crate::auth::AccessControl;
-use crate::cluster::sync::Forwarder;
+use crate::cluster::sync::{ForwardBatch, Forwarder};
 use crate::config::Config;
 use crate::connection::Sleeping;
 use crate::metrics::{Metrics, Refusal};
@@ -72,13 +72,25 @@ impl Broker {
     /// subscribers, then to the other cluster members. Messages from peers go to the router
     /// directly: they are never forwarded again.
     pub fn publish(&self, message: Arc<Message>) -> Routed {
+        let mut batch = ForwardBatch::default();
+        let mut routed = self.publish_batched(message, &mut batch);
+        if let Some(peer) = self.flush_forwards(&mut batch) {
+            routed.congested.get_or_insert(Congested::Peer(peer));
+        }
+        routed
+    }
+
+    /// [`Broker::publish`], with the message's way to the other cluster members staged in
+    /// `batch` (see [`crate::cluster::sync::ForwardBatch`]), which the caller flushes with
+    /// [`Broker::flush_forwards`] before it waits for anything.
+    pub fn publish_batched(&self, message: Arc<Message>, batch: &mut ForwardBatch) -> Routed {
         // Cloned only for a forwarder: two atomic operations on the message's count per
         // publish otherwise.
         let Some(forwarder) = &self.forwarder else {
             return self.router.publish(message);
         };
         // A message that does not cross is served here by every local shared group.
-        let Some(mut prepared) = forwarder.prepare(&message) else {
+        let Some(mut prepared) = forwarder.prepare(&message, batch) else {
             return self.router.publish(message);
         };
         // Each shared group that peers have members of too is served by one node, chosen here.
@@ -91,11 +103,20 @@ impl Broker {
             self.router
                 .publish_to(message.clone(), Groups::Choose(&mut serve_here))
         };
-        let congested_peer = forwarder.forward(&message, routed.stamp.as_ref(), prepared);
+        let congested_peer = forwarder.forward(&message, routed.stamp.as_ref(), prepared, batch);
         if routed.congested.is_none() {
             routed.congested = congested_peer.map(Congested::Peer);
         }
         routed
+    }
+
+    /// Queues what `batch` staged for the other cluster members; returns a peer whose link is
+    /// congested, which the publisher should wait for.
+    pub fn flush_forwards(
+        &self,
+        batch: &mut ForwardBatch,
+    ) -> Option<Arc<crate::cluster::peers::Peer>> {
+        self.forwarder.as_ref()?.flush(batch)
     }
 
     /// What a SUBSCRIBE waits for before its SUBACK in a cluster: the other members taking the

@@ -11,12 +11,13 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{handshake, Close, Connection, Waiting, READ_CHUNK};
+use crate::cluster::sync::ForwardBatch;
 use crate::codec::{
     self, Ack, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling, SubAck,
     Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::metrics::Denied;
-use crate::router::{Grant, Message};
+use crate::router::{Congested, Grant, Message};
 use crate::topic::{self, Subscription};
 
 /// Payloads up to this size are copied out of the read buffer into their own allocation, so
@@ -84,6 +85,27 @@ impl Connection {
     /// Handles every complete packet in the read buffer; with `hold_on_congestion`, those after
     /// a PUBLISH that congested a subscriber stay there (see `Connection::input_held`).
     pub(super) fn handle_buffered(&mut self, hold_on_congestion: bool) -> Result<(), Close> {
+        let mut forwards = ForwardBatch::default();
+        let handled = self.handle_packets(hold_on_congestion, &mut forwards);
+        // What the packets staged for the other cluster members goes before the connection
+        // waits for anything, or closes: it was accepted (and maybe acknowledged).
+        if let Some(peer) = self.broker.flush_forwards(&mut forwards) {
+            if self.waiting.is_none() {
+                self.waiting = Some(Waiting::Congested(Congested::Peer(peer)));
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Idle connections keep no read buffer.
+            self.rbuf = BytesMut::new();
+        }
+        handled
+    }
+
+    fn handle_packets(
+        &mut self,
+        hold_on_congestion: bool,
+        forwards: &mut ForwardBatch,
+    ) -> Result<(), Close> {
         let max = self.broker.config.max_packet_size;
         loop {
             // Over its publish rate, the client's next packets wait in the buffer (the loop
@@ -106,21 +128,17 @@ impl Connection {
                 break;
             }
             match codec::decode(&mut self.rbuf, Some(self.protocol), max) {
-                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(Some(packet)) => self.handle(packet, forwards)?,
                 Ok(None) => break,
                 Err(error) => return Err(Close::decode_error(&error)),
             }
         }
-        if self.rbuf.is_empty() {
-            // Idle connections keep no read buffer.
-            self.rbuf = BytesMut::new();
-        }
         Ok(())
     }
 
-    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+    fn handle(&mut self, packet: Packet, forwards: &mut ForwardBatch) -> Result<(), Close> {
         match packet {
-            Packet::Publish(publish) => self.handle_publish(publish)?,
+            Packet::Publish(publish) => self.handle_publish(publish, forwards)?,
             // An acknowledgement is progress: a client that keeps acknowledging, however
             // slowly, is not stalled (the loop times a new stall from its next full window).
             Packet::PubAck(ack) => {
@@ -205,7 +223,11 @@ impl Connection {
         disconnect_close(disconnect.reason)
     }
 
-    fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+    fn handle_publish(
+        &mut self,
+        mut publish: Publish,
+        forwards: &mut ForwardBatch,
+    ) -> Result<(), Close> {
         if let Some(limits) = self.limits.as_mut() {
             limits
                 .publish(publish.payload.len(), Instant::now())
@@ -275,13 +297,13 @@ impl Connection {
                 ))
             }
             QoS::AtMostOnce => {
-                self.route(publish);
+                self.route(publish, forwards);
             }
             QoS::AtLeastOnce => {
                 let reason = if bad_payload {
                     ReasonCode::PayloadFormatInvalid
                 } else {
-                    self.route(publish)
+                    self.route(publish, forwards)
                 };
                 self.send(&Packet::PubAck(Ack::with_reason(packet_id, reason)));
             }
@@ -304,7 +326,7 @@ impl Connection {
                         ));
                     }
                     self.state.incoming_qos2.insert(packet_id);
-                    let reason = self.route(publish);
+                    let reason = self.route(publish, forwards);
                     // An MQTT 5 PUBREC with a failure ends the exchange: no PUBREL follows.
                     // A 3.1.1 client is acknowledged as if delivered, and releases it.
                     if reason.is_failure() && self.v5.is_some() {
@@ -320,7 +342,7 @@ impl Connection {
 
     /// Routes a client's PUBLISH; returns the reason its acknowledgement carries (MQTT 5 "no
     /// matching subscribers" only outside a cluster, where no other node may have some).
-    fn route(&mut self, mut publish: Publish) -> ReasonCode {
+    fn route(&mut self, mut publish: Publish, forwards: &mut ForwardBatch) -> ReasonCode {
         // An empty topic here stands for the one its alias was defined with (see
         // `handle_publish`), read in place.
         let alias_topic = match (publish.topic.is_empty(), publish.topic_alias, &self.v5) {
@@ -364,7 +386,7 @@ impl Connection {
                 .take_message_properties()
                 .unwrap_or_default();
         }
-        let routed = self.broker.publish(Arc::new(message));
+        let routed = self.broker.publish_batched(Arc::new(message), forwards);
         let queued = u8::try_from(routed.deliveries).unwrap_or(u8::MAX);
         self.woke_subscribers = self.woke_subscribers.saturating_add(queued);
         if self.waiting.is_none() {

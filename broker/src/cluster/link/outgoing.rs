@@ -175,6 +175,12 @@ impl Outbox {
         self.unsent.len()
     }
 
+    /// The bytes pushed and not yet cut into segments.
+    #[cfg(test)]
+    pub fn unsent_bytes(&self) -> &[u8] {
+        &self.unsent
+    }
+
     /// Whether everything pushed has been acknowledged.
     pub fn is_idle(&self) -> bool {
         self.frame_ends.is_empty()

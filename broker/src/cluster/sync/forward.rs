@@ -1,6 +1,12 @@
 //! The publishing side: [`Forwarder::prepare`] tells whether a message crosses and, when peers
 //! have shared groups matching it, which node serves each (see [`super::super::shared`]);
-//! [`Forwarder::forward`] queues it for the peers that want it or were chosen for a group.
+//! [`Forwarder::forward`] stages it in a [`ForwardBatch`] for the peers that want it or were
+//! chosen for a group, and [`Forwarder::flush`] queues what a batch holds, peer by peer.
+//!
+//! A connection keeps one batch for the PUBLISH packets of one read buffer and flushes it
+//! before it waits again (or when the batch reaches [`FLUSH_RECORDS`] or [`FLUSH_BYTES`]):
+//! the peers' list, the clock and each peer's lock are taken once per batch, not per message.
+//! Other publishers (wills, the HTTP gateway, CoAP) use a batch of one.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +19,14 @@ use super::super::shared::{Chooser, SharedPolicy};
 use super::record_len;
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 use crate::router::{Message, Stamp};
+
+/// A batch is flushed when it holds this many messages ...
+pub const FLUSH_RECORDS: usize = 64;
+/// ... or this many bytes of payload and topic. Bounded because a connection learns that a
+/// peer is congested only at a flush: what a batch adds past the link's congestion mark (half
+/// of `-csb`) is at most this much per worker thread, as batches live only while a connection
+/// handles its buffer.
+pub const FLUSH_BYTES: usize = 32 << 10;
 
 /// The publishing side's handle: cheap to call from any connection.
 pub struct Forwarder {
@@ -28,13 +42,37 @@ pub struct Forwarder {
 
 /// A message that crosses to other members, as [`Forwarder::prepare`] found it.
 pub struct Prepared {
-    now: Instant,
-    /// The peers as they were when the groups were matched: the chooser's slots are theirs, so
-    /// [`Forwarder::forward`] queues to these, not to a list read later (where a peer that
-    /// left could have given its slot to another).
-    peers: Arc<Vec<Arc<Peer>>>,
     /// Who serves each shared group that peers have members of.
     pub chooser: Chooser,
+}
+
+/// Messages staged for the peers and not yet queued (see the module's documentation). Every
+/// batch must be flushed before it is dropped or waits: a message left in it is never sent.
+#[derive(Default)]
+pub struct ForwardBatch {
+    /// The time of the batch's first message and the peers then: the choosers' slots are
+    /// theirs, so the batch is queued to these, not to a list read later (where a peer that
+    /// left could have given its slot to another).
+    snapshot: Option<(Instant, Arc<Vec<Arc<Peer>>>)>,
+    staged: Vec<Staged>,
+    bytes: usize,
+}
+
+struct Staged {
+    message: Arc<Message>,
+    stamp: Option<Stamp>,
+    /// The interest slots of the peers whose filters match its topic.
+    wanted: u64,
+    /// Set when some peer was chosen to serve a shared group.
+    chooser: Option<Chooser>,
+    /// Queued for at least one peer.
+    queued: bool,
+}
+
+impl ForwardBatch {
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
 }
 
 impl Forwarder {
@@ -63,7 +101,7 @@ impl Forwarder {
     /// Whether a locally published message crosses to the other members (`None`: it stays
     /// here, counted when dropped) and, when it does, who serves the peers' shared groups that
     /// match it (an empty choice, at the cost of one atomic load, while no peer has any).
-    pub fn prepare(&self, message: &Message) -> Option<Prepared> {
+    pub fn prepare(&self, message: &Message, batch: &mut ForwardBatch) -> Option<Prepared> {
         let cluster = &self.metrics.cluster;
         if message.topic.first() == Some(&b'$') {
             debug!("$ topic not forwarded");
@@ -90,11 +128,10 @@ impl Forwarder {
                 return None;
             }
         }
-        let now = Instant::now();
-        if message.is_expired(now) {
+        let (now, peers) = self.snapshot(batch);
+        if message.is_expired(*now) {
             return None;
         }
-        let peers = arc_swap::Guard::into_inner(self.peers.list());
         let groups = self.peers.interest.groups_matching(&message.topic);
         let available = if groups.is_empty() {
             0
@@ -105,55 +142,109 @@ impl Forwarder {
                 .fold(0u64, |slots, slot| slots | 1 << slot)
         };
         Some(Prepared {
-            now,
-            peers,
             chooser: Chooser::new(self.policy, groups, available),
         })
     }
 
-    /// Queues a locally published message (with the `stamp` the retained store gave it, when
-    /// retained), `prepared` for it, for the other members that want it or serve one of its
-    /// shared groups; returns a peer whose link is congested, which the publisher should wait
-    /// for.
+    /// The batch's time and peers, taken at its first message.
+    fn snapshot<'b>(&self, batch: &'b mut ForwardBatch) -> &'b (Instant, Arc<Vec<Arc<Peer>>>) {
+        batch.snapshot.get_or_insert_with(|| {
+            (
+                Instant::now(),
+                arc_swap::Guard::into_inner(self.peers.list()),
+            )
+        })
+    }
+
+    /// Stages a locally published message (with the `stamp` the retained store gave it, when
+    /// retained), `prepared` for it in `batch`, for the other members that want it or serve
+    /// one of its shared groups; flushes the batch when it is full, and then returns a peer
+    /// whose link is congested, which the publisher should wait for.
     pub fn forward(
         &self,
         message: &Arc<Message>,
         stamp: Option<&Stamp>,
         mut prepared: Prepared,
+        batch: &mut ForwardBatch,
     ) -> Option<Arc<Peer>> {
-        let cluster = &self.metrics.cluster;
-        let now = prepared.now;
+        let (_, peers) = self.snapshot(batch);
         prepared.chooser.finish();
-        let chooser = &prepared.chooser;
-        let peers = &prepared.peers;
+        let chooser = prepared.chooser.assigned_any().then_some(prepared.chooser);
         let wanted = if peers.iter().any(|p| p.has_link) {
             self.peers.interest.matching(&message.topic)
         } else {
             u64::MAX
         };
-        let (mut queued, mut wake, mut congested) = (false, false, None);
+        // Nobody to send it to: not staged (each peer counted in `records_skipped`).
+        let anyone = chooser.is_some() || peers.iter().any(|peer| peer.wants(message, wanted));
+        if !anyone {
+            self.metrics
+                .cluster
+                .records_skipped
+                .inc_by(peers.len() as u64);
+            return None;
+        }
+        batch.bytes += message.topic.len() + message.payload.len() + message.properties.len();
+        batch.staged.push(Staged {
+            message: message.clone(),
+            stamp: stamp.cloned(),
+            wanted,
+            chooser,
+            queued: false,
+        });
+        if batch.staged.len() >= FLUSH_RECORDS || batch.bytes >= FLUSH_BYTES {
+            return self.flush(batch);
+        }
+        None
+    }
+
+    /// Queues what `batch` holds for the peers, each peer's share under one lock; returns a
+    /// peer whose link is congested, which the publisher should wait for. The batch is empty
+    /// after (and may be used again).
+    pub fn flush(&self, batch: &mut ForwardBatch) -> Option<Arc<Peer>> {
+        let (now, peers) = batch.snapshot.take()?;
+        let staged = &mut batch.staged;
+        batch.bytes = 0;
+        if staged.is_empty() {
+            return None;
+        }
+        let cluster = &self.metrics.cluster;
+        let (mut wake, mut congested) = (false, None);
         let mut wake_by: Option<Instant> = None;
         for peer in peers.iter() {
-            let groups = if chooser.assigned_any() {
-                chooser.groups_for(peer.interest_slot())
-            } else {
-                Vec::new()
-            };
-            // A peer chosen to serve a group gets the message even with no other interest in it.
-            if groups.is_empty() && !peer.wants(message, wanted) {
-                cluster.records_skipped.inc();
-                continue;
+            let mut pushing = None;
+            let mut skipped = 0;
+            for entry in staged.iter_mut() {
+                let groups = match &entry.chooser {
+                    Some(chooser) => chooser.groups_for(peer.interest_slot()),
+                    None => Vec::new(),
+                };
+                // A peer chosen to serve a group gets the message even with no other interest
+                // in it.
+                if groups.is_empty() && !peer.wants(&entry.message, entry.wanted) {
+                    skipped += 1;
+                    continue;
+                }
+                let pushing = pushing.get_or_insert_with(|| peer.pushing(now));
+                entry.queued |=
+                    pushing.push(&entry.message, entry.stamp.as_ref(), &groups, &self.metrics);
             }
-            let pushed = peer.push(message, stamp, &groups, now, &self.metrics);
-            queued |= pushed.queued;
+            if skipped > 0 {
+                cluster.records_skipped.inc_by(skipped);
+            }
+            let Some(pushing) = pushing else {
+                continue;
+            };
+            let pushed = pushing.finish(&self.metrics);
             wake |= pushed.wake;
             wake_by = earliest(wake_by, pushed.wake_by);
             if pushed.congested && congested.is_none() {
                 congested = Some(peer.clone());
             }
         }
-        if queued {
-            cluster.records_forwarded.inc();
+        let queued = staged.drain(..).filter(|entry| entry.queued).count();
+        if queued > 0 {
+            cluster.records_forwarded.inc_by(queued as u64);
         }
         if wake {
             self.peers.send_soon();

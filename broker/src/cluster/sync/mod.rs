@@ -95,7 +95,9 @@ mod wire;
 use std::time::Instant;
 
 pub use batch::coalesce_received;
-pub use forward::{Forwarder, Prepared};
+#[cfg(test)]
+use forward::FLUSH_RECORDS;
+pub use forward::{ForwardBatch, Forwarder, Prepared};
 pub use receive::{Limits, Receiver, ReceiverThread};
 pub use send::{Sender, Transmitter, Wakeup};
 pub use wire::*;

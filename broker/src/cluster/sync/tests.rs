@@ -503,9 +503,11 @@ async fn the_sender_writes_each_peer_its_version() {
     let (peers, forwarder) = forwarding_to(members, 2);
     let forward = |message: Message| {
         let message = Arc::new(message);
-        if let Some(prepared) = forwarder.prepare(&message) {
-            forwarder.forward(&message, None, prepared);
+        let mut batch = ForwardBatch::default();
+        if let Some(prepared) = forwarder.prepare(&message, &mut batch) {
+            forwarder.forward(&message, None, prepared, &mut batch);
         }
+        forwarder.flush(&mut batch);
     };
     let sender = Sender::spawn(
         socket,
@@ -571,8 +573,12 @@ fn a_publisher_sends_in_place_when_nobody_else_is_sending() {
     peers.attach_transmitter(transmitter.clone());
     let forward = |topic: &str, payload: &[u8]| {
         let message = Arc::new(message(topic, payload, QoS::AtLeastOnce, false));
-        let prepared = forwarder.prepare(&message).unwrap();
-        assert!(forwarder.forward(&message, None, prepared).is_none());
+        let mut batch = ForwardBatch::default();
+        let prepared = forwarder.prepare(&message, &mut batch).unwrap();
+        assert!(forwarder
+            .forward(&message, None, prepared, &mut batch)
+            .is_none());
+        assert!(forwarder.flush(&mut batch).is_none());
     };
     // Control link segments may come first (no broker: no snapshot); then the data link's.
     forward("sent/in/place", b"payload");
@@ -592,7 +598,7 @@ fn a_publisher_sends_in_place_when_nobody_else_is_sending() {
             },
         )) = decode_link(&body, NEWEST_VERSION)
         {
-            topics_seen.push(data);
+            topics_seen.push(data.to_vec());
             break;
         }
     }
@@ -873,14 +879,16 @@ fn forward_queues_to_the_peers_the_groups_were_chosen_among() {
     };
     peers.interest.apply("a", 1, &changes);
     let message = Arc::new(message("t/x", b"p", QoS::AtLeastOnce, false));
-    let prepared = forwarder.prepare(&message).unwrap();
+    let mut batch = ForwardBatch::default();
+    let prepared = forwarder.prepare(&message, &mut batch).unwrap();
     // Meanwhile a leaves, and b comes up in the slot a had.
     members.set_others_for_tests(Vec::new());
     assert!(peers.list().is_empty());
     members.set_others_for_tests(vec![up("b")]);
     let b = peers.list()[0].clone();
     assert_eq!(b.interest_slot(), Some(0));
-    forwarder.forward(&message, None, prepared);
+    forwarder.forward(&message, None, prepared, &mut batch);
+    forwarder.flush(&mut batch);
     // b was not among the peers the group was chosen among: it is never named a's group.
     for (_, segment) in b.take_transmits(Instant::now(), 16).segments {
         let len = u32::from_be_bytes(segment[..4].try_into().unwrap()) as usize;
@@ -889,6 +897,119 @@ fn forward_queues_to_the_peers_the_groups_were_chosen_among() {
             decode_publish_frame(&segment[5..4 + len], true, Instant::now()).unwrap();
         assert!(groups.is_empty(), "b named {groups:?}");
     }
+}
+
+/// The topics of the publish frames `peer`'s data link holds (none sent yet), in the order
+/// they were queued.
+fn queued_topics(peer: &crate::cluster::peers::Peer) -> Vec<String> {
+    let stream = peer.unsent_for_tests();
+    let mut topics = Vec::new();
+    let mut rest = &stream[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        assert_eq!(rest[4], FRAME_PUBLISH);
+        let (message, _, _) =
+            decode_publish_frame(&rest[5..4 + len], true, Instant::now()).unwrap();
+        topics.push(String::from_utf8(message.topic.to_vec()).unwrap());
+        rest = &rest[4 + len..];
+    }
+    assert!(rest.is_empty(), "a frame cut short");
+    topics
+}
+
+fn one_peer(version: u8) -> (Arc<Peers>, Forwarder) {
+    let members = Arc::new(Members::new(identity("local", 1), false));
+    members.set_others_for_tests(vec![MemberInfo {
+        identity: identity("a", 1),
+        state: MemberState::Up,
+    }]);
+    forwarding_to(members, version)
+}
+
+#[test]
+fn a_batch_reaches_the_peer_at_its_flush_in_publishing_order() {
+    let (peers, forwarder) = one_peer(NEWEST_VERSION);
+    let peer = peers.list()[0].clone();
+    let mut batch = ForwardBatch::default();
+    let topics: Vec<String> = (0..10).map(|i| format!("t/{i}")).collect();
+    for topic in &topics {
+        let message = Arc::new(message(topic, b"p", QoS::AtLeastOnce, false));
+        let prepared = forwarder.prepare(&message, &mut batch).unwrap();
+        assert!(forwarder
+            .forward(&message, None, prepared, &mut batch)
+            .is_none());
+    }
+    assert!(
+        queued_topics(&peer).is_empty(),
+        "staged only, until the flush"
+    );
+    assert!(!batch.is_empty());
+    assert!(forwarder.flush(&mut batch).is_none());
+    assert!(batch.is_empty());
+    assert_eq!(queued_topics(&peer), topics);
+    // Flushed, the batch starts afresh: another flush queues nothing again.
+    assert!(forwarder.flush(&mut batch).is_none());
+    assert_eq!(queued_topics(&peer), topics);
+    // A batch of FLUSH_RECORDS messages is queued without waiting for the flush.
+    for i in 0..FLUSH_RECORDS {
+        let message = Arc::new(message(&format!("u/{i}"), b"p", QoS::AtMostOnce, false));
+        let prepared = forwarder.prepare(&message, &mut batch).unwrap();
+        forwarder.forward(&message, None, prepared, &mut batch);
+    }
+    assert!(batch.is_empty());
+    assert_eq!(queued_topics(&peer).len(), topics.len() + FLUSH_RECORDS);
+}
+
+#[test]
+fn a_message_no_peer_wants_is_not_staged() {
+    let (peers, forwarder) = one_peer(NEWEST_VERSION);
+    // The peer says it subscribes to `wanted/#` only.
+    let changes = crate::cluster::interest::Changes {
+        snapshot: true,
+        filters: vec![(b"wanted/#".to_vec(), true)],
+        groups: Vec::new(),
+    };
+    peers.interest.apply("a", 1, &changes);
+    let mut batch = ForwardBatch::default();
+    for topic in ["other/x", "wanted/x"] {
+        let message = Arc::new(message(topic, b"p", QoS::AtLeastOnce, false));
+        let prepared = forwarder.prepare(&message, &mut batch).unwrap();
+        forwarder.forward(&message, None, prepared, &mut batch);
+        assert_eq!(batch.is_empty(), topic == "other/x", "{topic}");
+    }
+    forwarder.flush(&mut batch);
+    assert_eq!(queued_topics(&peers.list()[0]), ["wanted/x"]);
+}
+
+#[test]
+fn a_full_batch_flushes_itself_and_tells_of_a_congested_peer_before_its_link_is_full() {
+    // A link of 1 MiB (`forwarding_to`) is congested from 512 KiB on.
+    let (peers, forwarder) = one_peer(NEWEST_VERSION);
+    let peer = peers.list()[0].clone();
+    let mut batch = ForwardBatch::default();
+    let payload = vec![b'x'; 1000];
+    let mut congested_at = None;
+    for i in 0..2000 {
+        let message = Arc::new(message(
+            &format!("t/{i}"),
+            &payload,
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let prepared = forwarder.prepare(&message, &mut batch).unwrap();
+        if let Some(congested) = forwarder.forward(&message, None, prepared, &mut batch) {
+            assert!(Arc::ptr_eq(&congested, &peer));
+            congested_at = Some(i);
+            break;
+        }
+    }
+    let congested_at = congested_at.expect("the peer became congested");
+    // Told at the flush that crossed half the link: the batch's messages were all queued.
+    assert!((500..=560).contains(&congested_at), "{congested_at}");
+    assert!(batch.is_empty());
+    let topics = queued_topics(&peer);
+    assert_eq!(topics.len(), congested_at + 1);
+    assert_eq!(topics.last().unwrap(), &format!("t/{congested_at}"));
 }
 
 #[test]
