@@ -106,8 +106,9 @@ impl Inbox {
         (RECEIVE_BYTES.saturating_sub(used) / SEGMENT_BYTES) as u64
     }
 
-    /// Takes in segment `seq` of this link.
-    pub fn on_segment(&mut self, seq: u64, data: Bytes) -> Segmented {
+    /// Takes in segment `seq` of this link. The next segment in order joins the stream
+    /// straight from the datagram; only one that comes early is copied to wait for the gap.
+    pub fn on_segment(&mut self, seq: u64, data: &[u8]) -> Segmented {
         self.ack_due = true;
         if self.refused {
             return Segmented::Refused;
@@ -120,16 +121,25 @@ impl Inbox {
         if seq > self.delivered + self.window() || data.len() > SEGMENT_BYTES {
             return Segmented::Beyond;
         }
-        self.early_bytes += data.len();
-        self.early.insert(seq, data);
+        if seq != self.delivered + 1 {
+            self.early_bytes += data.len();
+            self.early.insert(seq, Bytes::copy_from_slice(data));
+            return Segmented::New;
+        }
+        self.join_stream(data);
         while let Some(data) = self.early.remove(&(self.delivered + 1)) {
             self.early_bytes -= data.len();
-            self.delivered += 1;
-            let skip = self.skipping.min(data.len());
-            self.skipping -= skip;
-            self.stream.extend_from_slice(&data[skip..]);
+            self.join_stream(&data);
         }
         Segmented::New
+    }
+
+    /// Appends the next segment in order to the stream (less what an oversized frame skips).
+    fn join_stream(&mut self, data: &[u8]) {
+        self.delivered += 1;
+        let skip = self.skipping.min(data.len());
+        self.skipping -= skip;
+        self.stream.extend_from_slice(&data[skip..]);
     }
 
     /// The next complete frame in the stream, if there is one.
@@ -249,8 +259,8 @@ mod tests {
         let segments: Vec<Bytes> = stream.chunks(1000).map(Bytes::copy_from_slice).collect();
         assert_eq!(segments.len(), 3);
         let mut inbox = Inbox::join(9, 3, 0, 10_000).unwrap();
-        assert_eq!(inbox.on_segment(3, segments[2].clone()), Segmented::New);
-        assert_eq!(inbox.on_segment(3, segments[2].clone()), Segmented::Repeat);
+        assert_eq!(inbox.on_segment(3, &segments[2]), Segmented::New);
+        assert_eq!(inbox.on_segment(3, &segments[2]), Segmented::Repeat);
         assert!(frames(&mut inbox).is_empty());
         assert_eq!(
             inbox.ack(),
@@ -262,15 +272,15 @@ mod tests {
                 reset: false
             }
         );
-        assert_eq!(inbox.on_segment(1, segments[0].clone()), Segmented::New);
+        assert_eq!(inbox.on_segment(1, &segments[0]), Segmented::New);
         assert_eq!(frames(&mut inbox), [frame(2, b"one")]);
         assert_eq!(inbox.ack().cumulative, 1);
-        assert_eq!(inbox.on_segment(2, segments[1].clone()), Segmented::New);
+        assert_eq!(inbox.on_segment(2, &segments[1]), Segmented::New);
         assert_eq!(
             frames(&mut inbox),
             [frame(2, &[7; 2500]), frame(2, b"three")]
         );
-        assert_eq!(inbox.on_segment(1, segments[0].clone()), Segmented::Repeat);
+        assert_eq!(inbox.on_segment(1, &segments[0]), Segmented::Repeat);
         assert!(inbox.ack_due(), "a repeat is acknowledged again");
         assert_eq!(inbox.ack().cumulative, 3);
         assert!(frames(&mut inbox).is_empty());
@@ -284,11 +294,8 @@ mod tests {
             "1-3 were acknowledged by a receiver that has forgotten them"
         );
         let mut inbox = Inbox::join(1, WINDOW, 0, 100).unwrap();
-        assert_eq!(
-            inbox.on_segment(WINDOW + 1, Bytes::new()),
-            Segmented::Beyond
-        );
-        assert_eq!(inbox.on_segment(WINDOW, Bytes::new()), Segmented::New);
+        assert_eq!(inbox.on_segment(WINDOW + 1, &[]), Segmented::Beyond);
+        assert_eq!(inbox.on_segment(WINDOW, &[]), Segmented::New);
     }
 
     #[test]
@@ -297,7 +304,7 @@ mod tests {
         let mut inbox = Inbox::join(1, 1, 0, 100).unwrap();
         let mut found = Vec::new();
         for (i, chunk) in stream.chunks(700).enumerate() {
-            inbox.on_segment(i as u64 + 1, Bytes::copy_from_slice(chunk));
+            inbox.on_segment(i as u64 + 1, chunk);
             found.extend(frames(&mut inbox));
             assert!(inbox.stream.len() <= 700 + 100, "nothing big is held");
         }
@@ -319,7 +326,7 @@ mod tests {
         let mut segments = stream.chunks(SEGMENT_BYTES).map(Bytes::copy_from_slice);
         let mut inbox = Inbox::join(1, 1, 0, 10_000).unwrap();
         inbox.hold(true);
-        inbox.on_segment(1, segments.next().unwrap());
+        inbox.on_segment(1, &segments.next().unwrap());
         assert!(frames(&mut inbox).is_empty(), "held");
         let ack = inbox.ack();
         assert_eq!(ack.cumulative, 1, "received, though not taken");
@@ -327,12 +334,12 @@ mod tests {
         let mut seq = 2;
         while inbox.window() > 0 {
             let segment = segments.next().unwrap();
-            assert_eq!(inbox.on_segment(seq, segment), Segmented::New);
+            assert_eq!(inbox.on_segment(seq, &segment), Segmented::New);
             seq += 1;
         }
         assert_eq!(inbox.ack().window, 0);
         // Full: a probe is only acknowledged.
-        assert_eq!(inbox.on_segment(seq, Bytes::new()), Segmented::Beyond);
+        assert_eq!(inbox.on_segment(seq, &[]), Segmented::Beyond);
         assert!(inbox.ack_due());
         assert_eq!(inbox.ack().window, 0);
         inbox.hold(false);
@@ -346,9 +353,9 @@ mod tests {
     #[test]
     fn an_unreadable_stream_refuses_the_link() {
         let mut inbox = Inbox::join(4, 1, 0, 100).unwrap();
-        inbox.on_segment(1, Bytes::from_static(&[0, 0, 0, 0, 1]));
+        inbox.on_segment(1, &[0, 0, 0, 0, 1]);
         assert_eq!(inbox.next_frame(), Some(Next::Unreadable));
-        assert_eq!(inbox.on_segment(2, Bytes::new()), Segmented::Refused);
+        assert_eq!(inbox.on_segment(2, &[]), Segmented::Refused);
         assert!(inbox.ack().reset);
     }
 
@@ -390,7 +397,7 @@ mod tests {
             // Delivered in a shuffled order.
             while !wire.is_empty() {
                 let (seq, data) = wire.swap_remove(random(wire.len() as u64) as usize);
-                inbox.on_segment(seq, data);
+                inbox.on_segment(seq, &data);
             }
             while let Some(next) = inbox.next_frame() {
                 match next {

@@ -866,7 +866,7 @@ mod interest_frame_tests {
         let mut segment = vec![0, 0, 0, 2, FRAME_INTEREST, 0b10];
         // And a good one after it, which is not taken: the link is refused.
         segment.extend_from_slice(&[0, 0, 0, 2, FRAME_INTEREST, 0b01]);
-        incoming.inbox.on_segment(1, Bytes::from(segment));
+        incoming.inbox.on_segment(1, &segment);
         assert!(take_frames_of(
             &mut incoming,
             &key,

@@ -500,14 +500,15 @@ pub(crate) fn decode_publish_frame(
 
 /// A version 3 datagram, authenticated and parsed.
 #[derive(Debug)]
-pub(crate) enum LinkDatagram {
+pub(crate) enum LinkDatagram<'a> {
     Segment {
         control: bool,
         link: u64,
         seq: u64,
         /// Every segment up to this one had been acknowledged when it was sent.
         sender_acked: u64,
-        data: Bytes,
+        /// Read in place: the receiver copies it once, into the link's stream.
+        data: &'a [u8],
     },
     Ack {
         control: bool,
@@ -517,7 +518,7 @@ pub(crate) enum LinkDatagram {
 
 /// Parses an authenticated version 3 body; `None` when it is not a well-formed segment or
 /// acknowledgement, or this node reads no version 3 (`newest`).
-pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatagram)> {
+pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatagram<'_>)> {
     let mut buf = body;
     let parties = decode_parties(&mut buf)?;
     if parties.version != LINK_VERSION || newest < LINK_VERSION {
@@ -536,7 +537,7 @@ pub(crate) fn decode_link(body: &[u8], newest: u8) -> Option<(Parties, LinkDatag
                 link,
                 seq,
                 sender_acked,
-                data: Bytes::copy_from_slice(buf),
+                data: buf,
             }
         }
         KIND_ACK | KIND_CONTROL_ACK => {
