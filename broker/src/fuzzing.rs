@@ -289,7 +289,7 @@ pub fn feed_inbox(segments: &[(u64, Vec<u8>, bool)]) -> usize {
     let mut frames = 0;
     for (seq, data, hold) in segments {
         inbox.hold(*hold);
-        inbox.on_segment(*seq, Bytes::copy_from_slice(data));
+        inbox.on_segment(*seq, data);
         while let Some(next) = inbox.next_frame() {
             frames += 1;
             if let Next::Frame(frame) = next {

@@ -182,6 +182,11 @@ impl Peers {
             .cloned()
     }
 
+    /// Bytes each peer's link holds (`-csb`).
+    pub fn link_capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Wakes the sender.
     pub fn wake_sender(&self) {
         self.wake.wake();
@@ -380,6 +385,7 @@ impl Peers {
             let given_up = queues.outbox.pending_frames();
             let freed = queues.outbox.buffered();
             queues.outbox = Outbox::new(link, self.capacity);
+            peer.note_congestion(&queues.outbox);
             self.metrics.cluster.buffered_bytes.dec_by(freed as i64);
             given_up
         };
@@ -666,6 +672,9 @@ pub struct Peer {
     /// Frames acknowledged so far: how a waiting publisher tells progress.
     acked_frames: AtomicU64,
     gone: AtomicBool,
+    /// The link held half its capacity or more at the last push or acknowledgement (see
+    /// [`Peer::is_congested`]). Written under the queues' lock.
+    congested: AtomicBool,
 }
 
 struct Queues {
@@ -791,6 +800,7 @@ impl Peer {
             drained: Notify::new(),
             acked_frames: AtomicU64::new(0),
             gone: AtomicBool::new(false),
+            congested: AtomicBool::new(false),
         }
     }
 
@@ -943,6 +953,22 @@ impl Peer {
         Repair::Queued
     }
 
+    /// Whether the link held half its capacity or more at the last push or acknowledgement:
+    /// a publisher that stages a message for this peer flushes at once and waits (see
+    /// [`super::sync::ForwardBatch`]), as one that pushed past the mark itself would.
+    pub fn is_congested(&self) -> bool {
+        self.congested.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether `outbox` (this peer's link, its lock held) is congested. Read on every
+    /// publish: written only when it changes.
+    fn note_congestion(&self, outbox: &Outbox) {
+        let congested = outbox.buffered() >= outbox.capacity() / 2;
+        if self.congested.load(Ordering::Relaxed) != congested {
+            self.congested.store(congested, Ordering::Relaxed);
+        }
+    }
+
     /// What the data link holds that was not yet cut into segments.
     #[cfg(test)]
     pub(in crate::cluster) fn unsent_for_tests(&self) -> Vec<u8> {
@@ -1029,6 +1055,7 @@ impl Peer {
         let (acked, buffered, capacity, wake) = {
             let mut queues = self.queues.lock();
             let acked = queues.outbox.on_ack(ack, now);
+            self.note_congestion(&queues.outbox);
             // Idle matters to a sender that is stopping: it waits for nothing more (a pass in
             // place wakes it then).
             let wake = queues.outbox.has_transmit() || queues.outbox.is_idle();
@@ -1084,6 +1111,7 @@ impl Peer {
             let freed = queues.outbox.buffered();
             queues.outbox = Outbox::new(0, 0);
             queues.control = Outbox::new(0, 0);
+            self.congested.store(false, Ordering::Relaxed);
             queues.best_effort = BestEffort::default();
             (given_up, freed)
         };
@@ -1287,6 +1315,7 @@ impl Pushing<'_> {
             return outcome;
         }
         let outbox = &queues.outbox;
+        peer.note_congestion(outbox);
         let held_until = outbox.hold_until();
         let wake = outbox.has_transmit()
             && ((was_idle && outbox.outstanding() < EAGER_WHILE_OUTSTANDING)
@@ -1423,6 +1452,46 @@ mod tests {
         assert!(new.wants(&retained, wanted));
         assert!(old.wants(&plain, wanted), "a peer without links gets all");
         assert!(new.wants(&plain, peers.interest.matching(&Bytes::from_static(b"x/y"))));
+    }
+
+    #[test]
+    fn a_run_of_pushes_decides_once_for_all_its_messages() {
+        let (_members, peers) = peers_of(&[("new", 4)], 1 << 20);
+        let peer = peers.list()[0].clone();
+        let metrics = Metrics::new();
+        let now = Instant::now();
+        let one = message("a/b", 100, QoS::AtLeastOnce, false);
+        let mut pushing = peer.pushing(now);
+        for _ in 0..3 {
+            assert!(pushing.push(&one, None, &[], &metrics));
+        }
+        let outcome = pushing.finish(&metrics);
+        // An idle link: the run's first segment goes at once.
+        assert!(
+            outcome.queued && outcome.wake && !outcome.congested,
+            "{outcome:?}"
+        );
+        let frame = crate::cluster::link::FRAME_HEADER + stamped_record_len(&one, None);
+        assert_eq!(metrics.cluster.buffered_bytes.get(), 3 * frame as i64);
+        assert!(!peer.is_congested());
+        // A run that takes the link past half its capacity tells of it, and so does the peer
+        // from then on, until acknowledgements bring it back.
+        let big = message("a/b", 300 << 10, QoS::AtLeastOnce, false);
+        let mut pushing = peer.pushing(now);
+        assert!(pushing.push(&big, None, &[], &metrics));
+        assert!(!pushing.finish(&metrics).congested);
+        assert!(!peer.is_congested());
+        let mut pushing = peer.pushing(now);
+        assert!(pushing.push(&big, None, &[], &metrics));
+        assert!(pushing.finish(&metrics).congested);
+        assert!(peer.is_congested());
+        peers.reset_link(&peer);
+        assert!(!peer.is_congested(), "a new link holds nothing");
+        // A run on a retired peer queues nothing.
+        peer.retire(&metrics);
+        let mut pushing = peer.pushing(now);
+        assert!(!pushing.push(&one, None, &[], &metrics));
+        assert_eq!(pushing.finish(&metrics), PushOutcome::default());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! chosen for a group, and [`Forwarder::flush`] queues what a batch holds, peer by peer.
 //!
 //! A connection keeps one batch for the PUBLISH packets of one read buffer and flushes it
-//! before it waits again (or when the batch reaches [`FLUSH_RECORDS`] or [`FLUSH_BYTES`]):
+//! before it waits again (or when the batch reaches [`FLUSH_RECORDS`] messages or its byte
+//! bound, see [`flush_bytes`]):
 //! the peers' list, the clock and each peer's lock are taken once per batch, not per message.
 //! Other publishers (wills, the HTTP gateway, CoAP) use a batch of one.
 
@@ -22,11 +23,19 @@ use crate::router::{Message, Stamp};
 
 /// A batch is flushed when it holds this many messages ...
 pub const FLUSH_RECORDS: usize = 64;
-/// ... or this many bytes of payload and topic. Bounded because a connection learns that a
-/// peer is congested only at a flush: what a batch adds past the link's congestion mark (half
-/// of `-csb`) is at most this much per worker thread, as batches live only while a connection
-/// handles its buffer.
-pub const FLUSH_BYTES: usize = 32 << 10;
+/// ... or this many bytes of topics, payloads and properties (see [`flush_bytes`]).
+const FLUSH_BYTES_MAX: usize = 32 << 10;
+const FLUSH_BYTES_MIN: usize = 1 << 10;
+
+/// The bytes a batch holds before it is flushed, for links of `-csb` bytes. A connection learns
+/// that a peer is congested only at a flush, so what batches add past a link's congestion mark
+/// (half of `-csb`, where publishers start to wait) is up to one batch per worker thread
+/// (batches live only while a connection handles its buffer): 1/64 of `-csb` leaves room for
+/// 32 of them before the link is full and QoS 1 messages are dropped (32 KiB at the default
+/// 16 MiB; 1 KiB, about one message, at the smallest `-csb`).
+pub fn flush_bytes(sync_buffer: usize) -> usize {
+    (sync_buffer / 64).clamp(FLUSH_BYTES_MIN, FLUSH_BYTES_MAX)
+}
 
 /// The publishing side's handle: cheap to call from any connection.
 pub struct Forwarder {
@@ -37,6 +46,8 @@ pub struct Forwarder {
     version: u8,
     /// Where shared groups' messages go (`-ssp`).
     policy: SharedPolicy,
+    /// When a batch is flushed before its end (see [`flush_bytes`]).
+    flush_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -50,9 +61,9 @@ pub struct Prepared {
 /// batch must be flushed before it is dropped or waits: a message left in it is never sent.
 #[derive(Default)]
 pub struct ForwardBatch {
-    /// The time of the batch's first message and the peers then: the choosers' slots are
-    /// theirs, so the batch is queued to these, not to a list read later (where a peer that
-    /// left could have given its slot to another).
+    /// The time of the batch's first message (what expiry is checked against) and the peers
+    /// then: the choosers' slots are theirs, so the batch is queued to these, not to a list
+    /// read later (where a peer that left could have given its slot to another).
     snapshot: Option<(Instant, Arc<Vec<Arc<Peer>>>)>,
     staged: Vec<Staged>,
     bytes: usize,
@@ -64,7 +75,7 @@ struct Staged {
     /// The interest slots of the peers whose filters match its topic.
     wanted: u64,
     /// Set when some peer was chosen to serve a shared group.
-    chooser: Option<Chooser>,
+    chooser: Option<Box<Chooser>>,
     /// Queued for at least one peer.
     queued: bool,
 }
@@ -72,6 +83,17 @@ struct Staged {
 impl ForwardBatch {
     pub fn is_empty(&self) -> bool {
         self.staged.is_empty()
+    }
+}
+
+impl Drop for ForwardBatch {
+    fn drop(&mut self) {
+        // A caller that forgot to flush loses messages silently: caught in tests.
+        debug_assert!(
+            self.staged.is_empty() || std::thread::panicking(),
+            "a ForwardBatch dropped with {} messages staged",
+            self.staged.len()
+        );
     }
 }
 
@@ -84,6 +106,7 @@ impl Forwarder {
         metrics: Arc<Metrics>,
     ) -> Forwarder {
         Forwarder {
+            flush_bytes: flush_bytes(peers.link_capacity()),
             peers,
             limit,
             version,
@@ -169,7 +192,10 @@ impl Forwarder {
     ) -> Option<Arc<Peer>> {
         let (_, peers) = self.snapshot(batch);
         prepared.chooser.finish();
-        let chooser = prepared.chooser.assigned_any().then_some(prepared.chooser);
+        let chooser = prepared
+            .chooser
+            .assigned_any()
+            .then(|| Box::new(prepared.chooser));
         let wanted = if peers.iter().any(|p| p.has_link) {
             self.peers.interest.matching(&message.topic)
         } else {
@@ -184,7 +210,16 @@ impl Forwarder {
                 .inc_by(peers.len() as u64);
             return None;
         }
+        // The batch is flushed when full, and at once after a message to a congested peer, so that the publisher waits as
+        // it would have without batches (each connection's batch would otherwise add its
+        // share past the congestion mark, and enough of them fill the link); and after a
+        // retained message, so that a peer gets a topic's retained writes in the order they
+        // were stamped here (a peer of version 3 keeps the last to arrive).
+        let flush_now = message.retain || peers.iter().any(|peer| peer.is_congested());
         batch.bytes += message.topic.len() + message.payload.len() + message.properties.len();
+        if batch.staged.capacity() == 0 {
+            batch.staged.reserve(16);
+        }
         batch.staged.push(Staged {
             message: message.clone(),
             stamp: stamp.cloned(),
@@ -192,7 +227,7 @@ impl Forwarder {
             chooser,
             queued: false,
         });
-        if batch.staged.len() >= FLUSH_RECORDS || batch.bytes >= FLUSH_BYTES {
+        if flush_now || batch.staged.len() >= FLUSH_RECORDS || batch.bytes >= self.flush_bytes {
             return self.flush(batch);
         }
         None
@@ -202,12 +237,15 @@ impl Forwarder {
     /// peer whose link is congested, which the publisher should wait for. The batch is empty
     /// after (and may be used again).
     pub fn flush(&self, batch: &mut ForwardBatch) -> Option<Arc<Peer>> {
-        let (now, peers) = batch.snapshot.take()?;
+        let (_, peers) = batch.snapshot.take()?;
         let staged = &mut batch.staged;
         batch.bytes = 0;
         if staged.is_empty() {
             return None;
         }
+        // Now, not the batch's first message's time: records carry what is left of their
+        // messages' expiry intervals, counted from when they are queued.
+        let now = Instant::now();
         let cluster = &self.metrics.cluster;
         let (mut wake, mut congested) = (false, None);
         let mut wake_by: Option<Instant> = None;

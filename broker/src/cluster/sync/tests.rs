@@ -1013,6 +1013,67 @@ fn a_full_batch_flushes_itself_and_tells_of_a_congested_peer_before_its_link_is_
 }
 
 #[test]
+fn a_batch_started_while_a_peer_is_congested_flushes_at_its_first_message() {
+    let (peers, forwarder) = one_peer(NEWEST_VERSION);
+    let peer = peers.list()[0].clone();
+    let payload = vec![b'x'; 1000];
+    let forward = |batch: &mut ForwardBatch, topic: &str| {
+        let message = Arc::new(message(topic, &payload, QoS::AtLeastOnce, false));
+        let prepared = forwarder.prepare(&message, batch).unwrap();
+        forwarder.forward(&message, None, prepared, batch)
+    };
+    // One connection takes the link past half its capacity.
+    let mut first = ForwardBatch::default();
+    let mut i = 0;
+    while forward(&mut first, &format!("t/{i}")).is_none() {
+        i += 1;
+        assert!(i < 2000, "never congested");
+    }
+    assert!(peer.is_congested());
+    // Another connection's batch: told at its first message, which alone was queued.
+    let queued = queued_topics(&peer).len();
+    let mut second = ForwardBatch::default();
+    assert!(forward(&mut second, "second").is_some_and(|p| Arc::ptr_eq(&p, &peer)));
+    assert!(second.is_empty());
+    assert_eq!(queued_topics(&peer).len(), queued + 1);
+}
+
+#[test]
+fn a_forwarded_message_keeps_its_expiry_interval_whenever_its_batch_began() {
+    let (peers, forwarder) = one_peer(NEWEST_VERSION);
+    let mut batch = ForwardBatch::default();
+    let first = Arc::new(message("t/first", b"p", QoS::AtLeastOnce, false));
+    let prepared = forwarder.prepare(&first, &mut batch).unwrap();
+    forwarder.forward(&first, None, prepared, &mut batch);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut expiring = message("t/expiring", b"p", QoS::AtLeastOnce, false);
+    expiring.expires_at = Some(Instant::now() + Duration::from_secs(10));
+    let expiring = Arc::new(expiring);
+    let prepared = forwarder.prepare(&expiring, &mut batch).unwrap();
+    forwarder.forward(&expiring, None, prepared, &mut batch);
+    forwarder.flush(&mut batch);
+    let stream = peers.list()[0].unsent_for_tests();
+    let first_len = u32::from_be_bytes(stream[..4].try_into().unwrap()) as usize;
+    let rest = &stream[4 + first_len..];
+    let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+    let now = Instant::now();
+    let (decoded, _, _) = decode_publish_frame(&rest[5..4 + len], true, now).unwrap();
+    assert_eq!(decoded.topic, "t/expiring");
+    let left = decoded.expires_at.expect("an expiry") - now;
+    assert!(left <= Duration::from_secs(10), "{left:?}");
+}
+
+#[test]
+fn the_batches_of_32_workers_fit_between_the_congestion_mark_and_a_full_link() {
+    use crate::cluster::config::MIN_SYNC_BUFFER;
+    use forward::flush_bytes;
+    assert_eq!(flush_bytes(16 << 20), 32 << 10, "the default -csb");
+    for csb in [MIN_SYNC_BUFFER, 100_000, 1 << 20, 16 << 20, 1 << 30] {
+        assert!(32 * flush_bytes(csb) <= csb / 2, "-csb {csb}");
+    }
+}
+
+#[test]
 fn the_frame_slack_covers_the_largest_stamp() {
     let now = Instant::now();
     let stamp = crate::router::Stamp {
