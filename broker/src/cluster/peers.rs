@@ -942,6 +942,8 @@ impl Peer {
         let pushed = queues.outbox.push(FRAME_RETAINED, len, |out| {
             encode_stamped_record(out, message, Some(stamp), now)
         });
+        // One large entry can take a link from a quarter to past half.
+        self.note_congestion(&queues.outbox);
         let grown = queues.outbox.buffered() - before;
         drop(queues);
         metrics.cluster.buffered_bytes.inc_by(grown as i64);
@@ -963,7 +965,8 @@ impl Peer {
     /// Notes whether `outbox` (this peer's link, its lock held) is congested. Read on every
     /// publish: written only when it changes.
     fn note_congestion(&self, outbox: &Outbox) {
-        let congested = outbox.buffered() >= outbox.capacity() / 2;
+        // A retired peer's link holds nothing and has no capacity: never congested.
+        let congested = outbox.capacity() > 0 && outbox.buffered() >= outbox.capacity() / 2;
         if self.congested.load(Ordering::Relaxed) != congested {
             self.congested.store(congested, Ordering::Relaxed);
         }
@@ -1492,6 +1495,30 @@ mod tests {
         let mut pushing = peer.pushing(now);
         assert!(!pushing.push(&one, None, &[], &metrics));
         assert_eq!(pushing.finish(&metrics), PushOutcome::default());
+    }
+
+    #[test]
+    fn a_congested_link_is_told_until_acknowledgements_bring_it_below_half() {
+        let (_members, peers) = peers_of(&[("new", 4)], 64 << 10);
+        let peer = peers.list()[0].clone();
+        let metrics = Metrics::new();
+        let now = Instant::now();
+        let big = message("a/b", 20 << 10, QoS::AtLeastOnce, false);
+        assert!(!peer.push(&big, None, &[], now, &metrics).congested);
+        assert!(peer.push(&big, None, &[], now, &metrics).congested);
+        assert!(peer.is_congested());
+        let sent = peer.take_transmits(now, usize::MAX);
+        let (link, _) = sent.link;
+        let last = sent.segments.last().expect("segments").0;
+        let ack = Ack {
+            link,
+            cumulative: last,
+            selective: 0,
+            window: 64,
+            reset: false,
+        };
+        assert!(!peer.on_ack(&ack, now, &peers, &metrics));
+        assert!(!peer.is_congested(), "everything sent was acknowledged");
     }
 
     #[test]

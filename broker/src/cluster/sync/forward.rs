@@ -4,37 +4,39 @@
 //! chosen for a group, and [`Forwarder::flush`] queues what a batch holds, peer by peer.
 //!
 //! A connection keeps one batch for the PUBLISH packets of one read buffer and flushes it
-//! before it waits again (or when the batch reaches [`FLUSH_RECORDS`] messages or its byte
-//! bound, see [`flush_bytes`]):
-//! the peers' list, the clock and each peer's lock are taken once per batch, not per message.
-//! Other publishers (wills, the HTTP gateway, CoAP) use a batch of one.
+//! before it waits again (or sooner: at [`FLUSH_RECORDS`] messages, at its byte bound, see
+//! [`flush_bytes`], after a retained message or one for a congested peer): the peers' list,
+//! the clock and each peer's lock are taken once per batch, not per message. Other publishers
+//! (wills, the HTTP gateway, CoAP) use a batch of one.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::debug;
 
-use super::super::link::earliest;
+use super::super::link::{earliest, FRAME_HEADER};
 use super::super::peers::{InterestWait, Peer, Peers};
 use super::super::shared::{Chooser, SharedPolicy};
-use super::record_len;
+use super::{record_len, stamped_record_len};
 use crate::metrics::{ClusterDrop, ClusterPort, Metrics};
 use crate::router::{Message, Stamp};
 
 /// A batch is flushed when it holds this many messages ...
 pub const FLUSH_RECORDS: usize = 64;
-/// ... or this many bytes of topics, payloads and properties (see [`flush_bytes`]).
+/// ... or this many bytes of link frames (see [`flush_bytes`]).
 const FLUSH_BYTES_MAX: usize = 32 << 10;
 const FLUSH_BYTES_MIN: usize = 1 << 10;
 
-/// The bytes a batch holds before it is flushed, for links of `-csb` bytes. A connection learns
-/// that a peer is congested only at a flush, so what batches add past a link's congestion mark
-/// (half of `-csb`, where publishers start to wait) is up to one batch per worker thread
-/// (batches live only while a connection handles its buffer): 1/64 of `-csb` leaves room for
-/// 32 of them before the link is full and QoS 1 messages are dropped (32 KiB at the default
-/// 16 MiB; 1 KiB, about one message, at the smallest `-csb`).
-pub fn flush_bytes(sync_buffer: usize) -> usize {
-    (sync_buffer / 64).clamp(FLUSH_BYTES_MIN, FLUSH_BYTES_MAX)
+/// The bytes a batch holds before it is flushed, for links of `sync_buffer` bytes (`-csb`) and
+/// `workers` threads running connections. A batch for a peer past its congestion mark (half of
+/// `-csb`, where publishers start to wait) is flushed at once (see [`Forwarder::forward`]), but
+/// the batches already staged when a peer crosses the mark are flushed whole: up to one per
+/// worker thread, as batches live only while a connection handles its buffer. They are kept
+/// within half of the room left past the mark, so that they never fill the link (where QoS 1
+/// messages are dropped): 32 KiB each at the default 16 MiB, and never below 1 KiB, about one
+/// message, as before batches.
+pub fn flush_bytes(sync_buffer: usize, workers: usize) -> usize {
+    (sync_buffer / 4 / workers.max(1)).clamp(FLUSH_BYTES_MIN, FLUSH_BYTES_MAX)
 }
 
 /// The publishing side's handle: cheap to call from any connection.
@@ -106,7 +108,11 @@ impl Forwarder {
         metrics: Arc<Metrics>,
     ) -> Forwarder {
         Forwarder {
-            flush_bytes: flush_bytes(peers.link_capacity()),
+            // The runtime's default: a worker per core.
+            flush_bytes: flush_bytes(
+                peers.link_capacity(),
+                std::thread::available_parallelism().map_or(1, usize::from),
+            ),
             peers,
             limit,
             version,
@@ -215,8 +221,11 @@ impl Forwarder {
         // share past the congestion mark, and enough of them fill the link); and after a
         // retained message, so that a peer gets a topic's retained writes in the order they
         // were stamped here (a peer of version 3 keeps the last to arrive).
-        let flush_now = message.retain || peers.iter().any(|peer| peer.is_congested());
-        batch.bytes += message.topic.len() + message.payload.len() + message.properties.len();
+        let flush_now = message.retain
+            || peers.iter().any(|peer| {
+                peer.is_congested() && (chooser.is_some() || peer.wants(message, wanted))
+            });
+        batch.bytes += FRAME_HEADER + stamped_record_len(message, None);
         if batch.staged.capacity() == 0 {
             batch.staged.reserve(16);
         }
@@ -253,6 +262,10 @@ impl Forwarder {
             let mut pushing = None;
             let mut skipped = 0;
             for entry in staged.iter_mut() {
+                // Expired since the batch began: the peer would only drop it.
+                if entry.message.is_expired(now) {
+                    continue;
+                }
                 let groups = match &entry.chooser {
                     Some(chooser) => chooser.groups_for(peer.interest_slot()),
                     None => Vec::new(),

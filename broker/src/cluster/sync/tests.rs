@@ -1064,12 +1064,20 @@ fn a_forwarded_message_keeps_its_expiry_interval_whenever_its_batch_began() {
 }
 
 #[test]
-fn the_batches_of_32_workers_fit_between_the_congestion_mark_and_a_full_link() {
+fn the_batches_of_every_worker_fit_between_the_congestion_mark_and_a_full_link() {
     use crate::cluster::config::MIN_SYNC_BUFFER;
     use forward::flush_bytes;
-    assert_eq!(flush_bytes(16 << 20), 32 << 10, "the default -csb");
-    for csb in [MIN_SYNC_BUFFER, 100_000, 1 << 20, 16 << 20, 1 << 30] {
-        assert!(32 * flush_bytes(csb) <= csb / 2, "-csb {csb}");
+    assert_eq!(flush_bytes(16 << 20, 2), 32 << 10, "the default -csb");
+    for workers in [1, 2, 8, 64, 256] {
+        for csb in [MIN_SYNC_BUFFER, 100_000, 1 << 20, 16 << 20, 1 << 30] {
+            let bound = flush_bytes(csb, workers);
+            // Every worker's batch fits in half the room past the mark, or the bound is one
+            // small message.
+            assert!(
+                workers * bound <= csb / 4 || bound == 1 << 10,
+                "-csb {csb}, {workers} workers"
+            );
+        }
     }
 }
 
