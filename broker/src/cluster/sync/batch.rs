@@ -9,7 +9,8 @@
 //! reverse (`UDP_GRO`): datagrams of one burst may come up as one, with their size, and are
 //! cut apart here. On loopback that took the cost of a 1.3 KB datagram from about 3 µs of
 //! CPU (sender and receiver) to about 0.25 µs. A kernel that refuses the offload gets plain
-//! datagrams from then on.
+//! datagrams from then on; so does a socket whose groups are refused for other reasons 64 times
+//! in a row (each such group goes again as plain datagrams).
 //! Every call is non-blocking (the two threads share the socket): a thread waits for room or
 //! for datagrams in `poll(2)`, never spins. A [`Doorbell`] wakes the receiver's wait when
 //! something else needs it.
@@ -44,7 +45,15 @@ pub struct OutBatch {
     /// Whether to send with segmentation offload: unknown until the first send (the kernel is
     /// asked then); no once it refused.
     offload: Option<bool>,
+    /// Groups refused in a row for another reason than the offload itself (each sent again as
+    /// plain datagrams): see [`REFUSED_GROUPS_MAX`].
+    refused_groups: u32,
 }
+
+/// Groups refused in a row after which offload is turned off: a refusal that lasts (a route
+/// whose MTU is below the segment size, a socket without checksums) would otherwise cost a
+/// failed system call before every group.
+const REFUSED_GROUPS_MAX: u32 = 64;
 
 /// What [`OutBatch::send`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +115,9 @@ impl OutBatch {
             plain_once = false;
             match result {
                 Ok(sent) => {
+                    if was_group {
+                        self.refused_groups = 0;
+                    }
                     outcome.sent += sent;
                     from += sent;
                 }
@@ -126,8 +138,10 @@ impl OutBatch {
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if was_group => {
-                    if offload_refused(&error) {
-                        tracing::info!(%error, "UDP segmentation offload refused; sync datagrams go one by one from now on");
+                    self.refused_groups += 1;
+                    if offload_refused(&error) || self.refused_groups >= REFUSED_GROUPS_MAX {
+                        tracing::info!(%error, refused_in_a_row = self.refused_groups,
+                                       "UDP segmentation offload refused; sync datagrams go one by one from now on");
                         self.offload = Some(false);
                     } else {
                         plain_once = true;
@@ -734,7 +748,7 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_group_the_kernel_refuses_goes_again_as_plain_datagrams() {
+    fn a_group_the_kernel_refuses_goes_again_as_plain_datagrams_until_offload_is_given_up() {
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sender.set_nonblocking(true).unwrap();
         // Without UDP checksums the kernel refuses segmentation offload (EINVAL).
@@ -774,6 +788,21 @@ mod tests {
             let n = receiver.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], &[i; 1_000][..]);
         }
+        // ... until groups have been refused REFUSED_GROUPS_MAX times in a row: then it is
+        // off, and what follows goes plain at once.
+        for round in 1..REFUSED_GROUPS_MAX {
+            assert_eq!(batch.offload, Some(true), "round {round}");
+            for _ in 0..2 {
+                batch
+                    .next(receiver.local_addr().unwrap())
+                    .extend_from_slice(&[round as u8; 100]);
+            }
+            assert_eq!(batch.send(&sender, true).sent, 2);
+            for _ in 0..2 {
+                assert_eq!(receiver.recv(&mut buf).unwrap(), 100);
+            }
+        }
+        assert_eq!(batch.offload, Some(false));
     }
 
     #[test]
