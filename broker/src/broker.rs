@@ -95,7 +95,7 @@ impl Broker {
         };
         // Each shared group that peers have members of too is served by one node, chosen here.
         let mut routed = if prepared.chooser.is_empty() {
-            self.router.publish(message.clone())
+            self.router.publish_to(message.clone(), Groups::All)
         } else {
             let chooser = &mut prepared.chooser;
             let mut serve_here =
@@ -103,9 +103,13 @@ impl Broker {
             self.router
                 .publish_to(message.clone(), Groups::Choose(&mut serve_here))
         };
-        let congested_peer = forwarder.forward(&message, routed.stamp.as_ref(), prepared, batch);
+        let forwarded = forwarder.forward(&message, routed.stamp.as_ref(), prepared, batch);
+        // A message no local session took is not dropped if another node's may.
+        if !routed.matched && !forwarded.staged {
+            self.router.count_unmatched();
+        }
         if routed.congested.is_none() {
-            routed.congested = congested_peer.map(Congested::Peer);
+            routed.congested = forwarded.congested.map(Congested::Peer);
         }
         routed
     }

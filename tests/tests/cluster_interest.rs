@@ -17,6 +17,7 @@ use coolpy7_tests::{unique_id, QoS, QUIET, TIMEOUT};
 
 const SKIPPED: &str = "coolpy7_cluster_records_skipped_total";
 const RECEIVED: &str = "coolpy7_cluster_records_received_total";
+const NO_SUBSCRIBERS: &str = "coolpy7_messages_dropped_total{reason=\"no_subscribers\"}";
 const SYNC_OUT: &str = "coolpy7_cluster_datagrams_total{port=\"sync\",direction=\"out\"}";
 
 /// The longest an unsubscription may take to reach the other nodes in these tests, on a loaded
@@ -66,6 +67,7 @@ async fn messages_reach_only_the_nodes_that_subscribe() {
     first_delivery_after(&mut publisher, &mut on_n2, &topic, Instant::now()).await;
     let skipped = n1.counter(SKIPPED).await;
     let on_n3 = n3.counter(RECEIVED).await;
+    let unmatched_on_n1 = n1.counter(NO_SUBSCRIBERS).await;
     const N: u32 = 100;
     for i in 0..N {
         publisher
@@ -81,6 +83,21 @@ async fn messages_reach_only_the_nodes_that_subscribe() {
         "each message skipped n3"
     );
     assert_eq!(n3.counter(RECEIVED).await, on_n3, "n3 got none of them");
+    // Taken on n2, so not dropped on n1 for want of a subscriber there; one nobody in the
+    // cluster subscribes to is.
+    assert_eq!(n1.counter(NO_SUBSCRIBERS).await, unmatched_on_n1);
+    publisher
+        .publish(
+            &unique_id("nobody/t"),
+            QoS::AtLeastOnce,
+            false,
+            b"lost".to_vec(),
+        )
+        .await;
+    wait_until("n1 to count the unmatched message", TIMEOUT, || async {
+        n1.counter(NO_SUBSCRIBERS).await == unmatched_on_n1 + 1.0
+    })
+    .await;
 
     // A wildcard on n3 brings it in; a retained message goes everywhere.
     let mut wild = n3

@@ -442,10 +442,21 @@ impl Router {
     /// Routes a message published on this node to every matching session, and stores it when
     /// retained (stamped as this node's latest write to the topic, in a cluster).
     pub fn publish(&self, message: Arc<Message>) -> Routed {
-        self.publish_to(message, Groups::All)
+        let routed = self.publish_to(message, Groups::All);
+        if !routed.matched {
+            self.count_unmatched();
+        }
+        routed
     }
 
-    /// [`Router::publish`], delivering to the matching shared groups that `groups` names.
+    /// Counts a message that nobody took (`no_subscribers`): in a cluster, one that no local
+    /// session matched and that went to no other node either.
+    pub fn count_unmatched(&self) {
+        self.metrics.dropped(DropReason::NoSubscribers).inc();
+    }
+
+    /// [`Router::publish`], delivering to the matching shared groups that `groups` names,
+    /// without counting a message nobody matched: the caller knows whether it goes elsewhere.
     pub fn publish_to(&self, message: Arc<Message>, groups: Groups<'_>) -> Routed {
         let stamp = if message.retain {
             self.retain(&message)
@@ -482,7 +493,11 @@ impl Router {
                 }
             }
         }
-        self.route(message, groups, Some(wakes))
+        let routed = self.route(message, groups, Some(wakes));
+        if !routed.matched {
+            self.count_unmatched();
+        }
+        routed
     }
 
     /// Stores a retained message (or, with an empty payload, a clear) written elsewhere at
@@ -653,11 +668,7 @@ impl Router {
                 }
             }
         }
-        let matched = matched || served_elsewhere;
-        if !matched {
-            self.metrics.dropped(DropReason::NoSubscribers).inc();
-        }
-        routed.matched = matched;
+        routed.matched = matched || served_elsewhere;
         routed
     }
 

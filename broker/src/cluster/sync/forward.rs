@@ -59,6 +59,15 @@ pub struct Prepared {
     pub chooser: Chooser,
 }
 
+/// What [`Forwarder::forward`] did with a message.
+#[derive(Default)]
+pub struct Forwarded {
+    /// Staged for at least one peer (that wants it, or serves one of its shared groups).
+    pub staged: bool,
+    /// A peer whose link is congested (told when the batch was flushed).
+    pub congested: Option<Arc<Peer>>,
+}
+
 /// Messages staged for the peers and not yet queued (see the module's documentation). Every
 /// batch must be flushed before it is dropped or waits: a message left in it is never sent.
 #[derive(Default)]
@@ -187,7 +196,7 @@ impl Forwarder {
 
     /// Stages a locally published message (with the `stamp` the retained store gave it, when
     /// retained), `prepared` for it in `batch`, for the other members that want it or serve
-    /// one of its shared groups; flushes the batch when it is full, and then returns a peer
+    /// one of its shared groups; flushes the batch when it is full, and then tells of a peer
     /// whose link is congested, which the publisher should wait for.
     pub fn forward(
         &self,
@@ -195,7 +204,7 @@ impl Forwarder {
         stamp: Option<&Stamp>,
         mut prepared: Prepared,
         batch: &mut ForwardBatch,
-    ) -> Option<Arc<Peer>> {
+    ) -> Forwarded {
         let (_, peers) = self.snapshot(batch);
         prepared.chooser.finish();
         let chooser = prepared
@@ -214,7 +223,7 @@ impl Forwarder {
                 .cluster
                 .records_skipped
                 .inc_by(peers.len() as u64);
-            return None;
+            return Forwarded::default();
         }
         // The batch is flushed when full, and at once after a message to a congested peer, so that the publisher waits as
         // it would have without batches (each connection's batch would otherwise add its
@@ -236,10 +245,18 @@ impl Forwarder {
             chooser,
             queued: false,
         });
-        if flush_now || batch.staged.len() >= FLUSH_RECORDS || batch.bytes >= self.flush_bytes {
-            return self.flush(batch);
+        let congested = if flush_now
+            || batch.staged.len() >= FLUSH_RECORDS
+            || batch.bytes >= self.flush_bytes
+        {
+            self.flush(batch)
+        } else {
+            None
+        };
+        Forwarded {
+            staged: true,
+            congested,
         }
-        None
     }
 
     /// Queues what `batch` holds for the peers, each peer's share under one lock; returns a

@@ -577,6 +577,7 @@ fn a_publisher_sends_in_place_when_nobody_else_is_sending() {
         let prepared = forwarder.prepare(&message, &mut batch).unwrap();
         assert!(forwarder
             .forward(&message, None, prepared, &mut batch)
+            .congested
             .is_none());
         assert!(forwarder.flush(&mut batch).is_none());
     };
@@ -937,6 +938,7 @@ fn a_batch_reaches_the_peer_at_its_flush_in_publishing_order() {
         let prepared = forwarder.prepare(&message, &mut batch).unwrap();
         assert!(forwarder
             .forward(&message, None, prepared, &mut batch)
+            .congested
             .is_none());
     }
     assert!(
@@ -974,7 +976,8 @@ fn a_message_no_peer_wants_is_not_staged() {
     for topic in ["other/x", "wanted/x"] {
         let message = Arc::new(message(topic, b"p", QoS::AtLeastOnce, false));
         let prepared = forwarder.prepare(&message, &mut batch).unwrap();
-        forwarder.forward(&message, None, prepared, &mut batch);
+        let forwarded = forwarder.forward(&message, None, prepared, &mut batch);
+        assert_eq!(forwarded.staged, topic == "wanted/x", "{topic}");
         assert_eq!(batch.is_empty(), topic == "other/x", "{topic}");
     }
     forwarder.flush(&mut batch);
@@ -997,7 +1000,10 @@ fn a_full_batch_flushes_itself_and_tells_of_a_congested_peer_before_its_link_is_
             false,
         ));
         let prepared = forwarder.prepare(&message, &mut batch).unwrap();
-        if let Some(congested) = forwarder.forward(&message, None, prepared, &mut batch) {
+        if let Some(congested) = forwarder
+            .forward(&message, None, prepared, &mut batch)
+            .congested
+        {
             assert!(Arc::ptr_eq(&congested, &peer));
             congested_at = Some(i);
             break;
@@ -1020,7 +1026,7 @@ fn a_batch_started_while_a_peer_is_congested_flushes_at_its_first_message() {
     let forward = |batch: &mut ForwardBatch, topic: &str| {
         let message = Arc::new(message(topic, &payload, QoS::AtLeastOnce, false));
         let prepared = forwarder.prepare(&message, batch).unwrap();
-        forwarder.forward(&message, None, prepared, batch)
+        forwarder.forward(&message, None, prepared, batch).congested
     };
     // One connection takes the link past half its capacity.
     let mut first = ForwardBatch::default();
