@@ -104,8 +104,9 @@ impl Broker {
                 .publish_to(message.clone(), Groups::Choose(&mut serve_here))
         };
         let forwarded = forwarder.forward(&message, routed.stamp.as_ref(), prepared, batch);
-        // A message no local session took is not dropped if another node's may.
-        if !routed.matched && !forwarded.staged {
+        // A message no local session took is not dropped if another node's may (that node
+        // counts it if none there does).
+        if !routed.matched && !forwarded.for_subscribers {
             self.router.count_unmatched();
         }
         if routed.congested.is_none() {

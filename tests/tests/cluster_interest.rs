@@ -98,6 +98,24 @@ async fn messages_reach_only_the_nodes_that_subscribe() {
         n1.counter(NO_SUBSCRIBERS).await == unmatched_on_n1 + 1.0
     })
     .await;
+    // A retained one nobody subscribes to reaches every node (which stores it), and is counted
+    // once, by the node it was published on.
+    let (unmatched_on_n2, received_on_n2) =
+        (n2.counter(NO_SUBSCRIBERS).await, n2.counter(RECEIVED).await);
+    publisher
+        .publish(
+            &unique_id("nobody/kept"),
+            QoS::AtLeastOnce,
+            true,
+            b"kept".to_vec(),
+        )
+        .await;
+    wait_until("n2 to take the retained message", TIMEOUT, || async {
+        n2.counter(RECEIVED).await > received_on_n2
+    })
+    .await;
+    assert_eq!(n1.counter(NO_SUBSCRIBERS).await, unmatched_on_n1 + 2.0);
+    assert_eq!(n2.counter(NO_SUBSCRIBERS).await, unmatched_on_n2);
 
     // A wildcard on n3 brings it in; a retained message goes everywhere.
     let mut wild = n3

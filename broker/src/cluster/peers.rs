@@ -813,7 +813,13 @@ impl Peer {
     /// Whether this peer may deliver `message`, given the interest slots that want its topic
     /// (`wanted`, from [`RemoteInterest::matching`]): retained messages go everywhere.
     pub fn wants(&self, message: &Message, wanted: u64) -> bool {
-        !self.has_link || message.retain || self.slot.is_none_or(|slot| wanted & (1 << slot) != 0)
+        message.retain || self.may_subscribe(wanted)
+    }
+
+    /// Whether this peer may have a subscriber to a topic that the interest slots `wanted`
+    /// match: its filters say so, or they are not known (no link, or no slot yet).
+    pub fn may_subscribe(&self, wanted: u64) -> bool {
+        !self.has_link || self.slot.is_none_or(|slot| wanted & (1 << slot) != 0)
     }
 
     /// Queues interest frames on the control link (a snapshot's whatever their size, a change

@@ -493,8 +493,11 @@ impl Router {
                 }
             }
         }
+        // Every node gets every retained message: whether anyone subscribed to it is for
+        // the publishing node to count.
+        let retained = message.retain;
         let routed = self.route(message, groups, Some(wakes));
-        if !routed.matched {
+        if !routed.matched && !retained {
             self.count_unmatched();
         }
         routed

@@ -45,8 +45,8 @@ pub struct OutBatch {
     /// Whether to send with segmentation offload: unknown until the first send (the kernel is
     /// asked then); no once it refused.
     offload: Option<bool>,
-    /// Groups refused in a row for another reason than the offload itself (each sent again as
-    /// plain datagrams): see [`REFUSED_GROUPS_MAX`].
+    /// Groups refused in a row as groups (see `group_refused`; each is sent again as plain
+    /// datagrams): see [`REFUSED_GROUPS_MAX`].
     refused_groups: u32,
 }
 
@@ -100,19 +100,25 @@ impl OutBatch {
             .offload
             .get_or_insert_with(|| offload_supported(socket));
         // A group the kernel refused for another reason than the offload itself (a route with
-        // a smaller MTU, a filter) goes again as plain datagrams, each failing on its own.
-        let mut plain_once = false;
+        // a smaller MTU, a filter) goes again as plain datagrams, each failing on its own; the
+        // groups after it are groups again.
+        let mut plain_until = 0;
         while from < self.len {
-            let offload = offload && self.offload != Some(false) && !plain_once;
+            let plain = from < plain_until;
+            let offload = offload && self.offload != Some(false) && !plain;
+            let end = if plain { plain_until } else { self.len };
             let result = send_some(
                 socket,
-                &self.datagrams[from..self.len],
-                &self.to[from..self.len],
+                &self.datagrams[from..end],
+                &self.to[from..end],
                 offload,
             );
-            let was_group =
-                offload && grouped(&self.datagrams[from..self.len], &self.to[from..self.len]) > 1;
-            plain_once = false;
+            let group = if offload {
+                grouped(&self.datagrams[from..end], &self.to[from..end])
+            } else {
+                1
+            };
+            let was_group = group > 1;
             match result {
                 Ok(sent) => {
                     if was_group {
@@ -138,13 +144,17 @@ impl OutBatch {
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if was_group => {
-                    self.refused_groups += 1;
+                    // Errors a plain datagram would meet as well (a filter, no route) are not
+                    // the grouping's fault.
+                    if group_refused(&error) {
+                        self.refused_groups += 1;
+                    }
                     if offload_refused(&error) || self.refused_groups >= REFUSED_GROUPS_MAX {
                         tracing::info!(%error, refused_in_a_row = self.refused_groups,
                                        "UDP segmentation offload refused; sync datagrams go one by one from now on");
                         self.offload = Some(false);
                     } else {
-                        plain_once = true;
+                        plain_until = from + group;
                     }
                 }
                 Err(error) => {
@@ -195,6 +205,13 @@ fn offload_refused(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EIO | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
     )
+}
+
+/// Whether `error`, returned for a group, says the kernel would not send that group as one
+/// (EINVAL: no checksum, segments over the route's MTU on older kernels; EMSGSIZE: the same on
+/// newer ones), rather than something its datagrams would meet one by one too.
+fn group_refused(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE))
 }
 
 /// Whether the kernel knows UDP segmentation offload (Linux 4.18 and later): an older one
@@ -803,6 +820,14 @@ mod tests {
             }
         }
         assert_eq!(batch.offload, Some(false));
+        // From then on plain at once: nothing more is refused.
+        for _ in 0..2 {
+            batch
+                .next(receiver.local_addr().unwrap())
+                .extend_from_slice(&[0; 100]);
+        }
+        assert_eq!(batch.send(&sender, true).sent, 2);
+        assert_eq!(batch.refused_groups, REFUSED_GROUPS_MAX);
     }
 
     #[test]

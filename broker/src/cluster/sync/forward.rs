@@ -62,8 +62,10 @@ pub struct Prepared {
 /// What [`Forwarder::forward`] did with a message.
 #[derive(Default)]
 pub struct Forwarded {
-    /// Staged for at least one peer (that wants it, or serves one of its shared groups).
-    pub staged: bool,
+    /// Staged for a peer that may have a subscriber to it (or whose interest is not known),
+    /// or that serves one of its shared groups; not when it goes only as a retained message,
+    /// which every peer stores.
+    pub for_subscribers: bool,
     /// A peer whose link is congested (told when the batch was flushed).
     pub congested: Option<Arc<Peer>>,
 }
@@ -230,6 +232,8 @@ impl Forwarder {
         // share past the congestion mark, and enough of them fill the link); and after a
         // retained message, so that a peer gets a topic's retained writes in the order they
         // were stamped here (a peer of version 3 keeps the last to arrive).
+        let for_subscribers =
+            chooser.is_some() || peers.iter().any(|peer| peer.may_subscribe(wanted));
         let flush_now = message.retain
             || peers.iter().any(|peer| {
                 peer.is_congested() && (chooser.is_some() || peer.wants(message, wanted))
@@ -254,7 +258,7 @@ impl Forwarder {
             None
         };
         Forwarded {
-            staged: true,
+            for_subscribers,
             congested,
         }
     }

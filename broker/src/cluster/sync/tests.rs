@@ -977,7 +977,7 @@ fn a_message_no_peer_wants_is_not_staged() {
         let message = Arc::new(message(topic, b"p", QoS::AtLeastOnce, false));
         let prepared = forwarder.prepare(&message, &mut batch).unwrap();
         let forwarded = forwarder.forward(&message, None, prepared, &mut batch);
-        assert_eq!(forwarded.staged, topic == "wanted/x", "{topic}");
+        assert_eq!(forwarded.for_subscribers, topic == "wanted/x", "{topic}");
         assert_eq!(batch.is_empty(), topic == "other/x", "{topic}");
     }
     forwarder.flush(&mut batch);
