@@ -377,6 +377,10 @@ async fn qos1_and_qos0_are_all_delivered_through_five_percent_loss_between_names
         }
     }
     let got0 = subscriber0.recv_publishes(N as usize, TIMEOUT * 2).await;
+    assert!(
+        got0.iter().all(|p| p.payload.len() == 500),
+        "whole payloads"
+    );
     assert_eq!(
         numbers(&got0),
         (0..N).collect::<Vec<_>>(),

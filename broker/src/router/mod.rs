@@ -450,7 +450,11 @@ impl Router {
     }
 
     /// Counts a message that nobody took (`no_subscribers`): in a cluster, one that no local
-    /// session matched and that went to no other node either.
+    /// session matched and that went to no other node either. A peer whose interest is not
+    /// known yet (no link, or before its filters arrive) may subscribe to anything: a message
+    /// sent to it is left for it to count, and a retained one (which receivers do not count,
+    /// every node gets them) is then counted nowhere. Under-counting there was chosen over
+    /// counting messages that a peer does deliver.
     pub fn count_unmatched(&self) {
         self.metrics.dropped(DropReason::NoSubscribers).inc();
     }
