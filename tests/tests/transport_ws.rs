@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use coolpy7_tests::cluster::wait_until;
 use coolpy7_tests::packets5;
 use coolpy7_tests::raw::{V3, V5};
 use coolpy7_tests::transport::{
@@ -145,10 +146,13 @@ async fn subprotocols_and_paths() {
     let wrong_path = try_connect_ws(tcp(addr).await, addr, "/mqtt", "mqtt").await;
     let error = wrong_path.err().expect("another path is refused");
     assert!(error.contains("404"), "{error}");
-    let failed = broker
-        .metric("coolpy7_handshake_failures_total{listener=\"ws\",reason=\"websocket\"}")
-        .await;
-    assert_eq!(failed, 2.0);
+    // Counted once the refusal was written: the client may read it a moment before.
+    let series = "coolpy7_handshake_failures_total{listener=\"ws\",reason=\"websocket\"}";
+    wait_until("both refusals to be counted", TIMEOUT, || async {
+        broker.metric(series).await >= 2.0
+    })
+    .await;
+    assert_eq!(broker.metric(series).await, 2.0);
 }
 
 #[tokio::test]
