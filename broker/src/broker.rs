@@ -137,10 +137,17 @@ impl Broker {
         self.forwarder.is_some()
     }
 
-    /// Closes every connection that holds a session; connections still in their handshake see
-    /// [`Broker::is_shutting_down`] once they have claimed theirs.
-    pub fn shut_down(&self) {
+    /// Marks the broker as shutting down (a drain began): connections still in their handshake
+    /// close once they have claimed their session, and the others as they are asked to (see
+    /// [`crate::drain`]).
+    pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Closes every connection that holds a session at once; connections still in their
+    /// handshake see [`Broker::is_shutting_down`] once they have claimed theirs.
+    pub fn shut_down(&self) {
+        self.begin_shutdown();
         self.sessions.kick_all();
     }
 

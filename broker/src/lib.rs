@@ -5,7 +5,8 @@
 //! packets with [`codec`], keeps the client's [`session`] state, and passes every PUBLISH to the
 //! [`router`]; the router matches it against the subscription tree and pushes it into the
 //! mailboxes of the matching sessions, whose connection tasks encode and write it. [`server`]
-//! wires these together with the [`http`] API and [`metrics`], from a [`config`]. In cluster
+//! wires these together with the [`http`] API and [`metrics`], from a [`config`], and on SIGTERM
+//! [`drain`]s the node. In cluster
 //! mode, [`cluster`] forwards each locally published message to the other nodes and hands what
 //! they forward to the router. [`passwd`] is the `coolpy7 passwd` subcommand, which edits the
 //! password file that [`auth`] reads.
@@ -19,6 +20,7 @@ pub mod coap;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod file_watch;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -1,10 +1,10 @@
 //! Starting and stopping the broker: raises the open-files limit and divides it between MQTT,
 //! HTTP and the process ([`admission`]), binds the listeners named by the [`Config`], logs
-//! them, runs until the shutdown future completes, then closes every connection and waits
-//! (bounded) for them to finish.
+//! them, runs until the shutdown future completes, then drains ([`drain`]: stops accepting,
+//! disconnects the clients at `-dr` per second within `-dg`), waits (bounded) for the
+//! connections to finish, leaves the cluster and stops the HTTP API last.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +18,15 @@ use crate::broker::Broker;
 use crate::cluster;
 use crate::coap;
 use crate::config::Config;
+use crate::drain::{self, Lifecycle};
 use crate::http::{self, HttpLimits, HttpState};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::transport::certificates::{self, CertificateStore};
 use crate::transport::TransportSettings;
 
-/// How long shutdown waits for connections to finish their last writes.
+/// How long shutdown waits for connections to finish their last writes once each was asked
+/// to close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often offline sessions are checked for expiry and delayed wills: the precision of both
@@ -102,7 +104,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let plan = plan_connections(&mut config)?;
     let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
+    let lifecycle = Arc::new(Lifecycle::default());
+    // Listeners stop at the start of the drain; everything else (the HTTP API, which answers
+    // the probes during the drain, the session sweep, the file watchers) once it is over.
+    let (stop_accepting, accepting_stops) = watch::channel(false);
     let (stop, stopping) = watch::channel(false);
 
     // SIGHUP means "reload" to a daemon (the TLS files here); taken before anything listens, so
@@ -182,7 +187,7 @@ pub async fn run(
     };
     // Bound means ready: connections queue in the backlog until the accept loop takes them, so
     // /healthz can say so before anyone reads the listener lines below.
-    ready.store(true, Ordering::Release);
+    lifecycle.serving();
     for (bound, settings) in &listeners {
         let proxy = if settings.proxy_protocol {
             " (PROXY protocol)"
@@ -215,7 +220,7 @@ pub async fn run(
             metrics: metrics.clone(),
             broker: broker.clone(),
             sys_token: config.sys_token.clone(),
-            ready: ready.clone(),
+            lifecycle: lifecycle.clone(),
             version: crate::VERSION,
             members: cluster.as_ref().map(cluster::Bound::members),
         };
@@ -239,7 +244,7 @@ pub async fn run(
         .transpose()
         .context("cannot start the cluster's sync sender")?;
     let coap = coap_socket
-        .map(|socket| tokio::spawn(coap::serve(socket, broker.clone(), stopping.clone())));
+        .map(|socket| tokio::spawn(coap::serve(socket, broker.clone(), accepting_stops.clone())));
     tokio::spawn(expire_sessions(broker.clone(), stopping.clone()));
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let access_watched = match &broker.access {
@@ -275,7 +280,7 @@ pub async fn run(
                 settings,
                 broker.clone(),
                 sockets.clone(),
-                stopping.clone(),
+                accepting_stops.clone(),
                 done.clone(),
             ))
         })
@@ -283,15 +288,20 @@ pub async fn run(
     drop(done);
 
     shutdown.await;
-    info!("shutting down");
-    ready.store(false, Ordering::Release);
-    let _ = stop.send(true);
+    let drain_started = tokio::time::Instant::now();
+    info!("shutting down: draining");
+    // /readyz answers 503 from here on.
+    lifecycle.draining();
+    broker.begin_shutdown();
+    let _ = stop_accepting.send(true);
     for accepting in accepting {
         let _ = accepting.await;
     }
     if let Some(coap) = coap {
         let _ = coap.await;
     }
+    drain::disconnect_clients(&broker, &broker.config.drain, drain_started).await;
+    // Whoever claimed a session while the drain listed the clients (see `disconnect_clients`).
     broker.shut_down();
     if tokio::time::timeout(DRAIN_TIMEOUT, all_done.recv())
         .await
@@ -309,6 +319,7 @@ pub async fn run(
     if let Some(cluster) = cluster {
         cluster.leave().await;
     }
+    let _ = stop.send(true);
     info!("stopped");
     Ok(())
 }

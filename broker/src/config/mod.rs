@@ -593,6 +593,26 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     suspect_to_down_ms: u64,
 
+    /// Seconds a node drains after SIGTERM before it exits: it answers /readyz 503, stops
+    /// accepting connections and disconnects its clients at -dr per second; whoever is still
+    /// connected when this runs out is disconnected at once. 0 = disconnect everyone at once
+    #[arg(long = "dg", env = "COOLPY7_DG", value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    drain_grace: u64,
+
+    /// Clients disconnected per second while draining (spreads the reconnect over the other
+    /// nodes), 0 = all at once
+    #[arg(long = "dr", env = "COOLPY7_DR", value_name = "PER_SEC", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32))]
+    drain_rate: u32,
+
+    /// Server Reference sent to MQTT 5 clients disconnected by a drain, with reason 0x9C "Use
+    /// another server" instead of 0x8B "Server shutting down" (e.g. the load balancer's
+    /// host:port)
+    #[arg(long = "dsr", env = "COOLPY7_DSR", value_name = "REFERENCE",
+          value_parser = parse_server_reference)]
+    drain_server_reference: Option<String>,
+
     /// Scheduling of the broker's threads: batch (Linux SCHED_BATCH: a woken thread does not
     /// preempt a busy CPU's, more work per switch under load) or normal (as started)
     #[arg(long = "tsp", env = "COOLPY7_TSP", value_name = "POLICY", default_value = "batch",
@@ -621,6 +641,17 @@ fn parse_optional_listen(s: &str) -> Result<OptionalListen, ListenAddrError> {
 fn parse_ws_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') || s.contains(['?', '#']) || s.chars().any(char::is_whitespace) {
         return Err("expected an absolute path such as /mqtt (no query, no spaces)".to_string());
+    }
+    Ok(s.to_string())
+}
+
+/// A Server Reference is an MQTT UTF-8 string: at most 65,535 bytes and no U+0000.
+fn parse_server_reference(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the server reference must not be empty".to_string());
+    }
+    if s.len() > usize::from(u16::MAX) || s.contains('\0') {
+        return Err("expected at most 65,535 bytes of UTF-8 without NUL".to_string());
     }
     Ok(s.to_string())
 }
@@ -768,6 +799,9 @@ pub struct Config {
     pub subscription_identifiers: bool,
     /// `-tsp`: how the kernel schedules the broker's threads.
     pub thread_scheduling: ThreadScheduling,
+    /// `-dg`, `-dr`, `-dsr`: what SIGTERM does (see [`crate::drain`]).
+    pub drain: DrainConfig,
+
     /// The effective log filter (flag or `COOLPY7_LOG_LEVEL`, else `RUST_LOG`, else `info`).
     pub log_level: String,
     /// `None` unless `-nid` is given.
@@ -776,6 +810,27 @@ pub struct Config {
     pub access: AccessConfig,
     /// `-pl`, `-psl`, `-dt`, `-cr`, `-prm`, `-prb`.
     pub limits: AbuseLimits,
+}
+
+/// How a node drains on SIGTERM (`-dg`, `-dr`, `-dsr`; see [`crate::drain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// The longest the drain takes: then whoever is left is disconnected at once.
+    pub grace: Duration,
+    /// Clients disconnected per second; 0 = all at once.
+    pub rate: u32,
+    /// Sent to MQTT 5 clients with reason 0x9C "Use another server"; `None`: 0x8B.
+    pub server_reference: Option<String>,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            grace: Duration::from_secs(30),
+            rate: 1000,
+            server_reference: None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -817,6 +872,7 @@ impl Default for Config {
             wildcard_subscriptions: true,
             subscription_identifiers: true,
             thread_scheduling: ThreadScheduling::Batch,
+            drain: DrainConfig::default(),
             log_level: "info".to_string(),
             cluster: None,
             access: AccessConfig::default(),
@@ -1000,6 +1056,11 @@ impl Config {
             wildcard_subscriptions: args.wildcard_subscriptions,
             subscription_identifiers: args.subscription_identifiers,
             thread_scheduling: args.thread_scheduling,
+            drain: DrainConfig {
+                grace: Duration::from_secs(args.drain_grace),
+                rate: args.drain_rate,
+                server_reference: args.drain_server_reference,
+            },
             log_level,
             cluster,
             access,
@@ -1460,6 +1521,58 @@ mod tests {
             assert!(text.contains("--tsp"), "{flag}: {text}");
             assert!(text.contains("batch or normal"), "{flag}: {text}");
         }
+    }
+
+    #[test]
+    fn drain_flags() {
+        let _env = lock_env();
+        assert_eq!(ok(&[]).drain, DrainConfig::default(), "default");
+        assert_eq!(ok(&[]).drain.grace, Duration::from_secs(30));
+        assert_eq!(ok(&[]).drain.rate, 1000);
+        ok_forms("dg", "0", |c| assert_eq!(c.drain.grace, Duration::ZERO));
+        ok_forms("dg", "120", |c| {
+            assert_eq!(c.drain.grace, Duration::from_secs(120))
+        });
+        ok_forms("dr", "50", |c| assert_eq!(c.drain.rate, 50));
+        ok_forms("dr", "0", |c| assert_eq!(c.drain.rate, 0));
+        ok_forms("dsr", "mqtt.example.com:1883", |c| {
+            assert_eq!(
+                c.drain.server_reference.as_deref(),
+                Some("mqtt.example.com:1883")
+            )
+        });
+        for (flag, bad, says) in [
+            ("dg", "-1", "--dg"),
+            ("dg", "86401", "--dg"),
+            ("dg", "soon", "--dg"),
+            ("dr", "-5", "--dr"),
+            ("dr", "fast", "--dr"),
+            ("dsr", "", "must not be empty"),
+            ("dsr", "a\0b", "without NUL"),
+        ] {
+            let flag = format!("-{flag}={bad}");
+            let error = err(&[flag.as_str()]);
+            assert_eq!(error.exit_code(), 2, "{flag}");
+            let text = error.to_string();
+            assert!(text.contains(says), "{flag}: {text}");
+        }
+        let long = format!("-dsr={}", "a".repeat(65_536));
+        assert!(err(&[long.as_str()]).to_string().contains("65,535"));
+        std::env::set_var("COOLPY7_DG", "7");
+        std::env::set_var("COOLPY7_DR", "9");
+        std::env::set_var("COOLPY7_DSR", "lb:1883");
+        let drain = ok(&[]).drain;
+        std::env::remove_var("COOLPY7_DG");
+        std::env::remove_var("COOLPY7_DR");
+        std::env::remove_var("COOLPY7_DSR");
+        assert_eq!(
+            drain,
+            DrainConfig {
+                grace: Duration::from_secs(7),
+                rate: 9,
+                server_reference: Some("lb:1883".to_string()),
+            }
+        );
     }
 
     #[test]

@@ -148,9 +148,7 @@ impl Close {
                 ReasonCode::AdministrativeAction,
                 Some("closed by an administrator"),
             )),
-            // A drain's 0x9C "Use another server" / 0x9D "Server moved" would go here, with
-            // the Server Reference property read from the broker-wide drain state (see
-            // `KickReason`).
+            // Or 0x9C "Use another server" when the drain names one (see `send_redirect`).
             Close::Shutdown => Some((ReasonCode::ServerShuttingDown, None)),
             // An MQTT 3.1.1 client gets the close alone: the server has no DISCONNECT there.
             Close::CredentialsExpired => {
@@ -425,7 +423,8 @@ impl Connection {
             }
         }
         if self.v5.is_some() {
-            if let Some((reason, text)) = close.reason_to_send() {
+            let redirected = matches!(close, Close::Shutdown) && self.send_redirect();
+            if let Some((reason, text)) = close.reason_to_send().filter(|_| !redirected) {
                 self.send_disconnect(reason, text);
             }
         }
@@ -472,6 +471,32 @@ impl Connection {
             }
         }
         self.send(&Packet::Disconnect(Disconnect { reason, properties }));
+    }
+
+    /// Appends an MQTT 5 DISCONNECT 0x9C "Use another server" with the drain's Server
+    /// Reference (`-dsr`); `false` when none is configured or it does not fit in the client's
+    /// Maximum Packet Size (a reference cut short would send the client somewhere else), in
+    /// which case the caller sends 0x8B.
+    fn send_redirect(&mut self) -> bool {
+        let Some(reference) = self.broker.config.drain.server_reference.as_deref() else {
+            return false;
+        };
+        let limit = self
+            .v5
+            .as_ref()
+            .map_or(usize::MAX, |v5| v5.maximum_packet_size);
+        // Fixed header and remaining length (at most 5), reason code, property length (at most
+        // 4), the property's identifier and the string's length prefix.
+        if reference.len() + 13 > limit {
+            return false;
+        }
+        let mut properties = Properties::default();
+        properties.set().server_reference = Some(reference.to_string());
+        self.send(&Packet::Disconnect(Disconnect {
+            reason: ReasonCode::UseAnotherServer,
+            properties,
+        }));
+        true
     }
 
     async fn serve(&mut self) -> Close {

@@ -25,7 +25,6 @@ mod publish;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +45,7 @@ use crate::admission::{Slot, Slots};
 use crate::broker::Broker;
 use crate::cluster::membership::{MemberState, Members, NodeIdentity};
 use crate::config::DEFAULT_SYS_TOKEN;
+use crate::drain::Lifecycle;
 use crate::metrics::{DropReason, Metrics, Refusal};
 use crate::session::{Kick, KickReason};
 
@@ -71,8 +71,9 @@ pub struct HttpState {
     pub broker: Arc<Broker>,
     /// The token `/sys`, `/brokers` and `/clients` require (`-syst`).
     pub sys_token: String,
-    /// Whether the broker accepts MQTT connections; `/healthz` reports it.
-    pub ready: Arc<AtomicBool>,
+    /// Whether the broker is starting, serving or draining: `/healthz` is 200 once it listens
+    /// (draining included), `/readyz` only while it serves.
+    pub lifecycle: Arc<Lifecycle>,
     pub version: &'static str,
     /// The cluster's members; `None` outside cluster mode.
     pub members: Option<Arc<Members>>,
@@ -260,20 +261,24 @@ fn router(state: HttpState) -> Router {
 }
 
 async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
+    if state.lifecycle.is_live() {
         (StatusCode::OK, "ok").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
 }
 
-/// Ready for traffic: MQTT is listening, and in cluster mode the node has joined a peer or has
-/// no seed to wait for (so that a pod does not take clients before it forwards to the others).
+/// Ready for traffic: MQTT is listening, the node is not draining, and in cluster mode it has
+/// joined a peer or has no seed to wait for (so that a pod does not take clients before it
+/// forwards to the others).
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
-    let listening = state.ready.load(Ordering::Acquire);
+    let listening = state.lifecycle.is_serving();
     let joined = state.members.as_ref().is_none_or(|members| members.ready());
     match (listening, joined) {
         (true, true) => (StatusCode::OK, "ok").into_response(),
+        (false, _) if state.lifecycle.is_draining() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+        }
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not listening").into_response(),
         (true, false) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -576,7 +581,7 @@ mod tests {
         addr: std::net::SocketAddr,
         metrics: Arc<Metrics>,
         broker: Arc<Broker>,
-        ready: Arc<AtomicBool>,
+        lifecycle: Arc<Lifecycle>,
         stop: Option<oneshot::Sender<()>>,
         task: JoinHandle<std::io::Result<()>>,
     }
@@ -586,7 +591,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("local addr");
             let metrics = Arc::new(Metrics::new());
-            let ready = Arc::new(AtomicBool::new(false));
+            let lifecycle = Arc::new(Lifecycle::default());
             let broker = Arc::new(Broker::new(
                 crate::config::Config::for_tests(),
                 metrics.clone(),
@@ -597,7 +602,7 @@ mod tests {
                 metrics: metrics.clone(),
                 broker: broker.clone(),
                 sys_token: TOKEN.to_string(),
-                ready: ready.clone(),
+                lifecycle: lifecycle.clone(),
                 version: "9.9.9",
                 members: None,
             };
@@ -613,7 +618,7 @@ mod tests {
                 addr,
                 metrics,
                 broker,
-                ready,
+                lifecycle,
                 stop: Some(stop),
                 task,
             }
@@ -674,7 +679,7 @@ mod tests {
         let (status, _, body) = server.get("/healthz").await;
         assert_eq!(status, 503);
         assert_eq!(body, "not ready");
-        server.ready.store(true, Ordering::Release);
+        server.lifecycle.serving();
         let (status, _, body) = server.get("/healthz").await;
         assert_eq!(status, 200);
         assert_eq!(body, "ok");
@@ -785,10 +790,14 @@ mod tests {
     #[tokio::test]
     async fn readyz_follows_the_listener_outside_cluster_mode() {
         let server = TestServer::start().await;
-        server.ready.store(false, Ordering::Release);
         assert_eq!(server.get("/readyz").await.0, 503);
-        server.ready.store(true, Ordering::Release);
+        server.lifecycle.serving();
         assert_eq!(server.get("/readyz").await.0, 200);
+        // A draining node is alive but takes no clients.
+        server.lifecycle.draining();
+        let (status, _, body) = server.get("/readyz").await;
+        assert_eq!((status, body.as_str()), (503, "draining"));
+        assert_eq!(server.get("/healthz").await.0, 200);
         server.stop().await;
     }
 
@@ -802,7 +811,7 @@ mod tests {
         assert_eq!(server.raw(post).await.0, 405);
         assert_eq!(server.raw("NOT HTTP AT ALL\r\n\r\n").await.0, 400);
         // The server survived all of it.
-        server.ready.store(true, Ordering::Release);
+        server.lifecycle.serving();
         assert_eq!(server.get("/healthz").await.0, 200);
         server.stop().await;
     }

@@ -193,11 +193,9 @@ pub struct Holder {
 ///
 /// Kept in one byte next to the kick signal, so that the reason costs an idle connection
 /// nothing. When several kicks race, the one with the highest value wins: a shutdown is never
-/// reported as anything else. Redirecting a client when its node drains (0x9C "Use another
-/// server", 0x9D "Server moved") would be two more variants here; their Server Reference is
-/// the same for every client of the node, so it belongs in broker-wide state set when draining
-/// begins (next to [`crate::broker::Broker::is_shutting_down`]), read by the connection as it
-/// closes, not in this byte.
+/// reported as anything else. A drain's redirect (0x9C "Use another server") is a shutdown
+/// too: its Server Reference is the same for every client of the node, so the connection reads
+/// it from the configuration (`-dsr`) as it closes, not from this byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum KickReason {
@@ -557,6 +555,24 @@ impl SessionRegistry {
                 let _ = holder.kick(KickReason::Shutdown);
             }
         }
+    }
+
+    /// The connections holding a session now, for a drain to ask them to close in turn.
+    pub fn connected(&self) -> Vec<Holder> {
+        self.sessions
+            .lock()
+            .entries
+            .values()
+            .filter_map(|entry| match entry {
+                Entry::Held(holder) => Some(holder.clone()),
+                Entry::Idle(_) => None,
+            })
+            .collect()
+    }
+
+    /// Asks `holder` to close because the server is shutting down (its turn in a drain).
+    pub fn drain(&self, holder: &Holder) {
+        let _ = holder.kick(KickReason::Shutdown);
     }
 
     /// Asks the connection that holds the session of `client_id` to close, for `reason`; its
