@@ -800,3 +800,20 @@ pub(crate) fn decode_message_properties(list: Bytes) -> Result<PropertyValues, D
     }
     Ok(values)
 }
+
+/// Whether `properties` (a message's, as [`decode_message_properties`] reads them) could have
+/// come with a PUBLISH of `payload`: well formed, a valid Response Topic, and a payload in
+/// UTF-8 when the Payload Format Indicator says so. What a node takes from a peer or from its
+/// store is checked with this before it is delivered.
+pub(crate) fn could_be_published(properties: &Bytes, payload: &[u8]) -> bool {
+    let Ok(values) = decode_message_properties(properties.clone()) else {
+        return false;
+    };
+    let response_topic_ok = values
+        .response_topic
+        .as_deref()
+        .is_none_or(|name| crate::topic::is_valid_topic_name(name.as_bytes()));
+    let payload_ok =
+        values.payload_format_indicator != Some(true) || std::str::from_utf8(payload).is_ok();
+    response_topic_ok && payload_ok
+}

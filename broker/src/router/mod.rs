@@ -398,6 +398,19 @@ impl Router {
         f(Filters { tree: &tree })
     }
 
+    /// What session `id` was granted for `subscription`, if it subscribes to it.
+    pub fn grant(&self, id: SessionId, subscription: &Subscription<'_>) -> Option<Grant> {
+        let path: SmallVec<[&[u8]; 16]> = topic::levels(subscription.filter().as_bytes()).collect();
+        let tree = self.tree.read();
+        let subscriber = tree.find_subscriber(&path, subscription.group(), id)?;
+        Some(Grant {
+            qos: subscriber.qos,
+            no_local: subscriber.no_local,
+            retain_as_published: subscriber.retain_as_published,
+            identifier: subscriber.identifier,
+        })
+    }
+
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(&self, id: SessionId, subscription: &Subscription<'_>) -> bool {
         let removed = remove(&mut self.tree.write(), id, subscription, &self.watcher);

@@ -628,6 +628,38 @@ impl Node {
         node.shared_groups().iter().find(|g| &*g.name == name)
     }
 
+    /// The subscription of session `id` to the filter `path` below this node (directly, or as a
+    /// member of `group`).
+    pub(super) fn find_subscriber(
+        &self,
+        path: &[&[u8]],
+        group: Option<&str>,
+        id: SessionId,
+    ) -> Option<&Subscriber> {
+        let mut node = self;
+        for level in path {
+            node = node.children.get(&LevelKey::new(level))?;
+        }
+        match group {
+            None => {
+                let mut found = None;
+                node.subscribers().for_each(|subscriber| {
+                    if subscriber.mailbox.id() == id {
+                        found = Some(subscriber);
+                    }
+                });
+                found
+            }
+            Some(name) => node
+                .shared_groups()
+                .iter()
+                .find(|g| &*g.name == name)?
+                .members
+                .iter()
+                .find(|member| member.mailbox.id() == id),
+        }
+    }
+
     /// Removes the subscription of session `id` to the filter `path` below this node (directly or
     /// as a member of `group`), pruning the branches it leaves empty.
     pub(super) fn remove(&mut self, path: &[&[u8]], group: Option<&str>, id: SessionId) -> Edited {

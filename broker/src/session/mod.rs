@@ -27,10 +27,14 @@ use crate::router::{Message, Router};
 mod mailbox;
 mod outgoing;
 mod signal;
+pub mod snapshot;
+mod transfer;
 
 pub use mailbox::{Drain, Mailbox, Pushed, Wakes};
 pub use outgoing::{InFlight, Outgoing};
 pub use signal::Signal;
+pub use snapshot::{SessionSnapshot, SnapshotError, SnapshotSubscription};
+pub use transfer::Adopted;
 
 /// Identifies one session (a client id reused after a clean session gets a new one).
 pub type SessionId = u64;
@@ -86,6 +90,11 @@ impl AwaitingRelease {
 
     pub fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |ids| ids.len())
+    }
+
+    /// The ids, in order.
+    pub fn ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().flat_map(|ids| ids.iter().copied())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -370,6 +379,7 @@ impl Idle {
 }
 
 /// A will to publish later: when its delay has passed, unless its client comes back first.
+#[derive(Debug)]
 pub struct DelayedWill {
     /// Without an expiry yet: its Message Expiry Interval counts from when it is published
     /// (§3.1.3.2.4), not from when its connection closed.

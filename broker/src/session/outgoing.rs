@@ -181,6 +181,28 @@ impl Outgoing {
         index.is_some_and(|index| self.remove_at(index))
     }
 
+    /// Everything in flight, oldest first, taken out (the session moves: see
+    /// [`super::SessionSnapshot`]).
+    pub fn into_entries(self) -> Vec<(u16, InFlight)> {
+        self.entries.into()
+    }
+
+    /// The messages in flight of a session that moved here, oldest first (packet ids distinct
+    /// and not 0, as [`super::SessionSnapshot::decode`] checks). The ids need not follow each
+    /// other, so new ones are looked for among them ("out of turn") until they are all gone.
+    pub fn restore(entries: Vec<(u16, InFlight)>) -> Outgoing {
+        let unsent = entries
+            .iter()
+            .filter(|(_, state)| matches!(state, InFlight::Unsent(_)))
+            .count() as u32;
+        Outgoing {
+            last_id: entries.last().map_or(0, |(id, _)| *id),
+            out_of_turn: !entries.is_empty(),
+            entries: entries.into(),
+            unsent,
+        }
+    }
+
     /// Everything in flight, oldest first, to be resent on reconnect.
     pub fn iter(&self) -> impl Iterator<Item = &(u16, InFlight)> {
         self.entries.iter()

@@ -9,7 +9,7 @@ use super::super::link::{Ack, SEGMENT_BYTES};
 use super::super::membership::NodeIdentity;
 use super::super::peers::LINK_VERSION;
 use super::Origin;
-use crate::codec::properties::decode_message_properties;
+use crate::codec::properties::could_be_published;
 use crate::codec::QoS;
 use crate::router::{Message, Stamp};
 use crate::topic;
@@ -439,7 +439,7 @@ fn decode_record(
     {
         return None;
     }
-    if !properties.is_empty() && !properties_could_be_published(&properties, &payload) {
+    if !properties.is_empty() && !could_be_published(&properties, &payload) {
         return None;
     }
     let mut message = Message::new(topic, payload, qos, retain);
@@ -585,19 +585,6 @@ pub(crate) fn encode_ack(
 /// Whether a version 2 record's properties are what the origin's broker lets a client publish:
 /// only the properties that travel with a message, valid as in a PUBLISH, a Response Topic that
 /// is a topic name, and a payload that is UTF-8 when the Payload Format Indicator says so.
-fn properties_could_be_published(properties: &Bytes, payload: &[u8]) -> bool {
-    let Ok(values) = decode_message_properties(properties.clone()) else {
-        return false;
-    };
-    let response_topic_ok = values
-        .response_topic
-        .as_deref()
-        .is_none_or(|name| topic::is_valid_topic_name(name.as_bytes()));
-    let payload_ok =
-        values.payload_format_indicator != Some(true) || std::str::from_utf8(payload).is_ok();
-    response_topic_ok && payload_ok
-}
-
 pub(in crate::cluster) fn take_u8(buf: &mut &[u8]) -> Option<u8> {
     (buf.remaining() >= 1).then(|| buf.get_u8())
 }

@@ -1,0 +1,308 @@
+//! Moving an offline session out of the registry and into another one: what a session
+//! hand-over between nodes (see [`crate::cluster::handover`]) and the data directory do with the
+//! [`SessionSnapshot`] format.
+//!
+//! [`SessionRegistry::export`] takes an offline session out: its subscriptions with the
+//! options the router holds, its in-flight and queued messages, its QoS 2 state and a delayed
+//! will; the session is gone from this node afterwards (its subscriptions removed, its mailbox
+//! closed). [`SessionRegistry::adopt`] puts one in as an offline session, subscribed and with
+//! its messages queued, which the next CONNECT of its client id resumes as any offline session
+//! (session present). The session gets a new [`super::SessionId`] here: ids are per node.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{
+    AwaitingRelease, Entry, Idle, Mailbox, Outgoing, SessionRegistry, SessionSnapshot,
+    SessionState, SnapshotSubscription,
+};
+use crate::router::{Grant, Message, Router};
+use crate::topic::Subscription;
+
+/// What [`SessionRegistry::adopt`] did with a snapshot.
+#[derive(Debug)]
+pub enum Adopted {
+    /// The session is here now, offline.
+    Installed,
+    /// This node has a session of that client id already (online or offline), which is kept;
+    /// the snapshot's session ends, and its delayed will, if any, is due now.
+    Refused { will_due: Option<Arc<Message>> },
+}
+
+impl SessionRegistry {
+    /// Takes the offline session of `client_id` out of the registry; `None` when there is none
+    /// (or a connection holds it).
+    pub fn export(&self, client_id: &str, router: &Router) -> Option<SessionSnapshot> {
+        let idle = {
+            let mut sessions = self.sessions.lock();
+            match sessions.remove_entry(client_id) {
+                Some((_, Entry::Idle(idle))) => idle,
+                Some((key, held @ Entry::Held(_))) => {
+                    sessions.entries.insert(key, held);
+                    return None;
+                }
+                None => return None,
+            }
+        };
+        let Idle { state, will, .. } = *idle;
+        let SessionState {
+            mailbox,
+            subscriptions,
+            outgoing,
+            incoming_qos2,
+            retained,
+            expiry,
+            owner,
+        } = *state;
+        let id = mailbox.id();
+        let subscriptions: Vec<SnapshotSubscription> = subscriptions
+            .into_iter()
+            .map(|(filter, qos)| {
+                let grant = Subscription::parse(&filter)
+                    .and_then(|subscription| router.grant(id, &subscription))
+                    .unwrap_or(Grant::qos(qos));
+                SnapshotSubscription { filter, grant }
+            })
+            .collect();
+        // Closed first, so that nothing is queued while the subscriptions go.
+        let mut queued = Vec::new();
+        mailbox.take(
+            usize::MAX,
+            usize::MAX,
+            usize::MAX,
+            &mut queued,
+            &self.metrics,
+        );
+        mailbox.close(&self.metrics);
+        router.remove_session(
+            id,
+            subscriptions
+                .iter()
+                .map(|s| s.filter.clone())
+                .collect::<Vec<_>>(),
+        );
+        self.metrics.sessions.dec();
+        Some(SessionSnapshot {
+            client_id: client_id.to_string(),
+            owner: owner.map(|owner| *owner),
+            expiry,
+            subscriptions,
+            incoming_qos2: incoming_qos2.ids().collect(),
+            retained: retained.into(),
+            in_flight: outgoing.into_entries(),
+            queued,
+            will: will.map(|(will, _)| will),
+        })
+    }
+
+    /// Puts `snapshot` in as an offline session, unless this node has a session of its client
+    /// id already (see [`Adopted`]).
+    pub fn adopt(&self, snapshot: SessionSnapshot, router: &Router) -> Adopted {
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock();
+        if sessions.entries.contains_key(snapshot.client_id.as_str()) {
+            return Adopted::Refused {
+                will_due: snapshot.will.map(|will| will.publish_at(now)),
+            };
+        }
+        let key: Arc<str> = Arc::from(snapshot.client_id.as_str());
+        let id = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mailbox = Arc::new(Mailbox::new(id, key.clone(), self.queue_capacity));
+        let mut subscriptions = BTreeMap::new();
+        for subscription in &snapshot.subscriptions {
+            // Checked by the decoder; one that does not parse is skipped rather than trusted.
+            if let Some(parsed) = Subscription::parse(&subscription.filter) {
+                router.subscribe(&mailbox, &parsed, subscription.grant);
+                subscriptions.insert(subscription.filter.clone(), subscription.grant.qos);
+            }
+        }
+        for delivery in snapshot.queued {
+            mailbox.push(delivery, &self.metrics);
+        }
+        let mut incoming_qos2 = AwaitingRelease::default();
+        for packet_id in snapshot.incoming_qos2 {
+            incoming_qos2.insert(packet_id);
+        }
+        let state = Box::new(SessionState {
+            mailbox,
+            subscriptions,
+            outgoing: Outgoing::restore(snapshot.in_flight),
+            incoming_qos2,
+            retained: VecDeque::from(snapshot.retained),
+            expiry: snapshot.expiry,
+            owner: snapshot.owner.map(Box::new),
+        });
+        let expires = state
+            .expiry
+            .get()
+            .and_then(|expiry| now.checked_add(expiry));
+        let will = snapshot.will.map(|will| {
+            let due = now.checked_add(will.delay).unwrap_or(now);
+            (will, due)
+        });
+        self.metrics.sessions.inc();
+        sessions.insert_idle(
+            key,
+            Box::new(Idle {
+                state,
+                expires,
+                will,
+            }),
+        );
+        Adopted::Installed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::QoS;
+    use crate::metrics::Metrics;
+    use crate::session::{Holder, InFlight, SessionExpiry};
+
+    fn node() -> (Arc<Metrics>, Router, SessionRegistry) {
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::new(metrics.clone());
+        let registry = SessionRegistry::new(100, metrics.clone());
+        (metrics, router, registry)
+    }
+
+    fn publish(router: &Router, topic: &'static str, payload: &'static [u8], qos: QoS) {
+        let message = Message::new(
+            Bytes::from_static(topic.as_bytes()),
+            Bytes::from_static(payload),
+            qos,
+            false,
+        );
+        router.publish(Arc::new(message));
+    }
+
+    /// A session is claimed, subscribes, sends a QoS 1 message it is not acknowledged for and
+    /// goes offline; a message is queued while it is. Exported from one node and adopted by
+    /// another, the next claim there resumes all of it.
+    #[tokio::test]
+    async fn an_offline_session_moves_to_another_registry_whole() {
+        let (a_metrics, a_router, a) = node();
+        let holder = Holder::new(1);
+        let claimed = a
+            .claim("c", false, &holder, &a_router)
+            .await
+            .expect("claim");
+        let mut state = claimed.state;
+        let grant = Grant {
+            qos: QoS::ExactlyOnce,
+            no_local: true,
+            retain_as_published: false,
+            identifier: 5,
+        };
+        let subscription = Subscription::parse("t/#").expect("filter");
+        a_router.subscribe(&state.mailbox, &subscription, grant);
+        state
+            .subscriptions
+            .insert("t/#".to_string(), QoS::ExactlyOnce);
+        publish(&a_router, "t/1", b"in flight", QoS::AtLeastOnce);
+        let mut taken = Vec::new();
+        state
+            .mailbox
+            .take(10, 10, usize::MAX, &mut taken, &a_metrics);
+        let in_flight_id = state.outgoing.publish(taken.remove(0));
+        state.incoming_qos2.insert(42);
+        state.expiry = SessionExpiry::from(Some(Duration::from_secs(600)));
+        assert!(a.release(&holder, state, None, &a_router).is_none());
+        publish(&a_router, "t/2", b"queued", QoS::ExactlyOnce);
+
+        let snapshot = a
+            .export("c", &a_router)
+            .expect("an offline session to export");
+        assert!(a.is_empty(), "the session left the first node");
+        assert_eq!(a_metrics.sessions.get(), 0);
+        assert_eq!(a_metrics.subscriptions.get(), 0);
+        assert!(a.export("c", &a_router).is_none());
+        // Through its bytes, as between nodes.
+        let now = Instant::now();
+        let snapshot =
+            SessionSnapshot::decode(&snapshot.encode(now), now, Duration::ZERO).expect("decodes");
+
+        let (b_metrics, b_router, b) = node();
+        assert!(matches!(b.adopt(snapshot, &b_router), Adopted::Installed));
+        assert_eq!(b_metrics.sessions.get(), 1);
+        assert_eq!(b_metrics.subscriptions.get(), 1);
+        // Subscribed with its options: a message published here now is queued too.
+        publish(&b_router, "t/3", b"after the move", QoS::ExactlyOnce);
+        let holder = Holder::new(7);
+        let claimed = b
+            .claim("c", false, &holder, &b_router)
+            .await
+            .expect("claim");
+        assert!(claimed.session_present);
+        let state = claimed.state;
+        assert!(state.incoming_qos2.contains(&42));
+        assert_eq!(state.expiry.get(), Some(Duration::from_secs(600)));
+        let in_flight: Vec<_> = state.outgoing.iter().collect();
+        assert!(matches!(
+            in_flight.as_slice(),
+            [(id, InFlight::Published(d))] if *id == in_flight_id && &d.message.payload[..] == b"in flight"
+        ));
+        let mut queued = Vec::new();
+        state
+            .mailbox
+            .take(10, 10, usize::MAX, &mut queued, &b_metrics);
+        let payloads: Vec<&[u8]> = queued.iter().map(|d| &d.message.payload[..]).collect();
+        assert_eq!(payloads, [&b"queued"[..], b"after the move"]);
+        let id = state.mailbox.id();
+        assert_eq!(
+            b_router.grant(id, &Subscription::parse("t/#").expect("filter")),
+            Some(grant)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_keeps_its_own_session_over_an_adopted_one_and_a_held_one_is_not_exported() {
+        let (_, router, registry) = node();
+        let holder = Holder::new(1);
+        let _claimed = registry
+            .claim("c", false, &holder, &router)
+            .await
+            .expect("claim");
+        assert!(
+            registry.export("c", &router).is_none(),
+            "held: not exported"
+        );
+        assert!(registry.is_connected("c"));
+        let will = crate::session::DelayedWill {
+            message: Box::new(Message::new(
+                Bytes::from_static(b"w"),
+                Bytes::from_static(b"bye"),
+                QoS::AtMostOnce,
+                false,
+            )),
+            expiry: None,
+            delay: Duration::from_secs(30),
+        };
+        let snapshot = SessionSnapshot {
+            client_id: "c".to_string(),
+            owner: None,
+            expiry: SessionExpiry::from(None),
+            subscriptions: Vec::new(),
+            incoming_qos2: Vec::new(),
+            retained: Vec::new(),
+            in_flight: Vec::new(),
+            queued: Vec::new(),
+            will: Some(will),
+        };
+        match registry.adopt(snapshot, &router) {
+            Adopted::Refused {
+                will_due: Some(will),
+            } => assert_eq!(&will.payload[..], b"bye"),
+            other => panic!("expected the snapshot refused with its will due, got {other:?}"),
+        }
+        assert_eq!(registry.len(), 1);
+    }
+}
