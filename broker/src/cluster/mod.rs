@@ -18,6 +18,7 @@
 pub mod anti_entropy;
 pub mod auth;
 pub mod config;
+pub mod handover;
 pub mod interest;
 pub mod link;
 pub mod membership;
