@@ -11,6 +11,7 @@ use tracing::warn;
 use crate::abuse::Bans;
 use crate::admission::HandshakeMemory;
 use crate::auth::AccessControl;
+use crate::cluster::handover::Handover;
 use crate::cluster::sync::{ForwardBatch, Forwarder};
 use crate::config::Config;
 use crate::connection::Sleeping;
@@ -32,6 +33,9 @@ pub struct Broker {
     pub bans: Bans,
     /// Hands local publishes to the other cluster members; `None` outside cluster mode.
     forwarder: Option<Forwarder>,
+    /// Claims client ids from the other cluster members (see [`crate::cluster::handover`]);
+    /// `None` outside cluster mode.
+    pub handover: Option<Arc<Handover>>,
     /// Where idle connections sleep; started by the first that does (`None` inside when it
     /// could not be: connections then stay awake).
     parker: OnceLock<Option<Parker<Sleeping>>>,
@@ -51,6 +55,7 @@ impl Broker {
         crate::connection::SleepClock::start();
         Broker {
             forwarder,
+            handover: None,
             access,
             bans: Bans::new(config.limits.ban),
             router: Router::new(metrics.clone()),
@@ -66,6 +71,12 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// Claims client ids through `handover` (cluster mode), before the broker is shared.
+    pub fn with_handover(mut self, handover: Option<Arc<Handover>>) -> Broker {
+        self.handover = handover;
+        self
     }
 
     /// Routes a message published on this node (by a client or as a will) to the local

@@ -207,7 +207,11 @@ pub async fn run(
     let forwarder = cluster
         .as_mut()
         .map(|bound| bound.forwarder(metrics.clone()));
-    let broker = Arc::new(Broker::new(config, metrics.clone(), forwarder, access));
+    let handover = cluster
+        .as_mut()
+        .map(|bound| bound.handover(metrics.clone()));
+    let broker =
+        Arc::new(Broker::new(config, metrics.clone(), forwarder, access).with_handover(handover));
     // The HTTP API closes clients' connections through the broker's session registry.
     let config = &broker.config;
     if let Some(address) = &config.http_listen {

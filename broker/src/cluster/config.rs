@@ -1,4 +1,4 @@
-//! The cluster's settings, resolved from the `-nid -mbs -csk -crp -csp -ol -cad -csl -csb -csv -ssp` flags and
+//! The cluster's settings, resolved from the `-nid -mbs -csk -crp -csp -ol -cad -csl -csb -csv -ssp -cht` flags and
 //! the failure-detector timings. `config` parses the flags; the rules about which combinations
 //! make sense, and the parsing of node names and seed lists, live here with their tests.
 
@@ -45,6 +45,8 @@ pub struct ClusterConfig {
     pub probe_rtt: Duration,
     pub indirect_probes: usize,
     pub suspect_to_down: Duration,
+    /// How long a CONNECT waits for the other nodes to give up its client id (`-cht`).
+    pub handover_timeout: Duration,
 }
 
 /// The flags as given, before their rules are checked.
@@ -65,6 +67,7 @@ pub struct ClusterFlags {
     pub probe_rtt_ms: u64,
     pub indirect_probes: usize,
     pub suspect_to_down_ms: u64,
+    pub handover_timeout_ms: u64,
 }
 
 impl ClusterFlags {
@@ -155,6 +158,7 @@ impl ClusterFlags {
             probe_rtt: Duration::from_millis(self.probe_rtt_ms),
             indirect_probes: self.indirect_probes,
             suspect_to_down: Duration::from_millis(self.suspect_to_down_ms),
+            handover_timeout: Duration::from_millis(self.handover_timeout_ms),
         }))
     }
 }
@@ -277,11 +281,12 @@ mod tests {
             rejoin_secs: 10,
             sync_limit: 0,
             sync_buffer: 16 << 20,
-            sync_version: 4,
+            sync_version: 5,
             probe_period_ms: 1000,
             probe_rtt_ms: 500,
             indirect_probes: 3,
             suspect_to_down_ms: 3000,
+            handover_timeout_ms: 2000,
             ..ClusterFlags::default()
         }
     }

@@ -159,6 +159,16 @@ impl Bound {
         )
     }
 
+    /// Claims client ids from the peers (see [`handover`]).
+    pub fn handover(&mut self, metrics: Arc<Metrics>) -> Arc<handover::Handover> {
+        let peers = self.peers(&metrics);
+        Arc::new(handover::Handover::new(
+            peers,
+            &self.config.node_id,
+            self.config.handover_timeout,
+        ))
+    }
+
     /// The peers this node forwards to, made on first use.
     fn peers(&mut self, metrics: &Arc<Metrics>) -> Arc<Peers> {
         self.peers
@@ -198,6 +208,9 @@ impl Bound {
             version: config.sync_version,
         };
         peers.attach(&broker);
+        if let Some(handover) = &broker.handover {
+            handover.attach(&broker);
+        }
         let (leave, leaving) = watch::channel(false);
         let metrics = broker.metrics.clone();
         let digests = tokio::spawn(send_digests(peers.clone()));
@@ -211,6 +224,7 @@ impl Bound {
         let receiver = sync::ReceiverThread::spawn(
             sync,
             sync::Receiver {
+                handover: broker.handover.clone(),
                 broker,
                 members: members.clone(),
                 peers,

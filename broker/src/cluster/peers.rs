@@ -40,7 +40,7 @@ use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
     encode_link_record, encode_record, encode_stamped_record, groups_len, record_len,
     stamped_record_len, version_for, Transmitter, Wakeup, BATCH_BYTES, FRAME_PUBLISH,
-    FRAME_RETAINED, MAX_DATAGRAM_RECORD, STAMP_VERSION,
+    FRAME_RETAINED, HANDOVER_VERSION, MAX_DATAGRAM_RECORD, STAMP_VERSION,
 };
 use crate::broker::Broker;
 use crate::codec::QoS;
@@ -662,6 +662,9 @@ pub struct Peer {
     /// Whether it reads retained anti-entropy (sync version 4): stamped records, repairs,
     /// digests and listings. A peer of version 3 refuses each.
     pub stamps: bool,
+    /// Whether it reads claims and sessions handed over (sync version 5, see
+    /// [`super::handover`]). A peer of version 4 refuses each.
+    pub handover: bool,
     /// Where the next listing to it starts (see [`anti_entropy::Listing::next`]).
     listing_next: Mutex<Option<(usize, Option<Bytes>)>>,
     /// Entries this node still compares for its listing parts (see [`LISTING_CREDIT`]).
@@ -789,6 +792,7 @@ impl Peer {
             publish_version: version.min(NEWEST_PUBLISH_VERSION),
             has_link: version >= LINK_VERSION,
             stamps: version >= STAMP_VERSION,
+            handover: version >= HANDOVER_VERSION,
             listing_next: Mutex::new(None),
             listing_credit: AtomicUsize::new(0),
             queues: Mutex::new(Queues {
@@ -891,6 +895,31 @@ impl Peer {
         // Counted with the interest frames: acknowledgements count every frame of the link.
         queues.interest.queued(frames.len() as u64, Instant::now());
         was_idle
+    }
+
+    /// Queues hand-over frames of `kind` on the control link, whatever it holds (claims and
+    /// answers are small; a session's parts were a session in memory already); says whether
+    /// the sender must be woken. `false` and nothing queued for a peer that is gone or whose
+    /// control link starts over: the claim they belong to completes at its deadline.
+    pub fn push_handover(&self, kind: u8, frames: &[BytesMut]) -> Option<bool> {
+        let mut queues = self.queues.lock();
+        if !self.handover || self.gone.load(Ordering::Relaxed) || self.control_lost() {
+            return None;
+        }
+        let was_idle = !queues.control.has_transmit();
+        for frame in frames {
+            queues
+                .control
+                .push(kind, frame.len(), |out| out.extend_from_slice(frame));
+        }
+        // Counted with the interest frames: acknowledgements count every frame of the link.
+        queues.interest.queued(frames.len() as u64, Instant::now());
+        Some(was_idle)
+    }
+
+    /// Whether it is gone (declared down, left, or replaced by a later boot).
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
     }
 
     /// Queues this node's full digest on the control link (see [`Peer::push_anti_entropy`]),

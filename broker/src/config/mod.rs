@@ -558,13 +558,21 @@ struct Args {
     )]
     sync_buffer: usize,
 
-    /// Cluster: newest sync (forwarding) version this node writes and reads, 1 to 4; 3 plays a
-    /// node of a release before retained anti-entropy (retained messages without stamps), 2
-    /// one before acknowledged forwarding (every message best effort), 1 one before MQTT 5
-    /// (messages cross without their MQTT 5 properties)
-    #[arg(long = "csv", env = "COOLPY7_CSV", value_name = "N", default_value_t = 4,
-          value_parser = clap::value_parser!(u8).range(1..=4))]
+    /// Cluster: newest sync (forwarding) version this node writes and reads, 1 to 5; 4 plays a
+    /// node of a release before cluster-wide client ids (no claims, no sessions handed over), 3
+    /// one before retained anti-entropy (retained messages without stamps), 2 one before
+    /// acknowledged forwarding (every message best effort), 1 one before MQTT 5 (messages cross
+    /// without their MQTT 5 properties)
+    #[arg(long = "csv", env = "COOLPY7_CSV", value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
     sync_version: u8,
+
+    /// Cluster: milliseconds a CONNECT waits for the other nodes to give up its client id (and
+    /// hand its session over); a node that has not answered by then is not waited for, and the
+    /// client starts a new session if none came
+    #[arg(long = "cht", env = "COOLPY7_CHT", value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    handover_timeout_ms: u64,
 
     /// Cluster: where a shared subscription group's messages go: local (a member on the
     /// publishing node when one is online, else one on another node) or cluster (spread over
@@ -965,6 +973,7 @@ impl Config {
             // Bounded to 1..=16 by the value parser.
             indirect_probes: usize::try_from(args.indirect_probes).unwrap_or(3),
             suspect_to_down_ms: args.suspect_to_down_ms,
+            handover_timeout_ms: args.handover_timeout_ms,
         }
         .resolve()?;
         let (listeners, tls) = ListenerFlags {

@@ -25,6 +25,8 @@ use crate::abuse::ClientLimits;
 use crate::admission::MemoryLease;
 use crate::auth::{AuthFailure, Credentials};
 use crate::broker::{Admission, Broker};
+use crate::cluster::handover::claims::Request;
+use crate::cluster::handover::ClaimVerdict;
 use crate::codec::{
     self, ConnAck, Connect, DecodeError, LastWill, Packet, Properties, PropertyValues, Protocol,
     QoS, ReasonCode,
@@ -32,7 +34,7 @@ use crate::codec::{
 use crate::config::{Config, ListenerKind};
 use crate::metrics::{AuthFailureKind, Refusal};
 use crate::router::Message;
-use crate::session::{ClaimError, Holder, SessionExpiry, SessionId, SessionOwner};
+use crate::session::{ClaimError, Holder, KickReason, SessionExpiry, SessionId, SessionOwner};
 use crate::topic;
 use crate::transport::{self, PeerIdentity, Stream, TransportSettings};
 
@@ -356,6 +358,35 @@ impl Handshake<'_> {
             Some(identity) => SessionOwner::User(identity.username.as_deref()),
             None => SessionOwner::Unchecked,
         };
+        // In a cluster, the client id is first claimed from the other nodes: a connection
+        // with it there closes, and a session it continues moves here.
+        let cluster_claim = match &broker.handover {
+            Some(handover) => {
+                let request = Request {
+                    want_session: !connect.clean_session,
+                    owner: identity.as_ref().map(|identity| identity.username.clone()),
+                };
+                let (verdict, claim) = Box::pin(handover.claim(&connect.client_id, request)).await;
+                match verdict {
+                    ClaimVerdict::Won => claim.map(|claim| (handover.clone(), claim)),
+                    ClaimVerdict::Lost => {
+                        debug!(%peer, connection = id, client_id = %connect.client_id, "a later connection with this client id on another node won");
+                        self.refuse(protocol, ReasonCode::ServerUnavailable).await;
+                        return None;
+                    }
+                    ClaimVerdict::Foreign => {
+                        debug!(%peer, connection = id, client_id = %connect.client_id, "client id belongs to another user's session on another node");
+                        self.broker
+                            .metrics
+                            .auth_failed(AuthFailureKind::NotAuthorized)
+                            .inc();
+                        self.refuse(protocol, ReasonCode::NotAuthorized).await;
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
         let claimed = match broker
             .sessions
             .claim_as(
@@ -386,6 +417,15 @@ impl Handshake<'_> {
         // The delayed will of a session this clean start ended.
         if let Some(will) = claimed.will_due {
             broker.publish(will);
+        }
+        // A later claim from another node that came while this one was finishing found no
+        // connection here to close: this one closes as soon as it is up.
+        if let Some((handover, claim)) = &cluster_claim {
+            if handover.taken_over_since(&connect.client_id, claim) {
+                let _ = broker
+                    .sessions
+                    .kick(&connect.client_id, KickReason::TakenOver);
+            }
         }
         let config = &broker.config;
         let mut state = claimed.state;

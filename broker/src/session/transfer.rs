@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    AwaitingRelease, Entry, Idle, Mailbox, Outgoing, SessionRegistry, SessionSnapshot,
+    AwaitingRelease, Entry, Idle, KickReason, Mailbox, Outgoing, SessionRegistry, SessionSnapshot,
     SessionState, SnapshotSubscription,
 };
 use crate::router::{Grant, Message, Router};
@@ -23,10 +23,11 @@ use crate::topic::Subscription;
 /// What [`SessionRegistry::adopt`] did with a snapshot.
 #[derive(Debug)]
 pub enum Adopted {
-    /// The session is here now, offline.
-    Installed,
-    /// This node has a session of that client id already (online or offline), which is kept;
-    /// the snapshot's session ends, and its delayed will, if any, is due now.
+    /// The session is here now, offline. An offline session of the client id that was here
+    /// ended (the one that moved here is the client's latest), and its delayed will is due.
+    Installed { will_due: Option<Arc<Message>> },
+    /// A connection holds a session of that client id here, which is kept; the snapshot's
+    /// session ends, and its delayed will, if any, is due now.
     Refused { will_due: Option<Arc<Message>> },
 }
 
@@ -96,16 +97,23 @@ impl SessionRegistry {
         })
     }
 
-    /// Puts `snapshot` in as an offline session, unless this node has a session of its client
-    /// id already (see [`Adopted`]).
+    /// Puts `snapshot` in as an offline session, unless a connection holds a session of its
+    /// client id here (see [`Adopted`]).
     pub fn adopt(&self, snapshot: SessionSnapshot, router: &Router) -> Adopted {
         let now = Instant::now();
         let mut sessions = self.sessions.lock();
-        if sessions.entries.contains_key(snapshot.client_id.as_str()) {
-            return Adopted::Refused {
-                will_due: snapshot.will.map(|will| will.publish_at(now)),
-            };
-        }
+        let replaced = match sessions.entries.get(snapshot.client_id.as_str()) {
+            Some(Entry::Held(_)) => {
+                return Adopted::Refused {
+                    will_due: snapshot.will.map(|will| will.publish_at(now)),
+                }
+            }
+            Some(Entry::Idle(_)) => match sessions.remove_entry(&snapshot.client_id) {
+                Some((_, Entry::Idle(idle))) => Some(idle),
+                _ => None,
+            },
+            None => None,
+        };
         let key: Arc<str> = Arc::from(snapshot.client_id.as_str());
         let id = self
             .next_session
@@ -152,7 +160,59 @@ impl SessionRegistry {
                 will,
             }),
         );
-        Adopted::Installed
+        drop(sessions);
+        let will_due = replaced.and_then(|idle| {
+            let Idle { state, will, .. } = *idle;
+            self.discard(*state, router);
+            will.map(|(will, _)| will.publish_at(now))
+        });
+        Adopted::Installed { will_due }
+    }
+
+    /// The user the session of `client_id` belongs to: `None` when there is no session here,
+    /// `Some(None)` for one started without access control or without a username.
+    pub fn owner_of(&self, client_id: &str) -> Option<Option<String>> {
+        let sessions = self.sessions.lock();
+        match sessions.entries.get(client_id)? {
+            Entry::Held(holder) => Some(holder.signals.owner.as_deref().cloned()),
+            Entry::Idle(idle) => Some(idle.state.owner.as_deref().cloned()),
+        }
+    }
+
+    /// Asks the connection holding the session of `client_id` to close, its session taken
+    /// over (by a claim from another node), and waits until it has let go, at most `limit`;
+    /// returns whether no connection holds it now.
+    pub async fn kick_and_wait(&self, client_id: &str, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let holder = match self.sessions.lock().entries.get(client_id) {
+                Some(Entry::Held(holder)) => holder.clone(),
+                _ => return true,
+            };
+            let _ = holder.kick(KickReason::TakenOver);
+            if self.released(&holder, deadline).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Ends the offline session of `client_id`, as a clean start elsewhere does: its
+    /// subscriptions and messages go, and its delayed will is returned, due now.
+    pub fn end(&self, client_id: &str, router: &Router) -> Option<Arc<Message>> {
+        let idle = {
+            let mut sessions = self.sessions.lock();
+            match sessions.remove_entry(client_id) {
+                Some((_, Entry::Idle(idle))) => idle,
+                Some((key, held)) => {
+                    sessions.entries.insert(key, held);
+                    return None;
+                }
+                None => return None,
+            }
+        };
+        let Idle { state, will, .. } = *idle;
+        self.discard(*state, router);
+        will.map(|(will, _)| will.publish_at(Instant::now()))
     }
 }
 
@@ -231,7 +291,10 @@ mod tests {
             SessionSnapshot::decode(&snapshot.encode(now), now, Duration::ZERO).expect("decodes");
 
         let (b_metrics, b_router, b) = node();
-        assert!(matches!(b.adopt(snapshot, &b_router), Adopted::Installed));
+        assert!(matches!(
+            b.adopt(snapshot, &b_router),
+            Adopted::Installed { will_due: None }
+        ));
         assert_eq!(b_metrics.sessions.get(), 1);
         assert_eq!(b_metrics.subscriptions.get(), 1);
         // Subscribed with its options: a message published here now is queued too.

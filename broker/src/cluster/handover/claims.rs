@@ -140,6 +140,11 @@ impl Claims {
         }
     }
 
+    /// This node, as its claims name it.
+    pub fn node(&self) -> &[u8] {
+        &self.node
+    }
+
     /// Claims in flight.
     pub fn len(&self) -> usize {
         self.pending.len()
@@ -287,6 +292,15 @@ impl Claims {
         due.iter()
             .filter_map(|client_id| self.finish(client_id))
             .collect()
+    }
+
+    /// Completes claim `id` for `client_id` with what it has (its deadline came), if it is
+    /// still in flight.
+    pub fn give_up(&mut self, client_id: &str, id: &ClaimId) -> Option<Done> {
+        if self.pending.get(client_id)?.id != *id {
+            return None;
+        }
+        self.finish(client_id)
     }
 
     /// The earliest deadline of the claims in flight.

@@ -1,3 +1,507 @@
-//! Cluster-wide client ids and session hand-over (work in progress: see `claims`).
+//! Cluster-wide client ids and sessions that follow their client from node to node.
+//!
+//! A client id is connected on at most one node. Before a node lets a client in (after its
+//! CONNECT is authenticated, before its session is claimed locally), it *claims* the client id
+//! from every peer that reads sync version 5 ([`Handover::claim`]): a frame on each peer's
+//! control link, the acknowledged, ordered, HMAC-authenticated stream that carries interest
+//! (see [`super::link`]). A peer that has nothing in flight for the client id *takes over*:
+//! it closes its connection with that id (MQTT 5: DISCONNECT 0x8E, the will as on a local
+//! takeover), and answers with the session if the client continues it (its bytes, see
+//! [`crate::session::SessionSnapshot`], in parts ahead of the answer) or ends the session
+//! there (a clean start) and answers that it has nothing. The claiming node adopts the session
+//! it gets as an offline session, and the local claim that follows resumes it: CONNACK's
+//! session present says so. Races are settled by [`claims`]: the later claim wins everywhere.
+//!
+//! Bounded: a claim waits at most `-cht` (a peer that does not answer by then is not waited
+//! for: the client starts a new session if none came). Peers declared down are not asked, and
+//! nor are peers of an earlier release (version 4 or below: in a mixed cluster client ids
+//! are unique among the nodes of this release only).
+//!
+//! Messages published while a session moves: the holder queues them into the session until
+//! it is taken out; after that, they reach the new node once the other nodes know its
+//! subscriptions (the claim of a SUBSCRIBE's SUBACK, see [`super::peers::Peers::interest_wait`],
+//! applies to the adopted filters as to any). Messages published in that gap are not
+//! delivered: a gap of the interest propagation's length (a round trip), which the next step
+//! of this work closes.
+//!
+//! Files: `claims` (the state machine, without I/O), `wire` (the frames).
 
 pub mod claims;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::peers::{Peer, Peers};
+use crate::broker::Broker;
+use crate::router::now_ms;
+use crate::session::{Adopted, SessionSnapshot};
+use claims::{Answer, ClaimId, Claims, Done, OnAnswer, OnClaim, Request, Verdict};
+use wire::{AnswerKind, FRAME_ANSWER, FRAME_CLAIM, FRAME_SESSION_PART};
+
+/// The most bytes of sessions being received from one peer at a time: beyond, a session is
+/// dropped (and the claim goes on without it) rather than the node's memory.
+const MAX_RECEIVING_BYTES: usize = 512 << 20;
+
+/// How long a node remembers that a peer's claim took a client id over, for a local claim that
+/// won a moment before (see [`Handover::taken_over_since`]).
+const TAKEN_OVER_MEMORY: Duration = Duration::from_secs(60);
+
+pub use claims::Verdict as ClaimVerdict;
+
+/// This node's part in cluster-wide client ids.
+pub struct Handover {
+    peers: Arc<Peers>,
+    broker: OnceLock<Weak<Broker>>,
+    runtime: OnceLock<tokio::runtime::Handle>,
+    /// `-cht`.
+    timeout: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    claims: Claims,
+    /// The connections waiting for this node's claims.
+    waiters: HashMap<ClaimId, oneshot::Sender<Verdict>>,
+    /// Connections waiting for another claim of their client id to complete.
+    queued: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// Sessions arriving in parts, by the peer and the claim they answer.
+    receiving: HashMap<(Bytes, ClaimId), BytesMut>,
+    /// The latest peer claim that took each client id over here, and when (see
+    /// [`Handover::taken_over_since`]).
+    taken_over: HashMap<String, (ClaimId, Instant)>,
+}
+
+impl Handover {
+    pub fn new(peers: Arc<Peers>, node_id: &str, timeout: Duration) -> Handover {
+        Handover {
+            peers,
+            broker: OnceLock::new(),
+            runtime: OnceLock::new(),
+            timeout,
+            state: Mutex::new(State {
+                claims: Claims::new(Bytes::copy_from_slice(node_id.as_bytes())),
+                waiters: HashMap::new(),
+                queued: HashMap::new(),
+                receiving: HashMap::new(),
+                taken_over: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Moves sessions in and out of `broker`'s registry from now on; called from within the
+    /// runtime, whose tasks take sessions over.
+    pub fn attach(&self, broker: &Arc<Broker>) {
+        let _ = self.broker.set(Arc::downgrade(broker));
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
+    }
+
+    fn broker(&self) -> Option<Arc<Broker>> {
+        self.broker.get().and_then(Weak::upgrade)
+    }
+
+    /// The peers a claim goes to: those that read claims and are not gone.
+    fn claimable_peers(&self) -> Vec<Arc<Peer>> {
+        self.peers
+            .list()
+            .iter()
+            .filter(|peer| peer.handover && !peer.is_gone())
+            .cloned()
+            .collect()
+    }
+
+    /// Claims `client_id` from the other nodes for a client about to connect here: waits until
+    /// every peer asked has answered (and a session handed over is adopted here), or `-cht` has
+    /// passed. Returns the claim's id with the verdict, for
+    /// [`Handover::taken_over_since`].
+    pub async fn claim(
+        self: &Arc<Self>,
+        client_id: &str,
+        request: Request,
+    ) -> (Verdict, Option<ClaimId>) {
+        // A bounded number of turns: each waits for a claim of this client id that was in
+        // flight to complete, which its deadline bounds.
+        for _ in 0..16 {
+            let peers = self.claimable_peers();
+            if peers.is_empty() {
+                return (Verdict::Won, None);
+            }
+            let deadline = Instant::now() + self.timeout;
+            let started = {
+                let mut state = self.state.lock();
+                match state.claims.start(
+                    client_id,
+                    peers
+                        .iter()
+                        .map(|p| Bytes::from(p.identity.node_id.clone())),
+                    now_ms(),
+                    deadline,
+                ) {
+                    Ok(id) => {
+                        let (tx, rx) = oneshot::channel();
+                        state.waiters.insert(id.clone(), tx);
+                        Ok((id, rx))
+                    }
+                    Err(claims::Busy) => {
+                        let (tx, rx) = oneshot::channel();
+                        state
+                            .queued
+                            .entry(client_id.to_string())
+                            .or_default()
+                            .push(tx);
+                        Err(rx)
+                    }
+                }
+            };
+            let (id, answered) = match started {
+                Ok(started) => started,
+                Err(turn) => {
+                    let _ = tokio::time::timeout(self.timeout, turn).await;
+                    continue;
+                }
+            };
+            let frame = wire::encode_claim(id.ms, id.count, &request, client_id);
+            self.send(&peers, FRAME_CLAIM, std::slice::from_ref(&frame));
+            let mut answered = answered;
+            let verdict = match tokio::time::timeout(self.timeout, &mut answered).await {
+                Ok(Ok(verdict)) => verdict,
+                Ok(Err(_)) => Verdict::Won,
+                // The deadline: complete it with what it has (adopting any session that came).
+                Err(_) => {
+                    let given_up = self.state.lock().claims.give_up(client_id, &id);
+                    if let Some(done) = given_up {
+                        self.complete(done);
+                    }
+                    tokio::time::timeout(self.timeout, answered)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or(Verdict::Won)
+                }
+            };
+            return (verdict, Some(id));
+        }
+        warn!(
+            client_id,
+            "client id claimed over and over on this node; refused"
+        );
+        (Verdict::Lost, None)
+    }
+
+    /// Whether a peer's claim took `client_id` over after this node's claim `ours` won: the
+    /// connection that won it must then close, its client id taken over (it claimed its
+    /// session here after the peer's claim looked for a connection to close).
+    pub fn taken_over_since(&self, client_id: &str, ours: &ClaimId) -> bool {
+        self.state
+            .lock()
+            .taken_over
+            .get(client_id)
+            .is_some_and(|(theirs, _)| theirs > ours)
+    }
+
+    /// Queues `frames` of `kind` on the control links of `peers`.
+    fn send(&self, peers: &[Arc<Peer>], kind: u8, frames: &[BytesMut]) {
+        let mut wake = false;
+        for peer in peers {
+            wake |= peer.push_handover(kind, frames).unwrap_or(false);
+        }
+        if wake {
+            self.peers.wake_sender();
+        }
+    }
+
+    fn send_to(&self, node: &[u8], kind: u8, frames: &[BytesMut]) {
+        match self.peers.find_now(node) {
+            Some(peer) => self.send(&[peer], kind, frames),
+            None => debug!(
+                peer = %String::from_utf8_lossy(node),
+                "hand-over frame for a peer that is gone; not sent"
+            ),
+        }
+    }
+
+    /// A hand-over frame from peer `origin`; `false` when it is malformed.
+    pub fn on_frame(self: &Arc<Self>, origin: &[u8], kind: u8, body: &Bytes) -> bool {
+        match kind {
+            FRAME_CLAIM => {
+                let Some(claim) = wire::decode_claim(body) else {
+                    return false;
+                };
+                let id = ClaimId {
+                    ms: claim.ms,
+                    count: claim.count,
+                    node: Bytes::copy_from_slice(origin),
+                };
+                let action =
+                    self.state
+                        .lock()
+                        .claims
+                        .on_claim(&claim.client_id, &id, &claim.request);
+                match action {
+                    OnClaim::TakeOver => self.spawn_take_over(claim.client_id, id, claim.request),
+                    OnClaim::Refuse => self.answer(&id, &claim.client_id, AnswerKind::Refused),
+                    OnClaim::Deferred { refuse } => {
+                        debug!(client_id = %claim.client_id, "a later claim from a peer: this node's claim yields");
+                        if let Some(earlier) = refuse {
+                            self.answer(&earlier, &claim.client_id, AnswerKind::Refused);
+                        }
+                    }
+                }
+                true
+            }
+            FRAME_SESSION_PART => {
+                let Some(part) = wire::decode_part(body) else {
+                    return false;
+                };
+                let id = self.own_claim(part.ms, part.count);
+                let mut state = self.state.lock();
+                let receiving: usize = state
+                    .receiving
+                    .iter()
+                    .filter(|((peer, _), _)| peer[..] == *origin)
+                    .map(|(_, bytes)| bytes.len())
+                    .sum();
+                let key = (Bytes::copy_from_slice(origin), id);
+                if receiving + part.body.len() > MAX_RECEIVING_BYTES {
+                    warn!(client_id = %part.client_id, "session handed over beyond {MAX_RECEIVING_BYTES} bytes; dropped");
+                    state.receiving.remove(&key);
+                    return true;
+                }
+                state
+                    .receiving
+                    .entry(key)
+                    .or_default()
+                    .extend_from_slice(&part.body);
+                true
+            }
+            FRAME_ANSWER => {
+                let Some(frame) = wire::decode_answer(body) else {
+                    return false;
+                };
+                let id = self.own_claim(frame.ms, frame.count);
+                let outcome = {
+                    let mut state = self.state.lock();
+                    let session = state
+                        .receiving
+                        .remove(&(Bytes::copy_from_slice(origin), id.clone()));
+                    let answer = match (frame.body, session) {
+                        (AnswerKind::Nothing, _) => Answer::Nothing,
+                        (AnswerKind::Refused, _) => Answer::Refused,
+                        (AnswerKind::Foreign, _) => Answer::Foreign,
+                        (AnswerKind::Session, Some(bytes)) => Answer::Session(bytes.freeze()),
+                        // Its parts were dropped (too large, see MAX_RECEIVING_BYTES).
+                        (AnswerKind::Session, None) => Answer::Nothing,
+                    };
+                    state
+                        .claims
+                        .on_answer(&frame.client_id, &id, origin, answer)
+                };
+                match outcome {
+                    OnAnswer::Waiting => {}
+                    OnAnswer::Done(done) => self.complete_soon(done),
+                    OnAnswer::Stray(Some(session)) => {
+                        info!(client_id = %frame.client_id, "a session handed over after its claim was complete; kept here");
+                        self.adopt_soon(frame.client_id, session);
+                    }
+                    OnAnswer::Stray(None) => {}
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The id of a claim of this node, as an answer names it.
+    fn own_claim(&self, ms: u64, count: u32) -> ClaimId {
+        let node = Bytes::copy_from_slice(self.state.lock().claims.node());
+        ClaimId { ms, count, node }
+    }
+
+    fn answer(&self, id: &ClaimId, client_id: &str, kind: AnswerKind) {
+        let frame = wire::encode_answer(id.ms, id.count, kind, client_id);
+        self.send_to(&id.node, FRAME_ANSWER, std::slice::from_ref(&frame));
+    }
+
+    fn spawn_take_over(self: &Arc<Self>, client_id: String, id: ClaimId, request: Request) {
+        let Some(runtime) = self.runtime.get() else {
+            return;
+        };
+        let handover = self.clone();
+        runtime.spawn(async move { handover.take_over(client_id, id, request).await });
+    }
+
+    /// Gives the client id up to a peer's claim `id`: closes the connection that holds it
+    /// here, and answers with the session (the client continues it) or after ending it.
+    async fn take_over(self: Arc<Self>, client_id: String, id: ClaimId, request: Request) {
+        let Some(broker) = self.broker() else {
+            return;
+        };
+        let sessions = &broker.sessions;
+        // Another user's session is not this claim's to take (access control on).
+        if let (Some(claimant), Some(stored)) = (&request.owner, sessions.owner_of(&client_id)) {
+            if *claimant != stored {
+                debug!(%client_id, "claim for another user's session refused");
+                self.answer(&id, &client_id, AnswerKind::Foreign);
+                return;
+            }
+        }
+        {
+            let mut state = self.state.lock();
+            let now = Instant::now();
+            state
+                .taken_over
+                .retain(|_, (_, at)| now.duration_since(*at) < TAKEN_OVER_MEMORY);
+            let later = state
+                .taken_over
+                .get(&client_id)
+                .is_none_or(|(known, _)| *known < id);
+            if later {
+                state
+                    .taken_over
+                    .insert(client_id.clone(), (id.clone(), now));
+            }
+        }
+        if !sessions.kick_and_wait(&client_id, self.timeout).await {
+            warn!(%client_id, "the connection holding a client id claimed by a peer did not close in time");
+        }
+        let session = if request.want_session {
+            sessions
+                .export(&client_id, &broker.router)
+                .map(|snapshot| snapshot.encode(Instant::now()))
+        } else {
+            if let Some(will) = sessions.end(&client_id, &broker.router) {
+                broker.publish(will);
+            }
+            None
+        };
+        let answer = wire::encode_answer(
+            id.ms,
+            id.count,
+            if session.is_some() {
+                AnswerKind::Session
+            } else {
+                AnswerKind::Nothing
+            },
+            &client_id,
+        );
+        let mut frames = match &session {
+            Some(bytes) => wire::encode_parts(id.ms, id.count, &client_id, bytes),
+            None => Vec::new(),
+        };
+        debug!(%client_id, bytes = session.as_ref().map_or(0, |s| s.len()), "client id given up to a peer's claim");
+        // Parts then the answer, in one push: nothing else of the link comes between.
+        match self.peers.find_now(&id.node) {
+            Some(peer) => {
+                let mut wake = peer
+                    .push_handover(FRAME_SESSION_PART, &frames)
+                    .unwrap_or(false);
+                frames.clear();
+                frames.push(answer);
+                wake |= peer.push_handover(FRAME_ANSWER, &frames).unwrap_or(false);
+                if wake {
+                    self.peers.wake_sender();
+                }
+            }
+            None if session.is_some() => {
+                warn!(%client_id, "the peer that claimed a session is gone; the session is kept here");
+                if let Some(bytes) = session {
+                    self.adopt(&broker, &client_id, bytes.freeze());
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Completes a claim from the receiver's thread: in a task, since it publishes wills.
+    fn complete_soon(self: &Arc<Self>, done: Done) {
+        match self.runtime.get() {
+            Some(runtime) => {
+                let handover = self.clone();
+                runtime.spawn(async move { handover.complete(done) });
+            }
+            None => self.complete(done),
+        }
+    }
+
+    fn adopt_soon(self: &Arc<Self>, client_id: String, session: Bytes) {
+        let Some(broker) = self.broker() else {
+            return;
+        };
+        match self.runtime.get() {
+            Some(runtime) => {
+                let handover = self.clone();
+                runtime.spawn(async move { handover.adopt(&broker, &client_id, session) });
+            }
+            None => self.adopt(&broker, &client_id, session),
+        }
+    }
+
+    /// Adopts the sessions a complete claim gathered, hands on what a later claim is owed, and
+    /// wakes the connection waiting for it.
+    fn complete(self: &Arc<Self>, done: Done) {
+        let Done {
+            client_id,
+            id,
+            verdict,
+            session,
+            extra,
+            yield_to,
+            unanswered,
+        } = done;
+        if unanswered > 0 {
+            info!(%client_id, unanswered, "claim complete without every peer's answer");
+        }
+        if let Some(broker) = self.broker() {
+            for bytes in session.into_iter().chain(extra) {
+                self.adopt(&broker, &client_id, bytes);
+            }
+        }
+        if let Some((later, request)) = yield_to {
+            self.spawn_take_over(client_id.clone(), later, request);
+        }
+        let mut state = self.state.lock();
+        if let Some(waiter) = state.waiters.remove(&id) {
+            let _ = waiter.send(verdict);
+        }
+        for next in state.queued.remove(&client_id).unwrap_or_default() {
+            let _ = next.send(());
+        }
+    }
+
+    /// Puts a session handed over into the registry as an offline session.
+    fn adopt(&self, broker: &Arc<Broker>, client_id: &str, bytes: Bytes) {
+        let snapshot = match SessionSnapshot::decode(&bytes, Instant::now(), Duration::ZERO) {
+            Ok(snapshot) if snapshot.client_id == client_id => snapshot,
+            Ok(_) => {
+                warn!(
+                    client_id,
+                    "session handed over for another client id; dropped"
+                );
+                return;
+            }
+            Err(error) => {
+                warn!(client_id, %error, "session handed over cannot be read; dropped");
+                return;
+            }
+        };
+        let will = match broker.sessions.adopt(snapshot, &broker.router) {
+            Adopted::Installed { will_due } => will_due,
+            Adopted::Refused { will_due } => {
+                info!(
+                    client_id,
+                    "session handed over while a connection holds the client id here; it ends"
+                );
+                will_due
+            }
+        };
+        if let Some(will) = will {
+            broker.publish(will);
+        }
+    }
+}

@@ -18,6 +18,8 @@ use tracing::{debug, warn};
 
 use super::super::anti_entropy::{self, FRAME_DIGEST, FRAME_LISTING};
 use super::super::auth::DatagramKey;
+use super::super::handover::wire::{FRAME_ANSWER, FRAME_CLAIM, FRAME_SESSION_PART};
+use super::super::handover::Handover;
 use super::super::interest::{self, FRAME_INTEREST};
 use super::super::link::{Ack, Inbox, Next, Segmented};
 use super::super::membership::{Members, NodeIdentity};
@@ -115,6 +117,8 @@ pub(super) fn max_data_frame(max_packet_size: usize) -> usize {
 /// What the receiver needs besides the socket.
 pub struct Receiver {
     pub broker: Arc<Broker>,
+    /// Takes the claims, answers and sessions on the control links (sync version 5).
+    pub handover: Option<Arc<Handover>>,
     pub members: Arc<Members>,
     pub peers: Arc<Peers>,
     pub key: DatagramKey,
@@ -559,6 +563,7 @@ fn take_frames_of(
     let now = Instant::now();
     let origin = String::from_utf8_lossy(&key.origin);
     let stamps = receiver.version >= STAMP_VERSION;
+    let handovers = receiver.version >= HANDOVER_VERSION;
     // An interest frame that could not be taken leaves the peer's interest unknown (it gets
     // every message, and serves none of its shared groups) rather than wrong, and the control
     // link is refused: its sender starts another, with a snapshot, at the acknowledgement.
@@ -614,6 +619,19 @@ fn take_frames_of(
                 };
                 if handled.is_none() {
                     debug!(peer = %origin, kind = frame.kind, "malformed retained digest or listing skipped");
+                    dropped(ClusterDrop::Malformed);
+                }
+            }
+            Next::Frame(frame)
+                if key.control
+                    && handovers
+                    && matches!(frame.kind, FRAME_CLAIM | FRAME_ANSWER | FRAME_SESSION_PART) =>
+            {
+                let handled = receiver.handover.as_ref().is_some_and(|handover| {
+                    handover.on_frame(&key.origin, frame.kind, &frame.body)
+                });
+                if !handled {
+                    debug!(peer = %origin, kind = frame.kind, "malformed hand-over frame skipped");
                     dropped(ClusterDrop::Malformed);
                 }
             }
@@ -822,6 +840,7 @@ mod interest_frame_tests {
         ));
         let slot = peers.list()[0].interest_slot().expect("a slot");
         let receiver = Receiver {
+            handover: None,
             broker: Arc::new(Broker::new(
                 crate::config::Config::for_tests(),
                 metrics,

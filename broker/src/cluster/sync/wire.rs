@@ -20,11 +20,13 @@ pub const NEWEST_BATCH_VERSION: u8 = 2;
 
 /// The sync versions this release knows: version 1 (topic, payload, QoS and retain), version 2
 /// (also the MQTT 5 properties and expiry), version 3 (links: acknowledged, ordered streams
-/// of records, see [`super::link`]) and version 4 (retained anti-entropy: stamped records,
-/// repairs, digests and listings on the links, see [`super::super::anti_entropy`]).
+/// of records, see [`super::link`]), version 4 (retained anti-entropy: stamped records,
+/// repairs, digests and listings on the links, see [`super::super::anti_entropy`]) and
+/// version 5 (cluster-wide client ids: claims and sessions handed over on the control links,
+/// see [`super::super::handover`]).
 pub const OLDEST_VERSION: u8 = 1;
 
-pub const NEWEST_VERSION: u8 = 4;
+pub const NEWEST_VERSION: u8 = 5;
 
 /// The sync version that brought retained anti-entropy. Its datagrams are those of version 3
 /// (link segments and acknowledgements say version 3); what changed is in the links' streams,
@@ -32,6 +34,11 @@ pub const NEWEST_VERSION: u8 = 4;
 /// (data link frames of kind 2), digests and listings (control link frames of kinds 2 and 3).
 /// A node of version 3 refuses each of them, so a rolling upgrade needs the peer to say.
 pub const STAMP_VERSION: u8 = 4;
+
+/// The sync version that brought cluster-wide client ids: claims, answers and sessions'
+/// parts on the control links (frames of kinds 4, 5 and 6), only to a peer that reads it. The
+/// datagrams stay those of version 3.
+pub const HANDOVER_VERSION: u8 = 5;
 
 pub(super) const KIND_PUBLISH: u8 = 1;
 

@@ -1,0 +1,130 @@
+//! Cluster-wide client ids and sessions handed over between nodes: a client id is connected on
+//! one node at most, and a client that continues its session on another node finds it there
+//! (subscriptions, messages queued while it was away, messages in flight resent with DUP, QoS 2
+//! state), as the README's cluster section says.
+
+use std::time::Duration;
+
+use coolpy7_tests::cluster::{start_cluster, wait_until};
+use coolpy7_tests::packets::{self, Connect, Packet};
+use coolpy7_tests::{unique_id, QoS, RawClient, QUIET, TIMEOUT};
+
+/// Receives PUBLISHes until `n` have come, answering none of them.
+async fn publishes(client: &mut RawClient, n: usize) -> Vec<packets::Publish> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.push(client.recv_publish(TIMEOUT).await);
+    }
+    got
+}
+
+/// A persistent 3.1.1 client with a QoS 1 and a QoS 2 message in flight (sent, not
+/// acknowledged) and a QoS 1 and a QoS 2 message queued while offline, on node 1, reconnects
+/// on node 2: the session is there (session present), the two in flight come again with DUP
+/// in their order, then the two queued, each once; the subscription goes on working there;
+/// node 1 no longer has the session.
+#[tokio::test]
+async fn a_persistent_session_moves_with_its_client_to_another_node() {
+    let nodes = start_cluster(2, &[]).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let id = unique_id("mover");
+    let connect = Connect::v311(&id).clean_session(false);
+    let (mut client, present) = RawClient::handshake(n1.mqtt_addr(), &connect).await;
+    assert!(!present);
+    assert_eq!(client.subscribe(1, &[("h/#", 2)]).await, vec![2]);
+
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    publisher
+        .publish("h/1", QoS::AtLeastOnce, false, "one")
+        .await;
+    publisher
+        .publish("h/2", QoS::ExactlyOnce, false, "two")
+        .await;
+    let in_flight = publishes(&mut client, 2).await;
+    assert_eq!(
+        in_flight.iter().map(|p| p.qos).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    drop(client);
+    wait_until("node 1 to see the client gone", TIMEOUT, || async {
+        n1.metric("coolpy7_connections").await == 1.0
+    })
+    .await;
+    publisher
+        .publish("h/3", QoS::AtLeastOnce, false, "three")
+        .await;
+    publisher
+        .publish("h/4", QoS::ExactlyOnce, false, "four")
+        .await;
+    wait_until("node 1 to queue both", TIMEOUT, || async {
+        n1.metric("coolpy7_queued_messages").await == 2.0
+    })
+    .await;
+
+    let (mut client, present) = RawClient::handshake(n2.mqtt_addr(), &connect).await;
+    assert!(present, "the session moved to node 2: session present");
+    let again = publishes(&mut client, 4).await;
+    let seen: Vec<(bool, u8, &str, &[u8])> = again
+        .iter()
+        .map(|p| (p.dup, p.qos, p.topic.as_str(), &p.payload[..]))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (true, 1, "h/1", &b"one"[..]),
+            (true, 2, "h/2", b"two"),
+            (false, 1, "h/3", b"three"),
+            (false, 2, "h/4", b"four"),
+        ]
+    );
+    // The packet ids of the messages in flight are kept.
+    assert_eq!(again[0].pkid, in_flight[0].pkid);
+    assert_eq!(again[1].pkid, in_flight[1].pkid);
+    for publish in &again {
+        if publish.qos == 1 {
+            client.send(&packets::puback(publish.pkid)).await;
+        } else {
+            client.send(&packets::pubrec(publish.pkid)).await;
+            match client.recv(TIMEOUT).await {
+                Packet::PubRel(pkid) => assert_eq!(pkid, publish.pkid),
+                other => panic!("expected PUBREL, got {other:?}"),
+            }
+            client.send(&packets::pubcomp(publish.pkid)).await;
+        }
+    }
+    client.expect_no_packet(QUIET).await;
+    // The subscription works on node 2, for a message published on either node.
+    publisher
+        .publish("h/5", QoS::AtLeastOnce, false, "five")
+        .await;
+    let five = client.recv_publish(TIMEOUT).await;
+    assert_eq!((&five.payload[..], five.dup), (&b"five"[..], false));
+    client.send(&packets::puback(five.pkid)).await;
+    client.expect_no_packet(QUIET).await;
+    assert_eq!(
+        n1.metric("coolpy7_sessions").await,
+        1.0,
+        "node 1: the publisher's only"
+    );
+}
+
+/// A client id connected on node 1 that connects on node 2 closes its connection on node 1
+/// (the spec's takeover, across nodes); with clean session 1 the session starts afresh.
+#[tokio::test]
+async fn a_connection_on_another_node_closes_the_one_with_the_same_client_id() {
+    let nodes = start_cluster(2, &[]).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let id = unique_id("twice");
+    let (mut first, _) =
+        RawClient::handshake(n1.mqtt_addr(), &Connect::v311(&id).clean_session(false)).await;
+    assert_eq!(first.subscribe(1, &[("x/#", 1)]).await, vec![1]);
+    let (mut second, present) = RawClient::handshake(n2.mqtt_addr(), &Connect::v311(&id)).await;
+    assert!(!present, "clean session: a new session");
+    first.expect_closed(TIMEOUT).await;
+    second.ping().await;
+    wait_until("node 1 to end the session", TIMEOUT, || async {
+        n1.metric("coolpy7_sessions").await == 0.0
+    })
+    .await;
+    let _ = Duration::ZERO;
+}
