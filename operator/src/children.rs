@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
@@ -36,8 +36,16 @@ pub const CSK_BYTES: usize = 32;
 /// scaling never changes the pod template (and never restarts a pod). Seeds that do not exist
 /// (yet) are retried quietly by the broker.
 pub const SEED_PODS: i32 = 3;
-/// Seconds a pod gets to leave the cluster and close its connections on shutdown.
-pub const TERMINATION_GRACE_SECONDS: i64 = 30;
+/// The broker's drain grace (`-dg`) when `spec.drain.graceSeconds` is left out.
+pub const BROKER_DRAIN_GRACE_SECONDS: i64 = 30;
+/// Seconds a pod gets beyond its drain grace before the kubelet kills it: after the drain the
+/// broker waits up to 5 s for the connections' last writes, publishes the wills due, then
+/// leaves the cluster, up to 2 s for the last forwards and 2 s for the leave announcement; the
+/// rest is slack for the process's start of the drain and its exit.
+pub const TERMINATION_GRACE_MARGIN_SECONDS: i64 = 15;
+/// The StatefulSet's `minReadySeconds` when `spec.minReadySeconds` is left out: a rolling
+/// update replaces the next pod only once the new one has been ready this long.
+pub const DEFAULT_MIN_READY_SECONDS: i32 = 10;
 const BROKER_CONTAINER: &str = "coolpy7";
 /// Where the `tls.secretName` Secret is mounted, as a whole directory: a `subPath` mount would
 /// never see a renewed certificate, and the broker reloads the files when they change.
@@ -588,10 +596,37 @@ fn forwarding_args(cluster: &Coolpy7Cluster) -> Vec<String> {
     args
 }
 
+/// The drain flags, each only when set: 0 is a value for `-dg` and `-dr` (at once).
+fn drain_args(cluster: &Coolpy7Cluster) -> Vec<String> {
+    let Some(drain) = &cluster.spec.drain else {
+        return Vec::new();
+    };
+    let mut args: Vec<String> = [("-dg", drain.grace_seconds), ("-dr", drain.disconnect_rate)]
+        .into_iter()
+        .filter_map(|(flag, value)| value.map(|value| format!("{flag}={value}")))
+        .collect();
+    if let Some(reference) = &drain.server_reference {
+        args.push(format!("-dsr={reference}"));
+    }
+    args
+}
+
+/// The seconds the kubelet gives a broker pod between SIGTERM and SIGKILL: its whole drain
+/// (`spec.drain.graceSeconds`, or the broker's default) and the margin for what follows it.
+pub fn termination_grace_seconds(cluster: &Coolpy7Cluster) -> i64 {
+    let grace = cluster
+        .spec
+        .drain
+        .as_ref()
+        .and_then(|drain| drain.grace_seconds)
+        .unwrap_or(BROKER_DRAIN_GRACE_SECONDS);
+    grace.saturating_add(TERMINATION_GRACE_MARGIN_SECONDS)
+}
+
 /// The broker's command line: identity from the pod, seeds from the headless Service,
-/// listeners, ports, MQTT 5 limits, access control, abuse limits and forwarding from the spec,
-/// then the user's extra flags (which may override the settings, but not the listeners, ports,
-/// mode or files: see `reconcile`'s OWNED_FLAGS).
+/// listeners, ports, MQTT 5 limits, access control, abuse limits, forwarding and drain from the
+/// spec, then the user's extra flags (which may override the settings, but not the listeners,
+/// ports, mode, files or drain grace: see `reconcile`'s OWNED_FLAGS).
 pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String> {
     let ports = &cluster.spec.ports;
     let mut args = vec![
@@ -632,6 +667,7 @@ pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String
     }
     args.extend(limit_args(cluster));
     args.extend(forwarding_args(cluster));
+    args.extend(drain_args(cluster));
     args.extend(cluster.spec.args.iter().cloned());
     args
 }
@@ -801,8 +837,17 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
             replicas: Some(spec.replicas),
             service_name: Some(headless_service_name(cluster)),
             // Every pod starts at once: each needs the others as seeds, and readiness waits
-            // for a join.
+            // for a join. (The policy is for scaling only: a scale-down stops the pods it
+            // removes together, each draining; updates roll as below.)
             pod_management_policy: Some("Parallel".into()),
+            // One pod at a time, from the highest ordinal: the next is stopped (and drains)
+            // only once the one before is back, ready for `min_ready_seconds`. Said here rather
+            // than left to the API server's default, so that the operator owns it.
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: None,
+            }),
+            min_ready_seconds: Some(spec.min_ready_seconds.unwrap_or(DEFAULT_MIN_READY_SECONDS)),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(cluster)),
                 ..LabelSelector::default()
@@ -821,7 +866,7 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
                     topology_spread_constraints: non_empty(&spec.topology_spread_constraints),
                     priority_class_name: spec.priority_class_name.clone(),
                     image_pull_secrets: non_empty(&spec.image_pull_secrets),
-                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    termination_grace_period_seconds: Some(termination_grace_seconds(cluster)),
                     // What the "restricted" Pod Security Standard asks of a pod.
                     volumes: non_empty(&volumes),
                     security_context: Some(PodSecurityContext {

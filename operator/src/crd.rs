@@ -3,8 +3,10 @@
 //! CRD YAML in `manifests/` and `charts/coolpy7/crds/` is generated from them by `crdgen`.
 //!
 //! Defaults live in the schema (the API server fills them in), so the operator reads a complete
-//! spec; the one exception is the disruption budget, where `maxUnavailable: 1` applies only when
-//! neither bound is given (a schema default would clash with a user's `minAvailable`).
+//! spec; the exceptions are the disruption budget, where `maxUnavailable: 1` applies only when
+//! neither bound is given (a schema default would clash with a user's `minAvailable`), and
+//! `minReadySeconds`, which the operator reads as 10 when it is left out (as the broker reads
+//! the settings of `mqtt`, `forwarding` or `drain` left out as its own defaults).
 
 use std::collections::BTreeMap;
 
@@ -141,8 +143,22 @@ pub struct Coolpy7ClusterSpec {
     /// default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<ForwardingSpec>,
+    /// What a broker does when its pod is stopped (a rolling update, a scale-down, a drained
+    /// node): it drains (the broker flags `-dg`, `-dr` and `-dsr`), sending its clients to the
+    /// other brokers; a field left out keeps the broker's default. The pods'
+    /// `terminationGracePeriodSeconds` follows `graceSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainSpec>,
+    /// Seconds a new or restarted broker pod must have been ready before a rolling update
+    /// replaces the next one (the StatefulSet's `minReadySeconds`), so that the clients the
+    /// previous pod sent away have reconnected, to it among others, before another pod drains.
+    /// Left out: 10. A change does not restart the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_ready_seconds: Option<i32>,
     /// Extra broker flags, for settings the spec has no field for (e.g. `-mq=5000`); they come
-    /// after the flags the spec's fields set, so they win over `mqtt`, `limits` and `forwarding`.
+    /// after the flags the spec's fields set, so they win over `mqtt`, `limits`, `forwarding`
+    /// and `drain` (but for `-dg`, which the operator sets itself from `drain.graceSeconds`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// The broker's log filter (`info`, `debug`, `coolpy7=debug,warn`, ...).
@@ -819,6 +835,39 @@ pub struct ForwardingSpec {
     /// broker (the broker's default). `cluster`: the brokers with members take turns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_subscriptions: Option<SharedSubscriptions>,
+}
+
+/// Draining on SIGTERM (the broker flags `-dg`, `-dr` and `-dsr`): the broker's `/readyz`
+/// answers 503 at once, its listeners close and its clients are disconnected `disconnectRate` a
+/// second, whoever is left when `graceSeconds` runs out at once; they reconnect through the
+/// client Service to the other brokers. Each one left out keeps the broker's default. A change
+/// is a change of the pod template: a rolling update, in which each old pod drains with the
+/// settings it was started with.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// The longest a drain takes, in seconds, 0 to 86400 (`-dg`): whoever is still connected
+    /// then is disconnected at once; 0 disconnects everyone at once. The pods'
+    /// `terminationGracePeriodSeconds` is this plus 15 (for the broker's last writes and its
+    /// leaving the cluster). The broker's default is 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub grace_seconds: Option<i64>,
+    /// Clients disconnected a second while draining (`-dr`), so that they reconnect to the
+    /// other brokers in a stream rather than a storm; 0 disconnects them all at once. The
+    /// broker's default is 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4_294_967_295_i64))]
+    pub disconnect_rate: Option<i64>,
+    /// The Server Reference MQTT 5 clients are sent when a drain disconnects them (`-dsr`),
+    /// with DISCONNECT 0x9C "Use another server" instead of 0x8B "Server shutting down", e.g.
+    /// the client Service's address as `host:port`. At most 65535 bytes of UTF-8, without NUL.
+    /// Left out: 0x8B, without a reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65535), regex(pattern = r"^[^\x00]*$"))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 65535")
+        .message("drain.serverReference is at most 65535 bytes of UTF-8"))]
+    pub server_reference: Option<String>,
 }
 
 /// Where a shared subscription group's messages go (`-ssp`).

@@ -45,13 +45,21 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Flags the operator sets itself; the spec's `args` may not set them. The listeners must
 /// match the pods' and Services' ports, and the certificate, key, password and rules files the
 /// mounted Secrets and ConfigMap; the auth mode goes with those files, and a JWT secret or an
-/// HTTP service token given as a value (`-jsk`, `-ht`) would show in the pod spec. The other
-/// listener settings (`-wsp`, `-tv`, `-tcn`, `-pp`), the auth settings (`-acld`, `-ha`,
-/// `-hat`, `-hac`, `-ari`), the abuse limits and the forwarding settings (`-csb`, `-csl`, `-ssp`) may be
-/// overridden like the MQTT 5 limits.
-const OWNED_FLAGS: [&str; 23] = [
+/// HTTP service token given as a value (`-jsk`, `-ht`) would show in the pod spec. The drain
+/// grace (`-dg`) must match the pods' terminationGracePeriodSeconds, which is made from
+/// `drain.graceSeconds`: a longer one in `args` would be cut short by the kubelet's SIGKILL.
+/// The other listener settings (`-wsp`, `-tv`, `-tcn`, `-pp`), the auth settings (`-acld`,
+/// `-ha`, `-hat`, `-hac`, `-ari`), the abuse limits, the forwarding settings (`-csb`, `-csl`,
+/// `-ssp`) and the other drain settings (`-dr`, `-dsr`) may be overridden like the MQTT 5
+/// limits.
+///
+/// Every flag is in the pod template, so a change of any of them (the spec's `args` included)
+/// is a rolling update; so is a change of `drain.graceSeconds`, through the template's
+/// terminationGracePeriodSeconds. `replicas` and `minReadySeconds` are the StatefulSet's own
+/// and restart nothing.
+const OWNED_FLAGS: [&str; 24] = [
     "nid", "cad", "mbs", "csk", "crp", "csp", "l", "hl", "tl", "wl", "wsl", "tc", "tk", "tca",
-    "cl", "as", "jsk", "jskf", "jpk", "pwf", "acl", "ht", "htf",
+    "cl", "as", "jsk", "jskf", "jpk", "pwf", "acl", "ht", "htf", "dg",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -510,6 +518,9 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
     if let Some(problem) = forwarding_problem(cluster) {
         return Some(problem);
     }
+    if let Some(problem) = drain_problem(cluster) {
+        return Some(problem);
+    }
     for arg in &cluster.spec.args {
         let flag = arg.trim_start_matches('-');
         let flag = flag.split_once('=').map_or(flag, |(name, _)| name);
@@ -521,6 +532,12 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
         }
         if arg.starts_with('-') && matches!(flag, "h" | "help" | "V" | "version") {
             return Some(format!("args item {arg:?} makes the broker print and exit"));
+        }
+        if arg.starts_with('-') && flag == "dg" {
+            return Some(format!(
+                "args sets {arg:?}: set drain.graceSeconds instead, which the pods' \
+                 terminationGracePeriodSeconds follows"
+            ));
         }
         if arg.starts_with('-') && OWNED_FLAGS.contains(&flag) {
             return Some(format!(
@@ -626,6 +643,23 @@ fn forwarding_problem(cluster: &Coolpy7Cluster) -> Option<String> {
 /// The broker's smallest `-csl` other than 0 (MIN_SYNC_LIMIT): a record's framing and a short
 /// topic.
 const MIN_RECORD_LIMIT_BYTES: i64 = 64;
+
+/// The CRD's CEL rule on `drain.serverReference`, and its bounds and pattern: the broker
+/// refuses at start a `-dsr` that is empty or longer than 65535 bytes, or that holds a NUL
+/// (which no argument can carry anyway).
+fn drain_problem(cluster: &Coolpy7Cluster) -> Option<String> {
+    let reference = cluster.spec.drain.as_ref()?.server_reference.as_ref()?;
+    let bytes = reference.len();
+    (bytes == 0 || bytes > MAX_SERVER_REFERENCE_BYTES || reference.contains('\0')).then(|| {
+        format!(
+            "drain.serverReference is {bytes} bytes: 1 to {MAX_SERVER_REFERENCE_BYTES} bytes \
+             of UTF-8, without NUL"
+        )
+    })
+}
+
+/// The longest MQTT UTF-8 string, the broker's limit for `-dsr`.
+const MAX_SERVER_REFERENCE_BYTES: usize = 65535;
 
 fn is_cidr(range: &str) -> bool {
     let Some((address, bits)) = range.split_once('/') else {

@@ -252,9 +252,9 @@ fn every_cel_rule_compiles() {
         .matches("\"rule\":")
         .count();
     assert_eq!(
-        rules, 14,
-        "the budget's, the TLS ones, the listeners' (CoAP's among them), auth's and \
-         forwarding.recordLimitBytes'"
+        rules, 15,
+        "the budget's, the TLS ones, the listeners' (CoAP's among them), auth's, \
+         forwarding.recordLimitBytes' and drain.serverReference's"
     );
 }
 
@@ -303,6 +303,13 @@ fn the_cel_rules_accept_specs_that_work() {
         serde_json::json!({"forwarding": {"bufferBytes": 65536, "recordLimitBytes": 0}}),
         serde_json::json!({"forwarding": {"recordLimitBytes": 64}}),
         serde_json::json!({"forwarding": {"sharedSubscriptions": "cluster"}}),
+        serde_json::json!({"drain": {}}),
+        serde_json::json!({"drain": {"graceSeconds": 0, "disconnectRate": 0,
+                                     "serverReference": "mqtt.example.org:1883"}}),
+        // 65535 bytes, in one-byte and in three-byte characters.
+        serde_json::json!({"drain": {"serverReference": "a".repeat(65535)}}),
+        serde_json::json!({"drain": {"serverReference": "€".repeat(21845)}}),
+        serde_json::json!({"minReadySeconds": 0}),
     ] {
         assert_eq!(cel_failures(spec.clone()), Vec::<String>::new(), "{spec}");
     }
@@ -407,6 +414,15 @@ fn the_cel_rules_refuse_specs_the_broker_would_refuse() {
         (
             serde_json::json!({"forwarding": {"recordLimitBytes": 63}}),
             vec!["forwarding.recordLimitBytes is 0 (no limit) or at least 64 bytes"],
+        ),
+        // The broker refuses a -dsr of more than 65535 bytes; maxLength counts characters.
+        (
+            serde_json::json!({"drain": {"serverReference": "€".repeat(21846)}}),
+            vec!["drain.serverReference is at most 65535 bytes of UTF-8"],
+        ),
+        (
+            serde_json::json!({"drain": {"serverReference": "a".repeat(65536)}}),
+            vec!["drain.serverReference is at most 65535 bytes of UTF-8"],
         ),
     ] {
         let failures = cel_failures(spec.clone());
@@ -589,4 +605,81 @@ fn the_forwarding_sizes_are_optional_and_bounded_as_the_broker_flags_are() {
     assert!(policy["description"]
         .as_str()
         .is_some_and(|d| d.contains("-ssp")));
+}
+
+#[test]
+fn the_drain_settings_and_min_ready_seconds_are_optional_and_bounded_as_the_flags_are() {
+    let crd = serde_json::to_value(Coolpy7Cluster::crd()).expect("JSON");
+    let spec = spec_schema(&crd);
+    let required = spec["required"].as_array().cloned().unwrap_or_default();
+    let drain = &spec["properties"]["drain"];
+    assert_eq!(drain["type"], "object");
+    assert!(
+        drain.get("default").is_none(),
+        "no default: an absent block leaves the broker's defaults"
+    );
+    assert!(!required.iter().any(|r| r == "drain"), "drain is optional");
+    assert!(drain.get("required").is_none(), "every setting is optional");
+    assert!(drain["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("-dg") && d.contains("-dr") && d.contains("-dsr")));
+    let names: Vec<&String> = drain["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .collect();
+    assert_eq!(
+        names,
+        ["disconnectRate", "graceSeconds", "serverReference"],
+        "sorted as the CRD writes them"
+    );
+    // (field, minimum, maximum): -dg's range, and -dr's (a u32).
+    for (field, min, max, flag) in [
+        ("graceSeconds", 0.0, 86_400.0, "-dg"),
+        ("disconnectRate", 0.0, 4_294_967_295.0, "-dr"),
+    ] {
+        let property = &drain["properties"][field];
+        assert_eq!(property["type"], "integer", "{field}");
+        assert_eq!(property["format"], "int64", "{field}");
+        assert_eq!(property["minimum"].as_f64(), Some(min), "{field} minimum");
+        assert_eq!(property["maximum"].as_f64(), Some(max), "{field} maximum");
+        assert!(property.get("default").is_none(), "{field} has no default");
+        assert!(
+            property["description"]
+                .as_str()
+                .is_some_and(|d| d.contains(flag)),
+            "{field} names {flag}"
+        );
+    }
+    // -dsr: a non-empty MQTT UTF-8 string (at most 65535 bytes, no NUL).
+    let reference = &drain["properties"]["serverReference"];
+    assert_eq!(reference["type"], "string");
+    assert_eq!(reference["minLength"].as_f64(), Some(1.0));
+    assert_eq!(reference["maxLength"].as_f64(), Some(65535.0));
+    assert_eq!(reference["pattern"], "^[^\\x00]*$");
+    assert_eq!(
+        reference["x-kubernetes-validations"][0]["rule"],
+        "size(bytes(self)) <= 65535"
+    );
+    assert!(reference.get("default").is_none());
+    assert!(reference["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("-dsr") && d.contains("0x9C")));
+
+    let min_ready = &spec["properties"]["minReadySeconds"];
+    assert_eq!(min_ready["type"], "integer");
+    assert_eq!(
+        min_ready["format"], "int32",
+        "the StatefulSet's field's type"
+    );
+    assert_eq!(min_ready["minimum"].as_f64(), Some(0.0));
+    assert!(min_ready.get("maximum").is_none());
+    assert!(
+        min_ready.get("default").is_none(),
+        "left out, the operator's 10"
+    );
+    assert!(!required.iter().any(|r| r == "minReadySeconds"));
+    assert!(min_ready["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("Left out: 10")));
 }

@@ -508,7 +508,8 @@ fn scheduling_fields_pass_through() {
     assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry");
     assert_eq!(
         pod.termination_grace_period_seconds,
-        Some(TERMINATION_GRACE_SECONDS)
+        Some(45),
+        "the broker's default drain grace, 30 s, and the margin"
     );
     let container = &pod.containers[0];
     assert!(container.resources.as_ref().unwrap().limits.is_some());
@@ -1506,4 +1507,147 @@ fn turning_auth_on_changes_the_pod_template() {
     );
     let args = container(&jwt).args.clone().unwrap();
     assert!(args.contains(&"-as=1".to_string()), "{args:?}");
+}
+
+const DRAIN_FLAGS: [&str; 3] = ["-dg=", "-dr=", "-dsr="];
+
+fn termination_grace(set: &StatefulSet) -> Option<i64> {
+    pod_spec(set).termination_grace_period_seconds
+}
+
+fn min_ready_seconds(set: &StatefulSet) -> Option<i32> {
+    set.spec.as_ref().unwrap().min_ready_seconds
+}
+
+#[test]
+fn drain_settings_become_flags_only_when_set() {
+    let plain = stateful_set(&cluster(), DOMAIN);
+    for spec in [json!({}), json!({"drain": {}}), json!({"drain": null})] {
+        let cluster = cluster_with(spec.clone());
+        let args = broker_args(&cluster, DOMAIN);
+        assert_eq!(
+            flags_starting_with(&args, &DRAIN_FLAGS),
+            Vec::<&str>::new(),
+            "{spec}: the broker's defaults apply"
+        );
+        assert_eq!(
+            stateful_set(&cluster, DOMAIN),
+            plain,
+            "{spec}: no rolling restart"
+        );
+    }
+
+    for (drain, flags) in [
+        (json!({"graceSeconds": 120}), vec!["-dg=120"]),
+        (json!({"graceSeconds": 0}), vec!["-dg=0"]),
+        (json!({"disconnectRate": 50}), vec!["-dr=50"]),
+        (json!({"disconnectRate": 0}), vec!["-dr=0"]),
+        (
+            json!({"disconnectRate": 4_294_967_295_i64}),
+            vec!["-dr=4294967295"],
+        ),
+        (
+            json!({"serverReference": "mqtt.example.org:1883"}),
+            vec!["-dsr=mqtt.example.org:1883"],
+        ),
+        (
+            json!({"graceSeconds": 86400, "disconnectRate": 200,
+                   "serverReference": "lb.example.org:8883"}),
+            vec!["-dg=86400", "-dr=200", "-dsr=lb.example.org:8883"],
+        ),
+    ] {
+        let cluster = cluster_with(json!({ "drain": drain }));
+        let args = broker_args(&cluster, DOMAIN);
+        assert_eq!(flags_starting_with(&args, &DRAIN_FLAGS), flags, "{drain}");
+        let set = stateful_set(&cluster, DOMAIN);
+        let container_args = container(&set).args.clone().unwrap();
+        assert_eq!(
+            flags_starting_with(&container_args, &DRAIN_FLAGS),
+            flags,
+            "{drain}: the flags reach the container as they are"
+        );
+    }
+
+    // A reference with spaces stays one argument: no shell between the pod spec and the broker.
+    let spaced = cluster_with(json!({"drain": {"serverReference": "use mq-2 please"}}));
+    assert_eq!(
+        flags_starting_with(&broker_args(&spaced, DOMAIN), &DRAIN_FLAGS),
+        ["-dsr=use mq-2 please"]
+    );
+}
+
+#[test]
+fn drain_flags_come_after_the_forwarding_flags_and_before_spec_args() {
+    let cluster = cluster_with(json!({
+        "forwarding": {"bufferBytes": 1_048_576},
+        "drain": {"graceSeconds": 60, "disconnectRate": 100},
+        "args": ["-dr=500", "-mq=5000"]
+    }));
+    let args = broker_args(&cluster, DOMAIN);
+    let position = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"))
+    };
+    assert!(position("-csb=1048576") < position("-dg=60"), "{args:?}");
+    assert!(position("-dg=60") < position("-dr=100"), "{args:?}");
+    assert!(
+        position("-dr=100") < position("-dr=500"),
+        "the user's -dr comes last and wins: {args:?}"
+    );
+    assert_eq!(&args[args.len() - 2..], ["-dr=500", "-mq=5000"]);
+}
+
+#[test]
+fn the_termination_grace_period_is_the_drain_grace_and_a_margin() {
+    assert_eq!(TERMINATION_GRACE_MARGIN_SECONDS, 15);
+    // Left out: the broker's default grace, 30 s.
+    for spec in [
+        json!({}),
+        json!({"drain": {}}),
+        json!({"drain": {"disconnectRate": 10}}),
+    ] {
+        let set = stateful_set(&cluster_with(spec.clone()), DOMAIN);
+        assert_eq!(termination_grace(&set), Some(45), "{spec}");
+    }
+    for (grace, expected) in [(0, 15), (30, 45), (120, 135), (86400, 86415)] {
+        let cluster = cluster_with(json!({"drain": {"graceSeconds": grace}}));
+        assert_eq!(termination_grace_seconds(&cluster), expected, "{grace}");
+        let set = stateful_set(&cluster, DOMAIN);
+        assert_eq!(termination_grace(&set), Some(expected), "{grace}");
+    }
+    // A new grace is a new pod template: the pods roll, each draining with its old settings.
+    let longer = stateful_set(
+        &cluster_with(json!({"drain": {"graceSeconds": 120}})),
+        DOMAIN,
+    );
+    assert_ne!(
+        longer.spec.as_ref().unwrap().template,
+        stateful_set(&cluster(), DOMAIN).spec.unwrap().template
+    );
+}
+
+#[test]
+fn updates_roll_one_pod_at_a_time_each_ready_for_min_ready_seconds() {
+    let set = stateful_set(&cluster(), DOMAIN);
+    let spec = set.spec.as_ref().unwrap();
+    let strategy = spec.update_strategy.as_ref().expect("an update strategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    assert_eq!(
+        strategy.rolling_update, None,
+        "the defaults: partition 0, one pod unavailable at a time"
+    );
+    assert_eq!(min_ready_seconds(&set), Some(10), "the operator's default");
+    assert_eq!(DEFAULT_MIN_READY_SECONDS, 10);
+
+    for seconds in [0, 45, 3600] {
+        let set = stateful_set(&cluster_with(json!({ "minReadySeconds": seconds })), DOMAIN);
+        assert_eq!(min_ready_seconds(&set), Some(seconds), "{seconds}");
+        // The StatefulSet's own field: the pods are not restarted for it.
+        assert_eq!(
+            set.spec.as_ref().unwrap().template,
+            stateful_set(&cluster(), DOMAIN).spec.unwrap().template,
+            "{seconds}"
+        );
+    }
 }

@@ -1356,3 +1356,122 @@ async fn forwarding_sizes_reach_the_pods_and_a_limit_the_broker_refuses_is_degra
     );
     expect_quiet(&mut handle).await;
 }
+
+#[test]
+fn drain_problems() {
+    let problem = |spec: Value| spec_problem(&cluster_with(spec));
+    for drain in [
+        json!({}),
+        json!({"graceSeconds": 0, "disconnectRate": 0}),
+        json!({"graceSeconds": 86400, "disconnectRate": 4_294_967_295_i64}),
+        json!({"serverReference": "mqtt.example.org:1883"}),
+        json!({"serverReference": "a".repeat(65535)}),
+        // 21845 characters of 3 bytes: 65535 bytes.
+        json!({"serverReference": "€".repeat(21845)}),
+    ] {
+        assert_eq!(problem(json!({ "drain": drain })), None, "{drain}");
+    }
+    // What the CRD's bounds, pattern and CEL rule refuse, for a cluster that got past them.
+    for (reference, bytes) in [
+        (String::new(), 0),
+        ("a".repeat(65536), 65536),
+        // Fewer characters than the CRD's maxLength, more bytes than the broker takes.
+        ("€".repeat(21846), 65538),
+        ("a\0b".to_string(), 3),
+    ] {
+        assert_eq!(
+            problem(json!({"drain": {"serverReference": reference}})),
+            Some(format!(
+                "drain.serverReference is {bytes} bytes: 1 to 65535 bytes of UTF-8, without NUL"
+            ))
+        );
+    }
+    // The grace is the spec's alone: the pods' termination grace period is made from it.
+    for args in [json!(["-dg=120"]), json!(["--dg=0"]), json!(["-dg", "120"])] {
+        assert!(
+            problem(json!({ "args": args }))
+                .unwrap_or_default()
+                .contains("set drain.graceSeconds instead"),
+            "{args}"
+        );
+    }
+    // The rate and the reference may be overridden (they come later).
+    assert_eq!(
+        problem(
+            json!({"drain": {"disconnectRate": 100, "serverReference": "a:1883"},
+                       "args": ["-dr=500", "--dsr=b:1883"]})
+        ),
+        None
+    );
+}
+
+#[tokio::test]
+async fn drain_settings_reach_the_pods_with_their_grace_period() {
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"csk": {"secretName": "k"},
+                                      "drain": {"graceSeconds": 120, "disconnectRate": 200,
+                                                "serverReference": "mqtt.example.org:1883"},
+                                      "minReadySeconds": 30}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    serve_key(&mut handle, "k", "csk").await;
+    let bodies = expect_children(&mut handle, None, true).await;
+    let set = &bodies[2]["spec"];
+    let pod = &set["template"]["spec"];
+    let args = pod["containers"][0]["args"].as_array().unwrap();
+    for flag in ["-dg=120", "-dr=200", "-dsr=mqtt.example.org:1883"] {
+        assert!(args.contains(&json!(flag)), "{flag} in {args:?}");
+    }
+    assert_eq!(
+        pod["terminationGracePeriodSeconds"], 135,
+        "120 s and the margin"
+    );
+    assert_eq!(set["minReadySeconds"], 30);
+    assert_eq!(set["updateStrategy"], json!({"type": "RollingUpdate"}));
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(degraded_condition(&status)["status"], "False");
+    run.await.expect("task").expect("reconcile succeeds");
+    expect_quiet(&mut handle).await;
+
+    // Left out: the broker's own drain, the kubelet's grace made from its default, 30 s.
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"csk": {"secretName": "k"}}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    serve_key(&mut handle, "k", "csk").await;
+    let bodies = expect_children(&mut handle, None, true).await;
+    let set = &bodies[2]["spec"];
+    let args = set["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(
+        !args.iter().any(|arg| ["-dg=", "-dr=", "-dsr="]
+            .iter()
+            .any(|flag| arg.as_str().unwrap_or_default().starts_with(flag))),
+        "{args:?}"
+    );
+    assert_eq!(set["template"]["spec"]["terminationGracePeriodSeconds"], 45);
+    assert_eq!(set["minReadySeconds"], 10);
+    expect_status(&mut handle, &cluster).await;
+    run.await.expect("task").expect("reconcile succeeds");
+    expect_quiet(&mut handle).await;
+
+    // A reference the broker would refuse (past an API server without CEL): nothing applied.
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"csk": {"secretName": "k"},
+                                      "drain": {"serverReference": "a".repeat(65536)}}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    let event = expect_event(&mut handle, "InvalidSpec").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("drain.serverReference is 65536 bytes"),
+        "{event}"
+    );
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(degraded_condition(&status)["reason"], "InvalidSpec");
+    assert_eq!(
+        run.await.expect("task").expect("handled"),
+        Action::requeue(RESYNC)
+    );
+    expect_quiet(&mut handle).await;
+}
