@@ -133,6 +133,8 @@ def check_defaults():
     assert spec["ports"] == {"mqtt": 1883, "gossip": 7946, "sync": 7947, "http": 8081}
     assert "mqtt" not in spec, "the brokers keep their own MQTT 5 defaults"
     assert "forwarding" not in spec, "the brokers keep their own forwarding sizes"
+    assert "drain" not in spec, "the brokers keep their own drain settings"
+    assert "minReadySeconds" not in spec, "the operator's default"
     # Plain MQTT only, as the CRD's defaults say; no TLS, no Certificate.
     assert spec["listeners"] == DEFAULT_LISTENERS, spec["listeners"]
     assert spec["listeners"] == crd_schema()["properties"]["spec"]["properties"]["listeners"][
@@ -641,6 +643,113 @@ def check_forwarding_values_mirror_the_crd():
             raise AssertionError(f"the CRD accepted {sizes}")
 
 
+def check_drain_and_min_ready_seconds_become_the_cluster_spec():
+    def spec_of(values):
+        objects, _ = render({"cluster": values})
+        validate(objects)
+        return only(objects, "Coolpy7Cluster")["spec"]
+
+    spec = spec_of({"drain": {"graceSeconds": 120, "disconnectRate": 4294967295,
+                              "serverReference": "mqtt.example.org:1883"},
+                    "minReadySeconds": 30})
+    assert spec["drain"] == {"graceSeconds": 120, "disconnectRate": 4294967295,
+                             "serverReference": "mqtt.example.org:1883"}, spec["drain"]
+    assert spec["minReadySeconds"] == 30
+    # 0 is a value (at once, no wait), not an absent field.
+    spec = spec_of({"drain": {"graceSeconds": 0, "disconnectRate": 0}, "minReadySeconds": 0})
+    assert spec["drain"] == {"graceSeconds": 0, "disconnectRate": 0}, spec["drain"]
+    assert spec["minReadySeconds"] == 0
+    assert spec_of({"drain": {"graceSeconds": 86400}})["drain"] == {"graceSeconds": 86400}
+    # A reference YAML would read otherwise stays the string it is.
+    for reference in ("on", "1883", "a: b", "use 'mq-2' # now", "mqtt.example.org:8883"):
+        assert spec_of({"drain": {"serverReference": reference}})["drain"] == {
+            "serverReference": reference}, reference
+    assert spec_of({"drain": {"serverReference": "€" * 21845}})["drain"] == {
+        "serverReference": "€" * 21845}, "65535 bytes"
+    for values in ({}, {"drain": {}}, {"drain": None}, {"minReadySeconds": None},
+                   {"drain": {"graceSeconds": None, "disconnectRate": None,
+                              "serverReference": None}}):
+        spec = spec_of(values)
+        assert "drain" not in spec, values
+        assert "minReadySeconds" not in spec, values
+
+
+def check_wrong_drain_values_are_refused():
+    message = expect_refused({"cluster": {"drain": {"serverReference": "€" * 21846}}},
+                             "-dsr is at most 65535 bytes")
+    assert "cluster.drain.serverReference is 65538 bytes: at most 65535 bytes" in message, message
+    for values, why in [
+        ({"drain": {"graceSeconds": -1}}, "-dg is 0..86400"),
+        ({"drain": {"graceSeconds": 86401}}, "-dg is 0..86400"),
+        ({"drain": {"graceSeconds": "30"}}, "an integer"),
+        ({"drain": {"graceSeconds": 1.5}}, "an integer"),
+        ({"drain": {"disconnectRate": -1}}, "-dr is 0 or more"),
+        ({"drain": {"disconnectRate": 4294967296}}, "-dr is a u32"),
+        ({"drain": {"serverReference": ""}}, "-dsr is not empty"),
+        ({"drain": {"serverReference": "a\0b"}}, "-dsr has no NUL"),
+        ({"drain": {"serverReference": 1883}}, "a string"),
+        ({"drain": {"grace": 30}}, "unknown keys are typos"),
+        ({"minReadySeconds": -1}, "0 or more"),
+        ({"minReadySeconds": "10"}, "an integer"),
+    ]:
+        message = expect_refused({"cluster": values}, why)
+        field = next(iter(values["drain"])) if "drain" in values else "minReadySeconds"
+        assert field in message, message
+
+
+def check_drain_values_mirror_the_crd():
+    """The values' bounds are the CRD's, and the CRD refuses what the broker would (the byte
+    length of serverReference aside: a CEL rule, evaluated by operator/tests/crd.rs, and by the
+    template's fail)."""
+    values = json.loads((CHART / "values.schema.json").read_text())
+    cluster_values = values["properties"]["cluster"]["properties"]
+    drain = cluster_values["drain"]["properties"]
+    schema = crd_schema()
+    spec = schema["properties"]["spec"]["properties"]
+    crd_drain = spec["drain"]["properties"]
+    assert set(drain) == set(crd_drain), (set(drain), set(crd_drain))
+    for field in ("graceSeconds", "disconnectRate"):
+        bounded = [s for s in drain[field]["oneOf"] if s["type"] == "integer"][0]
+        assert (bounded["minimum"], bounded["maximum"]) == (
+            crd_drain[field]["minimum"], crd_drain[field]["maximum"]), field
+    reference = [s for s in drain["serverReference"]["oneOf"] if s["type"] == "string"][0]
+    for bound in ("minLength", "maxLength", "pattern"):
+        assert reference[bound] == crd_drain["serverReference"][bound], bound
+    min_ready = [s for s in cluster_values["minReadySeconds"]["oneOf"]
+                 if s["type"] == "integer"][0]
+    assert min_ready["minimum"] == spec["minReadySeconds"]["minimum"]
+    assert min_ready["maximum"] == 2147483647 and spec["minReadySeconds"]["format"] == "int32"
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["cluster"]
+    assert defaults["drain"] == {field: None for field in crd_drain}, "null: the broker's defaults"
+    assert defaults["minReadySeconds"] is None, "null: the operator's default"
+
+    def cluster(spec):
+        return {"apiVersion": "coolpy7.io/v1alpha1", "kind": "Coolpy7Cluster",
+                "metadata": {"name": "c", "namespace": NAMESPACE}, "spec": spec}
+
+    for good in ({"drain": {}}, {"minReadySeconds": 0}, {"minReadySeconds": 600},
+                 {"drain": {"graceSeconds": 0, "disconnectRate": 0, "serverReference": "a"}},
+                 {"drain": {"graceSeconds": 86400, "disconnectRate": 4294967295,
+                            "serverReference": "a" * 65535}}):
+        jsonschema.validate(cluster(good), schema)
+    for bad, field in (({"drain": {"graceSeconds": -1}}, "graceSeconds"),
+                       ({"drain": {"graceSeconds": 86401}}, "graceSeconds"),
+                       ({"drain": {"graceSeconds": "30"}}, "graceSeconds"),
+                       ({"drain": {"disconnectRate": -1}}, "disconnectRate"),
+                       ({"drain": {"disconnectRate": 4294967296}}, "disconnectRate"),
+                       ({"drain": {"serverReference": ""}}, "serverReference"),
+                       ({"drain": {"serverReference": "a" * 65536}}, "serverReference"),
+                       ({"drain": {"serverReference": "a\0b"}}, "serverReference"),
+                       ({"minReadySeconds": -1}, "minReadySeconds"),
+                       ({"minReadySeconds": 1.5}, "minReadySeconds")):
+        try:
+            jsonschema.validate(cluster(bad), schema)
+        except jsonschema.ValidationError as error:
+            assert field in error.json_path, error.json_path
+        else:
+            raise AssertionError(f"the CRD accepted {bad}")
+
+
 def check_rbac_matches_the_manifests():
     """The chart's RBAC is the same least privilege as manifests/operator.yaml."""
     objects, _ = render({})
@@ -834,7 +943,9 @@ def main():
               check_auth_and_limits_values_mirror_the_crd,
               check_the_crd_bounds_auth_limits_and_coap,
               check_forwarding_sizes_become_the_cluster_spec,
-              check_wrong_forwarding_values_are_refused, check_forwarding_values_mirror_the_crd]
+              check_wrong_forwarding_values_are_refused, check_forwarding_values_mirror_the_crd,
+              check_drain_and_min_ready_seconds_become_the_cluster_spec,
+              check_wrong_drain_values_are_refused, check_drain_values_mirror_the_crd]
     for check in checks:
         check()
         print(f"ok {check.__name__}")

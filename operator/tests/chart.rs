@@ -46,6 +46,9 @@ fn the_helm_chart_lints_renders_and_validates() {
         "check_forwarding_sizes_become_the_cluster_spec",
         "check_wrong_forwarding_values_are_refused",
         "check_forwarding_values_mirror_the_crd",
+        "check_drain_and_min_ready_seconds_become_the_cluster_spec",
+        "check_wrong_drain_values_are_refused",
+        "check_drain_values_mirror_the_crd",
     ] {
         assert!(
             stdout.contains(&format!("ok {check}")),
