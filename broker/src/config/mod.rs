@@ -1436,6 +1436,28 @@ mod tests {
     }
 
     #[test]
+    fn handover_timeout_flag() {
+        let _env = lock_env();
+        let cluster = ["-nid", "n1", "-csk", "k"];
+        let timeout = |extra: &[&str]| {
+            let args: Vec<&str> = cluster.iter().chain(extra).copied().collect();
+            ok(&args).cluster.expect("cluster mode").handover_timeout
+        };
+        assert_eq!(timeout(&[]), Duration::from_millis(2000), "default");
+        for form in all_forms("cht", "250") {
+            let form: Vec<&str> = form.iter().map(String::as_str).collect();
+            assert_eq!(timeout(&form), Duration::from_millis(250), "{form:?}");
+        }
+        for bad in ["9", "60001", "x", ""] {
+            let flag = format!("-cht={bad}");
+            let args: Vec<&str> = cluster.iter().copied().chain([flag.as_str()]).collect();
+            let error = err(&args);
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            assert!(error.to_string().contains("--cht"), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
     fn sync_version_flag() {
         let _env = lock_env();
         let cluster = ["-nid", "n1", "-csk", "k"];
@@ -1443,13 +1465,13 @@ mod tests {
             let args: Vec<&str> = cluster.iter().chain(extra).copied().collect();
             ok(&args).cluster.expect("cluster mode").sync_version
         };
-        assert_eq!(version(&[]), 4, "default");
+        assert_eq!(version(&[]), 5, "default");
         for form in all_forms("csv", "1") {
             let form: Vec<&str> = form.iter().map(String::as_str).collect();
             assert_eq!(version(&form), 1, "{form:?}");
         }
         assert_eq!(version(&["-csv=1", "-csv=2"]), 2, "the last one wins");
-        for bad in ["0", "5", "x", "", "-1", "256"] {
+        for bad in ["0", "6", "x", "", "-1", "256"] {
             let flag = format!("-csv={bad}");
             let args: Vec<&str> = cluster.iter().copied().chain([flag.as_str()]).collect();
             let error = err(&args);
@@ -1460,7 +1482,7 @@ mod tests {
         std::env::set_var("COOLPY7_CSV", "1");
         let from_env = parse(&cluster);
         let cli_wins = parse(&[&cluster[..], &["-csv", "2"]].concat());
-        std::env::set_var("COOLPY7_CSV", "5");
+        std::env::set_var("COOLPY7_CSV", "6");
         let bad_env = parse(&cluster);
         std::env::remove_var("COOLPY7_CSV");
         let sync_version = |parsed: Result<Config, clap::Error>| {

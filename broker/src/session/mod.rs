@@ -34,7 +34,7 @@ pub use mailbox::{Drain, Mailbox, Pushed, Wakes};
 pub use outgoing::{InFlight, Outgoing};
 pub use signal::Signal;
 pub use snapshot::{SessionSnapshot, SnapshotError, SnapshotSubscription};
-pub use transfer::Adopted;
+pub use transfer::{Adopted, Moving};
 
 /// Identifies one session (a client id reused after a clean session gets a new one).
 pub type SessionId = u64;

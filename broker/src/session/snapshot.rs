@@ -288,6 +288,31 @@ impl SessionSnapshot {
     }
 }
 
+/// Deliveries as bytes, `[count u32]` then each as in a snapshot: the messages that reach a
+/// session on the node it is leaving (see [`crate::cluster::handover`]).
+pub fn encode_deliveries(deliveries: &[Delivery], now: Instant) -> BytesMut {
+    let mut out = BytesMut::new();
+    put_count32(&mut out, deliveries.len());
+    for delivery in deliveries {
+        put_delivery(&mut out, delivery, now);
+    }
+    out
+}
+
+/// Reads what [`encode_deliveries`] wrote, checked as a snapshot's.
+pub fn decode_deliveries(bytes: &[u8], now: Instant) -> Result<Vec<Delivery>, SnapshotError> {
+    let mut buf = bytes;
+    let count = take_count(&mut buf, 16, "deliveries")?;
+    let mut deliveries = Vec::with_capacity(count);
+    for _ in 0..count {
+        deliveries.push(take_delivery(&mut buf, now, Duration::ZERO)?);
+    }
+    if !buf.is_empty() {
+        return Err(SnapshotError::Trailing(buf.len()));
+    }
+    Ok(deliveries)
+}
+
 fn put_count32(out: &mut BytesMut, count: usize) {
     out.put_u32(u32::try_from(count).unwrap_or(u32::MAX));
 }

@@ -20,21 +20,73 @@ use super::{
 use crate::router::{Grant, Message, Router};
 use crate::topic::Subscription;
 
+/// A session taken out of its registry whose mailbox still takes what is published for it:
+/// [`Moving::take`] hands those deliveries on, and [`Moving::finish`] ends it here.
+pub struct Moving {
+    mailbox: Arc<Mailbox>,
+    filters: Vec<String>,
+}
+
+impl Moving {
+    /// The deliveries that arrived since the last call.
+    pub fn take(&self, metrics: &crate::metrics::Metrics) -> Vec<crate::router::Delivery> {
+        let mut out = Vec::new();
+        self.mailbox
+            .take(usize::MAX, usize::MAX, usize::MAX, &mut out, metrics);
+        out
+    }
+
+    /// Completes when something may have arrived.
+    pub async fn ready(&self) {
+        self.mailbox.ready().await
+    }
+
+    /// Ends the session here: no more deliveries; returns those that came last.
+    pub fn finish(
+        self,
+        registry: &SessionRegistry,
+        router: &Router,
+    ) -> Vec<crate::router::Delivery> {
+        let last = self.take(&registry.metrics);
+        self.mailbox.close(&registry.metrics);
+        router.remove_session(self.mailbox.id(), self.filters);
+        registry.metrics.sessions.dec();
+        last
+    }
+}
+
 /// What [`SessionRegistry::adopt`] did with a snapshot.
-#[derive(Debug)]
 pub enum Adopted {
-    /// The session is here now, offline. An offline session of the client id that was here
-    /// ended (the one that moved here is the client's latest), and its delayed will is due.
-    Installed { will_due: Option<Arc<Message>> },
+    /// The session is here now, offline, with `mailbox` (where what still comes for it from
+    /// the node it left goes). An offline session of the client id that was here ended (the one
+    /// that moved here is the client's latest), and its delayed will is due.
+    Installed {
+        mailbox: Arc<Mailbox>,
+        will_due: Option<Arc<Message>>,
+    },
     /// A connection holds a session of that client id here, which is kept; the snapshot's
     /// session ends, and its delayed will, if any, is due now.
     Refused { will_due: Option<Arc<Message>> },
 }
 
 impl SessionRegistry {
-    /// Takes the offline session of `client_id` out of the registry; `None` when there is none
-    /// (or a connection holds it).
+    /// Takes the offline session of `client_id` out of the registry and ends it here; `None`
+    /// when there is none (or a connection holds it).
     pub fn export(&self, client_id: &str, router: &Router) -> Option<SessionSnapshot> {
+        let (snapshot, moving) = self.export_moving(client_id, router)?;
+        moving.finish(self, router);
+        Some(snapshot)
+    }
+
+    /// Takes the offline session of `client_id` out of the registry, with the [`Moving`] rest
+    /// of it: its mailbox stays subscribed here, so that what is published for it until the
+    /// node it moves to has its subscriptions in place is not lost (see
+    /// [`crate::cluster::handover`]).
+    pub fn export_moving(
+        &self,
+        client_id: &str,
+        router: &Router,
+    ) -> Option<(SessionSnapshot, Moving)> {
         let idle = {
             let mut sessions = self.sessions.lock();
             match sessions.remove_entry(client_id) {
@@ -66,7 +118,6 @@ impl SessionRegistry {
                 SnapshotSubscription { filter, grant }
             })
             .collect();
-        // Closed first, so that nothing is queued while the subscriptions go.
         let mut queued = Vec::new();
         mailbox.take(
             usize::MAX,
@@ -75,16 +126,11 @@ impl SessionRegistry {
             &mut queued,
             &self.metrics,
         );
-        mailbox.close(&self.metrics);
-        router.remove_session(
-            id,
-            subscriptions
-                .iter()
-                .map(|s| s.filter.clone())
-                .collect::<Vec<_>>(),
-        );
-        self.metrics.sessions.dec();
-        Some(SessionSnapshot {
+        let moving = Moving {
+            filters: subscriptions.iter().map(|s| s.filter.clone()).collect(),
+            mailbox,
+        };
+        let snapshot = SessionSnapshot {
             client_id: client_id.to_string(),
             owner: owner.map(|owner| *owner),
             expiry,
@@ -94,7 +140,8 @@ impl SessionRegistry {
             in_flight: outgoing.into_entries(),
             queued,
             will: will.map(|(will, _)| will),
-        })
+        };
+        Some((snapshot, moving))
     }
 
     /// Puts `snapshot` in as an offline session, unless a connection holds a session of its
@@ -135,7 +182,7 @@ impl SessionRegistry {
             incoming_qos2.insert(packet_id);
         }
         let state = Box::new(SessionState {
-            mailbox,
+            mailbox: mailbox.clone(),
             subscriptions,
             outgoing: Outgoing::restore(snapshot.in_flight),
             incoming_qos2,
@@ -166,7 +213,7 @@ impl SessionRegistry {
             self.discard(*state, router);
             will.map(|(will, _)| will.publish_at(now))
         });
-        Adopted::Installed { will_due }
+        Adopted::Installed { mailbox, will_due }
     }
 
     /// The user the session of `client_id` belongs to: `None` when there is no session here,
@@ -293,7 +340,7 @@ mod tests {
         let (b_metrics, b_router, b) = node();
         assert!(matches!(
             b.adopt(snapshot, &b_router),
-            Adopted::Installed { will_due: None }
+            Adopted::Installed { will_due: None, .. }
         ));
         assert_eq!(b_metrics.sessions.get(), 1);
         assert_eq!(b_metrics.subscriptions.get(), 1);
@@ -364,7 +411,7 @@ mod tests {
             Adopted::Refused {
                 will_due: Some(will),
             } => assert_eq!(&will.payload[..], b"bye"),
-            other => panic!("expected the snapshot refused with its will due, got {other:?}"),
+            _ => panic!("expected the snapshot refused with its will due"),
         }
         assert_eq!(registry.len(), 1);
     }

@@ -68,11 +68,11 @@ pub struct Done {
     pub client_id: String,
     pub id: ClaimId,
     pub verdict: Verdict,
-    /// The session a peer handed over.
-    pub session: Option<Bytes>,
+    /// The session a peer handed over: the peer, and the session's bytes.
+    pub session: Option<(Bytes, Bytes)>,
     /// More sessions, from peers that each thought they held it (after a partition): adopted
-    /// if nothing else is, else ended.
-    pub extra: Vec<Bytes>,
+    /// after the first (the last adopted is kept).
+    pub extra: Vec<(Bytes, Bytes)>,
     /// The later claim this node yielded to: it is owed what was gathered, and this node's own
     /// session, as the answer to its claim.
     pub yield_to: Option<(ClaimId, Request)>,
@@ -99,8 +99,8 @@ pub enum OnClaim {
 pub enum OnAnswer {
     /// Counted; the claim waits for more.
     Waiting,
-    /// The claim is complete.
-    Done(Done),
+    /// The claim is complete (boxed: it is the rare case).
+    Done(Box<Done>),
     /// No claim of this node waits for it (completed at its deadline, or unknown): a session it
     /// carries is adopted here rather than lost.
     Stray(Option<Bytes>),
@@ -115,8 +115,8 @@ struct Pending {
     id: ClaimId,
     waiting: BTreeSet<Bytes>,
     deadline: Instant,
-    session: Option<Bytes>,
-    extra: Vec<Bytes>,
+    session: Option<(Bytes, Bytes)>,
+    extra: Vec<(Bytes, Bytes)>,
     refused: bool,
     foreign: bool,
     yield_to: Option<(ClaimId, Request)>,
@@ -251,16 +251,19 @@ impl Claims {
             Answer::Nothing => {}
             Answer::Refused => pending.refused = true,
             Answer::Foreign => pending.foreign = true,
-            Answer::Session(bytes) => match pending.session {
-                None => pending.session = Some(bytes),
-                Some(_) => pending.extra.push(bytes),
-            },
+            Answer::Session(bytes) => {
+                let from = Bytes::copy_from_slice(peer);
+                match pending.session {
+                    None => pending.session = Some((from, bytes)),
+                    Some(_) => pending.extra.push((from, bytes)),
+                }
+            }
         }
         if !pending.waiting.is_empty() {
             return OnAnswer::Waiting;
         }
         match self.finish(client_id) {
-            Some(done) => OnAnswer::Done(done),
+            Some(done) => OnAnswer::Done(Box::new(done)),
             None => OnAnswer::Waiting,
         }
     }

@@ -17,12 +17,13 @@
 //! nor are peers of an earlier release (version 4 or below: in a mixed cluster client ids
 //! are unique among the nodes of this release only).
 //!
-//! Messages published while a session moves: the holder queues them into the session until
-//! it is taken out; after that, they reach the new node once the other nodes know its
-//! subscriptions (the claim of a SUBSCRIBE's SUBACK, see [`super::peers::Peers::interest_wait`],
-//! applies to the adopted filters as to any). Messages published in that gap are not
-//! delivered: a gap of the interest propagation's length (a round trip), which the next step
-//! of this work closes.
+//! Messages published while a session moves are not lost: the node it leaves keeps its
+//! mailbox subscribed ([`crate::session::Moving`]) and sends on what lands there (frame 7) until
+//! the new node says (frame 8) that every peer has its subscriptions (what a SUBACK waits for,
+//! see [`super::peers::Peers::interest_wait`]), or [`MOVE_LIMIT`] has passed; from then on
+//! every publisher sends to the new node itself. A message published in that overlap may reach
+//! the session twice (once each way): at least once, for QoS 2 too (message ids to tell them
+//! apart are future work).
 //!
 //! Files: `claims` (the state machine, without I/O), `wire` (the frames).
 
@@ -41,13 +42,24 @@ use tracing::{debug, info, warn};
 use super::peers::{Peer, Peers};
 use crate::broker::Broker;
 use crate::router::now_ms;
-use crate::session::{Adopted, SessionSnapshot};
+use crate::session::snapshot::{decode_deliveries, encode_deliveries};
+use crate::session::{Adopted, Mailbox, Moving, SessionSnapshot};
 use claims::{Answer, ClaimId, Claims, Done, OnAnswer, OnClaim, Request, Verdict};
-use wire::{AnswerKind, FRAME_ANSWER, FRAME_CLAIM, FRAME_SESSION_PART};
+use wire::{
+    AnswerKind, FRAME_ANSWER, FRAME_CLAIM, FRAME_LATE_DELIVERIES, FRAME_SESSION_PART, FRAME_SETTLED,
+};
 
 /// The most bytes of sessions being received from one peer at a time: beyond, a session is
 /// dropped (and the claim goes on without it) rather than the node's memory.
 const MAX_RECEIVING_BYTES: usize = 512 << 20;
+
+/// The longest a node that a session left sends on what still comes for it.
+pub const MOVE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a node that a session left sends on what still comes for it once the new node
+/// has its subscriptions in place: messages sent before the publishers knew it are on their
+/// way here.
+const MOVE_LINGER: Duration = Duration::from_millis(200);
 
 /// How long a node remembers that a peer's claim took a client id over, for a local claim that
 /// won a moment before (see [`Handover::taken_over_since`]).
@@ -76,6 +88,12 @@ struct State {
     /// The latest peer claim that took each client id over here, and when (see
     /// [`Handover::taken_over_since`]).
     taken_over: HashMap<String, (ClaimId, Instant)>,
+    /// Sessions that moved here, by client id: the claim they moved for, their mailbox (where
+    /// frames 7 go), and when.
+    arrived: HashMap<String, (ClaimId, Arc<Mailbox>, Instant)>,
+    /// Sessions that moved away and whose mailboxes here still take messages, by client id
+    /// and claim: told when the new node has its subscriptions in place.
+    moving: HashMap<(String, ClaimId), oneshot::Sender<()>>,
 }
 
 impl Handover {
@@ -91,6 +109,8 @@ impl Handover {
                 queued: HashMap::new(),
                 receiving: HashMap::new(),
                 taken_over: HashMap::new(),
+                arrived: HashMap::new(),
+                moving: HashMap::new(),
             }),
         }
     }
@@ -304,12 +324,58 @@ impl Handover {
                 };
                 match outcome {
                     OnAnswer::Waiting => {}
-                    OnAnswer::Done(done) => self.complete_soon(done),
+                    // Here, in the receiver's thread, before the link's next frames: what the
+                    // peer sends on for the session (frame 7) finds it adopted.
+                    OnAnswer::Done(done) => self.complete(*done),
                     OnAnswer::Stray(Some(session)) => {
                         info!(client_id = %frame.client_id, "a session handed over after its claim was complete; kept here");
-                        self.adopt_soon(frame.client_id, session);
+                        if let Some(broker) = self.broker() {
+                            let from = Some((Bytes::copy_from_slice(origin), id));
+                            self.adopt(&broker, &frame.client_id, session, from);
+                        }
                     }
                     OnAnswer::Stray(None) => {}
+                }
+                true
+            }
+            FRAME_LATE_DELIVERIES => {
+                let Some(frame) = wire::decode_part(body) else {
+                    return false;
+                };
+                let Ok(deliveries) = decode_deliveries(&frame.body, Instant::now()) else {
+                    return false;
+                };
+                let id = self.own_claim(frame.ms, frame.count);
+                let mailbox = {
+                    let state = self.state.lock();
+                    state
+                        .arrived
+                        .get(&frame.client_id)
+                        .filter(|(claim, _, _)| *claim == id)
+                        .map(|(_, mailbox, _)| mailbox.clone())
+                };
+                match (mailbox, self.broker()) {
+                    (Some(mailbox), Some(broker)) => {
+                        for delivery in deliveries {
+                            mailbox.push(delivery, &broker.metrics);
+                        }
+                    }
+                    _ => debug!(client_id = %frame.client_id, count = deliveries.len(),
+                                "messages for a session that is no longer here; dropped"),
+                }
+                true
+            }
+            FRAME_SETTLED => {
+                let Some(frame) = wire::decode_part(body) else {
+                    return false;
+                };
+                let id = ClaimId {
+                    ms: frame.ms,
+                    count: frame.count,
+                    node: Bytes::copy_from_slice(origin),
+                };
+                if let Some(settled) = self.state.lock().moving.remove(&(frame.client_id, id)) {
+                    let _ = settled.send(());
                 }
                 true
             }
@@ -370,15 +436,16 @@ impl Handover {
         if !sessions.kick_and_wait(&client_id, self.timeout).await {
             warn!(%client_id, "the connection holding a client id claimed by a peer did not close in time");
         }
-        let session = if request.want_session {
-            sessions
-                .export(&client_id, &broker.router)
-                .map(|snapshot| snapshot.encode(Instant::now()))
+        let (session, moving) = if request.want_session {
+            match sessions.export_moving(&client_id, &broker.router) {
+                Some((snapshot, moving)) => (Some(snapshot.encode(Instant::now())), Some(moving)),
+                None => (None, None),
+            }
         } else {
             if let Some(will) = sessions.end(&client_id, &broker.router) {
                 broker.publish(will);
             }
-            None
+            (None, None)
         };
         let answer = wire::encode_answer(
             id.ms,
@@ -395,50 +462,111 @@ impl Handover {
             None => Vec::new(),
         };
         debug!(%client_id, bytes = session.as_ref().map_or(0, |s| s.len()), "client id given up to a peer's claim");
-        // Parts then the answer, in one push: nothing else of the link comes between.
-        match self.peers.find_now(&id.node) {
-            Some(peer) => {
-                let mut wake = peer
-                    .push_handover(FRAME_SESSION_PART, &frames)
-                    .unwrap_or(false);
-                frames.clear();
-                frames.push(answer);
-                wake |= peer.push_handover(FRAME_ANSWER, &frames).unwrap_or(false);
-                if wake {
-                    self.peers.wake_sender();
-                }
-            }
-            None if session.is_some() => {
+        let Some(peer) = self.peers.find_now(&id.node) else {
+            if let (Some(bytes), Some(moving)) = (session, moving) {
                 warn!(%client_id, "the peer that claimed a session is gone; the session is kept here");
-                if let Some(bytes) = session {
-                    self.adopt(&broker, &client_id, bytes.freeze());
-                }
+                let _ = moving.finish(&broker.sessions, &broker.router);
+                self.adopt(&broker, &client_id, bytes.freeze(), None);
             }
-            None => {}
-        }
-    }
-
-    /// Completes a claim from the receiver's thread: in a task, since it publishes wills.
-    fn complete_soon(self: &Arc<Self>, done: Done) {
-        match self.runtime.get() {
-            Some(runtime) => {
-                let handover = self.clone();
-                runtime.spawn(async move { handover.complete(done) });
-            }
-            None => self.complete(done),
-        }
-    }
-
-    fn adopt_soon(self: &Arc<Self>, client_id: String, session: Bytes) {
-        let Some(broker) = self.broker() else {
             return;
         };
-        match self.runtime.get() {
-            Some(runtime) => {
-                let handover = self.clone();
-                runtime.spawn(async move { handover.adopt(&broker, &client_id, session) });
+        // Parts then the answer, in one go: nothing else of the link comes between.
+        let mut wake = peer
+            .push_handover(FRAME_SESSION_PART, &frames)
+            .unwrap_or(false);
+        frames.clear();
+        frames.push(answer);
+        wake |= peer.push_handover(FRAME_ANSWER, &frames).unwrap_or(false);
+        if wake {
+            self.peers.wake_sender();
+        }
+        if let Some(moving) = moving {
+            self.send_on(&broker, &peer, &client_id, &id, moving).await;
+        }
+    }
+
+    /// Sends on to `peer` what reaches the session that moved there for claim `id`, until it
+    /// says its subscriptions are in place (and [`MOVE_LINGER`] more) or [`MOVE_LIMIT`] has
+    /// passed; then ends the session here.
+    async fn send_on(
+        &self,
+        broker: &Arc<Broker>,
+        peer: &Arc<Peer>,
+        client_id: &str,
+        id: &ClaimId,
+        moving: Moving,
+    ) {
+        let (settled_tx, settled) = oneshot::channel();
+        self.state
+            .lock()
+            .moving
+            .insert((client_id.to_string(), id.clone()), settled_tx);
+        let limit = tokio::time::sleep(MOVE_LIMIT);
+        tokio::pin!(limit);
+        tokio::pin!(settled);
+        let mut linger: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut sent = 0usize;
+        loop {
+            let deliveries = moving.take(&broker.metrics);
+            if !deliveries.is_empty() {
+                sent += deliveries.len();
+                self.send_late(peer, client_id, id, &deliveries);
             }
-            None => self.adopt(&broker, &client_id, session),
+            tokio::select! {
+                _ = moving.ready() => {}
+                result = &mut settled, if linger.is_none() => {
+                    if result.is_err() {
+                        break;
+                    }
+                    linger = Some(Box::pin(tokio::time::sleep(MOVE_LINGER)));
+                }
+                _ = async { linger.as_mut().expect("guarded").await }, if linger.is_some() => break,
+                _ = &mut limit => {
+                    info!(client_id, "the node a session moved to did not confirm its subscriptions in time");
+                    break;
+                }
+            }
+        }
+        self.state
+            .lock()
+            .moving
+            .remove(&(client_id.to_string(), id.clone()));
+        let last = moving.finish(&broker.sessions, &broker.router);
+        if !last.is_empty() {
+            sent += last.len();
+            self.send_late(peer, client_id, id, &last);
+        }
+        debug!(
+            client_id,
+            sent, "messages sent on to the node a session moved to"
+        );
+    }
+
+    fn send_late(
+        &self,
+        peer: &Arc<Peer>,
+        client_id: &str,
+        id: &ClaimId,
+        deliveries: &[crate::router::Delivery],
+    ) {
+        // In frames of a bounded size, like a session's parts.
+        let mut frames = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (index, delivery) in deliveries.iter().enumerate() {
+            bytes += delivery.message.topic.len() + delivery.message.payload.len() + 64;
+            if bytes >= wire::PART_BYTES || index + 1 == deliveries.len() {
+                let body = encode_deliveries(&deliveries[start..=index], Instant::now());
+                frames.push(wire::part(id.ms, id.count, client_id, &body));
+                start = index + 1;
+                bytes = 0;
+            }
+        }
+        if peer
+            .push_handover(FRAME_LATE_DELIVERIES, &frames)
+            .unwrap_or(false)
+        {
+            self.peers.wake_sender();
         }
     }
 
@@ -458,8 +586,8 @@ impl Handover {
             info!(%client_id, unanswered, "claim complete without every peer's answer");
         }
         if let Some(broker) = self.broker() {
-            for bytes in session.into_iter().chain(extra) {
-                self.adopt(&broker, &client_id, bytes);
+            for (from, bytes) in session.into_iter().chain(extra) {
+                self.adopt(&broker, &client_id, bytes, Some((from, id.clone())));
             }
         }
         if let Some((later, request)) = yield_to {
@@ -474,8 +602,16 @@ impl Handover {
         }
     }
 
-    /// Puts a session handed over into the registry as an offline session.
-    fn adopt(&self, broker: &Arc<Broker>, client_id: &str, bytes: Bytes) {
+    /// Puts a session handed over into the registry as an offline session; `from` names the
+    /// peer it came from and the claim, which that peer's messages for it name (frame 7), and
+    /// which it is told once this node's subscriptions are in place (frame 8).
+    fn adopt(
+        self: &Arc<Self>,
+        broker: &Arc<Broker>,
+        client_id: &str,
+        bytes: Bytes,
+        from: Option<(Bytes, ClaimId)>,
+    ) {
         let snapshot = match SessionSnapshot::decode(&bytes, Instant::now(), Duration::ZERO) {
             Ok(snapshot) if snapshot.client_id == client_id => snapshot,
             Ok(_) => {
@@ -491,7 +627,22 @@ impl Handover {
             }
         };
         let will = match broker.sessions.adopt(snapshot, &broker.router) {
-            Adopted::Installed { will_due } => will_due,
+            Adopted::Installed { mailbox, will_due } => {
+                if let Some((peer, claim)) = from {
+                    {
+                        let mut state = self.state.lock();
+                        let now = Instant::now();
+                        state
+                            .arrived
+                            .retain(|_, (_, _, at)| now.duration_since(*at) < MOVE_LIMIT * 2);
+                        state
+                            .arrived
+                            .insert(client_id.to_string(), (claim.clone(), mailbox, now));
+                    }
+                    self.confirm_subscriptions(broker, peer, client_id, claim);
+                }
+                will_due
+            }
             Adopted::Refused { will_due } => {
                 info!(
                     client_id,
@@ -503,5 +654,30 @@ impl Handover {
         if let Some(will) = will {
             broker.publish(will);
         }
+    }
+
+    /// Tells `peer`, once every peer has taken the subscriptions a session that moved here
+    /// added (or lags beyond what a SUBACK waits for), that it may stop sending on what comes
+    /// for it.
+    fn confirm_subscriptions(
+        self: &Arc<Self>,
+        broker: &Arc<Broker>,
+        peer: Bytes,
+        client_id: &str,
+        claim: ClaimId,
+    ) {
+        let Some(runtime) = self.runtime.get() else {
+            return;
+        };
+        let wait = broker.interest_wait();
+        let handover = self.clone();
+        let client_id = client_id.to_string();
+        runtime.spawn(async move {
+            if let Some(wait) = wait {
+                wait.settled().await;
+            }
+            let frame = wire::part(claim.ms, claim.count, &client_id, &[]);
+            handover.send_to(&peer, FRAME_SETTLED, std::slice::from_ref(&frame));
+        });
     }
 }

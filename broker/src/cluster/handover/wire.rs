@@ -7,7 +7,12 @@
 //! kind 5, an answer: [ms u64][count u32][answer u8: 0 nothing, 1 refused, 2 another user's
 //!                     session, 3 the session (its parts came before)][client id str16]
 //! kind 6, a part of a session: [ms u64][count u32][client id str16][bytes to the frame's end]
+//! kind 7, messages for a session that moved: [ms u64][count u32][client id str16]
+//!                    [deliveries, see crate::session::snapshot::encode_deliveries]
+//! kind 8, the session's subscriptions are in place: [ms u64][count u32][client id str16]
 //! ```
+//! Kinds 7 and 8 name the claim the session moved for: 7 goes from the node the session left
+//! to the claimant, 8 from the claimant back.
 //! A claim is the sender's own (its node is the link's origin); an answer and the parts are for
 //! a claim of the receiver. A session's parts, in order, make its
 //! [`crate::session::SessionSnapshot`] bytes; each is at most [`PART_BYTES`], so that a large
@@ -23,6 +28,10 @@ pub const FRAME_CLAIM: u8 = 4;
 pub const FRAME_ANSWER: u8 = 5;
 /// A part of a session handed over.
 pub const FRAME_SESSION_PART: u8 = 6;
+/// Messages that reached a session on the node it left.
+pub const FRAME_LATE_DELIVERIES: u8 = 7;
+/// The node a session moved to has its subscriptions in place with every peer.
+pub const FRAME_SETTLED: u8 = 8;
 
 /// Session bytes per part frame.
 pub const PART_BYTES: usize = 60 << 10;
@@ -155,7 +164,8 @@ pub fn encode_parts(ms: u64, count: u32, client_id: &str, session: &[u8]) -> Vec
     parts
 }
 
-fn part(ms: u64, count: u32, client_id: &str, chunk: &[u8]) -> BytesMut {
+/// A frame of kind 6, 7 or 8: a claim's id, a client id and `bytes`.
+pub fn part(ms: u64, count: u32, client_id: &str, chunk: &[u8]) -> BytesMut {
     let mut out = BytesMut::with_capacity(14 + client_id.len() + chunk.len());
     out.put_u64(ms);
     out.put_u32(count);
@@ -164,6 +174,7 @@ fn part(ms: u64, count: u32, client_id: &str, chunk: &[u8]) -> BytesMut {
     out
 }
 
+/// Reads a frame of kind 6, 7 or 8.
 pub fn decode_part(body: &Bytes) -> Option<AnswerFrame<Bytes>> {
     let mut buf: &[u8] = body;
     let ms = take_u64(&mut buf)?;

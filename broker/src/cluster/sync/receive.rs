@@ -18,7 +18,9 @@ use tracing::{debug, warn};
 
 use super::super::anti_entropy::{self, FRAME_DIGEST, FRAME_LISTING};
 use super::super::auth::DatagramKey;
-use super::super::handover::wire::{FRAME_ANSWER, FRAME_CLAIM, FRAME_SESSION_PART};
+use super::super::handover::wire::{
+    FRAME_ANSWER, FRAME_CLAIM, FRAME_LATE_DELIVERIES, FRAME_SESSION_PART, FRAME_SETTLED,
+};
 use super::super::handover::Handover;
 use super::super::interest::{self, FRAME_INTEREST};
 use super::super::link::{Ack, Inbox, Next, Segmented};
@@ -625,7 +627,14 @@ fn take_frames_of(
             Next::Frame(frame)
                 if key.control
                     && handovers
-                    && matches!(frame.kind, FRAME_CLAIM | FRAME_ANSWER | FRAME_SESSION_PART) =>
+                    && matches!(
+                        frame.kind,
+                        FRAME_CLAIM
+                            | FRAME_ANSWER
+                            | FRAME_SESSION_PART
+                            | FRAME_LATE_DELIVERIES
+                            | FRAME_SETTLED
+                    ) =>
             {
                 let handled = receiver.handover.as_ref().is_some_and(|handover| {
                     handover.on_frame(&key.origin, frame.kind, &frame.body)

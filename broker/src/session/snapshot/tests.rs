@@ -281,3 +281,20 @@ proptest::proptest! {
         let _ = SessionSnapshot::decode(&bytes, now, Duration::ZERO);
     }
 }
+
+#[test]
+fn deliveries_read_back_as_written() {
+    let now = Instant::now();
+    let snapshot = full(now);
+    let bytes = encode_deliveries(&snapshot.queued, now);
+    let read = decode_deliveries(&bytes, now).expect("decodes");
+    let payloads: Vec<&[u8]> = read.iter().map(|d| &d.message.payload[..]).collect();
+    assert_eq!(payloads, [&b"two"[..], &[0u8; 3000][..]]);
+    assert_eq!(
+        read[0].subscription_ids,
+        snapshot.queued[0].subscription_ids
+    );
+    for len in 0..bytes.len() {
+        assert!(decode_deliveries(&bytes[..len], now).is_err(), "{len}");
+    }
+}

@@ -109,7 +109,7 @@ impl Cluster {
     fn done(&mut self, node: usize, done: Done) {
         self.verdicts[node].push((done.id.clone(), done.verdict));
         self.connected[node] = done.verdict == Verdict::Won;
-        self.adopt(node, done.session);
+        self.adopt(node, done.session.map(|(_, session)| session));
         assert!(done.extra.is_empty(), "one session only");
         if let Some((later, _)) = done.yield_to {
             self.take_over(node, &later);
@@ -135,7 +135,7 @@ impl Cluster {
             Message::Answer(id, answer) => {
                 match self.claims[to].on_answer(CLIENT, &id, &name(from), answer) {
                     OnAnswer::Waiting => {}
-                    OnAnswer::Done(done) => self.done(to, done),
+                    OnAnswer::Done(done) => self.done(to, *done),
                     OnAnswer::Stray(session) => self.adopt(to, session),
                 }
             }
