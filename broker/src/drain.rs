@@ -8,8 +8,12 @@
 //! session) and [`disconnect_clients`] asks the connected clients to go, [`Pace`] at a time:
 //! `-dr` per second, everyone left once `-dg` has run out. An MQTT 5 client is told why: 0x8B
 //! "Server shutting down", or 0x9C "Use another server" with the `-dsr` Server Reference. The
-//! server then waits (bounded) for the connections to close, publishes the wills due, leaves
-//! the cluster and exits 0.
+//! server then waits (bounded) for the connections to close. In a cluster the node then
+//! [hands its sessions over](hand_sessions_over): its peers know it drains and send it none;
+//! its offline sessions go on taking their messages and move to whichever node their clients
+//! reconnect to (see [`crate::cluster::handover`]); those still here when `-dg` runs out are
+//! taken in by the peers, so that a client that comes back later finds its session. Then it
+//! publishes the wills due, leaves the cluster and exits 0.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -18,6 +22,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use crate::broker::Broker;
+use crate::cluster::handover::Handover;
 use crate::config::DrainConfig;
 
 /// The node's phase, as the probes report it.
@@ -135,6 +140,54 @@ pub async fn disconnect_clients(broker: &Broker, config: &DrainConfig, started: 
         let next = started + pace.next_after(asked);
         tokio::time::sleep_until(next.max(Instant::now() + ROUND)).await;
     }
+}
+
+/// How often the drain looks whether the sessions have gone.
+const SESSION_POLL: Duration = Duration::from_millis(100);
+
+/// The longest the peers get to take in the sessions still here when the grace runs out.
+const TAKE_IN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Waits until this node's offline sessions have moved to the nodes their clients reconnected
+/// to, or `deadline` (the end of `-dg`); then asks the peers to take in the rest, and waits
+/// (at most [`TAKE_IN_LIMIT`]) for them to. Returns how many sessions were still here at the
+/// end (they end with the process).
+pub async fn hand_sessions_over(broker: &Broker, handover: &Handover, deadline: Instant) -> usize {
+    let settled = || broker.sessions.is_empty() && handover.moves_in_flight() == 0;
+    while !settled() && Instant::now() < deadline {
+        if !handover.has_successor() {
+            break;
+        }
+        tokio::time::sleep(SESSION_POLL).await;
+    }
+    let left = broker.sessions.offline();
+    if !left.is_empty() && handover.has_successor() {
+        let asked = handover.hand_over(&left);
+        info!(
+            sessions = left.len(),
+            asked, "draining: asking the other nodes to take in the sessions still here"
+        );
+        let limit = Instant::now() + TAKE_IN_LIMIT;
+        while !settled() && Instant::now() < limit {
+            tokio::time::sleep(SESSION_POLL).await;
+        }
+    } else if !settled() {
+        // Nobody to give them to: wait for the moves under way, briefly.
+        let limit = Instant::now() + TAKE_IN_LIMIT;
+        while handover.moves_in_flight() > 0 && Instant::now() < limit {
+            tokio::time::sleep(SESSION_POLL).await;
+        }
+    }
+    let left = broker.sessions.len();
+    if left > 0 {
+        info!(
+            sessions = left,
+            "draining: sessions that no other node took end with the process"
+        );
+    } else {
+        info!("draining: every session is on another node");
+    }
+    left
 }
 
 #[cfg(test)]

@@ -297,6 +297,10 @@ pub async fn run(
     // /readyz answers 503 from here on.
     lifecycle.draining();
     broker.begin_shutdown();
+    // Before any client goes: the peers must not send this node the sessions it gives up.
+    if let Some(handover) = &broker.handover {
+        handover.announce_draining();
+    }
     let _ = stop_accepting.send(true);
     for accepting in accepting {
         let _ = accepting.await;
@@ -312,6 +316,10 @@ pub async fn run(
         .is_err()
     {
         warn!("connections still open after {DRAIN_TIMEOUT:?}; exiting anyway");
+    }
+    if let Some(handover) = &broker.handover {
+        drain::hand_sessions_over(&broker, handover, drain_started + broker.config.drain.grace)
+            .await;
     }
     // Sessions live in memory and end with the process: delayed wills are due now.
     for will in broker.sessions.take_delayed_wills() {

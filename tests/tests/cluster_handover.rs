@@ -222,3 +222,107 @@ impl Tally {
         }
     }
 }
+
+/// A node drained with SIGTERM while a publisher on another node goes on: its persistent QoS 1
+/// subscribers are disconnected a few at a time; half of them reconnect at once to another
+/// node (as a load balancer would send them) and find their sessions there, the other half
+/// come back only after the node has exited, and find theirs too (the node asked the others
+/// to take in the sessions still there when `-dg` ran out). Every subscriber gets every
+/// message (duplicates allowed); the node exits 0.
+#[tokio::test]
+async fn a_draining_node_hands_its_sessions_to_the_others() {
+    let mut nodes = start_cluster(3, &["-dg", "3", "-dr", "20"]).await;
+    let topic = format!("drain/{}", unique_id("t"));
+    const SUBSCRIBERS: usize = 8;
+    let ids: Vec<String> = (0..SUBSCRIBERS).map(|_| unique_id("drained")).collect();
+    let mut subscribers = Vec::new();
+    for id in &ids {
+        let mut client = nodes[0].persistent_client(id).await;
+        client.subscribe_ok(&topic, QoS::AtLeastOnce).await;
+        subscribers.push(client);
+    }
+    let mut publisher = nodes[2].client(&unique_id("steady")).await;
+    const COUNT: u32 = 1000;
+    let publishing = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for i in 0..COUNT {
+                publisher
+                    .publish(&topic, QoS::AtLeastOnce, false, i.to_string())
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes[0].sigterm();
+    let mut tallies: Vec<Tally> = (0..SUBSCRIBERS).map(|_| Tally::default()).collect();
+    // The first half reconnect to n2 as soon as they are let go.
+    let mut reconnected = Vec::new();
+    for (i, mut client) in subscribers.drain(..).enumerate() {
+        if i >= SUBSCRIBERS / 2 {
+            reconnected.push(client);
+            continue;
+        }
+        client.wait_closed(Duration::from_secs(10)).await;
+        tallies[i].take(&mut client);
+        let client = nodes[1].persistent_client(&ids[i]).await;
+        assert!(
+            client.session_present(),
+            "{}: session present on n2",
+            ids[i]
+        );
+        reconnected.push(client);
+    }
+    // The other half are gone while n1 drains, and come back once it has exited.
+    for (i, client) in reconnected.iter_mut().enumerate().skip(SUBSCRIBERS / 2) {
+        client.wait_closed(Duration::from_secs(10)).await;
+        tallies[i].take(client);
+    }
+    let status = nodes[0]
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("n1 still running; log:\n{}", nodes[0].logs()));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "n1 exit status; log:\n{}",
+        nodes[0].logs()
+    );
+    for i in SUBSCRIBERS / 2..SUBSCRIBERS {
+        let client = nodes[2].persistent_client(&ids[i]).await;
+        assert!(
+            client.session_present(),
+            "{}: session present on n3 after n1 exited; n1 log:\n{}",
+            ids[i],
+            nodes[0].logs()
+        );
+        reconnected[i] = client;
+    }
+    publishing.await.expect("publisher");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        for (tally, client) in tallies.iter_mut().zip(reconnected.iter_mut()) {
+            tally.take(client);
+        }
+        let done = tallies.iter().all(|t| t.got.len() == COUNT as usize);
+        if done || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut duplicates = 0;
+    for (i, tally) in tallies.iter().enumerate() {
+        let missing: Vec<u32> = (0..COUNT).filter(|n| !tally.got.contains(n)).collect();
+        assert!(
+            missing.is_empty(),
+            "{}: {} of {COUNT} messages never arrived (first: {:?})",
+            ids[i],
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+        duplicates += tally.deliveries - COUNT as usize;
+    }
+    println!("drain: {SUBSCRIBERS} subscribers x {COUNT} messages all delivered, {duplicates} duplicates");
+    drop(nodes.remove(0));
+}

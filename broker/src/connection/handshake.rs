@@ -364,6 +364,7 @@ impl Handshake<'_> {
             Some(handover) => {
                 let request = Request {
                     want_session: !connect.clean_session,
+                    adopt_only: false,
                     owner: identity.as_ref().map(|identity| identity.username.clone()),
                 };
                 let (verdict, claim) = Box::pin(handover.claim(&connect.client_id, request)).await;

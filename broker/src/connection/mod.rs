@@ -247,8 +247,9 @@ fn end_session(
         DelayedWill {
             message: Box::new(message),
             expiry: expiry.map(|secs| Duration::from_secs(u64::from(secs))),
-            // Sessions end with the process: a will due later is due now.
-            delay: if broker.is_shutting_down() {
+            // Outside a cluster, sessions end with the process: a will due later is due now.
+            // In one, the session moves to another node, its will delay with it.
+            delay: if broker.is_shutting_down() && broker.handover.is_none() {
                 Duration::ZERO
             } else {
                 delay

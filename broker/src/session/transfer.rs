@@ -216,6 +216,17 @@ impl SessionRegistry {
         Adopted::Installed { mailbox, will_due }
     }
 
+    /// The client ids of the offline sessions.
+    pub fn offline(&self) -> Vec<String> {
+        self.sessions
+            .lock()
+            .entries
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Entry::Idle(_)))
+            .map(|(client_id, _)| client_id.to_string())
+            .collect()
+    }
+
     /// The user the session of `client_id` belongs to: `None` when there is no session here,
     /// `Some(None)` for one started without access control or without a username.
     pub fn owner_of(&self, client_id: &str) -> Option<Option<String>> {

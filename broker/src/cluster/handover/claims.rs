@@ -35,6 +35,10 @@ pub struct Request {
     /// username); a session of another user is not taken (see
     /// [`crate::session::SessionOwner`]).
     pub owner: Option<Option<String>>,
+    /// Made by a node that takes in the offline session of a node that drains, not for a
+    /// client: it takes a session only where its client is offline (never closes a
+    /// connection), and it gives way to any claim of a client, earlier or later.
+    pub adopt_only: bool,
 }
 
 /// A peer's answer to a claim.
@@ -120,6 +124,7 @@ struct Pending {
     refused: bool,
     foreign: bool,
     yield_to: Option<(ClaimId, Request)>,
+    adopt_only: bool,
 }
 
 /// This node's claims in flight, one per client id at most.
@@ -168,6 +173,19 @@ impl Claims {
         now_ms: u64,
         deadline: Instant,
     ) -> Result<ClaimId, Busy> {
+        self.start_as(client_id, peers, now_ms, deadline, false)
+    }
+
+    /// [`Claims::start`], for a claim made only to adopt an offline session
+    /// ([`Request::adopt_only`]) when `adopt_only`.
+    pub fn start_as(
+        &mut self,
+        client_id: &str,
+        peers: impl IntoIterator<Item = Bytes>,
+        now_ms: u64,
+        deadline: Instant,
+        adopt_only: bool,
+    ) -> Result<ClaimId, Busy> {
         if self.pending.contains_key(client_id) {
             return Err(Busy);
         }
@@ -195,6 +213,7 @@ impl Claims {
                 refused: false,
                 foreign: false,
                 yield_to: None,
+                adopt_only,
             },
         );
         Ok(id)
@@ -216,11 +235,20 @@ impl Claims {
         let Some(pending) = self.pending.get_mut(client_id) else {
             return OnClaim::TakeOver;
         };
-        if *id < pending.id {
+        // A client's claim beats one made only to adopt, whatever their order; one made only
+        // to adopt never beats anything.
+        let yields = if request.adopt_only {
+            false
+        } else if pending.adopt_only {
+            true
+        } else {
+            *id > pending.id
+        };
+        if !yields {
             return OnClaim::Refuse;
         }
         let refuse = match &pending.yield_to {
-            Some((earlier, _)) if earlier > id => return OnClaim::Refuse,
+            Some((earlier, _)) if earlier > id && !pending.adopt_only => return OnClaim::Refuse,
             Some((earlier, _)) => Some(earlier.clone()),
             None => None,
         };

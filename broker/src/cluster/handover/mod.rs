@@ -25,6 +25,14 @@
 //! the session twice (once each way): at least once, for QoS 2 too (message ids to tell them
 //! apart are future work).
 //!
+//! A node that drains (see [`crate::drain`]) tells its peers (frame 9) so that none sends it a
+//! session, waits for its clients to take their sessions elsewhere, and asks a peer to take
+//! in each offline session still here when `-dg` runs out (frame 10): that peer claims it
+//! "only to adopt" ([`claims::Request::adopt_only`]: it never closes a client's connection and
+//! gives way to any client's claim), so that a client that comes back later finds its session
+//! in the cluster. The peer is chosen per client id by rendezvous hashing over the peers that
+//! do not drain.
+//!
 //! Files: `claims` (the state machine, without I/O), `wire` (the frames).
 
 pub mod claims;
@@ -46,7 +54,8 @@ use crate::session::snapshot::{decode_deliveries, encode_deliveries};
 use crate::session::{Adopted, Mailbox, Moving, SessionSnapshot};
 use claims::{Answer, ClaimId, Claims, Done, OnAnswer, OnClaim, Request, Verdict};
 use wire::{
-    AnswerKind, FRAME_ANSWER, FRAME_CLAIM, FRAME_LATE_DELIVERIES, FRAME_SESSION_PART, FRAME_SETTLED,
+    AnswerKind, FRAME_ANSWER, FRAME_CLAIM, FRAME_DRAINING, FRAME_LATE_DELIVERIES,
+    FRAME_SESSION_PART, FRAME_SETTLED, FRAME_TAKE,
 };
 
 /// The most bytes of sessions being received from one peer at a time: beyond, a session is
@@ -94,6 +103,10 @@ struct State {
     /// Sessions that moved away and whose mailboxes here still take messages, by client id
     /// and claim: told when the new node has its subscriptions in place.
     moving: HashMap<(String, ClaimId), oneshot::Sender<()>>,
+    /// Peers that drain (node id and boot): no session is sent to them.
+    draining: std::collections::HashSet<(Bytes, u64)>,
+    /// This node drains: it takes no session in.
+    drains: bool,
 }
 
 impl Handover {
@@ -111,6 +124,8 @@ impl Handover {
                 taken_over: HashMap::new(),
                 arrived: HashMap::new(),
                 moving: HashMap::new(),
+                draining: std::collections::HashSet::new(),
+                drains: false,
             }),
         }
     }
@@ -155,13 +170,14 @@ impl Handover {
             let deadline = Instant::now() + self.timeout;
             let started = {
                 let mut state = self.state.lock();
-                match state.claims.start(
+                match state.claims.start_as(
                     client_id,
                     peers
                         .iter()
                         .map(|p| Bytes::from(p.identity.node_id.clone())),
                     now_ms(),
                     deadline,
+                    request.adopt_only,
                 ) {
                     Ok(id) => {
                         let (tx, rx) = oneshot::channel();
@@ -214,6 +230,65 @@ impl Handover {
         (Verdict::Lost, None)
     }
 
+    /// This node drains: tells the peers, so that none sends it a session, and takes none in
+    /// from now on.
+    pub fn announce_draining(&self) {
+        self.state.lock().drains = true;
+        let peers = self.claimable_peers();
+        self.send(&peers, FRAME_DRAINING, &[BytesMut::new()]);
+    }
+
+    /// Whether a peer that does not drain could take sessions in.
+    pub fn has_successor(&self) -> bool {
+        !self.successors().is_empty()
+    }
+
+    /// The peers that may take sessions in: they read claims, are not gone, do not drain.
+    fn successors(&self) -> Vec<Arc<Peer>> {
+        let draining = self.state.lock().draining.clone();
+        self.claimable_peers()
+            .into_iter()
+            .filter(|peer| {
+                !draining.contains(&(
+                    Bytes::from(peer.identity.node_id.clone()),
+                    peer.identity.boot_ms,
+                ))
+            })
+            .collect()
+    }
+
+    /// Sessions moving away whose old mailboxes here still send on what comes for them.
+    pub fn moves_in_flight(&self) -> usize {
+        self.state.lock().moving.len()
+    }
+
+    /// Asks a peer that does not drain to take in each of `client_ids`' offline sessions
+    /// (rendezvous hashing: the peer whose hash with the client id is highest); returns how
+    /// many were asked for.
+    pub fn hand_over(&self, client_ids: &[String]) -> usize {
+        let successors = self.successors();
+        if successors.is_empty() {
+            return 0;
+        }
+        let mut asked = 0;
+        for client_id in client_ids {
+            let Some(peer) = successors
+                .iter()
+                .max_by_key(|peer| rendezvous(client_id, &peer.identity.node_id))
+            else {
+                continue;
+            };
+            if peer
+                .push_handover(FRAME_TAKE, &[wire::encode_take(client_id)])
+                .is_some()
+            {
+                asked += 1;
+            }
+        }
+        self.peers.wake_sender();
+        asked
+    }
+
     /// Whether a peer's claim took `client_id` over after this node's claim `ours` won: the
     /// connection that won it must then close, its client id taken over (it claimed its
     /// session here after the peer's claim looked for a connection to close).
@@ -246,9 +321,46 @@ impl Handover {
         }
     }
 
-    /// A hand-over frame from peer `origin`; `false` when it is malformed.
-    pub fn on_frame(self: &Arc<Self>, origin: &[u8], kind: u8, body: &Bytes) -> bool {
+    /// A hand-over frame from peer `origin` (boot `origin_boot`); `false` when it is
+    /// malformed.
+    pub fn on_frame(
+        self: &Arc<Self>,
+        origin: &[u8],
+        origin_boot: u64,
+        kind: u8,
+        body: &Bytes,
+    ) -> bool {
         match kind {
+            FRAME_DRAINING => {
+                info!(peer = %String::from_utf8_lossy(origin), "peer drains: no session goes to it");
+                self.state
+                    .lock()
+                    .draining
+                    .insert((Bytes::copy_from_slice(origin), origin_boot));
+                body.is_empty()
+            }
+            FRAME_TAKE => {
+                let Some(client_id) = wire::decode_take(body) else {
+                    return false;
+                };
+                if self.state.lock().drains {
+                    debug!(%client_id, "asked to take in a session while draining; not taken");
+                    return true;
+                }
+                let Some(runtime) = self.runtime.get() else {
+                    return true;
+                };
+                let handover = self.clone();
+                runtime.spawn(async move {
+                    let request = Request {
+                        want_session: true,
+                        owner: None,
+                        adopt_only: true,
+                    };
+                    handover.claim(&client_id, request).await;
+                });
+                true
+            }
             FRAME_CLAIM => {
                 let Some(claim) = wire::decode_claim(body) else {
                     return false;
@@ -409,6 +521,11 @@ impl Handover {
             return;
         };
         let sessions = &broker.sessions;
+        // A claim made only to adopt takes an offline session, never a client's connection.
+        if request.adopt_only && sessions.is_connected(&client_id) {
+            self.answer(&id, &client_id, AnswerKind::Nothing);
+            return;
+        }
         // Another user's session is not this claim's to take (access control on).
         if let (Some(claimant), Some(stored)) = (&request.owner, sessions.owner_of(&client_id)) {
             if *claimant != stored {
@@ -680,4 +797,14 @@ impl Handover {
             handover.send_to(&peer, FRAME_SETTLED, std::slice::from_ref(&frame));
         });
     }
+}
+
+/// The rendezvous hash of a client id and a node: the node with the highest takes the session.
+fn rendezvous(client_id: &str, node_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: only this node chooses, but the choice should not change between calls.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    client_id.hash(&mut hasher);
+    node_id.hash(&mut hasher);
+    hasher.finish()
 }

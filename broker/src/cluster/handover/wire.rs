@@ -2,7 +2,8 @@
 //! `str16` is `[length u16][UTF-8]`:
 //! ```text
 //! kind 4, a claim:   [ms u64][count u32][flags u8: bit 0 the client continues its session,
-//!                     bit 1 access control judged the client, bit 2 with a username]
+//!                     bit 1 access control judged the client, bit 2 with a username,
+//!                     bit 3 only to adopt an offline session (see claims::Request)]
 //!                    [only with bit 2: username str16][client id str16]
 //! kind 5, an answer: [ms u64][count u32][answer u8: 0 nothing, 1 refused, 2 another user's
 //!                     session, 3 the session (its parts came before)][client id str16]
@@ -10,6 +11,8 @@
 //! kind 7, messages for a session that moved: [ms u64][count u32][client id str16]
 //!                    [deliveries, see crate::session::snapshot::encode_deliveries]
 //! kind 8, the session's subscriptions are in place: [ms u64][count u32][client id str16]
+//! kind 9, this node drains: (no body)
+//! kind 10, take in this offline session: [client id str16]
 //! ```
 //! Kinds 7 and 8 name the claim the session moved for: 7 goes from the node the session left
 //! to the claimant, 8 from the claimant back.
@@ -32,6 +35,10 @@ pub const FRAME_SESSION_PART: u8 = 6;
 pub const FRAME_LATE_DELIVERIES: u8 = 7;
 /// The node a session moved to has its subscriptions in place with every peer.
 pub const FRAME_SETTLED: u8 = 8;
+/// The sender drains: it takes in no session (see [`crate::drain`]).
+pub const FRAME_DRAINING: u8 = 9;
+/// The sender drains: the receiver is asked to claim this offline session (to adopt it).
+pub const FRAME_TAKE: u8 = 10;
 
 /// Session bytes per part frame.
 pub const PART_BYTES: usize = 60 << 10;
@@ -39,6 +46,7 @@ pub const PART_BYTES: usize = 60 << 10;
 const FLAG_WANTS_SESSION: u8 = 0b1;
 const FLAG_CHECKED: u8 = 0b10;
 const FLAG_USERNAME: u8 = 0b100;
+const FLAG_ADOPT_ONLY: u8 = 0b1000;
 
 /// What an answer says (the session itself came in parts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +93,9 @@ pub fn encode_claim(ms: u64, count: u32, request: &Request, client_id: &str) -> 
     if username.is_some() {
         flags |= FLAG_USERNAME;
     }
+    if request.adopt_only {
+        flags |= FLAG_ADOPT_ONLY;
+    }
     out.put_u8(flags);
     if let Some(username) = username {
         put_str16(&mut out, username);
@@ -97,7 +108,7 @@ pub fn decode_claim(mut body: &[u8]) -> Option<ClaimFrame> {
     let ms = take_u64(&mut body)?;
     let count = take_u32(&mut body)?;
     let flags = take_u8(&mut body)?;
-    if flags & !(FLAG_WANTS_SESSION | FLAG_CHECKED | FLAG_USERNAME) != 0 {
+    if flags & !(FLAG_WANTS_SESSION | FLAG_CHECKED | FLAG_USERNAME | FLAG_ADOPT_ONLY) != 0 {
         return None;
     }
     let username = if flags & FLAG_USERNAME != 0 {
@@ -118,6 +129,7 @@ pub fn decode_claim(mut body: &[u8]) -> Option<ClaimFrame> {
         request: Request {
             want_session: flags & FLAG_WANTS_SESSION != 0,
             owner: (flags & FLAG_CHECKED != 0).then_some(username),
+            adopt_only: flags & FLAG_ADOPT_ONLY != 0,
         },
         client_id,
     })
@@ -189,6 +201,17 @@ pub fn decode_part(body: &Bytes) -> Option<AnswerFrame<Bytes>> {
     })
 }
 
+pub fn encode_take(client_id: &str) -> BytesMut {
+    let mut out = BytesMut::with_capacity(2 + client_id.len());
+    put_str16(&mut out, client_id);
+    out
+}
+
+pub fn decode_take(mut body: &[u8]) -> Option<String> {
+    let client_id = take_str16(&mut body)?;
+    body.is_empty().then_some(client_id)
+}
+
 /// Client ids and usernames come from CONNECT: at most 65,535 bytes.
 fn put_str16(out: &mut BytesMut, text: &str) {
     let len = text.len().min(usize::from(u16::MAX));
@@ -226,14 +249,16 @@ mod tests {
 
     #[test]
     fn frames_read_back_as_written() {
-        for (want_session, owner) in [
-            (true, None),
-            (false, Some(None)),
-            (true, Some(Some("alice".to_string()))),
+        for (want_session, owner, adopt_only) in [
+            (true, None, false),
+            (false, Some(None), false),
+            (true, Some(Some("alice".to_string())), false),
+            (true, None, true),
         ] {
             let request = Request {
                 want_session,
                 owner,
+                adopt_only,
             };
             let bytes = encode_claim(7, 9, &request, "client/ü");
             let claim = decode_claim(&bytes).expect("claim");
@@ -267,6 +292,8 @@ mod tests {
         }
         assert_eq!(joined, session);
         assert_eq!(encode_parts(3, 4, "c", &[]).len(), 1);
+        assert_eq!(decode_take(&encode_take("c/1")).as_deref(), Some("c/1"));
+        assert_eq!(decode_take(&encode_take("c/1")[..3]), None);
     }
 
     #[test]
@@ -277,6 +304,7 @@ mod tests {
             &Request {
                 want_session: true,
                 owner: None,
+                adopt_only: false,
             },
             "c",
         );
@@ -284,7 +312,7 @@ mod tests {
             assert!(decode_claim(&claim[..len]).is_none(), "{len}");
         }
         let mut unknown_flag = claim.to_vec();
-        unknown_flag[12] |= 0b1000;
+        unknown_flag[12] |= 0b1_0000;
         assert!(decode_claim(&unknown_flag).is_none());
         let mut username_unchecked = claim.to_vec();
         username_unchecked[12] = FLAG_USERNAME;

@@ -19,7 +19,8 @@ use tracing::{debug, warn};
 use super::super::anti_entropy::{self, FRAME_DIGEST, FRAME_LISTING};
 use super::super::auth::DatagramKey;
 use super::super::handover::wire::{
-    FRAME_ANSWER, FRAME_CLAIM, FRAME_LATE_DELIVERIES, FRAME_SESSION_PART, FRAME_SETTLED,
+    FRAME_ANSWER, FRAME_CLAIM, FRAME_DRAINING, FRAME_LATE_DELIVERIES, FRAME_SESSION_PART,
+    FRAME_SETTLED, FRAME_TAKE,
 };
 use super::super::handover::Handover;
 use super::super::interest::{self, FRAME_INTEREST};
@@ -634,10 +635,12 @@ fn take_frames_of(
                             | FRAME_SESSION_PART
                             | FRAME_LATE_DELIVERIES
                             | FRAME_SETTLED
+                            | FRAME_DRAINING
+                            | FRAME_TAKE
                     ) =>
             {
                 let handled = receiver.handover.as_ref().is_some_and(|handover| {
-                    handover.on_frame(&key.origin, frame.kind, &frame.body)
+                    handover.on_frame(&key.origin, incoming.boot_ms, frame.kind, &frame.body)
                 });
                 if !handled {
                     debug!(peer = %origin, kind = frame.kind, "malformed hand-over frame skipped");

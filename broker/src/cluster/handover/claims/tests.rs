@@ -13,6 +13,7 @@ fn wants() -> Request {
     Request {
         want_session: true,
         owner: None,
+        adopt_only: false,
     }
 }
 
@@ -383,4 +384,52 @@ proptest! {
         }
         prop_assert!(cluster.claims.iter().all(Claims::is_empty));
     }
+}
+
+#[test]
+fn a_claim_made_only_to_adopt_gives_way_to_every_client_claim() {
+    let now = Instant::now();
+    let adopt = Request {
+        adopt_only: true,
+        ..wants()
+    };
+    let mut claims = Claims::new(name(0));
+    let ours = claims
+        .start_as(CLIENT, [name(1)], 100, now + Duration::from_secs(2), true)
+        .expect("start");
+    // A client's claim, even an earlier one, wins over it.
+    let earlier = ClaimId {
+        ms: 50,
+        count: 0,
+        node: name(2),
+    };
+    assert_eq!(
+        claims.on_claim(CLIENT, &earlier, &wants()),
+        OnClaim::Deferred { refuse: None }
+    );
+    // Another adoption never does.
+    let later = ClaimId {
+        ms: 500,
+        count: 0,
+        node: name(3),
+    };
+    assert_eq!(claims.on_claim(CLIENT, &later, &adopt), OnClaim::Refuse);
+    match claims.on_answer(
+        CLIENT,
+        &ours,
+        b"n1",
+        Answer::Session(Bytes::from_static(b"s")),
+    ) {
+        OnAnswer::Done(done) => {
+            assert_eq!(done.verdict, Verdict::Lost);
+            assert_eq!(done.yield_to.map(|(id, _)| id), Some(earlier));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A client's claim in flight refuses an adoption, later or not.
+    let ours = claims
+        .start(CLIENT, [name(1)], 100, now + Duration::from_secs(2))
+        .expect("start");
+    assert!(ours.ms >= 100);
+    assert_eq!(claims.on_claim(CLIENT, &later, &adopt), OnClaim::Refuse);
 }
