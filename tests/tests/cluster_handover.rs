@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use coolpy7_tests::cluster::{start_cluster, wait_until};
 use coolpy7_tests::packets::{self, Connect, Packet};
+use coolpy7_tests::raw::RecvError;
 use coolpy7_tests::{unique_id, QoS, RawClient, QUIET, TIMEOUT};
 
 /// Receives PUBLISHes until `n` have come, answering none of them.
@@ -325,4 +326,198 @@ async fn a_draining_node_hands_its_sessions_to_the_others() {
     }
     println!("drain: {SUBSCRIBERS} subscribers x {COUNT} messages all delivered, {duplicates} duplicates");
     drop(nodes.remove(0));
+}
+
+/// The same for an MQTT 5 client (Session Expiry Interval, Clean Start 0): its in-flight QoS 1
+/// and 2 messages come again with DUP and their Subscription Identifier, the queued ones
+/// after them, and the QoS 2 exchange completes on the new node.
+#[tokio::test]
+async fn an_mqtt5_session_moves_with_its_subscription_options() {
+    use coolpy7_tests::packets5::{self, Connect as Connect5};
+    use coolpy7_tests::RawClient5;
+    let nodes = start_cluster(2, &[]).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let id = unique_id("mover5");
+    let connect = Connect5::new(&id).clean_start(false).session_expiry(300);
+    let (mut client, connack) = RawClient5::connect_v5(n1.mqtt_addr(), &connect).await;
+    assert!(!connack.session_present);
+    let suback = client
+        .subscribe(&packets5::SubscribePacket::new(1).filter("v5/#", 2).id(77))
+        .await;
+    assert_eq!(suback.codes, vec![2]);
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    publisher
+        .publish("v5/1", QoS::AtLeastOnce, false, "one")
+        .await;
+    publisher
+        .publish("v5/2", QoS::ExactlyOnce, false, "two")
+        .await;
+    let first = client.recv_publish(TIMEOUT).await;
+    let second = client.recv_publish(TIMEOUT).await;
+    drop(client);
+    wait_until("node 1 to see the client gone", TIMEOUT, || async {
+        n1.metric("coolpy7_connections").await == 1.0
+    })
+    .await;
+    publisher
+        .publish("v5/3", QoS::ExactlyOnce, false, "three")
+        .await;
+    wait_until("node 1 to queue it", TIMEOUT, || async {
+        n1.metric("coolpy7_queued_messages").await == 1.0
+    })
+    .await;
+
+    let (mut client, connack) = RawClient5::connect_v5(n2.mqtt_addr(), &connect).await;
+    assert!(connack.session_present, "the session moved to node 2");
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        again.push(client.recv_publish(TIMEOUT).await);
+    }
+    let seen: Vec<(bool, u8, &[u8], Vec<u32>)> = again
+        .iter()
+        .map(|p| {
+            (
+                p.dup,
+                p.qos,
+                &p.payload[..],
+                p.props.subscription_identifiers(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (true, 1, &b"one"[..], vec![77]),
+            (true, 2, &b"two"[..], vec![77]),
+            (false, 2, &b"three"[..], vec![77]),
+        ]
+    );
+    assert_eq!((again[0].pkid, again[1].pkid), (first.pkid, second.pkid));
+    for publish in &again {
+        client.ack(publish).await;
+    }
+    client.expect_no_packet(QUIET).await;
+}
+
+/// Two connections with one client id at the same moment on two nodes: exactly one of them
+/// stays connected (the later claim wins), whichever it is, and one session is left in the
+/// cluster.
+#[tokio::test]
+async fn two_nodes_racing_for_one_client_id_leave_one_connection() {
+    let nodes = start_cluster(2, &[]).await;
+    let sessions = || async {
+        nodes[0].metric("coolpy7_sessions").await + nodes[1].metric("coolpy7_sessions").await
+    };
+    for round in 0..5 {
+        // The sessions of earlier rounds stay (clean session 0).
+        let before = sessions().await;
+        let id = unique_id("racer");
+        let connect = Connect::v311(&id).clean_session(false);
+        let (a, b) = tokio::join!(
+            try_handshake(nodes[0].mqtt_addr(), &connect),
+            try_handshake(nodes[1].mqtt_addr(), &connect),
+        );
+        let mut open: Vec<RawClient> = [a, b].into_iter().flatten().collect();
+        assert!(!open.is_empty(), "round {round}: both connections refused");
+        // The loser is closed (or was refused its CONNACK); the winner answers a ping.
+        let mut alive = 0;
+        for client in &mut open {
+            client.send(&packets::pingreq()).await;
+            loop {
+                match client.try_recv(QUIET).await {
+                    Ok(Packet::PingResp) => {
+                        alive += 1;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Closed(_)) => break,
+                    Err(other) => panic!("round {round}: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(
+            alive, 1,
+            "round {round}: connections left open with one client id"
+        );
+        wait_until("one more session in the cluster", TIMEOUT, || async {
+            sessions().await == before + 1.0
+        })
+        .await;
+        drop(open);
+        wait_until("the clients gone", TIMEOUT, || async {
+            nodes[0].metric("coolpy7_connections").await
+                + nodes[1].metric("coolpy7_connections").await
+                == 0.0
+        })
+        .await;
+    }
+}
+
+/// Sends `connect` and returns the client if the broker answers CONNACK 0; `None` if it
+/// refuses it or closes the connection.
+async fn try_handshake(addr: std::net::SocketAddr, connect: &Connect) -> Option<RawClient> {
+    let mut client = RawClient::connect(addr).await;
+    client.send(&connect.encode()).await;
+    match client.try_recv(TIMEOUT).await {
+        Ok(Packet::ConnAck { code: 0, .. }) => Some(client),
+        Ok(Packet::ConnAck { .. }) | Err(RecvError::Closed(_)) => None,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// The node that holds a session is killed (no drain): a client connecting elsewhere is let in
+/// within the hand-over bound (`-cht`) with a new session, and says so (session present 0).
+#[tokio::test]
+async fn a_dead_holder_costs_a_new_session_within_the_bound() {
+    let mut nodes = start_cluster(2, &["-cht", "500"]).await;
+    let id = unique_id("orphan");
+    let mut client = nodes[0].persistent_client(&id).await;
+    client.subscribe_ok("orphan/#", QoS::AtLeastOnce).await;
+    client.drop_connection().await;
+    nodes[0].signal("KILL");
+    let started = std::time::Instant::now();
+    let client = nodes[1].persistent_client(&id).await;
+    assert!(
+        !client.session_present(),
+        "nobody could hand the session over"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "CONNACK took {:?} with -cht 500",
+        started.elapsed()
+    );
+    let _ = nodes[0].wait_exit(TIMEOUT).await;
+}
+
+/// The node that holds a session is frozen (SIGSTOP): the client is let in elsewhere once the
+/// bound passes, with a new session; when the frozen node wakes up it takes the late claim,
+/// closes what it had for the client id and keeps no session of it: one client id, one node.
+#[tokio::test]
+async fn a_frozen_holder_gives_the_client_id_up_when_it_wakes() {
+    let nodes = start_cluster(2, &["-cht", "500"]).await;
+    let id = unique_id("sleeper");
+    let (mut first, _) = RawClient::handshake(
+        nodes[0].mqtt_addr(),
+        &Connect::v311(&id).clean_session(false),
+    )
+    .await;
+    assert_eq!(first.subscribe(1, &[("sleep/#", 1)]).await, vec![1]);
+    nodes[0].signal("STOP");
+    let (mut second, present) = RawClient::handshake(
+        nodes[1].mqtt_addr(),
+        &Connect::v311(&id).clean_session(false),
+    )
+    .await;
+    assert!(
+        !present,
+        "the frozen holder could not hand the session over"
+    );
+    nodes[0].signal("CONT");
+    first.expect_closed(TIMEOUT).await;
+    second.ping().await;
+    wait_until("the woken node to give the session up", TIMEOUT, || async {
+        nodes[0].metric("coolpy7_sessions").await == 0.0
+    })
+    .await;
+    second.ping().await;
 }

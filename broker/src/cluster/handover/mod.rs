@@ -765,6 +765,11 @@ impl Handover {
                     client_id,
                     "session handed over while a connection holds the client id here; it ends"
                 );
+                // The node it came from need not send on what comes for it.
+                if let Some((peer, claim)) = from {
+                    let frame = wire::part(claim.ms, claim.count, client_id, &[]);
+                    self.send_to(&peer, FRAME_SETTLED, std::slice::from_ref(&frame));
+                }
                 will_due
             }
         };
