@@ -6,13 +6,16 @@
 //!   `-csp`), and delivering what peers forward.
 //! - [`peers`]: the members this node forwards to, and what it holds for each.
 //! - [`link`]: the acknowledged, ordered streams that carry QoS 1 and 2 messages to each peer.
+//! - [`handover`]: one connection per client id in the cluster, and sessions that move to the
+//!   node their client reconnects to (claims and sessions on the control links).
 //! - [`anti_entropy`]: how the nodes' retained stores converge (digests, listings, repairs).
 //! - [`shared`]: which node serves each shared subscription group for a message (`-ssp`).
 //! - [`auth`]: the HMAC-SHA256 tags on every datagram, with per-port keys derived from `-csk`.
 //! - [`replay`]: the sliding windows that refuse repeated datagrams on both ports.
 //! - [`config`]: the cluster flags' rules.
 //!
-//! Sessions and subscriptions stay on their node; only messages travel. [`Bound::start`] is
+//! Subscriptions stay on the node of their session, and a session on the node its client is
+//! connected to (or was last); messages travel, and sessions move with their clients. [`Bound::start`] is
 //! called by the server once the MQTT listener is bound, and [`Cluster::leave`] on shutdown.
 
 pub mod anti_entropy;
