@@ -38,11 +38,12 @@ pub const CSK_BYTES: usize = 32;
 pub const SEED_PODS: i32 = 3;
 /// The broker's drain grace (`-dg`) when `spec.drain.graceSeconds` is left out.
 pub const BROKER_DRAIN_GRACE_SECONDS: i64 = 30;
-/// Seconds a pod gets beyond its drain grace before the kubelet kills it: after the drain the
-/// broker waits up to 5 s for the connections' last writes, publishes the wills due, then
-/// leaves the cluster, up to 2 s for the last forwards and 2 s for the leave announcement; the
-/// rest is slack for the process's start of the drain and its exit.
-pub const TERMINATION_GRACE_MARGIN_SECONDS: i64 = 15;
+/// Seconds a pod gets beyond its drain grace before the kubelet kills it: the broker waits up
+/// to 5 s for the connections' last writes, gives the other brokers up to 5 s to take in the
+/// sessions still on it when the grace ran out, publishes the wills due, then leaves the
+/// cluster, up to 2 s for the last forwards and 2 s for the leave announcement; the rest is
+/// slack for the process's start of the drain and its exit.
+pub const TERMINATION_GRACE_MARGIN_SECONDS: i64 = 20;
 /// The StatefulSet's `minReadySeconds` when `spec.minReadySeconds` is left out: a rolling
 /// update replaces the next pod only once the new one has been ready this long.
 pub const DEFAULT_MIN_READY_SECONDS: i32 = 10;

@@ -848,8 +848,9 @@ pub struct ForwardingSpec {
 pub struct DrainSpec {
     /// The longest a drain takes, in seconds, 0 to 86400 (`-dg`): whoever is still connected
     /// then is disconnected at once; 0 disconnects everyone at once. The pods'
-    /// `terminationGracePeriodSeconds` is this plus 15 (for the broker's last writes and its
-    /// leaving the cluster). The broker's default is 30.
+    /// `terminationGracePeriodSeconds` is this plus 20 (for the broker's last writes, the other
+    /// brokers taking in its sessions, and its leaving the cluster). The broker's default is
+    /// 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub grace_seconds: Option<i64>,

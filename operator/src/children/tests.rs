@@ -508,7 +508,7 @@ fn scheduling_fields_pass_through() {
     assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry");
     assert_eq!(
         pod.termination_grace_period_seconds,
-        Some(45),
+        Some(50),
         "the broker's default drain grace, 30 s, and the margin"
     );
     let container = &pod.containers[0];
@@ -1600,7 +1600,7 @@ fn drain_flags_come_after_the_forwarding_flags_and_before_spec_args() {
 
 #[test]
 fn the_termination_grace_period_is_the_drain_grace_and_a_margin() {
-    assert_eq!(TERMINATION_GRACE_MARGIN_SECONDS, 15);
+    assert_eq!(TERMINATION_GRACE_MARGIN_SECONDS, 20);
     // Left out: the broker's default grace, 30 s.
     for spec in [
         json!({}),
@@ -1608,9 +1608,9 @@ fn the_termination_grace_period_is_the_drain_grace_and_a_margin() {
         json!({"drain": {"disconnectRate": 10}}),
     ] {
         let set = stateful_set(&cluster_with(spec.clone()), DOMAIN);
-        assert_eq!(termination_grace(&set), Some(45), "{spec}");
+        assert_eq!(termination_grace(&set), Some(50), "{spec}");
     }
-    for (grace, expected) in [(0, 15), (30, 45), (120, 135), (86400, 86415)] {
+    for (grace, expected) in [(0, 20), (30, 50), (120, 140), (86400, 86420)] {
         let cluster = cluster_with(json!({"drain": {"graceSeconds": grace}}));
         assert_eq!(termination_grace_seconds(&cluster), expected, "{grace}");
         let set = stateful_set(&cluster, DOMAIN);

@@ -1422,7 +1422,7 @@ async fn drain_settings_reach_the_pods_with_their_grace_period() {
         assert!(args.contains(&json!(flag)), "{flag} in {args:?}");
     }
     assert_eq!(
-        pod["terminationGracePeriodSeconds"], 135,
+        pod["terminationGracePeriodSeconds"], 140,
         "120 s and the margin"
     );
     assert_eq!(set["minReadySeconds"], 30);
@@ -1448,7 +1448,7 @@ async fn drain_settings_reach_the_pods_with_their_grace_period() {
             .any(|flag| arg.as_str().unwrap_or_default().starts_with(flag))),
         "{args:?}"
     );
-    assert_eq!(set["template"]["spec"]["terminationGracePeriodSeconds"], 45);
+    assert_eq!(set["template"]["spec"]["terminationGracePeriodSeconds"], 50);
     assert_eq!(set["minReadySeconds"], 10);
     expect_status(&mut handle, &cluster).await;
     run.await.expect("task").expect("reconcile succeeds");
