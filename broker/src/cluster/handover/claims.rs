@@ -296,6 +296,17 @@ impl Claims {
         }
     }
 
+    /// The session `peer` handed over for claim `id`, while the claim is in flight.
+    pub fn session_from(&self, client_id: &str, id: &ClaimId, peer: &[u8]) -> Option<Bytes> {
+        let pending = self.pending.get(client_id).filter(|p| p.id == *id)?;
+        pending
+            .session
+            .iter()
+            .chain(&pending.extra)
+            .find(|(from, _)| from[..] == *peer)
+            .map(|(_, bytes)| bytes.clone())
+    }
+
     /// `peer` is gone (declared down, or left): no claim waits for it any more.
     pub fn peer_gone(&mut self, peer: &[u8]) -> Vec<Done> {
         let complete: Vec<String> = self

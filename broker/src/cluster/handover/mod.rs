@@ -434,19 +434,35 @@ impl Handover {
                         .claims
                         .on_answer(&frame.client_id, &id, origin, answer)
                 };
-                match outcome {
-                    OnAnswer::Waiting => {}
-                    // Here, in the receiver's thread, before the link's next frames: what the
-                    // peer sends on for the session (frame 7) finds it adopted.
-                    OnAnswer::Done(done) => self.complete(*done),
+                // A session is adopted as it arrives, here in the receiver's thread, before the
+                // link's next frames: what the peer sends on for it (frame 7) finds it, even
+                // while the claim still waits for other peers. A claim that then loses hands
+                // it on from the registry, as a session of its own.
+                let session = match &outcome {
                     OnAnswer::Stray(Some(session)) => {
                         info!(client_id = %frame.client_id, "a session handed over after its claim was complete; kept here");
-                        if let Some(broker) = self.broker() {
-                            let from = Some((Bytes::copy_from_slice(origin), id));
-                            self.adopt(&broker, &frame.client_id, session, from);
-                        }
+                        Some(session.clone())
                     }
-                    OnAnswer::Stray(None) => {}
+                    OnAnswer::Done(done) => done
+                        .session
+                        .iter()
+                        .chain(&done.extra)
+                        .find(|(from, _)| from[..] == *origin)
+                        .map(|(_, bytes)| bytes.clone()),
+                    OnAnswer::Waiting => {
+                        self.state
+                            .lock()
+                            .claims
+                            .session_from(&frame.client_id, &id, origin)
+                    }
+                    OnAnswer::Stray(None) => None,
+                };
+                if let (Some(session), Some(broker)) = (session, self.broker()) {
+                    let from = Some((Bytes::copy_from_slice(origin), id));
+                    self.adopt(&broker, &frame.client_id, session, from);
+                }
+                if let OnAnswer::Done(done) = outcome {
+                    self.complete(*done);
                 }
                 true
             }
@@ -687,8 +703,8 @@ impl Handover {
         }
     }
 
-    /// Adopts the sessions a complete claim gathered, hands on what a later claim is owed, and
-    /// wakes the connection waiting for it.
+    /// Completes a claim: hands on what a later claim is owed, and wakes the connection waiting
+    /// for it.
     fn complete(self: &Arc<Self>, done: Done) {
         let Done {
             client_id,
@@ -702,11 +718,8 @@ impl Handover {
         if unanswered > 0 {
             info!(%client_id, unanswered, "claim complete without every peer's answer");
         }
-        if let Some(broker) = self.broker() {
-            for (from, bytes) in session.into_iter().chain(extra) {
-                self.adopt(&broker, &client_id, bytes, Some((from, id.clone())));
-            }
-        }
+        // The sessions it gathered were adopted as they came (see `on_frame`).
+        let _ = (session, extra);
         if let Some((later, request)) = yield_to {
             self.spawn_take_over(client_id.clone(), later, request);
         }
