@@ -35,6 +35,7 @@ pub mod router;
 pub mod scheduling;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod topic;
 pub mod transport;
 

@@ -22,6 +22,7 @@ use crate::drain::{self, Lifecycle};
 use crate::http::{self, HttpLimits, HttpState};
 use crate::listener;
 use crate::metrics::Metrics;
+use crate::store::{RetainedRecord, Store};
 use crate::transport::certificates::{self, CertificateStore};
 use crate::transport::TransportSettings;
 
@@ -212,6 +213,15 @@ pub async fn run(
         .map(|bound| bound.handover(metrics.clone()));
     let broker =
         Arc::new(Broker::new(config, metrics.clone(), forwarder, access).with_handover(handover));
+    // Read back before anything can connect: the sessions at once, the retained messages once
+    // the cluster stamps them (see below).
+    let (store, mut retained_read_back) = match &broker.config.data_dir {
+        Some(dir) => {
+            let (store, retained) = open_data_dir(&broker, dir)?;
+            (Some(store), retained)
+        }
+        None => (None, Vec::new()),
+    };
     // The HTTP API closes clients' connections through the broker's session registry.
     let config = &broker.config;
     if let Some(address) = &config.http_listen {
@@ -247,6 +257,14 @@ pub async fn run(
         .map(|bound| bound.start(broker.clone()))
         .transpose()
         .context("cannot start the cluster's sync sender")?;
+    // In a cluster the router stamps retained messages from its start; those read back keep the
+    // stamps they were written with, so that a newer write elsewhere still wins over them.
+    if let Some(store) = &store {
+        for record in retained_read_back.drain(..) {
+            broker.router.restore_retained(record.message, record.stamp);
+        }
+        broker.router.set_store(store.clone());
+    }
     let coap = coap_socket
         .map(|socket| tokio::spawn(coap::serve(socket, broker.clone(), accepting_stops.clone())));
     tokio::spawn(expire_sessions(broker.clone(), stopping.clone()));
@@ -321,9 +339,12 @@ pub async fn run(
         drain::hand_sessions_over(&broker, handover, drain_started + broker.config.drain.grace)
             .await;
     }
-    // Sessions live in memory and end with the process: delayed wills are due now.
-    for will in broker.sessions.take_delayed_wills() {
-        broker.publish(will);
+    // Sessions in memory only end with the process: delayed wills are due now. In the data
+    // directory they wait with their sessions for the next start.
+    if store.is_none() {
+        for will in broker.sessions.take_delayed_wills() {
+            broker.publish(will);
+        }
     }
     // After the connections, so that the wills their closing published reach the other nodes;
     // then the others mark this node down at once instead of after the failure detector's
@@ -332,6 +353,49 @@ pub async fn run(
         cluster.leave().await;
     }
     let _ = stop.send(true);
+    if let Some(store) = &store {
+        store.close();
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Opens the data directory (`-dd`) and reads it back: the sessions go into the registry at
+/// once, the retained messages are returned (they are put in once the cluster stamps them).
+fn open_data_dir(
+    broker: &Arc<Broker>,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Arc<Store>, Vec<RetainedRecord>)> {
+    let started = std::time::Instant::now();
+    let store = Store::open(dir, broker.config.data_sync).with_context(|| {
+        format!(
+            "cannot open the data directory {}: if it is damaged, move it aside to start \
+             without the state it holds",
+            dir.display()
+        )
+    })?;
+    let loaded = store.load().context("cannot read the data directory")?;
+    let sessions = loaded.sessions.len();
+    let retained = loaded.retained.len();
+    for session in loaded.sessions {
+        broker
+            .sessions
+            .install_loaded(session, &store, &broker.router);
+    }
+    broker.sessions.set_store(store.clone());
+    if loaded.skipped > 0 {
+        warn!(
+            dir = %dir.display(),
+            skipped = loaded.skipped,
+            "data directory: records that did not decode (or belonged to no session) were removed"
+        );
+    }
+    info!(
+        dir = %dir.display(),
+        sessions,
+        retained,
+        took_ms = started.elapsed().as_millis() as u64,
+        "data directory read back"
+    );
+    Ok((store, loaded.retained))
 }

@@ -621,6 +621,19 @@ struct Args {
           value_parser = parse_server_reference)]
     drain_server_reference: Option<String>,
 
+    /// Data directory: persistent sessions (subscriptions, queued and in-flight QoS 1/2
+    /// messages, QoS 2 state) and retained messages are kept there and read back at start-up.
+    /// Left out = in memory only
+    #[arg(long = "dd", env = "COOLPY7_DD", value_name = "DIR", value_parser = parse_data_dir)]
+    data_dir: Option<std::path::PathBuf>,
+
+    /// With -dd: 0 = every acknowledgement (PUBACK, PUBREC, SUBACK, CONNACK) waits for an
+    /// fsync of what it acknowledges; N = acknowledge once written to the operating system and
+    /// fsync every N ms (a crash of the process loses nothing, a power loss the last N ms)
+    #[arg(long = "dfs", env = "COOLPY7_DFS", value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    data_fsync_ms: u64,
+
     /// Scheduling of the broker's threads: batch (Linux SCHED_BATCH: a woken thread does not
     /// preempt a busy CPU's, more work per switch under load) or normal (as started)
     #[arg(long = "tsp", env = "COOLPY7_TSP", value_name = "POLICY", default_value = "batch",
@@ -654,6 +667,16 @@ fn parse_ws_path(s: &str) -> Result<String, String> {
 }
 
 /// A Server Reference is an MQTT UTF-8 string: at most 65,535 bytes and no U+0000.
+fn parse_data_dir(s: &str) -> Result<std::path::PathBuf, String> {
+    if s.is_empty() {
+        return Err(
+            "the data directory must not be empty (leave -dd out to keep state in memory only)"
+                .to_string(),
+        );
+    }
+    Ok(std::path::PathBuf::from(s))
+}
+
 fn parse_server_reference(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("the server reference must not be empty".to_string());
@@ -809,6 +832,10 @@ pub struct Config {
     pub thread_scheduling: ThreadScheduling,
     /// `-dg`, `-dr`, `-dsr`: what SIGTERM does (see [`crate::drain`]).
     pub drain: DrainConfig,
+    /// `-dd`: the data directory; `None`: in memory only.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// `-dfs`: when what is written to the data directory is durable.
+    pub data_sync: crate::store::SyncPolicy,
 
     /// The effective log filter (flag or `COOLPY7_LOG_LEVEL`, else `RUST_LOG`, else `info`).
     pub log_level: String,
@@ -881,6 +908,8 @@ impl Default for Config {
             subscription_identifiers: true,
             thread_scheduling: ThreadScheduling::Batch,
             drain: DrainConfig::default(),
+            data_dir: None,
+            data_sync: crate::store::SyncPolicy::EveryAcknowledgement,
             log_level: "info".to_string(),
             cluster: None,
             access: AccessConfig::default(),
@@ -1069,6 +1098,11 @@ impl Config {
                 grace: Duration::from_secs(args.drain_grace),
                 rate: args.drain_rate,
                 server_reference: args.drain_server_reference,
+            },
+            data_dir: args.data_dir,
+            data_sync: match args.data_fsync_ms {
+                0 => crate::store::SyncPolicy::EveryAcknowledgement,
+                ms => crate::store::SyncPolicy::Interval(Duration::from_millis(ms)),
             },
             log_level,
             cluster,

@@ -510,9 +510,13 @@ impl Handshake<'_> {
             idle_check_at: Instant::now() + super::sleeping::SLEEP_AFTER,
             access,
             limits,
+            hold_for_durable: false,
         });
         // A stored session's subscriptions were granted to whoever held the client id before.
         connection.rejudge_subscriptions();
+        // Its record (and, for a session that has become persistent, all it holds) is durable
+        // before CONNACK says it exists.
+        connection.keep_journal();
         if let Some(v5) = &connection.v5 {
             fit_connack(&mut connack, v5.maximum_packet_size);
         }

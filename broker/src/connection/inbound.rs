@@ -52,6 +52,26 @@ impl Connection {
         None
     }
 
+    /// Writes the session's record to the data directory (if there is one) after a change to
+    /// it, and holds what is answered until it is durable.
+    pub(super) fn keep_journal(&mut self) {
+        let broker = self.broker.clone();
+        if broker.sessions.store().is_some() {
+            broker
+                .sessions
+                .keep_journal(&mut self.state, None, &broker.router);
+            self.hold_until_durable();
+        }
+    }
+
+    /// With a data directory, holds the output until everything written so far is durable
+    /// (see [`crate::store`]): what was just handled is acknowledged only then.
+    pub(super) fn hold_until_durable(&mut self) {
+        if self.broker.sessions.store().is_some() {
+            self.hold_for_durable = true;
+        }
+    }
+
     /// Whether the client has sent bytes not read yet, asking the socket itself rather than the
     /// runtime's readiness flags, which lag after the process was paused.
     pub(super) fn input_waiting(&self) -> bool {
@@ -162,6 +182,11 @@ impl Connection {
             }
             Packet::PubRel(ack) => {
                 let known = self.state.incoming_qos2.remove(&ack.packet_id);
+                if known {
+                    if let Some(journal) = self.state.outgoing.journal() {
+                        journal.released_awaiting(ack.packet_id);
+                    }
+                }
                 let reason = if known || self.v5.is_none() {
                     ReasonCode::Success
                 } else {
@@ -305,6 +330,7 @@ impl Connection {
                 } else {
                     self.route(publish, forwards)
                 };
+                self.hold_until_durable();
                 self.send(&Packet::PubAck(Ack::with_reason(packet_id, reason)));
             }
             QoS::ExactlyOnce => {
@@ -331,9 +357,12 @@ impl Connection {
                     // A 3.1.1 client is acknowledged as if delivered, and releases it.
                     if reason.is_failure() && self.v5.is_some() {
                         self.state.incoming_qos2.remove(&packet_id);
+                    } else if let Some(journal) = self.state.outgoing.journal() {
+                        journal.awaiting(packet_id);
                     }
                     reason
                 };
+                self.hold_until_durable();
                 self.send(&Packet::PubRec(Ack::with_reason(packet_id, reason)));
             }
         }
@@ -536,6 +565,9 @@ impl Connection {
             reason_codes.push(ReasonCode::granted(granted));
             subscribed = true;
         }
+        if subscribed {
+            self.keep_journal();
+        }
         let suback = Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reason_codes,
@@ -568,6 +600,7 @@ impl Connection {
                 reason_codes.push(ReasonCode::NoSubscriptionExisted);
             }
         }
+        self.keep_journal();
         self.send_acknowledgement(Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             reason_codes,

@@ -125,6 +125,7 @@ impl Connection {
                     message,
                     retain: true,
                     subscription_ids: subscription_ids.clone(),
+                    stored: None,
                 }));
                 // One that still owes (a page went out, or the window is full) goes on later.
                 if !scratch.is_empty() || more {
@@ -273,7 +274,7 @@ impl Connection {
         self.state.outgoing.resume();
         let mut out = std::mem::take(&mut self.wbuf);
         for (packet_id, in_flight) in self.state.outgoing.iter() {
-            if let crate::session::InFlight::Released = in_flight {
+            if let crate::session::InFlight::Released(_) = in_flight {
                 let _ = Packet::PubRel(Ack::new(*packet_id)).encode(self.protocol, &mut out);
             }
         }

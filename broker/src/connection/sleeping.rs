@@ -208,6 +208,7 @@ impl Connection {
             pulled_many: _,
             busy: _,
             idle_check_at: _,
+            hold_for_durable: _,
         } = *self;
         let Stream::Tcp(tcp) = stream else {
             unreachable!("checked above");
@@ -304,6 +305,7 @@ impl Sleeping {
             idle_check_at: Instant::now() + SLEEP_AFTER,
             access,
             limits,
+            hold_for_durable: false,
         });
         connection.run(admission, held).await;
     }

@@ -20,6 +20,7 @@
 mod retained;
 mod tree;
 
+use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -214,6 +215,22 @@ pub struct Delivery {
     pub retain: bool,
     /// The MQTT 5 Subscription Identifiers of the session's subscriptions that matched.
     pub subscription_ids: SubscriptionIds,
+    /// Its number in the session's journal in the data directory (`-dd`), for a QoS 1/2
+    /// delivery to a persistent session; `None` otherwise. In the padding: free.
+    pub stored: Option<NonZeroU32>,
+}
+
+impl Delivery {
+    /// A delivery without subscription identifiers, not stored.
+    pub fn new(message: Arc<Message>, qos: QoS, retain: bool) -> Delivery {
+        Delivery {
+            message,
+            qos,
+            retain,
+            subscription_ids: SubscriptionIds::new(),
+            stored: None,
+        }
+    }
 }
 
 /// Subscription identifiers of one delivery: almost always none or one, kept inline.
@@ -297,6 +314,8 @@ pub struct Router {
     watcher: Arc<OnceLock<Arc<dyn FilterWatcher>>>,
     retained: RwLock<RetainedStore>,
     metrics: Arc<Metrics>,
+    /// The data directory the retained messages are written to, when there is one.
+    durable: OnceLock<Arc<crate::store::Store>>,
 }
 
 impl Router {
@@ -306,6 +325,45 @@ impl Router {
             watcher: Arc::new(OnceLock::new()),
             retained: RwLock::new(RetainedStore::default()),
             metrics,
+            durable: OnceLock::new(),
+        }
+    }
+
+    /// Writes the retained messages to `store` from now on (those held already are not: they
+    /// were read from it).
+    pub fn set_store(&self, store: Arc<crate::store::Store>) {
+        let _ = self.durable.set(store);
+    }
+
+    /// Puts in a retained message read back from the data directory, with the stamp it was
+    /// written with in a cluster (which a newer write elsewhere still wins over); without one,
+    /// as if published here now. Not written back.
+    pub fn restore_retained(&self, message: Arc<Message>, stamp: Option<Stamp>) {
+        let mut retained = self.retained.write();
+        let delta = match (stamp, retained.stamps.is_some()) {
+            (Some(stamp), true) => {
+                let topic = message.topic.clone();
+                retained
+                    .set_stamped(&topic, Some(message), stamp, now_ms())
+                    .1
+            }
+            _ => {
+                let topic = message.topic.clone();
+                retained.set_local(&topic, Some(message), now_ms()).0
+            }
+        };
+        drop(retained);
+        self.metrics.retained.inc_by(delta);
+    }
+
+    /// Writes a retained message (or, with `None`, its removal) to the data directory. Called
+    /// under the retained store's lock, so that the disk ends as memory does.
+    fn write_retained(&self, topic: &[u8], stored: Option<&Message>, stamp: Option<&Stamp>) {
+        if let Some(store) = self.durable.get() {
+            match stored {
+                Some(message) => store.put_retained(message, stamp),
+                None => store.remove_retained(topic),
+            }
         }
     }
 
@@ -525,10 +583,14 @@ impl Router {
     /// returns whether it was stored.
     pub fn store_retained(&self, message: &Message, stamp: Stamp) -> bool {
         let stored = retained_copy(message);
+        let copy = self.durable.get().and(stored.clone());
+        let mut retained = self.retained.write();
         let (applied, delta) =
-            self.retained
-                .write()
-                .set_stamped(&message.topic, stored, stamp, now_ms());
+            retained.set_stamped(&message.topic, stored, stamp.clone(), now_ms());
+        if applied {
+            self.write_retained(&message.topic, copy.as_deref(), Some(&stamp));
+        }
+        drop(retained);
         self.metrics.retained.inc_by(delta);
         applied
     }
@@ -608,6 +670,7 @@ impl Router {
                     qos: message.qos.min(qos),
                     retain: retain && message.retain,
                     subscription_ids: ids,
+                    stored: None,
                 };
                 let pushed = match wakes.as_deref_mut() {
                     Some(wakes) => subscriber
@@ -696,10 +759,11 @@ impl Router {
     /// stamp, in a cluster.
     fn retain(&self, message: &Message) -> Option<Stamp> {
         let stored = retained_copy(message);
-        let (delta, stamp) = self
-            .retained
-            .write()
-            .set_local(&message.topic, stored, now_ms());
+        let copy = self.durable.get().and(stored.clone());
+        let mut retained = self.retained.write();
+        let (delta, stamp) = retained.set_local(&message.topic, stored, now_ms());
+        self.write_retained(&message.topic, copy.as_deref(), stamp.as_ref());
+        drop(retained);
         self.metrics.retained.inc_by(delta);
         stamp
     }

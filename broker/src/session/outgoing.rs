@@ -1,19 +1,24 @@
 //! The QoS 1/2 messages sent to a client and not yet acknowledged, with the packet ids they
 //! use: owned by the connection holding the session, kept with the session when it goes
-//! offline, and resent in order when a connection resumes it.
+//! offline, and resent in order when a connection resumes it. For a persistent session with a
+//! data directory each change is written to the session's [`Journal`] as it happens: the packet
+//! id a delivery was sent with, its PUBREC, its end.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use crate::codec::QoS;
 use crate::router::Delivery;
+use crate::store::Journal;
 
 /// Where an outgoing QoS 1/2 message stands.
 #[derive(Debug, Clone)]
 pub enum InFlight {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published(Delivery),
-    /// PUBREL sent; waiting for PUBCOMP.
-    Released,
+    /// PUBREL sent; waiting for PUBCOMP. With the delivery's journal number, if it was stored.
+    Released(Option<NonZeroU32>),
     /// PUBLISH sent on an earlier connection of a resumed session and not yet resent on this
     /// one: it goes again (DUP) when the client's Receive Maximum has room (§4.9: the send quota
     /// starts afresh with each connection), before anything new.
@@ -34,6 +39,8 @@ pub struct Outgoing {
     /// `last_id` is free unless it is the front's, and giving it out is O(1) however large the
     /// window. Out of turn, ids are looked for among the entries until they are all gone.
     out_of_turn: bool,
+    /// The session's journal in the data directory, when it is persistent and there is one.
+    journal: Option<Arc<Journal>>,
 }
 
 impl Outgoing {
@@ -81,8 +88,9 @@ impl Outgoing {
         Some((*id, delivery))
     }
 
-    /// Removes the entry at `index`, keeping the count of unsent ones.
+    /// Removes the entry at `index`, keeping the count of unsent ones (and the journal).
     fn remove_at(&mut self, index: usize) -> bool {
+        self.forget(index);
         match self.entries.remove(index) {
             Some((_, InFlight::Unsent(_))) => {
                 self.unsent -= 1;
@@ -130,7 +138,58 @@ impl Outgoing {
 
     /// Records a PUBLISH sent with `id`, which [`Outgoing::next_id`] has just given out.
     pub fn record(&mut self, id: u16, delivery: Delivery) {
+        if let (Some(journal), Some(seq)) = (&self.journal, delivery.stored) {
+            journal.sent(seq, id);
+        }
         self.entries.push_back((id, InFlight::Published(delivery)));
+    }
+
+    /// The session's journal (see [`Outgoing::set_journal`]).
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
+    }
+
+    /// Writes what is in flight to `journal` from now on (or, with `None`, stops). Entries
+    /// that have no journal number yet (a session that came from another node) are numbered by
+    /// `number` and written, so that the journal holds all of them.
+    pub fn set_journal(
+        &mut self,
+        journal: Option<Arc<Journal>>,
+        mut number: impl FnMut() -> NonZeroU32,
+    ) {
+        if let Some(journal) = &journal {
+            for (id, state) in self.entries.iter_mut() {
+                match state {
+                    InFlight::Published(delivery) | InFlight::Unsent(delivery)
+                        if delivery.stored.is_none() =>
+                    {
+                        let seq = number();
+                        delivery.stored = Some(seq);
+                        journal.queued(seq, delivery);
+                        journal.sent(seq, *id);
+                    }
+                    InFlight::Released(stored @ None) => {
+                        let seq = number();
+                        *stored = Some(seq);
+                        journal.released(seq, *id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.journal = journal;
+    }
+
+    /// The journal number of the entry at `index`, which is done with.
+    fn forget(&self, index: usize) {
+        let stored = match self.entries.get(index) {
+            Some((_, InFlight::Published(d) | InFlight::Unsent(d))) => d.stored,
+            Some((_, InFlight::Released(stored))) => *stored,
+            None => None,
+        };
+        if let (Some(journal), Some(seq)) = (&self.journal, stored) {
+            journal.done(seq);
+        }
     }
 
     /// PUBACK: the QoS 1 message is done. Returns whether `id` was a QoS 1 PUBLISH in flight.
@@ -144,11 +203,20 @@ impl Outgoing {
     /// PUBREC: the QoS 2 message is received; PUBREL follows. Returns whether `id` is in flight.
     pub fn received(&mut self, id: u16) -> bool {
         match self.entries.iter_mut().find(|(used, _)| *used == id) {
-            Some((_, state)) => {
+            Some((used, state)) => {
+                let stored = match state {
+                    InFlight::Published(d) | InFlight::Unsent(d) => d.stored,
+                    InFlight::Released(stored) => *stored,
+                };
                 if matches!(state, InFlight::Unsent(_)) {
                     self.unsent -= 1;
                 }
-                *state = InFlight::Released;
+                if let (Some(journal), Some(seq)) = (&self.journal, stored) {
+                    if !matches!(state, InFlight::Released(_)) {
+                        journal.released(seq, *used);
+                    }
+                }
+                *state = InFlight::Released(stored);
                 true
             }
             None => false,
@@ -177,7 +245,7 @@ impl Outgoing {
         let index = self
             .entries
             .iter()
-            .position(|(used, state)| *used == id && matches!(state, InFlight::Released));
+            .position(|(used, state)| *used == id && matches!(state, InFlight::Released(_)));
         index.is_some_and(|index| self.remove_at(index))
     }
 
@@ -200,6 +268,7 @@ impl Outgoing {
             out_of_turn: !entries.is_empty(),
             entries: entries.into(),
             unsent,
+            journal: None,
         }
     }
 
@@ -292,7 +361,7 @@ mod tests {
         assert!(outgoing.acknowledge(one));
         assert!(!outgoing.acknowledge(one));
         assert_eq!(outgoing.len(), 1);
-        assert!(matches!(outgoing.iter().next(), Some((id, InFlight::Released)) if *id == two));
+        assert!(matches!(outgoing.iter().next(), Some((id, InFlight::Released(_))) if *id == two));
         assert!(outgoing.complete(two));
         assert!(outgoing.is_empty());
     }

@@ -127,7 +127,7 @@ impl SessionSnapshot {
                     out.put_u8(0);
                     put_delivery(&mut out, delivery, now);
                 }
-                InFlight::Released => out.put_u8(1),
+                InFlight::Released(_) => out.put_u8(1),
             }
         }
         put_count32(&mut out, self.queued.len());
@@ -247,7 +247,7 @@ impl SessionSnapshot {
                     }
                     InFlight::Published(delivery)
                 }
-                1 => InFlight::Released,
+                1 => InFlight::Released(None),
                 _ => return Err(SnapshotError::Invalid("in-flight state")),
             };
             in_flight.push((id, state));
@@ -488,6 +488,7 @@ fn take_delivery(buf: &mut &[u8], now: Instant, aged: Duration) -> Result<Delive
         qos,
         retain,
         subscription_ids,
+        stored: None,
     })
 }
 

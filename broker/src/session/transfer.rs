@@ -10,6 +10,7 @@
 //! (session present). The session gets a new [`super::SessionId`] here: ids are per node.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use super::{
     SessionState, SnapshotSubscription,
 };
 use crate::router::{Grant, Message, Router};
+use crate::store::Journal;
 use crate::topic::Subscription;
 
 /// A session taken out of its registry whose mailbox still takes what is published for it:
@@ -147,6 +149,18 @@ impl SessionRegistry {
     /// Puts `snapshot` in as an offline session, unless a connection holds a session of its
     /// client id here (see [`Adopted`]).
     pub fn adopt(&self, snapshot: SessionSnapshot, router: &Router) -> Adopted {
+        self.adopt_with(snapshot, router, None)
+    }
+
+    /// [`SessionRegistry::adopt`], with the journal a session read back from the data
+    /// directory writes to and its next number; a persistent session from elsewhere gets a new
+    /// journal (with a data directory), holding everything it brought.
+    pub(super) fn adopt_with(
+        &self,
+        snapshot: SessionSnapshot,
+        router: &Router,
+        journal: Option<(Arc<Journal>, NonZeroU32)>,
+    ) -> Adopted {
         let now = Instant::now();
         let mut sessions = self.sessions.lock();
         let replaced = match sessions.entries.get(snapshot.client_id.as_str()) {
@@ -166,6 +180,15 @@ impl SessionRegistry {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::new(id, key.clone(), self.queue_capacity));
+        let read_back = journal.is_some();
+        let journal = journal.or_else(|| {
+            let store = self.store.get()?;
+            (snapshot.expiry != super::SessionExpiry::ZERO)
+                .then(|| (store.journal(key.clone()), NonZeroU32::MIN))
+        });
+        if let Some((journal, next)) = &journal {
+            mailbox.set_journal(Some((journal.clone(), *next)));
+        }
         let mut subscriptions = BTreeMap::new();
         for subscription in &snapshot.subscriptions {
             // Checked by the decoder; one that does not parse is skipped rather than trusted.
@@ -181,10 +204,16 @@ impl SessionRegistry {
         for packet_id in snapshot.incoming_qos2 {
             incoming_qos2.insert(packet_id);
         }
+        let mut outgoing = Outgoing::restore(snapshot.in_flight);
+        if let Some((journal, _)) = &journal {
+            outgoing.set_journal(Some(journal.clone()), || {
+                mailbox.next_journal_number().unwrap_or(NonZeroU32::MIN)
+            });
+        }
         let state = Box::new(SessionState {
             mailbox: mailbox.clone(),
             subscriptions,
-            outgoing: Outgoing::restore(snapshot.in_flight),
+            outgoing,
             incoming_qos2,
             retained: VecDeque::from(snapshot.retained),
             expiry: snapshot.expiry,
@@ -194,6 +223,16 @@ impl SessionRegistry {
             .expiry
             .get()
             .and_then(|expiry| now.checked_add(expiry));
+        if let (Some((journal, _)), false) = (&journal, read_back) {
+            for packet_id in state.incoming_qos2.ids() {
+                journal.awaiting(packet_id);
+            }
+            journal.session(&super::durable::record_of(
+                &state,
+                snapshot.will.as_ref(),
+                router,
+            ));
+        }
         let will = snapshot.will.map(|will| {
             let due = now.checked_add(will.delay).unwrap_or(now);
             (will, due)

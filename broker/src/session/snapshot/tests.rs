@@ -15,6 +15,7 @@ fn delivery(topic: &str, payload: &[u8], qos: QoS) -> Delivery {
         qos,
         retain: false,
         subscription_ids: SubscriptionIds::new(),
+        stored: None,
     }
 }
 
@@ -74,9 +75,10 @@ fn full(now: Instant) -> SessionSnapshot {
                     qos: QoS::ExactlyOnce,
                     retain: false,
                     subscription_ids: SubscriptionIds::new(),
+                    stored: None,
                 }),
             ),
-            (11, InFlight::Released),
+            (11, InFlight::Released(None)),
             (12, InFlight::Unsent(delivery("a/d", b"", QoS::AtLeastOnce))),
         ],
         queued: vec![identified, delivery("a/e", &[0u8; 3000], QoS::AtMostOnce)],
@@ -108,7 +110,7 @@ fn summary(snapshot: &SessionSnapshot) -> String {
         .iter()
         .map(|(id, state)| match state {
             InFlight::Published(d) | InFlight::Unsent(d) => format!("{id} sent {}", delivery(d)),
-            InFlight::Released => format!("{id} released"),
+            InFlight::Released(_) => format!("{id} released"),
         })
         .collect();
     let retained: Vec<String> = snapshot
@@ -228,7 +230,7 @@ fn what_a_client_could_not_have_sent_is_refused() {
     );
     check(&|s| s.incoming_qos2.push(0), "packet id");
     check(
-        &|s| s.in_flight.push((10, InFlight::Released)),
+        &|s| s.in_flight.push((10, InFlight::Released(None))),
         "in-flight packet id",
     );
     check(
@@ -248,6 +250,7 @@ fn what_a_client_could_not_have_sent_is_refused() {
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 subscription_ids: SubscriptionIds::new(),
+                stored: None,
             });
         },
         "message properties",

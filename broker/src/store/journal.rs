@@ -1,0 +1,116 @@
+//! One persistent session's records in the data directory. The session's mailbox numbers each
+//! QoS 1/2 delivery it queues (its journal number, carried by the delivery as
+//! [`Delivery::stored`]) and writes it here under that number; the connection that sends it
+//! records its packet id and PUBREC, and removes it once acknowledged. The session's own record
+//! (subscriptions, expiry, delayed will) is rewritten whenever one of them changes.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use super::keys::{awaiting_key, delivery_key, session_key};
+use super::Store;
+use crate::router::Delivery;
+use crate::session::SessionSnapshot;
+
+/// `sent` record states.
+pub(super) const PUBLISHED: u8 = 0;
+pub(super) const RELEASED: u8 = 1;
+
+pub struct Journal {
+    store: Arc<Store>,
+    client_id: Arc<str>,
+    incarnation: u64,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("client_id", &self.client_id)
+            .field("incarnation", &self.incarnation)
+            .finish()
+    }
+}
+
+impl Journal {
+    pub(super) fn new(store: Arc<Store>, client_id: Arc<str>, incarnation: u64) -> Journal {
+        Journal {
+            store,
+            client_id,
+            incarnation,
+        }
+    }
+
+    fn key(&self, seq: NonZeroU32) -> Vec<u8> {
+        delivery_key(&self.client_id, self.incarnation, seq)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Writes the session's own record: `meta` is the session without its deliveries.
+    pub fn session(&self, meta: &SessionSnapshot) {
+        let mut value = super::keys::wall_ms().to_be_bytes().to_vec();
+        value.extend_from_slice(&meta.encode(std::time::Instant::now()));
+        let key = session_key(&self.client_id, self.incarnation);
+        self.store.put(&self.store.sessions, key, value);
+    }
+
+    /// A delivery queued under journal number `seq`.
+    pub fn queued(&self, seq: NonZeroU32, delivery: &Delivery) {
+        let value = super::encode_delivery(delivery);
+        self.store.put(&self.store.deliveries, self.key(seq), value);
+    }
+
+    /// Delivery `seq` was sent with `packet_id`.
+    pub fn sent(&self, seq: NonZeroU32, packet_id: u16) {
+        self.mark(seq, packet_id, PUBLISHED);
+    }
+
+    /// Delivery `seq` (QoS 2) was received by the client (PUBREC): PUBREL is what is resent
+    /// now, and the message itself is no longer needed.
+    pub fn released(&self, seq: NonZeroU32, packet_id: u16) {
+        self.mark(seq, packet_id, RELEASED);
+        self.store.remove(&self.store.deliveries, self.key(seq));
+    }
+
+    fn mark(&self, seq: NonZeroU32, packet_id: u16, state: u8) {
+        let [high, low] = packet_id.to_be_bytes();
+        self.store
+            .put(&self.store.sent, self.key(seq), vec![high, low, state]);
+    }
+
+    /// Delivery `seq` is done with: acknowledged, refused, expired or dropped.
+    pub fn done(&self, seq: NonZeroU32) {
+        let key = self.key(seq);
+        self.store.remove(&self.store.sent, key.clone());
+        self.store.remove(&self.store.deliveries, key);
+    }
+
+    /// An inbound QoS 2 packet id now awaits PUBREL.
+    pub fn awaiting(&self, packet_id: u16) {
+        self.store.put(
+            &self.store.awaiting,
+            awaiting_key(&self.client_id, self.incarnation, packet_id),
+            Vec::new(),
+        );
+    }
+
+    /// An inbound QoS 2 packet id was released.
+    pub fn released_awaiting(&self, packet_id: u16) {
+        self.store.remove(
+            &self.store.awaiting,
+            awaiting_key(&self.client_id, self.incarnation, packet_id),
+        );
+    }
+
+    /// The session ended here (discarded, expired, or moved to another node): its records go.
+    pub fn end(&self) {
+        let store = &self.store;
+        let prefix = session_key(&self.client_id, self.incarnation);
+        store.remove(&store.sessions, prefix.clone());
+        store.remove_prefix(&store.deliveries, &prefix);
+        store.remove_prefix(&store.sent, &prefix);
+        store.remove_prefix(&store.awaiting, &prefix);
+    }
+}
