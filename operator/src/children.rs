@@ -4,21 +4,27 @@
 //!
 //! Names, for a cluster `c` in namespace `ns`: StatefulSet `c` (pods `c-0`, `c-1`, ...),
 //! headless Service `c-headless` (the pods' DNS names, which are the gossip seeds), client
-//! Service `c`, Secret `c-csk` (unless the spec names one), PodDisruptionBudget `c`. The TLS
-//! and auth Secrets and the ACL ConfigMap the spec names are the user's (or cert-manager's):
-//! mounted, never written.
+//! Service `c`, Secret `c-csk` (unless the spec names one), PodDisruptionBudget `c`; with
+//! `spec.persistence`, the StatefulSet's controller makes a claim `data-c-<n>` per pod from its
+//! volume claim template. The TLS and auth Secrets and the ACL ConfigMap the spec names are the
+//! user's (or cert-manager's): mounted, never written.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
     WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
@@ -62,12 +68,27 @@ pub const PASSWORDS_DIR: &str = "/etc/coolpy7/auth/passwords";
 pub const ACL_DIR: &str = "/etc/coolpy7/auth/acl";
 /// Where the `auth.httpHook.tokenSecret` Secret is mounted, as a whole directory.
 pub const HOOK_DIR: &str = "/etc/coolpy7/auth/hook";
+/// The broker's data directory (`-dd`) when `spec.persistence` is enabled: where each pod's
+/// claim is mounted.
+pub const DATA_DIR: &str = "/var/lib/coolpy7";
+/// The volume claim template (claims `data-<cluster>-<ordinal>`) and the volume it mounts.
+pub const DATA_VOLUME: &str = "data";
+/// What becomes of the claims (`persistentVolumeClaimRetentionPolicy`). On a scale-down the
+/// pods removed drain first, handing their sessions over to the other brokers, so their data
+/// is no longer needed, and a claim kept would give the pod of that ordinal, on some later
+/// scale-up, state gone stale meanwhile (retained messages since replaced or cleared): deleted,
+/// once its pod is gone. When the cluster (and so the StatefulSet) is deleted: kept, as a
+/// database's volumes are, so that a mistaken delete loses nothing and a cluster made again
+/// with the same name in the same namespace starts from its state.
+pub const CLAIMS_WHEN_SCALED: &str = "Delete";
+pub const CLAIMS_WHEN_DELETED: &str = "Retain";
 /// The mounted files (certificates, keys, credentials, rules) are readable by their group
 /// only, which is the pod's fsGroup.
 const SECRET_FILE_MODE: i32 = 0o440;
-/// The pod's fsGroup when Secrets are mounted: the group of the broker image's non-root user
-/// (`USER 65532:65532` in the Dockerfile). The kubelet gives the files this group and the
-/// container's processes this supplementary group, whatever user the image runs as.
+/// The pod's fsGroup when Secrets are mounted or a data volume is: the group of the broker
+/// image's non-root user (`USER 65532:65532` in the Dockerfile). The kubelet gives the files
+/// (and the data volume's directory, writable) this group and the container's processes this
+/// supplementary group, whatever user the image runs as.
 pub const SECRET_FILES_GROUP: i64 = 65532;
 const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
 
@@ -612,6 +633,47 @@ fn drain_args(cluster: &Coolpy7Cluster) -> Vec<String> {
     args
 }
 
+/// The data directory and fsync flags, when `spec.persistence` is enabled: `-dfs` always, 0
+/// included, so that the pod spec says how the writes reach the disk.
+fn persistence_args(cluster: &Coolpy7Cluster) -> Vec<String> {
+    let persistence = &cluster.spec.persistence;
+    if !persistence.enabled {
+        return Vec::new();
+    }
+    vec![
+        format!("-dd={DATA_DIR}"),
+        format!("-dfs={}", persistence.fsync_interval_ms),
+    ]
+}
+
+/// The StatefulSet's volume claim template when `spec.persistence` is enabled: one
+/// ReadWriteOnce claim per pod of `size`, in `storageClassName` when given (`""` included, no
+/// class), else in the Kubernetes cluster's default class. Only its name in the metadata:
+/// the StatefulSet's controller labels the claims with the pods' selector, and a template
+/// never changes, so it holds nothing a later operator could want to change.
+pub fn data_claim_template(cluster: &Coolpy7Cluster) -> Option<PersistentVolumeClaim> {
+    let persistence = &cluster.spec.persistence;
+    persistence.enabled.then(|| PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: persistence.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(persistence.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    })
+}
+
 /// The seconds the kubelet gives a broker pod between SIGTERM and SIGKILL: its whole drain
 /// (`spec.drain.graceSeconds`, or the broker's default) and the margin for what follows it.
 pub fn termination_grace_seconds(cluster: &Coolpy7Cluster) -> i64 {
@@ -625,9 +687,10 @@ pub fn termination_grace_seconds(cluster: &Coolpy7Cluster) -> i64 {
 }
 
 /// The broker's command line: identity from the pod, seeds from the headless Service,
-/// listeners, ports, MQTT 5 limits, access control, abuse limits, forwarding and drain from the
-/// spec, then the user's extra flags (which may override the settings, but not the listeners,
-/// ports, mode, files or drain grace: see `reconcile`'s OWNED_FLAGS).
+/// listeners, ports, MQTT 5 limits, access control, abuse limits, forwarding, drain and
+/// persistence from the spec, then the user's extra flags (which may override the settings,
+/// but not the listeners, ports, mode, files, drain grace or data directory: see
+/// `reconcile`'s OWNED_FLAGS).
 pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String> {
     let ports = &cluster.spec.ports;
     let mut args = vec![
@@ -669,6 +732,7 @@ pub fn broker_args(cluster: &Coolpy7Cluster, cluster_domain: &str) -> Vec<String
     args.extend(limit_args(cluster));
     args.extend(forwarding_args(cluster));
     args.extend(drain_args(cluster));
+    args.extend(persistence_args(cluster));
     args.extend(cluster.spec.args.iter().cloned());
     args
 }
@@ -800,6 +864,7 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
             },
         })
         .collect();
+    let claim_template = data_claim_template(cluster);
     let volume_mounts: Vec<VolumeMount> = mounted
         .iter()
         .map(|object| VolumeMount {
@@ -808,6 +873,12 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
             read_only: Some(true),
             ..VolumeMount::default()
         })
+        // The claim's volume: the StatefulSet adds it to each pod from the template.
+        .chain(claim_template.as_ref().map(|_| VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: DATA_DIR.into(),
+            ..VolumeMount::default()
+        }))
         .collect();
     let container = Container {
         name: BROKER_CONTAINER.into(),
@@ -849,6 +920,12 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
                 rolling_update: None,
             }),
             min_ready_seconds: Some(spec.min_ready_seconds.unwrap_or(DEFAULT_MIN_READY_SECONDS)),
+            persistent_volume_claim_retention_policy: claim_template.as_ref().map(|_| {
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(CLAIMS_WHEN_DELETED.into()),
+                    when_scaled: Some(CLAIMS_WHEN_SCALED.into()),
+                }
+            }),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(cluster)),
                 ..LabelSelector::default()
@@ -872,9 +949,15 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
                     volumes: non_empty(&volumes),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        // Only with files to read, so that a cluster without TLS or auth keeps
-                        // the pod template it had.
-                        fs_group: (!volumes.is_empty()).then_some(SECRET_FILES_GROUP),
+                        // Only with files to read or a data volume to write, so that a cluster
+                        // without TLS, auth or persistence keeps the pod template it had.
+                        fs_group: (!volumes.is_empty() || claim_template.is_some())
+                            .then_some(SECRET_FILES_GROUP),
+                        // A data volume's files are given the group again only when its top
+                        // directory lacks it, rather than one by one at every start.
+                        fs_group_change_policy: claim_template
+                            .as_ref()
+                            .map(|_| "OnRootMismatch".into()),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),
                             ..SeccompProfile::default()
@@ -884,6 +967,7 @@ pub fn stateful_set(cluster: &Coolpy7Cluster, cluster_domain: &str) -> StatefulS
                     ..PodSpec::default()
                 }),
             },
+            volume_claim_templates: claim_template.map(|template| vec![template]),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()

@@ -156,9 +156,21 @@ pub struct Coolpy7ClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub min_ready_seconds: Option<i32>,
+    /// Durable state (the broker flags `-dd` and `-dfs`): each broker keeps its sessions, its
+    /// queued and in-flight QoS 1 and 2 messages and the retained messages on a
+    /// PersistentVolumeClaim of its own, `data-<name>-<ordinal>`, mounted at
+    /// `/var/lib/coolpy7`, and reads them back when it starts again. Off by default: in memory
+    /// only. A claim is deleted with the pod a scale-down removes (which hands its sessions
+    /// over as it drains) and kept when the cluster is deleted. `enabled`, `size` and
+    /// `storageClassName` make the StatefulSet's volume claim template, which never changes:
+    /// changed on a running cluster, they leave it `Degraded` (reason `PersistenceImmutable`,
+    /// saying what to do) and the StatefulSet as it was.
+    #[serde(default)]
+    pub persistence: PersistenceSpec,
     /// Extra broker flags, for settings the spec has no field for (e.g. `-mq=5000`); they come
     /// after the flags the spec's fields set, so they win over `mqtt`, `limits`, `forwarding`
-    /// and `drain` (but for `-dg`, which the operator sets itself from `drain.graceSeconds`).
+    /// and `drain` (but for `-dg`, which the operator sets itself from `drain.graceSeconds`,
+    /// and `-dd` and `-dfs`, which it sets from `persistence`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// The broker's log filter (`info`, `debug`, `coolpy7=debug,warn`, ...).
@@ -869,6 +881,67 @@ pub struct DrainSpec {
     #[x_kube(validation = Rule::new("size(bytes(self)) <= 65535")
         .message("drain.serverReference is at most 65535 bytes of UTF-8"))]
     pub server_reference: Option<String>,
+}
+
+/// A Kubernetes quantity of bytes, as `persistence.size` takes it: a number and at most one
+/// suffix, binary (`Ki` .. `Ei`), decimal (`k`, `M` .. `E`) or a decimal exponent (`e9`). The
+/// API server would take `m`, `u`, `n` and negative exponents too, but a size with them is a
+/// fraction of a byte, or a mistake (`512m` for `512Mi`).
+pub const SIZE_PATTERN: &str = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[kMGTPE]|[eE]\+?[0-9]+)?$";
+
+/// A StorageClass name (a DNS subdomain), or `""`, a claim's "no class".
+pub const STORAGE_CLASS_PATTERN: &str =
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$";
+
+/// The longest `persistence.fsyncIntervalMs` the broker takes (`-dfs`).
+pub const MAX_FSYNC_INTERVAL_MS: i32 = 10_000;
+
+/// Durable state (the broker flags `-dd` and `-dfs`); see `Coolpy7ClusterSpec::persistence`.
+/// When enabled, the StatefulSet gets the volume claim template `data` (ReadWriteOnce, `size`,
+/// `storageClassName`), the broker container mounts it at `/var/lib/coolpy7`, and the claims'
+/// retention policy deletes a claim on scale-down and keeps it when the cluster is deleted
+/// (`children::CLAIMS_WHEN_SCALED`, `CLAIMS_WHEN_DELETED`). `fsyncIntervalMs` is a flag and
+/// may change at any time (a rolling update); the other fields may not (see
+/// `reconcile::persistence_change_problem`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistenceSpec {
+    /// Whether each broker keeps its state on a volume of its own (`-dd=/var/lib/coolpy7`).
+    /// False: in memory only, lost with the pod unless handed over to another broker.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The size of each broker's claim: a quantity of bytes such as `1Gi`, `500M` or `1.5Ti`
+    /// (suffixes Ki, Mi, Gi, Ti, Pi, Ei and k, M, G, T, P, E).
+    #[serde(default = "default_persistence_size")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = SIZE_PATTERN))]
+    pub size: String,
+    /// The StorageClass of the claims. Left out: the Kubernetes cluster's default class; `""`:
+    /// no class, so that only PersistentVolumes without one (made beforehand) are bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), regex(pattern = STORAGE_CLASS_PATTERN))]
+    pub storage_class_name: Option<String>,
+    /// How the writes reach the disk (`-dfs`), 0 to 10000. 0 (the default): every
+    /// acknowledgement (PUBACK, PUBREC, SUBACK, ...) waits for its write to be fsynced.
+    /// N: acknowledged once written to the operating system, fsynced every N milliseconds;
+    /// a crash of the broker loses nothing, a power loss of its node up to the last N ms.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_FSYNC_INTERVAL_MS))]
+    pub fsync_interval_ms: i32,
+}
+
+impl Default for PersistenceSpec {
+    fn default() -> Self {
+        PersistenceSpec {
+            enabled: false,
+            size: default_persistence_size(),
+            storage_class_name: None,
+            fsync_interval_ms: 0,
+        }
+    }
+}
+
+pub fn default_persistence_size() -> String {
+    "1Gi".to_string()
 }
 
 /// Where a shared subscription group's messages go (`-ssp`).

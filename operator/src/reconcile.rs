@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -26,8 +26,10 @@ use tracing::{info, warn};
 use crate::children;
 use crate::crd::{
     AuthMode, Coolpy7Cluster, Coolpy7ClusterStatus, Phase, UsernameFromCertificate, VerifyClients,
+    MAX_FSYNC_INTERVAL_MS,
 };
 use crate::metrics::Metrics;
+use crate::quantity;
 
 /// The one field manager of every apply, so that a user's edit of a field we own is reverted
 /// on the next reconcile.
@@ -48,6 +50,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// HTTP service token given as a value (`-jsk`, `-ht`) would show in the pod spec. The drain
 /// grace (`-dg`) must match the pods' terminationGracePeriodSeconds, which is made from
 /// `drain.graceSeconds`: a longer one in `args` would be cut short by the kubelet's SIGKILL.
+/// The data directory (`-dd`) must be the volume the operator mounts, and its fsync interval
+/// (`-dfs`) goes with it, both from `persistence`.
 /// The other listener settings (`-wsp`, `-tv`, `-tcn`, `-pp`), the auth settings (`-acld`,
 /// `-ha`, `-hat`, `-hac`, `-ari`), the abuse limits, the forwarding settings (`-csb`, `-csl`,
 /// `-ssp`) and the other drain settings (`-dr`, `-dsr`) may be overridden like the MQTT 5
@@ -56,10 +60,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Every flag is in the pod template, so a change of any of them (the spec's `args` included)
 /// is a rolling update; so is a change of `drain.graceSeconds`, through the template's
 /// terminationGracePeriodSeconds. `replicas` and `minReadySeconds` are the StatefulSet's own
-/// and restart nothing.
-const OWNED_FLAGS: [&str; 24] = [
+/// and restart nothing; so is the claims' retention policy. The volume claim template
+/// (`persistence.enabled`, `size`, `storageClassName`) cannot change at all: see
+/// [`persistence_change_problem`].
+const OWNED_FLAGS: [&str; 26] = [
     "nid", "cad", "mbs", "csk", "crp", "csp", "l", "hl", "tl", "wl", "wsl", "tc", "tk", "tca",
-    "cl", "as", "jsk", "jskf", "jpk", "pwf", "acl", "ht", "htf", "dg",
+    "cl", "as", "jsk", "jskf", "jpk", "pwf", "acl", "ht", "htf", "dg", "dd", "dfs",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +162,14 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
     }
     let fingerprint = children::key_fingerprint(&key);
     let (set, client_service) = match apply_children(cluster, ctx, &namespace, &fingerprint).await {
-        Ok(applied) => applied,
+        Ok(Ok(applied)) => applied,
+        // The spec's persistence is not what the StatefulSet was made with, and cannot become
+        // it: say what to do, and look again slowly (deleting the StatefulSet, as the message
+        // says, is a change the operator sees at once).
+        Ok(Err(problem)) => {
+            report_degraded(ctx, cluster, PERSISTENCE_IMMUTABLE, &problem).await?;
+            return Ok(Action::requeue(RESYNC));
+        }
         // The API server refused an object built from this spec (an invalid quantity or label,
         // an immutable field changed): the spec's problem, reported as such, not retried hot.
         Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
@@ -174,6 +187,9 @@ async fn reconcile_inner(cluster: &Coolpy7Cluster, ctx: &Context) -> Result<Acti
 
 /// The reason of a spec the operator refuses (its Event's and its Degraded condition's).
 const INVALID_SPEC: &str = "InvalidSpec";
+/// The reason of a spec whose persistence the StatefulSet cannot take (its volume claim
+/// templates never change).
+pub const PERSISTENCE_IMMUTABLE: &str = "PersistenceImmutable";
 
 /// A spec the operator cannot run: logged, a Warning event with `reason`, and a Degraded
 /// status whose conditions carry the same reason; the children are left as they are.
@@ -192,13 +208,14 @@ async fn report_degraded(
 }
 
 /// Server-side-applies every child (and deletes a disabled budget); returns the applied
-/// StatefulSet and client Service, whose status the cluster's status is made from.
+/// StatefulSet and client Service, whose status the cluster's status is made from, or why the
+/// StatefulSet cannot take the spec's persistence (the children after it left as they were).
 async fn apply_children(
     cluster: &Coolpy7Cluster,
     ctx: &Context,
     namespace: &str,
     key_fingerprint: &str,
-) -> Result<(StatefulSet, Service), kube::Error> {
+) -> Result<Result<(StatefulSet, Service), String>, kube::Error> {
     let name = cluster.name_any();
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
@@ -218,7 +235,7 @@ async fn apply_children(
         )
         .await?;
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let set = sets
+    let applied = sets
         .patch(
             &name,
             &params,
@@ -227,7 +244,22 @@ async fn apply_children(
                 key_fingerprint,
             )),
         )
-        .await?;
+        .await;
+    let set = match applied {
+        Ok(set) => set,
+        // Refused: perhaps for the volume claim templates, which the API server says only as
+        // "updates to statefulset spec for fields other than ... are forbidden". Look at what
+        // the StatefulSet was made with and name the field, or pass the refusal on.
+        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+            if let Some(existing) = sets.get_opt(&name).await? {
+                if let Some(problem) = persistence_change_problem(cluster, &existing) {
+                    return Ok(Err(problem));
+                }
+            }
+            return Err(kube::Error::Api(status));
+        }
+        Err(error) => return Err(error),
+    };
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
     match children::pod_disruption_budget(cluster) {
         Some(budget) => {
@@ -241,7 +273,106 @@ async fn apply_children(
             Err(error) => return Err(error),
         },
     }
-    Ok((set, client_service))
+    Ok(Ok((set, client_service)))
+}
+
+/// The size a claim template requests, as written.
+fn requested_size(claim: &PersistentVolumeClaim) -> Option<&str> {
+    claim
+        .spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")
+        .map(|size| size.0.as_str())
+}
+
+/// Why StatefulSet `existing` cannot take the volume claim template the spec's persistence
+/// makes, if it cannot: Kubernetes never lets a StatefulSet's volumeClaimTemplates change, so
+/// enabling or disabling persistence on a running cluster, or changing the claims' size or
+/// class, is refused. Sizes compare by value (the API server writes `1024Mi` back as `1Gi`).
+/// What to do is in the message: set the field back, or delete the StatefulSet but not its
+/// pods, for the operator to make it again (the pods, adopted, are then replaced one at a time
+/// if their template changed).
+pub fn persistence_change_problem(
+    cluster: &Coolpy7Cluster,
+    existing: &StatefulSet,
+) -> Option<String> {
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().unwrap_or_default();
+    let orphan = format!("kubectl delete statefulset {name} -n {namespace} --cascade=orphan");
+    let made_with = existing
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.volume_claim_templates.as_ref())
+        .and_then(|templates| {
+            templates
+                .iter()
+                .find(|claim| claim.metadata.name.as_deref() == Some(children::DATA_VOLUME))
+        });
+    let wanted = children::data_claim_template(cluster);
+    let volume = children::DATA_VOLUME;
+    match (wanted.as_ref(), made_with) {
+        (None, None) => None,
+        (Some(_), None) => Some(format!(
+            "persistence.enabled is true, but StatefulSet {name} was made without a data volume \
+             and a StatefulSet's volume claim templates never change. To give the brokers \
+             their volumes, run `{orphan}`: the operator makes it again with them, and the \
+             pods are replaced one at a time, each draining first. Or set persistence.enabled \
+             back to false"
+        )),
+        (None, Some(_)) => Some(format!(
+            "persistence.enabled is false, but StatefulSet {name} was made with a data volume \
+             and a StatefulSet's volume claim templates never change. To run in memory only, \
+             run `{orphan}`: the operator makes it again without, the pods are replaced one at \
+             a time, each draining first, and the claims {volume}-{name}-<n> stay until you \
+             delete them. Or set persistence.enabled back to true"
+        )),
+        (Some(wanted), Some(made_with)) => {
+            let old_size = requested_size(made_with).unwrap_or_default();
+            let new_size = requested_size(wanted).unwrap_or_default();
+            let same_size = match (quantity::bytes(old_size), quantity::bytes(new_size)) {
+                (Ok(old), Ok(new)) => old == new,
+                _ => old_size == new_size,
+            };
+            if !same_size {
+                return Some(format!(
+                    "persistence.size is {new_size}, but StatefulSet {name} was made with claims \
+                     of {old_size} and a StatefulSet's volume claim templates never change. Set \
+                     persistence.size back to {old_size}; or grow each claim {volume}-{name}-<n> \
+                     (if its StorageClass allows volume expansion: kubectl patch pvc), then run \
+                     `{orphan}` for the operator to make it again with the new size for the \
+                     claims to come"
+                ));
+            }
+            let class = |claim: &PersistentVolumeClaim| {
+                claim
+                    .spec
+                    .as_ref()
+                    .and_then(|spec| spec.storage_class_name.clone())
+            };
+            let (old_class, new_class) = (class(made_with), class(wanted));
+            if old_class == new_class {
+                return None;
+            }
+            let describe = |class: &Option<String>| match class.as_deref() {
+                None => "left out (the default class)".to_string(),
+                Some("") => "\"\" (no class)".to_string(),
+                Some(class) => class.to_string(),
+            };
+            let (old_class, new_class) = (describe(&old_class), describe(&new_class));
+            Some(format!(
+                "persistence.storageClassName is {new_class}, but StatefulSet {name} was made \
+                 with {old_class} and a StatefulSet's volume claim templates never change. Set \
+                 it back; claims cannot move to another class (to start over in the new one, \
+                 run `{orphan}`, then delete each claim {volume}-{name}-<n> and its pod in \
+                 turn: the pod drains and hands its sessions over, and comes back with a new, \
+                 empty claim)"
+            ))
+        }
+    }
 }
 
 /// The cluster key from its Secret: the key's bytes, or what is wrong (for the status).
@@ -521,6 +652,9 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
     if let Some(problem) = drain_problem(cluster) {
         return Some(problem);
     }
+    if let Some(problem) = persistence_problem(cluster) {
+        return Some(problem);
+    }
     for arg in &cluster.spec.args {
         let flag = arg.trim_start_matches('-');
         let flag = flag.split_once('=').map_or(flag, |(name, _)| name);
@@ -537,6 +671,18 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
             return Some(format!(
                 "args sets {arg:?}: set drain.graceSeconds instead, which the pods' \
                  terminationGracePeriodSeconds follows"
+            ));
+        }
+        if arg.starts_with('-') && flag == "dd" {
+            return Some(format!(
+                "args sets {arg:?}: set persistence.enabled instead, for the data directory to \
+                 be a volume of each pod's own, mounted at {}",
+                children::DATA_DIR
+            ));
+        }
+        if arg.starts_with('-') && flag == "dfs" {
+            return Some(format!(
+                "args sets {arg:?}: set persistence.fsyncIntervalMs instead"
             ));
         }
         if arg.starts_with('-') && OWNED_FLAGS.contains(&flag) {
@@ -660,6 +806,51 @@ fn drain_problem(cluster: &Coolpy7Cluster) -> Option<String> {
 
 /// The longest MQTT UTF-8 string, the broker's limit for `-dsr`.
 const MAX_SERVER_REFERENCE_BYTES: usize = 65535;
+
+/// The CRD's bounds and patterns on `persistence`, when it is enabled (the fields are unused
+/// otherwise), and what the size's pattern lets through: 0, and fractions of a byte (`1.5`).
+/// The claims would otherwise be refused, or rounded up, only once the pods are created.
+fn persistence_problem(cluster: &Coolpy7Cluster) -> Option<String> {
+    let persistence = &cluster.spec.persistence;
+    if !persistence.enabled {
+        return None;
+    }
+    let size = &persistence.size;
+    if let Err(error) = quantity::bytes(size) {
+        return Some(format!("persistence.size {size:?} {error}"));
+    }
+    if let Some(class) = &persistence.storage_class_name {
+        if !is_dns_subdomain(class) && !class.is_empty() {
+            return Some(format!(
+                "persistence.storageClassName {class:?} cannot name a StorageClass: at most \
+                 253 lowercase letters, digits, '-' and '.', starting and ending with a letter \
+                 or digit (or \"\" for no class)"
+            ));
+        }
+    }
+    let interval = persistence.fsync_interval_ms;
+    (!(0..=MAX_FSYNC_INTERVAL_MS).contains(&interval)).then(|| {
+        format!(
+            "persistence.fsyncIntervalMs is {interval}: 0 (fsync before each \
+             acknowledgement) to {MAX_FSYNC_INTERVAL_MS} milliseconds"
+        )
+    })
+}
+
+/// A DNS subdomain (RFC 1123), as Kubernetes names most objects: at most 253 characters,
+/// dot-separated labels of lowercase letters, digits and '-', each starting and ending with a
+/// letter or digit.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
 
 fn is_cidr(range: &str) -> bool {
     let Some((address, bits)) = range.split_once('/') else {

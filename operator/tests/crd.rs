@@ -683,3 +683,74 @@ fn the_drain_settings_and_min_ready_seconds_are_optional_and_bounded_as_the_flag
         .as_str()
         .is_some_and(|d| d.contains("Left out: 10")));
 }
+
+#[test]
+fn persistence_is_off_by_default_and_bounded_as_the_flags_and_claims_are() {
+    let crd = serde_json::to_value(Coolpy7Cluster::crd()).expect("JSON");
+    let spec = spec_schema(&crd);
+    let persistence = &spec["properties"]["persistence"];
+    assert_eq!(persistence["type"], "object");
+    assert_eq!(
+        persistence["default"],
+        serde_json::json!({"enabled": false, "size": "1Gi", "fsyncIntervalMs": 0}),
+        "filled in by the API server: in memory only"
+    );
+    assert!(
+        persistence.get("required").is_none(),
+        "every field has a default"
+    );
+    let description = persistence["description"].as_str().unwrap_or_default();
+    for part in [
+        "-dd",
+        "-dfs",
+        "data-<name>-<ordinal>",
+        "/var/lib/coolpy7",
+        "PersistenceImmutable",
+    ] {
+        assert!(description.contains(part), "{part}: {description}");
+    }
+    let names: Vec<&String> = persistence["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .collect();
+    assert_eq!(
+        names,
+        ["enabled", "fsyncIntervalMs", "size", "storageClassName"],
+        "sorted as the CRD writes them"
+    );
+    let fields = &persistence["properties"];
+    assert_eq!(fields["enabled"]["type"], "boolean");
+    assert_eq!(fields["enabled"]["default"], false);
+    let fsync = &fields["fsyncIntervalMs"];
+    assert_eq!(fsync["type"], "integer");
+    assert_eq!(fsync["default"], 0);
+    assert_eq!(fsync["minimum"].as_f64(), Some(0.0));
+    assert_eq!(fsync["maximum"].as_f64(), Some(10000.0), "-dfs's bound");
+    assert!(fsync["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("-dfs") && d.contains("power loss")));
+    let size = &fields["size"];
+    assert_eq!(size["type"], "string");
+    assert_eq!(size["default"], "1Gi");
+    assert_eq!(size["pattern"], coolpy7_operator::crd::SIZE_PATTERN);
+    assert_eq!(size["maxLength"].as_f64(), Some(64.0));
+    let class = &fields["storageClassName"];
+    assert_eq!(class["type"], "string");
+    assert!(
+        class.get("default").is_none(),
+        "left out: the default class"
+    );
+    assert_eq!(
+        class["pattern"],
+        coolpy7_operator::crd::STORAGE_CLASS_PATTERN
+    );
+    assert_eq!(class["maxLength"].as_f64(), Some(253.0));
+    // The defaults the API server fills in are the operator's own.
+    let spec: coolpy7_operator::crd::Coolpy7ClusterSpec =
+        serde_json::from_value(serde_json::json!({})).expect("an empty spec");
+    assert_eq!(
+        serde_json::to_value(&spec.persistence).expect("JSON"),
+        persistence["default"]
+    );
+}

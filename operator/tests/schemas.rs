@@ -81,6 +81,11 @@ fn every_child_validates_strictly_against_the_kubernetes_schemas() {
         // Passwords, and an HTTP service with its token.
         json!({"auth": {"mode": "password",
                         "passwordSecret": {"name": "mq-users", "key": "passwords"}}}),
+        // A data volume per pod beside a mounted certificate, in a named class.
+        json!({"persistence": {"enabled": true, "size": "20Gi", "storageClassName": "fast-ssd",
+                               "fsyncIntervalMs": 100},
+               "listeners": {"tls": {"enabled": true}}, "tls": {"secretName": "mq-cert"}}),
+        json!({"persistence": {"enabled": true, "storageClassName": ""}}),
         json!({"auth": {"mode": "http", "httpHook": {"url": "http://auth.iot.svc/mqtt",
                                                     "tokenSecret": {"name": "hook", "key": "token"},
                                                     "timeoutSeconds": 3, "cacheSeconds": 30}},

@@ -1651,3 +1651,215 @@ fn updates_roll_one_pod_at_a_time_each_ready_for_min_ready_seconds() {
         );
     }
 }
+
+const PERSISTENCE_FLAGS: [&str; 2] = ["-dd=", "-dfs="];
+
+#[test]
+fn without_persistence_nothing_changes() {
+    let plain = stateful_set(&cluster(), DOMAIN);
+    // (A null is dropped by the API server, which then fills in the default.)
+    for spec in [
+        json!({"persistence": {}}),
+        json!({"persistence": {"enabled": false, "size": "20Gi", "storageClassName": "fast",
+                               "fsyncIntervalMs": 100}}),
+    ] {
+        let cluster = cluster_with(spec.clone());
+        assert_eq!(data_claim_template(&cluster), None, "{spec}");
+        let set = stateful_set(&cluster, DOMAIN);
+        assert_eq!(
+            set, plain,
+            "{spec}: the StatefulSet it had, no rolling restart"
+        );
+        let args = container(&set).args.clone().unwrap();
+        assert_eq!(
+            flags_starting_with(&args, &PERSISTENCE_FLAGS),
+            Vec::<&str>::new(),
+            "{spec}: in memory only"
+        );
+    }
+    let spec = plain.spec.as_ref().unwrap();
+    assert_eq!(spec.volume_claim_templates, None);
+    assert_eq!(spec.persistent_volume_claim_retention_policy, None);
+    assert_eq!(container(&plain).volume_mounts, None);
+    let security = pod_spec(&plain).security_context.clone().unwrap();
+    assert_eq!(security.fs_group, None);
+    assert_eq!(security.fs_group_change_policy, None);
+}
+
+#[test]
+fn persistence_gives_each_pod_a_claim_mounted_as_the_data_directory() {
+    let cluster = cluster_with(json!({"persistence": {"enabled": true, "size": "5Gi",
+                                                      "storageClassName": "fast-ssd",
+                                                      "fsyncIntervalMs": 10}}));
+    let set = stateful_set(&cluster, DOMAIN);
+    let spec = set.spec.as_ref().unwrap();
+    assert_eq!(
+        serde_json::to_value(&spec.volume_claim_templates).unwrap(),
+        json!([{
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
+                     "resources": {"requests": {"storage": "5Gi"}}}
+        }])
+    );
+    assert_eq!(
+        spec.persistent_volume_claim_retention_policy,
+        Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+            when_deleted: Some("Retain".into()),
+            when_scaled: Some("Delete".into()),
+        }),
+        "kept when the cluster is deleted, deleted with a pod a scale-down drained"
+    );
+    let broker = container(&set);
+    assert_eq!(
+        broker.volume_mounts,
+        Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: "/var/lib/coolpy7".into(),
+            ..VolumeMount::default()
+        }]),
+        "writable, the claim's volume (the StatefulSet adds it to the pods)"
+    );
+    assert_eq!(
+        pod_spec(&set).volumes,
+        None,
+        "no pod volume: the template makes it"
+    );
+    let args = broker.args.clone().unwrap();
+    assert_eq!(
+        flags_starting_with(&args, &PERSISTENCE_FLAGS),
+        ["-dd=/var/lib/coolpy7", "-dfs=10"]
+    );
+    // The broker runs as 65532, a non-root user: the volume is made writable for its group.
+    let security = pod_spec(&set).security_context.clone().unwrap();
+    assert_eq!(security.fs_group, Some(SECRET_FILES_GROUP));
+    assert_eq!(
+        security.fs_group_change_policy.as_deref(),
+        Some("OnRootMismatch")
+    );
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(
+        broker
+            .security_context
+            .as_ref()
+            .unwrap()
+            .read_only_root_filesystem,
+        Some(true),
+        "only the data volume is written"
+    );
+}
+
+#[test]
+fn persistence_defaults_to_a_gibibyte_in_the_default_class_with_fsync_on_every_acknowledgement() {
+    let cluster = cluster_with(json!({"persistence": {"enabled": true}}));
+    let template = data_claim_template(&cluster).expect("a claim template");
+    let claim = template.spec.unwrap();
+    assert_eq!(
+        claim.storage_class_name, None,
+        "the cluster's default class"
+    );
+    assert_eq!(
+        claim.resources.unwrap().requests.unwrap()["storage"],
+        Quantity("1Gi".into())
+    );
+    let args = broker_args(&cluster, DOMAIN);
+    assert_eq!(
+        flags_starting_with(&args, &PERSISTENCE_FLAGS),
+        ["-dd=/var/lib/coolpy7", "-dfs=0"],
+        "-dfs=0 said, not left to the broker's default"
+    );
+    // "" is a class: none, so that only volumes without one are bound.
+    let no_class = cluster_with(json!({"persistence": {"enabled": true, "storageClassName": ""}}));
+    assert_eq!(
+        data_claim_template(&no_class)
+            .unwrap()
+            .spec
+            .unwrap()
+            .storage_class_name
+            .as_deref(),
+        Some("")
+    );
+}
+
+#[test]
+fn the_data_volume_is_mounted_beside_the_secrets() {
+    let cluster = cluster_with(json!({
+        "listeners": {"tls": {"enabled": true}},
+        "tls": {"secretName": "mq-cert"},
+        "persistence": {"enabled": true}
+    }));
+    let set = stateful_set(&cluster, DOMAIN);
+    let mounts: Vec<(String, String, Option<bool>)> = container(&set)
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.mount_path, m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("tls".to_string(), TLS_DIR.to_string(), Some(true)),
+            ("data".to_string(), DATA_DIR.to_string(), None),
+        ]
+    );
+    let volumes: Vec<String> = pod_spec(&set)
+        .volumes
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(
+        volumes,
+        ["tls"],
+        "the data volume comes from the claim template"
+    );
+    assert_eq!(
+        pod_spec(&set).security_context.as_ref().unwrap().fs_group,
+        Some(SECRET_FILES_GROUP)
+    );
+}
+
+#[test]
+fn persistence_flags_come_after_the_drain_flags_and_before_spec_args() {
+    let cluster = cluster_with(json!({
+        "drain": {"graceSeconds": 60},
+        "persistence": {"enabled": true, "fsyncIntervalMs": 250},
+        "args": ["-mq=5000"]
+    }));
+    let args = broker_args(&cluster, DOMAIN);
+    let position = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"))
+    };
+    assert!(
+        position("-dg=60") < position("-dd=/var/lib/coolpy7"),
+        "{args:?}"
+    );
+    assert!(
+        position("-dd=/var/lib/coolpy7") < position("-dfs=250"),
+        "{args:?}"
+    );
+    assert!(position("-dfs=250") < position("-mq=5000"), "{args:?}");
+}
+
+#[test]
+fn the_fsync_interval_changes_only_the_pod_template() {
+    let set = |interval: i32| {
+        stateful_set(
+            &cluster_with(json!({"persistence": {"enabled": true,
+                                                 "fsyncIntervalMs": interval}})),
+            DOMAIN,
+        )
+    };
+    let (every, batched) = (set(0), set(1000));
+    assert_ne!(every, batched);
+    let (every, batched) = (every.spec.unwrap(), batched.spec.unwrap());
+    assert_ne!(every.template, batched.template, "a rolling update");
+    assert_eq!(
+        every.volume_claim_templates, batched.volume_claim_templates,
+        "the claims, which cannot change, stay as they are"
+    );
+}

@@ -545,6 +545,8 @@ async fn a_child_the_api_server_refuses_is_reported_degraded() {
         &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid",
                            "code": 422, "message": "quantities must match the regular expression"}),
     );
+    // Made with the same (no) persistence: the API server's words are passed on.
+    serve_stateful_set(&mut handle, Some(&cluster)).await;
     let event = expect_event(&mut handle, "InvalidSpec").await;
     assert!(
         event["note"]
@@ -1469,6 +1471,403 @@ async fn drain_settings_reach_the_pods_with_their_grace_period() {
     );
     let status = expect_status(&mut handle, &cluster).await;
     assert_eq!(degraded_condition(&status)["reason"], "InvalidSpec");
+    assert_eq!(
+        run.await.expect("task").expect("handled"),
+        Action::requeue(RESYNC)
+    );
+    expect_quiet(&mut handle).await;
+}
+
+/// Answers the read of StatefulSet `mq` after a refused apply: as the operator built it for
+/// `made_for`, or 404.
+async fn serve_stateful_set(handle: &mut Handle, made_for: Option<&Coolpy7Cluster>) {
+    let get = next(handle).await;
+    assert_eq!(get.method, Method::GET, "{}", get.uri);
+    assert_eq!(get.uri, "/apis/apps/v1/namespaces/iot/statefulsets/mq");
+    match made_for {
+        Some(cluster) => {
+            let set = children::stateful_set(cluster, "cluster.local");
+            get.reply(200, &serde_json::to_value(set).expect("JSON"));
+        }
+        None => get.not_found(),
+    }
+}
+
+/// What the API server answers an apply that changes a StatefulSet's volume claim templates.
+fn forbidden_statefulset_update() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid",
+           "code": 422,
+           "message": "StatefulSet.apps \"mq\" is invalid: spec: Forbidden: updates to \
+                       statefulset spec for fields other than 'replicas', 'ordinals', \
+                       'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and \
+                       'minReadySeconds' are forbidden",
+           "details": {"name": "mq", "group": "apps", "kind": "StatefulSet",
+                       "causes": [{"reason": "FieldValueForbidden", "field": "spec"}]}})
+}
+
+#[test]
+fn persistence_problems() {
+    let problem = |spec: Value| spec_problem(&cluster_with(spec));
+    for persistence in [
+        json!({}),
+        json!({"enabled": true}),
+        json!({"enabled": true, "size": "500M", "storageClassName": "fast-ssd",
+               "fsyncIntervalMs": 10000}),
+        json!({"enabled": true, "size": "1.5Ti", "storageClassName": ""}),
+        // The CRD's pattern refuses m (milli), for the 512m meant as 512Mi, but 1000m is a
+        // whole byte all the same.
+        json!({"enabled": true, "size": "1000m", "storageClassName": "ebs.csi.aws.com"}),
+        // Unused while off, so not checked.
+        json!({"enabled": false, "size": "0", "storageClassName": "Fast_SSD",
+               "fsyncIntervalMs": -1}),
+    ] {
+        assert_eq!(
+            problem(json!({ "persistence": persistence })),
+            None,
+            "{persistence}"
+        );
+    }
+    // What the CRD's pattern and bounds refuse, and what its pattern lets through.
+    for (persistence, expected) in [
+        (json!({"size": "0"}), "persistence.size \"0\" is zero"),
+        (
+            json!({"size": "512m"}),
+            "persistence.size \"512m\" is not a whole number of bytes",
+        ),
+        (
+            json!({"size": "1GB"}),
+            "persistence.size \"1GB\" is not a quantity",
+        ),
+        (
+            json!({"size": "-1Gi"}),
+            "persistence.size \"-1Gi\" is not a quantity",
+        ),
+        (json!({"size": "8Ei"}), "is larger than Kubernetes can hold"),
+        (
+            json!({"storageClassName": "Fast_SSD"}),
+            "persistence.storageClassName \"Fast_SSD\" cannot name a StorageClass",
+        ),
+        (
+            json!({"storageClassName": "a..b"}),
+            "persistence.storageClassName \"a..b\" cannot name",
+        ),
+        (
+            json!({"fsyncIntervalMs": 10001}),
+            "persistence.fsyncIntervalMs is 10001: 0 (fsync before each acknowledgement) to \
+             10000 milliseconds",
+        ),
+        (json!({"fsyncIntervalMs": -1}), "fsyncIntervalMs is -1"),
+    ] {
+        let mut persistence = persistence;
+        persistence["enabled"] = json!(true);
+        let found = problem(json!({ "persistence": persistence })).unwrap_or_default();
+        assert!(found.contains(expected), "{persistence}: {found}");
+    }
+    // The data directory and its fsync are the spec's alone, persistence on or off.
+    for enabled in [false, true] {
+        for args in [
+            json!(["-dd=/data"]),
+            json!(["--dd=/data"]),
+            json!(["-dd", "/data"]),
+            json!(["-dd="]),
+        ] {
+            let found = problem(json!({"persistence": {"enabled": enabled}, "args": args}))
+                .unwrap_or_default();
+            assert!(
+                found.contains("set persistence.enabled instead")
+                    && found.contains("/var/lib/coolpy7"),
+                "{args}: {found}"
+            );
+        }
+        for args in [json!(["-dfs=100"]), json!(["--dfs", "0"])] {
+            let found = problem(json!({"persistence": {"enabled": enabled}, "args": args}))
+                .unwrap_or_default();
+            assert!(
+                found.contains("set persistence.fsyncIntervalMs instead"),
+                "{args}: {found}"
+            );
+        }
+    }
+    // Flags that merely start alike are the user's.
+    assert_eq!(problem(json!({"args": ["-ddx=1", "-dfsa=2"]})), None);
+}
+
+#[test]
+fn persistence_changes_a_statefulset_cannot_take_say_what_to_do() {
+    let built = |spec: Value| children::stateful_set(&cluster_with(spec), "cluster.local");
+    let change = |spec: Value, made_with: Value| {
+        persistence_change_problem(&cluster_with(spec), &built(made_with))
+    };
+    let on = |persistence: Value| {
+        let mut persistence = persistence;
+        persistence["enabled"] = json!(true);
+        json!({ "persistence": persistence })
+    };
+    // Nothing the claim template holds changed.
+    for (spec, made_with) in [
+        (json!({}), json!({})),
+        (json!({"persistence": {"size": "5Gi"}}), json!({})),
+        (on(json!({})), on(json!({}))),
+        (on(json!({"fsyncIntervalMs": 100})), on(json!({}))),
+        // The API server writes sizes back in their shortest form.
+        (on(json!({"size": "1024Mi"})), on(json!({"size": "1Gi"}))),
+        (on(json!({"size": "1.5Gi"})), on(json!({"size": "1536Mi"}))),
+        (
+            on(json!({"storageClassName": "fast"})),
+            on(json!({"storageClassName": "fast", "size": "1073741824"})),
+        ),
+    ] {
+        assert_eq!(
+            change(spec.clone(), made_with.clone()),
+            None,
+            "{spec} / {made_with}"
+        );
+    }
+
+    let turned_on = change(on(json!({})), json!({})).expect("a problem");
+    for part in [
+        "persistence.enabled is true, but StatefulSet mq was made without a data volume",
+        "never change",
+        "kubectl delete statefulset mq -n iot --cascade=orphan",
+        "set persistence.enabled back to false",
+    ] {
+        assert!(turned_on.contains(part), "{part}: {turned_on}");
+    }
+    let turned_off = change(json!({}), on(json!({}))).expect("a problem");
+    for part in [
+        "persistence.enabled is false, but StatefulSet mq was made with a data volume",
+        "--cascade=orphan",
+        "the claims data-mq-<n> stay until you delete them",
+        "set persistence.enabled back to true",
+    ] {
+        assert!(turned_off.contains(part), "{part}: {turned_off}");
+    }
+    let grown = change(on(json!({"size": "5Gi"})), on(json!({}))).expect("a problem");
+    for part in [
+        "persistence.size is 5Gi, but StatefulSet mq was made with claims of 1Gi",
+        "Set persistence.size back to 1Gi",
+        "grow each claim data-mq-<n>",
+        "--cascade=orphan",
+    ] {
+        assert!(grown.contains(part), "{part}: {grown}");
+    }
+    for (class, made_with, parts) in [
+        (
+            json!("fast"),
+            Value::Null,
+            [
+                "persistence.storageClassName is fast",
+                "made with left out (the default class)",
+            ],
+        ),
+        (
+            Value::Null,
+            json!("fast"),
+            [
+                "persistence.storageClassName is left out (the default class)",
+                "made with fast",
+            ],
+        ),
+        (
+            json!(""),
+            json!("fast"),
+            [
+                "persistence.storageClassName is \"\" (no class)",
+                "made with fast",
+            ],
+        ),
+    ] {
+        let mut spec = json!({});
+        if !class.is_null() {
+            spec["storageClassName"] = class.clone();
+        }
+        let mut old = json!({});
+        if !made_with.is_null() {
+            old["storageClassName"] = made_with.clone();
+        }
+        let moved = change(on(spec), on(old)).expect("a problem");
+        for part in parts {
+            assert!(moved.contains(part), "{part}: {moved}");
+        }
+        assert!(
+            moved.contains("claims cannot move to another class"),
+            "{moved}"
+        );
+    }
+    // A StatefulSet that is not the operator's to read (no spec): persistence is the question.
+    let bare = StatefulSet::default();
+    assert!(persistence_change_problem(&cluster_with(on(json!({}))), &bare).is_some());
+    assert_eq!(
+        persistence_change_problem(&cluster_with(json!({})), &bare),
+        None
+    );
+}
+
+#[tokio::test]
+async fn persistence_reaches_the_statefulset_as_claims_a_mount_and_flags() {
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"csk": {"secretName": "k"},
+                                      "persistence": {"enabled": true, "size": "20Gi",
+                                                      "storageClassName": "fast-ssd",
+                                                      "fsyncIntervalMs": 50}}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    serve_key(&mut handle, "k", "csk").await;
+    let bodies = expect_children(&mut handle, None, true).await;
+    let set = &bodies[2]["spec"];
+    assert_eq!(
+        set["volumeClaimTemplates"],
+        json!([{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
+                         "resources": {"requests": {"storage": "20Gi"}}}}])
+    );
+    assert_eq!(
+        set["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenDeleted": "Retain", "whenScaled": "Delete"})
+    );
+    let pod = &set["template"]["spec"];
+    let broker = &pod["containers"][0];
+    assert_eq!(
+        broker["volumeMounts"],
+        json!([{"name": "data", "mountPath": "/var/lib/coolpy7"}])
+    );
+    let args = broker["args"].as_array().expect("args");
+    for flag in ["-dd=/var/lib/coolpy7", "-dfs=50"] {
+        assert!(args.contains(&json!(flag)), "{flag} in {args:?}");
+    }
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(
+        pod["securityContext"]["fsGroupChangePolicy"],
+        "OnRootMismatch"
+    );
+    let status = expect_status(&mut handle, &cluster).await;
+    assert_eq!(degraded_condition(&status)["status"], "False");
+    run.await.expect("task").expect("reconcile succeeds");
+    expect_quiet(&mut handle).await;
+
+    // Off: nothing of it.
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"csk": {"secretName": "k"},
+                                      "persistence": {"size": "20Gi", "fsyncIntervalMs": 50}}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    serve_key(&mut handle, "k", "csk").await;
+    let bodies = expect_children(&mut handle, None, true).await;
+    let set = &bodies[2]["spec"];
+    assert!(set.get("volumeClaimTemplates").is_none(), "{set}");
+    assert!(
+        set.get("persistentVolumeClaimRetentionPolicy").is_none(),
+        "{set}"
+    );
+    let broker = &set["template"]["spec"]["containers"][0];
+    assert!(broker.get("volumeMounts").is_none(), "{broker}");
+    assert!(
+        !broker["args"].as_array().expect("args").iter().any(|arg| {
+            let arg = arg.as_str().unwrap_or_default();
+            arg.starts_with("-dd=") || arg.starts_with("-dfs=")
+        }),
+        "{broker}"
+    );
+    expect_status(&mut handle, &cluster).await;
+    run.await.expect("task").expect("reconcile succeeds");
+    expect_quiet(&mut handle).await;
+}
+
+#[tokio::test]
+async fn persistence_turned_on_or_off_on_a_running_cluster_is_degraded_not_retried_hot() {
+    // (spec, what the StatefulSet was made for, what the message names)
+    for (spec, made_for, names) in [
+        (
+            json!({"persistence": {"enabled": true}}),
+            json!({}),
+            "persistence.enabled is true, but StatefulSet mq was made without a data volume",
+        ),
+        (
+            json!({}),
+            json!({"persistence": {"enabled": true}}),
+            "persistence.enabled is false, but StatefulSet mq was made with a data volume",
+        ),
+        (
+            json!({"persistence": {"enabled": true, "size": "10Gi"}}),
+            json!({"persistence": {"enabled": true}}),
+            "persistence.size is 10Gi, but StatefulSet mq was made with claims of 1Gi",
+        ),
+    ] {
+        let (ctx, mut handle) = context();
+        let mut spec = spec;
+        spec["csk"] = json!({"secretName": "k"});
+        let cluster = cluster_with(spec);
+        let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx.clone()));
+        serve_key(&mut handle, "k", "csk").await;
+        for path in [
+            "/api/v1/namespaces/iot/services/mq-headless?",
+            "/api/v1/namespaces/iot/services/mq?",
+        ] {
+            let apply = next(&mut handle).await;
+            apply.assert_apply(path);
+            apply.echo();
+        }
+        let set = next(&mut handle).await;
+        set.assert_apply("/apis/apps/v1/namespaces/iot/statefulsets/mq?");
+        set.reply(422, &forbidden_statefulset_update());
+        serve_stateful_set(&mut handle, Some(&cluster_with(made_for))).await;
+        let event = expect_event(&mut handle, "PersistenceImmutable").await;
+        assert_eq!(event["type"], "Warning");
+        let note = event["note"].as_str().unwrap_or_default();
+        assert!(note.contains(names), "{note}");
+        assert!(
+            note.contains("kubectl delete statefulset mq -n iot --cascade=orphan"),
+            "{note}"
+        );
+        let status = expect_status(&mut handle, &cluster).await;
+        assert_eq!(status["status"]["phase"], "Degraded");
+        let degraded = degraded_condition(&status);
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], "PersistenceImmutable");
+        assert!(
+            degraded["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(names),
+            "{degraded}"
+        );
+        // Handled, not an error: no backoff loop, and the budget is left as it was.
+        assert_eq!(
+            run.await.expect("task").expect("handled, not an error"),
+            Action::requeue(RESYNC)
+        );
+        assert_eq!(ctx.metrics.failures.get(), 0);
+        expect_quiet(&mut handle).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_statefulset_that_is_not_there_is_the_api_servers_refusal() {
+    let (ctx, mut handle) = context();
+    let cluster = cluster_with(json!({"csk": {"secretName": "k"},
+                                      "persistence": {"enabled": true}}));
+    let run = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    serve_key(&mut handle, "k", "csk").await;
+    for _ in 0..2 {
+        next(&mut handle).await.echo();
+    }
+    let set = next(&mut handle).await;
+    set.assert_apply("/apis/apps/v1/namespaces/iot/statefulsets/mq?");
+    set.reply(
+        422,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid",
+                "code": 422, "message": "spec.volumeClaimTemplates[0].spec.storageClassName: \
+                                         Invalid value"}),
+    );
+    serve_stateful_set(&mut handle, None).await;
+    let event = expect_event(&mut handle, "InvalidSpec").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the API server refused a child object: spec.volumeClaimTemplates"),
+        "{event}"
+    );
+    expect_status(&mut handle, &cluster).await;
     assert_eq!(
         run.await.expect("task").expect("handled"),
         Action::requeue(RESYNC)
