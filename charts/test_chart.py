@@ -135,6 +135,10 @@ def check_defaults():
     assert "forwarding" not in spec, "the brokers keep their own forwarding sizes"
     assert "drain" not in spec, "the brokers keep their own drain settings"
     assert "minReadySeconds" not in spec, "the operator's default"
+    # In memory only, as the CRD's default says.
+    assert spec["persistence"] == DEFAULT_PERSISTENCE, spec["persistence"]
+    assert spec["persistence"] == crd_schema()["properties"]["spec"]["properties"][
+        "persistence"]["default"], "the chart's defaults are the CRD's"
     # Plain MQTT only, as the CRD's defaults say; no TLS, no Certificate.
     assert spec["listeners"] == DEFAULT_LISTENERS, spec["listeners"]
     assert spec["listeners"] == crd_schema()["properties"]["spec"]["properties"]["listeners"][
@@ -750,6 +754,123 @@ def check_drain_values_mirror_the_crd():
             raise AssertionError(f"the CRD accepted {bad}")
 
 
+DEFAULT_PERSISTENCE = {"enabled": False, "size": "1Gi", "fsyncIntervalMs": 0}
+
+
+def check_persistence_becomes_the_cluster_spec():
+    def spec_of(values):
+        objects, _ = render({"cluster": values})
+        validate(objects)
+        return only(objects, "Coolpy7Cluster")["spec"]
+
+    assert spec_of({"persistence": {"enabled": True, "size": "20Gi",
+                                    "storageClassName": "fast-ssd",
+                                    "fsyncIntervalMs": 10000}})["persistence"] == {
+        "enabled": True, "size": "20Gi", "storageClassName": "fast-ssd",
+        "fsyncIntervalMs": 10000}
+    # Only what is given changes; the rest keeps the defaults.
+    assert spec_of({"persistence": {"enabled": True}})["persistence"] == {
+        **DEFAULT_PERSISTENCE, "enabled": True}
+    # "" is a class (none), not a value left out.
+    assert spec_of({"persistence": {"enabled": True, "storageClassName": ""}})[
+        "persistence"] == {**DEFAULT_PERSISTENCE, "enabled": True, "storageClassName": ""}
+    assert "storageClassName" not in spec_of(
+        {"persistence": {"storageClassName": None}})["persistence"]
+    # Sizes YAML would read as numbers stay the strings they are.
+    for size in ("1e3", "10", "1.5Ti", "500M", ".5Gi", "2E+9"):
+        assert spec_of({"persistence": {"enabled": True, "size": size}})["persistence"][
+            "size"] == size, size
+    # null: left to the CRD's default, which is off.
+    assert "persistence" not in spec_of({"persistence": None})
+    # Off: the values are passed on all the same (the operator ignores them).
+    assert spec_of({"persistence": {"size": "5Gi", "fsyncIntervalMs": 100}})[
+        "persistence"] == {"enabled": False, "size": "5Gi", "fsyncIntervalMs": 100}
+
+
+def check_wrong_persistence_values_are_refused():
+    for size in ("0", "0Gi", "0.0", "000e3"):
+        message = expect_refused({"cluster": {"persistence": {"enabled": True, "size": size}}},
+                                 "a claim of zero bytes")
+        assert f"cluster.persistence.size is {size}, zero" in message, message
+    for values, why in [
+        ({"enabled": "yes"}, "true or false"),
+        ({"enabled": 1}, "true or false"),
+        ({"size": "10GB"}, "not a quantity"),
+        ({"size": "512m"}, "m is milli: 512Mi was meant"),
+        ({"size": "1Ki "}, "not a quantity"),
+        ({"size": "-1Gi"}, "no sign"),
+        ({"size": "1e-3"}, "no negative exponent"),
+        ({"size": ""}, "a size"),
+        ({"size": 10}, "a string (--set-string)"),
+        # A null takes the default away (Helm's merge): refused as missing.
+        ({"size": None}, "a size"),
+        ({"enabled": None}, "true or false"),
+        ({"fsyncIntervalMs": None}, "an integer"),
+        ({"storageClassName": "Fast_SSD"}, "a DNS subdomain"),
+        ({"storageClassName": "-fast"}, "a DNS subdomain"),
+        ({"storageClassName": "a" * 254}, "at most 253 characters"),
+        ({"storageClassName": 5}, "a string"),
+        ({"fsyncIntervalMs": -1}, "-dfs is 0..10000"),
+        ({"fsyncIntervalMs": 10001}, "-dfs is 0..10000"),
+        ({"fsyncIntervalMs": "100"}, "an integer"),
+        ({"fsyncIntervalMs": 1.5}, "an integer"),
+        ({"retain": True}, "unknown keys are typos"),
+    ]:
+        message = expect_refused({"cluster": {"persistence": values}}, why)
+        assert next(iter(values)) in message, message
+
+
+def check_persistence_values_mirror_the_crd():
+    """The values' bounds and patterns are the CRD's, and the CRD's patterns take the sizes and
+    classes the operator takes (its spec_problem also refuses 0, which the template does)."""
+    values = json.loads((CHART / "values.schema.json").read_text())
+    persistence = values["properties"]["cluster"]["properties"]["persistence"]["properties"]
+    schema = crd_schema()
+    crd = schema["properties"]["spec"]["properties"]["persistence"]["properties"]
+    assert set(persistence) == set(crd), (set(persistence), set(crd))
+    assert persistence["enabled"]["type"] == crd["enabled"]["type"] == "boolean"
+    for bound in ("minLength", "maxLength", "pattern"):
+        assert persistence["size"][bound] == crd["size"][bound], bound
+    storage_class = [s for s in persistence["storageClassName"]["oneOf"]
+                     if s["type"] == "string"][0]
+    for bound in ("maxLength", "pattern"):
+        assert storage_class[bound] == crd["storageClassName"][bound], bound
+    for bound in ("minimum", "maximum"):
+        assert persistence["fsyncIntervalMs"][bound] == crd["fsyncIntervalMs"][bound], bound
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["cluster"]["persistence"]
+    assert defaults == {**DEFAULT_PERSISTENCE, "storageClassName": None}, defaults
+
+    def cluster(spec):
+        return {"apiVersion": "coolpy7.io/v1alpha1", "kind": "Coolpy7Cluster",
+                "metadata": {"name": "c", "namespace": NAMESPACE}, "spec": spec}
+
+    for size in ("1", "1Gi", "1024Mi", "0.5Gi", ".5Ki", "2.", "500M", "1k", "1e3", "1E3",
+                 "2e+9", "7Ei", "8E"):
+        jsonschema.validate(cluster({"persistence": {"enabled": True, "size": size}}), schema)
+    for storage_class in ("", "fast", "fast-ssd", "ebs.csi.aws.com", "a" * 253):
+        jsonschema.validate(cluster({"persistence": {"storageClassName": storage_class}}),
+                            schema)
+    for bad, field in (({"size": "1GB"}, "size"), ({"size": "1gi"}, "size"),
+                       ({"size": "1K"}, "size"), ({"size": "512m"}, "size"),
+                       ({"size": "1u"}, "size"), ({"size": "1e-3"}, "size"),
+                       ({"size": "1e1.5"}, "size"), ({"size": "+1Gi"}, "size"),
+                       ({"size": "."}, "size"), ({"size": "1 Gi"}, "size"),
+                       ({"size": "1" * 65}, "size"), ({"size": 1}, "size"),
+                       ({"storageClassName": "Fast"}, "storageClassName"),
+                       ({"storageClassName": "fast_ssd"}, "storageClassName"),
+                       ({"storageClassName": "fast."}, "storageClassName"),
+                       ({"storageClassName": "a" * 254}, "storageClassName"),
+                       ({"fsyncIntervalMs": 10001}, "fsyncIntervalMs"),
+                       ({"fsyncIntervalMs": -1}, "fsyncIntervalMs"),
+                       ({"enabled": "true"}, "enabled")):
+        try:
+            jsonschema.validate(cluster({"persistence": bad}), schema)
+        except jsonschema.ValidationError as error:
+            assert field in error.json_path, error.json_path
+        else:
+            raise AssertionError(f"the CRD accepted {bad}")
+
+
 def check_rbac_matches_the_manifests():
     """The chart's RBAC is the same least privilege as manifests/operator.yaml."""
     objects, _ = render({})
@@ -945,7 +1066,10 @@ def main():
               check_forwarding_sizes_become_the_cluster_spec,
               check_wrong_forwarding_values_are_refused, check_forwarding_values_mirror_the_crd,
               check_drain_and_min_ready_seconds_become_the_cluster_spec,
-              check_wrong_drain_values_are_refused, check_drain_values_mirror_the_crd]
+              check_wrong_drain_values_are_refused, check_drain_values_mirror_the_crd,
+              check_persistence_becomes_the_cluster_spec,
+              check_wrong_persistence_values_are_refused,
+              check_persistence_values_mirror_the_crd]
     for check in checks:
         check()
         print(f"ok {check.__name__}")

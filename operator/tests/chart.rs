@@ -49,6 +49,9 @@ fn the_helm_chart_lints_renders_and_validates() {
         "check_drain_and_min_ready_seconds_become_the_cluster_spec",
         "check_wrong_drain_values_are_refused",
         "check_drain_values_mirror_the_crd",
+        "check_persistence_becomes_the_cluster_spec",
+        "check_wrong_persistence_values_are_refused",
+        "check_persistence_values_mirror_the_crd",
     ] {
         assert!(
             stdout.contains(&format!("ok {check}")),
