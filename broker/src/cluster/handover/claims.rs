@@ -248,7 +248,9 @@ impl Claims {
             return OnClaim::Refuse;
         }
         let refuse = match &pending.yield_to {
-            Some((earlier, _)) if earlier > id && !pending.adopt_only => return OnClaim::Refuse,
+            // Of two client claims the later wins, whatever this node's own claim is: one made
+            // only to adopt that let the earlier replace the later would leave both refused.
+            Some((earlier, _)) if earlier > id => return OnClaim::Refuse,
             Some((earlier, _)) => Some(earlier.clone()),
             None => None,
         };

@@ -387,6 +387,33 @@ proptest! {
 }
 
 #[test]
+fn a_claim_made_only_to_adopt_yields_to_the_latest_of_two_client_claims() {
+    let now = Instant::now();
+    let mut claims = Claims::new(name(0));
+    claims
+        .start_as(CLIENT, [name(1)], 100, now + Duration::from_secs(2), true)
+        .expect("start");
+    let id = |ms| ClaimId {
+        ms,
+        count: 0,
+        node: name(2),
+    };
+    assert_eq!(
+        claims.on_claim(CLIENT, &id(50), &wants()),
+        OnClaim::Deferred { refuse: None }
+    );
+    // An earlier client claim arriving after a later one is refused; the later one stays.
+    assert_eq!(claims.on_claim(CLIENT, &id(40), &wants()), OnClaim::Refuse);
+    // A later one still replaces it, and the one it replaces is refused.
+    assert_eq!(
+        claims.on_claim(CLIENT, &id(60), &wants()),
+        OnClaim::Deferred {
+            refuse: Some(id(50))
+        }
+    );
+}
+
+#[test]
 fn a_claim_made_only_to_adopt_gives_way_to_every_client_claim() {
     let now = Instant::now();
     let adopt = Request {
