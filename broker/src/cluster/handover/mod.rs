@@ -683,18 +683,13 @@ impl Handover {
         deliveries: &[crate::router::Delivery],
     ) {
         // In frames of a bounded size, like a session's parts.
-        let mut frames = Vec::new();
-        let mut start = 0;
-        let mut bytes = 0;
-        for (index, delivery) in deliveries.iter().enumerate() {
-            bytes += delivery.message.topic.len() + delivery.message.payload.len() + 64;
-            if bytes >= wire::PART_BYTES || index + 1 == deliveries.len() {
-                let body = encode_deliveries(&deliveries[start..=index], Instant::now());
-                frames.push(wire::part(id.ms, id.count, client_id, &body));
-                start = index + 1;
-                bytes = 0;
-            }
-        }
+        let frames: Vec<_> = late_frames(deliveries)
+            .into_iter()
+            .map(|range| {
+                let body = encode_deliveries(&deliveries[range], Instant::now());
+                wire::part(id.ms, id.count, client_id, &body)
+            })
+            .collect();
         if peer
             .push_handover(FRAME_LATE_DELIVERIES, &frames)
             .unwrap_or(false)
@@ -825,4 +820,59 @@ fn rendezvous(client_id: &str, node_id: &str) -> u64 {
     client_id.hash(&mut hasher);
     node_id.hash(&mut hasher);
     hasher.finish()
+}
+
+/// Splits deliveries sent on into frames: each at most [`wire::PART_BYTES`] of messages, but
+/// for one larger message alone (which the receiver accepts up to `-mpl`). A frame is closed
+/// before the delivery that would cross the bound, not after: a large message arriving behind
+/// small ones made a frame of both, which the receiver refused with its whole link.
+fn late_frames(deliveries: &[crate::router::Delivery]) -> Vec<std::ops::Range<usize>> {
+    let mut frames = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (index, delivery) in deliveries.iter().enumerate() {
+        let size = delivery.message.topic.len() + delivery.message.payload.len() + 64;
+        if index > start && bytes + size > wire::PART_BYTES {
+            frames.push(start..index);
+            start = index;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < deliveries.len() {
+        frames.push(start..deliveries.len());
+    }
+    frames
+}
+
+#[cfg(test)]
+mod late_frame_tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::QoS;
+    use crate::router::{Delivery, Message};
+
+    fn delivery(len: usize) -> Delivery {
+        let message = Message::new(
+            Bytes::from_static(b"t"),
+            Bytes::from(vec![0; len]),
+            QoS::AtLeastOnce,
+            false,
+        );
+        Delivery::new(Arc::new(message), QoS::AtLeastOnce, false)
+    }
+
+    #[test]
+    fn a_large_message_behind_small_ones_goes_in_a_frame_of_its_own() {
+        let deliveries = [delivery(10_000), delivery(1 << 20), delivery(10)];
+        assert_eq!(late_frames(&deliveries), [0..1, 1..2, 2..3]);
+        let small: Vec<Delivery> = (0..100).map(|_| delivery(1_000)).collect();
+        let frames = late_frames(&small);
+        assert!(frames.len() > 1 && frames.iter().all(|r| r.len() * 1_064 <= wire::PART_BYTES));
+        assert_eq!(frames.last().map(|r| r.end), Some(100));
+        assert!(late_frames(&[]).is_empty());
+    }
 }
