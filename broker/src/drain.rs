@@ -180,10 +180,17 @@ pub async fn hand_sessions_over(broker: &Broker, handover: &Handover, deadline: 
     }
     let left = broker.sessions.len();
     if left > 0 {
-        info!(
-            sessions = left,
-            "draining: sessions that no other node took end with the process"
-        );
+        if broker.sessions.store().is_some() {
+            info!(
+                sessions = left,
+                "draining: sessions that no other node took stay in the data directory"
+            );
+        } else {
+            info!(
+                sessions = left,
+                "draining: sessions that no other node took end with the process"
+            );
+        }
     } else {
         info!("draining: every session is on another node");
     }

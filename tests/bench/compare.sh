@@ -82,6 +82,11 @@
 #                             (bench/fanin/<p>/<j>, `--topics 16`): past coolpy7's per-connection
 #                             cache of 8 decisions, so that with rules every PUBLISH is decided
 #                             from the rules again (the cache never hits).
+#   fanin-q1-persistent, fanout-q1-persistent
+#                             fanin-q1 / fanout-q1 with subscribers that keep their sessions
+#                             (Clean Session 0, `--session-expiry 3600`): what a broker with a data
+#                             directory writes for every message. Pair with --peer for coolpy7
+#                             `-dd` and Mosquitto `persistence true` (see tests/bench/durable.sh).
 # e.g. `--scenarios handshakes,handshakes-jwt,handshakes-password,handshakes-password-cold,
 # fanin-q0,fanin-q0-rules,fanin-q1,fanin-q1-rules`. AUTH_USERS (default 200000, --quick 20000):
 # user names in the password files for the -cold scenarios; the bench reports `auth.users_reused`
@@ -163,6 +168,8 @@ declare -A SCENARIO_ARGS=(
     [fanin-q0-16topics]="fanin --qos 0 --publishers 4 --topics 16"
     [fanin-q0-16topics-rules]="fanin --qos 0 --publishers 4 --topics 16"
     [fanin-q1-16topics]="fanin --qos 1 --publishers 4 --topics 16"
+    [fanin-q1-persistent]="fanin --qos 1 --publishers 4 --session-expiry 3600"
+    [fanout-q1-persistent]="fanout --qos 1 --subscribers 8 --session-expiry 3600"
     [fanin-q1-16topics-rules]="fanin --qos 1 --publishers 4 --topics 16"
 )
 ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 fanout-q1-1000 fanin-q1-1000 p2p-q0 p2p-q1
@@ -171,7 +178,7 @@ ALL_SCENARIOS=(fanin-q0 fanin-q1 fanout-q0 fanout-q1 fanout-q1-1000 fanin-q1-100
 # Scenarios run only when named.
 EXTRA_SCENARIOS=(fanout-q0-1000 fanin-q0-1000 handshakes handshakes-jwt handshakes-password handshakes-password-cold
     handshakes-pbkdf2-cold fanin-q0-rules fanin-q1-rules fanin-q0-16topics fanin-q0-16topics-rules
-    fanin-q1-16topics fanin-q1-16topics-rules)
+    fanin-q1-16topics fanin-q1-16topics-rules fanin-q1-persistent fanout-q1-persistent)
 ALL_BROKERS=(coolpy7 mosquitto rumqttd)
 ALL_TRANSPORTS=(tcp tls ws wss)
 

@@ -164,6 +164,13 @@ pub struct Args {
     /// the bytes per filter and per session. Not followed by the disconnect phase.
     #[arg(long)]
     pub persistent: bool,
+
+    /// Subscribers (and every other client but the publishers) ask for a session the broker
+    /// keeps this many seconds after the connection (3.1.1 Clean Session 0; v5 Clean Start 0
+    /// with this Session Expiry Interval): what a broker with a data directory writes to disk
+    /// for every QoS 1 message. 0: clean sessions.
+    #[arg(long, default_value_t = 0)]
+    pub session_expiry: u32,
     /// Broker pid, to read its RSS (VmRSS) and CPU time from /proc.
     #[arg(long)]
     pub pid: Option<u32>,
@@ -283,7 +290,7 @@ impl Args {
             receive_maximum: self.receive_max,
             topic_alias_maximum: self.topic_alias_max,
             auth: self.auth,
-            session_expiry: 0,
+            session_expiry: self.session_expiry,
         }
     }
 

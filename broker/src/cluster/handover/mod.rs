@@ -74,6 +74,17 @@ const MOVE_LINGER: Duration = Duration::from_millis(200);
 /// won a moment before (see [`Handover::taken_over_since`]).
 const TAKEN_OVER_MEMORY: Duration = Duration::from_secs(60);
 
+/// How long a session's parts may take to arrive: parts whose answer never comes (a link that
+/// started over, a peer that crashed, a claim id nobody made) are dropped after it.
+const RECEIVING_LIMIT: Duration = Duration::from_secs(30);
+
+/// A session arriving in parts.
+struct Receiving {
+    /// `None` once dropped for its size: its later parts are ignored, not started afresh.
+    bytes: Option<BytesMut>,
+    since: Instant,
+}
+
 pub use claims::Verdict as ClaimVerdict;
 
 /// This node's part in cluster-wide client ids.
@@ -84,6 +95,26 @@ pub struct Handover {
     /// `-cht`.
     timeout: Duration,
     state: Mutex<State>,
+    /// Peer claims being given a session here: counted from before the session leaves the
+    /// registry until it is sent on (see [`Handover::moves_in_flight`]), so that a drain does
+    /// not take the moment in between for the end of its moves.
+    taking_over: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a take-over in [`Handover::taking_over`] for as long as it lives.
+struct TakingOver<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> TakingOver<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> TakingOver<'a> {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        TakingOver(count)
+    }
+}
+
+impl Drop for TakingOver<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 struct State {
@@ -93,7 +124,10 @@ struct State {
     /// Connections waiting for another claim of their client id to complete.
     queued: HashMap<String, Vec<oneshot::Sender<()>>>,
     /// Sessions arriving in parts, by the peer and the claim they answer.
-    receiving: HashMap<(Bytes, ClaimId), BytesMut>,
+    receiving: HashMap<(Bytes, ClaimId), Receiving>,
+    /// Once `taken_over` holds this many, it is pruned (and the bound set to twice what is
+    /// left): amortized, rather than a pass over it for every peer claim.
+    taken_over_prune_at: usize,
     /// The latest peer claim that took each client id over here, and when (see
     /// [`Handover::taken_over_since`]).
     taken_over: HashMap<String, (ClaimId, Instant)>,
@@ -121,12 +155,14 @@ impl Handover {
                 waiters: HashMap::new(),
                 queued: HashMap::new(),
                 receiving: HashMap::new(),
+                taken_over_prune_at: 1024,
                 taken_over: HashMap::new(),
                 arrived: HashMap::new(),
                 moving: HashMap::new(),
                 draining: std::collections::HashSet::new(),
                 drains: false,
             }),
+            taking_over: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -203,7 +239,15 @@ impl Handover {
                 }
             };
             let frame = wire::encode_claim(id.ms, id.count, &request, client_id);
-            self.send(&peers, FRAME_CLAIM, std::slice::from_ref(&frame));
+            let unsent = self.send(&peers, FRAME_CLAIM, std::slice::from_ref(&frame));
+            // A peer whose link starts over never gets the claim (nor any other frame queued
+            // before): it is not waited for, by this claim or any other.
+            for peer in unsent {
+                let done = self.state.lock().claims.peer_gone(&peer);
+                for done in done {
+                    self.complete(done);
+                }
+            }
             let mut answered = answered;
             let verdict = match tokio::time::timeout(self.timeout, &mut answered).await {
                 Ok(Ok(verdict)) => verdict,
@@ -259,7 +303,7 @@ impl Handover {
 
     /// Sessions moving away whose old mailboxes here still send on what comes for them.
     pub fn moves_in_flight(&self) -> usize {
-        self.state.lock().moving.len()
+        self.state.lock().moving.len() + self.taking_over.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Asks a peer that does not drain to take in each of `client_ids`' offline sessions
@@ -300,20 +344,28 @@ impl Handover {
             .is_some_and(|(theirs, _)| theirs > ours)
     }
 
-    /// Queues `frames` of `kind` on the control links of `peers`.
-    fn send(&self, peers: &[Arc<Peer>], kind: u8, frames: &[BytesMut]) {
+    /// Queues `frames` of `kind` on the control links of `peers`; returns the node ids of
+    /// those that did not take them (gone, or their link starts over).
+    fn send(&self, peers: &[Arc<Peer>], kind: u8, frames: &[BytesMut]) -> Vec<Bytes> {
         let mut wake = false;
+        let mut unsent = Vec::new();
         for peer in peers {
-            wake |= peer.push_handover(kind, frames).unwrap_or(false);
+            match peer.push_handover(kind, frames) {
+                Some(woken) => wake |= woken,
+                None => unsent.push(Bytes::from(peer.identity.node_id.clone())),
+            }
         }
         if wake {
             self.peers.wake_sender();
         }
+        unsent
     }
 
     fn send_to(&self, node: &[u8], kind: u8, frames: &[BytesMut]) {
         match self.peers.find_now(node) {
-            Some(peer) => self.send(&[peer], kind, frames),
+            Some(peer) => {
+                self.send(&[peer], kind, frames);
+            }
             None => debug!(
                 peer = %String::from_utf8_lossy(node),
                 "hand-over frame for a peer that is gone; not sent"
@@ -393,23 +445,32 @@ impl Handover {
                 };
                 let id = self.own_claim(part.ms, part.count);
                 let mut state = self.state.lock();
+                let key = (Bytes::copy_from_slice(origin), id);
+                let now = Instant::now();
+                if !state.receiving.contains_key(&key) {
+                    state
+                        .receiving
+                        .retain(|_, r| now.duration_since(r.since) < RECEIVING_LIMIT);
+                }
                 let receiving: usize = state
                     .receiving
                     .iter()
                     .filter(|((peer, _), _)| peer[..] == *origin)
-                    .map(|(_, bytes)| bytes.len())
+                    .map(|(_, r)| r.bytes.as_ref().map_or(0, BytesMut::len))
                     .sum();
-                let key = (Bytes::copy_from_slice(origin), id);
-                if receiving + part.body.len() > MAX_RECEIVING_BYTES {
-                    warn!(client_id = %part.client_id, "session handed over beyond {MAX_RECEIVING_BYTES} bytes; dropped");
-                    state.receiving.remove(&key);
-                    return true;
+                let over = receiving + part.body.len() > MAX_RECEIVING_BYTES;
+                let entry = state.receiving.entry(key).or_insert_with(|| Receiving {
+                    bytes: Some(BytesMut::new()),
+                    since: now,
+                });
+                match &mut entry.bytes {
+                    Some(_) if over => {
+                        warn!(client_id = %part.client_id, "session handed over beyond {MAX_RECEIVING_BYTES} bytes; dropped");
+                        entry.bytes = None;
+                    }
+                    Some(bytes) => bytes.extend_from_slice(&part.body),
+                    None => {}
                 }
-                state
-                    .receiving
-                    .entry(key)
-                    .or_default()
-                    .extend_from_slice(&part.body);
                 true
             }
             FRAME_ANSWER => {
@@ -421,7 +482,8 @@ impl Handover {
                     let mut state = self.state.lock();
                     let session = state
                         .receiving
-                        .remove(&(Bytes::copy_from_slice(origin), id.clone()));
+                        .remove(&(Bytes::copy_from_slice(origin), id.clone()))
+                        .and_then(|r| r.bytes);
                     let answer = match (frame.body, session) {
                         (AnswerKind::Nothing, _) => Answer::Nothing,
                         (AnswerKind::Refused, _) => Answer::Refused,
@@ -536,9 +598,14 @@ impl Handover {
         let Some(broker) = self.broker() else {
             return;
         };
+        let _counted = TakingOver::new(&self.taking_over);
         let sessions = &broker.sessions;
-        // A claim made only to adopt takes an offline session, never a client's connection.
-        if request.adopt_only && sessions.is_connected(&client_id) {
+        // A claim made only to adopt takes an offline session, never a client's connection,
+        // nor one a client of this node is claiming (or has just claimed) for itself.
+        if request.adopt_only
+            && (sessions.is_connected(&client_id)
+                || self.state.lock().claims.is_pending(&client_id))
+        {
             self.answer(&id, &client_id, AnswerKind::Nothing);
             return;
         }
@@ -550,12 +617,15 @@ impl Handover {
                 return;
             }
         }
-        {
+        if !request.adopt_only {
             let mut state = self.state.lock();
             let now = Instant::now();
-            state
-                .taken_over
-                .retain(|_, (_, at)| now.duration_since(*at) < TAKEN_OVER_MEMORY);
+            if state.taken_over.len() >= state.taken_over_prune_at {
+                state
+                    .taken_over
+                    .retain(|_, (_, at)| now.duration_since(*at) < TAKEN_OVER_MEMORY);
+                state.taken_over_prune_at = (state.taken_over.len() * 2).max(1024);
+            }
             let later = state
                 .taken_over
                 .get(&client_id)
@@ -566,7 +636,9 @@ impl Handover {
                     .insert(client_id.clone(), (id.clone(), now));
             }
         }
-        if !sessions.kick_and_wait(&client_id, self.timeout).await {
+        // Half the claimant's budget: the answer must reach it before its own `-cht` runs out,
+        // or the session arrives after it went on without (and is refused there).
+        if !request.adopt_only && !sessions.kick_and_wait(&client_id, self.timeout / 2).await {
             warn!(%client_id, "the connection holding a client id claimed by a peer did not close in time");
         }
         let (session, moving) = if request.want_session {
@@ -604,12 +676,20 @@ impl Handover {
             return;
         };
         // Parts then the answer, in one go: nothing else of the link comes between.
-        let mut wake = peer
-            .push_handover(FRAME_SESSION_PART, &frames)
-            .unwrap_or(false);
+        let parts = peer.push_handover(FRAME_SESSION_PART, &frames);
         frames.clear();
         frames.push(answer);
-        wake |= peer.push_handover(FRAME_ANSWER, &frames).unwrap_or(false);
+        let answered = parts.and(peer.push_handover(FRAME_ANSWER, &frames));
+        let Some(wake) = parts.zip(answered).map(|(a, b)| a || b) else {
+            // The link starts over (or the peer just went): nothing was queued, and the session
+            // would be sent on to nowhere. It stays here; the claim completes at its deadline.
+            if let (Some(bytes), Some(moving)) = (session, moving) {
+                warn!(%client_id, "a session could not be handed over (the link to the claimant starts over); kept here");
+                let _ = moving.finish(&broker.sessions, &broker.router);
+                self.adopt(&broker, &client_id, bytes.freeze(), None);
+            }
+            return;
+        };
         if wake {
             self.peers.wake_sender();
         }
