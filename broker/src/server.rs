@@ -217,7 +217,13 @@ pub async fn run(
     // the cluster stamps them (see below).
     let (store, mut retained_read_back) = match &broker.config.data_dir {
         Some(dir) => {
-            let (store, retained) = open_data_dir(&broker, dir)?;
+            let (store, mut retained) = open_data_dir(&broker, dir)?;
+            // Outside a cluster nothing stamps them: in before the HTTP API can publish.
+            if cluster.is_none() {
+                for record in retained.drain(..) {
+                    broker.router.restore_retained(record.message, record.stamp);
+                }
+            }
             (Some(store), retained)
         }
         None => (None, Vec::new()),
@@ -259,11 +265,8 @@ pub async fn run(
         .context("cannot start the cluster's sync sender")?;
     // In a cluster the router stamps retained messages from its start; those read back keep the
     // stamps they were written with, so that a newer write elsewhere still wins over them.
-    if let Some(store) = &store {
-        for record in retained_read_back.drain(..) {
-            broker.router.restore_retained(record.message, record.stamp);
-        }
-        broker.router.set_store(store.clone());
+    for record in retained_read_back.drain(..) {
+        broker.router.restore_retained(record.message, record.stamp);
     }
     let coap = coap_socket
         .map(|socket| tokio::spawn(coap::serve(socket, broker.clone(), accepting_stops.clone())));
@@ -383,6 +386,8 @@ fn open_data_dir(
             .install_loaded(session, &store, &broker.router);
     }
     broker.sessions.set_store(store.clone());
+    // From now on: what a peer or the HTTP API retains before the rest is read back is written.
+    broker.router.set_store(store.clone());
     if loaded.skipped > 0 {
         warn!(
             dir = %dir.display(),

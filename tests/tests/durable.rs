@@ -331,3 +331,39 @@ async fn a_data_directory_full_of_garbage_is_reported_not_a_crash() {
 async fn a_damaged_journal_is_reported_not_a_crash() {
     a_damaged_data_directory_is_reported_not_a_crash(Damage::Journal).await;
 }
+
+/// A session's expiry counts the time its client was away before the node stopped, across the
+/// restart; one whose client was connected when the node crashed counts from the restart.
+#[tokio::test]
+async fn a_session_expiry_counts_the_time_before_the_restart() {
+    let dir = DataDir::new();
+    let args = [dir.arg(), "-se=4".to_string()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut broker = Broker::start(&args);
+    let away = unique_id("away");
+    let mut client = TestClient::connect(persistent(&broker, &away)).await;
+    client.subscribe_ok("expiry/t", QoS::AtLeastOnce).await;
+    client.disconnect().await;
+    let connected = unique_id("connected");
+    let mut online = TestClient::connect(persistent(&broker, &connected)).await;
+    online.subscribe_ok("expiry/t", QoS::AtLeastOnce).await;
+    // Killed well within its expiry (so it is still on disk), and started again after it ran
+    // out.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.signal("KILL");
+    assert!(broker.wait_exit(Duration::from_secs(10)).await.is_some());
+    drop(online);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let broker = Broker::start(&args);
+    let back = TestClient::connect(persistent(&broker, &connected)).await;
+    assert!(
+        back.session_present(),
+        "connected at the crash: its expiry counts from the restart"
+    );
+    let gone = TestClient::connect(persistent(&broker, &away)).await;
+    assert!(
+        !gone.session_present(),
+        "away for 1 s before the crash and 4 s after, of a 4 s expiry: expired"
+    );
+}

@@ -64,7 +64,14 @@ impl Connection {
             return;
         };
         let before = deliveries.len();
-        deliveries.retain(|delivery| access.may_deliver(&delivery.message.topic));
+        let outgoing = &self.state.outgoing;
+        deliveries.retain(|delivery| {
+            let may = access.may_deliver(&delivery.message.topic);
+            if !may {
+                outgoing.forget_unsent(delivery);
+            }
+            may
+        });
         let dropped = before - deliveries.len();
         if dropped > 0 {
             self.broker

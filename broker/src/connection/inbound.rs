@@ -57,17 +57,20 @@ impl Connection {
     pub(super) fn keep_journal(&mut self) {
         let broker = self.broker.clone();
         if broker.sessions.store().is_some() {
+            let mark = crate::store::queued_here();
             broker
                 .sessions
-                .keep_journal(&mut self.state, None, &broker.router);
-            self.hold_until_durable();
+                .keep_journal(&mut self.state, None, false, &broker.router);
+            self.hold_if_written(mark);
         }
     }
 
-    /// With a data directory, holds the output until everything written so far is durable
-    /// (see [`crate::store`]): what was just handled is acknowledged only then.
-    pub(super) fn hold_until_durable(&mut self) {
-        if self.broker.sessions.store().is_some() {
+    /// With a data directory, holds the output until what this thread queued for it since
+    /// `mark` (see [`crate::store::queued_here`]) is durable: what was just handled is
+    /// acknowledged only then. Handling that wrote nothing (no persistent session took the
+    /// message) holds nothing.
+    pub(super) fn hold_if_written(&mut self, mark: u64) {
+        if crate::store::queued_here() != mark {
             self.hold_for_durable = true;
         }
     }
@@ -184,7 +187,11 @@ impl Connection {
                 let known = self.state.incoming_qos2.remove(&ack.packet_id);
                 if known {
                     if let Some(journal) = self.state.outgoing.journal() {
+                        // PUBCOMP waits for it: an id still awaiting release after a restart
+                        // would take the client's next message with that id for a resend.
+                        let mark = crate::store::queued_here();
                         journal.released_awaiting(ack.packet_id);
+                        self.hold_if_written(mark);
                     }
                 }
                 let reason = if known || self.v5.is_none() {
@@ -325,15 +332,17 @@ impl Connection {
                 self.route(publish, forwards);
             }
             QoS::AtLeastOnce => {
+                let mark = crate::store::queued_here();
                 let reason = if bad_payload {
                     ReasonCode::PayloadFormatInvalid
                 } else {
                     self.route(publish, forwards)
                 };
-                self.hold_until_durable();
+                self.hold_if_written(mark);
                 self.send(&Packet::PubAck(Ack::with_reason(packet_id, reason)));
             }
             QoS::ExactlyOnce => {
+                let mark = crate::store::queued_here();
                 // Delivered on first receipt; a resend of the same id before PUBREL is only
                 // acknowledged again, so it is delivered exactly once.
                 let reason = if bad_payload {
@@ -362,7 +371,7 @@ impl Connection {
                     }
                     reason
                 };
-                self.hold_until_durable();
+                self.hold_if_written(mark);
                 self.send(&Packet::PubRec(Ack::with_reason(packet_id, reason)));
             }
         }

@@ -248,8 +248,12 @@ fn end_session(
             message: Box::new(message),
             expiry: expiry.map(|secs| Duration::from_secs(u64::from(secs))),
             // Outside a cluster, sessions end with the process: a will due later is due now.
-            // In one, the session moves to another node, its will delay with it.
-            delay: if broker.is_shutting_down() && broker.handover.is_none() {
+            // In one, the session moves to another node, its will delay with it; with a data
+            // directory it waits there for the next start.
+            delay: if broker.is_shutting_down()
+                && broker.handover.is_none()
+                && broker.sessions.store().is_none()
+            {
                 Duration::ZERO
             } else {
                 delay

@@ -192,6 +192,7 @@ impl Connection {
                 }
             } else {
                 // Beyond what a PUBLISH can carry: never sent, so it is not recorded.
+                self.state.outgoing.forget_unsent(&delivery);
                 let metrics = &self.broker.metrics;
                 metrics.dropped(DropReason::PacketTooLarge).inc();
             }
@@ -233,6 +234,7 @@ impl Connection {
         // Past the protocol's own limit too (the topic spelled out, identifiers added): decided
         // before an alias is assigned, which the client would otherwise never learn.
         if size > v5.maximum_packet_size.min(codec::MAX_REMAINING_LENGTH + 5) {
+            self.state.outgoing.forget_unsent(&delivery);
             return None;
         }
         let (topic, alias) = match v5.outbound_aliases().assign(&message.topic) {

@@ -339,19 +339,24 @@ impl Router {
     /// written with in a cluster (which a newer write elsewhere still wins over); without one,
     /// as if published here now. Not written back.
     pub fn restore_retained(&self, message: Arc<Message>, stamp: Option<Stamp>) {
+        let topic = message.topic.clone();
         let mut retained = self.retained.write();
-        let delta = match (stamp, retained.stamps.is_some()) {
+        let (applied, delta, stamp) = match (stamp, retained.stamps.is_some()) {
             (Some(stamp), true) => {
-                let topic = message.topic.clone();
-                retained
-                    .set_stamped(&topic, Some(message), stamp, now_ms())
-                    .1
+                let (applied, delta) =
+                    retained.set_stamped(&topic, Some(message.clone()), stamp.clone(), now_ms());
+                (applied, delta, Some(stamp))
             }
             _ => {
-                let topic = message.topic.clone();
-                retained.set_local(&topic, Some(message), now_ms()).0
+                let (delta, stamp) = retained.set_local(&topic, Some(message.clone()), now_ms());
+                (true, delta, stamp)
             }
         };
+        // It replaced what a peer sent meanwhile (already written over it on disk): written
+        // back. Otherwise the disk has it already.
+        if applied && delta == 0 {
+            self.write_retained(&topic, Some(&message), stamp.as_ref());
+        }
         drop(retained);
         self.metrics.retained.inc_by(delta);
     }

@@ -14,7 +14,18 @@ use super::snapshot::{SessionSnapshot, SnapshotSubscription};
 use super::transfer::Adopted;
 use super::{DelayedWill, SessionExpiry, SessionRegistry, SessionState};
 use crate::router::{Grant, Message, Router};
-use crate::store::{LoadedSession, Store};
+use crate::store::{Journal, LoadedSession, Store};
+
+/// A session read back from the data directory, as [`SessionRegistry::adopt_with`] puts it in.
+pub(super) struct ReadBack {
+    pub journal: Arc<Journal>,
+    /// The journal number its next delivery takes.
+    pub next: std::num::NonZeroU32,
+    /// How long its client had been gone when its record was last written (offline then), to
+    /// count against its expiry and will delay; `None` when its client was connected (the
+    /// crash's time is not known: they count from the restart).
+    pub offline_for: Option<std::time::Duration>,
+}
 use crate::topic::Subscription;
 
 impl SessionRegistry {
@@ -30,22 +41,27 @@ impl SessionRegistry {
     /// Brings `state`'s journal in line with its expiry, and writes its record: a session whose
     /// expiry is not zero gets a journal (if it has none yet) holding everything it has queued
     /// and in flight; one whose expiry became zero loses its journal and its records. `will`
-    /// is the delayed will waiting with it, when it goes offline. Does nothing without a data
-    /// directory.
+    /// is the delayed will waiting with it, and `offline` says its client has gone. Does
+    /// nothing without a data directory.
     pub fn keep_journal(
         &self,
         state: &mut SessionState,
         will: Option<&DelayedWill>,
+        offline: bool,
         router: &Router,
     ) {
         let Some(store) = self.store.get() else {
             return;
         };
         let persistent = state.expiry != SessionExpiry::ZERO;
+        // A journal made now holds what the session had before (its QoS 2 ids among it).
+        let fresh = state.outgoing.journal().is_none();
         let journal = match (state.outgoing.journal().cloned(), persistent) {
             (Some(journal), true) => journal,
             (None, true) => {
-                let journal = store.journal(state.mailbox.client_id_shared());
+                let Some(journal) = store.journal(state.mailbox.client_id_shared()) else {
+                    return;
+                };
                 state
                     .mailbox
                     .set_journal(Some((journal.clone(), std::num::NonZeroU32::MIN)));
@@ -67,10 +83,12 @@ impl SessionRegistry {
             }
             (None, false) => return,
         };
-        for packet_id in state.incoming_qos2.ids() {
-            journal.awaiting(packet_id);
+        if fresh {
+            for packet_id in state.incoming_qos2.ids() {
+                journal.awaiting(packet_id);
+            }
         }
-        journal.session(&record_of(state, will, router));
+        journal.session(&record_of(state, will, router), offline);
     }
 
     /// Puts a session read back from the data directory in as an offline session, writing to
@@ -81,13 +99,17 @@ impl SessionRegistry {
             snapshot,
             incarnation,
             next_seq,
+            offline_for,
         } = loaded;
         let client_id: Arc<str> = Arc::from(snapshot.client_id.as_str());
         let journal = store.journal_of(client_id, incarnation);
+        let read_back = ReadBack {
+            journal,
+            next: next_seq,
+            offline_for,
+        };
         // Sessions come back before any client connects: none is refused.
-        if let Adopted::Refused { .. } =
-            self.adopt_with(snapshot, router, Some((journal, next_seq)))
-        {
+        if let Adopted::Refused { .. } = self.adopt_with(snapshot, router, Some(read_back)) {
             tracing::warn!("a session read back from the data directory was refused");
         }
     }

@@ -252,7 +252,7 @@ impl Mailbox {
                 if let (Some(numbering), Some(seq)) =
                     (journal.as_ref(), dropped.and_then(|d| d.stored))
                 {
-                    numbering.journal.done(seq);
+                    numbering.journal.done(seq, false);
                 }
                 metrics.dropped(DropReason::QueueFull).inc();
             } else {
@@ -475,7 +475,7 @@ fn take_within(
                     let stored = delivery.stored;
                     queue.pop_front();
                     if let (Some(journal), Some(seq)) = (journal, stored) {
-                        journal.done(seq);
+                        journal.done(seq, false);
                     }
                     expired += 1;
                     continue;

@@ -666,7 +666,7 @@ impl SessionRegistry {
         // Its record, with the will that now waits with it (a session that ends removes its
         // records as its mailbox closes).
         if state.expiry != SessionExpiry::ZERO {
-            self.keep_journal(&mut state, will.as_ref(), router);
+            self.keep_journal(&mut state, will.as_ref(), true, router);
         }
         router.set_online(
             &state.mailbox,
@@ -782,6 +782,10 @@ impl SessionRegistry {
                 };
                 if idle.will.as_ref().is_some_and(|(_, due)| *due <= now) {
                     wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));
+                    // Published: its record must not bring it back after a restart.
+                    if let Some(journal) = idle.state.outgoing.journal() {
+                        journal.session(&durable::record_of(&idle.state, None, router), true);
+                    }
                 }
                 if idle.expires.is_some_and(|at| at <= now) {
                     wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));

@@ -138,7 +138,9 @@ impl Outgoing {
 
     /// Records a PUBLISH sent with `id`, which [`Outgoing::next_id`] has just given out.
     pub fn record(&mut self, id: u16, delivery: Delivery) {
-        if let (Some(journal), Some(seq)) = (&self.journal, delivery.stored) {
+        if let (Some(journal), Some(seq), QoS::ExactlyOnce) =
+            (&self.journal, delivery.stored, delivery.qos)
+        {
             journal.sent(seq, id);
         }
         self.entries.push_back((id, InFlight::Published(delivery)));
@@ -166,7 +168,9 @@ impl Outgoing {
                         let seq = number();
                         delivery.stored = Some(seq);
                         journal.queued(seq, delivery);
-                        journal.sent(seq, *id);
+                        if delivery.qos == QoS::ExactlyOnce {
+                            journal.sent(seq, *id);
+                        }
                     }
                     InFlight::Released(stored @ None) => {
                         let seq = number();
@@ -180,15 +184,25 @@ impl Outgoing {
         self.journal = journal;
     }
 
+    /// A delivery taken from the mailbox that will not be sent (the client may not read it, or
+    /// it is too large for it): done with, in the journal too.
+    pub fn forget_unsent(&self, delivery: &Delivery) {
+        if let (Some(journal), Some(seq)) = (&self.journal, delivery.stored) {
+            journal.done(seq, false);
+        }
+    }
+
     /// The journal number of the entry at `index`, which is done with.
     fn forget(&self, index: usize) {
-        let stored = match self.entries.get(index) {
-            Some((_, InFlight::Published(d) | InFlight::Unsent(d))) => d.stored,
-            Some((_, InFlight::Released(stored))) => *stored,
-            None => None,
+        let (stored, sent) = match self.entries.get(index) {
+            Some((_, InFlight::Published(d) | InFlight::Unsent(d))) => {
+                (d.stored, d.qos == QoS::ExactlyOnce)
+            }
+            Some((_, InFlight::Released(stored))) => (*stored, true),
+            None => (None, false),
         };
         if let (Some(journal), Some(seq)) = (&self.journal, stored) {
-            journal.done(seq);
+            journal.done(seq, sent);
         }
     }
 

@@ -19,7 +19,6 @@ use super::{
     SessionState, SnapshotSubscription,
 };
 use crate::router::{Grant, Message, Router};
-use crate::store::Journal;
 use crate::topic::Subscription;
 
 /// A session taken out of its registry whose mailbox still takes what is published for it:
@@ -159,7 +158,7 @@ impl SessionRegistry {
         &self,
         snapshot: SessionSnapshot,
         router: &Router,
-        journal: Option<(Arc<Journal>, NonZeroU32)>,
+        read_back: Option<super::durable::ReadBack>,
     ) -> Adopted {
         let now = Instant::now();
         let mut sessions = self.sessions.lock();
@@ -180,12 +179,21 @@ impl SessionRegistry {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::new(id, key.clone(), self.queue_capacity));
-        let read_back = journal.is_some();
-        let journal = journal.or_else(|| {
-            let store = self.store.get()?;
-            (snapshot.expiry != super::SessionExpiry::ZERO)
-                .then(|| (store.journal(key.clone()), NonZeroU32::MIN))
-        });
+        let offline_for = read_back.as_ref().and_then(|r| r.offline_for);
+        let fresh = read_back.is_none();
+        let journal = match read_back {
+            Some(read_back) => Some((read_back.journal, read_back.next)),
+            None => self
+                .store
+                .get()
+                .filter(|_| snapshot.expiry != super::SessionExpiry::ZERO)
+                .and_then(|store| store.journal(key.clone()))
+                .map(|journal| (journal, NonZeroU32::MIN)),
+        };
+        // What of its expiry and will delay had passed before this node stopped.
+        let counted_from = offline_for
+            .and_then(|offline_for| now.checked_sub(offline_for))
+            .unwrap_or(now);
         if let Some((journal, next)) = &journal {
             mailbox.set_journal(Some((journal.clone(), *next)));
         }
@@ -222,19 +230,18 @@ impl SessionRegistry {
         let expires = state
             .expiry
             .get()
-            .and_then(|expiry| now.checked_add(expiry));
-        if let (Some((journal, _)), false) = (&journal, read_back) {
+            .and_then(|expiry| counted_from.checked_add(expiry));
+        if let (Some((journal, _)), true) = (&journal, fresh) {
             for packet_id in state.incoming_qos2.ids() {
                 journal.awaiting(packet_id);
             }
-            journal.session(&super::durable::record_of(
-                &state,
-                snapshot.will.as_ref(),
-                router,
-            ));
+            journal.session(
+                &super::durable::record_of(&state, snapshot.will.as_ref(), router),
+                true,
+            );
         }
         let will = snapshot.will.map(|will| {
-            let due = now.checked_add(will.delay).unwrap_or(now);
+            let due = counted_from.checked_add(will.delay).unwrap_or(now);
             (will, due)
         });
         self.metrics.sessions.inc();

@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::keys::{awaiting_key, delivery_key, session_key};
+use super::writer::Space;
 use super::Store;
 use crate::router::Delivery;
 use crate::session::SessionSnapshot;
@@ -48,21 +49,25 @@ impl Journal {
         &self.store
     }
 
-    /// Writes the session's own record: `meta` is the session without its deliveries.
-    pub fn session(&self, meta: &SessionSnapshot) {
+    /// Writes the session's own record: `meta` is the session without its deliveries;
+    /// `offline` when its client has gone (its expiry and will delay count from now, also
+    /// across a restart).
+    pub fn session(&self, meta: &SessionSnapshot, offline: bool) {
         let mut value = super::keys::wall_ms().to_be_bytes().to_vec();
+        value.push(u8::from(offline));
         value.extend_from_slice(&meta.encode(std::time::Instant::now()));
         let key = session_key(&self.client_id, self.incarnation);
-        self.store.put(&self.store.sessions, key, value);
+        self.store.put(Space::Sessions, key, value);
     }
 
     /// A delivery queued under journal number `seq`.
     pub fn queued(&self, seq: NonZeroU32, delivery: &Delivery) {
         let value = super::encode_delivery(delivery);
-        self.store.put(&self.store.deliveries, self.key(seq), value);
+        self.store.put(Space::Deliveries, self.key(seq), value);
     }
 
-    /// Delivery `seq` was sent with `packet_id`.
+    /// QoS 2 delivery `seq` was sent with `packet_id` (a QoS 1 one is not recorded: after a
+    /// restart it is sent again with a new packet id, which QoS 1 allows for).
     pub fn sent(&self, seq: NonZeroU32, packet_id: u16) {
         self.mark(seq, packet_id, PUBLISHED);
     }
@@ -71,26 +76,31 @@ impl Journal {
     /// now, and the message itself is no longer needed.
     pub fn released(&self, seq: NonZeroU32, packet_id: u16) {
         self.mark(seq, packet_id, RELEASED);
-        self.store.remove(&self.store.deliveries, self.key(seq));
+        self.store.remove(Space::Deliveries, self.key(seq));
     }
 
     fn mark(&self, seq: NonZeroU32, packet_id: u16, state: u8) {
         let [high, low] = packet_id.to_be_bytes();
         self.store
-            .put(&self.store.sent, self.key(seq), vec![high, low, state]);
+            .put(Space::Sent, self.key(seq), vec![high, low, state]);
     }
 
-    /// Delivery `seq` is done with: acknowledged, refused, expired or dropped.
-    pub fn done(&self, seq: NonZeroU32) {
+    /// Delivery `seq` is done with: acknowledged, refused, expired or dropped; `sent` when a
+    /// `sent` record of it may exist (QoS 2, sent).
+    pub fn done(&self, seq: NonZeroU32, sent: bool) {
         let key = self.key(seq);
-        self.store.remove(&self.store.sent, key.clone());
-        self.store.remove(&self.store.deliveries, key);
+        if sent {
+            self.store.remove(Space::Deliveries, key.clone());
+            self.store.remove(Space::Sent, key);
+        } else {
+            self.store.remove(Space::Deliveries, key);
+        }
     }
 
     /// An inbound QoS 2 packet id now awaits PUBREL.
     pub fn awaiting(&self, packet_id: u16) {
         self.store.put(
-            &self.store.awaiting,
+            Space::Awaiting,
             awaiting_key(&self.client_id, self.incarnation, packet_id),
             Vec::new(),
         );
@@ -99,18 +109,17 @@ impl Journal {
     /// An inbound QoS 2 packet id was released.
     pub fn released_awaiting(&self, packet_id: u16) {
         self.store.remove(
-            &self.store.awaiting,
+            Space::Awaiting,
             awaiting_key(&self.client_id, self.incarnation, packet_id),
         );
     }
 
     /// The session ended here (discarded, expired, or moved to another node): its records go.
     pub fn end(&self) {
-        let store = &self.store;
         let prefix = session_key(&self.client_id, self.incarnation);
-        store.remove(&store.sessions, prefix.clone());
-        store.remove_prefix(&store.deliveries, &prefix);
-        store.remove_prefix(&store.sent, &prefix);
-        store.remove_prefix(&store.awaiting, &prefix);
+        self.store.remove(Space::Sessions, prefix.clone());
+        self.store.remove_prefix(Space::Deliveries, prefix.clone());
+        self.store.remove_prefix(Space::Sent, prefix.clone());
+        self.store.remove_prefix(Space::Awaiting, prefix);
     }
 }

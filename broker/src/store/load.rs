@@ -8,12 +8,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
 
 use super::journal::{PUBLISHED, RELEASED};
 use super::keys::{age, journal_order, session_key, split_key, wall_ms};
+use super::writer::Space;
 use super::Store;
 use crate::router::{Delivery, Message, Stamp};
 use crate::session::{InFlight, SessionSnapshot};
@@ -30,6 +31,8 @@ pub struct LoadedSession {
     pub incarnation: u64,
     /// The journal number its next delivery takes.
     pub next_seq: NonZeroU32,
+    /// How long its client had been gone when its record was last written, if it had.
+    pub offline_for: Option<Duration>,
 }
 
 /// What [`Store::load`] read.
@@ -111,18 +114,26 @@ fn decode_retained(value: &[u8]) -> Option<RetainedRecord> {
     })
 }
 
-/// A session's record: `[written ms u64]` then the session without its deliveries.
-fn decode_session(value: &[u8]) -> Option<(u64, SessionSnapshot)> {
+/// A session's record: `[written ms u64][offline u8]` then the session without its
+/// deliveries. Returns when it was written, how long its client had been gone (when it was
+/// offline then) and the session.
+fn decode_session(value: &[u8]) -> Option<(u64, Option<Duration>, SessionSnapshot)> {
     let (written, rest) = value.split_first_chunk::<8>()?;
+    let (offline, rest) = rest.split_first()?;
     let written = u64::from_be_bytes(*written);
+    let offline_for = match offline {
+        0 => None,
+        1 => Some(age(written)),
+        _ => return None,
+    };
     let snapshot = SessionSnapshot::decode(rest, Instant::now(), age(written)).ok()?;
-    Some((written, snapshot))
+    Some((written, offline_for, snapshot))
 }
 
 /// A session's parts as they are read, keyed by (client id, incarnation).
 #[derive(Default)]
 struct Parts {
-    record: Option<(u64, SessionSnapshot)>,
+    record: Option<(u64, Option<Duration>, SessionSnapshot)>,
     deliveries: BTreeMap<u32, Delivery>,
     sent: HashMap<u32, (u16, u8)>,
     awaiting: Vec<u16>,
@@ -130,39 +141,44 @@ struct Parts {
 
 pub(super) fn load(store: &Store) -> fjall::Result<Loaded> {
     let mut skipped = 0;
-    let mut garbage: Vec<(&fjall::Keyspace, fjall::UserKey)> = Vec::new();
+    let mut garbage: Vec<(Space, fjall::UserKey)> = Vec::new();
 
     let mut retained = Vec::new();
-    for guard in store.retained.iter() {
+    for guard in store.spaces.retained.iter() {
         let (key, value) = guard.into_inner()?;
         match decode_retained(&value) {
             Some(record) if *record.message.topic == *key => retained.push(record),
             _ => {
                 skipped += 1;
-                garbage.push((&store.retained, key));
+                garbage.push((Space::Retained, key));
             }
         }
     }
 
     let mut parts: HashMap<(String, u64), Parts> = HashMap::new();
-    for guard in store.sessions.iter() {
+    for guard in store.spaces.sessions.iter() {
         let (key, value) = guard.into_inner()?;
         let decoded = split_key::<0>(&key).and_then(|(client_id, incarnation, _)| {
-            let (written, snapshot) = decode_session(&value)?;
-            (snapshot.client_id == client_id).then_some((incarnation, written, snapshot))
+            let (written, offline_for, snapshot) = decode_session(&value)?;
+            (snapshot.client_id == client_id).then_some((
+                incarnation,
+                written,
+                offline_for,
+                snapshot,
+            ))
         });
         match decoded {
-            Some((incarnation, written, snapshot)) => {
+            Some((incarnation, written, offline_for, snapshot)) => {
                 let id = (snapshot.client_id.clone(), incarnation);
-                parts.entry(id).or_default().record = Some((written, snapshot));
+                parts.entry(id).or_default().record = Some((written, offline_for, snapshot));
             }
             None => {
                 skipped += 1;
-                garbage.push((&store.sessions, key));
+                garbage.push((Space::Sessions, key));
             }
         }
     }
-    for guard in store.deliveries.iter() {
+    for guard in store.spaces.deliveries.iter() {
         let (key, value) = guard.into_inner()?;
         let read = split_key::<4>(&key).and_then(|(client_id, incarnation, seq)| {
             let delivery = super::decode_delivery(&value)?;
@@ -180,11 +196,11 @@ pub(super) fn load(store: &Store) -> fjall::Result<Loaded> {
             }
             _ => {
                 skipped += 1;
-                garbage.push((&store.deliveries, key));
+                garbage.push((Space::Deliveries, key));
             }
         }
     }
-    for guard in store.sent.iter() {
+    for guard in store.spaces.sent.iter() {
         let (key, value) = guard.into_inner()?;
         let read = split_key::<4>(&key).and_then(|(client_id, incarnation, seq)| {
             let [high, low, state] = *value else {
@@ -204,15 +220,15 @@ pub(super) fn load(store: &Store) -> fjall::Result<Loaded> {
                     continue;
                 }
                 skipped += 1;
-                garbage.push((&store.sent, key));
+                garbage.push((Space::Sent, key));
             }
             _ => {
                 skipped += 1;
-                garbage.push((&store.sent, key));
+                garbage.push((Space::Sent, key));
             }
         }
     }
-    for guard in store.awaiting.iter() {
+    for guard in store.spaces.awaiting.iter() {
         let (key, _) = guard.into_inner()?;
         let read = split_key::<2>(&key).map(|(client_id, incarnation, id)| {
             ((client_id.to_string(), incarnation), u16::from_be_bytes(id))
@@ -224,11 +240,11 @@ pub(super) fn load(store: &Store) -> fjall::Result<Loaded> {
                     continue;
                 }
                 skipped += 1;
-                garbage.push((&store.awaiting, key));
+                garbage.push((Space::Awaiting, key));
             }
             _ => {
                 skipped += 1;
-                garbage.push((&store.awaiting, key));
+                garbage.push((Space::Awaiting, key));
             }
         }
     }
@@ -236,7 +252,7 @@ pub(super) fn load(store: &Store) -> fjall::Result<Loaded> {
     // Of two incarnations of a client id (the older one's removal cut short), the later.
     let mut latest: HashMap<String, (u64, u64)> = HashMap::new();
     for ((client_id, incarnation), p) in &parts {
-        if let Some((written, _)) = &p.record {
+        if let Some((written, _, _)) = &p.record {
             let entry = latest
                 .entry(client_id.clone())
                 .or_insert((*written, *incarnation));
@@ -246,9 +262,10 @@ pub(super) fn load(store: &Store) -> fjall::Result<Loaded> {
         }
     }
     let mut stale: Vec<(String, u64)> = Vec::new();
+    let mut orphans: Vec<Vec<u8>> = Vec::new();
     let mut sessions = Vec::new();
     for ((client_id, incarnation), p) in parts {
-        let Some((_, mut snapshot)) = p.record else {
+        let Some((_, offline_for, mut snapshot)) = p.record else {
             continue;
         };
         if latest.get(&client_id).map(|(_, i)| *i) != Some(incarnation) {
@@ -280,7 +297,12 @@ pub(super) fn load(store: &Store) -> fjall::Result<Loaded> {
                 (None, Some(delivery)) => snapshot.queued.push(delivery),
                 // Sent, and its message gone: it was acknowledged while the sent record's
                 // removal was cut short.
-                (Some(_), None) | (None, None) => {}
+                (Some(_), None) => orphans.push(super::keys::delivery_key(
+                    &snapshot.client_id,
+                    incarnation,
+                    stored,
+                )),
+                (None, None) => {}
             }
         }
         snapshot.incoming_qos2 = p.awaiting;
@@ -289,18 +311,23 @@ pub(super) fn load(store: &Store) -> fjall::Result<Loaded> {
             snapshot,
             incarnation,
             next_seq: NonZeroU32::new(next).unwrap_or(NonZeroU32::MIN),
+            offline_for,
         });
     }
 
-    for (keyspace, key) in garbage {
-        store.remove(keyspace, key.to_vec());
+    for (space, key) in garbage {
+        store.remove(space, key.to_vec());
+    }
+    skipped += orphans.len();
+    for key in orphans {
+        store.remove(Space::Sent, key);
     }
     for (client_id, incarnation) in stale {
         let prefix = session_key(&client_id, incarnation);
-        store.remove(&store.sessions, prefix.clone());
-        store.remove_prefix(&store.deliveries, &prefix);
-        store.remove_prefix(&store.sent, &prefix);
-        store.remove_prefix(&store.awaiting, &prefix);
+        store.remove(Space::Sessions, prefix.clone());
+        store.remove_prefix(Space::Deliveries, prefix.clone());
+        store.remove_prefix(Space::Sent, prefix.clone());
+        store.remove_prefix(Space::Awaiting, prefix);
     }
     Ok(Loaded {
         retained,

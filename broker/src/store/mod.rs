@@ -8,13 +8,13 @@
 //! acknowledged or dropped; each inbound QoS 2 packet id awaiting PUBREL. Nothing else: QoS 0
 //! and sessions that end with their connection never touch the disk.
 //!
-//! Acknowledgements wait for what they acknowledge to be durable: a connection takes a
-//! [`Store::written`] ticket after handling a PUBLISH (or SUBSCRIBE, or its CONNECT) and holds
-//! the PUBACK, PUBREC, SUBACK or CONNACK back until [`Store::synced`] passes it. With `-dfs 0`
-//! one thread fsyncs whatever was written when someone waits (a group commit: every publisher
-//! waiting meanwhile shares the next fsync). With `-dfs N` acknowledgements go at once and the
-//! thread fsyncs every N ms: every write reaches the operating system before it is
-//! acknowledged, so a crash of the process loses nothing, and a power loss the last N ms.
+//! Nothing is written on the broker's threads: each change is queued, in order, for the one
+//! writer thread (see `writer`), which applies what it finds queued as one atomic batch. An
+//! acknowledgement (PUBACK, PUBREC, PUBCOMP, SUBACK, CONNACK) whose handling queued something
+//! is held back until the writer is done with it ([`Store::synced`]): with `-dfs 0` written and
+//! fsynced (a group commit: every publisher waiting meanwhile shares the next fsync); with
+//! `-dfs N` written to the operating system, fsynced every N ms (a crash of the process loses
+//! nothing, a power loss the last N ms).
 //!
 //! The engine is fjall, a log-structured store in safe Rust (see the README for why it and
 //! not redb): writes append to its journal, which is what a broker's short-lived records want,
@@ -22,14 +22,12 @@
 //! at start-up; records that do not decode are skipped, counted and removed, never trusted.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use parking_lot::{Condvar, Mutex};
-use tokio::sync::watch;
-use tracing::{error, warn};
+use fjall::{Database, KeyspaceCreateOptions};
+use parking_lot::Mutex;
+use tracing::error;
 
 use crate::router::Stamp;
 use crate::router::{Delivery, Message};
@@ -38,6 +36,10 @@ use crate::session::snapshot::{decode_deliveries, encode_deliveries};
 mod journal;
 mod keys;
 mod load;
+mod writer;
+
+pub use writer::queued_here;
+use writer::{Op, Space, Spaces, Writer};
 
 pub use journal::Journal;
 pub use load::{Loaded, LoadedSession, RetainedRecord};
@@ -77,31 +79,23 @@ pub enum StoreError {
 /// The open data directory.
 pub struct Store {
     dir: PathBuf,
-    db: Database,
-    retained: Keyspace,
-    /// (client id, incarnation) → the session's subscriptions, expiry, owner and delayed will.
-    sessions: Keyspace,
-    /// (client id, incarnation, journal number) → a QoS 1/2 delivery queued or in flight.
-    deliveries: Keyspace,
-    /// (client id, incarnation, journal number) → the packet id it was sent with, and whether PUBREC came.
-    sent: Keyspace,
-    /// (client id, incarnation, packet id) → nothing: inbound QoS 2 ids awaiting PUBREL.
-    awaiting: Keyspace,
+    /// retained: topic → message. sessions: (client id, incarnation) → the session's
+    /// subscriptions, expiry, owner and delayed will. deliveries: (client id, incarnation,
+    /// journal number) → a QoS 1/2 delivery queued or in flight. sent: the same key → the
+    /// packet id a QoS 2 delivery was sent with, and whether PUBREC came. awaiting: (client id,
+    /// incarnation, packet id) → nothing: inbound QoS 2 ids awaiting PUBREL.
+    spaces: Arc<Spaces>,
     policy: SyncPolicy,
-    /// Writes made so far: the ticket an acknowledgement waits for.
-    written: AtomicU64,
-    /// Writes known durable.
-    durable: watch::Sender<u64>,
-    /// Set when someone waits for an fsync; the sync thread waits on it.
-    wanted: Mutex<bool>,
-    wake: Condvar,
-    closed: AtomicBool,
-    /// Set after the first failed write, which is logged; later ones are not.
-    failed: AtomicBool,
+    writer: Arc<Writer>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Client ids longer than this have no journal: their keys (the id and 14 bytes) would pass the
+/// engine's 65,535-byte key limit. Only `-mcl` above 65,000 lets such ids in.
+pub const MAX_JOURNALED_CLIENT_ID: usize = 65_000;
+
 impl Store {
-    /// Opens (creating it if need be) the data directory and starts its sync thread.
+    /// Opens (creating it if need be) the data directory and starts its writer thread.
     pub fn open(dir: &Path, policy: SyncPolicy) -> Result<Arc<Store>, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Create {
             dir: dir.to_path_buf(),
@@ -117,31 +111,33 @@ impl Store {
             .open()
             .map_err(opened)?;
         let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
-        let store = Arc::new(Store {
-            dir: dir.to_path_buf(),
+        let spaces = Arc::new(Spaces {
             retained: keyspace("retained").map_err(opened)?,
             sessions: keyspace("sessions").map_err(opened)?,
             deliveries: keyspace("deliveries").map_err(opened)?,
             sent: keyspace("sent").map_err(opened)?,
             awaiting: keyspace("awaiting").map_err(opened)?,
-            db,
-            policy,
-            written: AtomicU64::new(0),
-            durable: watch::Sender::new(0),
-            wanted: Mutex::new(false),
-            wake: Condvar::new(),
-            closed: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
         });
-        let syncer = store.clone();
-        std::thread::Builder::new()
-            .name("coolpy7-store-sync".into())
-            .spawn(move || syncer.sync_loop())
-            .map_err(|source| StoreError::Create {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
-        Ok(store)
+        let writer = Arc::new(Writer::new());
+        let thread = {
+            let (writer, spaces) = (writer.clone(), spaces.clone());
+            let dir_text = dir.display().to_string();
+            let dir = dir_text.clone();
+            std::thread::Builder::new()
+                .name("coolpy7-store".into())
+                .spawn(move || writer.run(db, spaces, policy, dir))
+                .map_err(|source| StoreError::Create {
+                    dir: PathBuf::from(&dir_text),
+                    source,
+                })?
+        };
+        Ok(Arc::new(Store {
+            dir: dir.to_path_buf(),
+            spaces,
+            policy,
+            writer,
+            thread: Mutex::new(Some(thread)),
+        }))
     }
 
     pub fn dir(&self) -> &Path {
@@ -152,132 +148,65 @@ impl Store {
         self.policy
     }
 
-    /// A ticket covering every write made so far (see [`Store::synced`]).
+    /// A ticket covering every write queued so far (see [`Store::synced`]).
     pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Acquire)
+        self.writer.queued()
     }
 
     /// Whether what `ticket` covers may be acknowledged now, without waiting.
     pub fn is_synced(&self, ticket: u64) -> bool {
-        matches!(self.policy, SyncPolicy::Interval(_)) || *self.durable.borrow() >= ticket
+        self.writer.is_done(ticket)
     }
 
-    /// Completes once the writes `ticket` covers are durable as `-dfs` asks: at once with an
-    /// interval, after the next fsync with `-dfs 0`.
+    /// Completes once the writes `ticket` covers are as durable as `-dfs` asks: written to the
+    /// operating system, and with `-dfs 0` fsynced.
     pub async fn synced(&self, ticket: u64) {
-        if self.is_synced(ticket) {
-            return;
-        }
-        let mut durable = self.durable.subscribe();
-        {
-            let mut wanted = self.wanted.lock();
-            *wanted = true;
-            self.wake.notify_one();
-        }
-        // The sync thread only stops at close, after a last fsync that covers every ticket.
-        let _ = durable.wait_for(|durable| *durable >= ticket).await;
-    }
-
-    /// The sync thread: fsyncs what was written when asked (`-dfs 0`) or every interval.
-    fn sync_loop(self: Arc<Self>) {
-        loop {
-            {
-                let mut wanted = self.wanted.lock();
-                match self.policy {
-                    SyncPolicy::EveryAcknowledgement => {
-                        while !*wanted && !self.closed.load(Ordering::Acquire) {
-                            self.wake.wait(&mut wanted);
-                        }
-                    }
-                    SyncPolicy::Interval(every) => {
-                        if !*wanted && !self.closed.load(Ordering::Acquire) {
-                            self.wake.wait_for(&mut wanted, every);
-                        }
-                    }
-                }
-                *wanted = false;
-            }
-            let closing = self.closed.load(Ordering::Acquire);
-            let target = self.written();
-            let durable = *self.durable.borrow();
-            if target > durable || closing {
-                if let Err(error) = self.db.persist(PersistMode::SyncData) {
-                    // Nothing more can be made durable; acknowledgements go on (the broker
-                    // keeps working in memory) rather than stall every publisher.
-                    error!(dir = %self.dir.display(), %error, "data directory fsync failed: writes are no longer durable");
-                }
-                // Read apart: a `borrow` still held while sending would deadlock.
-                let durable = (*self.durable.borrow()).max(target);
-                self.durable.send_replace(durable);
-            }
-            if closing {
-                self.durable.send_replace(u64::MAX);
-                return;
-            }
+        if !self.is_synced(ticket) {
+            self.writer.done(ticket).await;
         }
     }
 
-    /// Makes everything written durable and stops the sync thread: at shutdown.
+    /// Makes everything written durable and stops the writer thread: at shutdown.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        {
-            let mut wanted = self.wanted.lock();
-            *wanted = true;
-            self.wake.notify_one();
+        self.writer.close();
+        let Some(thread) = self.thread.lock().take() else {
+            return;
+        };
+        // Bounded: a disk that hangs must not hang the exit (what is not written is lost
+        // then, as it would be on a crash).
+        let deadline = Instant::now() + writer::CLOSE_LIMIT;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
-        if let Err(error) = self.db.persist(PersistMode::SyncAll) {
-            error!(dir = %self.dir.display(), %error, "data directory: the last fsync failed");
-        }
-    }
-
-    /// Counts a write and logs the first that failed.
-    fn wrote(&self, result: fjall::Result<()>) {
-        match result {
-            Ok(()) => {
-                self.written.fetch_add(1, Ordering::AcqRel);
-            }
-            Err(error) => {
-                if !self.failed.swap(true, Ordering::Relaxed) {
-                    error!(dir = %self.dir.display(), %error, "data directory write failed: what is not written is in memory only");
-                }
-            }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            error!(dir = %self.dir.display(), "data directory: the last writes did not finish in time");
         }
     }
 
-    fn put(&self, keyspace: &Keyspace, key: Vec<u8>, value: Vec<u8>) {
-        self.wrote(keyspace.insert(key, value));
+    fn put(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.writer.push(Op::Put(space, key, value));
     }
 
-    fn remove(&self, keyspace: &Keyspace, key: Vec<u8>) {
-        self.wrote(keyspace.remove(key));
+    fn remove(&self, space: Space, key: Vec<u8>) {
+        self.writer.push(Op::Remove(space, key));
     }
 
     /// Removes every record whose key starts with `prefix`.
-    fn remove_prefix(&self, keyspace: &Keyspace, prefix: &[u8]) {
-        let mut keys = Vec::new();
-        for guard in keyspace.prefix(prefix) {
-            match guard.key() {
-                Ok(key) => keys.push(key),
-                Err(error) => {
-                    warn!(%error, "data directory: a record could not be read to remove it");
-                    break;
-                }
-            }
-        }
-        for key in keys {
-            self.wrote(keyspace.remove(key));
-        }
+    fn remove_prefix(&self, space: Space, prefix: Vec<u8>) {
+        self.writer.push(Op::RemovePrefix(space, prefix));
     }
 
     /// Stores `message` as the retained message of its topic, with its stamp in a cluster.
     pub fn put_retained(&self, message: &Message, stamp: Option<&Stamp>) {
         let value = load::encode_retained(message, stamp, Instant::now());
-        self.put(&self.retained, message.topic.to_vec(), value);
+        self.put(Space::Retained, message.topic.to_vec(), value);
     }
 
     /// Removes the retained message of `topic`.
     pub fn remove_retained(&self, topic: &[u8]) {
-        self.remove(&self.retained, topic.to_vec());
+        self.remove(Space::Retained, topic.to_vec());
     }
 
     /// Reads the data directory back: the retained messages, and the sessions with their
@@ -294,9 +223,21 @@ impl Store {
         Arc::new(Journal::new(self.clone(), client_id, incarnation))
     }
 
-    /// The journal of a new session of `client_id`.
-    pub fn journal(self: &Arc<Self>, client_id: Arc<str>) -> Arc<Journal> {
-        Arc::new(Journal::new(self.clone(), client_id, rand::random()))
+    /// The journal of a new session of `client_id`; `None` for a client id too long to key
+    /// (see [`MAX_JOURNALED_CLIENT_ID`]): that session lives in memory only.
+    pub fn journal(self: &Arc<Self>, client_id: Arc<str>) -> Option<Arc<Journal>> {
+        if client_id.len() > MAX_JOURNALED_CLIENT_ID {
+            tracing::debug!(
+                len = client_id.len(),
+                "a client id too long for the data directory: its session is kept in memory only"
+            );
+            return None;
+        }
+        Some(Arc::new(Journal::new(
+            self.clone(),
+            client_id,
+            rand::random(),
+        )))
     }
 }
 
