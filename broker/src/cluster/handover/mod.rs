@@ -675,6 +675,18 @@ impl Handover {
             }
             return;
         };
+        // The move is registered before the answer goes: the claimant may tell that its
+        // subscriptions are in place (frame 8) as soon as it has the session, before this task
+        // runs again, and a frame 8 for a move not registered yet would be dropped, leaving the
+        // move (and a drain waiting for it) to run until MOVE_LIMIT.
+        let settled = moving.as_ref().map(|_| {
+            let (settled_tx, settled) = oneshot::channel();
+            self.state
+                .lock()
+                .moving
+                .insert((client_id.clone(), id.clone()), settled_tx);
+            settled
+        });
         // Parts then the answer, in one go: nothing else of the link comes between.
         let parts = peer.push_handover(FRAME_SESSION_PART, &frames);
         frames.clear();
@@ -693,14 +705,15 @@ impl Handover {
         if wake {
             self.peers.wake_sender();
         }
-        if let Some(moving) = moving {
-            self.send_on(&broker, &peer, &client_id, &id, moving).await;
+        if let (Some(moving), Some(settled)) = (moving, settled) {
+            self.send_on(&broker, &peer, &client_id, &id, moving, settled)
+                .await;
         }
     }
 
     /// Sends on to `peer` what reaches the session that moved there for claim `id`, until it
-    /// says its subscriptions are in place (and [`MOVE_LINGER`] more) or [`MOVE_LIMIT`] has
-    /// passed; then ends the session here.
+    /// says its subscriptions are in place (`settled`, registered in `moving`; and
+    /// [`MOVE_LINGER`] more) or [`MOVE_LIMIT`] has passed; then ends the session here.
     async fn send_on(
         &self,
         broker: &Arc<Broker>,
@@ -708,12 +721,8 @@ impl Handover {
         client_id: &str,
         id: &ClaimId,
         moving: Moving,
+        settled: oneshot::Receiver<()>,
     ) {
-        let (settled_tx, settled) = oneshot::channel();
-        self.state
-            .lock()
-            .moving
-            .insert((client_id.to_string(), id.clone()), settled_tx);
         let limit = tokio::time::sleep(MOVE_LIMIT);
         tokio::pin!(limit);
         tokio::pin!(settled);
