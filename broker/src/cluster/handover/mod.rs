@@ -128,6 +128,8 @@ struct State {
     /// Once `taken_over` holds this many, it is pruned (and the bound set to twice what is
     /// left): amortized, rather than a pass over it for every peer claim.
     taken_over_prune_at: usize,
+    /// The same for `arrived`.
+    arrived_prune_at: usize,
     /// The latest peer claim that took each client id over here, and when (see
     /// [`Handover::taken_over_since`]).
     taken_over: HashMap<String, (ClaimId, Instant)>,
@@ -156,6 +158,7 @@ impl Handover {
                 queued: HashMap::new(),
                 receiving: HashMap::new(),
                 taken_over_prune_at: 1024,
+                arrived_prune_at: 1024,
                 taken_over: HashMap::new(),
                 arrived: HashMap::new(),
                 moving: HashMap::new(),
@@ -670,8 +673,7 @@ impl Handover {
         let Some(peer) = self.peers.find_now(&id.node) else {
             if let (Some(bytes), Some(moving)) = (session, moving) {
                 warn!(%client_id, "the peer that claimed a session is gone; the session is kept here");
-                let _ = moving.finish(&broker.sessions, &broker.router);
-                self.adopt(&broker, &client_id, bytes.freeze(), None);
+                self.keep_here(&broker, &client_id, bytes, moving);
             }
             return;
         };
@@ -697,8 +699,11 @@ impl Handover {
             // would be sent on to nowhere. It stays here; the claim completes at its deadline.
             if let (Some(bytes), Some(moving)) = (session, moving) {
                 warn!(%client_id, "a session could not be handed over (the link to the claimant starts over); kept here");
-                let _ = moving.finish(&broker.sessions, &broker.router);
-                self.adopt(&broker, &client_id, bytes.freeze(), None);
+                self.state
+                    .lock()
+                    .moving
+                    .remove(&(client_id.clone(), id.clone()));
+                self.keep_here(&broker, &client_id, bytes, moving);
             }
             return;
         };
@@ -825,7 +830,7 @@ impl Handover {
         client_id: &str,
         bytes: Bytes,
         from: Option<(Bytes, ClaimId)>,
-    ) {
+    ) -> Option<Arc<Mailbox>> {
         let snapshot = match SessionSnapshot::decode(&bytes, Instant::now(), Duration::ZERO) {
             Ok(snapshot) if snapshot.client_id == client_id => snapshot,
             Ok(_) => {
@@ -833,29 +838,33 @@ impl Handover {
                     client_id,
                     "session handed over for another client id; dropped"
                 );
-                return;
+                return None;
             }
             Err(error) => {
                 warn!(client_id, %error, "session handed over cannot be read; dropped");
-                return;
+                return None;
             }
         };
-        let will = match broker.sessions.adopt(snapshot, &broker.router) {
+        let (will, installed) = match broker.sessions.adopt(snapshot, &broker.router) {
             Adopted::Installed { mailbox, will_due } => {
                 if let Some((peer, claim)) = from {
                     {
                         let mut state = self.state.lock();
                         let now = Instant::now();
+                        // Amortized: not a pass over it for every session that arrives.
+                        if state.arrived.len() >= state.arrived_prune_at {
+                            state
+                                .arrived
+                                .retain(|_, (_, _, at)| now.duration_since(*at) < MOVE_LIMIT * 2);
+                            state.arrived_prune_at = (state.arrived.len() * 2).max(1024);
+                        }
                         state
                             .arrived
-                            .retain(|_, (_, _, at)| now.duration_since(*at) < MOVE_LIMIT * 2);
-                        state
-                            .arrived
-                            .insert(client_id.to_string(), (claim.clone(), mailbox, now));
+                            .insert(client_id.to_string(), (claim.clone(), mailbox.clone(), now));
                     }
                     self.confirm_subscriptions(broker, peer, client_id, claim);
                 }
-                will_due
+                (will_due, Some(mailbox))
             }
             Adopted::Refused { will_due } => {
                 info!(
@@ -867,11 +876,34 @@ impl Handover {
                     let frame = wire::part(claim.ms, claim.count, client_id, &[]);
                     self.send_to(&peer, FRAME_SETTLED, std::slice::from_ref(&frame));
                 }
-                will_due
+                (will_due, None)
             }
         };
         if let Some(will) = will {
             broker.publish(will);
+        }
+        installed
+    }
+
+    /// Puts a session that could not be handed over back in here, with what reached it since
+    /// it was taken out: adopted first (written to the data directory, if any) and the old
+    /// copy ended after, so that a crash in between leaves two copies rather than none.
+    fn keep_here(
+        self: &Arc<Self>,
+        broker: &Arc<Broker>,
+        client_id: &str,
+        bytes: BytesMut,
+        moving: Moving,
+    ) {
+        let mut late = moving.take(&broker.metrics);
+        let mailbox = self.adopt(broker, client_id, bytes.freeze(), None);
+        late.extend(moving.finish(&broker.sessions, &broker.router));
+        if let Some(mailbox) = mailbox {
+            for mut delivery in late {
+                // Numbered in the old copy's journal: the new one numbers and writes it.
+                delivery.stored = None;
+                mailbox.push(delivery, &broker.metrics);
+            }
         }
     }
 
