@@ -68,7 +68,8 @@ def figures(settings):
     q0 = ["fanin-q0", "fanout-q0", "p2p-q0", "latency-q0", "fanin-extra-subs", "fanout-q0-1000",
           "fanin-q0-1000"]
     users = settings.get("auth_users", 200000)
-    q1 = q1 + ["fanin-q1-rules", "fanin-q1-16topics", "fanin-q1-16topics-rules"]
+    q1 = q1 + ["fanin-q1-rules", "fanin-q1-16topics", "fanin-q1-16topics-rules",
+               "fanin-q1-persistent", "fanout-q1-persistent"]
     q0 = q0 + ["fanin-q0-rules", "fanin-q0-16topics", "fanin-q0-16topics-rules"]
     allsc = q0 + q1 + ["conns", "fanout-stalled-q0", "fanout-stalled-q1", "handshakes",
                        "handshakes-jwt", "handshakes-password", "handshakes-password-cold",
@@ -145,6 +146,16 @@ def figures(settings):
          (("fanin-q1-rules", dps), ("fanin-q1", dps))),
         ("broker CPU % fanin qos1, 1,000 rules", "low", "one",
          ("fanin-q1-rules", field("broker_cpu_pct"))),
+        ("fanin qos1, persistent subscriber, delivered/s", "high", "one",
+         ("fanin-q1-persistent", dps)),
+        ("fanin qos1, persistent / clean subscriber", "high", "ratio",
+         (("fanin-q1-persistent", dps), ("fanin-q1", dps))),
+        ("fanout qos1, 8 persistent subscribers, delivered/s", "high", "one",
+         ("fanout-q1-persistent", dps)),
+        ("fanout qos1, persistent / clean subscribers", "high", "ratio",
+         (("fanout-q1-persistent", dps), ("fanout-q1", dps))),
+        ("broker CPU % fanin qos1, persistent subscriber", "low", "one",
+         ("fanin-q1-persistent", field("broker_cpu_pct"))),
         ("fanin qos0, 16 topics per publisher, delivered/s", "high", "one",
          ("fanin-q0-16topics", dps)),
         ("fanin qos0, 16 topics per publisher, 1,000 rules, delivered/s", "high", "one",
