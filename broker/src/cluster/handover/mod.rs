@@ -425,6 +425,15 @@ impl Handover {
                     count: claim.count,
                     node: Bytes::copy_from_slice(origin),
                 };
+                // A claim from far in the future (a clock set wrong, or a peer gone wrong) would
+                // win every race for its client id, and pull this node's claim clock along to a
+                // point where its ids stop growing: refused, as a retained stamp would be.
+                if claim.ms > now_ms().saturating_add(crate::router::MAX_STAMP_AHEAD_MS) {
+                    warn!(client_id = %claim.client_id, peer = %String::from_utf8_lossy(origin),
+                          "claim stamped more than 10 minutes ahead of this node's clock; refused");
+                    self.answer(&id, &claim.client_id, AnswerKind::Refused);
+                    return true;
+                }
                 let action =
                     self.state
                         .lock()
