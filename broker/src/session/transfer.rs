@@ -9,7 +9,7 @@
 //! its messages queued, which the next CONNECT of its client id resumes as any offline session
 //! (session present). The session gets a new [`super::SessionId`] here: ids are per node.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
@@ -223,7 +223,7 @@ impl SessionRegistry {
             subscriptions,
             outgoing,
             incoming_qos2,
-            retained: VecDeque::from(snapshot.retained),
+            retained: snapshot.retained.into(),
             expiry: snapshot.expiry,
             owner: snapshot.owner.map(Box::new),
         });
