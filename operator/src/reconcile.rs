@@ -692,6 +692,17 @@ pub fn spec_problem(cluster: &Coolpy7Cluster) -> Option<String> {
             ));
         }
     }
+    // The broker reads every flag from its environment too (COOLPY7_<FLAG>): the spec's own
+    // settings may not come in that way either.
+    for env in &cluster.spec.env {
+        let field = match env.name.as_str() {
+            "COOLPY7_DG" => "drain.graceSeconds",
+            "COOLPY7_DD" => "persistence.enabled",
+            "COOLPY7_DFS" => "persistence.fsyncIntervalMs",
+            _ => continue,
+        };
+        return Some(format!("env sets {}: set {field} instead", env.name));
+    }
     for range in &cluster.spec.service.load_balancer_source_ranges {
         if !is_cidr(range) {
             return Some(format!(

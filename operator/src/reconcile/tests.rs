@@ -1590,6 +1590,22 @@ fn persistence_problems() {
     }
     // Flags that merely start alike are the user's.
     assert_eq!(problem(json!({"args": ["-ddx=1", "-dfsa=2"]})), None);
+    // Nor may the environment set them.
+    for (name, field) in [
+        ("COOLPY7_DD", "persistence.enabled"),
+        ("COOLPY7_DFS", "persistence.fsyncIntervalMs"),
+        ("COOLPY7_DG", "drain.graceSeconds"),
+    ] {
+        let found = problem(json!({"env": [{"name": name, "value": "1"}]})).unwrap_or_default();
+        assert!(
+            found.contains(&format!("set {field} instead")),
+            "{name}: {found}"
+        );
+    }
+    assert_eq!(
+        problem(json!({"env": [{"name": "COOLPY7_LOG_LEVEL", "value": "debug"}]})),
+        None
+    );
 }
 
 #[test]
