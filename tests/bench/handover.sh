@@ -30,14 +30,14 @@ node() { # N
     local n=$1 other=$((3 - $1))
     "$BIN" -l "127.0.0.1:$((BASE + n))" -hl "127.0.0.1:$((BASE + 10 + n))" \
         -nid "n$n" -csk "$KEY" -crp "$((BASE + 20 + n))" -csp "$((BASE + 30 + n))" \
-        -mbs "127.0.0.1:$((BASE + 20 + other))" -mq 100000 --log-level warn \
+        -mbs "127.0.0.1:$((BASE + 20 + other))" -mq 100000 -syst "$KEY" --log-level warn \
         >"$LOGS/n$n.log" 2>&1 &
     PIDS+=($!)
 }
 node 1
 node 2
 for ((i = 0; i < 200; i++)); do
-    members="$(curl -fsS "http://127.0.0.1:$((BASE + 11))/brokers" 2>/dev/null | grep -o '"n[12]"' | sort -u | wc -l || true)"
+    members="$(curl -fsS "http://127.0.0.1:$((BASE + 11))/brokers?token=$KEY" 2>/dev/null | grep -o '"n[12]"' | sort -u | wc -l || true)"
     [[ "$members" -ge 2 ]] && break
     sleep 0.1
 done

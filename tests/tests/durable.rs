@@ -347,15 +347,20 @@ async fn a_session_expiry_counts_the_time_before_the_restart() {
     let connected = unique_id("connected");
     let mut online = TestClient::connect(persistent(&broker, &connected)).await;
     online.subscribe_ok("expiry/t", QoS::AtLeastOnce).await;
+    let twice = unique_id("twice");
+    let mut online_twice = TestClient::connect(persistent(&broker, &twice)).await;
+    online_twice
+        .subscribe_ok("expiry/t", QoS::AtLeastOnce)
+        .await;
     // Killed well within its expiry (so it is still on disk), and started again after it ran
     // out.
     tokio::time::sleep(Duration::from_secs(1)).await;
     broker.signal("KILL");
     assert!(broker.wait_exit(Duration::from_secs(10)).await.is_some());
-    drop(online);
+    drop((online, online_twice));
     tokio::time::sleep(Duration::from_secs(4)).await;
 
-    let broker = Broker::start(&args);
+    let mut broker = Broker::start(&args);
     let back = TestClient::connect(persistent(&broker, &connected)).await;
     assert!(
         back.session_present(),
@@ -365,5 +370,18 @@ async fn a_session_expiry_counts_the_time_before_the_restart() {
     assert!(
         !gone.session_present(),
         "away for 1 s before the crash and 4 s after, of a 4 s expiry: expired"
+    );
+    drop((back, gone));
+    // Connected at the first crash, not back since: offline from the first restart on, also
+    // on disk, so a second crash does not start its expiry over.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.signal("KILL");
+    assert!(broker.wait_exit(Duration::from_secs(10)).await.is_some());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let broker = Broker::start(&args);
+    let again = TestClient::connect(persistent(&broker, &twice)).await;
+    assert!(
+        !again.session_present(),
+        "offline 1 s before the second crash and 4 s after, of a 4 s expiry: expired"
     );
 }

@@ -429,6 +429,7 @@ impl Handshake<'_> {
             }
         }
         let config = &broker.config;
+        let broker_has_store = broker.sessions.store().is_some();
         let mut state = claimed.state;
         let mut connack = Properties::default();
         state.expiry = if v5 {
@@ -515,8 +516,13 @@ impl Handshake<'_> {
         // A stored session's subscriptions were granted to whoever held the client id before.
         connection.rejudge_subscriptions();
         // Its record (and, for a session that has become persistent, all it holds) is durable
-        // before CONNACK says it exists.
+        // before CONNACK says it exists; so is the end of a session a clean start discarded
+        // (queued while claiming, on whichever thread: so the CONNACK waits for everything
+        // queued so far).
         connection.keep_journal();
+        if broker_has_store {
+            connection.hold_for_durable = true;
+        }
         if let Some(v5) = &connection.v5 {
             fit_connack(&mut connack, v5.maximum_packet_size);
         }

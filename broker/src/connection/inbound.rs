@@ -60,7 +60,7 @@ impl Connection {
             let mark = crate::store::queued_here();
             broker
                 .sessions
-                .keep_journal(&mut self.state, None, false, &broker.router);
+                .keep_journal(&mut self.state, None, None, &broker.router);
             self.hold_if_written(mark);
         }
     }
@@ -329,7 +329,19 @@ impl Connection {
                 ))
             }
             QoS::AtMostOnce => {
+                let mark = crate::store::queued_here();
                 self.route(publish, forwards);
+                // Nothing to acknowledge, but a disk behind on what such messages queue (a
+                // retained flood) makes their publisher wait for it: the writer's queue stays
+                // bounded.
+                if self
+                    .broker
+                    .sessions
+                    .store()
+                    .is_some_and(|store| store.is_congested())
+                {
+                    self.hold_if_written(mark);
+                }
             }
             QoS::AtLeastOnce => {
                 let mark = crate::store::queued_here();

@@ -274,7 +274,19 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let listening = state.lifecycle.is_serving();
     let joined = state.members.as_ref().is_none_or(|members| members.ready());
+    // A data directory that failed a write: what the broker acknowledges may not be on disk, so
+    // the Service sends the clients elsewhere.
+    let disk_failed = state
+        .broker
+        .sessions
+        .store()
+        .is_some_and(|store| store.has_failed());
     match (listening, joined) {
+        (true, true) if disk_failed => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "data directory failing: see the log",
+        )
+            .into_response(),
         (true, true) => (StatusCode::OK, "ok").into_response(),
         (false, _) if state.lifecycle.is_draining() => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()

@@ -41,13 +41,13 @@ impl SessionRegistry {
     /// Brings `state`'s journal in line with its expiry, and writes its record: a session whose
     /// expiry is not zero gets a journal (if it has none yet) holding everything it has queued
     /// and in flight; one whose expiry became zero loses its journal and its records. `will`
-    /// is the delayed will waiting with it, and `offline` says its client has gone. Does
-    /// nothing without a data directory.
+    /// is the delayed will waiting with it, and `offline_since` when its client went (wall
+    /// clock ms; `None` while connected). Does nothing without a data directory.
     pub fn keep_journal(
         &self,
         state: &mut SessionState,
         will: Option<&DelayedWill>,
-        offline: bool,
+        offline_since: Option<u64>,
         router: &Router,
     ) {
         let Some(store) = self.store.get() else {
@@ -88,7 +88,7 @@ impl SessionRegistry {
                 journal.awaiting(packet_id);
             }
         }
-        journal.session(&record_of(state, will, router), offline);
+        journal.session(&record_of(state, will, router), offline_since);
     }
 
     /// Puts a session read back from the data directory in as an offline session, writing to

@@ -415,6 +415,9 @@ struct Idle {
     state: Box<SessionState>,
     /// When it expires; `None` = never.
     expires: Option<Instant>,
+    /// Since when its client has been gone, on the wall clock (ms since the epoch): what its
+    /// record in the data directory keeps, for its expiry to count across a restart.
+    offline_since: u64,
     /// An MQTT 5 will waiting for its delay, and when it is due.
     will: Option<(DelayedWill, Instant)>,
 }
@@ -716,8 +719,9 @@ impl SessionRegistry {
     ) -> Option<Arc<Message>> {
         // Its record, with the will that now waits with it (a session that ends removes its
         // records as its mailbox closes).
+        let offline_since = crate::store::wall_ms();
         if state.expiry != SessionExpiry::ZERO {
-            self.keep_journal(&mut state, will.as_ref(), true, router);
+            self.keep_journal(&mut state, will.as_ref(), Some(offline_since), router);
         }
         router.set_online(
             &state.mailbox,
@@ -750,6 +754,7 @@ impl SessionRegistry {
                         Box::new(Idle {
                             state,
                             expires,
+                            offline_since,
                             will,
                         }),
                     );
@@ -835,7 +840,8 @@ impl SessionRegistry {
                     wills.extend(idle.will.take().map(|(will, _)| will.publish_at(now)));
                     // Published: its record must not bring it back after a restart.
                     if let Some(journal) = idle.state.outgoing.journal() {
-                        journal.session(&durable::record_of(&idle.state, None, router), true);
+                        let record = durable::record_of(&idle.state, None, router);
+                        journal.session(&record, Some(idle.offline_since));
                     }
                 }
                 if idle.expires.is_some_and(|at| at <= now) {

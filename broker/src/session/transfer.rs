@@ -190,10 +190,15 @@ impl SessionRegistry {
                 .and_then(|store| store.journal(key.clone()))
                 .map(|journal| (journal, NonZeroU32::MIN)),
         };
-        // What of its expiry and will delay had passed before this node stopped.
+        // What of its expiry and will delay had passed before this node stopped. A session
+        // whose client was connected when the node crashed is offline from now on.
         let counted_from = offline_for
             .and_then(|offline_for| now.checked_sub(offline_for))
             .unwrap_or(now);
+        let wall_now = crate::store::wall_ms();
+        let offline_since = offline_for.map_or(wall_now, |offline_for| {
+            wall_now.saturating_sub(offline_for.as_millis() as u64)
+        });
         if let Some((journal, next)) = &journal {
             mailbox.set_journal(Some((journal.clone(), *next)));
         }
@@ -231,14 +236,20 @@ impl SessionRegistry {
             .expiry
             .get()
             .and_then(|expiry| counted_from.checked_add(expiry));
-        if let (Some((journal, _)), true) = (&journal, fresh) {
-            for packet_id in state.incoming_qos2.ids() {
-                journal.awaiting(packet_id);
+        if let Some((journal, _)) = &journal {
+            if fresh {
+                for packet_id in state.incoming_qos2.ids() {
+                    journal.awaiting(packet_id);
+                }
             }
-            journal.session(
-                &super::durable::record_of(&state, snapshot.will.as_ref(), router),
-                true,
-            );
+            // Written for a session that came from elsewhere, and for one read back that was
+            // connected at the crash: its offline clock starts now, also on disk.
+            if fresh || offline_for.is_none() {
+                journal.session(
+                    &super::durable::record_of(&state, snapshot.will.as_ref(), router),
+                    Some(offline_since),
+                );
+            }
         }
         let will = snapshot.will.map(|will| {
             let due = counted_from.checked_add(will.delay).unwrap_or(now);
@@ -250,6 +261,7 @@ impl SessionRegistry {
             Box::new(Idle {
                 state,
                 expires,
+                offline_since,
                 will,
             }),
         );

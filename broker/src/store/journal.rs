@@ -50,11 +50,13 @@ impl Journal {
     }
 
     /// Writes the session's own record: `meta` is the session without its deliveries;
-    /// `offline` when its client has gone (its expiry and will delay count from now, also
-    /// across a restart).
-    pub fn session(&self, meta: &SessionSnapshot, offline: bool) {
+    /// `offline_since` the wall clock (ms since the epoch) since when its client has been gone,
+    /// `None` while it is connected: its expiry and will delay count from then, also across a
+    /// restart.
+    pub fn session(&self, meta: &SessionSnapshot, offline_since: Option<u64>) {
         let mut value = super::keys::wall_ms().to_be_bytes().to_vec();
-        value.push(u8::from(offline));
+        // 0: connected (a clock at the epoch is not one to count from anyway).
+        value.extend_from_slice(&offline_since.unwrap_or(0).to_be_bytes());
         value.extend_from_slice(&meta.encode(std::time::Instant::now()));
         let key = session_key(&self.client_id, self.incarnation);
         self.store.put(Space::Sessions, key, value);

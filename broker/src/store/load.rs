@@ -114,18 +114,15 @@ fn decode_retained(value: &[u8]) -> Option<RetainedRecord> {
     })
 }
 
-/// A session's record: `[written ms u64][offline u8]` then the session without its
-/// deliveries. Returns when it was written, how long its client had been gone (when it was
-/// offline then) and the session.
+/// A session's record: `[written ms u64][offline since ms u64, 0 while connected]` then the
+/// session without its deliveries. Returns when it was written, how long its client has been
+/// gone (if it had) and the session.
 fn decode_session(value: &[u8]) -> Option<(u64, Option<Duration>, SessionSnapshot)> {
     let (written, rest) = value.split_first_chunk::<8>()?;
-    let (offline, rest) = rest.split_first()?;
+    let (offline_since, rest) = rest.split_first_chunk::<8>()?;
     let written = u64::from_be_bytes(*written);
-    let offline_for = match offline {
-        0 => None,
-        1 => Some(age(written)),
-        _ => return None,
-    };
+    let offline_since = u64::from_be_bytes(*offline_since);
+    let offline_for = (offline_since != 0).then(|| age(offline_since));
     let snapshot = SessionSnapshot::decode(rest, Instant::now(), age(written)).ok()?;
     Some((written, offline_for, snapshot))
 }

@@ -38,6 +38,7 @@ mod keys;
 mod load;
 mod writer;
 
+pub use keys::wall_ms;
 pub use writer::queued_here;
 use writer::{Op, Space, Spaces, Writer};
 
@@ -153,6 +154,17 @@ impl Store {
         self.writer.queued()
     }
 
+    /// Whether so much waits for the writer that whoever queues more should wait for it too.
+    pub fn is_congested(&self) -> bool {
+        self.writer.is_congested()
+    }
+
+    /// Whether a write or an fsync failed (`/readyz` says so: what is acknowledged since may
+    /// not be on disk).
+    pub fn has_failed(&self) -> bool {
+        self.writer.has_failed()
+    }
+
     /// Whether what `ticket` covers may be acknowledged now, without waiting.
     pub fn is_synced(&self, ticket: u64) -> bool {
         self.writer.is_done(ticket)
@@ -200,6 +212,15 @@ impl Store {
 
     /// Stores `message` as the retained message of its topic, with its stamp in a cluster.
     pub fn put_retained(&self, message: &Message, stamp: Option<&Stamp>) {
+        // The topic is the key: one beyond the engine's limit (only the HTTP API lets one in)
+        // is kept in memory only.
+        if message.topic.len() > MAX_JOURNALED_CLIENT_ID {
+            tracing::debug!(
+                len = message.topic.len(),
+                "retained topic too long for the data directory; in memory only"
+            );
+            return;
+        }
         let value = load::encode_retained(message, stamp, Instant::now());
         self.put(Space::Retained, message.topic.to_vec(), value);
     }

@@ -71,12 +71,30 @@ pub fn queued_here() -> u64 {
     QUEUED_HERE.with(std::cell::Cell::get)
 }
 
+/// The longest key the engine takes (it panics beyond).
+const MAX_KEY: usize = u16::MAX as usize;
+
+/// Bytes queued for the writer beyond which a connection whose handling queued anything waits
+/// for it (QoS 0 too): what bounds the queue when the disk is slower than the traffic.
+pub(super) const CONGESTED_BYTES: usize = 64 << 20;
+
+impl Op {
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Put(_, key, value) => key.len() + value.len() + 32,
+            Op::Remove(_, key) | Op::RemovePrefix(_, key) => key.len() + 32,
+        }
+    }
+}
+
 /// The queue between the broker and the writer thread.
 pub(super) struct Writer {
     queue: Mutex<Vec<Op>>,
     wake: Condvar,
     /// Operations queued so far: a ticket covering all of them.
     queued: AtomicU64,
+    /// Bytes of the operations queued and not yet taken by the writer.
+    queued_bytes: std::sync::atomic::AtomicUsize,
     /// Operations an acknowledgement may rely on (written, and fsynced with `-dfs 0`).
     done: watch::Sender<u64>,
     closed: AtomicBool,
@@ -90,6 +108,7 @@ impl Writer {
             queue: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             queued: AtomicU64::new(0),
+            queued_bytes: std::sync::atomic::AtomicUsize::new(0),
             done: watch::Sender::new(0),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
@@ -99,6 +118,7 @@ impl Writer {
     /// Queues `op`; returns its ticket.
     pub fn push(&self, op: Op) -> u64 {
         let ticket = {
+            self.queued_bytes.fetch_add(op.bytes(), Ordering::Relaxed);
             let mut queue = self.queue.lock();
             queue.push(op);
             // Under the queue's lock: tickets follow the queue's order.
@@ -114,6 +134,16 @@ impl Writer {
 
     pub fn queued(&self) -> u64 {
         self.queued.load(Ordering::Acquire)
+    }
+
+    /// Whether more than [`CONGESTED_BYTES`] wait for the writer.
+    pub fn is_congested(&self) -> bool {
+        self.queued_bytes.load(Ordering::Relaxed) > CONGESTED_BYTES
+    }
+
+    /// Whether a write or an fsync failed: what is acknowledged since may not be on disk.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     pub fn is_done(&self, ticket: u64) -> bool {
@@ -168,7 +198,16 @@ impl Writer {
                 )
             };
             if !ops.is_empty() {
-                self.apply(&db, &spaces, ops, &dir);
+                let bytes: usize = ops.iter().map(Op::bytes).sum();
+                // A panic in the engine must not stop the writer: everything waiting on it
+                // would wait for ever. It counts as a failed write.
+                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.apply(&db, &spaces, ops, &dir)
+                }));
+                if applied.is_err() && !self.failed.swap(true, Ordering::Relaxed) {
+                    error!(%dir, "data directory write failed (the engine panicked): what is not written is in memory only");
+                }
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 unsynced = true;
             }
             let closing = self.closed.load(Ordering::Acquire) && self.queue.lock().is_empty();
@@ -191,10 +230,10 @@ impl Writer {
                 last_sync = Instant::now();
             }
             // With an interval, acknowledgements rely on the write only (the process may crash,
-            // the operating system has it).
+            // the operating system has it). What is queued after the close is never written, so
+            // never acknowledged either (the process is exiting).
             self.done.send_replace(upto);
             if closing {
-                self.done.send_replace(u64::MAX);
                 return;
             }
         }
@@ -204,6 +243,13 @@ impl Writer {
     fn apply(&self, db: &Database, spaces: &Spaces, ops: Vec<Op>, dir: &str) {
         let mut batch = db.batch();
         for op in ops {
+            let key_len = match &op {
+                Op::Put(_, key, _) | Op::Remove(_, key) | Op::RemovePrefix(_, key) => key.len(),
+            };
+            if key_len > MAX_KEY {
+                warn!(%dir, key_len, "data directory: a key too long for the engine; not written");
+                continue;
+            }
             match op {
                 Op::Put(space, key, value) => batch.insert(spaces.get(space), key, value),
                 Op::Remove(space, key) => batch.remove(spaces.get(space), key),

@@ -74,9 +74,12 @@ const MOVE_LINGER: Duration = Duration::from_millis(200);
 /// won a moment before (see [`Handover::taken_over_since`]).
 const TAKEN_OVER_MEMORY: Duration = Duration::from_secs(60);
 
-/// How long a session's parts may take to arrive: parts whose answer never comes (a link that
-/// started over, a peer that crashed, a claim id nobody made) are dropped after it.
+/// How long a session's parts may pause: parts whose answer never comes (a link that started
+/// over, a peer that crashed, a claim id nobody made) are dropped once none came for it.
 const RECEIVING_LIMIT: Duration = Duration::from_secs(30);
+
+/// How far ahead of this node's clock a peer's claim may be stamped.
+const MAX_CLAIM_AHEAD_MS: u64 = 24 * 3600 * 1000;
 
 /// A session arriving in parts.
 struct Receiving {
@@ -425,12 +428,13 @@ impl Handover {
                     count: claim.count,
                     node: Bytes::copy_from_slice(origin),
                 };
-                // A claim from far in the future (a clock set wrong, or a peer gone wrong) would
-                // win every race for its client id, and pull this node's claim clock along to a
-                // point where its ids stop growing: refused, as a retained stamp would be.
-                if claim.ms > now_ms().saturating_add(crate::router::MAX_STAMP_AHEAD_MS) {
+                // A claim from far in the future (a peer gone wrong) would win every race for its
+                // client id, and pull this node's claim clock along to a point where its ids stop
+                // growing: refused. Only beyond a day: a node whose clock is merely wrong by
+                // minutes must not have every client refused.
+                if claim.ms > now_ms().saturating_add(MAX_CLAIM_AHEAD_MS) {
                     warn!(client_id = %claim.client_id, peer = %String::from_utf8_lossy(origin),
-                          "claim stamped more than 10 minutes ahead of this node's clock; refused");
+                          "claim stamped more than a day ahead of this node's clock; refused");
                     self.answer(&id, &claim.client_id, AnswerKind::Refused);
                     return true;
                 }
@@ -475,6 +479,8 @@ impl Handover {
                     bytes: Some(BytesMut::new()),
                     since: now,
                 });
+                // Idle time is what counts: a large session may take long to arrive.
+                entry.since = now;
                 match &mut entry.bytes {
                     Some(_) if over => {
                         warn!(client_id = %part.client_id, "session handed over beyond {MAX_RECEIVING_BYTES} bytes; dropped");
