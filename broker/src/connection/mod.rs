@@ -590,10 +590,14 @@ impl Connection {
             // A QoS 2 delivery to a persistent session goes out once the packet id it is sent
             // with is on disk: sent again after a crash under another id, the client would take
             // it for a new message.
-            let mark = crate::store::queued_here();
-            self.pull(&mut scratch);
-            self.hold_if_written(mark);
-            self.wait_until_durable().await;
+            if self.broker.sessions.store().is_some() {
+                let mark = crate::store::queued_here();
+                self.pull(&mut scratch);
+                self.hold_if_written(mark);
+                self.wait_until_durable().await;
+            } else {
+                self.pull(&mut scratch);
+            }
             // One write per batch of input or deliveries, not one per packet.
             if !self.wbuf.is_empty() {
                 if let Err(error) = self.write_now() {

@@ -137,6 +137,7 @@ impl Outgoing {
     }
 
     /// Records a PUBLISH sent with `id`, which [`Outgoing::next_id`] has just given out.
+    #[inline]
     pub fn record(&mut self, id: u16, delivery: Delivery) {
         if let (Some(journal), Some(seq), QoS::ExactlyOnce) =
             (&self.journal, delivery.stored, delivery.qos)
