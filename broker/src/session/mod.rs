@@ -423,6 +423,32 @@ struct Idle {
 }
 
 impl Idle {
+    /// A session whose client went at `gone` (an instant; `offline_since` on the wall clock):
+    /// its expiry and its will's delay count from then. A deadline past what an Instant holds
+    /// means never for the expiry, and `now` for the will.
+    fn gone_at(
+        state: Box<SessionState>,
+        will: Option<DelayedWill>,
+        gone: Instant,
+        offline_since: u64,
+        now: Instant,
+    ) -> Box<Idle> {
+        let expires = state
+            .expiry
+            .get()
+            .and_then(|expiry| gone.checked_add(expiry));
+        let will = will.map(|will| {
+            let due = gone.checked_add(will.delay).unwrap_or(now);
+            (will, due)
+        });
+        Box::new(Idle {
+            state,
+            expires,
+            offline_since,
+            will,
+        })
+    }
+
     /// The next moment something is due: the will or the expiry.
     fn deadline(&self) -> Option<Instant> {
         let will = self.will.as_ref().map(|(_, due)| *due);
@@ -741,23 +767,7 @@ impl SessionRegistry {
                     sessions.entries.remove(state.client_id());
                 } else {
                     let key = state.mailbox.client_id_shared();
-                    let expires = state
-                        .expiry
-                        .get()
-                        .and_then(|expiry| now.checked_add(expiry));
-                    let will = will.map(|will| {
-                        let due = now.checked_add(will.delay).unwrap_or(now);
-                        (will, due)
-                    });
-                    sessions.insert_idle(
-                        key,
-                        Box::new(Idle {
-                            state,
-                            expires,
-                            offline_since,
-                            will,
-                        }),
-                    );
+                    sessions.insert_idle(key, Idle::gone_at(state, will, now, offline_since, now));
                     drop(sessions);
                     self.mark_released(holder);
                     return None;

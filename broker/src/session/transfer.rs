@@ -232,10 +232,6 @@ impl SessionRegistry {
             expiry: snapshot.expiry,
             owner: snapshot.owner.map(Box::new),
         });
-        let expires = state
-            .expiry
-            .get()
-            .and_then(|expiry| counted_from.checked_add(expiry));
         if let Some((journal, _)) = &journal {
             if fresh {
                 for packet_id in state.incoming_qos2.ids() {
@@ -251,20 +247,9 @@ impl SessionRegistry {
                 );
             }
         }
-        let will = snapshot.will.map(|will| {
-            let due = counted_from.checked_add(will.delay).unwrap_or(now);
-            (will, due)
-        });
         self.metrics.sessions.inc();
-        sessions.insert_idle(
-            key,
-            Box::new(Idle {
-                state,
-                expires,
-                offline_since,
-                will,
-            }),
-        );
+        let idle = Idle::gone_at(state, snapshot.will, counted_from, offline_since, now);
+        sessions.insert_idle(key, idle);
         drop(sessions);
         let will_due = replaced.and_then(|idle| {
             let Idle { state, will, .. } = *idle;
