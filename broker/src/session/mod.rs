@@ -699,7 +699,11 @@ impl SessionRegistry {
         let (state, session_present) = match stored {
             // A reconnect in time cancels a delayed will.
             // (Another user's session never gets here: see `claim_as`.)
-            Some(idle) if !clean => (idle.state, true),
+            // Not one whose expiry has passed and that the sweep has not reached yet (one
+            // read back from the data directory may have expired while the node was down).
+            Some(idle) if !clean && idle.expires.is_none_or(|at| at > Instant::now()) => {
+                (idle.state, true)
+            }
             stored => {
                 if let Some(old) = stored {
                     will_due = old.will.map(|(will, _)| will.publish_at(Instant::now()));
