@@ -521,3 +521,104 @@ async fn a_frozen_holder_gives_the_client_id_up_when_it_wakes() {
     .await;
     second.ping().await;
 }
+
+/// A data directory that is removed when the test ends.
+struct DataDir(std::path::PathBuf);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node killed with its data directory comes back with the sessions it had, one of which its
+/// client meanwhile started again on the other node (session present 0, a new subscription,
+/// messages queued there while it was away). When the client reconnects, the copy it used
+/// last is kept, wherever the claim finds the older one: its subscription and queued messages
+/// are there, and the older copy's message (published after the node came back) joined it.
+#[tokio::test]
+async fn a_node_back_from_a_crash_with_an_older_copy_of_a_session_does_not_replace_the_newer() {
+    use coolpy7_tests::cluster::{unique_key, wait_full_membership, Node, NodeConfig};
+    let key = unique_key();
+    let dir = DataDir(std::env::temp_dir().join(unique_id("coolpy7-dd-copies")));
+    let dd = format!("-dd={}", dir.0.display());
+    let mut n1 = Node::start(NodeConfig::new("n1", &key).args(&["-cht", "500", &dd]));
+    let n2 = Node::start(
+        NodeConfig::new("n2", &key)
+            .seed(n1.gossip)
+            .args(&["-cht", "500"]),
+    );
+    wait_full_membership(&[&n1, &n2], TIMEOUT).await;
+    let id = unique_id("copies");
+    let connect = Connect::v311(&id).clean_session(false);
+    let (mut client, _) = RawClient::handshake(n1.mqtt_addr(), &connect).await;
+    // Its SUBACK waits for the record on disk (-dfs 0).
+    assert_eq!(client.subscribe(1, &[("old/#", 1)]).await, vec![1]);
+    drop(client);
+    n1.signal("KILL");
+    assert!(n1.wait_exit(TIMEOUT).await.is_some(), "n1 killed");
+
+    // The client starts again on n2: n1 cannot be asked.
+    let (mut client, present) = RawClient::handshake(n2.mqtt_addr(), &connect).await;
+    assert!(!present, "nobody could hand the session over");
+    assert_eq!(client.subscribe(1, &[("new/#", 1)]).await, vec![1]);
+    let mut publisher = n2.client(&unique_id("pub")).await;
+    publisher
+        .publish("new/1", QoS::AtLeastOnce, false, "new 1")
+        .await;
+    assert_eq!(client.recv_publish(TIMEOUT).await.payload, b"new 1");
+    drop(client);
+    wait_until("n2 to see the client gone", TIMEOUT, || async {
+        n2.metric("coolpy7_connections").await == 1.0
+    })
+    .await;
+    publisher
+        .publish("new/2", QoS::AtLeastOnce, false, "new 2")
+        .await;
+    wait_until("n2 to queue it", TIMEOUT, || async {
+        n2.metric("coolpy7_queued_messages").await == 1.0
+    })
+    .await;
+
+    // n1 comes back with its copy, subscribed to old/#, which queues what is published there.
+    let n1 = Node::start(n1.restart_config().seed(n2.gossip));
+    wait_full_membership(&[&n1, &n2], TIMEOUT).await;
+    assert_eq!(n1.metric("coolpy7_sessions").await, 1.0, "read back");
+    // Published until n1 queues it: n2 forwards to n1 once it is a member again.
+    let mut old_copies = 0.0;
+    for _ in 0..50 {
+        publisher
+            .publish("old/1", QoS::AtLeastOnce, false, "old 1")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        old_copies = n1.metric("coolpy7_queued_messages").await;
+        if old_copies >= 1.0 {
+            break;
+        }
+    }
+    assert!(old_copies >= 1.0, "n1's copy never queued old/1");
+
+    let (mut client, present) = RawClient::handshake(n2.mqtt_addr(), &connect).await;
+    assert!(present, "the session the client used last");
+    let mut payloads: Vec<Vec<u8>> = publishes(&mut client, 2 + old_copies as usize)
+        .await
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    payloads.sort();
+    payloads.dedup();
+    assert_eq!(
+        payloads,
+        [b"new 1".to_vec(), b"new 2".to_vec(), b"old 1".to_vec()],
+        "in flight again, queued, and the older copy's"
+    );
+    // Its subscription from n2 is the one kept.
+    publisher
+        .publish("new/3", QoS::AtLeastOnce, false, "new 3")
+        .await;
+    assert_eq!(client.recv_publish(TIMEOUT).await.payload, b"new 3");
+    wait_until("n1 to give its copy up", TIMEOUT, || async {
+        n1.metric("coolpy7_sessions").await == 0.0
+    })
+    .await;
+}

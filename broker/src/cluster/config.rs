@@ -446,7 +446,8 @@ mod tests {
             (3, true),
             (4, true),
             (5, true),
-            (6, false),
+            (6, true),
+            (7, false),
         ] {
             let resolved = ClusterFlags {
                 sync_version: version,

@@ -40,7 +40,7 @@ use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
     encode_link_record, encode_record, encode_stamped_record, groups_len, record_len,
     stamped_record_len, version_for, Transmitter, Wakeup, BATCH_BYTES, FRAME_PUBLISH,
-    FRAME_RETAINED, HANDOVER_VERSION, MAX_DATAGRAM_RECORD, STAMP_VERSION,
+    FRAME_RETAINED, HANDOVER_VERSION, MAX_DATAGRAM_RECORD, SNAPSHOT_2_VERSION, STAMP_VERSION,
 };
 use crate::broker::Broker;
 use crate::codec::QoS;
@@ -665,6 +665,9 @@ pub struct Peer {
     /// Whether it reads claims and sessions handed over (sync version 5, see
     /// [`super::handover`]). A peer of version 4 refuses each.
     pub handover: bool,
+    /// The version of the session snapshots it is handed (see [`crate::session::snapshot`]):
+    /// 2 from sync version 6, else 1.
+    pub snapshot_version: u8,
     /// Where the next listing to it starts (see [`anti_entropy::Listing::next`]).
     listing_next: Mutex<Option<(usize, Option<Bytes>)>>,
     /// Entries this node still compares for its listing parts (see [`LISTING_CREDIT`]).
@@ -793,6 +796,11 @@ impl Peer {
             has_link: version >= LINK_VERSION,
             stamps: version >= STAMP_VERSION,
             handover: version >= HANDOVER_VERSION,
+            snapshot_version: if version >= SNAPSHOT_2_VERSION {
+                crate::session::snapshot::VERSION
+            } else {
+                crate::session::snapshot::VERSION_1
+            },
             listing_next: Mutex::new(None),
             listing_credit: AtomicUsize::new(0),
             queues: Mutex::new(Queues {

@@ -558,13 +558,14 @@ struct Args {
     )]
     sync_buffer: usize,
 
-    /// Cluster: newest sync (forwarding) version this node writes and reads, 1 to 5; 4 plays a
-    /// node of a release before cluster-wide client ids (no claims, no sessions handed over), 3
+    /// Cluster: newest sync (forwarding) version this node writes and reads, 1 to 6; 5 plays a
+    /// node of a release before session snapshots version 2 (sessions handed over without when
+    /// their client connected and how long it has been gone), 4 one before cluster-wide client ids (no claims, no sessions handed over), 3
     /// one before retained anti-entropy (retained messages without stamps), 2 one before
     /// acknowledged forwarding (every message best effort), 1 one before MQTT 5 (messages cross
     /// without their MQTT 5 properties)
-    #[arg(long = "csv", env = "COOLPY7_CSV", value_name = "N", default_value_t = 5,
-          value_parser = clap::value_parser!(u8).range(1..=5))]
+    #[arg(long = "csv", env = "COOLPY7_CSV", value_name = "N", default_value_t = 6,
+          value_parser = clap::value_parser!(u8).range(1..=6))]
     sync_version: u8,
 
     /// Cluster: milliseconds a CONNECT waits for the other nodes to give up its client id (and
@@ -1499,13 +1500,13 @@ mod tests {
             let args: Vec<&str> = cluster.iter().chain(extra).copied().collect();
             ok(&args).cluster.expect("cluster mode").sync_version
         };
-        assert_eq!(version(&[]), 5, "default");
+        assert_eq!(version(&[]), 6, "default");
         for form in all_forms("csv", "1") {
             let form: Vec<&str> = form.iter().map(String::as_str).collect();
             assert_eq!(version(&form), 1, "{form:?}");
         }
         assert_eq!(version(&["-csv=1", "-csv=2"]), 2, "the last one wins");
-        for bad in ["0", "6", "x", "", "-1", "256"] {
+        for bad in ["0", "7", "x", "", "-1", "256"] {
             let flag = format!("-csv={bad}");
             let args: Vec<&str> = cluster.iter().copied().chain([flag.as_str()]).collect();
             let error = err(&args);
@@ -1516,7 +1517,7 @@ mod tests {
         std::env::set_var("COOLPY7_CSV", "1");
         let from_env = parse(&cluster);
         let cli_wins = parse(&[&cluster[..], &["-csv", "2"]].concat());
-        std::env::set_var("COOLPY7_CSV", "6");
+        std::env::set_var("COOLPY7_CSV", "7");
         let bad_env = parse(&cluster);
         std::env::remove_var("COOLPY7_CSV");
         let sync_version = |parsed: Result<Config, clap::Error>| {
@@ -1525,7 +1526,7 @@ mod tests {
         assert_eq!(sync_version(from_env).ok(), Some(Some(1)));
         assert_eq!(sync_version(cli_wins).ok(), Some(Some(2)));
         match bad_env {
-            Ok(config) => panic!("COOLPY7_CSV=5 accepted: {config:?}"),
+            Ok(config) => panic!("COOLPY7_CSV=7 accepted: {config:?}"),
             Err(error) => {
                 assert_eq!(error.exit_code(), 2);
                 assert!(error.to_string().contains("--csv"), "{error}");

@@ -149,6 +149,9 @@ pub(super) fn record_of(
             expiry: will.expiry,
             delay: will.delay,
         }),
+        connected_ms: state.connected_ms,
+        // The record's header says since when its client has been gone.
+        offline_for: None,
     }
 }
 

@@ -61,6 +61,10 @@ pub struct SessionState {
     /// continues it. A thin pointer, like [`AwaitingRelease`]: see the size test.
     #[allow(clippy::box_collection)]
     owner: Option<Box<String>>,
+    /// When its client last connected, on the wall clock (ms since the epoch; 0 if not
+    /// known): of two copies of one session in the cluster (a node that crashed and came back
+    /// with its copy, a partition), the one its client used last is kept.
+    pub connected_ms: u64,
 }
 
 /// The retained messages owed, in order. Absent while empty, which it is for most sessions
@@ -702,7 +706,9 @@ impl SessionRegistry {
             // Not one whose expiry has passed and that the sweep has not reached yet (one
             // read back from the data directory may have expired while the node was down).
             Some(idle) if !clean && idle.expires.is_none_or(|at| at > Instant::now()) => {
-                (idle.state, true)
+                let mut state = idle.state;
+                state.connected_ms = crate::store::wall_ms();
+                (state, true)
             }
             stored => {
                 if let Some(old) = stored {
@@ -722,6 +728,7 @@ impl SessionRegistry {
                         SessionOwner::Unchecked => None,
                         SessionOwner::User(user) => user.map(|user| Box::new(user.to_string())),
                     },
+                    connected_ms: crate::store::wall_ms(),
                 });
                 (state, false)
             }

@@ -9,9 +9,10 @@
 //! checking everything a client's packets would have been checked for: bytes from a peer or a
 //! file never reach a client unchecked, and a malformed snapshot is an error, never a panic.
 //!
-//! Format (integers big-endian), version 1:
+//! Format (integers big-endian), version 2 (version 1, which nodes of sync version 5 read and
+//! write, ends after the will):
 //! ```text
-//! [version u8 = 1][client id: str16][owner: u8 0 | 1 str16][expiry secs u32 (u32::MAX never)]
+//! [version u8 = 2][client id: str16][owner: u8 0 | 1 str16][expiry secs u32 (u32::MAX never)]
 //! [subscriptions u32] each [raw filter str16][qos u8][options u8: bit 0 no local,
 //!     bit 1 retain as published][identifier u32]
 //! [qos 2 ids awaiting PUBREL u16] each [packet id u16]
@@ -19,6 +20,7 @@
 //! [in flight u32] each [packet id u16][u8 0 PUBLISH sent (a delivery follows) | 1 PUBREL sent]
 //! [queued u32] each [delivery]
 //! [will: u8 0 | 1 [message][delay secs u32][expiry: u8 0 | 1 secs u32]]
+//! [connected ms u64][offline: u8 0 | 1 ms u64]                      (version 2)
 //! delivery: [qos u8][retain u8][identifiers u8] each [identifier u32] then [message]
 //! message: [qos u8][retain u8][topic str16][properties: bytes32][payload: bytes32]
 //!     [expiry: u8 0 | 1 ms left u64]
@@ -27,6 +29,11 @@
 //! A message's expiry is kept as what is left of it when the snapshot was taken; the reader
 //! counts it down again from when it reads (a file's reader also subtracts the time the file
 //! lay on disk, see the store).
+//!
+//! Version 2 adds when its client last connected (wall-clock ms: of two copies of a session,
+//! the one its client used last wins, see [`super::transfer`]) and how long its client had
+//! been gone, so that a session that moves keeps counting its expiry and its will's delay
+//! rather than starting them over.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -40,7 +47,11 @@ use crate::codec::QoS;
 use crate::router::{Delivery, Grant, Message, SubscriptionIds};
 use crate::topic::{self, Subscription};
 
-const VERSION: u8 = 1;
+/// The version written to the data directory and to peers that read it (see
+/// [`SessionSnapshot::encode_as`]).
+pub const VERSION: u8 = 2;
+/// The version of nodes of sync version 5.
+pub const VERSION_1: u8 = 1;
 
 /// One subscription of a snapshot: the filter as the client sent it (`$share/...` included)
 /// and what it was granted.
@@ -64,6 +75,12 @@ pub struct SessionSnapshot {
     pub in_flight: Vec<(u16, InFlight)>,
     pub queued: Vec<Delivery>,
     pub will: Option<DelayedWill>,
+    /// When its client last connected, on the wall clock (ms since the epoch; 0: not known,
+    /// from a version 1 snapshot).
+    pub connected_ms: u64,
+    /// How long its client had been gone when the snapshot was taken; `None`: connected then
+    /// (a record of the data directory, whose header says since when), or not known (version 1).
+    pub offline_for: Option<Duration>,
 }
 
 /// What is wrong with a snapshot's bytes.
@@ -80,10 +97,17 @@ pub enum SnapshotError {
 }
 
 impl SessionSnapshot {
-    /// The snapshot's bytes. Messages' expiry is written as what is left at `now`.
+    /// The snapshot's bytes in the newest version. Messages' expiry is written as what is left
+    /// at `now`.
     pub fn encode(&self, now: Instant) -> BytesMut {
+        self.encode_as(now, VERSION)
+    }
+
+    /// The snapshot's bytes in `version` (1 or 2: a peer of sync version 5 reads only 1).
+    pub fn encode_as(&self, now: Instant, version: u8) -> BytesMut {
+        let version = version.clamp(VERSION_1, VERSION);
         let mut out = BytesMut::new();
-        out.put_u8(VERSION);
+        out.put_u8(version);
         put_str16(&mut out, &self.client_id);
         match &self.owner {
             Some(owner) => {
@@ -143,6 +167,16 @@ impl SessionSnapshot {
             }
             None => out.put_u8(0),
         }
+        if version >= 2 {
+            out.put_u64(self.connected_ms);
+            match self.offline_for {
+                Some(offline_for) => {
+                    out.put_u8(1);
+                    out.put_u64(u64::try_from(offline_for.as_millis()).unwrap_or(u64::MAX));
+                }
+                None => out.put_u8(0),
+            }
+        }
         out
     }
 
@@ -155,7 +189,7 @@ impl SessionSnapshot {
     ) -> Result<SessionSnapshot, SnapshotError> {
         let mut buf = bytes;
         let version = take_u8(&mut buf, "version")?;
-        if version != VERSION {
+        if !(VERSION_1..=VERSION).contains(&version) {
             return Err(SnapshotError::Version(version));
         }
         let client_id = take_str16(&mut buf, "client id")?;
@@ -271,6 +305,17 @@ impl SessionSnapshot {
             }
             _ => return Err(SnapshotError::Invalid("will")),
         };
+        let (connected_ms, offline_for) = if version >= 2 {
+            let connected_ms = take_u64(&mut buf, "connected time")?;
+            let offline_for = match take_u8(&mut buf, "offline time")? {
+                0 => None,
+                1 => Some(Duration::from_millis(take_u64(&mut buf, "offline time")?)),
+                _ => return Err(SnapshotError::Invalid("offline time")),
+            };
+            (connected_ms, offline_for)
+        } else {
+            (0, None)
+        };
         if !buf.is_empty() {
             return Err(SnapshotError::Trailing(buf.len()));
         }
@@ -284,6 +329,8 @@ impl SessionSnapshot {
             in_flight,
             queued,
             will,
+            connected_ms,
+            offline_for,
         })
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{
     AwaitingRelease, Entry, Idle, KickReason, Mailbox, Outgoing, SessionRegistry, SessionSnapshot,
@@ -59,15 +59,38 @@ impl Moving {
 /// What [`SessionRegistry::adopt`] did with a snapshot.
 pub enum Adopted {
     /// The session is here now, offline, with `mailbox` (where what still comes for it from
-    /// the node it left goes). An offline session of the client id that was here ended (the one
-    /// that moved here is the client's latest), and its delayed will is due.
-    Installed {
-        mailbox: Arc<Mailbox>,
-        will_due: Option<Arc<Message>>,
-    },
+    /// the node it left goes). An offline copy of it that was here, which its client used
+    /// before, ended; its messages joined this one's queue.
+    Installed { mailbox: Arc<Mailbox> },
+    /// An offline copy here that its client used later is kept: the snapshot's messages joined
+    /// its queue (`mailbox`), and its subscriptions and will were dropped with the rest of it.
+    Merged { mailbox: Arc<Mailbox> },
     /// A connection holds a session of that client id here, which is kept; the snapshot's
     /// session ends, and its delayed will, if any, is due now.
     Refused { will_due: Option<Arc<Message>> },
+}
+
+/// The messages a copy of a session still owes its client, in flight first: what joins the
+/// copy that is kept when two meet (see [`SessionRegistry::adopt`]). At least once, never
+/// lost: its client may have had some of them already. Numbered anew by the journal of the
+/// copy they join.
+fn owed_messages(
+    in_flight: Vec<(u16, super::InFlight)>,
+    queued: Vec<crate::router::Delivery>,
+) -> impl Iterator<Item = crate::router::Delivery> {
+    in_flight
+        .into_iter()
+        .filter_map(|(_, state)| match state {
+            super::InFlight::Published(delivery) | super::InFlight::Unsent(delivery) => {
+                Some(delivery)
+            }
+            super::InFlight::Released(_) => None,
+        })
+        .chain(queued)
+        .map(|mut delivery| {
+            delivery.stored = None;
+            delivery
+        })
 }
 
 impl SessionRegistry {
@@ -99,7 +122,12 @@ impl SessionRegistry {
                 None => return None,
             }
         };
-        let Idle { state, will, .. } = *idle;
+        let Idle {
+            state,
+            will,
+            offline_since,
+            ..
+        } = *idle;
         let SessionState {
             mailbox,
             subscriptions,
@@ -108,6 +136,7 @@ impl SessionRegistry {
             retained,
             expiry,
             owner,
+            connected_ms,
         } = *state;
         let id = mailbox.id();
         let subscriptions: Vec<SnapshotSubscription> = subscriptions
@@ -141,12 +170,19 @@ impl SessionRegistry {
             in_flight: outgoing.into_entries(),
             queued,
             will: will.map(|(will, _)| will),
+            connected_ms,
+            offline_for: Some(Duration::from_millis(
+                crate::store::wall_ms().saturating_sub(offline_since),
+            )),
         };
         Some((snapshot, moving))
     }
 
     /// Puts `snapshot` in as an offline session, unless a connection holds a session of its
-    /// client id here (see [`Adopted`]).
+    /// client id here (see [`Adopted`]). Of it and an offline copy here, the one whose client
+    /// connected last is kept ([`SessionState::connected_ms`]; the snapshot on a tie), and the
+    /// other's messages join it: two copies exist after a node that crashed comes back with
+    /// its data directory, or after a partition, and neither's messages are lost.
     pub fn adopt(&self, snapshot: SessionSnapshot, router: &Router) -> Adopted {
         self.adopt_with(snapshot, router, None)
     }
@@ -168,6 +204,14 @@ impl SessionRegistry {
                     will_due: snapshot.will.map(|will| will.publish_at(now)),
                 }
             }
+            Some(Entry::Idle(idle)) if idle.state.connected_ms > snapshot.connected_ms => {
+                let mailbox = idle.state.mailbox.clone();
+                drop(sessions);
+                for delivery in owed_messages(snapshot.in_flight, snapshot.queued) {
+                    mailbox.push(delivery, &self.metrics);
+                }
+                return Adopted::Merged { mailbox };
+            }
             Some(Entry::Idle(_)) => match sessions.remove_entry(&snapshot.client_id) {
                 Some((_, Entry::Idle(idle))) => Some(idle),
                 _ => None,
@@ -179,7 +223,12 @@ impl SessionRegistry {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::new(id, key.clone(), self.queue_capacity));
-        let offline_for = read_back.as_ref().and_then(|r| r.offline_for);
+        // A record read back says it in its header; a snapshot from a peer of sync version 6
+        // says it itself.
+        let offline_for = match &read_back {
+            Some(read_back) => read_back.offline_for,
+            None => snapshot.offline_for,
+        };
         let fresh = read_back.is_none();
         let journal = match read_back {
             Some(read_back) => Some((read_back.journal, read_back.next)),
@@ -231,6 +280,7 @@ impl SessionRegistry {
             retained: snapshot.retained.into(),
             expiry: snapshot.expiry,
             owner: snapshot.owner.map(Box::new),
+            connected_ms: snapshot.connected_ms,
         });
         if let Some((journal, _)) = &journal {
             if fresh {
@@ -251,12 +301,25 @@ impl SessionRegistry {
         let idle = Idle::gone_at(state, snapshot.will, counted_from, offline_since, now);
         sessions.insert_idle(key, idle);
         drop(sessions);
-        let will_due = replaced.and_then(|idle| {
-            let Idle { state, will, .. } = *idle;
+        // The copy its client used before: its messages join, and it ends without its will
+        // (its client has connected since, to the copy kept).
+        if let Some(idle) = replaced {
+            let mut state = idle.state;
+            let in_flight = std::mem::take(&mut state.outgoing).into_entries();
+            let mut queued = Vec::new();
+            state.mailbox.take(
+                usize::MAX,
+                usize::MAX,
+                usize::MAX,
+                &mut queued,
+                &self.metrics,
+            );
+            for delivery in owed_messages(in_flight, queued) {
+                mailbox.push(delivery, &self.metrics);
+            }
             self.discard(*state, router);
-            will.map(|(will, _)| will.publish_at(now))
-        });
-        Adopted::Installed { mailbox, will_due }
+        }
+        Adopted::Installed { mailbox }
     }
 
     /// The client ids of the offline sessions.
@@ -394,7 +457,7 @@ mod tests {
         let (b_metrics, b_router, b) = node();
         assert!(matches!(
             b.adopt(snapshot, &b_router),
-            Adopted::Installed { will_due: None, .. }
+            Adopted::Installed { .. }
         ));
         assert_eq!(b_metrics.sessions.get(), 1);
         assert_eq!(b_metrics.subscriptions.get(), 1);
@@ -460,6 +523,8 @@ mod tests {
             in_flight: Vec::new(),
             queued: Vec::new(),
             will: Some(will),
+            connected_ms: 0,
+            offline_for: None,
         };
         match registry.adopt(snapshot, &router) {
             Adopted::Refused {
@@ -468,5 +533,136 @@ mod tests {
             _ => panic!("expected the snapshot refused with its will due"),
         }
         assert_eq!(registry.len(), 1);
+    }
+
+    /// An offline session of client `c` on its own node: subscribed to `t/#`, one QoS 1
+    /// message in flight and one queued, its client last connected at `connected_ms`.
+    async fn offline_copy(
+        metrics: &Metrics,
+        router: &Router,
+        registry: &SessionRegistry,
+        connected_ms: u64,
+        payloads: [&'static [u8]; 2],
+    ) {
+        let holder = Holder::new(1);
+        let mut state = registry
+            .claim("c", false, &holder, router)
+            .await
+            .expect("claim")
+            .state;
+        let subscription = Subscription::parse("t/#").expect("filter");
+        router.subscribe(&state.mailbox, &subscription, Grant::qos(QoS::AtLeastOnce));
+        state
+            .subscriptions
+            .insert("t/#".to_string(), QoS::AtLeastOnce);
+        state.expiry = SessionExpiry::from(Some(Duration::from_secs(600)));
+        state.connected_ms = connected_ms;
+        publish(router, "t/1", payloads[0], QoS::AtLeastOnce);
+        let mut taken = Vec::new();
+        state.mailbox.take(10, 10, usize::MAX, &mut taken, metrics);
+        state.outgoing.publish(taken.remove(0));
+        assert!(registry.release(&holder, state, None, router).is_none());
+        publish(router, "t/2", payloads[1], QoS::AtLeastOnce);
+    }
+
+    /// What the next claim of `c` resumes: session present, and the payloads it is owed
+    /// (in flight, then queued).
+    async fn resumed(
+        registry: &SessionRegistry,
+        router: &Router,
+        metrics: &Metrics,
+    ) -> Vec<Vec<u8>> {
+        let claimed = registry
+            .claim("c", false, &Holder::new(9), router)
+            .await
+            .expect("claim");
+        assert!(claimed.session_present);
+        let state = claimed.state;
+        let mut payloads: Vec<Vec<u8>> = state
+            .outgoing
+            .iter()
+            .filter_map(|(_, entry)| match entry {
+                InFlight::Published(d) | InFlight::Unsent(d) => Some(d.message.payload.to_vec()),
+                InFlight::Released(_) => None,
+            })
+            .collect();
+        let mut queued = Vec::new();
+        state
+            .mailbox
+            .take(100, 100, usize::MAX, &mut queued, metrics);
+        payloads.extend(queued.iter().map(|d| d.message.payload.to_vec()));
+        payloads
+    }
+
+    /// Two copies of one session (a node came back with its data directory, a partition): the
+    /// one its client connected to last is kept, whichever side it is on, and the other's
+    /// messages join it rather than being lost.
+    #[tokio::test]
+    async fn of_two_copies_the_one_used_last_is_kept_with_the_others_messages() {
+        for local_is_newer in [true, false] {
+            let (a_metrics, a_router, a) = node();
+            let (b_metrics, b_router, b) = node();
+            let (a_at, b_at) = if local_is_newer {
+                (1_000, 2_000)
+            } else {
+                (2_000, 1_000)
+            };
+            offline_copy(&a_metrics, &a_router, &a, a_at, [b"a1", b"a2"]).await;
+            offline_copy(&b_metrics, &b_router, &b, b_at, [b"b1", b"b2"]).await;
+            let snapshot = a.export("c", &a_router).expect("a's copy");
+            assert_eq!(snapshot.connected_ms, a_at);
+            let offline_for = snapshot
+                .offline_for
+                .expect("an exported copy says how long");
+            assert!(offline_for < Duration::from_secs(5), "{offline_for:?}");
+            let now = Instant::now();
+            let snapshot = SessionSnapshot::decode(&snapshot.encode(now), now, Duration::ZERO)
+                .expect("decodes");
+            let adopted = b.adopt(snapshot, &b_router);
+            assert_eq!(b.len(), 1, "one copy left");
+            assert_eq!(b_metrics.sessions.get(), 1);
+            let payloads = resumed(&b, &b_router, &b_metrics).await;
+            if local_is_newer {
+                assert!(matches!(adopted, Adopted::Merged { .. }));
+                // b's own first (its in flight, its queue), then a's joined its queue.
+                assert_eq!(payloads, [&b"b1"[..], b"b2", b"a1", b"a2"]);
+            } else {
+                assert!(matches!(adopted, Adopted::Installed { .. }));
+                assert_eq!(payloads, [&b"a1"[..], b"a2", b"b1", b"b2"]);
+            }
+            // One subscription either way: a message published now reaches the copy kept once.
+            assert_eq!(b_metrics.subscriptions.get(), 1);
+        }
+    }
+
+    /// A session that moves keeps counting its expiry from when its client went, on the node
+    /// it left: it does not start over.
+    #[tokio::test]
+    async fn a_session_that_moves_keeps_counting_its_expiry() {
+        let (_, router, registry) = node();
+        let snapshot = SessionSnapshot {
+            client_id: "c".to_string(),
+            owner: None,
+            expiry: SessionExpiry::from(Some(Duration::from_secs(10))),
+            subscriptions: Vec::new(),
+            incoming_qos2: Vec::new(),
+            retained: Vec::new(),
+            in_flight: Vec::new(),
+            queued: Vec::new(),
+            will: None,
+            connected_ms: 1,
+            offline_for: Some(Duration::from_secs(8)),
+        };
+        assert!(matches!(
+            registry.adopt(snapshot, &router),
+            Adopted::Installed { .. }
+        ));
+        let now = Instant::now();
+        assert_eq!(registry.expire(now, &router).1, 0, "2 s are left");
+        assert_eq!(
+            registry.expire(now + Duration::from_secs(3), &router).1,
+            1,
+            "expired 10 s after its client went, 8 s of them on the node it left"
+        );
     }
 }

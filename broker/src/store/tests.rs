@@ -64,6 +64,8 @@ fn record(client_id: &str) -> SessionSnapshot {
         in_flight: Vec::new(),
         queued: Vec::new(),
         will: None,
+        connected_ms: 1_764_000_000_000,
+        offline_for: None,
     }
 }
 

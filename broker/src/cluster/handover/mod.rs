@@ -659,9 +659,19 @@ impl Handover {
         if !request.adopt_only && !sessions.kick_and_wait(&client_id, self.timeout / 2).await {
             warn!(%client_id, "the connection holding a client id claimed by a peer did not close in time");
         }
+        // In the snapshot version the claimant reads (kept here in it too, if it is gone).
+        let version = self
+            .peers
+            .find_now(&id.node)
+            .map_or(crate::session::snapshot::VERSION, |peer| {
+                peer.snapshot_version
+            });
         let (session, moving) = if request.want_session {
             match sessions.export_moving(&client_id, &broker.router) {
-                Some((snapshot, moving)) => (Some(snapshot.encode(Instant::now())), Some(moving)),
+                Some((snapshot, moving)) => (
+                    Some(snapshot.encode_as(Instant::now(), version)),
+                    Some(moving),
+                ),
                 None => (None, None),
             }
         } else {
@@ -860,8 +870,15 @@ impl Handover {
                 return None;
             }
         };
-        let (will, installed) = match broker.sessions.adopt(snapshot, &broker.router) {
-            Adopted::Installed { mailbox, will_due } => {
+        let adopted = broker.sessions.adopt(snapshot, &broker.router);
+        if let Adopted::Merged { .. } = adopted {
+            info!(
+                client_id,
+                "a copy of a session its client used before came from a peer; its messages joined the copy here"
+            );
+        }
+        let (will, installed) = match adopted {
+            Adopted::Installed { mailbox } | Adopted::Merged { mailbox } => {
                 if let Some((peer, claim)) = from {
                     {
                         let mut state = self.state.lock();
@@ -879,7 +896,7 @@ impl Handover {
                     }
                     self.confirm_subscriptions(broker, peer, client_id, claim);
                 }
-                (will_due, Some(mailbox))
+                (None, Some(mailbox))
             }
             Adopted::Refused { will_due } => {
                 info!(

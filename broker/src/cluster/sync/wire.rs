@@ -23,10 +23,10 @@ pub const NEWEST_BATCH_VERSION: u8 = 2;
 /// of records, see [`super::link`]), version 4 (retained anti-entropy: stamped records,
 /// repairs, digests and listings on the links, see [`super::super::anti_entropy`]) and
 /// version 5 (cluster-wide client ids: claims and sessions handed over on the control links,
-/// see [`super::super::handover`]).
+/// see [`super::super::handover`]) and version 6 (sessions handed over in snapshot version 2).
 pub const OLDEST_VERSION: u8 = 1;
 
-pub const NEWEST_VERSION: u8 = 5;
+pub const NEWEST_VERSION: u8 = 6;
 
 /// The sync version that brought retained anti-entropy. Its datagrams are those of version 3
 /// (link segments and acknowledgements say version 3); what changed is in the links' streams,
@@ -39,6 +39,12 @@ pub const STAMP_VERSION: u8 = 4;
 /// parts on the control links (frames of kinds 4, 5 and 6), only to a peer that reads it. The
 /// datagrams stay those of version 3.
 pub const HANDOVER_VERSION: u8 = 5;
+
+/// The sync version whose sessions handed over are in snapshot version 2 (see
+/// [`crate::session::snapshot`]: when their client last connected, how long it has been
+/// gone). Only the bytes of frame 6 changed; a node of version 5 refuses version 2 snapshots,
+/// so it is sent version 1.
+pub const SNAPSHOT_2_VERSION: u8 = 6;
 
 pub(super) const KIND_PUBLISH: u8 = 1;
 

@@ -87,6 +87,8 @@ fn full(now: Instant) -> SessionSnapshot {
             expiry: Some(Duration::from_secs(30)),
             delay: Duration::from_secs(5),
         }),
+        connected_ms: 1_764_000_000_123,
+        offline_for: Some(Duration::from_millis(4_500)),
     }
 }
 
@@ -119,7 +121,7 @@ fn summary(snapshot: &SessionSnapshot) -> String {
         .map(|o| format!("{}/{:?}/{}/{:?}", o.filter, o.qos, o.identifier, o.after))
         .collect();
     format!(
-        "{} {:?} {:?} {:?} {:?} {retained:?} {in_flight:?} {:?} {:?}",
+        "{} {:?} {:?} {:?} {:?} {retained:?} {in_flight:?} {:?} {:?} {} {:?}",
         snapshot.client_id,
         snapshot.owner,
         snapshot.expiry,
@@ -133,6 +135,8 @@ fn summary(snapshot: &SessionSnapshot) -> String {
             w.delay,
             w.expiry
         )),
+        snapshot.connected_ms,
+        snapshot.offline_for,
     )
 }
 
@@ -171,9 +175,33 @@ fn a_session_reads_back_as_it_was_written() {
         in_flight: Vec::new(),
         queued: Vec::new(),
         will: None,
+        connected_ms: 0,
+        offline_for: None,
     };
     let read = SessionSnapshot::decode(&empty.encode(now), now, Duration::ZERO).expect("empty");
     assert_eq!(summary(&read), summary(&empty));
+}
+
+/// A peer of sync version 5 reads version 1 only: the same bytes but for the version and the
+/// connected and offline times at the end, which read back as not known.
+#[test]
+fn version_1_is_version_2_without_the_times_and_reads_back_without_them() {
+    let now = Instant::now();
+    let snapshot = full(now);
+    let two = snapshot.encode(now);
+    let one = snapshot.encode_as(now, VERSION_1);
+    assert_eq!((two[0], one[0]), (2, 1));
+    // [connected ms u64][1][offline ms u64]
+    assert_eq!(two.len(), one.len() + 8 + 1 + 8);
+    assert_eq!(two[1..one.len()], one[1..]);
+    let read = SessionSnapshot::decode(&one, now, Duration::ZERO).expect("version 1 decodes");
+    assert_eq!((read.connected_ms, read.offline_for), (0, None));
+    let mut expected = full(now);
+    expected.connected_ms = 0;
+    expected.offline_for = None;
+    assert_eq!(summary(&read), summary(&expected));
+    // A version beyond is clamped, not written as a number no reader knows.
+    assert_eq!(snapshot.encode_as(now, 9)[0], VERSION);
 }
 
 #[test]
@@ -197,11 +225,20 @@ fn every_truncation_is_an_error() {
         SessionSnapshot::decode(&longer, now, Duration::ZERO).expect_err("trailing"),
         SnapshotError::Trailing(1)
     );
-    let mut future = bytes.to_vec();
-    future[0] = 2;
+    for version in [0, 3] {
+        let mut other = bytes.to_vec();
+        other[0] = version;
+        assert_eq!(
+            SessionSnapshot::decode(&other, now, Duration::ZERO).expect_err("version"),
+            SnapshotError::Version(version)
+        );
+    }
+    let mut unknown_offline = bytes.to_vec();
+    let flag = unknown_offline.len() - 9;
+    unknown_offline[flag] = 2;
     assert_eq!(
-        SessionSnapshot::decode(&future, now, Duration::ZERO).expect_err("version"),
-        SnapshotError::Version(2)
+        SessionSnapshot::decode(&unknown_offline, now, Duration::ZERO).expect_err("flag"),
+        SnapshotError::Invalid("offline time")
     );
 }
 
