@@ -35,7 +35,7 @@ use super::anti_entropy::{
     RANGE_MAX,
 };
 use super::interest::{self, RemoteInterest, FRAME_INTEREST};
-use super::link::{earliest, Ack, Outbox, Pushed, SEGMENT_BYTES};
+use super::link::{earliest, Ack, Outbox, Pushed, FRAME_HEADER, SEGMENT_BYTES};
 use super::membership::{MemberInfo, MemberState, Members, NodeIdentity};
 use super::sync::{
     encode_link_record, encode_record, encode_stamped_record, groups_len, record_len,
@@ -70,9 +70,13 @@ const NEWEST_PUBLISH_VERSION: u8 = super::sync::NEWEST_BATCH_VERSION;
 /// The sync version that brought links.
 pub const LINK_VERSION: u8 = 3;
 /// What a control link may hold unacknowledged before a change is queued: interest changes
-/// of a peer that does not answer. Beyond it the control link starts over with a snapshot
-/// (which is queued whatever its size).
+/// of a peer that does not answer (hand-over frames do not count, see [`HandoverBacklog`]).
+/// Beyond it the control link starts over with a snapshot (which is queued whatever its size).
+#[cfg(not(test))]
 const CONTROL_CAPACITY: usize = 64 << 20;
+/// Smaller in unit tests, which cross it.
+#[cfg(test)]
+const CONTROL_CAPACITY: usize = 1 << 20;
 /// The longest a SUBSCRIBE waits for the peers to acknowledge the interest change it made (see
 /// [`Peers::interest_wait`]); a peer that has taken nothing for as long is not waited for.
 pub const INTEREST_WAIT: Duration = Duration::from_millis(500);
@@ -348,6 +352,7 @@ impl Peers {
             // Named under the lock: of two restarts at once (sender and receiver), the later
             // name is the one installed, which the receiver then follows.
             queues.control = Outbox::new(self.new_link(), usize::MAX);
+            queues.handover = HandoverBacklog::default();
             queues
                 .interest
                 .restarted(frames.len() as u64, Instant::now());
@@ -688,6 +693,37 @@ struct Queues {
     control: Outbox,
     best_effort: BestEffort,
     interest: InterestProgress,
+    handover: HandoverBacklog,
+}
+
+/// The hand-over frames (claims, answers, sessions' parts, messages sent on) that the control
+/// link holds unacknowledged: they do not count towards [`CONTROL_CAPACITY`], which bounds
+/// what a peer that stopped acknowledging is owed in interest changes. A session of tens of
+/// megabytes on its way is not such a peer, and starting the link over would drop it.
+#[derive(Debug, Default)]
+struct HandoverBacklog {
+    /// Where each frame ends in the control link's stream, and its bytes (header included).
+    frames: VecDeque<(u64, usize)>,
+    bytes: usize,
+}
+
+impl HandoverBacklog {
+    fn queued(&mut self, end: u64, len: usize) {
+        self.frames.push_back((end, len));
+        self.bytes += len;
+    }
+
+    /// Forgets the frames acknowledged: those that end before `first_pending_end` (every one
+    /// when `None`).
+    fn acknowledged(&mut self, first_pending_end: Option<u64>) {
+        while let Some(&(end, len)) = self.frames.front() {
+            if first_pending_end.is_some_and(|pending| end >= pending) {
+                break;
+            }
+            self.frames.pop_front();
+            self.bytes -= len;
+        }
+    }
 }
 
 /// How far a peer has taken this node's interest, in frames counted across its control
@@ -808,6 +844,7 @@ impl Peer {
                 control: Outbox::new(links[1], usize::MAX),
                 best_effort: BestEffort::default(),
                 interest: InterestProgress::new(Instant::now()),
+                handover: HandoverBacklog::default(),
             }),
             drained: Notify::new(),
             acked_frames: AtomicU64::new(0),
@@ -848,7 +885,13 @@ impl Peer {
         if self.control_lost() {
             return false;
         }
-        if !snapshot && queues.control.buffered() > CONTROL_CAPACITY {
+        let pending = queues.control.first_pending_end();
+        queues.handover.acknowledged(pending);
+        let backlog = queues
+            .control
+            .buffered()
+            .saturating_sub(queues.handover.bytes);
+        if !snapshot && backlog > CONTROL_CAPACITY {
             warn!(peer = %self.identity.node_id,
                   "peer does not acknowledge interest changes; its control link starts over");
             self.control_lost.store(true, Ordering::Relaxed);
@@ -919,6 +962,8 @@ impl Peer {
             queues
                 .control
                 .push(kind, frame.len(), |out| out.extend_from_slice(frame));
+            let end = queues.control.pushed_to();
+            queues.handover.queued(end, FRAME_HEADER + frame.len());
         }
         // Counted with the interest frames: acknowledgements count every frame of the link.
         queues.interest.queued(frames.len() as u64, Instant::now());
@@ -1019,6 +1064,12 @@ impl Peer {
     #[cfg(test)]
     pub(in crate::cluster) fn unsent_for_tests(&self) -> Vec<u8> {
         self.queues.lock().outbox.unsent_bytes().to_vec()
+    }
+
+    /// The name of the current control link: another one after it started over (or the peer
+    /// went), which drops what the last one held unacknowledged.
+    pub fn control_link(&self) -> u64 {
+        self.queues.lock().control.link()
     }
 
     /// Whether the control link must start over (see [`Peers::restart_control`]).
@@ -1157,6 +1208,7 @@ impl Peer {
             let freed = queues.outbox.buffered();
             queues.outbox = Outbox::new(0, 0);
             queues.control = Outbox::new(0, 0);
+            queues.handover = HandoverBacklog::default();
             self.congested.store(false, Ordering::Relaxed);
             queues.best_effort = BestEffort::default();
             (given_up, freed)
@@ -1562,6 +1614,66 @@ mod tests {
         };
         assert!(!peer.on_ack(&ack, now, &peers, &metrics));
         assert!(!peer.is_congested(), "everything sent was acknowledged");
+    }
+
+    /// A session larger than [`CONTROL_CAPACITY`] on its way to a peer, then an interest
+    /// change: the control link goes on (starting it over would drop the session); interest
+    /// changes beyond the capacity still start it over, and once the session is acknowledged
+    /// it no longer counts for anything.
+    #[test]
+    fn a_large_session_handed_over_does_not_make_the_control_link_start_over() {
+        let members = Arc::new(Members::new(
+            identity("local", super::super::sync::NEWEST_VERSION),
+            false,
+        ));
+        members.set_others_for_tests(vec![MemberInfo {
+            identity: identity("p", super::super::sync::NEWEST_VERSION),
+            state: MemberState::Up,
+        }]);
+        let peers = Peers::new(
+            members.clone(),
+            1 << 20,
+            super::super::sync::NEWEST_VERSION,
+            None,
+            Instant::now(),
+            Arc::new(Metrics::new()),
+        );
+        let peer = peers.list()[0].clone();
+        assert!(peer.handover);
+        assert_eq!(peer.snapshot_version, crate::session::snapshot::VERSION);
+        let part = BytesMut::from(&vec![7u8; CONTROL_CAPACITY / 2][..]);
+        let parts = [part.clone(), part.clone(), part];
+        assert!(peer
+            .push_handover(super::super::handover::wire::FRAME_SESSION_PART, &parts)
+            .is_some());
+        let change = BytesMut::from(&b"change"[..]);
+        peer.push_control(std::slice::from_ref(&change), false);
+        assert!(
+            !peer.control_lost(),
+            "a session on its way is not a backlog"
+        );
+        {
+            let queues = peer.queues.lock();
+            assert!(queues.control.buffered() > CONTROL_CAPACITY);
+            assert_eq!(queues.handover.frames.len(), 3);
+        }
+        let large = BytesMut::from(&vec![1u8; CONTROL_CAPACITY][..]);
+        peer.push_control(std::slice::from_ref(&large), false);
+        assert!(!peer.control_lost(), "at the capacity, not beyond yet");
+        peer.push_control(std::slice::from_ref(&change), false);
+        assert!(
+            peer.control_lost(),
+            "interest changes beyond it start the link over"
+        );
+
+        // Acknowledged, the frames are forgotten.
+        let mut backlog = HandoverBacklog::default();
+        backlog.queued(10, 10);
+        backlog.queued(25, 15);
+        backlog.acknowledged(Some(25));
+        assert_eq!((backlog.frames.len(), backlog.bytes), (1, 15));
+        backlog.acknowledged(None);
+        assert_eq!((backlog.frames.len(), backlog.bytes), (0, 0));
     }
 
     #[test]

@@ -81,6 +81,12 @@ const RECEIVING_LIMIT: Duration = Duration::from_secs(30);
 /// How far ahead of this node's clock a peer's claim may be stamped.
 const MAX_CLAIM_AHEAD_MS: u64 = 24 * 3600 * 1000;
 
+/// A session handed over: its bytes, and the control link that took them.
+struct Sent {
+    bytes: Bytes,
+    link: u64,
+}
+
 /// A session arriving in parts.
 struct Receiving {
     /// `None` once dropped for its size: its later parts are ignored, not started afresh.
@@ -698,7 +704,7 @@ impl Handover {
         let Some(peer) = self.peers.find_now(&id.node) else {
             if let (Some(bytes), Some(moving)) = (session, moving) {
                 warn!(%client_id, "the peer that claimed a session is gone; the session is kept here");
-                self.keep_here(&broker, &client_id, bytes, moving);
+                self.keep_here(&broker, &client_id, bytes.freeze(), moving, Vec::new());
             }
             return;
         };
@@ -728,15 +734,20 @@ impl Handover {
                     .lock()
                     .moving
                     .remove(&(client_id.clone(), id.clone()));
-                self.keep_here(&broker, &client_id, bytes, moving);
+                self.keep_here(&broker, &client_id, bytes.freeze(), moving, Vec::new());
             }
             return;
         };
         if wake {
             self.peers.wake_sender();
         }
-        if let (Some(moving), Some(settled)) = (moving, settled) {
-            self.send_on(&broker, &peer, &client_id, &id, moving, settled)
+        let link = peer.control_link();
+        if let (Some(bytes), Some(moving), Some(settled)) = (session, moving, settled) {
+            let sent = Sent {
+                bytes: bytes.freeze(),
+                link,
+            };
+            self.send_on(&broker, &peer, &client_id, &id, moving, settled, sent)
                 .await;
         }
     }
@@ -744,25 +755,39 @@ impl Handover {
     /// Sends on to `peer` what reaches the session that moved there for claim `id`, until it
     /// says its subscriptions are in place (`settled`, registered in `moving`; and
     /// [`MOVE_LINGER`] more) or [`MOVE_LIMIT`] has passed; then ends the session here.
+    ///
+    /// Unless the peer never said so and the control link `sent` the session on started over
+    /// (or the peer went) meanwhile: what that link held unacknowledged was dropped, perhaps
+    /// the session itself, so it is kept here, with what was sent on after it. If the peer
+    /// did have it, two copies live until its client's next claim meets them, which keeps the
+    /// one its client used last and the other's messages (see
+    /// [`crate::session::SessionRegistry::adopt`]): duplicates, never a session lost.
+    #[allow(clippy::too_many_arguments)]
     async fn send_on(
-        &self,
+        self: &Arc<Self>,
         broker: &Arc<Broker>,
         peer: &Arc<Peer>,
         client_id: &str,
         id: &ClaimId,
         moving: Moving,
         settled: oneshot::Receiver<()>,
+        sent: Sent,
     ) {
         let limit = tokio::time::sleep(MOVE_LIMIT);
         tokio::pin!(limit);
         tokio::pin!(settled);
         let mut linger: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        let mut sent = 0usize;
+        let mut count = 0usize;
+        // What was sent on before the peer said it has the session: kept with it if it stays.
+        let mut unconfirmed = Vec::new();
         loop {
             let deliveries = moving.take(&broker.metrics);
             if !deliveries.is_empty() {
-                sent += deliveries.len();
+                count += deliveries.len();
                 self.send_late(peer, client_id, id, &deliveries);
+                if linger.is_none() {
+                    unconfirmed.extend(deliveries);
+                }
             }
             tokio::select! {
                 _ = moving.ready() => {}
@@ -783,14 +808,22 @@ impl Handover {
             .lock()
             .moving
             .remove(&(client_id.to_string(), id.clone()));
+        if linger.is_none() && peer.control_link() != sent.link {
+            warn!(
+                client_id,
+                "the link a session was handed over on started over before the claimant confirmed it; kept here too"
+            );
+            self.keep_here(broker, client_id, sent.bytes, moving, unconfirmed);
+            return;
+        }
         let last = moving.finish(&broker.sessions, &broker.router);
         if !last.is_empty() {
-            sent += last.len();
+            count += last.len();
             self.send_late(peer, client_id, id, &last);
         }
         debug!(
             client_id,
-            sent, "messages sent on to the node a session moved to"
+            count, "messages sent on to the node a session moved to"
         );
     }
 
@@ -924,11 +957,12 @@ impl Handover {
         self: &Arc<Self>,
         broker: &Arc<Broker>,
         client_id: &str,
-        bytes: BytesMut,
+        bytes: Bytes,
         moving: Moving,
+        mut late: Vec<crate::router::Delivery>,
     ) {
-        let mut late = moving.take(&broker.metrics);
-        let mailbox = self.adopt(broker, client_id, bytes.freeze(), None);
+        late.extend(moving.take(&broker.metrics));
+        let mailbox = self.adopt(broker, client_id, bytes, None);
         late.extend(moving.finish(&broker.sessions, &broker.router));
         if let Some(mailbox) = mailbox {
             for mut delivery in late {

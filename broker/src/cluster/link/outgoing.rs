@@ -160,6 +160,17 @@ impl Outbox {
         self.capacity
     }
 
+    /// Where the stream ends: the end of the last frame pushed.
+    pub fn pushed_to(&self) -> u64 {
+        self.pushed_to
+    }
+
+    /// Where the first frame not yet wholly acknowledged ends in the stream (`None`: every
+    /// frame is): a frame that ended before it is acknowledged.
+    pub fn first_pending_end(&self) -> Option<u64> {
+        self.frame_ends.front().copied()
+    }
+
     /// Frames not yet wholly acknowledged: what is lost if the link is given up.
     pub fn pending_frames(&self) -> usize {
         self.frame_ends.len()
