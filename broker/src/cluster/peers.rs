@@ -950,23 +950,32 @@ impl Peer {
 
     /// Queues hand-over frames of `kind` on the control link, whatever it holds (claims and
     /// answers are small; a session's parts were a session in memory already); says whether
-    /// the sender must be woken. `false` and nothing queued for a peer that is gone or whose
+    /// the sender must be woken. `None` and nothing queued for a peer that is gone or whose
     /// control link starts over: the claim they belong to completes at its deadline.
     pub fn push_handover(&self, kind: u8, frames: &[BytesMut]) -> Option<bool> {
+        self.push_handover_all(&[(kind, frames)])
+    }
+
+    /// [`Peer::push_handover`] for groups of frames of several kinds, all on one link or none.
+    pub fn push_handover_all(&self, groups: &[(u8, &[BytesMut])]) -> Option<bool> {
         let mut queues = self.queues.lock();
         if !self.handover || self.gone.load(Ordering::Relaxed) || self.control_lost() {
             return None;
         }
         let was_idle = !queues.control.has_transmit();
-        for frame in frames {
-            queues
-                .control
-                .push(kind, frame.len(), |out| out.extend_from_slice(frame));
-            let end = queues.control.pushed_to();
-            queues.handover.queued(end, FRAME_HEADER + frame.len());
+        let mut count = 0;
+        for (kind, frames) in groups {
+            for frame in *frames {
+                queues
+                    .control
+                    .push(*kind, frame.len(), |out| out.extend_from_slice(frame));
+                let end = queues.control.pushed_to();
+                queues.handover.queued(end, FRAME_HEADER + frame.len());
+            }
+            count += frames.len();
         }
         // Counted with the interest frames: acknowledgements count every frame of the link.
-        queues.interest.queued(frames.len() as u64, Instant::now());
+        queues.interest.queued(count as u64, Instant::now());
         Some(was_idle)
     }
 
@@ -1064,12 +1073,6 @@ impl Peer {
     #[cfg(test)]
     pub(in crate::cluster) fn unsent_for_tests(&self) -> Vec<u8> {
         self.queues.lock().outbox.unsent_bytes().to_vec()
-    }
-
-    /// The name of the current control link: another one after it started over (or the peer
-    /// went), which drops what the last one held unacknowledged.
-    pub fn control_link(&self) -> u64 {
-        self.queues.lock().control.link()
     }
 
     /// Whether the control link must start over (see [`Peers::restart_control`]).
@@ -1185,6 +1188,8 @@ impl Peer {
     pub fn on_control_ack(&self, ack: &Ack, now: Instant, peers: &Peers) -> bool {
         let mut queues = self.queues.lock();
         let acked = queues.control.on_ack(ack, now);
+        let pending = queues.control.first_pending_end();
+        queues.handover.acknowledged(pending);
         if queues.control.has_transmit() {
             peers.wake_sender();
         }

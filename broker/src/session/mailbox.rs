@@ -205,6 +205,20 @@ impl Mailbox {
         pushed
     }
 
+    /// Appends what another copy of the session owed (see
+    /// [`super::SessionRegistry::adopt`]) in the room the queue has left: the queue's own
+    /// messages stay (a full queue makes room for a new message by dropping its oldest, which
+    /// here would be its own), and what does not fit is dropped and counted.
+    pub fn merge(&self, deliveries: impl IntoIterator<Item = Delivery>, metrics: &Metrics) {
+        for delivery in deliveries {
+            if self.queue.lock().deliveries.len() >= self.capacity() {
+                metrics.dropped(DropReason::QueueFull).inc();
+                continue;
+            }
+            self.push(delivery, metrics);
+        }
+    }
+
     /// [`Mailbox::push`], leaving the wake-up it calls for in `wakes`: a producer that pushes a
     /// batch wakes each consumer once, when the batch is done, rather than at its first
     /// delivery, when the consumer would run for that one and sleep again. A congested

@@ -97,6 +97,22 @@ pub enum SnapshotError {
 }
 
 impl SessionSnapshot {
+    /// Forgets the numbers its messages had in the journal of the copy it was taken from: the
+    /// copy it is put into numbers and writes them anew (see [`crate::store`]).
+    pub fn forget_journal(&mut self) {
+        for (_, state) in &mut self.in_flight {
+            match state {
+                InFlight::Published(delivery) | InFlight::Unsent(delivery) => {
+                    delivery.stored = None
+                }
+                InFlight::Released(stored) => *stored = None,
+            }
+        }
+        for delivery in &mut self.queued {
+            delivery.stored = None;
+        }
+    }
+
     /// The snapshot's bytes in the newest version. Messages' expiry is written as what is left
     /// at `now`.
     pub fn encode(&self, now: Instant) -> BytesMut {

@@ -60,13 +60,18 @@ impl Moving {
 pub enum Adopted {
     /// The session is here now, offline, with `mailbox` (where what still comes for it from
     /// the node it left goes). An offline copy of it that was here, which its client used
-    /// before, ended; its messages joined this one's queue.
-    Installed { mailbox: Arc<Mailbox> },
+    /// before, ended; its messages joined this one's queue. An older session of another user
+    /// (access control on) ended instead, its delayed will due now.
+    Installed {
+        mailbox: Arc<Mailbox>,
+        will_due: Option<Arc<Message>>,
+    },
     /// An offline copy here that its client used later is kept: the snapshot's messages joined
     /// its queue (`mailbox`), and its subscriptions and will were dropped with the rest of it.
     Merged { mailbox: Arc<Mailbox> },
-    /// A connection holds a session of that client id here, which is kept; the snapshot's
-    /// session ends, and its delayed will, if any, is due now.
+    /// A connection holds a session of that client id here (its client was told it has a new
+    /// session, or it resumed this one), or an offline one of another user that its client
+    /// used later: that one is kept, and the snapshot's session ends, its delayed will due now.
     Refused { will_due: Option<Arc<Message>> },
 }
 
@@ -205,11 +210,19 @@ impl SessionRegistry {
                 }
             }
             Some(Entry::Idle(idle)) if idle.state.connected_ms > snapshot.connected_ms => {
-                let mailbox = idle.state.mailbox.clone();
-                drop(sessions);
-                for delivery in owed_messages(snapshot.in_flight, snapshot.queued) {
-                    mailbox.push(delivery, &self.metrics);
+                // Another user's messages never join (access control on).
+                if idle.state.owner.as_deref() != snapshot.owner.as_ref() {
+                    return Adopted::Refused {
+                        will_due: snapshot.will.map(|will| will.publish_at(now)),
+                    };
                 }
+                // Under the registry's lock, as every change of an offline session: a sweep or
+                // a claim cannot end it in between.
+                let mailbox = idle.state.mailbox.clone();
+                mailbox.merge(
+                    owed_messages(snapshot.in_flight, snapshot.queued),
+                    &self.metrics,
+                );
                 return Adopted::Merged { mailbox };
             }
             Some(Entry::Idle(_)) => match sessions.remove_entry(&snapshot.client_id) {
@@ -297,29 +310,44 @@ impl SessionRegistry {
                 );
             }
         }
+        let same_owner = replaced
+            .as_ref()
+            .is_none_or(|idle| idle.state.owner == state.owner);
         self.metrics.sessions.inc();
         let idle = Idle::gone_at(state, snapshot.will, counted_from, offline_since, now);
         sessions.insert_idle(key, idle);
-        drop(sessions);
-        // The copy its client used before: its messages join, and it ends without its will
-        // (its client has connected since, to the copy kept).
-        if let Some(idle) = replaced {
-            let mut state = idle.state;
-            let in_flight = std::mem::take(&mut state.outgoing).into_entries();
+        let Some(replaced) = replaced else {
+            return Adopted::Installed {
+                mailbox,
+                will_due: None,
+            };
+        };
+        let Idle {
+            state: mut old,
+            will,
+            ..
+        } = *replaced;
+        // The copy its client used before: its messages join (after the new copy's own), and it
+        // ends without its will (its client has connected since, to the copy kept). An older
+        // session of another user ends as a clean start would end it.
+        let will_due = if same_owner {
+            let in_flight = std::mem::take(&mut old.outgoing).into_entries();
             let mut queued = Vec::new();
-            state.mailbox.take(
+            old.mailbox.take(
                 usize::MAX,
                 usize::MAX,
                 usize::MAX,
                 &mut queued,
                 &self.metrics,
             );
-            for delivery in owed_messages(in_flight, queued) {
-                mailbox.push(delivery, &self.metrics);
-            }
-            self.discard(*state, router);
-        }
-        Adopted::Installed { mailbox }
+            mailbox.merge(owed_messages(in_flight, queued), &self.metrics);
+            None
+        } else {
+            will.map(|(will, _)| will.publish_at(now))
+        };
+        drop(sessions);
+        self.discard(*old, router);
+        Adopted::Installed { mailbox, will_due }
     }
 
     /// The client ids of the offline sessions.
@@ -392,9 +420,14 @@ mod tests {
     use crate::session::{Holder, InFlight, SessionExpiry};
 
     fn node() -> (Arc<Metrics>, Router, SessionRegistry) {
+        node_with_queue(100)
+    }
+
+    /// A node whose sessions queue at most `capacity` messages (`-mq`).
+    fn node_with_queue(capacity: usize) -> (Arc<Metrics>, Router, SessionRegistry) {
         let metrics = Arc::new(Metrics::new());
         let router = Router::new(metrics.clone());
-        let registry = SessionRegistry::new(100, metrics.clone());
+        let registry = SessionRegistry::new(capacity, metrics.clone());
         (metrics, router, registry)
     }
 
@@ -457,7 +490,7 @@ mod tests {
         let (b_metrics, b_router, b) = node();
         assert!(matches!(
             b.adopt(snapshot, &b_router),
-            Adopted::Installed { .. }
+            Adopted::Installed { will_due: None, .. }
         ));
         assert_eq!(b_metrics.sessions.get(), 1);
         assert_eq!(b_metrics.subscriptions.get(), 1);
@@ -544,9 +577,25 @@ mod tests {
         connected_ms: u64,
         payloads: [&'static [u8]; 2],
     ) {
-        let holder = Holder::new(1);
+        offline_copy_of(None, metrics, router, registry, connected_ms, payloads).await
+    }
+
+    /// [`offline_copy`] of a session started by `owner` (access control on; `None`: off).
+    async fn offline_copy_of(
+        owner: Option<&str>,
+        metrics: &Metrics,
+        router: &Router,
+        registry: &SessionRegistry,
+        connected_ms: u64,
+        payloads: [&'static [u8]; 2],
+    ) {
+        let holder = Holder::owned_by(1, owner);
+        let owner = match owner {
+            Some(user) => crate::session::SessionOwner::User(Some(user)),
+            None => crate::session::SessionOwner::Unchecked,
+        };
         let mut state = registry
-            .claim("c", false, &holder, router)
+            .claim_as("c", false, owner, &holder, router)
             .await
             .expect("claim")
             .state;
@@ -663,6 +712,75 @@ mod tests {
             registry.expire(now + Duration::from_secs(3), &router).1,
             1,
             "expired 10 s after its client went, 8 s of them on the node it left"
+        );
+    }
+
+    /// Copies of one client id started by two users (access control on) never mix: the one
+    /// used last is kept alone, and the other ends as a clean start would end it.
+    #[tokio::test]
+    async fn copies_of_two_users_do_not_mix() {
+        for local_is_newer in [true, false] {
+            let (a_metrics, a_router, a) = node();
+            let (b_metrics, b_router, b) = node();
+            let (a_at, b_at) = if local_is_newer {
+                (1_000, 2_000)
+            } else {
+                (2_000, 1_000)
+            };
+            offline_copy_of(
+                Some("alice"),
+                &a_metrics,
+                &a_router,
+                &a,
+                a_at,
+                [b"a1", b"a2"],
+            )
+            .await;
+            offline_copy_of(Some("bob"), &b_metrics, &b_router, &b, b_at, [b"b1", b"b2"]).await;
+            let snapshot = a.export("c", &a_router).expect("a's copy");
+            let adopted = b.adopt(snapshot, &b_router);
+            let kept = if local_is_newer {
+                assert!(matches!(adopted, Adopted::Refused { .. }));
+                "bob"
+            } else {
+                assert!(matches!(adopted, Adopted::Installed { .. }));
+                "alice"
+            };
+            assert_eq!(b.owner_of("c"), Some(Some(kept.to_string())));
+            let payloads = resumed(&b, &b_router, &b_metrics).await;
+            let prefix = &kept[..1];
+            assert_eq!(
+                payloads,
+                [
+                    format!("{prefix}1").into_bytes(),
+                    format!("{prefix}2").into_bytes()
+                ],
+                "only {kept}'s messages"
+            );
+            assert_eq!(b_metrics.sessions.get(), 1);
+        }
+    }
+
+    /// The copy kept has its own messages first; the other's fill only the room its queue has
+    /// left (`-mq`), the rest dropped and counted rather than pushing its own out.
+    #[tokio::test]
+    async fn the_other_copys_messages_fill_only_the_room_left() {
+        let (a_metrics, a_router, a) = node();
+        let (b_metrics, b_router, b) = node_with_queue(2);
+        offline_copy(&a_metrics, &a_router, &a, 1_000, [b"a1", b"a2"]).await;
+        offline_copy(&b_metrics, &b_router, &b, 2_000, [b"b1", b"b2"]).await;
+        let snapshot = a.export("c", &a_router).expect("a's copy");
+        assert!(matches!(
+            b.adopt(snapshot, &b_router),
+            Adopted::Merged { .. }
+        ));
+        let payloads = resumed(&b, &b_router, &b_metrics).await;
+        assert_eq!(payloads, [&b"b1"[..], b"b2", b"a1"]);
+        assert_eq!(
+            b_metrics
+                .dropped(crate::metrics::DropReason::QueueFull)
+                .get(),
+            1
         );
     }
 }

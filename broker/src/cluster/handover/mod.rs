@@ -81,10 +81,14 @@ const RECEIVING_LIMIT: Duration = Duration::from_secs(30);
 /// How far ahead of this node's clock a peer's claim may be stamped.
 const MAX_CLAIM_AHEAD_MS: u64 = 24 * 3600 * 1000;
 
-/// A session handed over: its bytes, and the control link that took them.
-struct Sent {
-    bytes: Bytes,
-    link: u64,
+/// A session handed over, as it left: kept until the claimant confirms it has it (see
+/// [`Handover::send_on`]), to be put back if it never does.
+struct Kept {
+    snapshot: SessionSnapshot,
+    exported_at: Instant,
+    /// Whether its delayed will stays with it (a claim made only to adopt, whose client is not
+    /// connecting anywhere).
+    keep_will: bool,
 }
 
 /// A session arriving in parts.
@@ -665,49 +669,46 @@ impl Handover {
         if !request.adopt_only && !sessions.kick_and_wait(&client_id, self.timeout / 2).await {
             warn!(%client_id, "the connection holding a client id claimed by a peer did not close in time");
         }
-        // In the snapshot version the claimant reads (kept here in it too, if it is gone).
-        let version = self
-            .peers
-            .find_now(&id.node)
-            .map_or(crate::session::snapshot::VERSION, |peer| {
-                peer.snapshot_version
-            });
-        let (session, moving) = if request.want_session {
-            match sessions.export_moving(&client_id, &broker.router) {
-                Some((snapshot, moving)) => (
-                    Some(snapshot.encode_as(Instant::now(), version)),
-                    Some(moving),
-                ),
+        let peer = self.peers.find_now(&id.node);
+        let (snapshot, moving) = match &peer {
+            _ if !request.want_session => {
+                if let Some(will) = sessions.end(&client_id, &broker.router) {
+                    broker.publish(will);
+                }
+                (None, None)
+            }
+            Some(_) => match sessions.export_moving(&client_id, &broker.router) {
+                Some((snapshot, moving)) => (Some(snapshot), Some(moving)),
                 None => (None, None),
-            }
-        } else {
-            if let Some(will) = sessions.end(&client_id, &broker.router) {
-                broker.publish(will);
-            }
-            (None, None)
+            },
+            // Gone already: the session stays here as it is.
+            None => (None, None),
         };
+        let Some(peer) = peer else {
+            warn!(%client_id, "the peer that claimed a client id is gone; its session (if any) stays here");
+            return;
+        };
+        let exported_at = Instant::now();
+        // In the snapshot version the claimant reads.
+        let bytes = snapshot
+            .as_ref()
+            .map(|snapshot| snapshot.encode_as(exported_at, peer.snapshot_version));
         let answer = wire::encode_answer(
             id.ms,
             id.count,
-            if session.is_some() {
+            if bytes.is_some() {
                 AnswerKind::Session
             } else {
                 AnswerKind::Nothing
             },
             &client_id,
         );
-        let mut frames = match &session {
+        let parts = match &bytes {
             Some(bytes) => wire::encode_parts(id.ms, id.count, &client_id, bytes),
             None => Vec::new(),
         };
-        debug!(%client_id, bytes = session.as_ref().map_or(0, |s| s.len()), "client id given up to a peer's claim");
-        let Some(peer) = self.peers.find_now(&id.node) else {
-            if let (Some(bytes), Some(moving)) = (session, moving) {
-                warn!(%client_id, "the peer that claimed a session is gone; the session is kept here");
-                self.keep_here(&broker, &client_id, bytes.freeze(), moving, Vec::new());
-            }
-            return;
-        };
+        debug!(%client_id, bytes = bytes.as_ref().map_or(0, |s| s.len()), "client id given up to a peer's claim");
+        drop(bytes);
         // The move is registered before the answer goes: the claimant may tell that its
         // subscriptions are in place (frame 8) as soon as it has the session, before this task
         // runs again, and a frame 8 for a move not registered yet would be dropped, leaving the
@@ -720,34 +721,44 @@ impl Handover {
                 .insert((client_id.clone(), id.clone()), settled_tx);
             settled
         });
-        // Parts then the answer, in one go: nothing else of the link comes between.
-        let parts = peer.push_handover(FRAME_SESSION_PART, &frames);
-        frames.clear();
-        frames.push(answer);
-        let answered = parts.and(peer.push_handover(FRAME_ANSWER, &frames));
-        let Some(wake) = parts.zip(answered).map(|(a, b)| a || b) else {
+        // Parts then the answer, in one go: nothing else of the link comes between, and the
+        // link cannot start over in between.
+        let pushed = peer.push_handover_all(&[
+            (FRAME_SESSION_PART, &parts),
+            (FRAME_ANSWER, std::slice::from_ref(&answer)),
+        ]);
+        drop(parts);
+        // A client's claim: the session's delayed will waits no more where it is kept, as its
+        // client is connecting elsewhere (a reconnection cancels it).
+        let keep_will = request.adopt_only;
+        let Some(wake) = pushed else {
             // The link starts over (or the peer just went): nothing was queued, and the session
             // would be sent on to nowhere. It stays here; the claim completes at its deadline.
-            if let (Some(bytes), Some(moving)) = (session, moving) {
+            if let (Some(snapshot), Some(moving)) = (snapshot, moving) {
                 warn!(%client_id, "a session could not be handed over (the link to the claimant starts over); kept here");
                 self.state
                     .lock()
                     .moving
                     .remove(&(client_id.clone(), id.clone()));
-                self.keep_here(&broker, &client_id, bytes.freeze(), moving, Vec::new());
+                let kept = Kept {
+                    snapshot,
+                    exported_at,
+                    keep_will,
+                };
+                self.keep_here(&broker, &client_id, kept, moving, Vec::new());
             }
             return;
         };
         if wake {
             self.peers.wake_sender();
         }
-        let link = peer.control_link();
-        if let (Some(bytes), Some(moving), Some(settled)) = (session, moving, settled) {
-            let sent = Sent {
-                bytes: bytes.freeze(),
-                link,
+        if let (Some(snapshot), Some(moving), Some(settled)) = (snapshot, moving, settled) {
+            let kept = Kept {
+                snapshot,
+                exported_at,
+                keep_will,
             };
-            self.send_on(&broker, &peer, &client_id, &id, moving, settled, sent)
+            self.send_on(&broker, &peer, &client_id, &id, moving, settled, kept)
                 .await;
         }
     }
@@ -756,12 +767,12 @@ impl Handover {
     /// says its subscriptions are in place (`settled`, registered in `moving`; and
     /// [`MOVE_LINGER`] more) or [`MOVE_LIMIT`] has passed; then ends the session here.
     ///
-    /// Unless the peer never said so and the control link `sent` the session on started over
-    /// (or the peer went) meanwhile: what that link held unacknowledged was dropped, perhaps
-    /// the session itself, so it is kept here, with what was sent on after it. If the peer
-    /// did have it, two copies live until its client's next claim meets them, which keeps the
-    /// one its client used last and the other's messages (see
-    /// [`crate::session::SessionRegistry::adopt`]): duplicates, never a session lost.
+    /// Unless the peer never said so: then it may not have the session (its control link
+    /// started over and dropped what it held, the peer went, or it could not take the session
+    /// in), which is `kept` here, with what was sent on. If the peer did have it, two copies
+    /// live until its client's next claim meets them, which keeps the one its client used last
+    /// and adds the other's messages (see [`crate::session::SessionRegistry::adopt`]):
+    /// duplicates, never a session lost.
     #[allow(clippy::too_many_arguments)]
     async fn send_on(
         self: &Arc<Self>,
@@ -771,7 +782,7 @@ impl Handover {
         id: &ClaimId,
         moving: Moving,
         settled: oneshot::Receiver<()>,
-        sent: Sent,
+        kept: Kept,
     ) {
         let limit = tokio::time::sleep(MOVE_LIMIT);
         tokio::pin!(limit);
@@ -808,14 +819,15 @@ impl Handover {
             .lock()
             .moving
             .remove(&(client_id.to_string(), id.clone()));
-        if linger.is_none() && peer.control_link() != sent.link {
+        if linger.is_none() {
             warn!(
                 client_id,
-                "the link a session was handed over on started over before the claimant confirmed it; kept here too"
+                "the claimant never confirmed the session handed over to it; kept here too"
             );
-            self.keep_here(broker, client_id, sent.bytes, moving, unconfirmed);
+            self.keep_here(broker, client_id, kept, moving, unconfirmed);
             return;
         }
+        drop(kept);
         let last = moving.finish(&broker.sessions, &broker.router);
         if !last.is_empty() {
             count += last.len();
@@ -903,66 +915,90 @@ impl Handover {
                 return None;
             }
         };
-        let adopted = broker.sessions.adopt(snapshot, &broker.router);
-        if let Adopted::Merged { .. } = adopted {
-            info!(
-                client_id,
-                "a copy of a session its client used before came from a peer; its messages joined the copy here"
-            );
-        }
-        let (will, installed) = match adopted {
-            Adopted::Installed { mailbox } | Adopted::Merged { mailbox } => {
-                if let Some((peer, claim)) = from {
-                    {
-                        let mut state = self.state.lock();
-                        let now = Instant::now();
-                        // Amortized: not a pass over it for every session that arrives.
-                        if state.arrived.len() >= state.arrived_prune_at {
-                            state
-                                .arrived
-                                .retain(|_, (_, _, at)| now.duration_since(*at) < MOVE_LIMIT * 2);
-                            state.arrived_prune_at = (state.arrived.len() * 2).max(1024);
-                        }
-                        state
-                            .arrived
-                            .insert(client_id.to_string(), (claim.clone(), mailbox.clone(), now));
-                    }
-                    self.confirm_subscriptions(broker, peer, client_id, claim);
-                }
+        self.install(broker, client_id, snapshot, from)
+    }
+
+    /// [`Handover::adopt`] once read.
+    fn install(
+        self: &Arc<Self>,
+        broker: &Arc<Broker>,
+        client_id: &str,
+        snapshot: SessionSnapshot,
+        from: Option<(Bytes, ClaimId)>,
+    ) -> Option<Arc<Mailbox>> {
+        let (will, installed) = match broker.sessions.adopt(snapshot, &broker.router) {
+            Adopted::Installed { mailbox, will_due } => (will_due, Some(mailbox)),
+            Adopted::Merged { mailbox } => {
+                info!(
+                    client_id,
+                    "a copy of a session its client used before came from a peer; its messages joined the copy here"
+                );
                 (None, Some(mailbox))
             }
             Adopted::Refused { will_due } => {
                 info!(
                     client_id,
-                    "session handed over while a connection holds the client id here; it ends"
+                    "session handed over while a newer one of the client id is here; it ends"
                 );
                 // The node it came from need not send on what comes for it.
-                if let Some((peer, claim)) = from {
+                if let Some((peer, claim)) = &from {
                     let frame = wire::part(claim.ms, claim.count, client_id, &[]);
-                    self.send_to(&peer, FRAME_SETTLED, std::slice::from_ref(&frame));
+                    self.send_to(peer, FRAME_SETTLED, std::slice::from_ref(&frame));
                 }
                 (will_due, None)
             }
         };
+        // What the node it came from sends on goes where its messages went.
+        if let (Some(mailbox), Some((peer, claim))) = (&installed, from) {
+            {
+                let mut state = self.state.lock();
+                let now = Instant::now();
+                // Amortized: not a pass over it for every session that arrives.
+                if state.arrived.len() >= state.arrived_prune_at {
+                    state
+                        .arrived
+                        .retain(|_, (_, _, at)| now.duration_since(*at) < MOVE_LIMIT * 2);
+                    state.arrived_prune_at = (state.arrived.len() * 2).max(1024);
+                }
+                state
+                    .arrived
+                    .insert(client_id.to_string(), (claim.clone(), mailbox.clone(), now));
+            }
+            self.confirm_subscriptions(broker, peer, client_id, claim);
+        }
         if let Some(will) = will {
             broker.publish(will);
         }
         installed
     }
 
-    /// Puts a session that could not be handed over back in here, with what reached it since
-    /// it was taken out: adopted first (written to the data directory, if any) and the old
-    /// copy ended after, so that a crash in between leaves two copies rather than none.
+    /// Puts a session that could not be handed over (or not for sure) back in here, with what
+    /// reached it since it was taken out (`late`, and what its mailbox still holds): adopted
+    /// first (written to the data directory, if any) and the old copy ended after, so that a
+    /// crash in between leaves two copies rather than none.
     fn keep_here(
         self: &Arc<Self>,
         broker: &Arc<Broker>,
         client_id: &str,
-        bytes: Bytes,
+        kept: Kept,
         moving: Moving,
         mut late: Vec<crate::router::Delivery>,
     ) {
+        let Kept {
+            mut snapshot,
+            exported_at,
+            keep_will,
+        } = kept;
+        // Its clock ran on while it was away.
+        snapshot.offline_for = snapshot
+            .offline_for
+            .map(|offline_for| offline_for + exported_at.elapsed());
+        snapshot.forget_journal();
+        if !keep_will {
+            snapshot.will = None;
+        }
         late.extend(moving.take(&broker.metrics));
-        let mailbox = self.adopt(broker, client_id, bytes, None);
+        let mailbox = self.install(broker, client_id, snapshot, None);
         late.extend(moving.finish(&broker.sessions, &broker.router));
         if let Some(mailbox) = mailbox {
             for mut delivery in late {
