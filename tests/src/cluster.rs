@@ -1717,6 +1717,22 @@ impl NetLab {
         self.delete_nft_table(i, "cut");
     }
 
+    /// Drops every UDP datagram node `i` sends, letting in what it receives (nft table
+    /// `inet mute`): it hears its peers, and they hear nothing from it.
+    pub fn mute_udp(&self, i: usize) {
+        self.add_nft_table(
+            i,
+            "table inet mute {\n\
+             chain out { type filter hook output priority 0; policy accept; meta l4proto udp drop; }\n\
+             }\n",
+        );
+    }
+
+    /// Removes the mute of [`NetLab::mute_udp`].
+    pub fn unmute(&self, i: usize) {
+        self.delete_nft_table(i, "mute");
+    }
+
     /// Drops a random `percent` of the UDP datagrams node `i` receives on, and sends from,
     /// `port` (nft table `inet loss`).
     pub fn drop_udp_randomly(&self, i: usize, port: u16, percent: u32) {

@@ -622,3 +622,71 @@ async fn a_node_back_from_a_crash_with_an_older_copy_of_a_session_does_not_repla
     })
     .await;
 }
+
+/// The holder hands a session over and then goes mute (every datagram it sends is dropped, in
+/// network namespaces): the claimant never gets the session (its client is let in with a new
+/// one), never confirms, and the holder, once it has waited for a confirmation as long as a move
+/// may take, keeps its copy rather than end it. When the two hear each other again and the
+/// client comes back, the messages queued for it before are delivered.
+#[tokio::test]
+async fn a_session_the_claimant_never_confirms_is_kept_by_its_holder() {
+    use coolpy7_tests::cluster::{
+        unique_key, wait_full_membership, NetLab, JOIN_TIMEOUT, NET_LAB_TURN,
+    };
+    let _lab_turn = NET_LAB_TURN.lock().await;
+    let lab = NetLab::create(2);
+    let nodes = lab.start_nodes(2, &unique_key(), &["-cht", "500"]);
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    wait_full_membership(&[n1, n2], JOIN_TIMEOUT).await;
+    let id = unique_id("unconfirmed");
+    let connect = Connect::v311(&id).clean_session(false);
+    let (mut client, _) = RawClient::handshake(n1.mqtt_addr(), &connect).await;
+    assert_eq!(client.subscribe(1, &[("kept/#", 1)]).await, vec![1]);
+    drop(client);
+    wait_until("n1 to see the client gone", TIMEOUT, || async {
+        n1.metric("coolpy7_connections").await == 0.0
+    })
+    .await;
+    let mut publisher = n1.client(&unique_id("pub")).await;
+    for i in 1..=3 {
+        publisher
+            .publish(
+                &format!("kept/{i}"),
+                QoS::AtLeastOnce,
+                false,
+                format!("kept {i}"),
+            )
+            .await;
+    }
+    wait_until("n1 to queue them", TIMEOUT, || async {
+        n1.metric("coolpy7_queued_messages").await == 3.0
+    })
+    .await;
+    drop(publisher);
+
+    lab.mute_udp(0);
+    let (elsewhere, present) = RawClient::handshake(n2.mqtt_addr(), &connect).await;
+    assert!(!present, "the session never reached n2");
+    n1.wait_log_line(&["never confirmed", &id], Duration::from_secs(30))
+        .await;
+    assert_eq!(n1.metric("coolpy7_sessions").await, 1.0, "kept on n1");
+    drop(elsewhere);
+    lab.unmute(0);
+    wait_full_membership(&[n1, n2], JOIN_TIMEOUT).await;
+
+    let (mut client, present) = RawClient::handshake(n1.mqtt_addr(), &connect).await;
+    assert!(present);
+    let mut payloads: Vec<Vec<u8>> = publishes(&mut client, 3)
+        .await
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    payloads.sort();
+    assert_eq!(
+        payloads,
+        [b"kept 1".to_vec(), b"kept 2".to_vec(), b"kept 3".to_vec()]
+    );
+    drop(client);
+    drop(nodes);
+    drop(lab);
+}
