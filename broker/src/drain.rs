@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::cluster::handover::Handover;
@@ -179,6 +179,15 @@ pub async fn hand_sessions_over(broker: &Broker, handover: &Handover, deadline: 
         }
     }
     let left = broker.sessions.len();
+    let on_their_way = handover.moves_in_flight();
+    if on_their_way > 0 {
+        // Not yet taken by their claimant (see `Handover::send_on`): with a data directory they
+        // stay in it, as the sessions left here do.
+        warn!(
+            sessions = on_their_way,
+            "draining: sessions handed over whose claimant has not confirmed them yet"
+        );
+    }
     if left > 0 {
         if broker.sessions.store().is_some() {
             info!(
@@ -191,7 +200,7 @@ pub async fn hand_sessions_over(broker: &Broker, handover: &Handover, deadline: 
                 "draining: sessions that no other node took end with the process"
             );
         }
-    } else {
+    } else if on_their_way == 0 {
         info!("draining: every session is on another node");
     }
     left

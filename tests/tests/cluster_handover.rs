@@ -612,11 +612,19 @@ async fn a_node_back_from_a_crash_with_an_older_copy_of_a_session_does_not_repla
         [b"new 1".to_vec(), b"new 2".to_vec(), b"old 1".to_vec()],
         "in flight again, queued, and the older copy's"
     );
-    // Its subscription from n2 is the one kept.
+    // Its subscription from n2 is the one kept. (More copies of old/1 may still come: one was
+    // published every 100 ms until n1 had queued one.)
     publisher
         .publish("new/3", QoS::AtLeastOnce, false, "new 3")
         .await;
-    assert_eq!(client.recv_publish(TIMEOUT).await.payload, b"new 3");
+    let mut next = client.recv_publish(TIMEOUT).await;
+    for _ in 0..50 {
+        if next.payload != b"old 1" {
+            break;
+        }
+        next = client.recv_publish(TIMEOUT).await;
+    }
+    assert_eq!(next.payload, b"new 3");
     wait_until("n1 to give its copy up", TIMEOUT, || async {
         n1.metric("coolpy7_sessions").await == 0.0
     })
@@ -667,9 +675,12 @@ async fn a_session_the_claimant_never_confirms_is_kept_by_its_holder() {
     lab.mute_udp(0);
     let (elsewhere, present) = RawClient::handshake(n2.mqtt_addr(), &connect).await;
     assert!(!present, "the session never reached n2");
-    n1.wait_log_line(&["never confirmed", &id], Duration::from_secs(30))
+    n1.wait_log_line(&["may not have the session", &id], Duration::from_secs(30))
         .await;
-    assert_eq!(n1.metric("coolpy7_sessions").await, 1.0, "kept on n1");
+    wait_until("n1 to keep the session", TIMEOUT, || async {
+        n1.metric("coolpy7_sessions").await == 1.0
+    })
+    .await;
     drop(elsewhere);
     lab.unmute(0);
     wait_full_membership(&[n1, n2], JOIN_TIMEOUT).await;

@@ -696,6 +696,22 @@ struct Queues {
     handover: HandoverBacklog,
 }
 
+/// What the hand-over frames a control link holds unacknowledged may come to (see
+/// [`Peer::push_handover_all`]).
+#[cfg(not(test))]
+const HANDOVER_CAPACITY: usize = 256 << 20;
+#[cfg(test)]
+const HANDOVER_CAPACITY: usize = 4 << 20;
+
+/// Hand-over frames queued: whether the sender must be woken, and where the last of them ends
+/// on which control link (see [`Peer::handover_taken`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HandoverQueued {
+    pub wake: bool,
+    pub link: u64,
+    pub end: u64,
+}
+
 /// The hand-over frames (claims, answers, sessions' parts, messages sent on) that the control
 /// link holds unacknowledged: they do not count towards [`CONTROL_CAPACITY`], which bounds
 /// what a peer that stopped acknowledging is owed in interest changes. A session of tens of
@@ -954,12 +970,23 @@ impl Peer {
     /// control link starts over: the claim they belong to completes at its deadline.
     pub fn push_handover(&self, kind: u8, frames: &[BytesMut]) -> Option<bool> {
         self.push_handover_all(&[(kind, frames)])
+            .map(|queued| queued.wake)
     }
 
-    /// [`Peer::push_handover`] for groups of frames of several kinds, all on one link or none.
-    pub fn push_handover_all(&self, groups: &[(u8, &[BytesMut])]) -> Option<bool> {
+    /// [`Peer::push_handover`] for groups of frames of several kinds, all on one link or none;
+    /// also `None` while the hand-over frames the link holds unacknowledged pass
+    /// [`HANDOVER_CAPACITY`] (a peer that takes none: its claims complete at their deadline,
+    /// and the sessions it claims stay where they are).
+    pub fn push_handover_all(&self, groups: &[(u8, &[BytesMut])]) -> Option<HandoverQueued> {
         let mut queues = self.queues.lock();
         if !self.handover || self.gone.load(Ordering::Relaxed) || self.control_lost() {
+            return None;
+        }
+        let pending = queues.control.first_pending_end();
+        queues.handover.acknowledged(pending);
+        if queues.handover.bytes > HANDOVER_CAPACITY {
+            warn!(peer = %self.identity.node_id, bytes = queues.handover.bytes,
+                  "peer does not acknowledge what it is handed over; nothing more is queued for it");
             return None;
         }
         let was_idle = !queues.control.has_transmit();
@@ -976,7 +1003,27 @@ impl Peer {
         }
         // Counted with the interest frames: acknowledgements count every frame of the link.
         queues.interest.queued(count as u64, Instant::now());
-        Some(was_idle)
+        Some(HandoverQueued {
+            wake: was_idle,
+            link: queues.control.link(),
+            end: queues.control.pushed_to(),
+        })
+    }
+
+    /// Whether the peer has every hand-over frame up to `end` of control link `link`
+    /// ([`HandoverQueued`]): `None` when that link is gone (started over, or the peer went)
+    /// and what it held unacknowledged with it.
+    pub fn handover_taken(&self, link: u64, end: u64) -> Option<bool> {
+        let queues = self.queues.lock();
+        if self.gone.load(Ordering::Relaxed) || queues.control.link() != link {
+            return None;
+        }
+        Some(
+            queues
+                .control
+                .first_pending_end()
+                .is_none_or(|pending| pending > end),
+        )
     }
 
     /// Whether it is gone (declared down, left, or replaced by a later boot).
@@ -1625,8 +1672,8 @@ mod tests {
     /// change: the control link goes on (starting it over would drop the session); interest
     /// changes beyond the capacity still start it over, and once the session is acknowledged
     /// it no longer counts for anything.
-    #[test]
-    fn a_large_session_handed_over_does_not_make_the_control_link_start_over() {
+    /// One peer, of this release.
+    fn newest_peer() -> (Arc<Members>, Peers) {
         let members = Arc::new(Members::new(
             identity("local", super::super::sync::NEWEST_VERSION),
             false,
@@ -1643,14 +1690,46 @@ mod tests {
             Instant::now(),
             Arc::new(Metrics::new()),
         );
+        (members, peers)
+    }
+
+    /// Hand-over frames a peer does not acknowledge have a bound of their own: beyond it
+    /// nothing more is queued for it.
+    #[test]
+    fn hand_over_frames_a_peer_does_not_take_are_bounded() {
+        let (_members, peers) = newest_peer();
+        let peer = peers.list()[0].clone();
+        let part = BytesMut::from(&vec![7u8; 1 << 16][..]);
+        let kind = super::super::handover::wire::FRAME_SESSION_PART;
+        let many: Vec<BytesMut> = (0..HANDOVER_CAPACITY / part.len())
+            .map(|_| part.clone())
+            .collect();
+        // Checked before a push: the one that crosses the bound is queued whole.
+        assert!(peer.push_handover(kind, &many).is_some(), "up to the bound");
+        assert!(peer.push_handover(kind, &many[..1]).is_none(), "beyond it");
+        assert!(!peer.control_lost(), "the link goes on");
+    }
+
+    #[test]
+    fn a_large_session_handed_over_does_not_make_the_control_link_start_over() {
+        let (_members, peers) = newest_peer();
         let peer = peers.list()[0].clone();
         assert!(peer.handover);
         assert_eq!(peer.snapshot_version, crate::session::snapshot::VERSION);
         let part = BytesMut::from(&vec![7u8; CONTROL_CAPACITY / 2][..]);
-        let parts = [part.clone(), part.clone(), part];
-        assert!(peer
-            .push_handover(super::super::handover::wire::FRAME_SESSION_PART, &parts)
-            .is_some());
+        let parts = [part.clone(), part.clone(), part.clone()];
+        let kind = super::super::handover::wire::FRAME_SESSION_PART;
+        let queued = peer.push_handover_all(&[(kind, &parts)]).expect("queued");
+        assert_eq!(
+            peer.handover_taken(queued.link, queued.end),
+            Some(false),
+            "not acknowledged yet"
+        );
+        assert_eq!(
+            peer.handover_taken(queued.link + 1, queued.end),
+            None,
+            "another link: what the one named held is gone"
+        );
         let change = BytesMut::from(&b"change"[..]);
         peer.push_control(std::slice::from_ref(&change), false);
         assert!(

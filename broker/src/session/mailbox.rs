@@ -210,12 +210,12 @@ impl Mailbox {
     /// messages stay (a full queue makes room for a new message by dropping its oldest, which
     /// here would be its own), and what does not fit is dropped and counted.
     pub fn merge(&self, deliveries: impl IntoIterator<Item = Delivery>, metrics: &Metrics) {
+        let mut wake = false;
         for delivery in deliveries {
-            if self.queue.lock().deliveries.len() >= self.capacity() {
-                metrics.dropped(DropReason::QueueFull).inc();
-                continue;
-            }
-            self.push(delivery, metrics);
+            wake |= self.queue_into(delivery, metrics, false).1;
+        }
+        if wake {
+            self.wake();
         }
     }
 
@@ -247,6 +247,18 @@ impl Mailbox {
     /// Queues a delivery; returns what became of it, whether the consumer is to be woken, and
     /// how many deliveries the queue holds.
     fn queue(&self, delivery: Delivery, metrics: &Metrics) -> (Pushed, bool, usize) {
+        self.queue_into(delivery, metrics, true)
+    }
+
+    /// [`Mailbox::queue`]; a full queue drops its oldest delivery for this one if
+    /// `evict_oldest`, else this one.
+    #[inline]
+    fn queue_into(
+        &self,
+        delivery: Delivery,
+        metrics: &Metrics,
+        evict_oldest: bool,
+    ) -> (Pushed, bool, usize) {
         if delivery.qos == QoS::AtMostOnce && !self.is_online() {
             metrics.dropped(DropReason::OfflineQos0).inc();
             return (Pushed::Dropped, false, 0);
@@ -261,6 +273,10 @@ impl Mailbox {
                 journal,
             } = &mut *queue;
             let was_empty = deliveries.is_empty();
+            if deliveries.len() >= self.capacity() && !evict_oldest {
+                metrics.dropped(DropReason::QueueFull).inc();
+                return (Pushed::Dropped, false, deliveries.len());
+            }
             if deliveries.len() >= self.capacity() {
                 let dropped = deliveries.pop_front();
                 if let (Some(numbering), Some(seq)) =

@@ -185,7 +185,8 @@ impl SessionRegistry {
 
     /// Puts `snapshot` in as an offline session, unless a connection holds a session of its
     /// client id here (see [`Adopted`]). Of it and an offline copy here, the one whose client
-    /// connected last is kept ([`SessionState::connected_ms`]; the snapshot on a tie), and the
+    /// connected last is kept ([`SessionState::connected_ms`]; the snapshot on a tie, or when
+    /// it does not say), and the
     /// other's messages join it: two copies exist after a node that crashed comes back with
     /// its data directory, or after a partition, and neither's messages are lost.
     pub fn adopt(&self, snapshot: SessionSnapshot, router: &Router) -> Adopted {
@@ -209,7 +210,12 @@ impl SessionRegistry {
                     will_due: snapshot.will.map(|will| will.publish_at(now)),
                 }
             }
-            Some(Entry::Idle(idle)) if idle.state.connected_ms > snapshot.connected_ms => {
+            // A snapshot that does not say when its client connected (version 1, from a node
+            // of sync version 5) is taken for the newer, as such a node would take it.
+            Some(Entry::Idle(idle))
+                if snapshot.connected_ms != 0
+                    && idle.state.connected_ms > snapshot.connected_ms =>
+            {
                 // Another user's messages never join (access control on).
                 if idle.state.owner.as_deref() != snapshot.owner.as_ref() {
                     return Adopted::Refused {

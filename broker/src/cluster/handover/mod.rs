@@ -20,10 +20,13 @@
 //! Messages published while a session moves are not lost: the node it leaves keeps its
 //! mailbox subscribed ([`crate::session::Moving`]) and sends on what lands there (frame 7) until
 //! the new node says (frame 8) that every peer has its subscriptions (what a SUBACK waits for,
-//! see [`super::peers::Peers::interest_wait`]), or [`MOVE_LIMIT`] has passed; from then on
-//! every publisher sends to the new node itself. A message published in that overlap may reach
-//! the session twice (once each way): at least once, for QoS 2 too (message ids to tell them
-//! apart are future work).
+//! see [`super::peers::Peers::interest_wait`]), or [`MOVE_LIMIT`] has passed since it took the
+//! session; from then on every publisher sends to the new node itself. A message published in
+//! that overlap may reach the session twice (once each way): at least once, for QoS 2 too
+//! (message ids to tell them apart are future work). A session whose answer the new node never
+//! took (its control link dropped it, or [`DELIVERY_LIMIT`] passed) is kept by the node it
+//! left: two copies rather than none, which the next claim of its client merges (see
+//! [`crate::session::SessionRegistry::adopt`]).
 //!
 //! A node that drains (see [`crate::drain`]) tells its peers (frame 9) so that none sends it a
 //! session, waits for its clients to take their sessions elsewhere, and asks a peer to take
@@ -47,7 +50,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::peers::{Peer, Peers};
+use super::peers::{HandoverQueued, Peer, Peers};
 use crate::broker::Broker;
 use crate::router::now_ms;
 use crate::session::snapshot::{decode_deliveries, encode_deliveries};
@@ -62,8 +65,17 @@ use wire::{
 /// dropped (and the claim goes on without it) rather than the node's memory.
 const MAX_RECEIVING_BYTES: usize = 512 << 20;
 
-/// The longest a node that a session left sends on what still comes for it.
+/// The longest a node that a session left sends on what still comes for it, from when the new
+/// node took the session.
 pub const MOVE_LIMIT: Duration = Duration::from_secs(10);
+
+/// The longest a node that hands a session over waits for the claimant to take its answer (a
+/// session of hundreds of megabytes on a slow link) before it takes the session for lost and
+/// keeps it.
+const DELIVERY_LIMIT: Duration = Duration::from_secs(60);
+
+/// How often a node that hands a session over looks whether the claimant has taken it.
+const ANSWER_POLL: Duration = Duration::from_millis(20);
 
 /// How long a node that a session left sends on what still comes for it once the new node
 /// has its subscriptions in place: messages sent before the publishers knew it are on their
@@ -89,6 +101,8 @@ struct Kept {
     /// Whether its delayed will stays with it (a claim made only to adopt, whose client is not
     /// connecting anywhere).
     keep_will: bool,
+    /// Where its answer ended on which control link.
+    answer: HandoverQueued,
 }
 
 /// A session arriving in parts.
@@ -685,7 +699,9 @@ impl Handover {
             None => (None, None),
         };
         let Some(peer) = peer else {
-            warn!(%client_id, "the peer that claimed a client id is gone; its session (if any) stays here");
+            if request.want_session {
+                warn!(%client_id, "the peer that claimed a session is gone; the session stays here");
+            }
             return;
         };
         let exported_at = Instant::now();
@@ -731,7 +747,7 @@ impl Handover {
         // A client's claim: the session's delayed will waits no more where it is kept, as its
         // client is connecting elsewhere (a reconnection cancels it).
         let keep_will = request.adopt_only;
-        let Some(wake) = pushed else {
+        let Some(queued) = pushed else {
             // The link starts over (or the peer just went): nothing was queued, and the session
             // would be sent on to nowhere. It stays here; the claim completes at its deadline.
             if let (Some(snapshot), Some(moving)) = (snapshot, moving) {
@@ -740,16 +756,19 @@ impl Handover {
                     .lock()
                     .moving
                     .remove(&(client_id.clone(), id.clone()));
-                let kept = Kept {
+                self.keep_here(
+                    &broker,
+                    &client_id,
                     snapshot,
                     exported_at,
                     keep_will,
-                };
-                self.keep_here(&broker, &client_id, kept, moving, Vec::new());
+                    moving,
+                    Vec::new(),
+                );
             }
             return;
         };
-        if wake {
+        if queued.wake {
             self.peers.wake_sender();
         }
         if let (Some(snapshot), Some(moving), Some(settled)) = (snapshot, moving, settled) {
@@ -757,6 +776,7 @@ impl Handover {
                 snapshot,
                 exported_at,
                 keep_will,
+                answer: queued,
             };
             self.send_on(&broker, &peer, &client_id, &id, moving, settled, kept)
                 .await;
@@ -765,14 +785,15 @@ impl Handover {
 
     /// Sends on to `peer` what reaches the session that moved there for claim `id`, until it
     /// says its subscriptions are in place (`settled`, registered in `moving`; and
-    /// [`MOVE_LINGER`] more) or [`MOVE_LIMIT`] has passed; then ends the session here.
+    /// [`MOVE_LINGER`] more), or [`MOVE_LIMIT`] has passed since it took the session's answer;
+    /// then ends the session here.
     ///
-    /// Unless the peer never said so: then it may not have the session (its control link
-    /// started over and dropped what it held, the peer went, or it could not take the session
-    /// in), which is `kept` here, with what was sent on. If the peer did have it, two copies
-    /// live until its client's next claim meets them, which keeps the one its client used last
-    /// and adds the other's messages (see [`crate::session::SessionRegistry::adopt`]):
-    /// duplicates, never a session lost.
+    /// Unless the peer never took the answer: the control link that held it is gone (it
+    /// started over, or the peer went), it would not take what is sent on, or
+    /// [`DELIVERY_LIMIT`] passed. Then the session is `kept` here, with what was sent on: the
+    /// peer may not have it. If it did, two copies live until its client's next claim meets
+    /// them, which keeps the one its client used last and adds the other's messages (see
+    /// [`crate::session::SessionRegistry::adopt`]): duplicates, never a session lost.
     #[allow(clippy::too_many_arguments)]
     async fn send_on(
         self: &Arc<Self>,
@@ -784,9 +805,14 @@ impl Handover {
         settled: oneshot::Receiver<()>,
         kept: Kept,
     ) {
-        let limit = tokio::time::sleep(MOVE_LIMIT);
-        tokio::pin!(limit);
         tokio::pin!(settled);
+        let answer = kept.answer;
+        // Until the peer has taken the answer, the move may take as long as the link needs.
+        let mut deadline = tokio::time::Instant::now() + DELIVERY_LIMIT;
+        let mut taken = false;
+        let mut lost = false;
+        let mut poll = tokio::time::interval(ANSWER_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut linger: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let mut count = 0usize;
         // What was sent on before the peer said it has the session: kept with it if it stays.
@@ -795,10 +821,25 @@ impl Handover {
             let deliveries = moving.take(&broker.metrics);
             if !deliveries.is_empty() {
                 count += deliveries.len();
-                self.send_late(peer, client_id, id, &deliveries);
+                if !self.send_late(peer, client_id, id, &deliveries) {
+                    lost = true;
+                }
                 if linger.is_none() {
                     unconfirmed.extend(deliveries);
                 }
+            }
+            if !taken && !lost {
+                match peer.handover_taken(answer.link, answer.end) {
+                    Some(true) => {
+                        taken = true;
+                        deadline = tokio::time::Instant::now() + MOVE_LIMIT;
+                    }
+                    Some(false) => {}
+                    None => lost = true,
+                }
+            }
+            if lost && linger.is_none() {
+                break;
             }
             tokio::select! {
                 _ = moving.ready() => {}
@@ -809,29 +850,54 @@ impl Handover {
                     linger = Some(Box::pin(tokio::time::sleep(MOVE_LINGER)));
                 }
                 _ = async { linger.as_mut().expect("guarded").await }, if linger.is_some() => break,
-                _ = &mut limit => {
-                    info!(client_id, "the node a session moved to did not confirm its subscriptions in time");
-                    break;
-                }
+                _ = poll.tick(), if !taken && !lost => {}
+                _ = tokio::time::sleep_until(deadline), if linger.is_none() => break,
             }
         }
         self.state
             .lock()
             .moving
             .remove(&(client_id.to_string(), id.clone()));
-        if linger.is_none() {
+        let confirmed = linger.is_some();
+        if !confirmed && (lost || !taken) {
             warn!(
                 client_id,
-                "the claimant never confirmed the session handed over to it; kept here too"
+                lost, "the claimant may not have the session handed over to it; kept here too"
             );
-            self.keep_here(broker, client_id, kept, moving, unconfirmed);
+            let Kept {
+                snapshot,
+                exported_at,
+                keep_will,
+                ..
+            } = kept;
+            self.keep_here(
+                broker,
+                client_id,
+                snapshot,
+                exported_at,
+                keep_will,
+                moving,
+                unconfirmed,
+            );
             return;
+        }
+        if !confirmed {
+            info!(
+                client_id,
+                "the node a session moved to did not confirm its subscriptions in time"
+            );
         }
         drop(kept);
         let last = moving.finish(&broker.sessions, &broker.router);
         if !last.is_empty() {
             count += last.len();
-            self.send_late(peer, client_id, id, &last);
+            if !self.send_late(peer, client_id, id, &last) {
+                warn!(
+                    client_id,
+                    count = last.len(),
+                    "messages for a session that moved could not be sent on; dropped"
+                );
+            }
         }
         debug!(
             client_id,
@@ -839,13 +905,15 @@ impl Handover {
         );
     }
 
+    /// Queues `deliveries` for the session that moved to `peer` (frame 7); says whether they
+    /// were.
     fn send_late(
         &self,
         peer: &Arc<Peer>,
         client_id: &str,
         id: &ClaimId,
         deliveries: &[crate::router::Delivery],
-    ) {
+    ) -> bool {
         // In frames of a bounded size, like a session's parts.
         let frames: Vec<_> = late_frames(deliveries)
             .into_iter()
@@ -854,11 +922,14 @@ impl Handover {
                 wire::part(id.ms, id.count, client_id, &body)
             })
             .collect();
-        if peer
-            .push_handover(FRAME_LATE_DELIVERIES, &frames)
-            .unwrap_or(false)
-        {
-            self.peers.wake_sender();
+        match peer.push_handover(FRAME_LATE_DELIVERIES, &frames) {
+            Some(wake) => {
+                if wake {
+                    self.peers.wake_sender();
+                }
+                true
+            }
+            None => false,
         }
     }
 
@@ -976,19 +1047,17 @@ impl Handover {
     /// reached it since it was taken out (`late`, and what its mailbox still holds): adopted
     /// first (written to the data directory, if any) and the old copy ended after, so that a
     /// crash in between leaves two copies rather than none.
+    #[allow(clippy::too_many_arguments)]
     fn keep_here(
         self: &Arc<Self>,
         broker: &Arc<Broker>,
         client_id: &str,
-        kept: Kept,
+        mut snapshot: SessionSnapshot,
+        exported_at: Instant,
+        keep_will: bool,
         moving: Moving,
         mut late: Vec<crate::router::Delivery>,
     ) {
-        let Kept {
-            mut snapshot,
-            exported_at,
-            keep_will,
-        } = kept;
         // Its clock ran on while it was away.
         snapshot.offline_for = snapshot
             .offline_for
@@ -1001,11 +1070,13 @@ impl Handover {
         let mailbox = self.install(broker, client_id, snapshot, None);
         late.extend(moving.finish(&broker.sessions, &broker.router));
         if let Some(mailbox) = mailbox {
-            for mut delivery in late {
-                // Numbered in the old copy's journal: the new one numbers and writes it.
+            // Numbered in the old copy's journal: the new one numbers and writes them. Merged:
+            // the copy they join may be a newer one, whose own messages they do not push out.
+            let late = late.into_iter().map(|mut delivery| {
                 delivery.stored = None;
-                mailbox.push(delivery, &broker.metrics);
-            }
+                delivery
+            });
+            mailbox.merge(late, &broker.metrics);
         }
     }
 
