@@ -633,8 +633,8 @@ async fn a_node_back_from_a_crash_with_an_older_copy_of_a_session_does_not_repla
 
 /// The holder hands a session over and then goes mute (every datagram it sends is dropped, in
 /// network namespaces): the claimant never gets the session (its client is let in with a new
-/// one), never confirms, and the holder, once it has waited for a confirmation as long as a move
-/// may take, keeps its copy rather than end it. When the two hear each other again and the
+/// one) and never confirms; the holder, once it declares the claimant down (which drops the
+/// link that held the session), keeps its copy rather than end it. When the two hear each other again and the
 /// client comes back, the messages queued for it before are delivered.
 #[tokio::test]
 async fn a_session_the_claimant_never_confirms_is_kept_by_its_holder() {

@@ -353,6 +353,7 @@ impl Peers {
             // name is the one installed, which the receiver then follows.
             queues.control = Outbox::new(self.new_link(), usize::MAX);
             queues.handover = HandoverBacklog::default();
+            peer.note_control(&queues.control);
             queues
                 .interest
                 .restarted(frames.len() as u64, Instant::now());
@@ -682,6 +683,11 @@ pub struct Peer {
     drained: Notify,
     /// Frames acknowledged so far: how a waiting publisher tells progress.
     acked_frames: AtomicU64,
+    /// The control link's name, and below which stream offset every frame of it is
+    /// acknowledged: what [`Peer::handover_taken`] reads without the queues' lock (which
+    /// publishers take), written under it.
+    control_name: AtomicU64,
+    control_acked_below: AtomicU64,
     gone: AtomicBool,
     /// The link held half its capacity or more at the last push or acknowledgement (see
     /// [`Peer::is_congested`]). Written under the queues' lock.
@@ -721,6 +727,8 @@ struct HandoverBacklog {
     /// Where each frame ends in the control link's stream, and its bytes (header included).
     frames: VecDeque<(u64, usize)>,
     bytes: usize,
+    /// Over [`HANDOVER_CAPACITY`] at the last look (said once when it becomes so).
+    over: bool,
 }
 
 impl HandoverBacklog {
@@ -864,6 +872,8 @@ impl Peer {
             }),
             drained: Notify::new(),
             acked_frames: AtomicU64::new(0),
+            control_name: AtomicU64::new(links[1]),
+            control_acked_below: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             congested: AtomicBool::new(false),
         }
@@ -969,24 +979,35 @@ impl Peer {
     /// the sender must be woken. `None` and nothing queued for a peer that is gone or whose
     /// control link starts over: the claim they belong to completes at its deadline.
     pub fn push_handover(&self, kind: u8, frames: &[BytesMut]) -> Option<bool> {
-        self.push_handover_all(&[(kind, frames)])
+        self.push_handover_all(&[(kind, frames)], false)
             .map(|queued| queued.wake)
     }
 
-    /// [`Peer::push_handover`] for groups of frames of several kinds, all on one link or none;
-    /// also `None` while the hand-over frames the link holds unacknowledged pass
-    /// [`HANDOVER_CAPACITY`] (a peer that takes none: its claims complete at their deadline,
-    /// and the sessions it claims stay where they are).
-    pub fn push_handover_all(&self, groups: &[(u8, &[BytesMut])]) -> Option<HandoverQueued> {
+    /// [`Peer::push_handover`] for groups of frames of several kinds, all on one link or none.
+    /// A `session` (its parts) is also refused while the hand-over frames the link holds
+    /// unacknowledged pass [`HANDOVER_CAPACITY`]: a peer that takes none of them is handed no
+    /// more sessions, which stay where they are (claims, answers and what is sent on for a
+    /// session already on its way are small, and bounded in time).
+    pub fn push_handover_all(
+        &self,
+        groups: &[(u8, &[BytesMut])],
+        session: bool,
+    ) -> Option<HandoverQueued> {
         let mut queues = self.queues.lock();
         if !self.handover || self.gone.load(Ordering::Relaxed) || self.control_lost() {
             return None;
         }
         let pending = queues.control.first_pending_end();
         queues.handover.acknowledged(pending);
-        if queues.handover.bytes > HANDOVER_CAPACITY {
-            warn!(peer = %self.identity.node_id, bytes = queues.handover.bytes,
-                  "peer does not acknowledge what it is handed over; nothing more is queued for it");
+        let over = queues.handover.bytes > HANDOVER_CAPACITY;
+        if over != queues.handover.over {
+            queues.handover.over = over;
+            if over {
+                warn!(peer = %self.identity.node_id, bytes = queues.handover.bytes,
+                      "peer does not acknowledge the sessions it is handed; no more go to it until it does");
+            }
+        }
+        if session && over {
             return None;
         }
         let was_idle = !queues.control.has_transmit();
@@ -1014,16 +1035,29 @@ impl Peer {
     /// ([`HandoverQueued`]): `None` when that link is gone (started over, or the peer went)
     /// and what it held unacknowledged with it.
     pub fn handover_taken(&self, link: u64, end: u64) -> Option<bool> {
-        let queues = self.queues.lock();
-        if self.gone.load(Ordering::Relaxed) || queues.control.link() != link {
+        // The name read on both sides of the offset: a link that started over in between is
+        // seen, and an offset of another link never taken for this one's.
+        let name = self.control_name.load(Ordering::SeqCst);
+        let acked_below = self.control_acked_below.load(Ordering::SeqCst);
+        if self.gone.load(Ordering::SeqCst)
+            || name != link
+            || self.control_name.load(Ordering::SeqCst) != link
+        {
             return None;
         }
-        Some(
-            queues
-                .control
-                .first_pending_end()
-                .is_none_or(|pending| pending > end),
-        )
+        Some(end < acked_below)
+    }
+
+    /// Publishes `control` (this peer's control link, its lock held) for
+    /// [`Peer::handover_taken`]: its name first, then below which offset its frames are all
+    /// acknowledged (with none pending, every frame pushed so far).
+    fn note_control(&self, control: &Outbox) {
+        self.control_name.store(control.link(), Ordering::SeqCst);
+        let acked_below = control
+            .first_pending_end()
+            .unwrap_or_else(|| control.pushed_to() + 1);
+        self.control_acked_below
+            .store(acked_below, Ordering::SeqCst);
     }
 
     /// Whether it is gone (declared down, left, or replaced by a later boot).
@@ -1237,6 +1271,7 @@ impl Peer {
         let acked = queues.control.on_ack(ack, now);
         let pending = queues.control.first_pending_end();
         queues.handover.acknowledged(pending);
+        self.note_control(&queues.control);
         if queues.control.has_transmit() {
             peers.wake_sender();
         }
@@ -1261,6 +1296,7 @@ impl Peer {
             queues.outbox = Outbox::new(0, 0);
             queues.control = Outbox::new(0, 0);
             queues.handover = HandoverBacklog::default();
+            self.note_control(&queues.control);
             self.congested.store(false, Ordering::Relaxed);
             queues.best_effort = BestEffort::default();
             (given_up, freed)
@@ -1705,9 +1741,55 @@ mod tests {
             .map(|_| part.clone())
             .collect();
         // Checked before a push: the one that crosses the bound is queued whole.
-        assert!(peer.push_handover(kind, &many).is_some(), "up to the bound");
-        assert!(peer.push_handover(kind, &many[..1]).is_none(), "beyond it");
+        assert!(
+            peer.push_handover_all(&[(kind, &many)], true).is_some(),
+            "up to the bound"
+        );
+        assert!(
+            peer.push_handover_all(&[(kind, &many[..1])], true)
+                .is_none(),
+            "beyond it"
+        );
+        assert!(
+            peer.push_handover(kind, &many[..1]).is_some(),
+            "what is not a session still goes"
+        );
         assert!(!peer.control_lost(), "the link goes on");
+    }
+
+    /// What the peer has taken of the hand-over frames is read without the queues' lock, and
+    /// never for another link.
+    #[test]
+    fn the_hand_over_frames_a_peer_acknowledges_are_taken() {
+        let (_members, peers) = newest_peer();
+        let peer = peers.list()[0].clone();
+        let kind = super::super::handover::wire::FRAME_SESSION_PART;
+        let frame = BytesMut::from(&b"session"[..]);
+        let first = peer
+            .push_handover_all(&[(kind, std::slice::from_ref(&frame))], true)
+            .expect("queued");
+        let now = Instant::now();
+        let sent = peer.take_transmits(now, 64).control_segments;
+        assert_eq!(sent.len(), 1);
+        let second = peer
+            .push_handover_all(&[(kind, std::slice::from_ref(&frame))], true)
+            .expect("queued");
+        assert_eq!(peer.handover_taken(first.link, first.end), Some(false));
+        let ack = Ack {
+            link: first.link,
+            cumulative: sent[0].0,
+            selective: 0,
+            window: 64,
+            reset: false,
+        };
+        assert!(!peer.on_control_ack(&ack, now, &peers));
+        assert_eq!(peer.handover_taken(first.link, first.end), Some(true));
+        assert_eq!(
+            peer.handover_taken(second.link, second.end),
+            Some(false),
+            "pushed after, not acknowledged"
+        );
+        assert_eq!(peer.handover_taken(first.link + 1, first.end), None);
     }
 
     #[test]
@@ -1719,7 +1801,9 @@ mod tests {
         let part = BytesMut::from(&vec![7u8; CONTROL_CAPACITY / 2][..]);
         let parts = [part.clone(), part.clone(), part.clone()];
         let kind = super::super::handover::wire::FRAME_SESSION_PART;
-        let queued = peer.push_handover_all(&[(kind, &parts)]).expect("queued");
+        let queued = peer
+            .push_handover_all(&[(kind, &parts)], true)
+            .expect("queued");
         assert_eq!(
             peer.handover_taken(queued.link, queued.end),
             Some(false),

@@ -152,6 +152,7 @@ pub(super) fn record_of(
         connected_ms: state.connected_ms,
         // The record's header says since when its client has been gone.
         offline_for: None,
+        version: super::snapshot::VERSION,
     }
 }
 

@@ -81,6 +81,9 @@ pub struct SessionSnapshot {
     /// How long its client had been gone when the snapshot was taken; `None`: connected then
     /// (a record of the data directory, whose header says since when), or not known (version 1).
     pub offline_for: Option<Duration>,
+    /// The version it was read in ([`VERSION`] for one taken here): a version 1 snapshot does
+    /// not say when its client connected.
+    pub version: u8,
 }
 
 /// What is wrong with a snapshot's bytes.
@@ -347,6 +350,7 @@ impl SessionSnapshot {
             will,
             connected_ms,
             offline_for,
+            version,
         })
     }
 }

@@ -179,6 +179,7 @@ impl SessionRegistry {
             offline_for: Some(Duration::from_millis(
                 crate::store::wall_ms().saturating_sub(offline_since),
             )),
+            version: super::snapshot::VERSION,
         };
         Some((snapshot, moving))
     }
@@ -213,8 +214,7 @@ impl SessionRegistry {
             // A snapshot that does not say when its client connected (version 1, from a node
             // of sync version 5) is taken for the newer, as such a node would take it.
             Some(Entry::Idle(idle))
-                if snapshot.connected_ms != 0
-                    && idle.state.connected_ms > snapshot.connected_ms =>
+                if snapshot.version >= 2 && idle.state.connected_ms > snapshot.connected_ms =>
             {
                 // Another user's messages never join (access control on).
                 if idle.state.owner.as_deref() != snapshot.owner.as_ref() {
@@ -564,6 +564,7 @@ mod tests {
             will: Some(will),
             connected_ms: 0,
             offline_for: None,
+            version: crate::session::snapshot::VERSION,
         };
         match registry.adopt(snapshot, &router) {
             Adopted::Refused {
@@ -707,6 +708,7 @@ mod tests {
             will: None,
             connected_ms: 1,
             offline_for: Some(Duration::from_secs(8)),
+            version: crate::session::snapshot::VERSION,
         };
         assert!(matches!(
             registry.adopt(snapshot, &router),
@@ -788,5 +790,26 @@ mod tests {
                 .get(),
             1
         );
+    }
+
+    /// A snapshot of version 1 (from a node of sync version 5) does not say when its client
+    /// connected: it replaces an offline copy here, as between nodes of that release, and the
+    /// copy's messages join it.
+    #[tokio::test]
+    async fn a_version_1_snapshot_replaces_an_offline_copy() {
+        let (a_metrics, a_router, a) = node();
+        let (b_metrics, b_router, b) = node();
+        offline_copy(&a_metrics, &a_router, &a, 1_000, [b"a1", b"a2"]).await;
+        offline_copy(&b_metrics, &b_router, &b, 2_000, [b"b1", b"b2"]).await;
+        let snapshot = a.export("c", &a_router).expect("a's copy");
+        let now = Instant::now();
+        let bytes = snapshot.encode_as(now, crate::session::snapshot::VERSION_1);
+        let snapshot = SessionSnapshot::decode(&bytes, now, Duration::ZERO).expect("decodes");
+        assert!(matches!(
+            b.adopt(snapshot, &b_router),
+            Adopted::Installed { .. }
+        ));
+        let payloads = resumed(&b, &b_router, &b_metrics).await;
+        assert_eq!(payloads, [&b"a1"[..], b"a2", b"b1", b"b2"]);
     }
 }

@@ -66,6 +66,7 @@ fn record(client_id: &str) -> SessionSnapshot {
         will: None,
         connected_ms: 1_764_000_000_000,
         offline_for: None,
+        version: crate::session::snapshot::VERSION,
     }
 }
 

@@ -739,10 +739,13 @@ impl Handover {
         });
         // Parts then the answer, in one go: nothing else of the link comes between, and the
         // link cannot start over in between.
-        let pushed = peer.push_handover_all(&[
-            (FRAME_SESSION_PART, &parts),
-            (FRAME_ANSWER, std::slice::from_ref(&answer)),
-        ]);
+        let pushed = peer.push_handover_all(
+            &[
+                (FRAME_SESSION_PART, &parts),
+                (FRAME_ANSWER, std::slice::from_ref(&answer)),
+            ],
+            !parts.is_empty(),
+        );
         drop(parts);
         // A client's claim: the session's delayed will waits no more where it is kept, as its
         // client is connecting elsewhere (a reconnection cancels it).
@@ -788,12 +791,14 @@ impl Handover {
     /// [`MOVE_LINGER`] more), or [`MOVE_LIMIT`] has passed since it took the session's answer;
     /// then ends the session here.
     ///
-    /// Unless the peer never took the answer: the control link that held it is gone (it
-    /// started over, or the peer went), it would not take what is sent on, or
-    /// [`DELIVERY_LIMIT`] passed. Then the session is `kept` here, with what was sent on: the
-    /// peer may not have it. If it did, two copies live until its client's next claim meets
-    /// them, which keeps the one its client used last and adds the other's messages (see
-    /// [`crate::session::SessionRegistry::adopt`]): duplicates, never a session lost.
+    /// Unless the peer never confirmed: the control link that held the answer is gone (it
+    /// started over, or the peer went) or would not take what is sent on, the answer was not
+    /// taken within [`DELIVERY_LIMIT`], or it was and the peer dropped the session (too large,
+    /// unreadable) or its confirmation was lost. Then the session is `kept` here, with what was
+    /// sent on: the peer may not have it. If it did, two copies live until its client's next
+    /// claim meets them, which keeps the one its client used last and adds the other's
+    /// messages (see [`crate::session::SessionRegistry::adopt`]): duplicates, never a session
+    /// lost.
     #[allow(clippy::too_many_arguments)]
     async fn send_on(
         self: &Arc<Self>,
@@ -820,9 +825,16 @@ impl Handover {
         loop {
             let deliveries = moving.take(&broker.metrics);
             if !deliveries.is_empty() {
-                count += deliveries.len();
-                if !self.send_late(peer, client_id, id, &deliveries) {
+                if self.send_late(peer, client_id, id, &deliveries) {
+                    count += deliveries.len();
+                } else if linger.is_none() {
                     lost = true;
+                } else {
+                    warn!(
+                        client_id,
+                        count = deliveries.len(),
+                        "messages for a session that moved could not be sent on; dropped"
+                    );
                 }
                 if linger.is_none() {
                     unconfirmed.extend(deliveries);
@@ -858,11 +870,14 @@ impl Handover {
             .lock()
             .moving
             .remove(&(client_id.to_string(), id.clone()));
-        let confirmed = linger.is_some();
-        if !confirmed && (lost || !taken) {
+        // A confirmation that came as the loop ended counts.
+        let confirmed = linger.is_some() || settled.try_recv().is_ok();
+        if !confirmed {
             warn!(
                 client_id,
-                lost, "the claimant may not have the session handed over to it; kept here too"
+                lost,
+                taken,
+                "the claimant may not have the session handed over to it; kept here too"
             );
             let Kept {
                 snapshot,
@@ -881,17 +896,12 @@ impl Handover {
             );
             return;
         }
-        if !confirmed {
-            info!(
-                client_id,
-                "the node a session moved to did not confirm its subscriptions in time"
-            );
-        }
         drop(kept);
         let last = moving.finish(&broker.sessions, &broker.router);
         if !last.is_empty() {
-            count += last.len();
-            if !self.send_late(peer, client_id, id, &last) {
+            if self.send_late(peer, client_id, id, &last) {
+                count += last.len();
+            } else {
                 warn!(
                     client_id,
                     count = last.len(),
@@ -971,7 +981,9 @@ impl Handover {
         client_id: &str,
         bytes: Bytes,
         from: Option<(Bytes, ClaimId)>,
-    ) -> Option<Arc<Mailbox>> {
+    ) {
+        // Dropped without a confirmation: the node it came from keeps it (see
+        // `Handover::send_on`).
         let snapshot = match SessionSnapshot::decode(&bytes, Instant::now(), Duration::ZERO) {
             Ok(snapshot) if snapshot.client_id == client_id => snapshot,
             Ok(_) => {
@@ -979,32 +991,33 @@ impl Handover {
                     client_id,
                     "session handed over for another client id; dropped"
                 );
-                return None;
+                return;
             }
             Err(error) => {
                 warn!(client_id, %error, "session handed over cannot be read; dropped");
-                return None;
+                return;
             }
         };
-        self.install(broker, client_id, snapshot, from)
+        self.install(broker, client_id, snapshot, from);
     }
 
-    /// [`Handover::adopt`] once read.
+    /// [`Handover::adopt`] once read; the mailbox its messages go to now, and whether that is
+    /// a newer copy's it was merged into.
     fn install(
         self: &Arc<Self>,
         broker: &Arc<Broker>,
         client_id: &str,
         snapshot: SessionSnapshot,
         from: Option<(Bytes, ClaimId)>,
-    ) -> Option<Arc<Mailbox>> {
+    ) -> Option<(Arc<Mailbox>, bool)> {
         let (will, installed) = match broker.sessions.adopt(snapshot, &broker.router) {
-            Adopted::Installed { mailbox, will_due } => (will_due, Some(mailbox)),
+            Adopted::Installed { mailbox, will_due } => (will_due, Some((mailbox, false))),
             Adopted::Merged { mailbox } => {
                 info!(
                     client_id,
                     "a copy of a session its client used before came from a peer; its messages joined the copy here"
                 );
-                (None, Some(mailbox))
+                (None, Some((mailbox, true)))
             }
             Adopted::Refused { will_due } => {
                 info!(
@@ -1020,7 +1033,7 @@ impl Handover {
             }
         };
         // What the node it came from sends on goes where its messages went.
-        if let (Some(mailbox), Some((peer, claim))) = (&installed, from) {
+        if let (Some((mailbox, _)), Some((peer, claim))) = (&installed, from) {
             {
                 let mut state = self.state.lock();
                 let now = Instant::now();
@@ -1067,16 +1080,22 @@ impl Handover {
             snapshot.will = None;
         }
         late.extend(moving.take(&broker.metrics));
-        let mailbox = self.install(broker, client_id, snapshot, None);
+        let installed = self.install(broker, client_id, snapshot, None);
         late.extend(moving.finish(&broker.sessions, &broker.router));
-        if let Some(mailbox) = mailbox {
-            // Numbered in the old copy's journal: the new one numbers and writes them. Merged:
-            // the copy they join may be a newer one, whose own messages they do not push out.
+        if let Some((mailbox, merged)) = installed {
+            // Numbered in the old copy's journal: the new one numbers and writes them.
             let late = late.into_iter().map(|mut delivery| {
                 delivery.stored = None;
                 delivery
             });
-            mailbox.merge(late, &broker.metrics);
+            if merged {
+                // Into a newer copy, whose own messages they do not push out.
+                mailbox.merge(late, &broker.metrics);
+            } else {
+                for delivery in late {
+                    mailbox.push(delivery, &broker.metrics);
+                }
+            }
         }
     }
 

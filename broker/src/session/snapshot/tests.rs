@@ -89,6 +89,7 @@ fn full(now: Instant) -> SessionSnapshot {
         }),
         connected_ms: 1_764_000_000_123,
         offline_for: Some(Duration::from_millis(4_500)),
+        version: crate::session::snapshot::VERSION,
     }
 }
 
@@ -177,6 +178,7 @@ fn a_session_reads_back_as_it_was_written() {
         will: None,
         connected_ms: 0,
         offline_for: None,
+        version: crate::session::snapshot::VERSION,
     };
     let read = SessionSnapshot::decode(&empty.encode(now), now, Duration::ZERO).expect("empty");
     assert_eq!(summary(&read), summary(&empty));
@@ -195,7 +197,10 @@ fn version_1_is_version_2_without_the_times_and_reads_back_without_them() {
     assert_eq!(two.len(), one.len() + 8 + 1 + 8);
     assert_eq!(two[1..one.len()], one[1..]);
     let read = SessionSnapshot::decode(&one, now, Duration::ZERO).expect("version 1 decodes");
-    assert_eq!((read.connected_ms, read.offline_for), (0, None));
+    assert_eq!(
+        (read.connected_ms, read.offline_for, read.version),
+        (0, None, 1)
+    );
     let mut expected = full(now);
     expected.connected_ms = 0;
     expected.offline_for = None;
