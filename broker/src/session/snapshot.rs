@@ -100,6 +100,26 @@ pub enum SnapshotError {
 }
 
 impl SessionSnapshot {
+    /// A session of `client_id` with nothing in it (no expiry, no subscription, no message,
+    /// no will, its connection time not known), for tests to fill in.
+    #[cfg(test)]
+    pub fn empty(client_id: &str) -> SessionSnapshot {
+        SessionSnapshot {
+            client_id: client_id.to_string(),
+            owner: None,
+            expiry: SessionExpiry::ZERO,
+            subscriptions: Vec::new(),
+            incoming_qos2: Vec::new(),
+            retained: Vec::new(),
+            in_flight: Vec::new(),
+            queued: Vec::new(),
+            will: None,
+            connected_ms: 0,
+            offline_for: None,
+            version: VERSION,
+        }
+    }
+
     /// Forgets the numbers its messages had in the journal of the copy it was taken from: the
     /// copy it is put into numbers and writes them anew (see [`crate::store`]).
     pub fn forget_journal(&mut self) {

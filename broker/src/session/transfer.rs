@@ -553,18 +553,9 @@ mod tests {
             delay: Duration::from_secs(30),
         };
         let snapshot = SessionSnapshot {
-            client_id: "c".to_string(),
-            owner: None,
             expiry: SessionExpiry::from(None),
-            subscriptions: Vec::new(),
-            incoming_qos2: Vec::new(),
-            retained: Vec::new(),
-            in_flight: Vec::new(),
-            queued: Vec::new(),
             will: Some(will),
-            connected_ms: 0,
-            offline_for: None,
-            version: crate::session::snapshot::VERSION,
+            ..SessionSnapshot::empty("c")
         };
         match registry.adopt(snapshot, &router) {
             Adopted::Refused {
@@ -575,20 +566,10 @@ mod tests {
         assert_eq!(registry.len(), 1);
     }
 
-    /// An offline session of client `c` on its own node: subscribed to `t/#`, one QoS 1
-    /// message in flight and one queued, its client last connected at `connected_ms`.
+    /// An offline session of client `c` started by `owner` (access control on; `None`: off)
+    /// on its own node: subscribed to `t/#`, one QoS 1 message in flight and one queued, its
+    /// client last connected at `connected_ms`.
     async fn offline_copy(
-        metrics: &Metrics,
-        router: &Router,
-        registry: &SessionRegistry,
-        connected_ms: u64,
-        payloads: [&'static [u8]; 2],
-    ) {
-        offline_copy_of(None, metrics, router, registry, connected_ms, payloads).await
-    }
-
-    /// [`offline_copy`] of a session started by `owner` (access control on; `None`: off).
-    async fn offline_copy_of(
         owner: Option<&str>,
         metrics: &Metrics,
         router: &Router,
@@ -619,6 +600,23 @@ mod tests {
         state.outgoing.publish(taken.remove(0));
         assert!(registry.release(&holder, state, None, router).is_none());
         publish(router, "t/2", payloads[1], QoS::AtLeastOnce);
+    }
+
+    /// Copies of client `c` on two nodes, started by `owners` and last connected at `a_at` and
+    /// `b_at` (a's messages a1, a2; b's b1, b2; b queues at most `b_queue`): node b with its
+    /// copy in place, and a's copy exported.
+    async fn two_copies(
+        a_at: u64,
+        b_at: u64,
+        owners: [Option<&str>; 2],
+        b_queue: usize,
+    ) -> ((Arc<Metrics>, Router, SessionRegistry), SessionSnapshot) {
+        let (a_metrics, a_router, a) = node();
+        let (b_metrics, b_router, b) = node_with_queue(b_queue);
+        offline_copy(owners[0], &a_metrics, &a_router, &a, a_at, [b"a1", b"a2"]).await;
+        offline_copy(owners[1], &b_metrics, &b_router, &b, b_at, [b"b1", b"b2"]).await;
+        let snapshot = a.export("c", &a_router).expect("a's copy");
+        ((b_metrics, b_router, b), snapshot)
     }
 
     /// What the next claim of `c` resumes: session present, and the payloads it is owed
@@ -656,16 +654,9 @@ mod tests {
     #[tokio::test]
     async fn of_two_copies_the_one_used_last_is_kept_with_the_others_messages() {
         for local_is_newer in [true, false] {
-            let (a_metrics, a_router, a) = node();
-            let (b_metrics, b_router, b) = node();
-            let (a_at, b_at) = if local_is_newer {
-                (1_000, 2_000)
-            } else {
-                (2_000, 1_000)
-            };
-            offline_copy(&a_metrics, &a_router, &a, a_at, [b"a1", b"a2"]).await;
-            offline_copy(&b_metrics, &b_router, &b, b_at, [b"b1", b"b2"]).await;
-            let snapshot = a.export("c", &a_router).expect("a's copy");
+            let a_at = if local_is_newer { 1_000 } else { 2_000 };
+            let ((b_metrics, b_router, b), snapshot) =
+                two_copies(a_at, 3_000 - a_at, [None, None], 100).await;
             assert_eq!(snapshot.connected_ms, a_at);
             let offline_for = snapshot
                 .offline_for
@@ -697,18 +688,10 @@ mod tests {
     async fn a_session_that_moves_keeps_counting_its_expiry() {
         let (_, router, registry) = node();
         let snapshot = SessionSnapshot {
-            client_id: "c".to_string(),
-            owner: None,
             expiry: SessionExpiry::from(Some(Duration::from_secs(10))),
-            subscriptions: Vec::new(),
-            incoming_qos2: Vec::new(),
-            retained: Vec::new(),
-            in_flight: Vec::new(),
-            queued: Vec::new(),
-            will: None,
             connected_ms: 1,
             offline_for: Some(Duration::from_secs(8)),
-            version: crate::session::snapshot::VERSION,
+            ..SessionSnapshot::empty("c")
         };
         assert!(matches!(
             registry.adopt(snapshot, &router),
@@ -728,24 +711,9 @@ mod tests {
     #[tokio::test]
     async fn copies_of_two_users_do_not_mix() {
         for local_is_newer in [true, false] {
-            let (a_metrics, a_router, a) = node();
-            let (b_metrics, b_router, b) = node();
-            let (a_at, b_at) = if local_is_newer {
-                (1_000, 2_000)
-            } else {
-                (2_000, 1_000)
-            };
-            offline_copy_of(
-                Some("alice"),
-                &a_metrics,
-                &a_router,
-                &a,
-                a_at,
-                [b"a1", b"a2"],
-            )
-            .await;
-            offline_copy_of(Some("bob"), &b_metrics, &b_router, &b, b_at, [b"b1", b"b2"]).await;
-            let snapshot = a.export("c", &a_router).expect("a's copy");
+            let a_at = if local_is_newer { 1_000 } else { 2_000 };
+            let ((b_metrics, b_router, b), snapshot) =
+                two_copies(a_at, 3_000 - a_at, [Some("alice"), Some("bob")], 100).await;
             let adopted = b.adopt(snapshot, &b_router);
             let kept = if local_is_newer {
                 assert!(matches!(adopted, Adopted::Refused { .. }));
@@ -773,11 +741,7 @@ mod tests {
     /// left (`-mq`), the rest dropped and counted rather than pushing its own out.
     #[tokio::test]
     async fn the_other_copys_messages_fill_only_the_room_left() {
-        let (a_metrics, a_router, a) = node();
-        let (b_metrics, b_router, b) = node_with_queue(2);
-        offline_copy(&a_metrics, &a_router, &a, 1_000, [b"a1", b"a2"]).await;
-        offline_copy(&b_metrics, &b_router, &b, 2_000, [b"b1", b"b2"]).await;
-        let snapshot = a.export("c", &a_router).expect("a's copy");
+        let ((b_metrics, b_router, b), snapshot) = two_copies(1_000, 2_000, [None, None], 2).await;
         assert!(matches!(
             b.adopt(snapshot, &b_router),
             Adopted::Merged { .. }
@@ -797,11 +761,8 @@ mod tests {
     /// copy's messages join it.
     #[tokio::test]
     async fn a_version_1_snapshot_replaces_an_offline_copy() {
-        let (a_metrics, a_router, a) = node();
-        let (b_metrics, b_router, b) = node();
-        offline_copy(&a_metrics, &a_router, &a, 1_000, [b"a1", b"a2"]).await;
-        offline_copy(&b_metrics, &b_router, &b, 2_000, [b"b1", b"b2"]).await;
-        let snapshot = a.export("c", &a_router).expect("a's copy");
+        let ((b_metrics, b_router, b), snapshot) =
+            two_copies(1_000, 2_000, [None, None], 100).await;
         let now = Instant::now();
         let bytes = snapshot.encode_as(now, crate::session::snapshot::VERSION_1);
         let snapshot = SessionSnapshot::decode(&bytes, now, Duration::ZERO).expect("decodes");

@@ -52,21 +52,13 @@ fn delivery(payload: &'static str, qos: QoS) -> Delivery {
 
 fn record(client_id: &str) -> SessionSnapshot {
     SessionSnapshot {
-        client_id: client_id.to_string(),
-        owner: None,
         expiry: SessionExpiry::from(Some(Duration::from_secs(3600))),
         subscriptions: vec![SnapshotSubscription {
             filter: "a/+".into(),
             grant: Grant::qos(QoS::ExactlyOnce),
         }],
-        incoming_qos2: Vec::new(),
-        retained: Vec::new(),
-        in_flight: Vec::new(),
-        queued: Vec::new(),
-        will: None,
         connected_ms: 1_764_000_000_000,
-        offline_for: None,
-        version: crate::session::snapshot::VERSION,
+        ..SessionSnapshot::empty(client_id)
     }
 }
 

@@ -166,20 +166,7 @@ fn a_session_reads_back_as_it_was_written() {
     let left = first.message.expires_at.expect("expiry") - later;
     assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(29));
     // An empty session too.
-    let empty = SessionSnapshot {
-        client_id: String::new(),
-        owner: None,
-        expiry: SessionExpiry::ZERO,
-        subscriptions: Vec::new(),
-        incoming_qos2: Vec::new(),
-        retained: Vec::new(),
-        in_flight: Vec::new(),
-        queued: Vec::new(),
-        will: None,
-        connected_ms: 0,
-        offline_for: None,
-        version: crate::session::snapshot::VERSION,
-    };
+    let empty = SessionSnapshot::empty("");
     let read = SessionSnapshot::decode(&empty.encode(now), now, Duration::ZERO).expect("empty");
     assert_eq!(summary(&read), summary(&empty));
 }
