@@ -44,24 +44,12 @@ done
 [[ "$members" -ge 2 ]] || { echo "the two nodes did not form a cluster" >&2; cat "$LOGS"/*.log >&2; exit 1; }
 sleep 1
 
-python3 - "$BASE" "$QUEUED" "$RUNS" <<'EOF'
+PYTHONPATH="$HERE" python3 - "$BASE" "$QUEUED" "$RUNS" <<'EOF'
 import socket, statistics, struct, sys, time
 
+from mqtt_wire import packet, s16
+
 base, queued, runs = (int(a) for a in sys.argv[1:4])
-
-def remaining(n):
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-def packet(first, body):
-    return bytes([first]) + remaining(len(body)) + body
-
-def s16(b):
-    return struct.pack(">H", len(b)) + b
 
 class Client:
     def __init__(self, port, cid, clean):

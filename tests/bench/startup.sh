@@ -57,32 +57,23 @@ stop() {
 
 start
 echo "filling: $RETAINED retained messages" >&2
-python3 - "$PORT" "$RETAINED" <<'EOF'
-import socket, struct, sys
+PYTHONPATH="$HERE" python3 - "$PORT" "$RETAINED" <<'EOF'
+import socket, sys
+
+from mqtt_wire import packet, s16
 
 port, count = int(sys.argv[1]), int(sys.argv[2])
 
-def remaining(n):
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-def packet(first, body):
-    return bytes([first]) + remaining(len(body)) + body
-
 s = socket.create_connection(("127.0.0.1", port))
 cid = b"startup-filler"
-connect = b"\x00\x04MQTT\x04\x02\x00\x3c" + struct.pack(">H", len(cid)) + cid
+connect = b"\x00\x04MQTT\x04\x02\x00\x3c" + s16(cid)
 s.sendall(packet(0x10, connect))
 assert s.recv(4)[:2] == b"\x20\x02", "no CONNACK"
 payload = b"p" * 64
 chunk = bytearray()
 for i in range(count):
     topic = b"bench/r/%d/%d" % (i // 1000, i)
-    chunk += packet(0x31, struct.pack(">H", len(topic)) + topic + payload)
+    chunk += packet(0x31, s16(topic) + payload)
     if len(chunk) > 1 << 20:
         s.sendall(chunk)
         chunk = bytearray()
