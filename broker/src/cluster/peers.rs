@@ -911,8 +911,6 @@ impl Peer {
         if self.control_lost() {
             return false;
         }
-        let pending = queues.control.first_pending_end();
-        queues.handover.acknowledged(pending);
         let backlog = queues
             .control
             .buffered()
@@ -997,8 +995,7 @@ impl Peer {
         if !self.handover || self.gone.load(Ordering::Relaxed) || self.control_lost() {
             return None;
         }
-        let pending = queues.control.first_pending_end();
-        queues.handover.acknowledged(pending);
+        // Current: acknowledged frames are forgotten as acknowledgements come.
         let over = queues.handover.bytes > HANDOVER_CAPACITY;
         if over != queues.handover.over {
             queues.handover.over = over;

@@ -101,8 +101,6 @@ struct Kept {
     /// Whether its delayed will stays with it (a claim made only to adopt, whose client is not
     /// connecting anywhere).
     keep_will: bool,
-    /// Where its answer ended on which control link.
-    answer: HandoverQueued,
 }
 
 /// A session arriving in parts.
@@ -759,15 +757,12 @@ impl Handover {
                     .lock()
                     .moving
                     .remove(&(client_id.clone(), id.clone()));
-                self.keep_here(
-                    &broker,
-                    &client_id,
+                let kept = Kept {
                     snapshot,
                     exported_at,
                     keep_will,
-                    moving,
-                    Vec::new(),
-                );
+                };
+                self.keep_here(&broker, &client_id, kept, moving, Vec::new());
             }
             return;
         };
@@ -779,17 +774,18 @@ impl Handover {
                 snapshot,
                 exported_at,
                 keep_will,
-                answer: queued,
             };
-            self.send_on(&broker, &peer, &client_id, &id, moving, settled, kept)
-                .await;
+            self.send_on(
+                &broker, &peer, &client_id, &id, moving, settled, kept, queued,
+            )
+            .await;
         }
     }
 
     /// Sends on to `peer` what reaches the session that moved there for claim `id`, until it
     /// says its subscriptions are in place (`settled`, registered in `moving`; and
-    /// [`MOVE_LINGER`] more), or [`MOVE_LIMIT`] has passed since it took the session's answer;
-    /// then ends the session here.
+    /// [`MOVE_LINGER`] more), or [`MOVE_LIMIT`] has passed since it took the session's
+    /// `answer` (queued where on which control link); then ends the session here.
     ///
     /// Unless the peer never confirmed: the control link that held the answer is gone (it
     /// started over, or the peer went) or would not take what is sent on, the answer was not
@@ -809,9 +805,9 @@ impl Handover {
         moving: Moving,
         settled: oneshot::Receiver<()>,
         kept: Kept,
+        answer: HandoverQueued,
     ) {
         tokio::pin!(settled);
-        let answer = kept.answer;
         // Until the peer has taken the answer, the move may take as long as the link needs.
         let mut deadline = tokio::time::Instant::now() + DELIVERY_LIMIT;
         let mut taken = false;
@@ -879,21 +875,7 @@ impl Handover {
                 taken,
                 "the claimant may not have the session handed over to it; kept here too"
             );
-            let Kept {
-                snapshot,
-                exported_at,
-                keep_will,
-                ..
-            } = kept;
-            self.keep_here(
-                broker,
-                client_id,
-                snapshot,
-                exported_at,
-                keep_will,
-                moving,
-                unconfirmed,
-            );
+            self.keep_here(broker, client_id, kept, moving, unconfirmed);
             return;
         }
         drop(kept);
@@ -1060,17 +1042,19 @@ impl Handover {
     /// reached it since it was taken out (`late`, and what its mailbox still holds): adopted
     /// first (written to the data directory, if any) and the old copy ended after, so that a
     /// crash in between leaves two copies rather than none.
-    #[allow(clippy::too_many_arguments)]
     fn keep_here(
         self: &Arc<Self>,
         broker: &Arc<Broker>,
         client_id: &str,
-        mut snapshot: SessionSnapshot,
-        exported_at: Instant,
-        keep_will: bool,
+        kept: Kept,
         moving: Moving,
         mut late: Vec<crate::router::Delivery>,
     ) {
+        let Kept {
+            mut snapshot,
+            exported_at,
+            keep_will,
+        } = kept;
         // Its clock ran on while it was away.
         snapshot.offline_for = snapshot
             .offline_for
